@@ -1,0 +1,90 @@
+"""`cac-align`: one subcommand per job, each configured by a recipe plus key=value overrides.
+
+    cac-align --help
+    cac-align <job> --config recipes/<job>/<recipe>.yaml [key=value ...]
+    cac-align <job> --config ... --print-config      # show the resolved config, run nothing
+    cac-align check-recipe recipes/**/*.yaml          # validate recipes without loading weights
+
+Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
+naming the input and exit with status 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from cac_align import __version__
+from cac_align.config import JOBS, RecipeError, load_config, load_recipe
+
+__all__ = ["main"]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from cac_align.loading import WeightsNotFoundError
+    from cac_align.video import VideoError
+
+    return (RecipeError, VideoError, WeightsNotFoundError)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cac-align",
+        description="CaC anomaly reward model and reward toolkit for aligning text-to-video generators.",
+        epilog="Run `cac-align <job> --help` for a job's options. Recipes live under recipes/.",
+    )
+    parser.add_argument("--version", action="version", version=f"cac-align {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<job>", required=True)
+    for spec in JOBS.values():
+        job = sub.add_parser(spec.name, help=spec.help, description=spec.help)
+        job.add_argument("--config", "-c", type=Path, help="recipe YAML (defaults are used when omitted)")
+        job.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
+    check = sub.add_parser(
+        "check-recipe", help="validate recipe files without loading weights", description="validate recipe files"
+    )
+    check.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe YAML files or folders")
+    return parser
+
+
+def _check_recipes(paths: Sequence[Path]) -> int:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.rglob("*.yaml")) if path.is_dir() else [path])
+    failures = 0
+    for file in files:
+        try:
+            spec, _ = load_recipe(file)
+        except RecipeError as exc:
+            failures += 1
+            print(f"FAIL {exc}", file=sys.stderr)
+        else:
+            print(f"ok   {file} (job: {spec.name})")
+    print(f"{len(files) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "check-recipe":
+            return _check_recipes(args.recipes)
+        spec = JOBS[args.command]
+        config = load_config(spec.config_class(), args.config, args.overrides, job=spec.name)
+        if args.print_config:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(OmegaConf.structured(dataclasses.asdict(config))), end="")
+            return 0
+        spec.runner()(config)
+        return 0
+    except _user_errors() as exc:
+        print(f"cac-align {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

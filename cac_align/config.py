@@ -1,0 +1,218 @@
+"""Recipes: YAML files mapped onto typed dataclass configs, with CLI overrides.
+
+A recipe is a YAML file under ``recipes/`` whose top-level ``job:`` names the job it
+configures; every other key belongs to that job's config dataclass. Loading goes
+
+    dataclass defaults  <-  recipe YAML  <-  command-line ``key=value`` overrides
+
+through omegaconf structured configs, so types are checked on every merge. Any problem (an
+unknown or misspelled key, a wrong type, a required value left unset, an impossible
+combination reported by the dataclass's ``__post_init__``) raises :class:`RecipeError`
+naming the recipe file and the key, never a bare omegaconf traceback.
+
+Jobs are registered in :data:`JOBS` by short name, with their config class and entry point
+given as ``"module:attribute"`` strings so that ``cac-align --help`` imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = [
+    "JOBS",
+    "JobSpec",
+    "RecipeError",
+    "load_config",
+    "load_recipe",
+    "resolve",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe or override is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A CLI job: its config dataclass and its ``run(config)`` entry point."""
+
+    name: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function" taking the config instance
+    help: str
+
+    def config_class(self) -> type:
+        return resolve(self.config)
+
+    def runner(self) -> Callable[[Any], Any]:
+        return resolve(self.run)
+
+
+# One entry per job; later jobs (synth, score, best-of-n, flow-grpo, ...) add themselves here.
+JOBS: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in [
+        JobSpec(
+            name="make-tiny",
+            config="cac_align.tiny_job:MakeTinyConfig",
+            run="cac_align.tiny_job:run",
+            help="build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them",
+        ),
+    ]
+}
+
+
+def resolve(dotted: str) -> Any:
+    """Import ``"package.module:attribute"`` (or ``"package.module.attribute"``)."""
+    module_name, sep, attr = dotted.partition(":")
+    if not sep:
+        module_name, _, attr = dotted.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"expected 'module:attribute' or 'module.attribute', got {dotted!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} (from {dotted!r}): {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {dotted!r})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+def _known_keys(node: Any) -> list[str]:
+    try:
+        return [str(k) for k in node.keys()]
+    except Exception:
+        return []
+
+
+def _describe(exc: Exception, where: str, root: Any) -> RecipeError:
+    """Turn an omegaconf error into a RecipeError that names the recipe and the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    msg = getattr(exc, "msg", None) or str(exc)
+    msg = msg.split("\n")[0]
+    if isinstance(exc, ConfigKeyError):
+        parent_key, _, leaf = str(key).rpartition(".")
+        parent = OmegaConf.select(root, parent_key) if parent_key else root
+        hint = difflib.get_close_matches(leaf, _known_keys(parent), n=1)
+        suggestion = f"; did you mean '{(parent_key + '.') if parent_key else ''}{hint[0]}'?" if hint else ""
+        known = ", ".join(_known_keys(parent))
+        return RecipeError(f"{where}: unknown key '{key}'{suggestion} (known keys here: {known})")
+    if isinstance(exc, MissingMandatoryValue):
+        return RecipeError(f"{where}: required key '{key}' has no value; set it in the recipe or pass {key}=...")
+    if isinstance(exc, ValidationError):
+        return RecipeError(f"{where}: wrong type for key '{key}': {msg}")
+    return RecipeError(f"{where}: key '{key}': {msg}")
+
+
+def _merge(base: Any, other: Any, where: str) -> Any:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise _describe(exc, where, base) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        raise RecipeError(f"recipe not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    container = OmegaConf.to_container(node, resolve=False)
+    if container is None:
+        return {}
+    if not isinstance(container, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got {type(container).__name__}")
+    return container
+
+
+def _parse_overrides(overrides: Sequence[str]) -> Any:
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise RecipeError(f"command-line override {item!r} must look like key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as exc:
+        raise RecipeError(f"command-line overrides {list(overrides)}: {exc}") from None
+
+
+def load_config(
+    config_cls: type,
+    recipe: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    job: str | None = None,
+) -> Any:
+    """Build a ``config_cls`` instance from defaults, a recipe file and overrides.
+
+    Args:
+        config_cls: a dataclass type whose fields are the recipe's keys.
+        recipe: YAML file path, or None for defaults + overrides only.
+        overrides: ``key=value`` strings (dotted keys for nested configs).
+        job: if given, a recipe's ``job:`` must match it.
+
+    Returns:
+        An instance of ``config_cls`` (nested dataclasses instantiated).
+
+    Raises:
+        RecipeError: naming the recipe file (or "command line") and the offending key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"{config_cls!r} is not a dataclass")
+    where = str(recipe) if recipe is not None else "defaults"
+    schema = OmegaConf.structured(config_cls)
+    merged = schema
+    if recipe is not None:
+        data = _read_yaml(Path(recipe))
+        recipe_job = data.pop("job", None)
+        if job is not None and recipe_job is not None and recipe_job != job:
+            raise RecipeError(f"{recipe}: this recipe is for job '{recipe_job}', not '{job}'")
+        merged = _merge(merged, data, str(recipe))
+    if overrides:
+        merged = _merge(merged, _parse_overrides(overrides), f"{where} (command-line override)")
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _describe(exc, where, merged) from None
+    except (ValueError, TypeError) as exc:  # raised by a config's __post_init__ checks
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def load_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> tuple[JobSpec, Any]:
+    """Read a recipe's ``job:`` key, then load and validate it with that job's config.
+
+    This loads no weights: it is what ``cac-align check-recipe`` and the recipe tests run.
+    """
+    path = Path(recipe)
+    data = _read_yaml(path)
+    name = data.get("job")
+    if name is None:
+        raise RecipeError(f"{path}: missing top-level key 'job' (one of: {', '.join(sorted(JOBS))})")
+    if name not in JOBS:
+        hint = difflib.get_close_matches(str(name), list(JOBS), n=1)
+        extra = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise RecipeError(f"{path}: unknown job '{name}'{extra} (known jobs: {', '.join(sorted(JOBS))})")
+    spec = JOBS[name]
+    return spec, load_config(spec.config_class(), path, overrides, job=name)

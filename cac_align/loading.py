@@ -1,0 +1,82 @@
+"""Shared helpers for loading weights by hub id or local path, with errors that say the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["WeightsNotFoundError", "check_weights_source", "resolve_dtype", "resolve_device"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Weights named by a recipe are neither a local directory nor a reachable hub id."""
+
+
+def looks_like_path(name: str) -> bool:
+    """True for names that can only mean a local path (absolute, ./, ../, ~ or an existing dir)."""
+    return (
+        os.path.isabs(name)
+        or name.startswith(("./", "../", "~", ".\\"))
+        or Path(name).exists()
+        or name.count("/") > 1  # hub ids are "owner/name"
+    )
+
+
+def check_weights_source(name: str, key: str = "model") -> str:
+    """Validate a recipe's weights entry before any heavy import.
+
+    A local path must exist; a hub id is passed through (from_pretrained resolves it).
+
+    Args:
+        name: hub id ("Qwen/Qwen3-VL-8B-Instruct") or local directory.
+        key: the recipe key that holds it, for the error message.
+    """
+    if not name:
+        raise WeightsNotFoundError(f"recipe key '{key}' is empty; set it to a hub id or a local directory")
+    if looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise WeightsNotFoundError(
+                f"{key}={name!r}: no such directory. Point '{key}' at a folder written by "
+                "save_pretrained (or `huggingface-cli download <repo> --local-dir <dir>`), "
+                "or at a hub id such as 'Qwen/Qwen3-VL-8B-Instruct'."
+            )
+        return str(path)
+    return name
+
+
+def weights_error(name: str, key: str, exc: Exception) -> WeightsNotFoundError:
+    """Wrap a from_pretrained failure (offline, missing files) in an actionable message."""
+    return WeightsNotFoundError(
+        f"could not load weights from {key}={name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
+        f"If this machine is offline, download them elsewhere (`huggingface-cli download {name} --local-dir DIR`) "
+        f"and set {key}=DIR."
+    )
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """'bf16' / 'bfloat16' / 'fp16' / 'float32' ... -> torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'auto' -> cuda if available else cpu; anything else passed to torch.device."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,88 @@
+"""`cac-align make-tiny`: build the tiny random models and save them as model directories.
+
+The saved directories load through the same code a real recipe uses for hub ids
+(``load_vlm`` / ``load_wan_pipeline``), so offline demos and tests can point a recipe's
+``model:`` key at them. Random weights: outputs are meaningless, code paths are real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import MISSING
+
+__all__ = ["MakeTinyConfig", "TINY_BUILDERS", "run"]
+
+
+def _qwen3_vl(seed: int) -> Any:
+    from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(seed)
+
+
+def _qwen2_5_vl(seed: int) -> Any:
+    from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(seed)
+
+
+def _wan(seed: int) -> Any:
+    from cac_align.gen.wan import build_tiny_wan_pipeline
+
+    return build_tiny_wan_pipeline(seed)
+
+
+# name -> builder(seed) returning an object with save_pretrained(path)
+TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
+    "qwen3_vl": _qwen3_vl,  # CaC reward model backbone
+    "qwen2_5_vl": _qwen2_5_vl,  # UnifiedReward-qwen backbone
+    "wan": _wan,  # Wan-2.1 T2V generator
+}
+
+
+@dataclass
+class MakeTinyConfig:
+    """Config of `cac-align make-tiny`.
+
+    Attributes:
+        out_dir: folder that receives one sub-folder per model (``out_dir/qwen3_vl`` ...).
+        models: which tiny models to build (keys of ``TINY_BUILDERS``).
+        seed: seed of the random weights.
+        overwrite: rebuild models whose folder already exists (otherwise they are kept, so a
+            killed run resumes where it stopped).
+    """
+
+    out_dir: str = MISSING
+    models: list[str] = field(default_factory=lambda: list(TINY_BUILDERS))
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in TINY_BUILDERS]
+        if unknown:
+            raise ValueError(f"models: unknown tiny model(s) {unknown}; choose from {list(TINY_BUILDERS)}")
+        if not self.models:
+            raise ValueError("models: list at least one tiny model")
+
+
+def run(config: MakeTinyConfig) -> dict[str, Path]:
+    """Build and save each requested tiny model; returns {name: directory}."""
+    from tqdm.auto import tqdm
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name in tqdm(config.models, desc="tiny models", unit="model"):
+        target = out / name
+        # A complete save ends with its index/config file; a half-written folder is rebuilt.
+        done_marker = target / (".complete")
+        if done_marker.exists() and not config.overwrite:
+            tqdm.write(f"{name}: kept existing {target}")
+        else:
+            TINY_BUILDERS[name](config.seed).save_pretrained(str(target))
+            done_marker.write_text("built by cac-align make-tiny\n")
+            tqdm.write(f"{name}: wrote {target}")
+        written[name] = target
+    return written

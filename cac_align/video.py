@@ -1,0 +1,416 @@
+"""Video values: frames, frame rate and timestamps; loading, resampling, cropping, saving.
+
+Every reward and every CaC turn sees videos through :class:`Video`. A ``Video`` carries
+``frames`` as a uint8 array ``(T, H, W, 3)``, its frame rate ``fps`` and, for every frame, the
+time in seconds at which that frame sits in the *source* video. Resampling and cropping keep
+those source timestamps, so a prompt built from a cropped, resampled clip can still say
+"frame 3 is at 2.75 s" of the original video (CaC turn 2 needs this).
+
+Time convention: frame ``i`` of a video decoded at ``fps`` sits at ``i / fps`` seconds, and a
+video of ``T`` frames lasts ``T / fps`` seconds (81 frames at 16 fps last 5.0625 s). Windows
+are half-open, ``[start_s, end_s)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Video",
+    "VideoError",
+    "load_video",
+    "save_video",
+    "sample_times",
+]
+
+# Tolerance for comparing times, far below any real frame period (1 ms ~ 1000 fps).
+_TIME_EPS = 1e-6
+
+
+class VideoError(ValueError):
+    """A video could not be read, built or cut; the message names the input and the fix."""
+
+
+def _check_fps(fps: Any, what: str) -> float:
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise VideoError(f"{what} must be a number > 0, got {fps!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise VideoError(f"{what} must be a finite number > 0, got {fps!r}")
+    return value
+
+
+def sample_times(num_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
+    """Indices of the frames that sample a video uniformly in time at ``target_fps``.
+
+    Target times are ``k / target_fps`` for ``k = 0, 1, ...`` while they fall inside the
+    video (``< num_frames / source_fps``); each picks the source frame nearest in time
+    (ties round up). A 16 fps, 81-frame video at 4 fps gives indices 0, 4, 8, ..., 80, i.e.
+    the frames at 0, 0.25, ..., 5.0 s. Asking for more fps than the source has repeats
+    frames, as a constant-frame-rate player would.
+
+    Args:
+        num_frames: frame count ``T`` of the source (>= 1).
+        source_fps: the source's frame rate.
+        target_fps: the wanted frame rate.
+
+    Returns:
+        (K,) int64 array of source frame indices, non-decreasing, ``K >= 1``.
+    """
+    if num_frames < 1:
+        raise VideoError(f"cannot sample from a video with {num_frames} frames")
+    source_fps = _check_fps(source_fps, "source fps")
+    target_fps = _check_fps(target_fps, "target fps")
+    duration = num_frames / source_fps
+    # k / target < duration  <=>  k < duration * target; the epsilon keeps an exact boundary out.
+    count = max(1, math.ceil(duration * target_fps - _TIME_EPS))
+    times = np.arange(count, dtype=np.float64) / target_fps
+    indices = np.floor(times * source_fps + 0.5 + _TIME_EPS).astype(np.int64)
+    return np.clip(indices, 0, num_frames - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Video:
+    """Decoded RGB frames with their frame rate and source timestamps.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8, T >= 1.
+        fps: frame rate of ``frames`` (> 0). For a resampled video this is the target rate.
+        timestamps: (T,) float64 seconds of each frame in the source video; defaults to
+            ``i / fps``.
+        source: where the frames came from (a path, or a short description), for messages.
+    """
+
+    frames: np.ndarray
+    fps: float
+    timestamps: np.ndarray = field(default=None)  # type: ignore[assignment]
+    source: str = "<array>"
+
+    def __post_init__(self) -> None:
+        frames = self.frames
+        if not isinstance(frames, np.ndarray):
+            raise VideoError(f"{self.source}: Video.frames must be a numpy array, got {type(frames).__name__}")
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise VideoError(
+                f"{self.source}: Video.frames must be uint8 (T, H, W, 3), "
+                f"got {frames.dtype} {tuple(frames.shape)}"
+            )
+        if frames.shape[0] == 0:
+            raise VideoError(f"{self.source}: video has zero frames")
+        if frames.shape[1] == 0 or frames.shape[2] == 0:
+            raise VideoError(f"{self.source}: video frames are empty ({tuple(frames.shape)})")
+        object.__setattr__(self, "fps", _check_fps(self.fps, f"{self.source}: fps"))
+        if self.timestamps is None:
+            stamps = np.arange(frames.shape[0], dtype=np.float64) / self.fps
+        else:
+            stamps = np.asarray(self.timestamps, dtype=np.float64)
+            if stamps.shape != (frames.shape[0],):
+                raise VideoError(
+                    f"{self.source}: timestamps must have one entry per frame "
+                    f"({frames.shape[0]}), got shape {stamps.shape}"
+                )
+        object.__setattr__(self, "timestamps", stamps)
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def duration_s(self) -> float:
+        """Length in seconds: ``T / fps``."""
+        return self.num_frames / self.fps
+
+    @property
+    def start_s(self) -> float:
+        """Source time of the first frame (0 unless the video was cropped)."""
+        return float(self.timestamps[0])
+
+    @property
+    def end_s(self) -> float:
+        """Source time at which the video ends (exclusive): ``start_s + duration_s``."""
+        return self.start_s + self.duration_s
+
+    def __repr__(self) -> str:
+        return (
+            f"Video(source={self.source!r}, frames={self.num_frames}x{self.height}x{self.width}, "
+            f"fps={self.fps:g}, span=[{self.start_s:.3f}, {self.end_s:.3f}) s)"
+        )
+
+    # -- transforms ---------------------------------------------------------------------
+    def select(self, indices: np.ndarray, fps: float) -> "Video":
+        """Frames at ``indices`` as a new video at ``fps``, keeping their source timestamps."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return Video(self.frames[indices], fps, self.timestamps[indices], self.source)
+
+    def resample(self, fps: float) -> "Video":
+        """Sample uniformly in time at ``fps`` (CaC: 4 fps whole-video scan, 8 fps clip).
+
+        Frame ``k`` of the result is the source frame nearest to ``start_s + k / fps``;
+        see :func:`sample_times`.
+        """
+        fps = _check_fps(fps, f"{self.source}: resample fps")
+        return self.select(sample_times(self.num_frames, self.fps, fps), fps)
+
+    def crop(self, start_s: float, end_s: float) -> "Video":
+        """Frames whose timestamps fall in ``[start_s, end_s)`` (source seconds).
+
+        The window is clamped to the video's span. An inverted window (``end_s < start_s``),
+        an empty one, or one that contains no frame raises :class:`VideoError`.
+        """
+        start_s, end_s = float(start_s), float(end_s)
+        if not (math.isfinite(start_s) and math.isfinite(end_s)):
+            raise VideoError(f"{self.source}: crop window must be finite, got [{start_s}, {end_s})")
+        if end_s < start_s:
+            raise VideoError(f"{self.source}: inverted crop window [{start_s:g}, {end_s:g}) s (end before start)")
+        if end_s - start_s <= _TIME_EPS:
+            raise VideoError(f"{self.source}: empty crop window [{start_s:g}, {end_s:g}) s")
+        lo, hi = max(start_s, self.start_s), min(end_s, self.end_s)
+        keep = (self.timestamps >= lo - _TIME_EPS) & (self.timestamps < hi - _TIME_EPS)
+        if not keep.any():
+            raise VideoError(
+                f"{self.source}: crop window [{start_s:g}, {end_s:g}) s holds no frame of a video "
+                f"spanning [{self.start_s:g}, {self.end_s:g}) s at {self.fps:g} fps"
+            )
+        return self.select(np.flatnonzero(keep), self.fps)
+
+    def to_tensor(self):
+        """Frames as a torch float tensor (T, 3, H, W) in [0, 1] (diffusers' layout)."""
+        import torch
+
+        return torch.from_numpy(self.frames).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+def _float_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise VideoError(f"{what}: float frames contain NaN or inf")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise VideoError(
+            f"{what}: float frames must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+            "rescale [-1, 1] output with (x + 1) / 2, or pass uint8 frames"
+        )
+    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _frames_from_array(array: np.ndarray, what: str) -> np.ndarray:
+    """(T, H, W, 3) uint8, or float (T, C, H, W) / (T, H, W, C) in [0, 1] -> (T, H, W, 3) uint8."""
+    if array.ndim != 4:
+        raise VideoError(
+            f"{what}: expected a 4-d video (T, H, W, 3) uint8 or (T, C, H, W) / (T, H, W, C) float, "
+            f"got shape {tuple(array.shape)}"
+        )
+    if array.shape[0] == 0:
+        raise VideoError(f"{what}: video has zero frames")
+    if array.dtype == np.uint8:
+        if array.shape[-1] != 3:
+            raise VideoError(f"{what}: uint8 frames must be (T, H, W, 3), got {tuple(array.shape)}")
+        return np.ascontiguousarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise VideoError(f"{what}: frames must be uint8 or float in [0, 1], got dtype {array.dtype}")
+    if array.shape[-1] == 3:  # (T, H, W, C)
+        hwc = array
+    elif array.shape[1] == 3:  # (T, C, H, W)
+        hwc = np.transpose(array, (0, 2, 3, 1))
+    else:
+        raise VideoError(
+            f"{what}: float frames need 3 channels first (T, 3, H, W) or last (T, H, W, 3), "
+            f"got {tuple(array.shape)}"
+        )
+    return _float_to_uint8(np.asarray(hwc, dtype=np.float32), what)
+
+
+def _to_numpy(source: Any) -> np.ndarray | None:
+    if isinstance(source, np.ndarray):
+        return source
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return None
+    if isinstance(source, torch.Tensor):
+        tensor = source.detach().cpu()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.numpy()
+    return None
+
+
+def _decode_file(path: Path, fps: float | None) -> Video:
+    if not path.exists():
+        raise VideoError(f"video file not found: {path}")
+    if not path.is_file():
+        raise VideoError(f"video path is not a file: {path}")
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        total = len(reader)
+        source_fps = float(reader.get_avg_fps())
+    except Exception as exc:  # decord raises its own DECORDError or RuntimeError
+        raise VideoError(f"could not decode video {path}: {exc.__class__.__name__}: {exc}") from None
+    if total < 1:
+        raise VideoError(f"video {path} has zero frames")
+    if not math.isfinite(source_fps) or source_fps <= 0:
+        raise VideoError(f"video {path} reports an unusable frame rate ({source_fps}); re-encode it with a fixed fps")
+    if fps is None:
+        indices = np.arange(total, dtype=np.int64)
+        out_fps = source_fps
+    else:
+        # Decode only the frames the target rate needs.
+        indices = sample_times(total, source_fps, fps)
+        out_fps = fps
+    try:
+        if reader[0].shape[-1] == 3:
+            frames = reader.get_batch(indices.tolist()).asnumpy()
+        else:
+            # decord 0.6 mis-strides some narrow widths (16 or 48 px) and reports 4- or
+            # 6-channel frames; ffmpeg decodes those files correctly.
+            frames = _decode_with_ffmpeg(path, indices)
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
+    return Video(frames, out_fps, indices / source_fps, str(path))
+
+
+def _decode_with_ffmpeg(path: Path, indices: np.ndarray) -> np.ndarray:
+    """Decode all frames with imageio-ffmpeg and keep ``indices`` (fallback path)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(reader)
+    width, height = meta["size"]
+    frames = [np.frombuffer(buf, np.uint8).reshape(height, width, 3) for buf in reader]
+    if not frames or int(indices.max()) >= len(frames):
+        raise VideoError(f"could not decode frames of video {path}: ffmpeg returned {len(frames)} frames")
+    return np.stack([frames[i] for i in indices.tolist()])
+
+
+def load_video(
+    source: Any,
+    fps: float | None = None,
+    *,
+    source_fps: float | None = None,
+) -> Video | list[Video]:
+    """Load a video from a file, an array, a tensor or a diffusers batch.
+
+    Args:
+        source: one of
+            - a path (``str`` / ``os.PathLike``) to a video file, decoded with decord;
+            - a :class:`Video` (returned, resampled if ``fps`` is given);
+            - a uint8 array ``(T, H, W, 3)``;
+            - a float tensor/array ``(T, C, H, W)`` or ``(T, H, W, C)`` in [0, 1];
+            - a diffusers batch ``(B, F, C, H, W)`` float in [0, 1] (``output_type="pt"``),
+              returning a list of ``B`` videos.
+        fps: if given, resample to this rate (for files only the needed frames are decoded).
+        source_fps: frame rate of array/tensor input (files carry their own). Required for
+            arrays: Wan-2.1 writes 16 fps.
+
+    Returns:
+        A :class:`Video`, or a list of them for a 5-d batch.
+
+    Raises:
+        VideoError: missing or corrupt file, zero frames, wrong shape or dtype, values out of
+            range, fps <= 0. The message names the input.
+    """
+    if fps is not None:
+        fps = _check_fps(fps, "target fps")
+    if isinstance(source, Video):
+        return source.resample(fps) if fps is not None else source
+    if isinstance(source, (str, os.PathLike)):
+        return _decode_file(Path(source), fps)
+
+    array = _to_numpy(source)
+    if array is None:
+        raise VideoError(
+            f"cannot load a video from {type(source).__name__}; pass a file path, a Video, "
+            "a uint8 (T, H, W, 3) array or a float (T, C, H, W) tensor in [0, 1]"
+        )
+    if source_fps is None:
+        raise VideoError(
+            f"array input of shape {tuple(array.shape)} carries no frame rate; "
+            "pass source_fps= (Wan-2.1 writes 16 fps)"
+        )
+    source_fps = _check_fps(source_fps, "source_fps")
+    if array.ndim == 5:
+        if array.shape[0] == 0:
+            raise VideoError("video batch (B, F, C, H, W) is empty (B = 0)")
+        return [
+            load_video(array[b], fps, source_fps=source_fps)  # type: ignore[misc]
+            for b in range(array.shape[0])
+        ]
+    what = f"array {tuple(array.shape)} {array.dtype}"
+    video = Video(_frames_from_array(array, what), source_fps, source=what)
+    return video.resample(fps) if fps is not None else video
+
+
+# ---------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------
+def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
+    """Write ``video`` as an H.264 mp4 (yuv420p) that decord and browsers read.
+
+    The file is written to a temporary name beside ``path`` and renamed when complete, so a
+    killed run never leaves a truncated mp4 under the final name.
+
+    Args:
+        video: the video; its height and width must be even (yuv420p subsamples chroma 2x2).
+        path: destination ``.mp4`` path; parent folders are created.
+        crf: x264 constant rate factor (0 = lossless luma, 18 = visually lossless, 23 = default).
+
+    Returns:
+        The written path.
+    """
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if video.height % 2 or video.width % 2:
+        raise VideoError(
+            f"cannot save {video.source} as H.264 yuv420p: height and width must be even, got "
+            f"{video.height}x{video.width}; crop or pad one row/column first"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        writer = imageio_ffmpeg.write_frames(
+            tmp_name,
+            (video.width, video.height),
+            fps=video.fps,
+            codec="libx264",
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            quality=None,
+            macro_block_size=1,
+            output_params=["-crf", str(int(crf)), "-movflags", "+faststart"],
+            ffmpeg_log_level="error",
+        )
+        writer.send(None)  # start the generator
+        for frame in video.frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path

@@ -1,0 +1,251 @@
+"""Tiny random Qwen3-VL and Qwen2.5-VL models, built offline for tests, demos and CI.
+
+These are the real transformers classes (``Qwen3VLForConditionalGeneration`` with a
+``Qwen3VLProcessor``; ``Qwen2_5_VLForConditionalGeneration`` with a ``Qwen2_5_VLProcessor``,
+the UnifiedReward-qwen backbone) at toy size with seeded random weights. Nothing is
+downloaded: the tokenizer is a byte-level BPE trained in-process with the ``tokenizers``
+library on a small built-in corpus, and the chat template mirrors the video/image markup
+of the real Qwen-VL templates (``<|vision_start|><|video_pad|><|vision_end|>``; the processor
+expands ``<|video_pad|>`` into per-frame-pair blocks with ``<t seconds>`` stamps).
+
+Random weights produce meaningless text and scores; use these only to exercise code paths.
+``save_pretrained`` on the returned model and processor gives a directory that the ordinary
+loader (:func:`cac_align.vlm.loading.load_vlm`) reads back, exactly as it reads a hub id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "TINY_CHAT_TEMPLATE",
+    "TinyVLM",
+    "build_tiny_tokenizer",
+    "build_tiny_qwen3_vl",
+    "build_tiny_qwen2_5_vl",
+]
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Mirrors the structure of Qwen's chat template: role headers, text parts verbatim, each
+# image/video part as vision_start + pad + vision_end; an assistant header for generation.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+# Words the CaC and UnifiedReward prompts and answers use, so the tiny tokenizer splits them
+# into a few tokens each, as a real tokenizer would.
+_CORPUS = [
+    "You are an expert in detecting anomalies in AI-generated videos.",
+    "Object Distortion Human Distortion Motion Anomalies Physical Violations Character Anomalies",
+    '{"status": "normal", "anomalies": []}',
+    '{"status": "abnormal", "anomalies": [{"type": "Object Distortion", "time": [1.25, 2.5], '
+    '"frames": [5, 10], "bbox": {"frame 0": [120, 340, 560, 780]}, "reason": "the cup warps", '
+    '"region": "cup"}], "cot": "Step 1: scan the video. Step 2: look closer."}',
+    "The video shows a person walking a dog in a park. Frame 3 is at 0.75 seconds.",
+    "Alignment score: 4. Physics score: 3. Style score: 5. Final Score: 4.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 0.25 0.5 0.75",
+    "normal abnormal status type time frames bbox reason region cot saliency salient non-salient",
+    "hand finger face leg arm text sign letter phone car ball wall floor float teleport flicker",
+]
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen's special tokens, trained here.
+
+    Byte-level means any text (JSON, digits, unicode) encodes and decodes losslessly.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        chat_template=TINY_CHAT_TEMPLATE,
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
+    return tokenizer
+
+
+@dataclass
+class TinyVLM:
+    """A tiny model with its processor; ``save_pretrained(path)`` writes both."""
+
+    model: Any
+    processor: Any
+
+    def save_pretrained(self, path: str) -> None:
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.processor.save_pretrained(path)
+
+
+def _token_ids(tokenizer: Any) -> dict[str, int]:
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _text_config(tokenizer: Any, **extra: Any) -> dict:
+    # mrope_section splits head_dim / 2 = 8 rotary pairs over (time, height, width).
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _finish(model: Any, tokenizer: Any) -> Any:
+    model.eval()
+    gen = model.generation_config
+    gen.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.bos_token_id = None
+    return model
+
+
+# Pixel budgets small enough that an 8-frame 64x96 clip costs a few dozen vision tokens.
+_IMAGE_SIZE = {"shortest_edge": 32 * 32, "longest_edge": 128 * 128}
+_VIDEO_SIZE = {"shortest_edge": 32 * 32 * 2, "longest_edge": 128 * 128 * 16}
+
+
+def build_tiny_qwen3_vl(seed: int = 0) -> TinyVLM:
+    """Tiny random ``Qwen3VLForConditionalGeneration`` + ``Qwen3VLProcessor`` (CaC's backbone)."""
+    import torch
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen3VLConfig(
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            deepstack_visual_indexes=[0, 1],
+            num_position_embeddings=144,
+        ),
+        text_config=_text_config(
+            tokenizer,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+            },
+        ),
+        tie_word_embeddings=False,
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, size=_IMAGE_SIZE),
+        video_processor=Qwen3VLVideoProcessor(
+            patch_size=16, merge_size=2, size=_VIDEO_SIZE, cap_pixels_per_frame=True, max_video_tokens=64
+        ),
+        tokenizer=tokenizer,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    return TinyVLM(_finish(model, tokenizer), processor)
+
+
+def build_tiny_qwen2_5_vl(seed: int = 0) -> TinyVLM:
+    """Tiny random ``Qwen2_5_VLForConditionalGeneration`` + processor (UnifiedReward-qwen's backbone)."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+        ),
+        text_config=_text_config(
+            tokenizer,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        ),
+        tie_word_embeddings=False,
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, size=_IMAGE_SIZE),
+        video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2, size=_VIDEO_SIZE),
+        tokenizer=tokenizer,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    return TinyVLM(_finish(model, tokenizer), processor)

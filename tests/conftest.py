@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random models (built once per session) and small videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def smooth_video(num_frames: int = 9, height: int = 32, width: int = 64, seed: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8 gradients that move a little each frame; codec-friendly content."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(0, 1, size=3)
+    frames = []
+    for t in range(num_frames):
+        r = 0.5 + 0.5 * np.sin((xx + 2 * t) / width * 2 * np.pi + base[0] * 6)
+        g = 0.5 + 0.5 * np.cos((yy + t) / height * 2 * np.pi + base[1] * 6)
+        b = np.full_like(r, base[2])
+        frames.append(np.stack([r, g, b], axis=-1))
+    return np.round(np.stack(frames) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl():
+    from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl():
+    from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(seed=0)

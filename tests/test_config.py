@@ -1,0 +1,118 @@
+"""Recipes: every YAML under recipes/ validates; typos, wrong types and missing values are named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from omegaconf import MISSING
+
+from cac_align.config import JOBS, RecipeError, load_config, load_recipe
+from conftest import REPO_ROOT
+
+RECIPES = sorted((REPO_ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert RECIPES, "recipes/ holds no YAML"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_recipe_validates(recipe):
+    spec, config = load_recipe(recipe)
+    assert spec.name in JOBS
+    assert isinstance(config, spec.config_class())
+    # Convention: the first line is the command that runs the recipe.
+    first = recipe.read_text().splitlines()[0]
+    assert first.startswith(f"# cac-align {spec.name} "), first
+
+
+@dataclass
+class _Optim:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class _Job:
+    model: str = MISSING
+    steps: int = 10
+    optim: _Optim = field(default_factory=_Optim)
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_load_merges_defaults_recipe_and_overrides(tmp_path):
+    recipe = _write(tmp_path, "model: tiny\noptim:\n  lr: 0.001\n")
+    config = load_config(_Job, recipe, ["steps=3", "optim.betas=[0.5,0.6]"])
+    assert config == _Job(model="tiny", steps=3, optim=_Optim(lr=0.001, betas=[0.5, 0.6]))
+    assert isinstance(config.optim, _Optim)
+
+
+def test_unknown_key_names_key_recipe_and_suggestion(tmp_path):
+    recipe = _write(tmp_path, "model: tiny\nstpes: 3\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: unknown key 'stpes'; did you mean 'steps'\?"):
+        load_config(_Job, recipe)
+
+
+def test_unknown_nested_key(tmp_path):
+    recipe = _write(tmp_path, "model: tiny\noptim:\n  learning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: unknown key 'optim.learning_rate'.*known keys here: lr, betas"):
+        load_config(_Job, recipe)
+
+
+def test_wrong_type_names_key(tmp_path):
+    recipe = _write(tmp_path, "model: tiny\nsteps: many\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: wrong type for key 'steps'"):
+        load_config(_Job, recipe)
+
+
+def test_missing_required_value_names_key(tmp_path):
+    recipe = _write(tmp_path, "steps: 3\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: required key 'model' has no value"):
+        load_config(_Job, recipe)
+
+
+def test_override_typo_is_an_error(tmp_path):
+    recipe = _write(tmp_path, "model: tiny\n")
+    with pytest.raises(RecipeError, match=r"command-line override\): unknown key 'optim.lrr'"):
+        load_config(_Job, recipe, ["optim.lrr=1"])
+    with pytest.raises(RecipeError, match="must look like key=value"):
+        load_config(_Job, recipe, ["steps"])
+
+
+def test_post_init_check_is_reported_with_recipe(tmp_path):
+    recipe = _write(tmp_path, "model: tiny\nsteps: 0\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: steps must be > 0, got 0"):
+        load_config(_Job, recipe)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_config(_Job, _write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_config(_Job, tmp_path / "absent.yaml")
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        load_config(_Job, _write(tmp_path, "- a\n- b\n"))
+
+
+def test_load_recipe_requires_known_job(tmp_path):
+    with pytest.raises(RecipeError, match="missing top-level key 'job'"):
+        load_recipe(_write(tmp_path, "out_dir: x\n"))
+    with pytest.raises(RecipeError, match="unknown job 'make-tini'; did you mean 'make-tiny'"):
+        load_recipe(_write(tmp_path, "job: make-tini\n"))
+
+
+def test_job_mismatch(tmp_path):
+    recipe = _write(tmp_path, "job: other\nmodel: tiny\n")
+    with pytest.raises(RecipeError, match="for job 'other', not 'train'"):
+        load_config(_Job, recipe, job="train")

@@ -1,0 +1,103 @@
+"""Tiny offline models: real classes, and the save_pretrained -> from_pretrained round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.gen.wan import build_tiny_wan_pipeline, load_wan_pipeline
+from cac_align.loading import WeightsNotFoundError
+from cac_align.vlm.hf import load_vlm
+from conftest import smooth_video
+
+
+def _video_inputs(vlm, frames: np.ndarray, fps: float):
+    from transformers.video_utils import VideoMetadata
+
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Is this video normal?"}]}]
+    text = vlm.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    meta = VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=list(range(len(frames))))
+    return vlm.processor(
+        text=[text], videos=[frames], video_metadata=[meta], return_tensors="pt", videos_kwargs={"do_sample_frames": False}
+    )
+
+
+def test_tiny_tokenizer_round_trips_text_and_knows_special_tokens():
+    from cac_align.vlm.tiny import SPECIAL_TOKENS, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    text = '{"status": "abnormal", "bbox": [120, 340, 560, 780]} — ünïcode'
+    assert tok.decode(tok(text)["input_ids"]) == text
+    for special in SPECIAL_TOKENS:
+        assert len(tok(special)["input_ids"]) == 1
+
+
+def test_qwen3_vl_prompt_has_timestamps_and_video_tokens(tiny_qwen3_vl):
+    inputs = _video_inputs(tiny_qwen3_vl, smooth_video(8, 64, 96), fps=4.0)
+    text = tiny_qwen3_vl.processor.tokenizer.decode(inputs["input_ids"][0])
+    # Qwen3-VL stamps each pair of frames with its mean time: (0 + 0.25) / 2 = 0.125 -> "0.1".
+    assert "<0.1 seconds>" in text and "<1.6 seconds>" in text
+    assert inputs["video_grid_thw"].tolist() == [[4, 4, 6]]  # 8 frames / temporal patch 2; 64x96 / 16
+
+
+@pytest.mark.parametrize("name", ["tiny_qwen3_vl", "tiny_qwen2_5_vl"])
+def test_vlm_save_then_load_by_path_gives_identical_logits(name, request, tmp_path):
+    tiny = request.getfixturevalue(name)
+    tiny.save_pretrained(str(tmp_path))
+    assert (tmp_path / "model.safetensors").exists()
+    model, processor = load_vlm(str(tmp_path), dtype="float32", device="cpu")
+    assert type(model) is type(tiny.model)
+    assert not model.training
+    inputs = _video_inputs(tiny, smooth_video(4, 64, 64), fps=4.0) if "qwen3" in name else None
+    if inputs is None:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Rate it."}]}]
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], videos=[smooth_video(4, 56, 56)], return_tensors="pt")
+    with torch.no_grad():
+        expected = tiny.model(**inputs).logits
+        actual = model(**inputs).logits
+    assert expected.shape[-1] == len(processor.tokenizer)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_tiny_vlm_generates_tokens(tiny_qwen3_vl):
+    inputs = _video_inputs(tiny_qwen3_vl, smooth_video(4, 64, 64), fps=4.0)
+    out = tiny_qwen3_vl.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_tiny_builders_are_seeded(tiny_qwen3_vl):
+    from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+    same = build_tiny_qwen3_vl(seed=0).model.state_dict()
+    other = build_tiny_qwen3_vl(seed=1).model.state_dict()
+    ref = tiny_qwen3_vl.model.state_dict()
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(same[key], ref[key])
+    assert not torch.equal(other[key], ref[key])
+
+
+def test_wan_save_then_load_by_path_generates_the_same_video(tmp_path):
+    pipe = build_tiny_wan_pipeline(seed=0)
+    kwargs = dict(num_frames=9, height=32, width=32, num_inference_steps=2, guidance_scale=1.0, output_type="pt")
+    prompts = ["a dog in a park", "a red car"]
+    expected = pipe(prompts, generator=torch.Generator().manual_seed(0), **kwargs).frames
+    assert expected.shape == (2, 9, 3, 32, 32)  # (B, F, C, H, W) in [0, 1]
+    assert 0.0 <= expected.min() and expected.max() <= 1.0
+    pipe.save_pretrained(str(tmp_path))
+    loaded = load_wan_pipeline(str(tmp_path), dtype="float32", device="cpu")
+    assert type(loaded).__name__ == "WanPipeline"
+    actual = loaded(prompts, generator=torch.Generator().manual_seed(0), **kwargs).frames
+    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+
+
+def test_missing_weight_paths_say_which_key_to_set(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match=r"cac.model=.*no such directory.*save_pretrained"):
+        load_vlm(str(tmp_path / "absent"), key="cac.model")
+    with pytest.raises(WeightsNotFoundError, match=r"generator.model=.*no such directory"):
+        load_wan_pipeline(str(tmp_path / "absent"), key="generator.model")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsNotFoundError, match="could not load weights from model="):
+        load_vlm(str(empty))

@@ -1,0 +1,217 @@
+"""Video I/O: every load path, resampling exactness, crop edges, save/load, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.video import Video, VideoError, load_video, sample_times, save_video
+from conftest import smooth_video
+
+
+# --- sample_times: hand-worked indices ---------------------------------------------------
+def test_sample_times_16fps_81_frames_at_4fps_is_every_fourth_frame():
+    # 81 frames at 16 fps last 81/16 = 5.0625 s; targets k/4 < 5.0625 -> k = 0..20 (21 frames),
+    # each exactly on source frame 4k.
+    idx = sample_times(81, 16, 4)
+    assert idx.tolist() == list(range(0, 81, 4))
+
+
+def test_sample_times_non_integer_ratio_picks_nearest_frame():
+    # 10 frames at 30 fps last 1/3 s; targets 0, 0.125, 0.25 s (0.375 >= 1/3 is out).
+    # Source positions t*30 = 0, 3.75, 7.5 -> nearest frames 0, 4, 8 (ties round up).
+    assert sample_times(10, 30, 8).tolist() == [0, 4, 8]
+
+
+def test_sample_times_upsampling_repeats_frames():
+    # 3 frames at 4 fps last 0.75 s; targets k/8, k = 0..5; positions t*4 = 0, .5, 1, 1.5, 2, 2.5
+    # -> round-half-up 0, 1, 1, 2, 2, 3 -> clipped to the last frame (2).
+    assert sample_times(3, 4, 8).tolist() == [0, 1, 1, 2, 2, 2]
+
+
+def test_resample_16fps_81_frames_to_4fps_has_quarter_second_timestamps():
+    frames = np.zeros((81, 8, 8, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(81)  # tag each frame with its index
+    video = load_video(frames, source_fps=16)
+    assert video.duration_s == pytest.approx(5.0625)
+    scan = video.resample(4)
+    assert scan.fps == 4
+    assert scan.num_frames == 21
+    np.testing.assert_allclose(scan.timestamps, np.arange(21) * 0.25)
+    assert scan.frames[:, 0, 0, 0].tolist() == list(range(0, 81, 4))
+
+
+# --- load paths ------------------------------------------------------------------------------
+def test_load_uint8_array():
+    frames = smooth_video(5)
+    video = load_video(frames, source_fps=16)
+    assert isinstance(video, Video)
+    assert video.frames.dtype == np.uint8 and video.frames.shape == (5, 32, 64, 3)
+    np.testing.assert_array_equal(video.frames, frames)
+    np.testing.assert_allclose(video.timestamps, np.arange(5) / 16)
+
+
+@pytest.mark.parametrize("layout", ["TCHW", "THWC"])
+@pytest.mark.parametrize("kind", ["tensor", "array"])
+def test_load_float_frames_in_unit_range(layout, kind):
+    frames = smooth_video(4)
+    floats = frames.astype(np.float32) / 255.0
+    if layout == "TCHW":
+        floats = floats.transpose(0, 3, 1, 2)
+    source = torch.from_numpy(np.ascontiguousarray(floats)) if kind == "tensor" else floats
+    video = load_video(source, source_fps=8)
+    np.testing.assert_array_equal(video.frames, frames)  # x/255 -> round(x/255*255) == x
+    assert video.fps == 8
+
+
+def test_load_float_half_maps_to_128():
+    # 0.5 * 255 = 127.5 rounds (half to even) to 128; 1.0 -> 255; 0 -> 0.
+    video = load_video(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2).contiguous(), source_fps=1)
+    assert video.frames[0, 0, 0].tolist() == [0, 128, 255]
+
+
+def test_load_diffusers_batch_returns_one_video_per_sample():
+    frames = np.stack([smooth_video(9, seed=s) for s in range(3)])  # (B, F, H, W, C)
+    batch = torch.from_numpy(frames.transpose(0, 1, 4, 2, 3).astype(np.float32) / 255.0)  # (B, F, C, H, W)
+    videos = load_video(batch, source_fps=16)
+    assert isinstance(videos, list) and len(videos) == 3
+    for b, video in enumerate(videos):
+        np.testing.assert_array_equal(video.frames, frames[b])
+        assert video.fps == 16
+
+
+def test_load_diffusers_batch_with_target_fps_resamples_each():
+    batch = torch.rand(2, 17, 3, 16, 16)  # 17 frames at 16 fps -> 4 fps: t = 0, .25, .5, .75, 1.0
+    videos = load_video(batch, fps=4, source_fps=16)
+    assert [v.num_frames for v in videos] == [5, 5]
+    np.testing.assert_allclose(videos[1].timestamps, [0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_load_video_passes_video_through_and_resamples():
+    video = load_video(smooth_video(16), source_fps=16)
+    assert load_video(video) is video
+    assert load_video(video, fps=8).timestamps.tolist() == [i / 8 for i in range(8)]
+
+
+def test_save_and_load_file_round_trip(tmp_path):
+    frames = smooth_video(20, height=48, width=64)
+    path = save_video(Video(frames, 16.0), tmp_path / "sub" / "clip.mp4")
+    assert path.exists() and path.stat().st_size > 0
+    assert not list(path.parent.glob(".*"))  # no temporary left behind
+    loaded = load_video(path)
+    assert loaded.fps == pytest.approx(16.0)
+    assert loaded.frames.shape == frames.shape
+    # yuv420p halves chroma resolution: measured mean error ~3.2 even at crf 0, ~3.4 at crf 18.
+    # A different video differs by far more, so the bound still tells frames apart.
+    assert np.abs(loaded.frames.astype(int) - frames.astype(int)).mean() < 6.0
+    other = smooth_video(20, height=48, width=64, seed=5)
+    assert np.abs(loaded.frames.astype(int) - other.astype(int)).mean() > 20.0
+    assert loaded.source == str(path)
+
+
+def test_load_file_at_target_fps_decodes_the_sampled_frames(tmp_path):
+    path = save_video(Video(smooth_video(20, height=32, width=64), 16.0), tmp_path / "clip.mp4")
+    full = load_video(path)
+    scan = load_video(path, fps=4)
+    # 20 frames at 16 fps last 1.25 s: targets 0, .25, .5, .75, 1.0 -> frames 0, 4, 8, 12, 16.
+    np.testing.assert_allclose(scan.timestamps, [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(scan.frames, full.frames[[0, 4, 8, 12, 16]])
+    assert scan.fps == 4
+
+
+def test_load_file_with_width_decord_misreads(tmp_path):
+    # decord 0.6 reports 4-channel frames for 48-pixel-wide H.264; the loader falls back to ffmpeg.
+    frames = smooth_video(6, height=32, width=48)
+    path = save_video(Video(frames, 16.0), tmp_path / "narrow.mp4")
+    loaded = load_video(path, fps=8)
+    assert loaded.frames.shape == (3, 32, 48, 3)
+    assert np.abs(loaded.frames.astype(int) - frames[[0, 2, 4]].astype(int)).mean() < 6.0  # see round trip
+
+
+# --- crop --------------------------------------------------------------------------------------
+@pytest.fixture
+def tagged_81():
+    frames = np.zeros((81, 4, 4, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(81)
+    return Video(frames, 16.0)
+
+
+def test_crop_half_open_window(tagged_81):
+    clip = tagged_81.crop(2.0, 3.0)  # frames 32..47 (t = 2.0 .. 2.9375), 3.0 excluded
+    assert clip.frames[:, 0, 0, 0].tolist() == list(range(32, 48))
+    assert clip.start_s == 2.0 and clip.fps == 16
+    # CaC turn 2: the window densely resampled at 8 fps keeps source timestamps.
+    dense = clip.resample(8)
+    np.testing.assert_allclose(dense.timestamps, 2.0 + np.arange(8) / 8)
+    assert dense.frames[:, 0, 0, 0].tolist() == list(range(32, 48, 2))
+
+
+def test_crop_clamps_to_video(tagged_81):
+    assert tagged_81.crop(-1.0, 0.5).frames[:, 0, 0, 0].tolist() == list(range(0, 8))
+    assert tagged_81.crop(4.5, 99.0).frames[:, 0, 0, 0].tolist() == list(range(72, 81))
+    assert tagged_81.crop(-5, 50).num_frames == 81
+
+
+@pytest.mark.parametrize(
+    "window, message",
+    [((3.0, 2.0), "inverted"), ((1.0, 1.0), "empty"), ((10.0, 11.0), "holds no frame"), ((0.01, 0.05), "holds no frame")],
+)
+def test_crop_bad_windows(tagged_81, window, message):
+    with pytest.raises(VideoError, match=message):
+        tagged_81.crop(*window)
+
+
+# --- bad input -------------------------------------------------------------------------------
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(VideoError, match="not found: .*nope.mp4"):
+        load_video(tmp_path / "nope.mp4")
+
+
+def test_corrupt_file_names_the_path(tmp_path):
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    with pytest.raises(VideoError, match="could not decode video .*corrupt.mp4"):
+        load_video(bad)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((0, 8, 8, 3), np.uint8), "zero frames"),
+        (np.zeros((8, 8, 3), np.uint8), "4-d video"),
+        (np.zeros((2, 8, 8, 4), np.uint8), r"\(T, H, W, 3\)"),
+        (np.zeros((2, 8, 8, 3), np.int32), "dtype int32"),
+        (np.full((2, 3, 8, 8), 2.0, np.float32), r"\[0, 1\]"),
+        (np.full((2, 3, 8, 8), np.nan, np.float32), "NaN"),
+        (np.zeros((2, 5, 8, 8), np.float32), "3 channels"),
+        (np.zeros((0, 2, 3, 8, 8), np.float32), "empty"),
+    ],
+)
+def test_bad_arrays_raise_clear_errors(array, message):
+    with pytest.raises(VideoError, match=message):
+        load_video(array, source_fps=16)
+
+
+def test_array_without_fps_asks_for_it():
+    with pytest.raises(VideoError, match="source_fps"):
+        load_video(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+@pytest.mark.parametrize("fps", [0, -4, float("nan"), "fast"])
+def test_bad_fps(fps):
+    with pytest.raises(VideoError, match="fps"):
+        load_video(np.zeros((2, 8, 8, 3), np.uint8), source_fps=fps)
+    with pytest.raises(VideoError, match="fps"):
+        Video(np.zeros((2, 8, 8, 3), np.uint8), 16).resample(fps)
+
+
+def test_unsupported_source_type():
+    with pytest.raises(VideoError, match="cannot load a video from dict"):
+        load_video({"frames": []})
+
+
+def test_save_rejects_odd_size(tmp_path):
+    with pytest.raises(VideoError, match="even"):
+        save_video(Video(np.zeros((2, 9, 8, 3), np.uint8), 16), tmp_path / "odd.mp4")
+    assert not list(tmp_path.iterdir())
