@@ -1,0 +1,1 @@
+"""The CaC reward model: schema, prompts, two-turn inference and training stages."""
