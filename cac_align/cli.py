@@ -1,7 +1,7 @@
 """`cac-align`: one subcommand per job, each configured by a recipe plus key=value overrides.
 
     cac-align --help
-    cac-align <job> --config recipes/<job>/<recipe>.yaml [key=value ...]
+    cac-align <job> --config recipes/<job>/<recipe>.yaml [--out DIR] [key=value ...]
     cac-align <job> --config ... --print-config      # show the resolved config, run nothing
     cac-align check-recipe recipes/**/*.yaml          # validate recipes without loading weights
 
@@ -42,6 +42,7 @@ def _build_parser() -> argparse.ArgumentParser:
         job = sub.add_parser(spec.name, help=spec.help, description=spec.help)
         job.add_argument("--config", "-c", type=Path, help="recipe YAML (defaults are used when omitted)")
         job.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        job.add_argument("--out", "-o", help="output folder (shorthand for out_dir=...)")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
         "check-recipe", help="validate recipe files without loading weights", description="validate recipe files"
@@ -73,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes)
         spec = JOBS[args.command]
-        config = load_config(spec.config_class(), args.config, args.overrides, job=spec.name)
+        overrides = list(args.overrides)
+        if args.out is not None:
+            overrides.append(f"out_dir={args.out}")
+        config = load_config(spec.config_class(), args.config, overrides, job=spec.name)
         if args.print_config:
             from omegaconf import OmegaConf
 

@@ -63,6 +63,12 @@ JOBS: dict[str, JobSpec] = {
             run="cac_align.tiny_job:run",
             help="build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them",
         ),
+        JobSpec(
+            name="synth",
+            config="cac_align.data.synthetic:SynthConfig",
+            run="cac_align.data.synthetic:run",
+            help="render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl",
+        ),
     ]
 }
 

@@ -16,7 +16,7 @@ def test_installed_console_script_lists_jobs():
     exe = shutil.which("cac-align")
     assert exe, "cac-align is not on PATH: install the package as README says"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    assert "make-tiny" in out and "check-recipe" in out
+    assert "make-tiny" in out and "synth" in out and "check-recipe" in out
 
 
 def test_check_recipe_reports_good_and_bad(tmp_path, capsys):
