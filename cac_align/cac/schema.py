@@ -214,15 +214,12 @@ class AnnotationRecord:
     @classmethod
     def from_dict(cls, data: Any) -> "AnnotationRecord":
         """Validate and build a record; raises ValueError naming the first problem found."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a record must be a JSON object, got {type(data).__name__}")
-        allowed = {"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-        for key in ("video", "prompt", "status", "annotation_fps"):
-            if key not in data:
-                raise ValueError(f"missing field '{key}'")
+        _check_fields(
+            data,
+            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot"},
+            required=("video", "prompt", "status", "annotation_fps"),
+            where="record",
+        )
         if not isinstance(data["video"], str) or not data["video"]:
             raise ValueError("'video' must be a non-empty path string")
         if not isinstance(data["prompt"], str):
@@ -255,17 +252,26 @@ class AnnotationRecord:
         )
 
 
-def _anomaly_from_dict(data: Any, index: int, num_frames: int | None) -> Anomaly:
-    where = f"anomalies[{index}]"
+def _check_fields(data: Any, allowed: set[str], required: tuple[str, ...], where: str) -> None:
+    """A JSON object with only ``allowed`` keys and every ``required`` one."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be an object")
-    allowed = {"type", "frames", "boxes", "reason", "region", "saliency", "cot"}
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-    for key in ("type", "frames", "boxes", "saliency"):
+    for key in required:
         if key not in data:
             raise ValueError(f"{where}: missing field '{key}'")
+
+
+def _anomaly_from_dict(data: Any, index: int, num_frames: int | None) -> Anomaly:
+    where = f"anomalies[{index}]"
+    _check_fields(
+        data,
+        allowed={"type", "frames", "boxes", "reason", "region", "saliency", "cot"},
+        required=("type", "frames", "boxes", "saliency"),
+        where=where,
+    )
     if data["type"] not in ANOMALY_TYPES:
         hint = normalize_type(data["type"])
         extra = f" (did you mean '{hint}'?)" if hint else ""

@@ -1,0 +1,1 @@
+"""Data: synthetic anomaly videos and (later) training-set pipelines."""
