@@ -12,7 +12,7 @@ from typing import Any
 
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["load_vlm"]
+__all__ = ["HFBackend", "load_vlm"]
 
 
 def load_vlm(
@@ -57,3 +57,149 @@ def load_vlm(
         raise weights_error(name_or_path, key, exc) from exc
     model.to(resolve_device(device)).eval()
     return model, processor
+
+
+class HFBackend:
+    """In-process transformers backend: batched ``generate`` and teacher-forced ``choice_probs``.
+
+    Requests are rendered with the processor's chat template; each video goes in with
+    ``VideoMetadata`` built from its fps and source timestamps, and frames already sampled
+    (``do_sample_frames=False``), so the prompt's ``<t seconds>`` stamps are the source times
+    (a turn-2 clip cropped at 2.0 s reads "<2.1 seconds>" for its first pair of frames).
+    Batches are left-padded. A lock makes one instance safe to call from a thread pool.
+
+    Args:
+        model: an image-text-to-text model (Qwen3-VL, Qwen2.5-VL), in eval mode.
+        processor: its processor.
+        max_batch_size: requests per forward pass.
+    """
+
+    def __init__(self, model: Any, processor: Any, max_batch_size: int = 8):
+        import threading
+
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.max_batch_size = max_batch_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, max_batch_size: int = 8, **load_kwargs: Any) -> "HFBackend":
+        """Load by hub id or path (see :func:`load_vlm` for ``load_kwargs``)."""
+        model, processor = load_vlm(name_or_path, **load_kwargs)
+        return cls(model, processor, max_batch_size=max_batch_size)
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _encode(self, requests: Any, prefixes: Any) -> Any:
+        """Chat template + assistant prefix per request -> left-padded model inputs."""
+        import numpy as np
+        from transformers.video_utils import VideoMetadata
+
+        from cac_align.vlm.backend import videos_of
+
+        texts, videos, metadata = [], [], []
+        for request, prefix in zip(requests, prefixes):
+            template_messages = [
+                {"role": m["role"], "content": [{k: v for k, v in p.items() if k != "video"} for p in m["content"]]}
+                for m in request
+            ]
+            text = self.processor.apply_chat_template(template_messages, tokenize=False, add_generation_prompt=True)
+            texts.append(text + prefix)
+            for video in videos_of(request):
+                frames, stamps = video.frames, video.timestamps
+                if len(frames) % 2:  # the vision tower patches frames in pairs: repeat the last one
+                    frames = np.concatenate([frames, frames[-1:]])
+                    stamps = np.concatenate([stamps, stamps[-1:]])
+                videos.append(frames)
+                # Frame indices on the clip's own fps grid, so index / fps = source seconds.
+                indices = np.round(stamps * video.fps).astype(int).tolist()
+                metadata.append(VideoMetadata(total_num_frames=len(frames), fps=video.fps, frames_indices=indices))
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if videos:
+            kwargs.update(videos=videos, video_metadata=metadata, videos_kwargs={"do_sample_frames": False})
+        return self.processor(**kwargs).to(self.model.device)
+
+    def _chunks(self, n: int) -> Any:
+        return (range(i, min(n, i + self.max_batch_size)) for i in range(0, n, self.max_batch_size))
+
+    # -- Backend protocol -------------------------------------------------------------------
+    def generate(
+        self,
+        requests: Any,
+        max_new_tokens: int = 1024,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Any]:
+        import torch
+
+        from cac_align.vlm.backend import Completion
+
+        completions: list[Completion] = []
+        with self._lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for chunk in self._chunks(len(requests)):
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk))
+                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                for row in new_tokens.tolist():
+                    row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
+                    completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row))
+        return completions
+
+    def choice_probs(self, requests: Any, prefixes: Any, choices: Any) -> Any:
+        """Probability of each full choice after each request's assistant prefix.
+
+        Each (request, choice) pair is one row: the left-padded prompt + prefix, then the
+        choice's own tokens (right-padded across choices). log P(choice) is the sum of the
+        log-softmax of every choice token given everything before it.
+        """
+        import numpy as np
+        import torch
+
+        if len(prefixes) != len(requests):
+            raise ValueError(f"got {len(requests)} requests but {len(prefixes)} prefixes")
+        if not choices:
+            raise ValueError("choices is empty")
+        choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not ids for ids in choice_ids):
+            raise ValueError(f"every choice must tokenize to at least one token, got {list(choices)}")
+        n_choices, longest = len(choices), max(len(ids) for ids in choice_ids)
+        out = np.zeros((len(requests), n_choices), dtype=np.float64)
+        with self._lock, torch.inference_mode():
+            for chunk in self._chunks(len(requests)):
+                rows = [i for i in chunk for _ in range(n_choices)]
+                inputs = self._encode([requests[i] for i in rows], [prefixes[i] for i in rows])
+                prompt_len = inputs["input_ids"].shape[1]
+                tail = torch.full((len(rows), longest), self.tokenizer.pad_token_id, dtype=torch.long)
+                tail_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+                for r in range(len(rows)):
+                    ids = choice_ids[r % n_choices]
+                    tail[r, : len(ids)] = torch.tensor(ids)
+                    tail_mask[r, : len(ids)] = 1
+                device = inputs["input_ids"].device
+                for key, value in list(inputs.items()):
+                    # Extend every token-aligned tensor (ids, mask, token types) over the choice tokens.
+                    if torch.is_tensor(value) and value.dim() == 2 and value.shape == (len(rows), prompt_len):
+                        extra = {"input_ids": tail, "attention_mask": tail_mask}.get(key, torch.zeros_like(tail))
+                        inputs[key] = torch.cat([value, extra.to(device=device, dtype=value.dtype)], dim=1)
+                logits = self.model(**inputs).logits[:, prompt_len - 1 : -1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                token_lp = logprobs.gather(-1, tail.to(device).unsqueeze(-1)).squeeze(-1) * tail_mask.to(device)
+                totals = token_lp.sum(-1).exp().cpu().numpy().astype(np.float64)
+                for r, i in enumerate(rows):
+                    out[i, r % n_choices] = totals[r]
+        return out
+
+
+def _strip_after_eos(row: list[int], eos: Any, pad: int | None) -> list[int]:
+    stops = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    for position, token in enumerate(row):
+        if token in stops:
+            return row[: position + 1]
+    return [t for t in row if t != pad] if pad is not None and pad not in stops else row

@@ -244,7 +244,9 @@ def build_tiny_qwen2_5_vl(seed: int = 0) -> TinyVLM:
     model = Qwen2_5_VLForConditionalGeneration(config)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, size=_IMAGE_SIZE),
-        video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2, size=_VIDEO_SIZE),
+        video_processor=Qwen2VLVideoProcessor(
+            patch_size=14, merge_size=2, size=_VIDEO_SIZE, cap_pixels_per_frame=True, max_video_tokens=64
+        ),
         tokenizer=tokenizer,
         chat_template=TINY_CHAT_TEMPLATE,
     )

@@ -1,0 +1,89 @@
+"""How a vision-language model is asked things: chat requests, completions, the Backend protocol.
+
+A request is a chat in the Hugging Face message format, with videos as :class:`Video` values
+(frames + fps + source timestamps) so every backend can state each frame's time:
+
+    [{"role": "user", "content": [{"type": "video", "video": Video(...)},
+                                  {"type": "text", "text": "Is this video normal?"}]}]
+
+Two operations, batched over requests:
+
+- ``generate``: sample (or greedily decode) an answer per request.
+- ``choice_probs``: for each request, an assistant-side ``prefix`` (e.g. the generated JSON up to
+  ``"status": "``) and candidate continuations (``["normal", "abnormal"]``), the probability of
+  each *full* candidate, teacher-forcing every one of its tokens. Two words that share their
+  first token are still told apart (CaC Eq. 7 needs P(normal) and P(abnormal)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from cac_align.video import Video
+
+__all__ = ["Backend", "ChatRequest", "Completion", "text_part", "video_part", "user", "assistant", "videos_of"]
+
+ChatRequest = list[dict[str, Any]]
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def video_part(video: Video) -> dict[str, Any]:
+    if not isinstance(video, Video):
+        raise TypeError(f"video parts hold a cac_align Video, got {type(video).__name__}")
+    return {"type": "video", "video": video}
+
+
+def user(*parts: str | Video) -> dict[str, Any]:
+    """A user message from text and Video parts, in order."""
+    return {"role": "user", "content": [video_part(p) if isinstance(p, Video) else text_part(p) for p in parts]}
+
+
+def assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [text_part(text)]}
+
+
+def videos_of(request: ChatRequest) -> list[Video]:
+    """The request's videos in the order they appear."""
+    return [part["video"] for message in request for part in message["content"] if part.get("type") == "video"]
+
+
+@dataclass
+class Completion:
+    """One generated answer: its text (special tokens removed) and the generated token ids."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What CaC inference and VLM rewards need from a model, in-process or behind a server."""
+
+    def generate(
+        self,
+        requests: Sequence[ChatRequest],
+        max_new_tokens: int = 1024,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """One completion per request, in order. ``temperature=0`` decodes greedily."""
+        ...
+
+    def choice_probs(
+        self,
+        requests: Sequence[ChatRequest],
+        prefixes: Sequence[str],
+        choices: Sequence[str],
+    ) -> np.ndarray:
+        """(N, C) float64: P(choice | request, assistant prefix), each choice teacher-forced in full.
+
+        Not renormalized over the choices: callers do that (CaC Eq. 7).
+        """
+        ...
