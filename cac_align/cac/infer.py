@@ -1,0 +1,313 @@
+"""Two-turn CaC inference: scan at 4 fps, re-read the suspicious window at 8 fps, score (CaC §3.4).
+
+:class:`CaCScorer` is backend-agnostic: it builds chat requests, parses answers, crops and
+resamples videos, and asks a :class:`~cac_align.vlm.backend.Backend` for text and status
+probabilities, so the same code runs in-process or against a server.
+
+Rules (two-turn mode, the default):
+
+1. Turn 1 sees the whole video at ``scan_fps`` (4) and answers status + anomalies with windows.
+2. Turn 1 "normal" -> the video is normal; no turn 2.
+3. Turn 1 "abnormal" with a usable window -> the union of the predicted windows is cropped from
+   the source video, resampled at ``clip_fps`` (8), and shown in turn 2 after turn 1's answer.
+   Turn 1 "abnormal" with no usable window -> ``fallback``: "whole_video" (default: turn 2 on the
+   whole video at 8 fps, up to ``max_frames_turn2``), "turn1" (score turn 1 as it is) or "invalid".
+4. Turn 2 decides; turn 2 not confirming ("normal") -> the video is normal.
+5. Reward = P(normal) / (P(normal) + P(abnormal)) of the final turn's status (CaC Eq. 7), from
+   ``choice_probs`` at the point where the status value begins in that turn's generated JSON.
+
+A video that fails (cannot be decoded, too short, an answer with no status) gets
+``valid=False`` and ``reward=None`` with the reason in ``error``; the other videos are still
+scored. A failure is never turned into a reward of 0 or 1.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from cac_align.cac.judgment import Judgment, parse_judgment
+from cac_align.cac.prompts import STATUS_KEY_PATTERN, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
+from cac_align.video import Video, VideoError, load_video
+from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
+
+__all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord"]
+
+MODES = ("two_turn", "single_turn", "no_cot")
+FALLBACKS = ("whole_video", "turn1", "invalid")
+STATUS_CHOICES = ("normal", "abnormal")
+
+
+@dataclass
+class CaCOptions:
+    """How CaC asks its questions. Defaults follow the paper (4 fps scan, 8 fps clip).
+
+    Attributes:
+        mode: "two_turn" (paper), "single_turn" (ablation: one pass that localizes and boxes)
+            or "no_cot" (status probabilities only, no generation).
+        scan_fps: turn-1 sampling rate.
+        clip_fps: turn-2 sampling rate of the cropped window.
+        max_frames_turn1: frame cap for turn 1; long videos are scanned at a lower rate.
+        max_frames_turn2: frame cap for turn 2.
+        max_new_tokens: generation budget per turn.
+        temperature: 0 decodes greedily.
+        fallback: what to do when turn 1 says abnormal but gives no usable window.
+    """
+
+    mode: str = "two_turn"
+    scan_fps: float = 4.0
+    clip_fps: float = 8.0
+    max_frames_turn1: int = 64
+    max_frames_turn2: int = 32
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    fallback: str = "whole_video"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if self.scan_fps <= 0 or self.clip_fps <= 0:
+            raise ValueError("scan_fps and clip_fps must be > 0")
+        if self.max_frames_turn1 < 2 or self.max_frames_turn2 < 2:
+            raise ValueError("max_frames_turn1 and max_frames_turn2 must be >= 2")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+
+
+@dataclass
+class TurnRecord:
+    """One turn: what the model saw and said, and its status probabilities if it was scored."""
+
+    text: str
+    judgment: Judgment | None
+    fps: float
+    frame_times: list[float]
+    seconds: float = 0.0
+    p_normal: float | None = None
+    p_abnormal: float | None = None
+
+
+@dataclass
+class CaCResult:
+    """The CaC verdict on one video.
+
+    Attributes:
+        reward: P(normal) / (P(normal) + P(abnormal)) of the final turn, or None when invalid.
+        valid: whether ``reward`` is trustworthy.
+        status: final status ("normal" / "abnormal"), None when invalid.
+        error: why the video is invalid.
+        window_s: the time window turn 2 looked at (source seconds), if any.
+        boxes: per turn-2 frame: {"frame", "time_s", "type", "boxes"} (0–1000 boxes).
+        turn1, turn2: the turns' records.
+    """
+
+    reward: float | None = None
+    valid: bool = False
+    status: str | None = None
+    error: str | None = None
+    window_s: tuple[float, float] | None = None
+    boxes: list[dict] = field(default_factory=list)
+    turn1: TurnRecord | None = None
+    turn2: TurnRecord | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Work:
+    """Per-video state carried between the batched steps."""
+
+    video: Video
+    caption: str | None
+    result: CaCResult
+    scan: Video | None = None
+    clip: Video | None = None
+    request1: ChatRequest | None = None
+    request2: ChatRequest | None = None
+
+
+class CaCScorer:
+    """Scores videos with the CaC protocol through any :class:`Backend`."""
+
+    def __init__(self, backend: Backend, options: CaCOptions | None = None):
+        self.backend = backend
+        self.options = options or CaCOptions()
+
+    # -- public -----------------------------------------------------------------------------
+    def score(
+        self,
+        videos: Any,
+        prompts: Sequence[str | None] | None = None,
+        source_fps: float | None = None,
+    ) -> list[CaCResult]:
+        """Score a batch of videos.
+
+        Args:
+            videos: a list of paths / Videos / arrays, or a diffusers batch (B, F, C, H, W).
+            prompts: the generating prompt per video (shown to the model), or None.
+            source_fps: frame rate of array inputs (Wan-2.1: 16).
+
+        Returns:
+            One :class:`CaCResult` per video, in input order.
+        """
+        items = self._load(videos, source_fps)
+        if prompts is None:
+            prompts = [None] * len(items)
+        if len(prompts) != len(items):
+            raise ValueError(f"got {len(items)} videos but {len(prompts)} prompts")
+        work = [w if isinstance(w, _Work) else None for w in items]
+        results: list[CaCResult] = []
+        for i, item in enumerate(items):
+            if isinstance(item, _Work):
+                item.caption = prompts[i]
+                results.append(item.result)
+            else:
+                results.append(CaCResult(error=str(item)))
+        live = [w for w in work if w is not None]
+
+        # 1. turn 1: the whole video at the scan rate (or the single-turn / no-CoT question)
+        self._turn1(live)
+        # 2. turn 2 for videos that turn 1 flagged
+        self._turn2([w for w in live if w.result.error is None and w.request2 is not None])
+        # 3. status probabilities of each video's final turn -> reward (CaC Eq. 7)
+        self._score_final([w for w in live if w.result.error is None])
+        return results
+
+    # -- steps ------------------------------------------------------------------------------
+    def _load(self, videos: Any, source_fps: float | None) -> list[Any]:
+        if isinstance(videos, (str, Video)) or (hasattr(videos, "ndim") and videos.ndim == 4):
+            videos = [videos]
+        if hasattr(videos, "ndim") and videos.ndim == 5:
+            loaded: Any = load_video(videos, source_fps=source_fps)
+            return [_Work(v, None, CaCResult()) for v in loaded]
+        items: list[Any] = []
+        for source in videos:
+            try:
+                video = load_video(source, source_fps=source_fps)
+                if video.duration_s < 1.0 / self.options.scan_fps - 1e-9:
+                    raise VideoError(
+                        f"{video.source}: video lasts {video.duration_s:.3f} s, shorter than one frame at "
+                        f"{self.options.scan_fps:g} fps"
+                    )
+                items.append(_Work(video, None, CaCResult()))
+            except VideoError as exc:
+                items.append(exc)
+        return items
+
+    def _capped(self, video: Video, fps: float, cap: int) -> Video:
+        return video.resample(min(fps, cap / video.duration_s))
+
+    def _turn1(self, live: list[_Work]) -> None:
+        opts = self.options
+        builder = {"two_turn": turn1_prompt, "single_turn": single_turn_prompt, "no_cot": no_cot_prompt}[opts.mode]
+        for w in live:
+            w.scan = self._capped(w.video, opts.scan_fps, opts.max_frames_turn1)
+            text = builder(w.video.duration_s, w.scan.fps, w.scan.num_frames, w.caption)
+            w.request1 = [user(w.scan, text)]
+        if opts.mode == "no_cot" or not live:
+            for w in live:
+                w.result.turn1 = TurnRecord("", None, w.scan.fps, w.scan.timestamps.tolist())
+            return
+        texts, seconds = self._generate([w.request1 for w in live])
+        for w, text in zip(live, texts):
+            judgment = parse_judgment(text, 1, fps=w.scan.fps, num_frames=w.scan.num_frames)
+            w.result.turn1 = TurnRecord(text, judgment, w.scan.fps, w.scan.timestamps.tolist(), seconds)
+            if judgment.status is None:
+                w.result.error = "turn 1 answer has no readable status: " + "; ".join(judgment.errors)
+            elif judgment.status == "abnormal" and opts.mode == "two_turn":
+                self._plan_turn2(w, judgment)
+
+    def _plan_turn2(self, w: _Work, judgment: Judgment) -> None:
+        opts = self.options
+        windows = [a.window_s for a in judgment.anomalies if a.window_s is not None]
+        if windows:
+            window = (min(s for s, _ in windows), max(e for _, e in windows))
+        elif opts.fallback == "whole_video":
+            window = (w.video.start_s, w.video.end_s)
+        elif opts.fallback == "turn1":
+            return
+        else:
+            w.result.error = "turn 1 says abnormal but gives no usable time window"
+            return
+        # A window shorter than two clip frames is widened around its centre.
+        min_len = 2.0 / opts.clip_fps
+        if window[1] - window[0] < min_len:
+            centre = (window[0] + window[1]) / 2
+            window = (max(w.video.start_s, centre - min_len / 2), min(w.video.end_s, centre + min_len / 2))
+        try:
+            clip = self._capped(w.video.crop(*window), opts.clip_fps, opts.max_frames_turn2)
+        except VideoError as exc:
+            w.result.error = f"turn 1 window could not be cut: {exc}"
+            return
+        w.clip = clip
+        w.result.window_s = (float(window[0]), float(window[1]))
+        assert w.request1 is not None and w.result.turn1 is not None
+        w.request2 = w.request1 + [
+            assistant(w.result.turn1.text),
+            user(clip, turn2_prompt(w.result.window_s, clip.fps, clip.num_frames)),
+        ]
+
+    def _turn2(self, todo: list[_Work]) -> None:
+        if not todo:
+            return
+        texts, seconds = self._generate([w.request2 for w in todo])
+        for w, text in zip(todo, texts):
+            assert w.clip is not None
+            judgment = parse_judgment(text, 2, fps=w.clip.fps, num_frames=w.clip.num_frames)
+            w.result.turn2 = TurnRecord(text, judgment, w.clip.fps, w.clip.timestamps.tolist(), seconds)
+            if judgment.status is None:
+                w.result.error = "turn 2 answer has no readable status: " + "; ".join(judgment.errors)
+                continue
+            for anomaly in judgment.anomalies:
+                for frame, boxes in anomaly.boxes.items():
+                    if frame < w.clip.num_frames:
+                        w.result.boxes.append(
+                            {"frame": frame, "time_s": float(w.clip.timestamps[frame]), "type": anomaly.type, "boxes": boxes}
+                        )
+
+    def _score_final(self, todo: list[_Work]) -> None:
+        requests, prefixes, turns = [], [], []
+        for w in todo:
+            turn = w.result.turn2 if w.result.turn2 is not None else w.result.turn1
+            request = w.request2 if w.result.turn2 is not None else w.request1
+            if self.options.mode == "no_cot":
+                prefix = '{"status": "'
+            else:
+                match = re.search(STATUS_KEY_PATTERN, turn.text)
+                if match is None:
+                    w.result.error = "final answer has no JSON status field to score"
+                    continue
+                prefix = turn.text[: match.end()]
+            requests.append(request)
+            prefixes.append(prefix)
+            turns.append((w, turn))
+        if not requests:
+            return
+        probs = self.backend.choice_probs(requests, prefixes, list(STATUS_CHOICES))
+        for (w, turn), (p_normal, p_abnormal) in zip(turns, probs):
+            turn.p_normal, turn.p_abnormal = float(p_normal), float(p_abnormal)
+            total = p_normal + p_abnormal
+            if not total > 0:
+                w.result.error = "P(normal) + P(abnormal) underflowed to 0"
+                continue
+            w.result.reward = float(p_normal / total)  # CaC Eq. 7
+            w.result.valid = True
+            if self.options.mode == "no_cot":
+                w.result.status = "normal" if p_normal >= p_abnormal else "abnormal"
+            else:
+                assert turn.judgment is not None
+                w.result.status = turn.judgment.status
+
+    def _generate(self, requests: list[ChatRequest]) -> tuple[list[str], float]:
+        """Generate a batch; returns the texts and the amortised seconds per request."""
+        start = time.perf_counter()
+        completions = self.backend.generate(
+            requests, max_new_tokens=self.options.max_new_tokens, temperature=self.options.temperature
+        )
+        elapsed = (time.perf_counter() - start) / max(1, len(requests))
+        return [c.text for c in completions], elapsed
