@@ -69,6 +69,12 @@ JOBS: dict[str, JobSpec] = {
             run="cac_align.data.synthetic:run",
             help="render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl",
         ),
+        JobSpec(
+            name="score",
+            config="cac_align.cac.score_job:ScoreConfig",
+            run="cac_align.cac.score_job:run",
+            help="score videos with the CaC reward model: results.jsonl + HTML evidence report",
+        ),
     ]
 }
 

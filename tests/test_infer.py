@@ -14,11 +14,11 @@ from cac_align.vlm.hf import HFBackend
 
 
 def _tagged(seconds: float = 4.0, fps: float = 16.0, seed: int = 0) -> Video:
-    """A video whose frame i carries i in pixel (0, 0, 0) and a per-video seed in (0, 1, 0)."""
+    """A video whose frame i carries i in pixel (0, 0, 0) and a per-video tag 20 * seed in (0, 1, 0)."""
     n = int(seconds * fps)
     frames = np.zeros((n, 32, 32, 3), np.uint8)
     frames[:, 0, 0, 0] = np.arange(n)
-    frames[:, 0, 1, 0] = seed
+    frames[:, 0, 1, 0] = 20 * seed
     return Video(frames, fps, source=f"video{seed}")
 
 
@@ -33,7 +33,8 @@ class ScriptedBackend:
 
     @staticmethod
     def _seed(request) -> int:
-        return int(videos_of(request)[0].frames[0, 0, 1, 0])
+        # Tags are multiples of 20 so they survive video compression (tests/test_score_job.py).
+        return int(round(videos_of(request)[0].frames[0, 0, 1, 0] / 20))
 
     def generate(self, requests, max_new_tokens=1024, temperature=0.0, top_p=1.0, seed=None):
         self.generate_calls.append(list(requests))

@@ -1,0 +1,90 @@
+"""`cac-align score`: results.jsonl and the HTML evidence report, on the tiny recipe and scripted answers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from cac_align.cac.score_job import ScoreConfig, collect_inputs, run
+from cac_align.cli import main
+from cac_align.config import RecipeError, load_config
+from cac_align.video import Video, save_video
+from conftest import REPO_ROOT, smooth_video
+from test_infer import CONFIRM, NORMAL, ScriptedBackend, _abnormal_t1
+
+
+def test_tiny_recipe_end_to_end(tmp_path, capsys):
+    out = tmp_path / "score"
+    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_tiny.yaml"), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and not (out / "results.jsonl.partial").exists()
+    for row in rows:
+        # Random weights: each result is either a real probability or invalid with a reason, never a fake 0/1.
+        if row["valid"]:
+            assert 0 < row["reward"] < 1
+        else:
+            assert row["reward"] is None and row["error"]
+        assert row["turn1"]["text"] is not None
+    page = (out / "report.html").read_text()
+    for row in rows:
+        assert row["video"] in page
+    assert "scored 6 videos" in capsys.readouterr().out
+
+
+def _write_videos(folder, count):
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(count):
+        frames = smooth_video(32, 64, 64, seed=seed)
+        frames[:, :16, :16] = 20 * seed  # a flat tag block that ScriptedBackend reads back after H.264
+        save_video(Video(frames, 16.0), folder / f"v{seed}.mp4", crf=0)
+
+
+def test_report_shows_every_video_and_its_boxes(tmp_path):
+    _write_videos(tmp_path / "videos", 2)
+    backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(0.5, 1.5)}, {1: CONFIRM})
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(tmp_path / "videos"))
+    results = run(config, backend=backend)
+    assert [r.status for r in results] == ["normal", "abnormal"]
+    page = (tmp_path / "out/report.html").read_text()
+    assert "v0.mp4" in page and "v1.mp4" in page
+    # Both turn-2 boxes of video 1 are listed with their frame times: clip frames 0 and 3 at 8 fps from 0.5 s.
+    assert "frame 0 @ 0.500 s" in page and "[10.0, 20.0, 30.0, 40.0]" in page
+    assert "frame 3 @ 0.875 s" in page and "[15.0, 25.0, 35.0, 45.0]" in page
+    images = re.findall(r'src="(evidence/[^"]+)"', page)
+    assert len(images) == 2 and all((tmp_path / "out" / img).exists() for img in images)
+    rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    assert rows[1]["window_s"] == [0.5, 1.5] and rows[1]["boxes"][1]["time_s"] == 0.875
+
+
+def test_inputs_from_manifest_and_prompt_file(tmp_path):
+    _write_videos(tmp_path / "videos", 2)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"video": "videos/v0.mp4", "prompt": "a"}\n{"video": "videos/v1.mp4"}\n')
+    paths, prompts = collect_inputs(str(manifest), None)
+    assert paths == [str(tmp_path / "videos/v0.mp4"), str(tmp_path / "videos/v1.mp4")] and prompts == ["a", None]
+    prompt_file = tmp_path / "p.txt"
+    prompt_file.write_text("one\n")
+    with pytest.raises(RecipeError, match="1 lines but videos=.* gives 2 videos"):
+        collect_inputs(str(tmp_path / "videos"), str(prompt_file))
+    with pytest.raises(RecipeError, match="no such file or folder"):
+        collect_inputs(str(tmp_path / "absent"), None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(RecipeError, match="line 1"):
+        collect_inputs(str(bad), None)
+
+
+def test_config_needs_exactly_one_source():
+    with pytest.raises(RecipeError, match="exactly one of 'videos'"):
+        load_config(ScoreConfig, REPO_ROOT / "recipes/score/cac_tiny.yaml", ["videos=somewhere"])
+
+
+def test_missing_weights_are_a_clear_cli_error(tmp_path, capsys):
+    _write_videos(tmp_path / "videos", 1)
+    code = main(["score", "-c", str(REPO_ROOT / "recipes/score/cac.yaml"), f"videos={tmp_path / 'videos'}",
+                 f"out_dir={tmp_path / 'o'}", f"model.name={tmp_path / 'no_such_ckpt'}"])
+    assert code == 2
+    assert "model.name=" in capsys.readouterr().err
