@@ -72,9 +72,11 @@ class HFBackend:
         model: an image-text-to-text model (Qwen3-VL, Qwen2.5-VL), in eval mode.
         processor: its processor.
         max_batch_size: requests per forward pass.
+        generate_kwargs: extra arguments for ``model.generate`` on every call (e.g.
+            ``{"min_new_tokens": 1024}`` to fix the token budget in benchmarks).
     """
 
-    def __init__(self, model: Any, processor: Any, max_batch_size: int = 8):
+    def __init__(self, model: Any, processor: Any, max_batch_size: int = 8, generate_kwargs: dict | None = None):
         import threading
 
         if max_batch_size < 1:
@@ -84,6 +86,7 @@ class HFBackend:
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.max_batch_size = max_batch_size
+        self.generate_kwargs = dict(generate_kwargs or {})
         self._lock = threading.Lock()
 
     @classmethod
@@ -145,7 +148,7 @@ class HFBackend:
             for chunk in self._chunks(len(requests)):
                 inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk))
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling, **self.generate_kwargs)
                 new_tokens = output[:, inputs["input_ids"].shape[1] :]
                 for row in new_tokens.tolist():
                     row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
@@ -171,6 +174,17 @@ class HFBackend:
             raise ValueError(f"every choice must tokenize to at least one token, got {list(choices)}")
         n_choices, longest = len(choices), max(len(ids) for ids in choice_ids)
         out = np.zeros((len(requests), n_choices), dtype=np.float64)
+        if longest == 1:
+            # Every choice is one token: they all come from the same next-token distribution,
+            # so one row per request suffices (same numbers, 1/C of the work).
+            firsts = torch.tensor([ids[0] for ids in choice_ids])
+            with self._lock, torch.inference_mode():
+                for chunk in self._chunks(len(requests)):
+                    inputs = self._encode([requests[i] for i in chunk], [prefixes[i] for i in chunk])
+                    logits = self.model(**inputs).logits[:, -1].float()
+                    probs = torch.softmax(logits, dim=-1)[:, firsts.to(logits.device)]
+                    out[list(chunk)] = probs.cpu().numpy().astype(np.float64)
+            return out
         with self._lock, torch.inference_mode():
             for chunk in self._chunks(len(requests)):
                 rows = [i for i in chunk for _ in range(n_choices)]

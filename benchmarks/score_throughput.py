@@ -1,0 +1,121 @@
+"""Throughput of two-turn CaC scoring: batched vs one-by-one, at a fixed token budget per turn.
+
+    python benchmarks/score_throughput.py                       # tiny random Qwen3-VL on the CPU
+    python benchmarks/score_throughput.py --mode gpu-8b         # full-size Qwen3-VL-8B architecture, random weights
+
+Random weights say nothing useful, so each turn runs the real model for exactly ``--tokens``
+new tokens (``min_new_tokens``), and then the backend's text is replaced by a fixed, valid CaC
+answer. Turn 1 always flags a window and turn 2 always boxes it, so every video goes through
+both turns and both status-probability passes. The compute is that of real two-turn scoring;
+only the words are scripted. The paper's budget for ``gpu-8b`` is 21 frames in turn 1 (5 s at
+4 fps), a 1 s clip at 8 fps in turn 2, and 1,024 generated tokens per turn; the paper reports
+33.2 s per video on an A800.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from cac_align.cac.infer import CaCOptions, CaCScorer
+from cac_align.video import Video
+from cac_align.vlm.backend import Completion
+from cac_align.vlm.hf import HFBackend
+
+TURN1 = json.dumps({"cot": "scan", "status": "abnormal", "anomalies": [{"type": "Human Distortion", "time": [2.0, 3.0]}]})
+TURN2 = json.dumps({"cot": "look", "status": "abnormal", "anomalies": [{"type": "Human Distortion", "bbox": {"frame 0": [100, 100, 300, 300]}}]})
+
+
+class FixedAnswers(HFBackend):
+    """Runs the real model for the full token budget, then returns a scripted valid answer."""
+
+    def generate(self, requests, **kwargs):
+        completions = super().generate(requests, **kwargs)
+        return [Completion(TURN1 if len(r) == 1 else TURN2, c.token_ids) for r, c in zip(requests, completions)]
+
+
+def _videos(count: int, height: int, width: int, seconds: float = 5.0, fps: float = 16.0) -> list[Video]:
+    rng = np.random.default_rng(0)
+    n = int(seconds * fps)
+    return [Video(rng.integers(0, 255, (n, height, width, 3), dtype=np.uint8), fps) for _ in range(count)]
+
+
+def _full_size_qwen3_vl_8b():
+    """Qwen3-VL-8B's architecture (published config values) with random weights, on the GPU."""
+    import torch
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    from cac_align.vlm.tiny import TINY_CHAT_TEMPLATE, _token_ids, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen3VLConfig(
+        vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[8, 16, 24],
+                           num_position_embeddings=2304),
+        text_config=dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id),
+        tie_word_embeddings=False,
+        **_token_ids(tokenizer),
+    )
+    with torch.device("cuda"):
+        model = Qwen3VLForConditionalGeneration(config).to(torch.bfloat16).eval()
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2),
+        video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, cap_pixels_per_frame=True),
+        tokenizer=tokenizer, chat_template=TINY_CHAT_TEMPLATE,
+    )
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def _time(scorer: CaCScorer, videos: list[Video], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = scorer.score(videos)
+        best = min(best, time.perf_counter() - start)
+        assert all(r.valid and r.turn2 is not None for r in results), [r.error for r in results]
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["tiny", "gpu-8b"], default="tiny")
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=None, help="generated tokens per turn (tiny: 32, gpu-8b: 1024)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.manual_seed(0)
+    if args.mode == "tiny":
+        from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+        tiny = build_tiny_qwen3_vl()
+        model, processor = tiny.model, tiny.processor
+        videos, tokens = _videos(args.videos, 64, 96), args.tokens or 32
+    else:
+        model, processor = _full_size_qwen3_vl_8b()
+        videos, tokens = _videos(args.videos, 480, 832), args.tokens or 1024
+    options = CaCOptions(max_new_tokens=tokens)
+    fixed = {"min_new_tokens": tokens}
+    batched = CaCScorer(FixedAnswers(model, processor, max_batch_size=args.videos, generate_kwargs=fixed), options)
+    single = CaCScorer(FixedAnswers(model, processor, max_batch_size=1, generate_kwargs=fixed), options)
+    _time(batched, videos[:2], 1)  # warm-up
+    t_batched = _time(batched, videos, args.repeats)
+    t_single = sum(_time(single, [v], args.repeats) for v in videos)
+    print(f"mode={args.mode} videos={len(videos)} tokens/turn={tokens} device={model.device}")
+    print(f"batched:    {len(videos) / t_batched:.3f} videos/s ({t_batched / len(videos):.3f} s/video)")
+    print(f"one-by-one: {len(videos) / t_single:.3f} videos/s ({t_single / len(videos):.3f} s/video)")
+    print(f"speed-up batched / one-by-one: {t_single / t_batched:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
