@@ -1,0 +1,106 @@
+"""A small local HTTP server answering like vLLM's OpenAI-compatible chat endpoint.
+
+It stands in for a remote vLLM server, which cannot run here. Its "model" tokenizes the
+rendered conversation one character per token (token id = ord(char)) and gives every token
+the log-probability ``char_logprob(id)``, so expected probabilities are computable by hand.
+Generation answers come from a function the test supplies. It listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+
+def char_logprob(token_id: int) -> float:
+    return -0.01 - 0.001 * (token_id % 17)
+
+
+def render(messages: list[dict]) -> str:
+    """Conversation -> text: images become '#', each message is 'role:content' + '|' unless continued."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = "".join(p["text"] if p["type"] == "text" else "#" for p in content)
+        out.append(f"{message['role']}:{content}")
+    return "|".join(out)
+
+
+class ChatServer:
+    def __init__(self, answer=lambda messages: '{"status": "normal", "anomalies": []}', fail_first: int = 0, delay_s: float = 0.0):
+        self.answer = answer
+        self.fail_first = fail_first
+        self.delay_s = delay_s
+        self.requests: list[dict] = []
+        self.images: list[Image.Image] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.requests.append(body)
+                    failing = server.fail_first > 0
+                    if failing:
+                        server.fail_first -= 1
+                if server.delay_s:
+                    import time
+
+                    time.sleep(server.delay_s)
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": "not found"})
+                if failing:
+                    return self._send(503, {"error": "overloaded"})
+                for message in body["messages"]:
+                    if isinstance(message["content"], list):
+                        for part in message["content"]:
+                            if part["type"] == "image_url":
+                                data = part["image_url"]["url"].split(",", 1)[1]
+                                with server._lock:
+                                    server.images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                prompt = render(body["messages"])
+                ids = [ord(ch) for ch in prompt]
+                response = {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": server.answer(body["messages"])}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+                }
+                if body.get("prompt_logprobs") is not None:
+                    response["prompt_logprobs"] = [None] + [
+                        {str(t): {"logprob": char_logprob(t), "rank": 1, "decoded_token": chr(t)}} for t in ids[1:]
+                    ]
+                if body.get("return_token_ids"):
+                    response["prompt_token_ids"] = ids
+                self._send(200, response)
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

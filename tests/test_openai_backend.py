@@ -1,0 +1,102 @@
+"""The OpenAI-compatible backend against a local server answering in vLLM's response format."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import numpy as np
+import pytest
+
+from cac_align.cac.infer import CaCScorer
+from cac_align.video import Video
+from cac_align.vlm.backend import Backend, user
+from cac_align.vlm.openai import OpenAIBackend, ServerUnavailableError
+from chat_server import ChatServer, char_logprob
+from conftest import smooth_video
+
+
+def _request(seed=0, frames=4):
+    return [user(Video(smooth_video(frames, 32, 48, seed=seed), 4.0), "normal or abnormal?")]
+
+
+def test_is_a_backend():
+    assert isinstance(OpenAIBackend("m"), Backend)
+    assert OpenAIBackend("m").url == "http://127.0.0.1:8000/v1/chat/completions"  # localhost by default
+
+
+def test_generate_sends_frames_with_timestamps_and_returns_text():
+    with ChatServer(answer=lambda messages: "hello") as server:
+        backend = OpenAIBackend("cac", base_url=server.url, image_format="png")
+        out = backend.generate([_request(0), _request(1)], max_new_tokens=7)
+    assert [c.text for c in out] == ["hello", "hello"]
+    body = server.requests[0]
+    assert body["model"] == "cac" and body["max_tokens"] == 7 and body["temperature"] == 0.0
+    parts = body["messages"][0]["content"]
+    assert [p["text"] for p in parts if p["type"] == "text"][:4] == ["<t=0.000 s>", "<t=0.250 s>", "<t=0.500 s>", "<t=0.750 s>"]
+    # PNG frames arrive losslessly: the server decodes exactly the frames we sent.
+    assert len(server.images) == 8
+    sent = {smooth_video(4, 32, 48, seed=s)[k].tobytes() for s in (0, 1) for k in range(4)}
+    assert {np.asarray(img).tobytes() for img in server.images} == sent
+
+
+def test_choice_probs_sums_teacher_forced_logprobs_of_every_choice_token():
+    with ChatServer() as server:
+        backend = OpenAIBackend("cac", base_url=server.url)
+        probs = backend.choice_probs([_request()], ['{"status": "'], ["normal", "abnormal"])
+    # The toy server gives each character c the log-probability char_logprob(ord(c)); the
+    # candidate's tokens are its characters, so P = exp(sum over its characters).
+    expected = [math.exp(sum(char_logprob(ord(ch)) for ch in word)) for word in ("normal", "abnormal")]
+    np.testing.assert_allclose(probs[0], expected, rtol=1e-12)
+    scoring = [b for b in server.requests if b.get("prompt_logprobs") is not None]
+    assert len(scoring) == 3  # prefix only + one per choice
+    assert all(b["continue_final_message"] and not b["add_generation_prompt"] for b in scoring)
+    assert {b["messages"][-1]["content"] for b in scoring} == {'{"status": "', '{"status": "normal', '{"status": "abnormal'}
+
+
+def test_retries_with_backoff_then_succeeds():
+    with ChatServer(answer=lambda m: "ok", fail_first=2) as server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=3, backoff_s=0.01)
+        assert backend.generate([_request()])[0].text == "ok"
+    assert len(server.requests) == 3
+
+
+def test_gives_up_naming_the_url():
+    with ChatServer(fail_first=10) as server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=1, backoff_s=0.01)
+        with pytest.raises(ServerUnavailableError, match=r"127\.0\.0\.1.*after 2 attempts.*HTTP 503"):
+            backend.generate([_request()])
+
+
+def test_unreachable_server_names_the_url():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = OpenAIBackend("cac", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    with pytest.raises(ServerUnavailableError, match=f"127.0.0.1:{port}/v1/chat/completions unreachable"):
+        backend.generate([_request()])
+
+
+def test_timeout_is_a_retryable_failure():
+    with ChatServer(delay_s=0.5) as server:
+        backend = OpenAIBackend("cac", base_url=server.url, timeout_s=0.05, max_retries=0)
+        with pytest.raises(ServerUnavailableError, match="Timeout"):
+            backend.generate([_request()])
+
+
+def test_two_turn_cac_through_the_server():
+    turn1 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "time": [0.25, 0.75]}]})
+    turn2 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "bbox": {"frame 0": [1, 2, 3, 4]}}]})
+    with ChatServer(answer=lambda messages: turn1 if len(messages) == 1 else turn2) as server:
+        backend = OpenAIBackend("cac", base_url=server.url)
+        video = Video(smooth_video(16, 32, 48), 16.0)  # 1 s
+        (result,) = CaCScorer(backend).score([video])
+    assert result.valid and result.status == "abnormal" and result.window_s == (0.25, 0.75)
+    # Turn 2 (three messages) carried the 8 fps clip: 4 frames at 0.25, 0.375, 0.5, 0.625 s.
+    turn2_body = next(b for b in server.requests if len(b["messages"]) == 3 and b.get("prompt_logprobs") is None)
+    stamps = [p["text"] for p in turn2_body["messages"][2]["content"] if p["type"] == "text" and p["text"].startswith("<t=")]
+    assert stamps == ["<t=0.250 s>", "<t=0.375 s>", "<t=0.500 s>", "<t=0.625 s>"]
+    p_n = math.exp(sum(char_logprob(ord(c)) for c in "normal"))
+    p_a = math.exp(sum(char_logprob(ord(c)) for c in "abnormal"))
+    assert result.reward == pytest.approx(p_n / (p_n + p_a))
