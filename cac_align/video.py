@@ -190,6 +190,24 @@ class Video:
             )
         return self.select(np.flatnonzero(keep), self.fps)
 
+    def resize(self, height: int, width: int) -> "Video":
+        """Every frame resized to ``height x width`` (bicubic, antialiased); timing unchanged."""
+        from PIL import Image
+
+        if height < 1 or width < 1:
+            raise VideoError(f"{self.source}: cannot resize to {height}x{width}")
+        if (height, width) == (self.height, self.width):
+            return self
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in self.frames])
+        return Video(frames, self.fps, self.timestamps, self.source)
+
+    def fit_pixels(self, max_pixels: int) -> "Video":
+        """Downscale (keeping the aspect ratio) so that height * width <= max_pixels."""
+        if self.height * self.width <= max_pixels:
+            return self
+        scale = math.sqrt(max_pixels / (self.height * self.width))
+        return self.resize(max(1, int(self.height * scale)), max(1, int(self.width * scale)))
+
     def to_tensor(self):
         """Frames as a torch float tensor (T, 3, H, W) in [0, 1] (diffusers' layout)."""
         import torch

@@ -185,3 +185,10 @@ def _no_cot_request(path):
     video = load_video(str(path))
     scan = video.resample(4.0)
     return [user(scan, no_cot_prompt(video.duration_s, scan.fps, scan.num_frames, None))]
+
+
+def test_pixel_cap_reaches_both_turns():
+    backend = ScriptedBackend({0: _abnormal_t1(1.0, 2.0)}, {0: CONFIRM})
+    CaCScorer(backend, CaCOptions(max_pixels=16 * 16)).score([_tagged()])  # 32x32 -> 16x16
+    scan, clip = videos_of(backend.generate_calls[1][0])
+    assert (scan.height, scan.width) == (16, 16) and (clip.height, clip.width) == (16, 16)

@@ -88,3 +88,28 @@ def test_missing_weights_are_a_clear_cli_error(tmp_path, capsys):
                  f"out_dir={tmp_path / 'o'}", f"model.name={tmp_path / 'no_such_ckpt'}"])
     assert code == 2
     assert "model.name=" in capsys.readouterr().err
+
+
+def test_score_job_through_an_openai_compatible_server(tmp_path):
+    from chat_server import ChatServer
+
+    _write_videos(tmp_path / "videos", 2)
+    with ChatServer() as server:  # answers "normal" to everything
+        config = load_config(
+            ScoreConfig,
+            REPO_ROOT / "recipes/score/cac_vllm.yaml",
+            [f"videos={tmp_path / 'videos'}", f"out_dir={tmp_path / 'out'}", f"model.base_url={server.url}"],
+        )
+        results = run(config)
+    assert [r.status for r in results] == ["normal", "normal"] and all(r.valid for r in results)
+    assert len((tmp_path / "out/results.jsonl").read_text().splitlines()) == 2
+
+
+def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
+    from cac_align.cac.score_job import ModelConfig, build_backend
+
+    monkeypatch.delenv("CAC_TEST_KEY", raising=False)
+    with pytest.raises(RecipeError, match="CAC_TEST_KEY"):
+        build_backend(ModelConfig(name="cac", backend="openai", api_key_env="CAC_TEST_KEY"))
+    monkeypatch.setenv("CAC_TEST_KEY", "secret")
+    assert build_backend(ModelConfig(name="cac", backend="openai", api_key_env="CAC_TEST_KEY")).api_key == "secret"

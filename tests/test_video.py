@@ -215,3 +215,13 @@ def test_save_rejects_odd_size(tmp_path):
     with pytest.raises(VideoError, match="even"):
         save_video(Video(np.zeros((2, 9, 8, 3), np.uint8), 16), tmp_path / "odd.mp4")
     assert not list(tmp_path.iterdir())
+
+
+def test_resize_and_fit_pixels_keep_timing():
+    video = Video(smooth_video(4, 48, 64), 8.0).crop(0.125, 0.5)
+    small = video.fit_pixels(24 * 32)
+    # 48x64 = 3072 px > 768: scale sqrt(768 / 3072) = 0.5 -> 24x32.
+    assert (small.height, small.width) == (24, 32)
+    np.testing.assert_array_equal(small.timestamps, video.timestamps)
+    assert small.fps == video.fps and small.num_frames == video.num_frames
+    assert video.fit_pixels(10_000) is video

@@ -51,6 +51,8 @@ class CaCOptions:
         clip_fps: turn-2 sampling rate of the cropped window.
         max_frames_turn1: frame cap for turn 1; long videos are scanned at a lower rate.
         max_frames_turn2: frame cap for turn 2.
+        max_pixels: if set, frames are downscaled (aspect kept) to at most this many pixels
+            before any backend sees them (the processor may shrink them further).
         max_new_tokens: generation budget per turn.
         temperature: 0 decodes greedily.
         fallback: what to do when turn 1 says abnormal but gives no usable window.
@@ -61,6 +63,7 @@ class CaCOptions:
     clip_fps: float = 8.0
     max_frames_turn1: int = 64
     max_frames_turn2: int = 32
+    max_pixels: int | None = None
     max_new_tokens: int = 1024
     temperature: float = 0.0
     fallback: str = "whole_video"
@@ -76,6 +79,8 @@ class CaCOptions:
             raise ValueError("max_frames_turn1 and max_frames_turn2 must be >= 2")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
 
 
 @dataclass
@@ -200,7 +205,9 @@ class CaCScorer:
         return items
 
     def _capped(self, video: Video, fps: float, cap: int) -> Video:
-        return video.resample(min(fps, cap / video.duration_s))
+        """Resample at ``fps`` (lower when that would exceed ``cap`` frames), then cap pixels."""
+        sampled = video.resample(min(fps, cap / video.duration_s))
+        return sampled.fit_pixels(self.options.max_pixels) if self.options.max_pixels else sampled
 
     def _turn1(self, live: list[_Work]) -> None:
         opts = self.options

@@ -33,16 +33,28 @@ class ModelConfig:
     Attributes:
         name: hub id ("Qwen/Qwen3-VL-8B-Instruct"), a local checkpoint folder, or
             "tiny-random:qwen3_vl" for the tiny random model built in-process (meaningless scores).
+            With ``backend: openai`` it is the served model name.
+        backend: "hf" (in-process transformers) or "openai" (an OpenAI-compatible server: vLLM).
+        base_url: the server's root including /v1 (``backend: openai``); localhost by default.
+        api_key_env: name of an environment variable holding the server's API key (keys are
+            never written in recipes).
         dtype, device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
-        max_batch_size: requests per forward pass.
+        max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai).
     """
 
     name: str = MISSING
+    backend: str = "hf"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = None
     dtype: str = "bfloat16"
     device: str = "auto"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     max_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("hf", "openai"):
+            raise ValueError(f"model.backend must be 'hf' or 'openai', got {self.backend!r}")
 
 
 @dataclass
@@ -110,8 +122,20 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
 
 
 def build_backend(model: ModelConfig) -> Any:
-    """An in-process backend for ``model.name`` (tiny random models are built, not downloaded)."""
+    """The backend ``model`` names (tiny random models are built in-process, not downloaded)."""
+    import os
+
     from cac_align.vlm.hf import HFBackend
+
+    if model.backend == "openai":
+        from cac_align.vlm.openai import OpenAIBackend
+
+        api_key = None
+        if model.api_key_env:
+            api_key = os.environ.get(model.api_key_env)
+            if api_key is None:
+                raise RecipeError(f"model.api_key_env={model.api_key_env!r}: that environment variable is not set")
+        return OpenAIBackend(model.name, base_url=model.base_url, api_key=api_key, max_workers=model.max_batch_size)
 
     if model.name.startswith(TINY_PREFIX):
         from cac_align.tiny_job import TINY_BUILDERS
