@@ -208,12 +208,6 @@ class Video:
         scale = math.sqrt(max_pixels / (self.height * self.width))
         return self.resize(max(1, int(self.height * scale)), max(1, int(self.width * scale)))
 
-    def to_tensor(self):
-        """Frames as a torch float tensor (T, 3, H, W) in [0, 1] (diffusers' layout)."""
-        import torch
-
-        return torch.from_numpy(self.frames).permute(0, 3, 1, 2).float().div_(255.0)
-
 
 # ---------------------------------------------------------------------------------------
 # Loading

@@ -15,12 +15,17 @@ import numpy as np
 from cac_align.cac.infer import CaCResult
 from cac_align.video import Video
 
-__all__ = ["write_report"]
+__all__ = ["evidence_path", "write_evidence_png", "write_report"]
 
 _BOX_COLOR = (255, 40, 40)
 
 
-def _evidence_png(result: CaCResult, video: Video, path: Path, thumb_height: int = 96) -> None:
+def evidence_path(out_dir: str | Path, index: int) -> Path:
+    """Where the evidence PNG of the ``index``-th scored video goes."""
+    return Path(out_dir) / "evidence" / f"{index:05d}.png"
+
+
+def write_evidence_png(result: CaCResult, video: Video, path: Path, thumb_height: int = 96) -> None:
     """Timeline (top) and up to 8 turn-2 frames with boxes (bottom)."""
     from PIL import Image, ImageDraw
 
@@ -55,17 +60,17 @@ def _evidence_png(result: CaCResult, video: Video, path: Path, thumb_height: int
     canvas.save(path)
 
 
-def write_report(results: Sequence[CaCResult], videos: Sequence[Video | None], names: Sequence[str], out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.html`` and ``out_dir/evidence/*.png``; returns the HTML path."""
+def write_report(results: Sequence[CaCResult], names: Sequence[str], out_dir: str | Path) -> Path:
+    """Write ``out_dir/report.html``, linking each video's evidence PNG where one was drawn.
+
+    The PNGs are drawn while the frames are in memory (:func:`write_evidence_png`, called by the
+    score job per batch), so the report never decodes a video again.
+    """
     out = Path(out_dir)
-    (out / "evidence").mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, (result, video, name) in enumerate(zip(results, videos, names)):
-        image = ""
-        if video is not None and result.valid:
-            png = out / "evidence" / f"{index:05d}.png"
-            _evidence_png(result, video, png)
-            image = f'<img src="evidence/{png.name}" alt="evidence for {html.escape(name)}">'
+    for index, (result, name) in enumerate(zip(results, names)):
+        png = evidence_path(out, index)
+        image = f'<img src="evidence/{png.name}" alt="evidence for {html.escape(name)}">' if png.exists() else ""
         reward = f"{result.reward:.4f}" if result.reward is not None else "invalid"
         window = f"[{result.window_s[0]:.2f}, {result.window_s[1]:.2f}) s" if result.window_s else "-"
         boxes = "".join(

@@ -4,8 +4,9 @@
     cac-align score --config recipes/score/cac.yaml videos=DIR out_dir=runs/score
 
 Steps: 1. collect videos (a file, a folder, or a JSONL manifest with "video" and "prompt");
-2. build the backend; 3. score in batches (tqdm), appending each batch to results.jsonl so a
-killed run keeps what it scored; 4. write report.html + evidence PNGs.
+2. build the backend; 3. score in batches (tqdm): each video is decoded once, scored, and its
+evidence PNG drawn while the frames are in memory; each batch is appended to results.jsonl so a
+killed run keeps what it scored; 4. write report.html.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def run(config: ScoreConfig, backend: Any = None) -> list[CaCResult]:
     """Score, write results.jsonl and the report; ``backend`` overrides ``config.model``."""
     from tqdm.auto import tqdm
 
-    from cac_align.cac.evidence import write_report
+    from cac_align.cac.evidence import evidence_path, write_evidence_png, write_report
     from cac_align.video import VideoError, load_video
 
     out = Path(config.out_dir)
@@ -177,27 +178,32 @@ def run(config: ScoreConfig, backend: Any = None) -> list[CaCResult]:
         paths, prompts = collect_inputs(config.videos, config.prompts)
     # 2. backend
     scorer = CaCScorer(backend if backend is not None else build_backend(config.model), config.cac)
-    # 3. score in batches, appending each batch's results
+    # 3. score in batches: decode once, score, draw evidence, append results
     results: list[CaCResult] = []
     partial = out / "results.jsonl.partial"
+    (out / "evidence").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "evidence").glob("*.png"):  # never link a previous run's picture
+        stale.unlink()
     with partial.open("w", encoding="utf-8") as handle, tqdm(total=len(paths), desc="CaC scoring", unit="video") as bar:
         for start in range(0, len(paths), config.batch_size):
             batch = paths[start : start + config.batch_size]
-            scored = scorer.score(batch, prompts[start : start + config.batch_size], source_fps=config.source_fps)
-            for path, result in zip(batch, scored):
+            loaded: list[Any] = []
+            for path in batch:
+                try:
+                    loaded.append(load_video(path, source_fps=config.source_fps))
+                except VideoError:
+                    loaded.append(path)  # the scorer turns it into an invalid result with the reason
+            scored = scorer.score(loaded, prompts[start : start + config.batch_size], source_fps=config.source_fps)
+            for offset, (path, video, result) in enumerate(zip(batch, loaded, scored)):
                 handle.write(json.dumps({"video": path, **result.to_dict()}, default=_jsonable) + "\n")
+                if result.valid and not isinstance(video, str):
+                    write_evidence_png(result, video, evidence_path(out, start + offset))
             handle.flush()
             results.extend(scored)
             bar.update(len(batch))
     partial.replace(out / "results.jsonl")
     # 4. report
-    videos = []
-    for path, result in zip(paths, results):
-        try:
-            videos.append(load_video(path) if result.valid else None)
-        except VideoError:
-            videos.append(None)
-    report = write_report(results, videos, paths, out)
+    report = write_report(results, paths, out)
     valid = sum(r.valid for r in results)
     print(f"scored {len(results)} videos ({valid} valid): {out / 'results.jsonl'}, {report}")
     return results
