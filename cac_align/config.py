@@ -73,7 +73,7 @@ JOBS: dict[str, JobSpec] = {
             name="score",
             config="cac_align.cac.score_job:ScoreConfig",
             run="cac_align.cac.score_job:run",
-            help="score videos with the CaC reward model: results.jsonl + HTML evidence report",
+            help="score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report",
         ),
     ]
 }

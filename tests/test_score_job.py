@@ -1,4 +1,4 @@
-"""`cac-align score`: results.jsonl and the HTML evidence report, on the tiny recipe and scripted answers."""
+"""`cac-align score`: results.jsonl and the HTML report, on the tiny recipes and scripted answers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.video import Video, save_video
 from conftest import REPO_ROOT, smooth_video
+from cac_align.rewards.cac import CaCReward
 from test_infer import CONFIRM, NORMAL, ScriptedBackend, _abnormal_t1
 
 
@@ -23,11 +24,12 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys):
     assert len(rows) == 6 and not (out / "results.jsonl.partial").exists()
     for row in rows:
         # Random weights: each result is either a real probability or invalid with a reason, never a fake 0/1.
+        assert row["reward"] == "cac"
         if row["valid"]:
-            assert 0 < row["reward"] < 1
+            assert 0 < row["score"] < 1
         else:
-            assert row["reward"] is None and row["error"]
-        assert row["turn1"]["text"] is not None
+            assert row["score"] is None and row["error"] and row["details"]["error"] == row["error"]
+        assert row["details"]["turn1"]["text"] is not None
     page = (out / "report.html").read_text()
     for row in rows:
         assert row["video"] in page
@@ -46,8 +48,8 @@ def test_report_shows_every_video_and_its_boxes(tmp_path):
     _write_videos(tmp_path / "videos", 2)
     backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(0.5, 1.5)}, {1: CONFIRM})
     config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(tmp_path / "videos"))
-    results = run(config, backend=backend)
-    assert [r.status for r in results] == ["normal", "abnormal"]
+    rows = run(config, reward=CaCReward(backend))
+    assert [r["status"] for r in rows] == ["normal", "abnormal"]
     page = (tmp_path / "out/report.html").read_text()
     assert "v0.mp4" in page and "v1.mp4" in page
     # Both turn-2 boxes of video 1 are listed with their frame times: clip frames 0 and 3 at 8 fps from 0.5 s.
@@ -56,7 +58,9 @@ def test_report_shows_every_video_and_its_boxes(tmp_path):
     images = re.findall(r'src="(evidence/[^"]+)"', page)
     assert len(images) == 2 and all((tmp_path / "out" / img).exists() for img in images)
     rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
-    assert rows[1]["window_s"] == [0.5, 1.5] and rows[1]["boxes"][1]["time_s"] == 0.875
+    assert rows[1]["details"]["window_s"] == [0.5, 1.5] and rows[1]["details"]["boxes"][1]["time_s"] == 0.875
+    # Eq. 7 on the scripted turn-2 probabilities (0.1, 0.3): 0.1 / 0.4 = 0.25; turn 1 only for video 0: 0.6 / 0.8.
+    assert rows[0]["score"] == pytest.approx(0.75) and rows[1]["score"] == pytest.approx(0.25)
 
 
 def test_inputs_from_manifest_and_prompt_file(tmp_path):
@@ -85,9 +89,9 @@ def test_config_needs_exactly_one_source():
 def test_missing_weights_are_a_clear_cli_error(tmp_path, capsys):
     _write_videos(tmp_path / "videos", 1)
     code = main(["score", "-c", str(REPO_ROOT / "recipes/score/cac.yaml"), f"videos={tmp_path / 'videos'}",
-                 f"out_dir={tmp_path / 'o'}", f"model.name={tmp_path / 'no_such_ckpt'}"])
+                 f"out_dir={tmp_path / 'o'}", f"reward.model.name={tmp_path / 'no_such_ckpt'}"])
     assert code == 2
-    assert "model.name=" in capsys.readouterr().err
+    assert "reward.model.name=" in capsys.readouterr().err
 
 
 def test_score_job_through_an_openai_compatible_server(tmp_path):
@@ -98,15 +102,15 @@ def test_score_job_through_an_openai_compatible_server(tmp_path):
         config = load_config(
             ScoreConfig,
             REPO_ROOT / "recipes/score/cac_vllm.yaml",
-            [f"videos={tmp_path / 'videos'}", f"out_dir={tmp_path / 'out'}", f"model.base_url={server.url}"],
+            [f"videos={tmp_path / 'videos'}", f"out_dir={tmp_path / 'out'}", f"reward.model.base_url={server.url}"],
         )
-        results = run(config)
-    assert [r.status for r in results] == ["normal", "normal"] and all(r.valid for r in results)
+        rows = run(config)
+    assert [r["status"] for r in rows] == ["normal", "normal"] and all(r["valid"] for r in rows)
     assert len((tmp_path / "out/results.jsonl").read_text().splitlines()) == 2
 
 
 def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
-    from cac_align.cac.score_job import ModelConfig, build_backend
+    from cac_align.vlm.config import ModelConfig, build_backend
 
     monkeypatch.delenv("CAC_TEST_KEY", raising=False)
     with pytest.raises(RecipeError, match="CAC_TEST_KEY"):

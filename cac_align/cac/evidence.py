@@ -1,7 +1,9 @@
-"""Evidence report of a CaC scoring run: one HTML page plus a PNG per video (like CaC Fig. S2).
+"""The report of a scoring run: one HTML page, plus a PNG per video where CaC gave evidence.
 
-Per video the page shows the reward, the final status, a timeline with the window turn 2
-looked at, and turn 2's frames with their boxes drawn; invalid videos show their error.
+Per video the page shows the score, its sub-scores (UnifiedReward dimensions, each component
+of a combined reward raw and normalized) and, when the reward includes CaC, the final status,
+a timeline with the window turn 2 looked at and turn 2's frames with their boxes drawn (like
+CaC Fig. S2); invalid videos show their error.
 """
 
 from __future__ import annotations
@@ -12,12 +14,23 @@ from typing import Sequence
 
 import numpy as np
 
-from cac_align.cac.infer import CaCResult
 from cac_align.video import Video
 
-__all__ = ["evidence_path", "write_evidence_png", "write_report"]
+__all__ = ["cac_details", "evidence_path", "write_evidence_png", "write_report"]
 
 _BOX_COLOR = (255, 40, 40)
+
+
+def cac_details(details: dict) -> dict | None:
+    """The CaC result inside a reward's per-video details (CaC itself, or a combined reward's
+    CaC component), or None when the reward has no CaC part."""
+    if "turn1" in details and "window_s" in details:
+        return details
+    for component in details.get("components", {}).values():
+        found = cac_details(component.get("details", {}))
+        if found is not None:
+            return found
+    return None
 
 
 def evidence_path(out_dir: str | Path, index: int) -> Path:
@@ -25,23 +38,31 @@ def evidence_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / "evidence" / f"{index:05d}.png"
 
 
-def write_evidence_png(result: CaCResult, video: Video, path: Path, thumb_height: int = 96) -> None:
-    """Timeline (top) and up to 8 turn-2 frames with boxes (bottom)."""
+def write_evidence_png(
+    window_s: Sequence[float] | None, boxes: Sequence[dict], video: Video, path: Path, thumb_height: int = 96
+) -> None:
+    """Timeline (top) and up to 8 turn-2 frames with boxes (bottom).
+
+    Args:
+        window_s: the window turn 2 looked at (source seconds), or None.
+        boxes: CaC's per-frame boxes, ``{"frame", "time_s", "type", "boxes"}`` with 0–1000 boxes.
+        video: the decoded source video.
+        path: where the PNG goes.
+    """
     from PIL import Image, ImageDraw
 
     scale = thumb_height / video.height
     thumb_w = max(1, int(round(video.width * scale)))
-    times = [b["time_s"] for b in result.boxes]
-    shown = sorted(set(times))[:8]
+    shown = sorted({b["time_s"] for b in boxes})[:8]
     frames_by_time = {float(t): i for i, t in enumerate(video.timestamps)}
     width = max(400, thumb_w * max(1, len(shown)))
     canvas = Image.new("RGB", (width, 40 + (thumb_height if shown else 0)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     # 1. timeline: the whole video, the turn-2 window highlighted
     draw.rectangle([0, 10, width - 1, 30], outline=(0, 0, 0), fill=(220, 220, 220))
-    if result.window_s is not None:
-        x0 = (result.window_s[0] - video.start_s) / video.duration_s * (width - 1)
-        x1 = (result.window_s[1] - video.start_s) / video.duration_s * (width - 1)
+    if window_s is not None:
+        x0 = (window_s[0] - video.start_s) / video.duration_s * (width - 1)
+        x1 = (window_s[1] - video.start_s) / video.duration_s * (width - 1)
         draw.rectangle([x0, 10, x1, 30], fill=(255, 170, 60), outline=(200, 90, 0))
     # 2. turn-2 frames with their boxes (nearest source frame to each clip time)
     for slot, t in enumerate(shown):
@@ -50,7 +71,7 @@ def write_evidence_png(result: CaCResult, video: Video, path: Path, thumb_height
             index = int(np.argmin(np.abs(video.timestamps - t)))
         thumb = Image.fromarray(video.frames[index]).resize((thumb_w, thumb_height))
         tdraw = ImageDraw.Draw(thumb)
-        for entry in result.boxes:
+        for entry in boxes:
             if entry["time_s"] != t:
                 continue
             for box in entry["boxes"]:
@@ -60,39 +81,57 @@ def write_evidence_png(result: CaCResult, video: Video, path: Path, thumb_height
     canvas.save(path)
 
 
-def write_report(results: Sequence[CaCResult], names: Sequence[str], out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.html``, linking each video's evidence PNG where one was drawn.
+def _sub_scores(details: dict) -> str:
+    """A compact line of the reward's sub-scores: components (raw -> normalized) or UR dimensions."""
+    parts = []
+    for name, component in details.get("components", {}).items():
+        raw = "invalid" if component.get("raw") is None else f"{component['raw']:.3f}"
+        norm = "" if component.get("normalized") is None else f" &rarr; {component['normalized']:.3f}"
+        parts.append(f"{html.escape(name)} {raw}{norm}")
+        parts.extend(f"{html.escape(name)}.{html.escape(k)} {v:.2f}" for k, v in component.get("details", {}).get("sub_scores", {}).items())
+    parts.extend(f"{html.escape(k)} {v:.2f}" for k, v in details.get("sub_scores", {}).items())
+    return " &middot; ".join(parts)
+
+
+def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scoring report") -> Path:
+    """Write ``out_dir/report.html`` from results.jsonl rows, linking each video's evidence PNG.
 
     The PNGs are drawn while the frames are in memory (:func:`write_evidence_png`, called by the
     score job per batch), so the report never decodes a video again.
     """
     out = Path(out_dir)
-    rows = []
-    for index, (result, name) in enumerate(zip(results, names)):
+    sections = []
+    for index, row in enumerate(rows):
+        name = str(row["video"])
         png = evidence_path(out, index)
         image = f'<img src="evidence/{png.name}" alt="evidence for {html.escape(name)}">' if png.exists() else ""
-        reward = f"{result.reward:.4f}" if result.reward is not None else "invalid"
-        window = f"[{result.window_s[0]:.2f}, {result.window_s[1]:.2f}) s" if result.window_s else "-"
+        score = f"{row['score']:.4f}" if row["valid"] else "invalid"
+        cac = cac_details(row.get("details", {})) or {}
+        window_s = cac.get("window_s")
+        window = f"[{window_s[0]:.2f}, {window_s[1]:.2f}) s" if window_s else "-"
         boxes = "".join(
             f"<li>frame {b['frame']} @ {b['time_s']:.3f} s, {html.escape(str(b['type']))}: "
             + ", ".join(html.escape(str([round(v, 1) for v in box])) for box in b["boxes"])
             + "</li>"
-            for b in result.boxes
+            for b in cac.get("boxes", [])
         )
-        error = f'<p class="error">{html.escape(result.error)}</p>' if result.error else ""
-        rows.append(
-            f'<section class="video" id="v{index}"><h2>{html.escape(name)}</h2>'
-            f"<p>reward <b>{reward}</b> &middot; status <b>{html.escape(str(result.status))}</b> &middot; window {window}</p>"
-            f"{error}{image}<ul class=\"boxes\">{boxes}</ul></section>"
+        cac_line = f" &middot; status <b>{html.escape(str(cac.get('status')))}</b> &middot; window {window}" if cac else ""
+        prompt = f"<p class=\"prompt\">{html.escape(str(row['prompt']))}</p>" if row.get("prompt") else ""
+        subs = _sub_scores(row.get("details", {}))
+        subs = f"<p class=\"subs\">{subs}</p>" if subs else ""
+        error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
+        sections.append(
+            f'<section class="video" id="v{index}"><h2>{html.escape(name)}</h2>{prompt}'
+            f"<p>{html.escape(str(row['reward']))} <b>{score}</b>{cac_line}</p>"
+            f"{subs}{error}{image}<ul class=\"boxes\">{boxes}</ul></section>"
         )
-    valid = [r.reward for r in results if r.valid and r.reward is not None]
-    summary = (
-        f"{len(results)} videos, {len(valid)} valid, mean reward {np.mean(valid):.4f}" if valid else f"{len(results)} videos, none valid"
-    )
+    valid = [row["score"] for row in rows if row["valid"]]
+    summary = f"{len(rows)} videos, {len(valid)} valid, mean score {np.mean(valid):.4f}" if valid else f"{len(rows)} videos, none valid"
     page = (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>CaC evidence report</title>"
-        "<style>body{font-family:sans-serif;margin:2em} .error{color:#b00} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
-        f"</head><body><h1>CaC evidence report</h1><p>{summary}</p>{''.join(rows)}</body></html>\n"
+        f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em} .error{color:#b00} .prompt{font-style:italic}"
+        " .subs{color:#444;font-size:90%} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><p>{summary}</p>{''.join(sections)}</body></html>\n"
     )
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")

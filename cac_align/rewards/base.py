@@ -1,0 +1,369 @@
+"""The reward contract, the input conventions every reward shares, and the reward registry.
+
+One contract (shared/CONVENTIONS.md, "One reward contract")::
+
+    reward(videos, prompts, metadata=None) -> RewardOutput(name, scores, valid, details, info)
+
+- ``videos``: a list whose items are anything :func:`~cac_align.video.load_video` reads (paths,
+  :class:`~cac_align.video.Video`, uint8 ``(T, H, W, 3)`` arrays, float ``(T, C, H, W)``
+  tensors in [0, 1]), or one diffusers batch ``(B, F, C, H, W)`` float in [0, 1].
+- ``prompts``: the generating prompt per video (same length as the videos).
+- ``metadata``: optional; either one mapping for the whole call or one mapping per video
+  (Flow-GRPO passes one per prompt). Keys read here: ``fps`` (frame rate of array input; files
+  carry their own) and ``group`` (which videos share a prompt group; defaults to the prompt).
+- ``scores[i]`` is a float for input ``i`` in input order; ``valid[i]`` says whether it was really
+  scored. An invalid score is NaN (never a silent 0) and ``details[i]["error"]`` says why.
+
+Rewards are built from recipe sections by :func:`build_reward`::
+
+    reward:
+      name: unified_reward        # a registered short name, or "package.module:factory"
+      model: {name: CodeGoat24/UnifiedReward-qwen-7b}
+      scoring: probs
+
+Each registered reward has a config dataclass, so a misspelled argument is an error naming the
+key. Every reward here takes a lock around its call, so one object can be shared by a thread
+pool (Flow-GRPO scores in a background thread while the next group samples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from cac_align.video import Video, VideoError, load_video
+
+__all__ = [
+    "BACKEND_ERRORS",
+    "REWARDS",
+    "Reward",
+    "RewardError",
+    "RewardOutput",
+    "RewardSpec",
+    "build_reward",
+    "check_prompts",
+    "group_keys",
+    "load_inputs",
+    "load_section",
+    "register_reward",
+    "reward_config",
+    "score_in_chunks",
+]
+
+# Failures of a model call that concern the samples in it, not the code: a server that stopped
+# answering, a timeout, a GPU out of memory. Rewards retry such a batch one sample at a time and
+# mark the samples that still fail invalid, with the error. Anything else is a bug and raises.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+try:  # torch is a dependency, but keep this module importable without initialising CUDA
+    import torch
+
+    BACKEND_ERRORS = BACKEND_ERRORS + (torch.OutOfMemoryError,)
+except (ImportError, AttributeError):  # pragma: no cover - torch without OutOfMemoryError
+    pass
+
+
+class RewardError(RuntimeError):
+    """A reward call that must not return scores (e.g. ``invalid: fail`` met an invalid sample)."""
+
+
+@dataclass
+class RewardOutput:
+    """What a reward returns for a batch.
+
+    Attributes:
+        name: the reward's name ("cac", "unified_reward", "ur_cac", ...).
+        scores: (B,) float64, NaN where ``valid`` is False.
+        valid: (B,) bool.
+        details: one dict per sample (sub-scores, raw text, evidence; "error" when invalid).
+        info: batch-level facts (e.g. invalid counts per component).
+
+    A score that is NaN or infinite while marked valid is turned invalid here, with an error in
+    its details: a non-finite number is never passed on as a reward.
+    """
+
+    name: str
+    scores: np.ndarray
+    valid: np.ndarray
+    details: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1).copy()
+        self.valid = np.asarray(self.valid, dtype=bool).reshape(-1).copy()
+        n = len(self.scores)
+        if not self.details:
+            self.details = [{} for _ in range(n)]
+        if len(self.valid) != n or len(self.details) != n:
+            raise ValueError(
+                f"reward {self.name!r}: {n} scores, {len(self.valid)} valid flags and {len(self.details)} details differ in length"
+            )
+        for i in np.flatnonzero(self.valid & ~np.isfinite(self.scores)):
+            self.details[i] = {**self.details[i], "error": f"non-finite score {self.scores[i]!r}"}
+            self.valid[i] = False
+        self.scores[~self.valid] = np.nan
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def errors(self) -> dict[int, str]:
+        """Index -> reason, for every invalid sample."""
+        return {int(i): str(self.details[i].get("error", "invalid")) for i in np.flatnonzero(~self.valid)}
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Anything that scores videos by the contract above."""
+
+    name: str
+
+    def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput: ...
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+def _metadata_rows(metadata: Any, n: int) -> list[Mapping]:
+    if metadata is None:
+        return [{} for _ in range(n)]
+    if isinstance(metadata, Mapping):
+        return [metadata] * n
+    rows = list(metadata)
+    if len(rows) != n:
+        raise ValueError(f"got {n} videos but {len(rows)} metadata entries")
+    for row in rows:
+        if row is not None and not isinstance(row, Mapping):
+            raise ValueError(f"metadata entries must be mappings (or None), got {type(row).__name__}")
+    return [row or {} for row in rows]
+
+
+def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = None) -> list[Video | VideoError]:
+    """Decode a batch into Videos, keeping per-sample failures as :class:`VideoError` values.
+
+    Args:
+        videos: a list of inputs :func:`load_video` reads, or one (B, F, C, H, W) batch.
+        metadata: None, one mapping, or one mapping per video; an ``fps`` key there is the
+            frame rate of array input, taking precedence over ``source_fps``.
+        source_fps: the default frame rate of array input (Wan-2.1: 16).
+
+    Returns:
+        One Video or VideoError per input, in input order. A corrupt or missing file fails only
+        its own sample.
+    """
+    if isinstance(videos, (str, Video)) or (hasattr(videos, "ndim") and videos.ndim == 4):
+        raise ValueError("pass a list of videos (or a (B, F, C, H, W) batch), not a single video")
+    items = [videos[b] for b in range(videos.shape[0])] if hasattr(videos, "ndim") else list(videos)
+    rows = _metadata_rows(metadata, len(items))
+    loaded: list[Video | VideoError] = []
+    for item, row in zip(items, rows):
+        if isinstance(item, VideoError):  # already failed upstream (e.g. in a combined reward)
+            loaded.append(item)
+            continue
+        fps = row.get("fps", source_fps)
+        try:
+            video = load_video(item, source_fps=fps)
+            assert isinstance(video, Video)
+            loaded.append(video)
+        except VideoError as exc:
+            loaded.append(exc)
+    return loaded
+
+
+def check_prompts(n: int, prompts: Sequence[str | None] | None) -> list[str | None]:
+    """The prompts as a list of length ``n``; a length mismatch is an error, not a silent zip."""
+    if prompts is None:
+        return [None] * n
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list with one prompt per video, got a single string")
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise ValueError(f"got {n} videos but {len(prompts)} prompts")
+    return prompts
+
+
+def group_keys(prompts: Sequence[str | None], metadata: Any = None) -> list[Any]:
+    """Which group each sample belongs to: metadata ``group`` if given, else its prompt text.
+
+    Best-of-N and Flow-GRPO draw several videos per prompt; normalizers and the ``group_mean``
+    invalid policy work within these groups. Samples with no prompt and no group form one
+    group each.
+    """
+    rows = _metadata_rows(metadata, len(prompts))
+    keys: list[Any] = []
+    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+        if "group" in row:
+            keys.append(("group", row["group"]))
+        elif prompt is not None:
+            keys.append(("prompt", prompt))
+        else:
+            keys.append(("sample", i))
+    return keys
+
+
+def score_in_chunks(
+    score: Callable[[list[Any]], list[Any]],
+    items: list[Any],
+    batch_size: int,
+    on_error: Callable[[Any, BaseException], Any],
+) -> list[Any]:
+    """Run ``score`` over ``items`` in chunks; a chunk that hits a backend error is retried one
+    item at a time, and items that still fail become ``on_error(item, exc)``.
+
+    This is how "a server that stops answering mid-batch" marks just the samples it could not
+    answer invalid, and says which, while every sample it did answer keeps its score.
+    """
+    out: list[Any] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        try:
+            out.extend(score(chunk))
+            continue
+        except BACKEND_ERRORS as exc:
+            if len(chunk) == 1:
+                out.append(on_error(chunk[0], exc))
+                continue
+        for item in chunk:
+            try:
+                out.extend(score([item]))
+            except BACKEND_ERRORS as exc:
+                out.append(on_error(item, exc))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RewardSpec:
+    """A registered reward: its config dataclass and ``build(config) -> Reward``."""
+
+    name: str
+    config: str  # "module:ConfigClass"
+    build: str  # "module:function"
+    help: str = ""
+
+
+REWARDS: dict[str, RewardSpec] = {}
+
+
+def register_reward(name: str, config: str, build: str, help: str = "") -> None:
+    """Register a reward under a short name (config and builder as "module:attr" strings)."""
+    REWARDS[name] = RewardSpec(name, config, build, help)
+
+
+register_reward("cac", "cac_align.rewards.cac:CaCRewardConfig", "cac_align.rewards.cac:build", "CaC two-turn anomaly reward (CaC Eq. 7)")
+register_reward(
+    "unified_reward",
+    "cac_align.rewards.unified:UnifiedRewardConfig",
+    "cac_align.rewards.unified:build",
+    "UnifiedReward pointwise video score (mean of sub-scores)",
+)
+register_reward(
+    "ur_cac",
+    "cac_align.rewards.combine:UrCacConfig",
+    "cac_align.rewards.combine:build_ur_cac",
+    "the paper's alignment reward: average of normalized UnifiedReward and CaC (CaC §4.2)",
+)
+register_reward(
+    "combined",
+    "cac_align.rewards.combine:CombinedConfig",
+    "cac_align.rewards.combine:build_combined",
+    "weighted average of any normalized rewards",
+)
+
+
+def load_section(config_cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Fill ``config_cls`` from a mapping (a recipe section), with errors that name the key.
+
+    Raises:
+        ValueError: ``"{where}: unknown key 'x'; did you mean 'y'?"`` and the like (the recipe
+            loader adds the file name).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cac_align.config import _describe
+
+    schema = OmegaConf.structured(config_cls)
+    try:
+        merged = OmegaConf.merge(schema, dict(data))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ValueError(str(_describe(exc, where, schema))) from None
+    except (ValueError, TypeError) as exc:  # a config's __post_init__ checks
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _as_dict(spec: Any, where: str) -> dict[str, Any]:
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+        spec = dataclasses.asdict(spec)
+    elif not isinstance(spec, Mapping):
+        try:
+            from omegaconf import DictConfig, OmegaConf
+
+            if isinstance(spec, DictConfig):
+                spec = OmegaConf.to_container(spec, resolve=True)
+        except ImportError:  # pragma: no cover
+            pass
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: a reward is a mapping with a 'name' key, got {type(spec).__name__}")
+    return dict(spec)
+
+
+def reward_config(spec: Any, where: str = "reward") -> tuple[str, Any]:
+    """Validate a reward section without loading any model: ``(name, typed config)``.
+
+    For a dotted-path reward (``name: mypkg.rewards:MyReward``) the config is the remaining
+    arguments as a dict, checked when the factory is called.
+    """
+    data = _as_dict(spec, where)
+    name = data.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: missing 'name' (one of: {', '.join(sorted(REWARDS))}, or 'module:factory')")
+    if name in REWARDS:
+        return name, load_section(_resolve(REWARDS[name].config), data, where)
+    if ":" in name or "." in name:
+        _resolve(name)  # import errors surface now, at recipe-check time
+        return name, data
+    hint = difflib.get_close_matches(name, list(REWARDS), n=1)
+    extra = f"; did you mean '{hint[0]}'?" if hint else ""
+    raise ValueError(f"{where}: unknown reward '{name}'{extra} (known: {', '.join(sorted(REWARDS))}, or 'module:factory')")
+
+
+def _resolve(dotted: str) -> Any:
+    from cac_align.config import resolve
+
+    return resolve(dotted)
+
+
+def build_reward(spec: Any, where: str = "reward") -> Reward:
+    """Build a reward from a recipe section ``{name: ..., <arguments>}`` (loads its models).
+
+    ``name`` is a registered short name (see :data:`REWARDS`) or a dotted path to a factory
+    called with the other keys as keyword arguments and returning a :class:`Reward`.
+    """
+    name, config = reward_config(spec, where)
+    if name in REWARDS:
+        return _resolve(REWARDS[name].build)(config, where)
+    factory = _resolve(name)
+    try:
+        reward = factory(**config)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {name} does not accept these arguments: {exc}") from None
+    if not callable(reward):
+        raise ValueError(f"{where}: {name} returned {type(reward).__name__}, not a callable reward")
+    return reward
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``float(value)`` if it is a finite number, else None (for JSON-friendly details)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

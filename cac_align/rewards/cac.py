@@ -1,0 +1,108 @@
+"""CaC as a :class:`~cac_align.rewards.base.Reward`: P(normal) / (P(normal) + P(abnormal)).
+
+The two-turn protocol itself lives in :mod:`cac_align.cac.infer`; this module adapts it to the
+reward contract: any video input, scores in input order, failures per sample. A score is in
+[0, 1], higher meaning "more likely free of anomalies" (CaC Eq. 7).
+
+Recipe section::
+
+    reward:
+      name: cac
+      model: {name: Qwen/Qwen3-VL-8B-Instruct}   # or your CaC checkpoint; backend: openai for vLLM
+      options: {scan_fps: 4.0, clip_fps: 8.0}  # CaCOptions
+      source_fps: 16.0                         # frame rate of tensor input (Wan-2.1)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from cac_align.cac.infer import CaCOptions, CaCResult, CaCScorer
+from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.video import Video
+from cac_align.vlm.backend import Backend
+from cac_align.vlm.config import ModelConfig, build_backend
+
+__all__ = ["CaCReward", "CaCRewardConfig", "build"]
+
+
+@dataclass
+class CaCRewardConfig:
+    """Recipe section of ``name: cac``.
+
+    Attributes:
+        model: the CaC VLM (a trained CaC checkpoint; the Qwen3-VL-8B base by default).
+        options: the protocol (fps of both turns, frame caps, token budget, fallback).
+        source_fps: frame rate of array/tensor input without an ``fps`` in metadata
+            (Wan-2.1 writes 16 fps); files carry their own.
+        batch_size: videos per scorer call (turn 1 of all of them runs as one batch).
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="Qwen/Qwen3-VL-8B-Instruct"))
+    options: CaCOptions = field(default_factory=CaCOptions)
+    source_fps: float | None = 16.0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class CaCReward:
+    """The CaC reward over a :class:`Backend` (in-process or an OpenAI-compatible server).
+
+    Args:
+        backend: the VLM.
+        options: CaC protocol options (defaults: the paper's 4 fps scan / 8 fps clip).
+        source_fps: default frame rate of array/tensor inputs.
+        batch_size: videos per scorer call.
+        name: the name outputs carry.
+
+    ``details[i]`` is the :class:`~cac_align.cac.infer.CaCResult` as a dict (status, window,
+    boxes, both turns' text and probabilities), plus ``error`` when invalid.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        options: CaCOptions | None = None,
+        source_fps: float | None = 16.0,
+        batch_size: int = 8,
+        name: str = "cac",
+    ):
+        self.scorer = CaCScorer(backend, options)
+        self.source_fps = source_fps
+        self.batch_size = batch_size
+        self.name = name
+        self._lock = threading.Lock()
+
+    def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
+        loaded = load_inputs(videos, metadata, self.source_fps)
+        prompts = check_prompts(len(loaded), prompts)
+        with self._lock:
+            # 1. score the decodable videos in chunks (a backend failure is retried per video)
+            todo = [(i, v) for i, v in enumerate(loaded) if isinstance(v, Video)]
+            scored = score_in_chunks(
+                lambda chunk: self.scorer.score([v for _, v in chunk], [prompts[i] for i, _ in chunk]),
+                todo,
+                self.batch_size,
+                on_error=lambda item, exc: CaCResult(error=f"backend failed: {exc}"),
+            )
+        # 2. results back in input order; undecodable videos carry their decode error
+        results = [CaCResult(error=str(v)) if not isinstance(v, Video) else None for v in loaded]
+        for (i, _), result in zip(todo, scored):
+            results[i] = result
+        details = [r.to_dict() for r in results]  # type: ignore[union-attr]
+        scores = np.array([r.reward if r.valid else np.nan for r in results], dtype=np.float64)  # type: ignore[union-attr]
+        valid = np.array([r.valid for r in results], dtype=bool)  # type: ignore[union-attr]
+        return RewardOutput(self.name, scores, valid, details)
+
+
+def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
+    """Build the reward a ``name: cac`` section describes (loads the model)."""
+    backend = build_backend(config.model, key=f"{key}.model")
+    return CaCReward(backend, config.options, source_fps=config.source_fps, batch_size=config.batch_size)

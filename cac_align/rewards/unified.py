@@ -1,0 +1,381 @@
+"""UnifiedReward as a :class:`~cac_align.rewards.base.Reward`: pointwise video scores.
+
+Two families, each asked in its own published prompt format for video generation
+(UnifiedReward, Wang et al. 2025; the paper combines it with CaC, CaC §4.2):
+
+- ``v1`` (``CodeGoat24/UnifiedReward-qwen-7b``, Qwen2.5-VL): five sub-scores on 1–4 (visual
+  quality, temporal consistency, dynamic degree, text-to-video alignment, factual
+  consistency) and a "Final Score" 1–10. Its authors describe the final score as untrained, so
+  it is logged in ``details`` and never used.
+- ``2.0`` (``CodeGoat24/UnifiedReward-2.0-qwen3vl-8b``, Qwen3-VL): Alignment, Physics and
+  Style scores on 1–5 (it writes decimals, e.g. ``Physics Score (1-5): 3.0987``).
+
+The prompts below follow each format's structure (role, dimensions with their definitions,
+the scale, the exact answer lines the model was trained to write) in our own words; a recipe
+can point ``template_file`` at the verbatim published prompt (with a ``{prompt}`` placeholder).
+
+The scalar is the mean of the sub-scores, obtained one of two ways (``scoring``):
+
+- ``text``: generate the answer and parse each sub-score line. A missing, unparsable or
+  out-of-range sub-score makes the sample invalid, with the raw text kept.
+- ``probs``: no free generation. The answer is teacher-forced line by line in the format's own
+  words; at each score position the probabilities of the score digits are read and the
+  sub-score is their expectation, ``sum_d d * p(d) / sum_d p(d)`` over the scale's digits.
+  Earlier lines are filled with the values already read (the most likely digit for integer
+  scales, the expectation to 4 decimals for decimal scales), so each position sees the context
+  the model would have written. Smoother than text and free of parse failures; only the
+  leading digit is scored (decimal places would need a call per candidate digit).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.video import Video
+from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
+from cac_align.vlm.config import ModelConfig, build_backend
+
+__all__ = ["FORMATS", "ScoreFormat", "UnifiedReward", "UnifiedRewardConfig", "build", "parse_scores", "sample_uniform"]
+
+SCORINGS = ("text", "probs")
+
+
+@dataclass(frozen=True)
+class ScoreFormat:
+    """One UnifiedReward answer format.
+
+    Attributes:
+        version: "v1" or "2.0".
+        template: the user prompt, with ``{prompt}`` for the generating prompt.
+        dimensions: (key, label) per sub-score, in answer order.
+        line: how an answer line reads, with ``{label}`` and ``{value}``.
+        low, high: the sub-score scale (inclusive).
+        integer: whether the scale is whole numbers (v1) or decimals (2.0).
+        final_label: a logged-only overall line ("Final Score" in v1), or None.
+    """
+
+    version: str
+    template: str
+    dimensions: tuple[tuple[str, str], ...]
+    line: str
+    low: int
+    high: int
+    integer: bool
+    final_label: str | None = None
+
+    @property
+    def digits(self) -> list[str]:
+        return [str(d) for d in range(self.low, self.high + 1)]
+
+
+_V1_TEMPLATE = (
+    "You are an expert judge of AI-generated videos. Watch the frames of the given video and read "
+    "the text prompt it was generated from.\n"
+    "Then score it on 5 dimensions:\n"
+    "(1) visual quality: how clear, sharp, well exposed and well coloured the video is\n"
+    "(2) temporal consistency: whether objects and humans stay consistent across the video\n"
+    "(3) dynamic degree: how much the content moves and changes\n"
+    "(4) text-to-video alignment: how well the video content matches the text prompt\n"
+    "(5) factual consistency: whether the content agrees with common sense and facts\n\n"
+    "For each dimension, output a number from [1,2,3,4], \n"
+    "where '1' means 'Bad', '2' means 'Average', '3' means 'Good', \n"
+    "'4' means 'Real' or 'Perfect' (the video looks like a real video)\n"
+    "Finally, based on the 5 dimensions above, give a score from 1 to 10 after 'Final Score:'\n"
+    "An example of the output format:\n"
+    "visual quality: 4\n"
+    "temporal consistency: 4\n"
+    "dynamic degree: 3\n"
+    "text-to-video alignment: 1\n"
+    "factual consistency: 2\n"
+    "Final Score: 6\n\n"
+    "**Note: the numbers in this example are placeholders that only show the format; your scores "
+    "must come from the given video.**\n"
+    "Your task is as follows: Text Prompt: [{prompt}]"
+)
+
+_V2_TEMPLATE = (
+    "You are given a generated video and the text caption it was generated from. "
+    "Analyse the video against the caption on several dimensions. Specifically:\n"
+    "Rate the video on each of these axes, from 1 to 5:\n"
+    "- Alignment Score: how well the video's content matches the caption.\n"
+    "- Physics Score: whether gravity, motion, collisions and interactions make physical sense.\n"
+    "- Style Score: how visually appealing the video is, whatever the caption says.\n\n"
+    "Write your evaluation in exactly this format:\n\n"
+    "Alignment Score (1-5): X\n"
+    "Physics Score (1-5): Y\n"
+    "Style Score (1-5): Z\n\n"
+    "Your task is as follows:\n"
+    "Text Caption: [{prompt}]"
+)
+
+FORMATS: dict[str, ScoreFormat] = {
+    "v1": ScoreFormat(
+        version="v1",
+        template=_V1_TEMPLATE,
+        dimensions=(
+            ("visual_quality", "visual quality"),
+            ("temporal_consistency", "temporal consistency"),
+            ("dynamic_degree", "dynamic degree"),
+            ("text_alignment", "text-to-video alignment"),
+            ("factual_consistency", "factual consistency"),
+        ),
+        line="{label}: {value}",
+        low=1,
+        high=4,
+        integer=True,
+        final_label="Final Score",
+    ),
+    "2.0": ScoreFormat(
+        version="2.0",
+        template=_V2_TEMPLATE,
+        dimensions=(("alignment", "Alignment Score"), ("physics", "Physics Score"), ("style", "Style Score")),
+        line="{label} (1-5): {value}",
+        low=1,
+        high=5,
+        integer=False,
+    ),
+}
+
+_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
+
+
+def _label_pattern(label: str) -> re.Pattern:
+    """A line holding ``label`` and a number: tolerant of markdown (**, -, #), a "(1-5)" scale
+    note, a numbered "(1)" prefix, and ':' or '=' separators; case-insensitive."""
+    return re.compile(
+        r"^[ \t>#*\-]*(?:\(\d\)\s*)?\**\s*" + re.escape(label) + r"\s*\**\s*(?:\(\s*\d+\s*-\s*\d+\s*\))?\s*\**\s*[:=]\s*\**\s*" + _NUMBER,
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
+def parse_scores(text: str, fmt: ScoreFormat) -> tuple[dict[str, float], float | None, list[str]]:
+    """Read every sub-score of ``fmt`` from an answer.
+
+    Returns:
+        (sub-scores found in range, the logged final score or None, problems). The answer is
+        usable only when ``problems`` is empty: every dimension present, finite and on the scale.
+    """
+    scores: dict[str, float] = {}
+    problems: list[str] = []
+    for key, label in fmt.dimensions:
+        match = _label_pattern(label).search(text)
+        if match is None:
+            problems.append(f"no '{label}' score")
+            continue
+        value = float(match.group(1))
+        if not (fmt.low <= value <= fmt.high):
+            problems.append(f"'{label}' = {match.group(1)} outside [{fmt.low}, {fmt.high}]")
+            continue
+        scores[key] = value
+    final = None
+    if fmt.final_label is not None:
+        match = _label_pattern(fmt.final_label).search(text)
+        final = float(match.group(1)) if match else None
+    return scores, final, problems
+
+
+def sample_uniform(video: Video, num_frames: int) -> Video:
+    """``num_frames`` frames evenly spread from the first to the last (all frames if fewer).
+
+    The result keeps each frame's source timestamp; its nominal fps is frames / duration.
+    """
+    if video.num_frames <= num_frames:
+        return video
+    indices = np.unique(np.round(np.linspace(0, video.num_frames - 1, num_frames)).astype(np.int64))
+    return video.select(indices, len(indices) / video.duration_s)
+
+
+@dataclass
+class UnifiedRewardConfig:
+    """Recipe section of ``name: unified_reward``.
+
+    Attributes:
+        model: the UnifiedReward checkpoint (v1 default: CodeGoat24/UnifiedReward-qwen-7b).
+        version: the answer format, "v1" or "2.0" (must match the checkpoint).
+        scoring: "text" (parse the generated answer) or "probs" (digit-probability expectation).
+        num_frames: frames sampled uniformly from each video (16 for 2.0, as its authors use).
+        max_pixels: downscale frames to at most this many pixels (aspect kept); None keeps them.
+        max_new_tokens: generation budget in text scoring.
+        template_file: a text file holding the prompt to use instead of the built-in one, with
+            a ``{prompt}`` placeholder (e.g. the verbatim published prompt).
+        min_digit_mass: in probs scoring, a sample whose score digits get less total probability
+            than this at any position is invalid (the model was not answering in format).
+        source_fps: frame rate of array/tensor input without ``fps`` in metadata.
+        batch_size: videos per backend call.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="CodeGoat24/UnifiedReward-qwen-7b"))
+    version: str = "v1"
+    scoring: str = "text"
+    num_frames: int = 16
+    max_pixels: int | None = None
+    max_new_tokens: int = 256
+    template_file: str | None = None
+    min_digit_mass: float = 0.0
+    source_fps: float | None = 16.0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.version not in FORMATS:
+            raise ValueError(f"version must be one of {list(FORMATS)}, got {self.version!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if not 0.0 <= self.min_digit_mass < 1.0:
+            raise ValueError(f"min_digit_mass must be in [0, 1), got {self.min_digit_mass}")
+
+
+class UnifiedReward:
+    """UnifiedReward pointwise scoring over any :class:`Backend`.
+
+    Scores are the mean sub-score on the format's scale (1–4 for v1, 1–5 for 2.0); normalize
+    them with ``fixed`` (see :mod:`cac_align.rewards.normalize`) before combining.
+
+    ``details[i]``: ``sub_scores``, ``text`` (the raw answer, or the teacher-forced answer in
+    probs scoring), ``final_score`` (v1, logged only), ``digit_probs`` (probs scoring),
+    ``error`` when invalid.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        version: str = "v1",
+        scoring: str = "text",
+        num_frames: int = 16,
+        max_pixels: int | None = None,
+        max_new_tokens: int = 256,
+        template: str | None = None,
+        min_digit_mass: float = 0.0,
+        source_fps: float | None = 16.0,
+        batch_size: int = 8,
+        name: str = "unified_reward",
+    ):
+        if version not in FORMATS:
+            raise ValueError(f"version must be one of {list(FORMATS)}, got {version!r}")
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        self.backend = backend
+        self.format = FORMATS[version]
+        self.template = template if template is not None else self.format.template
+        if "{prompt}" not in self.template:
+            raise ValueError("the UnifiedReward prompt template needs a {prompt} placeholder")
+        self.scoring = scoring
+        self.num_frames = num_frames
+        self.max_pixels = max_pixels
+        self.max_new_tokens = max_new_tokens
+        self.min_digit_mass = min_digit_mass
+        self.source_fps = source_fps
+        self.batch_size = batch_size
+        self.name = name
+        self._lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------
+    def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
+        loaded = load_inputs(videos, metadata, self.source_fps)
+        prompts = check_prompts(len(loaded), prompts)
+        details: list[dict] = [{} for _ in loaded]
+        todo: list[tuple[int, ChatRequest]] = []
+        # 1. one request per decodable video with a prompt: uniformly sampled frames + the format's prompt
+        for i, (video, prompt) in enumerate(zip(loaded, prompts)):
+            if not isinstance(video, Video):
+                details[i] = {"error": str(video)}
+            elif prompt is None:
+                details[i] = {"error": "UnifiedReward needs the generating prompt of each video"}
+            else:
+                todo.append((i, [user(self._frames(video), self.template.replace("{prompt}", prompt))]))
+        # 2. score in chunks; a backend failure is retried per video and marks only that video invalid
+        score = self._score_text if self.scoring == "text" else self._score_probs
+        with self._lock:
+            answers = score_in_chunks(
+                lambda chunk: score([request for _, request in chunk]),
+                todo,
+                self.batch_size,
+                on_error=lambda item, exc: {"error": f"backend failed: {exc}"},
+            )
+        # 3. scalar = mean of the sub-scores
+        scores = np.full(len(loaded), np.nan)
+        for (i, _), answer in zip(todo, answers):
+            details[i] = answer
+            if "error" not in answer:
+                scores[i] = float(np.mean(list(answer["sub_scores"].values())))
+        valid = np.array(["error" not in d for d in details], dtype=bool)
+        return RewardOutput(self.name, scores, valid, details)
+
+    # -- steps ------------------------------------------------------------------------------
+    def _frames(self, video: Video) -> Video:
+        sampled = sample_uniform(video, self.num_frames)
+        return sampled.fit_pixels(self.max_pixels) if self.max_pixels else sampled
+
+    def _score_text(self, requests: list[ChatRequest]) -> list[dict]:
+        completions = self.backend.generate(requests, max_new_tokens=self.max_new_tokens, temperature=0.0)
+        answers = []
+        for completion in completions:
+            sub_scores, final, problems = parse_scores(completion.text, self.format)
+            answer: dict[str, Any] = {"scoring": "text", "text": completion.text, "sub_scores": sub_scores}
+            if self.format.final_label is not None:
+                answer["final_score"] = final  # logged only: documented as untrained by its authors
+            if problems:
+                answer["error"] = "unparsable answer: " + "; ".join(problems)
+            answers.append(answer)
+        return answers
+
+    def _score_probs(self, requests: list[ChatRequest]) -> list[dict]:
+        fmt = self.format
+        digits = fmt.digits
+        values = np.arange(fmt.low, fmt.high + 1, dtype=np.float64)
+        prefixes = [""] * len(requests)
+        answers: list[dict[str, Any]] = [
+            {"scoring": "probs", "sub_scores": {}, "digit_probs": {}, "digit_mass": {}} for _ in requests
+        ]
+        # One batched call per score position; each position's prefix holds the values read so far.
+        for key, label in fmt.dimensions:
+            head = fmt.line.split("{value}")[0].format(label=label)
+            probs = self.backend.choice_probs(requests, [p + head for p in prefixes], digits)
+            for j, row in enumerate(np.asarray(probs, dtype=np.float64)):
+                mass = float(row.sum())
+                answers[j]["digit_probs"][key] = row.tolist()
+                answers[j]["digit_mass"][key] = mass
+                if not (np.isfinite(mass) and mass > 0) or mass < self.min_digit_mass:
+                    answers[j].setdefault("error", f"'{label}': score digits got probability mass {mass:.3g}")
+                    expected = float(values[0])
+                else:
+                    expected = float((values * row).sum() / mass)
+                answers[j]["sub_scores"][key] = expected
+                written = digits[int(np.argmax(row))] if fmt.integer else f"{expected:.4f}"
+                prefixes[j] += fmt.line.format(label=label, value=written) + "\n"
+        for answer, prefix in zip(answers, prefixes):
+            answer["text"] = prefix.rstrip("\n")
+        return answers
+
+
+def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
+    """Build the reward a ``name: unified_reward`` section describes (loads the model)."""
+    template = None
+    if config.template_file is not None:
+        path = Path(config.template_file)
+        if not path.is_file():
+            raise ValueError(f"{key}.template_file={config.template_file!r}: no such file")
+        template = path.read_text(encoding="utf-8")
+    backend = build_backend(config.model, key=f"{key}.model")
+    return UnifiedReward(
+        backend,
+        version=config.version,
+        scoring=config.scoring,
+        num_frames=config.num_frames,
+        max_pixels=config.max_pixels,
+        max_new_tokens=config.max_new_tokens,
+        template=template,
+        min_digit_mass=config.min_digit_mass,
+        source_fps=config.source_fps,
+        batch_size=config.batch_size,
+    )

@@ -1,0 +1,102 @@
+"""Which VLM answers a reward's questions, and how it is built: :class:`ModelConfig`.
+
+A recipe names a model by hub id, local folder, served model name (``backend: openai``) or
+``tiny-random:qwen3_vl`` / ``tiny-random:qwen2_5_vl`` (a tiny random model built in-process for
+offline runs and tests; its answers are meaningless). :func:`build_backend` turns that into a
+:class:`~cac_align.vlm.backend.Backend`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import MISSING
+
+from cac_align.config import RecipeError
+
+__all__ = ["ModelConfig", "TINY_PREFIX", "build_backend"]
+
+TINY_PREFIX = "tiny-random:"
+
+
+@dataclass
+class ModelConfig:
+    """Which VLM answers, and how it is loaded.
+
+    Attributes:
+        name: hub id ("Qwen/Qwen3-VL-8B-Instruct"), a local checkpoint folder, or
+            "tiny-random:qwen3_vl" for the tiny random model built in-process (meaningless scores).
+            With ``backend: openai`` it is the served model name.
+        backend: "hf" (in-process transformers) or "openai" (an OpenAI-compatible server: vLLM).
+        base_url: the server's root including /v1 (``backend: openai``); localhost by default.
+        api_key_env: name of an environment variable holding the server's API key (keys are
+            never written in recipes).
+        dtype, device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
+        max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai).
+        timeout_s, max_retries: per-request timeout and retries with backoff (openai).
+    """
+
+    name: str = MISSING
+    backend: str = "hf"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = None
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    max_batch_size: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("hf", "openai"):
+            raise ValueError(f"model.backend must be 'hf' or 'openai', got {self.backend!r}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"model.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.timeout_s <= 0 or self.max_retries < 0:
+            raise ValueError("model.timeout_s must be > 0 and model.max_retries >= 0")
+
+
+def build_backend(model: ModelConfig, key: str = "model") -> Any:
+    """The backend ``model`` names (tiny random models are built in-process, not downloaded).
+
+    ``key`` is where ``model`` sits in the recipe ("reward.cac.model"), named in errors.
+    """
+    from cac_align.vlm.hf import HFBackend
+
+    if model.backend == "openai":
+        from cac_align.vlm.openai import OpenAIBackend
+
+        api_key = None
+        if model.api_key_env:
+            api_key = os.environ.get(model.api_key_env)
+            if api_key is None:
+                raise RecipeError(f"{key}.api_key_env={model.api_key_env!r}: that environment variable is not set")
+        return OpenAIBackend(
+            model.name,
+            base_url=model.base_url,
+            api_key=api_key,
+            timeout_s=model.timeout_s,
+            max_retries=model.max_retries,
+            max_workers=model.max_batch_size,
+        )
+
+    if model.name.startswith(TINY_PREFIX):
+        from cac_align.tiny_job import TINY_BUILDERS
+
+        kind = model.name[len(TINY_PREFIX) :]
+        if kind not in ("qwen3_vl", "qwen2_5_vl"):
+            raise RecipeError(f"{key}.name={model.name!r}: tiny VLMs are 'tiny-random:qwen3_vl' or 'tiny-random:qwen2_5_vl'")
+        tiny = TINY_BUILDERS[kind](0)
+        return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size)
+    return HFBackend.from_pretrained(
+        model.name,
+        max_batch_size=model.max_batch_size,
+        dtype=model.dtype,
+        device=model.device,
+        attn_implementation=model.attn_implementation,
+        trust_remote_code=model.trust_remote_code,
+        key=f"{key}.name",
+    )
