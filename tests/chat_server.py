@@ -33,9 +33,18 @@ def render(messages: list[dict]) -> str:
 
 
 class ChatServer:
-    def __init__(self, answer=lambda messages: '{"status": "normal", "anomalies": []}', fail_first: int = 0, delay_s: float = 0.0):
+    def __init__(
+        self,
+        answer=lambda messages: '{"status": "normal", "anomalies": []}',
+        fail_first: int = 0,
+        delay_s: float = 0.0,
+        fail_if=None,
+    ):
+        """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
+        matching requests with 503 (a server that stops answering for some samples)."""
         self.answer = answer
         self.fail_first = fail_first
+        self.fail_if = fail_if
         self.delay_s = delay_s
         self.requests: list[dict] = []
         self.images: list[Image.Image] = []
@@ -53,6 +62,7 @@ class ChatServer:
                     failing = server.fail_first > 0
                     if failing:
                         server.fail_first -= 1
+                    failing = failing or bool(server.fail_if and server.fail_if(body))
                 if server.delay_s:
                     import time
 

@@ -117,3 +117,33 @@ def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
         build_backend(ModelConfig(name="cac", backend="openai", api_key_env="CAC_TEST_KEY"))
     monkeypatch.setenv("CAC_TEST_KEY", "secret")
     assert build_backend(ModelConfig(name="cac", backend="openai", api_key_env="CAC_TEST_KEY")).api_key == "secret"
+
+
+@pytest.mark.parametrize("recipe", ["unified_reward_tiny", "ur_cac_tiny"])
+def test_score_job_with_unified_reward_and_ur_cac(tmp_path, recipe):
+    out = tmp_path / "o"
+    assert main(["score", "-c", str(REPO_ROOT / f"recipes/score/{recipe}.yaml"), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["valid"] and row["prompt"] for row in rows)
+    page = (out / "report.html").read_text()
+    for row in rows:
+        details = row["details"]
+        if recipe == "unified_reward_tiny":
+            assert row["reward"] == "unified_reward" and row["status"] is None
+            assert row["score"] == pytest.approx(np.mean(list(details["sub_scores"].values())))
+            assert "visual_quality" in page
+        else:
+            parts = details["components"]
+            assert row["reward"] == "ur_cac" and row["status"] == parts["cac"]["details"]["status"]
+            # CaC §4.2: mean of UR mapped from 1..4 to [0, 1] and CaC's P(normal) share
+            assert row["score"] == pytest.approx(0.5 * (parts["unified_reward"]["raw"] - 1) / 3 + 0.5 * parts["cac"]["raw"])
+            assert "unified_reward" in page and "&rarr;" in page
+
+
+def test_reward_section_typos_fail_when_the_recipe_loads(tmp_path, capsys):
+    code = main(["check-recipe", str(REPO_ROOT / "recipes/score/ur_cac.yaml")])
+    assert code == 0
+    with pytest.raises(RecipeError, match=r"unknown key 'cac.optoins'"):
+        load_config(ScoreConfig, REPO_ROOT / "recipes/score/ur_cac.yaml", ["reward.cac.optoins.scan_fps=2"])
+    with pytest.raises(RecipeError, match="unknown reward 'ur_cca'"):
+        load_config(ScoreConfig, REPO_ROOT / "recipes/score/ur_cac.yaml", ["reward.name=ur_cca"])

@@ -103,7 +103,7 @@ class RewardOutput:
                 f"reward {self.name!r}: {n} scores, {len(self.valid)} valid flags and {len(self.details)} details differ in length"
             )
         for i in np.flatnonzero(self.valid & ~np.isfinite(self.scores)):
-            self.details[i] = {**self.details[i], "error": f"non-finite score {self.scores[i]!r}"}
+            self.details[i] = {**self.details[i], "error": f"non-finite score {float(self.scores[i])}"}
             self.valid[i] = False
         self.scores[~self.valid] = np.nan
 

@@ -109,8 +109,9 @@ class CombinedReward:
         if self.invalid == "fail" and not valid_k.all():
             problems = [
                 f"sample {i} ({out.name}): {out.details[i].get('error', 'invalid')}"
-                for out, ok in zip(outputs, valid_k)
-                for i in np.flatnonzero(~ok)
+                for i in range(n)
+                for k, out in enumerate(outputs)
+                if not valid_k[k, i]
             ]
             raise RewardError("invalid scores with invalid='fail': " + "; ".join(problems))
         if self.invalid == "group_mean":

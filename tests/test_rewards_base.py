@@ -1,0 +1,114 @@
+"""The reward contract: outputs, inputs in every form, the registry, CaC as a reward, per-sample failures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cac_align.rewards import REWARDS, RewardOutput, build_reward, reward_config
+from cac_align.rewards.base import check_prompts, group_keys, load_inputs, score_in_chunks
+from cac_align.rewards.cac import CaCReward
+from cac_align.video import Video, VideoError, save_video
+from conftest import smooth_video
+from test_infer import CONFIRM, NORMAL, ScriptedBackend, _abnormal_t1, _tagged
+
+
+def test_output_turns_non_finite_valid_scores_invalid():
+    out = RewardOutput("r", [0.5, math.nan, math.inf, 0.1], [True, True, True, False])
+    assert out.valid.tolist() == [True, False, False, False]
+    assert out.scores[0] == 0.5 and np.isnan(out.scores[1:]).all()
+    assert out.errors[1] == "non-finite score nan" and out.errors[2] == "non-finite score inf"
+    with pytest.raises(ValueError, match="differ in length"):
+        RewardOutput("r", [0.1, 0.2], [True])
+
+
+def test_inputs_in_every_form_fail_per_sample(tmp_path):
+    path = tmp_path / "v.mp4"
+    save_video(Video(smooth_video(8, 32, 32), 8.0), path)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    float_tchw = np.random.default_rng(0).uniform(0, 1, (5, 3, 32, 32)).astype(np.float32)
+    items = [str(path), Video(smooth_video(4, 32, 32), 4.0), smooth_video(6, 32, 32), float_tchw, str(tmp_path / "broken.mp4")]
+    loaded = load_inputs(items, [{}, {}, {"fps": 6.0}, {}, {}], source_fps=16.0)
+    assert [type(v).__name__ for v in loaded] == ["Video", "Video", "Video", "Video", "VideoError"]
+    assert loaded[0].fps == 8.0  # a file carries its own rate
+    assert loaded[2].fps == 6.0 and loaded[3].fps == 16.0  # metadata fps beats the default
+    assert "broken.mp4" in str(loaded[4])
+    batch = np.random.default_rng(0).uniform(0, 1, (3, 5, 3, 16, 16)).astype(np.float32)  # (B, F, C, H, W)
+    assert [v.num_frames for v in load_inputs(batch, {"fps": 16.0})] == [5, 5, 5]
+    assert isinstance(load_inputs([smooth_video(4, 32, 32)])[0], VideoError)  # an array with no fps anywhere
+    with pytest.raises(ValueError, match="not a single video"):
+        load_inputs(str(path))
+    with pytest.raises(ValueError, match="2 videos but 1 metadata"):
+        load_inputs(items[:2], [{}])
+
+
+def test_prompt_and_group_checks():
+    assert check_prompts(2, None) == [None, None]
+    with pytest.raises(ValueError, match="single string"):
+        check_prompts(1, "a cat")
+    assert group_keys(["a", "a", None, None]) == [("prompt", "a"), ("prompt", "a"), ("sample", 2), ("sample", 3)]
+    assert group_keys(["a", "b"], [{"group": 7}, {"group": 7}]) == [("group", 7), ("group", 7)]
+
+
+def test_registry_builds_by_name_and_dotted_path_and_names_typos():
+    assert {"cac", "unified_reward", "ur_cac", "combined"} <= set(REWARDS)
+    name, config = reward_config({"name": "unified_reward", "scoring": "probs"})
+    assert name == "unified_reward" and config.scoring == "probs" and config.model.name == "CodeGoat24/UnifiedReward-qwen-7b"
+    with pytest.raises(ValueError, match="unknown key 'scorng'; did you mean 'scoring'"):
+        reward_config({"name": "unified_reward", "scorng": "probs"})
+    with pytest.raises(ValueError, match="unknown reward 'unified'; did you mean 'unified_reward'"):
+        reward_config({"name": "unified"})
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        reward_config({"name": "unified_reward", "scoring": "vibes"})
+    with pytest.raises(ValueError, match="missing 'name'"):
+        reward_config({"scoring": "probs"})
+    with pytest.raises(ValueError, match="weight must be a finite number > 0"):
+        reward_config({"name": "combined", "components": [{"name": "cac", "weight": 0}]})
+    # A dotted path is called with the other keys.
+    reward = build_reward({"name": "test_rewards_base:make_constant", "value": 0.25})
+    assert reward(["x", "y"], ["a", "b"]).scores.tolist() == [0.25, 0.25]
+
+
+class Constant:
+    name = "constant"
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, videos, prompts, metadata=None):
+        return RewardOutput(self.name, [self.value] * len(videos), [True] * len(videos))
+
+
+def make_constant(value: float) -> Constant:
+    return Constant(value)
+
+
+def test_score_in_chunks_retries_a_failed_chunk_one_by_one():
+    calls = []
+
+    def score(chunk):
+        calls.append(list(chunk))
+        if 3 in chunk:
+            raise ConnectionError("http://127.0.0.1:1/v1 unreachable")
+        return [x * 10 for x in chunk]
+
+    out = score_in_chunks(score, [1, 2, 3, 4, 5], batch_size=4, on_error=lambda item, exc: f"failed {item}: {exc}")
+    assert out == [10, 20, "failed 3: http://127.0.0.1:1/v1 unreachable", 40, 50]
+    assert calls == [[1, 2, 3, 4], [1], [2], [3], [4], [5]]
+    # Anything that is not a backend failure is a bug and propagates.
+    with pytest.raises(KeyError):
+        score_in_chunks(lambda chunk: {}[0], [1], 1, on_error=lambda item, exc: None)
+
+
+def test_cac_reward_scores_in_input_order_with_eq7():
+    backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(1.0, 2.0), 2: NORMAL}, {1: CONFIRM})
+    reward = CaCReward(backend, batch_size=2)
+    out = reward([_tagged(seed=0), _tagged(seed=1), "/no/such.mp4", _tagged(seed=2)], ["a", "b", "c", "d"])
+    # Turn 1 probabilities (0.6, 0.2) -> 0.75; turn 2 (0.1, 0.3) -> 0.25 (CaC Eq. 7)
+    assert out.valid.tolist() == [True, True, False, True]
+    assert out.scores[[0, 1, 3]].tolist() == pytest.approx([0.75, 0.25, 0.75])
+    assert out.details[1]["status"] == "abnormal" and out.details[1]["window_s"] == (1.0, 2.0)
+    assert "/no/such.mp4" in out.details[2]["error"]
+    assert len(backend.generate_calls[0]) == 2  # batch_size 2: the first chunk is videos 0 and 1

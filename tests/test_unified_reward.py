@@ -1,0 +1,202 @@
+"""UnifiedReward: answer parsing on a corpus, both scoring ways, tiny Qwen2.5-VL / Qwen3-VL, a server."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from cac_align.rewards.unified import FORMATS, UnifiedReward, parse_scores, sample_uniform
+from cac_align.video import Video
+from cac_align.vlm.backend import Completion, videos_of
+from cac_align.vlm.hf import HFBackend
+from conftest import REPO_ROOT
+
+CORPUS = yaml.safe_load((REPO_ROOT / "tests/fixtures/unified_reward_outputs.yaml").read_text())
+
+
+def _video(seed: int = 0, frames: int = 32, fps: float = 16.0) -> Video:
+    """Frame i carries i in pixel (0, 0, 0) and the tag 20 * seed in pixel (0, 1, 0)."""
+    array = np.zeros((frames, 32, 32, 3), np.uint8)
+    array[:, 0, 0, 0] = np.arange(frames)
+    array[:, 0, 1, 0] = 20 * seed
+    return Video(array, fps, source=f"video{seed}")
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c["id"] for c in CORPUS])
+def test_parse_corpus(case):
+    sub_scores, final, problems = parse_scores(case["text"], FORMATS[case["version"]])
+    if "sub_scores" in case:
+        assert problems == []
+        assert sub_scores == pytest.approx({k: float(v) for k, v in case["sub_scores"].items()})
+        if case["version"] == "v1":
+            assert final == case["final"]
+    else:
+        assert any(case["problem"] in p for p in problems), problems
+
+
+class TextBackend:
+    """Answers generate() with a canned text per video tag; digit probabilities by score position."""
+
+    def __init__(self, texts: dict[int, str] | None = None, rows: list[list[float]] | None = None):
+        self.texts = texts or {}
+        self.rows = rows or []
+        self.requests: list = []
+        self.prefixes: list[str] = []
+
+    def generate(self, requests, max_new_tokens=1024, temperature=0.0, top_p=1.0, seed=None):
+        self.requests.extend(requests)
+        return [Completion(self.texts[int(videos_of(r)[0].frames[0, 0, 1, 0]) // 20]) for r in requests]
+
+    def choice_probs(self, requests, prefixes, choices):
+        self.requests.extend(requests)
+        self.prefixes.extend(prefixes)
+        return np.array([self.rows[p.count("\n")] for p in prefixes], dtype=float)
+
+
+def test_text_scoring_is_the_mean_of_sub_scores_and_keeps_raw_text_when_invalid():
+    good = CORPUS[0]["text"]  # sub-scores 3, 4, 2, 3, 3; Final Score 7 (logged only)
+    bad = "visual quality: 3\ntemporal consistency: 4\ndynamic deg"
+    backend = TextBackend({0: good, 1: bad})
+    out = UnifiedReward(backend, version="v1", scoring="text")([_video(0), _video(1)], ["a cat", "a dog"])
+    assert out.name == "unified_reward"
+    # (3 + 4 + 2 + 3 + 3) / 5 = 3.0, not the final score 7
+    assert out.scores[0] == pytest.approx(3.0) and out.details[0]["final_score"] == 7
+    assert out.valid.tolist() == [True, False]
+    assert math.isnan(out.scores[1]) and out.details[1]["text"] == bad
+    assert "no 'dynamic degree' score" in out.details[1]["error"]
+    # The prompt reaches the model in the format's text, after the video.
+    content = backend.requests[0][0]["content"]
+    assert content[0]["type"] == "video" and "Text Prompt: [a cat]" in content[1]["text"]
+
+
+def test_probs_scoring_v1_expectation_and_teacher_forced_prefixes():
+    # Position k answers with row k. Expected values, sum_d d * p_d / sum_d p_d over digits 1..4:
+    #   row 0: (1*.1 + 2*.2 + 3*.3 + 4*.4) / 1.0 = 3.0   (argmax 4)
+    #   row 1: (1*.05 + 2*.05) / .1 = 1.5                (mass 0.1; argmax "1", first of the tie)
+    #   row 2: (3*.2 + 4*.2) / .4 = 3.5                  (argmax "3")
+    #   row 3: 2.0 (all mass on "2");  row 4: 1.0 (all mass on "1")
+    rows = [[0.1, 0.2, 0.3, 0.4], [0.05, 0.05, 0.0, 0.0], [0.0, 0.0, 0.2, 0.2], [0, 1, 0, 0], [1, 0, 0, 0]]
+    backend = TextBackend(rows=rows)
+    out = UnifiedReward(backend, version="v1", scoring="probs")([_video(0)], ["a cat"])
+    assert out.valid.tolist() == [True]
+    assert out.details[0]["sub_scores"] == pytest.approx(
+        {"visual_quality": 3.0, "temporal_consistency": 1.5, "dynamic_degree": 3.5, "text_alignment": 2.0, "factual_consistency": 1.0}
+    )
+    assert out.scores[0] == pytest.approx((3.0 + 1.5 + 3.5 + 2.0 + 1.0) / 5)  # 2.2
+    # Each position is read after the lines already decided, written with the most likely digit.
+    assert backend.prefixes == [
+        "visual quality: ",
+        "visual quality: 4\ntemporal consistency: ",
+        "visual quality: 4\ntemporal consistency: 1\ndynamic degree: ",
+        "visual quality: 4\ntemporal consistency: 1\ndynamic degree: 3\ntext-to-video alignment: ",
+        "visual quality: 4\ntemporal consistency: 1\ndynamic degree: 3\ntext-to-video alignment: 2\nfactual consistency: ",
+    ]
+    assert out.details[0]["text"].endswith("factual consistency: 1")
+
+
+def test_probs_scoring_v2_writes_expected_decimals_and_flags_zero_mass():
+    # Digits 1..5. Row 0: half on "3", half on "4" -> 3.5, written "3.5000" as 2.0 writes decimals.
+    rows = [[0, 0, 0.5, 0.5, 0], [0, 0, 0, 0, 1], [0.25, 0, 0, 0, 0.25]]
+    backend = TextBackend(rows=rows)
+    out = UnifiedReward(backend, version="2.0", scoring="probs")([_video(0)], ["a cat"])
+    assert out.details[0]["sub_scores"] == pytest.approx({"alignment": 3.5, "physics": 5.0, "style": 3.0})
+    assert out.scores[0] == pytest.approx(11.5 / 3)
+    assert backend.prefixes[1] == "Alignment Score (1-5): 3.5000\nPhysics Score (1-5): "
+    # No probability on any score digit: invalid, not a score.
+    dead = UnifiedReward(TextBackend(rows=[[0] * 5] * 3), version="2.0", scoring="probs")([_video(0)], ["x"])
+    assert dead.valid.tolist() == [False] and "probability mass 0" in dead.details[0]["error"]
+    # A floor on the mass (the model was not answering in format) is a recipe option.
+    low = UnifiedReward(TextBackend(rows=rows), version="2.0", scoring="probs", min_digit_mass=0.6)([_video(0)], ["x"])
+    assert low.valid.tolist() == [False] and "'Style Score'" in low.details[0]["error"]
+
+
+def test_frames_are_sampled_uniformly_and_prompts_are_required():
+    video = _video(0, frames=81)  # Wan-2.1: 81 frames at 16 fps
+    sampled = sample_uniform(video, 16)
+    # round(linspace(0, 80, 16)) = 0, 5, 11, 16, 21, 27, 32, 37, 43, 48, 53, 59, 64, 69, 75, 80
+    assert sampled.frames[:, 0, 0, 0].tolist() == [0, 5, 11, 16, 21, 27, 32, 37, 43, 48, 53, 59, 64, 69, 75, 80]
+    assert sampled.timestamps[-1] == pytest.approx(80 / 16)
+    assert sample_uniform(_video(0, frames=8), 16).num_frames == 8
+    backend = TextBackend({0: CORPUS[0]["text"]})
+    out = UnifiedReward(backend, num_frames=16)([video, "/no/such/video.mp4", video], ["a", "b", None])
+    assert out.valid.tolist() == [True, False, False]
+    assert "no/such/video.mp4" in out.details[1]["error"] and "needs the generating prompt" in out.details[2]["error"]
+    assert videos_of(backend.requests[0])[0].num_frames == 16
+    with pytest.raises(ValueError, match="2 prompts"):
+        UnifiedReward(backend)([video], ["a", "b"])
+
+
+@pytest.mark.parametrize("kind, version", [("qwen2_5_vl", "v1"), ("qwen3_vl", "2.0")])
+def test_tiny_models_through_both_scoring_ways(kind, version, tiny_qwen2_5_vl, tiny_qwen3_vl):
+    tiny = tiny_qwen2_5_vl if kind == "qwen2_5_vl" else tiny_qwen3_vl
+    backend = HFBackend(tiny.model, tiny.processor)
+    fmt = FORMATS[version]
+    videos = [_video(0, frames=12), _video(1, frames=12)]
+    # probs: every sub-score is the expectation of the digit probabilities the model gave
+    out = UnifiedReward(backend, version=version, scoring="probs", num_frames=6)(videos, ["a cat", "a dog"])
+    assert out.valid.all()
+    digits = np.arange(fmt.low, fmt.high + 1)
+    for details in out.details:
+        for key, _ in fmt.dimensions:
+            row = np.array(details["digit_probs"][key])
+            assert details["sub_scores"][key] == pytest.approx((digits * row).sum() / row.sum())
+    # ... and the first position's probabilities are the backend's own for that prefix
+    request = [{"role": "user", "content": [{"type": "video", "video": sample_uniform(videos[0], 6)},
+                                             {"type": "text", "text": fmt.template.replace("{prompt}", "a cat")}]}]
+    head = fmt.line.split("{value}")[0].format(label=fmt.dimensions[0][1])
+    direct = backend.choice_probs([request], [head], fmt.digits)[0]
+    assert np.allclose(out.details[0]["digit_probs"][fmt.dimensions[0][0]], direct, rtol=1e-5, atol=1e-12)
+    assert out.scores == pytest.approx([np.mean(list(d["sub_scores"].values())) for d in out.details])
+    # text: a random model does not write the format; the sample is invalid and its raw answer kept
+    text_out = UnifiedReward(backend, version=version, scoring="text", num_frames=6, max_new_tokens=8)(videos[:1], ["a cat"])
+    generated = backend.generate([request], max_new_tokens=8)[0].text
+    assert text_out.valid.tolist() == [False] and math.isnan(text_out.scores[0])
+    assert text_out.details[0]["text"] == generated and "unparsable answer" in text_out.details[0]["error"]
+
+
+def test_through_an_openai_compatible_server_both_ways():
+    from chat_server import ChatServer, char_logprob
+
+    from cac_align.vlm.openai import OpenAIBackend
+
+    answer = "Alignment Score (1-5): 4.5\nPhysics Score (1-5): 2.0\nStyle Score (1-5): 3.25"
+    with ChatServer(answer=lambda messages: answer) as server:
+        backend = OpenAIBackend("ur", base_url=server.url, max_retries=0)
+        text = UnifiedReward(backend, version="2.0", scoring="text", num_frames=4)([_video(0)], ["a cat"])
+        probs = UnifiedReward(backend, version="2.0", scoring="probs", num_frames=4)([_video(0)], ["a cat"])
+    assert text.scores[0] == pytest.approx((4.5 + 2.0 + 3.25) / 3)
+    # The toy server gives character c the log-probability char_logprob(ord(c)); each digit is one
+    # character, so p_d = exp(char_logprob(ord(d))) at every position and every sub-score is
+    # sum_d d * p_d / sum_d p_d over d = 1..5.
+    p = np.array([math.exp(char_logprob(ord(str(d)))) for d in range(1, 6)])
+    expected = float((np.arange(1, 6) * p).sum() / p.sum())
+    assert probs.valid.all() and probs.scores[0] == pytest.approx(expected)
+    assert probs.details[0]["sub_scores"] == pytest.approx({"alignment": expected, "physics": expected, "style": expected})
+
+
+def test_a_server_that_stops_answering_marks_only_those_samples_invalid():
+    from chat_server import ChatServer
+
+    from cac_align.vlm.openai import OpenAIBackend
+
+    answer = "Alignment Score (1-5): 4\nPhysics Score (1-5): 2\nStyle Score (1-5): 3"
+
+    def refuses(body):  # the server fails every request about the "storm" prompt
+        return any("storm" in part.get("text", "") for m in body["messages"] if isinstance(m["content"], list) for part in m["content"])
+
+    with ChatServer(answer=lambda messages: answer, fail_if=refuses) as server:
+        backend = OpenAIBackend("ur", base_url=server.url, max_retries=0, backoff_s=0.0)
+        reward = UnifiedReward(backend, version="2.0", num_frames=4, batch_size=3)
+        out = reward([_video(0), _video(1), _video(2)], ["a cat", "a storm", "a dog"])
+    assert out.valid.tolist() == [True, False, True]
+    assert out.scores[0] == pytest.approx(3.0) and out.scores[2] == pytest.approx(3.0)
+    assert list(out.errors) == [1] and server.url in out.errors[1] and "backend failed" in out.errors[1]
+    # A server that is down for the whole call: every sample invalid with the URL, nothing raised.
+    with ChatServer(answer=lambda messages: answer, fail_if=lambda body: True) as server:
+        down = UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0), version="2.0", num_frames=4)(
+            [_video(0), _video(1)], ["a", "b"]
+        )
+    assert not down.valid.any() and all(server.url in e for e in down.errors.values())
