@@ -24,7 +24,7 @@ class FixedReward:
     def __call__(self, videos, prompts, metadata=None):
         self.calls.append(list(videos))
         valid = ~np.isnan(self.scores)
-        details = [{} if ok else {"error": f"{self.name} could not score"} for ok in valid]
+        details = [{} if ok else {"error": f"{self.name} could not score", "error_kind": "parse"} for ok in valid]
         return RewardOutput(self.name, self.scores, valid, details)
 
 
@@ -52,6 +52,7 @@ def test_drop_policy_weighted_average_by_hand():
     assert out.valid.tolist() == [True, True, False, False, False] and np.isnan(out.scores[2:]).all()
     assert out.details[2]["error"] == "cac: cac could not score"
     assert out.details[0]["components"]["ur"] == {"raw": 4.0, "normalized": 1.0, "valid": True, "error": None, "details": {}}
+    assert out.info["failures"] == {"ur": {"parse": 2}, "cac": {"parse": 1}}
     assert out.info["invalid"] == {"ur": 2, "cac": 1} and out.info["weights"] == pytest.approx({"ur": 0.25, "cac": 0.75})
     # Both components saw the same decoded videos, decoded once.
     assert ur.calls[0] == cac.calls[0] and all(isinstance(v, Video) for v in ur.calls[0])

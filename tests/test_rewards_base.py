@@ -20,6 +20,7 @@ def test_output_turns_non_finite_valid_scores_invalid():
     assert out.valid.tolist() == [True, False, False, False]
     assert out.scores[0] == 0.5 and np.isnan(out.scores[1:]).all()
     assert out.errors[1] == "non-finite score nan" and out.errors[2] == "non-finite score inf"
+    assert out.failure_counts() == {"score": 2, "other": 1}
     with pytest.raises(ValueError, match="differ in length"):
         RewardOutput("r", [0.1, 0.2], [True])
 
@@ -103,12 +104,14 @@ def test_score_in_chunks_retries_a_failed_chunk_one_by_one():
 
 
 def test_cac_reward_scores_in_input_order_with_eq7():
-    backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(1.0, 2.0), 2: NORMAL}, {1: CONFIRM})
+    backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(1.0, 2.0), 2: NORMAL, 3: "I cannot tell."}, {1: CONFIRM})
     reward = CaCReward(backend, batch_size=2)
-    out = reward([_tagged(seed=0), _tagged(seed=1), "/no/such.mp4", _tagged(seed=2)], ["a", "b", "c", "d"])
+    videos = [_tagged(seed=0), _tagged(seed=1), "/no/such.mp4", _tagged(seed=2), _tagged(seed=3)]
+    out = reward(videos, ["a", "b", "c", "d", "e"])
     # Turn 1 probabilities (0.6, 0.2) -> 0.75; turn 2 (0.1, 0.3) -> 0.25 (CaC Eq. 7)
-    assert out.valid.tolist() == [True, True, False, True]
+    assert out.valid.tolist() == [True, True, False, True, False]
+    assert out.details[4]["error_kind"] == "parse" and out.details[4]["turn1"]["text"] == "I cannot tell."
     assert out.scores[[0, 1, 3]].tolist() == pytest.approx([0.75, 0.25, 0.75])
     assert out.details[1]["status"] == "abnormal" and out.details[1]["window_s"] == (1.0, 2.0)
-    assert "/no/such.mp4" in out.details[2]["error"]
+    assert "/no/such.mp4" in out.details[2]["error"] and out.details[2]["error_kind"] == "video"
     assert len(backend.generate_calls[0]) == 2  # batch_size 2: the first chunk is videos 0 and 1

@@ -66,7 +66,7 @@ def test_text_scoring_is_the_mean_of_sub_scores_and_keeps_raw_text_when_invalid(
     assert out.scores[0] == pytest.approx(3.0) and out.details[0]["final_score"] == 7
     assert out.valid.tolist() == [True, False]
     assert math.isnan(out.scores[1]) and out.details[1]["text"] == bad
-    assert "no 'dynamic degree' score" in out.details[1]["error"]
+    assert "no 'dynamic degree' score" in out.details[1]["error"] and out.details[1]["error_kind"] == "parse"
     # The prompt reaches the model in the format's text, after the video.
     content = backend.requests[0][0]["content"]
     assert content[0]["type"] == "video" and "Text Prompt: [a cat]" in content[1]["text"]
@@ -108,6 +108,7 @@ def test_probs_scoring_v2_writes_expected_decimals_and_flags_zero_mass():
     # No probability on any score digit: invalid, not a score.
     dead = UnifiedReward(TextBackend(rows=[[0] * 5] * 3), version="2.0", scoring="probs")([_video(0)], ["x"])
     assert dead.valid.tolist() == [False] and "probability mass 0" in dead.details[0]["error"]
+    assert dead.details[0]["error_kind"] == "score"
     # A floor on the mass (the model was not answering in format) is a recipe option.
     low = UnifiedReward(TextBackend(rows=rows), version="2.0", scoring="probs", min_digit_mass=0.6)([_video(0)], ["x"])
     assert low.valid.tolist() == [False] and "'Style Score'" in low.details[0]["error"]
@@ -124,6 +125,7 @@ def test_frames_are_sampled_uniformly_and_prompts_are_required():
     out = UnifiedReward(backend, num_frames=16)([video, "/no/such/video.mp4", video], ["a", "b", None])
     assert out.valid.tolist() == [True, False, False]
     assert "no/such/video.mp4" in out.details[1]["error"] and "needs the generating prompt" in out.details[2]["error"]
+    assert out.failure_counts() == {"video": 1, "prompt": 1}
     assert videos_of(backend.requests[0])[0].num_frames == 16
     with pytest.raises(ValueError, match="2 prompts"):
         UnifiedReward(backend)([video], ["a", "b"])
@@ -194,6 +196,7 @@ def test_a_server_that_stops_answering_marks_only_those_samples_invalid():
     assert out.valid.tolist() == [True, False, True]
     assert out.scores[0] == pytest.approx(3.0) and out.scores[2] == pytest.approx(3.0)
     assert list(out.errors) == [1] and server.url in out.errors[1] and "backend failed" in out.errors[1]
+    assert out.details[1]["error_kind"] == "backend"
     # A server that is down for the whole call: every sample invalid with the URL, nothing raised.
     with ChatServer(answer=lambda messages: answer, fail_if=lambda body: True) as server:
         down = UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0), version="2.0", num_frames=4)(

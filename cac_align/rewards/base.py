@@ -79,7 +79,10 @@ class RewardOutput:
         name: the reward's name ("cac", "unified_reward", "ur_cac", ...).
         scores: (B,) float64, NaN where ``valid`` is False.
         valid: (B,) bool.
-        details: one dict per sample (sub-scores, raw text, evidence; "error" when invalid).
+        details: one dict per sample (sub-scores, raw text, evidence). An invalid sample has
+            "error" (why) and "error_kind": "video" (could not be decoded), "prompt" (missing),
+            "backend" (the model call failed), "parse" (the answer could not be used) or
+            "score" (a probability or score that is zero-mass or non-finite).
         info: batch-level facts (e.g. invalid counts per component).
 
     A score that is NaN or infinite while marked valid is turned invalid here, with an error in
@@ -103,12 +106,20 @@ class RewardOutput:
                 f"reward {self.name!r}: {n} scores, {len(self.valid)} valid flags and {len(self.details)} details differ in length"
             )
         for i in np.flatnonzero(self.valid & ~np.isfinite(self.scores)):
-            self.details[i] = {**self.details[i], "error": f"non-finite score {float(self.scores[i])}"}
+            self.details[i] = {**self.details[i], "error": f"non-finite score {float(self.scores[i])}", "error_kind": "score"}
             self.valid[i] = False
         self.scores[~self.valid] = np.nan
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def failure_counts(self) -> dict[str, int]:
+        """How many samples failed, by ``error_kind`` (e.g. ``{"parse": 2, "backend": 1}``)."""
+        counts: dict[str, int] = {}
+        for i in np.flatnonzero(~self.valid):
+            kind = str(self.details[i].get("error_kind", "other"))
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     @property
     def errors(self) -> dict[int, str]:

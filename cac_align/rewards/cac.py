@@ -63,7 +63,8 @@ class CaCReward:
         name: the name outputs carry.
 
     ``details[i]`` is the :class:`~cac_align.cac.infer.CaCResult` as a dict (status, window,
-    boxes, both turns' text and probabilities), plus ``error`` when invalid.
+    boxes, both turns' text and probabilities), plus ``error`` and ``error_kind`` when invalid
+    ("video", "backend", or "parse" for an answer that could not be used).
     """
 
     def __init__(
@@ -93,12 +94,14 @@ class CaCReward:
                 on_error=lambda item, exc: CaCResult(error=f"backend failed: {exc}"),
             )
         # 2. results back in input order; undecodable videos carry their decode error
-        results = [CaCResult(error=str(v)) if not isinstance(v, Video) else None for v in loaded]
+        results: list[Any] = [CaCResult(error=str(v)) if not isinstance(v, Video) else None for v in loaded]
+        kinds: list[str] = ["video"] * len(loaded)
         for (i, _), result in zip(todo, scored):
             results[i] = result
-        details = [r.to_dict() for r in results]  # type: ignore[union-attr]
-        scores = np.array([r.reward if r.valid else np.nan for r in results], dtype=np.float64)  # type: ignore[union-attr]
-        valid = np.array([r.valid for r in results], dtype=bool)  # type: ignore[union-attr]
+            kinds[i] = "backend" if (result.error or "").startswith("backend failed") else "parse"
+        details = [r.to_dict() if r.valid else {**r.to_dict(), "error_kind": kind} for r, kind in zip(results, kinds)]
+        scores = np.array([r.reward if r.valid else np.nan for r in results], dtype=np.float64)
+        valid = np.array([r.valid for r in results], dtype=bool)
         return RewardOutput(self.name, scores, valid, details)
 
 

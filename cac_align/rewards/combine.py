@@ -18,8 +18,8 @@ When a component could not score a sample (``valid`` False), the ``invalid`` pol
 - ``fail``: raise :class:`~cac_align.rewards.base.RewardError` naming the samples and reasons.
 
 ``details[i]["components"][name]`` holds each component's raw and normalized score, validity,
-error and its own details; ``info["invalid"][name]`` counts each component's failures (parse
-failures included) in the call.
+error and its own details; ``info["invalid"][name]`` counts each component's failures in the
+call and ``info["failures"][name]`` splits them by kind (``{"parse": 2, "backend": 1}``).
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ class CombinedReward:
             details.append(entry)
         info = {
             "invalid": {out.name: int((~valid_k[k]).sum()) for k, out in enumerate(outputs)},
+            "failures": {out.name: out.failure_counts() for out in outputs},
             "imputed": {out.name: int(imputed[k].sum()) for k, out in enumerate(outputs)},
             "weights": {out.name: float(w) for out, w in zip(outputs, self.weights)},
         }

@@ -288,9 +288,9 @@ class UnifiedReward:
         # 1. one request per decodable video with a prompt: uniformly sampled frames + the format's prompt
         for i, (video, prompt) in enumerate(zip(loaded, prompts)):
             if not isinstance(video, Video):
-                details[i] = {"error": str(video)}
+                details[i] = {"error": str(video), "error_kind": "video"}
             elif prompt is None:
-                details[i] = {"error": "UnifiedReward needs the generating prompt of each video"}
+                details[i] = {"error": "UnifiedReward needs the generating prompt of each video", "error_kind": "prompt"}
             else:
                 todo.append((i, [user(self._frames(video), self.template.replace("{prompt}", prompt))]))
         # 2. score in chunks; a backend failure is retried per video and marks only that video invalid
@@ -300,7 +300,7 @@ class UnifiedReward:
                 lambda chunk: score([request for _, request in chunk]),
                 todo,
                 self.batch_size,
-                on_error=lambda item, exc: {"error": f"backend failed: {exc}"},
+                on_error=lambda item, exc: {"error": f"backend failed: {exc}", "error_kind": "backend"},
             )
         # 3. scalar = mean of the sub-scores
         scores = np.full(len(loaded), np.nan)
@@ -326,6 +326,7 @@ class UnifiedReward:
                 answer["final_score"] = final  # logged only: documented as untrained by its authors
             if problems:
                 answer["error"] = "unparsable answer: " + "; ".join(problems)
+                answer["error_kind"] = "parse"
             answers.append(answer)
         return answers
 
@@ -347,6 +348,7 @@ class UnifiedReward:
                 answers[j]["digit_mass"][key] = mass
                 if not (np.isfinite(mass) and mass > 0) or mass < self.min_digit_mass:
                     answers[j].setdefault("error", f"'{label}': score digits got probability mass {mass:.3g}")
+                    answers[j]["error_kind"] = "score"
                     expected = float(values[0])
                 else:
                     expected = float((values * row).sum() / mass)
