@@ -115,3 +115,11 @@ def test_cac_reward_scores_in_input_order_with_eq7():
     assert out.details[1]["status"] == "abnormal" and out.details[1]["window_s"] == (1.0, 2.0)
     assert "/no/such.mp4" in out.details[2]["error"] and out.details[2]["error_kind"] == "video"
     assert len(backend.generate_calls[0]) == 2  # batch_size 2: the first chunk is videos 0 and 1
+
+
+def test_empty_batches_return_empty_outputs():
+    from cac_align.rewards.unified import UnifiedReward
+
+    for reward in (CaCReward(ScriptedBackend({})), UnifiedReward(ScriptedBackend({}))):
+        out = reward([], [])
+        assert len(out) == 0 and out.valid.shape == (0,) and out.details == []
