@@ -75,6 +75,12 @@ JOBS: dict[str, JobSpec] = {
             run="cac_align.cac.score_job:run",
             help="score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report",
         ),
+        JobSpec(
+            name="bon",
+            config="cac_align.gen.best_of_n:BonConfig",
+            run="cac_align.gen.best_of_n:run",
+            help="Best-of-N video generation: N candidates per prompt, keep the one the reward scores highest",
+        ),
     ]
 }
 

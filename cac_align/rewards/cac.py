@@ -105,6 +105,18 @@ class CaCReward:
         return RewardOutput(self.name, scores, valid, details)
 
 
+    def to(self, device: Any) -> "CaCReward":
+        """Move the in-process model, if any (Best-of-N offloading)."""
+        _move(self.scorer.backend, device)
+        return self
+
+
+def _move(backend: Any, device: Any) -> None:
+    mover = getattr(backend, "to", None)
+    if callable(mover):
+        mover(device)
+
+
 def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
     """Build the reward a ``name: cac`` section describes (loads the model)."""
     backend = build_backend(config.model, key=f"{key}.model")

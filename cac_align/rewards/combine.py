@@ -149,6 +149,14 @@ class CombinedReward:
         }
         return RewardOutput(self.name, combined, usable, details, info)
 
+    def to(self, device: Any) -> "CombinedReward":
+        """Move every component's in-process model (Best-of-N offloading)."""
+        for reward in self.rewards:
+            mover = getattr(reward, "to", None)
+            if callable(mover):
+                mover(device)
+        return self
+
 
 def _num(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None

@@ -311,6 +311,13 @@ class UnifiedReward:
         valid = np.array(["error" not in d for d in details], dtype=bool)
         return RewardOutput(self.name, scores, valid, details)
 
+    def to(self, device: Any) -> "UnifiedReward":
+        """Move the in-process model, if any (Best-of-N offloading)."""
+        from cac_align.rewards.cac import _move
+
+        _move(self.backend, device)
+        return self
+
     # -- steps ------------------------------------------------------------------------------
     def _frames(self, video: Video) -> Video:
         sampled = sample_uniform(video, self.num_frames)

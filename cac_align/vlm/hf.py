@@ -128,6 +128,12 @@ class HFBackend:
     def _chunks(self, n: int) -> Any:
         return (range(i, min(n, i + self.max_batch_size)) for i in range(0, n, self.max_batch_size))
 
+    def to(self, device: Any) -> "HFBackend":
+        """Move the model (e.g. to the CPU while a generator has the GPU); returns self."""
+        with self._lock:
+            self.model.to(device)
+        return self
+
     # -- Backend protocol -------------------------------------------------------------------
     def generate(
         self,

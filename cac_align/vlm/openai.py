@@ -73,6 +73,10 @@ class OpenAIBackend:
         self.image_format = image_format
         self.max_workers = max_workers
 
+    def to(self, device: Any) -> "OpenAIBackend":
+        """Nothing to move: the model lives in the server."""
+        return self
+
     # -- wire format ------------------------------------------------------------------------
     def _frame_url(self, frame: np.ndarray) -> str:
         from PIL import Image

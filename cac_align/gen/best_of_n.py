@@ -1,0 +1,423 @@
+"""`cac-align bon`: Best-of-N sampling, keeping the candidate the reward likes best (CaC §4.2).
+
+    cac-align bon --config recipes/align/bon_tiny.yaml            # offline, tiny random models
+    cac-align bon --config recipes/align/bon_wan_ur_cac.yaml prompts=prompts.txt out_dir=runs/bon
+
+"For Best-of-N, we generate five candidate videos for each prompt and select the one with the
+highest reward" (CaC §4.2). Per prompt, in order:
+
+1. generate the candidates that are not on disk yet, ``batch_size`` at a time, each with its own
+   recorded seed; each mp4 is written atomically as soon as it exists;
+2. score all N candidates of the prompt with the reward (decoded from their mp4, so what is
+   scored is what evaluation sees);
+3. choose: the valid candidate with the highest score; ties go to the lowest candidate index;
+   if no candidate is valid, candidate 0 is kept and marked ``chosen_by: "fallback"`` so every
+   prompt still has one video (VBench and the expert sheet compare prompt by prompt);
+4. append the prompt's N lines to ``candidates.jsonl`` in one write and copy the chosen mp4 to
+   ``chosen/``.
+
+A killed run restarted with the same command skips prompts already in ``candidates.jsonl`` and
+regenerates no candidate whose mp4 exists. A different config or prompt list in the same
+``out_dir`` is refused, naming the keys that differ (``overwrite=true`` replaces the old run);
+settings that change no video or score (``batch_size``, ``offload``, ``generator.device``) may
+change on resume.
+
+Output directory:
+
+- ``config.yaml``: the resolved config; ``candidates/p00000_c00.mp4``: every candidate, with
+  ``.sha256`` beside it: the hash of its exact uint8 frames before H.264 compression;
+- ``candidates.jsonl``: per candidate its prompt, seed, frames hash, the reward's score and
+  validity, each component's raw and normalized score, and the chosen flag;
+- ``chosen/00000_a-cat-jumps.mp4`` (prompt index and a slug of the prompt) and
+  ``chosen/prompts.jsonl`` mapping each file to its full prompt;
+- ``summary.json`` / ``summary.md``: per reward, the mean score of the chosen videos vs all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import MISSING
+
+from cac_align.config import RecipeError
+from cac_align.gen.wan import GeneratorConfig
+
+__all__ = ["BonConfig", "choose", "read_prompts", "run"]
+
+log = logging.getLogger(__name__)
+
+# Settings that do not change any video or score: a resumed run may change them.
+_RUN_ONLY_KEYS = ("out_dir", "batch_size", "offload", "overwrite", "generator.device")
+
+
+@dataclass
+class BonConfig:
+    """Config of `cac-align bon`.
+
+    Attributes:
+        out_dir: the run folder (see the module docstring).
+        prompts: a text file (one prompt per line; blank lines skipped) or a JSONL file with a
+            "prompt" per line.
+        n: candidates per prompt (CaC §4.2: 5).
+        seed: base seed; candidate ``c`` of prompt ``i`` uses ``seed + i * n + c``.
+        batch_size: candidates per pipeline call.
+        generator: the text-to-video model and its sampling settings.
+        reward: the reward section (``ur_cac`` by default; ``unified_reward`` alone gives the
+            UR column of CaC Table 2).
+        offload: on a GPU, let generator and reward models take turns: the pipeline's modules
+            move to the GPU only while generating (diffusers' model CPU offload) and the reward
+            models only while scoring.
+        overwrite: replace a previous run with a different config in ``out_dir``.
+    """
+
+    out_dir: str = MISSING
+    prompts: str = MISSING
+    n: int = 5
+    seed: int = 0
+    batch_size: int = 5
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
+    offload: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from cac_align.rewards.base import reward_config
+
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1 (candidates per prompt), got {self.n}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        reward_config(self.reward, "reward")
+
+
+# ---------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a text file (one per line) or JSONL ({"prompt": ...} per line).
+
+    Blank lines are skipped; duplicate prompts are kept (they are told apart by index).
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise RecipeError(f"prompts={str(path)!r}: no such file")
+    prompts: list[str] = []
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if source.suffix == ".jsonl":
+            try:
+                prompt = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc})") from None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise RecipeError(f"{source}: line {number}: 'prompt' must be a non-empty string")
+            prompts.append(prompt.strip())
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
+    return prompts
+
+
+def choose(scores: np.ndarray, valid: np.ndarray) -> tuple[int, str]:
+    """Index of the candidate to keep and why: ("argmax" | "fallback").
+
+    The valid candidate with the highest score; a tie goes to the lowest index (the first
+    candidate drawn). With no valid candidate, candidate 0 is kept as a "fallback".
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(scores)
+    if not valid.any():
+        return 0, "fallback"
+    masked = np.where(valid, scores, -np.inf)
+    return int(np.argmax(masked)), "argmax"  # np.argmax returns the first maximum
+
+
+def candidate_seed(base: int, prompt_index: int, candidate: int, n: int) -> int:
+    return base + prompt_index * n + candidate
+
+
+def slug(text: str, max_len: int = 60) -> str:
+    """A file-name-safe form of a prompt: lower case, words joined by '-'."""
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return words[:max_len].rstrip("-") or "prompt"
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def _fingerprint(config: BonConfig, prompts: list[str]) -> dict:
+    """What determines the run's videos and scores: the config (less run-only keys) and the
+    prompt list itself (the same file path with other prompts is another run)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    for dotted in _RUN_ONLY_KEYS:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node.pop(leaf, None)
+    return data
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------
+def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
+    """Create the run folder, or check that an existing one holds this same run."""
+    import yaml
+
+    saved = out / "config.yaml"
+    fingerprint = _fingerprint(config, prompts)
+    if saved.exists():
+        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+        previous_fp = previous.get("fingerprint", {})
+        if previous_fp != fingerprint:
+            if not config.overwrite:
+                keys = ", ".join(_differences(previous_fp, fingerprint)) or "unknown"
+                raise RecipeError(
+                    f"out_dir={str(out)!r} holds a Best-of-N run with a different config (differs in: {keys}); "
+                    "pass overwrite=true to replace it, or choose another out_dir"
+                )
+            for name in ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md", "config.yaml"):
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "candidates").mkdir(exist_ok=True)
+    (out / "chosen").mkdir(exist_ok=True)
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    text = yaml.safe_dump({"config": resolved, "fingerprint": fingerprint}, sort_keys=False, allow_unicode=True)
+    tmp = saved.with_suffix(".yaml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(saved)
+
+
+def _finished_prompts(path: Path) -> dict[int, list[dict]]:
+    """Rows of candidates.jsonl by prompt index. A torn last line (killed mid-write) is dropped."""
+    done: dict[int, list[dict]] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text(encoding="utf-8").splitlines()
+    good: list[str] = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s: dropping a torn line left by a killed run", path)
+            continue
+        good.append(line)
+        done.setdefault(int(row["prompt_index"]), []).append(row)
+    if len(good) != len(lines):
+        path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+    return done
+
+
+def _move_reward(reward: Any, device: str) -> None:
+    mover = getattr(reward, "to", None)
+    if callable(mover):
+        mover(device)
+
+
+def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
+    """Run Best-of-N; returns the summary. ``reward`` / ``pipe`` override the config's."""
+    from tqdm.auto import tqdm
+
+    from cac_align.gen.wan import build_generator, generate_videos
+    from cac_align.rewards.base import build_reward
+    from cac_align.video import Video, load_video, save_video
+
+    # 1. setup: prompts, run folder (resume or refuse), models
+    prompts = read_prompts(config.prompts)
+    out = Path(config.out_dir)
+    _prepare_out_dir(config, prompts, out)
+    manifest = out / "candidates.jsonl"
+    done = _finished_prompts(manifest)
+    todo = [i for i in range(len(prompts)) if i not in done]
+    log.info("%d prompts, %d already done, N = %d", len(prompts), len(done), config.n)
+    if pipe is None and todo:
+        pipe = build_generator(config.generator)
+    if reward is None and todo:
+        reward = build_reward(config.reward, "reward")
+    on_gpu = pipe is not None and str(getattr(pipe, "device", "cpu")).startswith("cuda")
+    if config.offload and on_gpu:
+        pipe.enable_model_cpu_offload()  # modules visit the GPU only while they run
+        _move_reward(reward, "cpu")
+    elif config.offload and todo:
+        log.warning("offload=true has no effect without a CUDA device")
+
+    bar = tqdm(total=len(todo) * config.n, desc="best-of-n candidates", unit="video")
+    for i in todo:
+        prompt = prompts[i]
+        seeds = [candidate_seed(config.seed, i, c, config.n) for c in range(config.n)]
+        paths = [out / "candidates" / f"p{i:05d}_c{c:02d}.mp4" for c in range(config.n)]
+        # 2. generate what is missing, a batch at a time; each mp4 lands atomically, then the
+        #    hash of its exact frames beside it (before H.264 compression)
+        missing = [c for c in range(config.n) if not paths[c].exists()]
+        bar.update(config.n - len(missing))
+        for start in range(0, len(missing), config.batch_size):
+            batch = missing[start : start + config.batch_size]
+            frames = generate_videos(pipe, config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
+            for c, video in zip(batch, frames):
+                save_video(Video(video, config.generator.fps), paths[c])
+                _write_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
+            bar.update(len(batch))
+        hashes = {c: _read_hash(paths[c].with_suffix(".sha256")) for c in range(config.n)}
+        # 3. score the group from the files
+        videos = [load_video(p) for p in paths]
+        if config.offload and on_gpu:
+            _move_reward(reward, str(pipe._execution_device))
+        output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
+        if config.offload and on_gpu:
+            _move_reward(reward, "cpu")
+        # 4. choose, record the group in one write, copy the chosen video
+        best, rule = choose(output.scores, output.valid)
+        rows = []
+        for c in range(config.n):
+            details = output.details[c]
+            rows.append(
+                {
+                    "prompt_index": i,
+                    "prompt": prompt,
+                    "candidate": c,
+                    "seed": seeds[c],
+                    "video": str(paths[c].relative_to(out)),
+                    "frames_sha256": hashes.get(c),
+                    "reward": output.name,
+                    "score": float(output.scores[c]) if output.valid[c] else None,
+                    "valid": bool(output.valid[c]),
+                    "error": details.get("error"),
+                    "components": {
+                        name: {"raw": part.get("raw"), "normalized": part.get("normalized"), "valid": part.get("valid")}
+                        for name, part in details.get("components", {}).items()
+                    },
+                    "chosen": c == best,
+                    "chosen_by": rule if c == best else None,
+                }
+            )
+        with manifest.open("a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            handle.flush()
+            os.fsync(handle.fileno())
+        done[i] = rows
+        _copy_chosen(out, i, prompt, paths[best])
+        score = "none valid" if rule == "fallback" else f"{output.scores[best]:.4f}"
+        log.info("prompt %d: best candidate %d (%s) of %d: %s", i, best, output.name, config.n, score)
+        tqdm.write(f"prompt {i}: chose candidate {best} ({rule}), {output.name} = {score}")
+    bar.close()
+    # 5. chosen/ index for every prompt (also after a resume) and the summary
+    for i, rows in done.items():
+        chosen = next(r for r in rows if r["chosen"])
+        _copy_chosen(out, i, prompts[i], out / chosen["video"])
+    _write_chosen_index(out, prompts, done)
+    summary = _summarize(done)
+    _write_summary(out, summary)
+    return summary
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_hash(path: Path) -> str | None:
+    """The frames hash written beside a candidate (None if the run died before writing it)."""
+    return path.read_text(encoding="utf-8").strip() if path.exists() else None
+
+
+def _chosen_name(i: int, prompt: str) -> str:
+    return f"{i:05d}_{slug(prompt)}.mp4"
+
+
+def _copy_chosen(out: Path, i: int, prompt: str, source: Path) -> None:
+    target = out / "chosen" / _chosen_name(i, prompt)
+    if target.exists():
+        return
+    tmp = target.with_suffix(".tmp.mp4")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+
+
+def _write_chosen_index(out: Path, prompts: list[str], done: dict[int, list[dict]]) -> None:
+    lines = []
+    for i in sorted(done):
+        chosen = next(r for r in done[i] if r["chosen"])
+        lines.append(
+            json.dumps(
+                {"video": _chosen_name(i, prompts[i]), "prompt": prompts[i], "prompt_index": i,
+                 "candidate": chosen["candidate"], "seed": chosen["seed"], "score": chosen["score"], "chosen_by": chosen["chosen_by"]},
+                ensure_ascii=False,
+            )
+        )
+    (out / "chosen" / "prompts.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _summarize(done: dict[int, list[dict]]) -> dict:
+    """Mean score of the chosen videos vs all candidates, for the reward and each component."""
+    rows = [row for group in done.values() for row in group]
+    if not rows:
+        return {"prompts": 0}
+    names = {rows[0]["reward"]: lambda r: r["score"]}
+    for name in rows[0]["components"]:
+        names[name] = lambda r, name=name: r["components"][name]["raw"]
+
+    def mean(values: list) -> float | None:
+        kept = [v for v in values if v is not None]
+        return float(np.mean(kept)) if kept else None
+
+    per_reward = {
+        name: {"chosen_mean": mean([get(r) for r in rows if r["chosen"]]), "all_mean": mean([get(r) for r in rows])}
+        for name, get in names.items()
+    }
+    return {
+        "prompts": len(done),
+        "candidates": len(rows),
+        "invalid_candidates": sum(not r["valid"] for r in rows),
+        "fallback_prompts": sum(r["chosen_by"] == "fallback" for r in rows),
+        "rewards": per_reward,
+    }
+
+
+def _write_summary(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        "# Best-of-N summary",
+        "",
+        f"{summary.get('prompts', 0)} prompts, {summary.get('candidates', 0)} candidates "
+        f"({summary.get('invalid_candidates', 0)} invalid; {summary.get('fallback_prompts', 0)} prompts with no valid candidate).",
+        "",
+        "| reward | mean of chosen | mean of all candidates |",
+        "| --- | --- | --- |",
+    ]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, row in summary.get("rewards", {}).items():
+        lines.append(f"| {name} | {fmt(row['chosen_mean'])} | {fmt(row['all_mean'])} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+

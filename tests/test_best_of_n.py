@@ -1,0 +1,199 @@
+"""`cac-align bon`: tiny end to end, argmax choice, resume after a kill, seeds, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cac_align.cli import main
+from cac_align.config import RecipeError, load_config
+from cac_align.gen.best_of_n import BonConfig, choose, frames_sha256, read_prompts, run
+from cac_align.gen.wan import GeneratorConfig, build_tiny_wan_pipeline, generate_videos
+from cac_align.rewards import RewardOutput
+from conftest import REPO_ROOT
+
+TINY_GEN = GeneratorConfig(name="tiny-random:wan", dtype="float32", device="cpu", height=32, width=32, num_frames=9, num_inference_steps=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return build_tiny_wan_pipeline(seed=0)
+
+
+class ScriptedReward:
+    """Scores by (prompt, candidate order in the call) from a table; NaN = the reward failed."""
+
+    name = "scripted"
+
+    def __init__(self, table):
+        self.table = table
+        self.calls = []
+
+    def __call__(self, videos, prompts, metadata=None):
+        self.calls.append(list(prompts))
+        scores = np.array(self.table[prompts[0]], dtype=float)
+        valid = ~np.isnan(scores)
+        details = [{} if ok else {"error": "reward failed for this candidate", "error_kind": "backend"} for ok in valid]
+        return RewardOutput(self.name, scores, valid, details)
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+
+
+def _config(tmp_path, prompts, **kw):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(prompts) + "\n")
+    values = {"out_dir": str(tmp_path / "bon"), "prompts": str(path), "n": 3, "batch_size": 2, "generator": TINY_GEN,
+              "reward": {"name": "cac"}}
+    values.update(kw)
+    return BonConfig(**values)
+
+
+def test_tiny_recipe_end_to_end(tmp_path):
+    out = tmp_path / "bon"
+    assert main(["bon", "--config", str(REPO_ROOT / "recipes/align/bon_tiny.yaml"), "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert len(rows) == 6  # 2 prompts x 3 candidates
+    assert [(r["prompt_index"], r["candidate"], r["seed"]) for r in rows] == [(i, c, i * 3 + c) for i in range(2) for c in range(3)]
+    for i in range(2):
+        group = [r for r in rows if r["prompt_index"] == i]
+        scores = [r["score"] for r in group]
+        chosen = [r for r in group if r["chosen"]]
+        # the chosen candidate is the argmax of the combined (ur_cac) score
+        assert len(chosen) == 1 and chosen[0]["candidate"] == int(np.argmax(scores)) and chosen[0]["chosen_by"] == "argmax"
+        for r in group:
+            parts = r["components"]
+            assert r["score"] == pytest.approx(0.5 * parts["unified_reward"]["normalized"] + 0.5 * parts["cac"]["normalized"])
+            assert (out / r["video"]).exists() and len(r["frames_sha256"]) == 64
+    index = [json.loads(line) for line in (out / "chosen/prompts.jsonl").read_text().splitlines()]
+    assert [e["prompt"] for e in index] == ["a cat walking in the park", "a person holding a red cup"]
+    assert index[0]["video"] == "00000_a-cat-walking-in-the-park.mp4"
+    for entry in index:
+        chosen = next(r for r in rows if r["prompt_index"] == entry["prompt_index"] and r["chosen"])
+        assert (out / "chosen" / entry["video"]).read_bytes() == (out / chosen["video"]).read_bytes()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rewards"]["ur_cac"]["chosen_mean"] == pytest.approx(np.mean([r["score"] for r in rows if r["chosen"]]))
+    assert summary["rewards"]["ur_cac"]["all_mean"] == pytest.approx(np.mean([r["score"] for r in rows]))
+    assert summary["rewards"]["ur_cac"]["chosen_mean"] >= summary["rewards"]["ur_cac"]["all_mean"]
+    assert (out / "config.yaml").exists() and "| ur_cac |" in (out / "summary.md").read_text()
+
+
+def test_choose_rule():
+    assert choose(np.array([0.2, 0.9, 0.9]), np.array([True, True, True])) == (1, "argmax")  # tie -> lowest index
+    assert choose(np.array([0.2, np.nan, 0.1]), np.array([True, False, True])) == (0, "argmax")
+    assert choose(np.array([0.9, 0.5]), np.array([False, True])) == (1, "argmax")  # an invalid score never wins
+    assert choose(np.array([np.nan, np.nan]), np.array([False, False])) == (0, "fallback")
+
+
+def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tiny_pipe, monkeypatch):
+    config = _config(tmp_path, ["a cat", "a dog"])
+    reward = ScriptedReward({"a cat": [0.1, 0.5, 0.3], "a dog": [0.7, 0.2, 0.4]})
+    calls = []
+    real = generate_videos
+
+    def dies_on_fourth_call(pipe, gen, prompts, seeds):
+        calls.append(list(seeds))
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+        return real(pipe, gen, prompts, seeds)
+
+    monkeypatch.setattr("cac_align.gen.wan.generate_videos", dies_on_fourth_call)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, reward=reward, pipe=tiny_pipe)
+    # prompt 0 finished (batches [0, 1], [2]); prompt 1 died after its first batch [3, 4]
+    assert calls == [[0, 1], [2], [3, 4], [5]]
+    assert {r["prompt_index"] for r in _rows(tmp_path / "bon")} == {0}
+    assert sorted(p.name for p in (tmp_path / "bon/candidates").glob("*.mp4")) == [
+        "p00000_c00.mp4", "p00000_c01.mp4", "p00000_c02.mp4", "p00001_c00.mp4", "p00001_c01.mp4"]
+    calls.clear()
+    reward.calls.clear()
+    monkeypatch.setattr("cac_align.gen.wan.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
+    run(config, reward=reward, pipe=tiny_pipe)
+    assert calls == [[5]]  # only the missing candidate of prompt 1
+    assert reward.calls == [["a dog"] * 3]  # prompt 0 was not scored again
+    rows = _rows(tmp_path / "bon")
+    assert [r["candidate"] for r in rows if r["chosen"]] == [1, 0]  # argmax of each scripted group
+    assert all(r["frames_sha256"] for r in rows)  # hashes survive the kill
+
+
+def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):
+    config = _config(tmp_path, ["a cat"])
+    run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), pipe=tiny_pipe)
+    rows = _rows(tmp_path / "bon")
+    # Candidate 2 was drawn alone (batch_size 2, n 3): regenerating it alone is bit-identical.
+    again = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[2]["seed"]])[0]
+    assert frames_sha256(again) == rows[2]["frames_sha256"]
+    # Candidates 0 and 1 were drawn together: the same pair regenerates them bit-identically ...
+    pair = generate_videos(tiny_pipe, TINY_GEN, ["a cat"] * 2, [rows[0]["seed"], rows[1]["seed"]])
+    assert [frames_sha256(v) for v in pair] == [rows[0]["frames_sha256"], rows[1]["frames_sha256"]]
+    # ... and alone, float rounding across batch sizes moves at most one level in rare pixels.
+    alone = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[0]["seed"]])[0]
+    assert np.abs(alone.astype(int) - pair[0]).max() <= 1 and (alone == pair[0]).mean() > 0.99
+
+
+def test_failed_candidates_are_never_chosen_and_all_invalid_falls_back(tmp_path, tiny_pipe):
+    config = _config(tmp_path, ["a cat", "a dog"])
+    reward = ScriptedReward({"a cat": [0.1, np.nan, 0.3], "a dog": [np.nan, np.nan, np.nan]})
+    summary = run(config, reward=reward, pipe=tiny_pipe)
+    rows = _rows(tmp_path / "bon")
+    assert rows[1]["valid"] is False and rows[1]["error"] == "reward failed for this candidate"
+    assert [(r["candidate"], r["chosen_by"]) for r in rows if r["chosen"]] == [(2, "argmax"), (0, "fallback")]
+    assert summary["invalid_candidates"] == 4 and summary["fallback_prompts"] == 1
+    assert len(list((tmp_path / "bon/chosen").glob("*.mp4"))) == 2
+
+
+def test_prompt_files(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("a cat\n\n  \na cat\na dog\n")
+    assert read_prompts(text) == ["a cat", "a cat", "a dog"]  # blank lines skipped, duplicates kept
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a cat"}\n\n{"prompt": "a dog", "id": 3}\n')
+    assert read_prompts(jsonl) == ["a cat", "a dog"]
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(RecipeError, match="holds no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a cat"}\n')
+    with pytest.raises(RecipeError, match="line 1: expected an object with a 'prompt'"):
+        read_prompts(tmp_path / "bad.jsonl")
+    with pytest.raises(RecipeError, match="no such file"):
+        read_prompts(tmp_path / "absent.txt")
+
+
+def test_duplicate_prompts_are_kept_apart(tmp_path, tiny_pipe):
+    config = _config(tmp_path, ["a cat", "a cat"], n=1)
+    run(config, reward=ScriptedReward({"a cat": [0.5]}), pipe=tiny_pipe)
+    names = sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4"))
+    assert names == ["00000_a-cat.mp4", "00001_a-cat.mp4"]
+    rows = _rows(tmp_path / "bon")
+    assert rows[0]["seed"] != rows[1]["seed"] and rows[0]["frames_sha256"] != rows[1]["frames_sha256"]
+
+
+def test_config_checks_and_a_different_run_in_out_dir(tmp_path, tiny_pipe):
+    with pytest.raises(RecipeError, match="n must be >= 1"):
+        load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny.yaml", ["n=0"])
+    with pytest.raises(RecipeError, match="num_frames must be 4k \\+ 1"):
+        load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny.yaml", ["generator.num_frames=10"])
+    reward = ScriptedReward({"a cat": [0.1, 0.2, 0.3], "a dog": [0.3, 0.2, 0.1]})
+    run(_config(tmp_path, ["a cat"]), reward=reward, pipe=tiny_pipe)
+    with pytest.raises(RecipeError, match=r"different config \(differs in: generator.num_inference_steps\).*overwrite=true"):
+        run(_config(tmp_path, ["a cat"], generator=GeneratorConfig(**{**TINY_GEN.__dict__, "num_inference_steps": 2})),
+            reward=reward, pipe=tiny_pipe)
+    # batch_size does not change any video: the run resumes (nothing left to do) instead of refusing
+    run(_config(tmp_path, ["a cat"], batch_size=3), reward=reward, pipe=tiny_pipe)
+    # the same prompt file path holding other prompts is another run
+    with pytest.raises(RecipeError, match=r"differs in: prompts_sha256"):
+        run(_config(tmp_path, ["a dog"]), reward=reward, pipe=tiny_pipe)
+    # overwrite=true replaces the old run
+    run(_config(tmp_path, ["a dog"], overwrite=True), reward=reward, pipe=tiny_pipe)
+    assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a dog"}
+    assert sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4")) == ["00000_a-dog.mp4"]
+
+
+def test_cli_reports_a_missing_prompt_file(tmp_path, capsys):
+    code = main(["bon", "-c", str(REPO_ROOT / "recipes/align/bon_tiny.yaml"), "--out", str(tmp_path / "o"), f"prompts={tmp_path / 'none.txt'}"])
+    assert code == 2 and "no such file" in capsys.readouterr().err
+
+
