@@ -39,6 +39,8 @@ def test_inputs_in_every_form_fail_per_sample(tmp_path):
     batch = np.random.default_rng(0).uniform(0, 1, (3, 5, 3, 16, 16)).astype(np.float32)  # (B, F, C, H, W)
     assert [v.num_frames for v in load_inputs(batch, {"fps": 16.0})] == [5, 5, 5]
     assert isinstance(load_inputs([smooth_video(4, 32, 32)])[0], VideoError)  # an array with no fps anywhere
+    nested = load_inputs([batch], {"fps": 16.0})[0]
+    assert isinstance(nested, VideoError) and "batch of 3 videos" in str(nested)
     with pytest.raises(ValueError, match="not a single video"):
         load_inputs(str(path))
     with pytest.raises(ValueError, match="2 videos but 1 metadata"):

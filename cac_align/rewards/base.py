@@ -178,7 +178,8 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
         fps = row.get("fps", source_fps)
         try:
             video = load_video(item, source_fps=fps)
-            assert isinstance(video, Video)
+            if not isinstance(video, Video):  # a 5-d batch nested inside the list
+                raise VideoError(f"item {len(loaded)} is a batch of {len(video)} videos; pass videos one per item")
             loaded.append(video)
         except VideoError as exc:
             loaded.append(exc)
