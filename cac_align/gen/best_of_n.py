@@ -239,18 +239,12 @@ def _finished_prompts(path: Path) -> dict[int, list[dict]]:
     return done
 
 
-def _move_reward(reward: Any, device: str) -> None:
-    mover = getattr(reward, "to", None)
-    if callable(mover):
-        mover(device)
-
-
 def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
     """Run Best-of-N; returns the summary. ``reward`` / ``pipe`` override the config's."""
     from tqdm.auto import tqdm
 
     from cac_align.gen.wan import build_generator, generate_videos
-    from cac_align.rewards.base import build_reward
+    from cac_align.rewards.base import build_reward, move_to
     from cac_align.video import Video, load_video, save_video
 
     # 1. setup: prompts, run folder (resume or refuse), models
@@ -268,7 +262,7 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
     on_gpu = pipe is not None and str(getattr(pipe, "device", "cpu")).startswith("cuda")
     if config.offload and on_gpu:
         pipe.enable_model_cpu_offload()  # modules visit the GPU only while they run
-        _move_reward(reward, "cpu")
+        move_to(reward, "cpu")
     elif config.offload and todo:
         log.warning("offload=true has no effect without a CUDA device")
 
@@ -292,10 +286,10 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
         # 3. score the group from the files
         videos = [load_video(p) for p in paths]
         if config.offload and on_gpu:
-            _move_reward(reward, str(pipe._execution_device))
+            move_to(reward, str(pipe._execution_device))
         output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
         if config.offload and on_gpu:
-            _move_reward(reward, "cpu")
+            move_to(reward, "cpu")
         # 4. choose, record the group in one write, copy the chosen video
         best, rule = choose(output.scores, output.valid)
         rows = []

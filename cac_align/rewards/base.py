@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -50,6 +49,7 @@ __all__ = [
     "group_keys",
     "load_inputs",
     "load_section",
+    "move_to",
     "register_reward",
     "reward_config",
     "score_in_chunks",
@@ -372,10 +372,10 @@ def build_reward(spec: Any, where: str = "reward") -> Reward:
     return reward
 
 
-def finite_or_none(value: Any) -> float | None:
-    """``float(value)`` if it is a finite number, else None (for JSON-friendly details)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+def move_to(obj: Any, device: Any) -> None:
+    """Call ``obj.to(device)`` where ``obj`` has one (rewards and backends that hold an
+    in-process model); server-backed ones have nothing to move. Used to offload reward models
+    while a generator has the GPU."""
+    mover = getattr(obj, "to", None)
+    if callable(mover):
+        mover(device)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cac_align.cac.infer import CaCOptions, CaCResult, CaCScorer
-from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, move_to, score_in_chunks
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend
 from cac_align.vlm.config import ModelConfig, build_backend
@@ -107,14 +107,8 @@ class CaCReward:
 
     def to(self, device: Any) -> "CaCReward":
         """Move the in-process model, if any (Best-of-N offloading)."""
-        _move(self.scorer.backend, device)
+        move_to(self.scorer.backend, device)
         return self
-
-
-def _move(backend: Any, device: Any) -> None:
-    mover = getattr(backend, "to", None)
-    if callable(mover):
-        mover(device)
 
 
 def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:

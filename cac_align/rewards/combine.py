@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import Reward, RewardError, RewardOutput, check_prompts, group_keys, load_inputs
+from cac_align.rewards.base import Reward, RewardError, RewardOutput, check_prompts, group_keys, load_inputs, move_to
 from cac_align.rewards.cac import CaCRewardConfig
 from cac_align.rewards.normalize import build_normalizer, fill_invalid
 from cac_align.rewards.unified import FORMATS, UnifiedRewardConfig
@@ -152,9 +152,7 @@ class CombinedReward:
     def to(self, device: Any) -> "CombinedReward":
         """Move every component's in-process model (Best-of-N offloading)."""
         for reward in self.rewards:
-            mover = getattr(reward, "to", None)
-            if callable(mover):
-                mover(device)
+            move_to(reward, device)
         return self
 
 

@@ -37,9 +37,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, move_to, score_in_chunks
 from cac_align.video import Video
-from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
+from cac_align.vlm.backend import Backend, ChatRequest, user
 from cac_align.vlm.config import ModelConfig, build_backend
 
 __all__ = ["FORMATS", "ScoreFormat", "UnifiedReward", "UnifiedRewardConfig", "build", "parse_scores", "sample_uniform"]
@@ -313,9 +313,7 @@ class UnifiedReward:
 
     def to(self, device: Any) -> "UnifiedReward":
         """Move the in-process model, if any (Best-of-N offloading)."""
-        from cac_align.rewards.cac import _move
-
-        _move(self.backend, device)
+        move_to(self.backend, device)
         return self
 
     # -- steps ------------------------------------------------------------------------------
