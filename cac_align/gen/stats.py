@@ -1,0 +1,97 @@
+"""Per-prompt group advantages for GRPO on a generator (Flow-GRPO's per-prompt stat tracking).
+
+GRPO draws a group of G samples per prompt and scores each sample against its own group:
+
+    A_i = (r_i - mean(r of i's group)) / (std + eps)
+
+``std`` is the group's own standard deviation (``std="group"``, Flow-GRPO's default) or the
+standard deviation of all rewards in the step (``std="global"``, steadier when groups are small).
+Standard deviations are population ones (``ddof=0``), as numpy's default in Flow-GRPO.
+
+Invalid rewards (NaN, or ``valid=False``) take no part in any statistic and get advantage 0.
+A group whose valid rewards are all equal (or has fewer than two) teaches nothing: its samples
+get advantage 0 and ``trainable=False``, and the trainer drops them and logs their fraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import numpy as np
+
+__all__ = ["GroupAdvantages", "group_advantages"]
+
+
+@dataclass
+class GroupAdvantages:
+    """Result of :func:`group_advantages`.
+
+    Attributes:
+        advantages: ``(B,)`` float32; 0 where invalid or in a zero-variance group.
+        trainable: ``(B,)`` bool; valid and in a group with variance.
+        zero_std_fraction: fraction of groups with zero variance (fewer than two valid rewards,
+            or all valid rewards equal).
+        num_groups: number of distinct groups.
+    """
+
+    advantages: np.ndarray
+    trainable: np.ndarray
+    zero_std_fraction: float
+    num_groups: int
+
+
+def group_advantages(
+    rewards: Sequence[float] | np.ndarray,
+    groups: Sequence[Hashable],
+    *,
+    valid: Sequence[bool] | np.ndarray | None = None,
+    std: str = "group",
+    eps: float = 1e-4,
+    clip: float | None = None,
+    zero_std_tol: float = 1e-8,
+) -> GroupAdvantages:
+    """Advantages of ``rewards`` within their ``groups`` (module docstring).
+
+    Args:
+        rewards: ``(B,)`` rewards; NaN means invalid.
+        groups: ``(B,)`` group keys (the prompt, or its index).
+        valid: optional ``(B,)`` validity mask, combined with ``isfinite(rewards)``.
+        std: "group" (each group's own std) or "global" (std of all valid rewards).
+        eps: added to the std (Flow-GRPO: 1e-4).
+        clip: clip advantages to ``[-clip, clip]`` (Flow-GRPO's ``adv_clip_max``: 5); None = no clip.
+        zero_std_tol: a group std at or below this counts as zero variance.
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    if len(groups) != len(r):
+        raise ValueError(f"{len(r)} rewards but {len(groups)} group keys")
+    ok = np.isfinite(r)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool).reshape(-1)
+    if std not in ("group", "global"):
+        raise ValueError(f"std must be 'group' or 'global', got {std!r}")
+    if clip is not None and clip <= 0:
+        raise ValueError(f"clip must be > 0 or None, got {clip}")
+    global_std = float(r[ok].std()) if ok.any() else 0.0
+    advantages = np.zeros(len(r))
+    trainable = np.zeros(len(r), dtype=bool)
+    keys = list(dict.fromkeys(groups))
+    zero_std = 0
+    for key in keys:
+        members = np.array([g == key for g in groups]) & ok
+        values = r[members]
+        group_std = float(values.std()) if len(values) else 0.0
+        if len(values) < 2 or group_std <= zero_std_tol:
+            zero_std += 1
+            continue
+        scale = group_std if std == "group" else global_std
+        advantages[members] = (values - values.mean()) / (scale + eps)
+        trainable[members] = True
+    if clip is not None:
+        advantages = np.clip(advantages, -clip, clip)
+    return GroupAdvantages(
+        advantages=advantages.astype(np.float32),
+        trainable=trainable,
+        zero_std_fraction=zero_std / len(keys) if keys else 0.0,
+        num_groups=len(keys),
+    )

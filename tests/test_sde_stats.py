@@ -1,0 +1,157 @@
+"""Flow-GRPO math: the SDE step, its log-prob, the PPO-clip + KL loss, group advantages."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.gen.sde import flow_grpo_loss, flow_sigmas, gaussian_log_prob, noise_scale, sde_step
+from cac_align.gen.stats import group_advantages
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # 0.9189385
+
+
+def test_sde_step_hand_computed():
+    # Two elements, s = 0.5, s' = 0.25 (dt = -0.25), sigma_t = 0.5:
+    #   sigma_t^2 / (2 s) = 0.25, std = 0.5 * sqrt(0.25) = 0.25
+    #   element 1: x = 1, v = 2:  x + (1-s) v = 2;    mean = 1 + (-0.25) * (2 + 0.25 * 2) = 0.375
+    #   element 2: x = 0, v = -1: x + (1-s) v = -0.5; mean = 0 + (-0.25) * (-1 - 0.125) = 0.28125
+    #   eps = (2, 0): x' = (0.375 + 0.5, 0.28125)
+    #   log densities: -2 - log 0.25 - 0.91894 = -1.53264 and -log 0.25 - 0.91894 = 0.46736
+    #   log_prob = their mean = -0.53264
+    x = torch.tensor([[1.0, 0.0]])
+    v = torch.tensor([[2.0, -1.0]])
+    step = sde_step(x, v, 0.5, 0.25, 0.5, noise=torch.tensor([[2.0, 0.0]]))
+    torch.testing.assert_close(step.mean, torch.tensor([[0.375, 0.28125]]))
+    torch.testing.assert_close(step.prev_sample, torch.tensor([[0.875, 0.28125]]))
+    assert float(step.std) == pytest.approx(0.25)
+    expected = ((-2 - math.log(0.25) - LOG_SQRT_2PI) + (-math.log(0.25) - LOG_SQRT_2PI)) / 2
+    assert step.log_prob.shape == (1,)
+    assert float(step.log_prob[0]) == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(-0.532644, abs=1e-6)
+
+
+def test_sde_step_per_sample_sigmas_and_float32():
+    # Per-sample sigmas broadcast over (B, C, F, H, W); bf16 inputs are computed in float32.
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 2, 2, 2)
+    v = torch.randn(2, 3, 2, 2, 2)
+    eps = torch.randn(2, 3, 2, 2, 2)
+    sig, nxt, st = torch.tensor([0.9, 0.5]), torch.tensor([0.8, 0.25]), torch.tensor([0.2, 0.4])
+    both = sde_step(x, v.bfloat16(), sig, nxt, st, noise=eps)
+    assert both.prev_sample.dtype == torch.float32 and both.log_prob.dtype == torch.float32
+    for i in range(2):
+        one = sde_step(x[i : i + 1], v[i : i + 1].bfloat16(), sig[i], nxt[i], st[i], noise=eps[i : i + 1])
+        torch.testing.assert_close(both.prev_sample[i], one.prev_sample[0])
+        torch.testing.assert_close(both.log_prob[i], one.log_prob[0])
+
+
+def test_log_prob_is_the_closed_form_gaussian_mean():
+    torch.manual_seed(1)
+    x = torch.randn(3, 4, 5)
+    v = torch.randn(3, 4, 5)
+    step = sde_step(x, v, 0.7, 0.6, 0.3, noise=torch.randn(3, 4, 5))
+    normal = torch.distributions.Normal(step.mean, step.std.expand_as(step.mean))
+    expected = normal.log_prob(step.prev_sample).mean(dim=(1, 2))
+    torch.testing.assert_close(step.log_prob, expected)
+    # scoring a given x' (training) gives the same numbers as sampling it
+    again = sde_step(x, v, 0.7, 0.6, 0.3, prev_sample=step.prev_sample)
+    torch.testing.assert_close(again.log_prob, step.log_prob)
+    torch.testing.assert_close(gaussian_log_prob(step.prev_sample, step.mean, step.std), step.log_prob)
+
+
+def test_zero_noise_is_the_euler_step():
+    torch.manual_seed(2)
+    x, v = torch.randn(2, 6), torch.randn(2, 6)
+    sigma_t = noise_scale(0.6, 0.0, sigma_max=0.95)
+    step = sde_step(x, v, 0.6, 0.4, sigma_t)
+    torch.testing.assert_close(step.prev_sample, x + (0.4 - 0.6) * v)
+
+
+def test_sde_step_rejects_increasing_sigma_and_missing_noise():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="smaller"):
+        sde_step(x, x, 0.3, 0.5, 0.1, noise=x)
+    with pytest.raises(ValueError, match="noise"):
+        sde_step(x, x, 0.5, 0.3, 0.1)
+
+
+def test_noise_scale_schedules():
+    # sqrt: a * sqrt(s / (1 - s)); a = 0.3: s = 0.5 -> 0.3, s = 0.8 -> 0.3 * 2 = 0.6,
+    # s = 1 uses 1 - sigma_max = 0.1 in the denominator: 0.3 * sqrt(10) = 0.948683
+    got = noise_scale(torch.tensor([0.5, 0.8, 1.0]), 0.3, sigma_max=0.9)
+    torch.testing.assert_close(got, torch.tensor([0.3, 0.6, 0.3 * math.sqrt(10)]))
+    # linear: sigma_min + (sigma_max - sigma_min) * s = 0.1 + 0.8 * 0.5 = 0.5
+    assert float(noise_scale(0.5, 0.3, schedule="linear", sigma_max=0.9, sigma_min=0.1)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown noise schedule"):
+        noise_scale(0.5, 0.3, schedule="cosine", sigma_max=0.9)
+
+
+def test_flow_sigmas_follow_diffusers_shifted_schedule():
+    # diffusers' FlowMatchEulerDiscreteScheduler(shift=3) with 2 steps: its smallest training sigma
+    # is shift(1/1000) = 0.003 / 1.002 = 0.00299401; set_timesteps spaces t linearly from 1000 to
+    # 2.99401 and shifts again: 3 * 0.00299401 / (1 + 2 * 0.00299401) = 0.0089286; then a terminal 0.
+    sigmas, timesteps = flow_sigmas(2, shift=3.0)
+    torch.testing.assert_close(sigmas, torch.tensor([1.0, 0.0089286, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(timesteps, sigmas[:-1] * 1000)
+
+
+def test_flow_grpo_loss_hand_computed():
+    # ratios exp(0.1) = 1.10517 and 1; advantages +1 and -1; clip 0.05:
+    #   sample 1: max(-1.10517, -1.05) = -1.05;  sample 2: max(1, 1) = 1  -> policy loss -0.025
+    #   clip fraction 1/2; approx KL 0.5 * mean(0.01, 0) = 0.0025
+    #   KL: sample 1 means (1, 1) vs (0, 2): mean sq diff 1, / (2 * 0.5^2) = 2; sample 2: 0 -> 1.0
+    logp = torch.tensor([0.1, 0.0])
+    old = torch.zeros(2)
+    adv = torch.tensor([1.0, -1.0])
+    mean = torch.tensor([[1.0, 1.0], [3.0, 3.0]])
+    ref = torch.tensor([[0.0, 2.0], [3.0, 3.0]])
+    loss, m = flow_grpo_loss(logp, old, adv, clip_range=0.05, mean=mean, ref_mean=ref, std=0.5, beta=0.1)
+    assert float(m["policy_loss"]) == pytest.approx(-0.025, abs=1e-6)
+    assert float(m["kl"]) == pytest.approx(1.0)
+    assert float(loss) == pytest.approx(-0.025 + 0.1, abs=1e-6)
+    assert float(m["clip_fraction"]) == pytest.approx(0.5)
+    assert float(m["approx_kl"]) == pytest.approx(0.0025)
+    # separate low/high clip: 1.105 < 1 + 0.2 is not clipped -> (-1.10517 + 1) / 2
+    _, m2 = flow_grpo_loss(logp, old, adv, clip_range=(0.05, 0.2))
+    assert float(m2["policy_loss"]) == pytest.approx((-math.exp(0.1) + 1) / 2, abs=1e-6)
+    assert float(m2["clip_fraction"]) == 0.0
+
+
+def test_flow_grpo_loss_gradient_pushes_logprob_along_the_advantage():
+    logp = torch.zeros(2, requires_grad=True)
+    loss, _ = flow_grpo_loss(logp, torch.zeros(2), torch.tensor([2.0, -1.0]), clip_range=0.2)
+    loss.backward()
+    # d/dlogp of mean(-A * exp(logp)) at 0 = -A / 2
+    torch.testing.assert_close(logp.grad, torch.tensor([-1.0, 0.5]))
+    with pytest.raises(ValueError, match="KL"):
+        flow_grpo_loss(logp, torch.zeros(2), torch.zeros(2), clip_range=0.2, beta=0.1)
+
+
+def test_group_advantages_hand_worked():
+    # group a: (1, 3): mean 2, std 1 -> (-1, 1); group b: (2, 2) zero variance -> 0, not trainable;
+    # group c: (NaN, 5): one valid reward -> zero variance.  2 of 3 groups have zero variance.
+    rewards = [1.0, 3.0, 2.0, 2.0, float("nan"), 5.0]
+    groups = ["a", "a", "b", "b", "c", "c"]
+    out = group_advantages(rewards, groups, eps=0.0)
+    np.testing.assert_allclose(out.advantages, [-1, 1, 0, 0, 0, 0])
+    assert out.trainable.tolist() == [True, True, False, False, False, False]
+    assert out.zero_std_fraction == pytest.approx(2 / 3)
+    assert out.num_groups == 3
+    # global std over the valid rewards (1, 3, 2, 2, 5): mean 2.6, var 9.2 / 5 = 1.84
+    glob = group_advantages(rewards, groups, std="global", eps=0.0)
+    np.testing.assert_allclose(glob.advantages[:2], [-1 / math.sqrt(1.84), 1 / math.sqrt(1.84)], rtol=1e-6)
+    # eps in the denominator (Flow-GRPO: 1e-4) and clipping
+    np.testing.assert_allclose(group_advantages(rewards, groups).advantages[:2], [-1 / 1.0001, 1 / 1.0001], rtol=1e-6)
+    np.testing.assert_allclose(group_advantages(rewards, groups, eps=0.0, clip=0.5).advantages[:2], [-0.5, 0.5])
+    # an explicit validity mask drops a sample like NaN does
+    masked = group_advantages([1.0, 3.0, 7.0], ["a", "a", "a"], valid=[True, True, False], eps=0.0)
+    np.testing.assert_allclose(masked.advantages, [-1, 1, 0])
+
+
+def test_group_advantages_errors():
+    with pytest.raises(ValueError, match="group keys"):
+        group_advantages([1.0, 2.0], ["a"])
+    with pytest.raises(ValueError, match="std"):
+        group_advantages([1.0], ["a"], std="batch")
