@@ -27,6 +27,7 @@ __all__ = [
     "JOBS",
     "JobSpec",
     "RecipeError",
+    "differing_keys",
     "load_config",
     "load_recipe",
     "resolve",
@@ -76,6 +77,12 @@ JOBS: dict[str, JobSpec] = {
             help="score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report",
         ),
         JobSpec(
+            name="flow-grpo",
+            config="cac_align.gen.flow_grpo:FlowGrpoConfig",
+            run="cac_align.gen.flow_grpo:run",
+            help="Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)",
+        ),
+        JobSpec(
             name="bon",
             config="cac_align.gen.best_of_n:BonConfig",
             run="cac_align.gen.best_of_n:run",
@@ -83,6 +90,16 @@ JOBS: dict[str, JobSpec] = {
         ),
     ]
 }
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (for "config changed" errors)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def resolve(dotted: str) -> Any:

@@ -117,6 +117,13 @@ def test_flow_grpo_loss_hand_computed():
     _, m2 = flow_grpo_loss(logp, old, adv, clip_range=(0.05, 0.2))
     assert float(m2["policy_loss"]) == pytest.approx((-math.exp(0.1) + 1) / 2, abs=1e-6)
     assert float(m2["clip_fraction"]) == 0.0
+    # weight 0 drops sample 2 but keeps dividing by B = 2: policy loss -1.05 / 2; KL 2 / 2
+    _, m3 = flow_grpo_loss(
+        logp, old, adv, clip_range=0.05, mean=mean, ref_mean=ref, std=0.5, beta=0.1, weights=torch.tensor([1.0, 0.0])
+    )
+    assert float(m3["policy_loss"]) == pytest.approx(-0.525, abs=1e-6)
+    assert float(m3["kl"]) == pytest.approx(1.0)
+    assert float(m3["clip_fraction"]) == pytest.approx(1.0)  # of the kept samples
 
 
 def test_flow_grpo_loss_gradient_pushes_logprob_along_the_advantage():

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError
+from cac_align.config import RecipeError, differing_keys
 from cac_align.gen.wan import GeneratorConfig
 
 __all__ = ["BonConfig", "choose", "read_prompts", "run"]
@@ -173,15 +173,6 @@ def _fingerprint(config: BonConfig, prompts: list[str]) -> dict:
     return data
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
@@ -196,7 +187,7 @@ def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
         previous_fp = previous.get("fingerprint", {})
         if previous_fp != fingerprint:
             if not config.overwrite:
-                keys = ", ".join(_differences(previous_fp, fingerprint)) or "unknown"
+                keys = ", ".join(differing_keys(previous_fp, fingerprint)) or "unknown"
                 raise RecipeError(
                     f"out_dir={str(out)!r} holds a Best-of-N run with a different config (differs in: {keys}); "
                     "pass overwrite=true to replace it, or choose another out_dir"

@@ -183,6 +183,7 @@ def flow_grpo_loss(
     ref_mean: torch.Tensor | None = None,
     std: torch.Tensor | float | None = None,
     beta: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss on one denoising step plus ``beta`` times the KL to the reference policy.
 
@@ -199,6 +200,9 @@ def flow_grpo_loss(
             (needed when ``beta > 0``).
         std: scalar or ``(B,)`` / ``(B, 1, ...)`` std of the step (needed when ``beta > 0``).
         beta: KL weight.
+        weights: optional ``(B,)`` per-sample weights; 0 drops a sample (e.g. from a
+            zero-variance group) while keeping the batch shape. Terms are averaged over all B
+            samples (``mean(w * term)``); metrics over the samples with ``w > 0``.
 
     Returns:
         ``(loss, metrics)``: a scalar loss and detached scalars ``policy_loss``, ``kl``,
@@ -209,24 +213,28 @@ def flow_grpo_loss(
         raise ValueError(f"clip_range must be >= 0, got {clip_range}")
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
+    w = torch.ones_like(ratio) if weights is None else weights.to(ratio.dtype)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - low, 1.0 + high)
-    policy_loss = torch.maximum(unclipped, clipped).mean()
+    policy_loss = (w * torch.maximum(unclipped, clipped)).mean()
     if beta > 0:
         if mean is None or ref_mean is None or std is None:
             raise ValueError("beta > 0 needs mean, ref_mean and std for the KL term")
         diff2 = ((mean.float() - ref_mean.float()) ** 2).mean(dim=tuple(range(1, mean.ndim)))
         std_b = torch.as_tensor(std, dtype=torch.float32, device=diff2.device).reshape(-1)
-        kl = (diff2 / (2 * std_b**2)).mean()
+        kl = (w * diff2 / (2 * std_b**2)).mean()
     else:
         kl = torch.zeros((), device=log_prob.device)
     loss = policy_loss + beta * kl
     with torch.no_grad():
+        kept = w.detach() > 0
+        n_kept = kept.sum().clamp(min=1)
+        r = ratio.detach()
         metrics = {
             "policy_loss": policy_loss.detach(),
             "kl": kl.detach(),
-            "ratio_mean": ratio.detach().mean(),
-            "clip_fraction": ((ratio.detach() < 1.0 - low) | (ratio.detach() > 1.0 + high)).float().mean(),
-            "approx_kl": 0.5 * (log_ratio.detach() ** 2).mean(),
+            "ratio_mean": (r * kept).sum() / n_kept,
+            "clip_fraction": (((r < 1.0 - low) | (r > 1.0 + high)) & kept).float().sum() / n_kept,
+            "approx_kl": 0.5 * ((log_ratio.detach() ** 2) * kept).sum() / n_kept,
         }
     return loss, metrics

@@ -19,10 +19,16 @@ __all__ = [
     "WAN_FPS",
     "WAN_NEGATIVE_PROMPT",
     "GeneratorConfig",
+    "Trajectory",
     "build_generator",
     "build_tiny_wan_pipeline",
+    "decode_latents",
+    "encode_prompts",
     "generate_videos",
     "load_wan_pipeline",
+    "predict_velocity",
+    "sample_with_log_probs",
+    "scheduler_shift",
 ]
 
 # Wan-2.1 writes its videos at 16 fps (diffusers' examples export with fps=16).
@@ -57,6 +63,9 @@ class GeneratorConfig:
             (Wan recommends 3.0 at 480p, 5.0 at 720p).
         fps: frame rate the videos are written at.
         max_sequence_length: text tokens the encoder sees (Wan: 512).
+        lora: a LoRA folder written by `cac-align flow-grpo` (``lora/`` or a checkpoint's
+            ``lora/``), loaded with diffusers' ``load_lora_weights``; None = the base model.
+        lora_scale: strength of that LoRA (1.0 = as trained).
     """
 
     name: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -72,6 +81,8 @@ class GeneratorConfig:
     flow_shift: float | None = None
     fps: float = WAN_FPS
     max_sequence_length: int = 512
+    lora: str | None = None
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
@@ -202,8 +213,209 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
         if field_name not in scheduler_config:
             raise ValueError(f"{key}.flow_shift: scheduler {type(pipe.scheduler).__name__} has no shift setting")
         pipe.scheduler = type(pipe.scheduler).from_config(scheduler_config, **{field_name: config.flow_shift})
+    if config.lora is not None:
+        load_lora(pipe, config.lora, scale=config.lora_scale, key=f"{key}.lora")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+
+
+def load_lora(pipe: Any, path: str, scale: float = 1.0, key: str = "generator.lora") -> None:
+    """Load a LoRA saved by :func:`save_lora` (diffusers' LoRA format) into ``pipe``'s transformer."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not (folder / LORA_WEIGHT_NAME).is_file():
+        raise FileNotFoundError(
+            f"{key}={path!r}: no {LORA_WEIGHT_NAME} there; point it at the lora/ folder a "
+            "`cac-align flow-grpo` run writes (out_dir/lora or out_dir/checkpoints/step_N/lora)"
+        )
+    pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
+    if scale != 1.0:
+        pipe.set_adapters(["default"], adapter_weights=[scale])
+
+
+def save_lora(transformer: Any, folder: Any) -> None:
+    """Write ``transformer``'s peft LoRA as diffusers' LoRA file (what :func:`load_lora` reads)."""
+    from diffusers import WanPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
+    # the adapter's LoraConfig travels in the file's metadata, so rank, alpha (the scale
+    # alpha / rank) and target modules load back as trained
+    metadata = transformer.peft_config["default"].to_dict()
+    WanPipeline.save_lora_weights(
+        str(folder),
+        transformer_lora_layers=state,
+        weight_name=LORA_WEIGHT_NAME,
+        safe_serialization=True,
+        transformer_lora_adapter_metadata=metadata,
+    )
+
+
+def scheduler_shift(pipe: Any, override: float | None = None) -> float:
+    """The flow shift of ``pipe``'s scheduler (UniPC calls it ``flow_shift``, FlowMatchEuler ``shift``)."""
+    if override is not None:
+        return float(override)
+    config = pipe.scheduler.config
+    for field_name in ("flow_shift", "shift"):
+        if config.get(field_name) is not None:
+            return float(config[field_name])
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling with per-step log-probabilities (Flow-GRPO's sampler; math in cac_align.gen.sde)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Trajectory:
+    """The SDE samples of a batch, everything a policy-gradient step needs.
+
+    Attributes:
+        latents: ``(B, N + 1, C, F', H', W')`` float32; ``latents[:, j]`` is the latent before
+            step j, ``latents[:, N]`` the final one.
+        log_probs: ``(B, N)`` float32, log p(latents[:, j + 1] | latents[:, j]) when sampling.
+        sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
+    """
+
+    latents: Any
+    log_probs: Any
+    sigmas: Any
+    timesteps: Any
+
+
+def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance_scale: float, max_sequence_length: int) -> tuple[Any, Any]:
+    """UMT5 embeddings of ``prompts`` (and of the negative prompt when CFG is on), via the pipeline."""
+    import torch
+
+    negative = WAN_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+    with torch.no_grad():
+        embeds, negative_embeds = pipe.encode_prompt(
+            prompt=list(prompts),
+            negative_prompt=[negative] * len(prompts) if guidance_scale > 1.0 else None,
+            do_classifier_free_guidance=guidance_scale > 1.0,
+            max_sequence_length=max_sequence_length,
+            device=pipe._execution_device,
+        )
+    dtype = pipe.transformer.dtype
+    return embeds.to(dtype), (negative_embeds.to(dtype) if negative_embeds is not None else None)
+
+
+def predict_velocity(
+    transformer: Any,
+    latents: Any,
+    timestep: Any,
+    prompt_embeds: Any,
+    negative_embeds: Any,
+    guidance_scale: float,
+    dtype: Any,
+) -> Any:
+    """The (classifier-free guided) velocity, computed as ``WanPipeline`` does at one step.
+
+    Sampling and the training recompute both call this, so on unchanged weights the recomputed
+    log-probabilities equal the recorded ones exactly.
+
+    Args:
+        transformer: the (possibly accelerate-wrapped) ``WanTransformer3DModel``.
+        latents: ``(B, C, F', H', W')``; timestep: scalar tensor; embeds: ``(B, L, D)``.
+        dtype: the transformer's parameter dtype (inputs are cast to it).
+    """
+    x = latents.to(dtype)
+    t = timestep.expand(x.shape[0]).to(x.device)
+    velocity = transformer(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+    if guidance_scale > 1.0:
+        uncond = transformer(hidden_states=x, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False)[0]
+        velocity = uncond + guidance_scale * (velocity - uncond)
+    return velocity
+
+
+def sample_with_log_probs(
+    pipe: Any,
+    transformer: Any,
+    prompt_embeds: Any,
+    negative_embeds: Any,
+    generators: Sequence[Any],
+    *,
+    config: GeneratorConfig,
+    sigmas: Any,
+    timesteps: Any,
+    noise_level: float,
+    noise_schedule: str = "sqrt",
+    store_device: Any = None,
+) -> Trajectory:
+    """Sample a batch with Flow-GRPO's SDE sampler, recording latents and per-step log-probs.
+
+    Sample ``i`` draws its initial noise and every step's noise from ``generators[i]`` only,
+    so it does not depend on which batch it was drawn in. ``noise_level=0`` (schedule "sqrt")
+    is the deterministic Euler ODE sampler (its log-probs are meaningless).
+
+    Args:
+        pipe: the ``WanPipeline`` (for its latent shape and device).
+        transformer: the model to sample with (the pipeline's, possibly wrapped for training).
+        prompt_embeds / negative_embeds: ``(B, L, D)`` from :func:`encode_prompts`.
+        generators: one ``torch.Generator`` per sample, on the pipeline's device.
+        config: height, width, frames and guidance scale.
+        sigmas, timesteps: the schedule (:func:`cac_align.gen.sde.flow_sigmas`).
+        store_device: where the recorded latents are kept (default: the pipeline's device).
+    """
+    import torch
+
+    from cac_align.gen.sde import noise_scale, sde_step
+
+    device = pipe._execution_device
+    batch = prompt_embeds.shape[0]
+    if len(generators) != batch:
+        raise ValueError(f"{batch} prompts but {len(generators)} generators")
+    dtype = pipe.transformer.dtype
+    channels = pipe.transformer.config.in_channels
+    shape = (
+        channels,
+        (config.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+        config.height // pipe.vae_scale_factor_spatial,
+        config.width // pipe.vae_scale_factor_spatial,
+    )
+
+    def noise() -> Any:
+        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
+
+    sigmas = sigmas.to(device)
+    sigma_max, sigma_min = float(sigmas[1]), float(sigmas[-1])
+    latents = noise()
+    store = store_device or device
+    recorded, log_probs = [latents.to(store)], []
+    with torch.no_grad():
+        for j, t in enumerate(timesteps.to(device)):
+            velocity = predict_velocity(transformer, latents, t, prompt_embeds, negative_embeds, config.guidance_scale, dtype)
+            sigma_t = noise_scale(sigmas[j], noise_level, schedule=noise_schedule, sigma_max=sigma_max, sigma_min=sigma_min)
+            step = sde_step(latents, velocity, sigmas[j], sigmas[j + 1], sigma_t.to(device), noise=noise())
+            latents = step.prev_sample
+            recorded.append(latents.to(store))
+            log_probs.append(step.log_prob.to(store))
+    return Trajectory(
+        latents=torch.stack(recorded, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        sigmas=sigmas.to(store),
+        timesteps=timesteps.to(store),
+    )
+
+
+def decode_latents(pipe: Any, latents: Any) -> Any:
+    """Final latents ``(B, C, F', H', W')`` to uint8 frames ``(B, F, H, W, 3)``, as ``WanPipeline`` decodes."""
+    import numpy as np
+    import torch
+
+    vae = pipe.vae
+    with torch.no_grad():
+        z = latents.to(next(vae.parameters()).device, vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        video = vae.decode(z / inv_std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")
+    frames = np.asarray(frames, dtype=np.float32)
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:

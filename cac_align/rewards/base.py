@@ -282,6 +282,12 @@ register_reward(
     "the paper's alignment reward: average of normalized UnifiedReward and CaC (CaC §4.2)",
 )
 register_reward(
+    "brightness",
+    "cac_align.rewards.toy:BrightnessConfig",
+    "cac_align.rewards.toy:build",
+    "mean pixel value in [0, 1]: a model-free toy reward for checking that an RL loop learns",
+)
+register_reward(
     "combined",
     "cac_align.rewards.combine:CombinedConfig",
     "cac_align.rewards.combine:build_combined",

@@ -149,6 +149,20 @@ class CombinedReward:
         }
         return RewardOutput(self.name, combined, usable, details, info)
 
+    def state_dict(self) -> dict[str, Any]:
+        """State of the stateful normalizers (``running``), by component name, for checkpoints."""
+        return {
+            reward.name: norm.state_dict()
+            for reward, norm in zip(self.rewards, self.normalizers)
+            if hasattr(norm, "state_dict")
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run continues its running statistics)."""
+        for reward, norm in zip(self.rewards, self.normalizers):
+            if reward.name in state and hasattr(norm, "load_state_dict"):
+                norm.load_state_dict(state[reward.name])
+
     def to(self, device: Any) -> "CombinedReward":
         """Move every component's in-process model (Best-of-N offloading)."""
         for reward in self.rewards:

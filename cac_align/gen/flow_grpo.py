@@ -1,0 +1,867 @@
+"""`cac-align flow-grpo`: Flow-GRPO training of a Wan-2.1 LoRA with a scalar video reward (CaC §4.2).
+
+    cac-align flow-grpo --config recipes/align/flow_grpo_tiny.yaml          # offline, CPU, seconds
+    accelerate launch --num_processes 8 -m cac_align.cli flow-grpo \\
+        --config recipes/align/flow_grpo_wan_ur_cac.yaml prompts=train.txt out_dir=runs/grpo
+
+The paper trains Wan-2.1-1.3B with Flow-GRPO (LoRA rank 32, group size 16, noise level 0.3,
+50 sampling steps, 480p x 81 frames, 2 prompts per step, 120 steps) on the average of the
+normalized UnifiedReward and CaC scores. Each training step:
+
+1. takes the step's prompts (``prompts_per_step``, in a seeded order that covers every prompt
+   once per epoch) and makes ``group_size`` copies of each; the copies are split evenly over
+   the processes;
+2. samples every copy with the SDE sampler (:mod:`cac_align.gen.sde`), keeping its latents and
+   per-step log-probs, and decodes it; each sampled batch goes to a reward thread pool at once,
+   so scoring overlaps the sampling of the next batch;
+3. collects the rewards and gathers them from every process;
+4. computes per-prompt advantages (:mod:`cac_align.gen.stats`); samples whose reward is invalid
+   or whose group has zero variance are dropped (weight 0) and counted;
+5. trains: for each micro-batch and each trained timestep, recomputes the log-prob of the stored
+   next latent under the current policy and takes the PPO-clip loss + beta * KL to the reference
+   policy (the same transformer with the LoRA disabled); gradients accumulate over micro-batches
+   and timesteps into one AdamW update per step, with gradient clipping;
+6. updates the EMA of the LoRA weights (optional), logs, evaluates on held-out prompts with
+   deterministic (ODE) sampling every ``eval_every`` steps, and checkpoints every
+   ``checkpoint_every`` steps.
+
+Every random draw comes from a generator seeded by (seed, step, sample), so a run resumed from a
+checkpoint (``resume=true``) continues exactly as if it had not stopped, and the same recipe
+gives the same videos on 1 or N processes.
+
+Output directory:
+
+- ``config.yaml``: the resolved config; ``metrics.jsonl``: one line of logged numbers per step;
+- ``checkpoints/step_000010/``: ``lora/`` (diffusers LoRA, loadable with ``generator.lora``),
+  ``trainable.safetensors``, ``optimizer.pt``, ``ema.safetensors``, ``state.json``;
+- ``lora/``: the final LoRA (the EMA weights when ``ema_decay`` is set) for
+  ``cac-align bon generator.lora=<out_dir>/lora``;
+- ``eval/step_000010/*.mp4``: a few held-out videos per evaluation; ``tensorboard/``: the logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import MISSING
+
+from cac_align.config import RecipeError
+from cac_align.gen.wan import GeneratorConfig
+
+__all__ = ["FlowGrpoConfig", "LoraSettings", "run", "step_prompts"]
+
+log = logging.getLogger(__name__)
+
+# Settings that may change when a run is resumed (they change no sample and no update).
+_RUN_ONLY_KEYS = (
+    "out_dir",
+    "steps",
+    "resume",
+    "overwrite",
+    "eval_every",
+    "eval_videos",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_with",
+    "reward_workers",
+    "store_latents_on_cpu",
+    "generator.device",
+)
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA on the Wan transformer (peft, through diffusers' ``add_adapter``).
+
+    Attributes:
+        rank: LoRA rank (CaC App. C.4: 32).
+        alpha: LoRA alpha (scale = alpha / rank).
+        target_modules: module names to adapt; the default covers the query/key/value/output
+            projections of both self- and cross-attention of every block.
+        init: peft ``init_lora_weights`` ("gaussian" as Flow-GRPO, or true for peft's default);
+            either way B = 0, so the adapter starts as the identity.
+    """
+
+    rank: int = 32
+    alpha: float = 64.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    init: str = "gaussian"
+
+
+@dataclass
+class FlowGrpoConfig:
+    """Config of `cac-align flow-grpo` (defaults: the paper's Wan-2.1-1.3B run).
+
+    Attributes:
+        out_dir: the run folder (module docstring).
+        prompts: training prompts, a text file (one per line) or JSONL with "prompt".
+        eval_prompts: held-out prompts for periodic ODE evaluation (None: no evaluation).
+        generator: Wan pipeline and sampling settings (steps, resolution, frames, CFG).
+        reward: the reward section (``ur_cac`` by default; ``unified_reward`` for the UR-only row).
+        lora: the LoRA settings.
+        steps: training steps (CaC App. C.4: 120).
+        prompts_per_step: prompts per step over all processes (CaC: batch size 2).
+        group_size: videos per prompt (CaC: 16).
+        sample_batch_size: videos per sampling call, per process.
+        train_batch_size: videos per training micro-batch, per process.
+        noise_level: SDE noise level ``a`` (CaC: 0.3).
+        noise_schedule: "sqrt" (``a * sqrt(s / (1 - s))``) or "linear" (Flow-GRPO's Wan schedule).
+        timestep_fraction: fraction of the sampling steps trained on each step (a seeded random
+            subset; 1.0 trains all of them).
+        learning_rate, adam_beta1, adam_beta2, adam_eps, weight_decay: AdamW on the LoRA weights.
+        max_grad_norm: gradient clipping (0 turns it off).
+        clip_range: PPO ratio clip; the ratio is kept within [1 - clip_range, 1 + clip_range_high].
+        clip_range_high: a separate upper clip (None: the same as ``clip_range``).
+        adv_clip_max: advantages are clipped to [-adv_clip_max, adv_clip_max].
+        adv_std: "group" (each prompt's own std) or "global" (std of all rewards in the step).
+        beta: weight of the KL to the reference policy (0 skips the reference forward pass).
+        ema_decay: EMA of the LoRA weights (None: no EMA); evaluation and the final export use it.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        mixed_precision: "no", "bf16" or "fp16" (accelerate autocast).
+        seed: base seed for prompt order, LoRA init and every sample's noise.
+        eval_every: evaluate every this many steps and at the end (0: only at the end).
+        eval_videos: held-out videos written to ``eval/`` per evaluation.
+        checkpoint_every: checkpoint every this many steps and at the end (0: only at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        log_with: "tensorboard" or "none" (``metrics.jsonl`` is always written).
+        reward_workers: threads scoring sampled batches while the next batch samples.
+        store_latents_on_cpu: keep the recorded trajectories in host memory (saves GPU memory
+            at full size: 51 latents of 16 x 21 x 60 x 104 floats are 430 MB per video).
+        resume: continue from the latest checkpoint in ``out_dir``.
+        overwrite: replace a different run in ``out_dir``.
+    """
+
+    out_dir: str = MISSING
+    prompts: str = MISSING
+    eval_prompts: str | None = None
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(guidance_scale=4.5))
+    reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    steps: int = 120
+    prompts_per_step: int = 2
+    group_size: int = 16
+    sample_batch_size: int = 4
+    train_batch_size: int = 2
+    noise_level: float = 0.3
+    noise_schedule: str = "sqrt"
+    timestep_fraction: float = 1.0
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-4
+    clip_range_high: float | None = None
+    adv_clip_max: float = 5.0
+    adv_std: str = "group"
+    beta: float = 0.004
+    ema_decay: float | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "bf16"
+    seed: int = 0
+    eval_every: int = 10
+    eval_videos: int = 4
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    log_with: str = "tensorboard"
+    reward_workers: int = 1
+    store_latents_on_cpu: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from cac_align.gen.sde import NOISE_SCHEDULES
+        from cac_align.rewards.base import reward_config
+
+        positive = ("steps", "prompts_per_step", "group_size", "sample_batch_size", "train_batch_size", "keep_checkpoints", "reward_workers")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (advantages compare samples of one prompt), got {self.group_size}")
+        if not 0.0 < self.timestep_fraction <= 1.0:
+            raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
+        if self.noise_schedule == "sqrt" and self.noise_level <= 0:
+            raise ValueError("noise_level must be > 0: with no noise the policy has no log-probability to train")
+        if self.clip_range < 0 or (self.clip_range_high is not None and self.clip_range_high < 0):
+            raise ValueError("clip_range and clip_range_high must be >= 0")
+        if self.adv_std not in ("group", "global"):
+            raise ValueError(f"adv_std must be 'group' or 'global', got {self.adv_std!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.log_with not in ("tensorboard", "none"):
+            raise ValueError(f"log_with must be 'tensorboard' or 'none', got {self.log_with!r}")
+        if self.learning_rate <= 0 or self.beta < 0 or self.adv_clip_max <= 0:
+            raise ValueError("learning_rate and adv_clip_max must be > 0 and beta >= 0")
+        if self.lora.rank < 1 or not self.lora.target_modules:
+            raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
+        if self.generator.lora is not None:
+            raise ValueError("generator.lora is for generation (bon, eval); flow-grpo trains a new LoRA from the base model")
+        reward_config(self.reward, "reward")
+
+
+# ---------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------
+def step_prompts(num_prompts: int, prompts_per_step: int, step: int, seed: int) -> list[int]:
+    """Indices of the prompts of ``step``: epochs of seeded permutations laid end to end.
+
+    Step ``s`` takes positions ``[s * P, (s + 1) * P)`` of that endless sequence, so every
+    prompt is used once per epoch and any step's prompts can be recomputed (resume).
+    """
+    out = []
+    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, offset = divmod(position, num_prompts)
+        order = np.random.default_rng([seed, epoch]).permutation(num_prompts)
+        out.append(int(order[offset]))
+    return out
+
+
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """The noise seed of sample ``index`` of training step ``step`` (eval uses step = -1)."""
+    return int(np.random.default_rng([seed, step + 1, index]).integers(0, 2**62))
+
+
+def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> list[int]:
+    """The sampling steps trained at ``step``: all, or a seeded random subset in order."""
+    count = max(1, round(num_steps * fraction))
+    if count >= num_steps:
+        return list(range(num_steps))
+    chosen = np.random.default_rng([seed, step, 7]).choice(num_steps, size=count, replace=False)
+    return sorted(int(j) for j in chosen)
+
+
+@dataclass
+class _Plan:
+    """Per-process numbers derived from the config (the one place they are derived)."""
+
+    num_processes: int
+    rank: int
+    total_samples: int  # prompts_per_step * group_size
+    local_samples: int
+
+    @property
+    def local_range(self) -> range:
+        return range(self.rank * self.local_samples, (self.rank + 1) * self.local_samples)
+
+
+def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
+    total = config.prompts_per_step * config.group_size
+    if total % num_processes:
+        raise RecipeError(
+            f"prompts_per_step * group_size = {config.prompts_per_step} * {config.group_size} = {total} samples per step "
+            f"cannot be split evenly over {num_processes} processes; change prompts_per_step or group_size"
+        )
+    return _Plan(num_processes, rank, total, total // num_processes)
+
+
+# ---------------------------------------------------------------------------------------
+# Run folder, checkpoints
+# ---------------------------------------------------------------------------------------
+def _fingerprint(config: FlowGrpoConfig, prompts: list[str]) -> dict:
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    for dotted in _RUN_ONLY_KEYS:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node.pop(leaf, None)
+    return data
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
+
+
+def _prepare_out_dir(config: FlowGrpoConfig, prompts: list[str], out: Path, may_delete: bool) -> None:
+    """Check ``out`` against this run (every process); the main process clears it for ``overwrite``."""
+    import yaml
+
+    from cac_align.config import differing_keys
+
+    saved = out / "config.yaml"
+    if not saved.exists():
+        if config.resume:
+            log.warning("resume=true but %s holds no run yet: starting from step 0", out)
+        return
+    previous = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("fingerprint", {})
+    fingerprint = _fingerprint(config, prompts)
+    if config.resume:
+        if previous != fingerprint:
+            keys = ", ".join(differing_keys(previous, fingerprint)) or "unknown"
+            raise RecipeError(
+                f"resume=true but out_dir={str(out)!r} holds a run with a different config (differs in: {keys}); "
+                "resume with the same settings, or start a new out_dir"
+            )
+        if not _checkpoints(out):
+            log.warning("resume=true but %s has no checkpoint yet: starting from step 0", out)
+        return
+    if not config.overwrite:
+        raise RecipeError(
+            f"out_dir={str(out)!r} already holds a Flow-GRPO run; pass resume=true to continue it, "
+            "overwrite=true to replace it, or choose another out_dir"
+        )
+    if may_delete:
+        for name in ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl", "config.yaml"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+def _write_config(config: FlowGrpoConfig, prompts: list[str], out: Path) -> None:
+    import yaml
+    from omegaconf import OmegaConf
+
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    text = yaml.safe_dump({"config": resolved, "fingerprint": _fingerprint(config, prompts)}, sort_keys=False)
+    (out / "config.yaml").write_text(text, encoding="utf-8")
+
+
+def _trainable_state(model: Any) -> dict[str, Any]:
+    return {name: p.detach().float().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, ema: dict | None, reward: Any, keep: int) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from cac_align.gen.wan import save_lora
+
+    final = out / "checkpoints" / f"step_{step:06d}"
+    tmp = out / "checkpoints" / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_lora(model, tmp / "lora")
+    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if ema is not None:
+        save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    state = {"step": step, "reward_state": reward.state_dict() if hasattr(reward, "state_dict") else None}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a checkpoint folder exists only once it is complete
+    for old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None, reward: Any) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    trainable = load_file(str(folder / "trainable.safetensors"))
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(trainable) != set(params):
+        raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value.to(params[name].dtype))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    if ema is not None:
+        saved = load_file(str(folder / "ema.safetensors"))
+        for name in ema:
+            ema[name].copy_(saved[name])
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if state.get("reward_state") and hasattr(reward, "load_state_dict"):
+        reward.load_state_dict(state["reward_state"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces of the loop
+# ---------------------------------------------------------------------------------------
+def _add_lora(transformer: Any, settings: LoraSettings, seed: int) -> None:
+    import torch
+    from peft import LoraConfig
+
+    transformer.requires_grad_(False)
+    init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
+    torch.manual_seed(seed)  # LoRA A's random init: the same on every process
+    transformer.add_adapter(
+        LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights=init, target_modules=list(settings.target_modules))
+    )
+    for param in transformer.parameters():
+        if param.requires_grad:  # train the adapter in float32 even when the base is bf16
+            param.data = param.data.float()
+
+
+@contextlib.contextmanager
+def _adapters_disabled(model: Any):
+    """The reference policy: the same transformer with its LoRA turned off."""
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
+@contextlib.contextmanager
+def _ema_weights(model: Any, ema: dict | None):
+    """Swap the EMA weights in (evaluation, export) and the training weights back after."""
+    if ema is None:
+        yield
+        return
+    import torch
+
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    backup = {name: p.detach().clone() for name, p in params.items()}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(ema[name].to(p.device, p.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(backup[name])
+
+
+def _component_scores(output: Any) -> dict[str, np.ndarray]:
+    """Per-sample raw (and normalized, for combined rewards) scores of each component, NaN where missing."""
+    n = len(output.scores)
+    out: dict[str, np.ndarray] = {f"reward/{output.name}": output.scores.astype(np.float64)}
+    components = [d.get("components") for d in output.details]
+    if components and all(isinstance(c, dict) for c in components):
+        for name in components[0]:
+            for kind in ("raw", "normalized"):
+                values = [c.get(name, {}).get(kind) for c in components]
+                out[f"reward/{name}_{kind}"] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    for key, values in out.items():
+        if len(values) != n:
+            raise ValueError(f"{key}: {len(values)} values for {n} samples")
+    return out
+
+
+def _score(reward: Any, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float) -> tuple[Any, float]:
+    """Score one sampled batch (runs in the reward thread pool); returns the output and seconds."""
+    from cac_align.video import Video
+
+    start = time.perf_counter()
+    batch = [Video(frames, fps=fps, source=f"sample {g}") for frames, g in zip(videos, groups)]
+    output = reward(batch, prompts, [{"group": g, "fps": fps} for g in groups])
+    return output, time.perf_counter() - start
+
+
+def _invalid_output(name: str, n: int, error: BaseException) -> Any:
+    from cac_align.rewards.base import RewardOutput
+
+    details = [{"error": f"{type(error).__name__}: {error}", "error_kind": "backend"} for _ in range(n)]
+    return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
+
+
+def _gather(accelerator: Any, values: np.ndarray) -> np.ndarray:
+    """Concatenate a per-process float array over processes (process order)."""
+    import torch
+
+    tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=accelerator.device)
+    return accelerator.gather(tensor).cpu().numpy()
+
+
+def _nan_stats(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    return (float(finite.mean()), float(finite.std())) if len(finite) else (math.nan, math.nan)
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------
+class _Trainer:
+    """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
+
+    def __init__(self, config: FlowGrpoConfig, reward: Any = None, pipe: Any = None):
+        self.config = config
+        self.reward = reward
+        self.pipe = pipe
+
+    # -- setup -----------------------------------------------------------------------
+    def setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        from cac_align.gen.best_of_n import read_prompts
+        from cac_align.gen.sde import flow_sigmas
+        from cac_align.gen.wan import build_generator, scheduler_shift
+        from cac_align.rewards.base import build_reward
+
+        config = self.config
+        self.out = Path(config.out_dir)
+        self.prompts = read_prompts(config.prompts)
+        self.eval_prompts = read_prompts(config.eval_prompts) if config.eval_prompts else []
+        self.accelerator = Accelerator(
+            cpu=config.generator.device == "cpu",
+            mixed_precision=config.mixed_precision,
+            log_with="tensorboard" if config.log_with == "tensorboard" else None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+        )
+        acc = self.accelerator
+        self.plan = _plan(config, acc.num_processes, acc.process_index)
+        _prepare_out_dir(config, self.prompts, self.out, may_delete=acc.is_main_process)
+        acc.wait_for_everyone()
+        resume_from = _checkpoints(self.out)[-1] if (config.resume and _checkpoints(self.out)) else None
+        if acc.is_main_process:
+            _write_config(config, self.prompts, self.out)
+
+        # 1. generator with a LoRA on its transformer; text encoder and VAE stay frozen
+        if self.pipe is None:
+            self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
+        pipe = self.pipe
+        pipe.text_encoder.requires_grad_(False)
+        pipe.vae.requires_grad_(False)
+        transformer = pipe.transformer
+        _add_lora(transformer, config.lora, config.seed)
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
+        trainable = [p for p in transformer.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            trainable,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        )
+        self.model, self.optimizer = acc.prepare(transformer, optimizer)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.ema = (
+            {name: p.detach().float().clone() for name, p in self.unwrapped.named_parameters() if p.requires_grad}
+            if config.ema_decay is not None
+            else None
+        )
+
+        # 2. the reward and the sampling schedule
+        if self.reward is None:
+            self.reward = build_reward(config.reward, "reward")
+        self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
+        self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
+
+        # 3. resume
+        self.start_step = 0
+        if resume_from is not None:
+            self.start_step = _load_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema, self.reward)
+            log.info("resumed from %s (step %d)", resume_from, self.start_step)
+        if acc.is_main_process:
+            metrics = self.out / "metrics.jsonl"
+            if metrics.exists():  # drop lines of steps after the checkpoint: they are redone
+                kept = [line for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= self.start_step]
+                metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if config.log_with == "tensorboard":
+            acc.init_trackers("flow_grpo")
+        acc.wait_for_everyone()
+
+    # -- the loop ----------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        config, acc = self.config, self.accelerator
+        last: dict[str, Any] = {}
+        progress = tqdm(total=config.steps, initial=self.start_step, desc="flow-grpo", disable=not acc.is_main_process)
+        for step in range(self.start_step, config.steps):
+            last = self.train_step(step)
+            done = step + 1
+            if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
+                last.update(self.evaluate(done))
+            self._log(done, last)
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+                self.checkpoint(done)
+            progress.update(1)
+            progress.set_postfix(reward=f"{last.get('reward/mean', math.nan):.4f}")
+        progress.close()
+        return last
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        import torch
+
+        config, acc, plan = self.config, self.accelerator, self.plan
+        G = config.group_size
+        device = acc.device
+        metrics: dict[str, Any] = {}
+
+        # 1. the step's prompts; this process's share of their G copies
+        prompt_ids = step_prompts(len(self.prompts), config.prompts_per_step, step, config.seed)
+        local = list(plan.local_range)
+        groups = [k // G for k in local]  # position of the sample's prompt in this step
+        texts = [self.prompts[prompt_ids[g]] for g in groups]
+
+        # 2. sample with log-probs, batch by batch; each batch goes to the reward pool at once
+        start = time.perf_counter()
+        embeds, negative = self._encode(texts)
+        trajectories, futures = [], []
+        for lo in range(0, len(local), config.sample_batch_size):
+            hi = min(lo + config.sample_batch_size, len(local))
+            trajectory, videos = self._sample(
+                embeds[lo:hi], None if negative is None else negative[lo:hi], [sample_seed(config.seed, step, k) for k in local[lo:hi]], config.noise_level
+            )
+            trajectories.append(trajectory)
+            futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps)))
+        sample_seconds = time.perf_counter() - start
+
+        # 3. collect the rewards (waiting only for what sampling did not hide) and gather them
+        start = time.perf_counter()
+        outputs, reward_compute = self._collect(futures)
+        reward_wait = time.perf_counter() - start
+        components = [_component_scores(o) for o in outputs]
+        local_scores = np.concatenate([o.scores for o in outputs])
+        scores = _gather(acc, local_scores)
+        for key in components[0]:
+            mean, std = _nan_stats(_gather(acc, np.concatenate([c[key] for c in components])))
+            metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
+        metrics["reward/mean"], metrics["reward/std"] = _nan_stats(scores)
+        metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
+        if not np.isfinite(scores).any():
+            errors = "; ".join(sorted({str(d.get("error")) for o in outputs for d in o.details if d.get("error")})[:3])
+            from cac_align.rewards.base import RewardError
+
+            raise RewardError(f"step {step}: no valid reward for any sample ({errors}); check the reward section")
+
+        # 4. per-prompt advantages over the whole step; drop invalid and zero-variance samples
+        from cac_align.gen.stats import group_advantages
+
+        adv = group_advantages(
+            scores, [k // G for k in range(plan.total_samples)], std=config.adv_std, clip=config.adv_clip_max
+        )
+        metrics["zero_std_fraction"] = adv.zero_std_fraction
+        metrics["trained_fraction"] = float(adv.trainable.mean())
+        advantages = torch.as_tensor(adv.advantages[local], device=device)
+        weights = torch.as_tensor(adv.trainable[local], dtype=torch.float32, device=device)
+
+        # 5. train: one AdamW update over micro-batches x trained timesteps
+        start = time.perf_counter()
+        if adv.trainable.any():
+            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights))
+        else:
+            log.warning("step %d: every group has zero reward variance; no update", step)
+        train_seconds = time.perf_counter() - start
+
+        metrics.update(
+            {
+                "time/sample_s": sample_seconds,
+                "time/reward_wait_s": reward_wait,
+                "time/reward_compute_s": reward_compute,
+                "time/train_s": train_seconds,
+            }
+        )
+        return metrics
+
+    def _encode(self, texts: list[str]) -> tuple[Any, Any]:
+        from cac_align.gen.wan import encode_prompts
+
+        g = self.config.generator
+        unique = list(dict.fromkeys(texts))
+        embeds, negative = encode_prompts(self.pipe, unique, g.negative_prompt, g.guidance_scale, g.max_sequence_length)
+        index = [unique.index(t) for t in texts]
+        return embeds[index], (negative[index] if negative is not None else None)
+
+    def _sample(self, embeds: Any, negative: Any, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
+        import torch
+
+        from cac_align.gen.wan import decode_latents, sample_with_log_probs
+
+        device = self.accelerator.device
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        with self.accelerator.autocast():
+            trajectory = sample_with_log_probs(
+                self.pipe,
+                self.unwrapped,
+                embeds,
+                negative,
+                generators,
+                config=self.config.generator,
+                sigmas=self.sigmas,
+                timesteps=self.timesteps,
+                noise_level=noise_level,
+                noise_schedule=self.config.noise_schedule,
+                store_device="cpu" if self.config.store_latents_on_cpu else None,
+            )
+        videos = decode_latents(self.pipe, trajectory.latents[:, -1])
+        return trajectory, videos
+
+    def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
+        outputs, compute = [], 0.0
+        name = getattr(self.reward, "name", "reward")
+        for n, future in futures:
+            try:
+                output, seconds = future.result()
+                compute += seconds
+            except Exception as exc:  # a failed batch is invalid and counted, never a silent 0
+                log.warning("reward failed on a batch of %d: %s", n, exc)
+                output = _invalid_output(name, n, exc)
+            if len(output.scores) != n:
+                raise ValueError(f"reward {name!r} returned {len(output.scores)} scores for {n} videos")
+            outputs.append(output)
+        return outputs, compute
+
+    def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: Any, weights: Any) -> dict[str, float]:
+        import torch
+
+        from cac_align.gen.sde import flow_grpo_loss, noise_scale, sde_step
+        from cac_align.gen.wan import predict_velocity
+
+        config, acc = self.config, self.accelerator
+        device = acc.device
+        latents = torch.cat([t.latents for t in trajectories])
+        old_log_probs = torch.cat([t.log_probs for t in trajectories])
+        sigmas, timesteps = self.sigmas.to(device), self.timesteps.to(device)
+        sigma_max, sigma_min = float(sigmas[1]), float(sigmas[-1])
+        steps_trained = trained_timesteps(len(timesteps), config.timestep_fraction, step, config.seed)
+        micro = [(lo, min(lo + config.train_batch_size, len(latents))) for lo in range(0, len(latents), config.train_batch_size)]
+        total_backwards = len(micro) * len(steps_trained)
+        clip = (config.clip_range, config.clip_range if config.clip_range_high is None else config.clip_range_high)
+        guidance = config.generator.guidance_scale
+        sums: dict[str, float] = {}
+        count = 0
+        self.model.train()
+        for lo, hi in micro:
+            emb = embeds[lo:hi]
+            neg = negative[lo:hi] if negative is not None else None
+            for j in steps_trained:
+                count += 1
+                x = latents[lo:hi, j].to(device)
+                x_next = latents[lo:hi, j + 1].to(device)
+                sigma_t = noise_scale(sigmas[j], config.noise_level, schedule=config.noise_schedule, sigma_max=sigma_max, sigma_min=sigma_min).to(device)
+                sync = acc.no_sync(self.model) if count < total_backwards else contextlib.nullcontext()
+                with sync:
+                    with acc.autocast():
+                        velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
+                    policy = sde_step(x, velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next)
+                    ref_mean = None
+                    if config.beta > 0:
+                        with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
+                            ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
+                        ref_mean = sde_step(x, ref_velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next).mean
+                    loss, parts = flow_grpo_loss(
+                        policy.log_prob,
+                        old_log_probs[lo:hi, j].to(device),
+                        advantages[lo:hi],
+                        clip_range=clip,
+                        mean=policy.mean,
+                        ref_mean=ref_mean,
+                        std=policy.std,
+                        beta=config.beta,
+                        weights=weights[lo:hi],
+                    )
+                    acc.backward(loss / total_backwards)
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, p in self.unwrapped.named_parameters():
+                    if p.requires_grad:
+                        self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
+        out = {f"train/{k}": v / count for k, v in sums.items()}
+        if grad_norm is not None:
+            out["train/grad_norm"] = float(grad_norm)
+        out["train/timesteps"] = len(steps_trained)
+        return out
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        """ODE samples of the held-out prompts (fixed seeds), their rewards, a few saved videos."""
+        from cac_align.gen.best_of_n import slug
+        from cac_align.video import Video, save_video
+
+        config, acc = self.config, self.accelerator
+        n = len(self.eval_prompts)
+        per_process = math.ceil(n / acc.num_processes)
+        mine = [i for i in range(acc.process_index * per_process, (acc.process_index + 1) * per_process) if i < n]
+        scores = np.full(per_process, np.nan)
+        if mine:
+            texts = [self.eval_prompts[i] for i in mine]
+            with _ema_weights(self.unwrapped, self.ema):
+                videos_all = []
+                for lo in range(0, len(mine), config.sample_batch_size):
+                    hi = min(lo + config.sample_batch_size, len(mine))
+                    embeds, negative = self._encode(texts[lo:hi])
+                    # eval: deterministic ODE sampling (noise 0) with fixed seeds
+                    _, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in mine[lo:hi]], 0.0)
+                    videos_all.append(videos)
+            videos = np.concatenate(videos_all)
+            output, _ = _score(self.reward, videos, texts, mine, config.generator.fps)
+            scores[: len(mine)] = output.scores
+            folder = self.out / "eval" / f"step_{done:06d}"
+            for i, frames in zip(mine, videos):
+                if i < config.eval_videos:
+                    save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4")
+        gathered = _gather(acc, scores)
+        mean, std = _nan_stats(gathered)
+        return {"eval/reward_mean": mean, "eval/reward_std": std}
+
+    def _log(self, done: int, metrics: dict[str, Any]) -> None:
+        acc = self.accelerator
+        if self.config.log_with == "tensorboard":
+            acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step=done)
+        if acc.is_main_process:
+            line = {"step": done, **{k: (v if not (isinstance(v, float) and not math.isfinite(v)) else None) for k, v in metrics.items()}}
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+
+    def checkpoint(self, done: int) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            folder = _save_checkpoint(self.out, done, self.unwrapped, self.optimizer, self.ema, self.reward, self.config.keep_checkpoints)
+            log.info("checkpoint: %s", folder)
+        acc.wait_for_everyone()
+
+    # -- cleanup -----------------------------------------------------------------------
+    def cleanup(self) -> None:
+        from cac_align.gen.wan import save_lora
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            target = self.out / "lora"
+            shutil.rmtree(target, ignore_errors=True)
+            with _ema_weights(self.unwrapped, self.ema):
+                save_lora(self.unwrapped, target)
+        self.pool.shutdown(wait=True)
+        acc.end_training()
+
+
+def run(config: FlowGrpoConfig, reward: Any = None, pipe: Any = None) -> dict[str, Any]:
+    """Train (module docstring). ``reward`` / ``pipe`` replace the ones the config names (tests, notebooks).
+
+    Returns:
+        The last step's logged numbers.
+    """
+    trainer = _Trainer(config, reward=reward, pipe=pipe)
+    trainer.setup()
+    try:
+        last = trainer.train()
+    except BaseException:
+        trainer.pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    trainer.cleanup()
+    return last
