@@ -20,7 +20,7 @@ normalized UnifiedReward and CaC scores. Each training step:
 5. trains: for each micro-batch and each trained timestep, recomputes the log-prob of the stored
    next latent under the current policy and takes the PPO-clip loss + beta * KL to the reference
    policy (the same transformer with the LoRA disabled); gradients accumulate over micro-batches
-   and timesteps into one AdamW update per step, with gradient clipping;
+   and timesteps into ``updates_per_step`` AdamW updates, with gradient clipping;
 6. updates the EMA of the LoRA weights (optional), logs, evaluates on held-out prompts with
    deterministic (ODE) sampling every ``eval_every`` steps, and checkpoints every
    ``checkpoint_every`` steps.
@@ -116,6 +116,9 @@ class FlowGrpoConfig:
         group_size: videos per prompt (CaC: 16).
         sample_batch_size: videos per sampling call, per process.
         train_batch_size: videos per training micro-batch, per process.
+        updates_per_step: AdamW updates per step: the step's micro-batches are split into this
+            many contiguous parts, one update each (Flow-GRPO makes 2; with 1 every update is
+            exactly on-policy and the PPO clip never acts).
         noise_level: SDE noise level ``a`` (CaC: 0.3).
         noise_schedule: "sqrt" (``a * sqrt(s / (1 - s))``) or "linear" (Flow-GRPO's Wan schedule).
         timestep_fraction: fraction of the sampling steps trained on each step (a seeded random
@@ -154,6 +157,7 @@ class FlowGrpoConfig:
     group_size: int = 16
     sample_batch_size: int = 4
     train_batch_size: int = 2
+    updates_per_step: int = 1
     noise_level: float = 0.3
     noise_schedule: str = "sqrt"
     timestep_fraction: float = 1.0
@@ -186,7 +190,16 @@ class FlowGrpoConfig:
         from cac_align.gen.sde import NOISE_SCHEDULES
         from cac_align.rewards.base import reward_config
 
-        positive = ("steps", "prompts_per_step", "group_size", "sample_batch_size", "train_batch_size", "keep_checkpoints", "reward_workers")
+        positive = (
+            "steps",
+            "prompts_per_step",
+            "group_size",
+            "sample_batch_size",
+            "train_batch_size",
+            "updates_per_step",
+            "keep_checkpoints",
+            "reward_workers",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -269,7 +282,15 @@ def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
             f"prompts_per_step * group_size = {config.prompts_per_step} * {config.group_size} = {total} samples per step "
             f"cannot be split evenly over {num_processes} processes; change prompts_per_step or group_size"
         )
-    return _Plan(num_processes, rank, total, total // num_processes)
+    local = total // num_processes
+    micro_batches = math.ceil(local / config.train_batch_size)
+    if config.updates_per_step > micro_batches:
+        raise RecipeError(
+            f"updates_per_step={config.updates_per_step} but each process has only {micro_batches} training "
+            f"micro-batch(es) ({local} samples / train_batch_size {config.train_batch_size}); lower updates_per_step "
+            "or train_batch_size"
+        )
+    return _Plan(num_processes, rank, total, local)
 
 
 # ---------------------------------------------------------------------------------------
@@ -496,10 +517,13 @@ def _nan_stats(values: np.ndarray) -> tuple[float, float]:
 class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
-    def __init__(self, config: FlowGrpoConfig, reward: Any = None, pipe: Any = None):
+    def __init__(self, config: FlowGrpoConfig, reward: Any = None, pipe: Any = None, decode: Any = None):
+        from cac_align.gen.wan import decode_latents
+
         self.config = config
         self.reward = reward
         self.pipe = pipe
+        self.decode = decode or decode_latents
 
     # -- setup -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -683,7 +707,7 @@ class _Trainer:
     def _sample(self, embeds: Any, negative: Any, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
         import torch
 
-        from cac_align.gen.wan import decode_latents, sample_with_log_probs
+        from cac_align.gen.wan import sample_with_log_probs
 
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -701,7 +725,7 @@ class _Trainer:
                 noise_schedule=self.config.noise_schedule,
                 store_device="cpu" if self.config.store_latents_on_cpu else None,
             )
-        videos = decode_latents(self.pipe, trajectory.latents[:, -1])
+        videos = self.decode(self.pipe, trajectory.latents[:, -1])
         return trajectory, videos
 
     def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
@@ -733,57 +757,67 @@ class _Trainer:
         sigma_max, sigma_min = float(sigmas[1]), float(sigmas[-1])
         steps_trained = trained_timesteps(len(timesteps), config.timestep_fraction, step, config.seed)
         micro = [(lo, min(lo + config.train_batch_size, len(latents))) for lo in range(0, len(latents), config.train_batch_size)]
-        total_backwards = len(micro) * len(steps_trained)
+        # updates_per_step contiguous chunks of micro-batches, one AdamW update each; after the
+        # first, the policy is slightly off the rollout policy and the PPO clip starts to act
+        chunks = [list(part) for part in np.array_split(np.arange(len(micro)), config.updates_per_step)]
         clip = (config.clip_range, config.clip_range if config.clip_range_high is None else config.clip_range_high)
         guidance = config.generator.guidance_scale
         sums: dict[str, float] = {}
+        grad_norms: list[float] = []
         count = 0
         self.model.train()
-        for lo, hi in micro:
-            emb = embeds[lo:hi]
-            neg = negative[lo:hi] if negative is not None else None
-            for j in steps_trained:
-                count += 1
-                x = latents[lo:hi, j].to(device)
-                x_next = latents[lo:hi, j + 1].to(device)
-                sigma_t = noise_scale(sigmas[j], config.noise_level, schedule=config.noise_schedule, sigma_max=sigma_max, sigma_min=sigma_min).to(device)
-                sync = acc.no_sync(self.model) if count < total_backwards else contextlib.nullcontext()
-                with sync:
-                    with acc.autocast():
-                        velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
-                    policy = sde_step(x, velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next)
-                    ref_mean = None
-                    if config.beta > 0:
-                        with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
-                            ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
-                        ref_mean = sde_step(x, ref_velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next).mean
-                    loss, parts = flow_grpo_loss(
-                        policy.log_prob,
-                        old_log_probs[lo:hi, j].to(device),
-                        advantages[lo:hi],
-                        clip_range=clip,
-                        mean=policy.mean,
-                        ref_mean=ref_mean,
-                        std=policy.std,
-                        beta=config.beta,
-                        weights=weights[lo:hi],
-                    )
-                    acc.backward(loss / total_backwards)
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm) if config.max_grad_norm > 0 else None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for chunk in chunks:
+            backwards, chunk_total = 0, len(chunk) * len(steps_trained)
+            for index in chunk:
+                lo, hi = micro[index]
+                emb = embeds[lo:hi]
+                neg = negative[lo:hi] if negative is not None else None
+                for j in steps_trained:
+                    count += 1
+                    backwards += 1
+                    x = latents[lo:hi, j].to(device)
+                    x_next = latents[lo:hi, j + 1].to(device)
+                    sigma_t = noise_scale(sigmas[j], config.noise_level, schedule=config.noise_schedule, sigma_max=sigma_max, sigma_min=sigma_min).to(device)
+                    # gradients are all-reduced once per update, on its last backward
+                    sync = acc.no_sync(self.model) if backwards < chunk_total else contextlib.nullcontext()
+                    with sync:
+                        with acc.autocast():
+                            velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
+                        policy = sde_step(x, velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next)
+                        ref_mean = None
+                        if config.beta > 0:
+                            with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
+                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
+                            ref_mean = sde_step(x, ref_velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next).mean
+                        loss, parts = flow_grpo_loss(
+                            policy.log_prob,
+                            old_log_probs[lo:hi, j].to(device),
+                            advantages[lo:hi],
+                            clip_range=clip,
+                            mean=policy.mean,
+                            ref_mean=ref_mean,
+                            std=policy.std,
+                            beta=config.beta,
+                            weights=weights[lo:hi],
+                        )
+                        acc.backward(loss / chunk_total)
+                    for key, value in parts.items():
+                        if key != "kl" or config.beta > 0:  # with beta = 0 no KL is computed
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            if config.max_grad_norm > 0:
+                grad_norms.append(float(acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                with torch.no_grad():
+                    for name, p in self.unwrapped.named_parameters():
+                        if p.requires_grad:
+                            self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
         self.model.eval()
-        if self.ema is not None:
-            with torch.no_grad():
-                for name, p in self.unwrapped.named_parameters():
-                    if p.requires_grad:
-                        self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
         out = {f"train/{k}": v / count for k, v in sums.items()}
-        if grad_norm is not None:
-            out["train/grad_norm"] = float(grad_norm)
+        if grad_norms:
+            out["train/grad_norm"] = float(np.mean(grad_norms))
         out["train/timesteps"] = len(steps_trained)
         return out
 
@@ -850,13 +884,19 @@ class _Trainer:
         acc.end_training()
 
 
-def run(config: FlowGrpoConfig, reward: Any = None, pipe: Any = None) -> dict[str, Any]:
-    """Train (module docstring). ``reward`` / ``pipe`` replace the ones the config names (tests, notebooks).
+def run(config: FlowGrpoConfig, reward: Any = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:
+    """Train (module docstring).
+
+    Args:
+        config: the run's config.
+        reward, pipe: replace the reward and the pipeline the config names (tests, notebooks).
+        decode: ``decode(pipe, latents) -> uint8 (B, F, H, W, 3)`` in place of the VAE decode
+            (:func:`cac_align.gen.wan.decode_latents`); the toy benchmark uses a latent preview.
 
     Returns:
         The last step's logged numbers.
     """
-    trainer = _Trainer(config, reward=reward, pipe=pipe)
+    trainer = _Trainer(config, reward=reward, pipe=pipe, decode=decode)
     trainer.setup()
     try:
         last = trainer.train()
