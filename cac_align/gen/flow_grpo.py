@@ -149,7 +149,7 @@ class FlowGrpoConfig:
     out_dir: str = MISSING
     prompts: str = MISSING
     eval_prompts: str | None = None
-    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(guidance_scale=4.5))
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
     lora: LoraSettings = field(default_factory=LoraSettings)
     steps: int = 120
