@@ -842,15 +842,17 @@ class _Trainer:
                     _, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in mine[lo:hi]], 0.0)
                     videos_all.append(videos)
             videos = np.concatenate(videos_all)
-            output, _ = _score(self.reward, videos, texts, mine, config.generator.fps)
+            # through the pool like training batches: a failing reward call is invalid, not a crash
+            (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps))])
             scores[: len(mine)] = output.scores
             folder = self.out / "eval" / f"step_{done:06d}"
             for i, frames in zip(mine, videos):
                 if i < config.eval_videos:
                     save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4")
-        gathered = _gather(acc, scores)
+        gathered = _gather(acc, scores)  # padding entries of short shards are NaN: not counted
         mean, std = _nan_stats(gathered)
-        return {"eval/reward_mean": mean, "eval/reward_std": std}
+        valid = int(np.isfinite(gathered).sum())
+        return {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
 
     def _log(self, done: int, metrics: dict[str, Any]) -> None:
         acc = self.accelerator
