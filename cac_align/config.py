@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "load_recipe",
     "resolve",
+    "run_fingerprint",
 ]
 
 
@@ -90,6 +91,27 @@ JOBS: dict[str, JobSpec] = {
         ),
     ]
 }
+
+
+def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
+    """What determines a run's outputs: the config less its run-only (dotted) keys, plus a hash
+    of the prompt list itself (the same file path holding other prompts is another run).
+
+    Saved in a run folder and compared on restart (with :func:`differing_keys` for the message).
+    """
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    for dotted in run_only_keys:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node[parent]
+        node.pop(leaf, None)
+    return data
 
 
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

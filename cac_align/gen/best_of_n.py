@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError, differing_keys
+from cac_align.config import RecipeError, differing_keys, run_fingerprint
 from cac_align.gen.wan import GeneratorConfig
 
 __all__ = ["BonConfig", "choose", "read_prompts", "run"]
@@ -157,22 +157,6 @@ def frames_sha256(frames: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def _fingerprint(config: BonConfig, prompts: list[str]) -> dict:
-    """What determines the run's videos and scores: the config (less run-only keys) and the
-    prompt list itself (the same file path with other prompts is another run)."""
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    for dotted in _RUN_ONLY_KEYS:
-        node = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node[parent]
-        node.pop(leaf, None)
-    return data
-
-
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
@@ -181,7 +165,7 @@ def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
     import yaml
 
     saved = out / "config.yaml"
-    fingerprint = _fingerprint(config, prompts)
+    fingerprint = run_fingerprint(config, prompts, _RUN_ONLY_KEYS)
     if saved.exists():
         previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
         previous_fp = previous.get("fingerprint", {})

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError
+from cac_align.config import RecipeError, run_fingerprint
 from cac_align.gen.wan import GeneratorConfig
 
 __all__ = ["FlowGrpoConfig", "LoraSettings", "run", "step_prompts"]
@@ -296,22 +296,6 @@ def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
-def _fingerprint(config: FlowGrpoConfig, prompts: list[str]) -> dict:
-    import hashlib
-
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    for dotted in _RUN_ONLY_KEYS:
-        node = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node[parent]
-        node.pop(leaf, None)
-    return data
-
-
 def _checkpoints(out: Path) -> list[Path]:
     folder = out / "checkpoints"
     if not folder.is_dir():
@@ -331,7 +315,7 @@ def _prepare_out_dir(config: FlowGrpoConfig, prompts: list[str], out: Path, may_
             log.warning("resume=true but %s holds no run yet: starting from step 0", out)
         return
     previous = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("fingerprint", {})
-    fingerprint = _fingerprint(config, prompts)
+    fingerprint = run_fingerprint(config, prompts, _RUN_ONLY_KEYS)
     if config.resume:
         if previous != fingerprint:
             keys = ", ".join(differing_keys(previous, fingerprint)) or "unknown"
@@ -362,12 +346,17 @@ def _write_config(config: FlowGrpoConfig, prompts: list[str], out: Path) -> None
 
     out.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    text = yaml.safe_dump({"config": resolved, "fingerprint": _fingerprint(config, prompts)}, sort_keys=False)
+    text = yaml.safe_dump({"config": resolved, "fingerprint": run_fingerprint(config, prompts, _RUN_ONLY_KEYS)}, sort_keys=False)
     (out / "config.yaml").write_text(text, encoding="utf-8")
 
 
+def _trainable(model: Any) -> dict[str, Any]:
+    """The model's trainable parameters (the LoRA weights) by name."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
 def _trainable_state(model: Any) -> dict[str, Any]:
-    return {name: p.detach().float().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().float().cpu().contiguous() for name, p in _trainable(model).items()}
 
 
 def _save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, ema: dict | None, reward: Any, keep: int) -> Path:
@@ -399,7 +388,7 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None,
     from safetensors.torch import load_file
 
     trainable = load_file(str(folder / "trainable.safetensors"))
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = _trainable(model)
     if set(trainable) != set(params):
         raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
     with torch.no_grad():
@@ -452,7 +441,7 @@ def _ema_weights(model: Any, ema: dict | None):
         return
     import torch
 
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = _trainable(model)
     backup = {name: p.detach().clone() for name, p in params.items()}
     with torch.no_grad():
         for name, p in params.items():
@@ -550,7 +539,8 @@ class _Trainer:
         self.plan = _plan(config, acc.num_processes, acc.process_index)
         _prepare_out_dir(config, self.prompts, self.out, may_delete=acc.is_main_process)
         acc.wait_for_everyone()
-        resume_from = _checkpoints(self.out)[-1] if (config.resume and _checkpoints(self.out)) else None
+        found = _checkpoints(self.out) if config.resume else []
+        resume_from = found[-1] if found else None
         if acc.is_main_process:
             _write_config(config, self.prompts, self.out)
 
@@ -565,7 +555,7 @@ class _Trainer:
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
-        trainable = [p for p in transformer.parameters() if p.requires_grad]
+        trainable = list(_trainable(transformer).values())
         optimizer = torch.optim.AdamW(
             trainable,
             lr=config.learning_rate,
@@ -576,7 +566,7 @@ class _Trainer:
         self.model, self.optimizer = acc.prepare(transformer, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         self.ema = (
-            {name: p.detach().float().clone() for name, p in self.unwrapped.named_parameters() if p.requires_grad}
+            {name: p.detach().float().clone() for name, p in _trainable(self.unwrapped).items()}
             if config.ema_decay is not None
             else None
         )
@@ -811,9 +801,8 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 with torch.no_grad():
-                    for name, p in self.unwrapped.named_parameters():
-                        if p.requires_grad:
-                            self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
+                    for name, p in _trainable(self.unwrapped).items():
+                        self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
         self.model.eval()
         out = {f"train/{k}": v / count for k, v in sums.items()}
         if grad_norms:

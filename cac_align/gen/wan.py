@@ -404,7 +404,6 @@ def sample_with_log_probs(
 
 def decode_latents(pipe: Any, latents: Any) -> Any:
     """Final latents ``(B, C, F', H', W')`` to uint8 frames ``(B, F, H, W, 3)``, as ``WanPipeline`` decodes."""
-    import numpy as np
     import torch
 
     vae = pipe.vae
@@ -414,8 +413,7 @@ def decode_latents(pipe: Any, latents: Any) -> Any:
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
         video = vae.decode(z / inv_std + mean, return_dict=False)[0]
         frames = pipe.video_processor.postprocess_video(video, output_type="np")
-    frames = np.asarray(frames, dtype=np.float32)
-    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return _frames_to_uint8(frames)
 
 
 def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
@@ -425,7 +423,6 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
     its prompt and seed, not on which batch it was drawn in (up to float rounding: across batch
     sizes frames may differ by one level in rare pixels).
     """
-    import numpy as np
     import torch
 
     if len(prompts) != len(seeds):
@@ -445,5 +442,12 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
         output_type="np",
         max_sequence_length=config.max_sequence_length,
     )
-    frames = np.asarray(output.frames, dtype=np.float32)  # (B, F, H, W, 3) in [0, 1]
+    return _frames_to_uint8(output.frames)  # (B, F, H, W, 3) in [0, 1]
+
+
+def _frames_to_uint8(frames: Any) -> Any:
+    """Float frames in [0, 1] (diffusers' ``output_type="np"``) to uint8 (clipped, rounded)."""
+    import numpy as np
+
+    frames = np.asarray(frames, dtype=np.float32)
     return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
