@@ -84,6 +84,18 @@ JOBS: dict[str, JobSpec] = {
             help="Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)",
         ),
         JobSpec(
+            name="synth-cot",
+            config="cac_align.cac.train.cot:SynthCotConfig",
+            run="cac_align.cac.train.cot:run",
+            help="write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline",
+        ),
+        JobSpec(
+            name="train-cac",
+            config="cac_align.cac.train.sft:TrainCaCConfig",
+            run="cac_align.cac.train.sft:run",
+            help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning",
+        ),
+        JobSpec(
             name="bon",
             config="cac_align.gen.best_of_n:BonConfig",
             run="cac_align.gen.best_of_n:run",

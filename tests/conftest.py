@@ -36,3 +36,15 @@ def tiny_qwen2_5_vl():
     from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(seed=0)
+
+
+@pytest.fixture(scope="session")
+def cac_data(tmp_path_factory):
+    """The tiny CaC training data of recipes/cac/synth_tiny.yaml (24 small videos, half normal)."""
+    from cac_align.config import load_recipe
+    from cac_align.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("cac_data")
+    _, config = load_recipe(REPO_ROOT / "recipes/cac/synth_tiny.yaml", [f"out_dir={out}"])
+    generate(config)
+    return out / "annotations.jsonl"

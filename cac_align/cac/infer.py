@@ -33,11 +33,21 @@ from cac_align.cac.prompts import STATUS_KEY_PATTERN, no_cot_prompt, single_turn
 from cac_align.video import Video, VideoError, load_video
 from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
 
-__all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord"]
+__all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped"]
 
 MODES = ("two_turn", "single_turn", "no_cot")
 FALLBACKS = ("whole_video", "turn1", "invalid")
 STATUS_CHOICES = ("normal", "abnormal")
+
+
+def sample_capped(video: Video, fps: float, cap: int, max_pixels: int | None = None) -> Video:
+    """Resample at ``fps`` (lower when that would exceed ``cap`` frames), then cap pixels.
+
+    How every turn's frames are chosen; CaC training builds its samples with it too, so the
+    model is trained on exactly what inference shows it.
+    """
+    sampled = video.resample(min(fps, cap / video.duration_s))
+    return sampled.fit_pixels(max_pixels) if max_pixels else sampled
 
 
 @dataclass
@@ -205,9 +215,7 @@ class CaCScorer:
         return items
 
     def _capped(self, video: Video, fps: float, cap: int) -> Video:
-        """Resample at ``fps`` (lower when that would exceed ``cap`` frames), then cap pixels."""
-        sampled = video.resample(min(fps, cap / video.duration_s))
-        return sampled.fit_pixels(self.options.max_pixels) if self.options.max_pixels else sampled
+        return sample_capped(video, fps, cap, self.options.max_pixels)
 
     def _turn1(self, live: list[_Work]) -> None:
         opts = self.options

@@ -25,7 +25,7 @@ from typing import Any
 
 from cac_align.cac.schema import BOX_MAX, frames_to_seconds, normalize_type, seconds_to_frames
 
-__all__ = ["JudgedAnomaly", "Judgment", "parse_judgment"]
+__all__ = ["JudgedAnomaly", "Judgment", "extract_json", "parse_judgment"]
 
 _MAX_CHARS = 200_000  # longer text is cut before parsing (bounded work on runaway generations)
 
@@ -176,6 +176,15 @@ def _extract_object(text: str, notes: list[str]) -> tuple[dict | None, bool]:
         if isinstance(value, dict):
             return value, True
     return None, False
+
+
+def extract_json(text: str) -> dict | None:
+    """The first complete JSON object in model text (fences, prose, trailing commas and Python
+    literals tolerated), or None. For answers whose fields :func:`parse_judgment` does not read."""
+    if not isinstance(text, str):
+        return None
+    value, truncated = _extract_object(text[:_MAX_CHARS], [])
+    return None if truncated else value
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,13 +11,23 @@ reward reads P(normal) / P(abnormal) exactly where the status value begins.
   resampled at 8 fps, and answers status + types + per-frame boxes (0–1000).
 - ``single_turn`` asks for windows and boxes in one pass (the paper's ablation); ``no_cot``
   asks for the status alone (cheap reward passes).
+- ``frame_prompt`` asks about one still image (stage-1 single-frame warmup, CaC §3.2); its
+  answer has turn 2's shape with boxes for "frame 0".
 """
 
 from __future__ import annotations
 
 from cac_align.cac.schema import ANOMALY_TYPES
 
-__all__ = ["STATUS_KEY_PATTERN", "TYPE_DEFINITIONS", "turn1_prompt", "turn2_prompt", "single_turn_prompt", "no_cot_prompt"]
+__all__ = [
+    "STATUS_KEY_PATTERN",
+    "TYPE_DEFINITIONS",
+    "frame_prompt",
+    "no_cot_prompt",
+    "single_turn_prompt",
+    "turn1_prompt",
+    "turn2_prompt",
+]
 
 # Where the status value starts in a generated answer: after `"status": "`.
 STATUS_KEY_PATTERN = r'"status"\s*:\s*"'
@@ -99,4 +109,23 @@ def no_cot_prompt(duration_s: float, fps: float, num_frames: int, caption: str |
         f"The video lasts {duration_s:.2f} s, shown as {num_frames} frames at {fps:g} fps.\n"
         f"{_types_block()}\n"
         'Does the video contain any of these anomalies? Answer with JSON only: {"status": "normal"} or {"status": "abnormal"}.'
+    )
+
+
+def frame_prompt(caption: str | None = None) -> str:
+    """One still frame: decide whether it shows a visible defect and box it (stage-1 warmup)."""
+    about = f'The frame comes from a video generated from the prompt: "{caption}".\n' if caption else ""
+    return (
+        f"{_ROLE}\n{about}"
+        "Here is a single frame of the video (frame 0).\n"
+        f"{_types_block()}\n"
+        "Think step by step: 1) describe the scene and the main subjects; 2) check each subject's shape, "
+        "anatomy and any written text for the anomaly types above that can be seen in one frame; "
+        "3) decide whether the frame is normal or abnormal; 4) if abnormal, draw a box around each defect "
+        "as [xmin, ymin, xmax, ymax] in coordinates normalized to 0-1000.\n"
+        "Answer with one JSON object and nothing else, in this format:\n"
+        '{"cot": "<your step-by-step reasoning>", "status": "normal" or "abnormal", '
+        '"anomalies": [{"type": "<one of the types>", "bbox": {"frame 0": [xmin, ymin, xmax, ymax]}, '
+        '"reason": "<what is wrong>", "region": "<where in the frame>"}]}\n'
+        'For a normal frame use "anomalies": [].'
     )

@@ -21,10 +21,12 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 __all__ = [
     "ANOMALY_TYPES",
+    "box_iou",
+    "window_iou",
     "SALIENCY",
     "STATUSES",
     "Anomaly",
@@ -147,6 +149,22 @@ def validate_box(box: Any) -> list[float]:
     return values
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``[xmin, ymin, xmax, ymax]`` boxes (0 when disjoint)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def window_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two half-open time windows ``[start, end)`` (0 when disjoint)."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 # ---------------------------------------------------------------------------------------
 # Annotation records
 # ---------------------------------------------------------------------------------------
@@ -189,6 +207,9 @@ class AnnotationRecord:
         anomalies: empty for normal videos, at least one for abnormal ones.
         num_frames: length of that sequence, if known (windows are checked against it).
         cot: optional whole-video reasoning.
+        cot_source: who wrote the reasoning: "human", "template" (built from the annotation by
+            ``cac-align synth-cot`` with no teacher) or "teacher:<model name>" (generate-verify
+            synthesis); None when there is no reasoning.
     """
 
     video: str
@@ -198,6 +219,7 @@ class AnnotationRecord:
     anomalies: list[Anomaly] = field(default_factory=list)
     num_frames: int | None = None
     cot: str | None = None
+    cot_source: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -206,7 +228,7 @@ class AnnotationRecord:
             anomaly["boxes"] = {str(k): v for k, v in anomaly["boxes"].items()}
             if anomaly["cot"] is None:
                 del anomaly["cot"]
-        for key in ("num_frames", "cot"):
+        for key in ("num_frames", "cot", "cot_source"):
             if data[key] is None:
                 del data[key]
         return json.dumps(data, ensure_ascii=False)
@@ -216,7 +238,7 @@ class AnnotationRecord:
         """Validate and build a record; raises ValueError naming the first problem found."""
         _check_fields(
             data,
-            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot"},
+            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot", "cot_source"},
             required=("video", "prompt", "status", "annotation_fps"),
             where="record",
         )
@@ -241,6 +263,9 @@ class AnnotationRecord:
         if status == "abnormal" and not raw_anomalies:
             raise ValueError("status 'abnormal' needs at least one anomaly")
         anomalies = [_anomaly_from_dict(a, i, num_frames) for i, a in enumerate(raw_anomalies)]
+        for key in ("cot", "cot_source"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"'{key}' must be a string")
         return cls(
             video=data["video"],
             prompt=data["prompt"],
@@ -249,6 +274,7 @@ class AnnotationRecord:
             anomalies=anomalies,
             num_frames=num_frames,
             cot=data.get("cot"),
+            cot_source=data.get("cot_source"),
         )
 
 

@@ -1,7 +1,8 @@
 """How a vision-language model is asked things: chat requests, completions, the Backend protocol.
 
 A request is a chat in the Hugging Face message format, with videos as :class:`Video` values
-(frames + fps + source timestamps) so every backend can state each frame's time:
+(frames + fps + source timestamps) so every backend can state each frame's time, and still
+images (CaC's single-frame warmup) as (H, W, 3) uint8 arrays:
 
     [{"role": "user", "content": [{"type": "video", "video": Video(...)},
                                   {"type": "text", "text": "Is this video normal?"}]}]
@@ -24,7 +25,18 @@ import numpy as np
 
 from cac_align.video import Video
 
-__all__ = ["Backend", "ChatRequest", "Completion", "text_part", "video_part", "user", "assistant", "videos_of"]
+__all__ = [
+    "Backend",
+    "ChatRequest",
+    "Completion",
+    "assistant",
+    "image_part",
+    "images_of",
+    "text_part",
+    "user",
+    "video_part",
+    "videos_of",
+]
 
 ChatRequest = list[dict[str, Any]]
 
@@ -39,9 +51,24 @@ def video_part(video: Video) -> dict[str, Any]:
     return {"type": "video", "video": video}
 
 
-def user(*parts: str | Video) -> dict[str, Any]:
-    """A user message from text and Video parts, in order."""
-    return {"role": "user", "content": [video_part(p) if isinstance(p, Video) else text_part(p) for p in parts]}
+def image_part(image: np.ndarray) -> dict[str, Any]:
+    """A still image: (H, W, 3) uint8 RGB. Sent as an image (no timestamp), not a 1-frame video."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise TypeError(f"image parts hold a uint8 (H, W, 3) array, got {getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
+    return {"type": "image", "image": image}
+
+
+def user(*parts: str | Video | np.ndarray) -> dict[str, Any]:
+    """A user message from text, Video and image ((H, W, 3) uint8 array) parts, in order."""
+    content = []
+    for part in parts:
+        if isinstance(part, Video):
+            content.append(video_part(part))
+        elif isinstance(part, np.ndarray):
+            content.append(image_part(part))
+        else:
+            content.append(text_part(part))
+    return {"role": "user", "content": content}
 
 
 def assistant(text: str) -> dict[str, Any]:
@@ -51,6 +78,11 @@ def assistant(text: str) -> dict[str, Any]:
 def videos_of(request: ChatRequest) -> list[Video]:
     """The request's videos in the order they appear."""
     return [part["video"] for message in request for part in message["content"] if part.get("type") == "video"]
+
+
+def images_of(request: ChatRequest) -> list[np.ndarray]:
+    """The request's still images in the order they appear."""
+    return [part["image"] for message in request for part in message["content"] if part.get("type") == "image"]
 
 
 @dataclass

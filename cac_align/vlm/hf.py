@@ -12,7 +12,7 @@ from typing import Any
 
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["HFBackend", "load_vlm"]
+__all__ = ["HFBackend", "load_vlm", "processor_inputs", "render_chat", "video_metadata"]
 
 
 def load_vlm(
@@ -98,32 +98,8 @@ class HFBackend:
     # -- encoding ---------------------------------------------------------------------------
     def _encode(self, requests: Any, prefixes: Any) -> Any:
         """Chat template + assistant prefix per request -> left-padded model inputs."""
-        import numpy as np
-        from transformers.video_utils import VideoMetadata
-
-        from cac_align.vlm.backend import videos_of
-
-        texts, videos, metadata = [], [], []
-        for request, prefix in zip(requests, prefixes):
-            template_messages = [
-                {"role": m["role"], "content": [{k: v for k, v in p.items() if k != "video"} for p in m["content"]]}
-                for m in request
-            ]
-            text = self.processor.apply_chat_template(template_messages, tokenize=False, add_generation_prompt=True)
-            texts.append(text + prefix)
-            for video in videos_of(request):
-                frames, stamps = video.frames, video.timestamps
-                if len(frames) % 2:  # the vision tower patches frames in pairs: repeat the last one
-                    frames = np.concatenate([frames, frames[-1:]])
-                    stamps = np.concatenate([stamps, stamps[-1:]])
-                videos.append(frames)
-                # Frame indices on the clip's own fps grid, so index / fps = source seconds.
-                indices = np.round(stamps * video.fps).astype(int).tolist()
-                metadata.append(VideoMetadata(total_num_frames=len(frames), fps=video.fps, frames_indices=indices))
-        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
-        if videos:
-            kwargs.update(videos=videos, video_metadata=metadata, videos_kwargs={"do_sample_frames": False})
-        return self.processor(**kwargs).to(self.model.device)
+        texts = [render_chat(self.processor, request) + prefix for request, prefix in zip(requests, prefixes)]
+        return processor_inputs(self.processor, texts, list(requests)).to(self.model.device)
 
     def _chunks(self, n: int) -> Any:
         return (range(i, min(n, i + self.max_batch_size)) for i in range(0, n, self.max_batch_size))
@@ -223,3 +199,57 @@ def _strip_after_eos(row: list[int], eos: Any, pad: int | None) -> list[int]:
         if token in stops:
             return row[: position + 1]
     return [t for t in row if t != pad] if pad is not None and pad not in stops else row
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering chats for Qwen-VL processors (shared with the CaC training collator)
+# ---------------------------------------------------------------------------------------
+def render_chat(processor: Any, messages: Any, add_generation_prompt: bool = True) -> str:
+    """The chat template's text for ``messages`` (media replaced by the template's placeholders)."""
+    template_messages = [
+        {"role": m["role"], "content": [{k: v for k, v in p.items() if k not in ("video", "image")} for p in m["content"]]}
+        for m in messages
+    ]
+    return processor.apply_chat_template(template_messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def video_metadata(video: Any) -> tuple[Any, Any]:
+    """(frames, VideoMetadata) for the processor: frames already sampled, source-time stamps.
+
+    The vision tower patches frames in pairs, so an odd count repeats its last frame. Frame
+    indices are on the clip's own fps grid, so ``index / fps`` = source seconds and the
+    prompt's ``<t seconds>`` stamps are source times.
+    """
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    frames, stamps = video.frames, video.timestamps
+    if len(frames) % 2:
+        frames = np.concatenate([frames, frames[-1:]])
+        stamps = np.concatenate([stamps, stamps[-1:]])
+    indices = np.round(stamps * video.fps).astype(int).tolist()
+    return frames, VideoMetadata(total_num_frames=len(frames), fps=video.fps, frames_indices=indices)
+
+
+def processor_inputs(processor: Any, texts: list[str], requests: list[Any], padding: bool = True) -> Any:
+    """Run the processor on rendered ``texts`` with the images and videos of ``requests``.
+
+    ``requests[i]`` holds the media that ``texts[i]`` has placeholders for, in order. Videos go
+    in with their metadata and ``do_sample_frames=False`` (they are sampled already); images as
+    images. Returns the processor's BatchFeature (tensors).
+    """
+    from cac_align.vlm.backend import images_of, videos_of
+
+    videos, metadata, images = [], [], []
+    for request in requests:
+        for video in videos_of(request):
+            frames, meta = video_metadata(video)
+            videos.append(frames)
+            metadata.append(meta)
+        images.extend(images_of(request))
+    kwargs: dict[str, Any] = {"text": texts, "padding": padding, "return_tensors": "pt"}
+    if videos:
+        kwargs.update(videos=videos, video_metadata=metadata, videos_kwargs={"do_sample_frames": False})
+    if images:
+        kwargs["images"] = images
+    return processor(**kwargs)

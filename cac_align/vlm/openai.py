@@ -2,7 +2,7 @@
 
 Videos travel as their frames: for each frame a text part ``<t=1.250 s>`` followed by an
 ``image_url`` part holding a base64 JPEG/PNG data URL, so any server that accepts images sees
-the same timestamps the in-process backend states.
+the same timestamps the in-process backend states. Still images go as one ``image_url`` part each.
 
 ``choice_probs`` uses vLLM's documented extensions of the chat API: the assistant prefix
 plus a candidate is sent as an unfinished assistant message (``continue_final_message=true``,
@@ -95,6 +95,8 @@ class OpenAIBackend:
                     for frame, stamp in zip(video.frames, video.timestamps):
                         parts.append({"type": "text", "text": f"<t={stamp:.3f} s>"})
                         parts.append({"type": "image_url", "image_url": {"url": self._frame_url(frame)}})
+                elif part.get("type") == "image":
+                    parts.append({"type": "image_url", "image_url": {"url": self._frame_url(part["image"])}})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
             if message["role"] == "assistant":  # assistant turns are plain text

@@ -1,0 +1,138 @@
+"""Chats -> model inputs with loss masks on the assistant's tokens only (SFT and GRPO share it).
+
+A chat is rendered with the processor's own chat template and cut into segments at each
+assistant answer: ``[context, answer, context, answer, ...]``. Context segments (system, user
+text, images, videos) go through the processor, which expands each image/video placeholder
+into its vision tokens and timestamps; answer segments (the answer text plus the template's
+end-of-turn marker) go through the tokenizer. Their ids are concatenated, and the labels are
+the ids on answer segments and -100 elsewhere. A test checks that the concatenation equals
+the processor's encoding of the whole conversation, i.e. training sees the very tokens that
+inference (:class:`~cac_align.vlm.hf.HFBackend`) feeds the model.
+
+:func:`collate` right-pads a batch and concatenates the vision tensors in order, so samples with
+different frame counts, images and videos share a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+__all__ = ["EncodedChat", "IGNORE_INDEX", "collate", "encode_chat", "segment_chat"]
+
+IGNORE_INDEX = -100
+_VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+@dataclass
+class EncodedChat:
+    """One chat as 1-d ``input_ids`` / ``labels``, other 1-d per-token tensors the processor
+    returns (Qwen3-VL's ``mm_token_type_ids``, 0 on text), and its vision tensors."""
+
+    input_ids: Any
+    labels: Any
+    vision: dict[str, Any]
+    token_extras: dict[str, Any] = field(default_factory=dict)
+
+
+def segment_chat(processor: Any, messages: Sequence[dict]) -> list[tuple[str, bool, list[dict]]]:
+    """Cut the rendered chat into ``(text, is_answer, messages_whose_media_it_holds)`` segments.
+
+    The answer segment of assistant message ``i`` is what the template adds after the
+    generation prompt of ``messages[:i]``, trailing whitespace excluded.
+    """
+    from cac_align.vlm.hf import render_chat
+
+    segments: list[tuple[str, bool, list[dict]]] = []
+    position, first_context = 0, 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(processor, messages[:i], add_generation_prompt=True)
+        through = render_chat(processor, messages[: i + 1], add_generation_prompt=False)
+        if not through.startswith(before) or not before.startswith(_prefix(segments)):
+            raise ValueError(
+                "the chat template does not render earlier turns as a prefix of later ones, so assistant "
+                f"tokens cannot be located (message {i})"
+            )
+        answer = through[len(before) :].rstrip()
+        segments.append((before[position:], False, list(messages[first_context:i])))
+        segments.append((answer, True, []))
+        position, first_context = len(before) + len(answer), i + 1
+    full = render_chat(processor, messages, add_generation_prompt=False)
+    if not full.startswith(_prefix(segments)):
+        raise ValueError("the chat template renders the whole chat differently from its turns")
+    if full[position:]:
+        segments.append((full[position:], False, list(messages[first_context:])))
+    return segments
+
+
+def _prefix(segments: list[tuple[str, bool, list[dict]]]) -> str:
+    return "".join(text for text, _, _ in segments)
+
+
+def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
+    """Token ids, assistant-only labels and vision tensors of one chat (see the module doc)."""
+    import torch
+
+    from cac_align.vlm.hf import processor_inputs
+
+    ids: list[Any] = []
+    labels: list[Any] = []
+    vision: dict[str, list[Any]] = {}
+    extras: list[dict[str, Any]] = []  # per segment: per-token tensors besides ids and mask
+    for text, is_answer, holder in segment_chat(processor, messages):
+        if is_answer:
+            part = torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+            ids.append(part)
+            labels.append(part.clone())
+            extras.append({})
+            continue
+        encoded = processor_inputs(processor, [text], [holder], padding=False)
+        part = encoded["input_ids"][0].long()
+        ids.append(part)
+        labels.append(torch.full_like(part, IGNORE_INDEX))
+        extras.append(
+            {
+                key: value[0]
+                for key, value in encoded.items()
+                if key not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.shape == encoded["input_ids"].shape
+            }
+        )
+        for key in _VISION_KEYS:
+            if key in encoded:
+                vision.setdefault(key, []).append(encoded[key])
+    # A per-token tensor is 0 on segments that do not have it (answer text has no media tokens).
+    token_extras = {
+        key: torch.cat([seg.get(key, torch.zeros_like(part)) for seg, part in zip(extras, ids)])
+        for key in sorted({k for seg in extras for k in seg})
+    }
+    return EncodedChat(torch.cat(ids), torch.cat(labels), {k: torch.cat(v) for k, v in vision.items()}, token_extras)
+
+
+def collate(encoded: Sequence[EncodedChat], pad_token_id: int) -> dict[str, Any]:
+    """Right-pad a batch; vision tensors concatenated in sample order (the model consumes them
+    in the order their placeholders appear)."""
+    import torch
+
+    length = max(e.input_ids.numel() for e in encoded)
+    batch = len(encoded)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
+    labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((batch, length), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = e.input_ids.numel()
+        input_ids[row, :n] = e.input_ids
+        labels[row, :n] = e.labels
+        attention[row, :n] = 1
+    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    for key in sorted({k for e in encoded for k in e.token_extras}):
+        extra = torch.zeros((batch, length), dtype=encoded[0].token_extras[key].dtype)
+        for row, e in enumerate(encoded):
+            extra[row, : e.input_ids.numel()] = e.token_extras[key]
+        out[key] = extra
+    for key in _VISION_KEYS:
+        parts = [e.vision[key] for e in encoded if key in e.vision]
+        if parts:
+            out[key] = torch.cat(parts)
+    return out

@@ -1,0 +1,479 @@
+"""Reasoning (CoT) for CaC's training targets: generate–verify synthesis with a teacher VLM, or a
+deterministic template built from the annotation (CaC §3.1, App. B.2). Job: ``cac-align synth-cot``.
+
+With a teacher (any OpenAI-compatible server: vLLM, or a hosted API with such an endpoint; or
+an in-process model), each video goes through up to ``max_rounds`` rounds:
+
+1. **Generate.** The teacher sees the video (``fps`` frames with their times), the human
+   annotation (windows in seconds, boxes on the frames it sees) and close-up crops of the
+   annotated regions, and writes reasoning in a fixed structure: frame-by-frame analysis of
+   humans, objects and environment; inter-frame coherence; overall assessment; then a strict
+   JSON answer with status, anomalies (type, time window, per-frame boxes) and the reasoning.
+2. **Check programmatically** against the annotation: status equal; the same set of types; per
+   annotated anomaly a predicted one of its type whose window IoU > ``iou_threshold``, and whose
+   boxes on the annotated frames reach a mean best-match IoU > ``iou_threshold``.
+3. **Verify with the teacher**: a second prompt shows the annotation and the reasoning and asks
+   whether the reasoning is consistent with it (``{"consistent": true/false, "problems": ...}``).
+
+A video passing both in round r is kept: ``r <= salient_rounds`` (3) labels its anomalies
+"salient", otherwise "non-salient" (the stage-3 reward discounts those, γ = 0.5); a video that
+never passes is discarded. Failure reasons are fed back into the next round's prompt.
+
+Without a teacher, :func:`template_video_cot` writes the reasoning from the annotation itself
+(``cot_source: "template"``), so training runs offline; saliency labels are kept as annotated.
+
+Outputs in ``out_dir``: ``cot_log.jsonl`` (one line per finished video: outcome, rounds, every
+attempt with its answer and why it failed; a killed run resumes from it), ``annotations.jsonl``
+(the kept records with ``cot``, ``cot_source`` and saliency written in) and ``discarded.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import MISSING
+
+from cac_align.cac.prompts import TYPE_DEFINITIONS
+from cac_align.cac.schema import AnnotationRecord, Anomaly, box_iou, window_iou
+from cac_align.vlm.config import ModelConfig
+
+__all__ = [
+    "SynthCotConfig",
+    "check_answer",
+    "run",
+    "saliency_for_round",
+    "template_local_cot",
+    "template_video_cot",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Template reasoning (offline)
+# ---------------------------------------------------------------------------------------
+def template_video_cot(record: AnnotationRecord) -> str:
+    """Whole-video reasoning in App. B.2's structure, written from the annotation alone."""
+    scene = f'Scene: the video shows "{record.prompt}".' if record.prompt else "Scene: a generated video."
+    if record.status == "normal":
+        return (
+            f"{scene} Frame by frame: the people keep a plausible anatomy, the objects keep their shape and size, "
+            "and any text stays readable and unchanged. Across frames: motion is continuous and obeys physics; "
+            "nothing appears, vanishes or floats without cause. Overall: no anomaly is visible, so the video is normal."
+        )
+    parts = [scene, "Frame by frame: outside the windows below, the people, objects and surroundings look consistent."]
+    for anomaly in record.anomalies:
+        start, end = anomaly.window_s(record.annotation_fps)
+        where = f" in the {anomaly.region}" if anomaly.region else ""
+        what = anomaly.reason or TYPE_DEFINITIONS[anomaly.type]
+        parts.append(f"From {start:.2f} s to {end:.2f} s{where}, {what}.")
+        parts.append(f"Across frames: this is absent before and after the window, so it falls under {anomaly.type}.")
+    parts.append("Overall: the video is abnormal.")
+    return " ".join(parts)
+
+
+def template_local_cot(anomalies: Sequence[Anomaly], scope: str = "clip") -> str:
+    """Close-up reasoning for a stage-1 frame or a stage-2 clip showing ``anomalies`` (may be empty)."""
+    what = "frame" if scope == "frame" else "stretch of frames"
+    if not anomalies:
+        return (
+            f"Looking closely at this {what}: the subjects keep their shape, anatomy and text"
+            + ("" if scope == "frame" else ", and move smoothly from frame to frame")
+            + f". Nothing anomalous is visible, so this {what} is normal."
+        )
+    parts = [f"Looking closely at this {what}:"]
+    for anomaly in anomalies:
+        where = f"the {anomaly.region}" if anomaly.region else "one region"
+        parts.append(f"in {where}, {anomaly.reason or TYPE_DEFINITIONS[anomaly.type]}, which falls under {anomaly.type}.")
+    parts.append(f"The {what} is abnormal; the boxes mark where the defect is visible.")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Teacher prompts (our words, App. B.2's structure)
+# ---------------------------------------------------------------------------------------
+def _annotation_for_teacher(record: AnnotationRecord, times: np.ndarray) -> dict:
+    """The annotation in the teacher's terms: windows in seconds, boxes on the frames it sees."""
+    anomalies = []
+    for anomaly in record.anomalies:
+        start, end = anomaly.window_s(record.annotation_fps)
+        boxes = _gt_boxes_on(anomaly, record.annotation_fps, times)
+        anomalies.append(
+            {
+                "type": anomaly.type,
+                "time": [round(start, 3), round(end, 3)],
+                "bbox": {f"frame {k}": b[0] if len(b) == 1 else b for k, b in boxes.items()},
+                "reason": anomaly.reason,
+                "region": anomaly.region,
+            }
+        )
+    return {"status": record.status, "anomalies": anomalies}
+
+
+def generation_prompt(record: AnnotationRecord, times: np.ndarray, feedback: list[str]) -> str:
+    annotation = json.dumps(_annotation_for_teacher(record, times), ensure_ascii=False)
+    types = "\n".join(f"- {name}: {text}" for name, text in TYPE_DEFINITIONS.items())
+    retry = ""
+    if feedback:
+        retry = "A previous attempt was rejected for these reasons; avoid them:\n" + "\n".join(f"- {f}" for f in feedback) + "\n"
+    return (
+        "You are an expert annotator of AI-generated videos. You are given a video (its frames are numbered "
+        f"from 0 and each one's time is shown), a human expert's annotation of its anomalies, and close-up crops "
+        "of the annotated regions. Write the reasoning a careful judge would follow to reach this annotation.\n"
+        f"Anomaly types:\n{types}\n"
+        f"Human annotation (boxes are [xmin, ymin, xmax, ymax] in 0-1000 coordinates on the numbered frames):\n{annotation}\n"
+        "Structure the reasoning in three parts:\n"
+        "1. Frame-by-frame analysis: for the frames in order, examine the humans (anatomy, hands, faces), "
+        "the objects (shape, size, structure) and the environment (text, lighting, support and contact).\n"
+        "2. Inter-frame coherence: compare consecutive frames for continuity of motion, identity, object permanence and physics.\n"
+        "3. Overall assessment: the status, and for each anomaly its type, its time window and where it is.\n"
+        f"{retry}"
+        "Answer with one JSON object and nothing else:\n"
+        '{"cot": "<the reasoning, parts 1-3>", "status": "normal" or "abnormal", "anomalies": [{"type": "<type>", '
+        '"time": [<start seconds>, <end seconds>], "bbox": {"frame <index>": [xmin, ymin, xmax, ymax], ...}, '
+        '"reason": "<what is wrong>", "region": "<where>", "cot": "<close-up reasoning about this anomaly>"}]}\n'
+        'For a normal video use "anomalies": [].'
+    )
+
+
+def verification_prompt(record: AnnotationRecord, times: np.ndarray, answer: dict) -> str:
+    annotation = json.dumps(_annotation_for_teacher(record, times), ensure_ascii=False)
+    return (
+        "You check reasoning written about an AI-generated video against a human expert's annotation.\n"
+        f"Human annotation:\n{annotation}\n"
+        f"Reasoning to check:\n{json.dumps(answer, ensure_ascii=False)}\n"
+        "Is the reasoning consistent with the annotation and with the video: does it describe the same anomalies, "
+        "of the same types, at the same times and places, without inventing others or contradicting itself?\n"
+        'Answer with one JSON object and nothing else: {"consistent": true or false, "problems": "<what is wrong, or empty>"}'
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Checking a teacher answer against the annotation
+# ---------------------------------------------------------------------------------------
+def _gt_boxes_on(anomaly: Anomaly, annotation_fps: float, times: np.ndarray) -> dict[int, list[list[float]]]:
+    from cac_align.cac.train.data import clip_boxes
+
+    return clip_boxes(anomaly, annotation_fps, times)
+
+
+def check_answer(text: str, record: AnnotationRecord, fps: float, times: np.ndarray, iou_threshold: float = 0.5) -> tuple[dict | None, list[str]]:
+    """Programmatic check of a teacher answer; returns (its JSON object, reasons it fails).
+
+    ``times`` are the source times of the frames the teacher saw (its box indices refer to
+    them); an empty reason list means the answer agrees with the annotation.
+    """
+    from cac_align.cac.judgment import extract_json, parse_judgment
+
+    judgment = parse_judgment(text, 1, fps=fps, num_frames=len(times))
+    obj = extract_json(text)
+    problems = list(judgment.errors)
+    if obj is None or judgment.status is None:
+        return obj, problems or ["no JSON answer with a status"]
+    if judgment.status != record.status:
+        problems.append(f"status is {judgment.status}, the annotation says {record.status}")
+    predicted_types = {a.type for a in judgment.anomalies if a.type}
+    annotated_types = {a.type for a in record.anomalies}
+    if predicted_types != annotated_types:
+        problems.append(f"types {sorted(predicted_types)} differ from the annotated {sorted(annotated_types)}")
+    for gt in record.anomalies:
+        gt_window = gt.window_s(record.annotation_fps)
+        candidates = [a for a in judgment.anomalies if a.type == gt.type and a.window_s is not None]
+        if not candidates:
+            continue  # already reported as a type mismatch
+        best = max(candidates, key=lambda a: window_iou(a.window_s, gt_window))
+        tiou = window_iou(best.window_s, gt_window)
+        if tiou <= iou_threshold:
+            problems.append(f"{gt.type}: time window {list(best.window_s)} has IoU {tiou:.2f} <= {iou_threshold} with the annotated {list(gt_window)}")
+        gt_boxes = _gt_boxes_on(gt, record.annotation_fps, times)
+        if not gt_boxes:
+            continue
+        scores = [max((box_iou(g, p) for p in best.boxes.get(k, [])), default=0.0) for k, boxes in gt_boxes.items() for g in boxes]
+        siou = float(np.mean(scores))
+        if siou <= iou_threshold:
+            problems.append(f"{gt.type}: boxes have mean IoU {siou:.2f} <= {iou_threshold} with the annotated boxes")
+    return obj, problems
+
+
+def saliency_for_round(round_passed: int | None, salient_rounds: int = 3) -> str | None:
+    """Round at which a sample was verified -> "salient" (<= salient_rounds), "non-salient", or
+    None when it never was (discarded)."""
+    if round_passed is None:
+        return None
+    return "salient" if round_passed <= salient_rounds else "non-salient"
+
+
+def _parse_verdict(text: str) -> tuple[bool, str]:
+    from cac_align.cac.judgment import extract_json
+
+    obj = extract_json(text)
+    if obj is None or not isinstance(obj.get("consistent"), bool):
+        return False, f"verifier answer unreadable: {text[:200]!r}"
+    problems = obj.get("problems", "")
+    return obj["consistent"], problems if isinstance(problems, str) else json.dumps(problems)
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------
+@dataclass
+class SynthCotConfig:
+    """Config of `cac-align synth-cot`.
+
+    Attributes:
+        annotations: input annotation JSONL.
+        out_dir: receives cot_log.jsonl, annotations.jsonl, discarded.jsonl.
+        teacher: the teacher VLM (``name``, ``backend: openai``, ``base_url``...); leave unset
+            (null) for the offline template reasoning.
+        max_rounds: generate–verify rounds before a sample is discarded (paper: 5).
+        salient_rounds: verified within this many rounds -> salient (paper: 3).
+        iou_threshold: window and box IoU a teacher answer must exceed (paper: 0.5).
+        fps, max_frames, max_pixels: how the video is shown to the teacher.
+        crops_per_anomaly: close-up crops of the annotated region sent per anomaly.
+        temperature: teacher sampling temperature (> 0 so that a retry can differ).
+        max_new_tokens: teacher generation budget.
+        batch_size: videos whose requests are sent together.
+        overwrite: start again in a folder holding a run of another config.
+    """
+
+    annotations: str = MISSING
+    out_dir: str = MISSING
+    teacher: ModelConfig | None = None
+    max_rounds: int = 5
+    salient_rounds: int = 3
+    iou_threshold: float = 0.5
+    fps: float = 4.0
+    max_frames: int = 64
+    max_pixels: int | None = None
+    crops_per_anomaly: int = 2
+    temperature: float = 0.7
+    max_new_tokens: int = 2048
+    batch_size: int = 8
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.salient_rounds <= self.max_rounds:
+            raise ValueError(f"need 1 <= salient_rounds <= max_rounds, got {self.salient_rounds}, {self.max_rounds}")
+        if not 0 <= self.iou_threshold < 1:
+            raise ValueError(f"iou_threshold must be in [0, 1), got {self.iou_threshold}")
+        if self.fps <= 0 or self.max_frames < 2 or self.batch_size < 1 or self.crops_per_anomaly < 0:
+            raise ValueError("need fps > 0, max_frames >= 2, batch_size >= 1, crops_per_anomaly >= 0")
+
+
+@dataclass
+class _Pending:
+    index: int
+    record: AnnotationRecord
+    video: Any = None
+    crops: list = field(default_factory=list)
+    attempts: list = field(default_factory=list)
+    feedback: list = field(default_factory=list)
+
+
+def _crops(record: AnnotationRecord, video: Any, per_anomaly: int) -> list[tuple[str, np.ndarray]]:
+    """Close-ups of the annotated regions: (caption, image) with 10% padding around the box."""
+    out = []
+    for anomaly in record.anomalies:
+        frames = sorted(anomaly.boxes)
+        if not frames or per_anomaly == 0:
+            continue
+        for k in np.unique(np.linspace(0, len(frames) - 1, per_anomaly).round().astype(int)):
+            frame = frames[k]
+            t = frame / record.annotation_fps
+            source = min(video.num_frames - 1, int(math.floor((t - video.start_s) * video.fps + 1e-6)))
+            image = video.frames[source]
+            h, w = image.shape[:2]
+            x0, y0, x1, y1 = anomaly.boxes[frame][0]
+            px, py = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
+            c0, c1 = int(max(0, (x0 - px) / 1000 * w)), int(min(w, math.ceil((x1 + px) / 1000 * w)))
+            r0, r1 = int(max(0, (y0 - py) / 1000 * h)), int(min(h, math.ceil((y1 + py) / 1000 * h)))
+            if c1 - c0 >= 2 and r1 - r0 >= 2:
+                out.append((f"Close-up of the {anomaly.region or anomaly.type} at {t:.2f} s:", np.ascontiguousarray(image[r0:r1, c0:c1])))
+    return out
+
+
+def _fingerprint(config: SynthCotConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    for key in ("out_dir", "overwrite", "batch_size"):
+        data.pop(key, None)
+    return data
+
+
+def _read_log(path: Path) -> dict[str, dict]:
+    """Finished videos from a previous run's log; a half-written last line (killed run) is ignored."""
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            done[entry["video"]] = entry
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done
+
+
+def _template_entry(record: AnnotationRecord) -> dict:
+    return {"video": record.video, "outcome": "template", "rounds": 0, "cot": template_video_cot(record), "anomaly_cots": [None] * len(record.anomalies), "attempts": []}
+
+
+def _teacher_rounds(batch: list[_Pending], backend: Any, config: SynthCotConfig, write: Any) -> None:
+    """Run generate–check–verify rounds for a batch of videos; ``write(entry)`` each one finished."""
+    from cac_align.cac.infer import sample_capped
+    from cac_align.vlm.backend import user
+    from cac_align.video import load_video
+
+    model_name = config.teacher.name if config.teacher is not None else "?"
+    live = []
+    for p in batch:
+        try:
+            video = load_video(p.record.video)
+        except Exception as exc:  # noqa: BLE001 - a corrupt video is logged, not fatal
+            write({"video": p.record.video, "outcome": "discarded", "rounds": 0, "error": f"video could not be read: {exc}", "attempts": []})
+            continue
+        p.video = sample_capped(video, config.fps, config.max_frames, config.max_pixels)
+        p.crops = _crops(p.record, video, config.crops_per_anomaly)
+        live.append(p)
+    for round_ in range(1, config.max_rounds + 1):
+        if not live:
+            return
+        requests = []
+        for p in live:
+            parts: list[Any] = [p.video, generation_prompt(p.record, p.video.timestamps, p.feedback)]
+            for caption, image in p.crops:
+                parts += [caption, image]
+            requests.append([user(*parts)])
+        answers = backend.generate(requests, max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=round_)
+        checked = []
+        for p, answer in zip(live, answers):
+            obj, problems = check_answer(answer.text, p.record, p.video.fps, p.video.timestamps, config.iou_threshold)
+            p.attempts.append({"round": round_, "answer": answer.text, "problems": problems})
+            if not problems:
+                checked.append((p, obj))
+        verdicts = []
+        if checked:
+            requests = [[user(p.video, verification_prompt(p.record, p.video.timestamps, obj))] for p, obj in checked]
+            verdicts = backend.generate(requests, max_new_tokens=512, temperature=0.0)
+        passed = {}
+        for (p, obj), verdict in zip(checked, verdicts):
+            consistent, problems = _parse_verdict(verdict.text)
+            p.attempts[-1]["verdict"] = verdict.text
+            if consistent:
+                passed[id(p)] = obj
+            else:
+                p.attempts[-1]["problems"] = [f"teacher verification: {problems or 'inconsistent'}"]
+        still = []
+        for p in live:
+            if id(p) in passed:
+                obj = passed[id(p)]
+                write(
+                    {
+                        "video": p.record.video,
+                        "outcome": saliency_for_round(round_, config.salient_rounds),
+                        "rounds": round_,
+                        "cot": str(obj.get("cot", "")),
+                        "anomaly_cots": _anomaly_cots(obj, p.record),
+                        "source": f"teacher:{model_name}",
+                        "attempts": p.attempts,
+                    }
+                )
+            else:
+                p.feedback = p.attempts[-1]["problems"]
+                still.append(p)
+        live = still
+    for p in live:
+        write({"video": p.record.video, "outcome": "discarded", "rounds": config.max_rounds, "attempts": p.attempts})
+
+
+def _anomaly_cots(obj: dict, record: AnnotationRecord) -> list[str | None]:
+    """Per annotated anomaly, the close-up reasoning of the teacher's anomaly of the same type."""
+    from cac_align.cac.schema import normalize_type
+
+    items = obj.get("anomalies") if isinstance(obj.get("anomalies"), list) else []
+    by_type = {}
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("cot"), str):
+            by_type.setdefault(normalize_type(item.get("type")), item["cot"])
+    return [by_type.get(a.type) for a in record.anomalies]
+
+
+def apply_entry(record: AnnotationRecord, entry: dict) -> AnnotationRecord | None:
+    """The record with the log entry's reasoning and saliency written in; None if discarded."""
+    import copy
+
+    if entry["outcome"] == "discarded":
+        return None
+    out = copy.deepcopy(record)
+    out.cot = entry["cot"]
+    out.cot_source = entry.get("source", "template")
+    for anomaly, cot in zip(out.anomalies, entry.get("anomaly_cots") or []):
+        anomaly.cot = cot
+        if entry["outcome"] in ("salient", "non-salient"):
+            anomaly.saliency = entry["outcome"]
+    return out
+
+
+def run(config: SynthCotConfig) -> dict:
+    """Fill every record's reasoning; returns the outcome counts. Resumes from ``cot_log.jsonl``."""
+    from tqdm.auto import tqdm
+
+    from cac_align.cac.schema import load_annotations, write_annotations
+    from cac_align.config import RecipeError, differing_keys
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_annotations(config.annotations).records
+    # 1. refuse to mix two configs' results in one folder
+    fingerprint_path = out / "cot_config.json"
+    fingerprint = _fingerprint(config)
+    log_path = out / "cot_log.jsonl"
+    if fingerprint_path.exists() and not config.overwrite:
+        old = json.loads(fingerprint_path.read_text())
+        changed = differing_keys(old, fingerprint)
+        if changed:
+            raise RecipeError(f"{out} holds a synth-cot run with another config (changed: {', '.join(changed)}); use another out_dir or overwrite=true")
+    if config.overwrite and log_path.exists():
+        log_path.unlink()
+    fingerprint_path.write_text(json.dumps(fingerprint, indent=1))
+    # 2. what is left to do
+    done = _read_log(log_path)
+    todo = [_Pending(i, r) for i, r in enumerate(records) if r.video not in done]
+    # 3. template or teacher; every finished video is appended to the log at once
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="synth-cot", unit="video")
+    with log_path.open("a", encoding="utf-8") as log:
+
+        def write(entry: dict) -> None:
+            log.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            log.flush()
+            done[entry["video"]] = entry
+            bar.update(1)
+
+        if config.teacher is None:
+            for p in todo:
+                write(_template_entry(p.record))
+        else:
+            from cac_align.vlm.config import build_backend
+
+            backend = build_backend(config.teacher, key="teacher")
+            for start in range(0, len(todo), config.batch_size):
+                _teacher_rounds(todo[start : start + config.batch_size], backend, config, write)
+    bar.close()
+    # 4. annotations with reasoning + saliency; discarded records listed apart
+    kept, discarded = [], []
+    for record in records:
+        updated = apply_entry(record, done[record.video])
+        (kept if updated is not None else discarded).append(updated or record)
+    write_annotations(kept, out / "annotations.jsonl")
+    write_annotations(discarded, out / "discarded.jsonl")
+    counts: dict[str, int] = {}
+    for record in records:
+        outcome = done[record.video]["outcome"]
+        counts[outcome] = counts.get(outcome, 0) + 1
+    (out / "summary.json").write_text(json.dumps(counts, indent=1))
+    print(f"synth-cot: {counts}; wrote {out / 'annotations.jsonl'} ({len(kept)} records)")
+    return counts

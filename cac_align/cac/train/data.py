@@ -1,0 +1,430 @@
+"""Annotation JSONL -> the training samples of CaC's three stages (CaC §3.1–3.2, App. C.2).
+
+Every sample becomes a chat in exactly the format inference uses (same prompts from
+:mod:`cac_align.cac.prompts`, same frame sampling via :func:`~cac_align.cac.infer.sample_capped`,
+same JSON answer shape), so what is trained is what is asked:
+
+- **Stage 1, single frames** (``kind="frame"``): an anomalous frame is taken from inside the
+  annotated window of a single-frame-recognizable anomaly (Object / Human Distortion,
+  Character Anomalies) and sent as a still image with :func:`~cac_align.cac.prompts.frame_prompt`;
+  the target is status abnormal, the type, reason and boxes for "frame 0" (every such anomaly
+  boxed on that frame). Normal frames come from normal videos. Balance 1:1 (configurable).
+- **Stage 2, global videos** (``kind="global"``): the whole video at 4 fps with the turn-1 prompt;
+  target status, anomalies with their time window (seconds) and type, and the reasoning.
+- **Stage 2, clips** (``kind="clip"``): a stretch shorter than 1 s cut from the source and
+  resampled at 8 fps, with the turn-2 prompt. An anomalous clip fully covers one annotated
+  window (anomalies too long for that get no clip; they are counted); its target boxes are
+  re-indexed to the clip's frames through source time. Normal clips come from normal videos.
+  Global and clip samples are each balanced 1:1 (configurable).
+- **Stage 3**: the records themselves (the GRPO trainer builds its prompts per rollout).
+
+Videos are split **by video** into disjoint ``stage1 / stage2 / stage3 / eval`` sets, seeded and
+stratified by status, before any sample is built, so no video is seen by two stages.
+
+Samples are light (a video path and a time span); :class:`ChatBuilder` decodes the video and
+builds the chat when a sample is used, so targets that depend on the frames actually shown (a
+clip's box indices) are computed from those frames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cac_align.cac.schema import AnnotationRecord, Anomaly
+
+__all__ = [
+    "SINGLE_FRAME_TYPES",
+    "SPLITS",
+    "Chat",
+    "ChatBuilder",
+    "DataConfig",
+    "Sample",
+    "StageData",
+    "build_stage",
+    "split_records",
+    "video_duration",
+]
+
+# Types a single frame can show (CaC §3.2 "Stage 1"): shape, anatomy and text defects.
+SINGLE_FRAME_TYPES = ("Object Distortion", "Human Distortion", "Character Anomalies")
+SPLITS = ("stage1", "stage2", "stage3", "eval")
+_EPS = 1e-6
+
+
+@dataclass
+class DataConfig:
+    """How annotation records become stage samples.
+
+    Attributes:
+        splits: fraction of videos per split (``stage1``, ``stage2``, ``stage3``, ``eval``);
+            normalized to sum to 1. Splits are disjoint by video, stratified by status.
+        seed: seeds the split and every random choice (frames, clip positions).
+        scan_fps, clip_fps: turn-1 and turn-2 rates (paper: 4 and 8 fps).
+        max_frames_turn1, max_frames_turn2, max_pixels: the same caps inference applies.
+        frames_per_anomaly: stage-1 frames drawn (evenly spaced) from each anomaly window.
+        normal_per_anomalous: normal samples per anomalous sample, per sample kind (paper: 1).
+        clip_max_s: stage-2 clips last at most this long (paper: shorter than 1 s).
+        clip_min_s: shortest normal clip.
+    """
+
+    splits: dict[str, float] = field(default_factory=lambda: {"stage1": 0.3, "stage2": 0.4, "stage3": 0.2, "eval": 0.1})
+    seed: int = 0
+    scan_fps: float = 4.0
+    clip_fps: float = 8.0
+    max_frames_turn1: int = 64
+    max_frames_turn2: int = 32
+    max_pixels: int | None = None
+    frames_per_anomaly: int = 2
+    normal_per_anomalous: float = 1.0
+    clip_max_s: float = 0.875
+    clip_min_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"data.splits has unknown split(s) {unknown}; splits are {list(SPLITS)}")
+        if any(v < 0 for v in self.splits.values()) or sum(self.splits.values()) <= 0:
+            raise ValueError(f"data.splits fractions must be >= 0 and not all 0, got {dict(self.splits)}")
+        if self.scan_fps <= 0 or self.clip_fps <= 0:
+            raise ValueError("data.scan_fps and data.clip_fps must be > 0")
+        if self.frames_per_anomaly < 1:
+            raise ValueError(f"data.frames_per_anomaly must be >= 1, got {self.frames_per_anomaly}")
+        if self.normal_per_anomalous < 0:
+            raise ValueError(f"data.normal_per_anomalous must be >= 0, got {self.normal_per_anomalous}")
+        if not 0 < self.clip_min_s <= self.clip_max_s < 1.0:
+            raise ValueError(
+                f"need 0 < data.clip_min_s <= data.clip_max_s < 1 s (clips are shorter than 1 s), "
+                f"got {self.clip_min_s}, {self.clip_max_s}"
+            )
+        if self.clip_min_s * self.clip_fps < 2 - _EPS:
+            raise ValueError(f"data.clip_min_s={self.clip_min_s} holds fewer than 2 frames at clip_fps={self.clip_fps}")
+
+
+@dataclass
+class Sample:
+    """One training sample before decoding.
+
+    Attributes:
+        kind: "frame" (stage 1), "global" or "clip" (stage 2).
+        record: index of the annotation record it comes from.
+        label: "normal" or "abnormal".
+        start_s, end_s: the source span shown: the whole video (global), the clip (clip), or
+            for a frame the annotation frame's span (the image is the frame on screen at start_s).
+        anomaly: for anomalous clips, the index of the anomaly the clip covers.
+    """
+
+    kind: str
+    record: int
+    label: str
+    start_s: float
+    end_s: float
+    anomaly: int | None = None
+
+
+@dataclass
+class StageData:
+    """A stage's samples per split plus counts of what could not be used (never dropped silently)."""
+
+    stage: int
+    train: list[Sample]
+    eval: list[Sample]
+    stats: dict[str, Any]
+
+
+@dataclass
+class Chat:
+    """A sample as the model sees it: the chat (prompt messages + assistant target) and its label."""
+
+    messages: list[dict]
+    target: str
+    label: str
+    kind: str
+
+    @property
+    def prompt_messages(self) -> list[dict]:
+        return self.messages[:-1]
+
+
+# ---------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------
+def split_records(records: Sequence[AnnotationRecord], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Assign each *video* to one split: record indices per split, disjoint by video path.
+
+    Stratified by status (normal / abnormal each divided by the fractions, largest remainder),
+    so every split keeps the overall balance. Records sharing a video path stay together.
+    """
+    total = sum(fractions.get(s, 0.0) for s in SPLITS)
+    weights = np.array([fractions.get(s, 0.0) / total for s in SPLITS])
+    by_video: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_video.setdefault(str(record.video), []).append(i)
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    rng = np.random.default_rng([seed, 1])
+    for status in ("abnormal", "normal"):
+        videos = sorted(v for v, idx in by_video.items() if records[idx[0]].status == status)
+        order = rng.permutation(len(videos))
+        exact = weights * len(videos)
+        counts = np.floor(exact).astype(int)
+        for k in np.argsort(-(exact - counts), kind="stable")[: len(videos) - counts.sum()]:
+            counts[k] += 1
+        start = 0
+        for split, count in zip(SPLITS, counts):
+            for j in order[start : start + count]:
+                out[split].extend(by_video[videos[j]])
+            start += count
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def video_duration(record: AnnotationRecord) -> float:
+    """Length of the record's video in seconds: from ``num_frames`` when known, else the file."""
+    if record.num_frames is not None:
+        return record.num_frames / record.annotation_fps
+    import decord
+
+    reader = decord.VideoReader(str(record.video))
+    return len(reader) / float(reader.get_avg_fps())
+
+
+# ---------------------------------------------------------------------------------------
+# Sample building
+# ---------------------------------------------------------------------------------------
+def _balance(anomalous: list[Sample], normal_pool: list[Sample], ratio: float, rng: np.random.Generator) -> list[Sample]:
+    """Keep ``round(ratio * len(anomalous))`` normal samples drawn from the pool (fewer if short)."""
+    want = int(round(ratio * len(anomalous)))
+    keep = rng.permutation(len(normal_pool))[:want]
+    return anomalous + [normal_pool[k] for k in sorted(keep)]
+
+
+def _frame_samples(records: Sequence[AnnotationRecord], indices: list[int], config: DataConfig, rng: np.random.Generator) -> tuple[list[Sample], dict]:
+    anomalous: list[Sample] = []
+    skipped = 0
+    for i in indices:
+        record = records[i]
+        fps = record.annotation_fps
+        for a, anomaly in enumerate(record.anomalies):
+            boxed = sorted(anomaly.boxes)
+            if anomaly.type not in SINGLE_FRAME_TYPES or not boxed:
+                skipped += 1
+                continue
+            picks = np.unique(np.linspace(0, len(boxed) - 1, config.frames_per_anomaly).round().astype(int))
+            for k in picks:
+                frame = boxed[k]
+                anomalous.append(Sample("frame", i, "abnormal", frame / fps, (frame + 1) / fps, a))
+    # Normal frames: distinct random annotation-grid frames of normal videos, drawn round-robin.
+    normal_videos = [i for i in indices if records[i].status == "normal"]
+    want = int(round(config.normal_per_anomalous * len(anomalous)))
+    pools = {}
+    for i in normal_videos:
+        fps = records[i].annotation_fps
+        n = max(1, int(math.floor(video_duration(records[i]) * fps + _EPS)))
+        pools[i] = list(rng.permutation(n))
+    normal: list[Sample] = []
+    while len(normal) < want and any(pools.values()):
+        for i in normal_videos:
+            if pools[i] and len(normal) < want:
+                frame = int(pools[i].pop())
+                fps = records[i].annotation_fps
+                normal.append(Sample("frame", i, "normal", frame / fps, (frame + 1) / fps))
+    stats = {"frame_anomalous": len(anomalous), "frame_normal": len(normal), "anomalies_not_single_frame": skipped}
+    return anomalous + normal, stats
+
+
+def _clip_samples(records: Sequence[AnnotationRecord], indices: list[int], config: DataConfig, rng: np.random.Generator) -> tuple[list[Sample], dict]:
+    anomalous: list[Sample] = []
+    too_long = 0
+    for i in indices:
+        record = records[i]
+        duration = video_duration(record)
+        for a, anomaly in enumerate(record.anomalies):
+            w0, w1 = anomaly.window_s(record.annotation_fps)
+            w1 = min(w1, duration)
+            if w1 - w0 > config.clip_max_s + _EPS:
+                too_long += 1
+                continue
+            length = min(rng.uniform(max(w1 - w0, config.clip_min_s), config.clip_max_s), duration)
+            lo, hi = max(0.0, w1 - length), min(w0, duration - length)
+            start = rng.uniform(lo, hi) if hi > lo else lo
+            anomalous.append(Sample("clip", i, "abnormal", float(start), float(start + length), a))
+    pool: list[Sample] = []
+    per_video = max(1, math.ceil(config.normal_per_anomalous * len(anomalous) / max(1, sum(records[i].status == "normal" for i in indices))))
+    for i in indices:
+        if records[i].status != "normal":
+            continue
+        duration = video_duration(records[i])
+        for _ in range(per_video):
+            length = min(rng.uniform(config.clip_min_s, config.clip_max_s), duration)
+            start = rng.uniform(0.0, duration - length)
+            pool.append(Sample("clip", i, "normal", float(start), float(start + length)))
+    samples = _balance(anomalous, pool, config.normal_per_anomalous, rng)
+    stats = {"clip_anomalous": len(anomalous), "clip_normal": len(samples) - len(anomalous), "anomalies_too_long_for_clip": too_long}
+    return samples, stats
+
+
+def _global_samples(records: Sequence[AnnotationRecord], indices: list[int], config: DataConfig, rng: np.random.Generator) -> tuple[list[Sample], dict]:
+    anomalous, pool = [], []
+    for i in indices:
+        sample = Sample("global", i, records[i].status, 0.0, video_duration(records[i]))
+        (anomalous if sample.label == "abnormal" else pool).append(sample)
+    samples = _balance(anomalous, pool, config.normal_per_anomalous, rng)
+    return samples, {"global_anomalous": len(anomalous), "global_normal": len(samples) - len(anomalous)}
+
+
+def _stage_samples(stage: int, records: Sequence[AnnotationRecord], indices: list[int], config: DataConfig, rng: np.random.Generator) -> tuple[list[Sample], dict]:
+    if stage == 1:
+        return _frame_samples(records, indices, config, rng)
+    glob, stats = _global_samples(records, indices, config, rng)
+    clips, clip_stats = _clip_samples(records, indices, config, rng)
+    return glob + clips, {**stats, **clip_stats}
+
+
+def build_stage(stage: int, records: Sequence[AnnotationRecord], config: DataConfig) -> StageData:
+    """The train samples of ``stage`` (1 or 2) from its split and eval samples from ``eval``.
+
+    Deterministic in ``config.seed``. ``stats`` holds the split sizes and per-kind counts,
+    including anomalies that could not become samples.
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2 for SFT samples, got {stage}")
+    splits = split_records(records, config.splits, config.seed)
+    own = f"stage{stage}"
+    train, train_stats = _stage_samples(stage, records, splits[own], config, np.random.default_rng([config.seed, stage, 0]))
+    held, eval_stats = _stage_samples(stage, records, splits["eval"], config, np.random.default_rng([config.seed, stage, 1]))
+    stats = {
+        "split_videos": {s: len(v) for s, v in splits.items()},
+        "train": train_stats,
+        "eval": eval_stats,
+    }
+    return StageData(stage, train, held, stats)
+
+
+# ---------------------------------------------------------------------------------------
+# Targets and chats
+# ---------------------------------------------------------------------------------------
+def _box_value(boxes: list[list[float]]) -> Any:
+    """One box as a flat list, several as a list of lists (both parse back)."""
+    rounded = [[round(float(v), 1) for v in box] for box in boxes]
+    return rounded[0] if len(rounded) == 1 else rounded
+
+
+def on_screen(time_s: float, fps: float) -> int:
+    """Index of the frame of a ``fps`` sequence on screen at ``time_s``."""
+    return int(math.floor(time_s * fps + _EPS))
+
+
+def _answer(cot: str, status: str, anomalies: list[dict]) -> str:
+    return json.dumps({"cot": cot, "status": status, "anomalies": anomalies}, ensure_ascii=False)
+
+
+class ChatBuilder:
+    """Decodes a sample's video and builds its :class:`Chat` (prompts and sampling as in inference).
+
+    Decoded videos are cached (``cache_size`` most recent), since a video gives several samples.
+    """
+
+    def __init__(self, records: Sequence[AnnotationRecord], config: DataConfig, cache_size: int = 8):
+        self.records = records
+        self.config = config
+        self.cache_size = cache_size
+        self._cache: dict[str, Any] = {}
+
+    def video(self, record: AnnotationRecord) -> Any:
+        from cac_align.video import load_video
+
+        key = str(record.video)
+        if key not in self._cache:
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = load_video(key)
+        return self._cache[key]
+
+    def __call__(self, sample: Sample) -> Chat:
+        record = self.records[sample.record]
+        return {"frame": self._frame, "global": self._global, "clip": self._clip}[sample.kind](sample, record)
+
+    # -- stage 1 ----------------------------------------------------------------------------
+    def _frame(self, sample: Sample, record: AnnotationRecord) -> Chat:
+        from cac_align.cac.prompts import frame_prompt
+        from cac_align.cac.train.cot import template_local_cot
+        from cac_align.vlm.backend import assistant, user
+
+        video = self.video(record)
+        index = min(video.num_frames - 1, on_screen(sample.start_s - video.start_s, video.fps))
+        image = video.select(np.array([index]), video.fps)
+        if self.config.max_pixels:
+            image = image.fit_pixels(self.config.max_pixels)
+        frame = on_screen(sample.start_s, record.annotation_fps)
+        shown = [a for a in record.anomalies if a.type in SINGLE_FRAME_TYPES and frame in a.boxes] if sample.label == "abnormal" else []
+        anomalies = [
+            {"type": a.type, "bbox": {"frame 0": _box_value(a.boxes[frame])}, "reason": a.reason, "region": a.region}
+            for a in shown
+        ]
+        cot = template_local_cot(shown, scope="frame") if not shown or shown[0].cot is None else shown[0].cot
+        target = _answer(cot, sample.label, anomalies)
+        messages = [user(image.frames[0], frame_prompt(record.prompt)), assistant(target)]
+        return Chat(messages, target, sample.label, sample.kind)
+
+    # -- stage 2 ----------------------------------------------------------------------------
+    def _global(self, sample: Sample, record: AnnotationRecord) -> Chat:
+        from cac_align.cac.infer import sample_capped
+        from cac_align.cac.prompts import turn1_prompt
+        from cac_align.cac.train.cot import template_video_cot
+        from cac_align.vlm.backend import assistant, user
+
+        video = self.video(record)
+        scan = sample_capped(video, self.config.scan_fps, self.config.max_frames_turn1, self.config.max_pixels)
+        anomalies = []
+        for a in record.anomalies:
+            start, end = a.window_s(record.annotation_fps)
+            anomalies.append({"type": a.type, "time": [round(start, 3), round(min(end, video.end_s), 3)], "reason": a.reason, "region": a.region})
+        cot = record.cot if record.cot is not None else template_video_cot(record)
+        target = _answer(cot, record.status, anomalies)
+        text = turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt)
+        return Chat([user(scan, text), assistant(target)], target, sample.label, sample.kind)
+
+    def _clip(self, sample: Sample, record: AnnotationRecord) -> Chat:
+        from cac_align.cac.infer import sample_capped
+        from cac_align.cac.prompts import turn2_prompt
+        from cac_align.cac.train.cot import template_local_cot
+        from cac_align.vlm.backend import assistant, user
+
+        video = self.video(record)
+        clip = sample_capped(video.crop(sample.start_s, sample.end_s), self.config.clip_fps, self.config.max_frames_turn2, self.config.max_pixels)
+        anomalies, shown = [], []
+        if sample.label == "abnormal":
+            for a in record.anomalies:
+                boxes = clip_boxes(a, record.annotation_fps, clip.timestamps)
+                if boxes:
+                    shown.append(a)
+                    anomalies.append({"type": a.type, "bbox": {f"frame {k}": _box_value(b) for k, b in boxes.items()}, "reason": a.reason, "region": a.region})
+        covered = record.anomalies[sample.anomaly] if sample.anomaly is not None else None
+        cot = covered.cot if covered is not None and covered.cot is not None else template_local_cot(shown, scope="clip")
+        target = _answer(cot, "abnormal" if anomalies else "normal", anomalies)
+        text = turn2_prompt((sample.start_s, sample.end_s), clip.fps, clip.num_frames)
+        return Chat([user(clip, text), assistant(target)], target, "abnormal" if anomalies else "normal", sample.kind)
+
+
+def clip_boxes(anomaly: Anomaly, annotation_fps: float, clip_times: np.ndarray) -> dict[int, list[list[float]]]:
+    """An anomaly's boxes re-indexed to a clip: clip frame ``k`` (showing the source frame at
+    ``clip_times[k]`` seconds) gets the boxes of the annotation frame on screen at that time."""
+    out = {}
+    for k, t in enumerate(np.asarray(clip_times, dtype=np.float64)):
+        frame = on_screen(float(t), annotation_fps)
+        if frame in anomaly.boxes:
+            out[k] = anomaly.boxes[frame]
+    return out
+
+
+def describe(data: StageData) -> dict:
+    """A JSON-able summary of a stage's samples (written next to a training run)."""
+    return {"stage": data.stage, "stats": data.stats, "train": [asdict(s) for s in data.train], "eval": [asdict(s) for s in data.eval]}
+
+
+def save_description(data: StageData, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(describe(data), indent=1))

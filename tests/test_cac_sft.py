@@ -1,0 +1,196 @@
+"""CaC stages 1-2: assistant-only loss masks, batching, and the tiny recipes training for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
+from cac_align.config import RecipeError, load_recipe
+from cac_align.video import Video
+from cac_align.vlm.backend import assistant, user
+from cac_align.vlm.hf import processor_inputs, render_chat
+from conftest import REPO_ROOT
+
+
+def _video(frames: int, fps: float, start: float = 0.0, seed: int = 0) -> Video:
+    rng = np.random.default_rng(seed)
+    return Video(rng.integers(0, 255, (frames, 64, 96, 3), dtype=np.uint8), fps, start + np.arange(frames) / fps)
+
+
+def _two_turn_chat():
+    image = np.random.default_rng(5).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    return [
+        user(_video(8, 4.0), "scan this video"),
+        assistant('{"cot": "a", "status": "abnormal", "anomalies": []}'),
+        user(_video(5, 8.0, start=1.0, seed=1), image, "look closer"),
+        assistant('{"cot": "b", "status": "normal", "anomalies": []}'),
+    ]
+
+
+def test_encoded_chat_is_the_processors_encoding_with_loss_on_answers_only(tiny_qwen3_vl):
+    processor = tiny_qwen3_vl.processor
+    messages = _two_turn_chat()
+    encoded = encode_chat(processor, messages)
+    whole = processor_inputs(processor, [render_chat(processor, messages, add_generation_prompt=False)], [messages])
+    # the very tokens and pixels inference would feed the model for this conversation
+    assert torch.equal(encoded.input_ids, whole["input_ids"][0])
+    assert torch.equal(encoded.token_extras["mm_token_type_ids"], whole["mm_token_type_ids"][0])
+    for key in ("pixel_values_videos", "video_grid_thw", "pixel_values", "image_grid_thw"):
+        assert torch.equal(encoded.vision[key], whole[key]), key
+    # labels: exactly the two answers with their end-of-turn token, nothing from the prompts
+    trained = encoded.labels != IGNORE_INDEX
+    assert torch.equal(encoded.labels[trained], encoded.input_ids[trained])
+    text = processor.tokenizer.decode(encoded.input_ids[trained])
+    assert text == '{"cot": "a", "status": "abnormal", "anomalies": []}<|im_end|>{"cot": "b", "status": "normal", "anomalies": []}<|im_end|>'
+    video_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert not trained[encoded.input_ids == video_id].any()
+
+
+def test_batching_variable_frame_counts_matches_samples_alone(tiny_qwen3_vl):
+    """A right-padded batch of an 8-frame and a 4-frame video chat (plus an image chat) gives each
+    sample the same logits as running it alone."""
+    model, processor = tiny_qwen3_vl.model, tiny_qwen3_vl.processor
+    image = np.random.default_rng(2).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    chats = [
+        [user(_video(8, 4.0), "long"), assistant('{"status": "normal"}')],
+        [user(_video(4, 8.0, seed=3), "short one, longer text here"), assistant('{"status": "abnormal", "anomalies": []}')],
+        [user(image, "a frame"), assistant('{"status": "normal"}')],
+    ]
+    encoded = [encode_chat(processor, c) for c in chats]
+    batch = collate(encoded, processor.tokenizer.pad_token_id)
+    assert batch["video_grid_thw"].shape[0] == 2 and batch["image_grid_thw"].shape[0] == 1
+    with torch.no_grad():
+        together = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for row, e in enumerate(encoded):
+            alone = model(**{k: v for k, v in collate([e], processor.tokenizer.pad_token_id).items() if k != "labels"}).logits
+            n = e.input_ids.numel()
+            torch.testing.assert_close(together[row, :n], alone[0], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# The tiny recipes, end to end
+# ---------------------------------------------------------------------------------------
+# The tiny Qwen3-VL has 2 LLM layers and injects its second deepstack feature after the *last*
+# one, where it only changes the final hidden states of vision tokens; the loss is on answer
+# tokens, so that merger gets no gradient at all. (The real 8B model injects at layers 8/16/24
+# of 36.) Every other parameter must train.
+NO_GRADIENT = "visual.deepstack_merger_list.1."
+# ---------------------------------------------------------------------------------------
+def _recipe(name, cac_data, out, *extra):
+    _, config = load_recipe(REPO_ROOT / f"recipes/cac/{name}.yaml", [f"annotations={cac_data}", f"out_dir={out}", *extra])
+    return config
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def stage1(cac_data, tmp_path_factory):
+    from cac_align.cac.train.sft import run
+
+    out = tmp_path_factory.mktemp("stage1") / "run"
+    metrics = run(_recipe("stage1_tiny", cac_data, out))
+    return out, metrics
+
+
+def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
+    from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+    out, metrics = stage1
+    losses = _losses(out)
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
+    assert metrics["eval_loss"] < 6.5 and 0.0 <= metrics["eval_detection_accuracy"] <= 1.0
+    # the adapter covers the vision encoder, the merger and the LLM, and every B matrix moved off 0
+    adapter = _weights(out / "adapter")
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert any(".visual.blocks." in k for k in lora_b) and any(".visual.merger." in k for k in lora_b)
+    assert any(".language_model." in k for k in lora_b)
+    assert [k for k, v in lora_b.items() if v.abs().max() == 0] == [k for k in lora_b if NO_GRADIENT in k]
+    # merged final weights: LoRA-covered linear weights changed, everything else bit-identical
+    base = {k: v for k, v in build_tiny_qwen3_vl(seed=0).model.state_dict().items()}
+    final = _weights(out / "final")
+    covered = {k.split("base_model.model.", 1)[1].replace(".lora_B.weight", ".weight") for k in lora_b if NO_GRADIENT not in k}
+    assert covered and set(final) == set(base)
+    for name, tensor in final.items():
+        if name in covered:
+            assert not torch.equal(tensor, base[name]), name
+        else:
+            assert torch.equal(tensor, base[name]), name
+    assert (out / "checkpoints/checkpoint-15").is_dir() and list((out / "tensorboard").glob("events.*"))
+    assert json.loads((out / "data.json").read_text())["stats"]["train"]["frame_normal"] > 0
+
+
+def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tmp_path):
+    from cac_align.cac.score_job import ScoreConfig
+    from cac_align.cac.score_job import run as score
+    from cac_align.cac.train.sft import run
+
+    stage1_out, _ = stage1
+    out = tmp_path / "stage2"
+    run(_recipe("stage2_tiny", cac_data, out, f"model={stage1_out / 'final'}"))
+    losses = _losses(out)
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
+    before, after = _weights(stage1_out / "final"), _weights(out / "final")
+    assert set(before) == set(after)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged and unchanged == [k for k in before if NO_GRADIENT in k]
+    # the trained checkpoint is an ordinary from_pretrained folder that `cac-align score` loads
+    video = load_first_video(cac_data)
+    rows = score(ScoreConfig(out_dir=str(tmp_path / "score"), videos=video, reward={"name": "cac", "model": {"name": str(out / "final"), "dtype": "float32", "device": "cpu"}, "options": {"max_new_tokens": 8}}))
+    assert len(rows) == 1 and (tmp_path / "score/results.jsonl").exists()
+
+
+def load_first_video(annotations):
+    return str(annotations.parent / json.loads(annotations.read_text().splitlines()[0])["video"])
+
+
+def test_resume_continues_exactly(cac_data, tmp_path):
+    from cac_align.cac.train.sft import run
+
+    common = ["train.max_steps=4", "train.save_steps=2", "train.eval_steps=0", "lora.dropout=0.1"]
+    straight = tmp_path / "straight"
+    run(_recipe("stage1_tiny", cac_data, straight, *common))
+    resumed = tmp_path / "resumed"
+    run(_recipe("stage1_tiny", cac_data, resumed, *common[1:], "train.max_steps=2"))
+    shutil.rmtree(resumed / "final")
+    run(_recipe("stage1_tiny", cac_data, resumed, *common, "resume=true"))
+    a, b = _weights(straight / "adapter"), _weights(resumed / "adapter")
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-7, rtol=0)
+
+
+def test_run_folder_guards(cac_data, tmp_path):
+    from cac_align.cac.train.sft import run
+
+    out = tmp_path / "run"
+    with pytest.raises(RecipeError, match="holds no train-cac run"):
+        run(_recipe("stage1_tiny", cac_data, out, "resume=true"))
+    run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0"))
+    with pytest.raises(RecipeError, match="already holds"):
+        run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0"))
+    with pytest.raises(RecipeError, match="config changed: train.learning_rate"):
+        run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0", "train.learning_rate=0.1", "resume=true"))
+
+
+def test_stage_3_and_typos_are_refused():
+    with pytest.raises(RecipeError, match="stage must be 1 or 2"):
+        load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["stage=3"])
+    with pytest.raises(RecipeError, match="learning_rat"):
+        load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["train.learning_rat=1"])
