@@ -194,3 +194,44 @@ def test_stage_3_and_typos_are_refused():
         load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["stage=3"])
     with pytest.raises(RecipeError, match="learning_rat"):
         load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["train.learning_rat=1"])
+
+
+def test_two_processes_split_the_data(cac_data, tmp_path):
+    """`accelerate launch` with two CPU processes (gloo): the 12 stage-1 frames at 2 per process
+    take 3 steps per epoch (one process would need 6), and the run completes with one final model."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
+               "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage1_tiny.yaml"),
+               f"annotations={cac_data}", f"out_dir={out}", "train.max_steps=3", "train.eval_steps=3", "train.save_steps=3"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((out / "data.json").read_text())["stats"]["train"]["frame_anomalous"] == 6
+    assert [e["epoch"] for e in logs if "train_loss" in e] == [1.0]
+    assert any("eval_detection_accuracy" in e for e in logs)
+    assert (out / "final/model.safetensors").exists() and (out / "checkpoints/checkpoint-3").is_dir()
+
+
+def test_accelerate_configs_load_with_accelerates_own_parser():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "zero2.yaml": "DEEPSPEED", "zero3.yaml": "DEEPSPEED"}
+    for name, kind in expected.items():
+        config = load_config_from_file(str(REPO_ROOT / "recipes/accelerate" / name))
+        assert str(config.distributed_type).endswith(kind), name
+
+
+def test_missing_weights_and_empty_splits_are_clear_errors(cac_data, tmp_path):
+    from cac_align.cac.train.sft import run
+    from cac_align.loading import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="model"):
+        run(_recipe("stage2_tiny", cac_data, tmp_path / "a", f"model={tmp_path / 'no_such_stage1'}"))
+    with pytest.raises(RecipeError, match="stage 1 has no training samples"):
+        run(_recipe("stage1_tiny", cac_data, tmp_path / "b", "data.splits={stage1: 0.0, stage2: 1.0}"))

@@ -29,8 +29,10 @@ attempt with its answer and why it failed; a killed run resumes from it), ``anno
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -301,6 +303,9 @@ def _fingerprint(config: SynthCotConfig) -> dict:
     data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     for key in ("out_dir", "overwrite", "batch_size"):
         data.pop(key, None)
+    if data.get("teacher"):  # where and how the teacher is reached does not change its answers
+        for key in ("base_url", "api_key_env", "timeout_s", "max_retries", "max_batch_size", "device"):
+            data["teacher"].pop(key, None)
     return data
 
 
@@ -404,8 +409,6 @@ def _anomaly_cots(obj: dict, record: AnnotationRecord) -> list[str | None]:
 
 def apply_entry(record: AnnotationRecord, entry: dict) -> AnnotationRecord | None:
     """The record with the log entry's reasoning and saliency written in; None if discarded."""
-    import copy
-
     if entry["outcome"] == "discarded":
         return None
     out = copy.deepcopy(record)
@@ -428,6 +431,8 @@ def run(config: SynthCotConfig) -> dict:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = load_annotations(config.annotations).records
+    for record in records:  # absolute paths: the log's keys do not depend on the working folder
+        record.video = str(Path(record.video).resolve())
     # 1. refuse to mix two configs' results in one folder
     fingerprint_path = out / "cot_config.json"
     fingerprint = _fingerprint(config)
@@ -466,8 +471,10 @@ def run(config: SynthCotConfig) -> dict:
     # 4. annotations with reasoning + saliency; discarded records listed apart
     kept, discarded = [], []
     for record in records:
-        updated = apply_entry(record, done[record.video])
-        (kept if updated is not None else discarded).append(updated or record)
+        updated = apply_entry(record, done[record.video]) or copy.deepcopy(record)
+        # video paths relative to the written file, as the annotation format resolves them
+        updated.video = os.path.relpath(record.video, out.resolve())
+        (kept if done[record.video]["outcome"] != "discarded" else discarded).append(updated)
     write_annotations(kept, out / "annotations.jsonl")
     write_annotations(discarded, out / "discarded.jsonl")
     counts: dict[str, int] = {}

@@ -255,8 +255,7 @@ def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
             changed = differing_keys(json.loads(saved.read_text()), data)
             if changed:
                 raise RecipeError(f"{out}: cannot resume, the config changed: {', '.join(changed)}")
-            checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            checkpoint = str(checkpoints[-1]) if checkpoints else None
+            checkpoint = _latest_checkpoint(out)
         else:
             raise RecipeError(f"{out} already holds a train-cac run; pass resume=true to continue it or overwrite=true to start again")
     elif config.resume:
@@ -264,6 +263,11 @@ def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(data, indent=1))
     return out, checkpoint
+
+
+def _latest_checkpoint(out: Path) -> str | None:
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
 
 
 def run(config: TrainCaCConfig) -> dict:
@@ -276,26 +280,17 @@ def run(config: TrainCaCConfig) -> dict:
     from cac_align.cac.train.collate import collate
     from cac_align.cac.train.data import ChatBuilder, build_stage, save_description
 
-    # 1. run folder, data
-    out, checkpoint = _prepare_out_dir(config)
+    # 1. data (deterministic: every process builds the same samples)
     records = load_annotations(config.annotations).records
     stage_data = build_stage(config.stage, records, config.data)
     if not stage_data.train:
         from cac_align.config import RecipeError
 
         raise RecipeError(f"{config.annotations}: stage {config.stage} has no training samples ({stage_data.stats}); add videos or change data.splits")
-    save_description(stage_data, out / "data.json")
     builder = ChatBuilder(records, config.data)
+    out = Path(config.out_dir)
 
-    # 2. model: LoRA on every linear layer (stage 1) or all parameters (stage 2)
-    model, processor = load_model(config)
-    if config.stage == 1:
-        model = _add_lora(model, config.lora, config.train.seed)
-    else:
-        model.requires_grad_(True)
-    pad_id = processor.tokenizer.pad_token_id
-
-    # 3. the Trainer
+    # 2. training arguments (this also sets up the processes under `accelerate launch`)
     t = config.train
     do_eval = bool(stage_data.eval) and t.eval_steps > 0
     args = TrainingArguments(
@@ -325,6 +320,21 @@ def run(config: TrainCaCConfig) -> dict:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
+    # 3. run folder: checked and prepared by the main process, then read by the others
+    with args.main_process_first(local=False, desc="run folder"):
+        if args.process_index == 0:
+            out, checkpoint = _prepare_out_dir(config)
+            save_description(stage_data, out / "data.json")
+        else:
+            checkpoint = _latest_checkpoint(out) if config.resume else None
+
+    # 4. model: LoRA on every linear layer (stage 1) or all parameters (stage 2)
+    model, processor = load_model(config)
+    if config.stage == 1:
+        model = _add_lora(model, config.lora, config.train.seed)
+    else:
+        model.requires_grad_(True)
+    pad_id = processor.tokenizer.pad_token_id
     metrics_path = out / "metrics.jsonl"
 
     class JsonlLog(TrainerCallback):
@@ -356,13 +366,13 @@ def run(config: TrainCaCConfig) -> dict:
         processing_class=processor,
         callbacks=[JsonlLog(), tensorboard],
     )
-    # 4. train (resuming restores optimizer, scheduler, RNG and the data position)
+    # 5. train (resuming restores optimizer, scheduler, RNG and the data position)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)
     for entry in trainer.state.log_history:  # the latest value of every logged eval metric
         metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
 
-    # 5. final weights: stage 1 saves the adapter, then merges it into the base weights
+    # 6. final weights: stage 1 saves the adapter, then merges it into the base weights
     final = out / "final"
     if config.stage == 1:
         trainer.save_model(str(out / "adapter"))
