@@ -47,6 +47,10 @@ __all__ = [
     "Sample",
     "StageData",
     "build_stage",
+    "clip_boxes",
+    "describe",
+    "on_screen",
+    "save_description",
     "split_records",
     "video_duration",
 ]
