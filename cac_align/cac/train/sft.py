@@ -88,7 +88,7 @@ class TrainSettings:
 
 @dataclass
 class TrainCaCConfig:
-    """Config of `cac-align train-cac` (stages 1 and 2; stage 3 is the GRPO trainer).
+    """Config of `cac-align train-cac` (stages 1 and 2; stage 3 is not implemented yet).
 
     Attributes:
         stage: 1 (single-frame LoRA warmup) or 2 (multi-frame full fine-tuning).
@@ -118,7 +118,7 @@ class TrainCaCConfig:
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2 for train-cac SFT (stage 3 is the GRPO trainer), got {self.stage}")
+            raise ValueError(f"stage must be 1 or 2 (stage 3, two-turn GRPO, is not implemented yet), got {self.stage}")
         if self.resume and self.overwrite:
             raise ValueError("resume=true and overwrite=true contradict each other")
         t = self.train
