@@ -27,6 +27,7 @@ __all__ = [
     "JOBS",
     "JobSpec",
     "RecipeError",
+    "config_fingerprint",
     "differing_keys",
     "load_config",
     "load_recipe",
@@ -105,24 +106,30 @@ JOBS: dict[str, JobSpec] = {
 }
 
 
-def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
-    """What determines a run's outputs: the config less its run-only (dotted) keys, plus a hash
-    of the prompt list itself (the same file path holding other prompts is another run).
-
-    Saved in a run folder and compared on restart (with :func:`differing_keys` for the message).
-    """
-    import hashlib
-
+def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
+    """The config as a plain dict, less its run-only (dotted) keys: what a run folder saves and
+    compares on restart (with :func:`differing_keys` for the message). A key under a section
+    that is absent or null is skipped."""
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
     for dotted in run_only_keys:
         node = data
         *parents, leaf = dotted.split(".")
         for parent in parents:
-            node = node[parent]
-        node.pop(leaf, None)
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
+    """What determines a generation run's outputs: :func:`config_fingerprint` plus a hash of the
+    prompt list itself (the same file path holding other prompts is another run)."""
+    import hashlib
+
+    data = config_fingerprint(config, run_only_keys)
+    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
     return data
 
 

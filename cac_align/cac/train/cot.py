@@ -42,6 +42,7 @@ from omegaconf import MISSING
 
 from cac_align.cac.prompts import TYPE_DEFINITIONS
 from cac_align.cac.schema import AnnotationRecord, Anomaly, box_iou, window_iou
+from cac_align.cac.train.data import clip_boxes, on_screen
 from cac_align.vlm.config import ModelConfig
 
 __all__ = [
@@ -102,7 +103,7 @@ def _annotation_for_teacher(record: AnnotationRecord, times: np.ndarray) -> dict
     anomalies = []
     for anomaly in record.anomalies:
         start, end = anomaly.window_s(record.annotation_fps)
-        boxes = _gt_boxes_on(anomaly, record.annotation_fps, times)
+        boxes = clip_boxes(anomaly, record.annotation_fps, times)
         anomalies.append(
             {
                 "type": anomaly.type,
@@ -156,12 +157,6 @@ def verification_prompt(record: AnnotationRecord, times: np.ndarray, answer: dic
 # ---------------------------------------------------------------------------------------
 # Checking a teacher answer against the annotation
 # ---------------------------------------------------------------------------------------
-def _gt_boxes_on(anomaly: Anomaly, annotation_fps: float, times: np.ndarray) -> dict[int, list[list[float]]]:
-    from cac_align.cac.train.data import clip_boxes
-
-    return clip_boxes(anomaly, annotation_fps, times)
-
-
 def check_answer(text: str, record: AnnotationRecord, fps: float, times: np.ndarray, iou_threshold: float = 0.5) -> tuple[dict | None, list[str]]:
     """Programmatic check of a teacher answer; returns (its JSON object, reasons it fails).
 
@@ -190,7 +185,7 @@ def check_answer(text: str, record: AnnotationRecord, fps: float, times: np.ndar
         tiou = window_iou(best.window_s, gt_window)
         if tiou <= iou_threshold:
             problems.append(f"{gt.type}: time window {list(best.window_s)} has IoU {tiou:.2f} <= {iou_threshold} with the annotated {list(gt_window)}")
-        gt_boxes = _gt_boxes_on(gt, record.annotation_fps, times)
+        gt_boxes = clip_boxes(gt, record.annotation_fps, times)
         if not gt_boxes:
             continue
         scores = [max((box_iou(g, p) for p in best.boxes.get(k, [])), default=0.0) for k, boxes in gt_boxes.items() for g in boxes]
@@ -285,7 +280,7 @@ def _crops(record: AnnotationRecord, video: Any, per_anomaly: int) -> list[tuple
         for k in np.unique(np.linspace(0, len(frames) - 1, per_anomaly).round().astype(int)):
             frame = frames[k]
             t = frame / record.annotation_fps
-            source = min(video.num_frames - 1, int(math.floor((t - video.start_s) * video.fps + 1e-6)))
+            source = min(video.num_frames - 1, on_screen(t - video.start_s, video.fps))
             image = video.frames[source]
             h, w = image.shape[:2]
             x0, y0, x1, y1 = anomaly.boxes[frame][0]
@@ -297,16 +292,10 @@ def _crops(record: AnnotationRecord, video: Any, per_anomaly: int) -> list[tuple
     return out
 
 
-def _fingerprint(config: SynthCotConfig) -> dict:
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    for key in ("out_dir", "overwrite", "batch_size"):
-        data.pop(key, None)
-    if data.get("teacher"):  # where and how the teacher is reached does not change its answers
-        for key in ("base_url", "api_key_env", "timeout_s", "max_retries", "max_batch_size", "device"):
-            data["teacher"].pop(key, None)
-    return data
+# Where and how the teacher is reached does not change its answers.
+_RUN_ONLY_KEYS = ("out_dir", "overwrite", "batch_size") + tuple(
+    f"teacher.{k}" for k in ("base_url", "api_key_env", "timeout_s", "max_retries", "max_batch_size", "device")
+)
 
 
 def _read_log(path: Path) -> dict[str, dict]:
@@ -333,7 +322,7 @@ def _teacher_rounds(batch: list[_Pending], backend: Any, config: SynthCotConfig,
     from cac_align.vlm.backend import user
     from cac_align.video import load_video
 
-    model_name = config.teacher.name if config.teacher is not None else "?"
+    assert config.teacher is not None
     live = []
     for p in batch:
         try:
@@ -383,7 +372,7 @@ def _teacher_rounds(batch: list[_Pending], backend: Any, config: SynthCotConfig,
                         "rounds": round_,
                         "cot": str(obj.get("cot", "")),
                         "anomaly_cots": _anomaly_cots(obj, p.record),
-                        "source": f"teacher:{model_name}",
+                        "source": f"teacher:{config.teacher.name}",
                         "attempts": p.attempts,
                     }
                 )
@@ -426,7 +415,7 @@ def run(config: SynthCotConfig) -> dict:
     from tqdm.auto import tqdm
 
     from cac_align.cac.schema import load_annotations, write_annotations
-    from cac_align.config import RecipeError, differing_keys
+    from cac_align.config import RecipeError, config_fingerprint, differing_keys
 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +424,7 @@ def run(config: SynthCotConfig) -> dict:
         record.video = str(Path(record.video).resolve())
     # 1. refuse to mix two configs' results in one folder
     fingerprint_path = out / "cot_config.json"
-    fingerprint = _fingerprint(config)
+    fingerprint = config_fingerprint(config, _RUN_ONLY_KEYS)
     log_path = out / "cot_log.jsonl"
     if fingerprint_path.exists() and not config.overwrite:
         old = json.loads(fingerprint_path.read_text())

@@ -234,18 +234,10 @@ def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
     """Check the run folder against the config; returns (folder, checkpoint to resume or None)."""
     import shutil
 
-    from omegaconf import OmegaConf
-
-    from cac_align.config import RecipeError, differing_keys
+    from cac_align.config import RecipeError, config_fingerprint, differing_keys
 
     out = Path(config.out_dir)
-    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    for dotted in _RUN_ONLY_KEYS:
-        node = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node[parent]
-        node.pop(leaf, None)
+    data = config_fingerprint(config, _RUN_ONLY_KEYS)
     saved = out / "run_config.json"
     checkpoint = None
     if saved.exists():
