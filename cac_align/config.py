@@ -94,7 +94,7 @@ JOBS: dict[str, JobSpec] = {
             name="train-cac",
             config="cac_align.cac.train.sft:TrainCaCConfig",
             run="cac_align.cac.train.sft:run",
-            help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning",
+            help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO",
         ),
         JobSpec(
             name="bon",

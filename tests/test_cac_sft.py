@@ -189,9 +189,9 @@ def test_run_folder_guards(cac_data, tmp_path):
         run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0", "train.learning_rate=0.1", "resume=true"))
 
 
-def test_stage_3_and_typos_are_refused():
-    with pytest.raises(RecipeError, match="stage must be 1 or 2"):
-        load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["stage=3"])
+def test_unknown_stage_and_typos_are_refused():
+    with pytest.raises(RecipeError, match="stage must be 1, 2 or 3"):
+        load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["stage=4"])
     with pytest.raises(RecipeError, match="learning_rat"):
         load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["train.learning_rat=1"])
 

@@ -33,7 +33,7 @@ from cac_align.cac.prompts import STATUS_KEY_PATTERN, no_cot_prompt, single_turn
 from cac_align.video import Video, VideoError, load_video
 from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
 
-__all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped"]
+__all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
 
 MODES = ("two_turn", "single_turn", "no_cot")
 FALLBACKS = ("whole_video", "turn1", "invalid")
@@ -48,6 +48,24 @@ def sample_capped(video: Video, fps: float, cap: int, max_pixels: int | None = N
     """
     sampled = video.resample(min(fps, cap / video.duration_s))
     return sampled.fit_pixels(max_pixels) if max_pixels else sampled
+
+
+def turn2_window(judgment: Judgment | None, video: Video, clip_fps: float) -> tuple[float, float] | None:
+    """The source window turn 2 re-reads: the union of turn 1's predicted windows, widened
+    around its centre to at least two frames at ``clip_fps``. None when turn 1 gave no usable
+    window; ``judgment=None`` asks for the whole video (inference's "whole_video" fallback)."""
+    if judgment is None:
+        window = (video.start_s, video.end_s)
+    else:
+        windows = [a.window_s for a in judgment.anomalies if a.window_s is not None]
+        if not windows:
+            return None
+        window = (min(s for s, _ in windows), max(e for _, e in windows))
+    min_len = 2.0 / clip_fps
+    if window[1] - window[0] < min_len:
+        centre = (window[0] + window[1]) / 2
+        window = (max(video.start_s, centre - min_len / 2), min(video.end_s, centre + min_len / 2))
+    return window
 
 
 @dataclass
@@ -239,21 +257,15 @@ class CaCScorer:
 
     def _plan_turn2(self, w: _Work, judgment: Judgment) -> None:
         opts = self.options
-        windows = [a.window_s for a in judgment.anomalies if a.window_s is not None]
-        if windows:
-            window = (min(s for s, _ in windows), max(e for _, e in windows))
-        elif opts.fallback == "whole_video":
-            window = (w.video.start_s, w.video.end_s)
-        elif opts.fallback == "turn1":
-            return
-        else:
-            w.result.error = "turn 1 says abnormal but gives no usable time window"
-            return
-        # A window shorter than two clip frames is widened around its centre.
-        min_len = 2.0 / opts.clip_fps
-        if window[1] - window[0] < min_len:
-            centre = (window[0] + window[1]) / 2
-            window = (max(w.video.start_s, centre - min_len / 2), min(w.video.end_s, centre + min_len / 2))
+        window = turn2_window(judgment, w.video, opts.clip_fps)
+        if window is None:
+            if opts.fallback == "whole_video":
+                window = turn2_window(None, w.video, opts.clip_fps)
+            elif opts.fallback == "turn1":
+                return
+            else:
+                w.result.error = "turn 1 says abnormal but gives no usable time window"
+                return
         try:
             clip = self._capped(w.video.crop(*window), opts.clip_fps, opts.max_frames_turn2)
         except VideoError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["EncodedChat", "IGNORE_INDEX", "collate", "encode_chat", "segment_chat"]
+__all__ = ["EncodedChat", "IGNORE_INDEX", "answer_part", "collate", "concat_parts", "encode_chat", "encode_context", "segment_chat"]
 
 IGNORE_INDEX = -100
 _VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
@@ -71,65 +71,93 @@ def _prefix(segments: list[tuple[str, bool, list[dict]]]) -> str:
     return "".join(text for text, _, _ in segments)
 
 
-def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
-    """Token ids, assistant-only labels and vision tensors of one chat (see the module doc)."""
+def encode_context(processor: Any, text: str, holder: Sequence[dict]) -> EncodedChat:
+    """A context segment (rendered template text whose media are in the ``holder`` messages)
+    through the processor: ids with their vision tensors and per-token extras, labels all -100."""
     import torch
 
     from cac_align.vlm.hf import processor_inputs
 
-    ids: list[Any] = []
-    labels: list[Any] = []
-    vision: dict[str, list[Any]] = {}
-    extras: list[dict[str, Any]] = []  # per segment: per-token tensors besides ids and mask
-    for text, is_answer, holder in segment_chat(processor, messages):
-        if is_answer:
-            part = torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-            ids.append(part)
-            labels.append(part.clone())
-            extras.append({})
-            continue
-        encoded = processor_inputs(processor, [text], [holder], padding=False)
-        part = encoded["input_ids"][0].long()
-        ids.append(part)
-        labels.append(torch.full_like(part, IGNORE_INDEX))
-        extras.append(
-            {
-                key: value[0]
-                for key, value in encoded.items()
-                if key not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.shape == encoded["input_ids"].shape
-            }
-        )
-        for key in _VISION_KEYS:
-            if key in encoded:
-                vision.setdefault(key, []).append(encoded[key])
-    # A per-token tensor is 0 on segments that do not have it (answer text has no media tokens).
-    token_extras = {
-        key: torch.cat([seg.get(key, torch.zeros_like(part)) for seg, part in zip(extras, ids)])
-        for key in sorted({k for seg in extras for k in seg})
+    encoded = processor_inputs(processor, [text], [list(holder)], padding=False)
+    ids = encoded["input_ids"][0].long()
+    extras = {
+        key: value[0]
+        for key, value in encoded.items()
+        if key not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.shape == encoded["input_ids"].shape
     }
-    return EncodedChat(torch.cat(ids), torch.cat(labels), {k: torch.cat(v) for k, v in vision.items()}, token_extras)
+    vision = {key: encoded[key] for key in _VISION_KEYS if key in encoded}
+    return EncodedChat(ids, torch.full_like(ids, IGNORE_INDEX), vision, extras)
 
 
-def collate(encoded: Sequence[EncodedChat], pad_token_id: int) -> dict[str, Any]:
-    """Right-pad a batch; vision tensors concatenated in sample order (the model consumes them
-    in the order their placeholders appear)."""
+def answer_part(token_ids: Sequence[int] | Any) -> EncodedChat:
+    """An assistant segment from its token ids, labelled with those ids (the loss is on them)."""
     import torch
 
+    ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+    return EncodedChat(ids, ids.clone(), {})
+
+
+def concat_parts(parts: Sequence[EncodedChat]) -> EncodedChat:
+    """Join segments in order: ids and labels concatenated, vision tensors concatenated per key
+    (in placeholder order), and a per-token extra is 0 on segments that lack it (answer text has
+    no media tokens)."""
+    import torch
+
+    vision: dict[str, list[Any]] = {}
+    for part in parts:
+        for key, value in part.vision.items():
+            vision.setdefault(key, []).append(value)
+    token_extras = {
+        key: torch.cat([p.token_extras.get(key, torch.zeros_like(p.input_ids)) for p in parts])
+        for key in sorted({k for p in parts for k in p.token_extras})
+    }
+    return EncodedChat(
+        torch.cat([p.input_ids for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        {k: torch.cat(v) for k, v in vision.items()},
+        token_extras,
+    )
+
+
+def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
+    """Token ids, assistant-only labels and vision tensors of one chat (see the module doc)."""
+    parts = []
+    for text, is_answer, holder in segment_chat(processor, messages):
+        if is_answer:
+            parts.append(answer_part(processor.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        else:
+            parts.append(encode_context(processor, text, holder))
+    return concat_parts(parts)
+
+
+def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+    """Pad a batch (right for training, left for generation); vision tensors concatenated in
+    sample order (the model consumes them in the order their placeholders appear)."""
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     length = max(e.input_ids.numel() for e in encoded)
     batch = len(encoded)
+
+    def span(e: EncodedChat) -> slice:
+        n = e.input_ids.numel()
+        return slice(0, n) if padding_side == "right" else slice(length - n, length)
+
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
     labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((batch, length), dtype=torch.long)
     for row, e in enumerate(encoded):
-        n = e.input_ids.numel()
-        input_ids[row, :n] = e.input_ids
-        labels[row, :n] = e.labels
-        attention[row, :n] = 1
+        input_ids[row, span(e)] = e.input_ids
+        labels[row, span(e)] = e.labels
+        attention[row, span(e)] = 1
     out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
     for key in sorted({k for e in encoded for k in e.token_extras}):
-        extra = torch.zeros((batch, length), dtype=encoded[0].token_extras[key].dtype)
+        dtype = next(e.token_extras[key].dtype for e in encoded if key in e.token_extras)
+        extra = torch.zeros((batch, length), dtype=dtype)
         for row, e in enumerate(encoded):
-            extra[row, : e.input_ids.numel()] = e.token_extras[key]
+            if key in e.token_extras:
+                extra[row, span(e)] = e.token_extras[key]
         out[key] = extra
     for key in _VISION_KEYS:
         parts = [e.vision[key] for e in encoded if key in e.vision]

@@ -1,5 +1,5 @@
 """CaC stages 1 and 2: single-frame LoRA warmup and multi-frame full fine-tuning (CaC §3.2).
-Job: ``cac-align train-cac stage=1|2``.
+Job: ``cac-align train-cac stage=1|2`` (``stage=3``, two-turn GRPO, is :mod:`cac_align.cac.train.grpo`).
 
 - **Stage 1** trains a LoRA (rank 32, lr 1e-4) on every linear layer of Qwen3-VL: the vision
   encoder, the vision-language merger ("adapter") and the LLM, as the paper's implementation
@@ -35,6 +35,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from cac_align.cac.train.data import DataConfig
+from cac_align.cac.train.grpo import GrpoSettings
 
 __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_accuracy", "run"]
 
@@ -88,17 +89,21 @@ class TrainSettings:
 
 @dataclass
 class TrainCaCConfig:
-    """Config of `cac-align train-cac` (stages 1 and 2; stage 3 is not implemented yet).
+    """Config of `cac-align train-cac` (all three stages).
 
     Attributes:
-        stage: 1 (single-frame LoRA warmup) or 2 (multi-frame full fine-tuning).
+        stage: 1 (single-frame LoRA warmup), 2 (multi-frame full fine-tuning) or 3 (two-turn
+            GRPO, :mod:`cac_align.cac.train.grpo`).
         annotations: annotation JSONL (ideally with reasoning from `cac-align synth-cot`;
             records without it get the template reasoning).
         out_dir: the run folder.
         model: base weights: a hub id ("Qwen/Qwen3-VL-8B-Instruct") for stage 1, stage 1's
-            ``<out_dir>/final`` for stage 2; "tiny-random:qwen3_vl" for offline runs.
+            ``<out_dir>/final`` for stage 2, stage 2's for stage 3 (also the frozen KL reference);
+            "tiny-random:qwen3_vl" for offline runs.
         dtype, attn_implementation, trust_remote_code: how the model loads.
-        data, lora, train: see :class:`DataConfig`, :class:`LoraSettings`, :class:`TrainSettings`.
+        data, lora, train, grpo: see :class:`DataConfig`, :class:`LoraSettings`,
+            :class:`TrainSettings` and :class:`~cac_align.cac.train.grpo.GrpoSettings` (stage 3;
+            there ``train.per_device_batch_size`` counts rollouts).
         resume: continue from the newest checkpoint in ``out_dir`` (the config must match).
         overwrite: start again in a folder holding another run.
     """
@@ -113,12 +118,13 @@ class TrainCaCConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
     resume: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2 (stage 3, two-turn GRPO, is not implemented yet), got {self.stage}")
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.resume and self.overwrite:
             raise ValueError("resume=true and overwrite=true contradict each other")
         t = self.train
@@ -128,10 +134,16 @@ class TrainCaCConfig:
             raise ValueError("train.learning_rate must be > 0, and train needs max_steps > 0 or num_epochs > 0")
         if self.lora.r < 1:
             raise ValueError(f"lora.r must be >= 1, got {self.lora.r}")
+        rollouts = t.per_device_batch_size * t.gradient_accumulation_steps
+        if self.stage == 3 and rollouts % self.grpo.group_size:
+            raise ValueError(
+                f"stage 3: train.per_device_batch_size x train.gradient_accumulation_steps = {rollouts} rollouts per process "
+                f"must be a multiple of grpo.group_size = {self.grpo.group_size} (a video's group stays on one process)"
+            )
 
 
 # Keys that may change between a run and its resumption.
-_RUN_ONLY_KEYS = ("resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps")
+_RUN_ONLY_KEYS = ("resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "grpo.save_rollouts")
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +275,11 @@ def _latest_checkpoint(out: Path) -> str | None:
 
 
 def run(config: TrainCaCConfig) -> dict:
-    """Train stage 1 or 2; returns the final metrics (also in ``metrics.jsonl``)."""
+    """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
+    if config.stage == 3:
+        from cac_align.cac.train.grpo import run as run_grpo
+
+        return run_grpo(config)
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.integrations import TensorBoardCallback

@@ -1,0 +1,261 @@
+"""CaC stage 3 (two-turn GRPO): the loss by hand, token-exact two-turn rollouts, the on-policy
+first step, the tiny recipe training and resuming, and two processes under accelerate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.cac.train.collate import IGNORE_INDEX, encode_chat
+from cac_align.config import RecipeError, load_recipe
+from conftest import REPO_ROOT
+
+# The tiny Qwen3-VL's second deepstack merger gets no gradient (see tests/test_cac_sft.py).
+NO_GRADIENT = "visual.deepstack_merger_list.1."
+
+
+def _recipe(cac_data, out, *extra):
+    _, config = load_recipe(
+        REPO_ROOT / "recipes/cac/stage3_grpo_tiny.yaml",
+        [f"annotations={cac_data}", f"out_dir={out}", "model=tiny-random:qwen3_vl", *extra],
+    )
+    return config
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------
+# The loss, by hand
+# ---------------------------------------------------------------------------------------
+def test_grpo_loss_hand_worked():
+    """Two rollouts of two tokens. Rollout A (A = +1): ratios 1.5 and 0.5, so the clipped
+    surrogate is min(1.5, 1.2) = 1.2 and min(0.5, 0.5) = 0.5 -> loss -(1.2 + 0.5) / 2 = -0.85.
+    Rollout B (A = -1), only its first token generated: ratio 0.5 -> min(-0.5, -0.8) = -0.8 ->
+    loss 0.8. KL: π_ref / π_θ = 2 on every token -> k3 = 2 - ln 2 - 1 = 0.306853, β = 0.1."""
+    from cac_align.cac.train.grpo import grpo_loss
+
+    logp = torch.log(torch.tensor([[0.3, 0.1], [0.1, 0.3]]))
+    old = torch.log(torch.tensor([[0.2, 0.2], [0.2, 0.2]]))
+    ref = logp + math.log(2.0)
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([1.0, -1.0])
+    per_rollout, stats = grpo_loss(logp, old, None, adv, mask, clip_epsilon=0.2, beta=0.1)
+    torch.testing.assert_close(per_rollout, torch.tensor([-0.85, 0.8]))
+    # A's first token (ratio 1.5 > 1.2 with A > 0) and B's (0.5 < 0.8 with A < 0) are clipped
+    assert stats["clipped"] == 2 and stats["tokens"] == 3 and stats["kl"] == 0.0
+    assert stats["ratio"] == pytest.approx(1.5 + 0.5 + 0.5)
+    kl = 2 - math.log(2) - 1
+    per_rollout, stats = grpo_loss(logp, old, ref, adv, mask, clip_epsilon=0.2, beta=0.1)
+    torch.testing.assert_close(per_rollout, torch.tensor([-0.85 + 0.1 * kl, 0.8 + 0.1 * kl]))
+    assert stats["kl"] == pytest.approx(3 * kl, rel=1e-5)
+    # the surrogate's gradient is A·ρ·∇log π on unclipped tokens and 0 on clipped ones
+    logp = logp.clone().requires_grad_(True)
+    per_rollout, _ = grpo_loss(logp, old, None, adv, mask, clip_epsilon=0.2, beta=0.0)
+    per_rollout.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -0.5 / 2], [0.0, 0.0]]))
+
+
+def test_group_settings_are_checked(cac_data, tmp_path):
+    with pytest.raises(RecipeError, match="multiple of grpo.group_size"):
+        _recipe(cac_data, tmp_path, "train.gradient_accumulation_steps=3")
+    with pytest.raises(RecipeError, match="grpo.generator"):
+        _recipe(cac_data, tmp_path, "grpo.generator=vllm")
+    with pytest.raises(RecipeError, match="group_siz"):
+        _recipe(cac_data, tmp_path, "grpo.group_siz=4")
+
+
+# ---------------------------------------------------------------------------------------
+# Rollouts are token-exact two-turn conversations
+# ---------------------------------------------------------------------------------------
+def _stage3_videos(cac_data, config, count=None):
+    from cac_align.cac.schema import load_annotations
+    from cac_align.cac.train.data import split_records
+    from cac_align.video import load_video
+
+    records = load_annotations(cac_data).records
+    pool = split_records(records, config.data.splits, config.data.seed)["stage3"]
+    pool = sorted(pool, key=lambda i: records[i].status)  # abnormal first
+    return [(i, records[i], load_video(str(records[i].video))) for i in pool[:count]]
+
+
+class _SimulatedThenSampled:
+    """Turn 1 from the noise-free simulated policy (the ground truth, so turn 2 always runs),
+    turn 2 sampled by the tiny model: the model's own tokens after a two-turn context."""
+
+    def __init__(self, simulated, sampler):
+        self.simulated, self.sampler = simulated, sampler
+
+    def generate(self, requests, seed):
+        return (self.simulated if requests[0].turn == 1 else self.sampler).generate(requests, seed)
+
+
+def test_rollout_sequences_are_the_sampled_tokens_in_the_rendered_conversation(cac_data, tmp_path, tiny_qwen3_vl):
+    from cac_align.cac.infer import sample_capped
+    from cac_align.cac.prompts import turn1_prompt, turn2_prompt
+    from cac_align.cac.train.grpo import HFGenerator, SimulatedPolicy, collect_rollouts, placeholder_token_ids, token_logprobs
+    from cac_align.cac.train.collate import collate
+    from cac_align.vlm.backend import assistant, user
+
+    model, processor = tiny_qwen3_vl.model, tiny_qwen3_vl.processor
+    config = _recipe(cac_data, tmp_path, "grpo.group_size=2")
+    videos = _stage3_videos(cac_data, config, count=2)
+    assert [r.status for _, r, _ in videos] == ["abnormal", "abnormal"]
+    simulated = SimulatedPolicy(processor.tokenizer, noise=0.0)
+
+    # 1. both turns simulated (text that tokenizes back to itself): the sequence is exactly the
+    # processor's encoding of the rendered two-turn chat, with labels on the two answers
+    rollouts = collect_rollouts(videos, simulated, processor, config, seed=3)
+    assert len(rollouts) == 4 and [r.group for r in rollouts] == [0, 0, 1, 1]
+    for rollout in rollouts:
+        _, record, video = videos[rollout.group]
+        assert rollout.turn2_ids is not None and rollout.reward.status == 0 and rollout.reward.format == 0
+        scan = sample_capped(video, config.data.scan_fps, config.data.max_frames_turn1)
+        clip = sample_capped(video.crop(*rollout.window_s), config.data.clip_fps, config.data.max_frames_turn2)
+        chat = [
+            user(scan, turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt)),
+            assistant(rollout.turn1_text),
+            user(clip, turn2_prompt(rollout.window_s, clip.fps, clip.num_frames)),
+            assistant(rollout.turn2_text),
+        ]
+        expected = encode_chat(processor, chat)
+        assert torch.equal(rollout.sequence.input_ids, expected.input_ids)
+        assert torch.equal(rollout.sequence.labels, expected.labels)
+        assert torch.equal(rollout.sequence.vision["pixel_values_videos"], expected.vision["pixel_values_videos"])
+        trained = rollout.sequence.labels != IGNORE_INDEX
+        assert rollout.sequence.input_ids[trained].tolist() == rollout.turn1_ids + rollout.turn2_ids
+
+    # 2. turn 2 sampled by the model after the two-turn context: the loss pass reads the very
+    # ids it sampled, and its log-probs recomputed on the whole sequence match the sampler's
+    sampler = HFGenerator(model, processor, temperature=1.0, batch_size=4)
+    config = _recipe(cac_data, tmp_path, "grpo.group_size=2", "grpo.max_new_tokens_turn2=12")
+    rollouts = collect_rollouts(videos, _SimulatedThenSampled(simulated, sampler), processor, config, seed=4)
+    again = collect_rollouts(videos, _SimulatedThenSampled(simulated, sampler), processor, config, seed=4)
+    assert [r.turn2_ids for r in again] == [r.turn2_ids for r in rollouts]  # deterministic in the seed
+    assert len({tuple(r.turn2_ids) for r in rollouts}) > 1  # sampled, not greedy
+    batch = collate([r.sequence for r in rollouts], processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, mask = token_logprobs(model, batch, 1.0, placeholder_token_ids(processor))
+    for row, rollout in enumerate(rollouts):
+        trained = rollout.sequence.labels != IGNORE_INDEX
+        assert rollout.sequence.input_ids[trained].tolist() == rollout.turn1_ids + rollout.turn2_ids
+        assert 1 <= len(rollout.turn2_ids) <= 12 and rollout.turn1_logprobs is None
+        recomputed = logp[row][mask[row]][len(rollout.turn1_ids) :].numpy()
+        np.testing.assert_allclose(recomputed, rollout.turn2_logprobs, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+def test_first_step_is_on_policy_and_at_the_reference(cac_data, tmp_path):
+    """The model samples its own rollouts (generator=hf): at the first step the ratio is exactly
+    1, nothing is clipped, the KL to the reference (the same weights) is exactly 0, and the
+    recomputed log-probs are the ones it sampled with. A random tiny model writes no valid JSON,
+    so every rollout scores the same, every group has zero variance, and nothing moves."""
+    from cac_align.cac.train.sft import run
+
+    out = tmp_path / "hf"
+    metrics = run(_recipe(cac_data, out, "grpo.generator=hf", "grpo.max_new_tokens_turn1=16", "train.max_steps=1"))
+    assert metrics["ratio_mean"] == 1.0 and metrics["clip_fraction"] == 0.0 and metrics["kl"] == 0.0
+    assert metrics["sampler_logprob_max_abs_diff"] < 1e-4
+    assert metrics["response_length/turn1"] == 16 and metrics["truncated_fraction"] == 1.0
+    assert metrics["reward/total"] == -3.0 and metrics["zero_std_fraction"] == 1.0 and metrics["grad_norm"] == 0.0
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 8 and all(r["advantage"] == 0.0 and r["turn1_tokens"] == 16 for r in rollouts)
+
+
+@pytest.fixture(scope="module")
+def straight(cac_data, tmp_path_factory):
+    from cac_align.cac.train.sft import run
+
+    out = tmp_path_factory.mktemp("grpo") / "straight"
+    metrics = run(_recipe(cac_data, out))
+    return out, metrics
+
+
+def test_tiny_recipe_trains(straight):
+    from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+    out, metrics = straight
+    logs = _metrics(out)
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4]
+    for entry in logs:
+        assert all(math.isfinite(v) for v in entry.values()), entry
+        for key in ("reward/format", "reward/status", "reward/type_iou", "reward/temporal_iou", "reward/spatial_iou",
+                    "turn2_fraction", "window_s", "kl", "clip_fraction", "response_length/turn1", "response_length/turn2"):
+            assert key in entry, key
+    # the first step is at the reference; the policy then drifts from it
+    assert logs[0]["kl"] == 0.0 and logs[0]["ratio_mean"] == 1.0 and logs[-1]["kl"] > 0
+    assert 0 < logs[0]["turn2_fraction"] < 1 and logs[0]["reward/total_std"] > 0
+    # every rollout is logged with its rewards and advantage; advantages are zero-mean per group
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 4 * 8
+    for step in range(1, 5):
+        for group in (0, 1):
+            advantages = [r["advantage"] for r in rollouts if r["step"] == step and r["group"] == group]
+            assert len(advantages) == 4 and abs(sum(advantages)) < 1e-4
+    # full-parameter training: every parameter moved except the one that gets no gradient
+    base = build_tiny_qwen3_vl(seed=0).model.state_dict()
+    final = _weights(out / "final")
+    assert set(final) == set(base)
+    unchanged = sorted(name for name, tensor in final.items() if torch.equal(tensor, base[name]))
+    assert unchanged and all(NO_GRADIENT in name for name in unchanged), unchanged
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "tensorboard").is_dir() and json.loads((out / "data.json").read_text())["stage"] == 3
+
+
+def test_resume_continues_exactly(straight, cac_data, tmp_path):
+    """2 steps, a run killed while writing checkpoint 3, then resume to 4: the same weights and
+    log as 4 steps straight."""
+    from cac_align.cac.train.sft import run
+
+    out = tmp_path / "resumed"
+    run(_recipe(cac_data, out, "train.max_steps=2"))
+    (out / "checkpoints/checkpoint-3").mkdir()  # interrupted: no grpo_state.json, so it is ignored
+    with (out / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "reward/total": 1.0}\n{"step": 4, "rew')  # lines of the killed run
+    with pytest.raises(RecipeError, match="config changed: grpo.beta"):
+        run(_recipe(cac_data, out, "resume=true", "grpo.beta=0.5"))
+    run(_recipe(cac_data, out, "resume=true"))
+    expected, got = _weights(straight[0] / "final"), _weights(out / "final")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0, msg=name)
+    logs, straight_logs = _metrics(out), _metrics(straight[0])
+    assert [e["step"] for e in logs] == [1, 2, 3, 4]
+    for a, b in zip(logs, straight_logs):
+        assert a["reward/total"] == pytest.approx(b["reward/total"]) and a["kl"] == pytest.approx(b["kl"], abs=1e-7)
+
+
+def test_two_processes_agree(cac_data, tmp_path):
+    """`accelerate launch` with two CPU processes (gloo): each process rolls out its own two
+    videos (four different ones in the step), gradients are averaged, and the two replicas hold
+    the same parameters afterwards. (`accelerate launch --cpu --num_processes 2` starts a single
+    process in this accelerate version; `--multi_gpu` starts two, which run on the CPU here.)"""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543",
+               "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage3_grpo_tiny.yaml"),
+               f"annotations={cac_data}", f"out_dir={out}", "model=tiny-random:qwen3_vl", "train.max_steps=1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (entry,) = _metrics(out)
+    assert entry["process_param_spread"] == 0.0 and entry["grad_norm"] > 0
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 16 and len({r["record"] for r in rollouts}) == 4
+    assert (out / "final/model.safetensors").exists()
