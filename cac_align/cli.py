@@ -4,6 +4,7 @@
     cac-align <job> --config recipes/<job>/<recipe>.yaml [--out DIR] [key=value ...]
     cac-align <job> --config ... --print-config      # show the resolved config, run nothing
     cac-align check-recipe recipes/**/*.yaml          # validate recipes without loading weights
+    cac-align eval bench --config ...                 # = cac-align eval-bench (likewise eval vbench / expert)
 
 Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
 naming the input and exit with status 2, instead of a traceback.
@@ -70,8 +71,16 @@ def _check_recipes(paths: Sequence[Path]) -> int:
     return 1 if failures else 0
 
 
+def _eval_alias(argv: Sequence[str]) -> list[str]:
+    """``cac-align eval bench ...`` is ``cac-align eval-bench ...`` (likewise vbench, expert)."""
+    argv = list(argv)
+    if len(argv) >= 2 and argv[0] == "eval" and f"eval-{argv[1]}" in JOBS:
+        return [f"eval-{argv[1]}", *argv[2:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = _build_parser().parse_args(_eval_alias(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes)

@@ -97,6 +97,12 @@ JOBS: dict[str, JobSpec] = {
             help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO",
         ),
         JobSpec(
+            name="eval-bench",
+            config="cac_align.eval.bench:BenchConfig",
+            run="cac_align.eval.bench:run",
+            help="anomaly-detection metrics of one or more systems against annotations (also: `cac-align eval bench`)",
+        ),
+        JobSpec(
             name="bon",
             config="cac_align.gen.best_of_n:BonConfig",
             run="cac_align.gen.best_of_n:run",

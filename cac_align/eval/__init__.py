@@ -1,0 +1,1 @@
+"""Evaluation: detection bench metrics, VBench dimensions, expert anomaly rate, the report."""

@@ -1,0 +1,433 @@
+"""Anomaly-detection bench metrics (CaC Table 1, Fig. 4, Tables S3 and S4). Job: ``cac-align eval bench``.
+
+Ground truth is an annotation JSONL (:mod:`cac_align.cac.schema`); predictions are one JSONL per
+system, so a reward model scored here (``cac-align score``'s ``results.jsonl``) and baselines
+evaluated elsewhere compare in one table. A prediction line needs ``video`` and ``status``
+("normal" / "abnormal"); optional evidence:
+
+- ``window_s`` ([start, end] seconds) or ``windows_s`` (a list of them): the predicted anomalous
+  time; ``boxes``: ``[{"time_s": t, "boxes": [[x0, y0, x1, y1], ...]}, ...]`` (0–1000);
+- a ``cac-align score`` line carries these inside ``details`` (the CaC turn-2 window and boxes),
+  and they are read from there.
+
+Predictions are matched to annotations by the video's resolved path, else by file name. A video
+with no prediction, or whose prediction has no valid status (a failed reward), is **not scored**:
+it is left out of every metric and counted in ``coverage`` (never turned into a guess).
+
+Metrics (``abnormal`` is the positive class of the "anomalous" columns):
+
+- **Table 1**: :func:`detection_metrics`: recall, precision and F1 for each class, and accuracy.
+  A ratio whose denominator is 0 is undefined and reported as NaN (``null`` in JSON, "–" in
+  tables): precision of a class never predicted, recall of a class absent from the ground
+  truth, accuracy of an empty set. F1 is ``2TP / (2TP + FP + FN)``, NaN only when the class is
+  neither present nor predicted, so a class that is present but never predicted has F1 = 0.
+- **Fig. 4, hard split**: recall of anomalous videos in four groups, by anomaly duration
+  (shorter than ``long_s`` = 1 s, or not) and spatial extent (smaller than ``large_area`` =
+  20% of the frame, or not). A video's duration is the total length of the union of its
+  anomaly windows; its extent is the largest, over its anomalies, of the mean over annotated
+  frames of the frame fraction covered by that anomaly's boxes (overlaps counted once). A video
+  with no boxes has no extent and is counted under ``no_boxes``.
+- **Table S3**: detection recall per anomaly type (anomalous videos having that type).
+- **Table S4**: on true positives (anomalous, predicted abnormal), mean temporal IoU of the
+  predicted window(s) with the annotated windows (unions of intervals, in seconds) and mean
+  spatial IoU: on each predicted frame that is annotated, each GT box takes its best-matching
+  predicted box's IoU; a video's value is the mean over those GT boxes (0 when the prediction
+  boxes no annotated frame). A true positive without a predicted window / boxes scores 0.
+- **Bias flag**: set when one class's recall is at least ``bias_high`` (0.95) while the other's
+  is at most ``bias_low`` (0.2): a model that calls nearly everything one class.
+
+Outputs in ``out_dir``: ``bench.json`` (every number), ``bench.md`` and one CSV per table
+(``table1.csv``, ``hard_split.csv``, ``per_type.csv``, ``localization.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import MISSING
+
+__all__ = [
+    "BenchConfig",
+    "Prediction",
+    "detection_metrics",
+    "evaluate_system",
+    "hard_split_recall",
+    "interval_iou",
+    "load_predictions",
+    "per_type_recall",
+    "prediction_bias",
+    "run",
+    "video_extent",
+]
+
+LABELS = ("normal", "abnormal")
+NAN = float("nan")
+
+
+@dataclass
+class BenchConfig:
+    """Config of `cac-align eval bench`.
+
+    Attributes:
+        annotations: ground-truth annotation JSONL.
+        predictions: system name -> prediction JSONL (module doc for the line format).
+        out_dir: receives bench.json, bench.md and the CSV tables.
+        long_s: duration threshold of the hard split (CaC Fig. 4: 1 s).
+        large_area: spatial-extent threshold, a fraction of the frame (CaC Fig. 4: 20%).
+        bias_high, bias_low: the bias flag's recall thresholds.
+    """
+
+    annotations: str = MISSING
+    predictions: dict[str, str] = field(default_factory=dict)
+    out_dir: str = "outputs/bench"
+    long_s: float = 1.0
+    large_area: float = 0.2
+    bias_high: float = 0.95
+    bias_low: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.predictions:
+            raise ValueError("predictions is empty: give at least one system, e.g. predictions={cac: runs/score/results.jsonl}")
+        if self.long_s <= 0 or not 0 < self.large_area < 1:
+            raise ValueError(f"need long_s > 0 and 0 < large_area < 1, got {self.long_s}, {self.large_area}")
+        if not 0 <= self.bias_low < self.bias_high <= 1:
+            raise ValueError(f"need 0 <= bias_low < bias_high <= 1, got {self.bias_low}, {self.bias_high}")
+
+
+# ---------------------------------------------------------------------------------------
+# Table 1
+# ---------------------------------------------------------------------------------------
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else NAN
+
+
+def detection_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """Per-class recall, precision, F1 and accuracy (module doc for the undefined cases).
+
+    Args:
+        y_true, y_pred: "normal" / "abnormal" per video, same length.
+
+    Returns:
+        ``anomalous_recall``, ``anomalous_precision``, ``anomalous_f1``, ``normal_recall``,
+        ``normal_precision``, ``normal_f1``, ``accuracy``, and the counts ``n``, ``tp``, ``fp``,
+        ``fn``, ``tn`` (abnormal positive).
+    """
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}")
+    bad = sorted({str(v) for v in list(y_true) + list(y_pred) if v not in LABELS})
+    if bad:
+        raise ValueError(f"labels must be 'normal' or 'abnormal', got {bad}")
+    pairs = list(zip(y_true, y_pred))
+    tp = sum(t == "abnormal" and p == "abnormal" for t, p in pairs)
+    fp = sum(t == "normal" and p == "abnormal" for t, p in pairs)
+    fn = sum(t == "abnormal" and p == "normal" for t, p in pairs)
+    tn = sum(t == "normal" and p == "normal" for t, p in pairs)
+    out = {
+        "anomalous_recall": _ratio(tp, tp + fn),
+        "anomalous_precision": _ratio(tp, tp + fp),
+        "anomalous_f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "normal_recall": _ratio(tn, tn + fp),
+        "normal_precision": _ratio(tn, tn + fn),
+        "normal_f1": _ratio(2 * tn, 2 * tn + fn + fp),
+        "accuracy": _ratio(tp + tn, len(pairs)),
+    }
+    out.update(n=len(pairs), tp=tp, fp=fp, fn=fn, tn=tn)
+    return out
+
+
+def prediction_bias(metrics: dict[str, float], high: float = 0.95, low: float = 0.2) -> str | None:
+    """A warning when one class's recall is >= ``high`` and the other's <= ``low``, else None."""
+    for cls, other in (("anomalous", "normal"), ("normal", "anomalous")):
+        a, b = metrics[f"{cls}_recall"], metrics[f"{other}_recall"]
+        if not (math.isnan(a) or math.isnan(b)) and a >= high and b <= low:
+            said = "abnormal" if cls == "anomalous" else "normal"
+            return f"predicts '{said}' for nearly everything ({cls} recall {a:.2f}, {other} recall {b:.2f})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry of the annotations
+# ---------------------------------------------------------------------------------------
+def _merge(intervals: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for start, end in sorted((float(a), float(b)) for a, b in intervals if b > a):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def _length(intervals: Sequence[tuple[float, float]]) -> float:
+    return sum(b - a for a, b in intervals)
+
+
+def interval_iou(predicted: Sequence[Sequence[float]], truth: Sequence[Sequence[float]]) -> float:
+    """IoU of two unions of time intervals ([start, end] seconds); 0 when both are empty."""
+    p, t = _merge(predicted), _merge(truth)
+    union = _length(_merge(p + t))
+    if union == 0:
+        return 0.0
+    inter = sum(max(0.0, min(b, d) - max(a, c)) for a, b in p for c, d in t)
+    return inter / union
+
+
+def _union_area(boxes: Sequence[Sequence[float]]) -> float:
+    """Area (fraction of the frame) covered by 0–1000 boxes, overlaps counted once."""
+    xs = sorted({float(v) for b in boxes for v in (b[0], b[2])})
+    area = 0.0
+    for x0, x1 in zip(xs, xs[1:]):
+        spans = [(b[1], b[3]) for b in boxes if b[0] <= x0 and b[2] >= x1]
+        area += (x1 - x0) * _length(_merge(spans))
+    return area / 1e6
+
+
+def video_extent(record: Any) -> float | None:
+    """The record's spatial extent (module doc): None when it has no boxes."""
+    extents = []
+    for anomaly in record.anomalies:
+        if anomaly.boxes:
+            extents.append(float(np.mean([_union_area(boxes) for boxes in anomaly.boxes.values()])))
+    return max(extents) if extents else None
+
+
+def video_anomaly_duration(record: Any) -> float:
+    """Total length (seconds) of the union of the record's anomaly windows."""
+    return _length(_merge([a.window_s(record.annotation_fps) for a in record.anomalies]))
+
+
+# ---------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """One system's verdict on one video (``status`` None = failed / invalid)."""
+
+    video: str
+    status: str | None
+    windows_s: list[list[float]] = field(default_factory=list)
+    boxes: list[dict] = field(default_factory=list)
+
+
+def _from_line(row: dict, where: str) -> Prediction:
+    from cac_align.cac.evidence import cac_details
+
+    if "video" not in row:
+        raise ValueError(f"{where}: no 'video' field")
+    status = row.get("status")
+    if status is not None and status not in LABELS:
+        raise ValueError(f"{where}: status must be 'normal', 'abnormal' or null, got {status!r}")
+    if row.get("valid") is False:
+        status = None  # a failed reward: not scored
+    source = row
+    details = row.get("details")
+    if isinstance(details, dict):
+        source = cac_details(details) or row
+    windows = source.get("windows_s") or ([source["window_s"]] if source.get("window_s") else [])
+    return Prediction(str(row["video"]), status, [list(map(float, w)) for w in windows], list(source.get("boxes") or []))
+
+
+def load_predictions(path: str | Path) -> list[Prediction]:
+    """Read a prediction JSONL; a malformed line raises ValueError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        from cac_align.config import RecipeError
+
+        raise RecipeError(f"predictions file {path} does not exist")
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(_from_line(json.loads(line), f"{path}:{number}"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
+    return out
+
+
+def _match(records: Sequence[Any], predictions: Sequence[Prediction], base: Path) -> list[Prediction | None]:
+    """The prediction of each record: by resolved path, else by file name (if unambiguous)."""
+    by_path = {str((base / p.video).resolve()) if not Path(p.video).is_absolute() else str(Path(p.video).resolve()): p for p in predictions}
+    by_name: dict[str, list[Prediction]] = {}
+    for p in predictions:
+        by_name.setdefault(Path(p.video).name, []).append(p)
+    out = []
+    for record in records:
+        found = by_path.get(str(Path(record.video).resolve()))
+        if found is None and len(by_name.get(Path(record.video).name, [])) == 1:
+            found = by_name[Path(record.video).name][0]
+        out.append(found)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Per-system evaluation
+# ---------------------------------------------------------------------------------------
+def hard_split_recall(records: Sequence[Any], predicted: Sequence[str], long_s: float = 1.0, large_area: float = 0.2) -> dict[str, dict]:
+    """Recall of anomalous videos per (duration, extent) group: ``{group: {recall, n}}``.
+
+    Groups: ``short_small``, ``short_large``, ``long_small``, ``long_large`` and ``no_boxes``
+    (no extent); ``short`` is a duration < ``long_s``, ``small`` an extent < ``large_area``.
+    """
+    groups: dict[str, list[bool]] = {g: [] for g in ("short_small", "short_large", "long_small", "long_large", "no_boxes")}
+    for record, pred in zip(records, predicted):
+        if record.status != "abnormal":
+            continue
+        extent = video_extent(record)
+        if extent is None:
+            key = "no_boxes"
+        else:
+            key = ("short" if video_anomaly_duration(record) < long_s else "long") + ("_small" if extent < large_area else "_large")
+        groups[key].append(pred == "abnormal")
+    return {g: {"recall": _ratio(sum(v), len(v)), "n": len(v)} for g, v in groups.items()}
+
+
+def per_type_recall(records: Sequence[Any], predicted: Sequence[str]) -> dict[str, dict]:
+    """Detection recall of anomalous videos having each anomaly type: ``{type: {recall, n}}``."""
+    from cac_align.cac.schema import ANOMALY_TYPES
+
+    out = {}
+    for kind in ANOMALY_TYPES:
+        hits = [pred == "abnormal" for record, pred in zip(records, predicted) if any(a.type == kind for a in record.anomalies)]
+        out[kind] = {"recall": _ratio(sum(hits), len(hits)), "n": len(hits)}
+    return out
+
+
+def _spatial_iou(record: Any, boxes: Sequence[dict]) -> float:
+    from cac_align.cac.schema import box_iou
+    from cac_align.cac.train.data import on_screen
+
+    predicted: dict[int, list] = {}
+    for entry in boxes:
+        if "time_s" not in entry:
+            continue
+        predicted.setdefault(on_screen(float(entry["time_s"]), record.annotation_fps), []).extend(entry.get("boxes") or [])
+    scores = []
+    for frame, candidates in predicted.items():
+        if not candidates:
+            continue
+        for anomaly in record.anomalies:
+            for gt in anomaly.boxes.get(frame, []):
+                scores.append(max(box_iou(gt, p) for p in candidates))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | None], config: BenchConfig) -> dict:
+    """Every metric of one system (``predictions`` aligned with ``records``)."""
+    scored = [(r, p) for r, p in zip(records, predictions) if p is not None and p.status is not None]
+    missing = sum(p is None for p in predictions)
+    invalid = sum(p is not None and p.status is None for p in predictions)
+    recs = [r for r, _ in scored]
+    labels = [p.status for _, p in scored]
+    table1 = detection_metrics([r.status for r in recs], labels)
+    temporal, spatial = [], []
+    for record, pred in scored:
+        if record.status == "abnormal" and pred.status == "abnormal":
+            truth = [a.window_s(record.annotation_fps) for a in record.anomalies]
+            temporal.append(interval_iou(pred.windows_s, truth))
+            spatial.append(_spatial_iou(record, pred.boxes))
+    return {
+        "coverage": {"annotated": len(records), "scored": len(scored), "missing": missing, "invalid": invalid},
+        "table1": table1,
+        "hard_split": hard_split_recall(recs, labels, config.long_s, config.large_area),
+        "per_type": per_type_recall(recs, labels),
+        "localization": {
+            "temporal_iou": float(np.mean(temporal)) if temporal else NAN,
+            "spatial_iou": float(np.mean(spatial)) if spatial else NAN,
+            "n_true_positives": len(temporal),
+        },
+        "bias": prediction_bias(table1, config.bias_high, config.bias_low),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    t1_keys = ["anomalous_recall", "anomalous_precision", "anomalous_f1", "normal_recall", "normal_precision", "normal_f1", "accuracy"]
+    groups = ["short_small", "short_large", "long_small", "long_large", "no_boxes"]
+    types = list(next(iter(results.values()))["per_type"])
+    return {
+        "table1": (["system", *t1_keys, "scored", "invalid", "missing"], [
+            [name, *(r["table1"][k] for k in t1_keys), r["coverage"]["scored"], r["coverage"]["invalid"], r["coverage"]["missing"]]
+            for name, r in results.items()
+        ]),
+        "hard_split": (["system", *(f"{g}_recall" for g in groups), *(f"{g}_n" for g in groups)], [
+            [name, *(r["hard_split"][g]["recall"] for g in groups), *(r["hard_split"][g]["n"] for g in groups)] for name, r in results.items()
+        ]),
+        "per_type": (["system", *types], [[name, *(r["per_type"][t]["recall"] for t in types)] for name, r in results.items()]),
+        "localization": (["system", "temporal_iou", "spatial_iou", "n_true_positives"], [
+            [name, r["localization"]["temporal_iou"], r["localization"]["spatial_iou"], r["localization"]["n_true_positives"]]
+            for name, r in results.items()
+        ]),
+    }
+
+
+def _markdown(results: dict[str, dict], config: BenchConfig) -> str:
+    titles = {
+        "table1": "Detection (Table 1; anomalous = positive class)",
+        "hard_split": f"Hard split: recall of anomalous videos by duration (< / >= {config.long_s:g} s) and extent (< / >= {config.large_area:.0%} of the frame)",
+        "per_type": "Recall per anomaly type (Table S3)",
+        "localization": "Localization on true positives (Table S4)",
+    }
+    lines = ["# Anomaly-detection bench", "", f"Ground truth: `{config.annotations}`. – = undefined (no video to divide by).", ""]
+    for name, (header, rows) in _tables(results).items():
+        lines += [f"## {titles[name]}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+        lines.append("")
+    flagged = [(n, r["bias"]) for n, r in results.items() if r["bias"]]
+    if flagged:
+        lines += ["## Prediction bias", ""] + [f"- **{n}**: {msg}" for n, msg in flagged] + [""]
+    return "\n".join(lines)
+
+
+def run(config: BenchConfig) -> dict:
+    """Evaluate every system against the annotations; write the tables; return the numbers."""
+    from cac_align.cac.schema import load_annotations
+    from cac_align.config import RecipeError
+
+    if not Path(config.annotations).exists():
+        raise RecipeError(f"annotations file {config.annotations} does not exist")
+    records = load_annotations(config.annotations).records
+    results = {}
+    for name, path in config.predictions.items():
+        predictions = load_predictions(path)
+        matched = _match(records, predictions, Path(path).parent)
+        if all(p is None for p in matched):
+            raise RecipeError(f"predictions[{name}] = {path}: none of its videos is in {config.annotations}")
+        results[name] = evaluate_system(records, matched, config)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"annotations": config.annotations, "systems": _jsonable(results)}, indent=1))
+    for name, (header, rows) in _tables(results).items():
+        with (out / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows([["" if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows])
+    (out / "bench.md").write_text(_markdown(results, config))
+    for name, result in results.items():
+        t = result["table1"]
+        print(f"{name}: accuracy {_fmt(t['accuracy'])}, anomalous F1 {_fmt(t['anomalous_f1'])}, normal F1 {_fmt(t['normal_f1'])} "
+              f"({result['coverage']['scored']}/{result['coverage']['annotated']} scored)" + (f"; BIAS: {result['bias']}" if result["bias"] else ""))
+    print(f"bench: {out / 'bench.md'}, {out / 'bench.json'}")
+    return results

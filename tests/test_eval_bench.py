@@ -1,0 +1,180 @@
+"""Bench metrics (CaC Table 1, Fig. 4, Tables S3-S4) against hand-computed values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from cac_align.cac.schema import AnnotationRecord, Anomaly, write_annotations
+from cac_align.eval.bench import (
+    BenchConfig,
+    detection_metrics,
+    hard_split_recall,
+    interval_iou,
+    per_type_recall,
+    prediction_bias,
+    run,
+    video_extent,
+)
+
+
+def test_detection_metrics_hand_worked_confusion_matrix():
+    """10 videos: 4 anomalous (3 caught, 1 missed), 6 normal (2 false alarms).
+    TP 3, FN 1, FP 2, TN 4 -> anomalous recall 3/4, precision 3/5, F1 6/9; normal recall 4/6,
+    precision 4/5, F1 8/11; accuracy 7/10."""
+    y_true = ["abnormal"] * 4 + ["normal"] * 6
+    y_pred = ["abnormal", "abnormal", "abnormal", "normal"] + ["abnormal", "abnormal", "normal", "normal", "normal", "normal"]
+    m = detection_metrics(y_true, y_pred)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"], m["n"]) == (3, 1, 2, 4, 10)
+    assert m["anomalous_recall"] == pytest.approx(0.75)
+    assert m["anomalous_precision"] == pytest.approx(0.6)
+    assert m["anomalous_f1"] == pytest.approx(2 * 0.75 * 0.6 / (0.75 + 0.6))  # = 6/9
+    assert m["normal_recall"] == pytest.approx(4 / 6)
+    assert m["normal_precision"] == pytest.approx(0.8)
+    assert m["normal_f1"] == pytest.approx(8 / 11)
+    assert m["accuracy"] == pytest.approx(0.7)
+
+
+def test_empty_classes_are_nan_not_a_crash():
+    # everything called abnormal: normal precision has nothing to divide by; normal F1 is 0
+    m = detection_metrics(["abnormal", "normal", "normal"], ["abnormal"] * 3)
+    assert math.isnan(m["normal_precision"]) and m["normal_recall"] == 0 and m["normal_f1"] == 0
+    assert m["anomalous_recall"] == 1 and m["anomalous_precision"] == pytest.approx(1 / 3)
+    # no anomalous video at all: anomalous recall undefined; F1 undefined only when also never predicted
+    m = detection_metrics(["normal", "normal"], ["normal", "normal"])
+    assert math.isnan(m["anomalous_recall"]) and math.isnan(m["anomalous_precision"]) and math.isnan(m["anomalous_f1"])
+    assert m["normal_f1"] == 1 and m["accuracy"] == 1
+    m = detection_metrics([], [])
+    assert math.isnan(m["accuracy"]) and m["n"] == 0
+    with pytest.raises(ValueError, match="'normal' or 'abnormal'"):
+        detection_metrics(["normal"], ["anomalous"])
+    with pytest.raises(ValueError, match="length|labels"):
+        detection_metrics(["normal"], [])
+
+
+def test_bias_flag():
+    says_abnormal = detection_metrics(["abnormal"] * 5 + ["normal"] * 5, ["abnormal"] * 9 + ["normal"])
+    assert "'abnormal' for nearly everything" in prediction_bias(says_abnormal)
+    balanced = detection_metrics(["abnormal", "normal"], ["abnormal", "normal"])
+    assert prediction_bias(balanced) is None
+
+
+def _record(name, windows_frames, box_side=None, types=None, fps=4.0, frames=40):
+    """An anomalous record (or normal when ``windows_frames`` is empty) at 4 fps; each anomaly
+    boxed on its every frame by a square of side ``box_side`` (0-1000 units)."""
+    anomalies = []
+    for i, (start, end) in enumerate(windows_frames):
+        boxes = {f: [[0, 0, box_side, box_side]] for f in range(start, end + 1)} if box_side else {}
+        anomalies.append(Anomaly((types or ["Object Distortion"] * 9)[i], (start, end), boxes))
+    return AnnotationRecord(f"{name}.mp4", "p", "abnormal" if anomalies else "normal", fps, anomalies, frames)
+
+
+def test_extent_duration_and_hard_split_groups():
+    # at 4 fps a window of frames [s, e] lasts (e - s + 1) / 4 s
+    short_small = _record("a", [(0, 1)], box_side=300)  # 0.5 s, 0.09 of the frame
+    short_large = _record("b", [(4, 6)], box_side=500)  # 0.75 s, 0.25
+    long_small = _record("c", [(0, 3), (2, 5)], box_side=400)  # union of 0-1 s and 0.5-1.5 s = 1.5 s, 0.16
+    long_large = _record("d", [(10, 17)], box_side=1000)  # 2 s, the whole frame
+    no_boxes = _record("e", [(0, 9)])
+    normal = _record("f", [])
+    assert video_extent(short_small) == pytest.approx(0.09) and video_extent(no_boxes) is None
+    # overlapping boxes on one frame count once: two 500x500 boxes overlapping by 250x500
+    overlap = AnnotationRecord("g.mp4", "p", "abnormal", 4.0, [Anomaly("Object Distortion", (0, 0), {0: [[0, 0, 500, 500], [250, 0, 750, 500]]})], 8)
+    assert video_extent(overlap) == pytest.approx(0.375)
+    records = [short_small, short_large, long_small, long_large, no_boxes, normal]
+    predicted = ["abnormal", "normal", "abnormal", "abnormal", "normal", "abnormal"]
+    split = hard_split_recall(records, predicted)
+    assert {g: (v["recall"], v["n"]) for g, v in split.items()} == {
+        "short_small": (1.0, 1), "short_large": (0.0, 1), "long_small": (1.0, 1), "long_large": (1.0, 1), "no_boxes": (0.0, 1)
+    }
+
+
+def test_per_type_recall():
+    records = [
+        _record("a", [(0, 1)], types=["Human Distortion"]),
+        _record("b", [(0, 1), (3, 4)], types=["Human Distortion", "Motion Anomalies"]),
+        _record("c", [(0, 1)], types=["Motion Anomalies"]),
+        _record("d", []),
+    ]
+    got = per_type_recall(records, ["abnormal", "normal", "abnormal", "abnormal"])
+    assert got["Human Distortion"] == {"recall": 0.5, "n": 2}
+    assert got["Motion Anomalies"] == {"recall": 0.5, "n": 2}
+    assert got["Object Distortion"]["n"] == 0 and math.isnan(got["Object Distortion"]["recall"])
+
+
+def test_interval_iou():
+    assert interval_iou([[1, 3]], [[2, 4]]) == pytest.approx(1 / 3)
+    assert interval_iou([[0, 1], [2, 3]], [[0, 3]]) == pytest.approx(2 / 3)  # two windows against one
+    assert interval_iou([[0, 2], [1, 3]], [[0, 3]]) == pytest.approx(1.0)  # overlapping predictions merge
+    assert interval_iou([], [[0, 1]]) == 0.0 and interval_iou([], []) == 0.0
+
+
+def test_bench_job_on_prediction_files(tmp_path):
+    """Two systems: a `cac-align score` results.jsonl (evidence inside `details`, one invalid
+    video) and a bare status JSONL from elsewhere (one video missing)."""
+    records = [
+        _record("v0", [(4, 7)], box_side=500),  # window 1-2 s, boxes [0,0,500,500] on frames 4-7
+        _record("v1", [(0, 3)], box_side=200),
+        _record("v2", []),
+        _record("v3", []),
+    ]
+    annotations = write_annotations(records, tmp_path / "gt" / "annotations.jsonl")
+    cac = [
+        {"video": str(tmp_path / "gt/v0.mp4"), "status": "abnormal", "valid": True, "score": 0.1,
+         "details": {"turn1": {}, "window_s": [1.5, 2.5], "boxes": [{"frame": 0, "time_s": 1.5, "type": "Object Distortion", "boxes": [[0, 0, 500, 1000]]}]}},
+        {"video": str(tmp_path / "gt/v1.mp4"), "status": None, "valid": False, "score": None, "error": "turn 1 answer has no readable status"},
+        {"video": str(tmp_path / "gt/v2.mp4"), "status": "abnormal", "valid": True, "score": 0.4, "details": {"turn1": {}, "window_s": None, "boxes": []}},
+        {"video": str(tmp_path / "gt/v3.mp4"), "status": "normal", "valid": True, "score": 0.9, "details": {"turn1": {}, "window_s": None, "boxes": []}},
+    ]
+    (tmp_path / "cac.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cac))
+    (tmp_path / "base.jsonl").write_text(
+        "".join(json.dumps({"video": f"v{i}.mp4", "status": s}) + "\n" for i, s in [(0, "abnormal"), (1, "abnormal"), (2, "abnormal")])
+    )
+    config = BenchConfig(annotations=str(annotations), predictions={"cac": str(tmp_path / "cac.jsonl"), "base": str(tmp_path / "base.jsonl")}, out_dir=str(tmp_path / "out"))
+    results = run(config)
+    cac_result = results["cac"]
+    assert cac_result["coverage"] == {"annotated": 4, "scored": 3, "missing": 0, "invalid": 1}
+    assert cac_result["table1"]["tp"] == 1 and cac_result["table1"]["fp"] == 1 and cac_result["table1"]["tn"] == 1
+    # window 1.5-2.5 s vs 1-2 s: IoU 0.5 / 1.5; time 1.5 s is annotation frame 6, box IoU 0.25 / 0.5
+    assert cac_result["localization"]["temporal_iou"] == pytest.approx(1 / 3)
+    assert cac_result["localization"]["spatial_iou"] == pytest.approx(0.5)
+    base = results["base"]
+    assert base["coverage"]["missing"] == 1 and base["table1"]["anomalous_recall"] == 1.0
+    assert math.isnan(base["table1"]["normal_recall"]) is False and base["table1"]["normal_recall"] == 0.0
+    assert base["localization"]["temporal_iou"] == 0.0  # true positives without a window score 0
+    # files: JSON with nulls for undefined values, markdown tables, CSVs
+    saved = json.loads((tmp_path / "out/bench.json").read_text())
+    assert saved["systems"]["base"]["table1"]["normal_precision"] is None
+    md = (tmp_path / "out/bench.md").read_text()
+    assert "| cac | 1.000 | 0.500 | 0.667 |" in md and "## Prediction bias" in md and "**base**" in md
+    rows = list(csv.DictReader((tmp_path / "out/table1.csv").open()))
+    assert [r["system"] for r in rows] == ["cac", "base"] and rows[1]["normal_precision"] == ""
+
+
+def test_bench_errors_name_the_input(tmp_path):
+    from cac_align.config import RecipeError
+
+    annotations = write_annotations([_record("v0", [])], tmp_path / "a.jsonl")
+    (tmp_path / "other.jsonl").write_text(json.dumps({"video": "zzz.mp4", "status": "normal"}) + "\n")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"video": "v0.mp4", "status": "maybe"}) + "\n")
+    with pytest.raises(RecipeError, match="none of its videos"):
+        run(BenchConfig(annotations=str(annotations), predictions={"x": str(tmp_path / "other.jsonl")}, out_dir=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="bad.jsonl:1: status must be"):
+        run(BenchConfig(annotations=str(annotations), predictions={"x": str(tmp_path / "bad.jsonl")}, out_dir=str(tmp_path / "o")))
+    with pytest.raises(RecipeError, match="does not exist"):
+        run(BenchConfig(annotations=str(annotations), predictions={"x": str(tmp_path / "nope.jsonl")}, out_dir=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="predictions is empty"):
+        BenchConfig(annotations=str(annotations))
+
+
+def test_cli_eval_bench_alias(tmp_path):
+    from cac_align.cli import main
+
+    annotations = write_annotations([_record("v0", [(0, 1)]), _record("v1", [])], tmp_path / "a.jsonl")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"video": f"v{i}.mp4", "status": "abnormal"}) + "\n" for i in (0, 1)))
+    code = main(["eval", "bench", f"annotations={annotations}", f"predictions={{sys: {tmp_path / 'p.jsonl'}}}", f"out_dir={tmp_path / 'o'}"])
+    assert code == 0
+    assert json.loads((tmp_path / "o/bench.json").read_text())["systems"]["sys"]["table1"]["accuracy"] == 0.5
