@@ -103,6 +103,12 @@ JOBS: dict[str, JobSpec] = {
             help="anomaly-detection metrics of one or more systems against annotations (also: `cac-align eval bench`)",
         ),
         JobSpec(
+            name="eval-expert",
+            config="cac_align.eval.expert:ExpertConfig",
+            run="cac_align.eval.expert:run",
+            help="expert anomaly rate: export a blinded HTML labelling sheet, or analyze the labels (also: `cac-align eval expert`)",
+        ),
+        JobSpec(
             name="bon",
             config="cac_align.gen.best_of_n:BonConfig",
             run="cac_align.gen.best_of_n:run",
