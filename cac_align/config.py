@@ -109,6 +109,12 @@ JOBS: dict[str, JobSpec] = {
             help="expert anomaly rate: export a blinded HTML labelling sheet, or analyze the labels (also: `cac-align eval expert`)",
         ),
         JobSpec(
+            name="report",
+            config="cac_align.eval.report:ReportConfig",
+            run="cac_align.eval.report:run",
+            help="Table 2: VBench dimensions and expert anomaly rate per system, best in bold, deltas vs the base; markdown, HTML, charts",
+        ),
+        JobSpec(
             name="bon",
             config="cac_align.gen.best_of_n:BonConfig",
             run="cac_align.gen.best_of_n:run",

@@ -1,0 +1,194 @@
+"""One report of an alignment comparison (CaC Table 2). Job: ``cac-align report``.
+
+Rows are the VBench dimensions (from ``cac-align eval vbench``'s ``vbench.json``) and the expert
+anomaly rate (from ``cac-align eval expert action=analyze``'s ``expert.json``); columns are the
+systems, the first being the base model. Each row has an arrow for its better direction (↑ for
+the VBench dimensions, ↓ for the anomaly rate). The best value of a row is in bold (every system
+tied for it). Every other system's delta against the base is shown beside its value. The anomaly
+rate also shows its 95% Wilson interval.
+
+Outputs in ``out_dir``: ``report.md``, ``report.html`` (self-contained: the charts are embedded),
+``charts/<metric>.png`` (one matplotlib bar chart per row, with the Wilson interval as error
+bars for the anomaly rate) and ``report.json`` (the table's numbers).
+
+Input formats: ``vbench.json`` is ``{"systems": {name: {"dimensions": {dimension: {"mean": x,
+...}}}}}``; ``expert.json`` is ``{"systems": {name: {"rate": r, "wilson_low": l, "wilson_high":
+h, "n": n, ...}}}``. A system missing from a file shows "–" in that row.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["METRICS", "ReportConfig", "build_table", "run"]
+
+# (row key, label, higher is better)
+METRICS = [
+    ("dynamic_degree", "Dynamic degree", True),
+    ("subject_consistency", "Subject consistency", True),
+    ("imaging_quality", "Imaging quality", True),
+    ("expert_anomaly_rate", "Expert anomaly rate", False),
+]
+
+
+@dataclass
+class ReportConfig:
+    """Config of `cac-align report`.
+
+    Attributes:
+        systems: column order; the first is the base model the deltas are taken against. Empty
+            = every system found, in the order of the first input file.
+        vbench: a ``vbench.json`` (or null).
+        expert: an ``expert.json`` (or null).
+        out_dir: receives report.md, report.html, report.json and charts/.
+        title: the report's heading.
+    """
+
+    systems: list[str] = field(default_factory=list)
+    vbench: str | None = None
+    expert: str | None = None
+    out_dir: str = "outputs/report"
+    title: str = "Alignment report"
+
+    def __post_init__(self) -> None:
+        if self.vbench is None and self.expert is None:
+            raise ValueError("give at least one input: vbench=<vbench.json> and/or expert=<expert.json>")
+
+
+def _read(path: str | None, what: str) -> dict:
+    if path is None:
+        return {}
+    if not Path(path).exists():
+        from cac_align.config import RecipeError
+
+        raise RecipeError(f"{what}={path} does not exist")
+    return json.loads(Path(path).read_text()).get("systems", {})
+
+
+def build_table(config: ReportConfig) -> dict:
+    """The table's numbers: ``{"systems", "rows": [{key, label, higher_better, values, intervals, best, deltas}]}``."""
+    vbench, expert = _read(config.vbench, "vbench"), _read(config.expert, "expert")
+    systems = list(config.systems) or list(dict.fromkeys([*vbench, *expert]))
+    if not systems:
+        from cac_align.config import RecipeError
+
+        raise RecipeError("no systems found in the inputs")
+    rows = []
+    for key, label, higher in METRICS:
+        values: dict[str, float | None] = {}
+        intervals: dict[str, list[float] | None] = {}
+        if key == "expert_anomaly_rate":
+            if not expert:
+                continue
+            for s in systems:
+                e = expert.get(s)
+                values[s] = e["rate"] if e and e.get("rate") is not None else None
+                intervals[s] = [e["wilson_low"], e["wilson_high"]] if e and e.get("wilson_low") is not None else None
+        else:
+            if not vbench or not any(key in (vbench.get(s) or {}).get("dimensions", {}) for s in systems):
+                continue
+            for s in systems:
+                entry = (vbench.get(s) or {}).get("dimensions", {}).get(key)
+                values[s] = entry["mean"] if entry and entry.get("mean") is not None else None
+                intervals[s] = None
+        present = [v for v in values.values() if v is not None and not math.isnan(v)]
+        best_value = (max(present) if higher else min(present)) if present else None
+        base = values.get(systems[0])
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "higher_better": higher,
+                "values": values,
+                "intervals": intervals,
+                "best": [s for s, v in values.items() if v is not None and best_value is not None and math.isclose(v, best_value, rel_tol=0, abs_tol=1e-12)],
+                "deltas": {s: (v - base if v is not None and base is not None and s != systems[0] else None) for s, v in values.items()},
+            }
+        )
+    return {"systems": systems, "rows": rows}
+
+
+def _cell(row: dict, system: str, bold: tuple[str, str]) -> str:
+    value = row["values"].get(system)
+    if value is None or math.isnan(value):
+        return "–"
+    text = f"{value:.4f}"
+    if system in row["best"]:
+        text = f"{bold[0]}{text}{bold[1]}"
+    interval = row["intervals"].get(system)
+    if interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    delta = row["deltas"].get(system)
+    if delta is not None:
+        text += f" ({delta:+.4f})"
+    return text
+
+
+def _arrow(row: dict) -> str:
+    return "↑" if row["higher_better"] else "↓"
+
+
+def _chart(row: dict, systems: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [s for s in systems if row["values"].get(s) is not None]
+    values = [row["values"][s] for s in shown]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(shown), 3.2), dpi=100)
+    colors = ["#3b7dd8" if s in row["best"] else "#9bb7de" for s in shown]
+    errors = None
+    if any(row["intervals"].get(s) for s in shown):
+        errors = [[v - (row["intervals"].get(s) or [v, v])[0] for s, v in zip(shown, values)],
+                  [(row["intervals"].get(s) or [v, v])[1] - v for s, v in zip(shown, values)]]
+    ax.bar(range(len(shown)), values, color=colors, yerr=errors, capsize=4)
+    ax.set_xticks(range(len(shown)), shown, rotation=20, ha="right")
+    ax.set_title(f"{row['label']} {_arrow(row)}")
+    for x, v in enumerate(values):  # inside the bar, clear of the error bars
+        ax.annotate(f"{v:.3f}", (x, v / 2), ha="center", va="center", fontsize=8, color="white", fontweight="bold")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(config: ReportConfig) -> dict:
+    """Build the table, write markdown, HTML, JSON and the charts; returns the table."""
+    table = build_table(config)
+    systems, rows = table["systems"], table["rows"]
+    out = Path(config.out_dir)
+    (out / "charts").mkdir(parents=True, exist_ok=True)
+    header = "| metric | " + " | ".join(systems) + " |"
+    md = [f"# {config.title}", "", f"Base model: **{systems[0]}** (deltas in brackets are against it). Best per row in bold.", "",
+          header, "|" + "---|" * (len(systems) + 1)]
+    md += [f"| {row['label']} {_arrow(row)} | " + " | ".join(_cell(row, s, ("**", "**")) for s in systems) + " |" for row in rows]
+    md.append("")
+    images = []
+    for row in rows:
+        path = out / "charts" / f"{row['key']}.png"
+        _chart(row, systems, path)
+        md.append(f"![{row['label']}](charts/{path.name})")
+        images.append((row["label"], base64.b64encode(path.read_bytes()).decode("ascii")))
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
+    body = "".join(
+        f"<tr><th>{html.escape(row['label'])} {_arrow(row)}</th>" + "".join(f"<td>{_cell(row, s, ('<b>', '</b>'))}</td>" for s in systems) + "</tr>"
+        for row in rows
+    )
+    charts = "".join(f'<figure><img alt="{html.escape(label)}" src="data:image/png;base64,{data}"></figure>' for label, data in images)
+    (out / "report.html").write_text(
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(config.title)}</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:1.5rem} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
+        "th:first-child{text-align:left} figure{display:inline-block;margin:.5rem}</style></head><body>"
+        f"<h1>{html.escape(config.title)}</h1><p>Base model: <b>{html.escape(systems[0])}</b>; deltas in brackets are against it; best per row in bold.</p>"
+        f"<table><tr><th>metric</th>{head}</tr>{body}</table>{charts}</body></html>"
+    )
+    (out / "report.json").write_text(json.dumps(table, indent=1))
+    print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(rows)} rows x {len(systems)} systems)")
+    return table

@@ -1,0 +1,68 @@
+"""`cac-align report` on fixture numbers: the table's contents and the charts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from cac_align.eval.report import ReportConfig, build_table, run
+
+
+def _fixtures(tmp_path):
+    vbench = {"systems": {
+        "base": {"dimensions": {"dynamic_degree": {"mean": 0.60}, "subject_consistency": {"mean": 0.950}, "imaging_quality": {"mean": 0.650}}},
+        "bon_ur": {"dimensions": {"dynamic_degree": {"mean": 0.55}, "subject_consistency": {"mean": 0.955}, "imaging_quality": {"mean": 0.670}}},
+        "bon_ur_cac": {"dimensions": {"dynamic_degree": {"mean": 0.60}, "subject_consistency": {"mean": 0.960}, "imaging_quality": {"mean": 0.660}}},
+    }}
+    expert = {"systems": {
+        "base": {"rate": 0.29, "wilson_low": 0.21, "wilson_high": 0.38, "n": 100},
+        "bon_ur": {"rate": 0.24, "wilson_low": 0.17, "wilson_high": 0.33, "n": 100},
+        "bon_ur_cac": {"rate": 0.17, "wilson_low": 0.11, "wilson_high": 0.26, "n": 100},
+    }}
+    (tmp_path / "vbench.json").write_text(json.dumps(vbench))
+    (tmp_path / "expert.json").write_text(json.dumps(expert))
+    return str(tmp_path / "vbench.json"), str(tmp_path / "expert.json")
+
+
+def test_report_table_bold_best_arrows_and_deltas(tmp_path):
+    vbench, expert = _fixtures(tmp_path)
+    config = ReportConfig(systems=["base", "bon_ur", "bon_ur_cac"], vbench=vbench, expert=expert, out_dir=str(tmp_path / "out"))
+    table = run(config)
+    rows = {r["key"]: r for r in table["rows"]}
+    assert rows["dynamic_degree"]["best"] == ["base", "bon_ur_cac"]  # a tie: both bold
+    assert rows["expert_anomaly_rate"]["best"] == ["bon_ur_cac"]  # lower is better
+    assert rows["imaging_quality"]["deltas"] == {"base": None, "bon_ur": pytest.approx(0.02), "bon_ur_cac": pytest.approx(0.01)}
+    md = (tmp_path / "out/report.md").read_text().splitlines()
+    assert "| metric | base | bon_ur | bon_ur_cac |" in md
+    assert "| Dynamic degree ↑ | **0.6000** | 0.5500 (-0.0500) | **0.6000** (+0.0000) |" in md
+    assert "| Expert anomaly rate ↓ | 0.2900 [0.210, 0.380] | 0.2400 [0.170, 0.330] (-0.0500) | **0.1700** [0.110, 0.260] (-0.1200) |" in md
+    assert "| Subject consistency ↑ | 0.9500 | 0.9550 (+0.0050) | **0.9600** (+0.0100) |" in md
+    for key in rows:
+        with Image.open(tmp_path / "out/charts" / f"{key}.png") as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    page = (tmp_path / "out/report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "<b>0.1700</b>" in page
+    assert json.loads((tmp_path / "out/report.json").read_text())["systems"] == ["base", "bon_ur", "bon_ur_cac"]
+
+
+def test_missing_values_and_inputs(tmp_path):
+    vbench, expert = _fixtures(tmp_path)
+    table = build_table(ReportConfig(systems=["base", "flow_grpo"], expert=expert, out_dir=str(tmp_path)))
+    (row,) = table["rows"]  # no vbench file: only the expert row
+    assert row["values"] == {"base": 0.29, "flow_grpo": None} and row["best"] == ["base"]
+    with pytest.raises(ValueError, match="at least one input"):
+        ReportConfig()
+    from cac_align.config import RecipeError
+
+    with pytest.raises(RecipeError, match="does not exist"):
+        build_table(ReportConfig(vbench=str(tmp_path / "nope.json")))
+
+
+def test_cli_report(tmp_path):
+    from cac_align.cli import main
+
+    vbench, expert = _fixtures(tmp_path)
+    assert main(["report", f"vbench={vbench}", f"expert={expert}", f"out_dir={tmp_path / 'r'}"]) == 0
+    assert "| metric | base | bon_ur | bon_ur_cac |" in (tmp_path / "r/report.md").read_text()  # systems in file order
