@@ -438,7 +438,7 @@ def collect_rollouts(
     turn1 = generator.generate(requests, _seed(seed, 1))
 
     # turn 2 for each rollout whose turn 1 says abnormal with a usable window: its own clip
-    pending = []  # (rollout index, parts so far, clip, window)
+    pending = []  # (rollout index, turn-2 prompt: turn-1 context + answer + turn-2 context)
     states = []
     for k, (request, generated) in enumerate(zip(requests, turn1)):
         v = k // grpo.group_size
