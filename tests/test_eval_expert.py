@@ -130,10 +130,11 @@ def _chromium():
     if not found:
         if os.environ.get("CI"):
             pytest.fail("CI must provide Debian's chromium and chromium-driver (see .ci/run)")
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver && pytest -m browser")
     return shutil.which("chromium"), shutil.which("chromedriver")
 
 
+@pytest.mark.browser
 def test_sheet_round_trip_in_headless_chromium(tmp_path):
     """Open the exported page in a real browser, click answers, type a name, save, and ingest
     the file the browser downloaded. Reloading keeps the answers (local storage)."""

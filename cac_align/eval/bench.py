@@ -60,6 +60,7 @@ __all__ = [
     "hard_split_recall",
     "interval_iou",
     "load_predictions",
+    "nan_to_none",
     "per_type_recall",
     "prediction_bias",
     "run",
@@ -355,11 +356,14 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _jsonable(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every NaN float (in nested dicts and lists) replaced by None, for JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_to_none(v) for v in value]
     return value
 
 
@@ -418,7 +422,7 @@ def run(config: BenchConfig) -> dict:
         results[name] = evaluate_system(records, matched, config)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"annotations": config.annotations, "systems": _jsonable(results)}, indent=1))
+    (out / "bench.json").write_text(json.dumps({"annotations": config.annotations, "systems": nan_to_none(results)}, indent=1))
     for name, (header, rows) in _tables(results).items():
         with (out / f"{name}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)

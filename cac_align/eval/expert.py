@@ -43,6 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cac_align.eval.bench import nan_to_none
+
 __all__ = [
     "ExpertConfig",
     "cohen_kappa",
@@ -56,7 +58,6 @@ __all__ = [
 ACTIONS = ("export", "analyze")
 LABELS = ("anomalous", "normal")
 Z95 = 1.959963984540054  # the 97.5th percentile of the standard normal
-_VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi"}
 
 
 @dataclass
@@ -150,33 +151,19 @@ def mcnemar(b: int, c: int) -> dict[str, float]:
 # Export
 # ---------------------------------------------------------------------------------------
 def _system_videos(name: str, source: str) -> list[dict]:
+    """A system's videos (``cac-align score``'s input rules: a folder or a JSONL manifest) with
+    the key they pair up by: the prompt, else the file name without extension."""
+    from cac_align.cac.score_job import collect_inputs
     from cac_align.config import RecipeError
 
-    path = Path(source)
-    if path.is_dir():
-        videos = sorted(p for p in path.iterdir() if p.suffix.lower() in _VIDEO_SUFFIXES)
-        items = [{"video": str(p), "prompt": None, "key": p.stem} for p in videos]
-    elif path.suffix == ".jsonl" and path.exists():
-        items = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                video = Path(row["video"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RecipeError(f"systems.{name}: {path}:{number} needs a 'video' field ({exc})") from exc
-            video = video if video.is_absolute() else path.parent / video
-            prompt = row.get("prompt")
-            items.append({"video": str(video), "prompt": prompt, "key": prompt if prompt is not None else video.stem})
-    else:
-        raise RecipeError(f"systems.{name} = {source}: not a folder of videos or an existing .jsonl manifest")
-    if not items:
-        raise RecipeError(f"systems.{name} = {source}: no videos found")
-    for item in items:
-        if not Path(item["video"]).exists():
-            raise RecipeError(f"systems.{name}: video {item['video']} does not exist")
-    return items
+    try:
+        paths, prompts = collect_inputs(source, None)
+    except RecipeError as exc:
+        raise RecipeError(f"systems.{name}: {exc}") from None
+    for video in paths:
+        if not Path(video).exists():
+            raise RecipeError(f"systems.{name}: video {video} does not exist")
+    return [{"video": video, "prompt": prompt, "key": prompt if prompt is not None else Path(video).stem} for video, prompt in zip(paths, prompts)]
 
 
 def _export(config: ExpertConfig) -> Path:
@@ -415,22 +402,12 @@ def _analyze(config: ExpertConfig) -> dict:
             c = sum(by_key[first][k] == "normal" and by_key[second][k] == "anomalous" for k in common)
             paired[f"{first} vs {second}"] = dict(mcnemar(b, c), prompts=len(common))
     result = {"systems": per_system, "agreement": agreement, "mcnemar": paired, "tie_label": config.tie_label}
-    (out / "expert.json").write_text(json.dumps(_jsonable(result), indent=1))
+    (out / "expert.json").write_text(json.dumps(nan_to_none(result), indent=1))
     (out / "expert.md").write_text(_markdown(result))
     for system, entry in per_system.items():
         print(f"{system}: anomaly rate {entry['rate']:.3f} [{entry['wilson_low']:.3f}, {entry['wilson_high']:.3f}] (n={entry['n']})")
     print(f"expert: {out / 'expert.md'}, {out / 'expert.json'}")
     return result
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _markdown(result: dict) -> str:

@@ -600,10 +600,13 @@ def grpo_loss(
 def _videos_for_step(step: int, count: int, per_step: int, seed: int) -> list[int]:
     """Positions into the stage-3 record list for ``step``: an endless stream of seeded
     per-epoch permutations, so a resumed run takes the same videos as an uninterrupted one."""
+    orders: dict[int, np.ndarray] = {}
     out = []
     for position in range(step * per_step, (step + 1) * per_step):
         epoch, offset = divmod(position, count)
-        out.append(int(np.random.default_rng([seed, 3, epoch]).permutation(count)[offset]))
+        if epoch not in orders:
+            orders[epoch] = np.random.default_rng([seed, 3, epoch]).permutation(count)
+        out.append(int(orders[epoch][offset]))
     return out
 
 
@@ -773,17 +776,21 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
 
         # -- loss: micro-batches of per_device_batch_size rollouts ------------------------
         batches = [rollouts[i : i + t.per_device_batch_size] for i in range(0, len(rollouts), t.per_device_batch_size)]
+        # kept on the CPU and moved per micro-batch: a step's pixels can be GBs
         encoded = [collate([r.sequence for r in b], pad_id) for b in batches]
-        encoded = [{k: v.to(accelerator.device) for k, v in e.items()} for e in encoded]
+
+        def on_device(batch: dict) -> dict:
+            return {k: v.to(accelerator.device) for k, v in batch.items()}
+
         refs, olds, sampler_diff = [], [], 0.0
-        with torch.no_grad():
-            for b, batch in zip(batches, encoded):
+        with torch.no_grad(), accelerator.autocast():
+            for batch in encoded:
+                if reference is not None or grpo.iterations > 1:
+                    inputs = on_device(batch)
                 if reference is not None:
-                    with accelerator.autocast():
-                        refs.append(token_logprobs(reference, batch, grpo.temperature, suppressed)[0])
+                    refs.append(token_logprobs(reference, inputs, grpo.temperature, suppressed)[0])
                 if grpo.iterations > 1:
-                    with accelerator.autocast():
-                        olds.append(token_logprobs(model, batch, grpo.temperature, suppressed)[0])
+                    olds.append(token_logprobs(model, inputs, grpo.temperature, suppressed)[0])
         token_stats = {"kl": 0.0, "clipped": 0.0, "ratio": 0.0, "tokens": 0.0}
         loss_sum, grad_norm = 0.0, 0.0
         model.train()
@@ -791,7 +798,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
             for i, (b, batch) in enumerate(zip(batches, encoded)):
                 sync = accelerator.no_sync(model) if i < len(batches) - 1 else nullcontext()
                 with sync, accelerator.autocast():
-                    logp, mask = token_logprobs(model, batch, grpo.temperature, suppressed)
+                    logp, mask = token_logprobs(model, on_device(batch), grpo.temperature, suppressed)
                     old = olds[i] if olds else logp.detach()
                     adv = torch.tensor([r.advantage for r in b], device=logp.device)
                     per_rollout, stats = grpo_loss(logp, old, refs[i] if refs else None, adv, mask, grpo.clip_epsilon, grpo.beta)
