@@ -109,6 +109,12 @@ JOBS: dict[str, JobSpec] = {
             help="expert anomaly rate: export a blinded HTML labelling sheet, or analyze the labels (also: `cac-align eval expert`)",
         ),
         JobSpec(
+            name="eval-vbench",
+            config="cac_align.eval.vbench:VBenchConfig",
+            run="cac_align.eval.vbench:run",
+            help="VBench dynamic degree, subject consistency and imaging quality per system, by vbench's own code (also: `cac-align eval vbench`)",
+        ),
+        JobSpec(
             name="report",
             config="cac_align.eval.report:ReportConfig",
             run="cac_align.eval.report:run",
