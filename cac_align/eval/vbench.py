@@ -416,13 +416,16 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
     # 1. weights and vbench itself, before any work
     weights = check_weights([d for d in config.dimensions if d not in backbones], config.cache_dir)
     _import_vbench()
-    out = Path(config.out_dir)
-    _prepare_out_dir(out, _settings(config, version("vbench")), config.overwrite)
-    # 2. inputs
+    # 2. inputs, all of them before any output is written
     inputs: dict[str, tuple[list[str], list[str | None]]] = {}
     for name, source in config.systems.items():
-        paths, prompts = collect_inputs(str(source), None)
+        try:
+            paths, prompts = collect_inputs(str(source), None)
+        except RecipeError as exc:
+            raise RecipeError(f"systems.{name}: {exc}") from None
         inputs[name] = ([str(Path(p).resolve()) for p in paths], prompts)
+    out = Path(config.out_dir)
+    _prepare_out_dir(out, _settings(config, version("vbench")), config.overwrite)
     device = resolve_device(config.device)
     # 3. score: one backbone at a time, every system, resuming from the per-video files
     for dim in config.dimensions:
