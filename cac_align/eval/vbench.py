@@ -27,8 +27,8 @@ else ``~/.cache/vbench``: vbench's own rule), at the paths vbench's local mode u
 file stops the job before any model loads, with the list of missing files, where vbench expects
 them, and the commands that fetch them.
 
-Loading (safe by default): RAFT through vbench's ``DynamicDegree`` (``torch.load``, which is
-weights-only in torch >= 2.6); MUSIQ built by pyiqa without weights, then its state dict loaded
+Loading (safe by default): RAFT through vbench's ``DynamicDegree``, after the file is checked
+here to hold tensors only (vbench's ``torch.load`` is weights-only in torch >= 2.6 anyway); MUSIQ built by pyiqa without weights, then its state dict loaded
 here with ``weights_only=True`` (pyiqa's own loader unpickles arbitrary objects); DINO built by
 the DINO repository's ``hubconf.py`` in the cache (as vbench does; ``pretrained=False``, so
 nothing is fetched) and its state dict loaded here with ``weights_only=True``.
@@ -198,7 +198,7 @@ def check_weights(dimensions: Sequence[str], cache_dir: str | None = None) -> di
     return {dim: {item.key: cache / item.path for item in WEIGHTS[dim]} for dim in dimensions}
 
 
-def _import_vbench() -> Any:
+def _import_vbench() -> None:
     """Import vbench's metric modules, or say how to install them."""
     try:
         import vbench.dynamic_degree  # noqa: F401
@@ -209,9 +209,6 @@ def _import_vbench() -> Any:
             f"eval vbench needs the vbench package ({exc}). Install it without its pins (it wants transformers "
             "4.33 and numpy<2): pip install -e '.[eval]' && pip install --no-deps -r requirements-vbench.txt"
         ) from None
-    import vbench
-
-    return vbench
 
 
 def _state_dict(path: Path) -> dict:
@@ -241,6 +238,7 @@ def load_backbone(dimension: str, files: dict[str, Path], device: Any) -> Any:
         from easydict import EasyDict
         from vbench.dynamic_degree import DynamicDegree
 
+        _state_dict(files["raft"])  # refuse anything but tensors before vbench's own torch.load reads it
         # vbench's own args for RAFT-things (vbench.dynamic_degree.compute_dynamic_degree)
         args = EasyDict({"model": str(files["raft"]), "small": False, "mixed_precision": False, "alternate_corr": False})
         return DynamicDegree(args, device)
