@@ -217,6 +217,10 @@ def test_checkpoints_load_tensors_only(tmp_path):
     path = tmp_path / "plain.pth"
     torch.save({"module.a": torch.ones(2), "b": torch.zeros(1)}, path)
     assert sorted(vb._state_dict(path)) == ["a", "b"]
+    # RAFT goes through vbench's own loader; the file is checked before it gets there
+    _need_vbench()
+    with pytest.raises(WeightsNotFoundError, match="tensors-only"):
+        vb.load_backbone("dynamic_degree", {"raft": tmp_path / "evil.pth"}, "cpu")
 
 
 class _Payload:
