@@ -7,6 +7,12 @@ type and a usable time window; "abnormal" in turn 2 needs a known type and boxes
 of the clip. ``errors`` say why an answer is invalid; ``warnings`` record repairs that did not
 invalidate it (a trailing comma removed, an inverted box reordered, a coordinate clamped).
 
+The paper's schema (CaC App. Fig. S5) is read as written: ``"COT"``, ``"status"`` and
+``"anomalies"`` whose items hold ``"Attributed Time Region"`` (a frame range such as "3-5" on the
+grid of frames that turn saw), ``"Attributed Label"``, ``"Reason for Anomaly"``, ``"Problem
+Region"`` and, in turn 2, ``"BBOX"`` ({"Frame 0": [xmin, ymin, xmax, ymax], ...}); so are the
+short keys ("type", "time" in seconds, "frames", "bbox", "reason", "region").
+
 Tolerated: a JSON object inside a markdown fence or surrounded by prose, trailing commas,
 single quotes / Python literals, keys in any case or spacing ("Status", "BBOX", "Frame 0"),
 boxes as strings or floats or 0–1 fractions, windows as ``[3, 7]``, "frames 3-7", "3 to 7",
@@ -25,7 +31,7 @@ from typing import Any
 
 from cac_align.cac.schema import BOX_MAX, frames_to_seconds, normalize_type, seconds_to_frames
 
-__all__ = ["JudgedAnomaly", "Judgment", "extract_json", "parse_judgment"]
+__all__ = ["JudgedAnomaly", "Judgment", "answer_fields", "extract_json", "parse_judgment"]
 
 _MAX_CHARS = 200_000  # longer text is cut before parsing (bounded work on runaway generations)
 
@@ -80,14 +86,29 @@ _TOP_KEYS = {
     "anomalies": {"anomalies", "anomaly", "abnormalities", "anomalylist", "issues", "defects", "errors"},
     "cot": {"cot", "reasoning", "thinking", "analysis", "chainofthought", "thought", "thoughts", "explanation"},
 }
+# The paper's schema (CaC App. Fig. S5) names an anomaly's fields "Attributed Time Region" (a frame
+# range such as "3-5" on the grid of the frames that turn saw), "Attributed Label", "Reason for
+# Anomaly", "Problem Region" and, in turn 2, "BBOX" ({"Frame 0": [...], ...}); the short names
+# ("type", "time", "bbox", ...) are read as well.
 _ANOMALY_KEYS = {
-    "type": {"type", "anomalytype", "category", "types", "class"},
+    "type": {"type", "anomalytype", "category", "types", "class", "attributedlabel", "anomalylabel", "attributedtype"},
     "time": {"time", "timewindow", "window", "timerange", "timestamp", "timestamps", "seconds", "timespan", "period", "duration"},
-    "frames": {"frames", "frame", "framerange", "framewindow", "frameindices", "frameids", "frameindex"},
+    "frames": {
+        "frames", "frame", "framerange", "framewindow", "frameindices", "frameids", "frameindex",
+        "attributedtimeregion", "timeregion", "attributedtimewindow", "attributedframes",
+    },
     "boxes": {"bbox", "bboxes", "boxes", "box", "boundingbox", "boundingboxes", "bboxs", "bbox2d", "location"},
-    "reason": {"reason", "description", "desc", "explanation", "details"},
-    "region": {"region", "area", "object", "part", "subject"},
+    "reason": {"reason", "description", "desc", "explanation", "details", "reasonforanomaly", "anomalyreason"},
+    "region": {"region", "area", "object", "part", "subject", "problemregion", "anomalyregion"},
+    "cot": {"cot", "reasoning", "thinking", "chainofthought"},
 }
+
+
+def answer_fields(obj: dict, anomaly: bool = False) -> dict[str, Any]:
+    """An answer object (or, with ``anomaly=True``, one anomaly of it) keyed by canonical field
+    names: "status", "anomalies", "cot" / "type", "time", "frames", "boxes", "reason",
+    "region", "cot", whichever spelling the model used ("Attributed Label" -> "type")."""
+    return _canonical_keys(obj, _ANOMALY_KEYS if anomaly else _TOP_KEYS)
 
 
 def _canonical_keys(obj: dict, table: dict[str, set[str]]) -> dict[str, Any]:
