@@ -36,14 +36,25 @@ def looks_like_path(name: str) -> bool:
 def check_weights_source(name: str, key: str = "model") -> str:
     """Validate a recipe's weights entry before any heavy import.
 
-    A local path must exist; a hub id is passed through (from_pretrained resolves it).
+    A built-in name (``cac-demo``) becomes its folder inside the package; a local path must
+    exist; a hub id is passed through (from_pretrained resolves it).
 
     Args:
-        name: hub id ("Qwen/Qwen3-VL-8B-Instruct") or local directory.
+        name: built-in name, hub id ("Qwen/Qwen3-VL-8B-Instruct") or local directory.
         key: the recipe key that holds it, for the error message.
     """
+    from cac_align.models import builtin_path
+
     if not name:
         raise WeightsNotFoundError(f"recipe key '{key}' is empty; set it to a hub id or a local directory")
+    builtin = builtin_path(name)
+    if builtin is not None:
+        if not (builtin / "config.json").is_file():
+            raise WeightsNotFoundError(
+                f"{key}={name!r}: the built-in model's files are missing from {builtin} (a broken install?); "
+                "reinstall cac_align, or rebuild it with benchmarks/reproduce_cac_demo.sh"
+            )
+        return str(builtin)
     if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():

@@ -201,12 +201,48 @@ class Video:
         frames = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in self.frames])
         return Video(frames, self.fps, self.timestamps, self.source)
 
-    def fit_pixels(self, max_pixels: int) -> "Video":
-        """Downscale (keeping the aspect ratio) so that height * width <= max_pixels."""
-        if self.height * self.width <= max_pixels:
+    def fit_pixels(self, max_pixels: int, multiple: int = 1) -> "Video":
+        """Downscale so that height * width <= max_pixels, keeping the aspect ratio.
+
+        With ``multiple > 1`` both sides also become multiples of ``multiple``: use the vision
+        processor's patch x merge size (Qwen3-VL: 16 x 2 = 32) so that the processor keeps the
+        frames as they are instead of resizing them a second time to its own grid (which would
+        change the aspect ratio: 90x135 becomes 96x128). Among the grid sizes that fit, the
+        largest one whose aspect ratio is within 10% of the frame's is taken (the closest
+        aspect ratio if none is); a frame that already fits and lies on the grid is kept.
+        """
+        if multiple < 1 or max_pixels < 1:
+            raise VideoError(f"{self.source}: fit_pixels needs max_pixels >= 1 and multiple >= 1, got {max_pixels}, {multiple}")
+        h, w = self.height, self.width
+        if multiple == 1:
+            if h * w <= max_pixels:
+                return self
+            scale = math.sqrt(max_pixels / (h * w))
+            return self.resize(max(1, int(h * scale)), max(1, int(w * scale)))
+        if h * w <= max_pixels and h % multiple == 0 and w % multiple == 0:
             return self
-        scale = math.sqrt(max_pixels / (self.height * self.width))
-        return self.resize(max(1, int(self.height * scale)), max(1, int(self.width * scale)))
+        aspect = w / h
+        cells = max_pixels // (multiple * multiple)
+        if cells < 1:
+            raise VideoError(f"{self.source}: max_pixels={max_pixels} holds no {multiple}x{multiple} cell")
+        best: tuple[float, int, int, int] | None = None  # (aspect error, -area, rows, cols)
+        close: tuple[int, int, int] | None = None  # (area, rows, cols) with aspect error <= 10%
+        for rows in range(1, max(1, h // multiple) + 1):
+            cols = max(1, min(w // multiple or 1, round(rows * aspect)))
+            if rows * cols > cells:
+                break
+            error = abs(cols / rows - aspect) / aspect
+            if best is None or (error, -rows * cols) < best[:2]:
+                best = (error, -rows * cols, rows, cols)
+            if error <= 0.1 and (close is None or rows * cols > close[0]):
+                close = (rows * cols, rows, cols)
+        if close is not None:
+            rows, cols = close[1], close[2]
+        elif best is not None:
+            rows, cols = best[2], best[3]
+        else:  # the frame is smaller than one cell along its height: one row of cells
+            rows, cols = 1, max(1, min(cells, round(aspect)))
+        return self.resize(rows * multiple, cols * multiple)
 
 
 # ---------------------------------------------------------------------------------------

@@ -225,3 +225,21 @@ def test_resize_and_fit_pixels_keep_timing():
     np.testing.assert_array_equal(small.timestamps, video.timestamps)
     assert small.fps == video.fps and small.num_frames == video.num_frames
     assert video.fit_pixels(10_000) is video
+
+
+def test_fit_pixels_onto_the_processor_grid():
+    """Resize once, onto the patch x merge grid, so the processor keeps the frames as sent."""
+    frames = lambda h, w: Video(np.zeros((2, h, w, 3), np.uint8), 8.0)  # noqa: E731
+    # 256x384 in 24576 px on a 64-px grid: 2 x 3 cells of 64 -> 128x192, aspect 1.5 kept exactly
+    assert (lambda v: (v.height, v.width))(frames(256, 384).fit_pixels(24576, 64)) == (128, 192)
+    # 128x192 in 12288 px on a 32-px grid: 3 x 4 cells (96x128, aspect 1.33) would fill the budget but
+    # is 11% off the aspect ratio; 2 x 3 cells (64x96, aspect 1.5) is the largest within 10%
+    assert (lambda v: (v.height, v.width))(frames(128, 192).fit_pixels(12288, 32)) == (64, 96)
+    # already on the grid and within the budget: kept as it is
+    video = frames(64, 96)
+    assert video.fit_pixels(100_000, 32) is video
+    # off the grid but small enough: moved onto the grid (never above the budget)
+    small = frames(70, 100).fit_pixels(100_000, 32)
+    assert (small.height % 32, small.width % 32) == (0, 0) and small.height * small.width <= 100_000
+    with pytest.raises(VideoError, match="holds no 64x64 cell"):
+        frames(256, 384).fit_pixels(1000, 64)

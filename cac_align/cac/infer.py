@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from cac_align.cac.judgment import Judgment, parse_judgment
-from cac_align.cac.prompts import STATUS_KEY_PATTERN, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
+from cac_align.cac.prompts import PROMPT_STYLES, STATUS_KEY_PATTERN, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
 from cac_align.video import Video, VideoError, load_video
 from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
 
@@ -40,14 +40,15 @@ FALLBACKS = ("whole_video", "turn1", "invalid")
 STATUS_CHOICES = ("normal", "abnormal")
 
 
-def sample_capped(video: Video, fps: float, cap: int, max_pixels: int | None = None) -> Video:
+def sample_capped(video: Video, fps: float, cap: int, max_pixels: int | None = None, size_multiple: int = 1) -> Video:
     """Resample at ``fps`` (lower when that would exceed ``cap`` frames), then cap pixels.
 
     How every turn's frames are chosen; CaC training builds its samples with it too, so the
-    model is trained on exactly what inference shows it.
+    model is trained on exactly what inference shows it. With ``size_multiple`` (the vision
+    processor's patch x merge size) the frames are resized once, onto the processor's grid.
     """
     sampled = video.resample(min(fps, cap / video.duration_s))
-    return sampled.fit_pixels(max_pixels) if max_pixels else sampled
+    return sampled.fit_pixels(max_pixels, size_multiple) if max_pixels else sampled
 
 
 def turn2_window(judgment: Judgment | None, video: Video, clip_fps: float) -> tuple[float, float] | None:
@@ -80,7 +81,15 @@ class CaCOptions:
         max_frames_turn1: frame cap for turn 1; long videos are scanned at a lower rate.
         max_frames_turn2: frame cap for turn 2.
         max_pixels: if set, frames are downscaled (aspect kept) to at most this many pixels
-            before any backend sees them (the processor may shrink them further).
+            before any backend sees them. None: the model's own setting (its folder's
+            ``cac_align.json``), else no cap.
+        size_multiple: with ``max_pixels``, both sides become multiples of this (the vision
+            processor's patch x merge size: 32 for Qwen3-VL), so the processor keeps the frames
+            as sent instead of resizing them again; 1 keeps the exact aspect-ratio size.
+            None: the model's own setting, else 32.
+        prompt_style: "full" (the paper-style instructions), "compact" (the short wording a
+            small model trained from scratch uses; :mod:`cac_align.cac.prompts`) or "auto"
+            (the model's own setting, else "full").
         max_new_tokens: generation budget per turn.
         temperature: 0 decodes greedily.
         fallback: what to do when turn 1 says abnormal but gives no usable window.
@@ -92,6 +101,8 @@ class CaCOptions:
     max_frames_turn1: int = 64
     max_frames_turn2: int = 32
     max_pixels: int | None = None
+    size_multiple: int | None = None
+    prompt_style: str = "auto"
     max_new_tokens: int = 1024
     temperature: float = 0.0
     fallback: str = "whole_video"
@@ -109,6 +120,26 @@ class CaCOptions:
             raise ValueError("max_new_tokens must be >= 1")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.size_multiple is not None and self.size_multiple < 1:
+            raise ValueError(f"size_multiple must be >= 1, got {self.size_multiple}")
+        if self.prompt_style not in ("auto", *PROMPT_STYLES):
+            raise ValueError(f"prompt_style must be 'auto' or one of {PROMPT_STYLES}, got {self.prompt_style!r}")
+
+    def for_model(self, settings: dict[str, Any]) -> "CaCOptions":
+        """These options with the fields left to the model filled in: ``prompt_style: auto``,
+        ``max_pixels: null`` and ``size_multiple: null`` take the model folder's
+        ``cac_align.json`` values (``settings``), else "full", no cap and 32."""
+        import dataclasses
+
+        unknown = sorted(set(settings) - {"prompt_style", "max_pixels", "size_multiple"})
+        if unknown:
+            raise ValueError(f"cac_align.json: unknown setting(s) {unknown}; known: prompt_style, max_pixels, size_multiple")
+        return dataclasses.replace(
+            self,
+            prompt_style=settings.get("prompt_style", "full") if self.prompt_style == "auto" else self.prompt_style,
+            max_pixels=settings.get("max_pixels") if self.max_pixels is None else self.max_pixels,
+            size_multiple=settings.get("size_multiple", 32) if self.size_multiple is None else self.size_multiple,
+        )
 
 
 @dataclass
@@ -169,7 +200,8 @@ class CaCScorer:
 
     def __init__(self, backend: Backend, options: CaCOptions | None = None):
         self.backend = backend
-        self.options = options or CaCOptions()
+        # Fields left to the model and not resolved by the caller take the generic defaults.
+        self.options = (options or CaCOptions()).for_model({})
 
     # -- public -----------------------------------------------------------------------------
     def score(
@@ -233,14 +265,14 @@ class CaCScorer:
         return items
 
     def _capped(self, video: Video, fps: float, cap: int) -> Video:
-        return sample_capped(video, fps, cap, self.options.max_pixels)
+        return sample_capped(video, fps, cap, self.options.max_pixels, self.options.size_multiple)
 
     def _turn1(self, live: list[_Work]) -> None:
         opts = self.options
         builder = {"two_turn": turn1_prompt, "single_turn": single_turn_prompt, "no_cot": no_cot_prompt}[opts.mode]
         for w in live:
             w.scan = self._capped(w.video, opts.scan_fps, opts.max_frames_turn1)
-            text = builder(w.video.duration_s, w.scan.fps, w.scan.num_frames, w.caption)
+            text = builder(w.video.duration_s, w.scan.fps, w.scan.num_frames, w.caption, style=opts.prompt_style)
             w.request1 = [user(w.scan, text)]
         if opts.mode == "no_cot" or not live:
             for w in live:
@@ -276,7 +308,7 @@ class CaCScorer:
         assert w.request1 is not None and w.result.turn1 is not None
         w.request2 = w.request1 + [
             assistant(w.result.turn1.text),
-            user(clip, turn2_prompt(w.result.window_s, clip.fps, clip.num_frames)),
+            user(clip, turn2_prompt(w.result.window_s, clip.fps, clip.num_frames, style=opts.prompt_style)),
         ]
 
     def _turn2(self, todo: list[_Work]) -> None:

@@ -112,6 +112,18 @@ class CaCReward:
 
 
 def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
-    """Build the reward a ``name: cac`` section describes (loads the model)."""
+    """Build the reward a ``name: cac`` section describes (loads the model).
+
+    Options left to the model (``prompt_style: auto``, ``max_pixels`` / ``size_multiple``
+    unset) take the model folder's ``cac_align.json`` settings (the built-in ``cac-demo``
+    has one), so a model is asked the way it was trained."""
+    from cac_align.config import RecipeError
+    from cac_align.models import model_settings
+
+    try:
+        settings = model_settings(config.model.name) if config.model.backend == "hf" else {}
+        options = config.options.for_model(settings)
+    except ValueError as exc:
+        raise RecipeError(f"{key}.model.name={config.model.name!r}: {exc}") from None
     backend = build_backend(config.model, key=f"{key}.model")
-    return CaCReward(backend, config.options, source_fps=config.source_fps, batch_size=config.batch_size)
+    return CaCReward(backend, options, source_fps=config.source_fps, batch_size=config.batch_size)
