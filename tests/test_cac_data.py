@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from cac_align.cac.judgment import parse_judgment
-from cac_align.cac.schema import AnnotationRecord, Anomaly, load_annotations
+from cac_align.cac.schema import AnnotationRecord, Anomaly, frames_to_seconds, load_annotations
 from cac_align.cac.train.data import (
     SINGLE_FRAME_TYPES,
     ChatBuilder,
     DataConfig,
     build_stage,
     clip_boxes,
+    frames_shown,
     split_records,
 )
 from cac_align.vlm.backend import videos_of
@@ -80,7 +81,8 @@ def test_stage1_frames_balance_types_and_boxes(records):
             anomaly = record.anomalies[sample.anomaly]
             frame = round(sample.start_s * record.annotation_fps)
             assert anomaly.type in SINGLE_FRAME_TYPES and anomaly.frames[0] <= frame <= anomaly.frames[1]
-            assert judgment.anomalies[0].boxes == {0: anomaly.boxes[frame]}
+            # the annotation's box, in the integer 0-1000 coordinates Qwen-VL writes
+            assert judgment.anomalies[0].boxes == {0: [[float(round(v)) for v in box] for box in anomaly.boxes[frame]]}
         else:
             assert record.status == "normal" and judgment.anomalies == []
 
@@ -100,7 +102,9 @@ def test_stage2_clips_cover_their_window_and_are_shorter_than_a_second(records):
             assert video.fps == 4.0 and sample.label == record.status
             judgment = parse_judgment(chat.target, 1, fps=video.fps, num_frames=video.num_frames)
             assert judgment.valid and judgment.status == record.status
-            windows = [a.window_s(record.annotation_fps) for a in record.anomalies]
+            # the paper's "Attributed Time Region" is a frame range on the 4 fps grid the turn saw:
+            # the annotated window's frames on that grid (an 8 fps window [0.875, 1.25) is frame 4)
+            windows = [frames_to_seconds(*frames_shown(video.timestamps, a.window_s(record.annotation_fps)), video.fps) for a in record.anomalies]
             assert [a.window_s for a in judgment.anomalies] == windows
             continue
         assert sample.end_s - sample.start_s < 1.0
@@ -115,7 +119,7 @@ def test_stage2_clips_cover_their_window_and_are_shorter_than_a_second(records):
         assert sample.start_s <= w0 + 1e-9 and w1 <= sample.end_s + 1e-9  # the clip covers the window
         # boxes re-indexed to the clip: clip frame k carries the annotation frame on screen at its time
         (judged,) = judgment.anomalies
-        expected = {k: anomaly.boxes[int(np.floor(t * record.annotation_fps + 1e-6))]
+        expected = {k: [[float(round(v)) for v in box] for box in anomaly.boxes[int(np.floor(t * record.annotation_fps + 1e-6))]]
                     for k, t in enumerate(video.timestamps) if w0 - 1e-9 <= t < w1 - 1e-9}
         assert judged.boxes == expected and expected
 
@@ -147,8 +151,8 @@ def test_targets_use_the_annotations_reasoning_when_present(records):
     sample = next(s for s in data.train if s.kind == "global")
     edited = list(records)
     edited[sample.record] = AnnotationRecord(**{**records[sample.record].__dict__, "cot": "teacher says so"})
-    assert json.loads(ChatBuilder(edited, config)(sample).target)["cot"] == "teacher says so"
-    assert "Scene:" in json.loads(ChatBuilder(records, config)(sample).target)["cot"]  # the template otherwise
+    assert json.loads(ChatBuilder(edited, config)(sample).target)["COT"] == "teacher says so"
+    assert "Scene:" in json.loads(ChatBuilder(records, config)(sample).target)["COT"]  # the template otherwise
 
 
 @pytest.mark.parametrize(
@@ -162,3 +166,27 @@ def test_targets_use_the_annotations_reasoning_when_present(records):
 def test_data_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         DataConfig(**bad)
+
+
+def test_frames_shown_hand_worked():
+    times = np.arange(20) / 4.0  # a 4 fps scan: frame k at k / 4 s
+    assert frames_shown(times, (1.25, 2.5)) == (5, 9)  # [1.25, 2.5): frames 5..9
+    assert frames_shown(times, (1.3, 1.45)) == (5, 5)  # holds no frame: the one on screen at 1.3 s
+    assert frames_shown(np.array([2.0, 2.125, 2.25]), (2.1, 3.0)) == (1, 2)  # a clip's own indices
+
+
+def test_checklist_reasoning_leaves_the_decision_to_status(records):
+    config = _config(template_cot="checklist", prompt_style="compact")
+    data = build_stage(2, records, config)
+    builder = ChatBuilder(records, config)
+    cots = {}
+    for sample in data.train:
+        target = json.loads(builder(sample).target)
+        cots.setdefault((sample.kind, target["status"]), set()).add(target["COT"])
+    # one fixed text per kind, the same for normal and abnormal answers: it says nothing of the verdict
+    assert cots[("global", "normal")] == cots[("global", "abnormal")] and len(cots[("global", "normal")]) == 1
+    assert cots[("clip", "normal")] == cots[("clip", "abnormal")] and len(cots[("clip", "normal")]) == 1
+    with pytest.raises(ValueError, match="template_cot"):
+        DataConfig(template_cot="verbose")
+    with pytest.raises(ValueError, match="frame_types"):
+        DataConfig(frame_types=["Object Distorsion"])

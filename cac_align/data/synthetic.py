@@ -30,7 +30,7 @@ from omegaconf import MISSING
 
 from cac_align.cac.schema import ANOMALY_TYPES, Anomaly, AnnotationRecord, seconds_to_frames, write_annotations
 
-__all__ = ["SynthConfig", "SynthSpec", "make_spec", "render", "annotate", "generate", "run"]
+__all__ = ["SUBJECTS", "SynthConfig", "SynthSpec", "annotate", "generate", "make_spec", "planted_boxes", "render", "run", "subject_boxes"]
 
 NORMAL = "normal"
 _WORDS = ("OPEN", "CAFE", "HOTEL", "PARK", "SALE", "BAKERY", "MUSEUM", "GARDEN")
@@ -278,43 +278,57 @@ def _garble(word: str, rng: np.random.Generator) -> str:
     return "".join(letters)
 
 
-def render(spec: SynthSpec, plant: bool = True) -> tuple[np.ndarray, dict[int, list[float]]]:
-    """Render a video and the pixel box of the anomaly's object in every planted frame.
+SUBJECTS = ("ball", "figure", "sign")
 
-    Args:
-        spec: from :func:`make_spec`.
-        plant: False renders the same scene with nothing planted (the clean reference).
 
-    Returns:
-        frames: (T, H, W, 3) uint8.
-        boxes: source frame index -> ``[x0, y0, x1, y1]`` pixel box of the affected object
-            (clipped to the frame), for the planted frames (empty for normal videos).
-    """
+@dataclass
+class _Frame:
+    """The geometry of one frame: what is drawn where (pixels), and which subject is defective."""
+
+    word: str
+    board: list[float]
+    ball_polygon: list[tuple[float, float]]
+    ball_visible: bool
+    figure_x: float
+    figure_lines: list[tuple[float, float, float, float]]
+    head: list[float]
+    target: list[float] | None  # pixel box of the planted defect in this frame, if any
+
+    def subject_boxes(self, spec: SynthSpec, line_width: int) -> dict[str, list[float] | None]:
+        xs, ys = [p[0] for p in self.ball_polygon], [p[1] for p in self.ball_polygon]
+        ball = [min(xs) - 1, min(ys) - 1, max(xs) + 1, max(ys) + 1] if self.ball_visible else None
+        body = _lines_box(self.figure_lines, line_width)
+        figure = [min(body[0], self.head[0]), min(body[1], self.head[1]), max(body[2], self.head[2]), body[3]]
+        return {name: _clip_box(box, spec) for name, box in (("ball", ball), ("figure", figure), ("sign", self.board))}
+
+
+def _clip_box(box: list[float] | None, spec: SynthSpec) -> list[float] | None:
+    if box is None:
+        return None
+    return [max(0.0, box[0]), max(0.0, box[1]), min(float(spec.width), box[2]), min(float(spec.height), box[3])]
+
+
+def _scene(spec: SynthSpec, plant: bool) -> tuple[list[_Frame], Any, int]:
+    """Every frame's geometry (the one source of truth for drawing and for boxes), the sign
+    font and the line width."""
     from PIL import Image, ImageDraw
 
-    background = _background(spec)
     h, w = spec.height, spec.width
     line_width = max(2, int(round(spec.figure_height / 18)))
     font = _font(spec.sign_height * 0.7)
+    text_box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), spec.sign_word, font=font)
+    pad = 0.25 * spec.sign_height
     sign_x, sign_y = 0.06 * w, 0.08 * h
-    frames = np.empty((spec.num_frames, h, w, 3), np.uint8)
-    boxes: dict[int, list[float]] = {}
+    board = [sign_x, sign_y, sign_x + (text_box[2] - text_box[0]) + 2 * pad, sign_y + spec.sign_height + pad]
+    frames = []
     for t in range(spec.num_frames):
         active = plant and spec.planted is not None and spec.planted[0] <= t <= spec.planted[1]
-        image = Image.fromarray(background.copy())
-        draw = ImageDraw.Draw(image)
         target: list[float] | None = None
 
         # 1. sign: board + word (Character Anomalies garble the word)
         word = spec.sign_word
         if active and spec.kind == "Character Anomalies":
             word = _garble(word, np.random.default_rng([spec.seed, t]))
-        text_box = draw.textbbox((0, 0), spec.sign_word, font=font)
-        pad = 0.25 * spec.sign_height
-        board = [sign_x, sign_y, sign_x + (text_box[2] - text_box[0]) + 2 * pad, sign_y + spec.sign_height + pad]
-        draw.rectangle(board, fill=(245, 240, 225), outline=(60, 40, 20), width=max(1, line_width // 2))
-        draw.text((sign_x + pad - text_box[0], sign_y + pad / 2), word, fill=(20, 20, 120), font=font)
-        if active and spec.kind == "Character Anomalies":
             target = board
 
         # 2. ball rolling on the floor in the left half
@@ -329,10 +343,7 @@ def render(spec: SynthSpec, plant: bool = True) -> tuple[np.ndarray, dict[int, l
                 visible = False
             else:  # teleport towards the middle of the frame and back
                 bx = bx + spec.jump * r if bx < 0.25 * w else bx - spec.jump * r
-        warped = active and spec.kind == "Object Distortion"
-        polygon = _ball_polygon(spec, bx, by, t, warped)
-        if visible:
-            draw.polygon(polygon, fill=spec.ball_color, outline=(30, 30, 30))
+        polygon = _ball_polygon(spec, bx, by, t, active and spec.kind == "Object Distortion")
         if active and spec.kind in ("Object Distortion", "Physical Violations", "Motion Anomalies"):
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
             target = [min(xs) - 1, min(ys) - 1, max(xs) + 1, max(ys) + 1]
@@ -341,19 +352,68 @@ def render(spec: SynthSpec, plant: bool = True) -> tuple[np.ndarray, dict[int, l
         fx = _bounce(spec.figure_x0, spec.figure_speed, t, 0.6 * w, 0.9 * w)
         extra = active and spec.kind == "Human Distortion"
         lines = _figure_lines(spec, fx, t, extra)
-        for seg in lines:
-            draw.line(seg, fill=(20, 20, 20), width=line_width)
         head_r = 0.11 * spec.figure_height
         head_y = spec.floor_y - 0.78 * spec.figure_height - head_r
-        draw.ellipse([fx - head_r, head_y - head_r, fx + head_r, head_y + head_r], fill=(230, 190, 160), outline=(20, 20, 20))
+        head = [fx - head_r, head_y - head_r, fx + head_r, head_y + head_r]
         if extra:
             body = _lines_box(lines, line_width)
-            target = [min(body[0], fx - head_r), min(body[1], head_y - head_r), max(body[2], fx + head_r), body[3]]
+            target = [min(body[0], head[0]), min(body[1], head[1]), max(body[2], head[2]), body[3]]
+        frames.append(_Frame(word, board, polygon, visible, fx, lines, head, target))
+    return frames, (font, text_box, pad), line_width
 
-        frames[t] = np.asarray(image)
-        if target is not None:
-            boxes[t] = [max(0.0, target[0]), max(0.0, target[1]), min(float(w), target[2]), min(float(h), target[3])]
-    return frames, boxes
+
+def render(spec: SynthSpec, plant: bool = True, frames: Any = None) -> tuple[np.ndarray, dict[int, list[float]]]:
+    """Render a video and the pixel box of the anomaly's object in every planted frame.
+
+    Args:
+        spec: from :func:`make_spec`.
+        plant: False renders the same scene with nothing planted (the clean reference).
+        frames: source frame indices to draw (default: all); the others are not rendered,
+            which is what single-frame training samples need.
+
+    Returns:
+        frames: (T, H, W, 3) uint8, or (len(frames), H, W, 3) for the requested frames.
+        boxes: source frame index -> ``[x0, y0, x1, y1]`` pixel box of the affected object
+            (clipped to the frame), for the planted frames (empty for normal videos).
+    """
+    from PIL import Image, ImageDraw
+
+    background = _background(spec)
+    geometry, (font, text_box, pad), line_width = _scene(spec, plant)
+    wanted = range(spec.num_frames) if frames is None else [int(t) for t in frames]
+    out = np.empty((len(wanted), spec.height, spec.width, 3), np.uint8)
+    boxes: dict[int, list[float]] = {}
+    for t, g in enumerate(geometry):
+        if g.target is not None:
+            boxes[t] = _clip_box(g.target, spec)  # type: ignore[assignment]
+    for k, t in enumerate(wanted):
+        g = geometry[t]
+        image = Image.fromarray(background.copy())
+        draw = ImageDraw.Draw(image)
+        draw.rectangle(g.board, fill=(245, 240, 225), outline=(60, 40, 20), width=max(1, line_width // 2))
+        draw.text((g.board[0] + pad - text_box[0], g.board[1] + pad / 2), g.word, fill=(20, 20, 120), font=font)
+        if g.ball_visible:
+            draw.polygon(g.ball_polygon, fill=spec.ball_color, outline=(30, 30, 30))
+        for seg in g.figure_lines:
+            draw.line(seg, fill=(20, 20, 20), width=line_width)
+        draw.ellipse(g.head, fill=(230, 190, 160), outline=(20, 20, 20))
+        out[k] = np.asarray(image)
+    return out, boxes
+
+
+def planted_boxes(spec: SynthSpec) -> dict[int, list[float]]:
+    """The boxes :func:`render` returns (source frame -> pixel box of the planted defect),
+    computed from the geometry alone, without drawing a pixel."""
+    geometry, _, _ = _scene(spec, plant=True)
+    return {t: _clip_box(g.target, spec) for t, g in enumerate(geometry) if g.target is not None}  # type: ignore[misc]
+
+
+def subject_boxes(spec: SynthSpec, plant: bool = True) -> list[dict[str, list[float] | None]]:
+    """Per source frame, the pixel box ``[x0, y0, x1, y1]`` of each subject of the scene
+    (``ball``, ``figure``, ``sign``; None where it is not visible), from the same geometry
+    :func:`render` draws. Grounded template reasoning names the subjects with these boxes."""
+    geometry, _, line_width = _scene(spec, plant)
+    return [g.subject_boxes(spec, line_width) for g in geometry]
 
 
 # ---------------------------------------------------------------------------------------

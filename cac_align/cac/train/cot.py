@@ -42,12 +42,13 @@ from omegaconf import MISSING
 
 from cac_align.cac.prompts import TYPE_DEFINITIONS
 from cac_align.cac.schema import AnnotationRecord, Anomaly, box_iou, window_iou
-from cac_align.cac.train.data import clip_boxes, on_screen
+from cac_align.cac.train.data import anomaly_json, clip_boxes, frames_shown, on_screen
 from cac_align.vlm.config import ModelConfig
 
 __all__ = [
     "SynthCotConfig",
     "check_answer",
+    "checklist_cot",
     "run",
     "saliency_for_round",
     "template_local_cot",
@@ -78,6 +79,22 @@ def template_video_cot(record: AnnotationRecord) -> str:
     return " ".join(parts)
 
 
+_CHECKLISTS = {
+    "video": "I follow each subject over time and check its shape, body, motion, support and any text.",
+    "clip": "I compare the suspected subject across these frames, then box it where it is wrong.",
+    "frame": "I check each subject's shape, body, support and any text in this frame.",
+}
+
+
+def checklist_cot(scope: str = "video") -> str:
+    """A fixed inspection plan for ``scope`` ("video", "clip" or "frame") that does not state the
+    verdict, so the answer's "status" is where the model decides (``data.template_cot:
+    checklist``)."""
+    if scope not in _CHECKLISTS:
+        raise ValueError(f"scope must be one of {list(_CHECKLISTS)}, got {scope!r}")
+    return _CHECKLISTS[scope]
+
+
 def template_local_cot(anomalies: Sequence[Anomaly], scope: str = "clip") -> str:
     """Close-up reasoning for a stage-1 frame or a stage-2 clip showing ``anomalies`` (may be empty)."""
     what = "frame" if scope == "frame" else "stretch of frames"
@@ -99,20 +116,13 @@ def template_local_cot(anomalies: Sequence[Anomaly], scope: str = "clip") -> str
 # Teacher prompts (our words, App. B.2's structure)
 # ---------------------------------------------------------------------------------------
 def _annotation_for_teacher(record: AnnotationRecord, times: np.ndarray) -> dict:
-    """The annotation in the teacher's terms: windows in seconds, boxes on the frames it sees."""
+    """The annotation in the teacher's terms, in the paper's schema: time regions as frame
+    ranges and boxes on the numbered frames it sees."""
     anomalies = []
     for anomaly in record.anomalies:
         start, end = anomaly.window_s(record.annotation_fps)
         boxes = clip_boxes(anomaly, record.annotation_fps, times)
-        anomalies.append(
-            {
-                "type": anomaly.type,
-                "time": [round(start, 3), round(end, 3)],
-                "bbox": {f"frame {k}": b[0] if len(b) == 1 else b for k, b in boxes.items()},
-                "reason": anomaly.reason,
-                "region": anomaly.region,
-            }
-        )
+        anomalies.append(anomaly_json(anomaly, time_region=frames_shown(times, (start, end)), boxes=boxes))
     return {"status": record.status, "anomalies": anomalies}
 
 
@@ -135,9 +145,10 @@ def generation_prompt(record: AnnotationRecord, times: np.ndarray, feedback: lis
         "3. Overall assessment: the status, and for each anomaly its type, its time window and where it is.\n"
         f"{retry}"
         "Answer with one JSON object and nothing else:\n"
-        '{"cot": "<the reasoning, parts 1-3>", "status": "normal" or "abnormal", "anomalies": [{"type": "<type>", '
-        '"time": [<start seconds>, <end seconds>], "bbox": {"frame <index>": [xmin, ymin, xmax, ymax], ...}, '
-        '"reason": "<what is wrong>", "region": "<where>", "cot": "<close-up reasoning about this anomaly>"}]}\n'
+        '{"COT": "<the reasoning, parts 1-3>", "status": "normal" or "abnormal", "anomalies": [{'
+        '"Attributed Time Region": "<first frame>-<last frame>", "Attributed Label": "<type>", '
+        '"Reason for Anomaly": "<what is wrong>", "Problem Region": "<where>", '
+        '"BBOX": {"Frame <index>": [xmin, ymin, xmax, ymax], ...}, "COT": "<close-up reasoning about this anomaly>"}]}\n'
         'For a normal video use "anomalies": [].'
     )
 
@@ -370,7 +381,7 @@ def _teacher_rounds(batch: list[_Pending], backend: Any, config: SynthCotConfig,
                         "video": p.record.video,
                         "outcome": saliency_for_round(round_, config.salient_rounds),
                         "rounds": round_,
-                        "cot": str(obj.get("cot", "")),
+                        "cot": _answer_cot(obj),
                         "anomaly_cots": _anomaly_cots(obj, p.record),
                         "source": f"teacher:{config.teacher.name}",
                         "attempts": p.attempts,
@@ -384,15 +395,26 @@ def _teacher_rounds(batch: list[_Pending], backend: Any, config: SynthCotConfig,
         write({"video": p.record.video, "outcome": "discarded", "rounds": config.max_rounds, "attempts": p.attempts})
 
 
+def _answer_cot(obj: dict) -> str:
+    from cac_align.cac.judgment import answer_fields
+
+    cot = answer_fields(obj).get("cot", "")
+    return cot if isinstance(cot, str) else json.dumps(cot, ensure_ascii=False)
+
+
 def _anomaly_cots(obj: dict, record: AnnotationRecord) -> list[str | None]:
     """Per annotated anomaly, the close-up reasoning of the teacher's anomaly of the same type."""
     from cac_align.cac.schema import normalize_type
 
-    items = obj.get("anomalies") if isinstance(obj.get("anomalies"), list) else []
+    from cac_align.cac.judgment import answer_fields
+
+    top = answer_fields(obj)
+    items = top.get("anomalies") if isinstance(top.get("anomalies"), list) else []
     by_type = {}
     for item in items:
-        if isinstance(item, dict) and isinstance(item.get("cot"), str):
-            by_type.setdefault(normalize_type(item.get("type")), item["cot"])
+        fields = answer_fields(item, anomaly=True) if isinstance(item, dict) else {}
+        if isinstance(fields.get("cot"), str):
+            by_type.setdefault(normalize_type(fields.get("type")), fields["cot"])
     return [by_type.get(a.type) for a in record.anomalies]
 
 

@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -47,8 +47,11 @@ __all__ = [
     "Sample",
     "StageData",
     "build_stage",
+    "answer_json",
+    "anomaly_json",
     "clip_boxes",
     "describe",
+    "frames_shown",
     "on_screen",
     "save_description",
     "split_records",
@@ -58,6 +61,7 @@ __all__ = [
 # Types a single frame can show (CaC §3.2 "Stage 1"): shape, anatomy and text defects.
 SINGLE_FRAME_TYPES = ("Object Distortion", "Human Distortion", "Character Anomalies")
 SPLITS = ("stage1", "stage2", "stage3", "eval")
+TEMPLATE_COTS = ("describe", "checklist")
 _EPS = 1e-6
 
 
@@ -70,7 +74,17 @@ class DataConfig:
             normalized to sum to 1. Splits are disjoint by video, stratified by status.
         seed: seeds the split and every random choice (frames, clip positions).
         scan_fps, clip_fps: turn-1 and turn-2 rates (paper: 4 and 8 fps).
-        max_frames_turn1, max_frames_turn2, max_pixels: the same caps inference applies.
+        max_frames_turn1, max_frames_turn2, max_pixels, size_multiple: the same caps inference
+            applies (:class:`~cac_align.cac.infer.CaCOptions`).
+        prompt_style: "full" or "compact" wording of the prompts (:mod:`cac_align.cac.prompts`);
+            inference must use the same one.
+        template_cot: reasoning written into targets that have no teacher reasoning:
+            "describe" (from the annotation: what is wrong where, then the verdict) or
+            "checklist" (a fixed inspection plan that leaves the decision to "status", so the
+            status probability is the model's own judgment of the pixels; for small models
+            trained from scratch, see docs/cac_training.md).
+        frame_types: anomaly types that stage 1 shows as single frames (CaC §3.2: types a
+            single frame can show).
         frames_per_anomaly: stage-1 frames drawn (evenly spaced) from each anomaly window.
         normal_per_anomalous: normal samples per anomalous sample, per sample kind (paper: 1).
         clip_max_s: stage-2 clips last at most this long (paper: shorter than 1 s).
@@ -84,6 +98,10 @@ class DataConfig:
     max_frames_turn1: int = 64
     max_frames_turn2: int = 32
     max_pixels: int | None = None
+    size_multiple: int = 32
+    prompt_style: str = "full"
+    template_cot: str = "describe"
+    frame_types: list[str] = field(default_factory=lambda: list(SINGLE_FRAME_TYPES))
     frames_per_anomaly: int = 2
     normal_per_anomalous: float = 1.0
     clip_max_s: float = 0.875
@@ -97,6 +115,18 @@ class DataConfig:
             raise ValueError(f"data.splits fractions must be >= 0 and not all 0, got {dict(self.splits)}")
         if self.scan_fps <= 0 or self.clip_fps <= 0:
             raise ValueError("data.scan_fps and data.clip_fps must be > 0")
+        from cac_align.cac.prompts import PROMPT_STYLES
+        from cac_align.cac.schema import ANOMALY_TYPES
+
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"data.prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
+        if self.template_cot not in TEMPLATE_COTS:
+            raise ValueError(f"data.template_cot must be one of {TEMPLATE_COTS}, got {self.template_cot!r}")
+        unknown = [t for t in self.frame_types if t not in ANOMALY_TYPES]
+        if unknown:
+            raise ValueError(f"data.frame_types has unknown type(s) {unknown}; types are {list(ANOMALY_TYPES)}")
+        if self.size_multiple < 1:
+            raise ValueError(f"data.size_multiple must be >= 1, got {self.size_multiple}")
         if self.frames_per_anomaly < 1:
             raise ValueError(f"data.frames_per_anomaly must be >= 1, got {self.frames_per_anomaly}")
         if self.normal_per_anomalous < 0:
@@ -214,7 +244,7 @@ def _frame_samples(records: Sequence[AnnotationRecord], indices: list[int], conf
         fps = record.annotation_fps
         for a, anomaly in enumerate(record.anomalies):
             boxed = sorted(anomaly.boxes)
-            if anomaly.type not in SINGLE_FRAME_TYPES or not boxed:
+            if anomaly.type not in config.frame_types or not boxed:
                 skipped += 1
                 continue
             picks = np.unique(np.linspace(0, len(boxed) - 1, config.frames_per_anomaly).round().astype(int))
@@ -312,8 +342,9 @@ def build_stage(stage: int, records: Sequence[AnnotationRecord], config: DataCon
 # Targets and chats
 # ---------------------------------------------------------------------------------------
 def _box_value(boxes: list[list[float]]) -> Any:
-    """One box as a flat list, several as a list of lists (both parse back)."""
-    rounded = [[round(float(v), 1) for v in box] for box in boxes]
+    """One box as a flat list, several as a list of lists (both parse back); integer 0-1000
+    coordinates, as Qwen-VL writes them."""
+    rounded = [[int(round(float(v))) for v in box] for box in boxes]
     return rounded[0] if len(rounded) == 1 else rounded
 
 
@@ -322,20 +353,63 @@ def on_screen(time_s: float, fps: float) -> int:
     return int(math.floor(time_s * fps + _EPS))
 
 
-def _answer(cot: str, status: str, anomalies: list[dict]) -> str:
-    return json.dumps({"cot": cot, "status": status, "anomalies": anomalies}, ensure_ascii=False)
+def frames_shown(times: Sequence[float] | np.ndarray, window_s: tuple[float, float]) -> tuple[int, int]:
+    """Inclusive indices of the shown frames (source times ``times``) inside a half-open window.
+
+    A window shorter than the gap between shown frames may hold none of them; it is then
+    the frame on screen when the window starts (the last one shown at or before it)."""
+    times = np.asarray(times, dtype=np.float64)
+    start, end = window_s
+    inside = np.flatnonzero((times >= start - _EPS) & (times < end - _EPS))
+    if inside.size:
+        return int(inside[0]), int(inside[-1])
+    before = np.flatnonzero(times <= start + _EPS)
+    k = int(before[-1]) if before.size else 0
+    return k, k
+
+
+def answer_json(cot: str, status: str, anomalies: list[dict]) -> str:
+    """A target answer in the paper's schema (CaC App. Fig. S5): COT, then status, then anomalies."""
+    return json.dumps({"COT": cot, "status": status, "anomalies": anomalies}, ensure_ascii=False)
+
+
+def anomaly_json(
+    anomaly: Anomaly,
+    time_region: tuple[int, int] | None = None,
+    boxes: dict[int, list[list[float]]] | None = None,
+) -> dict:
+    """One anomaly of a target answer: "Attributed Time Region" (a frame range on the grid the
+    turn saw), "Attributed Label", "Reason for Anomaly", "Problem Region" and "BBOX" (turn 2
+    and frames: {"Frame k": box})."""
+    entry: dict[str, Any] = {}
+    if time_region is not None:
+        entry["Attributed Time Region"] = f"{time_region[0]}-{time_region[1]}"
+    entry["Attributed Label"] = anomaly.type
+    entry["Reason for Anomaly"] = anomaly.reason
+    entry["Problem Region"] = anomaly.region
+    if boxes is not None:
+        entry["BBOX"] = {f"Frame {k}": _box_value(b) for k, b in sorted(boxes.items())}
+    return entry
 
 
 class ChatBuilder:
-    """Decodes a sample's video and builds its :class:`Chat` (prompts and sampling as in inference).
+    """Builds a sample's :class:`Chat` (prompts and sampling as in inference).
 
-    Decoded videos are cached (``cache_size`` most recent), since a video gives several samples.
+    Videos come from ``video_source(record)`` (default: decode ``record.video``); decoded
+    videos are cached (``cache_size`` most recent), since a video gives several samples.
     """
 
-    def __init__(self, records: Sequence[AnnotationRecord], config: DataConfig, cache_size: int = 8):
+    def __init__(
+        self,
+        records: Sequence[AnnotationRecord],
+        config: DataConfig,
+        cache_size: int = 8,
+        video_source: Callable[[AnnotationRecord], Any] | None = None,
+    ):
         self.records = records
         self.config = config
         self.cache_size = cache_size
+        self.video_source = video_source
         self._cache: dict[str, Any] = {}
 
     def video(self, record: AnnotationRecord) -> Any:
@@ -345,12 +419,17 @@ class ChatBuilder:
         if key not in self._cache:
             if len(self._cache) >= self.cache_size:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = load_video(key)
+            self._cache[key] = self.video_source(record) if self.video_source is not None else load_video(key)
         return self._cache[key]
 
-    def __call__(self, sample: Sample) -> Chat:
-        record = self.records[sample.record]
+    def __call__(self, sample: Sample, record: AnnotationRecord | None = None) -> Chat:
+        record = self.records[sample.record] if record is None else record
         return {"frame": self._frame, "global": self._global, "clip": self._clip}[sample.kind](sample, record)
+
+    def _capped(self, video: Any, fps: float, cap: int) -> Any:
+        from cac_align.cac.infer import sample_capped
+
+        return sample_capped(video, fps, cap, self.config.max_pixels, self.config.size_multiple)
 
     # -- stage 1 ----------------------------------------------------------------------------
     def _frame(self, sample: Sample, record: AnnotationRecord) -> Chat:
@@ -362,56 +441,64 @@ class ChatBuilder:
         index = min(video.num_frames - 1, on_screen(sample.start_s - video.start_s, video.fps))
         image = video.select(np.array([index]), video.fps)
         if self.config.max_pixels:
-            image = image.fit_pixels(self.config.max_pixels)
+            image = image.fit_pixels(self.config.max_pixels, self.config.size_multiple)
         frame = on_screen(sample.start_s, record.annotation_fps)
-        shown = [a for a in record.anomalies if a.type in SINGLE_FRAME_TYPES and frame in a.boxes] if sample.label == "abnormal" else []
-        anomalies = [
-            {"type": a.type, "bbox": {"frame 0": _box_value(a.boxes[frame])}, "reason": a.reason, "region": a.region}
-            for a in shown
-        ]
-        cot = template_local_cot(shown, scope="frame") if not shown or shown[0].cot is None else shown[0].cot
-        target = _answer(cot, sample.label, anomalies)
-        messages = [user(image.frames[0], frame_prompt(record.prompt)), assistant(target)]
+        kinds = self.config.frame_types
+        shown = [a for a in record.anomalies if a.type in kinds and frame in a.boxes] if sample.label == "abnormal" else []
+        anomalies = [anomaly_json(a, boxes={0: a.boxes[frame]}) for a in shown]
+        cot = self._local_cot(shown, "frame")
+        target = answer_json(cot, sample.label, anomalies)
+        messages = [user(image.frames[0], frame_prompt(record.prompt, style=self.config.prompt_style)), assistant(target)]
         return Chat(messages, target, sample.label, sample.kind)
 
     # -- stage 2 ----------------------------------------------------------------------------
     def _global(self, sample: Sample, record: AnnotationRecord) -> Chat:
-        from cac_align.cac.infer import sample_capped
         from cac_align.cac.prompts import turn1_prompt
-        from cac_align.cac.train.cot import template_video_cot
+        from cac_align.cac.train.cot import checklist_cot, template_video_cot
         from cac_align.vlm.backend import assistant, user
 
         video = self.video(record)
-        scan = sample_capped(video, self.config.scan_fps, self.config.max_frames_turn1, self.config.max_pixels)
+        scan = self._capped(video, self.config.scan_fps, self.config.max_frames_turn1)
         anomalies = []
         for a in record.anomalies:
             start, end = a.window_s(record.annotation_fps)
-            anomalies.append({"type": a.type, "time": [round(start, 3), round(min(end, video.end_s), 3)], "reason": a.reason, "region": a.region})
-        cot = record.cot if record.cot is not None else template_video_cot(record)
-        target = _answer(cot, record.status, anomalies)
-        text = turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt)
+            anomalies.append(anomaly_json(a, time_region=frames_shown(scan.timestamps, (start, min(end, video.end_s)))))
+        if self.config.template_cot == "checklist":
+            cot = checklist_cot("video")
+        else:
+            cot = record.cot if record.cot is not None else template_video_cot(record)
+        target = answer_json(cot, record.status, anomalies)
+        text = turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt, style=self.config.prompt_style)
         return Chat([user(scan, text), assistant(target)], target, sample.label, sample.kind)
 
     def _clip(self, sample: Sample, record: AnnotationRecord) -> Chat:
-        from cac_align.cac.infer import sample_capped
         from cac_align.cac.prompts import turn2_prompt
-        from cac_align.cac.train.cot import template_local_cot
         from cac_align.vlm.backend import assistant, user
 
         video = self.video(record)
-        clip = sample_capped(video.crop(sample.start_s, sample.end_s), self.config.clip_fps, self.config.max_frames_turn2, self.config.max_pixels)
+        clip = self._capped(video.crop(sample.start_s, sample.end_s), self.config.clip_fps, self.config.max_frames_turn2)
         anomalies, shown = [], []
         if sample.label == "abnormal":
             for a in record.anomalies:
                 boxes = clip_boxes(a, record.annotation_fps, clip.timestamps)
                 if boxes:
                     shown.append(a)
-                    anomalies.append({"type": a.type, "bbox": {f"frame {k}": _box_value(b) for k, b in boxes.items()}, "reason": a.reason, "region": a.region})
+                    anomalies.append(anomaly_json(a, time_region=(min(boxes), max(boxes)), boxes=boxes))
         covered = record.anomalies[sample.anomaly] if sample.anomaly is not None else None
-        cot = covered.cot if covered is not None and covered.cot is not None else template_local_cot(shown, scope="clip")
-        target = _answer(cot, "abnormal" if anomalies else "normal", anomalies)
-        text = turn2_prompt((sample.start_s, sample.end_s), clip.fps, clip.num_frames)
+        if covered is not None and covered.cot is not None and self.config.template_cot != "checklist":
+            cot = covered.cot
+        else:
+            cot = self._local_cot(shown, "clip")
+        target = answer_json(cot, "abnormal" if anomalies else "normal", anomalies)
+        text = turn2_prompt((sample.start_s, sample.end_s), clip.fps, clip.num_frames, style=self.config.prompt_style)
         return Chat([user(clip, text), assistant(target)], target, "abnormal" if anomalies else "normal", sample.kind)
+
+    def _local_cot(self, shown: list[Anomaly], scope: str) -> str:
+        from cac_align.cac.train.cot import checklist_cot, template_local_cot
+
+        if self.config.template_cot == "checklist":
+            return checklist_cot(scope)
+        return template_local_cot(shown, scope=scope) if not shown or shown[0].cot is None else shown[0].cot
 
 
 def clip_boxes(anomaly: Anomaly, annotation_fps: float, clip_times: np.ndarray) -> dict[int, list[list[float]]]:

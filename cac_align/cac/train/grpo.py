@@ -278,7 +278,7 @@ class HFGenerator:
 
 class SimulatedPolicy:
     """Offline stand-in for a trained stage-2 model (see the module doc): the ground truth with
-    random damage, written in the prompts' JSON format and tokenized as the policy's answer.
+    random damage, written in the prompts' JSON schema (the paper's) and tokenized as the policy's answer.
 
     With ``noise`` n, turn 1 breaks its JSON with probability 0.25·n, flips the status with
     0.3·n, jitters each window end by N(0, (0.25·n·duration)²) seconds and swaps each type with
@@ -306,9 +306,11 @@ class SimulatedPolicy:
         return str(rng.choice([t for t in ANOMALY_TYPES if t != name]))
 
     def _turn1(self, request: TurnRequest, rng: np.random.Generator) -> str:
+        from cac_align.cac.train.data import frames_shown
+
         n, record, video = self.noise, request.record, request.shown
         if rng.random() < 0.25 * n:
-            return '{"cot": "The video shows a scene.", "status": '  # cut off mid-answer
+            return '{"COT": "The video shows a scene.", "status": '  # cut off mid-answer
         abnormal = (record.status == "abnormal") != (rng.random() < 0.3 * n)
         anomalies = []
         if abnormal:
@@ -323,18 +325,21 @@ class SimulatedPolicy:
                     region = anomaly.region
                 start = float(np.clip(min(window), video.start_s, video.end_s - 0.1))
                 end = float(np.clip(max(window), start + 0.1, video.end_s))
-                anomalies.append({"type": kind, "time": [round(start, 2), round(end, 2)], "reason": "it looks wrong", "region": region})
+                first, last = frames_shown(video.timestamps, (start, end))
+                anomalies.append(
+                    {"Attributed Time Region": f"{first}-{last}", "Attributed Label": kind, "Reason for Anomaly": "it looks wrong", "Problem Region": region}
+                )
         status = "abnormal" if abnormal else "normal"
-        return json.dumps({"cot": f"I scanned every frame; the video looks {status}.", "status": status, "anomalies": anomalies})
+        return json.dumps({"COT": f"I scanned every frame; the video looks {status}.", "status": status, "anomalies": anomalies})
 
     def _turn2(self, request: TurnRequest, rng: np.random.Generator) -> str:
         from cac_align.cac.train.data import clip_boxes
 
         n, record, clip = self.noise, request.record, request.shown
         if rng.random() < 0.15 * n:
-            return '{"cot": "Looking closer at the window", "status": "abn'
+            return '{"COT": "Looking closer at the window", "status": "abn'
         if (record.status == "abnormal") == (rng.random() < 0.3 * n):
-            return json.dumps({"cot": "On a closer look nothing is wrong.", "status": "normal", "anomalies": []})
+            return json.dumps({"COT": "On a closer look nothing is wrong.", "status": "normal", "anomalies": []})
         anomalies = []
         for anomaly in record.anomalies:
             boxes = {}
@@ -343,12 +348,22 @@ class SimulatedPolicy:
                 x0, x1 = sorted(np.clip(box[[0, 2]], 0, 1000))
                 y0, y1 = sorted(np.clip(box[[1, 3]], 0, 1000))
                 if x1 - x0 >= 1 and y1 - y0 >= 1:
-                    boxes[f"frame {frame}"] = [round(float(v)) for v in (x0, y0, x1, y1)]
+                    boxes[frame] = [round(float(v)) for v in (x0, y0, x1, y1)]
             if boxes:
-                anomalies.append({"type": anomaly.type, "bbox": boxes, "reason": "it looks wrong", "region": anomaly.region})
+                anomalies.append(
+                    {
+                        "Attributed Time Region": f"{min(boxes)}-{max(boxes)}",
+                        "Attributed Label": anomaly.type,
+                        "Reason for Anomaly": "it looks wrong",
+                        "Problem Region": anomaly.region,
+                        "BBOX": {f"Frame {k}": box for k, box in sorted(boxes.items())},
+                    }
+                )
         if not anomalies:  # confirmed, but the window missed the defect: a guessed box
-            anomalies.append({"type": self._other_type("", rng), "bbox": {"frame 0": [100, 100, 400, 400]}, "reason": "?", "region": "?"})
-        return json.dumps({"cot": "Looking closer, the defect is there.", "status": "abnormal", "anomalies": anomalies})
+            anomalies.append(
+                {"Attributed Label": self._other_type("", rng), "Reason for Anomaly": "?", "Problem Region": "?", "BBOX": {"Frame 0": [100, 100, 400, 400]}}
+            )
+        return json.dumps({"COT": "Looking closer, the defect is there.", "status": "abnormal", "anomalies": anomalies})
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,8 +444,8 @@ def collect_rollouts(
     # turn 1: one context per video, G samples of it
     scans, firsts, requests = [], [], []
     for _, record, video in videos:
-        scan = sample_capped(video, data.scan_fps, data.max_frames_turn1, data.max_pixels)
-        first = user(scan, turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt))
+        scan = sample_capped(video, data.scan_fps, data.max_frames_turn1, data.max_pixels, data.size_multiple)
+        first = user(scan, turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt, style=data.prompt_style))
         context = encode_context(processor, *_contexts(processor, [first, assistant("")])[0])
         scans.append(scan)
         firsts.append(first)
@@ -453,10 +468,10 @@ def collect_rollouts(
         if window is None:
             continue
         try:
-            clip = sample_capped(video.crop(*window), data.clip_fps, data.max_frames_turn2, data.max_pixels)
+            clip = sample_capped(video.crop(*window), data.clip_fps, data.max_frames_turn2, data.max_pixels, data.size_multiple)
         except VideoError:
             continue  # a window that cannot be cut ends the rollout after turn 1
-        second = user(clip, turn2_prompt(window, clip.fps, clip.num_frames))
+        second = user(clip, turn2_prompt(window, clip.fps, clip.num_frames, style=data.prompt_style))
         context2 = encode_context(processor, *_contexts(processor, [firsts[v], assistant(""), second, assistant("")])[1])
         closing = []
         if not generated.token_ids or generated.token_ids[-1] != eos_id:  # cut by the budget: close the turn (not trained)
@@ -696,21 +711,37 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
     videos_per_process = per_process // grpo.group_size
     videos_per_step = videos_per_process * processes
 
-    # 1. data: the stage-3 split (every process computes the same one)
-    records = load_annotations(config.annotations).records
-    pool = split_records(records, config.data.splits, config.data.seed)["stage3"]
-    if not pool:
-        raise RecipeError(f"{config.annotations}: the stage3 split is empty; give data.splits.stage3 a share of the videos")
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(pool) / videos_per_step)
+    # 1. data: the stage-3 split (every process computes the same one), or a stream of videos
+    # rendered on the fly (each step new ones)
+    if config.stream is not None:
+        from cac_align.cac.train.stream import SynthStream, load_stream_synth
+
+        if t.max_steps <= 0:
+            raise RecipeError("a streamed stage needs train.max_steps > 0 (the stream has no epochs)")
+        total_steps = t.max_steps
+        stream = SynthStream(load_stream_synth(config.stream, n=total_steps * videos_per_step))
+        pool = list(range(len(stream)))
+        describe = {"stage": 3, "stream": dataclasses.asdict(config.stream), "videos": len(pool)}
+
+        def fetch(index: int) -> tuple[Any, Any]:
+            return stream.record(index), stream.video(index)
+    else:
+        records = load_annotations(config.annotations).records
+        pool = split_records(records, config.data.splits, config.data.seed)["stage3"]
+        if not pool:
+            raise RecipeError(f"{config.annotations}: the stage3 split is empty; give data.splits.stage3 a share of the videos")
+        total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_epochs * len(pool) / videos_per_step)
+        describe = {"stage": 3, "stage3_records": pool, "videos": [str(records[i].video) for i in pool]}
+
+        def fetch(index: int) -> tuple[Any, Any]:
+            return records[index], load_video(str(records[index].video))
 
     # 2. run folder (main process first), then the newest complete checkpoint
     out = Path(config.out_dir)
     with accelerator.main_process_first():
         if accelerator.is_main_process:
             out, _ = _prepare_out_dir(config)
-            (out / "data.json").write_text(
-                json.dumps({"stage": 3, "stage3_records": pool, "videos": [str(records[i].video) for i in pool]}, indent=1)
-            )
+            (out / "data.json").write_text(json.dumps(describe, indent=1))
     accelerator.wait_for_everyone()
     checkpoint = _latest_complete_checkpoint(out) if config.resume else None
 
@@ -764,10 +795,10 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         for position in mine:
             index = pool[position]
             try:
-                videos.append((index, records[index], load_video(str(records[index].video))))
+                videos.append((index, *fetch(index)))
             except VideoError as exc:
                 failed += 1
-                print(f"train-cac stage 3: skipping {records[index].video}: {exc}")
+                print(f"train-cac stage 3: skipping video {index}: {exc}")
         rollouts = collect_rollouts(videos, generator, processor, config, _seed(t.seed, step, rank)) if videos else []
         advantages = group_advantages([r.reward.total for r in rollouts], [r.group for r in rollouts], eps=grpo.advantage_eps)
         for rollout, advantage in zip(rollouts, advantages.advantages):

@@ -5,8 +5,13 @@ Job: ``cac-align train-cac stage=1|2`` (``stage=3``, two-turn GRPO, is :mod:`cac
   encoder, the vision-language merger ("adapter") and the LLM, as the paper's implementation
   section describes, on single frames (:mod:`cac_align.cac.train.data`). At the end the adapter
   is saved (``adapter/``) and merged into the base weights (``final/``).
+  A model trained from scratch (``cac-demo``) sets ``finetune: full`` instead: a low-rank
+  update of random weights learns little.
 - **Stage 2** fine-tunes all parameters (lr 1e-4, the paper's value) starting from stage 1's
   merged ``final/``, on 4 fps global videos and 8 fps clips shorter than 1 s.
+
+Samples come from an annotation file (``annotations:``, split by video) or from synthetic videos
+rendered on the fly (``stream:``, :mod:`cac_align.cac.train.stream`: every sample a new video).
 
 The loop is transformers' ``Trainer``: it already gives gradient accumulation, bf16, gradient
 checkpointing, multi-GPU through accelerate (DDP, FSDP or DeepSpeed ZeRO: configs under
@@ -16,9 +21,11 @@ for this task: chats encoded by :func:`~cac_align.cac.train.collate.encode_chat`
 on the assistant's tokens only, images and videos (with their source timestamps) in one batch,
 variable frame counts. trl's ``SFTTrainer`` was not used: its VLM collator takes images only
 (no per-video timestamps) and would need the same custom collator, so it would add a
-dependency without removing code. After each evaluation a small detection accuracy is logged
-(``eval_detection_accuracy``): the held-out samples' status read, as the CaC reward reads it,
-from P("normal") vs P("abnormal") at the status position of the answer.
+dependency without removing code. After each evaluation the detection metrics are logged
+(``eval_detection_accuracy``, ``_valid_fraction``, ``_auroc``, per-class recall): the model
+*generates* each held-out answer and its own status is scored, with the reward read at the
+position where its generated status starts. Gold reasoning is never shown, so reasoning that
+states the verdict cannot leak the label into the metric.
 
 Outputs in ``out_dir``: ``checkpoints/checkpoint-N`` (resume with ``resume=true``),
 ``metrics.jsonl`` and ``tensorboard/``, ``data.json`` (splits and samples), ``run_config.json``,
@@ -27,7 +34,9 @@ and ``final/`` (model + processor; ``cac-align score`` loads it with ``reward.mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +45,9 @@ from omegaconf import MISSING
 
 from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.grpo import GrpoSettings
+from cac_align.cac.train.stream import StreamConfig
 
-__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_accuracy", "run"]
+__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run"]
 
 
 @dataclass
@@ -63,7 +73,8 @@ class TrainSettings:
         bf16: bf16 autocast (needs a GPU with bf16 or a recent CPU).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
         eval_steps, save_steps, logging_steps: in optimizer steps; eval_steps 0 = no eval.
-        detection_eval_samples: held-out samples for the detection accuracy (0 = skip).
+        detection_eval_samples: held-out samples for the detection metrics (0 = skip).
+        detection_max_new_tokens: generation budget of the detection metrics' answers.
         num_workers: dataloader worker processes (decoding and encoding happen there).
     """
 
@@ -85,6 +96,7 @@ class TrainSettings:
     seed: int = 42
     num_workers: int = 2
     detection_eval_samples: int = 64
+    detection_max_new_tokens: int = 384
 
 
 @dataclass
@@ -95,12 +107,18 @@ class TrainCaCConfig:
         stage: 1 (single-frame LoRA warmup), 2 (multi-frame full fine-tuning) or 3 (two-turn
             GRPO, :mod:`cac_align.cac.train.grpo`).
         annotations: annotation JSONL (ideally with reasoning from `cac-align synth-cot`;
-            records without it get the template reasoning).
+            records without it get the template reasoning). Set this or ``stream``.
+        stream: train on synthetic videos rendered on the fly instead of a file
+            (:class:`~cac_align.cac.train.stream.StreamConfig`): every sample a new video.
         out_dir: the run folder.
         model: base weights: a hub id ("Qwen/Qwen3-VL-8B-Instruct") for stage 1, stage 1's
             ``<out_dir>/final`` for stage 2, stage 2's for stage 3 (also the frozen KL reference);
-            "tiny-random:qwen3_vl" for offline runs.
+            "tiny-random:qwen3_vl" for offline runs; "tiny-random:qwen3_vl_small" for a ~10M
+            Qwen3-VL with random weights to train from scratch (the ``cac-demo`` model).
         dtype, attn_implementation, trust_remote_code: how the model loads.
+        finetune: "lora" (stage 1's default, the paper's) or "full" (every parameter; for a
+            model trained from scratch, where a low-rank update of random weights would learn
+            little); stage 2 is always full, stage 3 always full.
         data, lora, train, grpo: see :class:`DataConfig`, :class:`LoraSettings`,
             :class:`TrainSettings` and :class:`~cac_align.cac.train.grpo.GrpoSettings` (stage 3;
             there ``train.per_device_batch_size`` counts rollouts).
@@ -109,12 +127,14 @@ class TrainCaCConfig:
     """
 
     stage: int = MISSING
-    annotations: str = MISSING
+    annotations: str | None = None
+    stream: StreamConfig | None = None
     out_dir: str = MISSING
     model: str = MISSING
     dtype: str = "bfloat16"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    finetune: str = "lora"
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -127,6 +147,10 @@ class TrainCaCConfig:
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
         if self.resume and self.overwrite:
             raise ValueError("resume=true and overwrite=true contradict each other")
+        if (self.annotations is None) == (self.stream is None):
+            raise ValueError("set exactly one of 'annotations' (an annotation JSONL) or 'stream' (videos rendered on the fly)")
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
         t = self.train
         if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
             raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
@@ -154,15 +178,19 @@ def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
     from cac_align.vlm.config import TINY_PREFIX
 
     if config.model.startswith(TINY_PREFIX):
-        from cac_align.tiny_job import TINY_BUILDERS
+        from cac_align.vlm.tiny import build_small_qwen3_vl, build_tiny_qwen3_vl
 
         kind = config.model[len(TINY_PREFIX) :]
-        if kind != "qwen3_vl":
+        builders = {"qwen3_vl": lambda: build_tiny_qwen3_vl(0), "qwen3_vl_small": lambda: build_small_qwen3_vl(config.train.seed)}
+        if kind not in builders:
             from cac_align.config import RecipeError
 
-            raise RecipeError(f"model={config.model!r}: CaC trains Qwen3-VL; the tiny one is 'tiny-random:qwen3_vl'")
-        tiny = TINY_BUILDERS[kind](0)
-        return tiny.model, tiny.processor
+            raise RecipeError(
+                f"model={config.model!r}: CaC trains Qwen3-VL; the random ones are 'tiny-random:qwen3_vl' (code-path tests) "
+                "and 'tiny-random:qwen3_vl_small' (~9M parameters, to train from scratch)"
+            )
+        built = builders[kind]()
+        return built.model, built.processor
     from cac_align.vlm.hf import load_vlm
 
     return load_vlm(
@@ -205,37 +233,49 @@ class ChatDataset:
         return encode_chat(self.processor, self.builder(self.samples[index]).messages)
 
 
-def detection_accuracy(model: Any, processor: Any, chats: list, batch_size: int = 4) -> dict[str, float]:
-    """Share of chats whose status the model gets right, read as the CaC reward reads it.
+def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int = 8, max_new_tokens: int = 384) -> dict[str, float]:
+    """Detection as the model itself answers held-out chats (no gold reasoning shown).
 
-    For each chat, P("normal") and P("abnormal") are teacher-forced at the position where the
-    status value starts in its target answer (after the target's reasoning); the prediction is
-    the likelier one. Returns accuracy and per-class recall (NaN for an absent class).
+    The model generates each answer greedily from the prompt alone; the status it wrote is its
+    prediction (an answer with no readable status counts as wrong), and the reward is read as
+    CaC reads it: P(normal) / (P(normal) + P(abnormal)) at the position where the generated
+    status value starts (CaC Eq. 7). Global videos are parsed as turn 1, clips and frames as
+    turn 2.
+
+    Returns:
+        ``detection_accuracy``, ``detection_valid_fraction`` (answers that parse and follow the
+        schema), ``detection_recall_normal`` / ``_abnormal`` (NaN for an absent class) and
+        ``detection_auroc`` of the reward (normal = positive; NaN if a class is missing).
     """
     import re
 
+    from cac_align.cac.judgment import parse_judgment
     from cac_align.cac.prompts import STATUS_KEY_PATTERN
+    from cac_align.eval.metrics import auroc
     from cac_align.vlm.hf import HFBackend
 
-    requests, prefixes, labels = [], [], []
-    for chat in chats:
-        match = re.search(STATUS_KEY_PATTERN, chat.target)
-        if match is None:
-            raise ValueError(f"target has no status field: {chat.target[:100]!r}")
-        requests.append(chat.prompt_messages)
-        prefixes.append(chat.target[: match.end()])
-        labels.append(chat.label)
     was_training = model.training
     model.eval()
     try:
-        probs = HFBackend(model, processor, max_batch_size=batch_size).choice_probs(requests, prefixes, ["normal", "abnormal"])
+        backend = HFBackend(model, processor, max_batch_size=batch_size)
+        texts = [c.text for c in backend.generate([chat.prompt_messages for chat in chats], max_new_tokens=max_new_tokens)]
+        judgments = [parse_judgment(text, 1 if chat.kind == "global" else 2) for text, chat in zip(texts, chats)]
+        readable = [i for i, text in enumerate(texts) if judgments[i].status is not None and re.search(STATUS_KEY_PATTERN, text)]
+        prefixes = [texts[i][: re.search(STATUS_KEY_PATTERN, texts[i]).end()] for i in readable]  # type: ignore[union-attr]
+        probs = backend.choice_probs([chats[i].prompt_messages for i in readable], prefixes, ["normal", "abnormal"]) if readable else []
     finally:
         model.train(was_training)
-    predicted = ["normal" if p[0] >= p[1] else "abnormal" for p in probs]
-    out = {"detection_accuracy": sum(p == y for p, y in zip(predicted, labels)) / max(1, len(labels))}
+    labels = [chat.label for chat in chats]
+    predicted = [j.status for j in judgments]
+    out = {
+        "detection_accuracy": sum(p == y for p, y in zip(predicted, labels)) / max(1, len(labels)),
+        "detection_valid_fraction": sum(j.valid for j in judgments) / max(1, len(judgments)),
+    }
     for cls in ("normal", "abnormal"):
         idx = [i for i, y in enumerate(labels) if y == cls]
         out[f"detection_recall_{cls}"] = sum(predicted[i] == cls for i in idx) / len(idx) if idx else float("nan")
+    rewards = [float(p[0] / (p[0] + p[1])) if p[0] + p[1] > 0 else 0.5 for p in probs]
+    out["detection_auroc"] = auroc(rewards, [labels[i] == "normal" for i in readable]) if readable else float("nan")
     return out
 
 
@@ -274,6 +314,53 @@ def _latest_checkpoint(out: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
+def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, list, dict]:
+    """(train dataset, eval dataset, held-out chats for the detection metrics, a JSON-able
+    description for data.json) of stage 1 or 2, from the annotation file or the stream."""
+    from cac_align.config import RecipeError
+
+    if config.stream is not None:
+        from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth
+
+        t = config.train
+        processes = max(1, int(__import__("os").environ.get("WORLD_SIZE", "1")))
+        steps = t.max_steps if t.max_steps > 0 else 0
+        if steps <= 0:
+            raise RecipeError("a streamed stage needs train.max_steps > 0 (the stream has no epochs)")
+        twins = config.stream.clean_twins
+        per_video = (config.data.frames_per_anomaly if config.stage == 1 else 2) * (2 if twins else 1)
+        videos = math.ceil(steps * t.per_device_batch_size * t.gradient_accumulation_steps * processes / per_video) + 1
+        extra = {"types": [k for k in load_stream_synth(config.stream).types if k in config.data.frame_types]} if config.stage == 1 else {}
+        if config.stage == 1 and not extra["types"]:
+            raise RecipeError(f"stage 1 streams only data.frame_types {config.data.frame_types}, and the synth recipe plants none of them")
+        planted = {"normal_fraction": 0.0} if twins else {}  # every training video planted; its twin is the normal one
+        train = StageStream(
+            config.stage, SynthStream(load_stream_synth(config.stream, n=videos, **extra, **planted)), config.data, processor, config.data.seed, twins
+        )
+        held = StageStream(
+            config.stage,
+            SynthStream(load_stream_synth(config.stream, seed=config.stream.eval_seed, n=config.stream.eval_videos, **extra)),
+            config.data,
+            processor,
+            config.data.seed + 1,
+        )
+        chats = [held.chat(i) for i in range(len(held))]
+        description = {"stage": config.stage, "stream": dataclasses.asdict(config.stream), "train_videos": videos, "train_samples": len(train), "eval_samples": len(held)}
+        return train, held, chats, description
+
+    from cac_align.cac.schema import load_annotations
+    from cac_align.cac.train.data import ChatBuilder, build_stage, describe
+
+    assert config.annotations is not None
+    records = load_annotations(config.annotations).records
+    stage_data = build_stage(config.stage, records, config.data)
+    if not stage_data.train:
+        raise RecipeError(f"{config.annotations}: stage {config.stage} has no training samples ({stage_data.stats}); add videos or change data.splits")
+    builder = ChatBuilder(records, config.data)
+    chats = [builder(s) for s in stage_data.eval[: config.train.detection_eval_samples]]
+    return ChatDataset(stage_data.train, builder, processor), ChatDataset(stage_data.eval, builder, processor), chats, describe(stage_data)
+
+
 def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
     if config.stage == 3:
@@ -284,23 +371,16 @@ def run(config: TrainCaCConfig) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
-    from cac_align.cac.schema import load_annotations
     from cac_align.cac.train.collate import collate
-    from cac_align.cac.train.data import ChatBuilder, build_stage, save_description
 
-    # 1. data (deterministic: every process builds the same samples)
-    records = load_annotations(config.annotations).records
-    stage_data = build_stage(config.stage, records, config.data)
-    if not stage_data.train:
-        from cac_align.config import RecipeError
-
-        raise RecipeError(f"{config.annotations}: stage {config.stage} has no training samples ({stage_data.stats}); add videos or change data.splits")
-    builder = ChatBuilder(records, config.data)
+    # 1. data (deterministic: every process builds the same samples); model + processor
+    model, processor = load_model(config)
+    t = config.train
+    train_dataset, eval_dataset, detection_chats, description = _stage_datasets(config, processor)
     out = Path(config.out_dir)
 
     # 2. training arguments (this also sets up the processes under `accelerate launch`)
-    t = config.train
-    do_eval = bool(stage_data.eval) and t.eval_steps > 0
+    do_eval = eval_dataset is not None and len(eval_dataset) > 0 and t.eval_steps > 0
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=t.per_device_batch_size,
@@ -323,6 +403,8 @@ def run(config: TrainCaCConfig) -> dict:
         save_total_limit=t.save_total_limit,
         seed=t.seed,
         dataloader_num_workers=t.num_workers,
+        # A stream is random already and keeps a clean twin next to its planted video.
+        train_sampling_strategy="sequential" if config.stream is not None else "random",
         remove_unused_columns=False,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
@@ -332,13 +414,14 @@ def run(config: TrainCaCConfig) -> dict:
     with args.main_process_first(local=False, desc="run folder"):
         if args.process_index == 0:
             out, checkpoint = _prepare_out_dir(config)
-            save_description(stage_data, out / "data.json")
+            (out / "data.json").write_text(json.dumps(description, indent=1))
         else:
             checkpoint = _latest_checkpoint(out) if config.resume else None
 
-    # 4. model: LoRA on every linear layer (stage 1) or all parameters (stage 2)
-    model, processor = load_model(config)
-    if config.stage == 1:
+    # 4. trainable parameters: LoRA on every linear layer (stage 1) or all of them (stage 2,
+    # or stage 1 with finetune: full, for a model trained from scratch)
+    lora = config.stage == 1 and config.finetune == "lora"
+    if lora:
         model = _add_lora(model, config.lora, config.train.seed)
     else:
         model.requires_grad_(True)
@@ -353,13 +436,14 @@ def run(config: TrainCaCConfig) -> dict:
 
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(out / "tensorboard")
-    detection_chats = [builder(s) for s in stage_data.eval[: t.detection_eval_samples]] if do_eval else []
+    detection_chats = detection_chats[: t.detection_eval_samples] if do_eval else []
 
     class CaCTrainer(Trainer):
         def evaluate(self, *a: Any, **kw: Any) -> dict:
             metrics = super().evaluate(*a, **kw)
             if detection_chats:
-                extra = detection_accuracy(self.accelerator.unwrap_model(self.model), processor, detection_chats)
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                extra = detection_metrics(unwrapped, processor, detection_chats, max_new_tokens=t.detection_max_new_tokens)
                 extra = {f"eval_{k}": v for k, v in extra.items()}
                 self.log(extra)
                 metrics.update(extra)
@@ -368,8 +452,8 @@ def run(config: TrainCaCConfig) -> dict:
     trainer = CaCTrainer(
         model=model,
         args=args,
-        train_dataset=ChatDataset(stage_data.train, builder, processor),
-        eval_dataset=ChatDataset(stage_data.eval, builder, processor) if do_eval else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if do_eval else None,
         data_collator=lambda batch: collate(batch, pad_id),
         processing_class=processor,
         callbacks=[JsonlLog(), tensorboard],
@@ -382,7 +466,7 @@ def run(config: TrainCaCConfig) -> dict:
 
     # 6. final weights: stage 1 saves the adapter, then merges it into the base weights
     final = out / "final"
-    if config.stage == 1:
+    if lora:
         trainer.save_model(str(out / "adapter"))
         if trainer.is_world_process_zero():
             _merge_adapter(config, out / "adapter", final)
