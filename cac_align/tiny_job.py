@@ -22,6 +22,12 @@ def _qwen3_vl(seed: int) -> Any:
     return build_tiny_qwen3_vl(seed)
 
 
+def _qwen3_vl_small(seed: int) -> Any:
+    from cac_align.vlm.tiny import build_small_qwen3_vl
+
+    return build_small_qwen3_vl(seed)
+
+
 def _qwen2_5_vl(seed: int) -> Any:
     from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
 
@@ -37,6 +43,7 @@ def _wan(seed: int) -> Any:
 # name -> builder(seed) returning an object with save_pretrained(path)
 TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
     "qwen3_vl": _qwen3_vl,  # CaC reward model backbone
+    "qwen3_vl_small": _qwen3_vl_small,  # ~9M Qwen3-VL to train from scratch (cac-demo's start)
     "qwen2_5_vl": _qwen2_5_vl,  # UnifiedReward-qwen backbone
     "wan": _wan,  # Wan-2.1 T2V generator
 }
@@ -55,7 +62,7 @@ class MakeTinyConfig:
     """
 
     out_dir: str = MISSING
-    models: list[str] = field(default_factory=lambda: list(TINY_BUILDERS))
+    models: list[str] = field(default_factory=lambda: ["qwen3_vl", "qwen2_5_vl", "wan"])
     seed: int = 0
     overwrite: bool = False
 

@@ -26,7 +26,8 @@ class ModelConfig:
     """Which VLM answers, and how it is loaded.
 
     Attributes:
-        name: hub id ("Qwen/Qwen3-VL-8B-Instruct"), a local checkpoint folder, or
+        name: hub id ("Qwen/Qwen3-VL-8B-Instruct"), a local checkpoint folder, "cac-demo" (the
+            small CaC trained on synthetic scenes that ships with the package), or
             "tiny-random:qwen3_vl" for the tiny random model built in-process (meaningless scores).
             With ``backend: openai`` it is the served model name.
         backend: "hf" (in-process transformers) or "openai" (an OpenAI-compatible server: vLLM).
@@ -87,8 +88,10 @@ def build_backend(model: ModelConfig, key: str = "model") -> Any:
         from cac_align.tiny_job import TINY_BUILDERS
 
         kind = model.name[len(TINY_PREFIX) :]
-        if kind not in ("qwen3_vl", "qwen2_5_vl"):
-            raise RecipeError(f"{key}.name={model.name!r}: tiny VLMs are 'tiny-random:qwen3_vl' or 'tiny-random:qwen2_5_vl'")
+        if kind not in ("qwen3_vl", "qwen2_5_vl", "qwen3_vl_small"):
+            raise RecipeError(
+                f"{key}.name={model.name!r}: random VLMs are 'tiny-random:qwen3_vl', 'tiny-random:qwen2_5_vl' or 'tiny-random:qwen3_vl_small'"
+            )
         tiny = TINY_BUILDERS[kind](0)
         return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size)
     return HFBackend.from_pretrained(

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "SMALL_QWEN3_VL",
     "SPECIAL_TOKENS",
     "TINY_CHAT_TEMPLATE",
     "TinyVLM",
     "build_tiny_tokenizer",
     "build_tiny_qwen3_vl",
     "build_tiny_qwen2_5_vl",
+    "build_small_qwen3_vl",
 ]
 
 SPECIAL_TOKENS = [
@@ -70,16 +72,28 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024) -> Any:
+def build_tiny_tokenizer(vocab_size: int = 1024, corpus: list[str] | None = None, split_digits: bool = False) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` with Qwen's special tokens, trained here.
 
     Byte-level means any text (JSON, digits, unicode) encodes and decodes losslessly.
+
+    Args:
+        vocab_size: BPE vocabulary size (special tokens included).
+        corpus: texts to learn merges from (default: a small built-in corpus of CaC and
+            UnifiedReward words).
+        split_digits: every digit its own token, as Qwen's tokenizer does (a box coordinate
+            "347" is "3", "4", "7": the first digit is a coarse position a small model learns
+            fast, and no number needs its own embedding).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -87,7 +101,7 @@ def build_tiny_tokenizer(vocab_size: int = 1024) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    backend.train_from_iterator((corpus or _CORPUS) * 4, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -246,6 +260,101 @@ def build_tiny_qwen2_5_vl(seed: int = 0) -> TinyVLM:
         image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, size=_IMAGE_SIZE),
         video_processor=Qwen2VLVideoProcessor(
             patch_size=14, merge_size=2, size=_VIDEO_SIZE, cap_pixels_per_frame=True, max_video_tokens=64
+        ),
+        tokenizer=tokenizer,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    return TinyVLM(_finish(model, tokenizer), processor)
+
+
+# ---------------------------------------------------------------------------------------
+# A small Qwen3-VL to train from scratch (the shipped cac-demo model starts here)
+# ---------------------------------------------------------------------------------------
+# Sizes of the small model: the real Qwen3-VL classes, scaled so that CaC's three stages can
+# train it on a 2-core CPU in about an hour (docs/cac_training.md, "The demo model").
+SMALL_QWEN3_VL = dict(
+    vision=dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, patch_size=16, spatial_merge_size=4, deepstack_visual_indexes=[]),
+    text=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    vocab_size=2048,
+    tokens_per_frame=6,  # 128x192 frames: (128 / 64) x (192 / 64) merged tokens
+)
+
+
+def _small_corpus() -> list[str]:
+    """What the small model reads and writes: CaC prompts in both wordings (with the synthetic
+    scenes' captions), the answer schema, type names and the synthetic generator's reasons."""
+    import json
+
+    from cac_align.cac.prompts import frame_prompt, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
+    from cac_align.cac.train.cot import checklist_cot
+    from cac_align.data.synthetic import _REASONS, _WORDS
+
+    texts = list(_CORPUS)
+    for word in _WORDS:
+        caption = f"A ball rolls along the floor past a '{word}' sign while a person walks by."
+        for style in ("compact", "full"):
+            texts += [
+                turn1_prompt(5.0, 4.0, 20, caption, style=style),
+                turn2_prompt((1.25, 2.5), 8.0, 8, style=style),
+                frame_prompt(caption, style=style),
+                single_turn_prompt(5.0, 4.0, 20, caption, style=style),
+                no_cot_prompt(5.0, 4.0, 20, caption, style=style),
+            ]
+    for kind, (reason, region) in _REASONS.items():
+        anomaly = {"Attributed Time Region": "3-5", "Attributed Label": kind, "Reason for Anomaly": reason, "Problem Region": region,
+                   "BBOX": {"Frame 0": [12, 345, 678, 901]}}
+        texts.append(json.dumps({"COT": checklist_cot("video"), "status": "abnormal", "anomalies": [anomaly]}))
+    texts += [json.dumps({"COT": checklist_cot(scope), "status": "normal", "anomalies": []}) for scope in ("video", "clip", "frame")]
+    return texts
+
+
+def build_small_qwen3_vl(seed: int = 0) -> TinyVLM:
+    """A ~10M-parameter ``Qwen3VLForConditionalGeneration`` + processor with random weights.
+
+    The architecture is Qwen3-VL's (ViT with 2-D RoPE and deepstack, MRoPE LLM), scaled down:
+    see :data:`SMALL_QWEN3_VL`. Frames reach the model at 128x192 (``max_pixels`` 24576 on a
+    64-pixel grid: 16-pixel patches merged 4x4), 6 tokens per pair of frames. The tokenizer is a
+    digit-splitting byte-level BPE trained here on CaC's prompts and answers. Untrained, its
+    output is meaningless: it is the starting point of ``recipes/cac/demo_*.yaml``.
+    """
+    import torch
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    sizes = SMALL_QWEN3_VL
+    tokenizer = build_tiny_tokenizer(sizes["vocab_size"], _small_corpus(), split_digits=True)
+    vision, text = dict(sizes["vision"]), dict(sizes["text"])
+    half = text["head_dim"] // 2  # rotary pairs, split over (time, height, width)
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    config = Qwen3VLConfig(
+        vision_config=dict(vision, temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=256),
+        text_config=_text_config(
+            tokenizer,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True},
+        )
+        | text,
+        tie_word_embeddings=False,
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    factor = vision["patch_size"] * vision["spatial_merge_size"]
+    frame_pixels = sizes["tokens_per_frame"] * factor * factor
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=vision["patch_size"], merge_size=vision["spatial_merge_size"], size={"shortest_edge": factor * factor, "longest_edge": frame_pixels}
+        ),
+        video_processor=Qwen3VLVideoProcessor(
+            patch_size=vision["patch_size"],
+            merge_size=vision["spatial_merge_size"],
+            size={"shortest_edge": factor * factor, "longest_edge": frame_pixels * 128},
+            cap_pixels_per_frame=True,
+            max_video_tokens=sizes["tokens_per_frame"],
         ),
         tokenizer=tokenizer,
         chat_template=TINY_CHAT_TEMPLATE,
