@@ -141,7 +141,11 @@ def test_bench_job_on_prediction_files(tmp_path):
     # window 1.5-2.5 s vs 1-2 s: IoU 0.5 / 1.5; time 1.5 s is annotation frame 6, box IoU 0.25 / 0.5
     assert cac_result["localization"]["temporal_iou"] == pytest.approx(1 / 3)
     assert cac_result["localization"]["spatial_iou"] == pytest.approx(0.5)
+    # reward: 3 of 4 videos valid; scores v0 0.1 (anomalous), v2 0.4 and v3 0.9 (normal): both normal
+    # videos score above the anomalous one -> AUROC 2/2 = 1 (normal is the positive class)
+    assert cac_result["reward"] == {"valid_fraction": 0.75, "auroc": 1.0, "n_scores": 3}
     base = results["base"]
+    assert base["reward"]["n_scores"] == 0 and math.isnan(base["reward"]["auroc"])  # no scores: undefined
     assert base["coverage"]["missing"] == 1 and base["table1"]["anomalous_recall"] == 1.0
     assert math.isnan(base["table1"]["normal_recall"]) is False and base["table1"]["normal_recall"] == 0.0
     assert base["localization"]["temporal_iou"] == 0.0  # true positives without a window score 0
@@ -150,6 +154,7 @@ def test_bench_job_on_prediction_files(tmp_path):
     assert saved["systems"]["base"]["table1"]["normal_precision"] is None
     md = (tmp_path / "out/bench.md").read_text()
     assert "| cac | 1.000 | 0.500 | 0.667 |" in md and "## Prediction bias" in md and "**base**" in md
+    assert "| cac | 0.750 | 1.000 | 3 |" in md
     rows = list(csv.DictReader((tmp_path / "out/table1.csv").open()))
     assert [r["system"] for r in rows] == ["cac", "base"] and rows[1]["normal_precision"] == ""
 

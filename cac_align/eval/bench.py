@@ -35,9 +35,13 @@ Metrics (``abnormal`` is the positive class of the "anomalous" columns):
   boxes no annotated frame). A true positive without a predicted window / boxes scores 0.
 - **Bias flag**: set when one class's recall is at least ``bias_high`` (0.95) while the other's
   is at most ``bias_low`` (0.2): a model that calls nearly everything one class.
+- **Reward**: ``valid_fraction`` (videos with a valid prediction / annotated videos) and the
+  AUROC of the prediction's ``score`` (a reward, higher = more normal: CaC's P(normal) /
+  (P(normal) + P(abnormal))) for telling normal from anomalous videos, over the scored videos
+  that carry a score (NaN when none does or one class is missing).
 
 Outputs in ``out_dir``: ``bench.json`` (every number), ``bench.md`` and one CSV per table
-(``table1.csv``, ``hard_split.csv``, ``per_type.csv``, ``localization.csv``).
+(``table1.csv``, ``hard_split.csv``, ``per_type.csv``, ``localization.csv``, ``reward.csv``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from omegaconf import MISSING
+
+from cac_align.eval.metrics import auroc
 
 __all__ = [
     "BenchConfig",
@@ -214,6 +220,7 @@ class Prediction:
     status: str | None
     windows_s: list[list[float]] = field(default_factory=list)
     boxes: list[dict] = field(default_factory=list)
+    score: float | None = None
 
 
 def _from_line(row: dict, where: str) -> Prediction:
@@ -231,7 +238,13 @@ def _from_line(row: dict, where: str) -> Prediction:
     if isinstance(details, dict):
         source = cac_details(details) or row
     windows = source.get("windows_s") or ([source["window_s"]] if source.get("window_s") else [])
-    return Prediction(str(row["video"]), status, [list(map(float, w)) for w in windows], list(source.get("boxes") or []))
+    score = row.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)):
+        raise ValueError(f"{where}: score must be a finite number or null, got {score!r}")
+    return Prediction(
+        str(row["video"]), status, [list(map(float, w)) for w in windows], list(source.get("boxes") or []),
+        float(score) if score is not None and status is not None else None,
+    )
 
 
 def load_predictions(path: str | Path) -> list[Prediction]:
@@ -333,8 +346,15 @@ def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | N
             truth = [a.window_s(record.annotation_fps) for a in record.anomalies]
             temporal.append(interval_iou(pred.windows_s, truth))
             spatial.append(_spatial_iou(record, pred.boxes))
+    with_score = [(r, p) for r, p in scored if p.score is not None]
+    reward = {
+        "valid_fraction": _ratio(len(scored), len(records)),
+        "auroc": auroc([p.score for _, p in with_score], [r.status == "normal" for r, _ in with_score]),
+        "n_scores": len(with_score),
+    }
     return {
         "coverage": {"annotated": len(records), "scored": len(scored), "missing": missing, "invalid": invalid},
+        "reward": reward,
         "table1": table1,
         "hard_split": hard_split_recall(recs, labels, config.long_s, config.large_area),
         "per_type": per_type_recall(recs, labels),
@@ -384,6 +404,9 @@ def _tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[list[An
             [name, r["localization"]["temporal_iou"], r["localization"]["spatial_iou"], r["localization"]["n_true_positives"]]
             for name, r in results.items()
         ]),
+        "reward": (["system", "valid_fraction", "auroc", "n_scores"], [
+            [name, r["reward"]["valid_fraction"], r["reward"]["auroc"], r["reward"]["n_scores"]] for name, r in results.items()
+        ]),
     }
 
 
@@ -393,6 +416,7 @@ def _markdown(results: dict[str, dict], config: BenchConfig) -> str:
         "hard_split": f"Hard split: recall of anomalous videos by duration (< / >= {config.long_s:g} s) and extent (< / >= {config.large_area:.0%} of the frame)",
         "per_type": "Recall per anomaly type (Table S3)",
         "localization": "Localization on true positives (Table S4)",
+        "reward": "Reward: valid fraction and AUROC of the score (normal = positive class)",
     }
     lines = ["# Anomaly-detection bench", "", f"Ground truth: `{config.annotations}`. – = undefined (no video to divide by).", ""]
     for name, (header, rows) in _tables(results).items():
@@ -431,7 +455,8 @@ def run(config: BenchConfig) -> dict:
     (out / "bench.md").write_text(_markdown(results, config))
     for name, result in results.items():
         t = result["table1"]
-        print(f"{name}: accuracy {_fmt(t['accuracy'])}, anomalous F1 {_fmt(t['anomalous_f1'])}, normal F1 {_fmt(t['normal_f1'])} "
+        print(f"{name}: accuracy {_fmt(t['accuracy'])}, anomalous F1 {_fmt(t['anomalous_f1'])}, normal F1 {_fmt(t['normal_f1'])}, "
+              f"reward AUROC {_fmt(result['reward']['auroc'])}, valid {_fmt(result['reward']['valid_fraction'])} "
               f"({result['coverage']['scored']}/{result['coverage']['annotated']} scored)" + (f"; BIAS: {result['bias']}" if result["bias"] else ""))
     print(f"bench: {out / 'bench.md'}, {out / 'bench.json'}")
     return results
