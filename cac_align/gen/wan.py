@@ -51,7 +51,10 @@ class GeneratorConfig:
     """The text-to-video generator and how it samples (defaults: Wan-2.1-1.3B at 480p, CaC §4.2).
 
     Attributes:
-        name: hub id, a local ``save_pretrained`` folder, or "tiny-random:wan".
+        name: hub id, a local ``save_pretrained`` folder, "tiny-random:wan", or
+            "synthetic:<synth recipe>" for the synthetic stand-in generator
+            (:mod:`cac_align.gen.synthetic`: Best-of-N in miniature; the recipe sets the frame
+            size, length and rate, and the keys below except ``fps`` do not apply).
         dtype: transformer and text-encoder dtype (bf16 on GPU).
         vae_dtype: VAE dtype; Wan recommends float32 for its VAE.
         device: "auto", "cpu", "cuda", "cuda:1", ...
@@ -66,6 +69,8 @@ class GeneratorConfig:
         lora: a LoRA folder written by `cac-align flow-grpo` (``lora/`` or a checkpoint's
             ``lora/``), loaded with diffusers' ``load_lora_weights``; None = the base model.
         lora_scale: strength of that LoRA (1.0 = as trained).
+        anomaly_probability: synthetic generator only: the chance that a candidate gets a
+            planted anomaly.
     """
 
     name: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -83,8 +88,11 @@ class GeneratorConfig:
     max_sequence_length: int = 512
     lora: str | None = None
     lora_scale: float = 1.0
+    anomaly_probability: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 <= self.anomaly_probability <= 1:
+            raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise ValueError(f"num_frames must be 4k + 1 (Wan's VAE compresses time 4x), got {self.num_frames}")
         if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
@@ -201,6 +209,10 @@ def load_wan_pipeline(
 
 def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
     """The pipeline ``config`` names, on its device, with its flow shift applied."""
+    from cac_align.gen.synthetic import PREFIX, load_synthetic_generator
+
+    if config.name.startswith(PREFIX):
+        return load_synthetic_generator(config.name, config.anomaly_probability, key=f"{key}.name")
     if config.name == TINY_WAN:
         pipe = build_tiny_wan_pipeline(seed=0).to(resolve_device(config.device))
     else:
@@ -425,8 +437,12 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
     """
     import torch
 
+    from cac_align.gen.synthetic import SyntheticGenerator
+
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if isinstance(pipe, SyntheticGenerator):
+        return pipe(prompts, seeds)
     device = pipe._execution_device if hasattr(pipe, "_execution_device") else "cpu"
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
