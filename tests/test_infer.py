@@ -189,6 +189,6 @@ def _no_cot_request(path):
 
 def test_pixel_cap_reaches_both_turns():
     backend = ScriptedBackend({0: _abnormal_t1(1.0, 2.0)}, {0: CONFIRM})
-    CaCScorer(backend, CaCOptions(max_pixels=16 * 16)).score([_tagged()])  # 32x32 -> 16x16
+    CaCScorer(backend, CaCOptions(max_pixels=16 * 16, size_multiple=16)).score([_tagged()])  # 32x32 -> 16x16
     scan, clip = videos_of(backend.generate_calls[1][0])
     assert (scan.height, scan.width) == (16, 16) and (clip.height, clip.width) == (16, 16)

@@ -46,7 +46,7 @@ class Teacher:
     def __call__(self, messages) -> str:
         text = "".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
         annotation = json.loads(re.search(r"Human annotation[^\n]*:\n(.*)\n", text).group(1))
-        reason = annotation["anomalies"][0]["reason"] if annotation["anomalies"] else "d"
+        reason = annotation["anomalies"][0]["Reason for Anomaly"] if annotation["anomalies"] else "d"
         video = reason[0]
         if "You check reasoning" in text:
             n = self.verifications[video] = self.verifications.get(video, 0) + 1
@@ -56,13 +56,13 @@ class Teacher:
         self.prompts.setdefault(video, []).append(text)
         anomalies = []
         for a in annotation["anomalies"]:
-            a = dict(a, cot=f"close look at {video}")
+            a = dict(a, COT=f"close look at {video}")
             if video == "a" and n <= 2:
-                a["time"] = [0.0, 0.25]
+                a["Attributed Time Region"] = "0-1"  # frames 0-1 of the teacher's grid: 0-0.25 s
             if video == "b":
-                a["type"] = "Motion Anomalies"
+                a["Attributed Label"] = "Motion Anomalies"
             anomalies.append(a)
-        return "```json\n" + json.dumps({"cot": f"reasoning for {video}, round {n}", "status": annotation["status"], "anomalies": anomalies}) + "\n```"
+        return "```json\n" + json.dumps({"COT": f"reasoning for {video}, round {n}", "status": annotation["status"], "anomalies": anomalies}) + "\n```"
 
 
 def _config(tmp_path, annotations, url=None, **extra):
