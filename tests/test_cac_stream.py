@@ -85,6 +85,38 @@ def test_stage2_items_are_deterministic_and_follow_the_paper_schema():
                 assert (sample.start_s <= w0 + 1e-9 and w1 <= sample.end_s + 1e-9) or (w0 - 1e-9 <= sample.start_s and sample.end_s <= w1 + 1e-9)
 
 
+def _same(a: list[dict], b: list[dict]) -> bool:
+    """Two chats hold the same roles, texts and videos (frames and timestamps)."""
+
+    def parts(messages):
+        for m in messages:
+            for item in m["content"]:
+                yield m["role"], item.get("type"), item.get("text"), item.get("video")
+
+    for (ra, ta, xa, va), (rb, tb, xb, vb) in zip(parts(a), parts(b), strict=True):
+        if (ra, ta, xa) != (rb, tb, xb) or (va is None) != (vb is None):
+            return False
+        if va is not None and not (np.array_equal(va.frames, vb.frames) and np.array_equal(va.timestamps, vb.timestamps)):
+            return False
+    return True
+
+
+def test_clip_context_puts_the_scan_and_its_turn1_answer_before_the_clip():
+    stream = SynthStream(load_stream_synth(StreamConfig(synth=SYNTH, seed=11), n=3))
+    plain, context = StageStream(2, stream, _data(), seed=3), StageStream(2, stream, _data(clip_context=True), seed=3)
+    for i in range(len(plain)):
+        alone, carried = plain.chat(i), context.chat(i)
+        if alone.kind == "global":  # turn-1 samples are the same either way
+            assert _same(carried.messages, alone.messages)
+            continue
+        scan = context.chat(i - 1)  # the same video's global sample: its scan and gold answer
+        assert [m["role"] for m in carried.messages] == ["user", "assistant", "user", "assistant"]
+        assert _same(carried.messages[:2], scan.messages) and _same(carried.messages[2:], alone.messages)
+        assert (carried.target, carried.label) == (alone.target, alone.label)
+        (first, second) = videos_of(carried.prompt_messages)
+        assert (first.fps, second.fps) == (4.0, 8.0)
+
+
 def test_clean_twins_are_the_same_scene_with_nothing_planted():
     stream = SynthStream(load_stream_synth(StreamConfig(synth=SYNTH), n=3, normal_fraction=0.0))
     data = _data()

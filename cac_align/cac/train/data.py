@@ -89,6 +89,11 @@ class DataConfig:
         normal_per_anomalous: normal samples per anomalous sample, per sample kind (paper: 1).
         clip_max_s: stage-2 clips last at most this long (paper: shorter than 1 s).
         clip_min_s: shortest normal clip.
+        clip_context: ours. When true, a stage-2 clip sample is the whole two-turn conversation
+            inference holds (turn 1: the 4 fps scan and its gold answer; turn 2: the clip and
+            its answer), with the loss on both answers. When false (the paper's stage 2), a clip
+            is a one-turn chat and the two-turn form is first seen in stage 3. A small model
+            trained from scratch never answers a second turn without it (docs/cac_training.md).
     """
 
     splits: dict[str, float] = field(default_factory=lambda: {"stage1": 0.3, "stage2": 0.4, "stage3": 0.2, "eval": 0.1})
@@ -106,6 +111,7 @@ class DataConfig:
     normal_per_anomalous: float = 1.0
     clip_max_s: float = 0.875
     clip_min_s: float = 0.25
+    clip_context: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.splits) - set(SPLITS))
@@ -491,7 +497,9 @@ class ChatBuilder:
             cot = self._local_cot(shown, "clip")
         target = answer_json(cot, "abnormal" if anomalies else "normal", anomalies)
         text = turn2_prompt((sample.start_s, sample.end_s), clip.fps, clip.num_frames, style=self.config.prompt_style)
-        return Chat([user(clip, text), assistant(target)], target, "abnormal" if anomalies else "normal", sample.kind)
+        turn2 = [user(clip, text), assistant(target)]
+        turn1 = self._global(sample, record).messages if self.config.clip_context else []
+        return Chat(turn1 + turn2, target, "abnormal" if anomalies else "normal", sample.kind)
 
     def _local_cot(self, shown: list[Anomaly], scope: str) -> str:
         from cac_align.cac.train.cot import checklist_cot, template_local_cot

@@ -314,6 +314,13 @@ def _latest_checkpoint(out: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
+def _detection_chats(chats: list, data: Any) -> list:
+    """Held-out chats fit for the detection metrics: a clip that carries turn 1 before it
+    (``data.clip_context``) shows the gold turn-1 answer, which gives the verdict away, so
+    only global videos and frames are asked then (the file-based path filters the same way)."""
+    return [c for c in chats if not (data.clip_context and c.kind == "clip")]
+
+
 def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, list, dict]:
     """(train dataset, eval dataset, held-out chats for the detection metrics, a JSON-able
     description for data.json) of stage 1 or 2, from the annotation file or the stream."""
@@ -344,7 +351,7 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
             processor,
             config.data.seed + 1,
         )
-        chats = [held.chat(i) for i in range(len(held))]
+        chats = _detection_chats([held.chat(i) for i in range(len(held))], config.data)
         description = {"stage": config.stage, "stream": dataclasses.asdict(config.stream), "train_videos": videos, "train_samples": len(train), "eval_samples": len(held)}
         return train, held, chats, description
 
@@ -357,7 +364,8 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
     if not stage_data.train:
         raise RecipeError(f"{config.annotations}: stage {config.stage} has no training samples ({stage_data.stats}); add videos or change data.splits")
     builder = ChatBuilder(records, config.data)
-    chats = [builder(s) for s in stage_data.eval[: config.train.detection_eval_samples]]
+    asked = [s for s in stage_data.eval if not (config.data.clip_context and s.kind == "clip")]
+    chats = [builder(s) for s in asked[: config.train.detection_eval_samples]]
     return ChatDataset(stage_data.train, builder, processor), ChatDataset(stage_data.eval, builder, processor), chats, describe(stage_data)
 
 
