@@ -63,6 +63,26 @@ def test_report_shows_every_video_and_its_boxes(tmp_path):
     assert rows[0]["score"] == pytest.approx(0.75) and rows[1]["score"] == pytest.approx(0.25)
 
 
+def test_demo_videos_come_from_the_synth_recipe_and_seed(tmp_path):
+    from cac_align.data.synthetic import SynthConfig, generate
+    from cac_align.video import load_video
+
+    from collections import defaultdict
+
+    backend = ScriptedBackend(defaultdict(lambda: NORMAL))  # every video answered "normal" in turn 1
+    synth = str(REPO_ROOT / "recipes/synth/default.yaml")
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), synth_videos=3, synth=synth, synth_seed=7)
+    rows = run(config, reward=CaCReward(backend))
+    assert len(rows) == 3
+    # the recipe's scenes at its size, drawn with the demo's seed: the same records generate() makes
+    expected = generate(load_config(SynthConfig, synth, [f"out_dir={tmp_path / 'again'}", "n=3", "seed=7"], job="synth"))
+    written = [json.loads(line) for line in (tmp_path / "out/synth/annotations.jsonl").read_text().splitlines()]
+    assert [(w["prompt"], w["status"]) for w in written] == [(r.prompt, r.status) for r in expected]
+    assert (load_video(rows[0]["video"]).height, load_video(rows[0]["video"]).width) == (256, 384)
+    with pytest.raises(ValueError, match="no such synth recipe"):
+        ScoreConfig(out_dir=str(tmp_path / "o"), synth_videos=1, synth=str(tmp_path / "absent.yaml"))
+
+
 def test_inputs_from_manifest_and_prompt_file(tmp_path):
     _write_videos(tmp_path / "videos", 2)
     manifest = tmp_path / "m.jsonl"

@@ -41,8 +41,12 @@ class ScoreConfig:
         out_dir: receives results.jsonl, report.html and evidence/.
         videos: a video file, a folder of videos, or a JSONL manifest of {"video", "prompt"}.
         prompts: optional text file with one generating prompt per line, in video order.
-        synth_videos: if > 0 (and ``videos`` unset), first render this many small synthetic
-            anomaly videos into out_dir/synth and score those: the offline demo.
+        synth_videos: if > 0 (and ``videos`` unset), first render this many synthetic anomaly
+            videos into out_dir/synth and score those: the offline demo.
+        synth: the ``synth`` recipe those videos are drawn with (e.g. recipes/synth/default.yaml,
+            the scenes ``cac-demo`` was trained on); unset: small 64x96, 2 s scenes (fast, for the
+            tiny random models).
+        synth_seed: seed of those videos (the demo recipes use seeds no training run uses).
         batch_size: videos per reward call.
         reward: the reward section: ``name`` plus its arguments (validated when the recipe
             loads, without loading any model).
@@ -52,6 +56,8 @@ class ScoreConfig:
     videos: str | None = None
     prompts: str | None = None
     synth_videos: int = 0
+    synth: str | None = None
+    synth_seed: int = 0
     batch_size: int = 8
     reward: Any = field(default_factory=lambda: {"name": "cac"})
 
@@ -60,6 +66,8 @@ class ScoreConfig:
 
         if (self.videos is None) == (self.synth_videos <= 0):
             raise ValueError("set exactly one of 'videos' (files to score) or 'synth_videos' (> 0, an offline demo)")
+        if self.synth is not None and not Path(self.synth).is_file():
+            raise ValueError(f"synth={self.synth!r}: no such synth recipe")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         reward_config(self.reward, "reward")
@@ -113,9 +121,15 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     # 1. inputs
     if config.synth_videos > 0:
+        from cac_align.config import load_config
         from cac_align.data.synthetic import SynthConfig, generate
 
-        records = generate(SynthConfig(out_dir=str(out / "synth"), n=config.synth_videos, height=64, width=96, fps=8.0, duration_s=2.0))
+        where = [f"out_dir={out / 'synth'}", f"n={config.synth_videos}", f"seed={config.synth_seed}"]
+        if config.synth is not None:
+            synth = load_config(SynthConfig, config.synth, where, job="synth")
+        else:
+            synth = SynthConfig(out_dir=str(out / "synth"), n=config.synth_videos, seed=config.synth_seed, height=64, width=96, fps=8.0, duration_s=2.0)
+        records = generate(synth)
         paths = [str(out / "synth" / r.video) for r in records]
         prompts: list[str | None] = [r.prompt for r in records]
     else:

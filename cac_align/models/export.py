@@ -1,0 +1,76 @@
+"""Export a trained VLM as a compact model folder: half-precision safetensors, processor, settings, card.
+
+    python -m cac_align.models.export outputs/cac_demo/stage3/final cac_align/models/cac-demo \\
+        --settings '{"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}' --card card.md
+
+The folder loads through the ordinary ``from_pretrained`` path (any dtype: the weights are
+stored as float16 and cast on load). ``cac_align.json`` holds the inference settings the model
+was trained with (:func:`cac_align.models.model_settings`), ``README.md`` the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["export_model", "folder_size"]
+
+
+def folder_size(path: str | Path) -> int:
+    """Total bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def export_model(source: str | Path, target: str | Path, settings: dict[str, Any] | None = None, card: str | None = None, dtype: str = "float16") -> Path:
+    """Write ``source`` (a ``save_pretrained`` model + processor folder) to ``target``.
+
+    Args:
+        source: the trained model folder (e.g. a train-cac ``final/``).
+        target: the folder to write; replaced if it exists (written beside it, then renamed).
+        settings: written as ``cac_align.json`` (inference settings, see :mod:`cac_align.models`).
+        card: the model card, written as ``README.md``.
+        dtype: storage dtype of the weights ("float16" halves the size of float32 weights).
+
+    Returns:
+        The target folder.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from cac_align.loading import resolve_dtype
+
+    source, target = Path(source), Path(target)
+    staging = target.with_name(target.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    model = AutoModelForImageTextToText.from_pretrained(str(source), dtype=resolve_dtype(dtype), use_safetensors=True)
+    model.save_pretrained(str(staging), safe_serialization=True)
+    AutoProcessor.from_pretrained(str(source)).save_pretrained(str(staging))
+    if settings is not None:
+        (staging / "cac_align.json").write_text(json.dumps(settings, indent=1) + "\n")
+    if card is not None:
+        (staging / "README.md").write_text(card)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.replace(target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source")
+    parser.add_argument("target")
+    parser.add_argument("--settings", help="inference settings as JSON (written to cac_align.json)")
+    parser.add_argument("--card", help="a markdown file: the model card (written to README.md)")
+    parser.add_argument("--dtype", default="float16")
+    args = parser.parse_args(argv)
+    card = Path(args.card).read_text() if args.card else None
+    out = export_model(args.source, args.target, json.loads(args.settings) if args.settings else None, card, args.dtype)
+    print(f"exported {args.source} -> {out} ({folder_size(out) / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Model export (half-precision folder + settings + card), built-in names, and model settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.cac.infer import CaCOptions
+from cac_align.loading import WeightsNotFoundError, check_weights_source
+from cac_align.models import builtin_path, model_settings, resolve_model_name
+from cac_align.models.export import export_model, folder_size
+from cac_align.video import Video
+from cac_align.vlm.backend import user
+from cac_align.vlm.hf import HFBackend, load_vlm
+
+
+def test_export_halves_the_weights_and_loads_back_through_from_pretrained(tiny_qwen3_vl, tmp_path):
+    source = tmp_path / "trained"
+    tiny_qwen3_vl.save_pretrained(str(source))
+    settings = {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}
+    out = export_model(source, tmp_path / "shipped", settings, "# card\n")
+    weights = lambda folder: sum(p.stat().st_size for p in folder.glob("*.safetensors"))  # noqa: E731
+    assert weights(out) < 0.55 * weights(source)  # float16: half the float32 bytes (+ a header)
+    assert folder_size(out) >= weights(out)
+    assert json.loads((out / "cac_align.json").read_text()) == settings and (out / "README.md").read_text() == "# card\n"
+    assert model_settings(str(out)) == settings and model_settings(str(source)) == {}
+    model, processor = load_vlm(str(out), dtype="float32", device="cpu")
+    video = Video(np.random.default_rng(0).integers(0, 255, (4, 64, 96, 3), dtype=np.uint8), 4.0)
+    request = [[user(video, "is it normal?")]]
+    original = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor).choice_probs(request, ['{"status": "'], ["normal", "abnormal"])
+    exported = HFBackend(model, processor).choice_probs(request, ['{"status": "'], ["normal", "abnormal"])
+    np.testing.assert_allclose(exported, original, rtol=0.05)  # float16 weights, float32 compute
+    assert not (tmp_path / "shipped.tmp").exists()
+
+
+def test_builtin_names_resolve_to_the_package_folder():
+    path = builtin_path("cac-demo")
+    assert path is not None and path.parent.name == "models" and resolve_model_name("cac-demo") == str(path)
+    assert builtin_path("Qwen/Qwen3-VL-8B-Instruct") is None and resolve_model_name("some/hub-id") == "some/hub-id"
+    if (path / "config.json").is_file():
+        assert check_weights_source("cac-demo") == str(path)
+
+
+def test_missing_builtin_files_name_the_fix(tmp_path, monkeypatch):
+    import cac_align.models as models
+
+    monkeypatch.setattr(models, "_HERE", tmp_path)
+    with pytest.raises(WeightsNotFoundError, match="reproduce_cac_demo"):
+        check_weights_source("cac-demo", "reward.model.name")
+
+
+def test_options_left_to_the_model_take_its_settings():
+    settings = {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}
+    auto = CaCOptions().for_model(settings)
+    assert (auto.prompt_style, auto.max_pixels, auto.size_multiple) == ("compact", 24576, 64)
+    # what a recipe sets wins
+    mine = CaCOptions(prompt_style="full", max_pixels=1000, size_multiple=32).for_model(settings)
+    assert (mine.prompt_style, mine.max_pixels, mine.size_multiple) == ("full", 1000, 32)
+    # a model without settings: the paper's wording, no cap, Qwen3-VL's 32-px grid
+    plain = CaCOptions().for_model({})
+    assert (plain.prompt_style, plain.max_pixels, plain.size_multiple) == ("full", None, 32)
+    with pytest.raises(ValueError, match="unknown setting"):
+        CaCOptions().for_model({"prompt_styel": "compact"})
+    with pytest.raises(ValueError, match="prompt_style"):
+        CaCOptions(prompt_style="short")
