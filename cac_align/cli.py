@@ -99,6 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"cac-align {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
+        spec = JOBS.get(args.command)
+        hint = f"; {spec.resume}" if spec is not None and spec.resume else ""
+        print(f"cac-align {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,6 +48,7 @@ class JobSpec:
     config: str  # "module:ConfigClass"
     run: str  # "module:function" taking the config instance
     help: str
+    resume: str | None = None  # how an interrupted run continues (None: it starts over)
 
     def config_class(self) -> type:
         return resolve(self.config)
@@ -71,6 +72,7 @@ JOBS: dict[str, JobSpec] = {
             config="cac_align.data.synthetic:SynthConfig",
             run="cac_align.data.synthetic:run",
             help="render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl",
+            resume="rerun the same command to resume: finished videos are kept",
         ),
         JobSpec(
             name="score",
@@ -83,18 +85,21 @@ JOBS: dict[str, JobSpec] = {
             config="cac_align.gen.flow_grpo:FlowGrpoConfig",
             run="cac_align.gen.flow_grpo:run",
             help="Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)",
+            resume="rerun the same command with resume=true to continue from its last saved checkpoint",
         ),
         JobSpec(
             name="synth-cot",
             config="cac_align.cac.train.cot:SynthCotConfig",
             run="cac_align.cac.train.cot:run",
             help="write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline",
+            resume="rerun the same command to resume: finished videos are kept",
         ),
         JobSpec(
             name="train-cac",
             config="cac_align.cac.train.sft:TrainCaCConfig",
             run="cac_align.cac.train.sft:run",
             help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO",
+            resume="rerun the same command with resume=true to continue from its last saved checkpoint",
         ),
         JobSpec(
             name="eval-bench",
@@ -113,6 +118,7 @@ JOBS: dict[str, JobSpec] = {
             config="cac_align.eval.vbench:VBenchConfig",
             run="cac_align.eval.vbench:run",
             help="VBench dynamic degree, subject consistency and imaging quality per system, by vbench's own code (also: `cac-align eval vbench`)",
+            resume="rerun the same command to resume: scored videos are kept",
         ),
         JobSpec(
             name="report",
@@ -125,6 +131,7 @@ JOBS: dict[str, JobSpec] = {
             config="cac_align.gen.best_of_n:BonConfig",
             run="cac_align.gen.best_of_n:run",
             help="Best-of-N video generation: N candidates per prompt, keep the one the reward scores highest",
+            resume="rerun the same command to resume: finished candidates are kept",
         ),
     ]
 }

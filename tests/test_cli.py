@@ -40,6 +40,43 @@ def test_user_error_exits_2_without_traceback(tmp_path):
     assert "unknown key 'modles'; did you mean 'models'" in result.stderr
 
 
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "synth"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "cac_align.cli", "synth", f"out_dir={out}", "n=5000", "height=64", "width=96"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(out.glob("videos/*.mp4")):  # the job is running, past its imports
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    # the progress bar's last state may precede the line on the same terminal line
+    assert err.rstrip().splitlines()[-1].endswith("cac-align synth: interrupted; rerun the same command to resume: finished videos are kept")
+
+
+def test_ctrl_c_says_how_a_resumable_job_continues(tmp_path, monkeypatch, capsys):
+    from cac_align.config import JobSpec
+
+    def interrupted(self):
+        def run(config):
+            raise KeyboardInterrupt
+
+        return run
+
+    monkeypatch.setattr(JobSpec, "runner", interrupted)
+    assert main(["train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage1_tiny.yaml"), f"out_dir={tmp_path}"]) == 130
+    assert capsys.readouterr().err == (
+        "cac-align train-cac: interrupted; rerun the same command with resume=true to continue from its last saved checkpoint\n"
+    )
+
+
 def test_print_config_shows_resolved_values(capsys):
     recipe = REPO_ROOT / "recipes/tiny/make_tiny.yaml"
     assert main(["make-tiny", "--config", str(recipe), "--print-config", "seed=7", "models=[wan]"]) == 0
