@@ -119,6 +119,27 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
     assert all(r["frames_sha256"] for r in rows)  # hashes survive the kill
 
 
+def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch):
+    config = _config(tmp_path, ["a cat", "a dog"])
+    reward = ScriptedReward({"a cat": [0.1, 0.5, 0.3], "a dog": [0.7, 0.2, 0.4]})
+    run(config, reward=reward, pipe=tiny_pipe)
+    manifest = tmp_path / "bon/candidates.jsonl"
+    lines = manifest.read_text().splitlines()
+    assert len(lines) == 6
+    # killed while appending prompt 1's group: one whole row, then half a row
+    manifest.write_text("\n".join(lines[:4]) + "\n" + lines[4][:25])
+    reward.calls.clear()
+    calls = []
+    real = generate_videos
+    monkeypatch.setattr("cac_align.gen.wan.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
+    run(config, reward=reward, pipe=tiny_pipe)
+    assert calls == []  # its candidate videos were complete and are reused
+    assert reward.calls == [["a dog"] * 3]  # prompt 1 is scored again, prompt 0 is not
+    rows = _rows(tmp_path / "bon")
+    assert [(r["prompt_index"], r["candidate"]) for r in rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [r["candidate"] for r in rows if r["chosen"]] == [1, 0]
+
+
 def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat"])
     run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), pipe=tiny_pipe)

@@ -199,6 +199,15 @@ def test_resume_continues_exactly(tmp_path):
         run(_bright(tmp_path, "resume=true", "learning_rate=0.5", name="resumed"))
 
 
+def test_resume_drops_a_torn_metrics_line(tmp_path):
+    run(_bright(tmp_path, "checkpoint_every=1", "steps=2", name="torn"))
+    metrics = tmp_path / "torn/metrics.jsonl"
+    with metrics.open("a") as handle:
+        handle.write('{"step": 3, "reward/me')  # a kill in the middle of step 3's line
+    run(_bright(tmp_path, "checkpoint_every=1", "steps=3", "resume=true", name="torn"))
+    assert [r["step"] for r in _metrics(tmp_path / "torn")] == [1, 2, 3]
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     # one micro-batch of 8 == four micro-batches of 2 accumulated into the same update
     states = []

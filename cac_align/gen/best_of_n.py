@@ -49,6 +49,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from cac_align.config import RecipeError, differing_keys, run_fingerprint
+from cac_align.runlog import read_jsonl_log, write_text_atomic
 from cac_align.gen.wan import GeneratorConfig
 
 __all__ = ["BonConfig", "choose", "read_prompts", "run"]
@@ -194,23 +195,30 @@ def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
     tmp.replace(saved)
 
 
-def _finished_prompts(path: Path) -> dict[int, list[dict]]:
-    """Rows of candidates.jsonl by prompt index. A torn last line (killed mid-write) is dropped."""
+def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
+    """Rows of candidates.jsonl by prompt index, for prompts whose group of ``n`` rows is whole.
+
+    A prompt's rows are appended in one write, so a kill or a full disk can leave a torn last
+    line or only part of the last group. Both are dropped, with a warning, and the file is
+    rewritten without them: that prompt is redone (its finished candidate videos are kept).
+    """
     done: dict[int, list[dict]] = {}
     if not path.exists():
         return done
     lines = path.read_text(encoding="utf-8").splitlines()
+    parsed = read_jsonl_log(path)
+    groups: dict[int, list[tuple[str, dict]]] = {}
+    for line, row in parsed:
+        groups.setdefault(int(row["prompt_index"]), []).append((line, row))
     good: list[str] = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s: dropping a torn line left by a killed run", path)
+    for index, group in groups.items():
+        if len(group) != n or sum(bool(row.get("chosen")) for _, row in group) != 1:
+            log.warning("%s: prompt %d has %d of its %d rows (a killed run); it is redone", path, index, len(group), n)
             continue
-        good.append(line)
-        done.setdefault(int(row["prompt_index"]), []).append(row)
+        good.extend(line for line, _ in group)
+        done[index] = [row for _, row in group]
     if len(good) != len(lines):
-        path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+        write_text_atomic(path, "".join(g + "\n" for g in good))
     return done
 
 
@@ -227,7 +235,7 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
     out = Path(config.out_dir)
     _prepare_out_dir(config, prompts, out)
     manifest = out / "candidates.jsonl"
-    done = _finished_prompts(manifest)
+    done = _finished_prompts(manifest, config.n)
     todo = [i for i in range(len(prompts)) if i not in done]
     log.info("%d prompts, %d already done, N = %d", len(prompts), len(done), config.n)
     if pipe is None and todo:
@@ -255,7 +263,7 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
             frames = generate_videos(pipe, config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
             for c, video in zip(batch, frames):
                 save_video(Video(video, config.generator.fps), paths[c])
-                _write_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
+                write_text_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
             bar.update(len(batch))
         hashes = {c: _read_hash(paths[c].with_suffix(".sha256")) for c in range(config.n)}
         # 3. score the group from the files
@@ -308,12 +316,6 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
     summary = _summarize(done)
     _write_summary(out, summary)
     return summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _read_hash(path: Path) -> str | None:

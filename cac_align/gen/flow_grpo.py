@@ -59,6 +59,7 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError, run_fingerprint
 from cac_align.gen.wan import GeneratorConfig
+from cac_align.runlog import read_jsonl_log, write_text_atomic
 
 __all__ = ["FlowGrpoConfig", "LoraSettings", "run", "step_prompts"]
 
@@ -585,8 +586,8 @@ class _Trainer:
         if acc.is_main_process:
             metrics = self.out / "metrics.jsonl"
             if metrics.exists():  # drop lines of steps after the checkpoint: they are redone
-                kept = [line for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= self.start_step]
-                metrics.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                kept = [line for line, row in read_jsonl_log(metrics) if row["step"] <= self.start_step]
+                write_text_atomic(metrics, "".join(line + "\n" for line in kept))
         if config.log_with == "tensorboard":
             acc.init_trackers("flow_grpo")
         acc.wait_for_everyone()
