@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -23,13 +24,19 @@ class WeightsNotFoundError(FileNotFoundError):
     """Weights named by a recipe are neither a local directory nor a reachable hub id."""
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")  # "owner/name"
+
+
 def looks_like_path(name: str) -> bool:
-    """True for names that can only mean a local path (absolute, ./, ../, ~ or an existing dir)."""
+    """True for names that mean a local path: absolute, ./, ../, ~, an existing path, anything
+    not of the hub form ``owner/name``, and ``dir/name`` whose first part is a local folder
+    (``runs/cac_stage3`` when ``runs/`` exists: a missing run, not a hub repo to retry for
+    minutes)."""
     return (
         os.path.isabs(name)
         or name.startswith(("./", "../", "~", ".\\"))
         or Path(name).exists()
-        or name.count("/") > 1  # hub ids are "owner/name"
+        or ("/" in name and (not _HUB_ID.match(name) or Path(name.split("/")[0]).is_dir()))
     )
 
 

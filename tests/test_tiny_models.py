@@ -92,6 +92,21 @@ def test_wan_save_then_load_by_path_generates_the_same_video(tmp_path):
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
 
 
+def test_a_missing_run_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from cac_align.loading import check_weights_source, looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # "runs/" exists here, so "runs/cac_stage3" is a run folder that is missing: a clear error
+    # at once, not minutes of hub retries for a repo "cac_stage3" of an owner "runs"
+    with pytest.raises(WeightsNotFoundError, match=r"reward.model.name='runs/cac_stage3': no such directory"):
+        check_weights_source("runs/cac_stage3", "reward.model.name")
+    assert looks_like_path("runs/x") and looks_like_path("a/b/c") and looks_like_path("my model/x")
+    # the hub form stays a hub id when no such local folder exists
+    assert not looks_like_path("Qwen/Qwen3-VL-8B-Instruct")
+    assert check_weights_source("Qwen/Qwen3-VL-8B-Instruct") == "Qwen/Qwen3-VL-8B-Instruct"
+
+
 def test_missing_weight_paths_say_which_key_to_set(tmp_path):
     with pytest.raises(WeightsNotFoundError, match=r"cac.model=.*no such directory.*save_pretrained"):
         load_vlm(str(tmp_path / "absent"), key="cac.model")
