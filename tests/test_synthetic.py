@@ -177,6 +177,28 @@ def test_rerun_resumes_without_rerendering(tmp_path):
     assert videos[0].exists() and filecmp.cmp(videos[0], saved, shallow=False)
 
 
+def test_a_folder_of_another_config_is_refused_naming_the_keys(tmp_path):
+    from cac_align.config import RecipeError
+
+    first = generate(_config(tmp_path, n=4))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "videos").glob("*.mp4")}
+    with pytest.raises(RecipeError, match=r"rendered with another config \(differs in: seed\).*overwrite=true"):
+        generate(_config(tmp_path, n=4, seed=1))
+    # nothing was touched: the videos and their labels still agree
+    assert {p.name: p.read_bytes() for p in (tmp_path / "videos").glob("*.mp4")} == before
+    assert [r.status for r in load_annotations(tmp_path / "annotations.jsonl").records] == [r.status for r in first]
+    # overwrite renders every video again, and the labels are the new config's
+    again = generate(_config(tmp_path, n=4, seed=1, overwrite=True))
+    fresh = generate(_config(tmp_path / "fresh", n=4, seed=1))
+    assert [(r.status, [a.type for a in r.anomalies]) for r in again] == [(r.status, [a.type for a in r.anomalies]) for r in fresh]
+    for name in before:
+        assert filecmp.cmp(tmp_path / "videos" / name, tmp_path / "fresh/videos" / name, shallow=False)
+    # videos with no record of their config are refused too
+    (tmp_path / "config.yaml").unlink()
+    with pytest.raises(RecipeError, match="no config.yaml"):
+        generate(_config(tmp_path, n=4, seed=1))
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

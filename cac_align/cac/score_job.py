@@ -124,11 +124,13 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
         from cac_align.config import load_config
         from cac_align.data.synthetic import SynthConfig, generate
 
-        where = [f"out_dir={out / 'synth'}", f"n={config.synth_videos}", f"seed={config.synth_seed}"]
+        # out_dir/synth belongs to this job: rendered afresh each run (a few seconds), so a
+        # changed synth_videos or seed never meets videos of the last run
+        where = [f"out_dir={out / 'synth'}", f"n={config.synth_videos}", f"seed={config.synth_seed}", "overwrite=true"]
         if config.synth is not None:
             synth = load_config(SynthConfig, config.synth, where, job="synth")
         else:
-            synth = SynthConfig(out_dir=str(out / "synth"), n=config.synth_videos, seed=config.synth_seed, height=64, width=96, fps=8.0, duration_s=2.0)
+            synth = SynthConfig(out_dir=str(out / "synth"), n=config.synth_videos, seed=config.synth_seed, height=64, width=96, fps=8.0, duration_s=2.0, overwrite=True)
         records = generate(synth)
         paths = [str(out / "synth" / r.video) for r in records]
         prompts: list[str | None] = [r.prompt for r in records]

@@ -459,18 +459,68 @@ def annotate(
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
+_RUN_ONLY_KEYS = ("out_dir", "overwrite")  # everything else decides which video gets which label
+_SAVED = "config.yaml"
+
+
+def _check_out_dir(config: SynthConfig, out: Path) -> None:
+    """Refuse to resume into videos rendered with another config: their labels would be wrong.
+
+    A folder's ``config.yaml`` records the config its videos come from (written before the first
+    video). Another config in the same folder is refused, naming the keys, unless ``overwrite``
+    (which renders every video again); so are videos with no record of their config.
+    """
+    import yaml
+
+    from cac_align.config import RecipeError, config_fingerprint, differing_keys
+
+    if config.overwrite:
+        return
+    saved = out / _SAVED
+    if saved.exists():
+        previous = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("fingerprint", {})
+        current = config_fingerprint(config, _RUN_ONLY_KEYS)
+        if previous != current:
+            keys = ", ".join(differing_keys(previous, current)) or "unknown"
+            raise RecipeError(
+                f"out_dir={str(out)!r} holds synthetic videos rendered with another config (differs in: {keys}); "
+                "resuming would give them the wrong labels. Pass overwrite=true to render every video again, "
+                "or choose another out_dir"
+            )
+    elif any((out / "videos").glob("*.mp4")):
+        raise RecipeError(
+            f"out_dir={str(out)!r} holds videos/*.mp4 with no {_SAVED} saying which config rendered them; "
+            "pass overwrite=true to render every video again, or choose another out_dir"
+        )
+
+
+def _write_config(config: SynthConfig, out: Path) -> None:
+    import yaml
+    from omegaconf import OmegaConf
+
+    from cac_align.config import config_fingerprint
+    from cac_align.runlog import write_text_atomic
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    text = yaml.safe_dump({"config": resolved, "fingerprint": config_fingerprint(config, _RUN_ONLY_KEYS)}, sort_keys=False)
+    write_text_atomic(out / _SAVED, text)
+
+
 def generate(config: SynthConfig) -> list[AnnotationRecord]:
     """Write ``n`` videos and ``annotations.jsonl`` under ``out_dir``; returns the records.
 
-    Steps: 1. draw every video's spec; 2. render and save the mp4s that are missing (all of
-    them with ``overwrite``), so a killed run resumes; 3. write the annotations atomically.
+    Steps: 0. check that ``out_dir`` holds no videos of another config (``config.yaml``);
+    1. draw every video's spec; 2. render and save the mp4s that are missing (all of them with
+    ``overwrite``), so a killed run resumes; 3. write the annotations atomically.
     """
     from tqdm.auto import tqdm
 
     from cac_align.video import Video, save_video
 
     out = Path(config.out_dir)
+    _check_out_dir(config, out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    _write_config(config, out)
     # 1. specs
     kinds = _kinds(config)
     specs = [make_spec(config, i, kinds[i]) for i in range(config.n)]
