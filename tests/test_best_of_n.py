@@ -140,6 +140,18 @@ def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch)
     assert [r["candidate"] for r in rows if r["chosen"]] == [1, 0]
 
 
+def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_path):
+    import dataclasses
+
+    bad = _config(tmp_path, ["a cat"], generator=dataclasses.replace(TINY_GEN, lora=str(tmp_path / "no_such_lora")))
+    with pytest.raises(FileNotFoundError, match="generator.lora"):
+        run(bad, reward=ScriptedReward({"a cat": [0.1, 0.5, 0.3]}))
+    assert not (tmp_path / "bon/config.yaml").exists()
+    # the corrected command (no LoRA) is a new run, not "a different config in the same folder"
+    run(_config(tmp_path, ["a cat"]), reward=ScriptedReward({"a cat": [0.1, 0.5, 0.3]}))
+    assert (tmp_path / "bon/config.yaml").exists() and [r["candidate"] for r in _rows(tmp_path / "bon") if r["chosen"]] == [1]
+
+
 def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat"])
     run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), pipe=tiny_pipe)

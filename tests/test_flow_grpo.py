@@ -208,6 +208,16 @@ def test_resume_drops_a_torn_metrics_line(tmp_path):
     assert [r["step"] for r in _metrics(tmp_path / "torn")] == [1, 2, 3]
 
 
+def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_path):
+    from cac_align.loading import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="no such directory"):  # a typo in the model path
+        run(_bright(tmp_path, "steps=1", f"generator.name={tmp_path / 'no_such_model'}", name="fails"))
+    assert not (tmp_path / "fails/config.yaml").exists()
+    run(_bright(tmp_path, "steps=1", name="fails"))  # the corrected command starts the run
+    assert [r["step"] for r in _metrics(tmp_path / "fails")] == [1]
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     # one micro-batch of 8 == four micro-batches of 2 accumulated into the same update
     states = []

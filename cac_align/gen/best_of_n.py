@@ -162,7 +162,8 @@ def frames_sha256(frames: np.ndarray) -> str:
 # The job
 # ---------------------------------------------------------------------------------------
 def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
-    """Create the run folder, or check that an existing one holds this same run."""
+    """Create the run folder, or check that an existing one holds this same run (its config is
+    recorded later, by :func:`_save_config`)."""
     import yaml
 
     saved = out / "config.yaml"
@@ -186,13 +187,19 @@ def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidates").mkdir(exist_ok=True)
     (out / "chosen").mkdir(exist_ok=True)
+
+
+def _save_config(config: BonConfig, prompts: list[str], out: Path) -> None:
+    """Record the run's config, once its models have loaded: a run that failed to start (a bad
+    ``generator.lora`` path, a missing reward model) leaves no record that would refuse the
+    corrected command."""
+    import yaml
     from omegaconf import OmegaConf
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    fingerprint = run_fingerprint(config, prompts, _RUN_ONLY_KEYS)
     text = yaml.safe_dump({"config": resolved, "fingerprint": fingerprint}, sort_keys=False, allow_unicode=True)
-    tmp = saved.with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(saved)
+    write_text_atomic(out / "config.yaml", text)
 
 
 def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
@@ -242,6 +249,7 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
         pipe = build_generator(config.generator)
     if reward is None and todo:
         reward = build_reward(config.reward, "reward")
+    _save_config(config, prompts, out)
     on_gpu = pipe is not None and str(getattr(pipe, "device", "cpu")).startswith("cuda")
     if config.offload and on_gpu:
         pipe.enable_model_cpu_offload()  # modules visit the GPU only while they run

@@ -542,8 +542,6 @@ class _Trainer:
         acc.wait_for_everyone()
         found = _checkpoints(self.out) if config.resume else []
         resume_from = found[-1] if found else None
-        if acc.is_main_process:
-            _write_config(config, self.prompts, self.out)
 
         # 1. generator with a LoRA on its transformer; text encoder and VAE stay frozen
         if self.pipe is None:
@@ -577,6 +575,8 @@ class _Trainer:
             self.reward = build_reward(config.reward, "reward")
         self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
+        if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
+            _write_config(config, self.prompts, self.out)
 
         # 3. resume
         self.start_step = 0
