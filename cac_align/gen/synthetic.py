@@ -90,12 +90,12 @@ def bon_anomaly_rates(run_dir: str | Any, generator: SyntheticGenerator) -> dict
       (the share of prompts whose candidates are all anomalous);
     - ``prompts``, ``candidates``, ``fallback_prompts`` (no valid score: candidate 0 was kept).
     """
-    import json
     from pathlib import Path
 
     from cac_align.data.synthetic import NORMAL
+    from cac_align.runlog import read_jsonl_log
 
-    rows = [json.loads(line) for line in (Path(run_dir) / "candidates.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl_log(Path(run_dir) / "candidates.jsonl")]
     groups: dict[int, list[dict]] = {}
     for row in rows:
         groups.setdefault(int(row["prompt_index"]), []).append(row)

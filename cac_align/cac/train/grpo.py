@@ -714,11 +714,9 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
     # 1. data: the stage-3 split (every process computes the same one), or a stream of videos
     # rendered on the fly (each step new ones)
     if config.stream is not None:
-        from cac_align.cac.train.stream import SynthStream, load_stream_synth
+        from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 
-        if t.max_steps <= 0:
-            raise RecipeError("a streamed stage needs train.max_steps > 0 (the stream has no epochs)")
-        total_steps = t.max_steps
+        total_steps = stream_steps(t)
         stream = SynthStream(load_stream_synth(config.stream, n=total_steps * videos_per_step))
         pool = list(range(len(stream)))
         describe = {"stage": 3, "stream": dataclasses.asdict(config.stream), "videos": len(pool)}

@@ -327,13 +327,13 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
     from cac_align.config import RecipeError
 
     if config.stream is not None:
-        from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth
+        import os
+
+        from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 
         t = config.train
-        processes = max(1, int(__import__("os").environ.get("WORLD_SIZE", "1")))
-        steps = t.max_steps if t.max_steps > 0 else 0
-        if steps <= 0:
-            raise RecipeError("a streamed stage needs train.max_steps > 0 (the stream has no epochs)")
+        processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        steps = stream_steps(t)
         twins = config.stream.clean_twins
         per_video = (config.data.frames_per_anomaly if config.stage == 1 else 2) * (2 if twins else 1)
         videos = math.ceil(steps * t.per_device_batch_size * t.gradient_accumulation_steps * processes / per_video) + 1
