@@ -79,6 +79,13 @@ def test_demo_videos_come_from_the_synth_recipe_and_seed(tmp_path):
     written = [json.loads(line) for line in (tmp_path / "out/synth/annotations.jsonl").read_text().splitlines()]
     assert [(w["prompt"], w["status"]) for w in written] == [(r.prompt, r.status) for r in expected]
     assert (load_video(rows[0]["video"]).height, load_video(rows[0]["video"]).width) == (256, 384)
+    # each row carries what was planted, and the report sets the verdict beside it
+    assert [r["truth"]["status"] for r in rows] == [r.status for r in expected]
+    assert [[a["type"] for a in r["truth"]["anomalies"]] for r in rows] == [[a.type for a in r.anomalies] for r in expected]
+    normal = sum(r.status == "normal" for r in expected)  # the script answers "normal" to every video
+    page = (tmp_path / "out/report.html").read_text()
+    assert f"the verdict agrees with the ground truth on {normal} of 3" in page
+    assert page.count("&check; agrees") == normal and page.count("&cross; disagrees") == 3 - normal
     with pytest.raises(ValueError, match="no such synth recipe"):
         ScoreConfig(out_dir=str(tmp_path / "o"), synth_videos=1, synth=str(tmp_path / "absent.yaml"))
 

@@ -120,17 +120,27 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scorin
         subs = _sub_scores(row.get("details", {}))
         subs = f"<p class=\"subs\">{subs}</p>" if subs else ""
         error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
+        truth, truth_line = row.get("truth"), ""
+        if truth is not None:  # synthetic demo videos carry what was planted
+            planted = "; ".join(f"{html.escape(a['type'])} [{a['window_s'][0]:.2f}, {a['window_s'][1]:.2f}) s" for a in truth["anomalies"])
+            verdict = "" if not row["valid"] else (" &check; agrees" if row.get("status") == truth["status"] else " &cross; disagrees")
+            truth_line = f'<p class="truth">ground truth: <b>{html.escape(truth["status"])}</b>{" &middot; " + planted if planted else ""}{verdict}</p>'
+
         sections.append(
             f'<section class="video" id="v{index}"><h2>{html.escape(name)}</h2>{prompt}'
             f"<p>{html.escape(str(row['reward']))} <b>{score}</b>{cac_line}</p>"
-            f"{subs}{error}{image}<ul class=\"boxes\">{boxes}</ul></section>"
+            f"{truth_line}{subs}{error}{image}<ul class=\"boxes\">{boxes}</ul></section>"
         )
     valid = [row["score"] for row in rows if row["valid"]]
     summary = f"{len(rows)} videos, {len(valid)} valid, mean score {np.mean(valid):.4f}" if valid else f"{len(rows)} videos, none valid"
+    judged = [row for row in rows if row.get("truth") is not None and row["valid"]]
+    if judged:
+        agree = sum(row.get("status") == row["truth"]["status"] for row in judged)
+        summary += f"; the verdict agrees with the ground truth on {agree} of {len(judged)}"
     page = (
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em} .error{color:#b00} .prompt{font-style:italic}"
-        " .subs{color:#444;font-size:90%} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
+        " .subs{color:#444;font-size:90%} .truth{color:#225} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
         f"</head><body><h1>{html.escape(title)}</h1><p>{summary}</p>{''.join(sections)}</body></html>\n"
     )
     path = out / "report.html"

@@ -105,6 +105,15 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     return paths, manifest_prompts or [None] * len(paths)
 
 
+def _truth(record: Any) -> dict:
+    """A synthetic video's ground truth for its results row: status, and each planted anomaly's
+    type and window in seconds."""
+    return {
+        "status": record.status,
+        "anomalies": [{"type": a.type, "window_s": list(a.window_s(record.annotation_fps))} for a in record.anomalies],
+    }
+
+
 def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     """Score, write results.jsonl and the report; ``reward`` overrides ``config.reward``.
 
@@ -134,9 +143,11 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
         records = generate(synth)
         paths = [str(out / "synth" / r.video) for r in records]
         prompts: list[str | None] = [r.prompt for r in records]
+        truths: list[dict | None] = [_truth(r) for r in records]
     else:
         assert config.videos is not None
         paths, prompts = collect_inputs(config.videos, config.prompts)
+        truths = [None] * len(paths)
     # 2. the reward
     if reward is None:
         reward = build_reward(config.reward, "reward")
@@ -169,6 +180,8 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
                     "status": cac.get("status") if cac else None,
                     "details": details,
                 }
+                if truths[start + offset] is not None:  # demo videos: what was planted
+                    row["truth"] = truths[start + offset]
                 handle.write(json.dumps(row, default=_jsonable) + "\n")
                 if cac is not None and cac.get("valid") and not isinstance(video, VideoError):
                     write_evidence_png(cac.get("window_s"), cac.get("boxes", []), video, evidence_path(out, start + offset))
@@ -179,7 +192,9 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     # 4. report
     report = write_report(rows, out, title=f"{reward.name} scoring report")
     valid = sum(row["valid"] for row in rows)
-    print(f"scored {len(rows)} videos with {reward.name} ({valid} valid): {out / 'results.jsonl'}, {report}")
+    judged = [row for row in rows if row["valid"] and "truth" in row]
+    agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
+    print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
     return rows
 
 
