@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 import yaml
 
-from cac_align.rewards.unified import FORMATS, UnifiedReward, parse_scores, sample_uniform
+from cac_align.rewards.unified import (
+    FORMATS,
+    UnifiedReward,
+    UnifiedRewardConfig,
+    build,
+    parse_scores,
+    read_template,
+    sample_like_qwen_vl_utils,
+    sample_uniform,
+)
 from cac_align.video import Video
 from cac_align.vlm.backend import Completion, videos_of
+from cac_align.vlm.config import ModelConfig
 from cac_align.vlm.hf import HFBackend
 from conftest import REPO_ROOT
 
@@ -86,15 +96,20 @@ def test_probs_scoring_v1_expectation_and_teacher_forced_prefixes():
         {"visual_quality": 3.0, "temporal_consistency": 1.5, "dynamic_degree": 3.5, "text_alignment": 2.0, "factual_consistency": 1.0}
     )
     assert out.scores[0] == pytest.approx((3.0 + 1.5 + 3.5 + 2.0 + 1.0) / 5)  # 2.2
-    # Each position is read after the lines already decided, written with the most likely digit.
+    # Each position is read after the lines already decided, written with the most likely digit
+    # and laid out as the real v1 model writes its answer: lines 2-5 start with a space.
     assert backend.prefixes == [
         "visual quality: ",
-        "visual quality: 4\ntemporal consistency: ",
-        "visual quality: 4\ntemporal consistency: 1\ndynamic degree: ",
-        "visual quality: 4\ntemporal consistency: 1\ndynamic degree: 3\ntext-to-video alignment: ",
-        "visual quality: 4\ntemporal consistency: 1\ndynamic degree: 3\ntext-to-video alignment: 2\nfactual consistency: ",
+        "visual quality: 4\n temporal consistency: ",
+        "visual quality: 4\n temporal consistency: 1\n dynamic degree: ",
+        "visual quality: 4\n temporal consistency: 1\n dynamic degree: 3\n text-to-video alignment: ",
+        "visual quality: 4\n temporal consistency: 1\n dynamic degree: 3\n text-to-video alignment: 2\n factual consistency: ",
     ]
-    assert out.details[0]["text"].endswith("factual consistency: 1")
+    assert out.details[0]["text"] == (
+        "visual quality: 4\n temporal consistency: 1\n dynamic degree: 3\n text-to-video alignment: 2\n factual consistency: 1"
+    )
+    # ... and that layout parses back in text scoring
+    assert parse_scores(out.details[0]["text"], FORMATS["v1"])[0]["factual_consistency"] == 1.0
 
 
 def test_probs_scoring_v2_writes_expected_decimals_and_flags_zero_mass():
@@ -129,6 +144,74 @@ def test_frames_are_sampled_uniformly_and_prompts_are_required():
     assert videos_of(backend.requests[0])[0].num_frames == 16
     with pytest.raises(ValueError, match="2 prompts"):
         UnifiedReward(backend)([video], ["a", "b"])
+
+
+def test_default_frames_follow_the_authors_sampling():
+    # v1's official script: qwen-vl-utils at 2 fps. 81 frames at 16 fps: 81 / 16 * 2 = 10.125 ->
+    # 10 frames (an even count), at round(linspace(0, 80, 10)) = 0, 9, 18, 27, 36, 44, 53, 62, 71, 80,
+    # reported to the processor at 10 / 81 * 16 = 1.975 fps.
+    wan = _video(0, frames=81)
+    sampled = sample_like_qwen_vl_utils(wan)
+    assert sampled.frames[:, 0, 0, 0].tolist() == [0, 9, 18, 27, 36, 44, 53, 62, 71, 80]
+    assert sampled.fps == pytest.approx(10 / 81 * 16)
+    assert sampled.timestamps.tolist() == pytest.approx([i / 16 for i in [0, 9, 18, 27, 36, 44, 53, 62, 71, 80]])
+    # 33 frames: 4.125 -> 4 frames at round(linspace(0, 32, 4)) = 0, 11, 21, 32;
+    # 5 frames: fewer than qwen-vl-utils' minimum of 4 at 2 fps -> its bound, 4 frames
+    assert sample_like_qwen_vl_utils(_video(0, frames=33)).frames[:, 0, 0, 0].tolist() == [0, 11, 21, 32]
+    assert sample_like_qwen_vl_utils(_video(0, frames=5)).frames[:, 0, 0, 0].tolist() == [0, 1, 3, 4]
+    assert sample_like_qwen_vl_utils(_video(0, frames=1)).num_frames == 1
+    # The reward's defaults: v1 -> those 10 frames; 2.0 -> 16 uniform; a number -> that many
+    for version, count in [("v1", 10), ("2.0", 16)]:
+        backend = TextBackend({0: CORPUS[0]["text"]})
+        UnifiedReward(backend, version=version)([wan], ["a"])
+        assert videos_of(backend.requests[0])[0].num_frames == count
+    assert UnifiedRewardConfig().num_frames is None
+    with pytest.raises(ValueError, match="num_frames must be >= 2"):
+        UnifiedRewardConfig(num_frames=1)
+
+
+AUTHORS_STYLE_SCRIPT = '''
+from transformers import AutoProcessor
+
+prompt = ""
+video_path = "/path/to/video"
+messages = [
+    {
+        "role": "user",
+        "content": [
+            {"type": "video", "video": video_path},
+            {"type": "text", "text": f"Rate this video from 1 to 4.\\nvisual quality: X\\nIts prompt: [{prompt}]"},
+        ],
+    }
+]
+print(f"scoring {video_path}")
+'''
+
+
+def test_template_is_read_from_the_authors_script(tmp_path):
+    script = tmp_path / "qwen_point_score_video_generation.py"
+    script.write_text(AUTHORS_STYLE_SCRIPT)
+    assert read_template(script) == "Rate this video from 1 to 4.\nvisual quality: X\nIts prompt: [{prompt}]"
+    backend = TextBackend({0: CORPUS[0]["text"]})
+    UnifiedReward(backend, template=read_template(script))([_video(0)], ["a red fox"])
+    assert backend.requests[0][0]["content"][1]["text"].endswith("Its prompt: [a red fox]")
+    # a text file with the placeholder works as well
+    plain = tmp_path / "question.txt"
+    plain.write_text("Judge it. Prompt: {prompt}")
+    assert read_template(plain) == "Judge it. Prompt: {prompt}"
+    # errors name the problem
+    two = tmp_path / "two.py"
+    two.write_text('a = {"text": f"one {prompt}"}\nb = {"text": f"two {prompt}"}\n')
+    with pytest.raises(ValueError, match="found 2"):
+        read_template(two)
+    (tmp_path / "none.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="found 0"):
+        read_template(tmp_path / "none.py")
+    (tmp_path / "bare.txt").write_text("no placeholder")
+    with pytest.raises(ValueError, match="needs a {prompt} placeholder"):
+        read_template(tmp_path / "bare.txt")
+    with pytest.raises(ValueError, match=r"reward.template_file: '.*missing.py': no such file"):
+        build(UnifiedRewardConfig(model=ModelConfig(name="tiny-random:qwen2_5_vl"), template_file=str(tmp_path / "missing.py")), "reward")
 
 
 @pytest.mark.parametrize("kind, version", [("qwen2_5_vl", "v1"), ("qwen3_vl", "2.0")])

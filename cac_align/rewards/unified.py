@@ -11,8 +11,19 @@ Two families, each asked in its own published prompt format for video generation
   Style scores on 1–5 (it writes decimals, e.g. ``Physics Score (1-5): 3.0987``).
 
 The prompts below follow each format's structure (role, dimensions with their definitions,
-the scale, the exact answer lines the model was trained to write) in our own words; a recipe
-can point ``template_file`` at the verbatim published prompt (with a ``{prompt}`` placeholder).
+the scale, the exact answer lines the model was trained to write) in our own words. To ask the
+model in its authors' exact words (recommended with real checkpoints), point ``template_file``
+at their published script in your own UnifiedReward checkout (v1:
+``inference_qwen/video_generation/qwen_point_score_video_generation.py``): the question is read
+from the script's source (parsed, never run), see :func:`read_template`. A plain text file with
+a ``{prompt}`` placeholder works too.
+
+Frames (``num_frames``): by default as each format's authors sample them. v1's official script
+passes the video file through ``qwen-vl-utils`` at its default 2 fps, so we take the frame count
+from ``qwen_vl_utils``' own ``smart_nframes`` and the same evenly spaced indices (81 frames at
+16 fps -> 10 frames), see :func:`sample_like_qwen_vl_utils`; 2.0 takes 16 uniform frames. A
+number for ``num_frames`` takes that many uniform frames instead. (Frame sizes are left to the
+model's processor, whose resize rule and pixel bounds are the ones ``qwen-vl-utils`` applies.)
 
 The scalar is the mean of the sub-scores, obtained one of two ways (``scoring``):
 
@@ -22,13 +33,16 @@ The scalar is the mean of the sub-scores, obtained one of two ways (``scoring``)
   words; at each score position the probabilities of the score digits are read and the
   sub-score is their expectation, ``sum_d d * p(d) / sum_d p(d)`` over the scale's digits.
   Earlier lines are filled with the values already read (the most likely digit for integer
-  scales, the expectation to 4 decimals for decimal scales), so each position sees the context
-  the model would have written. Smoother than text and free of parse failures; only the
+  scales, the expectation to 4 decimals for decimal scales) and joined the way the real model
+  writes them (v1 answers start lines 2-5 with a space: ``"visual quality: 3\n temporal
+  consistency: 3"``, as quoted in UnifiedReward issues #44/#49), so each position sees the
+  context the model would have written. Smoother than text and free of parse failures; only the
   leading digit is scored (decimal places would need a call per candidate digit).
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import threading
 from dataclasses import dataclass, field
@@ -42,7 +56,17 @@ from cac_align.video import Video
 from cac_align.vlm.backend import Backend, ChatRequest, user
 from cac_align.vlm.config import ModelConfig, build_backend
 
-__all__ = ["FORMATS", "ScoreFormat", "UnifiedReward", "UnifiedRewardConfig", "build", "parse_scores", "sample_uniform"]
+__all__ = [
+    "FORMATS",
+    "ScoreFormat",
+    "UnifiedReward",
+    "UnifiedRewardConfig",
+    "build",
+    "parse_scores",
+    "read_template",
+    "sample_like_qwen_vl_utils",
+    "sample_uniform",
+]
 
 SCORINGS = ("text", "probs")
 
@@ -59,6 +83,10 @@ class ScoreFormat:
         low, high: the sub-score scale (inclusive).
         integer: whether the scale is whole numbers (v1) or decimals (2.0).
         final_label: a logged-only overall line ("Final Score" in v1), or None.
+        separator: what the model writes between answer lines ("\n " for v1: a newline, then a
+            space before each later line).
+        frames: how its authors sample frames by default: "qwen_vl_utils" (2 fps) or
+            "uniform16".
     """
 
     version: str
@@ -69,6 +97,8 @@ class ScoreFormat:
     high: int
     integer: bool
     final_label: str | None = None
+    separator: str = "\n"
+    frames: str = "uniform16"
 
     @property
     def digits(self) -> list[str]:
@@ -131,6 +161,8 @@ FORMATS: dict[str, ScoreFormat] = {
         high=4,
         integer=True,
         final_label="Final Score",
+        separator="\n ",
+        frames="qwen_vl_utils",
     ),
     "2.0": ScoreFormat(
         version="2.0",
@@ -181,6 +213,28 @@ def parse_scores(text: str, fmt: ScoreFormat) -> tuple[dict[str, float], float |
     return scores, final, problems
 
 
+QWEN_VL_UTILS_FPS = 2.0  # qwen-vl-utils' default sampling rate (its FPS constant)
+
+
+def sample_like_qwen_vl_utils(video: Video, fps: float = QWEN_VL_UTILS_FPS) -> Video:
+    """The frames ``qwen-vl-utils`` gives a model for this video at ``fps``.
+
+    Its ``smart_nframes`` decides how many (``frames / source fps * fps``, kept within its
+    bounds and rounded to an even count); they are spread evenly from the first frame to the last
+    and rounded, as its video readers do. The result's fps is the rate it reports to the
+    processor, ``n / frames * source fps``. A video of fewer than 2 frames is kept whole.
+    """
+    import torch
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    total = video.num_frames
+    if total < 2:
+        return video
+    count = smart_nframes({"fps": fps}, total_frames=total, video_fps=video.fps)
+    indices = torch.linspace(0, total - 1, count).round().long().numpy()
+    return video.select(indices, count / total * video.fps)
+
+
 def sample_uniform(video: Video, num_frames: int) -> Video:
     """``num_frames`` frames evenly spread from the first to the last (all frames if fewer).
 
@@ -200,11 +254,14 @@ class UnifiedRewardConfig:
         model: the UnifiedReward checkpoint (v1 default: CodeGoat24/UnifiedReward-qwen-7b).
         version: the answer format, "v1" or "2.0" (must match the checkpoint).
         scoring: "text" (parse the generated answer) or "probs" (digit-probability expectation).
-        num_frames: frames sampled uniformly from each video (16 for 2.0, as its authors use).
+        num_frames: None (default) samples frames as the format's authors do (v1: qwen-vl-utils at
+            2 fps, e.g. 10 of a Wan video's 81; 2.0: 16 uniform); a number takes that many frames
+            uniformly.
         max_pixels: downscale frames to at most this many pixels (aspect kept); None keeps them.
         max_new_tokens: generation budget in text scoring.
-        template_file: a text file holding the prompt to use instead of the built-in one, with
-            a ``{prompt}`` placeholder (e.g. the verbatim published prompt).
+        template_file: the prompt to use instead of the built-in one: the authors' published
+            inference script (a ``.py`` file, read by :func:`read_template`; recommended) or a
+            text file with a ``{prompt}`` placeholder.
         min_digit_mass: in probs scoring, a sample whose score digits get less total probability
             than this at any position is invalid (the model was not answering in format).
         source_fps: frame rate of array/tensor input without ``fps`` in metadata.
@@ -214,7 +271,7 @@ class UnifiedRewardConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="CodeGoat24/UnifiedReward-qwen-7b"))
     version: str = "v1"
     scoring: str = "text"
-    num_frames: int = 16
+    num_frames: int | None = None
     max_pixels: int | None = None
     max_new_tokens: int = 256
     template_file: str | None = None
@@ -227,8 +284,8 @@ class UnifiedRewardConfig:
             raise ValueError(f"version must be one of {list(FORMATS)}, got {self.version!r}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
-        if self.num_frames < 2:
-            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+        if self.num_frames is not None and self.num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2 (or null: as the format's authors sample), got {self.num_frames}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
         if not 0.0 <= self.min_digit_mass < 1.0:
@@ -251,7 +308,7 @@ class UnifiedReward:
         backend: Backend,
         version: str = "v1",
         scoring: str = "text",
-        num_frames: int = 16,
+        num_frames: int | None = None,
         max_pixels: int | None = None,
         max_new_tokens: int = 256,
         template: str | None = None,
@@ -277,6 +334,7 @@ class UnifiedReward:
         self.source_fps = source_fps
         self.batch_size = batch_size
         self.name = name
+        self.score_range = (float(self.format.low), float(self.format.high))
         self._lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
@@ -318,7 +376,12 @@ class UnifiedReward:
 
     # -- steps ------------------------------------------------------------------------------
     def _frames(self, video: Video) -> Video:
-        sampled = sample_uniform(video, self.num_frames)
+        if self.num_frames is not None:
+            sampled = sample_uniform(video, self.num_frames)
+        elif self.format.frames == "qwen_vl_utils":
+            sampled = sample_like_qwen_vl_utils(video)
+        else:
+            sampled = sample_uniform(video, 16)
         return sampled.fit_pixels(self.max_pixels) if self.max_pixels else sampled
 
     def _score_text(self, requests: list[ChatRequest]) -> list[dict]:
@@ -359,9 +422,9 @@ class UnifiedReward:
                     expected = float((values * row).sum() / mass)
                 answers[j]["sub_scores"][key] = expected
                 written = digits[int(np.argmax(row))] if fmt.integer else f"{expected:.4f}"
-                prefixes[j] += fmt.line.format(label=label, value=written) + "\n"
+                prefixes[j] += fmt.line.format(label=label, value=written) + fmt.separator
         for answer, prefix in zip(answers, prefixes):
-            answer["text"] = prefix.rstrip("\n")
+            answer["text"] = prefix[: -len(fmt.separator)]
         return answers
 
 
@@ -369,10 +432,10 @@ def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
     """Build the reward a ``name: unified_reward`` section describes (loads the model)."""
     template = None
     if config.template_file is not None:
-        path = Path(config.template_file)
-        if not path.is_file():
-            raise ValueError(f"{key}.template_file={config.template_file!r}: no such file")
-        template = path.read_text(encoding="utf-8")
+        try:
+            template = read_template(config.template_file)
+        except ValueError as exc:
+            raise ValueError(f"{key}.template_file: {exc}") from None
     backend = build_backend(config.model, key=f"{key}.model")
     return UnifiedReward(
         backend,
@@ -386,3 +449,63 @@ def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
         source_fps=config.source_fps,
         batch_size=config.batch_size,
     )
+
+
+def read_template(path: str | Path) -> str:
+    """The question a template file holds, with ``{prompt}`` where the video's prompt goes.
+
+    A ``.py`` file is the authors' inference script: its source is parsed (never run) and the
+    one text string containing ``{prompt}`` is taken: the f-string (or ``.format`` string) given
+    as a message's ``"text"``, with its ``{prompt}`` field kept as the placeholder. Any other file
+    is read as text and must contain ``{prompt}``.
+
+    Raises:
+        ValueError: no such file, no ``{prompt}`` placeholder, or a script with none or several
+            candidate questions.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r}: no such file")
+    source = path.read_text(encoding="utf-8")
+    if path.suffix != ".py":
+        if "{prompt}" not in source:
+            raise ValueError(f"{path}: the template needs a {{prompt}} placeholder")
+        return source
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise ValueError(f"{path}: not a readable Python script ({exc.msg}, line {exc.lineno})") from None
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Dict):
+            continue
+        for k, v in zip(node.keys, node.values):
+            if isinstance(k, ast.Constant) and k.value == "text":
+                text = _literal_with_prompt(v)
+                if text is not None:
+                    found.append(text)
+    found = list(dict.fromkeys(found))
+    if len(found) != 1:
+        raise ValueError(
+            f"{path}: expected one message text with a {{prompt}} field, found {len(found)}; "
+            "copy the question into a text file with a {prompt} placeholder instead"
+        )
+    return found[0]
+
+
+def _literal_with_prompt(node: ast.AST) -> str | None:
+    """A string literal or f-string with a ``{prompt}`` field, as a template; else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value if "{prompt}" in node.value else None
+    if not isinstance(node, ast.JoinedStr):
+        return None
+    parts = []
+    for value in node.values:
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            parts.append(value.value)
+        elif isinstance(value, ast.FormattedValue) and isinstance(value.value, ast.Name) and value.value.id == "prompt":
+            parts.append("{prompt}")
+        else:
+            return None  # some other field: not a question we can fill
+    text = "".join(parts)
+    return text if "{prompt}" in text else None
