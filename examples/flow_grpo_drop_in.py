@@ -1,61 +1,77 @@
-"""Use cac_align's rewards inside the public Flow-GRPO code, in a few lines.
+"""cac_align's rewards inside the public Flow-GRPO trainer: one ``install`` call, no edits.
 
-In a Flow-GRPO checkout, flow_grpo/rewards.py builds rewards with ``multi_score(device,
-score_dict)`` from a table named ``score_functions``. Add ours to that table:
+In a Flow-GRPO checkout, with no code at all (every process of ``accelerate launch -m`` too)::
 
-    # flow_grpo/rewards.py, inside multi_score(), after score_functions = {...}
-    from cac_align.rewards import flow_grpo as cac_rewards
-    cac_rewards.configure("examples/flow_grpo_rewards.yaml")   # which checkpoints (optional)
-    score_functions.update(cac_rewards.SCORE_FUNCTIONS)        # "cac", "unified_reward", "ur_cac"
+    python -m cac_align.rewards.launch_flow_grpo --rewards examples/flow_grpo_rewards.yaml \\
+        scripts/train_wan2_1.py --config config/grpo.py:<your config>
 
-and name the reward in the training config:
+and name the reward in the training config::
 
     config.reward_fn = {"ur_cac": 1.0}       # the paper's UR + CaC average (CaC §4.2)
 
-Each factory returns ``fn(images, prompts, metadata) -> (scores, info)`` with ``images`` the
-(B, F, C, H, W) float videos in [0, 1] the Wan pipeline returns and ``scores`` a float32 numpy
-array of length B. Invalid samples are filled per ``configure(invalid=...)`` and listed in
-``info``. Alternatively use our combiner, which has Flow-GRPO's shape:
+or, from your own launcher, before the trainer's ``main`` runs::
 
-    reward_fn = cac_rewards.multi_score(accelerator.device, config.reward_fn)
+    import flow_grpo.rewards, flow_grpo.stat_tracking
+    from cac_align.rewards import flow_grpo as cac_rewards
+    cac_rewards.install(flow_grpo.rewards, flow_grpo.stat_tracking, sections="examples/flow_grpo_rewards.yaml")
 
-Run this file to see the call the trainer makes, offline, on tiny random models:
+``install`` adds our names to their ``multi_score`` (their own names keep working), loads each
+checkpoint once per process, and makes their ``PerPromptStatTracker`` NaN-aware so a sample a
+reward could not score gets advantage 0 and is masked out of training (docs/rewards.md).
 
-    python examples/flow_grpo_drop_in.py
+Run this file to see the reward path of their trainer, offline, on tiny random models:
+
+    python examples/flow_grpo_drop_in.py                       # a stand-in checkout (tests/fixtures)
+    python examples/flow_grpo_drop_in.py --checkout ~/flow_grpo  # your Flow-GRPO checkout
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
+import importlib
+import sys
+from pathlib import Path
 
 import torch
 
 from cac_align.rewards import flow_grpo as cac_rewards
 
+STAND_IN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "flow_grpo_checkout"
 TINY_SECTIONS = {
     "ur_cac": {
         "name": "ur_cac",
-        "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4},
+        "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs"},
         "cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
     }
 }
 
 
-def main() -> dict:
-    cac_rewards.configure(TINY_SECTIONS)  # real runs: configure("examples/flow_grpo_rewards.yaml")
-    reward_fn = cac_rewards.multi_score(torch.device("cpu"), {"ur_cac": 1.0})
-    # What Flow-GRPO's trainer does with it: score in a background thread while sampling goes on.
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+def main(checkout: Path = STAND_IN) -> dict:
+    sys.path.insert(0, str(checkout))
+    rewards_module = importlib.import_module("flow_grpo.rewards")
+    stat_tracking = importlib.import_module("flow_grpo.stat_tracking")
+    # real runs: sections="examples/flow_grpo_rewards.yaml"
+    cac_rewards.install(rewards_module, stat_tracking, sections=TINY_SECTIONS)
+
+    # What their trainer does: build the reward function, score in a background thread while the
+    # next batch samples, per-prompt advantages from their tracker, drop zero-advantage samples.
+    reward_fn = rewards_module.multi_score(torch.device("cpu"), {"ur_cac": 1.0})
     videos = torch.rand(4, 9, 3, 32, 32)  # (B, F, C, H, W) in [0, 1], like WanPipeline(output_type="pt")
+    videos[3] = float("nan")  # a broken sample: its reward is invalid, never a made-up number
     prompts = ["a cat jumps", "a cat jumps", "a dog runs", "a dog runs"]
-    future = executor.submit(reward_fn, videos, prompts, [{} for _ in prompts], only_strict=True)
-    rewards, info = future.result()
-    executor.shutdown()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+        rewards, info = executor.submit(reward_fn, videos, prompts, [{} for _ in prompts], only_strict=True).result()
+    advantages = stat_tracking.PerPromptStatTracker(False).update(prompts, rewards["avg"])
     for name, scores in rewards.items():
         print(f"{name:>8}: {scores.round(4).tolist()}")
-    print("invalid samples:", info["ur_cac"]["invalid_indices"])
-    return rewards
+    print("advantages:", advantages.round(4).tolist(), "(the invalid sample: 0, so their mask drops it)")
+    print("why invalid:", info["ur_cac"]["errors"])
+    cac_rewards.uninstall(rewards_module, stat_tracking)
+    return {**rewards, "advantages": advantages}
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkout", type=Path, default=STAND_IN, help="a Flow-GRPO checkout (default: our stand-in)")
+    main(parser.parse_args().checkout)

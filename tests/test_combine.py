@@ -114,6 +114,7 @@ def test_empty_batch_and_undecodable_video():
 
     out = CombinedReward([UnifiedReward(Never())])(["/nope.mp4"], ["x"])
     assert out.valid.tolist() == [False] and "/nope.mp4" in out.details[0]["error"]
+    assert out.failure_counts() == {"video": 1}  # the component's own kind, not "other"
 
 
 def test_group_normalizer_inside_a_combination():

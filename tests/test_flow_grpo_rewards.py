@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ def test_trainer_shaped_call(tiny_rewards):
     # pool with the (B, F, C, H, W) videos in [0, 1], prompts and per-prompt metadata, read back
     # (dict of name -> scores, info) and turn each into a tensor.
     device = torch.device("cpu")
-    reward_fn = flow_grpo.multi_score(device, {"unified_reward": 0.5, "ur_cac": 1.0})
+    with pytest.warns(UserWarning, match=r"different scales \(unified_reward on \[1, 4\], ur_cac on \[0, 1\]\)"):
+        reward_fn = flow_grpo.multi_score(device, {"unified_reward": 0.5, "ur_cac": 1.0})
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     videos = torch.rand(4, 9, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     prompts = ["a cat", "a cat", "a dog", "a dog"]
@@ -38,7 +40,7 @@ def test_trainer_shaped_call(tiny_rewards):
     future = executor.submit(reward_fn, videos, prompts, metadata, only_strict=True)
     rewards, reward_metadata = future.result()
     executor.shutdown()
-    assert set(rewards) == {"unified_reward", "ur_cac", "avg"}
+    assert set(rewards) == {"unified_reward", "ur_cac", "avg", "invalid"}
     for value in rewards.values():
         assert isinstance(value, np.ndarray) and value.shape == (4,) and value.dtype == np.float32
         assert np.isfinite(value).all()
@@ -96,9 +98,22 @@ def test_examples_run_and_validate():
 
     flow_grpo.configure(REPO_ROOT / "examples/flow_grpo_rewards.yaml")
     assert flow_grpo._settings["sections"]["unified_reward"]["scoring"] == "probs"
-    assert flow_grpo._settings["sections"]["ur_cac"]["invalid"] == "group_mean"
+    assert flow_grpo._settings["sections"]["ur_cac"]["invalid"] == "drop"
+    assert flow_grpo._settings["invalid"] == "drop"  # NaN for invalid samples: the default
+    saved_path = list(sys.path)
     try:
         rewards = runpy.run_path(str(REPO_ROOT / "examples/flow_grpo_drop_in.py"))["main"]()
     finally:
         flow_grpo.configure()
-    assert set(rewards) == {"ur_cac", "avg"} and rewards["avg"] == pytest.approx(rewards["ur_cac"])
+        flow_grpo.release_models()
+        sys.path[:] = saved_path
+    # the example breaks sample 3: NaN reward, flagged, advantage 0; sample 2 is its group's only
+    # valid sample: 0 as well; the "a cat jumps" pair gets equal and opposite advantages
+    assert set(rewards) == {"ur_cac", "avg", "invalid", "advantages"}
+    assert np.isnan(rewards["avg"][3]) and rewards["invalid"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert rewards["avg"][:3] == pytest.approx(rewards["ur_cac"][:3])
+    advantages = rewards["advantages"]
+    assert advantages[2] == 0.0 and advantages[3] == 0.0
+    assert advantages[0] == pytest.approx(-advantages[1]) and advantages[0] != 0.0
+    for name in [m for m in sys.modules if m == "flow_grpo" or m.startswith("flow_grpo.")]:
+        del sys.modules[name]  # the example imported the stand-in checkout

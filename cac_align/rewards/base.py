@@ -129,7 +129,12 @@ class RewardOutput:
 
 @runtime_checkable
 class Reward(Protocol):
-    """Anything that scores videos by the contract above."""
+    """Anything that scores videos by the contract above.
+
+    A reward may also carry ``score_range = (low, high)``, the scale of its raw scores (CaC:
+    (0, 1); UnifiedReward v1: (1, 4)); the Flow-GRPO drop-in reads it to warn when rewards on
+    different scales are summed. It is optional: ``None`` or absent means unknown.
+    """
 
     name: str
 

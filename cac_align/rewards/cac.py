@@ -79,6 +79,7 @@ class CaCReward:
         self.source_fps = source_fps
         self.batch_size = batch_size
         self.name = name
+        self.score_range = (0.0, 1.0)  # P(normal) / (P(normal) + P(abnormal)), CaC Eq. 7
         self._lock = threading.Lock()
 
     def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:

@@ -33,7 +33,7 @@ import numpy as np
 
 from cac_align.rewards.base import Reward, RewardError, RewardOutput, check_prompts, group_keys, load_inputs, move_to
 from cac_align.rewards.cac import CaCRewardConfig
-from cac_align.rewards.normalize import build_normalizer, fill_invalid
+from cac_align.rewards.normalize import FixedNormalizer, build_normalizer, fill_invalid
 from cac_align.rewards.unified import FORMATS, UnifiedRewardConfig
 
 __all__ = ["INVALID_POLICIES", "CombinedConfig", "CombinedReward", "UrCacConfig", "build_combined", "build_ur_cac"]
@@ -88,6 +88,9 @@ class CombinedReward:
         self.invalid = invalid
         self.source_fps = source_fps
         self.name = name
+        # [0, 1] when every component is mapped there by a clipping fixed normalizer; else unknown
+        fixed = all(isinstance(n, FixedNormalizer) and n.clip for n in self.normalizers)
+        self.score_range = (0.0, 1.0) if fixed else None
         self._lock = threading.Lock()
 
     def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
@@ -138,8 +141,11 @@ class CombinedReward:
                 "imputed": [out.name for k, out in enumerate(outputs) if imputed[k, i]],
             }
             if not usable[i]:
-                reasons = [f"{out.name}: {out.details[i].get('error', 'invalid')}" for k, out in enumerate(outputs) if not valid_k[k, i]]
+                failed = [out for k, out in enumerate(outputs) if not valid_k[k, i]]
+                reasons = [f"{out.name}: {out.details[i].get('error', 'invalid')}" for out in failed]
                 entry["error"] = "; ".join(reasons) or "invalid"
+                # the kind of the first component that failed ("video", "backend", "parse", ...)
+                entry["error_kind"] = str(failed[0].details[i].get("error_kind", "score")) if failed else "score"
             details.append(entry)
         info = {
             "invalid": {out.name: int((~valid_k[k]).sum()) for k, out in enumerate(outputs)},

@@ -1,67 +1,119 @@
-"""Drop-in reward functions for Flow-GRPO-style trainers.
+"""Drop-in rewards for the public Flow-GRPO trainer (github.com/yifan123/flow_grpo).
 
-The public Flow-GRPO code configures rewards as ``config.reward_fn = {name: weight}`` and
-builds them with ``multi_score(device, score_dict)``, which looks each name up in a table of
-factories ``factory(device) -> fn(images, prompts, metadata) -> (scores, info)``. Its trainer
-submits the combined function to a thread pool while the next batch samples, with videos as a
-float tensor ``(B, F, C, H, W)`` in [0, 1], and reads back ``(dict of name -> scores plus
-"avg", info)``. This module provides factories and a combiner of exactly those shapes:
+How their trainer uses a reward (``scripts/train_wan2_1.py``): it builds
+``reward_fn = flow_grpo.rewards.multi_score(accelerator.device, config.reward_fn)`` (and a
+second one for eval), submits ``reward_fn(videos, prompts, metadata, only_strict=True)`` to a
+thread pool while the next batch samples (videos: float ``(B, F, C, H, W)`` in [0, 1]), turns
+every key of the returned score dict into a tensor, subtracts the KL reward from ``"avg"``,
+gathers everything over processes, logs the mean of every key as ``reward_<key>``, and gives
+``"avg"`` to ``PerPromptStatTracker.update(prompts, rewards)`` for per-prompt advantages.
+Samples whose advantages are all 0 are masked out of training.
 
-    # in flow_grpo/rewards.py of a Flow-GRPO checkout
+One call wires our rewards into that, without editing their files::
+
+    import flow_grpo.rewards, flow_grpo.stat_tracking
     from cac_align.rewards import flow_grpo as cac_rewards
 
-    cac_rewards.configure("examples/flow_grpo_rewards.yaml")   # which models; optional
-    score_functions.update(cac_rewards.SCORE_FUNCTIONS)        # adds cac, unified_reward, ur_cac
+    cac_rewards.install(flow_grpo.rewards, flow_grpo.stat_tracking,
+                        sections="examples/flow_grpo_rewards.yaml")
+    # config.reward_fn = {"ur_cac": 1.0}     (their own names keep working beside ours)
 
-    # in the training config
-    config.reward_fn = {"ur_cac": 1.0}
+or, with no code at all, launch their script through
+``python -m cac_align.rewards.launch_flow_grpo --rewards FILE scripts/train_wan2_1.py ...``
+(works under ``accelerate launch -m``).
 
-Every call returns a float32 numpy array of length B. Flow-GRPO's advantage code cannot take
-NaN, so invalid samples follow ``invalid`` (set in :func:`configure`):
+:func:`install` does three things:
 
-- ``group_mean`` (default): an invalid sample gets the mean score of the valid samples with
-  the same prompt in this call, or of the whole call if its prompt has none; a call with no
-  valid sample raises :class:`~cac_align.rewards.base.RewardError` rather than invent scores.
-- ``drop``: invalid samples are NaN (for trainers that mask them).
-- ``fail``: raise on any invalid sample.
+1. **Names.** Their ``multi_score`` (whose factory table is local to the function) is wrapped:
+   our names (:data:`SCORE_FUNCTIONS`: ``cac``, ``unified_reward``, ``ur_cac``) are built here,
+   every other name by their original function, and ``"avg"`` is the weighted sum over all.
+2. **Invalid samples never train.** A sample that could not be scored is NaN in its reward's
+   scores and in ``"avg"`` (a made-up value would be trained on; their prompt groups span calls
+   and processes, so no reward call can fill one honestly). Their tracker's ``update`` is
+   patched to be NaN-aware: invalid samples get advantage exactly 0 and take no part in any
+   group's mean or std; valid samples get exactly the advantages their tracker gives them over
+   the valid samples alone (a group with one valid sample: 0, as theirs gives). Their mask
+   (advantage ≠ 0) then drops invalid samples. A reward call never raises for per-sample
+   failures (an all-invalid call returns all NaN; a call that crashes is all invalid, logged);
+   configuration errors still raise. A step in which *no* sample is valid raises
+   :class:`~cac_align.rewards.base.RewardError` from the tracker, as ``cac-align flow-grpo``
+   does: training on nothing for days helps nobody.
+3. **One model load.** Models are shared by every factory call of the process (their trainer
+   builds ``multi_score`` twice; ``ur_cac`` beside ``cac`` shares the CaC checkpoint): one copy
+   of each checkpoint per process and device.
 
-``info`` always says which samples were invalid and why (``invalid_indices``, ``errors``) and
-which were filled (``filled_indices``), so nothing is silently replaced.
+What their logs show: ``reward_invalid`` is the fraction of the step's samples that some reward
+of ours could not score (the returned dict carries an ``"invalid"`` key, 1.0 per invalid
+sample); ``reward_avg`` and ``reward_<name>`` read NaN in a step with an invalid sample, on
+purpose. Per-prompt stat tracking must be on (their default whenever a prompt has several
+samples); their global-advantage fallback cannot take NaN.
+
+Raw scales differ (CaC 0–1, UnifiedReward v1 1–4): a weighted sum of rewards whose
+``score_range`` differ is warned about at build time; ``ur_cac`` is the paper's combination on
+one scale (CaC §4.2).
+
+Without :func:`install` (a manual edit of their ``multi_score``, or another trainer), the
+factories behave the same; the ``invalid`` policy of :func:`configure` can also be
+``group_mean`` (fill within the call; correct only when each prompt's whole group is in one
+call) or ``fail``.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from cac_align.rewards.base import RewardError, build_reward, check_prompts, group_keys, reward_config
 from cac_align.rewards.normalize import fill_invalid
+from cac_align.vlm.config import shared_backends
 
-__all__ = ["SCORE_FUNCTIONS", "cac_score", "configure", "multi_score", "unified_reward_score", "ur_cac_score"]
+__all__ = [
+    "INVALID_POLICIES",
+    "SCORE_FUNCTIONS",
+    "cac_score",
+    "configure",
+    "install",
+    "loaded_models",
+    "multi_score",
+    "release_models",
+    "nan_aware_update",
+    "uninstall",
+    "unified_reward_score",
+    "ur_cac_score",
+]
 
-INVALID_POLICIES = ("group_mean", "drop", "fail")
+log = logging.getLogger(__name__)
+
+INVALID_POLICIES = ("drop", "group_mean", "fail")
+INVALID_KEY = "invalid"  # the per-sample flag added to the score dict (logged as reward_invalid)
 
 _DEFAULT_SECTIONS: dict[str, dict[str, Any]] = {
     "cac": {"name": "cac"},
     "unified_reward": {"name": "unified_reward"},
     "ur_cac": {"name": "ur_cac"},
 }
-_settings: dict[str, Any] = {"sections": copy.deepcopy(_DEFAULT_SECTIONS), "invalid": "group_mean"}
+_settings: dict[str, Any] = {"sections": copy.deepcopy(_DEFAULT_SECTIONS), "invalid": "drop"}
 _settings_lock = threading.Lock()
+# Backends (loaded models) of this process, keyed by their model config (device included):
+# every factory call shares them, so each checkpoint is loaded once per process and device.
+_BACKENDS: dict[str, Any] = {}
 
 
-def configure(sections: Mapping[str, Any] | str | Path | None = None, invalid: str = "group_mean") -> None:
+def configure(sections: Mapping[str, Any] | str | Path | None = None, invalid: str = "drop") -> None:
     """Choose the models behind the factories (defaults: the paper's real checkpoints).
 
     Args:
         sections: reward sections by factory name, e.g. ``{"cac": {"name": "cac", "model":
             {"name": "runs/cac_stage3"}}}``, or a YAML file holding such a mapping. Names not
             given keep their defaults. Every section is validated now, without loading models.
-        invalid: "group_mean", "drop" or "fail" (module docstring).
+        invalid: "drop" (NaN; default), "group_mean" or "fail" (module docstring).
     """
     if invalid not in INVALID_POLICIES:
         raise ValueError(f"invalid must be one of {INVALID_POLICIES}, got {invalid!r}")
@@ -83,6 +135,19 @@ def configure(sections: Mapping[str, Any] | str | Path | None = None, invalid: s
     with _settings_lock:
         _settings["sections"] = merged
         _settings["invalid"] = invalid
+
+
+def loaded_models() -> list[str]:
+    """The model configs (JSON) this process has loaded for the factories, one per checkpoint
+    and device."""
+    return list(_BACKENDS)
+
+
+def release_models() -> None:
+    """Forget the shared models (the next factory call loads them again); frees their memory
+    once no reward function built earlier still holds them."""
+    with _settings_lock:
+        _BACKENDS.clear()
 
 
 def _on_device(section: Any, device: Any) -> Any:
@@ -111,26 +176,47 @@ def _fill(scores: np.ndarray, valid: np.ndarray, prompts: list, metadata: Any, p
     return filled, np.flatnonzero(~valid).tolist()
 
 
+# Errors that mean the call itself is wrong (bad shapes, prompts, sections, invalid='fail'):
+# they raise. Anything else a reward call raises fails that call's samples, never the run.
+_CALLER_ERRORS = (ValueError, TypeError, RewardError)
+
+
 def _factory(name: str) -> Callable[[Any], Callable]:
     def factory(device: Any = None) -> Callable:
         with _settings_lock:
             section = copy.deepcopy(_settings["sections"][name])
             policy = _settings["invalid"]
-        reward = build_reward(_on_device(section, device) if device is not None else section, f"flow_grpo {name}")
+        with shared_backends(_BACKENDS):
+            reward = build_reward(_on_device(section, device) if device is not None else section, f"flow_grpo {name}")
 
         def _fn(images: Any, prompts: Any, metadata: Any = None) -> tuple[np.ndarray, dict]:
             prompts = check_prompts(len(images), prompts)
-            out = reward(images, prompts, metadata)
-            scores, filled = _fill(out.scores, out.valid, prompts, metadata, policy)
+            try:
+                out = reward(images, prompts, metadata)
+            except _CALLER_ERRORS:
+                raise
+            except Exception as exc:  # a crashed call: its samples are invalid, the run goes on
+                log.warning("reward %r failed on a call of %d samples: %s: %s", name, len(prompts), type(exc).__name__, exc)
+                n = len(prompts)
+                scores, valid = np.full(n, np.nan), np.zeros(n, dtype=bool)
+                errors = {i: f"{type(exc).__name__}: {exc}" for i in range(n)}
+                counts, details = {"backend": n}, [{"error": errors[i], "error_kind": "backend"} for i in range(n)]
+            else:
+                scores, valid, errors, counts, details = out.scores, out.valid, out.errors, out.failure_counts(), out.details
+                if not valid.all():
+                    log.warning("reward %r: %d of %d samples invalid %s", name, int((~valid).sum()), len(valid), counts)
+            scores, filled = _fill(scores, valid, prompts, metadata, policy)
             info = {
-                "valid": out.valid.tolist(),
-                "invalid_indices": np.flatnonzero(~out.valid).tolist(),
-                "errors": out.errors,
+                "valid": valid.tolist(),
+                "invalid_indices": np.flatnonzero(~valid).tolist(),
+                "errors": errors,
+                "failures": counts,
                 "filled_indices": filled,
-                "details": out.details,
+                "details": details,
             }
-            return scores.astype(np.float32), info
+            return np.asarray(scores, dtype=np.float32), info
 
+        _fn.reward = reward  # type: ignore[attr-defined]  # for scale checks and inspection
         return _fn
 
     factory.__name__ = f"{name}_score"
@@ -149,6 +235,57 @@ SCORE_FUNCTIONS: dict[str, Callable[[Any], Callable]] = {
 }
 
 
+def _warn_mixed_scales(score_dict: Mapping[str, float], fns: Mapping[str, Callable]) -> None:
+    ranges = {}
+    for name, fn in fns.items():
+        known = getattr(getattr(fn, "reward", None), "score_range", None)
+        if known is not None and score_dict[name] != 0:
+            ranges[name] = tuple(float(v) for v in known)
+    if len(set(ranges.values())) > 1:
+        listed = ", ".join(f"{n} on [{lo:g}, {hi:g}]" for n, (lo, hi) in ranges.items())
+        warnings.warn(
+            f"reward_fn {dict(score_dict)} sums raw scores on different scales ({listed}): the widest dominates "
+            "'avg'. Use 'ur_cac' (UnifiedReward and CaC normalized to [0, 1] and averaged, CaC §4.2) or weights "
+            "that account for the scales.",
+            stacklevel=4,
+        )
+
+
+def _combine(device: Any, score_dict: Mapping[str, float], theirs: Callable | None) -> Callable:
+    """A Flow-GRPO combiner over our names and, through ``theirs``, any other names."""
+    if not score_dict:
+        raise ValueError("score_dict is empty: name at least one reward, e.g. {'ur_cac': 1.0}")
+    ours = {name: w for name, w in score_dict.items() if name in SCORE_FUNCTIONS}
+    others = {name: w for name, w in score_dict.items() if name not in SCORE_FUNCTIONS}
+    if others and theirs is None:
+        raise ValueError(f"unknown reward(s) {sorted(others)}; available: {sorted(SCORE_FUNCTIONS)}")
+    fns = {name: SCORE_FUNCTIONS[name](device) for name in ours}
+    their_fn = theirs(device, others) if others else None
+    _warn_mixed_scales(score_dict, fns)
+
+    def _fn(images: Any, prompts: Any, metadata: Any = None, ref_images: Any = None, only_strict: bool = True) -> tuple[dict, dict]:
+        del ref_images  # accepted for signature compatibility; unused by video rewards
+        details: dict[str, Any] = {}
+        infos: dict[str, dict] = {}
+        if their_fn is not None:
+            their_details, _ = their_fn(images, prompts, metadata, only_strict=only_strict)
+            details.update({k: v for k, v in their_details.items() if k != "avg"})
+        invalid = np.zeros(len(images), dtype=bool)
+        for name in ours:
+            scores, info = fns[name](images, prompts, metadata)
+            details[name] = scores
+            infos[name] = info
+            invalid |= ~np.isfinite(scores)
+        total = np.zeros(len(images), dtype=np.float64)
+        for name, weight in score_dict.items():
+            total = total + weight * np.asarray(details[name], dtype=np.float64)
+        details["avg"] = total.astype(np.float32)  # NaN where any of our rewards is invalid
+        details[INVALID_KEY] = invalid.astype(np.float32)
+        return details, infos
+
+    return _fn
+
+
 def multi_score(device: Any, score_dict: Mapping[str, float]) -> Callable:
     """Flow-GRPO's combiner shape over our factories.
 
@@ -158,29 +295,93 @@ def multi_score(device: Any, score_dict: Mapping[str, float]) -> Callable:
 
     Returns:
         ``fn(images, prompts, metadata, ref_images=None, only_strict=True) -> (scores, info)``
-        where ``scores`` maps each name to its (B,) array and ``"avg"`` to the weighted sum
-        ``sum_k weight_k * scores_k``, as Flow-GRPO's own combiner computes it; ``info`` maps
-        each name to its factory's info. (``ur_cac`` is already the paper's average of the
-        normalized UR and CaC scores; use it alone with weight 1 to train as the paper does.)
+        where ``scores`` maps each name to its (B,) float32 array, ``"avg"`` to the weighted sum
+        ``sum_k weight_k * scores_k`` (NaN for a sample any reward could not score) and
+        ``"invalid"`` to 1.0 for such samples; ``info`` maps each name to its factory's info.
+        (``ur_cac`` is already the paper's average of the normalized UR and CaC scores; use it
+        alone with weight 1 to train as the paper does.)
     """
-    if not score_dict:
-        raise ValueError("score_dict is empty: name at least one reward, e.g. {'ur_cac': 1.0}")
-    unknown = sorted(set(score_dict) - set(SCORE_FUNCTIONS))
-    if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; available: {sorted(SCORE_FUNCTIONS)}")
-    fns = {name: SCORE_FUNCTIONS[name](device) for name in score_dict}
+    return _combine(device, score_dict, None)
 
-    def _fn(images: Any, prompts: Any, metadata: Any = None, ref_images: Any = None, only_strict: bool = True) -> tuple[dict, dict]:
-        del ref_images, only_strict  # accepted for signature compatibility; unused by video rewards
-        details: dict[str, np.ndarray] = {}
-        infos: dict[str, dict] = {}
-        total = None
-        for name, weight in score_dict.items():
-            scores, info = fns[name](images, prompts, metadata)
-            details[name] = scores
-            infos[name] = info
-            total = weight * scores if total is None else total + weight * scores
-        details["avg"] = np.asarray(total, dtype=np.float32)
-        return details, infos
 
-    return _fn
+# ---------------------------------------------------------------------------------------
+# install: their multi_score and stat tracker, patched in place
+# ---------------------------------------------------------------------------------------
+_ORIGINAL = "_cac_align_original"
+
+
+def nan_aware_update(original: Callable) -> Callable:
+    """Wrap a ``PerPromptStatTracker.update(prompts, rewards, type='grpo')`` so NaN rewards
+    are invalid: they get advantage 0 and are left out of every statistic; valid samples get
+    what ``original`` gives over the valid samples alone. ``rewards`` may be ``(N,)`` or
+    ``(N, T)`` (Flow-GRPO subtracts a per-timestep KL reward); a row with any non-finite entry
+    is invalid. Raises :class:`RewardError` when no sample is valid."""
+
+    def update(self: Any, prompts: Any, rewards: Any, type: str = "grpo") -> np.ndarray:  # noqa: A002 - their name
+        rewards = np.asarray(rewards, dtype=np.float64)
+        prompts = np.asarray(prompts)
+        valid = np.isfinite(rewards.reshape(len(rewards), -1)).all(axis=1)
+        if not valid.any():
+            raise RewardError(
+                f"none of the {len(rewards)} samples of this step has a valid reward: every reward call failed "
+                "(see the warnings logged by the reward calls, e.g. a dead server or a wrong checkpoint)"
+            )
+        advantages = np.zeros_like(rewards)
+        advantages[valid] = np.asarray(original(self, prompts[valid], rewards[valid], type), dtype=np.float64)
+        return advantages
+
+    setattr(update, _ORIGINAL, original)
+    update.__doc__ = nan_aware_update.__doc__
+    return update
+
+
+def install(
+    rewards_module: ModuleType,
+    stat_tracking_module: ModuleType,
+    sections: Mapping[str, Any] | str | Path | None = None,
+) -> None:
+    """Make our reward names work inside a Flow-GRPO checkout (module docstring).
+
+    Args:
+        rewards_module: their ``flow_grpo.rewards`` (its ``multi_score`` is wrapped).
+        stat_tracking_module: their ``flow_grpo.stat_tracking`` (``PerPromptStatTracker.update``
+            is made NaN-aware on the class itself, so a class imported before this call is
+            patched too).
+        sections: which models back our names (see :func:`configure`); None keeps the current
+            configuration. The invalid policy is always "drop" (NaN) once installed.
+
+    Calling it again is harmless (nothing is wrapped twice); :func:`uninstall` restores both.
+    """
+    original = getattr(rewards_module, "multi_score", None)
+    tracker = getattr(stat_tracking_module, "PerPromptStatTracker", None)
+    if not callable(original) or tracker is None or not callable(getattr(tracker, "update", None)):
+        raise ValueError(
+            "install() needs Flow-GRPO's flow_grpo.rewards (with multi_score) and flow_grpo.stat_tracking "
+            f"(with PerPromptStatTracker); got {getattr(rewards_module, '__name__', rewards_module)!r} and "
+            f"{getattr(stat_tracking_module, '__name__', stat_tracking_module)!r}"
+        )
+    if sections is None and _settings["invalid"] != "drop":
+        log.warning("install(): invalid=%r replaced by 'drop': the installed tracker needs NaN for invalid samples", _settings["invalid"])
+    configure(_settings["sections"] if sections is None else sections, invalid="drop")
+    original = getattr(original, _ORIGINAL, original)
+
+    def installed_multi_score(device: Any, score_dict: Mapping[str, float]) -> Callable:
+        if not any(name in SCORE_FUNCTIONS for name in score_dict):
+            return original(device, score_dict)  # only their names: exactly their function
+        return _combine(device, score_dict, original)
+
+    setattr(installed_multi_score, _ORIGINAL, original)
+    installed_multi_score.__doc__ = f"Flow-GRPO's multi_score with cac_align's names {sorted(SCORE_FUNCTIONS)} added."
+    rewards_module.multi_score = installed_multi_score
+    if not hasattr(tracker.update, _ORIGINAL):
+        tracker.update = nan_aware_update(tracker.update)
+
+
+def uninstall(rewards_module: ModuleType, stat_tracking_module: ModuleType) -> None:
+    """Undo :func:`install` (their functions back as they were)."""
+    multi = getattr(rewards_module, "multi_score", None)
+    if hasattr(multi, _ORIGINAL):
+        rewards_module.multi_score = getattr(multi, _ORIGINAL)
+    tracker = getattr(stat_tracking_module, "PerPromptStatTracker", None)
+    if tracker is not None and hasattr(tracker.update, _ORIGINAL):
+        tracker.update = getattr(tracker.update, _ORIGINAL)

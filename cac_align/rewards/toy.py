@@ -34,6 +34,7 @@ class BrightnessReward:
     """Mean pixel value of each video, in [0, 1] (0 = black, 1 = white)."""
 
     name = "brightness"
+    score_range = (0.0, 1.0)
 
     def __init__(self, source_fps: float = 16.0):
         self.source_fps = source_fps

@@ -4,19 +4,31 @@ A recipe names a model by hub id, local folder, served model name (``backend: op
 ``tiny-random:qwen3_vl`` / ``tiny-random:qwen2_5_vl`` (a tiny random model built in-process for
 offline runs and tests; its answers are meaningless). :func:`build_backend` turns that into a
 :class:`~cac_align.vlm.backend.Backend`.
+
+Inside ``with shared_backends(cache):`` every :func:`build_backend` call for an equal
+:class:`ModelConfig` returns the one backend already in ``cache`` (a plain dict the caller
+keeps): rewards built there share their models. The Flow-GRPO drop-in uses this so that its
+training and eval reward functions, and a ``ur_cac`` beside a ``cac``, load each checkpoint
+once per process and device. Backends lock around their calls, so sharing one across a
+thread pool is safe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import json
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import MISSING
 
 from cac_align.config import RecipeError
 
-__all__ = ["ModelConfig", "TINY_PREFIX", "build_backend"]
+__all__ = ["ModelConfig", "TINY_PREFIX", "build_backend", "shared_backends"]
 
 TINY_PREFIX = "tiny-random:"
 
@@ -60,11 +72,42 @@ class ModelConfig:
             raise ValueError("model.timeout_s must be > 0 and model.max_retries >= 0")
 
 
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cac_align_shared_backends", default=None)
+_SHARED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def shared_backends(cache: dict) -> Iterator[dict]:
+    """Share backends between the rewards built inside this block (module docstring).
+
+    Args:
+        cache: where backends are kept, keyed by their :class:`ModelConfig` (as JSON); keep the
+            same dict across blocks to share across them.
+    """
+    token = _SHARED.set(cache)
+    try:
+        yield cache
+    finally:
+        _SHARED.reset(token)
+
+
 def build_backend(model: ModelConfig, key: str = "model") -> Any:
     """The backend ``model`` names (tiny random models are built in-process, not downloaded).
 
     ``key`` is where ``model`` sits in the recipe ("reward.cac.model"), named in errors.
+    Inside :func:`shared_backends`, an equal config returns the backend already built.
     """
+    cache = _SHARED.get()
+    if cache is None:
+        return _build_backend(model, key)
+    fingerprint = json.dumps(dataclasses.asdict(model), sort_keys=True)
+    with _SHARED_LOCK:  # two threads building the same model must not load it twice
+        if fingerprint not in cache:
+            cache[fingerprint] = _build_backend(model, key)
+        return cache[fingerprint]
+
+
+def _build_backend(model: ModelConfig, key: str) -> Any:
     from cac_align.vlm.hf import HFBackend
 
     if model.backend == "openai":
