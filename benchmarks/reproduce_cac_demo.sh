@@ -7,7 +7,8 @@
 # About 75 minutes on the project's 2-core machine with nothing else running (docs/cac_training.md,
 # "The demo model"). The reasoning step of the chain (synth-cot's template) happens inside the
 # stages: they render their videos on the fly and write each target's checklist reasoning.
-# A killed run: rerun the same command; each finished step is skipped (its output exists).
+# A killed run: rerun the same command; each finished step is skipped (its output exists) and a
+# stage killed midway continues from its last checkpoint (resume=true; from step 0 when it has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +45,11 @@ step "synth hard split" "$OUT/bench_hard/annotations.jsonl" \
 
 # 2. the three stages, on videos rendered on the fly
 step "stage 1" "$OUT/stage1/final/config.json" \
-  cac-align train-cac --config recipes/cac/demo_stage1.yaml out_dir="$OUT/stage1"
+  cac-align train-cac --config recipes/cac/demo_stage1.yaml out_dir="$OUT/stage1" resume=true
 step "stage 2" "$OUT/stage2/final/config.json" \
-  cac-align train-cac --config recipes/cac/demo_stage2.yaml model="$OUT/stage1/final" out_dir="$OUT/stage2"
+  cac-align train-cac --config recipes/cac/demo_stage2.yaml model="$OUT/stage1/final" out_dir="$OUT/stage2" resume=true
 step "stage 3" "$OUT/stage3/final/config.json" \
-  cac-align train-cac --config recipes/cac/demo_stage3.yaml model="$OUT/stage2/final" out_dir="$OUT/stage3"
+  cac-align train-cac --config recipes/cac/demo_stage3.yaml model="$OUT/stage2/final" out_dir="$OUT/stage3" resume=true
 
 # 3. evaluation: two-turn (the paper's protocol), single-turn (ablation), stages 1+2 only (ablation)
 SETTINGS=(reward.options.prompt_style=compact reward.options.max_pixels=24576 reward.options.size_multiple=64)

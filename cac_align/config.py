@@ -154,12 +154,35 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
     return data
 
 
+# How a model is reached, not what it answers: never part of a fingerprint, wherever a reward
+# section nests its models (reward.model, reward.cac.model, ...).
+SERVING_KEYS = ("base_url", "api_key_env", "timeout_s", "max_retries", "max_batch_size", "device")
+
+
+def drop_serving_keys(data: Any) -> Any:
+    """``data`` without :data:`SERVING_KEYS` in any ``model`` mapping inside it (in place)."""
+    if isinstance(data, dict):
+        model = data.get("model")
+        if isinstance(model, dict):
+            for key in SERVING_KEYS:
+                model.pop(key, None)
+        for value in data.values():
+            drop_serving_keys(value)
+    elif isinstance(data, list):
+        for value in data:
+            drop_serving_keys(value)
+    return data
+
+
 def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
-    """What determines a generation run's outputs: :func:`config_fingerprint` plus a hash of the
-    prompt list itself (the same file path holding other prompts is another run)."""
+    """What determines a generation run's outputs: :func:`config_fingerprint` less how the
+    reward's models are reached (:data:`SERVING_KEYS`: a server's address or timeout changes no
+    score), plus a hash of the prompt list itself (the same file path holding other prompts is
+    another run)."""
     import hashlib
 
     data = config_fingerprint(config, run_only_keys)
+    drop_serving_keys(data.get("reward"))
     data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
     return data
 

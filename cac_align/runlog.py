@@ -1,19 +1,51 @@
-"""Run-folder file helpers shared by the jobs: JSONL logs that survive a kill, atomic rewrites.
+"""Run folders that never lose a user's work: one manifest, one set of rules for every job.
 
-A job appends one JSON object per line to its logs (``metrics.jsonl``, ``candidates.jsonl``,
-...). A kill or a full disk can leave the last line half-written; :func:`read_jsonl_log` drops
-such a line with a warning, so a resume goes on instead of stopping at a ``JSONDecodeError``.
-Files a job rewrites as a whole go through :func:`write_text_atomic`: a reader sees the old or
-the new content, never a mix.
+**The manifest.** A job's ``out_dir`` holds ``cac_align_run.json``::
+
+    {"format": 1, "job": "bon", "cac_align": "0.x", "outputs": ["candidates", "chosen", ...],
+     "fingerprint": {...what decides the outputs...}, "config": {...the resolved config...}}
+
+``outputs`` are the top-level names (files or folders) the job writes; nothing else in the
+folder is the job's. A folder the job writes is the job's as a whole (``checkpoints/``), unless
+the output names the files in it the job writes (``evidence/[0-9][0-9][0-9][0-9][0-9].png``): then
+only those are. The rules, the same for every job (:class:`RunFolder`):
+
+1. A folder whose manifest names another job is refused, naming that job (``overwrite`` does
+   not apply: one folder, one job).
+2. A folder holding a run of this job with another fingerprint is refused, naming the keys that
+   differ, unless ``overwrite=true``: then the old run's recorded outputs are deleted, and only
+   those.
+3. A file or folder the job would write that exists but is not recorded as an output of a run of
+   this job (a user's ``summary.md``, a ``lora/`` of their own) is refused by name, whatever
+   ``overwrite`` says: move it away or choose another ``out_dir``. Anything else in the folder is
+   left alone.
+4. The manifest is written only once the job has validated its inputs and started
+   (:meth:`RunFolder.start`, after models load): a run that failed to start leaves no record that
+   would refuse the corrected command.
+5. The same job with the same fingerprint continues (resumes) where its outputs allow it; how far
+   is each job's own business (skip finished videos, load the last checkpoint).
+
+**Logs.** A job appends one JSON object per line to its logs (``metrics.jsonl``,
+``candidates.jsonl``, ...). A kill or a full disk can leave the last line half-written;
+:func:`read_jsonl_log` drops such a line with a warning, so a resume goes on instead of stopping at
+a ``JSONDecodeError``. Files a job rewrites as a whole go through :func:`write_text_atomic`: a
+reader sees the old or the new content, never a mix.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-__all__ = ["read_jsonl_log", "write_text_atomic"]
+__all__ = ["MANIFEST", "RunFolder", "read_jsonl_log", "read_manifest", "write_text_atomic"]
+
+MANIFEST = "cac_align_run.json"
+_FORMAT = 1
+# Fingerprint files of cac_align before the manifest: named in the message for such folders.
+_LEGACY = ("config.yaml", "run_config.json", "cot_config.json", "run.json")
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +73,122 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def read_manifest(out_dir: str | Path) -> dict | None:
+    """The manifest of ``out_dir``, or None when it has none.
+
+    Raises:
+        RecipeError: the manifest exists but is not readable (say so, do not guess).
+    """
+    from cac_align.config import RecipeError
+
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path} is not readable JSON ({exc}); it was not written by cac_align, or was damaged") from None
+    if not isinstance(data, dict) or not isinstance(data.get("job"), str) or not isinstance(data.get("outputs"), list):
+        raise RecipeError(f"{path} is not a cac_align run manifest (no 'job' and 'outputs')")
+    return data
+
+
+class RunFolder:
+    """One job's run in ``out_dir``, by the rules of the module docstring.
+
+    Args:
+        out_dir: the folder (created by :meth:`start`).
+        job: the job's name as the CLI spells it ("bon", "flow-grpo", ...).
+        outputs: the top-level names the job writes (files or folders), or ``folder/<glob>`` for a
+            folder in which only the files matching the glob are the job's.
+        fingerprint: what decides the outputs (compared on every rerun).
+        config: the resolved config, recorded for people (not compared).
+        overwrite: replace a run of this job with another fingerprint.
+
+    After construction (which checks the folder and raises ``RecipeError`` by the rules),
+    :attr:`resuming` says whether a run of the same fingerprint is there to continue.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        job: str,
+        outputs: Sequence[str],
+        fingerprint: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+        *,
+        overwrite: bool = False,
+    ):
+        from cac_align.config import RecipeError, differing_keys
+
+        self.path = Path(out_dir)
+        self.job = job
+        self.outputs = list(dict.fromkeys(outputs))
+        self.names = list(dict.fromkeys(name.split("/")[0] for name in self.outputs))  # top-level names
+        if MANIFEST in self.names or any(n in ("", ".", "..") for n in self.names) or any(o.count("/") > 1 for o in self.outputs):
+            raise ValueError(f"outputs must be top-level names other than {MANIFEST} (or 'folder/<glob>'), got {self.outputs}")
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # plain JSON data, compared as saved
+        self.config = config
+        self.overwrite = overwrite
+        self.resuming = False
+        self._replace: list[str] = []  # a previous run's outputs that start() deletes
+        where = f"out_dir={str(self.path)!r}"
+        previous = read_manifest(self.path)
+        if previous is not None and previous["job"] != job:
+            raise RecipeError(f"{where} holds a {previous['job']} run; a {job} run needs a folder of its own (choose another out_dir)")
+        recorded = {str(o).split("/")[0] for o in previous["outputs"]} if previous is not None else set()
+        if previous is not None:
+            changed = differing_keys(previous.get("fingerprint", {}), self.fingerprint)
+            if changed and not overwrite:
+                raise RecipeError(
+                    f"{where} holds a {job} run with a different config (differs in: {', '.join(changed)}); "
+                    "pass overwrite=true to replace that run's outputs, or choose another out_dir"
+                )
+            if overwrite:
+                self._replace = [name for name in previous["outputs"] if name != MANIFEST]
+            else:
+                self.resuming = True
+        foreign = [name for name in self.names if (self.path / name).exists() and name not in recorded]
+        if foreign:
+            legacy = [name for name in _LEGACY if (self.path / name).exists()] if previous is None else []
+            hint = f" (it looks like a run of an older cac_align, recorded in {legacy[0]}: start a new out_dir)" if legacy else ""
+            raise RecipeError(
+                f"{where} already has {', '.join(foreign)}, not written by a recorded {job} run there{hint}; "
+                "move it away or choose another out_dir (cac_align never overwrites files it did not create)"
+            )
+
+    def start(self) -> None:
+        """Record the run: called once inputs are validated and models loaded. With
+        ``overwrite``, the previous run's recorded outputs are deleted first (only those)."""
+        for name in self._replace:
+            top, _, pattern = name.partition("/")
+            targets = sorted((self.path / top).glob(pattern)) if pattern else [self.path / top]
+            for target in targets:
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+            if pattern and (self.path / top).is_dir() and not any((self.path / top).iterdir()):
+                (self.path / top).rmdir()  # the job's folder, now empty
+        self._replace = []
+        self.path.mkdir(parents=True, exist_ok=True)
+        from cac_align import __version__
+
+        manifest = {
+            "format": _FORMAT,
+            "job": self.job,
+            "cac_align": __version__,
+            "outputs": self.outputs,
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+        }
+        write_text_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1, sort_keys=False, default=str) + "\n")
+
+    def __truediv__(self, name: str) -> Path:
+        """``run / "summary.md"``: the path of one of the job's declared outputs."""
+        top = Path(name).parts[0]
+        if top not in self.names:
+            raise ValueError(f"{self.job}: {name!r} is not among the declared outputs {self.outputs}")
+        return self.path / name

@@ -12,6 +12,7 @@ from cac_align.config import RecipeError, load_config
 from cac_align.gen.best_of_n import BonConfig, choose, frames_sha256, read_prompts, run
 from cac_align.gen.wan import GeneratorConfig, build_tiny_wan_pipeline, generate_videos
 from cac_align.rewards import RewardOutput
+from cac_align.runlog import read_manifest
 from conftest import REPO_ROOT
 
 TINY_GEN = GeneratorConfig(name="tiny-random:wan", dtype="float32", device="cpu", height=32, width=32, num_frames=9, num_inference_steps=3)
@@ -78,7 +79,7 @@ def test_tiny_recipe_end_to_end(tmp_path):
     assert summary["rewards"]["ur_cac"]["chosen_mean"] == pytest.approx(np.mean([r["score"] for r in rows if r["chosen"]]))
     assert summary["rewards"]["ur_cac"]["all_mean"] == pytest.approx(np.mean([r["score"] for r in rows]))
     assert summary["rewards"]["ur_cac"]["chosen_mean"] >= summary["rewards"]["ur_cac"]["all_mean"]
-    assert (out / "config.yaml").exists() and "| ur_cac |" in (out / "summary.md").read_text()
+    assert read_manifest(out)["job"] == "bon" and "| ur_cac |" in (out / "summary.md").read_text()
 
 
 def test_choose_rule():
@@ -146,10 +147,10 @@ def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_pa
     bad = _config(tmp_path, ["a cat"], generator=dataclasses.replace(TINY_GEN, lora=str(tmp_path / "no_such_lora")))
     with pytest.raises(FileNotFoundError, match="generator.lora"):
         run(bad, reward=ScriptedReward({"a cat": [0.1, 0.5, 0.3]}))
-    assert not (tmp_path / "bon/config.yaml").exists()
+    assert read_manifest(tmp_path / "bon") is None
     # the corrected command (no LoRA) is a new run, not "a different config in the same folder"
     run(_config(tmp_path, ["a cat"]), reward=ScriptedReward({"a cat": [0.1, 0.5, 0.3]}))
-    assert (tmp_path / "bon/config.yaml").exists() and [r["candidate"] for r in _rows(tmp_path / "bon") if r["chosen"]] == [1]
+    assert read_manifest(tmp_path / "bon") is not None and [r["candidate"] for r in _rows(tmp_path / "bon") if r["chosen"]] == [1]
 
 
 def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):

@@ -225,7 +225,7 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path):
     (out / "checkpoints/checkpoint-3").mkdir()  # interrupted: no grpo_state.json, so it is ignored
     with (out / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 3, "reward/total": 1.0}\n{"step": 4, "rew')  # lines of the killed run
-    with pytest.raises(RecipeError, match="config changed: grpo.beta"):
+    with pytest.raises(RecipeError, match=r"differs in: grpo.beta"):
         run(_recipe(cac_data, out, "resume=true", "grpo.beta=0.5"))
     run(_recipe(cac_data, out, "resume=true"))
     expected, got = _weights(straight[0] / "final"), _weights(out / "final")

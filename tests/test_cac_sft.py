@@ -11,6 +11,7 @@ import torch
 
 from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.config import RecipeError, load_recipe
+from cac_align.runlog import read_manifest
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
 from cac_align.vlm.hf import processor_inputs, render_chat
@@ -180,13 +181,28 @@ def test_run_folder_guards(cac_data, tmp_path):
     from cac_align.cac.train.sft import run
 
     out = tmp_path / "run"
-    with pytest.raises(RecipeError, match="holds no train-cac run"):
-        run(_recipe("stage1_tiny", cac_data, out, "resume=true"))
-    run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0"))
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")  # the user's own files in the run folder
+    (out / "my_data").mkdir()
+    (out / "my_data" / "x.json").write_text("{}")
+    # resume=true with nothing to resume starts from step 0 (a warning), as flow-grpo does
+    run(_recipe("stage1_tiny", cac_data, out, "resume=true", "train.max_steps=1", "train.eval_steps=0"))
+    assert (out / "final").is_dir()
     with pytest.raises(RecipeError, match="already holds"):
         run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0"))
-    with pytest.raises(RecipeError, match="config changed: train.learning_rate"):
+    with pytest.raises(RecipeError, match=r"different config \(differs in: train.learning_rate\)"):
         run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0", "train.learning_rate=0.1", "resume=true"))
+    # overwrite=true replaces the run's own outputs and nothing else
+    (out / "checkpoints" / "stale-marker").write_text("")
+    run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0", "train.learning_rate=0.1", "overwrite=true"))
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "my_data" / "x.json").exists()
+    assert not (out / "checkpoints" / "stale-marker").exists() and (out / "final").is_dir()
+    assert read_manifest(out)["fingerprint"]["train"]["learning_rate"] == 0.1
+    # a folder of another job is refused with that job's name
+    with pytest.raises(RecipeError, match="holds a train-cac run; a synth run needs a folder of its own"):
+        from cac_align.data.synthetic import SynthConfig, generate
+
+        generate(SynthConfig(out_dir=str(out), n=1))
 
 
 def test_unknown_stage_and_typos_are_refused():

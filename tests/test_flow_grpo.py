@@ -213,7 +213,7 @@ def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_pa
 
     with pytest.raises(WeightsNotFoundError, match="no such directory"):  # a typo in the model path
         run(_bright(tmp_path, "steps=1", f"generator.name={tmp_path / 'no_such_model'}", name="fails"))
-    assert not (tmp_path / "fails/config.yaml").exists()
+    assert not (tmp_path / "fails/cac_align_run.json").exists()
     run(_bright(tmp_path, "steps=1", name="fails"))  # the corrected command starts the run
     assert [r["step"] for r in _metrics(tmp_path / "fails")] == [1]
 

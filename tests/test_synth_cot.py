@@ -110,6 +110,9 @@ def test_resume_skips_finished_videos_and_ignores_a_half_written_line(tmp_path):
     assert sum(counts.values()) == 4
     finished = {json.loads(line)["video"][-5] for line in lines[:2]}
     assert set(teacher.generations) == {"a", "b", "c", "d"} - finished
+    # the torn line is gone, not glued to the next entry: the log reads whole again
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(e["video"][-5] for e in entries) == ["a", "b", "c", "d"]
 
 
 def test_template_reasoning_offline_keeps_saliency_and_refuses_a_changed_config(tmp_path):
@@ -123,7 +126,7 @@ def test_template_reasoning_offline_keeps_saliency_and_refuses_a_changed_config(
     assert all(r.cot_source == "template" and r.cot for r in records)
     assert "From 0.50 s to 1.25 s in the ball, a is wrong." in records[0].cot
     assert records[0].anomalies[0].saliency == "salient"
-    with pytest.raises(RecipeError, match="changed: max_rounds"):
+    with pytest.raises(RecipeError, match=r"differs in: max_rounds"):
         run(_config(tmp_path, annotations, max_rounds=4))
 
 

@@ -182,7 +182,7 @@ def test_a_folder_of_another_config_is_refused_naming_the_keys(tmp_path):
 
     first = generate(_config(tmp_path, n=4))
     before = {p.name: p.read_bytes() for p in (tmp_path / "videos").glob("*.mp4")}
-    with pytest.raises(RecipeError, match=r"rendered with another config \(differs in: seed\).*overwrite=true"):
+    with pytest.raises(RecipeError, match=r"holds a synth run with a different config \(differs in: seed\).*overwrite=true"):
         generate(_config(tmp_path, n=4, seed=1))
     # nothing was touched: the videos and their labels still agree
     assert {p.name: p.read_bytes() for p in (tmp_path / "videos").glob("*.mp4")} == before
@@ -194,9 +194,9 @@ def test_a_folder_of_another_config_is_refused_naming_the_keys(tmp_path):
     for name in before:
         assert filecmp.cmp(tmp_path / "videos" / name, tmp_path / "fresh/videos" / name, shallow=False)
     # videos with no record of their config are refused too
-    (tmp_path / "config.yaml").unlink()
-    with pytest.raises(RecipeError, match="no config.yaml"):
-        generate(_config(tmp_path, n=4, seed=1))
+    (tmp_path / "cac_align_run.json").unlink()
+    with pytest.raises(RecipeError, match="already has videos, annotations.jsonl, not written by a recorded synth run"):
+        generate(_config(tmp_path, n=4, seed=1, overwrite=True))  # overwrite never replaces unrecorded files
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cac_align.runlog import write_text_atomic
 from cac_align.video import Video
 
 __all__ = ["cac_details", "evidence_path", "write_evidence_png", "write_report"]
@@ -144,5 +145,5 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scorin
         f"</head><body><h1>{html.escape(title)}</h1><p>{summary}</p>{''.join(sections)}</body></html>\n"
     )
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_text_atomic(path, page)
     return path

@@ -12,6 +12,11 @@ Steps: 1. collect videos (a file, a folder, or a JSONL manifest with "video" and
 the reward includes CaC) its evidence PNG drawn while the frames are in memory; each batch is
 appended to results.jsonl so a killed run keeps what it scored; 4. write report.html.
 
+The run folder follows the rules of every job (docs/run_folders.md): a rerun of the same config
+scores again and replaces its own outputs; another config is refused unless ``overwrite=true``;
+files of yours where outputs go (a ``report.html`` of your own) are refused, and anything else in
+the folder (your own figure in ``evidence/``) is left alone.
+
 Each line of results.jsonl: ``video``, ``prompt``, ``reward`` (its name), ``score`` (null when
 invalid), ``valid``, ``error``, ``status`` (CaC's final status when the reward includes CaC)
 and ``details`` (the reward's per-video details: sub-scores, raw text, CaC turns and boxes).
@@ -20,6 +25,7 @@ and ``details`` (the reward's per-video details: sub-scores, raw text, CaC turns
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,7 @@ class ScoreConfig:
         batch_size: videos per reward call.
         reward: the reward section: ``name`` plus its arguments (validated when the recipe
             loads, without loading any model).
+        overwrite: replace a score run of another config in ``out_dir`` (its outputs only).
     """
 
     out_dir: str = MISSING
@@ -60,6 +67,7 @@ class ScoreConfig:
     synth_seed: int = 0
     batch_size: int = 8
     reward: Any = field(default_factory=lambda: {"name": "cac"})
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         from cac_align.rewards.base import reward_config
@@ -127,8 +135,16 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     from cac_align.video import VideoError, load_video
 
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # 1. inputs
+    run_folder = _run_folder(config)
+    # 1. inputs (files are checked before anything is written), 2. the reward; the run is
+    # recorded once it has loaded (a failed start leaves no record)
+    if config.synth_videos == 0:
+        assert config.videos is not None
+        paths, prompts = collect_inputs(config.videos, config.prompts)
+        truths: list[dict | None] = [None] * len(paths)
+    if reward is None:
+        reward = build_reward(config.reward, "reward")
+    run_folder.start()
     if config.synth_videos > 0:
         from cac_align.config import load_config
         from cac_align.data.synthetic import SynthConfig, generate
@@ -142,21 +158,15 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
             synth = SynthConfig(out_dir=str(out / "synth"), n=config.synth_videos, seed=config.synth_seed, height=64, width=96, fps=8.0, duration_s=2.0, overwrite=True)
         records = generate(synth)
         paths = [str(out / "synth" / r.video) for r in records]
-        prompts: list[str | None] = [r.prompt for r in records]
-        truths: list[dict | None] = [_truth(r) for r in records]
-    else:
-        assert config.videos is not None
-        paths, prompts = collect_inputs(config.videos, config.prompts)
-        truths = [None] * len(paths)
-    # 2. the reward
-    if reward is None:
-        reward = build_reward(config.reward, "reward")
+        prompts = [r.prompt for r in records]
+        truths = [_truth(r) for r in records]
     # 3. score in batches: decode once, score, draw evidence, append rows
     rows: list[dict] = []
     partial = out / "results.jsonl.partial"
     (out / "evidence").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "evidence").glob("*.png"):  # never link a previous run's picture
-        stale.unlink()
+    for stale in (out / "evidence").glob("*.png"):  # never link a previous run's picture ...
+        if EVIDENCE_NAME.fullmatch(stale.name):  # ... and delete only the pictures this job names
+            stale.unlink()
     with partial.open("w", encoding="utf-8") as handle, tqdm(total=len(paths), desc=f"scoring ({reward.name})", unit="video") as bar:
         for start in range(0, len(paths), config.batch_size):
             batch = paths[start : start + config.batch_size]
@@ -196,6 +206,24 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
     print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
     return rows
+
+
+# evidence_path(out, i): the only pictures this job writes; anything else in evidence/ is yours
+SCORE_OUTPUTS = ("results.jsonl", "results.jsonl.partial", "report.html", "evidence/" + "[0-9]" * 5 + ".png", "synth")
+EVIDENCE_NAME = re.compile(r"\d{5}\.png")
+_RUN_ONLY_KEYS = ("out_dir", "batch_size", "overwrite")
+
+
+def _run_folder(config: ScoreConfig) -> Any:
+    """The run folder (:class:`~cac_align.runlog.RunFolder`); inputs are checked before it opens."""
+    from omegaconf import OmegaConf
+
+    from cac_align.config import config_fingerprint, drop_serving_keys
+    from cac_align.runlog import RunFolder
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    fingerprint = drop_serving_keys(config_fingerprint(config, _RUN_ONLY_KEYS))
+    return RunFolder(config.out_dir, "score", SCORE_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
 
 
 def _jsonable(value: Any) -> Any:

@@ -65,7 +65,8 @@ class SynthConfig:
         salient_min_area: box area fraction at or above which an anomaly is salient ...
         salient_min_duration_s: ... provided it also lasts at least this long.
         crf: x264 quality of the written mp4s.
-        overwrite: re-render videos that already exist (otherwise a rerun resumes).
+        overwrite: replace the synth run in ``out_dir`` (its videos and labels, nothing else) and
+            render every video again; otherwise a rerun of the same config resumes.
     """
 
     out_dir: str = MISSING
@@ -460,56 +461,30 @@ def annotate(
 # The job
 # ---------------------------------------------------------------------------------------
 _RUN_ONLY_KEYS = ("out_dir", "overwrite")  # everything else decides which video gets which label
-_SAVED = "config.yaml"
 
 
-def _check_out_dir(config: SynthConfig, out: Path) -> None:
-    """Refuse to resume into videos rendered with another config: their labels would be wrong.
-
-    A folder's ``config.yaml`` records the config its videos come from (written before the first
-    video). Another config in the same folder is refused, naming the keys, unless ``overwrite``
-    (which renders every video again); so are videos with no record of their config.
-    """
-    import yaml
-
-    from cac_align.config import RecipeError, config_fingerprint, differing_keys
-
-    if config.overwrite:
-        return
-    saved = out / _SAVED
-    if saved.exists():
-        previous = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("fingerprint", {})
-        current = config_fingerprint(config, _RUN_ONLY_KEYS)
-        if previous != current:
-            keys = ", ".join(differing_keys(previous, current)) or "unknown"
-            raise RecipeError(
-                f"out_dir={str(out)!r} holds synthetic videos rendered with another config (differs in: {keys}); "
-                "resuming would give them the wrong labels. Pass overwrite=true to render every video again, "
-                "or choose another out_dir"
-            )
-    elif any((out / "videos").glob("*.mp4")):
-        raise RecipeError(
-            f"out_dir={str(out)!r} holds videos/*.mp4 with no {_SAVED} saying which config rendered them; "
-            "pass overwrite=true to render every video again, or choose another out_dir"
-        )
+SYNTH_OUTPUTS = ("videos", "annotations.jsonl")
 
 
-def _write_config(config: SynthConfig, out: Path) -> None:
-    import yaml
+def _run_folder(config: SynthConfig) -> Any:
+    """The run folder (:class:`~cac_align.runlog.RunFolder`, docs/run_folders.md). Its manifest
+    records the config the videos come from (written before the first video): resuming into
+    videos of another config would give them the wrong labels, so that is refused, naming the
+    keys, unless ``overwrite`` (which deletes the old videos and renders every one again); so are
+    videos with no record of their config."""
     from omegaconf import OmegaConf
 
     from cac_align.config import config_fingerprint
-    from cac_align.runlog import write_text_atomic
+    from cac_align.runlog import RunFolder
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    text = yaml.safe_dump({"config": resolved, "fingerprint": config_fingerprint(config, _RUN_ONLY_KEYS)}, sort_keys=False)
-    write_text_atomic(out / _SAVED, text)
+    return RunFolder(config.out_dir, "synth", SYNTH_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite)
 
 
 def generate(config: SynthConfig) -> list[AnnotationRecord]:
     """Write ``n`` videos and ``annotations.jsonl`` under ``out_dir``; returns the records.
 
-    Steps: 0. check that ``out_dir`` holds no videos of another config (``config.yaml``);
+    Steps: 0. check that ``out_dir`` holds no videos of another config (its manifest);
     1. draw every video's spec; 2. render and save the mp4s that are missing (all of them with
     ``overwrite``), so a killed run resumes; 3. write the annotations atomically.
     """
@@ -518,9 +493,9 @@ def generate(config: SynthConfig) -> list[AnnotationRecord]:
     from cac_align.video import Video, save_video
 
     out = Path(config.out_dir)
-    _check_out_dir(config, out)
+    run_folder = _run_folder(config)
+    run_folder.start()  # with overwrite: the old videos and labels go first
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    _write_config(config, out)
     # 1. specs
     kinds = _kinds(config)
     specs = [make_spec(config, i, kinds[i]) for i in range(config.n)]

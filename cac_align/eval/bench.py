@@ -47,6 +47,8 @@ Outputs in ``out_dir``: ``bench.json`` (every number), ``bench.md`` and one CSV 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -56,7 +58,9 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import MISSING
 
+from cac_align.config import config_fingerprint
 from cac_align.eval.metrics import auroc
+from cac_align.runlog import RunFolder, write_text_atomic
 
 __all__ = [
     "BenchConfig",
@@ -88,6 +92,7 @@ class BenchConfig:
         long_s: duration threshold of the hard split (CaC Fig. 4: 1 s).
         large_area: spatial-extent threshold, a fraction of the frame (CaC Fig. 4: 20%).
         bias_high, bias_low: the bias flag's recall thresholds.
+        overwrite: replace a bench run of another config in ``out_dir`` (its outputs only).
     """
 
     annotations: str = MISSING
@@ -97,6 +102,7 @@ class BenchConfig:
     large_area: float = 0.2
     bias_high: float = 0.95
     bias_low: float = 0.2
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.predictions:
@@ -387,6 +393,9 @@ def nan_to_none(value: Any) -> Any:
     return value
 
 
+TABLES = ("table1", "hard_split", "per_type", "localization", "reward")  # one CSV each
+
+
 def _tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[list[Any]]]]:
     t1_keys = ["anomalous_recall", "anomalous_precision", "anomalous_f1", "normal_recall", "normal_precision", "normal_f1", "accuracy"]
     groups = ["short_small", "short_large", "long_small", "long_large", "no_boxes"]
@@ -445,14 +454,18 @@ def run(config: BenchConfig) -> dict:
             raise RecipeError(f"predictions[{name}] = {path}: none of its videos is in {config.annotations}")
         results[name] = evaluate_system(records, matched, config)
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"annotations": config.annotations, "systems": nan_to_none(results)}, indent=1))
-    for name, (header, rows) in _tables(results).items():
-        with (out / f"{name}.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows([["" if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows])
-    (out / "bench.md").write_text(_markdown(results, config))
+    tables = _tables(results)
+    folder = RunFolder(out, "eval-bench", ("bench.json", "bench.md", *(f"{name}.csv" for name in TABLES)),
+                       config_fingerprint(config, ("out_dir", "overwrite")), dataclasses.asdict(config), overwrite=config.overwrite)
+    folder.start()
+    write_text_atomic(out / "bench.json", json.dumps({"annotations": config.annotations, "systems": nan_to_none(results)}, indent=1))
+    for name, (header, rows) in tables.items():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        writer.writerows([["" if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows])
+        write_text_atomic(out / f"{name}.csv", buffer.getvalue())
+    write_text_atomic(out / "bench.md", _markdown(results, config))
     for name, result in results.items():
         t = result["table1"]
         print(f"{name}: accuracy {_fmt(t['accuracy'])}, anomalous F1 {_fmt(t['anomalous_f1'])}, normal F1 {_fmt(t['normal_f1'])}, "

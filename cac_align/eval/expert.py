@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -43,7 +44,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cac_align.config import config_fingerprint
 from cac_align.eval.bench import nan_to_none
+from cac_align.runlog import RunFolder, read_manifest, write_text_atomic
+
+EXPERT_OUTPUTS = ("key.json", "sheet.html", "sheet.csv", "videos", "expert.json", "expert.md")
 
 __all__ = [
     "ExpertConfig",
@@ -74,6 +79,7 @@ class ExpertConfig:
         seed: shuffles the items.
         title: the sheet's heading.
         tie_label: how a video with as many "anomalous" as "normal" votes counts.
+        overwrite: (export) replace a sheet of another config in ``out_dir`` (its files only).
     """
 
     action: str = "export"
@@ -84,6 +90,7 @@ class ExpertConfig:
     seed: int = 0
     title: str = "Video anomaly rating"
     tie_label: str = "anomalous"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -170,8 +177,10 @@ def _export(config: ExpertConfig) -> Path:
     import shutil
 
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     entries = [dict(item, system=name) for name, source in config.systems.items() for item in _system_videos(name, source)]
+    # the run folder (docs/run_folders.md), recorded once the inputs are checked
+    fingerprint = config_fingerprint(config, ("out_dir", "overwrite", "action", "labels", "tie_label"))
+    RunFolder(out, "eval-expert", EXPERT_OUTPUTS, fingerprint, dataclasses.asdict(config), overwrite=config.overwrite).start()
     order = np.random.default_rng(config.seed).permutation(len(entries))
     sheet_id = f"sheet-{config.seed}-{len(entries)}"
     key, items = {}, []
@@ -188,13 +197,14 @@ def _export(config: ExpertConfig) -> Path:
             src = f"videos/{item_id}{suffix}"
         key[item_id] = {"system": entry["system"], "video": entry["video"], "prompt": entry["prompt"], "key": entry["key"]}
         items.append({"id": item_id, "src": src, "prompt": entry["prompt"]})
-    (out / "key.json").write_text(json.dumps({"sheet_id": sheet_id, "items": key}, indent=1))
-    (out / "sheet.html").write_text(_sheet_html(config.title, sheet_id, items))
-    with (out / "sheet.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["sheet_id", "item", "video_file", "prompt", "label", "type", "note"])
-        for item in items:
-            writer.writerow([sheet_id, item["id"], item["src"] if not config.embed else f"(in sheet.html, {item['id']})", item["prompt"] or "", "", "", ""])
+    write_text_atomic(out / "key.json", json.dumps({"sheet_id": sheet_id, "items": key}, indent=1))
+    write_text_atomic(out / "sheet.html", _sheet_html(config.title, sheet_id, items))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["sheet_id", "item", "video_file", "prompt", "label", "type", "note"])
+    for item in items:
+        writer.writerow([sheet_id, item["id"], item["src"] if not config.embed else f"(in sheet.html, {item['id']})", item["prompt"] or "", "", "", ""])
+    write_text_atomic(out / "sheet.csv", buffer.getvalue())
     print(f"expert sheet: {out / 'sheet.html'} ({len(items)} videos, {len(config.systems)} systems blinded); keep {out / 'key.json'} private")
     return out / "sheet.html"
 
@@ -346,8 +356,10 @@ def _analyze(config: ExpertConfig) -> dict:
     from cac_align.config import RecipeError
 
     out = Path(config.out_dir)
-    if not (out / "key.json").exists():
-        raise RecipeError(f"{out / 'key.json'} not found: analyze reads the key that action=export wrote there")
+    manifest = read_manifest(out)
+    if manifest is None or manifest["job"] != "eval-expert" or not (out / "key.json").exists():
+        held = f" (it holds a {manifest['job']} run)" if manifest is not None and manifest["job"] != "eval-expert" else ""
+        raise RecipeError(f"{out / 'key.json'} of a recorded eval-expert export not found{held}: analyze reads the key that action=export wrote there")
     key = json.loads((out / "key.json").read_text())
     experts: dict[str, dict[str, dict]] = {}
     for path in config.labels:
@@ -402,8 +414,8 @@ def _analyze(config: ExpertConfig) -> dict:
             c = sum(by_key[first][k] == "normal" and by_key[second][k] == "anomalous" for k in common)
             paired[f"{first} vs {second}"] = dict(mcnemar(b, c), prompts=len(common))
     result = {"systems": per_system, "agreement": agreement, "mcnemar": paired, "tie_label": config.tie_label}
-    (out / "expert.json").write_text(json.dumps(nan_to_none(result), indent=1))
-    (out / "expert.md").write_text(_markdown(result))
+    write_text_atomic(out / "expert.json", json.dumps(nan_to_none(result), indent=1))  # outputs of the export's run
+    write_text_atomic(out / "expert.md", _markdown(result))
     for system, entry in per_system.items():
         print(f"{system}: anomaly rate {entry['rate']:.3f} [{entry['wilson_low']:.3f}, {entry['wilson_high']:.3f}] (n={entry['n']})")
     print(f"expert: {out / 'expert.md'}, {out / 'expert.json'}")

@@ -19,6 +19,7 @@ h, "n": n, ...}}}``. A system missing from a file shows "–" in that row.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -47,6 +48,7 @@ class ReportConfig:
         expert: an ``expert.json`` (or null).
         out_dir: receives report.md, report.html, report.json and charts/.
         title: the report's heading.
+        overwrite: replace a report of another config in ``out_dir`` (its outputs only).
     """
 
     systems: list[str] = field(default_factory=list)
@@ -54,6 +56,7 @@ class ReportConfig:
     expert: str | None = None
     out_dir: str = "outputs/report"
     title: str = "Alignment report"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.vbench is None and self.expert is None:
@@ -163,6 +166,12 @@ def run(config: ReportConfig) -> dict:
     table = build_table(config)
     systems, rows = table["systems"], table["rows"]
     out = Path(config.out_dir)
+    from cac_align.config import config_fingerprint
+    from cac_align.runlog import RunFolder, write_text_atomic
+
+    folder = RunFolder(out, "report", ("report.md", "report.html", "report.json", "charts"),
+                       config_fingerprint(config, ("out_dir", "overwrite")), dataclasses.asdict(config), overwrite=config.overwrite)
+    folder.start()
     (out / "charts").mkdir(parents=True, exist_ok=True)
     header = "| metric | " + " | ".join(systems) + " |"
     md = [f"# {config.title}", "", f"Base model: **{systems[0]}** (deltas in brackets are against it). Best per row in bold.", "",
@@ -175,20 +184,21 @@ def run(config: ReportConfig) -> dict:
         _chart(row, systems, path)
         md.append(f"![{row['label']}](charts/{path.name})")
         images.append((row["label"], base64.b64encode(path.read_bytes()).decode("ascii")))
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
     body = "".join(
         f"<tr><th>{html.escape(row['label'])} {_arrow(row)}</th>" + "".join(f"<td>{_cell(row, s, ('<b>', '</b>'))}</td>" for s in systems) + "</tr>"
         for row in rows
     )
     charts = "".join(f'<figure><img alt="{html.escape(label)}" src="data:image/png;base64,{data}"></figure>' for label, data in images)
-    (out / "report.html").write_text(
+    write_text_atomic(
+        out / "report.html",
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(config.title)}</title><style>"
         "body{font-family:system-ui,sans-serif;margin:1.5rem} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
         "th:first-child{text-align:left} figure{display:inline-block;margin:.5rem}</style></head><body>"
         f"<h1>{html.escape(config.title)}</h1><p>Base model: <b>{html.escape(systems[0])}</b>; deltas in brackets are against it; best per row in bold.</p>"
         f"<table><tr><th>metric</th>{head}</tr>{body}</table>{charts}</body></html>"
     )
-    (out / "report.json").write_text(json.dumps(table, indent=1))
+    write_text_atomic(out / "report.json", json.dumps(table, indent=1))
     print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(rows)} rows x {len(systems)} systems)")
     return table

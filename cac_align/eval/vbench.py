@@ -39,8 +39,9 @@ Outputs in ``out_dir``:
   "per_video": [{"video", "prompt", "score", "error", ...}]}}}}, ...}``, which ``cac-align
   report`` reads;
 - ``vbench.md`` (one row per system) and ``per_video.csv`` (one row per system and video);
-- ``per_video/<system>/<dimension>.jsonl``: the rows as they were scored; ``run.json``: the
-  settings the scores were made with (a rerun with other settings is refused, key by key).
+- ``per_video/<system>/<dimension>.jsonl``: the rows as they were scored; ``cac_align_run.json``:
+  the run manifest with the settings the scores were made with (a rerun with other settings is
+  refused, key by key; docs/run_folders.md).
 
 Install: vbench 0.1.5 pins old transformers and numpy, so it and pyiqa are installed without
 their dependencies (README, Install). pyiqa is licensed PolyForm-Noncommercial.
@@ -50,20 +51,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError, differing_keys
+from cac_align.config import RecipeError
 from cac_align.loading import WeightsNotFoundError
+from cac_align.runlog import write_text_atomic
 
 __all__ = [
     "DIMENSIONS",
@@ -328,7 +330,7 @@ def aggregate(dimension: str, rows: Sequence[dict]) -> float | None:
 # The job
 # ---------------------------------------------------------------------------------------
 def _settings(config: VBenchConfig, vbench_version: str) -> dict:
-    """What the scores depend on (``run.json``); the device and systems may change on resume."""
+    """What the scores depend on (the manifest's fingerprint); the device and systems may change on resume."""
     return {
         "cache_dir": str(vbench_cache_dir(config.cache_dir).resolve()),
         "imaging_quality_preprocessing_mode": config.imaging_quality_preprocessing_mode,
@@ -355,22 +357,16 @@ def _read_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
-def _prepare_out_dir(out: Path, settings: dict, overwrite: bool) -> None:
-    run_file = out / "run.json"
-    if overwrite:
-        shutil.rmtree(out / "per_video", ignore_errors=True)
-        run_file.unlink(missing_ok=True)
-    if run_file.exists():
-        before = json.loads(run_file.read_text())
-        changed = differing_keys(before, settings)
-        if changed:
-            raise RecipeError(
-                f"{out} holds VBench scores made with other settings ({', '.join(changed)}: "
-                f"{[before.get(k) for k in changed]} -> {[settings.get(k) for k in changed]}); "
-                "use another out_dir, or overwrite=true to discard them"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(settings, indent=1))
+VBENCH_OUTPUTS = ("vbench.json", "vbench.md", "per_video.csv", "per_video")
+
+
+def _prepare_out_dir(out: Path, settings: dict, overwrite: bool, config: Any = None) -> None:
+    """The run folder (docs/run_folders.md): scores made with other settings are refused, naming
+    them, unless ``overwrite`` (which discards this job's outputs, nothing else); the same
+    settings resume from the per-video files."""
+    from cac_align.runlog import RunFolder
+
+    RunFolder(out, "eval-vbench", VBENCH_OUTPUTS, settings, config, overwrite=overwrite).start()
 
 
 def _label(dimension: str) -> str:
@@ -423,7 +419,7 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
             raise RecipeError(f"systems.{name}: {exc}") from None
         inputs[name] = ([str(Path(p).resolve()) for p in paths], prompts)
     out = Path(config.out_dir)
-    _prepare_out_dir(out, _settings(config, version("vbench")), config.overwrite)
+    _prepare_out_dir(out, _settings(config, version("vbench")), config.overwrite, dataclasses.asdict(config))
     device = resolve_device(config.device)
     # 3. score: one backbone at a time, every system, resuming from the per-video files
     for dim in config.dimensions:
@@ -466,8 +462,8 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
             }
         results[name] = {"source": str(config.systems[name]), "dimensions": dims}
     payload = {"vbench": version("vbench"), "cache_dir": str(vbench_cache_dir(config.cache_dir)), "systems": results}
-    (out / "vbench.json").write_text(json.dumps(payload, indent=1))
-    (out / "vbench.md").write_text(_markdown(results, config.dimensions))
+    write_text_atomic(out / "vbench.json", json.dumps(payload, indent=1))
+    write_text_atomic(out / "vbench.md", _markdown(results, config.dimensions))
     with (out / "per_video.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["system", "video", "prompt", *config.dimensions, "errors"])

@@ -17,14 +17,17 @@ highest reward" (CaC §4.2). Per prompt, in order:
    ``chosen/``.
 
 A killed run restarted with the same command skips prompts already in ``candidates.jsonl`` and
-regenerates no candidate whose mp4 exists. A different config or prompt list in the same
-``out_dir`` is refused, naming the keys that differ (``overwrite=true`` replaces the old run);
-settings that change no video or score (``batch_size``, ``offload``, ``generator.device``) may
-change on resume.
+regenerates no candidate whose mp4 exists. The run folder follows the rules every job follows
+(:mod:`cac_align.runlog`, docs/run_folders.md): a different config or prompt list in the same
+``out_dir`` is refused, naming the keys that differ (``overwrite=true`` replaces the old run's
+outputs, and nothing else); another job's folder and files of yours where outputs go are
+refused. Settings that change no video or score (``batch_size``, ``offload``,
+``generator.device``) may change on resume.
 
 Output directory:
 
-- ``config.yaml``: the resolved config; ``candidates/p00000_c00.mp4``: every candidate, with
+- ``cac_align_run.json``: the run's manifest (job, resolved config, fingerprint, outputs);
+  ``candidates/p00000_c00.mp4``: every candidate, with
   ``.sha256`` beside it: the hash of its exact uint8 frames before H.264 compression;
 - ``candidates.jsonl``: per candidate its prompt, seed, frames hash, the reward's score and
   validity, each component's raw and normalized score, and the chosen flag;
@@ -48,7 +51,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError, differing_keys, run_fingerprint
+from cac_align.config import RecipeError, run_fingerprint
 from cac_align.runlog import read_jsonl_log, write_text_atomic
 from cac_align.gen.wan import GeneratorConfig
 
@@ -161,45 +164,20 @@ def frames_sha256(frames: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
-def _prepare_out_dir(config: BonConfig, prompts: list[str], out: Path) -> None:
-    """Create the run folder, or check that an existing one holds this same run (its config is
-    recorded later, by :func:`_save_config`)."""
-    import yaml
-
-    saved = out / "config.yaml"
-    fingerprint = run_fingerprint(config, prompts, _RUN_ONLY_KEYS)
-    if saved.exists():
-        previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-        previous_fp = previous.get("fingerprint", {})
-        if previous_fp != fingerprint:
-            if not config.overwrite:
-                keys = ", ".join(differing_keys(previous_fp, fingerprint)) or "unknown"
-                raise RecipeError(
-                    f"out_dir={str(out)!r} holds a Best-of-N run with a different config (differs in: {keys}); "
-                    "pass overwrite=true to replace it, or choose another out_dir"
-                )
-            for name in ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md", "config.yaml"):
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "candidates").mkdir(exist_ok=True)
-    (out / "chosen").mkdir(exist_ok=True)
+BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md")
 
 
-def _save_config(config: BonConfig, prompts: list[str], out: Path) -> None:
-    """Record the run's config, once its models have loaded: a run that failed to start (a bad
-    ``generator.lora`` path, a missing reward model) leaves no record that would refuse the
-    corrected command."""
-    import yaml
+def _run_folder(config: BonConfig, prompts: list[str]) -> Any:
+    """The run folder (:class:`~cac_align.runlog.RunFolder`): refuses another job's folder, a run
+    of another config (unless ``overwrite``) and files of the user's where outputs go."""
     from omegaconf import OmegaConf
 
+    from cac_align.runlog import RunFolder
+
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    fingerprint = run_fingerprint(config, prompts, _RUN_ONLY_KEYS)
-    text = yaml.safe_dump({"config": resolved, "fingerprint": fingerprint}, sort_keys=False, allow_unicode=True)
-    write_text_atomic(out / "config.yaml", text)
+    return RunFolder(
+        config.out_dir, "bon", BON_OUTPUTS, run_fingerprint(config, prompts, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
+    )
 
 
 def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
@@ -240,16 +218,19 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
     # 1. setup: prompts, run folder (resume or refuse), models
     prompts = read_prompts(config.prompts)
     out = Path(config.out_dir)
-    _prepare_out_dir(config, prompts, out)
+    run_folder = _run_folder(config, prompts)
     manifest = out / "candidates.jsonl"
-    done = _finished_prompts(manifest, config.n)
+    done = _finished_prompts(manifest, config.n) if run_folder.resuming else {}
     todo = [i for i in range(len(prompts)) if i not in done]
     log.info("%d prompts, %d already done, N = %d", len(prompts), len(done), config.n)
     if pipe is None and todo:
         pipe = build_generator(config.generator)
     if reward is None and todo:
         reward = build_reward(config.reward, "reward")
-    _save_config(config, prompts, out)
+    # recorded only now that the models loaded: a failed start leaves no record to refuse a rerun
+    run_folder.start()
+    (out / "candidates").mkdir(exist_ok=True)
+    (out / "chosen").mkdir(exist_ok=True)
     on_gpu = pipe is not None and str(getattr(pipe, "device", "cpu")).startswith("cuda")
     if config.offload and on_gpu:
         pipe.enable_model_cpu_offload()  # modules visit the GPU only while they run
@@ -355,7 +336,7 @@ def _write_chosen_index(out: Path, prompts: list[str], done: dict[int, list[dict
                 ensure_ascii=False,
             )
         )
-    (out / "chosen" / "prompts.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    write_text_atomic(out / "chosen" / "prompts.jsonl", "".join(line + "\n" for line in lines))
 
 
 def _summarize(done: dict[int, list[dict]]) -> dict:
@@ -385,7 +366,7 @@ def _summarize(done: dict[int, list[dict]]) -> dict:
 
 
 def _write_summary(out: Path, summary: dict) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     lines = [
         "# Best-of-N summary",
         "",
@@ -398,5 +379,5 @@ def _write_summary(out: Path, summary: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, row in summary.get("rewards", {}).items():
         lines.append(f"| {name} | {fmt(row['chosen_mean'])} | {fmt(row['all_mean'])} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
 

@@ -31,7 +31,8 @@ gives the same videos on 1 or N processes.
 
 Output directory:
 
-- ``config.yaml``: the resolved config; ``metrics.jsonl``: one line of logged numbers per step;
+- ``cac_align_run.json``: the run manifest (resolved config, fingerprint; docs/run_folders.md);
+  ``metrics.jsonl``: one line of logged numbers per step;
 - ``checkpoints/step_000010/``: ``lora/`` (diffusers LoRA, loadable with ``generator.lora``),
   ``trainable.safetensors``, ``optimizer.pt``, ``ema.safetensors``, ``state.json``;
 - ``lora/``: the final LoRA (the EMA weights when ``ema_decay`` is set) for
@@ -304,51 +305,32 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
 
 
-def _prepare_out_dir(config: FlowGrpoConfig, prompts: list[str], out: Path, may_delete: bool) -> None:
-    """Check ``out`` against this run (every process); the main process clears it for ``overwrite``."""
-    import yaml
+FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl")
 
-    from cac_align.config import differing_keys
 
-    saved = out / "config.yaml"
-    if not saved.exists():
-        if config.resume:
-            log.warning("resume=true but %s holds no run yet: starting from step 0", out)
-        return
-    previous = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("fingerprint", {})
-    fingerprint = run_fingerprint(config, prompts, _RUN_ONLY_KEYS)
-    if config.resume:
-        if previous != fingerprint:
-            keys = ", ".join(differing_keys(previous, fingerprint)) or "unknown"
-            raise RecipeError(
-                f"resume=true but out_dir={str(out)!r} holds a run with a different config (differs in: {keys}); "
-                "resume with the same settings, or start a new out_dir"
-            )
-        if not _checkpoints(out):
-            log.warning("resume=true but %s has no checkpoint yet: starting from step 0", out)
-        return
-    if not config.overwrite:
+def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> Any:
+    """The run folder (:class:`~cac_align.runlog.RunFolder`), checked on every process: another
+    job's folder, another config without ``overwrite`` and files of the user's where outputs go
+    are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
+    from omegaconf import OmegaConf
+
+    from cac_align.runlog import RunFolder
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    folder = RunFolder(
+        config.out_dir, "flow-grpo", FLOW_GRPO_OUTPUTS, run_fingerprint(config, prompts, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
+    )
+    out = folder.path
+    if folder.resuming and not config.resume:
         raise RecipeError(
             f"out_dir={str(out)!r} already holds a Flow-GRPO run; pass resume=true to continue it, "
             "overwrite=true to replace it, or choose another out_dir"
         )
-    if may_delete:
-        for name in ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl", "config.yaml"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-
-
-def _write_config(config: FlowGrpoConfig, prompts: list[str], out: Path) -> None:
-    import yaml
-    from omegaconf import OmegaConf
-
-    out.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    text = yaml.safe_dump({"config": resolved, "fingerprint": run_fingerprint(config, prompts, _RUN_ONLY_KEYS)}, sort_keys=False)
-    (out / "config.yaml").write_text(text, encoding="utf-8")
+    if config.resume and not folder.resuming:
+        log.warning("resume=true but %s holds no run yet: starting from step 0", out)
+    elif config.resume and not _checkpoints(out):
+        log.warning("resume=true but %s has no checkpoint yet: starting from step 0", out)
+    return folder
 
 
 def _trainable(model: Any) -> dict[str, Any]:
@@ -538,9 +520,8 @@ class _Trainer:
         )
         acc = self.accelerator
         self.plan = _plan(config, acc.num_processes, acc.process_index)
-        _prepare_out_dir(config, self.prompts, self.out, may_delete=acc.is_main_process)
-        acc.wait_for_everyone()
-        found = _checkpoints(self.out) if config.resume else []
+        run_folder = _run_folder(config, self.prompts)
+        found = _checkpoints(self.out) if run_folder.resuming else []
         resume_from = found[-1] if found else None
 
         # 1. generator with a LoRA on its transformer; text encoder and VAE stay frozen
@@ -576,7 +557,8 @@ class _Trainer:
         self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
-            _write_config(config, self.prompts, self.out)
+            run_folder.start()  # with overwrite: the old run's outputs go now, and only those
+        acc.wait_for_everyone()
 
         # 3. resume
         self.start_step = 0

@@ -303,6 +303,7 @@ def _crops(record: AnnotationRecord, video: Any, per_anomaly: int) -> list[tuple
     return out
 
 
+COT_OUTPUTS = ("cot_log.jsonl", "annotations.jsonl", "discarded.jsonl", "summary.json")
 # Where and how the teacher is reached does not change its answers.
 _RUN_ONLY_KEYS = ("out_dir", "overwrite", "batch_size") + tuple(
     f"teacher.{k}" for k in ("base_url", "api_key_env", "timeout_s", "max_retries", "max_batch_size", "device")
@@ -310,17 +311,15 @@ _RUN_ONLY_KEYS = ("out_dir", "overwrite", "batch_size") + tuple(
 
 
 def _read_log(path: Path) -> dict[str, dict]:
-    """Finished videos from a previous run's log; a half-written last line (killed run) is ignored."""
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-            done[entry["video"]] = entry
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return done
+    """Finished videos from a previous run's log. A half-written last line (a killed run) is
+    dropped with a warning and the log rewritten without it, so the next entry appended starts
+    on a line of its own."""
+    from cac_align.runlog import read_jsonl_log, write_text_atomic
+
+    rows = [(line, entry) for line, entry in read_jsonl_log(path) if isinstance(entry, dict) and "video" in entry]
+    if path.exists() and sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) != len(rows):
+        write_text_atomic(path, "".join(line + "\n" for line, _ in rows))
+    return {entry["video"]: entry for _, entry in rows}
 
 
 def _template_entry(record: AnnotationRecord) -> dict:
@@ -436,26 +435,22 @@ def run(config: SynthCotConfig) -> dict:
     """Fill every record's reasoning; returns the outcome counts. Resumes from ``cot_log.jsonl``."""
     from tqdm.auto import tqdm
 
+    from omegaconf import OmegaConf
+
     from cac_align.cac.schema import load_annotations, write_annotations
-    from cac_align.config import RecipeError, config_fingerprint, differing_keys
+    from cac_align.config import config_fingerprint
+    from cac_align.runlog import RunFolder, write_text_atomic
 
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     records = load_annotations(config.annotations).records
     for record in records:  # absolute paths: the log's keys do not depend on the working folder
         record.video = str(Path(record.video).resolve())
-    # 1. refuse to mix two configs' results in one folder
-    fingerprint_path = out / "cot_config.json"
-    fingerprint = config_fingerprint(config, _RUN_ONLY_KEYS)
+    # 1. the run folder (docs/run_folders.md): two configs' results never mix in one folder; a
+    # rerun of the same config resumes from the log; overwrite replaces this job's outputs only
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    folder = RunFolder(out, "synth-cot", COT_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite)
+    folder.start()
     log_path = out / "cot_log.jsonl"
-    if fingerprint_path.exists() and not config.overwrite:
-        old = json.loads(fingerprint_path.read_text())
-        changed = differing_keys(old, fingerprint)
-        if changed:
-            raise RecipeError(f"{out} holds a synth-cot run with another config (changed: {', '.join(changed)}); use another out_dir or overwrite=true")
-    if config.overwrite and log_path.exists():
-        log_path.unlink()
-    fingerprint_path.write_text(json.dumps(fingerprint, indent=1))
     # 2. what is left to do
     done = _read_log(log_path)
     todo = [_Pending(i, r) for i, r in enumerate(records) if r.video not in done]
@@ -492,6 +487,6 @@ def run(config: SynthCotConfig) -> dict:
     for record in records:
         outcome = done[record.video]["outcome"]
         counts[outcome] = counts.get(outcome, 0) + 1
-    (out / "summary.json").write_text(json.dumps(counts, indent=1))
+    write_text_atomic(out / "summary.json", json.dumps(counts, indent=1))
     print(f"synth-cot: {counts}; wrote {out / 'annotations.jsonl'} ({len(kept)} records)")
     return counts

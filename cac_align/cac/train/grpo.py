@@ -53,7 +53,8 @@ lengths, KL, clip fraction, ratio, loss, grad norm; with several processes
 ``process_param_spread``, the spread of a parameter checksum across them, 0 when the replicas
 agree), ``rollouts.jsonl`` (every rollout's texts,
 window, rewards and advantage), ``checkpoints/checkpoint-N`` (resume with ``resume=true``),
-``data.json`` and ``run_config.json``, and ``final/`` (model + processor).
+``data.json`` and ``cac_align_run.json`` (the run manifest, docs/run_folders.md), and ``final/``
+(model + processor).
 
 Multi-process: accelerate (``accelerate launch``), DDP; a video's whole group stays on one
 process, so advantages are local, and gradients are averaged across processes. Tested on CPU
@@ -690,7 +691,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
     from cac_align.cac.schema import load_annotations
     from cac_align.cac.train.collate import collate
     from cac_align.cac.train.data import split_records
-    from cac_align.cac.train.sft import _prepare_out_dir, load_model
+    from cac_align.cac.train.sft import load_model, run_folder
     from cac_align.config import RecipeError
     from cac_align.gen.stats import group_advantages
     from cac_align.video import VideoError, load_video
@@ -734,14 +735,12 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         def fetch(index: int) -> tuple[Any, Any]:
             return records[index], load_video(str(records[index].video))
 
-    # 2. run folder (main process first), then the newest complete checkpoint
+    # 2. run folder: checked now by the main process (recorded once the models have loaded),
+    # then the newest complete checkpoint
     out = Path(config.out_dir)
-    with accelerator.main_process_first():
-        if accelerator.is_main_process:
-            out, _ = _prepare_out_dir(config)
-            (out / "data.json").write_text(json.dumps(describe, indent=1))
+    folder = run_folder(config) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
-    checkpoint = _latest_complete_checkpoint(out) if config.resume else None
+    checkpoint = _latest_complete_checkpoint(out) if config.resume and out.is_dir() else None
 
     # 3. models: the policy in float32 (bf16 autocast when train.bf16: master weights stay
     # float32, so 1e-6 updates are not rounded away), the frozen reference in config.dtype
@@ -765,6 +764,10 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         else:
             generator = SimulatedPolicy(processor.tokenizer, grpo.simulated_noise)
 
+    if folder is not None:  # the models loaded: record the run (a failed start leaves no record)
+        folder.start()
+        (out / "data.json").write_text(json.dumps(describe, indent=1))
+    accelerator.wait_for_everyone()
     start_step = 0
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))

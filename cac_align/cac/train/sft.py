@@ -28,14 +28,15 @@ position where its generated status starts. Gold reasoning is never shown, so re
 states the verdict cannot leak the label into the metric.
 
 Outputs in ``out_dir``: ``checkpoints/checkpoint-N`` (resume with ``resume=true``),
-``metrics.jsonl`` and ``tensorboard/``, ``data.json`` (splits and samples), ``run_config.json``,
-and ``final/`` (model + processor; ``cac-align score`` loads it with ``reward.model.name=<out_dir>/final``).
+``metrics.jsonl`` and ``tensorboard/``, ``data.json`` (splits and samples), ``cac_align_run.json``
+(the run manifest, docs/run_folders.md), and ``final/`` (model + processor; ``cac-align score`` loads it with ``reward.model.name=<out_dir>/final``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,9 @@ from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.grpo import GrpoSettings
 from cac_align.cac.train.stream import StreamConfig
 
-__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run"]
+__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,7 +170,7 @@ class TrainCaCConfig:
 
 
 # Keys that may change between a run and its resumption.
-_RUN_ONLY_KEYS = ("resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "grpo.save_rollouts")
+_RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "grpo.save_rollouts")
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,31 +285,36 @@ def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int =
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
+TRAIN_CAC_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "data.json", "adapter", "final", "rollouts.jsonl")
+
+
+def run_folder(config: TrainCaCConfig) -> Any:
+    """The run folder (:class:`~cac_align.runlog.RunFolder`, docs/run_folders.md): another job's
+    folder, another config without ``overwrite`` and files of the user's where outputs go are
+    refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``
+    (replace its outputs, nothing else). Checked by the main process."""
+    from omegaconf import OmegaConf
+
+    from cac_align.config import RecipeError, config_fingerprint
+    from cac_align.runlog import RunFolder
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    folder = RunFolder(
+        config.out_dir, "train-cac", TRAIN_CAC_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
+    )
+    if folder.resuming and not config.resume:
+        raise RecipeError(f"{folder.path} already holds a train-cac run; pass resume=true to continue it or overwrite=true to start again")
+    if config.resume and not folder.resuming:
+        log.warning("resume=true but %s holds no train-cac run yet: starting from step 0", folder.path)
+    return folder
+
+
 def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
-    """Check the run folder against the config; returns (folder, checkpoint to resume or None)."""
-    import shutil
-
-    from cac_align.config import RecipeError, config_fingerprint, differing_keys
-
-    out = Path(config.out_dir)
-    data = config_fingerprint(config, _RUN_ONLY_KEYS)
-    saved = out / "run_config.json"
-    checkpoint = None
-    if saved.exists():
-        if config.overwrite:
-            shutil.rmtree(out)
-        elif config.resume:
-            changed = differing_keys(json.loads(saved.read_text()), data)
-            if changed:
-                raise RecipeError(f"{out}: cannot resume, the config changed: {', '.join(changed)}")
-            checkpoint = _latest_checkpoint(out)
-        else:
-            raise RecipeError(f"{out} already holds a train-cac run; pass resume=true to continue it or overwrite=true to start again")
-    elif config.resume:
-        raise RecipeError(f"resume=true but {out} holds no train-cac run")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(data, indent=1))
-    return out, checkpoint
+    """Check and record the run folder (main process, once data and model are loaded); returns
+    (folder, checkpoint to resume or None)."""
+    folder = run_folder(config)
+    folder.start()
+    return folder.path, _latest_checkpoint(folder.path) if folder.resuming else None
 
 
 def _latest_checkpoint(out: Path) -> str | None:

@@ -1,0 +1,211 @@
+"""Run folders never lose a user's work: the rules of cac_align.runlog.RunFolder, job by job.
+
+Every test here puts files of "the user" where a job runs and checks they survive, overwrite
+included; a folder of another job is refused with that job's name.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cac_align.config import RecipeError
+from cac_align.runlog import MANIFEST, RunFolder, read_manifest
+
+OUTPUTS = ("results.jsonl", "figures")
+
+
+def _user_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "my_data").mkdir(exist_ok=True)
+    (folder / "my_data" / "x.json").write_text("{}")
+
+
+def _user_files_survive(folder):
+    return (folder / "notes.txt").read_text() == "my notes" and (folder / "my_data" / "x.json").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The rules
+# ---------------------------------------------------------------------------------------
+def test_manifest_is_written_on_start_only(tmp_path):
+    folder = RunFolder(tmp_path / "run", "score", OUTPUTS, {"seed": 1}, {"seed": 1, "out_dir": "x"})
+    assert not folder.resuming and not (tmp_path / "run").exists()  # checking writes nothing
+    folder.start()
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest["job"] == "score" and manifest["outputs"] == list(OUTPUTS)
+    assert manifest["fingerprint"] == {"seed": 1} and manifest["config"]["out_dir"] == "x"
+    assert RunFolder(tmp_path / "run", "score", OUTPUTS, {"seed": 1}).resuming  # same config: continue
+    assert (folder / "results.jsonl") == tmp_path / "run" / "results.jsonl"
+    with pytest.raises(ValueError, match="not among the declared outputs"):
+        folder / "summary.md"
+
+
+def test_another_config_is_refused_and_overwrite_deletes_only_the_runs_outputs(tmp_path):
+    out = tmp_path / "run"
+    RunFolder(out, "score", OUTPUTS, {"seed": 1, "model": {"name": "a"}}).start()
+    (out / "results.jsonl").write_text("old\n")
+    (out / "figures").mkdir()
+    (out / "figures" / "f.png").write_bytes(b"png")
+    _user_files(out)
+    with pytest.raises(RecipeError, match=r"holds a score run with a different config \(differs in: model.name, seed\)"):
+        RunFolder(out, "score", OUTPUTS, {"seed": 2, "model": {"name": "b"}})
+    folder = RunFolder(out, "score", OUTPUTS, {"seed": 2, "model": {"name": "b"}}, overwrite=True)
+    assert (out / "results.jsonl").exists()  # nothing is deleted before the run starts
+    folder.start()
+    assert not (out / "results.jsonl").exists() and not (out / "figures").exists()
+    assert _user_files_survive(out) and read_manifest(out)["fingerprint"]["seed"] == 2
+
+
+def test_files_of_the_user_where_outputs_go_are_refused_even_with_overwrite(tmp_path):
+    out = tmp_path / "run"
+    _user_files(out)
+    (out / "results.jsonl").write_text("the user's own results\n")
+    for overwrite in (False, True):
+        with pytest.raises(RecipeError, match=r"already has results.jsonl, not written by a recorded score run there"):
+            RunFolder(out, "score", OUTPUTS, {}, overwrite=overwrite)
+    assert (out / "results.jsonl").read_text() == "the user's own results\n"
+    # a folder of an older cac_align says so
+    (out / "config.yaml").write_text("fingerprint: {}\n")
+    with pytest.raises(RecipeError, match="older cac_align, recorded in config.yaml"):
+        RunFolder(out, "score", OUTPUTS, {})
+
+
+def test_another_jobs_folder_is_refused_with_its_name_and_a_bad_manifest_is_named(tmp_path):
+    RunFolder(tmp_path / "run", "flow-grpo", ("lora", "metrics.jsonl"), {}).start()
+    for overwrite in (False, True):
+        with pytest.raises(RecipeError, match="holds a flow-grpo run; a bon run needs a folder of its own"):
+            RunFolder(tmp_path / "run", "bon", ("summary.md",), {}, overwrite=overwrite)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / MANIFEST).write_text("{not json")
+    with pytest.raises(RecipeError, match="is not readable JSON"):
+        RunFolder(tmp_path / "bad", "bon", ("summary.md",), {})
+    (tmp_path / "bad" / MANIFEST).write_text(json.dumps({"hello": 1}))
+    with pytest.raises(RecipeError, match="not a cac_align run manifest"):
+        read_manifest(tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------------------------
+# Job by job
+# ---------------------------------------------------------------------------------------
+def test_synth_keeps_the_users_files_and_refuses_their_annotations(tmp_path):
+    from cac_align.data.synthetic import SynthConfig, generate
+
+    out = tmp_path / "synth"
+    _user_files(out)
+    (out / "annotations.jsonl").write_text("my labels\n")
+    with pytest.raises(RecipeError, match="already has annotations.jsonl"):
+        generate(SynthConfig(out_dir=str(out), n=2, height=32, width=48, duration_s=2.0, fps=8.0, overwrite=True))
+    assert (out / "annotations.jsonl").read_text() == "my labels\n"
+    (out / "annotations.jsonl").unlink()
+    generate(SynthConfig(out_dir=str(out), n=2, height=32, width=48, duration_s=2.0, fps=8.0))
+    generate(SynthConfig(out_dir=str(out), n=1, height=32, width=48, duration_s=2.0, fps=8.0, overwrite=True))
+    assert len(list((out / "videos").glob("*.mp4"))) == 1 and _user_files_survive(out)
+
+
+def test_score_keeps_the_users_figure_and_refuses_their_report(tmp_path):
+    from cac_align.cac.score_job import ScoreConfig, run
+
+    out = tmp_path / "score"
+    _user_files(out)
+    (out / "report.html").write_text("<p>my report</p>")
+    config = ScoreConfig(out_dir=str(out), synth_videos=2, reward={"name": "brightness"})
+    with pytest.raises(RecipeError, match="already has report.html"):
+        run(config)
+    (out / "report.html").unlink()
+    run(config)
+    # a picture of the user's in evidence/ survives the rerun; a picture of the job's own is replaced
+    (out / "evidence" / "my_figure.png").write_bytes(b"mine")
+    (out / "evidence" / "00001.png").write_bytes(b"stale")
+    run(config)
+    assert (out / "evidence" / "my_figure.png").read_bytes() == b"mine" and not (out / "evidence" / "00001.png").exists()
+    with pytest.raises(RecipeError, match=r"differs in: synth_seed"):
+        run(ScoreConfig(out_dir=str(out), synth_videos=2, synth_seed=3, reward={"name": "brightness"}))
+    run(ScoreConfig(out_dir=str(out), synth_videos=2, synth_seed=3, reward={"name": "brightness"}, overwrite=True))
+    assert _user_files_survive(out) and (out / "evidence" / "my_figure.png").exists()
+
+
+def test_bon_refuses_a_flow_grpo_folder_and_the_users_summary(tmp_path):
+    from test_best_of_n import ScriptedReward, _config
+
+    from cac_align.gen.best_of_n import run
+
+    flow = tmp_path / "bon"  # the folder bon's _config points at
+    RunFolder(flow, "flow-grpo", ("lora", "metrics.jsonl"), {"seed": 0}).start()
+    before = (flow / MANIFEST).read_text()
+    for overwrite in (False, True):
+        with pytest.raises(RecipeError, match="holds a flow-grpo run"):
+            run(_config(tmp_path, ["a cat"], overwrite=overwrite), reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}))
+    assert (flow / MANIFEST).read_text() == before  # that run can still resume
+    (flow / MANIFEST).unlink()
+    (flow / "summary.md").write_text("my summary")
+    with pytest.raises(RecipeError, match="already has summary.md"):
+        run(_config(tmp_path, ["a cat"]), reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}))
+    assert (flow / "summary.md").read_text() == "my summary"
+
+
+def test_flow_grpo_refuses_a_folder_with_the_users_lora_and_metrics(tmp_path):
+    from test_flow_grpo import _bright
+
+    from cac_align.gen.flow_grpo import run
+
+    out = tmp_path / "run"
+    (out / "lora").mkdir(parents=True)
+    (out / "lora" / "my_adapter.safetensors").write_bytes(b"weights")
+    (out / "metrics.jsonl").write_text('{"mine": 1}\n')
+    for extra in ((), ("overwrite=true",)):
+        with pytest.raises(RecipeError, match="already has lora, metrics.jsonl"):
+            run(_bright(tmp_path, "steps=1", *extra, name="run"))
+    assert (out / "lora" / "my_adapter.safetensors").read_bytes() == b"weights"
+    assert (out / "metrics.jsonl").read_text() == '{"mine": 1}\n'
+
+
+def test_synth_cot_refuses_to_write_into_a_synth_folder(tmp_path):
+    from cac_align.cac.train.cot import SynthCotConfig, run
+    from cac_align.data.synthetic import SynthConfig, generate
+
+    data = tmp_path / "data"
+    generate(SynthConfig(out_dir=str(data), n=2, height=32, width=48, duration_s=2.0, fps=8.0))
+    labels = (data / "annotations.jsonl").read_text()
+    with pytest.raises(RecipeError, match="holds a synth run; a synth-cot run needs a folder of its own"):
+        run(SynthCotConfig(annotations=str(data / "annotations.jsonl"), out_dir=str(data), overwrite=True))
+    assert (data / "annotations.jsonl").read_text() == labels  # the synth labels are intact
+
+
+def test_eval_bench_and_report_keep_the_users_files(tmp_path):
+    from cac_align.eval.report import ReportConfig
+    from cac_align.eval.report import run as report
+
+    vbench = tmp_path / "vbench.json"
+    vbench.write_text(json.dumps({"systems": {"base": {"dimensions": {"imaging_quality": {"mean": 0.5}}},
+                                              "tuned": {"dimensions": {"imaging_quality": {"mean": 0.6}}}}}))
+    out = tmp_path / "report"
+    _user_files(out)
+    (out / "report.md").write_text("my draft")
+    with pytest.raises(RecipeError, match="already has report.md"):
+        report(ReportConfig(vbench=str(vbench), out_dir=str(out)))
+    (out / "report.md").unlink()
+    report(ReportConfig(vbench=str(vbench), out_dir=str(out)))
+    with pytest.raises(RecipeError, match="differs in: title"):
+        report(ReportConfig(vbench=str(vbench), out_dir=str(out), title="Other"))
+    report(ReportConfig(vbench=str(vbench), out_dir=str(out), title="Other", overwrite=True))
+    assert _user_files_survive(out) and "# Other" in (out / "report.md").read_text()
+
+
+def test_how_a_reward_model_is_reached_is_not_part_of_the_fingerprint(tmp_path):
+    from test_best_of_n import _config
+
+    from cac_align.config import run_fingerprint
+    from cac_align.gen.best_of_n import _RUN_ONLY_KEYS
+
+    def section(url, timeout, name="cac-server"):
+        model = {"name": name, "backend": "openai", "base_url": url, "timeout_s": timeout, "max_retries": 1}
+        return {"name": "ur_cac", "cac": {"model": model}, "unified_reward": {"model": dict(model, name="ur")}}
+
+    a = run_fingerprint(_config(tmp_path, ["a cat"], reward=section("http://127.0.0.1:8000/v1", 120.0)), ["a cat"], _RUN_ONLY_KEYS)
+    b = run_fingerprint(_config(tmp_path, ["a cat"], reward=section("http://127.0.0.1:9000/v1", 30.0)), ["a cat"], _RUN_ONLY_KEYS)
+    c = run_fingerprint(_config(tmp_path, ["a cat"], reward=section("http://127.0.0.1:8000/v1", 120.0, name="other")), ["a cat"], _RUN_ONLY_KEYS)
+    assert a == b  # a moved server resumes the run ...
+    assert a != c and "base_url" not in json.dumps(a)  # ... another model does not
