@@ -7,7 +7,9 @@
     cac-align eval bench --config ...                 # = cac-align eval-bench (likewise eval vbench / expert)
 
 Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
-naming the input and exit with status 2, instead of a traceback.
+naming the input and exit with status 2, instead of a traceback. A reward server that is not
+there, or a job whose every sample failed in the reward backend, prints one line and exits 1.
+Ctrl-C prints one line and exits 130.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cac_align.video import VideoError
 
     return (RecipeError, VideoError, WeightsNotFoundError)
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    from cac_align.rewards.base import BackendFailure
+    from cac_align.vlm.openai import ServerUnavailableError
+
+    return (BackendFailure, ServerUnavailableError)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -99,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"cac-align {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except _backend_errors() as exc:
+        # a reward server that is not there, or a job whose every sample failed in the backend
+        print(f"cac-align {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
         spec = JOBS.get(args.command)

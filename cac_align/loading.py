@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
-__all__ = ["WeightsNotFoundError", "check_weights_source", "resolve_dtype", "resolve_device"]
+__all__ = ["WeightsNotFoundError", "check_weights_source", "hub_reachable", "resolve_dtype", "resolve_device"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -40,11 +42,49 @@ def looks_like_path(name: str) -> bool:
     )
 
 
+_REACHABLE: dict[str, bool] = {}  # endpoint -> whether it took a connection (asked once per process)
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: False under ``HF_HUB_OFFLINE``, else whether
+    its endpoint accepts a TCP connection within ``timeout_s`` (asked once per process)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = constants.ENDPOINT
+    if endpoint not in _REACHABLE:
+        url = urlparse(endpoint)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s).close()
+            _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local hub-cache folder of ``repo_id`` (a transformers or diffusers checkpoint), if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "model_index.json"):
+        try:
+            found = try_to_load_from_cache(repo_id, filename)
+        except ValueError:  # not a valid repo id
+            return None
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
 def check_weights_source(name: str, key: str = "model") -> str:
     """Validate a recipe's weights entry before any heavy import.
 
     A built-in name (``cac-demo``) becomes its folder inside the package; a local path must
-    exist; a hub id is passed through (from_pretrained resolves it).
+    exist; a hub id is passed through (from_pretrained resolves it) when the hub can be reached.
+    Without the hub (no network, or ``HF_HUB_OFFLINE=1``) a hub id becomes its folder in the
+    local hub cache, loaded with no network call at all, or fails at once with one line saying
+    how to get the weights (instead of minutes of retries).
 
     Args:
         name: built-in name, hub id ("Qwen/Qwen3-VL-8B-Instruct") or local directory.
@@ -71,6 +111,17 @@ def check_weights_source(name: str, key: str = "model") -> str:
                 "or at a hub id such as 'Qwen/Qwen3-VL-8B-Instruct'."
             )
         return str(path)
+    if not hub_reachable():
+        from huggingface_hub import constants
+
+        snapshot = _cached_snapshot(name)
+        if snapshot is None:
+            raise WeightsNotFoundError(
+                f"{key}={name!r} is a hub id, but the hub ({constants.ENDPOINT}) cannot be reached from this machine "
+                f"and the model is not in the local cache. Download it where there is network "
+                f"(`huggingface-cli download {name} --local-dir DIR`) and set {key}=DIR."
+            )
+        return str(snapshot)
     return name
 
 

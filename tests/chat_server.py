@@ -3,7 +3,12 @@
 It stands in for a remote vLLM server, which cannot run here. Its "model" tokenizes the
 rendered conversation one character per token (token id = ord(char)) and gives every token
 the log-probability ``char_logprob(id)``, so expected probabilities are computable by hand.
-Generation answers come from a function the test supplies. It listens on 127.0.0.1 only.
+Generation answers come from a function the test supplies. ``GET /v1/models`` lists the served
+model names (``models``). It listens on 127.0.0.1 only.
+
+For failure tests: ``delay_s`` holds every answer back, ``trickle_s`` sends the answer one byte
+at a time with that pause between bytes (each read is quick, the whole answer is not), and
+``fail_first`` / ``fail_if`` answer 503.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class ChatServer:
         fail_first: int = 0,
         delay_s: float = 0.0,
         fail_if=None,
+        models=("cac", "teacher", "ur"),
+        trickle_s: float = 0.0,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -46,6 +53,8 @@ class ChatServer:
         self.fail_first = fail_first
         self.fail_if = fail_if
         self.delay_s = delay_s
+        self.models = list(models)
+        self.trickle_s = trickle_s
         self.requests: list[dict] = []
         self.images: list[Image.Image] = []
         self._lock = threading.Lock()
@@ -54,6 +63,11 @@ class ChatServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
+
+            def do_GET(self):
+                if self.path != "/v1/models":
+                    return self._send(404, {"error": "not found"})
+                self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -101,6 +115,14 @@ class ChatServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if server.trickle_s and code == 200:
+                    import time
+
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(server.trickle_s)
+                    return
                 self.wfile.write(data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

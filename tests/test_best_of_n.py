@@ -24,7 +24,8 @@ def tiny_pipe():
 
 
 class ScriptedReward:
-    """Scores by (prompt, candidate order in the call) from a table; NaN = the reward failed."""
+    """Scores by (prompt, candidate order in the call) from a table; NaN = the reward could not
+    use the model's answer for that candidate (a parse failure: the model did answer)."""
 
     name = "scripted"
 
@@ -36,7 +37,7 @@ class ScriptedReward:
         self.calls.append(list(prompts))
         scores = np.array(self.table[prompts[0]], dtype=float)
         valid = ~np.isnan(scores)
-        details = [{} if ok else {"error": "reward failed for this candidate", "error_kind": "backend"} for ok in valid]
+        details = [{} if ok else {"error": "reward failed for this candidate", "error_kind": "parse"} for ok in valid]
         return RewardOutput(self.name, scores, valid, details)
 
 

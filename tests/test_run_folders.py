@@ -209,3 +209,141 @@ def test_how_a_reward_model_is_reached_is_not_part_of_the_fingerprint(tmp_path):
     c = run_fingerprint(_config(tmp_path, ["a cat"], reward=section("http://127.0.0.1:8000/v1", 120.0, name="other")), ["a cat"], _RUN_ONLY_KEYS)
     assert a == b  # a moved server resumes the run ...
     assert a != c and "base_url" not in json.dumps(a)  # ... another model does not
+
+
+# ---------------------------------------------------------------------------------------
+# Reward servers that are dead, trickle, hang or die midway
+# ---------------------------------------------------------------------------------------
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _vllm_score(tmp_path, url, *extra):
+    from test_score_job import _write_videos
+
+    from conftest import REPO_ROOT
+
+    _write_videos(tmp_path / "videos", 2)
+    return ["score", "--config", str(REPO_ROOT / "recipes/score/cac_vllm.yaml"), f"videos={tmp_path / 'videos'}",
+            f"out_dir={tmp_path / 'out'}", f"reward.model.base_url={url}", *extra]
+
+
+def test_a_dead_server_fails_score_in_seconds_with_one_line(tmp_path, capsys):
+    import time
+
+    from cac_align.cli import main
+
+    start = time.monotonic()
+    code = main(_vllm_score(tmp_path, f"http://127.0.0.1:{_free_port()}/v1"))
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and time.monotonic() - start < 10
+    assert err.startswith("cac-align score: failed: no reward server answers at http://127.0.0.1:") and "\n" not in err
+    assert read_manifest(tmp_path / "out") is None  # a failed start leaves no record
+
+
+def test_a_wrong_model_name_is_named(tmp_path, capsys):
+    from chat_server import ChatServer
+
+    from cac_align.cli import main
+
+    with ChatServer(models=("Qwen/Qwen3-VL-8B-Instruct",)) as server:
+        assert main(_vllm_score(tmp_path, server.url)) == 1
+    assert "serves ['Qwen/Qwen3-VL-8B-Instruct'], not 'cac'; fix model.name" in capsys.readouterr().err
+
+
+def test_a_server_that_fails_every_request_makes_score_exit_non_zero(tmp_path, capsys):
+    from chat_server import ChatServer
+
+    from cac_align.cli import main
+
+    with ChatServer(fail_if=lambda body: True) as server:  # up, but every answer is a 503
+        code = main(_vllm_score(tmp_path, server.url, "reward.model.max_retries=0"))
+    err = capsys.readouterr().err
+    assert code == 1 and "every one of the 2 videos failed in the reward backend" in err
+    rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    assert [r["valid"] for r in rows] == [False, False]  # what happened is still recorded
+
+
+def test_a_trickling_server_hits_the_deadline():
+    import time
+
+    from chat_server import ChatServer
+
+    from cac_align.vlm.backend import user
+    from cac_align.vlm.openai import OpenAIBackend, ServerUnavailableError
+
+    with ChatServer(trickle_s=0.02) as server:  # each byte arrives in time; the answer (~300 bytes) takes ~6 s
+        backend = OpenAIBackend("cac", base_url=server.url, timeout_s=0.5, max_retries=0)
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match=r"no complete answer within 0.5 s"):
+            backend.generate([[user("hello")]], max_new_tokens=4)
+        assert time.monotonic() - start < 2.0
+
+
+def test_ctrl_c_during_a_hung_request_stops_at_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from chat_server import ChatServer
+
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import sys\n"
+        "from cac_align.vlm.backend import user\n"
+        "from cac_align.vlm.openai import OpenAIBackend\n"
+        "backend = OpenAIBackend('cac', base_url=sys.argv[1], timeout_s=60, max_retries=5)\n"
+        "print('requesting', flush=True)\n"
+        "try:\n"
+        "    backend.generate([[user('hello')]] * 3)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(130)\n"
+    )
+    with ChatServer(delay_s=30) as server:  # never answers in time
+        proc = subprocess.Popen([sys.executable, str(script), server.url], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "requesting"
+        time.sleep(1.0)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 130 and "interrupted" in out
+        assert time.monotonic() - start < 3.0  # not the 60 s timeout, nor five retries
+
+
+def test_bon_leaves_a_prompt_the_backend_could_not_score_for_the_rerun(tmp_path, capsys):
+    from test_best_of_n import _config, _rows
+
+    from cac_align.gen.best_of_n import run
+    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.rewards import RewardOutput
+    from cac_align.rewards.base import BackendFailure
+
+    class Server:
+        """A reward whose server is down for the prompt "a dog" until it comes back."""
+
+        name = "served"
+
+        def __init__(self, down):
+            self.down = down
+
+        def __call__(self, videos, prompts, metadata=None):
+            import numpy as np
+
+            if self.down and prompts[0] == "a dog":
+                details = [{"error": "backend failed: server unreachable", "error_kind": "backend"} for _ in prompts]
+                return RewardOutput(self.name, np.full(len(prompts), np.nan), np.zeros(len(prompts), bool), details)
+            return RewardOutput(self.name, np.arange(len(prompts), dtype=float) / 10, np.ones(len(prompts), bool))
+
+    pipe = build_tiny_wan_pipeline(seed=0)
+    with pytest.raises(BackendFailure, match="1 of 2 prompts were not scored.*rerun the same command"):
+        run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=True), pipe=pipe)
+    assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a cat"}  # no fallback recorded for "a dog"
+    run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=False), pipe=pipe)
+    rows = _rows(tmp_path / "bon")
+    assert {r["prompt"] for r in rows} == {"a cat", "a dog"} and all(r["chosen_by"] != "fallback" for r in rows if r["chosen"])

@@ -139,11 +139,14 @@ def test_score_job_through_an_openai_compatible_server(tmp_path):
 def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):
     from cac_align.vlm.config import ModelConfig, build_backend
 
+    from chat_server import ChatServer
+
     monkeypatch.delenv("CAC_TEST_KEY", raising=False)
     with pytest.raises(RecipeError, match="CAC_TEST_KEY"):
         build_backend(ModelConfig(name="cac", backend="openai", api_key_env="CAC_TEST_KEY"))
     monkeypatch.setenv("CAC_TEST_KEY", "secret")
-    assert build_backend(ModelConfig(name="cac", backend="openai", api_key_env="CAC_TEST_KEY")).api_key == "secret"
+    with ChatServer() as server:
+        assert build_backend(ModelConfig(name="cac", backend="openai", base_url=server.url, api_key_env="CAC_TEST_KEY")).api_key == "secret"
 
 
 @pytest.mark.parametrize("recipe", ["unified_reward_tiny", "ur_cac_tiny"])

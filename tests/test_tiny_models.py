@@ -104,7 +104,49 @@ def test_a_missing_run_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
     assert looks_like_path("runs/x") and looks_like_path("a/b/c") and looks_like_path("my model/x")
     # the hub form stays a hub id when no such local folder exists
     assert not looks_like_path("Qwen/Qwen3-VL-8B-Instruct")
-    assert check_weights_source("Qwen/Qwen3-VL-8B-Instruct") == "Qwen/Qwen3-VL-8B-Instruct"
+
+
+def _hub_at(monkeypatch, endpoint):
+    import huggingface_hub.constants
+
+    from cac_align import loading
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(loading, "_REACHABLE", {})
+
+
+def test_hub_ids_without_the_hub_fail_at_once_or_load_from_the_cache(tmp_path, monkeypatch, tiny_qwen3_vl):
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    from cac_align.loading import check_weights_source
+
+    # a hub that answers: the id is passed through to from_pretrained
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        _hub_at(monkeypatch, f"http://127.0.0.1:{port}")
+        assert check_weights_source("Qwen/Qwen3-VL-8B-Instruct") == "Qwen/Qwen3-VL-8B-Instruct"
+    # no hub (the port is closed now): one clear line within seconds, no retries
+    _hub_at(monkeypatch, f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.monotonic()
+    with pytest.raises(WeightsNotFoundError, match=r"reward.model.name='org/tiny-cac' is a hub id, but the hub .* cannot be reached .* not in the local cache"):
+        check_weights_source("org/tiny-cac", "reward.model.name")
+    assert time.monotonic() - start < 5
+    # ... unless the model is in the local hub cache: then that folder is loaded, offline
+    snapshot = tmp_path / "hub" / "models--org--tiny-cac" / "snapshots" / "abc123"
+    tiny_qwen3_vl.model.save_pretrained(snapshot)
+    tiny_qwen3_vl.processor.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    assert check_weights_source("org/tiny-cac") == str(snapshot)
+    model, _ = load_vlm("org/tiny-cac", dtype="float32", device="cpu")
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
 
 
 def test_missing_weight_paths_say_which_key_to_set(tmp_path):

@@ -131,7 +131,7 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     from cac_align.cac.evidence import cac_details, evidence_path, write_evidence_png, write_report
-    from cac_align.rewards.base import build_reward
+    from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward
     from cac_align.video import VideoError, load_video
 
     out = Path(config.out_dir)
@@ -205,6 +205,11 @@ def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
     judged = [row for row in rows if row["valid"] and "truth" in row]
     agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
     print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
+    if all_failed_in_backend([row["details"] for row in rows]):
+        raise BackendFailure(
+            f"every one of the {len(rows)} videos failed in the reward backend ({rows[0]['error']}); "
+            "nothing was scored: fix the backend (is its server running?) and rerun"
+        )
     return rows
 
 

@@ -212,7 +212,7 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
     from tqdm.auto import tqdm
 
     from cac_align.gen.wan import build_generator, generate_videos
-    from cac_align.rewards.base import build_reward, move_to
+    from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward, move_to
     from cac_align.video import Video, load_video, save_video
 
     # 1. setup: prompts, run folder (resume or refuse), models
@@ -239,6 +239,7 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
         log.warning("offload=true has no effect without a CUDA device")
 
     bar = tqdm(total=len(todo) * config.n, desc="best-of-n candidates", unit="video")
+    unscored: list[tuple[int, str]] = []
     for i in todo:
         prompt = prompts[i]
         seeds = [candidate_seed(config.seed, i, c, config.n) for c in range(config.n)]
@@ -262,7 +263,13 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
         output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
         if config.offload and on_gpu:
             move_to(reward, "cpu")
-        # 4. choose, record the group in one write, copy the chosen video
+        # 4. a group the backend could not score at all (a dead server) is not a choice: it is
+        # left unrecorded, so a rerun scores it again; the job ends with an error saying so
+        if all_failed_in_backend(output.details):
+            unscored.append((i, str(output.details[0].get("error"))))
+            tqdm.write(f"prompt {i}: not scored, the reward backend failed on every candidate: {output.details[0].get('error')}")
+            continue
+        # 5. choose, record the group in one write, copy the chosen video
         best, rule = choose(output.scores, output.valid)
         rows = []
         for c in range(config.n):
@@ -297,13 +304,19 @@ def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
         log.info("prompt %d: best candidate %d (%s) of %d: %s", i, best, output.name, config.n, score)
         tqdm.write(f"prompt {i}: chose candidate {best} ({rule}), {output.name} = {score}")
     bar.close()
-    # 5. chosen/ index for every prompt (also after a resume) and the summary
+    # 6. chosen/ index for every prompt (also after a resume) and the summary
     for i, rows in done.items():
         chosen = next(r for r in rows if r["chosen"])
         _copy_chosen(out, i, prompts[i], out / chosen["video"])
     _write_chosen_index(out, prompts, done)
     summary = _summarize(done)
     _write_summary(out, summary)
+    if unscored:
+        raise BackendFailure(
+            f"{len(unscored)} of {len(prompts)} prompts were not scored because the reward backend failed on every "
+            f"candidate (prompt {unscored[0][0]}: {unscored[0][1]}); their candidates are kept: fix the backend and "
+            "rerun the same command to score them"
+        )
     return summary
 
 

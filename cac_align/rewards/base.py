@@ -39,6 +39,8 @@ from cac_align.video import Video, VideoError, load_video
 
 __all__ = [
     "BACKEND_ERRORS",
+    "BackendFailure",
+    "all_failed_in_backend",
     "REWARDS",
     "Reward",
     "RewardError",
@@ -69,6 +71,17 @@ except (ImportError, AttributeError):  # pragma: no cover - torch without OutOfM
 
 class RewardError(RuntimeError):
     """A reward call that must not return scores (e.g. ``invalid: fail`` met an invalid sample)."""
+
+
+class BackendFailure(RewardError):
+    """A job whose samples all failed for a backend reason (a server that died, a model call that
+    kept failing): it ends with an error, not with a result of nothing but invalid rows."""
+
+
+def all_failed_in_backend(details: Sequence[Mapping]) -> bool:
+    """Whether every sample failed, and every failure was the backend's (``error_kind``
+    "backend"), so that nothing about the videos themselves was learned. False when empty."""
+    return bool(details) and all(d.get("error") and d.get("error_kind") == "backend" for d in details)
 
 
 @dataclass

@@ -118,7 +118,7 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             api_key = os.environ.get(model.api_key_env)
             if api_key is None:
                 raise RecipeError(f"{key}.api_key_env={model.api_key_env!r}: that environment variable is not set")
-        return OpenAIBackend(
+        backend = OpenAIBackend(
             model.name,
             base_url=model.base_url,
             api_key=api_key,
@@ -126,6 +126,8 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             max_retries=model.max_retries,
             max_workers=model.max_batch_size,
         )
+        backend.check()  # a dead server or a wrong model name fails here, in seconds, not per sample
+        return backend
 
     if model.name.startswith(TINY_PREFIX):
         from cac_align.tiny_job import TINY_BUILDERS

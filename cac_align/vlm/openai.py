@@ -11,9 +11,14 @@ which return the log-probability of every prompt token. The candidate's tokens a
 after the longest common prefix with the prefix-only prompt; their log-probabilities are summed,
 so every token of the candidate is teacher-forced.
 
-Responses are JSON, never unpickled. The default URL is localhost; timeouts and retries with
-exponential backoff are configurable, and an unreachable server raises
-:class:`ServerUnavailableError` naming the URL.
+Responses are JSON, never unpickled. The default URL is localhost. :meth:`OpenAIBackend.check`
+asks the server for its model list (``GET /v1/models``) in a few seconds, so a job meets a dead
+server or a wrong model name before its first batch, not after minutes of retries
+(``build_backend`` calls it). ``timeout_s`` is a deadline for each attempt as a whole
+(connecting, waiting and reading the answer), so a server that trickles bytes is cut off too;
+retries back off exponentially, and an unreachable server raises
+:class:`ServerUnavailableError` naming the URL. Requests run on daemon threads: Ctrl-C stops the
+caller at once instead of waiting for hung requests and their retries.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import base64
 import io
 import json
 import math
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,7 +50,7 @@ class OpenAIBackend:
         model: the served model name (``--served-model-name`` in vLLM).
         base_url: server root including ``/v1``.
         api_key: sent as a bearer token when given.
-        timeout_s: per-request timeout.
+        timeout_s: deadline of one attempt of one request (connect, wait, read the whole answer).
         max_retries: retries after a connection error, timeout or 5xx/429 answer.
         backoff_s: first retry delay; doubles each retry.
         image_format: "jpeg" (smaller) or "png" (lossless) for frames.
@@ -72,6 +78,34 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.image_format = image_format
         self.max_workers = max_workers
+        self.base_url = base_url.rstrip("/")
+        self._local = threading.local()  # per worker thread: the abort event of its _map call
+
+    def check(self, timeout_s: float = 5.0) -> None:
+        """Fail fast when the server is not there or does not serve :attr:`model`.
+
+        Raises:
+            ServerUnavailableError: no answer from ``GET /v1/models`` within ``timeout_s``, or a
+                model list without this model (the message lists what it serves).
+        """
+        import requests
+
+        url = self.base_url + "/models"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            response = requests.get(url, headers=headers, timeout=min(timeout_s, self.timeout_s))
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ServerUnavailableError(
+                f"no reward server answers at {self.base_url} ({exc.__class__.__name__}); start it, or fix model.base_url"
+            ) from None
+        if response.status_code != 200:
+            raise ServerUnavailableError(f"{url} answered HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            served = [entry["id"] for entry in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise ServerUnavailableError(f"{url} did not answer with an OpenAI model list: {response.text[:200]!r}") from None
+        if self.model not in served:
+            raise ServerUnavailableError(f"the server at {self.base_url} serves {served}, not {self.model!r}; fix model.name")
 
     def to(self, device: Any) -> "OpenAIBackend":
         """Nothing to move: the model lives in the server."""
@@ -105,35 +139,92 @@ class OpenAIBackend:
                 messages.append({"role": message["role"], "content": parts})
         return messages
 
+    def _attempt(self, data: bytes, headers: dict) -> tuple[int, bytes]:
+        """One POST, its whole answer read before ``timeout_s`` has passed (else ``Timeout``)."""
+        import requests
+
+        deadline = time.monotonic() + self.timeout_s
+        with requests.post(self.url, data=data, headers=headers, timeout=self.timeout_s, stream=True) as response:
+            chunks = []
+            while True:
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(f"no complete answer within {self.timeout_s:g} s")
+                chunk = response.raw.read1(65536, decode_content=True)
+                if not chunk:
+                    return response.status_code, b"".join(chunks)
+                chunks.append(chunk)
+
     def _post(self, body: dict) -> dict:
         import requests
 
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode("utf-8")
         last_error = "no attempt made"
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            abort = getattr(self._local, "abort", None)
+            delay = self.backoff_s * 2 ** (attempt - 1)
+            if attempt and (abort.wait(delay) if abort is not None else time.sleep(delay)):
+                break  # the caller was interrupted: no more retries
             try:
-                response = requests.post(self.url, data=json.dumps(body), headers=headers, timeout=self.timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+                status, content = self._attempt(data, headers)
+            except (requests.ConnectionError, requests.Timeout, OSError) as exc:
                 last_error = f"{exc.__class__.__name__}: {exc}"
                 continue
-            if response.status_code == 429 or response.status_code >= 500:
-                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
+            text = content.decode("utf-8", errors="replace")
+            if status == 429 or status >= 500:
+                last_error = f"HTTP {status}: {text[:200]}"
                 continue
-            if response.status_code != 200:
-                raise ServerUnavailableError(f"{self.url} rejected the request: HTTP {response.status_code}: {response.text[:500]}")
+            if status != 200:
+                raise ServerUnavailableError(f"{self.url} rejected the request: HTTP {status}: {text[:500]}")
             try:
-                return response.json()
+                return json.loads(text)
             except ValueError:
-                raise ServerUnavailableError(f"{self.url} answered with non-JSON: {response.text[:200]!r}") from None
-        raise ServerUnavailableError(f"{self.url} unreachable after {self.max_retries + 1} attempts: {last_error}")
+                raise ServerUnavailableError(f"{self.url} answered with non-JSON: {text[:200]!r}") from None
+        raise ServerUnavailableError(f"{self.url} unreachable after {attempt + 1} attempts: {last_error}")
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            return list(pool.map(fn, items))
+        """``[fn(x) for x in items]`` on up to ``max_workers`` daemon threads, in order; the first
+        error (in item order) is raised. An interrupt (Ctrl-C) returns at once: the workers are
+        daemons and stop retrying, so nothing waits for a hung request."""
+        items = list(items)
+        if not items:
+            return []
+        results: list[Any] = [None] * len(items)
+        errors: list[BaseException | None] = [None] * len(items)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(items)):
+            todo.put(index)
+
+        abort = threading.Event()  # set when the caller is interrupted: the workers stop retrying
+
+        def worker() -> None:
+            self._local.abort = abort
+            while not abort.is_set():
+                try:
+                    index = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[index] = fn(items[index])
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                    errors[index] = exc
+
+        threads = [threading.Thread(target=worker, daemon=True, name="openai-request") for _ in range(min(self.max_workers, len(items)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.1)
+        except BaseException:
+            abort.set()  # Ctrl-C: the workers give up their retries; the caller goes on at once
+            raise
+        for error in errors:
+            if error is not None:
+                raise error
+        return results
 
     # -- Backend protocol -------------------------------------------------------------------
     def generate(
