@@ -75,6 +75,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _a(job: str) -> str:
+    """'a bon', 'an eval-bench': the job's name with its article."""
+    return ("an " if job[:1].lower() in "aeiou" else "a ") + job
+
+
 def read_manifest(out_dir: str | Path) -> dict | None:
     """The manifest of ``out_dir``, or None when it has none.
 
@@ -137,13 +142,13 @@ class RunFolder:
         where = f"out_dir={str(self.path)!r}"
         previous = read_manifest(self.path)
         if previous is not None and previous["job"] != job:
-            raise RecipeError(f"{where} holds a {previous['job']} run; a {job} run needs a folder of its own (choose another out_dir)")
+            raise RecipeError(f"{where} holds {_a(previous['job'])} run; {_a(job)} run needs a folder of its own (choose another out_dir)")
         recorded = {str(o).split("/")[0] for o in previous["outputs"]} if previous is not None else set()
         if previous is not None:
             changed = differing_keys(previous.get("fingerprint", {}), self.fingerprint)
             if changed and not overwrite:
                 raise RecipeError(
-                    f"{where} holds a {job} run with a different config (differs in: {', '.join(changed)}); "
+                    f"{where} holds {_a(job)} run with a different config (differs in: {', '.join(changed)}); "
                     "pass overwrite=true to replace that run's outputs, or choose another out_dir"
                 )
             if overwrite:

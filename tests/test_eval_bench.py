@@ -157,6 +157,17 @@ def test_bench_job_on_prediction_files(tmp_path):
     assert "| cac | 0.750 | 1.000 | 3 |" in md
     rows = list(csv.DictReader((tmp_path / "out/table1.csv").open()))
     assert [r["system"] for r in rows] == ["cac", "base"] and rows[1]["normal_precision"] == ""
+    # the run folder: another config is refused; overwrite replaces the job's files, never the user's
+    from cac_align.config import RecipeError
+
+    (tmp_path / "out/notes.md").write_text("mine")
+    changed = BenchConfig(annotations=str(annotations), predictions={"cac": str(tmp_path / "cac.jsonl")}, out_dir=str(tmp_path / "out"))
+    with pytest.raises(RecipeError, match=r"holds an eval-bench run with a different config \(differs in: predictions.base\)"):
+        run(changed)
+    changed.overwrite = True
+    run(changed)
+    assert (tmp_path / "out/notes.md").read_text() == "mine"
+    assert [r["system"] for r in csv.DictReader((tmp_path / "out/table1.csv").open())] == ["cac"]
 
 
 def test_bench_errors_name_the_input(tmp_path):

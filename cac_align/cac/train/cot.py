@@ -449,11 +449,17 @@ def run(config: SynthCotConfig) -> dict:
     # rerun of the same config resumes from the log; overwrite replaces this job's outputs only
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     folder = RunFolder(out, "synth-cot", COT_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite)
-    folder.start()
     log_path = out / "cot_log.jsonl"
-    # 2. what is left to do
-    done = _read_log(log_path)
+    # 2. what is left to do; the teacher is reached before the run is recorded (a dead server
+    # leaves no record)
+    done = _read_log(log_path) if folder.resuming else {}
     todo = [_Pending(i, r) for i, r in enumerate(records) if r.video not in done]
+    backend = None
+    if config.teacher is not None and todo:
+        from cac_align.vlm.config import build_backend
+
+        backend = build_backend(config.teacher, key="teacher")
+    folder.start()
     # 3. template or teacher; every finished video is appended to the log at once
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="synth-cot", unit="video")
     with log_path.open("a", encoding="utf-8") as log:
@@ -468,9 +474,6 @@ def run(config: SynthCotConfig) -> dict:
             for p in todo:
                 write(_template_entry(p.record))
         else:
-            from cac_align.vlm.config import build_backend
-
-            backend = build_backend(config.teacher, key="teacher")
             for start in range(0, len(todo), config.batch_size):
                 _teacher_rounds(todo[start : start + config.batch_size], backend, config, write)
     bar.close()
