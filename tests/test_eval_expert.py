@@ -124,6 +124,25 @@ def test_bad_label_files_are_named(tmp_path):
         ExpertConfig(action="export")
 
 
+def test_sheet_folder_keeps_the_users_files_and_analyze_needs_an_export(tmp_path):
+    from cac_align.config import RecipeError
+
+    out = tmp_path / "sheet"
+    out.mkdir()
+    systems = _systems(tmp_path)
+    (out / "key.json").write_text("{}")  # not written by an export: refused, for both actions
+    with pytest.raises(RecipeError, match="already has key.json"):
+        run(ExpertConfig(action="export", out_dir=str(out), systems=systems, overwrite=True))
+    (tmp_path / "e.json").write_text("{}")
+    with pytest.raises(RecipeError, match="key.json of a recorded eval-expert export not found"):
+        run(ExpertConfig(action="analyze", out_dir=str(out), labels=[str(tmp_path / "e.json")]))
+    (out / "key.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    run(ExpertConfig(action="export", out_dir=str(out), systems=systems, embed=False))
+    run(ExpertConfig(action="export", out_dir=str(out), systems=systems, embed=True, seed=5, overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "videos").exists()  # the old copies went
+
+
 def _chromium():
     """Debian's chromium + chromedriver (installed by .ci/run). Missing in CI is a failure."""
     found = shutil.which("chromium") and shutil.which("chromedriver")
