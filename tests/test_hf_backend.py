@@ -95,3 +95,115 @@ def test_choice_probs_input_errors(backend):
         backend.choice_probs(_requests(2), ['{"status": "'], ["normal"])
     with pytest.raises(ValueError, match="choices is empty"):
         backend.choice_probs(_requests(1), [""], [])
+
+
+def _by_hand(backend, model, tok, request, prefix, choice):
+    """P(choice | request, prefix) on one unpadded sequence: prod_k softmax(logits[t_k - 1])[token_k]."""
+    inputs = backend._encode([request], [prefix])
+    ids = tok(choice, add_special_tokens=False)["input_ids"]
+    n_prompt = inputs["input_ids"].shape[1]
+    extended = {
+        k: torch.cat([v, torch.tensor([ids]) if k == "input_ids" else torch.full((1, len(ids)), 1 if k == "attention_mask" else 0)], 1)
+        if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == n_prompt
+        else v
+        for k, v in inputs.items()
+    }
+    with torch.no_grad():
+        logits = model(**extended).logits[0]
+    return float(np.prod([torch.softmax(logits[n_prompt + k - 1].double(), -1)[t].item() for k, t in enumerate(ids)]))
+
+
+CHOICES = ["normal", "normally", "abnormality", "abnormal"]  # one-token and multi-token candidates
+
+
+def test_multi_token_choices_from_one_encoding_equal_teacher_forcing(backend, tiny_qwen3_vl):
+    tok = tiny_qwen3_vl.processor.tokenizer
+    requests = _requests(3)  # mixed frame counts: left padding inside the batch
+    prefixes = ['{"status": "', '{"cot": "look", "status": "', "ab"]
+    probs = backend.choice_probs(requests, prefixes, CHOICES)
+    for i in range(3):
+        for c, choice in enumerate(CHOICES):
+            assert probs[i, c] == pytest.approx(_by_hand(backend, tiny_qwen3_vl.model, tok, requests[i], prefixes[i], choice), rel=1e-5)
+
+
+class _VideoCounter:
+    """Counts the videos the vision tower encodes (rows of its grid_thw)."""
+
+    def __init__(self, model):
+        self.videos = 0
+        self.handle = model.model.visual.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs, output):
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        self.videos += int(grid.shape[0])
+
+
+class _Force:
+    """A logits processor that makes a model write ``answer`` (token ids), then stop."""
+
+    def __init__(self, answer, eos):
+        self.answer, self.eos, self.start, self.last = answer, eos, 0, None
+
+    def __call__(self, input_ids, scores):
+        if self.last is None or input_ids.shape[1] <= self.last:  # a new generate call
+            self.start = input_ids.shape[1]
+        self.last = input_ids.shape[1]
+        step = input_ids.shape[1] - self.start
+        token = self.answer[step] if step < len(self.answer) else self.eos
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, token] = 0.0
+        return forced
+
+
+def test_generate_scored_reads_the_status_from_its_own_generation(tiny_qwen3_vl):
+    from transformers import LogitsProcessorList
+
+    tok = tiny_qwen3_vl.processor.tokenizer
+    answer = tok('{"status": "normal", "anomalies": []}', add_special_tokens=False)["input_ids"]
+    forced = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4,
+                       generate_kwargs={"logits_processor": LogitsProcessorList([_Force(answer, tok.eos_token_id)])})
+    requests = _requests(3)
+    counter = _VideoCounter(tiny_qwen3_vl.model)
+    try:
+        completions, probs = forced.generate_scored(requests, CHOICES, lambda text: text[: text.index('"status": "') + 11], max_new_tokens=len(answer) + 1)
+        once = counter.videos
+        counter.videos = 0
+        forced.generate(requests, max_new_tokens=len(answer) + 1)
+        forced.choice_probs(requests, ['{"status": "'] * 3, CHOICES)
+        twice = counter.videos
+    finally:
+        counter.handle.remove()
+    assert [c.text for c in completions] == ['{"status": "normal", "anomalies": []}'] * 3
+    # each turn's video is encoded once (generation and status together), not once more to score it
+    assert once == 3 and twice == 6
+    for i in range(3):
+        for c, choice in enumerate(CHOICES):
+            assert probs[i, c] == pytest.approx(_by_hand(forced, tiny_qwen3_vl.model, tok, requests[i], '{"status": "', choice), rel=1e-5)
+    # an answer without the field is NaN (the caller reports it); a prefix ending inside a token
+    # is scored by re-encoding, with the same numbers
+    _, none = forced.generate_scored(requests[:1], CHOICES, lambda text: None, max_new_tokens=len(answer) + 1)
+    assert np.isnan(none).all()
+    _, inside = forced.generate_scored(requests[:1], CHOICES, lambda text: text[:6], max_new_tokens=len(answer) + 1)
+    np.testing.assert_allclose(inside[0], forced.choice_probs(requests[:1], ['{"stat'], CHOICES)[0], rtol=1e-6)
+
+
+def test_cac_scoring_encodes_each_turns_video_once(tiny_qwen3_vl):
+    from transformers import LogitsProcessorList
+
+    from cac_align.cac.infer import CaCOptions, CaCScorer
+
+    tok = tiny_qwen3_vl.processor.tokenizer
+    answer = tok('{"COT": "fine", "status": "normal", "anomalies": []}', add_special_tokens=False)["input_ids"]
+    forced = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4,
+                       generate_kwargs={"logits_processor": LogitsProcessorList([_Force(answer, tok.eos_token_id)])})
+    videos = [Video(smooth_video(8, 64, 64, seed=i), 4.0) for i in range(2)]
+    counter = _VideoCounter(tiny_qwen3_vl.model)
+    try:
+        results = CaCScorer(forced, CaCOptions(max_new_tokens=len(answer) + 1)).score(videos)
+    finally:
+        counter.handle.remove()
+    assert counter.videos == 2  # turn 1 only (both normal): one encoding per video, scoring included
+    for result in results:
+        assert result.valid and result.status == "normal" and result.turn2 is None
+        p_normal, p_abnormal = result.turn1.p_normal, result.turn1.p_abnormal
+        assert result.reward == pytest.approx(p_normal / (p_normal + p_abnormal))

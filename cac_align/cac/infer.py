@@ -23,6 +23,7 @@ scored. A failure is never turned into a reward of 0 or 1.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -193,6 +194,8 @@ class _Work:
     clip: Video | None = None
     request1: ChatRequest | None = None
     request2: ChatRequest | None = None
+    probs1: Any = None  # (P(normal), P(abnormal)) read with turn 1's generation, NaN if none
+    probs2: Any = None
 
 
 class CaCScorer:
@@ -278,8 +281,9 @@ class CaCScorer:
             for w in live:
                 w.result.turn1 = TurnRecord("", None, w.scan.fps, w.scan.timestamps.tolist())
             return
-        texts, seconds = self._generate([w.request1 for w in live])
-        for w, text in zip(live, texts):
+        texts, seconds, probs = self._generate([w.request1 for w in live])
+        for w, text, row in zip(live, texts, probs):
+            w.probs1 = row
             judgment = parse_judgment(text, 1, fps=w.scan.fps, num_frames=w.scan.num_frames)
             w.result.turn1 = TurnRecord(text, judgment, w.scan.fps, w.scan.timestamps.tolist(), seconds)
             if judgment.status is None:
@@ -314,8 +318,9 @@ class CaCScorer:
     def _turn2(self, todo: list[_Work]) -> None:
         if not todo:
             return
-        texts, seconds = self._generate([w.request2 for w in todo])
-        for w, text in zip(todo, texts):
+        texts, seconds, probs = self._generate([w.request2 for w in todo])
+        for w, text, row in zip(todo, texts, probs):
+            w.probs2 = row
             assert w.clip is not None
             judgment = parse_judgment(text, 2, fps=w.clip.fps, num_frames=w.clip.num_frames)
             w.result.turn2 = TurnRecord(text, judgment, w.clip.fps, w.clip.timestamps.tolist(), seconds)
@@ -330,13 +335,17 @@ class CaCScorer:
                         )
 
     def _score_final(self, todo: list[_Work]) -> None:
-        requests, prefixes, turns = [], [], []
+        requests, prefixes, turns, known = [], [], [], []
         for w in todo:
             turn = w.result.turn2 if w.result.turn2 is not None else w.result.turn1
             request = w.request2 if w.result.turn2 is not None else w.request1
             if self.options.mode == "no_cot":
                 prefix = '{"status": "'
             else:
+                read = w.probs2 if w.result.turn2 is not None else w.probs1
+                if read is not None and all(math.isfinite(p) for p in read):
+                    known.append(((w, turn), tuple(read)))  # read with the turn's own generation
+                    continue
                 match = re.search(STATUS_KEY_PATTERN, turn.text)
                 if match is None:
                     w.result.error = "final answer has no JSON status field to score"
@@ -345,10 +354,8 @@ class CaCScorer:
             requests.append(request)
             prefixes.append(prefix)
             turns.append((w, turn))
-        if not requests:
-            return
-        probs = self.backend.choice_probs(requests, prefixes, list(STATUS_CHOICES))
-        for (w, turn), (p_normal, p_abnormal) in zip(turns, probs):
+        scored = list(zip(turns, self.backend.choice_probs(requests, prefixes, list(STATUS_CHOICES)))) if requests else []
+        for (w, turn), (p_normal, p_abnormal) in known + scored:
             turn.p_normal, turn.p_abnormal = float(p_normal), float(p_abnormal)
             total = p_normal + p_abnormal
             if not total > 0:
@@ -362,11 +369,25 @@ class CaCScorer:
                 assert turn.judgment is not None
                 w.result.status = turn.judgment.status
 
-    def _generate(self, requests: list[ChatRequest]) -> tuple[list[str], float]:
-        """Generate a batch; returns the texts and the amortised seconds per request."""
+    def _generate(self, requests: list[ChatRequest]) -> tuple[list[str], float, Any]:
+        """Generate a batch; returns the texts, the amortised seconds per request, and the (N, 2)
+        P(normal), P(abnormal) where each answer's status value begins, when the backend reads
+        them with the generation itself (in-process: from the generation's KV cache, so each
+        turn encodes its video once). Otherwise, or where an answer has no status field, NaN:
+        the final turn is then scored by ``choice_probs`` in :meth:`_score_final`."""
         start = time.perf_counter()
-        completions = self.backend.generate(
-            requests, max_new_tokens=self.options.max_new_tokens, temperature=self.options.temperature
-        )
+        options = {"max_new_tokens": self.options.max_new_tokens, "temperature": self.options.temperature}
+        scored = getattr(self.backend, "generate_scored", None)
+        if callable(scored):
+            completions, probs = scored(requests, list(STATUS_CHOICES), _status_prefix, **options)
+        else:
+            completions = self.backend.generate(requests, **options)
+            probs = [(math.nan, math.nan)] * len(requests)
         elapsed = (time.perf_counter() - start) / max(1, len(requests))
-        return [c.text for c in completions], elapsed
+        return [c.text for c in completions], elapsed, probs
+
+
+def _status_prefix(text: str) -> str | None:
+    """The answer up to where its status value begins (``...{"status": "``), or None."""
+    match = re.search(STATUS_KEY_PATTERN, text)
+    return text[: match.end()] if match else None

@@ -140,57 +140,157 @@ class HFBackend:
     def choice_probs(self, requests: Any, prefixes: Any, choices: Any) -> Any:
         """Probability of each full choice after each request's assistant prefix.
 
-        Each (request, choice) pair is one row: the left-padded prompt + prefix, then the
-        choice's own tokens (right-padded across choices). log P(choice) is the sum of the
-        log-softmax of every choice token given everything before it.
+        Each request (with its prefix) is encoded once, video included; every choice then
+        continues from that one KV cache. P(choice) is the product over the choice's tokens of
+        the softmax probability of each token given everything before it (teacher-forced).
         """
         import numpy as np
         import torch
 
         if len(prefixes) != len(requests):
             raise ValueError(f"got {len(requests)} requests but {len(prefixes)} prefixes")
-        if not choices:
-            raise ValueError("choices is empty")
-        choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-        if any(not ids for ids in choice_ids):
-            raise ValueError(f"every choice must tokenize to at least one token, got {list(choices)}")
-        n_choices, longest = len(choices), max(len(ids) for ids in choice_ids)
-        out = np.zeros((len(requests), n_choices), dtype=np.float64)
-        if longest == 1:
-            # Every choice is one token: they all come from the same next-token distribution,
-            # so one row per request suffices (same numbers, 1/C of the work).
-            firsts = torch.tensor([ids[0] for ids in choice_ids])
-            with self._lock, torch.inference_mode():
-                for chunk in self._chunks(len(requests)):
-                    inputs = self._encode([requests[i] for i in chunk], [prefixes[i] for i in chunk])
-                    logits = self.model(**inputs).logits[:, -1].float()
-                    probs = torch.softmax(logits, dim=-1)[:, firsts.to(logits.device)]
-                    out[list(chunk)] = probs.cpu().numpy().astype(np.float64)
-            return out
+        choice_ids = self._choice_ids(choices)
+        out = np.zeros((len(requests), len(choices)), dtype=np.float64)
         with self._lock, torch.inference_mode():
             for chunk in self._chunks(len(requests)):
-                rows = [i for i in chunk for _ in range(n_choices)]
-                inputs = self._encode([requests[i] for i in rows], [prefixes[i] for i in rows])
-                prompt_len = inputs["input_ids"].shape[1]
-                tail = torch.full((len(rows), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-                tail_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-                for r in range(len(rows)):
-                    ids = choice_ids[r % n_choices]
-                    tail[r, : len(ids)] = torch.tensor(ids)
-                    tail_mask[r, : len(ids)] = 1
-                device = inputs["input_ids"].device
-                for key, value in list(inputs.items()):
-                    # Extend every token-aligned tensor (ids, mask, token types) over the choice tokens.
-                    if torch.is_tensor(value) and value.dim() == 2 and value.shape == (len(rows), prompt_len):
-                        extra = {"input_ids": tail, "attention_mask": tail_mask}.get(key, torch.zeros_like(tail))
-                        inputs[key] = torch.cat([value, extra.to(device=device, dtype=value.dtype)], dim=1)
-                logits = self.model(**inputs).logits[:, prompt_len - 1 : -1].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                token_lp = logprobs.gather(-1, tail.to(device).unsqueeze(-1)).squeeze(-1) * tail_mask.to(device)
-                totals = token_lp.sum(-1).exp().cpu().numpy().astype(np.float64)
-                for r, i in enumerate(rows):
-                    out[i, r % n_choices] = totals[r]
+                inputs = self._encode([requests[i] for i in chunk], [prefixes[i] for i in chunk])
+                result = self.model(**inputs, use_cache=True)
+                mask = inputs["attention_mask"]
+                out[list(chunk)] = self._score_choices(
+                    result.past_key_values, mask, mask.sum(-1), result.logits[:, -1].float(), choice_ids
+                )
         return out
+
+    def generate_scored(
+        self,
+        requests: Any,
+        choices: Any,
+        prefix_of: Any,
+        max_new_tokens: int = 1024,
+        temperature: float = 0.0,
+    ) -> tuple[list[Any], Any]:
+        """Generate, then score ``choices`` after ``prefix_of(answer text)`` from the generation's
+        own KV cache: the request (video included) is encoded once for both.
+
+        The prefix is located among the generated tokens (the shortest run of them that decodes
+        to it). Where it ends inside a token, or ``prefix_of`` gives None, that row is scored by
+        :meth:`choice_probs` (re-encoded) or left NaN. Probabilities equal :meth:`choice_probs`'s
+        whenever the generated tokens are the ones the prefix text tokenizes to.
+        """
+        import numpy as np
+        import torch
+
+        from cac_align.vlm.backend import Completion
+
+        choice_ids = self._choice_ids(choices)
+        completions: list[Completion] = []
+        probs = np.full((len(requests), len(choices)), np.nan)
+        redo: list[tuple[int, str]] = []
+        with self._lock, torch.inference_mode():
+            for chunk in self._chunks(len(requests)):
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk))
+                sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+                output = self.model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, **sampling, **self.generate_kwargs,
+                    return_dict_in_generate=True, output_logits=True,
+                )
+                prompt_len = inputs["input_ids"].shape[1]
+                generated = output.sequences[:, prompt_len:]
+                cache = output.past_key_values
+                cache_len = cache.get_seq_length()
+                rows, ends, firsts = [], [], []
+                for r, i in enumerate(chunk):
+                    ids = _strip_after_eos(generated[r].tolist(), self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
+                    completion = Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids)
+                    completions.append(completion)
+                    prefix = prefix_of(completion.text)
+                    if prefix is None:
+                        continue
+                    k = _tokens_spelling(self.tokenizer, ids, prefix)
+                    if k is None or k >= len(output.logits) or prompt_len + k > cache_len:
+                        redo.append((i, prefix))  # the prefix ends inside a token: re-encode this row
+                        continue
+                    rows.append(r)
+                    ends.append(prompt_len + k)
+                    firsts.append(output.logits[k][r])
+                if rows:
+                    keep = torch.tensor(rows, device=output.sequences.device)
+                    cache.batch_select_indices(keep)
+                    # each row attends to its prompt and the first k generated tokens only
+                    positions = torch.arange(cache_len, device=keep.device)
+                    prompt_mask = inputs["attention_mask"][keep]
+                    mask = torch.cat([prompt_mask, torch.ones(len(rows), cache_len - prompt_len, dtype=prompt_mask.dtype, device=keep.device)], 1)
+                    mask = mask * (positions[None] < torch.tensor(ends, device=keep.device)[:, None]).to(mask.dtype)
+                    deltas = self._rope_deltas()
+                    deltas = deltas[keep] if deltas is not None else None
+                    scored = self._score_choices(cache, mask, mask.sum(-1), torch.stack(firsts).float(), choice_ids, deltas)
+                    probs[[chunk[r] for r in rows]] = scored
+        if redo:
+            probs[[i for i, _ in redo]] = self.choice_probs([requests[i] for i, _ in redo], [p for _, p in redo], choices)
+        return completions, probs
+
+    # -- choice scoring from a KV cache ---------------------------------------------------
+    def _choice_ids(self, choices: Any) -> list[list[int]]:
+        if not choices:
+            raise ValueError("choices is empty")
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not i for i in ids):
+            raise ValueError(f"every choice must tokenize to at least one token, got {list(choices)}")
+        return ids
+
+    def _rope_deltas(self) -> Any:
+        """The multimodal-RoPE offsets (Qwen-VL) the last prefill left, per row, or None."""
+        return getattr(getattr(self.model, "model", None), "rope_deltas", None)
+
+    def _score_choices(self, cache: Any, mask: Any, lengths: Any, first_logits: Any, choice_ids: list[list[int]], deltas: Any = None) -> Any:
+        """(B, C) probabilities of whole choices after a prefix held in ``cache``.
+
+        ``first_logits`` (B, V) are the next-token logits right after the prefix: the choices'
+        first tokens are read from them. Longer choices continue from the cache (repeated once
+        per choice; rows choice-major within a request), attending where ``mask`` (B, cache
+        length) is 1, at RoPE positions ``lengths`` (real tokens so far) + offset + ``deltas``.
+        """
+        import torch
+
+        if deltas is None:
+            deltas = self._rope_deltas()
+        n_rows, n_choices = first_logits.shape[0], len(choice_ids)
+        firsts = torch.tensor([ids[0] for ids in choice_ids], device=first_logits.device)
+        total = torch.log_softmax(first_logits, dim=-1)[:, firsts]  # (B, C)
+        longest = max(len(ids) for ids in choice_ids)
+        if longest > 1:
+            device = mask.device
+            cache.batch_repeat_interleave(n_choices)
+            tail = torch.full((n_rows * n_choices, longest), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+            tail_mask = torch.zeros_like(tail)
+            for r in range(n_rows * n_choices):
+                ids = choice_ids[r % n_choices]
+                tail[r, : len(ids)] = torch.tensor(ids, device=device)
+                tail_mask[r, : len(ids)] = 1
+            full_mask = torch.cat([mask.repeat_interleave(n_choices, 0), tail_mask.to(mask.dtype)], 1)
+            start = lengths.repeat_interleave(n_choices, 0).to(device)
+            if deltas is not None:
+                start = start + deltas.reshape(-1).to(device).repeat_interleave(n_choices, 0)
+            positions = start[:, None] + torch.arange(longest, device=device)[None]
+            position_ids = positions[None].expand(3, -1, -1) if deltas is not None else positions
+            logits = self.model(input_ids=tail, attention_mask=full_mask, past_key_values=cache, position_ids=position_ids, use_cache=True).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            rest = logprobs.gather(-1, tail[:, 1:, None]).squeeze(-1) * tail_mask[:, 1:]
+            total = total + rest.sum(-1).view(n_rows, n_choices)
+        return total.exp().cpu().numpy().astype("float64")
+
+
+def _tokens_spelling(tokenizer: Any, ids: list[int], text: str) -> int | None:
+    """The smallest k whose first k tokens of ``ids`` decode to exactly ``text``, or None."""
+    if not text:
+        return 0
+    for k in range(1, len(ids) + 1):
+        decoded = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        if decoded == text:
+            return k
+        if len(decoded) > len(text) and not text.startswith(decoded):
+            return None
+    return None
 
 
 def _strip_after_eos(row: list[int], eos: Any, pad: int | None) -> list[int]:

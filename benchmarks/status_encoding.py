@@ -1,0 +1,113 @@
+"""What two-turn CaC scoring runs through the model per video, with the status probabilities read
+from each turn's own generation (now) vs re-encoded afterwards (before).
+
+    python benchmarks/status_encoding.py                  # cac-demo, 32 held-out videos, batch 16
+    python benchmarks/status_encoding.py --model outputs/cac_demo/stage3/final --videos 64
+
+Machine-independent figures, counted with hooks on the model: videos through the vision tower,
+visual tokens out of it (patches / merge^2) and tokens through the language model (prefill and
+decoding), per scored video; plus the wall-clock ratio, both paths in the same run after one
+warm-up call each. "before" is the same backend with its ``generate_scored`` hidden, so CaC
+falls back to ``generate`` + ``choice_probs`` as it did before. The rewards of both paths are
+compared (they differ only where a generated status token is not the one its text re-tokenizes
+to, and by float noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+class Counter:
+    """Forward hooks on the vision tower and the language model."""
+
+    def __init__(self, model):
+        self.videos = self.visual_tokens = self.llm_tokens = 0
+        merge = model.config.vision_config.spatial_merge_size
+        inner = model.model
+
+        def visual(module, args, kwargs, output):
+            grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            self.videos += int(grid.shape[0])
+            self.visual_tokens += int(grid.prod(-1).sum()) // (merge * merge)
+
+        def language(module, args, kwargs, output):
+            embeds = kwargs.get("inputs_embeds")
+            self.llm_tokens += int(embeds.shape[0] * embeds.shape[1])
+
+        self.handles = [
+            inner.visual.register_forward_hook(visual, with_kwargs=True),
+            inner.language_model.register_forward_hook(language, with_kwargs=True),
+        ]
+
+    def reset(self):
+        self.videos = self.visual_tokens = self.llm_tokens = 0
+
+
+def main() -> None:
+    from cac_align.cac.infer import CaCOptions
+    from cac_align.config import load_config
+    from cac_align.data.synthetic import SynthConfig, _kinds, make_spec, render
+    from cac_align.models import model_settings
+    from cac_align.rewards.cac import CaCReward
+    from cac_align.video import Video
+    from cac_align.vlm.hf import HFBackend
+
+    class Reencoding(HFBackend):
+        generate_scored = None  # the path before: generate, then choice_probs re-encodes the request
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="cac-demo")
+    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    synth = load_config(SynthConfig, "recipes/synth/default.yaml", ["out_dir=unused", f"n={args.videos}", "seed=5002"], job="synth")
+    kinds = _kinds(synth)
+    videos = [Video(render(make_spec(synth, i, kinds[i]))[0], synth.fps) for i in range(args.videos)]
+    settings = model_settings(args.model) or {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}
+    options = CaCOptions(max_frames_turn2=8, max_new_tokens=320).for_model(settings)
+    now = HFBackend.from_pretrained(args.model, max_batch_size=args.batch, dtype="float32", device="cpu")
+    before = Reencoding(now.model, now.processor, max_batch_size=args.batch)
+    counter = Counter(now.model)
+    figures, rewards = {}, {}
+    for label, backend in (("before", before), ("now", now)):
+        reward = CaCReward(backend, options, batch_size=args.batch)
+        reward(videos[: args.batch])  # warm-up
+        counter.reset()
+        start = time.perf_counter()
+        out = reward(videos)
+        seconds = time.perf_counter() - start
+        turns = sum(1 + (d.get("turn2") is not None) for d in out.details)
+        figures[label] = {
+            "seconds": seconds,
+            "videos_encoded": counter.videos / args.videos,
+            "visual_tokens": counter.visual_tokens / args.videos,
+            "llm_tokens": counter.llm_tokens / args.videos,
+            "turns": turns / args.videos,
+        }
+        rewards[label] = out.scores
+        f = figures[label]
+        print(
+            f"{label:>6}: {f['turns']:.2f} turns/video; per video {f['videos_encoded']:.2f} video encodings, "
+            f"{f['visual_tokens']:.0f} visual tokens, {f['llm_tokens']:.0f} LLM tokens; {seconds:.1f} s "
+            f"({int(out.valid.sum())} valid)"
+        )
+    b, n = figures["before"], figures["now"]
+    print(
+        f"now / before: video encodings {n['videos_encoded'] / b['videos_encoded']:.2f}x, visual tokens "
+        f"{n['visual_tokens'] / b['visual_tokens']:.2f}x, LLM tokens {n['llm_tokens'] / b['llm_tokens']:.2f}x, "
+        f"wall clock {n['seconds'] / b['seconds']:.2f}x"
+    )
+    both = np.isfinite(rewards["before"]) & np.isfinite(rewards["now"])
+    print(f"rewards: max |now - before| = {np.max(np.abs(rewards['now'][both] - rewards['before'][both])):.2e} over {both.sum()} videos")
+
+
+if __name__ == "__main__":
+    main()
