@@ -1,5 +1,11 @@
-"""What two-turn CaC scoring runs through the model per video, with the status probabilities read
-from each turn's own generation (now) vs re-encoded afterwards (before).
+"""What reward scoring runs through the model per video, before and now:
+
+1. two-turn CaC, with the status probabilities read from each turn's own generation (now) vs
+   re-encoded afterwards (before), on the shipped cac-demo;
+2. UnifiedReward's ``probs`` scoring, with the five v1 score positions read through one KV cache
+   (now) vs one forward pass over the whole request per position (before), on the tiny random
+   Qwen2.5-VL (its architecture; the numbers are meaningless, the counts and times are not) at
+   Wan's shape: 81 frames at 16 fps, 480x832 frames downscaled to ``--ur-pixels``.
 
     python benchmarks/status_encoding.py                  # cac-demo, 32 held-out videos, batch 16
     python benchmarks/status_encoding.py --model outputs/cac_demo/stage3/final --videos 64
@@ -47,6 +53,10 @@ class Counter:
     def reset(self):
         self.videos = self.visual_tokens = self.llm_tokens = 0
 
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
 
 def main() -> None:
     from cac_align.cac.infer import CaCOptions
@@ -65,6 +75,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ur-videos", type=int, default=8)
+    parser.add_argument("--ur-pixels", type=int, default=64 * 28 * 28, help="pixel cap per frame for UnifiedReward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -107,6 +119,41 @@ def main() -> None:
     )
     both = np.isfinite(rewards["before"]) & np.isfinite(rewards["now"])
     print(f"rewards: max |now - before| = {np.max(np.abs(rewards['now'][both] - rewards['before'][both])):.2e} over {both.sum()} videos")
+    counter.remove()
+    unified_reward_probs(args)
+
+
+def unified_reward_probs(args: argparse.Namespace) -> None:
+    from cac_align.rewards.unified import UnifiedReward
+    from cac_align.video import Video
+    from cac_align.vlm.hf import HFBackend
+    from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
+
+    class RoundByRound(HFBackend):
+        choice_probs_steps = None  # the path before: each score position re-encodes the request
+
+    tiny = build_tiny_qwen2_5_vl(seed=0)
+    rng = np.random.default_rng(0)
+    videos = [Video(rng.integers(0, 255, (81, 480, 832, 3), dtype=np.uint8), 16.0) for _ in range(args.ur_videos)]
+    prompts = ["a cat jumps over a fence"] * len(videos)
+    counter = Counter(tiny.model)
+    figures, scores = {}, {}
+    for label, backend_class in (("before", RoundByRound), ("now", HFBackend)):
+        reward = UnifiedReward(backend_class(tiny.model, tiny.processor, max_batch_size=args.batch), scoring="probs", max_pixels=args.ur_pixels)
+        reward(videos[:2], prompts[:2])  # warm-up
+        counter.reset()
+        start = time.perf_counter()
+        out = reward(videos, prompts)
+        seconds = time.perf_counter() - start
+        n = len(videos)
+        figures[label] = (counter.videos / n, counter.visual_tokens / n, counter.llm_tokens / n, seconds)
+        scores[label] = out.scores
+        print(f"UnifiedReward probs {label:>6}: per video {figures[label][0]:.2f} video encodings, {figures[label][1]:.0f} visual tokens, "
+              f"{figures[label][2]:.0f} LLM tokens; {seconds:.2f} s for {n} videos")
+    b, n = figures["before"], figures["now"]
+    print(f"UnifiedReward probs now / before: video encodings {n[0] / b[0]:.2f}x, visual tokens {n[1] / b[1]:.2f}x, "
+          f"LLM tokens {n[2] / b[2]:.2f}x, wall clock {n[3] / b[3]:.2f}x; "
+          f"max |score difference| {np.max(np.abs(scores['now'] - scores['before'])):.1e}")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,36 @@ def test_template_is_read_from_the_authors_script(tmp_path):
 
 
 @pytest.mark.parametrize("kind, version", [("qwen2_5_vl", "v1"), ("qwen3_vl", "2.0")])
+def test_probs_scoring_encodes_each_video_once_with_the_same_numbers(kind, version, tiny_qwen2_5_vl, tiny_qwen3_vl):
+    tiny = tiny_qwen2_5_vl if kind == "qwen2_5_vl" else tiny_qwen3_vl
+
+    class RoundByRound(HFBackend):
+        choice_probs_steps = None  # every position re-encodes the request, as before
+
+    videos = [_video(0, frames=12), _video(1, frames=10), _video(2, frames=12)]  # left padding in the batch
+    encoded = []
+    hook = tiny.model.model.visual.register_forward_hook(
+        lambda module, args, kwargs, output: encoded.append(int(kwargs.get("grid_thw", args[1] if len(args) > 1 else None).shape[0])),
+        with_kwargs=True,
+    )
+    try:
+        once = UnifiedReward(HFBackend(tiny.model, tiny.processor), version=version, scoring="probs", num_frames=6)(videos, ["a", "b", "c"])
+        chained_encodings = sum(encoded)
+        encoded.clear()
+        each = UnifiedReward(RoundByRound(tiny.model, tiny.processor), version=version, scoring="probs", num_frames=6)(videos, ["a", "b", "c"])
+        round_encodings = sum(encoded)
+    finally:
+        hook.remove()
+    positions = len(FORMATS[version].dimensions)
+    assert chained_encodings == 3 and round_encodings == 3 * positions
+    for a, b in zip(once.details, each.details):
+        assert a["text"] == b["text"]
+        for key in a["digit_probs"]:
+            np.testing.assert_allclose(a["digit_probs"][key], b["digit_probs"][key], rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(once.scores, each.scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind, version", [("qwen2_5_vl", "v1"), ("qwen3_vl", "2.0")])
 def test_tiny_models_through_both_scoring_ways(kind, version, tiny_qwen2_5_vl, tiny_qwen3_vl):
     tiny = tiny_qwen2_5_vl if kind == "qwen2_5_vl" else tiny_qwen3_vl
     backend = HFBackend(tiny.model, tiny.processor)

@@ -402,29 +402,50 @@ class UnifiedReward:
         fmt = self.format
         digits = fmt.digits
         values = np.arange(fmt.low, fmt.high + 1, dtype=np.float64)
-        prefixes = [""] * len(requests)
+        heads = [fmt.line.split("{value}")[0].format(label=label) for _, label in fmt.dimensions]
+        texts = [""] * len(requests)  # each answer as written so far
         answers: list[dict[str, Any]] = [
             {"scoring": "probs", "sub_scores": {}, "digit_probs": {}, "digit_mass": {}} for _ in requests
         ]
-        # One batched call per score position; each position's prefix holds the values read so far.
-        for key, label in fmt.dimensions:
-            head = fmt.line.split("{value}")[0].format(label=label)
-            probs = self.backend.choice_probs(requests, [p + head for p in prefixes], digits)
-            for j, row in enumerate(np.asarray(probs, dtype=np.float64)):
-                mass = float(row.sum())
-                answers[j]["digit_probs"][key] = row.tolist()
-                answers[j]["digit_mass"][key] = mass
-                if not (np.isfinite(mass) and mass > 0) or mass < self.min_digit_mass:
-                    answers[j].setdefault("error", f"'{label}': score digits got probability mass {mass:.3g}")
-                    answers[j]["error_kind"] = "score"
-                    expected = float(values[0])
-                else:
-                    expected = float((values * row).sum() / mass)
-                answers[j]["sub_scores"][key] = expected
-                written = digits[int(np.argmax(row))] if fmt.integer else f"{expected:.4f}"
-                prefixes[j] += fmt.line.format(label=label, value=written) + fmt.separator
-        for answer, prefix in zip(answers, prefixes):
-            answer["text"] = prefix[: -len(fmt.separator)]
+
+        def read(step: int, j: int, row: np.ndarray) -> str:
+            """Record sub-score ``step`` of answer ``j``; return what the model writes next: this
+            line's value, the line break, and the next line's head."""
+            key, label = fmt.dimensions[step]
+            row = np.asarray(row, dtype=np.float64)
+            mass = float(row.sum())
+            answers[j]["digit_probs"][key] = row.tolist()
+            answers[j]["digit_mass"][key] = mass
+            if not (np.isfinite(mass) and mass > 0) or mass < self.min_digit_mass:
+                answers[j].setdefault("error", f"'{label}': score digits got probability mass {mass:.3g}")
+                answers[j]["error_kind"] = "score"
+                expected = float(values[0])
+            else:
+                expected = float((values * row).sum() / mass)
+            answers[j]["sub_scores"][key] = expected
+            written = digits[int(np.argmax(row))] if fmt.integer else f"{expected:.4f}"
+            texts[j] += fmt.line.format(label=label, value=written)
+            if step + 1 < len(fmt.dimensions):
+                texts[j] += fmt.separator
+                return written + fmt.separator + heads[step + 1]
+            return written
+
+        # One score position per sub-score; each position's prefix holds the lines read so far.
+        steps = len(fmt.dimensions)
+        chained = getattr(self.backend, "choice_probs_steps", None)
+        if callable(chained):  # in-process: the video is encoded once for all positions
+            # the backend calls read() after every position but the last, to grow the prefixes
+            last = chained(requests, [heads[0]] * len(requests), digits, steps, read)[-1]
+            for j, row in enumerate(last):
+                read(steps - 1, j, row)
+        else:
+            prefixes = [heads[0]] * len(requests)
+            for step in range(steps):
+                probs = self.backend.choice_probs(requests, prefixes, digits)
+                for j, row in enumerate(probs):
+                    prefixes[j] += read(step, j, row)
+        for answer, text in zip(answers, texts):
+            answer["text"] = text
         return answers
 
 

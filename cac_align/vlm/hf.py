@@ -144,22 +144,10 @@ class HFBackend:
         continues from that one KV cache. P(choice) is the product over the choice's tokens of
         the softmax probability of each token given everything before it (teacher-forced).
         """
-        import numpy as np
-        import torch
-
         if len(prefixes) != len(requests):
             raise ValueError(f"got {len(requests)} requests but {len(prefixes)} prefixes")
-        choice_ids = self._choice_ids(choices)
-        out = np.zeros((len(requests), len(choices)), dtype=np.float64)
-        with self._lock, torch.inference_mode():
-            for chunk in self._chunks(len(requests)):
-                inputs = self._encode([requests[i] for i in chunk], [prefixes[i] for i in chunk])
-                result = self.model(**inputs, use_cache=True)
-                mask = inputs["attention_mask"]
-                out[list(chunk)] = self._score_choices(
-                    result.past_key_values, mask, mask.sum(-1), result.logits[:, -1].float(), choice_ids
-                )
-        return out
+        with self._lock:
+            return self._unlocked_choice_probs(requests, prefixes, choices)
 
     def generate_scored(
         self,
@@ -228,6 +216,122 @@ class HFBackend:
         if redo:
             probs[[i for i, _ in redo]] = self.choice_probs([requests[i] for i, _ in redo], [p for _, p in redo], choices)
         return completions, probs
+
+    def choice_probs_steps(self, requests: Any, prefixes: Any, choices: Any, steps: int, extend: Any) -> list[Any]:
+        """``steps`` rounds of ``choice_probs`` in which each round's prefix grows from the last
+        by what ``extend(round, row, probs_row)`` returns (UnifiedReward's probs scoring writes
+        each sub-score line after reading the previous one).
+
+        Each request (video included) is encoded once; every later round feeds only its new
+        tokens through the KV cache. Where the grown text re-tokenizes the end of the old one
+        (": " then "4" gives ": 4"), the changed tokens' cache entries are masked out and fed
+        again, so every round sees exactly the tokens :meth:`choice_probs` would encode for its
+        full prefix, and gives the same numbers. Multi-token choices, and a row whose prefix
+        tokenizes differently inside the prompt, are scored round by round by
+        :meth:`choice_probs` instead.
+
+        Returns:
+            One (N, C) array per round.
+        """
+        import numpy as np
+        import torch
+
+        choice_ids = self._choice_ids(choices)
+        n = len(requests)
+        texts = list(prefixes)
+        rounds = [np.zeros((n, len(choices))) for _ in range(steps)]
+        if max(len(ids) for ids in choice_ids) > 1:  # multi-token choices: round by round
+            for j in range(steps):
+                rounds[j][:] = self.choice_probs(requests, texts, choices)
+                for i in range(n):
+                    texts[i] += extend(j, i, rounds[j][i]) if j + 1 < steps else ""
+            return rounds
+        firsts = [ids[0] for ids in choice_ids]
+        for chunk in self._chunks(n):
+            rows = list(chunk)
+            with self._lock, torch.inference_mode():
+                inputs = self._encode([requests[i] for i in rows], [texts[i] for i in rows])
+                result = self.model(**inputs, use_cache=True)
+                cache, mask = result.past_key_values, inputs["attention_mask"]
+                lengths, deltas = mask.sum(-1), self._rope_deltas()
+                last = result.logits[:, -1].float()
+                device = mask.device
+                # per row: the prefix's tokens and the cache columns holding them; a row whose
+                # prefix did not tokenize on its own as inside the prompt is re-encoded instead
+                held = [self.tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in rows]
+                width0 = mask.shape[1]
+                cols: list[list[int] | None] = []
+                for r, ids in enumerate(held):
+                    tail_ids = inputs["input_ids"][r, width0 - len(ids) :].tolist() if ids else []
+                    cols.append(list(range(width0 - len(ids), width0)) if tail_ids == ids else None)
+                for j in range(steps):
+                    probs = torch.softmax(last, dim=-1)[:, firsts].double().cpu().numpy()
+                    for r, i in enumerate(rows):
+                        if cols[r] is not None:
+                            rounds[j][i] = probs[r]
+                    redo = [r for r in range(len(rows)) if cols[r] is None]
+                    if redo:  # rows off the cache: this round re-encoded
+                        rounds[j][[rows[r] for r in redo]] = self._unlocked_choice_probs(
+                            [requests[rows[r]] for r in redo], [texts[rows[r]] for r in redo], choices
+                        )
+                    if j + 1 == steps:
+                        break
+                    # grow each prefix; where the new text re-tokenizes the old end (": " + "4"
+                    # -> ": 4"), the cache columns of the changed tokens are masked out and the
+                    # tokens from there on are fed again
+                    new_ids: list[list[int]] = []
+                    for r, i in enumerate(rows):
+                        texts[i] += extend(j, i, rounds[j][i])
+                        after = self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+                        if cols[r] is None:
+                            new_ids.append([])
+                            continue
+                        before = held[r]
+                        same = 0
+                        while same < min(len(before), len(after)) and before[same] == after[same]:
+                            same += 1
+                        for column in cols[r][same:]:
+                            mask[r, column] = 0
+                        lengths[r] -= len(before) - same
+                        cols[r] = cols[r][:same]
+                        held[r] = after
+                        new_ids.append(after[same:])
+                    width = max(len(ids) for ids in new_ids)
+                    if width == 0:
+                        continue
+                    tail = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+                    tail_mask = torch.zeros((len(rows), width), dtype=mask.dtype, device=device)
+                    for r, ids in enumerate(new_ids):
+                        if ids:
+                            tail[r, : len(ids)] = torch.tensor(ids, device=device)
+                            tail_mask[r, : len(ids)] = 1
+                            cols[r] = cols[r] + list(range(mask.shape[1], mask.shape[1] + len(ids)))  # type: ignore[operator]
+                    mask = torch.cat([mask, tail_mask], 1)
+                    start = lengths + (deltas.reshape(-1).to(device) if deltas is not None else 0)
+                    positions = start[:, None] + torch.arange(width, device=device)[None]
+                    position_ids = positions[None].expand(3, -1, -1) if deltas is not None else positions
+                    logits = self.model(input_ids=tail, attention_mask=mask, past_key_values=cache, position_ids=position_ids, use_cache=True).logits
+                    counts = tail_mask.sum(-1)
+                    for r in range(len(rows)):
+                        if counts[r] > 0:
+                            last[r] = logits[r, counts[r] - 1].float()
+                    lengths = lengths + counts
+        return rounds
+
+    def _unlocked_choice_probs(self, requests: Any, prefixes: Any, choices: Any) -> Any:
+        """:meth:`choice_probs` for a caller that already holds the lock."""
+        import numpy as np
+        import torch
+
+        choice_ids = self._choice_ids(choices)
+        out = np.zeros((len(requests), len(choices)), dtype=np.float64)
+        with torch.inference_mode():
+            for chunk in self._chunks(len(requests)):
+                inputs = self._encode([requests[i] for i in chunk], [prefixes[i] for i in chunk])
+                result = self.model(**inputs, use_cache=True)
+                mask = inputs["attention_mask"]
+                out[list(chunk)] = self._score_choices(result.past_key_values, mask, mask.sum(-1), result.logits[:, -1].float(), choice_ids)
+        return out
 
     # -- choice scoring from a KV cache ---------------------------------------------------
     def _choice_ids(self, choices: Any) -> list[list[int]]:
