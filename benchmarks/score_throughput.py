@@ -30,11 +30,19 @@ TURN2 = json.dumps({"cot": "look", "status": "abnormal", "anomalies": [{"type": 
 
 
 class FixedAnswers(HFBackend):
-    """Runs the real model for the full token budget, then returns a scripted valid answer."""
+    """Runs the real model for the full token budget, then returns a scripted valid answer.
+
+    CaC reads the status probabilities with each turn's generation (``generate_scored``): here
+    they are read at the first generated token (the scripted text's status position does not
+    exist in the random tokens), which costs the same as reading them anywhere else."""
 
     def generate(self, requests, **kwargs):
         completions = super().generate(requests, **kwargs)
         return [Completion(TURN1 if len(r) == 1 else TURN2, c.token_ids) for r, c in zip(requests, completions)]
+
+    def generate_scored(self, requests, choices, prefix_of, **kwargs):
+        completions, probs = super().generate_scored(requests, choices, lambda text: "", **kwargs)
+        return [Completion(TURN1 if len(r) == 1 else TURN2, c.token_ids) for r, c in zip(requests, completions)], probs
 
 
 def _videos(count: int, height: int, width: int, seconds: float = 5.0, fps: float = 16.0) -> list[Video]:
