@@ -100,3 +100,26 @@ def test_two_turn_cac_through_the_server():
     p_n = math.exp(sum(char_logprob(ord(c)) for c in "normal"))
     p_a = math.exp(sum(char_logprob(ord(c)) for c in "abnormal"))
     assert result.reward == pytest.approx(p_n / (p_n + p_a))
+
+
+def test_requests_per_video_of_two_turn_cac_through_a_server():
+    """What a vLLM server is asked per video (docs: benchmarks/README.md, status_encoding): each
+    generation is one request, and the final status costs one prompt_logprobs request for the
+    prefix plus one per candidate, each carrying the video again."""
+    turn1 = json.dumps({"COT": "scan", "status": "abnormal", "anomalies": [{"Attributed Time Region": "1-2", "Attributed Label": "Human Distortion"}]})
+    turn2 = json.dumps({"COT": "look", "status": "abnormal", "anomalies": [{"Attributed Label": "Human Distortion", "BBOX": {"Frame 0": [100, 100, 300, 300]}}]})
+    normal = json.dumps({"COT": "fine", "status": "normal", "anomalies": []})
+
+    def answer(messages):
+        if len(messages) > 1:
+            return turn2
+        return turn1 if "flag" in json.dumps(messages[0]["content"][-1]) else normal
+
+    videos = [Video(smooth_video(16, 32, 48, seed=i), 4.0) for i in range(2)]
+    with ChatServer(answer=answer) as server:
+        scorer = CaCScorer(OpenAIBackend("cac", base_url=server.url))
+        results = scorer.score(videos, ["flag me", "a calm scene"])
+        kinds = ["logprobs" if body.get("prompt_logprobs") is not None else "generate" for body in server.requests]
+    assert [r.valid for r in results] == [True, True] and results[0].turn2 is not None and results[1].turn2 is None
+    # flagged video: 2 generations + 3 status requests; normal video: 1 generation + 3 status requests
+    assert kinds.count("generate") == 3 and kinds.count("logprobs") == 6 and len(server.requests) == 9
