@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.flow_grpo import FlowGrpoConfig, LoraSettings, _add_lora, run, step_prompts, trained_timesteps
-from cac_align.gen.sde import flow_sigmas, noise_scale, sde_step
+from cac_align.gen.sde import SDESchedule, flow_sigmas
 from cac_align.gen.wan import (
     TINY_WAN,
     GeneratorConfig,
@@ -56,8 +56,7 @@ def _recompute(pipe, trajectory, embeds, negative, guidance, noise_level=0.7):
         x = trajectory.latents[:, j]
         with torch.no_grad():
             v = predict_velocity(pipe.transformer, x, timesteps[j], embeds, negative, guidance, torch.float32)
-        sigma_t = noise_scale(sigmas[j], noise_level, sigma_max=float(sigmas[1]))
-        step = sde_step(x, v, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=trajectory.latents[:, j + 1])
+        step = SDESchedule(sigmas, noise_level).step(j, x, v, prev_sample=trajectory.latents[:, j + 1])
         log_probs.append(step.log_prob)
         means.append(step.mean)
     return torch.stack(log_probs, dim=1), means

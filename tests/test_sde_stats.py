@@ -162,3 +162,20 @@ def test_group_advantages_errors():
         group_advantages([1.0, 2.0], ["a"])
     with pytest.raises(ValueError, match="std"):
         group_advantages([1.0], ["a"], std="batch")
+
+
+def test_sde_schedule_is_the_one_transition_of_sampling_and_training():
+    from cac_align.gen.sde import SDESchedule
+
+    sigmas = torch.tensor([1.0, 0.75, 0.5])
+    sqrt_schedule = SDESchedule(sigmas, noise_level=0.5)
+    # sigma_t = a * sqrt(s / (1 - s)); at s = 1 the schedule's second sigma stands in for s in 1 - s
+    assert float(sqrt_schedule.noise_scale(1)) == pytest.approx(0.5 * math.sqrt(0.75 / 0.25))
+    assert float(sqrt_schedule.noise_scale(0)) == pytest.approx(0.5 * math.sqrt(1.0 / 0.25))
+    linear = SDESchedule(sigmas, noise_level=0.0, schedule="linear")
+    assert float(linear.noise_scale(1)) == pytest.approx(0.5 + (0.75 - 0.5) * 0.75)  # sigma_min + (max - min) * s
+    x, v, eps = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    step = sqrt_schedule.step(1, x, v, noise=eps)
+    by_hand = sde_step(x, v, 0.75, 0.5, 0.5 * math.sqrt(3.0), noise=eps)
+    torch.testing.assert_close(step.prev_sample, by_hand.prev_sample)
+    torch.testing.assert_close(step.log_prob, by_hand.log_prob)

@@ -719,15 +719,15 @@ class _Trainer:
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: Any, weights: Any) -> dict[str, float]:
         import torch
 
-        from cac_align.gen.sde import flow_grpo_loss, noise_scale, sde_step
+        from cac_align.gen.sde import SDESchedule, flow_grpo_loss
         from cac_align.gen.wan import predict_velocity
 
         config, acc = self.config, self.accelerator
         device = acc.device
         latents = torch.cat([t.latents for t in trajectories])
         old_log_probs = torch.cat([t.log_probs for t in trajectories])
-        sigmas, timesteps = self.sigmas.to(device), self.timesteps.to(device)
-        sigma_max, sigma_min = float(sigmas[1]), float(sigmas[-1])
+        timesteps = self.timesteps.to(device)
+        transitions = SDESchedule(self.sigmas.to(device), config.noise_level, config.noise_schedule)
         steps_trained = trained_timesteps(len(timesteps), config.timestep_fraction, step, config.seed)
         micro = [(lo, min(lo + config.train_batch_size, len(latents))) for lo in range(0, len(latents), config.train_batch_size)]
         # updates_per_step contiguous chunks of micro-batches, one AdamW update each; after the
@@ -750,18 +750,17 @@ class _Trainer:
                     backwards += 1
                     x = latents[lo:hi, j].to(device)
                     x_next = latents[lo:hi, j + 1].to(device)
-                    sigma_t = noise_scale(sigmas[j], config.noise_level, schedule=config.noise_schedule, sigma_max=sigma_max, sigma_min=sigma_min).to(device)
                     # gradients are all-reduced once per update, on its last backward
                     sync = acc.no_sync(self.model) if backwards < chunk_total else contextlib.nullcontext()
                     with sync:
                         with acc.autocast():
                             velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
-                        policy = sde_step(x, velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next)
+                        policy = transitions.step(j, x, velocity, prev_sample=x_next)
                         ref_mean = None
                         if config.beta > 0:
                             with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
                                 ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
-                            ref_mean = sde_step(x, ref_velocity, sigmas[j], sigmas[j + 1], sigma_t, prev_sample=x_next).mean
+                            ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
                             old_log_probs[lo:hi, j].to(device),

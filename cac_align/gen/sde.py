@@ -30,6 +30,7 @@ import torch
 
 __all__ = [
     "NOISE_SCHEDULES",
+    "SDESchedule",
     "SDEStep",
     "flow_grpo_loss",
     "flow_sigmas",
@@ -171,6 +172,38 @@ def sde_step(
     prev_sample = prev_sample.float()
     log_prob = gaussian_log_prob(prev_sample.detach(), mean, std.reshape(-1) if std.ndim else std)
     return SDEStep(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std)
+
+
+@dataclass(frozen=True)
+class SDESchedule:
+    """One sampling schedule's transitions: step ``j`` goes from ``sigmas[j]`` to
+    ``sigmas[j + 1]`` with the noise scale of ``noise_level`` and ``schedule`` at ``sigmas[j]``.
+
+    The one place where sampling (``gen.wan.sample_with_log_probs``) and training
+    (``cac-align flow-grpo``'s recomputed log-probs) turn a velocity into a transition, so the two
+    cannot drift apart.
+
+    Attributes:
+        sigmas: ``(num_steps + 1,)`` float32 (:func:`flow_sigmas`), on the latents' device.
+        noise_level: ``a`` of the "sqrt" schedule (0: the ODE).
+        schedule: one of :data:`NOISE_SCHEDULES`.
+    """
+
+    sigmas: torch.Tensor
+    noise_level: float
+    schedule: str = "sqrt"
+
+    def noise_scale(self, j: int) -> torch.Tensor:
+        """``sigma_t`` of step ``j`` (the schedule's extremes are its second and last sigma)."""
+        return noise_scale(self.sigmas[j], self.noise_level, schedule=self.schedule,
+                           sigma_max=float(self.sigmas[1]), sigma_min=float(self.sigmas[-1]))
+
+    def step(self, j: int, sample: torch.Tensor, velocity: torch.Tensor, *, prev_sample: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> "SDEStep":
+        """Transition ``j`` from ``sample`` given the model's ``velocity`` (:func:`sde_step`):
+        draws ``x'`` from ``noise``, or scores a given ``prev_sample``."""
+        sigma_t = self.noise_scale(j).to(sample.device)
+        return sde_step(sample, velocity, self.sigmas[j], self.sigmas[j + 1], sigma_t, prev_sample=prev_sample, noise=noise)
 
 
 def flow_grpo_loss(

@@ -375,7 +375,7 @@ def sample_with_log_probs(
     """
     import torch
 
-    from cac_align.gen.sde import noise_scale, sde_step
+    from cac_align.gen.sde import SDESchedule
 
     device = pipe._execution_device
     batch = prompt_embeds.shape[0]
@@ -394,15 +394,14 @@ def sample_with_log_probs(
         return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
 
     sigmas = sigmas.to(device)
-    sigma_max, sigma_min = float(sigmas[1]), float(sigmas[-1])
+    transitions = SDESchedule(sigmas, noise_level, noise_schedule)
     latents = noise()
     store = store_device or device
     recorded, log_probs = [latents.to(store)], []
     with torch.no_grad():
         for j, t in enumerate(timesteps.to(device)):
             velocity = predict_velocity(transformer, latents, t, prompt_embeds, negative_embeds, config.guidance_scale, dtype)
-            sigma_t = noise_scale(sigmas[j], noise_level, schedule=noise_schedule, sigma_max=sigma_max, sigma_min=sigma_min)
-            step = sde_step(latents, velocity, sigmas[j], sigmas[j + 1], sigma_t.to(device), noise=noise())
+            step = transitions.step(j, latents, velocity, noise=noise())
             latents = step.prev_sample
             recorded.append(latents.to(store))
             log_probs.append(step.log_prob.to(store))
