@@ -27,8 +27,11 @@ __all__ = [
     "JOBS",
     "JobSpec",
     "RecipeError",
+    "SERVING_KEYS",
     "config_fingerprint",
+    "describe_error",
     "differing_keys",
+    "drop_serving_keys",
     "load_config",
     "load_recipe",
     "resolve",
@@ -224,7 +227,7 @@ def _known_keys(node: Any) -> list[str]:
         return []
 
 
-def _describe(exc: Exception, where: str, root: Any) -> RecipeError:
+def describe_error(exc: Exception, where: str, root: Any) -> RecipeError:
     """Turn an omegaconf error into a RecipeError that names the recipe and the key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
@@ -253,7 +256,7 @@ def _merge(base: Any, other: Any, where: str) -> Any:
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
-        raise _describe(exc, where, base) from None
+        raise describe_error(exc, where, base) from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -325,7 +328,7 @@ def load_config(
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _describe(exc, where, merged) from None
+        raise describe_error(exc, where, merged) from None
     except (ValueError, TypeError) as exc:  # raised by a config's __post_init__ checks
         raise RecipeError(f"{where}: {exc}") from None
 

@@ -13,25 +13,9 @@ from typing import Any, Callable
 
 from omegaconf import MISSING
 
+from cac_align.vlm.tiny import TINY_VLM_BUILDERS
+
 __all__ = ["MakeTinyConfig", "TINY_BUILDERS", "run"]
-
-
-def _qwen3_vl(seed: int) -> Any:
-    from cac_align.vlm.tiny import build_tiny_qwen3_vl
-
-    return build_tiny_qwen3_vl(seed)
-
-
-def _qwen3_vl_small(seed: int) -> Any:
-    from cac_align.vlm.tiny import build_small_qwen3_vl
-
-    return build_small_qwen3_vl(seed)
-
-
-def _qwen2_5_vl(seed: int) -> Any:
-    from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
-
-    return build_tiny_qwen2_5_vl(seed)
 
 
 def _wan(seed: int) -> Any:
@@ -42,9 +26,7 @@ def _wan(seed: int) -> Any:
 
 # name -> builder(seed) returning an object with save_pretrained(path)
 TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
-    "qwen3_vl": _qwen3_vl,  # CaC reward model backbone
-    "qwen3_vl_small": _qwen3_vl_small,  # ~9M Qwen3-VL to train from scratch (cac-demo's start)
-    "qwen2_5_vl": _qwen2_5_vl,  # UnifiedReward-qwen backbone
+    **TINY_VLM_BUILDERS,  # qwen3_vl (CaC), qwen3_vl_small (cac-demo's start), qwen2_5_vl (UnifiedReward)
     "wan": _wan,  # Wan-2.1 T2V generator
 }
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cac_align.gen.sde import flow_grpo_loss, flow_sigmas, gaussian_log_prob, noise_scale, sde_step
-from cac_align.gen.stats import group_advantages
+from cac_align.rl import group_advantages
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)  # 0.9189385
 

@@ -32,11 +32,9 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError
+from cac_align.inputs import collect_inputs
 
 __all__ = ["ScoreConfig", "collect_inputs", "run"]
-
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
 
 @dataclass
@@ -79,38 +77,6 @@ class ScoreConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         reward_config(self.reward, "reward")
-
-
-def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[str | None]]:
-    """Video paths and their prompts from a file, a folder or a JSONL manifest."""
-    path = Path(videos)
-    if not path.exists():
-        raise RecipeError(f"videos={videos!r}: no such file or folder")
-    manifest_prompts: list[str | None] = []
-    if path.is_dir():
-        paths = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not paths:
-            raise RecipeError(f"videos={videos!r}: the folder holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
-    elif path.suffix == ".jsonl":
-        paths = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                video = Path(row["video"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RecipeError(f"{path}: line {number}: expected an object with a 'video' path ({exc})") from None
-            paths.append(str(video if video.is_absolute() else path.parent / video))
-            manifest_prompts.append(row.get("prompt"))
-    else:
-        paths = [str(path)]
-    if prompts is not None:
-        lines = Path(prompts).read_text(encoding="utf-8").splitlines()
-        if len(lines) != len(paths):
-            raise RecipeError(f"prompts={prompts!r} has {len(lines)} lines but videos={videos!r} gives {len(paths)} videos")
-        return paths, list(lines)
-    return paths, manifest_prompts or [None] * len(paths)
 
 
 def _truth(record: Any) -> dict:

@@ -160,7 +160,7 @@ def mcnemar(b: int, c: int) -> dict[str, float]:
 def _system_videos(name: str, source: str) -> list[dict]:
     """A system's videos (``cac-align score``'s input rules: a folder or a JSONL manifest) with
     the key they pair up by: the prompt, else the file name without extension."""
-    from cac_align.cac.score_job import collect_inputs
+    from cac_align.inputs import collect_inputs
     from cac_align.config import RecipeError
 
     try:

@@ -403,7 +403,7 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from cac_align.cac.score_job import collect_inputs
+    from cac_align.inputs import collect_inputs
     from cac_align.loading import resolve_device
 
     backbones = dict(backbones or {})

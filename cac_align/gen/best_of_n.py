@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,8 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import RecipeError, run_fingerprint
+from cac_align.config import run_fingerprint
+from cac_align.inputs import read_prompts, slug
 from cac_align.runlog import read_jsonl_log, write_text_atomic
 from cac_align.gen.wan import GeneratorConfig
 
@@ -106,33 +106,6 @@ class BonConfig:
 # ---------------------------------------------------------------------------------------
 # Pure pieces
 # ---------------------------------------------------------------------------------------
-def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a text file (one per line) or JSONL ({"prompt": ...} per line).
-
-    Blank lines are skipped; duplicate prompts are kept (they are told apart by index).
-    """
-    source = Path(path)
-    if not source.is_file():
-        raise RecipeError(f"prompts={str(path)!r}: no such file")
-    prompts: list[str] = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if source.suffix == ".jsonl":
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc})") from None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise RecipeError(f"{source}: line {number}: 'prompt' must be a non-empty string")
-            prompts.append(prompt.strip())
-        else:
-            prompts.append(line.strip())
-    if not prompts:
-        raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
-    return prompts
-
-
 def choose(scores: np.ndarray, valid: np.ndarray) -> tuple[int, str]:
     """Index of the candidate to keep and why: ("argmax" | "fallback").
 
@@ -149,12 +122,6 @@ def choose(scores: np.ndarray, valid: np.ndarray) -> tuple[int, str]:
 
 def candidate_seed(base: int, prompt_index: int, candidate: int, n: int) -> int:
     return base + prompt_index * n + candidate
-
-
-def slug(text: str, max_len: int = 60) -> str:
-    """A file-name-safe form of a prompt: lower case, words joined by '-'."""
-    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return words[:max_len].rstrip("-") or "prompt"
 
 
 def frames_sha256(frames: np.ndarray) -> str:

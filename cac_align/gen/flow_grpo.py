@@ -15,7 +15,7 @@ normalized UnifiedReward and CaC scores. Each training step:
    per-step log-probs, and decodes it; each sampled batch goes to a reward thread pool at once,
    so scoring overlaps the sampling of the next batch;
 3. collects the rewards and gathers them from every process;
-4. computes per-prompt advantages (:mod:`cac_align.gen.stats`); samples whose reward is invalid
+4. computes per-prompt advantages (:mod:`cac_align.rl`); samples whose reward is invalid
    or whose group has zero variance are dropped (weight 0) and counted;
 5. trains: for each micro-batch and each trained timestep, recomputes the log-prob of the stored
    next latent under the current policy and takes the PPO-clip loss + beta * KL to the reference
@@ -503,7 +503,7 @@ class _Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
-        from cac_align.gen.best_of_n import read_prompts
+        from cac_align.inputs import read_prompts
         from cac_align.gen.sde import flow_sigmas
         from cac_align.gen.wan import build_generator, scheduler_shift
         from cac_align.rewards.base import build_reward
@@ -640,7 +640,7 @@ class _Trainer:
             raise RewardError(f"step {step}: no valid reward for any sample ({errors}); check the reward section")
 
         # 4. per-prompt advantages over the whole step; drop invalid and zero-variance samples
-        from cac_align.gen.stats import group_advantages
+        from cac_align.rl import group_advantages
 
         adv = group_advantages(
             scores, [k // G for k in range(plan.total_samples)], std=config.adv_std, clip=config.adv_clip_max
@@ -794,7 +794,7 @@ class _Trainer:
 
     def evaluate(self, done: int) -> dict[str, float]:
         """ODE samples of the held-out prompts (fixed seeds), their rewards, a few saved videos."""
-        from cac_align.gen.best_of_n import slug
+        from cac_align.inputs import slug
         from cac_align.video import Video, save_video
 
         config, acc = self.config, self.accelerator

@@ -323,14 +323,14 @@ def load_section(config_cls: type, data: Mapping[str, Any], where: str) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from cac_align.config import _describe
+    from cac_align.config import describe_error
 
     schema = OmegaConf.structured(config_cls)
     try:
         merged = OmegaConf.merge(schema, dict(data))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ValueError(str(_describe(exc, where, schema))) from None
+        raise ValueError(str(describe_error(exc, where, schema))) from None
     except (ValueError, TypeError) as exc:  # a config's __post_init__ checks
         raise ValueError(f"{where}: {exc}") from None
 

@@ -130,14 +130,14 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
         return backend
 
     if model.name.startswith(TINY_PREFIX):
-        from cac_align.tiny_job import TINY_BUILDERS
+        from cac_align.vlm.tiny import TINY_VLM_BUILDERS
 
         kind = model.name[len(TINY_PREFIX) :]
-        if kind not in ("qwen3_vl", "qwen2_5_vl", "qwen3_vl_small"):
+        if kind not in TINY_VLM_BUILDERS:
             raise RecipeError(
                 f"{key}.name={model.name!r}: random VLMs are 'tiny-random:qwen3_vl', 'tiny-random:qwen2_5_vl' or 'tiny-random:qwen3_vl_small'"
             )
-        tiny = TINY_BUILDERS[kind](0)
+        tiny = TINY_VLM_BUILDERS[kind](0)
         return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size)
     return HFBackend.from_pretrained(
         model.name,

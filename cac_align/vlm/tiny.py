@@ -22,6 +22,7 @@ __all__ = [
     "SMALL_QWEN3_VL",
     "SPECIAL_TOKENS",
     "TINY_CHAT_TEMPLATE",
+    "TINY_VLM_BUILDERS",
     "TinyVLM",
     "build_tiny_tokenizer",
     "build_tiny_qwen3_vl",
@@ -360,3 +361,11 @@ def build_small_qwen3_vl(seed: int = 0) -> TinyVLM:
         chat_template=TINY_CHAT_TEMPLATE,
     )
     return TinyVLM(_finish(model, tokenizer), processor)
+
+
+# name after "tiny-random:" -> builder(seed): the VLMs recipes can name (``vlm.config``, ``make-tiny``)
+TINY_VLM_BUILDERS = {
+    "qwen3_vl": build_tiny_qwen3_vl,  # CaC reward model backbone
+    "qwen3_vl_small": build_small_qwen3_vl,  # ~9M Qwen3-VL to train from scratch (cac-demo's start)
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,  # UnifiedReward-qwen backbone
+}

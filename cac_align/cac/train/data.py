@@ -440,7 +440,6 @@ class ChatBuilder:
     # -- stage 1 ----------------------------------------------------------------------------
     def _frame(self, sample: Sample, record: AnnotationRecord) -> Chat:
         from cac_align.cac.prompts import frame_prompt
-        from cac_align.cac.train.cot import template_local_cot
         from cac_align.vlm.backend import assistant, user
 
         video = self.video(record)

@@ -693,7 +693,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
     from cac_align.cac.train.data import split_records
     from cac_align.cac.train.sft import load_model, run_folder
     from cac_align.config import RecipeError
-    from cac_align.gen.stats import group_advantages
+    from cac_align.rl import group_advantages
     from cac_align.video import VideoError, load_video
 
     t, grpo = config.train, config.grpo

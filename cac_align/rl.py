@@ -1,4 +1,8 @@
-"""Per-prompt group advantages for GRPO on a generator (Flow-GRPO's per-prompt stat tracking).
+"""The RL pieces both GRPO trainers share: per-group advantages.
+
+Used by ``cac-align flow-grpo`` (groups of videos per prompt, Flow-GRPO's per-prompt stat
+tracking) and by CaC's stage-3 GRPO (groups of rollouts per video); a module of its own so that
+neither trainer imports the other's side. (Issue #20 gathers the rest of the shared RL core here.)
 
 GRPO draws a group of G samples per prompt and scores each sample against its own group:
 
