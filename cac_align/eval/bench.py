@@ -321,7 +321,7 @@ def per_type_recall(records: Sequence[Any], predicted: Sequence[str]) -> dict[st
 
 def _spatial_iou(record: Any, boxes: Sequence[dict]) -> float:
     from cac_align.cac.schema import box_iou
-    from cac_align.cac.train.data import on_screen
+    from cac_align.cac.train.targets import on_screen
 
     predicted: dict[int, list] = {}
     for entry in boxes:

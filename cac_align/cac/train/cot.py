@@ -42,7 +42,7 @@ from omegaconf import MISSING
 
 from cac_align.cac.prompts import TYPE_DEFINITIONS
 from cac_align.cac.schema import AnnotationRecord, Anomaly, box_iou, window_iou
-from cac_align.cac.train.data import anomaly_json, clip_boxes, frames_shown, on_screen
+from cac_align.cac.train.targets import anomaly_json, clip_boxes, frames_shown, on_screen
 from cac_align.vlm.config import ModelConfig
 
 __all__ = [

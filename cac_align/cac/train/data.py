@@ -37,6 +37,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cac_align.cac.schema import AnnotationRecord, Anomaly
+from cac_align.cac.train.cot import checklist_cot, template_local_cot, template_video_cot
+from cac_align.cac.train.targets import _EPS, anomaly_json, answer_json, clip_boxes, frames_shown, on_screen
 
 __all__ = [
     "SINGLE_FRAME_TYPES",
@@ -62,7 +64,6 @@ __all__ = [
 SINGLE_FRAME_TYPES = ("Object Distortion", "Human Distortion", "Character Anomalies")
 SPLITS = ("stage1", "stage2", "stage3", "eval")
 TEMPLATE_COTS = ("describe", "checklist")
-_EPS = 1e-6
 
 
 @dataclass
@@ -347,57 +348,6 @@ def build_stage(stage: int, records: Sequence[AnnotationRecord], config: DataCon
 # ---------------------------------------------------------------------------------------
 # Targets and chats
 # ---------------------------------------------------------------------------------------
-def _box_value(boxes: list[list[float]]) -> Any:
-    """One box as a flat list, several as a list of lists (both parse back); integer 0-1000
-    coordinates, as Qwen-VL writes them."""
-    rounded = [[int(round(float(v))) for v in box] for box in boxes]
-    return rounded[0] if len(rounded) == 1 else rounded
-
-
-def on_screen(time_s: float, fps: float) -> int:
-    """Index of the frame of a ``fps`` sequence on screen at ``time_s``."""
-    return int(math.floor(time_s * fps + _EPS))
-
-
-def frames_shown(times: Sequence[float] | np.ndarray, window_s: tuple[float, float]) -> tuple[int, int]:
-    """Inclusive indices of the shown frames (source times ``times``) inside a half-open window.
-
-    A window shorter than the gap between shown frames may hold none of them; it is then
-    the frame on screen when the window starts (the last one shown at or before it)."""
-    times = np.asarray(times, dtype=np.float64)
-    start, end = window_s
-    inside = np.flatnonzero((times >= start - _EPS) & (times < end - _EPS))
-    if inside.size:
-        return int(inside[0]), int(inside[-1])
-    before = np.flatnonzero(times <= start + _EPS)
-    k = int(before[-1]) if before.size else 0
-    return k, k
-
-
-def answer_json(cot: str, status: str, anomalies: list[dict]) -> str:
-    """A target answer in the paper's schema (CaC App. Fig. S5): COT, then status, then anomalies."""
-    return json.dumps({"COT": cot, "status": status, "anomalies": anomalies}, ensure_ascii=False)
-
-
-def anomaly_json(
-    anomaly: Anomaly,
-    time_region: tuple[int, int] | None = None,
-    boxes: dict[int, list[list[float]]] | None = None,
-) -> dict:
-    """One anomaly of a target answer: "Attributed Time Region" (a frame range on the grid the
-    turn saw), "Attributed Label", "Reason for Anomaly", "Problem Region" and "BBOX" (turn 2
-    and frames: {"Frame k": box})."""
-    entry: dict[str, Any] = {}
-    if time_region is not None:
-        entry["Attributed Time Region"] = f"{time_region[0]}-{time_region[1]}"
-    entry["Attributed Label"] = anomaly.type
-    entry["Reason for Anomaly"] = anomaly.reason
-    entry["Problem Region"] = anomaly.region
-    if boxes is not None:
-        entry["BBOX"] = {f"Frame {k}": _box_value(b) for k, b in sorted(boxes.items())}
-    return entry
-
-
 class ChatBuilder:
     """Builds a sample's :class:`Chat` (prompts and sampling as in inference).
 
@@ -459,7 +409,6 @@ class ChatBuilder:
     # -- stage 2 ----------------------------------------------------------------------------
     def _global(self, sample: Sample, record: AnnotationRecord) -> Chat:
         from cac_align.cac.prompts import turn1_prompt
-        from cac_align.cac.train.cot import checklist_cot, template_video_cot
         from cac_align.vlm.backend import assistant, user
 
         video = self.video(record)
@@ -501,22 +450,10 @@ class ChatBuilder:
         return Chat(turn1 + turn2, target, "abnormal" if anomalies else "normal", sample.kind)
 
     def _local_cot(self, shown: list[Anomaly], scope: str) -> str:
-        from cac_align.cac.train.cot import checklist_cot, template_local_cot
 
         if self.config.template_cot == "checklist":
             return checklist_cot(scope)
         return template_local_cot(shown, scope=scope) if not shown or shown[0].cot is None else shown[0].cot
-
-
-def clip_boxes(anomaly: Anomaly, annotation_fps: float, clip_times: np.ndarray) -> dict[int, list[list[float]]]:
-    """An anomaly's boxes re-indexed to a clip: clip frame ``k`` (showing the source frame at
-    ``clip_times[k]`` seconds) gets the boxes of the annotation frame on screen at that time."""
-    out = {}
-    for k, t in enumerate(np.asarray(clip_times, dtype=np.float64)):
-        frame = on_screen(float(t), annotation_fps)
-        if frame in anomaly.boxes:
-            out[k] = anomaly.boxes[frame]
-    return out
 
 
 def describe(data: StageData) -> dict:

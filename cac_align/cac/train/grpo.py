@@ -307,7 +307,7 @@ class SimulatedPolicy:
         return str(rng.choice([t for t in ANOMALY_TYPES if t != name]))
 
     def _turn1(self, request: TurnRequest, rng: np.random.Generator) -> str:
-        from cac_align.cac.train.data import frames_shown
+        from cac_align.cac.train.targets import frames_shown
 
         n, record, video = self.noise, request.record, request.shown
         if rng.random() < 0.25 * n:
@@ -334,7 +334,7 @@ class SimulatedPolicy:
         return json.dumps({"COT": f"I scanned every frame; the video looks {status}.", "status": status, "anomalies": anomalies})
 
     def _turn2(self, request: TurnRequest, rng: np.random.Generator) -> str:
-        from cac_align.cac.train.data import clip_boxes
+        from cac_align.cac.train.targets import clip_boxes
 
         n, record, clip = self.noise, request.record, request.shown
         if rng.random() < 0.15 * n:

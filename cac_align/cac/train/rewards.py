@@ -124,7 +124,7 @@ def spatial_iou(turn2: Judgment | None, record: AnnotationRecord, clip_times: Se
 
     ``clip_times[k]`` is the source time (seconds) of turn 2's clip frame ``k``.
     """
-    from cac_align.cac.train.data import clip_boxes
+    from cac_align.cac.train.targets import clip_boxes
 
     if turn2 is None or clip_times is None:
         return 0.0
