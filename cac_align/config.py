@@ -99,7 +99,7 @@ JOBS: dict[str, JobSpec] = {
         ),
         JobSpec(
             name="train-cac",
-            config="cac_align.cac.train.sft:TrainCaCConfig",
+            config="cac_align.cac.train.settings:TrainCaCConfig",
             run="cac_align.cac.train.sft:run",
             help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO",
             resume="rerun the same command with resume=true to continue from its last saved checkpoint",

@@ -68,18 +68,19 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from cac_align.cac.train.rewards import PAPER_WEIGHTS, RewardBreakdown
+from cac_align.cac.train.rewards import RewardBreakdown
+from cac_align.cac.train.settings import GENERATORS, GrpoSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from cac_align.cac.schema import AnnotationRecord
     from cac_align.cac.train.collate import EncodedChat
-    from cac_align.cac.train.sft import TrainCaCConfig
+    from cac_align.cac.train.settings import TrainCaCConfig
     from cac_align.video import Video
 
 __all__ = [
@@ -96,66 +97,6 @@ __all__ = [
     "run",
     "token_logprobs",
 ]
-
-GENERATORS = ("hf", "simulated")
-
-
-@dataclass
-class GrpoSettings:
-    """Stage-3 settings (the ``grpo:`` section of a train-cac recipe; ignored by stages 1–2).
-
-    Rollouts per optimizer step = ``train.per_device_batch_size`` x processes x
-    ``train.gradient_accumulation_steps`` (paper: 64 = 2 x 1 x 32), i.e. that number / G videos.
-
-    Attributes:
-        group_size: G, rollouts per video (CaC: 8).
-        iterations: optimizer updates per batch of rollouts (μ; 1 = on-policy).
-        clip_epsilon: PPO clip range ε of the ratio.
-        beta: weight of the k3 KL to the reference (0 = no reference model is loaded).
-        temperature: sampling temperature; log-probs use the same softmax(logits / T).
-        max_new_tokens_turn1, max_new_tokens_turn2: generation budget per turn.
-        reward_weights: (format, status, type, temporal, spatial), CaC Eq. 6: (1, 2, 2, 2, 5).
-        advantage_eps: added to the group's reward std (Eq. 8).
-        generator: "hf" (the policy samples) or "simulated" (offline stand-in, module doc).
-        generation_batch_size: rollouts per ``generate`` call.
-        simulated_noise: how damaged the simulated policy's answers are (0 = ground truth).
-        save_rollouts: write every rollout to ``rollouts.jsonl``.
-    """
-
-    group_size: int = 8
-    iterations: int = 1
-    clip_epsilon: float = 0.2
-    beta: float = 0.04
-    temperature: float = 1.0
-    max_new_tokens_turn1: int = 1024
-    max_new_tokens_turn2: int = 1024
-    reward_weights: list[float] = field(default_factory=lambda: list(PAPER_WEIGHTS))
-    advantage_eps: float = 1e-4
-    generator: str = "hf"
-    generation_batch_size: int = 8
-    simulated_noise: float = 0.5
-    save_rollouts: bool = True
-
-    def __post_init__(self) -> None:
-        if self.group_size < 2:
-            raise ValueError(f"grpo.group_size must be >= 2 (advantages compare rollouts of a video), got {self.group_size}")
-        if self.iterations < 1:
-            raise ValueError(f"grpo.iterations must be >= 1, got {self.iterations}")
-        if not 0 < self.clip_epsilon < 1:
-            raise ValueError(f"grpo.clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
-        if self.beta < 0:
-            raise ValueError(f"grpo.beta must be >= 0, got {self.beta}")
-        if self.temperature <= 0:
-            raise ValueError(f"grpo.temperature must be > 0 (GRPO samples), got {self.temperature}")
-        if self.max_new_tokens_turn1 < 1 or self.max_new_tokens_turn2 < 1 or self.generation_batch_size < 1:
-            raise ValueError("grpo.max_new_tokens_turn1/2 and grpo.generation_batch_size must be >= 1")
-        if len(self.reward_weights) != 5:
-            raise ValueError(f"grpo.reward_weights are (format, status, type, temporal, spatial), got {list(self.reward_weights)}")
-        if self.generator not in GENERATORS:
-            raise ValueError(f"grpo.generator must be one of {GENERATORS}, got {self.generator!r}")
-        if self.simulated_noise < 0:
-            raise ValueError(f"grpo.simulated_noise must be >= 0, got {self.simulated_noise}")
-
 
 # ---------------------------------------------------------------------------------------
 # Generators
@@ -691,7 +632,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
     from cac_align.cac.schema import load_annotations
     from cac_align.cac.train.collate import collate
     from cac_align.cac.train.data import split_records
-    from cac_align.cac.train.sft import load_model, run_folder
+    from cac_align.cac.train.shared import load_model, run_folder
     from cac_align.config import RecipeError
     from cac_align.rl import group_advantages
     from cac_align.video import VideoError, load_video

@@ -36,176 +36,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING
-
-from cac_align.cac.train.data import DataConfig
-from cac_align.cac.train.grpo import GrpoSettings
-from cac_align.cac.train.stream import StreamConfig
+from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
+from cac_align.cac.train.shared import load_model, run_folder
 
 __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder"]
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoraSettings:
-    """Stage-1 LoRA. ``target_modules: all-linear`` covers the vision encoder, merger and LLM
-    (every linear layer but the output head)."""
-
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"
-
-
-@dataclass
-class TrainSettings:
-    """Optimizer and loop settings, passed to transformers' ``TrainingArguments``.
-
-    Attributes:
-        learning_rate: 1e-4 in both stages (CaC implementation details).
-        num_epochs, max_steps: training length (``max_steps > 0`` wins).
-        per_device_batch_size, gradient_accumulation_steps: effective batch =
-            per_device_batch_size x processes x gradient_accumulation_steps.
-        bf16: bf16 autocast (needs a GPU with bf16 or a recent CPU).
-        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
-        eval_steps, save_steps, logging_steps: in optimizer steps; eval_steps 0 = no eval.
-        detection_eval_samples: held-out samples for the detection metrics (0 = skip).
-        detection_max_new_tokens: generation budget of the detection metrics' answers.
-        num_workers: dataloader worker processes (decoding and encoding happen there).
-    """
-
-    learning_rate: float = 1e-4
-    num_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    logging_steps: int = 10
-    eval_steps: int = 100
-    save_steps: int = 100
-    save_total_limit: int | None = 2
-    seed: int = 42
-    num_workers: int = 2
-    detection_eval_samples: int = 64
-    detection_max_new_tokens: int = 384
-
-
-@dataclass
-class TrainCaCConfig:
-    """Config of `cac-align train-cac` (all three stages).
-
-    Attributes:
-        stage: 1 (single-frame LoRA warmup), 2 (multi-frame full fine-tuning) or 3 (two-turn
-            GRPO, :mod:`cac_align.cac.train.grpo`).
-        annotations: annotation JSONL (ideally with reasoning from `cac-align synth-cot`;
-            records without it get the template reasoning). Set this or ``stream``.
-        stream: train on synthetic videos rendered on the fly instead of a file
-            (:class:`~cac_align.cac.train.stream.StreamConfig`): every sample a new video.
-        out_dir: the run folder.
-        model: base weights: a hub id ("Qwen/Qwen3-VL-8B-Instruct") for stage 1, stage 1's
-            ``<out_dir>/final`` for stage 2, stage 2's for stage 3 (also the frozen KL reference);
-            "tiny-random:qwen3_vl" for offline runs; "tiny-random:qwen3_vl_small" for a ~10M
-            Qwen3-VL with random weights to train from scratch (the ``cac-demo`` model).
-        dtype, attn_implementation, trust_remote_code: how the model loads.
-        finetune: "lora" (stage 1's default, the paper's) or "full" (every parameter; for a
-            model trained from scratch, where a low-rank update of random weights would learn
-            little); stage 2 is always full, stage 3 always full.
-        data, lora, train, grpo: see :class:`DataConfig`, :class:`LoraSettings`,
-            :class:`TrainSettings` and :class:`~cac_align.cac.train.grpo.GrpoSettings` (stage 3;
-            there ``train.per_device_batch_size`` counts rollouts).
-        resume: continue from the newest checkpoint in ``out_dir`` (the config must match).
-        overwrite: start again in a folder holding another run.
-    """
-
-    stage: int = MISSING
-    annotations: str | None = None
-    stream: StreamConfig | None = None
-    out_dir: str = MISSING
-    model: str = MISSING
-    dtype: str = "bfloat16"
-    attn_implementation: str | None = None
-    trust_remote_code: bool = False
-    finetune: str = "lora"
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    grpo: GrpoSettings = field(default_factory=GrpoSettings)
-    resume: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.stage not in (1, 2, 3):
-            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
-        if self.resume and self.overwrite:
-            raise ValueError("resume=true and overwrite=true contradict each other")
-        if (self.annotations is None) == (self.stream is None):
-            raise ValueError("set exactly one of 'annotations' (an annotation JSONL) or 'stream' (videos rendered on the fly)")
-        if self.finetune not in ("lora", "full"):
-            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
-        t = self.train
-        if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
-            raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
-        if t.learning_rate <= 0 or (t.max_steps <= 0 and t.num_epochs <= 0):
-            raise ValueError("train.learning_rate must be > 0, and train needs max_steps > 0 or num_epochs > 0")
-        if self.lora.r < 1:
-            raise ValueError(f"lora.r must be >= 1, got {self.lora.r}")
-        rollouts = t.per_device_batch_size * t.gradient_accumulation_steps
-        if self.stage == 3 and rollouts % self.grpo.group_size:
-            raise ValueError(
-                f"stage 3: train.per_device_batch_size x train.gradient_accumulation_steps = {rollouts} rollouts per process "
-                f"must be a multiple of grpo.group_size = {self.grpo.group_size} (a video's group stays on one process)"
-            )
-
-
-# Keys that may change between a run and its resumption.
-_RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "grpo.save_rollouts")
 
 
 # ---------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------
-def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
-    """(model on the CPU, processor) from ``config.model``; the Trainer places the model."""
-    from cac_align.vlm.config import TINY_PREFIX
-
-    if config.model.startswith(TINY_PREFIX):
-        from cac_align.vlm.tiny import build_small_qwen3_vl, build_tiny_qwen3_vl
-
-        kind = config.model[len(TINY_PREFIX) :]
-        builders = {"qwen3_vl": lambda: build_tiny_qwen3_vl(0), "qwen3_vl_small": lambda: build_small_qwen3_vl(config.train.seed)}
-        if kind not in builders:
-            from cac_align.config import RecipeError
-
-            raise RecipeError(
-                f"model={config.model!r}: CaC trains Qwen3-VL; the random ones are 'tiny-random:qwen3_vl' (code-path tests) "
-                "and 'tiny-random:qwen3_vl_small' (~9M parameters, to train from scratch)"
-            )
-        built = builders[kind]()
-        return built.model, built.processor
-    from cac_align.vlm.hf import load_vlm
-
-    return load_vlm(
-        config.model,
-        dtype=config.dtype,
-        device="cpu",
-        attn_implementation=config.attn_implementation,
-        trust_remote_code=config.trust_remote_code,
-        key="model",
-    )
-
-
 def _add_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -285,30 +129,6 @@ def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int =
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
-TRAIN_CAC_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "data.json", "adapter", "final", "rollouts.jsonl")
-
-
-def run_folder(config: TrainCaCConfig) -> Any:
-    """The run folder (:class:`~cac_align.runlog.RunFolder`, docs/run_folders.md): another job's
-    folder, another config without ``overwrite`` and files of the user's where outputs go are
-    refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``
-    (replace its outputs, nothing else). Checked by the main process."""
-    from omegaconf import OmegaConf
-
-    from cac_align.config import RecipeError, config_fingerprint
-    from cac_align.runlog import RunFolder
-
-    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    folder = RunFolder(
-        config.out_dir, "train-cac", TRAIN_CAC_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
-    )
-    if folder.resuming and not config.resume:
-        raise RecipeError(f"{folder.path} already holds a train-cac run; pass resume=true to continue it or overwrite=true to start again")
-    if config.resume and not folder.resuming:
-        log.warning("resume=true but %s holds no train-cac run yet: starting from step 0", folder.path)
-    return folder
-
-
 def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
     """Check and record the run folder (main process, once data and model are loaded); returns
     (folder, checkpoint to resume or None)."""

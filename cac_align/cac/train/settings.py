@@ -1,0 +1,199 @@
+"""The ``train-cac`` recipe's configuration: what each of CaC's three stages reads.
+
+Kept apart from the trainers (:mod:`cac_align.cac.train.sft` for stages 1-2,
+:mod:`cac_align.cac.train.grpo` for stage 3) so that either can import it without importing
+the other, and so a recipe is checked without loading a trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from cac_align.cac.train.data import DataConfig
+from cac_align.cac.train.rewards import PAPER_WEIGHTS
+from cac_align.cac.train.stream import StreamConfig
+
+__all__ = ["GENERATORS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]
+
+
+GENERATORS = ("hf", "simulated")
+
+
+@dataclass
+class GrpoSettings:
+    """Stage-3 settings (the ``grpo:`` section of a train-cac recipe; ignored by stages 1–2).
+
+    Rollouts per optimizer step = ``train.per_device_batch_size`` x processes x
+    ``train.gradient_accumulation_steps`` (paper: 64 = 2 x 1 x 32), i.e. that number / G videos.
+
+    Attributes:
+        group_size: G, rollouts per video (CaC: 8).
+        iterations: optimizer updates per batch of rollouts (μ; 1 = on-policy).
+        clip_epsilon: PPO clip range ε of the ratio.
+        beta: weight of the k3 KL to the reference (0 = no reference model is loaded).
+        temperature: sampling temperature; log-probs use the same softmax(logits / T).
+        max_new_tokens_turn1, max_new_tokens_turn2: generation budget per turn.
+        reward_weights: (format, status, type, temporal, spatial), CaC Eq. 6: (1, 2, 2, 2, 5).
+        advantage_eps: added to the group's reward std (Eq. 8).
+        generator: "hf" (the policy samples) or "simulated" (offline stand-in, module doc).
+        generation_batch_size: rollouts per ``generate`` call.
+        simulated_noise: how damaged the simulated policy's answers are (0 = ground truth).
+        save_rollouts: write every rollout to ``rollouts.jsonl``.
+    """
+
+    group_size: int = 8
+    iterations: int = 1
+    clip_epsilon: float = 0.2
+    beta: float = 0.04
+    temperature: float = 1.0
+    max_new_tokens_turn1: int = 1024
+    max_new_tokens_turn2: int = 1024
+    reward_weights: list[float] = field(default_factory=lambda: list(PAPER_WEIGHTS))
+    advantage_eps: float = 1e-4
+    generator: str = "hf"
+    generation_batch_size: int = 8
+    simulated_noise: float = 0.5
+    save_rollouts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size must be >= 2 (advantages compare rollouts of a video), got {self.group_size}")
+        if self.iterations < 1:
+            raise ValueError(f"grpo.iterations must be >= 1, got {self.iterations}")
+        if not 0 < self.clip_epsilon < 1:
+            raise ValueError(f"grpo.clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
+        if self.beta < 0:
+            raise ValueError(f"grpo.beta must be >= 0, got {self.beta}")
+        if self.temperature <= 0:
+            raise ValueError(f"grpo.temperature must be > 0 (GRPO samples), got {self.temperature}")
+        if self.max_new_tokens_turn1 < 1 or self.max_new_tokens_turn2 < 1 or self.generation_batch_size < 1:
+            raise ValueError("grpo.max_new_tokens_turn1/2 and grpo.generation_batch_size must be >= 1")
+        if len(self.reward_weights) != 5:
+            raise ValueError(f"grpo.reward_weights are (format, status, type, temporal, spatial), got {list(self.reward_weights)}")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"grpo.generator must be one of {GENERATORS}, got {self.generator!r}")
+        if self.simulated_noise < 0:
+            raise ValueError(f"grpo.simulated_noise must be >= 0, got {self.simulated_noise}")
+
+
+@dataclass
+class LoraSettings:
+    """Stage-1 LoRA. ``target_modules: all-linear`` covers the vision encoder, merger and LLM
+    (every linear layer but the output head)."""
+
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class TrainSettings:
+    """Optimizer and loop settings, passed to transformers' ``TrainingArguments``.
+
+    Attributes:
+        learning_rate: 1e-4 in both stages (CaC implementation details).
+        num_epochs, max_steps: training length (``max_steps > 0`` wins).
+        per_device_batch_size, gradient_accumulation_steps: effective batch =
+            per_device_batch_size x processes x gradient_accumulation_steps.
+        bf16: bf16 autocast (needs a GPU with bf16 or a recent CPU).
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        eval_steps, save_steps, logging_steps: in optimizer steps; eval_steps 0 = no eval.
+        detection_eval_samples: held-out samples for the detection metrics (0 = skip).
+        detection_max_new_tokens: generation budget of the detection metrics' answers.
+        num_workers: dataloader worker processes (decoding and encoding happen there).
+    """
+
+    learning_rate: float = 1e-4
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    logging_steps: int = 10
+    eval_steps: int = 100
+    save_steps: int = 100
+    save_total_limit: int | None = 2
+    seed: int = 42
+    num_workers: int = 2
+    detection_eval_samples: int = 64
+    detection_max_new_tokens: int = 384
+
+
+@dataclass
+class TrainCaCConfig:
+    """Config of `cac-align train-cac` (all three stages).
+
+    Attributes:
+        stage: 1 (single-frame LoRA warmup), 2 (multi-frame full fine-tuning) or 3 (two-turn
+            GRPO, :mod:`cac_align.cac.train.grpo`).
+        annotations: annotation JSONL (ideally with reasoning from `cac-align synth-cot`;
+            records without it get the template reasoning). Set this or ``stream``.
+        stream: train on synthetic videos rendered on the fly instead of a file
+            (:class:`~cac_align.cac.train.stream.StreamConfig`): every sample a new video.
+        out_dir: the run folder.
+        model: base weights: a hub id ("Qwen/Qwen3-VL-8B-Instruct") for stage 1, stage 1's
+            ``<out_dir>/final`` for stage 2, stage 2's for stage 3 (also the frozen KL reference);
+            "tiny-random:qwen3_vl" for offline runs; "tiny-random:qwen3_vl_small" for a ~10M
+            Qwen3-VL with random weights to train from scratch (the ``cac-demo`` model).
+        dtype, attn_implementation, trust_remote_code: how the model loads.
+        finetune: "lora" (stage 1's default, the paper's) or "full" (every parameter; for a
+            model trained from scratch, where a low-rank update of random weights would learn
+            little); stage 2 is always full, stage 3 always full.
+        data, lora, train, grpo: see :class:`DataConfig`, :class:`LoraSettings`,
+            :class:`TrainSettings` and :class:`~cac_align.cac.train.grpo.GrpoSettings` (stage 3;
+            there ``train.per_device_batch_size`` counts rollouts).
+        resume: continue from the newest checkpoint in ``out_dir`` (the config must match).
+        overwrite: start again in a folder holding another run.
+    """
+
+    stage: int = MISSING
+    annotations: str | None = None
+    stream: StreamConfig | None = None
+    out_dir: str = MISSING
+    model: str = MISSING
+    dtype: str = "bfloat16"
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    finetune: str = "lora"
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume=true and overwrite=true contradict each other")
+        if (self.annotations is None) == (self.stream is None):
+            raise ValueError("set exactly one of 'annotations' (an annotation JSONL) or 'stream' (videos rendered on the fly)")
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        t = self.train
+        if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
+            raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
+        if t.learning_rate <= 0 or (t.max_steps <= 0 and t.num_epochs <= 0):
+            raise ValueError("train.learning_rate must be > 0, and train needs max_steps > 0 or num_epochs > 0")
+        if self.lora.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.lora.r}")
+        rollouts = t.per_device_batch_size * t.gradient_accumulation_steps
+        if self.stage == 3 and rollouts % self.grpo.group_size:
+            raise ValueError(
+                f"stage 3: train.per_device_batch_size x train.gradient_accumulation_steps = {rollouts} rollouts per process "
+                f"must be a multiple of grpo.group_size = {self.grpo.group_size} (a video's group stays on one process)"
+            )
+
+
+# Keys that may change between a run and its resumption.
+RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "grpo.save_rollouts")

@@ -1,0 +1,68 @@
+"""What both ``train-cac`` trainers (stages 1-2 in :mod:`~cac_align.cac.train.sft`, stage 3 in
+:mod:`~cac_align.cac.train.grpo`) use to start: the model to train and the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cac_align.cac.train.settings import RUN_ONLY_KEYS, TrainCaCConfig
+
+__all__ = ["TRAIN_CAC_OUTPUTS", "load_model", "run_folder"]
+
+log = logging.getLogger(__name__)
+
+
+def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
+    """(model on the CPU, processor) from ``config.model``; the Trainer places the model."""
+    from cac_align.vlm.config import TINY_PREFIX
+
+    if config.model.startswith(TINY_PREFIX):
+        from cac_align.vlm.tiny import build_small_qwen3_vl, build_tiny_qwen3_vl
+
+        kind = config.model[len(TINY_PREFIX) :]
+        builders = {"qwen3_vl": lambda: build_tiny_qwen3_vl(0), "qwen3_vl_small": lambda: build_small_qwen3_vl(config.train.seed)}
+        if kind not in builders:
+            from cac_align.config import RecipeError
+
+            raise RecipeError(
+                f"model={config.model!r}: CaC trains Qwen3-VL; the random ones are 'tiny-random:qwen3_vl' (code-path tests) "
+                "and 'tiny-random:qwen3_vl_small' (~9M parameters, to train from scratch)"
+            )
+        built = builders[kind]()
+        return built.model, built.processor
+    from cac_align.vlm.hf import load_vlm
+
+    return load_vlm(
+        config.model,
+        dtype=config.dtype,
+        device="cpu",
+        attn_implementation=config.attn_implementation,
+        trust_remote_code=config.trust_remote_code,
+        key="model",
+    )
+
+
+TRAIN_CAC_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "data.json", "adapter", "final", "rollouts.jsonl")
+
+
+def run_folder(config: TrainCaCConfig) -> Any:
+    """The run folder (:class:`~cac_align.runlog.RunFolder`, docs/run_folders.md): another job's
+    folder, another config without ``overwrite`` and files of the user's where outputs go are
+    refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``
+    (replace its outputs, nothing else). Checked by the main process."""
+    from omegaconf import OmegaConf
+
+    from cac_align.config import RecipeError, config_fingerprint
+    from cac_align.runlog import RunFolder
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    folder = RunFolder(
+        config.out_dir, "train-cac", TRAIN_CAC_OUTPUTS, config_fingerprint(config, RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
+    )
+    if folder.resuming and not config.resume:
+        raise RecipeError(f"{folder.path} already holds a train-cac run; pass resume=true to continue it or overwrite=true to start again")
+    if config.resume and not folder.resuming:
+        log.warning("resume=true but %s holds no train-cac run yet: starting from step 0", folder.path)
+    return folder
