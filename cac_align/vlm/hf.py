@@ -185,7 +185,7 @@ class HFBackend:
                 prompt_len = inputs["input_ids"].shape[1]
                 generated = output.sequences[:, prompt_len:]
                 cache = output.past_key_values
-                cache_len = cache.get_seq_length()
+                cache_len = cache.get_seq_length() if cache is not None else -1  # no cache: every row re-encoded
                 rows, ends, firsts = [], [], []
                 for r, i in enumerate(chunk):
                     ids = _strip_after_eos(generated[r].tolist(), self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
