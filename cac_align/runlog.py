@@ -40,7 +40,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["MANIFEST", "RunFolder", "read_jsonl_log", "read_manifest", "write_text_atomic"]
+__all__ = ["MANIFEST", "RunFolder", "keep_log_steps", "read_jsonl_log", "read_manifest", "write_text_atomic"]
 
 MANIFEST = "cac_align_run.json"
 _FORMAT = 1
@@ -65,6 +65,17 @@ def read_jsonl_log(path: str | Path) -> list[tuple[str, dict]]:
         except json.JSONDecodeError:
             log.warning("%s: dropping a torn line left by a killed run: %.60r", path, line)
     return rows
+
+
+def keep_log_steps(path: str | Path, step: int) -> None:
+    """Keep the lines of a per-step JSONL log (``{"step": ...}`` rows) up to ``step``, the
+    checkpoint a run resumes from: the resumed run logs the later steps again. A torn line is
+    dropped with a warning (:func:`read_jsonl_log`); the file is rewritten atomically."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line, row in read_jsonl_log(path) if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

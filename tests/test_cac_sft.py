@@ -164,13 +164,18 @@ def load_first_video(annotations):
 def test_resume_continues_exactly(cac_data, tmp_path):
     from cac_align.cac.train.sft import run
 
-    common = ["train.max_steps=4", "train.save_steps=2", "train.eval_steps=0", "lora.dropout=0.1"]
+    common = ["train.max_steps=4", "train.save_steps=2", "train.eval_steps=0", "lora.dropout=0.1", "train.logging_steps=1"]
     straight = tmp_path / "straight"
     run(_recipe("stage1_tiny", cac_data, straight, *common))
     resumed = tmp_path / "resumed"
     run(_recipe("stage1_tiny", cac_data, resumed, *common[1:], "train.max_steps=2"))
     shutil.rmtree(resumed / "final")
+    with (resumed / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')  # lines of a run killed after the checkpoint
     run(_recipe("stage1_tiny", cac_data, resumed, *common, "resume=true"))
+    logged = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]  # every line whole
+    assert [row["step"] for row in logged if "loss" in row] == [1, 2, 3, 4]  # the killed run's step 3 went
+    assert {"step": 3, "loss": 1.0} not in logged
     a, b = _weights(straight / "adapter"), _weights(resumed / "adapter")
     assert set(a) == set(b)
     for key in a:

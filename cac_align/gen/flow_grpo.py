@@ -60,7 +60,7 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError, run_fingerprint
 from cac_align.gen.wan import GeneratorConfig
-from cac_align.runlog import read_jsonl_log, write_text_atomic
+from cac_align.runlog import keep_log_steps
 
 __all__ = ["FlowGrpoConfig", "LoraSettings", "run", "step_prompts"]
 
@@ -566,10 +566,7 @@ class _Trainer:
             self.start_step = _load_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema, self.reward)
             log.info("resumed from %s (step %d)", resume_from, self.start_step)
         if acc.is_main_process:
-            metrics = self.out / "metrics.jsonl"
-            if metrics.exists():  # drop lines of steps after the checkpoint: they are redone
-                kept = [line for line, row in read_jsonl_log(metrics) if row["step"] <= self.start_step]
-                write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+            keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         if config.log_with == "tensorboard":
             acc.init_trackers("flow_grpo")
         acc.wait_for_everyone()

@@ -76,6 +76,7 @@ import numpy as np
 
 from cac_align.cac.train.rewards import RewardBreakdown
 from cac_align.cac.train.settings import GENERATORS, GrpoSettings
+from cac_align.runlog import keep_log_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from cac_align.cac.schema import AnnotationRecord
@@ -572,20 +573,6 @@ def _latest_complete_checkpoint(out: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
 
 
-def _keep_lines_up_to(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` (a resumed run writes them again)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError):
-            continue  # a half-written last line from a killed run
-    path.write_text("".join(line + "\n" for line in kept))
-
-
 def _aggregate(parts: list[dict]) -> dict[str, float]:
     """Merge per-process ``{name: (sum, count)}`` into means; names with count 0 are left out."""
     totals: dict[str, list[float]] = {}
@@ -715,7 +702,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         start_step = json.loads((checkpoint / "grpo_state.json").read_text())["step"]
         if accelerator.is_main_process:
             for name in ("metrics.jsonl", "rollouts.jsonl"):
-                _keep_lines_up_to(out / name, start_step)
+                keep_log_steps(out / name, start_step)
             print(f"train-cac stage 3: resuming from {checkpoint} (step {start_step})")
     accelerator.wait_for_everyone()
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
 from cac_align.cac.train.shared import load_model, run_folder
+from cac_align.runlog import keep_log_steps
 
 __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder"]
 
@@ -251,6 +252,8 @@ def run(config: TrainCaCConfig) -> dict:
         if args.process_index == 0:
             out, checkpoint = _prepare_out_dir(config)
             (out / "data.json").write_text(json.dumps(description, indent=1))
+            if checkpoint is not None:  # lines of steps after the checkpoint (and a torn one) go: they are logged again
+                keep_log_steps(out / "metrics.jsonl", int(Path(checkpoint).name.split("-")[-1]))
         else:
             checkpoint = _latest_checkpoint(out) if config.resume else None
 
