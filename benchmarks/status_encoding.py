@@ -9,6 +9,12 @@
 
     python benchmarks/status_encoding.py                  # cac-demo, 32 held-out videos, batch 16
     python benchmarks/status_encoding.py --model outputs/cac_demo/stage3/final --videos 64
+    python benchmarks/status_encoding.py --mode gpu-ur7b  # UnifiedReward-7B's architecture (Qwen2.5-VL-7B),
+                                                          # random weights, bf16 on a CUDA GPU: part 2 only
+    python benchmarks/status_encoding.py --mode cpu-check # the gpu-ur7b code path on a tiny architecture
+
+The GPU mode has not run yet (no GPU was lent to the task that wrote it); ``cpu-check`` runs its
+code with the tiny Qwen2.5-VL sizes, so only the sizes differ. It also reports peak GPU memory.
 
 Machine-independent figures, counted with hooks on the model: videos through the vision tower,
 visual tokens out of it (patches / merge^2) and tokens through the language model (prefill and
@@ -71,6 +77,8 @@ def main() -> None:
         generate_scored = None  # the path before: generate, then choice_probs re-encodes the request
 
     parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["cpu", "gpu-ur7b", "cpu-check"], default="cpu",
+                        help="cpu: both parts on the CPU; gpu-ur7b / cpu-check: UnifiedReward part only, full-size / check sizes")
     parser.add_argument("--model", default="cac-demo")
     parser.add_argument("--videos", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
@@ -79,6 +87,9 @@ def main() -> None:
     parser.add_argument("--ur-pixels", type=int, default=64 * 28 * 28, help="pixel cap per frame for UnifiedReward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mode != "cpu":
+        unified_reward_probs(args)
+        return
 
     synth = load_config(SynthConfig, "recipes/synth/default.yaml", ["out_dir=unused", f"n={args.videos}", "seed=5002"], job="synth")
     kinds = _kinds(synth)
@@ -123,6 +134,48 @@ def main() -> None:
     unified_reward_probs(args)
 
 
+# Qwen2.5-VL-7B (UnifiedReward-qwen-7b's backbone), its published config values
+QWEN2_5_VL_7B = dict(
+    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+                spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
+    text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+              head_dim=128, vocab_size=152064, max_position_embeddings=128000,
+              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
+)
+# the same classes at test sizes (for --mode cpu-check)
+QWEN2_5_VL_CHECK = dict(
+    vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1]),
+    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=16, vocab_size=2048, max_position_embeddings=32768,
+              rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+)
+
+
+def _qwen2_5_vl(sizes: dict, device: str, dtype: "torch.dtype"):
+    """A random Qwen2.5-VL of ``sizes`` with the real Qwen2-VL processors (transformers' default
+    pixel bounds) and the tiny tokenizer (token ids are all that matters to the compute)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    from cac_align.vlm.tiny import TINY_CHAT_TEMPLATE, _token_ids, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    text = dict(sizes["text"], eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    config = Qwen2_5_VLConfig(vision_config=dict(sizes["vision"]), text_config=text, tie_word_embeddings=False, **_token_ids(tokenizer))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
+    model.generation_config.eos_token_id = text["eos_token_id"]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2),
+        video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2),
+        tokenizer=tokenizer,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
 def unified_reward_probs(args: argparse.Namespace) -> None:
     from cac_align.rewards.unified import UnifiedReward
     from cac_align.video import Video
@@ -132,18 +185,32 @@ def unified_reward_probs(args: argparse.Namespace) -> None:
     class RoundByRound(HFBackend):
         choice_probs_steps = None  # the path before: each score position re-encodes the request
 
-    tiny = build_tiny_qwen2_5_vl(seed=0)
+    if args.mode == "gpu-ur7b":
+        model, processor = _qwen2_5_vl(QWEN2_5_VL_7B, "cuda", torch.bfloat16)
+    elif args.mode == "cpu-check":
+        model, processor = _qwen2_5_vl(QWEN2_5_VL_CHECK, "cpu", torch.float32)
+    else:
+        tiny = build_tiny_qwen2_5_vl(seed=0)
+        model, processor = tiny.model, tiny.processor
+    on_gpu = model.device.type == "cuda"
     rng = np.random.default_rng(0)
     videos = [Video(rng.integers(0, 255, (81, 480, 832, 3), dtype=np.uint8), 16.0) for _ in range(args.ur_videos)]
     prompts = ["a cat jumps over a fence"] * len(videos)
-    counter = Counter(tiny.model)
+    counter = Counter(model)
     figures, scores = {}, {}
+    pixels = None if args.mode == "gpu-ur7b" else args.ur_pixels  # the GPU mode keeps the processor's own bounds
     for label, backend_class in (("before", RoundByRound), ("now", HFBackend)):
-        reward = UnifiedReward(backend_class(tiny.model, tiny.processor, max_batch_size=args.batch), scoring="probs", max_pixels=args.ur_pixels)
+        reward = UnifiedReward(backend_class(model, processor, max_batch_size=args.batch), scoring="probs", max_pixels=pixels)
         reward(videos[:2], prompts[:2])  # warm-up
         counter.reset()
+        if on_gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         out = reward(videos, prompts)
+        if on_gpu:
+            torch.cuda.synchronize()
+            print(f"peak GPU memory ({label}): {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
         seconds = time.perf_counter() - start
         n = len(videos)
         figures[label] = (counter.videos / n, counter.visual_tokens / n, counter.llm_tokens / n, seconds)

@@ -58,7 +58,7 @@ class TextBackend:
 
     def generate(self, requests, max_new_tokens=1024, temperature=0.0, top_p=1.0, seed=None):
         self.requests.extend(requests)
-        return [Completion(self.texts[int(videos_of(r)[0].frames[0, 0, 1, 0]) // 20]) for r in requests]
+        return [Completion(self.texts[int(videos_of(r)[0].source.removeprefix("video"))]) for r in requests]  # _video's tag
 
     def choice_probs(self, requests, prefixes, choices):
         self.requests.extend(requests)
@@ -152,14 +152,19 @@ def test_default_frames_follow_the_authors_sampling():
     # reported to the processor at 10 / 81 * 16 = 1.975 fps.
     wan = _video(0, frames=81)
     sampled = sample_like_qwen_vl_utils(wan)
-    assert sampled.frames[:, 0, 0, 0].tolist() == [0, 9, 18, 27, 36, 44, 53, 62, 71, 80]
     assert sampled.fps == pytest.approx(10 / 81 * 16)
     assert sampled.timestamps.tolist() == pytest.approx([i / 16 for i in [0, 9, 18, 27, 36, 44, 53, 62, 71, 80]])
     # 33 frames: 4.125 -> 4 frames at round(linspace(0, 32, 4)) = 0, 11, 21, 32;
     # 5 frames: fewer than qwen-vl-utils' minimum of 4 at 2 fps -> its bound, 4 frames
-    assert sample_like_qwen_vl_utils(_video(0, frames=33)).frames[:, 0, 0, 0].tolist() == [0, 11, 21, 32]
-    assert sample_like_qwen_vl_utils(_video(0, frames=5)).frames[:, 0, 0, 0].tolist() == [0, 1, 3, 4]
+    assert sample_like_qwen_vl_utils(_video(0, frames=33)).timestamps.tolist() == pytest.approx([0, 11 / 16, 21 / 16, 2.0])
+    assert sample_like_qwen_vl_utils(_video(0, frames=5)).timestamps.tolist() == pytest.approx([0, 1 / 16, 3 / 16, 4 / 16])
     assert sample_like_qwen_vl_utils(_video(0, frames=1)).num_frames == 1
+    # sizes as qwen-vl-utils resizes: sides to multiples of 28 within 128..768 tokens of 28x28 per
+    # frame: 480x832 (399,360 px) -> 476x840; a 32x32 frame is below the minimum (100,352 px) and
+    # grows to ceil(32 * sqrt(100352 / 1024) / 28) * 28 = 336 per side
+    wan_sized = Video(np.full((17, 480, 832, 3), 128, np.uint8), 16.0)
+    assert sample_like_qwen_vl_utils(wan_sized).frames.shape[1:3] == (476, 840)
+    assert sampled.frames.shape[1:3] == (336, 336)
     # The reward's defaults: v1 -> those 10 frames; 2.0 -> 16 uniform; a number -> that many
     for version, count in [("v1", 10), ("2.0", 16)]:
         backend = TextBackend({0: CORPUS[0]["text"]})

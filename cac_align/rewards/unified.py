@@ -21,9 +21,9 @@ a ``{prompt}`` placeholder works too.
 Frames (``num_frames``): by default as each format's authors sample them. v1's official script
 passes the video file through ``qwen-vl-utils`` at its default 2 fps, so we take the frame count
 from ``qwen_vl_utils``' own ``smart_nframes`` and the same evenly spaced indices (81 frames at
-16 fps -> 10 frames), see :func:`sample_like_qwen_vl_utils`; 2.0 takes 16 uniform frames. A
-number for ``num_frames`` takes that many uniform frames instead. (Frame sizes are left to the
-model's processor, whose resize rule and pixel bounds are the ones ``qwen-vl-utils`` applies.)
+16 fps -> 10 frames), and resize them as it does (its ``smart_resize``: 480x832 -> 476x840), see
+:func:`sample_like_qwen_vl_utils`; 2.0 takes 16 uniform frames. A number for ``num_frames`` takes
+that many uniform frames instead (sizes then left to the processor).
 
 The scalar is the mean of the sub-scores, obtained one of two ways (``scoring``):
 
@@ -216,23 +216,39 @@ def parse_scores(text: str, fmt: ScoreFormat) -> tuple[dict[str, float], float |
 QWEN_VL_UTILS_FPS = 2.0  # qwen-vl-utils' default sampling rate (its FPS constant)
 
 
-def sample_like_qwen_vl_utils(video: Video, fps: float = QWEN_VL_UTILS_FPS) -> Video:
-    """The frames ``qwen-vl-utils`` gives a model for this video at ``fps``.
+def sample_like_qwen_vl_utils(video: Video, fps: float = QWEN_VL_UTILS_FPS, patch_size: int = 14) -> Video:
+    """The frames ``qwen-vl-utils`` gives a model for this video at ``fps``, at the size it gives them.
 
     Its ``smart_nframes`` decides how many (``frames / source fps * fps``, kept within its
     bounds and rounded to an even count); they are spread evenly from the first frame to the last
-    and rounded, as its video readers do. The result's fps is the rate it reports to the
-    processor, ``n / frames * source fps``. A video of fewer than 2 frames is kept whole.
+    and rounded, as its video readers do. Its ``smart_resize`` decides the size: sides rounded to
+    multiples of ``2 * patch_size`` (28 for Qwen2.5-VL) within its per-frame pixel bounds (480x832
+    -> 476x840), resized bicubic with antialiasing as it does, so the processor has nothing left to
+    change. The result's fps is the rate it reports to the processor, ``n / frames * source fps``.
+    A video of fewer than 2 frames is kept whole.
     """
     import torch
-    from qwen_vl_utils.vision_process import smart_nframes
+    from qwen_vl_utils import vision_process as qvu
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tvf
 
     total = video.num_frames
     if total < 2:
         return video
-    count = smart_nframes({"fps": fps}, total_frames=total, video_fps=video.fps)
+    count = qvu.smart_nframes({"fps": fps}, total_frames=total, video_fps=video.fps)
     indices = torch.linspace(0, total - 1, count).round().long().numpy()
-    return video.select(indices, count / total * video.fps)
+    sampled = video.select(indices, count / total * video.fps)
+    factor = 2 * patch_size
+    min_pixels = qvu.VIDEO_MIN_TOKEN_NUM * factor * factor
+    budget = qvu.MODEL_SEQ_LEN * factor * factor * 0.9 / count * qvu.FRAME_FACTOR
+    max_pixels = max(min(qvu.VIDEO_MAX_TOKEN_NUM * factor * factor, budget), int(min_pixels * 1.05))
+    height, width = qvu.smart_resize(sampled.height, sampled.width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    if (height, width) == (sampled.height, sampled.width):
+        return sampled
+    frames = torch.from_numpy(sampled.frames).permute(0, 3, 1, 2).float()
+    resized = tvf.resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    array = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return Video(array, sampled.fps, sampled.timestamps, sampled.source)
 
 
 def sample_uniform(video: Video, num_frames: int) -> Video:
