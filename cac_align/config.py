@@ -79,8 +79,8 @@ JOBS: dict[str, JobSpec] = {
         ),
         JobSpec(
             name="score",
-            config="cac_align.cac.score_job:ScoreConfig",
-            run="cac_align.cac.score_job:run",
+            config="cac_align.score_job:ScoreConfig",
+            run="cac_align.score_job:run",
             help="score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report",
         ),
         JobSpec(

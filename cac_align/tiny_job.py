@@ -19,7 +19,7 @@ __all__ = ["MakeTinyConfig", "TINY_BUILDERS", "run"]
 
 
 def _wan(seed: int) -> Any:
-    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.gen.tiny import build_tiny_wan_pipeline
 
     return build_tiny_wan_pipeline(seed)
 

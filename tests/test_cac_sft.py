@@ -138,8 +138,8 @@ def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
 
 
 def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tmp_path):
-    from cac_align.cac.score_job import ScoreConfig
-    from cac_align.cac.score_job import run as score
+    from cac_align.score_job import ScoreConfig
+    from cac_align.score_job import run as score
     from cac_align.cac.train.sft import run
 
     stage1_out, _ = stage1

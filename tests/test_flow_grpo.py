@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.flow_grpo import FlowGrpoConfig, LoraSettings, _add_lora, run, step_prompts, trained_timesteps
+from cac_align.gen.flow_grpo import FlowGrpoConfig, WanLoraSettings, _add_lora, run, step_prompts, trained_timesteps
 from cac_align.gen.sde import SDESchedule, flow_sigmas
 from cac_align.gen.wan import (
     TINY_WAN,
@@ -82,7 +82,7 @@ def test_ode_sampler_reproduces_wan_pipeline():
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_on_policy_ratio_is_exactly_one(guidance):
     pipe = build_tiny_wan_pipeline(seed=0)
-    _add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8), seed=0)
+    _add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
     _perturb_lora(pipe.transformer)  # a non-trivial policy
     trajectory, embeds, negative, _ = _trajectory(pipe, guidance=guidance)
     assert trajectory.latents.shape == (2, 5, 16, 3, 4, 4) and trajectory.log_probs.shape == (2, 4)
@@ -96,7 +96,7 @@ def test_on_policy_ratio_is_exactly_one(guidance):
 
 def test_kl_is_zero_with_the_adapter_at_init():
     pipe = build_tiny_wan_pipeline(seed=0)
-    _add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8), seed=0)
+    _add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
     trajectory, embeds, negative, _ = _trajectory(pipe)
     _, means = _recompute(pipe, trajectory, embeds, negative, 1.0)
     pipe.transformer.disable_adapters()

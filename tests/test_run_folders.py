@@ -106,7 +106,7 @@ def test_synth_keeps_the_users_files_and_refuses_their_annotations(tmp_path):
 
 
 def test_score_keeps_the_users_figure_and_refuses_their_report(tmp_path):
-    from cac_align.cac.score_job import ScoreConfig, run
+    from cac_align.score_job import ScoreConfig, run
 
     out = tmp_path / "score"
     _user_files(out)

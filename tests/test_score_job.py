@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from cac_align.cac.score_job import ScoreConfig, collect_inputs, run
+from cac_align.score_job import ScoreConfig, collect_inputs, run
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.video import Video, save_video

@@ -62,7 +62,7 @@ from cac_align.config import RecipeError, run_fingerprint
 from cac_align.gen.wan import GeneratorConfig
 from cac_align.runlog import keep_log_steps
 
-__all__ = ["FlowGrpoConfig", "LoraSettings", "run", "step_prompts"]
+__all__ = ["FlowGrpoConfig", "WanLoraSettings", "run", "step_prompts"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ _RUN_ONLY_KEYS = (
 
 
 @dataclass
-class LoraSettings:
+class WanLoraSettings:
     """The LoRA on the Wan transformer (peft, through diffusers' ``add_adapter``).
 
     Attributes:
@@ -153,7 +153,7 @@ class FlowGrpoConfig:
     eval_prompts: str | None = None
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    lora: WanLoraSettings = field(default_factory=WanLoraSettings)
     steps: int = 120
     prompts_per_step: int = 2
     group_size: int = 16
@@ -391,7 +391,7 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None,
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-def _add_lora(transformer: Any, settings: LoraSettings, seed: int) -> None:
+def _add_lora(transformer: Any, settings: WanLoraSettings, seed: int) -> None:
     import torch
     from peft import LoraConfig
 

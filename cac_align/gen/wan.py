@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from cac_align.gen.tiny import build_tiny_wan_pipeline
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
 __all__ = [
@@ -101,81 +102,6 @@ class GeneratorConfig:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.guidance_scale < 0 or self.fps <= 0:
             raise ValueError("guidance_scale must be >= 0 and fps > 0")
-
-_TINY_WORDS = (
-    "a the of in on with and to is are at by from video person man woman dog cat car ball cup "
-    "phone hand sign street park room kitchen walking running playing holding red blue green "
-    "small large slowly quickly camera scene light water tree sky"
-).split()
-
-
-def _build_word_tokenizer() -> Any:
-    """A whitespace word-level tokenizer with T5-style pad/eos/unk tokens, built in-process."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(_TINY_WORDS)))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
-    )
-
-
-def build_tiny_wan_pipeline(seed: int = 0) -> Any:
-    """A tiny random ``WanPipeline`` that runs on a CPU in seconds.
-
-    2 prompts x 9 frames x 32x32 pixels with 4 steps take a few seconds. The VAE compresses
-    time 4x and space 8x like the real one, so ``num_frames`` must be ``4k + 1``.
-    """
-    import torch
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    tokenizer = _build_word_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    # Freshly built modules start in train mode (UMT5 dropout on); from_pretrained returns eval.
-    for module in (text_encoder, transformer, vae):
-        module.eval()
-    pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
 
 def load_wan_pipeline(
     name_or_path: str,

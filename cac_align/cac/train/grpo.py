@@ -9,7 +9,7 @@ frameworks run one turn), so this is a small loop on transformers + accelerate. 
    with a usable window crops *its own* window, resamples it at ``data.clip_fps`` (8 fps) and
    asks turn 2 with its turn 1 in context. A rollout with no usable window ends after turn 1.
    Prompts, sampling caps and window rules are inference's (:mod:`cac_align.cac.infer`).
-2. **Rewards** (Eq. 2–6, :func:`~cac_align.cac.train.rewards.cac_reward`) and **advantages**
+2. **Rewards** (Eq. 2–6, :func:`~cac_align.cac.train.judge_rewards.cac_reward`) and **advantages**
    (Eq. 8): the total reward normalized within its video's group of G.
 3. **Loss** (Eq. 9–12): the token-level clipped surrogate over every generated token of both
    turns, each rollout averaged over its own length, then over rollouts; ratio
@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
-from cac_align.cac.train.rewards import RewardBreakdown
+from cac_align.cac.train.judge_rewards import RewardBreakdown
 from cac_align.cac.train.settings import GENERATORS, GrpoSettings
 from cac_align.runlog import keep_log_steps
 
@@ -376,7 +376,7 @@ def collect_rollouts(
     from cac_align.cac.judgment import parse_judgment
     from cac_align.cac.prompts import turn1_prompt, turn2_prompt
     from cac_align.cac.train.collate import IGNORE_INDEX, EncodedChat, answer_part, concat_parts, encode_context
-    from cac_align.cac.train.rewards import cac_reward
+    from cac_align.cac.train.judge_rewards import cac_reward
     from cac_align.video import VideoError
     from cac_align.vlm.backend import assistant, user
 
