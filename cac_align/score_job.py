@@ -28,11 +28,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
 from cac_align.inputs import collect_inputs
+
+if TYPE_CHECKING:  # the Reward protocol, for signatures only
+    from cac_align.rewards.base import Reward
 
 __all__ = ["ScoreConfig", "collect_inputs", "run"]
 
@@ -88,7 +91,7 @@ def _truth(record: Any) -> dict:
     }
 
 
-def run(config: ScoreConfig, reward: Any = None) -> list[dict]:
+def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     """Score, write results.jsonl and the report; ``reward`` overrides ``config.reward``.
 
     Returns:

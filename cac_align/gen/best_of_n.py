@@ -45,7 +45,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import MISSING
@@ -54,6 +54,9 @@ from cac_align.config import run_fingerprint
 from cac_align.inputs import read_prompts, slug
 from cac_align.runlog import read_jsonl_log, write_text_atomic
 from cac_align.gen.wan import GeneratorConfig
+
+if TYPE_CHECKING:  # the Reward protocol, for signatures only
+    from cac_align.rewards.base import Reward
 
 __all__ = ["BonConfig", "choose", "read_prompts", "run"]
 
@@ -174,7 +177,7 @@ def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
     return done
 
 
-def run(config: BonConfig, reward: Any = None, pipe: Any = None) -> dict:
+def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> dict:
     """Run Best-of-N; returns the summary. ``reward`` / ``pipe`` override the config's."""
     from tqdm.auto import tqdm
 

@@ -53,7 +53,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import MISSING
@@ -61,6 +61,9 @@ from omegaconf import MISSING
 from cac_align.config import RecipeError, run_fingerprint
 from cac_align.gen.wan import GeneratorConfig
 from cac_align.runlog import keep_log_steps
+
+if TYPE_CHECKING:  # the Reward protocol, for signatures only
+    from cac_align.rewards.base import Reward, RewardOutput
 
 __all__ = ["FlowGrpoConfig", "WanLoraSettings", "run", "step_prompts"]
 
@@ -342,7 +345,7 @@ def _trainable_state(model: Any) -> dict[str, Any]:
     return {name: p.detach().float().cpu().contiguous() for name, p in _trainable(model).items()}
 
 
-def _save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, ema: dict | None, reward: Any, keep: int) -> Path:
+def _save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, ema: dict | None, reward: Reward, keep: int) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -366,7 +369,7 @@ def _save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, ema: dict
     return final
 
 
-def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None, reward: Any) -> int:
+def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None, reward: Reward) -> int:
     import torch
     from safetensors.torch import load_file
 
@@ -453,7 +456,7 @@ def _component_scores(output: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _score(reward: Any, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float) -> tuple[Any, float]:
+def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float) -> tuple[RewardOutput, float]:
     """Score one sampled batch (runs in the reward thread pool); returns the output and seconds."""
     from cac_align.video import Video
 
@@ -489,7 +492,7 @@ def _nan_stats(values: np.ndarray) -> tuple[float, float]:
 class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
-    def __init__(self, config: FlowGrpoConfig, reward: Any = None, pipe: Any = None, decode: Any = None):
+    def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None):
         from cac_align.gen.wan import decode_latents
 
         self.config = config
@@ -854,7 +857,7 @@ class _Trainer:
         acc.end_training()
 
 
-def run(config: FlowGrpoConfig, reward: Any = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:
+def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:
     """Train (module docstring).
 
     Args:
