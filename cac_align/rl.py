@@ -20,11 +20,14 @@ get advantage 0 and ``trainable=False``, and the trainer drops them and logs the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["GroupAdvantages", "group_advantages"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["GroupAdvantages", "clipped_surrogate", "group_advantages"]
 
 
 @dataclass
@@ -99,3 +102,15 @@ def group_advantages(
         zero_std_fraction=zero_std / len(keys) if keys else 0.0,
         num_groups=len(keys),
     )
+
+
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """PPO's clipped surrogate loss, elementwise: ``max(-A * r, -A * clip(r, 1 - low, 1 + high))``
+    with ``r = exp(log_ratio)`` (= ``-min(r A, clip(r) A)``). The core of both GRPO losses:
+    per denoising step in Flow-GRPO (:func:`cac_align.gen.sde.flow_grpo_loss`), per generated
+    token in CaC's stage 3 (:func:`cac_align.cac.train.grpo.grpo_loss`); ``advantages``
+    broadcasts against ``log_ratio``."""
+    import torch
+
+    ratio = torch.exp(log_ratio)
+    return torch.maximum(-advantages * ratio, -advantages * torch.clamp(ratio, 1.0 - low, 1.0 + high))

@@ -179,3 +179,16 @@ def test_sde_schedule_is_the_one_transition_of_sampling_and_training():
     by_hand = sde_step(x, v, 0.75, 0.5, 0.5 * math.sqrt(3.0), noise=eps)
     torch.testing.assert_close(step.prev_sample, by_hand.prev_sample)
     torch.testing.assert_close(step.log_prob, by_hand.log_prob)
+
+
+def test_clipped_surrogate_hand_worked():
+    from cac_align.rl import clipped_surrogate
+
+    # r = e^0.5 = 1.6487 (above 1 + 0.2) and e^-0.5 = 0.6065 (below 1 - 0.2), each with A = +1 and -1:
+    # max(-A r, -A clip(r)): A = 1, r high -> max(-1.6487, -1.2) = -1.2 (the gain is clipped);
+    # A = -1, r high -> max(1.6487, 1.2) = 1.6487; A = 1, r low -> max(-0.6065, -0.8) = -0.6065;
+    # A = -1, r low -> max(0.6065, 0.8) = 0.8
+    log_ratio = torch.tensor([0.5, 0.5, -0.5, -0.5])
+    advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    got = clipped_surrogate(log_ratio, advantages, 0.2, 0.2)
+    assert got.tolist() == pytest.approx([-1.2, math.exp(0.5), -math.exp(-0.5), 0.8], rel=1e-6)

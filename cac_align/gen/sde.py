@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
+
+from cac_align.rl import clipped_surrogate
 
 __all__ = [
     "NOISE_SCHEDULES",
@@ -247,9 +250,7 @@ def flow_grpo_loss(
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     w = torch.ones_like(ratio) if weights is None else weights.to(ratio.dtype)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - low, 1.0 + high)
-    policy_loss = (w * torch.maximum(unclipped, clipped)).mean()
+    policy_loss = (w * clipped_surrogate(log_ratio, advantages, low, high)).mean()
     if beta > 0:
         if mean is None or ref_mean is None or std is None:
             raise ValueError("beta > 0 needs mean, ref_mean and std for the KL term")

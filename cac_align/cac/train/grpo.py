@@ -76,6 +76,7 @@ import numpy as np
 
 from cac_align.cac.train.judge_rewards import RewardBreakdown
 from cac_align.cac.train.settings import GENERATORS, GrpoSettings
+from cac_align.rl import clipped_surrogate
 from cac_align.runlog import keep_log_steps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -532,8 +533,7 @@ def grpo_loss(
     mask = mask.to(logp.dtype)
     adv = advantages.to(logp.dtype).unsqueeze(1)
     ratio = torch.exp(logp - old_logp)
-    clipped_ratio = torch.clamp(ratio, 1 - clip_epsilon, 1 + clip_epsilon)
-    per_token = -torch.minimum(ratio * adv, clipped_ratio * adv)
+    per_token = clipped_surrogate(logp - old_logp, adv, clip_epsilon, clip_epsilon)
     if ref_logp is not None and beta > 0:
         log_ref_ratio = ref_logp - logp
         kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
