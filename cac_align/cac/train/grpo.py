@@ -47,7 +47,8 @@ from the recomputed ones (a check that the trainer scores exactly what was sampl
 Any object with ``generate(requests, seed) -> list[Generated]`` plugs in (``run(config,
 generator=...)``); a vLLM server is the natural one at scale.
 
-Outputs in ``out_dir``: ``metrics.jsonl`` and ``tensorboard/`` (per step: every reward
+Outputs in ``out_dir``: ``metrics.jsonl`` and ``tensorboard/train_cac_stage3/`` (accelerate's tracker, as
+flow-grpo logs; per step: every reward
 component's mean, the fraction of rollouts reaching turn 2, the mean window length, response
 lengths, KL, clip fraction, ratio, loss, grad norm; with several processes
 ``process_param_spread``, the spread of a parameter checksum across them, 0 when the replicas
@@ -612,7 +613,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
 
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, gather_object
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -629,6 +630,8 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if t.bf16 else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with="tensorboard",  # the metrics logger flow-grpo uses too (accelerate's trackers)
+        project_config=ProjectConfiguration(project_dir=str(config.out_dir), logging_dir=str(Path(config.out_dir) / "tensorboard")),
     )
     processes, rank = accelerator.num_processes, accelerator.process_index
     per_process = t.per_device_batch_size * t.gradient_accumulation_steps
@@ -706,11 +709,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
             print(f"train-cac stage 3: resuming from {checkpoint} (step {start_step})")
     accelerator.wait_for_everyone()
 
-    writer = None
-    if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
+    accelerator.init_trackers("train_cac_stage3")  # writes tensorboard/train_cac_stage3/ (main process)
     pad_id = processor.tokenizer.pad_token_id
     suppressed = placeholder_token_ids(processor)
     metrics: dict[str, float] = {}
@@ -815,8 +814,7 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
             if summaries:
                 with (out / "rollouts.jsonl").open("a") as handle:
                     handle.writelines(json.dumps(s) + "\n" for s in summaries)
-            for name, value in metrics.items():
-                writer.add_scalar(name, value, step + 1)
+            accelerator.log(metrics, step=step + 1)
             progress.set_postfix(reward=f"{mean:.3f}", kl=f"{metrics.get('kl', 0.0):.2e}")
         progress.update(1)
 
@@ -832,9 +830,9 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in accelerator.unwrap_model(model).state_dict().items()}
         accelerator.unwrap_model(model).save_pretrained(str(final), state_dict=state, safe_serialization=True)
         processor.save_pretrained(str(final))
-        writer.close()
         print(f"train-cac stage 3: done; model in {final}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return metrics
 
 
