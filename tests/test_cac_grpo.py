@@ -238,6 +238,18 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path):
         assert a["reward/total"] == pytest.approx(b["reward/total"]) and a["kl"] == pytest.approx(b["kl"], abs=1e-7)
 
 
+def test_videos_per_step_is_a_global_intent(cac_data, tmp_path):
+    from cac_align.cac.train.sft import run
+
+    out = tmp_path / "intent"
+    # 3 videos x G 4 = 12 rollouts in micro-batches of 2, whatever gradient_accumulation_steps says
+    run(_recipe(cac_data, out, "train.max_steps=1", "grpo.videos_per_step=3", "train.gradient_accumulation_steps=1"))
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 12 and len({r["record"] for r in rollouts}) == 3
+    with pytest.raises(RecipeError, match="videos_per_step must be >= 1"):
+        _recipe(cac_data, out, "grpo.videos_per_step=0")
+
+
 def test_two_processes_agree(cac_data, tmp_path):
     """`accelerate launch` with two CPU processes (gloo): each process rolls out its own two
     videos (four different ones in the step), gradients are averaged, and the two replicas hold
@@ -252,7 +264,8 @@ def test_two_processes_agree(cac_data, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543",
                "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage3_grpo_tiny.yaml"),
-               f"annotations={cac_data}", f"out_dir={out}", "model=tiny-random:qwen3_vl", "train.max_steps=1"]
+               f"annotations={cac_data}", f"out_dir={out}", "model=tiny-random:qwen3_vl", "train.max_steps=1",
+               "grpo.videos_per_step=4"]  # the global intent: the code gives each of the 2 processes 2 videos
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (entry,) = _metrics(out)

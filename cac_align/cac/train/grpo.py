@@ -634,13 +634,21 @@ def run(config: "TrainCaCConfig", generator: Generator | None = None) -> dict:
         project_config=ProjectConfiguration(project_dir=str(config.out_dir), logging_dir=str(Path(config.out_dir) / "tensorboard")),
     )
     processes, rank = accelerator.num_processes, accelerator.process_index
-    per_process = t.per_device_batch_size * t.gradient_accumulation_steps
-    if per_process % grpo.group_size:
-        raise RecipeError(
-            f"train.per_device_batch_size x train.gradient_accumulation_steps = {per_process} rollouts per process "
-            f"must be a multiple of grpo.group_size = {grpo.group_size} (a video's group stays on one process)"
-        )
-    videos_per_process = per_process // grpo.group_size
+    if grpo.videos_per_step is not None:  # the global intent, split over the processes here
+        if grpo.videos_per_step % processes:
+            raise RecipeError(
+                f"grpo.videos_per_step = {grpo.videos_per_step} must be a multiple of the {processes} processes "
+                "(a video's group of rollouts stays on one process)"
+            )
+        videos_per_process = grpo.videos_per_step // processes
+    else:
+        per_process = t.per_device_batch_size * t.gradient_accumulation_steps
+        if per_process % grpo.group_size:
+            raise RecipeError(
+                f"train.per_device_batch_size x train.gradient_accumulation_steps = {per_process} rollouts per process "
+                f"must be a multiple of grpo.group_size = {grpo.group_size} (a video's group stays on one process)"
+            )
+        videos_per_process = per_process // grpo.group_size
     videos_per_step = videos_per_process * processes
 
     # 1. data: the stage-3 split (every process computes the same one), or a stream of videos

@@ -26,8 +26,11 @@ GENERATORS = ("hf", "simulated")
 class GrpoSettings:
     """Stage-3 settings (the ``grpo:`` section of a train-cac recipe; ignored by stages 1–2).
 
-    Rollouts per optimizer step = ``train.per_device_batch_size`` x processes x
-    ``train.gradient_accumulation_steps`` (paper: 64 = 2 x 1 x 32), i.e. that number / G videos.
+    Videos per optimizer step: ``videos_per_step`` when set (the global intent: the code gives
+    each of N processes ``videos_per_step / N`` videos, G rollouts each, in micro-batches of
+    ``train.per_device_batch_size``; ``train.gradient_accumulation_steps`` is not used), else
+    ``train.per_device_batch_size`` x processes x ``train.gradient_accumulation_steps`` rollouts
+    (paper: 64 = 2 x 1 x 32), i.e. that number / G videos.
 
     Attributes:
         group_size: G, rollouts per video (CaC: 8).
@@ -42,6 +45,8 @@ class GrpoSettings:
         generation_batch_size: rollouts per ``generate`` call.
         simulated_noise: how damaged the simulated policy's answers are (0 = ground truth).
         save_rollouts: write every rollout to ``rollouts.jsonl``.
+        videos_per_step: videos per optimizer step over all processes (CaC: 8 videos x G 8 = 64
+            rollouts); None: derived from the batch settings as above.
     """
 
     group_size: int = 8
@@ -57,8 +62,11 @@ class GrpoSettings:
     generation_batch_size: int = 8
     simulated_noise: float = 0.5
     save_rollouts: bool = True
+    videos_per_step: int | None = None
 
     def __post_init__(self) -> None:
+        if self.videos_per_step is not None and self.videos_per_step < 1:
+            raise ValueError(f"grpo.videos_per_step must be >= 1 (or null), got {self.videos_per_step}")
         if self.group_size < 2:
             raise ValueError(f"grpo.group_size must be >= 2 (advantages compare rollouts of a video), got {self.group_size}")
         if self.iterations < 1:
@@ -188,7 +196,7 @@ class TrainCaCConfig:
         if self.lora.r < 1:
             raise ValueError(f"lora.r must be >= 1, got {self.lora.r}")
         rollouts = t.per_device_batch_size * t.gradient_accumulation_steps
-        if self.stage == 3 and rollouts % self.grpo.group_size:
+        if self.stage == 3 and self.grpo.videos_per_step is None and rollouts % self.grpo.group_size:
             raise ValueError(
                 f"stage 3: train.per_device_batch_size x train.gradient_accumulation_steps = {rollouts} rollouts per process "
                 f"must be a multiple of grpo.group_size = {self.grpo.group_size} (a video's group stays on one process)"
