@@ -414,6 +414,22 @@ def load_video(
 # ---------------------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------------------
+def _without_interrupts(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with Ctrl-C (SIGINT) held back until it returns, on the main thread of a POSIX
+    system: a pipe write to ffmpeg cut by the signal leaves it half a frame, and the job hanging on
+    it (seen: 2 of 30 interrupts). The signal is delivered right after, between frames."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return fn(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
     """Write ``video`` as an H.264 mp4 (yuv420p) that decord and browsers read.
 
@@ -439,6 +455,7 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
+    writer = None
     try:
         writer = imageio_ffmpeg.write_frames(
             tmp_name,
@@ -452,12 +469,20 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
             output_params=["-crf", str(int(crf)), "-movflags", "+faststart"],
             ffmpeg_log_level="error",
         )
-        writer.send(None)  # start the generator
+        _without_interrupts(writer.send, None)  # start the generator (and ffmpeg)
         for frame in video.frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
+            _without_interrupts(writer.send, np.ascontiguousarray(frame))
+        _without_interrupts(writer.close)
         os.replace(tmp_name, path)
     except BaseException:
+        if writer is not None:
+            # Stop ffmpeg now (imageio-ffmpeg kills it on an interrupt) instead of letting the
+            # generator's clean-up wait for it to finish a file that is deleted below: a Ctrl-C
+            # in that window once left a job waiting on ffmpeg forever.
+            try:
+                writer.throw(KeyboardInterrupt())
+            except BaseException:  # noqa: BLE001 - the interrupt comes back out; the original error is raised below
+                pass
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise

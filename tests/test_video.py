@@ -243,3 +243,24 @@ def test_fit_pixels_onto_the_processor_grid():
     assert (small.height % 32, small.width % 32) == (0, 0) and small.height * small.width <= 100_000
     with pytest.raises(VideoError, match="holds no 64x64 cell"):
         frames(256, 384).fit_pixels(1000, 64)
+
+
+def test_ctrl_c_waits_until_a_frame_is_handed_to_ffmpeg():
+    """A pipe write to ffmpeg cut by Ctrl-C left it half a frame and the job hanging on it;
+    save_video holds the signal back until each write returns, then it arrives as usual."""
+    import os
+    import signal
+    import time
+
+    from cac_align.video import _without_interrupts
+
+    finished = []
+
+    def write():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the write
+        time.sleep(0.05)
+        finished.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        _without_interrupts(write)
+    assert finished == [True]  # the write completed; the interrupt came after it
