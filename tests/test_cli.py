@@ -50,8 +50,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
-    # the job is running, past its imports and its first finished video (".name.tmp.mp4" files are
-    # videos being written: a signal during ffmpeg's start-up once left the job hanging, see note)
+    # the job is running, past its imports and its first finished video (a hidden ".name.*.mp4" is
+    # one being written); wherever the signal lands, the job stops (tests/test_video.py)
     while not any(out.glob("videos/[!.]*.mp4")):
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()
         time.sleep(0.1)
