@@ -136,6 +136,16 @@ def test_missing_weights_message_lists_files_place_and_fetch(tmp_path, monkeypat
     assert "dino_vitbase16_pretrain.pth" in capsys.readouterr().err
 
 
+def test_a_vbench_json_of_the_users_is_refused_and_kept(tmp_path, random_cache, systems):
+    out = tmp_path / "vb"
+    out.mkdir()
+    (out / "vbench.json").write_text('{"mine": true}')
+    for overwrite in (False, True):  # overwrite replaces a run's outputs, never a file of the user's
+        with pytest.raises(RecipeError, match="already has vbench.json, not written by a recorded eval-vbench run"):
+            vb.run(_config(out, random_cache, systems, overwrite=overwrite))
+    assert (out / "vbench.json").read_text() == '{"mine": true}' and not (out / "per_video").exists()
+
+
 def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypatch):
     """The job on random weights: every video scored by vbench's functions through the real
     loading paths; the means are what vbench's own whole-list calls give; the report reads it."""
