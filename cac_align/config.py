@@ -86,7 +86,7 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             name="flow-grpo",
             config="cac_align.gen.grpo_config:FlowGrpoConfig",
-            run="cac_align.gen.flow_grpo:run",
+            run="cac_align.gen.grpo_trainer:run",
             help="Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)",
             resume="rerun the same command with resume=true to continue from its last saved checkpoint",
         ),

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.flow_grpo import FlowGrpoConfig, WanLoraSettings, _add_lora, run, step_prompts, trained_timesteps
+from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, _add_lora, run, step_prompts, trained_timesteps
 from cac_align.gen.sde import SDESchedule, flow_sigmas
 from cac_align.gen.wan import (
     TINY_WAN,
@@ -243,7 +243,7 @@ def test_two_updates_per_step_leave_the_rollout_policy(tmp_path):
     row = _metrics(tmp_path / "run")[0]
     assert row["train/approx_kl"] > 0  # the second update's ratios are no longer exactly 1
     with pytest.raises(RecipeError, match="updates_per_step"):
-        from cac_align.gen.flow_grpo import _plan
+        from cac_align.gen.grpo_trainer import _plan
 
         _plan(_bright(tmp_path, "updates_per_step=5"), num_processes=1, rank=0)
 
@@ -327,7 +327,7 @@ def test_config_errors(tmp_path):
         _load(tmp_path, "lerning_rate=0.1")
     with pytest.raises(RecipeError, match="generator.lora"):
         _load(tmp_path, "generator.lora=somewhere")
-    from cac_align.gen.flow_grpo import _plan
+    from cac_align.gen.grpo_trainer import _plan
 
     with pytest.raises(RecipeError, match="split evenly over 3 processes"):
         _plan(_load(tmp_path), num_processes=3, rank=0)

@@ -149,7 +149,7 @@ def test_bon_refuses_a_flow_grpo_folder_and_the_users_summary(tmp_path):
 def test_flow_grpo_refuses_a_folder_with_the_users_lora_and_metrics(tmp_path):
     from test_flow_grpo import _bright
 
-    from cac_align.gen.flow_grpo import run
+    from cac_align.gen.grpo_trainer import run
 
     out = tmp_path / "run"
     (out / "lora").mkdir(parents=True)

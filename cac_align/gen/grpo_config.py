@@ -1,4 +1,4 @@
-"""The ``flow-grpo`` recipe's configuration (the trainer is :mod:`cac_align.gen.flow_grpo`).
+"""The ``flow-grpo`` recipe's configuration (the trainer is :mod:`cac_align.gen.grpo_trainer`).
 
 Kept apart from the trainer so a recipe is checked without importing it, and so the trainer's
 imports sit at its top.
