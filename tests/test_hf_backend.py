@@ -38,20 +38,7 @@ def test_choice_probs_is_the_product_of_teacher_forced_token_probs(backend, tiny
     for i, (request, prefix) in enumerate(zip(requests, prefixes)):
         for c, choice in enumerate(choices):
             # By hand, one unpadded sequence at a time: P = prod_k softmax(logits[t_k - 1])[token_k].
-            inputs = backend._encode([request], [prefix])
-            ids = tok(choice, add_special_tokens=False)["input_ids"]
-            n_prompt = inputs["input_ids"].shape[1]
-            extended = {
-                k: torch.cat([v, torch.tensor([ids]) if k == "input_ids" else torch.full((1, len(ids)), 1 if k == "attention_mask" else 0)], 1)
-                if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == n_prompt
-                else v
-                for k, v in inputs.items()
-            }
-            with torch.no_grad():
-                logits = tiny_qwen3_vl.model(**extended).logits[0]
-            expected = 1.0
-            for k, token in enumerate(ids):
-                expected *= torch.softmax(logits[n_prompt + k - 1].double(), -1)[token].item()
+            expected = _by_hand(backend, tiny_qwen3_vl.model, tok, request, prefix, choice)
             assert probs[i, c] == pytest.approx(expected, rel=1e-4)
 
 

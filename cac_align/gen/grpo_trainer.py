@@ -82,10 +82,10 @@ from cac_align.rl import group_advantages
 from cac_align.runlog import RunFolder, keep_log_steps
 from cac_align.video import Video, save_video
 
-
 __all__ = ["FlowGrpoConfig", "WanLoraSettings", "run", "step_prompts"]
 
 log = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------------------
 # Pure pieces
