@@ -104,7 +104,8 @@ class _SimulatedThenSampled:
 def test_rollout_sequences_are_the_sampled_tokens_in_the_rendered_conversation(cac_data, tmp_path, tiny_qwen3_vl):
     from cac_align.cac.infer import sample_capped
     from cac_align.cac.prompts import turn1_prompt, turn2_prompt
-    from cac_align.cac.train.grpo import HFGenerator, SimulatedPolicy, collect_rollouts, placeholder_token_ids, token_logprobs
+    from cac_align.cac.train.grpo import token_logprobs
+    from cac_align.cac.train.rollouts import HFGenerator, SimulatedPolicy, collect_rollouts, placeholder_token_ids
     from cac_align.cac.train.collate import collate
     from cac_align.vlm.backend import assistant, user
 
@@ -211,7 +212,8 @@ def test_tiny_recipe_trains(straight):
     assert set(final) == set(base)
     unchanged = sorted(name for name, tensor in final.items() if torch.equal(tensor, base[name]))
     assert unchanged and all(NO_GRADIENT in name for name in unchanged), unchanged
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002", "step_000004"]
+    assert json.loads((out / "checkpoints/step_000004/state.json").read_text()) == {"step": 4}
     assert any((out / "tensorboard" / "train_cac_stage3").glob("events.out.tfevents*"))  # accelerate's tracker, as flow-grpo
     assert json.loads((out / "data.json").read_text())["stage"] == 3
 
@@ -223,7 +225,8 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path):
 
     out = tmp_path / "resumed"
     run(_recipe(cac_data, out, "train.max_steps=2"))
-    (out / "checkpoints/checkpoint-3").mkdir()  # interrupted: no grpo_state.json, so it is ignored
+    (out / "checkpoints/.tmp_step_000003").mkdir()  # killed while saving: never renamed, so it is ignored
+    (out / "checkpoints/step_000003").mkdir()  # and a folder without state.json is ignored too
     with (out / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 3, "reward/total": 1.0}\n{"step": 4, "rew')  # lines of the killed run
     with pytest.raises(RecipeError, match=r"differs in: grpo.beta"):

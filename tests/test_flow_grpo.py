@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, _add_lora, run, step_prompts, trained_timesteps
+from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, _add_lora, run, trained_timesteps
 from cac_align.gen.sde import SDESchedule, flow_sigmas
+from cac_align.rl import step_indices
 from cac_align.gen.wan import (
     TINY_WAN,
     GeneratorConfig,
@@ -109,11 +110,11 @@ def test_kl_is_zero_with_the_adapter_at_init():
     assert max(float((m - r).abs().max()) for m, r in zip(moved, ref_means)) > 1e-4
 
 
-def test_step_prompts_cover_each_epoch_and_timestep_subsets():
+def test_step_indices_cover_each_epoch_and_timestep_subsets():
     # 5 prompts, 2 per step: steps 0-1 and the first of step 2 are one permutation of epoch 0
-    first = step_prompts(5, 2, 0, seed=3) + step_prompts(5, 2, 1, seed=3) + step_prompts(5, 2, 2, seed=3)[:1]
+    first = step_indices(5, 2, 0, seed=3) + step_indices(5, 2, 1, seed=3) + step_indices(5, 2, 2, seed=3)[:1]
     assert sorted(first) == [0, 1, 2, 3, 4]
-    assert step_prompts(5, 2, 7, seed=3) == step_prompts(5, 2, 7, seed=3)
+    assert step_indices(5, 2, 7, seed=3) == step_indices(5, 2, 7, seed=3)
     assert trained_timesteps(10, 1.0, 0, 0) == list(range(10))
     subset = trained_timesteps(10, 0.5, 4, 0)
     assert len(subset) == 5 and subset == sorted(set(subset)) and subset == trained_timesteps(10, 0.5, 4, 0)

@@ -44,10 +44,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,11 +76,12 @@ from cac_align.gen.wan import (
 )
 from cac_align.inputs import read_prompts, slug
 from cac_align.rewards.base import Reward, RewardError, RewardOutput, build_reward
+from cac_align import rl
 from cac_align.rl import group_advantages
 from cac_align.runlog import RunFolder, keep_log_steps
 from cac_align.video import Video, save_video
 
-__all__ = ["FlowGrpoConfig", "WanLoraSettings", "run", "step_prompts"]
+__all__ = ["FlowGrpoConfig", "WanLoraSettings", "run", "sample_seed", "trained_timesteps"]
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +89,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Pure pieces
 # ---------------------------------------------------------------------------------------
-def step_prompts(num_prompts: int, prompts_per_step: int, step: int, seed: int) -> list[int]:
-    """Indices of the prompts of ``step``: epochs of seeded permutations laid end to end.
-
-    Step ``s`` takes positions ``[s * P, (s + 1) * P)`` of that endless sequence, so every
-    prompt is used once per epoch and any step's prompts can be recomputed (resume).
-    """
-    out = []
-    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, offset = divmod(position, num_prompts)
-        order = np.random.default_rng([seed, epoch]).permutation(num_prompts)
-        out.append(int(order[offset]))
-    return out
-
-
 def sample_seed(seed: int, step: int, index: int) -> int:
     """The noise seed of sample ``index`` of training step ``step`` (eval uses step = -1)."""
     return int(np.random.default_rng([seed, step + 1, index]).integers(0, 2**62))
@@ -134,12 +119,7 @@ class _Plan:
 
 def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
     total = config.prompts_per_step * config.group_size
-    if total % num_processes:
-        raise RecipeError(
-            f"prompts_per_step * group_size = {config.prompts_per_step} * {config.group_size} = {total} samples per step "
-            f"cannot be split evenly over {num_processes} processes; change prompts_per_step or group_size"
-        )
-    local = total // num_processes
+    local = rl.per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", "change prompts_per_step or group_size")
     micro_batches = math.ceil(local / config.train_batch_size)
     if config.updates_per_step > micro_batches:
         raise RecipeError(
@@ -153,13 +133,6 @@ def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
-def _checkpoints(out: Path) -> list[Path]:
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
-
-
 FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl")
 
 
@@ -181,7 +154,7 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> Any:
         )
     if config.resume and not folder.resuming:
         log.warning("resume=true but %s holds no run yet: starting from step 0", out)
-    elif config.resume and not _checkpoints(out):
+    elif config.resume and not rl.checkpoints(out):
         log.warning("resume=true but %s has no checkpoint yet: starting from step 0", out)
     return folder
 
@@ -195,29 +168,22 @@ def _trainable_state(model: Any) -> dict[str, Any]:
     return {name: p.detach().float().cpu().contiguous() for name, p in _trainable(model).items()}
 
 
-def _save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, ema: dict | None, reward: Reward, keep: int) -> Path:
+def _checkpoint_writer(model: Any, optimizer: Any, ema: dict | None, is_main: bool) -> Any:
+    """What a Flow-GRPO checkpoint holds (one copy: the LoRA is the same on every process)."""
 
+    def write(folder: Path) -> None:
+        if not is_main:
+            return
+        save_lora(model, folder / "lora")
+        save_file(_trainable_state(model), str(folder / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        if ema is not None:
+            save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(folder / "ema.safetensors"))
 
-    final = out / "checkpoints" / f"step_{step:06d}"
-    tmp = out / "checkpoints" / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_lora(model, tmp / "lora")
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if ema is not None:
-        save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    state = {"step": step, "reward_state": reward.state_dict() if hasattr(reward, "state_dict") else None}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a checkpoint folder exists only once it is complete
-    for old in _checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write
 
 
 def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None, reward: Reward) -> int:
-
     trainable = load_file(str(folder / "trainable.safetensors"))
     params = _trainable(model)
     if set(trainable) != set(params):
@@ -230,7 +196,7 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None,
         saved = load_file(str(folder / "ema.safetensors"))
         for name in ema:
             ema[name].copy_(saved[name])
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    state = rl.read_checkpoint_state(folder)
     if state.get("reward_state") and hasattr(reward, "load_state_dict"):
         reward.load_state_dict(state["reward_state"])
     return int(state["step"])
@@ -240,7 +206,6 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None,
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
 def _add_lora(transformer: Any, settings: WanLoraSettings, seed: int) -> None:
-
     transformer.requires_grad_(False)
     init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
     torch.manual_seed(seed)  # LoRA A's random init: the same on every process
@@ -308,21 +273,8 @@ def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[
 
 
 def _invalid_output(name: str, n: int, error: BaseException) -> Any:
-
     details = [{"error": f"{type(error).__name__}: {error}", "error_kind": "backend"} for _ in range(n)]
     return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
-
-
-def _gather(accelerator: Any, values: np.ndarray) -> np.ndarray:
-    """Concatenate a per-process float array over processes (process order)."""
-
-    tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=accelerator.device)
-    return accelerator.gather(tensor).cpu().numpy()
-
-
-def _nan_stats(values: np.ndarray) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    return (float(finite.mean()), float(finite.std())) if len(finite) else (math.nan, math.nan)
 
 
 # ---------------------------------------------------------------------------------------
@@ -332,7 +284,6 @@ class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
     def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None):
-
         self.config = config
         self.reward = reward
         self.pipe = pipe
@@ -340,8 +291,6 @@ class _Trainer:
 
     # -- setup -----------------------------------------------------------------------
     def setup(self) -> None:
-
-
         config = self.config
         self.out = Path(config.out_dir)
         self.prompts = read_prompts(config.prompts)
@@ -355,7 +304,7 @@ class _Trainer:
         acc = self.accelerator
         self.plan = _plan(config, acc.num_processes, acc.process_index)
         run_folder = _run_folder(config, self.prompts)
-        found = _checkpoints(self.out) if run_folder.resuming else []
+        found = rl.checkpoints(self.out) if run_folder.resuming else []
         resume_from = found[-1] if found else None
 
         # 1. generator with a LoRA on its transformer; text encoder and VAE stay frozen
@@ -407,7 +356,6 @@ class _Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-
         config, acc = self.config, self.accelerator
         last: dict[str, Any] = {}
         progress = tqdm(total=config.steps, initial=self.start_step, desc="flow-grpo", disable=not acc.is_main_process)
@@ -416,7 +364,7 @@ class _Trainer:
             done = step + 1
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
-            self._log(done, last)
+            rl.log_metrics(acc, self.out, done, last, trackers=config.log_with == "tensorboard")
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
                 self.checkpoint(done)
             progress.update(1)
@@ -425,14 +373,13 @@ class _Trainer:
         return last
 
     def train_step(self, step: int) -> dict[str, Any]:
-
         config, acc, plan = self.config, self.accelerator, self.plan
         G = config.group_size
         device = acc.device
         metrics: dict[str, Any] = {}
 
         # 1. the step's prompts; this process's share of their G copies
-        prompt_ids = step_prompts(len(self.prompts), config.prompts_per_step, step, config.seed)
+        prompt_ids = rl.step_indices(len(self.prompts), config.prompts_per_step, step, config.seed)
         local = list(plan.local_range)
         groups = [k // G for k in local]  # position of the sample's prompt in this step
         texts = [self.prompts[prompt_ids[g]] for g in groups]
@@ -456,11 +403,11 @@ class _Trainer:
         reward_wait = time.perf_counter() - start
         components = [_component_scores(o) for o in outputs]
         local_scores = np.concatenate([o.scores for o in outputs])
-        scores = _gather(acc, local_scores)
+        scores = rl.gather_floats(acc, local_scores)
         for key in components[0]:
-            mean, std = _nan_stats(_gather(acc, np.concatenate([c[key] for c in components])))
+            mean, std = rl.nan_mean_std(rl.gather_floats(acc, np.concatenate([c[key] for c in components])))
             metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
-        metrics["reward/mean"], metrics["reward/std"] = _nan_stats(scores)
+        metrics["reward/mean"], metrics["reward/std"] = rl.nan_mean_std(scores)
         metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
         if not np.isfinite(scores).any():
             errors = "; ".join(sorted({str(d.get("error")) for o in outputs for d in o.details if d.get("error")})[:3])
@@ -496,7 +443,6 @@ class _Trainer:
         return metrics
 
     def _encode(self, texts: list[str]) -> tuple[Any, Any]:
-
         g = self.config.generator
         unique = list(dict.fromkeys(texts))
         embeds, negative = encode_prompts(self.pipe, unique, g.negative_prompt, g.guidance_scale, g.max_sequence_length)
@@ -504,8 +450,6 @@ class _Trainer:
         return embeds[index], (negative[index] if negative is not None else None)
 
     def _sample(self, embeds: Any, negative: Any, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
-
-
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         with self.accelerator.autocast():
@@ -541,8 +485,6 @@ class _Trainer:
         return outputs, compute
 
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: Any, weights: Any) -> dict[str, float]:
-
-
         config, acc = self.config, self.accelerator
         device = acc.device
         latents = torch.cat([t.latents for t in trajectories])
@@ -639,31 +581,20 @@ class _Trainer:
             for i, frames in zip(mine, videos):
                 if i < config.eval_videos:
                     save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4")
-        gathered = _gather(acc, scores)  # padding entries of short shards are NaN: not counted
-        mean, std = _nan_stats(gathered)
+        gathered = rl.gather_floats(acc, scores)  # padding entries of short shards are NaN: not counted
+        mean, std = rl.nan_mean_std(gathered)
         valid = int(np.isfinite(gathered).sum())
         return {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
 
-    def _log(self, done: int, metrics: dict[str, Any]) -> None:
-        acc = self.accelerator
-        if self.config.log_with == "tensorboard":
-            acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, step=done)
-        if acc.is_main_process:
-            line = {"step": done, **{k: (v if not (isinstance(v, float) and not math.isfinite(v)) else None) for k, v in metrics.items()}}
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(line) + "\n")
-
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            folder = _save_checkpoint(self.out, done, self.unwrapped, self.optimizer, self.ema, self.reward, self.config.keep_checkpoints)
-            log.info("checkpoint: %s", folder)
-        acc.wait_for_everyone()
+        reward_state = self.reward.state_dict() if hasattr(self.reward, "state_dict") else None
+        write = _checkpoint_writer(self.unwrapped, self.optimizer, self.ema, acc.is_main_process)
+        folder = rl.save_checkpoint(acc, self.out, done, write, {"reward_state": reward_state}, self.config.keep_checkpoints)
+        log.info("checkpoint: %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
-
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
