@@ -20,7 +20,7 @@ import torch
 def main() -> None:
     from cac_align.cac.infer import CaCOptions
     from cac_align.config import load_config
-    from cac_align.data.synthetic import SynthConfig, _kinds, make_spec, render
+    from cac_align.data.synthetic import SynthConfig, video_kinds, make_spec, render
     from cac_align.models import model_settings
     from cac_align.rewards.cac import CaCReward
     from cac_align.video import Video
@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     synth = load_config(SynthConfig, "recipes/synth/default.yaml", ["out_dir=unused", f"n={args.videos}", "seed=5002"], job="synth")
-    kinds = _kinds(synth)
+    kinds = video_kinds(synth)
     videos = [Video(render(make_spec(synth, i, kinds[i]))[0], synth.fps) for i in range(args.videos)]
     settings = model_settings(args.model) or {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}
     options = CaCOptions(max_frames_turn2=8, max_new_tokens=320).for_model(settings)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cac_align.config import load_config
-from cac_align.data.synthetic import NORMAL, SynthConfig, _kinds, make_spec, planted_boxes, render
+from cac_align.data.synthetic import NORMAL, SynthConfig, video_kinds, make_spec, planted_boxes, render
 from cac_align.eval.metrics import auroc
 from cac_align.models import builtin_path, model_settings
 from cac_align.models.export import folder_size
@@ -33,7 +33,7 @@ def scored():
     from cac_align.vlm.config import ModelConfig
 
     synth = load_config(SynthConfig, REPO_ROOT / "recipes/synth/default.yaml", ["out_dir=unused", "n=32", f"seed={SEED}", "normal_fraction=0.5"], job="synth")
-    kinds = _kinds(synth)
+    kinds = video_kinds(synth)
     specs = [make_spec(synth, i, kinds[i]) for i in range(synth.n)]
     videos = [Video(render(spec)[0], spec.fps) for spec in specs]
     config = CaCRewardConfig(model=ModelConfig(name="cac-demo", dtype="float32", device="cpu", max_batch_size=16), batch_size=16)

@@ -30,12 +30,27 @@ from omegaconf import MISSING
 
 from cac_align.cac.schema import ANOMALY_TYPES, Anomaly, AnnotationRecord, seconds_to_frames, write_annotations
 
-__all__ = ["SUBJECTS", "SynthConfig", "SynthSpec", "annotate", "generate", "make_spec", "planted_boxes", "render", "run", "subject_boxes"]
+__all__ = [
+    "NORMAL",
+    "REASONS",
+    "SUBJECTS",
+    "WORDS",
+    "SynthConfig",
+    "SynthSpec",
+    "annotate",
+    "generate",
+    "make_spec",
+    "planted_boxes",
+    "render",
+    "run",
+    "subject_boxes",
+    "video_kinds",
+]
 
 NORMAL = "normal"
-_WORDS = ("OPEN", "CAFE", "HOTEL", "PARK", "SALE", "BAKERY", "MUSEUM", "GARDEN")
+WORDS = ("OPEN", "CAFE", "HOTEL", "PARK", "SALE", "BAKERY", "MUSEUM", "GARDEN")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_REASONS = {
+REASONS = {
     "Object Distortion": ("the ball's outline warps into an irregular blob and then recovers", "ball"),
     "Human Distortion": ("the walking figure grows a third arm at an impossible angle", "figure's torso and arms"),
     "Motion Anomalies": ("the ball jumps discontinuously instead of rolling smoothly", "ball"),
@@ -147,7 +162,9 @@ class SynthSpec:
         return 0.8 * self.height
 
 
-def _kinds(config: SynthConfig) -> list[str]:
+def video_kinds(config: SynthConfig) -> list[str]:
+    """What each of the ``n`` videos shows ("normal" or an anomaly type): ``normal_fraction`` of
+    them normal, the rest cycling through ``types``, in an order shuffled by ``seed``."""
     rng = np.random.default_rng([config.seed, 2**31 - 1])
     n_normal = int(round(config.n * config.normal_fraction))
     kinds = [NORMAL] * n_normal + [config.types[i % len(config.types)] for i in range(config.n - n_normal)]
@@ -158,7 +175,7 @@ def _kinds(config: SynthConfig) -> list[str]:
 def make_spec(config: SynthConfig, index: int, kind: str | None = None) -> SynthSpec:
     """Draw the scene and anomaly parameters of video ``index`` from ``(seed, index)``."""
     if kind is None:
-        kind = _kinds(config)[index]
+        kind = video_kinds(config)[index]
     rng = np.random.default_rng([config.seed, index])
     h, w = config.height, config.width
     num_frames = max(2, int(round(config.duration_s * config.fps)))
@@ -195,7 +212,7 @@ def make_spec(config: SynthConfig, index: int, kind: str | None = None) -> Synth
         figure_height=min(2.0 * scale, 0.6) * h,
         figure_x0=float(rng.uniform(0.62, 0.8) * w),
         figure_speed=float(rng.uniform(0.02, 0.08) * w / num_frames) * float(rng.choice([-1, 1])),
-        sign_word=str(rng.choice(_WORDS)),
+        sign_word=str(rng.choice(WORDS)),
         sign_height=max(10.0, 0.6 * scale * h),
         jump=float(rng.uniform(1.5, 2.5)),
     )
@@ -443,7 +460,7 @@ def annotate(
     area = np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes.values()]) / (spec.width * spec.height)
     duration = (end_f - start_f + 1) / spec.fps
     salient = area >= config.salient_min_area and duration >= config.salient_min_duration_s
-    reason, region = _REASONS[spec.kind]
+    reason, region = REASONS[spec.kind]
     anomaly = Anomaly(
         type=spec.kind,
         frames=(first, last),
@@ -497,7 +514,7 @@ def generate(config: SynthConfig) -> list[AnnotationRecord]:
     run_folder.start()  # with overwrite: the old videos and labels go first
     (out / "videos").mkdir(parents=True, exist_ok=True)
     # 1. specs
-    kinds = _kinds(config)
+    kinds = video_kinds(config)
     specs = [make_spec(config, i, kinds[i]) for i in range(config.n)]
     # 2. render + save
     records = []

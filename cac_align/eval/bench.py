@@ -59,7 +59,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from cac_align.config import config_fingerprint
-from cac_align.eval.metrics import auroc
+from cac_align.eval.metrics import auroc, nan_to_none
 from cac_align.runlog import RunFolder, write_text_atomic
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
     "hard_split_recall",
     "interval_iou",
     "load_predictions",
-    "nan_to_none",
     "per_type_recall",
     "prediction_bias",
     "run",
@@ -380,17 +379,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3f}"
     return str(value)
-
-
-def nan_to_none(value: Any) -> Any:
-    """``value`` with every NaN float (in nested dicts and lists) replaced by None, for JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [nan_to_none(v) for v in value]
-    return value
 
 
 TABLES = ("table1", "hard_split", "per_type", "localization", "reward")  # one CSV each

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cac_align.config import config_fingerprint
-from cac_align.eval.bench import nan_to_none
+from cac_align.eval.metrics import nan_to_none
 from cac_align.runlog import RunFolder, read_manifest, write_text_atomic
 
 EXPERT_OUTPUTS = ("key.json", "sheet.html", "sheet.csv", "videos", "expert.json", "expert.md")

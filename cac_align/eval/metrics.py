@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["auroc"]
+__all__ = ["auroc", "nan_to_none"]
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
@@ -43,3 +44,14 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     rank_of[order] = ranks
     u = rank_of[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
+
+
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every NaN float (in nested dicts and lists) replaced by None, for JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_to_none(v) for v in value]
+    return value

@@ -287,11 +287,11 @@ def _small_corpus() -> list[str]:
     import json
 
     from cac_align.cac.prompts import frame_prompt, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
-    from cac_align.cac.train.cot import checklist_cot
-    from cac_align.data.synthetic import _REASONS, _WORDS
+    from cac_align.cac.train.targets import checklist_cot
+    from cac_align.data.synthetic import REASONS, WORDS
 
     texts = list(_CORPUS)
-    for word in _WORDS:
+    for word in WORDS:
         caption = f"A ball rolls along the floor past a '{word}' sign while a person walks by."
         for style in ("compact", "full"):
             texts += [
@@ -301,7 +301,7 @@ def _small_corpus() -> list[str]:
                 single_turn_prompt(5.0, 4.0, 20, caption, style=style),
                 no_cot_prompt(5.0, 4.0, 20, caption, style=style),
             ]
-    for kind, (reason, region) in _REASONS.items():
+    for kind, (reason, region) in REASONS.items():
         anomaly = {"Attributed Time Region": "3-5", "Attributed Label": kind, "Reason for Anomaly": reason, "Problem Region": region,
                    "BBOX": {"Frame 0": [12, 345, 678, 901]}}
         texts.append(json.dumps({"COT": checklist_cot("video"), "status": "abnormal", "anomalies": [anomaly]}))

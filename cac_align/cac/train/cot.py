@@ -19,7 +19,7 @@ A video passing both in round r is kept: ``r <= salient_rounds`` (3) labels its 
 "salient", otherwise "non-salient" (the stage-3 reward discounts those, γ = 0.5); a video that
 never passes is discarded. Failure reasons are fed back into the next round's prompt.
 
-Without a teacher, :func:`template_video_cot` writes the reasoning from the annotation itself
+Without a teacher, :func:`~cac_align.cac.train.targets.template_video_cot` writes the reasoning from the annotation itself
 (``cot_source: "template"``), so training runs offline; saliency labels are kept as annotated.
 
 Outputs in ``out_dir``: ``cot_log.jsonl`` (one line per finished video: outcome, rounds, every
@@ -35,81 +35,17 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import MISSING
 
 from cac_align.cac.prompts import TYPE_DEFINITIONS
-from cac_align.cac.schema import AnnotationRecord, Anomaly, box_iou, window_iou
-from cac_align.cac.train.targets import anomaly_json, clip_boxes, frames_shown, on_screen
+from cac_align.cac.schema import AnnotationRecord, box_iou, window_iou
+from cac_align.cac.train.targets import anomaly_json, clip_boxes, frames_shown, on_screen, template_video_cot
 from cac_align.vlm.config import ModelConfig
 
-__all__ = [
-    "SynthCotConfig",
-    "check_answer",
-    "checklist_cot",
-    "run",
-    "saliency_for_round",
-    "template_local_cot",
-    "template_video_cot",
-]
-
-
-# ---------------------------------------------------------------------------------------
-# Template reasoning (offline)
-# ---------------------------------------------------------------------------------------
-def template_video_cot(record: AnnotationRecord) -> str:
-    """Whole-video reasoning in App. B.2's structure, written from the annotation alone."""
-    scene = f'Scene: the video shows "{record.prompt}".' if record.prompt else "Scene: a generated video."
-    if record.status == "normal":
-        return (
-            f"{scene} Frame by frame: the people keep a plausible anatomy, the objects keep their shape and size, "
-            "and any text stays readable and unchanged. Across frames: motion is continuous and obeys physics; "
-            "nothing appears, vanishes or floats without cause. Overall: no anomaly is visible, so the video is normal."
-        )
-    parts = [scene, "Frame by frame: outside the windows below, the people, objects and surroundings look consistent."]
-    for anomaly in record.anomalies:
-        start, end = anomaly.window_s(record.annotation_fps)
-        where = f" in the {anomaly.region}" if anomaly.region else ""
-        what = anomaly.reason or TYPE_DEFINITIONS[anomaly.type]
-        parts.append(f"From {start:.2f} s to {end:.2f} s{where}, {what}.")
-        parts.append(f"Across frames: this is absent before and after the window, so it falls under {anomaly.type}.")
-    parts.append("Overall: the video is abnormal.")
-    return " ".join(parts)
-
-
-_CHECKLISTS = {
-    "video": "I follow each subject over time and check its shape, body, motion, support and any text.",
-    "clip": "I compare the suspected subject across these frames, then box it where it is wrong.",
-    "frame": "I check each subject's shape, body, support and any text in this frame.",
-}
-
-
-def checklist_cot(scope: str = "video") -> str:
-    """A fixed inspection plan for ``scope`` ("video", "clip" or "frame") that does not state the
-    verdict, so the answer's "status" is where the model decides (``data.template_cot:
-    checklist``)."""
-    if scope not in _CHECKLISTS:
-        raise ValueError(f"scope must be one of {list(_CHECKLISTS)}, got {scope!r}")
-    return _CHECKLISTS[scope]
-
-
-def template_local_cot(anomalies: Sequence[Anomaly], scope: str = "clip") -> str:
-    """Close-up reasoning for a stage-1 frame or a stage-2 clip showing ``anomalies`` (may be empty)."""
-    what = "frame" if scope == "frame" else "stretch of frames"
-    if not anomalies:
-        return (
-            f"Looking closely at this {what}: the subjects keep their shape, anatomy and text"
-            + ("" if scope == "frame" else ", and move smoothly from frame to frame")
-            + f". Nothing anomalous is visible, so this {what} is normal."
-        )
-    parts = [f"Looking closely at this {what}:"]
-    for anomaly in anomalies:
-        where = f"the {anomaly.region}" if anomaly.region else "one region"
-        parts.append(f"in {where}, {anomaly.reason or TYPE_DEFINITIONS[anomaly.type]}, which falls under {anomaly.type}.")
-    parts.append(f"The {what} is abnormal; the boxes mark where the defect is visible.")
-    return " ".join(parts)
+__all__ = ["SynthCotConfig", "apply_entry", "check_answer", "run", "saliency_for_round"]
 
 
 # ---------------------------------------------------------------------------------------

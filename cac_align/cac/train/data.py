@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cac_align.cac.schema import AnnotationRecord, Anomaly
-from cac_align.cac.train.cot import checklist_cot, template_local_cot, template_video_cot
+from cac_align.cac.train.targets import checklist_cot, template_local_cot, template_video_cot
 from cac_align.cac.train.targets import _EPS, anomaly_json, answer_json, clip_boxes, frames_shown, on_screen
 
 __all__ = [

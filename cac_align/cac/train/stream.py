@@ -122,10 +122,10 @@ class SynthStream:
     """
 
     def __init__(self, synth: Any):
-        from cac_align.data.synthetic import _kinds
+        from cac_align.data.synthetic import video_kinds
 
         self.synth = synth
-        self.kinds = _kinds(synth)
+        self.kinds = video_kinds(synth)
         self._last: tuple[Any, Any] | None = None  # the most recent full render
 
     def __len__(self) -> int:

@@ -1,9 +1,10 @@
-"""What a CaC training target says and where: frame geometry and the answer schema.
+"""What a CaC training target says and where: frame geometry, the answer schema and template reasoning.
 
 Shared by the sample builder (:mod:`cac_align.cac.train.data`), the reasoning writer
-(:mod:`cac_align.cac.train.cot`), stage-3 rewards and the benchmark, so that none of them imports
-another for these: which frame is on screen at a time, which shown frames a window holds, an
-anomaly's boxes re-indexed to a clip, and target answers in the paper's schema (CaC App. Fig. S5).
+(:mod:`cac_align.cac.train.cot`), stage-3 rewards, the benchmark and the small model's tokenizer
+corpus, so that none of them imports another (or a job) for these: which frame is on screen at a
+time, which shown frames a window holds, an anomaly's boxes re-indexed to a clip, target answers
+in the paper's schema (CaC App. Fig. S5), and the offline reasoning written from an annotation.
 """
 
 from __future__ import annotations
@@ -14,9 +15,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.cac.schema import Anomaly
+from cac_align.cac.prompts import TYPE_DEFINITIONS
+from cac_align.cac.schema import AnnotationRecord, Anomaly
 
-__all__ = ["anomaly_json", "answer_json", "clip_boxes", "frames_shown", "on_screen"]
+__all__ = [
+    "anomaly_json",
+    "answer_json",
+    "checklist_cot",
+    "clip_boxes",
+    "frames_shown",
+    "on_screen",
+    "template_local_cot",
+    "template_video_cot",
+]
 
 _EPS = 1e-6
 
@@ -81,3 +92,59 @@ def anomaly_json(
     if boxes is not None:
         entry["BBOX"] = {f"Frame {k}": _box_value(b) for k, b in sorted(boxes.items())}
     return entry
+
+
+# ---------------------------------------------------------------------------------------
+# Template reasoning (offline)
+# ---------------------------------------------------------------------------------------
+def template_video_cot(record: AnnotationRecord) -> str:
+    """Whole-video reasoning in App. B.2's structure, written from the annotation alone."""
+    scene = f'Scene: the video shows "{record.prompt}".' if record.prompt else "Scene: a generated video."
+    if record.status == "normal":
+        return (
+            f"{scene} Frame by frame: the people keep a plausible anatomy, the objects keep their shape and size, "
+            "and any text stays readable and unchanged. Across frames: motion is continuous and obeys physics; "
+            "nothing appears, vanishes or floats without cause. Overall: no anomaly is visible, so the video is normal."
+        )
+    parts = [scene, "Frame by frame: outside the windows below, the people, objects and surroundings look consistent."]
+    for anomaly in record.anomalies:
+        start, end = anomaly.window_s(record.annotation_fps)
+        where = f" in the {anomaly.region}" if anomaly.region else ""
+        what = anomaly.reason or TYPE_DEFINITIONS[anomaly.type]
+        parts.append(f"From {start:.2f} s to {end:.2f} s{where}, {what}.")
+        parts.append(f"Across frames: this is absent before and after the window, so it falls under {anomaly.type}.")
+    parts.append("Overall: the video is abnormal.")
+    return " ".join(parts)
+
+
+_CHECKLISTS = {
+    "video": "I follow each subject over time and check its shape, body, motion, support and any text.",
+    "clip": "I compare the suspected subject across these frames, then box it where it is wrong.",
+    "frame": "I check each subject's shape, body, support and any text in this frame.",
+}
+
+
+def checklist_cot(scope: str = "video") -> str:
+    """A fixed inspection plan for ``scope`` ("video", "clip" or "frame") that does not state the
+    verdict, so the answer's "status" is where the model decides (``data.template_cot:
+    checklist``)."""
+    if scope not in _CHECKLISTS:
+        raise ValueError(f"scope must be one of {list(_CHECKLISTS)}, got {scope!r}")
+    return _CHECKLISTS[scope]
+
+
+def template_local_cot(anomalies: Sequence[Anomaly], scope: str = "clip") -> str:
+    """Close-up reasoning for a stage-1 frame or a stage-2 clip showing ``anomalies`` (may be empty)."""
+    what = "frame" if scope == "frame" else "stretch of frames"
+    if not anomalies:
+        return (
+            f"Looking closely at this {what}: the subjects keep their shape, anatomy and text"
+            + ("" if scope == "frame" else ", and move smoothly from frame to frame")
+            + f". Nothing anomalous is visible, so this {what} is normal."
+        )
+    parts = [f"Looking closely at this {what}:"]
+    for anomaly in anomalies:
+        where = f"the {anomaly.region}" if anomaly.region else "one region"
+        parts.append(f"in {where}, {anomaly.reason or TYPE_DEFINITIONS[anomaly.type]}, which falls under {anomaly.type}.")
+    parts.append(f"The {what} is abnormal; the boxes mark where the defect is visible.")
+    return " ".join(parts)

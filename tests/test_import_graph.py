@@ -1,0 +1,135 @@
+"""The package's import graph: no circles, and low-level modules never import a job or the CLI.
+
+Read from the source with ``ast`` (nothing is imported), counting imports inside functions too
+(they hide circles, they do not remove them) and leaving out ``if TYPE_CHECKING:`` blocks (never
+run). ``pytest tests/test_import_graph.py`` is the check; on a failure it names the modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from cac_align.config import JOBS
+from conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "cac_align"
+
+# Modules that are only a job (or the CLI): the JOBS registry's entry modules, less the
+# synthetic renderer (a library that other code renders with; its `run` is a thin job entry),
+# plus stage 3's trainer (the `train-cac` job's other half) and the CLI.
+LIBRARY_WITH_JOB_ENTRY = {"cac_align.data.synthetic"}
+JOB_MODULES = {spec.run.split(":")[0] for spec in JOBS.values()} - LIBRARY_WITH_JOB_ENTRY | {
+    "cac_align.cac.train.grpo",
+    "cac_align.cli",
+}
+# The one job spread over two modules: `train-cac` dispatches stage 3 to its trainer.
+ALLOWED_JOB_IMPORTS = {("cac_align.cac.train.sft", "cac_align.cac.train.grpo")}
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}`` (``from pkg import sub`` counts as ``sub``)."""
+    files = {_module_name(p, package.parent): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package_name = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+
+        def visit(node: ast.AST) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.If) and _is_type_checking(child):
+                    for other in child.orelse:
+                        visit(other)
+                    continue
+                if isinstance(child, ast.Import):
+                    targets.update(alias.name for alias in child.names)
+                elif isinstance(child, ast.ImportFrom):
+                    base = child.module or ""
+                    if child.level:  # relative: resolve against this module's package
+                        up = package_name.split(".")[: len(package_name.split(".")) - child.level + 1]
+                        base = ".".join(up + ([base] if base else []))
+                    for alias in child.names:
+                        targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base)
+                visit(child)
+
+        visit(ast.parse(path.read_text(encoding="utf-8")))
+        graph[name] = {t for t in targets if t in files and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_the_checks_can_fail(tmp_path):
+    # a package with a circle hidden in a function, a TYPE_CHECKING-only back edge, and a relative import
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from pkg import b\n")
+    (package / "b.py").write_text("from . import c\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.d import X\nfrom pkg.a import f\n")
+    (package / "d.py").write_text("from pkg import c\n")
+    graph = import_graph(package)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"} and graph["pkg.c"] == {"pkg.a"}
+    assert graph["pkg.d"] == {"pkg.c"}  # c's TYPE_CHECKING import of d is not an edge
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    assert "cac_align.cac.train.grpo" in graph and graph["cac_align.cac.train.grpo"]  # it read the package
+    assert cycles(graph) == []
+
+
+def test_low_level_modules_import_no_job_and_jobs_no_other_job():
+    assert {"cac_align.score_job", "cac_align.gen.grpo_trainer", "cac_align.cac.train.sft", "cac_align.eval.bench"} <= JOB_MODULES
+    graph = import_graph()
+    wrong = sorted(
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        if target in JOB_MODULES and (module, target) not in ALLOWED_JOB_IMPORTS
+    )
+    assert wrong == []
