@@ -88,8 +88,25 @@ def _eval_alias(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def _show_job_logs() -> None:
+    """The jobs' own log lines (``cac_align.*`` loggers: resumed from, checkpoint written, a
+    skipped video) on stderr, INFO and up, as plain lines; other libraries' loggers are left as
+    they are. Once per process (``main`` may run several times in one interpreter)."""
+    import logging
+
+    logger = logging.getLogger("cac_align")
+    if not any(getattr(h, "_cac_align", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._cac_align = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(_eval_alias(sys.argv[1:] if argv is None else argv))
+    _show_job_logs()
     try:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes)

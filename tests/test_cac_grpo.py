@@ -218,9 +218,11 @@ def test_tiny_recipe_trains(straight):
     assert json.loads((out / "data.json").read_text())["stage"] == 3
 
 
-def test_resume_continues_exactly(straight, cac_data, tmp_path):
+def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
     """2 steps, a run killed while writing checkpoint 3, then resume to 4: the same weights and
     log as 4 steps straight."""
+    import logging
+
     from cac_align.cac.train.sft import run
 
     out = tmp_path / "resumed"
@@ -231,7 +233,9 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path):
         handle.write('{"step": 3, "reward/total": 1.0}\n{"step": 4, "rew')  # lines of the killed run
     with pytest.raises(RecipeError, match=r"differs in: grpo.beta"):
         run(_recipe(cac_data, out, "resume=true", "grpo.beta=0.5"))
-    run(_recipe(cac_data, out, "resume=true"))
+    with caplog.at_level(logging.INFO, logger="cac_align"):
+        run(_recipe(cac_data, out, "resume=true"))
+    assert f"resuming from {out / 'checkpoints/step_000002'} (step 2)" in caplog.text
     expected, got = _weights(straight[0] / "final"), _weights(out / "final")
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=0, msg=name)

@@ -29,6 +29,20 @@ def test_check_recipe_reports_good_and_bad(tmp_path, capsys):
     assert "unknown key 'sead'; did you mean 'seed'" in captured.err
 
 
+def test_job_log_lines_reach_stderr_once():
+    # what the trainers log (resuming from, checkpoint written, a skipped video) shows under the
+    # CLI; other libraries' INFO stays quiet; a second main() in the process adds no second copy
+    code = (
+        "import logging\n"
+        "from cac_align.cli import _show_job_logs\n"
+        "_show_job_logs(); _show_job_logs()\n"
+        "logging.getLogger('cac_align.gen.grpo_trainer').info('flow-grpo: resuming from x (step 2)')\n"
+        "logging.getLogger('transformers').info('not shown')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stderr == "flow-grpo: resuming from x (step 2)\n"
+
+
 def test_user_error_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "cac_align.cli", "make-tiny", "out_dir=" + str(tmp_path), "modles=[wan]"],

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, _add_lora, run, trained_timesteps
+from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, add_lora, run, trained_timesteps
 from cac_align.gen.sde import SDESchedule, flow_sigmas
 from cac_align.rl import step_indices
 from cac_align.gen.wan import (
@@ -83,7 +83,7 @@ def test_ode_sampler_reproduces_wan_pipeline():
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_on_policy_ratio_is_exactly_one(guidance):
     pipe = build_tiny_wan_pipeline(seed=0)
-    _add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
+    add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
     _perturb_lora(pipe.transformer)  # a non-trivial policy
     trajectory, embeds, negative, _ = _trajectory(pipe, guidance=guidance)
     assert trajectory.latents.shape == (2, 5, 16, 3, 4, 4) and trajectory.log_probs.shape == (2, 4)
@@ -97,7 +97,7 @@ def test_on_policy_ratio_is_exactly_one(guidance):
 
 def test_kl_is_zero_with_the_adapter_at_init():
     pipe = build_tiny_wan_pipeline(seed=0)
-    _add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
+    add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
     trajectory, embeds, negative, _ = _trajectory(pipe)
     _, means = _recompute(pipe, trajectory, embeds, negative, 1.0)
     pipe.transformer.disable_adapters()
@@ -141,7 +141,7 @@ def test_tiny_recipe_three_steps(tmp_path):
     pipe = build_tiny_wan_pipeline(seed=0)
     base_before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
     init = build_tiny_wan_pipeline(seed=0).transformer
-    _add_lora(init, config.lora, config.seed)
+    add_lora(init, config.lora, config.seed)
     lora_init = {n: p.detach().clone() for n, p in init.named_parameters() if "lora" in n}
 
     run(config, pipe=pipe)
@@ -230,7 +230,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     norms = [_metrics(tmp_path / name)[0]["train/grad_norm"] for name in ("big", "small")]
     assert norms[0] == pytest.approx(norms[1], rel=1e-5)
     init = build_tiny_wan_pipeline(seed=0).transformer
-    _add_lora(init, config.lora, config.seed)
+    add_lora(init, config.lora, config.seed)
     init_state = dict(init.named_parameters())
     for name in states[0]:
         # Adam divides by sqrt(v) + eps: float rounding shows up in near-zero gradient entries (lr 1e-3)
@@ -244,9 +244,9 @@ def test_two_updates_per_step_leave_the_rollout_policy(tmp_path):
     row = _metrics(tmp_path / "run")[0]
     assert row["train/approx_kl"] > 0  # the second update's ratios are no longer exactly 1
     with pytest.raises(RecipeError, match="updates_per_step"):
-        from cac_align.gen.grpo_trainer import _plan
+        from cac_align.gen.grpo_trainer import plan_step
 
-        _plan(_bright(tmp_path, "updates_per_step=5"), num_processes=1, rank=0)
+        plan_step(_bright(tmp_path, "updates_per_step=5"), num_processes=1, rank=0)
 
 
 def test_bf16_autocast_and_gradient_checkpointing_stay_on_policy(tmp_path):
@@ -324,14 +324,18 @@ def test_config_errors(tmp_path):
         _load(tmp_path, "group_size=1")
     with pytest.raises(RecipeError, match="noise_level"):
         _load(tmp_path, "noise_level=0")
+    # `mixed_precision=no` on the command line (YAML's boolean false) means "no", as in a recipe
+    assert _load(tmp_path, "mixed_precision=no").mixed_precision == "no"
+    with pytest.raises(RecipeError, match="mixed_precision must be"):
+        _load(tmp_path, "mixed_precision=fp8")
     with pytest.raises(RecipeError, match="lerning_rate"):
         _load(tmp_path, "lerning_rate=0.1")
     with pytest.raises(RecipeError, match="generator.lora"):
         _load(tmp_path, "generator.lora=somewhere")
-    from cac_align.gen.grpo_trainer import _plan
+    from cac_align.gen.grpo_trainer import plan_step
 
     with pytest.raises(RecipeError, match="split evenly over 3 processes"):
-        _plan(_load(tmp_path), num_processes=3, rank=0)
+        plan_step(_load(tmp_path), num_processes=3, rank=0)
 
 
 def test_cli_runs_the_tiny_recipe(tmp_path):

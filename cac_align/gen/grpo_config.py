@@ -168,6 +168,8 @@ class FlowGrpoConfig:
             raise ValueError(f"adv_std must be 'group' or 'global', got {self.adv_std!r}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if str(self.mixed_precision).lower() == "false":  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.log_with not in ("tensorboard", "none"):

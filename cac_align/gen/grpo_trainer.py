@@ -81,7 +81,7 @@ from cac_align.rl import group_advantages
 from cac_align.runlog import RunFolder, keep_log_steps
 from cac_align.video import Video, save_video
 
-__all__ = ["FlowGrpoConfig", "WanLoraSettings", "run", "sample_seed", "trained_timesteps"]
+__all__ = ["FlowGrpoConfig", "StepPlan", "WanLoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> 
 
 
 @dataclass
-class _Plan:
+class StepPlan:
     """Per-process numbers derived from the config (the one place they are derived)."""
 
     num_processes: int
@@ -117,7 +117,10 @@ class _Plan:
         return range(self.rank * self.local_samples, (self.rank + 1) * self.local_samples)
 
 
-def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
+def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan:
+    """This process's share of a step (``prompts_per_step * group_size`` samples, a global
+    intent); raises :class:`~cac_align.config.RecipeError` when it cannot be split evenly or
+    gives fewer micro-batches than ``updates_per_step``."""
     total = config.prompts_per_step * config.group_size
     local = rl.per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", "change prompts_per_step or group_size")
     micro_batches = math.ceil(local / config.train_batch_size)
@@ -127,7 +130,7 @@ def _plan(config: FlowGrpoConfig, num_processes: int, rank: int) -> _Plan:
             f"micro-batch(es) ({local} samples / train_batch_size {config.train_batch_size}); lower updates_per_step "
             "or train_batch_size"
         )
-    return _Plan(num_processes, rank, total, local)
+    return StepPlan(num_processes, rank, total, local)
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,7 +208,8 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None,
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-def _add_lora(transformer: Any, settings: WanLoraSettings, seed: int) -> None:
+def add_lora(transformer: Any, settings: WanLoraSettings, seed: int) -> None:
+    """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32."""
     transformer.requires_grad_(False)
     init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
     torch.manual_seed(seed)  # LoRA A's random init: the same on every process
@@ -302,7 +306,7 @@ class _Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
         )
         acc = self.accelerator
-        self.plan = _plan(config, acc.num_processes, acc.process_index)
+        self.plan = plan_step(config, acc.num_processes, acc.process_index)
         run_folder = _run_folder(config, self.prompts)
         found = rl.checkpoints(self.out) if run_folder.resuming else []
         resume_from = found[-1] if found else None
@@ -314,7 +318,7 @@ class _Trainer:
         pipe.text_encoder.requires_grad_(False)
         pipe.vae.requires_grad_(False)
         transformer = pipe.transformer
-        _add_lora(transformer, config.lora, config.seed)
+        add_lora(transformer, config.lora, config.seed)
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
@@ -347,7 +351,7 @@ class _Trainer:
         self.start_step = 0
         if resume_from is not None:
             self.start_step = _load_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema, self.reward)
-            log.info("resumed from %s (step %d)", resume_from, self.start_step)
+            log.info("flow-grpo: resuming from %s (step %d)", resume_from, self.start_step)
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         if config.log_with == "tensorboard":
@@ -591,7 +595,7 @@ class _Trainer:
         reward_state = self.reward.state_dict() if hasattr(self.reward, "state_dict") else None
         write = _checkpoint_writer(self.unwrapped, self.optimizer, self.ema, acc.is_main_process)
         folder = rl.save_checkpoint(acc, self.out, done, write, {"reward_state": reward_state}, self.config.keep_checkpoints)
-        log.info("checkpoint: %s", folder)
+        log.info("flow-grpo: checkpoint %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:

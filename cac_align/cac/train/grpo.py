@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -72,6 +73,8 @@ from cac_align.runlog import keep_log_steps
 from cac_align.video import VideoError, load_video
 
 __all__ = ["GENERATORS", "GrpoSettings", "grpo_loss", "run", "token_logprobs"]
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +216,7 @@ class _Trainer:
             if acc.is_main_process:
                 for name in ("metrics.jsonl", "rollouts.jsonl"):
                     keep_log_steps(self.out / name, self.start_step)
-                print(f"train-cac stage 3: resuming from {found[-1]} (step {self.start_step})")
+                log.info("train-cac stage 3: resuming from %s (step %d)", found[-1], self.start_step)
         acc.wait_for_everyone()
         acc.init_trackers("train_cac_stage3")  # writes tensorboard/train_cac_stage3/ (main process)
         self.pad_id = self.processor.tokenizer.pad_token_id
@@ -285,7 +288,7 @@ class _Trainer:
                 videos.append((index, *self.fetch(index)))
             except VideoError as exc:
                 failed += 1
-                print(f"train-cac stage 3: skipping video {index}: {exc}")
+                log.warning("train-cac stage 3: skipping video %s: %s", index, exc)
 
         # 2. G two-turn rollouts per video, scored
         rollouts = collect_rollouts(videos, self.generator, self.processor, config, rl.derive_seed(t.seed, step, rank)) if videos else []
@@ -384,7 +387,7 @@ class _Trainer:
             state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in unwrapped.state_dict().items()}
             unwrapped.save_pretrained(str(final), state_dict=state, safe_serialization=True)
             self.processor.save_pretrained(str(final))
-            print(f"train-cac stage 3: done; model in {final}")
+            print(f"train-cac stage 3: done; model in {final}")  # the result line, as stages 1-2 and the other jobs print theirs
         acc.wait_for_everyone()
         acc.end_training()
 
