@@ -70,8 +70,8 @@ def test_grpo_loss_hand_worked():
 def test_group_settings_are_checked(cac_data, tmp_path):
     with pytest.raises(RecipeError, match="multiple of grpo.group_size"):
         _recipe(cac_data, tmp_path, "train.gradient_accumulation_steps=3")
-    with pytest.raises(RecipeError, match="grpo.generator"):
-        _recipe(cac_data, tmp_path, "grpo.generator=vllm")
+    with pytest.raises(RecipeError, match="grpo.sampler"):
+        _recipe(cac_data, tmp_path, "grpo.sampler=vllm")
     with pytest.raises(RecipeError, match="group_siz"):
         _recipe(cac_data, tmp_path, "grpo.group_siz=4")
 
@@ -105,7 +105,7 @@ def test_rollout_sequences_are_the_sampled_tokens_in_the_rendered_conversation(c
     from cac_align.cac.infer import sample_capped
     from cac_align.cac.prompts import turn1_prompt, turn2_prompt
     from cac_align.cac.train.grpo import token_logprobs
-    from cac_align.cac.train.rollouts import HFGenerator, SimulatedPolicy, collect_rollouts, placeholder_token_ids
+    from cac_align.cac.train.rollouts import HFSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
     from cac_align.cac.train.collate import collate
     from cac_align.vlm.backend import assistant, user
 
@@ -139,7 +139,7 @@ def test_rollout_sequences_are_the_sampled_tokens_in_the_rendered_conversation(c
 
     # 2. turn 2 sampled by the model after the two-turn context: the loss pass reads the very
     # ids it sampled, and its log-probs recomputed on the whole sequence match the sampler's
-    sampler = HFGenerator(model, processor, temperature=1.0, batch_size=4)
+    sampler = HFSampler(model, processor, temperature=1.0, batch_size=4)
     config = _recipe(cac_data, tmp_path, "grpo.group_size=2", "grpo.max_new_tokens_turn2=12")
     rollouts = collect_rollouts(videos, _SimulatedThenSampled(simulated, sampler), processor, config, seed=4)
     again = collect_rollouts(videos, _SimulatedThenSampled(simulated, sampler), processor, config, seed=4)
@@ -160,14 +160,14 @@ def test_rollout_sequences_are_the_sampled_tokens_in_the_rendered_conversation(c
 # The trainer
 # ---------------------------------------------------------------------------------------
 def test_first_step_is_on_policy_and_at_the_reference(cac_data, tmp_path):
-    """The model samples its own rollouts (generator=hf): at the first step the ratio is exactly
+    """The model samples its own rollouts (sampler=hf): at the first step the ratio is exactly
     1, nothing is clipped, the KL to the reference (the same weights) is exactly 0, and the
     recomputed log-probs are the ones it sampled with. A random tiny model writes no valid JSON,
     so every rollout scores the same, every group has zero variance, and nothing moves."""
     from cac_align.cac.train.sft import run
 
     out = tmp_path / "hf"
-    metrics = run(_recipe(cac_data, out, "grpo.generator=hf", "grpo.max_new_tokens_turn1=16", "train.max_steps=1"))
+    metrics = run(_recipe(cac_data, out, "grpo.sampler=hf", "grpo.max_new_tokens_turn1=16", "train.max_steps=1"))
     assert metrics["ratio_mean"] == 1.0 and metrics["clip_fraction"] == 0.0 and metrics["kl"] == 0.0
     assert metrics["sampler_logprob_max_abs_diff"] < 1e-4
     assert metrics["response_length/turn1"] == 16 and metrics["truncated_fraction"] == 1.0

@@ -24,7 +24,7 @@ shares with ``cac-align flow-grpo`` (:mod:`cac_align.rl`). Each training step:
 **π_old.** With ``grpo.iterations = 1`` (default) each batch drives one optimizer update, so
 π_old is the current policy: ``old = logp.detach()``, the ratio is exactly 1 and its gradient
 is ∇log π (the on-policy GRPO case). With ``iterations > 1`` the old log-probs are computed
-once before the first update and the clip starts to act. The ``hf`` generator records the
+once before the first update and the clip starts to act. The ``hf`` sampler records the
 log-probs it sampled with; ``sampler_logprob_max_abs_diff`` logs their largest difference from
 the recomputed ones (a check that the trainer scores exactly what was sampled).
 
@@ -64,15 +64,15 @@ from cac_align import rl
 from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.collate import collate
 from cac_align.cac.train.data import split_records
-from cac_align.cac.train.rollouts import Generator, HFGenerator, Rollout, SimulatedPolicy, collect_rollouts, placeholder_token_ids
-from cac_align.cac.train.settings import GENERATORS, GrpoSettings, TrainCaCConfig
+from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
+from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
 from cac_align.cac.train.shared import load_model, run_folder
 from cac_align.config import RecipeError
 from cac_align.rl import clipped_surrogate, group_advantages
 from cac_align.runlog import keep_log_steps
 from cac_align.video import VideoError, load_video
 
-__all__ = ["GENERATORS", "GrpoSettings", "grpo_loss", "run", "token_logprobs"]
+__all__ = ["SAMPLERS", "GrpoSettings", "grpo_loss", "run", "token_logprobs"]
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ def grpo_loss(
 class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, finish() saves."""
 
-    def __init__(self, config: TrainCaCConfig, generator: Generator | None = None):
+    def __init__(self, config: TrainCaCConfig, sampler: RolloutSampler | None = None):
         self.config = config
-        self.generator = generator
+        self.sampler = sampler
 
     # -- setup -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -198,11 +198,11 @@ class _Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
         policy = acc.unwrap_model(self.model)
-        if self.generator is None:
-            if grpo.generator == "hf":
-                self.generator = HFGenerator(policy, self.processor, grpo.temperature, grpo.generation_batch_size, acc.autocast)
+        if self.sampler is None:
+            if grpo.sampler == "hf":
+                self.sampler = HFSampler(policy, self.processor, grpo.temperature, grpo.generation_batch_size, acc.autocast)
             else:
-                self.generator = SimulatedPolicy(self.processor.tokenizer, grpo.simulated_noise)
+                self.sampler = SimulatedPolicy(self.processor.tokenizer, grpo.simulated_noise)
         if folder is not None:  # the models loaded: record the run (a failed start leaves no record)
             folder.start()
             (self.out / "data.json").write_text(json.dumps(describe, indent=1))
@@ -291,7 +291,7 @@ class _Trainer:
                 log.warning("train-cac stage 3: skipping video %s: %s", index, exc)
 
         # 2. G two-turn rollouts per video, scored
-        rollouts = collect_rollouts(videos, self.generator, self.processor, config, rl.derive_seed(t.seed, step, rank)) if videos else []
+        rollouts = collect_rollouts(videos, self.sampler, self.processor, config, rl.derive_seed(t.seed, step, rank)) if videos else []
         generated_at = time.perf_counter()
 
         # 3. advantages within each video's group
@@ -392,14 +392,14 @@ class _Trainer:
         acc.end_training()
 
 
-def run(config: TrainCaCConfig, generator: Generator | None = None) -> dict:
+def run(config: TrainCaCConfig, sampler: RolloutSampler | None = None) -> dict:
     """Train stage 3 (module docstring); returns the last step's metrics (also in ``metrics.jsonl``).
 
     Args:
         config: a train-cac config with ``stage: 3``.
-        generator: overrides ``config.grpo.generator`` (any object with ``generate(requests, seed)``).
+        sampler: overrides ``config.grpo.sampler`` (any object with ``generate(requests, seed)``).
     """
-    trainer = _Trainer(config, generator)
+    trainer = _Trainer(config, sampler)
     trainer.setup()
     metrics = trainer.train()
     trainer.finish()
@@ -444,7 +444,7 @@ def _rollout_stats(rollouts: list[Rollout]) -> dict[str, tuple[float, float]]:
 
 def _sampler_difference(batch: list[Rollout], logp: Any, mask: Any) -> float:
     """Largest |recomputed − sampled| log-prob over the batch's generated tokens, for the turns
-    whose generator reported log-probs (0 when none did)."""
+    whose sampler reported log-probs (0 when none did)."""
     worst = 0.0
     for row, rollout in enumerate(batch):
         recomputed = logp[row][mask[row]].float().cpu().numpy()

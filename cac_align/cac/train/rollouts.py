@@ -15,9 +15,9 @@ were sampled (decode-then-encode can produce different ids). The contexts are th
 template's own text (cut with :func:`~cac_align.cac.train.collate.segment_chat`), so the
 sequence is what inference renders for the same conversation.
 
-**Generators** (``grpo.generator``):
+**Samplers** (``grpo.sampler``; "generator" in this project means the video generator):
 
-- ``hf`` (:class:`HFGenerator`, the paper's setting): the policy itself samples, through
+- ``hf`` (:class:`HFSampler`, the paper's setting): the policy itself samples, through
   transformers' ``generate`` with a fresh sampling config (temperature only: no top-k / top-p
   from the checkpoint, so the sampling distribution is softmax(logits / T), the one the loss
   uses). It also records the log-probs it sampled with.
@@ -28,8 +28,8 @@ sequence is what inference renders for the same conversation.
   broken JSON; amount set by ``grpo.simulated_noise``). Its tokens are scored by the model like
   any rollout, but they are off-policy: use it to check a setup, not to train a judge.
 
-Any object with ``generate(requests, seed) -> list[Generated]`` plugs in (``run(config,
-generator=...)``); a vLLM server is the natural one at scale.
+Any object with ``generate(requests, seed) -> list[Sampled]`` plugs in (``run(config,
+sampler=...)``); a vLLM server is the natural one at scale.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from cac_align.video import Video
 
 __all__ = [
-    "Generated",
-    "Generator",
-    "HFGenerator",
+    "HFSampler",
+    "RolloutSampler",
+    "Sampled",
     "Rollout",
     "SimulatedPolicy",
     "TurnRequest",
@@ -85,16 +85,18 @@ class TurnRequest:
 
 
 @dataclass
-class Generated:
+class Sampled:
     """A generated answer as token ids (ending with end-of-turn unless cut by the budget), and
-    the log-prob of each under the sampling distribution when the generator knows it."""
+    the log-prob of each under the sampling distribution when the sampler knows it."""
 
     token_ids: list[int]
     logprobs: list[float] | None = None
 
 
-class Generator(Protocol):
-    def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Generated]:
+class RolloutSampler(Protocol):
+    """What writes the rollouts' turns (``grpo.sampler``): the policy itself, a stand-in, or a server."""
+
+    def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Sampled]:
         """One answer per request, in order; deterministic in ``seed``."""
         ...
 
@@ -109,7 +111,7 @@ def placeholder_token_ids(processor: Any) -> list[int]:
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
 
 
-class HFGenerator:
+class HFSampler:
     """The policy samples its own rollouts through transformers' ``generate``.
 
     Args:
@@ -130,13 +132,13 @@ class HFGenerator:
         self.pad_id = processor.tokenizer.pad_token_id
         self.suppressed = placeholder_token_ids(processor)
 
-    def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Generated]:
+    def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Sampled]:
         import torch
         from transformers import GenerationConfig
 
         from cac_align.cac.train.collate import collate
 
-        out: list[Generated] = []
+        out: list[Sampled] = []
         was_training = self.model.training
         self.model.eval()
         torch.manual_seed(seed)
@@ -176,7 +178,7 @@ class HFGenerator:
                         ids = new[row].tolist()[: request.max_new_tokens]
                         if self.eos_id in ids:
                             ids = ids[: ids.index(self.eos_id) + 1]
-                        out.append(Generated(ids, logprobs[row, : len(ids)].tolist()))
+                        out.append(Sampled(ids, logprobs[row, : len(ids)].tolist()))
         finally:
             self.model.train(was_training)
         return out
@@ -197,13 +199,13 @@ class SimulatedPolicy:
         self.noise = noise
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Generated]:
+    def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Sampled]:
         rng = np.random.default_rng(seed)
         out = []
         for request in requests:
             text = self._turn1(request, rng) if request.turn == 1 else self._turn2(request, rng)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
-            out.append(Generated(ids[: request.max_new_tokens]))  # the budget cuts it like a real policy
+            out.append(Sampled(ids[: request.max_new_tokens]))  # the budget cuts it like a real policy
         return out
 
     def _other_type(self, name: str, rng: np.random.Generator) -> str:
@@ -323,7 +325,7 @@ def _contexts(processor: Any, messages: list[dict]) -> list[tuple[str, list[dict
 
 def collect_rollouts(
     videos: Sequence[tuple[int, "AnnotationRecord", "Video"]],
-    generator: Generator,
+    sampler: RolloutSampler,
     processor: Any,
     config: "TrainCaCConfig",
     seed: int,
@@ -331,7 +333,7 @@ def collect_rollouts(
     """G two-turn rollouts per ``(record index, record, decoded video)``, scored (Eq. 2–6).
 
     Rollouts of the i-th video have ``group = i``. Deterministic in ``seed`` (given a
-    deterministic generator).
+    deterministic sampler).
     """
     import torch
 
@@ -356,7 +358,7 @@ def collect_rollouts(
         scans.append(scan)
         firsts.append(first)
         requests += [TurnRequest(context, record, scan, 1, grpo.max_new_tokens_turn1)] * grpo.group_size
-    turn1 = generator.generate(requests, derive_seed(seed, 1))
+    turn1 = sampler.generate(requests, derive_seed(seed, 1))
 
     # turn 2 for each rollout whose turn 1 says abnormal with a usable window: its own clip
     pending = []  # (rollout index, turn-2 prompt: turn-1 context + answer + turn-2 context)
@@ -384,7 +386,7 @@ def collect_rollouts(
             closing = [EncodedChat(torch.tensor([eos_id]), torch.tensor([IGNORE_INDEX]), {})]
         state.update(clip=clip, window=(float(window[0]), float(window[1])))
         pending.append((k, concat_parts(parts + closing + [context2])))
-    turn2 = generator.generate([TurnRequest(p, videos[k // grpo.group_size][1], states[k]["clip"], 2, grpo.max_new_tokens_turn2) for k, p in pending], derive_seed(seed, 2))
+    turn2 = sampler.generate([TurnRequest(p, videos[k // grpo.group_size][1], states[k]["clip"], 2, grpo.max_new_tokens_turn2) for k, p in pending], derive_seed(seed, 2))
     second_turns = {k: (prompt, generated) for (k, prompt), generated in zip(pending, turn2)}
 
     rollouts = []

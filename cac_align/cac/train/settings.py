@@ -16,10 +16,10 @@ from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.judge_rewards import PAPER_WEIGHTS
 from cac_align.cac.train.stream import StreamConfig
 
-__all__ = ["GENERATORS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]
+__all__ = ["SAMPLERS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]
 
 
-GENERATORS = ("hf", "simulated")
+SAMPLERS = ("hf", "simulated")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class GrpoSettings:
         max_new_tokens_turn1, max_new_tokens_turn2: generation budget per turn.
         reward_weights: (format, status, type, temporal, spatial), CaC Eq. 6: (1, 2, 2, 2, 5).
         advantage_eps: added to the group's reward std (Eq. 8).
-        generator: "hf" (the policy samples) or "simulated" (offline stand-in, module doc).
+        sampler: "hf" (the policy samples) or "simulated" (offline stand-in, module doc).
         generation_batch_size: rollouts per ``generate`` call.
         simulated_noise: how damaged the simulated policy's answers are (0 = ground truth).
         save_rollouts: write every rollout to ``rollouts.jsonl``.
@@ -58,7 +58,7 @@ class GrpoSettings:
     max_new_tokens_turn2: int = 1024
     reward_weights: list[float] = field(default_factory=lambda: list(PAPER_WEIGHTS))
     advantage_eps: float = 1e-4
-    generator: str = "hf"
+    sampler: str = "hf"
     generation_batch_size: int = 8
     simulated_noise: float = 0.5
     save_rollouts: bool = True
@@ -81,8 +81,8 @@ class GrpoSettings:
             raise ValueError("grpo.max_new_tokens_turn1/2 and grpo.generation_batch_size must be >= 1")
         if len(self.reward_weights) != 5:
             raise ValueError(f"grpo.reward_weights are (format, status, type, temporal, spatial), got {list(self.reward_weights)}")
-        if self.generator not in GENERATORS:
-            raise ValueError(f"grpo.generator must be one of {GENERATORS}, got {self.generator!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"grpo.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.simulated_noise < 0:
             raise ValueError(f"grpo.simulated_noise must be >= 0, got {self.simulated_noise}")
 
