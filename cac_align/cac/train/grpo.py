@@ -67,6 +67,7 @@ from cac_align.cac.train.data import split_records
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
 from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
 from cac_align.cac.train.shared import load_model, run_folder
+from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.rl import clipped_surrogate, group_advantages
 from cac_align.runlog import keep_log_steps
@@ -239,8 +240,6 @@ class _Trainer:
         returns what ``data.json`` records."""
         config, t = self.config, self.config.train
         if config.stream is not None:
-            from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
-
             self.total_steps = stream_steps(t)
             stream = SynthStream(load_stream_synth(config.stream, n=self.total_steps * self.videos_per_step))
             self.pool = list(range(len(stream)))

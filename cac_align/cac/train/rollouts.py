@@ -37,18 +37,23 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
+import torch
+from transformers import GenerationConfig
 
-from cac_align.cac.train.judge_rewards import RewardBreakdown
+from cac_align.cac.infer import sample_capped, turn2_window
+from cac_align.cac.judgment import parse_judgment
+from cac_align.cac.prompts import turn1_prompt, turn2_prompt
+from cac_align.cac.schema import ANOMALY_TYPES, AnnotationRecord
+from cac_align.cac.train.collate import IGNORE_INDEX, EncodedChat, answer_part, collate, concat_parts, encode_context, segment_chat
+from cac_align.cac.train.judge_rewards import RewardBreakdown, cac_reward
+from cac_align.cac.train.settings import TrainCaCConfig
+from cac_align.cac.train.targets import clip_boxes, frames_shown
 from cac_align.rl import derive_seed
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cac_align.cac.schema import AnnotationRecord
-    from cac_align.cac.train.collate import EncodedChat
-    from cac_align.cac.train.settings import TrainCaCConfig
-    from cac_align.video import Video
+from cac_align.video import Video, VideoError
+from cac_align.vlm.backend import assistant, user
 
 __all__ = [
     "HFSampler",
@@ -77,9 +82,9 @@ class TurnRequest:
         max_new_tokens: generation budget.
     """
 
-    prompt: "EncodedChat"
-    record: "AnnotationRecord"
-    shown: "Video"
+    prompt: EncodedChat
+    record: AnnotationRecord
+    shown: Video
     turn: int
     max_new_tokens: int
 
@@ -133,11 +138,6 @@ class HFSampler:
         self.suppressed = placeholder_token_ids(processor)
 
     def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Sampled]:
-        import torch
-        from transformers import GenerationConfig
-
-        from cac_align.cac.train.collate import collate
-
         out: list[Sampled] = []
         was_training = self.model.training
         self.model.eval()
@@ -209,13 +209,9 @@ class SimulatedPolicy:
         return out
 
     def _other_type(self, name: str, rng: np.random.Generator) -> str:
-        from cac_align.cac.schema import ANOMALY_TYPES
-
         return str(rng.choice([t for t in ANOMALY_TYPES if t != name]))
 
     def _turn1(self, request: TurnRequest, rng: np.random.Generator) -> str:
-        from cac_align.cac.train.targets import frames_shown
-
         n, record, video = self.noise, request.record, request.shown
         if rng.random() < 0.25 * n:
             return '{"COT": "The video shows a scene.", "status": '  # cut off mid-answer
@@ -241,8 +237,6 @@ class SimulatedPolicy:
         return json.dumps({"COT": f"I scanned every frame; the video looks {status}.", "status": status, "anomalies": anomalies})
 
     def _turn2(self, request: TurnRequest, rng: np.random.Generator) -> str:
-        from cac_align.cac.train.targets import clip_boxes
-
         n, record, clip = self.noise, request.record, request.shown
         if rng.random() < 0.15 * n:
             return '{"COT": "Looking closer at the window", "status": "abn'
@@ -292,7 +286,7 @@ class Rollout:
     turn2_text: str | None
     window_s: tuple[float, float] | None
     reward: RewardBreakdown
-    sequence: "EncodedChat"
+    sequence: EncodedChat
     turn1_valid_json: bool = False
     truncated: bool = False
     turn1_logprobs: list[float] | None = None
@@ -318,16 +312,14 @@ class Rollout:
 def _contexts(processor: Any, messages: list[dict]) -> list[tuple[str, list[dict]]]:
     """The template text before each assistant answer of ``messages`` (answers are placeholders
     here; a context never contains an earlier answer's text)."""
-    from cac_align.cac.train.collate import segment_chat
-
     return [(text, holder) for text, is_answer, holder in segment_chat(processor, messages) if not is_answer]
 
 
 def collect_rollouts(
-    videos: Sequence[tuple[int, "AnnotationRecord", "Video"]],
+    videos: Sequence[tuple[int, AnnotationRecord, Video]],
     sampler: RolloutSampler,
     processor: Any,
-    config: "TrainCaCConfig",
+    config: TrainCaCConfig,
     seed: int,
 ) -> list[Rollout]:
     """G two-turn rollouts per ``(record index, record, decoded video)``, scored (Eq. 2–6).
@@ -335,16 +327,6 @@ def collect_rollouts(
     Rollouts of the i-th video have ``group = i``. Deterministic in ``seed`` (given a
     deterministic sampler).
     """
-    import torch
-
-    from cac_align.cac.infer import sample_capped, turn2_window
-    from cac_align.cac.judgment import parse_judgment
-    from cac_align.cac.prompts import turn1_prompt, turn2_prompt
-    from cac_align.cac.train.collate import IGNORE_INDEX, EncodedChat, answer_part, concat_parts, encode_context
-    from cac_align.cac.train.judge_rewards import cac_reward
-    from cac_align.video import VideoError
-    from cac_align.vlm.backend import assistant, user
-
     data, grpo = config.data, config.grpo
     tokenizer = processor.tokenizer
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -35,14 +35,32 @@ Outputs in ``out_dir``: ``checkpoints/checkpoint-N`` (resume with ``resume=true`
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from cac_align.cac.judgment import parse_judgment
+from cac_align.cac.prompts import STATUS_KEY_PATTERN
+from cac_align.cac.schema import load_annotations
+from cac_align.cac.train.collate import collate, encode_chat
+from cac_align.cac.train.data import ChatBuilder, build_stage, describe
+from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
 from cac_align.cac.train.shared import load_model, run_folder
+from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
+from cac_align.config import RecipeError
+from cac_align.eval.metrics import auroc
 from cac_align.runlog import keep_log_steps
+from cac_align.vlm.hf import HFBackend
 
 __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder"]
 
@@ -52,9 +70,6 @@ __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics
 # Model
 # ---------------------------------------------------------------------------------------
 def _add_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     torch.manual_seed(seed)  # LoRA A matrices are random: seeded for reproducible runs
     target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target, bias="none")
@@ -76,8 +91,6 @@ class ChatDataset:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Any:
-        from cac_align.cac.train.collate import encode_chat
-
         return encode_chat(self.processor, self.builder(self.samples[index]).messages)
 
 
@@ -95,13 +108,6 @@ def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int =
         schema), ``detection_recall_normal`` / ``_abnormal`` (NaN for an absent class) and
         ``detection_auroc`` of the reward (normal = positive; NaN if a class is missing).
     """
-    import re
-
-    from cac_align.cac.judgment import parse_judgment
-    from cac_align.cac.prompts import STATUS_KEY_PATTERN
-    from cac_align.eval.metrics import auroc
-    from cac_align.vlm.hf import HFBackend
-
     was_training = model.training
     model.eval()
     try:
@@ -153,13 +159,7 @@ def _detection_chats(chats: list, data: Any) -> list:
 def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, list, dict]:
     """(train dataset, eval dataset, held-out chats for the detection metrics, a JSON-able
     description for data.json) of stage 1 or 2, from the annotation file or the stream."""
-    from cac_align.config import RecipeError
-
     if config.stream is not None:
-        import os
-
-        from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
-
         t = config.train
         processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
         steps = stream_steps(t)
@@ -184,9 +184,6 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
         description = {"stage": config.stage, "stream": dataclasses.asdict(config.stream), "train_videos": videos, "train_samples": len(train), "eval_samples": len(held)}
         return train, held, chats, description
 
-    from cac_align.cac.schema import load_annotations
-    from cac_align.cac.train.data import ChatBuilder, build_stage, describe
-
     assert config.annotations is not None
     records = load_annotations(config.annotations).records
     stage_data = build_stage(config.stage, records, config.data)
@@ -201,14 +198,7 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
 def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
     if config.stage == 3:
-        from cac_align.cac.train.grpo import run as run_grpo
-
         return run_grpo(config)
-    import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.integrations import TensorBoardCallback
-
-    from cac_align.cac.train.collate import collate
 
     # 1. data (deterministic: every process builds the same samples); model + processor
     model, processor = load_model(config)
@@ -320,18 +310,12 @@ def run(config: TrainCaCConfig) -> dict:
 def _checkpointing_args(enabled: bool) -> dict:
     """Non-reentrant activation checkpointing, under the argument names this transformers has
     (``activation_checkpointing`` replaced ``gradient_checkpointing`` in later 5.x releases)."""
-    import inspect
-
-    from transformers import TrainingArguments
-
     name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def _merge_adapter(config: TrainCaCConfig, adapter: Path, final: Path) -> None:
     """Load the base weights fresh, apply the saved adapter, merge, save model + processor."""
-    from peft import PeftModel
-
     base, processor = load_model(config)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(final), safe_serialization=True)
