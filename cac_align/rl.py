@@ -42,6 +42,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from accelerate import Accelerator
 
 __all__ = [
     "GroupAdvantages",
@@ -193,7 +194,7 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: fl
 # ---------------------------------------------------------------------------------------
 # 5. Metrics over processes, and the one metrics logger
 # ---------------------------------------------------------------------------------------
-def gather_floats(accelerator: Any, values: Sequence[float] | np.ndarray) -> np.ndarray:
+def gather_floats(accelerator: Accelerator, values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Concatenate a per-process float array over processes, in process order (every process
     gets the whole array; each must pass the same length)."""
     import torch
@@ -221,7 +222,7 @@ def merge_sums(parts: Sequence[dict[str, tuple[float, float]]]) -> dict[str, flo
     return {name: value / count for name, (value, count) in totals.items() if count > 0}
 
 
-def log_metrics(accelerator: Any, out: str | Path, step: int, metrics: dict[str, Any], trackers: bool = True) -> None:
+def log_metrics(accelerator: Accelerator, out: str | Path, step: int, metrics: dict[str, Any], trackers: bool = True) -> None:
     """Log one step: a ``metrics.jsonl`` line on the main process (non-finite numbers as null)
     and, with ``trackers``, accelerate's trackers (finite numbers only). Call on every process."""
     if trackers:
@@ -244,7 +245,7 @@ def checkpoints(out: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
 
 
-def save_checkpoint(accelerator: Any, out: str | Path, step: int, write: Callable[[Path], None], state: dict, keep: int | None) -> Path:
+def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, write: Callable[[Path], None], state: dict, keep: int | None) -> Path:
     """Write checkpoint ``step`` of the run in ``out``; call on every process.
 
     ``write(folder)`` runs on every process into a temporary folder (accelerate's

@@ -51,7 +51,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan
 FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl")
 
 
-def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> Any:
+def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
     """The run folder (:class:`~cac_align.runlog.RunFolder`), checked on every process: another
     job's folder, another config without ``overwrite`` and files of the user's where outputs go
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
@@ -162,16 +162,16 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> Any:
     return folder
 
 
-def _trainable(model: Any) -> dict[str, Any]:
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The model's trainable parameters (the LoRA weights) by name."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _trainable_state(model: Any) -> dict[str, Any]:
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().float().cpu().contiguous() for name, p in _trainable(model).items()}
 
 
-def _checkpoint_writer(model: Any, optimizer: Any, ema: dict | None, is_main: bool) -> Any:
+def _checkpoint_writer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None, is_main: bool) -> Callable[[Path], None]:
     """What a Flow-GRPO checkpoint holds (one copy: the LoRA is the same on every process)."""
 
     def write(folder: Path) -> None:
@@ -186,7 +186,7 @@ def _checkpoint_writer(model: Any, optimizer: Any, ema: dict | None, is_main: bo
     return write
 
 
-def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None, reward: Reward) -> int:
+def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None, reward: Reward) -> int:
     trainable = load_file(str(folder / "trainable.safetensors"))
     params = _trainable(model)
     if set(trainable) != set(params):
@@ -208,7 +208,7 @@ def _load_checkpoint(folder: Path, model: Any, optimizer: Any, ema: dict | None,
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-def add_lora(transformer: Any, settings: WanLoraSettings, seed: int) -> None:
+def add_lora(transformer: torch.nn.Module, settings: WanLoraSettings, seed: int) -> None:
     """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32."""
     transformer.requires_grad_(False)
     init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
@@ -222,7 +222,7 @@ def add_lora(transformer: Any, settings: WanLoraSettings, seed: int) -> None:
 
 
 @contextlib.contextmanager
-def _adapters_disabled(model: Any):
+def _adapters_disabled(model: torch.nn.Module):
     """The reference policy: the same transformer with its LoRA turned off."""
     model.disable_adapters()
     try:
@@ -232,7 +232,7 @@ def _adapters_disabled(model: Any):
 
 
 @contextlib.contextmanager
-def _ema_weights(model: Any, ema: dict | None):
+def _ema_weights(model: torch.nn.Module, ema: dict | None):
     """Swap the EMA weights in (evaluation, export) and the training weights back after."""
     if ema is None:
         yield
@@ -251,7 +251,7 @@ def _ema_weights(model: Any, ema: dict | None):
                 p.copy_(backup[name])
 
 
-def _component_scores(output: Any) -> dict[str, np.ndarray]:
+def _component_scores(output: RewardOutput) -> dict[str, np.ndarray]:
     """Per-sample raw (and normalized, for combined rewards) scores of each component, NaN where missing."""
     n = len(output.scores)
     out: dict[str, np.ndarray] = {f"reward/{output.name}": output.scores.astype(np.float64)}
@@ -276,7 +276,7 @@ def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[
     return output, time.perf_counter() - start
 
 
-def _invalid_output(name: str, n: int, error: BaseException) -> Any:
+def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
     details = [{"error": f"{type(error).__name__}: {error}", "error_kind": "backend"} for _ in range(n)]
     return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
 
@@ -287,7 +287,7 @@ def _invalid_output(name: str, n: int, error: BaseException) -> Any:
 class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
-    def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None):
+    def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[[Any, torch.Tensor], np.ndarray] | None = None):
         self.config = config
         self.reward = reward
         self.pipe = pipe
@@ -453,7 +453,7 @@ class _Trainer:
         index = [unique.index(t) for t in texts]
         return embeds[index], (negative[index] if negative is not None else None)
 
-    def _sample(self, embeds: Any, negative: Any, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
+    def _sample(self, embeds: torch.Tensor, negative: torch.Tensor | None, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         with self.accelerator.autocast():
@@ -488,7 +488,7 @@ class _Trainer:
             outputs.append(output)
         return outputs, compute
 
-    def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: Any, weights: Any) -> dict[str, float]:
+    def _update(self, step: int, trajectories: list[Any], embeds: torch.Tensor, negative: torch.Tensor | None, advantages: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
         config, acc = self.config, self.accelerator
         device = acc.device
         latents = torch.cat([t.latents for t in trajectories])
@@ -610,7 +610,7 @@ class _Trainer:
         acc.end_training()
 
 
-def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:
+def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[[Any, torch.Tensor], np.ndarray] | None = None) -> dict[str, Any]:
     """Train (module docstring).
 
     Args:

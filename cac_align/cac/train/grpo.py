@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------
-def token_logprobs(model: Any, batch: dict, temperature: float = 1.0, suppressed: Sequence[int] = ()) -> tuple[Any, Any]:
+def token_logprobs(model: torch.nn.Module, batch: dict, temperature: float = 1.0, suppressed: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the labelled tokens under softmax(logits / T) over the vocabulary less the
     ``suppressed`` ids (the sampling distribution), and their mask.
 
@@ -108,14 +108,14 @@ def token_logprobs(model: Any, batch: dict, temperature: float = 1.0, suppressed
 
 
 def grpo_loss(
-    logp: Any,
-    old_logp: Any,
-    ref_logp: Any | None,
-    advantages: Any,
-    mask: Any,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
     clip_epsilon: float,
     beta: float,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 9–12 for a micro-batch: per-rollout mean over its tokens of
     ``−min(ρA, clip(ρ, 1±ε)A) + β·(π_ref/π_θ − log(π_ref/π_θ) − 1)``.
 
@@ -441,7 +441,7 @@ def _rollout_stats(rollouts: list[Rollout]) -> dict[str, tuple[float, float]]:
     return stats
 
 
-def _sampler_difference(batch: list[Rollout], logp: Any, mask: Any) -> float:
+def _sampler_difference(batch: list[Rollout], logp: torch.Tensor, mask: torch.Tensor) -> float:
     """Largest |recomputed − sampled| log-prob over the batch's generated tokens, for the turns
     whose sampler reported log-probs (0 when none did)."""
     worst = 0.0
