@@ -157,6 +157,21 @@ def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tm
     assert len(rows) == 1 and (tmp_path / "score/results.jsonl").exists()
 
 
+def test_freeze_vision_keeps_the_vision_tower(stage1, cac_data, tmp_path):
+    from cac_align.cac.train.sft import run
+
+    stage1_out, _ = stage1
+    out = tmp_path / "stage2_frozen"
+    run(_recipe("stage2_tiny", cac_data, out, f"model={stage1_out / 'final'}", "freeze_vision=true", "train.max_steps=2"))
+    before, after = _weights(stage1_out / "final"), _weights(out / "final")
+    vision = [k for k in before if k.startswith("model.visual.")]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    moved = [k for k in before if not k.startswith("model.visual.") and not torch.equal(before[k], after[k])]
+    assert any(".language_model." in k for k in moved)
+    with pytest.raises(RecipeError, match="freeze_vision applies to full fine-tuning"):
+        _recipe("stage1_tiny", cac_data, tmp_path / "x", "freeze_vision=true")
+
+
 def load_first_video(annotations):
     return str(annotations.parent / json.loads(annotations.read_text().splitlines()[0])["video"])
 

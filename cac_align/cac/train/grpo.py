@@ -66,7 +66,7 @@ from cac_align.cac.train.collate import collate
 from cac_align.cac.train.data import split_records
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
 from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
-from cac_align.cac.train.shared import load_model, run_folder
+from cac_align.cac.train.shared import load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.rl import clipped_surrogate, group_advantages
@@ -186,7 +186,7 @@ class _Trainer:
         # 3. models: the policy in float32 (bf16 autocast when train.bf16: master weights stay
         # float32, so 1e-6 updates are not rounded away), the frozen reference in config.dtype
         model, self.processor = load_model(dataclasses.replace(config, dtype="float32"))
-        model.requires_grad_(True)
+        set_trainable(model, config)
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = None

@@ -156,6 +156,10 @@ class TrainCaCConfig:
         finetune: "lora" (stage 1's default, the paper's) or "full" (every parameter; for a
             model trained from scratch, where a low-rank update of random weights would learn
             little); stage 2 is always full, stage 3 always full.
+        freeze_vision: ours, off by default: keep the vision tower (patch embedding, blocks,
+            merger) as the model arrives and train the rest. For a model trained from scratch,
+            stage 1 teaches the tower what anomalies look like on frames; letting stage 2's sparse
+            video signal rewrite it loses that (the cac-demo finding, docs/cac_training.md).
         data, lora, train, grpo: see :class:`DataConfig`, :class:`LoraSettings`,
             :class:`TrainSettings` and :class:`~cac_align.cac.train.grpo.GrpoSettings` (stage 3;
             there ``train.per_device_batch_size`` counts rollouts).
@@ -172,6 +176,7 @@ class TrainCaCConfig:
     attn_implementation: str | None = None
     trust_remote_code: bool = False
     finetune: str = "lora"
+    freeze_vision: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
@@ -188,6 +193,8 @@ class TrainCaCConfig:
             raise ValueError("set exactly one of 'annotations' (an annotation JSONL) or 'stream' (videos rendered on the fly)")
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.freeze_vision and self.stage == 1 and self.finetune == "lora":
+            raise ValueError("freeze_vision applies to full fine-tuning; stage 1's LoRA covers every linear layer (set finetune: full, or lora.target_modules)")
         t = self.train
         if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
             raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")

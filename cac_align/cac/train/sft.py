@@ -55,7 +55,7 @@ from cac_align.cac.train.collate import collate, encode_chat
 from cac_align.cac.train.data import ChatBuilder, build_stage, describe
 from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
-from cac_align.cac.train.shared import load_model, run_folder
+from cac_align.cac.train.shared import load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.eval.metrics import auroc
@@ -248,12 +248,13 @@ def run(config: TrainCaCConfig) -> dict:
             checkpoint = _latest_checkpoint(out) if config.resume else None
 
     # 4. trainable parameters: LoRA on every linear layer (stage 1) or all of them (stage 2,
-    # or stage 1 with finetune: full, for a model trained from scratch)
+    # or stage 1 with finetune: full, for a model trained from scratch; freeze_vision keeps
+    # the vision tower as it arrived)
     lora = config.stage == 1 and config.finetune == "lora"
     if lora:
         model = _add_lora(model, config.lora, config.train.seed)
     else:
-        model.requires_grad_(True)
+        set_trainable(model, config)
     pad_id = processor.tokenizer.pad_token_id
     metrics_path = out / "metrics.jsonl"
 

@@ -9,9 +9,16 @@ from typing import Any
 
 from cac_align.cac.train.settings import RUN_ONLY_KEYS, TrainCaCConfig
 
-__all__ = ["TRAIN_CAC_OUTPUTS", "load_model", "run_folder"]
+__all__ = ["TRAIN_CAC_OUTPUTS", "load_model", "run_folder", "set_trainable"]
 
 log = logging.getLogger(__name__)
+
+
+def set_trainable(model: Any, config: TrainCaCConfig) -> None:
+    """Full fine-tuning: every parameter trains, except the vision tower with ``freeze_vision``."""
+    model.requires_grad_(True)
+    if config.freeze_vision:
+        getattr(model, "model", model).visual.requires_grad_(False)
 
 
 def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
