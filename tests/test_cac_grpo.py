@@ -245,6 +245,21 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
         assert a["reward/total"] == pytest.approx(b["reward/total"]) and a["kl"] == pytest.approx(b["kl"], abs=1e-7)
 
 
+def test_gradient_accumulation_matches_one_big_batch(cac_data, tmp_path):
+    """One step of 8 rollouts (2 videos x G 4): four micro-batches of 2 accumulate into the same
+    gradient as one batch of 8 (each rollout weighs 1/8 either way, whatever its micro-batch)."""
+    from cac_align.cac.train.sft import run
+
+    for name, batch in (("big", 8), ("small", 2)):
+        run(_recipe(cac_data, tmp_path / name, "train.max_steps=1", "grpo.videos_per_step=2", f"train.per_device_batch_size={batch}"))
+    big, small = (_metrics(tmp_path / name)[0] for name in ("big", "small"))
+    assert big["reward/total"] == small["reward/total"] and big["grad_norm"] > 0
+    # the gradient norm is scale-sensitive (Adam's step is not): the accumulated gradient is the same
+    assert small["grad_norm"] == pytest.approx(big["grad_norm"], rel=1e-4)
+    assert small["loss"] == pytest.approx(big["loss"], rel=1e-4, abs=1e-6)
+    # (the weights after one Adam step cannot show it: Adam's first update is about lr * sign(g))
+
+
 def test_videos_per_step_is_a_global_intent(cac_data, tmp_path):
     from cac_align.cac.train.sft import run
 
