@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from cac_align.cac.train.settings import TrainCaCConfig
-from cac_align.cac.train.sft import _detection_chats, detection_metrics
+from cac_align.cac.train.sft import detection_metrics
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth
 from cac_align.config import load_config
 from cac_align.vlm.hf import load_vlm
@@ -39,7 +39,7 @@ def main() -> None:
     for kind in config.data.frame_types:
         synth = load_stream_synth(config.stream, seed=4321, n=args.frames, types=[kind], normal_fraction=0.5)
         held = StageStream(1, SynthStream(synth), config.data, processor, 7)
-        chats = _detection_chats([held.chat(i) for i in range(len(held))], config.data)
+        chats = [held.chat(i) for i in range(len(held))]  # frames only: stage 1 asks no clips
         m = detection_metrics(model, processor, chats, batch_size=16, max_new_tokens=config.train.detection_max_new_tokens)
         print(
             f"{kind:22s} {len(chats):6d}  {m['detection_accuracy']:8.3f}  {m['detection_recall_abnormal']:17.3f}  "
