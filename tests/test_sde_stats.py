@@ -192,3 +192,75 @@ def test_clipped_surrogate_hand_worked():
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0])
     got = clipped_surrogate(log_ratio, advantages, 0.2, 0.2)
     assert got.tolist() == pytest.approx([-1.2, math.exp(0.5), -math.exp(-0.5), 0.8], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# The rest of the shared RL core (cac_align.rl)
+# ---------------------------------------------------------------------------------------
+def test_step_indices_is_a_seeded_permutation_per_epoch():
+    from cac_align.rl import step_indices
+
+    # 5 items, 2 per step: positions 0-4 are epoch 0's permutation, 5-9 epoch 1's
+    steps = [step_indices(5, 2, s, seed=(7, 3)) for s in range(5)]
+    flat = [i for step in steps for i in step]
+    assert flat[:5] == np.random.default_rng([7, 3, 0]).permutation(5).tolist()
+    assert flat[5:] == np.random.default_rng([7, 3, 1]).permutation(5).tolist()
+    assert step_indices(5, 2, 1, seed=7) == np.random.default_rng([7, 0]).permutation(5).tolist()[2:4]
+    with pytest.raises(ValueError):
+        step_indices(0, 2, 0, seed=7)
+
+
+def test_per_process_merge_sums_nan_stats_and_seeds():
+    from cac_align.config import RecipeError
+    from cac_align.rl import derive_seed, merge_sums, nan_mean_std, per_process
+
+    assert per_process(8, 4, "videos", "hint") == 2
+    with pytest.raises(RecipeError, match=r"videos = 6 cannot be split evenly over 4 processes; change it"):
+        per_process(6, 4, "videos", "change it")
+    # two processes: (sum, count) pairs become means over everything; a zero count is left out
+    merged = merge_sums([{"kl": (1.0, 2.0), "window_s": (0.0, 0.0)}, {"kl": (5.0, 2.0), "window_s": (0.0, 0.0)}])
+    assert merged == {"kl": 1.5}
+    assert nan_mean_std(np.array([1.0, np.nan, 3.0])) == (2.0, 1.0)
+    assert all(math.isnan(v) for v in nan_mean_std(np.array([np.nan])))
+    assert derive_seed(1, 2) == derive_seed(1, 2) != derive_seed(2, 1)
+
+
+def test_save_checkpoint_is_complete_or_absent(tmp_path):
+    import json
+
+    from accelerate import Accelerator
+
+    from cac_align.rl import checkpoints, read_checkpoint_state, save_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+
+    def write(folder):
+        (folder / "weights.txt").write_text("w")
+
+    for step in (1, 2, 3):
+        save_checkpoint(accelerator, tmp_path, step, write, {"extra": step}, keep=2)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_000002", "step_000003"]
+    assert read_checkpoint_state(tmp_path / "checkpoints/step_000003") == {"step": 3, "extra": 3}
+
+    def crash(folder):
+        (folder / "weights.txt").write_text("half")
+        raise KeyboardInterrupt  # killed while writing checkpoint 4
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, tmp_path, 4, crash, {}, keep=2)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_000002", "step_000003"]  # the torn one is not a checkpoint
+    assert (tmp_path / "checkpoints/.tmp_step_000004").is_dir()
+    save_checkpoint(accelerator, tmp_path, 4, write, {}, keep=2)  # the rerun replaces it
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_000003", "step_000004"]
+    assert json.loads((tmp_path / "checkpoints/step_000004/state.json").read_text()) == {"step": 4}
+
+
+def test_log_metrics_writes_null_for_nan(tmp_path):
+    import json
+
+    from accelerate import Accelerator
+
+    from cac_align.rl import log_metrics
+
+    log_metrics(Accelerator(cpu=True), tmp_path, 3, {"reward": float("nan"), "kl": 0.5}, trackers=False)
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "reward": None, "kl": 0.5}
