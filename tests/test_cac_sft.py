@@ -73,6 +73,40 @@ def test_batching_variable_frame_counts_matches_samples_alone(tiny_qwen3_vl):
             torch.testing.assert_close(together[row, :n], alone[0], atol=1e-4, rtol=1e-4)
 
 
+def test_status_tokens_are_marked_inside_the_answers(tiny_qwen3_vl):
+    processor = tiny_qwen3_vl.processor
+    encoded = encode_chat(processor, _two_turn_chat())
+    marked = encoded.status.nonzero().flatten()
+    # exactly the two status values, in order, and only where the loss is
+    assert [processor.tokenizer.decode(encoded.input_ids[i]).strip() for i in marked] == ["abnormal", "normal"]
+    assert (encoded.labels[marked] != IGNORE_INDEX).all()
+    batch = collate([encoded, encode_chat(processor, _two_turn_chat()[:2])], processor.tokenizer.pad_token_id, status_mask=True)
+    assert batch["status_mask"].sum().item() == 3 and batch["status_mask"].dtype == torch.bool
+    assert "status_mask" not in collate([encoded], processor.tokenizer.pad_token_id)  # not a model input unless asked
+
+
+def test_weighted_token_loss_by_hand(tiny_qwen3_vl):
+    from cac_align.cac.train.sft import weighted_token_loss
+
+    # vocab 4, logits [ln 3, 0, 0, 0] everywhere: CE is ln 2 for token 0 (3/6) and ln 6 otherwise
+    logits = torch.zeros(1, 4, 4)
+    logits[..., 0] = np.log(3.0)
+    labels = torch.tensor([[IGNORE_INDEX, 0, 1, 2]])  # positions 1..3 are predicted from 0..2
+    mask = torch.tensor([[False, False, True, False]])  # the status is the token at position 2
+    ln2, ln6 = np.log(2.0), np.log(6.0)
+    assert weighted_token_loss(logits, labels, mask, 1.0).item() == pytest.approx((ln2 + 2 * ln6) / 3, rel=1e-6)
+    assert weighted_token_loss(logits, labels, mask, 5.0).item() == pytest.approx((ln2 + 5 * ln6 + ln6) / 3, rel=1e-6)
+    # normalized by the accumulated batch's token count when the Trainer gives it
+    assert weighted_token_loss(logits, labels, mask, 5.0, num_items=6).item() == pytest.approx((ln2 + 6 * ln6) / 6, rel=1e-6)
+    # weight 1 is the causal-LM loss transformers computes on a real batch
+    processor, model = tiny_qwen3_vl.processor, tiny_qwen3_vl.model
+    batch = collate([encode_chat(processor, _two_turn_chat())], processor.tokenizer.pad_token_id, status_mask=True)
+    status = batch.pop("status_mask")
+    with torch.no_grad():
+        out = model(**batch)
+    assert weighted_token_loss(out.logits, batch["labels"], status, 1.0).item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------
 # The tiny recipes, end to end
 # ---------------------------------------------------------------------------------------
@@ -170,6 +204,21 @@ def test_freeze_vision_keeps_the_vision_tower(stage1, cac_data, tmp_path):
     assert any(".language_model." in k for k in moved)
     with pytest.raises(RecipeError, match="freeze_vision applies to full fine-tuning"):
         _recipe("stage1_tiny", cac_data, tmp_path / "x", "freeze_vision=true")
+
+
+def test_status_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
+    """Same weights, same first batch: the weighted run's first loss is the plain loss plus
+    (w - 1) x the status tokens' cross-entropy, so it is larger; a weight <= 0 is refused."""
+    from cac_align.cac.train.sft import run
+
+    stage1_out, _ = stage1
+    common = [f"model={stage1_out / 'final'}", "train.max_steps=1", "train.logging_steps=1", "train.eval_steps=0"]
+    run(_recipe("stage2_tiny", cac_data, tmp_path / "plain", *common))
+    run(_recipe("stage2_tiny", cac_data, tmp_path / "weighted", *common, "train.status_loss_weight=10"))
+    plain, weighted = _losses(tmp_path / "plain")[0], _losses(tmp_path / "weighted")[0]
+    assert weighted > plain + 0.05, (plain, weighted)
+    with pytest.raises(RecipeError, match="status_loss_weight must be > 0"):
+        _recipe("stage2_tiny", cac_data, tmp_path / "x", "train.status_loss_weight=0")
 
 
 def load_first_video(annotations):

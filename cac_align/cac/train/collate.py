@@ -15,24 +15,38 @@ different frame counts, images and videos share a batch.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ["EncodedChat", "IGNORE_INDEX", "answer_part", "collate", "concat_parts", "encode_chat", "encode_context", "segment_chat"]
+__all__ = [
+    "EncodedChat",
+    "IGNORE_INDEX",
+    "answer_part",
+    "collate",
+    "concat_parts",
+    "encode_chat",
+    "encode_context",
+    "segment_chat",
+    "status_token_mask",
+]
 
 IGNORE_INDEX = -100
+_STATUS_VALUE = re.compile(r'"status"\s*:\s*"([^"]*)"', re.IGNORECASE)
 _VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
 @dataclass
 class EncodedChat:
     """One chat as 1-d ``input_ids`` / ``labels``, other 1-d per-token tensors the processor
-    returns (Qwen3-VL's ``mm_token_type_ids``, 0 on text), and its vision tensors."""
+    returns (Qwen3-VL's ``mm_token_type_ids``, 0 on text), its vision tensors, and ``status``:
+    a 1-d bool tensor marking the answer tokens that spell a ``"status"`` value (None: none)."""
 
     input_ids: Any
     labels: Any
     vision: dict[str, Any]
     token_extras: dict[str, Any] = field(default_factory=dict)
+    status: Any = None
 
 
 def segment_chat(processor: Any, messages: Sequence[dict]) -> list[tuple[str, bool, list[dict]]]:
@@ -111,28 +125,54 @@ def concat_parts(parts: Sequence[EncodedChat]) -> EncodedChat:
         key: torch.cat([p.token_extras.get(key, torch.zeros_like(p.input_ids)) for p in parts])
         for key in sorted({k for p in parts for k in p.token_extras})
     }
+    status = None
+    if any(p.status is not None for p in parts):
+        status = torch.cat([p.status if p.status is not None else torch.zeros_like(p.input_ids, dtype=torch.bool) for p in parts])
     return EncodedChat(
         torch.cat([p.input_ids for p in parts]),
         torch.cat([p.labels for p in parts]),
         {k: torch.cat(v) for k, v in vision.items()},
         token_extras,
+        status,
     )
 
 
+def status_token_mask(tokenizer: Any, text: str) -> tuple[list[int], list[bool]]:
+    """The answer's token ids, and which of them spell the value of a ``"status"`` key
+    (``"abnormal"`` -> the tokens of ``abnormal``; the quotes and the key are not marked).
+
+    A token is marked when its character span overlaps the value (the fast tokenizer's offsets),
+    so a token that merges a quote with the value's first letters counts too."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    values = [m.span(1) for m in _STATUS_VALUE.finditer(text)]
+    marks = [any(start < end_v and end > start_v for start_v, end_v in values) for start, end in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), marks
+
+
 def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
-    """Token ids, assistant-only labels and vision tensors of one chat (see the module doc)."""
+    """Token ids, assistant-only labels, vision tensors and status-token marks of one chat (see
+    the module doc)."""
+    import torch
+
     parts = []
     for text, is_answer, holder in segment_chat(processor, messages):
         if is_answer:
-            parts.append(answer_part(processor.tokenizer(text, add_special_tokens=False)["input_ids"]))
+            ids, marks = status_token_mask(processor.tokenizer, text)
+            part = answer_part(ids)
+            part.status = torch.tensor(marks, dtype=torch.bool)
+            parts.append(part)
         else:
             parts.append(encode_context(processor, text, holder))
     return concat_parts(parts)
 
 
-def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str = "right", status_mask: bool = False) -> dict[str, Any]:
     """Pad a batch (right for training, left for generation); vision tensors concatenated in
-    sample order (the model consumes them in the order their placeholders appear)."""
+    sample order (the model consumes them in the order their placeholders appear).
+
+    ``status_mask=True`` adds ``status_mask`` (batch x length, bool): the status tokens that
+    :func:`~cac_align.cac.train.sft.weighted_token_loss` weights. It is not a model input: the
+    trainer takes it out before the forward pass."""
     import torch
 
     if padding_side not in ("left", "right"):
@@ -159,6 +199,12 @@ def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str
             if key in e.token_extras:
                 extra[row, span(e)] = e.token_extras[key]
         out[key] = extra
+    if status_mask:
+        marks = torch.zeros((batch, length), dtype=torch.bool)
+        for row, e in enumerate(encoded):
+            if e.status is not None:
+                marks[row, span(e)] = e.status
+        out["status_mask"] = marks
     for key in _VISION_KEYS:
         parts = [e.vision[key] for e in encoded if key in e.vision]
         if parts:

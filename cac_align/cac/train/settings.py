@@ -113,6 +113,11 @@ class TrainSettings:
         detection_eval_samples: held-out samples for the detection metrics (0 = skip).
         detection_max_new_tokens: generation budget of the detection metrics' answers.
         num_workers: dataloader worker processes (decoding and encoding happen there).
+        status_loss_weight: ours, stages 1-2 (1 = the plain token-mean loss, the paper's): the
+            cross-entropy of the tokens that spell a ``"status"`` value counts this many times.
+            The status is a token or two of a ~60-token answer whose other tokens (format,
+            boxes, times) dominate the loss; a model trained from scratch learns the format
+            long before the verdict. The loss stays normalized by the number of answer tokens.
     """
 
     learning_rate: float = 1e-4
@@ -134,6 +139,7 @@ class TrainSettings:
     num_workers: int = 2
     detection_eval_samples: int = 64
     detection_max_new_tokens: int = 384
+    status_loss_weight: float = 1.0
 
 
 @dataclass
@@ -200,6 +206,8 @@ class TrainCaCConfig:
             raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
         if t.learning_rate <= 0 or (t.max_steps <= 0 and t.num_epochs <= 0):
             raise ValueError("train.learning_rate must be > 0, and train needs max_steps > 0 or num_epochs > 0")
+        if t.status_loss_weight <= 0:
+            raise ValueError(f"train.status_loss_weight must be > 0 (1 = the plain token-mean loss), got {t.status_loss_weight}")
         if self.lora.r < 1:
             raise ValueError(f"lora.r must be >= 1, got {self.lora.r}")
         rollouts = t.per_device_batch_size * t.gradient_accumulation_steps

@@ -51,7 +51,7 @@ from transformers.integrations import TensorBoardCallback
 from cac_align.cac.judgment import parse_judgment
 from cac_align.cac.prompts import STATUS_KEY_PATTERN
 from cac_align.cac.schema import load_annotations
-from cac_align.cac.train.collate import collate, encode_chat
+from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.cac.train.data import ChatBuilder, build_stage, describe
 from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
@@ -62,7 +62,7 @@ from cac_align.eval.metrics import auroc
 from cac_align.runlog import keep_log_steps
 from cac_align.vlm.hf import HFBackend
 
-__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder"]
+__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder", "weighted_token_loss"]
 
 
 
@@ -92,6 +92,21 @@ class ChatDataset:
 
     def __getitem__(self, index: int) -> Any:
         return encode_chat(self.processor, self.builder(self.samples[index]).messages)
+
+
+def weighted_token_loss(logits: Any, labels: Any, status_mask: Any, status_weight: float, num_items: Any = None) -> Any:
+    """Next-token cross-entropy with the status tokens counted ``status_weight`` times:
+    ``sum_t w_t * CE_t / N``, where ``w_t`` is ``status_weight`` on a token marked in
+    ``status_mask`` and 1 elsewhere, and ``N`` is the number of answer tokens (``num_items``:
+    the Trainer's count over the whole accumulated batch, else this batch's). With weight 1 it
+    is the causal-LM loss transformers computes (shifted labels, -100 ignored, summed / N)."""
+    shifted_labels = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), shifted_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    weights = 1.0 + (status_weight - 1.0) * status_mask[:, 1:].to(ce.dtype)
+    n = num_items if num_items is not None else (shifted_labels != IGNORE_INDEX).sum()
+    return (ce * weights).sum() / n
 
 
 def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int = 8, max_new_tokens: int = 384) -> dict[str, float]:
@@ -268,7 +283,17 @@ def run(config: TrainCaCConfig) -> dict:
     tensorboard.logging_dir = str(out / "tensorboard")
     detection_chats = detection_chats[: t.detection_eval_samples] if do_eval else []
 
+    weighted = t.status_loss_weight != 1.0
+    status_mask: list[Any] = [None]  # the current batch's marks, for the loss function
+
+    def status_weighted_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        return weighted_token_loss(outputs.logits, labels, status_mask[0], t.status_loss_weight, num_items_in_batch)
+
     class CaCTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict, *a: Any, **kw: Any) -> Any:
+            status_mask[0] = inputs.pop("status_mask", None)
+            return super().compute_loss(model, inputs, *a, **kw)
+
         def evaluate(self, *a: Any, **kw: Any) -> dict:
             metrics = super().evaluate(*a, **kw)
             if detection_chats:
@@ -284,7 +309,8 @@ def run(config: TrainCaCConfig) -> dict:
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if do_eval else None,
-        data_collator=lambda batch: collate(batch, pad_id),
+        data_collator=lambda batch: collate(batch, pad_id, status_mask=weighted),
+        compute_loss_func=status_weighted_loss if weighted else None,
         processing_class=processor,
         callbacks=[JsonlLog(), tensorboard],
     )

@@ -1,0 +1,138 @@
+"""Where the cac-demo loses an anomaly type on the way from frames to videos (diagnostics).
+
+    python benchmarks/cac_demo_video_probe.py framepool OUT/stage1/final OUT/bench_default/annotations.jsonl
+    python benchmarks/cac_demo_video_probe.py probe OUT/stage1/final --videos 300
+
+``framepool``: the stage-1 (frame) model asked about every frame of each held-out video at 4 fps
+(the frame prompt, the status read after the checklist reasoning, as CaC reads it); a video's
+score is its lowest frame reward. Per-type AUROC against the clean videos: what a video model
+could reach if it used the frame model's view of every frame.
+
+``probe``: a logistic regression on the vision tower's output tokens (max and mean over the
+tokens of a video), trained on 60% of freshly rendered videos of one type and clean ones (seed
+4242, which no training stream uses), AUROC on the other 40%. Twice: the tower reads the 4 fps
+frames in its usual pairs (Qwen3-VL patches two consecutive frames together), and each frame
+duplicated into a pair of its own (a still, as stage 1 shows frames). High here but low on the
+whole chain means the tower sees the type and the language model does not use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cac_align.cac.infer import sample_capped
+from cac_align.cac.prompts import frame_prompt
+from cac_align.cac.train.settings import TrainCaCConfig
+from cac_align.cac.train.stream import SynthStream, load_stream_synth
+from cac_align.cac.train.targets import answer_json, checklist_cot
+from cac_align.config import load_config
+from cac_align.eval.metrics import auroc
+from cac_align.video import Video, load_video
+from cac_align.vlm.backend import user
+from cac_align.vlm.hf import HFBackend, load_vlm, processor_inputs, render_chat
+
+RECIPE = "recipes/cac/demo_stage1.yaml"  # the demo's caps: 128x192 frames on a 64-pixel grid
+SCAN_FPS, MAX_FRAMES, MAX_PIXELS, MULTIPLE = 4.0, 64, 24576, 64
+
+
+def _scan(video: Video) -> Video:
+    return sample_capped(video, SCAN_FPS, MAX_FRAMES, MAX_PIXELS, MULTIPLE)
+
+
+def _stills(scan: Video) -> Video:
+    """Each frame twice, so every pair the tower patches is one still frame."""
+    stamps = np.repeat(scan.timestamps, 2) + np.tile([0.0, 0.5 / scan.fps], scan.num_frames)
+    return Video(np.repeat(scan.frames, 2, axis=0), 2 * scan.fps, stamps)
+
+
+def _per_type_auroc(scores: dict[str, list[float]]) -> dict[str, float]:
+    normal = scores.pop("normal")
+    out = {kind: auroc(normal + s, [True] * len(normal) + [False] * len(s)) for kind, s in sorted(scores.items())}
+    rest = [x for s in scores.values() for x in s]
+    out["all"] = auroc(normal + rest, [True] * len(normal) + [False] * len(rest))
+    return out
+
+
+def framepool(model: str, annotations: Path) -> None:
+    backend = HFBackend.from_pretrained(model, max_batch_size=20, dtype="float32")
+    prefix = answer_json(checklist_cot("frame"), "STATUS", []).split("STATUS")[0]  # up to the status value
+    scores: dict[str, list[float]] = {}
+    for line in annotations.read_text().splitlines():
+        record = json.loads(line)
+        scan = _scan(load_video(str(annotations.parent / record["video"])))
+        requests = [[user(frame, frame_prompt(record.get("prompt"), style="compact"))] for frame in scan.frames]
+        probs = backend.choice_probs(requests, [prefix] * len(requests), ["normal", "abnormal"])
+        kind = record["anomalies"][0]["type"] if record["status"] == "abnormal" else "normal"
+        scores.setdefault(kind, []).append(float(np.min(probs[:, 0] / (probs[:, 0] + probs[:, 1]))))
+    for kind, value in _per_type_auroc(scores).items():
+        print(f"{kind:22s} video AUROC (lowest frame reward) {value:.3f}")
+
+
+def _tower_features(model, processor, video: Video):
+    request = [user(video, "x")]
+    encoded = processor_inputs(processor, [render_chat(processor, request)], [request])
+    with torch.no_grad():
+        out = model.model.get_video_features(encoded["pixel_values_videos"], encoded["video_grid_thw"])
+    tokens = out.pooler_output if hasattr(out, "pooler_output") else out[0]
+    tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
+    return torch.cat([tokens.max(0).values, tokens.mean(0)])
+
+
+def _probe_auroc(x, y, n_train: int) -> float:
+    """L2-regularized logistic regression (Adam, 500 steps) on standardized features."""
+    x = (x - x[:n_train].mean(0)) / (x[:n_train].std(0) + 1e-6)
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=1e-2)
+    for _ in range(500):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x[:n_train] @ w + b, y[:n_train]) + 1e-2 * w.square().sum()
+        loss.backward()
+        optimizer.step()
+    logits = (x[n_train:] @ w + b).detach()
+    return auroc((-logits).tolist(), (y[n_train:] == 0).tolist())  # higher = more normal, as a reward
+
+
+def probe(model_path: str, videos: int, types: list[str]) -> None:
+    config = load_config(TrainCaCConfig, RECIPE, [f"model={model_path}", "out_dir=unused"], job="train-cac")
+    model, processor = load_vlm(model_path, dtype="float32")
+    torch.manual_seed(0)
+    for kind in types:
+        stream = SynthStream(load_stream_synth(config.stream, seed=4242, n=videos, types=[kind], normal_fraction=0.5))
+        pairs, stills, labels = [], [], []
+        for i in range(len(stream)):
+            scan = _scan(stream.video(i))
+            pairs.append(_tower_features(model, processor, scan))
+            stills.append(_tower_features(model, processor, _stills(scan)))
+            labels.append(float(stream.record(i).status == "abnormal"))
+        y, n_train = torch.tensor(labels), int(0.6 * len(labels))
+        for name, x in (("pairs", pairs), ("stills", stills)):
+            print(f"{kind:22s} {name:6s} probe AUROC on held-out videos {_probe_auroc(torch.stack(x), y, n_train):.3f} ({len(y) - n_train} of {len(y)})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("framepool", help="frame model, lowest frame reward per held-out video")
+    a.add_argument("model")
+    a.add_argument("annotations", type=Path)
+    b = sub.add_parser("probe", help="linear probe on the vision tower's video tokens")
+    b.add_argument("model")
+    b.add_argument("--videos", type=int, default=300, help="rendered videos per type (half planted)")
+    b.add_argument("--types", nargs="+", default=["Physical Violations", "Object Distortion", "Human Distortion"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.command == "framepool":
+        framepool(args.model, args.annotations)
+    else:
+        probe(args.model, args.videos, args.types)
+
+
+if __name__ == "__main__":
+    main()
