@@ -2,6 +2,7 @@
 
     python benchmarks/score_throughput.py                       # tiny random Qwen3-VL on the CPU
     python benchmarks/score_throughput.py --mode gpu-8b         # full-size Qwen3-VL-8B architecture, random weights
+    python benchmarks/score_throughput.py --profile             # where the time goes, batched and one by one
 
 Random weights say nothing useful, so each turn runs the real model for exactly ``--tokens``
 new tokens (``min_new_tokens``), and then the backend's text is replaced by a fixed, valid CaC
@@ -92,12 +93,41 @@ def _time(scorer: CaCScorer, videos: list[Video], repeats: int) -> float:
     return best
 
 
+# The parts of a scoring pass, by the function that does them (cumulative seconds).
+_PARTS = {
+    "prefill (prompt + video through the model)": "_prefill",
+    "whole generate (prefill + decode loop)": "generate",
+    "processor (template text, tokens, frames)": "processor_inputs",
+    "attention kernels (inside the above)": "scaled_dot_product_attention",
+}
+
+
+def _profile(scorers: dict, videos: list[Video]) -> None:
+    import cProfile
+    import pstats
+
+    for name, scorer in scorers.items():
+        profile = cProfile.Profile()
+        profile.enable()
+        start = time.perf_counter()
+        for _ in range(2):
+            scorer.score(videos)
+        total = time.perf_counter() - start
+        profile.disable()
+        stats = pstats.Stats(profile).stats
+        print(f"{name}: {total:.3f} s for {2 * len(videos)} videos")
+        for label, function in _PARTS.items():
+            seconds = max((v[3] for k, v in stats.items() if k[2] == function or (k[0] == "~" and k[2].endswith(f".{function}>"))), default=0.0)
+            print(f"  {label:45s} {seconds:6.3f} s ({seconds / total:4.0%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["tiny", "gpu-8b"], default="tiny")
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=None, help="generated tokens per turn (tiny: 32, gpu-8b: 1024)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile two passes over the videos, batched then one by one")
     args = parser.parse_args()
 
     import torch
@@ -117,6 +147,9 @@ def main() -> None:
     batched = CaCScorer(FixedAnswers(model, processor, max_batch_size=args.videos, generate_kwargs=fixed), options)
     single = CaCScorer(FixedAnswers(model, processor, max_batch_size=1, generate_kwargs=fixed), options)
     _time(batched, videos[:2], 1)  # warm-up
+    if args.profile:
+        _profile({"batched": batched, "one-by-one": single}, videos)
+        return
     t_batched = _time(batched, videos, args.repeats)
     t_single = sum(_time(single, [v], args.repeats) for v in videos)
     print(f"mode={args.mode} videos={len(videos)} tokens/turn={tokens} device={model.device}")

@@ -105,6 +105,26 @@ def test_per_type_recall():
     assert got["Object Distortion"]["n"] == 0 and math.isnan(got["Object Distortion"]["recall"])
 
 
+def test_per_type_auroc_by_hand():
+    from cac_align.eval.bench import per_type_auroc
+
+    records = [
+        _record("n0", []), _record("n1", []),
+        _record("a", [(0, 1)], types=["Human Distortion"]), _record("b", [(0, 1)], types=["Human Distortion"]),
+        _record("c", [(0, 1)], types=["Physical Violations"]),
+        _record("d", [(0, 1), (4, 5)], types=["Physical Violations", "Human Distortion"]),
+    ]
+    # normal scores 0.8, 0.4; Human Distortion videos a, b, d score 0.1, 0.9, 0.4;
+    # Physical Violations videos c, d score 0.5, 0.4
+    got = per_type_auroc(records, [0.8, 0.4, 0.1, 0.9, 0.5, 0.4])
+    # Human Distortion, 6 (normal, typed) pairs: 0.8 beats 0.1 and 0.4, loses to 0.9; 0.4 beats 0.1,
+    # ties 0.4 (half), loses to 0.9 -> (2 + 1.5) / 6
+    assert got["Human Distortion"] == pytest.approx(3.5 / 6)
+    # Physical Violations, 4 pairs: 0.8 beats 0.5 and 0.4; 0.4 loses to 0.5, ties 0.4 -> 2.5 / 4
+    assert got["Physical Violations"] == pytest.approx(2.5 / 4)
+    assert math.isnan(got["Motion Anomalies"])  # no video of that type
+
+
 def test_interval_iou():
     assert interval_iou([[1, 3]], [[2, 4]]) == pytest.approx(1 / 3)
     assert interval_iou([[0, 1], [2, 3]], [[0, 3]]) == pytest.approx(2 / 3)  # two windows against one
@@ -143,7 +163,12 @@ def test_bench_job_on_prediction_files(tmp_path):
     assert cac_result["localization"]["spatial_iou"] == pytest.approx(0.5)
     # reward: 3 of 4 videos valid; scores v0 0.1 (anomalous), v2 0.4 and v3 0.9 (normal): both normal
     # videos score above the anomalous one -> AUROC 2/2 = 1 (normal is the positive class)
-    assert cac_result["reward"] == {"valid_fraction": 0.75, "auroc": 1.0, "n_scores": 3}
+    reward = cac_result["reward"]
+    assert (reward["valid_fraction"], reward["auroc"], reward["n_scores"]) == (0.75, 1.0, 3)
+    # per type: v0 (Object Distortion, 0.1) below both normal videos; v1 (Object Distortion too) has
+    # no score; the other types have no video: undefined
+    assert reward["per_type_auroc"]["Object Distortion"] == 1.0
+    assert all(math.isnan(v) for k, v in reward["per_type_auroc"].items() if k != "Object Distortion")
     base = results["base"]
     assert base["reward"]["n_scores"] == 0 and math.isnan(base["reward"]["auroc"])  # no scores: undefined
     assert base["coverage"]["missing"] == 1 and base["table1"]["anomalous_recall"] == 1.0

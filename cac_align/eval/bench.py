@@ -70,6 +70,7 @@ __all__ = [
     "hard_split_recall",
     "interval_iou",
     "load_predictions",
+    "per_type_auroc",
     "per_type_recall",
     "prediction_bias",
     "run",
@@ -318,6 +319,20 @@ def per_type_recall(records: Sequence[Any], predicted: Sequence[str]) -> dict[st
     return out
 
 
+def per_type_auroc(records: Sequence[Any], scores: Sequence[float]) -> dict[str, float]:
+    """The reward's AUROC of the normal videos against the anomalous videos having each type
+    (normal = positive class, as for the overall AUROC): which types the reward ranks below
+    clean videos. NaN for a type with no video (or no normal video)."""
+    from cac_align.cac.schema import ANOMALY_TYPES
+
+    normal = [s for record, s in zip(records, scores) if record.status == "normal"]
+    out = {}
+    for kind in ANOMALY_TYPES:
+        typed = [s for record, s in zip(records, scores) if any(a.type == kind for a in record.anomalies)]
+        out[kind] = auroc(normal + typed, [True] * len(normal) + [False] * len(typed))
+    return out
+
+
 def _spatial_iou(record: Any, boxes: Sequence[dict]) -> float:
     from cac_align.cac.schema import box_iou
     from cac_align.cac.train.targets import on_screen
@@ -356,6 +371,7 @@ def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | N
         "valid_fraction": _ratio(len(scored), len(records)),
         "auroc": auroc([p.score for _, p in with_score], [r.status == "normal" for r, _ in with_score]),
         "n_scores": len(with_score),
+        "per_type_auroc": per_type_auroc([r for r, _ in with_score], [p.score for _, p in with_score]),
     }
     return {
         "coverage": {"annotated": len(records), "scored": len(scored), "missing": missing, "invalid": invalid},
@@ -401,8 +417,9 @@ def _tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[list[An
             [name, r["localization"]["temporal_iou"], r["localization"]["spatial_iou"], r["localization"]["n_true_positives"]]
             for name, r in results.items()
         ]),
-        "reward": (["system", "valid_fraction", "auroc", "n_scores"], [
-            [name, r["reward"]["valid_fraction"], r["reward"]["auroc"], r["reward"]["n_scores"]] for name, r in results.items()
+        "reward": (["system", "valid_fraction", "auroc", "n_scores", *(f"auroc {t}" for t in types)], [
+            [name, r["reward"]["valid_fraction"], r["reward"]["auroc"], r["reward"]["n_scores"], *(r["reward"]["per_type_auroc"][t] for t in types)]
+            for name, r in results.items()
         ]),
     }
 
@@ -413,7 +430,7 @@ def _markdown(results: dict[str, dict], config: BenchConfig) -> str:
         "hard_split": f"Hard split: recall of anomalous videos by duration (< / >= {config.long_s:g} s) and extent (< / >= {config.large_area:.0%} of the frame)",
         "per_type": "Recall per anomaly type (Table S3)",
         "localization": "Localization on true positives (Table S4)",
-        "reward": "Reward: valid fraction and AUROC of the score (normal = positive class)",
+        "reward": "Reward: valid fraction and AUROC of the score (normal = positive class; per type: normal videos against that type's)",
     }
     lines = ["# Anomaly-detection bench", "", f"Ground truth: `{config.annotations}`. – = undefined (no video to divide by).", ""]
     for name, (header, rows) in _tables(results).items():
