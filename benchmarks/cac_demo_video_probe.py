@@ -2,6 +2,7 @@
 
     python benchmarks/cac_demo_video_probe.py framepool OUT/stage1/final OUT/bench_default/annotations.jsonl
     python benchmarks/cac_demo_video_probe.py probe OUT/stage1/final --videos 300
+    python benchmarks/cac_demo_video_probe.py turn1 OUT/stage2/final OUT/bench_default/annotations.jsonl
 
 ``framepool``: the stage-1 (frame) model asked about every frame of each held-out video at 4 fps
 (the frame prompt, the status read after the checklist reasoning, as CaC reads it); a video's
@@ -14,6 +15,11 @@ tokens of a video), trained on 60% of freshly rendered videos of one type and cl
 frames in its usual pairs (Qwen3-VL patches two consecutive frames together), and each frame
 duplicated into a pair of its own (a still, as stage 1 shows frames). High here but low on the
 whole chain means the tower sees the type and the language model does not use it.
+
+``turn1``: a video model (stage 2 or later) asked the turn-1 question about each held-out video
+(4 fps scan, ``--max-frames`` cap); its reward is the status probability read after the checklist
+reasoning (teacher-forced, so no answer has to be readable). Per-type AUROC: what the language
+model reads from the video tokens, before turn 2 and the verdict's threshold.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 
 from cac_align.cac.infer import sample_capped
-from cac_align.cac.prompts import frame_prompt
+from cac_align.cac.prompts import frame_prompt, turn1_prompt
 from cac_align.cac.train.settings import TrainCaCConfig
 from cac_align.cac.train.stream import SynthStream, load_stream_synth
 from cac_align.cac.train.targets import answer_json, checklist_cot
@@ -40,8 +46,8 @@ RECIPE = "recipes/cac/demo_stage1.yaml"  # the demo's caps: 128x192 frames on a 
 SCAN_FPS, MAX_FRAMES, MAX_PIXELS, MULTIPLE = 4.0, 64, 24576, 64
 
 
-def _scan(video: Video) -> Video:
-    return sample_capped(video, SCAN_FPS, MAX_FRAMES, MAX_PIXELS, MULTIPLE)
+def _scan(video: Video, max_frames: int = MAX_FRAMES) -> Video:
+    return sample_capped(video, SCAN_FPS, max_frames, MAX_PIXELS, MULTIPLE)
 
 
 def _stills(scan: Video) -> Video:
@@ -71,6 +77,24 @@ def framepool(model: str, annotations: Path) -> None:
         scores.setdefault(kind, []).append(float(np.min(probs[:, 0] / (probs[:, 0] + probs[:, 1]))))
     for kind, value in _per_type_auroc(scores).items():
         print(f"{kind:22s} video AUROC (lowest frame reward) {value:.3f}")
+
+
+def turn1(model: str, annotations: Path, max_frames: int) -> None:
+    backend = HFBackend.from_pretrained(model, max_batch_size=8, dtype="float32")
+    prefix = answer_json(checklist_cot("video"), "STATUS", []).split("STATUS")[0]
+    requests, kinds = [], []
+    for line in annotations.read_text().splitlines():
+        record = json.loads(line)
+        video = load_video(str(annotations.parent / record["video"]))
+        scan = _scan(video, max_frames)
+        requests.append([user(scan, turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.get("prompt"), style="compact"))])
+        kinds.append(record["anomalies"][0]["type"] if record["status"] == "abnormal" else "normal")
+    probs = backend.choice_probs(requests, [prefix] * len(requests), ["normal", "abnormal"])
+    scores: dict[str, list[float]] = {}
+    for kind, row in zip(kinds, probs):
+        scores.setdefault(kind, []).append(float(row[0] / (row[0] + row[1])))
+    for kind, value in _per_type_auroc(scores).items():
+        print(f"{kind:22s} turn-1 reward AUROC {value:.3f}")
 
 
 def _tower_features(model, processor, video: Video):
@@ -125,11 +149,17 @@ def main() -> None:
     b.add_argument("model")
     b.add_argument("--videos", type=int, default=300, help="rendered videos per type (half planted)")
     b.add_argument("--types", nargs="+", default=["Physical Violations", "Object Distortion", "Human Distortion"])
+    c = sub.add_parser("turn1", help="a video model's turn-1 status reward per held-out video")
+    c.add_argument("model")
+    c.add_argument("annotations", type=Path)
+    c.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="turn-1 frame cap (the demo's: 64, i.e. 4 fps for 5 s)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.command == "framepool":
         framepool(args.model, args.annotations)
+    elif args.command == "turn1":
+        turn1(args.model, args.annotations, args.max_frames)
     else:
         probe(args.model, args.videos, args.types)
 
