@@ -10,6 +10,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: a suite started in the
+    background by a non-interactive shell (``nohup ... &``) inherits SIGINT ignored, and Python
+    then installs no KeyboardInterrupt handler in the child. Restores the default first."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def smooth_video(num_frames: int = 9, height: int = 32, width: int = 64, seed: int = 0) -> np.ndarray:
     """(T, H, W, 3) uint8 gradients that move a little each frame; codec-friendly content."""
     rng = np.random.default_rng(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -83,6 +84,10 @@ def test_status_tokens_are_marked_inside_the_answers(tiny_qwen3_vl):
     batch = collate([encoded, encode_chat(processor, _two_turn_chat()[:2])], processor.tokenizer.pad_token_id, status_mask=True)
     assert batch["status_mask"].sum().item() == 3 and batch["status_mask"].dtype == torch.bool
     assert "status_mask" not in collate([encoded], processor.tokenizer.pad_token_id)  # not a model input unless asked
+    # a chat whose tokenizer gave no offsets (a slow one) cannot be weighted: a clear error, not a silent plain loss
+    unmarked = dataclasses.replace(encoded, status=None)
+    with pytest.raises(ValueError, match="needs a fast tokenizer"):
+        collate([encoded, unmarked], processor.tokenizer.pad_token_id, status_mask=True)
 
 
 def test_weighted_token_loss_by_hand(tiny_qwen3_vl):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from cac_align.cli import main
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, default_sigint
 
 
 def test_installed_console_script_lists_jobs():
@@ -61,7 +61,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     out = tmp_path / "synth"
     job = subprocess.Popen(
         [sys.executable, "-m", "cac_align.cli", "synth", f"out_dir={out}", "n=5000", "height=64", "width=96"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     # the job is running, past its imports and its first finished video (a hidden ".name.*.mp4" is

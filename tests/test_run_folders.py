@@ -12,6 +12,7 @@ import pytest
 
 from cac_align.config import RecipeError
 from cac_align.runlog import MANIFEST, RunFolder, read_manifest
+from conftest import default_sigint
 
 OUTPUTS = ("results.jsonl", "figures")
 
@@ -306,7 +307,7 @@ def test_ctrl_c_during_a_hung_request_stops_at_once(tmp_path):
         "    sys.exit(130)\n"
     )
     with ChatServer(delay_s=30) as server:  # never answers in time
-        proc = subprocess.Popen([sys.executable, str(script), server.url], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, str(script), server.url], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         assert proc.stdout.readline().strip() == "requesting"
         time.sleep(1.0)
         start = time.monotonic()

@@ -137,13 +137,17 @@ def concat_parts(parts: Sequence[EncodedChat]) -> EncodedChat:
     )
 
 
-def status_token_mask(tokenizer: Any, text: str) -> tuple[list[int], list[bool]]:
+def status_token_mask(tokenizer: Any, text: str) -> tuple[list[int], list[bool] | None]:
     """The answer's token ids, and which of them spell the value of a ``"status"`` key
     (``"abnormal"`` -> the tokens of ``abnormal``; the quotes and the key are not marked).
 
     A token is marked when its character span overlaps the value (the fast tokenizer's offsets),
-    so a token that merges a quote with the value's first letters counts too."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    so a token that merges a quote with the value's first letters counts too. A tokenizer that
+    cannot give offsets (a slow one) gives marks None."""
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), None
     values = [m.span(1) for m in _STATUS_VALUE.finditer(text)]
     marks = [any(start < end_v and end > start_v for start_v, end_v in values) for start, end in encoded["offset_mapping"]]
     return list(encoded["input_ids"]), marks
@@ -159,7 +163,7 @@ def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
         if is_answer:
             ids, marks = status_token_mask(processor.tokenizer, text)
             part = answer_part(ids)
-            part.status = torch.tensor(marks, dtype=torch.bool)
+            part.status = torch.tensor(marks, dtype=torch.bool) if marks is not None else None
             parts.append(part)
         else:
             parts.append(encode_context(processor, text, holder))
@@ -200,10 +204,11 @@ def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str
                 extra[row, span(e)] = e.token_extras[key]
         out[key] = extra
     if status_mask:
+        if any(e.status is None for e in encoded):
+            raise ValueError("status tokens are not marked in this batch: train.status_loss_weight needs a fast tokenizer (character offsets)")
         marks = torch.zeros((batch, length), dtype=torch.bool)
         for row, e in enumerate(encoded):
-            if e.status is not None:
-                marks[row, span(e)] = e.status
+            marks[row, span(e)] = e.status
         out["status_mask"] = marks
     for key in _VISION_KEYS:
         parts = [e.vision[key] for e in encoded if key in e.vision]
