@@ -25,7 +25,6 @@ model reads from the video tokens, before turn 2 and the verdict's threshold.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,12 @@ import torch
 
 from cac_align.cac.infer import sample_capped
 from cac_align.cac.prompts import frame_prompt, turn1_prompt
+from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.settings import TrainCaCConfig
 from cac_align.cac.train.stream import SynthStream, load_stream_synth
 from cac_align.cac.train.targets import answer_json, checklist_cot
 from cac_align.config import load_config
+from cac_align.eval.bench import per_type_auroc
 from cac_align.eval.metrics import auroc
 from cac_align.video import Video, load_video
 from cac_align.vlm.backend import user
@@ -56,45 +57,38 @@ def _stills(scan: Video) -> Video:
     return Video(np.repeat(scan.frames, 2, axis=0), 2 * scan.fps, stamps)
 
 
-def _per_type_auroc(scores: dict[str, list[float]]) -> dict[str, float]:
-    normal = scores.pop("normal")
-    out = {kind: auroc(normal + s, [True] * len(normal) + [False] * len(s)) for kind, s in sorted(scores.items())}
-    rest = [x for s in scores.values() for x in s]
-    out["all"] = auroc(normal + rest, [True] * len(normal) + [False] * len(rest))
-    return out
+def _print_aurocs(records: list, scores: list[float], what: str) -> None:
+    """Per-type AUROC of the clean videos against each type's (``eval bench``'s definition), then all."""
+    for kind, value in sorted(per_type_auroc(records, scores).items()):
+        if not np.isnan(value):
+            print(f"{kind:22s} {what} {value:.3f}")
+    print(f"{'all':22s} {what} {auroc(scores, [r.status == 'normal' for r in records]):.3f}")
 
 
 def framepool(model: str, annotations: Path) -> None:
     backend = HFBackend.from_pretrained(model, max_batch_size=20, dtype="float32")
     prefix = answer_json(checklist_cot("frame"), "STATUS", []).split("STATUS")[0]  # up to the status value
-    scores: dict[str, list[float]] = {}
-    for line in annotations.read_text().splitlines():
-        record = json.loads(line)
-        scan = _scan(load_video(str(annotations.parent / record["video"])))
-        requests = [[user(frame, frame_prompt(record.get("prompt"), style="compact"))] for frame in scan.frames]
+    records = load_annotations(annotations).records
+    scores = []
+    for record in records:
+        scan = _scan(load_video(record.video))
+        requests = [[user(frame, frame_prompt(record.prompt, style="compact"))] for frame in scan.frames]
         probs = backend.choice_probs(requests, [prefix] * len(requests), ["normal", "abnormal"])
-        kind = record["anomalies"][0]["type"] if record["status"] == "abnormal" else "normal"
-        scores.setdefault(kind, []).append(float(np.min(probs[:, 0] / (probs[:, 0] + probs[:, 1]))))
-    for kind, value in _per_type_auroc(scores).items():
-        print(f"{kind:22s} video AUROC (lowest frame reward) {value:.3f}")
+        scores.append(float(np.min(probs[:, 0] / (probs[:, 0] + probs[:, 1]))))
+    _print_aurocs(records, scores, "video AUROC (lowest frame reward)")
 
 
 def turn1(model: str, annotations: Path, max_frames: int) -> None:
     backend = HFBackend.from_pretrained(model, max_batch_size=8, dtype="float32")
     prefix = answer_json(checklist_cot("video"), "STATUS", []).split("STATUS")[0]
-    requests, kinds = [], []
-    for line in annotations.read_text().splitlines():
-        record = json.loads(line)
-        video = load_video(str(annotations.parent / record["video"]))
+    records = load_annotations(annotations).records
+    requests = []
+    for record in records:
+        video = load_video(record.video)
         scan = _scan(video, max_frames)
-        requests.append([user(scan, turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.get("prompt"), style="compact"))])
-        kinds.append(record["anomalies"][0]["type"] if record["status"] == "abnormal" else "normal")
+        requests.append([user(scan, turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt, style="compact"))])
     probs = backend.choice_probs(requests, [prefix] * len(requests), ["normal", "abnormal"])
-    scores: dict[str, list[float]] = {}
-    for kind, row in zip(kinds, probs):
-        scores.setdefault(kind, []).append(float(row[0] / (row[0] + row[1])))
-    for kind, value in _per_type_auroc(scores).items():
-        print(f"{kind:22s} turn-1 reward AUROC {value:.3f}")
+    _print_aurocs(records, [float(row[0] / (row[0] + row[1])) for row in probs], "turn-1 reward AUROC")
 
 
 def _tower_features(model, processor, video: Video):
