@@ -3,12 +3,36 @@
 #
 # Every GPU figure the project still owes (issue #21), in one go on one H100/H200, random
 # weights, nothing downloaded; each command's output goes to OUT/<name>.txt (default
-# outputs/gpu_benchmarks). Each run fits in a 10-minute slot; run them one by one if needed.
+# outputs/gpu_benchmarks). Each command prints its figures as it measures them, so one stopped
+# by a time limit still leaves what it finished in its file.
+#
+# Needs the project's runtime packages (pip install -e .; on a machine with its own torch, the
+# packages of setup.cfg's install_requires next to it) and a CUDA GPU; PYTHON picks the
+# interpreter (default: python). The first run (2026-11-23, one H100, figures in
+# benchmarks/README.md) took about 35 minutes: the CaC-8B run alone did not finish in 15.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-outputs/gpu_benchmarks}"
+PY="${PYTHON:-python}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+# Preflight: every package the four runs import, named at once, rather than one failure per run.
+if ! "$PY" - >> "$OUT/gpu.txt" 2>&1 <<'PY'
+import importlib.util, sys
+missing = [m for m in ("torch", "transformers", "diffusers", "peft", "accelerate", "omegaconf", "qwen_vl_utils", "cac_align")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing packages: {', '.join(missing)} (install the project's requirements: pip install -e .)")
+import torch
+if not torch.cuda.is_available():
+    sys.exit("no CUDA GPU visible to torch")
+import diffusers, transformers
+print("torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__, torch.cuda.get_device_name())
+PY
+then
+  tail -n 1 "$OUT/gpu.txt"
+  exit 1
+fi
 
 run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status noted, go on
   local name="$1"
@@ -20,10 +44,10 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
 }
 
 # CaC two-turn scoring, Qwen3-VL-8B's architecture at the paper's budget (target: <= 5 s per video)
-run cac_8b python benchmarks/score_throughput.py --mode gpu-8b --videos 4 --repeats 1
+run cac_8b "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --repeats 1 --log-calls
 # UnifiedReward-7B (Qwen2.5-VL-7B) probabilities: encodings and seconds before/now
-run ur_7b python benchmarks/status_encoding.py --mode gpu-ur7b
+run ur_7b "$PY" benchmarks/status_encoding.py --mode gpu-ur7b
 # Flow-GRPO step of Wan-2.1-1.3B at 480x832x81: seconds and memory, then with CaC-8B + UR-7B resident (target: within 80 GB)
-run wan_step python benchmarks/wan_grpo_step.py --mode gpu-1.3b
-run wan_step_with_rewards python benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards
+run wan_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-1.3b
+run wan_step_with_rewards "$PY" benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards
 echo "== figures in $OUT"

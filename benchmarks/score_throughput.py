@@ -3,6 +3,7 @@
     python benchmarks/score_throughput.py                       # tiny random Qwen3-VL on the CPU
     python benchmarks/score_throughput.py --mode gpu-8b         # full-size Qwen3-VL-8B architecture, random weights
     python benchmarks/score_throughput.py --profile             # where the time goes, batched and one by one
+    python benchmarks/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --log-calls
 
 Random weights say nothing useful, so each turn runs the real model for exactly ``--tokens``
 new tokens (``min_new_tokens``), and then the backend's text is replaced by a fixed, valid CaC
@@ -11,6 +12,10 @@ both turns and both status-probability passes. The compute is that of real two-t
 only the words are scripted. The paper's budget for ``gpu-8b`` is 21 frames in turn 1 (5 s at
 4 fps), a 1 s clip at 8 fps in turn 2, and 1,024 generated tokens per turn; the paper reports
 33.2 s per video on an A800.
+
+Every figure is printed as soon as it is measured (flushed), so a run stopped by a time limit
+still reports what it finished; ``--log-calls`` also prints each model call (turn, batch size,
+prompt tokens, seconds, milliseconds per generated token), which tells prefill from decoding.
 """
 
 from __future__ import annotations
@@ -30,19 +35,37 @@ TURN1 = json.dumps({"cot": "scan", "status": "abnormal", "anomalies": [{"type": 
 TURN2 = json.dumps({"cot": "look", "status": "abnormal", "anomalies": [{"type": "Human Distortion", "bbox": {"frame 0": [100, 100, 300, 300]}}]})
 
 
+def say(*parts) -> None:
+    print(*parts, flush=True)
+
+
 class FixedAnswers(HFBackend):
     """Runs the real model for the full token budget, then returns a scripted valid answer.
 
     CaC reads the status probabilities with each turn's generation (``generate_scored``): here
     they are read at the first generated token (the scripted text's status position does not
-    exist in the random tokens), which costs the same as reading them anywhere else."""
+    exist in the random tokens), which costs the same as reading them anywhere else. With
+    ``log_calls`` each call prints its turn, batch size, prompt length and seconds."""
+
+    log_calls = False
+
+    def _encode(self, requests, prefixes):
+        inputs = super()._encode(requests, prefixes)
+        self._prompt_tokens = int(inputs["input_ids"].shape[1])
+        return inputs
 
     def generate(self, requests, **kwargs):
         completions = super().generate(requests, **kwargs)
         return [Completion(TURN1 if len(r) == 1 else TURN2, c.token_ids) for r, c in zip(requests, completions)]
 
     def generate_scored(self, requests, choices, prefix_of, **kwargs):
+        start = time.perf_counter()
         completions, probs = super().generate_scored(requests, choices, lambda text: "", **kwargs)
+        if self.log_calls:
+            seconds = time.perf_counter() - start
+            new = max(len(c.token_ids) for c in completions)
+            say(f"  turn {1 if len(requests[0]) == 1 else 2}: {len(requests)} video(s), {self._prompt_tokens} prompt tokens, "
+                f"{new} new tokens: {seconds:.2f} s ({1000 * seconds / max(new, 1):.1f} ms per generated token, prefill included)")
         return [Completion(TURN1 if len(r) == 1 else TURN2, c.token_ids) for r, c in zip(requests, completions)], probs
 
 
@@ -127,12 +150,16 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=None, help="generated tokens per turn (tiny: 32, gpu-8b: 1024)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--single-videos", type=int, default=None, help="time only this many videos one by one (default: all)")
+    parser.add_argument("--log-calls", action="store_true", help="print every model call's turn, batch, prompt tokens and seconds")
     parser.add_argument("--profile", action="store_true", help="cProfile two passes over the videos, batched then one by one")
     args = parser.parse_args()
 
     import torch
 
     torch.manual_seed(0)
+    FixedAnswers.log_calls = args.log_calls
+    start = time.perf_counter()
     if args.mode == "tiny":
         from cac_align.vlm.tiny import build_tiny_qwen3_vl
 
@@ -142,20 +169,25 @@ def main() -> None:
     else:
         model, processor = _full_size_qwen3_vl_8b()
         videos, tokens = _videos(args.videos, 480, 832), args.tokens or 1024
+    say(f"mode={args.mode} videos={len(videos)} tokens/turn={tokens} device={model.device}: model built in {time.perf_counter() - start:.1f} s")
     options = CaCOptions(max_new_tokens=tokens)
     fixed = {"min_new_tokens": tokens}
     batched = CaCScorer(FixedAnswers(model, processor, max_batch_size=args.videos, generate_kwargs=fixed), options)
     single = CaCScorer(FixedAnswers(model, processor, max_batch_size=1, generate_kwargs=fixed), options)
-    _time(batched, videos[:2], 1)  # warm-up
+    say(f"warm-up (2 videos batched): {_time(batched, videos[:2], 1):.2f} s")
     if args.profile:
         _profile({"batched": batched, "one-by-one": single}, videos)
         return
     t_batched = _time(batched, videos, args.repeats)
-    t_single = sum(_time(single, [v], args.repeats) for v in videos)
-    print(f"mode={args.mode} videos={len(videos)} tokens/turn={tokens} device={model.device}")
-    print(f"batched:    {len(videos) / t_batched:.3f} videos/s ({t_batched / len(videos):.3f} s/video)")
-    print(f"one-by-one: {len(videos) / t_single:.3f} videos/s ({t_single / len(videos):.3f} s/video)")
-    print(f"speed-up batched / one-by-one: {t_single / t_batched:.2f}x")
+    say(f"batched:    {len(videos) / t_batched:.3f} videos/s ({t_batched / len(videos):.3f} s/video)")
+    singles = videos[: args.single_videos] if args.single_videos else videos
+    t_single = 0.0
+    for k, video in enumerate(singles, 1):
+        t_single += _time(single, [video], args.repeats)
+        say(f"one-by-one: {k} video(s) so far, {t_single / k:.3f} s/video")
+    t_single *= len(videos) / len(singles)  # per-video mean over the videos timed, for the whole set
+    say(f"one-by-one: {len(videos) / t_single:.3f} videos/s ({t_single / len(videos):.3f} s/video, mean of {len(singles)} timed)")
+    say(f"speed-up batched / one-by-one: {t_single / t_batched:.2f}x")
 
 
 if __name__ == "__main__":
