@@ -3,6 +3,7 @@
     python benchmarks/cac_demo_video_probe.py framepool OUT/stage1/final OUT/bench_default/annotations.jsonl
     python benchmarks/cac_demo_video_probe.py probe OUT/stage1/final --videos 300
     python benchmarks/cac_demo_video_probe.py turn1 OUT/stage2/final OUT/bench_default/annotations.jsonl
+    python benchmarks/cac_demo_video_probe.py lmprobe OUT/stage2/final --videos 300
 
 ``framepool``: the stage-1 (frame) model asked about every frame of each held-out video at 4 fps
 (the frame prompt, the status read after the checklist reasoning, as CaC reads it); a video's
@@ -10,8 +11,9 @@ score is its lowest frame reward. Per-type AUROC against the clean videos: what 
 could reach if it used the frame model's view of every frame.
 
 ``probe``: a logistic regression on the vision tower's output tokens (max and mean over the
-tokens of a video), trained on 60% of freshly rendered videos of one type and clean ones (seed
-4242, which no training stream uses), AUROC on the other 40%. Twice: the tower reads the 4 fps
+tokens of a video, together and each alone), trained on 60% of freshly rendered videos of one type and clean ones (seed
+4242, which no training stream uses), AUROC on the other 40%. A type that the max separates and
+the mean does not is a local signal in a few tokens: a reader must attend to those tokens to see it. Twice: the tower reads the 4 fps
 frames in its usual pairs (Qwen3-VL patches two consecutive frames together), and each frame
 duplicated into a pair of its own (a still, as stage 1 shows frames). High here but low on the
 whole chain means the tower sees the type and the language model does not use it.
@@ -20,6 +22,12 @@ whole chain means the tower sees the type and the language model does not use it
 (4 fps scan, ``--max-frames`` cap); its reward is the status probability read after the checklist
 reasoning (teacher-forced, so no answer has to be readable). Per-type AUROC: what the language
 model reads from the video tokens, before turn 2 and the verdict's threshold.
+
+``lmprobe``: the same turn-1 request through a video model, teacher-forced up to the status value,
+and a logistic regression (as ``probe``) on its language model's hidden states, layer by layer:
+the state where the status is read, and the max+mean over the video tokens' positions. Where the
+type is separable on the video tokens but not at the status position, the model carries what
+it needs and does not move it to where it answers.
 """
 
 from __future__ import annotations
@@ -98,7 +106,7 @@ def _tower_features(model, processor, video: Video):
         out = model.model.get_video_features(encoded["pixel_values_videos"], encoded["video_grid_thw"])
     tokens = out.pooler_output if hasattr(out, "pooler_output") else out[0]
     tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
-    return torch.cat([tokens.max(0).values, tokens.mean(0)])
+    return torch.cat([tokens.max(0).values, tokens.mean(0)])  # the first half is the max, the second the mean
 
 
 def _probe_auroc(x, y, n_train: int) -> float:
@@ -130,7 +138,48 @@ def probe(model_path: str, videos: int, types: list[str]) -> None:
             labels.append(float(stream.record(i).status == "abnormal"))
         y, n_train = torch.tensor(labels), int(0.6 * len(labels))
         for name, x in (("pairs", pairs), ("stills", stills)):
-            print(f"{kind:22s} {name:6s} probe AUROC on held-out videos {_probe_auroc(torch.stack(x), y, n_train):.3f} ({len(y) - n_train} of {len(y)})", flush=True)
+            x = torch.stack(x)
+            half = x.shape[1] // 2
+            figures = {pool: _probe_auroc(features, y, n_train) for pool, features in (("max+mean", x), ("max", x[:, :half]), ("mean", x[:, half:]))}
+            print(f"{kind:22s} {name:6s} probe AUROC on held-out videos ({len(y) - n_train} of {len(y)}): "
+                  + ", ".join(f"{pool} {value:.3f}" for pool, value in figures.items()), flush=True)
+
+
+def _lm_features(model, processor, video: Video, prompt: str, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The language model's hidden states on a turn-1 request, teacher-forced up to the status
+    value: per layer (embeddings first), the state at the last position (where the status is
+    read) and the max+mean over the video tokens' positions."""
+    request = [user(video, prompt)]
+    encoded = processor_inputs(processor, [render_chat(processor, request) + prefix], [request])
+    with torch.no_grad():
+        states = model(**encoded, output_hidden_states=True).hidden_states
+    video_positions = encoded["input_ids"][0] == model.config.video_token_id
+    last = torch.stack([h[0, -1] for h in states])
+    pooled = torch.stack([torch.cat([h[0, video_positions].max(0).values, h[0, video_positions].mean(0)]) for h in states])
+    return last, pooled
+
+
+def lmprobe(model_path: str, videos: int, types: list[str]) -> None:
+    config = load_config(TrainCaCConfig, RECIPE, [f"model={model_path}", "out_dir=unused"], job="train-cac")
+    model, processor = load_vlm(model_path, dtype="float32")
+    prefix = answer_json(checklist_cot("video"), "STATUS", []).split("STATUS")[0]
+    torch.manual_seed(0)
+    for kind in types:
+        stream = SynthStream(load_stream_synth(config.stream, seed=4242, n=videos, types=[kind], normal_fraction=0.5))
+        lasts, pooled, labels = [], [], []
+        for i in range(len(stream)):
+            video, record = stream.video(i), stream.record(i)
+            scan = _scan(video)
+            prompt = turn1_prompt(video.duration_s, scan.fps, scan.num_frames, record.prompt, style="compact")
+            last, pool = _lm_features(model, processor, scan, prompt, prefix)
+            lasts.append(last)
+            pooled.append(pool)
+            labels.append(float(record.status == "abnormal"))
+        y, n_train = torch.tensor(labels), int(0.6 * len(labels))
+        lasts, pooled = torch.stack(lasts), torch.stack(pooled)
+        for layer in range(lasts.shape[1]):
+            print(f"{kind:22s} layer {layer}: probe AUROC at the status position {_probe_auroc(lasts[:, layer], y, n_train):.3f}, "
+                  f"on the video tokens (max+mean) {_probe_auroc(pooled[:, layer], y, n_train):.3f}", flush=True)
 
 
 def main() -> None:
@@ -143,6 +192,10 @@ def main() -> None:
     b.add_argument("model")
     b.add_argument("--videos", type=int, default=300, help="rendered videos per type (half planted)")
     b.add_argument("--types", nargs="+", default=["Physical Violations", "Object Distortion", "Human Distortion"])
+    d = sub.add_parser("lmprobe", help="linear probes on a video model's language-model states, layer by layer")
+    d.add_argument("model")
+    d.add_argument("--videos", type=int, default=300, help="rendered videos per type (half planted)")
+    d.add_argument("--types", nargs="+", default=["Physical Violations", "Human Distortion"])
     c = sub.add_parser("turn1", help="a video model's turn-1 status reward per held-out video")
     c.add_argument("model")
     c.add_argument("annotations", type=Path)
@@ -154,6 +207,8 @@ def main() -> None:
         framepool(args.model, args.annotations)
     elif args.command == "turn1":
         turn1(args.model, args.annotations, args.max_frames)
+    elif args.command == "lmprobe":
+        lmprobe(args.model, args.videos, args.types)
     else:
         probe(args.model, args.videos, args.types)
 
