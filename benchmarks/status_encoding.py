@@ -13,7 +13,8 @@
                                                           # random weights, bf16 on a CUDA GPU: part 2 only
     python benchmarks/status_encoding.py --mode cpu-check # the gpu-ur7b code path on a tiny architecture
 
-The GPU mode has not run yet (no GPU was lent to the task that wrote it); ``cpu-check`` runs its
+The GPU mode has not given figures yet (its first run stopped at a missing package, see
+benchmarks/README.md); ``cpu-check`` runs its
 code with the tiny Qwen2.5-VL sizes, so only the sizes differ. It also reports peak GPU memory.
 
 Machine-independent figures, counted with hooks on the model: videos through the vision tower,
