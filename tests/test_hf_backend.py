@@ -174,6 +174,37 @@ def test_generate_scored_reads_the_status_from_its_own_generation(tiny_qwen3_vl)
     np.testing.assert_allclose(inside[0], forced.choice_probs(requests[:1], ['{"stat'], CHOICES)[0], rtol=1e-6)
 
 
+def test_generate_scored_keeps_only_the_choices_log_probs_and_leaves_no_hook(tiny_qwen3_vl, monkeypatch):
+    """The status is read through a hook on the output layer, not generate's output_logits (a
+    (batch, vocabulary) float32 copy per generated token); the hook is gone after the call, also
+    after a failed one."""
+    backend = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4)
+    head = tiny_qwen3_vl.model.get_output_embeddings()
+    seen = {}
+    generate = tiny_qwen3_vl.model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        seen["hooks during"] = len(head._forward_hooks)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_qwen3_vl.model, "generate", spy)
+    hooks_before = len(head._forward_hooks)
+    completions, probs = backend.generate_scored(_requests(2), CHOICES, lambda text: "", max_new_tokens=3)
+    assert not seen.get("output_logits", False) and not seen.get("output_scores", False)
+    assert seen["hooks during"] == hooks_before + 1 and len(head._forward_hooks) == hooks_before
+    # prefix "" is the first generated token's distribution: the prompt alone, re-encoded
+    np.testing.assert_allclose(probs, backend.choice_probs(_requests(2), ["", ""], CHOICES), rtol=1e-5)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tiny_qwen3_vl.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        backend.generate_scored(_requests(1), CHOICES, lambda text: "", max_new_tokens=3)
+    assert len(head._forward_hooks) == hooks_before
+
+
 def test_cac_scoring_encodes_each_turns_video_once(tiny_qwen3_vl):
     from transformers import LogitsProcessorList
 

@@ -178,10 +178,17 @@ class HFBackend:
             for chunk in self._chunks(len(requests)):
                 inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk))
                 sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-                output = self.model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, **sampling, **self.generate_kwargs,
-                    return_dict_in_generate=True, output_logits=True,
-                )
+                # The choices' first-token log-probs at every step, read from the raw logits as the
+                # output layer makes them (before any logits processor): (B, C) per step, instead
+                # of generate's output_logits, which keeps a (B, vocabulary) float32 copy per step.
+                steps = _FirstTokenLogProbs(choice_ids)
+                handle = self.model.get_output_embeddings().register_forward_hook(steps)
+                try:
+                    output = self.model.generate(
+                        **inputs, max_new_tokens=max_new_tokens, **sampling, **self.generate_kwargs, return_dict_in_generate=True,
+                    )
+                finally:
+                    handle.remove()
                 prompt_len = inputs["input_ids"].shape[1]
                 generated = output.sequences[:, prompt_len:]
                 cache = output.past_key_values
@@ -195,12 +202,12 @@ class HFBackend:
                     if prefix is None:
                         continue
                     k = _tokens_spelling(self.tokenizer, ids, prefix)
-                    if k is None or k >= len(output.logits) or prompt_len + k > cache_len:
+                    if k is None or k >= len(steps.log_probs) or prompt_len + k > cache_len:
                         redo.append((i, prefix))  # the prefix ends inside a token: re-encode this row
                         continue
                     rows.append(r)
                     ends.append(prompt_len + k)
-                    firsts.append(output.logits[k][r])
+                    firsts.append(steps.log_probs[k][r])
                 if rows:
                     keep = torch.tensor(rows, device=output.sequences.device)
                     cache.batch_select_indices(keep)
@@ -211,7 +218,7 @@ class HFBackend:
                     mask = mask * (positions[None] < torch.tensor(ends, device=keep.device)[:, None]).to(mask.dtype)
                     deltas = self._rope_deltas()
                     deltas = deltas[keep] if deltas is not None else None
-                    scored = self._score_choices(cache, mask, mask.sum(-1), torch.stack(firsts).float(), choice_ids, deltas)
+                    scored = self._score_choices(cache, mask, mask.sum(-1), torch.stack(firsts), choice_ids, deltas)
                     probs[[chunk[r] for r in rows]] = scored
         if redo:
             probs[[i for i, _ in redo]] = self.choice_probs([requests[i] for i, _ in redo], [p for _, p in redo], choices)
@@ -330,7 +337,8 @@ class HFBackend:
                 inputs = self._encode([requests[i] for i in chunk], [prefixes[i] for i in chunk])
                 result = self.model(**inputs, use_cache=True)
                 mask = inputs["attention_mask"]
-                out[list(chunk)] = self._score_choices(result.past_key_values, mask, mask.sum(-1), result.logits[:, -1].float(), choice_ids)
+                first = _first_token_log_probs(result.logits[:, -1], choice_ids)
+                out[list(chunk)] = self._score_choices(result.past_key_values, mask, mask.sum(-1), first, choice_ids)
         return out
 
     # -- choice scoring from a KV cache ---------------------------------------------------
@@ -346,11 +354,11 @@ class HFBackend:
         """The multimodal-RoPE offsets (Qwen-VL) the last prefill left, per row, or None."""
         return getattr(getattr(self.model, "model", None), "rope_deltas", None)
 
-    def _score_choices(self, cache: Any, mask: Any, lengths: Any, first_logits: Any, choice_ids: list[list[int]], deltas: Any = None) -> Any:
+    def _score_choices(self, cache: Any, mask: Any, lengths: Any, first_log_probs: Any, choice_ids: list[list[int]], deltas: Any = None) -> Any:
         """(B, C) probabilities of whole choices after a prefix held in ``cache``.
 
-        ``first_logits`` (B, V) are the next-token logits right after the prefix: the choices'
-        first tokens are read from them. Longer choices continue from the cache (repeated once
+        ``first_log_probs`` (B, C) are the log-probabilities of the choices' first tokens right
+        after the prefix (:func:`_first_token_log_probs`). Longer choices continue from the cache (repeated once
         per choice; rows choice-major within a request), attending where ``mask`` (B, cache
         length) is 1, at RoPE positions ``lengths`` (real tokens so far) + offset + ``deltas``.
         """
@@ -358,9 +366,8 @@ class HFBackend:
 
         if deltas is None:
             deltas = self._rope_deltas()
-        n_rows, n_choices = first_logits.shape[0], len(choice_ids)
-        firsts = torch.tensor([ids[0] for ids in choice_ids], device=first_logits.device)
-        total = torch.log_softmax(first_logits, dim=-1)[:, firsts]  # (B, C)
+        n_rows, n_choices = first_log_probs.shape[0], len(choice_ids)
+        total = first_log_probs.float()  # (B, C)
         longest = max(len(ids) for ids in choice_ids)
         if longest > 1:
             device = mask.device
@@ -382,6 +389,28 @@ class HFBackend:
             rest = logprobs.gather(-1, tail[:, 1:, None]).squeeze(-1) * tail_mask[:, 1:]
             total = total + rest.sum(-1).view(n_rows, n_choices)
         return total.exp().cpu().numpy().astype("float64")
+
+
+def _first_token_log_probs(logits: Any, choice_ids: list[list[int]]) -> Any:
+    """(B, V) next-token logits -> (B, C) log-probabilities of each choice's first token."""
+    import torch
+
+    logits = logits.float()
+    firsts = torch.tensor([ids[0] for ids in choice_ids], device=logits.device)
+    return logits[:, firsts] - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+class _FirstTokenLogProbs:
+    """A forward hook on the output layer during ``generate``: after each forward pass, the
+    choices' first-token log-probs at the last position (the next token's distribution), so
+    ``log_probs[k]`` (B, C) is what the model gave the k-th generated token's choices."""
+
+    def __init__(self, choice_ids: list[list[int]]):
+        self.choice_ids = choice_ids
+        self.log_probs: list[Any] = []
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        self.log_probs.append(_first_token_log_probs(output[:, -1], self.choice_ids))
 
 
 def _tokens_spelling(tokenizer: Any, ids: list[int], text: str) -> int | None:
