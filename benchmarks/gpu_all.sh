@@ -9,7 +9,7 @@
 # Needs the project's runtime packages (pip install -e .; on a machine with its own torch, the
 # packages of setup.cfg's install_requires next to it) and a CUDA GPU; PYTHON picks the
 # interpreter (default: python). The first run (2026-11-23, one H100, figures in
-# benchmarks/README.md) took about 35 minutes: the CaC-8B run alone did not finish in 15.
+# benchmarks/README.md) took 25 minutes: the CaC-8B run alone was stopped at 15 unfinished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-outputs/gpu_benchmarks}"
