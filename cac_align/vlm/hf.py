@@ -391,26 +391,34 @@ class HFBackend:
         return total.exp().cpu().numpy().astype("float64")
 
 
-def _first_token_log_probs(logits: Any, choice_ids: list[list[int]]) -> Any:
-    """(B, V) next-token logits -> (B, C) log-probabilities of each choice's first token."""
+def _first_token_log_probs(logits: Any, choice_ids: list[list[int]], firsts: Any = None) -> Any:
+    """(B, V) next-token logits -> (B, C) log-probabilities of each choice's first token
+    (``firsts``: those tokens' ids as a tensor on the logits' device, if already built)."""
     import torch
 
     logits = logits.float()
-    firsts = torch.tensor([ids[0] for ids in choice_ids], device=logits.device)
+    if firsts is None:
+        firsts = torch.tensor([ids[0] for ids in choice_ids], device=logits.device)
     return logits[:, firsts] - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 class _FirstTokenLogProbs:
     """A forward hook on the output layer during ``generate``: after each forward pass, the
     choices' first-token log-probs at the last position (the next token's distribution), so
-    ``log_probs[k]`` (B, C) is what the model gave the k-th generated token's choices."""
+    ``log_probs[k]`` (B, C) is what the model gave the k-th generated token's choices. The
+    index tensor is built once, on the first call, not once per generated token."""
 
     def __init__(self, choice_ids: list[list[int]]):
         self.choice_ids = choice_ids
+        self.firsts: Any = None
         self.log_probs: list[Any] = []
 
     def __call__(self, module: Any, args: Any, output: Any) -> None:
-        self.log_probs.append(_first_token_log_probs(output[:, -1], self.choice_ids))
+        if self.firsts is None:
+            import torch
+
+            self.firsts = torch.tensor([ids[0] for ids in self.choice_ids], device=output.device)
+        self.log_probs.append(_first_token_log_probs(output[:, -1], self.choice_ids, self.firsts))
 
 
 def _tokens_spelling(tokenizer: Any, ids: list[int], text: str) -> int | None:
