@@ -124,12 +124,19 @@ def _probe_auroc(x, y, n_train: int) -> float:
     return auroc((-logits).tolist(), (y[n_train:] == 0).tolist())  # higher = more normal, as a reward
 
 
-def probe(model_path: str, videos: int, types: list[str]) -> None:
+def _probe_sets(model_path: str, videos: int, types: list[str]):
+    """The model and processor, then per type: (type, stream of ``videos`` freshly rendered
+    videos of that type, half planted, seed 4242, which no training stream uses)."""
     config = load_config(TrainCaCConfig, RECIPE, [f"model={model_path}", "out_dir=unused"], job="train-cac")
     model, processor = load_vlm(model_path, dtype="float32")
     torch.manual_seed(0)
-    for kind in types:
-        stream = SynthStream(load_stream_synth(config.stream, seed=4242, n=videos, types=[kind], normal_fraction=0.5))
+    streams = ((kind, SynthStream(load_stream_synth(config.stream, seed=4242, n=videos, types=[kind], normal_fraction=0.5))) for kind in types)
+    return model, processor, streams
+
+
+def probe(model_path: str, videos: int, types: list[str]) -> None:
+    model, processor, streams = _probe_sets(model_path, videos, types)
+    for kind, stream in streams:
         pairs, stills, labels = [], [], []
         for i in range(len(stream)):
             scan = _scan(stream.video(i))
@@ -160,12 +167,9 @@ def _lm_features(model, processor, video: Video, prompt: str, prefix: str) -> tu
 
 
 def lmprobe(model_path: str, videos: int, types: list[str]) -> None:
-    config = load_config(TrainCaCConfig, RECIPE, [f"model={model_path}", "out_dir=unused"], job="train-cac")
-    model, processor = load_vlm(model_path, dtype="float32")
+    model, processor, streams = _probe_sets(model_path, videos, types)
     prefix = answer_json(checklist_cot("video"), "STATUS", []).split("STATUS")[0]
-    torch.manual_seed(0)
-    for kind in types:
-        stream = SynthStream(load_stream_synth(config.stream, seed=4242, n=videos, types=[kind], normal_fraction=0.5))
+    for kind, stream in streams:
         lasts, pooled, labels = [], [], []
         for i in range(len(stream)):
             video, record = stream.video(i), stream.record(i)

@@ -80,8 +80,8 @@ def collate_att(batch, pad_id, padding_side="right", status_mask=False):
         query[r] = marks[0] - 1
     out["att_query"], out["att_target"] = query, target
     STATE["collates"] = STATE.get("collates", 0) + 1
-    if STATE["collates"] <= 3 or os.environ.get("ATT_DEBUG"):
-        print(f"[attnsup] batch {STATE['collates']}: {B} rows, videos per row {[int(((ids[r] == STATE['video']).sum() > 0)) for r in range(B)]}, supervised rows {int((query >= 0).sum())}, target tokens {target.sum(-1).tolist()}", flush=True)
+    if STATE["collates"] <= 3:  # show that the first batches are supervised where they should be
+        print(f"[attnsup] batch {STATE['collates']}: {B} rows, supervised rows {int((query >= 0).sum())}, target tokens {target.sum(-1).tolist()}", flush=True)
     return out
 
 
