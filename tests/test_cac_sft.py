@@ -112,6 +112,67 @@ def test_weighted_token_loss_by_hand(tiny_qwen3_vl):
     assert weighted_token_loss(out.logits, batch["labels"], status, 1.0).item() == pytest.approx(out.loss.item(), rel=1e-5)
 
 
+def _abnormal_chat(frames: int = 8, window: str = "2-3"):
+    answer = '{"COT": "c", "status": "abnormal", "anomalies": [{"Attributed Time Region": "%s", "Attributed Label": "Physical Violations"}]}' % window
+    return [user(_video(frames, 4.0), "scan this video"), assistant(answer), user(_video(4, 8.0, seed=1), "look closer"), assistant('{"status": "normal"}')]
+
+
+def test_attention_window_marks_the_named_frames_video_tokens(tiny_qwen3_vl):
+    """Frames 2-3 of an 8-frame scan are temporal group 1 of 4 (2 frames per group): the window
+    is exactly that group's video tokens, and the query is the position just before the turn-1
+    status value."""
+    processor = tiny_qwen3_vl.processor
+    encoded = encode_chat(processor, _abnormal_chat())
+    video_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    groups, height, width = (int(v) for v in encoded.vision["video_grid_thw"][0])
+    per_group = height * width // processor.video_processor.merge_size ** 2
+    assert groups == 4 and per_group > 0
+    scan = (encoded.input_ids == video_id).nonzero().flatten()[: groups * per_group]  # the scan's tokens come first
+    assert encoded.window.nonzero().flatten().tolist() == scan[per_group : 2 * per_group].tolist()
+    first_status = encoded.status.nonzero().flatten()[0]
+    assert encoded.window_query == first_status - 1
+    assert processor.tokenizer.decode(encoded.input_ids[encoded.window_query + 1]).strip() in ("abnormal", '"abnormal', "ab")
+    # frames 1-4 touch groups 0, 1 and 2; a window past the end keeps the groups that exist
+    assert encode_chat(processor, _abnormal_chat(window="1-4")).window.sum() == 3 * per_group
+    assert encode_chat(processor, _abnormal_chat(window="6-30")).window.sum() == per_group
+    # nothing to supervise: a normal first answer, or an abnormal one without frames
+    assert encode_chat(processor, _two_turn_chat()).window is None
+    assert encode_chat(processor, _abnormal_chat(window="")).window_query == -1
+    # collate shifts the query with the padding and keeps rows without a window at -1
+    short = encode_chat(processor, _two_turn_chat()[:2])
+    for side in ("right", "left"):
+        batch = collate([short, encoded], processor.tokenizer.pad_token_id, side, status_mask=True, attention_window=True)
+        pad = batch["input_ids"].shape[1] - encoded.input_ids.numel() if side == "left" else 0
+        assert batch["window_query"].tolist() == [-1, encoded.window_query + pad]
+        assert batch["window_tokens"][1].nonzero().flatten().tolist() == (encoded.window.nonzero().flatten() + pad).tolist()
+        assert not batch["window_tokens"][0].any()
+    assert "window_query" not in collate([encoded], processor.tokenizer.pad_token_id)  # not a model input unless asked
+
+
+def test_window_attention_loss_by_hand():
+    from cac_align.cac.train.sft import window_attention_loss
+
+    attentions = torch.zeros(2, 2, 3, 3)
+    attentions[0, 0, 2] = torch.tensor([0.5, 0.3, 0.2])
+    attentions[0, 1, 2] = torch.tensor([0.1, 0.6, 0.3])
+    attentions[1, :, 1] = torch.tensor([0.9, 0.1, 0.0])
+    window = torch.tensor([[True, False, True], [True, False, False]])
+    # row 0: query 2, window {0, 2}: head mean (0.5 + 0.1) / 2 + (0.2 + 0.3) / 2 = 0.55; row 1 not supervised
+    loss, mass = window_attention_loss(attentions, torch.tensor([2, -1]), window, eps=0.0)
+    assert loss.item() == pytest.approx(-np.log(0.55), rel=1e-6) and mass.item() == pytest.approx(0.55, rel=1e-6)
+    # both rows: mean of -log(0.55) and -log(0.9)
+    loss, mass = window_attention_loss(attentions, torch.tensor([2, 1]), window, eps=0.0)
+    assert loss.item() == pytest.approx(-(np.log(0.55) + np.log(0.9)) / 2, rel=1e-6) and mass.item() == pytest.approx(0.725, rel=1e-6)
+    assert window_attention_loss(attentions, torch.tensor([-1, -1]), window) == (None, None)
+    # the gradient raises the window's attention: d loss / d A[0, h, 2, k] = -1 / (2 * 0.55) on the window, 0 elsewhere
+    attentions.requires_grad_(True)
+    window_attention_loss(attentions, torch.tensor([2, -1]), window, eps=0.0)[0].backward()
+    expected = torch.tensor([-1 / 1.1, 0.0, -1 / 1.1])
+    for head in range(2):
+        torch.testing.assert_close(attentions.grad[0, head, 2], expected)
+    assert attentions.grad[1].abs().sum() == 0
+
+
 # ---------------------------------------------------------------------------------------
 # The tiny recipes, end to end
 # ---------------------------------------------------------------------------------------
@@ -224,6 +285,32 @@ def test_status_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
     assert weighted > plain + 0.05, (plain, weighted)
     with pytest.raises(RecipeError, match="status_loss_weight must be > 0"):
         _recipe("stage2_tiny", cac_data, tmp_path / "x", "train.status_loss_weight=0")
+
+
+def test_attention_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
+    """Same weights, same first batch: the attention run logs the term and its mass, and its
+    first loss is the plain loss plus weight x the term; the saved model keeps its default
+    attention (eager is for the run only); the option is refused outside stage 2."""
+    from cac_align.cac.train.sft import run
+
+    stage1_out, _ = stage1
+    common = [f"model={stage1_out / 'final'}", "train.max_steps=2", "train.logging_steps=1", "train.eval_steps=0", "train.per_device_batch_size=6"]
+    run(_recipe("stage2_tiny", cac_data, tmp_path / "plain", *common))
+    run(_recipe("stage2_tiny", cac_data, tmp_path / "att", *common, "train.attention_loss_weight=2"))
+    lines = [json.loads(line) for line in (tmp_path / "att/metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    first = lines[0]
+    assert first["attention_loss"] > 0 and 0 < first["attention_mass"] < 1
+    assert first["attention_loss"] == pytest.approx(-np.log(first["attention_mass"]), rel=0.5)  # one batch: log of a mean vs mean of logs
+    plain = _losses(tmp_path / "plain")[0]
+    assert first["loss"] == pytest.approx(plain + 2 * first["attention_loss"], rel=1e-3)
+    before, after = _weights(stage1_out / "final"), _weights(tmp_path / "att/final")
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".language_model." in k)
+    saved = json.loads((tmp_path / "att/final/config.json").read_text())
+    assert "eager" not in json.dumps(saved)
+    with pytest.raises(RecipeError, match="attention_loss_weight must be >= 0 and applies to stage 2 only"):
+        _recipe("stage1_tiny", cac_data, tmp_path / "x", "train.attention_loss_weight=1")
+    with pytest.raises(RecipeError, match="attention_loss_weight must be >= 0"):
+        _recipe("stage2_tiny", cac_data, tmp_path / "x", "train.attention_loss_weight=-1")
 
 
 def load_first_video(annotations):

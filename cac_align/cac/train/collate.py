@@ -29,6 +29,7 @@ __all__ = [
     "encode_context",
     "segment_chat",
     "status_token_mask",
+    "window_attention_target",
 ]
 
 IGNORE_INDEX = -100
@@ -40,13 +41,18 @@ _VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_
 class EncodedChat:
     """One chat as 1-d ``input_ids`` / ``labels``, other 1-d per-token tensors the processor
     returns (Qwen3-VL's ``mm_token_type_ids``, 0 on text), its vision tensors, and ``status``:
-    a 1-d bool tensor marking the answer tokens that spell a ``"status"`` value (None: none)."""
+    a 1-d bool tensor marking the answer tokens that spell a ``"status"`` value (None: none).
+
+    ``window_query`` / ``window``: where an abnormal answer's verdict should look
+    (:func:`window_attention_target`; -1 / None when the chat has no such answer)."""
 
     input_ids: Any
     labels: Any
     vision: dict[str, Any]
     token_extras: dict[str, Any] = field(default_factory=dict)
     status: Any = None
+    window_query: int = -1
+    window: Any = None
 
 
 def segment_chat(processor: Any, messages: Sequence[dict]) -> list[tuple[str, bool, list[dict]]]:
@@ -153,30 +159,90 @@ def status_token_mask(tokenizer: Any, text: str) -> tuple[list[int], list[bool] 
     return list(encoded["input_ids"]), marks
 
 
-def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
-    """Token ids, assistant-only labels, vision tensors and status-token marks of one chat (see
-    the module doc)."""
+def window_attention_target(processor: Any, parts: Sequence[EncodedChat], answers: dict[int, str]) -> tuple[int, Any]:
+    """Where the verdict of the chat's first video answer should look: ``(query, window)``.
+
+    The first context segment that holds a video (turn 1's scan; a clip's when the chat starts
+    with one) and the answer right after it. When that answer is abnormal and names frames
+    (``"Attributed Time Region"`` on that video's frame grid), ``window`` (1-d bool over the
+    whole chat's tokens) marks the video tokens of the temporal patches that hold those frames
+    (the processor packs ``temporal_patch_size`` frames into one group of
+    ``grid_h x grid_w / merge_size^2`` tokens), and ``query`` is the position whose next-token
+    prediction is the status value's first token: the position the verdict is read from.
+    Anything else (a normal answer, no frames, no video, no status marks, a processor without
+    a video token id) gives ``(-1, None)``. ``answers`` maps part index -> answer text.
+    Used by stage 2's ``train.attention_loss_weight`` (:func:`~cac_align.cac.train.sft.window_attention_loss`)."""
     import torch
 
-    parts = []
+    from cac_align.cac.judgment import parse_judgment
+
+    none: tuple[int, Any] = (-1, None)
+    video_id = getattr(processor, "video_token_id", None)
+    video_processor = getattr(processor, "video_processor", None)
+    merge = getattr(video_processor, "merge_size", None)
+    temporal = getattr(video_processor, "temporal_patch_size", None)
+    if video_id is None or not merge or not temporal:
+        return none
+    offset = 0
+    for index, part in enumerate(parts):
+        if "video_grid_thw" in part.vision:
+            break
+        offset += part.input_ids.numel()
+    else:
+        return none
+    if index + 1 not in answers or parts[index + 1].status is None or not parts[index + 1].status.any():
+        return none
+    judgment = parse_judgment(answers[index + 1], 1)
+    if judgment.status != "abnormal":
+        return none
+    groups_n, height, width = (int(v) for v in part.vision["video_grid_thw"][0])
+    per_group = height * width // (merge * merge)
+    positions = (part.input_ids == video_id).nonzero().flatten()[: groups_n * per_group]
+    groups = sorted(
+        {f // temporal for a in judgment.anomalies if a.frames for f in range(a.frames[0], a.frames[1] + 1)} & set(range(groups_n))
+    )
+    if not groups or len(positions) < groups_n * per_group:
+        return none
+    window = torch.zeros(sum(p.input_ids.numel() for p in parts), dtype=torch.bool)
+    for group in groups:
+        window[offset + positions[group * per_group : (group + 1) * per_group]] = True
+    answer_start = offset + part.input_ids.numel()
+    query = answer_start + int(parts[index + 1].status.nonzero()[0]) - 1
+    return query, window
+
+
+def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
+    """Token ids, assistant-only labels, vision tensors, status-token marks and the attention
+    window of one chat (see the module doc and :func:`window_attention_target`)."""
+    import torch
+
+    parts, answers = [], {}
     for text, is_answer, holder in segment_chat(processor, messages):
         if is_answer:
             ids, marks = status_token_mask(processor.tokenizer, text)
             part = answer_part(ids)
             part.status = torch.tensor(marks, dtype=torch.bool) if marks is not None else None
+            answers[len(parts)] = text
             parts.append(part)
         else:
             parts.append(encode_context(processor, text, holder))
-    return concat_parts(parts)
+    encoded = concat_parts(parts)
+    encoded.window_query, encoded.window = window_attention_target(processor, parts, answers)
+    return encoded
 
 
-def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str = "right", status_mask: bool = False) -> dict[str, Any]:
+def collate(
+    encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str = "right", status_mask: bool = False, attention_window: bool = False
+) -> dict[str, Any]:
     """Pad a batch (right for training, left for generation); vision tensors concatenated in
     sample order (the model consumes them in the order their placeholders appear).
 
     ``status_mask=True`` adds ``status_mask`` (batch x length, bool): the status tokens that
-    :func:`~cac_align.cac.train.sft.weighted_token_loss` weights. It is not a model input: the
-    trainer takes it out before the forward pass."""
+    :func:`~cac_align.cac.train.sft.weighted_token_loss` weights. ``attention_window=True`` adds
+    ``window_query`` (batch, long; -1 = row not supervised) and ``window_tokens`` (batch x
+    length, bool), the padded :func:`window_attention_target` of each row, for
+    :func:`~cac_align.cac.train.sft.window_attention_loss`. Neither is a model input: the trainer
+    takes them out before the forward pass."""
     import torch
 
     if padding_side not in ("left", "right"):
@@ -210,6 +276,15 @@ def collate(encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str
         for row, e in enumerate(encoded):
             marks[row, span(e)] = e.status
         out["status_mask"] = marks
+    if attention_window:
+        query = torch.full((batch,), -1, dtype=torch.long)
+        window = torch.zeros((batch, length), dtype=torch.bool)
+        for row, e in enumerate(encoded):
+            if e.window is not None and e.window_query >= 0:
+                start = span(e).start
+                query[row] = start + e.window_query
+                window[row, span(e)] = e.window
+        out["window_query"], out["window_tokens"] = query, window
     for key in _VISION_KEYS:
         parts = [e.vision[key] for e in encoded if key in e.vision]
         if parts:

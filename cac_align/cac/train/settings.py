@@ -118,6 +118,14 @@ class TrainSettings:
             The status is a token or two of a ~60-token answer whose other tokens (format,
             boxes, times) dominate the loss; a model trained from scratch learns the format
             long before the verdict. The loss stays normalized by the number of answer tokens.
+        attention_loss_weight: ours, stage 2 only (0 = off, the paper's): adds this weight x
+            ``-log`` of the attention mass that the last language-model layer (mean over heads)
+            puts, from the position that predicts an abnormal turn-1 answer's status, on the
+            video tokens of the frames its "Attributed Time Region" names
+            (:func:`~cac_align.cac.train.sft.window_attention_loss`). A small model trained from
+            scratch keeps a sparse anomaly at the video tokens without routing it to where it
+            answers (docs/cac_training.md, items 9-10). Needs eager attention in the language
+            model (switched on for the run; memory ~ length^2 per layer).
     """
 
     learning_rate: float = 1e-4
@@ -140,6 +148,7 @@ class TrainSettings:
     detection_eval_samples: int = 64
     detection_max_new_tokens: int = 384
     status_loss_weight: float = 1.0
+    attention_loss_weight: float = 0.0
 
 
 @dataclass
@@ -208,6 +217,8 @@ class TrainCaCConfig:
             raise ValueError("train.learning_rate must be > 0, and train needs max_steps > 0 or num_epochs > 0")
         if t.status_loss_weight <= 0:
             raise ValueError(f"train.status_loss_weight must be > 0 (1 = the plain token-mean loss), got {t.status_loss_weight}")
+        if t.attention_loss_weight < 0 or (t.attention_loss_weight > 0 and self.stage != 2):
+            raise ValueError(f"train.attention_loss_weight must be >= 0 and applies to stage 2 only (0 = off), got {t.attention_loss_weight} at stage {self.stage}")
         if self.lora.r < 1:
             raise ValueError(f"lora.r must be >= 1, got {self.lora.r}")
         rollouts = t.per_device_batch_size * t.gradient_accumulation_steps

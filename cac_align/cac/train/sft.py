@@ -62,7 +62,7 @@ from cac_align.eval.metrics import auroc
 from cac_align.runlog import keep_log_steps
 from cac_align.vlm.hf import HFBackend
 
-__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder", "weighted_token_loss"]
+__all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder", "weighted_token_loss", "window_attention_loss"]
 
 
 
@@ -107,6 +107,30 @@ def weighted_token_loss(logits: Any, labels: Any, status_mask: Any, status_weigh
     weights = 1.0 + (status_weight - 1.0) * status_mask[:, 1:].to(ce.dtype)
     n = num_items if num_items is not None else (shifted_labels != IGNORE_INDEX).sum()
     return (ce * weights).sum() / n
+
+
+def window_attention_loss(attentions: Any, query: Any, window: Any, eps: float = 1e-6) -> tuple[Any, Any]:
+    """Stage 2's attention term (``train.attention_loss_weight``): ``-log(m + eps)`` averaged
+    over the supervised rows, where ``m`` is the attention mass that the row's query position
+    (the one that predicts the status value) puts on its window (the video tokens of the
+    frames the target answer attributes the anomaly to), averaged over heads first:
+    ``m_b = sum_{k in window_b} mean_h A[b, h, query_b, k]``.
+
+    Args:
+        attentions: one layer's attention probabilities, (batch, heads, length, length).
+        query: (batch,) long, -1 for a row that is not supervised.
+        window: (batch, length) bool.
+
+    Returns:
+        (loss, mean mass) over supervised rows, or (None, None) when the batch has none.
+    """
+    rows = (query >= 0).nonzero().flatten()
+    if len(rows) == 0:
+        return None, None
+    rows = rows.to(attentions.device)
+    attended = attentions[rows, :, query.to(attentions.device)[rows], :].float().mean(1)  # (rows, length)
+    mass = (attended * window.to(attentions.device)[rows].float()).sum(-1)
+    return -torch.log(mass + eps).mean(), mass.detach().mean()
 
 
 def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int = 8, max_new_tokens: int = 384) -> dict[str, float]:
@@ -283,16 +307,46 @@ def run(config: TrainCaCConfig) -> dict:
     tensorboard.logging_dir = str(out / "tensorboard")
     detection_chats = detection_chats[: t.detection_eval_samples] if do_eval else []
 
-    weighted = t.status_loss_weight != 1.0
+    # The attention term needs attention probabilities: eager attention in the language model
+    # (its memory grows with length^2 per layer: meant for small models; the vision tower
+    # keeps its implementation). Its batches also go through the token-loss function below
+    # (weight 1 = the plain loss), so the token loss is normalized by the accumulated batch's
+    # token count and the Trainer does not rescale it: the term is divided by the accumulation
+    # steps here, so that it weighs the same with or without accumulation.
+    attention = t.attention_loss_weight > 0
+    if attention:
+        try:
+            model.set_attn_implementation({"text_config": "eager"})
+        except (KeyError, TypeError, ValueError):
+            model.set_attn_implementation("eager")
+    weighted = t.status_loss_weight != 1.0 or attention
     status_mask: list[Any] = [None]  # the current batch's marks, for the loss function
+    attention_log = {"loss": 0.0, "mass": 0.0, "n": 0}  # since the last log line
 
     def status_weighted_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         return weighted_token_loss(outputs.logits, labels, status_mask[0], t.status_loss_weight, num_items_in_batch)
 
     class CaCTrainer(Trainer):
-        def compute_loss(self, model: Any, inputs: dict, *a: Any, **kw: Any) -> Any:
+        def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             status_mask[0] = inputs.pop("status_mask", None)
-            return super().compute_loss(model, inputs, *a, **kw)
+            query, window = inputs.pop("window_query", None), inputs.pop("window_tokens", None)
+            if query is None or not model.training or not bool((query >= 0).any()):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = super().compute_loss(model, {**inputs, "output_attentions": True}, True, num_items_in_batch)
+            term, mass = window_attention_loss(outputs.attentions[-1], query, window)
+            steps = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
+            loss = loss + t.attention_loss_weight * term / steps
+            attention_log["loss"] += float(term.detach())
+            attention_log["mass"] += float(mass)
+            attention_log["n"] += 1
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict, *a: Any, **kw: Any) -> None:
+            if "loss" in logs and attention_log["n"]:  # a training log line: the term's mean since the last one
+                n = attention_log["n"]
+                logs = {**logs, "attention_loss": attention_log["loss"] / n, "attention_mass": attention_log["mass"] / n}
+                attention_log.update(loss=0.0, mass=0.0, n=0)
+            super().log(logs, *a, **kw)
 
         def evaluate(self, *a: Any, **kw: Any) -> dict:
             metrics = super().evaluate(*a, **kw)
@@ -309,7 +363,7 @@ def run(config: TrainCaCConfig) -> dict:
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset if do_eval else None,
-        data_collator=lambda batch: collate(batch, pad_id, status_mask=weighted),
+        data_collator=lambda batch: collate(batch, pad_id, status_mask=weighted, attention_window=attention),
         compute_loss_func=status_weighted_loss if weighted else None,
         processing_class=processor,
         callbacks=[JsonlLog(), tensorboard],
