@@ -106,6 +106,24 @@ def test_parser_never_raises_on_junk(text):
     assert judgment.valid is False and judgment.errors
 
 
+@pytest.mark.parametrize("turn", [1, 2])
+def test_python_literals_that_are_not_json_read_as_json_values(turn):
+    """Model text read as a Python literal can hold sets, tuples, bytes, complex numbers, ``...``
+    and non-string keys; a set in a field once crashed a stage-3 run (json.dumps of a set).
+    Each reads as the JSON value it stands for."""
+    text = (
+        '{"status": "abnormal", "COT": {"look", "again"}, "anomalies": [{"Attributed Time Region": "3-5", '
+        '"Attributed Label": "Motion Anomalies", "Reason for Anomaly": {"jumps", "ball"}, "Problem Region": (1, 2j), '
+        '"extra": {(1, 2): b"x", 3: ...}, "BBOX": {"Frame 0": [1, 2, 30, 40]}}]}'
+    )
+    judgment = parse_judgment(text, turn, fps=4, num_frames=21)
+    assert judgment.status == "abnormal" and judgment.cot == '["again", "look"]'
+    anomaly = judgment.anomalies[0]
+    assert anomaly.reason == '["ball", "jumps"]' and anomaly.region == '[1, "2j"]'
+    assert anomaly.frames == (3, 5)
+    assert any("Python literal" in w for w in judgment.warnings)
+
+
 def test_parser_without_fps_keeps_the_unit_it_was_given():
     seconds = parse_judgment('{"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "time": [1, 2]}]}', 1)
     assert seconds.valid and seconds.anomalies[0].window_s == (1.0, 2.0) and seconds.anomalies[0].frames is None

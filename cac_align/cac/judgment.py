@@ -148,9 +148,27 @@ def _loads_lenient(text: str, notes: list[str]) -> Any:
     try:
         value = ast.literal_eval(pythonish)  # literals only: never executes code
         notes.append("read as a Python literal (single quotes or similar)")
-        return value
+        return _as_json_value(value)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return None
+
+
+def _as_json_value(value: Any) -> Any:
+    """A Python literal as the JSON value it stands for: tuples and sets become lists (a set in
+    its elements' sorted text order, for a stable result), bytes text, other non-JSON scalars
+    (complex, Ellipsis) their text, non-string keys their text. Model text such as
+    ``{"a", "b"}`` reads as a set, which nothing downstream (``json.dumps``) could handle."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _as_json_value(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return [_as_json_value(v) for v in sorted(value, key=repr)]
+    if isinstance(value, (list, tuple)):
+        return [_as_json_value(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)
 
 
 def _close_truncated(text: str) -> str:
