@@ -307,18 +307,21 @@ def run(config: TrainCaCConfig) -> dict:
     tensorboard.logging_dir = str(out / "tensorboard")
     detection_chats = detection_chats[: t.detection_eval_samples] if do_eval else []
 
-    # The attention term needs attention probabilities: eager attention in the language model
-    # (its memory grows with length^2 per layer: meant for small models; the vision tower
-    # keeps its implementation). Its batches also go through the token-loss function below
-    # (weight 1 = the plain loss), so the token loss is normalized by the accumulated batch's
-    # token count and the Trainer does not rescale it: the term is divided by the accumulation
-    # steps here, so that it weighs the same with or without accumulation.
+    # The attention term needs the last language-model layer's attention probabilities: eager
+    # attention in the language model (its memory grows with length^2 per layer: meant for
+    # small models; the vision tower keeps its implementation). Its batches also go through
+    # the token-loss function below (weight 1 = the plain loss), so the token loss is
+    # normalized by the accumulated batch's token count and the Trainer does not rescale it:
+    # the term is divided by the accumulation steps here, so that it weighs the same with or
+    # without accumulation.
     attention = t.attention_loss_weight > 0
+    last_attention: Any = None
     if attention:
         try:
             model.set_attn_implementation({"text_config": "eager"})
         except (KeyError, TypeError, ValueError):
             model.set_attn_implementation("eager")
+        last_attention = model.get_decoder().layers[-1].self_attn
     weighted = t.status_loss_weight != 1.0 or attention
     status_mask: list[Any] = [None]  # the current batch's marks, for the loss function
     attention_log = {"loss": 0.0, "mass": 0.0, "n": 0}  # since the last log line
@@ -332,8 +335,15 @@ def run(config: TrainCaCConfig) -> dict:
             query, window = inputs.pop("window_query", None), inputs.pop("window_tokens", None)
             if query is None or not model.training or not bool((query >= 0).any()):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = super().compute_loss(model, {**inputs, "output_attentions": True}, True, num_items_in_batch)
-            term, mass = window_attention_loss(outputs.attentions[-1], query, window)
+            # eager attention modules return their probabilities; a hook keeps the last layer's
+            # (asking the whole model for output_attentions would collect every layer's)
+            captured: list[Any] = []
+            handle = last_attention.register_forward_hook(lambda module, args, output: captured.append(output[1]))
+            try:
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            finally:
+                handle.remove()
+            term, mass = window_attention_loss(captured[0], query, window)
             steps = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
             loss = loss + t.attention_loss_weight * term / steps
             attention_log["loss"] += float(term.detach())
