@@ -124,6 +124,24 @@ def test_python_literals_that_are_not_json_read_as_json_values(turn):
     assert any("Python literal" in w for w in judgment.warnings)
 
 
+def test_a_broken_answer_is_not_read_from_an_inner_object():
+    """A turn-2 answer (the demo model's, 2026-11-23) that repeats a value and drops others: the
+    answer's object is not JSON, and the only part that parses is a "BBOX" dict inside it. That
+    dict is not the answer; the status the model wrote is read from the text, and the judgment
+    stays invalid."""
+    text = (
+        '{"COT": "I compare the suspected subject across these frames, then box it is wrong.", "status": "abnormal", '
+        '"abnormal", "anomalies": [{"Attributed Time Region": "Attributed Label": "Attributed Label": "Reason for Anomaly": '
+        '"the ball jumps", "Problem Region": "ball", "BBOX": {"Frame 0": [20, 410, 380, 804], "Frame 1": [24, 400, 280, 804]}}]}'
+    )
+    judgment = parse_judgment(text, 2, fps=8, num_frames=7)
+    assert judgment.status == "abnormal" and not judgment.valid
+    assert judgment.anomalies == [] and any("no JSON object" in e for e in judgment.errors)
+    # prose with braces before a well-formed answer still finds the answer
+    prose = 'Using {the usual} format: {"status": "normal", "anomalies": []}'
+    assert parse_judgment(prose, 1).valid and parse_judgment(prose, 1).status == "normal"
+
+
 def test_parser_without_fps_keeps_the_unit_it_was_given():
     seconds = parse_judgment('{"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "time": [1, 2]}]}', 1)
     assert seconds.valid and seconds.anomalies[0].window_s == (1.0, 2.0) and seconds.anomalies[0].frames is None

@@ -203,10 +203,12 @@ def _extract_object(text: str, notes: list[str]) -> tuple[dict | None, bool]:
     for source in sources:
         starts = [m.start() for m in re.finditer(r"\{", source)][:8]
         ends = [m.start() for m in re.finditer(r"\}", source)]
-        for start in starts:
+        for n, start in enumerate(starts):
             for end in reversed([e for e in ends if e > start][-64:]):
                 value = _loads_lenient(source[start : end + 1], notes)
-                if isinstance(value, dict):
+                # A later "{" may open an object inside a broken answer (a "BBOX" dict): it is the
+                # answer only if it has an answer's keys (prose with braces may precede the answer).
+                if isinstance(value, dict) and (n == 0 or _canonical_keys(value, _TOP_KEYS)):
                     return value, False
     # No complete object: maybe the generation was cut off.
     start = text.find("{")
