@@ -71,7 +71,7 @@ def _limits(row: dict, bon: dict) -> str:
     in the schema, and how much Best-of-5 gains."""
     found = [t for t, r in row["per_type_recall"].items() if r is not None and r >= 0.5]
     missed = [t for t, r in row["per_type_recall"].items() if r is not None and r < 0.2]
-    lines = [f"- Answers in the paper's schema: {_fmt(row['valid_fraction'])} of videos, through both turns."]
+    lines = [f"- A readable verdict (the status the reward is read from), through both turns: {_fmt(row['valid_fraction'])} of videos."]
     lines.append(f"- Types it finds (recall >= 0.5): {', '.join(found) or 'none'}; types it misses (recall < 0.2): {', '.join(missed) or 'none'}.")
     lines.append(f"- Reward AUROC {_fmt(row['reward_auroc'])}, accuracy {_fmt(row['accuracy'])} on a split that is 3/4 anomalous.")
     lines.append(f"- Best-of-5: anomaly rate {_fmt(bon['chosen'])} chosen vs {_fmt(bon['random'])} random.")

@@ -2,8 +2,9 @@
 
 The videos are rendered here from a seed that no training run and no benchmark uses (4242), so
 the model has never seen them. The assertions are what the model card measures, with margins,
-and no more: cac-demo has learned one anomaly type, the extra arm (Human Distortion), which it
-flags with a reward near 0 and boxes; on the other four types it still answers "normal"
+and no more: cac-demo flags the extra arm (Human Distortion) with a reward near 0 and boxes it,
+flags some floating balls (Physical Violations: recall 0.47 on the default split), and calls
+almost every clean video normal; on the other three types it mostly answers "normal"
 (docs/cac_training.md, "The demo model"). A random model writes no readable answer and fails
 every assertion below.
 """
@@ -24,6 +25,7 @@ from conftest import REPO_ROOT
 
 SEED = 4242  # training streams use 999-3000, the benchmarks 5000-6000 and the README demo 7
 ARM = "Human Distortion"
+FLOAT = "Physical Violations"
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +54,23 @@ def test_the_shipped_folder_is_small_and_says_how_to_ask_it():
     assert config["model_type"] == "qwen3_vl"  # the real transformers architecture
 
 
-def test_clean_videos_pass_and_extra_arms_are_flagged(scored):
+def test_clean_videos_pass_and_extra_arms_and_floats_are_flagged(scored):
+    """Measured on these 32 videos (2026-11-23): 15 of 16 clean videos normal (rewards 0.70-0.88,
+    one false alarm at 0.00), 3 of 3 arms and 2 of 3 floats abnormal at 0.00; AUROC 0.94 for
+    clean against arms, 0.81 against floats."""
     specs, out = scored
     kinds = np.array([s.kind for s in specs])
-    normal, arm = kinds == NORMAL, kinds == ARM
-    assert normal.sum() == 16 and arm.sum() >= 2
-    assert out.valid.all()  # every answer parses and follows the schema, in both turns
+    normal, arm, float_ = kinds == NORMAL, kinds == ARM, kinds == FLOAT
+    assert normal.sum() == 16 and arm.sum() >= 2 and float_.sum() >= 2
+    assert out.valid.all()  # every video's status could be read, in both turns
     statuses = np.array([d["status"] for d in out.details])
     # reward = P(normal) / (P(normal) + P(abnormal)) (CaC Eq. 7)
-    assert (statuses[normal] == "normal").all() and out.scores[normal].min() > 0.5
+    passed = (statuses[normal] == "normal") & (out.scores[normal] > 0.5)
+    assert passed.sum() >= 14
     assert (statuses[arm] == "abnormal").all() and out.scores[arm].max() < 0.1
-    assert auroc(np.concatenate([out.scores[normal], out.scores[arm]]), [True] * normal.sum() + [False] * arm.sum()) == 1.0
+    assert (statuses[float_] == "abnormal").sum() >= 1 and out.scores[float_].min() < 0.1
+    broken = arm | float_
+    assert auroc(np.concatenate([out.scores[normal], out.scores[broken]]), [True] * normal.sum() + [False] * broken.sum()) > 0.8
 
 
 def test_turn2_boxes_land_on_the_extra_arm(scored):
