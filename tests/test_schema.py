@@ -136,7 +136,10 @@ def test_a_broken_answer_is_not_read_from_an_inner_object():
     )
     judgment = parse_judgment(text, 2, fps=8, num_frames=7)
     assert judgment.status == "abnormal" and not judgment.valid
-    assert judgment.anomalies == [] and any("no JSON object" in e for e in judgment.errors)
+    # the error says where the object breaks: after the repeated value, json expects a ":"
+    where = text.index('"abnormal", "anomalies"') + len('"abnormal"')
+    assert judgment.anomalies == [] and judgment.errors == [f"the answer's JSON object does not parse: Expecting ':' delimiter at character {where}"]
+    assert parse_judgment("no braces here", 1).errors == ["no JSON object found in the answer"]
     # prose with braces before a well-formed answer still finds the answer
     prose = 'Using {the usual} format: {"status": "normal", "anomalies": []}'
     assert parse_judgment(prose, 1).valid and parse_judgment(prose, 1).status == "normal"

@@ -219,6 +219,21 @@ def _extract_object(text: str, notes: list[str]) -> tuple[dict | None, bool]:
     return None, False
 
 
+def _why_no_object(text: str) -> str:
+    """The error for an answer with no readable object: none started, or where the first one
+    breaks (json's own message and the character it stopped at, counted in the whole answer)."""
+    start = text.find("{")
+    if start < 0:
+        return "no JSON object found in the answer"
+    try:
+        json.loads(text[start:])
+    except json.JSONDecodeError as exc:
+        return f"the answer's JSON object does not parse: {exc.msg} at character {start + exc.pos}"
+    except RecursionError:
+        return "the answer's JSON object does not parse: nested too deeply"
+    return "the answer's JSON object does not parse"  # json reads it but it is not an object
+
+
 def extract_json(text: str) -> dict | None:
     """The first complete JSON object in model text (fences, prose, trailing commas and Python
     literals tolerated), or None. For answers whose fields :func:`parse_judgment` does not read."""
@@ -453,7 +468,7 @@ def parse_judgment(
 
     obj, truncated = _extract_object(text, warnings)
     if obj is None:
-        errors.append("no JSON object found in the answer")
+        errors.append(_why_no_object(text))
         return Judgment(turn, _regex_status(text), [], "", False, errors, warnings, raw)
     if truncated:
         errors.append("answer is truncated (JSON object never closed)")
