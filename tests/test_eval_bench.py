@@ -179,7 +179,13 @@ def test_bench_job_on_prediction_files(tmp_path):
     assert saved["systems"]["base"]["table1"]["normal_precision"] is None
     md = (tmp_path / "out/bench.md").read_text()
     assert "| cac | 1.000 | 0.500 | 0.667 |" in md and "## Prediction bias" in md and "**base**" in md
-    assert "| cac | 0.750 | 1.000 | 3 |" in md
+    # bootstrap intervals: normal videos v2 (wrong) and v3 (right) resampled two at a time give
+    # accuracy 1/3 (v2 twice, a quarter of resamples), 2/3 or 1 (v3 twice, a quarter); the
+    # anomalous v0 is always right -> 95% interval [1/3, 1]. AUROC stays 1 in every resample.
+    assert cac_result["table1"]["accuracy_ci"] == pytest.approx([1 / 3, 1.0])
+    assert reward["auroc_ci"] == [1.0, 1.0]
+    assert "| cac | 0.750 | 1.000 | 1.000 | 1.000 | 3 |" in md
+    assert all(math.isnan(v) for v in base["reward"]["auroc_ci"])  # no scores: no interval
     rows = list(csv.DictReader((tmp_path / "out/table1.csv").open()))
     assert [r["system"] for r in rows] == ["cac", "base"] and rows[1]["normal_precision"] == ""
     # the run folder: another config is refused; overwrite replaces the job's files, never the user's
