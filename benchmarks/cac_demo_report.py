@@ -36,11 +36,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _ci(bounds: list | None) -> str:
+    """" [low, high]" of a 95% bootstrap interval, or nothing when there is none."""
+    if not bounds or any(b is None for b in bounds):
+        return ""
+    return f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
+
+
 def _system(bench: dict, name: str) -> dict:
     s = bench["systems"][name]
     t, loc, reward = s["table1"], s["localization"], s["reward"]
     return {
         "accuracy": t["accuracy"],
+        "accuracy_ci": t.get("accuracy_ci"),  # bench.json of a version before the intervals: absent
         "anomalous_recall": t["anomalous_recall"],
         "anomalous_precision": t["anomalous_precision"],
         "anomalous_f1": t["anomalous_f1"],
@@ -48,6 +56,7 @@ def _system(bench: dict, name: str) -> dict:
         "normal_precision": t["normal_precision"],
         "normal_f1": t["normal_f1"],
         "reward_auroc": reward["auroc"],
+        "reward_auroc_ci": reward.get("auroc_ci"),
         "valid_fraction": reward["valid_fraction"],
         "temporal_iou": loc["temporal_iou"],
         "spatial_iou": loc["spatial_iou"],
@@ -108,8 +117,8 @@ def main(argv: list[str]) -> int:
                        ("default, two-turn, stages 1+2", systems.get("stages12")), ("hard, two-turn (stages 1+2+3)", results["hard_split"])]:
         if row is None:
             continue
-        table.append(f"| {label} | {_fmt(row['accuracy'])} | {_fmt(row['anomalous_f1'])} | {_fmt(row['normal_f1'])} | "
-                     f"{_fmt(row['reward_auroc'])} | {_fmt(row['valid_fraction'])} | {_fmt(row['temporal_iou'])} | {_fmt(row['spatial_iou'])} |")
+        table.append(f"| {label} | {_fmt(row['accuracy'])}{_ci(row['accuracy_ci'])} | {_fmt(row['anomalous_f1'])} | {_fmt(row['normal_f1'])} | "
+                     f"{_fmt(row['reward_auroc'])}{_ci(row['reward_auroc_ci'])} | {_fmt(row['valid_fraction'])} | {_fmt(row['temporal_iou'])} | {_fmt(row['spatial_iou'])} |")
     types = ["| type | " + " | ".join(main_row["per_type_recall"]) + " |", "|---" * (len(main_row["per_type_recall"]) + 1) + "|",
              "| recall (default, two-turn) | " + " | ".join(_fmt(v) for v in main_row["per_type_recall"].values()) + " |"]
     bon_table = ["| Best-of-5 (40 prompts) | anomaly rate |", "| --- | --- |",
@@ -135,6 +144,8 @@ scores mean nothing. Use a real CaC checkpoint for those (README, "Real weights"
 - **Inference settings** (`cac_align.json`): compact prompts, 24576-pixel frames on a 64-pixel grid.
 
 ## Measured on held-out synthetic videos (seeds no training run used; 200 videos per split)
+
+In brackets: 95% bootstrap intervals (`cac-align eval bench`).
 
 {tables}
 ## What it has learned, and what it has not
