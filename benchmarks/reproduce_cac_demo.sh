@@ -4,7 +4,7 @@
 # Rebuilds the shipped cac-demo model from a clean checkout, offline, on a CPU:
 #   held-out synthetic sets -> stage 1 -> stage 2 -> stage 3 -> evaluation (bench, ablations,
 #   Best-of-5 in miniature) -> model card -> (with --export) cac_align/models/cac-demo.
-# About 65 minutes on the project's 2-core machine with nothing else running (docs/cac_training.md,
+# 65-76 minutes on the project's 2-core machine: 65 with nothing else running (docs/cac_training.md,
 # "The demo model"). The reasoning step of the chain (synth-cot's template) happens inside the
 # stages: they render their videos on the fly and write each target's checklist reasoning.
 # A killed run: rerun the same command; each finished step is skipped (its output exists) and a

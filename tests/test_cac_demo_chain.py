@@ -1,6 +1,6 @@
 """The cac-demo recipes end to end in miniature: stages 1 -> 2 -> 3 on streamed videos, a few steps each.
 
-The real chain (about 65 minutes) is ``bash benchmarks/reproduce_cac_demo.sh``; this runs the same
+The real chain (65-76 minutes) is ``bash benchmarks/reproduce_cac_demo.sh``; this runs the same
 recipes with a handful of steps and checks that each stage trains what it should and hands its
 model to the next.
 """

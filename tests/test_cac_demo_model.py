@@ -3,7 +3,7 @@
 The videos are rendered here from a seed that no training run and no benchmark uses (4242), so
 the model has never seen them. The assertions are what the model card measures, with margins,
 and no more: cac-demo flags the extra arm (Human Distortion) with a reward near 0 and boxes it,
-flags some floating balls (Physical Violations: recall 0.47 on the default split), and calls
+flags some floating balls (Physical Violations: recall 0.50 on the default split), and calls
 almost every clean video normal; on the other three types it mostly answers "normal"
 (docs/cac_training.md, "The demo model"). A random model writes no readable answer and fails
 every assertion below.
@@ -55,7 +55,7 @@ def test_the_shipped_folder_is_small_and_says_how_to_ask_it():
 
 
 def test_clean_videos_pass_and_extra_arms_and_floats_are_flagged(scored):
-    """Measured on these 32 videos (2026-11-23): 15 of 16 clean videos normal (rewards 0.70-0.88,
+    """Measured on these 32 videos (2026-11-23): 15 of 16 clean videos normal (rewards 0.68-0.88,
     one false alarm at 0.00), 3 of 3 arms and 2 of 3 floats abnormal at 0.00; AUROC 0.94 for
     clean against arms, 0.81 against floats."""
     specs, out = scored
