@@ -42,7 +42,7 @@ Metrics (``abnormal`` is the positive class of the "anomalous" columns):
 - **Confidence intervals**: accuracy and reward AUROC carry a percentile bootstrap interval
   (``accuracy_ci``, ``auroc_ci``; ``bootstrap`` = 1000 resamples of the scored videos within each
   class, ``ci_level`` = 0.95, fixed ``seed``; :func:`~cac_align.eval.metrics.bootstrap_interval`).
-  On 200 videos an AUROC near 0.7 is known to about ±0.08: compare systems on the same videos,
+  On 200 videos an AUROC near 0.7 is known to about ±0.07: compare systems on the same videos,
   and read a difference inside the intervals as no difference.
 
 Outputs in ``out_dir``: ``bench.json`` (every number), ``bench.md`` and one CSV per table
