@@ -389,7 +389,7 @@ def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | N
         "auroc": auroc(scores, positive),
         "auroc_ci": list(bootstrap_interval(lambda i: auroc(scores[i], positive[i]), positive, config.bootstrap, config.ci_level, config.seed)),
         "n_scores": len(with_score),
-        "per_type_auroc": per_type_auroc([r for r, _ in with_score], [p.score for _, p in with_score]),
+        "per_type_auroc": per_type_auroc([r for r, _ in with_score], scores),
     }
     return {
         "coverage": {"annotated": len(records), "scored": len(scored), "missing": missing, "invalid": invalid},
