@@ -60,6 +60,7 @@ def _videos(levels: list[float]) -> torch.Tensor:
 def trainer_step(rewards_module, stat_tracking, score_dict, processes, kl_reward=0.0):
     """One epoch of their trainer's reward path. ``processes``: per process, per sampling call,
     (levels, prompts). Returns the gathered rewards, the advantages per process and their masks."""
+    tracker = stat_tracking.PerPromptStatTracker(False)  # built at set-up, before any reward call
     reward_fn = getattr(rewards_module, "multi_score")("cpu", score_dict)
     getattr(rewards_module, "multi_score")("cpu", score_dict)  # their eval_reward_fn
     executor = ThreadPoolExecutor(max_workers=8)
@@ -80,7 +81,6 @@ def trainer_step(rewards_module, stat_tracking, score_dict, processes, kl_reward
         per_process.append(collated)
     executor.shutdown()
     gathered = {key: torch.cat([p[key] for p in per_process]).numpy() for key in per_process[0]}
-    tracker = stat_tracking.PerPromptStatTracker(False)
     advantages = torch.as_tensor(tracker.update(all_prompts, gathered["avg"]))
     tracker.clear()
     advantages = advantages.reshape(len(processes), -1, advantages.shape[-1])
@@ -158,6 +158,7 @@ def test_names_resolve_after_install_and_theirs_still_work(theirs):
         original("cpu", {"cac": 1.0})  # their table is local: our names do not resolve by themselves
     drop_in.install(rewards_module, stat_tracking, sections=BRIGHTNESS)
     drop_in.install(rewards_module, stat_tracking)  # twice is harmless
+    stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
     assert getattr(rewards_module.multi_score, "_cac_align_original") is original
     # only their names: their own function, untouched
     fn = rewards_module.multi_score("cpu", {"redness": 1.0, "constant": 2.0})
@@ -188,6 +189,7 @@ class Exploding:
 def test_a_crashing_call_is_invalid_but_caller_errors_raise(theirs, caplog):
     rewards_module, stat_tracking = theirs
     drop_in.install(rewards_module, stat_tracking, sections={"cac": {"name": "test_flow_grpo_install:Exploding"}})
+    stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
     fn = rewards_module.multi_score("cpu", {"cac": 1.0})
     scores, info = fn(_videos([0.2, 0.4]), ["a", "b"], [{}, {}])
     assert np.isnan(scores["avg"]).all() and scores["invalid"].tolist() == [1.0, 1.0]
@@ -195,6 +197,157 @@ def test_a_crashing_call_is_invalid_but_caller_errors_raise(theirs, caplog):
     assert "failed on a call of 2 samples" in caplog.text
     with pytest.raises(ValueError, match="got 2 videos but 3 prompts"):
         fn(_videos([0.2, 0.4]), ["a", "b", "c"], None)
+
+
+class MismatchedBackend:
+    """A backend whose model call fails the way transformers does when a processor and a model
+    disagree: a ValueError raised inside the model, after the call itself was checked."""
+
+    def generate(self, requests, max_new_tokens=1024, temperature=0.0, top_p=1.0, seed=None):
+        raise ValueError("Video features and video tokens do not match: tokens: 64, features 32")
+
+    def choice_probs(self, requests, prefixes, choices):
+        raise TypeError("forward() got an unexpected keyword argument 'second_per_grid_ts'")
+
+
+def unified_reward_on_a_mismatched_model(scoring: str = "text"):
+    from cac_align.rewards.unified import UnifiedReward
+
+    return UnifiedReward(MismatchedBackend(), version="2.0", scoring=scoring, num_frames=4)
+
+
+@pytest.mark.parametrize("scoring, error", [("text", "ValueError: Video features"), ("probs", "TypeError: forward()")])
+def test_a_value_or_type_error_inside_a_model_is_invalid_not_raised(theirs, scoring, error):
+    rewards_module, stat_tracking = theirs
+    factory = "test_flow_grpo_install:unified_reward_on_a_mismatched_model"
+    drop_in.install(rewards_module, stat_tracking, sections={"unified_reward": {"name": factory, "scoring": scoring}})
+    stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
+    fn = rewards_module.multi_score("cpu", {"unified_reward": 1.0})
+    scores, info = fn(_videos([0.2, 0.4, 0.6]), ["a", "b", "c"], [{}, {}, {}], only_strict=True)
+    assert np.isnan(scores["avg"]).all() and scores["invalid"].tolist() == [1.0, 1.0, 1.0]
+    assert info["unified_reward"]["failures"] == {"backend": 3}
+    assert all(e.startswith(error) for e in info["unified_reward"]["errors"].values())
+    # the call's own errors still raise, before any model runs
+    with pytest.raises(ValueError, match="got 3 videos but 2 prompts"):
+        fn(_videos([0.2, 0.4, 0.6]), ["a", "b"], None)
+    with pytest.raises(ValueError, match="got 3 videos but 1 metadata entries"):
+        fn(_videos([0.2, 0.4, 0.6]), ["a", "b", "c"], [{}])
+
+
+def test_a_filled_sample_keeps_its_invalid_flag(theirs):
+    # Without install, invalid='group_mean' fills a sample from its prompt's valid samples; the
+    # score dict's "invalid" still says it was not scored (their reward_invalid counts it).
+    rewards_module, _ = theirs
+    drop_in.configure(BRIGHTNESS, invalid="group_mean")
+    fn = drop_in.multi_score("cpu", {"cac": 1.0})
+    scores, info = fn(_videos([0.2, NAN, 0.6]), ["a", "a", "a"], [{}, {}, {}])
+    assert scores["cac"].tolist() == pytest.approx([0.2, 0.4, 0.6])  # the NaN one filled with (0.2 + 0.6) / 2
+    assert scores["invalid"].tolist() == [0.0, 1.0, 0.0] and info["cac"]["filled_indices"] == [1]
+
+
+def test_per_prompt_tracking_off_warns_then_refuses_nan(theirs, caplog):
+    rewards_module, stat_tracking = theirs
+    drop_in.install(rewards_module, stat_tracking, sections=BRIGHTNESS)
+    fn = rewards_module.multi_score("cpu", {"cac": 1.0})
+    # no PerPromptStatTracker built in this process: their script runs with tracking off
+    with pytest.warns(UserWarning, match="per-prompt stat tracking is off"):
+        scores, _ = fn(_videos([0.2, 0.4]), ["a", "b"], [{}, {}], only_strict=True)
+    assert scores["avg"].tolist() == pytest.approx([0.2, 0.4])  # all valid: their global advantages work
+    # eval calls (only_strict=False) train nothing: NaN is reported, not refused
+    scores, _ = fn(_videos([0.2, NAN]), ["a", "b"], [{}, {}], only_strict=False)
+    assert np.isnan(scores["avg"][1])
+    # a training call with an invalid sample would make every advantage NaN: refused
+    with pytest.raises(RewardError, match="per-prompt stat tracking is off.*could not be scored"):
+        fn(_videos([0.2, NAN]), ["a", "b"], [{}, {}], only_strict=True)
+    # with a tracker built (tracking on), the same call gives NaN for the invalid sample
+    stat_tracking.PerPromptStatTracker(False)
+    scores, _ = fn(_videos([0.2, NAN]), ["a", "b"], [{}, {}], only_strict=True)
+    assert scores["invalid"].tolist() == [0.0, 1.0]
+
+
+def old_tracker(current: type) -> type:
+    """Their tracker with the signature it had before GARDO: ``update(prompts, rewards, type='grpo')``."""
+
+    class OldTracker:
+        def __init__(self, global_std=False):
+            self.tracker = current(global_std)
+
+        def update(self, prompts, rewards, type="grpo"):  # noqa: A002 - their name
+            return self.tracker.update(prompts, rewards, None, type)
+
+    return OldTracker
+
+
+def _call_forms(new_signature: bool, prompts, rewards, dists):
+    """Every way their trainers (and a user) call update, for one signature."""
+    forms = [
+        ((prompts, rewards), {}),
+        ((prompts,), {"rewards": rewards}),
+        ((), {"prompts": prompts, "rewards": rewards}),
+    ]
+    kinds = ("grpo", "rwr", "sft", "dpo") if np.ndim(rewards) == 1 else ("grpo", "rwr", "sft")  # dpo takes (N,) rows
+    for kind in kinds:
+        forms.append(((prompts, rewards), {"type": kind}))
+        forms.append(((prompts, rewards, None, kind) if new_signature else (prompts, rewards, kind), {}))
+    if new_signature:
+        forms.append(((prompts, rewards, dists), {}))  # dists given, type grpo: dists unused
+    if new_signature and np.ndim(rewards) == 2:  # their gardo takes (N, T) rows only
+        forms += [
+            ((prompts, rewards, dists, "gardo"), {}),
+            ((prompts, rewards), {"dists": dists, "type": "gardo"}),
+            ((prompts, rewards, dists), {"type": "gardo"}),
+        ]
+    return forms
+
+
+@pytest.mark.parametrize("signature", ["new", "old"])
+@pytest.mark.parametrize("global_std", [False, True])
+def test_tracker_after_install_equals_theirs_for_every_call_form(theirs, signature, global_std):
+    rewards_module, stat_tracking = theirs
+    cls = stat_tracking.PerPromptStatTracker if signature == "new" else old_tracker(stat_tracking.PerPromptStatTracker)
+    stat_tracking.PerPromptStatTracker = cls  # install patches whatever class their module holds
+    prompts = ["a", "b", "a", "c", "b", "a", "c", "b"]
+    rng = np.random.default_rng(0)
+    rows = [rng.random(8), rng.random((8, T))]  # (N,) rewards, and (N, T) after the KL term
+    dists = rng.normal(size=(8, 5))
+    expected = []
+    for rewards in rows:
+        for args, kwargs in _call_forms(signature == "new", prompts, rewards, dists):
+            expected.append(cls(global_std).update(*args, **kwargs))
+    drop_in.install(rewards_module, stat_tracking, sections=BRIGHTNESS)
+    got = []
+    for rewards in rows:
+        for args, kwargs in _call_forms(signature == "new", prompts, rewards, dists):
+            got.append(cls(global_std).update(*args, **kwargs))
+    assert hasattr(cls.update, "_cac_align_original")  # the wrapper is what ran
+    assert len(got) == len(expected) == (25 if signature == "new" else 20)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)  # exactly theirs, not close to it
+
+
+def test_the_issue_reproduction_dpo_and_gardo(theirs):
+    rewards_module, stat_tracking = theirs
+    tracker_cls = stat_tracking.PerPromptStatTracker
+    prompts = ["a"] * 3 + ["b"] * 3
+    r = np.array([0.1, 0.5, 0.3, 0.9, 0.4, 0.2])
+    before = tracker_cls().update(prompts, r, type="dpo")
+    assert before.tolist() == [-1, 1, 0, 1, 0, -1]
+    drop_in.install(rewards_module, stat_tracking, sections=BRIGHTNESS)
+    assert tracker_cls().update(prompts, r, type="dpo").tolist() == [-1, 1, 0, 1, 0, -1]
+    # NaN-aware with every argument forwarded: sample 1 invalid. dpo over a's valid [0.1, 0.3]:
+    # worst 0.1 -> -1, best 0.3 -> +1; b as before.
+    r_bad = r.copy()
+    r_bad[1] = NAN
+    assert tracker_cls().update(prompts, r_bad, type="dpo").tolist() == [-1, 0, 1, 1, 0, -1]
+    # gardo, positional dists: the invalid row's features leave with it. Group a's valid samples
+    # 0 and 2 (rewards 0.1, 0.3, mean 0.2) have features e0 and e1: distance 1 - cos = 1 each, so
+    # the weight above the mean is 1 / 1 = 1 and below it 1: advantages -0.1 and +0.1. Group b:
+    # features e0, e0, e1: nearest distances 0, 0, 1 (mean 1/3), rewards 0.9, 0.4, 0.2 (mean 0.5):
+    # 0.9 is above the mean, weight 0 / (1/3) = 0; 0.4 and 0.2 below, weight 1: 0, -0.1, -0.3.
+    e0, e1 = [1.0, 0.0], [0.0, 1.0]
+    dists = np.array([e0, [5.0, 5.0], e1, e0, e0, e1])
+    gardo = tracker_cls().update(prompts, r_bad[:, None], dists, "gardo")  # their gardo takes (N, T) rows
+    np.testing.assert_allclose(gardo[:, 0], [-0.1, 0.0, 0.1, 0.0, -0.1, -0.3], atol=1e-12)
 
 
 TINY_CAC = {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}}
@@ -219,6 +372,7 @@ def test_each_model_loads_once_per_process(theirs, monkeypatch):
     monkeypatch.setattr(HFBackend, "__init__", counting_init)
     rewards_module, stat_tracking = theirs
     drop_in.install(rewards_module, stat_tracking, sections=TINY_SECTIONS)
+    stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
     score_dict = {"cac": 0.5, "unified_reward": 0.5, "ur_cac": 1.0}
     with pytest.warns(UserWarning, match=r"different scales \(cac on \[0, 1\], unified_reward on \[1, 4\], ur_cac on \[0, 1\]\)"):
         train_fn = rewards_module.multi_score(torch.device("cpu"), score_dict)

@@ -47,6 +47,7 @@ __all__ = [
     "RewardOutput",
     "RewardSpec",
     "build_reward",
+    "check_call",
     "check_prompts",
     "group_keys",
     "load_inputs",
@@ -171,6 +172,31 @@ def _metadata_rows(metadata: Any, n: int) -> list[Mapping]:
     return [row or {} for row in rows]
 
 
+def _video_items(videos: Any) -> list[Any]:
+    """The batch as one item per video (no decoding)."""
+    if isinstance(videos, (str, Video)) or (hasattr(videos, "ndim") and videos.ndim == 4):
+        raise ValueError("pass a list of videos (or a (B, F, C, H, W) batch), not a single video")
+    return [videos[b] for b in range(videos.shape[0])] if hasattr(videos, "ndim") else list(videos)
+
+
+def check_call(videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> int:
+    """Check a reward call's own arguments, before any video is decoded or any model runs.
+
+    A wrong call (a single video instead of a list, prompts or metadata of another length,
+    metadata entries that are not mappings) raises ``ValueError`` here. Whatever goes wrong after
+    this point happens inside a reward's work (decoding, a model, a server) and concerns the
+    samples, not the caller: the Flow-GRPO drop-in marks such a call's samples invalid instead
+    of raising into its trainer (:mod:`cac_align.rewards.flow_grpo`).
+
+    Returns:
+        The number of videos in the call.
+    """
+    n = len(_video_items(videos))
+    check_prompts(n, prompts)
+    _metadata_rows(metadata, n)
+    return n
+
+
 def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = None) -> list[Video | VideoError]:
     """Decode a batch into Videos, keeping per-sample failures as :class:`VideoError` values.
 
@@ -184,9 +210,7 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
         One Video or VideoError per input, in input order. A corrupt or missing file fails only
         its own sample.
     """
-    if isinstance(videos, (str, Video)) or (hasattr(videos, "ndim") and videos.ndim == 4):
-        raise ValueError("pass a list of videos (or a (B, F, C, H, W) batch), not a single video")
-    items = [videos[b] for b in range(videos.shape[0])] if hasattr(videos, "ndim") else list(videos)
+    items = _video_items(videos)
     rows = _metadata_rows(metadata, len(items))
     loaded: list[Video | VideoError] = []
     for item, row in zip(items, rows):

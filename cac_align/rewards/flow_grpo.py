@@ -15,7 +15,7 @@ One call wires our rewards into that, without editing their files::
     from cac_align.rewards import flow_grpo as cac_rewards
 
     cac_rewards.install(flow_grpo.rewards, flow_grpo.stat_tracking,
-                        sections="examples/flow_grpo_rewards.yaml")
+                        sections="cac_rewards.yaml")  # a copy of our examples/flow_grpo_rewards.yaml
     # config.reward_fn = {"ur_cac": 1.0}     (their own names keep working beside ours)
 
 or, with no code at all, launch their script through
@@ -30,23 +30,29 @@ or, with no code at all, launch their script through
 2. **Invalid samples never train.** A sample that could not be scored is NaN in its reward's
    scores and in ``"avg"`` (a made-up value would be trained on; their prompt groups span calls
    and processes, so no reward call can fill one honestly). Their tracker's ``update`` is
-   patched to be NaN-aware: invalid samples get advantage exactly 0 and take no part in any
-   group's mean or std; valid samples get exactly the advantages their tracker gives them over
-   the valid samples alone (a group with one valid sample: 0, as theirs gives). Their mask
-   (advantage ≠ 0) then drops invalid samples. A reward call never raises for per-sample
-   failures (an all-invalid call returns all NaN; a call that crashes is all invalid, logged);
-   configuration errors still raise. A step in which *no* sample is valid raises
-   :class:`~cac_align.rewards.base.RewardError` from the tracker, as ``cac-align flow-grpo``
-   does: training on nothing for days helps nobody.
+   patched to be NaN-aware, for both of its signatures (``update(prompts, rewards, type)`` and,
+   since GARDO, ``update(prompts, rewards, dists=None, type='grpo')``) and every advantage type:
+   with every reward finite it returns exactly what theirs returns; otherwise invalid samples get
+   advantage exactly 0 and take no part in the call, and valid samples get what their tracker
+   gives over the valid samples alone (a GRPO group with one valid sample: 0, as theirs gives).
+   Their mask (advantage ≠ 0) then drops invalid samples. A reward call never raises for
+   per-sample failures: an all-invalid call returns all NaN, and anything raised inside a
+   reward's work (a ``ValueError`` from a processor as much as a CUDA error) makes the call's
+   samples invalid, logged. Only the call's own errors, checked before any model runs
+   (:func:`~cac_align.rewards.base.check_call`), raise. A step in which *no* sample is valid
+   raises :class:`~cac_align.rewards.base.RewardError` from the tracker, as ``cac-align
+   flow-grpo`` does: training on nothing for days helps nobody. Per-prompt tracking must be on:
+   with it off, their global advantages turn one NaN into NaN for all, so a training call warns
+   once, and refuses at the first invalid sample.
 3. **One model load.** Models are shared by every factory call of the process (their trainer
    builds ``multi_score`` twice; ``ur_cac`` beside ``cac`` shares the CaC checkpoint): one copy
    of each checkpoint per process and device.
 
-What their logs show: ``reward_invalid`` is the fraction of the step's samples that some reward
-of ours could not score (the returned dict carries an ``"invalid"`` key, 1.0 per invalid
-sample); ``reward_avg`` and ``reward_<name>`` read NaN in a step with an invalid sample, on
-purpose. Per-prompt stat tracking must be on (their default whenever a prompt has several
-samples); their global-advantage fallback cannot take NaN.
+What their logs and fallbacks make of invalid samples is in docs/rewards.md ("What their
+trainer does with invalid samples"): ``reward_invalid`` is the fraction of the step's samples
+that some reward of ours could not score (the returned dict carries an ``"invalid"`` key, 1.0
+per invalid sample, filled or not); ``reward_avg``, ``reward_<name>`` and ``eval_reward_*``
+read NaN in a step with an invalid sample.
 
 Raw scales differ (CaC 0–1, UnifiedReward v1 1–4): a weighted sum of rewards whose
 ``score_range`` differ is warned about at build time; ``ur_cac`` is the paper's combination on
@@ -61,6 +67,8 @@ call) or ``fail``.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 import threading
 import warnings
@@ -70,7 +78,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cac_align.rewards.base import RewardError, build_reward, check_prompts, group_keys, reward_config
+from cac_align.rewards.base import RewardError, build_reward, check_call, check_prompts, group_keys, reward_config
 from cac_align.rewards.normalize import fill_invalid
 from cac_align.vlm.config import shared_backends
 
@@ -176,10 +184,6 @@ def _fill(scores: np.ndarray, valid: np.ndarray, prompts: list, metadata: Any, p
     return filled, np.flatnonzero(~valid).tolist()
 
 
-# Errors that mean the call itself is wrong (bad shapes, prompts, sections, invalid='fail'):
-# they raise. Anything else a reward call raises fails that call's samples, never the run.
-_CALLER_ERRORS = (ValueError, TypeError, RewardError)
-
 
 def _factory(name: str) -> Callable[[Any], Callable]:
     def factory(device: Any = None) -> Callable:
@@ -190,10 +194,15 @@ def _factory(name: str) -> Callable[[Any], Callable]:
             reward = build_reward(_on_device(section, device) if device is not None else section, f"flow_grpo {name}")
 
         def _fn(images: Any, prompts: Any, metadata: Any = None) -> tuple[np.ndarray, dict]:
-            prompts = check_prompts(len(images), prompts)
+            # The call's own errors are found here, before any model runs, and raise. Whatever
+            # the reward raises after this (a ValueError from a processor, a CUDA error, a dead
+            # server) happened inside its work: the call's samples are invalid and the trainer
+            # goes on (one rank raising would leave the others waiting at a gather).
+            check_call(images, prompts, metadata)
+            prompts = check_prompts(len(prompts), prompts)
             try:
                 out = reward(images, prompts, metadata)
-            except _CALLER_ERRORS:
+            except RewardError:  # a policy's deliberate refusal (invalid: fail), not a crash
                 raise
             except Exception as exc:  # a crashed call: its samples are invalid, the run goes on
                 log.warning("reward %r failed on a call of %d samples: %s: %s", name, len(prompts), type(exc).__name__, exc)
@@ -275,7 +284,9 @@ def _combine(device: Any, score_dict: Mapping[str, float], theirs: Callable | No
             scores, info = fns[name](images, prompts, metadata)
             details[name] = scores
             infos[name] = info
-            invalid |= ~np.isfinite(scores)
+            invalid |= ~np.asarray(info["valid"], dtype=bool)  # a filled (group_mean) sample stays flagged
+        if only_strict:  # their training calls (eval passes only_strict=False)
+            _guard_tracking(bool(invalid.any()))
         total = np.zeros(len(images), dtype=np.float64)
         for name, weight in score_dict.items():
             total = total + weight * np.asarray(details[name], dtype=np.float64)
@@ -309,29 +320,86 @@ def multi_score(device: Any, score_dict: Mapping[str, float]) -> Callable:
 # ---------------------------------------------------------------------------------------
 _ORIGINAL = "_cac_align_original"
 
+# Whether install() is in force in this process, and how many of their trackers were built since.
+# Their trainer builds its PerPromptStatTracker before the first reward call only when per-prompt
+# tracking is on; with it off (config.per_prompt_stat_tracking=False, which their script also sets
+# by itself at one sample per prompt) advantages are (avg - mean) / std over the whole step, so
+# one NaN makes every advantage NaN and their mask (advantage != 0) keeps them all.
+_tracking = {"installed": False, "trackers": 0, "warned": False}
+_TRACKING_OFF = (
+    "Flow-GRPO's per-prompt stat tracking is off in this process (no PerPromptStatTracker was built: "
+    "config.per_prompt_stat_tracking=False, or one sample per prompt, where their script turns it off). "
+    "Their global advantages cannot leave out a sample a reward could not score: one such sample makes "
+    "every advantage NaN. Turn per-prompt tracking on (config.per_prompt_stat_tracking=True with "
+    "num_image_per_prompt > 1)."
+)
+
+
+def _guard_tracking(any_invalid: bool) -> None:
+    """On a training reward call after :func:`install`: warn once when per-prompt tracking is off,
+    and refuse (raise) at the first invalid sample then, instead of letting NaN train."""
+    if not _tracking["installed"] or _tracking["trackers"] > 0:
+        return
+    if any_invalid:
+        raise RewardError(_TRACKING_OFF + " A sample of this step could not be scored; stopping rather than training on NaN.")
+    if not _tracking["warned"]:
+        _tracking["warned"] = True
+        log.warning(_TRACKING_OFF + " Training stops at the first sample a reward cannot score.")
+        warnings.warn(_TRACKING_OFF, stacklevel=3)
+
+
+def _counting_init(original: Callable) -> Callable:
+    """Their tracker's ``__init__``, counting the trackers built (see :func:`_guard_tracking`)."""
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _tracking["trackers"] += 1
+
+    setattr(__init__, _ORIGINAL, original)
+    return __init__
+
 
 def nan_aware_update(original: Callable) -> Callable:
-    """Wrap a ``PerPromptStatTracker.update(prompts, rewards, type='grpo')`` so NaN rewards
-    are invalid: they get advantage 0 and are left out of every statistic; valid samples get
-    what ``original`` gives over the valid samples alone. ``rewards`` may be ``(N,)`` or
-    ``(N, T)`` (Flow-GRPO subtracts a per-timestep KL reward); a row with any non-finite entry
-    is invalid. Raises :class:`RewardError` when no sample is valid."""
+    """Wrap a ``PerPromptStatTracker.update`` so NaN rewards are invalid samples.
 
-    def update(self: Any, prompts: Any, rewards: Any, type: str = "grpo") -> np.ndarray:  # noqa: A002 - their name
-        rewards = np.asarray(rewards, dtype=np.float64)
-        prompts = np.asarray(prompts)
+    Every argument is forwarded as given, positional or keyword, for both of their signatures:
+    ``update(self, prompts, rewards, type='grpo')`` (before GARDO) and ``update(self, prompts,
+    rewards, dists=None, type='grpo')`` (now; ``type`` one of 'grpo', 'gardo', 'rwr', 'sft',
+    'dpo'). When every reward is finite, the result is exactly ``original``'s. Otherwise the
+    invalid samples get advantage 0 and are left out of the call: ``original`` sees the valid
+    samples' prompts, rewards and (if given) ``dists`` rows only, and its advantages go back to
+    their places. ``rewards`` may be ``(N,)`` or ``(N, T)`` (Flow-GRPO subtracts a per-timestep
+    KL reward); a row with any non-finite entry is invalid. Raises :class:`RewardError` when no
+    sample is valid.
+    """
+    signature = inspect.signature(original)
+    names = list(signature.parameters)
+    if len(names) < 3:
+        raise ValueError(f"expected PerPromptStatTracker.update(self, prompts, rewards, ...), got update{signature}")
+    prompts_name, rewards_name = names[1], names[2]
+
+    @functools.wraps(original)
+    def update(*args: Any, **kwargs: Any) -> np.ndarray:
+        bound = signature.bind(*args, **kwargs)
+        rewards = np.asarray(bound.arguments[rewards_name], dtype=np.float64)
         valid = np.isfinite(rewards.reshape(len(rewards), -1)).all(axis=1)
+        if valid.all():
+            return original(*args, **kwargs)
         if not valid.any():
             raise RewardError(
                 f"none of the {len(rewards)} samples of this step has a valid reward: every reward call failed "
                 "(see the warnings logged by the reward calls, e.g. a dead server or a wrong checkpoint)"
             )
+        bound.arguments[prompts_name] = np.asarray(bound.arguments[prompts_name])[valid]
+        bound.arguments[rewards_name] = rewards[valid]
+        if bound.arguments.get("dists") is not None:  # GARDO's per-sample features
+            bound.arguments["dists"] = np.asarray(bound.arguments["dists"])[valid]
         advantages = np.zeros_like(rewards)
-        advantages[valid] = np.asarray(original(self, prompts[valid], rewards[valid], type), dtype=np.float64)
+        advantages[valid] = np.asarray(original(*bound.args, **bound.kwargs), dtype=np.float64)
         return advantages
 
     setattr(update, _ORIGINAL, original)
-    update.__doc__ = nan_aware_update.__doc__
     return update
 
 
@@ -346,7 +414,8 @@ def install(
         rewards_module: their ``flow_grpo.rewards`` (its ``multi_score`` is wrapped).
         stat_tracking_module: their ``flow_grpo.stat_tracking`` (``PerPromptStatTracker.update``
             is made NaN-aware on the class itself, so a class imported before this call is
-            patched too).
+            patched too; its ``__init__`` counts the trackers built, so that a training call
+            can tell that per-prompt tracking is off: see :func:`_guard_tracking`).
         sections: which models back our names (see :func:`configure`); None keeps the current
             configuration. The invalid policy is always "drop" (NaN) once installed.
 
@@ -375,6 +444,9 @@ def install(
     rewards_module.multi_score = installed_multi_score
     if not hasattr(tracker.update, _ORIGINAL):
         tracker.update = nan_aware_update(tracker.update)
+    if not hasattr(tracker.__init__, _ORIGINAL):
+        tracker.__init__ = _counting_init(tracker.__init__)
+    _tracking["installed"] = True
 
 
 def uninstall(rewards_module: ModuleType, stat_tracking_module: ModuleType) -> None:
@@ -383,5 +455,8 @@ def uninstall(rewards_module: ModuleType, stat_tracking_module: ModuleType) -> N
     if hasattr(multi, _ORIGINAL):
         rewards_module.multi_score = getattr(multi, _ORIGINAL)
     tracker = getattr(stat_tracking_module, "PerPromptStatTracker", None)
-    if tracker is not None and hasattr(tracker.update, _ORIGINAL):
-        tracker.update = getattr(tracker.update, _ORIGINAL)
+    if tracker is not None:
+        for method in ("update", "__init__"):
+            if hasattr(getattr(tracker, method), _ORIGINAL):
+                setattr(tracker, method, getattr(getattr(tracker, method), _ORIGINAL))
+    _tracking.update(installed=False, trackers=0, warned=False)
