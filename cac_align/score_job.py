@@ -159,6 +159,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                     "status": cac.get("status") if cac else None,
                     "details": details,
                 }
+                if "prompt_sources" in output.info:  # which question a prompted reward asked
+                    row["prompt_sources"] = output.info["prompt_sources"]
                 if truths[start + offset] is not None:  # demo videos: what was planted
                     row["truth"] = truths[start + offset]
                 handle.write(json.dumps(row, default=_jsonable) + "\n")

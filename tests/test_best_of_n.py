@@ -81,6 +81,8 @@ def test_tiny_recipe_end_to_end(tmp_path):
     assert summary["rewards"]["ur_cac"]["all_mean"] == pytest.approx(np.mean([r["score"] for r in rows]))
     assert summary["rewards"]["ur_cac"]["chosen_mean"] >= summary["rewards"]["ur_cac"]["all_mean"]
     assert read_manifest(out)["job"] == "bon" and "| ur_cac |" in (out / "summary.md").read_text()
+    assert all(r["prompt_sources"] == {"unified_reward": "built_in_paraphrase"} for r in rows)
+    assert summary["prompt_sources"] == {"unified_reward": "built_in_paraphrase"}
 
 
 def test_choose_rule():

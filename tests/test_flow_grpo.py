@@ -167,6 +167,8 @@ def test_tiny_recipe_three_steps(tmp_path):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row[key])
         assert row["reward/valid_fraction"] == 1.0
     assert rows[0]["train/kl"] == 0.0  # the first update starts from the reference policy
+    assert rows[0]["reward/prompt_sources"] == {"unified_reward": "built_in_paraphrase"}  # recorded once
+    assert "reward/prompt_sources" not in rows[1]
     assert rows[1]["train/kl"] > 0.0
     assert math.isfinite(rows[1]["eval/reward_mean"]) and math.isfinite(rows[2]["eval/reward_mean"])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002", "step_000003"]

@@ -158,6 +158,7 @@ def test_score_job_with_unified_reward_and_ur_cac(tmp_path, recipe):
     page = (out / "report.html").read_text()
     for row in rows:
         details = row["details"]
+        assert row["prompt_sources"] == {"unified_reward": "built_in_paraphrase"}  # which question UR was asked
         if recipe == "unified_reward_tiny":
             assert row["reward"] == "unified_reward" and row["status"] is None
             assert row["score"] == pytest.approx(np.mean(list(details["sub_scores"].values())))

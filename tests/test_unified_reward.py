@@ -12,6 +12,7 @@ from cac_align.rewards.unified import (
     FORMATS,
     UnifiedReward,
     UnifiedRewardConfig,
+    authors_images,
     build,
     parse_scores,
     read_template,
@@ -58,7 +59,12 @@ class TextBackend:
 
     def generate(self, requests, max_new_tokens=1024, temperature=0.0, top_p=1.0, seed=None):
         self.requests.extend(requests)
-        return [Completion(self.texts[int(videos_of(r)[0].source.removeprefix("video"))]) for r in requests]  # _video's tag
+        return [Completion(self.texts[self._tag(r)]) for r in requests]
+
+    def _tag(self, request):
+        """_video's tag: from the video's source; images (2.0) carry none: the one text there is."""
+        videos = videos_of(request)
+        return int(videos[0].source.removeprefix("video")) if videos else next(iter(self.texts))
 
     def choice_probs(self, requests, prefixes, choices):
         self.requests.extend(requests)
@@ -165,14 +171,70 @@ def test_default_frames_follow_the_authors_sampling():
     wan_sized = Video(np.full((17, 480, 832, 3), 128, np.uint8), 16.0)
     assert sample_like_qwen_vl_utils(wan_sized).frames.shape[1:3] == (476, 840)
     assert sampled.frames.shape[1:3] == (336, 336)
-    # The reward's defaults: v1 -> those 10 frames; 2.0 -> 16 uniform; a number -> that many
-    for version, count in [("v1", 10), ("2.0", 16)]:
-        backend = TextBackend({0: CORPUS[0]["text"]})
-        UnifiedReward(backend, version=version)([wan], ["a"])
-        assert videos_of(backend.requests[0])[0].num_frames == count
+    # The reward's default for v1: those 10 frames, as one video
+    backend = TextBackend({0: CORPUS[0]["text"]})
+    UnifiedReward(backend, version="v1")([wan], ["a"])
+    assert videos_of(backend.requests[0])[0].num_frames == 10
     assert UnifiedRewardConfig().num_frames is None
     with pytest.raises(ValueError, match="num_frames must be >= 2"):
         UnifiedRewardConfig(num_frames=1)
+
+
+def _grey_video(frames: int = 81) -> Video:
+    """Frame i is flat grey at level 3 * i, a value a JPEG of quality 95 gives back within 1."""
+    levels = (3 * np.arange(frames)).astype(np.uint8)
+    return Video(np.broadcast_to(levels[:, None, None, None], (frames, 48, 64, 3)).copy(), 16.0, source="grey")
+
+
+def _levels(parts) -> list[int]:
+    return [int(round(part["image"].mean() / 3)) for part in parts]
+
+
+def test_v2_sends_16_separate_jpeg_images_at_the_authors_indices():
+    # Their script: frames int(i * 81 / 16) for i < 16 = 0, 5, 10, 15, 20, 25, 30, 35, 40, 45,
+    # 50, 55, 60, 65, 70, 75 (floor of 5.0625 * i), each saved as a JPEG and sent as an image.
+    backend = TextBackend({0: "Alignment Score (1-5): 4\nPhysics Score (1-5): 3\nStyle Score (1-5): 2"})
+    out = UnifiedReward(backend, version="2.0")([_grey_video(81)], ["a cat"])
+    assert out.valid.all() and out.scores[0] == pytest.approx(3.0)
+    content = backend.requests[0][0]["content"]
+    images = [p for p in content if p["type"] == "image"]
+    assert [p["type"] for p in content] == ["image"] * 16 + ["text"]  # 16 images, then the question; no video, no timestamps
+    assert _levels(images) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75]
+    assert np.abs(images[7]["image"].astype(int) - 105).max() <= 1  # a JPEG of quality 95 of flat 105
+    # each part carries the JPEG file its pixels decode from (what a server receives)
+    from PIL import Image
+    import io
+    for part in images:
+        assert part["jpeg"][:2] == b"\xff\xd8"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(part["jpeg"])).convert("RGB")), part["image"])
+    # a short video: each frame once (int(i * 5 / 16) = 0,0,0,0,1,...): all 5 frames
+    backend = TextBackend({0: "Alignment Score (1-5): 4\nPhysics Score (1-5): 3\nStyle Score (1-5): 2"})
+    UnifiedReward(backend, version="2.0")([_grey_video(5)], ["a cat"])
+    assert _levels([p for p in backend.requests[0][0]["content"] if p["type"] == "image"]) == [0, 1, 2, 3, 4]
+    # num_frames: that many images at int(i * total / n): 81 / 4 -> 0, 20, 40, 60
+    backend = TextBackend({0: "Alignment Score (1-5): 4\nPhysics Score (1-5): 3\nStyle Score (1-5): 2"})
+    UnifiedReward(backend, version="2.0", num_frames=4)([_grey_video(81)], ["a cat"])
+    assert _levels([p for p in backend.requests[0][0]["content"] if p["type"] == "image"]) == [0, 20, 40, 60]
+
+
+def test_v2_through_a_server_sends_the_same_jpeg_files_and_no_timestamps():
+    from chat_server import ChatServer
+
+    from cac_align.vlm.openai import OpenAIBackend
+    import base64
+
+    answer = "Alignment Score (1-5): 4\nPhysics Score (1-5): 3\nStyle Score (1-5): 2"
+    local = TextBackend({0: answer})
+    UnifiedReward(local, version="2.0")([_grey_video(81)], ["a cat"])
+    files = [p["jpeg"] for p in local.requests[0][0]["content"] if p["type"] == "image"]
+    with ChatServer(answer=lambda messages: answer) as server:
+        out = UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0), version="2.0")([_grey_video(81)], ["a cat"])
+    assert out.valid.all() and out.scores[0] == pytest.approx(3.0)
+    parts = server.requests[-1]["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["image_url"] * 16 + ["text"]
+    sent = [base64.b64decode(p["image_url"]["url"].removeprefix("data:image/jpeg;base64,")) for p in parts[:16]]
+    assert sent == files  # byte for byte the files the in-process model's pixels decode from
+    assert not any("<t=" in p.get("text", "") for p in parts)
 
 
 AUTHORS_STYLE_SCRIPT = '''
@@ -219,6 +281,112 @@ def test_template_is_read_from_the_authors_script(tmp_path):
         build(UnifiedRewardConfig(model=ModelConfig(name="tiny-random:qwen2_5_vl"), template_file=str(tmp_path / "missing.py")), "reward")
 
 
+# The 2.0 script's shape: frames read with cv2, the question assigned to ``problem`` as adjacent
+# string literals with one f-string among them (Python joins them into one f-string).
+AUTHORS_STYLE_SCRIPT_V2 = '''
+import os
+from vllm_qwen.vllm_request import evaluate_batch
+
+def read_video_frames(video_path, num_frames=8, save_dir="./frames", prefix="video"):
+    return [f"{prefix}_frame_{i:03d}.jpg" for i in range(num_frames)]
+
+prompt = ""
+images = read_video_frames("", num_frames=16)
+problem = (
+    "Judge the video against its caption.\\n"
+    "Alignment Score (1-5): X\\n"
+    f"Caption: [{prompt}]"
+)
+input_data = [{'problem': problem, 'images': images}]
+output = evaluate_batch(input_data, "http://localhost:8080", image_root=None)
+print(output[0]['model_output'])
+'''
+
+
+def _checkout(root, v1=AUTHORS_STYLE_SCRIPT, v2=AUTHORS_STYLE_SCRIPT_V2):
+    """A folder laid out like github.com/CodeGoat24/UnifiedReward, with scripts in its shapes."""
+    from cac_align.rewards.unified import AUTHORS_SCRIPTS
+
+    for version, text in [("v1", v1), ("2.0", v2)]:
+        path = root / AUTHORS_SCRIPTS[version]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_the_2_0_script_shape_is_read(tmp_path):
+    script = tmp_path / "point_score_APS_video_generation.py"
+    script.write_text(AUTHORS_STYLE_SCRIPT_V2)
+    assert read_template(script) == "Judge the video against its caption.\nAlignment Score (1-5): X\nCaption: [{prompt}]"
+
+
+def test_one_setting_points_at_the_authors_checkout(tmp_path, monkeypatch, caplog):
+    from cac_align.rewards.unified import AUTHORS_SCRIPTS, resolve_template
+
+    repo = _checkout(tmp_path / "UnifiedReward")
+    monkeypatch.delenv("UNIFIED_REWARD_REPO", raising=False)
+    # the config key: each version finds its own script
+    for version, expected in [("v1", "Its prompt: [{prompt}]"), ("2.0", "Caption: [{prompt}]")]:
+        template, source = resolve_template(UnifiedRewardConfig(version=version, authors_repo=str(repo)))
+        assert template.endswith(expected)
+        assert source == f"authors_script:{(repo / AUTHORS_SCRIPTS[version]).resolve()}"
+    # or the environment variable, set once for every recipe
+    monkeypatch.setenv("UNIFIED_REWARD_REPO", str(repo))
+    reward = build(UnifiedRewardConfig(model=ModelConfig(name="tiny-random:qwen3_vl", dtype="float32"), version="2.0"), "reward")
+    assert reward.template.endswith("Caption: [{prompt}]")
+    out = reward([_video(0, frames=8)], ["a red fox"])
+    assert out.info["prompt_sources"]["unified_reward"].startswith("authors_script:")
+    assert out.details[0]["prompt_source"] == out.info["prompt_sources"]["unified_reward"]
+    # template_file takes precedence over the checkout
+    plain = tmp_path / "q.txt"
+    plain.write_text("Mine: {prompt}")
+    assert resolve_template(UnifiedRewardConfig(template_file=str(plain))) == ("Mine: {prompt}", f"template_file:{plain.resolve()}")
+    # a wrong checkout names the setting and what it lacks
+    with pytest.raises(ValueError, match="the environment variable UNIFIED_REWARD_REPO=.*: no such folder"):
+        monkeypatch.setenv("UNIFIED_REWARD_REPO", str(tmp_path / "nowhere"))
+        resolve_template(UnifiedRewardConfig())
+    with pytest.raises(ValueError, match=r"reward.authors_repo=.*: no inference_qwen/video_generation/qwen_point_score_video_generation.py there"):
+        resolve_template(UnifiedRewardConfig(authors_repo=str(tmp_path)), "reward")
+
+
+def test_a_real_checkpoint_asked_the_paraphrase_warns_once(monkeypatch, caplog):
+    import logging
+
+    from cac_align.rewards import unified
+
+    monkeypatch.delenv("UNIFIED_REWARD_REPO", raising=False)
+    monkeypatch.setattr(unified, "_warned_paraphrase", set())
+    with caplog.at_level(logging.WARNING, logger="cac_align.rewards.unified"):
+        for _ in range(3):
+            assert unified.resolve_template(UnifiedRewardConfig()) == (None, "built_in_paraphrase")
+        unified.resolve_template(UnifiedRewardConfig(model=ModelConfig(name="tiny-random:qwen2_5_vl")))  # tiny: no warning
+    warnings = [r for r in caplog.records if "built-in paraphrase" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "CodeGoat24/UnifiedReward-qwen-7b" in warnings[0].getMessage() and "UNIFIED_REWARD_REPO" in warnings[0].getMessage()
+    # and the results say which question was asked
+    out = UnifiedReward(TextBackend({0: CORPUS[0]["text"]}))([_video(0)], ["a"])
+    assert out.details[0]["prompt_source"] == "built_in_paraphrase" == out.info["prompt_sources"]["unified_reward"]
+
+
+def test_qwen_vl_utils_pin_admits_only_versions_with_the_names_we_use():
+    # sample_like_qwen_vl_utils reads VIDEO_MIN_TOKEN_NUM, VIDEO_MAX_TOKEN_NUM and MODEL_SEQ_LEN,
+    # which qwen-vl-utils defines from 0.0.13 on (0.0.11 had VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS).
+    import configparser
+    from importlib.metadata import version
+
+    from packaging.specifiers import SpecifierSet
+    from qwen_vl_utils import vision_process
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    pin = next(line.strip() for line in cfg["options"]["install_requires"].splitlines() if line.strip().startswith("qwen-vl-utils"))
+    spec = SpecifierSet(pin.removeprefix("qwen-vl-utils"))
+    assert "0.0.11" not in spec and "0.0.12" not in spec and "0.0.13" in spec and "0.0.14" in spec
+    assert version("qwen-vl-utils") in spec
+    for name in ("VIDEO_MIN_TOKEN_NUM", "VIDEO_MAX_TOKEN_NUM", "MODEL_SEQ_LEN", "FRAME_FACTOR", "smart_nframes", "smart_resize"):
+        assert hasattr(vision_process, name), name
+
+
 @pytest.mark.parametrize("kind, version", [("qwen2_5_vl", "v1"), ("qwen3_vl", "2.0")])
 def test_probs_scoring_encodes_each_video_once_with_the_same_numbers(kind, version, tiny_qwen2_5_vl, tiny_qwen3_vl):
     tiny = tiny_qwen2_5_vl if kind == "qwen2_5_vl" else tiny_qwen3_vl
@@ -241,7 +409,8 @@ def test_probs_scoring_encodes_each_video_once_with_the_same_numbers(kind, versi
     finally:
         hook.remove()
     positions = len(FORMATS[version].dimensions)
-    assert chained_encodings == 3 and round_encodings == 3 * positions
+    per_request = 1 if version == "v1" else 6  # v1: one video; 2.0: six separate images
+    assert chained_encodings == 3 * per_request and round_encodings == 3 * per_request * positions
     for a, b in zip(once.details, each.details):
         assert a["text"] == b["text"]
         for key in a["digit_probs"]:
@@ -264,8 +433,8 @@ def test_tiny_models_through_both_scoring_ways(kind, version, tiny_qwen2_5_vl, t
             row = np.array(details["digit_probs"][key])
             assert details["sub_scores"][key] == pytest.approx((digits * row).sum() / row.sum())
     # ... and the first position's probabilities are the backend's own for that prefix
-    request = [{"role": "user", "content": [{"type": "video", "video": sample_uniform(videos[0], 6)},
-                                             {"type": "text", "text": fmt.template.replace("{prompt}", "a cat")}]}]
+    shown = authors_images(videos[0], 6) if version == "2.0" else [{"type": "video", "video": sample_uniform(videos[0], 6)}]
+    request = [{"role": "user", "content": [*shown, {"type": "text", "text": fmt.template.replace("{prompt}", "a cat")}]}]
     head = fmt.line.split("{value}")[0].format(label=fmt.dimensions[0][1])
     direct = backend.choice_probs([request], [head], fmt.digits)[0]
     assert np.allclose(out.details[0]["digit_probs"][fmt.dimensions[0][0]], direct, rtol=1e-5, atol=1e-12)

@@ -30,7 +30,8 @@ Output directory:
   ``candidates/p00000_c00.mp4``: every candidate, with
   ``.sha256`` beside it: the hash of its exact uint8 frames before H.264 compression;
 - ``candidates.jsonl``: per candidate its prompt, seed, frames hash, the reward's score and
-  validity, each component's raw and normalized score, and the chosen flag;
+  validity, each component's raw and normalized score, the chosen flag, and (UnifiedReward)
+  ``prompt_sources``: which question it was asked;
 - ``chosen/00000_a-cat-jumps.mp4`` (prompt index and a slug of the prompt) and
   ``chosen/prompts.jsonl`` mapping each file to its full prompt;
 - ``summary.json`` / ``summary.md``: per reward, the mean score of the chosen videos vs all.
@@ -262,6 +263,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
                     },
                     "chosen": c == best,
                     "chosen_by": rule if c == best else None,
+                    **({"prompt_sources": output.info["prompt_sources"]} if "prompt_sources" in output.info else {}),
                 }
             )
         with manifest.open("a", encoding="utf-8") as handle:
@@ -345,6 +347,7 @@ def _summarize(done: dict[int, list[dict]]) -> dict:
         "invalid_candidates": sum(not r["valid"] for r in rows),
         "fallback_prompts": sum(r["chosen_by"] == "fallback" for r in rows),
         "rewards": per_reward,
+        **({"prompt_sources": rows[-1]["prompt_sources"]} if "prompt_sources" in rows[-1] else {}),
     }
 
 

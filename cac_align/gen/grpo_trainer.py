@@ -349,6 +349,7 @@ class _Trainer:
 
         # 3. resume
         self.start_step = 0
+        self._sources_logged = False  # the first step logged records reward/prompt_sources
         if resume_from is not None:
             self.start_step = _load_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema, self.reward)
             log.info("flow-grpo: resuming from %s (step %d)", resume_from, self.start_step)
@@ -413,6 +414,10 @@ class _Trainer:
             metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
         metrics["reward/mean"], metrics["reward/std"] = rl.nan_mean_std(scores)
         metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
+        sources = {k: v for o in outputs for k, v in o.info.get("prompt_sources", {}).items()}
+        if sources and not self._sources_logged:  # once per process run: which question UR was asked
+            metrics["reward/prompt_sources"] = sources
+            self._sources_logged = True
         if not np.isfinite(scores).any():
             errors = "; ".join(sorted({str(d.get("error")) for o in outputs for d in o.details if d.get("error")})[:3])
 

@@ -153,6 +153,9 @@ class CombinedReward:
             "imputed": {out.name: int(imputed[k].sum()) for k, out in enumerate(outputs)},
             "weights": {out.name: float(w) for out, w in zip(outputs, self.weights)},
         }
+        sources = {k: v for out in outputs for k, v in out.info.get("prompt_sources", {}).items()}
+        if sources:  # which question each prompted component asked (UnifiedReward)
+            info["prompt_sources"] = sources
         return RewardOutput(self.name, combined, usable, details, info)
 
     def state_dict(self) -> dict[str, Any]:

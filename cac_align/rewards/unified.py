@@ -10,20 +10,32 @@ Two families, each asked in its own published prompt format for video generation
 - ``2.0`` (``CodeGoat24/UnifiedReward-2.0-qwen3vl-8b``, Qwen3-VL): Alignment, Physics and
   Style scores on 1–5 (it writes decimals, e.g. ``Physics Score (1-5): 3.0987``).
 
-The prompts below follow each format's structure (role, dimensions with their definitions,
-the scale, the exact answer lines the model was trained to write) in our own words. To ask the
-model in its authors' exact words (recommended with real checkpoints), point ``template_file``
-at their published script in your own UnifiedReward checkout (v1:
-``inference_qwen/video_generation/qwen_point_score_video_generation.py``): the question is read
-from the script's source (parsed, never run), see :func:`read_template`. A plain text file with
-a ``{prompt}`` placeholder works too.
+**Which words.** Each checkpoint should be asked in its authors' exact words, and those are in
+their published inference scripts (MIT), which this project does not copy. Point one setting at
+your checkout of github.com/CodeGoat24/UnifiedReward, ``authors_repo`` or the environment
+variable ``UNIFIED_REWARD_REPO``, and the question is read from the script of the format
+(:data:`AUTHORS_SCRIPTS`; parsed, never run, see :func:`read_template`). ``template_file`` names
+one script or text file directly. With neither, the built-in prompts below are used: they follow
+each format's structure (role, dimensions with their definitions, the scale, the exact answer
+lines the model was trained to write) in our own words, a paraphrase; a real (not tiny)
+checkpoint asked in it logs a warning once per process. Every result says which question was
+asked (``details[i]["prompt_source"]``, and ``info["prompt_sources"]`` by reward name, which
+combined rewards merge and jobs record: ``authors_script:PATH``, ``template_file:PATH`` or
+``built_in_paraphrase``).
 
-Frames (``num_frames``): by default as each format's authors sample them. v1's official script
-passes the video file through ``qwen-vl-utils`` at its default 2 fps, so we take the frame count
-from ``qwen_vl_utils``' own ``smart_nframes`` and the same evenly spaced indices (81 frames at
-16 fps -> 10 frames), and resize them as it does (its ``smart_resize``: 480x832 -> 476x840), see
-:func:`sample_like_qwen_vl_utils`; 2.0 takes 16 uniform frames. A number for ``num_frames`` takes
-that many uniform frames instead (sizes then left to the processor).
+**Which frames**, by default as each format's authors send them (``num_frames: null``):
+
+- v1: its script passes the video file through ``qwen-vl-utils`` at its default 2 fps, so we
+  take the frame count from ``qwen_vl_utils``' own ``smart_nframes`` and the same evenly spaced
+  indices (81 frames at 16 fps -> 10 frames), and resize them as it does (its ``smart_resize``:
+  480x832 -> 476x840), see :func:`sample_like_qwen_vl_utils`; they go to the model as one video.
+- 2.0: its script reads 16 frames at indices ``int(i * total / 16)``, writes each as a JPEG
+  (quality 95), and its client sends them as 16 separate images, each encoded again as a JPEG of
+  quality 95, with no timestamps: :func:`authors_images` does exactly that, and the same 16 JPEG
+  files go to a server and (decoded) to an in-process model.
+
+A number for ``num_frames`` takes that many frames instead (v1: uniform, as a video sized by the
+processor; 2.0: that many images at ``int(i * total / n)``).
 
 The scalar is the mean of the sub-scores, obtained one of two ways (``scoring``):
 
@@ -43,6 +55,8 @@ The scalar is the mean of the sub-scores, obtained one of two ways (``scoring``)
 from __future__ import annotations
 
 import ast
+import logging
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -53,17 +67,24 @@ import numpy as np
 
 from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, move_to, score_in_chunks
 from cac_align.video import Video
-from cac_align.vlm.backend import Backend, ChatRequest, user
-from cac_align.vlm.config import ModelConfig, build_backend
+from cac_align.vlm.backend import Backend, ChatRequest, jpeg_image_part, text_part, user
+from cac_align.vlm.config import TINY_PREFIX, ModelConfig, build_backend
+
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTHORS_REPO_ENV",
+    "AUTHORS_SCRIPTS",
+    "BUILT_IN",
     "FORMATS",
     "ScoreFormat",
     "UnifiedReward",
     "UnifiedRewardConfig",
+    "authors_images",
     "build",
     "parse_scores",
     "read_template",
+    "resolve_template",
     "sample_like_qwen_vl_utils",
     "sample_uniform",
 ]
@@ -85,8 +106,8 @@ class ScoreFormat:
         final_label: a logged-only overall line ("Final Score" in v1), or None.
         separator: what the model writes between answer lines ("\n " for v1: a newline, then a
             space before each later line).
-        frames: how its authors sample frames by default: "qwen_vl_utils" (2 fps) or
-            "uniform16".
+        frames: how its authors send frames by default: "qwen_vl_utils" (one video sampled by
+            qwen-vl-utils at 2 fps) or "jpeg_images16" (16 separate JPEG images).
     """
 
     version: str
@@ -98,7 +119,7 @@ class ScoreFormat:
     integer: bool
     final_label: str | None = None
     separator: str = "\n"
-    frames: str = "uniform16"
+    frames: str = "jpeg_images16"
 
     @property
     def digits(self) -> list[str]:
@@ -174,6 +195,16 @@ FORMATS: dict[str, ScoreFormat] = {
         integer=False,
     ),
 }
+
+# Where each format's question lives in a checkout of github.com/CodeGoat24/UnifiedReward: the
+# authors' pointwise video-generation scripts (v1: in-process Qwen2.5-VL; 2.0: a vLLM client).
+AUTHORS_SCRIPTS: dict[str, str] = {
+    "v1": "inference_qwen/video_generation/qwen_point_score_video_generation.py",
+    "2.0": "inference_qwen/UnifiedReward-2.0-inference/point_score_APS_video_generation.py",
+}
+AUTHORS_REPO_ENV = "UNIFIED_REWARD_REPO"  # the checkout, when no recipe sets authors_repo
+BUILT_IN = "built_in_paraphrase"  # prompt_source of the built-in prompts
+AUTHORS_JPEG_QUALITY = 95  # 2.0: cv2.imwrite's default quality, and their client's re-encoding
 
 _NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
 
@@ -251,6 +282,25 @@ def sample_like_qwen_vl_utils(video: Video, fps: float = QWEN_VL_UTILS_FPS, patc
     return Video(array, sampled.fps, sampled.timestamps, sampled.source)
 
 
+def authors_images(video: Video, num_frames: int = 16, max_pixels: int | None = None) -> list[dict[str, Any]]:
+    """The images UnifiedReward 2.0's authors send for a video, as image parts with their JPEG files.
+
+    Their script picks frames ``int(i * total / num_frames)`` for ``i < num_frames`` (each index
+    once: a video shorter than ``num_frames`` gives all its frames), saves each as a JPEG of
+    quality 95 (``cv2.imwrite``'s default), and their client opens each file and encodes it again
+    as a JPEG of quality 95 before sending it. Each part's pixels are what that second file
+    decodes to, and the part carries the file, so a server backend sends the very bytes their
+    client sends and an in-process model sees the pixels their server decodes. ``max_pixels``
+    downscales the frames first (aspect kept); None keeps their size, as the authors do.
+    """
+    total = video.num_frames
+    indices = sorted({int(i * total / num_frames) for i in range(num_frames)})
+    frames = video.select(np.asarray(indices), video.fps)
+    if max_pixels:
+        frames = frames.fit_pixels(max_pixels)
+    return [jpeg_image_part(frame, quality=AUTHORS_JPEG_QUALITY, rounds=2) for frame in frames.frames]
+
+
 def sample_uniform(video: Video, num_frames: int) -> Video:
     """``num_frames`` frames evenly spread from the first to the last (all frames if fewer).
 
@@ -270,14 +320,17 @@ class UnifiedRewardConfig:
         model: the UnifiedReward checkpoint (v1 default: CodeGoat24/UnifiedReward-qwen-7b).
         version: the answer format, "v1" or "2.0" (must match the checkpoint).
         scoring: "text" (parse the generated answer) or "probs" (digit-probability expectation).
-        num_frames: None (default) samples frames as the format's authors do (v1: qwen-vl-utils at
-            2 fps, e.g. 10 of a Wan video's 81; 2.0: 16 uniform); a number takes that many frames
-            uniformly.
+        num_frames: None (default) sends frames as the format's authors do (v1: one video
+            sampled by qwen-vl-utils at 2 fps, e.g. 10 of a Wan video's 81; 2.0: 16 JPEG images
+            at ``int(i * total / 16)``); a number takes that many frames instead.
         max_pixels: downscale frames to at most this many pixels (aspect kept); None keeps them.
         max_new_tokens: generation budget in text scoring.
-        template_file: the prompt to use instead of the built-in one: the authors' published
-            inference script (a ``.py`` file, read by :func:`read_template`; recommended) or a
-            text file with a ``{prompt}`` placeholder.
+        authors_repo: your checkout of github.com/CodeGoat24/UnifiedReward; the question is read
+            from the format's script there (:data:`AUTHORS_SCRIPTS`). None reads the environment
+            variable ``UNIFIED_REWARD_REPO``; with neither, the built-in paraphrase is asked.
+        template_file: one question file, taking precedence over ``authors_repo``: an inference
+            script (a ``.py`` file, read by :func:`read_template`) or a text file with a
+            ``{prompt}`` placeholder.
         min_digit_mass: in probs scoring, a sample whose score digits get less total probability
             than this at any position is invalid (the model was not answering in format).
         source_fps: frame rate of array/tensor input without ``fps`` in metadata.
@@ -290,6 +343,7 @@ class UnifiedRewardConfig:
     num_frames: int | None = None
     max_pixels: int | None = None
     max_new_tokens: int = 256
+    authors_repo: str | None = None
     template_file: str | None = None
     min_digit_mass: float = 0.0
     source_fps: float | None = 16.0
@@ -316,7 +370,10 @@ class UnifiedReward:
 
     ``details[i]``: ``sub_scores``, ``text`` (the raw answer, or the teacher-forced answer in
     probs scoring), ``final_score`` (v1, logged only), ``digit_probs`` (probs scoring),
-    ``error`` when invalid.
+    ``prompt_source`` (which question was asked), ``error`` when invalid.
+
+    ``template`` and ``prompt_source`` come from :func:`resolve_template` when built from a
+    recipe; by default the format's built-in paraphrase.
     """
 
     def __init__(
@@ -332,6 +389,7 @@ class UnifiedReward:
         source_fps: float | None = 16.0,
         batch_size: int = 8,
         name: str = "unified_reward",
+        prompt_source: str | None = None,
     ):
         if version not in FORMATS:
             raise ValueError(f"version must be one of {list(FORMATS)}, got {version!r}")
@@ -340,6 +398,7 @@ class UnifiedReward:
         self.backend = backend
         self.format = FORMATS[version]
         self.template = template if template is not None else self.format.template
+        self.prompt_source = prompt_source or (BUILT_IN if template is None else "template")
         if "{prompt}" not in self.template:
             raise ValueError("the UnifiedReward prompt template needs a {prompt} placeholder")
         self.scoring = scoring
@@ -366,7 +425,8 @@ class UnifiedReward:
             elif prompt is None:
                 details[i] = {"error": "UnifiedReward needs the generating prompt of each video", "error_kind": "prompt"}
             else:
-                todo.append((i, [user(self._frames(video), self.template.replace("{prompt}", prompt))]))
+                question = text_part(self.template.replace("{prompt}", prompt))
+                todo.append((i, [{"role": "user", "content": [*self._frames(video), question]}]))
         # 2. score in chunks; a backend failure is retried per video and marks only that video invalid
         score = self._score_text if self.scoring == "text" else self._score_probs
         with self._lock:
@@ -383,7 +443,9 @@ class UnifiedReward:
             if "error" not in answer:
                 scores[i] = float(np.mean(list(answer["sub_scores"].values())))
         valid = np.array(["error" not in d for d in details], dtype=bool)
-        return RewardOutput(self.name, scores, valid, details)
+        for entry in details:
+            entry["prompt_source"] = self.prompt_source
+        return RewardOutput(self.name, scores, valid, details, {"prompt_sources": {self.name: self.prompt_source}})
 
     def to(self, device: Any) -> "UnifiedReward":
         """Move the in-process model, if any (Best-of-N offloading)."""
@@ -391,14 +453,16 @@ class UnifiedReward:
         return self
 
     # -- steps ------------------------------------------------------------------------------
-    def _frames(self, video: Video) -> Video:
+    def _frames(self, video: Video) -> list[dict[str, Any]]:
+        """The content parts that show ``video`` to the model, as the format's authors send it."""
+        if self.format.frames == "jpeg_images16":  # 2.0: separate JPEG images, no timestamps
+            return authors_images(video, self.num_frames or 16, self.max_pixels)
         if self.num_frames is not None:
             sampled = sample_uniform(video, self.num_frames)
-        elif self.format.frames == "qwen_vl_utils":
-            sampled = sample_like_qwen_vl_utils(video)
         else:
-            sampled = sample_uniform(video, 16)
-        return sampled.fit_pixels(self.max_pixels) if self.max_pixels else sampled
+            sampled = sample_like_qwen_vl_utils(video)
+        sampled = sampled.fit_pixels(self.max_pixels) if self.max_pixels else sampled
+        return user(sampled)["content"]
 
     def _score_text(self, requests: list[ChatRequest]) -> list[dict]:
         completions = self.backend.generate(requests, max_new_tokens=self.max_new_tokens, temperature=0.0)
@@ -465,14 +529,58 @@ class UnifiedReward:
         return answers
 
 
-def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
-    """Build the reward a ``name: unified_reward`` section describes (loads the model)."""
-    template = None
+_warned_paraphrase: set[str] = set()  # models already warned about, once per process
+
+
+def resolve_template(config: UnifiedRewardConfig, key: str = "reward") -> tuple[str | None, str]:
+    """Which question a ``unified_reward`` section asks: ``(template or None, prompt_source)``.
+
+    In order: ``template_file``; the format's script (:data:`AUTHORS_SCRIPTS`) in
+    ``authors_repo``, or else in the checkout the environment variable ``UNIFIED_REWARD_REPO``
+    names; else None, the built-in paraphrase, with a warning (once per process and model) when
+    the model is a real checkpoint rather than a tiny random one.
+
+    Raises:
+        RecipeError: a named file or checkout that does not hold a readable question; the message
+            names the key (or the variable) to fix.
+    """
+    from cac_align.config import RecipeError
+
     if config.template_file is not None:
         try:
-            template = read_template(config.template_file)
+            return read_template(config.template_file), f"template_file:{Path(config.template_file).resolve()}"
         except ValueError as exc:
-            raise ValueError(f"{key}.template_file: {exc}") from None
+            raise RecipeError(f"{key}.template_file: {exc}") from None
+    repo, where = config.authors_repo, f"{key}.authors_repo"
+    if repo is None and os.environ.get(AUTHORS_REPO_ENV):
+        repo, where = os.environ[AUTHORS_REPO_ENV], f"the environment variable {AUTHORS_REPO_ENV}"
+    if repo is not None:
+        script = Path(repo).expanduser() / AUTHORS_SCRIPTS[config.version]
+        if not Path(repo).expanduser().is_dir():
+            raise RecipeError(f"{where}={repo!r}: no such folder; point it at your checkout of github.com/CodeGoat24/UnifiedReward")
+        if not script.is_file():
+            raise RecipeError(
+                f"{where}={repo!r}: no {AUTHORS_SCRIPTS[config.version]} there (the authors' version {config.version} script); "
+                "is it a checkout of github.com/CodeGoat24/UnifiedReward?"
+            )
+        try:
+            return read_template(script), f"authors_script:{script.resolve()}"
+        except ValueError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+    name = config.model.name
+    if not name.startswith(TINY_PREFIX) and name not in _warned_paraphrase:
+        _warned_paraphrase.add(name)
+        log.warning(
+            "UnifiedReward %s (version %s) is asked cac_align's built-in paraphrase of its authors' question, not their "
+            "words, and may score differently. Set %s=/path/to/your/UnifiedReward checkout (or %s) to ask it as they do.",
+            name, config.version, AUTHORS_REPO_ENV, f"{key}.authors_repo",
+        )
+    return None, BUILT_IN
+
+
+def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
+    """Build the reward a ``name: unified_reward`` section describes (loads the model)."""
+    template, prompt_source = resolve_template(config, key)
     backend = build_backend(config.model, key=f"{key}.model")
     return UnifiedReward(
         backend,
@@ -485,6 +593,7 @@ def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
         min_digit_mass=config.min_digit_mass,
         source_fps=config.source_fps,
         batch_size=config.batch_size,
+        prompt_source=prompt_source,
     )
 
 
@@ -492,9 +601,11 @@ def read_template(path: str | Path) -> str:
     """The question a template file holds, with ``{prompt}`` where the video's prompt goes.
 
     A ``.py`` file is the authors' inference script: its source is parsed (never run) and the
-    one text string containing ``{prompt}`` is taken: the f-string (or ``.format`` string) given
-    as a message's ``"text"``, with its ``{prompt}`` field kept as the placeholder. Any other file
-    is read as text and must contain ``{prompt}``.
+    one question string with a ``{prompt}`` field is taken, with that field kept as the
+    placeholder. Both of their script shapes are read: v1 gives the question as a message's
+    ``"text"`` (an f-string in the ``messages`` list), 2.0 assigns it to a variable
+    (``problem = ("..." "..." f"Text Caption: [{prompt}]")``, adjacent strings joined as Python
+    joins them). Any other file is read as text and must contain ``{prompt}``.
 
     Raises:
         ValueError: no such file, no ``{prompt}`` placeholder, or a script with none or several
@@ -514,17 +625,17 @@ def read_template(path: str | Path) -> str:
         raise ValueError(f"{path}: not a readable Python script ({exc.msg}, line {exc.lineno})") from None
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Dict):
+        if isinstance(node, ast.Dict):  # {"type": "text", "text": f"...{prompt}..."}
+            values = [v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and k.value == "text"]
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:  # problem = f"...{prompt}..."
+            values = [node.value]
+        else:
             continue
-        for k, v in zip(node.keys, node.values):
-            if isinstance(k, ast.Constant) and k.value == "text":
-                text = _literal_with_prompt(v)
-                if text is not None:
-                    found.append(text)
+        found.extend(text for text in map(_literal_with_prompt, values) if text is not None)
     found = list(dict.fromkeys(found))
     if len(found) != 1:
         raise ValueError(
-            f"{path}: expected one message text with a {{prompt}} field, found {len(found)}; "
+            f"{path}: expected one question (a message text or an assigned string) with a {{prompt}} field, found {len(found)}; "
             "copy the question into a text file with a {prompt} placeholder instead"
         )
     return found[0]

@@ -32,6 +32,7 @@ __all__ = [
     "assistant",
     "image_part",
     "images_of",
+    "jpeg_image_part",
     "text_part",
     "user",
     "video_part",
@@ -51,11 +52,40 @@ def video_part(video: Video) -> dict[str, Any]:
     return {"type": "video", "video": video}
 
 
-def image_part(image: np.ndarray) -> dict[str, Any]:
-    """A still image: (H, W, 3) uint8 RGB. Sent as an image (no timestamp), not a 1-frame video."""
+def image_part(image: np.ndarray, jpeg: bytes | None = None) -> dict[str, Any]:
+    """A still image: (H, W, 3) uint8 RGB. Sent as an image (no timestamp), not a 1-frame video.
+
+    ``jpeg``: the image's own JPEG file, when the pixels are what that file decodes to (see
+    :func:`jpeg_image_part`). A server backend then sends these bytes as they are, instead of
+    encoding the pixels again, so both backends show the model the same pixels.
+    """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise TypeError(f"image parts hold a uint8 (H, W, 3) array, got {getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
-    return {"type": "image", "image": image}
+    part: dict[str, Any] = {"type": "image", "image": image}
+    if jpeg is not None:
+        part["jpeg"] = bytes(jpeg)
+    return part
+
+
+def jpeg_image_part(image: np.ndarray, quality: int = 95, rounds: int = 1) -> dict[str, Any]:
+    """An image part holding what a JPEG file of ``image`` decodes to, and that file.
+
+    ``rounds`` > 1 re-encodes the decoded pixels that many times at ``quality`` (a client that
+    reads a JPEG written by another tool and encodes it again, as UnifiedReward's does); the
+    part's pixels and bytes are those of the last round.
+    """
+    import io
+
+    from PIL import Image
+
+    pixels = np.ascontiguousarray(image)
+    data = b""
+    for _ in range(rounds):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+        data = buffer.getvalue()
+        pixels = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    return image_part(pixels, jpeg=data)
 
 
 def user(*parts: str | Video | np.ndarray) -> dict[str, Any]:

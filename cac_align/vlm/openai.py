@@ -2,7 +2,9 @@
 
 Videos travel as their frames: for each frame a text part ``<t=1.250 s>`` followed by an
 ``image_url`` part holding a base64 JPEG/PNG data URL, so any server that accepts images sees
-the same timestamps the in-process backend states. Still images go as one ``image_url`` part each.
+the same timestamps the in-process backend states. Still images go as one ``image_url`` part each;
+an image part that carries its own JPEG file (``image_part(..., jpeg=...)``) is sent as those
+bytes, so the server decodes exactly the pixels the in-process backend is given.
 
 ``choice_probs`` uses vLLM's documented extensions of the chat API: the assistant prefix
 plus a candidate is sent as an unfinished assistant message (``continue_final_message=true``,
@@ -130,7 +132,11 @@ class OpenAIBackend:
                         parts.append({"type": "text", "text": f"<t={stamp:.3f} s>"})
                         parts.append({"type": "image_url", "image_url": {"url": self._frame_url(frame)}})
                 elif part.get("type") == "image":
-                    parts.append({"type": "image_url", "image_url": {"url": self._frame_url(part["image"])}})
+                    if part.get("jpeg") is not None:  # the image's own JPEG file: sent as it is
+                        url = "data:image/jpeg;base64," + base64.b64encode(part["jpeg"]).decode("ascii")
+                    else:
+                        url = self._frame_url(part["image"])
+                    parts.append({"type": "image_url", "image_url": {"url": url}})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
             if message["role"] == "assistant":  # assistant turns are plain text
