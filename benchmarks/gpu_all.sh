@@ -43,7 +43,14 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
   tail -n 6 "$OUT/$name.txt"
 }
 
-# CaC two-turn scoring, Qwen3-VL-8B's architecture at the paper's budget (target: <= 5 s per video)
+# Issue #32 first: CaC two-turn scoring at the paper's budget on the dynamic vs the static KV cache
+# (model.cache), batch 16 and 32: s/video with compile included (first pass) and excluded
+# (second), peak memory (target: <= 4 s per video on one H100). Then stage 3's rollout generation
+# (the hf sampler, 16 rollouts per call, 1,024 tokens per turn) in both modes.
+run cac_8b_cache_b16 "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 16
+run cac_8b_cache_b32 "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 32
+run rollouts_8b "$PY" benchmarks/rollout_throughput.py --mode gpu-8b
+# CaC two-turn scoring, Qwen3-VL-8B's architecture at the paper's budget, batched vs one by one (dynamic cache)
 run cac_8b "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --repeats 1 --log-calls
 # UnifiedReward-7B (Qwen2.5-VL-7B) probabilities: encodings and seconds before/now
 run ur_7b "$PY" benchmarks/status_encoding.py --mode gpu-ur7b

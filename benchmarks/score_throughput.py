@@ -4,6 +4,8 @@
     python benchmarks/score_throughput.py --mode gpu-8b         # full-size Qwen3-VL-8B architecture, random weights
     python benchmarks/score_throughput.py --profile             # where the time goes, batched and one by one
     python benchmarks/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --log-calls
+    python benchmarks/score_throughput.py --caches --batch-sizes 4,8     # dynamic vs static KV cache (tiny, CPU)
+    python benchmarks/score_throughput.py --mode gpu-8b --caches --batch-sizes 16,32   # the same at the paper's budget
 
 Random weights say nothing useful, so each turn runs the real model for exactly ``--tokens``
 new tokens (``min_new_tokens``), and then the backend's text is replaced by a fixed, valid CaC
@@ -16,6 +18,13 @@ only the words are scripted. The paper's budget for ``gpu-8b`` is 21 frames in t
 Every figure is printed as soon as it is measured (flushed), so a run stopped by a time limit
 still reports what it finished; ``--log-calls`` also prints each model call (turn, batch size,
 prompt tokens, seconds, milliseconds per generated token), which tells prefill from decoding.
+
+``--caches`` compares the backend's two KV-cache modes (``model.cache``) side by side: for each
+batch size, one batch of that many videos is scored twice per mode. The first pass includes
+what the mode does once (compiling the decode step for each shape, in static mode), the second
+is the steady state; peak GPU memory is per mode and batch size. In tiny mode (CPU) the static
+mode's decode step is traced by torch.compile with the ``eager`` backend (inductor on a CPU
+would mostly time the C++ compiler), so it checks the path, not the speed.
 """
 
 from __future__ import annotations
@@ -49,8 +58,8 @@ class FixedAnswers(HFBackend):
 
     log_calls = False
 
-    def _encode(self, requests, prefixes):
-        inputs = super()._encode(requests, prefixes)
+    def _encode(self, requests, prefixes, bucket=False):
+        inputs = super()._encode(requests, prefixes, bucket)
         self._prompt_tokens = int(inputs["input_ids"].shape[1])
         return inputs
 
@@ -144,6 +153,36 @@ def _profile(scorers: dict, videos: list[Video]) -> None:
             print(f"  {label:45s} {seconds:6.3f} s ({seconds / total:4.0%})")
 
 
+def _compare_caches(model, processor, videos: list[Video], options: CaCOptions, fixed: dict, batch_sizes: list[int], on_gpu: bool) -> None:
+    """Both KV-cache modes at each batch size: first pass (compile included), second pass, peak memory."""
+    import torch
+
+    compile_config = None
+    if not on_gpu:  # trace the decode step on the CPU, run it eagerly (see the module docstring)
+        from transformers.generation.configuration_utils import CompileConfig
+
+        compile_config = CompileConfig(backend="eager", mode=None)
+        compile_config._compile_all_devices = True
+    rows = []
+    for batch in batch_sizes:
+        chunk = (videos * -(-batch // len(videos)))[:batch]
+        for mode in ("dynamic", "static"):
+            extra = {"cache": mode, "compile_config": compile_config} if mode == "static" else {}
+            scorer = CaCScorer(FixedAnswers(model, processor, max_batch_size=batch, generate_kwargs=fixed, **extra), options)
+            if on_gpu:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            first = _time(scorer, chunk, 1)
+            second = _time(scorer, chunk, 1)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan")
+            rows.append((batch, mode, first / batch, second / batch, peak))
+            say(f"batch {batch:3d} {mode:7s}: first pass {first / batch:7.3f} s/video (compile included), "
+                f"second {second / batch:7.3f} s/video, peak {peak:5.1f} GiB")
+    for batch in batch_sizes:
+        (d,), (st,) = [r for r in rows if r[0] == batch and r[1] == "dynamic"], [r for r in rows if r[0] == batch and r[1] == "static"]
+        say(f"batch {batch}: dynamic time / static time (above 1: static is faster): second pass {d[3] / st[3]:.2f}x, first pass {d[2] / st[2]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["tiny", "gpu-8b"], default="tiny")
@@ -153,6 +192,8 @@ def main() -> None:
     parser.add_argument("--single-videos", type=int, default=None, help="time only this many videos one by one (default: all)")
     parser.add_argument("--log-calls", action="store_true", help="print every model call's turn, batch, prompt tokens and seconds")
     parser.add_argument("--profile", action="store_true", help="cProfile two passes over the videos, batched then one by one")
+    parser.add_argument("--caches", action="store_true", help="compare the dynamic and static KV cache (model.cache) side by side")
+    parser.add_argument("--batch-sizes", default="16,32", help="with --caches: comma-separated batch sizes (default 16,32)")
     args = parser.parse_args()
 
     import torch
@@ -172,6 +213,9 @@ def main() -> None:
     say(f"mode={args.mode} videos={len(videos)} tokens/turn={tokens} device={model.device}: model built in {time.perf_counter() - start:.1f} s")
     options = CaCOptions(max_new_tokens=tokens)
     fixed = {"min_new_tokens": tokens}
+    if args.caches:
+        _compare_caches(model, processor, videos, options, fixed, [int(b) for b in args.batch_sizes.split(",")], args.mode == "gpu-8b")
+        return
     batched = CaCScorer(FixedAnswers(model, processor, max_batch_size=args.videos, generate_kwargs=fixed), options)
     single = CaCScorer(FixedAnswers(model, processor, max_batch_size=1, generate_kwargs=fixed), options)
     say(f"warm-up (2 videos batched): {_time(batched, videos[:2], 1):.2f} s")

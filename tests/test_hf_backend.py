@@ -174,27 +174,33 @@ def test_generate_scored_reads_the_status_from_its_own_generation(tiny_qwen3_vl)
     np.testing.assert_allclose(inside[0], forced.choice_probs(requests[:1], ['{"stat'], CHOICES)[0], rtol=1e-6)
 
 
-def test_generate_scored_keeps_only_the_choices_log_probs_and_leaves_no_hook(tiny_qwen3_vl, monkeypatch):
-    """The status is read through a hook on the output layer, not generate's output_logits (a
-    (batch, vocabulary) float32 copy per generated token); the hook is gone after the call, also
-    after a failed one."""
+def test_generate_scored_keeps_only_the_choices_log_probs_and_records_only_in_its_call(tiny_qwen3_vl, monkeypatch):
+    """The status is read through one hook on the output layer per model, not generate's
+    output_logits (a (batch, vocabulary) float32 copy per generated token); it records only
+    inside generate_scored, also after a failed call."""
     backend = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4)
+    again = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=2)
     head = tiny_qwen3_vl.model.get_output_embeddings()
+    recorder = tiny_qwen3_vl.model._cac_align_step_recorder
+    assert again._recorder is backend._recorder is recorder  # one hook per model, however many backends
+    assert sum(hook is recorder for hook in head._forward_hooks.values()) == 1
     seen = {}
     generate = tiny_qwen3_vl.model.generate
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
-        seen["hooks during"] = len(head._forward_hooks)
+        seen["recording during"] = recorder.choice_ids is not None
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(tiny_qwen3_vl.model, "generate", spy)
-    hooks_before = len(head._forward_hooks)
     completions, probs = backend.generate_scored(_requests(2), CHOICES, lambda text: "", max_new_tokens=3)
     assert not seen.get("output_logits", False) and not seen.get("output_scores", False)
-    assert seen["hooks during"] == hooks_before + 1 and len(head._forward_hooks) == hooks_before
+    assert seen["recording during"] and recorder.choice_ids is None
     # prefix "" is the first generated token's distribution: the prompt alone, re-encoded
     np.testing.assert_allclose(probs, backend.choice_probs(_requests(2), ["", ""], CHOICES), rtol=1e-5)
+    recorded = len(recorder.log_probs)
+    backend.generate(_requests(1), max_new_tokens=3)  # plain generation: nothing recorded
+    assert len(recorder.log_probs) == recorded
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
@@ -202,7 +208,7 @@ def test_generate_scored_keeps_only_the_choices_log_probs_and_leaves_no_hook(tin
     monkeypatch.setattr(tiny_qwen3_vl.model, "generate", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         backend.generate_scored(_requests(1), CHOICES, lambda text: "", max_new_tokens=3)
-    assert len(head._forward_hooks) == hooks_before
+    assert recorder.choice_ids is None
 
 
 def test_cac_scoring_encodes_each_turns_video_once(tiny_qwen3_vl):

@@ -49,6 +49,12 @@ class ModelConfig:
         dtype, device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
         max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai).
         timeout_s, max_retries: per-request timeout and retries with backoff (openai).
+        cache: the hf backend's KV cache for generation: "dynamic" (transformers' default) or
+            "static" (preallocated; the decode step compiled on CUDA; batches in shape buckets,
+            see :class:`~cac_align.vlm.hf.HFBackend`). Same answers and probabilities.
+        batch_buckets: static cache: batch sizes a batch is padded up to (default 1, 4, 8, 16,
+            32, capped at ``max_batch_size``).
+        length_multiple: static cache: prompt and cache lengths round up to this many tokens.
     """
 
     name: str = MISSING
@@ -62,8 +68,15 @@ class ModelConfig:
     max_batch_size: int = 8
     timeout_s: float = 120.0
     max_retries: int = 3
+    cache: str = "dynamic"
+    batch_buckets: list[int] | None = None
+    length_multiple: int = 256
 
     def __post_init__(self) -> None:
+        if self.cache not in ("dynamic", "static"):
+            raise ValueError(f"model.cache must be 'dynamic' or 'static', got {self.cache!r}")
+        if self.length_multiple < 1 or (self.batch_buckets is not None and min(self.batch_buckets, default=0) < 1):
+            raise ValueError("model.length_multiple and every model.batch_buckets size must be >= 1")
         if self.backend not in ("hf", "openai"):
             raise ValueError(f"model.backend must be 'hf' or 'openai', got {self.backend!r}")
         if self.max_batch_size < 1:
@@ -138,13 +151,19 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
                 f"{key}.name={model.name!r}: random VLMs are 'tiny-random:qwen3_vl', 'tiny-random:qwen2_5_vl' or 'tiny-random:qwen3_vl_small'"
             )
         tiny = TINY_VLM_BUILDERS[kind](0)
-        return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size)
+        return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size, **_cache_kwargs(model))
     return HFBackend.from_pretrained(
         model.name,
         max_batch_size=model.max_batch_size,
+        backend_kwargs=_cache_kwargs(model),
         dtype=model.dtype,
         device=model.device,
         attn_implementation=model.attn_implementation,
         trust_remote_code=model.trust_remote_code,
         key=f"{key}.name",
     )
+
+
+def _cache_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """The in-process backend's KV-cache settings from a model section."""
+    return {"cache": model.cache, "batch_buckets": model.batch_buckets, "length_multiple": model.length_multiple}

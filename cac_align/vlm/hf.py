@@ -8,11 +8,35 @@ Qwen3-VL, UnifiedReward's Qwen2.5-VL / Qwen3-VL). Tests exercise it by saving a 
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+from typing import Any, Iterator
 
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["HFBackend", "load_vlm", "processor_inputs", "render_chat", "video_metadata"]
+log = logging.getLogger(__name__)
+
+
+def _compiler_disable(fn: Any) -> Any:
+    """``torch.compiler.disable(fn)``: torch.compile leaves ``fn`` out of its graphs and calls it eagerly."""
+    import torch
+
+    return torch.compiler.disable(fn)
+
+__all__ = ["CACHE_MODES", "DEFAULT_BATCH_BUCKETS", "HFBackend", "PAD_REQUEST", "StaticShapes", "bucket_size", "load_vlm", "processor_inputs", "render_chat", "video_metadata"]
+
+CACHE_MODES = ("dynamic", "static")
+# Batch sizes a static-cache batch is padded up to (capped at the backend's max_batch_size): a
+# compiled decode step is specialised to its batch size, so a run compiles one graph per bucket.
+DEFAULT_BATCH_BUCKETS = (1, 4, 8, 16, 32)
+
+
+def bucket_size(n: int, buckets: Any) -> int:
+    """The smallest bucket holding ``n`` rows (``buckets`` sorted ascending, the last >= n)."""
+    for size in buckets:
+        if size >= n:
+            return size
+    raise ValueError(f"{n} rows exceed the largest batch bucket {buckets[-1]}")
 
 
 def load_vlm(
@@ -68,38 +92,97 @@ class HFBackend:
     (a turn-2 clip cropped at 2.0 s reads "<2.1 seconds>" for its first pair of frames).
     Batches are left-padded. A lock makes one instance safe to call from a thread pool.
 
+    **KV cache** (``cache``). ``"dynamic"``: transformers' default, a cache that grows token by
+    token, run eagerly. ``"static"``: ``generate`` runs on a preallocated static cache and
+    transformers compiles the decode step (on CUDA by default; ``compile_config`` decides). A
+    compiled step is specialised to its shapes, so every batch is put in a **shape bucket**:
+    its rows are padded up to the next size in ``batch_buckets`` with an empty request (padding
+    rows are dropped from every result), its prompts are left-padded to a multiple of
+    ``length_multiple`` tokens, and the cache length is the padded prompt plus the token budget,
+    rounded up to that multiple (transformers keeps the longest cache length seen, so later calls
+    reuse it). A run compiles one graph per batch bucket and cache length, once; the first call
+    of each shape is logged with its time and the graphs compiled. Inductor's compiled code is
+    cached on disk across runs (``TORCHINDUCTOR_CACHE_DIR``; ``~/.cache/cac_align/inductor``
+    unless set). Both modes give the same answers and probabilities; only ``generate`` and
+    ``generate_scored`` change (``choice_probs`` and ``choice_probs_steps`` have no decode loop to
+    compile: one prefill and a few short forward passes). Sampled answers (``temperature`` > 0)
+    are correct draws in both modes, but a batch padded to a bucket draws other random numbers
+    than the same batch unpadded.
+
     Args:
         model: an image-text-to-text model (Qwen3-VL, Qwen2.5-VL), in eval mode.
         processor: its processor.
         max_batch_size: requests per forward pass.
         generate_kwargs: extra arguments for ``model.generate`` on every call (e.g.
             ``{"min_new_tokens": 1024}`` to fix the token budget in benchmarks).
+        cache: "dynamic" or "static" (above).
+        batch_buckets: static mode's batch sizes (default :data:`DEFAULT_BATCH_BUCKETS`), capped
+            at ``max_batch_size``, which is always a bucket.
+        length_multiple: static mode's prompt and cache length granularity, in tokens.
+        compile_config: a transformers ``CompileConfig`` for the decode step (static mode); None
+            is transformers' default (inductor, CUDA graphs, on CUDA devices only).
     """
 
-    def __init__(self, model: Any, processor: Any, max_batch_size: int = 8, generate_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        max_batch_size: int = 8,
+        generate_kwargs: dict | None = None,
+        cache: str = "dynamic",
+        batch_buckets: Any = None,
+        length_multiple: int = 256,
+        compile_config: Any = None,
+    ):
         import threading
 
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.max_batch_size = max_batch_size
         self.generate_kwargs = dict(generate_kwargs or {})
+        self.cache = cache
+        self.static = StaticShapes(max_batch_size, batch_buckets, length_multiple, compile_config) if cache == "static" else None
+        self._recorder = _StepRecorder.of(model)
         self._lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, max_batch_size: int = 8, **load_kwargs: Any) -> "HFBackend":
-        """Load by hub id or path (see :func:`load_vlm` for ``load_kwargs``)."""
+    def from_pretrained(cls, name_or_path: str, max_batch_size: int = 8, backend_kwargs: dict | None = None, **load_kwargs: Any) -> "HFBackend":
+        """Load by hub id or path (see :func:`load_vlm` for ``load_kwargs``; ``backend_kwargs``
+        go to the constructor: ``cache``, ``batch_buckets``, ...)."""
         model, processor = load_vlm(name_or_path, **load_kwargs)
-        return cls(model, processor, max_batch_size=max_batch_size)
+        return cls(model, processor, max_batch_size=max_batch_size, **(backend_kwargs or {}))
 
     # -- encoding ---------------------------------------------------------------------------
-    def _encode(self, requests: Any, prefixes: Any) -> Any:
-        """Chat template + assistant prefix per request -> left-padded model inputs."""
+    def _encode(self, requests: Any, prefixes: Any, bucket: bool = False) -> Any:
+        """Chat template + assistant prefix per request -> left-padded model inputs.
+
+        With ``bucket`` (static mode's ``generate``): rows padded up to the batch bucket with an
+        empty request, and prompts left-padded to a multiple of the length bucket; the real rows
+        come first.
+        """
+        requests, prefixes = list(requests), list(prefixes)
+        multiple = None
+        if bucket and self.static is not None:
+            pad = self.static.rows(len(requests)) - len(requests)
+            requests += [PAD_REQUEST] * pad
+            prefixes += [""] * pad
+            multiple = self.static.length_multiple
         texts = [render_chat(self.processor, request) + prefix for request, prefix in zip(requests, prefixes)]
-        return processor_inputs(self.processor, texts, list(requests)).to(self.model.device)
+        return processor_inputs(self.processor, texts, requests, pad_to_multiple_of=multiple).to(self.model.device)
+
+    def _generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
+        """``model.generate`` in this backend's cache mode (``inputs`` from :meth:`_encode`)."""
+        if self.static is None:
+            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs, **self.generate_kwargs)
+        static = self.static.generate_kwargs(inputs["input_ids"].shape[1], max_new_tokens)
+        with self.static.first_of_shape(self.model, inputs["input_ids"]):
+            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs, **static, **self.generate_kwargs)
 
     def _chunks(self, n: int) -> Any:
         return (range(i, min(n, i + self.max_batch_size)) for i in range(0, n, self.max_batch_size))
@@ -128,10 +211,10 @@ class HFBackend:
             if seed is not None:
                 torch.manual_seed(seed)
             for chunk in self._chunks(len(requests)):
-                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk))
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), bucket=True)
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling, **self.generate_kwargs)
-                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                output = self._generate(inputs, max_new_tokens, **sampling)
+                new_tokens = output[: len(chunk), inputs["input_ids"].shape[1] :]  # padding rows dropped
                 for row in new_tokens.tolist():
                     row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
                     completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row))
@@ -167,6 +250,7 @@ class HFBackend:
         """
         import numpy as np
         import torch
+        from transformers import DynamicCache
 
         from cac_align.vlm.backend import Completion
 
@@ -176,23 +260,22 @@ class HFBackend:
         redo: list[tuple[int, str]] = []
         with self._lock, torch.inference_mode():
             for chunk in self._chunks(len(requests)):
-                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk))
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), bucket=True)
                 sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
                 # The choices' first-token log-probs at every step, read from the raw logits as the
                 # output layer makes them (before any logits processor): (B, C) per step, instead
                 # of generate's output_logits, which keeps a (B, vocabulary) float32 copy per step.
-                steps = _FirstTokenLogProbs(choice_ids)
-                handle = self.model.get_output_embeddings().register_forward_hook(steps)
-                try:
-                    output = self.model.generate(
-                        **inputs, max_new_tokens=max_new_tokens, **sampling, **self.generate_kwargs, return_dict_in_generate=True,
-                    )
-                finally:
-                    handle.remove()
+                with self._recorder.recording(choice_ids) as steps:
+                    output = self._generate(inputs, max_new_tokens, **sampling, return_dict_in_generate=True)
                 prompt_len = inputs["input_ids"].shape[1]
                 generated = output.sequences[:, prompt_len:]
+                if len(steps) < generated.shape[1]:  # a compiled step that did not run the recorder
+                    raise RuntimeError(
+                        f"the status reader saw {len(steps)} of {generated.shape[1]} generated steps: the model's forward "
+                        "was compiled before this backend was built; build the HFBackend before any compiled generate"
+                    )
                 cache = output.past_key_values
-                cache_len = cache.get_seq_length() if cache is not None else -1  # no cache: every row re-encoded
+                cache_len = int(cache.get_seq_length()) if cache is not None else -1  # no cache: every row re-encoded
                 rows, ends, firsts = [], [], []
                 for r, i in enumerate(chunk):
                     ids = _strip_after_eos(generated[r].tolist(), self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
@@ -202,15 +285,18 @@ class HFBackend:
                     if prefix is None:
                         continue
                     k = _tokens_spelling(self.tokenizer, ids, prefix)
-                    if k is None or k >= len(steps.log_probs) or prompt_len + k > cache_len:
+                    if k is None or k >= len(steps) or prompt_len + k > cache_len:
                         redo.append((i, prefix))  # the prefix ends inside a token: re-encode this row
                         continue
                     rows.append(r)
                     ends.append(prompt_len + k)
-                    firsts.append(steps.log_probs[k][r])
+                    firsts.append(steps[k][r])
                 if rows:
                     keep = torch.tensor(rows, device=output.sequences.device)
-                    cache.batch_select_indices(keep)
+                    if not isinstance(cache, DynamicCache):  # static: the used part of these rows, as a growable cache
+                        cache = _dynamic_rows(cache, keep, cache_len)
+                    else:
+                        cache.batch_select_indices(keep)
                     # each row attends to its prompt and the first k generated tokens only
                     positions = torch.arange(cache_len, device=keep.device)
                     prompt_mask = inputs["attention_mask"][keep]
@@ -402,23 +488,151 @@ def _first_token_log_probs(logits: Any, choice_ids: list[list[int]], firsts: Any
     return logits[:, firsts] - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
-class _FirstTokenLogProbs:
-    """A forward hook on the output layer during ``generate``: after each forward pass, the
-    choices' first-token log-probs at the last position (the next token's distribution), so
-    ``log_probs[k]`` (B, C) is what the model gave the k-th generated token's choices. The
-    index tensor is built once, on the first call, not once per generated token."""
+class _StepRecorder:
+    """A forward hook on a model's output layer, registered once per model and idle outside
+    :meth:`recording`: while recording, after each forward pass it keeps the choices'
+    first-token log-probs at the last position (the next token's distribution), so
+    ``log_probs[k]`` (B, C) is what the model gave the k-th generated token's choices.
 
-    def __init__(self, choice_ids: list[list[int]]):
-        self.choice_ids = choice_ids
+    It stays registered because a compiled decode step runs the hooks it was traced with: a hook
+    added later would be skipped in silence. The hook is excluded from compilation
+    (``torch.compiler.disable``): the compiled step breaks around it and calls it eagerly, and
+    its idle/recording state is never baked into a graph.
+    """
+
+    def __init__(self) -> None:
+        self.choice_ids: list[list[int]] | None = None
         self.firsts: Any = None
         self.log_probs: list[Any] = []
 
+    @classmethod
+    def of(cls, model: Any) -> "_StepRecorder":
+        """The recorder of ``model``, registered on its output layer at the first call."""
+        recorder = getattr(model, "_cac_align_step_recorder", None)
+        if recorder is None:
+            recorder = cls()
+            model.get_output_embeddings().register_forward_hook(recorder)
+            model._cac_align_step_recorder = recorder
+        return recorder
+
+    @contextlib.contextmanager
+    def recording(self, choice_ids: list[list[int]]) -> Iterator[list[Any]]:
+        """Record for the ``generate`` inside the block; yields the list of per-step log-probs.
+        Idle again afterwards, also after a failure."""
+        self.choice_ids, self.firsts, self.log_probs = choice_ids, None, []
+        try:
+            yield self.log_probs
+        finally:
+            self.choice_ids, self.firsts = None, None
+
     def __call__(self, module: Any, args: Any, output: Any) -> None:
-        if self.firsts is None:
+        self._record(output)
+
+    @_compiler_disable
+    def _record(self, output: Any) -> None:
+        if self.choice_ids is None:
+            return
+        if self.firsts is None:  # built once per call, not once per generated token
             import torch
 
             self.firsts = torch.tensor([ids[0] for ids in self.choice_ids], device=output.device)
         self.log_probs.append(_first_token_log_probs(output[:, -1], self.choice_ids, self.firsts))
+
+
+def _dynamic_rows(cache: Any, rows: Any, length: int) -> Any:
+    """A ``DynamicCache`` holding the first ``length`` positions of ``rows`` of a static cache
+    (its layers' ``keys`` / ``values``), for the few extra forward passes that score longer
+    choices (their rows and lengths differ from the compiled step's)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(layer.keys[rows, :, :length], layer.values[rows, :, :length]) for layer in cache.layers])
+
+
+class StaticShapes:
+    """Shape buckets for generation on a static KV cache (see :class:`HFBackend`'s docstring).
+
+    Args:
+        max_batch_size: the largest batch; always a bucket.
+        batch_buckets: batch sizes to pad up to (default :data:`DEFAULT_BATCH_BUCKETS`), capped
+            at ``max_batch_size``.
+        length_multiple: prompts are left-padded, and cache lengths rounded up, to a multiple of
+            this many tokens.
+        compile_config: a transformers ``CompileConfig`` for the decode step, or None for
+            transformers' default (inductor with CUDA graphs, on CUDA devices only).
+    """
+
+    def __init__(self, max_batch_size: int, batch_buckets: Any = None, length_multiple: int = 256, compile_config: Any = None):
+        buckets = sorted({int(b) for b in (batch_buckets or DEFAULT_BATCH_BUCKETS)})
+        if buckets[0] < 1:
+            raise ValueError(f"batch_buckets must be sizes >= 1, got {batch_buckets}")
+        if length_multiple < 1:
+            raise ValueError(f"length_multiple must be >= 1, got {length_multiple}")
+        self.buckets = tuple([b for b in buckets if b < max_batch_size] + [max_batch_size])
+        self.length_multiple = length_multiple
+        self.compile_config = compile_config
+        self._seen: set[tuple[int, int]] = set()
+        _use_persistent_inductor_cache()
+
+    def rows(self, n: int) -> int:
+        """The batch size ``n`` rows are padded up to."""
+        return bucket_size(n, self.buckets)
+
+    def padded_length(self, length: int) -> int:
+        """``length`` rounded up to the length multiple."""
+        return -(-length // self.length_multiple) * self.length_multiple
+
+    def generate_kwargs(self, prompt_len: int, max_new_tokens: int) -> dict[str, Any]:
+        """``generate`` arguments for a static cache sized for this prompt and budget, rounded up
+        (transformers keeps the longest cache length a model has seen, so shorter turns reuse it)."""
+        kwargs: dict[str, Any] = {"cache_implementation": "static", "max_cache_len": self.padded_length(prompt_len + max_new_tokens)}
+        if self.compile_config is not None:
+            kwargs["compile_config"] = self.compile_config
+        return kwargs
+
+    @contextlib.contextmanager
+    def first_of_shape(self, model: Any, input_ids: Any) -> Iterator[None]:
+        """Time the generation in the block and log it when it is the first of its (batch, cache
+        length) shape in this process: that one compiles the decode step (reported once per shape)."""
+        import time
+
+        import torch
+
+        graphs, start = _compiled_graphs(), time.perf_counter()
+        yield
+        # transformers records the cache length it allocated (the longest so far)
+        shape = (int(input_ids.shape[0]), int(getattr(model, "_previous_max_cache_length", 0)))
+        if shape in self._seen:
+            return
+        self._seen.add(shape)
+        if input_ids.is_cuda:
+            torch.cuda.synchronize()
+        log.info(
+            "static KV cache: the first generation of batch %d x cache %d tokens took %.1f s and compiled %d graph(s); "
+            "later generations of this shape reuse them",
+            shape[0], shape[1], time.perf_counter() - start, _compiled_graphs() - graphs,
+        )
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far (dynamo's count)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except (ImportError, KeyError):  # pragma: no cover - a torch without dynamo counters
+        return 0
+
+
+def _use_persistent_inductor_cache() -> None:
+    """Keep inductor's compiled code across runs: ``~/.cache/cac_align/inductor`` unless the user
+    chose a place (``TORCHINDUCTOR_CACHE_DIR``); its default lives in /tmp, which reboots clear."""
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "cac_align" / "inductor"))
+
+
+PAD_REQUEST = [{"role": "user", "content": [{"type": "text", "text": ""}]}]  # a static batch's filler row
 
 
 def _tokens_spelling(tokenizer: Any, ids: list[int], text: str) -> int | None:
@@ -472,7 +686,7 @@ def video_metadata(video: Any) -> tuple[Any, Any]:
     return frames, VideoMetadata(total_num_frames=len(frames), fps=video.fps, frames_indices=indices)
 
 
-def processor_inputs(processor: Any, texts: list[str], requests: list[Any], padding: bool = True) -> Any:
+def processor_inputs(processor: Any, texts: list[str], requests: list[Any], padding: bool = True, pad_to_multiple_of: int | None = None) -> Any:
     """Run the processor on rendered ``texts`` with the images and videos of ``requests``.
 
     ``requests[i]`` holds the media that ``texts[i]`` has placeholders for, in order. Videos go
@@ -489,6 +703,8 @@ def processor_inputs(processor: Any, texts: list[str], requests: list[Any], padd
             metadata.append(meta)
         images.extend(images_of(request))
     kwargs: dict[str, Any] = {"text": texts, "padding": padding, "return_tensors": "pt"}
+    if pad_to_multiple_of is not None:  # a static cache's length bucket
+        kwargs["pad_to_multiple_of"] = pad_to_multiple_of
     if videos:
         kwargs.update(videos=videos, video_metadata=metadata, videos_kwargs={"do_sample_frames": False})
     if images:

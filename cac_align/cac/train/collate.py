@@ -232,7 +232,12 @@ def encode_chat(processor: Any, messages: Sequence[dict]) -> EncodedChat:
 
 
 def collate(
-    encoded: Sequence[EncodedChat], pad_token_id: int, padding_side: str = "right", status_mask: bool = False, attention_window: bool = False
+    encoded: Sequence[EncodedChat],
+    pad_token_id: int,
+    padding_side: str = "right",
+    status_mask: bool = False,
+    attention_window: bool = False,
+    pad_to_multiple_of: int | None = None,
 ) -> dict[str, Any]:
     """Pad a batch (right for training, left for generation); vision tensors concatenated in
     sample order (the model consumes them in the order their placeholders appear).
@@ -242,12 +247,15 @@ def collate(
     ``window_query`` (batch, long; -1 = row not supervised) and ``window_tokens`` (batch x
     length, bool), the padded :func:`window_attention_target` of each row, for
     :func:`~cac_align.cac.train.sft.window_attention_loss`. Neither is a model input: the trainer
-    takes them out before the forward pass."""
+    takes them out before the forward pass. ``pad_to_multiple_of`` pads the length up to a
+    multiple of that many tokens (a static KV cache's length bucket)."""
     import torch
 
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     length = max(e.input_ids.numel() for e in encoded)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
     batch = len(encoded)
 
     def span(e: EncodedChat) -> slice:

@@ -64,6 +64,7 @@ from cac_align import rl
 from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.collate import collate
 from cac_align.cac.train.data import split_records
+from cac_align.vlm.hf import StaticShapes
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
 from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
 from cac_align.cac.train.shared import load_model, run_folder, set_trainable
@@ -201,7 +202,8 @@ class _Trainer:
         policy = acc.unwrap_model(self.model)
         if self.sampler is None:
             if grpo.sampler == "hf":
-                self.sampler = HFSampler(policy, self.processor, grpo.temperature, grpo.generation_batch_size, acc.autocast)
+                static = StaticShapes(grpo.generation_batch_size, grpo.batch_buckets, grpo.length_multiple) if grpo.cache == "static" else None
+                self.sampler = HFSampler(policy, self.processor, grpo.temperature, grpo.generation_batch_size, acc.autocast, static)
             else:
                 self.sampler = SimulatedPolicy(self.processor.tokenizer, grpo.simulated_noise)
         if folder is not None:  # the models loaded: record the run (a failed start leaves no record)

@@ -54,6 +54,7 @@ from cac_align.cac.train.targets import clip_boxes, frames_shown
 from cac_align.rl import derive_seed
 from cac_align.video import Video, VideoError
 from cac_align.vlm.backend import assistant, user
+from cac_align.vlm.hf import PAD_REQUEST, StaticShapes, render_chat
 
 __all__ = [
     "HFSampler",
@@ -125,17 +126,36 @@ class HFSampler:
         temperature: sampling temperature; no top-k / top-p (the loss's distribution).
         batch_size: requests per ``generate`` call (left-padded).
         autocast: context manager for mixed precision (the trainer's).
+        static: shape buckets for generation on a static, compiled KV cache
+            (:class:`~cac_align.vlm.hf.StaticShapes`; ``grpo.cache: static``), or None for
+            transformers' dynamic cache. A batch padded up to its bucket gets empty filler rows,
+            dropped from the results; the draws are then others than an unpadded batch's.
     """
 
-    def __init__(self, model: Any, processor: Any, temperature: float, batch_size: int = 8, autocast: Any = nullcontext):
+    def __init__(self, model: Any, processor: Any, temperature: float, batch_size: int = 8, autocast: Any = nullcontext, static: StaticShapes | None = None):
         self.model = model
         self.processor = processor
         self.temperature = temperature
         self.batch_size = batch_size
         self.autocast = autocast
+        self.static = static
         self.eos_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = processor.tokenizer.pad_token_id
         self.suppressed = placeholder_token_ids(processor)
+        self._filler: EncodedChat | None = None
+
+    def _batch(self, chunk: Sequence[TurnRequest]) -> dict[str, Any]:
+        """The chunk's prompts, left-padded; in static mode padded up to its shape bucket."""
+        encoded = [r.prompt for r in chunk]
+        multiple = None
+        if self.static is not None:
+            if self._filler is None:  # an empty user turn: the filler row of a bucket
+                self._filler = encode_context(self.processor, render_chat(self.processor, PAD_REQUEST), [])
+            encoded += [self._filler] * (self.static.rows(len(chunk)) - len(chunk))
+            multiple = self.static.length_multiple
+        batch = collate(encoded, self.pad_id, padding_side="left", pad_to_multiple_of=multiple)
+        batch.pop("labels")
+        return {k: v.to(self.model.device) for k, v in batch.items()}
 
     def generate(self, requests: Sequence[TurnRequest], seed: int) -> list[Sampled]:
         out: list[Sampled] = []
@@ -147,9 +167,9 @@ class HFSampler:
                 for start in range(0, len(requests), self.batch_size):
                     chunk = requests[start : start + self.batch_size]
                     budget = max(r.max_new_tokens for r in chunk)
-                    batch = collate([r.prompt for r in chunk], self.pad_id, padding_side="left")
-                    batch.pop("labels")
-                    batch = {k: v.to(self.model.device) for k, v in batch.items()}
+                    batch = self._batch(chunk)
+                    prompt_len = batch["input_ids"].shape[1]
+                    static = self.static.generate_kwargs(prompt_len, budget) if self.static is not None else {}
                     config = GenerationConfig(
                         do_sample=True,
                         temperature=self.temperature,
@@ -163,9 +183,11 @@ class HFSampler:
                         use_cache=True,
                         output_scores=True,
                         return_dict_in_generate=True,
+                        **static,
                     )
-                    result = self.model.generate(**batch, generation_config=config)
-                    new = result.sequences[:, batch["input_ids"].shape[1] :]
+                    with self.static.first_of_shape(self.model, batch["input_ids"]) if self.static is not None else nullcontext():
+                        result = self.model.generate(**batch, generation_config=config)
+                    new = result.sequences[:, prompt_len:]
                     # scores are the processed logits the sampler drew from (here logits / T)
                     logprobs = torch.stack(
                         [
