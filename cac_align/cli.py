@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; {spec.resume}" if spec is not None and spec.resume else ""
         print(f"cac-align {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        from cac_align.runlog import release_locks
+
+        release_locks()  # the job's out_dir is free for the next run (main may run again in-process)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,16 @@ only those are. The rules, the same for every job (:class:`RunFolder`):
    would refuse the corrected command.
 5. The same job with the same fingerprint continues (resumes) where its outputs allow it; how far
    is each job's own business (skip finished videos, load the last checkpoint).
+6. **What may be deleted** is decided by the job, never by the record on disk: ``overwrite``
+   deletes the outputs this job kind declares (and the previous manifest also lists), each
+   resolved inside ``out_dir``. A name in the manifest that this job does not declare
+   (``../victim``, ``..``, an absolute path) is ignored with a warning; nothing is deleted
+   through a symbolic link (a link is removed, never what it points to).
+7. **One run at a time.** :meth:`RunFolder.start` locks the folder (``.cac_align.lock``, an
+   ``fcntl`` lock held until the run's process ends or :func:`release_locks`); a second run into
+   a folder whose lock is held is refused with one line naming the other process, before it
+   loads anything where possible. The operating system drops the lock of a killed process, so a
+   lock left behind never blocks (the file stays, holding the last holder's description).
 
 **Logs.** A job appends one JSON object per line to its logs (``metrics.jsonl``,
 ``candidates.jsonl``, ...). A kill or a full disk can leave the last line half-written;
@@ -40,9 +50,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["MANIFEST", "RunFolder", "keep_log_steps", "read_jsonl_log", "read_manifest", "write_text_atomic"]
+__all__ = ["LOCK", "MANIFEST", "RunFolder", "keep_log_steps", "read_jsonl_log", "read_manifest", "release_locks", "write_text_atomic"]
 
 MANIFEST = "cac_align_run.json"
+LOCK = ".cac_align.lock"  # held (fcntl.flock) by the process running a job in the folder
 _FORMAT = 1
 # Fingerprint files of cac_align before the manifest: named in the message for such folders.
 _LEGACY = ("config.yaml", "run_config.json", "cot_config.json", "run.json")
@@ -151,6 +162,9 @@ class RunFolder:
         self.resuming = False
         self._replace: list[str] = []  # a previous run's outputs that start() deletes
         where = f"out_dir={str(self.path)!r}"
+        holder = _lock_holder(self.path)  # a run at work there: nothing else is worth checking
+        if holder is not None:
+            raise RecipeError(f"{where} is in use by {holder}; wait for it to finish, or choose another out_dir")
         previous = read_manifest(self.path)
         if previous is not None and previous["job"] != job:
             raise RecipeError(f"{where} holds {_a(previous['job'])} run; {_a(job)} run needs a folder of its own (choose another out_dir)")
@@ -163,7 +177,12 @@ class RunFolder:
                     "pass overwrite=true to replace that run's outputs, or choose another out_dir"
                 )
             if overwrite:
-                self._replace = [name for name in previous["outputs"] if name != MANIFEST]
+                # the record is data from disk: only what this job declares may go (rule 6)
+                listed = {str(name) for name in previous["outputs"]}
+                self._replace = [name for name in self.outputs if name in listed]
+                ignored = sorted(listed - set(self.outputs) - {MANIFEST})
+                if ignored:
+                    log.warning("%s: the old run's record lists %s, which a %s run does not write: left alone", self.path / MANIFEST, ignored, job)
             else:
                 self.resuming = True
         foreign = [name for name in self.names if (self.path / name).exists() and name not in recorded]
@@ -176,20 +195,18 @@ class RunFolder:
             )
 
     def start(self) -> None:
-        """Record the run: called once inputs are validated and models loaded. With
-        ``overwrite``, the previous run's recorded outputs are deleted first (only those)."""
-        for name in self._replace:
-            top, _, pattern = name.partition("/")
-            targets = sorted((self.path / top).glob(pattern)) if pattern else [self.path / top]
-            for target in targets:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-            if pattern and (self.path / top).is_dir() and not any((self.path / top).iterdir()):
-                (self.path / top).rmdir()  # the job's folder, now empty
-        self._replace = []
+        """Lock the folder and record the run: called once inputs are validated and models
+        loaded. With ``overwrite``, the previous run's outputs that this job declares are
+        deleted first (rule 6), after the lock is taken."""
+        from cac_align.config import RecipeError
+
         self.path.mkdir(parents=True, exist_ok=True)
+        holder = _acquire_lock(self.path, self.job)
+        if holder is not None:
+            raise RecipeError(f"out_dir={str(self.path)!r} is in use by {holder}; wait for it to finish, or choose another out_dir")
+        for name in self._replace:
+            _delete_output(self.path, name)
+        self._replace = []
         from cac_align import __version__
 
         manifest = {
@@ -208,3 +225,113 @@ class RunFolder:
         if top not in self.names:
             raise ValueError(f"{self.job}: {name!r} is not among the declared outputs {self.outputs}")
         return self.path / name
+
+
+# ---------------------------------------------------------------------------------------
+# Deletion and locking (rules 6 and 7)
+# ---------------------------------------------------------------------------------------
+def _delete_output(root: Path, name: str) -> None:
+    """Delete one declared output of the run in ``root``: a top-level name (file or folder) or
+    ``folder/<glob>``. Only paths that stay inside ``root`` go; links are removed, never followed."""
+    import os
+
+    base = os.path.realpath(root)
+    top, _, pattern = name.partition("/")
+    folder = root / top
+    if pattern:
+        if folder.is_symlink() or not folder.is_dir():
+            if folder.is_symlink():
+                log.warning("%s is a link: the files in it are left alone", folder)
+            return
+        targets = sorted(folder.glob(pattern))
+    else:
+        targets = [folder]
+    for target in targets:
+        parent = os.path.realpath(target.parent)  # the target itself may be a link: judge where it sits
+        if parent != base and not parent.startswith(base + os.sep):
+            log.warning("%s lies outside %s: left alone", target, root)
+            continue
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+    if pattern and folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()  # the job's folder, now empty
+
+
+_HELD: dict[str, tuple[int, int]] = {}  # resolved folder -> (open lock file descriptor, holders in this process)
+
+
+def _describe_holder(path: Path) -> str:
+    try:
+        info = json.loads((path / LOCK).read_text(encoding="utf-8"))
+        return f"a {info.get('job', '?')} run (pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}: {info.get('command', '?')})"
+    except (OSError, ValueError):
+        return "another cac-align run (its lock file cannot be read)"
+
+
+def _lock_holder(path: Path) -> str | None:
+    """Who holds ``path``'s lock, or None when it is free (or held by this process)."""
+    import fcntl
+    import os
+
+    key = os.path.realpath(path)
+    if key in _HELD or not (path / LOCK).is_file():
+        return None
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe_holder(path)
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+    return None
+
+
+def _acquire_lock(path: Path, job: str) -> str | None:
+    """Take ``path``'s lock for this process (again, if it holds it already); returns the other
+    holder's description when it is taken, else None."""
+    import fcntl
+    import os
+    import socket
+    import sys
+    import time
+
+    key = os.path.realpath(path)
+    if key in _HELD:
+        fd, count = _HELD[key]
+        _HELD[key] = (fd, count + 1)
+        return None
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return _describe_holder(path)
+    info = {
+        "job": job,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["cac-align" if sys.argv and sys.argv[0].endswith("cac-align") else sys.executable, *sys.argv[1:]])[:300],
+    }
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+    _HELD[key] = (fd, 1)
+    return None
+
+
+def release_locks() -> None:
+    """Release every run-folder lock this process holds (the CLI does at the end of each job; a
+    process that ends releases them anyway)."""
+    import os
+
+    for fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()

@@ -10,7 +10,9 @@ or a dotted path; see docs/rewards.md) with its arguments beside the name.
 Steps: 1. collect videos (a file, a folder, or a JSONL manifest with "video" and "prompt");
 2. build the reward; 3. score in batches (tqdm): each video is decoded once, scored, and (when
 the reward includes CaC) its evidence PNG drawn while the frames are in memory; each batch is
-appended to results.jsonl so a killed run keeps what it scored; 4. write report.html.
+appended to results.jsonl.partial, the pictures go to evidence.partial/; 4. once every video is
+scored, the pictures, results.jsonl and report.html replace the last run's: a rerun that is
+killed leaves the last complete results, report and pictures as they were, consistent.
 
 The run folder follows the rules of every job (docs/run_folders.md): a rerun of the same config
 scores again and replaces its own outputs; another config is refused unless ``overwrite=true``;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,13 +132,14 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
         paths = [str(out / "synth" / r.video) for r in records]
         prompts = [r.prompt for r in records]
         truths = [_truth(r) for r in records]
-    # 3. score in batches: decode once, score, draw evidence, append rows
+    # 3. score in batches: decode once, score, draw evidence, append rows. Everything new goes
+    # beside the last run's outputs (results.jsonl.partial, evidence.partial/), which stay whole
+    # and consistent until this run is complete (step 4 swaps them in).
     rows: list[dict] = []
     partial = out / "results.jsonl.partial"
-    (out / "evidence").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "evidence").glob("*.png"):  # never link a previous run's picture ...
-        if EVIDENCE_NAME.fullmatch(stale.name):  # ... and delete only the pictures this job names
-            stale.unlink()
+    staged = out / STAGED_EVIDENCE
+    shutil.rmtree(staged, ignore_errors=True)  # a killed run's half-drawn pictures
+    staged.mkdir(parents=True)
     with partial.open("w", encoding="utf-8") as handle, tqdm(total=len(paths), desc=f"scoring ({reward.name})", unit="video") as bar:
         for start in range(0, len(paths), config.batch_size):
             batch = paths[start : start + config.batch_size]
@@ -165,12 +169,13 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                     row["truth"] = truths[start + offset]
                 handle.write(json.dumps(row, default=_jsonable) + "\n")
                 if cac is not None and cac.get("valid") and not isinstance(video, VideoError):
-                    write_evidence_png(cac.get("window_s"), cac.get("boxes", []), video, evidence_path(out, start + offset))
+                    write_evidence_png(cac.get("window_s"), cac.get("boxes", []), video, staged / evidence_path(out, start + offset).name)
                 rows.append(row)
             handle.flush()
             bar.update(len(batch))
+    # 4. swap the complete outputs in: pictures, results, then the report that links them
+    _swap_in_evidence(staged, out / "evidence")
     partial.replace(out / "results.jsonl")
-    # 4. report
     report = write_report(rows, out, title=f"{reward.name} scoring report")
     valid = sum(row["valid"] for row in rows)
     judged = [row for row in rows if row["valid"] and "truth" in row]
@@ -185,8 +190,21 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
 
 
 # evidence_path(out, i): the only pictures this job writes; anything else in evidence/ is yours
-SCORE_OUTPUTS = ("results.jsonl", "results.jsonl.partial", "report.html", "evidence/" + "[0-9]" * 5 + ".png", "synth")
+STAGED_EVIDENCE = "evidence.partial"  # a running rerun's pictures, until it completes
+SCORE_OUTPUTS = ("results.jsonl", "results.jsonl.partial", "report.html", "evidence/" + "[0-9]" * 5 + ".png", STAGED_EVIDENCE, "synth")
 EVIDENCE_NAME = re.compile(r"\d{5}\.png")
+
+
+def _swap_in_evidence(staged: Path, evidence: Path) -> None:
+    """Replace the job's pictures in ``evidence`` (only the ones it names) by the ``staged`` ones."""
+    evidence.mkdir(parents=True, exist_ok=True)
+    new = {p.name for p in staged.glob("*.png")}
+    for old in evidence.glob("*.png"):
+        if EVIDENCE_NAME.fullmatch(old.name) and old.name not in new:  # never link a previous run's picture
+            old.unlink()
+    for name in sorted(new):
+        (staged / name).replace(evidence / name)
+    shutil.rmtree(staged, ignore_errors=True)
 _RUN_ONLY_KEYS = ("out_dir", "batch_size", "overwrite")
 
 

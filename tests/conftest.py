@@ -57,3 +57,12 @@ def cac_data(tmp_path_factory):
     _, config = load_recipe(REPO_ROOT / "recipes/cac/synth_tiny.yaml", [f"out_dir={out}"])
     generate(config)
     return out / "annotations.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _release_run_folder_locks():
+    """Each test's jobs free their out_dir locks when it ends, as a finished CLI run does."""
+    yield
+    from cac_align.runlog import release_locks
+
+    release_locks()

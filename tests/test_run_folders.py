@@ -60,6 +60,69 @@ def test_another_config_is_refused_and_overwrite_deletes_only_the_runs_outputs(t
     assert _user_files_survive(out) and read_manifest(out)["fingerprint"]["seed"] == 2
 
 
+def test_overwrite_never_deletes_what_a_tampered_record_names(tmp_path, caplog):
+    # The manifest is data from disk: entries this job does not declare are ignored, whatever
+    # they say (a sibling, the parent, an absolute path), and links are removed, not followed.
+    parent = tmp_path / "p"
+    out = parent / "run"
+    RunFolder(out, "score", OUTPUTS, {"seed": 1}).start()
+    (out / "results.jsonl").write_text("old\n")
+    victim = parent / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("precious too")
+    (out / "figures").symlink_to(elsewhere)  # a declared output that is a link
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["outputs"] += ["../victim", "..", str(victim), "figures"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    folder = RunFolder(out, "score", OUTPUTS, {"seed": 2}, overwrite=True)
+    folder.start()
+    assert (victim / "keep.txt").read_text() == "precious" and (parent / "run").is_dir()
+    assert (elsewhere / "keep.txt").read_text() == "precious too"  # the link went, not its target
+    assert not (out / "figures").exists() and not (out / "results.jsonl").exists()
+    assert "../victim" in caplog.text and "does not write: left alone" in caplog.text
+
+
+HOLD_A_RUN = """
+import sys, time
+from cac_align.runlog import RunFolder
+RunFolder(sys.argv[1], "score", ("results.jsonl",), {"seed": 1}).start()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_busy_folder_is_refused_and_a_killed_runs_lock_does_not_block(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from cac_align.cli import main
+    from conftest import REPO_ROOT
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_RUN, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # a second process: the real CLI, refused with one line naming the first, before loading anything
+        second = subprocess.run(
+            [sys.executable, "-m", "cac_align.cli", "score", "--config", str(REPO_ROOT / "recipes/score/cac_tiny.yaml"), "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by a score run (pid {holder.pid} on " in second.stderr and "wait for it to finish" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and not (out / "results.jsonl").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # killed mid-run: the kernel drops its lock
+        holder.wait()
+    assert (out / ".cac_align.lock").exists()  # the file stays; its lock does not
+    # the refused command, run again after the kill, goes through (here in-process)
+    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_tiny.yaml"), "--out", str(out), "overwrite=true"]) == 0
+    assert (out / "results.jsonl").exists()
+
+
 def test_files_of_the_user_where_outputs_go_are_refused_even_with_overwrite(tmp_path):
     out = tmp_path / "run"
     _user_files(out)

@@ -63,6 +63,43 @@ def test_report_shows_every_video_and_its_boxes(tmp_path):
     assert rows[0]["score"] == pytest.approx(0.75) and rows[1]["score"] == pytest.approx(0.25)
 
 
+def test_an_interrupted_rerun_leaves_the_last_results_report_and_pictures_consistent(tmp_path):
+    _write_videos(tmp_path / "videos", 2)
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(tmp_path / "videos"), batch_size=1)
+    run(config, reward=CaCReward(ScriptedBackend({0: NORMAL, 1: _abnormal_t1(0.5, 1.5)}, {1: CONFIRM})))
+    out = tmp_path / "out"
+    before = {name: (out / name).read_bytes() for name in ("results.jsonl", "report.html", "evidence/00000.png", "evidence/00001.png")}
+
+    class KilledAfterOneBatch:
+        name = "cac"
+
+        def __init__(self):
+            self.calls = 0
+            self.inner = CaCReward(ScriptedBackend({0: _abnormal_t1(0.5, 1.5), 1: NORMAL}, {0: CONFIRM}))
+
+        def __call__(self, videos, prompts=None, metadata=None):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the rerun
+            return self.inner(videos, prompts, metadata)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(config, reward=KilledAfterOneBatch())
+    # the rerun drew video 0's new picture (now abnormal, with boxes), but only beside the last
+    # run's outputs, which are intact and still agree with each other
+    redrawn = (out / "evidence.partial/00000.png").read_bytes()
+    assert redrawn != before["evidence/00000.png"]
+    assert {name: (out / name).read_bytes() for name in before} == before
+    for image in re.findall(r'src="(evidence/[^"]+)"', (out / "report.html").read_text()):
+        assert (out / image).exists()  # every picture the report links is there
+    # a complete rerun swaps everything in at once
+    run(config, reward=CaCReward(ScriptedBackend({0: _abnormal_t1(0.5, 1.5), 1: NORMAL}, {0: CONFIRM})))
+    assert (out / "evidence/00000.png").read_bytes() == redrawn
+    assert not (out / "evidence.partial").exists() and not (out / "results.jsonl.partial").exists()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["abnormal", "normal"]
+
+
 def test_demo_videos_come_from_the_synth_recipe_and_seed(tmp_path):
     from cac_align.data.synthetic import SynthConfig, generate
     from cac_align.video import load_video
