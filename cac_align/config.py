@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +32,7 @@ __all__ = [
     "config_fingerprint",
     "describe_error",
     "differing_keys",
+    "check_finite",
     "drop_serving_keys",
     "load_config",
     "load_recipe",
@@ -250,6 +252,21 @@ def describe_error(exc: Exception, where: str, root: Any) -> RecipeError:
     return RecipeError(f"{where}: key '{key}': {msg}")
 
 
+def check_finite(data: Any, where: str, prefix: str = "") -> None:
+    """Every number in a recipe is finite: ``nan`` or ``inf`` anywhere (a float setting, a list,
+    a nested reward section) is a :class:`RecipeError` naming the key. One rule for all keys, so
+    no setting silently takes NaN (which compares false with everything) or infinity.
+    Missing values (``???``) are skipped: their own error names them."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_finite(value, where, f"{prefix}{key}.")
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_finite(value, where, f"{prefix.rstrip('.')}[{i}].")
+    elif isinstance(data, float) and not math.isfinite(data):
+        raise RecipeError(f"{where}: key '{prefix.rstrip('.')}' is {data}; every number in a recipe must be finite")
+
+
 def _merge(base: Any, other: Any, where: str) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -326,6 +343,11 @@ def load_config(
         merged = _merge(merged, data, str(recipe))
     if overrides:
         merged = _merge(merged, _parse_overrides(overrides), f"{where} (command-line override)")
+    try:
+        container = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise describe_error(exc, where, merged) from None
+    check_finite(container, where)
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

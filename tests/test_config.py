@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,3 +120,28 @@ def test_job_mismatch(tmp_path):
     recipe = _write(tmp_path, "job: other\nmodel: tiny\n")
     with pytest.raises(RecipeError, match="for job 'other', not 'train'"):
         load_config(_Job, recipe, job="train")
+
+
+@pytest.mark.parametrize(
+    "recipe, override, key",
+    [
+        ("recipes/align/bon_tiny.yaml", "generator.guidance_scale=nan", "generator.guidance_scale' is nan"),
+        ("recipes/score/cac_tiny.yaml", "reward.options.scan_fps=inf", "options.scan_fps' is inf"),
+        ("recipes/score/ur_cac_tiny.yaml", "reward.weights=[0.5,-inf]", "weights[1]' is -inf"),
+        ("recipes/align/flow_grpo_tiny.yaml", "learning_rate=nan", "learning_rate' is nan"),
+    ],
+)
+def test_every_number_in_a_recipe_must_be_finite(recipe, override, key):
+    # one rule in the config layer for every key: NaN compares false with everything (a guidance
+    # scale of NaN behaved like 1.0) and infinity is no setting
+    from cac_align.config import load_recipe
+
+    with pytest.raises(RecipeError, match=re.escape(key) + "; every number in a recipe must be finite"):
+        load_recipe(REPO_ROOT / recipe, [override])
+
+
+def test_a_reward_built_in_python_gets_the_same_rule():
+    from cac_align.rewards import build_reward
+
+    with pytest.raises(ValueError, match=r"reward: key 'options.clip_fps' is nan"):
+        build_reward({"name": "cac", "options": {"clip_fps": float("nan")}})

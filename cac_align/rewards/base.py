@@ -347,11 +347,16 @@ def load_section(config_cls: type, data: Mapping[str, Any], where: str) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from cac_align.config import describe_error
+    from cac_align.config import check_finite, describe_error
 
     schema = OmegaConf.structured(config_cls)
     try:
         merged = OmegaConf.merge(schema, dict(data))
+        container = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ValueError(str(describe_error(exc, where, schema))) from None
+    check_finite(container, where)
+    try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ValueError(str(describe_error(exc, where, schema))) from None
