@@ -336,6 +336,11 @@ def test_resume_continues_exactly(cac_data, tmp_path):
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-7, rtol=0)
+    # resume=true on a finished run: nothing to do, and no second final row (it had train_loss 0.0)
+    before = (straight / "metrics.jsonl").read_text()
+    again = run(_recipe("stage1_tiny", cac_data, straight, *common, "resume=true"))
+    assert (straight / "metrics.jsonl").read_text() == before
+    assert again == json.loads(before.splitlines()[-1]) and again["train_loss"] > 0
 
 
 def test_run_folder_guards(cac_data, tmp_path):

@@ -55,7 +55,7 @@ from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.cac.train.data import ChatBuilder, build_stage, describe
 from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
-from cac_align.cac.train.shared import load_model, run_folder, set_trainable
+from cac_align.cac.train.shared import finished_run, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.eval.metrics import auroc
@@ -236,6 +236,10 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
 
 def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
+    done = finished_run(config)
+    if done is not None:  # resume=true on a finished run: nothing to do, nothing logged twice
+        print(f"train-cac stage {config.stage}: the run in {config.out_dir} has finished; its model is in {Path(config.out_dir) / 'final'} (nothing to resume)")
+        return done
     if config.stage == 3:
         return run_grpo(config)
 
