@@ -30,7 +30,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cac_align.loading import WeightsNotFoundError
     from cac_align.video import VideoError
 
-    return (RecipeError, VideoError, WeightsNotFoundError)
+    # the file system refusing what a recipe asked for (an out_dir that is a file, a folder
+    # without write permission): one line naming the path, like any other bad setting
+    file_errors = (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError)
+    return (RecipeError, VideoError, WeightsNotFoundError, *file_errors)
 
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
@@ -94,9 +97,20 @@ def _show_job_logs() -> None:
     they are. Once per process (``main`` may run several times in one interpreter)."""
     import logging
 
+    class _Stderr(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time (a caller may have replaced it)."""
+
+        @property  # type: ignore[override]
+        def stream(self):  # noqa: ANN202
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):  # noqa: ANN001, ANN202
+            pass
+
     logger = logging.getLogger("cac_align")
     if not any(getattr(h, "_cac_align", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._cac_align = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -33,6 +33,7 @@ __all__ = [
     "describe_error",
     "differing_keys",
     "check_finite",
+    "relative_path_hint",
     "drop_serving_keys",
     "load_config",
     "load_recipe",
@@ -252,6 +253,16 @@ def describe_error(exc: Exception, where: str, root: Any) -> RecipeError:
     return RecipeError(f"{where}: key '{key}': {msg}")
 
 
+def relative_path_hint(path: str | Path) -> str:
+    """For a "no such file" message: how a relative path in a recipe was looked for."""
+    if Path(path).is_absolute():
+        return ""
+    return (
+        f" (relative paths in recipes are resolved from the current folder, {Path.cwd()}: run from the folder the "
+        "recipe was written for, the repository root for the shipped recipes, or give an absolute path)"
+    )
+
+
 def check_finite(data: Any, where: str, prefix: str = "") -> None:
     """Every number in a recipe is finite: ``nan`` or ``inf`` anywhere (a float setting, a list,
     a nested reward section) is a :class:`RecipeError` naming the key. One rule for all keys, so
@@ -282,7 +293,7 @@ def _read_yaml(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}")
+        raise RecipeError(f"recipe not found: {path}{relative_path_hint(path)}")
     try:
         node = OmegaConf.load(path)
     except yaml.YAMLError as exc:

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from cac_align.config import RecipeError
+from cac_align.config import RecipeError, relative_path_hint
 
 __all__ = ["VIDEO_SUFFIXES", "collect_inputs", "read_prompts", "slug"]
 
@@ -23,10 +23,11 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     """Video paths and their prompts from a file, a folder or a JSONL manifest."""
     path = Path(videos)
     if not path.exists():
-        raise RecipeError(f"videos={videos!r}: no such file or folder")
+        raise RecipeError(f"videos={videos!r}: no such file or folder{relative_path_hint(videos)}")
     manifest_prompts: list[str | None] = []
     if path.is_dir():
-        paths = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        # hidden files are not videos of the set: a killed writer's temporary file (".x.ab12.mp4")
+        paths = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
         if not paths:
             raise RecipeError(f"videos={videos!r}: the folder holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
     elif path.suffix == ".jsonl":
@@ -39,11 +40,18 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
                 video = Path(row["video"])
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise RecipeError(f"{path}: line {number}: expected an object with a 'video' path ({exc})") from None
+            prompt = row.get("prompt")
+            if prompt is not None and not isinstance(prompt, str):
+                raise RecipeError(f"{path}: line {number}: 'prompt' must be a string (or absent), got {type(prompt).__name__} {prompt!r}")
             paths.append(str(video if video.is_absolute() else path.parent / video))
-            manifest_prompts.append(row.get("prompt"))
+            manifest_prompts.append(prompt)
+        if not paths:
+            raise RecipeError(f"videos={videos!r}: the manifest holds no videos")
     else:
         paths = [str(path)]
     if prompts is not None:
+        if not Path(prompts).is_file():
+            raise RecipeError(f"prompts={prompts!r}: no such file{relative_path_hint(prompts)}")
         lines = Path(prompts).read_text(encoding="utf-8").splitlines()
         if len(lines) != len(paths):
             raise RecipeError(f"prompts={prompts!r} has {len(lines)} lines but videos={videos!r} gives {len(paths)} videos")
@@ -58,7 +66,7 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     """
     source = Path(path)
     if not source.is_file():
-        raise RecipeError(f"prompts={str(path)!r}: no such file")
+        raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
     prompts: list[str] = []
     for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import torch
 
-__all__ = ["WeightsNotFoundError", "check_weights_source", "hub_reachable", "resolve_dtype", "resolve_device"]
+__all__ = ["WeightsNotFoundError", "check_dtype", "check_weights_source", "hub_reachable", "resolve_dtype", "resolve_device"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -144,8 +144,35 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """'auto' -> cuda if available else cpu; anything else passed to torch.device."""
+def check_dtype(name: str, key: str = "dtype") -> None:
+    """A dtype name a recipe may give (checked when the recipe loads, before any weight)."""
+    if str(name).lower() not in _DTYPES:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(f"{key}={name!r}: unknown dtype; use one of {sorted(_DTYPES)}")
+
+
+def resolve_device(name: str | None, key: str = "device") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' as torch names them.
+
+    Raises:
+        RecipeError: not a device name, or a CUDA device this machine does not have; the
+            message names ``key``.
+    """
+    from cac_align.config import RecipeError
+
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise RecipeError(f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise RecipeError(f"{key}={name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RecipeError(f"{key}={name!r}: this machine has no CUDA device; use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise RecipeError(f"{key}={name!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    return device

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Sequence
 
 import numpy as np
 
+from cac_align.runlog import share_modes
+
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
@@ -265,6 +267,7 @@ def save_checkpoint(accelerator: Accelerator, out: str | Path, step: int, write:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2), encoding="utf-8")
+        share_modes(tmp)  # safetensors writes 0600 files
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint folder exists only once it is complete
         if keep:

@@ -50,7 +50,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["LOCK", "MANIFEST", "RunFolder", "keep_log_steps", "read_jsonl_log", "read_manifest", "release_locks", "write_text_atomic"]
+__all__ = ["LOCK", "MANIFEST", "RunFolder", "keep_log_steps", "read_jsonl_log", "read_manifest", "release_locks", "share_modes", "write_text_atomic"]
 
 MANIFEST = "cac_align_run.json"
 LOCK = ".cac_align.lock"  # held (fcntl.flock) by the process running a job in the folder
@@ -95,6 +95,26 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def share_modes(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open`` gives
+    under the process's umask (files 0644 and folders 0755 under umask 022).
+
+    Some writers create private files: safetensors writes weights with mode 0600, and temporary
+    files (``tempfile.mkstemp``, renamed into place) are 0600. Jobs call this on what they write,
+    so that a checkpoint or a video is as readable as any other file the user makes.
+    """
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in items:
+        if item.is_symlink() or not item.exists():
+            continue
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def _a(job: str) -> str:
@@ -162,6 +182,7 @@ class RunFolder:
         self.resuming = False
         self._replace: list[str] = []  # a previous run's outputs that start() deletes
         where = f"out_dir={str(self.path)!r}"
+        _check_writable(self.path, where)
         holder = _lock_holder(self.path)  # a run at work there: nothing else is worth checking
         if holder is not None:
             raise RecipeError(f"{where} is in use by {holder}; wait for it to finish, or choose another out_dir")
@@ -230,6 +251,23 @@ class RunFolder:
 # ---------------------------------------------------------------------------------------
 # Deletion and locking (rules 6 and 7)
 # ---------------------------------------------------------------------------------------
+def _check_writable(path: Path, where: str) -> None:
+    """``path`` is (or can become) a folder this process may write in."""
+    import os
+
+    from cac_align.config import RecipeError
+
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"{where} is a file, not a folder; choose another out_dir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecipeError(f"{where}: {existing} is a file, so no folder can be made there; choose another out_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RecipeError(f"{where}: cannot write in {existing} (permission denied); choose another out_dir")
+
+
 def _delete_output(root: Path, name: str) -> None:
     """Delete one declared output of the run in ``root``: a top-level name (file or folder) or
     ``folder/<glob>``. Only paths that stay inside ``root`` go; links are removed, never followed."""

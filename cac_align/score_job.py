@@ -74,12 +74,13 @@ class ScoreConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        from cac_align.config import relative_path_hint
         from cac_align.rewards.base import reward_config
 
         if (self.videos is None) == (self.synth_videos <= 0):
             raise ValueError("set exactly one of 'videos' (files to score) or 'synth_videos' (> 0, an offline demo)")
         if self.synth is not None and not Path(self.synth).is_file():
-            raise ValueError(f"synth={self.synth!r}: no such synth recipe")
+            raise ValueError(f"synth={self.synth!r}: no such synth recipe{relative_path_hint(self.synth)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         reward_config(self.reward, "reward")

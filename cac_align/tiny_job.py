@@ -60,7 +60,13 @@ def run(config: MakeTinyConfig) -> dict[str, Path]:
     """Build and save each requested tiny model; returns {name: directory}."""
     from tqdm.auto import tqdm
 
+    from cac_align.runlog import share_modes
+
     out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        from cac_align.config import RecipeError
+
+        raise RecipeError(f"out_dir={str(out)!r} is a file, not a folder; choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for name in tqdm(config.models, desc="tiny models", unit="model"):
@@ -71,6 +77,7 @@ def run(config: MakeTinyConfig) -> dict[str, Path]:
             tqdm.write(f"{name}: kept existing {target}")
         else:
             TINY_BUILDERS[name](config.seed).save_pretrained(str(target))
+            share_modes(target)  # safetensors writes 0600 files
             done_marker.write_text("built by cac-align make-tiny\n")
             tqdm.write(f"{name}: wrote {target}")
         written[name] = target

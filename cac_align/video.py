@@ -430,6 +430,12 @@ def _without_interrupts(fn: Any, *args: Any) -> Any:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
     """Write ``video`` as an H.264 mp4 (yuv420p) that decord and browsers read.
 
@@ -473,6 +479,7 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
         for frame in video.frames:
             _without_interrupts(writer.send, np.ascontiguousarray(frame))
         _without_interrupts(writer.close)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files: give the video the usual mode
         os.replace(tmp_name, path)
     except BaseException:
         if writer is not None:

@@ -123,6 +123,39 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
     assert all(r["frames_sha256"] for r in rows)  # hashes survive the kill
 
 
+def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray_files_go(tmp_path, tiny_pipe, monkeypatch):
+    import cac_align.video as video_module
+
+    config = _config(tmp_path, ["a cat"])
+    reward = ScriptedReward({"a cat": [0.1, 0.5, 0.3]})
+    real_save = video_module.save_video
+    saved = []
+
+    def killed_on_second_video(video, path, crf=18):
+        saved.append(path)
+        if len(saved) == 2:  # the candidate's hash is written, its mp4 is not
+            raise KeyboardInterrupt("killed")
+        return real_save(video, path, crf)
+
+    monkeypatch.setattr(video_module, "save_video", killed_on_second_video)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, reward=reward, pipe=tiny_pipe)
+    candidates = tmp_path / "bon/candidates"
+    assert (candidates / "p00000_c00.mp4").exists() and not (candidates / "p00000_c01.mp4").exists()
+    # what killed runs leave half-written, under the names this job uses
+    (candidates / ".p00000_c02.a1b2c3.mp4").write_bytes(b"half an mp4")
+    (candidates / "p00000_c02.sha256.tmp").write_text("half a hash")
+    (candidates / "my_own.mp4").write_bytes(b"the user's")  # not ours: stays
+    monkeypatch.setattr(video_module, "save_video", real_save)
+    run(config, reward=reward, pipe=tiny_pipe)
+    rows = _rows(tmp_path / "bon")
+    assert len(rows) == 3 and all(len(r["frames_sha256"]) == 64 for r in rows)  # every hash recorded
+    for c in range(3):
+        assert (candidates / f"p00000_c{c:02d}.sha256").exists() and (candidates / f"p00000_c{c:02d}.mp4").exists()
+    assert sorted(p.name for p in candidates.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")) == []
+    assert (candidates / "my_own.mp4").read_bytes() == b"the user's"
+
+
 def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch):
     config = _config(tmp_path, ["a cat", "a dog"])
     reward = ScriptedReward({"a cat": [0.1, 0.5, 0.3], "a dog": [0.7, 0.2, 0.4]})
@@ -148,7 +181,7 @@ def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_pa
     import dataclasses
 
     bad = _config(tmp_path, ["a cat"], generator=dataclasses.replace(TINY_GEN, lora=str(tmp_path / "no_such_lora")))
-    with pytest.raises(FileNotFoundError, match="generator.lora"):
+    with pytest.raises(RecipeError, match="generator.lora"):
         run(bad, reward=ScriptedReward({"a cat": [0.1, 0.5, 0.3]}))
     assert read_manifest(tmp_path / "bon") is None
     # the corrected command (no LoRA) is a new run, not "a different config in the same folder"

@@ -336,11 +336,17 @@ def test_resume_continues_exactly(cac_data, tmp_path):
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-7, rtol=0)
-    # resume=true on a finished run: nothing to do, and no second final row (it had train_loss 0.0)
+    # resume=true on a finished run: nothing left to train, no second final row (it had
+    # train_loss 0.0), no step past the end; the model is as it was
     before = (straight / "metrics.jsonl").read_text()
     again = run(_recipe("stage1_tiny", cac_data, straight, *common, "resume=true"))
     assert (straight / "metrics.jsonl").read_text() == before
     assert again == json.loads(before.splitlines()[-1]) and again["train_loss"] > 0
+    for key, tensor in _weights(straight / "adapter").items():
+        torch.testing.assert_close(tensor, a[key], atol=0, rtol=0)
+    # a longer max_steps on the same run continues it (max_steps may change on resume)
+    run(_recipe("stage1_tiny", cac_data, straight, *common[1:], "train.max_steps=5", "resume=true"))
+    assert [json.loads(line)["step"] for line in (straight / "metrics.jsonl").read_text().splitlines()][-1] == 5
 
 
 def test_run_folder_guards(cac_data, tmp_path):

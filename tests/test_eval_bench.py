@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 import math
 
 import pytest
@@ -151,12 +153,12 @@ def test_bench_job_on_prediction_files(tmp_path):
     ]
     (tmp_path / "cac.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cac))
     (tmp_path / "base.jsonl").write_text(
-        "".join(json.dumps({"video": f"v{i}.mp4", "status": s}) + "\n" for i, s in [(0, "abnormal"), (1, "abnormal"), (2, "abnormal")])
+        "".join(json.dumps({"video": f"gt/v{i}.mp4", "status": s}) + "\n" for i, s in [(0, "abnormal"), (1, "abnormal"), (2, "abnormal")])
     )
     config = BenchConfig(annotations=str(annotations), predictions={"cac": str(tmp_path / "cac.jsonl"), "base": str(tmp_path / "base.jsonl")}, out_dir=str(tmp_path / "out"))
     results = run(config)
     cac_result = results["cac"]
-    assert cac_result["coverage"] == {"annotated": 4, "scored": 3, "missing": 0, "invalid": 1}
+    assert cac_result["coverage"] == {"annotated": 4, "scored": 3, "missing": 0, "invalid": 1, "matched_by_name": 0}
     assert cac_result["table1"]["tp"] == 1 and cac_result["table1"]["fp"] == 1 and cac_result["table1"]["tn"] == 1
     # window 1.5-2.5 s vs 1-2 s: IoU 0.5 / 1.5; time 1.5 s is annotation frame 6, box IoU 0.25 / 0.5
     assert cac_result["localization"]["temporal_iou"] == pytest.approx(1 / 3)
@@ -209,12 +211,46 @@ def test_bench_errors_name_the_input(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"video": "v0.mp4", "status": "maybe"}) + "\n")
     with pytest.raises(RecipeError, match="none of its videos"):
         run(BenchConfig(annotations=str(annotations), predictions={"x": str(tmp_path / "other.jsonl")}, out_dir=str(tmp_path / "o")))
-    with pytest.raises(ValueError, match="bad.jsonl:1: status must be"):
+    with pytest.raises(RecipeError, match="bad.jsonl:1: not a prediction .*status must be"):
         run(BenchConfig(annotations=str(annotations), predictions={"x": str(tmp_path / "bad.jsonl")}, out_dir=str(tmp_path / "o")))
     with pytest.raises(RecipeError, match="does not exist"):
         run(BenchConfig(annotations=str(annotations), predictions={"x": str(tmp_path / "nope.jsonl")}, out_dir=str(tmp_path / "o")))
     with pytest.raises(ValueError, match="predictions is empty"):
         BenchConfig(annotations=str(annotations))
+
+
+def test_predictions_are_matched_by_path_and_by_name_only_when_asked(tmp_path, capsys):
+    from cac_align.config import RecipeError
+
+    annotations = write_annotations([_record("v0", [(0, 1)]), _record("v1", [])], tmp_path / "gt" / "a.jsonl")
+    # predictions of *other* videos that happen to share the names (another folder)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "p.jsonl").write_text("".join(json.dumps({"video": f"v{i}.mp4", "status": "normal"}) + "\n" for i in (0, 1)))
+    config = BenchConfig(annotations=str(annotations), predictions={"sys": str(other / "p.jsonl")}, out_dir=str(tmp_path / "o"))
+    with pytest.raises(RecipeError, match=r"none of its videos is in .* by path; 2 of them share a file name .* pass match=name"):
+        run(config)
+    # the user says they are the same videos, copied: matched by name, and counted as such
+    config.match = "name"
+    result = run(config)["sys"]
+    assert result["coverage"]["matched_by_name"] == 2 and result["coverage"]["scored"] == 2
+    assert "2 of 2 annotated videos matched a prediction by file name alone" in capsys.readouterr().out
+    # a relative path from the current folder matches too
+    (tmp_path / "cwd.jsonl").write_text(json.dumps({"video": os.path.relpath(tmp_path / "gt" / "v0.mp4"), "status": "abnormal"}) + "\n")
+    run_cwd = run(BenchConfig(annotations=str(annotations), predictions={"sys": str(tmp_path / "cwd.jsonl")}, out_dir=str(tmp_path / "o2")))
+    assert run_cwd["sys"]["coverage"]["scored"] == 1 and run_cwd["sys"]["coverage"]["matched_by_name"] == 0
+
+
+def test_torn_or_broken_inputs_are_one_line_errors(tmp_path):
+    from cac_align.cli import main
+
+    annotations = write_annotations([_record("v0", [])], tmp_path / "a.jsonl")
+    (tmp_path / "torn.jsonl").write_text(json.dumps({"video": "v0.mp4", "status": "normal"}) + '\n{"video": "v1.mp4", "sta')
+    code = main(["eval", "bench", f"annotations={annotations}", f"predictions={{s: {tmp_path / 'torn.jsonl'}}}", f"out_dir={tmp_path / 'o'}"])
+    assert code == 2
+    (tmp_path / "notjson.jsonl").write_text("this is not json\n")
+    code = main(["eval", "bench", f"annotations={tmp_path / 'notjson.jsonl'}", f"predictions={{s: {tmp_path / 'torn.jsonl'}}}", f"out_dir={tmp_path / 'o'}"])
+    assert code == 2
 
 
 def test_cli_eval_bench_alias(tmp_path):

@@ -58,6 +58,12 @@ def test_missing_values_and_inputs(tmp_path):
 
     with pytest.raises(RecipeError, match="does not exist"):
         build_table(ReportConfig(vbench=str(tmp_path / "nope.json")))
+    (tmp_path / "broken.json").write_text('{"systems": {"base": ')  # a torn file
+    with pytest.raises(RecipeError, match="vbench=.*broken.json is not readable JSON"):
+        build_table(ReportConfig(vbench=str(tmp_path / "broken.json")))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(RecipeError, match="has no 'systems' mapping"):
+        build_table(ReportConfig(expert=str(tmp_path / "list.json")))
 
 
 def test_cli_report(tmp_path):

@@ -20,6 +20,7 @@ from cac_align.gen.sde import SDESchedule, flow_sigmas
 from cac_align.rl import step_indices
 from cac_align.gen.wan import (
     TINY_WAN,
+    LORA_WEIGHT_NAME,
     GeneratorConfig,
     build_generator,
     build_tiny_wan_pipeline,
@@ -280,7 +281,7 @@ def test_trained_lora_loads_into_generation_by_one_key(tmp_path):
         plain = base.transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
     torch.testing.assert_close(again, trained, rtol=0, atol=1e-6)
     assert not torch.allclose(again, plain, atol=1e-6)
-    with pytest.raises(FileNotFoundError, match="generator.lora"):
+    with pytest.raises(RecipeError, match="generator.lora"):
         build_generator(GeneratorConfig(**{**GEN.__dict__, "lora": str(tmp_path)}))
 
 
@@ -365,3 +366,29 @@ def test_two_processes_hold_identical_lora(tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name
     assert any(torch.count_nonzero(v) for n, v in rank0.items() if "lora_B" in n)  # it did train
     assert json.loads((tmp_path / "ddp/world.json").read_text()) == {"num_processes": 2}
+
+
+SAVE_A_LORA = """
+import sys
+from cac_align.gen.grpo_trainer import WanLoraSettings, add_lora
+from cac_align.gen.tiny import build_tiny_wan_pipeline
+from cac_align.gen.wan import save_lora
+pipe = build_tiny_wan_pipeline(seed=0)
+add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=4), seed=0)
+save_lora(pipe.transformer, sys.argv[1])
+"""
+
+
+def test_identical_runs_write_identical_lora_files_readable_by_others(tmp_path):
+    # target_modules is a set in peft's config: its order follows the interpreter's string hash
+    # seed, which differs between processes; the file must not
+    files = []
+    for hash_seed in ("1", "2"):
+        folder = tmp_path / f"lora{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run([sys.executable, "-c", SAVE_A_LORA, str(folder)], env=env, capture_output=True, text=True, timeout=300,
+                              preexec_fn=lambda: os.umask(0o022))
+        assert proc.returncode == 0, proc.stderr
+        files.append(folder / LORA_WEIGHT_NAME)
+    assert files[0].read_bytes() == files[1].read_bytes()
+    assert oct(files[0].stat().st_mode & 0o777) == oct(0o644)  # safetensors writes 0600; shared like any file

@@ -100,6 +100,21 @@ def test_an_interrupted_rerun_leaves_the_last_results_report_and_pictures_consis
     assert [r["status"] for r in rows] == ["abnormal", "normal"]
 
 
+def test_inputs_skip_hidden_files_and_an_empty_manifest_is_an_error(tmp_path):
+    _write_videos(tmp_path / "videos", 2)
+    (tmp_path / "videos" / ".v0.x1y2.mp4").write_bytes(b"a killed writer's temporary file")
+    paths, _ = collect_inputs(str(tmp_path / "videos"), None)
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["v0.mp4", "v1.mp4"]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(RecipeError, match="the manifest holds no videos"):
+        collect_inputs(str(tmp_path / "empty.jsonl"), None)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"video": "videos/v0.mp4", "prompt": 42}) + "\n")
+    with pytest.raises(RecipeError, match=r"line 1: 'prompt' must be a string \(or absent\), got int 42"):
+        collect_inputs(str(tmp_path / "bad.jsonl"), None)
+    with pytest.raises(RecipeError, match="prompts='nope.txt': no such file"):
+        collect_inputs(str(tmp_path / "videos"), "nope.txt")
+
+
 def test_demo_videos_come_from_the_synth_recipe_and_seed(tmp_path):
     from cac_align.data.synthetic import SynthConfig, generate
     from cac_align.video import load_video

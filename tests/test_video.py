@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -263,3 +265,13 @@ def test_ctrl_c_waits_until_a_frame_is_handed_to_ffmpeg():
     with pytest.raises(ValueError):  # an error inside still restores the mask
         _without_interrupts(lambda: (_ for _ in ()).throw(ValueError("boom")))
     assert not blocked_now()
+
+
+def test_saved_videos_get_the_usual_file_mode(tmp_path):
+    # written to a private temporary file (mkstemp: 0600), then renamed: it must end as any file would
+    previous = os.umask(0o022)
+    try:
+        path = save_video(Video(np.zeros((4, 16, 16, 3), np.uint8), 8.0), tmp_path / "v.mp4")
+    finally:
+        os.umask(previous)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)

@@ -386,7 +386,9 @@ def load_annotations(path: str | Path, strict: bool = True, check_videos: bool =
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        from cac_align.config import relative_path_hint
+
+        raise FileNotFoundError(f"annotation file not found: {path}{relative_path_hint(path)}")
     records: list[AnnotationRecord] = []
     problems: list[tuple[int, str]] = []
     with path.open(encoding="utf-8") as handle:

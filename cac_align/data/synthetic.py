@@ -59,6 +59,9 @@ REASONS = {
 }
 
 
+
+MAX_SIDE = 4096  # the largest frame side synth draws
+
 @dataclass
 class SynthConfig:
     """Config of `cac-align synth` (and of :func:`generate`).
@@ -106,6 +109,8 @@ class SynthConfig:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.height < 32 or self.width < 32 or self.height % 2 or self.width % 2:
             raise ValueError(f"height and width must be even and >= 32, got {self.height}x{self.width}")
+        if self.height > MAX_SIDE or self.width > MAX_SIDE:  # a frame is drawn whole in memory, per frame
+            raise ValueError(f"height and width must be at most {MAX_SIDE} (4K), got {self.height}x{self.width}")
         if self.fps <= 0 or self.duration_s <= 0:
             raise ValueError("fps and duration_s must be > 0")
         for name in ("anomaly_duration_s", "object_scale"):

@@ -10,9 +10,14 @@ evaluated elsewhere compare in one table. A prediction line needs ``video`` and 
 - a ``cac-align score`` line carries these inside ``details`` (the CaC turn-2 window and boxes),
   and they are read from there.
 
-Predictions are matched to annotations by the video's resolved path, else by file name. A video
-with no prediction, or whose prediction has no valid status (a failed reward), is **not scored**:
-it is left out of every metric and counted in ``coverage`` (never turned into a guess).
+Predictions are matched to annotations by the video's resolved path (a relative prediction path
+is looked for from the predictions file's folder and from the current folder, an annotation's
+from the current folder). Matching by file name alone, for predictions made on copies of the
+videos elsewhere, must be asked for (``match: name``): two different videos can share a name,
+and a bench scored on the wrong videos looks like any other. The number of rows matched by name
+is reported (``coverage.matched_by_name``). A video with no prediction, or whose prediction has
+no valid status (a failed reward), is **not scored**: it is left out of every metric and counted
+in ``coverage`` (never turned into a guess).
 
 Metrics (``abnormal`` is the positive class of the "anomalous" columns):
 
@@ -100,6 +105,8 @@ class BenchConfig:
         bootstrap: resamples for the confidence intervals of accuracy and reward AUROC (0 = none).
         ci_level: their coverage (0.95: the 2.5% and 97.5% quantiles).
         seed: the bootstrap's seed.
+        match: how predictions find their annotation: "path" (the resolved video path; default)
+            or "name" (the file name alone, when it is unique on both sides; module doc).
         overwrite: replace a bench run of another config in ``out_dir`` (its outputs only).
     """
 
@@ -113,9 +120,12 @@ class BenchConfig:
     bootstrap: int = 1000
     ci_level: float = 0.95
     seed: int = 0
+    match: str = "path"
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        if self.match not in ("path", "name"):
+            raise ValueError(f"match must be 'path' or 'name', got {self.match!r}")
         if not self.predictions:
             raise ValueError("predictions is empty: give at least one system, e.g. predictions={cac: runs/score/results.jsonl}")
         if self.long_s <= 0 or not 0 < self.large_area < 1:
@@ -267,36 +277,45 @@ def _from_line(row: dict, where: str) -> Prediction:
 
 
 def load_predictions(path: str | Path) -> list[Prediction]:
-    """Read a prediction JSONL; a malformed line raises ValueError naming the file and line."""
+    """Read a prediction JSONL; a malformed line (torn by a kill, or not a prediction) raises
+    RecipeError naming the file and line."""
+    from cac_align.config import RecipeError, relative_path_hint
+
     path = Path(path)
     if not path.exists():
-        from cac_align.config import RecipeError
-
-        raise RecipeError(f"predictions file {path} does not exist")
+        raise RecipeError(f"predictions file {path} does not exist{relative_path_hint(path)}")
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             out.append(_from_line(json.loads(line), f"{path}:{number}"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
+            raise RecipeError(f"{path}:{number}: not JSON ({exc.msg} at character {exc.pos}); a torn last line means the run that wrote it was killed") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RecipeError(f"{path}:{number}: not a prediction ({exc})") from None
     return out
 
 
-def _match(records: Sequence[Any], predictions: Sequence[Prediction], base: Path) -> list[Prediction | None]:
-    """The prediction of each record: by resolved path, else by file name (if unambiguous)."""
-    by_path = {str((base / p.video).resolve()) if not Path(p.video).is_absolute() else str(Path(p.video).resolve()): p for p in predictions}
-    by_name: dict[str, list[Prediction]] = {}
+def _match(records: Sequence[Any], predictions: Sequence[Prediction], base: Path, by: str = "path") -> tuple[list[Prediction | None], int]:
+    """The prediction of each record, and how many were matched by file name.
+
+    ``by="path"``: the record's resolved path is one of the prediction's (a relative prediction
+    path from ``base``, the predictions file's folder, or from the current folder). ``by="name"``:
+    the file name, where it is unique among the predictions.
+    """
+    if by == "name":
+        by_name: dict[str, list[Prediction]] = {}
+        for p in predictions:
+            by_name.setdefault(Path(p.video).name, []).append(p)
+        out = [by_name[Path(r.video).name][0] if len(by_name.get(Path(r.video).name, [])) == 1 else None for r in records]
+        return out, sum(p is not None for p in out)
+    by_path: dict[str, Prediction] = {}
     for p in predictions:
-        by_name.setdefault(Path(p.video).name, []).append(p)
-    out = []
-    for record in records:
-        found = by_path.get(str(Path(record.video).resolve()))
-        if found is None and len(by_name.get(Path(record.video).name, [])) == 1:
-            found = by_name[Path(record.video).name][0]
-        out.append(found)
-    return out
+        video = Path(p.video)
+        for candidate in ([video] if video.is_absolute() else [base / video, video]):
+            by_path.setdefault(str(candidate.resolve()), p)
+    return [by_path.get(str(Path(r.video).resolve())) for r in records], 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,18 +487,33 @@ def _markdown(results: dict[str, dict], config: BenchConfig) -> str:
 def run(config: BenchConfig) -> dict:
     """Evaluate every system against the annotations; write the tables; return the numbers."""
     from cac_align.cac.schema import load_annotations
-    from cac_align.config import RecipeError
+    from cac_align.config import RecipeError, relative_path_hint
+
+    from cac_align.cac.schema import AnnotationError
 
     if not Path(config.annotations).exists():
-        raise RecipeError(f"annotations file {config.annotations} does not exist")
-    records = load_annotations(config.annotations).records
+        raise RecipeError(f"annotations file {config.annotations} does not exist{relative_path_hint(config.annotations)}")
+    try:
+        records = load_annotations(config.annotations).records
+    except AnnotationError as exc:
+        raise RecipeError(str(exc).splitlines()[0] if str(exc) else f"{config.annotations}: bad annotation lines") from None
     results = {}
     for name, path in config.predictions.items():
         predictions = load_predictions(path)
-        matched = _match(records, predictions, Path(path).parent)
+        matched, by_name = _match(records, predictions, Path(path).parent, config.match)
         if all(p is None for p in matched):
-            raise RecipeError(f"predictions[{name}] = {path}: none of its videos is in {config.annotations}")
+            hint = ""
+            if config.match == "path":
+                names = {Path(p.video).name for p in predictions}
+                same = sum(Path(r.video).name in names for r in records)
+                if same:
+                    hint = (f"; {same} of them share a file name with an annotated video: if they are the same videos "
+                            "(copied elsewhere), pass match=name")
+            raise RecipeError(f"predictions[{name}] = {path}: none of its videos is in {config.annotations} by {config.match}{hint}")
         results[name] = evaluate_system(records, matched, config)
+        results[name]["coverage"]["matched_by_name"] = by_name
+        if by_name:
+            print(f"{name}: {by_name} of {len(records)} annotated videos matched a prediction by file name alone (match=name)")
     out = Path(config.out_dir)
     tables = _tables(results)
     folder = RunFolder(out, "eval-bench", ("bench.json", "bench.md", *(f"{name}.csv" for name in TABLES)),

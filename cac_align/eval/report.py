@@ -64,13 +64,21 @@ class ReportConfig:
 
 
 def _read(path: str | None, what: str) -> dict:
+    """The ``systems`` of an eval job's JSON output; a missing or unreadable file is a one-line error."""
+    from cac_align.config import RecipeError, relative_path_hint
+
     if path is None:
         return {}
     if not Path(path).exists():
-        from cac_align.config import RecipeError
-
-        raise RecipeError(f"{what}={path} does not exist")
-    return json.loads(Path(path).read_text()).get("systems", {})
+        raise RecipeError(f"{what}={path} does not exist{relative_path_hint(path)}")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{what}={path} is not readable JSON ({exc}); give the {what}.json an eval job wrote") from None
+    systems = data.get("systems") if isinstance(data, dict) else None
+    if not isinstance(systems, dict):
+        raise RecipeError(f"{what}={path} has no 'systems' mapping; give the {what}.json that `cac-align eval {what}` wrote")
+    return systems
 
 
 def build_table(config: ReportConfig) -> dict:

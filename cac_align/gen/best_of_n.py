@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
     run_folder.start()
     (out / "candidates").mkdir(exist_ok=True)
     (out / "chosen").mkdir(exist_ok=True)
+    _sweep_temporaries(out)
     on_gpu = pipe is not None and str(getattr(pipe, "device", "cpu")).startswith("cuda")
     if config.offload and on_gpu:
         pipe.enable_model_cpu_offload()  # modules visit the GPU only while they run
@@ -215,16 +217,17 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
         prompt = prompts[i]
         seeds = [candidate_seed(config.seed, i, c, config.n) for c in range(config.n)]
         paths = [out / "candidates" / f"p{i:05d}_c{c:02d}.mp4" for c in range(config.n)]
-        # 2. generate what is missing, a batch at a time; each mp4 lands atomically, then the
-        #    hash of its exact frames beside it (before H.264 compression)
-        missing = [c for c in range(config.n) if not paths[c].exists()]
+        # 2. generate what is missing, a batch at a time: the hash of its exact frames (before
+        #    H.264 compression) first, then the mp4, each landing atomically; a candidate is
+        #    there only with both (a kill between them regenerates it, from its recorded seed)
+        missing = [c for c in range(config.n) if not (paths[c].exists() and paths[c].with_suffix(".sha256").exists())]
         bar.update(config.n - len(missing))
         for start in range(0, len(missing), config.batch_size):
             batch = missing[start : start + config.batch_size]
             frames = generate_videos(pipe, config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
             for c, video in zip(batch, frames):
-                save_video(Video(video, config.generator.fps), paths[c])
                 write_text_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
+                save_video(Video(video, config.generator.fps), paths[c])
             bar.update(len(batch))
         hashes = {c: _read_hash(paths[c].with_suffix(".sha256")) for c in range(config.n)}
         # 3. score the group from the files
@@ -290,6 +293,24 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
             "rerun the same command to score them"
         )
     return summary
+
+
+# What a killed run leaves half-written: save_video's temporary ".p00000_c00.<random>.mp4", the
+# hash file's "p00000_c00.sha256.tmp" and a chosen copy's "<name>.tmp.mp4".
+_TEMPORARIES = (
+    ("candidates", re.compile(r"\.p\d{5}_c\d{2}\..+\.mp4")),
+    ("candidates", re.compile(r"p\d{5}_c\d{2}\.sha256\.tmp")),
+    ("chosen", re.compile(r"\d{5}_.*\.tmp\.mp4")),
+)
+
+
+def _sweep_temporaries(out: Path) -> None:
+    """Delete the temporary files of killed runs (only names this job writes)."""
+    for folder, pattern in _TEMPORARIES:
+        for path in (out / folder).iterdir():
+            if pattern.fullmatch(path.name) and path.is_file():
+                log.info("removing %s, left by a killed run", path)
+                path.unlink()
 
 
 def _read_hash(path: Path) -> str | None:

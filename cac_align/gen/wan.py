@@ -10,10 +10,13 @@ word-level tokenizer built in-process, and save/load it through :func:`load_wan_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from cac_align.gen.tiny import build_tiny_wan_pipeline
-from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
+from cac_align.config import RecipeError
+from cac_align.loading import check_dtype, check_weights_source, resolve_device, resolve_dtype, weights_error
+from cac_align.runlog import share_modes
 
 __all__ = [
     "TINY_WAN",
@@ -92,6 +95,8 @@ class GeneratorConfig:
     anomaly_probability: float = 0.5
 
     def __post_init__(self) -> None:
+        check_dtype(self.dtype, "generator.dtype")
+        check_dtype(self.vae_dtype, "generator.vae_dtype")
         if not 0 <= self.anomaly_probability <= 1:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
@@ -139,8 +144,11 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
 
     if config.name.startswith(PREFIX):
         return load_synthetic_generator(config.name, config.anomaly_probability, key=f"{key}.name")
+    device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
+    if config.lora is not None and not (Path(config.lora) / LORA_WEIGHT_NAME).is_file():
+        raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
     if config.name == TINY_WAN:
-        pipe = build_tiny_wan_pipeline(seed=0).to(resolve_device(config.device))
+        pipe = build_tiny_wan_pipeline(seed=0).to(device)
     else:
         pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name")
     if config.flow_shift is not None:
@@ -160,16 +168,20 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
 
 
+def _no_lora(path: str, key: str) -> str:
+    return (
+        f"{key}={path!r}: no {LORA_WEIGHT_NAME} there; point it at the lora/ folder a "
+        "`cac-align flow-grpo` run writes (out_dir/lora or out_dir/checkpoints/step_N/lora)"
+    )
+
+
 def load_lora(pipe: Any, path: str, scale: float = 1.0, key: str = "generator.lora") -> None:
     """Load a LoRA saved by :func:`save_lora` (diffusers' LoRA format) into ``pipe``'s transformer."""
     from pathlib import Path
 
     folder = Path(path)
     if not (folder / LORA_WEIGHT_NAME).is_file():
-        raise FileNotFoundError(
-            f"{key}={path!r}: no {LORA_WEIGHT_NAME} there; point it at the lora/ folder a "
-            "`cac-align flow-grpo` run writes (out_dir/lora or out_dir/checkpoints/step_N/lora)"
-        )
+        raise RecipeError(_no_lora(path, key))
     pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
     if scale != 1.0:
         pipe.set_adapters(["default"], adapter_weights=[scale])
@@ -184,7 +196,8 @@ def save_lora(transformer: Any, folder: Any) -> None:
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
     # the adapter's LoraConfig travels in the file's metadata, so rank, alpha (the scale
     # alpha / rank) and target modules load back as trained
-    metadata = transformer.peft_config["default"].to_dict()
+    # sets (target_modules) in a stable order: identical runs write identical files
+    metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in transformer.peft_config["default"].to_dict().items()}
     WanPipeline.save_lora_weights(
         str(folder),
         transformer_lora_layers=state,
@@ -192,6 +205,33 @@ def save_lora(transformer: Any, folder: Any) -> None:
         safe_serialization=True,
         transformer_lora_adapter_metadata=metadata,
     )
+    _canonical_header(Path(folder) / LORA_WEIGHT_NAME)
+    share_modes(folder)  # safetensors writes 0600 files
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's header in one fixed order, the tensor data untouched.
+
+    safetensors keeps the ``__metadata__`` strings in a hash map whose order changes from process
+    to process, so two identical runs wrote LoRA files that differ in bytes. The format is an
+    8-byte little-endian header length, the JSON header (space-padded to a multiple of 8), then
+    the data, whose offsets are relative to the data's start: the header may be rewritten freely.
+    """
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+    tmp.replace(path)
 
 
 def scheduler_shift(pipe: Any, override: float | None = None) -> float:

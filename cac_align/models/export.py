@@ -40,6 +40,7 @@ def export_model(source: str | Path, target: str | Path, settings: dict[str, Any
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from cac_align.loading import resolve_dtype
+    from cac_align.runlog import share_modes
 
     source, target = Path(source), Path(target)
     staging = target.with_name(target.name + ".tmp")
@@ -52,6 +53,7 @@ def export_model(source: str | Path, target: str | Path, settings: dict[str, Any
         (staging / "cac_align.json").write_text(json.dumps(settings, indent=1) + "\n")
     if card is not None:
         (staging / "README.md").write_text(card)
+    share_modes(staging)  # safetensors writes 0600 files
     if target.exists():
         shutil.rmtree(target)
     staging.replace(target)

@@ -237,6 +237,9 @@ def check_prompts(n: int, prompts: Sequence[str | None] | None) -> list[str | No
     prompts = list(prompts)
     if len(prompts) != n:
         raise ValueError(f"got {n} videos but {len(prompts)} prompts")
+    for i, prompt in enumerate(prompts):
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"prompt {i} must be a string (or None), got {type(prompt).__name__} {prompt!r}")
     return prompts
 
 

@@ -73,6 +73,14 @@ class ModelConfig:
     length_multiple: int = 256
 
     def __post_init__(self) -> None:
+        from urllib.parse import urlparse
+
+        from cac_align.loading import check_dtype
+
+        check_dtype(self.dtype, "model.dtype")
+        parsed = urlparse(self.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"model.base_url={self.base_url!r} is not a server URL; give one like http://127.0.0.1:8000/v1")
         if self.cache not in ("dynamic", "static"):
             raise ValueError(f"model.cache must be 'dynamic' or 'static', got {self.cache!r}")
         if self.length_multiple < 1 or (self.batch_buckets is not None and min(self.batch_buckets, default=0) < 1):

@@ -67,6 +67,7 @@ def load_vlm(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     source = check_weights_source(name_or_path, key)
+    target = resolve_device(device, key.rsplit(".", 1)[0] + ".device" if "." in key else "device")  # before any weight loads
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     try:
         processor = AutoProcessor.from_pretrained(source, **kwargs)
@@ -79,7 +80,7 @@ def load_vlm(
         )
     except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
         raise weights_error(name_or_path, key, exc) from exc
-    model.to(resolve_device(device)).eval()
+    model.to(target).eval()
     return model, processor
 
 

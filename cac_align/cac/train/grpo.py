@@ -71,7 +71,7 @@ from cac_align.cac.train.shared import load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.rl import clipped_surrogate, group_advantages
-from cac_align.runlog import keep_log_steps
+from cac_align.runlog import keep_log_steps, share_modes
 from cac_align.video import VideoError, load_video
 
 __all__ = ["SAMPLERS", "GrpoSettings", "grpo_loss", "run", "token_logprobs"]
@@ -388,6 +388,7 @@ class _Trainer:
             state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in unwrapped.state_dict().items()}
             unwrapped.save_pretrained(str(final), state_dict=state, safe_serialization=True)
             self.processor.save_pretrained(str(final))
+            share_modes(final)  # safetensors writes 0600 files
             print(f"train-cac stage 3: done; model in {final}")  # the result line, as stages 1-2 and the other jobs print theirs
         acc.wait_for_everyone()
         acc.end_training()

@@ -55,11 +55,11 @@ from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.cac.train.data import ChatBuilder, build_stage, describe
 from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
-from cac_align.cac.train.shared import finished_run, load_model, run_folder, set_trainable
+from cac_align.cac.train.shared import load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.eval.metrics import auroc
-from cac_align.runlog import keep_log_steps
+from cac_align.runlog import keep_log_steps, read_jsonl_log, share_modes
 from cac_align.vlm.hf import HFBackend
 
 __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder", "weighted_token_loss", "window_attention_loss"]
@@ -183,6 +183,15 @@ def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
     return folder.path, _latest_checkpoint(folder.path) if folder.resuming else None
 
 
+def _finished(checkpoint: str, max_steps: int, final: Path) -> bool:
+    """Whether a run resumed from ``checkpoint`` has nothing left to do: the checkpoint is at the
+    run's last step (``max_steps``, or the number of steps its epochs planned) and ``final/``
+    holds the finished model."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    target = max_steps if max_steps > 0 else int(state.get("max_steps", 0))
+    return bool(target) and int(state["global_step"]) >= target and (final / "config.json").is_file()
+
+
 def _latest_checkpoint(out: Path) -> str | None:
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(checkpoints[-1]) if checkpoints else None
@@ -236,10 +245,6 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
 
 def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
-    done = finished_run(config)
-    if done is not None:  # resume=true on a finished run: nothing to do, nothing logged twice
-        print(f"train-cac stage {config.stage}: the run in {config.out_dir} has finished; its model is in {Path(config.out_dir) / 'final'} (nothing to resume)")
-        return done
     if config.stage == 3:
         return run_grpo(config)
 
@@ -290,6 +295,15 @@ def run(config: TrainCaCConfig) -> dict:
         else:
             checkpoint = _latest_checkpoint(out) if config.resume else None
 
+    if checkpoint is not None and _finished(checkpoint, t.max_steps, out / "final"):
+        # resume=true on a run that is done: the Trainer would log an empty summary row (and, in
+        # this transformers, even take one step past the end); the run is left as it is
+        step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+        if args.process_index == 0:
+            print(f"train-cac stage {config.stage}: the run in {out} has finished (step {step}); its model is in {out / 'final'}; nothing to resume")
+        rows = [row for _, row in read_jsonl_log(out / "metrics.jsonl") if isinstance(row, dict)]
+        return rows[-1] if rows else {}
+
     # 4. trainable parameters: LoRA on every linear layer (stage 1) or all of them (stage 2,
     # or stage 1 with finetune: full, for a model trained from scratch; freeze_vision keeps
     # the vision tower as it arrived)
@@ -306,6 +320,10 @@ def run(config: TrainCaCConfig) -> dict:
             if state.is_world_process_zero and logs:
                 with metrics_path.open("a") as handle:
                     handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:  # safetensors writes 0600 files
+                share_modes(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(out / "tensorboard")
@@ -398,6 +416,9 @@ def run(config: TrainCaCConfig) -> dict:
         trainer.save_model(str(final))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        for folder in (final, out / "adapter"):
+            if folder.is_dir():
+                share_modes(folder)  # safetensors writes 0600 files
         print(f"train-cac stage {config.stage}: done; model in {final}")
     return metrics
 

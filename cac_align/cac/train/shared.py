@@ -75,18 +75,3 @@ def run_folder(config: TrainCaCConfig) -> Any:
         log.warning("resume=true but %s holds no train-cac run yet: starting from step 0", folder.path)
     return folder
 
-
-def finished_run(config: TrainCaCConfig) -> dict | None:
-    """With ``resume=true`` on a run that already finished (its ``final/`` model is written, by
-    the same config): that run's last logged metrics, so the job can stop there instead of
-    resuming a trainer with nothing left to do (which would log a second, empty final row).
-    None otherwise. The folder is checked by the usual rules first (another config is refused)."""
-    from cac_align.runlog import read_jsonl_log
-
-    out = Path(config.out_dir)
-    if not config.resume or not (out / "final" / "config.json").is_file():
-        return None
-    if not run_folder(config).resuming:
-        return None
-    rows = [row for _, row in read_jsonl_log(out / "metrics.jsonl") if isinstance(row, dict)]
-    return rows[-1] if rows else {}

@@ -1,0 +1,90 @@
+"""Bad settings and inputs end a job with one line naming the problem and exit status 2, never a
+traceback: an out_dir that is a file, a device this machine lacks, a malformed server URL, a
+missing LoRA, an oversized synth frame, an empty manifest, a prompt that is not text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cac_align.cli import main
+from conftest import REPO_ROOT
+
+
+def _one_line_error(capsys, code, *expected):
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]  # a job's own progress lines may come before it
+    assert last.startswith("cac-align ") and ": error: " in last, err
+    for text in expected:
+        assert text in last, err
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.mark.parametrize(
+    "job, recipe",
+    [
+        ("score", "recipes/score/cac_tiny.yaml"),
+        ("bon", "recipes/align/bon_tiny.yaml"),
+        ("flow-grpo", "recipes/align/flow_grpo_tiny.yaml"),
+        ("synth", "recipes/cac/synth_tiny.yaml"),
+        ("make-tiny", "recipes/tiny/make_tiny.yaml"),
+    ],
+)
+def test_an_out_dir_that_is_a_file(job, recipe, a_file, capsys):
+    _one_line_error(capsys, main([job, "--config", str(REPO_ROOT / recipe), "--out", str(a_file)]), "is a file, not a folder")
+
+
+def test_eval_bench_into_a_file(tmp_path, a_file, capsys):
+    from cac_align.cac.schema import AnnotationRecord, write_annotations
+
+    annotations = write_annotations([AnnotationRecord("v0.mp4", "p", "normal", 4.0, [], 8)], tmp_path / "a.jsonl")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"video": "v0.mp4", "status": "normal"}) + "\n")
+    code = main(["eval", "bench", f"annotations={annotations}", f"predictions={{s: {tmp_path / 'p.jsonl'}}}", f"out_dir={a_file}"])
+    _one_line_error(capsys, code, "is a file, not a folder")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("reward.model.device=cpu:banana", "reward.model.device='cpu:banana' is not a device"),
+        ("reward.model.device=cuda:7", "reward.model.device='cuda:7': this machine has"),
+        ("reward.model.base_url=not-a-url", "model.base_url='not-a-url' is not a server URL"),
+        ("reward.model.dtype=float8", "model.dtype='float8': unknown dtype"),
+    ],
+)
+def test_bad_model_settings(override, expected, tmp_path, capsys):
+    code = main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), "--out", str(tmp_path / "o"), override])
+    _one_line_error(capsys, code, expected)
+
+
+def test_a_missing_lora_and_an_oversized_synth_frame(tmp_path, capsys):
+    code = main(["bon", "--config", str(REPO_ROOT / "recipes/align/bon_tiny.yaml"), "--out", str(tmp_path / "b"), "generator.lora=/nonexistent"])
+    _one_line_error(capsys, code, "generator.lora='/nonexistent': no pytorch_lora_weights.safetensors there")
+    code = main(["synth", "--config", str(REPO_ROOT / "recipes/cac/synth_tiny.yaml"), "--out", str(tmp_path / "s"), "height=100000"])
+    _one_line_error(capsys, code, "height and width must be at most 4096")
+
+
+def test_an_empty_manifest_and_a_prompt_that_is_not_text(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("")
+    code = main(["score", "--config", str(REPO_ROOT / "recipes/score/unified_reward_tiny.yaml"), "--out", str(tmp_path / "o"), f"videos={tmp_path / 'empty.jsonl'}", "synth_videos=0"])
+    _one_line_error(capsys, code, "the manifest holds no videos")
+    (tmp_path / "v.jsonl").write_text(json.dumps({"video": "clip.mp4", "prompt": ["a", "list"]}) + "\n")
+    code = main(["score", "--config", str(REPO_ROOT / "recipes/score/unified_reward_tiny.yaml"), "--out", str(tmp_path / "o"), f"videos={tmp_path / 'v.jsonl'}", "synth_videos=0"])
+    _one_line_error(capsys, code, "'prompt' must be a string")
+
+
+def test_a_reward_called_with_a_prompt_that_is_not_text():
+    from cac_align.rewards import build_reward
+
+    reward = build_reward({"name": "brightness"})
+    with pytest.raises(ValueError, match="prompt 1 must be a string"):
+        reward([[[[[0.5]]]], [[[[0.5]]]]], ["a cat", 42])
