@@ -38,9 +38,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
     from cac_align.rewards.base import BackendFailure
-    from cac_align.vlm.openai import ServerUnavailableError
+    from cac_align.vlm.openai import ServerDown, ServerUnavailableError
 
-    return (BackendFailure, ServerUnavailableError)
+    return (BackendFailure, ServerUnavailableError, ServerDown)
 
 
 def _build_parser() -> argparse.ArgumentParser:

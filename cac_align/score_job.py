@@ -106,6 +106,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     from cac_align.cac.evidence import cac_details, evidence_path, write_evidence_png, write_report
     from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward
     from cac_align.video import VideoError, load_video
+    from cac_align.vlm.openai import ServerDown
 
     out = Path(config.out_dir)
     run_folder = _run_folder(config)
@@ -137,6 +138,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     # beside the last run's outputs (results.jsonl.partial, evidence.partial/), which stay whole
     # and consistent until this run is complete (step 4 swaps them in).
     rows: list[dict] = []
+    stopped: ServerDown | None = None
     partial = out / "results.jsonl.partial"
     staged = out / STAGED_EVIDENCE
     shutil.rmtree(staged, ignore_errors=True)  # a killed run's half-drawn pictures
@@ -150,7 +152,11 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                     loaded.append(load_video(path))
                 except VideoError as exc:
                     loaded.append(exc)  # the reward marks it invalid with this reason
-            output = reward(loaded, prompts[start : start + config.batch_size])
+            try:
+                output = reward(loaded, prompts[start : start + config.batch_size])
+            except ServerDown as exc:  # the breaker opened: stop, keeping what was scored
+                stopped = exc
+                break
             for offset, (path, video) in enumerate(zip(batch, loaded)):
                 details = output.details[offset]
                 cac = cac_details(details)
@@ -182,6 +188,10 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     judged = [row for row in rows if row["valid"] and "truth" in row]
     agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
     print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
+    if stopped is not None:
+        raise BackendFailure(
+            f"{stopped}; stopped after {len(rows)} of {len(paths)} videos (kept in results.jsonl): rerun when the server is back"
+        )
     if all_failed_in_backend([row["details"] for row in rows]):
         raise BackendFailure(
             f"every one of the {len(rows)} videos failed in the reward backend ({rows[0]['error']}); "

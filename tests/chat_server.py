@@ -7,8 +7,8 @@ Generation answers come from a function the test supplies. ``GET /v1/models`` li
 model names (``models``). It listens on 127.0.0.1 only.
 
 For failure tests: ``delay_s`` holds every answer back, ``trickle_s`` sends the answer one byte
-at a time with that pause between bytes (each read is quick, the whole answer is not), and
-``fail_first`` / ``fail_if`` answer 503.
+at a time with that pause between bytes (each read is quick, the whole answer is not),
+``fail_first`` / ``fail_if`` answer 503, and ``answer_model`` answers as another model.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class ChatServer:
         fail_if=None,
         models=("cac", "teacher", "ur"),
         trickle_s: float = 0.0,
+        answer_model: str | None = None,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -55,6 +56,7 @@ class ChatServer:
         self.delay_s = delay_s
         self.models = list(models)
         self.trickle_s = trickle_s
+        self.answer_model = answer_model  # answer as this model instead of the one asked for
         self.requests: list[dict] = []
         self.images: list[Image.Image] = []
         self._lock = threading.Lock()
@@ -97,7 +99,7 @@ class ChatServer:
                 response = {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",
-                    "model": body["model"],
+                    "model": server.answer_model or body["model"],
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": server.answer(body["messages"])}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
                 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -123,3 +124,63 @@ def test_requests_per_video_of_two_turn_cac_through_a_server():
     assert [r.valid for r in results] == [True, True] and results[0].turn2 is not None and results[1].turn2 is None
     # flagged video: 2 generations + 3 status requests; normal video: 1 generation + 3 status requests
     assert kinds.count("generate") == 3 and kinds.count("logprobs") == 6 and len(server.requests) == 9
+
+
+def test_the_circuit_breaker_stops_asking_a_failing_server():
+    from chat_server import ChatServer
+
+    from cac_align.vlm.openai import ServerDown, ServerUnavailableError
+
+    request = [user("hello")]
+    # up (it lists its models) but failing every request: open after failure_limit in a row
+    with ChatServer(fail_if=lambda body: True) as server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=0, failure_limit=3)
+        for _ in range(3):
+            with pytest.raises(ServerUnavailableError, match="HTTP 503"):
+                backend.generate([request], max_new_tokens=4)
+        asked = len(server.requests)
+        with pytest.raises(ServerDown, match=r"stopped answering: 3 requests in a row failed"):
+            backend.generate([request], max_new_tokens=4)
+        assert len(server.requests) == asked  # the open breaker sends nothing
+    # a success in between resets the count
+    answers = iter([True, True, False, True, True])
+    with ChatServer(fail_if=lambda body: next(answers)) as server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=0, failure_limit=3)
+        outcomes = []
+        for _ in range(5):
+            try:
+                backend.generate([request], max_new_tokens=4)
+                outcomes.append("ok")
+            except ServerUnavailableError:
+                outcomes.append("failed")
+        assert outcomes == ["failed", "failed", "ok", "failed", "failed"]
+
+
+def test_a_server_that_went_away_opens_the_breaker_at_once():
+    from chat_server import ChatServer
+
+    from cac_align.vlm.openai import ServerDown, ServerUnavailableError
+
+    server = ChatServer()
+    with server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=0, failure_limit=5)
+        backend.check()
+        backend.generate([[user("hi")]], max_new_tokens=4)
+    # the server is gone: the first failure probes its model list, which fails too
+    with pytest.raises(ServerUnavailableError):
+        backend.generate([[user("hi")]], max_new_tokens=4)
+    start = time.monotonic()
+    with pytest.raises(ServerDown, match="no longer lists its models"):
+        backend.generate([[user("hi")]], max_new_tokens=4)
+    assert time.monotonic() - start < 0.5
+
+
+def test_an_answer_from_another_model_stops_the_backend():
+    from chat_server import ChatServer
+
+    from cac_align.vlm.openai import ServerDown
+
+    with ChatServer(answer_model="someone-else") as server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=0)
+        with pytest.raises(ServerDown, match="answered as model 'someone-else', not 'cac'"):
+            backend.generate([[user("hi")]], max_new_tokens=4)

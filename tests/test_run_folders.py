@@ -326,10 +326,40 @@ def test_a_server_that_fails_every_request_makes_score_exit_non_zero(tmp_path, c
 
     with ChatServer(fail_if=lambda body: True) as server:  # up, but every answer is a 503
         code = main(_vllm_score(tmp_path, server.url, "reward.model.max_retries=0"))
-    err = capsys.readouterr().err
-    assert code == 1 and "every one of the 2 videos failed in the reward backend" in err
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    # the circuit breaker: three failed requests in a row stop the job, in one line, exit 1
+    assert code == 1 and f"the reward server at {server.url} stopped answering: 3 requests in a row failed" in err
+    assert "stopped after 0 of 2 videos" in err
+    assert (tmp_path / "out/results.jsonl").read_text() == ""  # nothing was scored, and nothing made up
+
+
+def test_a_server_that_dies_mid_run_stops_score_in_seconds_keeping_what_was_scored(tmp_path, capsys):
+    import time
+
+    from chat_server import ChatServer
+    from test_score_job import _write_videos
+
+    from cac_align.cli import main
+    from conftest import REPO_ROOT
+
+    _write_videos(tmp_path / "videos", 6)
+    answered = []
+
+    def dies_after_the_first_batch(body):
+        answered.append(1)
+        return len(answered) > 8  # the first batch (2 videos x (1 answer + 3 status reads)) is answered, then none
+
+    with ChatServer(answer=lambda messages: '{"status": "normal", "anomalies": []}', fail_if=dies_after_the_first_batch) as server:
+        start = time.monotonic()
+        code = main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_vllm.yaml"), f"videos={tmp_path / 'videos'}",
+                     f"out_dir={tmp_path / 'out'}", f"reward.model.base_url={server.url}", "batch_size=2",
+                     "reward.model.max_retries=1", "reward.model.timeout_s=5"])
+        seconds = time.monotonic() - start
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "stopped answering" in err and "stopped after 2 of 6 videos" in err
+    assert seconds < 30  # not the retries and timeouts of every remaining video
     rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
-    assert [r["valid"] for r in rows] == [False, False]  # what happened is still recorded
+    assert len(rows) == 2 and all(r["valid"] for r in rows)  # the videos scored before it died
 
 
 def test_a_trickling_server_hits_the_deadline():

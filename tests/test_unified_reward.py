@@ -484,9 +484,17 @@ def test_a_server_that_stops_answering_marks_only_those_samples_invalid():
     assert out.scores[0] == pytest.approx(3.0) and out.scores[2] == pytest.approx(3.0)
     assert list(out.errors) == [1] and server.url in out.errors[1] and "backend failed" in out.errors[1]
     assert out.details[1]["error_kind"] == "backend"
-    # A server that is down for the whole call: every sample invalid with the URL, nothing raised.
+    # A server failing the whole call: every sample invalid with the URL while the requests that
+    # failed in a row stay under the breaker's limit; past it, the call stops (ServerDown) instead
+    # of waiting out every remaining sample's timeouts.
+    from cac_align.vlm.openai import ServerDown
+
     with ChatServer(answer=lambda messages: answer, fail_if=lambda body: True) as server:
-        down = UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0), version="2.0", num_frames=4)(
+        down = UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0, failure_limit=10), version="2.0", num_frames=4)(
             [_video(0), _video(1)], ["a", "b"]
         )
-    assert not down.valid.any() and all(server.url in e for e in down.errors.values())
+        assert not down.valid.any() and all(server.url in e for e in down.errors.values())
+        with pytest.raises(ServerDown, match="3 requests in a row failed"):
+            UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0, failure_limit=3), version="2.0", num_frames=4)(
+                [_video(0), _video(1)], ["a", "b"]
+            )

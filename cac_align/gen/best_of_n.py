@@ -186,6 +186,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
     from cac_align.gen.wan import build_generator, generate_videos
     from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward, move_to
     from cac_align.video import Video, load_video, save_video
+    from cac_align.vlm.openai import ServerDown
 
     # 1. setup: prompts, run folder (resume or refuse), models
     prompts = read_prompts(config.prompts)
@@ -234,7 +235,12 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
         videos = [load_video(p) for p in paths]
         if config.offload and on_gpu:
             move_to(reward, str(pipe._execution_device))
-        output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
+        try:
+            output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
+        except ServerDown as exc:  # the breaker opened: this prompt and the rest stay for a rerun
+            unscored += [(k, str(exc)) for k in todo[todo.index(i) :]]
+            tqdm.write(f"prompt {i}: stopped: {exc}")
+            break
         if config.offload and on_gpu:
             move_to(reward, "cpu")
         # 4. a group the backend could not score at all (a dead server) is not a choice: it is
@@ -289,7 +295,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
     if unscored:
         raise BackendFailure(
             f"{len(unscored)} of {len(prompts)} prompts were not scored because the reward backend failed on every "
-            f"candidate (prompt {unscored[0][0]}: {unscored[0][1]}); their candidates are kept: fix the backend and "
+            f"candidate (prompt {unscored[0][0]}: {unscored[0][1]}); their candidates, where generated, are kept: fix the backend and "
             "rerun the same command to score them"
         )
     return summary

@@ -49,6 +49,9 @@ class ModelConfig:
         dtype, device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
         max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai).
         timeout_s, max_retries: per-request timeout and retries with backoff (openai).
+        failure_limit: the openai backend's circuit breaker: after this many failed requests in
+            a row (or one, when the server no longer lists its models), the job stops with one
+            line instead of waiting out every remaining video's timeouts.
         cache: the hf backend's KV cache for generation: "dynamic" (transformers' default) or
             "static" (preallocated; the decode step compiled on CUDA; batches in shape buckets,
             see :class:`~cac_align.vlm.hf.HFBackend`). Same answers and probabilities.
@@ -68,6 +71,7 @@ class ModelConfig:
     max_batch_size: int = 8
     timeout_s: float = 120.0
     max_retries: int = 3
+    failure_limit: int = 3
     cache: str = "dynamic"
     batch_buckets: list[int] | None = None
     length_multiple: int = 256
@@ -146,6 +150,7 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             timeout_s=model.timeout_s,
             max_retries=model.max_retries,
             max_workers=model.max_batch_size,
+            failure_limit=model.failure_limit,
         )
         backend.check()  # a dead server or a wrong model name fails here, in seconds, not per sample
         return backend

@@ -38,11 +38,22 @@ import numpy as np
 
 from cac_align.vlm.backend import ChatRequest, Completion
 
-__all__ = ["OpenAIBackend", "ServerUnavailableError"]
+__all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError"]
 
 
 class ServerUnavailableError(ConnectionError):
     """The server could not be reached or kept failing; the message names the URL."""
+
+
+class RequestRejected(ServerUnavailableError):
+    """The server answered, and refused this one request (HTTP 4xx): a problem of the sample
+    (too long, malformed), not of the server; it does not count towards the circuit breaker."""
+
+
+class ServerDown(RuntimeError):
+    """The server looks gone for good (the circuit breaker opened), or answers as another model:
+    not a failure of one sample, so rewards do not retry or mark samples one by one; jobs stop
+    with one line, keeping what was scored."""
 
 
 class OpenAIBackend:
@@ -57,6 +68,14 @@ class OpenAIBackend:
         backoff_s: first retry delay; doubles each retry.
         image_format: "jpeg" (smaller) or "png" (lossless) for frames.
         max_workers: concurrent HTTP requests.
+        failure_limit: the circuit breaker: after a request fails (all its retries spent), the
+            server is asked for its model list in a few seconds; if that fails too, or after
+            ``failure_limit`` consecutive failed requests, every later request raises
+            :class:`ServerDown` at once instead of waiting out its timeouts (a dead server cost
+            ~8 minutes per video at the defaults). A request that succeeds resets the count.
+
+    Every answer must name the served model (``model`` in the JSON, when present): an answer from
+    another model (another server on the port) raises :class:`ServerDown`.
     """
 
     def __init__(
@@ -69,9 +88,12 @@ class OpenAIBackend:
         backoff_s: float = 1.0,
         image_format: str = "jpeg",
         max_workers: int = 8,
+        failure_limit: int = 3,
     ):
         if image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
+        if failure_limit < 1:
+            raise ValueError(f"failure_limit must be >= 1, got {failure_limit}")
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key = api_key
@@ -81,6 +103,10 @@ class OpenAIBackend:
         self.image_format = image_format
         self.max_workers = max_workers
         self.base_url = base_url.rstrip("/")
+        self.failure_limit = failure_limit
+        self._failures = 0  # consecutive failed requests (all retries spent)
+        self._down: str | None = None  # why the circuit breaker opened
+        self._breaker = threading.Lock()
         self._local = threading.local()  # per worker thread: the abort event of its _map call
 
     def check(self, timeout_s: float = 5.0) -> None:
@@ -95,17 +121,18 @@ class OpenAIBackend:
         url = self.base_url + "/models"
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            response = requests.get(url, headers=headers, timeout=min(timeout_s, self.timeout_s))
-        except (requests.ConnectionError, requests.Timeout) as exc:
+            status, content = self._read_within("GET", url, None, headers, min(timeout_s, self.timeout_s))
+        except (requests.ConnectionError, requests.Timeout, OSError) as exc:
             raise ServerUnavailableError(
                 f"no reward server answers at {self.base_url} ({exc.__class__.__name__}); start it, or fix model.base_url"
             ) from None
-        if response.status_code != 200:
-            raise ServerUnavailableError(f"{url} answered HTTP {response.status_code}: {response.text[:200]}")
+        text = content.decode("utf-8", errors="replace")
+        if status != 200:
+            raise ServerUnavailableError(f"{url} answered HTTP {status}: {text[:200]}")
         try:
-            served = [entry["id"] for entry in response.json()["data"]]
+            served = [entry["id"] for entry in json.loads(text)["data"]]
         except (ValueError, KeyError, TypeError):
-            raise ServerUnavailableError(f"{url} did not answer with an OpenAI model list: {response.text[:200]!r}") from None
+            raise ServerUnavailableError(f"{url} did not answer with an OpenAI model list: {text[:200]!r}") from None
         if self.model not in served:
             raise ServerUnavailableError(f"the server at {self.base_url} serves {served}, not {self.model!r}; fix model.name")
 
@@ -147,20 +174,61 @@ class OpenAIBackend:
 
     def _attempt(self, data: bytes, headers: dict) -> tuple[int, bytes]:
         """One POST, its whole answer read before ``timeout_s`` has passed (else ``Timeout``)."""
+        return self._read_within("POST", self.url, data, headers, self.timeout_s)
+
+    @staticmethod
+    def _read_within(method: str, url: str, data: bytes | None, headers: dict, timeout_s: float) -> tuple[int, bytes]:
+        """One HTTP request whose whole answer must arrive within ``timeout_s`` (a server that
+        trickles its bytes is cut off too); returns (status, body)."""
         import requests
 
-        deadline = time.monotonic() + self.timeout_s
-        with requests.post(self.url, data=data, headers=headers, timeout=self.timeout_s, stream=True) as response:
+        deadline = time.monotonic() + timeout_s
+        with requests.request(method, url, data=data, headers=headers, timeout=timeout_s, stream=True) as response:
             chunks = []
             while True:
                 if time.monotonic() > deadline:
-                    raise requests.Timeout(f"no complete answer within {self.timeout_s:g} s")
+                    raise requests.Timeout(f"no complete answer within {timeout_s:g} s")
                 chunk = response.raw.read1(65536, decode_content=True)
                 if not chunk:
                     return response.status_code, b"".join(chunks)
                 chunks.append(chunk)
 
     def _post(self, body: dict) -> dict:
+        """One request through the circuit breaker (class docstring)."""
+        if self._down is not None:
+            raise ServerDown(self._down)
+        try:
+            answer = self._post_with_retries(body)
+        except RequestRejected:
+            raise
+        except ServerUnavailableError as exc:
+            self._record_failure(exc)
+            raise
+        with self._breaker:
+            self._failures = 0
+        served = answer.get("model") if isinstance(answer, dict) else None
+        if served is not None and served != self.model:
+            self._down = f"the server at {self.base_url} answered as model {served!r}, not {self.model!r} (another server on that port?); fix model.name or the server"
+            raise ServerDown(self._down)
+        return answer
+
+    def _record_failure(self, exc: Exception) -> None:
+        """Count a failed request; open the breaker when the server is gone or keeps failing."""
+        with self._breaker:
+            self._failures += 1
+            failures = self._failures
+        reason = None
+        if failures >= self.failure_limit:
+            reason = f"{failures} requests in a row failed (last: {exc})"
+        else:
+            try:
+                self.check()
+            except ServerUnavailableError as probe:
+                reason = f"a request failed ({exc}) and the server no longer lists its models: {probe}"
+        if reason is not None and self._down is None:
+            self._down = f"the reward server at {self.base_url} stopped answering: {reason}"
+
+    def _post_with_retries(self, body: dict) -> dict:
         import requests
 
         headers = {"Content-Type": "application/json"}
@@ -183,7 +251,7 @@ class OpenAIBackend:
                 last_error = f"HTTP {status}: {text[:200]}"
                 continue
             if status != 200:
-                raise ServerUnavailableError(f"{self.url} rejected the request: HTTP {status}: {text[:500]}")
+                raise RequestRejected(f"{self.url} rejected the request: HTTP {status}: {text[:500]}")
             try:
                 return json.loads(text)
             except ValueError:
