@@ -149,7 +149,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             loaded: list[Any] = []
             for path in batch:
                 try:
-                    loaded.append(load_video(path))
+                    loaded.append(load_video(path, lazy=True))  # decoded as the reward selects frames
                 except VideoError as exc:
                     loaded.append(exc)  # the reward marks it invalid with this reason
             try:

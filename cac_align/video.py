@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "LazyFrames",
     "Video",
     "VideoError",
     "load_video",
@@ -77,12 +78,57 @@ def sample_times(num_frames: int, source_fps: float, target_fps: float) -> np.nd
     return np.clip(indices, 0, num_frames - 1)
 
 
+class LazyFrames:
+    """(T, H, W, 3) uint8 frames of a video file that are decoded only when read, by index.
+
+    A :class:`Video` loaded with ``load_video(path, lazy=True)`` holds these instead of an array:
+    selecting frames (``resample``, ``crop``, ``select``) composes indices and decodes nothing,
+    so reading a 4 fps scan of a ten-minute film decodes the scan's frames, not the film. Reading
+    pixels decodes the selected frames: ``np.asarray(frames)``, one frame by ``frames[i]``, or
+    iteration (a few frames at a time). Slicing or indexing with an array gives LazyFrames again.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, path: str, indices: np.ndarray, height: int, width: int):
+        self.path = str(path)
+        self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        self.shape = (len(self.indices), int(height), int(width), 3)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):  # frames[t, y, x, c]: pick the frames, decode them, index the rest
+            head, rest = (key[0], key[1:]) if key else (slice(None), ())
+            picked = self[head]
+            if isinstance(picked, LazyFrames):
+                return np.asarray(picked)[(slice(None), *rest)]
+            return picked[rest]
+        if isinstance(key, (int, np.integer)):
+            return self._decode(self.indices[[int(key)]])[0]
+        return LazyFrames(self.path, self.indices[key], self.shape[1], self.shape[2])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        frames = self._decode(self.indices)
+        return frames if dtype is None else frames.astype(dtype)
+
+    def __iter__(self) -> Any:
+        for start in range(0, len(self), 16):
+            yield from self._decode(self.indices[start : start + 16])
+
+    def _decode(self, indices: np.ndarray) -> np.ndarray:
+        return _read_frames(Path(self.path), np.asarray(indices, dtype=np.int64))
+
+
 @dataclass(frozen=True, eq=False)
 class Video:
     """Decoded RGB frames with their frame rate and source timestamps.
 
     Attributes:
-        frames: (T, H, W, 3) uint8, T >= 1.
+        frames: (T, H, W, 3) uint8, T >= 1: an array, or :class:`LazyFrames` of a file
+            (decoded when read; ``np.asarray(video.frames)`` reads them).
         fps: frame rate of ``frames`` (> 0). For a resampled video this is the target rate.
         timestamps: (T,) float64 seconds of each frame in the source video; defaults to
             ``i / fps``.
@@ -96,7 +142,7 @@ class Video:
 
     def __post_init__(self) -> None:
         frames = self.frames
-        if not isinstance(frames, np.ndarray):
+        if not isinstance(frames, (np.ndarray, LazyFrames)):
             raise VideoError(f"{self.source}: Video.frames must be a numpy array, got {type(frames).__name__}")
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise VideoError(
@@ -154,6 +200,15 @@ class Video:
         )
 
     # -- transforms ---------------------------------------------------------------------
+    @property
+    def is_lazy(self) -> bool:
+        """Whether the frames are decoded only when read (:class:`LazyFrames`)."""
+        return isinstance(self.frames, LazyFrames)
+
+    def decoded(self) -> "Video":
+        """This video with its frames as an array (a lazy video's selected frames decoded)."""
+        return Video(np.asarray(self.frames), self.fps, self.timestamps, self.source) if self.is_lazy else self
+
     def select(self, indices: np.ndarray, fps: float) -> "Video":
         """Frames at ``indices`` as a new video at ``fps``, keeping their source timestamps."""
         indices = np.asarray(indices, dtype=np.int64)
@@ -302,7 +357,24 @@ def _to_numpy(source: Any) -> np.ndarray | None:
     return None
 
 
-def _decode_file(path: Path, fps: float | None) -> Video:
+def _read_frames(path: Path, indices: np.ndarray) -> np.ndarray:
+    """Frames ``indices`` of a video file, (K, H, W, 3) uint8 (decord reads by index)."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        if reader[0].shape[-1] == 3:
+            return reader.get_batch(indices.tolist()).asnumpy()
+        # decord 0.6 mis-strides some narrow widths (16 or 48 px) and reports 4- or 6-channel
+        # frames; ffmpeg decodes those files correctly.
+        return _decode_with_ffmpeg(path, indices)
+    except VideoError:
+        raise
+    except Exception as exc:
+        raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
+
+
+def _decode_file(path: Path, fps: float | None, lazy: bool = False) -> Video:
     if not path.exists():
         raise VideoError(f"video file not found: {path}")
     if not path.is_file():
@@ -326,18 +398,15 @@ def _decode_file(path: Path, fps: float | None) -> Video:
         # Decode only the frames the target rate needs.
         indices = sample_times(total, source_fps, fps)
         out_fps = fps
-    try:
-        if reader[0].shape[-1] == 3:
-            frames = reader.get_batch(indices.tolist()).asnumpy()
-        else:
-            # decord 0.6 mis-strides some narrow widths (16 or 48 px) and reports 4- or
-            # 6-channel frames; ffmpeg decodes those files correctly.
-            frames = _decode_with_ffmpeg(path, indices)
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
-    return Video(frames, out_fps, indices / source_fps, str(path))
+    if lazy:
+        try:
+            height, width = reader[0].shape[:2]
+        except Exception as exc:
+            raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
+        del reader
+        return Video(LazyFrames(str(path), indices, height, width), out_fps, indices / source_fps, str(path))
+    del reader
+    return Video(_read_frames(path, indices), out_fps, indices / source_fps, str(path))
 
 
 def _decode_with_ffmpeg(path: Path, indices: np.ndarray) -> np.ndarray:
@@ -358,6 +427,7 @@ def load_video(
     fps: float | None = None,
     *,
     source_fps: float | None = None,
+    lazy: bool = False,
 ) -> Video | list[Video]:
     """Load a video from a file, an array, a tensor or a diffusers batch.
 
@@ -372,6 +442,9 @@ def load_video(
         fps: if given, resample to this rate (for files only the needed frames are decoded).
         source_fps: frame rate of array/tensor input (files carry their own). Required for
             arrays: Wan-2.1 writes 16 fps.
+        lazy: for files, decode nothing now: the video's frames are :class:`LazyFrames`,
+            decoded when read, so memory follows the frames a caller selects, not the file's
+            length (what rewards do with files).
 
     Returns:
         A :class:`Video`, or a list of them for a 5-d batch.
@@ -385,7 +458,7 @@ def load_video(
     if isinstance(source, Video):
         return source.resample(fps) if fps is not None else source
     if isinstance(source, (str, os.PathLike)):
-        return _decode_file(Path(source), fps)
+        return _decode_file(Path(source), fps, lazy)
 
     array = _to_numpy(source)
     if array is None:

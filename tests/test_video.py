@@ -275,3 +275,45 @@ def test_saved_videos_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(previous)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_lazy_video_decodes_only_the_frames_it_is_asked_for(tmp_path, monkeypatch):
+    import cac_align.video as video_module
+
+    frames = np.zeros((64, 32, 48, 3), np.uint8)
+    frames[:, :8, :8] = (4 * np.arange(64))[:, None, None, None]  # frame i: a grey block of 4 * i (lossless luma below)
+    path = save_video(Video(frames, 16.0), tmp_path / "v.mp4", crf=0)
+    decoded = []
+    real = video_module._read_frames
+    monkeypatch.setattr(video_module, "_read_frames", lambda p, idx: (decoded.extend(idx.tolist()), real(p, idx))[1])
+    lazy = load_video(path, lazy=True)
+    assert lazy.is_lazy and lazy.num_frames == 64 and (lazy.height, lazy.width) == (32, 48) and decoded == []
+    # a 4 fps scan of the 4 s video, then a 1 s clip at 8 fps: compose indices, decode nothing ...
+    scan = lazy.resample(4)
+    clip = lazy.crop(2.0, 3.0).resample(8)
+    assert decoded == [] and scan.num_frames == 16 and clip.num_frames == 8
+    # ... until the pixels are read: exactly the selected source frames
+    pixels = np.asarray(scan.frames)
+    assert sorted(decoded) == list(range(0, 64, 4))
+    assert [int(round(v / 4)) for v in pixels[:, 0, 0, 0]] == list(range(0, 64, 4))
+    decoded.clear()
+    assert int(round(clip.frames[3][0, 0, 0] / 4)) == 38 and decoded == [38]  # one frame: frame 2 s + 3/8 s at 16 fps
+    assert clip.frames[3, 0, 0, 0] == clip.frames[3][0, 0, 0]  # numpy-style indexing reads through
+    eager = load_video(path)
+    np.testing.assert_array_equal(np.asarray(lazy.frames), eager.frames)
+    assert not lazy.decoded().is_lazy and lazy.decoded().timestamps.tolist() == lazy.timestamps.tolist()
+
+
+def test_cac_scoring_of_a_long_file_decodes_a_bounded_number_of_frames(tmp_path, monkeypatch, tiny_qwen3_vl):
+    import cac_align.video as video_module
+    from cac_align.cac.infer import CaCOptions
+    from cac_align.rewards.cac import CaCReward
+    from cac_align.vlm.hf import HFBackend
+
+    path = save_video(Video(np.zeros((400, 32, 48, 3), np.uint8), 16.0), tmp_path / "long.mp4")  # 25 s
+    decoded = []
+    real = video_module._read_frames
+    monkeypatch.setattr(video_module, "_read_frames", lambda p, idx: (decoded.extend(idx.tolist()), real(p, idx))[1])
+    reward = CaCReward(HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor), CaCOptions(mode="no_cot", max_new_tokens=4, max_frames_turn1=12))
+    reward([str(path)], ["a"])
+    assert 0 < len(decoded) <= 12  # the turn-1 scan's frames, capped, not the file's 400

@@ -219,7 +219,7 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
             continue
         fps = row.get("fps", source_fps)
         try:
-            video = load_video(item, source_fps=fps)
+            video = load_video(item, source_fps=fps, lazy=True)  # a file: only the frames a reward reads are decoded
             if not isinstance(video, Video):  # a 5-d batch nested inside the list
                 raise VideoError(f"item {len(loaded)} is a batch of {len(video)} videos; pass videos one per item")
             loaded.append(video)

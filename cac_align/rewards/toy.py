@@ -48,7 +48,7 @@ class BrightnessReward:
             if isinstance(video, Exception):
                 details.append({"error": str(video), "error_kind": "video"})
                 continue
-            scores[i] = float(video.frames.mean()) / 255.0
+            scores[i] = float(np.asarray(video.frames).mean()) / 255.0
             details.append({})
         return RewardOutput(self.name, scores, np.isfinite(scores), details)
 

@@ -276,7 +276,7 @@ def sample_like_qwen_vl_utils(video: Video, fps: float = QWEN_VL_UTILS_FPS, patc
     height, width = qvu.smart_resize(sampled.height, sampled.width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     if (height, width) == (sampled.height, sampled.width):
         return sampled
-    frames = torch.from_numpy(sampled.frames).permute(0, 3, 1, 2).float()
+    frames = torch.from_numpy(np.asarray(sampled.frames)).permute(0, 3, 1, 2).float()
     resized = tvf.resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
     array = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     return Video(array, sampled.fps, sampled.timestamps, sampled.source)

@@ -679,7 +679,7 @@ def video_metadata(video: Any) -> tuple[Any, Any]:
     import numpy as np
     from transformers.video_utils import VideoMetadata
 
-    frames, stamps = video.frames, video.timestamps
+    frames, stamps = np.asarray(video.frames), video.timestamps  # a lazy video's selected frames, decoded now
     if len(frames) % 2:
         frames = np.concatenate([frames, frames[-1:]])
         stamps = np.concatenate([stamps, stamps[-1:]])
