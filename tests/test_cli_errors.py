@@ -88,3 +88,10 @@ def test_a_reward_called_with_a_prompt_that_is_not_text():
     reward = build_reward({"name": "brightness"})
     with pytest.raises(ValueError, match="prompt 1 must be a string"):
         reward([[[[[0.5]]]], [[[[0.5]]]]], ["a cat", 42])
+
+
+def test_a_shipped_recipe_run_from_elsewhere_says_where_relative_paths_were_looked_for(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), "--out", str(tmp_path / "o")])
+    _one_line_error(capsys, code, "synth='recipes/synth/default.yaml'", f"resolved from the current folder, {tmp_path}",
+                    "the repository root for the shipped recipes")
