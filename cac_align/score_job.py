@@ -91,7 +91,7 @@ def _truth(record: Any) -> dict:
     type and window in seconds."""
     return {
         "status": record.status,
-        "anomalies": [{"type": a.type, "window_s": list(a.window_s(record.annotation_fps))} for a in record.anomalies],
+        "anomalies": [{"type": a.type, "window_s": list(a.window_s(record.annotation_fps)) if a.has_window else None} for a in record.anomalies],
     }
 
 

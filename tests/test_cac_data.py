@@ -190,3 +190,38 @@ def test_checklist_reasoning_leaves_the_decision_to_status(records):
         DataConfig(template_cot="verbose")
     with pytest.raises(ValueError, match="frame_types"):
         DataConfig(frame_types=["Object Distorsion"])
+
+
+def test_status_only_records_through_stages_1_and_2(records, tmp_path):
+    """A label that says *that* a video is abnormal, not when or where: stage 1 skips it
+    (counted), stage 2 trains its global answer (status, type, no time region) and cuts no clip."""
+    from cac_align.cac.schema import write_annotations
+
+    abnormal = [r for r in records if r.status == "abnormal"]
+    status_only = [
+        AnnotationRecord(r.video, r.prompt, "abnormal", r.annotation_fps,
+                         [Anomaly(type="Human Distortion", frames=None, boxes={}, reason="an extra arm", saliency="salient")],
+                         r.num_frames, source="labels:test", license="CC BY 4.0")
+        for r in abnormal
+    ]
+    normal = [r for r in records if r.status == "normal"]
+    # the file round trip keeps the null window, the source and the licence
+    path = write_annotations(status_only + normal, tmp_path / "a.jsonl")
+    loaded = load_annotations(path).records
+    assert loaded[0].anomalies[0].frames is None and loaded[0].status_only and loaded[0].license == "CC BY 4.0"
+    assert json.loads(path.read_text().splitlines()[0])["anomalies"][0]["frames"] is None
+    with pytest.raises(ValueError, match="boxes need a frame window"):
+        AnnotationRecord.from_dict({**json.loads(status_only[0].to_json()), "anomalies": [
+            {"type": "Human Distortion", "frames": None, "boxes": {"0": [[1, 1, 5, 5]]}, "saliency": "salient"}]})
+    config = _config()
+    stage1 = build_stage(1, loaded, config)
+    assert stage1.stats["train"]["frame_anomalous"] == 0 and stage1.stats["train"]["anomalies_without_boxes"] > 0
+    stage2 = build_stage(2, loaded, config)
+    train = stage2.stats["train"]
+    assert train["clip_anomalous"] == 0 and train["anomalies_without_window"] == train["global_anomalous"] > 0
+    builder = ChatBuilder(loaded, config)
+    sample = next(s for s in stage2.train if s.kind == "global" and s.label == "abnormal")
+    target = json.loads(builder(sample).target)
+    assert target["status"] == "abnormal"
+    assert target["anomalies"] == [{"Attributed Label": "Human Distortion", "Reason for Anomaly": "an extra arm", "Problem Region": ""}]
+    assert "At some point" in target["COT"]  # the template reasoning says what, not when

@@ -295,3 +295,27 @@ def test_two_processes_agree(cac_data, tmp_path):
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) == 16 and len({r["record"] for r in rollouts}) == 4
     assert (out / "final/model.safetensors").exists()
+
+
+def test_status_only_records_train_in_stage3_with_their_terms_masked(cac_data, tmp_path):
+    """Stage 3 on records whose anomalies have a type but no window (a status-only source): the
+    simulated policy answers for them too, and their rollouts' temporal and spatial terms are
+    masked (0 weight), the type and status terms kept."""
+    from cac_align.cac.schema import Anomaly, load_annotations, write_annotations
+    from cac_align.cac.train.sft import run
+
+    records = load_annotations(cac_data).records
+    for record in records:
+        if record.status == "abnormal":
+            record.anomalies = [Anomaly(type=a.type, frames=None, boxes={}, reason=a.reason, saliency=a.saliency) for a in record.anomalies]
+    path = write_annotations(records, tmp_path / "status_only.jsonl")
+    out = tmp_path / "run"
+    metrics = run(_recipe(path, out, "train.max_steps=1"))
+    assert math.isfinite(metrics["reward/total"])
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    by_status = {}
+    for rollout in rollouts:
+        by_status.setdefault(records[rollout["record"]].status, []).append(rollout["reward"])
+    assert by_status.get("abnormal"), "no abnormal video in the step"
+    for reward in by_status["abnormal"]:
+        assert (reward["mask"], reward["mask_temporal"], reward["mask_spatial"]) == (1.0, 0.0, 0.0)

@@ -122,3 +122,27 @@ def test_type_and_temporal_iou_hand_worked():
 def test_weights_must_be_five():
     with pytest.raises(ValueError, match="format, status, type, temporal, spatial"):
         cac_reward(turn1(), turn2(), _record(), weights=(1, 2, 3))
+
+
+STATUS_ONLY = AnnotationRecord(
+    video="p.mp4", prompt="a ball falls upward", status="abnormal", annotation_fps=8.0, num_frames=32,
+    anomalies=[Anomaly(type="Physical Violations", frames=None, boxes={}, reason="gravity reversed", saliency="salient")],
+)
+
+
+def test_a_status_only_record_masks_the_terms_it_cannot_support():
+    # VideoPhy-2-style label: abnormal, Physical Violations, no window, no box. Turn 1 right
+    # (abnormal, the type) with some window; turn 2 confirms with the type and a box.
+    r = reward(turn1(type_="Physical Violations"), turn2(type_="Physical Violations"), STATUS_ONLY)
+    assert (r.status, r.type_iou, r.mask, r.mask_temporal, r.mask_spatial) == (0.0, 1.0, 1.0, 0.0, 0.0)
+    # total = 1 * 0 (format) + 2 * 0 (status) + 2 * 1 (type IoU); temporal and spatial masked,
+    # whatever the window and boxes the rollout wrote
+    assert r.total == pytest.approx(2.0)
+    wrong_type = reward(turn1(type_="Motion Anomalies"), turn2(type_="Motion Anomalies"), STATUS_ONLY)
+    assert wrong_type.type_iou == 0.0 and wrong_type.total == pytest.approx(2 * (1 - 1 * (1 - 0)))  # = 0
+    missed = reward(turn1("normal"), None, STATUS_ONLY)
+    # said normal: status -1 (weight 2), format: turn 1 valid, turn 2 needed... not needed for normal -> 0;
+    # type IoU 0 -> discounted 0
+    assert (missed.status, missed.total) == (-1.0, pytest.approx(-2.0))
+    # the paper's Eq. 6 is unchanged for a record with its window and boxes
+    assert reward(turn1(), turn2(), _record()).mask_temporal == 1.0 == reward(turn1(), turn2(), _record()).mask_spatial

@@ -174,7 +174,9 @@ class Anomaly:
 
     Attributes:
         type: one of :data:`ANOMALY_TYPES`.
-        frames: inclusive ``[start, end]`` indices on the record's ``annotation_fps`` sequence.
+        frames: inclusive ``[start, end]`` indices on the record's ``annotation_fps`` sequence,
+            or None when the source says *that* the video has this anomaly but not *when*
+            (a status-only label, e.g. VideoPhy-2's); such an anomaly has no boxes.
         boxes: frame index -> list of ``[xmin, ymin, xmax, ymax]`` (0–1000) for that frame.
         reason: why it is an anomaly.
         region: what part of the frame ("left hand", "shop sign").
@@ -183,15 +185,22 @@ class Anomaly:
     """
 
     type: str
-    frames: tuple[int, int]
+    frames: tuple[int, int] | None
     boxes: dict[int, list[list[float]]] = field(default_factory=dict)
     reason: str = ""
     region: str = ""
     saliency: str = "salient"
     cot: str | None = None
 
+    @property
+    def has_window(self) -> bool:
+        """Whether the anomaly's time window is known (False for a status-only label)."""
+        return self.frames is not None
+
     def window_s(self, fps: float) -> tuple[float, float]:
-        """The anomaly's half-open time window in seconds."""
+        """The anomaly's half-open time window in seconds (ValueError when it is unknown)."""
+        if self.frames is None:
+            raise ValueError(f"this {self.type} anomaly has no time window (a status-only label)")
         return frames_to_seconds(self.frames[0], self.frames[1], fps)
 
 
@@ -210,6 +219,9 @@ class AnnotationRecord:
         cot_source: who wrote the reasoning: "human", "template" (built from the annotation by
             ``cac-align synth-cot`` with no teacher) or "teacher:<model name>" (generate-verify
             synthesis); None when there is no reasoning.
+        source: where the label comes from ("synthetic", "ViF-CoT-4K", "VideoPhy-2", "labels:
+            FILE"), None when unknown.
+        license: the licence of the label (and video) it was converted from ("CC BY 4.0", ...).
     """
 
     video: str
@@ -220,15 +232,22 @@ class AnnotationRecord:
     num_frames: int | None = None
     cot: str | None = None
     cot_source: str | None = None
+    source: str | None = None
+    license: str | None = None
+
+    @property
+    def status_only(self) -> bool:
+        """An abnormal record some of whose anomalies have no time window (say *that*, not *when*)."""
+        return any(not a.has_window for a in self.anomalies)
 
     def to_json(self) -> str:
         data = asdict(self)
         for anomaly in data["anomalies"]:
-            anomaly["frames"] = list(anomaly["frames"])
+            anomaly["frames"] = list(anomaly["frames"]) if anomaly["frames"] is not None else None
             anomaly["boxes"] = {str(k): v for k, v in anomaly["boxes"].items()}
             if anomaly["cot"] is None:
                 del anomaly["cot"]
-        for key in ("num_frames", "cot", "cot_source"):
+        for key in ("num_frames", "cot", "cot_source", "source", "license"):
             if data[key] is None:
                 del data[key]
         return json.dumps(data, ensure_ascii=False)
@@ -238,7 +257,7 @@ class AnnotationRecord:
         """Validate and build a record; raises ValueError naming the first problem found."""
         _check_fields(
             data,
-            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot", "cot_source"},
+            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot", "cot_source", "source", "license"},
             required=("video", "prompt", "status", "annotation_fps"),
             where="record",
         )
@@ -263,7 +282,7 @@ class AnnotationRecord:
         if status == "abnormal" and not raw_anomalies:
             raise ValueError("status 'abnormal' needs at least one anomaly")
         anomalies = [_anomaly_from_dict(a, i, num_frames) for i, a in enumerate(raw_anomalies)]
-        for key in ("cot", "cot_source"):
+        for key in ("cot", "cot_source", "source", "license"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ValueError(f"'{key}' must be a string")
         return cls(
@@ -275,6 +294,8 @@ class AnnotationRecord:
             num_frames=num_frames,
             cot=data.get("cot"),
             cot_source=data.get("cot_source"),
+            source=data.get("source"),
+            license=data.get("license"),
         )
 
 
@@ -295,7 +316,7 @@ def _anomaly_from_dict(data: Any, index: int, num_frames: int | None) -> Anomaly
     _check_fields(
         data,
         allowed={"type", "frames", "boxes", "reason", "region", "saliency", "cot"},
-        required=("type", "frames", "boxes", "saliency"),
+        required=("type", "frames", "saliency"),
         where=where,
     )
     if data["type"] not in ANOMALY_TYPES:
@@ -303,6 +324,16 @@ def _anomaly_from_dict(data: Any, index: int, num_frames: int | None) -> Anomaly
         extra = f" (did you mean '{hint}'?)" if hint else ""
         raise ValueError(f"{where}: unknown type {data['type']!r}{extra}; one of {list(ANOMALY_TYPES)}")
     frames = data["frames"]
+    if frames is None:  # status-only: the type is known, the time is not (and so no boxes)
+        if data.get("boxes"):
+            raise ValueError(f"{where}: boxes need a frame window; 'frames' is null")
+        if data["saliency"] not in SALIENCY:
+            raise ValueError(f"{where}: 'saliency' must be 'salient' or 'non-salient', got {data['saliency']!r}")
+        for key in ("reason", "region"):
+            if not isinstance(data.get(key, ""), str):
+                raise ValueError(f"{where}: '{key}' must be a string")
+        return Anomaly(type=data["type"], frames=None, boxes={}, reason=data.get("reason", ""), region=data.get("region", ""),
+                       saliency=data["saliency"], cot=data.get("cot"))
     if (
         not isinstance(frames, list)
         or len(frames) != 2
@@ -316,7 +347,7 @@ def _anomaly_from_dict(data: Any, index: int, num_frames: int | None) -> Anomaly
         raise ValueError(f"{where}: frame window {frames} goes beyond the video ({num_frames} frames)")
     if data["saliency"] not in SALIENCY:
         raise ValueError(f"{where}: 'saliency' must be 'salient' or 'non-salient', got {data['saliency']!r}")
-    raw_boxes = data["boxes"]
+    raw_boxes = data.get("boxes", {})
     if not isinstance(raw_boxes, dict):
         raise ValueError(f"{where}: 'boxes' must map frame index -> list of boxes")
     boxes: dict[int, list[list[float]]] = {}
@@ -420,7 +451,7 @@ def _check_against_video(record: AnnotationRecord) -> None:
     assert not isinstance(video, list)
     length = max(1, math.ceil(video.duration_s * record.annotation_fps - _EPS))
     for i, anomaly in enumerate(record.anomalies):
-        if anomaly.frames[1] >= length:
+        if anomaly.frames is not None and anomaly.frames[1] >= length:
             raise ValueError(
                 f"anomalies[{i}]: frame window {list(anomaly.frames)} goes beyond the video "
                 f"({video.duration_s:.3f} s = {length} frames at {record.annotation_fps:g} fps)"

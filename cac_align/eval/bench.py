@@ -233,9 +233,11 @@ def video_extent(record: Any) -> float | None:
     return max(extents) if extents else None
 
 
-def video_anomaly_duration(record: Any) -> float:
-    """Total length (seconds) of the union of the record's anomaly windows."""
-    return _length(_merge([a.window_s(record.annotation_fps) for a in record.anomalies]))
+def video_anomaly_duration(record: Any) -> float | None:
+    """Total length (seconds) of the union of the record's anomaly windows; None when no
+    anomaly has a window (a status-only label)."""
+    windows = [a.window_s(record.annotation_fps) for a in record.anomalies if a.has_window]
+    return _length(_merge(windows)) if windows else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,14 +327,15 @@ def hard_split_recall(records: Sequence[Any], predicted: Sequence[str], long_s: 
     """Recall of anomalous videos per (duration, extent) group: ``{group: {recall, n}}``.
 
     Groups: ``short_small``, ``short_large``, ``long_small``, ``long_large`` and ``no_boxes``
-    (no extent); ``short`` is a duration < ``long_s``, ``small`` an extent < ``large_area``.
+    (no extent, status-only labels included); ``short`` is a duration < ``long_s``, ``small`` an
+    extent < ``large_area``.
     """
     groups: dict[str, list[bool]] = {g: [] for g in ("short_small", "short_large", "long_small", "long_large", "no_boxes")}
     for record, pred in zip(records, predicted):
         if record.status != "abnormal":
             continue
         extent = video_extent(record)
-        if extent is None:
+        if extent is None or video_anomaly_duration(record) is None:
             key = "no_boxes"
         else:
             key = ("short" if video_anomaly_duration(record) < long_s else "long") + ("_small" if extent < large_area else "_large")
@@ -395,6 +398,8 @@ def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | N
     temporal, spatial = [], []
     for record, pred in scored:
         if record.status == "abnormal" and pred.status == "abnormal":
+            if record.status_only:  # a label that says *that*, not *when* or *where*: no localization to score
+                continue
             truth = [a.window_s(record.annotation_fps) for a in record.anomalies]
             temporal.append(interval_iou(pred.windows_s, truth))
             spatial.append(_spatial_iou(record, pred.boxes))

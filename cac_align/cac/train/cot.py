@@ -56,6 +56,9 @@ def _annotation_for_teacher(record: AnnotationRecord, times: np.ndarray) -> dict
     ranges and boxes on the numbered frames it sees."""
     anomalies = []
     for anomaly in record.anomalies:
+        if not anomaly.has_window:  # a status-only label: the type alone
+            anomalies.append(anomaly_json(anomaly))
+            continue
         start, end = anomaly.window_s(record.annotation_fps)
         boxes = clip_boxes(anomaly, record.annotation_fps, times)
         anomalies.append(anomaly_json(anomaly, time_region=frames_shown(times, (start, end)), boxes=boxes))
@@ -124,6 +127,8 @@ def check_answer(text: str, record: AnnotationRecord, fps: float, times: np.ndar
     if predicted_types != annotated_types:
         problems.append(f"types {sorted(predicted_types)} differ from the annotated {sorted(annotated_types)}")
     for gt in record.anomalies:
+        if not gt.has_window:  # a status-only label: only its type is checked (above)
+            continue
         gt_window = gt.window_s(record.annotation_fps)
         candidates = [a for a in judgment.anomalies if a.type == gt.type and a.window_s is not None]
         if not candidates:

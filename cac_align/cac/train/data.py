@@ -18,6 +18,12 @@ same JSON answer shape), so what is trained is what is asked:
   Global and clip samples are each balanced 1:1 (configurable).
 - **Stage 3**: the records themselves (the GRPO trainer builds its prompts per rollout).
 
+**Status-only records** (an anomaly with a type but no time window and no boxes, e.g. converted
+from VideoPhy-2): stage 1 cannot show one as a frame and skips it (``anomalies_without_boxes``);
+stage 2 trains its global sample (turn-1 status and types, no "Attributed Time Region") and makes
+no clip of it (``anomalies_without_window``); stage 3 masks the reward terms it cannot compute
+(:func:`~cac_align.cac.train.judge_rewards.cac_reward`).
+
 Videos are split **by video** into disjoint ``stage1 / stage2 / stage3 / eval`` sets, seeded and
 stratified by status, before any sample is built, so no video is seen by two stages.
 
@@ -245,14 +251,17 @@ def _balance(anomalous: list[Sample], normal_pool: list[Sample], ratio: float, r
 
 def _frame_samples(records: Sequence[AnnotationRecord], indices: list[int], config: DataConfig, rng: np.random.Generator) -> tuple[list[Sample], dict]:
     anomalous: list[Sample] = []
-    skipped = 0
+    skipped, unboxed = 0, 0
     for i in indices:
         record = records[i]
         fps = record.annotation_fps
         for a, anomaly in enumerate(record.anomalies):
             boxed = sorted(anomaly.boxes)
-            if anomaly.type not in config.frame_types or not boxed:
+            if anomaly.type not in config.frame_types:
                 skipped += 1
+                continue
+            if not boxed:  # nothing says where on a frame (a status-only label, a global artifact)
+                unboxed += 1
                 continue
             picks = np.unique(np.linspace(0, len(boxed) - 1, config.frames_per_anomaly).round().astype(int))
             for k in picks:
@@ -273,17 +282,20 @@ def _frame_samples(records: Sequence[AnnotationRecord], indices: list[int], conf
                 frame = int(pools[i].pop())
                 fps = records[i].annotation_fps
                 normal.append(Sample("frame", i, "normal", frame / fps, (frame + 1) / fps))
-    stats = {"frame_anomalous": len(anomalous), "frame_normal": len(normal), "anomalies_not_single_frame": skipped}
+    stats = {"frame_anomalous": len(anomalous), "frame_normal": len(normal), "anomalies_not_single_frame": skipped, "anomalies_without_boxes": unboxed}
     return anomalous + normal, stats
 
 
 def _clip_samples(records: Sequence[AnnotationRecord], indices: list[int], config: DataConfig, rng: np.random.Generator) -> tuple[list[Sample], dict]:
     anomalous: list[Sample] = []
-    too_long = 0
+    too_long, no_window = 0, 0
     for i in indices:
         record = records[i]
         duration = video_duration(record)
         for a, anomaly in enumerate(record.anomalies):
+            if not anomaly.has_window:  # a status-only label: no clip can be cut for it
+                no_window += 1
+                continue
             w0, w1 = anomaly.window_s(record.annotation_fps)
             w1 = min(w1, duration)
             if w1 - w0 > config.clip_max_s + _EPS:
@@ -304,7 +316,12 @@ def _clip_samples(records: Sequence[AnnotationRecord], indices: list[int], confi
             start = rng.uniform(0.0, duration - length)
             pool.append(Sample("clip", i, "normal", float(start), float(start + length)))
     samples = _balance(anomalous, pool, config.normal_per_anomalous, rng)
-    stats = {"clip_anomalous": len(anomalous), "clip_normal": len(samples) - len(anomalous), "anomalies_too_long_for_clip": too_long}
+    stats = {
+        "clip_anomalous": len(anomalous),
+        "clip_normal": len(samples) - len(anomalous),
+        "anomalies_too_long_for_clip": too_long,
+        "anomalies_without_window": no_window,
+    }
     return samples, stats
 
 
@@ -415,6 +432,9 @@ class ChatBuilder:
         scan = self._capped(video, self.config.scan_fps, self.config.max_frames_turn1)
         anomalies = []
         for a in record.anomalies:
+            if not a.has_window:  # status-only: the type is taught, the time is not claimed
+                anomalies.append(anomaly_json(a))
+                continue
             start, end = a.window_s(record.annotation_fps)
             anomalies.append(anomaly_json(a, time_region=frames_shown(scan.timestamps, (start, min(end, video.end_s)))))
         if self.config.template_cot == "checklist":

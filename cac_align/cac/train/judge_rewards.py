@@ -20,6 +20,12 @@ ground-truth :class:`~cac_align.cac.schema.AnnotationRecord`:
 - **Total** (Eq. 6): ``R = w1·R_fmt + w2·γ̄·R_stat + m·(w3·R̃_type + w4·R̃_temp + w5·R̃_spa)`` with
   ``R̃_k = 1 − γ̄·(1 − R_k)``, ``m`` = 1 for GT abnormal and 0 for GT normal, ``γ̄`` = 1 for GT
   normal and otherwise the mean of γ (1 salient, 0.5 non-salient) over the GT anomalies.
+
+  A term the ground truth cannot support is masked like the three are for a normal video (ours,
+  for status-only records such as VideoPhy-2's): a record with an anomaly that has no time window
+  (and so no boxes) masks the temporal (``m_temp``) and spatial (``m_spa``) terms; the type term
+  needs only the types. ``R = w1·R_fmt + w2·γ̄·R_stat + m·w3·R̃_type + m_temp·w4·R̃_temp + m_spa·w5·R̃_spa``,
+  which is Eq. 6 whenever the record has its windows and boxes.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class RewardBreakdown:
     gamma: float
     mask: float
     reached_turn2: bool
+    mask_temporal: float = 0.0
+    mask_spatial: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +115,8 @@ def temporal_iou(turn1: Judgment | None, record: AnnotationRecord, scan_fps: flo
             predicted.update(range(anomaly.frames[0], anomaly.frames[1] + 1))
     truth: set[int] = set()
     for anomaly in record.anomalies:
+        if not anomaly.has_window:  # a status-only label (its term is masked in cac_reward)
+            continue
         start, end = anomaly.window_s(record.annotation_fps)
         try:
             first, last = seconds_to_frames(start, end, scan_fps)
@@ -171,6 +181,10 @@ def cac_reward(
     abnormal = record.status == "abnormal"
     gamma = float(np.mean([SALIENCY_GAMMA[a.saliency] for a in record.anomalies])) if abnormal else 1.0
     mask = 1.0 if abnormal else 0.0
+    # terms the record cannot support are masked too, as the paper masks all three for normal
+    # videos: no temporal term without every window, no spatial term without any box
+    mask_temporal = mask if all(a.has_window for a in record.anomalies) else 0.0
+    mask_spatial = 0.0 if record.status_only else mask
     r_fmt = format_reward(turn1, turn2)
     r_stat = status_reward(turn1, turn2, record.status)
     r_type = type_iou(turn1, turn2, {a.type for a in record.anomalies})
@@ -180,5 +194,11 @@ def cac_reward(
     def discounted(value: float) -> float:
         return 1.0 - gamma * (1.0 - value)
 
-    total = w1 * r_fmt + w2 * gamma * r_stat + mask * (w3 * discounted(r_type) + w4 * discounted(r_temp) + w5 * discounted(r_spa))
-    return RewardBreakdown(total, r_fmt, r_stat, r_type, r_temp, r_spa, gamma, mask, turn2 is not None)
+    total = (
+        w1 * r_fmt
+        + w2 * gamma * r_stat
+        + mask * w3 * discounted(r_type)
+        + mask_temporal * w4 * discounted(r_temp)
+        + mask_spatial * w5 * discounted(r_spa)
+    )
+    return RewardBreakdown(total, r_fmt, r_stat, r_type, r_temp, r_spa, gamma, mask, turn2 is not None, mask_temporal, mask_spatial)

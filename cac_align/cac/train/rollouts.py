@@ -244,6 +244,10 @@ class SimulatedPolicy:
                 if anomaly is None:  # a false alarm on a normal video
                     start = float(rng.uniform(video.start_s, max(video.start_s, video.end_s - 0.5)))
                     window, kind, region = (start, start + 0.5), self._other_type("", rng), "background"
+                elif not anomaly.has_window:  # a status-only label: the type, somewhere in the video
+                    window = (video.start_s, video.end_s)
+                    kind = anomaly.type if rng.random() >= 0.3 * n else self._other_type(anomaly.type, rng)
+                    region = anomaly.region
                 else:
                     window = anomaly.window_s(record.annotation_fps)
                     window = tuple(np.asarray(window) + rng.normal(0.0, 0.25 * n * video.duration_s, 2))

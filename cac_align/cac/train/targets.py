@@ -108,10 +108,13 @@ def template_video_cot(record: AnnotationRecord) -> str:
         )
     parts = [scene, "Frame by frame: outside the windows below, the people, objects and surroundings look consistent."]
     for anomaly in record.anomalies:
-        start, end = anomaly.window_s(record.annotation_fps)
         where = f" in the {anomaly.region}" if anomaly.region else ""
         what = anomaly.reason or TYPE_DEFINITIONS[anomaly.type]
-        parts.append(f"From {start:.2f} s to {end:.2f} s{where}, {what}.")
+        if anomaly.has_window:
+            start, end = anomaly.window_s(record.annotation_fps)
+            parts.append(f"From {start:.2f} s to {end:.2f} s{where}, {what}.")
+        else:  # a status-only label: what is wrong, not when
+            parts.append(f"At some point{where}, {what}.")
         parts.append(f"Across frames: this is absent before and after the window, so it falls under {anomaly.type}.")
     parts.append("Overall: the video is abnormal.")
     return " ".join(parts)
