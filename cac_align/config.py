@@ -74,6 +74,12 @@ JOBS: dict[str, JobSpec] = {
             help="build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them",
         ),
         JobSpec(
+            name="convert",
+            config="cac_align.jobs.convert:ConvertConfig",
+            run="cac_align.jobs.convert:run",
+            help="convert public labelled sets (ViF-CoT-4K, VideoPhy-2) or your own labels into annotations.jsonl, with a report",
+        ),
+        JobSpec(
             name="synth",
             config="cac_align.data.synthetic:SynthConfig",
             run="cac_align.data.synthetic:run",

@@ -1,0 +1,195 @@
+"""`cac-align convert`: public labelled sets (and your own labels) -> one annotation JSONL.
+
+    cac-align convert --config recipes/data/convert.yaml                       # ViF-CoT-4K + VideoPhy-2
+    cac-align convert --config recipes/data/convert_tiny.yaml                  # offline: the fixtures of the tests
+
+Each source names its format, its file and where its videos are:
+
+    sources:
+      - {format: vif_cot, path: ViF-CoT-4K/sft.json, video_root: ViF-CoT-4K/source_videos}
+      - {format: videophy2, path: videophy2_train.jsonl, video_root: videophy2/videos, pc_threshold: 2}
+      - {format: labels, path: our_labels.csv, license: "internal", box_scale: pixels}
+
+Steps: 1. read every source's rows and convert them (:mod:`cac_align.data.convert` says how each
+format maps onto CaC's schema); 2. write ``annotations.jsonl`` (every record with its ``source``
+and ``license``) and ``convert_report.json`` / ``.md``: per source, rows read, records by status,
+anomalies by type, dropped categories by name, rows converted to nothing on purpose and why, box
+scales detected, and every bad row with its line and reason. Bad rows are never kept or dropped
+in silence; with ``strict: true`` any bad row fails the job (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+__all__ = ["ConvertConfig", "ConvertSource", "FORMATS", "run"]
+
+FORMATS = ("vif_cot", "videophy2", "labels")
+BOX_SCALES = ("pixels", "thousand", "fraction")
+CONVERT_OUTPUTS = ("annotations.jsonl", "convert_report.json", "convert_report.md")
+
+
+@dataclass
+class ConvertSource:
+    """One input of `cac-align convert`.
+
+    Attributes:
+        format: "vif_cot" (ViF-CoT-4K's LLaMA-Factory rows), "videophy2" (VideoPhy-2 rows) or
+            "labels" (your own CSV / JSONL; columns in :mod:`cac_align.data.convert.labels`).
+        path: the file (``.jsonl``, ``.json`` list, or ``.csv``).
+        video_root: where relative video paths (and VideoPhy-2's downloaded videos, and
+            ViF-CoT's source videos for rows that list frames only) are; default: the file's folder.
+        license: the labels' licence, kept in every record (defaults: CC BY 4.0 for ViF-CoT-4K,
+            MIT for VideoPhy-2, "unspecified" for your labels).
+        pc_threshold: VideoPhy-2: abnormal when physical commonsense <= this (or a rule is listed).
+        plausible_as_normal: VideoPhy-2: keep the physically plausible videos as normal (they
+            are AI-generated and were not checked for other anomalies; off by default).
+        box_scale: your labels' boxes: "pixels" of the video (default), "thousand" (0–1000) or
+            "fraction" (0–1). ViF-CoT's scale is detected per record.
+    """
+
+    format: str = MISSING
+    path: str = MISSING
+    video_root: str | None = None
+    license: str | None = None
+    pc_threshold: int = 2
+    plausible_as_normal: bool = False
+    box_scale: str = "pixels"
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.box_scale not in BOX_SCALES:
+            raise ValueError(f"box_scale must be one of {BOX_SCALES}, got {self.box_scale!r}")
+        if not 1 <= self.pc_threshold <= 5:
+            raise ValueError(f"pc_threshold must be from 1 to 5, got {self.pc_threshold}")
+
+
+@dataclass
+class ConvertConfig:
+    """Config of `cac-align convert`.
+
+    Attributes:
+        out_dir: receives annotations.jsonl and the report.
+        sources: the inputs (:class:`ConvertSource`), converted in order into one file.
+        strict: fail (write nothing) when any row is bad, instead of reporting it.
+        overwrite: replace a convert run of another config in ``out_dir`` (its outputs only).
+    """
+
+    out_dir: str = MISSING
+    sources: list[ConvertSource] = field(default_factory=list)
+    strict: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources is empty: name at least one input, e.g. {format: labels, path: labels.csv}")
+
+
+_DEFAULT_LICENSES = {"vif_cot": "CC BY 4.0", "videophy2": "MIT", "labels": "unspecified"}
+
+
+def _video_index(root: Path | None) -> dict[str, Path] | None:
+    """Video files under ``root`` by name without extension (ViF-CoT rows that list frames only)."""
+    if root is None or not root.is_dir():
+        return None
+    from cac_align.inputs import VIDEO_SUFFIXES
+
+    return {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
+
+
+def convert_source(source: ConvertSource) -> tuple[list[Any], Any]:
+    """(records, report) of one source; its bad rows are in the report."""
+    from cac_align.config import RecipeError, relative_path_hint
+    from cac_align.data.convert import BadRow, SourceReport, read_rows
+    from cac_align.data.convert import labels, videophy2, vif_cot
+
+    path = Path(source.path)
+    if not path.is_file():
+        raise RecipeError(f"sources: {source.format} path={source.path!r}: no such file{relative_path_hint(path)}")
+    root = Path(source.video_root) if source.video_root else None
+    if root is not None and not root.is_dir():
+        raise RecipeError(f"sources: {source.format} video_root={source.video_root!r}: no such folder{relative_path_hint(root)}")
+    report = SourceReport(source.format, str(path), source.license or _DEFAULT_LICENSES[source.format])
+    rows = list(read_rows(path))
+    if source.format == "labels":
+        return labels.collect(rows, path.parent, root, source.box_scale, report), report
+    index = _video_index(root) if source.format == "vif_cot" else None
+    records = []
+    for line, row in rows:
+        report.rows += 1
+        try:
+            if isinstance(row, BadRow):
+                raise row
+            if source.format == "vif_cot":
+                record = vif_cot.convert_row(row, path.parent, root, index, report)
+            else:
+                record = videophy2.convert_row(row, path.parent, root, report, source.pc_threshold, source.plausible_as_normal)
+        except BadRow as exc:
+            report.bad(line, str(exc))
+            continue
+        if record is not None:
+            records.append(record)
+    return records, report
+
+
+def _markdown(reports: list[Any], written: int) -> str:
+    lines = ["# cac-align convert", "", f"{written} records written to annotations.jsonl.", ""]
+    for r in reports:
+        d = r.to_dict()
+        lines += [f"## {d['format']}: {d['path']} ({d['license']})", "",
+                  f"- rows read: {d['rows']}",
+                  f"- records: {d['records'].get('normal', 0)} normal, {d['records'].get('abnormal', 0)} abnormal",
+                  f"- anomalies by type: {d['anomalies_by_type'] or 'none'}",
+                  f"- dropped categories (not CaC types): {d['dropped_categories'] or 'none'}",
+                  f"- rows converted to nothing, on purpose: {d['dropped_rows'] or 'none'}",
+                  f"- box scales (records): {d['box_scales'] or 'none'}",
+                  f"- bad rows: {len(d['bad_rows'])}"]
+        if d["notes"]:
+            lines.append(f"- notes: {d['notes']}")
+        lines += [f"  - line {b['line']}: {b['reason']}" for b in d["bad_rows"][:50]]
+        if len(d["bad_rows"]) > 50:
+            lines.append(f"  - ... {len(d['bad_rows']) - 50} more in convert_report.json")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(config: ConvertConfig) -> dict:
+    """Convert every source; write annotations.jsonl and the report; return the report."""
+    from omegaconf import OmegaConf
+
+    from cac_align.cac.schema import write_annotations
+    from cac_align.config import RecipeError, config_fingerprint
+    from cac_align.runlog import RunFolder, write_text_atomic
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    folder = RunFolder(config.out_dir, "convert", CONVERT_OUTPUTS, config_fingerprint(config, ("out_dir", "overwrite")), resolved, overwrite=config.overwrite)
+    # 1. convert each source, in order
+    records, reports = [], []
+    for source in config.sources:
+        converted, report = convert_source(source)
+        for record in converted:
+            report.records[record.status] += 1
+            for anomaly in record.anomalies:
+                report.anomalies[anomaly.type] += 1
+        records += converted
+        reports.append(report)
+    bad = sum(len(r.bad_rows) for r in reports)
+    if config.strict and bad:
+        first = next(r for r in reports if r.bad_rows)
+        raise RecipeError(f"{bad} bad row(s) with strict=true (first: {first.path} line {first.bad_rows[0]['line']}: {first.bad_rows[0]['reason']}); nothing written")
+    # 2. write the records and the report
+    folder.start()
+    out = folder.path
+    write_annotations(records, out / "annotations.jsonl")
+    summary = {"written": len(records), "bad_rows": bad, "sources": [r.to_dict() for r in reports]}
+    write_text_atomic(out / "convert_report.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / "convert_report.md", _markdown(reports, len(records)) + "\n")
+    counts = ", ".join(f"{r.format}: {sum(r.records.values())} of {r.rows} rows" for r in reports)
+    print(f"converted {len(records)} records ({counts}); {bad} bad row(s): {out / 'annotations.jsonl'}, report {out / 'convert_report.md'}")
+    return summary
