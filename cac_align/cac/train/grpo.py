@@ -48,6 +48,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -164,6 +165,11 @@ class _Trainer:
     def setup(self) -> None:
         config, t, grpo = self.config, self.config.train, self.config.grpo
         self.out = Path(config.out_dir)
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            raise RecipeError(
+                "stage 3 runs under data parallel (recipes/accelerate/ddp.yaml), not FSDP: each process generates "
+                "its own rollouts and needs the full parameters (docs/cac_training.md, Multi-process)"
+            )
         self.accelerator = acc = Accelerator(
             cpu=not torch.cuda.is_available(),
             mixed_precision="bf16" if t.bf16 else "no",

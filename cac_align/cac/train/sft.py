@@ -55,7 +55,7 @@ from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.cac.train.data import ChatBuilder, build_stage, describe
 from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
-from cac_align.cac.train.shared import load_model, run_folder, set_trainable
+from cac_align.cac.train.shared import check_sharding, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.eval.metrics import auroc
@@ -400,6 +400,7 @@ def run(config: TrainCaCConfig) -> dict:
         processing_class=processor,
         callbacks=[JsonlLog(), tensorboard],
     )
+    check_sharding(trainer.accelerator.distributed_type)  # fsdp.yaml on a machine where accelerate cannot shard
     # 5. train (resuming restores optimizer, scheduler, RNG and the data position)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = dict(result.metrics)

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from cac_align.cac.train.settings import RUN_ONLY_KEYS, TrainCaCConfig
 
-__all__ = ["TRAIN_CAC_OUTPUTS", "load_model", "run_folder", "set_trainable"]
+__all__ = ["TRAIN_CAC_OUTPUTS", "check_sharding", "load_model", "run_folder", "set_trainable"]
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +76,20 @@ def run_folder(config: TrainCaCConfig) -> Any:
         log.warning("resume=true but %s holds no train-cac run yet: starting from step 0", folder.path)
     return folder
 
+
+
+def check_sharding(distributed_type: Any, environ: Any = None) -> str | None:
+    """The warning, logged once, when an accelerate config asks for FSDP (``accelerate launch``
+    sets ``ACCELERATE_USE_FSDP=true``) and accelerate did not turn it on: accelerate (1.15) shards
+    only on GPUs and similar devices, so on a CPU-only machine the same config runs as plain data
+    parallel, each process holding the whole model and its optimizer state. Returns the message
+    (None when there is nothing to say)."""
+    environ = os.environ if environ is None else environ
+    if str(environ.get("ACCELERATE_USE_FSDP", "false")).lower() != "true" or str(distributed_type).endswith("FSDP"):
+        return None
+    message = (
+        f"the accelerate config asks for FSDP but accelerate runs {str(distributed_type).rsplit('.', 1)[-1]}: nothing is sharded, "
+        "every process holds the whole model and its optimizer state (accelerate enables FSDP only on GPUs and similar devices)"
+    )
+    log.warning(message)
+    return message
