@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bash benchmarks/gpu_all.sh [OUT]
 #
-# Every GPU figure the project still owes (issue #21), in one go on one H100/H200, random
+# Every GPU figure the project still owes (issues #21, #32, #33), in one go on one H100/H200, random
 # weights, nothing downloaded; each command's output goes to OUT/<name>.txt (default
 # outputs/gpu_benchmarks). Each command prints its figures as it measures them, so one stopped
 # by a time limit still leaves what it finished in its file.
@@ -50,6 +50,15 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
 run cac_8b_cache_b16 "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 16
 run cac_8b_cache_b32 "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 32
 run rollouts_8b "$PY" benchmarks/rollout_throughput.py --mode gpu-8b
+# Issue #33: one step of each training stage at Qwen3-VL-8B's size (saved to local disk first,
+# ~17 GB in outputs/stage_memory_gpu_8b, then loaded by the recipe path): peak memory, seconds
+# per step; stage 2 on one GPU and the arithmetic for 8 under fsdp.yaml; stage 3 with LoRA (the
+# 80 GB path), then as shipped (full parameters in float32: ~160 GB by arithmetic, so expected
+# out of memory on one 80 GB GPU, reported as such)
+run stage1_8b "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 1
+run stage2_8b "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 2
+run stage3_8b_lora "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 3 --steps 2 --set finetune=lora --set train.learning_rate=1e-5
+run stage3_8b "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 3 --steps 2
 # CaC two-turn scoring, Qwen3-VL-8B's architecture at the paper's budget, batched vs one by one (dynamic cache)
 run cac_8b "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --repeats 1 --log-calls
 # UnifiedReward-7B (Qwen2.5-VL-7B) probabilities: encodings and seconds before/now

@@ -319,3 +319,50 @@ def test_status_only_records_train_in_stage3_with_their_terms_masked(cac_data, t
     assert by_status.get("abnormal"), "no abnormal video in the step"
     for reward in by_status["abnormal"]:
         assert (reward["mask"], reward["mask_temporal"], reward["mask_spatial"]) == (1.0, 0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 3 with LoRA (finetune: lora): adapters over frozen stage-2 weights, which are the reference
+# ---------------------------------------------------------------------------------------
+def test_finetune_defaults_and_refusals(cac_data, tmp_path):
+    assert _recipe(cac_data, tmp_path / "a").finetune == "full"  # stage 3's own: the paper's full training
+    _, stage1 = load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", [f"annotations={cac_data}"])
+    assert stage1.finetune == "lora"
+    with pytest.raises(RecipeError, match="finetune: lora applies to stages 1 and 3"):
+        load_recipe(REPO_ROOT / "recipes/cac/stage2_tiny.yaml", [f"annotations={cac_data}", "finetune=lora"])
+    with pytest.raises(RecipeError, match="freeze_vision applies to full fine-tuning"):
+        _recipe(cac_data, tmp_path / "b", "finetune=lora", "freeze_vision=true")
+
+
+def test_lora_stage3_trains_adapters_against_the_frozen_weights(cac_data, tmp_path):
+    """Only the adapters train; the KL term's reference is the weights under them (adapters
+    off): 0 at the first step, above 0 once the adapters moved, with no second model loaded.
+    final/ is the adapters merged into the stage-2 weights, adapter/ the adapters alone; a
+    resumed run repeats the straight one."""
+    from safetensors.torch import load_file
+
+    from cac_align.cac.train.sft import run
+    from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+    lora = ["finetune=lora", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0"]
+    out = tmp_path / "lora"
+    run(_recipe(cac_data, out, *lora))
+    logs = _metrics(out)
+    assert [e["step"] for e in logs] == [1, 2, 3, 4]
+    assert logs[0]["kl"] == 0.0 and logs[-1]["kl"] > 0 and logs[0]["grad_norm"] > 0
+    adapter = load_file(str(out / "adapter/adapter_model.safetensors"))
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert lora_b and [k for k, v in lora_b.items() if v.abs().max() == 0] == [k for k in lora_b if NO_GRADIENT in k]
+    base = build_tiny_qwen3_vl(seed=0).model.state_dict()
+    final = _weights(out / "final")
+    covered = {k.split("base_model.model.", 1)[1].replace(".lora_B.weight", ".weight") for k in lora_b if NO_GRADIENT not in k}
+    assert covered and set(final) == set(base)
+    for name, tensor in final.items():
+        assert torch.equal(tensor, base[name]) == (name not in covered), name
+    # resumed from its step-2 checkpoint, the LoRA run repeats the straight one
+    resumed = tmp_path / "resumed"
+    run(_recipe(cac_data, resumed, *lora, "train.max_steps=2"))
+    run(_recipe(cac_data, resumed, *lora, "resume=true"))
+    again = load_file(str(resumed / "adapter/adapter_model.safetensors"))
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(again[name], tensor, atol=1e-6, rtol=0, msg=name)

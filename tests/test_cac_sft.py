@@ -215,6 +215,9 @@ def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
     out, metrics = stage1
     losses = _losses(out)
     assert len(losses) == 6 and all(np.isfinite(losses))
+    # each training row carries the mean wall time of its 5 steps
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert all(0 < row["step_seconds"] < 60 for row in rows)
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
     assert metrics["eval_loss"] < 6.5 and 0.0 <= metrics["eval_detection_accuracy"] <= 1.0
     # the adapter covers the vision encoder, the merger and the LLM, and every B matrix moved off 0

@@ -39,7 +39,14 @@ docs/run_folders.md), and ``final/`` (model + processor).
 
 Multi-process: accelerate (``accelerate launch``), DDP. Tested on CPU with two processes;
 FSDP / ZeRO sharding is not wired in for this stage (generation would need the full parameters
-gathered).
+gathered), and an FSDP launch is refused.
+
+**Full or LoRA.** ``finetune: full`` (the paper's) trains every parameter in float32 beside a
+bf16 reference: about 18 bytes a parameter, ~160 GB at 8B, more than one GPU holds.
+``finetune: lora`` (ours) keeps the stage-2 weights frozen in ``dtype`` and trains ``lora``'s
+adapters; the KL reference is the same weights with the adapters switched off
+(``disable_adapter``), so no second model is loaded. ``final/`` is then the adapters merged
+into the weights, ``adapter/`` the adapters alone. Checkpoints hold the whole model either way.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ from cac_align.cac.train.data import split_records
 from cac_align.vlm.hf import StaticShapes
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
 from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
-from cac_align.cac.train.shared import load_model, run_folder, set_trainable
+from cac_align.cac.train.shared import add_lora, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.rl import clipped_surrogate, group_advantages
@@ -190,17 +197,27 @@ class _Trainer:
         acc.wait_for_everyone()
         found = rl.checkpoints(self.out) if config.resume and self.out.is_dir() else []
 
-        # 3. models: the policy in float32 (bf16 autocast when train.bf16: master weights stay
-        # float32, so 1e-6 updates are not rounded away), the frozen reference in config.dtype
-        model, self.processor = load_model(dataclasses.replace(config, dtype="float32"))
-        set_trainable(model, config)
-        if t.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # 3. models. Full (the paper's): the policy in float32 (bf16 autocast when train.bf16:
+        # master weights stay float32, so 1e-6 updates are not rounded away), the frozen
+        # reference in config.dtype. LoRA: the stage-2 weights frozen in config.dtype with
+        # float32 adapters; the reference is those weights, the adapters switched off.
+        self.lora = config.finetune == "lora"
+        if self.lora:
+            model, self.processor = load_model(config)
+            if t.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = add_lora(model, config.lora, t.seed)
+        else:
+            model, self.processor = load_model(dataclasses.replace(config, dtype="float32"))
+            set_trainable(model, config)
+            if t.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = None
-        if grpo.beta > 0:
+        if grpo.beta > 0 and not self.lora:
             self.reference, _ = load_model(config)
             self.reference.requires_grad_(False).eval().to(acc.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
         updates = self.total_steps * grpo.iterations
         self.scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * updates), num_training_steps=updates)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -339,12 +356,17 @@ class _Trainer:
             return {k: v.to(acc.device) for k, v in batch.items()}
 
         refs, olds = [], []
+        with_reference = grpo.beta > 0
         with torch.no_grad(), acc.autocast():
             for batch in encoded:
-                if self.reference is not None or grpo.iterations > 1:
+                if with_reference or grpo.iterations > 1:
                     inputs = on_device(batch)
                 if self.reference is not None:
                     refs.append(token_logprobs(self.reference, inputs, grpo.temperature, self.suppressed)[0])
+                elif with_reference:  # LoRA: the frozen weights under the adapters are the reference
+                    policy = acc.unwrap_model(model)
+                    with policy.disable_adapter():
+                        refs.append(token_logprobs(policy, inputs, grpo.temperature, self.suppressed)[0])
                 if grpo.iterations > 1:
                     olds.append(token_logprobs(model, inputs, grpo.temperature, self.suppressed)[0])
         token_stats = {"kl": 0.0, "clipped": 0.0, "ratio": 0.0, "tokens": 0.0}
@@ -367,8 +389,8 @@ class _Trainer:
                         token_stats[key] += stats[key]
                     sampler_diff = max(sampler_diff, _sampler_difference(b, logp.detach(), mask))
             if not batches:  # every video failed: still take part in the gradient all-reduce
-                acc.backward(sum(p.sum() * 0.0 for p in model.parameters()))
-            grad_norm = float(acc.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+                acc.backward(sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad))
+            grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -385,12 +407,17 @@ class _Trainer:
 
     # -- the end -----------------------------------------------------------------------
     def finish(self) -> None:
-        """Final weights in ``config.dtype`` (``final/``)."""
+        """Final weights in ``config.dtype`` (``final/``); with LoRA, also the adapter
+        (``adapter/``), merged into the weights for ``final/``."""
         acc = self.accelerator
         if acc.is_main_process:
             final = self.out / "final"
             dtype = getattr(torch, self.config.dtype)
             unwrapped = acc.unwrap_model(self.model)
+            if self.lora:
+                unwrapped.save_pretrained(str(self.out / "adapter"), safe_serialization=True)
+                share_modes(self.out / "adapter")
+                unwrapped = unwrapped.merge_and_unload()
             state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in unwrapped.state_dict().items()}
             unwrapped.save_pretrained(str(final), state_dict=state, safe_serialization=True)
             self.processor.save_pretrained(str(final))

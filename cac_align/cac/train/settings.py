@@ -101,8 +101,8 @@ class GrpoSettings:
 
 @dataclass
 class LoraSettings:
-    """Stage-1 LoRA. ``target_modules: all-linear`` covers the vision encoder, merger and LLM
-    (every linear layer but the output head)."""
+    """LoRA of stage 1 (and of stage 3 with ``finetune: lora``). ``target_modules: all-linear``
+    covers the vision encoder, merger and LLM (every linear layer but the output head)."""
 
     r: int = 32
     alpha: int = 64
@@ -180,9 +180,14 @@ class TrainCaCConfig:
             "tiny-random:qwen3_vl" for offline runs; "tiny-random:qwen3_vl_small" for a ~10M
             Qwen3-VL with random weights to train from scratch (the ``cac-demo`` model).
         dtype, attn_implementation, trust_remote_code: how the model loads.
-        finetune: "lora" (stage 1's default, the paper's) or "full" (every parameter; for a
-            model trained from scratch, where a low-rank update of random weights would learn
-            little); stage 2 is always full, stage 3 always full.
+        finetune: "lora" or "full"; unset, the stage's own: stage 1 "lora" (the paper's), stage 2
+            "full" (always: the paper's full fine-tuning), stage 3 "full" (the paper's). Stage 1
+            with "full" is for a model trained from scratch, where a low-rank update of random
+            weights would learn little. Stage 3 with "lora" is ours, for 80 GB GPUs: the full
+            policy trains in float32 (weights, gradients, AdamW: 16 bytes a parameter, 140 GB
+            at 8B) beside a bf16 reference, more than any one GPU holds and not sharded in
+            stage 3; with "lora" the stage-2 weights stay frozen in ``dtype``, serve as the KL
+            reference with the adapters switched off, and only the adapters (``lora``) train.
         freeze_vision: ours, off by default: keep the vision tower (patch embedding, blocks,
             merger) as the model arrives and train the rest. For a model trained from scratch,
             stage 1 teaches the tower what anomalies look like on frames; letting stage 2's sparse
@@ -202,7 +207,7 @@ class TrainCaCConfig:
     dtype: str = "bfloat16"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
-    finetune: str = "lora"
+    finetune: str | None = None
     freeze_vision: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -218,10 +223,14 @@ class TrainCaCConfig:
             raise ValueError("resume=true and overwrite=true contradict each other")
         if (self.annotations is None) == (self.stream is None):
             raise ValueError("set exactly one of 'annotations' (an annotation JSONL) or 'stream' (videos rendered on the fly)")
+        if self.finetune is None:
+            self.finetune = "lora" if self.stage == 1 else "full"
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
-        if self.freeze_vision and self.stage == 1 and self.finetune == "lora":
-            raise ValueError("freeze_vision applies to full fine-tuning; stage 1's LoRA covers every linear layer (set finetune: full, or lora.target_modules)")
+        if self.stage == 2 and self.finetune == "lora":
+            raise ValueError("finetune: lora applies to stages 1 and 3; stage 2 fine-tunes every parameter (shard it with recipes/accelerate/fsdp.yaml)")
+        if self.freeze_vision and self.finetune == "lora":
+            raise ValueError("freeze_vision applies to full fine-tuning; LoRA covers every linear layer (set finetune: full, or lora.target_modules)")
         t = self.train
         if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
             raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")

@@ -40,11 +40,12 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
@@ -55,7 +56,7 @@ from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.cac.train.data import ChatBuilder, build_stage, describe
 from cac_align.cac.train.grpo import run as run_grpo
 from cac_align.cac.train.settings import LoraSettings, TrainCaCConfig, TrainSettings
-from cac_align.cac.train.shared import check_sharding, load_model, run_folder, set_trainable
+from cac_align.cac.train.shared import add_lora, check_sharding, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.eval.metrics import auroc
@@ -69,11 +70,6 @@ __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics
 # ---------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------
-def _add_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
-    torch.manual_seed(seed)  # LoRA A matrices are random: seeded for reproducible runs
-    target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target, bias="none")
-    return get_peft_model(model, config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,17 +305,37 @@ def run(config: TrainCaCConfig) -> dict:
     # the vision tower as it arrived)
     lora = config.stage == 1 and config.finetune == "lora"
     if lora:
-        model = _add_lora(model, config.lora, config.train.seed)
+        model = add_lora(model, config.lora, config.train.seed)
     else:
         set_trainable(model, config)
     pad_id = processor.tokenizer.pad_token_id
     metrics_path = out / "metrics.jsonl"
 
     class JsonlLog(TrainerCallback):
+        """metrics.jsonl rows; a training row also gets ``step_seconds``, the mean wall time of the
+        optimizer steps since the previous row (data loading included; the first step also
+        holds the start-up: CUDA kernels, FSDP's first gathers)."""
+
+        def __init__(self) -> None:
+            self.last = 0.0
+            self.seconds: list[float] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            now = time.perf_counter()
+            self.seconds.append(now - self.last)
+            self.last = now
+
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            row = {"step": state.global_step, **(logs or {})}
+            if "loss" in row and self.seconds:
+                row["step_seconds"] = sum(self.seconds) / len(self.seconds)
+                self.seconds = []
             if state.is_world_process_zero and logs:
                 with metrics_path.open("a") as handle:
-                    handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                    handle.write(json.dumps(row) + "\n")
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:  # safetensors writes 0600 files

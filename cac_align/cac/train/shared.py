@@ -9,11 +9,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cac_align.cac.train.settings import RUN_ONLY_KEYS, TrainCaCConfig
+from cac_align.cac.train.settings import RUN_ONLY_KEYS, LoraSettings, TrainCaCConfig
 
-__all__ = ["TRAIN_CAC_OUTPUTS", "check_sharding", "load_model", "run_folder", "set_trainable"]
+__all__ = ["TRAIN_CAC_OUTPUTS", "add_lora", "check_sharding", "load_model", "run_folder", "set_trainable"]
 
 log = logging.getLogger(__name__)
+
+
+def add_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
+    """``model`` as a peft model with ``lora``'s adapters (the only trainable parameters; peft
+    keeps them in float32 over a bf16 base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # LoRA A matrices are random: seeded for reproducible runs
+    target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target, bias="none")
+    return get_peft_model(model, config)
 
 
 def set_trainable(model: Any, config: TrainCaCConfig) -> None:
