@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,27 +13,19 @@ import pytest
 from cac_align.cac.schema import load_annotations
 from cac_align.config import RecipeError
 from cac_align.jobs.convert import ConvertConfig, ConvertSource, run
-from cac_align.video import Video, save_video
 from conftest import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "convert"
-VIDEOS = ["v_real", "v_fake_fraction", "v_fake_pixels", "v_fake_global", "v_fake_lowlevel",
-          "v_phys_bad", "v_phys_rule", "v_phys_ok", "v_label_a", "v_label_b", "v_label_c", "v_label_d"]
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """The fixtures beside their videos: 4 s at 8 fps, 64x48 (32 frames); ViF-CoT's pixel row
-    lists 128x96 frames, the size its boxes refer to."""
-    from PIL import Image
+    lists 128x96 frames, the size its boxes refer to (tests/fixtures/convert/make_videos.py)."""
+    import runpy
 
     root = tmp_path_factory.mktemp("convert")
-    videos = root / "videos"
-    for i, name in enumerate(VIDEOS):
-        frames = np.full((32, 48, 64, 3), 10 * i, np.uint8)
-        save_video(Video(frames, 8.0), videos / f"{name}.mp4")
-    (videos / "frames" / "v_fake_pixels").mkdir(parents=True)
-    Image.new("RGB", (128, 96)).save(videos / "frames" / "v_fake_pixels" / "000.jpg")
+    runpy.run_path(str(FIXTURES / "make_videos.py"))["make_videos"](root / "videos")
     for name in ("vif_cot.json", "videophy2.jsonl", "labels.csv"):
         shutil.copy(FIXTURES / name, root / name)
     return root
@@ -147,3 +140,15 @@ def test_converted_records_train_stage2(converted, tmp_path):
     stats = json.loads((tmp_path / "stage2" / "data.json").read_text())["stats"]["train"]
     assert stats["global_anomalous"] == 7 and stats["anomalies_without_window"] == 3  # 2 VideoPhy-2 + 1 own status-only label
     assert (tmp_path / "stage2" / "final" / "model.safetensors").is_file()
+
+
+def test_relative_paths_work_from_the_written_file(inputs, tmp_path, monkeypatch):
+    """Sources given relative to the working folder: the written video paths are relative to
+    annotations.jsonl's folder (the format's rule), so the file reads from anywhere."""
+    monkeypatch.chdir(inputs)
+    run(ConvertConfig(out_dir="out", sources=[ConvertSource(format="labels", path="labels.csv", video_root="videos")]))
+    lines = [json.loads(line) for line in (inputs / "out/annotations.jsonl").read_text().splitlines()]
+    assert lines and all(line["video"].startswith("../videos/v_label_") for line in lines)
+    monkeypatch.chdir(tmp_path)
+    records = load_annotations(inputs / "out/annotations.jsonl", check_videos=True).records
+    assert len(records) == len(lines) and all(Path(r.video).is_file() for r in records)

@@ -21,6 +21,7 @@ in silence; with ``strict: true`` any bad row fails the job (nothing written).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,8 @@ def run(config: ConvertConfig) -> dict:
     # 2. write the records and the report
     folder.start()
     out = folder.path
+    for record in records:  # the annotation file's rule: a relative video path resolves against its folder
+        record.video = os.path.relpath(os.path.abspath(record.video), os.path.abspath(out))
     write_annotations(records, out / "annotations.jsonl")
     summary = {"written": len(records), "bad_rows": bad, "sources": [r.to_dict() for r in reports]}
     write_text_atomic(out / "convert_report.json", json.dumps(summary, indent=1) + "\n")
