@@ -10,6 +10,26 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class ForceAnswer:
+    """A logits processor that makes the model write ``answer`` (token ids), then ``eos``. A
+    new generate call is told by the length jumping (not growing by one token)."""
+
+    def __init__(self, answer, eos):
+        self.answer, self.eos, self.start, self.last = answer, eos, 0, None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.last is None or input_ids.shape[1] != self.last + 1:  # a new generate call
+            self.start = input_ids.shape[1]
+        self.last = input_ids.shape[1]
+        step = input_ids.shape[1] - self.start
+        token = self.answer[step] if step < len(self.answer) else self.eos
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, token] = 0.0
+        return forced
+
+
 def default_sigint() -> None:
     """``preexec_fn`` for a child that a test interrupts with SIGINT: a suite started in the
     background by a non-interactive shell (``nohup ... &``) inherits SIGINT ignored, and Python

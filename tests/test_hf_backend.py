@@ -9,7 +9,7 @@ import torch
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend, user, videos_of
 from cac_align.vlm.hf import HFBackend
-from conftest import smooth_video
+from conftest import ForceAnswer, smooth_video
 
 
 @pytest.fixture(scope="module")
@@ -125,30 +125,13 @@ class _VideoCounter:
         self.videos += int(grid.shape[0])
 
 
-class _Force:
-    """A logits processor that makes a model write ``answer`` (token ids), then stop."""
-
-    def __init__(self, answer, eos):
-        self.answer, self.eos, self.start, self.last = answer, eos, 0, None
-
-    def __call__(self, input_ids, scores):
-        if self.last is None or input_ids.shape[1] <= self.last:  # a new generate call
-            self.start = input_ids.shape[1]
-        self.last = input_ids.shape[1]
-        step = input_ids.shape[1] - self.start
-        token = self.answer[step] if step < len(self.answer) else self.eos
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, token] = 0.0
-        return forced
-
-
 def test_generate_scored_reads_the_status_from_its_own_generation(tiny_qwen3_vl):
     from transformers import LogitsProcessorList
 
     tok = tiny_qwen3_vl.processor.tokenizer
     answer = tok('{"status": "normal", "anomalies": []}', add_special_tokens=False)["input_ids"]
     forced = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4,
-                       generate_kwargs={"logits_processor": LogitsProcessorList([_Force(answer, tok.eos_token_id)])})
+                       generate_kwargs={"logits_processor": LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])})
     requests = _requests(3)
     counter = _VideoCounter(tiny_qwen3_vl.model)
     try:
@@ -219,7 +202,7 @@ def test_cac_scoring_encodes_each_turns_video_once(tiny_qwen3_vl):
     tok = tiny_qwen3_vl.processor.tokenizer
     answer = tok('{"COT": "fine", "status": "normal", "anomalies": []}', add_special_tokens=False)["input_ids"]
     forced = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4,
-                       generate_kwargs={"logits_processor": LogitsProcessorList([_Force(answer, tok.eos_token_id)])})
+                       generate_kwargs={"logits_processor": LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])})
     videos = [Video(smooth_video(8, 64, 64, seed=i), 4.0) for i in range(2)]
     counter = _VideoCounter(tiny_qwen3_vl.model)
     try:

@@ -17,7 +17,7 @@ import torch
 from cac_align.video import Video
 from cac_align.vlm.backend import user
 from cac_align.vlm.hf import HFBackend, StaticShapes, bucket_size
-from conftest import smooth_video
+from conftest import ForceAnswer, smooth_video
 
 
 class CountingCompiler:
@@ -55,23 +55,6 @@ def _requests(n, offset=0):
         [user(Video(smooth_video(4 + 2 * ((i + offset) % 2), 64, 64, seed=i + offset), 4.0), f"Video {i + offset}: normal?")]
         for i in range(n)
     ]
-
-
-class _Force:
-    """A logits processor that makes the model write ``answer`` (token ids), then stop."""
-
-    def __init__(self, answer, eos):
-        self.answer, self.eos, self.start, self.last = answer, eos, 0, None
-
-    def __call__(self, input_ids, scores):
-        if self.last is None or input_ids.shape[1] != self.last + 1:  # a new generate call
-            self.start = input_ids.shape[1]
-        self.last = input_ids.shape[1]
-        step = input_ids.shape[1] - self.start
-        token = self.answer[step] if step < len(self.answer) else self.eos
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, token] = 0.0
-        return forced
 
 
 def test_buckets():
@@ -136,7 +119,7 @@ def test_cac_two_turn_rewards_equal_in_both_modes(qwen3):
     counter = CountingCompiler()
     results = {}
     for mode in ("dynamic", "static"):
-        force = LogitsProcessorList([_Force(answer, tok.eos_token_id)])
+        force = LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])
         extra = {"cache": "static", "batch_buckets": (1, 4), "length_multiple": 64, "compile_config": compile_config(counter)} if mode == "static" else {}
         backend = HFBackend(qwen3.model, qwen3.processor, max_batch_size=4, generate_kwargs={"logits_processor": force}, **extra)
         results[mode] = CaCScorer(backend, options).score(videos)
@@ -166,7 +149,7 @@ def test_unified_reward_equal_in_both_modes(tiny_qwen2_5_vl):
     outs = {}
     for mode, extra in (("dynamic", {}), ("static", static_kwargs)):
         forced = HFBackend(tiny.model, tiny.processor, max_batch_size=4,
-                           generate_kwargs={"logits_processor": LogitsProcessorList([_Force(answer, tok.eos_token_id)])}, **extra)
+                           generate_kwargs={"logits_processor": LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])}, **extra)
         free = HFBackend(tiny.model, tiny.processor, max_batch_size=4, **extra)
         outs[mode] = (
             UnifiedReward(forced, num_frames=4, max_new_tokens=len(answer) + 1)(videos, ["a", "b", "c"]),
@@ -222,7 +205,7 @@ def test_multi_token_choices_are_scored_from_the_static_cache(qwen3):
     for mode, extra in (("dynamic", {}), ("static", {"cache": "static", "batch_buckets": (4,), "length_multiple": 64,
                                                       "compile_config": compile_config(counter)})):
         backend = HFBackend(qwen3.model, qwen3.processor, max_batch_size=4,
-                            generate_kwargs={"logits_processor": LogitsProcessorList([_Force(answer, tok.eos_token_id)])}, **extra)
+                            generate_kwargs={"logits_processor": LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])}, **extra)
         completions, probs[mode] = backend.generate_scored(_requests(3), choices, prefix_of, max_new_tokens=len(answer) + 1)
         assert [c.text for c in completions] == ['{"status": "normal", "anomalies": []}'] * 3
     assert counter.graphs >= 1 and np.isfinite(probs["static"]).all()
