@@ -89,9 +89,8 @@ def run_folder(config: TrainCaCConfig) -> Any:
     return folder
 
 
-
 def check_sharding(distributed_type: Any, environ: Any = None) -> str | None:
-    """The warning, logged once, when an accelerate config asks for FSDP (``accelerate launch``
+    """The warning, logged by each process, when an accelerate config asks for FSDP (``accelerate launch``
     sets ``ACCELERATE_USE_FSDP=true``) and accelerate did not turn it on: accelerate (1.15) shards
     only on GPUs and similar devices, so on a CPU-only machine the same config runs as plain data
     parallel, each process holding the whole model and its optimizer state. Returns the message
