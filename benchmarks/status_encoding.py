@@ -20,8 +20,8 @@ code with the tiny Qwen2.5-VL sizes, so only the sizes differ. It also reports p
 Machine-independent figures, counted with hooks on the model: videos through the vision tower,
 visual tokens out of it (patches / merge^2) and tokens through the language model (prefill and
 decoding), per scored video; plus the wall-clock ratio, both paths in the same run after one
-warm-up call each. "before" is the same backend with its ``generate_scored`` hidden, so CaC
-falls back to ``generate`` + ``choice_probs`` as it did before. The rewards of both paths are
+warm-up call each. "before" is the same backend with the generic ``generate_scored`` of
+``BackendBase`` (``generate``, then ``choice_probs`` re-encodes the request), as CaC did before. The rewards of both paths are
 compared (they differ only where a generated status token is not the one its text re-tokenizes
 to, and by float noise).
 """
@@ -72,10 +72,11 @@ def main() -> None:
     from cac_align.models import model_settings
     from cac_align.rewards.cac import CaCReward
     from cac_align.video import Video
+    from cac_align.vlm.backend import BackendBase
     from cac_align.vlm.hf import HFBackend
 
     class Reencoding(HFBackend):
-        generate_scored = None  # the path before: generate, then choice_probs re-encodes the request
+        generate_scored = BackendBase.generate_scored  # the path before: generate, then choice_probs re-encodes the request
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["cpu", "gpu-ur7b", "cpu-check"], default="cpu",
@@ -180,11 +181,12 @@ def _qwen2_5_vl(sizes: dict, device: str, dtype: "torch.dtype"):
 def unified_reward_probs(args: argparse.Namespace) -> None:
     from cac_align.rewards.unified import UnifiedReward
     from cac_align.video import Video
+    from cac_align.vlm.backend import BackendBase
     from cac_align.vlm.hf import HFBackend
     from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
 
     class RoundByRound(HFBackend):
-        choice_probs_steps = None  # the path before: each score position re-encodes the request
+        choice_probs_steps = BackendBase.choice_probs_steps  # the path before: each score position re-encodes the request
 
     if args.mode == "gpu-ur7b":
         model, processor = _qwen2_5_vl(QWEN2_5_VL_7B, "cuda", torch.bfloat16)

@@ -11,6 +11,7 @@ import pytest
 from cac_align.rewards import RewardError, RewardOutput, build_reward
 from cac_align.rewards.combine import CombinedReward
 from cac_align.video import Video
+from cac_align.vlm.backend import BackendBase
 
 
 class FixedReward:
@@ -106,7 +107,7 @@ def test_empty_batch_and_undecodable_video():
     # An unreadable file fails in every component with its decode error, nothing raised.
     from cac_align.rewards.unified import UnifiedReward
 
-    class Never:
+    class Never(BackendBase):
         def generate(self, *a, **k):
             raise AssertionError("no request should reach the model")
 

@@ -26,6 +26,7 @@ import torch
 
 from cac_align.rewards import RewardError
 from cac_align.rewards import flow_grpo as drop_in
+from cac_align.vlm.backend import BackendBase
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "flow_grpo_checkout"
 BRIGHTNESS = {"cac": {"name": "brightness"}}
@@ -199,7 +200,7 @@ def test_a_crashing_call_is_invalid_but_caller_errors_raise(theirs, caplog):
         fn(_videos([0.2, 0.4]), ["a", "b", "c"], None)
 
 
-class MismatchedBackend:
+class MismatchedBackend(BackendBase):
     """A backend whose model call fails the way transformers does when a processor and a model
     disagree: a ValueError raised inside the model, after the call itself was checked."""
 

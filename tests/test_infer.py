@@ -9,7 +9,7 @@ import pytest
 
 from cac_align.cac.infer import CaCOptions, CaCScorer
 from cac_align.video import Video, save_video
-from cac_align.vlm.backend import Completion, videos_of
+from cac_align.vlm.backend import BackendBase, Completion, videos_of
 from cac_align.vlm.hf import HFBackend
 
 
@@ -22,7 +22,7 @@ def _tagged(seconds: float = 4.0, fps: float = 16.0, seed: int = 0) -> Video:
     return Video(frames, fps, source=f"video{seed}")
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     """Our Backend protocol with canned answers keyed by video seed; records every call."""
 
     def __init__(self, turn1: dict, turn2: dict | None = None, probs1=(0.6, 0.2), probs2=(0.1, 0.3)):

@@ -12,7 +12,7 @@ import pytest
 
 from cac_align.cac.infer import CaCScorer
 from cac_align.video import Video
-from cac_align.vlm.backend import Backend, user
+from cac_align.vlm.backend import Backend, BackendBase, Completion, user
 from cac_align.vlm.openai import OpenAIBackend, ServerUnavailableError
 from chat_server import ChatServer, char_logprob
 from conftest import smooth_video
@@ -25,6 +25,38 @@ def _request(seed=0, frames=4):
 def test_is_a_backend():
     assert isinstance(OpenAIBackend("m"), Backend)
     assert OpenAIBackend("m").url == "http://127.0.0.1:8000/v1/chat/completions"  # localhost by default
+
+
+def test_the_generic_abilities_of_a_backend_without_a_cheaper_way():
+    """BackendBase: generate_scored reads nothing with the generation (NaN rows, for the caller
+    to ask choice_probs); choice_probs_steps asks choice_probs once per round, each round's
+    prefixes grown by extend, which is not called after the last round."""
+
+    class Plain(BackendBase):
+        def __init__(self):
+            self.asked = []
+
+        def generate(self, requests, max_new_tokens=1024, temperature=0.0, top_p=1.0, seed=None):
+            return [Completion(f"answer {i}") for i in range(len(requests))]
+
+        def choice_probs(self, requests, prefixes, choices):
+            self.asked.append(list(prefixes))
+            return np.array([[0.25 * (len(p) % 4), 0.5] for p in prefixes])
+
+    backend = Plain()
+    assert isinstance(backend, Backend)
+    completions, probs = backend.generate_scored([_request(), _request(1)], ["a", "b"], lambda text: text)
+    assert [c.text for c in completions] == ["answer 0", "answer 1"] and probs.shape == (2, 2) and np.isnan(probs).all()
+    extended = []
+
+    def extend(step, row, values):
+        extended.append((step, row))
+        return f"<{step}>"
+
+    rounds = backend.choice_probs_steps([_request(), _request(1)], ["x", "yy"], ["a", "b"], 3, extend)
+    assert backend.asked == [["x", "yy"], ["x<0>", "yy<0>"], ["x<0><1>", "yy<0><1>"]]
+    assert extended == [(0, 0), (0, 1), (1, 0), (1, 1)] and len(rounds) == 3
+    np.testing.assert_array_equal(rounds[2], [[0.25 * (7 % 4), 0.5], [0.25 * (8 % 4), 0.5]])
 
 
 def test_generate_sends_frames_with_timestamps_and_returns_text():

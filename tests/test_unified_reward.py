@@ -20,7 +20,7 @@ from cac_align.rewards.unified import (
     sample_uniform,
 )
 from cac_align.video import Video
-from cac_align.vlm.backend import Completion, videos_of
+from cac_align.vlm.backend import BackendBase, Completion, videos_of
 from cac_align.vlm.config import ModelConfig
 from cac_align.vlm.hf import HFBackend
 from conftest import REPO_ROOT
@@ -48,7 +48,7 @@ def test_parse_corpus(case):
         assert any(case["problem"] in p for p in problems), problems
 
 
-class TextBackend:
+class TextBackend(BackendBase):
     """Answers generate() with a canned text per video tag; digit probabilities by score position."""
 
     def __init__(self, texts: dict[int, str] | None = None, rows: list[list[float]] | None = None):
@@ -392,7 +392,7 @@ def test_probs_scoring_encodes_each_video_once_with_the_same_numbers(kind, versi
     tiny = tiny_qwen2_5_vl if kind == "qwen2_5_vl" else tiny_qwen3_vl
 
     class RoundByRound(HFBackend):
-        choice_probs_steps = None  # every position re-encodes the request, as before
+        choice_probs_steps = BackendBase.choice_probs_steps  # the generic path: every position re-encodes the request
 
     videos = [_video(0, frames=12), _video(1, frames=10), _video(2, frames=12)]  # left padding in the batch
     encoded = []

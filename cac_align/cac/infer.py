@@ -377,12 +377,7 @@ class CaCScorer:
         the final turn is then scored by ``choice_probs`` in :meth:`_score_final`."""
         start = time.perf_counter()
         options = {"max_new_tokens": self.options.max_new_tokens, "temperature": self.options.temperature}
-        scored = getattr(self.backend, "generate_scored", None)
-        if callable(scored):
-            completions, probs = scored(requests, list(STATUS_CHOICES), _status_prefix, **options)
-        else:
-            completions = self.backend.generate(requests, **options)
-            probs = [(math.nan, math.nan)] * len(requests)
+        completions, probs = self.backend.generate_scored(requests, list(STATUS_CHOICES), _status_prefix, **options)
         elapsed = (time.perf_counter() - start) / max(1, len(requests))
         return [c.text for c in completions], elapsed, probs
 

@@ -511,19 +511,12 @@ class UnifiedReward:
             return written
 
         # One score position per sub-score; each position's prefix holds the lines read so far.
+        # (in-process the video is encoded once for all positions; the backend calls read() after
+        # every position but the last, to grow the prefixes)
         steps = len(fmt.dimensions)
-        chained = getattr(self.backend, "choice_probs_steps", None)
-        if callable(chained):  # in-process: the video is encoded once for all positions
-            # the backend calls read() after every position but the last, to grow the prefixes
-            last = chained(requests, [heads[0]] * len(requests), digits, steps, read)[-1]
-            for j, row in enumerate(last):
-                read(steps - 1, j, row)
-        else:
-            prefixes = [heads[0]] * len(requests)
-            for step in range(steps):
-                probs = self.backend.choice_probs(requests, prefixes, digits)
-                for j, row in enumerate(probs):
-                    prefixes[j] += read(step, j, row)
+        last = self.backend.choice_probs_steps(requests, [heads[0]] * len(requests), digits, steps, read)[-1]
+        for j, row in enumerate(last):
+            read(steps - 1, j, row)
         for answer, text in zip(answers, texts):
             answer["text"] = text
         return answers

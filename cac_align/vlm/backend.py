@@ -19,7 +19,7 @@ Two operations, batched over requests:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from cac_align.video import Video
 
 __all__ = [
     "Backend",
+    "BackendBase",
     "ChatRequest",
     "Completion",
     "assistant",
@@ -125,7 +126,11 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What CaC inference and VLM rewards need from a model, in-process or behind a server."""
+    """What CaC inference and VLM rewards need from a model, in-process or behind a server.
+
+    All four abilities are part of the contract, so no caller looks for one: a backend with no
+    cheaper way to the last two inherits them from :class:`BackendBase`, built from the first two.
+    """
 
     def generate(
         self,
@@ -149,3 +154,53 @@ class Backend(Protocol):
         Not renormalized over the choices: callers do that (CaC Eq. 7).
         """
         ...
+
+    def generate_scored(
+        self,
+        requests: Sequence[ChatRequest],
+        choices: Sequence[str],
+        prefix_of: Callable[[str], str | None],
+        max_new_tokens: int = 1024,
+        temperature: float = 0.0,
+    ) -> tuple[list[Completion], np.ndarray]:
+        """Generate, and read ``choices`` after ``prefix_of(answer text)`` with the generation:
+        (completions, (N, C) probabilities). A row the backend did not read with the generation
+        (or whose ``prefix_of`` is None) is NaN; the caller asks :meth:`choice_probs` where it
+        needs that row."""
+        ...
+
+    def choice_probs_steps(
+        self,
+        requests: Sequence[ChatRequest],
+        prefixes: Sequence[str],
+        choices: Sequence[str],
+        steps: int,
+        extend: Callable[[int, int, np.ndarray], str],
+    ) -> list[np.ndarray]:
+        """``steps`` rounds of :meth:`choice_probs`, each round's prefixes grown by what
+        ``extend(round, row, probs_row)`` returns (called after every round but the last).
+        Returns one (N, C) array per round."""
+        ...
+
+
+class BackendBase:
+    """``generate_scored`` and ``choice_probs_steps`` from ``generate`` and ``choice_probs``, for a
+    backend with no cheaper way (behind a server every call is a request of its own). The
+    in-process backend overrides both to reuse the video's encoding."""
+
+    def generate_scored(self, requests, choices, prefix_of, max_new_tokens=1024, temperature=0.0):  # noqa: ANN001, ANN201
+        """The completions, and NaN for every row: nothing is read with the generation here."""
+        completions = self.generate(requests, max_new_tokens=max_new_tokens, temperature=temperature)  # type: ignore[attr-defined]
+        return completions, np.full((len(requests), len(choices)), np.nan)
+
+    def choice_probs_steps(self, requests, prefixes, choices, steps, extend):  # noqa: ANN001, ANN201
+        """One :meth:`choice_probs` call per round, the prefixes grown between rounds."""
+        prefixes = list(prefixes)
+        rounds = []
+        for step in range(steps):
+            probs = self.choice_probs(requests, prefixes, choices)  # type: ignore[attr-defined]
+            rounds.append(probs)
+            if step + 1 < steps:
+                for row, values in enumerate(probs):
+                    prefixes[row] += extend(step, row, values)
+        return rounds

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Iterator
 
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
+from cac_align.vlm.backend import BackendBase
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def load_vlm(
     return model, processor
 
 
-class HFBackend:
+class HFBackend(BackendBase):
     """In-process transformers backend: batched ``generate`` and teacher-forced ``choice_probs``.
 
     Requests are rendered with the processor's chat template; each video goes in with

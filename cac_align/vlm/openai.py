@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.vlm.backend import ChatRequest, Completion
+from cac_align.vlm.backend import BackendBase, ChatRequest, Completion
 
 __all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError"]
 
@@ -56,7 +56,7 @@ class ServerDown(RuntimeError):
     with one line, keeping what was scored."""
 
 
-class OpenAIBackend:
+class OpenAIBackend(BackendBase):
     """Backend over HTTP for an OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
     Args:
