@@ -63,4 +63,14 @@ accelerate.accelerator.fsdp2_prepare_model = _prepare_and_record
 
 from cac_align.cli import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:]))
+code = main(sys.argv[1:])
+# Leave without the interpreter's teardown: with FSDP on gloo, a process sometimes aborts there
+# ("terminate called without an active exception", exit -6) after its work is done and written.
+import torch.distributed as dist  # noqa: E402
+
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
