@@ -1,0 +1,181 @@
+"""Record what the jobs produce on fixed seeds, and compare two recordings (the house moves).
+
+Before a refactor that moves code but must not change what it does, record; after it, record
+again and compare. Everything runs offline on the CPU with the tiny recipes (about 5 minutes on
+2 cores):
+
+    python benchmarks/record_behaviour.py record /tmp/before
+    ... move code ...
+    python benchmarks/record_behaviour.py record /tmp/after
+    python benchmarks/record_behaviour.py compare /tmp/before /tmp/after
+
+What is recorded (each job runs in ``<dir>/work`` through the ``cac-align`` command, so the CLI,
+recipe loading and run folders are part of what is compared):
+- the README main job (``score`` with ``recipes/score/cac_demo.yaml``): ``results.jsonl``;
+- a tiny Best-of-N (``recipes/align/bon_tiny.yaml``): its manifest (``candidates.jsonl``,
+  ``summary.json``) and the SHA-256 of every video it wrote;
+- a tiny Flow-GRPO run (``recipes/align/flow_grpo_tiny.yaml``): the LoRA tensors it saved and
+  ``metrics.jsonl``;
+- tiny stages 1-3 of ``train-cac`` (after ``synth``): each stage's ``metrics.jsonl`` and the
+  tensors of its final weights.
+
+``compare`` reads JSON and JSONL rows with wall-clock fields left out (keys naming seconds, time,
+dates, throughput) and the recording's own folder replaced by ``<work>``; it compares tensors as
+tensors (``torch.equal``: identical, not close) and every other file by its bytes. It prints one
+line per difference and exits 1 if there is any, 0 if the two recordings are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (name, cac-align arguments); run in order, in one working folder (later jobs read earlier ones)
+JOBS: list[tuple[str, list[str]]] = [
+    ("score_demo", ["score", "--config", "recipes/score/cac_demo.yaml", "out_dir=outputs/score_demo"]),
+    ("bon_tiny", ["bon", "--config", "recipes/align/bon_tiny.yaml"]),
+    ("flow_grpo_tiny", ["flow-grpo", "--config", "recipes/align/flow_grpo_tiny.yaml"]),
+    ("synth_tiny", ["synth", "--config", "recipes/cac/synth_tiny.yaml"]),
+    ("stage1_tiny", ["train-cac", "--config", "recipes/cac/stage1_tiny.yaml"]),
+    ("stage2_tiny", ["train-cac", "--config", "recipes/cac/stage2_tiny.yaml"]),
+    ("stage3_tiny", ["train-cac", "--config", "recipes/cac/stage3_grpo_tiny.yaml"]),
+]
+
+# the files compared, per output folder (globs relative to outputs/)
+RECORDED = [
+    "score_demo/results.jsonl",
+    "bon_tiny/candidates.jsonl",
+    "bon_tiny/summary.json",
+    "bon_tiny/**/*.mp4",
+    "flow_grpo_tiny/metrics.jsonl",
+    "flow_grpo_tiny/**/*.safetensors",
+    "cac_stage1_tiny/metrics.jsonl",
+    "cac_stage1_tiny/final/*.safetensors",
+    "cac_stage2_tiny/metrics.jsonl",
+    "cac_stage2_tiny/final/*.safetensors",
+    "cac_stage3_tiny/metrics.jsonl",
+    "cac_stage3_tiny/final/*.safetensors",
+]
+
+# JSON keys whose values are wall-clock facts, not behaviour
+CLOCK_WORDS = ("second", "time", "date", "elapsed", "per_s", "throughput", "started", "finished", "duration_s_wall")
+
+
+def record(dest: Path) -> int:
+    work = dest / "work"
+    if work.exists():
+        print(f"{work} exists; record into a new folder", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True)
+    for entry in ("recipes", "cac_align"):
+        (work / entry).symlink_to(REPO / entry)
+    env = {**os.environ, "PYTHONHASHSEED": "0", "CUDA_VISIBLE_DEVICES": ""}
+    for name, args in JOBS:
+        start = time.perf_counter()
+        with open(dest / f"{name}.log", "w") as log:
+            proc = subprocess.run(["cac-align", *args], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        print(f"{name}: exit {proc.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+        if proc.returncode:
+            print(f"{name} failed; see {dest / (name + '.log')}", file=sys.stderr)
+            return 1
+    files = sorted(str(p.relative_to(work / "outputs")) for pattern in RECORDED for p in (work / "outputs").glob(pattern))
+    (dest / "files.json").write_text(json.dumps(files, indent=1))
+    print(f"recorded {len(files)} files in {dest}")
+    return 0
+
+
+def _normalized(value: Any, root: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _normalized(v, root) for k, v in value.items() if not any(w in k.lower() for w in CLOCK_WORDS)}
+    if isinstance(value, list):
+        return [_normalized(v, root) for v in value]
+    if isinstance(value, str):
+        return value.replace(root, "<work>")
+    return value
+
+
+def _json_rows(path: Path, root: str) -> list[Any]:
+    text = path.read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else [json.loads(text)]
+    return [_normalized(row, root) for row in rows]
+
+
+def _tensor_differences(a: Path, b: Path) -> Iterator[str]:
+    import torch
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(a), load_file(b)
+    if set(ta) != set(tb):
+        yield f"tensor names differ: only in first {sorted(set(ta) - set(tb))[:5]}, only in second {sorted(set(tb) - set(ta))[:5]}"
+    for key in sorted(set(ta) & set(tb)):
+        x, y = ta[key], tb[key]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            yield f"{key}: {tuple(x.shape)} {x.dtype} vs {tuple(y.shape)} {y.dtype}"
+        elif not torch.equal(x, y):
+            diff = (x.double() - y.double()).abs().max().item()
+            yield f"{key}: values differ (max abs difference {diff:.3g})"
+
+
+def _file_differences(a: Path, b: Path, roots: tuple[str, str]) -> Iterator[str]:
+    if a.suffix in (".json", ".jsonl"):
+        ra, rb = _json_rows(a, roots[0]), _json_rows(b, roots[1])
+        if len(ra) != len(rb):
+            yield f"{len(ra)} rows vs {len(rb)}"
+        for i, (x, y) in enumerate(zip(ra, rb)):
+            if x != y:
+                keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k)) if isinstance(x, dict) and isinstance(y, dict) else []
+                yield f"row {i} differs" + (f" in {keys[:6]}: {[x.get(k) for k in keys[:3]]} vs {[y.get(k) for k in keys[:3]]}" if keys else "")
+    elif a.suffix == ".safetensors":
+        yield from _tensor_differences(a, b)
+    elif hashlib.sha256(a.read_bytes()).digest() != hashlib.sha256(b.read_bytes()).digest():
+        yield "bytes differ"
+
+
+def compare(first: Path, second: Path) -> int:
+    files_a = json.loads((first / "files.json").read_text())
+    files_b = json.loads((second / "files.json").read_text())
+    problems = [f"only in {first}: {f}" for f in sorted(set(files_a) - set(files_b))]
+    problems += [f"only in {second}: {f}" for f in sorted(set(files_b) - set(files_a))]
+    roots = (str((first / "work").resolve()), str((second / "work").resolve()))
+    tensors = 0
+    for rel in sorted(set(files_a) & set(files_b)):
+        a, b = first / "work" / "outputs" / rel, second / "work" / "outputs" / rel
+        if a.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(a, "pt") as f:
+                tensors += len(list(f.keys()))
+        problems += [f"{rel}: {d}" for d in _file_differences(a, b, roots)]
+    for line in problems:
+        print(line)
+    common = len(set(files_a) & set(files_b))
+    verdict = "identical" if not problems else f"{len(problems)} differences"
+    print(f"{common} files compared ({tensors} tensors, compared exactly): {verdict}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record", help="run the jobs and keep their outputs in DIR")
+    rec.add_argument("dir", type=Path)
+    cmp = sub.add_parser("compare", help="compare two recordings")
+    cmp.add_argument("first", type=Path)
+    cmp.add_argument("second", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        return record(args.dir.resolve())
+    return compare(args.first.resolve(), args.second.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
