@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cac-align {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
-        from cac_align.runlog import release_locks
+        from cac_align.run.folder import release_locks
 
         release_locks()  # the job's out_dir is free for the next run (main may run again in-process)
 

@@ -28,17 +28,12 @@ __all__ = [
     "JOBS",
     "JobSpec",
     "RecipeError",
-    "SERVING_KEYS",
-    "config_fingerprint",
     "describe_error",
-    "differing_keys",
     "check_finite",
     "relative_path_hint",
-    "drop_serving_keys",
     "load_config",
     "load_recipe",
     "resolve",
-    "run_fingerprint",
 ]
 
 
@@ -147,67 +142,6 @@ JOBS: dict[str, JobSpec] = {
         ),
     ]
 }
-
-
-def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
-    """The config as a plain dict, less its run-only (dotted) keys: what a run folder saves and
-    compares on restart (with :func:`differing_keys` for the message). A key under a section
-    that is absent or null is skipped."""
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    for dotted in run_only_keys:
-        node = data
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return data
-
-
-# How a model is reached or run, not what it answers: never part of a fingerprint, wherever a
-# reward section nests its models (reward.model, reward.cac.model, ...). The KV-cache mode and
-# its buckets give the same answers and probabilities (greedy scoring) in either mode.
-SERVING_KEYS = ("base_url", "api_key_env", "timeout_s", "max_retries", "failure_limit", "max_batch_size", "device", "cache", "batch_buckets", "length_multiple")
-
-
-def drop_serving_keys(data: Any) -> Any:
-    """``data`` without :data:`SERVING_KEYS` in any ``model`` mapping inside it (in place)."""
-    if isinstance(data, dict):
-        model = data.get("model")
-        if isinstance(model, dict):
-            for key in SERVING_KEYS:
-                model.pop(key, None)
-        for value in data.values():
-            drop_serving_keys(value)
-    elif isinstance(data, list):
-        for value in data:
-            drop_serving_keys(value)
-    return data
-
-
-def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
-    """What determines a generation run's outputs: :func:`config_fingerprint` less how the
-    reward's models are reached (:data:`SERVING_KEYS`: a server's address or timeout changes no
-    score), plus a hash of the prompt list itself (the same file path holding other prompts is
-    another run)."""
-    import hashlib
-
-    data = config_fingerprint(config, run_only_keys)
-    drop_serving_keys(data.get("reward"))
-    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    return data
-
-
-def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (for "config changed" errors)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def resolve(dotted: str) -> Any:

@@ -220,11 +220,10 @@ _RUN_ONLY_KEYS = ("out_dir", "batch_size", "overwrite")
 
 
 def _run_folder(config: ScoreConfig) -> Any:
-    """The run folder (:class:`~cac_align.runlog.RunFolder`); inputs are checked before it opens."""
+    """The run folder (:class:`~cac_align.run.folder.RunFolder`); inputs are checked before it opens."""
     from omegaconf import OmegaConf
 
-    from cac_align.config import config_fingerprint, drop_serving_keys
-    from cac_align.runlog import RunFolder
+    from cac_align.run.folder import RunFolder, config_fingerprint, drop_serving_keys
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     fingerprint = drop_serving_keys(config_fingerprint(config, _RUN_ONLY_KEYS))

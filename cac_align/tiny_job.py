@@ -60,7 +60,7 @@ def run(config: MakeTinyConfig) -> dict[str, Path]:
     """Build and save each requested tiny model; returns {name: directory}."""
     from tqdm.auto import tqdm
 
-    from cac_align.runlog import share_modes
+    from cac_align.run.folder import share_modes
 
     out = Path(config.out_dir)
     if out.exists() and not out.is_dir():

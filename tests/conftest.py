@@ -83,6 +83,6 @@ def cac_data(tmp_path_factory):
 def _release_run_folder_locks():
     """Each test's jobs free their out_dir locks when it ends, as a finished CLI run does."""
     yield
-    from cac_align.runlog import release_locks
+    from cac_align.run.folder import release_locks
 
     release_locks()

@@ -12,7 +12,7 @@ from cac_align.config import RecipeError, load_config
 from cac_align.gen.best_of_n import BonConfig, choose, frames_sha256, read_prompts, run
 from cac_align.gen.wan import GeneratorConfig, build_tiny_wan_pipeline, generate_videos
 from cac_align.rewards import RewardOutput
-from cac_align.runlog import read_manifest
+from cac_align.run.folder import read_manifest
 from conftest import REPO_ROOT
 
 TINY_GEN = GeneratorConfig(name="tiny-random:wan", dtype="float32", device="cpu", height=32, width=32, num_frames=9, num_inference_steps=3)

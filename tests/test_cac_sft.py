@@ -12,7 +12,7 @@ import torch
 
 from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
 from cac_align.config import RecipeError, load_recipe
-from cac_align.runlog import read_manifest
+from cac_align.run.folder import read_manifest
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
 from cac_align.vlm.hf import processor_inputs, render_chat
@@ -241,9 +241,8 @@ def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
 
 
 def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tmp_path):
-    from cac_align.score_job import ScoreConfig
-    from cac_align.score_job import run as score
     from cac_align.cac.train.sft import run
+    from cac_align.score_job import ScoreConfig, run as score
 
     stage1_out, _ = stage1
     out = tmp_path / "stage2"

@@ -17,7 +17,7 @@ from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, add_lora, run, trained_timesteps
 from cac_align.gen.sde import SDESchedule, flow_sigmas
-from cac_align.rl import step_indices
+from cac_align.run.dist import step_indices
 from cac_align.gen.wan import (
     TINY_WAN,
     LORA_WEIGHT_NAME,

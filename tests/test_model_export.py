@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cac_align.cac.infer import CaCOptions
 from cac_align.loading import WeightsNotFoundError, check_weights_source

@@ -1,4 +1,4 @@
-"""Run folders never lose a user's work: the rules of cac_align.runlog.RunFolder, job by job.
+"""Run folders never lose a user's work: the rules of cac_align.run.folder.RunFolder, job by job.
 
 Every test here puts files of "the user" where a job runs and checks they survive, overwrite
 included; a folder of another job is refused with that job's name.
@@ -11,7 +11,7 @@ import json
 import pytest
 
 from cac_align.config import RecipeError
-from cac_align.runlog import MANIFEST, RunFolder, read_manifest
+from cac_align.run.folder import MANIFEST, RunFolder, read_manifest
 from conftest import default_sigint
 
 OUTPUTS = ("results.jsonl", "figures")
@@ -87,7 +87,7 @@ def test_overwrite_never_deletes_what_a_tampered_record_names(tmp_path, caplog):
 
 HOLD_A_RUN = """
 import sys, time
-from cac_align.runlog import RunFolder
+from cac_align.run.folder import RunFolder
 RunFolder(sys.argv[1], "score", ("results.jsonl",), {"seed": 1}).start()
 print("locked", flush=True)
 time.sleep(600)
@@ -239,8 +239,7 @@ def test_synth_cot_refuses_to_write_into_a_synth_folder(tmp_path):
 
 
 def test_eval_bench_and_report_keep_the_users_files(tmp_path):
-    from cac_align.eval.report import ReportConfig
-    from cac_align.eval.report import run as report
+    from cac_align.eval.report import ReportConfig, run as report
 
     vbench = tmp_path / "vbench.json"
     vbench.write_text(json.dumps({"systems": {"base": {"dimensions": {"imaging_quality": {"mean": 0.5}}},
@@ -261,8 +260,8 @@ def test_eval_bench_and_report_keep_the_users_files(tmp_path):
 def test_how_a_reward_model_is_reached_is_not_part_of_the_fingerprint(tmp_path):
     from test_best_of_n import _config
 
-    from cac_align.config import run_fingerprint
     from cac_align.gen.best_of_n import _RUN_ONLY_KEYS
+    from cac_align.run.folder import run_fingerprint
 
     def section(url, timeout, name="cac-server"):
         model = {"name": name, "backend": "openai", "base_url": url, "timeout_s": timeout, "max_retries": 1}

@@ -198,7 +198,7 @@ def test_clipped_surrogate_hand_worked():
 # The rest of the shared RL core (cac_align.rl)
 # ---------------------------------------------------------------------------------------
 def test_step_indices_is_a_seeded_permutation_per_epoch():
-    from cac_align.rl import step_indices
+    from cac_align.run.dist import step_indices
 
     # 5 items, 2 per step: positions 0-4 are epoch 0's permutation, 5-9 epoch 1's
     steps = [step_indices(5, 2, s, seed=(7, 3)) for s in range(5)]
@@ -212,7 +212,9 @@ def test_step_indices_is_a_seeded_permutation_per_epoch():
 
 def test_per_process_merge_sums_nan_stats_and_seeds():
     from cac_align.config import RecipeError
-    from cac_align.rl import derive_seed, merge_sums, nan_mean_std, per_process
+    from cac_align.rl import nan_mean_std
+    from cac_align.run.dist import derive_seed, per_process
+    from cac_align.run.metrics import merge_sums
 
     assert per_process(8, 4, "videos", "hint") == 2
     with pytest.raises(RecipeError, match=r"videos = 6 cannot be split evenly over 4 processes; change it"):
@@ -230,7 +232,7 @@ def test_save_checkpoint_is_complete_or_absent(tmp_path):
 
     from accelerate import Accelerator
 
-    from cac_align.rl import checkpoints, read_checkpoint_state, save_checkpoint
+    from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 
     accelerator = Accelerator(cpu=True)
 
@@ -260,7 +262,7 @@ def test_log_metrics_writes_null_for_nan(tmp_path):
 
     from accelerate import Accelerator
 
-    from cac_align.rl import log_metrics
+    from cac_align.run.metrics import log_metrics
 
     log_metrics(Accelerator(cpu=True), tmp_path, 3, {"reward": float("nan"), "kl": 0.5}, trackers=False)
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "reward": None, "kl": 0.5}

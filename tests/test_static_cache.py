@@ -12,7 +12,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cac_align.video import Video
 from cac_align.vlm.backend import user
@@ -213,7 +212,7 @@ def test_multi_token_choices_are_scored_from_the_static_cache(qwen3):
 
 
 def test_recipes_choose_the_mode_and_a_resume_may_change_it():
-    from cac_align.config import drop_serving_keys
+    from cac_align.run.folder import drop_serving_keys
     from cac_align.vlm.config import ModelConfig, build_backend
 
     backend = build_backend(ModelConfig(name="tiny-random:qwen3_vl", cache="static", batch_buckets=[2, 4], length_multiple=32, max_batch_size=4))

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cac_align.runlog import write_text_atomic
+from cac_align.run.folder import write_text_atomic
 from cac_align.video import Video
 
 __all__ = ["cac_details", "evidence_path", "write_evidence_png", "write_report"]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.cac.schema import ANOMALY_TYPES, Anomaly, AnnotationRecord, seconds_to_frames, write_annotations
+from cac_align.cac.schema import ANOMALY_TYPES, AnnotationRecord, Anomaly, seconds_to_frames, write_annotations
 
 __all__ = [
     "NORMAL",
@@ -489,15 +489,14 @@ SYNTH_OUTPUTS = ("videos", "annotations.jsonl")
 
 
 def _run_folder(config: SynthConfig) -> Any:
-    """The run folder (:class:`~cac_align.runlog.RunFolder`, docs/run_folders.md). Its manifest
+    """The run folder (:class:`~cac_align.run.folder.RunFolder`, docs/run_folders.md). Its manifest
     records the config the videos come from (written before the first video): resuming into
     videos of another config would give them the wrong labels, so that is refused, naming the
     keys, unless ``overwrite`` (which deletes the old videos and renders every one again); so are
     videos with no record of their config."""
     from omegaconf import OmegaConf
 
-    from cac_align.config import config_fingerprint
-    from cac_align.runlog import RunFolder
+    from cac_align.run.folder import RunFolder, config_fingerprint
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     return RunFolder(config.out_dir, "synth", SYNTH_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite)

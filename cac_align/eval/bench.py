@@ -68,9 +68,8 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import config_fingerprint
 from cac_align.eval.metrics import auroc, bootstrap_interval, nan_to_none
-from cac_align.runlog import RunFolder, write_text_atomic
+from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic
 
 __all__ = [
     "BenchConfig",

@@ -44,9 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.config import config_fingerprint
 from cac_align.eval.metrics import nan_to_none
-from cac_align.runlog import RunFolder, read_manifest, write_text_atomic
+from cac_align.run.folder import RunFolder, config_fingerprint, read_manifest, write_text_atomic
 
 EXPERT_OUTPUTS = ("key.json", "sheet.html", "sheet.csv", "videos", "expert.json", "expert.md")
 
@@ -160,8 +159,8 @@ def mcnemar(b: int, c: int) -> dict[str, float]:
 def _system_videos(name: str, source: str) -> list[dict]:
     """A system's videos (``cac-align score``'s input rules: a folder or a JSONL manifest) with
     the key they pair up by: the prompt, else the file name without extension."""
-    from cac_align.inputs import collect_inputs
     from cac_align.config import RecipeError
+    from cac_align.inputs import collect_inputs
 
     try:
         paths, prompts = collect_inputs(source, None)

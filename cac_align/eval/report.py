@@ -174,8 +174,7 @@ def run(config: ReportConfig) -> dict:
     table = build_table(config)
     systems, rows = table["systems"], table["rows"]
     out = Path(config.out_dir)
-    from cac_align.config import config_fingerprint
-    from cac_align.runlog import RunFolder, write_text_atomic
+    from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic
 
     folder = RunFolder(out, "report", ("report.md", "report.html", "report.json", "charts"),
                        config_fingerprint(config, ("out_dir", "overwrite")), dataclasses.asdict(config), overwrite=config.overwrite)

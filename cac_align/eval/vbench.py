@@ -65,7 +65,7 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError
 from cac_align.loading import WeightsNotFoundError
-from cac_align.runlog import write_text_atomic
+from cac_align.run.folder import write_text_atomic
 
 __all__ = [
     "DIMENSIONS",
@@ -364,7 +364,7 @@ def _prepare_out_dir(out: Path, settings: dict, overwrite: bool, config: Any = N
     """The run folder (docs/run_folders.md): scores made with other settings are refused, naming
     them, unless ``overwrite`` (which discards this job's outputs, nothing else); the same
     settings resume from the per-video files."""
-    from cac_align.runlog import RunFolder
+    from cac_align.run.folder import RunFolder
 
     RunFolder(out, "eval-vbench", VBENCH_OUTPUTS, settings, config, overwrite=overwrite).start()
 

@@ -18,7 +18,7 @@ highest reward" (CaC §4.2). Per prompt, in order:
 
 A killed run restarted with the same command skips prompts already in ``candidates.jsonl`` and
 regenerates no candidate whose mp4 exists. The run folder follows the rules every job follows
-(:mod:`cac_align.runlog`, docs/run_folders.md): a different config or prompt list in the same
+(:mod:`cac_align.run.folder`, docs/run_folders.md): a different config or prompt list in the same
 ``out_dir`` is refused, naming the keys that differ (``overwrite=true`` replaces the old run's
 outputs, and nothing else); another job's folder and files of yours where outputs go are
 refused. Settings that change no video or score (``batch_size``, ``offload``,
@@ -52,10 +52,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.config import run_fingerprint
-from cac_align.inputs import read_prompts, slug
-from cac_align.runlog import read_jsonl_log, write_text_atomic
 from cac_align.gen.wan import GeneratorConfig
+from cac_align.inputs import read_prompts, slug
+from cac_align.run.folder import read_jsonl_log, run_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
     from cac_align.rewards.base import Reward
@@ -140,11 +139,11 @@ BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summ
 
 
 def _run_folder(config: BonConfig, prompts: list[str]) -> Any:
-    """The run folder (:class:`~cac_align.runlog.RunFolder`): refuses another job's folder, a run
+    """The run folder (:class:`~cac_align.run.folder.RunFolder`): refuses another job's folder, a run
     of another config (unless ``overwrite``) and files of the user's where outputs go."""
     from omegaconf import OmegaConf
 
-    from cac_align.runlog import RunFolder
+    from cac_align.run.folder import RunFolder
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     return RunFolder(

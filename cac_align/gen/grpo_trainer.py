@@ -62,9 +62,10 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from cac_align.config import RecipeError, run_fingerprint
+from cac_align.config import RecipeError
 from cac_align.gen.grpo_config import RUN_ONLY_KEYS, FlowGrpoConfig, WanLoraSettings
 from cac_align.gen.sde import SDESchedule, flow_grpo_loss, flow_sigmas
+from cac_align.run.folder import run_fingerprint
 from cac_align.gen.wan import (
     build_generator,
     decode_latents,
@@ -76,9 +77,11 @@ from cac_align.gen.wan import (
 )
 from cac_align.inputs import read_prompts, slug
 from cac_align.rewards.base import Reward, RewardError, RewardOutput, build_reward
-from cac_align import rl
-from cac_align.rl import group_advantages
-from cac_align.runlog import RunFolder, keep_log_steps
+from cac_align.rl import group_advantages, nan_mean_std
+from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
+from cac_align.run.dist import gather_floats, per_process, step_indices
+from cac_align.run.folder import RunFolder, keep_log_steps
+from cac_align.run.metrics import log_metrics
 from cac_align.video import Video, save_video
 
 __all__ = ["FlowGrpoConfig", "StepPlan", "WanLoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
@@ -122,7 +125,7 @@ def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan
     intent); raises :class:`~cac_align.config.RecipeError` when it cannot be split evenly or
     gives fewer micro-batches than ``updates_per_step``."""
     total = config.prompts_per_step * config.group_size
-    local = rl.per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", "change prompts_per_step or group_size")
+    local = per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", "change prompts_per_step or group_size")
     micro_batches = math.ceil(local / config.train_batch_size)
     if config.updates_per_step > micro_batches:
         raise RecipeError(
@@ -140,7 +143,7 @@ FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "metrics.json
 
 
 def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
-    """The run folder (:class:`~cac_align.runlog.RunFolder`), checked on every process: another
+    """The run folder (:class:`~cac_align.run.folder.RunFolder`), checked on every process: another
     job's folder, another config without ``overwrite`` and files of the user's where outputs go
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
 
@@ -157,7 +160,7 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
         )
     if config.resume and not folder.resuming:
         log.warning("resume=true but %s holds no run yet: starting from step 0", out)
-    elif config.resume and not rl.checkpoints(out):
+    elif config.resume and not checkpoints(out):
         log.warning("resume=true but %s has no checkpoint yet: starting from step 0", out)
     return folder
 
@@ -199,7 +202,7 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.opti
         saved = load_file(str(folder / "ema.safetensors"))
         for name in ema:
             ema[name].copy_(saved[name])
-    state = rl.read_checkpoint_state(folder)
+    state = read_checkpoint_state(folder)
     if state.get("reward_state") and hasattr(reward, "load_state_dict"):
         reward.load_state_dict(state["reward_state"])
     return int(state["step"])
@@ -308,7 +311,7 @@ class _Trainer:
         acc = self.accelerator
         self.plan = plan_step(config, acc.num_processes, acc.process_index)
         run_folder = _run_folder(config, self.prompts)
-        found = rl.checkpoints(self.out) if run_folder.resuming else []
+        found = checkpoints(self.out) if run_folder.resuming else []
         resume_from = found[-1] if found else None
 
         # 1. generator with a LoRA on its transformer; text encoder and VAE stay frozen
@@ -369,7 +372,7 @@ class _Trainer:
             done = step + 1
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
-            rl.log_metrics(acc, self.out, done, last, trackers=config.log_with == "tensorboard")
+            log_metrics(acc, self.out, done, last, trackers=config.log_with == "tensorboard")
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
                 self.checkpoint(done)
             progress.update(1)
@@ -384,7 +387,7 @@ class _Trainer:
         metrics: dict[str, Any] = {}
 
         # 1. the step's prompts; this process's share of their G copies
-        prompt_ids = rl.step_indices(len(self.prompts), config.prompts_per_step, step, config.seed)
+        prompt_ids = step_indices(len(self.prompts), config.prompts_per_step, step, config.seed)
         local = list(plan.local_range)
         groups = [k // G for k in local]  # position of the sample's prompt in this step
         texts = [self.prompts[prompt_ids[g]] for g in groups]
@@ -408,11 +411,11 @@ class _Trainer:
         reward_wait = time.perf_counter() - start
         components = [_component_scores(o) for o in outputs]
         local_scores = np.concatenate([o.scores for o in outputs])
-        scores = rl.gather_floats(acc, local_scores)
+        scores = gather_floats(acc, local_scores)
         for key in components[0]:
-            mean, std = rl.nan_mean_std(rl.gather_floats(acc, np.concatenate([c[key] for c in components])))
+            mean, std = nan_mean_std(gather_floats(acc, np.concatenate([c[key] for c in components])))
             metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
-        metrics["reward/mean"], metrics["reward/std"] = rl.nan_mean_std(scores)
+        metrics["reward/mean"], metrics["reward/std"] = nan_mean_std(scores)
         metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
         sources = {k: v for o in outputs for k, v in o.info.get("prompt_sources", {}).items()}
         if sources and not self._sources_logged:  # once per process run: which question UR was asked
@@ -590,8 +593,8 @@ class _Trainer:
             for i, frames in zip(mine, videos):
                 if i < config.eval_videos:
                     save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4")
-        gathered = rl.gather_floats(acc, scores)  # padding entries of short shards are NaN: not counted
-        mean, std = rl.nan_mean_std(gathered)
+        gathered = gather_floats(acc, scores)  # padding entries of short shards are NaN: not counted
+        mean, std = nan_mean_std(gathered)
         valid = int(np.isfinite(gathered).sum())
         return {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
 
@@ -599,7 +602,7 @@ class _Trainer:
         acc = self.accelerator
         reward_state = self.reward.state_dict() if hasattr(self.reward, "state_dict") else None
         write = _checkpoint_writer(self.unwrapped, self.optimizer, self.ema, acc.is_main_process)
-        folder = rl.save_checkpoint(acc, self.out, done, write, {"reward_state": reward_state}, self.config.keep_checkpoints)
+        folder = save_checkpoint(acc, self.out, done, write, {"reward_state": reward_state}, self.config.keep_checkpoints)
         log.info("flow-grpo: checkpoint %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------

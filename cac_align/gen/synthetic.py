@@ -93,7 +93,7 @@ def bon_anomaly_rates(run_dir: str | Any, generator: SyntheticGenerator) -> dict
     from pathlib import Path
 
     from cac_align.data.synthetic import NORMAL
-    from cac_align.runlog import read_jsonl_log
+    from cac_align.run.folder import read_jsonl_log
 
     rows = [row for _, row in read_jsonl_log(Path(run_dir) / "candidates.jsonl")]
     groups: dict[int, list[dict]] = {}
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from cac_align.runlog import MANIFEST, read_manifest
+    from cac_align.run.folder import MANIFEST, read_manifest
 
     parser = argparse.ArgumentParser(prog="python -m cac_align.gen.synthetic", description=main.__doc__)
     parser.add_argument("command", choices=["rates"])

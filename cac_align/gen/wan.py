@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cac_align.gen.tiny import build_tiny_wan_pipeline
 from cac_align.config import RecipeError
+from cac_align.gen.tiny import build_tiny_wan_pipeline
 from cac_align.loading import check_dtype, check_weights_source, resolve_device, resolve_dtype, weights_error
-from cac_align.runlog import share_modes
+from cac_align.run.folder import share_modes
 
 __all__ = [
     "TINY_WAN",

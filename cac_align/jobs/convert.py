@@ -107,8 +107,7 @@ def _video_index(root: Path | None) -> dict[str, Path] | None:
 def convert_source(source: ConvertSource) -> tuple[list[Any], Any]:
     """(records, report) of one source; its bad rows are in the report."""
     from cac_align.config import RecipeError, relative_path_hint
-    from cac_align.data.convert import BadRow, SourceReport, read_rows
-    from cac_align.data.convert import labels, videophy2, vif_cot
+    from cac_align.data.convert import BadRow, SourceReport, labels, read_rows, videophy2, vif_cot
 
     path = Path(source.path)
     if not path.is_file():
@@ -165,8 +164,8 @@ def run(config: ConvertConfig) -> dict:
     from omegaconf import OmegaConf
 
     from cac_align.cac.schema import write_annotations
-    from cac_align.config import RecipeError, config_fingerprint
-    from cac_align.runlog import RunFolder, write_text_atomic
+    from cac_align.config import RecipeError
+    from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     folder = RunFolder(config.out_dir, "convert", CONVERT_OUTPUTS, config_fingerprint(config, ("out_dir", "overwrite")), resolved, overwrite=config.overwrite)

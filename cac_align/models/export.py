@@ -40,7 +40,7 @@ def export_model(source: str | Path, target: str | Path, settings: dict[str, Any
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from cac_align.loading import resolve_dtype
-    from cac_align.runlog import share_modes
+    from cac_align.run.folder import share_modes
 
     source, target = Path(source), Path(target)
     staging = target.with_name(target.name + ".tmp")

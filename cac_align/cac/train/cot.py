@@ -255,7 +255,7 @@ def _read_log(path: Path) -> dict[str, dict]:
     """Finished videos from a previous run's log. A half-written last line (a killed run) is
     dropped with a warning and the log rewritten without it, so the next entry appended starts
     on a line of its own."""
-    from cac_align.runlog import read_jsonl_log, write_text_atomic
+    from cac_align.run.folder import read_jsonl_log, write_text_atomic
 
     rows = [(line, entry) for line, entry in read_jsonl_log(path) if isinstance(entry, dict) and "video" in entry]
     if path.exists() and sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()) != len(rows):
@@ -270,8 +270,8 @@ def _template_entry(record: AnnotationRecord) -> dict:
 def _teacher_rounds(batch: list[_Pending], backend: Any, config: SynthCotConfig, write: Any) -> None:
     """Run generate–check–verify rounds for a batch of videos; ``write(entry)`` each one finished."""
     from cac_align.cac.infer import sample_capped
-    from cac_align.vlm.backend import user
     from cac_align.video import load_video
+    from cac_align.vlm.backend import user
 
     assert config.teacher is not None
     live = []
@@ -379,8 +379,7 @@ def run(config: SynthCotConfig) -> dict:
     from omegaconf import OmegaConf
 
     from cac_align.cac.schema import load_annotations, write_annotations
-    from cac_align.config import config_fingerprint
-    from cac_align.runlog import RunFolder, write_text_atomic
+    from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic
 
     out = Path(config.out_dir)
     records = load_annotations(config.annotations).records

@@ -68,19 +68,21 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from cac_align import rl
 from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.collate import collate
 from cac_align.cac.train.data import split_records
-from cac_align.vlm.hf import StaticShapes
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
 from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
 from cac_align.cac.train.shared import add_lora, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.rl import clipped_surrogate, group_advantages
-from cac_align.runlog import keep_log_steps, share_modes
+from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
+from cac_align.run.dist import derive_seed, per_process, step_indices
+from cac_align.run.folder import keep_log_steps, share_modes
+from cac_align.run.metrics import log_metrics, merge_sums
 from cac_align.video import VideoError, load_video
+from cac_align.vlm.hf import StaticShapes
 
 __all__ = ["SAMPLERS", "GrpoSettings", "grpo_loss", "run", "token_logprobs"]
 
@@ -195,7 +197,7 @@ class _Trainer:
         # loaded), then the newest complete checkpoint
         folder = run_folder(config) if acc.is_main_process else None
         acc.wait_for_everyone()
-        found = rl.checkpoints(self.out) if config.resume and self.out.is_dir() else []
+        found = checkpoints(self.out) if config.resume and self.out.is_dir() else []
 
         # 3. models. Full (the paper's): the policy in float32 (bf16 autocast when train.bf16:
         # master weights stay float32, so 1e-6 updates are not rounded away), the frozen
@@ -238,7 +240,7 @@ class _Trainer:
         self.start_step = 0
         if found:
             acc.load_state(str(found[-1]))
-            self.start_step = rl.read_checkpoint_state(found[-1])["step"]
+            self.start_step = read_checkpoint_state(found[-1])["step"]
             if acc.is_main_process:
                 for name in ("metrics.jsonl", "rollouts.jsonl"):
                     keep_log_steps(self.out / name, self.start_step)
@@ -251,14 +253,14 @@ class _Trainer:
     def _videos_per_process(self, processes: int) -> int:
         t, grpo = self.config.train, self.config.grpo
         if grpo.videos_per_step is not None:  # the global intent, split over the processes here
-            return rl.per_process(grpo.videos_per_step, processes, "grpo.videos_per_step", "a video's group of rollouts stays on one process")
-        per_process = t.per_device_batch_size * t.gradient_accumulation_steps
-        if per_process % grpo.group_size:
+            return per_process(grpo.videos_per_step, processes, "grpo.videos_per_step", "a video's group of rollouts stays on one process")
+        rollouts = t.per_device_batch_size * t.gradient_accumulation_steps
+        if rollouts % grpo.group_size:
             raise RecipeError(
-                f"train.per_device_batch_size x train.gradient_accumulation_steps = {per_process} rollouts per process "
+                f"train.per_device_batch_size x train.gradient_accumulation_steps = {rollouts} rollouts per process "
                 f"must be a multiple of grpo.group_size = {grpo.group_size} (a video's group stays on one process)"
             )
-        return per_process // grpo.group_size
+        return rollouts // grpo.group_size
 
     def _data(self) -> dict:
         """Set the video pool, ``fetch(index) -> (record, video)`` and the number of steps;
@@ -286,12 +288,12 @@ class _Trainer:
         for step in range(self.start_step, self.total_steps):
             metrics, summaries = self.train_step(step)
             done = step + 1
-            rl.log_metrics(acc, self.out, done, metrics)
+            log_metrics(acc, self.out, done, metrics)
             if acc.is_main_process and summaries:
                 with (self.out / "rollouts.jsonl").open("a") as handle:
                     handle.writelines(json.dumps(s) + "\n" for s in summaries)
             if done % t.save_steps == 0 or done == self.total_steps:
-                rl.save_checkpoint(acc, self.out, done, lambda folder: acc.save_state(str(folder)), {}, t.save_total_limit)
+                save_checkpoint(acc, self.out, done, lambda folder: acc.save_state(str(folder)), {}, t.save_total_limit)
             progress.update(1)
             progress.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}", kl=f"{metrics.get('kl', 0.0):.2e}")
         progress.close()
@@ -304,7 +306,7 @@ class _Trainer:
         began = time.perf_counter()
 
         # 1. the step's videos; this process's share (a video's G rollouts stay together)
-        positions = rl.step_indices(len(self.pool), self.videos_per_step, step, (t.seed, 3))
+        positions = step_indices(len(self.pool), self.videos_per_step, step, (t.seed, 3))
         videos, failed = [], 0
         for position in positions[rank * self.videos_per_process : (rank + 1) * self.videos_per_process]:
             index = self.pool[position]
@@ -315,7 +317,7 @@ class _Trainer:
                 log.warning("train-cac stage 3: skipping video %s: %s", index, exc)
 
         # 2. G two-turn rollouts per video, scored
-        rollouts = collect_rollouts(videos, self.sampler, self.processor, config, rl.derive_seed(t.seed, step, rank)) if videos else []
+        rollouts = collect_rollouts(videos, self.sampler, self.processor, config, derive_seed(t.seed, step, rank)) if videos else []
         generated_at = time.perf_counter()
 
         # 3. advantages within each video's group
@@ -445,7 +447,7 @@ def _merge(gathered: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
     """Every process's ``{name: (sum, count)}`` as the step's metrics: means, except the failed
     videos (a total), the sampler difference (the largest), the parameter checksum's spread over
     processes and the reward's std (from its mean square)."""
-    metrics = rl.merge_sums([{k: v for k, v in part.items() if not k.startswith("_")} for part in gathered])
+    metrics = merge_sums([{k: v for k, v in part.items() if not k.startswith("_")} for part in gathered])
     metrics["videos_failed"] *= len(gathered)  # a per-process count: the mean times the processes
     metrics["grad_norm"] = gathered[0]["grad_norm"][0]  # the same on every process (all-reduced gradients)
     diffs = [part["_sampler_logprob_max_abs_diff"][0] for part in gathered if "_sampler_logprob_max_abs_diff" in part]

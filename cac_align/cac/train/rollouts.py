@@ -51,7 +51,7 @@ from cac_align.cac.train.collate import IGNORE_INDEX, EncodedChat, answer_part, 
 from cac_align.cac.train.judge_rewards import RewardBreakdown, cac_reward
 from cac_align.cac.train.settings import TrainCaCConfig
 from cac_align.cac.train.targets import clip_boxes, frames_shown
-from cac_align.rl import derive_seed
+from cac_align.run.dist import derive_seed
 from cac_align.video import Video, VideoError
 from cac_align.vlm.backend import assistant, user
 from cac_align.vlm.hf import PAD_REQUEST, StaticShapes, render_chat

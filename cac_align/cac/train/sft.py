@@ -60,7 +60,7 @@ from cac_align.cac.train.shared import add_lora, check_sharding, load_model, run
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.eval.metrics import auroc
-from cac_align.runlog import keep_log_steps, read_jsonl_log, share_modes
+from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
 from cac_align.vlm.hf import HFBackend
 
 __all__ = ["LoraSettings", "TrainCaCConfig", "TrainSettings", "detection_metrics", "run", "run_folder", "weighted_token_loss", "window_attention_loss"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from cac_align.cac.train.settings import RUN_ONLY_KEYS, LoraSettings, TrainCaCConfig
@@ -69,14 +68,14 @@ TRAIN_CAC_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "data.json",
 
 
 def run_folder(config: TrainCaCConfig) -> Any:
-    """The run folder (:class:`~cac_align.runlog.RunFolder`, docs/run_folders.md): another job's
+    """The run folder (:class:`~cac_align.run.folder.RunFolder`, docs/run_folders.md): another job's
     folder, another config without ``overwrite`` and files of the user's where outputs go are
     refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``
     (replace its outputs, nothing else). Checked by the main process."""
     from omegaconf import OmegaConf
 
-    from cac_align.config import RecipeError, config_fingerprint
-    from cac_align.runlog import RunFolder
+    from cac_align.config import RecipeError
+    from cac_align.run.folder import RunFolder, config_fingerprint
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     folder = RunFolder(

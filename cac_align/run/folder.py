@@ -50,7 +50,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["LOCK", "MANIFEST", "RunFolder", "keep_log_steps", "read_jsonl_log", "read_manifest", "release_locks", "share_modes", "write_text_atomic"]
+__all__ = [
+    "LOCK",
+    "MANIFEST",
+    "SERVING_KEYS",
+    "RunFolder",
+    "config_fingerprint",
+    "differing_keys",
+    "drop_serving_keys",
+    "run_fingerprint",
+    "keep_log_steps", "read_jsonl_log", "read_manifest", "release_locks", "share_modes", "write_text_atomic"]
 
 MANIFEST = "cac_align_run.json"
 LOCK = ".cac_align.lock"  # held (fcntl.flock) by the process running a job in the folder
@@ -61,6 +70,73 @@ _LEGACY = ("config.yaml", "run_config.json", "cot_config.json", "run.json")
 log = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------------------------------
+# Fingerprints: what decides a run's outputs
+# ---------------------------------------------------------------------------------------
+def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
+    """The config as a plain dict, less its run-only (dotted) keys: what a run folder saves and
+    compares on restart (with :func:`differing_keys` for the message). A key under a section
+    that is absent or null is skipped."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    for dotted in run_only_keys:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+# How a model is reached or run, not what it answers: never part of a fingerprint, wherever a
+# reward section nests its models (reward.model, reward.cac.model, ...). The KV-cache mode and
+# its buckets give the same answers and probabilities (greedy scoring) in either mode.
+SERVING_KEYS = ("base_url", "api_key_env", "timeout_s", "max_retries", "failure_limit", "max_batch_size", "device", "cache", "batch_buckets", "length_multiple")
+
+
+def drop_serving_keys(data: Any) -> Any:
+    """``data`` without :data:`SERVING_KEYS` in any ``model`` mapping inside it (in place)."""
+    if isinstance(data, dict):
+        model = data.get("model")
+        if isinstance(model, dict):
+            for key in SERVING_KEYS:
+                model.pop(key, None)
+        for value in data.values():
+            drop_serving_keys(value)
+    elif isinstance(data, list):
+        for value in data:
+            drop_serving_keys(value)
+    return data
+
+
+def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
+    """What determines a generation run's outputs: :func:`config_fingerprint` less how the
+    reward's models are reached (:data:`SERVING_KEYS`: a server's address or timeout changes no
+    score), plus a hash of the prompt list itself (the same file path holding other prompts is
+    another run)."""
+    import hashlib
+
+    data = config_fingerprint(config, run_only_keys)
+    drop_serving_keys(data.get("reward"))
+    data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    return data
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (for "config changed" errors)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# ---------------------------------------------------------------------------------------
+# Logs and files
+# ---------------------------------------------------------------------------------------
 def read_jsonl_log(path: str | Path) -> list[tuple[str, dict]]:
     """The ``(line, row)`` pairs of a JSONL log, in order; blank lines are skipped and a line
     that is not JSON (torn by a kill) is dropped with a warning. A missing file gives []."""
@@ -168,7 +244,7 @@ class RunFolder:
         *,
         overwrite: bool = False,
     ):
-        from cac_align.config import RecipeError, differing_keys
+        from cac_align.config import RecipeError
 
         self.path = Path(out_dir)
         self.job = job
