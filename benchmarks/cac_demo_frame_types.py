@@ -17,8 +17,8 @@ import argparse
 
 import torch
 
+from cac_align.cac.train.evaluate import detection_metrics
 from cac_align.cac.train.settings import TrainCaCConfig
-from cac_align.cac.train.sft import detection_metrics
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth
 from cac_align.config import load_config
 from cac_align.vlm.hf import load_vlm

@@ -3,7 +3,7 @@
     python benchmarks/flow_grpo_overlap.py              # tiny random Wan at 64x64x17, CPU, about a minute
     python benchmarks/flow_grpo_overlap.py --batches 8 --sleep-fraction 0.8
 
-The trainer (:func:`cac_align.gen.grpo_trainer.run`) samples a step's videos in ``sample_batch_size``
+The trainer (:func:`cac_align.jobs.flow_grpo.run`) samples a step's videos in ``sample_batch_size``
 batches and hands each finished batch to a reward thread pool while the next batch samples. Here
 the same run is done twice on ``recipes/align/flow_grpo_tiny_brightness.yaml``: with the instant
 ``brightness`` reward, then with the same reward made to sleep a fixed time per call, shorter
@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cac_align.rewards.base import RewardBase
 
-class Sleepy:
+
+class Sleepy(RewardBase):
     """A reward that takes ``seconds`` per call (as a reward model would), then scores brightness."""
 
     name = "sleepy_brightness"
@@ -44,7 +46,7 @@ class Sleepy:
 
 def _run(out: Path, steps: int, batches: int, size: int, reward=None) -> list[dict]:
     from cac_align.config import load_config
-    from cac_align.gen.grpo_trainer import FlowGrpoConfig, run
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
     shutil.rmtree(out, ignore_errors=True)
     config = load_config(

@@ -3,7 +3,7 @@
     python benchmarks/flow_grpo_toy.py                    # 20 steps, CPU, under a minute
     python benchmarks/flow_grpo_toy.py --steps 40 --decode vae
 
-Runs the full trainer (:func:`cac_align.gen.grpo_trainer.run`) on
+Runs the full trainer (:func:`cac_align.jobs.flow_grpo.run`) on
 ``recipes/align/flow_grpo_tiny_brightness.yaml`` with toy settings (below) for ``--steps``
 steps and prints the mean training reward per step and the held-out ODE reward at the start
 and the end. The reward is the videos' mean pixel value in [0, 1]: if the policy gradient,
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from cac_align.config import load_config
-from cac_align.gen.grpo_trainer import FlowGrpoConfig, run
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
 # Toy settings: a bigger group and LoRA and a faster learning rate than the smoke-test recipe,
 # no KL, no EMA, so that 20 steps show a trend. (Paper settings are in flow_grpo_wan_*.yaml.)

@@ -132,8 +132,8 @@ class MicroBatchMemory:
 def _stage(stage: int, mode: str, work: Path, steps: int, extra: list[str]) -> None:
     import torch
 
-    from cac_align.cac.train.sft import run
-    from cac_align.config import load_recipe
+    from cac_align.jobs import load_recipe
+    from cac_align.jobs.train_cac import run
 
     out = work / f"stage{stage}"
     _, config = load_recipe(REPO / RECIPES[stage], _overrides(stage, mode, work / "model", work / "data/annotations.jsonl", out, steps) + extra)

@@ -4,7 +4,7 @@
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards   # + CaC-8B and UR-7B resident
     python benchmarks/wan_grpo_step.py --mode cpu-check                 # the same code path, tiny Wan, seconds
 
-Runs the shipped trainer (:func:`cac_align.gen.grpo_trainer.run`) on the paper's recipe
+Runs the shipped trainer (:func:`cac_align.jobs.flow_grpo.run`) on the paper's recipe
 (``recipes/align/flow_grpo_wan_ur_cac.yaml``: 480x832, 81 frames, CFG 5, LoRA rank 32 on the
 attention projections, bf16, gradient checkpointing, latents stored on the CPU, KL to the
 base) for ``--steps`` steps of one prompt x ``--group`` videos, with ``--sampling-steps``
@@ -103,7 +103,7 @@ def main() -> None:
     import torch
 
     from cac_align.config import load_config
-    from cac_align.gen.grpo_trainer import FlowGrpoConfig, run
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
     from cac_align.rewards.toy import BrightnessReward
 
     gpu = args.mode == "gpu-1.3b"

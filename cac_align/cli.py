@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from cac_align import __version__
-from cac_align.config import JOBS, RecipeError, load_config, load_recipe
+from cac_align.config import RecipeError, load_config
+from cac_align.jobs import JOBS, load_recipe
 
 __all__ = ["main"]
 

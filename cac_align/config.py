@@ -10,8 +10,8 @@ unknown or misspelled key, a wrong type, a required value left unset, an impossi
 combination reported by the dataclass's ``__post_init__``) raises :class:`RecipeError`
 naming the recipe file and the key, never a bare omegaconf traceback.
 
-Jobs are registered in :data:`JOBS` by short name, with their config class and entry point
-given as ``"module:attribute"`` strings so that ``cac-align --help`` imports nothing heavy.
+The job table (which config class a recipe's ``job:`` names) and :func:`load_recipe` live with
+the jobs, in :mod:`cac_align.jobs`.
 """
 
 from __future__ import annotations
@@ -20,128 +20,21 @@ import dataclasses
 import difflib
 import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 __all__ = [
-    "JOBS",
-    "JobSpec",
     "RecipeError",
     "describe_error",
     "check_finite",
     "relative_path_hint",
     "load_config",
-    "load_recipe",
     "resolve",
 ]
 
 
 class RecipeError(ValueError):
     """A recipe or override is invalid; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """A CLI job: its config dataclass and its ``run(config)`` entry point."""
-
-    name: str
-    config: str  # "module:ConfigClass"
-    run: str  # "module:function" taking the config instance
-    help: str
-    resume: str | None = None  # how an interrupted run continues (None: it starts over)
-
-    def config_class(self) -> type:
-        return resolve(self.config)
-
-    def runner(self) -> Callable[[Any], Any]:
-        return resolve(self.run)
-
-
-# One entry per job; later jobs (synth, score, best-of-n, flow-grpo, ...) add themselves here.
-JOBS: dict[str, JobSpec] = {
-    spec.name: spec
-    for spec in [
-        JobSpec(
-            name="make-tiny",
-            config="cac_align.tiny_job:MakeTinyConfig",
-            run="cac_align.tiny_job:run",
-            help="build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them",
-        ),
-        JobSpec(
-            name="convert",
-            config="cac_align.jobs.convert:ConvertConfig",
-            run="cac_align.jobs.convert:run",
-            help="convert public labelled sets (ViF-CoT-4K, VideoPhy-2) or your own labels into annotations.jsonl, with a report",
-        ),
-        JobSpec(
-            name="synth",
-            config="cac_align.data.synthetic:SynthConfig",
-            run="cac_align.data.synthetic:run",
-            help="render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl",
-            resume="rerun the same command to resume: finished videos are kept",
-        ),
-        JobSpec(
-            name="score",
-            config="cac_align.score_job:ScoreConfig",
-            run="cac_align.score_job:run",
-            help="score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report",
-        ),
-        JobSpec(
-            name="flow-grpo",
-            config="cac_align.gen.grpo_config:FlowGrpoConfig",
-            run="cac_align.gen.grpo_trainer:run",
-            help="Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)",
-            resume="rerun the same command with resume=true to continue from its last saved checkpoint",
-        ),
-        JobSpec(
-            name="synth-cot",
-            config="cac_align.cac.train.cot:SynthCotConfig",
-            run="cac_align.cac.train.cot:run",
-            help="write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline",
-            resume="rerun the same command to resume: finished videos are kept",
-        ),
-        JobSpec(
-            name="train-cac",
-            config="cac_align.cac.train.settings:TrainCaCConfig",
-            run="cac_align.cac.train.sft:run",
-            help="train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO",
-            resume="rerun the same command with resume=true to continue from its last saved checkpoint",
-        ),
-        JobSpec(
-            name="eval-bench",
-            config="cac_align.eval.bench:BenchConfig",
-            run="cac_align.eval.bench:run",
-            help="anomaly-detection metrics of one or more systems against annotations (also: `cac-align eval bench`)",
-        ),
-        JobSpec(
-            name="eval-expert",
-            config="cac_align.eval.expert:ExpertConfig",
-            run="cac_align.eval.expert:run",
-            help="expert anomaly rate: export a blinded HTML labelling sheet, or analyze the labels (also: `cac-align eval expert`)",
-        ),
-        JobSpec(
-            name="eval-vbench",
-            config="cac_align.eval.vbench:VBenchConfig",
-            run="cac_align.eval.vbench:run",
-            help="VBench dynamic degree, subject consistency and imaging quality per system, by vbench's own code (also: `cac-align eval vbench`)",
-            resume="rerun the same command to resume: scored videos are kept",
-        ),
-        JobSpec(
-            name="report",
-            config="cac_align.eval.report:ReportConfig",
-            run="cac_align.eval.report:run",
-            help="Table 2: VBench dimensions and expert anomaly rate per system, best in bold, deltas vs the base; markdown, HTML, charts",
-        ),
-        JobSpec(
-            name="bon",
-            config="cac_align.gen.best_of_n:BonConfig",
-            run="cac_align.gen.best_of_n:run",
-            help="Best-of-N video generation: N candidates per prompt, keep the one the reward scores highest",
-            resume="rerun the same command to resume: finished candidates are kept",
-        ),
-    ]
-}
 
 
 def resolve(dotted: str) -> Any:
@@ -228,7 +121,7 @@ def _merge(base: Any, other: Any, where: str) -> Any:
         raise describe_error(exc, where, base) from None
 
 
-def _read_yaml(path: Path) -> dict:
+def read_recipe_file(path: Path) -> dict:
     import yaml
     from omegaconf import OmegaConf
 
@@ -287,7 +180,7 @@ def load_config(
     schema = OmegaConf.structured(config_cls)
     merged = schema
     if recipe is not None:
-        data = _read_yaml(Path(recipe))
+        data = read_recipe_file(Path(recipe))
         recipe_job = data.pop("job", None)
         if job is not None and recipe_job is not None and recipe_job != job:
             raise RecipeError(f"{recipe}: this recipe is for job '{recipe_job}', not '{job}'")
@@ -305,21 +198,3 @@ def load_config(
         raise describe_error(exc, where, merged) from None
     except (ValueError, TypeError) as exc:  # raised by a config's __post_init__ checks
         raise RecipeError(f"{where}: {exc}") from None
-
-
-def load_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> tuple[JobSpec, Any]:
-    """Read a recipe's ``job:`` key, then load and validate it with that job's config.
-
-    This loads no weights: it is what ``cac-align check-recipe`` and the recipe tests run.
-    """
-    path = Path(recipe)
-    data = _read_yaml(path)
-    name = data.get("job")
-    if name is None:
-        raise RecipeError(f"{path}: missing top-level key 'job' (one of: {', '.join(sorted(JOBS))})")
-    if name not in JOBS:
-        hint = difflib.get_close_matches(str(name), list(JOBS), n=1)
-        extra = f"; did you mean '{hint[0]}'?" if hint else ""
-        raise RecipeError(f"{path}: unknown job '{name}'{extra} (known jobs: {', '.join(sorted(JOBS))})")
-    spec = JOBS[name]
-    return spec, load_config(spec.config_class(), path, overrides, job=name)

@@ -126,7 +126,7 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: fl
     """PPO's clipped surrogate loss, elementwise: ``max(-A * r, -A * clip(r, 1 - low, 1 + high))``
     with ``r = exp(log_ratio)`` (= ``-min(r A, clip(r) A)``). The core of both GRPO losses:
     per denoising step in Flow-GRPO (:func:`cac_align.gen.sde.flow_grpo_loss`), per generated
-    token in CaC's stage 3 (:func:`cac_align.cac.train.grpo.grpo_loss`); ``advantages``
+    token in CaC's stage 3 (:func:`cac_align.jobs.train_cac_grpo.grpo_loss`); ``advantages``
     broadcasts against ``log_ratio``."""
     import torch
 

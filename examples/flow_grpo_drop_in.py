@@ -3,7 +3,7 @@
 From the root of a Flow-GRPO checkout, with no code at all (every process of ``accelerate launch
 -m`` too), ``CAC_ALIGN`` being your cac_align clone::
 
-    python -m cac_align.rewards.launch_flow_grpo --rewards $CAC_ALIGN/examples/flow_grpo_rewards.yaml \\
+    python -m cac_align.integrations.flow_grpo --rewards $CAC_ALIGN/examples/flow_grpo_rewards.yaml \\
         scripts/train_wan2_1.py --config config/grpo.py:<your config>
 
 and name the reward in the training config::
@@ -13,7 +13,7 @@ and name the reward in the training config::
 or, from your own launcher, before the trainer's ``main`` runs::
 
     import flow_grpo.rewards, flow_grpo.stat_tracking
-    from cac_align.rewards import flow_grpo as cac_rewards
+    from cac_align.integrations import flow_grpo as cac_rewards
     cac_rewards.install(flow_grpo.rewards, flow_grpo.stat_tracking, sections=f"{CAC_ALIGN}/examples/flow_grpo_rewards.yaml")
 
 ``install`` adds our names to their ``multi_score`` (their own names keep working), loads each
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from cac_align.rewards import flow_grpo as cac_rewards
+from cac_align.integrations import flow_grpo as cac_rewards
 
 STAND_IN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "flow_grpo_checkout"
 TINY_SECTIONS = {

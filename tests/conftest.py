@@ -70,8 +70,8 @@ def tiny_qwen2_5_vl():
 @pytest.fixture(scope="session")
 def cac_data(tmp_path_factory):
     """The tiny CaC training data of recipes/cac/synth_tiny.yaml (24 small videos, half normal)."""
-    from cac_align.config import load_recipe
     from cac_align.data.synthetic import generate
+    from cac_align.jobs import load_recipe
 
     out = tmp_path_factory.mktemp("cac_data")
     _, config = load_recipe(REPO_ROOT / "recipes/cac/synth_tiny.yaml", [f"out_dir={out}"])

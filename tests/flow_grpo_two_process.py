@@ -11,8 +11,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cac_align.config import load_config
-from cac_align.gen.grpo_trainer import FlowGrpoConfig, run
 from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,11 @@ import pytest
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.best_of_n import BonConfig, choose, frames_sha256, read_prompts, run
-from cac_align.gen.wan import GeneratorConfig, build_tiny_wan_pipeline, generate_videos
+from cac_align.gen.wan import GeneratorConfig, WanGenerator, build_tiny_wan_pipeline, generate_videos
+from cac_align.inputs import read_prompts
+from cac_align.jobs.best_of_n import BonConfig, choose, frames_sha256, run
 from cac_align.rewards import RewardOutput
+from cac_align.rewards.base import RewardBase
 from cac_align.run.folder import read_manifest
 from conftest import REPO_ROOT
 
@@ -23,7 +25,7 @@ def tiny_pipe():
     return build_tiny_wan_pipeline(seed=0)
 
 
-class ScriptedReward:
+class ScriptedReward(RewardBase):
     """Scores by (prompt, candidate order in the call) from a table; NaN = the reward could not
     use the model's answer for that candidate (a parse failure: the model did answer)."""
 
@@ -106,7 +108,7 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
 
     monkeypatch.setattr("cac_align.gen.wan.generate_videos", dies_on_fourth_call)
     with pytest.raises(KeyboardInterrupt):
-        run(config, reward=reward, pipe=tiny_pipe)
+        run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     # prompt 0 finished (batches [0, 1], [2]); prompt 1 died after its first batch [3, 4]
     assert calls == [[0, 1], [2], [3, 4], [5]]
     assert {r["prompt_index"] for r in _rows(tmp_path / "bon")} == {0}
@@ -115,7 +117,7 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
     calls.clear()
     reward.calls.clear()
     monkeypatch.setattr("cac_align.gen.wan.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
-    run(config, reward=reward, pipe=tiny_pipe)
+    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     assert calls == [[5]]  # only the missing candidate of prompt 1
     assert reward.calls == [["a dog"] * 3]  # prompt 0 was not scored again
     rows = _rows(tmp_path / "bon")
@@ -139,7 +141,7 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
 
     monkeypatch.setattr(video_module, "save_video", killed_on_second_video)
     with pytest.raises(KeyboardInterrupt):
-        run(config, reward=reward, pipe=tiny_pipe)
+        run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     candidates = tmp_path / "bon/candidates"
     assert (candidates / "p00000_c00.mp4").exists() and not (candidates / "p00000_c01.mp4").exists()
     # what killed runs leave half-written, under the names this job uses
@@ -147,7 +149,7 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
     (candidates / "p00000_c02.sha256.tmp").write_text("half a hash")
     (candidates / "my_own.mp4").write_bytes(b"the user's")  # not ours: stays
     monkeypatch.setattr(video_module, "save_video", real_save)
-    run(config, reward=reward, pipe=tiny_pipe)
+    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     rows = _rows(tmp_path / "bon")
     assert len(rows) == 3 and all(len(r["frames_sha256"]) == 64 for r in rows)  # every hash recorded
     for c in range(3):
@@ -159,7 +161,7 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
 def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch):
     config = _config(tmp_path, ["a cat", "a dog"])
     reward = ScriptedReward({"a cat": [0.1, 0.5, 0.3], "a dog": [0.7, 0.2, 0.4]})
-    run(config, reward=reward, pipe=tiny_pipe)
+    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     manifest = tmp_path / "bon/candidates.jsonl"
     lines = manifest.read_text().splitlines()
     assert len(lines) == 6
@@ -169,7 +171,7 @@ def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch)
     calls = []
     real = generate_videos
     monkeypatch.setattr("cac_align.gen.wan.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
-    run(config, reward=reward, pipe=tiny_pipe)
+    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     assert calls == []  # its candidate videos were complete and are reused
     assert reward.calls == [["a dog"] * 3]  # prompt 1 is scored again, prompt 0 is not
     rows = _rows(tmp_path / "bon")
@@ -191,7 +193,7 @@ def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_pa
 
 def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat"])
-    run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), pipe=tiny_pipe)
+    run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), generator=WanGenerator(tiny_pipe))
     rows = _rows(tmp_path / "bon")
     # Candidate 2 was drawn alone (batch_size 2, n 3): regenerating it alone is bit-identical.
     again = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[2]["seed"]])[0]
@@ -207,7 +209,7 @@ def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):
 def test_failed_candidates_are_never_chosen_and_all_invalid_falls_back(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat", "a dog"])
     reward = ScriptedReward({"a cat": [0.1, np.nan, 0.3], "a dog": [np.nan, np.nan, np.nan]})
-    summary = run(config, reward=reward, pipe=tiny_pipe)
+    summary = run(config, reward=reward, generator=WanGenerator(tiny_pipe))
     rows = _rows(tmp_path / "bon")
     assert rows[1]["valid"] is False and rows[1]["error"] == "reward failed for this candidate"
     assert [(r["candidate"], r["chosen_by"]) for r in rows if r["chosen"]] == [(2, "argmax"), (0, "fallback")]
@@ -234,7 +236,7 @@ def test_prompt_files(tmp_path):
 
 def test_duplicate_prompts_are_kept_apart(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat", "a cat"], n=1)
-    run(config, reward=ScriptedReward({"a cat": [0.5]}), pipe=tiny_pipe)
+    run(config, reward=ScriptedReward({"a cat": [0.5]}), generator=WanGenerator(tiny_pipe))
     names = sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4"))
     assert names == ["00000_a-cat.mp4", "00001_a-cat.mp4"]
     rows = _rows(tmp_path / "bon")
@@ -247,17 +249,17 @@ def test_config_checks_and_a_different_run_in_out_dir(tmp_path, tiny_pipe):
     with pytest.raises(RecipeError, match="num_frames must be 4k \\+ 1"):
         load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny.yaml", ["generator.num_frames=10"])
     reward = ScriptedReward({"a cat": [0.1, 0.2, 0.3], "a dog": [0.3, 0.2, 0.1]})
-    run(_config(tmp_path, ["a cat"]), reward=reward, pipe=tiny_pipe)
+    run(_config(tmp_path, ["a cat"]), reward=reward, generator=WanGenerator(tiny_pipe))
     with pytest.raises(RecipeError, match=r"different config \(differs in: generator.num_inference_steps\).*overwrite=true"):
         run(_config(tmp_path, ["a cat"], generator=GeneratorConfig(**{**TINY_GEN.__dict__, "num_inference_steps": 2})),
-            reward=reward, pipe=tiny_pipe)
+            reward=reward, generator=WanGenerator(tiny_pipe))
     # batch_size does not change any video: the run resumes (nothing left to do) instead of refusing
-    run(_config(tmp_path, ["a cat"], batch_size=3), reward=reward, pipe=tiny_pipe)
+    run(_config(tmp_path, ["a cat"], batch_size=3), reward=reward, generator=WanGenerator(tiny_pipe))
     # the same prompt file path holding other prompts is another run
     with pytest.raises(RecipeError, match=r"differs in: prompts_sha256"):
-        run(_config(tmp_path, ["a dog"]), reward=reward, pipe=tiny_pipe)
+        run(_config(tmp_path, ["a dog"]), reward=reward, generator=WanGenerator(tiny_pipe))
     # overwrite=true replaces the old run
-    run(_config(tmp_path, ["a dog"], overwrite=True), reward=reward, pipe=tiny_pipe)
+    run(_config(tmp_path, ["a dog"], overwrite=True), reward=reward, generator=WanGenerator(tiny_pipe))
     assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a dog"}
     assert sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4")) == ["00000_a-dog.mp4"]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cac_align.config import load_recipe
+from cac_align.jobs import load_recipe
 from conftest import REPO_ROOT
 
 FAST = [
@@ -35,7 +35,7 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path_factory.mktemp("demo_chain")
     results = {}
@@ -97,8 +97,8 @@ def test_each_stage_trains_what_its_recipe_says_from_the_last_stages_model(chain
 
 
 def test_the_stream_needs_a_step_count():
-    from cac_align.cac.train.sft import run
     from cac_align.config import RecipeError
+    from cac_align.jobs.train_cac import run
 
     _, config = load_recipe(REPO_ROOT / "recipes/cac/demo_stage1.yaml", FAST + ["train.max_steps=-1", "train.num_epochs=1", "out_dir=/nonexistent"])
     with pytest.raises(RecipeError, match="max_steps > 0"):

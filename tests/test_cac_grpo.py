@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cac_align.cac.train.collate import IGNORE_INDEX, encode_chat
-from cac_align.config import RecipeError, load_recipe
+from cac_align.config import RecipeError
+from cac_align.jobs import load_recipe
 from conftest import REPO_ROOT
 
 # The tiny Qwen3-VL's second deepstack merger gets no gradient (see tests/test_cac_sft.py).
@@ -44,7 +45,7 @@ def test_grpo_loss_hand_worked():
     surrogate is min(1.5, 1.2) = 1.2 and min(0.5, 0.5) = 0.5 -> loss -(1.2 + 0.5) / 2 = -0.85.
     Rollout B (A = -1), only its first token generated: ratio 0.5 -> min(-0.5, -0.8) = -0.8 ->
     loss 0.8. KL: π_ref / π_θ = 2 on every token -> k3 = 2 - ln 2 - 1 = 0.306853, β = 0.1."""
-    from cac_align.cac.train.grpo import grpo_loss
+    from cac_align.cac.train.losses import grpo_loss
 
     logp = torch.log(torch.tensor([[0.3, 0.1], [0.1, 0.3]]))
     old = torch.log(torch.tensor([[0.2, 0.2], [0.2, 0.2]]))
@@ -104,9 +105,9 @@ class _SimulatedThenSampled:
 def test_rollout_sequences_are_the_sampled_tokens_in_the_rendered_conversation(cac_data, tmp_path, tiny_qwen3_vl):
     from cac_align.cac.infer import sample_capped
     from cac_align.cac.prompts import turn1_prompt, turn2_prompt
-    from cac_align.cac.train.grpo import token_logprobs
-    from cac_align.cac.train.rollouts import HFSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
     from cac_align.cac.train.collate import collate
+    from cac_align.cac.train.losses import token_logprobs
+    from cac_align.cac.train.rollouts import HFSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
     from cac_align.vlm.backend import assistant, user
 
     model, processor = tiny_qwen3_vl.model, tiny_qwen3_vl.processor
@@ -164,7 +165,7 @@ def test_first_step_is_on_policy_and_at_the_reference(cac_data, tmp_path):
     1, nothing is clipped, the KL to the reference (the same weights) is exactly 0, and the
     recomputed log-probs are the ones it sampled with. A random tiny model writes no valid JSON,
     so every rollout scores the same, every group has zero variance, and nothing moves."""
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path / "hf"
     metrics = run(_recipe(cac_data, out, "grpo.sampler=hf", "grpo.max_new_tokens_turn1=16", "train.max_steps=1"))
@@ -178,7 +179,7 @@ def test_first_step_is_on_policy_and_at_the_reference(cac_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def straight(cac_data, tmp_path_factory):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path_factory.mktemp("grpo") / "straight"
     metrics = run(_recipe(cac_data, out))
@@ -223,7 +224,7 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
     log as 4 steps straight."""
     import logging
 
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path / "resumed"
     run(_recipe(cac_data, out, "train.max_steps=2"))
@@ -248,7 +249,7 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
 def test_gradient_accumulation_matches_one_big_batch(cac_data, tmp_path):
     """One step of 8 rollouts (2 videos x G 4): four micro-batches of 2 accumulate into the same
     gradient as one batch of 8 (each rollout weighs 1/8 either way, whatever its micro-batch)."""
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     for name, batch in (("big", 8), ("small", 2)):
         run(_recipe(cac_data, tmp_path / name, "train.max_steps=1", "grpo.videos_per_step=2", f"train.per_device_batch_size={batch}"))
@@ -261,7 +262,7 @@ def test_gradient_accumulation_matches_one_big_batch(cac_data, tmp_path):
 
 
 def test_videos_per_step_is_a_global_intent(cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path / "intent"
     # 3 videos x G 4 = 12 rollouts in micro-batches of 2, whatever gradient_accumulation_steps says
@@ -302,7 +303,7 @@ def test_status_only_records_train_in_stage3_with_their_terms_masked(cac_data, t
     simulated policy answers for them too, and their rollouts' temporal and spatial terms are
     masked (0 weight), the type and status terms kept."""
     from cac_align.cac.schema import Anomaly, load_annotations, write_annotations
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     records = load_annotations(cac_data).records
     for record in records:
@@ -341,7 +342,7 @@ def test_lora_stage3_trains_adapters_against_the_frozen_weights(cac_data, tmp_pa
     resumed run repeats the straight one."""
     from safetensors.torch import load_file
 
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
     from cac_align.vlm.tiny import build_tiny_qwen3_vl
 
     lora = ["finetune=lora", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0"]

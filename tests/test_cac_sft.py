@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from cac_align.cac.train.collate import IGNORE_INDEX, collate, encode_chat
-from cac_align.config import RecipeError, load_recipe
+from cac_align.config import RecipeError
+from cac_align.jobs import load_recipe
 from cac_align.run.folder import read_manifest
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
@@ -91,7 +92,7 @@ def test_status_tokens_are_marked_inside_the_answers(tiny_qwen3_vl):
 
 
 def test_weighted_token_loss_by_hand(tiny_qwen3_vl):
-    from cac_align.cac.train.sft import weighted_token_loss
+    from cac_align.cac.train.losses import weighted_token_loss
 
     # vocab 4, logits [ln 3, 0, 0, 0] everywhere: CE is ln 2 for token 0 (3/6) and ln 6 otherwise
     logits = torch.zeros(1, 4, 4)
@@ -150,7 +151,7 @@ def test_attention_window_marks_the_named_frames_video_tokens(tiny_qwen3_vl):
 
 
 def test_window_attention_loss_by_hand():
-    from cac_align.cac.train.sft import window_attention_loss
+    from cac_align.cac.train.losses import window_attention_loss
 
     attentions = torch.zeros(2, 2, 3, 3)
     attentions[0, 0, 2] = torch.tensor([0.5, 0.3, 0.2])
@@ -202,7 +203,7 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def stage1(cac_data, tmp_path_factory):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path_factory.mktemp("stage1") / "run"
     metrics = run(_recipe("stage1_tiny", cac_data, out))
@@ -241,8 +242,8 @@ def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
 
 
 def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
-    from cac_align.score_job import ScoreConfig, run as score
+    from cac_align.jobs.score import ScoreConfig, run as score
+    from cac_align.jobs.train_cac import run
 
     stage1_out, _ = stage1
     out = tmp_path / "stage2"
@@ -260,7 +261,7 @@ def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tm
 
 
 def test_freeze_vision_keeps_the_vision_tower(stage1, cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     stage1_out, _ = stage1
     out = tmp_path / "stage2_frozen"
@@ -277,7 +278,7 @@ def test_freeze_vision_keeps_the_vision_tower(stage1, cac_data, tmp_path):
 def test_status_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
     """Same weights, same first batch: the weighted run's first loss is the plain loss plus
     (w - 1) x the status tokens' cross-entropy, so it is larger; a weight <= 0 is refused."""
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     stage1_out, _ = stage1
     common = [f"model={stage1_out / 'final'}", "train.max_steps=1", "train.logging_steps=1", "train.eval_steps=0"]
@@ -293,7 +294,7 @@ def test_attention_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
     """Same weights, same first batch: the attention run logs the term and its mass, and its
     first loss is the plain loss plus weight x the term; the saved model keeps its default
     attention (eager is for the run only); the option is refused outside stage 2."""
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     stage1_out, _ = stage1
     common = [f"model={stage1_out / 'final'}", "train.max_steps=2", "train.logging_steps=1", "train.eval_steps=0", "train.per_device_batch_size=6"]
@@ -320,7 +321,7 @@ def load_first_video(annotations):
 
 
 def test_resume_continues_exactly(cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     common = ["train.max_steps=4", "train.save_steps=2", "train.eval_steps=0", "lora.dropout=0.1", "train.logging_steps=1"]
     straight = tmp_path / "straight"
@@ -352,7 +353,7 @@ def test_resume_continues_exactly(cac_data, tmp_path):
 
 
 def test_run_folder_guards(cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     out = tmp_path / "run"
     out.mkdir()
@@ -418,7 +419,7 @@ def test_accelerate_configs_load_with_accelerates_own_parser():
 
 
 def test_missing_weights_and_empty_splits_are_clear_errors(cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
     from cac_align.loading import WeightsNotFoundError
 
     with pytest.raises(WeightsNotFoundError, match="model"):

@@ -36,7 +36,7 @@ def test_job_log_lines_reach_stderr_once():
         "import logging\n"
         "from cac_align.cli import _show_job_logs\n"
         "_show_job_logs(); _show_job_logs()\n"
-        "logging.getLogger('cac_align.gen.grpo_trainer').info('flow-grpo: resuming from x (step 2)')\n"
+        "logging.getLogger('cac_align.jobs.flow_grpo').info('flow-grpo: resuming from x (step 2)')\n"
         "logging.getLogger('transformers').info('not shown')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -78,7 +78,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 
 
 def test_ctrl_c_says_how_a_resumable_job_continues(tmp_path, monkeypatch, capsys):
-    from cac_align.config import JobSpec
+    from cac_align.jobs import JobSpec
 
     def interrupted(self):
         def run(config):

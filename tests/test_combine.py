@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from cac_align.rewards import RewardError, RewardOutput, build_reward
+from cac_align.rewards.base import RewardBase
 from cac_align.rewards.combine import CombinedReward
 from cac_align.video import Video
 from cac_align.vlm.backend import BackendBase
 
 
-class FixedReward:
+class FixedReward(RewardBase):
     """A reward with canned raw scores (NaN = invalid); records the inputs it was given."""
 
     def __init__(self, name, scores):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import MISSING
 
-from cac_align.config import JOBS, RecipeError, load_config, load_recipe
+from cac_align.config import RecipeError, load_config
+from cac_align.jobs import JOBS, load_recipe
 from conftest import REPO_ROOT
 
 # recipes/accelerate/ holds accelerate launch configs, not cac-align recipes (tested in test_cac_sft).
@@ -134,7 +135,7 @@ def test_job_mismatch(tmp_path):
 def test_every_number_in_a_recipe_must_be_finite(recipe, override, key):
     # one rule in the config layer for every key: NaN compares false with everything (a guidance
     # scale of NaN behaved like 1.0) and infinity is no setting
-    from cac_align.config import load_recipe
+    from cac_align.jobs import load_recipe
 
     with pytest.raises(RecipeError, match=re.escape(key) + "; every number in a recipe must be finite"):
         load_recipe(REPO_ROOT / recipe, [override])

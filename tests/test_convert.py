@@ -127,8 +127,8 @@ def test_report_files_and_strict_mode(converted, inputs, tmp_path):
 
 def test_converted_records_train_stage2(converted, tmp_path):
     """The converted file (status-only records included) trains stage 2 for a few steps."""
-    from cac_align.cac.train.sft import run as train
-    from cac_align.config import load_recipe
+    from cac_align.jobs import load_recipe
+    from cac_align.jobs.train_cac import run as train
 
     out, _, _ = converted
     _, config = load_recipe(REPO_ROOT / "recipes/cac/stage2_tiny.yaml", [

@@ -17,9 +17,9 @@ from cac_align.eval.bench import (
     interval_iou,
     per_type_recall,
     prediction_bias,
-    run,
     video_extent,
 )
+from cac_align.jobs.eval_bench import run
 
 
 def test_detection_metrics_hand_worked_confusion_matrix():

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from cac_align.eval.expert import ExpertConfig, cohen_kappa, fleiss_kappa, load_labels, mcnemar, run, wilson_interval
+from cac_align.eval.expert import cohen_kappa, fleiss_kappa, load_labels, mcnemar, wilson_interval
+from cac_align.jobs.eval_expert import ExpertConfig, run
 
 
 def test_wilson_interval_known_values():

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from cac_align.eval.report import ReportConfig, build_table, run
+from cac_align.jobs.report import ReportConfig, build_table, run
 
 
 def _fixtures(tmp_path):

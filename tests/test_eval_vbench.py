@@ -24,6 +24,7 @@ from conftest import smooth_video
 
 from cac_align.config import RecipeError
 from cac_align.eval import vbench as vb
+from cac_align.jobs import eval_vbench as vb_job
 from cac_align.loading import WeightsNotFoundError
 from cac_align.video import Video, save_video
 
@@ -31,7 +32,7 @@ from cac_align.video import Video, save_video
 def _need_vbench() -> None:
     """vbench is installed by README's second install line; missing in CI is a failure."""
     try:
-        vb._import_vbench()
+        vb.import_vbench()
     except RecipeError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must install vbench (README, Install): {exc}")
@@ -91,8 +92,8 @@ def systems(tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
-def _config(out: Path, cache: Path, systems: dict[str, Path], **kw) -> vb.VBenchConfig:
-    return vb.VBenchConfig(systems={k: str(v) for k, v in systems.items()}, out_dir=str(out), cache_dir=str(cache), device="cpu", **kw)
+def _config(out: Path, cache: Path, systems: dict[str, Path], **kw) -> vb_job.VBenchConfig:
+    return vb_job.VBenchConfig(systems={k: str(v) for k, v in systems.items()}, out_dir=str(out), cache_dir=str(cache), device="cpu", **kw)
 
 
 def test_aggregate_by_hand():
@@ -107,9 +108,9 @@ def test_aggregate_by_hand():
 def test_missing_weights_message_lists_files_place_and_fetch(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "cache"
     empty.mkdir()
-    config = vb.VBenchConfig(systems={"base": str(tmp_path)}, out_dir=str(tmp_path / "out"), cache_dir=str(empty))
+    config = vb_job.VBenchConfig(systems={"base": str(tmp_path)}, out_dir=str(tmp_path / "out"), cache_dir=str(empty))
     with pytest.raises(WeightsNotFoundError) as info:
-        vb.run(config)
+        vb_job.run(config)
     message = str(info.value)
     for items in vb.WEIGHTS.values():
         for item in items:
@@ -142,7 +143,7 @@ def test_a_vbench_json_of_the_users_is_refused_and_kept(tmp_path, random_cache, 
     (out / "vbench.json").write_text('{"mine": true}')
     for overwrite in (False, True):  # overwrite replaces a run's outputs, never a file of the user's
         with pytest.raises(RecipeError, match="already has vbench.json, not written by a recorded eval-vbench run"):
-            vb.run(_config(out, random_cache, systems, overwrite=overwrite))
+            vb_job.run(_config(out, random_cache, systems, overwrite=overwrite))
     assert (out / "vbench.json").read_text() == '{"mine": true}' and not (out / "per_video").exists()
 
 
@@ -150,7 +151,7 @@ def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypat
     """The job on random weights: every video scored by vbench's functions through the real
     loading paths; the means are what vbench's own whole-list calls give; the report reads it."""
     out = tmp_path / "vb"
-    payload = vb.run(_config(out, random_cache, systems))
+    payload = vb_job.run(_config(out, random_cache, systems))
     on_disk = json.loads((out / "vbench.json").read_text())
     assert on_disk == json.loads(json.dumps(payload))
     assert list(on_disk["systems"]) == ["base", "aligned"]
@@ -190,7 +191,7 @@ def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypat
         table = list(csv.DictReader(handle))
     assert len(table) == 5 and "v9_corrupt.mp4" in table[-1]["video"] and "dynamic_degree:" in table[-1]["errors"]
     assert "| aligned |" in (out / "vbench.md").read_text() and "1 failed" in (out / "vbench.md").read_text()
-    from cac_align.eval.report import ReportConfig, build_table
+    from cac_align.jobs.report import ReportConfig, build_table
 
     table2 = build_table(ReportConfig(vbench=str(out / "vbench.json"), out_dir=str(tmp_path / "report")))
     row = next(r for r in table2["rows"] if r["key"] == "imaging_quality")
@@ -207,15 +208,15 @@ def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypat
         calls.append((dimension, Path(path).name))
         return real(dimension, backbone, path, *args, **kwargs)
 
-    monkeypatch.setattr(vb, "score_video", spy)
-    again = vb.run(_config(out, random_cache, systems))
+    monkeypatch.setattr(vb_job, "score_video", spy)
+    again = vb_job.run(_config(out, random_cache, systems))
     # the corrupt video is retried (its failure may have been transient), nothing else is redone
     assert sorted(calls) == sorted([("imaging_quality", "v1.mp4")] + [(d, "v9_corrupt.mp4") for d in vb.DIMENSIONS])
     assert again["systems"]["base"]["dimensions"]["imaging_quality"]["mean"] == pytest.approx(base["imaging_quality"]["mean"], rel=1e-6)
 
     # other settings on the same out_dir are refused, key by key
     with pytest.raises(RecipeError, match="imaging_quality_preprocessing_mode"):
-        vb.run(_config(out, random_cache, systems, imaging_quality_preprocessing_mode="None"))
+        vb_job.run(_config(out, random_cache, systems, imaging_quality_preprocessing_mode="None"))
 
 
 def test_checkpoints_load_tensors_only(tmp_path):
@@ -240,15 +241,15 @@ class _Payload:
 def test_missing_vbench_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vbench.dynamic_degree", None)  # import fails as if absent
     with pytest.raises(RecipeError, match="--no-deps -r requirements-vbench.txt"):
-        vb._import_vbench()
+        vb.import_vbench()
 
 
 def test_config_errors():
     with pytest.raises(ValueError, match="systems is empty"):
-        vb.VBenchConfig(out_dir="x")
+        vb_job.VBenchConfig(out_dir="x")
     with pytest.raises(ValueError, match="choose from"):
-        vb.VBenchConfig(systems={"a": "x"}, out_dir="x", dimensions=["motion_smoothness"])
+        vb_job.VBenchConfig(systems={"a": "x"}, out_dir="x", dimensions=["motion_smoothness"])
     with pytest.raises(ValueError, match="names a folder"):
-        vb.VBenchConfig(systems={"../a": "x"}, out_dir="x")
+        vb_job.VBenchConfig(systems={"../a": "x"}, out_dir="x")
     with pytest.raises(ValueError, match="preprocessing_mode"):
-        vb.VBenchConfig(systems={"a": "x"}, out_dir="x", imaging_quality_preprocessing_mode="long")
+        vb_job.VBenchConfig(systems={"a": "x"}, out_dir="x", imaging_quality_preprocessing_mode="long")

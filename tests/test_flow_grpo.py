@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.grpo_trainer import FlowGrpoConfig, WanLoraSettings, add_lora, run, trained_timesteps
 from cac_align.gen.sde import SDESchedule, flow_sigmas
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, WanLoraSettings, add_lora, run, trained_timesteps
+from cac_align.rewards.base import RewardBase
 from cac_align.run.dist import step_indices
 from cac_align.gen.wan import (
     TINY_WAN,
@@ -247,7 +248,7 @@ def test_two_updates_per_step_leave_the_rollout_policy(tmp_path):
     row = _metrics(tmp_path / "run")[0]
     assert row["train/approx_kl"] > 0  # the second update's ratios are no longer exactly 1
     with pytest.raises(RecipeError, match="updates_per_step"):
-        from cac_align.gen.grpo_trainer import plan_step
+        from cac_align.jobs.flow_grpo import plan_step
 
         plan_step(_bright(tmp_path, "updates_per_step=5"), num_processes=1, rank=0)
 
@@ -285,7 +286,7 @@ def test_trained_lora_loads_into_generation_by_one_key(tmp_path):
         build_generator(GeneratorConfig(**{**GEN.__dict__, "lora": str(tmp_path)}))
 
 
-class _FlakyReward:
+class _FlakyReward(RewardBase):
     """Brightness, but the first call raises and NaN for the samples listed in ``nan``."""
 
     name = "flaky"
@@ -335,7 +336,7 @@ def test_config_errors(tmp_path):
         _load(tmp_path, "lerning_rate=0.1")
     with pytest.raises(RecipeError, match="generator.lora"):
         _load(tmp_path, "generator.lora=somewhere")
-    from cac_align.gen.grpo_trainer import plan_step
+    from cac_align.jobs.flow_grpo import plan_step
 
     with pytest.raises(RecipeError, match="split evenly over 3 processes"):
         plan_step(_load(tmp_path), num_processes=3, rank=0)
@@ -370,9 +371,9 @@ def test_two_processes_hold_identical_lora(tmp_path):
 
 SAVE_A_LORA = """
 import sys
-from cac_align.gen.grpo_trainer import WanLoraSettings, add_lora
 from cac_align.gen.tiny import build_tiny_wan_pipeline
 from cac_align.gen.wan import save_lora
+from cac_align.jobs.flow_grpo import WanLoraSettings, add_lora
 pipe = build_tiny_wan_pipeline(seed=0)
 add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=4), seed=0)
 save_lora(pipe.transformer, sys.argv[1])

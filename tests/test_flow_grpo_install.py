@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 import torch
 
+from cac_align.integrations import flow_grpo as drop_in
 from cac_align.rewards import RewardError
-from cac_align.rewards import flow_grpo as drop_in
+from cac_align.rewards.base import RewardBase
 from cac_align.vlm.backend import BackendBase
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "flow_grpo_checkout"
@@ -178,7 +179,7 @@ def test_names_resolve_after_install_and_theirs_still_work(theirs):
     assert not hasattr(stat_tracking.PerPromptStatTracker.update, "_cac_align_original")
 
 
-class Exploding:
+class Exploding(RewardBase):
     """A reward whose model call crashes (say, a CUDA error inside the model)."""
 
     name = "exploding"
@@ -401,7 +402,7 @@ def test_launcher_installs_before_their_script_runs(tmp_path):
     (checkout / "rewards.yaml").write_text("cac:\n  name: brightness\n")
     out = tmp_path / "out.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "cac_align.rewards.launch_flow_grpo", "--rewards", "rewards.yaml",
+        [sys.executable, "-m", "cac_align.integrations.flow_grpo", "--rewards", "rewards.yaml",
          "scripts/train_toy.py", json.dumps({"cac": 1.0, "redness": 1.0}), str(out)],
         cwd=checkout, capture_output=True, text=True, timeout=300,
     )
@@ -413,6 +414,6 @@ def test_launcher_installs_before_their_script_runs(tmp_path):
     assert result["advantages"][1] == 0.0
     a = _group_advantages([0.4, 1.2])
     assert result["advantages"][0] == pytest.approx(a[0], rel=1e-4) and result["advantages"][2] == pytest.approx(a[1], rel=1e-4)
-    bad = subprocess.run([sys.executable, "-m", "cac_align.rewards.launch_flow_grpo", "scripts/nope.py"],
+    bad = subprocess.run([sys.executable, "-m", "cac_align.integrations.flow_grpo", "scripts/nope.py"],
                          cwd=checkout, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such script: scripts/nope.py" in bad.stderr

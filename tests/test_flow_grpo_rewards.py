@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from cac_align.integrations import flow_grpo
 from cac_align.rewards import RewardError
-from cac_align.rewards import flow_grpo
 
 TINY = {
     "cac": {"name": "cac", "model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},

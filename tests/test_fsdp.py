@@ -21,7 +21,8 @@ import yaml
 from safetensors.torch import load_file
 
 from cac_align.cac.train.shared import check_sharding
-from cac_align.config import RecipeError, load_recipe
+from cac_align.config import RecipeError
+from cac_align.jobs import load_recipe
 from conftest import REPO_ROOT
 
 STEPS = ["train.eval_steps=0", "train.save_steps=2", "train.logging_steps=1"]
@@ -48,9 +49,8 @@ def base(tmp_path_factory):
 
 
 def test_fsdp_two_processes_equal_one_process_resume_and_the_checkpoint_scores(base, cac_data, tmp_path):
-    from cac_align.cac.train.sft import run
-    from cac_align.score_job import ScoreConfig
-    from cac_align.score_job import run as score
+    from cac_align.jobs.score import ScoreConfig, run as score
+    from cac_align.jobs.train_cac import run
 
     # one process, two micro-batches of 2 per step: the same 4 samples per step as 2 processes x 2
     reference = tmp_path / "one"
@@ -118,7 +118,7 @@ def test_an_fsdp_config_that_accelerate_did_not_shard_is_named(caplog):
 
 
 def test_stage3_refuses_fsdp(cac_data, tmp_path, monkeypatch):
-    from cac_align.cac.train.sft import run
+    from cac_align.jobs.train_cac import run
 
     _, config = load_recipe(REPO_ROOT / "recipes/cac/stage3_grpo_tiny.yaml", [f"annotations={cac_data}", f"out_dir={tmp_path / 's3'}"])
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

@@ -1,4 +1,5 @@
-"""The package's import graph: no circles, and low-level modules never import a job or the CLI.
+"""The package's shape: no import circles, low-level modules never import a job or the CLI,
+every job in the jobs/ wing, and no function longer than MAX_FUNCTION_LINES.
 
 Read from the source with ``ast`` (nothing is imported), counting imports inside functions too
 (they hide circles, they do not remove them) and leaving out ``if TYPE_CHECKING:`` blocks (never
@@ -10,21 +11,19 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from cac_align.config import JOBS
+from cac_align.jobs import JOBS
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "cac_align"
+MAX_FUNCTION_LINES = 120  # a function longer than this is split into named steps
 
-# Modules that are only a job (or the CLI): the JOBS registry's entry modules, less the
-# synthetic renderer (a library that other code renders with; its `run` is a thin job entry),
-# plus stage 3's trainer (the `train-cac` job's other half) and the CLI.
-LIBRARY_WITH_JOB_ENTRY = {"cac_align.data.synthetic"}
-JOB_MODULES = {spec.run.split(":")[0] for spec in JOBS.values()} - LIBRARY_WITH_JOB_ENTRY | {
-    "cac_align.cac.train.grpo",
-    "cac_align.cli",
-}
+# Modules that are only a job (or the CLI): every module of the jobs/ wing (its index, which
+# maps CLI names to modules as strings and imports none of them, is not a job).
+JOB_MODULES = {spec.module for spec in JOBS.values()} | {
+    f"cac_align.jobs.{p.stem}" for p in (PACKAGE / "jobs").glob("*.py") if p.stem != "__init__"
+} | {"cac_align.cli"}
 # The one job spread over two modules: `train-cac` dispatches stage 3 to its trainer.
-ALLOWED_JOB_IMPORTS = {("cac_align.cac.train.sft", "cac_align.cac.train.grpo")}
+ALLOWED_JOB_IMPORTS = {("cac_align.jobs.train_cac", "cac_align.jobs.train_cac_grpo")}
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -119,12 +118,19 @@ def test_the_checks_can_fail(tmp_path):
 
 def test_no_import_circles():
     graph = import_graph()
-    assert "cac_align.cac.train.grpo" in graph and graph["cac_align.cac.train.grpo"]  # it read the package
+    assert "cac_align.jobs.train_cac_grpo" in graph and graph["cac_align.jobs.train_cac_grpo"]  # it read the package
     assert cycles(graph) == []
 
 
+def test_every_job_lives_in_the_jobs_wing():
+    outside = sorted(spec.module for spec in JOBS.values() if not spec.module.startswith("cac_align.jobs."))
+    assert outside == []
+    files = {p.stem for p in (PACKAGE / "jobs").glob("*.py")} - {"__init__"}
+    assert {spec.module.rpartition(".")[2] for spec in JOBS.values()} | {"train_cac_grpo"} == files
+
+
 def test_low_level_modules_import_no_job_and_jobs_no_other_job():
-    assert {"cac_align.score_job", "cac_align.gen.grpo_trainer", "cac_align.cac.train.sft", "cac_align.eval.bench"} <= JOB_MODULES
+    assert {"cac_align.jobs.score", "cac_align.jobs.flow_grpo", "cac_align.jobs.train_cac", "cac_align.jobs.eval_bench"} <= JOB_MODULES
     graph = import_graph()
     wrong = sorted(
         (module, target)
@@ -133,3 +139,30 @@ def test_low_level_modules_import_no_job_and_jobs_no_other_job():
         if target in JOB_MODULES and (module, target) not in ALLOWED_JOB_IMPORTS
     )
     assert wrong == []
+
+
+def long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (N lines)`` of every function or method longer than ``limit`` lines
+    (decorators and docstring included; a nested function counts inside its parent too)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                length = node.end_lineno - first + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_long_functions_are_found(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "\n".join(f"        x{i} = {i}" for i in range(8))
+    (package / "m.py").write_text(f"def short():\n    return 1\n\n\nclass C:\n    def long(self):\n{body}\n")
+    assert long_functions(package, limit=8) == ["pkg/m.py:6 long (9 lines)"]
+    assert long_functions(package, limit=9) == []
+
+
+def test_no_function_is_longer_than_the_limit():
+    assert long_functions() == []

@@ -79,6 +79,12 @@ def test_build_from_a_recipe_section():
         build_normalizer({"name": "zscore"})
     with pytest.raises(ValueError, match="unknown key 'hgih'"):
         build_normalizer({"name": "fixed", "hgih": 3})
+    # an instance passes when it has the whole contract; the stateless ones keep nothing
+    running = RunningNormalizer()
+    assert build_normalizer(running) is running
+    assert FixedNormalizer().state_dict() == {}
+    with pytest.raises(ValueError, match="lacks state_dict / load_state_dict"):
+        build_normalizer(lambda scores, valid=None, groups=None: scores)
 
 
 def test_fill_invalid_uses_the_group_mean():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cac_align.rewards import REWARDS, RewardOutput, build_reward, reward_config
-from cac_align.rewards.base import check_prompts, group_keys, load_inputs, score_in_chunks
+from cac_align.rewards.base import RewardBase, check_prompts, group_keys, load_inputs, score_in_chunks
 from cac_align.rewards.cac import CaCReward
 from cac_align.video import Video, VideoError, save_video
 from conftest import smooth_video
@@ -74,7 +74,7 @@ def test_registry_builds_by_name_and_dotted_path_and_names_typos():
     assert reward(["x", "y"], ["a", "b"]).scores.tolist() == [0.25, 0.25]
 
 
-class Constant:
+class Constant(RewardBase):
     name = "constant"
 
     def __init__(self, value):
@@ -86,6 +86,26 @@ class Constant:
 
 def make_constant(value: float) -> Constant:
     return Constant(value)
+
+
+class CallOnly:  # scores, but has none of the rest of the contract
+    name = "call_only"
+
+    def __call__(self, videos, prompts, metadata=None):
+        return RewardOutput(self.name, [1.0] * len(videos), [True] * len(videos))
+
+
+def make_call_only() -> CallOnly:
+    return CallOnly()
+
+
+def test_a_factory_reward_must_have_the_whole_contract():
+    # the trainers call state_dict / load_state_dict / to and read score_range directly, so a
+    # reward without them is refused when it is built, naming what it lacks
+    with pytest.raises(ValueError, match="lacks score_range, state_dict, load_state_dict, to of the Reward contract; subclass"):
+        build_reward({"name": "test_rewards_base:make_call_only"})
+    reward = build_reward({"name": "test_rewards_base:make_constant", "value": 0.5})
+    assert reward.state_dict() == {} and reward.to("cpu") is reward and reward.score_range is None
 
 
 def test_score_in_chunks_retries_a_failed_chunk_one_by_one():

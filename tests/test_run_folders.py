@@ -170,7 +170,7 @@ def test_synth_keeps_the_users_files_and_refuses_their_annotations(tmp_path):
 
 
 def test_score_keeps_the_users_figure_and_refuses_their_report(tmp_path):
-    from cac_align.score_job import ScoreConfig, run
+    from cac_align.jobs.score import ScoreConfig, run
 
     out = tmp_path / "score"
     _user_files(out)
@@ -194,7 +194,7 @@ def test_score_keeps_the_users_figure_and_refuses_their_report(tmp_path):
 def test_bon_refuses_a_flow_grpo_folder_and_the_users_summary(tmp_path):
     from test_best_of_n import ScriptedReward, _config
 
-    from cac_align.gen.best_of_n import run
+    from cac_align.jobs.best_of_n import run
 
     flow = tmp_path / "bon"  # the folder bon's _config points at
     RunFolder(flow, "flow-grpo", ("lora", "metrics.jsonl"), {"seed": 0}).start()
@@ -213,7 +213,7 @@ def test_bon_refuses_a_flow_grpo_folder_and_the_users_summary(tmp_path):
 def test_flow_grpo_refuses_a_folder_with_the_users_lora_and_metrics(tmp_path):
     from test_flow_grpo import _bright
 
-    from cac_align.gen.grpo_trainer import run
+    from cac_align.jobs.flow_grpo import run
 
     out = tmp_path / "run"
     (out / "lora").mkdir(parents=True)
@@ -227,7 +227,7 @@ def test_flow_grpo_refuses_a_folder_with_the_users_lora_and_metrics(tmp_path):
 
 
 def test_synth_cot_refuses_to_write_into_a_synth_folder(tmp_path):
-    from cac_align.cac.train.cot import SynthCotConfig, run
+    from cac_align.jobs.synth_cot import SynthCotConfig, run
     from cac_align.data.synthetic import SynthConfig, generate
 
     data = tmp_path / "data"
@@ -239,7 +239,7 @@ def test_synth_cot_refuses_to_write_into_a_synth_folder(tmp_path):
 
 
 def test_eval_bench_and_report_keep_the_users_files(tmp_path):
-    from cac_align.eval.report import ReportConfig, run as report
+    from cac_align.jobs.report import ReportConfig, run as report
 
     vbench = tmp_path / "vbench.json"
     vbench.write_text(json.dumps({"systems": {"base": {"dimensions": {"imaging_quality": {"mean": 0.5}}},
@@ -260,7 +260,7 @@ def test_eval_bench_and_report_keep_the_users_files(tmp_path):
 def test_how_a_reward_model_is_reached_is_not_part_of_the_fingerprint(tmp_path):
     from test_best_of_n import _config
 
-    from cac_align.gen.best_of_n import _RUN_ONLY_KEYS
+    from cac_align.jobs.best_of_n import _RUN_ONLY_KEYS
     from cac_align.run.folder import run_fingerprint
 
     def section(url, timeout, name="cac-server"):
@@ -412,8 +412,8 @@ def test_ctrl_c_during_a_hung_request_stops_at_once(tmp_path):
 def test_bon_leaves_a_prompt_the_backend_could_not_score_for_the_rerun(tmp_path, capsys):
     from test_best_of_n import _config, _rows
 
-    from cac_align.gen.best_of_n import run
-    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.gen.wan import WanGenerator, build_tiny_wan_pipeline
+    from cac_align.jobs.best_of_n import run
     from cac_align.rewards import RewardOutput
     from cac_align.rewards.base import BackendFailure
 
@@ -433,10 +433,10 @@ def test_bon_leaves_a_prompt_the_backend_could_not_score_for_the_rerun(tmp_path,
                 return RewardOutput(self.name, np.full(len(prompts), np.nan), np.zeros(len(prompts), bool), details)
             return RewardOutput(self.name, np.arange(len(prompts), dtype=float) / 10, np.ones(len(prompts), bool))
 
-    pipe = build_tiny_wan_pipeline(seed=0)
+    generator = WanGenerator(build_tiny_wan_pipeline(seed=0))
     with pytest.raises(BackendFailure, match="1 of 2 prompts were not scored.*rerun the same command"):
-        run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=True), pipe=pipe)
+        run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=True), generator=generator)
     assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a cat"}  # no fallback recorded for "a dog"
-    run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=False), pipe=pipe)
+    run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=False), generator=generator)
     rows = _rows(tmp_path / "bon")
     assert {r["prompt"] for r in rows} == {"a cat", "a dog"} and all(r["chosen_by"] != "fallback" for r in rows if r["chosen"])

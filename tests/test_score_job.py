@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from cac_align.score_job import ScoreConfig, collect_inputs, run
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
+from cac_align.jobs.score import ScoreConfig, collect_inputs, run
+from cac_align.rewards.base import RewardBase
 from cac_align.video import Video, save_video
 from conftest import REPO_ROOT, smooth_video
 from cac_align.rewards.cac import CaCReward
@@ -70,7 +71,7 @@ def test_an_interrupted_rerun_leaves_the_last_results_report_and_pictures_consis
     out = tmp_path / "out"
     before = {name: (out / name).read_bytes() for name in ("results.jsonl", "report.html", "evidence/00000.png", "evidence/00001.png")}
 
-    class KilledAfterOneBatch:
+    class KilledAfterOneBatch(RewardBase):
         name = "cac"
 
         def __init__(self):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cac_align.cac.schema import AnnotationRecord, Anomaly, load_annotations, write_annotations
-from cac_align.cac.train.cot import SynthCotConfig, check_answer, run, saliency_for_round
+from cac_align.cac.train.cot import check_answer, saliency_for_round
+from cac_align.jobs.synth_cot import SynthCotConfig, run
 from cac_align.video import Video, save_video
 from cac_align.vlm.config import ModelConfig
 from chat_server import ChatServer

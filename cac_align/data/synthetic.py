@@ -30,22 +30,7 @@ from omegaconf import MISSING
 
 from cac_align.cac.schema import ANOMALY_TYPES, AnnotationRecord, Anomaly, seconds_to_frames, write_annotations
 
-__all__ = [
-    "NORMAL",
-    "REASONS",
-    "SUBJECTS",
-    "WORDS",
-    "SynthConfig",
-    "SynthSpec",
-    "annotate",
-    "generate",
-    "make_spec",
-    "planted_boxes",
-    "render",
-    "run",
-    "subject_boxes",
-    "video_kinds",
-]
+__all__ = ["NORMAL", "REASONS", "SUBJECTS", "WORDS", "SynthConfig", "SynthSpec", "annotate", "generate", "make_spec", "planted_boxes", "render", "subject_boxes", "video_kinds"]
 
 NORMAL = "normal"
 WORDS = ("OPEN", "CAFE", "HOTEL", "PARK", "SALE", "BAKERY", "MUSEUM", "GARDEN")
@@ -57,7 +42,6 @@ REASONS = {
     "Physical Violations": ("the ball hovers above the floor with nothing holding it up", "ball"),
     "Character Anomalies": ("the letters on the sign change and become unreadable", "shop sign text"),
 }
-
 
 
 MAX_SIDE = 4096  # the largest frame side synth draws
@@ -534,8 +518,3 @@ def generate(config: SynthConfig) -> list[AnnotationRecord]:
     return records
 
 
-def run(config: SynthConfig) -> list[AnnotationRecord]:
-    records = generate(config)
-    abnormal = sum(r.status == "abnormal" for r in records)
-    print(f"wrote {len(records)} videos ({abnormal} abnormal) and {Path(config.out_dir) / 'annotations.jsonl'}")
-    return records

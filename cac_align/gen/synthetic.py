@@ -61,8 +61,18 @@ class SyntheticGenerator:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         return np.stack([render(self.spec(p, s))[0] for p, s in zip(prompts, seeds)])
 
-    def set_progress_bar_config(self, **kwargs: Any) -> None:  # the pipeline interface bon uses
+    # the rest of the VideoGenerator protocol (cac_align.gen.wan): it renders on the CPU
+    def generate(self, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+        return self(prompts, seeds)
+
+    def on_gpu(self) -> bool:
+        return False
+
+    def offload(self) -> None:
         pass
+
+    def execution_device(self) -> str:
+        return "cpu"
 
 
 def load_synthetic_generator(name: str, anomaly_probability: float, key: str = "generator.name") -> SyntheticGenerator:

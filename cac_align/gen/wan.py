@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from cac_align.config import RecipeError
 from cac_align.gen.tiny import build_tiny_wan_pipeline
@@ -23,8 +23,11 @@ __all__ = [
     "WAN_FPS",
     "WAN_NEGATIVE_PROMPT",
     "GeneratorConfig",
+    "VideoGenerator",
+    "WanGenerator",
     "Trajectory",
     "build_generator",
+    "build_video_generator",
     "build_tiny_wan_pipeline",
     "decode_latents",
     "encode_prompts",
@@ -402,13 +405,9 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
     """
     import torch
 
-    from cac_align.gen.synthetic import SyntheticGenerator
-
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    if isinstance(pipe, SyntheticGenerator):
-        return pipe(prompts, seeds)
-    device = pipe._execution_device if hasattr(pipe, "_execution_device") else "cpu"
+    device = pipe._execution_device
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
     output = pipe(
@@ -424,6 +423,54 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
         max_sequence_length=config.max_sequence_length,
     )
     return _frames_to_uint8(output.frames)  # (B, F, H, W, 3) in [0, 1]
+
+
+class VideoGenerator(Protocol):
+    """What Best-of-N asks of a generator: the Wan pipeline (:class:`WanGenerator`) and the
+    planted-anomaly renderer (:class:`~cac_align.gen.synthetic.SyntheticGenerator`) both give it."""
+
+    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        """One uint8 ``(F, H, W, 3)`` video per (prompt, seed), stacked: ``(B, F, H, W, 3)``."""
+        ...
+
+    def on_gpu(self) -> bool:
+        """Whether its models sit on a CUDA device (only then can it offload)."""
+        ...
+
+    def offload(self) -> None:
+        """Keep its modules on the CPU, each visiting the GPU only while it runs."""
+        ...
+
+    def execution_device(self) -> str:
+        """Where its models compute (a reward model offloaded beside it moves there to score)."""
+        ...
+
+
+class WanGenerator:
+    """A diffusers ``WanPipeline`` as a :class:`VideoGenerator` (``pipe`` stays reachable)."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+
+    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        return generate_videos(self.pipe, config, prompts, seeds)
+
+    def on_gpu(self) -> bool:
+        return str(self.pipe.device).startswith("cuda")
+
+    def offload(self) -> None:
+        self.pipe.enable_model_cpu_offload()
+
+    def execution_device(self) -> str:
+        return str(self.pipe._execution_device)
+
+
+def build_video_generator(config: GeneratorConfig, key: str = "generator") -> VideoGenerator:
+    """The :class:`VideoGenerator` ``config`` names: ``synthetic:<recipe>`` or a Wan pipeline."""
+    from cac_align.gen.synthetic import PREFIX
+
+    generator = build_generator(config, key)
+    return generator if config.name.startswith(PREFIX) else WanGenerator(generator)
 
 
 def _frames_to_uint8(frames: Any) -> Any:

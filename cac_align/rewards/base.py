@@ -38,6 +38,7 @@ import numpy as np
 from cac_align.video import Video, VideoError, load_video
 
 __all__ = [
+    "RewardBase",
     "BACKEND_ERRORS",
     "BackendFailure",
     "all_failed_in_backend",
@@ -52,7 +53,6 @@ __all__ = [
     "group_keys",
     "load_inputs",
     "load_section",
-    "move_to",
     "register_reward",
     "reward_config",
     "score_in_chunks",
@@ -143,16 +143,53 @@ class RewardOutput:
 
 @runtime_checkable
 class Reward(Protocol):
-    """Anything that scores videos by the contract above.
+    """Anything that scores videos by the contract above; the whole of what callers ask of a
+    reward (no caller looks for an ability with ``getattr``). :class:`RewardBase` gives the
+    defaults of a stateless reward; subclass it and write ``name`` and ``__call__``.
 
-    A reward may also carry ``score_range = (low, high)``, the scale of its raw scores (CaC:
-    (0, 1); UnifiedReward v1: (1, 4)); the Flow-GRPO drop-in reads it to warn when rewards on
-    different scales are summed. It is optional: ``None`` or absent means unknown.
+    Attributes:
+        name: the reward's name (keys of combined outputs, metrics and logs).
+        score_range: ``(low, high)``, the scale of its raw scores (CaC: (0, 1); UnifiedReward
+            v1: (1, 4)), or None if unknown; the Flow-GRPO drop-in warns when rewards on
+            different scales are summed.
     """
 
     name: str
+    score_range: tuple[float, float] | None
 
     def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the reward (running normalizer statistics); ``{}`` if none."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a resumed run continues its statistics)."""
+        ...
+
+    def to(self, device: Any) -> Any:
+        """Move its in-process models to ``device`` (Best-of-N offloading); returns itself.
+        A reward asked through a server has nothing to move."""
+        ...
+
+
+class RewardBase:
+    """Defaults of the :class:`Reward` protocol for a stateless reward of unknown scale."""
+
+    name: str = "reward"
+    score_range: tuple[float, float] | None = None
+
+    def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def to(self, device: Any) -> Any:
+        return self
 
 
 # ---------------------------------------------------------------------------------------
@@ -186,7 +223,7 @@ def check_call(videos: Any, prompts: Sequence[str | None] | None = None, metadat
     metadata entries that are not mappings) raises ``ValueError`` here. Whatever goes wrong after
     this point happens inside a reward's work (decoding, a model, a server) and concerns the
     samples, not the caller: the Flow-GRPO drop-in marks such a call's samples invalid instead
-    of raising into its trainer (:mod:`cac_align.rewards.flow_grpo`).
+    of raising into its trainer (:mod:`cac_align.integrations.flow_grpo`).
 
     Returns:
         The number of videos in the call.
@@ -423,15 +460,10 @@ def build_reward(spec: Any, where: str = "reward") -> Reward:
         reward = factory(**config)
     except TypeError as exc:
         raise ValueError(f"{where}: {name} does not accept these arguments: {exc}") from None
-    if not callable(reward):
-        raise ValueError(f"{where}: {name} returned {type(reward).__name__}, not a callable reward")
+    if not isinstance(reward, Reward):
+        missing = [m for m in ("name", "score_range", "__call__", "state_dict", "load_state_dict", "to") if not hasattr(reward, m)]
+        raise ValueError(
+            f"{where}: {name} returned {type(reward).__name__}, which lacks {', '.join(missing)} of the Reward contract; "
+            "subclass cac_align.rewards.base.RewardBase (it gives the defaults) and write name and __call__"
+        )
     return reward
-
-
-def move_to(obj: Any, device: Any) -> None:
-    """Call ``obj.to(device)`` where ``obj`` has one (rewards and backends that hold an
-    in-process model); server-backed ones have nothing to move. Used to offload reward models
-    while a generator has the GPU."""
-    mover = getattr(obj, "to", None)
-    if callable(mover):
-        mover(device)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cac_align.cac.infer import CaCOptions, CaCResult, CaCScorer
-from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, move_to, score_in_chunks
+from cac_align.rewards.base import RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend
 from cac_align.vlm.config import ModelConfig, build_backend
@@ -52,7 +52,7 @@ class CaCRewardConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-class CaCReward:
+class CaCReward(RewardBase):
     """The CaC reward over a :class:`Backend` (in-process or an OpenAI-compatible server).
 
     Args:
@@ -108,7 +108,7 @@ class CaCReward:
 
     def to(self, device: Any) -> "CaCReward":
         """Move the in-process model, if any (Best-of-N offloading)."""
-        move_to(self.scorer.backend, device)
+        self.scorer.backend.to(device)
         return self
 
 

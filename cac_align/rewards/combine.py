@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import Reward, RewardError, RewardOutput, check_prompts, group_keys, load_inputs, move_to
+from cac_align.rewards.base import Reward, RewardBase, RewardError, RewardOutput, check_prompts, group_keys, load_inputs
 from cac_align.rewards.cac import CaCRewardConfig
 from cac_align.rewards.normalize import FixedNormalizer, build_normalizer, fill_invalid
 from cac_align.rewards.unified import FORMATS, UnifiedRewardConfig
@@ -41,7 +41,7 @@ __all__ = ["INVALID_POLICIES", "CombinedConfig", "CombinedReward", "UrCacConfig"
 INVALID_POLICIES = ("drop", "group_mean", "fail")
 
 
-class CombinedReward:
+class CombinedReward(RewardBase):
     """The weighted average of normalized component rewards.
 
     Args:
@@ -163,19 +163,19 @@ class CombinedReward:
         return {
             reward.name: norm.state_dict()
             for reward, norm in zip(self.rewards, self.normalizers)
-            if hasattr(norm, "state_dict")
+            if norm.state_dict()
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (a resumed run continues its running statistics)."""
         for reward, norm in zip(self.rewards, self.normalizers):
-            if reward.name in state and hasattr(norm, "load_state_dict"):
+            if reward.name in state:
                 norm.load_state_dict(state[reward.name])
 
     def to(self, device: Any) -> "CombinedReward":
         """Move every component's in-process model (Best-of-N offloading)."""
         for reward in self.rewards:
-            move_to(reward, device)
+            reward.to(device)
         return self
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -63,8 +63,31 @@ def zscore(values: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     return centred / (std + eps)
 
 
+@runtime_checkable
+class Normalizer(Protocol):
+    """What a combined reward asks of a normalizer: map scores (NaN where invalid) to a common
+    scale, and keep or restore its state in checkpoints (``{}`` when it keeps none)."""
+
+    def __call__(self, scores: Any, valid: Any = None, groups: Sequence[Hashable] | None = None) -> np.ndarray: ...
+
+    def state_dict(self) -> dict[str, float]: ...
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None: ...
+
+
+class _Stateless:
+    """The checkpoint half of the normalizer contract for a normalizer that keeps nothing
+    between calls (:class:`RunningNormalizer` keeps its statistics)."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        pass
+
+
 @dataclass
-class FixedNormalizer:
+class FixedNormalizer(_Stateless):
     """Map a known range [low, high] to [0, 1] (clipped unless ``clip`` is False)."""
 
     low: float = 0.0
@@ -85,7 +108,7 @@ class FixedNormalizer:
 
 
 @dataclass
-class BatchNormalizer:
+class BatchNormalizer(_Stateless):
     """Z-score over the valid scores of the call."""
 
     eps: float = 1e-8
@@ -98,7 +121,7 @@ class BatchNormalizer:
 
 
 @dataclass
-class GroupNormalizer:
+class GroupNormalizer(_Stateless):
     """Z-score within each group (one key per sample; groups of one get 0)."""
 
     eps: float = 1e-8
@@ -177,8 +200,6 @@ class RunningNormalizer:
             self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
 
 
-Normalizer = FixedNormalizer | BatchNormalizer | GroupNormalizer | RunningNormalizer
-
 NORMALIZERS: dict[str, type] = {
     "fixed": FixedNormalizer,
     "batch": BatchNormalizer,
@@ -191,8 +212,10 @@ def build_normalizer(spec: Any, where: str = "normalizer") -> Any:
     """A normalizer from ``{name: fixed, low: 1, high: 4}`` (or an instance, returned as is)."""
     from cac_align.rewards.base import load_section
 
-    if callable(spec) and not isinstance(spec, Mapping):
+    if isinstance(spec, Normalizer):
         return spec
+    if callable(spec) and not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: {type(spec).__name__} lacks state_dict / load_state_dict of the Normalizer contract (cac_align.rewards.normalize)")
     if not isinstance(spec, Mapping) or "name" not in spec:
         raise ValueError(f"{where}: a normalizer is a mapping with a 'name' (one of {sorted(NORMALIZERS)})")
     data = dict(spec)

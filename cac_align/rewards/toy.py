@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs
+from cac_align.rewards.base import RewardBase, RewardOutput, check_prompts, load_inputs
 
 __all__ = ["BrightnessConfig", "BrightnessReward", "build"]
 
@@ -30,7 +30,7 @@ class BrightnessConfig:
     source_fps: float = 16.0
 
 
-class BrightnessReward:
+class BrightnessReward(RewardBase):
     """Mean pixel value of each video, in [0, 1] (0 = black, 1 = white)."""
 
     name = "brightness"

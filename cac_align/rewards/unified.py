@@ -65,7 +65,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import RewardOutput, check_prompts, load_inputs, move_to, score_in_chunks
+from cac_align.rewards.base import RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend, ChatRequest, jpeg_image_part, text_part, user
 from cac_align.vlm.config import TINY_PREFIX, ModelConfig, build_backend
@@ -362,7 +362,7 @@ class UnifiedRewardConfig:
             raise ValueError(f"min_digit_mass must be in [0, 1), got {self.min_digit_mass}")
 
 
-class UnifiedReward:
+class UnifiedReward(RewardBase):
     """UnifiedReward pointwise scoring over any :class:`Backend`.
 
     Scores are the mean sub-score on the format's scale (1–4 for v1, 1–5 for 2.0); normalize
@@ -449,7 +449,7 @@ class UnifiedReward:
 
     def to(self, device: Any) -> "UnifiedReward":
         """Move the in-process model, if any (Best-of-N offloading)."""
-        move_to(self.backend, device)
+        self.backend.to(device)
         return self
 
     # -- steps ------------------------------------------------------------------------------

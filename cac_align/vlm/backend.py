@@ -182,11 +182,20 @@ class Backend(Protocol):
         Returns one (N, C) array per round."""
         ...
 
+    def to(self, device: Any) -> Any:
+        """Move an in-process model to ``device`` (Best-of-N offloading); returns itself. A
+        server backend has nothing to move."""
+        ...
+
 
 class BackendBase:
     """``generate_scored`` and ``choice_probs_steps`` from ``generate`` and ``choice_probs``, for a
     backend with no cheaper way (behind a server every call is a request of its own). The
     in-process backend overrides both to reuse the video's encoding."""
+
+    def to(self, device: Any) -> Any:
+        """Nothing to move (a server backend); the in-process backend overrides it."""
+        return self
 
     def generate_scored(self, requests, choices, prefix_of, max_new_tokens=1024, temperature=0.0):  # noqa: ANN001, ANN201
         """The completions, and NaN for every row: nothing is read with the generation here."""

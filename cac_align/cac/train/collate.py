@@ -171,7 +171,7 @@ def window_attention_target(processor: Any, parts: Sequence[EncodedChat], answer
     prediction is the status value's first token: the position the verdict is read from.
     Anything else (a normal answer, no frames, no video, no status marks, a processor without
     a video token id) gives ``(-1, None)``. ``answers`` maps part index -> answer text.
-    Used by stage 2's ``train.attention_loss_weight`` (:func:`~cac_align.cac.train.sft.window_attention_loss`)."""
+    Used by stage 2's ``train.attention_loss_weight`` (:func:`~cac_align.jobs.train_cac.window_attention_loss`)."""
     import torch
 
     from cac_align.cac.judgment import parse_judgment
@@ -243,10 +243,10 @@ def collate(
     sample order (the model consumes them in the order their placeholders appear).
 
     ``status_mask=True`` adds ``status_mask`` (batch x length, bool): the status tokens that
-    :func:`~cac_align.cac.train.sft.weighted_token_loss` weights. ``attention_window=True`` adds
+    :func:`~cac_align.jobs.train_cac.weighted_token_loss` weights. ``attention_window=True`` adds
     ``window_query`` (batch, long; -1 = row not supervised) and ``window_tokens`` (batch x
     length, bool), the padded :func:`window_attention_target` of each row, for
-    :func:`~cac_align.cac.train.sft.window_attention_loss`. Neither is a model input: the trainer
+    :func:`~cac_align.jobs.train_cac.window_attention_loss`. Neither is a model input: the trainer
     takes them out before the forward pass. ``pad_to_multiple_of`` pads the length up to a
     multiple of that many tokens (a static KV cache's length bucket)."""
     import torch

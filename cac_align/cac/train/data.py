@@ -43,8 +43,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cac_align.cac.schema import AnnotationRecord, Anomaly
-from cac_align.cac.train.targets import checklist_cot, template_local_cot, template_video_cot
-from cac_align.cac.train.targets import _EPS, anomaly_json, answer_json, clip_boxes, frames_shown, on_screen
+from cac_align.cac.train.collate import encode_chat
+from cac_align.cac.train.targets import _EPS, anomaly_json, answer_json, checklist_cot, clip_boxes, frames_shown, on_screen, template_local_cot, template_video_cot
 
 __all__ = [
     "SINGLE_FRAME_TYPES",
@@ -483,3 +483,18 @@ def describe(data: StageData) -> dict:
 
 def save_description(data: StageData, path: str | Path) -> None:
     Path(path).write_text(json.dumps(describe(data), indent=1))
+
+
+class ChatDataset:
+    """A map-style dataset: sample -> chat -> :class:`~cac_align.cac.train.collate.EncodedChat`."""
+
+    def __init__(self, samples: list, builder: Any, processor: Any):
+        self.samples = samples
+        self.builder = builder
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        return encode_chat(self.processor, self.builder(self.samples[index]).messages)

@@ -6,7 +6,7 @@ Each video gets G complete two-turn rollouts: turn 1 sees the whole video at ``d
 context. A rollout with no usable window ends after turn 1. Prompts, sampling caps and window
 rules are inference's (:mod:`cac_align.cac.infer`); rewards are Eq. 2-6
 (:func:`~cac_align.cac.train.judge_rewards.cac_reward`). The trainer is
-:mod:`cac_align.cac.train.grpo`.
+:mod:`cac_align.jobs.train_cac_grpo`.
 
 **Token-exact conversations.** The conversation is kept as token ids, never re-tokenized from
 decoded text: turn 2 is generated from ``[turn-1 context] + [turn-1 generated ids] + [turn-2

@@ -1,7 +1,7 @@
 """The ``train-cac`` recipe's configuration: what each of CaC's three stages reads.
 
-Kept apart from the trainers (:mod:`cac_align.cac.train.sft` for stages 1-2,
-:mod:`cac_align.cac.train.grpo` for stage 3) so that either can import it without importing
+Kept apart from the trainers (:mod:`cac_align.jobs.train_cac` for stages 1-2,
+:mod:`cac_align.jobs.train_cac_grpo` for stage 3) so that either can import it without importing
 the other, and so a recipe is checked without loading a trainer.
 """
 
@@ -134,7 +134,7 @@ class TrainSettings:
             ``-log`` of the attention mass that the last language-model layer (mean over heads)
             puts, from the position that predicts an abnormal turn-1 answer's status, on the
             video tokens of the frames its "Attributed Time Region" names
-            (:func:`~cac_align.cac.train.sft.window_attention_loss`). A small model trained from
+            (:func:`~cac_align.jobs.train_cac.window_attention_loss`). A small model trained from
             scratch keeps a sparse anomaly at the video tokens without routing it to where it
             answers (docs/cac_training.md, items 9-10). Needs eager attention in the language
             model (switched on for the run; memory ~ length^2 per layer).
@@ -169,7 +169,7 @@ class TrainCaCConfig:
 
     Attributes:
         stage: 1 (single-frame LoRA warmup), 2 (multi-frame full fine-tuning) or 3 (two-turn
-            GRPO, :mod:`cac_align.cac.train.grpo`).
+            GRPO, :mod:`cac_align.jobs.train_cac_grpo`).
         annotations: annotation JSONL (ideally with reasoning from `cac-align synth-cot`;
             records without it get the template reasoning). Set this or ``stream``.
         stream: train on synthetic videos rendered on the fly instead of a file
@@ -193,7 +193,7 @@ class TrainCaCConfig:
             stage 1 teaches the tower what anomalies look like on frames; letting stage 2's sparse
             video signal rewrite it loses that (the cac-demo finding, docs/cac_training.md).
         data, lora, train, grpo: see :class:`DataConfig`, :class:`LoraSettings`,
-            :class:`TrainSettings` and :class:`~cac_align.cac.train.grpo.GrpoSettings` (stage 3;
+            :class:`TrainSettings` and :class:`~cac_align.jobs.train_cac_grpo.GrpoSettings` (stage 3;
             there ``train.per_device_batch_size`` counts rollouts).
         resume: continue from the newest checkpoint in ``out_dir`` (the config must match).
         overwrite: start again in a folder holding another run.

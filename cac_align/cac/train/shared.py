@@ -1,5 +1,5 @@
-"""What both ``train-cac`` trainers (stages 1-2 in :mod:`~cac_align.cac.train.sft`, stage 3 in
-:mod:`~cac_align.cac.train.grpo`) use to start: the model to train and the run folder.
+"""What both ``train-cac`` trainers (stages 1-2 in :mod:`~cac_align.jobs.train_cac`, stage 3 in
+:mod:`~cac_align.jobs.train_cac_grpo`) use to start: the model to train and the run folder.
 """
 
 from __future__ import annotations

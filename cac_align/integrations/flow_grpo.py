@@ -12,14 +12,14 @@ Samples whose advantages are all 0 are masked out of training.
 One call wires our rewards into that, without editing their files::
 
     import flow_grpo.rewards, flow_grpo.stat_tracking
-    from cac_align.rewards import flow_grpo as cac_rewards
+    from cac_align.integrations import flow_grpo as cac_rewards
 
     cac_rewards.install(flow_grpo.rewards, flow_grpo.stat_tracking,
                         sections="cac_rewards.yaml")  # a copy of our examples/flow_grpo_rewards.yaml
     # config.reward_fn = {"ur_cac": 1.0}     (their own names keep working beside ours)
 
 or, with no code at all, launch their script through
-``python -m cac_align.rewards.launch_flow_grpo --rewards FILE scripts/train_wan2_1.py ...``
+``python -m cac_align.integrations.flow_grpo --rewards FILE scripts/train_wan2_1.py ...``
 (works under ``accelerate launch -m``).
 
 :func:`install` does three things:
@@ -66,10 +66,14 @@ call) or ``fail``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import importlib
 import inspect
 import logging
+import runpy
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -247,7 +251,7 @@ SCORE_FUNCTIONS: dict[str, Callable[[Any], Callable]] = {
 def _warn_mixed_scales(score_dict: Mapping[str, float], fns: Mapping[str, Callable]) -> None:
     ranges = {}
     for name, fn in fns.items():
-        known = getattr(getattr(fn, "reward", None), "score_range", None)
+        known = fn.reward.score_range
         if known is not None and score_dict[name] != 0:
             ranges[name] = tuple(float(v) for v in known)
     if len(set(ranges.values())) > 1:
@@ -460,3 +464,43 @@ def uninstall(rewards_module: ModuleType, stat_tracking_module: ModuleType) -> N
             if hasattr(getattr(tracker, method), _ORIGINAL):
                 setattr(tracker, method, getattr(getattr(tracker, method), _ORIGINAL))
     _tracking.update(installed=False, trackers=0, warned=False)
+
+
+# ---------------------------------------------------------------------------------------
+# The launcher: `python -m cac_align.integrations.flow_grpo --rewards FILE SCRIPT [ARGS...]`
+# ---------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m cac_align.integrations.flow_grpo",
+        description="Run a Flow-GRPO training script with cac_align's rewards installed.",
+    )
+    parser.add_argument("--rewards", help="YAML file of reward sections by name (examples/flow_grpo_rewards.yaml)")
+    parser.add_argument("script", help="the Flow-GRPO training script, e.g. scripts/train_wan2_1.py")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    args = parser.parse_args(argv)
+    script = Path(args.script)
+    if not script.is_file():
+        parser.error(f"no such script: {script}")
+    if args.rewards is not None and not Path(args.rewards).is_file():
+        parser.error(f"--rewards: no such file: {args.rewards}")
+    # As `python script.py` would: the script's folder first on the path; the working directory
+    # (a Flow-GRPO checkout root, if flow_grpo is not pip-installed) after it.
+    for entry in (str(Path.cwd()), str(script.resolve().parent)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        rewards = importlib.import_module("flow_grpo.rewards")
+        stat_tracking = importlib.import_module("flow_grpo.stat_tracking")
+    except ImportError as exc:
+        parser.error(f"cannot import Flow-GRPO ({exc}); run from the root of a Flow-GRPO checkout or pip install it")
+    install(rewards, stat_tracking, sections=args.rewards)
+    sys.argv = [str(script), *args.script_args]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    # run from the imported module, not this `__main__` copy: the installed rewards, their
+    # shared models and settings then live in the one module everybody imports
+    from cac_align.integrations.flow_grpo import main as _main
+
+    _main()

@@ -57,6 +57,7 @@ from cac_align.inputs import read_prompts, slug
 from cac_align.run.folder import read_jsonl_log, run_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
+    from cac_align.gen.wan import VideoGenerator
     from cac_align.rewards.base import Reward
 
 __all__ = ["BonConfig", "choose", "read_prompts", "run"]
@@ -178,12 +179,12 @@ def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
     return done
 
 
-def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> dict:
-    """Run Best-of-N; returns the summary. ``reward`` / ``pipe`` override the config's."""
+def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerator | None = None) -> dict:
+    """Run Best-of-N; returns the summary. ``reward`` / ``generator`` override the config's."""
     from tqdm.auto import tqdm
 
-    from cac_align.gen.wan import build_generator, generate_videos
-    from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward, move_to
+    from cac_align.gen.wan import build_video_generator
+    from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward
     from cac_align.video import Video, load_video, save_video
     from cac_align.vlm.openai import ServerDown
 
@@ -195,8 +196,8 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
     done = _finished_prompts(manifest, config.n) if run_folder.resuming else {}
     todo = [i for i in range(len(prompts)) if i not in done]
     log.info("%d prompts, %d already done, N = %d", len(prompts), len(done), config.n)
-    if pipe is None and todo:
-        pipe = build_generator(config.generator)
+    if generator is None and todo:
+        generator = build_video_generator(config.generator)
     if reward is None and todo:
         reward = build_reward(config.reward, "reward")
     # recorded only now that the models loaded: a failed start leaves no record to refuse a rerun
@@ -204,10 +205,10 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
     (out / "candidates").mkdir(exist_ok=True)
     (out / "chosen").mkdir(exist_ok=True)
     _sweep_temporaries(out)
-    on_gpu = pipe is not None and str(getattr(pipe, "device", "cpu")).startswith("cuda")
+    on_gpu = generator is not None and generator.on_gpu()
     if config.offload and on_gpu:
-        pipe.enable_model_cpu_offload()  # modules visit the GPU only while they run
-        move_to(reward, "cpu")
+        generator.offload()  # modules visit the GPU only while they run
+        reward.to("cpu")
     elif config.offload and todo:
         log.warning("offload=true has no effect without a CUDA device")
 
@@ -224,7 +225,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
         bar.update(config.n - len(missing))
         for start in range(0, len(missing), config.batch_size):
             batch = missing[start : start + config.batch_size]
-            frames = generate_videos(pipe, config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
+            frames = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
             for c, video in zip(batch, frames):
                 write_text_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
                 save_video(Video(video, config.generator.fps), paths[c])
@@ -233,7 +234,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
         # 3. score the group from the files
         videos = [load_video(p) for p in paths]
         if config.offload and on_gpu:
-            move_to(reward, str(pipe._execution_device))
+            reward.to(generator.execution_device())
         try:
             output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
         except ServerDown as exc:  # the breaker opened: this prompt and the rest stay for a rerun
@@ -241,7 +242,7 @@ def run(config: BonConfig, reward: Reward | None = None, pipe: Any = None) -> di
             tqdm.write(f"prompt {i}: stopped: {exc}")
             break
         if config.offload and on_gpu:
-            move_to(reward, "cpu")
+            reward.to("cpu")
         # 4. a group the backend could not score at all (a dead server) is not a choice: it is
         # left unrecorded, so a rerun scores it again; the job ends with an error saying so
         if all_failed_in_backend(output.details):

@@ -59,7 +59,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -71,12 +71,13 @@ from transformers import get_scheduler
 from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.collate import collate
 from cac_align.cac.train.data import split_records
+from cac_align.cac.train.losses import grpo_loss, token_logprobs
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
-from cac_align.cac.train.settings import SAMPLERS, GrpoSettings, TrainCaCConfig
+from cac_align.cac.train.settings import TrainCaCConfig
 from cac_align.cac.train.shared import add_lora, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
-from cac_align.rl import clipped_surrogate, group_advantages
+from cac_align.rl import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes
@@ -84,7 +85,7 @@ from cac_align.run.metrics import log_metrics, merge_sums
 from cac_align.video import VideoError, load_video
 from cac_align.vlm.hf import StaticShapes
 
-__all__ = ["SAMPLERS", "GrpoSettings", "grpo_loss", "run", "token_logprobs"]
+__all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
@@ -92,72 +93,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------
-def token_logprobs(model: torch.nn.Module, batch: dict, temperature: float = 1.0, suppressed: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the labelled tokens under softmax(logits / T) over the vocabulary less the
-    ``suppressed`` ids (the sampling distribution), and their mask.
-
-    Only the positions from the first labelled token on get logits (``logits_to_keep``), so the
-    vision-heavy prompt costs no vocabulary projection. Returns ``(logp, mask)``, both
-    (B, T) for the last T positions of the batch, logp 0 where the mask is False.
-    """
-    labels = batch["labels"]
-    labelled = labels != -100
-    if not labelled.any():
-        raise ValueError("the batch has no labelled (generated) tokens")
-    first = int(labelled.int().argmax(dim=1)[labelled.any(dim=1)].min())
-    first = max(first, 1)
-    keep = labels.shape[1] - first + 1
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep).logits[:, :-1].float() / temperature
-    if suppressed:
-        logits[..., list(suppressed)] = float("-inf")
-    targets = labels[:, first:]
-    mask = targets != -100
-    chosen = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    logp = (chosen - torch.logsumexp(logits, dim=-1)) * mask
-    return logp, mask
-
-
-def grpo_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_epsilon: float,
-    beta: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 9–12 for a micro-batch: per-rollout mean over its tokens of
-    ``−min(ρA, clip(ρ, 1±ε)A) + β·(π_ref/π_θ − log(π_ref/π_θ) − 1)``.
-
-    Args:
-        logp, old_logp, ref_logp: (B, T) token log-probs under π_θ (with grad), π_old, π_ref.
-        advantages: (B,) one per rollout.
-        mask: (B, T) True on generated tokens.
-
-    Returns:
-        ``(per_rollout_loss (B,), stats)`` with token sums for logging: kl, clipped tokens, ratio.
-    """
-    mask = mask.to(logp.dtype)
-    adv = advantages.to(logp.dtype).unsqueeze(1)
-    ratio = torch.exp(logp - old_logp)
-    per_token = clipped_surrogate(logp - old_logp, adv, clip_epsilon, clip_epsilon)
-    if ref_logp is not None and beta > 0:
-        log_ref_ratio = ref_logp - logp
-        kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
-        per_token = per_token + beta * kl
-    else:
-        kl = torch.zeros_like(logp)
-    lengths = mask.sum(dim=1).clamp(min=1)
-    per_rollout = (per_token * mask).sum(dim=1) / lengths
-    is_clipped = ((ratio < 1 - clip_epsilon) & (adv < 0)) | ((ratio > 1 + clip_epsilon) & (adv > 0))
-    stats = {
-        "kl": float((kl.detach() * mask).sum()),
-        "clipped": float((is_clipped.to(mask.dtype) * mask).sum()),
-        "ratio": float((ratio.detach() * mask).sum()),
-        "tokens": float(mask.sum()),
-    }
-    return per_rollout, stats
 
 
 # ---------------------------------------------------------------------------------------
