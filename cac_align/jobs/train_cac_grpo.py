@@ -99,7 +99,8 @@ log = logging.getLogger(__name__)
 # The job
 # ---------------------------------------------------------------------------------------
 class _Trainer:
-    """State of one run: setup() builds everything, train() is the loop, finish() saves."""
+    """State of one run: setup() builds everything, train() is the loop (train_step() one step),
+    cleanup() saves the final weights; the same split as flow-grpo's trainer."""
 
     def __init__(self, config: TrainCaCConfig, sampler: RolloutSampler | None = None):
         self.config = config
@@ -343,7 +344,7 @@ class _Trainer:
         return out
 
     # -- the end -----------------------------------------------------------------------
-    def finish(self) -> None:
+    def cleanup(self) -> None:
         """Final weights in ``config.dtype`` (``final/``); with LoRA, also the adapter
         (``adapter/``), merged into the weights for ``final/``."""
         acc = self.accelerator
@@ -374,7 +375,7 @@ def run(config: TrainCaCConfig, sampler: RolloutSampler | None = None) -> dict:
     trainer = _Trainer(config, sampler)
     trainer.setup()
     metrics = trainer.train()
-    trainer.finish()
+    trainer.cleanup()
     return metrics
 
 
