@@ -1,4 +1,4 @@
-"""Anomaly-detection bench metrics (CaC Table 1, Fig. 4, Tables S3 and S4). Job: ``cac-align eval bench``.
+"""Anomaly-detection bench metrics (CaC Table 1, Fig. 4, Tables S3 and S4). Job: ``cac-align eval bench`` (:mod:`cac_align.jobs.eval_bench`).
 
 Ground truth is an annotation JSONL (:mod:`cac_align.cac.schema`); predictions are one JSONL per
 system, so a reward model scored here (``cac-align score``'s ``results.jsonl``) and baselines

@@ -1,4 +1,4 @@
-"""Expert anomaly rate (CaC Table 2's last row). Job: ``cac-align eval expert``.
+"""Expert anomaly rate (CaC Table 2's last row). Job: ``cac-align eval expert`` (:mod:`cac_align.jobs.eval_expert`).
 
 Two actions:
 
@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
-
 
 __all__ = ["cohen_kappa", "fleiss_kappa", "load_labels", "mcnemar", "wilson_interval"]
 

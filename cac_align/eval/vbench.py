@@ -1,4 +1,4 @@
-"""VBench dimensions of generated videos (CaC Table 2). Job: ``cac-align eval vbench``.
+"""VBench dimensions of generated videos (CaC Table 2). Job: ``cac-align eval vbench`` (:mod:`cac_align.jobs.eval_vbench`).
 
 Three VBench dimensions, each computed by the ``vbench`` package's own metric function on one or
 more systems' videos (e.g. the base model, Best-of-5 with UR, Best-of-5 with UR + CaC,
@@ -57,7 +57,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
-
 
 from cac_align.config import RecipeError
 from cac_align.loading import WeightsNotFoundError

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from cac_align.eval.bench import BenchConfig, evaluate_system, load_predictions, match_predictions
 from cac_align.eval.metrics import nan_to_none
 from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic

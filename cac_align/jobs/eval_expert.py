@@ -18,14 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from cac_align.eval.expert import ACTIONS, LABELS, cohen_kappa, fleiss_kappa, load_labels, mcnemar, wilson_interval
 from cac_align.eval.metrics import nan_to_none
 from cac_align.run.folder import RunFolder, config_fingerprint, read_manifest, write_text_atomic
 
-EXPERT_OUTPUTS = ("key.json", "sheet.html", "sheet.csv", "videos", "expert.json", "expert.md")
-from cac_align.eval.expert import ACTIONS, LABELS, cohen_kappa, fleiss_kappa, load_labels, mcnemar, wilson_interval
-
 __all__ = ["ExpertConfig", "run"]
-
 
 EXPERT_OUTPUTS = ("key.json", "sheet.html", "sheet.csv", "videos", "expert.json", "expert.md")
 
