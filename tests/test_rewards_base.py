@@ -99,11 +99,21 @@ def make_call_only() -> CallOnly:
     return CallOnly()
 
 
+class NoCall(RewardBase):  # the defaults, but it never says how it scores
+    name = "no_call"
+
+
+def make_no_call() -> NoCall:
+    return NoCall()
+
+
 def test_a_factory_reward_must_have_the_whole_contract():
     # the trainers call state_dict / load_state_dict / to and read score_range directly, so a
     # reward without them is refused when it is built, naming what it lacks
     with pytest.raises(ValueError, match="lacks score_range, state_dict, load_state_dict, to of the Reward contract; subclass"):
         build_reward({"name": "test_rewards_base:make_call_only"})
+    with pytest.raises(ValueError, match="NoCall, which lacks __call__ of the Reward contract"):
+        build_reward({"name": "test_rewards_base:make_no_call"})
     reward = build_reward({"name": "test_rewards_base:make_constant", "value": 0.5})
     assert reward.state_dict() == {} and reward.to("cpu") is reward and reward.score_range is None
 

@@ -174,13 +174,12 @@ class Reward(Protocol):
 
 
 class RewardBase:
-    """Defaults of the :class:`Reward` protocol for a stateless reward of unknown scale."""
+    """Defaults of the :class:`Reward` protocol for a stateless reward of unknown scale. A
+    subclass writes ``__call__`` (and ``name``); one that does not fails the contract check of
+    :func:`build_reward`, naming ``__call__``."""
 
     name: str = "reward"
     score_range: tuple[float, float] | None = None
-
-    def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput:
-        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         return {}
