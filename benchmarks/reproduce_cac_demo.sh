@@ -73,15 +73,14 @@ step "bench hard" "$OUT/bench/hard/bench.json" \
 
 # 4. Best-of-5 in miniature: 40 prompts x 5 synthetic candidates, half of them planted
 step "prompts" "$OUT/bon_prompts.txt" bash -c "for i in 1 2 3 4 5; do cat recipes/align/demo_prompts.txt; done > '$OUT/bon_prompts.txt'"
-step "best-of-5" "$OUT/bon/summary.json" \
+step "best-of-5" "$OUT/bon/anomaly_rates.json" \
   cac-align bon --config recipes/align/bon_demo.yaml prompts="$OUT/bon_prompts.txt" out_dir="$OUT/bon" \
     reward.model.name="$OUT/stage3/final" "${SETTINGS[@]}"
-step "best-of-5 rates" "$OUT/bon/anomaly_rates.json" python -m cac_align.gen.synthetic rates "$OUT/bon"
 
 # 5. model card and results (the figures docs/cac_training.md reports), then the export
 python benchmarks/cac_demo_report.py "$OUT"
 if [ "$EXPORT" = 1 ]; then
-  python -m cac_align.models.export "$OUT/stage3/final" cac_align/models/cac-demo \
-    --settings '{"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}' --card "$OUT/card.md"
+  cac-align export source="$OUT/stage3/final" out_dir=cac_align/models/cac-demo \
+    "settings={prompt_style: compact, max_pixels: 24576, size_multiple: 64}" card="$OUT/card.md"
 fi
 echo "== done: $OUT/results.json, $OUT/card.md"

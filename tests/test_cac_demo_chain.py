@@ -72,7 +72,7 @@ def test_each_stage_trains_what_its_recipe_says_from_the_last_stages_model(chain
             assert vision and all(torch.equal(weights[k], before[k]) for k in vision), stage
         else:
             # stage 1, full fine-tuning from random weights: the vision tower, the merger and the LLM all moved
-            from cac_align.cac.train.shared import load_model
+            from cac_align.cac.train.setup import load_model
 
             _, config = load_recipe(REPO_ROOT / "recipes/cac/demo_stage1.yaml", FAST + ["out_dir=unused"])
             init = load_model(config)[0].state_dict()  # the random small model stage 1 starts from

@@ -9,7 +9,7 @@ import pytest
 
 from cac_align.cac.judgment import parse_judgment
 from cac_align.cac.schema import AnnotationRecord, Anomaly
-from cac_align.cac.train.judge_rewards import cac_reward, spatial_iou, temporal_iou, type_iou
+from cac_align.cac.train.rewards import cac_reward, spatial_iou, temporal_iou, type_iou
 
 BOX = [100.0, 100.0, 300.0, 300.0]
 CLIP_TIMES = 1.0 + np.arange(8) / 8  # turn 2 re-reads [1.0, 2.0) s at 8 fps

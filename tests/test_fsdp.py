@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cac_align.cac.train.shared import check_sharding
+from cac_align.cac.train.setup import check_sharding
 from cac_align.config import RecipeError
 from cac_align.jobs import load_recipe
 from conftest import REPO_ROOT

@@ -65,3 +65,28 @@ def test_options_left_to_the_model_take_its_settings():
         CaCOptions().for_model({"prompt_styel": "compact"})
     with pytest.raises(ValueError, match="prompt_style"):
         CaCOptions(prompt_style="short")
+
+
+def test_export_job_from_the_command_line(tiny_qwen3_vl, tmp_path, capsys):
+    """``cac-align export``: the settings given as an override land in cac_align.json, the card
+    in README.md; an unknown setting, a missing card or source is refused before anything is written."""
+    from cac_align.cli import main
+
+    source = tmp_path / "trained"
+    tiny_qwen3_vl.save_pretrained(str(source))
+    card = tmp_path / "card.md"
+    card.write_text("# my judge\n")
+    out = tmp_path / "shipped"
+    settings = "settings={prompt_style: compact, max_pixels: 24576, size_multiple: 64}"
+    assert main(["export", f"source={source}", f"out_dir={out}", settings, f"card={card}"]) == 0
+    assert model_settings(str(out)) == {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}
+    assert (out / "README.md").read_text() == "# my judge\n" and (out / "model.safetensors").is_file()
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["export", f"source={source}", f"out_dir={other}", "settings={prompt_stile: compact}"]) == 2
+    assert "settings: unknown setting(s) ['prompt_stile']" in capsys.readouterr().err
+    assert main(["export", f"source={source}", f"out_dir={other}", f"card={tmp_path / 'no.md'}"]) == 2
+    assert "card=" in capsys.readouterr().err
+    assert main(["export", f"source={tmp_path / 'nowhere'}", f"out_dir={other}"]) == 2
+    assert "source" in capsys.readouterr().err
+    assert not other.exists()

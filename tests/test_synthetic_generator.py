@@ -65,3 +65,25 @@ def test_bon_anomaly_rates_hand_worked(tmp_path):
     # chosen: good, bad -> 1/2; random: mean(2/3, 3/3) = 5/6; oracle: only prompt 1 is all bad -> 1/2
     assert rates["chosen"] == 0.5 and rates["random"] == pytest.approx(5 / 6) and rates["best_possible"] == 0.5
     assert (rates["prompts"], rates["candidates"], rates["fallback_prompts"]) == (2, 6, 0)
+
+
+def test_bon_with_the_synthetic_generator_writes_its_anomaly_rates(tmp_path):
+    """A Best-of-N run on synthetic candidates writes anomaly_rates.json: the rates that
+    bon_anomaly_rates computes from its own candidates.jsonl (a Wan run writes none)."""
+    from cac_align.jobs.best_of_n import BonConfig, run
+
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text("job: synth\nout_dir: unused\nn: 1\nheight: 64\nwidth: 96\nfps: 8.0\nduration_s: 2.0\nanomaly_duration_s: [0.25, 0.75]\n")
+    (tmp_path / "prompts.txt").write_text(f"{PROMPT}\nA cat sits by a 'CAFE' sign.\n")
+    generator = GeneratorConfig(name=f"synthetic:{recipe}", anomaly_probability=0.5)
+    config = BonConfig(out_dir=str(tmp_path / "bon"), prompts=str(tmp_path / "prompts.txt"), n=3, seed=40, batch_size=3,
+                       generator=generator, reward={"name": "brightness"})
+    run(config)
+    written = json.loads((tmp_path / "bon" / "anomaly_rates.json").read_text())
+    expected = bon_anomaly_rates(tmp_path / "bon", load_synthetic_generator(generator.name, 0.5))
+    assert written == expected and (written["prompts"], written["candidates"]) == (2, 6)
+    # the chosen flags come from the run: the rate of the chosen videos is that of the rows marked chosen
+    rows = [json.loads(line) for line in (tmp_path / "bon" / "candidates.jsonl").read_text().splitlines()]
+    gen = load_synthetic_generator(generator.name, 0.5)
+    chosen_bad = [gen.spec(r["prompt"], r["seed"]).kind != NORMAL for r in rows if r["chosen"]]
+    assert written["chosen"] == pytest.approx(np.mean(chosen_bad))

@@ -158,3 +158,25 @@ def test_missing_weight_paths_say_which_key_to_set(tmp_path):
     empty.mkdir()
     with pytest.raises(WeightsNotFoundError, match="could not load weights from model="):
         load_vlm(str(empty))
+
+
+def test_one_tiny_random_dispatch_for_scoring_and_training():
+    """``tiny-random:<kind>`` is read in one place: scoring accepts every kind, training only the
+    Qwen3-VL ones; an unknown name is refused naming the key and the accepted names."""
+    import dataclasses
+
+    from cac_align.cac.train.settings import TrainCaCConfig
+    from cac_align.cac.train.setup import load_model
+    from cac_align.config import RecipeError
+    from cac_align.vlm.config import build_tiny_vlm
+
+    assert type(build_tiny_vlm("tiny-random:qwen2_5_vl", "reward.model.name").model).__name__.startswith("Qwen2_5_VL")
+    with pytest.raises(RecipeError, match=r"reward\.model\.name='tiny-random:qwen9'.*'tiny-random:qwen3_vl'.*'tiny-random:qwen2_5_vl'"):
+        build_tiny_vlm("tiny-random:qwen9", "reward.model.name")
+    config = TrainCaCConfig(stage=2, annotations="a.jsonl", out_dir="out", model="tiny-random:qwen2_5_vl")
+    with pytest.raises(RecipeError, match=r"^model='tiny-random:qwen2_5_vl': .*'tiny-random:qwen3_vl', 'tiny-random:qwen3_vl_small'$"):
+        load_model(config)
+    # the code-path model trains from the weights scoring builds; the small one from the run's seed
+    model, _ = load_model(dataclasses.replace(config, model="tiny-random:qwen3_vl"))
+    scored = build_tiny_vlm("tiny-random:qwen3_vl", "model").model
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), scored.state_dict().values()))

@@ -83,8 +83,10 @@ def test_offline_road_runs(tmp_path, monkeypatch):
     assert len(scored) == 9 and json.loads((out / "score/cac_align_run.json").read_text())["job"] == "score"
     coverage = json.loads((out / "bench/bench.json").read_text())["systems"]["cac"]["coverage"]
     assert (coverage["annotated"], coverage["invalid"] + coverage["scored"], coverage["missing"]) == (9, 9, 0)
-    # flow-grpo scored its videos with UnifiedReward + the trained checkpoint
-    assert "outputs/public_tiny/stage3/final" in (out / "flow_grpo/cac_align_run.json").read_text()
+    # the exported folder (float16 weights) is what flow-grpo scored its videos with, beside UnifiedReward
+    exported, trained = (out / "my_cac/model.safetensors").stat().st_size, (out / "stage3/final/model.safetensors").stat().st_size
+    assert exported < 0.55 * trained
+    assert "outputs/public_tiny/my_cac" in (out / "flow_grpo/cac_align_run.json").read_text()
     rewards = [json.loads(line) for line in (out / "flow_grpo/metrics.jsonl").read_text().splitlines()]
     assert 0.0 < rewards[0]["reward/cac_raw_mean"] < 1.0 and 0.0 < rewards[0]["reward/ur_cac_mean"] < 1.0
 

@@ -61,6 +61,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("eval_expert", "eval-expert", "ExpertConfig", "expert anomaly rate: export a blinded HTML labelling sheet, or analyze the labels (also: `cac-align eval expert`)", None),
     ("eval_vbench", "eval-vbench", "VBenchConfig", "VBench dynamic degree, subject consistency and imaging quality per system, by vbench's own code (also: `cac-align eval vbench`)", "rerun the same command to resume: scored videos are kept"),
     ("report", "report", "ReportConfig", "Table 2: VBench dimensions and expert anomaly rate per system, best in bold, deltas vs the base; markdown, HTML, charts", None),
+    ("export", "export", "ExportConfig", "write a trained judge as a compact model folder: half-precision safetensors, processor, inference settings, model card", None),
     ("best_of_n", "bon", "BonConfig", "Best-of-N video generation: N candidates per prompt, keep the one the reward scores highest", _RESUME_KEPT.format("candidates")),
 ]
 

@@ -34,7 +34,10 @@ Output directory:
   ``prompt_sources``: which question it was asked;
 - ``chosen/00000_a-cat-jumps.mp4`` (prompt index and a slug of the prompt) and
   ``chosen/prompts.jsonl`` mapping each file to its full prompt;
-- ``summary.json`` / ``summary.md``: per reward, the mean score of the chosen videos vs all.
+- ``summary.json`` / ``summary.md``: per reward, the mean score of the chosen videos vs all;
+- ``anomaly_rates.json`` (the ``synthetic:`` generator only, whose candidates' ground truth is
+  known): the anomaly rate of the chosen videos, of a random choice and of the best possible
+  choice (:func:`cac_align.gen.synthetic.bon_anomaly_rates`).
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import MISSING
 
+from cac_align.gen.synthetic import PREFIX as SYNTHETIC_PREFIX
+from cac_align.gen.synthetic import bon_anomaly_rates, load_synthetic_generator
 from cac_align.gen.wan import GeneratorConfig
-from cac_align.inputs import read_prompts, slug
+from cac_align.run.input_files import read_prompts, slug
 from cac_align.run.folder import read_jsonl_log, run_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
@@ -136,7 +141,7 @@ def frames_sha256(frames: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
-BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md")
+BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md", "anomaly_rates.json")
 
 
 def _run_folder(config: BonConfig, prompts: list[str]) -> Any:
@@ -285,13 +290,8 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
         log.info("prompt %d: best candidate %d (%s) of %d: %s", i, best, output.name, config.n, score)
         tqdm.write(f"prompt {i}: chose candidate {best} ({rule}), {output.name} = {score}")
     bar.close()
-    # 6. chosen/ index for every prompt (also after a resume) and the summary
-    for i, rows in done.items():
-        chosen = next(r for r in rows if r["chosen"])
-        _copy_chosen(out, i, prompts[i], out / chosen["video"])
-    _write_chosen_index(out, prompts, done)
-    summary = _summarize(done)
-    _write_summary(out, summary)
+    # 6. chosen/ for every prompt (also after a resume), the summary, the anomaly rates
+    summary = _write_results(config, out, prompts, done)
     if unscored:
         raise BackendFailure(
             f"{len(unscored)} of {len(prompts)} prompts were not scored because the reward backend failed on every "
@@ -349,6 +349,21 @@ def _write_chosen_index(out: Path, prompts: list[str], done: dict[int, list[dict
             )
         )
     write_text_atomic(out / "chosen" / "prompts.jsonl", "".join(line + "\n" for line in lines))
+
+
+def _write_results(config: BonConfig, out: Path, prompts: list[str], done: dict[int, list[dict]]) -> dict:
+    """The chosen videos and their index, ``summary.json`` / ``.md`` and, for synthetic
+    candidates (whose ground truth is known), ``anomaly_rates.json``; returns the summary."""
+    for i, rows in done.items():
+        chosen = next(r for r in rows if r["chosen"])
+        _copy_chosen(out, i, prompts[i], out / chosen["video"])
+    _write_chosen_index(out, prompts, done)
+    summary = _summarize(done)
+    _write_summary(out, summary)
+    if config.generator.name.startswith(SYNTHETIC_PREFIX):
+        truth = load_synthetic_generator(config.generator.name, config.generator.anomaly_probability)
+        write_text_atomic(out / "anomaly_rates.json", json.dumps(bon_anomaly_rates(out, truth), indent=1) + "\n")
+    return summary
 
 
 def _summarize(done: dict[int, list[dict]]) -> dict:

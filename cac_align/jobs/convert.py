@@ -99,7 +99,7 @@ def _video_index(root: Path | None) -> dict[str, Path] | None:
     """Video files under ``root`` by name without extension (ViF-CoT rows that list frames only)."""
     if root is None or not root.is_dir():
         return None
-    from cac_align.inputs import VIDEO_SUFFIXES
+    from cac_align.run.input_files import VIDEO_SUFFIXES
 
     return {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
 

@@ -69,7 +69,7 @@ def _system_videos(name: str, source: str) -> list[dict]:
     """A system's videos (``cac-align score``'s input rules: a folder or a JSONL manifest) with
     the key they pair up by: the prompt, else the file name without extension."""
     from cac_align.config import RecipeError
-    from cac_align.inputs import collect_inputs
+    from cac_align.run.input_files import collect_inputs
 
     try:
         paths, prompts = collect_inputs(source, None)

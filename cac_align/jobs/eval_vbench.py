@@ -134,7 +134,7 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from cac_align.inputs import collect_inputs
+    from cac_align.run.input_files import collect_inputs
     from cac_align.loading import resolve_device
 
     backbones = dict(backbones or {})

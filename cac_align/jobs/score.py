@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
-from cac_align.inputs import collect_inputs
+from cac_align.run.input_files import collect_inputs
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
     from cac_align.rewards.base import Reward

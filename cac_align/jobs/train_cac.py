@@ -55,7 +55,7 @@ from cac_align.cac.train.data import ChatBuilder, ChatDataset, build_stage, desc
 from cac_align.cac.train.evaluate import detection_metrics
 from cac_align.cac.train.losses import weighted_token_loss, window_attention_loss
 from cac_align.cac.train.settings import TrainCaCConfig, TrainSettings
-from cac_align.cac.train.shared import add_lora, check_sharding, load_model, run_folder, set_trainable
+from cac_align.cac.train.setup import add_lora, check_sharding, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo

@@ -74,7 +74,7 @@ from cac_align.cac.train.data import split_records
 from cac_align.cac.train.losses import grpo_loss, token_logprobs
 from cac_align.cac.train.rollouts import HFSampler, Rollout, RolloutSampler, SimulatedPolicy, collect_rollouts, placeholder_token_ids
 from cac_align.cac.train.settings import TrainCaCConfig
-from cac_align.cac.train.shared import add_lora, load_model, run_folder, set_trainable
+from cac_align.cac.train.setup import add_lora, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.rl import group_advantages

@@ -1,7 +1,9 @@
 """Export a trained VLM as a compact model folder: half-precision safetensors, processor, settings, card.
 
-    python -m cac_align.models.export outputs/cac_demo/stage3/final cac_align/models/cac-demo \\
-        --settings '{"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}' --card card.md
+The job is ``cac-align export`` (:mod:`cac_align.jobs.export`), e.g. how ``cac-demo`` is shipped::
+
+    cac-align export source=outputs/cac_demo/stage3/final out_dir=cac_align/models/cac-demo \\
+        "settings={prompt_style: compact, max_pixels: 24576, size_multiple: 64}" card=card.md
 
 The folder loads through the ordinary ``from_pretrained`` path (any dtype: the weights are
 stored as float16 and cast on load). ``cac_align.json`` holds the inference settings the model
@@ -10,7 +12,6 @@ was trained with (:func:`cac_align.models.model_settings`), ``README.md`` the mo
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -58,21 +59,3 @@ def export_model(source: str | Path, target: str | Path, settings: dict[str, Any
         shutil.rmtree(target)
     staging.replace(target)
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source")
-    parser.add_argument("target")
-    parser.add_argument("--settings", help="inference settings as JSON (written to cac_align.json)")
-    parser.add_argument("--card", help="a markdown file: the model card (written to README.md)")
-    parser.add_argument("--dtype", default="float16")
-    args = parser.parse_args(argv)
-    card = Path(args.card).read_text() if args.card else None
-    out = export_model(args.source, args.target, json.loads(args.settings) if args.settings else None, card, args.dtype)
-    print(f"exported {args.source} -> {out} ({folder_size(out) / 1e6:.1f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

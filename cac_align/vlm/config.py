@@ -28,7 +28,7 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError
 
-__all__ = ["ModelConfig", "TINY_PREFIX", "build_backend", "shared_backends"]
+__all__ = ["ModelConfig", "TINY_PREFIX", "build_backend", "build_tiny_vlm", "shared_backends"]
 
 TINY_PREFIX = "tiny-random:"
 
@@ -156,14 +156,7 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
         return backend
 
     if model.name.startswith(TINY_PREFIX):
-        from cac_align.vlm.tiny import TINY_VLM_BUILDERS
-
-        kind = model.name[len(TINY_PREFIX) :]
-        if kind not in TINY_VLM_BUILDERS:
-            raise RecipeError(
-                f"{key}.name={model.name!r}: random VLMs are 'tiny-random:qwen3_vl', 'tiny-random:qwen2_5_vl' or 'tiny-random:qwen3_vl_small'"
-            )
-        tiny = TINY_VLM_BUILDERS[kind](0)
+        tiny = build_tiny_vlm(model.name, f"{key}.name")
         return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size, **_cache_kwargs(model))
     return HFBackend.from_pretrained(
         model.name,
@@ -175,6 +168,21 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
         trust_remote_code=model.trust_remote_code,
         key=f"{key}.name",
     )
+
+
+def build_tiny_vlm(name: str, key: str, seed: int = 0, kinds: tuple[str, ...] | None = None) -> Any:
+    """The tiny random VLM named ``tiny-random:<kind>`` (a :class:`~cac_align.vlm.tiny.TinyVLM`,
+    built in-process with ``seed``); ``kinds`` narrows the accepted kinds (default: every one
+    :data:`~cac_align.vlm.tiny.TINY_VLM_BUILDERS` knows). Another name raises a
+    :class:`~cac_align.config.RecipeError` naming ``key`` and the accepted names."""
+    from cac_align.vlm.tiny import TINY_VLM_BUILDERS
+
+    kinds = tuple(TINY_VLM_BUILDERS) if kinds is None else kinds
+    kind = name[len(TINY_PREFIX) :] if name.startswith(TINY_PREFIX) else None
+    if kind not in kinds:
+        accepted = ", ".join(repr(TINY_PREFIX + k) for k in kinds)
+        raise RecipeError(f"{key}={name!r}: the random VLMs here are {accepted}")
+    return TINY_VLM_BUILDERS[kind](seed)
 
 
 def _cache_kwargs(model: ModelConfig) -> dict[str, Any]:

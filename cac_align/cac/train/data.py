@@ -22,7 +22,7 @@ same JSON answer shape), so what is trained is what is asked:
 from VideoPhy-2): stage 1 cannot show one as a frame and skips it (``anomalies_without_boxes``);
 stage 2 trains its global sample (turn-1 status and types, no "Attributed Time Region") and makes
 no clip of it (``anomalies_without_window``); stage 3 masks the reward terms it cannot compute
-(:func:`~cac_align.cac.train.judge_rewards.cac_reward`).
+(:func:`~cac_align.cac.train.rewards.cac_reward`).
 
 Videos are split **by video** into disjoint ``stage1 / stage2 / stage3 / eval`` sets, seeded and
 stratified by status, before any sample is built, so no video is seen by two stages.

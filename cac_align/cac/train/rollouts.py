@@ -5,7 +5,7 @@ Each video gets G complete two-turn rollouts: turn 1 sees the whole video at ``d
 *its own* window, resamples it at ``data.clip_fps`` (8 fps) and asks turn 2 with its turn 1 in
 context. A rollout with no usable window ends after turn 1. Prompts, sampling caps and window
 rules are inference's (:mod:`cac_align.cac.infer`); rewards are Eq. 2-6
-(:func:`~cac_align.cac.train.judge_rewards.cac_reward`). The trainer is
+(:func:`~cac_align.cac.train.rewards.cac_reward`). The trainer is
 :mod:`cac_align.jobs.train_cac_grpo`.
 
 **Token-exact conversations.** The conversation is kept as token ids, never re-tokenized from
@@ -48,7 +48,7 @@ from cac_align.cac.judgment import parse_judgment
 from cac_align.cac.prompts import turn1_prompt, turn2_prompt
 from cac_align.cac.schema import ANOMALY_TYPES, AnnotationRecord
 from cac_align.cac.train.collate import IGNORE_INDEX, EncodedChat, answer_part, collate, concat_parts, encode_context, segment_chat
-from cac_align.cac.train.judge_rewards import RewardBreakdown, cac_reward
+from cac_align.cac.train.rewards import RewardBreakdown, cac_reward
 from cac_align.cac.train.settings import TrainCaCConfig
 from cac_align.cac.train.targets import clip_boxes, frames_shown
 from cac_align.run.dist import derive_seed

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from cac_align.cac.train.data import DataConfig
-from cac_align.cac.train.judge_rewards import PAPER_WEIGHTS
+from cac_align.cac.train.rewards import PAPER_WEIGHTS
 from cac_align.cac.train.stream import StreamConfig
 
 __all__ = ["SAMPLERS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]

@@ -1,5 +1,6 @@
-"""What both ``train-cac`` trainers (stages 1-2 in :mod:`~cac_align.jobs.train_cac`, stage 3 in
-:mod:`~cac_align.jobs.train_cac_grpo`) use to start: the model to train and the run folder.
+"""The setup step both ``train-cac`` trainers share (stages 1-2 in :mod:`~cac_align.jobs.train_cac`,
+stage 3 in :mod:`~cac_align.jobs.train_cac_grpo`): the model to train, its LoRA or trainable
+parameters, the run folder and the FSDP check.
 """
 
 from __future__ import annotations
@@ -36,21 +37,13 @@ def set_trainable(model: Any, config: TrainCaCConfig) -> None:
 
 def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
     """(model on the CPU, processor) from ``config.model``; the Trainer places the model."""
-    from cac_align.vlm.config import TINY_PREFIX
+    from cac_align.vlm.config import TINY_PREFIX, build_tiny_vlm
 
     if config.model.startswith(TINY_PREFIX):
-        from cac_align.vlm.tiny import build_small_qwen3_vl, build_tiny_qwen3_vl
-
-        kind = config.model[len(TINY_PREFIX) :]
-        builders = {"qwen3_vl": lambda: build_tiny_qwen3_vl(0), "qwen3_vl_small": lambda: build_small_qwen3_vl(config.train.seed)}
-        if kind not in builders:
-            from cac_align.config import RecipeError
-
-            raise RecipeError(
-                f"model={config.model!r}: CaC trains Qwen3-VL; the random ones are 'tiny-random:qwen3_vl' (code-path tests) "
-                "and 'tiny-random:qwen3_vl_small' (~9M parameters, to train from scratch)"
-            )
-        built = builders[kind]()
+        # qwen3_vl: the code-path model, the same weights scoring builds; qwen3_vl_small (~9M
+        # parameters) is trained from scratch, initialised with the run's seed
+        seed = config.train.seed if config.model == f"{TINY_PREFIX}qwen3_vl_small" else 0
+        built = build_tiny_vlm(config.model, "model", seed, kinds=("qwen3_vl", "qwen3_vl_small"))
         return built.model, built.processor
     from cac_align.vlm.hf import load_vlm
 

@@ -1,0 +1,72 @@
+"""``cac-align export``: a trained judge as a compact model folder others load by path.
+
+    cac-align export source=outputs/my_cac/stage3/final out_dir=models/my-cac \\
+        "settings={prompt_style: compact, max_pixels: 24576, size_multiple: 64}" card=card.md
+
+The folder holds the weights as safetensors in ``dtype`` (float16 halves float32 weights; they
+are cast back on load), the processor, ``cac_align.json`` (the inference settings the model was
+trained with, which CaC scoring takes where a recipe leaves them to the model:
+:meth:`cac_align.cac.infer.CaCOptions.for_model`) and the model card as ``README.md``. It loads
+through the ordinary ``from_pretrained`` path (``reward.model.name: models/my-cac``). The folder is
+written beside ``out_dir`` and renamed into place, replacing what was there
+(:func:`cac_align.models.export.export_model`); this is how ``cac-demo`` is shipped
+(``benchmarks/reproduce_cac_demo.sh``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from cac_align.config import RecipeError
+
+__all__ = ["ExportConfig", "run"]
+
+
+@dataclass
+class ExportConfig:
+    """Config of ``cac-align export``.
+
+    Attributes:
+        source: a trained model folder (``save_pretrained`` model + processor, e.g. a train-cac
+            run's ``final/``).
+        out_dir: the model folder to write (replaced if it exists).
+        settings: inference settings written to ``cac_align.json`` (``prompt_style``,
+            ``max_pixels``, ``size_multiple``); none: no file, scoring uses its defaults.
+        card: a markdown file, written as the folder's ``README.md`` (the model card).
+        dtype: storage dtype of the weights.
+    """
+
+    source: str = MISSING
+    out_dir: str = MISSING
+    settings: Optional[dict[str, Any]] = None
+    card: Optional[str] = None
+    dtype: str = "float16"
+
+
+def run(config: ExportConfig) -> Path:
+    from cac_align.cac.infer import CaCOptions
+    from cac_align.loading import check_dtype, check_weights_source
+    from cac_align.models.export import export_model, folder_size
+
+    # 1. check what is asked before writing anything: the source, the settings, the card, the dtype
+    source = check_weights_source(config.source, "source")
+    settings = dict(config.settings) if config.settings is not None else None
+    if settings is not None:
+        try:
+            CaCOptions().for_model(settings)  # scoring's own reading of the file: unknown keys refused
+        except ValueError as exc:
+            raise RecipeError(f"settings: {exc}".replace("cac_align.json: ", "")) from None
+    card = None
+    if config.card is not None:
+        if not Path(config.card).is_file():
+            raise RecipeError(f"card={config.card!r}: no such file")
+        card = Path(config.card).read_text(encoding="utf-8")
+    check_dtype(config.dtype, "dtype")
+    # 2. write the folder beside out_dir, then rename it into place
+    out = export_model(source, config.out_dir, settings, card, config.dtype)
+    print(f"exported {config.source} -> {out} ({folder_size(out) / 1e6:.1f} MB)")
+    return out
