@@ -75,6 +75,10 @@ def describe_error(exc: Exception, where: str, root: Any) -> RecipeError:
     if isinstance(exc, ConfigKeyError):
         parent_key, _, leaf = str(key).rpartition(".")
         parent = OmegaConf.select(root, parent_key) if parent_key else root
+        moved = getattr(OmegaConf.get_type(parent), "MOVED_KEYS", {}) if OmegaConf.is_config(parent) else {}
+        if leaf in moved:  # a key its config class retired ({leaf: (the key now, why)}): name the new one
+            now, why = moved[leaf]
+            return RecipeError(f"{where}: key '{key}' is gone: set '{(parent_key + '.') if parent_key else ''}{now}' ({why})")
         hint = difflib.get_close_matches(leaf, _known_keys(parent), n=1)
         suggestion = f"; did you mean '{(parent_key + '.') if parent_key else ''}{hint[0]}'?" if hint else ""
         known = ", ".join(_known_keys(parent))

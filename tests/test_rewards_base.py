@@ -149,6 +149,20 @@ def test_cac_reward_scores_in_input_order_with_eq7():
     assert len(backend.generate_calls[0]) == 2  # batch_size 2: the first chunk is videos 0 and 1
 
 
+def test_a_rewards_batch_is_its_models_batch():
+    """One batch setting per reward: a recipe's reward scores ``model.max_batch_size`` videos
+    together; the retired reward-level ``batch_size`` is refused naming the key that replaced it."""
+    from cac_align.rewards.base import build_reward, reward_config
+
+    for name, section in (("cac", {}), ("unified_reward", {})):
+        reward = build_reward({"name": name, "model": {"name": "tiny-random:qwen3_vl", "max_batch_size": 3}, **section})
+        assert reward.batch_size == 3, name
+        with pytest.raises(ValueError, match=r"^reward: key 'batch_size' is gone: set 'model.max_batch_size'"):
+            reward_config({"name": name, "batch_size": 4})
+    with pytest.raises(ValueError, match=r"key 'cac.batch_size' is gone: set 'cac.model.max_batch_size'"):
+        reward_config({"name": "ur_cac", "cac": {"batch_size": 4}})
+
+
 def test_empty_batches_return_empty_outputs():
     from cac_align.rewards.unified import UnifiedReward
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from cac_align.cac.judgment import Judgment, parse_judgment
 from cac_align.cac.prompts import PROMPT_STYLES, STATUS_KEY_PATTERN, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
 from cac_align.video import Video, VideoError, load_video
-from cac_align.vlm.backend import Backend, ChatRequest, assistant, user
+from cac_align.vlm.backend import MAX_NEW_TOKENS, Backend, ChatRequest, assistant, user
 
 __all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
 
@@ -104,7 +104,7 @@ class CaCOptions:
     max_pixels: int | None = None
     size_multiple: int | None = None
     prompt_style: str = "auto"
-    max_new_tokens: int = 1024
+    max_new_tokens: int = MAX_NEW_TOKENS
     temperature: float = 0.0
     fallback: str = "whole_video"
 

@@ -57,7 +57,9 @@ class ScoreConfig:
             the scenes ``cac-demo`` was trained on); unset: small 64x96, 2 s scenes (fast, for the
             tiny random models).
         synth_seed: seed of those videos (the demo recipes use seeds no training run uses).
-        batch_size: videos per reward call.
+        batch_size: videos read and scored per reward call; ``results.jsonl`` grows after each
+            (a killed run redoes at most one call). How many the model takes in one forward pass is
+            the reward's ``model.max_batch_size``.
         reward: the reward section: ``name`` plus its arguments (validated when the recipe
             loads, without loading any model).
         overwrite: replace a score run of another config in ``out_dir`` (its outputs only).

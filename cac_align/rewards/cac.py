@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -39,17 +39,16 @@ class CaCRewardConfig:
         options: the protocol (fps of both turns, frame caps, token budget, fallback).
         source_fps: frame rate of array/tensor input without an ``fps`` in metadata
             (Wan-2.1 writes 16 fps); files carry their own.
-        batch_size: videos per scorer call (turn 1 of all of them runs as one batch).
+
+    The batch is the model's: ``model.max_batch_size`` videos are scored together (turn 1 of all
+    of them as one forward pass).
     """
+
+    MOVED_KEYS: ClassVar[dict[str, tuple[str, str]]] = {"batch_size": ("model.max_batch_size", "the videos scored together are the model's batch")}
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="Qwen/Qwen3-VL-8B-Instruct"))
     options: CaCOptions = field(default_factory=CaCOptions)
     source_fps: float | None = 16.0
-    batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 class CaCReward(RewardBase):
@@ -59,7 +58,7 @@ class CaCReward(RewardBase):
         backend: the VLM.
         options: CaC protocol options (defaults: the paper's 4 fps scan / 8 fps clip).
         source_fps: default frame rate of array/tensor inputs.
-        batch_size: videos per scorer call.
+        batch_size: videos per scorer call (from a recipe: the model's ``max_batch_size``).
         name: the name outputs carry.
 
     ``details[i]`` is the :class:`~cac_align.cac.infer.CaCResult` as a dict (status, window,
@@ -127,4 +126,4 @@ def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
     except ValueError as exc:
         raise RecipeError(f"{key}.model.name={config.model.name!r}: {exc}") from None
     backend = build_backend(config.model, key=f"{key}.model")
-    return CaCReward(backend, options, source_fps=config.source_fps, batch_size=config.batch_size)
+    return CaCReward(backend, options, source_fps=config.source_fps, batch_size=config.model.max_batch_size)

@@ -61,7 +61,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -334,8 +334,11 @@ class UnifiedRewardConfig:
         min_digit_mass: in probs scoring, a sample whose score digits get less total probability
             than this at any position is invalid (the model was not answering in format).
         source_fps: frame rate of array/tensor input without ``fps`` in metadata.
-        batch_size: videos per backend call.
+
+    The batch is the model's: ``model.max_batch_size`` videos per backend call.
     """
+
+    MOVED_KEYS: ClassVar[dict[str, tuple[str, str]]] = {"batch_size": ("model.max_batch_size", "the videos scored together are the model's batch")}
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="CodeGoat24/UnifiedReward-qwen-7b"))
     version: str = "v1"
@@ -347,7 +350,6 @@ class UnifiedRewardConfig:
     template_file: str | None = None
     min_digit_mass: float = 0.0
     source_fps: float | None = 16.0
-    batch_size: int = 8
 
     def __post_init__(self) -> None:
         if self.version not in FORMATS:
@@ -356,8 +358,8 @@ class UnifiedRewardConfig:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if self.num_frames is not None and self.num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 (or null: as the format's authors sample), got {self.num_frames}")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0.0 <= self.min_digit_mass < 1.0:
             raise ValueError(f"min_digit_mass must be in [0, 1), got {self.min_digit_mass}")
 
@@ -585,7 +587,7 @@ def build(config: UnifiedRewardConfig, key: str = "reward") -> UnifiedReward:
         template=template,
         min_digit_mass=config.min_digit_mass,
         source_fps=config.source_fps,
-        batch_size=config.batch_size,
+        batch_size=config.model.max_batch_size,
         prompt_source=prompt_source,
     )
 

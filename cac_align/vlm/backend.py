@@ -30,6 +30,7 @@ __all__ = [
     "BackendBase",
     "ChatRequest",
     "Completion",
+    "MAX_NEW_TOKENS",
     "assistant",
     "image_part",
     "images_of",
@@ -41,6 +42,11 @@ __all__ = [
 ]
 
 ChatRequest = list[dict[str, Any]]
+
+# The generation budget wherever none is set, written once: every backend's default, CaC's
+# answers (CaCOptions) and stage 3's rollouts of the same answers. The paper's two-turn answers
+# (reasoning + JSON) fit in it.
+MAX_NEW_TOKENS = 1024
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -135,7 +141,7 @@ class Backend(Protocol):
     def generate(
         self,
         requests: Sequence[ChatRequest],
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -160,7 +166,7 @@ class Backend(Protocol):
         requests: Sequence[ChatRequest],
         choices: Sequence[str],
         prefix_of: Callable[[str], str | None],
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         temperature: float = 0.0,
     ) -> tuple[list[Completion], np.ndarray]:
         """Generate, and read ``choices`` after ``prefix_of(answer text)`` with the generation:
@@ -197,7 +203,7 @@ class BackendBase:
         """Nothing to move (a server backend); the in-process backend overrides it."""
         return self
 
-    def generate_scored(self, requests, choices, prefix_of, max_new_tokens=1024, temperature=0.0):  # noqa: ANN001, ANN201
+    def generate_scored(self, requests, choices, prefix_of, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0):  # noqa: ANN001, ANN201
         """The completions, and NaN for every row: nothing is read with the generation here."""
         completions = self.generate(requests, max_new_tokens=max_new_tokens, temperature=temperature)  # type: ignore[attr-defined]
         return completions, np.full((len(requests), len(choices)), np.nan)

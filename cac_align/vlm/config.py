@@ -47,7 +47,8 @@ class ModelConfig:
         api_key_env: name of an environment variable holding the server's API key (keys are
             never written in recipes).
         dtype, device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
-        max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai).
+        max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai);
+            the rewards score this many videos together (their one batch setting).
         timeout_s, max_retries: per-request timeout and retries with backoff (openai).
         failure_limit: the openai backend's circuit breaker: after this many failed requests in
             a row (or one, when the server no longer lists its models), the job stops with one

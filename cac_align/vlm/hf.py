@@ -13,7 +13,7 @@ import logging
 from typing import Any, Iterator
 
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
-from cac_align.vlm.backend import BackendBase
+from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class HFBackend(BackendBase):
     def generate(
         self,
         requests: Any,
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -239,7 +239,7 @@ class HFBackend(BackendBase):
         requests: Any,
         choices: Any,
         prefix_of: Any,
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         temperature: float = 0.0,
     ) -> tuple[list[Any], Any]:
         """Generate, then score ``choices`` after ``prefix_of(answer text)`` from the generation's

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.vlm.backend import BackendBase, ChatRequest, Completion
+from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion
 
 __all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError"]
 
@@ -304,7 +304,7 @@ class OpenAIBackend(BackendBase):
     def generate(
         self,
         requests: Sequence[ChatRequest],
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,

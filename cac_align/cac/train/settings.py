@@ -15,6 +15,7 @@ from omegaconf import MISSING
 from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.rewards import PAPER_WEIGHTS
 from cac_align.cac.train.stream import StreamConfig
+from cac_align.vlm.backend import MAX_NEW_TOKENS
 
 __all__ = ["SAMPLERS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]
 
@@ -59,8 +60,8 @@ class GrpoSettings:
     clip_epsilon: float = 0.2
     beta: float = 0.04
     temperature: float = 1.0
-    max_new_tokens_turn1: int = 1024
-    max_new_tokens_turn2: int = 1024
+    max_new_tokens_turn1: int = MAX_NEW_TOKENS  # the budget scoring gives the same answers
+    max_new_tokens_turn2: int = MAX_NEW_TOKENS
     reward_weights: list[float] = field(default_factory=lambda: list(PAPER_WEIGHTS))
     advantage_eps: float = 1e-4
     sampler: str = "hf"
