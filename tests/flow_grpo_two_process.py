@@ -1,4 +1,4 @@
-"""Run by tests/test_flow_grpo.py under `accelerate launch` with two CPU processes.
+"""Run by tests/jobs/test_flow_grpo.py under `accelerate launch` with two CPU processes.
 
 Trains one step of recipes/align/flow_grpo_tiny_brightness.yaml and writes each process's LoRA weights
 to ``<out>/rank<N>.safetensors`` so the test can compare them.

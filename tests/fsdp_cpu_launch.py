@@ -1,4 +1,4 @@
-"""Run by tests/test_fsdp.py under ``accelerate launch`` with an FSDP config and two CPU processes:
+"""Run by tests/jobs/test_fsdp.py under ``accelerate launch`` with an FSDP config and two CPU processes:
 ``cac-align train-cac`` (the CLI's own ``main``) with accelerate's FSDP2 on gloo.
 
 accelerate 1.15 turns FSDP on only for GPUs and similar devices: in ``AcceleratorState.__init__``

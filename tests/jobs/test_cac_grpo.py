@@ -15,7 +15,7 @@ from cac_align.config import RecipeError
 from cac_align.jobs import load_recipe
 from conftest import REPO_ROOT
 
-# The tiny Qwen3-VL's second deepstack merger gets no gradient (see tests/test_cac_sft.py).
+# The tiny Qwen3-VL's second deepstack merger gets no gradient (see tests/jobs/test_cac_sft.py).
 NO_GRADIENT = "visual.deepstack_merger_list.1."
 
 

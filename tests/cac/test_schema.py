@@ -19,8 +19,9 @@ from cac_align.cac.schema import (
     seconds_to_frames,
     write_annotations,
 )
+from conftest import REPO_ROOT
 
-FIXTURES = yaml.safe_load((Path(__file__).parent / "fixtures" / "judgments.yaml").read_text())
+FIXTURES = yaml.safe_load((REPO_ROOT / "tests" / "fixtures" / "judgments.yaml").read_text())
 
 
 def test_taxonomy_is_the_papers_five_types():

@@ -38,7 +38,7 @@ def scored():
     kinds = video_kinds(synth)
     specs = [make_spec(synth, i, kinds[i]) for i in range(synth.n)]
     videos = [Video(render(spec)[0], spec.fps) for spec in specs]
-    config = CaCRewardConfig(model=ModelConfig(name="cac-demo", dtype="float32", device="cpu", max_batch_size=16), batch_size=16)
+    config = CaCRewardConfig(model=ModelConfig(name="cac-demo", dtype="float32", device="cpu", max_batch_size=16))
     config.options.max_frames_turn2 = 8
     config.options.max_new_tokens = 320
     reward = build(config)

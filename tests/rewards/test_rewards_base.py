@@ -12,7 +12,7 @@ from cac_align.rewards.base import RewardBase, check_prompts, group_keys, load_i
 from cac_align.rewards.cac import CaCReward
 from cac_align.video import Video, VideoError, save_video
 from conftest import smooth_video
-from test_infer import CONFIRM, NORMAL, ScriptedBackend, _abnormal_t1, _tagged
+from scripted import CONFIRM, NORMAL, ScriptedBackend, abnormal_turn1, tagged_video
 
 
 def test_output_turns_non_finite_valid_scores_invalid():
@@ -136,9 +136,9 @@ def test_score_in_chunks_retries_a_failed_chunk_one_by_one():
 
 
 def test_cac_reward_scores_in_input_order_with_eq7():
-    backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(1.0, 2.0), 2: NORMAL, 3: "I cannot tell."}, {1: CONFIRM})
+    backend = ScriptedBackend({0: NORMAL, 1: abnormal_turn1(1.0, 2.0), 2: NORMAL, 3: "I cannot tell."}, {1: CONFIRM})
     reward = CaCReward(backend, batch_size=2)
-    videos = [_tagged(seed=0), _tagged(seed=1), "/no/such.mp4", _tagged(seed=2), _tagged(seed=3)]
+    videos = [tagged_video(seed=0), tagged_video(seed=1), "/no/such.mp4", tagged_video(seed=2), tagged_video(seed=3)]
     out = reward(videos, ["a", "b", "c", "d", "e"])
     # Turn 1 probabilities (0.6, 0.2) -> 0.75; turn 2 (0.1, 0.3) -> 0.25 (CaC Eq. 7)
     assert out.valid.tolist() == [True, True, False, True, False]

@@ -36,7 +36,7 @@ def _need_vbench() -> None:
     except RecipeError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must install vbench (README, Install): {exc}")
-        pytest.skip(f"needs vbench (README, Install): pip install --no-deps -r requirements-vbench.txt && pytest tests/test_eval_vbench.py ({exc})")
+        pytest.skip(f"needs vbench (README, Install): pip install --no-deps -r requirements-vbench.txt && pytest tests/eval/test_eval_vbench.py ({exc})")
 
 
 _HUBCONF = '''"""Test stand-in for facebookresearch/dino's hubconf.py: a random two-block ViT-B/16."""

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +27,9 @@ from cac_align.integrations import flow_grpo as drop_in
 from cac_align.rewards import RewardError
 from cac_align.rewards.base import RewardBase
 from cac_align.vlm.backend import BackendBase
+from conftest import REPO_ROOT
 
-CHECKOUT = Path(__file__).parent / "fixtures" / "flow_grpo_checkout"
+CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "flow_grpo_checkout"
 BRIGHTNESS = {"cac": {"name": "brightness"}}
 NAN = float("nan")
 T = 3  # timesteps per sample in their (N, T) reward rows

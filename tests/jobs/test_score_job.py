@@ -15,7 +15,7 @@ from cac_align.rewards.base import RewardBase
 from cac_align.video import Video, save_video
 from conftest import REPO_ROOT, smooth_video
 from cac_align.rewards.cac import CaCReward
-from test_infer import CONFIRM, NORMAL, ScriptedBackend, _abnormal_t1
+from scripted import CONFIRM, NORMAL, ScriptedBackend, abnormal_turn1
 
 
 def test_tiny_recipe_end_to_end(tmp_path, capsys):
@@ -47,7 +47,7 @@ def _write_videos(folder, count):
 
 def test_report_shows_every_video_and_its_boxes(tmp_path):
     _write_videos(tmp_path / "videos", 2)
-    backend = ScriptedBackend({0: NORMAL, 1: _abnormal_t1(0.5, 1.5)}, {1: CONFIRM})
+    backend = ScriptedBackend({0: NORMAL, 1: abnormal_turn1(0.5, 1.5)}, {1: CONFIRM})
     config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(tmp_path / "videos"))
     rows = run(config, reward=CaCReward(backend))
     assert [r["status"] for r in rows] == ["normal", "abnormal"]
@@ -67,7 +67,7 @@ def test_report_shows_every_video_and_its_boxes(tmp_path):
 def test_an_interrupted_rerun_leaves_the_last_results_report_and_pictures_consistent(tmp_path):
     _write_videos(tmp_path / "videos", 2)
     config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(tmp_path / "videos"), batch_size=1)
-    run(config, reward=CaCReward(ScriptedBackend({0: NORMAL, 1: _abnormal_t1(0.5, 1.5)}, {1: CONFIRM})))
+    run(config, reward=CaCReward(ScriptedBackend({0: NORMAL, 1: abnormal_turn1(0.5, 1.5)}, {1: CONFIRM})))
     out = tmp_path / "out"
     before = {name: (out / name).read_bytes() for name in ("results.jsonl", "report.html", "evidence/00000.png", "evidence/00001.png")}
 
@@ -76,7 +76,7 @@ def test_an_interrupted_rerun_leaves_the_last_results_report_and_pictures_consis
 
         def __init__(self):
             self.calls = 0
-            self.inner = CaCReward(ScriptedBackend({0: _abnormal_t1(0.5, 1.5), 1: NORMAL}, {0: CONFIRM}))
+            self.inner = CaCReward(ScriptedBackend({0: abnormal_turn1(0.5, 1.5), 1: NORMAL}, {0: CONFIRM}))
 
         def __call__(self, videos, prompts=None, metadata=None):
             self.calls += 1
@@ -94,7 +94,7 @@ def test_an_interrupted_rerun_leaves_the_last_results_report_and_pictures_consis
     for image in re.findall(r'src="(evidence/[^"]+)"', (out / "report.html").read_text()):
         assert (out / image).exists()  # every picture the report links is there
     # a complete rerun swaps everything in at once
-    run(config, reward=CaCReward(ScriptedBackend({0: _abnormal_t1(0.5, 1.5), 1: NORMAL}, {0: CONFIRM})))
+    run(config, reward=CaCReward(ScriptedBackend({0: abnormal_turn1(0.5, 1.5), 1: NORMAL}, {0: CONFIRM})))
     assert (out / "evidence/00000.png").read_bytes() == redrawn
     assert not (out / "evidence.partial").exists() and not (out / "results.jsonl.partial").exists()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
