@@ -33,8 +33,9 @@ Output directory:
 
 - ``cac_align_run.json``: the run manifest (resolved config, fingerprint; docs/run_folders.md);
   ``metrics.jsonl``: one line of logged numbers per step;
-- ``checkpoints/step_000010/``: ``lora/`` (diffusers LoRA, loadable with ``generator.lora``),
-  ``trainable.safetensors``, ``optimizer.pt``, ``ema.safetensors``, ``state.json``;
+- ``checkpoints/step_000010/``: accelerate's state, as stage 3 writes it (``model.safetensors``:
+  the LoRA weights alone; the optimizer; each process's RNG state), ``lora/`` (the same LoRA as a
+  diffusers folder, loadable with ``generator.lora``), ``ema.safetensors``, ``state.json``;
 - ``lora/``: the final LoRA (the EMA weights when ``ema_decay`` is set) for
   ``cac-align bon generator.lora=<out_dir>/lora``;
 - ``eval/step_000010/*.mp4``: a few held-out videos per evaluation; ``tensorboard/``: the logs.
@@ -340,38 +341,39 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().float().cpu().contiguous() for name, p in _trainable(model).items()}
 
 
-def _checkpoint_writer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None, is_main: bool) -> Callable[[Path], None]:
-    """What a Flow-GRPO checkpoint holds (one copy: the LoRA is the same on every process)."""
+def _register_checkpoint_parts(acc: Accelerator, model: torch.nn.Module, ema: dict | None) -> None:
+    """Flow-GRPO's share of a checkpoint, which is accelerate's state as for stage 3 (one format
+    for both trainers: ``save_state`` / ``load_state`` plus our ``state.json``).
 
-    def write(folder: Path) -> None:
-        if not is_main:
-            return
-        save_lora(model, folder / "lora")
-        save_file(_trainable_state(model), str(folder / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-        if ema is not None:
-            save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(folder / "ema.safetensors"))
+    ``model.safetensors`` holds the trainable (LoRA) weights, not the frozen 1.3B transformer;
+    ``lora/`` beside it is the same LoRA as a diffusers folder (``generator.lora``); with EMA,
+    ``ema.safetensors``. Loading checks the LoRA against this run's settings."""
 
-    return write
+    def save(models: list, weights: list, folder: str) -> None:
+        weights[0] = _trainable_state(model)  # written (by the main process) as model.safetensors
+        if acc.is_main_process:
+            save_lora(model, Path(folder) / "lora")
+            if ema is not None:
+                save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(Path(folder) / "ema.safetensors"))
 
+    def load(models: list, folder: str) -> None:
+        models.pop(0)  # its file holds the LoRA alone: loaded here, not by accelerate's strict load
+        path = Path(folder) / "model.safetensors"
+        if not path.is_file():
+            raise RecipeError(f"{folder}: no model.safetensors; a checkpoint of an earlier cac_align (trainable.safetensors) cannot be resumed")
+        trainable, params = load_file(str(path)), _trainable(model)
+        if set(trainable) != set(params):
+            raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value.to(params[name].dtype))
+            if ema is not None:
+                saved = load_file(str(Path(folder) / "ema.safetensors"))
+                for name in ema:
+                    ema[name].copy_(saved[name])
 
-def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict | None, reward: Reward) -> int:
-    trainable = load_file(str(folder / "trainable.safetensors"))
-    params = _trainable(model)
-    if set(trainable) != set(params):
-        raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value.to(params[name].dtype))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-    if ema is not None:
-        saved = load_file(str(folder / "ema.safetensors"))
-        for name in ema:
-            ema[name].copy_(saved[name])
-    state = read_checkpoint_state(folder)
-    if state.get("reward_state"):
-        reward.load_state_dict(state["reward_state"])
-    return int(state["step"])
+    acc.register_save_state_pre_hook(save)
+    acc.register_load_state_pre_hook(load)
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,6 +508,7 @@ class _Trainer:
             if config.ema_decay is not None
             else None
         )
+        _register_checkpoint_parts(acc, self.unwrapped, self.ema)
 
         # 2. the reward and the sampling schedule
         if self.reward is None:
@@ -520,7 +523,11 @@ class _Trainer:
         self.start_step = 0
         self._sources_logged = False  # the first step logged records reward/prompt_sources
         if resume_from is not None:
-            self.start_step = _load_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema, self.reward)
+            acc.load_state(str(resume_from))  # the LoRA, EMA, optimizer and every process's RNG state
+            state = read_checkpoint_state(resume_from)
+            if state.get("reward_state"):
+                self.reward.load_state_dict(state["reward_state"])
+            self.start_step = int(state["step"])
             log.info("flow-grpo: resuming from %s (step %d)", resume_from, self.start_step)
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
@@ -767,8 +774,7 @@ class _Trainer:
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator
         reward_state = self.reward.state_dict() or None  # null for a stateless reward
-        write = _checkpoint_writer(self.unwrapped, self.optimizer, self.ema, acc.is_main_process)
-        folder = save_checkpoint(acc, self.out, done, write, {"reward_state": reward_state}, self.config.keep_checkpoints)
+        folder = save_checkpoint(acc, self.out, done, lambda tmp: acc.save_state(str(tmp)), {"reward_state": reward_state}, self.config.keep_checkpoints)
         log.info("flow-grpo: checkpoint %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Complete-or-absent checkpoints: ``checkpoints/step_NNNNNN/`` exists only once whole
-(``state.json`` written last, the folder renamed into place), the newest ``keep`` kept. The
-format of ``flow-grpo`` and CaC's stage 3; stages 1-2 use transformers' Trainer checkpoints
-(docs/cac_training.md)."""
+(``state.json`` written last, the folder renamed into place), the newest ``keep`` kept.
+
+One format for both GRPO trainers (``flow-grpo`` and CaC's stage 3): accelerate's
+``save_state`` inside (models, optimizer, scheduler, each process's RNG state; flow-grpo's hooks
+keep its model file to the LoRA) and our ``state.json`` (the step, and what a trainer adds).
+Stages 1-2 run under transformers' Trainer and keep its checkpoints (docs/cac_training.md)."""
 
 from __future__ import annotations
 

@@ -190,14 +190,21 @@ def test_resume_continues_exactly(tmp_path):
     with pytest.raises(RecipeError, match="resume=true"):
         run(_bright(tmp_path, "checkpoint_every=1", name="resumed"))
     run(_bright(tmp_path, "checkpoint_every=1", "resume=true", name="resumed"))
-    a = load_file(str(tmp_path / "straight/checkpoints/step_000003/trainable.safetensors"))
-    b = load_file(str(tmp_path / "resumed/checkpoints/step_000003/trainable.safetensors"))
-    assert set(a) == set(b)
+    a = load_file(str(tmp_path / "straight/checkpoints/step_000003/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/step_000003/model.safetensors"))
+    # accelerate's state, as stage 3 writes it, with the model file kept to the LoRA
+    assert set(a) == set(b) and a and all("lora" in name for name in a)
+    last = tmp_path / "resumed/checkpoints/step_000003"
+    assert {"optimizer.bin", "random_states_0.pkl", "state.json", "lora"} <= {p.name for p in last.iterdir()}
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-7)
     assert [r["step"] for r in _metrics(tmp_path / "resumed")] == [1, 2, 3]
     rows_a, rows_b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
     assert rows_a[2]["reward/mean"] == pytest.approx(rows_b[2]["reward/mean"], abs=1e-9)
+    # a checkpoint without accelerate's model file (an earlier cac_align's) is refused, saying so
+    (last / "model.safetensors").rename(last / "trainable.safetensors")
+    with pytest.raises(RecipeError, match="earlier cac_align"):
+        run(_bright(tmp_path, "checkpoint_every=1", "steps=4", "resume=true", name="resumed"))
     # a changed setting is refused on resume, naming the key
     with pytest.raises(RecipeError, match="learning_rate"):
         run(_bright(tmp_path, "resume=true", "learning_rate=0.5", name="resumed"))
