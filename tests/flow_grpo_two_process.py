@@ -1,7 +1,7 @@
 """Run by tests/jobs/test_flow_grpo.py under `accelerate launch` with two CPU processes.
 
-Trains one step of recipes/align/flow_grpo_tiny_brightness.yaml and writes each process's LoRA weights
-to ``<out>/rank<N>.safetensors`` so the test can compare them.
+Trains recipes/align/flow_grpo_tiny_brightness.yaml (one step, or the overrides after ``<out>``)
+and writes each process's LoRA weights to ``<out>/rank<N>.safetensors`` so the test can compare them.
 """
 
 import json
@@ -20,7 +20,7 @@ out = Path(sys.argv[1])
 config = load_config(
     FlowGrpoConfig,
     REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml",
-    [f"out_dir={out}", "steps=1", "log_with=none"],
+    [f"out_dir={out}", "steps=1", "log_with=none", *sys.argv[2:]],
     job="flow-grpo",
 )
 pipe = build_tiny_wan_pipeline(seed=0)

@@ -376,6 +376,28 @@ def test_two_processes_hold_identical_lora(tmp_path):
     assert json.loads((tmp_path / "ddp/world.json").read_text()) == {"num_processes": 2}
 
 
+@pytest.mark.slow
+def test_two_processes_resume_exactly(tmp_path):
+    """Two gloo processes: 2 steps, then resume=true to 3, equal a straight 3-step run on both
+    ranks (accelerate's checkpoint brings back every process's RNG state). ~35 s on 2 cores."""
+    script = REPO_ROOT / "tests" / "flow_grpo_two_process.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", str(script)]
+    for out, overrides in (("straight", ["steps=3"]), ("resumed", ["steps=2"]), ("resumed", ["steps=3", "resume=true"])):
+        done = subprocess.run([*launch, str(tmp_path / out), "checkpoint_every=1", *overrides], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        a = load_file(str(tmp_path / f"straight/rank{rank}.safetensors"))
+        b = load_file(str(tmp_path / f"resumed/rank{rank}.safetensors"))
+        assert set(a) == set(b) and a
+        for name in a:
+            assert torch.equal(a[name], b[name]), (rank, name)
+    names = {p.name for p in (tmp_path / "resumed/checkpoints/step_000003").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "state.json"} <= names
+
+
 SAVE_A_LORA = """
 import sys
 from cac_align.gen.tiny import build_tiny_wan_pipeline
