@@ -222,6 +222,9 @@ class AnnotationRecord:
         source: where the label comes from ("synthetic", "ViF-CoT-4K", "VideoPhy-2", "labels:
             FILE"), None when unknown.
         license: the licence of the label (and video) it was converted from ("CC BY 4.0", ...).
+        provenance: where in the source the label was read, so it can be traced back to its row:
+            ``{"file": ..., "line": ...}`` plus the source's own identifiers (VideoPhy-2's
+            ``video_url`` and ``model_name``, ViF-CoT's media paths); None when unknown.
     """
 
     video: str
@@ -234,6 +237,7 @@ class AnnotationRecord:
     cot_source: str | None = None
     source: str | None = None
     license: str | None = None
+    provenance: dict[str, Any] | None = None
 
     @property
     def status_only(self) -> bool:
@@ -247,7 +251,7 @@ class AnnotationRecord:
             anomaly["boxes"] = {str(k): v for k, v in anomaly["boxes"].items()}
             if anomaly["cot"] is None:
                 del anomaly["cot"]
-        for key in ("num_frames", "cot", "cot_source", "source", "license"):
+        for key in ("num_frames", "cot", "cot_source", "source", "license", "provenance"):
             if data[key] is None:
                 del data[key]
         return json.dumps(data, ensure_ascii=False)
@@ -257,7 +261,7 @@ class AnnotationRecord:
         """Validate and build a record; raises ValueError naming the first problem found."""
         _check_fields(
             data,
-            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot", "cot_source", "source", "license"},
+            allowed={"video", "prompt", "status", "annotation_fps", "anomalies", "num_frames", "cot", "cot_source", "source", "license", "provenance"},
             required=("video", "prompt", "status", "annotation_fps"),
             where="record",
         )
@@ -285,6 +289,9 @@ class AnnotationRecord:
         for key in ("cot", "cot_source", "source", "license"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ValueError(f"'{key}' must be a string")
+        provenance = data.get("provenance")
+        if provenance is not None and not (isinstance(provenance, dict) and all(isinstance(k, str) for k in provenance)):
+            raise ValueError("'provenance' must be an object with string keys")
         return cls(
             video=data["video"],
             prompt=data["prompt"],
@@ -296,6 +303,7 @@ class AnnotationRecord:
             cot_source=data.get("cot_source"),
             source=data.get("source"),
             license=data.get("license"),
+            provenance=provenance,
         )
 
 

@@ -6,16 +6,20 @@
 Each source names its format, its file and where its videos are:
 
     sources:
-      - {format: vif_cot, path: ViF-CoT-4K/sft.json, video_root: ViF-CoT-4K/source_videos}
-      - {format: videophy2, path: videophy2_train.jsonl, video_root: videophy2/videos, pc_threshold: 2}
+      - {format: vif_cot, path: ViF-CoT-4K/sft.json, media_dir: ViF-CoT-4K, video_root: ViF-CoT-4K/source_videos}
+      - {format: videophy2, path: videophy2_train.csv, video_root: videophy2/videos, pc_threshold: 3}
       - {format: labels, path: our_labels.csv, license: "internal", box_scale: pixels}
 
 Steps: 1. read every source's rows and convert them (:mod:`cac_align.data.convert` says how each
 format maps onto CaC's schema); 2. write ``annotations.jsonl`` (every record with its ``source``
-and ``license``) and ``convert_report.json`` / ``.md``: per source, rows read, records by status,
-anomalies by type, dropped categories by name, rows converted to nothing on purpose and why, box
-scales detected, and every bad row with its line and reason. Bad rows are never kept or dropped
-in silence; with ``strict: true`` any bad row fails the job (nothing written).
+and ``license``, and ``provenance``: the file and line it came from) and ``convert_report.json`` /
+``.md``: per source, rows read, records by status, anomalies by type, dropped categories by
+name, rows converted to nothing on purpose with their reasons and lines, box scales detected,
+rows that reached one video file (collisions), and every bad row with its file line and reason,
+grouped by kind. A row is numbered by the file line it starts on (a JSON list's element too).
+Two rows whose videos are one file are both bad rows: which label belongs to the file cannot be
+known. Bad rows are never kept or dropped in silence; with ``strict: true`` any bad row fails the
+job (nothing written).
 """
 
 from __future__ import annotations
@@ -43,13 +47,23 @@ class ConvertSource:
         format: "vif_cot" (ViF-CoT-4K's LLaMA-Factory rows), "videophy2" (VideoPhy-2 rows) or
             "labels" (your own CSV / JSONL; columns in :mod:`cac_align.data.convert.labels`).
         path: the file (``.jsonl``, ``.json`` list, or ``.csv``).
-        video_root: where relative video paths (and VideoPhy-2's downloaded videos, and
-            ViF-CoT's source videos for rows that list frames only) are; default: the file's folder.
+        video_root: labels: where relative video paths are (default: the file's folder).
+            VideoPhy-2: the downloaded videos, laid out as the ``video_url`` paths give them
+            (``<generator folder>/<file>.mp4``; a flat folder is a counted fallback).
+            ViF-CoT: the source videos of rows that list frames only.
+        media_dir: ViF-CoT only: LLaMA-Factory's ``media_dir``, under which the rows' relative
+            ``videos`` / ``images`` paths are found (default, as LLaMA-Factory's: the data
+            file's folder).
         license: the labels' licence, kept in every record (defaults: CC BY 4.0 for ViF-CoT-4K,
             MIT for VideoPhy-2, "unspecified" for your labels).
-        pc_threshold: VideoPhy-2: abnormal when physical commonsense <= this (or a rule is listed).
+        pc_threshold: VideoPhy-2: abnormal when physical commonsense <= this (default 3: the
+            dataset counts PC >= 4 as physically commonsensical).
         plausible_as_normal: VideoPhy-2: keep the physically plausible videos as normal (they
             are AI-generated and were not checked for other anomalies; off by default).
+        rules_make_abnormal: VideoPhy-2: a listed broken rule makes a video abnormal whatever its
+            ``pc`` (off by default: annotators list trivial rules on videos rated 4 or 5).
+        prompt_from: VideoPhy-2: "auto" (``upsampled_caption`` for the videos generated from it,
+            whose URL folder says so; ``caption`` otherwise), "caption" or "upsampled_caption".
         box_scale: your labels' boxes: "pixels" of the video (default), "thousand" (0–1000) or
             "fraction" (0–1). ViF-CoT's scale is detected per record.
     """
@@ -57,9 +71,12 @@ class ConvertSource:
     format: str = MISSING
     path: str = MISSING
     video_root: str | None = None
+    media_dir: str | None = None
     license: str | None = None
-    pc_threshold: int = 2
+    pc_threshold: int = 3
     plausible_as_normal: bool = False
+    rules_make_abnormal: bool = False
+    prompt_from: str = "auto"
     box_scale: str = "pixels"
 
     def __post_init__(self) -> None:
@@ -69,6 +86,12 @@ class ConvertSource:
             raise ValueError(f"box_scale must be one of {BOX_SCALES}, got {self.box_scale!r}")
         if not 1 <= self.pc_threshold <= 5:
             raise ValueError(f"pc_threshold must be from 1 to 5, got {self.pc_threshold}")
+        from cac_align.data.convert.videophy2 import PROMPT_FROM
+
+        if self.prompt_from not in PROMPT_FROM:
+            raise ValueError(f"prompt_from must be one of {PROMPT_FROM}, got {self.prompt_from!r}")
+        if self.media_dir is not None and self.format != "vif_cot":
+            raise ValueError(f"media_dir is ViF-CoT's setting (LLaMA-Factory's media_dir); a {self.format} source finds videos under video_root")
 
 
 @dataclass
@@ -95,66 +118,78 @@ class ConvertConfig:
 _DEFAULT_LICENSES = {"vif_cot": "CC BY 4.0", "videophy2": "MIT", "labels": "unspecified"}
 
 
-def _video_index(root: Path | None) -> dict[str, Path] | None:
-    """Video files under ``root`` by name without extension (ViF-CoT rows that list frames only)."""
-    if root is None or not root.is_dir():
-        return None
-    from cac_align.run.input_files import VIDEO_SUFFIXES
-
-    return {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
-
-
 def convert_source(source: ConvertSource) -> tuple[list[Any], Any]:
     """(records, report) of one source; its bad rows are in the report."""
     from cac_align.config import RecipeError, relative_path_hint
-    from cac_align.data.convert import BadRow, SourceReport, labels, read_rows, videophy2, vif_cot
+    from cac_align.data.convert import BadRow, SourceReport, apply_results, labels, read_rows, videophy2, vif_cot
 
     path = Path(source.path)
     if not path.is_file():
         raise RecipeError(f"sources: {source.format} path={source.path!r}: no such file{relative_path_hint(path)}")
-    root = Path(source.video_root) if source.video_root else None
-    if root is not None and not root.is_dir():
-        raise RecipeError(f"sources: {source.format} video_root={source.video_root!r}: no such folder{relative_path_hint(root)}")
+    folders = {}
+    for key in ("video_root", "media_dir"):
+        value = getattr(source, key)
+        folders[key] = Path(value) if value else None
+        if value and not folders[key].is_dir():
+            raise RecipeError(f"sources: {source.format} {key}={value!r}: no such folder{relative_path_hint(folders[key])}")
+    root = folders["video_root"]
     report = SourceReport(source.format, str(path), source.license or _DEFAULT_LICENSES[source.format])
     rows = list(read_rows(path))
     if source.format == "labels":
         return labels.collect(rows, path.parent, root, source.box_scale, report), report
-    index = _video_index(root) if source.format == "vif_cot" else None
-    records = []
+    sources = vif_cot.SourceVideos(root) if source.format == "vif_cot" and root is not None else None
+    results = []
     for line, row in rows:
         report.rows += 1
         try:
             if isinstance(row, BadRow):
                 raise row
             if source.format == "vif_cot":
-                record = vif_cot.convert_row(row, path.parent, root, index, report)
+                result = vif_cot.convert_row(row, line, folders["media_dir"] or path.parent, sources, report)
             else:
-                record = videophy2.convert_row(row, path.parent, root, report, source.pc_threshold, source.plausible_as_normal)
+                result = videophy2.convert_row(row, line, path.parent, root, report, source.pc_threshold, source.plausible_as_normal,
+                                               source.rules_make_abnormal, source.prompt_from)
         except BadRow as exc:
-            report.bad(line, str(exc))
+            report.bad(line, str(exc), exc.kind)
             continue
-        if record is not None:
-            records.append(record)
-    return records, report
+        results.append((line, result))
+    return apply_results(results, report), report
+
+
+def _first_lines(lines: list[int], limit: int = 5) -> str:
+    """``line 4`` / ``lines 4, 9, 12 ... (3 more)``."""
+    shown = ", ".join(str(line) for line in lines[:limit])
+    more = f" ... ({len(lines) - limit} more)" if len(lines) > limit else ""
+    return f"{'line' if len(lines) == 1 else 'lines'} {shown}{more}"
 
 
 def _markdown(reports: list[Any], written: int) -> str:
     lines = ["# cac-align convert", "", f"{written} records written to annotations.jsonl.", ""]
     for r in reports:
         d = r.to_dict()
+        written_here = sum(d["records"].values())
         lines += [f"## {d['format']}: {d['path']} ({d['license']})", "",
                   f"- rows read: {d['rows']}",
-                  f"- records: {d['records'].get('normal', 0)} normal, {d['records'].get('abnormal', 0)} abnormal",
+                  f"- records written: {written_here} ({d['records'].get('normal', 0)} normal, {d['records'].get('abnormal', 0)} abnormal)",
                   f"- anomalies by type: {d['anomalies_by_type'] or 'none'}",
                   f"- dropped categories (not CaC types): {d['dropped_categories'] or 'none'}",
-                  f"- rows converted to nothing, on purpose: {d['dropped_rows'] or 'none'}",
-                  f"- box scales (records): {d['box_scales'] or 'none'}",
-                  f"- bad rows: {len(d['bad_rows'])}"]
+                  f"- box scales (records): {d['box_scales'] or 'none'}"]
         if d["notes"]:
             lines.append(f"- notes: {d['notes']}")
-        lines += [f"  - line {b['line']}: {b['reason']}" for b in d["bad_rows"][:50]]
-        if len(d["bad_rows"]) > 50:
-            lines.append(f"  - ... {len(d['bad_rows']) - 50} more in convert_report.json")
+        lines.append(f"- rows converted to nothing, on purpose: {sum(d['dropped_rows'].values()) or 'none'}")
+        lines += [f"  - {reason}: {count} ({_first_lines(d['dropped_lines'][reason])})" for reason, count in d["dropped_rows"].items()]
+        lines.append(f"- collisions (rows whose videos are one file, all of them bad rows): {len(d['collisions']) or 'none'}")
+        lines += [f"  - {c['video']}: {_first_lines(c['lines'])}" for c in d["collisions"][:20]]
+        by_kind: dict[str, list[int]] = {}
+        for bad in d["bad_rows"]:
+            by_kind.setdefault(bad["kind"], []).append(bad["line"])
+        lines.append(f"- bad rows: {len(d['bad_rows']) or 'none'}")
+        lines += [f"  - {kind}: {len(found)} ({_first_lines(found)})" for kind, found in by_kind.items()]
+        if d["bad_rows"]:
+            lines += ["", "| line | kind | reason |", "| --- | --- | --- |"]
+            lines += [f"| {b['line']} | {b['kind']} | {b['reason'].replace('|', '/')} |" for b in d["bad_rows"][:50]]
+            if len(d["bad_rows"]) > 50:
+                lines.append(f"\n... {len(d['bad_rows']) - 50} more in convert_report.json")
         lines.append("")
     return "\n".join(lines)
 
@@ -181,8 +216,9 @@ def run(config: ConvertConfig) -> dict:
         reports.append(report)
     bad = sum(len(r.bad_rows) for r in reports)
     if config.strict and bad:
-        first = next(r for r in reports if r.bad_rows)
-        raise RecipeError(f"{bad} bad row(s) with strict=true (first: {first.path} line {first.bad_rows[0]['line']}: {first.bad_rows[0]['reason']}); nothing written")
+        listed = [f"{r.path} line {b['line']}: {b['reason']}" for r in reports for b in r.bad_rows]
+        shown = "; ".join(listed[:5]) + (f"; ... {len(listed) - 5} more" if len(listed) > 5 else "")
+        raise RecipeError(f"{bad} bad row(s) with strict=true ({shown}); nothing written")
     # 2. write the records and the report
     folder.start()
     out = folder.path

@@ -33,7 +33,7 @@ def inputs(tmp_path_factory):
 
 def _convert(inputs, out, **extra):
     sources = [
-        ConvertSource(format="vif_cot", path=str(inputs / "vif_cot.json"), video_root=str(inputs / "videos")),
+        ConvertSource(format="vif_cot", path=str(inputs / "vif_cot.json"), media_dir=str(inputs / "videos"), video_root=str(inputs / "videos")),
         ConvertSource(format="videophy2", path=str(inputs / "videophy2.jsonl"), video_root=str(inputs / "videos")),
         ConvertSource(format="labels", path=str(inputs / "labels.csv"), video_root=str(inputs / "videos"), license="internal use"),
     ]
@@ -53,7 +53,10 @@ def test_vif_cot_rows(converted):
     vif = report["sources"][0]
     assert (vif["format"], vif["license"], vif["rows"]) == ("vif_cot", "CC BY 4.0", 8)
     # Real: a normal record (its tag clears a region; counted, not turned into a defect)
-    assert records["v_real"].status == "normal" and records["v_real"].source == "ViF-CoT-4K" and vif["notes"] == {"real_with_tags": 1}
+    assert records["v_real"].status == "normal" and records["v_real"].source == "ViF-CoT-4K"
+    # the frames-only row's folder (frames/v_fake_pixels) names its video, with no real/fake folder: by name, counted
+    assert vif["notes"] == {"real_with_tags": 1, "source_video_by_name_only": 1}
+    assert records["v_real"].provenance == {"file": vif["path"], "line": 2, "videos": "v_real.mp4"}
     # fractions: [0.25, 0.5, 0.5, 0.75] -> [250, 500, 500, 750], held over [1.0, 2.0) s = frames 8-15 at the video's 8 fps;
     # the texture tag is a low-level category: dropped, counted by name
     (hand,) = records["v_fake_fraction"].anomalies
@@ -72,25 +75,29 @@ def test_vif_cot_rows(converted):
     assert vif["box_scales"] == {"fraction": 1, "pixels of 128x96": 1, "none": 1}
     # a fake with only low-level artifacts is not abnormal in CaC's terms, and not normal either
     assert "v_fake_lowlevel" not in records and vif["dropped_rows"] == {"fake_without_our_types": 1}
+    assert vif["dropped_lines"] == {"fake_without_our_types": [13]}  # the JSON list's 5th element starts on line 13
     assert vif["dropped_categories"] == {"Texture Jittering": 1, "Color Over-saturation": 1}
     # bad rows: reported with their line and reason
     bad = {b["line"]: b["reason"] for b in vif["bad_rows"]}
-    assert set(bad) == {6, 7, 8}
-    assert "unknown category 'Spooky Vibes'" in bad[6] and "lies outside the video (4.000 s)" in bad[7] and "missing video" in bad[8]
+    assert set(bad) == {15, 17, 19}  # file lines where the list's elements 6, 7 and 8 start
+    assert "unknown category 'Spooky Vibes'" in bad[15] and "lies outside the video (4.000 s)" in bad[17] and "missing video" in bad[19]
 
 
 def test_videophy2_rows_are_status_only(converted):
     _, report, records = converted
     phys = report["sources"][1]
     assert (phys["license"], phys["records"]) == ("MIT", {"abnormal": 2})
+    # the fixture's URLs (example.org/videophy2/...) keep no folder the flat videos/ has: found by file name, counted
+    assert phys["notes"]["found_by_file_name"] == 3
     bad = records["v_phys_bad"]
     assert bad.status_only and bad.prompt == "A ball is thrown and falls upward" and bad.source == "VideoPhy-2"
     (anomaly,) = bad.anomalies
     assert (anomaly.type, anomaly.frames, anomaly.boxes) == ("Physical Violations", None, {})
     assert anomaly.reason == "Gravity pulls objects down; Momentum is conserved"
-    assert records["v_phys_rule"].anomalies[0].reason == "The water level does not rise"  # pc 4, but a judge named a rule
+    assert records["v_phys_rule"].anomalies[0].reason == "The water level does not rise"  # pc 3 (<= 3), the rule a judge named
+    assert bad.provenance == {"file": phys["path"], "line": 1, "video_url": "https://example.org/videophy2/v_phys_bad.mp4", "pc": 1.0, "sa": 4.0}
     # a plausible AI-generated video is not a reliable normal: converted to nothing, counted
-    assert "v_phys_ok" not in records and phys["dropped_rows"] == {"plausible_not_normal": 1}
+    assert "v_phys_ok" not in records and phys["dropped_lines"] == {"plausible_not_normal": [3]}
     assert [b["line"] for b in phys["bad_rows"]] == [4] and "'pc' must be a number" in phys["bad_rows"][0]["reason"]
 
 
@@ -104,7 +111,7 @@ def test_own_labels(converted):
     assert records["v_label_b"].status_only and records["v_label_c"].status == "normal"
     assert records["v_label_a"].license == "internal use" and records["v_label_a"].source.startswith("labels:")
     bad = {b["line"]: b["reason"] for b in labels["bad_rows"]}
-    assert "unknown type 'Spooky Distortion'" in bad[6] and "lies outside the video" in bad[7]
+    assert "column 'type': unknown type 'Spooky Distortion'" in bad[6] and "columns 'start', 'end': time window [3, 9] s lies outside the video" in bad[7]
     assert "is abnormal here but normal on line 8" in bad[9] and "disagree on the status" in bad[8]
     assert "v_label_d" not in records  # a video whose rows disagree is left out, both lines reported
 
@@ -115,8 +122,9 @@ def test_report_files_and_strict_mode(converted, inputs, tmp_path):
     saved = json.loads((out / "convert_report.json").read_text())
     assert saved == report
     page = (out / "convert_report.md").read_text()
-    assert "line 7: time window [3.5, 9] s lies outside the video" in page and "Texture Jittering" in page
-    with pytest.raises(RecipeError, match=r"8 bad row\(s\) with strict=true .*nothing written"):
+    assert "| 17 | window outside the video | time window [3.5, 9] s lies outside the video" in page and "Texture Jittering" in page
+    assert "- fake_without_our_types: 1 (line 13)" in page and "- rows read: 8" in page and "- records written: 3 (1 normal, 2 abnormal)" in page
+    with pytest.raises(RecipeError, match=r"8 bad row\(s\) with strict=true \(.*vif_cot.json line 15: unknown category.*nothing written"):
         _convert(inputs, tmp_path / "strict", strict=True)
     assert not (tmp_path / "strict" / "annotations.jsonl").exists()
     with pytest.raises(RecipeError, match="path='nope.jsonl': no such file"):

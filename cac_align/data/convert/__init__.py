@@ -22,9 +22,11 @@ Rules shared by every source (this module):
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +34,16 @@ from typing import Any, Iterator
 
 from cac_align.cac.schema import BOX_MAX, seconds_to_frames, validate_box
 
-__all__ = ["BadRow", "SourceReport", "VideoInfo", "box_to_grid", "read_rows", "seconds_to_window", "video_info"]
+__all__ = ["BadRow", "RowResult", "SourceReport", "VideoInfo", "apply_results", "box_to_grid", "read_rows", "seconds_to_window", "video_info"]
 
 
 class BadRow(ValueError):
-    """A row that cannot be converted; the message is the reason the report gives."""
+    """A row that cannot be converted; the message is the reason the report gives, ``kind`` the
+    short name the report groups it under ("missing video", "collision", ...)."""
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def video_info(path: str | Path) -> VideoInfo:
     if key in _INFO:
         return _INFO[key]
     if not Path(key).is_file():
-        raise BadRow(f"missing video {key}")
+        raise BadRow(f"missing video {key}", kind="missing video")
     import decord
 
     try:
@@ -71,9 +78,9 @@ def video_info(path: str | Path) -> VideoInfo:
         height, width = reader[0].shape[:2]
         info = VideoInfo(key, float(reader.get_avg_fps()), len(reader), int(width), int(height))
     except Exception as exc:  # decord's own errors
-        raise BadRow(f"unreadable video {key}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+        raise BadRow(f"unreadable video {key}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", kind="unreadable video") from None
     if not (math.isfinite(info.fps) and info.fps > 0) or info.num_frames < 1:
-        raise BadRow(f"video {key} reports {info.num_frames} frames at {info.fps} fps")
+        raise BadRow(f"video {key} reports {info.num_frames} frames at {info.fps} fps", kind="unreadable video")
     _INFO[key] = info
     return info
 
@@ -83,12 +90,12 @@ def seconds_to_window(start_s: float, end_s: float, info: VideoInfo) -> tuple[in
     own rate. An instant (``start == end``) is the frame on screen then. Raises :class:`BadRow`
     when the span is inverted, not finite, or lies outside the video."""
     if not (math.isfinite(start_s) and math.isfinite(end_s)):
-        raise BadRow(f"time window [{start_s}, {end_s}] is not finite")
+        raise BadRow(f"time window [{start_s}, {end_s}] is not finite", kind="bad time window")
     if end_s < start_s:
-        raise BadRow(f"time window [{start_s:g}, {end_s:g}] s is inverted")
+        raise BadRow(f"time window [{start_s:g}, {end_s:g}] s is inverted", kind="bad time window")
     tolerance = 1.0 / info.fps  # a label rounded to the next frame time is not outside
     if start_s < -tolerance or start_s >= info.duration_s or end_s > info.duration_s + tolerance:
-        raise BadRow(f"time window [{start_s:g}, {end_s:g}] s lies outside the video ({info.duration_s:.3f} s)")
+        raise BadRow(f"time window [{start_s:g}, {end_s:g}] s lies outside the video ({info.duration_s:.3f} s)", kind="window outside the video")
     start_s = max(0.0, start_s)
     end_s = min(max(end_s, start_s + 1.0 / info.fps), info.duration_s)
     first, last = seconds_to_frames(start_s, end_s, info.fps)
@@ -103,9 +110,9 @@ def box_to_grid(box: Any, scale: str, width: float | None = None, height: float 
     try:
         values = [float(v) for v in box]
     except (TypeError, ValueError):
-        raise BadRow(f"box {box!r} is not four numbers") from None
+        raise BadRow(f"box {box!r} is not four numbers", kind="bad box") from None
     if len(values) != 4:
-        raise BadRow(f"box {box!r} is not four numbers")
+        raise BadRow(f"box {box!r} is not four numbers", kind="bad box")
     if all(v == 0 for v in values):
         return None
     if scale == "fraction":
@@ -114,9 +121,9 @@ def box_to_grid(box: Any, scale: str, width: float | None = None, height: float 
         grid = values
     elif scale == "pixels":
         if not width or not height:
-            raise BadRow("pixel boxes need the frame size")
+            raise BadRow("pixel boxes need the size of the frames they refer to", kind="bad box")
         if max(values[0], values[2]) > width + 0.5 or max(values[1], values[3]) > height + 0.5:
-            raise BadRow(f"box {box!r} lies outside the {width:g}x{height:g} frame its coordinates refer to")
+            raise BadRow(f"box {box!r} lies outside the {width:g}x{height:g} frame its coordinates refer to", kind="bad box")
         grid = [values[0] / width * BOX_MAX, values[1] / height * BOX_MAX, values[2] / width * BOX_MAX, values[3] / height * BOX_MAX]
     else:  # pragma: no cover - callers pass one of the three
         raise ValueError(f"unknown box scale {scale!r}")
@@ -124,28 +131,68 @@ def box_to_grid(box: Any, scale: str, width: float | None = None, height: float 
     try:
         return validate_box(grid)
     except ValueError as exc:
-        raise BadRow(f"box {box!r}: {exc}") from None
+        raise BadRow(f"box {box!r}: {exc}", kind="bad box") from None
+
+
+def _json_array_rows(text: str) -> Iterator[tuple[int, Any]]:
+    """``(file line, element)`` of a JSON array, each element numbered by the line it starts on
+    (what an editor shows), not by its position in the list."""
+    decoder = json.JSONDecoder()
+    lines = [0]  # offsets where each line starts
+    lines += [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+
+    def line_of(offset: int) -> int:
+        return bisect.bisect_right(lines, offset)
+
+    def skip(offset: int) -> int:
+        while offset < len(text) and text[offset] in " \t\r\n":
+            offset += 1
+        return offset
+
+    pos = skip(0)
+    if pos >= len(text) or text[pos] != "[":
+        yield line_of(pos), BadRow("a .json input must hold a list of rows", kind="not a list")
+        return
+    pos = skip(pos + 1)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while True:
+        try:
+            element, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield exc.lineno, BadRow(f"not JSON: {exc.msg} at column {exc.colno}", kind="not JSON")
+            return  # the rest of the list cannot be found reliably
+        yield line_of(pos), element
+        pos = skip(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            return
+        yield line_of(pos), BadRow("not JSON: expected ',' or ']' after an element", kind="not JSON")
+        return
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """``(line or row number, row)`` of a JSONL file, a JSON array, or a CSV with a header. A row
-    that is not JSON is yielded as a :class:`BadRow` (the caller reports it)."""
+    """``(file line, row)`` of a JSONL file, a JSON array, or a CSV with a header; every row is
+    numbered by the line of the file it starts on (a CSV field may span lines; a JSON array's
+    element is numbered by its first line, not its position). A row that is not JSON is yielded as
+    a :class:`BadRow` (the caller reports it)."""
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
-            for number, row in enumerate(csv.DictReader(handle), start=2):  # line 1 is the header
-                yield number, {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k is not None}
+            reader = csv.DictReader(handle)
+            reader.fieldnames  # reads the header: line_num is now the header's last line
+            start = reader.line_num + 1
+            for row in reader:
+                if None in row:  # more cells than the header names
+                    yield start, BadRow(f"{len(row[None])} cell(s) more than the header's {len(reader.fieldnames or [])} columns", kind="malformed row")
+                else:
+                    yield start, {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+                start = reader.line_num + 1
         return
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield exc.lineno, BadRow(f"not JSON: {exc.msg}")
-            return
-        if not isinstance(rows, list):
-            yield 1, BadRow("a .json input must hold a list of rows")
-            return
-        yield from enumerate(rows, start=1)  # a row's number is its position in the list
+        yield from _json_array_rows(text)
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -153,12 +200,13 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
-            yield number, BadRow(f"not JSON: {exc.msg} at column {exc.colno}")
+            yield number, BadRow(f"not JSON: {exc.msg} at column {exc.colno}", kind="not JSON")
 
 
 @dataclass
 class SourceReport:
-    """What one source gave: counts, dropped categories by name, bad rows with their reasons."""
+    """What one source gave: counts, dropped categories by name, rows dropped on purpose and bad
+    rows, each with its file line and reason, and rows that resolved to one video file."""
 
     format: str
     path: str
@@ -168,12 +216,19 @@ class SourceReport:
     anomalies: Counter = field(default_factory=Counter)  # by CaC type
     dropped_categories: Counter = field(default_factory=Counter)  # source category -> anomalies dropped
     dropped_rows: Counter = field(default_factory=Counter)  # reason -> rows converted to nothing, on purpose
+    dropped_lines: dict[str, list[int]] = field(default_factory=dict)  # reason -> the lines of those rows
     box_scales: Counter = field(default_factory=Counter)  # per record: how its boxes were read
     notes: Counter = field(default_factory=Counter)  # informative counts
-    bad_rows: list[dict] = field(default_factory=list)  # {"line", "reason"}
+    bad_rows: list[dict] = field(default_factory=list)  # {"line", "kind", "reason"}
+    collisions: list[dict] = field(default_factory=list)  # {"video", "lines"}: rows that name one file
 
-    def bad(self, line: int, reason: str) -> None:
-        self.bad_rows.append({"line": int(line), "reason": str(reason)})
+    def bad(self, line: int, reason: str, kind: str = "other") -> None:
+        self.bad_rows.append({"line": int(line), "kind": str(kind), "reason": str(reason)})
+
+    def drop(self, line: int, reason: str) -> None:
+        """A row converted to nothing on purpose (not an error), counted with its line."""
+        self.dropped_rows[reason] += 1
+        self.dropped_lines.setdefault(reason, []).append(int(line))
 
     def to_dict(self) -> dict:
         return {
@@ -185,7 +240,49 @@ class SourceReport:
             "anomalies_by_type": dict(self.anomalies),
             "dropped_categories": dict(self.dropped_categories),
             "dropped_rows": dict(self.dropped_rows),
+            "dropped_lines": {k: list(v) for k, v in self.dropped_lines.items()},
             "box_scales": dict(self.box_scales),
             "notes": dict(self.notes),
             "bad_rows": self.bad_rows,
+            "collisions": self.collisions,
         }
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What one row converted to: the video file it resolved to, and its record, or the reason it
+    converts to nothing on purpose (``dropped``)."""
+
+    video: str
+    record: Any = None
+    dropped: str | None = None
+
+
+def apply_results(results: list[tuple[int, RowResult]], report: SourceReport) -> list[Any]:
+    """The records of a source's rows, in order, after the one-file-one-label rule.
+
+    Rows that resolve to one video file (records and rows dropped on purpose alike: a flat download
+    where two generators' files share a name keeps only one of them) cannot say which label
+    belongs to that file, so each of them is a bad row, listed in ``report.collisions``. The
+    other rows' drops are counted with their lines.
+
+    Args:
+        results: ``(line, RowResult)`` of the rows that resolved a video.
+    """
+    lines_by_video: dict[str, list[int]] = {}
+    for line, result in results:
+        lines_by_video.setdefault(os.path.realpath(result.video), []).append(line)
+    records = []
+    for line, result in results:
+        lines = lines_by_video[os.path.realpath(result.video)]
+        if len(lines) > 1:
+            others = ", ".join(str(other) for other in lines if other != line)
+            report.bad(line, f"video {result.video} is also the video of line(s) {others}: one file cannot carry both rows' "
+                             "labels (keep the dataset's folders when downloading: docs/train_your_own_cac.md)", kind="collision")
+            if lines[0] == line:
+                report.collisions.append({"video": result.video, "lines": list(lines)})
+        elif result.dropped is not None:
+            report.drop(line, result.dropped)
+        else:
+            records.append(result.record)
+    return records
