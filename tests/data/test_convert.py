@@ -160,3 +160,25 @@ def test_relative_paths_work_from_the_written_file(inputs, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     records = load_annotations(inputs / "out/annotations.jsonl", check_videos=True).records
     assert len(records) == len(lines) and all(Path(r.video).is_file() for r in records)
+
+
+def test_own_labels_malformed_cells_and_json_lines(inputs, tmp_path):
+    """A malformed cell is a bad row naming its line and column, never a traceback; in a ``.json``
+    list a row's line is the file line its element starts on."""
+    (tmp_path / "labels.csv").write_text(
+        "video,status,type,start,end,box\n"
+        "v_label_a.mp4,abnormal,Object Distortion,1.0,2.0,\"[10,10,30\"\n"  # line 2: unclosed list
+        "v_label_b.mp4,abnormal,Object Distortion,one,2.0,\n"  # line 3: start is no number
+        "v_label_c.mp4,normal,,,,\n")
+    report = run(ConvertConfig(out_dir=str(tmp_path / "out"), sources=[ConvertSource(format="labels", path=str(tmp_path / "labels.csv"), video_root=str(inputs / "videos"))]))
+    bad = {b["line"]: (b["kind"], b["reason"]) for b in report["sources"][0]["bad_rows"]}
+    assert bad[2] == ("malformed cell", "column 'box': '[10,10,30' is not a list of four numbers (Expecting ',' delimiter at character 10)")
+    assert bad[3] == ("malformed cell", "column 'start' must be seconds, got 'one'")
+    assert report["written"] == 1
+    rows = [{"video": "v_label_c.mp4", "status": "normal"}, {"video": "v_label_a.mp4", "status": "weird"}]
+    (tmp_path / "labels.json").write_text("[\n" + ",\n".join(json.dumps(r, indent=2) for r in rows) + "\n]\n")
+    report = run(ConvertConfig(out_dir=str(tmp_path / "out_json"), sources=[ConvertSource(format="labels", path=str(tmp_path / "labels.json"), video_root=str(inputs / "videos"))]))
+    # element 1 spans lines 2-5, element 2 starts on line 6
+    assert [(b["line"], b["kind"]) for b in report["sources"][0]["bad_rows"]] == [(6, "malformed cell")]
+    (record,) = load_annotations(tmp_path / "out_json" / "annotations.jsonl").records
+    assert record.provenance == {"file": str(tmp_path / "labels.json"), "lines": [2]}

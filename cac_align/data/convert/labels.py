@@ -12,7 +12,9 @@ One row per anomaly (or one row for a normal video), columns:
 | ``prompt``, ``reason``, ``region``, ``saliency`` | no | as in the annotation format |
 
 Rows of one video become one record; a video whose rows disagree on its status, an unknown
-type, a window outside the video or a box outside the frame is a bad row, reported with its line.
+type, a window outside the video or a box outside the frame is a bad row, reported with its line;
+a malformed cell (``"[10,10,30"``, a start that is no number) names its column too. A record's
+``provenance`` lists the file and the lines of its rows.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def _prompt(row: dict, prompt_from: str, report: SourceReport) -> str:
     caption = "" if _missing(row.get("caption")) else str(row["caption"])
     upsampled = "" if _missing(row.get("upsampled_caption")) else str(row["upsampled_caption"])
     if prompt_from == "auto":
-        folders = PurePosixPath(urlsplit(str(row.get("video_url") or "")).path).parent.name.lower()
+        folders = str(PurePosixPath(urlsplit(str(row.get("video_url") or "")).path).parent).lower()
         prompt_from = "upsampled_caption" if "upsampled" in folders else "caption"
     if prompt_from == "upsampled_caption":
         if not upsampled:

@@ -108,7 +108,7 @@ def find_tags(text: str) -> list[dict]:
     """The artifact tags of an answer's reasoning: ``{"category", "time": (start, end), "box",
     "sentence"}`` in order (``box`` None when the tag has none). ``sentence`` is the tag's own
     clause: from the previous tag of its sentence (or the sentence's start) to this tag, and to the
-    sentence's end for its last tag, tags written as their category names."""
+    sentence's end for its last tag, the tag written as its category in parentheses."""
     think = _THINK.search(text)
     body = think.group(1) if think else text
     matches = list(_TAG.finditer(body))
@@ -127,7 +127,7 @@ def find_tags(text: str) -> list[dict]:
         lo, hi = sentence_of(match.start())
         previous = matches[i - 1] if i and matches[i - 1].start() >= lo else None
         following = matches[i + 1] if i + 1 < len(matches) and matches[i + 1].start() < hi else None
-        clause = body[previous.end() if previous else lo : match.start()] + match.group("type").strip()
+        clause = body[previous.end() if previous else lo : match.start()] + f" ({match.group('type').strip()})"
         if following is None:
             clause += body[match.end() : hi]
         tags.append({"category": match.group("type").strip(), "time": (start, end), "box": box, "sentence": _clean(clause)[:300]})
