@@ -88,8 +88,30 @@ def test_every_label_is_on_its_own_rows_video(published, tmp_path):
         assert record.provenance["pc"] == float(row["pc"]) and record.provenance["sa"] == float(row["sa"])
 
 
+# Every row's label, read by hand from the published file. Rows are numbered 1-60 in file order.
+# pc <= 3 (abnormal): each broken rule is a Physical Violation except three that say an object
+# keeps its shape: row 37 (the cue ball), 59 (the ice structure, beside two physics rules) and 60
+# (the oar). Rows 27 and 49 (pc 3) list no rule: one Physical Violation, the rating as reason.
+ABNORMAL_ROWS = [2, 7, 10, 11, 12, 18, 20, 21, 23, 24, 26, 27, 28, 29, 32, 34, 35, 37, 38, 40, 42, 43, 44, 45, 49, 51, 53, 54, 57, 59, 60]
+TYPES_BY_HAND = {row: ["Physical Violations"] for row in ABNORMAL_ROWS} | {37: ["Object Distortion"], 59: ["Physical Violations", "Object Distortion"],
+                                                                        60: ["Object Distortion"]}
+# pc 4 or 5 with a rule listed (abnormal only with rules_make_abnormal): all physics, but row 39,
+# whose judge wrote that the leg must bend within its natural range (Human Distortion)
+RULE_ONLY_ROWS = {row: ["Physical Violations"] for row in (4, 6, 8, 13, 15, 16, 22, 33, 36, 39, 48, 50, 52, 55)} | {39: ["Human Distortion"]}
+
+
+def test_every_type_read_by_hand(published, tmp_path):
+    root, rows = published
+    _, records = _convert(tmp_path / "out", PUBLISHED, root / "url")
+    assert {r.num_frames - 7: [a.type for a in r.anomalies] for r in records.values()} == TYPES_BY_HAND  # row k has 8 + (k - 1) frames
+    by_rating = {r.num_frames - 7: r.anomalies[0].reason for r in records.values() if r.anomalies[0].reason.startswith("physical commonsense")}
+    assert by_rating == {27: "physical commonsense rated 3 of 5", 49: "physical commonsense rated 3 of 5"}
+    _, records = _convert(tmp_path / "rules", PUBLISHED, root / "url", rules_make_abnormal=True)
+    assert {r.num_frames - 7: [a.type for a in r.anomalies] for r in records.values()} == TYPES_BY_HAND | RULE_ONLY_ROWS
+
+
 def test_labels_checked_by_hand(published, tmp_path):
-    """Rows read by hand in the published file; what each must become."""
+    """Rows read by hand in the published file; what their reasons, prompts and provenance must be."""
     root, rows = published
     _, records = _convert(tmp_path / "out", PUBLISHED, root / "url")
     # cosmos, pc 2: four rules, none about a shape -> one Physical Violation, each rule with its law
@@ -119,7 +141,7 @@ def test_labels_checked_by_hand(published, tmp_path):
 def test_rules_make_abnormal_option(published, tmp_path):
     """With ``rules_make_abnormal`` a listed rule makes a video abnormal whatever its pc. 43 rows
     list a rule (shared/data/README.md): the 31 rows with pc <= 3 less the two pc-3 rows with none
-    (the file's lines 28 and 50), and 14 rated 4 or 5, which become abnormal by their rules alone."""
+    (rows 27 and 49), and 14 rated 4 or 5, which become abnormal by their rules alone."""
     root, rows = published
     report, records = _convert(tmp_path / "out", PUBLISHED, root / "url", rules_make_abnormal=True)
     phys = report["sources"][0]
