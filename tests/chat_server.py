@@ -1,9 +1,10 @@
 """A small local HTTP server answering like vLLM's OpenAI-compatible chat endpoint.
 
-It stands in for a remote vLLM server, which cannot run here. Its "model" tokenizes the
+It stands in for a vLLM server in the default suite (tests/conformance/ runs a real one). Its "model" tokenizes the
 rendered conversation one character per token (token id = ord(char)) and gives every token
 the log-probability ``char_logprob(id)``, so expected probabilities are computable by hand.
-Generation answers come from a function the test supplies. ``GET /v1/models`` lists the served
+Generation answers come from a function the test supplies. Videos are read as this package's
+vLLM plugin reads them (``data:video/x-npz``) and kept in ``videos``. ``GET /v1/models`` lists the served
 model names (``models``). It listens on 127.0.0.1 only.
 
 For failure tests: ``delay_s`` holds every answer back, ``trickle_s`` sends the answer one byte
@@ -21,13 +22,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
+from cac_align.vlm.video_payload import MEDIA_TYPE, decode_video
+
 
 def char_logprob(token_id: int) -> float:
     return -0.01 - 0.001 * (token_id % 17)
 
 
 def render(messages: list[dict]) -> str:
-    """Conversation -> text: images become '#', each message is 'role:content' + '|' unless continued."""
+    """Conversation -> text: images and videos become '#', each message is 'role:content' + '|' unless continued."""
     out = []
     for message in messages:
         content = message["content"]
@@ -59,6 +62,7 @@ class ChatServer:
         self.answer_model = answer_model  # answer as this model instead of the one asked for
         self.requests: list[dict] = []
         self.images: list[Image.Image] = []
+        self.videos: list[tuple] = []  # (frames, metadata) of each video part, decoded
         self._lock = threading.Lock()
         server = self
 
@@ -94,6 +98,12 @@ class ChatServer:
                                 data = part["image_url"]["url"].split(",", 1)[1]
                                 with server._lock:
                                     server.images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                            elif part["type"] == "video_url":  # read as the vLLM plugin's loader reads it
+                                header, data = part["video_url"]["url"].split(",", 1)
+                                if header != f"data:{MEDIA_TYPE};base64":
+                                    return self._send(400, {"error": f"unsupported video {header}"})
+                                with server._lock:
+                                    server.videos.append(decode_video(base64.b64decode(data)))
                 prompt = render(body["messages"])
                 ids = [ord(ch) for ch in prompt]
                 response = {

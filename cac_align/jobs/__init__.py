@@ -53,6 +53,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("make_tiny", "make-tiny", "MakeTinyConfig", "build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them", None),
     ("convert", "convert", "ConvertConfig", "convert public labelled sets (ViF-CoT-4K, VideoPhy-2) or your own labels into annotations.jsonl, with a report", None),
     ("synth", "synth", "SynthConfig", "render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl", _RESUME_KEPT.format("videos")),
+    ("serve", "serve", "ServeConfig", "start a vLLM server for a judge (CaC, UnifiedReward) that sees videos as in-process: our plugin, the right flags", None),
     ("score", "score", "ScoreConfig", "score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report", None),
     ("flow_grpo", "flow-grpo", "FlowGrpoConfig", "Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)", _RESUME_CHECKPOINT),
     ("synth_cot", "synth-cot", "SynthCotConfig", "write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline", _RESUME_KEPT.format("videos")),

@@ -35,6 +35,7 @@ __all__ = [
     "image_part",
     "images_of",
     "jpeg_image_part",
+    "model_frames",
     "text_part",
     "user",
     "video_part",
@@ -120,6 +121,22 @@ def videos_of(request: ChatRequest) -> list[Video]:
 def images_of(request: ChatRequest) -> list[np.ndarray]:
     """The request's still images in the order they appear."""
     return [part["image"] for message in request for part in message["content"] if part.get("type") == "image"]
+
+
+def model_frames(video: Video) -> tuple[np.ndarray, float, list[int]]:
+    """A video as every backend hands it to a Qwen-VL processor: ``(frames, fps, frames_indices)``.
+
+    The frames are the ones already sampled (the processor samples none); the vision tower
+    patches frames in pairs, so an odd count repeats its last frame. Indices are on the clip's
+    own fps grid, so ``index / fps`` = source seconds and the prompt's ``<t seconds>`` stamps are
+    source times. The in-process backend (:func:`cac_align.vlm.hf.video_metadata`) and a vLLM
+    server (:mod:`cac_align.integrations.vllm`) both receive exactly this.
+    """
+    frames, stamps = np.asarray(video.frames), np.asarray(video.timestamps)  # a lazy video's selected frames, decoded now
+    if len(frames) % 2:
+        frames = np.concatenate([frames, frames[-1:]])
+        stamps = np.concatenate([stamps, stamps[-1:]])
+    return frames, float(video.fps), np.round(stamps * video.fps).astype(int).tolist()
 
 
 @dataclass

@@ -50,6 +50,10 @@ class ModelConfig:
         max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai);
             the rewards score this many videos together (their one batch setting).
         timeout_s, max_retries: per-request timeout and retries with backoff (openai).
+        video_input: how the openai backend sends a video: "video" (each video as one lossless
+            part with its own metadata, read by this package's vLLM plugin: ``cac-align serve``
+            starts such a server; the model sees the video input it was trained on) or "images"
+            (frames as images with text stamps, for servers without the plugin).
         failure_limit: the openai backend's circuit breaker: after this many failed requests in
             a row (or one, when the server no longer lists its models), the job stops with one
             line instead of waiting out every remaining video's timeouts.
@@ -73,6 +77,7 @@ class ModelConfig:
     timeout_s: float = 120.0
     max_retries: int = 3
     failure_limit: int = 3
+    video_input: str = "video"
     cache: str = "dynamic"
     batch_buckets: list[int] | None = None
     length_multiple: int = 256
@@ -90,6 +95,8 @@ class ModelConfig:
             raise ValueError(f"model.cache must be 'dynamic' or 'static', got {self.cache!r}")
         if self.length_multiple < 1 or (self.batch_buckets is not None and min(self.batch_buckets, default=0) < 1):
             raise ValueError("model.length_multiple and every model.batch_buckets size must be >= 1")
+        if self.video_input not in ("video", "images"):
+            raise ValueError(f"model.video_input must be 'video' or 'images', got {self.video_input!r}")
         if self.backend not in ("hf", "openai"):
             raise ValueError(f"model.backend must be 'hf' or 'openai', got {self.backend!r}")
         if self.max_batch_size < 1:
@@ -152,6 +159,7 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             max_retries=model.max_retries,
             max_workers=model.max_batch_size,
             failure_limit=model.failure_limit,
+            video_input=model.video_input,
         )
         backend.check()  # a dead server or a wrong model name fails here, in seconds, not per sample
         return backend

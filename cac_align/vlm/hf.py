@@ -671,21 +671,14 @@ def render_chat(processor: Any, messages: Any, add_generation_prompt: bool = Tru
 
 
 def video_metadata(video: Any) -> tuple[Any, Any]:
-    """(frames, VideoMetadata) for the processor: frames already sampled, source-time stamps.
-
-    The vision tower patches frames in pairs, so an odd count repeats its last frame. Frame
-    indices are on the clip's own fps grid, so ``index / fps`` = source seconds and the
-    prompt's ``<t seconds>`` stamps are source times.
-    """
-    import numpy as np
+    """(frames, VideoMetadata) for the processor: frames already sampled, source-time stamps
+    (:func:`~cac_align.vlm.backend.model_frames`)."""
     from transformers.video_utils import VideoMetadata
 
-    frames, stamps = np.asarray(video.frames), video.timestamps  # a lazy video's selected frames, decoded now
-    if len(frames) % 2:
-        frames = np.concatenate([frames, frames[-1:]])
-        stamps = np.concatenate([stamps, stamps[-1:]])
-    indices = np.round(stamps * video.fps).astype(int).tolist()
-    return frames, VideoMetadata(total_num_frames=len(frames), fps=video.fps, frames_indices=indices)
+    from cac_align.vlm.backend import model_frames
+
+    frames, fps, indices = model_frames(video)
+    return frames, VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=indices)
 
 
 def processor_inputs(processor: Any, texts: list[str], requests: list[Any], padding: bool = True, pad_to_multiple_of: int | None = None) -> Any:

@@ -1,10 +1,16 @@
 """A Backend that talks to an OpenAI-compatible chat server (vLLM, sglang) serving the VLM.
 
-Videos travel as their frames: for each frame a text part ``<t=1.250 s>`` followed by an
-``image_url`` part holding a base64 JPEG/PNG data URL, so any server that accepts images sees
-the same timestamps the in-process backend states. Still images go as one ``image_url`` part each;
-an image part that carries its own JPEG file (``image_part(..., jpeg=...)``) is sent as those
-bytes, so the server decodes exactly the pixels the in-process backend is given.
+Videos travel as the in-process backend gives them to its processor (``video_input: video``,
+the default): one ``video_url`` part per video, a ``data:video/x-npz`` URL holding its sampled
+frames losslessly and its own metadata (fps, source frame indices), which a vLLM server reads
+through this package's plugin (:mod:`cac_align.integrations.vllm`; start it with ``cac-align
+serve``). The model then sees Qwen3-VL's video input with its ``<x.x seconds>`` stamps, for each
+video of a turn-2 request its own. ``video_input: images`` sends each frame as an image after a
+``<t=1.250 s>`` text part instead, for servers without the plugin; a model trained on video
+input has never seen that layout (cac-demo answered 0 of 16 videos validly so). Still images go
+as one ``image_url`` part each; an image part that carries its own JPEG file (``image_part(...,
+jpeg=...)``) is sent as those bytes, so the server decodes exactly the pixels the in-process
+backend is given.
 
 ``choice_probs`` uses vLLM's documented extensions of the chat API: the assistant prefix
 plus a candidate is sent as an unfinished assistant message (``continue_final_message=true``,
@@ -36,9 +42,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion
+from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion, model_frames
+from cac_align.vlm.video_payload import encode_video
 
-__all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError"]
+__all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS"]
+
+VIDEO_INPUTS = ("video", "images")
 
 
 class ServerUnavailableError(ConnectionError):
@@ -66,7 +75,9 @@ class OpenAIBackend(BackendBase):
         timeout_s: deadline of one attempt of one request (connect, wait, read the whole answer).
         max_retries: retries after a connection error, timeout or 5xx/429 answer.
         backoff_s: first retry delay; doubles each retry.
-        image_format: "jpeg" (smaller) or "png" (lossless) for frames.
+        image_format: "jpeg" (smaller) or "png" (lossless) for frames sent as images.
+        video_input: "video" (each video as one lossless part with its own metadata; needs this
+            package's vLLM plugin on the server) or "images" (frames as images with text stamps).
         max_workers: concurrent HTTP requests.
         failure_limit: the circuit breaker: after a request fails (all its retries spent), the
             server is asked for its model list in a few seconds; if that fails too, or after
@@ -89,7 +100,10 @@ class OpenAIBackend(BackendBase):
         image_format: str = "jpeg",
         max_workers: int = 8,
         failure_limit: int = 3,
+        video_input: str = "video",
     ):
+        if video_input not in VIDEO_INPUTS:
+            raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {video_input!r}")
         if image_format not in ("jpeg", "png"):
             raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
         if failure_limit < 1:
@@ -101,6 +115,7 @@ class OpenAIBackend(BackendBase):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.image_format = image_format
+        self.video_input = video_input
         self.max_workers = max_workers
         self.base_url = base_url.rstrip("/")
         self.failure_limit = failure_limit
@@ -153,7 +168,10 @@ class OpenAIBackend(BackendBase):
         for message in request:
             parts: list[dict] = []
             for part in message["content"]:
-                if part.get("type") == "video":
+                if part.get("type") == "video" and self.video_input == "video":
+                    frames, fps, indices = model_frames(part["video"])
+                    parts.append({"type": "video_url", "video_url": {"url": encode_video(frames, fps, indices)}})
+                elif part.get("type") == "video":
                     video = part["video"]
                     for frame, stamp in zip(video.frames, video.timestamps):
                         parts.append({"type": "text", "text": f"<t={stamp:.3f} s>"})

@@ -59,9 +59,28 @@ def test_the_generic_abilities_of_a_backend_without_a_cheaper_way():
     np.testing.assert_array_equal(rounds[2], [[0.25 * (7 % 4), 0.5], [0.25 * (8 % 4), 0.5]])
 
 
-def test_generate_sends_frames_with_timestamps_and_returns_text():
+def test_generate_sends_each_video_as_the_processor_gets_it():
+    """``video_input: video`` (the default): one lossless part per video with its own metadata,
+    decoded by the server exactly into what the in-process backend gives its processor."""
+    from cac_align.vlm.hf import video_metadata
+
     with ChatServer(answer=lambda messages: "hello") as server:
-        backend = OpenAIBackend("cac", base_url=server.url, image_format="png")
+        backend = OpenAIBackend("cac", base_url=server.url)
+        out = backend.generate([_request(0, frames=5), _request(1)], max_new_tokens=7)
+    assert [c.text for c in out] == ["hello", "hello"]
+    assert [p["type"] for p in server.requests[0]["messages"][0]["content"]] == ["video_url", "text"]
+    assert len(server.videos) == 2
+    for seed, frames in ((0, 5), (1, 4)):
+        expected_frames, meta = video_metadata(Video(smooth_video(frames, 32, 48, seed=seed), 4.0))
+        got_frames, got = next((f, m) for f, m in server.videos if len(f) == len(expected_frames) and f[0].tobytes() == expected_frames[0].tobytes())
+        np.testing.assert_array_equal(got_frames, expected_frames)  # 5 frames: the last repeated, as in-process
+        assert (got["fps"], got["frames_indices"], got["total_num_frames"]) == (meta.fps, meta.frames_indices, meta.total_num_frames)
+    assert server.videos[0][1]["do_sample_frames"] is False
+
+
+def test_generate_sends_frames_as_images_with_timestamps_when_asked():
+    with ChatServer(answer=lambda messages: "hello") as server:
+        backend = OpenAIBackend("cac", base_url=server.url, image_format="png", video_input="images")
         out = backend.generate([_request(0), _request(1)], max_new_tokens=7)
     assert [c.text for c in out] == ["hello", "hello"]
     body = server.requests[0]
@@ -118,6 +137,16 @@ def test_timeout_is_a_retryable_failure():
             backend.generate([_request()])
 
 
+def _turn2_videos(body):
+    """The metadata of a request's videos, in order, read as the server reads them."""
+    import base64
+
+    from cac_align.vlm.video_payload import decode_video
+
+    parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "video_url"]
+    return [decode_video(base64.b64decode(p["video_url"]["url"].split(",", 1)[1]))[1] for p in parts]
+
+
 def test_two_turn_cac_through_the_server():
     turn1 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "time": [0.25, 0.75]}]})
     turn2 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "bbox": {"frame 0": [1, 2, 3, 4]}}]})
@@ -126,10 +155,13 @@ def test_two_turn_cac_through_the_server():
         video = Video(smooth_video(16, 32, 48), 16.0)  # 1 s
         (result,) = CaCScorer(backend).score([video])
     assert result.valid and result.status == "abnormal" and result.window_s == (0.25, 0.75)
-    # Turn 2 (three messages) carried the 8 fps clip: 4 frames at 0.25, 0.375, 0.5, 0.625 s.
+    # Turn 2 (three messages) carried the 4 fps scan and the 8 fps clip, each with its own
+    # metadata: the clip's 4 frames at 0.25, 0.375, 0.5, 0.625 s are indices 2-5 on its 8 fps grid
     turn2_body = next(b for b in server.requests if len(b["messages"]) == 3 and b.get("prompt_logprobs") is None)
-    stamps = [p["text"] for p in turn2_body["messages"][2]["content"] if p["type"] == "text" and p["text"].startswith("<t=")]
-    assert stamps == ["<t=0.250 s>", "<t=0.375 s>", "<t=0.500 s>", "<t=0.625 s>"]
+    assert [p["type"] for m in turn2_body["messages"] if isinstance(m["content"], list) for p in m["content"]].count("video_url") == 2
+    scan, clip = _turn2_videos(turn2_body)
+    assert (scan["fps"], scan["frames_indices"]) == (4.0, [0, 1, 2, 3])
+    assert (clip["fps"], clip["frames_indices"]) == (8.0, [2, 3, 4, 5])
     p_n = math.exp(sum(char_logprob(ord(c)) for c in "normal"))
     p_a = math.exp(sum(char_logprob(ord(c)) for c in "abnormal"))
     assert result.reward == pytest.approx(p_n / (p_n + p_a))

@@ -22,7 +22,6 @@ Rules shared by every source (this module):
 
 from __future__ import annotations
 
-import bisect
 import csv
 import json
 import math
@@ -138,11 +137,12 @@ def _json_array_rows(text: str) -> Iterator[tuple[int, Any]]:
     """``(file line, element)`` of a JSON array, each element numbered by the line it starts on
     (what an editor shows), not by its position in the list."""
     decoder = json.JSONDecoder()
-    lines = [0]  # offsets where each line starts
-    lines += [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    counted = [0, 1]  # (offset, line there): offsets only grow, so lines are counted once, in C
 
     def line_of(offset: int) -> int:
-        return bisect.bisect_right(lines, offset)
+        counted[1] += text.count("\n", counted[0], offset)
+        counted[0] = offset
+        return counted[1]
 
     def skip(offset: int) -> int:
         while offset < len(text) and text[offset] in " \t\r\n":

