@@ -12,7 +12,9 @@ Steps: 1. collect videos (a file, a folder, or a JSONL manifest with "video" and
 the reward includes CaC) its evidence PNG drawn while the frames are in memory; each batch is
 appended to results.jsonl.partial, the pictures go to evidence.partial/; 4. once every video is
 scored, the pictures, results.jsonl and report.html replace the last run's: a rerun that is
-killed leaves the last complete results, report and pictures as they were, consistent.
+killed leaves the last complete results, report and pictures as they were, consistent. A run
+whose reward server went away stops within seconds with one line, writing the rows scored so
+far; rerunning the same command then keeps those rows and scores the rest.
 
 The run folder follows the rules of every job (docs/run_folders.md): a rerun of the same config
 scores again and replaces its own outputs; another config is refused unless ``overwrite=true``;
@@ -139,14 +141,22 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     # 3. score in batches: decode once, score, draw evidence, append rows. Everything new goes
     # beside the last run's outputs (results.jsonl.partial, evidence.partial/), which stay whole
     # and consistent until this run is complete (step 4 swaps them in).
-    rows: list[dict] = []
+    # A rerun of a run that stopped early (its server went away) keeps that run's rows and
+    # pictures and scores the rest.
+    rows: list[dict] = _stopped_rows(out, paths, prompts) if run_folder.resuming else []
     stopped: ServerDown | None = None
     partial = out / "results.jsonl.partial"
     staged = out / STAGED_EVIDENCE
     shutil.rmtree(staged, ignore_errors=True)  # a killed run's half-drawn pictures
     staged.mkdir(parents=True)
-    with partial.open("w", encoding="utf-8") as handle, tqdm(total=len(paths), desc=f"scoring ({reward.name})", unit="video") as bar:
-        for start in range(0, len(paths), config.batch_size):
+    for index in range(len(rows)):
+        if evidence_path(out, index).is_file():
+            shutil.copy2(evidence_path(out, index), staged / evidence_path(out, index).name)
+    if rows:
+        print(f"resuming a stopped run: {len(rows)} of {len(paths)} videos kept from {out / 'results.jsonl'}")
+    with partial.open("w", encoding="utf-8") as handle, tqdm(total=len(paths), initial=len(rows), desc=f"scoring ({reward.name})", unit="video") as bar:
+        handle.writelines(json.dumps(row, default=_jsonable) + "\n" for row in rows)
+        for start in range(len(rows), len(paths), config.batch_size):
             batch = paths[start : start + config.batch_size]
             loaded: list[Any] = []
             for path in batch:
@@ -199,6 +209,21 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             f"every one of the {len(rows)} videos failed in the reward backend ({rows[0]['error']}); "
             "nothing was scored: fix the backend (is its server running?) and rerun"
         )
+    return rows
+
+
+def _stopped_rows(out: Path, paths: list[str], prompts: list[str | None]) -> list[dict]:
+    """The rows of the last run of this config when it stopped early: fewer rows than videos, each
+    for the video and prompt at its place. [] when that run finished (a rerun scores again)."""
+    path = out / "results.jsonl"
+    if not path.is_file():
+        return []
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except ValueError:
+        return []
+    if len(rows) >= len(paths) or any(row.get("video") != paths[i] or row.get("prompt") != prompts[i] for i, row in enumerate(rows)):
+        return []
     return rows
 
 

@@ -135,13 +135,15 @@ def started_server(config: ServeConfig, log: str | None = None) -> Iterator[subp
         log: a file for the server's output (default: this process's stdout / stderr).
 
     Raises:
-        RuntimeError: the server exited, or did not answer within ``ready_timeout_s``
-            (the end of its log is in the message when ``log`` is given).
+        BackendFailure: the server exited, or did not answer within ``ready_timeout_s`` (the end
+            of its log is in the message when ``log`` is given); the CLI prints it as one line.
     """
+    from cac_align.rewards.base import BackendFailure
+
     python = config.python or sys.executable
     _check_python(python)
     if _answers(config.base_url):
-        raise RuntimeError(f"something already answers at {config.base_url}: stop it, or choose another port")
+        raise BackendFailure(f"something already answers at {config.base_url}: stop it, or choose another port")
     command = serve_command(config)
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
@@ -151,9 +153,9 @@ def started_server(config: ServeConfig, log: str | None = None) -> Iterator[subp
         while not _answers(config.base_url):
             if process.poll() is not None:
                 tail = open(log, errors="replace").read()[-2000:] if log else ""
-                raise RuntimeError(f"the vLLM server exited with code {process.returncode} before answering{': ' + tail if tail else ''}")
+                raise BackendFailure(f"the vLLM server exited with code {process.returncode} before answering{': ' + tail if tail else ''}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the vLLM server did not answer at {config.base_url} within {config.ready_timeout_s:g} s")
+                raise BackendFailure(f"the vLLM server did not answer at {config.base_url} within {config.ready_timeout_s:g} s")
             time.sleep(1.0)
         yield process
     finally:
@@ -163,7 +165,10 @@ def started_server(config: ServeConfig, log: str | None = None) -> Iterator[subp
 
 
 def run(config: ServeConfig) -> int:
-    """Serve until interrupted; returns 0, or raises when the server dies on its own."""
+    """Serve until interrupted; returns 0, or raises :class:`BackendFailure` when the server dies
+    on its own."""
+    from cac_align.rewards.base import BackendFailure
+
     # 1-3. check the interpreter, start, wait for the first answer
     stop = {"signal": None}
 
@@ -179,7 +184,7 @@ def run(config: ServeConfig) -> int:
             # 4. serve until interrupted, or until the server dies
             while process.poll() is None:
                 time.sleep(1.0)
-            raise RuntimeError(f"the vLLM server exited with code {process.returncode}")
+            raise BackendFailure(f"the vLLM server exited with code {process.returncode}; its engine is stopped too")
     except KeyboardInterrupt:
         print("stopped the vLLM server", flush=True)
         return 0

@@ -41,7 +41,7 @@ def _serve_config(model: str, name: str, **extra):
     if not Path(VLLM_PYTHON).exists():
         pytest.fail(f"no vLLM interpreter at {VLLM_PYTHON}: build it with `bash tests/conformance/build_vllm_venv.sh`")
     return ServeConfig(model=model, served_model_name=name, python=VLLM_PYTHON, port=_free_port(), dtype="float32",
-                       max_model_len=4096, env={"VLLM_CPU_KVCACHE_SPACE": "1"}, **extra)
+                       env={"VLLM_CPU_KVCACHE_SPACE": "1"}, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def small_qwen3(tmp_path_factory):
     root = tmp_path_factory.mktemp("small_qwen3")
     tiny = build_small_qwen3_vl(seed=0)
     tiny.save_pretrained(str(root / "model"))
-    config = _serve_config(str(root / "model"), "small")
+    config = _serve_config(str(root / "model"), "small", max_model_len=2048)
     with started_server(config, log=str(root / "server.log")):
         served = OpenAIBackend("small", base_url=config.base_url, timeout_s=300, max_workers=4)
         served.check()
@@ -118,21 +118,116 @@ def test_choice_probabilities_within_1e_4(small_qwen3):
     np.testing.assert_allclose(there[:, 0] / there.sum(1), here[:, 0] / here.sum(1), rtol=0, atol=1e-4)
 
 
-def test_the_readme_main_job_through_the_server(tmp_path):
-    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-3
-    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process."""
+def test_a_rejected_request_marks_its_video_and_the_server_serves_on(small_qwen3):
+    """An oversized video (more tokens than the server's max_model_len, 2048) is refused by the server
+    (HTTP 400): that video is invalid with the server's reason, the circuit breaker stays shut, and
+    the next video is scored."""
+    from cac_align.cac.infer import CaCOptions
+    from cac_align.rewards.cac import CaCReward
+    from cac_align.vlm.openai import RequestRejected
+
+    _, served = small_qwen3
+    huge = [user(_video(2, 480, 4.0), "Is the video normal?")]  # 240 frame pairs, with their stamps over 2048 tokens
+    with pytest.raises(RequestRejected, match=r"HTTP 400"):
+        served.generate([huge], max_new_tokens=4)
+    assert served._down is None and served.generate(_requests()[:1], max_new_tokens=4)[0].text
+    output = CaCReward(served, CaCOptions(max_new_tokens=8, max_frames_turn1=480))([_video(2, 480, 4.0), _video(3, 8, 4.0)], [None, None])
+    assert output.details[0]["error_kind"] == "backend" and "HTTP 400" in output.details[0]["error"]
+    assert "error_kind" not in output.details[1] or output.details[1]["error_kind"] != "backend"
+
+
+@pytest.fixture(scope="module")
+def cac_demo_in_process(tmp_path_factory):
+    """The README main job's rows, in-process (recipes/score/cac_demo.yaml)."""
     from cac_align.cli import main
-    from cac_align.jobs.serve import started_server
 
-    main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), f"out_dir={tmp_path / 'here'}"])
-    from cac_align.jobs import load_recipe
+    out = tmp_path_factory.mktemp("in_process")
+    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), f"out_dir={out}"]) == 0
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
-    _, serve = load_recipe(REPO_ROOT / "recipes/serve/cac_demo.yaml", [f"python={VLLM_PYTHON}", f"port={_free_port()}"])
-    with started_server(serve, log=str(tmp_path / "server.log")):
-        main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
-              f"reward.model.base_url={serve.base_url}"])
-    here = [json.loads(line) for line in (tmp_path / "here" / "results.jsonl").read_text().splitlines()]
-    there = [json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()]
+
+def _same_rows(there: list[dict], here: list[dict]) -> None:
     assert len(here) == len(there) == 16 and sum(r["valid"] for r in here) == 16
     assert [(r["valid"], r["status"]) for r in there] == [(r["valid"], r["status"]) for r in here]
     np.testing.assert_allclose([r["score"] for r in there], [r["score"] for r in here], rtol=0, atol=1e-3)
+
+
+def test_the_readme_main_job_through_the_server(cac_demo_in_process, tmp_path):
+    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-3
+    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process."""
+    from cac_align.cli import main
+    from cac_align.jobs import load_recipe
+    from cac_align.jobs.serve import started_server
+
+    _, serve = load_recipe(REPO_ROOT / "recipes/serve/cac_demo.yaml", [f"python={VLLM_PYTHON}", f"port={_free_port()}"])
+    with started_server(serve, log=str(tmp_path / "server.log")):
+        assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
+                     f"reward.model.base_url={serve.base_url}"]) == 0
+    _same_rows([json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()], cac_demo_in_process)
+
+
+def _serve_cli(port: int, log: Path):
+    """`cac-align serve --config recipes/serve/cac_demo.yaml` as a user starts it; returns the
+    process once it says it is serving."""
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "cac_align.cli", "serve", "--config", str(REPO_ROOT / "recipes/serve/cac_demo.yaml"),
+               f"python={VLLM_PYTHON}", f"port={port}"]
+    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)  # noqa: SIM115
+    deadline = time.monotonic() + 600
+    while "serving cac-demo" not in log.read_text(errors="replace"):
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, "cac-align serve did not come up in 10 minutes"
+        time.sleep(1)
+    return process
+
+
+def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path):
+    """The server dies mid-run (its process group killed): the score job stops within seconds
+    with one line, keeping the rows scored; `cac-align serve` starts it again; the same command
+    then keeps those rows and scores the rest, equal to in-process; stopping `cac-align serve`
+    stops the server and every engine process it forked."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    port = _free_port()
+    server = _serve_cli(port, tmp_path / "serve1.log")
+    engine = [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
+    assert len(engine) >= 2  # the vLLM server and its engine process
+    score = [sys.executable, "-m", "cac_align.cli", "score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"),
+             f"out_dir={tmp_path / 'out'}", f"reward.model.base_url=http://127.0.0.1:{port}/v1", "reward.model.max_retries=1"]
+    job = subprocess.Popen(score, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    partial = tmp_path / "out" / "results.jsonl.partial"
+    while not (partial.is_file() and len(partial.read_text().splitlines()) >= 8):  # the first batch of 8 is written
+        assert job.poll() is None, job.communicate()
+        time.sleep(0.2)
+    for pid in engine:  # the crash: the server and its engine, at once
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+    killed = time.monotonic()
+    _, err = job.communicate(timeout=120)
+    assert time.monotonic() - killed < 30 and job.returncode == 1
+    assert "stopped after 8 of 16 videos (kept in results.jsonl): rerun when the server is back" in err.strip().splitlines()[-1]
+    kept = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(kept) == 8
+    server.wait(60)  # cac-align serve saw its server die: it exits with one line
+    assert server.returncode != 0 and "exited with code" in (tmp_path / "serve1.log").read_text()
+
+    port = _free_port()
+    server = _serve_cli(port, tmp_path / "serve2.log")
+    engine = [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
+    rerun = subprocess.run(score[:-2] + [f"reward.model.base_url=http://127.0.0.1:{port}/v1"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert rerun.returncode == 0 and "resuming a stopped run: 8 of 16 videos kept" in rerun.stdout, rerun.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert rows[:8] == kept
+    _same_rows(rows, cac_demo_in_process)
+    server.send_signal(signal.SIGINT)  # Ctrl-C
+    assert server.wait(60) == 0 and "stopped the vLLM server" in (tmp_path / "serve2.log").read_text()
+    assert not [pid for pid in engine if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

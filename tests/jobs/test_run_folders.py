@@ -359,6 +359,21 @@ def test_a_server_that_dies_mid_run_stops_score_in_seconds_keeping_what_was_scor
     assert seconds < 30  # not the retries and timeouts of every remaining video
     rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["valid"] for r in rows)  # the videos scored before it died
+    # the server is back (another one, on another port: serving keys are not the run's config):
+    # the same command keeps the 2 rows and asks only for the 4 others
+    with ChatServer(answer=lambda messages: '{"status": "normal", "anomalies": []}') as server:
+        code = main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_vllm.yaml"), f"videos={tmp_path / 'videos'}",
+                     f"out_dir={tmp_path / 'out'}", f"reward.model.base_url={server.url}", "batch_size=2"])
+        asked = {json.dumps(body["messages"][0]["content"][0])[:200] for body in server.requests}
+    assert code == 0 and "resuming a stopped run: 2 of 6 videos kept" in capsys.readouterr().out
+    resumed = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    assert resumed[:2] == rows and len(resumed) == 6 and all(r["valid"] for r in resumed)
+    assert len(server.requests) == 4 * 4 and len(asked) == 4  # 4 videos x (1 answer + 3 status reads)
+    # a finished run is scored again on a rerun, as before
+    with ChatServer(answer=lambda messages: '{"status": "normal", "anomalies": []}') as server:
+        assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_vllm.yaml"), f"videos={tmp_path / 'videos'}",
+                     f"out_dir={tmp_path / 'out'}", f"reward.model.base_url={server.url}", "batch_size=2"]) == 0
+    assert len(server.requests) == 6 * 4
 
 
 def test_a_trickling_server_hits_the_deadline():
