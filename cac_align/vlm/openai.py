@@ -329,7 +329,7 @@ class OpenAIBackend(BackendBase):
     ) -> list[Completion]:
         def one(request: ChatRequest) -> Completion:
             body = {"model": self.model, "messages": self._messages(request), "max_tokens": max_new_tokens,
-                    "temperature": temperature, "top_p": top_p}
+                    "temperature": temperature, "top_p": top_p, "return_token_ids": True}
             if seed is not None:
                 body["seed"] = seed
             answer = self._post(body)

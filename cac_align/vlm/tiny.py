@@ -168,6 +168,12 @@ def _finish(model: Any, tokenizer: Any) -> Any:
     return model
 
 
+def _mrope_section(head_dim: int) -> list[int]:
+    """head_dim / 2 rotary pairs over (time, height, width), as Qwen's configs split them: [2, 3, 3] for 16."""
+    half = head_dim // 2
+    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
 # Pixel budgets small enough that an 8-frame 64x96 clip costs a few dozen vision tokens.
 _IMAGE_SIZE = {"shortest_edge": 32 * 32, "longest_edge": 128 * 128}
 _VIDEO_SIZE = {"shortest_edge": 32 * 32 * 2, "longest_edge": 128 * 128 * 16}
@@ -223,8 +229,11 @@ def build_tiny_qwen3_vl(seed: int = 0) -> TinyVLM:
     return TinyVLM(_finish(model, tokenizer), processor)
 
 
-def build_tiny_qwen2_5_vl(seed: int = 0) -> TinyVLM:
-    """Tiny random ``Qwen2_5_VLForConditionalGeneration`` + processor (UnifiedReward-qwen's backbone)."""
+def build_tiny_qwen2_5_vl(seed: int = 0, head_dim: int = 16) -> TinyVLM:
+    """Tiny random ``Qwen2_5_VLForConditionalGeneration`` + processor (UnifiedReward-qwen's backbone).
+
+    ``head_dim=64`` (hidden 128, 2 heads) builds the variant a vLLM CPU server accepts (its
+    attention refuses head dimension 16; tests/conformance)."""
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -241,7 +250,7 @@ def build_tiny_qwen2_5_vl(seed: int = 0) -> TinyVLM:
             hidden_size=32,
             intermediate_size=64,
             num_heads=2,
-            out_hidden_size=64,
+            out_hidden_size=2 * head_dim if head_dim != 16 else 64,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
@@ -250,8 +259,10 @@ def build_tiny_qwen2_5_vl(seed: int = 0) -> TinyVLM:
         ),
         text_config=_text_config(
             tokenizer,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        ),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        )
+        | ({} if head_dim == 16 else {"hidden_size": 2 * head_dim, "intermediate_size": 4 * head_dim, "num_attention_heads": 2,
+                                       "num_key_value_heads": 1, "head_dim": head_dim}),
         tie_word_embeddings=False,
         **_token_ids(tokenizer),
     )
@@ -330,8 +341,7 @@ def build_small_qwen3_vl(seed: int = 0) -> TinyVLM:
     sizes = SMALL_QWEN3_VL
     tokenizer = build_tiny_tokenizer(sizes["vocab_size"], _small_corpus(), split_digits=True)
     vision, text = dict(sizes["vision"]), dict(sizes["text"])
-    half = text["head_dim"] // 2  # rotary pairs, split over (time, height, width)
-    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    section = _mrope_section(text["head_dim"])
     config = Qwen3VLConfig(
         vision_config=dict(vision, temporal_patch_size=2, out_hidden_size=text["hidden_size"], num_position_embeddings=256),
         text_config=_text_config(

@@ -44,22 +44,36 @@ def _serve_config(model: str, name: str, **extra):
                        env={"VLLM_CPU_KVCACHE_SPACE": "1"}, **extra)
 
 
-@pytest.fixture(scope="module")
-def small_qwen3(tmp_path_factory):
-    """(in-process backend, served backend) over one random small Qwen3-VL (head_dim 64)."""
+def _served_pair(name: str, tmp_path_factory):
+    """(in-process backend, served backend) over one random model with head_dim 64."""
     from cac_align.jobs.serve import started_server
     from cac_align.vlm.hf import HFBackend
     from cac_align.vlm.openai import OpenAIBackend
-    from cac_align.vlm.tiny import build_small_qwen3_vl
+    from cac_align.vlm.tiny import build_small_qwen3_vl, build_tiny_qwen2_5_vl
 
-    root = tmp_path_factory.mktemp("small_qwen3")
-    tiny = build_small_qwen3_vl(seed=0)
+    root = tmp_path_factory.mktemp(name)
+    tiny = build_small_qwen3_vl(seed=0) if name == "qwen3_vl" else build_tiny_qwen2_5_vl(seed=0, head_dim=64)
     tiny.save_pretrained(str(root / "model"))
     config = _serve_config(str(root / "model"), "small", max_model_len=2048)
     with started_server(config, log=str(root / "server.log")):
         served = OpenAIBackend("small", base_url=config.base_url, timeout_s=300, max_workers=4)
         served.check()
         yield HFBackend(tiny.model.float().eval(), tiny.processor, max_batch_size=4), served
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl(tmp_path_factory):
+    """The small Qwen3-VL: CaC's architecture, cac-demo's pixel grid."""
+    yield from _served_pair("qwen3_vl", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def qwen2_5_vl(tmp_path_factory):
+    """A tiny Qwen2.5-VL (hidden 128, 2 heads): UnifiedReward's architecture."""
+    yield from _served_pair("qwen2_5_vl", tmp_path_factory)
+
+
+MODELS = pytest.mark.parametrize("model", ["qwen3_vl", "qwen2_5_vl"])
 
 
 def _video(seed: int, frames: int, fps: float, start_s: float = 0.0) -> Video:
@@ -84,29 +98,34 @@ def _in_process_ids(backend, request, prefix: str) -> list[int]:
     return processor_inputs(backend.processor, [text], [request])["input_ids"][0].tolist()
 
 
-def test_prompt_token_ids_equal(small_qwen3):
+@MODELS
+def test_prompt_token_ids_equal(model, request):
     """Each video reaches the model as in-process: the prompt token ids the server reports (its
     rendering, its processor, our plugin's metadata) equal the in-process processor's, turn 1 and
     turn 2 (two videos, each with its own <x.x seconds> stamps)."""
-    local, served = small_qwen3
+    local, served = request.getfixturevalue(model)
     for request in _requests():
         ids, _ = served._prompt_logprobs(request, '{"status": "')
         assert ids == _in_process_ids(local, request, '{"status": "')
-        assert ids.count(local.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")) >= 4
+        assert ids.count(local.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")) >= 8  # the videos are in
 
 
-def test_greedy_generations_equal(small_qwen3):
-    local, served = small_qwen3
+@MODELS
+def test_greedy_generations_equal(model, request):
+    local, served = request.getfixturevalue(model)
     requests = _requests()
     here = local.generate(requests, max_new_tokens=24)
     there = served.generate(requests, max_new_tokens=24)
-    assert [c.text for c in there] == [c.text for c in here]
-    assert all(len(c.text) > 0 for c in here)
+    # token ids: a random model's text can end inside a multi-byte character, which the two
+    # detokenizers render differently
+    assert [c.token_ids for c in there] == [c.token_ids for c in here]
+    assert all(len(c.token_ids) > 0 for c in here)
 
 
-def test_choice_probabilities_within_1e_4(small_qwen3):
+@MODELS
+def test_choice_probabilities_within_1e_4(model, request):
     """Teacher-forced probabilities of full candidates after the same prefix: within 1e-4."""
-    local, served = small_qwen3
+    local, served = request.getfixturevalue(model)
     requests = _requests()
     prefixes = ['{"status": "'] * len(requests)
     choices = ["normal", "abnormal"]
@@ -118,7 +137,7 @@ def test_choice_probabilities_within_1e_4(small_qwen3):
     np.testing.assert_allclose(there[:, 0] / there.sum(1), here[:, 0] / here.sum(1), rtol=0, atol=1e-4)
 
 
-def test_a_rejected_request_marks_its_video_and_the_server_serves_on(small_qwen3):
+def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
     """An oversized video (more tokens than the server's max_model_len, 2048) is refused by the server
     (HTTP 400): that video is invalid with the server's reason, the circuit breaker stays shut, and
     the next video is scored."""
@@ -126,7 +145,7 @@ def test_a_rejected_request_marks_its_video_and_the_server_serves_on(small_qwen3
     from cac_align.rewards.cac import CaCReward
     from cac_align.vlm.openai import RequestRejected
 
-    _, served = small_qwen3
+    _, served = qwen3_vl
     huge = [user(_video(2, 480, 4.0), "Is the video normal?")]  # 240 frame pairs, with their stamps over 2048 tokens
     with pytest.raises(RequestRejected, match=r"HTTP 400"):
         served.generate([huge], max_new_tokens=4)
