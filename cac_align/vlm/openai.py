@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import math
 import queue
 import threading
@@ -48,6 +49,8 @@ from cac_align.vlm.video_payload import encode_video
 __all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS"]
 
 VIDEO_INPUTS = ("video", "images")
+
+log = logging.getLogger(__name__)
 
 
 class ServerUnavailableError(ConnectionError):
@@ -123,6 +126,7 @@ class OpenAIBackend(BackendBase):
         self._down: str | None = None  # why the circuit breaker opened
         self._breaker = threading.Lock()
         self._local = threading.local()  # per worker thread: the abort event of its _map call
+        self._warned_boundary = False
 
     def check(self, timeout_s: float = 5.0) -> None:
         """Fail fast when the server is not there or does not serve :attr:`model`.
@@ -388,6 +392,13 @@ class OpenAIBackend(BackendBase):
                 common = 0
                 while common < min(len(ids), len(base_ids)) and ids[common] == base_ids[common]:
                     common += 1
+                if common < len(base_ids) and not self._warned_boundary:
+                    # the choice merged with the prefix's last token(s) when the joint text was
+                    # tokenized: the server's tokens after the prefix are not the in-process ones
+                    self._warned_boundary = True
+                    log.warning("choice %r merges with the end of the prefix %r when tokenized: its probability is read "
+                                "from the joint text's tokens, not after the prefix's own (in-process); see docs/rewards.md",
+                                choices[c], prefixes[i][-20:])
                 tail = logprobs[common:]
                 if not tail or any(lp is None for lp in tail):
                     raise ServerUnavailableError(f"{self.url}: no log-probabilities for the tokens of choice {choices[c]!r}")

@@ -229,11 +229,12 @@ def build_tiny_qwen3_vl(seed: int = 0) -> TinyVLM:
     return TinyVLM(_finish(model, tokenizer), processor)
 
 
-def build_tiny_qwen2_5_vl(seed: int = 0, head_dim: int = 16) -> TinyVLM:
+def build_tiny_qwen2_5_vl(seed: int = 0, head_dim: int = 16, split_digits: bool = False) -> TinyVLM:
     """Tiny random ``Qwen2_5_VLForConditionalGeneration`` + processor (UnifiedReward-qwen's backbone).
 
     ``head_dim=64`` (hidden 128, 2 heads) builds the variant a vLLM CPU server accepts (its
-    attention refuses head dimension 16; tests/conformance)."""
+    attention refuses head dimension 16; tests/conformance); ``split_digits`` tokenizes every
+    digit alone, as Qwen's tokenizers do (:func:`build_tiny_tokenizer`)."""
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -243,7 +244,7 @@ def build_tiny_qwen2_5_vl(seed: int = 0, head_dim: int = 16) -> TinyVLM:
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(split_digits=split_digits)
     config = Qwen2_5_VLConfig(
         vision_config=dict(
             depth=2,
