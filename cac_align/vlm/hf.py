@@ -142,6 +142,9 @@ class HFBackend(BackendBase):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        from cac_align.vlm.qwen_positions import install_trained_positions
+
+        install_trained_positions(model)  # Qwen2.5-VL: text after a video placed as it was trained
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer

@@ -170,6 +170,12 @@ def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
     with pytest.raises(RequestRejected, match=r"HTTP 400"):
         served.generate([huge], max_new_tokens=4)
     assert served._down is None and served.generate(_requests()[:1], max_new_tokens=4)[0].text
+    # a payload our plugin's loader cannot read is refused too, naming why
+    corrupt = {"model": "small", "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "data:video/x-npz;base64,bm90IGFuIG5weg=="}}, {"type": "text", "text": "hi"}]}]}
+    with pytest.raises(RequestRejected, match=r"HTTP 400"):
+        served._post(corrupt)
+    assert served._down is None
     output = CaCReward(served, CaCOptions(max_new_tokens=8, max_frames_turn1=480))([_video(2, 480, 4.0), _video(3, 8, 4.0)], [None, None])
     assert output.details[0]["error_kind"] == "backend" and "HTTP 400" in output.details[0]["error"]
     assert "error_kind" not in output.details[1] or output.details[1]["error_kind"] != "backend"
