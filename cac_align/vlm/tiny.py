@@ -245,13 +245,15 @@ def build_tiny_qwen2_5_vl(seed: int = 0, head_dim: int = 16, split_digits: bool 
     )
 
     tokenizer = build_tiny_tokenizer(split_digits=split_digits)
+    text = {} if head_dim == 16 else {"hidden_size": 2 * head_dim, "intermediate_size": 4 * head_dim, "num_attention_heads": 2,
+                                      "num_key_value_heads": 1, "head_dim": head_dim}
     config = Qwen2_5_VLConfig(
         vision_config=dict(
             depth=2,
             hidden_size=32,
             intermediate_size=64,
             num_heads=2,
-            out_hidden_size=2 * head_dim if head_dim != 16 else 64,
+            out_hidden_size=text.get("hidden_size", 64),  # the text model's width
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
@@ -262,8 +264,7 @@ def build_tiny_qwen2_5_vl(seed: int = 0, head_dim: int = 16, split_digits: bool 
             tokenizer,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
         )
-        | ({} if head_dim == 16 else {"hidden_size": 2 * head_dim, "intermediate_size": 4 * head_dim, "num_attention_heads": 2,
-                                       "num_key_value_heads": 1, "head_dim": head_dim}),
+        | text,
         tie_word_embeddings=False,
         **_token_ids(tokenizer),
     )

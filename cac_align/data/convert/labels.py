@@ -81,17 +81,19 @@ def parse_row(row: Any, base: Path, video_root: Path | None, box_scale: str) -> 
     if _blank(row.get("start")) != _blank(row.get("end")):
         raise BadRow("columns 'start' and 'end': give both (seconds), or neither (a status-only row)", kind="malformed cell")
     if not _blank(row.get("start")):
+        start, end = _seconds(row["start"], "start"), _seconds(row["end"], "end")
         try:
-            frames = seconds_to_window(_seconds(row["start"], "start"), _seconds(row["end"], "end"), info)
+            frames = seconds_to_window(start, end, info)
         except BadRow as exc:
-            raise BadRow(f"columns 'start', 'end': {exc}" if not str(exc).startswith("column") else str(exc), kind=exc.kind) from None
+            raise BadRow(f"columns 'start', 'end': {exc}", kind=exc.kind) from None
     if not _blank(row.get("box")):
         if frames is None:
             raise BadRow("column 'box': a box needs the anomaly's 'start' and 'end'", kind="malformed cell")
+        cell = _box_cell(row["box"])
         try:
-            box = box_to_grid(_box_cell(row["box"]), box_scale, info.width, info.height)
+            box = box_to_grid(cell, box_scale, info.width, info.height)
         except BadRow as exc:
-            raise BadRow(f"column 'box': {exc}" if not str(exc).startswith("column") else str(exc), kind=exc.kind) from None
+            raise BadRow(f"column 'box': {exc}", kind=exc.kind) from None
         if box is not None:
             boxes = {f: [list(box)] for f in range(frames[0], frames[1] + 1)}
     reason = "" if _blank(row.get("reason")) else str(row["reason"])

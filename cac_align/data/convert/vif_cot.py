@@ -201,11 +201,17 @@ class SourceVideos:
         return best[0]
 
 
+def _listed_frames(row: dict) -> list | None:
+    """The frames the row shows the model: ``images``, or a video given as its frames."""
+    videos = row.get("videos")
+    return videos[0] if videos and isinstance(videos[0], list) else row.get("images")
+
+
 def _video_path(row: dict, media_dir: Path, sources: SourceVideos | None, report: SourceReport) -> Path:
     videos = row.get("videos") or ([row["video"]] if isinstance(row.get("video"), str) else None)
     if videos and not isinstance(videos[0], list):
         return _media(videos[0], media_dir, report)
-    frames = videos[0] if videos else row.get("images")  # a video given as its frames
+    frames = _listed_frames(row)
     if not frames:
         raise BadRow("no video: the row has neither 'videos' nor 'images'", kind="no video")
     folder = _media(frames[0], media_dir, report).parent
@@ -217,8 +223,7 @@ def _video_path(row: dict, media_dir: Path, sources: SourceVideos | None, report
 def _frame_size(row: dict, media_dir: Path, report: SourceReport) -> tuple[float, float]:
     """The size of the frames the model was shown (the first listed image); :class:`BadRow` when
     the row lists none or it is not there: pixel boxes cannot be scaled without it."""
-    videos = row.get("videos")
-    frames = videos[0] if videos and isinstance(videos[0], list) else row.get("images")
+    frames = _listed_frames(row)
     if not frames:
         raise BadRow("pixel boxes, but the row lists no frames whose size they refer to (the size a video was "
                      "resized to for the model is not known): cannot scale them", kind="box scale unknown")
