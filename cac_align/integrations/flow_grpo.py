@@ -67,14 +67,12 @@ call) or ``fail``.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import importlib
 import inspect
 import logging
 import runpy
 import sys
-import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -82,9 +80,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cac_align.rewards.base import RewardError, build_reward, check_call, check_prompts, group_keys, reward_config
-from cac_align.rewards.normalize import fill_invalid
-from cac_align.vlm.config import shared_backends
+from cac_align.integrations import adapter
+from cac_align.integrations.adapter import INVALID_POLICIES, loaded_models, release_models
+from cac_align.rewards.base import RewardError
+from cac_align.rewards.registry import REWARDS
 
 __all__ = [
     "INVALID_POLICIES",
@@ -103,19 +102,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INVALID_POLICIES = ("drop", "group_mean", "fail")
 INVALID_KEY = "invalid"  # the per-sample flag added to the score dict (logged as reward_invalid)
 
-_DEFAULT_SECTIONS: dict[str, dict[str, Any]] = {
-    "cac": {"name": "cac"},
-    "unified_reward": {"name": "unified_reward"},
-    "ur_cac": {"name": "ur_cac"},
-}
-_settings: dict[str, Any] = {"sections": copy.deepcopy(_DEFAULT_SECTIONS), "invalid": "drop"}
-_settings_lock = threading.Lock()
-# Backends (loaded models) of this process, keyed by their model config (device included):
-# every factory call shares them, so each checkpoint is loaded once per process and device.
-_BACKENDS: dict[str, Any] = {}
+# One slot per registered reward (cac, unified_reward, ur_cac, ...): the names config.reward_fn
+# can use. Their factories are functions named in advance, so a sections file cannot add names.
+_SLOTS = adapter.RewardSlots(fixed_names=True, where="flow_grpo")
+_settings = _SLOTS.settings  # {"sections": ..., "invalid": ...}
+_fill = adapter.fill_policy
+_on_device = adapter.on_device
 
 
 def configure(sections: Mapping[str, Any] | str | Path | None = None, invalid: str = "drop") -> None:
@@ -127,109 +121,21 @@ def configure(sections: Mapping[str, Any] | str | Path | None = None, invalid: s
             given keep their defaults. Every section is validated now, without loading models.
         invalid: "drop" (NaN; default), "group_mean" or "fail" (module docstring).
     """
-    if invalid not in INVALID_POLICIES:
-        raise ValueError(f"invalid must be one of {INVALID_POLICIES}, got {invalid!r}")
-    if isinstance(sections, (str, Path)):
-        from omegaconf import OmegaConf
-
-        path = Path(sections)
-        if not path.is_file():
-            raise ValueError(f"reward sections file not found: {path}")
-        sections = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[assignment]
-        if not isinstance(sections, Mapping):
-            raise ValueError(f"{path}: expected a mapping of factory name -> reward section")
-    merged = copy.deepcopy(_DEFAULT_SECTIONS)
-    for name, section in dict(sections or {}).items():
-        if name not in SCORE_FUNCTIONS:
-            raise ValueError(f"unknown factory {name!r}; configurable: {sorted(SCORE_FUNCTIONS)}")
-        reward_config(section, f"flow_grpo {name}")  # typos fail here, not mid-training
-        merged[name] = dict(section)
-    with _settings_lock:
-        _settings["sections"] = merged
-        _settings["invalid"] = invalid
-
-
-def loaded_models() -> list[str]:
-    """The model configs (JSON) this process has loaded for the factories, one per checkpoint
-    and device."""
-    return list(_BACKENDS)
-
-
-def release_models() -> None:
-    """Forget the shared models (the next factory call loads them again); frees their memory
-    once no reward function built earlier still holds them."""
-    with _settings_lock:
-        _BACKENDS.clear()
-
-
-def _on_device(section: Any, device: Any) -> Any:
-    """The section with every in-process model placed on ``device`` (servers are left alone)."""
-    if isinstance(section, Mapping):
-        out = {k: _on_device(v, device) for k, v in section.items()}
-        model = out.get("model")
-        if isinstance(model, Mapping) and model.get("backend", "hf") == "hf":
-            out["model"] = {**model, "device": str(device)}
-        return out
-    if isinstance(section, list):
-        return [_on_device(v, device) for v in section]
-    return section
-
-
-def _fill(scores: np.ndarray, valid: np.ndarray, prompts: list, metadata: Any, policy: str) -> tuple[np.ndarray, list[int]]:
-    if policy == "drop" or valid.all():
-        return scores, []
-    if policy == "fail":
-        raise RewardError(f"invalid rewards for samples {np.flatnonzero(~valid).tolist()} with invalid='fail'")
-    if not valid.any():
-        raise RewardError("no sample in this reward call could be scored; refusing to invent rewards")
-    filled, by_group = fill_invalid(scores, valid, group_keys(prompts, metadata))
-    rest = ~valid & ~by_group
-    filled[rest] = float(scores[valid].mean())  # groups with no valid member: the call's mean
-    return filled, np.flatnonzero(~valid).tolist()
-
+    _SLOTS.configure(sections, invalid)
 
 
 def _factory(name: str) -> Callable[[Any], Callable]:
     def factory(device: Any = None) -> Callable:
-        with _settings_lock:
-            section = copy.deepcopy(_settings["sections"][name])
-            policy = _settings["invalid"]
-        with shared_backends(_BACKENDS):
-            reward = build_reward(_on_device(section, device) if device is not None else section, f"flow_grpo {name}")
+        score = _SLOTS.scorer(name, device)
 
         def _fn(images: Any, prompts: Any, metadata: Any = None) -> tuple[np.ndarray, dict]:
-            # The call's own errors are found here, before any model runs, and raise. Whatever
-            # the reward raises after this (a ValueError from a processor, a CUDA error, a dead
-            # server) happened inside its work: the call's samples are invalid and the trainer
-            # goes on (one rank raising would leave the others waiting at a gather).
-            check_call(images, prompts, metadata)
-            prompts = check_prompts(len(prompts), prompts)
-            try:
-                out = reward(images, prompts, metadata)
-            except RewardError:  # a policy's deliberate refusal (invalid: fail), not a crash
-                raise
-            except Exception as exc:  # a crashed call: its samples are invalid, the run goes on
-                log.warning("reward %r failed on a call of %d samples: %s: %s", name, len(prompts), type(exc).__name__, exc)
-                n = len(prompts)
-                scores, valid = np.full(n, np.nan), np.zeros(n, dtype=bool)
-                errors = {i: f"{type(exc).__name__}: {exc}" for i in range(n)}
-                counts, details = {"backend": n}, [{"error": errors[i], "error_kind": "backend"} for i in range(n)]
-            else:
-                scores, valid, errors, counts, details = out.scores, out.valid, out.errors, out.failure_counts(), out.details
-                if not valid.all():
-                    log.warning("reward %r: %d of %d samples invalid %s", name, int((~valid).sum()), len(valid), counts)
-            scores, filled = _fill(scores, valid, prompts, metadata, policy)
-            info = {
-                "valid": valid.tolist(),
-                "invalid_indices": np.flatnonzero(~valid).tolist(),
-                "errors": errors,
-                "failures": counts,
-                "filled_indices": filled,
-                "details": details,
-            }
-            return np.asarray(scores, dtype=np.float32), info
+            # The call's own errors raise; a crash inside the reward makes the call's samples
+            # invalid and the trainer goes on (one rank raising would leave the others waiting
+            # at a gather): see adapter.RewardSlots.scorer.
+            scored = score(images, prompts, metadata)
+            return np.asarray(scored.scores, dtype=np.float32), scored.info()
 
-        _fn.reward = reward  # type: ignore[attr-defined]  # for scale checks and inspection
+        _fn.reward = score.reward  # type: ignore[attr-defined]  # for scale checks and inspection
         return _fn
 
     factory.__name__ = f"{name}_score"
@@ -237,31 +143,12 @@ def _factory(name: str) -> Callable[[Any], Callable]:
     return factory
 
 
-cac_score = _factory("cac")
-unified_reward_score = _factory("unified_reward")
-ur_cac_score = _factory("ur_cac")
-
-SCORE_FUNCTIONS: dict[str, Callable[[Any], Callable]] = {
-    "cac": cac_score,
-    "unified_reward": unified_reward_score,
-    "ur_cac": ur_cac_score,
-}
-
-
-def _warn_mixed_scales(score_dict: Mapping[str, float], fns: Mapping[str, Callable]) -> None:
-    ranges = {}
-    for name, fn in fns.items():
-        known = fn.reward.score_range
-        if known is not None and score_dict[name] != 0:
-            ranges[name] = tuple(float(v) for v in known)
-    if len(set(ranges.values())) > 1:
-        listed = ", ".join(f"{n} on [{lo:g}, {hi:g}]" for n, (lo, hi) in ranges.items())
-        warnings.warn(
-            f"reward_fn {dict(score_dict)} sums raw scores on different scales ({listed}): the widest dominates "
-            "'avg'. Use 'ur_cac' (UnifiedReward and CaC normalized to [0, 1] and averaged, CaC §4.2) or weights "
-            "that account for the scales.",
-            stacklevel=4,
-        )
+# Every registered reward is a factory (docs/rewards.md lists them); the three the paper uses
+# are also module attributes.
+SCORE_FUNCTIONS: dict[str, Callable[[Any], Callable]] = {name: _factory(name) for name in sorted(REWARDS)}
+cac_score = SCORE_FUNCTIONS["cac"]
+unified_reward_score = SCORE_FUNCTIONS["unified_reward"]
+ur_cac_score = SCORE_FUNCTIONS["ur_cac"]
 
 
 def _combine(device: Any, score_dict: Mapping[str, float], theirs: Callable | None) -> Callable:
@@ -274,7 +161,7 @@ def _combine(device: Any, score_dict: Mapping[str, float], theirs: Callable | No
         raise ValueError(f"unknown reward(s) {sorted(others)}; available: {sorted(SCORE_FUNCTIONS)}")
     fns = {name: SCORE_FUNCTIONS[name](device) for name in ours}
     their_fn = theirs(device, others) if others else None
-    _warn_mixed_scales(score_dict, fns)
+    adapter.warn_mixed_scales(score_dict, {name: fn.reward for name, fn in fns.items()}, "reward_fn", "'avg'", stacklevel=3)
 
     def _fn(images: Any, prompts: Any, metadata: Any = None, ref_images: Any = None, only_strict: bool = True) -> tuple[dict, dict]:
         del ref_images  # accepted for signature compatibility; unused by video rewards

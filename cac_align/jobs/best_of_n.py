@@ -104,7 +104,7 @@ class BonConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from cac_align.rewards.base import reward_config
+        from cac_align.rewards.registry import reward_config
 
         if self.n < 1:
             raise ValueError(f"n must be >= 1 (candidates per prompt), got {self.n}")
@@ -189,7 +189,8 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     from tqdm.auto import tqdm
 
     from cac_align.gen.wan import build_video_generator
-    from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward
+    from cac_align.rewards.base import BackendFailure, all_failed_in_backend
+    from cac_align.rewards.registry import build_reward
     from cac_align.video import Video, load_video, save_video
     from cac_align.vlm.openai import ServerDown
 

@@ -77,7 +77,8 @@ from cac_align.gen.wan import (
     scheduler_shift,
 )
 from cac_align.run.input_files import read_prompts, slug
-from cac_align.rewards.base import Reward, RewardError, RewardOutput, build_reward, reward_config
+from cac_align.rewards.base import Reward, RewardError, RewardOutput
+from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl import group_advantages, nan_mean_std
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, per_process, step_indices

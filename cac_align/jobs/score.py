@@ -79,7 +79,7 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         from cac_align.config import relative_path_hint
-        from cac_align.rewards.base import reward_config
+        from cac_align.rewards.registry import reward_config
 
         if (self.videos is None) == (self.synth_videos <= 0):
             raise ValueError("set exactly one of 'videos' (files to score) or 'synth_videos' (> 0, an offline demo)")
@@ -108,7 +108,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     from cac_align.cac.evidence import cac_details, evidence_path, write_evidence_png, write_report
-    from cac_align.rewards.base import BackendFailure, all_failed_in_backend, build_reward
+    from cac_align.rewards.base import BackendFailure, all_failed_in_backend
+    from cac_align.rewards.registry import build_reward
     from cac_align.video import VideoError, load_video
     from cac_align.vlm.openai import ServerDown
 

@@ -1,4 +1,4 @@
-"""The reward contract, the input conventions every reward shares, and the reward registry.
+"""The reward contract and the input conventions every reward shares.
 
 One contract (shared/CONVENTIONS.md, "One reward contract")::
 
@@ -14,7 +14,8 @@ One contract (shared/CONVENTIONS.md, "One reward contract")::
 - ``scores[i]`` is a float for input ``i`` in input order; ``valid[i]`` says whether it was really
   scored. An invalid score is NaN (never a silent 0) and ``details[i]["error"]`` says why.
 
-Rewards are built from recipe sections by :func:`build_reward`::
+Rewards are built from recipe sections by :func:`cac_align.rewards.registry.build_reward`
+(the one table of reward names every job and integration reads)::
 
     reward:
       name: unified_reward        # a registered short name, or "package.module:factory"
@@ -28,8 +29,6 @@ pool (Flow-GRPO scores in a background thread while the next group samples).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -42,19 +41,13 @@ __all__ = [
     "BACKEND_ERRORS",
     "BackendFailure",
     "all_failed_in_backend",
-    "REWARDS",
     "Reward",
     "RewardError",
     "RewardOutput",
-    "RewardSpec",
-    "build_reward",
     "check_call",
     "check_prompts",
     "group_keys",
     "load_inputs",
-    "load_section",
-    "register_reward",
-    "reward_config",
     "score_in_chunks",
 ]
 
@@ -326,143 +319,3 @@ def score_in_chunks(
             except BACKEND_ERRORS as exc:
                 out.append(on_error(item, exc))
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RewardSpec:
-    """A registered reward: its config dataclass and ``build(config) -> Reward``."""
-
-    name: str
-    config: str  # "module:ConfigClass"
-    build: str  # "module:function"
-    help: str = ""
-
-
-REWARDS: dict[str, RewardSpec] = {}
-
-
-def register_reward(name: str, config: str, build: str, help: str = "") -> None:
-    """Register a reward under a short name (config and builder as "module:attr" strings)."""
-    REWARDS[name] = RewardSpec(name, config, build, help)
-
-
-register_reward("cac", "cac_align.rewards.cac:CaCRewardConfig", "cac_align.rewards.cac:build", "CaC two-turn anomaly reward (CaC Eq. 7)")
-register_reward(
-    "unified_reward",
-    "cac_align.rewards.unified:UnifiedRewardConfig",
-    "cac_align.rewards.unified:build",
-    "UnifiedReward pointwise video score (mean of sub-scores)",
-)
-register_reward(
-    "ur_cac",
-    "cac_align.rewards.combine:UrCacConfig",
-    "cac_align.rewards.combine:build_ur_cac",
-    "the paper's alignment reward: average of normalized UnifiedReward and CaC (CaC §4.2)",
-)
-register_reward(
-    "brightness",
-    "cac_align.rewards.toy:BrightnessConfig",
-    "cac_align.rewards.toy:build",
-    "mean pixel value in [0, 1]: a model-free toy reward for checking that an RL loop learns",
-)
-register_reward(
-    "combined",
-    "cac_align.rewards.combine:CombinedConfig",
-    "cac_align.rewards.combine:build_combined",
-    "weighted average of any normalized rewards",
-)
-
-
-def load_section(config_cls: type, data: Mapping[str, Any], where: str) -> Any:
-    """Fill ``config_cls`` from a mapping (a recipe section), with errors that name the key.
-
-    Raises:
-        ValueError: ``"{where}: unknown key 'x'; did you mean 'y'?"`` and the like (the recipe
-            loader adds the file name).
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from cac_align.config import check_finite, describe_error
-
-    schema = OmegaConf.structured(config_cls)
-    try:
-        merged = OmegaConf.merge(schema, dict(data))
-        container = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise ValueError(str(describe_error(exc, where, schema))) from None
-    check_finite(container, where)
-    try:
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(str(describe_error(exc, where, schema))) from None
-    except (ValueError, TypeError) as exc:  # a config's __post_init__ checks
-        raise ValueError(f"{where}: {exc}") from None
-
-
-def _as_dict(spec: Any, where: str) -> dict[str, Any]:
-    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
-        spec = dataclasses.asdict(spec)
-    elif not isinstance(spec, Mapping):
-        try:
-            from omegaconf import DictConfig, OmegaConf
-
-            if isinstance(spec, DictConfig):
-                spec = OmegaConf.to_container(spec, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{where}: a reward is a mapping with a 'name' key, got {type(spec).__name__}")
-    return dict(spec)
-
-
-def reward_config(spec: Any, where: str = "reward") -> tuple[str, Any]:
-    """Validate a reward section without loading any model: ``(name, typed config)``.
-
-    For a dotted-path reward (``name: mypkg.rewards:MyReward``) the config is the remaining
-    arguments as a dict, checked when the factory is called.
-    """
-    data = _as_dict(spec, where)
-    name = data.pop("name", None)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: missing 'name' (one of: {', '.join(sorted(REWARDS))}, or 'module:factory')")
-    if name in REWARDS:
-        return name, load_section(_resolve(REWARDS[name].config), data, where)
-    if ":" in name or "." in name:
-        _resolve(name)  # import errors surface now, at recipe-check time
-        return name, data
-    hint = difflib.get_close_matches(name, list(REWARDS), n=1)
-    extra = f"; did you mean '{hint[0]}'?" if hint else ""
-    raise ValueError(f"{where}: unknown reward '{name}'{extra} (known: {', '.join(sorted(REWARDS))}, or 'module:factory')")
-
-
-def _resolve(dotted: str) -> Any:
-    from cac_align.config import resolve
-
-    return resolve(dotted)
-
-
-def build_reward(spec: Any, where: str = "reward") -> Reward:
-    """Build a reward from a recipe section ``{name: ..., <arguments>}`` (loads its models).
-
-    ``name`` is a registered short name (see :data:`REWARDS`) or a dotted path to a factory
-    called with the other keys as keyword arguments and returning a :class:`Reward`.
-    """
-    name, config = reward_config(spec, where)
-    if name in REWARDS:
-        return _resolve(REWARDS[name].build)(config, where)
-    factory = _resolve(name)
-    try:
-        reward = factory(**config)
-    except TypeError as exc:
-        raise ValueError(f"{where}: {name} does not accept these arguments: {exc}") from None
-    if not isinstance(reward, Reward):
-        missing = [m for m in ("name", "score_range", "__call__", "state_dict", "load_state_dict", "to") if not hasattr(reward, m)]
-        raise ValueError(
-            f"{where}: {name} returned {type(reward).__name__}, which lacks {', '.join(missing)} of the Reward contract; "
-            "subclass cac_align.rewards.base.RewardBase (it gives the defaults) and write name and __call__"
-        )
-    return reward

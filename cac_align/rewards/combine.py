@@ -202,7 +202,7 @@ class CombinedConfig:
     source_fps: float | None = 16.0
 
     def __post_init__(self) -> None:
-        from cac_align.rewards.base import reward_config
+        from cac_align.rewards.registry import reward_config
 
         if not self.components:
             raise ValueError("components: give at least one reward")
@@ -258,7 +258,7 @@ class UrCacConfig:
 
 
 def build_combined(config: CombinedConfig, key: str = "reward") -> CombinedReward:
-    from cac_align.rewards.base import build_reward
+    from cac_align.rewards.registry import build_reward
 
     rewards, weights, normalizers = [], [], []
     for k, component in enumerate(config.components):

@@ -210,7 +210,7 @@ NORMALIZERS: dict[str, type] = {
 
 def build_normalizer(spec: Any, where: str = "normalizer") -> Any:
     """A normalizer from ``{name: fixed, low: 1, high: 4}`` (or an instance, returned as is)."""
-    from cac_align.rewards.base import load_section
+    from cac_align.rewards.registry import load_section
 
     if isinstance(spec, Normalizer):
         return spec

@@ -152,7 +152,7 @@ def test_cac_reward_scores_in_input_order_with_eq7():
 def test_a_rewards_batch_is_its_models_batch():
     """One batch setting per reward: a recipe's reward scores ``model.max_batch_size`` videos
     together; the retired reward-level ``batch_size`` is refused naming the key that replaced it."""
-    from cac_align.rewards.base import build_reward, reward_config
+    from cac_align.rewards.registry import build_reward, reward_config
 
     for name, section in (("cac", {}), ("unified_reward", {})):
         reward = build_reward({"name": name, "model": {"name": "tiny-random:qwen3_vl", "max_batch_size": 3}, **section})
