@@ -48,6 +48,7 @@ __all__ = [
     "RewardSlots",
     "Scored",
     "fill_policy",
+    "launch",
     "make_scorer",
     "loaded_models",
     "on_device",
@@ -308,3 +309,37 @@ def warn_mixed_scales(
             "that account for the scales.",
             stacklevel=stacklevel + 1,
         )
+
+
+def launch(prog: str, trainer: str, modules: Sequence[str], install: Callable[..., None], argv: list[str] | None = None) -> None:
+    """``python -m cac_align.integrations.<trainer> --rewards FILE SCRIPT [ARGS...]``: import the
+    trainer's ``modules`` (from a checkout root or an installed package), call
+    ``install(*modules, sections=FILE)``, then run their script as ``python SCRIPT ARGS`` would.
+    Works under ``torchrun -m`` and ``accelerate launch -m``: each process installs, then runs."""
+    import argparse
+    import importlib
+    import runpy
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description=f"Run a {trainer} training script with cac_align's rewards installed.")
+    parser.add_argument("--rewards", help="YAML file of reward sections by name (docs/rewards.md)")
+    parser.add_argument("script", help=f"the {trainer} training script")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    args = parser.parse_args(argv)
+    script = Path(args.script)
+    if not script.is_file():
+        parser.error(f"no such script: {script}")
+    if args.rewards is not None and not Path(args.rewards).is_file():
+        parser.error(f"--rewards: no such file: {args.rewards}")
+    # As `python script.py` would: the script's folder first on the path; the working directory
+    # (their checkout root, if their package is not pip-installed) after it.
+    for entry in (str(Path.cwd()), str(script.resolve().parent)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        imported = [importlib.import_module(name) for name in modules]
+    except ImportError as exc:
+        parser.error(f"cannot import {trainer} ({exc}); run from the root of a {trainer} checkout or pip install it")
+    install(*imported, sections=args.rewards)
+    sys.argv = [str(script), *args.script_args]
+    runpy.run_path(str(script), run_name="__main__")

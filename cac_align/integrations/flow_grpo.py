@@ -66,13 +66,9 @@ call) or ``fail``.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import importlib
 import inspect
 import logging
-import runpy
-import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -357,32 +353,7 @@ def uninstall(rewards_module: ModuleType, stat_tracking_module: ModuleType) -> N
 # The launcher: `python -m cac_align.integrations.flow_grpo --rewards FILE SCRIPT [ARGS...]`
 # ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m cac_align.integrations.flow_grpo",
-        description="Run a Flow-GRPO training script with cac_align's rewards installed.",
-    )
-    parser.add_argument("--rewards", help="YAML file of reward sections by name (examples/flow_grpo_rewards.yaml)")
-    parser.add_argument("script", help="the Flow-GRPO training script, e.g. scripts/train_wan2_1.py")
-    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
-    args = parser.parse_args(argv)
-    script = Path(args.script)
-    if not script.is_file():
-        parser.error(f"no such script: {script}")
-    if args.rewards is not None and not Path(args.rewards).is_file():
-        parser.error(f"--rewards: no such file: {args.rewards}")
-    # As `python script.py` would: the script's folder first on the path; the working directory
-    # (a Flow-GRPO checkout root, if flow_grpo is not pip-installed) after it.
-    for entry in (str(Path.cwd()), str(script.resolve().parent)):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    try:
-        rewards = importlib.import_module("flow_grpo.rewards")
-        stat_tracking = importlib.import_module("flow_grpo.stat_tracking")
-    except ImportError as exc:
-        parser.error(f"cannot import Flow-GRPO ({exc}); run from the root of a Flow-GRPO checkout or pip install it")
-    install(rewards, stat_tracking, sections=args.rewards)
-    sys.argv = [str(script), *args.script_args]
-    runpy.run_path(str(script), run_name="__main__")
+    adapter.launch("python -m cac_align.integrations.flow_grpo", "Flow-GRPO", ("flow_grpo.rewards", "flow_grpo.stat_tracking"), install, argv)
 
 
 if __name__ == "__main__":
