@@ -1,5 +1,14 @@
-"""Other people's trainers, wired to our rewards by one call, never by editing their files.
+"""Other people's trainers, wired to our rewards through their own extension points, never by
+editing their files. Each module is thin over :mod:`cac_align.integrations.adapter` (reward
+sections by name from the one registry, one model copy per process, invalid policies).
 
-- :mod:`cac_align.integrations.flow_grpo`: the public Flow-GRPO trainer (yifan123/flow_grpo);
-  ``python -m cac_align.integrations.flow_grpo`` launches its scripts with our rewards installed.
+- :mod:`~cac_align.integrations.flow_grpo`: Flow-GRPO (yifan123/flow_grpo); ``install()`` or
+  ``python -m cac_align.integrations.flow_grpo``.
+- :mod:`~cac_align.integrations.flow_factory`: Flow-Factory (X-GenGroup/Flow-Factory); a reward
+  class by dotted path.
+- :mod:`~cac_align.integrations.pref_grpo`: Pref-GRPO (CodeGoat24/Pref-GRPO); ``install()`` or
+  ``python -m cac_align.integrations.pref_grpo``.
+- :mod:`~cac_align.integrations.dance_grpo`: DanceGRPO (XueZeyue/DanceGRPO); VideoAlign's
+  inferencer shape, or ``python -m cac_align.integrations.dance_grpo``.
+- :mod:`~cac_align.integrations.vllm`: the vLLM plugin that serves our judges' video input.
 """
