@@ -38,6 +38,9 @@ mean. Each fill is logged with the reason and counted; a group with more than
 ``max_invalid_fraction`` invalid samples, or none valid, raises
 :class:`~cac_align.rewards.base.RewardError`, which stops their run rather than train on made-up
 numbers. NaN is never returned (their trainer would spread it).
+
+Groupwise rewards are not computed in their evaluation; ``extra_info`` (validity, errors) is not
+read by them, so the log line and :func:`invalid_counts` are where invalid samples show.
 """
 
 from __future__ import annotations
@@ -103,7 +106,9 @@ def _make_class() -> type:
             self.name = self.settings["reward"]
             self._score = slots.scorer(self.name, self.device)
 
-        def __call__(self, prompt: list[str], video: list[Any] | None = None, **kwargs: Any) -> Any:
+        # No **kwargs: their processor passes every sample field a signature with **kwargs accepts
+        # (latents and log-probs included, moved to the device), only the named ones otherwise.
+        def __call__(self, prompt: list[str], video: list[Any] | None = None) -> Any:
             import torch
 
             if video is None:
