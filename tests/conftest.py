@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,13 @@ class ForceAnswer:
         forced = torch.full_like(scores, float("-inf"))
         forced[:, token] = 0.0
         return forced
+
+
+def forget_modules(package: str) -> None:
+    """Drop ``package`` and its submodules from ``sys.modules`` (a stand-in checkout of another
+    trainer is imported afresh by each test and leaves nothing behind)."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def default_sigint() -> None:

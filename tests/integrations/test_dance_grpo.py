@@ -19,7 +19,7 @@ import pytest
 
 from cac_align.integrations import adapter, dance_grpo
 from cac_align.rewards import build_reward
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "dance_grpo_checkout"
 SCRIPT = CHECKOUT / "fastvideo" / "train_toy.py"
@@ -31,8 +31,7 @@ def installed(monkeypatch):
     monkeypatch.syspath_prepend(str(CHECKOUT))
     yield
     sys.modules.pop(dance_grpo.THEIR_MODULE, None)
-    for name in [m for m in sys.modules if m == "fastvideo" or m.startswith("fastvideo.")]:
-        del sys.modules[name]
+    forget_modules("fastvideo")
     dance_grpo.configure()
     adapter.release_models()
 

@@ -18,7 +18,7 @@ import torch
 
 from cac_align.integrations import adapter
 from cac_align.rewards import RewardError, build_reward
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "flow_factory_checkout"
 OURS = "cac_align.integrations.flow_factory.CacAlignReward"
@@ -26,8 +26,7 @@ OURS = "cac_align.integrations.flow_factory.CacAlignReward"
 
 @pytest.fixture
 def theirs(monkeypatch):
-    for name in [m for m in sys.modules if m == "flow_factory" or m.startswith("flow_factory.")]:
-        del sys.modules[name]
+    forget_modules("flow_factory")
     monkeypatch.syspath_prepend(str(CHECKOUT))
     sys.modules.pop("cac_align.integrations.flow_factory", None)  # our class subclasses theirs: build it anew
     yield SimpleNamespace(
@@ -36,8 +35,7 @@ def theirs(monkeypatch):
         step=importlib.import_module("flow_factory.step"),
     )
     adapter.release_models()
-    for name in [m for m in sys.modules if m == "flow_factory" or m.startswith("flow_factory.")]:
-        del sys.modules[name]
+    forget_modules("flow_factory")
     sys.modules.pop("cac_align.integrations.flow_factory", None)
 
 

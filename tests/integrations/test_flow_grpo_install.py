@@ -27,7 +27,7 @@ from cac_align.integrations import flow_grpo as drop_in
 from cac_align.rewards import RewardError
 from cac_align.rewards.base import RewardBase
 from cac_align.vlm.backend import BackendBase
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "flow_grpo_checkout"
 BRIGHTNESS = {"cac": {"name": "brightness"}}
@@ -36,8 +36,7 @@ T = 3  # timesteps per sample in their (N, T) reward rows
 
 
 def _forget_their_modules() -> None:
-    for name in [m for m in sys.modules if m == "flow_grpo" or m.startswith("flow_grpo.")]:
-        del sys.modules[name]
+    forget_modules("flow_grpo")
 
 
 @pytest.fixture

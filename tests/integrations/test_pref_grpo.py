@@ -23,7 +23,7 @@ import torch
 from cac_align.integrations import adapter
 from cac_align.integrations import pref_grpo
 from cac_align.rewards import RewardError, build_reward
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "pref_grpo_checkout"
 BRIGHT = {"bright": {"name": "brightness"}}
@@ -31,14 +31,9 @@ TINY_CAC = {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "opti
 TINY_UR = {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}
 
 
-def _forget() -> None:
-    for name in [m for m in sys.modules if m == "fastvideo" or m.startswith("fastvideo.")]:
-        del sys.modules[name]
-
-
 @pytest.fixture
 def theirs(monkeypatch):
-    _forget()
+    forget_modules("fastvideo")
     monkeypatch.syspath_prepend(str(CHECKOUT))
     dispatcher = importlib.import_module("fastvideo.rewards.dispatcher")
     rollout_io = importlib.import_module("fastvideo.utils.rollout_io")
@@ -46,7 +41,7 @@ def theirs(monkeypatch):
     pref_grpo.uninstall(dispatcher)
     pref_grpo.configure()
     adapter.release_models()
-    _forget()
+    forget_modules("fastvideo")
 
 
 def rollout(theirs, tmp_path, spec, levels, group=2, use_group=True, apply_gdpo=False, corrupt=()):
