@@ -1,0 +1,233 @@
+"""cac_align's rewards as verl-omni reward functions, loaded and called as their reward loop does.
+
+The stand-in (tests/fixtures/verl_omni_checkout, our words, citing verl-omni a1139ba and verl 0.9.1)
+loads reward functions by ``path``/``name`` with the entry's other keys as keyword arguments,
+calls them once per sample, concurrently within a worker's chunk, with uint8 frames, sums
+``weight * score`` and assembles metrics with the keys of sample 0. The same manager runs inside
+real verl in tests/conformance/test_verl_reward_loop.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cac_align.integrations import adapter, verl_omni
+from cac_align.rewards import build_reward
+from cac_align.rewards.toy import BrightnessReward
+from cac_align.video import VideoError
+from conftest import REPO_ROOT, forget_modules
+
+CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "verl_omni_checkout"
+OURS = {"path": "pkg://cac_align.integrations.verl_omni", "name": "compute_score"}
+BRIGHT = {"bright": {"name": "brightness"}}
+
+
+@pytest.fixture
+def theirs(monkeypatch):
+    forget_modules("verl_omni")
+    sys.modules.pop("verl_parts", None)
+    sys.modules.pop("user_rewards", None)
+    monkeypatch.syspath_prepend(str(CHECKOUT))
+    yield SimpleNamespace(
+        manager=importlib.import_module("verl_omni.reward_loop.reward_manager"),
+        parts=importlib.import_module("verl_parts"),
+    )
+    adapter.release_models()
+    verl_omni._BATCHERS.clear()
+    forget_modules("verl_omni")
+    sys.modules.pop("verl_parts", None)
+
+
+def manager(theirs, entries):
+    config = OmegaConf.create({"reward": {"reward_functions": entries}})
+    return theirs.manager.MultiVisualRewardManager(config, tokenizer=None, compute_score=None)
+
+
+def batch(theirs, levels, group=2, size=16):
+    """Wan-shaped responses (B, T, C, H, W) uint8, one prompt per ``group`` samples."""
+    frames = torch.stack([torch.full((6, 3, size, size), level, dtype=torch.uint8) for level in levels])
+    n = len(levels)
+    return theirs.parts.Batch(
+        {"responses": frames},
+        {
+            "data_source": np.array(["t2v"] * n, dtype=object),
+            "reward_model": np.array([{"ground_truth": f"prompt {i // group}"} for i in range(n)], dtype=object),
+            "extra_info": np.array([{} for _ in range(n)], dtype=object),
+        },
+    )
+
+
+def grpo_advantages(scores, group):
+    """verl-omni's outcome advantage with its defaults (diffusion_algos.py 192-275): minus the
+    prompt group's mean, over the whole batch's std."""
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    means = s.view(-1, group).mean(dim=1).repeat_interleave(group)
+    return (s - means) / (torch.std(s) + 1e-4)
+
+
+def test_scores_in_order_weights_combine(theirs):
+    entries = {
+        "bright": {**OURS, "weight": 2.0, "required": True, "reward": "bright", "sections": BRIGHT},
+        "half": {"path": str(CHECKOUT / "user_rewards.py"), "name": "constant_half", "weight": 1.0},  # a file path: executed by their loader
+    }
+    levels = [51, 153, 204, 102, 0, 255]  # brightness 0.2, 0.6, 0.8, 0.4, 0, 1
+    rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, levels), num_workers=4)
+    bright = np.array(levels) / 255.0
+    assert rm_scores.shape == (6, 1) and rm_scores.dtype == torch.float32
+    assert rm_scores[:, 0].tolist() == pytest.approx((2.0 * bright + 0.5).tolist(), abs=1e-6)  # input order, across 4 workers
+    assert metrics["reward/bright"].tolist() == pytest.approx(bright.tolist(), abs=1e-6)
+    assert metrics["reward/bright/valid"].tolist() == [1.0] * 6
+    assert metrics["reward/half"].tolist() == [0.5] * 6
+    assert sorted(metrics) == ["reward/bright", "reward/bright/valid", "reward/combined", "reward/half"]
+
+
+def test_every_layout_they_pass_is_read_the_same():
+    tchw = torch.randint(0, 256, (5, 3, 8, 12), dtype=torch.uint8)
+    expected = tchw.permute(0, 2, 3, 1).numpy()
+    for layout in (tchw, tchw.permute(1, 0, 2, 3), tchw.permute(0, 2, 3, 1), tchw[None], tchw.numpy()):
+        frames = verl_omni.to_frames(layout)
+        assert frames.dtype == np.uint8 and np.array_equal(frames, expected)
+    assert verl_omni.to_frames(tchw.float() / 255).dtype == np.float32  # float in [0, 1] is left to the decoder's checks
+    with pytest.raises(VideoError, match="no axis of 3 colour channels"):
+        verl_omni.to_frames(torch.zeros((5, 4, 8, 12), dtype=torch.uint8))
+    with pytest.raises(VideoError, match="4 dimensions"):
+        verl_omni.to_frames(torch.zeros((3, 8, 12), dtype=torch.uint8))
+
+
+def test_a_workers_concurrent_calls_reach_the_model_in_batches(theirs, monkeypatch):
+    sizes = []
+    original = BrightnessReward.__call__
+
+    def spy(self, videos, prompts=None, metadata=None):
+        sizes.append(len(videos))
+        return original(self, videos, prompts, metadata)
+
+    monkeypatch.setattr(BrightnessReward, "__call__", spy)
+    entries = {"bright": {**OURS, "reward": "bright", "sections": BRIGHT, "max_batch": 4}}
+    levels = [10 * i for i in range(10)]
+    rm_scores, _ = theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, levels), num_workers=1)
+    assert sizes == [4, 4, 2]  # 10 concurrent per-sample calls, max_batch 4
+    assert rm_scores[:, 0].tolist() == pytest.approx([lv / 255 for lv in levels], abs=1e-6)
+    sizes.clear()
+    theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, levels), num_workers=2)
+    assert sizes == [4, 1, 4, 1]  # two workers, each its own loop and chunk of 5
+
+
+PICKY = {"bright": {"name": "user_rewards:make_picky"}}  # an all-black video cannot be scored
+
+
+def test_invalid_sample_stops_a_required_entry_and_is_never_a_silent_zero(theirs, caplog):
+    data = batch(theirs, [51, 0, 204, 102])  # sample 1 cannot be scored
+    required = {"bright": {**OURS, "required": True, "reward": "bright", "sections": PICKY}}
+    with caplog.at_level(logging.ERROR, logger="cac_align.integrations.verl_omni"):
+        with pytest.raises(RuntimeError, match=r"required reward 'bright' failed: .*'prompt 0': an all-black video \(invalid='fail'\)"):
+            theirs.parts.worker_scores(manager(theirs, required), data, num_workers=1)
+    assert "could not be scored" in caplog.text
+    # Their default (required: false) would train on 0.0; our dict then lacks 'valid' for that
+    # sample, so their colocated assembly (keys of sample 0) refuses the batch instead.
+    optional = {"bright": {**OURS, "reward": "bright", "sections": PICKY}}
+    counts = verl_omni.invalid_counts()
+    with pytest.raises(KeyError, match="reward/bright/valid"):
+        theirs.parts.worker_scores(manager(theirs, optional), data, num_workers=1)
+    assert verl_omni.invalid_counts()["invalid"] == counts["invalid"] + 1
+
+
+def test_group_mean_fill_has_zero_advantage_and_a_limit(theirs, caplog):
+    entries = {"bright": {**OURS, "required": True, "reward": "bright", "sections": PICKY, "invalid": "group_mean"}}
+    levels = [51, 0, 102, 204, 153, 255]  # groups of 3: (0.2, -, 0.4), (0.8, 0.6, 1)
+    with caplog.at_level(logging.WARNING, logger="cac_align.integrations.verl_omni"):
+        rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, levels, group=3), num_workers=1)
+    scores = rm_scores[:, 0]
+    assert scores[1].item() == pytest.approx((0.2 + 0.4) / 2)  # its group's valid mean, not 0.0
+    assert metrics["reward/bright/valid"].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert grpo_advantages(scores, group=3)[1].item() == pytest.approx(0.0, abs=1e-6)
+    assert "got its group's mean" in caplog.text
+    # two workers, chunks of 3: each group is whole in one worker's batch, same result...
+    rm_two, _ = theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, levels, group=3), num_workers=2)
+    assert torch.equal(rm_two, rm_scores)
+    # ...but a worker whose chunk holds no valid sample of the prompt cannot fill: it raises
+    with pytest.raises(RuntimeError, match="no sample of its prompt in its batch was valid"):
+        theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, [0, 51, 102, 204], group=4), num_workers=4)
+    with pytest.raises(RuntimeError, match="more than max_invalid_fraction=0.5"):
+        theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, [0, 0, 102, 204, 153, 255], group=3), num_workers=2)
+
+
+def test_config_errors_name_the_key(theirs):
+    data = batch(theirs, [51, 153])
+    cases = [
+        ({"sectoins": "x.yaml"}, r"unknown key\(s\) \['sectoins'\]"),
+        ({"invalid": "drop"}, "invalid must be one of"),
+        ({"reward": "urcac"}, "unknown reward 'urcac'; did you mean 'ur_cac'"),
+    ]
+    for extra, message in cases:
+        entries = {"r": {**OURS, "required": True, **extra}}
+        with pytest.raises(RuntimeError, match=message):
+            theirs.parts.worker_scores(manager(theirs, entries), data, num_workers=1)
+
+
+def test_ur_cac_on_tiny_models_one_copy_sections_from_the_environment(theirs, tmp_path, monkeypatch):
+    tiny = {"cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
+            "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}}
+    import yaml
+
+    path = tmp_path / "rewards.yaml"
+    path.write_text(yaml.safe_dump({"ur_cac": {"name": "ur_cac", **tiny}}))
+    monkeypatch.setenv(adapter.ENV_SECTIONS, str(path))
+    entries = {
+        "ur_cac": {**OURS, "required": True, "device": "cpu"},  # reward: ur_cac is the default
+        "again": {**OURS, "required": True, "device": "cpu", "weight": 0.5, "max_batch": 2},
+    }
+    data = batch(theirs, [51, 153, 204, 102])
+    rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), data, num_workers=2)
+    assert len(adapter.loaded_models()) == 2  # two entries, two workers: one copy of each tiny model
+    frames = [data.tensors["responses"][i].float() / 255 for i in range(4)]
+    direct = build_reward({"name": "ur_cac", **tiny})(frames, [f"prompt {i // 2}" for i in range(4)], [{"fps": 16.0}] * 4)
+    assert metrics["reward/ur_cac"].tolist() == pytest.approx(direct.scores.tolist(), abs=1e-6)
+    assert rm_scores[:, 0].tolist() == pytest.approx((1.5 * direct.scores).tolist(), abs=1e-5)
+
+
+def test_the_function_alone_gathers_concurrent_calls():
+    async def main():
+        frames = [torch.full((4, 3, 8, 8), v, dtype=torch.uint8) for v in (0, 255, 51)]
+        return await asyncio.gather(*(verl_omni.compute_score(solution_image=f, ground_truth="p", reward="brightness") for f in frames))
+
+    try:
+        assert asyncio.run(main()) == [{"score": 0.0, "valid": 1.0}, {"score": 1.0, "valid": 1.0}, {"score": pytest.approx(0.2), "valid": 1.0}]
+    finally:
+        verl_omni._BATCHERS.clear()
+
+
+def test_a_served_judge_through_their_loop(theirs):
+    """A ``backend: openai`` section: the workers only send requests (a local server speaking
+    vLLM's chat protocol, tests/chat_server.py); a prompt the server refuses is that sample's
+    failure alone."""
+    from chat_server import ChatServer
+
+    answer = "Alignment Score (1-5): 4.5\nPhysics Score (1-5): 2.0\nStyle Score (1-5): 3.25"
+
+    def refuses(body):
+        return any("storm" in part.get("text", "") for m in body["messages"] if isinstance(m["content"], list) for part in m["content"])
+
+    with ChatServer(answer=lambda messages: answer, fail_if=refuses) as server:
+        served = {"ur": {"name": "unified_reward", "version": "2.0", "scoring": "text", "num_frames": 4,
+                         "model": {"backend": "openai", "name": "ur", "base_url": server.url, "max_retries": 0}}}
+        entries = {"ur": {**OURS, "required": True, "reward": "ur", "sections": served, "invalid": "group_mean"}}
+        data = batch(theirs, [51, 153, 204, 102], size=32)
+        data.non_tensors["reward_model"] = np.array([{"ground_truth": p} for p in ("a cat", "a cat", "a storm", "a dog")], dtype=object)
+        with pytest.raises(RuntimeError, match="'a storm'.*no sample of its prompt in its batch was valid"):
+            theirs.parts.worker_scores(manager(theirs, entries), data, num_workers=1)
+        data.non_tensors["reward_model"] = np.array([{"ground_truth": p} for p in ("a cat", "a cat", "a dog", "a dog")], dtype=object)
+        rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), data, num_workers=2)
+    assert rm_scores[:, 0].tolist() == pytest.approx([(4.5 + 2.0 + 3.25) / 3] * 4)
+    assert metrics["reward/ur/valid"].tolist() == [1.0] * 4
+    assert [json.loads(m)["backend"] for m in adapter.loaded_models()] == ["openai"]  # one client, no model in-process
