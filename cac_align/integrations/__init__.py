@@ -10,5 +10,7 @@ sections by name from the one registry, one model copy per process, invalid poli
   ``python -m cac_align.integrations.pref_grpo``.
 - :mod:`~cac_align.integrations.dance_grpo`: DanceGRPO (XueZeyue/DanceGRPO); VideoAlign's
   inferencer shape, or ``python -m cac_align.integrations.dance_grpo``.
+- :mod:`~cac_align.integrations.verl_omni`: verl-omni (verl-project/verl-omni); an async reward
+  function by ``pkg://`` path in ``reward.reward_functions``.
 - :mod:`~cac_align.integrations.vllm`: the vLLM plugin that serves our judges' video input.
 """
