@@ -142,6 +142,17 @@ def test_invalid_sample_stops_a_required_entry_and_is_never_a_silent_zero(theirs
     assert verl_omni.invalid_counts()["invalid"] == counts["invalid"] + 1
 
 
+def test_a_nan_passes_their_manager_and_spreads_to_every_advantage(theirs):
+    """Why ``drop`` (NaN) is refused here: their manager adds a NaN score like any other, and
+    their advantage's batch std makes every sample's advantage NaN, other groups included."""
+    entries = {"nan": {"path": str(CHECKOUT / "user_rewards.py"), "name": "nan_for_black", "required": True}}
+    rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), batch(theirs, [51, 0, 102, 204], group=2), num_workers=1)
+    assert np.isnan(metrics["reward/nan"][1]) and np.isfinite(np.delete(metrics["reward/nan"], 1)).all()
+    assert torch.isnan(grpo_advantages(rm_scores[:, 0], group=2)).all()
+    with pytest.raises(ValueError, match="invalid must be one of"):
+        asyncio.run(verl_omni.compute_score(solution_image=torch.zeros((2, 3, 8, 8), dtype=torch.uint8), ground_truth="p", invalid="drop"))
+
+
 def test_group_mean_fill_has_zero_advantage_and_a_limit(theirs, caplog):
     entries = {"bright": {**OURS, "required": True, "reward": "bright", "sections": PICKY, "invalid": "group_mean"}}
     levels = [51, 0, 102, 204, 153, 255]  # groups of 3: (0.2, -, 0.4), (0.8, 0.6, 1)
