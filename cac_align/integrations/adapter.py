@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import Reward, RewardError, check_call, check_prompts, group_keys
+from cac_align.rewards.base import ErrorKind, Reward, RewardError, check_call, check_prompts, group_keys
 from cac_align.rewards.normalize import fill_invalid
 from cac_align.rewards.registry import REWARDS, build_reward, reward_config
 from cac_align.vlm.config import shared_backends
@@ -280,7 +280,7 @@ def make_scorer(name: str, reward: Reward, policy: str = "drop") -> Scorer:
             error = f"{type(exc).__name__}: {exc}"
             scores, valid = np.full(n, np.nan), np.zeros(n, dtype=bool)
             errors = {i: error for i in range(n)}
-            failures, details = {"backend": n}, [{"error": error, "error_kind": "backend"} for _ in range(n)]
+            failures, details = {ErrorKind.BACKEND: n}, [{"error": error, "error_kind": ErrorKind.BACKEND} for _ in range(n)]
         else:
             scores, valid, errors, failures, details = out.scores, out.valid, out.errors, out.failure_counts(), out.details
             if not valid.all():

@@ -77,7 +77,7 @@ from cac_align.gen.wan import (
     scheduler_shift,
 )
 from cac_align.run.input_files import read_prompts, slug
-from cac_align.rewards.base import Reward, RewardError, RewardOutput
+from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl import group_advantages, nan_mean_std
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
@@ -449,7 +449,7 @@ def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[
 
 
 def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
-    details = [{"error": f"{type(error).__name__}: {error}", "error_kind": "backend"} for _ in range(n)]
+    details = [{"error": f"{type(error).__name__}: {error}", "error_kind": ErrorKind.BACKEND} for _ in range(n)]
     return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
 
 

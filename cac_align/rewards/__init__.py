@@ -7,7 +7,7 @@
 See docs/rewards.md.
 """
 
-from cac_align.rewards.base import Reward, RewardError, RewardOutput
+from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import REWARDS, build_reward, register_reward, reward_config, reward_names
 
-__all__ = ["REWARDS", "Reward", "RewardError", "RewardOutput", "build_reward", "register_reward", "reward_config", "reward_names"]
+__all__ = ["REWARDS", "ErrorKind", "Reward", "RewardError", "RewardOutput", "build_reward", "register_reward", "reward_config", "reward_names"]

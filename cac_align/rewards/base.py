@@ -40,6 +40,7 @@ __all__ = [
     "RewardBase",
     "BACKEND_ERRORS",
     "BackendFailure",
+    "ErrorKind",
     "all_failed_in_backend",
     "Reward",
     "RewardError",
@@ -67,6 +68,20 @@ class RewardError(RuntimeError):
     """A reward call that must not return scores (e.g. ``invalid: fail`` met an invalid sample)."""
 
 
+class ErrorKind:
+    """Why a sample is invalid: the ``error_kind`` of its details, as named constants (plain
+    strings, so details stay JSON and compare equal to the words)."""
+
+    VIDEO = "video"  # could not be decoded
+    PROMPT = "prompt"  # the generating prompt is missing
+    BACKEND = "backend"  # the model call failed (a server, a crash inside the reward's work)
+    PARSE = "parse"  # the answer could not be used
+    SCORE = "score"  # a probability or score that is zero-mass or non-finite
+    OTHER = "other"  # a reward that did not say
+
+    ALL = (VIDEO, PROMPT, BACKEND, PARSE, SCORE, OTHER)
+
+
 class BackendFailure(RewardError):
     """A job whose samples all failed for a backend reason (a server that died, a model call that
     kept failing): it ends with an error, not with a result of nothing but invalid rows."""
@@ -75,7 +90,7 @@ class BackendFailure(RewardError):
 def all_failed_in_backend(details: Sequence[Mapping]) -> bool:
     """Whether every sample failed, and every failure was the backend's (``error_kind``
     "backend"), so that nothing about the videos themselves was learned. False when empty."""
-    return bool(details) and all(d.get("error") and d.get("error_kind") == "backend" for d in details)
+    return bool(details) and all(d.get("error") and d.get("error_kind") == ErrorKind.BACKEND for d in details)
 
 
 @dataclass
@@ -87,9 +102,9 @@ class RewardOutput:
         scores: (B,) float64, NaN where ``valid`` is False.
         valid: (B,) bool.
         details: one dict per sample (sub-scores, raw text, evidence). An invalid sample has
-            "error" (why) and "error_kind": "video" (could not be decoded), "prompt" (missing),
-            "backend" (the model call failed), "parse" (the answer could not be used) or
-            "score" (a probability or score that is zero-mass or non-finite).
+            "error" (why) and "error_kind", one of :class:`ErrorKind`: "video" (could not be
+            decoded), "prompt" (missing), "backend" (the model call failed), "parse" (the answer
+            could not be used) or "score" (a probability or score that is zero-mass or non-finite).
         info: batch-level facts (e.g. invalid counts per component).
 
     A score that is NaN or infinite while marked valid is turned invalid here, with an error in
@@ -113,7 +128,7 @@ class RewardOutput:
                 f"reward {self.name!r}: {n} scores, {len(self.valid)} valid flags and {len(self.details)} details differ in length"
             )
         for i in np.flatnonzero(self.valid & ~np.isfinite(self.scores)):
-            self.details[i] = {**self.details[i], "error": f"non-finite score {float(self.scores[i])}", "error_kind": "score"}
+            self.details[i] = {**self.details[i], "error": f"non-finite score {float(self.scores[i])}", "error_kind": ErrorKind.SCORE}
             self.valid[i] = False
         self.scores[~self.valid] = np.nan
 
@@ -124,7 +139,7 @@ class RewardOutput:
         """How many samples failed, by ``error_kind`` (e.g. ``{"parse": 2, "backend": 1}``)."""
         counts: dict[str, int] = {}
         for i in np.flatnonzero(~self.valid):
-            kind = str(self.details[i].get("error_kind", "other"))
+            kind = str(self.details[i].get("error_kind", ErrorKind.OTHER))
             counts[kind] = counts.get(kind, 0) + 1
         return counts
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from cac_align.cac.infer import CaCOptions, CaCResult, CaCScorer
-from cac_align.rewards.base import RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend
 from cac_align.vlm.config import ModelConfig, build_backend
@@ -87,18 +87,24 @@ class CaCReward(RewardBase):
         with self._lock:
             # 1. score the decodable videos in chunks (a backend failure is retried per video)
             todo = [(i, v) for i, v in enumerate(loaded) if isinstance(v, Video)]
+            backend_failed: set[int] = set()
+
+            def on_error(item: tuple[int, Any], exc: BaseException) -> CaCResult:
+                backend_failed.add(item[0])
+                return CaCResult(error=f"backend failed: {exc}")
+
             scored = score_in_chunks(
                 lambda chunk: self.scorer.score([v for _, v in chunk], [prompts[i] for i, _ in chunk]),
                 todo,
                 self.batch_size,
-                on_error=lambda item, exc: CaCResult(error=f"backend failed: {exc}"),
+                on_error=on_error,
             )
         # 2. results back in input order; undecodable videos carry their decode error
         results: list[Any] = [CaCResult(error=str(v)) if not isinstance(v, Video) else None for v in loaded]
-        kinds: list[str] = ["video"] * len(loaded)
+        kinds: list[str] = [ErrorKind.VIDEO] * len(loaded)
         for (i, _), result in zip(todo, scored):
             results[i] = result
-            kinds[i] = "backend" if (result.error or "").startswith("backend failed") else "parse"
+            kinds[i] = ErrorKind.BACKEND if i in backend_failed else ErrorKind.PARSE
         details = [r.to_dict() if r.valid else {**r.to_dict(), "error_kind": kind} for r, kind in zip(results, kinds)]
         scores = np.array([r.reward if r.valid else np.nan for r in results], dtype=np.float64)
         valid = np.array([r.valid for r in results], dtype=bool)

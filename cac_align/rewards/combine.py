@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import Reward, RewardBase, RewardError, RewardOutput, check_prompts, group_keys, load_inputs
+from cac_align.rewards.base import ErrorKind, Reward, RewardBase, RewardError, RewardOutput, check_prompts, group_keys, load_inputs
 from cac_align.rewards.cac import CaCRewardConfig
 from cac_align.rewards.normalize import FixedNormalizer, build_normalizer, fill_invalid
 from cac_align.rewards.unified import FORMATS, UnifiedRewardConfig
@@ -145,7 +145,7 @@ class CombinedReward(RewardBase):
                 reasons = [f"{out.name}: {out.details[i].get('error', 'invalid')}" for out in failed]
                 entry["error"] = "; ".join(reasons) or "invalid"
                 # the kind of the first component that failed ("video", "backend", "parse", ...)
-                entry["error_kind"] = str(failed[0].details[i].get("error_kind", "score")) if failed else "score"
+                entry["error_kind"] = str(failed[0].details[i].get("error_kind", ErrorKind.SCORE)) if failed else "score"
             details.append(entry)
         info = {
             "invalid": {out.name: int((~valid_k[k]).sum()) for k, out in enumerate(outputs)},

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import RewardBase, RewardOutput, check_prompts, load_inputs
+from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput, check_prompts, load_inputs
 
 __all__ = ["BrightnessConfig", "BrightnessReward", "build"]
 
@@ -46,7 +46,7 @@ class BrightnessReward(RewardBase):
         details: list[dict[str, Any]] = []
         for i, video in enumerate(loaded):
             if isinstance(video, Exception):
-                details.append({"error": str(video), "error_kind": "video"})
+                details.append({"error": str(video), "error_kind": ErrorKind.VIDEO})
                 continue
             scores[i] = float(np.asarray(video.frames).mean()) / 255.0
             details.append({})

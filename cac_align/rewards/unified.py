@@ -65,7 +65,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend, ChatRequest, jpeg_image_part, text_part, user
 from cac_align.vlm.config import TINY_PREFIX, ModelConfig, build_backend
@@ -423,9 +423,9 @@ class UnifiedReward(RewardBase):
         # 1. one request per decodable video with a prompt: uniformly sampled frames + the format's prompt
         for i, (video, prompt) in enumerate(zip(loaded, prompts)):
             if not isinstance(video, Video):
-                details[i] = {"error": str(video), "error_kind": "video"}
+                details[i] = {"error": str(video), "error_kind": ErrorKind.VIDEO}
             elif prompt is None:
-                details[i] = {"error": "UnifiedReward needs the generating prompt of each video", "error_kind": "prompt"}
+                details[i] = {"error": "UnifiedReward needs the generating prompt of each video", "error_kind": ErrorKind.PROMPT}
             else:
                 question = text_part(self.template.replace("{prompt}", prompt))
                 todo.append((i, [{"role": "user", "content": [*self._frames(video), question]}]))
@@ -436,7 +436,7 @@ class UnifiedReward(RewardBase):
                 lambda chunk: score([request for _, request in chunk]),
                 todo,
                 self.batch_size,
-                on_error=lambda item, exc: {"error": f"backend failed: {exc}", "error_kind": "backend"},
+                on_error=lambda item, exc: {"error": f"backend failed: {exc}", "error_kind": ErrorKind.BACKEND},
             )
         # 3. scalar = mean of the sub-scores
         scores = np.full(len(loaded), np.nan)
@@ -476,7 +476,7 @@ class UnifiedReward(RewardBase):
                 answer["final_score"] = final  # logged only: documented as untrained by its authors
             if problems:
                 answer["error"] = "unparsable answer: " + "; ".join(problems)
-                answer["error_kind"] = "parse"
+                answer["error_kind"] = ErrorKind.PARSE
             answers.append(answer)
         return answers
 
@@ -500,7 +500,7 @@ class UnifiedReward(RewardBase):
             answers[j]["digit_mass"][key] = mass
             if not (np.isfinite(mass) and mass > 0) or mass < self.min_digit_mass:
                 answers[j].setdefault("error", f"'{label}': score digits got probability mass {mass:.3g}")
-                answers[j]["error_kind"] = "score"
+                answers[j]["error_kind"] = ErrorKind.SCORE
                 expected = float(values[0])
             else:
                 expected = float((values * row).sum() / mass)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cac_align.rewards import REWARDS, RewardOutput, build_reward, reward_config
-from cac_align.rewards.base import RewardBase, check_prompts, group_keys, load_inputs, score_in_chunks
+from cac_align.rewards.base import ErrorKind, RewardBase, check_prompts, group_keys, load_inputs, score_in_chunks
 from cac_align.rewards.cac import CaCReward
 from cac_align.video import Video, VideoError, save_video
 from conftest import smooth_video
@@ -147,6 +147,24 @@ def test_cac_reward_scores_in_input_order_with_eq7():
     assert out.details[1]["status"] == "abnormal" and out.details[1]["window_s"] == (1.0, 2.0)
     assert "/no/such.mp4" in out.details[2]["error"] and out.details[2]["error_kind"] == "video"
     assert len(backend.generate_calls[0]) == 2  # batch_size 2: the first chunk is videos 0 and 1
+
+
+def test_cac_error_kinds_come_from_where_the_failure_happened():
+    """Kinds are named (ErrorKind) and set where the failure happened: the call that raised marks
+    "backend", an answer that cannot be used (even one reading "backend failed ...") "parse"."""
+
+    class Flaky(ScriptedBackend):
+        def generate(self, requests, **kwargs):
+            if any(self._seed(r) == 1 for r in requests):
+                raise ConnectionError("http://127.0.0.1:1/v1 unreachable")
+            return super().generate(requests, **kwargs)
+
+    backend = Flaky({0: NORMAL, 1: NORMAL, 2: "backend failed: not JSON at all"})
+    out = CaCReward(backend, batch_size=3)([tagged_video(seed=0), tagged_video(seed=1), tagged_video(seed=2)], ["a", "b", "c"])
+    assert out.valid.tolist() == [True, False, False]
+    assert out.details[1]["error_kind"] == ErrorKind.BACKEND == "backend" and "unreachable" in out.details[1]["error"]
+    assert out.details[2]["error_kind"] == ErrorKind.PARSE
+    assert out.failure_counts() == {"backend": 1, "parse": 1}
 
 
 def test_a_rewards_batch_is_its_models_batch():
