@@ -29,6 +29,7 @@ pool (Flow-GRPO scores in a background thread while the next group samples).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -40,6 +41,7 @@ __all__ = [
     "RewardBase",
     "BACKEND_ERRORS",
     "BackendFailure",
+    "BatchReward",
     "ErrorKind",
     "all_failed_in_backend",
     "Reward",
@@ -197,6 +199,83 @@ class RewardBase:
 
     def to(self, device: Any) -> Any:
         return self
+
+
+class BatchReward(RewardBase):
+    """A reward that writes only how it scores a batch; the base does the rest of the contract.
+
+    A subclass sets ``name``, ``score_range``, ``source_fps`` (frame rate of array input),
+    ``batch_size`` (requests per :meth:`score_batch` call) and ``needs_prompt``, and writes:
+
+    - :meth:`request` (optional): what one decoded video and its prompt become (default: the
+      pair); it runs outside the lock;
+    - :meth:`score_batch`: one detail dict per request, in order; a scored one has ``"score"``
+      (taken out of the details by the base) and no ``"error"`` (or ``"error": None``), an
+      unusable one ``"error"`` and ``"error_kind"`` (:class:`ErrorKind`).
+
+    The base decodes the batch (a video that cannot be read is invalid, ``video``), checks the
+    prompts (a missing one is invalid, ``prompt``, when ``needs_prompt``), holds one lock around the
+    scoring (one object can be shared by a thread pool), chunks requests by ``batch_size``, retries
+    a chunk that hit a backend error one request at a time (only the requests that still fail are
+    invalid, ``backend``), and returns everything in input order. :meth:`invalid_detail` shapes the
+    details of those three failures (CaC keeps its result's fields in them).
+    """
+
+    source_fps: float | None = 16.0
+    batch_size: int = 8
+    needs_prompt: bool = True
+
+    @property
+    def _lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_batch_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_batch_lock", threading.Lock())
+        return lock
+
+    def request(self, video: Video, prompt: str | None) -> Any:
+        return (video, prompt)
+
+    def score_batch(self, requests: list[Any]) -> list[dict]:
+        raise NotImplementedError(f"{type(self).__name__} must define score_batch(requests) -> one detail dict per request")
+
+    def invalid_detail(self, error: str, kind: str) -> dict:
+        return {"error": error, "error_kind": kind}
+
+    def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
+        loaded = load_inputs(videos, metadata, self.source_fps)
+        prompts = check_prompts(len(loaded), prompts)
+        details: list[dict] = [{} for _ in loaded]
+        todo: list[tuple[int, Any]] = []
+        for i, (video, prompt) in enumerate(zip(loaded, prompts)):
+            if not isinstance(video, Video):
+                details[i] = self.invalid_detail(str(video), ErrorKind.VIDEO)
+            elif prompt is None and self.needs_prompt:
+                details[i] = self.invalid_detail(f"{self.name} needs the generating prompt of each video", ErrorKind.PROMPT)
+            else:
+                todo.append((i, self.request(video, prompt)))
+        with self._lock:
+            answers = score_in_chunks(
+                lambda chunk: self._score_chunk([request for _, request in chunk]),
+                todo,
+                self.batch_size,
+                on_error=lambda item, exc: self.invalid_detail(f"backend failed: {exc}", ErrorKind.BACKEND),
+            )
+        scores = np.full(len(loaded), np.nan)
+        for (i, _), answer in zip(todo, answers):
+            score = answer.pop("score", None)
+            details[i] = answer
+            if answer.get("error") is None:
+                if score is None:
+                    raise TypeError(f"{type(self).__name__}.score_batch gave a detail with neither 'score' nor 'error'")
+                scores[i] = float(score)
+        valid = np.array([d.get("error") is None for d in details], dtype=bool)
+        return RewardOutput(self.name, scores, valid, details)
+
+    def _score_chunk(self, requests: list[Any]) -> list[dict]:
+        answers = list(self.score_batch(requests))
+        if len(answers) != len(requests):
+            raise TypeError(f"{type(self).__name__}.score_batch gave {len(answers)} details for {len(requests)} requests")
+        return [dict(a) for a in answers]
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,14 +15,11 @@ Recipe section::
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
-
-import numpy as np
+from typing import Any, ClassVar
 
 from cac_align.cac.infer import CaCOptions, CaCResult, CaCScorer
-from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend
 from cac_align.vlm.config import ModelConfig, build_backend
@@ -51,7 +48,7 @@ class CaCRewardConfig:
     source_fps: float | None = 16.0
 
 
-class CaCReward(RewardBase):
+class CaCReward(BatchReward):
     """The CaC reward over a :class:`Backend` (in-process or an OpenAI-compatible server).
 
     Args:
@@ -63,8 +60,10 @@ class CaCReward(RewardBase):
 
     ``details[i]`` is the :class:`~cac_align.cac.infer.CaCResult` as a dict (status, window,
     boxes, both turns' text and probabilities), plus ``error`` and ``error_kind`` when invalid
-    ("video", "backend", or "parse" for an answer that could not be used).
+    ("video", "backend", or "parse" for an answer that could not be used). A prompt is optional.
     """
+
+    needs_prompt = False
 
     def __init__(
         self,
@@ -79,37 +78,16 @@ class CaCReward(RewardBase):
         self.batch_size = batch_size
         self.name = name
         self.score_range = (0.0, 1.0)  # P(normal) / (P(normal) + P(abnormal)), CaC Eq. 7
-        self._lock = threading.Lock()
 
-    def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
-        loaded = load_inputs(videos, metadata, self.source_fps)
-        prompts = check_prompts(len(loaded), prompts)
-        with self._lock:
-            # 1. score the decodable videos in chunks (a backend failure is retried per video)
-            todo = [(i, v) for i, v in enumerate(loaded) if isinstance(v, Video)]
-            backend_failed: set[int] = set()
+    def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
+        results = self.scorer.score([video for video, _ in requests], [prompt for _, prompt in requests])
+        return [
+            {**r.to_dict(), "score": r.reward} if r.valid else {**r.to_dict(), "error": r.error or "not scored", "error_kind": ErrorKind.PARSE}
+            for r in results
+        ]
 
-            def on_error(item: tuple[int, Any], exc: BaseException) -> CaCResult:
-                backend_failed.add(item[0])
-                return CaCResult(error=f"backend failed: {exc}")
-
-            scored = score_in_chunks(
-                lambda chunk: self.scorer.score([v for _, v in chunk], [prompts[i] for i, _ in chunk]),
-                todo,
-                self.batch_size,
-                on_error=on_error,
-            )
-        # 2. results back in input order; undecodable videos carry their decode error
-        results: list[Any] = [CaCResult(error=str(v)) if not isinstance(v, Video) else None for v in loaded]
-        kinds: list[str] = [ErrorKind.VIDEO] * len(loaded)
-        for (i, _), result in zip(todo, scored):
-            results[i] = result
-            kinds[i] = ErrorKind.BACKEND if i in backend_failed else ErrorKind.PARSE
-        details = [r.to_dict() if r.valid else {**r.to_dict(), "error_kind": kind} for r, kind in zip(results, kinds)]
-        scores = np.array([r.reward if r.valid else np.nan for r in results], dtype=np.float64)
-        valid = np.array([r.valid for r in results], dtype=bool)
-        return RewardOutput(self.name, scores, valid, details)
-
+    def invalid_detail(self, error: str, kind: str) -> dict:
+        return {**CaCResult(error=error).to_dict(), "error_kind": kind}
 
     def to(self, device: Any) -> "CaCReward":
         """Move the in-process model, if any (Best-of-N offloading)."""

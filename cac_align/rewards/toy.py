@@ -10,11 +10,10 @@ about video quality; never align a real model with it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
-
 import numpy as np
 
-from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput, check_prompts, load_inputs
+from cac_align.rewards.base import BatchReward
+from cac_align.video import Video
 
 __all__ = ["BrightnessConfig", "BrightnessReward", "build"]
 
@@ -30,27 +29,18 @@ class BrightnessConfig:
     source_fps: float = 16.0
 
 
-class BrightnessReward(RewardBase):
+class BrightnessReward(BatchReward):
     """Mean pixel value of each video, in [0, 1] (0 = black, 1 = white)."""
 
     name = "brightness"
     score_range = (0.0, 1.0)
+    needs_prompt = False
 
     def __init__(self, source_fps: float = 16.0):
         self.source_fps = source_fps
 
-    def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
-        loaded = load_inputs(videos, metadata, self.source_fps)
-        check_prompts(len(loaded), prompts)
-        scores = np.full(len(loaded), np.nan)
-        details: list[dict[str, Any]] = []
-        for i, video in enumerate(loaded):
-            if isinstance(video, Exception):
-                details.append({"error": str(video), "error_kind": ErrorKind.VIDEO})
-                continue
-            scores[i] = float(np.asarray(video.frames).mean()) / 255.0
-            details.append({})
-        return RewardOutput(self.name, scores, np.isfinite(scores), details)
+    def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
+        return [{"score": float(np.asarray(video.frames).mean()) / 255.0} for video, _ in requests]
 
 
 def build(config: BrightnessConfig, key: str = "reward") -> BrightnessReward:

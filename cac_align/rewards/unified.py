@@ -58,14 +58,13 @@ import ast
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput, check_prompts, load_inputs, score_in_chunks
+from cac_align.rewards.base import BatchReward, ErrorKind, RewardOutput
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend, ChatRequest, jpeg_image_part, text_part, user
 from cac_align.vlm.config import TINY_PREFIX, ModelConfig, build_backend
@@ -364,7 +363,7 @@ class UnifiedRewardConfig:
             raise ValueError(f"min_digit_mass must be in [0, 1), got {self.min_digit_mass}")
 
 
-class UnifiedReward(RewardBase):
+class UnifiedReward(BatchReward):
     """UnifiedReward pointwise scoring over any :class:`Backend`.
 
     Scores are the mean sub-score on the format's scale (1–4 for v1, 1–5 for 2.0); normalize
@@ -412,42 +411,27 @@ class UnifiedReward(RewardBase):
         self.batch_size = batch_size
         self.name = name
         self.score_range = (float(self.format.low), float(self.format.high))
-        self._lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
     def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
-        loaded = load_inputs(videos, metadata, self.source_fps)
-        prompts = check_prompts(len(loaded), prompts)
-        details: list[dict] = [{} for _ in loaded]
-        todo: list[tuple[int, ChatRequest]] = []
-        # 1. one request per decodable video with a prompt: uniformly sampled frames + the format's prompt
-        for i, (video, prompt) in enumerate(zip(loaded, prompts)):
-            if not isinstance(video, Video):
-                details[i] = {"error": str(video), "error_kind": ErrorKind.VIDEO}
-            elif prompt is None:
-                details[i] = {"error": "UnifiedReward needs the generating prompt of each video", "error_kind": ErrorKind.PROMPT}
-            else:
-                question = text_part(self.template.replace("{prompt}", prompt))
-                todo.append((i, [{"role": "user", "content": [*self._frames(video), question]}]))
-        # 2. score in chunks; a backend failure is retried per video and marks only that video invalid
-        score = self._score_text if self.scoring == "text" else self._score_probs
-        with self._lock:
-            answers = score_in_chunks(
-                lambda chunk: score([request for _, request in chunk]),
-                todo,
-                self.batch_size,
-                on_error=lambda item, exc: {"error": f"backend failed: {exc}", "error_kind": ErrorKind.BACKEND},
-            )
-        # 3. scalar = mean of the sub-scores
-        scores = np.full(len(loaded), np.nan)
-        for (i, _), answer in zip(todo, answers):
-            details[i] = answer
-            if "error" not in answer:
-                scores[i] = float(np.mean(list(answer["sub_scores"].values())))
-        valid = np.array(["error" not in d for d in details], dtype=bool)
-        for entry in details:
+        out = super().__call__(videos, prompts, metadata)
+        for entry in out.details:
             entry["prompt_source"] = self.prompt_source
-        return RewardOutput(self.name, scores, valid, details, {"prompt_sources": {self.name: self.prompt_source}})
+        out.info = {"prompt_sources": {self.name: self.prompt_source}}
+        return out
+
+    def request(self, video: Video, prompt: str) -> ChatRequest:
+        """Uniformly sampled frames and the format's question, as one user turn."""
+        question = text_part(self.template.replace("{prompt}", prompt))
+        return [{"role": "user", "content": [*self._frames(video), question]}]
+
+    def score_batch(self, requests: list[ChatRequest]) -> list[dict]:
+        """The answers; the scalar is the mean of the sub-scores."""
+        answers = self._score_text(requests) if self.scoring == "text" else self._score_probs(requests)
+        for answer in answers:
+            if "error" not in answer:
+                answer["score"] = float(np.mean(list(answer["sub_scores"].values())))
+        return answers
 
     def to(self, device: Any) -> "UnifiedReward":
         """Move the in-process model, if any (Best-of-N offloading)."""
