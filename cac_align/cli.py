@@ -133,7 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             from omegaconf import OmegaConf
 
-            print(OmegaConf.to_yaml(OmegaConf.structured(dataclasses.asdict(config))), end="")
+            resolved = dataclasses.asdict(config)
+            if isinstance(resolved.get("reward"), dict):  # the reward section with its defaults
+                from cac_align.rewards.registry import resolved_section
+
+                resolved["reward"] = resolved_section(resolved["reward"])
+            print(OmegaConf.to_yaml(OmegaConf.structured(resolved)), end="")
             return 0
         spec.runner()(config)
         return 0

@@ -100,6 +100,21 @@ def test_print_config_shows_resolved_values(capsys):
     assert "seed: 7" in out and "- wan" in out
 
 
+def test_print_config_shows_the_reward_sections_defaults(capsys):
+    """The reward section is typed: --print-config lists every setting with its default, not
+    only the keys the recipe wrote."""
+    import yaml
+
+    recipe = REPO_ROOT / "recipes/score/cac_demo.yaml"
+    assert "fallback" not in recipe.read_text() and "source_fps" not in recipe.read_text()
+    assert main(["score", "--config", str(recipe), "--print-config", "reward.options.scan_fps=2"]) == 0
+    reward = yaml.safe_load(capsys.readouterr().out)["reward"]
+    assert reward["name"] == "cac" and reward["model"]["name"] == "cac-demo"  # the recipe's values
+    assert reward["options"]["scan_fps"] == 2.0  # an override
+    assert reward["options"]["fallback"] == "whole_video" and reward["source_fps"] == 16.0  # defaults it did not write
+    assert reward["model"]["backend"] == "hf" and reward["model"]["trust_remote_code"] is False
+
+
 def test_make_tiny_writes_loadable_models_and_resumes(tmp_path, capsys):
     recipe = REPO_ROOT / "recipes/tiny/make_tiny.yaml"
     assert main(["make-tiny", "-c", str(recipe), f"out_dir={tmp_path}", "models=[qwen3_vl,wan]"]) == 0

@@ -139,6 +139,17 @@ def reward_config(spec: Any, where: str = "reward") -> tuple[str, Any]:
     raise ValueError(f"{where}: unknown reward '{name}'{extra} (known: {', '.join(sorted(REWARDS))}, or 'module:factory')")
 
 
+def resolved_section(spec: Any, where: str = "reward") -> dict[str, Any]:
+    """A reward section with every default filled in (what ``--print-config`` shows): ``name``
+    plus the typed config's fields, nested sections included; a dotted-path reward's section as
+    given (its factory's defaults are its own)."""
+    import dataclasses
+
+    name, config = reward_config(spec, where)
+    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {"name": name, **fields}
+
+
 def _resolve(dotted: str) -> Any:
     from cac_align.config import resolve
 
