@@ -10,6 +10,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The components of a ``ur_cac`` section on the tiny random models (CaC without reasoning,
+# UnifiedReward probs on 4 frames): what the trainer integrations' tests score with.
+TINY_UR_CAC = {
+    "cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
+    "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4},
+}
+
 
 class ForceAnswer:
     """A logits processor that makes the model write ``answer`` (token ids), then ``eos``. A

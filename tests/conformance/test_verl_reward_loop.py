@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cac_align.rewards import build_reward
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_UR_CAC
 
 pytestmark = pytest.mark.conformance
 
@@ -50,10 +50,8 @@ def test_scores_in_input_order_weights_summed(verl):
 def test_ur_cac_on_tiny_models_equals_ours(verl):
     got = verl["ur_cac"]
     assert "error" not in got, got.get("error")
-    tiny = {"cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
-            "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}}
     frames = [np.full((6, 64, 64, 3), level, dtype=np.uint8) for level in (51, 153, 204, 102)]
-    ours = build_reward({"name": "ur_cac", **tiny})(frames, [f"prompt {i // 2}" for i in range(4)], [{"fps": 16.0}] * 4)
+    ours = build_reward({"name": "ur_cac", **TINY_UR_CAC})(frames, [f"prompt {i // 2}" for i in range(4)], [{"fps": 16.0}] * 4)
     assert ours.valid.all() and got["metrics"]["reward/ur_cac/valid"] == [1.0] * 4
     # their venv has transformers 5.10, ours 5.2x: same scores within float32 noise
     assert got["metrics"]["reward/ur_cac"] == pytest.approx(ours.scores.tolist(), abs=1e-5)

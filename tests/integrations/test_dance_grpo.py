@@ -19,7 +19,7 @@ import pytest
 
 from cac_align.integrations import adapter, dance_grpo
 from cac_align.rewards import build_reward
-from conftest import REPO_ROOT, forget_modules
+from conftest import REPO_ROOT, TINY_UR_CAC, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "dance_grpo_checkout"
 SCRIPT = CHECKOUT / "fastvideo" / "train_toy.py"
@@ -84,12 +84,10 @@ def test_fill_uses_the_groups_earlier_scores_then_stops(installed, tmp_path):
 
 
 def test_ur_cac_on_tiny_models(installed, tmp_path):
-    tiny = {"cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
-            "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}}
-    dance_grpo.install({"ur_cac": {"name": "ur_cac", **tiny}})  # ur_cac is the default name
+    dance_grpo.install({"ur_cac": {"name": "ur_cac", **TINY_UR_CAC}})  # ur_cac is the default name
     result = their_step(tmp_path, [0.2, 0.6])
     paths = [str(tmp_path / f"hunyuan_0_{i}.mp4") for i in range(2)]
-    direct = build_reward({"name": "ur_cac", **tiny})(paths, ["prompt 0", "prompt 0"]).scores
+    direct = build_reward({"name": "ur_cac", **TINY_UR_CAC})(paths, ["prompt 0", "prompt 0"]).scores
     # scored one video per call, as their script does; ur_cac's normalizers are fixed-range, so equal
     assert result["VQ"] == pytest.approx(direct.tolist(), abs=1e-6) and np.isfinite(result["advantages"]).all()
 

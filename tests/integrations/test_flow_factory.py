@@ -18,7 +18,7 @@ import torch
 
 from cac_align.integrations import adapter
 from cac_align.rewards import RewardError, build_reward
-from conftest import REPO_ROOT, forget_modules
+from conftest import REPO_ROOT, TINY_UR_CAC, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "flow_factory_checkout"
 OURS = "cac_align.integrations.flow_factory.CacAlignReward"
@@ -87,18 +87,16 @@ def test_config_errors_name_the_key(theirs):
 
 
 def test_ur_cac_on_tiny_models_sections_from_the_environment(theirs, tmp_path, monkeypatch):
-    tiny = {"cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
-            "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}}
     import yaml
 
     path = tmp_path / "rewards.yaml"
-    path.write_text(yaml.safe_dump({"ur_cac": {"name": "ur_cac", **tiny}}))
+    path.write_text(yaml.safe_dump({"ur_cac": {"name": "ur_cac", **TINY_UR_CAC}}))
     monkeypatch.setenv(adapter.ENV_SECTIONS, str(path))
     _, ours = load(theirs, {"name": "ur_cac", "reward_model": OURS})
     _, again = load(theirs, {"name": "eval_ur_cac", "reward_model": OURS, "reward": "ur_cac"})
     assert len(adapter.loaded_models()) == 2  # two entries, one copy of each tiny model
     batch = samples([0.2, 0.6, 0.8, 0.4])
     rewards = theirs.step.rewards_for({"ur_cac": ours}, batch)
-    direct = build_reward({"name": "ur_cac", **tiny})([s["video"] for s in batch[:2]], ["prompt 0"] * 2, [{"group": 0}] * 2)
+    direct = build_reward({"name": "ur_cac", **TINY_UR_CAC})([s["video"] for s in batch[:2]], ["prompt 0"] * 2, [{"group": 0}] * 2)
     assert rewards["ur_cac"][:2].tolist() == pytest.approx(direct.scores.tolist(), abs=1e-6)
     assert torch.isfinite(rewards["ur_cac"]).all()

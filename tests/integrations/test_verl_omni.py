@@ -25,7 +25,7 @@ from cac_align.integrations import adapter, verl_omni
 from cac_align.rewards import build_reward
 from cac_align.rewards.toy import BrightnessReward
 from cac_align.video import VideoError
-from conftest import REPO_ROOT, forget_modules
+from conftest import REPO_ROOT, TINY_UR_CAC, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "verl_omni_checkout"
 OURS = {"path": "pkg://cac_align.integrations.verl_omni", "name": "compute_score"}
@@ -187,12 +187,10 @@ def test_config_errors_name_the_key(theirs):
 
 
 def test_ur_cac_on_tiny_models_one_copy_sections_from_the_environment(theirs, tmp_path, monkeypatch):
-    tiny = {"cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
-            "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}}
     import yaml
 
     path = tmp_path / "rewards.yaml"
-    path.write_text(yaml.safe_dump({"ur_cac": {"name": "ur_cac", **tiny}}))
+    path.write_text(yaml.safe_dump({"ur_cac": {"name": "ur_cac", **TINY_UR_CAC}}))
     monkeypatch.setenv(adapter.ENV_SECTIONS, str(path))
     entries = {
         "ur_cac": {**OURS, "required": True, "device": "cpu"},  # reward: ur_cac is the default
@@ -202,7 +200,7 @@ def test_ur_cac_on_tiny_models_one_copy_sections_from_the_environment(theirs, tm
     rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), data, num_workers=2)
     assert len(adapter.loaded_models()) == 2  # two entries, two workers: one copy of each tiny model
     frames = [data.tensors["responses"][i].float() / 255 for i in range(4)]
-    direct = build_reward({"name": "ur_cac", **tiny})(frames, [f"prompt {i // 2}" for i in range(4)], [{"fps": 16.0}] * 4)
+    direct = build_reward({"name": "ur_cac", **TINY_UR_CAC})(frames, [f"prompt {i // 2}" for i in range(4)], [{"fps": 16.0}] * 4)
     assert metrics["reward/ur_cac"].tolist() == pytest.approx(direct.scores.tolist(), abs=1e-6)
     assert rm_scores[:, 0].tolist() == pytest.approx((1.5 * direct.scores).tolist(), abs=1e-5)
 
