@@ -129,8 +129,9 @@ def to_frames(solution_image: Any) -> np.ndarray:
 class _Batcher:
     """The concurrent calls of one event loop for one reward setting, scored in model batches."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], slots: adapter.RewardSlots) -> None:
         self.settings = settings
+        self.slots = slots
         # per event loop (a worker has one; a test's asyncio.run makes a new one): its queued
         # calls and the task draining them
         self.queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -168,10 +169,7 @@ class _Batcher:
     def scorer(self) -> Any:
         with self._build_lock:
             if self._scorer is None:
-                s = self.settings
-                slots = adapter.RewardSlots(where="verl_omni")
-                slots.configure(s["sections"], "drop")
-                self._scorer = slots.scorer(s["reward"], s["device"])
+                self._scorer = self.slots.scorer(self.settings["reward"], self.settings["device"])
             return self._scorer
 
     def _score(self, items: list[tuple[Any, str]]) -> list[dict[str, float] | Exception]:
@@ -267,7 +265,7 @@ def _batcher(settings: dict[str, Any]) -> _Batcher:
             slots = adapter.RewardSlots(where="verl_omni")
             slots.configure(settings["sections"], "drop")  # a typo in the sections fails at the first call, before any model loads
             slots.section(settings["reward"])  # so does an unknown reward name
-            _BATCHERS[key] = _Batcher(settings)
+            _BATCHERS[key] = _Batcher(settings, slots)
         return _BATCHERS[key]
 
 
