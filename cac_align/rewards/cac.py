@@ -111,3 +111,8 @@ def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
         raise RecipeError(f"{key}.model.name={config.model.name!r}: {exc}") from None
     backend = build_backend(config.model, key=f"{key}.model")
     return CaCReward(backend, options, source_fps=config.source_fps, batch_size=config.model.max_batch_size)
+
+
+from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
+
+register_reward("cac", "cac_align.rewards.cac:CaCRewardConfig", "cac_align.rewards.cac:build", "CaC two-turn anomaly reward (CaC Eq. 7)")

@@ -283,3 +283,19 @@ def build_ur_cac(config: UrCacConfig, key: str = "reward") -> CombinedReward:
         name="ur_cac",
     )
 
+
+
+from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
+
+register_reward(
+    "ur_cac",
+    "cac_align.rewards.combine:UrCacConfig",
+    "cac_align.rewards.combine:build_ur_cac",
+    "the paper's alignment reward: average of normalized UnifiedReward and CaC (CaC §4.2)",
+)
+register_reward(
+    "combined",
+    "cac_align.rewards.combine:CombinedConfig",
+    "cac_align.rewards.combine:build_combined",
+    "weighted average of any normalized rewards",
+)

@@ -40,35 +40,19 @@ REWARDS: dict[str, RewardSpec] = {}
 
 
 def register_reward(name: str, config: str, build: str, help: str = "") -> None:
-    """Register a reward under a short name (config and builder as "module:attr" strings)."""
+    """Register a reward under a short name (config and builder as "module:attr" strings).
+
+    A built-in reward calls this at the bottom of its own module in ``cac_align/rewards/``;
+    :func:`_discover_builtins` imports every module there, so adding a reward touches its module,
+    its recipe and its test, and no table elsewhere. A reward of your own package can call it too
+    (then import your module before building), or be named by dotted path without registering.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a reward name is an identifier (a recipe key and a trainer's reward name), got {name!r}")
+    known = REWARDS.get(name)
+    if known is not None and (known.config, known.build) != (config, build):
+        raise ValueError(f"reward name {name!r} is taken by {known.build}; choose another name for {build}")
     REWARDS[name] = RewardSpec(name, config, build, help)
-
-
-register_reward("cac", "cac_align.rewards.cac:CaCRewardConfig", "cac_align.rewards.cac:build", "CaC two-turn anomaly reward (CaC Eq. 7)")
-register_reward(
-    "unified_reward",
-    "cac_align.rewards.unified:UnifiedRewardConfig",
-    "cac_align.rewards.unified:build",
-    "UnifiedReward pointwise video score (mean of sub-scores)",
-)
-register_reward(
-    "ur_cac",
-    "cac_align.rewards.combine:UrCacConfig",
-    "cac_align.rewards.combine:build_ur_cac",
-    "the paper's alignment reward: average of normalized UnifiedReward and CaC (CaC §4.2)",
-)
-register_reward(
-    "brightness",
-    "cac_align.rewards.toy:BrightnessConfig",
-    "cac_align.rewards.toy:build",
-    "mean pixel value in [0, 1]: a model-free toy reward for checking that an RL loop learns",
-)
-register_reward(
-    "combined",
-    "cac_align.rewards.combine:CombinedConfig",
-    "cac_align.rewards.combine:build_combined",
-    "weighted average of any normalized rewards",
-)
 
 
 def reward_names() -> list[str]:
@@ -150,6 +134,22 @@ def resolved_section(spec: Any, where: str = "reward") -> dict[str, Any]:
     return {"name": name, **fields}
 
 
+# Modules of cac_align/rewards that hold the layer itself, not a reward.
+_NOT_REWARDS = frozenset({"base", "registry", "normalize"})
+
+
+def _discover_builtins() -> None:
+    """Import every reward module of ``cac_align/rewards`` (each registers its own names)."""
+    import importlib
+    import pkgutil
+
+    import cac_align.rewards as package
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+        if module not in _NOT_REWARDS and not module.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module}")
+
+
 def _resolve(dotted: str) -> Any:
     from cac_align.config import resolve
 
@@ -177,3 +177,6 @@ def build_reward(spec: Any, where: str = "reward") -> Reward:
             "subclass cac_align.rewards.base.RewardBase (it gives the defaults) and write name and __call__"
         )
     return reward
+
+
+_discover_builtins()

@@ -45,3 +45,13 @@ class BrightnessReward(BatchReward):
 
 def build(config: BrightnessConfig, key: str = "reward") -> BrightnessReward:
     return BrightnessReward(source_fps=config.source_fps)
+
+
+from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
+
+register_reward(
+    "brightness",
+    "cac_align.rewards.toy:BrightnessConfig",
+    "cac_align.rewards.toy:build",
+    "mean pixel value in [0, 1]: a model-free toy reward for checking that an RL loop learns",
+)

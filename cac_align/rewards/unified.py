@@ -636,3 +636,13 @@ def _literal_with_prompt(node: ast.AST) -> str | None:
             return None  # some other field: not a question we can fill
     text = "".join(parts)
     return text if "{prompt}" in text else None
+
+
+from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
+
+register_reward(
+    "unified_reward",
+    "cac_align.rewards.unified:UnifiedRewardConfig",
+    "cac_align.rewards.unified:build",
+    "UnifiedReward pointwise video score (mean of sub-scores)",
+)
