@@ -192,7 +192,8 @@ class CombinedConfig:
 
     Attributes:
         components: a list of reward sections, each with two extra keys: ``weight`` (default 1)
-            and ``normalizer`` (default ``{name: fixed, low: 0, high: 1}``).
+            and ``normalizer`` (default ``fixed`` over the reward's own ``score_range``: 1-4 for
+            UnifiedReward v1, 0-1 for CaC; a reward without a fixed range must be given one).
         invalid: "drop", "group_mean" or "fail".
         source_fps: frame rate of array/tensor input.
     """
@@ -257,6 +258,22 @@ class UrCacConfig:
         build_normalizer(dict(self.cac_normalizer), "cac_normalizer")
 
 
+def _scale_of(reward: Reward, where: str) -> dict[str, Any]:
+    """The default normalizer of a component: ``fixed`` over the reward's own ``score_range``
+    (UnifiedReward v1 1-4, CaC 0-1, ...; [0, 1] when it gives none); a reward with an unbounded
+    scale must be given one."""
+    scale = getattr(reward, "score_range", None)
+    if scale is None:  # a reward that does not say: assumed in [0, 1], as before score ranges existed
+        return {"name": "fixed", "low": 0.0, "high": 1.0}
+    low, high = scale
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(
+            f"{where}: {reward.name}'s scores have no fixed range ({low}, {high}); give it a normalizer, "
+            "e.g. normalizer: {name: group} (per prompt, for GRPO) or {name: running}"
+        )
+    return {"name": "fixed", "low": float(low), "high": float(high)}
+
+
 def build_combined(config: CombinedConfig, key: str = "reward") -> CombinedReward:
     from cac_align.rewards.registry import build_reward
 
@@ -264,8 +281,10 @@ def build_combined(config: CombinedConfig, key: str = "reward") -> CombinedRewar
     for k, component in enumerate(config.components):
         spec = dict(component)
         weights.append(float(spec.pop("weight", 1.0)))
-        normalizers.append(spec.pop("normalizer", None) or {"name": "fixed", "low": 0.0, "high": 1.0})
-        rewards.append(build_reward(spec, f"{key}.components[{k}]"))
+        normalizer = spec.pop("normalizer", None)
+        reward = build_reward(spec, f"{key}.components[{k}]")
+        normalizers.append(normalizer or _scale_of(reward, f"{key}.components[{k}]"))
+        rewards.append(reward)
     return CombinedReward(rewards, weights, normalizers, config.invalid, config.source_fps)
 
 
