@@ -52,7 +52,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ import numpy as np
 
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video, VideoError
+from cac_align.vlm.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,8 @@ def load_video_reward(
     dtype: str = "bfloat16",
     device: str = "auto",
     allow_pickle: bool = False,
-    key: str = "reward.model",
+    key: str = "reward.model.name",
+    attn_implementation: str | None = None,
 ) -> tuple[Any, Any, VideoAlignSettings]:
     """``(model, processor, settings)`` from a VideoReward checkpoint folder or hub id, as their
     ``create_model_and_processor`` + ``load_model_from_checkpoint`` build it: the base model and
@@ -404,17 +406,20 @@ def load_video_reward(
         except Exception as exc:  # noqa: BLE001  (any hub failure is "weights not found" for the user)
             raise weights_error(name_or_path, key, exc) from exc
     settings = VideoAlignSettings.from_json(root / "model_config.json")
-    base = check_weights_source(base_model or settings.base_model, key.rsplit(".", 1)[0] + ".base_model")
-    target = resolve_device(device)
+    section = key.split(".model", 1)[0]
+    base = check_weights_source(base_model or settings.base_model, f"{section}.base_model")
+    target = resolve_device(device, f"{section}.model.device")
     try:
         processor = AutoProcessor.from_pretrained(base, padding_side="right")
-        model = reward_model_class().from_pretrained(base, output_dim=settings.output_dim, dtype=resolve_dtype(dtype), use_safetensors=True)
+        model = reward_model_class().from_pretrained(
+            base, output_dim=settings.output_dim, dtype=resolve_dtype(dtype), use_safetensors=True, attn_implementation=attn_implementation
+        )
     except (OSError, ValueError) as exc:
-        raise weights_error(base, key.rsplit(".", 1)[0] + ".base_model", exc) from exc
+        raise weights_error(base, f"{section}.base_model", exc) from exc
     processor.tokenizer.padding_side = "right"
     processor.tokenizer.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS)})
     model.resize_token_embeddings(len(processor.tokenizer))
-    state = _current_names(_read_state(_checkpoint_folder(root, step), allow_pickle, key.rsplit(".", 1)[0]))
+    state = _current_names(_read_state(_checkpoint_folder(root, step), allow_pickle, section))
     if settings.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -496,9 +501,12 @@ class VideoRewardConfig:
     """Recipe section of ``name: video_reward``.
 
     Attributes:
-        model: the VideoReward checkpoint, a hub id (``KwaiVGI/VideoReward``) or its folder
-            (``model_config.json`` + ``checkpoint-N/``); ``tiny-random:video_reward`` builds a tiny
-            random one in-process (meaningless scores, for tests and demos).
+        model: ``name``: the VideoReward checkpoint, a hub id (``KwaiVGI/VideoReward``) or its
+            folder (``model_config.json`` + ``checkpoint-N/``); ``tiny-random:video_reward`` builds
+            a tiny random one in-process (meaningless scores, for tests and demos). ``dtype``
+            (bf16 is what the authors run; in bf16 a batch and single calls differ by up to
+            ~0.03, so compare scores within one setting), ``device``, ``attn_implementation``.
+            In-process only (``backend: hf``): the authors serve it no other way.
         base_model: where the base processor and config come from; None reads the checkpoint's
             ``model_name_or_path`` (``Qwen/Qwen2-VL-2B-Instruct``).
         step: which ``checkpoint-N`` (-1: the latest, as their loader picks).
@@ -510,13 +518,11 @@ class VideoRewardConfig:
         authors_repo: your checkout of github.com/KwaiVGI/VideoAlign (the prompt is read from its
             ``prompt_template.py``); None reads ``$VIDEOALIGN_REPO``; with neither, our paraphrase.
         allow_pickle: read a ``model.pth`` checkpoint (``torch.load(weights_only=True)``).
-        dtype, device: as everywhere (bf16 is what the authors run; in bf16 a batch and single
-            calls differ by up to ~0.03, so compare scores within one setting).
         batch_size: videos per forward pass.
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
     """
 
-    model: str = "KwaiVGI/VideoReward"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="KwaiVGI/VideoReward"))
     base_model: str | None = None
     step: int = -1
     score: str = "Overall"
@@ -526,15 +532,12 @@ class VideoRewardConfig:
     max_pixels: int | None = None
     authors_repo: str | None = None
     allow_pickle: bool = False
-    dtype: str = "bfloat16"
-    device: str = "auto"
     batch_size: int = 2
     source_fps: float | None = 16.0
 
     def __post_init__(self) -> None:
-        from cac_align.loading import check_dtype
-
-        check_dtype(self.dtype, "dtype")
+        if self.model.backend != "hf":
+            raise ValueError("model.backend: VideoReward runs in-process only ('hf'); its authors serve it no other way")
         if self.score not in ("Overall",) + DIMENSIONS:
             raise ValueError(f"score must be one of {('Overall',) + DIMENSIONS}, got {self.score!r}")
         if self.fps is not None and self.num_frames is not None:
@@ -646,22 +649,24 @@ class VideoReward(BatchReward):
 
 
 def build(config: VideoRewardConfig, key: str = "reward") -> VideoReward:
-    if config.model == TINY_NAME:
-        model, processor, settings = build_tiny_video_reward()
-        from cac_align.loading import resolve_device
+    name = config.model.name
+    if name == TINY_NAME:
+        from cac_align.loading import resolve_device, resolve_dtype
 
-        model.to(resolve_device(config.device))
+        model, processor, settings = build_tiny_video_reward()
+        model.to(device=resolve_device(config.model.device, f"{key}.model.device"), dtype=resolve_dtype(config.model.dtype))
     else:
         model, processor, settings = load_video_reward(
-            config.model, config.base_model, config.step, config.dtype, config.device, config.allow_pickle, f"{key}.model"
+            name, config.base_model, config.step, config.model.dtype, config.model.device, config.allow_pickle, f"{key}.model.name",
+            attn_implementation=config.model.attn_implementation,
         )
     template, source = resolve_template(config.authors_repo, settings.template_type, key)
-    if source == BUILT_IN and config.model != TINY_NAME and config.model not in _warned_paraphrase:
-        _warned_paraphrase.add(config.model)
+    if source == BUILT_IN and name != TINY_NAME and name not in _warned_paraphrase:
+        _warned_paraphrase.add(name)
         log.warning(
             "%s is asked in our paraphrase of VideoAlign's prompt, not the words it was trained on; set %s.authors_repo "
             "(or $%s) to a checkout of github.com/KwaiVGI/VideoAlign",
-            config.model,
+            name,
             key,
             AUTHORS_REPO_ENV,
         )

@@ -41,7 +41,7 @@ from cac_align.rewards.video_reward import (
 )
 from cac_align.video import Video, VideoError
 
-TINY = {"name": "video_reward", "model": "tiny-random:video_reward", "dtype": "float32", "device": "cpu"}
+TINY = {"name": "video_reward", "model": {"name": "tiny-random:video_reward", "dtype": "float32", "device": "cpu"}}
 
 
 def _video(frames, height, width, fps, seed=0):
@@ -206,6 +206,8 @@ def test_config_errors_name_the_key():
         reward_config({"name": "video_reward", "score": "overall"})
     with pytest.raises(ValueError, match="unknown key 'max_pixel'"):
         reward_config({"name": "video_reward", "max_pixel": 1000})
+    with pytest.raises(ValueError, match="runs in-process only"):
+        reward_config({"name": "video_reward", "model": {"name": "KwaiVGI/VideoReward", "backend": "openai"}})
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def test_their_checkpoint_loads_with_lora_merged(tmp_path, monkeypatch):
         raw = reward_logits(wrapped.base_model.model, dict(batch), probe.reward_ids)
     expected = [sum((float(raw[i, k]) - norm[f"{d}_mean"]) / norm[f"{d}_std"] for k, d in enumerate(("VQ", "MQ", "TA"))) for i in range(2)]
 
-    section = {"name": "video_reward", "model": str(ckpt), "dtype": "float32", "device": "cpu"}
+    section = {"name": "video_reward", "model": {"name": str(ckpt), "dtype": "float32", "device": "cpu"}}
     with pytest.raises(ValueError, match="allow_pickle: true"):
         build_reward(section)
     out = build_reward({**section, "allow_pickle": True})(videos, ["x", "y"])
