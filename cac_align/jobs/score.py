@@ -198,7 +198,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     partial.replace(out / "results.jsonl")
     report = write_report(rows, out, title=f"{reward.name} scoring report")
     valid = sum(row["valid"] for row in rows)
-    judged = [row for row in rows if row["valid"] and "truth" in row]
+    judged = [row for row in rows if row["valid"] and "truth" in row and row["status"] is not None]  # rewards with a verdict
     agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
     print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
     if stopped is not None:
