@@ -5,6 +5,13 @@ The components are read from ``recipes/score/*_tiny.yaml`` (every single reward 
 composites ``ur_cac`` and ``combined`` are left out), so a reward added with its own tiny recipe
 is covered here without editing this file. Each component is normalized per prompt group
 (``group``), which suits every scale (VideoReward's is unbounded).
+
+A tiny random model writes no well-formed answer, so the rewards that parse one (a pairwise
+verdict, a tagged answer) are invalid on it, for a stated reason; their own tests make the same
+tiny model write an answer and check the scores. Here every job must carry such failures
+through (the combined sample is invalid, never a made-up number), and the rewards that need no
+format (a regression head, probabilities) must combine into valid scores, which the trainer
+learns from.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 import yaml
 
 from cac_align.config import load_config
+from cac_align.rewards import RewardError
 from cac_align.rewards.registry import build_reward
 from conftest import REPO_ROOT
 
@@ -37,6 +45,7 @@ def _components() -> list[dict]:
 
 COMBINED = {"name": "combined", "components": _components(), "invalid": "drop"}
 NAMES = [c["name"] for c in COMBINED["components"]]
+FORMAT_FREE = {"cac", "unified_reward", "video_reward"}  # valid on a random model: no answer to parse
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +53,23 @@ def combined():
     return build_reward(COMBINED)
 
 
-def test_the_public_rewards_are_among_the_components():
-    assert {"cac", "unified_reward", "video_reward"} <= set(NAMES)
+@pytest.fixture(scope="module")
+def format_free():
+    return build_reward({**COMBINED, "components": [c for c in COMBINED["components"] if c["name"] in FORMAT_FREE]})
+
+
+def test_the_public_rewards_are_among_the_components(combined):
+    assert FORMAT_FREE | {"unified_reward_think", "unified_reward_flex"} <= set(NAMES)
     assert len(set(NAMES)) == len(NAMES)
+    # which components a random tiny model leaves invalid, and why: only answer-format failures
+    videos = torch.rand(4, 9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = combined(videos, ["a cat", "a cat", "a dog", "a dog"])
+    for name in NAMES:
+        parts = [d["components"][name] for d in out.details]
+        if name in FORMAT_FREE:
+            assert all(p["valid"] for p in parts), name
+        elif not all(p["valid"] for p in parts):
+            assert {p["details"].get("error_kind") for p in parts if not p["valid"]} <= {"parse", "score"}, name
 
 
 def _recipe(tmp_path, source, **values):
@@ -57,11 +80,16 @@ def _recipe(tmp_path, source, **values):
     return path
 
 
-def _check_parts(parts, score):
-    """The combined score is the mean of the components' group-normalized scores."""
+def _check_parts(parts, score, valid):
+    """A sample is valid exactly when every component is; then its score is the mean of the
+    components' group-normalized scores, else None (never a number made up)."""
     assert set(parts) == set(NAMES)
-    assert all(p["valid"] for p in parts.values())
-    assert score == pytest.approx(np.mean([p["normalized"] for p in parts.values()]), abs=1e-9)
+    assert all(parts[name]["valid"] for name in FORMAT_FREE)
+    assert valid == all(p["valid"] for p in parts.values())
+    if valid:
+        assert score == pytest.approx(np.mean([p["normalized"] for p in parts.values()]), abs=1e-9)
+    else:
+        assert score is None or not np.isfinite(score)
 
 
 def test_score_job(tmp_path, combined):
@@ -69,9 +97,9 @@ def test_score_job(tmp_path, combined):
 
     config = load_config(ScoreConfig, _recipe(tmp_path, "recipes/score/ur_cac_tiny.yaml", synth_videos=3, batch_size=3), [f"out_dir={tmp_path / 'score'}"], job="score")
     rows = run(config, reward=combined)
-    assert len(rows) == 3 and all(r["valid"] for r in rows)
+    assert len(rows) == 3
     for row in rows:
-        _check_parts(row["details"]["components"], row["score"])
+        _check_parts(row["details"]["components"], row["score"], row["valid"])
     assert (tmp_path / "score/report.html").is_file()
 
 
@@ -83,11 +111,13 @@ def test_best_of_n(tmp_path, combined):
     rows = [json.loads(line) for line in (tmp_path / "bon/candidates.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * len(config_prompts(config))
     for row in rows:
-        _check_parts(row["components"], row["score"])
+        _check_parts(row["components"], row["score"], row["valid"])
     for prompt in {r["prompt_index"] for r in rows}:
         group = [r for r in rows if r["prompt_index"] == prompt]
         chosen = [r for r in group if r["chosen"]]
-        assert len(chosen) == 1 and chosen[0]["score"] == max(r["score"] for r in group)
+        scored = [r["score"] for r in group if r["valid"]]
+        if scored:  # an invalid candidate never wins
+            assert len(chosen) == 1 and chosen[0]["valid"] and chosen[0]["score"] == max(scored)
 
 
 def config_prompts(config):
@@ -96,28 +126,38 @@ def config_prompts(config):
     return read_prompts(config.prompts)
 
 
-def test_flow_grpo_trainer(tmp_path, combined):
+@pytest.mark.parametrize("which", ["all", "format_free"])
+def test_flow_grpo_trainer(tmp_path, which, combined, format_free):
     from cac_align.gen.wan import build_tiny_wan_pipeline
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
+    reward = combined if which == "all" else format_free
     recipe = _recipe(tmp_path, "recipes/align/flow_grpo_tiny.yaml", steps=1, eval_every=0, checkpoint_every=0, prompts_per_step=1)
     config = load_config(FlowGrpoConfig, recipe, [f"out_dir={tmp_path / 'grpo'}"], job="flow-grpo")
     pipe = build_tiny_wan_pipeline(seed=0)
     before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
-    run(config, reward=combined, pipe=pipe)
+    if which == "all":
+        # the pairwise judges read no verdict from a random model: no sample has a reward, and the
+        # trainer stops naming the reasons instead of training on made-up numbers
+        with pytest.raises(RewardError, match=r"no valid reward for any sample \(\w+: "):
+            run(config, reward=reward, pipe=pipe)
+        return
+    run(config, reward=reward, pipe=pipe)
     row = json.loads((tmp_path / "grpo/metrics.jsonl").read_text().splitlines()[0])
-    assert row["reward/valid_fraction"] == 1.0 and math.isfinite(row["train/policy_loss"])
-    for name in NAMES:
+    for name in FORMAT_FREE:
         assert math.isfinite(row[f"reward/{name}_raw_mean"]), name
-    lora = {n: p for n, p in pipe.transformer.named_parameters() if "lora" in n and "lora_B" in n}
-    assert any(not torch.equal(p.detach(), torch.zeros_like(p)) for p in lora.values())  # the update moved the adapter
+    lora_b = [p for n, p in pipe.transformer.named_parameters() if "lora_B" in n]
+    assert row["reward/valid_fraction"] == 1.0 and math.isfinite(row["train/policy_loss"])
+    assert any(not torch.equal(p.detach(), torch.zeros_like(p)) for p in lora_b)  # the update moved the adapter
     assert all(torch.equal(p.detach(), before[n]) for n, p in pipe.transformer.named_parameters() if n in before and "lora" not in n)
 
 
-def test_flow_grpo_drop_in():
+@pytest.mark.parametrize("components", ["all", "format_free"])
+def test_flow_grpo_drop_in(components):
     from cac_align.integrations import flow_grpo
 
-    flow_grpo.configure({"combined": COMBINED})  # Flow-GRPO has fixed names: the combined slot
+    section = COMBINED if components == "all" else {**COMBINED, "components": [c for c in COMBINED["components"] if c["name"] in FORMAT_FREE]}
+    flow_grpo.configure({"combined": section})  # Flow-GRPO has fixed names: the combined slot
     try:
         fn = flow_grpo.multi_score(torch.device("cpu"), {"combined": 1.0})
         videos = torch.rand(4, 9, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -125,7 +165,11 @@ def test_flow_grpo_drop_in():
     finally:
         flow_grpo.configure()
         flow_grpo.release_models()
-    assert rewards["combined"].shape == (4,) and np.isfinite(rewards["combined"]).all()
-    assert info["combined"]["valid"] == [True] * 4
-    # group z-scores of each component average to 0 within each prompt's pair
-    assert rewards["combined"][:2].sum() == pytest.approx(0.0, abs=1e-6) and rewards["combined"][2:].sum() == pytest.approx(0.0, abs=1e-6)
+    scores, valid = rewards["combined"], np.array(info["combined"]["valid"])
+    assert scores.shape == (4,) and np.isfinite(scores[valid]).all() and np.isnan(scores[~valid]).all()  # drop: NaN, advantage 0
+    if components == "format_free":
+        assert valid.all()
+        # group z-scores of each component average to 0 within each prompt's pair
+        assert scores[:2].sum() == pytest.approx(0.0, abs=1e-6) and scores[2:].sum() == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert info["combined"]["invalid_indices"] == np.flatnonzero(~valid).tolist()
