@@ -514,3 +514,28 @@ def test_tiny_recipe_end_to_end(recipe, forced, expected, tmp_path, monkeypatch)
     assert out.details[0]["pairs"][0]["text"] == forced
     if "flex" in recipe:
         assert [d["categories"] for d in out.details[:3]] == [{"A": expected[0]}, {"A": expected[1]}, {"A": expected[2]}]
+
+
+def test_served_by_an_openai_compatible_server():
+    """The authors serve Think with vLLM: through our openai backend each pair is one request of
+    16 JPEG images (the same bytes as in-process) then the question, and verdicts become win rates."""
+    import base64
+
+    from chat_server import ChatServer
+
+    from cac_align.rewards.unified_think import PairwiseUnifiedReward, pair_images
+    from cac_align.vlm.openai import OpenAIBackend
+
+    videos = [_ramp(12, 20, 32, 48, 16.0), _ramp(10, 25, 32, 48, 16.0), _ramp(12, 15, 32, 48, 8.0)]
+    with ChatServer(answer=lambda messages: "<think>fine</think><answer>Video 1 is better</answer>") as server:
+        reward = PairwiseUnifiedReward(OpenAIBackend("think", base_url=server.url, max_retries=0), kind="think")
+        out = reward(videos, ["a red kite"] * 3)
+    # pairs (0,1), (0,2), (1,2), the earlier video first, each won by Video 1
+    assert out.valid.all() and out.scores.tolist() == pytest.approx([1.0, 0.5, 0.0])
+    sent = []  # the requests arrive concurrently, in any order
+    for request in server.requests:
+        parts = request["messages"][0]["content"]
+        assert [p["type"] for p in parts] == ["image_url"] * 16 + ["text"]
+        sent.append(tuple(base64.b64decode(p["image_url"]["url"].removeprefix("data:image/jpeg;base64,")) for p in parts[:16]))
+    expected = [tuple(p["jpeg"] for p in pair_images(videos[a]) + pair_images(videos[b])) for a, b in [(0, 1), (0, 2), (1, 2)]]
+    assert sorted(sent) == sorted(expected)
