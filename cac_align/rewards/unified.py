@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AUTHORS_REPO_ENV",
     "AUTHORS_SCRIPTS",
+    "authors_question",
     "BUILT_IN",
     "FORMATS",
     "ScoreFormat",
@@ -523,36 +524,60 @@ def resolve_template(config: UnifiedRewardConfig, key: str = "reward") -> tuple[
         RecipeError: a named file or checkout that does not hold a readable question; the message
             names the key (or the variable) to fix.
     """
+    return authors_question(
+        key,
+        config.template_file,
+        config.authors_repo,
+        AUTHORS_SCRIPTS[config.version],
+        f"the authors' version {config.version} script",
+        config.model.name,
+        f"UnifiedReward {config.model.name} (version {config.version})",
+    )
+
+
+def authors_question(
+    key: str, template_file: str | None, authors_repo: str | None, script: str, described: str, model_name: str, label: str,
+    warned: set[str] | None = None,
+) -> tuple[str | None, str]:
+    """Where a UnifiedReward-family reward's question comes from: ``(template or None, prompt_source)``.
+
+    In order: ``template_file``; ``script`` (a path inside github.com/CodeGoat24/UnifiedReward) in
+    ``authors_repo``, or else in the checkout ``$UNIFIED_REWARD_REPO`` names; else None (the
+    reward's built-in paraphrase), with a warning once per process and model (``warned``, default
+    this module's set) when the model is a real checkpoint rather than a tiny random one.
+    ``described`` says in errors what the script is; ``label`` names the model in the warning.
+
+    Raises:
+        RecipeError: a named file or checkout that does not hold a readable question; the message
+            names the key (or the variable) to fix.
+    """
     from cac_align.config import RecipeError
 
-    if config.template_file is not None:
+    if template_file is not None:
         try:
-            return read_template(config.template_file), f"template_file:{Path(config.template_file).resolve()}"
+            return read_template(template_file), f"template_file:{Path(template_file).resolve()}"
         except ValueError as exc:
             raise RecipeError(f"{key}.template_file: {exc}") from None
-    repo, where = config.authors_repo, f"{key}.authors_repo"
+    repo, where = authors_repo, f"{key}.authors_repo"
     if repo is None and os.environ.get(AUTHORS_REPO_ENV):
         repo, where = os.environ[AUTHORS_REPO_ENV], f"the environment variable {AUTHORS_REPO_ENV}"
     if repo is not None:
-        script = Path(repo).expanduser() / AUTHORS_SCRIPTS[config.version]
-        if not Path(repo).expanduser().is_dir():
+        root = Path(repo).expanduser()
+        if not root.is_dir():
             raise RecipeError(f"{where}={repo!r}: no such folder; point it at your checkout of github.com/CodeGoat24/UnifiedReward")
-        if not script.is_file():
-            raise RecipeError(
-                f"{where}={repo!r}: no {AUTHORS_SCRIPTS[config.version]} there (the authors' version {config.version} script); "
-                "is it a checkout of github.com/CodeGoat24/UnifiedReward?"
-            )
+        if not (root / script).is_file():
+            raise RecipeError(f"{where}={repo!r}: no {script} there ({described}); is it a checkout of github.com/CodeGoat24/UnifiedReward?")
         try:
-            return read_template(script), f"authors_script:{script.resolve()}"
+            return read_template(root / script), f"authors_script:{(root / script).resolve()}"
         except ValueError as exc:
             raise RecipeError(f"{where}: {exc}") from None
-    name = config.model.name
-    if not name.startswith(TINY_PREFIX) and name not in _warned_paraphrase:
-        _warned_paraphrase.add(name)
+    warned = _warned_paraphrase if warned is None else warned
+    if not model_name.startswith(TINY_PREFIX) and model_name not in warned:
+        warned.add(model_name)
         log.warning(
-            "UnifiedReward %s (version %s) is asked cac_align's built-in paraphrase of its authors' question, not their "
-            "words, and may score differently. Set %s=/path/to/your/UnifiedReward checkout (or %s) to ask it as they do.",
-            name, config.version, AUTHORS_REPO_ENV, f"{key}.authors_repo",
+            "%s is asked cac_align's built-in paraphrase of its authors' question, not their words, and may score "
+            "differently. Set %s=/path/to/your/UnifiedReward checkout (or %s) to ask it as they do.",
+            label, AUTHORS_REPO_ENV, f"{key}.authors_repo",
         )
     return None, BUILT_IN
 

@@ -57,10 +57,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -74,10 +72,10 @@ from cac_align.rewards.base import (
     load_inputs,
     score_in_chunks,
 )
-from cac_align.rewards.unified import AUTHORS_JPEG_QUALITY, AUTHORS_REPO_ENV, BUILT_IN, read_template
+from cac_align.rewards.unified import AUTHORS_JPEG_QUALITY, BUILT_IN, authors_question
 from cac_align.video import Video
 from cac_align.vlm.backend import Backend, ChatRequest, jpeg_image_part, text_part
-from cac_align.vlm.config import TINY_PREFIX, ModelConfig, build_backend
+from cac_align.vlm.config import ModelConfig, build_backend
 
 log = logging.getLogger(__name__)
 
@@ -633,37 +631,17 @@ def resolve_pair_template(config: UnifiedRewardThinkConfig, key: str = "reward")
     Raises:
         RecipeError: a named file or checkout without a readable question; names the key to fix.
     """
-    from cac_align.config import RecipeError
-
     kind = config.KIND
-    if config.template_file is not None:
-        try:
-            return read_template(config.template_file), f"template_file:{Path(config.template_file).resolve()}"
-        except ValueError as exc:
-            raise RecipeError(f"{key}.template_file: {exc}") from None
-    repo, where = config.authors_repo, f"{key}.authors_repo"
-    if repo is None and os.environ.get(AUTHORS_REPO_ENV):
-        repo, where = os.environ[AUTHORS_REPO_ENV], f"the environment variable {AUTHORS_REPO_ENV}"
-    if repo is not None:
-        root = Path(repo).expanduser()
-        script = root / PAIR_SCRIPTS[kind]
-        if not root.is_dir():
-            raise RecipeError(f"{where}={repo!r}: no such folder; point it at your checkout of github.com/CodeGoat24/UnifiedReward")
-        if not script.is_file():
-            raise RecipeError(f"{where}={repo!r}: no {PAIR_SCRIPTS[kind]} there (the authors' UnifiedReward-{kind.title()} video script); is it a recent checkout?")
-        try:
-            return read_template(script), f"authors_script:{script.resolve()}"
-        except ValueError as exc:
-            raise RecipeError(f"{where}: {exc}") from None
-    name = config.model.name
-    if not name.startswith(TINY_PREFIX) and name not in _warned_paraphrase:
-        _warned_paraphrase.add(name)
-        log.warning(
-            "UnifiedReward-%s %s is asked cac_align's built-in paraphrase of its authors' question, not their words, and may "
-            "judge differently. Set %s=/path/to/your/UnifiedReward checkout (or %s) to ask it as they do.",
-            kind.title(), name, AUTHORS_REPO_ENV, f"{key}.authors_repo",
-        )
-    return None, BUILT_IN
+    return authors_question(
+        key,
+        config.template_file,
+        config.authors_repo,
+        PAIR_SCRIPTS[kind],
+        f"the authors' UnifiedReward-{kind.title()} video script",
+        config.model.name,
+        f"UnifiedReward-{kind.title()} {config.model.name}",
+        warned=_warned_paraphrase,
+    )
 
 
 def _build(config: UnifiedRewardThinkConfig, key: str, **extra: Any) -> PairwiseUnifiedReward:
