@@ -142,12 +142,12 @@ def _discover_builtins() -> None:
     """Import every reward module of ``cac_align/rewards`` (each registers its own names)."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import cac_align.rewards as package
-
-    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+    # This module's own folder and package (importing the package here would be an import circle).
+    for module in sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])):
         if module not in _NOT_REWARDS and not module.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{module}")
+            importlib.import_module(f"{__package__}.{module}")
 
 
 def _resolve(dotted: str) -> Any:
