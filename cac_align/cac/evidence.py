@@ -1,8 +1,8 @@
 """The report of a scoring run: one HTML page, plus a PNG per video where CaC gave evidence.
 
 Per video the page shows the score, its sub-scores (UnifiedReward dimensions, each component
-of a combined reward raw and normalized) and, when the reward includes CaC, the final status,
-a timeline with the window turn 2 looked at and turn 2's frames with their boxes drawn (like
+of a combined reward raw and normalized) and, when the reward localizes (CaC, Skyra), the final
+status, a timeline with the window it points at and the frames with their boxes drawn (like
 CaC Fig. S2); invalid videos show their error.
 """
 
@@ -23,9 +23,10 @@ _BOX_COLOR = (255, 40, 40)
 
 
 def cac_details(details: dict) -> dict | None:
-    """The CaC result inside a reward's per-video details (CaC itself, or a combined reward's
-    CaC component), or None when the reward has no CaC part."""
-    if "turn1" in details and "window_s" in details:
+    """The localized verdict inside a reward's per-video details: the first with CaC's evidence
+    fields (``status``, ``window_s``, ``boxes``; CaC itself, Skyra, or such a component of a
+    combined reward), or None when the reward localizes nothing."""
+    if all(key in details for key in ("status", "window_s", "boxes")):
         return details
     for component in details.get("components", {}).values():
         found = cac_details(component.get("details", {}))

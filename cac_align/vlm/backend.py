@@ -60,18 +60,21 @@ def video_part(video: Video) -> dict[str, Any]:
     return {"type": "video", "video": video}
 
 
-def image_part(image: np.ndarray, jpeg: bytes | None = None) -> dict[str, Any]:
+def image_part(image: np.ndarray, jpeg: bytes | None = None, png: bytes | None = None) -> dict[str, Any]:
     """A still image: (H, W, 3) uint8 RGB. Sent as an image (no timestamp), not a 1-frame video.
 
     ``jpeg``: the image's own JPEG file, when the pixels are what that file decodes to (see
     :func:`jpeg_image_part`). A server backend then sends these bytes as they are, instead of
-    encoding the pixels again, so both backends show the model the same pixels.
+    encoding the pixels again, so both backends show the model the same pixels. ``png``: the
+    same for a lossless PNG file of the pixels (a reward whose authors read PNG frames).
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise TypeError(f"image parts hold a uint8 (H, W, 3) array, got {getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
     part: dict[str, Any] = {"type": "image", "image": image}
     if jpeg is not None:
         part["jpeg"] = bytes(jpeg)
+    if png is not None:
+        part["png"] = bytes(png)
     return part
 
 

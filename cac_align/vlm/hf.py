@@ -667,7 +667,7 @@ def _strip_after_eos(row: list[int], eos: Any, pad: int | None) -> list[int]:
 def render_chat(processor: Any, messages: Any, add_generation_prompt: bool = True) -> str:
     """The chat template's text for ``messages`` (media replaced by the template's placeholders)."""
     template_messages = [
-        {"role": m["role"], "content": [{k: v for k, v in p.items() if k not in ("video", "image", "jpeg")} for p in m["content"]]}
+        {"role": m["role"], "content": [{k: v for k, v in p.items() if k not in ("video", "image", "jpeg", "png")} for p in m["content"]]}
         for m in messages
     ]
     return processor.apply_chat_template(template_messages, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -183,6 +183,8 @@ class OpenAIBackend(BackendBase):
                 elif part.get("type") == "image":
                     if part.get("jpeg") is not None:  # the image's own JPEG file: sent as it is
                         url = "data:image/jpeg;base64," + base64.b64encode(part["jpeg"]).decode("ascii")
+                    elif part.get("png") is not None:  # its own PNG file (lossless): sent as it is
+                        url = "data:image/png;base64," + base64.b64encode(part["png"]).decode("ascii")
                     else:
                         url = self._frame_url(part["image"])
                     parts.append({"type": "image_url", "image_url": {"url": url}})
