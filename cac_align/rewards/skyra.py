@@ -413,7 +413,7 @@ class SkyraReward(BatchReward):
     """Skyra's verdict over any :class:`Backend`: ``P(Real) / (P(Real) + P(Fake))`` after
     ``<answer>`` (``scoring: probs``) or 1 / 0 for Real / Fake (``scoring: verdict``).
 
-    ``details``: ``verdict``, ``status``, ``valid``, ``p_real``, ``p_fake``, ``answer`` (the raw
+    ``details``: ``verdict``, ``status``, ``valid``, ``p_real``, ``p_fake`` (None when not read), ``answer`` (the raw
     text), ``frames`` (count), the evidence fields (:func:`evidence`), ``prompt_source``.
     """
 
@@ -486,7 +486,8 @@ class SkyraReward(BatchReward):
         verdict = parse_verdict(text)
         p_real, p_fake = (float(probs[0]), float(probs[1]))
         status = {"Real": "normal", "Fake": "abnormal"}.get(verdict or "")
-        detail: dict[str, Any] = {"verdict": verdict, "status": status, "p_real": p_real, "p_fake": p_fake, "answer": text,
+        read = {"p_real": p_real if math.isfinite(p_real) else None, "p_fake": p_fake if math.isfinite(p_fake) else None}  # JSON-safe
+        detail: dict[str, Any] = {"verdict": verdict, "status": status, **read, "answer": text,
                                   "frames": len(request.times_s), "prompt_source": self.prompt.source, "valid": False}
         detail.update(evidence(text, verdict, request.times_s, request.size))
         if verdict is None:
