@@ -24,9 +24,9 @@ _BOX_COLOR = (255, 40, 40)
 
 def cac_details(details: dict) -> dict | None:
     """The localized verdict inside a reward's per-video details: the first with CaC's evidence
-    fields (``status``, ``window_s``, ``boxes``; CaC itself, Skyra, or such a component of a
-    combined reward), or None when the reward localizes nothing."""
-    if all(key in details for key in ("status", "window_s", "boxes")):
+    fields (``window_s`` and ``boxes``, beside its ``status``; CaC itself, Skyra, or such a
+    component of a combined reward), or None when the reward localizes nothing."""
+    if "window_s" in details and "boxes" in details:
         return details
     for component in details.get("components", {}).values():
         found = cac_details(component.get("details", {}))

