@@ -315,6 +315,61 @@ class HFBackend(BackendBase):
             probs[[i for i, _ in redo]] = self.choice_probs([requests[i] for i, _ in redo], [p for _, p in redo], choices)
         return completions, probs
 
+    def sample_token_log_probs(
+        self,
+        requests: Any,
+        token_ids: Any,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> tuple[list[Any], list[Any]]:
+        """Sample one answer per request, and read at every generated step the log-probability of
+        each of ``token_ids`` under the distribution that step was drawn from.
+
+        Sampling uses the model's own generation settings (its ``generation_config``: top-k,
+        top-p, repetition penalty, ...) at ``temperature``. The distribution is transformers'
+        processed ``scores`` (``output_scores=True``): after every logits processor and warper,
+        so a token that top-k or top-p removed has probability 0 there. A reward that reads a
+        probability off a sampled answer (VideoScore2's soft scores) needs exactly these; they
+        differ from :meth:`generate_scored`'s, which are the model's raw distribution.
+
+        Memory: generate keeps one vocabulary-sized float32 row per step and request until the
+        chunk is done (152k tokens x 4 B = 0.6 MB a step for Qwen2.5-VL).
+
+        Returns:
+            (completions, log_probs): ``log_probs[i]`` is a (steps_i, len(token_ids)) float64
+            array, one row per generated token of completion ``i`` (up to and including its end
+            of sequence).
+        """
+        import numpy as np
+        import torch
+
+        from cac_align.vlm.backend import Completion
+
+        if not temperature > 0:
+            raise ValueError(f"sample_token_log_probs samples: temperature must be > 0, got {temperature}")
+        ids = [int(t) for t in token_ids]
+        completions: list[Completion] = []
+        log_probs: list[Any] = []
+        with self._lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for chunk in self._chunks(len(requests)):
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), bucket=True)
+                output = self._generate(inputs, max_new_tokens, do_sample=True, temperature=temperature,
+                                        output_scores=True, return_dict_in_generate=True)
+                columns = torch.tensor(ids, device=output.scores[0].device)
+                # (steps, rows, tokens): log-softmax of each step's processed scores at token_ids
+                read = torch.stack([torch.log_softmax(s[: len(chunk)].float(), -1).index_select(1, columns) for s in output.scores])
+                read = read.permute(1, 0, 2).double().cpu().numpy()
+                generated = output.sequences[: len(chunk), inputs["input_ids"].shape[1] :]
+                del output
+                for r, row in enumerate(generated.tolist()):
+                    row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
+                    completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row))
+                    log_probs.append(np.ascontiguousarray(read[r, : len(row)]))
+        return completions, log_probs
+
     def choice_probs_steps(self, requests: Any, prefixes: Any, choices: Any, steps: int, extend: Any) -> list[Any]:
         """``steps`` rounds of ``choice_probs`` in which each round's prefix grows from the last
         by what ``extend(round, row, probs_row)`` returns (UnifiedReward's probs scoring writes

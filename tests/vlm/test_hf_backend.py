@@ -214,3 +214,30 @@ def test_cac_scoring_encodes_each_turns_video_once(tiny_qwen3_vl):
         assert result.valid and result.status == "normal" and result.turn2 is None
         p_normal, p_abnormal = result.turn1.p_normal, result.turn1.p_abnormal
         assert result.reward == pytest.approx(p_normal / (p_normal + p_abnormal))
+
+
+def test_sample_token_log_probs_reads_the_distribution_each_token_was_drawn_from(tiny_qwen3_vl):
+    """The log-probabilities equal log-softmax of generate's own processed scores (same seed), one
+    row per generated token; top-k leaves the removed tokens at probability 0."""
+    model, processor = tiny_qwen3_vl.model, tiny_qwen3_vl.processor
+    backend = HFBackend(model, processor)
+    request = [user(Video(smooth_video(4, 32, 64), 4.0), "Describe.")]
+    ids = [5, 6, 7]
+    saved = model.generation_config.top_k
+    model.generation_config.top_k = 2
+    try:
+        completions, log_probs = backend.sample_token_log_probs([request], ids, max_new_tokens=6, temperature=0.7, seed=3)
+        torch.manual_seed(3)
+        inputs = backend._encode([request], [""])
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=True, temperature=0.7, output_scores=True, return_dict_in_generate=True)
+    finally:
+        model.generation_config.top_k = saved
+    generated = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    assert completions[0].token_ids == generated[: len(completions[0].token_ids)]
+    want = np.stack([torch.log_softmax(s[0].float(), -1)[ids].double().numpy() for s in out.scores])[: len(generated)]
+    assert log_probs[0].shape == (len(completions[0].token_ids), 3)
+    np.testing.assert_allclose(log_probs[0], want[: len(log_probs[0])], rtol=0, atol=1e-12)
+    assert (np.isinf(log_probs[0]).sum(axis=1) >= 1).all()  # top-2 keeps at most two of any three tokens
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        backend.sample_token_log_probs([request], ids, temperature=0.0)
