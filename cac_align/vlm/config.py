@@ -63,6 +63,10 @@ class ModelConfig:
         batch_buckets: static cache: batch sizes a batch is padded up to (default 1, 4, 8, 16,
             32, capped at ``max_batch_size``).
         length_multiple: static cache: prompt and cache lengths round up to this many tokens.
+        chat_template_kwargs: extra settings for the model's chat template, on every request
+            (e.g. ``{enable_thinking: false}``, which UnifiedReward's qwen35 checkpoints are asked
+            with): given to ``apply_chat_template`` in-process and sent as the request's
+            ``chat_template_kwargs`` to a server (vLLM renders the template with them).
     """
 
     name: str = MISSING
@@ -81,6 +85,7 @@ class ModelConfig:
     cache: str = "dynamic"
     batch_buckets: list[int] | None = None
     length_multiple: int = 256
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from urllib.parse import urlparse
@@ -160,17 +165,19 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             max_workers=model.max_batch_size,
             failure_limit=model.failure_limit,
             video_input=model.video_input,
+            chat_template_kwargs=model.chat_template_kwargs,
         )
         backend.check()  # a dead server or a wrong model name fails here, in seconds, not per sample
         return backend
 
     if model.name.startswith(TINY_PREFIX):
         tiny = build_tiny_vlm(model.name, f"{key}.name")
-        return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size, **_cache_kwargs(model))
+        return HFBackend(tiny.model, tiny.processor, max_batch_size=model.max_batch_size, **_cache_kwargs(model),
+                         chat_template_kwargs=model.chat_template_kwargs)
     return HFBackend.from_pretrained(
         model.name,
         max_batch_size=model.max_batch_size,
-        backend_kwargs=_cache_kwargs(model),
+        backend_kwargs={**_cache_kwargs(model), "chat_template_kwargs": model.chat_template_kwargs},
         dtype=model.dtype,
         device=model.device,
         attn_implementation=model.attn_implementation,

@@ -123,6 +123,8 @@ class HFBackend(BackendBase):
         length_multiple: static mode's prompt and cache length granularity, in tokens.
         compile_config: a transformers ``CompileConfig`` for the decode step (static mode); None
             is transformers' default (inductor, CUDA graphs, on CUDA devices only).
+        chat_template_kwargs: extra settings for the chat template on every request (e.g.
+            ``{"enable_thinking": False}``).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class HFBackend(BackendBase):
         batch_buckets: Any = None,
         length_multiple: int = 256,
         compile_config: Any = None,
+        chat_template_kwargs: dict | None = None,
     ):
         import threading
 
@@ -152,6 +155,7 @@ class HFBackend(BackendBase):
         self.max_batch_size = max_batch_size
         self.generate_kwargs = dict(generate_kwargs or {})
         self.cache = cache
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.static = StaticShapes(max_batch_size, batch_buckets, length_multiple, compile_config) if cache == "static" else None
         self._recorder = _StepRecorder.of(model)
         self._lock = threading.Lock()
@@ -178,7 +182,7 @@ class HFBackend(BackendBase):
             requests += [PAD_REQUEST] * pad
             prefixes += [""] * pad
             multiple = self.static.length_multiple
-        texts = [render_chat(self.processor, request) + prefix for request, prefix in zip(requests, prefixes)]
+        texts = [render_chat(self.processor, request, **self.chat_template_kwargs) + prefix for request, prefix in zip(requests, prefixes)]
         return processor_inputs(self.processor, texts, requests, pad_to_multiple_of=multiple).to(self.model.device)
 
     def _generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
@@ -719,13 +723,14 @@ def _strip_after_eos(row: list[int], eos: Any, pad: int | None) -> list[int]:
 # ---------------------------------------------------------------------------------------
 # Rendering chats for Qwen-VL processors (shared with the CaC training collator)
 # ---------------------------------------------------------------------------------------
-def render_chat(processor: Any, messages: Any, add_generation_prompt: bool = True) -> str:
-    """The chat template's text for ``messages`` (media replaced by the template's placeholders)."""
+def render_chat(processor: Any, messages: Any, add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+    """The chat template's text for ``messages`` (media replaced by the template's placeholders);
+    ``template_kwargs`` are the template's own settings (``enable_thinking=False``)."""
     template_messages = [
         {"role": m["role"], "content": [{k: v for k, v in p.items() if k not in ("video", "image", "jpeg", "png")} for p in m["content"]]}
         for m in messages
     ]
-    return processor.apply_chat_template(template_messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return processor.apply_chat_template(template_messages, tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs)
 
 
 def video_metadata(video: Any) -> tuple[Any, Any]:

@@ -87,6 +87,8 @@ class OpenAIBackend(BackendBase):
             ``failure_limit`` consecutive failed requests, every later request raises
             :class:`ServerDown` at once instead of waiting out its timeouts (a dead server cost
             ~8 minutes per video at the defaults). A request that succeeds resets the count.
+        chat_template_kwargs: sent with every request as ``chat_template_kwargs`` (vLLM renders
+            the chat template with them, e.g. ``{"enable_thinking": False}``).
 
     Every answer must name the served model (``model`` in the JSON, when present): an answer from
     another model (another server on the port) raises :class:`ServerDown`.
@@ -104,6 +106,7 @@ class OpenAIBackend(BackendBase):
         max_workers: int = 8,
         failure_limit: int = 3,
         video_input: str = "video",
+        chat_template_kwargs: dict | None = None,
     ):
         if video_input not in VIDEO_INPUTS:
             raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {video_input!r}")
@@ -127,6 +130,7 @@ class OpenAIBackend(BackendBase):
         self._breaker = threading.Lock()
         self._local = threading.local()  # per worker thread: the abort event of its _map call
         self._warned_boundary = False
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
 
     def check(self, timeout_s: float = 5.0) -> None:
         """Fail fast when the server is not there or does not serve :attr:`model`.
@@ -221,6 +225,8 @@ class OpenAIBackend(BackendBase):
         """One request through the circuit breaker (class docstring)."""
         if self._down is not None:
             raise ServerDown(self._down)
+        if self.chat_template_kwargs:
+            body = {**body, "chat_template_kwargs": self.chat_template_kwargs}
         try:
             answer = self._post_with_retries(body)
         except RequestRejected:

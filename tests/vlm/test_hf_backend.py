@@ -241,3 +241,22 @@ def test_sample_token_log_probs_reads_the_distribution_each_token_was_drawn_from
     assert (np.isinf(log_probs[0]).sum(axis=1) >= 1).all()  # top-2 keeps at most two of any three tokens
     with pytest.raises(ValueError, match="temperature must be > 0"):
         backend.sample_token_log_probs([request], ids, temperature=0.0)
+
+
+def test_chat_template_kwargs_reach_the_template(tiny_qwen3_vl):
+    """A template setting (``enable_thinking``) renders differently in-process when the model
+    section sets it, and the prompt the model reads changes with it."""
+    import copy
+
+    processor = copy.copy(tiny_qwen3_vl.processor)
+    processor.chat_template = (
+        "{%- for m in messages -%}<|im_start|>{{ m['role'] }}{%- for p in m['content'] -%}"
+        "{%- if p['type'] == 'text' -%}{{ p['text'] }}{%- endif -%}{%- endfor -%}<|im_end|>{%- endfor -%}"
+        "<|im_start|>assistant{%- if enable_thinking is defined and not enable_thinking -%}<think></think>{%- endif -%}"
+    )
+    request = [{"role": "user", "content": [{"type": "text", "text": "Which is better?"}]}]
+    plain = HFBackend(tiny_qwen3_vl.model, processor)
+    no_thinking = HFBackend(tiny_qwen3_vl.model, processor, chat_template_kwargs={"enable_thinking": False})
+    texts = [processor.tokenizer.decode(b._encode([request], [""])["input_ids"][0]) for b in (plain, no_thinking)]
+    assert texts == ["<|im_start|>userWhich is better?<|im_end|><|im_start|>assistant",
+                     "<|im_start|>userWhich is better?<|im_end|><|im_start|>assistant<think></think>"]

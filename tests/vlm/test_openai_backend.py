@@ -248,3 +248,18 @@ def test_an_answer_from_another_model_stops_the_backend():
         backend = OpenAIBackend("cac", base_url=server.url, max_retries=0)
         with pytest.raises(ServerDown, match="answered as model 'someone-else', not 'cac'"):
             backend.generate([[user("hi")]], max_new_tokens=4)
+
+
+def test_chat_template_kwargs_go_with_every_request():
+    """``model.chat_template_kwargs`` (UnifiedReward's qwen35 checkpoints: enable_thinking false)
+    reach the server with generation and prompt-log-prob requests alike; none are sent unset."""
+    from cac_align.vlm.config import ModelConfig, build_backend
+
+    with ChatServer(answer=lambda messages: "hello") as server:
+        backend = build_backend(ModelConfig(name="cac", backend="openai", base_url=server.url, chat_template_kwargs={"enable_thinking": False}))
+        backend.generate([_request()], max_new_tokens=3)
+        backend.choice_probs([_request()], [""], ["normal"])
+        OpenAIBackend("cac", base_url=server.url).generate([_request()], max_new_tokens=3)
+    asked = [r for r in server.requests if "messages" in r]
+    sent = [r.get("chat_template_kwargs") for r in asked]
+    assert len(sent) >= 3 and sent[:-1] == [{"enable_thinking": False}] * (len(sent) - 1) and sent[-1] is None
