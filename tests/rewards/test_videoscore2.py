@@ -4,17 +4,18 @@ scores, and both recipes.
 Values below are worked out by hand from github.com/TIGER-AI-Lab/VideoScore2 @ e6abe26,
 ``vs2_inference.py`` (the script their README runs):
 
-- L57-70 ``VS2_QUERY_TEMPLATE = Template(...)``, substituted with ``t2v_prompt`` (L71);
-- L76 ``infer_fps, max_tokens, temperature = 2.0, 1024, 0.7``;
-- L86-89 one user turn: ``{"type": "video", "video": path, "fps": 2.0}`` then the text; L90
-  ``apply_chat_template(..., add_generation_prompt=True)``; L91 qwen-vl-utils'
-  ``process_vision_info``; L93-96 ``processor(..., fps=infer_fps)``;
-- L99-106 ``generate(max_new_tokens=1024, output_scores=True, return_dict_in_generate=True,
+- L60-73 ``VS2_QUERY_TEMPLATE = Template(...)`` inside ``main``, substituted with ``t2v_prompt``;
+- L78 ``infer_fps, max_tokens, temperature = 2.0, 1024, 0.7``;
+- L90-95 one user turn: ``{"type": "video", "video": path, "fps": 2.0}`` then the text;
+  ``apply_chat_template(..., add_generation_prompt=True)``; qwen-vl-utils' ``process_vision_info``;
+- L97-100 ``processor(..., fps=infer_fps)``;
+- L103-110 ``generate(max_new_tokens=1024, output_scores=True, return_dict_in_generate=True,
   do_sample=True, temperature=0.7)``: the processed scores, everything else from the checkpoint;
-- L119-123 the three integers by regex (DOTALL, IGNORECASE);
-- L38-52 ``find_score_token_index_by_prompt``: the label in the decoded generation (special tokens
+- L117-119 the answer decoded without special tokens; L123-127 the three integers by regex
+  (DOTALL, IGNORECASE);
+- L41-56 ``find_score_token_index_by_prompt``: the label in the decoded generation (special tokens
   kept), the first digit after it, the shortest token prefix decoding to the text up to it;
-- L18-36 ``ll_based_soft_score_normed``: P(1..5) = softmax of the processed scores there; the
+- L18-39 ``ll_based_soft_score_normed``: P(1..5) = softmax of the processed scores there; the
   most probable digit x its share of their sum, ``round(..., 4)``.
 
 qwen-vl-utils (0.0.14, installed from PyPI as their README says) is called itself where the test
