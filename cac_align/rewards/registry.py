@@ -135,7 +135,7 @@ def resolved_section(spec: Any, where: str = "reward") -> dict[str, Any]:
 
 
 # Modules of cac_align/rewards that hold the layer itself, not a reward.
-_NOT_REWARDS = frozenset({"base", "registry", "normalize"})
+_NOT_REWARDS = frozenset({"authors", "base", "registry", "normalize"})
 
 
 def _discover_builtins() -> None:

@@ -65,10 +65,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from cac_align.rewards.authors import authors_file, warn_paraphrase
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
 from cac_align.vlm.backend import ChatRequest, text_part, video_part
-from cac_align.vlm.config import TINY_PREFIX, ModelConfig, build_backend
+from cac_align.vlm.config import ModelConfig, build_backend
 
 log = logging.getLogger(__name__)
 
@@ -152,23 +153,11 @@ def resolve_template(authors_repo: str | None, model_name: str, key: str = "rewa
     ``$VIDEOSCORE2_REPO``), else the built-in paraphrase (with a warning once per real model)."""
     from cac_align.config import RecipeError
 
-    where = f"{key}.authors_repo" if authors_repo else f"the environment variable {AUTHORS_REPO_ENV}"
-    root = authors_repo or os.environ.get(AUTHORS_REPO_ENV)
-    if not root:
-        if not model_name.startswith(TINY_PREFIX) and model_name not in _warned_paraphrase:
-            _warned_paraphrase.add(model_name)
-            log.warning(
-                "videoscore2 %s is asked cac_align's paraphrase of its authors' question, not their words, and may "
-                "answer differently. Set %s=/path/to/your/VideoScore2 checkout (or %s) to ask it as they do.",
-                model_name, AUTHORS_REPO_ENV, f"{key}.authors_repo",
-            )
+    found = authors_file(authors_repo, AUTHORS_REPO_ENV, AUTHORS_FILE, "github.com/TIGER-AI-Lab/VideoScore2", key)
+    if found is None:
+        warn_paraphrase("videoscore2", model_name, AUTHORS_REPO_ENV, "VideoScore2", key, _warned_paraphrase, what="question")
         return _BUILT_IN_TEMPLATE, BUILT_IN
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise RecipeError(f"{where}={root!r}: no such folder; point it at your checkout of github.com/TIGER-AI-Lab/VideoScore2")
-    path = folder / AUTHORS_FILE
-    if not path.is_file():
-        raise RecipeError(f"{where}={root!r}: no {AUTHORS_FILE} there; is it a checkout of github.com/TIGER-AI-Lab/VideoScore2?")
+    path, where = found
     try:
         return read_template(path), f"authors_script:{path.resolve()}"
     except (ValueError, SyntaxError) as exc:
