@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "SMALL_QWEN3_VL",
+    "QWEN_LAYOUT_CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "TINY_CHAT_TEMPLATE",
     "TINY_VLM_BUILDERS",
@@ -54,6 +55,24 @@ TINY_CHAT_TEMPLATE = (
     "<|im_end|>\n"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+# The same markup with the newlines of Qwen's own templates kept ("<|im_start|>user\n...<|im_end|>\n",
+# and "<|im_start|>assistant\n" to generate): the layout engines that write Qwen's chat format
+# themselves (ms-swift's template) produce. TINY_CHAT_TEMPLATE's whitespace control drops those
+# newlines; models built with it (cac-demo among them) keep it.
+QWEN_LAYOUT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
 # Words the CaC and UnifiedReward prompts and answers use, so the tiny tokenizer splits them
