@@ -60,7 +60,7 @@ TINY_CHAT_TEMPLATE = (
 # The same markup with the newlines of Qwen's own templates kept ("<|im_start|>user\n...<|im_end|>\n",
 # and "<|im_start|>assistant\n" to generate): the layout engines that write Qwen's chat format
 # themselves (ms-swift's template) produce. TINY_CHAT_TEMPLATE's whitespace control drops those
-# newlines; models built with it (cac-demo among them) keep it.
+# newlines, and models built with it (cac-demo among them) are trained and scored without them.
 QWEN_LAYOUT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
