@@ -15,6 +15,7 @@ from cac_align.cac.prompts import turn1_prompt
 from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.rewards import cac_reward
+from cac_align.config import RecipeError
 from cac_align.integrations.ms_swift.__main__ import main
 from cac_align.integrations.ms_swift.cac_rows import load_spec, plan_turn2, rollout_reward, swift_row, video_spec
 from cac_align.video import load_video
@@ -107,3 +108,7 @@ def test_prepare_writes_the_stage3_split(tmp_path, cac_data, capsys):
     assert all(json.loads(r["cac"])["reward_weights"] == [1.0, 2.0, 2.0, 2.0, 5.0] for r in rows)
     assert main(["plugin"]) == 0 and capsys.readouterr().out.strip().endswith("ms_swift/cac_plugin.py")
     assert main(["prepare"]) == 2
+    with pytest.raises(RecipeError, match="needs a stage-3 train-cac recipe"):
+        main(["prepare", str(REPO_ROOT / "recipes/score/cac_tiny.yaml"), str(tmp_path / "other.jsonl")])
+    with pytest.raises(RecipeError, match="stage 2"):
+        main(["prepare", str(REPO_ROOT / "recipes/cac/stage2_tiny.yaml"), str(tmp_path / "other.jsonl"), f"annotations={cac_data}"])

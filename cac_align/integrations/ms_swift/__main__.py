@@ -28,8 +28,9 @@ def prepare(recipe: str, out: str, overrides: list[str]) -> int:
     from cac_align.jobs import load_recipe
 
     spec, config = load_recipe(recipe, overrides)
-    if spec.name != "train-cac" or config.stage != 3 or not config.annotations:
-        raise RecipeError(f"{recipe}: needs a stage-3 train-cac recipe with annotations (got job {spec.name!r}, stage {config.get('stage')})")
+    stage = getattr(config, "stage", None)
+    if spec.name != "train-cac" or stage != 3 or not config.annotations:
+        raise RecipeError(f"{recipe}: needs a stage-3 train-cac recipe with annotations (got job {spec.name!r}, stage {stage})")
     records = load_annotations(config.annotations).records
     chosen = [records[i] for i in split_records(records, config.data.splits, config.data.seed)["stage3"]]
     if not chosen:
