@@ -26,8 +26,10 @@ reachable (hub ids or local folders; ``base_model`` overrides the second).
   prompt, padded on the right;
 - the model: the reward is read at the three special tokens ``<|VQ_reward|>``,
   ``<|MQ_reward|>``, ``<|TA_reward|>`` (added to the tokenizer, embeddings resized to the new
-  vocabulary), head ``rm_head`` (a bias-free Linear to 3 outputs), the diagonal (VQ from the VQ
-  token's first output, ...). Their forward hands the text model ``position_ids=None``, so with
+  vocabulary), head ``rm_head`` (a bias-free Linear to ``output_dim`` outputs). The released
+  checkpoint's ``model_config.json`` says ``output_dim: 1``: the head's one output is read at each
+  token (VQ at the VQ token, ...); a 3-output head is read by its diagonal (VQ from the VQ
+  token's first output, ...), as their ``trainer.py`` 159-166 reads both. Their forward hands the text model ``position_ids=None``, so with
   the transformers they pin (4.45.2) the text model numbers the tokens 0, 1, 2, ... in all three
   rotary sections instead of Qwen2-VL's multimodal 3-D positions. We do the same (a port that
   uses the 3-D positions scores differently);
@@ -85,6 +87,10 @@ AUTHORS_FILE = "prompt_template.py"
 # Their template types and the constant of prompt_template.py each one formats (build_prompt).
 TEMPLATE_CONSTANTS = {"detailed_special": "DETAILED_PROMPT_WITH_SPECIAL_TOKEN", "detailed": "DETAILED_PROMPT"}
 REWARD_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
+# Heads their trainer reads at the three reward tokens (trainer.py 159-166): one output, read at
+# each token (the released checkpoint's model_config.json says output_dim 1), or three, of which
+# each token's own dimension is read (the diagonal).
+HEAD_OUTPUTS = (1, 3)
 DIMENSIONS = ("VQ", "MQ", "TA")
 TINY_NAME = "tiny-random:video_reward"
 BUILT_IN = "built_in_paraphrase"
@@ -131,7 +137,7 @@ class VideoAlignSettings:
     max_pixels: int = 200704
     template_type: str = "detailed_special"
     sample_type: str = "uniform"
-    output_dim: int = 3
+    output_dim: int = 1
     reward_token: str = "special"
     use_special_tokens: bool = True
     lora: dict[str, Any] | None = None
@@ -151,17 +157,17 @@ class VideoAlignSettings:
             max_pixels=data.get("max_frame_pixels") or 200704,
             template_type=data.get("prompt_template_type", "detailed_special"),
             sample_type=data.get("sample_type", "uniform"),
-            output_dim=int(model.get("output_dim", 3)),
+            output_dim=int(model.get("output_dim", 1)),  # their ModelConfig's default (utils.py 58)
             reward_token=model.get("reward_token", "special"),
             use_special_tokens=bool(model.get("use_special_tokens", True)),
             lora=lora if lora.get("lora_enable") else None,
             norm=raw.get("inference_config"),
         )
-        if settings.reward_token != "special" or not settings.use_special_tokens or settings.output_dim != 3:
+        if settings.reward_token != "special" or not settings.use_special_tokens or settings.output_dim not in HEAD_OUTPUTS:
             raise ValueError(
-                f"{path}: this reward reads the three reward tokens with a 3-output head (VideoReward's release); "
-                f"the checkpoint says reward_token={settings.reward_token!r}, use_special_tokens={settings.use_special_tokens}, "
-                f"output_dim={settings.output_dim}"
+                f"{path}: this reward reads the three reward tokens (reward_token 'special', use_special_tokens true) with a "
+                f"head of {' or '.join(map(str, HEAD_OUTPUTS))} outputs, as VideoAlign's trainer reads them; the checkpoint says "
+                f"reward_token={settings.reward_token!r}, use_special_tokens={settings.use_special_tokens}, output_dim={settings.output_dim}"
             )
         if settings.sample_type != "uniform":
             raise ValueError(f"{path}: sample_type {settings.sample_type!r} is not supported (only 'uniform', the release's)")
@@ -261,7 +267,7 @@ def reward_model_class() -> Any:
     from transformers import Qwen2VLForConditionalGeneration
 
     class VideoRewardModel(Qwen2VLForConditionalGeneration):
-        def __init__(self, config: Any, output_dim: int = 3):
+        def __init__(self, config: Any, output_dim: int = 1):
             super().__init__(config)
             self.rm_head = nn.Linear(config.text_config.hidden_size, output_dim, bias=False)
 
@@ -273,7 +279,7 @@ def reward_logits(model: Any, batch: dict, reward_ids: list[int]) -> Any:
     """``(B, 3)`` raw VQ, MQ, TA for a processed batch, as their ``Qwen2VLRewardModelBT.forward``
     (trainer.py 71-173) computes them: vision features into the video tokens, the text model with
     ``position_ids=None`` (positions 0..L-1 in every rotary section), ``rm_head`` at the three
-    reward tokens, the diagonal."""
+    reward tokens: a 1-output head's output at each token, a 3-output head's diagonal."""
     import torch
 
     input_ids = batch["input_ids"]
@@ -290,8 +296,13 @@ def reward_logits(model: Any, batch: dict, reward_ids: list[int]) -> Any:
     counts = mask.sum(dim=1)
     if not bool((counts == len(reward_ids)).all()):
         raise ValueError(f"each prompt must hold the three reward tokens once; counts per row: {counts.tolist()}")
-    pooled = logits[mask].view(input_ids.shape[0], len(reward_ids), -1)
-    return pooled.diagonal(dim1=1, dim2=2)
+    pooled = logits[mask].view(input_ids.shape[0], len(reward_ids), -1)  # (B, 3 tokens, head outputs)
+    outputs = pooled.shape[-1]
+    if outputs == 1:  # one output, read at each token: VQ at the VQ token, ...
+        return pooled[..., 0]
+    if outputs == len(reward_ids):  # each token's own dimension
+        return pooled.diagonal(dim1=1, dim2=2)
+    raise ValueError(f"rm_head has {outputs} outputs; VideoAlign's trainer reads the reward tokens with 1 or 3")
 
 
 def _target_modules(model: Any, exclude: list[str], count: int) -> list[str]:
@@ -386,11 +397,20 @@ def load_video_reward(
     allow_pickle: bool = False,
     key: str = "reward.model.name",
     attn_implementation: str | None = None,
+    merge_lora: bool = False,
 ) -> tuple[Any, Any, VideoAlignSettings]:
     """``(model, processor, settings)`` from a VideoReward checkpoint folder or hub id, as their
     ``create_model_and_processor`` + ``load_model_from_checkpoint`` build it: the base model and
-    processor, the reward tokens added and the embeddings resized, the LoRA wrapping their config
-    describes, the checkpoint's weights (strictly: every name must match), then LoRA merged."""
+    processor in ``dtype``, the reward tokens added and the embeddings resized, the LoRA wrapping
+    their config describes, the checkpoint's weights (strictly: every name must match).
+
+    The LoRA stays as the authors run it unless ``merge_lora``: unmerged, its weights in the
+    model's dtype (their pinned peft 0.10.0 casts a new adapter to its base layer's dtype; peft 0.12
+    and later keep adapters in float32 unless ``autocast_adapter_dtype=False``), so in bfloat16 every
+    LoRA product is computed in bfloat16 as in their inference. ``merge_lora`` folds the adapters
+    (kept in float32) into the weights once: a little faster per call, equal to theirs in float32,
+    but in bfloat16 not their numbers (the merged weight rounds differently; docs/rewards.md gives
+    the measured difference)."""
     import torch
     from transformers import AutoProcessor
 
@@ -433,7 +453,7 @@ def load_video_reward(
             bias="none",
             modules_to_save=lora.get("lora_modules_to_save"),
         )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, config, autocast_adapter_dtype=merge_lora)
     missing, unexpected = model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -441,7 +461,9 @@ def load_video_reward(
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     if settings.lora is not None:
-        model = model.merge_and_unload()
+        # merged: the adapters folded into the weights; unmerged: the model with its LoRA layers in
+        # place (what their PeftModel runs), without peft's wrapper, so it reads as the base class
+        model = model.merge_and_unload() if merge_lora else model.get_base_model()
     model.to(device=target, dtype=resolve_dtype(dtype)).eval()
     return model, processor, settings
 
@@ -481,7 +503,7 @@ def build_tiny_video_reward(seed: int = 0) -> tuple[Any, Any, VideoAlignSettings
     import torch
 
     base = build_tiny_qwen2_vl(seed)
-    model = reward_model_class()(base.model.config, output_dim=3)
+    model = reward_model_class()(base.model.config, output_dim=1)  # the released checkpoint's head
     model.load_state_dict(base.model.state_dict(), strict=False)  # everything but rm_head
     torch.manual_seed(seed + 1)
     torch.nn.init.normal_(model.rm_head.weight, std=0.2)
@@ -518,6 +540,10 @@ class VideoRewardConfig:
         authors_repo: your checkout of github.com/KwaiVGI/VideoAlign (the prompt is read from its
             ``prompt_template.py``); None reads ``$VIDEOALIGN_REPO``; with neither, our paraphrase.
         allow_pickle: read a ``model.pth`` checkpoint (``torch.load(weights_only=True)``).
+        merge_lora: fold the checkpoint's LoRA into the weights at load (float32 adapters, merged,
+            then cast). Off by default: the LoRA runs unmerged in ``model.dtype``, as the authors'
+            inference runs it, so bfloat16 scores are theirs; merged bfloat16 scores differ from
+            theirs by up to a few hundredths (docs/rewards.md). In float32 both agree.
         batch_size: videos per forward pass.
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
     """
@@ -532,6 +558,7 @@ class VideoRewardConfig:
     max_pixels: int | None = None
     authors_repo: str | None = None
     allow_pickle: bool = False
+    merge_lora: bool = False
     batch_size: int = 2
     source_fps: float | None = 16.0
 
@@ -658,7 +685,7 @@ def build(config: VideoRewardConfig, key: str = "reward") -> VideoReward:
     else:
         model, processor, settings = load_video_reward(
             name, config.base_model, config.step, config.model.dtype, config.model.device, config.allow_pickle, f"{key}.model.name",
-            attn_implementation=config.model.attn_implementation,
+            attn_implementation=config.model.attn_implementation, merge_lora=config.merge_lora,
         )
     template, source = resolve_template(config.authors_repo, settings.template_type, key)
     if source == BUILT_IN and name != TINY_NAME and name not in _warned_paraphrase:

@@ -160,7 +160,7 @@ def test_what_reaches_the_model(tmp_path, monkeypatch):
 
         def head(position_ids):
             hidden = inner.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=position_ids).last_hidden_state
-            return model.rm_head(hidden)[mask].view(2, 3, 3).diagonal(dim1=1, dim2=2)
+            return model.rm_head(hidden)[mask].view(2, 3)  # the released 1-output head, read at each token
 
         plain = torch.arange(length).view(1, 1, -1).expand(3, 2, -1)
         kinds = (batch["input_ids"] == model.config.video_token_id).int() * 2  # the processor's mm_token_type_ids: 2 = video
@@ -227,16 +227,18 @@ def _old_names(state):
     return out
 
 
-def _authors_checkpoint(tmp_path):
+def _authors_checkpoint(tmp_path, output_dim=1):
     """A base folder and a VideoReward folder built the way their training writes one: the base
     with the reward tokens, resized embeddings, LoRA (r 4, alpha 8) outside lm_head / rm_head /
     embed_tokens / visual, trained (here: random) LoRA B, head and token embeddings; the wrapped
-    model's state dict under 4.45 names in checkpoint-7/model.pth (and an older checkpoint-3)."""
+    model's state dict under 4.45 names in checkpoint-7/model.pth (and an older checkpoint-3).
+    ``model_config.json`` has the released checkpoint's fields (KwaiVGI/VideoReward: output_dim 1,
+    use_special_tokens true, reward_token "special", torch_dtype bfloat16)."""
     from peft import LoraConfig, get_peft_model
 
     base_dir, ckpt = tmp_path / "base", tmp_path / "VideoReward"
     build_tiny_qwen2_vl(seed=5).save_pretrained(str(base_dir))
-    model = reward_model_class().from_pretrained(str(base_dir), output_dim=3, dtype=torch.float32)
+    model = reward_model_class().from_pretrained(str(base_dir), output_dim=output_dim, dtype=torch.float32)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(str(base_dir), padding_side="right")
@@ -258,7 +260,8 @@ def _authors_checkpoint(tmp_path):
         "data_config": {"meta_data": "x", "data_dir": "x", "fps": 2.0, "num_frames": None, "max_frame_pixels": 200704,
                         "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": "detailed_special", "sample_type": "uniform"},
         "training_args": {},
-        "model_config": {"model_name_or_path": str(base_dir), "output_dim": 3, "use_special_tokens": True, "reward_token": "special"},
+        "model_config": {"model_name_or_path": str(base_dir), "output_dim": output_dim, "use_special_tokens": True, "reward_token": "special",
+                         "torch_dtype": "bfloat16", "loss_type": "btt"},
         "peft_lora_config": {"lora_enable": True, "vision_lora": False, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
                              "lora_namespan_exclude": "['lm_head', 'rm_head', 'embed_tokens']", "num_lora_modules": -1},
         "inference_config": norm,
@@ -272,9 +275,51 @@ def _authors_checkpoint(tmp_path):
     return model, processor, ckpt, norm
 
 
-def test_their_checkpoint_loads_with_lora_merged(tmp_path, monkeypatch):
+@pytest.mark.parametrize("output_dim", [1, 3])
+def test_reward_tokens_are_read_as_their_trainer_reads_them(output_dim):
+    # trainer.py 159-166: logits at the three tokens viewed (B, 3, N); N = 3 -> diagonal, N = 1 ->
+    # each token's one output. Expected here by token position, not by mask: VQ is read at the VQ
+    # token with output 0 (either head), MQ at the MQ token with output 0 (N = 1) or 1 (N = 3), ...
+    base = build_tiny_qwen2_vl(seed=3)
+    model = reward_model_class()(base.model.config, output_dim=output_dim)
+    model.load_state_dict(base.model.state_dict(), strict=False)
+    torch.nn.init.normal_(model.rm_head.weight, std=0.5)
+    processor = base.processor
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS)})
+    model.resize_token_embeddings(len(processor.tokenizer))
+    reward = VideoReward(model.eval(), processor, VideoAlignSettings(base_model="tiny", output_dim=output_dim))
+    batch = reward.inputs([reward.request(_video(9, 32, 32, 16.0, seed=s), p) for s, p in enumerate(["a", "a longer prompt"])])
+    with torch.no_grad():
+        got = reward_logits(model, dict(batch), reward.reward_ids)
+        inner = model.model
+        embeds = inner.get_input_embeddings()(batch["input_ids"])
+        feats = torch.cat(list(inner.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"]).pooler_output))
+        embeds = embeds.masked_scatter((batch["input_ids"] == model.config.video_token_id)[..., None], feats)
+        hidden = inner.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+    assert got.shape == (2, 3)
+    for row in range(2):
+        ids = batch["input_ids"][row].tolist()
+        for k, token in enumerate(reward.reward_ids):
+            out = model.rm_head(hidden[row, ids.index(token)])
+            assert float(got[row, k]) == pytest.approx(float(out[0 if output_dim == 1 else k]), abs=1e-5)
+    if output_dim == 1:  # the same head output read at three places: three different numbers
+        assert len({round(float(v), 6) for v in got[0]}) == 3
+
+
+def test_head_sizes_their_trainer_cannot_read_are_refused(tmp_path):
+    _, _, ckpt, _ = _authors_checkpoint(tmp_path)
+    config = json.loads((ckpt / "model_config.json").read_text())
+    assert VideoAlignSettings.from_json(ckpt / "model_config.json").output_dim == 1
+    config["model_config"]["output_dim"] = 2
+    (ckpt / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="head of 1 or 3 outputs.*output_dim=2"):
+        VideoAlignSettings.from_json(ckpt / "model_config.json")
+
+
+@pytest.mark.parametrize("output_dim", [1, 3])
+def test_their_checkpoint_loads(tmp_path, monkeypatch, output_dim):
     monkeypatch.delenv("VIDEOALIGN_REPO", raising=False)
-    wrapped, processor, ckpt, norm = _authors_checkpoint(tmp_path)
+    wrapped, processor, ckpt, norm = _authors_checkpoint(tmp_path, output_dim)
     videos = [_video(17, 48, 64, 16.0, seed=s) for s in range(2)]
     # expected: the authors' wrapped (unmerged) model on the same processed batch
     settings = VideoAlignSettings.from_json(ckpt / "model_config.json")
@@ -303,4 +348,55 @@ def test_tiny_recipe_runs_through_the_registry():
     assert isinstance(reward, VideoReward) and reward.name == "video_reward"
     model, processor, _ = build_tiny_video_reward()
     assert processor.tokenizer.convert_tokens_to_ids(list(REWARD_TOKENS)) == reward.reward_ids
-    assert model.rm_head.bias is None and model.rm_head.out_features == 3
+    assert model.rm_head.bias is None and model.rm_head.out_features == 1  # as released
+
+
+def test_bfloat16_computes_as_their_inference_and_merging_is_a_setting(tmp_path, monkeypatch):
+    """In bfloat16 the default is their computation: the base in bf16, the LoRA unmerged with its
+    weights in bf16 too (their pinned peft 0.10.0, lora/layer.py 117-120, casts a new adapter to
+    its base layer's dtype; every LoRA product is then bf16). Expected: that model built here by
+    hand. ``merge_lora: true`` (float32 adapters folded into bf16 weights) scores otherwise."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoProcessor
+
+    from cac_align.rewards.video_reward import _current_names
+
+    monkeypatch.delenv("VIDEOALIGN_REPO", raising=False)
+    _, _, ckpt, _ = _authors_checkpoint(tmp_path)
+    videos = [_video(17, 48, 64, 16.0, seed=s) for s in range(3)]
+    section = {"name": "video_reward", "model": {"name": str(ckpt), "dtype": "bfloat16", "device": "cpu"}, "allow_pickle": True, "use_norm": False, "batch_size": 3}
+    ours = build_reward(section)
+    assert ours.model.dtype == torch.bfloat16
+    lora_weights = [p for n, p in ours.model.named_parameters() if "lora_" in n]
+    assert lora_weights and all(p.dtype == torch.bfloat16 for p in lora_weights)  # unmerged, in the model's dtype
+
+    # their model, by hand (train_reward.py 82-132): from_pretrained in bf16, tokens, resize, then
+    # model.to(bfloat16) (which also rounds the rotary inv_freq buffers to bf16), LoRA in bf16,
+    # the checkpoint's state, no merge
+    base = str(tmp_path / "base")
+    processor = AutoProcessor.from_pretrained(base, padding_side="right")
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS)})
+    theirs = reward_model_class().from_pretrained(base, output_dim=1, dtype=torch.bfloat16)
+    theirs.resize_token_embeddings(len(processor.tokenizer))
+    theirs.to(torch.bfloat16)
+    excluded = ["lm_head", "rm_head", "embed_tokens", "visual"]
+    targets = [n for n, m in theirs.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) and not any(x in n for x in excluded)]
+    theirs = get_peft_model(theirs, LoraConfig(target_modules=targets, r=4, lora_alpha=8, lora_dropout=0.0, bias="none"), autocast_adapter_dtype=False)
+    theirs.load_state_dict(_current_names(torch.load(ckpt / "checkpoint-7" / "model.pth", weights_only=True)), strict=True)
+    theirs.eval()
+    batch = ours.inputs([ours.request(v, p) for v, p in zip(videos, "abc")])
+    with torch.no_grad():
+        expected = reward_logits(theirs.base_model.model, dict(batch), ours.reward_ids).float()
+    got = ours(videos, list("abc"))
+    got_raw = torch.tensor([[d["raw"][k] for k in ("VQ", "MQ", "TA")] for d in got.details])
+    torch.testing.assert_close(got_raw, expected, rtol=0, atol=1e-6)
+
+    merged = build_reward({**section, "merge_lora": True})
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    merged_raw = torch.tensor([[d["raw"][k] for k in ("VQ", "MQ", "TA")] for d in merged(videos, list("abc")).details])
+    assert (merged_raw - expected).abs().max() > 1e-3  # bf16 rounding of the merged weights: not their numbers
+    # in float32 the two agree
+    f32 = {**section, "model": {**section["model"], "dtype": "float32"}}
+    unmerged32 = build_reward(f32)(videos, list("abc")).scores
+    merged32 = build_reward({**f32, "merge_lora": True})(videos, list("abc")).scores
+    np.testing.assert_allclose(unmerged32, merged32, atol=1e-4)
