@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cac_align.rewards.base import ErrorKind, Reward, RewardError, check_call, check_prompts, group_keys
+from cac_align.rewards.base import ErrorKind, Reward, RewardError, check_call, check_prompts, failure_summary, group_keys
 from cac_align.rewards.normalize import fill_invalid
 from cac_align.rewards.registry import REWARDS, build_reward, reward_config
 from cac_align.vlm.config import shared_backends
@@ -125,20 +125,24 @@ def on_device(section: Any, device: Any) -> Any:
     return section
 
 
-def fill_policy(scores: np.ndarray, valid: np.ndarray, prompts: Sequence, metadata: Any, policy: str) -> tuple[np.ndarray, list[int]]:
+def fill_policy(
+    scores: np.ndarray, valid: np.ndarray, prompts: Sequence, metadata: Any, policy: str, errors: Mapping[int, str] | None = None
+) -> tuple[np.ndarray, list[int]]:
     """Apply an invalid policy to one call's scores: ``(scores, indices filled)``.
 
     ``drop`` leaves invalid samples NaN; ``fail`` raises :class:`RewardError` naming them;
     ``group_mean`` gives each the mean of its group's valid samples (groups as
     :func:`~cac_align.rewards.base.group_keys` makes them), or the call's mean where its group has
-    none, and raises when no sample of the call is valid.
+    none, and raises when no sample of the call is valid. A raise names each failed sample's
+    reason from ``errors`` (index -> why; the first few and a count).
     """
     if policy == "drop" or valid.all():
         return scores, []
+    why = failure_summary(errors or {int(i): "invalid (no reason given)" for i in np.flatnonzero(~valid)})
     if policy == "fail":
-        raise RewardError(f"invalid rewards for samples {np.flatnonzero(~valid).tolist()} with invalid='fail'")
+        raise RewardError(f"invalid rewards with invalid='fail': {why}")
     if not valid.any():
-        raise RewardError("no sample in this reward call could be scored; refusing to invent rewards")
+        raise RewardError(f"no sample in this reward call could be scored; refusing to invent rewards. {why}")
     filled, by_group = fill_invalid(scores, valid, group_keys(list(prompts), metadata))
     rest = ~valid & ~by_group
     filled[rest] = float(scores[valid].mean())  # groups with no valid member: the call's mean
@@ -284,8 +288,8 @@ def make_scorer(name: str, reward: Reward, policy: str = "drop") -> Scorer:
         else:
             scores, valid, errors, failures, details = out.scores, out.valid, out.errors, out.failure_counts(), out.details
             if not valid.all():
-                log.warning("reward %r: %d of %d samples invalid %s", name, int((~valid).sum()), n, failures)
-        scores, filled = fill_policy(np.asarray(scores, dtype=np.float64), valid, prompts, metadata, policy)
+                log.warning("reward %r: %d of %d samples invalid %s: %s", name, int((~valid).sum()), n, failures, failure_summary(errors))
+        scores, filled = fill_policy(np.asarray(scores, dtype=np.float64), valid, prompts, metadata, policy, errors)
         return Scored(name, np.asarray(scores, dtype=np.float64), valid, errors, failures, details, filled)
 
     score.reward = reward  # type: ignore[attr-defined]  # for scale checks and inspection

@@ -78,7 +78,7 @@ import numpy as np
 
 from cac_align.integrations import adapter
 from cac_align.integrations.adapter import INVALID_POLICIES, loaded_models, release_models
-from cac_align.rewards.base import RewardError
+from cac_align.rewards.base import RewardError, failure_summary
 from cac_align.rewards.registry import REWARDS
 
 __all__ = [
@@ -120,6 +120,16 @@ def configure(sections: Mapping[str, Any] | str | Path | None = None, invalid: s
     _SLOTS.configure(sections, invalid)
 
 
+# Each of our rewards' failures in its latest call in this process (name -> index -> why): a
+# stop raised later, where only NaN rewards are left (the stat tracker), names them.
+_last_failures: dict[str, dict[int, str]] = {}
+
+
+def _failures_so_far() -> str:
+    said = [f"{name}: {failure_summary(errors)}" for name, errors in _last_failures.items() if errors]
+    return "; ".join(said) if said else "no reason was recorded in this process (the rewards ran elsewhere?)"
+
+
 def _factory(name: str) -> Callable[[Any], Callable]:
     def factory(device: Any = None) -> Callable:
         score = _SLOTS.scorer(name, device)
@@ -129,6 +139,7 @@ def _factory(name: str) -> Callable[[Any], Callable]:
             # invalid and the trainer goes on (one rank raising would leave the others waiting
             # at a gather): see adapter.RewardSlots.scorer.
             scored = score(images, prompts, metadata)
+            _last_failures[name] = dict(scored.errors)
             return np.asarray(scored.scores, dtype=np.float32), scored.info()
 
         _fn.reward = score.reward  # type: ignore[attr-defined]  # for scale checks and inspection
@@ -172,6 +183,8 @@ def _combine(device: Any, score_dict: Mapping[str, float], theirs: Callable | No
             details[name] = scores
             infos[name] = info
             invalid |= ~np.asarray(info["valid"], dtype=bool)  # a filled (group_mean) sample stays flagged
+        _last_failures.clear()  # this combiner's rewards only: what a stop of this step names
+        _last_failures.update({name: info["errors"] for name, info in infos.items()})
         if only_strict:  # their training calls (eval passes only_strict=False)
             _guard_tracking(bool(invalid.any()))
         total = np.zeros(len(images), dtype=np.float64)
@@ -228,7 +241,9 @@ def _guard_tracking(any_invalid: bool) -> None:
     if not _tracking["installed"] or _tracking["trackers"] > 0:
         return
     if any_invalid:
-        raise RewardError(_TRACKING_OFF + " A sample of this step could not be scored; stopping rather than training on NaN.")
+        raise RewardError(
+            _TRACKING_OFF + f" A sample of this step could not be scored ({_failures_so_far()}); stopping rather than training on NaN."
+        )
     if not _tracking["warned"]:
         _tracking["warned"] = True
         log.warning(_TRACKING_OFF + " Training stops at the first sample a reward cannot score.")
@@ -276,7 +291,7 @@ def nan_aware_update(original: Callable) -> Callable:
         if not valid.any():
             raise RewardError(
                 f"none of the {len(rewards)} samples of this step has a valid reward: every reward call failed "
-                "(see the warnings logged by the reward calls, e.g. a dead server or a wrong checkpoint)"
+                f"(e.g. a dead server or a wrong checkpoint). The latest calls in this process: {_failures_so_far()}"
             )
         bound.arguments[prompts_name] = np.asarray(bound.arguments[prompts_name])[valid]
         bound.arguments[rewards_name] = rewards[valid]

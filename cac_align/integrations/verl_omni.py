@@ -207,7 +207,8 @@ class _Batcher:
                 reason = "no sample of its prompt in its batch was valid to fill it from"
             else:
                 reason = f"{int(invalid.sum())} of the {n} samples of its batch are invalid (more than max_invalid_fraction={s['max_invalid_fraction']:g})"
-            log.error("reward %r: a sample of prompt %r could not be scored (%s; %s); %d invalid of %d so far",
+            log.error("reward %r: a sample of prompt %r could not be scored (%s; %s); %d invalid of %d so far. verl-omni "
+                      "trains on 0.0 for it unless its entry has required: true (streaming or not)",
                       s["reward"], prompts[i], why, reason, so_far["invalid"], so_far["scored"])
             results.append(RewardError(
                 f"reward {s['reward']!r} could not score a sample of prompt {prompts[i]!r}: {why} ({reason}). "

@@ -49,6 +49,7 @@ __all__ = [
     "RewardOutput",
     "check_call",
     "check_prompts",
+    "failure_summary",
     "group_keys",
     "load_inputs",
     "score_in_chunks",
@@ -68,6 +69,18 @@ except (ImportError, AttributeError):  # pragma: no cover - torch without OutOfM
 
 class RewardError(RuntimeError):
     """A reward call that must not return scores (e.g. ``invalid: fail`` met an invalid sample)."""
+
+
+def failure_summary(errors: Mapping[int, str], limit: int = 3, label: str = "sample") -> str:
+    """Why samples failed, in one line for an error message or a log: the first ``limit``
+    reasons and a count of the rest.
+
+    >>> failure_summary({1: "non-finite score nan", 4: "no JSON", 6: "no JSON", 7: "x"})
+    '4 failed: sample 1: non-finite score nan; sample 4: no JSON; sample 6: no JSON; and 1 more'
+    """
+    shown = "; ".join(f"{label} {i}: {why}" for i, why in list(errors.items())[:limit])
+    rest = len(errors) - min(limit, len(errors))
+    return f"{len(errors)} failed: {shown}" + (f"; and {rest} more" if rest else "")
 
 
 class ErrorKind:

@@ -67,7 +67,7 @@ def test_the_shape_their_script_reads(installed, tmp_path):
 
 def test_a_sample_we_cannot_score_stops_the_run_not_minus_one(installed, tmp_path):
     dance_grpo.install(BRIGHT, reward="bright")
-    with pytest.raises(dance_grpo.RewardStop, match=r"could not score .*hunyuan_0_1.mp4.*invalid: stop"):
+    with pytest.raises(dance_grpo.RewardStop, match=r"could not score .*hunyuan_0_1.mp4: could not decode video .*\(invalid: stop\)"):
         their_step(tmp_path, [0.2, 0.6, 0.8, 0.4], corrupt={1})
     assert not issubclass(dance_grpo.RewardStop, Exception)  # their `except Exception` cannot turn it into -1.0
 

@@ -73,8 +73,17 @@ def test_an_invalid_sample_gets_its_groups_mean(theirs, caplog):
     assert rewards["bright"][1].item() == pytest.approx(0.3)  # mean of 0.2 and 0.4, its group's valid samples
     assert torch.isfinite(rewards["bright"]).all() and "1 of 3 samples of a group" in caplog.text
     batch[0]["video"] = batch[1]["video"]
-    with pytest.raises(RewardError, match=r"2 of the 3 samples of prompt 'prompt 0'"):
+    with pytest.raises(RewardError, match=r"2 of the 3 samples of prompt 'prompt 0'.*sample 0: .*NaN or inf"):
         theirs.step.rewards_for({"bright": ours}, batch)
+    # a group none of whose samples could be scored: the stop says why, sample by sample
+    batch[2]["video"] = batch[1]["video"]
+    with pytest.raises(RewardError, match=r"no sample in this reward call could be scored.* 3 failed: sample 0: .*NaN or inf; sample 1: .*; sample 2: "):
+        theirs.step.rewards_for({"bright": ours}, batch)
+    _, failing = load(theirs, {"name": "bright", "reward_model": OURS, "sections": {"bright": {"name": "brightness"}}, "invalid": "fail"})
+    batch = samples([0.2, 0.6, 0.4, 0.8, 0.3, 0.5], group=3)
+    batch[4]["video"] = torch.full((6, 3, 16, 16), float("nan"))
+    with pytest.raises(RewardError, match=r"invalid='fail': 1 failed: sample 1: .*NaN or inf"):  # sample 1 of its group's call
+        theirs.step.rewards_for({"bright": failing}, batch)
 
 
 def test_config_errors_name_the_key(theirs):

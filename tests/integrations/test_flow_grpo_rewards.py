@@ -68,10 +68,14 @@ def test_invalid_policies_by_hand():
     assert filled.tolist() == pytest.approx([0.2, 0.2, 0.6, 0.4]) and which == [1, 3]
     dropped, _ = flow_grpo._fill(scores, valid, prompts, None, "drop")
     assert np.isnan(dropped[[1, 3]]).all()
-    with pytest.raises(RewardError, match=r"samples \[1, 3\]"):
+    # a stop names each failed sample's reason: the first three and a count of the rest
+    with pytest.raises(RewardError, match=r"invalid='fail': 2 failed: sample 1: no JSON; sample 3: non-finite score nan$"):
+        flow_grpo._fill(scores, valid, prompts, None, "fail", {1: "no JSON", 3: "non-finite score nan"})
+    with pytest.raises(RewardError, match=r"sample 3: invalid \(no reason given\)"):
         flow_grpo._fill(scores, valid, prompts, None, "fail")
-    with pytest.raises(RewardError, match="refusing to invent"):
-        flow_grpo._fill(np.array([np.nan]), np.array([False]), ["a"], None, "group_mean")
+    many = {i: f"reason {i}" for i in range(5)}
+    with pytest.raises(RewardError, match=r"refusing to invent rewards\. 5 failed: sample 0: reason 0; sample 1: reason 1; sample 2: reason 2; and 2 more$"):
+        flow_grpo._fill(np.full(5, np.nan), np.zeros(5, dtype=bool), list("aabbc"), None, "group_mean", many)
 
 
 def test_configure_checks_names_and_sections(tmp_path):

@@ -117,10 +117,13 @@ def test_why_nan_is_refused_one_nan_spreads_to_every_advantage(theirs):
 
 def test_too_many_invalid_samples_stop_the_run(theirs, tmp_path):
     pref_grpo.install(theirs[0], sections=BRIGHT)
-    with pytest.raises(RewardError, match=r"3 of 4 samples .* max_invalid_fraction=0.5"):
+    with pytest.raises(RewardError, match=r"3 of 4 samples .* max_invalid_fraction=0.5.*wan21_0_0.mp4: "):
         rollout(theirs, tmp_path, "bright", [0.2, 0.6, 0.4, 0.8], corrupt={0, 1, 2})
+    # every sample invalid: the stop names each reason (the first three, and the count)
+    with pytest.raises(RewardError, match=r"no sample in this reward call could be scored.*4 failed: sample 0: .+; sample 1: .+; and 1 more"):
+        rollout(theirs, tmp_path, "bright", [0.2, 0.6, 0.4, 0.8], corrupt={0, 1, 2, 3})
     pref_grpo.configure(BRIGHT, invalid="fail")
-    with pytest.raises(RewardError, match=r"invalid='fail'"):
+    with pytest.raises(RewardError, match=r"invalid='fail': 1 failed: sample 3: .+"):
         rollout(theirs, tmp_path, "bright", [0.2, 0.6, 0.4, 0.8], corrupt={3})
 
 

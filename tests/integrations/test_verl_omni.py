@@ -137,9 +137,13 @@ def test_invalid_sample_stops_a_required_entry_and_is_never_a_silent_zero(theirs
     # sample, so their colocated assembly (keys of sample 0) refuses the batch instead.
     optional = {"bright": {**OURS, "reward": "bright", "sections": PICKY}}
     counts = verl_omni.invalid_counts()
-    with pytest.raises(KeyError, match="reward/bright/valid"):
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="cac_align.integrations.verl_omni"), pytest.raises(KeyError, match="reward/bright/valid"):
         theirs.parts.worker_scores(manager(theirs, optional), data, num_workers=1)
     assert verl_omni.invalid_counts()["invalid"] == counts["invalid"] + 1
+    # the only trace of a 0.0 that required: false would train on: an error-level line with the reason
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "cac_align.integrations.verl_omni"]
+    assert len(said) == 1 and "an all-black video" in said[0] and "trains on 0.0" in said[0]
 
 
 def test_a_nan_passes_their_manager_and_spreads_to_every_advantage(theirs):
