@@ -119,9 +119,27 @@ def _show_job_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _ctrl_c_raises() -> object:
+    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt in this process whatever it inherited; returns
+    the handler to restore (None off the main thread, where signals cannot be set).
+
+    A process started in the background by a non-interactive shell (``cmd &``, nohup, a CI script)
+    inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: the job would
+    never see a Ctrl-C (or a ``kill -INT``) and keep running, a server with it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     args = _build_parser().parse_args(_eval_alias(sys.argv[1:] if argv is None else argv))
     _show_job_logs()
+    previous_sigint = _ctrl_c_raises()
     try:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes)
@@ -159,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cac_align.run.folder import release_locks
 
         release_locks()  # the job's out_dir is free for the next run (main may run again in-process)
+        if previous_sigint is not None:  # main may run in-process: leave the caller's handler as it was
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
 if __name__ == "__main__":  # pragma: no cover

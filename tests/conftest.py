@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,6 +45,37 @@ def forget_modules(package: str) -> None:
     trainer is imported afresh by each test and leaves nothing behind)."""
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
         del sys.modules[name]
+
+
+def ignore_sigint() -> None:
+    """``preexec_fn`` for a child started as a background job of a non-interactive shell starts
+    (``cmd &``, nohup, a CI script): SIGINT ignored. ``cac-align`` must still stop on Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_process_tree(process: Any, grace_s: float = 10.0) -> None:
+    """Stop a process a test started and every process below it (a vLLM server forks its engine,
+    in a session of its own), pass or fail: SIGTERM, then SIGKILL after ``grace_s``."""
+    import psutil
+
+    if process is None:
+        return
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    with contextlib.suppress(Exception):
+        process.wait(1)
 
 
 def default_sigint() -> None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from cac_align.cli import main
-from conftest import REPO_ROOT, default_sigint
+from conftest import REPO_ROOT, ignore_sigint, stop_process_tree
 
 
 def test_installed_console_script_lists_jobs():
@@ -59,18 +59,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     import time
 
     out = tmp_path / "synth"
+    # started as `cmd &` in a script starts it: SIGINT ignored, so Python installs no handler of its
+    # own; cac-align sets one, and Ctrl-C stops it all the same
     job = subprocess.Popen(
         [sys.executable, "-m", "cac_align.cli", "synth", f"out_dir={out}", "n=5000", "height=64", "width=96"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint,
     )
-    deadline = time.monotonic() + 120
-    # the job is running, past its imports and its first finished video (a hidden ".name.*.mp4" is
-    # one being written); wherever the signal lands, the job stops (tests/test_video.py)
-    while not any(out.glob("videos/[!.]*.mp4")):
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.1)
-    job.send_signal(signal.SIGINT)
-    _, err = job.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        # the job is running, past its imports and its first finished video (a hidden ".name.*.mp4"
+        # is one being written); wherever the signal lands, the job stops (tests/test_video.py)
+        while not any(out.glob("videos/[!.]*.mp4")):
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.1)
+        job.send_signal(signal.SIGINT)
+        _, err = job.communicate(timeout=60)
+    finally:
+        stop_process_tree(job)
     assert job.returncode == 130
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     # the progress bar's last state may precede the line on the same terminal line

@@ -176,7 +176,9 @@ def run(config: ServeConfig) -> int:
         stop["signal"] = signum
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C and `kill` both stop it, whatever SIGINT disposition this process inherited (a
+    # background start ignores SIGINT unless a handler is set here)
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with started_server(config) as process:
             print(f"serving {config.model} as {config.served_model_name!r} at {config.base_url} "
@@ -189,4 +191,5 @@ def run(config: ServeConfig) -> int:
         print("stopped the vLLM server", flush=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

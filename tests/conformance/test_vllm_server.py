@@ -24,7 +24,7 @@ import pytest
 
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
-from conftest import REPO_ROOT, smooth_video
+from conftest import REPO_ROOT, ignore_sigint, smooth_video, stop_process_tree
 
 pytestmark = pytest.mark.conformance
 
@@ -247,7 +247,11 @@ def _serve_cli(port: int, log: Path):
 
     command = [sys.executable, "-m", "cac_align.cli", "serve", "--config", str(REPO_ROOT / "recipes/serve/cac_demo.yaml"),
                f"python={VLLM_PYTHON}", f"port={port}"]
-    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)  # noqa: SIM115
+    # started with SIGINT ignored, as `cmd &` in a script (CI's own start, maybe) starts it:
+    # its Ctrl-C below must stop it all the same
+    process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,  # noqa: SIM115
+                               preexec_fn=ignore_sigint)
+    _STARTED.append(process)
     deadline = time.monotonic() + 600
     while "serving cac-demo" not in log.read_text(errors="replace"):
         assert process.poll() is None, log.read_text(errors="replace")[-3000:]
@@ -256,7 +260,17 @@ def _serve_cli(port: int, log: Path):
     return process
 
 
-def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path):
+_STARTED: list = []  # processes a test started: stopped with everything below them, pass or fail
+
+
+@pytest.fixture
+def stop_started():
+    yield _STARTED
+    while _STARTED:
+        stop_process_tree(_STARTED.pop())
+
+
+def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path, stop_started):
     """The server dies mid-run (its process group killed): the score job stops within seconds
     with one line, keeping the rows scored; `cac-align serve` starts it again; the same command
     then keeps those rows and scores the rest, equal to in-process; stopping `cac-align serve`
@@ -276,6 +290,7 @@ def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path):
     score = [sys.executable, "-m", "cac_align.cli", "score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"),
              f"out_dir={tmp_path / 'out'}", f"reward.model.base_url=http://127.0.0.1:{port}/v1", "reward.model.max_retries=1"]
     job = subprocess.Popen(score, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    stop_started.append(job)
     partial = tmp_path / "out" / "results.jsonl.partial"
     while not (partial.is_file() and len(partial.read_text().splitlines()) >= 8):  # the first batch of 8 is written
         assert job.poll() is None, job.communicate()

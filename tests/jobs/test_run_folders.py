@@ -12,7 +12,7 @@ import pytest
 
 from cac_align.config import RecipeError
 from cac_align.run.folder import MANIFEST, RunFolder, read_manifest
-from conftest import default_sigint
+from conftest import default_sigint, stop_process_tree
 
 OUTPUTS = ("results.jsonl", "figures")
 
@@ -415,11 +415,14 @@ def test_ctrl_c_during_a_hung_request_stops_at_once(tmp_path):
     )
     with ChatServer(delay_s=30) as server:  # never answers in time
         proc = subprocess.Popen([sys.executable, str(script), server.url], stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-        assert proc.stdout.readline().strip() == "requesting"
-        time.sleep(1.0)
-        start = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
+        try:
+            assert proc.stdout.readline().strip() == "requesting"
+            time.sleep(1.0)
+            start = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            stop_process_tree(proc)
         assert proc.returncode == 130 and "interrupted" in out
         assert time.monotonic() - start < 3.0  # not the 60 s timeout, nor five retries
 
