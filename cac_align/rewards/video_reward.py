@@ -352,15 +352,25 @@ def _checkpoint_folder(root: Path, step: int) -> Path:
     return chosen
 
 
-def _read_state(folder: Path, allow_pickle: bool, key: str) -> dict[str, Any]:
+# A checkpoint's weights are all of the wrapped model's (``model.pth``, their save_full_model) or
+# only what training changed (``non_lora_state_dict.pth`` + ``adapter_model.safetensors``, their
+# train.sh's default): the rest is the base's. A converted file says which in its metadata.
+_LAYOUT_KEY = "cac_align_layout"
+
+
+def _read_state(folder: Path, allow_pickle: bool, key: str) -> tuple[dict[str, Any], bool]:
+    """``(state, partial)``: the checkpoint's tensors, and whether they are only the trained ones."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     if (folder / "model.safetensors").is_file():
-        return load_file(str(folder / "model.safetensors"))
+        with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+            partial = (handle.metadata() or {}).get(_LAYOUT_KEY) == "partial"
+        return load_file(str(folder / "model.safetensors")), partial
     pickled = [p for p in (folder / "model.pth", folder / "non_lora_state_dict.pth") if p.is_file()]
     if not pickled:
-        raise FileNotFoundError(f"{folder}: neither model.safetensors nor model.pth")
+        raise FileNotFoundError(f"{folder}: neither model.safetensors nor model.pth nor non_lora_state_dict.pth")
     if not allow_pickle:
         raise ValueError(
             f"{folder} holds its weights as a pickle ({pickled[0].name}). Set {key}.allow_pickle: true to read it once with "
@@ -368,24 +378,34 @@ def _read_state(folder: Path, allow_pickle: bool, key: str) -> dict[str, Any]:
             "python -c \"from cac_align.rewards.video_reward import convert_checkpoint; convert_checkpoint('PATH')\""
         )
     if (folder / "model.pth").is_file():
-        return torch.load(folder / "model.pth", map_location="cpu", weights_only=True)
+        return torch.load(folder / "model.pth", map_location="cpu", weights_only=True), False
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder}: non_lora_state_dict.pth without the adapter_model.safetensors saved beside it")
     state = torch.load(folder / "non_lora_state_dict.pth", map_location="cpu", weights_only=True)
     adapter = load_file(str(folder / "adapter_model.safetensors"))
     for name, tensor in adapter.items():  # peft's saved names lack the adapter name
         state[re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", name)] = tensor
-    return state
+    return state, True
 
 
 def convert_checkpoint(path: str | os.PathLike, step: int = -1) -> Path:
-    """Write ``model.safetensors`` beside a checkpoint's ``model.pth`` (read with
-    ``weights_only=True``), so later loads need no pickle. Returns the file written."""
+    """Write ``model.safetensors`` beside a checkpoint's pickled weights (``model.pth``, or
+    ``non_lora_state_dict.pth`` with its adapter; read with ``weights_only=True``), so later loads
+    need no pickle. Returns the file written."""
     from safetensors.torch import save_file
 
     folder = _checkpoint_folder(Path(path), step)
-    state = _read_state(folder, allow_pickle=True, key="convert_checkpoint")
+    state, partial = _read_state(folder, allow_pickle=True, key="convert_checkpoint")
     target = folder / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target), metadata={_LAYOUT_KEY: "partial" if partial else "full"})
     return target
+
+
+# The base (Qwen2-VL-2B-Instruct, saved with transformers 4.x names: ``model.layers.*``,
+# ``visual.*``) into our subclass's transformers-5 names. transformers maps these for its own
+# Qwen2VLForConditionalGeneration by class name only; for a subclass it would leave the text model
+# at random initialisation (harmless only when a checkpoint overwrites every weight).
+_BASE_KEYS = {r"^visual": "model.visual", r"^model(?!\.(language_model|visual))": "model.language_model"}
 
 
 def load_video_reward(
@@ -432,14 +452,16 @@ def load_video_reward(
     try:
         processor = AutoProcessor.from_pretrained(base, padding_side="right")
         model = reward_model_class().from_pretrained(
-            base, output_dim=settings.output_dim, dtype=resolve_dtype(dtype), use_safetensors=True, attn_implementation=attn_implementation
+            base, output_dim=settings.output_dim, dtype=resolve_dtype(dtype), use_safetensors=True, attn_implementation=attn_implementation,
+            key_mapping=_BASE_KEYS,
         )
     except (OSError, ValueError) as exc:
         raise weights_error(base, f"{section}.base_model", exc) from exc
     processor.tokenizer.padding_side = "right"
     processor.tokenizer.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS)})
     model.resize_token_embeddings(len(processor.tokenizer))
-    state = _current_names(_read_state(_checkpoint_folder(root, step), allow_pickle, section))
+    state, partial = _read_state(_checkpoint_folder(root, step), allow_pickle, section)
+    state = _current_names(state)
     if settings.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -455,6 +477,8 @@ def load_video_reward(
         )
         model = get_peft_model(model, config, autocast_adapter_dtype=merge_lora)
     missing, unexpected = model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    if partial:  # as their loader: the base's own weights stand for what training did not save; LoRA must all be there
+        missing = [name for name in missing if "lora_" in name]
     if missing or unexpected:
         raise ValueError(
             f"{root}: the checkpoint does not fit the model its model_config.json describes: "

@@ -32,6 +32,21 @@ CACHE_MODES = ("dynamic", "static")
 DEFAULT_BATCH_BUCKETS = (1, 4, 8, 16, 32)
 
 
+def _cache_argument(model: Any) -> str:
+    """The name a model's forward takes its KV cache by: ``cache`` from transformers 5.24 on, where
+    ``past_key_values`` still works but logs a deprecation; ``past_key_values`` before (the
+    conformance venvs run 5.10-5.19 with this module)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    """A model or generate output's KV cache, under either name (see :func:`_cache_argument`);
+    reading the old name on 5.24 logs the deprecation."""
+    return output["cache"] if "cache" in output else output.get("past_key_values")
+
+
 def bucket_size(n: int, buckets: Any) -> int:
     """The smallest bucket holding ``n`` rows (``buckets`` sorted ascending, the last >= n)."""
     for size in buckets:
@@ -149,6 +164,7 @@ class HFBackend(BackendBase):
 
         install_trained_positions(model)  # Qwen2.5-VL: text after a video placed as it was trained
         self.model = model
+        self._cache_name = _cache_argument(model)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -283,7 +299,7 @@ class HFBackend(BackendBase):
                         f"the status reader saw {len(steps)} of {generated.shape[1]} generated steps: the model's forward "
                         "was compiled before this backend was built; build the HFBackend before any compiled generate"
                     )
-                cache = output.past_key_values
+                cache = _cache_of(output)
                 cache_len = int(cache.get_seq_length()) if cache is not None else -1  # no cache: every row re-encoded
                 rows, ends, firsts = [], [], []
                 for r, i in enumerate(chunk):
@@ -409,7 +425,7 @@ class HFBackend(BackendBase):
             with self._lock, torch.inference_mode():
                 inputs = self._encode([requests[i] for i in rows], [texts[i] for i in rows])
                 result = self.model(**inputs, use_cache=True)
-                cache, mask = result.past_key_values, inputs["attention_mask"]
+                cache, mask = _cache_of(result), inputs["attention_mask"]
                 lengths, deltas = mask.sum(-1), self._rope_deltas()
                 last = result.logits[:, -1].float()
                 device = mask.device
@@ -467,7 +483,7 @@ class HFBackend(BackendBase):
                     start = lengths + (deltas.reshape(-1).to(device) if deltas is not None else 0)
                     positions = start[:, None] + torch.arange(width, device=device)[None]
                     position_ids = positions[None].expand(3, -1, -1) if deltas is not None else positions
-                    logits = self.model(input_ids=tail, attention_mask=mask, past_key_values=cache, position_ids=position_ids, use_cache=True).logits
+                    logits = self.model(input_ids=tail, attention_mask=mask, position_ids=position_ids, use_cache=True, **{self._cache_name: cache}).logits
                     counts = tail_mask.sum(-1)
                     for r in range(len(rows)):
                         if counts[r] > 0:
@@ -488,7 +504,7 @@ class HFBackend(BackendBase):
                 result = self.model(**inputs, use_cache=True)
                 mask = inputs["attention_mask"]
                 first = _first_token_log_probs(result.logits[:, -1], choice_ids)
-                out[list(chunk)] = self._score_choices(result.past_key_values, mask, mask.sum(-1), first, choice_ids)
+                out[list(chunk)] = self._score_choices(_cache_of(result), mask, mask.sum(-1), first, choice_ids)
         return out
 
     # -- choice scoring from a KV cache ---------------------------------------------------
@@ -534,7 +550,7 @@ class HFBackend(BackendBase):
                 start = start + deltas.reshape(-1).to(device).repeat_interleave(n_choices, 0)
             positions = start[:, None] + torch.arange(longest, device=device)[None]
             position_ids = positions[None].expand(3, -1, -1) if deltas is not None else positions
-            logits = self.model(input_ids=tail, attention_mask=full_mask, past_key_values=cache, position_ids=position_ids, use_cache=True).logits
+            logits = self.model(input_ids=tail, attention_mask=full_mask, position_ids=position_ids, use_cache=True, **{self._cache_name: cache}).logits
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             rest = logprobs.gather(-1, tail[:, 1:, None]).squeeze(-1) * tail_mask[:, 1:]
             total = total + rest.sum(-1).view(n_rows, n_choices)

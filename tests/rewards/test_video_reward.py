@@ -39,6 +39,7 @@ from cac_align.rewards.video_reward import (
     reward_model_class,
     videoalign_frames,
 )
+from cac_align.rewards.video_reward import _BASE_KEYS
 from cac_align.video import Video, VideoError
 
 TINY = {"name": "video_reward", "model": {"name": "tiny-random:video_reward", "dtype": "float32", "device": "cpu"}}
@@ -227,18 +228,22 @@ def _old_names(state):
     return out
 
 
-def _authors_checkpoint(tmp_path, output_dim=1):
+def _authors_checkpoint(tmp_path, output_dim=1, layout="full"):
     """A base folder and a VideoReward folder built the way their training writes one: the base
     with the reward tokens, resized embeddings, LoRA (r 4, alpha 8) outside lm_head / rm_head /
     embed_tokens / visual, trained (here: random) LoRA B, head and token embeddings; the wrapped
     model's state dict under 4.45 names in checkpoint-7/model.pth (and an older checkpoint-3).
     ``model_config.json`` has the released checkpoint's fields (KwaiVGI/VideoReward: output_dim 1,
-    use_special_tokens true, reward_token "special", torch_dtype bfloat16)."""
+    use_special_tokens true, reward_token "special", torch_dtype bfloat16; lora_namespan_exclude
+    as their trainer saves it, parsed, "visual" added: train_reward.py 176-181).
+    ``layout="partial"``: checkpoint-7 holds what their train.sh saves by default (save_full_model
+    False): ``adapter_model.safetensors`` (peft's names, no adapter name) and
+    ``non_lora_state_dict.pth`` (the trained non-LoRA weights: rm_head, token embeddings)."""
     from peft import LoraConfig, get_peft_model
 
     base_dir, ckpt = tmp_path / "base", tmp_path / "VideoReward"
     build_tiny_qwen2_vl(seed=5).save_pretrained(str(base_dir))
-    model = reward_model_class().from_pretrained(str(base_dir), output_dim=output_dim, dtype=torch.float32)
+    model = reward_model_class().from_pretrained(str(base_dir), output_dim=output_dim, dtype=torch.float32, key_mapping=_BASE_KEYS)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(str(base_dir), padding_side="right")
@@ -263,14 +268,23 @@ def _authors_checkpoint(tmp_path, output_dim=1):
         "model_config": {"model_name_or_path": str(base_dir), "output_dim": output_dim, "use_special_tokens": True, "reward_token": "special",
                          "torch_dtype": "bfloat16", "loss_type": "btt"},
         "peft_lora_config": {"lora_enable": True, "vision_lora": False, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.05,
-                             "lora_namespan_exclude": "['lm_head', 'rm_head', 'embed_tokens']", "num_lora_modules": -1},
+                             "lora_namespan_exclude": ["lm_head", "rm_head", "embed_tokens", "visual"], "num_lora_modules": -1},
         "inference_config": norm,
     }
     (ckpt / "model_config.json").write_text(json.dumps(config))
     for step in (3, 7):
         (ckpt / f"checkpoint-{step}").mkdir()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.save(_old_names(state), ckpt / "checkpoint-7" / "model.pth")
+    if layout == "full":
+        torch.save(_old_names(state), ckpt / "checkpoint-7" / "model.pth")
+    else:
+        from safetensors.torch import save_file
+
+        old = _old_names(state)
+        save_file({k.replace(".default.", "."): v for k, v in old.items() if "lora_" in k}, str(ckpt / "checkpoint-7" / "adapter_model.safetensors"))
+        trained = {k: v for k, v in old.items() if k.endswith(("rm_head.weight", "embed_tokens.weight"))}
+        assert len(trained) == 2
+        torch.save(trained, ckpt / "checkpoint-7" / "non_lora_state_dict.pth")
     torch.save({"nothing": torch.zeros(1)}, ckpt / "checkpoint-3" / "model.pth")
     return model, processor, ckpt, norm
 
@@ -343,6 +357,49 @@ def test_their_checkpoint_loads(tmp_path, monkeypatch, output_dim):
         load_video_reward(str(ckpt), step=3, dtype="float32", device="cpu", allow_pickle=True)
 
 
+def test_the_base_loads_into_the_reward_class_with_its_text_model():
+    # the base as Qwen2-VL-2B-Instruct is saved (transformers 4 names: model.layers.*, visual.*):
+    # every weight reaches our subclass, the text model's included (transformers maps them by
+    # class name for its own class only)
+    from transformers import Qwen2VLForConditionalGeneration
+
+    tiny = build_tiny_qwen2_vl(seed=7)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        tiny.save_pretrained(folder)
+        plain = Qwen2VLForConditionalGeneration.from_pretrained(folder).state_dict()
+        ours = reward_model_class().from_pretrained(folder, output_dim=1, key_mapping=_BASE_KEYS).state_dict()
+    assert set(plain) <= set(ours) and set(ours) - set(plain) == {"rm_head.weight"}
+    assert all(torch.equal(plain[k], ours[k]) for k in plain)
+
+
+def test_the_partial_layout_of_their_train_script_loads_to_the_same_scores(tmp_path, monkeypatch):
+    """train.sh saves only what training changed (adapter + non_lora_state_dict.pth); the rest is
+    the base's, as their loader fills it (utils.py 190-198). Same scores as the full layout."""
+    monkeypatch.delenv("VIDEOALIGN_REPO", raising=False)
+    _, _, full, _ = _authors_checkpoint(tmp_path / "full")
+    _, _, partial, _ = _authors_checkpoint(tmp_path / "partial", layout="partial")
+    videos = [_video(17, 48, 64, 16.0, seed=s) for s in range(2)]
+    section = {"name": "video_reward", "model": {"dtype": "float32", "device": "cpu"}, "allow_pickle": True}
+    expected = build_reward({**section, "model": {**section["model"], "name": str(full)}})(videos, ["x", "y"]).scores
+    got = build_reward({**section, "model": {**section["model"], "name": str(partial)}})(videos, ["x", "y"])
+    assert got.valid.all()
+    np.testing.assert_allclose(got.scores, expected, atol=1e-5)
+    # converted: the file says it is partial, and loads the same way without the pickle setting
+    convert_checkpoint(partial)
+    again = build_reward({"name": "video_reward", "model": {"name": str(partial), "dtype": "float32", "device": "cpu"}})(videos, ["x", "y"])
+    np.testing.assert_allclose(again.scores, expected, atol=1e-5)
+    # a LoRA weight missing is still an error
+    (partial / "checkpoint-7" / "model.safetensors").unlink()
+    from safetensors.torch import load_file, save_file
+
+    adapter = load_file(str(partial / "checkpoint-7" / "adapter_model.safetensors"))
+    save_file(dict(list(adapter.items())[1:]), str(partial / "checkpoint-7" / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_video_reward(str(partial), dtype="float32", device="cpu", allow_pickle=True)
+
+
 def test_tiny_recipe_runs_through_the_registry():
     reward = build_reward(TINY)
     assert isinstance(reward, VideoReward) and reward.name == "video_reward"
@@ -376,7 +433,7 @@ def test_bfloat16_computes_as_their_inference_and_merging_is_a_setting(tmp_path,
     base = str(tmp_path / "base")
     processor = AutoProcessor.from_pretrained(base, padding_side="right")
     processor.tokenizer.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS)})
-    theirs = reward_model_class().from_pretrained(base, output_dim=1, dtype=torch.bfloat16)
+    theirs = reward_model_class().from_pretrained(base, output_dim=1, dtype=torch.bfloat16, key_mapping=_BASE_KEYS)
     theirs.resize_token_embeddings(len(processor.tokenizer))
     theirs.to(torch.bfloat16)
     excluded = ["lm_head", "rm_head", "embed_tokens", "visual"]

@@ -260,3 +260,39 @@ def test_chat_template_kwargs_reach_the_template(tiny_qwen3_vl):
     texts = [processor.tokenizer.decode(b._encode([request], [""])["input_ids"][0]) for b in (plain, no_thinking)]
     assert texts == ["<|im_start|>userWhich is better?<|im_end|><|im_start|>assistant",
                      "<|im_start|>userWhich is better?<|im_end|><|im_start|>assistant<think></think>"]
+
+
+def test_no_deprecation_from_our_calls_with_the_installed_transformers(backend, tiny_qwen3_vl):
+    """transformers 5.24 renamed the KV cache (``past_key_values`` -> ``cache``) and logs a
+    deprecation, once per process, for the old name in a call or read from an output. Every path
+    of ours that continues a cache (multi-token choices, generate_scored) must use the new name
+    where it exists."""
+    import logging
+    import warnings
+
+    logging.Logger.warning_once.cache_clear()  # transformers logs each deprecation once per process
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    from transformers import LogitsProcessorList
+
+    tok = tiny_qwen3_vl.processor.tokenizer
+    answer = tok('{"status": "normal"}', add_special_tokens=False)["input_ids"]
+    forced = HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor, max_batch_size=4,
+                       generate_kwargs={"logits_processor": LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])})
+    handler = Keep(level=logging.WARNING)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            requests = _requests(2)
+            backend.choice_probs(requests, ['{"status": "', "ab"], CHOICES)  # a multi-token choice continues the cache
+            _, probs = forced.generate_scored(requests, CHOICES, lambda text: text[: text.index('"status": "') + 11], max_new_tokens=len(answer) + 1)
+            assert np.isfinite(probs).all()  # read from the generation's own cache
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    deprecations = [m for m in said if "deprecat" in m.lower()] + [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []
