@@ -3,7 +3,10 @@
 Per video the page shows the score, its sub-scores (UnifiedReward dimensions, each component
 of a combined reward raw and normalized) and, when the reward localizes (CaC, Skyra), the final
 status, a timeline with the window it points at and the frames with their boxes drawn (like
-CaC Fig. S2); invalid videos show their error.
+CaC Fig. S2); invalid videos show their error. Videos with a ground truth (the synthetic demo's)
+get the planted windows drawn under the judge's and a line of what the verdict got right: the
+status, the window (temporal IoU) and the boxes (on the planted defect or not), graded by
+:func:`cac_align.eval.bench.grade_evidence` in the score job (``graded`` of each row).
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ def evidence_path(out_dir: str | Path, index: int) -> Path:
 
 
 def write_evidence_png(
-    window_s: Sequence[float] | None, boxes: Sequence[dict], video: Video, path: Path, thumb_height: int = 96
+    window_s: Sequence[float] | None,
+    boxes: Sequence[dict],
+    video: Video,
+    path: Path,
+    thumb_height: int = 96,
+    truth_windows: Sequence[Sequence[float]] = (),
 ) -> None:
     """Timeline (top) and up to 8 turn-2 frames with boxes (bottom).
 
@@ -50,6 +58,8 @@ def write_evidence_png(
         boxes: CaC's per-frame boxes, ``{"frame", "time_s", "type", "boxes"}`` with 0–1000 boxes.
         video: the decoded source video.
         path: where the PNG goes.
+        truth_windows: where anomalies were planted (source seconds), drawn in green on a second
+            timeline under the judge's (orange), so a window that missed shows as one.
     """
     from PIL import Image, ImageDraw
 
@@ -58,14 +68,23 @@ def write_evidence_png(
     shown = sorted({b["time_s"] for b in boxes})[:8]
     frames_by_time = {float(t): i for i, t in enumerate(video.timestamps)}
     width = max(400, thumb_w * max(1, len(shown)))
-    canvas = Image.new("RGB", (width, 40 + (thumb_height if shown else 0)), (255, 255, 255))
+    top = 40 if not truth_windows else 60  # the frames start under the timeline(s)
+    canvas = Image.new("RGB", (width, top + (thumb_height if shown else 0)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    # 1. timeline: the whole video, the turn-2 window highlighted
+
+    def span(window: Sequence[float], y0: int, y1: int, fill: tuple, outline: tuple) -> None:
+        x0 = (window[0] - video.start_s) / video.duration_s * (width - 1)
+        x1 = (window[1] - video.start_s) / video.duration_s * (width - 1)
+        draw.rectangle([x0, y0, x1, y1], fill=fill, outline=outline)
+
+    # 1. timeline: the whole video, the turn-2 window highlighted; the planted windows below it
     draw.rectangle([0, 10, width - 1, 30], outline=(0, 0, 0), fill=(220, 220, 220))
     if window_s is not None:
-        x0 = (window_s[0] - video.start_s) / video.duration_s * (width - 1)
-        x1 = (window_s[1] - video.start_s) / video.duration_s * (width - 1)
-        draw.rectangle([x0, 10, x1, 30], fill=(255, 170, 60), outline=(200, 90, 0))
+        span(window_s, 10, 30, (255, 170, 60), (200, 90, 0))
+    if truth_windows:
+        draw.rectangle([0, 34, width - 1, 50], outline=(0, 0, 0), fill=(235, 235, 235))
+        for window in truth_windows:
+            span(window, 34, 50, (90, 200, 90), (20, 120, 20))
     # 2. turn-2 frames with their boxes (nearest source frame to each clip time)
     for slot, t in enumerate(shown):
         index = frames_by_time.get(float(t))
@@ -79,8 +98,23 @@ def write_evidence_png(
             for box in entry["boxes"]:
                 x0, y0, x1, y1 = (box[0] * thumb_w / 1000, box[1] * thumb_height / 1000, box[2] * thumb_w / 1000, box[3] * thumb_height / 1000)
                 tdraw.rectangle([x0, y0, x1, y1], outline=_BOX_COLOR, width=2)
-        canvas.paste(thumb, (slot * thumb_w, 40))
+        canvas.paste(thumb, (slot * thumb_w, top))
     canvas.save(path)
+
+
+def _mark(ok: bool) -> str:
+    return "&check;" if ok else "&cross;"
+
+
+def _graded_line(graded: dict) -> str:
+    """What the verdict got right (a results row's ``graded``): status, window, boxes; the parts
+    that cannot be graded (a normal video, a normal verdict) are left out."""
+    parts = [f"status {_mark(graded['status'])} {'agrees' if graded['status'] else 'disagrees'}"]
+    if graded.get("window") is not None:
+        parts.append(f"window {_mark(graded['window'])} IoU {graded['window_iou']:.2f}")
+    if graded.get("boxes") is not None:
+        parts.append(f"boxes {_mark(graded['boxes'])} {'on' if graded['boxes'] else 'not on'} the planted defect")
+    return " &middot; ".join(parts)
 
 
 def _sub_scores(details: dict) -> str:
@@ -124,8 +158,11 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scorin
         error = f'<p class="error">{html.escape(row["error"])}</p>' if row.get("error") else ""
         truth, truth_line = row.get("truth"), ""
         if truth is not None:  # synthetic demo videos carry what was planted
-            planted = "; ".join(f"{html.escape(a['type'])} [{a['window_s'][0]:.2f}, {a['window_s'][1]:.2f}) s" for a in truth["anomalies"])
-            verdict = "" if not row["valid"] else (" &check; agrees" if row.get("status") == truth["status"] else " &cross; disagrees")
+            planted = "; ".join(
+                f"{html.escape(a['type'])} " + (f"[{a['window_s'][0]:.2f}, {a['window_s'][1]:.2f}) s" if a.get("window_s") else "(no window)")
+                for a in truth["anomalies"]
+            )
+            verdict = f" &middot; {_graded_line(row['graded'])}" if row["valid"] and row.get("graded") else ""
             truth_line = f'<p class="truth">ground truth: <b>{html.escape(truth["status"])}</b>{" &middot; " + planted if planted else ""}{verdict}</p>'
 
         sections.append(
@@ -135,15 +172,22 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scorin
         )
     valid = [row["score"] for row in rows if row["valid"]]
     summary = f"{len(rows)} videos, {len(valid)} valid, mean score {np.mean(valid):.4f}" if valid else f"{len(rows)} videos, none valid"
-    judged = [row for row in rows if row.get("truth") is not None and row["valid"]]
-    if judged:
-        agree = sum(row.get("status") == row["truth"]["status"] for row in judged)
-        summary += f"; the verdict agrees with the ground truth on {agree} of {len(judged)}"
+    graded = [row["graded"] for row in rows if row.get("truth") is not None and row["valid"] and row.get("graded")]
+    legend = ""
+    if any(row.get("truth") is not None for row in rows):
+        legend = ('<p class="legend">Timelines: the window the judge examined (orange) above where the anomalies were '
+                  "planted (green).</p>")
+    if graded:
+        summary += f"; the status agrees with the ground truth on {sum(bool(g['status']) for g in graded)} of {len(graded)}"
+        localized = [g["localized"] for g in graded if g["localized"] is not None]
+        if localized:
+            summary += (f"; the localization (window IoU &ge; 0.5 and a box on the planted defect) on {sum(localized)} of the "
+                        f"{len(localized)} anomalous videos called abnormal")
     page = (
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em} .error{color:#b00} .prompt{font-style:italic}"
-        " .subs{color:#444;font-size:90%} .truth{color:#225} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1><p>{summary}</p>{''.join(sections)}</body></html>\n"
+        " .subs{color:#444;font-size:90%} .truth{color:#225} .legend{color:#555;font-size:90%} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><p>{summary}</p>{legend}{''.join(sections)}</body></html>\n"
     )
     path = out / "report.html"
     write_text_atomic(path, page)

@@ -67,7 +67,10 @@ from omegaconf import MISSING
 
 from cac_align.eval.metrics import auroc, bootstrap_interval
 
-__all__ = ["BenchConfig", "Prediction", "detection_metrics", "evaluate_system", "hard_split_recall", "interval_iou", "load_predictions", "per_type_auroc", "per_type_recall", "prediction_bias", "video_extent"]
+__all__ = [
+    "BenchConfig", "Prediction", "detection_metrics", "evaluate_system", "grade_evidence", "hard_split_recall", "interval_iou",
+    "load_predictions", "per_type_auroc", "per_type_recall", "prediction_bias", "truth_summary", "video_extent",
+]
 
 LABELS = ("normal", "abnormal")
 NAN = float("nan")
@@ -89,6 +92,8 @@ class BenchConfig:
         seed: the bootstrap's seed.
         match: how predictions find their annotation: "path" (the resolved video path; default)
             or "name" (the file name alone, when it is unique on both sides; module doc).
+        min_window_iou: the temporal IoU from which a video's predicted window agrees with its
+            annotated one, in the per-video rows (:func:`grade_evidence`).
         overwrite: replace a bench run of another config in ``out_dir`` (its outputs only).
     """
 
@@ -103,6 +108,7 @@ class BenchConfig:
     ci_level: float = 0.95
     seed: int = 0
     match: str = "path"
+    min_window_iou: float = 0.5
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -116,6 +122,8 @@ class BenchConfig:
             raise ValueError(f"need 0 <= bias_low < bias_high <= 1, got {self.bias_low}, {self.bias_high}")
         if self.bootstrap < 0 or not 0 < self.ci_level < 1:
             raise ValueError(f"need bootstrap >= 0 and 0 < ci_level < 1, got {self.bootstrap}, {self.ci_level}")
+        if not 0 < self.min_window_iou <= 1:
+            raise ValueError(f"min_window_iou must be in (0, 1], got {self.min_window_iou}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,6 +358,78 @@ def per_type_auroc(records: Sequence[Any], scores: Sequence[float]) -> dict[str,
     return out
 
 
+# ---------------------------------------------------------------------------------------
+# One video's evidence against its ground truth (the report's and the per-video rows' grading)
+# ---------------------------------------------------------------------------------------
+def truth_summary(record: Any) -> dict:
+    """A record's ground truth as a results row carries it: ``status`` and per anomaly its
+    ``type``, ``window_s`` ([start, end) seconds, None when unknown) and ``boxes``
+    (``[{"time_s", "boxes"}]``, 0-1000, at the annotated frames' times)."""
+    fps = record.annotation_fps
+    return {
+        "status": record.status,
+        "anomalies": [
+            {
+                "type": a.type,
+                "window_s": list(a.window_s(fps)) if a.has_window else None,
+                "boxes": [{"time_s": frame / fps, "boxes": boxes} for frame, boxes in sorted(a.boxes.items()) if boxes],
+            }
+            for a in record.anomalies
+        ],
+    }
+
+
+def _touches(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two 0-1000 boxes share some area."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def grade_evidence(
+    truth: dict, status: str | None, windows_s: Sequence[Sequence[float]] | None, boxes: Sequence[dict] | None, min_window_iou: float = 0.5
+) -> dict:
+    """What a verdict got right of one video, beyond its status.
+
+    Args:
+        truth: :func:`truth_summary` of the video.
+        status: the judge's verdict ("normal" / "abnormal"; None: not judged).
+        windows_s: the judge's anomalous window(s) ([start, end) seconds each); None or empty: none.
+        boxes: the judge's boxes, ``[{"time_s", "boxes": [[x0, y0, x1, y1], ...]}]`` (0-1000).
+        min_window_iou: the temporal IoU from which a window agrees.
+
+    Returns:
+        ``status`` (the verdict equals the truth's), ``window_iou`` (temporal IoU of the judge's
+        windows with the planted ones, each side a union of intervals), ``window`` (``window_iou >=
+        min_window_iou``), ``boxes`` (a box of the judge's, on a frame inside a planted window,
+        shares area with that anomaly's box on the annotated frame nearest in time: it touches
+        the planted defect where it is) and ``localized`` (window and boxes both agree, each where
+        it can be graded). Each is None where it cannot be graded: no verdict; the truth or the
+        verdict is not "abnormal"; the truth has no window (boxes: no boxes).
+    """
+    graded: dict[str, Any] = {"status": None if status is None else status == truth["status"],
+                              "window_iou": None, "window": None, "boxes": None, "localized": None}
+    if status != "abnormal" or truth["status"] != "abnormal":
+        return graded
+    windows = [a["window_s"] for a in truth["anomalies"] if a.get("window_s") is not None]
+    if windows:
+        graded["window_iou"] = interval_iou([list(w) for w in windows_s or []], windows)
+        graded["window"] = graded["window_iou"] >= min_window_iou
+    planted = [a for a in truth["anomalies"] if a.get("window_s") is not None and a.get("boxes")]
+    if planted:
+        hit = False
+        for entry in boxes or []:
+            t = float(entry["time_s"])
+            for anomaly in planted:
+                start, end = anomaly["window_s"]
+                if not start <= t < end:
+                    continue
+                nearest = min(anomaly["boxes"], key=lambda b: abs(float(b["time_s"]) - t))
+                hit = hit or any(_touches(p, g) for p in entry.get("boxes") or [] for g in nearest["boxes"])
+        graded["boxes"] = hit
+    parts = [graded[k] for k in ("window", "boxes") if graded[k] is not None]
+    graded["localized"] = all(parts) if parts else None
+    return graded
+
+
 def _spatial_iou(record: Any, boxes: Sequence[dict]) -> float:
     from cac_align.cac.schema import box_iou
     from cac_align.cac.train.targets import on_screen
@@ -385,6 +465,16 @@ def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | N
             truth = [a.window_s(record.annotation_fps) for a in record.anomalies]
             temporal.append(interval_iou(pred.windows_s, truth))
             spatial.append(_spatial_iou(record, pred.boxes))
+    videos = []  # per video: what the verdict got right (the report grades the same way)
+    for record, pred in zip(records, predictions):
+        truth = truth_summary(record)
+        status = pred.status if pred is not None else None
+        graded = grade_evidence(truth, status, pred.windows_s if pred else None, pred.boxes if pred else None, config.min_window_iou)
+        videos.append({
+            "video": record.video, "truth": record.status, "status": status, "status_agrees": graded["status"],
+            "window_iou": graded["window_iou"], "window_agrees": graded["window"], "boxes_touch_defect": graded["boxes"],
+            "localized": graded["localized"],
+        })
     with_score = [(r, p) for r, p in scored if p.score is not None]
     correct = np.array([r.status == p.status for r, p in scored], dtype=np.float64)
     table1["accuracy_ci"] = list(bootstrap_interval(lambda i: float(correct[i].mean()), [r.status for r in recs], config.bootstrap, config.ci_level, config.seed))
@@ -409,6 +499,7 @@ def evaluate_system(records: Sequence[Any], predictions: Sequence[Prediction | N
             "n_true_positives": len(temporal),
         },
         "bias": prediction_bias(table1, config.bias_high, config.bias_low),
+        "videos": videos,
     }
 
 

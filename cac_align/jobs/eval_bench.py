@@ -29,7 +29,7 @@ def _interval(bounds: Sequence[float]) -> str:
     return "" if any(math.isnan(b) for b in bounds) else f" [{bounds[0]:.3f}, {bounds[1]:.3f}]"
 
 
-TABLES = ("table1", "hard_split", "per_type", "localization", "reward")  # one CSV each
+TABLES = ("table1", "hard_split", "per_type", "localization", "reward", "videos")  # one CSV each (videos: not in bench.md)
 
 
 def _tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[list[Any]]]]:
@@ -53,6 +53,11 @@ def _tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[list[An
             [name, r["reward"]["valid_fraction"], r["reward"]["auroc"], *r["reward"]["auroc_ci"], r["reward"]["n_scores"], *(r["reward"]["per_type_auroc"][t] for t in types)]
             for name, r in results.items()
         ]),
+        # per video: what each system's verdict got right (status, window, boxes; grade_evidence)
+        "videos": (["system", "video", "truth_status", "status", "status_agrees", "window_iou", "window_agrees", "boxes_touch_defect", "localized"], [
+            [name, v["video"], v["truth"], v["status"], *("" if v[k] is None else v[k] for k in ("status_agrees", "window_iou", "window_agrees", "boxes_touch_defect", "localized"))]
+            for name, r in results.items() for v in r["videos"]
+        ]),
     }
 
 
@@ -66,6 +71,8 @@ def _markdown(results: dict[str, dict], config: BenchConfig) -> str:
     }
     lines = ["# Anomaly-detection bench", "", f"Ground truth: `{config.annotations}`. – = undefined (no video to divide by).", ""]
     for name, (header, rows) in _tables(results).items():
+        if name == "videos":  # one row per video: videos.csv and bench.json only
+            continue
         lines += [f"## {titles[name]}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
         lines.append("")

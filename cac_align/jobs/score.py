@@ -90,15 +90,6 @@ class ScoreConfig:
         reward_config(self.reward, "reward")
 
 
-def _truth(record: Any) -> dict:
-    """A synthetic video's ground truth for its results row: status, and each planted anomaly's
-    type and window in seconds."""
-    return {
-        "status": record.status,
-        "anomalies": [{"type": a.type, "window_s": list(a.window_s(record.annotation_fps)) if a.has_window else None} for a in record.anomalies],
-    }
-
-
 def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     """Score, write results.jsonl and the report; ``reward`` overrides ``config.reward``.
 
@@ -108,6 +99,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     from cac_align.cac.evidence import cac_details, evidence_path, write_evidence_png, write_report
+    from cac_align.eval.bench import grade_evidence, truth_summary
     from cac_align.rewards.base import BackendFailure, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
     from cac_align.video import VideoError, load_video
@@ -138,7 +130,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
         records = generate(synth)
         paths = [str(out / "synth" / r.video) for r in records]
         prompts = [r.prompt for r in records]
-        truths = [_truth(r) for r in records]
+        truths = [truth_summary(r) for r in records]
     # 3. score in batches: decode once, score, draw evidence, append rows. Everything new goes
     # beside the last run's outputs (results.jsonl.partial, evidence.partial/), which stay whole
     # and consistent until this run is complete (step 4 swaps them in).
@@ -185,11 +177,14 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                 }
                 if "prompt_sources" in output.info:  # which question a prompted reward asked
                     row["prompt_sources"] = output.info["prompt_sources"]
-                if truths[start + offset] is not None:  # demo videos: what was planted
+                if truths[start + offset] is not None:  # demo videos: what was planted, and what the verdict got right
                     row["truth"] = truths[start + offset]
+                    if cac is not None and row["valid"]:
+                        row["graded"] = grade_evidence(row["truth"], row["status"], [cac["window_s"]] if cac.get("window_s") else [], cac.get("boxes"))
                 handle.write(json.dumps(row, default=_jsonable) + "\n")
                 if cac is not None and cac.get("valid") and not isinstance(video, VideoError):
-                    write_evidence_png(cac.get("window_s"), cac.get("boxes", []), video, staged / evidence_path(out, start + offset).name)
+                    planted = [a["window_s"] for a in (row.get("truth") or {}).get("anomalies", []) if a.get("window_s")]
+                    write_evidence_png(cac.get("window_s"), cac.get("boxes", []), video, staged / evidence_path(out, start + offset).name, truth_windows=planted)
                 rows.append(row)
             handle.flush()
             bar.update(len(batch))
@@ -200,6 +195,9 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     valid = sum(row["valid"] for row in rows)
     judged = [row for row in rows if row["valid"] and "truth" in row and row["status"] is not None]  # rewards with a verdict
     agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
+    localized = [row["graded"]["localized"] for row in judged if row.get("graded", {}).get("localized") is not None]
+    if localized:
+        agree += f", localized right for {sum(localized)} of the {len(localized)} anomalous videos called abnormal"
     print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
     if stopped is not None:
         raise BackendFailure(

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import math
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +14,12 @@ from cac_align.cac.schema import AnnotationRecord, Anomaly, write_annotations
 from cac_align.eval.bench import (
     BenchConfig,
     detection_metrics,
+    grade_evidence,
     hard_split_recall,
     interval_iou,
     per_type_recall,
     prediction_bias,
+    truth_summary,
     video_extent,
 )
 from cac_align.jobs.eval_bench import run
@@ -189,6 +192,18 @@ def test_bench_job_on_prediction_files(tmp_path):
     assert all(math.isnan(v) for v in base["reward"]["auroc_ci"])  # no scores: no interval
     rows = list(csv.DictReader((tmp_path / "out/table1.csv").open()))
     assert [r["system"] for r in rows] == ["cac", "base"] and rows[1]["normal_precision"] == ""
+    # per video, what each verdict got right. v0: status right; window [1.5, 2.5) vs [1, 2): IoU 1/3,
+    # under 0.5; its box [0, 0, 500, 1000] at 1.5 s (inside the window) overlaps the planted
+    # [0, 0, 500, 500]: boxes right, localization not. v1: no valid verdict. v2: a normal video
+    # called abnormal. v3: right, nothing to localize.
+    videos = {Path(v["video"]).stem: v for v in cac_result["videos"]}
+    assert videos["v0"]["status_agrees"] is True and videos["v0"]["window_iou"] == pytest.approx(1 / 3)
+    assert (videos["v0"]["window_agrees"], videos["v0"]["boxes_touch_defect"], videos["v0"]["localized"]) == (False, True, False)
+    assert [videos["v1"][k] for k in ("status", "status_agrees", "window_iou", "localized")] == [None, None, None, None]
+    assert (videos["v2"]["status_agrees"], videos["v2"]["window_agrees"], videos["v3"]["status_agrees"]) == (False, None, True)
+    table = list(csv.DictReader((tmp_path / "out/videos.csv").open()))
+    assert len(table) == 8 and table[0]["system"] == "cac" and table[0]["window_agrees"] == "False" and table[1]["status_agrees"] == ""
+    assert "boxes_touch_defect" not in md  # per-video rows stay out of the markdown
     # the run folder: another config is refused; overwrite replaces the job's files, never the user's
     from cac_align.config import RecipeError
 
@@ -200,6 +215,39 @@ def test_bench_job_on_prediction_files(tmp_path):
     run(changed)
     assert (tmp_path / "out/notes.md").read_text() == "mine"
     assert [r["system"] for r in csv.DictReader((tmp_path / "out/table1.csv").open())] == ["cac"]
+
+
+def test_evidence_is_graded_beyond_the_status():
+    # one planted float in [1.5, 2.0) s, boxed at 1.5 s and 1.75 s (0-1000 units)
+    truth = {"status": "abnormal", "anomalies": [{"type": "Physical Violations", "window_s": [1.5, 2.0],
+                                                  "boxes": [{"time_s": 1.5, "boxes": [[100, 600, 200, 700]]}, {"time_s": 1.75, "boxes": [[100, 500, 200, 600]]}]}]}
+    # the README demo's video 1: the right status, the window [2.75, 3.75) s on the sign: disjoint
+    sign = grade_evidence(truth, "abnormal", [[2.75, 3.75]], [{"time_s": 2.75, "boxes": [[148, 10, 388, 348]]}])
+    assert sign == {"status": True, "window_iou": 0.0, "window": False, "boxes": False, "localized": False}
+    # [1.5, 2.5): overlap 0.5 s of a 1.0 s union -> IoU 0.5, agrees; a box at 1.625 s (as near 1.5 s
+    # as 1.75 s: the first annotated time wins) overlapping [100, 600, 200, 700] on x 150-200, y 600-650
+    right = grade_evidence(truth, "abnormal", [[1.5, 2.5]], [{"time_s": 1.625, "boxes": [[150, 550, 250, 650]]}])
+    assert right == {"status": True, "window_iou": 0.5, "window": True, "boxes": True, "localized": True}
+    # at 1.8 s the nearest box is 1.75 s's [100, 500, 200, 600]: [300, 300, 400, 400] misses it; a box
+    # touching the defect's earlier place at a time outside the window does not count either
+    miss = grade_evidence(truth, "abnormal", [[1.5, 2.0]], [{"time_s": 1.8, "boxes": [[300, 300, 400, 400]]}, {"time_s": 2.5, "boxes": [[100, 600, 200, 700]]}])
+    assert (miss["window_iou"], miss["window"], miss["boxes"], miss["localized"]) == (1.0, True, False, False)
+    # only edges touching is no shared area
+    assert grade_evidence(truth, "abnormal", [[1.5, 2.0]], [{"time_s": 1.5, "boxes": [[200, 700, 300, 800]]}])["boxes"] is False
+    # an abnormal verdict without a window or boxes: both wrong; a stricter threshold
+    assert grade_evidence(truth, "abnormal", None, None) == {"status": True, "window_iou": 0.0, "window": False, "boxes": False, "localized": False}
+    assert grade_evidence(truth, "abnormal", [[1.5, 2.5]], [], min_window_iou=0.6)["window"] is False
+    # nothing to localize: a normal verdict, a normal video, no verdict
+    assert grade_evidence(truth, "normal", None, None) == {"status": False, "window_iou": None, "window": None, "boxes": None, "localized": None}
+    normal = {"status": "normal", "anomalies": []}
+    assert grade_evidence(normal, "abnormal", [[0, 1]], [])["status"] is False and grade_evidence(normal, None, None, None)["status"] is None
+    # a window but no boxes in the truth: boxes are not graded, the localization is the window's
+    unboxed = {"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "window_s": [1.0, 2.0], "boxes": []}]}
+    assert grade_evidence(unboxed, "abnormal", [[1.0, 2.0]], [])["localized"] is True
+    # a record as the score job and the bench see it: windows in seconds, boxes at their frame times
+    record = _record("v", [(6, 7)], box_side=300)  # frames 6-7 at 4 fps: [1.5, 2.0) s
+    assert truth_summary(record) == {"status": "abnormal", "anomalies": [{"type": "Object Distortion", "window_s": [1.5, 2.0],
+                                     "boxes": [{"time_s": 1.5, "boxes": [[0, 0, 300, 300]]}, {"time_s": 1.75, "boxes": [[0, 0, 300, 300]]}]}]}
 
 
 def test_bench_errors_name_the_input(tmp_path):

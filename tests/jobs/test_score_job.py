@@ -137,7 +137,7 @@ def test_demo_videos_come_from_the_synth_recipe_and_seed(tmp_path):
     assert [[a["type"] for a in r["truth"]["anomalies"]] for r in rows] == [[a.type for a in r.anomalies] for r in expected]
     normal = sum(r.status == "normal" for r in expected)  # the script answers "normal" to every video
     page = (tmp_path / "out/report.html").read_text()
-    assert f"the verdict agrees with the ground truth on {normal} of 3" in page
+    assert f"the status agrees with the ground truth on {normal} of 3" in page
     assert page.count("&check; agrees") == normal and page.count("&cross; disagrees") == 3 - normal
     with pytest.raises(ValueError, match="no such synth recipe"):
         ScoreConfig(out_dir=str(tmp_path / "o"), synth_videos=1, synth=str(tmp_path / "absent.yaml"))
@@ -231,3 +231,51 @@ def test_reward_section_typos_fail_when_the_recipe_loads(tmp_path, capsys):
         load_config(ScoreConfig, REPO_ROOT / "recipes/score/ur_cac.yaml", ["reward.cac.optoins.scan_fps=2"])
     with pytest.raises(RecipeError, match="unknown reward 'ur_cca'"):
         load_config(ScoreConfig, REPO_ROOT / "recipes/score/ur_cac.yaml", ["reward.name=ur_cca"])
+
+
+def test_the_report_grades_the_window_and_boxes_not_only_the_status(tmp_path):
+    from collections import defaultdict
+
+    from PIL import Image
+
+    from cac_align.cac.evidence import evidence_path
+    from cac_align.eval.bench import interval_iou
+
+    # every video called abnormal in [0, 0.5) s and boxed there: right status for the anomalous ones,
+    # a window that agrees only where the planted one overlaps it enough
+    confirm = defaultdict(lambda: CONFIRM, {0: CONFIRM})  # a non-empty mapping (ScriptedBackend takes an empty one as none)
+    backend = ScriptedBackend(defaultdict(lambda: abnormal_turn1(0.0, 0.5)), confirm)
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), synth_videos=4, synth=str(REPO_ROOT / "recipes/synth/default.yaml"), synth_seed=3)
+    rows = run(config, reward=CaCReward(backend))
+    anomalous = [r for r in rows if r["truth"]["status"] == "abnormal"]
+    assert anomalous and len(anomalous) < len(rows)  # both kinds in this draw
+    for row in rows:
+        graded = row["graded"]
+        assert graded["status"] == (row["truth"]["status"] == "abnormal")
+        if row["truth"]["status"] == "normal":
+            assert graded["window"] is None and graded["boxes"] is None
+            continue
+        planted = [a["window_s"] for a in row["truth"]["anomalies"]]
+        assert graded["window_iou"] == pytest.approx(interval_iou([[0.0, 0.5]], planted))
+        assert row["truth"]["anomalies"][0]["boxes"]  # the synthetic truth carries its boxes
+    page = (tmp_path / "out" / "report.html").read_text()
+    n_abnormal = len(anomalous)
+    assert f"the status agrees with the ground truth on {n_abnormal} of {len(rows)}" in page
+    assert f"of the {n_abnormal} anomalous videos called abnormal" in page
+    assert page.count("status &check; agrees &middot; window ") == n_abnormal and "(green)" in page
+    # the timeline PNG: the planted window drawn in green on its own bar under the judge's
+    row = anomalous[0]
+    picture = np.asarray(Image.open(evidence_path(tmp_path / "out", rows.index(row))).convert("RGB"))
+    start, end = row["truth"]["anomalies"][0]["window_s"]
+    bar = picture[42]  # the truth bar's middle row
+    green = np.flatnonzero((bar[:, 1] > 180) & (bar[:, 0] < 120))
+    assert green.size > 0
+    width = picture.shape[1]
+    assert green.min() / (width - 1) == pytest.approx(start / _length(row["video"]), abs=0.02)
+    assert green.max() / (width - 1) == pytest.approx(end / _length(row["video"]), abs=0.02)
+
+
+def _length(path) -> float:
+    from cac_align.video import load_video
+
+    return load_video(path, lazy=True).duration_s
