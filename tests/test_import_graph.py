@@ -1,5 +1,7 @@
-"""The package's shape: no import circles, low-level modules never import a job or the CLI,
-every job in the jobs/ wing, and no function longer than MAX_FUNCTION_LINES.
+"""The package's shape: no import circles, low-level modules never import a job, the jobs' index
+or the CLI, every job in the jobs/ wing, no function longer than MAX_FUNCTION_LINES, and no caller
+that sniffs a reward's or a backend's abilities (``getattr(reward, "score_range", None)``): what
+a caller reads is part of the contract (rewards/base.py ``Reward``, vlm/backend.py ``Backend``).
 
 Read from the source with ``ast`` (nothing is imported), counting imports inside functions too
 (they hide circles, they do not remove them) and leaving out ``if TYPE_CHECKING:`` blocks (never
@@ -22,8 +24,15 @@ MAX_FUNCTION_LINES = 120  # a function longer than this is split into named step
 JOB_MODULES = {spec.module for spec in JOBS.values()} | {
     f"cac_align.jobs.{p.stem}" for p in (PACKAGE / "jobs").glob("*.py") if p.stem != "__init__"
 } | {"cac_align.cli"}
+# The jobs' index (CLI names -> job modules) is the CLI's to read; below the jobs it is a job import.
+JOB_MODULES = JOB_MODULES | {"cac_align.jobs"}
 # The one job spread over two modules: `train-cac` dispatches stage 3 to its trainer.
 ALLOWED_JOB_IMPORTS = {("cac_align.jobs.train_cac", "cac_align.jobs.train_cac_grpo")}
+# Names our contract objects go by in the package: getattr / hasattr on them looks for an ability
+# the contract should state instead.
+CONTRACT_OBJECTS = {"reward", "rewards", "backend", "generator", "scorer"}
+# The registry's contract check itself names what a built reward lacks.
+ALLOWED_SNIFFS = {"cac_align/rewards/registry.py"}
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -129,16 +138,59 @@ def test_every_job_lives_in_the_jobs_wing():
     assert {spec.module.rpartition(".")[2] for spec in JOBS.values()} | {"train_cac_grpo"} == files
 
 
-def test_low_level_modules_import_no_job_and_jobs_no_other_job():
-    assert {"cac_align.jobs.score", "cac_align.jobs.flow_grpo", "cac_align.jobs.train_cac", "cac_align.jobs.eval_bench"} <= JOB_MODULES
-    graph = import_graph()
-    wrong = sorted(
+def job_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(module, job module) for every import of a job, or of the jobs' index, by a module that is
+    not the CLI, and of a job by another job (bar :data:`ALLOWED_JOB_IMPORTS`)."""
+    return sorted(
         (module, target)
         for module, targets in graph.items()
         for target in targets
         if target in JOB_MODULES and (module, target) not in ALLOWED_JOB_IMPORTS
+        and not (module == "cac_align.cli" and target == "cac_align.jobs")
+        and not (module.startswith("cac_align.jobs.") and target == "cac_align.jobs")  # a job reads its own index
     )
-    assert wrong == []
+
+
+def test_low_level_modules_import_no_job_and_jobs_no_other_job():
+    assert {"cac_align.jobs.score", "cac_align.jobs.flow_grpo", "cac_align.jobs.train_cac", "cac_align.jobs.eval_bench"} <= JOB_MODULES
+    assert job_imports(import_graph()) == []
+    # the check sees the index imported from a library module, and a job from another job
+    assert job_imports({"cac_align.integrations.x": {"cac_align.jobs"}, "cac_align.jobs.score": {"cac_align.jobs.synth"}}) == [
+        ("cac_align.integrations.x", "cac_align.jobs"), ("cac_align.jobs.score", "cac_align.jobs.synth")]
+
+
+def ability_sniffs(package: Path = PACKAGE) -> list[str]:
+    """``path:line`` of every ``getattr`` / ``hasattr`` on a contract object (a reward, a backend,
+    ...: :data:`CONTRACT_OBJECTS`), directly or through another getattr."""
+
+    def on_contract(node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in CONTRACT_OBJECTS
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" and bool(node.args) and on_contract(node.args[0])
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        where = str(path.relative_to(package.parent))
+        if where in ALLOWED_SNIFFS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") and node.args and on_contract(node.args[0]):
+                found.append(f"{where}:{node.lineno}")
+    return sorted(found)
+
+
+def test_no_caller_sniffs_a_contract_objects_abilities(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.py").write_text(
+        "def f(reward, backend, other):\n"
+        "    a = getattr(reward, 'score_range', None)\n"
+        "    b = getattr(getattr(backend, 'processor', None), 'image_processor', None)\n"
+        "    c = hasattr(backend, 'x')\n"
+        "    d = getattr(other, 'y', None)\n"
+    )
+    assert ability_sniffs(package) == ["pkg/m.py:2", "pkg/m.py:3", "pkg/m.py:3", "pkg/m.py:4"]
+    assert ability_sniffs() == []
 
 
 def long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> list[str]:

@@ -302,7 +302,7 @@ def warn_mixed_scales(
     """Warn when a weighted sum adds raw scores on different scales (CaC 0-1, UnifiedReward 1-4)."""
     ranges = {}
     for name, reward in rewards.items():
-        known = getattr(reward, "score_range", None)
+        known = reward.score_range
         if known is not None and weights.get(name, 0) != 0:
             ranges[name] = tuple(float(v) for v in known)
     if len(set(ranges.values())) > 1:

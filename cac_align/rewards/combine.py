@@ -262,7 +262,7 @@ def _scale_of(reward: Reward, where: str) -> dict[str, Any]:
     """The default normalizer of a component: ``fixed`` over the reward's own ``score_range``
     (UnifiedReward v1 1-4, CaC 0-1, ...; [0, 1] when it gives none); a reward with an unbounded
     scale must be given one."""
-    scale = getattr(reward, "score_range", None)
+    scale = reward.score_range
     if scale is None:  # a reward that does not say: assumed in [0, 1], as before score ranges existed
         return {"name": "fixed", "low": 0.0, "high": 1.0}
     low, high = scale

@@ -500,16 +500,11 @@ class SkyraReward(BatchReward):
 def processor_bounds(backend: Any) -> tuple[int, int]:
     """(min_pixels, max_pixels) of an in-process model's image processor (what ``frames: hf``
     leaves the resizing to)."""
-    processor = getattr(getattr(backend, "processor", None), "image_processor", None)
-    if processor is None:
+    bounds = backend.image_pixel_bounds()
+    if bounds is None:
         raise ValueError("frames: hf leaves the resizing to the model's own processor, which only an in-process (hf) "
                          "model has; use frames: vllm for a served model (their vLLM path)")
-    size = getattr(processor, "size", None) or {}
-    low = size.get("shortest_edge", getattr(processor, "min_pixels", None))
-    high = size.get("longest_edge", getattr(processor, "max_pixels", None))
-    if low is None or high is None:
-        raise ValueError(f"cannot read the pixel bounds of {type(processor).__name__} (size={size!r})")
-    return int(low), int(high)
+    return bounds
 
 
 # ---------------------------------------------------------------------------------------

@@ -154,8 +154,9 @@ class Completion:
 class Backend(Protocol):
     """What CaC inference and VLM rewards need from a model, in-process or behind a server.
 
-    All four abilities are part of the contract, so no caller looks for one: a backend with no
-    cheaper way to the last two inherits them from :class:`BackendBase`, built from the first two.
+    Every ability is part of the contract, so no caller looks for one: a backend with no cheaper
+    way to ``generate_scored`` and ``choice_probs_steps`` inherits them from :class:`BackendBase`,
+    built from the first two, and says it has no image processor of its own there.
     """
 
     def generate(
@@ -213,6 +214,12 @@ class Backend(Protocol):
         server backend has nothing to move."""
         ...
 
+    def image_pixel_bounds(self) -> tuple[int, int] | None:
+        """``(min_pixels, max_pixels)`` between which the model's own image processor resizes an
+        image, for a caller that leaves the resizing to it; None where the processor is not ours to
+        read (a served model's is the server's)."""
+        ...
+
 
 class BackendBase:
     """``generate_scored`` and ``choice_probs_steps`` from ``generate`` and ``choice_probs``, for a
@@ -222,6 +229,10 @@ class BackendBase:
     def to(self, device: Any) -> Any:
         """Nothing to move (a server backend); the in-process backend overrides it."""
         return self
+
+    def image_pixel_bounds(self) -> tuple[int, int] | None:
+        """None: no image processor here (a server backend); the in-process backend overrides it."""
+        return None
 
     def generate_scored(self, requests, choices, prefix_of, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0):  # noqa: ANN001, ANN201
         """The completions, and NaN for every row: nothing is read with the generation here."""

@@ -335,6 +335,17 @@ class HFBackend(BackendBase):
             probs[[i for i, _ in redo]] = self.choice_probs([requests[i] for i, _ in redo], [p for _, p in redo], choices)
         return completions, probs
 
+    def image_pixel_bounds(self) -> tuple[int, int]:
+        """``(min_pixels, max_pixels)`` of this model's image processor: its ``size`` (shortest and
+        longest edge, in pixels), or the older ``min_pixels`` / ``max_pixels`` attributes."""
+        processor = self.processor.image_processor
+        size = getattr(processor, "size", None) or {}
+        low = size.get("shortest_edge", getattr(processor, "min_pixels", None))
+        high = size.get("longest_edge", getattr(processor, "max_pixels", None))
+        if low is None or high is None:
+            raise ValueError(f"cannot read the pixel bounds of {type(processor).__name__} (size={size!r})")
+        return int(low), int(high)
+
     def sample_token_log_probs(
         self,
         requests: Any,

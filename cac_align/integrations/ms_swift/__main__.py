@@ -23,14 +23,17 @@ USAGE = __doc__.split("\n\n")[1]
 def prepare(recipe: str, out: str, overrides: list[str]) -> int:
     from cac_align.cac.schema import load_annotations
     from cac_align.cac.train.data import split_records
-    from cac_align.config import RecipeError
+    from cac_align.cac.train.settings import TrainCaCConfig
+    from cac_align.config import RecipeError, load_config, read_recipe_file
     from cac_align.integrations.ms_swift.cac_rows import swift_row
-    from cac_align.jobs import load_recipe
 
-    spec, config = load_recipe(recipe, overrides)
-    stage = getattr(config, "stage", None)
-    if spec.name != "train-cac" or stage != 3 or not config.annotations:
-        raise RecipeError(f"{recipe}: needs a stage-3 train-cac recipe with annotations (got job {spec.name!r}, stage {stage})")
+    # the recipe's own job first (a library module reads the train-cac config, not the job index)
+    job = read_recipe_file(Path(recipe)).get("job")
+    if job != "train-cac":
+        raise RecipeError(f"{recipe}: needs a stage-3 train-cac recipe with annotations (got job {job!r})")
+    config = load_config(TrainCaCConfig, recipe, overrides, job="train-cac")
+    if config.stage != 3 or not config.annotations:
+        raise RecipeError(f"{recipe}: needs a stage-3 train-cac recipe with annotations (got job 'train-cac', stage {config.stage})")
     records = load_annotations(config.annotations).records
     chosen = [records[i] for i in split_records(records, config.data.splits, config.data.seed)["stage3"]]
     if not chosen:
