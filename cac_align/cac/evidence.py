@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cac_align.regions import find_evidence
 from cac_align.run.folder import write_text_atomic
 from cac_align.video import Video
 
@@ -28,14 +29,9 @@ _BOX_COLOR = (255, 40, 40)
 def cac_details(details: dict) -> dict | None:
     """The localized verdict inside a reward's per-video details: the first with CaC's evidence
     fields (``window_s`` and ``boxes``, beside its ``status``; CaC itself, Skyra, or such a
-    component of a combined reward), or None when the reward localizes nothing."""
-    if "window_s" in details and "boxes" in details:
-        return details
-    for component in details.get("components", {}).values():
-        found = cac_details(component.get("details", {}))
-        if found is not None:
-            return found
-    return None
+    component of a combined reward), or None when the reward localizes nothing
+    (:func:`cac_align.regions.find_evidence`)."""
+    return find_evidence(details)  # type: ignore[return-value]
 
 
 def evidence_path(out_dir: str | Path, index: int) -> Path:

@@ -114,6 +114,23 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | f
     return log_density.mean(dim=tuple(range(1, x.ndim)))
 
 
+def position_log_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
+    """log N(x; mean, std^2) at each latent position, averaged over the channels.
+
+    Args:
+        x, mean: ``(B, C, T, H, W)``; std: scalar or ``(B,)``, > 0.
+
+    Returns:
+        ``(B, T, H, W)`` float32, whose mean over positions is :func:`gaussian_log_prob` (up to
+        float rounding): the per-position log-probability of localized credit
+        (:mod:`cac_align.gen.credit`).
+    """
+    x, mean = x.float(), mean.float()
+    std = _expand(std, x)
+    log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_density.mean(dim=1)
+
+
 @dataclass
 class SDEStep:
     """One SDE step.
@@ -123,12 +140,15 @@ class SDEStep:
         log_prob: ``(B,)`` float32, log p(x' | x) averaged over elements; NaN-free only when std > 0.
         mean: ``(B, ...)`` float32, the Gaussian's mean.
         std: ``(B, 1, ...)`` or scalar float32, the Gaussian's standard deviation.
+        log_prob_map: ``(B, T, H, W)`` the log-density per latent position (channels averaged),
+            when the step was asked for it (``positions=True``); ``log_prob`` is then its mean.
     """
 
     prev_sample: torch.Tensor
     log_prob: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    log_prob_map: torch.Tensor | None = None
 
 
 def sde_step(
@@ -140,6 +160,7 @@ def sde_step(
     *,
     prev_sample: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    positions: bool = False,
 ) -> SDEStep:
     """One Flow-GRPO SDE step from ``sigma`` to ``sigma_next`` (module docstring).
 
@@ -151,6 +172,8 @@ def sde_step(
         prev_sample: a given ``x'`` to score (training recomputes the stored trajectory);
             otherwise ``x' = mean + std * noise``.
         noise: ``eps`` ``(B, ...)``; required when ``prev_sample`` is None and std > 0.
+        positions: also give the per-position log-density (``(B, C, T, H, W)`` latents), and the
+            per-sample log-prob as its mean (localized credit); off, nothing changes.
 
     Returns:
         :class:`SDEStep`. With ``sigma_t = 0`` the step is Euler's ``x + dt * v`` and ``log_prob``
@@ -173,7 +196,11 @@ def sde_step(
         else:
             prev_sample = mean + std * noise.float()
     prev_sample = prev_sample.float()
-    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std.reshape(-1) if std.ndim else std)
+    std_b = std.reshape(-1) if std.ndim else std
+    if positions:
+        log_prob_map = position_log_density(prev_sample.detach(), mean, std_b)
+        return SDEStep(prev_sample=prev_sample, log_prob=log_prob_map.mean(dim=(1, 2, 3)), mean=mean, std=std, log_prob_map=log_prob_map)
+    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std_b)
     return SDEStep(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std)
 
 
@@ -202,11 +229,11 @@ class SDESchedule:
                            sigma_max=float(self.sigmas[1]), sigma_min=float(self.sigmas[-1]))
 
     def step(self, j: int, sample: torch.Tensor, velocity: torch.Tensor, *, prev_sample: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None) -> "SDEStep":
+             noise: torch.Tensor | None = None, positions: bool = False) -> "SDEStep":
         """Transition ``j`` from ``sample`` given the model's ``velocity`` (:func:`sde_step`):
         draws ``x'`` from ``noise``, or scores a given ``prev_sample``."""
         sigma_t = self.noise_scale(j).to(sample.device)
-        return sde_step(sample, velocity, self.sigmas[j], self.sigmas[j + 1], sigma_t, prev_sample=prev_sample, noise=noise)
+        return sde_step(sample, velocity, self.sigmas[j], self.sigmas[j + 1], sigma_t, prev_sample=prev_sample, noise=noise, positions=positions)
 
 
 def flow_grpo_loss(
@@ -220,6 +247,9 @@ def flow_grpo_loss(
     std: torch.Tensor | float | None = None,
     beta: float = 0.0,
     weights: torch.Tensor | None = None,
+    log_prob_map: torch.Tensor | None = None,
+    old_log_prob_map: torch.Tensor | None = None,
+    credit: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss on one denoising step plus ``beta`` times the KL to the reference policy.
 
@@ -239,6 +269,10 @@ def flow_grpo_loss(
         weights: optional ``(B,)`` per-sample weights; 0 drops a sample (e.g. from a
             zero-variance group) while keeping the batch shape. Terms are averaged over all B
             samples (``mean(w * term)``); metrics over the samples with ``w > 0``.
+        log_prob_map, old_log_prob_map, credit: ``(B, T, H, W)`` each: with all three the policy
+            term is the per-position estimator of localized credit
+            (:func:`cac_align.gen.credit.localized_policy_loss`, ``A_p = credit_p * A``); the KL
+            term is the same either way.
 
     Returns:
         ``(loss, metrics)``: a scalar loss and detached scalars ``policy_loss``, ``kl``,
@@ -250,7 +284,15 @@ def flow_grpo_loss(
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     w = torch.ones_like(ratio) if weights is None else weights.to(ratio.dtype)
-    policy_loss = (w * clipped_surrogate(log_ratio, advantages, low, high)).mean()
+    position_metrics: dict[str, torch.Tensor] = {}
+    if credit is not None:
+        if log_prob_map is None or old_log_prob_map is None:
+            raise ValueError("localized credit needs log_prob_map and old_log_prob_map beside the credit maps")
+        from cac_align.gen.credit import localized_policy_loss
+
+        policy_loss, position_metrics = localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w)
+    else:
+        policy_loss = (w * clipped_surrogate(log_ratio, advantages, low, high)).mean()
     if beta > 0:
         if mean is None or ref_mean is None or std is None:
             raise ValueError("beta > 0 needs mean, ref_mean and std for the KL term")
@@ -271,4 +313,5 @@ def flow_grpo_loss(
             "clip_fraction": (((r < 1.0 - low) | (r > 1.0 + high)) & kept).float().sum() / n_kept,
             "approx_kl": 0.5 * ((log_ratio.detach() ** 2) * kept).sum() / n_kept,
         }
+        metrics.update(position_metrics)  # localized: the ratio and clipping over positions
     return loss, metrics

@@ -260,12 +260,15 @@ class Trajectory:
             step j, ``latents[:, N]`` the final one.
         log_probs: ``(B, N)`` float32, log p(latents[:, j + 1] | latents[:, j]) when sampling.
         sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
+        log_prob_maps: ``(B, N, F', H', W')`` float32, the per-position log-densities of each
+            step (localized credit, :mod:`cac_align.gen.credit`); None unless asked for.
     """
 
     latents: Any
     log_probs: Any
     sigmas: Any
     timesteps: Any
+    log_prob_maps: Any = None
 
 
 def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance_scale: float, max_sequence_length: int) -> tuple[Any, Any]:
@@ -326,6 +329,7 @@ def sample_with_log_probs(
     noise_level: float,
     noise_schedule: str = "sqrt",
     store_device: Any = None,
+    positions: bool = False,
 ) -> Trajectory:
     """Sample a batch with Flow-GRPO's SDE sampler, recording latents and per-step log-probs.
 
@@ -341,6 +345,8 @@ def sample_with_log_probs(
         config: height, width, frames and guidance scale.
         sigmas, timesteps: the schedule (:func:`cac_align.gen.sde.flow_sigmas`).
         store_device: where the recorded latents are kept (default: the pipeline's device).
+        positions: also record each step's per-position log-densities (``log_prob_maps``; the
+            per-sample log-probs are then their means).
     """
     import torch
 
@@ -366,19 +372,22 @@ def sample_with_log_probs(
     transitions = SDESchedule(sigmas, noise_level, noise_schedule)
     latents = noise()
     store = store_device or device
-    recorded, log_probs = [latents.to(store)], []
+    recorded, log_probs, maps = [latents.to(store)], [], []
     with torch.no_grad():
         for j, t in enumerate(timesteps.to(device)):
             velocity = predict_velocity(transformer, latents, t, prompt_embeds, negative_embeds, config.guidance_scale, dtype)
-            step = transitions.step(j, latents, velocity, noise=noise())
+            step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
             latents = step.prev_sample
             recorded.append(latents.to(store))
             log_probs.append(step.log_prob.to(store))
+            if positions:
+                maps.append(step.log_prob_map.to(store))
     return Trajectory(
         latents=torch.stack(recorded, dim=1),
         log_probs=torch.stack(log_probs, dim=1),
         sigmas=sigmas.to(store),
         timesteps=timesteps.to(store),
+        log_prob_maps=torch.stack(maps, dim=1) if positions else None,
     )
 
 

@@ -64,6 +64,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
+from cac_align.gen.credit import LocalizeSettings, credit_maps
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss, flow_sigmas
 from cac_align.run.folder import run_fingerprint
 from cac_align.gen.wan import (
@@ -86,7 +87,7 @@ from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import log_metrics
 from cac_align.video import Video, save_video
 
-__all__ = ["RUN_ONLY_KEYS", "FlowGrpoConfig", "StepPlan", "WanLoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
+__all__ = ["RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "WanLoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,19 @@ class WanLoraSettings:
 
 
 @dataclass
+class AdvantageSettings:
+    """How a sample's advantage reaches the loss, beyond the group statistics.
+
+    Attributes:
+        localize: localized credit (:mod:`cac_align.gen.credit`): the advantage spread over the
+            latent positions by the reward's evidence (window and boxes), ViPO's per-position
+            estimator. Off by default: the scalar estimator, exactly as before.
+    """
+
+    localize: LocalizeSettings = field(default_factory=LocalizeSettings)
+
+
+@dataclass
 class FlowGrpoConfig:
     """Config of `cac-align flow-grpo` (defaults: the paper's Wan-2.1-1.3B run).
 
@@ -156,6 +170,8 @@ class FlowGrpoConfig:
         clip_range_high: a separate upper clip (None: the same as ``clip_range``).
         adv_clip_max: advantages are clipped to [-adv_clip_max, adv_clip_max].
         adv_std: "group" (each prompt's own std) or "global" (std of all rewards in the step).
+        advantage: ``localize``: localized credit from the reward's evidence (docs/flow_grpo.md,
+            "Localized credit").
         beta: weight of the KL to the reference policy (0 skips the reference forward pass).
         ema_decay: EMA of the LoRA weights (None: no EMA); evaluation and the final export use it.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
@@ -198,6 +214,7 @@ class FlowGrpoConfig:
     clip_range_high: float | None = None
     adv_clip_max: float = 5.0
     adv_std: str = "group"
+    advantage: AdvantageSettings = field(default_factory=AdvantageSettings)
     beta: float = 0.004
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
@@ -317,9 +334,10 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
 
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    folder = RunFolder(
-        config.out_dir, "flow-grpo", FLOW_GRPO_OUTPUTS, run_fingerprint(config, prompts, RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
-    )
+    fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS)
+    if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
+        fingerprint.pop("advantage", None)
+    folder = RunFolder(config.out_dir, "flow-grpo", FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
     out = folder.path
     if folder.resuming and not config.resume:
         raise RecipeError(
@@ -609,11 +627,14 @@ class _Trainer:
         metrics["trained_fraction"] = float(adv.trainable.mean())
         advantages = torch.as_tensor(adv.advantages[local], device=device)
         weights = torch.as_tensor(adv.trainable[local], dtype=torch.float32, device=device)
+        credit = None
+        if config.advantage.localize.enabled:  # 4b. each sample's evidence as a map over its latent positions
+            credit = self._credit(outputs, adv.advantages[local], metrics)
 
         # 5. train: one AdamW update over micro-batches x trained timesteps
         start = time.perf_counter()
         if adv.trainable.any():
-            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights))
+            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit))
         else:
             log.warning("step %d: every group has zero reward variance; no update", step)
         train_seconds = time.perf_counter() - start
@@ -627,6 +648,25 @@ class _Trainer:
             }
         )
         return metrics
+
+    def _credit(self, outputs: list[RewardOutput], advantages: np.ndarray, metrics: dict[str, Any]) -> torch.Tensor:
+        """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`),
+        and the step's localization metrics over every process."""
+        g, pipe = self.config.generator, self.pipe
+        maps = credit_maps(
+            [d for o in outputs for d in o.details], np.concatenate([o.valid for o in outputs]), advantages, self.config.advantage.localize,
+            num_frames=g.num_frames, fps=g.fps, height=g.height, width=g.width, temporal=pipe.vae_scale_factor_temporal,
+            spatial=pipe.vae_scale_factor_spatial, patch=tuple(pipe.transformer.config.patch_size),
+        )
+        for i, why in maps.reasons.items():
+            log.debug("localized credit: sample %d keeps a uniform map: %s", i, why)
+        acc = self.accelerator
+        localized = gather_floats(acc, maps.localized.astype(np.float64))
+        inside = gather_floats(acc, maps.inside_mass)
+        metrics["localize/localized_fraction"] = float(localized.mean())
+        metrics["localize/map_inside_mass"] = float(np.nanmean(inside)) if np.isfinite(inside).any() else math.nan
+        metrics["localize/evidence_missing"] = int(gather_floats(acc, maps.missing.astype(np.float64)).sum())
+        return torch.as_tensor(maps.maps, device=acc.device)
 
     def _encode(self, texts: list[str]) -> tuple[Any, Any]:
         g = self.config.generator
@@ -651,6 +691,7 @@ class _Trainer:
                 noise_level=noise_level,
                 noise_schedule=self.config.noise_schedule,
                 store_device="cpu" if self.config.store_latents_on_cpu else None,
+                positions=self.config.advantage.localize.enabled and noise_level > 0,
             )
         videos = self.decode(self.pipe, trajectory.latents[:, -1])
         return trajectory, videos
@@ -670,11 +711,13 @@ class _Trainer:
             outputs.append(output)
         return outputs, compute
 
-    def _update(self, step: int, trajectories: list[Any], embeds: torch.Tensor, negative: torch.Tensor | None, advantages: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
+    def _update(self, step: int, trajectories: list[Any], embeds: torch.Tensor, negative: torch.Tensor | None, advantages: torch.Tensor,
+                weights: torch.Tensor, credit: torch.Tensor | None = None) -> dict[str, float]:
         config, acc = self.config, self.accelerator
         device = acc.device
         latents = torch.cat([t.latents for t in trajectories])
         old_log_probs = torch.cat([t.log_probs for t in trajectories])
+        old_maps = torch.cat([t.log_prob_maps for t in trajectories]) if credit is not None else None
         timesteps = self.timesteps.to(device)
         transitions = SDESchedule(self.sigmas.to(device), config.noise_level, config.noise_schedule)
         steps_trained = trained_timesteps(len(timesteps), config.timestep_fraction, step, config.seed)
@@ -704,7 +747,9 @@ class _Trainer:
                     with sync:
                         with acc.autocast():
                             velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
-                        policy = transitions.step(j, x, velocity, prev_sample=x_next)
+                        policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
+                        localized = {} if credit is None else {  # the per-position estimator (gen/credit.py)
+                            "log_prob_map": policy.log_prob_map, "old_log_prob_map": old_maps[lo:hi, j].to(device), "credit": credit[lo:hi]}
                         ref_mean = None
                         if config.beta > 0:
                             with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
@@ -720,6 +765,7 @@ class _Trainer:
                             std=policy.std,
                             beta=config.beta,
                             weights=weights[lo:hi],
+                            **localized,
                         )
                         acc.backward(loss / chunk_total)
                     for key, value in parts.items():

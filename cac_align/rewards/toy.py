@@ -1,21 +1,28 @@
-"""A model-free reward for checking that an RL loop learns at all: mean brightness.
+"""Model-free rewards for checking that an RL loop learns at all: brightness, whole or local.
 
 ``brightness`` scores a video by its mean pixel value in [0, 1]. It needs no weights, is
 deterministic and is easy to move, which makes it the reward of choice for smoke tests of a
 trainer and for the learning-signal benchmark (``benchmarks/flow_grpo_toy.py``): if a policy
-cannot learn to make videos brighter, it will not learn anything subtler. It says nothing
-about video quality; never align a real model with it.
+cannot learn to make videos brighter, it will not learn anything subtler.
+
+``spot_brightness`` is the same idea with a known, localized defect: brightness inside a fixed
+box during a fixed time window counts as the defect, and the reward is ``1 -`` its mean. Like
+CaC, it reports where and when (``status``, ``window_s``, per-frame ``boxes`` in 0-1000
+coordinates), so localized credit (``advantage.localize`` of ``cac-align flow-grpo``) can be
+exercised and measured offline (``benchmarks/localized_credit.py``). Neither says anything about
+video quality; never align a real model with them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from cac_align.rewards.base import BatchReward
 from cac_align.video import Video
 
-__all__ = ["BrightnessConfig", "BrightnessReward", "build"]
+__all__ = ["BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "spot_brightness"]
 
 
 @dataclass
@@ -47,6 +54,74 @@ def build(config: BrightnessConfig, key: str = "reward") -> BrightnessReward:
     return BrightnessReward(source_fps=config.source_fps)
 
 
+@dataclass
+class SpotBrightnessConfig:
+    """Config of the ``spot_brightness`` reward.
+
+    Attributes:
+        box: ``[x0, y0, x1, y1]`` of the defect, 0-1000 coordinates of the frame.
+        window_s: ``[start, end)`` seconds of the defect.
+        threshold: the verdict is "abnormal" (with the box and window as evidence) when the
+            spot's mean brightness exceeds this, else "normal"; 0 makes every video abnormal.
+        source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
+    """
+
+    box: list[float] = field(default_factory=lambda: [0.0, 0.0, 500.0, 500.0])
+    window_s: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    threshold: float = 0.0
+    source_fps: float = 16.0
+
+    def __post_init__(self) -> None:
+        if len(self.box) != 4 or not 0 <= self.box[0] < self.box[2] <= 1000 or not 0 <= self.box[1] < self.box[3] <= 1000:
+            raise ValueError(f"box must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 1000, got {self.box}")
+        if len(self.window_s) != 2 or not 0 <= self.window_s[0] < self.window_s[1]:
+            raise ValueError(f"window_s must be [start, end) with 0 <= start < end, got {self.window_s}")
+
+
+def spot_brightness(video: Video, box: list[float], window_s: list[float]) -> tuple[float, list[int]]:
+    """Mean brightness in [0, 1] inside ``box`` (0-1000) on the frames inside ``window_s``, and
+    those frames' indices; NaN and [] when no frame is inside the window."""
+    frames = [i for i, t in enumerate(video.timestamps) if window_s[0] <= t < window_s[1]]
+    if not frames:
+        return float("nan"), []
+    h, w = video.height, video.width
+    x0, x1 = int(np.floor(box[0] / 1000 * w)), int(np.ceil(box[2] / 1000 * w))
+    y0, y1 = int(np.floor(box[1] / 1000 * h)), int(np.ceil(box[3] / 1000 * h))
+    return float(np.asarray(video.frames)[frames, y0:y1, x0:x1].mean()) / 255.0, frames
+
+
+class SpotBrightnessReward(BatchReward):
+    """``1 -`` the brightness of a fixed spot during a fixed window, with that spot as evidence."""
+
+    name = "spot_brightness"
+    score_range = (0.0, 1.0)
+    needs_prompt = False
+
+    def __init__(self, box: list[float], window_s: list[float], threshold: float = 0.0, source_fps: float = 16.0):
+        self.box, self.window_s, self.threshold, self.source_fps = list(box), list(window_s), threshold, source_fps
+
+    def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
+        answers = []
+        for video, _ in requests:
+            value, frames = spot_brightness(video, self.box, self.window_s)
+            if not frames:
+                answers.append({"error": f"no frame of this {video.duration_s:.3f} s video lies in window_s {self.window_s}", "error_kind": "video"})
+                continue
+            abnormal = value > self.threshold
+            answers.append({
+                "score": 1.0 - value,
+                "spot_brightness": value,
+                "status": "abnormal" if abnormal else "normal",
+                "window_s": list(self.window_s) if abnormal else None,
+                "boxes": [{"frame": i, "time_s": float(video.timestamps[i]), "boxes": [list(self.box)]} for i in frames] if abnormal else [],
+            })
+        return answers
+
+
+def build_spot(config: SpotBrightnessConfig, key: str = "reward") -> SpotBrightnessReward:
+    return SpotBrightnessReward(config.box, config.window_s, config.threshold, config.source_fps)
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -54,4 +129,10 @@ register_reward(
     "cac_align.rewards.toy:BrightnessConfig",
     "cac_align.rewards.toy:build",
     "mean pixel value in [0, 1]: a model-free toy reward for checking that an RL loop learns",
+)
+register_reward(
+    "spot_brightness",
+    "cac_align.rewards.toy:SpotBrightnessConfig",
+    "cac_align.rewards.toy:build_spot",
+    "1 - brightness of a fixed box during a fixed window, reported as CaC-style evidence: a toy localized defect",
 )

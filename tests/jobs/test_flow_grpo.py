@@ -356,24 +356,8 @@ def test_cli_runs_the_tiny_recipe(tmp_path):
     assert not (out / "tensorboard").exists()
 
 
-def test_two_processes_hold_identical_lora(tmp_path):
-    """`accelerate launch` with two CPU processes (gloo): after a step both hold the same LoRA."""
-    script = REPO_ROOT / "tests" / "flow_grpo_two_process.py"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    # `--cpu --num_processes 2` starts one process on these machines (shared ENVIRONMENT notes);
-    # `--multi_gpu` with Accelerator(cpu=True) inside starts two gloo processes.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-               str(script), str(tmp_path / "ddp")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rank0 = load_file(str(tmp_path / "ddp/rank0.safetensors"))
-    rank1 = load_file(str(tmp_path / "ddp/rank1.safetensors"))
-    assert set(rank0) == set(rank1) and rank0
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
-    assert any(torch.count_nonzero(v) for n, v in rank0.items() if "lora_B" in n)  # it did train
-    assert json.loads((tmp_path / "ddp/world.json").read_text()) == {"num_processes": 2}
+# Two processes holding identical LoRA after a scalar step: one launch with the localized run,
+# tests/jobs/test_flow_grpo_localized.py::test_two_processes_give_the_maps_and_losses_of_one.
 
 
 @pytest.mark.slow

@@ -1,0 +1,202 @@
+"""Localized credit: evidence -> region -> Wan latent map, and the per-position estimator.
+
+Expected values are worked by hand in the comments (docs/flow_grpo.md, "Localized credit").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.gen.credit import LocalizeSettings, credit_map, credit_maps, latent_frames, localized_policy_loss, wan_coverage
+from cac_align.gen.sde import flow_grpo_loss, gaussian_log_prob, position_log_density, sde_step
+from cac_align.regions import Evidence, EvidenceError, read_evidence, region_from_evidence
+from cac_align.rl import clipped_surrogate
+
+# The issue's case: a 5 s Wan clip (81 frames at 16 fps, 480 x 832), window [1.0, 2.0) s, one box
+# [0, 0, 500, 500] (0-1000) on every frame of it.
+WAN = dict(num_frames=81, fps=16.0, height=480, width=832)
+HAND = Evidence((1.0, 2.0), ((1.5, ((0.0, 0.0, 500.0, 500.0),)),))
+
+
+def test_latent_frames_of_wan_vae():
+    # frame 0 alone, then 4 at a time: latent k >= 1 covers pixel frames 4k - 3 .. 4k
+    groups = latent_frames(81)
+    assert len(groups) == 21 and list(groups[0]) == [0] and list(groups[1]) == [1, 2, 3, 4] and list(groups[20]) == [77, 78, 79, 80]
+    with pytest.raises(ValueError, match="4k \\+ 1 frames"):
+        latent_frames(80)
+
+
+def test_hand_worked_window_and_box_map_to_latent_frames_rows_and_columns():
+    region = region_from_evidence(HAND, **WAN)
+    # frame i sits at i / 16 s: [1.0, 2.0) holds frames 16 .. 31
+    assert np.flatnonzero(region.frames).tolist() == list(range(16, 32))
+    # the box in pixels: x 0 .. 0.5 * 832 = 416, y 0 .. 0.5 * 480 = 240
+    assert region.boxes[16] == ((0.0, 0.0, 416.0, 240.0),)
+    cover = wan_coverage(region)  # hard edges
+    assert cover.shape == (21, 60, 104)  # (81 - 1) / 4 + 1 latent frames of 480 / 8 x 832 / 8
+    # latent frames touching frames 16 .. 31: k = 4 (13 .. 16) to k = 8 (29 .. 32)
+    assert np.flatnonzero(cover.any(axis=(1, 2))).tolist() == [4, 5, 6, 7, 8]
+    # rows 0 .. 240 px -> latent rows 0 .. 29 (240 / 8 = 30: whole 2 x 2 patches 0 .. 14);
+    # columns 0 .. 416 px -> latent columns 0 .. 51 (416 / 8 = 52: patches 0 .. 25)
+    assert np.flatnonzero(cover[6].any(axis=1)).tolist() == list(range(30))
+    assert np.flatnonzero(cover[6].any(axis=0)).tolist() == list(range(52))
+    assert cover.sum() == 5 * 30 * 52
+    # soft edges: latent 4 holds one of its four frames in the window (16), latent 8 three (29 .. 31)
+    soft = wan_coverage(region, edges="soft")
+    assert soft[4, 0, 0] == pytest.approx(0.25) and soft[5, 0, 0] == pytest.approx(1.0) and soft[8, 0, 0] == pytest.approx(0.75)
+    assert soft[6, 29, 51] == pytest.approx(1.0) and soft[6, 30, 51] == 0.0 and soft[6, 29, 52] == 0.0
+
+
+def test_box_edges_round_to_whole_patches_and_dilate():
+    # [0, 0, 510, 510]: x to 424.32 px -> latent column 53 in part (424.32 / 8 = 53.04), which is
+    # patch 26 (columns 52, 53): the hard map takes the whole patch; y to 244.8 px -> row 30 in part
+    # (patch 15: rows 30, 31)
+    evidence = Evidence((1.0, 2.0), ((1.5, ((0.0, 0.0, 510.0, 510.0),)),))
+    cover = wan_coverage(region_from_evidence(evidence, **WAN))
+    assert np.flatnonzero(cover[6].any(axis=0)).tolist() == list(range(54))
+    assert np.flatnonzero(cover[6].any(axis=1)).tolist() == list(range(32))
+    soft = wan_coverage(region_from_evidence(evidence, **WAN), edges="soft")
+    # a patch is as covered as its most covered cell: column 52 (pixels 416 .. 424) is fully inside
+    assert soft[6, 0, 52] == pytest.approx(1.0) and soft[6, 0, 53] == pytest.approx(1.0)
+    # dilate 50 (5% each side) and 0.25 s of context: x to 0.55 * 832 = 457.6 -> columns 0 .. 57 (patch 28 ends at 57)
+    wider = region_from_evidence(HAND, **WAN, dilate=50.0, context_s=0.25)
+    assert wider.boxes[16] == ((0.0, 0.0, pytest.approx(457.6), pytest.approx(264.0)),)
+    assert np.flatnonzero(wider.frames).tolist() == list(range(12, 36))  # [0.75, 2.25) s
+
+
+def test_a_window_without_boxes_covers_whole_frames_and_boxes_without_a_window_their_span():
+    whole = wan_coverage(region_from_evidence(Evidence((1.0, 2.0)), **WAN))
+    assert whole[6].all() and not whole[3].any() and whole.sum() == 5 * 60 * 104
+    # boxes at 1.0 s and 1.5 s, no window: frames 16 .. 24 (to 1.5 + 1/16 s)
+    boxed = region_from_evidence(Evidence(None, ((1.0, ((0.0, 0.0, 100.0, 100.0),)), (1.5, ((900.0, 900.0, 1000.0, 1000.0),)))), **WAN)
+    assert np.flatnonzero(boxed.frames).tolist() == list(range(16, 25))
+    # each frame takes the boxes nearest in time: frame 19 (1.1875 s) the first, frame 21 (1.3125 s) the second
+    assert boxed.boxes[19][0][0] == 0.0 and boxed.boxes[21][0][0] == pytest.approx(748.8)
+
+
+def test_credit_map_has_mean_one_and_its_weights():
+    cover = np.zeros((3, 4, 4), dtype=np.float32)
+    cover[1, :2, :2] = 1.0  # 4 of 48 positions
+    only = credit_map(cover, inside=1.0, outside=0.0)
+    # mean 1: 48 / 4 = 12 inside, 0 outside
+    assert only[1, 0, 0] == pytest.approx(12.0) and only[0, 0, 0] == 0.0 and only.mean() == pytest.approx(1.0)
+    mixed = credit_map(cover, inside=1.0, outside=0.5)
+    # raw 1 on 4 positions, 0.5 on 44: mean (4 + 22) / 48 = 26 / 48 -> 48 / 26 inside, 24 / 26 outside
+    assert mixed[1, 0, 0] == pytest.approx(48 / 26) and mixed[2, 3, 3] == pytest.approx(24 / 26)
+    assert credit_map(np.zeros((2, 2, 2)), 1.0, 0.0).tolist() == np.ones((2, 2, 2)).tolist()  # no region: uniform
+
+
+def _details(status="abnormal", window=(0.25, 0.5), box=(0, 0, 500, 500)):
+    return {"status": status, "window_s": list(window) if window else None,
+            "boxes": [{"time_s": 0.25, "boxes": [list(box)]}] if box else []}
+
+
+def test_which_samples_get_a_map():
+    geometry = dict(num_frames=9, fps=16.0, height=64, width=64)
+    settings = LocalizeSettings(enabled=True, dilate=0.0)
+    details = [
+        _details(),                                        # 0: worse than its group, abnormal: localized
+        _details(),                                        # 1: better than its group: keeps whole-clip credit
+        _details(status="normal", window=None, box=None),  # 2: the judge saw nothing: uniform, not missing
+        {"status": "abnormal", "window_s": None, "boxes": []},  # 3: abnormal, nothing located: missing
+        {"status": "abnormal", "window_s": [0.5, 0.25], "boxes": []},  # 4: unreadable window: missing
+        {"score_only": 1.0},                               # 5: a reward that localizes nothing: missing
+        _details(),                                        # 6: invalid: nothing
+        {"components": {"cac": {"details": _details()}, "unified_reward": {"details": {}}}},  # 7: a combined reward's component
+    ]
+    valid = [True] * 6 + [False, True]
+    advantages = [-1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -0.5]
+    maps = credit_maps(details, valid, advantages, settings, **geometry)
+    assert maps.localized.tolist() == [True, False, False, False, False, False, False, True]
+    assert maps.missing.tolist() == [False, False, False, True, True, True, False, False]
+    assert "window or boxes" in maps.reasons[3] and "unreadable" in maps.reasons[4] and "no localizing reward" in maps.reasons[5]
+    # 9 frames of 64 x 64: latent (3, 8, 8); [0.25, 0.5) holds frames 4 .. 7 -> latent frames 1, 2;
+    # the box is rows / columns 0 .. 3: 2 x 16 of 192 positions, so M = 6 there, 0 elsewhere
+    assert maps.maps.shape == (8, 3, 8, 8)
+    assert maps.maps[0, 1, 0, 0] == pytest.approx(6.0) and maps.maps[0, 0, 0, 0] == 0.0 and maps.maps[0, 1, 4, 4] == 0.0
+    assert maps.inside_mass[0] == pytest.approx(1.0) and math.isnan(maps.inside_mass[1])
+    assert (maps.maps[1] == 1).all() and (maps.maps[2] == 1).all()
+    # apply_to all: the better sample is localized too; a named source reads that component only
+    both = credit_maps(details[:2], [True, True], [-1.0, 1.0], LocalizeSettings(enabled=True, apply_to="all", dilate=0.0), **geometry)
+    assert both.localized.tolist() == [True, True]
+    named = credit_maps(details[7:], [True], [-1.0], LocalizeSettings(enabled=True, source="unified_reward"), **geometry)
+    assert named.missing.tolist() == [True] and not named.localized.any()
+    # with outside > 0 the mass inside is its share: 32 positions of weight 1 and 160 of 0.5 -> 32 / 112
+    soft = credit_maps(details[:1], [True], [-1.0], LocalizeSettings(enabled=True, outside=0.5, dilate=0.0), **geometry)
+    assert soft.inside_mass[0] == pytest.approx(32 / 112)
+
+
+def test_evidence_is_read_or_refused_with_the_reason():
+    assert read_evidence(_details()) == Evidence((0.25, 0.5), ((0.25, ((0.0, 0.0, 500.0, 500.0),)),))
+    assert read_evidence(_details(status="normal")) is None and read_evidence({"x": 1}) is None
+    with pytest.raises(EvidenceError, match="four numbers"):
+        read_evidence({"status": "abnormal", "window_s": [0, 1], "boxes": [{"time_s": 0.1, "boxes": [[1, 2, 3]]}]})
+    with pytest.raises(EvidenceError, match="x0 < x1"):
+        read_evidence({"status": "abnormal", "window_s": [0, 1], "boxes": [{"time_s": 0.1, "boxes": [[5, 2, 3, 9]]}]})
+    with pytest.raises(EvidenceError, match="start < end"):
+        read_evidence({"status": "abnormal", "window_s": [1.0, 0.5], "boxes": []})
+    with pytest.raises(EvidenceError, match="two numbers"):
+        read_evidence({"status": "abnormal", "window_s": [1, "x"], "boxes": []})
+
+
+def test_position_log_density_averages_to_the_per_sample_log_prob():
+    torch.manual_seed(0)
+    x, mean = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    std = torch.tensor([0.5, 2.0])
+    per_position = position_log_density(x, mean, std)
+    assert per_position.shape == (2, 3, 2, 2)
+    torch.testing.assert_close(per_position.mean(dim=(1, 2, 3)), gaussian_log_prob(x, mean, std), rtol=0, atol=1e-6)
+    # one element by hand: log N(x; m, s) = -(x - m)^2 / (2 s^2) - log s - log(2 pi) / 2, channel mean
+    manual = (-((x[1, :, 2, 1, 0] - mean[1, :, 2, 1, 0]) ** 2) / (2 * 4.0) - math.log(2.0) - 0.5 * math.log(2 * math.pi)).mean()
+    assert float(per_position[1, 2, 1, 0]) == pytest.approx(float(manual), abs=1e-6)
+    step = sde_step(x, mean, 0.8, 0.6, 0.5, noise=torch.randn_like(x), positions=True)
+    torch.testing.assert_close(step.log_prob, step.log_prob_map.mean(dim=(1, 2, 3)))
+
+
+def test_a_uniform_map_gives_the_per_position_formula():
+    # maps of ones: loss = mean_b w_b mean_p max(-A_b r_bp, -A_b clip(r_bp)), r_bp = exp(logp - old)
+    log_prob = torch.tensor([[[[0.0, 0.3], [-0.3, 0.05]]], [[[0.1, -0.1], [0.4, 0.0]]]])  # (2, 1, 2, 2)
+    old = torch.zeros_like(log_prob)
+    advantages = torch.tensor([1.0, -2.0])
+    loss, metrics = localized_policy_loss(log_prob, old, advantages, torch.ones_like(log_prob), 0.2, 0.2)
+    # sample 0 (A = 1): r = 1, e^0.3 = 1.3499 -> clipped to 1.2 (min of r A and clip(r) A = 1.2),
+    # e^-0.3 = 0.7408 (min(0.7408, 0.8) = 0.7408), e^0.05 = 1.0513 -> -(1 + 1.2 + 0.7408 + 1.0513) / 4
+    s0 = -(1.0 + 1.2 + math.exp(-0.3) + math.exp(0.05)) / 4
+    # sample 1 (A = -2): -min(-2 r, -2 clip(r)) = 2 max(r, clip(r)): e^0.1 = 1.1052, e^-0.1 = 0.9048,
+    # e^0.4 = 1.4918 (max with 1.2 -> 1.4918), 1 -> 2 * (1.1052 + 0.9048 + 1.4918 + 1) / 4
+    s1 = 2 * (math.exp(0.1) + math.exp(-0.1) + math.exp(0.4) + 1.0) / 4
+    assert float(loss) == pytest.approx((s0 + s1) / 2, rel=1e-6)
+    assert float(metrics["clip_fraction"]) == pytest.approx(3 / 8)  # e^0.3, e^-0.3 and e^0.4 lie outside [0.8, 1.2]
+    # not the scalar estimator: that one clips the ratio of the per-sample means
+    scalar = clipped_surrogate(log_prob.mean(dim=(1, 2, 3)), advantages, 0.2, 0.2).mean()
+    assert float(scalar) != pytest.approx(float(loss), rel=1e-3)
+    # a map scales each position's advantage: doubling one position's weight (and halving another's
+    # so the mean stays 1) moves the loss by A * (2 - 1) * r_p and A * (0.5 - 1) * r_q at unclipped ratios
+    maps = torch.ones_like(log_prob)
+    maps[0, 0, 0, 0], maps[0, 0, 1, 0] = 2.0, 0.0
+    moved, _ = localized_policy_loss(log_prob, old, advantages, maps, 0.2, 0.2)
+    assert float(moved - loss) == pytest.approx(-(1.0 * 1.0 - math.exp(-0.3)) / 4 / 2, rel=1e-5)
+
+
+def test_outside_zero_sends_no_gradient_through_positions_outside_the_region():
+    torch.manual_seed(1)
+    log_prob_map = (0.01 * torch.randn(2, 3, 4, 4)).requires_grad_(True)  # ratios inside the clip range
+    old = torch.zeros(2, 3, 4, 4)
+    evidence = [_details(window=(0.25, 0.5), box=(0, 0, 500, 500)), _details()]
+    maps = credit_maps(evidence, [True, True], [-1.0, 1.0], LocalizeSettings(enabled=True, dilate=0.0), num_frames=9, fps=16.0, height=32, width=32,
+                       patch=(1, 1, 1))
+    credit = torch.as_tensor(maps.maps)
+    loss, _ = flow_grpo_loss(log_prob_map.mean(dim=(1, 2, 3)), old.mean(dim=(1, 2, 3)), torch.tensor([-1.0, 1.0]), clip_range=0.2,
+                             log_prob_map=log_prob_map, old_log_prob_map=old, credit=credit)
+    loss.backward()
+    grad = log_prob_map.grad
+    region = credit[0] > 0
+    # sample 0 (negative, localized on latent frames 1-2, rows / columns 0-1 of the 4 x 4 grid)
+    assert region.sum() == 2 * 2 * 2 and bool(region[1, 0, 0]) and not bool(region[0, 0, 0])
+    assert (grad[0][~region] == 0).all() and (grad[0][region] != 0).all()
+    # sample 1 (positive: uniform) gets gradient everywhere
+    assert (grad[1] != 0).all()

@@ -1,0 +1,181 @@
+"""`cac-align flow-grpo` with localized credit (advantage.localize): wiring, metrics, resume,
+one process = two, and the scalar estimator unchanged when it is off. The map and the estimator
+themselves: tests/gen/test_credit.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cac_align.cli import main
+from cac_align.config import load_config
+from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.jobs import flow_grpo
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+from conftest import REPO_ROOT
+
+LOCALIZED = REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml"
+BRIGHT = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
+
+# Recorded at commit 97293b9 (before localized credit existed) on this project's CPU machine
+# (torch 2.14.1, CPU capability AVX512) with
+#   cac-align flow-grpo --config recipes/align/flow_grpo_tiny_brightness.yaml --out OUT steps=2 \
+#       log_with=none checkpoint_every=0 ema_decay=null
+# run from a checkout of that commit: its two metrics.jsonl lines (these keys) and the sha256 of
+# the final LoRA's tensors (OUT/lora, in sorted name order, raw bytes: _lora_sha256). With the
+# feature off the loop must reproduce them bit for bit.
+BEFORE = {
+    "cpu": "AVX512",
+    "metrics": [
+        {"reward/mean": 0.5837558898704158, "train/loss": 6.05359673500061e-09, "train/policy_loss": 6.05359673500061e-09, "train/kl": 0.0,
+         "train/approx_kl": 4.440892098500626e-16, "train/grad_norm": 0.0064770239405334, "train/ratio_mean": 0.9999999962747097},
+        {"reward/mean": 0.5836272240377632, "train/loss": 7.525086402893066e-07, "train/policy_loss": -7.450580596923828e-09,
+         "train/kl": 1.5188078613448397e-05, "train/approx_kl": 3.774758283725532e-15, "train/grad_norm": 0.007005111314356327,
+         "train/ratio_mean": 1.000000011175871},
+    ],
+    "lora_sha256": "4c120c7b5bb5a428a42f3262214d3aadc045d97223dd3c3155d87c6889865eda",
+}
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _lora_sha256(folder):
+    lora = load_file(str(folder / "pytorch_lora_weights.safetensors"))
+    return hashlib.sha256(b"".join(lora[k].numpy().tobytes() for k in sorted(lora))).hexdigest()
+
+
+def test_off_a_run_is_bit_identical_to_before(tmp_path):
+    out = tmp_path / "off"
+    assert main(["flow-grpo", "--config", str(BRIGHT), "--out", str(out), "steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null"]) == 0
+    rows = _metrics(out)
+    assert not any(k.startswith("localize/") for r in rows for k in r)  # off: nothing of the feature runs
+    same_machine = torch.backends.cpu.get_cpu_capability() == BEFORE["cpu"]
+    for got, expected in zip(rows, BEFORE["metrics"], strict=True):
+        for key, value in expected.items():
+            # bit for bit where the kernels are the recorded ones; another CPU capability sums in
+            # another order, so there only to float rounding
+            assert got[key] == value if same_machine else got[key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
+    if same_machine:
+        assert _lora_sha256(out / "lora") == BEFORE["lora_sha256"]
+
+
+def test_tiny_localized_recipe_logs_its_metrics_and_resumes_exactly(tmp_path):
+    # the README-style command, offline
+    assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(tmp_path / "straight"), "checkpoint_every=1"]) == 0
+    rows = _metrics(tmp_path / "straight")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        # spot_brightness calls every video abnormal: the worse half of each group (advantage < 0)
+        # is localized, its whole map on the box and window (outside: 0), nothing missing
+        assert 0 < r["localize/localized_fraction"] <= 0.5 and r["localize/map_inside_mass"] == pytest.approx(1.0)
+        assert r["localize/evidence_missing"] == 0
+    # killed after step 2 (its checkpoint), resumed to 3: the same LoRA as the straight run
+    assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(tmp_path / "resumed"), "checkpoint_every=1", "steps=2"]) == 0
+    assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(tmp_path / "resumed"), "checkpoint_every=1", "resume=true"]) == 0
+    a = load_file(str(tmp_path / "straight/checkpoints/step_000003/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoints/step_000003/model.safetensors"))
+    assert set(a) == set(b) and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-7)
+    assert [r["step"] for r in _metrics(tmp_path / "resumed")] == [1, 2, 3]
+    # the localized run differs from the scalar one on the same seeds (the maps reach the loss)
+    scalar = tmp_path / "scalar"
+    assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(scalar), "checkpoint_every=1", "advantage.localize.enabled=false"]) == 0
+    c = load_file(str(scalar / "checkpoints/step_000003/model.safetensors"))
+    assert any(not torch.equal(a[name], c[name]) for name in a)
+
+
+def test_print_config_shows_every_localize_setting(capsys):
+    assert main(["flow-grpo", "--config", str(BRIGHT), "out_dir=x", "--print-config"]) == 0
+    shown = capsys.readouterr().out
+    block = shown[shown.index("advantage:"):]
+    for line in ("enabled: false", "source: auto", "apply_to: negative", "inside: 1.0", "outside: 0.0", "dilate: 50.0", "context_s: 0.0", "edges: hard"):
+        assert line in block, line
+    with pytest.raises(Exception, match="apply_to must be one of"):
+        load_config(FlowGrpoConfig, BRIGHT, ["out_dir=x", "advantage.localize.apply_to=positive"], job="flow-grpo")
+
+
+def test_a_combined_reward_carries_its_components_evidence_to_the_maps(tmp_path, monkeypatch):
+    """ur_cac-shaped: a combined reward of brightness (no evidence) and spot_brightness (evidence);
+    source names the component; every localized map comes from its box and window."""
+    seen = []
+    original = flow_grpo.credit_maps
+
+    def recording(*args, **kwargs):
+        maps = original(*args, **kwargs)
+        seen.append(maps)
+        return maps
+
+    monkeypatch.setattr(flow_grpo, "credit_maps", recording)
+    config = load_config(FlowGrpoConfig, LOCALIZED, [f"out_dir={tmp_path / 'combined'}", "steps=1", "advantage.localize.source=spot_brightness"],
+                         job="flow-grpo")
+    config.reward = {"name": "combined", "components": [
+        {"name": "brightness", "weight": 1.0}, {"name": "spot_brightness", "weight": 1.0, "box": [0, 0, 500, 500], "window_s": [0.25, 0.5]}]}
+    run(config, pipe=build_tiny_wan_pipeline(seed=0))
+    (maps,) = seen
+    assert maps.localized.any() and not maps.missing.any()
+    localized = maps.maps[maps.localized]
+    # 9 frames of 64 x 64 -> latent (3, 8, 8); the box and window cover latent frames 1-2, rows and
+    # columns 0-3: 32 of 192 positions at 192 / 32 = 6
+    assert localized.shape[1:] == (3, 8, 8) and (localized[:, 1:, :4, :4] == 6).all() and localized.sum() == pytest.approx(192 * len(localized))
+
+
+def test_two_processes_give_the_maps_and_losses_of_one(tmp_path):
+    """torchrun-equivalent (`accelerate launch`, two gloo processes, as the scalar path's test):
+    one step of the tiny localized recipe gives, concatenated over the ranks, the maps of one
+    process, the same logged losses and the same LoRA."""
+    seen = []
+    original = flow_grpo.credit_maps
+
+    def recording(*args, **kwargs):
+        maps = original(*args, **kwargs)
+        seen.append(torch.as_tensor(maps.maps))
+        return maps
+
+    flow_grpo.credit_maps = recording
+    try:
+        config = load_config(FlowGrpoConfig, LOCALIZED, [f"out_dir={tmp_path / 'one'}", "steps=1", "log_with=none"], job="flow-grpo")
+        pipe = build_tiny_wan_pipeline(seed=0)
+        run(config, pipe=pipe)
+    finally:
+        flow_grpo.credit_maps = original
+    one_maps = torch.cat(seen)
+    one_lora = {n: p.detach() for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+
+    script = REPO_ROOT / "tests" / "flow_grpo_two_process.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CAC_ALIGN_TEST_LOCALIZED": str(tmp_path / "two")}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547", str(script), str(tmp_path / "ddp")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # the scalar run of the same processes: both ranks hold the same LoRA (the scalar path's proof)
+    assert json.loads((tmp_path / "ddp/world.json").read_text()) == json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}
+    rank0, rank1 = (load_file(str(tmp_path / f"ddp/rank{r}.safetensors")) for r in (0, 1))
+    assert set(rank0) == set(rank1) and rank0 and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
+    assert any(torch.count_nonzero(v) for n, v in rank0.items() if "lora_B" in n)  # it did train
+    # the localized run: rank 0 has samples 0-3 of the step, rank 1 samples 4-7
+    two = tmp_path / "two"
+    maps = torch.cat([load_file(str(two / f"maps{r}.safetensors"))["maps"] for r in (0, 1)])
+    assert maps.shape == one_maps.shape == (8, 3, 8, 8) and torch.equal(maps, one_maps)
+    (row_two,), (row_one,) = _metrics(two), _metrics(tmp_path / "one")
+    for key in ("localize/localized_fraction", "localize/map_inside_mass", "localize/evidence_missing", "reward/mean"):
+        assert row_two[key] == pytest.approx(row_one[key], abs=1e-9), key
+    # a step's first loss is -mean(A * M) at ratio 1: near 0 for a balanced group, a sum of O(1)
+    # terms whose rounding differs with the split (rank means, then a gather)
+    for key in ("train/loss", "train/policy_loss", "train/kl"):
+        assert row_two[key] == pytest.approx(row_one[key], abs=1e-6), key
+    assert row_one["train/grad_norm"] > 0 and row_two["train/grad_norm"] == pytest.approx(row_one["train/grad_norm"], rel=1e-4)
+    lora = load_file(str(two / "rank0.safetensors"))
+    assert any(torch.count_nonzero(v) for n, v in lora.items() if "lora_B" in n)  # it trained
+    for name, value in one_lora.items():
+        torch.testing.assert_close(lora[name], value, rtol=1e-4, atol=1e-7)
