@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Evidence", "EvidenceError", "Region", "find_evidence", "read_evidence", "region_from_evidence"]
+__all__ = ["Evidence", "EvidenceError", "Region", "evidence_reason", "find_evidence", "read_evidence", "region_from_evidence"]
 
 _EPS = 1e-9
 
@@ -57,6 +57,23 @@ def find_evidence(details: Mapping[str, Any]) -> Mapping[str, Any] | None:
         found = find_evidence(component.get("details") or {})
         if found is not None:
             return found
+    return None
+
+
+def evidence_reason(details: Mapping[str, Any]) -> str | None:
+    """Why the judge called the video abnormal, in its own words: the reasons of the anomalies
+    of its last turn's judgment (CaC: turn 2, else turn 1), or a ``reason`` of the evidence's
+    own (``"; "``-joined); None when it gave none."""
+    found = find_evidence(details)
+    if found is None:
+        return None
+    if isinstance(found.get("reason"), str) and found["reason"].strip():
+        return found["reason"].strip()
+    for turn in ("turn2", "turn1"):
+        judgment = (found.get(turn) or {}).get("judgment") if isinstance(found.get(turn), Mapping) else None
+        reasons = [str(a.get("reason")).strip() for a in (judgment or {}).get("anomalies") or [] if isinstance(a, Mapping) and a.get("reason")]
+        if reasons:
+            return "; ".join(dict.fromkeys(reasons))
     return None
 
 

@@ -509,7 +509,7 @@ def _umask() -> int:
     return mask
 
 
-def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
+def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: bool = False) -> Path:
     """Write ``video`` as an H.264 mp4 (yuv420p) that decord and browsers read.
 
     The file is written to a temporary name beside ``path`` and renamed when complete, so a
@@ -519,6 +519,9 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
         video: the video; its height and width must be even (yuv420p subsamples chroma 2x2).
         path: destination ``.mp4`` path; parent folders are created.
         crf: x264 constant rate factor (0 = lossless luma, 18 = visually lossless, 23 = default).
+        lossless: write RGB H.264 at quantizer 0 instead (``libx264rgb -qp 0``): decoding gives
+            back every frame bit for bit (checked through decord), any size; about 10x larger,
+            and browsers do not play it.
 
     Returns:
         The written path.
@@ -526,7 +529,7 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
     import imageio_ffmpeg
 
     path = Path(path)
-    if video.height % 2 or video.width % 2:
+    if (video.height % 2 or video.width % 2) and not lossless:
         raise VideoError(
             f"cannot save {video.source} as H.264 yuv420p: height and width must be even, got "
             f"{video.height}x{video.width}; crop or pad one row/column first"
@@ -536,16 +539,17 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18) -> Path:
     os.close(fd)
     writer = None
     try:
+        codec, pixels, params = ("libx264rgb", "rgb24", ["-qp", "0"]) if lossless else ("libx264", "yuv420p", ["-crf", str(int(crf))])
         writer = imageio_ffmpeg.write_frames(
             tmp_name,
             (video.width, video.height),
             fps=video.fps,
-            codec="libx264",
+            codec=codec,
             pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
+            pix_fmt_out=pixels,
             quality=None,
             macro_block_size=1,
-            output_params=["-crf", str(int(crf)), "-movflags", "+faststart"],
+            output_params=[*params, "-movflags", "+faststart"],
             ffmpeg_log_level="error",
         )
         _without_interrupts(writer.send, None)  # start the generator (and ffmpeg)

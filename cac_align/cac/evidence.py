@@ -21,7 +21,7 @@ from cac_align.regions import find_evidence
 from cac_align.run.folder import write_text_atomic
 from cac_align.video import Video
 
-__all__ = ["cac_details", "evidence_path", "write_evidence_png", "write_report"]
+__all__ = ["cac_details", "evidence_path", "write_evidence_png", "write_repair_report", "write_report"]
 
 _BOX_COLOR = (255, 40, 40)
 
@@ -184,6 +184,60 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scorin
         "<style>body{font-family:sans-serif;margin:2em} .error{color:#b00} .prompt{font-style:italic}"
         " .subs{color:#444;font-size:90%} .truth{color:#225} .legend{color:#555;font-size:90%} section{border-top:1px solid #ccc;padding:0.5em 0}</style>"
         f"</head><body><h1>{html.escape(title)}</h1><p>{summary}</p>{legend}{''.join(sections)}</body></html>\n"
+    )
+    path = out / "report.html"
+    write_text_atomic(path, page)
+    return path
+
+
+def _score_status(part: dict | None) -> str:
+    if not part:
+        return "-"
+    score = "invalid" if part.get("score") is None else f"{part['score']:.4f}"
+    return f"{score} ({html.escape(str(part.get('status')))})"
+
+
+def write_repair_report(rows: Sequence[dict], out_dir: str | Path, summary: dict) -> Path:
+    """Write ``out_dir/report.html`` of a ``cac-align repair`` run: per video the verdict before
+    and after, each attempt, the regenerated frames, and the evidence pictures side by side
+    (``evidence/NNNNN_before.png`` and ``_after.png``, drawn by the job)."""
+    out = Path(out_dir)
+    sections = []
+    for row in rows:
+        index = row["index"]
+        pictures = "".join(
+            f'<figure><img src="evidence/{index:05d}_{when}.png" alt="{when}"><figcaption>{when}</figcaption></figure>'
+            for when in ("before", "after") if (out / "evidence" / f"{index:05d}_{when}.png").exists()
+        )
+        attempts = "".join(
+            f"<li>seed {a['seed']}: {_score_status(a)} in {a['seconds']:.2f} s</li>" for a in row.get("attempts", [])
+        )
+        mask = row.get("mask") or {}
+        frames = f"regenerated frames {mask['frames'][0]}-{mask['frames'][-1]} (VACE saw {mask['segment'][0]}-{mask['segment'][1] - 1})" if mask else ""
+        scores = f"before {_score_status(row.get('before'))}" + (f" &rarr; after {_score_status(row.get('after'))}" if row.get("after") else "")
+        scores = scores if row.get("before") else ""
+        cost = f"{row['frame_steps']} frame-steps" if row["frame_steps"] else ""
+        if not row["valid"]:
+            verdict = f'<p class="error">{html.escape(str(row["error"]))}</p>'
+        elif row["accepted"]:
+            verdict = f'<p class="kept">kept: {html.escape(str(row["output"]))}</p>'
+        else:
+            verdict = f'<p class="through">not repaired: {html.escape(str(row["reason"]))}</p>'
+        sections.append(
+            f'<section class="video" id="v{index}"><h2>{html.escape(str(row["video"]))}</h2>'
+            f'<p class="prompt">{html.escape(str(row.get("prompt")))}</p>'
+            f"<p>{' &middot; '.join(part for part in (scores, frames, cost) if part)}</p>{verdict}<ul>{attempts}</ul><div class=\"pair\">{pictures}</div></section>"
+        )
+    ratio = summary.get("frame_steps_vs_best_of_n")
+    cost = f"; {summary['frame_steps']} frame-steps, {ratio:.2f}x what Best-of-N with the same tries spends" if ratio is not None else ""
+    head = (f"{summary['videos']} videos: {summary['accepted']} of {summary['repaired']} repaired kept, {summary['passed_through']} passed "
+            f"through, {summary['invalid']} invalid{cost}")
+    page = (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>repair report</title>"
+        "<style>body{font-family:sans-serif;margin:2em} .error{color:#b00} .kept{color:#070} .through{color:#555} .prompt{font-style:italic}"
+        " section{border-top:1px solid #ccc;padding:0.5em 0} .pair{display:flex;gap:1em} figure{margin:0;flex:1;min-width:0} figure img{max-width:100%} figcaption{text-align:center}</style>"
+        f"</head><body><h1>repair report</h1><p>{head}</p><p class=\"through\">Timelines: the window the judge examined (orange); "
+        f"boxes in red. Before: the input as judged; after: the kept repair at the same times, with the boxes the judge still draws.</p>{''.join(sections)}</body></html>\n"
     )
     path = out / "report.html"
     write_text_atomic(path, page)

@@ -30,7 +30,10 @@ from omegaconf import MISSING
 
 from cac_align.cac.schema import ANOMALY_TYPES, AnnotationRecord, Anomaly, seconds_to_frames, write_annotations
 
-__all__ = ["NORMAL", "REASONS", "SUBJECTS", "WORDS", "SynthConfig", "SynthSpec", "annotate", "generate", "make_spec", "planted_boxes", "render", "subject_boxes", "video_kinds"]
+__all__ = [
+    "NORMAL", "REASONS", "SUBJECTS", "WORDS", "SynthConfig", "SynthSpec", "annotate", "generate", "make_spec", "planted_boxes", "render",
+    "render_demo_videos", "subject_boxes", "video_kinds",
+]
 
 NORMAL = "normal"
 WORDS = ("OPEN", "CAFE", "HOTEL", "PARK", "SALE", "BAKERY", "MUSEUM", "GARDEN")
@@ -484,6 +487,21 @@ def _run_folder(config: SynthConfig) -> Any:
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     return RunFolder(config.out_dir, "synth", SYNTH_OUTPUTS, config_fingerprint(config, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite)
+
+
+def render_demo_videos(folder: str | Path, n: int, seed: int, recipe: str | None = None) -> list[AnnotationRecord]:
+    """Render ``n`` demo videos into ``folder`` afresh (``overwrite``): the scenes of the ``synth``
+    ``recipe`` (e.g. recipes/synth/default.yaml, what ``cac-demo`` was trained on) at ``seed``, or
+    without one small 64x96, 2 s scenes (fast, for tiny random models). What ``score`` and
+    ``repair`` render for their offline demos; returns the records (videos relative to ``folder``)."""
+    from cac_align.config import load_config
+
+    where = [f"out_dir={folder}", f"n={n}", f"seed={seed}", "overwrite=true"]
+    if recipe is not None:
+        config = load_config(SynthConfig, recipe, where, job="synth")
+    else:
+        config = SynthConfig(out_dir=str(folder), n=n, seed=seed, height=64, width=96, fps=8.0, duration_s=2.0, overwrite=True)
+    return generate(config)
 
 
 def generate(config: SynthConfig) -> list[AnnotationRecord]:

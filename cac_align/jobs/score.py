@@ -117,17 +117,11 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
         reward = build_reward(config.reward, "reward")
     run_folder.start()
     if config.synth_videos > 0:
-        from cac_align.config import load_config
-        from cac_align.data.synthetic import SynthConfig, generate
+        from cac_align.data.synthetic import render_demo_videos
 
         # out_dir/synth belongs to this job: rendered afresh each run (a few seconds), so a
         # changed synth_videos or seed never meets videos of the last run
-        where = [f"out_dir={out / 'synth'}", f"n={config.synth_videos}", f"seed={config.synth_seed}", "overwrite=true"]
-        if config.synth is not None:
-            synth = load_config(SynthConfig, config.synth, where, job="synth")
-        else:
-            synth = SynthConfig(out_dir=str(out / "synth"), n=config.synth_videos, seed=config.synth_seed, height=64, width=96, fps=8.0, duration_s=2.0, overwrite=True)
-        records = generate(synth)
+        records = render_demo_videos(out / "synth", config.synth_videos, config.synth_seed, config.synth)
         paths = [str(out / "synth" / r.video) for r in records]
         prompts = [r.prompt for r in records]
         truths = [truth_summary(r) for r in records]
