@@ -11,6 +11,26 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_WORKERS = 4  # -n auto: one xdist worker per core, at most this many (each holds torch and tiny models)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    import os
+
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def pytest_configure(config) -> None:
+    """In an xdist worker: one intra-op thread (two workers on two cores with two threads each
+    run the suite twice as slow as one process), for torch here and for the processes tests start."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 # The components of a ``ur_cac`` section on the tiny random models (CaC without reasoning,
 # UnifiedReward probs on 4 frames): what the trainer integrations' tests score with.

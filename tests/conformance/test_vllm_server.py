@@ -3,7 +3,7 @@ in-process backend on the same weights: prompt token ids, greedy generations, ch
 probabilities, UnifiedReward's scores and Skyra's chat; the README main job (cac-demo, 16 videos) through the
 server; and the faults: a rejected request, a server killed mid-run and started again, Ctrl-C.
 
-    bash tests/conformance/build_vllm_venv.sh && pytest -m conformance
+    bash tests/conformance/build_vllm_venv.sh && pytest -m conformance -n 0
 
 The server is started by ``cac-align serve``'s own code (:func:`cac_align.jobs.serve.started_server`,
 or the CLI itself) with this package's vLLM plugin, in float32. vLLM's CPU attention refuses

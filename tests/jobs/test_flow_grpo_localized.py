@@ -26,22 +26,23 @@ LOCALIZED = REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml"
 BRIGHT = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 
 # Recorded at commit 97293b9 (before localized credit existed) on this project's CPU machine
-# (torch 2.14.1, CPU capability AVX512) with
+# (torch 2.14.1, CPU capability AVX512, one intra-op thread: the thread count changes the order of
+# float sums, so the test pins it) with
 #   cac-align flow-grpo --config recipes/align/flow_grpo_tiny_brightness.yaml --out OUT steps=2 \
 #       log_with=none checkpoint_every=0 ema_decay=null
-# run from a checkout of that commit: its two metrics.jsonl lines (these keys) and the sha256 of
-# the final LoRA's tensors (OUT/lora, in sorted name order, raw bytes: _lora_sha256). With the
-# feature off the loop must reproduce them bit for bit.
+# run from a checkout of that commit under torch.set_num_threads(1): its two metrics.jsonl lines
+# (these keys) and the sha256 of the final LoRA's tensors (OUT/lora, in sorted name order, raw
+# bytes: _lora_sha256). With the feature off the loop must reproduce them bit for bit.
 BEFORE = {
     "cpu": "AVX512",
     "metrics": [
         {"reward/mean": 0.5837558898704158, "train/loss": 6.05359673500061e-09, "train/policy_loss": 6.05359673500061e-09, "train/kl": 0.0,
          "train/approx_kl": 4.440892098500626e-16, "train/grad_norm": 0.0064770239405334, "train/ratio_mean": 0.9999999962747097},
-        {"reward/mean": 0.5836272240377632, "train/loss": 7.525086402893066e-07, "train/policy_loss": -7.450580596923828e-09,
-         "train/kl": 1.5188078613448397e-05, "train/approx_kl": 3.774758283725532e-15, "train/grad_norm": 0.007005111314356327,
+        {"reward/mean": 0.5836272240377632, "train/loss": 7.543712854385376e-07, "train/policy_loss": -5.587935447692871e-09,
+         "train/kl": 1.5188078613448397e-05, "train/approx_kl": 3.774758283725532e-15, "train/grad_norm": 0.007004686165601015,
          "train/ratio_mean": 1.000000011175871},
     ],
-    "lora_sha256": "4c120c7b5bb5a428a42f3262214d3aadc045d97223dd3c3155d87c6889865eda",
+    "lora_sha256": "b7cc854309a0757581b044bb4514d807541d5c7f003792bc1f29068e8433f71a",
 }
 
 
@@ -56,7 +57,12 @@ def _lora_sha256(folder):
 
 def test_off_a_run_is_bit_identical_to_before(tmp_path):
     out = tmp_path / "off"
-    assert main(["flow-grpo", "--config", str(BRIGHT), "--out", str(out), "steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as recorded
+    try:
+        assert main(["flow-grpo", "--config", str(BRIGHT), "--out", str(out), "steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     rows = _metrics(out)
     assert not any(k.startswith("localize/") for r in rows for k in r)  # off: nothing of the feature runs
     same_machine = torch.backends.cpu.get_cpu_capability() == BEFORE["cpu"]
