@@ -10,6 +10,11 @@ model names (``models``). It listens on 127.0.0.1 only.
 For failure tests: ``delay_s`` holds every answer back, ``trickle_s`` sends the answer one byte
 at a time with that pause between bytes (each read is quick, the whole answer is not),
 ``fail_first`` / ``fail_if`` answer 503, and ``answer_model`` answers as another model.
+
+Like vLLM 0.32 it also answers ``POST /tokenize`` (chat form: the rendered conversation's ids)
+and ``POST /detokenize``, and a chat request with ``logprobs`` and ``logprob_token_ids`` gets
+those tokens' log-probabilities at the next position (``char_logprob``, as vLLM's raw mode gives
+the model's). ``tokenize=False`` answers both endpoints 404, as a server without them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class ChatServer:
         models=("cac", "teacher", "ur"),
         trickle_s: float = 0.0,
         answer_model: str | None = None,
+        tokenize: bool = True,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -60,7 +66,9 @@ class ChatServer:
         self.models = list(models)
         self.trickle_s = trickle_s
         self.answer_model = answer_model  # answer as this model instead of the one asked for
+        self.tokenize = tokenize
         self.requests: list[dict] = []
+        self.paths: list[str] = []  # the path of each request, beside its body in ``requests``
         self.images: list[Image.Image] = []
         self.videos: list[tuple] = []  # (frames, metadata) of each video part, decoded
         self._lock = threading.Lock()
@@ -79,6 +87,7 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
                     server.requests.append(body)
+                    server.paths.append(self.path)
                     failing = server.fail_first > 0
                     if failing:
                         server.fail_first -= 1
@@ -87,6 +96,11 @@ class ChatServer:
                     import time
 
                     time.sleep(server.delay_s)
+                if self.path == "/tokenize" and server.tokenize:
+                    ids = [ord(ch) for ch in render(body["messages"])]
+                    return self._send(200, {"count": len(ids), "max_model_len": 4096, "tokens": ids})
+                if self.path == "/detokenize" and server.tokenize:
+                    return self._send(200, {"prompt": "".join(chr(t) for t in body["tokens"])})
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "not found"})
                 if failing:
@@ -119,6 +133,9 @@ class ChatServer:
                     ]
                 if body.get("return_token_ids"):
                     response["prompt_token_ids"] = ids
+                if body.get("logprobs") and body.get("logprob_token_ids"):
+                    asked = [{"token": f"token_id:{t}", "logprob": char_logprob(t)} for t in body["logprob_token_ids"]]
+                    response["choices"][0]["logprobs"] = {"content": [{"token": "token_id:0", "logprob": 0.0, "top_logprobs": asked}]}
                 self._send(200, response)
 
             def _send(self, code, payload):

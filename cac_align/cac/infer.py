@@ -154,6 +154,7 @@ class TurnRecord:
     seconds: float = 0.0
     p_normal: float | None = None
     p_abnormal: float | None = None
+    prompt_tokens: int | None = None  # the tokens the model read to answer this turn (video included)
 
 
 @dataclass
@@ -281,11 +282,12 @@ class CaCScorer:
             for w in live:
                 w.result.turn1 = TurnRecord("", None, w.scan.fps, w.scan.timestamps.tolist())
             return
-        texts, seconds, probs = self._generate([w.request1 for w in live])
-        for w, text, row in zip(live, texts, probs):
+        completions, seconds, probs = self._generate([w.request1 for w in live])
+        for w, completion, row in zip(live, completions, probs):
             w.probs1 = row
+            text = completion.text
             judgment = parse_judgment(text, 1, fps=w.scan.fps, num_frames=w.scan.num_frames)
-            w.result.turn1 = TurnRecord(text, judgment, w.scan.fps, w.scan.timestamps.tolist(), seconds)
+            w.result.turn1 = TurnRecord(text, judgment, w.scan.fps, w.scan.timestamps.tolist(), seconds, prompt_tokens=completion.prompt_tokens)
             if judgment.status is None:
                 w.result.error = "turn 1 answer has no readable status: " + "; ".join(judgment.errors)
             elif judgment.status == "abnormal" and opts.mode == "two_turn":
@@ -318,12 +320,13 @@ class CaCScorer:
     def _turn2(self, todo: list[_Work]) -> None:
         if not todo:
             return
-        texts, seconds, probs = self._generate([w.request2 for w in todo])
-        for w, text, row in zip(todo, texts, probs):
+        completions, seconds, probs = self._generate([w.request2 for w in todo])
+        for w, completion, row in zip(todo, completions, probs):
             w.probs2 = row
             assert w.clip is not None
+            text = completion.text
             judgment = parse_judgment(text, 2, fps=w.clip.fps, num_frames=w.clip.num_frames)
-            w.result.turn2 = TurnRecord(text, judgment, w.clip.fps, w.clip.timestamps.tolist(), seconds)
+            w.result.turn2 = TurnRecord(text, judgment, w.clip.fps, w.clip.timestamps.tolist(), seconds, prompt_tokens=completion.prompt_tokens)
             if judgment.status is None:
                 w.result.error = "turn 2 answer has no readable status: " + "; ".join(judgment.errors)
                 continue
@@ -369,8 +372,8 @@ class CaCScorer:
                 assert turn.judgment is not None
                 w.result.status = turn.judgment.status
 
-    def _generate(self, requests: list[ChatRequest]) -> tuple[list[str], float, Any]:
-        """Generate a batch; returns the texts, the amortised seconds per request, and the (N, 2)
+    def _generate(self, requests: list[ChatRequest]) -> tuple[list[Any], float, Any]:
+        """Generate a batch; returns the completions, the amortised seconds per request, and the (N, 2)
         P(normal), P(abnormal) where each answer's status value begins, when the backend reads
         them with the generation itself (in-process: from the generation's KV cache, so each
         turn encodes its video once). Otherwise, or where an answer has no status field, NaN:
@@ -379,7 +382,7 @@ class CaCScorer:
         options = {"max_new_tokens": self.options.max_new_tokens, "temperature": self.options.temperature}
         completions, probs = self.backend.generate_scored(requests, list(STATUS_CHOICES), _status_prefix, **options)
         elapsed = (time.perf_counter() - start) / max(1, len(requests))
-        return [c.text for c in completions], elapsed, probs
+        return list(completions), elapsed, probs
 
 
 def _status_prefix(text: str) -> str | None:

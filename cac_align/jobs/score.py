@@ -103,7 +103,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     from cac_align.rewards.base import BackendFailure, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
     from cac_align.video import VideoError, load_video
-    from cac_align.vlm.openai import ServerDown
+    from cac_align.vlm.config import served_urls
+    from cac_align.vlm.openai import ServerDown, server_counters
 
     out = Path(config.out_dir)
     run_folder = _run_folder(config)
@@ -141,6 +142,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             shutil.copy2(evidence_path(out, index), staged / evidence_path(out, index).name)
     if rows:
         print(f"resuming a stopped run: {len(rows)} of {len(paths)} videos kept from {out / 'results.jsonl'}")
+    servers = {url: server_counters(url) for url in served_urls(config.reward)}  # what the run costs a vLLM server
+    resumed_rows = len(rows)
     with partial.open("w", encoding="utf-8") as handle, tqdm(total=len(paths), initial=len(rows), desc=f"scoring ({reward.name})", unit="video") as bar:
         handle.writelines(json.dumps(row, default=_jsonable) + "\n" for row in rows)
         for start in range(len(rows), len(paths), config.batch_size):
@@ -186,6 +189,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     _swap_in_evidence(staged, out / "evidence")
     partial.replace(out / "results.jsonl")
     report = write_report(rows, out, title=f"{reward.name} scoring report")
+    _write_served_cost(out, servers, rows[resumed_rows:])
     valid = sum(row["valid"] for row in rows)
     judged = [row for row in rows if row["valid"] and "truth" in row and row["status"] is not None]  # rewards with a verdict
     agree = f"; verdict = ground truth for {sum(r['status'] == r['truth']['status'] for r in judged)} of {len(judged)}" if judged else ""
@@ -222,7 +226,40 @@ def _stopped_rows(out: Path, paths: list[str], prompts: list[str | None]) -> lis
 
 # evidence_path(out, i): the only pictures this job writes; anything else in evidence/ is yours
 STAGED_EVIDENCE = "evidence.partial"  # a running rerun's pictures, until it completes
-SCORE_OUTPUTS = ("results.jsonl", "results.jsonl.partial", "report.html", "evidence/" + "[0-9]" * 5 + ".png", STAGED_EVIDENCE, "synth")
+def _turn_prompt_tokens(row: dict) -> int | None:
+    """The prompt tokens the judge read for a row's turns (CaC: turn 1 + turn 2), None if unknown."""
+    from cac_align.cac.evidence import cac_details
+
+    found = cac_details(row.get("details") or {}) or {}
+    turns = [found.get(t) for t in ("turn1", "turn2") if isinstance(found.get(t), dict)]
+    counts = [t.get("prompt_tokens") for t in turns]
+    return sum(counts) if counts and all(isinstance(c, int) for c in counts) else None
+
+
+def _write_served_cost(out: Path, servers: dict[str, Any], rows: list[dict]) -> None:
+    """``served_cost.json`` beside results.jsonl: per server that gave its counters before and
+    after, what this run's videos cost it (requests, prompt tokens, of them read from the prefix
+    cache, computed), in total and per video, and the turn prompts' own tokens for comparison."""
+    from cac_align.run.folder import write_text_atomic
+    from cac_align.vlm.openai import served_cost, server_counters
+
+    costs = {}
+    for url, before in servers.items():
+        after = server_counters(url) if before is not None else None
+        if after is not None:
+            costs[url] = served_cost(before, after, len(rows))
+    if not costs:
+        return
+    turns = [_turn_prompt_tokens(row) for row in rows]
+    known = [t for t in turns if t is not None]
+    summary = {"servers": costs, "turn_prompt_tokens": sum(known) if known and len(known) == len(turns) else None,
+               "note": "server-wide counters: another client's requests in the same time count too"}
+    if summary["turn_prompt_tokens"]:
+        summary["computed_over_turn_prompts"] = {url: c["computed_prompt_tokens"] / summary["turn_prompt_tokens"] for url, c in costs.items()}
+    write_text_atomic(out / "served_cost.json", json.dumps(summary, indent=1) + "\n")
+
+
+SCORE_OUTPUTS = ("results.jsonl", "results.jsonl.partial", "served_cost.json", "report.html", "evidence/" + "[0-9]" * 5 + ".png", STAGED_EVIDENCE, "synth")
 EVIDENCE_NAME = re.compile(r"\d{5}\.png")
 
 

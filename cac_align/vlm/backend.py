@@ -144,10 +144,12 @@ def model_frames(video: Video) -> tuple[np.ndarray, float, list[int]]:
 
 @dataclass
 class Completion:
-    """One generated answer: its text (special tokens removed) and the generated token ids."""
+    """One generated answer: its text (special tokens removed), the generated token ids, and the
+    number of prompt tokens the model read to answer (None where the backend cannot say)."""
 
     text: str
     token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int | None = None
 
 
 @runtime_checkable

@@ -28,9 +28,10 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError
 
-__all__ = ["ModelConfig", "TINY_PREFIX", "build_backend", "build_tiny_vlm", "shared_backends"]
+__all__ = ["DEFAULT_BASE_URL", "ModelConfig", "TINY_PREFIX", "build_backend", "build_tiny_vlm", "served_urls", "shared_backends"]
 
 TINY_PREFIX = "tiny-random:"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # servers are on localhost unless a recipe says otherwise
 
 
 @dataclass
@@ -71,7 +72,7 @@ class ModelConfig:
 
     name: str = MISSING
     backend: str = "hf"
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str = DEFAULT_BASE_URL
     api_key_env: str | None = None
     dtype: str = "bfloat16"
     device: str = "auto"
@@ -112,6 +113,22 @@ class ModelConfig:
 
 _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cac_align_shared_backends", default=None)
 _SHARED_LOCK = threading.Lock()
+
+
+def served_urls(section: Any) -> list[str]:
+    """The server addresses a reward section reaches (every ``model`` with ``backend: openai``,
+    however deep: a combined reward's components too), in order, each once."""
+    found: list[str] = []
+    if isinstance(section, dict):
+        model = section.get("model")
+        if isinstance(model, dict) and model.get("backend") == "openai":
+            found.append(str(model.get("base_url") or DEFAULT_BASE_URL))
+        for value in section.values():
+            found += served_urls(value)
+    elif isinstance(section, list):
+        for value in section:
+            found += served_urls(value)
+    return list(dict.fromkeys(found))
 
 
 @contextlib.contextmanager

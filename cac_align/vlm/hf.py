@@ -240,9 +240,9 @@ class HFBackend(BackendBase):
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
                 output = self._generate(inputs, max_new_tokens, **sampling)
                 new_tokens = output[: len(chunk), inputs["input_ids"].shape[1] :]  # padding rows dropped
-                for row in new_tokens.tolist():
+                for row, read in zip(new_tokens.tolist(), _prompt_lengths(inputs, len(chunk))):
                     row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
-                    completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row))
+                    completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row, read))
         return completions
 
     def choice_probs(self, requests: Any, prefixes: Any, choices: Any) -> Any:
@@ -302,9 +302,10 @@ class HFBackend(BackendBase):
                 cache = _cache_of(output)
                 cache_len = int(cache.get_seq_length()) if cache is not None else -1  # no cache: every row re-encoded
                 rows, ends, firsts = [], [], []
+                lengths = _prompt_lengths(inputs, len(chunk))
                 for r, i in enumerate(chunk):
                     ids = _strip_after_eos(generated[r].tolist(), self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
-                    completion = Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids)
+                    completion = Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids, lengths[r])
                     completions.append(completion)
                     prefix = prefix_of(completion.text)
                     if prefix is None:
@@ -395,9 +396,10 @@ class HFBackend(BackendBase):
                 read = read.permute(1, 0, 2).double().cpu().numpy()
                 generated = output.sequences[: len(chunk), inputs["input_ids"].shape[1] :]
                 del output
+                lengths = _prompt_lengths(inputs, len(chunk))
                 for r, row in enumerate(generated.tolist()):
                     row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
-                    completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row))
+                    completions.append(Completion(self.tokenizer.decode(row, skip_special_tokens=True), row, lengths[r]))
                     log_probs.append(np.ascontiguousarray(read[r, : len(row)]))
         return completions, log_probs
 
@@ -737,6 +739,11 @@ def _tokens_spelling(tokenizer: Any, ids: list[int], text: str) -> int | None:
         if len(decoded) > len(text) and not text.startswith(decoded):
             return None
     return None
+
+
+def _prompt_lengths(inputs: Any, rows: int) -> list[int]:
+    """The prompt tokens of each of the first ``rows`` rows of a batch (padding not counted)."""
+    return [int(n) for n in inputs["attention_mask"][:rows].sum(-1).tolist()]
 
 
 def _strip_after_eos(row: list[int], eos: Any, pad: int | None) -> list[int]:

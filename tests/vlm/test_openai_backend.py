@@ -94,12 +94,31 @@ def test_generate_sends_frames_as_images_with_timestamps_when_asked():
 
 
 def test_choice_probs_sums_teacher_forced_logprobs_of_every_choice_token():
-    with ChatServer() as server:
-        backend = OpenAIBackend("cac", base_url=server.url)
-        probs = backend.choice_probs([_request()], ['{"status": "'], ["normal", "abnormal"])
     # The toy server gives each character c the log-probability char_logprob(ord(c)); the
     # candidate's tokens are its characters, so P = exp(sum over its characters).
     expected = [math.exp(sum(char_logprob(ord(ch)) for ch in word)) for word in ("normal", "abnormal")]
+    with ChatServer() as server:
+        backend = OpenAIBackend("cac", base_url=server.url)
+        probs = backend.choice_probs([_request()], ['{"status": "'], ["normal", "abnormal"])
+    np.testing.assert_allclose(probs[0], expected, rtol=1e-12)
+    # read through the prefix cache: the tokens from /tokenize (the prefix, and prefix + each
+    # choice), then one one-token generation per inner node of the choices' trie (the prefix, n,
+    # no, ..., norma; a, ab, ..., abnorma: 13), each continuing the assistant message with the
+    # node's text (from /detokenize) and asking for its next tokens' log-probabilities
+    by_path = {p: [b for b, q in zip(server.requests, server.paths) if q == p] for p in set(server.paths)}
+    assert {b["messages"][-1]["content"] for b in by_path["/tokenize"]} == {'{"status": "', '{"status": "normal', '{"status": "abnormal'}
+    reads = by_path["/v1/chat/completions"]
+    assert len(reads) == 13 and not any(b.get("prompt_logprobs") is not None for b in reads)
+    assert all(b["continue_final_message"] and not b["add_generation_prompt"] and b["max_tokens"] == 1 and b["logprobs"] for b in reads)
+    root = next(b for b in reads if b["messages"][-1]["content"] == '{"status": "')
+    assert sorted(root["logprob_token_ids"]) == [ord("a"), ord("n")]
+    ab = next(b for b in reads if b["messages"][-1]["content"] == '{"status": "ab')
+    assert ab["logprob_token_ids"] == [ord("n")]
+    assert len(by_path["/detokenize"]) == 12  # one per node below the root, remembered after
+    # a server without /tokenize: the prompt_logprobs reads (prefix + one per choice), same numbers
+    with ChatServer(tokenize=False) as server:
+        backend = OpenAIBackend("cac", base_url=server.url)
+        probs = backend.choice_probs([_request()], ['{"status": "'], ["normal", "abnormal"])
     np.testing.assert_allclose(probs[0], expected, rtol=1e-12)
     scoring = [b for b in server.requests if b.get("prompt_logprobs") is not None]
     assert len(scoring) == 3  # prefix only + one per choice
@@ -168,9 +187,9 @@ def test_two_turn_cac_through_the_server():
 
 
 def test_requests_per_video_of_two_turn_cac_through_a_server():
-    """What a vLLM server is asked per video (docs: benchmarks/README.md, status_encoding): each
-    generation is one request, and the final status costs one prompt_logprobs request for the
-    prefix plus one per candidate, each carrying the video again."""
+    """What a vLLM server is asked per video (docs/rewards.md, "Cost per video"): each generation
+    is one request; the final status costs /tokenize calls (no model run) and one one-token read
+    per inner node of the candidates' trie, which a real server answers from its prefix cache."""
     turn1 = json.dumps({"COT": "scan", "status": "abnormal", "anomalies": [{"Attributed Time Region": "1-2", "Attributed Label": "Human Distortion"}]})
     turn2 = json.dumps({"COT": "look", "status": "abnormal", "anomalies": [{"Attributed Label": "Human Distortion", "BBOX": {"Frame 0": [100, 100, 300, 300]}}]})
     normal = json.dumps({"COT": "fine", "status": "normal", "anomalies": []})
@@ -184,10 +203,16 @@ def test_requests_per_video_of_two_turn_cac_through_a_server():
     with ChatServer(answer=answer) as server:
         scorer = CaCScorer(OpenAIBackend("cac", base_url=server.url))
         results = scorer.score(videos, ["flag me", "a calm scene"])
-        kinds = ["logprobs" if body.get("prompt_logprobs") is not None else "generate" for body in server.requests]
+        kinds = [path if path != "/v1/chat/completions" else ("read" if body.get("logprob_token_ids") else "generate")
+                 for path, body in zip(server.paths, server.requests)]
     assert [r.valid for r in results] == [True, True] and results[0].turn2 is not None and results[1].turn2 is None
-    # flagged video: 2 generations + 3 status requests; normal video: 1 generation + 3 status requests
-    assert kinds.count("generate") == 3 and kinds.count("logprobs") == 6 and len(server.requests) == 9
+    # flagged video: 2 generations; normal video: 1; each final status: 3 /tokenize and 13 reads
+    # (this stand-in's tokens are characters: a real tokenizer's trie has 2 or 3 inner nodes);
+    # the 12 texts of the nodes are remembered by the backend (two videos read at once may both ask)
+    assert (kinds.count("generate"), kinds.count("read"), kinds.count("/tokenize")) == (3, 26, 6) and 12 <= kinds.count("/detokenize") <= 24
+    assert not any(body.get("prompt_logprobs") is not None for body in server.requests)
+    # the turns' prompt tokens, as the server counted them (usage.prompt_tokens)
+    assert results[0].turn1.prompt_tokens > 0 and results[0].turn2.prompt_tokens > results[0].turn1.prompt_tokens
 
 
 def test_the_circuit_breaker_stops_asking_a_failing_server():
