@@ -56,6 +56,7 @@ class ChatServer:
         trickle_s: float = 0.0,
         answer_model: str | None = None,
         tokenize: bool = True,
+        metrics: bool = True,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -67,6 +68,8 @@ class ChatServer:
         self.trickle_s = trickle_s
         self.answer_model = answer_model  # answer as this model instead of the one asked for
         self.tokenize = tokenize
+        self.metrics = metrics
+        self.prompts: list[list[int]] = []  # the prompt ids of every chat request answered
         self.requests: list[dict] = []
         self.paths: list[str] = []  # the path of each request, beside its body in ``requests``
         self.images: list[Image.Image] = []
@@ -79,6 +82,9 @@ class ChatServer:
                 pass
 
             def do_GET(self):
+                if self.path == "/metrics" and server.metrics:
+                    lines = [f'{name}{{engine="0",model_name="cac"}} {value}' for name, value in server.counters().items()]
+                    return self._send_text("\n".join(["# HELP vllm counters, as vLLM names them", *lines]) + "\n")
                 if self.path != "/v1/models":
                     return self._send(404, {"error": "not found"})
                 self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
@@ -120,6 +126,8 @@ class ChatServer:
                                     server.videos.append(decode_video(base64.b64decode(data)))
                 prompt = render(body["messages"])
                 ids = [ord(ch) for ch in prompt]
+                with server._lock:
+                    server.prompts.append(ids)
                 response = {
                     "id": "chatcmpl-test",
                     "object": "chat.completion",
@@ -137,6 +145,14 @@ class ChatServer:
                     asked = [{"token": f"token_id:{t}", "logprob": char_logprob(t)} for t in body["logprob_token_ids"]]
                     response["choices"][0]["logprobs"] = {"content": [{"token": "token_id:0", "logprob": 0.0, "top_logprobs": asked}]}
                 self._send(200, response)
+
+            def _send_text(self, text):
+                data = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def _send(self, code, payload):
                 data = json.dumps(payload).encode()
@@ -158,6 +174,24 @@ class ChatServer:
         self.httpd.block_on_close = False  # closing does not wait for a request held back by delay_s
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def counters(self) -> dict[str, float]:
+        """vLLM's counters as this stand-in keeps them: finished chat requests, their prompt
+        tokens, and as "cached" each prompt's longest shared start with an earlier one, in whole
+        32-token blocks (a toy prefix cache: what it counts is ours, the format is vLLM's)."""
+        with self._lock:
+            prompts = list(self.prompts)
+        cached = 0
+        for k, ids in enumerate(prompts):
+            best = 0
+            for earlier in prompts[:k]:
+                n = 0
+                while n < min(len(ids), len(earlier)) - 1 and ids[n] == earlier[n]:
+                    n += 1
+                best = max(best, n)
+            cached += best // 32 * 32
+        return {"vllm:request_success_total": float(len(prompts)), "vllm:prompt_tokens_total": float(sum(map(len, prompts))),
+                "vllm:prompt_tokens_cached_total": float(cached)}
 
     def __enter__(self):
         self.thread.start()

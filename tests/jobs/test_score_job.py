@@ -185,8 +185,24 @@ def test_score_job_through_an_openai_compatible_server(tmp_path):
             [f"videos={tmp_path / 'videos'}", f"out_dir={tmp_path / 'out'}", f"reward.model.base_url={server.url}"],
         )
         rows = run(config)
+        counters = server.counters()
     assert [r["status"] for r in rows] == ["normal", "normal"] and all(r["valid"] for r in rows)
     assert len((tmp_path / "out/results.jsonl").read_text().splitlines()) == 2
+    # what the run cost the server, from its /metrics before (all 0) and after; the turns' own
+    # prompt tokens are the generations' usage.prompt_tokens, as each row records them
+    cost = json.loads((tmp_path / "out/served_cost.json").read_text())
+    (served,) = cost["servers"].values()
+    assert served["requests"] == counters["vllm:request_success_total"] and served["prompt_tokens"] == counters["vllm:prompt_tokens_total"]
+    assert served["computed_prompt_tokens"] == served["prompt_tokens"] - served["cached_prompt_tokens"] > 0
+    assert served["per_video"]["requests"] == served["requests"] / 2 and served["videos"] == 2
+    assert cost["turn_prompt_tokens"] == sum(r["details"]["turn1"]["prompt_tokens"] for r in rows) > 0
+    assert cost["computed_over_turn_prompts"][server.url] == pytest.approx(served["computed_prompt_tokens"] / cost["turn_prompt_tokens"])
+    # a server without vLLM's counters: no file
+    with ChatServer(metrics=False) as server:
+        config = load_config(ScoreConfig, REPO_ROOT / "recipes/score/cac_vllm.yaml",
+                             [f"videos={tmp_path / 'videos'}", f"out_dir={tmp_path / 'plain'}", f"reward.model.base_url={server.url}"])
+        run(config)
+    assert not (tmp_path / "plain/served_cost.json").exists()
 
 
 def test_api_key_comes_from_the_environment(tmp_path, monkeypatch):

@@ -288,3 +288,16 @@ def test_chat_template_kwargs_go_with_every_request():
     asked = [r for r in server.requests if "messages" in r]
     sent = [r.get("chat_template_kwargs") for r in asked]
     assert len(sent) >= 3 and sent[:-1] == [{"enable_thinking": False}] * (len(sent) - 1) and sent[-1] is None
+
+
+def test_served_urls_are_found_however_deep_a_section_nests_them():
+    from cac_align.vlm.config import DEFAULT_BASE_URL, served_urls
+
+    section = {"name": "combined", "components": [
+        {"name": "cac", "model": {"name": "cac", "backend": "openai", "base_url": "http://10.0.0.1:8000/v1"}},
+        {"name": "unified_reward", "model": {"name": "ur", "backend": "openai"}},
+        {"name": "skyra", "model": {"name": "JoeLeelyf/Skyra-SFT"}},  # in-process
+        {"name": "cac", "model": {"name": "cac", "backend": "openai", "base_url": "http://10.0.0.1:8000/v1"}},
+    ]}
+    assert served_urls(section) == ["http://10.0.0.1:8000/v1", DEFAULT_BASE_URL]
+    assert served_urls({"name": "cac", "model": {"name": "cac-demo"}}) == []
