@@ -94,21 +94,16 @@ def build_tiny_vace_pipeline(seed: int = 0) -> Any:
 
 def build_regenerator(config: RegeneratorConfig, key: str = "regenerator") -> Any:
     """The ``WanVACEPipeline`` ``config`` names, on its device (safetensors only)."""
-    from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
+    from cac_align.gen.wan import load_wan_pipeline
+    from cac_align.loading import resolve_device
 
     device = resolve_device(config.device, f"{key}.device")
     if config.name == TINY_VACE:
         return build_tiny_vace_pipeline().to(device)
-    from diffusers import AutoencoderKLWan, WanVACEPipeline
-
-    source = check_weights_source(config.name, f"{key}.name")
-    try:
-        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=resolve_dtype(config.vae_dtype), use_safetensors=True)
-        pipe = WanVACEPipeline.from_pretrained(source, vae=vae, dtype=resolve_dtype(config.dtype), use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise weights_error(config.name, f"{key}.name", exc) from exc
+    pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name",
+                             pipeline="WanVACEPipeline")
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 # ---------------------------------------------------------------------------------------

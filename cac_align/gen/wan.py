@@ -118,6 +118,7 @@ def load_wan_pipeline(
     vae_dtype: str = "float32",
     device: str = "auto",
     key: str = "model",
+    pipeline: str = "WanPipeline",
 ) -> Any:
     """Load a ``WanPipeline`` by hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) or local path.
 
@@ -127,15 +128,18 @@ def load_wan_pipeline(
         vae_dtype: dtype of the VAE; diffusers recommends float32 for Wan's VAE.
         device: "auto", "cpu", "cuda", ...
         key: recipe key holding ``name_or_path``, named in errors.
+        pipeline: the diffusers class of the Wan family to load (``WanVACEPipeline`` for repair's
+            regenerator, ``Wan-AI/Wan2.1-VACE-1.3B-diffusers``).
     """
-    from diffusers import AutoencoderKLWan, WanPipeline
+    import diffusers
+    from diffusers import AutoencoderKLWan
 
     source = check_weights_source(name_or_path, key)
     try:
         vae = AutoencoderKLWan.from_pretrained(
             source, subfolder="vae", dtype=resolve_dtype(vae_dtype), use_safetensors=True
         )
-        pipe = WanPipeline.from_pretrained(source, vae=vae, dtype=resolve_dtype(dtype), use_safetensors=True)
+        pipe = getattr(diffusers, pipeline).from_pretrained(source, vae=vae, dtype=resolve_dtype(dtype), use_safetensors=True)
     except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
         raise weights_error(name_or_path, key, exc) from exc
     return pipe.to(resolve_device(device))

@@ -4,6 +4,7 @@ themselves: tests/gen/test_credit.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -44,6 +45,24 @@ BEFORE = {
     ],
     "lora_sha256": "b7cc854309a0757581b044bb4514d807541d5c7f003792bc1f29068e8433f71a",
 }
+
+
+@contextlib.contextmanager
+def _recorded_maps():
+    """Every :class:`~cac_align.gen.credit.CreditMaps` the trainer builds, in order."""
+    seen = []
+    original = flow_grpo.credit_maps
+
+    def recording(*args, **kwargs):
+        maps = original(*args, **kwargs)
+        seen.append(maps)
+        return maps
+
+    flow_grpo.credit_maps = recording
+    try:
+        yield seen
+    finally:
+        flow_grpo.credit_maps = original
 
 
 def _metrics(out):
@@ -111,23 +130,15 @@ def test_print_config_shows_every_localize_setting(capsys):
         load_config(FlowGrpoConfig, BRIGHT, ["out_dir=x", "advantage.localize.apply_to=positive"], job="flow-grpo")
 
 
-def test_a_combined_reward_carries_its_components_evidence_to_the_maps(tmp_path, monkeypatch):
+def test_a_combined_reward_carries_its_components_evidence_to_the_maps(tmp_path):
     """ur_cac-shaped: a combined reward of brightness (no evidence) and spot_brightness (evidence);
     source names the component; every localized map comes from its box and window."""
-    seen = []
-    original = flow_grpo.credit_maps
-
-    def recording(*args, **kwargs):
-        maps = original(*args, **kwargs)
-        seen.append(maps)
-        return maps
-
-    monkeypatch.setattr(flow_grpo, "credit_maps", recording)
     config = load_config(FlowGrpoConfig, LOCALIZED, [f"out_dir={tmp_path / 'combined'}", "steps=1", "advantage.localize.source=spot_brightness"],
                          job="flow-grpo")
     config.reward = {"name": "combined", "components": [
         {"name": "brightness", "weight": 1.0}, {"name": "spot_brightness", "weight": 1.0, "box": [0, 0, 500, 500], "window_s": [0.25, 0.5]}]}
-    run(config, pipe=build_tiny_wan_pipeline(seed=0))
+    with _recorded_maps() as seen:
+        run(config, pipe=build_tiny_wan_pipeline(seed=0))
     (maps,) = seen
     assert maps.localized.any() and not maps.missing.any()
     localized = maps.maps[maps.localized]
@@ -140,22 +151,11 @@ def test_two_processes_give_the_maps_and_losses_of_one(tmp_path):
     """torchrun-equivalent (`accelerate launch`, two gloo processes, as the scalar path's test):
     one step of the tiny localized recipe gives, concatenated over the ranks, the maps of one
     process, the same logged losses and the same LoRA."""
-    seen = []
-    original = flow_grpo.credit_maps
-
-    def recording(*args, **kwargs):
-        maps = original(*args, **kwargs)
-        seen.append(torch.as_tensor(maps.maps))
-        return maps
-
-    flow_grpo.credit_maps = recording
-    try:
+    with _recorded_maps() as seen:
         config = load_config(FlowGrpoConfig, LOCALIZED, [f"out_dir={tmp_path / 'one'}", "steps=1", "log_with=none"], job="flow-grpo")
         pipe = build_tiny_wan_pipeline(seed=0)
         run(config, pipe=pipe)
-    finally:
-        flow_grpo.credit_maps = original
-    one_maps = torch.cat(seen)
+    one_maps = torch.cat([torch.as_tensor(m.maps) for m in seen])
     one_lora = {n: p.detach() for n, p in pipe.transformer.named_parameters() if p.requires_grad}
 
     script = REPO_ROOT / "tests" / "flow_grpo_two_process.py"

@@ -268,3 +268,19 @@ def test_demo_recipe_with_cac_demo(tmp_path):
     rows = _rows(tmp_path / "demo")
     assert len(rows) == 6 and any(r["attempts"] for r in rows) and any(r["reason"] == "judged normal" for r in rows)
     assert (tmp_path / "demo/report.html").is_file()
+
+
+def test_the_regenerator_loads_from_a_saved_folder_and_a_missing_one_is_named(tmp_path, vace):
+    # the ordinary from_pretrained path real weights take, on the tiny VACE saved and loaded back
+    from cac_align.gen.vace import build_regenerator
+    from cac_align.loading import WeightsNotFoundError
+
+    vace.save_pretrained(str(tmp_path / "vace"))
+    loaded = build_regenerator(RegeneratorConfig(name=str(tmp_path / "vace"), dtype="float32", vae_dtype="float32", device="cpu",
+                                                 num_inference_steps=2, guidance_scale=1.0))
+    assert type(loaded).__name__ == "WanVACEPipeline"
+    frames = smooth_video(16, 64, 96, seed=2)
+    plan = plan_repair(region_from_evidence(Evidence(WINDOW, ((0.5, (BOX,)),)), 16, 8.0, 64, 96), 8.0)
+    np.testing.assert_array_equal(regenerate(loaded, frames, plan, "a ball", 3, REGENERATOR), regenerate(vace, frames, plan, "a ball", 3, REGENERATOR))
+    with pytest.raises((WeightsNotFoundError, ValueError), match="regenerator.name"):
+        build_regenerator(RegeneratorConfig(name=str(tmp_path / "nope"), device="cpu"))
