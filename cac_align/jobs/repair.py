@@ -212,7 +212,7 @@ class _Repairer:
         """The results row of input ``index`` (module docstring, steps 1-4)."""
         from cac_align.cac.evidence import write_evidence_png
         from cac_align.gen.vace import plan_repair, regenerate, splice
-        from cac_align.regions import evidence_reason, region_from_evidence
+        from cac_align.regions import evidence_reason, find_evidence, region_from_evidence
         from cac_align.video import Video, VideoError, load_video, save_video
 
         config = self.config
@@ -264,8 +264,6 @@ class _Repairer:
         candidate, after = kept
         target = self.out / "repaired" / f"{index:05d}_{Path(item['video']).stem}.mp4"
         save_video(candidate, target, lossless=config.lossless)
-        from cac_align.regions import find_evidence
-
         # the repaired frames at the times the judge boxed before (its new boxes where it still finds one)
         found = find_evidence(after["details"]) or {}
         still = found.get("boxes") if found.get("status") == "abnormal" else None
