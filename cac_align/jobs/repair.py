@@ -155,7 +155,32 @@ def _inputs(config: RepairConfig) -> list[dict]:
     rows = [row for _, row in read_jsonl_log(path)]
     if not rows or any("video" not in r or "valid" not in r for r in rows):
         raise RecipeError(f"scored={config.scored!r}: not a finished `cac-align score` results.jsonl (rows need 'video' and 'valid')")
+    _check_same_judge(config, path)
     return [{"video": r["video"], "prompt": r.get("prompt"), "verdict": r} for r in rows]
+
+
+def _check_same_judge(config: RepairConfig, results: Path) -> None:
+    """A scored run's "before" scores compare with the attempts' only if the same judge gave them:
+    its folder's manifest (``cac_align_run.json``) records its reward section, and a repair whose
+    reward differs in anything that changes a score stops here, before its first video. A
+    results.jsonl without a manifest beside it cannot be checked: a warning says so."""
+    from cac_align.config import RecipeError
+    from cac_align.rewards.registry import describe_reward, reward_differences
+    from cac_align.run.folder import MANIFEST, read_manifest
+
+    manifest = read_manifest(results.parent)
+    theirs = (manifest or {}).get("config", {}).get("reward") if manifest else None
+    if theirs is None:
+        log.warning("scored=%s: no %s with a reward section beside it, so its judge cannot be checked; its scores must come from "
+                    "this repair's reward (%s) or every 'before' and 'after' compares two judges", results, MANIFEST, describe_reward(config.reward))
+        return
+    differ = reward_differences(theirs, config.reward)
+    if differ:
+        raise RecipeError(
+            f"scored={str(results)!r} was judged by {describe_reward(theirs)}, this repair judges with {describe_reward(config.reward)} "
+            f"(differing: {', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}): its scores would be compared with another judge's. "
+            "Set reward to the scored run's section, or score the videos with this repair's reward first"
+        )
 
 
 def _verdict(reward: Reward, video: Any, prompt: str) -> dict:

@@ -180,3 +180,24 @@ def build_reward(spec: Any, where: str = "reward") -> Reward:
 
 
 _discover_builtins()
+
+
+def reward_differences(first: Any, second: Any) -> list[str]:
+    """The dotted keys in which two reward sections would score differently: both resolved with
+    their defaults (:func:`resolved_section`), less how their models are reached (a server's
+    address, a timeout, a device: :data:`cac_align.run.folder.SERVING_KEYS`). [] when they are the
+    same judge; ``["name"]`` when they are different rewards altogether."""
+    from cac_align.run.folder import differing_keys, drop_serving_keys
+
+    a, b = (drop_serving_keys(resolved_section(s, where)) for s, where in ((first, "the first reward"), (second, "the second reward")))
+    if a["name"] != b["name"]:
+        return ["name"]
+    return differing_keys(a, b)
+
+
+def describe_reward(section: Any) -> str:
+    """One phrase naming a reward section's judge: its name and, where it has one, its model."""
+    data = dict(section) if isinstance(section, Mapping) else {}
+    model = data.get("model")
+    name = model.get("name") if isinstance(model, Mapping) else None
+    return f"{data.get('name')!s}" + (f" ({name})" if name else "")

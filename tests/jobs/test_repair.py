@@ -221,6 +221,45 @@ def test_a_scored_run_is_reused_not_judged_again(tmp_path, vace):
     assert rows[1]["reason"] == "judged normal"
 
 
+def test_a_scored_run_of_another_judge_is_refused_before_the_first_video(tmp_path, vace, caplog):
+    """The issue's case: the README main job's results (cac-demo) repaired by a recipe judging with
+    spot_brightness compared about 0.0002 with about 0.3 and kept every repair. Here a score run
+    of the toy judge: the same judge passes (a serving key may differ), another threshold or
+    another reward stops the repair with one line naming both, before any video is touched."""
+    from cac_align.config import RecipeError
+    from cac_align.jobs.repair import _inputs
+    from cac_align.jobs.score import ScoreConfig
+    from cac_align.jobs.score import run as score
+
+    spot = {"name": "spot_brightness", "box": [0, 0, 500, 500], "window_s": [0.5, 1.0], "threshold": 0.66}
+    scored = load_config(ScoreConfig, REPO_ROOT / "recipes/score/cac_demo.yaml", [f"out_dir={tmp_path / 'scored'}", "synth_videos=2"], job="score")
+    scored.reward = dict(spot)
+    score(scored)
+    results = tmp_path / "scored/results.jsonl"
+
+    def repair(*overrides):
+        return load_config(RepairConfig, TINY, [f"out_dir={tmp_path / 'out'}", f"scored={results}", "synth_videos=0", "attempts=1", *overrides], job="repair")
+
+    assert len(_inputs(repair())) == 2  # the tiny recipe's judge is the scored run's
+    assert len(_inputs(repair("reward.source_fps=16.0"))) == 2  # its default, written out: the same judge
+    with pytest.raises(RecipeError, match=r"judged by spot_brightness, this repair judges with spot_brightness \(differing: threshold\)"):
+        run(repair("reward.threshold=0.5"), pipe=vace)
+    assert not (tmp_path / "out").exists()  # stopped before its first video
+    other = repair()
+    other.reward = {"name": "brightness"}
+    with pytest.raises(RecipeError, match=r"judged by spot_brightness, this repair judges with brightness \(differing: name\)"):
+        run(other, pipe=vace)
+    # a results.jsonl without its run folder's manifest cannot be checked: said, not refused
+    bare = tmp_path / "bare/results.jsonl"
+    bare.parent.mkdir()
+    bare.write_text(results.read_text())
+    with caplog.at_level("WARNING", logger="cac_align.jobs.repair"):
+        config = repair()
+        config.scored = str(bare)
+        assert len(_inputs(config)) == 2
+    assert "its judge cannot be checked" in caplog.text
+
+
 def test_tiny_recipe_end_to_end_and_print_config(tmp_path, capsys):
     assert main(["repair", "--config", str(TINY), "--out", str(tmp_path / "tiny")]) == 0
     rows = _rows(tmp_path / "tiny")
