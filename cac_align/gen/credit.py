@@ -38,7 +38,30 @@ the one recorded while sampling,
     r_bp = exp(log p_bp - log p_old_bp).
 
 Where ``M_bp = 0`` (``outside: 0``) a position contributes nothing, so no gradient reaches the
-policy through it. The KL to the reference policy is unchanged (per sample, over all positions).
+policy through it. The recipe's KL to the reference policy is unchanged (per sample, over all
+positions).
+
+**Confinement** (``confine > 0``, :func:`hold_map`, :func:`confined_kl`): the map above steers the
+update, but the LoRA is shared by every position, so an update that fixes the region moves the
+rest of the picture too. Flow-GRPO's KL to the reference is a squared difference of the two
+policies' step means, an average over elements, so it splits per latent position; confinement adds
+that per-position KL with weight ``confine`` on the positions *outside* each located defect
+(``H_bp = confine * (1 - coverage_bp)``):
+
+    kl_confine = mean_b w_b * mean_p H_bp * mean_c (mu_bcp - mu_ref_bcp)^2 / (2 std_b^2).
+
+It holds every sample whose verdict locates a defect, whatever its advantage's sign (where the
+defect is not is a fact of the video, not of the group), and nothing else: a normal verdict says
+nothing is wrong, not that nothing may change (the recipe's ``beta`` already holds whole videos).
+
+**ViPO's estimator** (``estimator: vipo``, :func:`vipo_scale`, :func:`vipo_policy_loss`), as their
+official Wan script computes it (ziqi-nox/ViPO ``fastvideo/train_vipo_wan_fsdp.py`` at f5c99ce):
+the per-position log-density *summed* over the latent channels (C times ours), the map min-max
+scaled to [0, 1] per latent frame and then over the whole video (a region's map keeps its 0/1
+shape; ``inside``/``outside`` do not matter, min-max undoes them), ``A * M`` clamped to
+``+-adv_clamp``, a symmetric clip per position, and a plain mean over positions. A sample their
+scaling leaves empty (a region that fills whole frames: every frame is constant) keeps the uniform
+map, as a sample without evidence does, and is counted as missing.
 """
 
 from __future__ import annotations
@@ -54,10 +77,14 @@ from cac_align.regions import EvidenceError, Region, find_evidence, read_evidenc
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CreditMaps", "LocalizeSettings", "credit_map", "credit_maps", "localized_policy_loss", "wan_coverage"]
+__all__ = [
+    "CreditMaps", "LocalizeSettings", "confined_kl", "credit_map", "credit_maps", "hold_map", "localized_policy_loss", "vipo_policy_loss",
+    "vipo_scale", "wan_coverage",
+]
 
 APPLY_TO = ("negative", "all")
 EDGES = ("hard", "soft")
+ESTIMATORS = ("default", "vipo")
 
 
 @dataclass
@@ -77,6 +104,12 @@ class LocalizeSettings:
         dilate: added to every side of every box, in 0-1000 units of the frame (50 = 5%).
         context_s: added to each side of the window, in seconds.
         edges: "hard" (a latent position touching the region is in it) or "soft" (its covered share).
+        confine: weight of the per-position KL to the reference on the positions outside each
+            located defect (module docstring, "Confinement"); 0: off, nothing of it runs.
+        estimator: "default" (the mean-1 map, channel-averaged log-densities) or "vipo" (ViPO's
+            own: channel sums, min-max maps, the ``A * M`` clamp; module docstring).
+        adv_clamp: ``estimator: vipo``: ``A * M`` is clamped to ``[-adv_clamp, adv_clamp]``
+            (ViPO: 5.0).
     """
 
     enabled: bool = False
@@ -87,6 +120,9 @@ class LocalizeSettings:
     dilate: float = 50.0
     context_s: float = 0.0
     edges: str = "hard"
+    confine: float = 0.0
+    estimator: str = "default"
+    adv_clamp: float = 5.0  # ViPO train_vipo_wan_fsdp.py: --adv_clip_max 5.0
 
     def __post_init__(self) -> None:
         if self.apply_to not in APPLY_TO:
@@ -99,6 +135,12 @@ class LocalizeSettings:
             raise ValueError(f"dilate and context_s must be >= 0, got {self.dilate}, {self.context_s}")
         if not self.source:
             raise ValueError("source must be 'auto' or a component name of a combined reward")
+        if not math.isfinite(self.confine) or self.confine < 0:
+            raise ValueError(f"confine must be >= 0 (0: off), got {self.confine}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if not self.adv_clamp > 0:
+            raise ValueError(f"adv_clamp must be > 0, got {self.adv_clamp}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,6 +196,24 @@ def credit_map(coverage: np.ndarray, inside: float = 1.0, outside: float = 0.0) 
     return (raw / total).astype(np.float32)
 
 
+def vipo_scale(coverage: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """ViPO's map scaling: ``(m - min) / (max - min + eps)`` over each latent frame, then once more
+    over the whole ``(T, H, W)`` volume (ziqi-nox/ViPO ``fastvideo/train_vipo_wan_fsdp.py`` at
+    f5c99ce, lines 245/267 per frame and 306 over the video). A constant frame becomes 0; a map
+    whose every frame is constant becomes all 0. float32 in [0, 1]."""
+    m = np.asarray(coverage, dtype=np.float32)
+    low = m.min(axis=(1, 2), keepdims=True)
+    high = m.max(axis=(1, 2), keepdims=True)
+    m = (m - low) / (high - low + np.float32(eps))
+    return ((m - m.min()) / (m.max() - m.min() + np.float32(eps))).astype(np.float32)
+
+
+def hold_map(coverage: np.ndarray, confine: float) -> np.ndarray:
+    """Confinement's per-position KL weight ``confine * (1 - coverage)`` (module docstring):
+    ``confine`` wherever the region is not, 0 on it (between, for ``edges: soft``)."""
+    return (confine * (1.0 - np.asarray(coverage, dtype=np.float32))).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------
 # A step's maps
 # ---------------------------------------------------------------------------------------
@@ -169,6 +229,8 @@ class CreditMaps:
         missing: ``(B,)`` bool: the sample should have had a map (valid, advantage of the right
             sign, a verdict that says abnormal) but its evidence was absent or unreadable.
         reasons: index -> why its evidence could not be used.
+        hold: ``(B, T_lat, H_lat, W_lat)`` confinement's KL weights (:func:`hold_map`; 0 for a
+            sample without a located defect), or None when ``confine`` is 0.
     """
 
     maps: np.ndarray
@@ -176,6 +238,7 @@ class CreditMaps:
     inside_mass: np.ndarray
     missing: np.ndarray
     reasons: dict[int, str]
+    hold: np.ndarray | None = None
 
 
 def _evidence_details(details: Mapping[str, Any], source: str) -> Mapping[str, Any] | None:
@@ -216,34 +279,51 @@ def credit_maps(
     localized, missing = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     inside_mass = np.full(n, np.nan)
     reasons: dict[int, str] = {}
+    hold = np.zeros((n, *shape), dtype=np.float32) if settings.confine > 0 else None
     for i, (entry, ok, advantage) in enumerate(zip(details, valid, advantages)):
         eligible = ok and (advantage < 0 if settings.apply_to == "negative" else advantage != 0)
-        if not eligible:
+        if not (eligible or (ok and hold is not None)):  # confinement reads every valid sample's evidence
             continue
+
+        def fail(why: str) -> None:
+            if eligible:  # only a sample that should have had a map counts as missing
+                missing[i], reasons[i] = True, why
+
         source = _evidence_details(entry, settings.source)
         found = find_evidence(source) if source is not None else None
         if found is None:
-            missing[i], reasons[i] = True, f"no localizing reward in its details (source {settings.source!r})"
+            fail(f"no localizing reward in its details (source {settings.source!r})")
             continue
         if found.get("status") != "abnormal":  # the judge saw no defect: nothing to localize
             continue
         try:
             evidence = read_evidence(found)
         except EvidenceError as exc:
-            missing[i], reasons[i] = True, f"unreadable evidence: {exc}"
+            fail(f"unreadable evidence: {exc}")
             continue
         if evidence is None:
-            missing[i], reasons[i] = True, "an abnormal verdict without a window or boxes"
+            fail("an abnormal verdict without a window or boxes")
             continue
         region = region_from_evidence(evidence, num_frames, fps, height, width, dilate=settings.dilate, context_s=settings.context_s)
         coverage = wan_coverage(region, temporal, spatial, patch, settings.edges)
         if not coverage.any():
-            missing[i], reasons[i] = True, "its evidence covers no frame of the video"
+            fail("its evidence covers no frame of the video")
             continue
-        maps[i] = credit_map(coverage, settings.inside, settings.outside)
+        if hold is not None:
+            hold[i] = hold_map(coverage, settings.confine)
+        if not eligible:
+            continue
+        if settings.estimator == "vipo":
+            scaled = vipo_scale(coverage)
+            if not scaled.any():
+                fail("ViPO's per-frame min-max leaves nothing of a region that fills whole frames")
+                continue
+            maps[i] = scaled
+        else:
+            maps[i] = credit_map(coverage, settings.inside, settings.outside)
         localized[i] = True
         inside_mass[i] = float(maps[i][coverage > 0].sum() / maps[i].sum())
-    return CreditMaps(maps, localized, inside_mass, missing, reasons)
+    return CreditMaps(maps, localized, inside_mass, missing, reasons, hold)
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,3 +370,89 @@ def localized_policy_loss(
             "clip_fraction": (((r < 1.0 - low) | (r > 1.0 + high)) & kept).float().sum() / n_kept,
         }
     return loss, metrics
+
+
+def vipo_policy_loss(
+    log_density_sum: torch.Tensor,
+    old_log_density_sum: torch.Tensor,
+    advantages: torch.Tensor,
+    maps: torch.Tensor,
+    clip_range: float,
+    adv_clamp: float = 5.0,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ViPO's per-position clipped surrogate, as their official Wan script computes it (module
+    docstring; ziqi-nox/ViPO ``fastvideo/train_vipo_wan_fsdp.py`` at f5c99ce: lines 424-425 the
+    channel-summed density, 1289 and 1454 ``clamp(A * M)``, 1455-1457 the clipped term and its
+    plain mean over positions):
+
+        loss = mean_b w_b * mean_p max(-Ahat_bp r_bp, -Ahat_bp clip(r_bp, 1 - eps, 1 + eps)),
+        Ahat_bp = clamp(A_b M_bp, -adv_clamp, adv_clamp),  r_bp = exp(log p_bp - log p_old_bp),
+
+    with ``log p`` the Gaussian log-density at a position *summed* over the latent channels.
+
+    Args:
+        log_density_sum: ``(B, T, H, W)`` under the current policy (with grad), channels summed.
+        old_log_density_sum: ``(B, T, H, W)`` the same, recorded when sampling.
+        advantages: ``(B,)``.
+        maps: ``(B, T, H, W)`` in [0, 1] (:func:`vipo_scale`); 1 everywhere for a uniform sample.
+        clip_range: ``eps`` (ViPO: symmetric, 1e-4 with their 16-step schedule).
+        adv_clamp: the clamp on ``A * M`` (ViPO: 5.0).
+        weights: optional ``(B,)``; 0 drops a sample (ViPO has none; ours drops invalid samples
+            and zero-variance groups, whose advantage is 0 anyway).
+
+    Returns:
+        ``(loss, metrics)`` as :func:`localized_policy_loss`.
+    """
+    import torch
+
+    from cac_align.rl import clipped_surrogate
+
+    log_ratio = log_density_sum - old_log_density_sum
+    dense = (advantages.reshape(-1, 1, 1, 1).to(log_ratio.dtype) * maps.to(log_ratio.dtype)).clamp(-adv_clamp, adv_clamp)
+    per_position = clipped_surrogate(log_ratio, dense, clip_range, clip_range)
+    per_sample = per_position.mean(dim=(1, 2, 3))
+    w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
+    loss = (w * per_sample).mean()
+    with torch.no_grad():
+        kept = (w > 0).reshape(-1, 1, 1, 1).expand_as(log_ratio)
+        n_kept = kept.sum().clamp(min=1)
+        r = torch.exp(log_ratio.detach())
+        metrics = {
+            "ratio_mean": (r * kept).sum() / n_kept,
+            "clip_fraction": (((r < 1.0 - clip_range) | (r > 1.0 + clip_range)) & kept).float().sum() / n_kept,
+        }
+    return loss, metrics
+
+
+def confined_kl(
+    mean: torch.Tensor,
+    ref_mean: torch.Tensor,
+    std: torch.Tensor | float,
+    hold: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Confinement's KL (module docstring): Flow-GRPO's closed-form KL between the policy's and
+    the reference's Gaussian steps, per latent position, weighted by ``hold``:
+
+        mean_b w_b * mean_p hold_bp * mean_c (mean_bcp - ref_mean_bcp)^2 / (2 std_b^2).
+
+    With ``hold`` equal to 1 everywhere it is :func:`cac_align.gen.sde.flow_grpo_loss`'s KL.
+
+    Args:
+        mean, ref_mean: ``(B, C, T, H, W)`` the step means under the policy (with grad) and the
+            reference.
+        std: scalar, ``(B,)`` or ``(B, 1, 1, 1, 1)``: the step's std.
+        hold: ``(B, T, H, W)`` per-position weights (:func:`hold_map`).
+        weights: optional ``(B,)`` sample weights, as the recipe's KL takes them.
+
+    Returns:
+        A scalar.
+    """
+    import torch
+
+    diff2 = ((mean.float() - ref_mean.float()) ** 2).mean(dim=1)  # (B, T, H, W): the channel mean
+    std_b = torch.as_tensor(std, dtype=torch.float32, device=diff2.device).reshape(-1)
+    per_sample = (hold.to(diff2.dtype) * diff2).mean(dim=(1, 2, 3)) / (2 * std_b**2)
+    w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
+    return (w * per_sample).mean()

@@ -250,6 +250,9 @@ def flow_grpo_loss(
     log_prob_map: torch.Tensor | None = None,
     old_log_prob_map: torch.Tensor | None = None,
     credit: torch.Tensor | None = None,
+    estimator: str = "default",
+    adv_clamp: float = 5.0,
+    hold: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss on one denoising step plus ``beta`` times the KL to the reference policy.
 
@@ -273,6 +276,13 @@ def flow_grpo_loss(
             term is the per-position estimator of localized credit
             (:func:`cac_align.gen.credit.localized_policy_loss`, ``A_p = credit_p * A``); the KL
             term is the same either way.
+        estimator: with ``credit``: "default" (above) or "vipo"
+            (:func:`cac_align.gen.credit.vipo_policy_loss`: the log-density maps must then be
+            summed over channels, ``clip_range`` is symmetric, ``A * M`` is clamped to
+            ``+-adv_clamp``).
+        hold: ``(B, T, H, W)`` confinement's per-position KL weights
+            (:func:`cac_align.gen.credit.confined_kl`, needs ``mean``, ``ref_mean``, ``std``):
+            added to the loss as ``confine_kl`` whatever ``beta`` is.
 
     Returns:
         ``(loss, metrics)``: a scalar loss and detached scalars ``policy_loss``, ``kl``,
@@ -288,9 +298,16 @@ def flow_grpo_loss(
     if credit is not None:
         if log_prob_map is None or old_log_prob_map is None:
             raise ValueError("localized credit needs log_prob_map and old_log_prob_map beside the credit maps")
-        from cac_align.gen.credit import localized_policy_loss
+        from cac_align.gen.credit import localized_policy_loss, vipo_policy_loss
 
-        policy_loss, position_metrics = localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w)
+        if estimator == "vipo":
+            if low != high:
+                raise ValueError(f"ViPO's estimator clips symmetrically; got clip_range {clip_range}")
+            policy_loss, position_metrics = vipo_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, adv_clamp, w)
+        elif estimator == "default":
+            policy_loss, position_metrics = localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w)
+        else:
+            raise ValueError(f"unknown localized estimator {estimator!r}")
     else:
         policy_loss = (w * clipped_surrogate(log_ratio, advantages, low, high)).mean()
     if beta > 0:
@@ -302,6 +319,14 @@ def flow_grpo_loss(
     else:
         kl = torch.zeros((), device=log_prob.device)
     loss = policy_loss + beta * kl
+    if hold is not None:  # confinement: the KL per position, outside the located defects
+        if mean is None or ref_mean is None or std is None:
+            raise ValueError("confinement (hold) needs mean, ref_mean and std for its KL")
+        from cac_align.gen.credit import confined_kl
+
+        confine_kl = confined_kl(mean, ref_mean, std, hold, w)
+        loss = loss + confine_kl
+        position_metrics["confine_kl"] = confine_kl.detach()
     with torch.no_grad():
         kept = w.detach() > 0
         n_kept = kept.sum().clamp(min=1)

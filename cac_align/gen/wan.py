@@ -32,6 +32,7 @@ __all__ = [
     "decode_latents",
     "encode_prompts",
     "generate_videos",
+    "latent_preview",
     "load_wan_pipeline",
     "predict_velocity",
     "sample_with_log_probs",
@@ -407,6 +408,26 @@ def decode_latents(pipe: Any, latents: Any) -> Any:
         video = vae.decode(z / inv_std + mean, return_dict=False)[0]
         frames = pipe.video_processor.postprocess_video(video, output_type="np")
     return _frames_to_uint8(frames)
+
+
+def latent_preview(pipe: Any, latents: Any) -> Any:
+    """A stand-in for :func:`decode_latents` in toy experiments: uint8 ``(B, 4 (F' - 1) + 1, 8 H',
+    8 W', 3)``, the sigmoid of latent channels 0-2 as RGB laid out as Wan's VAE lays out pixels
+    (latent frame 0 as pixel frame 0, latent frame k as pixel frames 4k - 3 .. 4k, each latent
+    pixel as an 8 x 8 block).
+
+    The tiny random ``AutoencoderKLWan`` decodes to frames that barely depend on the latents (its
+    norms normalise them away), so a toy reward on its decode cannot move; this preview keeps what
+    the policy changes visible, each latent position owning exactly its pixels. Never for a real
+    model. Used by ``benchmarks/localized_credit.py`` and the tests that need a reward the tiny
+    policy can move (``run(..., decode=latent_preview)``)."""
+    import numpy as np
+    import torch
+
+    rgb = torch.sigmoid(latents[:, :3].float()).permute(0, 2, 3, 4, 1).cpu().numpy()
+    frames = [0] + [k for k in range(1, rgb.shape[1]) for _ in range(4)]
+    rgb = np.repeat(np.repeat(rgb[:, frames], 8, axis=2), 8, axis=3)
+    return np.round(rgb * 255.0).astype(np.uint8)
 
 
 def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:

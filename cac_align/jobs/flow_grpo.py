@@ -85,6 +85,7 @@ from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_c
 from cac_align.run.dist import gather_floats, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import log_metrics
+from cac_align.run.watch import WatchSettings, hacking_alarms
 from cac_align.video import Video, save_video
 
 __all__ = ["RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "WanLoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
@@ -100,6 +101,8 @@ RUN_ONLY_KEYS = (
     "overwrite",
     "eval_every",
     "eval_videos",
+    "eval_rewards",
+    "watch",
     "checkpoint_every",
     "keep_checkpoints",
     "log_with",
@@ -179,6 +182,11 @@ class FlowGrpoConfig:
         seed: base seed for prompt order, LoRA init and every sample's noise.
         eval_every: evaluate every this many steps and at the end (0: only at the end).
         eval_videos: held-out videos written to ``eval/`` per evaluation.
+        eval_rewards: judges the run does not train on, by a label of yours (``{label: reward
+            section}``): each scores the evaluation videos at every evaluation
+            (``eval/<label>/mean``, ``eval/<label>/valid_fraction``) for the reward-hacking watch.
+        watch: the reward-hacking watch over the trained reward and ``eval_rewards``
+            (:mod:`cac_align.run.watch`: a warning, or a stop with ``stop: true``).
         checkpoint_every: checkpoint every this many steps and at the end (0: only at the end).
         keep_checkpoints: how many recent checkpoints to keep.
         log_with: "tensorboard" or "none" (``metrics.jsonl`` is always written).
@@ -222,6 +230,8 @@ class FlowGrpoConfig:
     seed: int = 0
     eval_every: int = 10
     eval_videos: int = 4
+    eval_rewards: dict[str, Any] = field(default_factory=dict)
+    watch: WatchSettings = field(default_factory=WatchSettings)
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     log_with: str = "tensorboard"
@@ -265,6 +275,9 @@ class FlowGrpoConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.log_with not in ("tensorboard", "none"):
             raise ValueError(f"log_with must be 'tensorboard' or 'none', got {self.log_with!r}")
+        localize = self.advantage.localize
+        if localize.enabled and localize.estimator == "vipo" and self.clip_range_high not in (None, self.clip_range):
+            raise ValueError("advantage.localize.estimator=vipo clips symmetrically (ViPO): leave clip_range_high null")
         if self.learning_rate <= 0 or self.beta < 0 or self.adv_clip_max <= 0:
             raise ValueError("learning_rate and adv_clip_max must be > 0 and beta >= 0")
         if self.lora.rank < 1 or not self.lora.target_modules:
@@ -272,6 +285,12 @@ class FlowGrpoConfig:
         if self.generator.lora is not None:
             raise ValueError("generator.lora is for generation (bon, eval); flow-grpo trains a new LoRA from the base model")
         reward_config(self.reward, "reward")
+        for label, section in self.eval_rewards.items():
+            if not label.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"eval_rewards: a label is a name of letters, digits, '_' or '-' (it names the metrics), got {label!r}")
+            reward_config(section, f"eval_rewards.{label}")
+        if self.eval_rewards and not self.eval_prompts:
+            raise ValueError("eval_rewards score the evaluation videos: set eval_prompts (held-out prompts) too")
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,6 +344,8 @@ def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
 FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl")
+# advantage.localize settings that came after localized credit itself, with their defaults (off)
+LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
 
 def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
@@ -337,6 +358,11 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
     fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS)
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
         fingerprint.pop("advantage", None)
+    else:  # settings added later, at their defaults: a localized run folder of before them still matches
+        localize = fingerprint.get("advantage", {}).get("localize", {})
+        for key, default in LOCALIZE_LATER_DEFAULTS.items():
+            if localize.get(key) == default:
+                localize.pop(key, None)
     folder = RunFolder(config.out_dir, "flow-grpo", FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
     out = folder.path
     if folder.resuming and not config.resume:
@@ -532,6 +558,7 @@ class _Trainer:
         # 2. the reward and the sampling schedule
         if self.reward is None:
             self.reward = build_reward(config.reward, "reward")
+        self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") for label, section in config.eval_rewards.items()}
         self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
@@ -550,6 +577,7 @@ class _Trainer:
             log.info("flow-grpo: resuming from %s (step %d)", resume_from, self.start_step)
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
+        self.watched = self._watch_history()
         if config.log_with == "tensorboard":
             acc.init_trackers("flow_grpo")
         acc.wait_for_everyone()
@@ -562,15 +590,50 @@ class _Trainer:
         for step in range(self.start_step, config.steps):
             last = self.train_step(step)
             done = step + 1
+            stop = False
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
+                stop = self._watch(last)  # the trained reward against the held-out judges
             log_metrics(acc, self.out, done, last, trackers=config.log_with == "tensorboard")
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps or stop:
                 self.checkpoint(done)
             progress.update(1)
             progress.set_postfix(reward=f"{last.get('reward/mean', math.nan):.4f}")
+            if stop:
+                log.error("flow-grpo: stopped at step %d by the reward-hacking watch (watch.stop); its checkpoint and LoRA are kept", done)
+                break
         progress.close()
         return last
+
+    def _watch_history(self) -> dict[str, list[float]]:
+        """The evaluations so far (of a resumed run: from metrics.jsonl) for the watch: the
+        trained reward's mean (``"reward"``) and each held-out judge's, oldest first."""
+        from cac_align.run.folder import read_jsonl_log
+
+        history: dict[str, list[float]] = {"reward": [], **{label: [] for label in self.eval_rewards}}
+        if not self.start_step:
+            return history
+        for _, row in read_jsonl_log(self.out / "metrics.jsonl"):
+            if row.get("step", 0) <= self.start_step and "eval/reward_mean" in row:
+                history["reward"].append(float(row["eval/reward_mean"]))
+                for label in self.eval_rewards:
+                    history[label].append(float(row.get(f"eval/{label}/mean", math.nan)))
+        return history
+
+    def _watch(self, metrics: dict[str, Any]) -> bool:
+        """Add an evaluation to the watch (:mod:`cac_align.run.watch`); log its alarms (also as
+        ``watch/alarms``) and say whether the run should stop."""
+        if not self.eval_rewards:
+            return False
+        self.watched["reward"].append(metrics["eval/reward_mean"])
+        for label in self.eval_rewards:
+            self.watched[label].append(metrics[f"eval/{label}/mean"])
+        held_out = {label: self.watched[label] for label in self.eval_rewards}
+        alarms = hacking_alarms(self.watched["reward"], held_out, self.config.watch.window, self.config.watch.margin)
+        for alarm in alarms:
+            log.warning("flow-grpo: %s", alarm.message(self.reward.name))
+        metrics["watch/alarms"] = len(alarms)
+        return bool(alarms) and self.config.watch.stop
 
     def train_step(self, step: int) -> dict[str, Any]:
         config, acc, plan = self.config, self.accelerator, self.plan
@@ -627,14 +690,14 @@ class _Trainer:
         metrics["trained_fraction"] = float(adv.trainable.mean())
         advantages = torch.as_tensor(adv.advantages[local], device=device)
         weights = torch.as_tensor(adv.trainable[local], dtype=torch.float32, device=device)
-        credit = None
+        credit = hold = None
         if config.advantage.localize.enabled:  # 4b. each sample's evidence as a map over its latent positions
-            credit = self._credit(outputs, adv.advantages[local], metrics)
+            credit, hold = self._credit(outputs, adv.advantages[local], metrics)
 
         # 5. train: one AdamW update over micro-batches x trained timesteps
         start = time.perf_counter()
         if adv.trainable.any():
-            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit))
+            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit, hold))
         else:
             log.warning("step %d: every group has zero reward variance; no update", step)
         train_seconds = time.perf_counter() - start
@@ -649,9 +712,10 @@ class _Trainer:
         )
         return metrics
 
-    def _credit(self, outputs: list[RewardOutput], advantages: np.ndarray, metrics: dict[str, Any]) -> torch.Tensor:
-        """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`),
-        and the step's localization metrics over every process."""
+    def _credit(self, outputs: list[RewardOutput], advantages: np.ndarray, metrics: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`) and
+        confinement's KL weights of the same shape (None when ``confine`` is 0), and the step's
+        localization metrics over every process."""
         g, pipe = self.config.generator, self.pipe
         maps = credit_maps(
             [d for o in outputs for d in o.details], np.concatenate([o.valid for o in outputs]), advantages, self.config.advantage.localize,
@@ -666,7 +730,11 @@ class _Trainer:
         metrics["localize/localized_fraction"] = float(localized.mean())
         metrics["localize/map_inside_mass"] = float(np.nanmean(inside)) if np.isfinite(inside).any() else math.nan
         metrics["localize/evidence_missing"] = int(gather_floats(acc, maps.missing.astype(np.float64)).sum())
-        return torch.as_tensor(maps.maps, device=acc.device)
+        hold = None
+        if maps.hold is not None:  # confinement: the share of samples held to the reference off their defect
+            metrics["localize/held_fraction"] = float(gather_floats(acc, maps.hold.reshape(len(maps.hold), -1).any(axis=1).astype(np.float64)).mean())
+            hold = torch.as_tensor(maps.hold, device=acc.device)
+        return torch.as_tensor(maps.maps, device=acc.device), hold
 
     def _encode(self, texts: list[str]) -> tuple[Any, Any]:
         g = self.config.generator
@@ -712,7 +780,7 @@ class _Trainer:
         return outputs, compute
 
     def _update(self, step: int, trajectories: list[Any], embeds: torch.Tensor, negative: torch.Tensor | None, advantages: torch.Tensor,
-                weights: torch.Tensor, credit: torch.Tensor | None = None) -> dict[str, float]:
+                weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> dict[str, float]:
         config, acc = self.config, self.accelerator
         device = acc.device
         latents = torch.cat([t.latents for t in trajectories])
@@ -748,10 +816,10 @@ class _Trainer:
                         with acc.autocast():
                             velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
-                        localized = {} if credit is None else {  # the per-position estimator (gen/credit.py)
-                            "log_prob_map": policy.log_prob_map, "old_log_prob_map": old_maps[lo:hi, j].to(device), "credit": credit[lo:hi]}
+                        localized = {} if credit is None else self._position_terms(
+                            policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi], None if hold is None else hold[lo:hi], x.shape[1])
                         ref_mean = None
-                        if config.beta > 0:
+                        if config.beta > 0 or hold is not None:
                             with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
                                 ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
                             ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
@@ -787,6 +855,20 @@ class _Trainer:
         out["train/timesteps"] = len(steps_trained)
         return out
 
+    def _position_terms(self, log_prob_map: torch.Tensor, old_log_prob_map: torch.Tensor, credit: torch.Tensor,
+                        hold: torch.Tensor | None, channels: int) -> dict[str, Any]:
+        """``flow_grpo_loss``'s localized arguments for a micro-batch (gen/credit.py). The
+        per-position log-densities are recorded as channel means; ViPO's estimator takes channel
+        sums, ``channels`` times them."""
+        localize = self.config.advantage.localize
+        terms: dict[str, Any] = {"log_prob_map": log_prob_map, "old_log_prob_map": old_log_prob_map, "credit": credit}
+        if localize.estimator == "vipo":
+            terms.update(log_prob_map=log_prob_map * channels, old_log_prob_map=old_log_prob_map * channels,
+                         estimator="vipo", adv_clamp=localize.adv_clamp)
+        if hold is not None:
+            terms["hold"] = hold
+        return terms
+
     def evaluate(self, done: int) -> dict[str, float]:
         """ODE samples of the held-out prompts (fixed seeds), their rewards, a few saved videos."""
 
@@ -795,6 +877,7 @@ class _Trainer:
         per_process = math.ceil(n / acc.num_processes)
         mine = [i for i in range(acc.process_index * per_process, (acc.process_index + 1) * per_process) if i < n]
         scores = np.full(per_process, np.nan)
+        held_out = {label: np.full(per_process, np.nan) for label in self.eval_rewards}
         if mine:
             texts = [self.eval_prompts[i] for i in mine]
             with _ema_weights(self.unwrapped, self.ema):
@@ -809,6 +892,9 @@ class _Trainer:
             # through the pool like training batches: a failing reward call is invalid, not a crash
             (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps))])
             scores[: len(mine)] = output.scores
+            for label, judge in self.eval_rewards.items():  # the judges it does not train on, the same videos
+                (judged,), _ = self._collect([(len(mine), self.pool.submit(_score, judge, videos, texts, mine, config.generator.fps))])
+                held_out[label][: len(mine)] = judged.scores
             folder = self.out / "eval" / f"step_{done:06d}"
             for i, frames in zip(mine, videos):
                 if i < config.eval_videos:
@@ -816,7 +902,12 @@ class _Trainer:
         gathered = gather_floats(acc, scores)  # padding entries of short shards are NaN: not counted
         mean, std = nan_mean_std(gathered)
         valid = int(np.isfinite(gathered).sum())
-        return {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
+        metrics = {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
+        for label, judged in held_out.items():
+            gathered = gather_floats(acc, judged)
+            metrics[f"eval/{label}/mean"] = nan_mean_std(gathered)[0]
+            metrics[f"eval/{label}/valid_fraction"] = int(np.isfinite(gathered).sum()) / n
+        return metrics
 
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator

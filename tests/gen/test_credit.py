@@ -11,7 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from cac_align.gen.credit import LocalizeSettings, credit_map, credit_maps, latent_frames, localized_policy_loss, wan_coverage
+from cac_align.gen.credit import (
+    LocalizeSettings,
+    confined_kl,
+    credit_map,
+    credit_maps,
+    hold_map,
+    latent_frames,
+    localized_policy_loss,
+    vipo_policy_loss,
+    vipo_scale,
+    wan_coverage,
+)
 from cac_align.gen.sde import flow_grpo_loss, gaussian_log_prob, position_log_density, sde_step
 from cac_align.regions import Evidence, EvidenceError, read_evidence, region_from_evidence
 from cac_align.rl import clipped_surrogate
@@ -200,3 +211,141 @@ def test_outside_zero_sends_no_gradient_through_positions_outside_the_region():
     assert (grad[0][~region] == 0).all() and (grad[0][region] != 0).all()
     # sample 1 (positive: uniform) gets gradient everywhere
     assert (grad[1] != 0).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Confinement: the per-position KL to the reference outside the located defect
+# ---------------------------------------------------------------------------------------
+def test_hold_map_weighs_the_outside_and_follows_soft_edges():
+    coverage = np.array([[[1.0, 0.25], [0.0, 0.0]]], dtype=np.float32)
+    # confine * (1 - coverage): 0 on the region, 2 off it, 2 * 0.75 = 1.5 on a quarter-covered cell
+    assert hold_map(coverage, 2.0).tolist() == [[[0.0, 1.5], [2.0, 2.0]]]
+
+
+def test_confined_kl_by_hand_and_equal_to_the_recipes_kl_when_it_holds_everything():
+    # B = 2, C = 2, one frame of 1 x 2 positions; std 0.5 for sample 0, 1.0 for sample 1
+    mean = torch.tensor([[[[[1.0, 0.0]]], [[[3.0, 0.0]]]], [[[[0.0, 2.0]]], [[[0.0, 0.0]]]]])
+    ref = torch.zeros_like(mean)
+    std = torch.tensor([0.5, 1.0])
+    hold = torch.tensor([[[[0.0, 4.0]]], [[[1.0, 1.0]]]])
+    # channel means of (mean - ref)^2: sample 0 positions (1 + 9) / 2 = 5 and 0; sample 1: 0 and 2
+    # sample 0: mean_p hold * d2 = (0 * 5 + 4 * 0) / 2 = 0; sample 1: (1 * 0 + 1 * 2) / 2 = 1, / (2 * 1) = 0.5
+    # mean over the batch: 0.25; with weights (1, 0): 0
+    assert float(confined_kl(mean, ref, std, hold)) == pytest.approx(0.25)
+    assert float(confined_kl(mean, ref, std, hold, torch.tensor([1.0, 0.0]))) == pytest.approx(0.0)
+    # sample 0 held where its difference is: (4 * 5 + 0) / 2 = 10, / (2 * 0.25) = 20 -> (20 + 0.5) / 2
+    assert float(confined_kl(mean, ref, std, hold.flip(-1))) == pytest.approx((20 + 0.5) / 2)
+    # hold = beta everywhere is the recipe's KL times beta
+    loss, parts = flow_grpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), clip_range=0.2, mean=mean, ref_mean=ref, std=std, beta=0.3)
+    assert float(confined_kl(mean, ref, std, torch.full_like(hold, 0.3))) == pytest.approx(0.3 * float(parts["kl"]))
+
+
+def test_flow_grpo_loss_adds_the_confined_kl_and_its_gradient_reaches_only_held_positions():
+    torch.manual_seed(0)
+    mean = torch.randn(1, 16, 3, 8, 8, requires_grad=True)
+    ref = torch.randn(1, 16, 3, 8, 8)
+    hold = torch.zeros(1, 3, 8, 8)
+    hold[0, 0] = 2.0  # held: latent frame 0 only
+    maps = torch.ones(1, 3, 8, 8)
+    logp = torch.zeros(1, 3, 8, 8)
+    base, _ = flow_grpo_loss(logp.mean((1, 2, 3)), logp.mean((1, 2, 3)), torch.tensor([0.0]), clip_range=0.2, mean=mean, ref_mean=ref,
+                             std=0.5, log_prob_map=logp, old_log_prob_map=logp, credit=maps)
+    loss, parts = flow_grpo_loss(logp.mean((1, 2, 3)), logp.mean((1, 2, 3)), torch.tensor([0.0]), clip_range=0.2, mean=mean, ref_mean=ref,
+                                 std=0.5, log_prob_map=logp, old_log_prob_map=logp, credit=maps, hold=hold)
+    assert float((loss - base).detach()) == pytest.approx(float(parts["confine_kl"])) and float(parts["confine_kl"]) > 0
+    loss.backward()
+    assert mean.grad[:, :, 0].abs().sum() > 0 and mean.grad[:, :, 1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="needs mean, ref_mean and std"):
+        flow_grpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), clip_range=0.2, log_prob_map=logp, old_log_prob_map=logp, credit=maps, hold=hold)
+
+
+def test_which_samples_are_held():
+    geometry = dict(num_frames=9, fps=16.0, height=64, width=64)
+    details = [
+        _details(),                                        # 0: worse than its group: localized and held
+        _details(),                                        # 1: better than its group: whole-clip credit, but held off its defect
+        _details(status="normal", window=None, box=None),  # 2: normal: not held (nothing says where not to change)
+        _details(),                                        # 3: invalid: nothing
+        {"status": "abnormal", "window_s": [0.5, 0.25], "boxes": []},  # 4: unreadable and better: neither, not missing
+    ]
+    maps = credit_maps(details, [True, True, True, False, True], [-1.0, 1.0, -1.0, -1.0, 1.0],
+                       LocalizeSettings(enabled=True, dilate=0.0, confine=0.5), **geometry)
+    assert maps.localized.tolist() == [True, False, False, False, False] and not maps.missing.any()
+    held = maps.hold.reshape(5, -1).any(axis=1)
+    assert held.tolist() == [True, True, False, False, False]
+    # the box and window (latent frames 1-2, rows/columns 0-3) are free, every other position holds 0.5
+    for i in (0, 1):
+        assert (maps.hold[i, 1:, :4, :4] == 0).all() and maps.hold[i].sum() == pytest.approx(0.5 * (192 - 32))
+    assert (maps.maps[1] == 1).all()  # holding a sample does not localize its credit
+    assert credit_maps(details, [True] * 5, [-1.0] * 5, LocalizeSettings(enabled=True), **geometry).hold is None  # confine 0: off
+
+
+# ---------------------------------------------------------------------------------------
+# ViPO's own estimator (ziqi-nox/ViPO fastvideo/train_vipo_wan_fsdp.py at f5c99ce)
+# ---------------------------------------------------------------------------------------
+def test_vipo_scale_min_max_per_frame_then_per_video():
+    # their lines 245/267: (m - min) / (max - min + 1e-8) per frame; line 306: the same over the video
+    m = np.array([
+        [[0.0, 2.0], [1.0, 1.0]],   # frame 0: min 0, max 2 -> 0, 1, 0.5, 0.5
+        [[3.0, 3.0], [3.0, 3.0]],   # frame 1: constant -> 0 everywhere
+        [[1.0, 0.5], [0.5, 0.5]],   # frame 2: min 0.5, max 1 -> 1, 0, 0, 0
+    ], dtype=np.float32)
+    expected = np.array([[[0, 1], [0.5, 0.5]], [[0, 0], [0, 0]], [[1, 0], [0, 0]]], dtype=np.float32)
+    np.testing.assert_allclose(vipo_scale(m), expected, atol=1e-7)
+    # min-max undoes an affine map: our inside/outside weights do not change ViPO's map
+    np.testing.assert_allclose(vipo_scale(0.2 + 3.0 * m), vipo_scale(m), atol=1e-6)
+    assert not vipo_scale(np.ones((2, 2, 2), dtype=np.float32)).any()  # every frame constant: all 0
+
+
+def test_vipo_policy_loss_equals_their_formula_by_hand():
+    """ViPO's per-position loss, computed from their formula (train_vipo_wan_fsdp.py at f5c99ce:
+    lines 424-425 the Gaussian log-density summed over channels; 1289 A * M; 1454 its clamp to
+    +-adv_clip_max = 5; 1455-1457 max(-A r, -A clip(r, 1 - eps, 1 + eps)) and a plain mean over
+    positions), against the path the trainer takes: channel means (position_log_density) x C."""
+    # C = 2 channels, one frame of 1 x 2 positions; [channel][position]; std 0.1
+    x_next = torch.tensor([[0.50, -1.00], [0.20, 0.30]]).reshape(1, 2, 1, 1, 2)
+    mean_new = torch.tensor([[0.45, -0.98], [0.25, 0.30]]).reshape(1, 2, 1, 1, 2)
+    mean_old = torch.tensor([[0.50, -0.95], [0.20, 0.32]]).reshape(1, 2, 1, 1, 2)
+    new = position_log_density(x_next, mean_new, 0.1) * 2
+    old = position_log_density(x_next, mean_old, 0.1) * 2
+    # per position, summed over channels, the constants cancel in the ratio:
+    #   position 0: new -(0.05^2 + 0.05^2) / (2 * 0.01) = -0.25, old 0 -> r = e^-0.25 = 0.7788008
+    #   position 1: new -(0.02^2 + 0) / 0.02 = -0.02, old -(0.05^2 + 0.02^2) / 0.02 = -0.145 -> r = e^0.125 = 1.1331485
+    ratio = torch.exp(new - old).reshape(-1)
+    assert ratio.tolist() == pytest.approx([math.exp(-0.25), math.exp(0.125)], rel=1e-5)
+    maps = torch.tensor([1.0, 0.4]).reshape(1, 1, 1, 2)
+    # A = 1.5: A * M = (1.5, 0.6); eps = 1e-4:
+    #   position 0: max(-1.5 * 0.7788008, -1.5 * 0.9999) = -1.1682012
+    #   position 1: max(-0.6 * 1.1331485, -0.6 * 1.0001) = -0.60006 -> mean -0.8841306
+    loss, _ = vipo_policy_loss(new, old, torch.tensor([1.5]), maps, 1e-4)
+    assert float(loss) == pytest.approx(-0.8841305873, abs=1e-6)
+    # eps = 0.2: position 1 max(-0.6798891, -0.72) = -0.6798891 -> mean -0.9240451
+    assert float(vipo_policy_loss(new, old, torch.tensor([1.5]), maps, 0.2)[0]) == pytest.approx(-0.9240451232, abs=1e-6)
+    # A = -1.5, eps = 1e-4: max(1.1682012, 1.49985) = 1.49985; max(0.6798891, 0.60006) = 0.6798891 -> 1.0898695
+    assert float(vipo_policy_loss(new, old, torch.tensor([-1.5]), maps, 1e-4)[0]) == pytest.approx(1.0898695359, abs=1e-6)
+    # the clamp acts on A * M: A = 8 -> (min(8, 5), 3.2) = (5, 3.2); eps = 1e-4:
+    #   position 0: max(-5 * 0.7788008, -5 * 0.9999) = -3.894004; position 1: max(-3.2 * 1.1331485, -3.2 * 1.0001) = -3.20032
+    assert float(vipo_policy_loss(new, old, torch.tensor([8.0]), maps, 1e-4)[0]) == pytest.approx((-5 * math.exp(-0.25) - 3.2 * 1.0001) / 2, abs=1e-6)
+    # through flow_grpo_loss (the trainer's call): the same number; an asymmetric clip is refused
+    via, _ = flow_grpo_loss(new.mean((1, 2, 3)), old.mean((1, 2, 3)), torch.tensor([1.5]), clip_range=1e-4, log_prob_map=new,
+                            old_log_prob_map=old, credit=maps, estimator="vipo")
+    assert float(via) == pytest.approx(-0.8841305873, abs=1e-6)
+    with pytest.raises(ValueError, match="symmetrically"):
+        flow_grpo_loss(new.mean((1, 2, 3)), old.mean((1, 2, 3)), torch.tensor([1.5]), clip_range=(0.1, 0.2), log_prob_map=new,
+                       old_log_prob_map=old, credit=maps, estimator="vipo")
+
+
+def test_vipo_maps_are_the_scaled_coverage_and_a_whole_frame_region_falls_back_to_uniform():
+    geometry = dict(num_frames=9, fps=16.0, height=64, width=64)
+    settings = LocalizeSettings(enabled=True, dilate=0.0, estimator="vipo")
+    maps = credit_maps([_details(), {"status": "abnormal", "window_s": [0.25, 0.5], "boxes": []}], [True, True], [-1.0, -1.0], settings, **geometry)
+    # the box and window: 1 on latent frames 1-2, rows/columns 0-3, 0 elsewhere (not mean 1)
+    expected = np.zeros((3, 8, 8), dtype=np.float32)
+    expected[1:, :4, :4] = 1.0
+    np.testing.assert_allclose(maps.maps[0], expected, atol=1e-6)
+    assert maps.localized.tolist() == [True, False] and maps.missing.tolist() == [False, True]
+    assert "min-max" in maps.reasons[1] and (maps.maps[1] == 1).all()
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        LocalizeSettings(estimator="dense")
+    with pytest.raises(ValueError, match="confine must be >= 0"):
+        LocalizeSettings(confine=-1.0)

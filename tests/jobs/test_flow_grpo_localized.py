@@ -47,6 +47,33 @@ BEFORE = {
 }
 
 
+# Recorded at commit a8eed10 (localized credit as it landed, before confinement and ViPO's
+# estimator) on this project's CPU machine (torch 2.14.1, CPU capability AVX2, one intra-op thread)
+# with
+#   cac-align flow-grpo --config recipes/align/flow_grpo_tiny_localized.yaml --out OUT steps=2 \
+#       log_with=none checkpoint_every=0 ema_decay=null
+# under torch.set_num_threads(1): with confine 0 and the default estimator the loop must reproduce it.
+LOCALIZED_BEFORE = {
+    "cpu": "AVX2",
+    "metrics": [
+        {"reward/mean": 0.40006901360804736, "train/loss": -3.5390257835388184e-08, "train/policy_loss": -3.5390257835388184e-08,
+         "train/approx_kl": 1.7763568394002505e-15, "train/grad_norm": 0.008349936455488205, "train/ratio_mean": 1.0,
+         "localize/localized_fraction": 0.5, "localize/map_inside_mass": 1.0},
+        {"reward/mean": 0.3998979157092524, "train/loss": 8.307397365570068e-07, "train/policy_loss": 3.725290298461914e-09,
+         "train/kl": 1.6493608427481377e-05, "train/approx_kl": 8.493206138382448e-15, "train/grad_norm": 0.009417855180799961,
+         "train/ratio_mean": 1.0, "localize/localized_fraction": 0.375, "localize/map_inside_mass": 1.0},
+    ],
+    "lora_sha256": "ace98e45b4b9268afbc91b65f84d7ab996d5f761c314c1f76f605a49a6e41768",
+}
+
+
+# On a CPU of another capability the kernels sum in another order. The first losses are sums of
+# O(1) terms (advantages times ratios at 1) that cancel to ~1e-9, so their float32 rounding is an
+# absolute ~1e-8 (seen: 6.05e-9 on AVX512, 2.79e-9 on AVX2), and the gradient norm of such a sum
+# agrees to ~5e-5 relative (0.0070047 and 0.0070050); everything else to 1e-5.
+OTHER_CPU = dict(rel=1e-4, abs=1e-7)
+
+
 @contextlib.contextmanager
 def _recorded_maps():
     """Every :class:`~cac_align.gen.credit.CreditMaps` the trainer builds, in order."""
@@ -89,9 +116,75 @@ def test_off_a_run_is_bit_identical_to_before(tmp_path):
         for key, value in expected.items():
             # bit for bit where the kernels are the recorded ones; another CPU capability sums in
             # another order, so there only to float rounding
-            assert got[key] == value if same_machine else got[key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
+            assert got[key] == value if same_machine else got[key] == pytest.approx(value, **OTHER_CPU), key
     if same_machine:
         assert _lora_sha256(out / "lora") == BEFORE["lora_sha256"]
+
+
+def _run_one_thread(args):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as recorded
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_localized_with_confinement_and_vipo_off_is_bit_identical_to_before(tmp_path):
+    out = tmp_path / "localized"
+    _run_one_thread(["flow-grpo", "--config", str(LOCALIZED), "--out", str(out), "steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null"])
+    rows = _metrics(out)
+    assert not any(k in r for r in rows for k in ("train/confine_kl", "localize/held_fraction"))  # off: nothing of it runs
+    same_machine = torch.backends.cpu.get_cpu_capability() == LOCALIZED_BEFORE["cpu"]
+    for got, expected in zip(rows, LOCALIZED_BEFORE["metrics"], strict=True):
+        for key, value in expected.items():
+            assert got[key] == value if same_machine else got[key] == pytest.approx(value, **OTHER_CPU), key
+    if same_machine:
+        assert _lora_sha256(out / "lora") == LOCALIZED_BEFORE["lora_sha256"]
+    # the run folder's fingerprint leaves the new settings out at their defaults (a folder of before
+    # them resumes), and names them when they are set
+    manifest = json.loads((out / "cac_align_run.json").read_text())
+    assert "confine" not in json.dumps(manifest["fingerprint"]["advantage"]) and "estimator" not in json.dumps(manifest["fingerprint"]["advantage"])
+
+
+def test_confinement_holds_every_located_sample_and_changes_the_update(tmp_path):
+    # beta = 0: no recipe KL, so the reference pass runs for confinement alone
+    common = ["steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null", "beta=0"]
+    assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(tmp_path / "free"), *common]) == 0
+    assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(tmp_path / "held"), *common, "advantage.localize.confine=5.0"]) == 0
+    free, held = _metrics(tmp_path / "free"), _metrics(tmp_path / "held")
+    # spot_brightness calls every video abnormal with its box: every sample is held off its region
+    assert all(r["localize/held_fraction"] == 1.0 and "train/kl" not in r for r in held)
+    # step 1 starts at the reference (LoRA B = 0): the KL and its gradient are 0, the update is the
+    # same as without it; step 2's policy has moved, so its KL is > 0 and adds to the same policy loss
+    assert held[0]["train/confine_kl"] == 0.0 and held[0]["train/loss"] == free[0]["train/loss"]
+    assert held[1]["train/confine_kl"] > 0
+    assert held[1]["train/policy_loss"] == free[1]["train/policy_loss"]
+    # (the logged loss sums float32 micro-batch losses of O(0.05) policy terms: rounding ~1e-9)
+    assert held[1]["train/loss"] == pytest.approx(free[1]["train/loss"] + held[1]["train/confine_kl"], rel=1e-4)
+    a = load_file(str(tmp_path / "free/lora/pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "held/lora/pytorch_lora_weights.safetensors"))
+    assert any(not torch.equal(a[n], b[n]) for n in a)
+    manifest = json.loads((tmp_path / "held/cac_align_run.json").read_text())
+    assert manifest["fingerprint"]["advantage"]["localize"]["confine"] == 5.0
+
+
+def test_vipo_estimator_trains_with_its_maps_and_refuses_an_asymmetric_clip(tmp_path):
+    with _recorded_maps() as seen:
+        config = load_config(FlowGrpoConfig, LOCALIZED, [f"out_dir={tmp_path / 'vipo'}", "steps=1", "log_with=none", "advantage.localize.estimator=vipo"],
+                             job="flow-grpo")
+        pipe = build_tiny_wan_pipeline(seed=0)
+        run(config, pipe=pipe)
+    (maps,) = seen
+    localized = maps.maps[maps.localized]
+    # ViPO's [0, 1] map of the box and window: 1 on its 32 positions, 0 elsewhere (ours would be 6 and 0)
+    assert len(localized) and (localized[:, 1:, :4, :4] == 1).all() and localized.sum() == pytest.approx(32 * len(localized))
+    (row,) = _metrics(tmp_path / "vipo")
+    assert row["train/grad_norm"] > 0 and 0 <= row["train/clip_fraction"] <= 1
+    lora = {n: p for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+    assert any(torch.count_nonzero(v) for n, v in lora.items() if "lora_B" in n)
+    with pytest.raises(Exception, match="clips symmetrically"):
+        load_config(FlowGrpoConfig, LOCALIZED, ["out_dir=x", "advantage.localize.estimator=vipo", "clip_range_high=0.3"], job="flow-grpo")
 
 
 def test_tiny_localized_recipe_logs_its_metrics_and_resumes_exactly(tmp_path):
@@ -124,7 +217,8 @@ def test_print_config_shows_every_localize_setting(capsys):
     assert main(["flow-grpo", "--config", str(BRIGHT), "out_dir=x", "--print-config"]) == 0
     shown = capsys.readouterr().out
     block = shown[shown.index("advantage:"):]
-    for line in ("enabled: false", "source: auto", "apply_to: negative", "inside: 1.0", "outside: 0.0", "dilate: 50.0", "context_s: 0.0", "edges: hard"):
+    for line in ("enabled: false", "source: auto", "apply_to: negative", "inside: 1.0", "outside: 0.0", "dilate: 50.0", "context_s: 0.0", "edges: hard",
+                 "confine: 0.0", "estimator: default", "adv_clamp: 5.0"):
         assert line in block, line
     with pytest.raises(Exception, match="apply_to must be one of"):
         load_config(FlowGrpoConfig, BRIGHT, ["out_dir=x", "advantage.localize.apply_to=positive"], job="flow-grpo")

@@ -1,0 +1,81 @@
+"""A reward-hacking watch: the trained reward rising while a judge it is not trained on falls.
+
+Flow-GRPO users fight reward hacking: the reward the run optimizes goes up while the videos get
+worse by any other measure. A run can only see that if it scores its evaluation videos with
+judges it does not train on (``eval_rewards`` of ``cac-align flow-grpo``; the paper's pair is
+natural: train on one of UnifiedReward and CaC, watch with the other). This module holds the rule,
+as a pure function over the evaluations so far:
+
+    over the last ``window`` evaluations, an alarm for each held-out judge whose mean fell by more
+    than ``margin`` (in its own units) while the trained reward's mean rose (last - first > 0).
+
+A judge with a NaN in the window (every video invalid at one evaluation) is not judged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+__all__ = ["HackingAlarm", "WatchSettings", "hacking_alarms"]
+
+
+@dataclass
+class WatchSettings:
+    """``watch`` of a flow-grpo recipe.
+
+    Attributes:
+        window: evaluations the rule looks back over (>= 2: the first and the last of them).
+        margin: how far a held-out judge's mean must fall, in its own score units.
+        stop: end the run (after a checkpoint, keeping the LoRA) at the first alarm; false: warn.
+    """
+
+    window: int = 3
+    margin: float = 0.02
+    stop: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window < 2:
+            raise ValueError(f"watch.window must be >= 2 evaluations, got {self.window}")
+        if not math.isfinite(self.margin) or self.margin < 0:
+            raise ValueError(f"watch.margin must be >= 0, got {self.margin}")
+
+
+@dataclass(frozen=True)
+class HackingAlarm:
+    """A held-out judge that fell while the trained reward rose (module docstring)."""
+
+    judge: str
+    trained_rise: float
+    judge_fall: float
+    evaluations: int
+
+    def message(self, trained: str) -> str:
+        return (f"possible reward hacking: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
+                f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}")
+
+
+def hacking_alarms(trained: Sequence[float], held_out: Mapping[str, Sequence[float]], window: int, margin: float) -> list[HackingAlarm]:
+    """The alarms of the last ``window`` evaluations (module docstring).
+
+    Args:
+        trained: the trained reward's mean at each evaluation so far, oldest first.
+        held_out: per held-out judge, its mean at the same evaluations.
+        window: evaluations to look back over; fewer than that so far: no alarm yet.
+        margin: the fall (first - last) a judge must exceed.
+    """
+    if len(trained) < window:
+        return []
+    rise = trained[-1] - trained[-window]
+    if not (math.isfinite(rise) and rise > 0):
+        return []
+    alarms = []
+    for judge, means in held_out.items():
+        recent = list(means)[-window:]
+        if len(recent) < window or not all(math.isfinite(m) for m in recent):
+            continue
+        fall = recent[0] - recent[-1]
+        if fall > margin:
+            alarms.append(HackingAlarm(judge, float(rise), float(fall), window))
+    return alarms
