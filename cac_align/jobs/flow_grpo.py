@@ -84,7 +84,7 @@ from cac_align.rl import group_advantages, nan_mean_std
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
-from cac_align.run.metrics import log_metrics
+from cac_align.run.metrics import log_metrics, start_trackers, trackers_for
 from cac_align.run.watch import WatchSettings, hacking_alarms
 from cac_align.video import Video, save_video
 
@@ -189,7 +189,8 @@ class FlowGrpoConfig:
             (:mod:`cac_align.run.watch`: a warning, or a stop with ``stop: true``).
         checkpoint_every: checkpoint every this many steps and at the end (0: only at the end).
         keep_checkpoints: how many recent checkpoints to keep.
-        log_with: "tensorboard" or "none" (``metrics.jsonl`` is always written).
+        log_with: "tensorboard", "wandb" (Weights & Biases, an optional extra), "both" or "none"
+            (``metrics.jsonl`` is always written).
         reward_workers: threads scoring sampled batches while the next batch samples.
         store_latents_on_cpu: keep the recorded trajectories in host memory (saves GPU memory
             at full size: 51 latents of 16 x 21 x 60 x 104 floats are 430 MB per video).
@@ -273,8 +274,7 @@ class FlowGrpoConfig:
             self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        if self.log_with not in ("tensorboard", "none"):
-            raise ValueError(f"log_with must be 'tensorboard' or 'none', got {self.log_with!r}")
+        trackers_for(self.log_with)
         localize = self.advantage.localize
         if localize.enabled and localize.estimator == "vipo" and self.clip_range_high not in (None, self.clip_range):
             raise ValueError("advantage.localize.estimator=vipo clips symmetrically (ViPO): leave clip_range_high null")
@@ -343,7 +343,7 @@ def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
-FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "metrics.jsonl")
+FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "metrics.jsonl")
 # advantage.localize settings that came after localized credit itself, with their defaults (off)
 LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
@@ -518,7 +518,7 @@ class _Trainer:
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
-            log_with="tensorboard" if config.log_with == "tensorboard" else None,
+            log_with=list(trackers_for(config.log_with)) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
         )
         acc = self.accelerator
@@ -578,8 +578,7 @@ class _Trainer:
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         self.watched = self._watch_history()
-        if config.log_with == "tensorboard":
-            acc.init_trackers("flow_grpo")
+        start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
         acc.wait_for_everyone()
 
     # -- the loop ----------------------------------------------------------------------
@@ -594,7 +593,7 @@ class _Trainer:
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
                 stop = self._watch(last)  # the trained reward against the held-out judges
-            log_metrics(acc, self.out, done, last, trackers=config.log_with == "tensorboard")
+            log_metrics(acc, self.out, done, last, trackers=config.log_with != "none")
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps or stop:
                 self.checkpoint(done)
             progress.update(1)

@@ -35,3 +35,35 @@ def log_metrics(accelerator: Accelerator, out: str | Path, step: int, metrics: d
         line = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
         with open(Path(out) / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Trackers: which of accelerate's a run logs to
+# ---------------------------------------------------------------------------------------
+LOG_WITH = {"none": (), "tensorboard": ("tensorboard",), "wandb": ("wandb",), "both": ("tensorboard", "wandb")}
+
+
+def trackers_for(log_with: str, key: str = "log_with") -> tuple[str, ...]:
+    """accelerate's tracker names for a recipe's ``log_with`` ("tensorboard", "wandb", "both" or
+    "none"). Weights & Biases is an optional dependency: asking for it without the package is an
+    error here, at recipe-check time, with the install line; it is imported only when asked for."""
+    if log_with not in LOG_WITH:
+        raise ValueError(f"{key} must be one of {', '.join(repr(k) for k in LOG_WITH)}, got {log_with!r}")
+    names = LOG_WITH[log_with]
+    if "wandb" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ValueError(f"{key}={log_with!r} needs Weights & Biases: pip install 'cac_align[wandb]' (or pip install wandb); "
+                             "WANDB_MODE=offline logs without an account or network")
+    return names
+
+
+def start_trackers(accelerator: Accelerator, log_with: str, project: str, run_name: str, out: str | Path, config: dict[str, Any]) -> None:
+    """Start the run's trackers (call on every process; accelerate starts them on the main one):
+    TensorBoard under the accelerator's logging dir, Weights & Biases with ``run_name``, the whole
+    resolved ``config`` and its files under ``out/wandb`` (``WANDB_PROJECT`` / ``WANDB_MODE`` etc.
+    apply as usual). TensorBoard gets no hparams: its hparams table takes flat scalars only."""
+    names = trackers_for(log_with)
+    if names:
+        accelerator.init_trackers(project, init_kwargs={"wandb": {"name": run_name, "config": config, "dir": str(out)}} if "wandb" in names else {})
