@@ -142,7 +142,7 @@ def write_report(rows: Sequence[dict], out_dir: str | Path, title: str = "scorin
         window_s = cac.get("window_s")
         window = f"[{window_s[0]:.2f}, {window_s[1]:.2f}) s" if window_s else "-"
         boxes = "".join(
-            f"<li>frame {b['frame']} @ {b['time_s']:.3f} s, {html.escape(str(b['type']))}: "
+            f"<li>frame {b.get('frame', '?')} @ {b['time_s']:.3f} s{', ' + html.escape(str(b['type'])) if b.get('type') else ''}: "
             + ", ".join(html.escape(str([round(v, 1) for v in box])) for box in b["boxes"])
             + "</li>"
             for b in cac.get("boxes", [])

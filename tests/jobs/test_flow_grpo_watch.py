@@ -8,7 +8,7 @@ held-out judge falls: the watch must warn, and with ``stop`` end the run. Watche
 measure on another quarter (an honest judge that agrees), it must stay quiet. The videos are the
 latent preview (:func:`cac_align.gen.wan.latent_preview`): the tiny random VAE's decode does not
 move with the latents. Seed 3 of the miniature's settings learns from its first step (seen: the
-trained reward 0.5241, 0.5268, 0.5292 at steps 1-3; steps of ~0.0025, far above float noise)."""
+trained reward 0.5241, 0.5268 at steps 1-2; steps of ~0.0025, far above float noise)."""
 
 from __future__ import annotations
 
@@ -38,28 +38,27 @@ def _train(tmp_path, name, judges, *overrides):
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_watch_warns_when_the_trained_reward_rises_and_a_held_out_judge_falls(tmp_path, caplog):
+def test_the_watch_warns_when_the_trained_reward_rises_and_a_held_out_judge_falls_and_stop_ends_the_run(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cac_align.jobs.flow_grpo"):
-        rows = _train(tmp_path, "hacked", {"mean_pixel": {"name": "brightness"}})
+        rows = _train(tmp_path, "hacked", {"mean_pixel": {"name": "brightness"}}, "watch.stop=true")
     trained = [r["eval/reward_mean"] for r in rows]
     judged = [r["eval/mean_pixel/mean"] for r in rows]
     assert all(r["eval/mean_pixel/valid_fraction"] == 1.0 for r in rows)
-    # the picture darkened: the trained reward rose and the held-out judge fell, every evaluation
-    assert trained[0] < trained[1] < trained[2] and judged[0] > judged[1] > judged[2]
-    assert [r["watch/alarms"] for r in rows] == [0, 1, 1]  # the first evaluation has nothing to compare
+    # the picture darkened: the trained reward rose and the held-out judge fell
+    assert trained[0] < trained[1] and judged[0] > judged[1]
+    # the first evaluation has nothing to compare; the second alarms, and stop ends the run there
+    # (of 3 steps) with its checkpoint and LoRA
+    assert [r["step"] for r in rows] == [1, 2] and [r["watch/alarms"] for r in rows] == [0, 1]
     assert "possible reward hacking" in caplog.text and "'spot_brightness' rose" in caplog.text and "'mean_pixel' fell" in caplog.text
+    assert (tmp_path / "hacked/checkpoints/step_000002").is_dir() and (tmp_path / "hacked/lora").is_dir()
 
 
-def test_the_watch_stays_quiet_with_an_honest_judge_and_stop_ends_a_hacked_run(tmp_path, caplog):
+def test_the_watch_stays_quiet_with_an_honest_judge(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cac_align.jobs.flow_grpo"):
-        rows = _train(tmp_path, "honest", {"other_quarter": OTHER_QUARTER})
-    assert [r["watch/alarms"] for r in rows] == [0, 0, 0] and "reward hacking" not in caplog.text
+        rows = _train(tmp_path, "honest", {"other_quarter": OTHER_QUARTER}, "steps=2")
+    assert [r["watch/alarms"] for r in rows] == [0, 0] and "reward hacking" not in caplog.text
     assert rows[-1]["eval/reward_mean"] > rows[0]["eval/reward_mean"]  # it did learn
     assert rows[-1]["eval/other_quarter/mean"] > rows[0]["eval/other_quarter/mean"]  # and the honest judge agrees
-    # stop: the first alarm (step 2) ends the run with its checkpoint and LoRA
-    rows = _train(tmp_path, "stopped", {"mean_pixel": {"name": "brightness"}}, "watch.stop=true")
-    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["watch/alarms"] == 1
-    assert (tmp_path / "stopped/checkpoints/step_000002").is_dir() and (tmp_path / "stopped/lora").is_dir()
 
 
 def test_held_out_judges_are_checked_with_the_recipe():

@@ -19,7 +19,7 @@ def test_flow_grpo_logs_to_tensorboard_and_wandb_offline_with_its_name_and_confi
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "tiny_run"
-    assert main(["flow-grpo", "--config", str(BRIGHT), "--out", str(out), "steps=2", "log_with=both", "checkpoint_every=0"]) == 0
+    assert main(["flow-grpo", "--config", str(BRIGHT), "--out", str(out), "steps=1", "log_with=both", "checkpoint_every=0"]) == 0
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     (run,) = (out / "wandb").glob("offline-run-*")
     # wandb 0.31 keeps an offline run in its own record file (what `wandb sync` uploads): the run's
