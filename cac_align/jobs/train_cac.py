@@ -60,6 +60,7 @@ from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_syn
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
+from cac_align.run.metrics import trackers_for
 
 __all__ = ["TrainCaCConfig", "run"]
 
@@ -177,8 +178,7 @@ def run(config: TrainCaCConfig) -> dict:
         model = add_lora(model, config.lora, config.train.seed)
     else:
         set_trainable(model, config)
-    tensorboard = TensorBoardCallback()
-    tensorboard.logging_dir = str(out / "tensorboard")
+    callbacks: list[TrainerCallback] = [_JsonlLog(out / "metrics.jsonl"), *_tracker_callbacks(config, out, args)]
     losses = _Losses(t, model, processor, detection_chats[: t.detection_eval_samples] if do_eval else [])
     trainer = _CaCTrainer(
         losses=losses,
@@ -189,12 +189,18 @@ def run(config: TrainCaCConfig) -> dict:
         data_collator=functools.partial(collate, pad_token_id=processor.tokenizer.pad_token_id, status_mask=losses.weighted, attention_window=losses.attention),
         compute_loss_func=losses.token_loss if losses.weighted else None,
         processing_class=processor,
-        callbacks=[_JsonlLog(out / "metrics.jsonl"), tensorboard],
+        callbacks=callbacks,
     )
     check_sharding(trainer.accelerator.distributed_type)  # fsdp.yaml on a machine where accelerate cannot shard
 
     # 5. train (resuming restores optimizer, scheduler, RNG and the data position)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if "wandb" in trackers_for(t.log_with) and args.process_index == 0:
+            import wandb
+
+            wandb.finish()
     metrics = dict(result.metrics)
     for entry in trainer.state.log_history:  # the latest value of every logged eval metric
         metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
@@ -202,6 +208,31 @@ def run(config: TrainCaCConfig) -> dict:
     # 6. final weights: stage 1 saves the adapter, then merges it into the base weights
     _save_final(trainer, config, out, lora)
     return metrics
+
+
+def _tracker_callbacks(config: TrainCaCConfig, out: Path, args: TrainingArguments) -> list[TrainerCallback]:
+    """transformers' callbacks for ``train.log_with``: TensorBoard under ``out/tensorboard``,
+    Weights & Biases as a run named after the run folder with the resolved recipe as its config and
+    its files under ``out/wandb`` (started here on the main process, so transformers' callback
+    logs into it rather than into a run of its own defaults)."""
+    from omegaconf import OmegaConf
+
+    names = trackers_for(config.train.log_with, "train.log_with")
+    callbacks: list[TrainerCallback] = []
+    if "tensorboard" in names:
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(out / "tensorboard")
+        callbacks.append(tensorboard)
+    if "wandb" in names:
+        from transformers.integrations import WandbCallback
+
+        if args.process_index == 0:
+            import wandb
+
+            wandb.init(project=f"train_cac_stage{config.stage}", name=out.name, dir=str(out),
+                       config=OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        callbacks.append(WandbCallback())
+    return callbacks
 
 
 def _training_arguments(config: TrainCaCConfig, out: Path, do_eval: bool) -> TrainingArguments:

@@ -63,6 +63,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object
 from tqdm.auto import tqdm
@@ -81,7 +82,7 @@ from cac_align.rl import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes
-from cac_align.run.metrics import log_metrics, merge_sums
+from cac_align.run.metrics import log_metrics, merge_sums, start_trackers, trackers_for
 from cac_align.video import VideoError, load_video
 from cac_align.vlm.hf import StaticShapes
 
@@ -119,7 +120,7 @@ class _Trainer:
             cpu=not torch.cuda.is_available(),
             mixed_precision="bf16" if t.bf16 else "no",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            log_with="tensorboard",  # the metrics logger flow-grpo uses too (accelerate's trackers)
+            log_with=list(trackers_for(t.log_with, "train.log_with")) or None,  # accelerate's trackers, as flow-grpo's
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
         )
         self.videos_per_process = self._videos_per_process(acc.num_processes)
@@ -182,7 +183,8 @@ class _Trainer:
                     keep_log_steps(self.out / name, self.start_step)
                 log.info("train-cac stage 3: resuming from %s (step %d)", found[-1], self.start_step)
         acc.wait_for_everyone()
-        acc.init_trackers("train_cac_stage3")  # writes tensorboard/train_cac_stage3/ (main process)
+        # tensorboard/train_cac_stage3/ and/or wandb/ (main process)
+        start_trackers(acc, t.log_with, "train_cac_stage3", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.suppressed = placeholder_token_ids(self.processor)
 
@@ -224,7 +226,7 @@ class _Trainer:
         for step in range(self.start_step, self.total_steps):
             metrics, summaries = self.train_step(step)
             done = step + 1
-            log_metrics(acc, self.out, done, metrics)
+            log_metrics(acc, self.out, done, metrics, trackers=t.log_with != "none")
             if acc.is_main_process and summaries:
                 with (self.out / "rollouts.jsonl").open("a") as handle:
                     handle.writelines(json.dumps(s) + "\n" for s in summaries)

@@ -40,3 +40,28 @@ def test_log_with_is_checked_and_wandb_is_not_imported_unless_asked():
             f"load_config(FlowGrpoConfig, {str(BRIGHT)!r}, ['out_dir=x'], job='flow-grpo'); print('wandb' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_train_cac_logs_to_wandb_offline(stage, cac_data, tmp_path, monkeypatch):
+    """Stages 1-2 (transformers' Trainer) and stage 3 (accelerate) log to the trackers of
+    train.log_with: here both, offline; two optimizer steps of the tiny recipes."""
+    from cac_align.jobs import load_recipe
+    from cac_align.jobs.train_cac import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    recipe = {1: "stage1_tiny", 3: "stage3_grpo_tiny"}[stage]
+    out = tmp_path / f"stage{stage}_run"
+    extra = ["model=tiny-random:qwen3_vl"] if stage == 3 else []
+    _, config = load_recipe(REPO_ROOT / f"recipes/cac/{recipe}.yaml",
+                            [f"annotations={cac_data}", f"out_dir={out}", "train.max_steps=2", "train.logging_steps=1", "train.log_with=both", *extra])
+    run(config)
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    (records,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    data = records.read_bytes()
+    logged = "train/loss" if stage == 1 else "reward/status"  # transformers prefixes its keys with train/
+    for text in (f"stage{stage}_run", f"train_cac_stage{stage}", "learning_rate", logged):
+        assert text.encode() in data, text
+    with pytest.raises(Exception, match="train.log_with must be one of"):
+        load_recipe(REPO_ROOT / f"recipes/cac/{recipe}.yaml", [f"annotations={cac_data}", "train.log_with=mlflow"])

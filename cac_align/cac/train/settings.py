@@ -15,6 +15,7 @@ from omegaconf import MISSING
 from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.rewards import PAPER_WEIGHTS
 from cac_align.cac.train.stream import StreamConfig
+from cac_align.run.metrics import trackers_for
 from cac_align.vlm.backend import MAX_NEW_TOKENS
 
 __all__ = ["SAMPLERS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]
@@ -139,6 +140,8 @@ class TrainSettings:
             scratch keeps a sparse anomaly at the video tokens without routing it to where it
             answers (docs/cac_training.md, items 9-10). Needs eager attention in the language
             model (switched on for the run; memory ~ length^2 per layer).
+        log_with: the trackers besides ``metrics.jsonl``: "tensorboard", "wandb" (Weights &
+            Biases, an optional extra), "both" or "none" (:func:`cac_align.run.metrics.trackers_for`).
     """
 
     learning_rate: float = 1e-4
@@ -162,6 +165,7 @@ class TrainSettings:
     detection_max_new_tokens: int = 384
     status_loss_weight: float = 1.0
     attention_loss_weight: float = 0.0
+    log_with: str = "tensorboard"
 
 
 @dataclass
@@ -233,6 +237,7 @@ class TrainCaCConfig:
         if self.freeze_vision and self.finetune == "lora":
             raise ValueError("freeze_vision applies to full fine-tuning; LoRA covers every linear layer (set finetune: full, or lora.target_modules)")
         t = self.train
+        trackers_for(t.log_with, "train.log_with")
         if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
             raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
         if t.learning_rate <= 0 or (t.max_steps <= 0 and t.num_epochs <= 0):
@@ -252,4 +257,4 @@ class TrainCaCConfig:
 
 
 # Keys that may change between a run and its resumption.
-RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "grpo.save_rollouts")
+RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "train.log_with", "grpo.save_rollouts")

@@ -57,7 +57,7 @@ def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
     )
 
 
-TRAIN_CAC_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "data.json", "adapter", "final", "rollouts.jsonl")
+TRAIN_CAC_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "wandb", "data.json", "adapter", "final", "rollouts.jsonl")
 
 
 def run_folder(config: TrainCaCConfig) -> Any:
