@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smooth_video
+from conftest import REPO_ROOT, smooth_video
 
 from cac_align.config import RecipeError
 from cac_align.eval import vbench as vb
@@ -253,3 +253,27 @@ def test_config_errors():
         vb_job.VBenchConfig(systems={"../a": "x"}, out_dir="x")
     with pytest.raises(ValueError, match="preprocessing_mode"):
         vb_job.VBenchConfig(systems={"a": "x"}, out_dir="x", imaging_quality_preprocessing_mode="long")
+
+
+def test_the_before_after_example_writes_table_2_from_two_folders(tmp_path, random_cache, systems):
+    """examples/vbench_before_after.py (README, Examples): two folders in, vbench's scores and the
+    report out; "after" is the aligned folder with its corrupt video counted as failed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_vbench_before_after", REPO_ROOT / "examples/vbench_before_after.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "table2"
+    example.main(["--before", str(systems["base"]), "--after", str(systems["aligned"]), "--out", str(out), "--cache-dir", str(random_cache),
+                  "--device", "cpu"])
+    scores = json.loads((out / "vbench/vbench.json").read_text())["systems"]
+    assert list(scores) == ["before", "after"]
+    assert all(scores["after"]["dimensions"][d]["failed"] == 1 and scores["before"]["dimensions"][d]["n"] == 2 for d in vb.DIMENSIONS)
+    report = json.loads((out / "report/report.json").read_text())
+    assert report["systems"] == ["before", "after"] and (out / "report/report.html").is_file()
+    # each row is vbench.json's means, and "after"'s delta is after - before
+    for row in report["rows"]:
+        before, after = (scores[s]["dimensions"][row["key"]]["mean"] for s in ("before", "after"))
+        assert row["values"] == {"before": before, "after": after} and row["deltas"]["after"] == pytest.approx(after - before)
+    markdown = (out / "report/report.md").read_text()
+    assert "Before and after alignment" in markdown and "| Imaging quality ↑ |" in markdown
