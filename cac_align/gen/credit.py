@@ -280,34 +280,15 @@ def credit_maps(
     inside_mass = np.full(n, np.nan)
     reasons: dict[int, str] = {}
     hold = np.zeros((n, *shape), dtype=np.float32) if settings.confine > 0 else None
+    geometry = dict(num_frames=num_frames, fps=fps, height=height, width=width, temporal=temporal, spatial=spatial, patch=patch)
     for i, (entry, ok, advantage) in enumerate(zip(details, valid, advantages)):
         eligible = ok and (advantage < 0 if settings.apply_to == "negative" else advantage != 0)
         if not (eligible or (ok and hold is not None)):  # confinement reads every valid sample's evidence
             continue
-
-        def fail(why: str) -> None:
-            if eligible:  # only a sample that should have had a map counts as missing
+        coverage, why = _located_coverage(entry, settings, **geometry)
+        if coverage is None:
+            if why is not None and eligible:  # only a sample that should have had a map counts as missing
                 missing[i], reasons[i] = True, why
-
-        source = _evidence_details(entry, settings.source)
-        found = find_evidence(source) if source is not None else None
-        if found is None:
-            fail(f"no localizing reward in its details (source {settings.source!r})")
-            continue
-        if found.get("status") != "abnormal":  # the judge saw no defect: nothing to localize
-            continue
-        try:
-            evidence = read_evidence(found)
-        except EvidenceError as exc:
-            fail(f"unreadable evidence: {exc}")
-            continue
-        if evidence is None:
-            fail("an abnormal verdict without a window or boxes")
-            continue
-        region = region_from_evidence(evidence, num_frames, fps, height, width, dilate=settings.dilate, context_s=settings.context_s)
-        coverage = wan_coverage(region, temporal, spatial, patch, settings.edges)
-        if not coverage.any():
-            fail("its evidence covers no frame of the video")
             continue
         if hold is not None:
             hold[i] = hold_map(coverage, settings.confine)
@@ -316,7 +297,7 @@ def credit_maps(
         if settings.estimator == "vipo":
             scaled = vipo_scale(coverage)
             if not scaled.any():
-                fail("ViPO's per-frame min-max leaves nothing of a region that fills whole frames")
+                missing[i], reasons[i] = True, "ViPO's per-frame min-max leaves nothing of a region that fills whole frames"
                 continue
             maps[i] = scaled
         else:
@@ -324,6 +305,30 @@ def credit_maps(
         localized[i] = True
         inside_mass[i] = float(maps[i][coverage > 0].sum() / maps[i].sum())
     return CreditMaps(maps, localized, inside_mass, missing, reasons, hold)
+
+
+def _located_coverage(entry: Mapping[str, Any], settings: LocalizeSettings, *, num_frames: int, fps: float, height: int, width: int,
+                      temporal: int, spatial: int, patch: Sequence[int]) -> tuple[np.ndarray | None, str | None]:
+    """``(coverage, None)`` for a sample whose verdict locates a defect (:func:`wan_coverage`), or
+    ``(None, why)`` when it should have but its evidence is absent or unreadable, or ``(None,
+    None)`` when the judge saw no defect (nothing to localize, nothing missing)."""
+    source = _evidence_details(entry, settings.source)
+    found = find_evidence(source) if source is not None else None
+    if found is None:
+        return None, f"no localizing reward in its details (source {settings.source!r})"
+    if found.get("status") != "abnormal":  # the judge saw no defect: nothing to localize
+        return None, None
+    try:
+        evidence = read_evidence(found)
+    except EvidenceError as exc:
+        return None, f"unreadable evidence: {exc}"
+    if evidence is None:
+        return None, "an abnormal verdict without a window or boxes"
+    region = region_from_evidence(evidence, num_frames, fps, height, width, dilate=settings.dilate, context_s=settings.context_s)
+    coverage = wan_coverage(region, temporal, spatial, patch, settings.edges)
+    if not coverage.any():
+        return None, "its evidence covers no frame of the video"
+    return coverage, None
 
 
 # ---------------------------------------------------------------------------------------
