@@ -3,6 +3,8 @@
     cac-align --help
     cac-align <job> --config recipes/<job>/<recipe>.yaml [--out DIR] [key=value ...]
     cac-align <job> --config ... --print-config      # show the resolved config, run nothing
+    cac-align <job> --config score/cac_demo           # a shipped recipe by name, from any folder
+    cac-align recipes [cp NAME DEST]                  # list the shipped recipes, or copy one out to edit
     cac-align check-recipe recipes/**/*.yaml          # validate recipes without loading weights
     cac-align eval bench --config ...                 # = cac-align eval-bench (likewise eval vbench / expert)
 
@@ -48,13 +50,13 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cac-align",
         description="CaC anomaly reward model and reward toolkit for aligning text-to-video generators.",
-        epilog="Run `cac-align <job> --help` for a job's options. Recipes live under recipes/.",
+        epilog="Run `cac-align <job> --help` for a job's options. `cac-align recipes` lists the shipped recipes.",
     )
     parser.add_argument("--version", action="version", version=f"cac-align {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<job>", required=True)
     for spec in JOBS.values():
         job = sub.add_parser(spec.name, help=spec.help, description=spec.help)
-        job.add_argument("--config", "-c", type=Path, help="recipe YAML (defaults are used when omitted)")
+        job.add_argument("--config", "-c", type=Path, help="recipe YAML, or a shipped recipe's name (score/cac_demo; defaults when omitted)")
         job.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         job.add_argument("--out", "-o", help="output folder (shorthand for out_dir=...)")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
@@ -62,7 +64,39 @@ def _build_parser() -> argparse.ArgumentParser:
         "check-recipe", help="validate recipe files without loading weights", description="validate recipe files"
     )
     check.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe YAML files or folders")
+    recipes = sub.add_parser(
+        "recipes", help="list the shipped recipes, or copy one out to edit (`cac-align recipes cp NAME DEST`)",
+        description="The shipped recipes, by the names --config takes from any folder (score/cac_demo, ...).",
+    )
+    recipes.add_argument("action", nargs="?", choices=["list", "cp"], default="list", help="list (default) or cp")
+    recipes.add_argument("name", nargs="?", help="cp: the recipe's name (score/cac_demo)")
+    recipes.add_argument("dest", nargs="?", type=Path, help="cp: a file or a folder to copy it into")
     return parser
+
+
+def _recipes(action: str, name: str | None, dest: Path | None) -> int:
+    """``cac-align recipes``: the shipped recipes by name with their first line (the command that
+    runs them), or ``cp NAME DEST``: a copy to edit, byte for byte (its paths under recipes/ still
+    resolve to the shipped files from any folder)."""
+    import shutil
+
+    from cac_align.config import SHIPPED_RECIPES, find_recipe, shipped_recipes
+
+    if action == "list":
+        for recipe in shipped_recipes():
+            first = (SHIPPED_RECIPES / f"{recipe}.yaml").read_text(encoding="utf-8").splitlines()[:1]
+            print(f"{recipe:40s} {first[0].lstrip('# ') if first else ''}")
+        return 0
+    if name is None or dest is None:
+        raise RecipeError("recipes cp needs a recipe's name and a destination: cac-align recipes cp score/cac_demo my_recipe.yaml")
+    source = find_recipe(name)
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists():
+        raise RecipeError(f"{target} exists: choose another destination (nothing was overwritten)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    print(f"copied {source} to {target}: edit it, then cac-align <job> --config {target}")
+    return 0
 
 
 def _check_recipes(paths: Sequence[Path]) -> int:
@@ -143,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes)
+        if args.command == "recipes":
+            return _recipes(args.action, args.name, args.dest)
         spec = JOBS[args.command]
         overrides = list(args.overrides)
         if args.out is not None:

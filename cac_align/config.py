@@ -28,6 +28,9 @@ __all__ = [
     "describe_error",
     "check_finite",
     "relative_path_hint",
+    "find_recipe",
+    "shipped_recipes",
+    "SHIPPED_RECIPES",
     "load_config",
     "resolve",
 ]
@@ -95,9 +98,61 @@ def relative_path_hint(path: str | Path) -> str:
     if Path(path).is_absolute():
         return ""
     return (
-        f" (relative paths in recipes are resolved from the current folder, {Path.cwd()}: run from the folder the "
-        "recipe was written for, the repository root for the shipped recipes, or give an absolute path)"
+        f" (relative paths in recipes are resolved from the current folder, {Path.cwd()}, and a path under recipes/ "
+        "from the shipped recipes when the current folder has no such file: run from the folder the recipe was "
+        "written for, or give an absolute path)"
     )
+
+
+# The shipped recipes: package data, so they are found from any folder (`recipes/` at the
+# repository root links here).
+SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"
+_SHIPPED_PREFIX = "recipes/"
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the shipped recipes (``score/cac_demo``, ...), sorted: every YAML under
+    :data:`SHIPPED_RECIPES` but accelerate's launch configs (``accelerate/``)."""
+    return sorted(str(p.relative_to(SHIPPED_RECIPES).with_suffix("")) for p in SHIPPED_RECIPES.rglob("*.yaml") if p.parent.name != "accelerate")
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """A recipe file: the path as given when it exists, else the shipped recipe of that name,
+    from any folder: ``score/cac_demo``, ``score/cac_demo.yaml`` or ``recipes/score/cac_demo.yaml``.
+
+    Raises:
+        RecipeError: neither, naming the closest shipped names.
+    """
+    import difflib
+
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = str(recipe)
+    name = name[len(_SHIPPED_PREFIX):] if name.startswith(_SHIPPED_PREFIX) else name
+    for candidate in (SHIPPED_RECIPES / name, SHIPPED_RECIPES / f"{name}.yaml"):
+        if not path.is_absolute() and candidate.is_file():
+            return candidate
+    close = difflib.get_close_matches(name.removesuffix(".yaml"), shipped_recipes(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise RecipeError(f"recipe not found: {recipe} (no such file from {Path.cwd()}, and no shipped recipe of that name{hint}; "
+                      "`cac-align recipes` lists them)")
+
+
+def resolve_shipped_paths(data: Any) -> Any:
+    """A recipe's relative paths under ``recipes/`` (a prompt list, a synth recipe) that the
+    current folder lacks, pointed at the shipped recipes: a shipped recipe (or a copy of one,
+    ``cac-align recipes cp``) then runs from any folder. Every other value is left as it is:
+    other relative paths resolve from the current folder, as ever."""
+    if isinstance(data, dict):
+        return {key: resolve_shipped_paths(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [resolve_shipped_paths(value) for value in data]
+    if isinstance(data, str) and data.startswith(_SHIPPED_PREFIX) and not Path(data).exists():
+        shipped = SHIPPED_RECIPES / data[len(_SHIPPED_PREFIX):]
+        if shipped.exists():
+            return str(shipped)
+    return data
 
 
 def check_finite(data: Any, where: str, prefix: str = "") -> None:
@@ -126,11 +181,12 @@ def _merge(base: Any, other: Any, where: str) -> Any:
 
 
 def read_recipe_file(path: Path) -> dict:
+    """A recipe's keys (:func:`find_recipe`: a file, or a shipped recipe by name), with its
+    shipped paths resolved (:func:`resolve_shipped_paths`)."""
     import yaml
     from omegaconf import OmegaConf
 
-    if not path.is_file():
-        raise RecipeError(f"recipe not found: {path}{relative_path_hint(path)}")
+    path = find_recipe(path)
     try:
         node = OmegaConf.load(path)
     except yaml.YAMLError as exc:
@@ -140,7 +196,7 @@ def read_recipe_file(path: Path) -> dict:
         return {}
     if not isinstance(container, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of keys to values, got {type(container).__name__}")
-    return container
+    return resolve_shipped_paths(container)
 
 
 def _parse_overrides(overrides: Sequence[str]) -> Any:

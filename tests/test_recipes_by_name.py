@@ -1,0 +1,64 @@
+"""Shipped recipes by name from any folder (`--config score/cac_demo`), their paths under
+recipes/ resolved to the shipped files, `cac-align recipes` to list and copy them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cac_align.cli import main
+from cac_align.config import SHIPPED_RECIPES, RecipeError, find_recipe, read_recipe_file, shipped_recipes
+from conftest import REPO_ROOT
+
+
+def test_the_readme_main_job_runs_from_another_folder_by_name(tmp_path, monkeypatch):
+    # the issue's case: from any other folder, `--config recipes/score/cac_demo.yaml` stopped with
+    # "no such synth recipe" (its synth: recipes/synth/default.yaml resolved from the current folder)
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "--config", "score/cac_demo", "synth_videos=2", "out_dir=by_name"]) == 0
+    assert main(["score", "--config", "recipes/score/cac_demo.yaml", "synth_videos=2", "out_dir=by_path"]) == 0
+    for out in ("by_name", "by_path"):  # outputs go to the current folder, as ever
+        rows = [json.loads(line) for line in (tmp_path / out / "results.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(r["valid"] for r in rows)
+
+
+def test_names_paths_and_resolution_rules(tmp_path, monkeypatch):
+    shipped = SHIPPED_RECIPES / "score/cac_demo.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert find_recipe("score/cac_demo") == find_recipe("score/cac_demo.yaml") == find_recipe("recipes/score/cac_demo.yaml") == shipped
+    # a file of the user's wins over a shipped recipe of the same name
+    (tmp_path / "score").mkdir()
+    mine = tmp_path / "score/cac_demo.yaml"
+    mine.write_text("job: score\nout_dir: mine\nsynth_videos: 1\nsynth: recipes/synth/default.yaml\nprompts_note: notes/here.txt\n")
+    assert find_recipe("score/cac_demo.yaml") == mine.relative_to(tmp_path)
+    data = read_recipe_file(mine)
+    # under recipes/ and missing here: the shipped file; anything else: as written
+    assert data["synth"] == str(SHIPPED_RECIPES / "synth/default.yaml") and data["prompts_note"] == "notes/here.txt" and data["out_dir"] == "mine"
+    # ...unless the current folder has it: then it is the user's
+    (tmp_path / "recipes/synth").mkdir(parents=True)
+    (tmp_path / "recipes/synth/default.yaml").write_text("n: 1\n")
+    assert read_recipe_file(mine)["synth"] == "recipes/synth/default.yaml"
+    with pytest.raises(RecipeError, match=r"no shipped recipe of that name; did you mean score/cac_demo"):
+        find_recipe("score/cac_dem")
+    with pytest.raises(RecipeError, match="recipe not found"):
+        find_recipe(tmp_path / "nowhere.yaml")  # an absolute path is only ever a path
+
+
+def test_recipes_lists_and_copies(tmp_path, monkeypatch, capsys):
+    names = shipped_recipes()
+    assert "score/cac_demo" in names and "align/flow_grpo_tiny" in names and not any(n.startswith("accelerate/") for n in names)
+    assert len(names) == len([p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate"])
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert "score/cac_demo" in listed and "cac-align score --config recipes/score/cac_demo.yaml" in listed
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "cp", "score/cac_demo", "edit"]) == 0  # "edit" is a new file name here
+    copy = tmp_path / "edit"
+    assert copy.read_bytes() == (SHIPPED_RECIPES / "score/cac_demo.yaml").read_bytes()  # byte for byte, comments kept
+    (tmp_path / "into").mkdir()
+    assert main(["recipes", "cp", "score/cac_demo", "into"]) == 0 and (tmp_path / "into/cac_demo.yaml").is_file()
+    assert main(["recipes", "cp", "score/cac_demo", "into"]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+    # the copy runs from here: its synth path still resolves to the shipped recipe
+    assert main(["score", "--config", "into/cac_demo.yaml", "synth_videos=1", "out_dir=copied"]) == 0
