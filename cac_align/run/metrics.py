@@ -62,8 +62,9 @@ def trackers_for(log_with: str, key: str = "log_with") -> tuple[str, ...]:
 def start_trackers(accelerator: Accelerator, log_with: str, project: str, run_name: str, out: str | Path, config: dict[str, Any]) -> None:
     """Start the run's trackers (call on every process; accelerate starts them on the main one):
     TensorBoard under the accelerator's logging dir, Weights & Biases with ``run_name``, the whole
-    resolved ``config`` and its files under ``out/wandb`` (``WANDB_PROJECT`` / ``WANDB_MODE`` etc.
-    apply as usual). TensorBoard gets no hparams: its hparams table takes flat scalars only."""
+    resolved ``config`` and its files under ``out/wandb``, in the W&B project ``project``
+    (``WANDB_ENTITY``, ``WANDB_MODE`` etc. apply as usual). TensorBoard gets no hparams: its
+    hparams table takes flat scalars only."""
     names = trackers_for(log_with)
     if names:
         accelerator.init_trackers(project, init_kwargs={"wandb": {"name": run_name, "config": config, "dir": str(out)}} if "wandb" in names else {})
