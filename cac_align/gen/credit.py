@@ -357,13 +357,20 @@ def localized_policy_loss(
         ``(loss, metrics)``: the loss averaged over positions and then over all B samples;
         ``ratio_mean`` and ``clip_fraction`` over the positions of the kept samples.
     """
+    log_ratio = log_prob_map - old_log_prob_map
+    return _per_position_surrogate(log_ratio, advantages.reshape(-1, 1, 1, 1).to(log_ratio.dtype) * maps.to(log_ratio.dtype), low, high, weights)
+
+
+def _per_position_surrogate(log_ratio: torch.Tensor, dense: torch.Tensor, low: float, high: float,
+                            weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Both estimators' common end: the clipped surrogate at each position with its own
+    advantage ``dense`` ``(B, T, H, W)``, its mean over positions, then over all B samples
+    (weighted); ``ratio_mean`` and ``clip_fraction`` over the positions of the kept samples."""
     import torch
 
     from cac_align.rl import clipped_surrogate
 
-    log_ratio = log_prob_map - old_log_prob_map
-    per_position = clipped_surrogate(log_ratio, advantages.reshape(-1, 1, 1, 1).to(log_ratio.dtype) * maps.to(log_ratio.dtype), low, high)
-    per_sample = per_position.mean(dim=(1, 2, 3))
+    per_sample = clipped_surrogate(log_ratio, dense, low, high).mean(dim=(1, 2, 3))
     w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
     loss = (w * per_sample).mean()
     with torch.no_grad():
@@ -409,25 +416,9 @@ def vipo_policy_loss(
     Returns:
         ``(loss, metrics)`` as :func:`localized_policy_loss`.
     """
-    import torch
-
-    from cac_align.rl import clipped_surrogate
-
     log_ratio = log_density_sum - old_log_density_sum
     dense = (advantages.reshape(-1, 1, 1, 1).to(log_ratio.dtype) * maps.to(log_ratio.dtype)).clamp(-adv_clamp, adv_clamp)
-    per_position = clipped_surrogate(log_ratio, dense, clip_range, clip_range)
-    per_sample = per_position.mean(dim=(1, 2, 3))
-    w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
-    loss = (w * per_sample).mean()
-    with torch.no_grad():
-        kept = (w > 0).reshape(-1, 1, 1, 1).expand_as(log_ratio)
-        n_kept = kept.sum().clamp(min=1)
-        r = torch.exp(log_ratio.detach())
-        metrics = {
-            "ratio_mean": (r * kept).sum() / n_kept,
-            "clip_fraction": (((r < 1.0 - clip_range) | (r > 1.0 + clip_range)) & kept).float().sum() / n_kept,
-        }
-    return loss, metrics
+    return _per_position_surrogate(log_ratio, dense, clip_range, clip_range, weights)
 
 
 def confined_kl(
