@@ -12,5 +12,9 @@ sections by name from the one registry, one model copy per process, invalid poli
   inferencer shape, or ``python -m cac_align.integrations.dance_grpo``.
 - :mod:`~cac_align.integrations.verl_omni`: verl-omni (verl-project/verl-omni); an async reward
   function by ``pkg://`` path in ``reward.reward_functions``.
+- :mod:`~cac_align.integrations.teleboost`: TeleBoost (Tele-AI/TeleBoost); a custom reward
+  function by ``pkg://`` path, and our evidence as ViPO's ``pixel_weight_maps``.
+- :mod:`~cac_align.integrations.unirl`: UniRL (Tencent-Hunyuan/UniRL); a reward backend class
+  by Hydra ``_target_``.
 - :mod:`~cac_align.integrations.vllm`: the vLLM plugin that serves our judges' video input.
 """

@@ -40,6 +40,7 @@ import numpy as np
 from cac_align.rewards.base import ErrorKind, Reward, RewardError, check_call, check_prompts, failure_summary, group_keys
 from cac_align.rewards.normalize import fill_invalid
 from cac_align.rewards.registry import REWARDS, build_reward, reward_config
+from cac_align.video import VideoError
 from cac_align.vlm.config import shared_backends
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "INVALID_POLICIES",
     "RewardSlots",
     "Scored",
+    "channels_first_frames",
     "fill_policy",
     "launch",
     "make_scorer",
@@ -123,6 +125,23 @@ def on_device(section: Any, device: Any) -> Any:
     if isinstance(section, list):
         return [on_device(v, device) for v in section]
     return section
+
+
+def channels_first_frames(video: Any) -> np.ndarray | VideoError:
+    """One video as trainers that keep channels first hold it, ``(C, T, H, W)`` float in [0, 1]
+    (UniRL's ``request.videos``, a row of TeleBoost's ``video_frames``; any float dtype, bf16
+    included) -> ``(T, H, W, 3)`` float32 for our rewards, or a :class:`~cac_align.video.VideoError`
+    saying why it cannot be (the reward then marks that sample invalid; values outside [0, 1],
+    NaN or inf are caught when the reward reads the frames)."""
+    array = video
+    if hasattr(array, "detach"):  # a torch tensor
+        array = array.detach().float().cpu().numpy()
+    array = np.asarray(array)
+    if array.ndim != 4 or array.shape[0] != 3:
+        return VideoError(f"expected one video of shape (3, T, H, W), channels first, got {tuple(array.shape)}")
+    if not np.issubdtype(array.dtype, np.floating):
+        return VideoError(f"expected float frames in [0, 1], got {array.dtype}")
+    return np.ascontiguousarray(array.transpose(1, 2, 3, 0), dtype=np.float32)
 
 
 def fill_policy(
