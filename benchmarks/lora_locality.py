@@ -26,7 +26,7 @@ import argparse
 import torch
 
 from cac_align.gen.wan import build_tiny_wan_pipeline
-from cac_align.jobs.flow_grpo import WanLoraSettings, add_lora
+from cac_align.gen.lora import WanLoraSettings, add_lora
 
 
 def region_mask(frames: int, height: int, width: int) -> torch.Tensor:

@@ -59,12 +59,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from omegaconf import MISSING, OmegaConf
-from peft import LoraConfig
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.credit import LocalizeSettings, credit_maps
+from cac_align.gen.lora import WanLoraSettings, adapters_disabled, add_lora, register_lora_checkpoint, trainable
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss, flow_sigmas
 from cac_align.run.folder import run_fingerprint
 from cac_align.gen.wan import (
@@ -110,25 +109,6 @@ RUN_ONLY_KEYS = (
     "store_latents_on_cpu",
     "generator.device",
 )
-
-
-@dataclass
-class WanLoraSettings:
-    """The LoRA on the Wan transformer (peft, through diffusers' ``add_adapter``).
-
-    Attributes:
-        rank: LoRA rank (CaC App. C.4: 32).
-        alpha: LoRA alpha (scale = alpha / rank).
-        target_modules: module names to adapt; the default covers the query/key/value/output
-            projections of both self- and cross-attention of every block.
-        init: peft ``init_lora_weights`` ("gaussian" as Flow-GRPO, or true for peft's default);
-            either way B = 0, so the adapter starts as the identity.
-    """
-
-    rank: int = 32
-    alpha: float = 64.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    init: str = "gaussian"
 
 
 @dataclass
@@ -377,76 +357,9 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
     return folder
 
 
-def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The model's trainable parameters (the LoRA weights) by name."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().float().cpu().contiguous() for name, p in _trainable(model).items()}
-
-
-def _register_checkpoint_parts(acc: Accelerator, model: torch.nn.Module, ema: dict | None) -> None:
-    """Flow-GRPO's share of a checkpoint, which is accelerate's state as for stage 3 (one format
-    for both trainers: ``save_state`` / ``load_state`` plus our ``state.json``).
-
-    ``model.safetensors`` holds the trainable (LoRA) weights, not the frozen 1.3B transformer;
-    ``lora/`` beside it is the same LoRA as a diffusers folder (``generator.lora``); with EMA,
-    ``ema.safetensors``. Loading checks the LoRA against this run's settings."""
-
-    def save(models: list, weights: list, folder: str) -> None:
-        weights[0] = _trainable_state(model)  # written (by the main process) as model.safetensors
-        if acc.is_main_process:
-            save_lora(model, Path(folder) / "lora")
-            if ema is not None:
-                save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(Path(folder) / "ema.safetensors"))
-
-    def load(models: list, folder: str) -> None:
-        models.pop(0)  # its file holds the LoRA alone: loaded here, not by accelerate's strict load
-        path = Path(folder) / "model.safetensors"
-        if not path.is_file():
-            raise RecipeError(f"{folder}: no model.safetensors; a checkpoint of an earlier cac_align (trainable.safetensors) cannot be resumed")
-        trainable, params = load_file(str(path)), _trainable(model)
-        if set(trainable) != set(params):
-            raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
-        with torch.no_grad():
-            for name, value in trainable.items():
-                params[name].copy_(value.to(params[name].dtype))
-            if ema is not None:
-                saved = load_file(str(Path(folder) / "ema.safetensors"))
-                for name in ema:
-                    ema[name].copy_(saved[name])
-
-    acc.register_save_state_pre_hook(save)
-    acc.register_load_state_pre_hook(load)
-
-
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-def add_lora(transformer: torch.nn.Module, settings: WanLoraSettings, seed: int) -> None:
-    """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32."""
-    transformer.requires_grad_(False)
-    init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
-    torch.manual_seed(seed)  # LoRA A's random init: the same on every process
-    transformer.add_adapter(
-        LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights=init, target_modules=list(settings.target_modules))
-    )
-    for param in transformer.parameters():
-        if param.requires_grad:  # train the adapter in float32 even when the base is bf16
-            param.data = param.data.float()
-
-
-@contextlib.contextmanager
-def _adapters_disabled(model: torch.nn.Module):
-    """The reference policy: the same transformer with its LoRA turned off."""
-    model.disable_adapters()
-    try:
-        yield
-    finally:
-        model.enable_adapters()
-
-
 @contextlib.contextmanager
 def _ema_weights(model: torch.nn.Module, ema: dict | None):
     """Swap the EMA weights in (evaluation, export) and the training weights back after."""
@@ -454,7 +367,7 @@ def _ema_weights(model: torch.nn.Module, ema: dict | None):
         yield
         return
 
-    params = _trainable(model)
+    params = trainable(model)
     backup = {name: p.detach().clone() for name, p in params.items()}
     with torch.no_grad():
         for name, p in params.items():
@@ -538,9 +451,8 @@ class _Trainer:
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
-        trainable = list(_trainable(transformer).values())
         optimizer = torch.optim.AdamW(
-            trainable,
+            list(trainable(transformer).values()),
             lr=config.learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_eps,
@@ -549,11 +461,11 @@ class _Trainer:
         self.model, self.optimizer = acc.prepare(transformer, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         self.ema = (
-            {name: p.detach().float().clone() for name, p in _trainable(self.unwrapped).items()}
+            {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()}
             if config.ema_decay is not None
             else None
         )
-        _register_checkpoint_parts(acc, self.unwrapped, self.ema)
+        register_lora_checkpoint(acc, self.unwrapped, self.ema)
 
         # 2. the reward and the sampling schedule
         if self.reward is None:
@@ -819,7 +731,7 @@ class _Trainer:
                             policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi], None if hold is None else hold[lo:hi], x.shape[1])
                         ref_mean = None
                         if config.beta > 0 or hold is not None:
-                            with torch.no_grad(), _adapters_disabled(self.unwrapped), acc.autocast():
+                            with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
                                 ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
                             ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
                         loss, parts = flow_grpo_loss(
@@ -845,7 +757,7 @@ class _Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 with torch.no_grad():
-                    for name, p in _trainable(self.unwrapped).items():
+                    for name, p in trainable(self.unwrapped).items():
                         self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
         self.model.eval()
         out = {f"train/{k}": v / count for k, v in sums.items()}

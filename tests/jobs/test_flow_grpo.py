@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.sde import SDESchedule, flow_sigmas
-from cac_align.jobs.flow_grpo import FlowGrpoConfig, WanLoraSettings, add_lora, run, trained_timesteps
+from cac_align.gen.lora import WanLoraSettings, add_lora
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run, trained_timesteps
 from cac_align.rewards.base import RewardBase
 from cac_align.run.dist import step_indices
 from cac_align.gen.wan import (
@@ -386,7 +387,7 @@ SAVE_A_LORA = """
 import sys
 from cac_align.gen.tiny import build_tiny_wan_pipeline
 from cac_align.gen.wan import save_lora
-from cac_align.jobs.flow_grpo import WanLoraSettings, add_lora
+from cac_align.gen.lora import WanLoraSettings, add_lora
 pipe = build_tiny_wan_pipeline(seed=0)
 add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=4), seed=0)
 save_lora(pipe.transformer, sys.argv[1])

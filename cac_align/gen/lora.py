@@ -1,0 +1,108 @@
+"""The trained LoRA on a Wan transformer, shared by the generator's trainers (``flow-grpo``,
+``dpo``): its settings, adding it (peft through diffusers' ``add_adapter``), the reference policy
+(the same transformer with the LoRA off), and its share of an accelerate checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+
+from cac_align.config import RecipeError
+from cac_align.gen.wan import save_lora
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+__all__ = ["WanLoraSettings", "adapters_disabled", "add_lora", "register_lora_checkpoint", "trainable", "trainable_state"]
+
+
+@dataclass
+class WanLoraSettings:
+    """The LoRA on the Wan transformer (peft, through diffusers' ``add_adapter``).
+
+    Attributes:
+        rank: LoRA rank (CaC App. C.4: 32).
+        alpha: LoRA alpha (scale = alpha / rank).
+        target_modules: module names to adapt; the default covers the query/key/value/output
+            projections of both self- and cross-attention of every block.
+        init: peft ``init_lora_weights`` ("gaussian" as Flow-GRPO, or true for peft's default);
+            either way B = 0, so the adapter starts as the identity.
+    """
+
+    rank: int = 32
+    alpha: float = 64.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    init: str = "gaussian"
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The model's trainable parameters (the LoRA weights) by name."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().float().cpu().contiguous() for name, p in trainable(model).items()}
+
+
+def add_lora(transformer: torch.nn.Module, settings: WanLoraSettings, seed: int) -> None:
+    """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32."""
+    transformer.requires_grad_(False)
+    init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
+    torch.manual_seed(seed)  # LoRA A's random init: the same on every process
+    transformer.add_adapter(
+        LoraConfig(r=settings.rank, lora_alpha=settings.alpha, init_lora_weights=init, target_modules=list(settings.target_modules))
+    )
+    for param in transformer.parameters():
+        if param.requires_grad:  # train the adapter in float32 even when the base is bf16
+            param.data = param.data.float()
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """The reference policy: the same transformer with its LoRA turned off."""
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
+def register_lora_checkpoint(acc: Accelerator, model: torch.nn.Module, ema: dict | None) -> None:
+    """A LoRA trainer's share of a checkpoint, which is accelerate's state as for stage 3 (one
+    format for every trainer: ``save_state`` / ``load_state`` plus our ``state.json``).
+
+    ``model.safetensors`` holds the trainable (LoRA) weights, not the frozen 1.3B transformer;
+    ``lora/`` beside it is the same LoRA as a diffusers folder (``generator.lora``); with EMA,
+    ``ema.safetensors``. Loading checks the LoRA against this run's settings."""
+
+    def save(models: list, weights: list, folder: str) -> None:
+        weights[0] = trainable_state(model)  # written (by the main process) as model.safetensors
+        if acc.is_main_process:
+            save_lora(model, Path(folder) / "lora")
+            if ema is not None:
+                save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(Path(folder) / "ema.safetensors"))
+
+    def load(models: list, folder: str) -> None:
+        models.pop(0)  # its file holds the LoRA alone: loaded here, not by accelerate's strict load
+        path = Path(folder) / "model.safetensors"
+        if not path.is_file():
+            raise RecipeError(f"{folder}: no model.safetensors; a checkpoint of an earlier cac_align (trainable.safetensors) cannot be resumed")
+        saved, params = load_file(str(path)), trainable(model)
+        if set(saved) != set(params):
+            raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value.to(params[name].dtype))
+            if ema is not None:
+                saved_ema = load_file(str(Path(folder) / "ema.safetensors"))
+                for name in ema:
+                    ema[name].copy_(saved_ema[name])
+
+    acc.register_save_state_pre_hook(save)
+    acc.register_load_state_pre_hook(load)
