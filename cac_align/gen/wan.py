@@ -31,6 +31,7 @@ __all__ = [
     "build_tiny_wan_pipeline",
     "decode_latents",
     "encode_prompts",
+    "encode_video",
     "generate_videos",
     "latent_preview",
     "load_wan_pipeline",
@@ -408,6 +409,23 @@ def decode_latents(pipe: Any, latents: Any) -> Any:
         video = vae.decode(z / inv_std + mean, return_dict=False)[0]
         frames = pipe.video_processor.postprocess_video(video, output_type="np")
     return _frames_to_uint8(frames)
+
+
+def encode_video(pipe: Any, frames: Any) -> Any:
+    """uint8 frames ``(F, H, W, 3)`` (``F = 4k + 1``) to Wan latents ``(C, F', H', W')`` float32,
+    the inverse of :func:`decode_latents`: the mean of the VAE's latent distribution, normalized
+    as ``WanPipeline`` normalizes (``(z - latents_mean) / latents_std``)."""
+    import numpy as np
+    import torch
+
+    vae = pipe.vae
+    x = torch.as_tensor(np.asarray(frames)).permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
+    with torch.no_grad():
+        x = x.to(next(vae.parameters()).device, vae.dtype) / 127.5 - 1.0
+        z = vae.encode(x).latent_dist.mode()
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        return ((z - mean) * inv_std)[0].float()
 
 
 def latent_preview(pipe: Any, latents: Any) -> Any:

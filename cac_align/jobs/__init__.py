@@ -65,6 +65,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("export", "export", "ExportConfig", "write a trained judge as a compact model folder: half-precision safetensors, processor, inference settings, model card", None),
     ("best_of_n", "bon", "BonConfig", "Best-of-N video generation: N candidates per prompt, keep the one the reward scores highest", _RESUME_KEPT.format("candidates")),
     ("repair", "repair", "RepairConfig", "repair: regenerate only the window and boxes the judge points at (Wan-VACE), judge again, keep the better", _RESUME_KEPT.format("videos")),
+    ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a Wan-2.1 LoRA on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
 ]
 
 JOBS: dict[str, JobSpec] = {

@@ -1,0 +1,415 @@
+"""`cac-align dpo`: Diffusion-DPO of a Wan-2.1 LoRA on the judge's own pairs (LocalDPO's loss).
+
+    cac-align repair --config recipes/align/repair_tiny_wan.yaml && cac-align dpo --config recipes/align/dpo_tiny.yaml
+    accelerate launch --num_processes 8 -m cac_align.cli dpo --config recipes/align/dpo_wan_localdpo.yaml \\
+        'pairs=[runs/repair]' out_dir=runs/dpo
+
+A finished ``cac-align repair`` run holds exactly what localized preference training needs: a
+generated video with a judged defect (the loser), the same video with only the judged window and
+boxes regenerated and judged better (the winner), and the mask between them. Trained offline from
+those pairs (and, globally, from Best-of-N's best and worst candidates), with LocalDPO's loss
+(:mod:`cac_align.gen.dpo`; defaults are LocalDPO's Wan-2.1 run):
+
+1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.gen.pairs.read_pairs`);
+   rows that give none are counted by reason and listed in ``pairs.json``;
+2. **latents**: each pair's videos are encoded once by Wan's VAE, its prompt by UMT5, and a repair
+   pair's mask pooled onto the latent grid, into ``latents/pair_NNNNN.safetensors`` (split over the
+   processes; a resumed run reuses them);
+3. **train**: each step takes ``pairs_per_step`` pairs (seeded epochs over the pairs, every pair
+   once per epoch), split evenly over the processes and into micro-batches of ``batch_size``. Each
+   pair's winner and loser are noised with one noise and one noise level (seeded by the run's seed,
+   the step and the pair's place in it: the same on 1 or N processes); the policy (the LoRA on) and
+   the reference (the same transformer with the LoRA off) predict both velocities; LocalDPO's loss;
+   the micro-batches' gradients accumulate into one AdamW update (linear warmup, then constant),
+   clipped;
+4. **log and checkpoint**: ``metrics.jsonl`` (and TensorBoard / W&B) every step, a checkpoint
+   every ``checkpoint_every`` steps and at the end; the final LoRA in ``lora/``.
+
+Output directory: ``cac_align_run.json`` (the manifest; docs/run_folders.md), ``pairs.json`` (the
+pairs and the skipped rows), ``latents/``, ``metrics.jsonl``, ``checkpoints/step_NNNNNN/`` (as
+flow-grpo's: the LoRA, the optimizer and scheduler, every process's RNG state, ``lora/``),
+``lora/`` (for ``generator.lora`` of ``bon``, ``flow-grpo``'s evaluation, or diffusers'
+``load_lora_weights``), ``tensorboard/``. A killed run continues with ``resume=true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object
+from omegaconf import MISSING, OmegaConf
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from cac_align.config import RecipeError
+from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
+from cac_align.gen.lora import WanLoraSettings, adapters_disabled, add_lora, register_lora_checkpoint, trainable
+from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
+from cac_align.gen.wan import GeneratorConfig, build_generator, encode_prompts, encode_video, predict_velocity, save_lora
+from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
+from cac_align.run.dist import derive_seed, per_process, step_indices
+from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
+from cac_align.run.metrics import log_metrics, merge_sums, start_trackers, trackers_for
+
+__all__ = ["DpoConfig", "run"]
+
+log = logging.getLogger(__name__)
+
+DPO_OUTPUTS = ("pairs.json", "latents", "checkpoints", "lora", "tensorboard", "wandb", "metrics.jsonl")
+# Settings that may change when a run is resumed (they change no update).
+RUN_ONLY_KEYS = ("out_dir", "steps", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_with", "generator.device")
+
+
+def _localdpo_lora() -> WanLoraSettings:
+    return WanLoraSettings(rank=64, alpha=128.0, init="true")  # LocalDPO train_wanx21.py 237-242: r 64, alpha 128, peft's init
+
+
+@dataclass
+class DpoConfig:
+    """Config of `cac-align dpo` (defaults: LocalDPO's Wan-2.1 run, ``train_wanx_base.sh``).
+
+    Attributes:
+        out_dir: the run folder (module docstring).
+        pairs: finished ``repair`` (localized pairs) and ``bon`` (global pairs) run folders.
+        generator: the base Wan model the LoRA is trained on (its name, dtypes, device, text length;
+            the pairs' videos set the frames and size).
+        lora: the trained LoRA (LocalDPO: rank 64, alpha 128, q/k/v/out of both attentions).
+        loss: LocalDPO's loss settings (:class:`cac_align.gen.dpo.DpoLossSettings`).
+        steps: AdamW updates.
+        pairs_per_step: pairs per update over all processes (a global intent: split over the
+            processes, then into micro-batches whose gradients accumulate).
+        batch_size: pairs per micro-batch per process (LocalDPO: 2 at 49 frames).
+        learning_rate, adam_beta1, adam_beta2, adam_eps, weight_decay: AdamW on the LoRA
+            (LocalDPO: 5e-6, 0.9, 0.95, 1e-8, 1e-3).
+        warmup_steps: linear warmup of the learning rate, then constant (LocalDPO: 10).
+        max_grad_norm: gradient clipping (0 turns it off).
+        mixed_precision: "no", "bf16" or "fp16" (accelerate autocast).
+        gradient_checkpointing: recompute activations in the backward pass.
+        seed: LoRA init, pair order, every pair's noise.
+        checkpoint_every: checkpoint every this many steps and at the end (0: only at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        log_with: "tensorboard", "wandb", "both" or "none" (``metrics.jsonl`` always).
+        resume: continue from the latest checkpoint in ``out_dir``.
+        overwrite: replace another run in ``out_dir`` (its outputs only).
+    """
+
+    out_dir: str = MISSING
+    pairs: list[str] = MISSING
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    lora: WanLoraSettings = field(default_factory=_localdpo_lora)
+    loss: DpoLossSettings = field(default_factory=DpoLossSettings)
+    steps: int = 1000
+    pairs_per_step: int = 8
+    batch_size: int = 2
+    learning_rate: float = 5e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-3
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_with: str = "tensorboard"
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "pairs_per_step", "batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.pairs, str):
+            self.pairs = [self.pairs]
+        if self.pairs != MISSING and not self.pairs:
+            raise ValueError("pairs: name at least one finished `cac-align repair` or `cac-align bon` run folder")
+        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
+            raise ValueError("learning_rate must be > 0, warmup_steps and max_grad_norm >= 0")
+        if str(self.mixed_precision).lower() == "false":  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.generator.lora is not None:
+            raise ValueError("generator.lora is for generation; dpo trains a new LoRA on the base model")
+        if self.lora.rank < 1 or not self.lora.target_modules:
+            raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
+        trackers_for(self.log_with)
+
+
+# ---------------------------------------------------------------------------------------
+# Pure pieces
+# ---------------------------------------------------------------------------------------
+@dataclass
+class StepPlan:
+    """Per-process numbers derived from the config (the one place they are derived)."""
+
+    num_processes: int
+    rank: int
+    local_pairs: int
+    micro_batches: int
+
+    @property
+    def local_range(self) -> range:
+        return range(self.rank * self.local_pairs, (self.rank + 1) * self.local_pairs)
+
+
+def plan_step(config: DpoConfig, num_processes: int, rank: int) -> StepPlan:
+    """This process's share of a step; raises :class:`RecipeError` when ``pairs_per_step`` does not
+    split into equal micro-batches (the gradient is then a mean over the step's pairs, whatever
+    the number of processes)."""
+    local = per_process(config.pairs_per_step, num_processes, "pairs_per_step", "make it a multiple of the number of processes")
+    if local % config.batch_size:
+        raise RecipeError(f"pairs_per_step={config.pairs_per_step} gives {local} pairs per process, not a multiple of batch_size="
+                          f"{config.batch_size}; change one of them")
+    return StepPlan(num_processes, rank, local, local // config.batch_size)
+
+
+def pair_noise(seed: int, step: int, position: int, shape: tuple[int, ...], settings: DpoLossSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise ``shape`` and noise level of the pair at ``position`` of ``step``: seeded by
+    (seed, step, position), so the same on 1 or N processes and on resume."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, step, position, 11))
+    noise = torch.randn(shape, generator=generator)
+    return noise, sample_sigmas(1, generator, settings)[0]
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The learning rate's factor at update ``step`` (0-based): linear warmup, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Run folder and the latent cache
+# ---------------------------------------------------------------------------------------
+def _run_folder(config: DpoConfig, pairs: PairSet) -> RunFolder:
+    resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    fingerprint = config_fingerprint(config, RUN_ONLY_KEYS)
+    fingerprint["pairs_sha256"] = pairs.sha256  # the same folders holding other pairs are another run
+    folder = RunFolder(config.out_dir, "dpo", DPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
+    if folder.resuming and not config.resume:
+        raise RecipeError(f"out_dir={config.out_dir!r} already holds this DPO run; pass resume=true to continue it, overwrite=true to "
+                          "replace it, or choose another out_dir")
+    if config.resume and not folder.resuming:
+        log.warning("resume=true but %s holds no run yet: starting from step 0", config.out_dir)
+    return folder
+
+
+def _cache_path(out: Path, index: int) -> Path:
+    return out / "latents" / f"pair_{index:05d}.safetensors"
+
+
+def encode_pair(pipe: Any, pair: Any, max_sequence_length: int, encode: Callable[[Any, np.ndarray], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One pair's cached tensors: ``winner`` and ``loser`` latents ``(C, T, H, W)`` float32, ``mask``
+    ``(T, H, W)`` float32 (all 0 for a pair without one) and ``embeds`` ``(L, D)``."""
+    from cac_align.video import load_video
+
+    winner = encode(pipe, np.asarray(load_video(pair.winner).frames))
+    loser = encode(pipe, np.asarray(load_video(pair.loser).frames))
+    if winner.shape != loser.shape:
+        raise PairError(f"{pair.where}: winner and loser encode to latents of shapes {tuple(winner.shape)} and {tuple(loser.shape)}")
+    mask = latent_mask(pair, pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
+    if mask is not None and tuple(mask.shape) != tuple(winner.shape[1:]):
+        raise PairError(f"{pair.where}: its mask on the latent grid is {tuple(mask.shape)}, its latents {tuple(winner.shape[1:])}")
+    embeds, _ = encode_prompts(pipe, [pair.prompt], None, 1.0, max_sequence_length)
+    return {"winner": winner.float().contiguous(), "loser": loser.float().contiguous(),
+            "mask": torch.zeros(winner.shape[1:]) if mask is None else torch.as_tensor(mask).float(), "embeds": embeds[0].cpu().contiguous()}
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------
+class _Trainer:
+    """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
+
+    def __init__(self, config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray], torch.Tensor] | None = None):
+        self.config, self.pipe, self.encode = config, pipe, encode or encode_video
+
+    # -- setup -----------------------------------------------------------------------
+    def setup(self) -> None:
+        config = self.config
+        self.out = Path(config.out_dir)
+        # 1. the pairs, checked before anything loads
+        self.pairs = read_pairs(config.pairs)
+        if not self.pairs.pairs:
+            raise RecipeError(f"pairs: no pair in {config.pairs}: {self.pairs.summary()}")
+        shapes = sorted({(p.frames, p.height, p.width) for p in self.pairs.pairs})
+        if len(shapes) > 1:
+            raise RecipeError(f"pairs: videos of several shapes {shapes} (frames, height, width); train on one shape per run")
+        self.accelerator = Accelerator(
+            cpu=config.generator.device == "cpu",
+            mixed_precision=config.mixed_precision,
+            log_with=list(trackers_for(config.log_with)) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+        )
+        acc = self.accelerator
+        self.plan = plan_step(config, acc.num_processes, acc.process_index)
+        run_folder = _run_folder(config, self.pairs)
+        found = checkpoints(self.out) if run_folder.resuming else []
+        if self.pipe is None:
+            self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
+        pipe = self.pipe
+        pipe.text_encoder.requires_grad_(False)
+        pipe.vae.requires_grad_(False)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            run_folder.start()  # with overwrite: the old run's outputs go now, and only those
+            (self.out / "latents").mkdir(exist_ok=True)
+            write_text_atomic(self.out / "pairs.json", json.dumps({
+                "pairs": [{"index": i, "prompt": p.prompt, "winner": p.winner, "loser": p.loser, "source": p.source, "row": p.where,
+                           "scores": list(p.scores), "masked": p.evidence is not None} for i, p in enumerate(self.pairs.pairs)],
+                "skipped": self.pairs.skipped}, indent=1) + "\n")
+            log.info("dpo: %s", self.pairs.summary())
+        acc.wait_for_everyone()
+
+        # 2. the latent cache: each process encodes its share of what is missing
+        todo = [i for i in range(len(self.pairs.pairs)) if not _cache_path(self.out, i).is_file()]
+        for i in tqdm(todo[acc.process_index :: acc.num_processes], desc="dpo: encode pairs", unit="pair", disable=not acc.is_main_process):
+            tensors = encode_pair(pipe, self.pairs.pairs[i], config.generator.max_sequence_length, self.encode)
+            target = _cache_path(self.out, i)
+            tmp = target.with_suffix(".tmp")
+            save_file(tensors, str(tmp))
+            tmp.replace(target)  # a cache file exists only once whole
+        acc.wait_for_everyone()
+
+        # 3. the LoRA, the optimizer, resume
+        transformer = pipe.transformer
+        add_lora(transformer, config.lora, config.seed)
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
+        optimizer = torch.optim.AdamW(list(trainable(transformer).values()), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                      eps=config.adam_eps, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, config.warmup_steps))
+        self.model, self.optimizer, self.scheduler = acc.prepare(transformer, optimizer, scheduler)
+        self.unwrapped = acc.unwrap_model(self.model)
+        register_lora_checkpoint(acc, self.unwrapped, None)
+        self.start_step = 0
+        if found:
+            acc.load_state(str(found[-1]))  # the LoRA, optimizer, scheduler and every process's RNG state
+            self.start_step = int(read_checkpoint_state(found[-1])["step"])
+            log.info("dpo: resuming from %s (step %d)", found[-1], self.start_step)
+        elif config.resume and run_folder.resuming:
+            log.warning("resume=true but %s has no checkpoint yet: starting from step 0", self.out)
+        if acc.is_main_process:
+            keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
+        start_trackers(acc, config.log_with, "dpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        acc.wait_for_everyone()
+
+    # -- the loop ----------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        config, acc = self.config, self.accelerator
+        last: dict[str, Any] = {}
+        progress = tqdm(total=config.steps, initial=self.start_step, desc="dpo", disable=not acc.is_main_process)
+        for step in range(self.start_step, config.steps):
+            last = self.train_step(step)
+            done = step + 1
+            log_metrics(acc, self.out, done, last, trackers=config.log_with != "none")
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
+                self.checkpoint(done)
+            progress.update(1)
+            progress.set_postfix(loss=f"{last['train/loss']:.4f}", acc=f"{last['train/implicit_acc']:.2f}")
+        progress.close()
+        return last
+
+    def _load(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        parts = [load_file(str(_cache_path(self.out, i))) for i in indices]
+        return {key: torch.stack([p[key] for p in parts]) for key in parts[0]}
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One AdamW update over this process's share of the step's pairs (module docstring, step 3)."""
+        config, acc, plan = self.config, self.accelerator, self.plan
+        device = acc.device
+        chosen = step_indices(len(self.pairs.pairs), config.pairs_per_step, step, (config.seed, 5))
+        positions = list(plan.local_range)
+        sums: dict[str, tuple[float, float]] = {}
+        self.model.train()
+        for k in range(plan.micro_batches):
+            # 1. the micro-batch's pairs and their shared noise and levels
+            where = positions[k * config.batch_size : (k + 1) * config.batch_size]
+            batch = self._load([chosen[p] for p in where])
+            drawn = [pair_noise(config.seed, step, p, tuple(batch["winner"].shape[1:]), config.loss) for p in where]
+            noise = torch.stack([n for n, _ in drawn]).to(device)
+            sigmas = torch.stack([s for _, s in drawn]).to(device)
+            x_t, target = noised_pair(batch["winner"].to(device), batch["loser"].to(device), noise, sigmas)
+            timesteps = torch.cat([sigmas, sigmas]) * 1000.0  # Wan's timestep is sigma x 1000
+            embeds = torch.cat([batch["embeds"], batch["embeds"]]).to(device)
+            mask = batch["mask"].to(device)
+            # 2. policy and reference velocities; 3. the loss; gradients all-reduced on the last micro-batch
+            sync = acc.no_sync(self.model) if k < plan.micro_batches - 1 else contextlib.nullcontext()
+            with sync:
+                with acc.autocast():
+                    prediction = predict_velocity(self.model, x_t, timesteps, embeds, None, 1.0, self.base_dtype)
+                with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
+                    reference = predict_velocity(self.unwrapped, x_t, timesteps, embeds, None, 1.0, self.base_dtype)
+                model_w, model_l = squared_error(prediction, target)
+                ref_w, ref_l = squared_error(reference, target)
+                loss, parts = dpo_loss(model_w, model_l, ref_w, ref_l, config.loss, mask if mask.any() else None)
+                acc.backward(loss / plan.micro_batches)
+            n, masked = float(len(where)), float(parts["masked_pairs"])
+            for key, value in parts.items():
+                if key == "masked_pairs":
+                    continue
+                weight = masked if key in ("mask_dpo", "mask_sft", "implicit_acc_mask", "margin_mask") else n
+                if weight > 0:
+                    total, count = sums.get(key, (0.0, 0.0))
+                    sums[key] = (total + float(value) * weight, count + weight)
+            total, count = sums.get("masked_fraction", (0.0, 0.0))
+            sums["masked_fraction"] = (total + masked, count + n)
+        # 4. one update
+        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)) if config.max_grad_norm > 0 else math.nan
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        merged = merge_sums(gather_object([sums]))
+        metrics = {f"train/{key}": value for key, value in merged.items()}
+        metrics["train/grad_norm"] = grad_norm
+        metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])
+        return metrics
+
+    def checkpoint(self, done: int) -> None:
+        acc = self.accelerator
+        folder = save_checkpoint(acc, self.out, done, lambda tmp: acc.save_state(str(tmp)), {}, self.config.keep_checkpoints)
+        log.info("dpo: checkpoint %s", folder)
+
+    # -- cleanup -----------------------------------------------------------------------
+    def cleanup(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            target = self.out / "lora"
+            shutil.rmtree(target, ignore_errors=True)
+            save_lora(self.unwrapped, target)
+        acc.end_training()
+
+
+def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray], torch.Tensor] | None = None) -> dict[str, Any]:
+    """Train (module docstring).
+
+    Args:
+        config: the run's config.
+        pipe: replaces the pipeline the config names (tests, notebooks).
+        encode: ``encode(pipe, frames uint8 (F, H, W, 3)) -> (C, T, H, W)`` latents in place of
+            the VAE's (:func:`cac_align.gen.wan.encode_video`); the miniature benchmark uses the
+            latent preview's inverse.
+
+    Returns:
+        The last step's logged numbers.
+    """
+    trainer = _Trainer(config, pipe=pipe, encode=encode)
+    trainer.setup()
+    last = trainer.train()
+    trainer.cleanup()
+    return last
