@@ -48,12 +48,14 @@ __all__ = [
     "INVALID_POLICIES",
     "RewardSlots",
     "Scored",
+    "batch_settings",
     "channels_first_frames",
     "fill_policy",
     "launch",
     "make_scorer",
     "loaded_models",
     "on_device",
+    "plain",
     "read_sections",
     "release_models",
     "sections_from_env",
@@ -125,6 +127,45 @@ def on_device(section: Any, device: Any) -> Any:
     if isinstance(section, list):
         return [on_device(v, device) for v in section]
     return section
+
+
+def plain(value: Any) -> Any:
+    """An OmegaConf node (a trainer's Hydra config passes them) as plain Python; else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def batch_settings(where: str, policies: Sequence[str], why: str, *, reward: Any, sections: Any, invalid: Any, max_invalid_fraction: Any,
+                   fps: Any, device: Any, max_batch: Any) -> dict[str, Any]:
+    """The keys every integration that hands us a trainer's batch takes (verl-omni, TeleBoost,
+    UniRL), checked: ``reward`` (a name of ours), ``sections`` (else ``$CAC_ALIGN_REWARDS``),
+    ``invalid`` (one of ``policies``; ``why`` says why the others are not offered), ``max_invalid_fraction``
+    in [0, 1], ``fps`` > 0 (the frame rate their frames are read at), ``device`` ("auto": CUDA
+    when this process sees one) and ``max_batch`` >= 1. Raises ``ValueError`` naming the key."""
+    if invalid not in policies:
+        raise ValueError(f"{where}: invalid must be one of {tuple(policies)}, got {invalid!r} ({why})")
+    if not 0.0 <= float(max_invalid_fraction) <= 1.0:
+        raise ValueError(f"{where}: max_invalid_fraction must be in [0, 1], got {max_invalid_fraction}")
+    if not (np.isfinite(float(fps)) and float(fps) > 0):
+        raise ValueError(f"{where}: fps must be > 0 (the frame rate of the frames the trainer passes; Wan-2.1 writes 16), got {fps}")
+    if int(max_batch) < 1:
+        raise ValueError(f"{where}: max_batch must be >= 1, got {max_batch!r}")
+    if device in (None, "auto"):
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "reward": str(reward),
+        "sections": plain(sections) if sections is not None else sections_from_env(),
+        "invalid": invalid,
+        "max_invalid_fraction": float(max_invalid_fraction),
+        "fps": float(fps),
+        "device": str(device),
+        "max_batch": int(max_batch),
+    }
 
 
 def channels_first_frames(video: Any) -> np.ndarray | VideoError:

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -139,7 +138,7 @@ class MapSettings:
 
     @classmethod
     def parse(cls, value: Any) -> MapSettings:
-        value = _plain(value)
+        value = adapter.plain(value)
         if isinstance(value, bool) or value is None:
             return cls(enabled=bool(value))
         if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -154,45 +153,15 @@ class MapSettings:
         return cls(**{"enabled": True, **value})
 
 
-def _plain(value: Any) -> Any:
-    """An OmegaConf node (their Hydra config) as plain Python."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _settings(reward: Any, sections: Any, invalid: Any, max_invalid_fraction: Any, fps: Any, device: Any, max_batch: Any, localize: Any,
               extra: Mapping[str, Any]) -> dict[str, Any]:
     if extra:
         known = ["reward", "sections", "invalid", "max_invalid_fraction", "fps", "device", "max_batch", "localize"]
         raise ValueError(f"teleboost compute_reward: unknown key(s) {sorted(extra)} in reward_kwargs; known: {known}")
-    if invalid not in POLICIES:
-        raise ValueError(
-            f"teleboost: invalid must be one of {POLICIES}, got {invalid!r} (TeleBoost cannot mask a sample: a NaN reward "
-            "makes its group's advantages NaN and the actor's loss guard stops the run)"
-        )
-    if not 0.0 <= float(max_invalid_fraction) <= 1.0:
-        raise ValueError(f"teleboost: max_invalid_fraction must be in [0, 1], got {max_invalid_fraction}")
-    if not (math.isfinite(float(fps)) and float(fps) > 0):
-        raise ValueError(f"teleboost: fps must be > 0 (TeleBoost passes no frame rate; Wan-2.1 writes 16), got {fps}")
-    if int(max_batch) < 1:
-        raise ValueError(f"teleboost: max_batch must be >= 1, got {max_batch}")
-    if device in (None, "auto"):
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {
-        "reward": str(reward),
-        "sections": _plain(sections) if sections is not None else adapter.sections_from_env(),
-        "invalid": invalid,
-        "max_invalid_fraction": float(max_invalid_fraction),
-        "fps": float(fps),
-        "device": str(device),
-        "max_batch": int(max_batch),
-        "localize": MapSettings.parse(localize),
-    }
+    why = "TeleBoost cannot mask a sample: a NaN reward makes its group's advantages NaN and the actor's loss guard stops the run"
+    settings = adapter.batch_settings("teleboost", POLICIES, why, reward=reward, sections=sections, invalid=invalid,
+                                      max_invalid_fraction=max_invalid_fraction, fps=fps, device=device, max_batch=max_batch)
+    return {**settings, "localize": MapSettings.parse(localize)}
 
 
 _SCORERS: dict[str, adapter.Scorer] = {}

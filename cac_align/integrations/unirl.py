@@ -61,7 +61,6 @@ Config a user copies (their run YAML, e.g. ``examples/diffusion/wan21_t2v.yaml``
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import Any, Mapping, Sequence
@@ -88,41 +87,11 @@ def invalid_counts() -> dict[str, int]:
 
 
 def backend_settings(reward: Any = "ur_cac", sections: Any = None, invalid: str = "group_mean", max_invalid_fraction: float = 0.5,
-             fps: float = 16.0, device: str = "auto", max_batch: int = 16) -> dict[str, Any]:
+                     fps: float = 16.0, device: str = "auto", max_batch: int = 16) -> dict[str, Any]:
     """The backend's settings, checked (module docstring); raises ``ValueError`` naming a bad one."""
-    if invalid not in POLICIES:
-        raise ValueError(
-            f"unirl: invalid must be one of {POLICIES}, got {invalid!r} (a NaN reward gets advantage 0 in UniRL but "
-            "turns its logged mean reward into nan; a failed sample stops their whole batch)"
-        )
-    if not 0.0 <= float(max_invalid_fraction) <= 1.0:
-        raise ValueError(f"unirl: max_invalid_fraction must be in [0, 1], got {max_invalid_fraction}")
-    if not (math.isfinite(float(fps)) and float(fps) > 0):
-        raise ValueError(f"unirl: fps must be > 0 (the frame rate of the videos their rollouts decode), got {fps}")
-    if int(max_batch) < 1:
-        raise ValueError(f"unirl: max_batch must be >= 1, got {max_batch}")
-    if device in (None, "auto"):
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {
-        "reward": str(reward),
-        "sections": _plain(sections) if sections is not None else adapter.sections_from_env(),
-        "invalid": invalid,
-        "max_invalid_fraction": float(max_invalid_fraction),
-        "fps": float(fps),
-        "device": str(device),
-        "max_batch": int(max_batch),
-    }
-
-
-def _plain(value: Any) -> Any:
-    """An OmegaConf node (their Hydra config) as plain Python."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+    why = "a NaN reward gets advantage 0 in UniRL but turns its logged mean reward into nan; a failed sample stops their whole batch"
+    return adapter.batch_settings("unirl", POLICIES, why, reward=reward, sections=sections, invalid=invalid,
+                                  max_invalid_fraction=max_invalid_fraction, fps=fps, device=device, max_batch=max_batch)
 
 
 def score_request(

@@ -221,42 +221,14 @@ _BATCHERS: dict[str, _Batcher] = {}
 _BATCHERS_LOCK = threading.Lock()
 
 
-def _plain(value: Any) -> Any:
-    """An OmegaConf node (their config) as plain Python."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _settings(reward: Any, sections: Any, invalid: Any, max_invalid_fraction: Any, fps: Any, device: Any, max_batch: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(extra) - _THEIRS)
     if unknown:
         known = ["reward", "sections", "invalid", "max_invalid_fraction", "fps", "device", "max_batch"]
         raise ValueError(f"verl_omni reward function: unknown key(s) {unknown} in its reward_functions entry; known: {known}")
-    if invalid not in POLICIES:
-        raise ValueError(
-            f"verl_omni: invalid must be one of {POLICIES}, got {invalid!r} (verl-omni cannot mask or drop a sample, "
-            "and a NaN reward makes every advantage of the step NaN)"
-        )
-    if device in (None, "auto"):
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if int(max_batch) < 1:
-        raise ValueError(f"verl_omni: max_batch must be >= 1, got {max_batch!r}")
-    return {
-        "reward": str(reward),
-        "sections": _plain(sections) if sections is not None else adapter.sections_from_env(),
-        "invalid": invalid,
-        "max_invalid_fraction": float(max_invalid_fraction),
-        "fps": float(fps),
-        "device": str(device),
-        "max_batch": int(max_batch),
-    }
+    why = "verl-omni cannot mask or drop a sample, and a NaN reward makes every advantage of the step NaN"
+    return adapter.batch_settings("verl_omni", POLICIES, why, reward=reward, sections=sections, invalid=invalid,
+                                  max_invalid_fraction=max_invalid_fraction, fps=fps, device=device, max_batch=max_batch)
 
 
 def _batcher(settings: dict[str, Any]) -> _Batcher:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,33 +38,13 @@ from verl import DataProto
 
 from cac_align.gen.credit import LocalizeSettings, credit_maps
 from cac_align.rewards import build_reward
-from cac_align.rewards.base import BatchReward
-from cac_align.rewards.registry import register_reward
+import raising_reward  # noqa: F401  (registers "explodes": a reward whose model call raises)
 
 N, F, H, W = 3, 9, 32, 48  # 3 samples per prompt; a Wan-shaped clip: latent grid (3, 4, 6)
 LEVELS = [0.2, 0.8, 0.4, 0.6, 1.0, 0.0]
 SPOT = {"name": "spot_brightness", "box": [0, 0, 500, 500], "window_s": [0.25, 0.5]}
 
 
-@dataclass
-class ExplodesConfig:
-    pass
-
-
-class ExplodesReward(BatchReward):
-    name = "explodes"
-    score_range = (0.0, 1.0)
-    needs_prompt = False
-
-    def score_batch(self, requests):
-        raise RuntimeError("the judge's server went away")
-
-
-def build_explodes(config: ExplodesConfig, key: str = "reward") -> ExplodesReward:
-    return ExplodesReward()
-
-
-register_reward("explodes", "__main__:ExplodesConfig", "__main__:build_explodes")
 
 
 def rollout(corrupt: int | None = None) -> DataProto:

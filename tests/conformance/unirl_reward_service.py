@@ -19,7 +19,6 @@ import json
 import math
 import sys
 import traceback
-from dataclasses import dataclass
 
 import torch
 from hydra.utils import instantiate
@@ -34,8 +33,7 @@ from unirl.types.sampling import DiffusionSamplingParams
 from unirl.utils.wandb_logger import UniRLWandBLogger
 from unirl.utils.wandb_metrics import compute_rollout_sample_metrics
 
-from cac_align.rewards.base import BatchReward
-from cac_align.rewards.registry import register_reward
+import raising_reward  # noqa: F401  (registers "explodes": a reward whose model call raises)
 
 PROMPTS = ["a ball on a floor", "a sign over a shop"]
 PER_PROMPT = 3
@@ -43,27 +41,6 @@ FRAMES, HEIGHT, WIDTH = 9, 32, 48
 LEVELS = [0.2, 0.8, 0.4, 0.6, 1.0, 0.0]  # the top-left quarter's brightness, one per sample
 
 
-@dataclass
-class ExplodesConfig:
-    pass
-
-
-class ExplodesReward(BatchReward):
-    """A reward whose model call raises (a crashed server, CUDA out of memory)."""
-
-    name = "explodes"
-    score_range = (0.0, 1.0)
-    needs_prompt = False
-
-    def score_batch(self, requests):
-        raise RuntimeError("the judge's server went away")
-
-
-def build_explodes(config: ExplodesConfig, key: str = "reward") -> ExplodesReward:
-    return ExplodesReward()
-
-
-register_reward("explodes", "__main__:ExplodesConfig", "__main__:build_explodes")
 
 
 def videos(levels=LEVELS, corrupt: dict | None = None) -> list[torch.Tensor]:
