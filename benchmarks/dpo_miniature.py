@@ -235,6 +235,9 @@ def main() -> None:
     parser.add_argument("--grpo", action="store_true", help="also run the Flow-GRPO arms scalar and localized (localized_credit.py's run_arm)")
     parser.add_argument("--out", default="outputs/dpo_miniature")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--target-reduction", type=float, help="without --grpo: the localized arm's final reduction of an earlier --grpo run "
+                        "(its summary's localized_final_reduction), for passes_to_localized_reduction")
+    parser.add_argument("--summarize", action="store_true", help="only summarize --out/results.json of an earlier run (same arguments)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,7 +246,9 @@ def main() -> None:
     sample_passes, train_passes = grpo_passes(config)
     arms = [*DPO_ARMS, *(GRPO_ARMS if args.grpo else ())]
     results: dict = {"runs": {}, "costs": {}}
-    for seed in args.seeds:
+    if args.summarize:
+        results = json.loads((out / "results.json").read_text())
+    for seed in ([] if args.summarize else args.seeds):
         pipe = build_tiny_wan_pipeline(seed=0)
         base = probes(pipe, pipe.transformer, dataclasses.replace(config, seed=seed), prompts)
         pairs, encode, cost = make_pairs(seed, out, pipe, config, prompts, args.candidates, args.vace_seed)
@@ -263,7 +268,8 @@ def main() -> None:
                     row["passes"] = row["step"] * (sample_passes + train_passes)
                 print(f"seed {seed} {arm:11s}: defect {rows[0]['defect']:.4f} -> {rows[-1]['defect']:.4f}, collateral {rows[-1]['collateral']:.3f}, "
                       f"inside {rows[-1]['inside_change']:.3f}", flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    if not args.summarize:
+        (out / "results.json").write_text(json.dumps(results, indent=1))
 
     summary: dict = {"seeds": args.seeds, "steps": args.steps, "candidates": args.candidates, "pairs_per_step": args.pairs_per_step, "lr": args.lr,
                      "beta": args.beta, "vace_seed": args.vace_seed, "pairs_kept": {s: c["accepted"] for s, c in results["costs"].items()}, "arms": {}}
@@ -272,7 +278,8 @@ def main() -> None:
         runs = [results["runs"][f"{seed}/{arm}"] for seed in args.seeds]
         reduction = np.mean([[r[0]["defect"] - row["defect"] for row in r] for r in runs], axis=0)
         passes = np.mean([[row["passes"] for row in r] for r in runs], axis=0)
-        curves[arm] = (reduction, passes)
+        collateral = np.mean([[row["collateral"] for row in r] for r in runs], axis=0)
+        curves[arm] = (reduction, passes, collateral)
         regenerator = float(np.mean([results["costs"][str(s)]["regenerator"] for s in args.seeds])) if arm in DPO_ARMS else 0.0
         sampling = float(np.mean([results["costs"][str(s)]["sampling"] for s in args.seeds])) if arm in DPO_ARMS else float(sample_passes * args.steps)
         summary["arms"][arm] = {
@@ -283,22 +290,29 @@ def main() -> None:
             "change_outside": float(np.mean([r[-1]["collateral"] for r in runs])),
             "passes": {"sampling": sampling, "regenerator": regenerator, "training": float(passes[-1] - sampling) if arm in DPO_ARMS else float(train_passes * args.steps)},
         }
-    if "localized" in curves:
-        target = float(curves["localized"][0][-1])
+    # the same reduction, the collateral it cost: each arm where its mean curve first reaches the
+    # masked DPO arm's final reduction (the smallest of the arms here)
+    masked_target = float(curves["dpo_masked"][0][-1])
+    summary["dpo_masked_final_reduction"] = masked_target
+    for arm in arms:
+        summary["arms"][arm]["collateral_at_dpo_masked_reduction"] = lc.collateral_at_or_null(curves[arm][0], curves[arm][2], masked_target)
+    if "localized" in curves or args.target_reduction is not None:
+        target = float(curves["localized"][0][-1]) if "localized" in curves else args.target_reduction
         summary["localized_final_reduction"] = target
         for arm in arms:
-            summary["arms"][arm]["passes_to_localized_reduction"] = passes_to(*curves[arm], target) if target > 0 else None
+            summary["arms"][arm]["passes_to_localized_reduction"] = passes_to(curves[arm][0], curves[arm][1], target) if target > 0 else None
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print("\n| arm | defect step 0 -> end | reduction / step | change inside | change outside | inside / outside | sampling passes | "
-          "regenerator passes | training passes | passes to localized's reduction |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| arm | defect step 0 -> end | reduction / step | change inside | change outside | inside / outside | collateral at dpo_masked's "
+          "reduction | sampling passes | regenerator passes | training passes | passes to localized's reduction |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for arm, row in summary["arms"].items():
         to = row.get("passes_to_localized_reduction")
         to_text = "-" if "passes_to_localized_reduction" not in row else ("never" if to is None else f"{to:.0f}")
         p = row["passes"]
+        at = row["collateral_at_dpo_masked_reduction"]
         print(f"| {arm} | {row['defect_start']:.4f} -> {row['defect_end']:.4f} | {row['defect_reduction_per_step']:.5f} | {row['change_inside']:.2f} | "
-              f"{row['change_outside']:.2f} | {row['change_inside'] / max(row['change_outside'], 1e-12):.2f} | {p['sampling']:.0f} | "
-              f"{p['regenerator']:.0f} | {p['training']:.0f} | {to_text} |")
+              f"{row['change_outside']:.2f} | {row['change_inside'] / max(row['change_outside'], 1e-12):.2f} | {'never' if at is None else f'{at:.2f}'} | "
+              f"{p['sampling']:.0f} | {p['regenerator']:.0f} | {p['training']:.0f} | {to_text} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))
