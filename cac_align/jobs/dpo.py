@@ -27,7 +27,7 @@ those pairs (and, globally, from Best-of-N's best and worst candidates), with Lo
 
 Output directory: ``cac_align_run.json`` (the manifest; docs/run_folders.md), ``pairs.json`` (the
 pairs and the skipped rows), ``latents/``, ``metrics.jsonl``, ``checkpoints/step_NNNNNN/`` (as
-flow-grpo's: the LoRA, the optimizer and scheduler, every process's RNG state, ``lora/``),
+flow-grpo's: the LoRA, the optimizer, every process's RNG state, ``lora/``),
 ``lora/`` (for ``generator.lora`` of ``bon``, ``flow-grpo``'s evaluation, or diffusers'
 ``load_lora_weights``), ``tensorboard/``. A killed run continues with ``resume=true``.
 """
@@ -282,6 +282,9 @@ class _Trainer:
             save_file(tensors, str(tmp))
             tmp.replace(target)  # a cache file exists only once whole
         acc.wait_for_everyone()
+        if acc.device.type != "cpu":  # training reads the cache only: the text encoder (UMT5-XXL) and VAE leave the GPU
+            pipe.text_encoder.to("cpu")
+            pipe.vae.to("cpu")
 
         # 3. the LoRA, the optimizer, resume
         transformer = pipe.transformer
@@ -291,13 +294,14 @@ class _Trainer:
         self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
         optimizer = torch.optim.AdamW(list(trainable(transformer).values()), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                       eps=config.adam_eps, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, config.warmup_steps))
-        self.model, self.optimizer, self.scheduler = acc.prepare(transformer, optimizer, scheduler)
+        # the learning rate is set from the step itself (warmup_factor), not by a scheduler: one that
+        # accelerate prepares steps once per process per update, and a function of the step resumes exactly
+        self.model, self.optimizer = acc.prepare(transformer, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         register_lora_checkpoint(acc, self.unwrapped, None)
         self.start_step = 0
         if found:
-            acc.load_state(str(found[-1]))  # the LoRA, optimizer, scheduler and every process's RNG state
+            acc.load_state(str(found[-1]))  # the LoRA, optimizer and every process's RNG state
             self.start_step = int(read_checkpoint_state(found[-1])["step"])
             log.info("dpo: resuming from %s (step %d)", found[-1], self.start_step)
         elif config.resume and run_folder.resuming:
@@ -367,16 +371,18 @@ class _Trainer:
                     sums[key] = (total + float(value) * weight, count + weight)
             total, count = sums.get("masked_fraction", (0.0, 0.0))
             sums["masked_fraction"] = (total + masked, count + n)
-        # 4. one update
+        # 4. one update, at this step's learning rate
         grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)) if config.max_grad_norm > 0 else math.nan
+        lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         merged = merge_sums(gather_object([sums]))
         metrics = {f"train/{key}": value for key, value in merged.items()}
         metrics["train/grad_norm"] = grad_norm
-        metrics["train/lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["train/lr"] = lr
         return metrics
 
     def checkpoint(self, done: int) -> None:

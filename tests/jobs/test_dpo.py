@@ -231,23 +231,25 @@ def test_two_processes_give_the_lora_of_one(repaired, tmp_path):
     """`accelerate launch`, two gloo processes (2 pairs each) against one process (4 pairs), every
     micro-batch one pair on both sides: the same LoRA after 2 steps, on both ranks."""
     one = build_tiny_wan_pipeline(seed=0)
-    run(dpo_config(tmp_path / "one", repaired, "steps=2", "batch_size=1", "checkpoint_every=0", SPLIT), pipe=one)
+    run(dpo_config(tmp_path / "one", repaired, "steps=2", "batch_size=1", "checkpoint_every=0", "warmup_steps=2", SPLIT), pipe=one)
     script = REPO_ROOT / "tests" / "dpo_two_process.py"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29553", str(script), str(repaired),
-               str(tmp_path / "two"), "steps=2", "batch_size=1", "checkpoint_every=0", SPLIT]
+               str(tmp_path / "two"), "steps=2", "batch_size=1", "checkpoint_every=0", "warmup_steps=2", SPLIT]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
     assert set(rank0) == set(rank1) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
     for name, value in lora_of(one).items():
-        assert_close_to_scale(rank0[name], value, 1e-4, name)
+        assert_close_to_scale(rank0[name], value, 1e-3, name)  # Adam's eps amplifies rounding where a gradient is ~0
     ones = [json.loads(line) for line in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
     twos = [json.loads(line) for line in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
     for key in ("train/loss", "train/dpo", "train/mask_dpo", "train/margin", "train/implicit_acc"):
         assert twos[-1][key] == pytest.approx(ones[-1][key], rel=1e-4, abs=1e-6), key
+    # the warmup counts updates, not processes: half the rate at the first of 2 warmup steps, on both
+    assert [r["train/lr"] for r in ones] == [r["train/lr"] for r in twos] == [pytest.approx(5e-4), pytest.approx(1e-3)]
 
 
 def test_bon_pairs_train_without_masked_terms(best_of_n, tmp_path):
