@@ -76,8 +76,8 @@ class PairSet:
     Attributes:
         pairs: in source order, then row order.
         skipped: reason -> how many rows gave no pair for it.
-        sha256: a digest of every pair (files, prompts, masks): what a training run's
-            fingerprint records.
+        sha256: a digest of every pair (files and their sizes, prompts, scores, masks): what a
+            training run's fingerprint records.
     """
 
     pairs: list[Pair]
@@ -85,7 +85,10 @@ class PairSet:
 
     @property
     def sha256(self) -> str:
-        listed = [(p.prompt, p.winner, p.loser, p.source, None if p.evidence is None else repr(p.evidence), p.dilate, p.context_s) for p in self.pairs]
+        # files by name, size and the judge's scores: a run folder rewritten with other videos under
+        # the same names is other pairs (a training run's latent cache would not match them)
+        listed = [(p.prompt, p.winner, p.loser, Path(p.winner).stat().st_size, Path(p.loser).stat().st_size, p.scores, p.source,
+                   None if p.evidence is None else repr(p.evidence), p.dilate, p.context_s) for p in self.pairs]
         return hashlib.sha256(json.dumps(listed).encode("utf-8")).hexdigest()
 
     def summary(self) -> str:
