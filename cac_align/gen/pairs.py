@@ -10,7 +10,9 @@
 - **Best-of-N** (a ``cac-align bon`` run folder): per prompt the best and the worst valid
   candidate (``candidates.jsonl``), no mask (plain Diffusion-DPO).
 
-Rows that give no pair are skipped and counted by reason (a repair that was not accepted, a
+Every run must have been judged by the same judge (its manifest's reward section; where it was
+served does not count): pairs of two judges are refused with one line naming both. Rows that give
+no pair are skipped and counted by reason (a repair that was not accepted, a
 prompt with fewer than two valid candidates or all scored alike, a video Wan's VAE cannot encode
 as it is: not ``4k + 1`` frames, or sides that are not multiples of 16).
 """
@@ -224,6 +226,7 @@ def read_pairs(sources: Sequence[str]) -> PairSet:
 
     pairs: list[Pair] = []
     skipped: Counter = Counter()
+    judged: list[tuple[str, Any]] = []  # (source, its reward section)
     for source in sources:
         folder = Path(source)
         if folder.is_file():  # a results.jsonl / candidates.jsonl: its folder
@@ -232,6 +235,8 @@ def read_pairs(sources: Sequence[str]) -> PairSet:
         if manifest is None:
             raise PairError(f"pairs: {source!r} is not a run folder of `cac-align repair` or `cac-align bon` (no cac_align_run.json)")
         job = manifest.get("job")
+        if job in ("repair", "bon"):
+            _check_one_judge(judged, source, (manifest.get("config") or {}).get("reward"))
         if job == "repair":
             pairs += _repair_pairs(folder, manifest.get("config") or {}, skipped)
         elif job == "bon":
@@ -239,6 +244,21 @@ def read_pairs(sources: Sequence[str]) -> PairSet:
         else:
             raise PairError(f"pairs: {source!r} is a {job!r} run; pairs come from `repair` (localized) or `bon` (global) runs")
     return PairSet(pairs, dict(skipped))
+
+
+def _check_one_judge(judged: list[tuple[str, Any]], source: str, section: Any) -> None:
+    """A pair is one judge's preference: runs judged by judges that would score differently (the
+    reward, its model or its options; not where it was served) are refused with one line."""
+    from cac_align.rewards.registry import describe_reward, reward_differences
+
+    if section is None:
+        raise PairError(f"pairs: {source!r} records no reward section in its cac_align_run.json, so its judge is unknown")
+    for other, theirs in judged:
+        differ = reward_differences(theirs, section)
+        if differ:
+            raise PairError(f"pairs: {other!r} was judged by {describe_reward(theirs)}, {source!r} by {describe_reward(section)} (differing: "
+                            f"{', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}); train on one judge's pairs per run")
+    judged.append((source, section))
 
 
 def pair_region(pair: Pair) -> Region | None:

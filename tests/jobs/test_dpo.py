@@ -118,6 +118,15 @@ def test_rows_without_a_pair_are_counted_and_a_changed_file_is_an_error(repaired
         read_pairs([str(broken)])
     with pytest.raises(PairError, match="not a run folder of `cac-align repair` or `cac-align bon`"):
         read_pairs([str(tmp_path)])
+    # two repair runs judged by judges that score differently: refused with one line naming both
+    other = tmp_path / "other_judge"
+    shutil.copytree(repaired, other)
+    manifest = json.loads((other / "cac_align_run.json").read_text())
+    manifest["config"]["reward"]["threshold"] = 0.9
+    (other / "cac_align_run.json").write_text(json.dumps(manifest))
+    with pytest.raises(PairError, match=r"was judged by spot_brightness, .* by spot_brightness \(differing: threshold\); train on one judge's pairs"):
+        read_pairs([str(repaired), str(other)])
+    assert len(read_pairs([str(repaired), str(repaired)]).pairs) == 2 * len(read_pairs([str(repaired)]).pairs)  # the same judge twice is fine
 
 
 def test_the_tiny_recipe_end_to_end(repaired, tmp_path):
@@ -262,8 +271,18 @@ def test_bon_pairs_train_without_masked_terms(best_of_n, tmp_path):
 def test_bad_settings_and_inputs_say_what_to_change(repaired, best_of_n, tmp_path):
     with pytest.raises(RecipeError, match="pairs_per_step=3 gives 3 pairs per process, not a multiple of batch_size=2"):
         run(dpo_config(tmp_path / "a", repaired, "pairs_per_step=3"), pipe=build_tiny_wan_pipeline(seed=0))
+    config = load_config(DpoConfig, DPO_TINY, [f"out_dir={tmp_path / 'b'}", f"pairs=[{repaired},{best_of_n}]", "log_with=none"], job="dpo")
+    with pytest.raises(PairError, match=r"judged by spot_brightness, .* by brightness \(differing: name\)"):
+        run(config, pipe=build_tiny_wan_pipeline(seed=0))
+    import shutil
+
+    same_judge = tmp_path / "bon_same_judge"  # a bon run "judged" as the repair was, to reach the shape check
+    shutil.copytree(best_of_n, same_judge)
+    manifest = json.loads((same_judge / "cac_align_run.json").read_text())
+    manifest["config"]["reward"] = json.loads((repaired / "cac_align_run.json").read_text())["config"]["reward"]
+    (same_judge / "cac_align_run.json").write_text(json.dumps(manifest))
     with pytest.raises(RecipeError, match=r"videos of several shapes \[\(9, 32, 32\), \(17, 64, 96\)\]"):
-        config = load_config(DpoConfig, DPO_TINY, [f"out_dir={tmp_path / 'b'}", f"pairs=[{repaired},{best_of_n}]", "log_with=none"], job="dpo")
+        config = load_config(DpoConfig, DPO_TINY, [f"out_dir={tmp_path / 'c2'}", f"pairs=[{repaired},{same_judge}]", "log_with=none"], job="dpo")
         run(config, pipe=build_tiny_wan_pipeline(seed=0))
     with pytest.raises(PairError, match="not a run folder"):
         run(dpo_config(tmp_path / "c", tmp_path / "nothing_here"), pipe=build_tiny_wan_pipeline(seed=0))
