@@ -4,6 +4,9 @@ defect with less change elsewhere?
     python benchmarks/localized_credit.py --arms scalar localized      # 3 seeds x 12 steps
     python benchmarks/localized_credit.py --seeds 0 1 2 3 4 5 6 7 --steps 20 --json outputs/localized_credit.json \
         --cac-demo-bench outputs/cac_demo/bench/default/bench.json     # every arm, the figures in a file
+    python benchmarks/localized_credit.py --seeds 0 1 2 3 4 5 6 7 --steps 20 --arms scalar localized confined shuffled shuffled_localized \
+        --json outputs/lc_controls.json                                 # with the no-signal controls
+    python benchmarks/localized_credit.py ... --marked 1                # the marked miniature
 
 The tiny random Wan (64 x 64, 9 frames) is trained with Flow-GRPO on ``spot_brightness``: a
 known, localized defect (brightness of the top-left quarter during [0.25, 0.5) s; reward =
@@ -22,7 +25,16 @@ seeds, the same steps and every other setting equal:
 - **cac_demo_errors**: evidence wrong as cac-demo's is on its bench split, over the anomalous
   videos it flags (``videos`` rows of ``--cac-demo-bench``'s bench.json, system
   ``--cac-demo-system``): right (window IoU >= 0.5 and a box on the defect) at its rate, only the
-  window right, only the boxes right, or neither, each at its measured rate; P is its "right" share.
+  window right, only the boxes right, or neither, each at its measured rate; P is its "right" share;
+- **shuffled** / **shuffled_localized** (controls, only when named): the scalar / localized arm
+  with each reward call's scores permuted among its samples: the same scores and evidence, no
+  relation between a video and its score. What these arms change is the optimizer's drift, not
+  the reward's signal; an arm's change beyond theirs is what its signal did.
+
+``--marked S`` runs the *marked miniature*: the base transformer adds a fixed vector of strength
+``S`` to the patch embeddings of the defect's tokens (:func:`mark_defect`), so the defect's place
+carries content of its own (as a hand does); without it, only the grid's edges tell that place
+apart (``benchmarks/lora_locality.py``).
 
 After every step, the same 8 probe videos (fixed prompts and seeds, deterministic ODE sampling:
 the same noise in every arm and step) are generated and measured against the step-0 policy's:
@@ -72,13 +84,15 @@ TOY = [
     "lora.rank=8", "lora.alpha=16", "learning_rate=1e-2", "beta=0.0", "ema_decay=null", "log_with=none", "checkpoint_every=0",
 ]
 PROBES = 8
+MARKER_SEED = 123  # the marked miniature's marker direction (mark_defect)
 CONFINE = 0.001  # the confined arm's advantage.localize.confine (benchmarks/README.md: the sweep that chose it)
 BOX, WINDOW = [0.0, 0.0, 500.0, 500.0], [0.25, 0.5]
 # where wrong evidence points: a window before the defect's (temporal IoU 0) and another quarter
 WRONG_WINDOW = [0.0, 0.25]
 WRONG_BOXES = [[500.0, 0.0, 1000.0, 500.0], [0.0, 500.0, 500.0, 1000.0], [500.0, 500.0, 1000.0, 1000.0]]
 WRONG_P = (0.75, 0.5, 0.25, 0.0)
-ARMS = ("scalar", "localized", "confined", "vipo", *(f"wrong_p{p:g}" for p in WRONG_P), "cac_demo_errors")
+CONTROLS = ("shuffled", "shuffled_localized")  # only when named: no signal, the optimizer's own drift
+ARMS = ("scalar", "localized", "confined", "vipo", *(f"wrong_p{p:g}" for p in WRONG_P), "cac_demo_errors", *CONTROLS)
 
 
 class WrongEvidence(RewardBase):
@@ -110,6 +124,24 @@ class WrongEvidence(RewardBase):
             frames = [i for i in range(int(np.ceil(window[1] * self.fps))) if window[0] <= i / self.fps < window[1]]
             entry["window_s"] = list(window)
             entry["boxes"] = [{"frame": i, "time_s": i / self.fps, "boxes": [list(box)]} for i in frames]
+        return output
+
+
+class ShuffledScores(RewardBase):
+    """``spot_brightness`` with each call's scores permuted among its samples (the controls; a call
+    is one prompt's group here: ``sample_batch_size = group_size = 8``): the same scores and
+    evidence, but no relation between a video and its score, so whatever the video does under
+    training is the optimizer's drift, not the reward's signal."""
+
+    def __init__(self, reward: SpotBrightnessReward, seed: int):
+        self.reward, self.seed, self.calls = reward, seed, 0
+        self.name, self.score_range = reward.name, reward.score_range
+
+    def __call__(self, videos, prompts, metadata=None) -> RewardOutput:
+        output = self.reward(videos, prompts, metadata)
+        order = np.random.default_rng([self.seed, self.calls, 7]).permutation(len(output.scores))
+        self.calls += 1
+        output.scores, output.valid = output.scores[order], output.valid[order]
         return output
 
 
@@ -147,7 +179,7 @@ def probe(trainer: _Trainer) -> np.ndarray:
 
 def arm_overrides(arm: str, confine: float) -> list[str]:
     """The recipe overrides of an arm (module docstring)."""
-    if arm == "scalar":
+    if arm in ("scalar", "shuffled"):
         return ["advantage.localize.enabled=false"]
     extra = ["advantage.localize.enabled=true"]
     if arm == "confined":
@@ -157,16 +189,43 @@ def arm_overrides(arm: str, confine: float) -> list[str]:
     return extra
 
 
-def run_arm(seed: int, arm: str, steps: int, out: Path, extra: list[str], confine: float, mix: dict[str, float] | None) -> list[dict]:
+def mark_defect(transformer, strength: float) -> None:
+    """The marked miniature (``--marked``): the base transformer adds ``strength`` times a fixed
+    random vector (seed ``MARKER_SEED``) to its patch embeddings at the defect's tokens, the
+    top-left 2 x 2 patches of latent frames 1-2 (the box and window's latent positions), in every
+    arm, in the reference and at step 0 alike. Those tokens then carry content of their own, as a
+    hand or a sign does in a real video; the unmarked miniature's defect is a place on random
+    latents that only the grid's edges tell apart (``benchmarks/lora_locality.py``)."""
+    import torch
+
+    dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    marker = strength * torch.randn(dim, generator=torch.Generator().manual_seed(MARKER_SEED)).view(1, dim, 1, 1, 1)
+
+    def add_marker(module, inputs, output):  # output: (B, dim, T', H' / 2, W' / 2) patch embeddings
+        if tuple(output.shape[2:]) != (3, 4, 4):
+            raise ValueError(f"the marker's region is the miniature's (3 x 4 x 4 patches), got {tuple(output.shape[2:])}")
+        marked = output.clone()
+        marked[:, :, 1:, :2, :2] += marker.to(output)
+        return marked
+
+    transformer.patch_embedding.register_forward_hook(add_marker)
+
+
+def run_arm(seed: int, arm: str, steps: int, out: Path, extra: list[str], confine: float, mix: dict[str, float] | None,
+            marked: float = 0.0) -> list[dict]:
     folder = out / f"seed{seed}_{arm}"
     shutil.rmtree(folder, ignore_errors=True)
     config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={folder}", f"steps={steps}", f"seed={seed}", *TOY, *arm_overrides(arm, confine), *extra],
                          job="flow-grpo")
-    reward = None
+    reward, r = None, config.reward
     if mix is not None:
-        r = config.reward
         reward = WrongEvidence(SpotBrightnessReward(r["box"], r["window_s"], r.get("threshold", 0.0)), mix, seed, config.generator.fps)
-    trainer = _Trainer(config, reward=reward, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    elif arm in CONTROLS:
+        reward = ShuffledScores(SpotBrightnessReward(r["box"], r["window_s"], r.get("threshold", 0.0)), seed)
+    pipe = build_tiny_wan_pipeline(seed=0)
+    if marked:
+        mark_defect(pipe.transformer, marked)
+    trainer = _Trainer(config, reward=reward, pipe=pipe, decode=latent_preview)
     trainer.setup()
     g = config.generator
     outside = outside_mask(g.num_frames, g.height, g.width, g.fps)
@@ -253,19 +312,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--arms", nargs="+", choices=ARMS, metavar="ARM",
-                        help=f"of {', '.join(ARMS)} (default: all; cac_demo_errors only with --cac-demo-bench)")
+                        help=f"of {', '.join(ARMS)} (default: all but the controls; cac_demo_errors only with --cac-demo-bench)")
     parser.add_argument("--confine", type=float, default=CONFINE, help="advantage.localize.confine of the confined arm")
     parser.add_argument("--cac-demo-bench", type=Path, help="bench.json of cac-align eval bench on cac-demo's bench split (the cac_demo_errors arm)")
     parser.add_argument("--cac-demo-system", default="two_turn", help="its system name in that bench.json")
+    parser.add_argument("--marked", type=float, default=0.0,
+                        help="the marked miniature: the defect's tokens carry a marker of this strength (mark_defect; 0: today's miniature)")
     parser.add_argument("--out", default="outputs/localized_credit")
     parser.add_argument("--json", type=Path, help="write the per-arm figures here")
     parser.add_argument("overrides", nargs="*", help="recipe overrides for every arm, e.g. advantage.localize.apply_to=all")
     args = parser.parse_args()
     if args.arms is None:
-        args.arms = [a for a in ARMS if a != "cac_demo_errors" or args.cac_demo_bench is not None]
+        args.arms = [a for a in ARMS if a not in CONTROLS and (a != "cac_demo_errors" or args.cac_demo_bench is not None)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    evidence = {"localized": 1.0, "confined": 1.0, "vipo": 1.0, **{f"wrong_p{p:g}": p for p in WRONG_P}}
+    evidence = {"localized": 1.0, "confined": 1.0, "vipo": 1.0, "shuffled_localized": 1.0, **{f"wrong_p{p:g}": p for p in WRONG_P}}
     mixes = {f"wrong_p{p:g}": {"right": p, "wrong": 1.0 - p} for p in WRONG_P}
     if "cac_demo_errors" in args.arms:
         if args.cac_demo_bench is None:
@@ -276,10 +337,10 @@ def main() -> None:
     results = {}
     for seed in args.seeds:
         for arm in args.arms:
-            rows = results[f"{seed}/{arm}"] = run_arm(seed, arm, args.steps, out, args.overrides, args.confine, mixes.get(arm))
+            rows = results[f"{seed}/{arm}"] = run_arm(seed, arm, args.steps, out, args.overrides, args.confine, mixes.get(arm), args.marked)
             print(f"seed {seed} {arm:15s}: defect {rows[0]['defect']:.4f} -> {rows[-1]['defect']:.4f}, "
                   f"collateral {rows[-1]['collateral']:.3f}, change inside {rows[-1]['inside_change']:.3f}", flush=True)
-    (out / "results.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "confine": args.confine, "runs": results}, indent=1))
+    (out / "results.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "confine": args.confine, "marked": args.marked, "runs": results}, indent=1))
     print(f"\n| seed | arm | defect step 0 | defect step {args.steps} | reduction / step | collateral (0-255) | change inside (0-255) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for seed in args.seeds:
@@ -288,6 +349,7 @@ def main() -> None:
             reduction = (rows[0]["defect"] - rows[-1]["defect"]) / args.steps
             print(f"| {seed} | {arm} | {rows[0]['defect']:.4f} | {rows[-1]['defect']:.4f} | {reduction:.5f} | {rows[-1]['collateral']:.3f} | {rows[-1]['inside_change']:.3f} |")
     summary = summarize(results, args.arms, args.seeds, args.steps, evidence, mixes)
+    summary["marked"] = args.marked
     scalar = summary["arms"].get("scalar")
     print("\n| arm | evidence p | defect reduction / step | change inside | change outside | inside / outside | collateral at scalar's reduction |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

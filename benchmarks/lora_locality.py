@@ -1,6 +1,8 @@
 """How position-selective can the tiny Wan's LoRA be? The ceiling that confinement works under.
 
     python benchmarks/lora_locality.py                      # rank 8, lr 1e-2, 40 / 100 / 300 updates, ~1 min on 2 CPU cores
+    python benchmarks/lora_locality.py --marked 1           # the same, the defect's tokens marked (localized_credit.py --marked)
+    python benchmarks/lora_locality.py --ceiling            # the probes' ceiling: a perfectly local velocity change
 
 ``benchmarks/localized_credit.py`` asks Flow-GRPO to change the top-left quarter of latent frames
 1-2 and nothing else. Whatever the loss, the LoRA can only do that if some setting of its weights
@@ -16,13 +18,24 @@ The tiny Wan (as the real one) knows where a token is only through 3D RoPE in se
 which sees relative offsets: with random latents there is no content that marks the region, so a
 change confined to a fixed place must come from the grid's edges. A ratio near 1 after 40
 updates means no loss could confine the miniature's change in 20 steps; a real defect is marked
-by its content (a hand, a sign), which this miniature does not have. Not a test.
+by its content (a hand, a sign), which this miniature does not have; ``--marked S`` gives it
+one (``localized_credit.mark_defect``: a fixed vector of strength ``S`` added to the defect's
+patch embeddings in the base model).
+
+``--ceiling`` asks the other half: if the velocity change *were* confined to the region's latent
+positions (``-delta`` on channels 0-2 there, at every ODE step, nothing elsewhere), how confined
+would the change of ``localized_credit.py``'s probe videos be? It samples the 8 probes as that
+benchmark does (its recipe and settings, the base model, ODE) with and without the shift and
+reports the mean |pixel change| inside and outside the box-and-window; what is left outside comes
+from the latent grid (latent frame 1 also covers pixel frames 1-3, outside the window) and from the
+base model's attention carrying the change to other positions on the later steps. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 from cac_align.gen.wan import build_tiny_wan_pipeline
@@ -45,6 +58,49 @@ def velocity_change(transformer, x: torch.Tensor, t: torch.Tensor, text: torch.T
     return transformer(x, t, text, return_dict=False)[0] - base
 
 
+def probe_ceiling(delta: float, marked: float) -> None:
+    """``--ceiling`` (module docstring): the probes' inside/outside under a perfectly local shift."""
+    import localized_credit as lc
+
+    from cac_align.config import load_config
+    from cac_align.gen.sde import flow_sigmas
+    from cac_align.gen.wan import encode_prompts, latent_preview, sample_with_log_probs, scheduler_shift
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, sample_seed
+    from cac_align.run.input_files import read_prompts
+
+    config = load_config(FlowGrpoConfig, lc.RECIPE, ["out_dir=outputs/lora_locality", *lc.TOY], job="flow-grpo")
+    g = config.generator
+    pipe = build_tiny_wan_pipeline(seed=0)
+    if marked:
+        lc.mark_defect(pipe.transformer, marked)
+    base = pipe.transformer
+    prompts = read_prompts(config.prompts)
+    texts = [prompts[i % len(prompts)] for i in range(lc.PROBES)]
+    embeds, negative = encode_prompts(pipe, texts, g.negative_prompt, g.guidance_scale, g.max_sequence_length)
+    sigmas, timesteps = flow_sigmas(g.num_inference_steps, scheduler_shift(pipe, g.flow_shift))
+    mask = region_mask(3, g.height // 8, g.width // 8).bool()
+
+    def shifted(shift: float):
+        def transformer(**inputs):
+            velocity = base(**inputs)[0].clone()
+            velocity[:, :3] += shift * mask.to(velocity)
+            return (velocity,)
+        return transformer
+
+    def probes(shift: float) -> np.ndarray:
+        generators = [torch.Generator().manual_seed(sample_seed(config.seed, -1, i)) for i in range(lc.PROBES)]
+        trajectory = sample_with_log_probs(pipe, shifted(shift), embeds, negative, generators, config=g, sigmas=sigmas,
+                                           timesteps=timesteps, noise_level=0.0)
+        return latent_preview(pipe, trajectory.latents[:, -1]).astype(np.float64)
+
+    change = np.abs(probes(-delta) - probes(0.0))
+    outside = lc.outside_mask(g.num_frames, g.height, g.width, g.fps)
+    inside_change, outside_change = change[:, ~outside].mean(), change[:, outside].mean()
+    print("| velocity shift on the region's latents | probes' change inside (0-255) | outside | inside / outside |")
+    print("| --- | --- | --- | --- |")
+    print(f"| -{delta:g} on channels 0-2, every step | {inside_change:.2f} | {outside_change:.2f} | {inside_change / outside_change:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, nargs="+", default=[40, 100, 300])
@@ -53,9 +109,18 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.5, help="the target change on channels 0-2 inside the region")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--marked", type=float, default=0.0, help="mark the defect's tokens with this strength (localized_credit.mark_defect)")
+    parser.add_argument("--ceiling", action="store_true", help="measure the probes' ceiling instead (module docstring)")
     args = parser.parse_args()
+    if args.ceiling:
+        probe_ceiling(0.1, args.marked)
+        return
     torch.manual_seed(args.seed)
     transformer = build_tiny_wan_pipeline(seed=0).transformer
+    if args.marked:
+        import localized_credit as lc
+
+        lc.mark_defect(transformer, args.marked)
     add_lora(transformer, WanLoraSettings(rank=args.rank, alpha=2.0 * args.rank), seed=args.seed)
     optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=args.lr)
     shape = (args.batch, transformer.config.in_channels, 3, 8, 8)  # the miniature's latents: 9 frames of 64 x 64
