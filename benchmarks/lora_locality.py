@@ -3,6 +3,7 @@
     python benchmarks/lora_locality.py                      # rank 8, lr 1e-2, 40 / 100 / 300 updates, ~1 min on 2 CPU cores
     python benchmarks/lora_locality.py --marked 1           # the same, the defect's tokens marked (localized_credit.py --marked)
     python benchmarks/lora_locality.py --ceiling            # the probes' ceiling: a perfectly local velocity change
+    python benchmarks/lora_locality.py --drift              # how far Adam moves the LoRA in the miniature's first steps
 
 ``benchmarks/localized_credit.py`` asks Flow-GRPO to change the top-left quarter of latent frames
 1-2 and nothing else. Whatever the loss, the LoRA can only do that if some setting of its weights
@@ -27,8 +28,12 @@ positions (``-delta`` on channels 0-2 there, at every ODE step, nothing elsewher
 would the change of ``localized_credit.py``'s probe videos be? It samples the 8 probes as that
 benchmark does (its recipe and settings, the base model, ODE) with and without the shift and
 reports the mean |pixel change| inside and outside the box-and-window; what is left outside comes
-from the latent grid (latent frame 1 also covers pixel frames 1-3, outside the window) and from the
-base model's attention carrying the change to other positions on the later steps. Not a test.
+from the latent grid (latent frames 1-2 also cover pixel frames 1-3 and 8, outside the window) and
+from the base model's attention carrying the change to other positions on the later steps.
+
+``--drift`` runs 3 steps of ``localized_credit.py``'s scalar arm (seed 0) and prints how far the
+LoRA's ``B`` matrices (zero at the start) have moved: with Adam, about the learning rate per
+update for every weight, whatever its gradient's size. Not a test.
 """
 
 from __future__ import annotations
@@ -101,6 +106,29 @@ def probe_ceiling(delta: float, marked: float) -> None:
     print(f"| -{delta:g} on channels 0-2, every step | {inside_change:.2f} | {outside_change:.2f} | {inside_change / outside_change:.2f} |")
 
 
+def drift(steps: int = 3) -> None:
+    """``--drift`` (module docstring): the LoRA's ``B`` weights after each of the first steps."""
+    import localized_credit as lc
+
+    from cac_align.config import load_config
+    from cac_align.gen.wan import latent_preview
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer
+
+    config = load_config(FlowGrpoConfig, lc.RECIPE, ["out_dir=outputs/lora_locality/drift", f"steps={steps}", "seed=0", *lc.TOY,
+                                                     *lc.arm_overrides("scalar", 0.0)], job="flow-grpo")
+    trainer = _Trainer(config, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    trainer.setup()
+    weights = [p for name, p in trainer.unwrapped.named_parameters() if p.requires_grad and "lora_B" in name]
+    updates = config.updates_per_step
+    print(f"| step | Adam updates | median abs B weight | / learning rate ({config.learning_rate:g}) |")
+    print("| --- | --- | --- | --- |")
+    for step in range(steps):
+        trainer.train_step(step)
+        median = float(torch.cat([p.detach().flatten() for p in weights]).abs().median())
+        print(f"| {step + 1} | {updates * (step + 1)} | {median:.4f} | {median / config.learning_rate:.2f} |", flush=True)
+    trainer.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, nargs="+", default=[40, 100, 300])
@@ -111,7 +139,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--marked", type=float, default=0.0, help="mark the defect's tokens with this strength (localized_credit.mark_defect)")
     parser.add_argument("--ceiling", action="store_true", help="measure the probes' ceiling instead (module docstring)")
+    parser.add_argument("--drift", action="store_true", help="measure how far Adam moves the miniature's LoRA instead (module docstring)")
     args = parser.parse_args()
+    if args.drift:
+        drift()
+        return
     if args.ceiling:
         probe_ceiling(0.1, args.marked)
         return
