@@ -39,6 +39,9 @@ def evidence_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / "evidence" / f"{index:05d}.png"
 
 
+_MAX_SHOWN = 8  # turn-2 frames drawn under the timeline
+
+
 def write_evidence_png(
     window_s: Sequence[float] | None,
     boxes: Sequence[dict],
@@ -47,7 +50,8 @@ def write_evidence_png(
     thumb_height: int = 96,
     truth_windows: Sequence[Sequence[float]] = (),
 ) -> None:
-    """Timeline (top) and up to 8 turn-2 frames with boxes (bottom).
+    """Timeline (top) and up to 8 turn-2 frames with boxes (bottom), on a canvas as wide as 8
+    frames whatever the number shown, so that one report's timelines share one scale.
 
     Args:
         window_s: the window turn 2 looked at (source seconds), or None.
@@ -61,9 +65,11 @@ def write_evidence_png(
 
     scale = thumb_height / video.height
     thumb_w = max(1, int(round(video.width * scale)))
-    shown = sorted({b["time_s"] for b in boxes})[:8]
+    shown = sorted({b["time_s"] for b in boxes})[:_MAX_SHOWN]
     frames_by_time = {float(t): i for i, t in enumerate(video.timestamps)}
-    width = max(400, thumb_w * max(1, len(shown)))
+    # as wide as the most frames shown, however many this video has: every timeline of a report
+    # (videos of one shape) is drawn at one scale, so windows line up from row to row
+    width = max(400, thumb_w * _MAX_SHOWN)
     top = 40 if not truth_windows else 60  # the frames start under the timeline(s)
     canvas = Image.new("RGB", (width, top + (thumb_height if shown else 0)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
