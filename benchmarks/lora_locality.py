@@ -24,7 +24,7 @@ one (``localized_credit.mark_defect``: a fixed vector of strength ``S`` added to
 patch embeddings in the base model).
 
 ``--ceiling`` asks the other half: if the velocity change *were* confined to the region's latent
-positions (``-delta`` on channels 0-2 there, at every ODE step, nothing elsewhere), how confined
+positions (-0.1 on channels 0-2 there, at every ODE step, nothing elsewhere), how confined
 would the change of ``localized_credit.py``'s probe videos be? It samples the 8 probes as that
 benchmark does (its recipe and settings, the base model, ODE) with and without the shift and
 reports the mean |pixel change| inside and outside the box-and-window; what is left outside comes
