@@ -42,7 +42,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GroupAdvantages", "clipped_surrogate", "group_advantages", "nan_mean_std"]
+__all__ = ["GroupAdvantages", "clipped_surrogate", "group_advantages", "nan_mean_std", "shuffle_within_groups"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,6 +120,28 @@ def group_advantages(
         zero_std_fraction=zero_std / len(keys) if keys else 0.0,
         num_groups=len(keys),
     )
+
+
+def shuffle_within_groups(rewards: Sequence[float] | np.ndarray, groups: Sequence[Hashable], rng: np.random.Generator) -> np.ndarray:
+    """The no-signal control's rewards: within each group, the valid (finite) rewards permuted
+    at random among that group's valid samples; invalid ones stay where they are. Every group
+    keeps the same rewards, so the same statistics and advantages, but a sample's reward no
+    longer says anything about it: what training on them changes is the optimizer's drift.
+
+    Args:
+        rewards: ``(B,)`` rewards; NaN means invalid.
+        groups: ``(B,)`` group keys.
+        rng: the permutations' generator (seed it from the run's seed and step, the same on every process).
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    if len(groups) != len(r):
+        raise ValueError(f"{len(r)} rewards but {len(groups)} group keys")
+    out = r.copy()
+    keys = list(dict.fromkeys(groups))  # first-seen order: the same permutations for the same groups
+    for key in keys:
+        members = np.array([i for i, g in enumerate(groups) if g == key and np.isfinite(r[i])], dtype=np.int64)
+        out[members] = r[members[rng.permutation(len(members))]]
+    return out
 
 
 def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float) -> torch.Tensor:

@@ -79,7 +79,7 @@ from cac_align.gen.wan import (
 from cac_align.run.input_files import read_prompts, slug
 from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import build_reward, reward_config
-from cac_align.rl import group_advantages, nan_mean_std
+from cac_align.rl import group_advantages, nan_mean_std, shuffle_within_groups
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
@@ -119,9 +119,15 @@ class AdvantageSettings:
         localize: localized credit (:mod:`cac_align.gen.credit`): the advantage spread over the
             latent positions by the reward's evidence (window and boxes), ViPO's per-position
             estimator. Off by default: the scalar estimator, exactly as before.
+        shuffle_scores: a **control run**, not training: each group's valid scores are permuted
+            among its videos (:func:`cac_align.rl.shuffle_within_groups`, seeded by seed and
+            step) before the advantages, so the run learns nothing from its reward. What it
+            changes is the optimizer's drift; a real run's change beyond it is what its reward
+            did (docs/flow_grpo.md, "A no-signal control").
     """
 
     localize: LocalizeSettings = field(default_factory=LocalizeSettings)
+    shuffle_scores: bool = False
 
 
 @dataclass
@@ -336,13 +342,18 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS)
+    advantage = fingerprint.get("advantage", {})
+    if advantage.get("shuffle_scores") is False:  # added later: at its default, a run folder of before it still matches
+        advantage.pop("shuffle_scores")
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
-        fingerprint.pop("advantage", None)
+        advantage.pop("localize", None)
     else:  # settings added later, at their defaults: a localized run folder of before them still matches
-        localize = fingerprint.get("advantage", {}).get("localize", {})
+        localize = advantage.get("localize", {})
         for key, default in LOCALIZE_LATER_DEFAULTS.items():
             if localize.get(key) == default:
                 localize.pop(key, None)
+    if not advantage:
+        fingerprint.pop("advantage", None)
     folder = RunFolder(config.out_dir, "flow-grpo", FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
     out = folder.path
     if folder.resuming and not config.resume:
@@ -437,6 +448,9 @@ class _Trainer:
         acc = self.accelerator
         self.plan = plan_step(config, acc.num_processes, acc.process_index)
         run_folder = _run_folder(config, self.prompts)
+        if config.advantage.shuffle_scores and acc.is_main_process:
+            log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "
+                        "videos, so this LoRA learns nothing from the reward (docs/flow_grpo.md, 'A no-signal control')")
         found = checkpoints(self.out) if run_folder.resuming else []
         resume_from = found[-1] if found else None
 
@@ -593,10 +607,10 @@ class _Trainer:
             raise RewardError(f"step {step}: no valid reward for any sample ({errors}); check the reward section")
 
         # 4. per-prompt advantages over the whole step; drop invalid and zero-variance samples
-
-        adv = group_advantages(
-            scores, [k // G for k in range(plan.total_samples)], std=config.adv_std, clip=config.adv_clip_max
-        )
+        step_groups = [k // G for k in range(plan.total_samples)]
+        if config.advantage.shuffle_scores:  # the no-signal control: the same scores, each group's permuted
+            scores = shuffle_within_groups(scores, step_groups, np.random.default_rng([config.seed, step, 0x5C0E]))
+        adv = group_advantages(scores, step_groups, std=config.adv_std, clip=config.adv_clip_max)
         metrics["zero_std_fraction"] = adv.zero_std_fraction
         metrics["trained_fraction"] = float(adv.trainable.mean())
         advantages = torch.as_tensor(adv.advantages[local], device=device)
