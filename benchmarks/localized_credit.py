@@ -27,8 +27,9 @@ seeds, the same steps and every other setting equal:
   ``--cac-demo-system``): right (window IoU >= 0.5 and a box on the defect) at its rate, only the
   window right, only the boxes right, or neither, each at its measured rate; P is its "right" share;
 - **shuffled** / **shuffled_localized** (controls, only when named): the scalar / localized arm
-  with each reward call's scores permuted among its samples: the same scores and evidence, no
-  relation between a video and its score. What these arms change is the optimizer's drift, not
+  with ``advantage.shuffle_scores=true``, flow-grpo's no-signal control (each group's scores
+  permuted among its videos): the same scores and evidence, no relation between a video and its
+  score. What these arms change is the optimizer's drift, not
   the reward's signal; an arm's change beyond theirs is what its signal did.
 
 ``--marked S`` runs the *marked miniature*: the base transformer adds a fixed vector of strength
@@ -127,24 +128,6 @@ class WrongEvidence(RewardBase):
         return output
 
 
-class ShuffledScores(RewardBase):
-    """``spot_brightness`` with each call's scores permuted among its samples (the controls; a call
-    is one prompt's group here: ``sample_batch_size = group_size = 8``): the same scores and
-    evidence, but no relation between a video and its score, so whatever the video does under
-    training is the optimizer's drift, not the reward's signal."""
-
-    def __init__(self, reward: SpotBrightnessReward, seed: int):
-        self.reward, self.seed, self.calls = reward, seed, 0
-        self.name, self.score_range = reward.name, reward.score_range
-
-    def __call__(self, videos, prompts, metadata=None) -> RewardOutput:
-        output = self.reward(videos, prompts, metadata)
-        order = np.random.default_rng([self.seed, self.calls, 7]).permutation(len(output.scores))
-        self.calls += 1
-        output.scores, output.valid = output.scores[order], output.valid[order]
-        return output
-
-
 def cac_demo_errors(bench: Path, system: str) -> tuple[dict[str, float], int]:
     """cac-demo's localization on its bench split (bench.json's per-video rows), over the anomalous
     videos it flags: the shares whose window agrees (IoU >= 0.5) and a box touches the defect
@@ -179,9 +162,10 @@ def probe(trainer: _Trainer) -> np.ndarray:
 
 def arm_overrides(arm: str, confine: float) -> list[str]:
     """The recipe overrides of an arm (module docstring)."""
+    control = ["advantage.shuffle_scores=true"] if arm in CONTROLS else []
     if arm in ("scalar", "shuffled"):
-        return ["advantage.localize.enabled=false"]
-    extra = ["advantage.localize.enabled=true"]
+        return ["advantage.localize.enabled=false", *control]
+    extra = ["advantage.localize.enabled=true", *control]
     if arm == "confined":
         extra.append(f"advantage.localize.confine={confine}")
     if arm == "vipo":
@@ -217,11 +201,10 @@ def run_arm(seed: int, arm: str, steps: int, out: Path, extra: list[str], confin
     shutil.rmtree(folder, ignore_errors=True)
     config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={folder}", f"steps={steps}", f"seed={seed}", *TOY, *arm_overrides(arm, confine), *extra],
                          job="flow-grpo")
-    reward, r = None, config.reward
+    reward = None
     if mix is not None:
+        r = config.reward
         reward = WrongEvidence(SpotBrightnessReward(r["box"], r["window_s"], r.get("threshold", 0.0)), mix, seed, config.generator.fps)
-    elif arm in CONTROLS:
-        reward = ShuffledScores(SpotBrightnessReward(r["box"], r["window_s"], r.get("threshold", 0.0)), seed)
     pipe = build_tiny_wan_pipeline(seed=0)
     if marked:
         mark_defect(pipe.transformer, marked)
