@@ -29,8 +29,8 @@ seeds, the same steps and every other setting equal:
 - **shuffled** / **shuffled_localized** (controls, only when named): the scalar / localized arm
   with ``advantage.shuffle_scores=true``, flow-grpo's no-signal control (each group's scores
   permuted among its videos): the same scores and evidence, no relation between a video and its
-  score. What these arms change is the optimizer's drift, not
-  the reward's signal; an arm's change beyond theirs is what its signal did.
+  score. What these arms change is the optimizer's drift, not the reward's signal; an arm's
+  change beyond theirs is what its signal did.
 
 ``--marked S`` runs the *marked miniature*: the base transformer adds a fixed vector of strength
 ``S`` to the patch embeddings of the defect's tokens (:func:`mark_defect`), so the defect's place
