@@ -25,16 +25,25 @@ none with the launcher (it puts our class where their import looks)::
     # or, no edit:  torchrun ... -m cac_align.integrations.dance_grpo --rewards cac_rewards.yaml \\
     #                   --reward ur_cac fastvideo/train_grpo_hunyuan.py ... --use_videoalign
 
-Samples we cannot score. Their ``except Exception`` turns any raise into -1.0, and a NaN would make
-its group's advantages NaN; their trainer has no mask. So:
+Which reward. :func:`configure` (or the launcher's ``--rewards``/``--reward``) says it; with the
+one-line swap alone, the sections come from ``$CAC_ALIGN_REWARDS`` (a YAML file of reward sections,
+as for the other trainers) and the name from ``$CAC_ALIGN_REWARD`` (default ``ur_cac``).
 
-- ``invalid: stop`` (default): raise :class:`RewardStop`, which derives from ``BaseException``
-  so that their ``except Exception`` cannot turn it into -1.0: the run stops, saying which video
-  and why;
-- ``invalid: fill``: the sample gets the mean of the valid scores its prompt has had in this
-  group so far (their samples of one prompt are scored one after another), logged and counted; a
-  sample with no such earlier score, or more than ``max_invalid`` fills in the run, stops as above.
-  The fill is close to its group's mean, so its advantage is close to 0, not exactly 0.
+Samples we cannot score. Their ``except Exception`` turns any raise into -1.0, and a NaN would make
+its group's advantages NaN; their trainer has no mask. So nothing this class raises is an
+``Exception``: every failure inside ``reward()`` (a sample we could not score, a reward section's
+own ``invalid: fail`` refusal, a crashed model, a wrong call) becomes :class:`RewardStop`, which
+derives from ``BaseException`` so that their handler cannot turn it into -1.0: the run stops,
+saying which video and why. For samples we could not score, ``invalid`` chooses:
+
+- ``stop`` (default): stop as above;
+- ``fill``: the sample gets the mean of the valid scores its group has had so far, logged and
+  counted. A group is what their advantages standardize together: ``group_size`` consecutive
+  samples (their ``--num_generations``, 16 by default; the launcher reads it from their arguments)
+  of one prompt, scored one after another. A step's samples are whole groups, so a group never
+  reaches into the previous step. A sample with no earlier valid score in its group, or more than
+  ``max_invalid`` fills in the run, stops as above. The fill is close to its group's mean, so its
+  advantage is close to 0, not exactly 0.
 
 ``use_norm`` is accepted and has no effect: our scores are on the reward's own fixed scale
 (``ur_cac`` in [0, 1]) and their trainer standardizes each group anyway. Frame sampling is the
@@ -46,6 +55,7 @@ models score, with what dtype, and the device their script passes is used for in
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import types
 from pathlib import Path
@@ -55,16 +65,20 @@ import numpy as np
 
 from cac_align.integrations import adapter
 
-__all__ = ["RewardStop", "VideoAlignShaped", "VideoVLMRewardInference", "configure", "install", "main"]
+__all__ = ["RewardStop", "VideoAlignShaped", "VideoVLMRewardInference", "configure", "configure_from_env", "install", "main", "reset"]
 
 log = logging.getLogger(__name__)
 
 THEIR_MODULE = "fastvideo.models.videoalign.inference"
 KEYS = ("VQ", "MQ", "TA", "Overall")
 POLICIES = ("stop", "fill")
+ENV_REWARD = "CAC_ALIGN_REWARD"  # the reward's name for the one-line swap (sections: $CAC_ALIGN_REWARDS)
+THEIR_GROUP_FLAG = "--num_generations"  # their argparse flag: samples per prompt, standardized together
+THEIR_GROUP_DEFAULT = 16  # its default in train_grpo_hunyuan.py (15cc71d, lines 978-983)
 
 _SLOTS = adapter.RewardSlots(where="dance_grpo")
-_settings: dict[str, Any] = {"reward": "ur_cac", "invalid": "stop", "max_invalid": 16}
+_DEFAULTS: dict[str, Any] = {"reward": "ur_cac", "invalid": "stop", "max_invalid": 16, "group_size": THEIR_GROUP_DEFAULT, "configured": False}
+_settings: dict[str, Any] = dict(_DEFAULTS)
 
 
 class RewardStop(BaseException):
@@ -73,7 +87,11 @@ class RewardStop(BaseException):
 
 
 def configure(
-    sections: Mapping[str, Any] | str | Path | None = None, reward: str = "ur_cac", invalid: str = "stop", max_invalid: int = 16
+    sections: Mapping[str, Any] | str | Path | None = None,
+    reward: str = "ur_cac",
+    invalid: str = "stop",
+    max_invalid: int = 16,
+    group_size: int = THEIR_GROUP_DEFAULT,
 ) -> None:
     """Which reward the inferencer gives and what happens to samples it cannot score.
 
@@ -83,14 +101,31 @@ def configure(
         reward: the name whose score fills every VideoAlign key.
         invalid: "stop" (default) or "fill" (module docstring).
         max_invalid: with "fill", the most samples filled in a run before it stops.
+        group_size: their ``--num_generations``: with "fill", a group's earlier scores are those of
+            the last ``group_size`` consecutive samples at most (module docstring).
     """
     if invalid not in POLICIES:
         raise ValueError(f"invalid must be one of {POLICIES} for DanceGRPO, got {invalid!r}")
     if int(max_invalid) < 0:
         raise ValueError(f"max_invalid must be >= 0, got {max_invalid}")
+    if int(group_size) < 1:
+        raise ValueError(f"group_size (their {THEIR_GROUP_FLAG}) must be >= 1, got {group_size}")
     _SLOTS.configure(sections)
     _SLOTS.section(reward)  # an unknown name fails now
-    _settings.update(reward=reward, invalid=invalid, max_invalid=int(max_invalid))
+    _settings.update(reward=reward, invalid=invalid, max_invalid=int(max_invalid), group_size=int(group_size), configured=True)
+
+
+def configure_from_env() -> None:
+    """The one-line swap's configuration: sections from ``$CAC_ALIGN_REWARDS``, the reward's name
+    from ``$CAC_ALIGN_REWARD`` (default ``ur_cac``); the rest at their defaults."""
+    configure(adapter.sections_from_env(), reward=os.environ.get(ENV_REWARD) or _DEFAULTS["reward"])
+
+
+def reset() -> None:
+    """Forget every setting (the next inferencer configures itself from the environment)."""
+    _SLOTS.configure(None)
+    _settings.clear()
+    _settings.update(_DEFAULTS)
 
 
 class VideoAlignShaped:
@@ -108,12 +143,16 @@ class VideoAlignShaped:
         self, load_from_pretrained: Any = None, load_from_pretrained_step: int = -1, device: Any = "cuda", dtype: Any = None, *, reward: str | None = None
     ) -> None:
         del load_from_pretrained, load_from_pretrained_step, dtype
+        if not _settings["configured"]:  # the one-line swap: nothing called configure or install
+            configure_from_env()
         self.name = reward or _settings["reward"]
         self.invalid = _settings["invalid"]
         self.max_invalid = _settings["max_invalid"]
+        self.group_size = _settings["group_size"]
         self._score = _SLOTS.scorer(self.name, device, invalid="drop")
         self.filled = 0
-        self._group: tuple[str | None, list[float]] = (None, [])
+        self._seen = 0  # samples scored so far: sample k belongs to count-group k // group_size
+        self._group: tuple[int, str | None, list[float]] = (-1, None, [])  # (count-group, prompt, its valid scores)
 
     def reward(
         self,
@@ -125,28 +164,39 @@ class VideoAlignShaped:
         use_norm: bool = True,
     ) -> list[dict[str, Any]]:
         """One dict per video: ``VQ``, ``MQ``, ``TA`` and ``Overall`` each hold the score,
-        ``"reward"`` the reward's name. Raises :class:`RewardStop` for a sample that cannot be
-        scored (or fills it: ``invalid: fill``)."""
+        ``"reward"`` the reward's name. Raises :class:`RewardStop` (never an ``Exception``, which
+        their handler would turn into -1.0) for anything that goes wrong, a sample that cannot be
+        scored included (or fills it: ``invalid: fill``)."""
         del use_norm  # our scale is the reward's own; their trainer standardizes per group anyway
-        given = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "max_pixels": max_pixels}.items() if v is not None}
-        if given:
-            raise ValueError(f"{sorted(given)}: the reward samples frames as its section says; set them there, not per call")
-        scored = self._score([str(p) for p in video_paths], list(prompts))
+        try:
+            given = {k: v for k, v in {"fps": fps, "num_frames": num_frames, "max_pixels": max_pixels}.items() if v is not None}
+            if given:
+                raise ValueError(f"{sorted(given)}: the reward samples frames as its section says; set them there, not per call")
+            scored = self._score([str(p) for p in video_paths], list(prompts))
+        except Exception as exc:  # a refusal of the reward itself (invalid: fail), a crash, a wrong call
+            raise RewardStop(
+                f"reward {self.name!r} on {[str(p) for p in video_paths]}: {type(exc).__name__}: {exc}. DanceGRPO would train on -1.0 "
+                "for it, so the run stops (docs/rewards.md, 'DanceGRPO')"
+            ) from exc
         out = []
         for i, prompt in enumerate(str(p) for p in prompts):
-            score = float(scored.scores[i]) if scored.valid[i] else self._fill(video_paths[i], prompt, scored.errors.get(i, "invalid"))
+            self._enter(prompt)
+            score = float(scored.scores[i]) if scored.valid[i] else self._fill(video_paths[i], scored.errors.get(i, "invalid"))
             if scored.valid[i]:
-                self._remember(prompt, score)
+                self._group[2].append(score)
             out.append({**{key: score for key in KEYS}, "reward": self.name})
         return out
 
-    def _remember(self, prompt: str, score: float) -> None:
-        last, scores = self._group
-        self._group = (prompt, (scores if last == prompt else []) + [score])
+    def _enter(self, prompt: str) -> None:
+        """Count one more sample; a new group starts every ``group_size`` samples (their advantage
+        groups, whole within a step) and wherever the prompt changes."""
+        group = self._seen // self.group_size
+        self._seen += 1
+        if self._group[0] != group or self._group[1] != prompt:
+            self._group = (group, prompt, [])
 
-    def _fill(self, path: str, prompt: str, why: str) -> float:
-        last, scores = self._group
-        earlier = scores if last == prompt else []
+    def _fill(self, path: str, why: str) -> float:
+        earlier = self._group[2]
         if self.invalid == "stop" or not earlier or self.filled >= self.max_invalid:
             reason = (
                 "invalid: stop" if self.invalid == "stop"
@@ -167,16 +217,24 @@ VideoVLMRewardInference = VideoAlignShaped  # the name their import asks for
 
 
 def install(
-    sections: Mapping[str, Any] | str | Path | None = None, reward: str | None = None, invalid: str | None = None, max_invalid: int | None = None
+    sections: Mapping[str, Any] | str | Path | None = None,
+    reward: str | None = None,
+    invalid: str | None = None,
+    max_invalid: int | None = None,
+    group_size: int | None = None,
 ) -> None:
     """Put :class:`VideoAlignShaped` where DanceGRPO's ``main()`` imports
     ``VideoVLMRewardInference`` from (``fastvideo.models.videoalign.inference``), without
-    importing their VideoAlign code; an already-imported module of theirs gets the attribute."""
+    importing their VideoAlign code; an already-imported module of theirs gets the attribute.
+    Settings not given keep what was configured before (sections: else ``$CAC_ALIGN_REWARDS``)."""
+    if sections is None:
+        sections = _SLOTS.settings["sections"] if _settings["configured"] else adapter.sections_from_env()
     configure(
-        sections if sections is not None else _SLOTS.settings["sections"],
+        sections,
         reward or _settings["reward"],
         invalid or _settings["invalid"],
         _settings["max_invalid"] if max_invalid is None else max_invalid,
+        _settings["group_size"] if group_size is None else group_size,
     )
     module = sys.modules.get(THEIR_MODULE)
     if module is None:
@@ -192,9 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reward", default=None)
     parser.add_argument("--invalid", choices=POLICIES, default=None)
     known, rest = parser.parse_known_args(argv if argv is not None else sys.argv[1:])
+    # their own --num_generations (after the script's name) is the group size a fill looks back over
+    theirs = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    theirs.add_argument(THEIR_GROUP_FLAG, type=int, default=None)
+    group_size = theirs.parse_known_args(rest)[0].num_generations
 
     def _install(sections: Any = None) -> None:
-        install(sections, reward=known.reward, invalid=known.invalid)
+        install(sections, reward=known.reward, invalid=known.invalid, group_size=group_size)
 
     adapter.launch(
         "python -m cac_align.integrations.dance_grpo [--reward NAME] [--invalid stop|fill]", "DanceGRPO", (), _install, rest

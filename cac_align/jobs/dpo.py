@@ -60,7 +60,7 @@ from cac_align.gen.wan import GeneratorConfig, build_generator, encode_prompts, 
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
-from cac_align.run.metrics import log_metrics, merge_sums, start_trackers, trackers_for
+from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 
 __all__ = ["DpoConfig", "run"]
 
@@ -398,7 +398,7 @@ class _Trainer:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
             save_lora(self.unwrapped, target)
-        acc.end_training()
+        end_trackers(acc)
 
 
 def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray], torch.Tensor] | None = None) -> dict[str, Any]:

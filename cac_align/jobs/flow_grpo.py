@@ -83,7 +83,7 @@ from cac_align.rl import group_advantages, nan_mean_std, shuffle_within_groups
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
-from cac_align.run.metrics import log_metrics, start_trackers, trackers_for
+from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, trackers_for
 from cac_align.run.watch import WatchSettings, hacking_alarms
 from cac_align.video import Video, save_video
 
@@ -850,7 +850,7 @@ class _Trainer:
             with _ema_weights(self.unwrapped, self.ema):
                 save_lora(self.unwrapped, target)
         self.pool.shutdown(wait=True)
-        acc.end_training()
+        end_trackers(acc)
 
 
 def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[[Any, torch.Tensor], np.ndarray] | None = None) -> dict[str, Any]:

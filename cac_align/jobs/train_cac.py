@@ -60,7 +60,7 @@ from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_syn
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
-from cac_align.run.metrics import trackers_for
+from cac_align.run.metrics import flush_wandb, trackers_for
 
 __all__ = ["TrainCaCConfig", "run"]
 
@@ -201,6 +201,7 @@ def run(config: TrainCaCConfig) -> dict:
             import wandb
 
             wandb.finish()
+            flush_wandb()  # the record is complete when the job returns
     metrics = dict(result.metrics)
     for entry in trainer.state.log_history:  # the latest value of every logged eval metric
         metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})

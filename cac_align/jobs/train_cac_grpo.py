@@ -82,7 +82,7 @@ from cac_align.rl import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes
-from cac_align.run.metrics import log_metrics, merge_sums, start_trackers, trackers_for
+from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 from cac_align.video import VideoError, load_video
 from cac_align.vlm.hf import StaticShapes
 
@@ -364,7 +364,7 @@ class _Trainer:
             share_modes(final)  # safetensors writes 0600 files
             print(f"train-cac stage 3: done; model in {final}")  # the result line, as stages 1-2 and the other jobs print theirs
         acc.wait_for_everyone()
-        acc.end_training()
+        end_trackers(acc)
 
 
 def run(config: TrainCaCConfig, sampler: RolloutSampler | None = None) -> dict:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["log_metrics", "merge_sums"]
+__all__ = ["end_trackers", "flush_wandb", "log_metrics", "merge_sums"]
 
 
 def merge_sums(parts: Sequence[dict[str, tuple[float, float]]]) -> dict[str, float]:
@@ -68,3 +68,39 @@ def start_trackers(accelerator: Accelerator, log_with: str, project: str, run_na
     names = trackers_for(log_with)
     if names:
         accelerator.init_trackers(project, init_kwargs={"wandb": {"name": run_name, "config": config, "dir": str(out)}} if "wandb" in names else {})
+
+
+def flush_wandb() -> None:
+    """Wait until Weights & Biases has written the runs this process finished.
+
+    ``run.finish()`` only tells W&B's service process that the run is done; the service writes the
+    rest of the run's record (``run-*.wandb``, what ``wandb sync`` uploads) afterwards, so right
+    after ``finish()`` an offline record can still be its 7-byte header (seen with wandb 0.31).
+    ``wandb.teardown()`` waits for the service to write everything and stop. It would also finish
+    any run still open in this process, so it is called only when none is (a user's own run then
+    completes with their own finish or at exit). A later ``wandb.init`` starts a new service.
+    Nothing happens when wandb was never imported.
+    """
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is None:
+        return
+    if getattr(wandb, "run", None) is not None:
+        return
+    try:
+        from wandb.sdk import wandb_setup
+
+        if wandb_setup.singleton().most_recent_active_run is not None:
+            return
+    except (ImportError, AttributeError):  # another wandb layout: the global run above decided
+        pass
+    wandb.teardown()
+
+
+def end_trackers(accelerator: Accelerator) -> None:
+    """Finish the run's trackers (call on every process) and return once what they write is on
+    disk: accelerate's ``end_training()``, then :func:`flush_wandb` on the main process."""
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        flush_wandb()

@@ -5,7 +5,6 @@ themselves: tests/gen/test_credit.py."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -32,10 +31,8 @@ BRIGHT = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 #   cac-align flow-grpo --config recipes/align/flow_grpo_tiny_brightness.yaml --out OUT steps=2 \
 #       log_with=none checkpoint_every=0 ema_decay=null
 # run from a checkout of that commit under torch.set_num_threads(1): its two metrics.jsonl lines
-# (these keys) and the sha256 of the final LoRA's tensors (OUT/lora, in sorted name order, raw
-# bytes: _lora_sha256). With the feature off the loop must reproduce them bit for bit.
+# (these keys). With the feature off the loop must reproduce them (within OTHER_CPU, below).
 BEFORE = {
-    "cpu": "AVX512",
     "metrics": [
         {"reward/mean": 0.5837558898704158, "train/loss": 6.05359673500061e-09, "train/policy_loss": 6.05359673500061e-09, "train/kl": 0.0,
          "train/approx_kl": 4.440892098500626e-16, "train/grad_norm": 0.0064770239405334, "train/ratio_mean": 0.9999999962747097},
@@ -43,7 +40,6 @@ BEFORE = {
          "train/kl": 1.5188078613448397e-05, "train/approx_kl": 3.774758283725532e-15, "train/grad_norm": 0.007004686165601015,
          "train/ratio_mean": 1.000000011175871},
     ],
-    "lora_sha256": "b7cc854309a0757581b044bb4514d807541d5c7f003792bc1f29068e8433f71a",
 }
 
 
@@ -54,7 +50,6 @@ BEFORE = {
 #       log_with=none checkpoint_every=0 ema_decay=null
 # under torch.set_num_threads(1): with confine 0 and the default estimator the loop must reproduce it.
 LOCALIZED_BEFORE = {
-    "cpu": "AVX2",
     "metrics": [
         {"reward/mean": 0.40006901360804736, "train/loss": -3.5390257835388184e-08, "train/policy_loss": -3.5390257835388184e-08,
          "train/approx_kl": 1.7763568394002505e-15, "train/grad_norm": 0.008349936455488205, "train/ratio_mean": 1.0,
@@ -63,15 +58,25 @@ LOCALIZED_BEFORE = {
          "train/kl": 1.6493608427481377e-05, "train/approx_kl": 8.493206138382448e-15, "train/grad_norm": 0.009417855180799961,
          "train/ratio_mean": 1.0, "localize/localized_fraction": 0.375, "localize/map_inside_mass": 1.0},
     ],
-    "lora_sha256": "ace98e45b4b9268afbc91b65f84d7ab996d5f761c314c1f76f605a49a6e41768",
 }
 
 
-# On a CPU of another capability the kernels sum in another order. The first losses are sums of
-# O(1) terms (advantages times ratios at 1) that cancel to ~1e-9, so their float32 rounding is an
-# absolute ~1e-8 (seen: 6.05e-9 on AVX512, 2.79e-9 on AVX2), and the gradient norm of such a sum
-# agrees to ~5e-5 relative (0.0070047 and 0.0070050); everything else to 1e-5.
+# The pins hold on any CPU, not bit for bit: two machines whose torch reports the same capability
+# string (an Intel and an AMD EPYC, both "AVX512") sum in other orders, so a capability string does
+# not identify the kernels (CONVENTIONS.md, "Tests"). The first losses are sums of O(1) terms
+# (advantages times ratios at 1) that cancel to ~1e-9, so their float32 rounding is an absolute
+# ~1e-8 (seen: 6.05e-9 on the recorded machine, 2.79e-9 on an AVX2 one, -4.66e-9 on an AMD EPYC),
+# and the gradient norm of such a sum agrees to ~5e-5 relative (0.0070047 and 0.0070050);
+# everything else to 1e-5.
 OTHER_CPU = dict(rel=1e-4, abs=1e-7)
+
+# The final LoRA's update, where the sha256 of its bytes can only hold on one machine: the root sum
+# of squares and the sum of |w| of its up (B) matrices, which start at 0, so both measure the two
+# steps' change. Adam's first steps move each weight by about lr * sign(gradient), so a weight whose
+# gradient rounds differently on another CPU changes them little; 1e-2 relative leaves room for that
+# and still fails for a step of another size or direction. Recorded at 25c89db on an AMD EPYC
+# (AVX512, one thread), where the metrics above reproduce the recorded ones within OTHER_CPU.
+LORA_UP = {"brightness": (0.059911010892287134, 2.173700108687626), "localized": (0.05646137361856205, 2.0251179133483674)}
 
 
 @contextlib.contextmanager
@@ -96,12 +101,24 @@ def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _lora_sha256(folder):
+def _lora_up_change(folder):
+    """(root sum of squares, sum of |w|) over the LoRA's up matrices (zero at the start)."""
     lora = load_file(str(folder / "pytorch_lora_weights.safetensors"))
-    return hashlib.sha256(b"".join(lora[k].numpy().tobytes() for k in sorted(lora))).hexdigest()
+    up = [lora[k].double() for k in sorted(lora) if ".lora.up." in k]
+    assert up, sorted(lora)[:4]
+    return float(sum(w.pow(2).sum() for w in up)) ** 0.5, float(sum(w.abs().sum() for w in up))
 
 
-def test_off_a_run_is_bit_identical_to_before(tmp_path):
+def _assert_reproduces(rows, expected_rows, lora_folder, lora_up):
+    """The feature-off run against the recorded one: every recorded metric within float rounding
+    of another CPU (OTHER_CPU), and the LoRA's update (LORA_UP) to 1e-2."""
+    for got, expected in zip(rows, expected_rows, strict=True):
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, **OTHER_CPU), (key, got[key], value)
+    assert _lora_up_change(lora_folder) == pytest.approx(lora_up, rel=1e-2)
+
+
+def test_off_a_run_reproduces_before(tmp_path):
     out = tmp_path / "off"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as recorded
@@ -111,14 +128,7 @@ def test_off_a_run_is_bit_identical_to_before(tmp_path):
         torch.set_num_threads(threads)
     rows = _metrics(out)
     assert not any(k.startswith("localize/") for r in rows for k in r)  # off: nothing of the feature runs
-    same_machine = torch.backends.cpu.get_cpu_capability() == BEFORE["cpu"]
-    for got, expected in zip(rows, BEFORE["metrics"], strict=True):
-        for key, value in expected.items():
-            # bit for bit where the kernels are the recorded ones; another CPU capability sums in
-            # another order, so there only to float rounding
-            assert got[key] == value if same_machine else got[key] == pytest.approx(value, **OTHER_CPU), key
-    if same_machine:
-        assert _lora_sha256(out / "lora") == BEFORE["lora_sha256"]
+    _assert_reproduces(rows, BEFORE["metrics"], out / "lora", LORA_UP["brightness"])
 
 
 def _run_one_thread(args):
@@ -130,17 +140,12 @@ def _run_one_thread(args):
         torch.set_num_threads(threads)
 
 
-def test_localized_with_confinement_and_vipo_off_is_bit_identical_to_before(tmp_path):
+def test_localized_with_confinement_and_vipo_off_reproduces_before(tmp_path):
     out = tmp_path / "localized"
     _run_one_thread(["flow-grpo", "--config", str(LOCALIZED), "--out", str(out), "steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null"])
     rows = _metrics(out)
     assert not any(k in r for r in rows for k in ("train/confine_kl", "localize/held_fraction"))  # off: nothing of it runs
-    same_machine = torch.backends.cpu.get_cpu_capability() == LOCALIZED_BEFORE["cpu"]
-    for got, expected in zip(rows, LOCALIZED_BEFORE["metrics"], strict=True):
-        for key, value in expected.items():
-            assert got[key] == value if same_machine else got[key] == pytest.approx(value, **OTHER_CPU), key
-    if same_machine:
-        assert _lora_sha256(out / "lora") == LOCALIZED_BEFORE["lora_sha256"]
+    _assert_reproduces(rows, LOCALIZED_BEFORE["metrics"], out / "lora", LORA_UP["localized"])
     # the run folder's fingerprint leaves the new settings out at their defaults (a folder of before
     # them resumes), and names them when they are set
     manifest = json.loads((out / "cac_align_run.json").read_text())
