@@ -34,7 +34,7 @@ from cac_align.cac.prompts import PROMPT_STYLES, STATUS_KEY_PATTERN, no_cot_prom
 from cac_align.video import Video, VideoError, load_video
 from cac_align.vlm.backend import MAX_NEW_TOKENS, Backend, ChatRequest, assistant, user
 
-__all__ = ["CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
+__all__ = ["MODEL_SETTINGS", "CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
 
 MODES = ("two_turn", "single_turn", "no_cot")
 FALLBACKS = ("whole_video", "turn1", "invalid")
@@ -70,41 +70,61 @@ def turn2_window(judgment: Judgment | None, video: Video, clip_fps: float) -> tu
     return window
 
 
+# The settings a judge is trained with, which inference must ask it with: a model folder's
+# ``cac_align.json`` may give each (written by ``cac-align export``); where neither the recipe nor
+# the folder does, these defaults apply (the paper's rates, CaC §3.4; the full wording).
+MODEL_SETTINGS: dict[str, Any] = {
+    "prompt_style": "full",
+    "scan_fps": 4.0,  # CaC §3.4: turn 1 scans the whole video at 4 fps
+    "clip_fps": 8.0,  # CaC §3.4: turn 2 re-reads the window at 8 fps
+    "max_frames_turn1": 64,
+    "max_frames_turn2": 32,
+    "max_new_tokens": MAX_NEW_TOKENS,
+    "max_pixels": None,  # no cap
+    "size_multiple": 32,  # Qwen3-VL's patch 16 x merge 2
+}
+
+
 @dataclass
 class CaCOptions:
-    """How CaC asks its questions. Defaults follow the paper (4 fps scan, 8 fps clip).
+    """How CaC asks its questions.
+
+    The fields marked "the model's" are settings a judge was trained with: left unset (None, or
+    "auto" for the wording) they take the model folder's ``cac_align.json`` value, else
+    :data:`MODEL_SETTINGS` (the paper's 4 fps scan and 8 fps clip); a value set in a recipe or in
+    code wins (:meth:`for_model`).
 
     Attributes:
         mode: "two_turn" (paper), "single_turn" (ablation: one pass that localizes and boxes)
             or "no_cot" (status probabilities only, no generation).
-        scan_fps: turn-1 sampling rate.
-        clip_fps: turn-2 sampling rate of the cropped window.
-        max_frames_turn1: frame cap for turn 1; long videos are scanned at a lower rate.
-        max_frames_turn2: frame cap for turn 2.
+        scan_fps: turn-1 sampling rate (the model's; else 4).
+        clip_fps: turn-2 sampling rate of the cropped window (the model's; else 8).
+        max_frames_turn1: frame cap for turn 1; long videos are scanned at a lower rate (the
+            model's; else 64).
+        max_frames_turn2: frame cap for turn 2 (the model's; else 32).
         max_pixels: if set, frames are downscaled (aspect kept) to at most this many pixels
-            before any backend sees them. None: the model's own setting (its folder's
-            ``cac_align.json``), else no cap.
+            before any backend sees them (the model's; else no cap).
         size_multiple: with ``max_pixels``, both sides become multiples of this (the vision
             processor's patch x merge size: 32 for Qwen3-VL), so the processor keeps the frames
-            as sent instead of resizing them again; 1 keeps the exact aspect-ratio size.
-            None: the model's own setting, else 32.
+            as sent instead of resizing them again; 1 keeps the exact aspect-ratio size (the
+            model's; else 32).
         prompt_style: "full" (the paper-style instructions), "compact" (the short wording a
             small model trained from scratch uses; :mod:`cac_align.cac.prompts`) or "auto"
-            (the model's own setting, else "full").
-        max_new_tokens: generation budget per turn.
+            (the model's; else "full").
+        max_new_tokens: generation budget per turn (the model's; else 1024).
         temperature: 0 decodes greedily.
         fallback: what to do when turn 1 says abnormal but gives no usable window.
     """
 
     mode: str = "two_turn"
-    scan_fps: float = 4.0
-    clip_fps: float = 8.0
-    max_frames_turn1: int = 64
-    max_frames_turn2: int = 32
+    scan_fps: float | None = None
+    clip_fps: float | None = None
+    max_frames_turn1: int | None = None
+    max_frames_turn2: int | None = None
     max_pixels: int | None = None
     size_multiple: int | None = None
     prompt_style: str = "auto"
-    max_new_tokens: int = MAX_NEW_TOKENS
+    max_new_tokens: int | None = None
     temperature: float = 0.0
     fallback: str = "whole_video"
 
@@ -113,11 +133,11 @@ class CaCOptions:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
-        if self.scan_fps <= 0 or self.clip_fps <= 0:
+        if any(v is not None and not v > 0 for v in (self.scan_fps, self.clip_fps)):
             raise ValueError("scan_fps and clip_fps must be > 0")
-        if self.max_frames_turn1 < 2 or self.max_frames_turn2 < 2:
+        if any(v is not None and v < 2 for v in (self.max_frames_turn1, self.max_frames_turn2)):
             raise ValueError("max_frames_turn1 and max_frames_turn2 must be >= 2")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
@@ -127,20 +147,22 @@ class CaCOptions:
             raise ValueError(f"prompt_style must be 'auto' or one of {PROMPT_STYLES}, got {self.prompt_style!r}")
 
     def for_model(self, settings: dict[str, Any]) -> "CaCOptions":
-        """These options with the fields left to the model filled in: ``prompt_style: auto``,
-        ``max_pixels: null`` and ``size_multiple: null`` take the model folder's
-        ``cac_align.json`` values (``settings``), else "full", no cap and 32."""
+        """These options with every field left to the model filled in: from ``settings`` (a model
+        folder's ``cac_align.json``), else :data:`MODEL_SETTINGS`. Fields set here win. Raises
+        ``ValueError`` for a setting the file may not hold or an invalid value."""
         import dataclasses
 
-        unknown = sorted(set(settings) - {"prompt_style", "max_pixels", "size_multiple"})
+        from cac_align.models import LOAD_SETTINGS
+
+        unknown = sorted(set(settings) - set(MODEL_SETTINGS) - set(LOAD_SETTINGS))
         if unknown:
-            raise ValueError(f"cac_align.json: unknown setting(s) {unknown}; known: prompt_style, max_pixels, size_multiple")
-        return dataclasses.replace(
-            self,
-            prompt_style=settings.get("prompt_style", "full") if self.prompt_style == "auto" else self.prompt_style,
-            max_pixels=settings.get("max_pixels") if self.max_pixels is None else self.max_pixels,
-            size_multiple=settings.get("size_multiple", 32) if self.size_multiple is None else self.size_multiple,
-        )
+            raise ValueError(f"cac_align.json: unknown setting(s) {unknown}; known: {', '.join([*MODEL_SETTINGS, *LOAD_SETTINGS])}")
+        unset = {name for name in MODEL_SETTINGS if getattr(self, name) is None} | ({"prompt_style"} if self.prompt_style == "auto" else set())
+        filled = {name: settings.get(name, MODEL_SETTINGS[name]) for name in unset}
+        try:
+            return dataclasses.replace(self, **filled)
+        except ValueError as exc:
+            raise ValueError(f"cac_align.json: {exc}") from None
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """``cac-align export``: a trained judge as a compact model folder others load by path.
 
     cac-align export source=outputs/my_cac/stage3/final out_dir=models/my-cac \\
-        "settings={prompt_style: compact, max_pixels: 24576, size_multiple: 64}" card=card.md
+        "settings={max_frames_turn2: 8}" card=card.md
 
 The folder holds the weights as safetensors in ``dtype`` (float16 halves float32 weights; they
 are cast back on load), the processor, ``cac_align.json`` (the inference settings the model was
-trained with, which CaC scoring takes where a recipe leaves them to the model:
+trained with: the source's own, which train-cac writes, with ``settings`` over them; CaC scoring
+takes them wherever the model is loaded, unless a recipe sets them:
 :meth:`cac_align.cac.infer.CaCOptions.for_model`) and the model card as ``README.md``. It loads
 through the ordinary ``from_pretrained`` path (``reward.model.name: models/my-cac``). The folder is
 written beside ``out_dir`` and renamed into place, replacing what was there
@@ -34,8 +35,10 @@ class ExportConfig:
         source: a trained model folder (``save_pretrained`` model + processor, e.g. a train-cac
             run's ``final/``).
         out_dir: the model folder to write (replaced if it exists).
-        settings: inference settings written to ``cac_align.json`` (``prompt_style``,
-            ``max_pixels``, ``size_multiple``); none: no file, scoring uses its defaults.
+        settings: inference settings written to ``cac_align.json``
+            (:data:`~cac_align.cac.infer.MODEL_SETTINGS`' keys), over those the source folder's own
+            ``cac_align.json`` holds (``train-cac`` writes one); neither: no file, scoring uses
+            its defaults.
         card: a markdown file, written as the folder's ``README.md`` (the model card).
         dtype: storage dtype of the weights.
     """
@@ -50,11 +53,16 @@ class ExportConfig:
 def run(config: ExportConfig) -> Path:
     from cac_align.cac.infer import CaCOptions
     from cac_align.loading import check_dtype, check_weights_source
+    from cac_align.models import model_settings
     from cac_align.models.export import export_model, folder_size
 
     # 1. check what is asked before writing anything: the source, the settings, the card, the dtype
     source = check_weights_source(config.source, "source")
-    settings = dict(config.settings) if config.settings is not None else None
+    try:
+        carried = model_settings(str(source))  # what training wrote into the folder
+    except ValueError as exc:
+        raise RecipeError(f"source={config.source!r}: {exc}") from None
+    settings = {**carried, **dict(config.settings)} if config.settings is not None else (carried or None)
     if settings is not None:
         try:
             CaCOptions().for_model(settings)  # scoring's own reading of the file: unknown keys refused

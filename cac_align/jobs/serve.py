@@ -46,7 +46,8 @@ class ServeConfig:
             ``tests/conformance/build_vllm_venv.sh``); default: this one.
         host: where the server listens; localhost by default (nothing is exposed unless you say so).
         port: its port.
-        dtype: vLLM's ``--dtype`` ("auto", "bfloat16", "float32", ...).
+        dtype: vLLM's ``--dtype`` ("auto", "bfloat16", "float32", ...); "auto": the model folder's
+            ``cac_align.json`` ``dtype`` when it has one (``cac-demo``: float32), else vLLM's own.
         max_model_len: vLLM's ``--max-model-len`` (None: the model's own).
         extra_args: more vLLM flags, as a list (``["--tensor-parallel-size", "2"]``).
         env: extra environment for the server (``VLLM_CPU_KVCACHE_SPACE: "1"`` on a CPU).
@@ -80,9 +81,13 @@ def serve_command(config: ServeConfig) -> list[str]:
     from cac_align.integrations.vllm import SERVER_ARGS
     from cac_align.loading import check_weights_source
 
+    from cac_align.models import model_settings
+
+    model = check_weights_source(config.model, "model")
+    dtype = model_settings(model).get("dtype", "auto") if config.dtype == "auto" else config.dtype  # the model's own, as in-process
     command = [config.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", check_weights_source(config.model, "model"), "--served-model-name", config.served_model_name,
-               "--host", config.host, "--port", str(config.port), "--dtype", config.dtype, *SERVER_ARGS]
+               "--model", model, "--served-model-name", config.served_model_name,
+               "--host", config.host, "--port", str(config.port), "--dtype", dtype, *SERVER_ARGS]
     if config.max_model_len is not None:
         command += ["--max-model-len", str(config.max_model_len)]
     return command + [str(arg) for arg in config.extra_args]

@@ -60,6 +60,7 @@ from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_syn
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
+from cac_align.models import write_settings
 from cac_align.run.metrics import flush_wandb, trackers_for
 
 __all__ = ["TrainCaCConfig", "run"]
@@ -271,7 +272,8 @@ def _training_arguments(config: TrainCaCConfig, out: Path, do_eval: bool) -> Tra
 
 
 def _save_final(trainer: Trainer, config: TrainCaCConfig, out: Path, lora: bool) -> None:
-    """``final/``: the trained model (stage 1 with LoRA: ``adapter/``, then merged into the base)."""
+    """``final/``: the trained model (stage 1 with LoRA: ``adapter/``, then merged into the base)
+    and its ``cac_align.json`` (the data section's wording, rates, caps and pixel grid)."""
     final = out / "final"
     if lora:
         trainer.save_model(str(out / "adapter"))
@@ -281,6 +283,7 @@ def _save_final(trainer: Trainer, config: TrainCaCConfig, out: Path, lora: bool)
         trainer.save_model(str(final))
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        write_settings(final, config.data.inference_settings())  # how to ask it: its cac_align.json
         for folder in (final, out / "adapter"):
             if folder.is_dir():
                 share_modes(folder)  # safetensors writes 0600 files

@@ -82,6 +82,7 @@ from cac_align.rl import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes
+from cac_align.models import write_settings
 from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 from cac_align.video import VideoError, load_video
 from cac_align.vlm.hf import StaticShapes
@@ -347,8 +348,8 @@ class _Trainer:
 
     # -- the end -----------------------------------------------------------------------
     def cleanup(self) -> None:
-        """Final weights in ``config.dtype`` (``final/``); with LoRA, also the adapter
-        (``adapter/``), merged into the weights for ``final/``."""
+        """Final weights in ``config.dtype`` (``final/``) with their ``cac_align.json``; with LoRA,
+        also the adapter (``adapter/``), merged into the weights for ``final/``."""
         acc = self.accelerator
         if acc.is_main_process:
             final = self.out / "final"
@@ -361,6 +362,9 @@ class _Trainer:
             state = {k: v.detach().to(dtype) if v.is_floating_point() else v for k, v in unwrapped.state_dict().items()}
             unwrapped.save_pretrained(str(final), state_dict=state, safe_serialization=True)
             self.processor.save_pretrained(str(final))
+            # how to ask it: the data section's settings and the larger of the turns' token budgets
+            grpo = self.config.grpo
+            write_settings(final, {**self.config.data.inference_settings(), "max_new_tokens": max(grpo.max_new_tokens_turn1, grpo.max_new_tokens_turn2)})
             share_modes(final)  # safetensors writes 0600 files
             print(f"train-cac stage 3: done; model in {final}")  # the result line, as stages 1-2 and the other jobs print theirs
         acc.wait_for_everyone()

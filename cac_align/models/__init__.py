@@ -7,8 +7,10 @@ A recipe names it like any checkpoint (``reward.model.name: cac-demo``); it load
 ordinary ``from_pretrained`` path from the package folder, so nothing is downloaded.
 
 A model folder may carry ``cac_align.json``: the inference settings it was trained with
-(prompt wording, pixel cap and grid), which CaC scoring uses where the recipe leaves them
-to the model (:meth:`cac_align.cac.infer.CaCOptions.for_model`).
+(prompt wording, both turns' frame rates and caps, token budget, pixel cap and grid), which CaC
+scoring uses wherever the model is loaded, unless the recipe or caller sets them
+(:meth:`cac_align.cac.infer.CaCOptions.for_model`). ``train-cac`` writes it into its ``final/``
+and ``cac-align export`` carries it over (and may add to it).
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUILTIN_MODELS", "builtin_path", "model_settings", "resolve_model_name"]
+__all__ = ["BUILTIN_MODELS", "LOAD_SETTINGS", "builtin_path", "model_settings", "resolve_model_name", "write_settings"]
 
 _HERE = Path(__file__).resolve().parent
 BUILTIN_MODELS = {"cac-demo": "cac-demo"}  # name -> folder under cac_align/models/
 SETTINGS_FILE = "cac_align.json"
+# Settings of a model folder that say how to load it rather than how to ask it: ``dtype``, the
+# compute dtype it was trained in (``model.dtype`` left unset takes it; else bfloat16).
+LOAD_SETTINGS = ("dtype",)
 
 
 def builtin_path(name: str) -> Path | None:
@@ -48,3 +53,17 @@ def model_settings(name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
+
+
+def write_settings(folder: str | Path, settings: dict[str, Any]) -> Path:
+    """Write ``settings`` as ``folder/cac_align.json`` (checked as scoring reads them first)."""
+    from cac_align.cac.infer import CaCOptions
+
+    CaCOptions().for_model(settings)  # unknown keys or bad values fail here, not at scoring time
+    if "dtype" in settings:
+        from cac_align.loading import check_dtype
+
+        check_dtype(settings["dtype"], "cac_align.json dtype")
+    path = Path(folder) / SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+    return path

@@ -12,7 +12,6 @@ was trained with (:func:`cac_align.models.model_settings`), ``README.md`` the mo
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ def export_model(source: str | Path, target: str | Path, settings: dict[str, Any
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from cac_align.loading import resolve_dtype
+    from cac_align.models import write_settings
     from cac_align.run.folder import share_modes
 
     source, target = Path(source), Path(target)
@@ -51,7 +51,7 @@ def export_model(source: str | Path, target: str | Path, settings: dict[str, Any
     model.save_pretrained(str(staging), safe_serialization=True)
     AutoProcessor.from_pretrained(str(source)).save_pretrained(str(staging))
     if settings is not None:
-        (staging / "cac_align.json").write_text(json.dumps(settings, indent=1) + "\n")
+        write_settings(staging, settings)
     if card is not None:
         (staging / "README.md").write_text(card)
     share_modes(staging)  # safetensors writes 0600 files

@@ -9,7 +9,7 @@ Recipe section::
     reward:
       name: cac
       model: {name: Qwen/Qwen3-VL-8B-Instruct}   # or your CaC checkpoint; backend: openai for vLLM
-      options: {scan_fps: 4.0, clip_fps: 8.0}  # CaCOptions
+      options: {mode: two_turn}                # CaCOptions; unset: the model folder's cac_align.json, else the paper's
       source_fps: 16.0                         # frame rate of tensor input (Wan-2.1)
 """
 
@@ -46,6 +46,15 @@ class CaCRewardConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="Qwen/Qwen3-VL-8B-Instruct"))
     options: CaCOptions = field(default_factory=CaCOptions)
     source_fps: float | None = 16.0
+
+    def with_model_settings(self) -> "CaCRewardConfig":
+        """This section with the options left to the model filled in from its folder's
+        ``cac_align.json`` (:meth:`~cac_align.cac.infer.CaCOptions.for_model`)."""
+        import dataclasses
+
+        from cac_align.models import model_settings
+
+        return dataclasses.replace(self, options=self.options.for_model(model_settings(self.model.name)), model=self.model.with_model_settings())
 
 
 class CaCReward(BatchReward):
@@ -98,15 +107,16 @@ class CaCReward(BatchReward):
 def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
     """Build the reward a ``name: cac`` section describes (loads the model).
 
-    Options left to the model (``prompt_style: auto``, ``max_pixels`` / ``size_multiple``
-    unset) take the model folder's ``cac_align.json`` settings (the built-in ``cac-demo``
-    has one), so a model is asked the way it was trained."""
+    Options left to the model (:class:`~cac_align.cac.infer.CaCOptions`: frame rates and caps,
+    pixel grid, token budget, wording) take the model folder's ``cac_align.json`` settings (the
+    built-in ``cac-demo`` has one), so a model is asked the way it was trained, through a recipe,
+    the Python API or an integration alike. A served model (``backend: openai``) is read the same
+    way when its served name is a built-in name or a folder this process sees (``cac-demo``
+    served as ``cac-demo``); otherwise set the options in the section."""
     from cac_align.config import RecipeError
-    from cac_align.models import model_settings
 
     try:
-        settings = model_settings(config.model.name) if config.model.backend == "hf" else {}
-        options = config.options.for_model(settings)
+        options = config.with_model_settings().options
     except ValueError as exc:
         raise RecipeError(f"{key}.model.name={config.model.name!r}: {exc}") from None
     backend = build_backend(config.model, key=f"{key}.model")

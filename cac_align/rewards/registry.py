@@ -130,8 +130,22 @@ def resolved_section(spec: Any, where: str = "reward") -> dict[str, Any]:
     import dataclasses
 
     name, config = reward_config(spec, where)
-    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    fields = dataclasses.asdict(_with_model_settings(config)) if dataclasses.is_dataclass(config) else dict(config)
     return {"name": name, **fields}
+
+
+def _with_model_settings(config: Any) -> Any:
+    """``config`` with what its models' folders decide filled in, at any depth: a section whose
+    config has ``with_model_settings()`` (CaC's options, a model's dtype) gives its resolved self,
+    so two sections that would ask a model alike compare equal however they were written."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return config
+    changes = {f.name: _with_model_settings(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not getattr(config, k)})
+    resolve = getattr(config, "with_model_settings", None)
+    return resolve() if callable(resolve) else config
 
 
 # Modules of cac_align/rewards that hold the layer itself, not a reward.

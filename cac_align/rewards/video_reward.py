@@ -62,7 +62,7 @@ import numpy as np
 
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video, VideoError
-from cac_align.vlm.config import ModelConfig
+from cac_align.vlm.config import ModelConfig, model_dtype
 
 log = logging.getLogger(__name__)
 
@@ -705,10 +705,10 @@ def build(config: VideoRewardConfig, key: str = "reward") -> VideoReward:
         from cac_align.loading import resolve_device, resolve_dtype
 
         model, processor, settings = build_tiny_video_reward()
-        model.to(device=resolve_device(config.model.device, f"{key}.model.device"), dtype=resolve_dtype(config.model.dtype))
+        model.to(device=resolve_device(config.model.device, f"{key}.model.device"), dtype=resolve_dtype(model_dtype(config.model)))
     else:
         model, processor, settings = load_video_reward(
-            name, config.base_model, config.step, config.model.dtype, config.model.device, config.allow_pickle, f"{key}.model.name",
+            name, config.base_model, config.step, model_dtype(config.model), config.model.device, config.allow_pickle, f"{key}.model.name",
             attn_implementation=config.model.attn_implementation, merge_lora=config.merge_lora,
         )
     template, source = resolve_template(config.authors_repo, settings.template_type, key)

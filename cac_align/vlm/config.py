@@ -28,10 +28,11 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError
 
-__all__ = ["DEFAULT_BASE_URL", "ModelConfig", "TINY_PREFIX", "build_backend", "build_tiny_vlm", "served_urls", "shared_backends"]
+__all__ = ["DEFAULT_BASE_URL", "ModelConfig", "TINY_PREFIX", "build_backend", "build_tiny_vlm", "model_dtype", "served_urls", "shared_backends"]
 
 TINY_PREFIX = "tiny-random:"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # servers are on localhost unless a recipe says otherwise
+DEFAULT_DTYPE = "bfloat16"  # a model's compute dtype when neither the recipe nor its folder says one
 
 
 @dataclass
@@ -47,7 +48,9 @@ class ModelConfig:
         base_url: the server's root including /v1 (``backend: openai``); localhost by default.
         api_key_env: name of an environment variable holding the server's API key (keys are
             never written in recipes).
-        dtype, device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
+        dtype: the compute dtype; unset (null): the model folder's ``cac_align.json`` ``dtype``
+            (``cac-demo``: float32, what it was trained in), else bfloat16.
+        device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
         max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai);
             the rewards score this many videos together (their one batch setting).
         timeout_s, max_retries: per-request timeout and retries with backoff (openai).
@@ -74,7 +77,7 @@ class ModelConfig:
     backend: str = "hf"
     base_url: str = DEFAULT_BASE_URL
     api_key_env: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str | None = None
     device: str = "auto"
     attn_implementation: str | None = None
     trust_remote_code: bool = False
@@ -93,7 +96,8 @@ class ModelConfig:
 
         from cac_align.loading import check_dtype
 
-        check_dtype(self.dtype, "model.dtype")
+        if self.dtype is not None:
+            check_dtype(self.dtype, "model.dtype")
         parsed = urlparse(self.base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"model.base_url={self.base_url!r} is not a server URL; give one like http://127.0.0.1:8000/v1")
@@ -109,6 +113,12 @@ class ModelConfig:
             raise ValueError(f"model.max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.timeout_s <= 0 or self.max_retries < 0:
             raise ValueError("model.timeout_s must be > 0 and model.max_retries >= 0")
+
+    def with_model_settings(self) -> "ModelConfig":
+        """This config with ``dtype`` resolved (:func:`model_dtype`)."""
+        import dataclasses
+
+        return self if self.dtype is not None else dataclasses.replace(self, dtype=model_dtype(self))
 
 
 _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cac_align_shared_backends", default=None)
@@ -144,6 +154,19 @@ def shared_backends(cache: dict) -> Iterator[dict]:
         yield cache
     finally:
         _SHARED.reset(token)
+
+
+def model_dtype(model: ModelConfig) -> str:
+    """The compute dtype to load ``model`` in: ``model.dtype`` when set, else its folder's
+    ``cac_align.json`` ``dtype`` (``cac-demo``: float32, what it was trained in), else bfloat16."""
+    if model.dtype is not None:
+        return model.dtype
+    from cac_align.loading import check_dtype
+    from cac_align.models import model_settings
+
+    dtype = str(model_settings(model.name).get("dtype", DEFAULT_DTYPE))
+    check_dtype(dtype, f"{model.name}/cac_align.json dtype")
+    return dtype
 
 
 def build_backend(model: ModelConfig, key: str = "model") -> Any:
@@ -195,7 +218,7 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
         model.name,
         max_batch_size=model.max_batch_size,
         backend_kwargs={**_cache_kwargs(model), "chat_template_kwargs": model.chat_template_kwargs},
-        dtype=model.dtype,
+        dtype=model_dtype(model),
         device=model.device,
         attn_implementation=model.attn_implementation,
         trust_remote_code=model.trust_remote_code,

@@ -25,6 +25,12 @@ def test_the_command_carries_the_plugin_flags_and_the_model_folder():
     assert "--no-mm-device-do-normalize" in command
     assert json.loads(command[command.index("--media-io-kwargs") + 1]) == {"video": {"video_backend": "cac_frames"}}
     assert command[-1] == "--enforce-eager" and command[command.index("--dtype") + 1] == "float32"
+    # dtype auto: the model folder's own (cac-demo was trained in float32; its weights are stored
+    # float16, which vLLM's auto would take), unless set
+    _, auto = load_recipe(REPO_ROOT / "recipes/serve/cac_demo.yaml", ["dtype=auto"])
+    assert serve_command(auto)[serve_command(auto).index("--dtype") + 1] == "float32"
+    _, half = load_recipe(REPO_ROOT / "recipes/serve/cac_demo.yaml", ["dtype=bfloat16"])
+    assert serve_command(half)[serve_command(half).index("--dtype") + 1] == "bfloat16"
 
 
 def test_an_interpreter_without_vllm_is_refused_naming_the_fix(tmp_path):

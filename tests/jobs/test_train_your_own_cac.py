@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
+from cac_align.cac.infer import MODEL_SETTINGS
 from cac_align.cli import main
+from cac_align.models import model_settings
 from conftest import REPO_ROOT
 
 PAGE = REPO_ROOT / "docs" / "train_your_own_cac.md"
@@ -78,6 +80,10 @@ def test_offline_road_runs(tmp_path, monkeypatch):
     assert stage1["anomalies_without_boxes"] == 1 and stage2["anomalies_without_window"] == 3
     for stage in ("stage1", "stage2", "stage3"):
         assert (out / stage / "final/model.safetensors").is_file(), stage
+        # how to ask it travels with it: the data section's settings (stage 3: and its token budget)
+        settings = model_settings(str(out / stage / "final"))
+        assert set(settings) == set(MODEL_SETTINGS) - ({"max_new_tokens"} if stage != "stage3" else set()), stage
+    assert model_settings(str(out / "my_cac")) == model_settings(str(out / "stage3/final"))  # export carries them
     assert (out / "stage3/adapter/adapter_model.safetensors").is_file()
     scored = [json.loads(line) for line in (out / "score/results.jsonl").read_text().splitlines()]
     assert len(scored) == 9 and json.loads((out / "score/cac_align_run.json").read_text())["job"] == "score"

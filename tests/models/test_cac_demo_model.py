@@ -15,6 +15,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from cac_align.config import load_config
 from cac_align.data.synthetic import NORMAL, SynthConfig, video_kinds, make_spec, planted_boxes, render
@@ -38,10 +39,10 @@ def scored():
     kinds = video_kinds(synth)
     specs = [make_spec(synth, i, kinds[i]) for i in range(synth.n)]
     videos = [Video(render(spec)[0], spec.fps) for spec in specs]
-    config = CaCRewardConfig(model=ModelConfig(name="cac-demo", dtype="float32", device="cpu", max_batch_size=16))
-    config.options.max_frames_turn2 = 8
-    config.options.max_new_tokens = 320
-    reward = build(config)
+    # nothing but the name and the batch: the rest is the folder's cac_align.json
+    reward = build(CaCRewardConfig(model=ModelConfig(name="cac-demo", device="cpu", max_batch_size=16)))
+    assert reward.scorer.options.max_frames_turn2 == 8 and reward.scorer.options.max_new_tokens == 320
+    assert next(reward.scorer.backend.model.parameters()).dtype == torch.float32
     return specs, reward(videos, [f"A ball rolls along the floor past a '{s.sign_word}' sign while a person walks by." for s in specs])
 
 
@@ -49,7 +50,10 @@ def test_the_shipped_folder_is_small_and_says_how_to_ask_it():
     path = builtin_path("cac-demo")
     assert (path / "config.json").is_file() and (path / "README.md").is_file()
     assert folder_size(path) < 25e6
-    assert model_settings("cac-demo") == {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64}
+    # how it was trained: wording, pixel grid, both turns' rates and caps (clips of at most 7 frames
+    # in stage 2), stage 3's token budget and float32
+    assert model_settings("cac-demo") == {"prompt_style": "compact", "max_pixels": 24576, "size_multiple": 64, "scan_fps": 4.0, "clip_fps": 8.0,
+                                          "max_frames_turn1": 64, "max_frames_turn2": 8, "max_new_tokens": 320, "dtype": "float32"}
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "qwen3_vl"  # the real transformers architecture
 

@@ -67,6 +67,25 @@ def test_options_left_to_the_model_take_its_settings():
         CaCOptions(prompt_style="short")
 
 
+def test_every_setting_a_model_was_trained_with_travels_and_the_recipe_still_wins():
+    trained = {"scan_fps": 2.0, "clip_fps": 6.0, "max_frames_turn1": 16, "max_frames_turn2": 8, "max_new_tokens": 320, "dtype": "float32"}
+    got = CaCOptions().for_model(trained)
+    assert (got.scan_fps, got.clip_fps, got.max_frames_turn1, got.max_frames_turn2, got.max_new_tokens) == (2.0, 6.0, 16, 8, 320)
+    mine = CaCOptions(scan_fps=4.0, max_frames_turn2=32).for_model(trained)
+    assert (mine.scan_fps, mine.clip_fps, mine.max_frames_turn2) == (4.0, 6.0, 32)  # set: mine; unset: the model's
+    # none given anywhere: the paper's 4 and 8 fps (CaC §3.4), the generic caps and budget
+    plain = CaCOptions().for_model({})
+    assert (plain.scan_fps, plain.clip_fps, plain.max_frames_turn1, plain.max_frames_turn2, plain.max_new_tokens) == (4.0, 8.0, 64, 32, 1024)
+    with pytest.raises(ValueError, match="cac_align.json: max_frames_turn1 and max_frames_turn2 must be >= 2"):
+        CaCOptions().for_model({"max_frames_turn2": 1})
+    # the load setting: model.dtype unset takes the folder's, set wins, none: bfloat16
+    from cac_align.vlm.config import ModelConfig, model_dtype
+
+    assert model_dtype(ModelConfig(name="cac-demo")) == "float32"
+    assert model_dtype(ModelConfig(name="cac-demo", dtype="bfloat16")) == "bfloat16"
+    assert model_dtype(ModelConfig(name="Qwen/Qwen3-VL-8B-Instruct")) == "bfloat16"
+
+
 def test_export_job_from_the_command_line(tiny_qwen3_vl, tmp_path, capsys):
     """``cac-align export``: the settings given as an override land in cac_align.json, the card
     in README.md; an unknown setting, a missing card or source is refused before anything is written."""
@@ -90,3 +109,7 @@ def test_export_job_from_the_command_line(tiny_qwen3_vl, tmp_path, capsys):
     assert main(["export", f"source={tmp_path / 'nowhere'}", f"out_dir={other}"]) == 2
     assert "source" in capsys.readouterr().err
     assert not other.exists()
+    # a source that carries its own cac_align.json (train-cac writes one): carried over, settings on top
+    (source / "cac_align.json").write_text(json.dumps({"prompt_style": "compact", "max_frames_turn2": 32, "scan_fps": 4.0}))
+    assert main(["export", f"source={source}", f"out_dir={other}", "settings={max_frames_turn2: 8}"]) == 0
+    assert model_settings(str(other)) == {"prompt_style": "compact", "max_frames_turn2": 8, "scan_fps": 4.0}

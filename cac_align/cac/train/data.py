@@ -152,6 +152,20 @@ class DataConfig:
         if self.clip_min_s * self.clip_fps < 2 - _EPS:
             raise ValueError(f"data.clip_min_s={self.clip_min_s} holds fewer than 2 frames at clip_fps={self.clip_fps}")
 
+    def inference_settings(self) -> dict[str, Any]:
+        """The settings inference must ask a model trained on these samples with, as a model
+        folder's ``cac_align.json`` holds them (:class:`~cac_align.cac.infer.CaCOptions`): the
+        wording, both turns' rates and frame caps, and the pixel grid."""
+        return {
+            "prompt_style": self.prompt_style,
+            "scan_fps": float(self.scan_fps),
+            "clip_fps": float(self.clip_fps),
+            "max_frames_turn1": int(self.max_frames_turn1),
+            "max_frames_turn2": int(self.max_frames_turn2),
+            "max_pixels": self.max_pixels,
+            "size_multiple": int(self.size_multiple),
+        }
+
 
 @dataclass
 class Sample:
