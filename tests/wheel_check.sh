@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The install most users make: a wheel, not an editable checkout. Builds this checkout's wheel,
+# installs it into a fresh venv (nothing of the checkout on the path), and runs README's main job
+# by name from an empty folder: 16 videos, every one valid.
+#
+#   bash tests/wheel_check.sh [VENV]      # default: .venv-wheel (removed afterwards; about 3 minutes)
+#
+# `python -m build` must print no package-data warning (a recipes/ or models/ file setuptools was
+# not told about is left out of the wheel, or warned about and shipped by accident).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+VENV="${1:-.venv-wheel}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK" "$ROOT/$VENV" "$ROOT/build"' EXIT
+
+# 1. the wheel, with no warning about package data
+python3 -m venv "$WORK/build-env"
+"$WORK/build-env/bin/pip" install -q build
+"$WORK/build-env/bin/python" -m build --wheel --outdir "$WORK/dist" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
+if grep -E "absent from the \`packages\` configuration|package_data|Package '.*' is" "$WORK/build.log"; then
+  echo "wheel check: python -m build warned about package data (above)" >&2
+  exit 1
+fi
+wheel="$(ls "$WORK"/dist/cac_align-*.whl)"
+
+# 2. a fresh venv with the wheel (not editable) and its dependencies
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q "$wheel"
+
+# 3. README's main job by name, from an empty folder, with the installed package only
+mkdir "$WORK/empty"
+cd "$WORK/empty"
+env -u PYTHONPATH "$ROOT/$VENV/bin/cac-align" score --config score/cac_demo > "$WORK/score.log" 2>&1 || { tail -20 "$WORK/score.log"; exit 1; }
+"$ROOT/$VENV/bin/python" - "$ROOT" <<'PY'
+import json, sys
+from pathlib import Path
+
+import cac_align
+
+checkout = Path(sys.argv[1]).resolve() / "cac_align"
+where = Path(cac_align.__file__).resolve()
+assert "site-packages" in where.parts and checkout not in where.parents, f"cac_align came from {where}, not the installed wheel"
+rows = [json.loads(line) for line in Path("outputs/score_demo/results.jsonl").read_text().splitlines()]
+valid = sum(r["valid"] for r in rows)
+assert len(rows) == 16 and valid == 16, f"{valid} of {len(rows)} valid"
+assert Path("outputs/score_demo/report.html").is_file()
+print(f"wheel check: {len(rows)} videos, {valid} valid, from {where.parent}")
+PY
