@@ -40,10 +40,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _backend_errors() -> tuple[type[BaseException], ...]:
-    from cac_align.rewards.base import BackendFailure
+    # RewardError: a reward's refusal (invalid: fail, a step with no valid sample; BackendFailure
+    # is one): the job stops with its reason, in one line
+    from cac_align.rewards.base import RewardError
     from cac_align.vlm.openai import ServerDown, ServerUnavailableError
 
-    return (BackendFailure, ServerUnavailableError, ServerDown)
+    return (RewardError, ServerUnavailableError, ServerDown)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -200,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cac-align {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except _backend_errors() as exc:
-        # a reward server that is not there, or a job whose every sample failed in the backend
+        # a reward server that is not there, a job whose every sample failed, a reward's refusal
         print(f"cac-align {args.command}: failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
