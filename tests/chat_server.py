@@ -72,6 +72,7 @@ class ChatServer:
         self.prompts: list[list[int]] = []  # the prompt ids of every chat request answered
         self.requests: list[dict] = []
         self.paths: list[str] = []  # the path of each request, beside its body in ``requests``
+        self.sessions: list[str | None] = []  # its X-Session-ID header (None: none), beside it too
         self.images: list[Image.Image] = []
         self.videos: list[tuple] = []  # (frames, metadata) of each video part, decoded
         self._lock = threading.Lock()
@@ -94,6 +95,7 @@ class ChatServer:
                 with server._lock:
                     server.requests.append(body)
                     server.paths.append(self.path)
+                    server.sessions.append(self.headers.get("X-Session-ID"))
                     failing = server.fail_first > 0
                     if failing:
                         server.fail_first -= 1

@@ -93,7 +93,8 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
 # How a model is reached or run, not what it answers: never part of a fingerprint, wherever a
 # reward section nests its models (reward.model, reward.cac.model, ...). The KV-cache mode and
 # its buckets give the same answers and probabilities (greedy scoring) in either mode.
-SERVING_KEYS = ("base_url", "api_key_env", "timeout_s", "max_retries", "failure_limit", "max_batch_size", "device", "cache", "batch_buckets", "length_multiple")
+SERVING_KEYS = ("base_url", "api_key_env", "timeout_s", "max_retries", "failure_limit", "max_batch_size", "device", "cache", "batch_buckets", "length_multiple",
+                "session_header")
 
 
 def drop_serving_keys(data: Any) -> Any:

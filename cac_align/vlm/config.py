@@ -71,6 +71,10 @@ class ModelConfig:
             (e.g. ``{enable_thinking: false}``, which UnifiedReward's qwen35 checkpoints are asked
             with): given to ``apply_chat_template`` in-process and sent as the request's
             ``chat_template_kwargs`` to a server (vLLM renders the template with them).
+        session_header: the openai backend's session header (null: none): every request of one
+            video's judgment carries the same key in it, so a consistent-hash router in front of
+            several replicas (``cac-align serve replicas=N``) keeps that video on one replica,
+            where its prefix is cached (:class:`~cac_align.vlm.openai.OpenAIBackend`).
     """
 
     name: str = MISSING
@@ -90,6 +94,7 @@ class ModelConfig:
     batch_buckets: list[int] | None = None
     length_multiple: int = 256
     chat_template_kwargs: dict[str, Any] | None = None
+    session_header: str | None = "X-Session-ID"
 
     def __post_init__(self) -> None:
         from urllib.parse import urlparse
@@ -206,6 +211,7 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             failure_limit=model.failure_limit,
             video_input=model.video_input,
             chat_template_kwargs=model.chat_template_kwargs,
+            session_header=model.session_header,
         )
         backend.check()  # a dead server or a wrong model name fails here, in seconds, not per sample
         return backend

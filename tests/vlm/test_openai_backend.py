@@ -301,3 +301,70 @@ def test_served_urls_are_found_however_deep_a_section_nests_them():
     ]}
     assert served_urls(section) == ["http://10.0.0.1:8000/v1", DEFAULT_BASE_URL]
     assert served_urls({"name": "cac", "model": {"name": "cac-demo"}}) == []
+
+
+def _opening(body):
+    """A request's conversation opening (system and first user turn) as text: which video it is for."""
+    opening = []
+    for message in body["messages"]:
+        opening.append(message)
+        if message["role"] == "user":
+            break
+    return json.dumps(opening, sort_keys=True)
+
+
+def test_every_request_of_a_videos_judgment_carries_its_session_key():
+    """Both turns, every status read, /tokenize and /detokenize, and retries: one key per video's
+    judgment (so a consistent-hash router keeps it on the replica that caches its prefix); other
+    videos other keys; a rerun the same keys."""
+    turn1 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "time": [0.25, 0.75]}]})
+    turn2 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "bbox": {"frame 0": [1, 2, 3, 4]}}]})
+    videos = [Video(smooth_video(16, 32, 48, seed=i), 16.0) for i in range(3)]
+    with ChatServer(answer=lambda messages: turn1 if len(messages) == 1 else turn2) as server:
+        backend = OpenAIBackend("cac", base_url=server.url)
+        first = CaCScorer(backend).score(videos)
+        n_first = len(server.requests)
+        again = CaCScorer(backend).score(videos)
+        sessions, paths, bodies = list(server.sessions), list(server.paths), list(server.requests)
+    assert all(r.valid and r.turn2 is not None for r in first + again)
+    assert None not in sessions  # every request carries a key
+    by_video: dict[str, set] = {}
+    for path, body, key in zip(paths, bodies, sessions):
+        if path != "/detokenize":
+            by_video.setdefault(_opening(body), set()).add(key)
+    assert len(by_video) == 3 and all(len(keys) == 1 for keys in by_video.values())  # one key per video, over both runs
+    keys = [next(iter(k)) for k in by_video.values()]
+    assert len(set(keys)) == 3 and all(len(k) == 32 and int(k, 16) >= 0 for k in keys)
+    assert {k for p, k in zip(paths, sessions) if p == "/detokenize"} <= set(keys)  # detokenize goes with its video
+    assert set(sessions[:n_first]) == set(sessions[n_first:]) == set(keys)  # a rerun lands where it did
+    # a request answered 503 twice, then retried: all three attempts carry its video's key
+    with ChatServer(answer=lambda messages: turn1 if len(messages) == 1 else turn2, fail_first=2) as server:
+        (result,) = CaCScorer(OpenAIBackend("cac", base_url=server.url, backoff_s=0.01)).score(videos[:1])
+        assert result.valid and len(set(server.sessions)) == 1 and server.sessions[0] in keys and len(server.sessions) > 3
+
+
+def test_session_keys_spread_videos_over_replicas_and_the_header_can_be_off():
+    """16 videos' keys on a stand-in consistent-hash ring (jump hash, our own: vllm-router's
+    hash is its own, and the conformance test measures the real router) put at most about 2/N
+    of them on any one of N replicas. session_header=None sends no header."""
+    backend = OpenAIBackend("cac")
+    keys = [backend.session_key(backend._messages(_request(seed=i))) for i in range(16)]
+    assert len(set(keys)) == 16
+
+    def jump(key: int, buckets: int) -> int:  # Lamping and Veach's jump consistent hash
+        b, j = -1, 0
+        while j < buckets:
+            b = j
+            key = (key * 2862933555777941757 + 1) % 2**64
+            j = int((b + 1) * (2**31 / ((key >> 33) + 1)))
+        return b
+
+    for n in (2, 4):
+        counts = np.bincount([jump(int(k, 16) % 2**64, n) for k in keys], minlength=n)
+        assert counts.max() <= 2 * 16 / n, (n, counts)
+    # the same video with another question is another conversation: another key
+    other = [user(Video(smooth_video(4, 32, 48, seed=0), 4.0), "is it broken?")]
+    assert backend.session_key(backend._messages(other)) != keys[0]
+    with ChatServer() as server:
+        OpenAIBackend("cac", base_url=server.url, session_header=None).generate([_request()], max_new_tokens=4)
+        assert server.sessions == [None]
