@@ -34,7 +34,7 @@ from cac_align.cac.prompts import PROMPT_STYLES, STATUS_KEY_PATTERN, no_cot_prom
 from cac_align.video import Video, VideoError, load_video
 from cac_align.vlm.backend import MAX_NEW_TOKENS, Backend, ChatRequest, assistant, user
 
-__all__ = ["MODEL_SETTINGS", "CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
+__all__ = ["LOAD_SETTINGS", "MODEL_SETTINGS", "CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
 
 MODES = ("two_turn", "single_turn", "no_cot")
 FALLBACKS = ("whole_video", "turn1", "invalid")
@@ -83,6 +83,9 @@ MODEL_SETTINGS: dict[str, Any] = {
     "max_pixels": None,  # no cap
     "size_multiple": 32,  # Qwen3-VL's patch 16 x merge 2
 }
+# Settings of a model folder that say how to load it rather than how to ask it: ``dtype``, the
+# compute dtype it was trained in (``model.dtype`` left unset takes it; else bfloat16).
+LOAD_SETTINGS = ("dtype",)
 
 
 @dataclass
@@ -151,8 +154,6 @@ class CaCOptions:
         folder's ``cac_align.json``), else :data:`MODEL_SETTINGS`. Fields set here win. Raises
         ``ValueError`` for a setting the file may not hold or an invalid value."""
         import dataclasses
-
-        from cac_align.models import LOAD_SETTINGS
 
         unknown = sorted(set(settings) - set(MODEL_SETTINGS) - set(LOAD_SETTINGS))
         if unknown:

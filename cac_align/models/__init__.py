@@ -19,14 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUILTIN_MODELS", "LOAD_SETTINGS", "builtin_path", "model_settings", "resolve_model_name", "write_settings"]
+__all__ = ["BUILTIN_MODELS", "builtin_path", "model_settings", "resolve_model_name", "write_settings"]
 
 _HERE = Path(__file__).resolve().parent
 BUILTIN_MODELS = {"cac-demo": "cac-demo"}  # name -> folder under cac_align/models/
 SETTINGS_FILE = "cac_align.json"
-# Settings of a model folder that say how to load it rather than how to ask it: ``dtype``, the
-# compute dtype it was trained in (``model.dtype`` left unset takes it; else bfloat16).
-LOAD_SETTINGS = ("dtype",)
+# the keys a cac_align.json may hold: cac_align.cac.infer's MODEL_SETTINGS (how to ask the model)
+# and LOAD_SETTINGS (how to load it: its compute dtype)
 
 
 def builtin_path(name: str) -> Path | None:
@@ -60,10 +59,7 @@ def write_settings(folder: str | Path, settings: dict[str, Any]) -> Path:
     from cac_align.cac.infer import CaCOptions
 
     CaCOptions().for_model(settings)  # unknown keys or bad values fail here, not at scoring time
-    if "dtype" in settings:
-        from cac_align.loading import check_dtype
-
-        check_dtype(settings["dtype"], "cac_align.json dtype")
+    # (a dtype is checked where the model is loaded: cac_align.vlm.config.model_dtype)
     path = Path(folder) / SETTINGS_FILE
     path.write_text(json.dumps(settings, indent=1) + "\n")
     return path

@@ -111,16 +111,6 @@ def test_fill_groups_start_fresh_each_step(installed, tmp_path):
         dance_grpo.configure(BRIGHT, reward="bright", invalid="fill", group_size=0)
 
 
-def test_the_launcher_reads_their_num_generations(tmp_path):
-    sections = tmp_path / "rewards.yaml"
-    sections.write_text("bright:\n  name: brightness\n")
-    args = [sys.executable, "-m", "cac_align.integrations.dance_grpo", "--rewards", str(sections), "--reward", "bright", "--invalid", "fill",
-            "fastvideo/train_toy.py", "--levels", "0.2,0.6", "--steps", "2", "--out", str(tmp_path / "videos")]
-    stopped = subprocess.run([*args, "--num_generations", "2", "--corrupt", "2"], cwd=CHECKOUT, capture_output=True, text=True, timeout=300)
-    assert stopped.returncode != 0 and "RewardStop" in stopped.stderr and "no earlier valid sample" in stopped.stderr, stopped.stderr[-2000:]
-    assert "hunyuan_0_0.mp4" in stopped.stderr  # the video is named
-
-
 def test_the_one_line_swap_reads_the_sections_and_name_from_the_environment(installed, tmp_path, monkeypatch):
     sections = tmp_path / "rewards.yaml"
     sections.write_text("bright:\n  name: brightness\n")
@@ -159,13 +149,17 @@ def test_ur_cac_on_tiny_models(installed, tmp_path):
     assert result["VQ"] == pytest.approx(direct.tolist(), abs=1e-6) and np.isfinite(result["advantages"]).all()
 
 
-def test_launcher_puts_our_class_where_their_import_looks(tmp_path):
+def test_launcher_puts_our_class_where_their_import_looks_and_reads_their_group_size(tmp_path):
     sections = tmp_path / "rewards.yaml"
     sections.write_text("bright:\n  name: brightness\n")
+    # two steps of one prompt's group of 2; step 2's second video cannot be scored and is filled.
+    # With their --num_generations 2 read, its group is step 2's alone: the fill is step 2's first
+    # score (0.2); with the default 16 it would be the mean of all three earlier ones (0.33).
     result = subprocess.run(
-        [sys.executable, "-m", "cac_align.integrations.dance_grpo", "--rewards", str(sections), "--reward", "bright",
-         "fastvideo/train_toy.py", "--levels", "0.2,0.6", "--out", str(tmp_path / "videos")],
+        [sys.executable, "-m", "cac_align.integrations.dance_grpo", "--rewards", str(sections), "--reward", "bright", "--invalid", "fill",
+         "fastvideo/train_toy.py", "--levels", "0.2,0.6", "--steps", "2", "--num_generations", "2", "--corrupt", "3", "--out", str(tmp_path / "videos")],
         cwd=CHECKOUT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["VQ"] == pytest.approx([0.2, 0.6], abs=0.02)
+    vq = json.loads(result.stdout.strip().splitlines()[-1])["VQ"]
+    assert vq[:3] == pytest.approx([0.2, 0.6, 0.2], abs=0.02) and vq[3] == vq[2]  # brightness, ours, filled within its step
