@@ -1,38 +1,41 @@
-"""`cac-align serve`: start a vLLM server for a judge so that it sees what it sees in-process.
+"""`cac-align serve`: start a vLLM server for a judge so that it sees what it sees in-process,
+or a fleet of them behind vllm-router.
 
     cac-align serve --config recipes/serve/cac_demo.yaml                      # the shipped cac-demo
     cac-align serve --config recipes/serve/cac_demo.yaml model=runs/cac_stage3/final port=8001
+    cac-align serve --config recipes/serve/cac_demo_fleet.yaml                # 2 replicas + vllm-router
+    cac-align serve --config recipes/serve/cac.yaml model=runs/my_cac replicas=8   # one per GPU
 
-then score against it with ``backend: openai`` (``recipes/score/cac_demo_vllm.yaml``).
+then score against the one URL it prints with ``backend: openai`` (``recipes/score/cac_demo_vllm.yaml``).
 
 vLLM pins its own torch and transformers, so it lives in an environment of its own, named by
 ``python:`` (its interpreter); this package must be installed there without its dependencies
 (``pip install --no-deps /path/to/cac_align``: ``tests/conformance/build_vllm_venv.sh`` does both),
-which installs the video plugin of :mod:`cac_align.integrations.vllm`.
+which installs the video plugin of :mod:`cac_align.integrations.vllm`. A fleet's router,
+``vllm-router``, is this environment's (``pip install 'cac_align[fleet]'``).
 
-Steps: 1. check that ``python`` has vLLM and the plugin (one line naming the fix if not);
-2. start ``python -m vllm.entrypoints.openai.api_server`` with the model, the flags the plugin
-needs (:data:`cac_align.integrations.vllm.SERVER_ARGS`: each video with its own metadata, and
-normalisation as in-process) and ``extra_args``, in a process group of its own; 3. wait until
-``GET /v1/models`` answers, then print the URL; 4. serve until interrupted (Ctrl-C or SIGTERM), or
-until the server dies (its exit code is this job's error). Stopping stops the server and every
-engine process it forked.
+Steps: 1. check that ``python`` has vLLM and the plugin, and a fleet's router (one line naming the
+fix if not); 2. start the server, or ``replicas`` servers and the router
+(:mod:`cac_align.integrations.vllm.serving`: the ports, GPUs and flags); 3. wait until every one
+answers ``GET /v1/models``, then print the URL; 4. serve until interrupted (Ctrl-C or SIGTERM,
+also when started in the background with SIGINT ignored), or until the server (a fleet: its
+router, or its last replica) dies, whose exit code is this job's error. Stopping stops every
+process started, engines included.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import logging
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any
 
 from omegaconf import MISSING
 
 __all__ = ["ServeConfig", "run", "serve_command", "started_server"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +55,18 @@ class ServeConfig:
         extra_args: more vLLM flags, as a list (``["--tensor-parallel-size", "2"]``).
         env: extra environment for the server (``VLLM_CPU_KVCACHE_SPACE: "1"`` on a CPU).
         ready_timeout_s: how long to wait for the server to answer before giving up.
+        replicas: how many servers of the judge (a fleet when > 1): replica ``i`` on GPU ``i``
+            (``devices``) and port ``port + 1 + i``, behind the router on ``port``.
+        router: vllm-router's policy in front of a fleet: ``consistent_hash`` (default: each
+            video's requests carry one session key, so its turns reach the replica caching its
+            prefix), ``round_robin``, ``cache_aware``, ``power_of_two``, ``random``,
+            ``sticky_least_loaded``, or ``none`` (no router: the replicas on ``port``,
+            ``port + 1``, ...).
+        router_bin: the vllm-router executable (default: beside this interpreter, else on PATH;
+            ``pip install 'cac_align[fleet]'``).
+        router_args: more vllm-router flags, as a list.
+        devices: per replica, its ``CUDA_VISIBLE_DEVICES`` (default: "0", "1", ... for a fleet;
+            ``["0,1", "2,3"]`` with ``--tensor-parallel-size 2`` in ``extra_args``).
     """
 
     model: str = MISSING
@@ -64,12 +79,28 @@ class ServeConfig:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 900.0
+    replicas: int = 1
+    router: str = "consistent_hash"
+    router_bin: str | None = None
+    router_args: list[str] = field(default_factory=list)
+    devices: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be from 1 to 65535, got {self.port}")
+        from cac_align.integrations.vllm.serving import POLICIES, find_router
+
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        last = self.port + self.replicas - (1 if self.router == "none" or self.replicas == 1 else 0)
+        if not 0 < self.port <= last < 65536:
+            raise ValueError(f"port must be from 1 to 65535 with room for {self.replicas} replica(s) after it, got {self.port}")
         if self.ready_timeout_s <= 0:
             raise ValueError(f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
+        if self.router not in POLICIES:
+            raise ValueError(f"router must be one of {POLICIES}, got {self.router!r}")
+        if self.devices is not None and len(self.devices) != self.replicas:
+            raise ValueError(f"devices names one CUDA_VISIBLE_DEVICES per replica: {self.replicas} replicas, got {list(self.devices)}")
+        if self.replicas > 1 and self.router != "none":
+            find_router(self.router_bin)  # a fleet without its router fails now, with the install line
 
     @property
     def base_url(self) -> str:
@@ -77,123 +108,63 @@ class ServeConfig:
 
 
 def serve_command(config: ServeConfig) -> list[str]:
-    """The server's command line: vLLM's OpenAI server with the plugin's flags."""
-    from cac_align.integrations.vllm import SERVER_ARGS
-    from cac_align.loading import check_weights_source
+    """The server's command line (:func:`cac_align.integrations.vllm.serving.serve_command`)."""
+    from cac_align.integrations.vllm.serving import serve_command as command
 
-    from cac_align.models import model_settings
-
-    model = check_weights_source(config.model, "model")
-    dtype = model_settings(model).get("dtype", "auto") if config.dtype == "auto" else config.dtype  # the model's own, as in-process
-    command = [config.python or sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", model, "--served-model-name", config.served_model_name,
-               "--host", config.host, "--port", str(config.port), "--dtype", dtype, *SERVER_ARGS]
-    if config.max_model_len is not None:
-        command += ["--max-model-len", str(config.max_model_len)]
-    return command + [str(arg) for arg in config.extra_args]
+    return command(config)
 
 
-def _check_python(python: str) -> None:
-    from cac_align.config import RecipeError
+def started_server(config: ServeConfig, log: str | None = None) -> Any:
+    """One server, started and stopped (:func:`cac_align.integrations.vllm.serving.started_server`)."""
+    from cac_align.integrations.vllm.serving import started_server as start
 
-    probe = ("from importlib.metadata import entry_points; import vllm; "
-             "assert 'cac_align.integrations.vllm:register' in [e.value for e in entry_points(group='vllm.general_plugins')], 'plugin'")
-    try:
-        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
-    except FileNotFoundError:
-        raise RecipeError(f"python={python!r}: no such interpreter; build one with: bash tests/conformance/build_vllm_venv.sh") from None
-    if done.returncode != 0:
-        what = ("does not see cac_align's vLLM plugin (pip install --no-deps this package there; a stale cac_align.egg-info "
-                "in the working folder hides it: reinstall with pip install -e .)") if "plugin" in done.stderr else "cannot import vllm"
-        raise RecipeError(f"python={python!r} {what}; build one with: bash tests/conformance/build_vllm_venv.sh "
-                          f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'})")
-
-
-def _answers(base_url: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(base_url + "/models", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM to the server's process group (vLLM forks its engine), then SIGKILL after ``grace_s``."""
-    if process.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(wait_s)
-            break
-    with contextlib.suppress(ProcessLookupError):  # any engine process left behind
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def started_server(config: ServeConfig, log: str | None = None) -> Iterator[subprocess.Popen]:
-    """Start the server, wait until it answers, yield its process; stop it (and its engine) on exit.
-
-    Args:
-        log: a file for the server's output (default: this process's stdout / stderr).
-
-    Raises:
-        BackendFailure: the server exited, or did not answer within ``ready_timeout_s`` (the end
-            of its log is in the message when ``log`` is given); the CLI prints it as one line.
-    """
-    from cac_align.rewards.base import BackendFailure
-
-    python = config.python or sys.executable
-    _check_python(python)
-    if _answers(config.base_url):
-        raise BackendFailure(f"something already answers at {config.base_url}: stop it, or choose another port")
-    command = serve_command(config)
-    out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
-    env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + config.ready_timeout_s
-        while not _answers(config.base_url):
-            if process.poll() is not None:
-                tail = open(log, errors="replace").read()[-2000:] if log else ""
-                raise BackendFailure(f"the vLLM server exited with code {process.returncode} before answering{': ' + tail if tail else ''}")
-            if time.monotonic() > deadline:
-                raise BackendFailure(f"the vLLM server did not answer at {config.base_url} within {config.ready_timeout_s:g} s")
-            time.sleep(1.0)
-        yield process
-    finally:
-        _stop(process)
-        if out is not None:
-            out.close()
+    return start(config, log)
 
 
 def run(config: ServeConfig) -> int:
-    """Serve until interrupted; returns 0, or raises :class:`BackendFailure` when the server dies
-    on its own."""
+    """Serve until interrupted; returns 0, or raises :class:`BackendFailure` when the server (a
+    fleet: its router, or every replica) dies on its own."""
+    from cac_align.integrations.vllm.serving import started_fleet
     from cac_align.rewards.base import BackendFailure
 
-    # 1-3. check the interpreter, start, wait for the first answer
-    stop = {"signal": None}
-
     def on_term(signum: int, _frame: object) -> None:
-        stop["signal"] = signum
         raise KeyboardInterrupt
 
     # Ctrl-C and `kill` both stop it, whatever SIGINT disposition this process inherited (a
     # background start ignores SIGINT unless a handler is set here)
     previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with started_server(config) as process:
-            print(f"serving {config.model} as {config.served_model_name!r} at {config.base_url} "
-                  f"(vLLM pid {process.pid}; Ctrl-C stops it)", flush=True)
-            # 4. serve until interrupted, or until the server dies
-            while process.poll() is None:
+        # 1-3. check the interpreter (and router), start, wait for every first answer
+        if config.replicas == 1:
+            with started_server(config) as process:
+                print(f"serving {config.model} as {config.served_model_name!r} at {config.base_url} "
+                      f"(vLLM pid {process.pid}; Ctrl-C stops it)", flush=True)
+                # 4. serve until interrupted, or until the server dies
+                while process.poll() is None:
+                    time.sleep(1.0)
+                raise BackendFailure(f"the vLLM server exited with code {process.returncode}; its engine is stopped too")
+        with started_fleet(config) as fleet:
+            if fleet.router is not None:
+                print(f"serving {config.model} as {config.served_model_name!r} at {fleet.url}: {config.replicas} replicas "
+                      f"({', '.join(fleet.replica_urls)}) behind vllm-router ({config.router}); put that URL in the score "
+                      "recipe (reward.model.base_url); Ctrl-C stops them all", flush=True)
+            else:
+                print(f"serving {config.model} as {config.served_model_name!r} at {', '.join(fleet.replica_urls)} "
+                      "(no router); Ctrl-C stops them all", flush=True)
+            # 4. serve until interrupted, or until the router or every replica dies
+            reported: set[int] = set()
+            while fleet.router is None or fleet.router.poll() is None:
+                dead = fleet.dead_replicas()
+                for i in sorted(set(dead) - reported):
+                    log.warning("serve: replica %d (%s) exited with code %s; the router takes it out of its ring and the others "
+                                "serve its videos", i, fleet.replica_urls[i], fleet.replicas[i].returncode)
+                reported.update(dead)
+                if len(dead) == len(fleet.replicas):
+                    raise BackendFailure(f"every replica exited (codes {[p.returncode for p in fleet.replicas]}); the router is stopped too")
                 time.sleep(1.0)
-            raise BackendFailure(f"the vLLM server exited with code {process.returncode}; its engine is stopped too")
+            raise BackendFailure(f"vllm-router exited with code {fleet.router.returncode}; the replicas are stopped too")
     except KeyboardInterrupt:
-        print("stopped the vLLM server", flush=True)
+        print("stopped the vLLM server" + ("s and the router" if config.replicas > 1 else ""), flush=True)
         return 0
     finally:
         for sig, handler in previous.items():

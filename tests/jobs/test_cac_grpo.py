@@ -273,6 +273,7 @@ def test_videos_per_step_is_a_global_intent(cac_data, tmp_path):
         _recipe(cac_data, out, "grpo.videos_per_step=0")
 
 
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
 def test_two_processes_agree(cac_data, tmp_path):
     """`accelerate launch` with two CPU processes (gloo): each process rolls out its own two
     videos (four different ones in the step), gradients are averaged, and the two replicas hold

@@ -387,6 +387,7 @@ def test_unknown_stage_and_typos_are_refused():
         load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["train.learning_rat=1"])
 
 
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
 def test_two_processes_split_the_data(cac_data, tmp_path):
     """`accelerate launch` with two CPU processes (gloo): the 12 stage-1 frames at 2 per process
     take 3 steps per epoch (one process would need 6), and the run completes with one final model."""

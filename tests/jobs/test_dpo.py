@@ -236,6 +236,7 @@ def test_accumulation_equals_one_batch_and_resume_equals_a_straight_run(repaired
         run(dpo_config(tmp_path / "resumed", repaired, "steps=3"), pipe=build_tiny_wan_pipeline(seed=0))
 
 
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
 def test_two_processes_give_the_lora_of_one(repaired, tmp_path):
     """`accelerate launch`, two gloo processes (2 pairs each) against one process (4 pairs), every
     micro-batch one pair on both sides: the same LoRA after 2 steps, on both ranks."""

@@ -48,6 +48,7 @@ def base(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
 def test_fsdp_two_processes_equal_one_process_resume_and_the_checkpoint_scores(base, cac_data, tmp_path):
     from cac_align.jobs.score import ScoreConfig, run as score
     from cac_align.jobs.train_cac import run

@@ -281,6 +281,7 @@ def test_tiny_recipe_end_to_end_and_print_config(tmp_path, capsys):
         assert key in shown, key
 
 
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
 def test_two_processes_split_the_videos_and_merge_in_input_order(tmp_path):
     """torchrun with two gloo processes: each repairs its share (videos 0, 2 and 1, 3), the rows
     come out merged in input order, as on one process."""
