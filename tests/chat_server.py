@@ -57,6 +57,7 @@ class ChatServer:
         answer_model: str | None = None,
         tokenize: bool = True,
         metrics: bool = True,
+        workers: list[str] | None = None,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -69,6 +70,7 @@ class ChatServer:
         self.answer_model = answer_model  # answer as this model instead of the one asked for
         self.tokenize = tokenize
         self.metrics = metrics
+        self.workers = workers  # answer GET /list_workers as vllm-router does (a fleet's router)
         self.prompts: list[list[int]] = []  # the prompt ids of every chat request answered
         self.requests: list[dict] = []
         self.paths: list[str] = []  # the path of each request, beside its body in ``requests``
@@ -86,7 +88,9 @@ class ChatServer:
                 if self.path == "/metrics" and server.metrics:
                     lines = [f'{name}{{engine="0",model_name="cac"}} {value}' for name, value in server.counters().items()]
                     return self._send_text("\n".join(["# HELP vllm counters, as vLLM names them", *lines]) + "\n")
-                if self.path != "/v1/models":
+                if self.path == "/list_workers" and server.workers is not None:
+                    return self._send(200, {"urls": server.workers})
+                if self.path != "/v1/models" or not server.models:
                     return self._send(404, {"error": "not found"})
                 self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
 

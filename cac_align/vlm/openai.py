@@ -69,7 +69,7 @@ import numpy as np
 from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion, model_frames
 from cac_align.vlm.video_payload import encode_video
 
-__all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "served_cost", "server_counters"]
+__all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "router_workers", "served_cost", "server_counters"]
 
 VIDEO_INPUTS = ("video", "images")
 # the header a consistent-hash router keys on (vllm-router: X-Session-ID first, then X-User-ID, ...)
@@ -118,6 +118,9 @@ class OpenAIBackend(BackendBase):
             ``failure_limit`` consecutive failed requests, every later request raises
             :class:`ServerDown` at once instead of waiting out its timeouts (a dead server cost
             ~8 minutes per video at the defaults). A request that succeeds resets the count.
+            Behind a vllm-router (its ``/list_workers`` answers) the count does not open it: one
+            dead replica fails requests in a row until the router drops it, so only a router that
+            no longer lists the model does.
         chat_template_kwargs: sent with every request as ``chat_template_kwargs`` (vLLM renders
             the chat template with them, e.g. ``{"enable_thinking": False}``).
         session_header: the header that carries each request's session key (None: no header).
@@ -171,6 +174,7 @@ class OpenAIBackend(BackendBase):
         self._warned_boundary = False
         self._cached_reads = True  # status probabilities through the prefix cache, until a server refuses them
         self._texts: dict[tuple[int, ...], str] = {}  # token ids -> text, from /detokenize
+        self._fleet: bool | None = None  # whether base_url is a vllm-router (found by check())
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.session_header = session_header or None
 
@@ -200,6 +204,8 @@ class OpenAIBackend(BackendBase):
             raise ServerUnavailableError(f"{url} did not answer with an OpenAI model list: {text[:200]!r}") from None
         if self.model not in served:
             raise ServerUnavailableError(f"the server at {self.base_url} serves {served}, not {self.model!r}; fix model.name")
+        if self._fleet is None:  # once: a router in front of replicas changes what a failed request means
+            self._fleet = router_workers(self.base_url, timeout_s) is not None
 
     def to(self, device: Any) -> "OpenAIBackend":
         """Nothing to move: the model lives in the server."""
@@ -303,9 +309,11 @@ class OpenAIBackend(BackendBase):
             self._failures += 1
             failures = self._failures
         reason = None
-        if failures >= self.failure_limit:
+        if failures >= self.failure_limit and not self._fleet:
             reason = f"{failures} requests in a row failed (last: {exc})"
         else:
+            # Behind a router, requests fail in a row while one replica dies and the router takes
+            # it out of its ring: the fleet is down only when the router stops listing the model.
             try:
                 self.check()
             except ServerUnavailableError as probe:
@@ -575,14 +583,27 @@ _COUNTERS = {
 }
 
 
-def server_counters(base_url: str, timeout_s: float = 5.0) -> dict[str, float] | None:
-    """vLLM's cumulative counters at ``base_url``'s ``/metrics``: finished ``requests``, their
-    ``prompt_tokens`` and ``cached_prompt_tokens`` (read from the prefix cache); None when the
-    server does not answer them (not a vLLM, or gone)."""
+def _root(base_url: str) -> str:
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def router_workers(base_url: str, timeout_s: float = 5.0) -> list[str] | None:
+    """The replicas behind a vllm-router at ``base_url`` (its ``GET /list_workers``), as
+    ``http://host:port`` roots; None when ``base_url`` is not such a router."""
     import requests
 
-    root = base_url.rstrip("/")
-    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    try:
+        response = requests.get(_root(base_url) + "/list_workers", timeout=timeout_s)
+        urls = response.json().get("urls") if response.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+    return [str(u) for u in urls] if isinstance(urls, list) and urls else None
+
+
+def _one_server_counters(root: str, timeout_s: float) -> dict[str, float] | None:
+    import requests
+
     try:
         response = requests.get(root + "/metrics", timeout=timeout_s)
     except requests.RequestException:
@@ -601,10 +622,43 @@ def server_counters(base_url: str, timeout_s: float = 5.0) -> dict[str, float] |
     return totals if set(totals) == set(_COUNTERS) else None
 
 
-def served_cost(before: dict[str, float], after: dict[str, float], videos: int) -> dict[str, Any]:
+def server_counters(base_url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """vLLM's cumulative counters at ``base_url``'s ``/metrics``: finished ``requests``, their
+    ``prompt_tokens`` and ``cached_prompt_tokens`` (read from the prefix cache); None when the
+    server does not answer them (not a vLLM, or gone). Behind a vllm-router (a fleet), the sums
+    over its replicas, and each replica's under ``"replicas"`` (None for one that did not answer)."""
+    workers = router_workers(base_url, timeout_s)
+    if workers is None:
+        return _one_server_counters(_root(base_url), timeout_s)
+    replicas = {url: _one_server_counters(url, timeout_s) for url in workers}
+    answered = [c for c in replicas.values() if c is not None]
+    if not answered:
+        return None
+    totals: dict[str, Any] = {key: sum(c[key] for c in answered) for key in _COUNTERS}
+    totals["replicas"] = replicas
+    return totals
+
+
+def served_cost(before: dict[str, Any], after: dict[str, Any], videos: int) -> dict[str, Any]:
     """What happened on a server between two :func:`server_counters` readings, in total and per
-    video: requests, prompt tokens, those read from the prefix cache and those computed."""
-    delta = {key: int(round(after[key] - before[key])) for key in _COUNTERS}
-    delta["computed_prompt_tokens"] = delta["prompt_tokens"] - delta["cached_prompt_tokens"]
-    per_video = {key: value / videos for key, value in delta.items()} if videos else None
-    return {**delta, "videos": videos, "per_video": per_video}
+    video: requests, prompt tokens, those read from the prefix cache and those computed. For a
+    fleet, also per replica (with its share of the requests); a replica that gave no counters at
+    either reading (it died) is listed as ``None`` and left out of the totals."""
+
+    def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
+        out = {key: int(round(b[key] - a[key])) for key in _COUNTERS}
+        out["computed_prompt_tokens"] = out["prompt_tokens"] - out["cached_prompt_tokens"]
+        return out
+
+    replicas = None
+    if "replicas" in before and "replicas" in after:
+        replicas = {url: (delta(before["replicas"][url], counters) if counters is not None and before["replicas"].get(url) is not None else None)
+                    for url, counters in after["replicas"].items()}
+        known = [d for d in replicas.values() if d is not None]
+        total = {key: sum(d[key] for d in known) for key in (*_COUNTERS, "computed_prompt_tokens")}
+        for d in known:
+            d["share_of_requests"] = d["requests"] / total["requests"] if total["requests"] else None
+    else:
+        total = delta(before, after)
+    per_video = {key: value / videos for key, value in total.items()} if videos else None
+    return {**total, "videos": videos, "per_video": per_video, **({"replicas": replicas} if replicas is not None else {})}

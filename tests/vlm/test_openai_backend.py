@@ -245,6 +245,26 @@ def test_the_circuit_breaker_stops_asking_a_failing_server():
         assert outcomes == ["failed", "failed", "ok", "failed", "failed"]
 
 
+def test_behind_a_router_failures_in_a_row_do_not_open_the_breaker_while_it_lists_the_model():
+    """One replica of a fleet dies: its requests fail (503 from the router) until the router drops
+    it, more than failure_limit in a row, while the router still lists the model: the breaker stays
+    closed. When the router stops listing the model, the next failure opens it."""
+    from cac_align.vlm.openai import ServerDown
+
+    request = [user("hello")]
+    with ChatServer(fail_if=lambda body: True, workers=["http://127.0.0.1:1", "http://127.0.0.1:2"]) as server:
+        backend = OpenAIBackend("cac", base_url=server.url, max_retries=0, failure_limit=3)
+        backend.check()
+        for _ in range(6):
+            with pytest.raises(ServerUnavailableError, match="HTTP 503"):
+                backend.generate([request], max_new_tokens=4)
+        server.models = []  # the router no longer lists the model: the fleet is down
+        with pytest.raises(ServerUnavailableError):
+            backend.generate([request], max_new_tokens=4)
+        with pytest.raises(ServerDown, match="no longer lists its models"):
+            backend.generate([request], max_new_tokens=4)
+
+
 def test_a_server_that_went_away_opens_the_breaker_at_once():
     from chat_server import ChatServer
 
@@ -368,3 +388,29 @@ def test_session_keys_spread_videos_over_replicas_and_the_header_can_be_off():
     with ChatServer() as server:
         OpenAIBackend("cac", base_url=server.url, session_header=None).generate([_request()], max_new_tokens=4)
         assert server.sessions == [None]
+
+
+def test_a_fleets_counters_are_its_replicas_summed_and_each_ones_share():
+    """Behind a router (GET /list_workers), server_counters reads every replica's /metrics: the
+    sums, and each replica's own; served_cost gives each replica's delta and share of requests,
+    and leaves out a replica that stopped answering (it died mid-run)."""
+    from cac_align.vlm.openai import served_cost, server_counters
+
+    with ChatServer() as a, ChatServer() as b:
+        roots = [a.url[: -len("/v1")], b.url[: -len("/v1")]]
+        with ChatServer(workers=roots) as router:
+            before = server_counters(router.url)
+            OpenAIBackend("cac", base_url=a.url).generate([_request(seed=i) for i in range(3)], max_new_tokens=4)
+            OpenAIBackend("cac", base_url=b.url).generate([_request(seed=9)], max_new_tokens=4)
+            after = server_counters(router.url)
+            expected = {k: a.counters()[m] + b.counters()[m] for k, m in (("requests", "vllm:request_success_total"),
+                                                                           ("prompt_tokens", "vllm:prompt_tokens_total"))}
+            assert (after["requests"], after["prompt_tokens"]) == (expected["requests"], expected["prompt_tokens"])
+            cost = served_cost(before, after, videos=4)
+            assert cost["requests"] == 4 and [r["requests"] for r in cost["replicas"].values()] == [3, 1]
+            assert [r["share_of_requests"] for r in cost["replicas"].values()] == [0.75, 0.25]
+            assert cost["computed_prompt_tokens"] == sum(r["computed_prompt_tokens"] for r in cost["replicas"].values())
+            b.metrics = False  # replica b stops answering its counters
+            gone = served_cost(before, server_counters(router.url), videos=4)
+            assert gone["replicas"][roots[1]] is None and gone["requests"] == 3
+    assert server_counters(a.url) is None  # a plain server that is gone: no counters
