@@ -66,4 +66,14 @@ run ur_7b "$PY" benchmarks/status_encoding.py --mode gpu-ur7b
 # Flow-GRPO step of Wan-2.1-1.3B at 480x832x81: seconds and memory, then with CaC-8B + UR-7B resident (target: within 80 GB)
 run wan_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-1.3b
 run wan_step_with_rewards "$PY" benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards
+# Issue #67: the judge on a fleet, two cac-demo replicas on the one GPU behind vllm-router, under each
+# routing policy (benchmarks/served_fleet.py). Needs vLLM (GPU build) in an environment of its own
+# with this package installed --no-deps (VLLM_PYTHON names its interpreter) and vllm-router; the
+# lent machine's image has neither and cannot download them, so it is skipped there with the reason.
+VLLM_PY="${VLLM_PYTHON:-.venv-vllm/bin/python}"
+if [ -x "$VLLM_PY" ] && "$VLLM_PY" -c "import vllm" 2>/dev/null && "$PY" -c "import shutil, sys; sys.exit(shutil.which('vllm-router') is None)"; then
+  run served_fleet "$PY" benchmarks/served_fleet.py --python "$VLLM_PY" --replicas 2 --devices 0 0 --extra="--gpu-memory-utilization 0.4"
+else
+  echo "== served_fleet: skipped (no vLLM at $VLLM_PY or no vllm-router: pip install 'cac_align[fleet]')" | tee "$OUT/served_fleet.txt"
+fi
 echo "== figures in $OUT"

@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--out", default="outputs/served_fleet")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--extra", nargs="*", default=[], help="more vLLM flags (e.g. --gpu-memory-utilization 0.2)")
+    parser.add_argument("--extra", default="", help='more vLLM flags, one string: --extra="--gpu-memory-utilization 0.4"')
     args = parser.parse_args()
 
     from cac_align.integrations.vllm.serving import ROUTER_ARGS, find_router, started_fleet, stop_process
@@ -106,7 +106,7 @@ def main() -> None:
     _, config = load_recipe(REPO / "recipes/serve/cac_demo_fleet.yaml",
                             [f"python={args.python}", f"port={port}", f"replicas={args.replicas}", "router=none"])
     env = {**config.env, "VLLM_SERVER_DEV_MODE": "1"}
-    config = replace(config, env=env, devices=args.devices, extra_args=list(config.extra_args) + args.extra)
+    config = replace(config, env=env, devices=args.devices, extra_args=list(config.extra_args) + args.extra.split())
     router_bin = find_router(None)
     results: dict[str, dict] = {}
     with started_fleet(config, log_dir=str(out)) as fleet:
