@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from cac_align.config import RecipeError
-from cac_align.gen.tiny import build_tiny_wan_pipeline
+from cac_align.gen.tiny import TINY_WAN_BUILDERS, build_tiny_wan_pipeline
 from cac_align.loading import check_dtype, check_weights_source, resolve_device, resolve_dtype, weights_error
 from cac_align.run.folder import share_modes
 
@@ -69,7 +69,10 @@ class GeneratorConfig:
         device: "auto", "cpu", "cuda", "cuda:1", ...
         height, width, num_frames: 480 x 832, 81 frames (5 s at 16 fps); ``num_frames`` must be 4k + 1.
         num_inference_steps: 50 sampling steps.
-        guidance_scale: classifier-free guidance scale (5.0).
+        guidance_scale: classifier-free guidance scale (5.0); with two experts (Wan2.2-A14B), the
+            high-noise expert's.
+        guidance_scale_2: the low-noise expert's scale (Wan2.2-A14B); None: the same as
+            ``guidance_scale``, as the pipeline defaults. Refused for a one-expert model.
         negative_prompt: None uses Wan's default negative prompt; "" turns it off.
         flow_shift: None keeps the checkpoint scheduler's shift; a number overrides it
             (Wan recommends 3.0 at 480p, 5.0 at 720p).
@@ -91,6 +94,7 @@ class GeneratorConfig:
     num_frames: int = 81
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None
     negative_prompt: str | None = None
     flow_shift: float | None = None
     fps: float = WAN_FPS
@@ -110,8 +114,8 @@ class GeneratorConfig:
             raise ValueError(f"height and width must be positive multiples of 16, got {self.height}x{self.width}")
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.guidance_scale < 0 or self.fps <= 0:
-            raise ValueError("guidance_scale must be >= 0 and fps > 0")
+        if self.guidance_scale < 0 or self.fps <= 0 or (self.guidance_scale_2 is not None and self.guidance_scale_2 < 0):
+            raise ValueError("guidance_scale (and guidance_scale_2) must be >= 0 and fps > 0")
 
 def load_wan_pipeline(
     name_or_path: str,
@@ -156,8 +160,8 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
     device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
     if config.lora is not None and not (Path(config.lora) / LORA_WEIGHT_NAME).is_file():
         raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
-    if config.name == TINY_WAN:
-        pipe = build_tiny_wan_pipeline(seed=0).to(device)
+    if config.name in TINY_WAN_BUILDERS:
+        pipe = TINY_WAN_BUILDERS[config.name](seed=0).to(device)
     else:
         pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name")
     if config.flow_shift is not None:
@@ -168,6 +172,8 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
         if field_name not in scheduler_config:
             raise ValueError(f"{key}.flow_shift: scheduler {type(pipe.scheduler).__name__} has no shift setting")
         pipe.scheduler = type(pipe.scheduler).from_config(scheduler_config, **{field_name: config.flow_shift})
+    if config.guidance_scale_2 is not None and pipe.config.get("boundary_ratio") is None:
+        raise RecipeError(f"{key}.guidance_scale_2: {config.name} has one transformer (guidance_scale_2 is the second expert's, Wan2.2-A14B)")
     if config.lora is not None:
         load_lora(pipe, config.lora, scale=config.lora_scale, key=f"{key}.lora")
     pipe.set_progress_bar_config(disable=True)
@@ -302,6 +308,7 @@ def predict_velocity(
     negative_embeds: Any,
     guidance_scale: float,
     dtype: Any,
+    guidance_scale_2: float | None = None,
 ) -> Any:
     """The (classifier-free guided) velocity, computed as ``WanPipeline`` does at one step.
 
@@ -309,10 +316,16 @@ def predict_velocity(
     log-probabilities equal the recorded ones exactly.
 
     Args:
-        transformer: the (possibly accelerate-wrapped) ``WanTransformer3DModel``.
+        transformer: the (possibly accelerate-wrapped) ``WanTransformer3DModel``, or a
+            :class:`~cac_align.gen.experts.WanDenoiser` (any family: the expert serving
+            ``timestep``, per-token timesteps, ``guidance_scale_2`` for the low-noise expert).
         latents: ``(B, C, F', H', W')``; timestep: scalar tensor; embeds: ``(B, L, D)``.
         dtype: the transformer's parameter dtype (inputs are cast to it).
     """
+    from cac_align.gen.experts import WanDenoiser
+
+    if isinstance(getattr(transformer, "module", transformer), WanDenoiser):  # called through a DDP wrapper, if any
+        return transformer(latents, timestep, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
     x = latents.to(dtype)
     t = timestep.expand(x.shape[0]).to(x.device)
     velocity = transformer(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
@@ -345,7 +358,9 @@ def sample_with_log_probs(
 
     Args:
         pipe: the ``WanPipeline`` (for its latent shape and device).
-        transformer: the model to sample with (the pipeline's, possibly wrapped for training).
+        transformer: the model to sample with: the pipeline's transformer (one expert, one
+            timestep per sample) or its :class:`~cac_align.gen.experts.WanDenoiser` (any Wan
+            family), possibly wrapped for training.
         prompt_embeds / negative_embeds: ``(B, L, D)`` from :func:`encode_prompts`.
         generators: one ``torch.Generator`` per sample, on the pipeline's device.
         config: height, width, frames and guidance scale.
@@ -381,7 +396,7 @@ def sample_with_log_probs(
     recorded, log_probs, maps = [latents.to(store)], [], []
     with torch.no_grad():
         for j, t in enumerate(timesteps.to(device)):
-            velocity = predict_velocity(transformer, latents, t, prompt_embeds, negative_embeds, config.guidance_scale, dtype)
+            velocity = predict_velocity(transformer, latents, t, prompt_embeds, negative_embeds, config.guidance_scale, dtype, config.guidance_scale_2)
             step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
             latents = step.prev_sample
             recorded.append(latents.to(store))
@@ -470,6 +485,7 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
         num_frames=config.num_frames,
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
+        **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
         generator=generators,
         output_type="np",
         max_sequence_length=config.max_sequence_length,

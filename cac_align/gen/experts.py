@@ -1,0 +1,113 @@
+"""The velocity model of a Wan pipeline, whatever its family: which transformer (expert) serves a
+timestep, the timestep tensor it is given, and classifier-free guidance, as diffusers'
+``WanPipeline.__call__`` computes them (diffusers 0.42, ``pipelines/wan/pipeline_wan.py``, the
+denoising loop), so that our sampler and trainers step exactly as the pipeline does.
+
+- **Wan-2.1**: one transformer; the timestep is one number per sample.
+- **Wan2.2-TI2V-5B** (``expand_timesteps``): one transformer; every latent token gets its own
+  timestep, ``(B, F' * H' / 2 * W' / 2)``. For text-to-video they are all ``t`` (the pipeline's
+  mask is all ones: no frame is conditioned), which is what is built here.
+- **Wan2.2-A14B** (``transformer_2`` and ``boundary_ratio``): two experts of the same shape;
+  ``transformer`` serves timesteps ``t >= boundary_ratio * num_train_timesteps`` (the high-noise
+  steps) with ``guidance_scale``, ``transformer_2`` the rest with ``guidance_scale_2``.
+
+:class:`WanDenoiser` is a ``torch.nn.Module`` holding the experts, so that one accelerate
+``prepare`` wraps both (DDP or FSDP) and a LoRA on either trains through one forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["WanDenoiser"]
+
+
+class WanDenoiser(torch.nn.Module):
+    """The experts of a Wan pipeline and how a step calls them (module docstring).
+
+    Args:
+        transformer: the (high-noise) transformer.
+        transformer_2: the low-noise expert, or None.
+        boundary_timestep: the first timestep served by ``transformer`` when there are two
+            (``boundary_ratio * num_train_timesteps``); None with one expert.
+        expand_timesteps: per-token timesteps (Wan2.2-TI2V-5B).
+    """
+
+    def __init__(self, transformer: Any, transformer_2: Any = None, boundary_timestep: float | None = None, expand_timesteps: bool = False):
+        super().__init__()
+        if (transformer_2 is None) != (boundary_timestep is None):
+            raise ValueError("two experts need a boundary timestep, and a boundary needs two experts")
+        self.transformer = transformer
+        self.transformer_2 = transformer_2
+        self.boundary_timestep = None if boundary_timestep is None else float(boundary_timestep)
+        self.expand_timesteps = bool(expand_timesteps)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> "WanDenoiser":
+        """The denoiser of a diffusers ``WanPipeline`` (its config's ``boundary_ratio`` and
+        ``expand_timesteps``, its scheduler's ``num_train_timesteps``)."""
+        ratio = pipe.config.get("boundary_ratio")
+        transformer_2 = getattr(pipe, "transformer_2", None)
+        boundary = None if ratio is None or transformer_2 is None else float(ratio) * pipe.scheduler.config.num_train_timesteps
+        return cls(pipe.transformer, transformer_2 if boundary is not None else None, boundary, bool(pipe.config.get("expand_timesteps", False)))
+
+    # -- which expert, which timestep tensor --------------------------------------------------
+    @property
+    def experts(self) -> list[Any]:
+        """The transformers, high-noise first."""
+        return [self.transformer] if self.transformer_2 is None else [self.transformer, self.transformer_2]
+
+    def expert_index(self, timestep: Any) -> int:
+        """0 (``transformer``) or 1 (``transformer_2``) for the scalar ``timestep``, as the
+        pipeline chooses: ``transformer`` unless a boundary exists and ``t`` is below it."""
+        if self.boundary_timestep is None:
+            return 0
+        return 0 if float(timestep) >= self.boundary_timestep else 1
+
+    def model_timestep(self, timestep: Any, latents: torch.Tensor) -> torch.Tensor:
+        """The timestep tensor the transformer is given: ``(B,)``, or with per-token timesteps
+        ``(B, F' * H' / p_h * W' / p_w)`` all equal to ``t`` (text-to-video)."""
+        t = torch.as_tensor(timestep).to(latents.device)
+        batch = latents.shape[0]
+        if not self.expand_timesteps:
+            return t.expand(batch)
+        _, p_h, p_w = self.transformer.config.patch_size
+        frames, height, width = latents.shape[2:]
+        tokens = frames * (height // p_h) * (width // p_w)
+        mask = torch.ones((frames, height, width), dtype=torch.float32, device=latents.device)
+        per_token = (mask[:, ::p_h, ::p_w] * t).flatten()  # the pipeline's mask[0][0][:, ::2, ::2] * t
+        assert per_token.numel() == tokens
+        return per_token.unsqueeze(0).expand(batch, -1)
+
+    # -- the velocity ----------------------------------------------------------------------------
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: Any,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor | None,
+        guidance_scale: float,
+        guidance_scale_2: float | None = None,
+        dtype: Any = None,
+    ) -> torch.Tensor:
+        """The (classifier-free guided) velocity at ``timestep``, as the pipeline computes it.
+
+        Args:
+            latents: ``(B, C, F', H', W')``; timestep: a scalar tensor (the scheduler's ``t``).
+            prompt_embeds / negative_embeds: ``(B, L, D)``.
+            guidance_scale: the (high-noise) expert's scale; guidance_scale_2: the low-noise
+                expert's (None: the same, as the pipeline defaults).
+            dtype: the transformers' parameter dtype (inputs are cast to it).
+        """
+        index = self.expert_index(timestep)
+        model = self.experts[index]
+        scale = guidance_scale if index == 0 or guidance_scale_2 is None else guidance_scale_2
+        x = latents.to(dtype) if dtype is not None else latents
+        t = self.model_timestep(timestep, x)
+        velocity = model(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        if guidance_scale > 1.0:  # the pipeline guides both experts when its (first) scale is above 1
+            uncond = model(hidden_states=x, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False)[0]
+            velocity = uncond + scale * (velocity - uncond)
+        return velocity
