@@ -59,24 +59,32 @@ TINY_WAN = "tiny-random:wan"
 class GeneratorConfig:
     """The text-to-video generator and how it samples (defaults: Wan-2.1-1.3B at 480p, CaC §4.2).
 
+    The sampling settings marked "the model's" may be left unset (null): they then take the
+    generator family's own (:mod:`cac_align.gen.family`: Wan-2.1, Wan2.2-TI2V-5B, Wan2.2-A14B,
+    found from ``name``), so a recipe that names another Wan samples it as its release does.
+
     Attributes:
-        name: hub id, a local ``save_pretrained`` folder, "tiny-random:wan", or
+        name: hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, ``Wan-AI/Wan2.2-TI2V-5B-Diffusers``,
+            ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``), a local ``save_pretrained`` folder,
+            "tiny-random:wan", "tiny-random:wan22-ti2v", "tiny-random:wan22-a14b", or
             "synthetic:<synth recipe>" for the synthetic stand-in generator
             (:mod:`cac_align.gen.synthetic`: Best-of-N in miniature; the recipe sets the frame
             size, length and rate, and the keys below except ``fps`` do not apply).
         dtype: transformer and text-encoder dtype (bf16 on GPU).
         vae_dtype: VAE dtype; Wan recommends float32 for its VAE.
         device: "auto", "cpu", "cuda", "cuda:1", ...
-        height, width, num_frames: 480 x 832, 81 frames (5 s at 16 fps); ``num_frames`` must be 4k + 1.
-        num_inference_steps: 50 sampling steps.
-        guidance_scale: classifier-free guidance scale (5.0); with two experts (Wan2.2-A14B), the
-            high-noise expert's.
-        guidance_scale_2: the low-noise expert's scale (Wan2.2-A14B); None: the same as
-            ``guidance_scale``, as the pipeline defaults. Refused for a one-expert model.
+        height, width, num_frames: the model's (Wan-2.1: 480 x 832, 81 frames, 5 s at 16 fps);
+            ``num_frames`` must be 4k + 1, the sides multiples of 16 (32 for the TI2V-5B).
+        num_inference_steps: the model's (Wan-2.1: 50 sampling steps).
+        guidance_scale: classifier-free guidance scale, the model's (Wan-2.1: 5.0); with two
+            experts (Wan2.2-A14B), the high-noise expert's.
+        guidance_scale_2: the low-noise expert's scale (Wan2.2-A14B; the model's: 3.0). Refused
+            for a one-expert model.
         negative_prompt: None uses Wan's default negative prompt; "" turns it off.
-        flow_shift: None keeps the checkpoint scheduler's shift; a number overrides it
-            (Wan recommends 3.0 at 480p, 5.0 at 720p).
-        fps: frame rate the videos are written at.
+        flow_shift: the model's (Wan-2.1: the checkpoint scheduler's; Wan2.2: the release's
+            5.0 / 12.0); a number overrides it (Wan recommends 3.0 at 480p, 5.0 at 720p).
+        fps: frame rate the videos are written at and every reward reads them at: the model's
+            (16; the TI2V-5B: 24).
         max_sequence_length: text tokens the encoder sees (Wan: 512).
         lora: a LoRA folder written by `cac-align flow-grpo` (``lora/`` or a checkpoint's
             ``lora/``), loaded with diffusers' ``load_lora_weights``; None = the base model.
@@ -89,21 +97,44 @@ class GeneratorConfig:
     dtype: str = "bfloat16"
     vae_dtype: str = "float32"
     device: str = "auto"
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
-    num_inference_steps: int = 50
-    guidance_scale: float = 5.0
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     guidance_scale_2: float | None = None
     negative_prompt: str | None = None
     flow_shift: float | None = None
-    fps: float = WAN_FPS
+    fps: float | None = None
     max_sequence_length: int = 512
     lora: str | None = None
     lora_scale: float = 1.0
     anomaly_probability: float = 0.5
 
+    @classmethod
+    def unset(cls) -> "GeneratorConfig":
+        """A config whose model settings are all unset, for a job config's default: a recipe
+        section then fills them from the generator it names, not from the default's Wan-2.1
+        (``field(default_factory=GeneratorConfig.unset)``; built without ``__post_init__``)."""
+        import dataclasses
+
+        config = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            setattr(config, f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+        return config
+
     def __post_init__(self) -> None:
+        from cac_align.gen.family import family_of
+
+        # the settings left unset take the model's own (cac_align.gen.family)
+        family = family_of(self.name)
+        for key, value in family.defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.guidance_scale_2 is not None and family.experts == 1 and not self.name.startswith("synthetic:"):
+            raise ValueError(f"guidance_scale_2 is the second expert's scale (Wan2.2-A14B); {self.name} has one transformer")
+        if self.height % family.spatial_multiple or self.width % family.spatial_multiple:
+            raise ValueError(f"height and width must be multiples of {family.spatial_multiple} for {self.name}, got {self.height}x{self.width}")
         check_dtype(self.dtype, "generator.dtype")
         check_dtype(self.vae_dtype, "generator.vae_dtype")
         if not 0 <= self.anomaly_probability <= 1:

@@ -98,7 +98,7 @@ class BonConfig:
     n: int = 5
     seed: int = 0
     batch_size: int = 5
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
     offload: bool = False
     overwrite: bool = False

@@ -106,7 +106,7 @@ class DpoConfig:
 
     out_dir: str = MISSING
     pairs: list[str] = MISSING
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     lora: WanLoraSettings = field(default_factory=_localdpo_lora)
     loss: DpoLossSettings = field(default_factory=DpoLossSettings)
     steps: int = 1000

@@ -187,7 +187,7 @@ class FlowGrpoConfig:
     out_dir: str = MISSING
     prompts: str = MISSING
     eval_prompts: str | None = None
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
     lora: WanLoraSettings = field(default_factory=WanLoraSettings)
     steps: int = 120

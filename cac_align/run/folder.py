@@ -73,6 +73,11 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Fingerprints: what decides a run's outputs
 # ---------------------------------------------------------------------------------------
+# Settings added to a config after run folders of it existed, left out of the fingerprint while
+# unset (null), so that such a folder still resumes: a generator's second guidance scale (Wan2.2-A14B).
+LATER_NULL_KEYS = ("generator.guidance_scale_2",)
+
+
 def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
     """The config as a plain dict, less its run-only (dotted) keys: what a run folder saves and
     compares on restart (with :func:`differing_keys` for the message). A key under a section
@@ -80,6 +85,13 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    for dotted in LATER_NULL_KEYS:  # added later: unset, a run folder of before them still matches
+        *parents, leaf = dotted.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf, 0) is None:
+            node.pop(leaf)
     for dotted in run_only_keys:
         node = data
         *parents, leaf = dotted.split(".")

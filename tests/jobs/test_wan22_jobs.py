@@ -1,0 +1,71 @@
+"""Wan2.2 in the generator jobs, offline on the tiny pipelines of its two layouts
+(tiny-random:wan22-ti2v, tiny-random:wan22-a14b): found by name or from a saved folder, sampled
+with the model's own settings (cac_align.gen.family), Best-of-N from the shipped tiny recipes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cac_align.cli import main
+from cac_align.config import RecipeError, load_config
+from cac_align.gen.family import family_of
+from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
+from cac_align.gen.wan import GeneratorConfig, build_generator, generate_videos
+from cac_align.jobs.best_of_n import BonConfig, frames_sha256
+from cac_align.video import load_video
+from conftest import REPO_ROOT
+
+BUILDERS = {"ti2v": build_tiny_wan22_ti2v_pipeline, "a14b": build_tiny_wan22_a14b_pipeline}
+
+
+def test_a_generators_unset_settings_are_its_models_own():
+    # the release's settings (Wan2.2 wan/configs/wan_ti2v_5B.py, wan_t2v_A14B.py), Wan-2.1's as before
+    ti2v = GeneratorConfig(name="Wan-AI/Wan2.2-TI2V-5B-Diffusers")
+    assert (ti2v.height, ti2v.width, ti2v.num_frames, ti2v.fps, ti2v.num_inference_steps, ti2v.guidance_scale, ti2v.flow_shift) == (704, 1280, 121, 24.0, 50, 5.0, 5.0)
+    a14b = GeneratorConfig(name="Wan-AI/Wan2.2-T2V-A14B-Diffusers")
+    assert (a14b.height, a14b.width, a14b.num_frames, a14b.fps, a14b.num_inference_steps) == (720, 1280, 81, 16.0, 40)
+    assert (a14b.guidance_scale, a14b.guidance_scale_2, a14b.flow_shift) == (4.0, 3.0, 12.0)
+    wan21 = GeneratorConfig()
+    assert (wan21.height, wan21.width, wan21.num_frames, wan21.fps, wan21.guidance_scale, wan21.flow_shift) == (480, 832, 81, 16.0, 5.0, None)
+    assert GeneratorConfig(name="Wan-AI/Wan2.2-TI2V-5B-Diffusers", fps=30.0, height=480, width=832 // 32 * 32).fps == 30.0  # set: yours
+    # a recipe section naming Wan2.2 gets Wan2.2's settings, not the job default's Wan-2.1
+    config = load_config(BonConfig, None, ["out_dir=x", "prompts=p.txt", "generator.name=Wan-AI/Wan2.2-TI2V-5B-Diffusers"], job="bon")
+    assert (config.generator.height, config.generator.width, config.generator.fps) == (704, 1280, 24.0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        GeneratorConfig(name="tiny-random:wan22-ti2v", height=48, width=48)  # 16x VAE x 2x2 patches
+    with pytest.raises(ValueError, match="guidance_scale_2 is the second expert's scale"):
+        GeneratorConfig(name="tiny-random:wan22-ti2v", guidance_scale_2=3.0)
+
+
+@pytest.mark.parametrize("layout", list(BUILDERS))
+def test_a_saved_wan22_loads_by_path_as_its_family_and_samples_alike(layout, tmp_path):
+    pipe = BUILDERS[layout](seed=0)
+    pipe.save_pretrained(str(tmp_path / "model"))
+    assert family_of(str(tmp_path / "model")).name == f"wan2.2-{layout}"  # from its model_index.json
+    side = 64 if layout == "ti2v" else 32
+    common = dict(dtype="float32", vae_dtype="float32", device="cpu", height=side, width=side, num_frames=9, num_inference_steps=3, negative_prompt="")
+    loaded = build_generator(GeneratorConfig(name=str(tmp_path / "model"), **common))
+    assert (loaded.transformer_2 is not None) == (layout == "a14b") and loaded.config.expand_timesteps == (layout == "ti2v")
+    config = GeneratorConfig(name=f"tiny-random:wan22-{layout}", **common)
+    saved = generate_videos(loaded, GeneratorConfig(name=str(tmp_path / "model"), **common), ["a red ball"], [3])
+    built = generate_videos(build_generator(config), config, ["a red ball"], [3])
+    assert saved.shape == (1, 9, side, side, 3) and np.array_equal(saved, built)
+
+
+@pytest.mark.parametrize("layout", list(BUILDERS))
+def test_best_of_n_on_the_tiny_wan22_recipe(layout, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = REPO_ROOT / f"recipes/align/bon_tiny_wan22_{layout}.yaml"
+    assert main(["bon", "--config", str(recipe), "--out", "run"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run/candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["valid"] for r in rows) and sum(r["chosen"] for r in rows) == 2
+    video = load_video(str(tmp_path / "run" / rows[0]["video"]))
+    # written at the model's own fps (the TI2V-5B's 24; the A14B's 16), which the rewards read
+    assert video.fps == (24.0 if layout == "ti2v" else 16.0) and video.frames.shape[0] == 9
+    # each candidate is the pipeline's own video for its seed (the A14B: both experts, their two scales)
+    config = load_config(BonConfig, recipe, ["out_dir=x"], job="bon").generator
+    pair = generate_videos(build_generator(config), config, [rows[0]["prompt"]] * 2, [rows[0]["seed"], rows[1]["seed"]])  # as batched
+    assert [frames_sha256(v) for v in pair] == [rows[0]["frames_sha256"], rows[1]["frames_sha256"]]  # the frames before H.264
