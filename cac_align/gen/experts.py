@@ -81,6 +81,23 @@ class WanDenoiser(torch.nn.Module):
         assert per_token.numel() == tokens
         return per_token.unsqueeze(0).expand(batch, -1)
 
+    # -- LoRA ----------------------------------------------------------------------------------
+    def trained_experts(self) -> list[int]:
+        """The experts with trainable parameters (a LoRA), by index."""
+        return [i for i, expert in enumerate(self.experts) if any(p.requires_grad for p in expert.parameters())]
+
+    def _adapted(self) -> list[Any]:
+        return [expert for expert in self.experts if getattr(expert, "_hf_peft_config_loaded", False)]
+
+    def disable_adapters(self) -> None:
+        """Every expert's LoRA off: the reference policy (the base model)."""
+        for expert in self._adapted():
+            expert.disable_adapters()
+
+    def enable_adapters(self) -> None:
+        for expert in self._adapted():
+            expert.enable_adapters()
+
     # -- the velocity ----------------------------------------------------------------------------
     def forward(
         self,

@@ -19,7 +19,10 @@ from cac_align.gen.wan import save_lora
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["WanLoraSettings", "adapters_disabled", "add_lora", "register_lora_checkpoint", "trainable", "trainable_state"]
+__all__ = ["LORA_EXPERTS", "WanLoraSettings", "adapters_disabled", "add_lora", "add_expert_loras", "register_lora_checkpoint", "save_expert_loras",
+           "trainable", "trainable_state"]
+
+LORA_EXPERTS = ("high", "low", "both")
 
 
 @dataclass
@@ -33,12 +36,25 @@ class WanLoraSettings:
             projections of both self- and cross-attention of every block.
         init: peft ``init_lora_weights`` ("gaussian" as Flow-GRPO, or true for peft's default);
             either way B = 0, so the adapter starts as the identity.
+        experts: which transformer of a two-expert model (Wan2.2-A14B) gets the LoRA: "high"
+            (the high-noise expert, ``transformer``; default), "low" (``transformer_2``) or
+            "both"; a one-transformer model takes "high". Only the sampling steps an adapted
+            expert serves are trained (the others' gradients are zero). The default is what the
+            trainers that run Wan2.2-A14B do: Flow-Factory's A14B recipes train ``transformer``
+            alone (their full and NFT recipes; their GRPO LoRA recipe adapts both but trains only
+            SDE steps 1-3 of 10, all high-noise), miles_diffusion loads and trains ``transformer``
+            alone on high-noise steps, and verl-omni's trainer calls ``transformer`` only.
     """
 
     rank: int = 32
     alpha: float = 64.0
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     init: str = "gaussian"
+    experts: str = "high"
+
+    def __post_init__(self) -> None:
+        if self.experts not in LORA_EXPERTS:
+            raise ValueError(f"lora.experts must be one of {LORA_EXPERTS}, got {self.experts!r}")
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -63,6 +79,34 @@ def add_lora(transformer: torch.nn.Module, settings: WanLoraSettings, seed: int)
             param.data = param.data.float()
 
 
+def add_expert_loras(denoiser: Any, settings: WanLoraSettings, seed: int) -> list[int]:
+    """Add the trained LoRA to the experts ``settings.experts`` names
+    (:class:`~cac_align.gen.experts.WanDenoiser`); every other parameter frozen. Returns the
+    adapted experts' indices. Expert ``i``'s LoRA A is drawn with seed ``seed + i`` (a Wan-2.1
+    run's LoRA is drawn as it always was)."""
+    wanted = {"high": [0], "low": [1], "both": [0, 1]}[settings.experts]
+    if max(wanted) >= len(denoiser.experts):
+        raise RecipeError(f"lora.experts={settings.experts!r}: this generator has one transformer (only 'high' adapts it)")
+    for index, expert in enumerate(denoiser.experts):
+        if index in wanted:
+            add_lora(expert, settings, seed + index)
+        else:
+            expert.requires_grad_(False)
+    return wanted
+
+
+def save_expert_loras(denoiser: Any, folder: Any) -> None:
+    """Each adapted expert's LoRA in ``folder`` as diffusers' LoRA files: the high-noise expert's
+    as ``pytorch_lora_weights.safetensors``, the low-noise one's as
+    ``pytorch_lora_weights_transformer_2.safetensors`` (diffusers loads it with
+    ``load_lora_weights(folder, weight_name=..., load_into_transformer_2=True)``;
+    :func:`cac_align.gen.wan.load_lora` loads both)."""
+    from cac_align.gen.wan import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
+
+    for index in denoiser.trained_experts():
+        save_lora(denoiser.experts[index], folder, weight_name=LORA_WEIGHT_NAME if index == 0 else LORA_WEIGHT_NAME_2)
+
+
 @contextlib.contextmanager
 def adapters_disabled(model: torch.nn.Module):
     """The reference policy: the same transformer with its LoRA turned off."""
@@ -84,7 +128,10 @@ def register_lora_checkpoint(acc: Accelerator, model: torch.nn.Module, ema: dict
     def save(models: list, weights: list, folder: str) -> None:
         weights[0] = trainable_state(model)  # written (by the main process) as model.safetensors
         if acc.is_main_process:
-            save_lora(model, Path(folder) / "lora")
+            if hasattr(model, "trained_experts"):
+                save_expert_loras(model, Path(folder) / "lora")
+            else:
+                save_lora(model, Path(folder) / "lora")
             if ema is not None:
                 save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(Path(folder) / "ema.safetensors"))
 
@@ -93,16 +140,25 @@ def register_lora_checkpoint(acc: Accelerator, model: torch.nn.Module, ema: dict
         path = Path(folder) / "model.safetensors"
         if not path.is_file():
             raise RecipeError(f"{folder}: no model.safetensors; a checkpoint of an earlier cac_align (trainable.safetensors) cannot be resumed")
-        saved, params = load_file(str(path)), trainable(model)
+        saved, params = _named_as(load_file(str(path)), trainable(model)), trainable(model)
         if set(saved) != set(params):
             raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value.to(params[name].dtype))
             if ema is not None:
-                saved_ema = load_file(str(Path(folder) / "ema.safetensors"))
+                saved_ema = _named_as(load_file(str(Path(folder) / "ema.safetensors")), ema)
                 for name in ema:
                     ema[name].copy_(saved_ema[name])
 
     acc.register_save_state_pre_hook(save)
     acc.register_load_state_pre_hook(load)
+
+
+def _named_as(saved: dict[str, torch.Tensor], names: Any) -> dict[str, torch.Tensor]:
+    """A checkpoint's LoRA tensors under this run's names: a Wan-2.1 checkpoint written before the
+    experts were wrapped (``blocks.0...``) resumes a run whose names say ``transformer.blocks.0...``."""
+    if set(saved) <= set(names):
+        return saved
+    prefixed = {f"transformer.{k}": v for k, v in saved.items()}
+    return prefixed if set(prefixed) <= set(names) else saved

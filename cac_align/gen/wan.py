@@ -189,7 +189,7 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
     if config.name.startswith(PREFIX):
         return load_synthetic_generator(config.name, config.anomaly_probability, key=f"{key}.name")
     device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
-    if config.lora is not None and not (Path(config.lora) / LORA_WEIGHT_NAME).is_file():
+    if config.lora is not None and not any((Path(config.lora) / name).is_file() for name in (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2)):
         raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
     if config.name in TINY_WAN_BUILDERS:
         pipe = TINY_WAN_BUILDERS[config.name](seed=0).to(device)
@@ -212,6 +212,7 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
 
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+LORA_WEIGHT_NAME_2 = "pytorch_lora_weights_transformer_2.safetensors"  # a two-expert model's low-noise LoRA
 
 
 def _no_lora(path: str, key: str) -> str:
@@ -222,18 +223,26 @@ def _no_lora(path: str, key: str) -> str:
 
 
 def load_lora(pipe: Any, path: str, scale: float = 1.0, key: str = "generator.lora") -> None:
-    """Load a LoRA saved by :func:`save_lora` (diffusers' LoRA format) into ``pipe``'s transformer."""
+    """Load a LoRA folder written by a trainer (diffusers' LoRA format) into ``pipe``: its
+    ``pytorch_lora_weights.safetensors`` into ``transformer`` and, for a two-expert model, its
+    ``pytorch_lora_weights_transformer_2.safetensors`` into ``transformer_2``."""
     from pathlib import Path
 
     folder = Path(path)
-    if not (folder / LORA_WEIGHT_NAME).is_file():
+    high, low = (folder / LORA_WEIGHT_NAME).is_file(), (folder / LORA_WEIGHT_NAME_2).is_file()
+    if not (high or low):
         raise RecipeError(_no_lora(path, key))
-    pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
+    if low and getattr(pipe, "transformer_2", None) is None:
+        raise RecipeError(f"{key}={path!r}: holds a LoRA of a second expert ({LORA_WEIGHT_NAME_2}), and this generator has one transformer")
+    if high:
+        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
+    if low:
+        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME_2, adapter_name="default", load_into_transformer_2=True)
     if scale != 1.0:
         pipe.set_adapters(["default"], adapter_weights=[scale])
 
 
-def save_lora(transformer: Any, folder: Any) -> None:
+def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME) -> None:
     """Write ``transformer``'s peft LoRA as diffusers' LoRA file (what :func:`load_lora` reads)."""
     from diffusers import WanPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -247,11 +256,11 @@ def save_lora(transformer: Any, folder: Any) -> None:
     WanPipeline.save_lora_weights(
         str(folder),
         transformer_lora_layers=state,
-        weight_name=LORA_WEIGHT_NAME,
+        weight_name=weight_name,
         safe_serialization=True,
         transformer_lora_adapter_metadata=metadata,
     )
-    _canonical_header(Path(folder) / LORA_WEIGHT_NAME)
+    _canonical_header(Path(folder) / weight_name)
     share_modes(folder)  # safetensors writes 0600 files
 
 

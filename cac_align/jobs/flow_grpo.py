@@ -57,13 +57,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from omegaconf import MISSING, OmegaConf
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.credit import LocalizeSettings, credit_maps
-from cac_align.gen.lora import WanLoraSettings, adapters_disabled, add_lora, register_lora_checkpoint, trainable
+from cac_align.gen.experts import WanDenoiser
+from cac_align.gen.family import family_of
+from cac_align.gen.lora import WanLoraSettings, adapters_disabled, add_expert_loras, add_lora, register_lora_checkpoint, save_expert_loras, trainable
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss, flow_sigmas
 from cac_align.run.folder import run_fingerprint
 from cac_align.gen.wan import (
@@ -73,7 +75,6 @@ from cac_align.gen.wan import (
     encode_prompts,
     predict_velocity,
     sample_with_log_probs,
-    save_lora,
     scheduler_shift,
 )
 from cac_align.run.input_files import read_prompts, slug
@@ -439,11 +440,14 @@ class _Trainer:
         self.out = Path(config.out_dir)
         self.prompts = read_prompts(config.prompts)
         self.eval_prompts = read_prompts(config.eval_prompts) if config.eval_prompts else []
+        # a backward runs through one expert: with a LoRA on both, the other's parameters are unused in it
+        both = config.lora.experts == "both" and family_of(config.generator.name).experts == 2
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
             log_with=list(trackers_for(config.log_with)) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if both else None,
         )
         acc = self.accelerator
         self.plan = plan_step(config, acc.num_processes, acc.process_index)
@@ -454,26 +458,30 @@ class _Trainer:
         found = checkpoints(self.out) if run_folder.resuming else []
         resume_from = found[-1] if found else None
 
-        # 1. generator with a LoRA on its transformer; text encoder and VAE stay frozen
+        # 1. generator with a LoRA on its transformer (a two-expert model's: on lora.experts);
+        #    text encoder, VAE and every expert without a LoRA stay frozen
         if self.pipe is None:
             self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
         pipe = self.pipe
         pipe.text_encoder.requires_grad_(False)
         pipe.vae.requires_grad_(False)
-        transformer = pipe.transformer
-        add_lora(transformer, config.lora, config.seed)
+        denoiser = WanDenoiser.from_pipeline(pipe)  # the expert serving each timestep, as the pipeline picks it
+        add_expert_loras(denoiser, config.lora, config.seed)
         if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
+            for expert in denoiser.experts:
+                expert.enable_gradient_checkpointing()
+        self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
         optimizer = torch.optim.AdamW(
-            list(trainable(transformer).values()),
+            list(trainable(denoiser).values()),
             lr=config.learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
         )
-        self.model, self.optimizer = acc.prepare(transformer, optimizer)
+        self.model, self.optimizer = acc.prepare(denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
+        # the sampling steps an adapted expert serves: the only ones whose loss has a gradient
+        self.trainable_steps = [j for j, t in enumerate(self.timesteps_for(pipe)) if denoiser.expert_index(t) in denoiser.trained_experts()]
         self.ema = (
             {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()}
             if config.ema_decay is not None
@@ -485,7 +493,7 @@ class _Trainer:
         if self.reward is None:
             self.reward = build_reward(config.reward, "reward")
         self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") for label, section in config.eval_rewards.items()}
-        self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
+        self.sigmas, self.timesteps = self.schedule(pipe)
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
             run_folder.start()  # with overwrite: the old run's outputs go now, and only those
@@ -506,6 +514,14 @@ class _Trainer:
         self.watched = self._watch_history()
         start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
         acc.wait_for_everyone()
+
+    def schedule(self, pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampling schedule (sigmas, timesteps) of the generator's steps and shift."""
+        g = self.config.generator
+        return flow_sigmas(g.num_inference_steps, scheduler_shift(pipe, g.flow_shift))
+
+    def timesteps_for(self, pipe: Any) -> torch.Tensor:
+        return self.schedule(pipe)[1]
 
     # -- the loop ----------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -713,13 +729,13 @@ class _Trainer:
         old_maps = torch.cat([t.log_prob_maps for t in trajectories]) if credit is not None else None
         timesteps = self.timesteps.to(device)
         transitions = SDESchedule(self.sigmas.to(device), config.noise_level, config.noise_schedule)
-        steps_trained = trained_timesteps(len(timesteps), config.timestep_fraction, step, config.seed)
+        steps_trained = [self.trainable_steps[k] for k in trained_timesteps(len(self.trainable_steps), config.timestep_fraction, step, config.seed)]
         micro = [(lo, min(lo + config.train_batch_size, len(latents))) for lo in range(0, len(latents), config.train_batch_size)]
         # updates_per_step contiguous chunks of micro-batches, one AdamW update each; after the
         # first, the policy is slightly off the rollout policy and the PPO clip starts to act
         chunks = [list(part) for part in np.array_split(np.arange(len(micro)), config.updates_per_step)]
         clip = (config.clip_range, config.clip_range if config.clip_range_high is None else config.clip_range_high)
-        guidance = config.generator.guidance_scale
+        guidance, guidance_2 = config.generator.guidance_scale, config.generator.guidance_scale_2
         sums: dict[str, float] = {}
         grad_norms: list[float] = []
         count = 0
@@ -739,14 +755,14 @@ class _Trainer:
                     sync = acc.no_sync(self.model) if backwards < chunk_total else contextlib.nullcontext()
                     with sync:
                         with acc.autocast():
-                            velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype)
+                            velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype, guidance_2)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
                         localized = {} if credit is None else self._position_terms(
                             policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi], None if hold is None else hold[lo:hi], x.shape[1])
                         ref_mean = None
                         if config.beta > 0 or hold is not None:
                             with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
-                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype)
+                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype, guidance_2)
                             ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
@@ -848,7 +864,7 @@ class _Trainer:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
             with _ema_weights(self.unwrapped, self.ema):
-                save_lora(self.unwrapped, target)
+                save_expert_loras(self.unwrapped, target)
         self.pool.shutdown(wait=True)
         end_trackers(acc)
 

@@ -73,9 +73,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Fingerprints: what decides a run's outputs
 # ---------------------------------------------------------------------------------------
-# Settings added to a config after run folders of it existed, left out of the fingerprint while
-# unset (null), so that such a folder still resumes: a generator's second guidance scale (Wan2.2-A14B).
-LATER_NULL_KEYS = ("generator.guidance_scale_2",)
+# Settings added to a config after run folders of it existed, left out of the fingerprint while at
+# their defaults, so that such a folder still resumes: a generator's second guidance scale and the
+# LoRA's experts (Wan2.2-A14B).
+LATER_DEFAULTS = {"generator.guidance_scale_2": None, "lora.experts": "high"}
 
 
 def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
@@ -85,12 +86,12 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
     from omegaconf import OmegaConf
 
     data = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    for dotted in LATER_NULL_KEYS:  # added later: unset, a run folder of before them still matches
+    for dotted, default in LATER_DEFAULTS.items():  # added later: at their defaults, a run folder of before them still matches
         *parents, leaf = dotted.split(".")
         node = data
         for parent in parents:
             node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(leaf, 0) is None:
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
             node.pop(leaf)
     for dotted in run_only_keys:
         node = data

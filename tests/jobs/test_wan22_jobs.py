@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
@@ -69,3 +70,84 @@ def test_best_of_n_on_the_tiny_wan22_recipe(layout, tmp_path, monkeypatch):
     config = load_config(BonConfig, recipe, ["out_dir=x"], job="bon").generator
     pair = generate_videos(build_generator(config), config, [rows[0]["prompt"]] * 2, [rows[0]["seed"], rows[1]["seed"]])  # as batched
     assert [frames_sha256(v) for v in pair] == [rows[0]["frames_sha256"], rows[1]["frames_sha256"]]  # the frames before H.264
+
+
+# ---------------------------------------------------------------------------------------
+# Flow-GRPO on the tiny Wan2.2 recipes
+# ---------------------------------------------------------------------------------------
+def _flow(layout: str, out, *overrides):
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+
+    recipe = REPO_ROOT / f"recipes/align/flow_grpo_tiny_wan22_{layout}.yaml"
+    return load_config(FlowGrpoConfig, recipe, [f"out_dir={out}", "log_with=none", "eval_every=0", *overrides], job="flow-grpo")
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(module):
+    """The base weights by their names before a LoRA wrapped their layers (peft's ``base_layer``)."""
+    return {n.replace(".base_layer", ""): p.detach().clone() for n, p in module.named_parameters() if "lora_" not in n}
+
+
+@pytest.mark.parametrize("layout, experts, trained_steps", [
+    ("ti2v", "high", 4),  # one transformer: every step (per-token timesteps)
+    ("a14b", "high", 2),  # the high-noise expert's steps: t = 1000, 960.7 >= 875 (shift 12, 4 steps)
+    ("a14b", "low", 2),   # the low-noise expert's: t = 861.4, 126.0
+    ("a14b", "both", 4),
+])
+def test_flow_grpo_trains_the_adapted_experts_only(layout, experts, trained_steps, tmp_path):
+    from cac_align.gen.wan import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
+    from cac_align.jobs.flow_grpo import run
+
+    pipe = BUILDERS[layout](seed=0)
+    base = {name: _weights(expert) for name, expert in (("high", pipe.transformer), ("low", getattr(pipe, "transformer_2", None))) if expert is not None}
+    out = tmp_path / "run"
+    run(_flow(layout, out, "steps=2", "checkpoint_every=0", f"lora.experts={experts}"), pipe=pipe)
+    rows = _metrics(out)
+    assert [r["train/timesteps"] for r in rows] == [trained_steps] * 2 and all(r["train/grad_norm"] > 0 for r in rows)
+    adapted = {"high": {"high"}, "low": {"low"}, "both": {"high", "low"}}[experts]
+    for name, expert in (("high", pipe.transformer), ("low", getattr(pipe, "transformer_2", None))):
+        if expert is None:
+            continue
+        lora = {n: p for n, p in expert.named_parameters() if "lora_B" in n}
+        if name in adapted:  # its LoRA trained (B starts at 0), its base weights frozen
+            assert lora and any(int(torch.count_nonzero(p)) for p in lora.values()), name
+        else:  # no LoRA at all: the expert is bit for bit the base model
+            assert not lora, name
+        after = _weights(expert)
+        assert set(after) == set(base[name]) and all(torch.equal(after[n], base[name][n]) for n in base[name]), name
+    files = sorted(p.name for p in (out / "lora").iterdir() if p.suffix == ".safetensors")
+    assert files == sorted({"high": [LORA_WEIGHT_NAME], "low": [LORA_WEIGHT_NAME_2], "both": [LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2]}[experts])
+    # the LoRA loads where a generator's LoRA goes, into the experts it was trained on
+    side = 64 if layout == "ti2v" else 32
+    loaded = build_generator(GeneratorConfig(name=f"tiny-random:wan22-{layout}", dtype="float32", device="cpu", height=side, width=side,
+                                             num_frames=9, num_inference_steps=4, lora=str(out / "lora")))
+    for name, expert in (("high", loaded.transformer), ("low", getattr(loaded, "transformer_2", None))):
+        if expert is not None:
+            assert any("lora" in n for n, _ in expert.named_parameters()) == (name in adapted), name
+
+
+def test_a_one_transformer_model_refuses_a_second_experts_lora(tmp_path):
+    from cac_align.jobs.flow_grpo import run
+
+    with pytest.raises(RecipeError, match="lora.experts='low': this generator has one transformer"):
+        run(_flow("ti2v", tmp_path / "run", "steps=1", "lora.experts=low"))
+
+
+@pytest.mark.parametrize("layout", list(BUILDERS))
+def test_flow_grpo_resumes_exactly(layout, tmp_path):
+    """2 steps, then resume=true to 3 == a straight 3-step run: the LoRA files and every logged
+    training number, as for Wan-2.1."""
+    from cac_align.jobs.flow_grpo import run
+
+    run(_flow(layout, tmp_path / "straight", "steps=3", "checkpoint_every=2"))
+    run(_flow(layout, tmp_path / "resumed", "steps=2", "checkpoint_every=2"))
+    run(_flow(layout, tmp_path / "resumed", "steps=3", "checkpoint_every=2", "resume=true"))
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
+    keys = [k for k in straight[-1] if k.startswith(("train/", "reward/"))]
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    for name in (p.name for p in (tmp_path / "straight/lora").iterdir() if p.suffix == ".safetensors"):
+        assert (tmp_path / "straight/lora" / name).read_bytes() == (tmp_path / "resumed/lora" / name).read_bytes()
