@@ -151,3 +151,44 @@ def test_flow_grpo_resumes_exactly(layout, tmp_path):
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
     for name in (p.name for p in (tmp_path / "straight/lora").iterdir() if p.suffix == ".safetensors"):
         assert (tmp_path / "straight/lora" / name).read_bytes() == (tmp_path / "resumed/lora" / name).read_bytes()
+
+
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
+@pytest.mark.parametrize("layout, experts", [("ti2v", "high"), ("a14b", "both")])
+def test_two_processes_train_as_one(layout, experts, tmp_path):
+    """One step on two gloo processes (`accelerate launch`): both ranks hold the LoRA one process
+    trains, and log its losses. The A14B with a LoRA on both experts: each backward runs through
+    one expert, so the other's LoRA is an unused parameter in it (DDP's find_unused_parameters)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from cac_align.jobs.flow_grpo import run
+
+    pipe = BUILDERS[layout](seed=0)
+    run(_flow(layout, tmp_path / "one", "steps=1", "checkpoint_every=0", f"lora.experts={experts}"), pipe=pipe)
+    experts_of = [("transformer", pipe.transformer), ("transformer_2", getattr(pipe, "transformer_2", None))]
+    one = {f"{name}.{n}": p.detach() for name, e in experts_of if e is not None for n, p in e.named_parameters() if p.requires_grad}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29549",
+               str(REPO_ROOT / "tests/wan22_two_process.py"), layout, str(tmp_path / "two"), f"lora.experts={experts}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}
+    rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
+    assert set(rank0) == set(rank1) == set(one) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
+    trained = {n.split(".")[0] for n, v in rank0.items() if "lora_B" in n and torch.count_nonzero(v)}
+    assert trained == ({"transformer", "transformer_2"} if experts == "both" else {"transformer"})
+    # Adam's first update is about lr * g / (|g| + eps) per weight (lr 1e-3): a weight whose
+    # gradient is near eps moves by an amount the split's rounding changes; 1e-5 is 1% of a step,
+    # a hundredth of what a wrong update would be off by
+    for name, value in one.items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5)
+    (row_two,), (row_one,) = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    assert row_two["train/timesteps"] == row_one["train/timesteps"]
+    for key in ("reward/mean", "train/kl"):
+        assert row_two[key] == pytest.approx(row_one[key], rel=1e-4, abs=1e-9), key
+    assert row_two["train/grad_norm"] == pytest.approx(row_one["train/grad_norm"], rel=1e-3)
