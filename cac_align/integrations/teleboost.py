@@ -46,7 +46,8 @@ large judge with ``cac-align serve`` and ``backend: openai`` sections), ``max_ba
   combined reward) and whose advantage has the sign ``apply_to`` names (``negative``: it scored
   below its group's mean) gets its region's map on their latent grid, computed as our Flow-GRPO
   computes it (:func:`cac_align.gen.credit.credit_maps` with ``estimator: vipo``: Wan's causal VAE
-  frame grouping, 8x8 pixels per latent, 1x2x2 patches, then ViPO's per-frame and per-video
+  frame grouping, 8x8 pixels per latent (16x16 on a Wan2.2-TI2V-5B grid, read off their map's
+  shape), 1x2x2 patches, then ViPO's per-frame and per-video
   min-max, so values in [0, 1]); it is written into ``pixel_weight_maps`` in place, where ViPO
   reads it. ``combine: replace`` (default) puts ours in place of their saliency map on those
   samples; ``multiply`` keeps their saliency inside our region (``M_theirs * M_ours``, min-max
@@ -195,6 +196,9 @@ def group_centered(scores: np.ndarray, groups: Sequence[Any]) -> np.ndarray:
     return out
 
 
+WAN_SPATIAL = (8, 16)  # pixels per latent of Wan's VAEs: Wan-2.1 and Wan2.2-A14B, Wan2.2-TI2V-5B
+
+
 def evidence_maps(details: Sequence[Mapping[str, Any]], valid: Sequence[bool], centered: np.ndarray, theirs: np.ndarray, fps: float,
                   num_frames: int, height: int, width: int, settings: MapSettings, patch: Sequence[int] = (1, 2, 2)) -> tuple[np.ndarray, Any]:
     """ViPO's ``pixel_weight_maps`` with our evidence in them (module docstring).
@@ -213,16 +217,21 @@ def evidence_maps(details: Sequence[Mapping[str, Any]], valid: Sequence[bool], c
         others were not).
 
     Raises:
-        ValueError: their latent grid is not Wan-2.1's for these videos.
+        ValueError: their latent grid is no Wan VAE's for these videos.
     """
-    expected = ((num_frames - 1) // 4 + 1, height // 8, width // 8)
-    if tuple(theirs.shape[1:]) != expected:
+    # Their grid says which VAE made it: 4 frames and 8 pixels a latent (Wan-2.1, Wan2.2-A14B) or
+    # 16 (Wan2.2-TI2V-5B's VAE, with its 2 x 2 patchify): the map goes on that grid.
+    grids = {spatial: ((num_frames - 1) // 4 + 1, height // spatial, width // spatial) for spatial in WAN_SPATIAL
+             if height % spatial == 0 and width % spatial == 0}
+    spatial = next((sp for sp, grid in grids.items() if grid == tuple(theirs.shape[1:])), None)
+    if spatial is None:
+        expected = " or ".join(f"{grid} ({sp} pixels per latent)" for sp, grid in grids.items()) or "no Wan grid"
         raise ValueError(
             f"teleboost localize: pixel_weight_maps has the latent grid {tuple(theirs.shape[1:])}, but {num_frames} frames of "
-            f"{height}x{width} give {expected} on Wan-2.1's VAE (4 frames, 8 pixels per latent)"
+            f"{height}x{width} give {expected} on a Wan VAE (4 frames a latent; Wan-2.1 and Wan2.2-A14B: 8 pixels, Wan2.2-TI2V-5B: 16)"
         )
     credit = credit_maps(details, valid, centered, settings.credit(), num_frames=num_frames, fps=fps, height=height, width=width,
-                         temporal=4, spatial=8, patch=patch)
+                         temporal=4, spatial=spatial, patch=patch)
     maps = np.array(theirs, dtype=np.float32, copy=True)
     if settings.others == "uniform":
         maps[~credit.localized] = 1.0

@@ -189,5 +189,21 @@ def test_missing_or_malformed_evidence_keeps_the_map_and_never_crashes():
                                            teleboost.MapSettings(enabled=True))
     assert not credit.localized.any() and credit.missing.tolist() == [True, True, False, True]
     assert np.array_equal(maps, before.numpy())
-    with pytest.raises(ValueError, match=r"latent grid \(3, 4, 5\), but 9 frames of 32x48 give \(3, 4, 6\)"):
+    with pytest.raises(ValueError, match=r"latent grid \(3, 4, 5\), but 9 frames of 32x48 give \(3, 4, 6\) \(8 pixels per latent\) or \(3, 2, 3\) \(16"):
         teleboost.evidence_maps(details, [True] * 4, np.zeros(4), np.zeros((4, 3, 4, 5), np.float32), 16.0, F, H, W, teleboost.MapSettings(enabled=True))
+
+
+def test_on_a_wan22_ti2v_grid_the_map_is_written_on_that_grid():
+    """A TeleBoost run of Wan2.2-TI2V-5B: its VAE puts 16 x 16 pixels in a latent, so 9 frames of
+    64 x 96 are a (3, 4, 6) grid (not Wan-2.1's (3, 8, 12)). By hand: the window [0.25, 0.5) s at
+    16 fps is frames 4 .. 7 -> latent frames 1 (1 .. 4) and 2 (5 .. 8); the top-left quarter (y 0 .. 32,
+    x 0 .. 48 px) touches latent rows 0 .. 1 and columns 0 .. 2, and with hard edges every 2 x 2
+    patch it touches: rows 0 .. 1, columns 0 .. 3."""
+    details = [{"status": "abnormal", "window_s": [0.25, 0.5], "boxes": [{"time_s": t / 16, "boxes": [[0, 0, 500, 500]]} for t in range(4, 8)]}]
+    theirs = np.full((1, 3, 4, 6), 0.5, dtype=np.float32)
+    maps, credit = teleboost.evidence_maps(details, [True], np.array([-1.0]), theirs, 16.0, 9, 64, 96,
+                                           teleboost.MapSettings(enabled=True, dilate=0))
+    assert maps.shape == (1, 3, 4, 6) and credit.localized.tolist() == [True]
+    inside = maps[0] > 0
+    assert np.flatnonzero(inside.any(axis=(1, 2))).tolist() == [1, 2]
+    assert np.flatnonzero(inside[1].any(axis=1)).tolist() == [0, 1] and np.flatnonzero(inside[1].any(axis=0)).tolist() == [0, 1, 2, 3]

@@ -192,3 +192,60 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
     for key in ("reward/mean", "train/kl"):
         assert row_two[key] == pytest.approx(row_one[key], rel=1e-4, abs=1e-9), key
     assert row_two["train/grad_norm"] == pytest.approx(row_one["train/grad_norm"], rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# Localized credit on the TI2V-5B's latent grid (4 x 16 x 16 compression)
+# ---------------------------------------------------------------------------------------
+def test_the_localized_map_on_the_ti2v_grid_by_hand():
+    from cac_align.gen.credit import wan_coverage
+    from cac_align.regions import Evidence, region_from_evidence
+
+    pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
+    grid = dict(temporal=pipe.vae_scale_factor_temporal, spatial=pipe.vae_scale_factor_spatial, patch=tuple(pipe.transformer.config.patch_size))
+    assert grid == {"temporal": 4, "spatial": 16, "patch": (1, 2, 2)}  # the 5B's VAE and patches, read off the pipeline
+    # the 5B's own video (121 frames at 24 fps, 704 x 1280), window [1.0, 2.0) s, box [0, 0, 500, 500]
+    region = region_from_evidence(Evidence((1.0, 2.0), ((1.5, ((0.0, 0.0, 500.0, 500.0),)),)), num_frames=121, fps=24.0, height=704, width=1280)
+    cover = wan_coverage(region, **grid)
+    # (121 - 1) / 4 + 1 = 31 latent frames of 704 / 16 = 44 x 1280 / 16 = 80
+    assert cover.shape == (31, 44, 80)
+    # frame i at i / 24 s: [1.0, 2.0) is frames 24 .. 47; latent k >= 1 holds frames 4k - 3 .. 4k:
+    # k = 6 (21 .. 24) through k = 12 (45 .. 48)
+    assert np.flatnonzero(cover.any(axis=(1, 2))).tolist() == list(range(6, 13))
+    # the box: y 0 .. 352 px -> latent rows 0 .. 21 (352 / 16 = 22, whole 2 x 2 patches);
+    # x 0 .. 640 px -> latent columns 0 .. 39 (640 / 16 = 40)
+    assert np.flatnonzero(cover[8].any(axis=1)).tolist() == list(range(22))
+    assert np.flatnonzero(cover[8].any(axis=0)).tolist() == list(range(40))
+    assert cover.sum() == 7 * 22 * 40
+
+
+def test_localized_flow_grpo_on_the_ti2v_grid(tmp_path):
+    """The tiny localized recipe's toy defect (spot_brightness: the top-left quarter during
+    [0.25, 0.5) s) on tiny-random:wan22-ti2v: the maps are on its grid, 3 x 4 x 4 for 9 frames of
+    64 x 64 (16x), and cover the quarter's 2 x 2 latents of the frames the window touches."""
+    from cac_align.jobs import flow_grpo
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+
+    seen = []
+    original = flow_grpo.credit_maps
+
+    def recording(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml",
+                         [f"out_dir={tmp_path / 'run'}", "steps=1", "log_with=none", "checkpoint_every=0", "generator.name=tiny-random:wan22-ti2v",
+                          "generator.fps=16"], job="flow-grpo")
+    flow_grpo.credit_maps = recording
+    try:
+        run(config)
+    finally:
+        flow_grpo.credit_maps = original
+    (maps,) = seen
+    located = [m for m, ok in zip(maps.maps, maps.localized) if ok]
+    assert located and all(m.shape == (3, 4, 4) for m in maps.maps)
+    # window [0.25, 0.5) s at 16 fps: frames 4 .. 7 -> latent frames 1 (1 .. 4) and 2 (5 .. 8);
+    # the quarter (32 x 32 px of 64 x 64) -> latents rows 0 .. 1, columns 0 .. 1
+    expected = np.zeros((3, 4, 4), dtype=bool)
+    expected[1:3, 0:2, 0:2] = True
+    assert all(np.array_equal(m > 0, expected) for m in located)
