@@ -17,7 +17,8 @@ normalized UnifiedReward and CaC scores. Each training step:
 3. collects the rewards and gathers them from every process;
 4. computes per-prompt advantages (:mod:`cac_align.rl`); samples whose reward is invalid
    or whose group has zero variance are dropped (weight 0) and counted;
-5. trains: for each micro-batch and each trained timestep, recomputes the log-prob of the stored
+5. trains: for each micro-batch and each trained timestep (of a two-expert Wan2.2-A14B, only the
+   steps its adapted experts serve: ``lora.experts``), recomputes the log-prob of the stored
    next latent under the current policy and takes the PPO-clip loss + beta * KL to the reference
    policy (the same transformer with the LoRA disabled); gradients accumulate over micro-batches
    and timesteps into ``updates_per_step`` AdamW updates, with gradient clipping;
@@ -480,8 +481,9 @@ class _Trainer:
         )
         self.model, self.optimizer = acc.prepare(denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
-        # the sampling steps an adapted expert serves: the only ones whose loss has a gradient
-        self.trainable_steps = [j for j, t in enumerate(self.timesteps_for(pipe)) if denoiser.expert_index(t) in denoiser.trained_experts()]
+        # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
+        self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
+        self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
         self.ema = (
             {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()}
             if config.ema_decay is not None
@@ -489,11 +491,10 @@ class _Trainer:
         )
         register_lora_checkpoint(acc, self.unwrapped, self.ema)
 
-        # 2. the reward and the sampling schedule
+        # 2. the reward
         if self.reward is None:
             self.reward = build_reward(config.reward, "reward")
         self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") for label, section in config.eval_rewards.items()}
-        self.sigmas, self.timesteps = self.schedule(pipe)
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
             run_folder.start()  # with overwrite: the old run's outputs go now, and only those
@@ -514,14 +515,6 @@ class _Trainer:
         self.watched = self._watch_history()
         start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
         acc.wait_for_everyone()
-
-    def schedule(self, pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sampling schedule (sigmas, timesteps) of the generator's steps and shift."""
-        g = self.config.generator
-        return flow_sigmas(g.num_inference_steps, scheduler_shift(pipe, g.flow_shift))
-
-    def timesteps_for(self, pipe: Any) -> torch.Tensor:
-        return self.schedule(pipe)[1]
 
     # -- the loop ----------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
