@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,20 +39,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("one_server", "round_robin", "cache_aware", "consistent_hash_no_key", "consistent_hash")
 
-
-def free_ports(n: int) -> int:
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
 
 
 def counters(root: str) -> dict[str, float]:
@@ -97,12 +82,12 @@ def main() -> None:
     parser.add_argument("--extra", default="", help='more vLLM flags, one string: --extra="--gpu-memory-utilization 0.4"')
     args = parser.parse_args()
 
-    from cac_align.integrations.vllm.serving import ROUTER_ARGS, find_router, started_fleet, stop_process
+    from cac_align.integrations.vllm.serving import ROUTER_ARGS, find_router, free_ports, started_fleet, stop_process
     from cac_align.jobs import load_recipe
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = free_ports(args.replicas + 2)
+    port = free_ports(args.replicas + 2)  # the replicas from port on, each arm's router after them
     _, config = load_recipe(REPO / "recipes/serve/cac_demo_fleet.yaml",
                             [f"python={args.python}", f"port={port}", f"replicas={args.replicas}", "router=none"])
     env = {**config.env, "VLLM_SERVER_DEV_MODE": "1"}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import psutil
 import pytest
 
+from cac_align.integrations.vllm.serving import free_ports, ports_free
 from conftest import REPO_ROOT, ignore_sigint, stop_process_tree
 
 pytestmark = pytest.mark.conformance
@@ -43,35 +43,12 @@ FLEET_RECIPE = REPO_ROOT / "recipes/serve/cac_demo_fleet.yaml"
 SCORE_RECIPE = REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"
 
 
-def _free_ports(n: int) -> int:
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
 
 # vllm-router's ring places the replicas by their URLs, so the videos' split is fixed for fixed
 # ports: on 18765 (router), 18766 and 18767 the main job's 16 videos split as measured in the
 # test's docstring. Other ports (when these are taken) split otherwise, within the same bounds.
 FLEET_PORT = 18765
 
-
-def _ports_free(base: int, n: int) -> bool:
-    try:
-        for p in range(base, base + n):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", p))
-        return True
-    except OSError:
-        return False
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -95,7 +72,7 @@ def fleet(tmp_path_factory):
     if not Path(VLLM_PYTHON).exists():
         pytest.fail(f"no vLLM interpreter at {VLLM_PYTHON}: build it with `bash tests/conformance/build_vllm_venv.sh`")
     folder = tmp_path_factory.mktemp("fleet")
-    port = FLEET_PORT if _ports_free(FLEET_PORT, 3) else _free_ports(3)
+    port = FLEET_PORT if ports_free(FLEET_PORT, 3) else free_ports(3)
     log = folder / "serve.log"
     command = [sys.executable, "-m", "cac_align.cli", "serve", "--config", str(FLEET_RECIPE), f"python={VLLM_PYTHON}", f"port={port}"]
     process = subprocess.Popen(command, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT, preexec_fn=ignore_sigint)  # noqa: SIM115

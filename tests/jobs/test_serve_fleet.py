@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from cac_align.config import RecipeError
+from cac_align.integrations.vllm.serving import free_ports
 from cac_align.jobs.serve import ServeConfig
 from cac_align.vlm.backend import user
 from cac_align.vlm.openai import OpenAIBackend
@@ -26,26 +26,9 @@ from conftest import REPO_ROOT, ignore_sigint, stop_process_tree
 STAND_IN = REPO_ROOT / "tests/fixtures/stand_in_vllm"
 
 
-def _free_ports(n: int) -> int:
-    """A port p with p .. p + n - 1 all free."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
 
 def _start_fleet(tmp_path: Path, replicas: int = 2, router: str = "consistent_hash"):
-    port = _free_ports(replicas + 1)
+    port = free_ports(replicas + 1)
     recipe = tmp_path / "fleet.yaml"
     recipe.write_text(
         "job: serve\nmodel: cac-demo\nserved_model_name: cac\n"

@@ -43,6 +43,8 @@ __all__ = [
     "Fleet",
     "check_python",
     "find_router",
+    "free_ports",
+    "ports_free",
     "replica_ports",
     "router_command",
     "serve_command",
@@ -112,6 +114,35 @@ def find_router(router_bin: str | None = None) -> str:
     if found is None:
         raise RecipeError(f"router: a fleet's router is vllm-router, which is not installed: {FLEET_INSTALL}; or router=none")
     return found
+
+
+def ports_free(base: int, n: int, host: str = "127.0.0.1") -> bool:
+    """Whether ports ``base .. base + n - 1`` can all be bound on ``host`` now."""
+    import socket
+
+    if base + n > 65536:
+        return False
+    try:
+        for port in range(base, base + n):
+            with socket.socket() as probe:
+                probe.bind((host, port))
+        return True
+    except OSError:
+        return False
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> int:
+    """A port ``p`` with ``p .. p + n - 1`` all free (a fleet's router and replicas take
+    consecutive ports: pick ``port`` with this where a fixed one may be taken)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            base = sock.getsockname()[1]
+        if ports_free(base, n, host):
+            return base
+    raise RuntimeError(f"no run of {n} free ports on {host}")
 
 
 def replica_ports(config: Any) -> list[int]:
