@@ -90,10 +90,34 @@ class DpoLossSettings:
             raise ValueError("loss.logit_std and loss.shift must be > 0")
 
 
-def sample_sigmas(count: int, generator: torch.Generator, settings: DpoLossSettings) -> torch.Tensor:
-    """``(count,)`` noise levels in (0, 1): logit-normal, then shifted (module docstring)."""
-    u = torch.sigmoid(settings.logit_mean + settings.logit_std * torch.randn(count, generator=generator, dtype=torch.float64))
-    return (settings.shift * u / (1 + (settings.shift - 1) * u)).float()
+def sample_sigmas(count: int, generator: torch.Generator, settings: DpoLossSettings, interval: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """``(count,)`` noise levels in (0, 1): logit-normal, then shifted (module docstring).
+
+    With ``interval = (lo, hi)`` narrower than (0, 1), the same distribution restricted to
+    ``[lo, hi)``: the normal draw is truncated to the range that maps there (inverse-CDF sampling,
+    one uniform per level). A Wan2.2-A14B LoRA on one expert trains on the levels that expert
+    serves (its ``[0.875, 1)`` or ``(0, 0.875)``), as the LoRA trainers of one Wan2.2 expert
+    restrict theirs (DiffSynth-Studio's ``min/max_timestep_boundary``, musubi-tuner's
+    ``min_timestep``/``max_timestep`` with ``preserve_distribution_shape``); the logit-normal's
+    shape is kept, only its support is cut."""
+    lo, hi = interval
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"a noise level interval in [0, 1] with lo < hi, got {interval}")
+    if (lo, hi) == (0.0, 1.0):
+        normal = torch.randn(count, generator=generator, dtype=torch.float64)
+    else:
+        def to_normal(sigma: float) -> float:  # the inverse of the shift, the sigmoid and the affine map
+            u = sigma / (settings.shift - (settings.shift - 1) * sigma)
+            return (math.log(u / (1 - u)) - settings.logit_mean) / settings.logit_std if 0 < u < 1 else (-math.inf if u <= 0 else math.inf)
+
+        cdf_lo, cdf_hi = (torch.special.ndtr(torch.tensor(to_normal(x), dtype=torch.float64)) for x in (lo, hi))
+        uniform = torch.rand(count, generator=generator, dtype=torch.float64)
+        normal = torch.special.ndtri(cdf_lo + uniform * (cdf_hi - cdf_lo))
+    u = torch.sigmoid(settings.logit_mean + settings.logit_std * normal)
+    sigmas = (settings.shift * u / (1 + (settings.shift - 1) * u)).float()
+    if (lo, hi) != (0.0, 1.0):  # float32 rounding stays inside: hi is the next expert's first level
+        sigmas = sigmas.clamp(min=lo).minimum(torch.nextafter(torch.tensor(hi, dtype=torch.float32), torch.tensor(0.0)))
+    return sigmas
 
 
 def noised_pair(winner: torch.Tensor, loser: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,14 @@ class WanDenoiser(torch.nn.Module):
         expand_timesteps: per-token timesteps (Wan2.2-TI2V-5B).
     """
 
-    def __init__(self, transformer: Any, transformer_2: Any = None, boundary_timestep: float | None = None, expand_timesteps: bool = False):
+    def __init__(
+        self,
+        transformer: Any,
+        transformer_2: Any = None,
+        boundary_timestep: float | None = None,
+        expand_timesteps: bool = False,
+        num_train_timesteps: int = 1000,
+    ):
         super().__init__()
         if (transformer_2 is None) != (boundary_timestep is None):
             raise ValueError("two experts need a boundary timestep, and a boundary needs two experts")
@@ -43,6 +50,7 @@ class WanDenoiser(torch.nn.Module):
         self.transformer_2 = transformer_2
         self.boundary_timestep = None if boundary_timestep is None else float(boundary_timestep)
         self.expand_timesteps = bool(expand_timesteps)
+        self.num_train_timesteps = int(num_train_timesteps)
 
     @classmethod
     def from_pipeline(cls, pipe: Any) -> "WanDenoiser":
@@ -50,8 +58,10 @@ class WanDenoiser(torch.nn.Module):
         ``expand_timesteps``, its scheduler's ``num_train_timesteps``)."""
         ratio = pipe.config.get("boundary_ratio")
         transformer_2 = getattr(pipe, "transformer_2", None)
-        boundary = None if ratio is None or transformer_2 is None else float(ratio) * pipe.scheduler.config.num_train_timesteps
-        return cls(pipe.transformer, transformer_2 if boundary is not None else None, boundary, bool(pipe.config.get("expand_timesteps", False)))
+        steps = int(pipe.scheduler.config.num_train_timesteps)
+        boundary = None if ratio is None or transformer_2 is None else float(ratio) * steps
+        expand = bool(pipe.config.get("expand_timesteps", False))
+        return cls(pipe.transformer, transformer_2 if boundary is not None else None, boundary, expand, steps)
 
     # -- which expert, which timestep tensor --------------------------------------------------
     @property
@@ -66,9 +76,21 @@ class WanDenoiser(torch.nn.Module):
             return 0
         return 0 if float(timestep) >= self.boundary_timestep else 1
 
+    def sigma_range(self) -> tuple[float, float]:
+        """The noise levels ``sigma = t / num_train_timesteps`` the adapted experts serve: all of
+        (0, 1) with one transformer or both adapted, ``[boundary, 1)`` for the high-noise expert
+        alone, ``(0, boundary)`` for the low-noise one. A trainer that draws its own noise levels
+        (dpo) draws them here, so that every pair trains a LoRA."""
+        trained = self.trained_experts()
+        if self.boundary_timestep is None or len(trained) != 1:
+            return 0.0, 1.0
+        boundary = self.boundary_timestep / self.num_train_timesteps
+        return (boundary, 1.0) if trained == [0] else (0.0, boundary)
+
     def model_timestep(self, timestep: Any, latents: torch.Tensor) -> torch.Tensor:
         """The timestep tensor the transformer is given: ``(B,)``, or with per-token timesteps
-        ``(B, F' * H' / p_h * W' / p_w)`` all equal to ``t`` (text-to-video)."""
+        ``(B, F' * H' / p_h * W' / p_w)``, each sample's all equal to its ``t`` (text-to-video).
+        ``timestep`` is a scalar (a sampling step) or one per sample ``(B,)`` (dpo)."""
         t = torch.as_tensor(timestep).to(latents.device)
         batch = latents.shape[0]
         if not self.expand_timesteps:
@@ -77,9 +99,11 @@ class WanDenoiser(torch.nn.Module):
         frames, height, width = latents.shape[2:]
         tokens = frames * (height // p_h) * (width // p_w)
         mask = torch.ones((frames, height, width), dtype=torch.float32, device=latents.device)
-        per_token = (mask[:, ::p_h, ::p_w] * t).flatten()  # the pipeline's mask[0][0][:, ::2, ::2] * t
-        assert per_token.numel() == tokens
-        return per_token.unsqueeze(0).expand(batch, -1)
+        if t.ndim == 0:
+            per_token = (mask[:, ::p_h, ::p_w] * t).flatten()  # the pipeline's mask[0][0][:, ::2, ::2] * t
+            assert per_token.numel() == tokens
+            return per_token.unsqueeze(0).expand(batch, -1)
+        return t.view(batch, 1) * mask[:, ::p_h, ::p_w].flatten().unsqueeze(0)
 
     # -- LoRA ----------------------------------------------------------------------------------
     def trained_experts(self) -> list[int]:
@@ -112,19 +136,38 @@ class WanDenoiser(torch.nn.Module):
         """The (classifier-free guided) velocity at ``timestep``, as the pipeline computes it.
 
         Args:
-            latents: ``(B, C, F', H', W')``; timestep: a scalar tensor (the scheduler's ``t``).
+            latents: ``(B, C, F', H', W')``.
+            timestep: a scalar tensor (the scheduler's ``t``: one step of a sampler), or one per
+                sample ``(B,)`` (a trainer noising each sample to its own level): each sample is
+                then served by its own timestep's expert, one call per expert.
             prompt_embeds / negative_embeds: ``(B, L, D)``.
             guidance_scale: the (high-noise) expert's scale; guidance_scale_2: the low-noise
                 expert's (None: the same, as the pipeline defaults).
             dtype: the transformers' parameter dtype (inputs are cast to it).
         """
-        index = self.expert_index(timestep)
+        t = torch.as_tensor(timestep)
+        if t.ndim == 0:
+            return self._velocity(self.expert_index(t), latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
+        indices = [self.expert_index(value) for value in t.tolist()]
+        if len(set(indices)) == 1:
+            return self._velocity(indices[0], latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
+        rows = {index: torch.tensor([i for i, e in enumerate(indices) if e == index], device=latents.device) for index in sorted(set(indices))}
+        parts = [
+            self._velocity(index, latents[r], t.to(latents.device)[r], prompt_embeds[r], None if negative_embeds is None else negative_embeds[r],
+                           guidance_scale, guidance_scale_2, dtype)
+            for index, r in rows.items()
+        ]
+        order = torch.cat(list(rows.values()))  # the rows as the parts hold them: put each back in its place
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _velocity(self, index: int, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
+                  guidance_scale: float, guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:
         model = self.experts[index]
         scale = guidance_scale if index == 0 or guidance_scale_2 is None else guidance_scale_2
         x = latents.to(dtype) if dtype is not None else latents
-        t = self.model_timestep(timestep, x)
-        velocity = model(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        timesteps = self.model_timestep(t, x)
+        velocity = model(hidden_states=x, timestep=timesteps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
         if guidance_scale > 1.0:  # the pipeline guides both experts when its (first) scale is above 1
-            uncond = model(hidden_states=x, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False)[0]
+            uncond = model(hidden_states=x, timestep=timesteps, encoder_hidden_states=negative_embeds, return_dict=False)[0]
             velocity = uncond + scale * (velocity - uncond)
         return velocity

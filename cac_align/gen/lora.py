@@ -19,8 +19,8 @@ from cac_align.gen.wan import save_lora
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["LORA_EXPERTS", "WanLoraSettings", "adapters_disabled", "add_lora", "add_expert_loras", "register_lora_checkpoint", "save_expert_loras",
-           "trainable", "trainable_state"]
+__all__ = ["LORA_EXPERTS", "WanLoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "ddp_kwargs_handlers",
+           "register_lora_checkpoint", "save_expert_loras", "trainable", "trainable_state"]
 
 LORA_EXPERTS = ("high", "low", "both")
 
@@ -93,6 +93,35 @@ def add_expert_loras(denoiser: Any, settings: WanLoraSettings, seed: int) -> lis
         else:
             expert.requires_grad_(False)
     return wanted
+
+
+def adapted_denoiser(pipe: Any, settings: WanLoraSettings, seed: int, gradient_checkpointing: bool = False) -> Any:
+    """A trainer's model: the pipeline's :class:`~cac_align.gen.experts.WanDenoiser` with the
+    trained LoRA on ``settings.experts`` (:func:`add_expert_loras`); the text encoder, the VAE
+    and every expert without a LoRA frozen. What ``flow-grpo`` and ``dpo`` hand to accelerate."""
+    from cac_align.gen.experts import WanDenoiser
+
+    pipe.text_encoder.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    denoiser = WanDenoiser.from_pipeline(pipe)  # the expert serving each timestep, as the pipeline picks it
+    add_expert_loras(denoiser, settings, seed)
+    if gradient_checkpointing:
+        for expert in denoiser.experts:
+            expert.enable_gradient_checkpointing()
+    return denoiser
+
+
+def ddp_kwargs_handlers(generator_name: str, settings: WanLoraSettings) -> list | None:
+    """accelerate's ``kwargs_handlers`` for a trainer of ``generator_name``: with a LoRA on both
+    experts of a two-expert model a backward runs through one expert, the other's parameters
+    unused in it, which DDP must be told (``find_unused_parameters``); None otherwise."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from cac_align.gen.family import family_of
+
+    if settings.experts == "both" and family_of(generator_name).experts == 2:
+        return [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    return None
 
 
 def save_expert_loras(denoiser: Any, folder: Any) -> None:

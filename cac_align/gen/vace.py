@@ -7,6 +7,13 @@ crops the video in time around it; :func:`regenerate` runs VACE on that segment 
 the ``mask``: white = generate, black = keep); :func:`splice` puts the result back so that every
 pixel outside the mask is the input's own decoded pixel, exactly.
 
+**Wan2.2.** The Wan2.2 VACE is the two-expert A14B's (alibaba-pai's Wan2.2-VACE-Fun-A14B, in
+diffusers' layout as ``linoyts/Wan2.2-VACE-Fun-14B-diffusers``): diffusers' ``WanVACEPipeline``
+takes its ``transformer_2`` and ``boundary_ratio`` and switches experts itself, as ``WanPipeline``
+does; ``guidance_scale_2`` is the low-noise expert's scale. It keeps Wan-2.1's VAE, so everything
+below holds for it too. The TI2V-5B has no VACE: its videos are repaired by either VACE (repair
+takes any video).
+
 What VACE needs (Wan-2.1's VAE): a frame count of the form ``4k + 1`` and frame sides that are
 multiples of 16 (8x VAE x 2x patch). The plan therefore
 
@@ -31,9 +38,11 @@ import numpy as np
 from cac_align.loading import check_dtype
 from cac_align.regions import Region
 
-__all__ = ["RegeneratorConfig", "RepairPlan", "build_regenerator", "build_tiny_vace_pipeline", "feather_alpha", "plan_repair", "regenerate", "splice"]
+__all__ = ["RegeneratorConfig", "RepairPlan", "TINY_VACE_BUILDERS", "build_regenerator", "build_tiny_vace_pipeline", "build_tiny_wan22_vace_a14b_pipeline",
+           "feather_alpha", "plan_repair", "regenerate", "splice"]
 
 TINY_VACE = "tiny-random:wan-vace"
+TINY_VACE_A14B = "tiny-random:wan22-vace-a14b"
 SIZE_MULTIPLE = 16  # Wan's VAE (8) x the transformer's patch (2)
 FRAME_MULTIPLE = 4  # Wan's VAE compresses 4 frames into one after the first
 
@@ -43,13 +52,17 @@ class RegeneratorConfig:
     """The video inpainting model and how it samples (defaults: Wan2.1-VACE-1.3B).
 
     Attributes:
-        name: hub id (``Wan-AI/Wan2.1-VACE-1.3B-diffusers``), a local ``save_pretrained`` folder,
-            or ``tiny-random:wan-vace`` (a tiny random VACE built in-process: meaningless output,
-            for tests and demos of the mechanism).
+        name: hub id (``Wan-AI/Wan2.1-VACE-1.3B-diffusers``; the Wan2.2 A14B's
+            ``linoyts/Wan2.2-VACE-Fun-14B-diffusers``), a local ``save_pretrained`` folder, or
+            ``tiny-random:wan-vace`` / ``tiny-random:wan22-vace-a14b`` (tiny random VACEs of the
+            two layouts built in-process: meaningless output, for tests and demos of the mechanism).
         dtype: transformer and text-encoder dtype (bf16 on GPU); vae_dtype: Wan recommends float32.
         device: "auto", "cpu", "cuda", ...
         num_inference_steps: denoising steps (Wan's default 50; each costs the segment's frames).
-        guidance_scale: classifier-free guidance (Wan's 5.0).
+        guidance_scale: classifier-free guidance (Wan's 5.0; VideoX-Fun's Wan2.2-VACE-Fun-A14B
+            example, ``examples/wan2.2_vace_fun/predict_v2v_mask.py``: 5.0 on both experts).
+        guidance_scale_2: a two-expert VACE's low-noise scale (None: ``guidance_scale``, as the
+            pipeline defaults); an error with one transformer.
         negative_prompt: None: Wan's default negative prompt; "": none.
         conditioning_scale: how strongly VACE follows the kept frames (diffusers' default 1.0).
         max_sequence_length: text tokens (Wan: 512).
@@ -61,6 +74,7 @@ class RegeneratorConfig:
     device: str = "auto"
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None
     negative_prompt: str | None = None
     conditioning_scale: float = 1.0
     max_sequence_length: int = 512
@@ -68,41 +82,88 @@ class RegeneratorConfig:
     def __post_init__(self) -> None:
         check_dtype(self.dtype, "regenerator.dtype")
         check_dtype(self.vae_dtype, "regenerator.vae_dtype")
-        if self.num_inference_steps < 1 or self.guidance_scale < 0 or self.conditioning_scale < 0:
-            raise ValueError("regenerator: num_inference_steps must be >= 1, guidance_scale and conditioning_scale >= 0")
+        if self.num_inference_steps < 1 or self.guidance_scale < 0 or self.conditioning_scale < 0 or (self.guidance_scale_2 or 0) < 0:
+            raise ValueError("regenerator: num_inference_steps must be >= 1, guidance_scale, guidance_scale_2 and conditioning_scale >= 0")
+
+
+def _tiny_vace_transformer() -> Any:
+    """A ``WanVACETransformer3DModel`` of the tiny transformer's size with VACE blocks on both layers."""
+    from diffusers import WanVACETransformer3DModel
+
+    return WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16, text_dim=32,
+        freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        vace_layers=[0, 1], vace_in_channels=96,
+    ).eval()
 
 
 def build_tiny_vace_pipeline(seed: int = 0) -> Any:
     """A tiny random ``WanVACEPipeline``: the tiny Wan's text encoder, VAE and scheduler, and a
-    ``WanVACETransformer3DModel`` of the tiny transformer's size with VACE blocks on both layers."""
+    tiny VACE transformer."""
     import torch
-    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+    from diffusers import WanVACEPipeline
 
     from cac_align.gen.tiny import build_tiny_wan_pipeline
 
     base = build_tiny_wan_pipeline(seed=seed)
     torch.manual_seed(seed)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16, text_dim=32,
-        freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        vace_layers=[0, 1], vace_in_channels=96,
-    ).eval()
+    transformer = _tiny_vace_transformer()
     pipe = WanVACEPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+def build_tiny_wan22_vace_a14b_pipeline(seed: int = 0) -> Any:
+    """A tiny random ``WanVACEPipeline`` of the Wan2.2-VACE-Fun-A14B's layout: the tiny A14B's
+    text encoder, VAE (Wan-2.1's) and scheduler (shift 12), and two tiny VACE experts of their own
+    random weights switching at ``boundary_ratio`` 0.875."""
+    import torch
+    from diffusers import WanVACEPipeline
+
+    from cac_align.gen.tiny import A14B_BOUNDARY_RATIO, build_tiny_wan22_a14b_pipeline
+
+    base = build_tiny_wan22_a14b_pipeline(seed=seed)
+    torch.manual_seed(seed)
+    transformer = _tiny_vace_transformer()
+    torch.manual_seed(seed + 1)
+    transformer_2 = _tiny_vace_transformer()
+    pipe = WanVACEPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler, transformer=transformer,
+                           transformer_2=transformer_2, boundary_ratio=A14B_BOUNDARY_RATIO)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ``regenerator.name`` -> the builder of that tiny VACE
+TINY_VACE_BUILDERS = {TINY_VACE: build_tiny_vace_pipeline, TINY_VACE_A14B: build_tiny_wan22_vace_a14b_pipeline}
+
+
+def _expert_kwargs(pipe: Any, config: RegeneratorConfig, key: str = "regenerator") -> dict:
+    """``guidance_scale_2`` for the pipeline's call; a clear error when it names a second expert
+    the model does not have."""
+    from cac_align.config import RecipeError
+
+    if config.guidance_scale_2 is None:
+        return {}
+    if getattr(pipe, "transformer_2", None) is None:
+        raise RecipeError(f"{key}.guidance_scale_2={config.guidance_scale_2} is a second expert's scale, and {config.name!r} has one "
+                          "transformer (the Wan2.2 A14B VACE has two); remove it")
+    return {"guidance_scale_2": config.guidance_scale_2}
+
+
 def build_regenerator(config: RegeneratorConfig, key: str = "regenerator") -> Any:
-    """The ``WanVACEPipeline`` ``config`` names, on its device (safetensors only)."""
+    """The ``WanVACEPipeline`` ``config`` names, on its device (safetensors only); a two-expert
+    folder (``transformer_2`` in its ``model_index.json``) loads both experts."""
     from cac_align.gen.wan import load_wan_pipeline
     from cac_align.loading import resolve_device
 
     device = resolve_device(config.device, f"{key}.device")
-    if config.name == TINY_VACE:
-        return build_tiny_vace_pipeline().to(device)
-    pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name",
-                             pipeline="WanVACEPipeline")
-    pipe.set_progress_bar_config(disable=True)
+    if config.name in TINY_VACE_BUILDERS:
+        pipe = TINY_VACE_BUILDERS[config.name]().to(device)
+    else:
+        pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name",
+                                 pipeline="WanVACEPipeline")
+        pipe.set_progress_bar_config(disable=True)
+    _expert_kwargs(pipe, config, key)
     return pipe
 
 
@@ -200,6 +261,7 @@ def regenerate(pipe: Any, frames: np.ndarray, plan: RepairPlan, prompt: str, see
         num_frames=plan.length,
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
+        **_expert_kwargs(pipe, config),
         generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)),
         output_type="np",
         max_sequence_length=config.max_sequence_length,

@@ -1,4 +1,4 @@
-"""`cac-align dpo`: Diffusion-DPO of a Wan-2.1 LoRA on the judge's own pairs (LocalDPO's loss).
+"""`cac-align dpo`: Diffusion-DPO of a Wan LoRA (Wan-2.1, Wan2.2) on the judge's own pairs (LocalDPO's loss).
 
     cac-align repair --config recipes/align/repair_tiny_wan.yaml && cac-align dpo --config recipes/align/dpo_tiny.yaml
     accelerate launch --num_processes 8 -m cac_align.cli dpo --config recipes/align/dpo_wan_localdpo.yaml \\
@@ -12,14 +12,16 @@ those pairs (and, globally, from Best-of-N's best and worst candidates), with Lo
 
 1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.gen.pairs.read_pairs`);
    rows that give none are counted by reason and listed in ``pairs.json``;
-2. **latents**: each pair's videos are encoded once by Wan's VAE, its prompt by UMT5, and a repair
-   pair's mask pooled onto the latent grid, into ``latents/pair_NNNNN.safetensors`` (split over the
-   processes; a resumed run reuses them);
+2. **latents**: each pair's videos are encoded once by the model's own VAE (Wan2.2-TI2V-5B's: 48
+   channels, 16x), its prompt by UMT5, and a repair pair's mask pooled onto that latent grid, into
+   ``latents/pair_NNNNN.safetensors`` (split over the processes; a resumed run reuses them);
 3. **train**: each step takes ``pairs_per_step`` pairs (seeded epochs over the pairs, every pair
    once per epoch), split evenly over the processes and into micro-batches of ``batch_size``. Each
    pair's winner and loser are noised with one noise and one noise level (seeded by the run's seed,
-   the step and the pair's place in it: the same on 1 or N processes); the policy (the LoRA on) and
-   the reference (the same transformer with the LoRA off) predict both velocities; LocalDPO's loss;
+   the step and the pair's place in it: the same on 1 or N processes; with a LoRA on one expert of
+   the A14B, drawn among the levels that expert serves); the policy (the LoRA on) and the reference
+   (the same experts with the LoRA off) predict both velocities, each pair through the expert that
+   serves its level (:class:`~cac_align.gen.experts.WanDenoiser`); LocalDPO's loss;
    the micro-batches' gradients accumulate into one AdamW update (linear warmup, then constant),
    clipped;
 4. **log and checkpoint**: ``metrics.jsonl`` (and TensorBoard / W&B) every step, a checkpoint
@@ -54,9 +56,10 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
-from cac_align.gen.lora import WanLoraSettings, adapters_disabled, add_lora, register_lora_checkpoint, trainable
+from cac_align.gen.lora import (WanLoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, register_lora_checkpoint,
+                               save_expert_loras, trainable)
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
-from cac_align.gen.wan import GeneratorConfig, build_generator, encode_prompts, encode_video, predict_velocity, save_lora
+from cac_align.gen.wan import GeneratorConfig, build_generator, encode_prompts, encode_video, predict_velocity
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
@@ -177,12 +180,15 @@ def plan_step(config: DpoConfig, num_processes: int, rank: int) -> StepPlan:
     return StepPlan(num_processes, rank, local, local // config.batch_size)
 
 
-def pair_noise(seed: int, step: int, position: int, shape: tuple[int, ...], settings: DpoLossSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_noise(
+    seed: int, step: int, position: int, shape: tuple[int, ...], settings: DpoLossSettings, sigma_range: tuple[float, float] = (0.0, 1.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise ``shape`` and noise level of the pair at ``position`` of ``step``: seeded by
-    (seed, step, position), so the same on 1 or N processes and on resume."""
+    (seed, step, position), so the same on 1 or N processes and on resume. The level is drawn in
+    ``sigma_range``, the levels the adapted experts serve (:meth:`WanDenoiser.sigma_range`)."""
     generator = torch.Generator().manual_seed(derive_seed(seed, step, position, 11))
     noise = torch.randn(shape, generator=generator)
-    return noise, sample_sigmas(1, generator, settings)[0]
+    return noise, sample_sigmas(1, generator, settings, sigma_range)[0]
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -252,6 +258,7 @@ class _Trainer:
             mixed_precision=config.mixed_precision,
             log_with=list(trackers_for(config.log_with)) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+            kwargs_handlers=ddp_kwargs_handlers(config.generator.name, config.lora),
         )
         acc = self.accelerator
         self.plan = plan_step(config, acc.num_processes, acc.process_index)
@@ -286,17 +293,16 @@ class _Trainer:
             pipe.text_encoder.to("cpu")
             pipe.vae.to("cpu")
 
-        # 3. the LoRA, the optimizer, resume
-        transformer = pipe.transformer
-        add_lora(transformer, config.lora, config.seed)
-        if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        self.base_dtype = next(p for p in transformer.parameters() if not p.requires_grad).dtype
-        optimizer = torch.optim.AdamW(list(trainable(transformer).values()), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        # 3. the LoRA (a two-expert model's: on lora.experts, each pair noised to a level an adapted
+        #    expert serves), the optimizer, resume
+        denoiser = adapted_denoiser(pipe, config.lora, config.seed, config.gradient_checkpointing)
+        self.sigma_range = denoiser.sigma_range()
+        self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
+        optimizer = torch.optim.AdamW(list(trainable(denoiser).values()), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                       eps=config.adam_eps, weight_decay=config.weight_decay)
         # the learning rate is set from the step itself (warmup_factor), not by a scheduler: one that
         # accelerate prepares steps once per process per update, and a function of the step resumes exactly
-        self.model, self.optimizer = acc.prepare(transformer, optimizer)
+        self.model, self.optimizer = acc.prepare(denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         register_lora_checkpoint(acc, self.unwrapped, None)
         self.start_step = 0
@@ -343,7 +349,7 @@ class _Trainer:
             # 1. the micro-batch's pairs and their shared noise and levels
             where = positions[k * config.batch_size : (k + 1) * config.batch_size]
             batch = self._load([chosen[p] for p in where])
-            drawn = [pair_noise(config.seed, step, p, tuple(batch["winner"].shape[1:]), config.loss) for p in where]
+            drawn = [pair_noise(config.seed, step, p, tuple(batch["winner"].shape[1:]), config.loss, self.sigma_range) for p in where]
             noise = torch.stack([n for n, _ in drawn]).to(device)
             sigmas = torch.stack([s for _, s in drawn]).to(device)
             x_t, target = noised_pair(batch["winner"].to(device), batch["loser"].to(device), noise, sigmas)
@@ -397,7 +403,7 @@ class _Trainer:
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
-            save_lora(self.unwrapped, target)
+            save_expert_loras(self.unwrapped, target)
         end_trackers(acc)
 
 

@@ -58,15 +58,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import ProjectConfiguration
 from omegaconf import MISSING, OmegaConf
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.credit import LocalizeSettings, credit_maps
-from cac_align.gen.experts import WanDenoiser
-from cac_align.gen.family import family_of
-from cac_align.gen.lora import WanLoraSettings, adapters_disabled, add_expert_loras, add_lora, register_lora_checkpoint, save_expert_loras, trainable
+from cac_align.gen.lora import (WanLoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, register_lora_checkpoint,
+                               save_expert_loras, trainable)
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss, flow_sigmas
 from cac_align.run.folder import run_fingerprint
 from cac_align.gen.wan import (
@@ -441,14 +440,12 @@ class _Trainer:
         self.out = Path(config.out_dir)
         self.prompts = read_prompts(config.prompts)
         self.eval_prompts = read_prompts(config.eval_prompts) if config.eval_prompts else []
-        # a backward runs through one expert: with a LoRA on both, the other's parameters are unused in it
-        both = config.lora.experts == "both" and family_of(config.generator.name).experts == 2
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
             log_with=list(trackers_for(config.log_with)) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if both else None,
+            kwargs_handlers=ddp_kwargs_handlers(config.generator.name, config.lora),
         )
         acc = self.accelerator
         self.plan = plan_step(config, acc.num_processes, acc.process_index)
@@ -464,13 +461,7 @@ class _Trainer:
         if self.pipe is None:
             self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
         pipe = self.pipe
-        pipe.text_encoder.requires_grad_(False)
-        pipe.vae.requires_grad_(False)
-        denoiser = WanDenoiser.from_pipeline(pipe)  # the expert serving each timestep, as the pipeline picks it
-        add_expert_loras(denoiser, config.lora, config.seed)
-        if config.gradient_checkpointing:
-            for expert in denoiser.experts:
-                expert.enable_gradient_checkpointing()
+        denoiser = adapted_denoiser(pipe, config.lora, config.seed, config.gradient_checkpointing)
         self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
         optimizer = torch.optim.AdamW(
             list(trainable(denoiser).values()),

@@ -122,6 +122,27 @@ def test_sigmas_logit_normal_and_shifted():
     assert shifted.median().item() == pytest.approx(0.75, abs=0.02)  # 3 * 0.5 / (1 + 2 * 0.5)
 
 
+def test_sigmas_restricted_to_one_experts_levels_keep_the_distributions_shape():
+    # The A14B's boundary 0.875 is logit(0.875) = ln 7 = 1.94591 on the normal draw (shift 1), where
+    # Phi(ln 7) = 0.974167. The draw truncated to [ln 7, inf) has its median at Phi^-1((0.974167 + 1) / 2)
+    # = 2.228717, a level of sigmoid(2.228717) = 0.902799; truncated to (-inf, ln 7), at
+    # Phi^-1(0.974167 / 2) = -0.032382, a level of 0.491905.
+    g = torch.Generator().manual_seed(0)
+    high = sample_sigmas(40000, g, DpoLossSettings(), (0.875, 1.0))
+    assert high.min() >= 0.875 and high.max() < 1.0 and high.median().item() == pytest.approx(0.902799, abs=1e-3)
+    low = sample_sigmas(40000, torch.Generator().manual_seed(0), DpoLossSettings(), (0.0, 0.875))
+    assert low.min() > 0 and low.max() < 0.875 and low.median().item() == pytest.approx(0.491905, abs=5e-3)
+    # shift 3: sigma >= 0.875 is u >= 0.875 / (3 - 2 x 0.875) = 0.7 before the shift, z >= logit(0.7) =
+    # 0.847298, Phi = 0.801585; the median z Phi^-1(0.900793) = 1.286082 -> u 0.783483 -> sigma 0.915653
+    shifted = sample_sigmas(40000, torch.Generator().manual_seed(0), DpoLossSettings(shift=3.0), (0.875, 1.0))
+    assert shifted.min() >= 0.875 and shifted.median().item() == pytest.approx(0.915653, abs=1e-3)
+    # the whole range is the unrestricted draw, number for number (a Wan-2.1 run draws as before)
+    assert torch.equal(sample_sigmas(8, torch.Generator().manual_seed(5), DpoLossSettings(), (0.0, 1.0)),
+                       sample_sigmas(8, torch.Generator().manual_seed(5), DpoLossSettings()))
+    with pytest.raises(ValueError, match="lo < hi"):
+        sample_sigmas(1, g, DpoLossSettings(), (0.9, 0.875))
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="loss.mask must be one of"):
         DpoLossSettings(mask="global")

@@ -97,6 +97,27 @@ def test_ti2v_gives_every_token_its_timestep():
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
+def test_one_timestep_per_sample_is_each_samples_own_step(name):
+    # dpo noises each pair to its own level: a (B,) timestep gives every sample the velocity of its
+    # own step (its expert, its per-token timesteps), the batch split by expert and put back in order
+    pipe = LAYOUTS[name][0](seed=0)
+    denoiser = WanDenoiser.from_pipeline(pipe)
+    channels = pipe.transformer.config.in_channels
+    latents = torch.randn(3, channels, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    embeds, _ = encode_prompts(pipe, ["a red ball", "a dog", "a cat on a sofa"], None, 1.0, 512)
+    timesteps = torch.tensor([950.0, 300.0, 900.0])  # the A14B: high, low, high expert
+    with torch.no_grad():
+        batched = denoiser(latents, timesteps, embeds, None, 1.0, dtype=torch.float32)
+        alone = torch.cat([denoiser(latents[i : i + 1], timesteps[i], embeds[i : i + 1], None, 1.0, dtype=torch.float32) for i in range(3)])
+        mixed_up = denoiser(latents, timesteps[[1, 0, 2]], embeds, None, 1.0, dtype=torch.float32)
+    assert torch.allclose(batched, alone, atol=1e-5)
+    assert (mixed_up[0] - batched[0]).abs().max() > 1e-3  # the wrong level (and, for the A14B, expert) is another velocity
+    if name == "ti2v":
+        assert denoiser.model_timestep(timesteps, latents).shape == (3, 3 * 2 * 2)
+        assert torch.equal(denoiser.model_timestep(timesteps, latents)[:, 0], timesteps)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
 def test_a_steps_log_prob_is_flow_grpos_gaussian(name):
     """log p(x_{j+1} | x_j) recorded while sampling equals the Gaussian of Flow-GRPO's step worked
     out here from the velocity: mean x + dt (v + s^2 / (2 sigma) (x + (1 - sigma) v)), std
