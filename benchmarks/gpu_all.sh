@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bash benchmarks/gpu_all.sh [OUT]
 #
-# Every GPU figure the project still owes (issues #21, #32, #33), in one go on one H100/H200, random
+# Every GPU figure the project still owes (issues #21, #32, #33, #65), in one go on one H100/H200, random
 # weights, nothing downloaded; each command's output goes to OUT/<name>.txt (default
 # outputs/gpu_benchmarks). Each command prints its figures as it measures them, so one stopped
 # by a time limit still leaves what it finished in its file.
@@ -43,7 +43,11 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
   tail -n 6 "$OUT/$name.txt"
 }
 
-# Issue #32 first: CaC two-turn scoring at the paper's budget on the dynamic vs the static KV cache
+# Issue #65 first (the newest figure owed): one Flow-GRPO step of Wan2.2-TI2V-5B's architecture at its
+# recipe's 704x1280x121 (recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml: LoRA 32, bf16, gradient
+# checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory.
+run wan22_ti2v_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b
+# Issue #32: CaC two-turn scoring at the paper's budget on the dynamic vs the static KV cache
 # (model.cache), batch 16 and 32: s/video with compile included (first pass) and excluded
 # (second), peak memory (target: <= 4 s per video on one H100). Then stage 3's rollout generation
 # (the hf sampler, 16 rollouts per call, 1,024 tokens per turn) in both modes.

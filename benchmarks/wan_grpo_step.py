@@ -1,8 +1,10 @@
-"""Flow-GRPO steps of Wan-2.1-1.3B's architecture (random weights): seconds and peak GPU memory.
+"""Flow-GRPO steps of Wan-2.1-1.3B's and Wan2.2-TI2V-5B's architectures (random weights): seconds and peak GPU memory.
 
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b                  # 480x832x81, one GPU
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards   # + CaC-8B and UR-7B resident
+    python benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b               # Wan2.2-TI2V-5B at its recipe's 704x1280x121
     python benchmarks/wan_grpo_step.py --mode cpu-check                 # the same code path, tiny Wan, seconds
+    python benchmarks/wan_grpo_step.py --mode cpu-check-ti2v            # ... and the tiny TI2V-5B layout
 
 Runs the shipped trainer (:func:`cac_align.jobs.flow_grpo.run`) on the paper's recipe
 (``recipes/align/flow_grpo_wan_ur_cac.yaml``: 480x832, 81 frames, CFG 5, LoRA rank 32 on the
@@ -25,6 +27,14 @@ gpu-ur7b``.
 The paper's step (2 prompts x 16 videos, 50 sampling steps, every timestep trained) on 8 GPUs
 is 4 videos per GPU; the script prints that extrapolation from the per-unit figures next to
 what it measured.
+
+``--mode gpu-ti2v-5b`` runs ``recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml`` (704x1280, 121
+frames, LoRA rank 32, bf16, gradient checkpointing) on Wan2.2-TI2V-5B's architecture: the same
+UMT5-XXL, the 5B transformer (30 blocks, 24 heads of 128, FFN 14336, 48 latent channels) and the
+Wan2.2 VAE (base 160, decoder base 256, z 48, 2x2 patchify, 16x in space, residual), the values
+of diffusers' ``scripts/convert_wan_to_diffusers.py`` for ``Wan2.2-TI2V-5B``; the pipeline gives
+every latent token its timestep (``expand_timesteps``). Its latent is 31 x 44 x 80 (27,280 tokens
+after the 2x2 patches, against Wan-2.1's 21 x 60 x 104 and 32,760).
 """
 
 from __future__ import annotations
@@ -38,13 +48,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_RECIPE = REPO / "recipes/align/flow_grpo_wan_ur_cac.yaml"
+TI2V_RECIPE = REPO / "recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml"
+
+
+def _umt5_xxl(tokenizer):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    )
 
 
 def wan_1_3b_pipeline(device: str, dtype):
     """``WanPipeline`` with Wan-2.1-T2V-1.3B's architecture and random weights on ``device``."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     from cac_align.gen.wan import build_tiny_wan_pipeline
 
@@ -54,13 +76,7 @@ def wan_1_3b_pipeline(device: str, dtype):
     torch.set_default_dtype(dtype)  # build in bf16: no fp32 copy of 7B parameters on the way
     try:
         with torch.device(device):
-            text_encoder = UMT5EncoderModel(
-                UMT5Config(
-                    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                )
-            )
+            text_encoder = _umt5_xxl(tokenizer)
             transformer = WanTransformer3DModel(
                 patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
@@ -74,6 +90,40 @@ def wan_1_3b_pipeline(device: str, dtype):
     for module in (text_encoder, transformer, vae):
         module.eval()
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan22_ti2v_5b_pipeline(device: str, dtype):
+    """``WanPipeline`` with Wan2.2-TI2V-5B's architecture and random weights on ``device`` (module docstring)."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    from cac_align.gen.wan import build_tiny_wan_pipeline
+
+    tokenizer = build_tiny_wan_pipeline(seed=0).tokenizer
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            text_encoder = _umt5_xxl(tokenizer)
+            transformer = WanTransformer3DModel(
+                patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
+                text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.device(device):  # the Wan2.2 VAE's architecture; its latents_mean/std are statistics of real weights, 0/1 here
+        vae = AutoencoderKLWan(
+            base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+            scale_factor_temporal=4, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+        )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0)
+    for module in (text_encoder, transformer, vae):
+        module.eval()
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer, expand_timesteps=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -93,7 +143,7 @@ def reward_models_on_gpu() -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["gpu-1.3b", "cpu-check"], default="gpu-1.3b")
+    parser.add_argument("--mode", choices=["gpu-1.3b", "gpu-ti2v-5b", "cpu-check", "cpu-check-ti2v"], default="gpu-1.3b")
     parser.add_argument("--group", type=int, default=2, help="videos of the one prompt per step (the paper: 16 per prompt, 4 per GPU on 8 GPUs)")
     parser.add_argument("--sampling-steps", type=int, default=10, help="denoising steps (the paper: 50)")
     parser.add_argument("--steps", type=int, default=2, help="training steps; the last one is reported (the first warms up)")
@@ -106,18 +156,25 @@ def main() -> None:
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
     from cac_align.rewards.toy import BrightnessReward
 
-    gpu = args.mode == "gpu-1.3b"
+    gpu = args.mode.startswith("gpu")
+    ti2v = args.mode.endswith("ti2v-5b") or args.mode.endswith("-ti2v")
     if gpu and not torch.cuda.is_available():
-        raise SystemExit("--mode gpu-1.3b needs a CUDA GPU; --mode cpu-check runs the code path on the CPU")
-    size = ["generator.height=480", "generator.width=832", "generator.num_frames=81"] if gpu else [
-        "generator.height=32", "generator.width=32", "generator.num_frames=9", "generator.dtype=float32", "mixed_precision=no",
-    ]
+        raise SystemExit(f"--mode {args.mode} needs a CUDA GPU; --mode cpu-check{'-ti2v' if ti2v else ''} runs the code path on the CPU")
+    if gpu:  # the recipe's own size
+        size = ["generator.height=704", "generator.width=1280", "generator.num_frames=121"] if ti2v else [
+            "generator.height=480", "generator.width=832", "generator.num_frames=81"]
+    else:
+        side = 64 if ti2v else 32  # the TI2V's 16x VAE and 2x2 patches: multiples of 32
+        size = [f"generator.height={side}", f"generator.width={side}", "generator.num_frames=9", "generator.dtype=float32", "mixed_precision=no"]
+    if ti2v and not gpu:
+        size.append("generator.name=tiny-random:wan22-ti2v")
     resident = reward_models_on_gpu() if gpu and args.with_rewards else []
-    pipe = wan_1_3b_pipeline("cuda", torch.bfloat16) if gpu else None
-    if pipe is None:
-        from cac_align.gen.wan import build_tiny_wan_pipeline
+    if gpu:
+        pipe = (wan22_ti2v_5b_pipeline if ti2v else wan_1_3b_pipeline)("cuda", torch.bfloat16)
+    else:
+        from cac_align.gen.tiny import TINY_WAN_BUILDERS
 
-        pipe = build_tiny_wan_pipeline(seed=0)
+        pipe = TINY_WAN_BUILDERS["tiny-random:wan22-ti2v" if ti2v else "tiny-random:wan"](seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.txt"
         prompts.write_text("a red ball rolls across a wooden floor\n")
@@ -127,7 +184,7 @@ def main() -> None:
             f"generator.num_inference_steps={args.sampling_steps}", "generator.device=" + ("cuda" if gpu else "cpu"),
             "checkpoint_every=0", "log_with=none", *size,
         ]
-        config = load_config(FlowGrpoConfig, PAPER_RECIPE, overrides, job="flow-grpo")
+        config = load_config(FlowGrpoConfig, TI2V_RECIPE if ti2v else PAPER_RECIPE, overrides, job="flow-grpo")
         if gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
