@@ -12,7 +12,9 @@ denoising loop), so that our sampler and trainers step exactly as the pipeline d
   steps) with ``guidance_scale``, ``transformer_2`` the rest with ``guidance_scale_2``.
 
 :class:`WanDenoiser` is a ``torch.nn.Module`` holding the experts, so that one accelerate
-``prepare`` wraps both (DDP or FSDP) and a LoRA on either trains through one forward.
+``prepare`` wraps both (DDP or FSDP) and a LoRA on either trains through one forward. A sampler
+calls it with one timestep for the batch; a trainer that noises each sample to its own level (dpo)
+with one per sample, and each sample then goes to its own level's expert.
 """
 
 from __future__ import annotations
