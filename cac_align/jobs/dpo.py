@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
+from cac_align.gen.family import family_of
 from cac_align.gen.lora import (WanLoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, register_lora_checkpoint,
                                save_expert_loras, trainable)
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
@@ -247,7 +248,7 @@ class _Trainer:
         config = self.config
         self.out = Path(config.out_dir)
         # 1. the pairs, checked before anything loads
-        self.pairs = read_pairs(config.pairs)
+        self.pairs = read_pairs(config.pairs, family_of(config.generator.name).spatial_multiple)  # sizes the model's VAE encodes
         if not self.pairs.pairs:
             raise RecipeError(f"pairs: no pair in {config.pairs}: {self.pairs.summary()}")
         shapes = sorted({(p.frames, p.height, p.width) for p in self.pairs.pairs})

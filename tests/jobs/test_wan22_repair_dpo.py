@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
+from cac_align.gen.pairs import read_pairs
 from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline
 from cac_align.gen.vace import (RegeneratorConfig, build_regenerator, build_tiny_vace_pipeline, build_tiny_wan22_vace_a14b_pipeline, plan_repair,
                                 regenerate)
@@ -125,6 +126,11 @@ def test_dpo_on_the_tiny_ti2v_recipe_encodes_pairs_with_its_own_vae(tmp_path):
     # recipes/align/repair_tiny_wan.yaml, on 4 scenes)
     pairs = tmp_path / "repair"
     repair(load_config(RepairConfig, RECIPES / "repair_tiny_wan.yaml", [f"out_dir={pairs}", "synth_videos=4"], job="repair"))
+    # the 5B's VAE and 2x2 patches need sides that are multiples of 32: 64 x 96 are; a model needing
+    # 64 would skip every pair, counted with the reason
+    assert len(read_pairs([str(pairs)], 32).pairs) == 4
+    skipped = read_pairs([str(pairs)], 64)
+    assert skipped.pairs == [] and skipped.skipped == {"repair: sides not multiples of 64 (the model's VAE x its 2x2 patches)": 4}
     out = tmp_path / "dpo"
     pipe = build_generator(GeneratorConfig(name="tiny-random:wan22-ti2v", dtype="float32", device="cpu"))
     timesteps: list[torch.Tensor] = []
