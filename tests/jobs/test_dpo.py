@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, squared_error
+from cac_align.gen.experts import WanDenoiser
 from cac_align.gen.pairs import PairError, latent_mask, read_pairs
 from cac_align.gen.wan import GeneratorConfig, build_generator, build_tiny_wan_pipeline, predict_velocity
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run, warmup_factor
@@ -58,7 +59,8 @@ def dpo_config(out: Path, pairs: Path, *overrides: str) -> DpoConfig:
 
 
 def lora_of(pipe) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+    """Every expert's LoRA weights, named as the trainer's model (``transformer.blocks...``) names them."""
+    return {n: p.detach().clone() for n, p in WanDenoiser.from_pipeline(pipe).named_parameters() if p.requires_grad}
 
 
 def test_repair_pairs_and_their_mask_on_the_latent_grid(repaired):

@@ -155,3 +155,33 @@ def test_dpo_on_the_tiny_ti2v_recipe_encodes_pairs_with_its_own_vae(tmp_path):
     assert rows[0]["train/dpo"] == pytest.approx(np.log(2), abs=1e-6) and rows[-1]["train/margin"] != 0.0
     loaded = build_generator(GeneratorConfig(name="tiny-random:wan22-ti2v", dtype="float32", device="cpu", lora=str(out / "lora")))
     assert any("lora" in n for n, _ in loaded.transformer.named_parameters())
+
+
+@pytest.mark.slow  # two processes: `pytest -m slow` (.ci/run runs it after the default suite)
+def test_two_processes_train_the_a14b_as_one(repaired_a14b, tmp_path):
+    """`accelerate launch`, two gloo processes (2 pairs each, one a micro-batch) against one process,
+    LoRAs on both experts: a micro-batch whose pair one expert serves leaves the other's LoRA
+    unused in its backward (DDP's find_unused_parameters, set by the job), and the two processes
+    still end with the one process's LoRAs, on both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = ["steps=2", "batch_size=1", "checkpoint_every=0", "warmup_steps=2", "loss.beta=1"]
+    one = build_tiny_wan22_a14b_pipeline(seed=0)
+    run(_dpo("a14b", tmp_path / "one", repaired_a14b, *overrides), pipe=one)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "DPO_RECIPE": str(RECIPES / "dpo_tiny_wan22_a14b.yaml")}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29557", str(REPO_ROOT / "tests/dpo_two_process.py"),
+               str(repaired_a14b), str(tmp_path / "two"), *overrides]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
+    assert set(rank0) == set(rank1) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
+    from cac_align.gen.experts import WanDenoiser
+
+    mine = {n: p.detach() for n, p in WanDenoiser.from_pipeline(one).named_parameters() if p.requires_grad}
+    assert {n.split(".")[0] for n in mine} == {"transformer", "transformer_2"} and set(mine) == set(rank0)
+    for name, value in mine.items():
+        scale = float(value.abs().max())
+        assert float((rank0[name] - value).abs().max()) <= 1e-3 * max(scale, 1e-12), name
