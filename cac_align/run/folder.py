@@ -74,9 +74,9 @@ log = logging.getLogger(__name__)
 # Fingerprints: what decides a run's outputs
 # ---------------------------------------------------------------------------------------
 # Settings added to a config after run folders of it existed, left out of the fingerprint while at
-# their defaults, so that such a folder still resumes: a generator's second guidance scale and the
-# LoRA's experts (Wan2.2-A14B).
-LATER_DEFAULTS = {"generator.guidance_scale_2": None, "lora.experts": "high"}
+# their defaults, so that such a folder still resumes: a generator's and a regenerator's second
+# guidance scale and the LoRA's experts (Wan2.2-A14B).
+LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scale_2": None, "lora.experts": "high"}
 
 
 def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:

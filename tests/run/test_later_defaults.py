@@ -1,0 +1,48 @@
+"""Settings added to a job's config after run folders of it existed (run/folder.py LATER_DEFAULTS):
+at their defaults they are not in the fingerprint, so a folder written before them resumes; set,
+they are, so a changed run is still told apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from cac_align.config import RecipeError, load_config
+from cac_align.jobs.dpo import DpoConfig
+from cac_align.jobs.flow_grpo import FlowGrpoConfig
+from cac_align.jobs.repair import RepairConfig
+from cac_align.run.folder import LATER_DEFAULTS, RunFolder, config_fingerprint
+from conftest import REPO_ROOT
+
+A14B = "generator.name=tiny-random:wan22-a14b"
+CASES = [  # (job, its config class, a recipe of before the key, the key added later, overrides that set it)
+    ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "generator.guidance_scale_2", [A14B, "generator.guidance_scale_2=2.0"]),
+    ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "lora.experts", [A14B, "lora.experts=both"]),
+    ("dpo", DpoConfig, "dpo_tiny.yaml", "lora.experts", [A14B, "lora.experts=low"]),
+    ("repair", RepairConfig, "repair_tiny_wan.yaml", "regenerator.guidance_scale_2", ["regenerator.guidance_scale_2=3.0"]),
+]
+
+
+def _section(data: dict, dotted: str) -> tuple[dict, str]:
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        data = data[parent]
+    return data, leaf
+
+
+@pytest.mark.parametrize("job, cls, recipe, key, setting", CASES)
+def test_a_folder_from_before_a_later_setting_resumes_and_a_set_one_differs(job, cls, recipe, key, setting, tmp_path):
+    assert key in LATER_DEFAULTS
+    out = [f"out_dir={tmp_path / 'run'}"]
+    config = load_config(cls, REPO_ROOT / "recipes/align" / recipe, out, job=job)
+    now = config_fingerprint(config)
+    section, leaf = _section(now, key)
+    assert leaf not in section  # at its default: left out, as a folder written before it recorded it
+    # a folder of before: its manifest recorded the same config without the key; it resumes
+    RunFolder(str(tmp_path / "run"), job, (), now, {}).start()
+    assert RunFolder(str(tmp_path / "run"), job, (), config_fingerprint(config), {}).resuming
+    # set, it is in the fingerprint, and that folder is another run
+    changed = config_fingerprint(load_config(cls, REPO_ROOT / "recipes/align" / recipe, [*out, *setting], job=job))
+    section, leaf = _section(changed, key)
+    assert str(section[leaf]) == setting[-1].split("=", 1)[1]
+    with pytest.raises(RecipeError, match=f"differs in: {key}"):
+        RunFolder(str(tmp_path / "run"), job, (), changed, {})
