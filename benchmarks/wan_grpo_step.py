@@ -63,8 +63,9 @@ def _umt5_xxl(tokenizer):
     )
 
 
-def wan_1_3b_pipeline(device: str, dtype):
-    """``WanPipeline`` with Wan-2.1-T2V-1.3B's architecture and random weights on ``device``."""
+def _random_wan_pipeline(device: str, dtype, transformer: dict, vae: dict, flow_shift: float, expand_timesteps: bool = False):
+    """A ``WanPipeline`` of random weights on ``device``: UMT5-XXL and a ``WanTransformer3DModel``
+    of ``transformer``'s sizes built in ``dtype``, an ``AutoencoderKLWan`` of ``vae``'s in float32."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
@@ -73,59 +74,39 @@ def wan_1_3b_pipeline(device: str, dtype):
     tokenizer = build_tiny_wan_pipeline(seed=0).tokenizer  # offline: words only, no UMT5 vocabulary file
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in bf16: no fp32 copy of 7B parameters on the way
+    torch.set_default_dtype(dtype)  # build in bf16: no fp32 copy of billions of parameters on the way
     try:
         with torch.device(device):
             text_encoder = _umt5_xxl(tokenizer)
-            transformer = WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-            )
+            model = WanTransformer3DModel(patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, num_layers=30,
+                                          cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, **transformer)
     finally:
         torch.set_default_dtype(previous)
     with torch.device(device):
-        vae = AutoencoderKLWan()  # the Wan-2.1 VAE's architecture; float32, as Wan recommends
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
-    for module in (text_encoder, transformer, vae):
+        autoencoder = AutoencoderKLWan(**vae)  # float32, as Wan recommends
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=flow_shift)
+    for module in (text_encoder, model, autoencoder):
         module.eval()
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=autoencoder, scheduler=scheduler, transformer=model,
+                       expand_timesteps=expand_timesteps)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def wan_1_3b_pipeline(device: str, dtype):
+    """``WanPipeline`` with Wan-2.1-T2V-1.3B's architecture and random weights on ``device``: the
+    1.3B transformer and the Wan-2.1 VAE (diffusers' defaults), shift 3."""
+    transformer = dict(num_attention_heads=12, in_channels=16, out_channels=16, ffn_dim=8960)
+    return _random_wan_pipeline(device, dtype, transformer, {}, flow_shift=3.0)
 
 
 def wan22_ti2v_5b_pipeline(device: str, dtype):
-    """``WanPipeline`` with Wan2.2-TI2V-5B's architecture and random weights on ``device`` (module docstring)."""
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-
-    from cac_align.gen.wan import build_tiny_wan_pipeline
-
-    tokenizer = build_tiny_wan_pipeline(seed=0).tokenizer
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            text_encoder = _umt5_xxl(tokenizer)
-            transformer = WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48, out_channels=48,
-                text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-            )
-    finally:
-        torch.set_default_dtype(previous)
-    with torch.device(device):  # the Wan2.2 VAE's architecture; its latents_mean/std are statistics of real weights, 0/1 here
-        vae = AutoencoderKLWan(
-            base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-            scale_factor_temporal=4, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
-        )
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0)
-    for module in (text_encoder, transformer, vae):
-        module.eval()
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer, expand_timesteps=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """``WanPipeline`` with Wan2.2-TI2V-5B's architecture and random weights on ``device`` (module
+    docstring); the VAE's latents_mean/std are statistics of real weights, 0/1 here; shift 5."""
+    transformer = dict(num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336)
+    vae = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+               scale_factor_temporal=4, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    return _random_wan_pipeline(device, dtype, transformer, vae, flow_shift=5.0, expand_timesteps=True)
 
 
 def reward_models_on_gpu() -> list:
