@@ -68,7 +68,8 @@ import torch
 from cac_align.config import load_config
 from cac_align.gen.sde import flow_sigmas
 from cac_align.gen.vace import RegeneratorConfig
-from cac_align.gen.wan import build_tiny_wan_pipeline, encode_prompts, latent_preview, sample_with_log_probs, scheduler_shift
+from cac_align.gen.generator import sample_with_log_probs, scheduler_shift
+from cac_align.gen.wan import build_tiny_wan_pipeline, encode_prompts, latent_preview
 from cac_align.jobs.dpo import DpoConfig, _Trainer as DpoTrainer
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, sample_seed
 from cac_align.jobs.repair import RepairConfig

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from cac_align.gen.wan import build_tiny_wan_pipeline
-from cac_align.gen.lora import WanLoraSettings, add_lora
+from cac_align.gen.lora import LoraSettings, add_lora
 
 
 def region_mask(frames: int, height: int, width: int) -> torch.Tensor:
@@ -69,7 +69,8 @@ def probe_ceiling(delta: float, marked: float) -> None:
 
     from cac_align.config import load_config
     from cac_align.gen.sde import flow_sigmas
-    from cac_align.gen.wan import encode_prompts, latent_preview, sample_with_log_probs, scheduler_shift
+    from cac_align.gen.generator import sample_with_log_probs, scheduler_shift
+    from cac_align.gen.wan import encode_prompts, latent_preview
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, sample_seed
     from cac_align.run.input_files import read_prompts
 
@@ -153,7 +154,7 @@ def main() -> None:
         import localized_credit as lc
 
         lc.mark_defect(transformer, args.marked)
-    add_lora(transformer, WanLoraSettings(rank=args.rank, alpha=2.0 * args.rank), seed=args.seed)
+    add_lora(transformer, LoraSettings(rank=args.rank, alpha=2.0 * args.rank), seed=args.seed)
     optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=args.lr)
     shape = (args.batch, transformer.config.in_channels, 3, 8, 8)  # the miniature's latents: 9 frames of 64 x 64
     text = torch.randn(1, 16, transformer.config.text_dim).expand(args.batch, -1, -1)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["Evidence", "EvidenceError", "Region", "evidence_reason", "find_evidence", "read_evidence", "region_from_evidence"]
+__all__ = ["Evidence", "EvidenceError", "Region", "evidence_reason", "find_evidence", "read_evidence", "region_from_evidence", "whole_frames"]
 
 _EPS = 1e-9
 
@@ -164,6 +164,15 @@ class Region:
     @property
     def is_empty(self) -> bool:
         return not bool(self.frames.any())
+
+
+def whole_frames(evidence: Evidence, fps: float) -> Evidence:
+    """``evidence`` with its boxes widened to whole frames: its window (or, for boxes alone, the
+    span of the boxed frames, as :func:`region_from_evidence` takes it), no boxes. What a
+    regenerator that cannot keep pixels inside a frame (LTX-2's condition pipeline) regenerates."""
+    if evidence.window_s is not None:
+        return Evidence(evidence.window_s, ())
+    return Evidence((evidence.boxes[0][0], evidence.boxes[-1][0] + 1.0 / fps), ())
 
 
 def region_from_evidence(

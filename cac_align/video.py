@@ -28,6 +28,7 @@ __all__ = [
     "VideoError",
     "load_video",
     "save_video",
+    "save_wav",
     "sample_times",
 ]
 
@@ -509,8 +510,10 @@ def _umask() -> int:
     return mask
 
 
-def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: bool = False) -> Path:
-    """Write ``video`` as an H.264 mp4 (yuv420p) that decord and browsers read.
+def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: bool = False, audio: Any = None,
+               sample_rate: int | None = None) -> Path:
+    """Write ``video`` as an H.264 mp4 (yuv420p) that decord and browsers read, with its
+    soundtrack if it has one.
 
     The file is written to a temporary name beside ``path`` and renamed when complete, so a
     killed run never leaves a truncated mp4 under the final name.
@@ -522,11 +525,17 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: b
         lossless: write RGB H.264 at quantizer 0 instead (``libx264rgb -qp 0``): decoding gives
             back every frame bit for bit (checked through decord), any size; about 10x larger,
             and browsers do not play it.
+        audio: a soundtrack, float ``(channels, samples)`` in [-1, 1] (an LTX-2 video's), muxed in
+            as AAC at 192 kb/s; the frames are written as without it.
+        sample_rate: the soundtrack's samples per second.
 
     Returns:
         The written path.
     """
     import imageio_ffmpeg
+
+    if audio is not None and not sample_rate:
+        raise ValueError("a soundtrack needs its sample_rate")
 
     path = Path(path)
     if (video.height % 2 or video.width % 2) and not lossless:
@@ -537,9 +546,17 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: b
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
+    wav_name = None
     writer = None
     try:
         codec, pixels, params = ("libx264rgb", "rgb24", ["-qp", "0"]) if lossless else ("libx264", "yuv420p", ["-crf", str(int(crf))])
+        sound: dict[str, Any] = {}
+        if audio is not None:  # ffmpeg reads the soundtrack from a WAV file beside the frames it is sent
+            fd, wav_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
+            os.close(fd)
+            save_wav(audio, sample_rate, wav_name)
+            sound = {"audio_path": wav_name, "audio_codec": "aac"}
+            params = [*params, "-b:a", "192k"]
         writer = imageio_ffmpeg.write_frames(
             tmp_name,
             (video.width, video.height),
@@ -551,6 +568,7 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: b
             macro_block_size=1,
             output_params=[*params, "-movflags", "+faststart"],
             ffmpeg_log_level="error",
+            **sound,
         )
         _without_interrupts(writer.send, None)  # start the generator (and ffmpeg)
         for frame in video.frames:
@@ -570,4 +588,29 @@ def save_video(video: Video, path: str | os.PathLike, crf: int = 18, lossless: b
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+    finally:
+        if wav_name is not None and os.path.exists(wav_name):
+            os.unlink(wav_name)
+    return path
+
+
+def save_wav(audio: Any, sample_rate: int, path: str | os.PathLike) -> Path:
+    """Write a soundtrack, float ``(channels, samples)`` in [-1, 1], as 16-bit PCM WAV (written
+    to a temporary name and renamed when complete)."""
+    import wave
+
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[None]
+    if samples.ndim != 2 or samples.shape[0] > 8:
+        raise ValueError(f"a soundtrack is (channels, samples), got shape {samples.shape}")
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").T  # interleaved frames
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with wave.open(str(tmp), "wb") as handle:
+        handle.setnchannels(samples.shape[0])
+        handle.setsampwidth(2)
+        handle.setframerate(int(sample_rate))
+        handle.writeframes(pcm.tobytes())
+    os.replace(tmp, path)
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cac_align.gen.wan import GeneratorConfig, build_video_generator
+from cac_align.gen.generator import GeneratorConfig, build_video_generator
 from cac_align.rewards.registry import build_reward
 from cac_align.video import Video, save_video
 
@@ -29,7 +29,7 @@ def best_of_n(generator, config: GeneratorConfig, reward, prompt: str, n: int) -
     """``n`` candidates of one prompt and the reward's verdict on each. Returns the candidates
     (uint8 ``(n, F, H, W, 3)``) and ``{"scores", "valid", "errors", "best"}`` (``best`` is None
     when no candidate was scored)."""
-    videos = generator.generate(config, [prompt] * n, list(range(n)))
+    videos = generator.generate(config, [prompt] * n, list(range(n))).frames
     output = reward([Video(v, fps=config.fps) for v in videos], [prompt] * n)
     scores = np.where(output.valid, output.scores, -np.inf)
     best = int(np.argmax(scores)) if output.valid.any() else None

@@ -14,7 +14,6 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cac_align.config import load_config
-from cac_align.gen.experts import WanDenoiser
 from cac_align.gen.tiny import TINY_WAN_BUILDERS
 from cac_align.jobs.dpo import DpoConfig, run
 
@@ -28,7 +27,7 @@ run(config, pipe=pipe)
 from accelerate import PartialState  # noqa: E402
 
 state = PartialState()
-weights = {n: p.detach().cpu().contiguous() for n, p in WanDenoiser.from_pipeline(pipe).named_parameters() if p.requires_grad}
+weights = {n: p.detach().cpu().contiguous() for n, p in config.generator.family.denoiser(pipe).named_parameters() if p.requires_grad}
 save_file(weights, str(out / f"rank{state.process_index}.safetensors"))
 if state.is_main_process:
     (out / "world.json").write_text(json.dumps({"num_processes": state.num_processes}))

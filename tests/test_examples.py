@@ -38,7 +38,7 @@ def test_best_of_5_keeps_the_best_scored_candidate_of_each_prompt(tmp_path):
         again = build_reward({"name": "brightness"})([kept], [row["prompt"]])
         assert float(again.scores[0]) == pytest.approx(row["scores"][row["best"]], abs=2e-3)
     # a reward that can score nothing keeps nothing, with the reason, never a "best" of zeros
-    from cac_align.gen.wan import GeneratorConfig
+    from cac_align.gen.generator import GeneratorConfig
 
     spot = build_reward({"name": "spot_brightness", "window_s": [0.25, 0.5]})
     videos, verdict = example.best_of_n(_Never(), GeneratorConfig(name="tiny-random:wan"), spot, "p", 2)
@@ -49,7 +49,9 @@ class _Never:
     """A generator of 1-frame videos, which spot_brightness's window cannot see (invalid)."""
 
     def generate(self, config, prompts, seeds):
-        return np.zeros((len(prompts), 1, 8, 8, 3), dtype=np.uint8)
+        from cac_align.gen.generator import Generated
+
+        return Generated(np.zeros((len(prompts), 1, 8, 8, 3), dtype=np.uint8))
 
 
 def test_custom_reward_is_registered_used_by_score_and_invalid_on_a_short_video(tmp_path):

@@ -1,5 +1,6 @@
-"""The velocity model of a Wan pipeline, whatever its family: which transformer (expert) serves a
-timestep, the timestep tensor it is given, and classifier-free guidance, as diffusers'
+"""The denoisers: what every family's velocity model gives the trainers (:class:`Denoiser`: its
+experts, their LoRAs, the reference policy), and Wan's (:class:`WanDenoiser`): which transformer
+(expert) serves a timestep, the timestep tensor it is given, and classifier-free guidance, as diffusers'
 ``WanPipeline.__call__`` computes them (diffusers 0.42, ``pipelines/wan/pipeline_wan.py``, the
 denoising loop), so that our sampler and trainers step exactly as the pipeline does.
 
@@ -19,14 +20,53 @@ with one per sample, and each sample then goes to its own level's expert.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
-__all__ = ["WanDenoiser"]
+__all__ = ["Denoiser", "WanDenoiser"]
 
 
-class WanDenoiser(torch.nn.Module):
+class Denoiser(torch.nn.Module):
+    """What every family's denoiser (the velocity of a step; :class:`WanDenoiser`,
+    :class:`cac_align.gen.ltx2.LTX2Denoiser`) gives the trainers: its transformers (experts), which
+    of them serves a timestep, which carry a trained LoRA, the reference policy (their LoRAs off),
+    and the noise levels the adapted ones serve. One transformer by default."""
+
+    transformer: Any
+    family: Any = None  # the family that built it: whose LoRA files it writes (its pipeline class)
+
+    @property
+    def experts(self) -> list[Any]:
+        """The transformers, high-noise first."""
+        return [self.transformer]
+
+    def expert_index(self, timestep: Any) -> int:
+        """The expert serving the scalar ``timestep`` (one transformer: 0)."""
+        return 0
+
+    def sigma_range(self) -> tuple[float, float]:
+        """The noise levels the adapted experts serve (one transformer: all of (0, 1))."""
+        return 0.0, 1.0
+
+    def trained_experts(self) -> list[int]:
+        """The experts with trainable parameters (a LoRA), by index."""
+        return [i for i, expert in enumerate(self.experts) if any(p.requires_grad for p in expert.parameters())]
+
+    def _adapted(self) -> list[Any]:
+        return [expert for expert in self.experts if getattr(expert, "_hf_peft_config_loaded", False)]
+
+    def disable_adapters(self) -> None:
+        """Every expert's LoRA off: the reference policy (the base model)."""
+        for expert in self._adapted():
+            expert.disable_adapters()
+
+    def enable_adapters(self) -> None:
+        for expert in self._adapted():
+            expert.enable_adapters()
+
+
+class WanDenoiser(Denoiser):
     """The experts of a Wan pipeline and how a step calls them (module docstring).
 
     Args:
@@ -55,15 +95,18 @@ class WanDenoiser(torch.nn.Module):
         self.num_train_timesteps = int(num_train_timesteps)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any) -> "WanDenoiser":
-        """The denoiser of a diffusers ``WanPipeline`` (its config's ``boundary_ratio`` and
-        ``expand_timesteps``, its scheduler's ``num_train_timesteps``)."""
-        ratio = pipe.config.get("boundary_ratio")
-        transformer_2 = getattr(pipe, "transformer_2", None)
+    def from_pipeline(cls, pipe: Any, family: Any) -> "WanDenoiser":
+        """The denoiser of a diffusers ``WanPipeline`` of ``family``
+        (:class:`~cac_align.gen.wan.WanFamily`: its experts and per-token timesteps, read from the
+        model's files), with the pipeline config's ``boundary_ratio`` and its scheduler's
+        ``num_train_timesteps``."""
         steps = int(pipe.scheduler.config.num_train_timesteps)
-        boundary = None if ratio is None or transformer_2 is None else float(ratio) * steps
-        expand = bool(pipe.config.get("expand_timesteps", False))
-        return cls(pipe.transformer, transformer_2 if boundary is not None else None, boundary, expand, steps)
+        if family.experts == 2:
+            denoiser = cls(pipe.transformer, pipe.transformer_2, float(pipe.config["boundary_ratio"]) * steps, family.expand_timesteps, steps)
+        else:
+            denoiser = cls(pipe.transformer, None, None, family.expand_timesteps, steps)
+        denoiser.family = family
+        return denoiser
 
     # -- which expert, which timestep tensor --------------------------------------------------
     @property
@@ -107,33 +150,16 @@ class WanDenoiser(torch.nn.Module):
             return per_token.unsqueeze(0).expand(batch, -1)
         return t.view(batch, 1) * mask[:, ::p_h, ::p_w].flatten().unsqueeze(0)
 
-    # -- LoRA ----------------------------------------------------------------------------------
-    def trained_experts(self) -> list[int]:
-        """The experts with trainable parameters (a LoRA), by index."""
-        return [i for i, expert in enumerate(self.experts) if any(p.requires_grad for p in expert.parameters())]
-
-    def _adapted(self) -> list[Any]:
-        return [expert for expert in self.experts if getattr(expert, "_hf_peft_config_loaded", False)]
-
-    def disable_adapters(self) -> None:
-        """Every expert's LoRA off: the reference policy (the base model)."""
-        for expert in self._adapted():
-            expert.disable_adapters()
-
-    def enable_adapters(self) -> None:
-        for expert in self._adapted():
-            expert.enable_adapters()
-
     # -- the velocity ----------------------------------------------------------------------------
     def forward(
         self,
         latents: torch.Tensor,
         timestep: Any,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor | None,
-        guidance_scale: float,
-        guidance_scale_2: float | None = None,
+        cond: Any,
+        negative: Any,
+        guidance: Mapping[str, Any],
         dtype: Any = None,
+        side: Any = None,
     ) -> torch.Tensor:
         """The (classifier-free guided) velocity at ``timestep``, as the pipeline computes it.
 
@@ -142,11 +168,19 @@ class WanDenoiser(torch.nn.Module):
             timestep: a scalar tensor (the scheduler's ``t``: one step of a sampler), or one per
                 sample ``(B,)`` (a trainer noising each sample to its own level): each sample is
                 then served by its own timestep's expert, one call per expert.
-            prompt_embeds / negative_embeds: ``(B, L, D)``.
-            guidance_scale: the (high-noise) expert's scale; guidance_scale_2: the low-noise
-                expert's (None: the same, as the pipeline defaults).
+            cond / negative: :class:`~cac_align.gen.generator.Conditioning` with ``embeds``
+                ``(B, L, D)`` (negative: None without CFG).
+            guidance: ``guidance_scale``, the (high-noise) expert's scale, and
+                ``guidance_scale_2``, the low-noise expert's (None: the same, as the pipeline
+                defaults).
             dtype: the transformers' parameter dtype (inputs are cast to it).
+            side: must be None (Wan makes video alone).
         """
+        if side is not None:
+            raise ValueError("Wan generates video alone: it has no side latents")
+        guidance_scale, guidance_scale_2 = guidance["guidance_scale"], guidance.get("guidance_scale_2")
+        prompt_embeds = cond.embeds
+        negative_embeds = None if negative is None else negative.embeds
         t = torch.as_tensor(timestep)
         if t.ndim == 0:
             return self._velocity(self.expert_index(t), latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)

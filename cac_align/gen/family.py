@@ -1,95 +1,356 @@
-"""Which Wan a generator name is, and that model's own sampling settings.
+"""What a generator is, read from its own files, and the one interface the generator jobs call.
 
-A family is found from the name a recipe gives (``generator.name``): the hub ids, the tiny
-in-process pipelines, or a local ``save_pretrained`` copy (its ``model_index.json``: a
-``transformer_2`` is the A14B's second expert, ``expand_timesteps`` the TI2V-5B's per-token
-timesteps). Every setting a recipe leaves unset (``null``) takes the family's value here; the
-jobs read the settings, never the family (``GeneratorConfig`` fills them in).
+A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-grpo``, ``dpo``,
+``repair``) and :mod:`cac_align.gen.credit` can run: its diffusers pipeline class, its experts and
+timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
+sampling settings. Each family lives in one module of ``gen/`` (:mod:`cac_align.gen.wan`: Wan-2.1,
+Wan2.2-TI2V-5B, Wan2.2-A14B; :mod:`cac_align.gen.ltx2`: LTX-2) and is an object with the methods
+of :class:`GeneratorFamily`; a job asks the family, never the pipeline object, what a pipeline
+has, and never branches on which family it is. Adding a family is one module listed in
+:data:`FAMILY_MODULES` (its ``FAMILIES`` and ``family_for_index``, its repair pipelines'
+``REGENERATORS`` and ``regenerator_for_index``), its recipes and its tests (Wan's repair pipeline,
+Wan-VACE, older than this layout, keeps its own module, :mod:`cac_align.gen.vace`).
 
-The Wan2.2 values are the release's own (github.com/Wan-Video/Wan2.2 ``wan/configs/wan_t2v_A14B.py``
-and ``wan_ti2v_5B.py``); Wan-2.1's are this package's defaults since the start (CaC §4.2: 480p,
-81 frames, 50 steps; diffusers' guidance 5.0; the checkpoint scheduler's shift):
+**Which family a model is** (:func:`family_of`) comes from the model's own ``model_index.json``,
+the file diffusers writes beside every pipeline: its ``_class_name`` (``WanPipeline``,
+``LTX2Pipeline``, ...) and what it holds (a ``transformer_2`` and ``boundary_ratio``: the A14B's
+second expert; ``expand_timesteps``: the TI2V-5B's per-token timesteps). It is read wherever the
+files are:
 
-| family | size (H x W) | frames | fps | steps | guidance | shift | latent grid (t, h, w) |
-| --- | --- | --- | --- | --- | --- | --- | --- |
-| Wan-2.1 T2V-1.3B | 480 x 832 | 81 | 16 | 50 | 5.0 | the checkpoint's (3.0) | 4 x 8 x 8 |
-| Wan2.2-TI2V-5B | 704 x 1280 | 121 | 24 | 50 | 5.0 | 5.0 | 4 x 16 x 16 |
-| Wan2.2-T2V-A14B | 720 x 1280 | 81 | 16 | 40 | 4.0 high-noise, 3.0 low-noise | 12.0 | 4 x 8 x 8 |
+1. a tiny in-process pipeline (``tiny-random:...``): its builder's family;
+2. a local folder: its ``model_index.json``;
+3. a hub id in the local Hugging Face cache (offline too): the cached ``model_index.json``;
+4. a hub id not in the cache, with the hub reachable: diffusers' ``load_config`` downloads that
+   one file (not the weights);
+5. only when no file can be read (offline, not cached): a hub id a family lists (its release
+   checkpoints) gives that family, so recipes validate on a machine without the weights; any
+   other name is a one-line error saying how to get the files.
 
-The A14B's shift is set here because its diffusers checkpoint's scheduler was converted with
-3.0 (diffusers' ``scripts/convert_wan_to_diffusers.py``), not the release's 12.0; the 5B's is
-5.0 either way. All three share Wan-2.1's negative prompt (byte for byte in the release configs).
+A pipeline class no family runs is a one-line error naming the supported ones, never a silent
+Wan-2.1.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, Sequence
 
-__all__ = ["FAMILIES", "WanFamily", "family_of"]
+__all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "UnknownGeneratorError", "families", "family_from_index", "family_of", "has_component",
+           "read_model_index", "regenerator_of"]
+
+# The modules that define families, in the order a model_index.json is offered to them: each lists
+# its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
+# ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, has a module of its own.
+FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2")
 
 
-@dataclass(frozen=True)
-class WanFamily:
-    """A Wan model family: its experts, its latent grid, its own sampling settings.
+class UnknownGeneratorError(ValueError):
+    """A model whose files name a pipeline no family runs, or that is not a pipeline at all."""
+
+
+class Conditioning:
+    """A batch of text conditioning: named tensors whose first dimension is the prompt (Wan:
+    ``embeds``; LTX-2: its connectors' video and audio embeddings and their mask). Rows are taken
+    and joined like a tensor's (``cond[lo:hi]``, ``cond[[0, 0, 1]]``, :meth:`cat`), so the jobs
+    handle any family's conditioning alike."""
+
+    def __init__(self, **tensors: Any):
+        if not tensors:
+            raise ValueError("a Conditioning holds at least one tensor")
+        self.tensors = tensors
+
+    def __getattr__(self, name: str) -> Any:
+        tensors = self.__dict__.get("tensors", {})
+        if name in tensors:
+            return tensors[name]
+        raise AttributeError(name)
+
+    def __len__(self) -> int:
+        return int(next(iter(self.tensors.values())).shape[0])
+
+    def __getitem__(self, rows: Any) -> "Conditioning":
+        return Conditioning(**{k: v[rows] for k, v in self.tensors.items()})
+
+    def to(self, *args: Any, **kwargs: Any) -> "Conditioning":
+        return Conditioning(**{k: v.to(*args, **kwargs) for k, v in self.tensors.items()})
+
+    @staticmethod
+    def cat(parts: Sequence["Conditioning"]) -> "Conditioning":
+        import torch
+
+        return Conditioning(**{k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors})
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i``'s tensors by name (what a cache file stores; :meth:`stack` reads them back)."""
+        return {k: v[i].cpu().contiguous() for k, v in self.tensors.items()}
+
+    @staticmethod
+    def stack(rows: Sequence[dict[str, Any]]) -> "Conditioning":
+        import torch
+
+        return Conditioning(**{k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+
+
+@dataclass
+class Generated:
+    """Videos as a pipeline made them.
 
     Attributes:
-        name: "wan2.1", "wan2.2-ti2v" or "wan2.2-a14b".
-        experts: 1, or 2 (a high-noise and a low-noise transformer).
-        spatial_multiple: frame sides must be multiples of this (VAE compression x patch size).
-        defaults: the ``GeneratorConfig`` settings a recipe may leave unset (module docstring).
+        frames: uint8 ``(B, F, H, W, 3)``.
+        audio: float32 ``(B, channels, samples)`` waveforms in [-1, 1] (LTX-2), or None.
+        sample_rate: the audio's samples per second.
+    """
+
+    frames: Any
+    audio: Any = None
+    sample_rate: int | None = None
+
+
+
+class GeneratorFamily(Protocol):
+    """A kind of text-to-video pipeline, as the generator jobs use it (module docstring).
+
+    Attributes:
+        name: the family's short name ("wan2.1", "wan2.2-ti2v", "wan2.2-a14b", "ltx2").
+        title: how messages name it ("Wan2.2-TI2V-5B").
+        pipeline_class: the diffusers class of its text-to-video pipeline.
+        experts: its transformers (the Wan2.2-A14B's high- and low-noise experts: 2).
+        spatial_multiple: frame sides must be multiples of this (VAE compression x patch).
+        frame_multiple: ``num_frames`` must be ``k * frame_multiple + 1`` (the VAE's causal time
+            compression).
+        audio: it generates an audio track with the video (LTX-2).
+        defaults: the :class:`~cac_align.gen.generator.GeneratorConfig` settings a recipe may
+            leave unset, with the family's values (its module says where each comes from); a
+            setting not listed here does not apply to the family and must stay unset.
+        tiny_names: ``generator.name`` of its tiny in-process pipelines.
+        hub_ids: its release checkpoints, known by name when their files cannot be read.
+        lora_target_modules: what a trainer's LoRA adapts when a recipe does not say (Wan: every
+            attention projection; LTX-2: the video branch).
     """
 
     name: str
+    title: str
+    pipeline_class: str
     experts: int
     spatial_multiple: int
-    defaults: dict[str, Any] = field(default_factory=dict)
+    frame_multiple: int
+    audio: bool
+    defaults: Mapping[str, Any]
+    tiny_names: tuple[str, ...]
+    hub_ids: tuple[str, ...]
+    lora_target_modules: tuple[str, ...]
+
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
+        """The pipeline in ``source`` (a folder or hub id), safetensors only."""
+        ...
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        """The tiny random pipeline ``name`` (one of :attr:`tiny_names`), built in-process."""
+        ...
+
+    def denoiser(self, pipe: Any) -> Any:
+        """The ``torch.nn.Module`` that gives the guided velocity at a step, as the pipeline
+        computes it: ``denoiser(latents, timestep, cond, negative, guidance, dtype, side=None)``
+        (video velocity; with ``side`` latents, a pair of video and side velocities)."""
+        ...
+
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guided: bool, max_sequence_length: int) -> tuple[Any, Any]:
+        """The text conditioning of ``prompts`` and, when ``guided``, of the negative prompt:
+        :class:`Conditioning` (rows = prompts)."""
+        ...
+
+    def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
+        """``(sigmas (N + 1,), timesteps (N,))``: the pipeline's own sampling schedule."""
+        ...
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> tuple[Any, Any]:
+        """The initial noise as the pipeline draws it, sample ``i`` from ``generators[i]``:
+        ``(latents (B, C, F', H', W') float32, side latents or None)``."""
+        ...
+
+    def decode(self, pipe: Any, latents: Any, side: Any = None) -> Any:
+        """Final latents to uint8 frames ``(B, F, H, W, 3)``, as the pipeline decodes them."""
+        ...
+
+    def encode_video(self, pipe: Any, frames: Any) -> Any:
+        """uint8 frames ``(F, H, W, 3)`` to normalized latents ``(C, F', H', W')`` float32."""
+        ...
+
+    def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
+        """``(temporal, spatial, patch)``: pixel frames per latent frame (after the first),
+        pixels per latent side, and the transformer's patch ``(t, h, w)`` in latents."""
+        ...
+
+    def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
+        """The guidance settings of ``config`` the family's velocity uses; ``guided=False``: the
+        plain conditional velocity (one forward a step). ``fps``: the frame rate the video plays
+        at, where it differs from ``config.fps`` (a pair's, a repaired input's)."""
+        ...
+
+    def decode_audio(self, pipe: Any, side: Any) -> tuple[Any, int]:
+        """Final side latents (LTX-2's audio) to waveforms ``(B, channels, samples)`` and their
+        sample rate; only a family with ``audio``."""
+        ...
+
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        """:class:`Generated` videos, one per (prompt, seed), as the
+        pipeline makes them."""
+        ...
 
 
-FAMILIES = {
-    "wan2.1": WanFamily("wan2.1", 1, 16, {
-        "height": 480, "width": 832, "num_frames": 81, "fps": 16.0, "num_inference_steps": 50, "guidance_scale": 5.0,
-        "guidance_scale_2": None, "flow_shift": None,
-    }),
-    "wan2.2-ti2v": WanFamily("wan2.2-ti2v", 1, 32, {
-        # wan_ti2v_5B.py: sample_fps 24, frame_num 121, sample_steps 50, sample_guide_scale 5.0,
-        # sample_shift 5.0; its only sizes are 1280 x 704 and 704 x 1280
-        "height": 704, "width": 1280, "num_frames": 121, "fps": 24.0, "num_inference_steps": 50, "guidance_scale": 5.0,
-        "guidance_scale_2": None, "flow_shift": 5.0,
-    }),
-    "wan2.2-a14b": WanFamily("wan2.2-a14b", 2, 16, {
-        # wan_t2v_A14B.py: sample_fps 16, frame_num 81, sample_steps 40, sample_guide_scale
-        # (3.0, 4.0) for the (low-, high-)noise experts, sample_shift 12.0, boundary 0.875
-        "height": 720, "width": 1280, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 4.0,
-        "guidance_scale_2": 3.0, "flow_shift": 12.0,
-    }),
-}
-
-# names -> family, besides local folders (read from their model_index.json)
-_KNOWN = {
-    "tiny-random:wan": "wan2.1",
-    "tiny-random:wan22-ti2v": "wan2.2-ti2v",
-    "tiny-random:wan22-a14b": "wan2.2-a14b",
-    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": "wan2.2-ti2v",
-    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan2.2-a14b",
-}
+# What each family module lists: its generators, and its repair pipelines (regenerators).
+_KINDS = {"generator": ("FAMILIES", "family_for_index"), "regenerator": ("REGENERATORS", "regenerator_for_index")}
 
 
-def family_of(name: str) -> WanFamily:
-    """The family of ``generator.name`` (module docstring); Wan-2.1 for any other Wan name."""
-    if name in _KNOWN:
-        return FAMILIES[_KNOWN[name]]
-    index = Path(str(name)).expanduser() / "model_index.json"
-    if index.is_file():
-        try:
-            data = json.loads(index.read_text())
-        except (OSError, ValueError):
-            data = {}
-        transformer_2 = data.get("transformer_2")
-        if isinstance(transformer_2, list) and transformer_2 and transformer_2[0] is not None:
-            return FAMILIES["wan2.2-a14b"]
-        if data.get("expand_timesteps"):
-            return FAMILIES["wan2.2-ti2v"]
-    return FAMILIES["wan2.1"]
+def families(kind: str = "generator") -> tuple[Any, ...]:
+    """Every family of :data:`FAMILY_MODULES`, in order (``kind="regenerator"``: their repair
+    pipelines, e.g. Wan-VACE)."""
+    found: list[Any] = []
+    for module in FAMILY_MODULES:
+        found.extend(getattr(importlib.import_module(module), _KINDS[kind][0], ()))
+    return tuple(found)
+
+
+def _supported(kind: str = "generator") -> str:
+    by_class: dict[str, list[str]] = {}
+    for family in families(kind):
+        by_class.setdefault(family.pipeline_class, []).append(family.title)
+    return "; ".join(f"{cls} ({', '.join(titles)})" for cls, titles in by_class.items())
+
+
+def family_from_index(index: Mapping[str, Any], where: str, key: str = "generator.name", kind: str = "generator") -> Any:
+    """The family whose pipeline ``index`` (a ``model_index.json``) describes.
+
+    Raises:
+        UnknownGeneratorError: no family runs that pipeline class (one line, naming those that do).
+    """
+    for module in FAMILY_MODULES:
+        recognize = getattr(importlib.import_module(module), _KINDS[kind][1], None)
+        family = recognize(index) if recognize is not None else None
+        if family is not None:
+            return family
+    name = index.get("_class_name")
+    job = "generator job" if kind == "generator" else "repair"
+    raise UnknownGeneratorError(f"{key}={where!r} is a {name or 'model without a pipeline class'}, which no {job} runs; supported: {_supported(kind)}")
+
+
+def has_component(index: Mapping[str, Any], name: str) -> bool:
+    """Whether a ``model_index.json`` holds component ``name`` (diffusers writes ``[library,
+    class]``, and ``[null, null]`` for an optional component that is absent)."""
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+
+
+def read_model_index(name: str, key: str = "generator.name") -> dict[str, Any] | None:
+    """The ``model_index.json`` of ``name`` (a local folder or a hub id; module docstring, cases
+    2-4), or None when it cannot be read without a network the machine does not have.
+
+    Raises:
+        WeightsNotFoundError: a local path that is not a folder, or an unreadable file.
+        UnknownGeneratorError: a folder or repository without a ``model_index.json`` (not a
+            diffusers pipeline).
+    """
+    from cac_align.loading import WeightsNotFoundError, looks_like_path
+
+    if looks_like_path(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise WeightsNotFoundError(f"{key}={name!r}: no such directory. Point '{key}' at a folder written by a diffusers pipeline's "
+                                       "save_pretrained (or `huggingface-cli download <repo> --local-dir <dir>`), or at a hub id")
+        return _read_index_file(folder / "model_index.json", name, key)
+    return _hub_index(name, key)
+
+
+def _read_index_file(path: Path, name: str, key: str) -> dict[str, Any]:
+    from cac_align.loading import WeightsNotFoundError
+
+    if not path.is_file():
+        raise UnknownGeneratorError(f"{key}={name!r} has no model_index.json: it is not a diffusers pipeline (save one with the pipeline's "
+                                    f"save_pretrained); supported: {_supported()}")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsNotFoundError(f"{key}={name!r}: cannot read {path}: {exc}") from exc
+    if not isinstance(index, dict):
+        raise UnknownGeneratorError(f"{key}={name!r}: {path} is not a diffusers model_index.json (not a JSON object)")
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_index_cached(name: str) -> tuple[str, str] | None:
+    """``(path, text)`` of a hub id's model_index.json from the cache or a download; None when
+    neither can be had (offline, not cached). Asked once per process per name."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from cac_align.loading import hub_reachable
+
+    try:
+        cached = try_to_load_from_cache(name, "model_index.json")
+    except ValueError:  # not a valid repo id
+        cached = None
+    if isinstance(cached, str):
+        return cached, Path(cached).read_text(encoding="utf-8")
+    if not hub_reachable():
+        return None
+    from diffusers import DiffusionPipeline
+
+    try:  # only this file, not the weights
+        index = DiffusionPipeline.load_config(name)
+    except (OSError, ValueError):
+        return None
+    return f"{name} (model_index.json)", json.dumps(dict(index))
+
+
+def _hub_index(name: str, key: str) -> dict[str, Any] | None:
+    found = _hub_index_cached(name)
+    if found is None:
+        return None
+    where, text = found
+    try:
+        index = json.loads(text)
+    except ValueError as exc:
+        from cac_align.loading import WeightsNotFoundError
+
+        raise WeightsNotFoundError(f"{key}={name!r}: cannot read {where}: {exc}") from exc
+    return index if isinstance(index, dict) else None
+
+
+def family_of(name: str, key: str = "generator.name") -> GeneratorFamily:
+    """The family of the model ``name`` (module docstring: its own files decide).
+
+    Raises:
+        UnknownGeneratorError: its files name a pipeline no family runs.
+        WeightsNotFoundError: its files cannot be read and its name is not a listed one.
+    """
+    return _resolve(name, key, "generator")
+
+
+def regenerator_of(name: str, key: str = "regenerator.name") -> Any:
+    """The repair pipeline (regenerator) the model ``name`` is, found as :func:`family_of` finds a
+    generator: Wan-VACE (:class:`cac_align.gen.vace.VaceRegenerator`), LTX-2's condition pipeline."""
+    return _resolve(name, key, "regenerator")
+
+
+def _resolve(name: str, key: str, kind: str) -> Any:
+    for family in families(kind):
+        if name in family.tiny_names:
+            return family
+    index = read_model_index(name, key)
+    if index is not None:
+        return family_from_index(index, name, key, kind)
+    for family in families(kind):
+        if name in family.hub_ids:
+            return family
+    from huggingface_hub import constants
+
+    from cac_align.loading import WeightsNotFoundError
+
+    raise WeightsNotFoundError(
+        f"{key}={name!r}: cannot tell which model it is: its model_index.json is not in the local cache and the hub "
+        f"({constants.ENDPOINT}) cannot be reached. Download it where there is network (`huggingface-cli download {name} "
+        f"--local-dir DIR`) and set {key}=DIR"
+    )

@@ -1,11 +1,12 @@
-"""The trained LoRA on a Wan transformer, shared by the generator's trainers (``flow-grpo``,
-``dpo``): its settings, adding it (peft through diffusers' ``add_adapter``), the reference policy
-(the same transformer with the LoRA off), and its share of an accelerate checkpoint."""
+"""The trained LoRA on a generator's transformer(s), shared by the generator's trainers
+(``flow-grpo``, ``dpo``) for every family: its settings, adding it (peft through diffusers'
+``add_adapter``), the reference policy (the same transformer with the LoRA off), and its share of
+an accelerate checkpoint."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,26 +15,27 @@ from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from cac_align.config import RecipeError
-from cac_align.gen.wan import save_lora
+from cac_align.gen.generator import save_lora
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["LORA_EXPERTS", "WanLoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "ddp_kwargs_handlers",
+__all__ = ["LORA_EXPERTS", "LoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "ddp_kwargs_handlers", "freeze_pipeline",
            "register_lora_checkpoint", "save_expert_loras", "trainable", "trainable_state"]
 
 LORA_EXPERTS = ("high", "low", "both")
 
 
 @dataclass
-class WanLoraSettings:
-    """The LoRA on the Wan transformer (peft, through diffusers' ``add_adapter``).
+class LoraSettings:
+    """The LoRA on a generator's transformer(s) (peft, through diffusers' ``add_adapter``).
 
     Attributes:
         rank: LoRA rank (CaC App. C.4: 32).
         alpha: LoRA alpha (scale = alpha / rank).
-        target_modules: module names to adapt; the default covers the query/key/value/output
-            projections of both self- and cross-attention of every block.
+        target_modules: module names to adapt; null: the generator family's
+            (``lora_target_modules``; Wan: the query/key/value/output projections of both self-
+            and cross-attention of every block; LTX-2: the video branch, :data:`cac_align.gen.ltx2.VIDEO_BRANCH`).
         init: peft ``init_lora_weights`` ("gaussian" as Flow-GRPO, or true for peft's default);
             either way B = 0, so the adapter starts as the identity.
         experts: which transformer of a two-expert model (Wan2.2-A14B) gets the LoRA: "high"
@@ -48,7 +50,7 @@ class WanLoraSettings:
 
     rank: int = 32
     alpha: float = 64.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    target_modules: list[str] | None = None
     init: str = "gaussian"
     experts: str = "high"
 
@@ -66,7 +68,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().float().cpu().contiguous() for name, p in trainable(model).items()}
 
 
-def add_lora(transformer: torch.nn.Module, settings: WanLoraSettings, seed: int) -> None:
+def add_lora(transformer: torch.nn.Module, settings: LoraSettings, seed: int) -> None:
     """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32."""
     transformer.requires_grad_(False)
     init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
@@ -79,7 +81,7 @@ def add_lora(transformer: torch.nn.Module, settings: WanLoraSettings, seed: int)
             param.data = param.data.float()
 
 
-def add_expert_loras(denoiser: Any, settings: WanLoraSettings, seed: int) -> list[int]:
+def add_expert_loras(denoiser: Any, settings: LoraSettings, seed: int) -> list[int]:
     """Add the trained LoRA to the experts ``settings.experts`` names
     (:class:`~cac_align.gen.experts.WanDenoiser`); every other parameter frozen. Returns the
     adapted experts' indices. Expert ``i``'s LoRA A is drawn with seed ``seed + i`` (a Wan-2.1
@@ -95,15 +97,21 @@ def add_expert_loras(denoiser: Any, settings: WanLoraSettings, seed: int) -> lis
     return wanted
 
 
-def adapted_denoiser(pipe: Any, settings: WanLoraSettings, seed: int, gradient_checkpointing: bool = False) -> Any:
-    """A trainer's model: the pipeline's :class:`~cac_align.gen.experts.WanDenoiser` with the
-    trained LoRA on ``settings.experts`` (:func:`add_expert_loras`); the text encoder, the VAE
-    and every expert without a LoRA frozen. What ``flow-grpo`` and ``dpo`` hand to accelerate."""
-    from cac_align.gen.experts import WanDenoiser
+def freeze_pipeline(pipe: Any) -> None:
+    """Every model of ``pipe`` frozen (its ``requires_grad`` off), whatever its family holds."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
 
-    pipe.text_encoder.requires_grad_(False)
-    pipe.vae.requires_grad_(False)
-    denoiser = WanDenoiser.from_pipeline(pipe)  # the expert serving each timestep, as the pipeline picks it
+
+def adapted_denoiser(pipe: Any, family: Any, settings: LoraSettings, seed: int, gradient_checkpointing: bool = False) -> Any:
+    """A trainer's model: the family's denoiser of ``pipe`` (:meth:`GeneratorFamily.denoiser
+    <cac_align.gen.family.GeneratorFamily.denoiser>`: for Wan the
+    :class:`~cac_align.gen.experts.WanDenoiser`) with the trained LoRA on ``settings.experts``
+    (:func:`add_expert_loras`); everything else of the pipeline frozen. What ``flow-grpo`` and
+    ``dpo`` hand to accelerate."""
+    freeze_pipeline(pipe)  # text encoder(s), VAE(s), connectors, vocoder: frozen; the LoRA alone trains
+    denoiser = family.denoiser(pipe)  # the expert serving each timestep, as the pipeline picks it
     add_expert_loras(denoiser, settings, seed)
     if gradient_checkpointing:
         for expert in denoiser.experts:
@@ -111,7 +119,7 @@ def adapted_denoiser(pipe: Any, settings: WanLoraSettings, seed: int, gradient_c
     return denoiser
 
 
-def ddp_kwargs_handlers(generator_name: str, settings: WanLoraSettings) -> list | None:
+def ddp_kwargs_handlers(generator_name: str, settings: LoraSettings) -> list | None:
     """accelerate's ``kwargs_handlers`` for a trainer of ``generator_name``: with a LoRA on both
     experts of a two-expert model a backward runs through one expert, the other's parameters
     unused in it, which DDP must be told (``find_unused_parameters``); None otherwise."""
@@ -129,11 +137,12 @@ def save_expert_loras(denoiser: Any, folder: Any) -> None:
     as ``pytorch_lora_weights.safetensors``, the low-noise one's as
     ``pytorch_lora_weights_transformer_2.safetensors`` (diffusers loads it with
     ``load_lora_weights(folder, weight_name=..., load_into_transformer_2=True)``;
-    :func:`cac_align.gen.wan.load_lora` loads both)."""
-    from cac_align.gen.wan import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
+    :func:`cac_align.gen.generator.load_lora` loads both)."""
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
 
     for index in denoiser.trained_experts():
-        save_lora(denoiser.experts[index], folder, weight_name=LORA_WEIGHT_NAME if index == 0 else LORA_WEIGHT_NAME_2)
+        save_lora(denoiser.experts[index], folder, weight_name=LORA_WEIGHT_NAME if index == 0 else LORA_WEIGHT_NAME_2,
+                  pipeline_class=denoiser.family.pipeline_class)
 
 
 @contextlib.contextmanager
@@ -157,10 +166,7 @@ def register_lora_checkpoint(acc: Accelerator, model: torch.nn.Module, ema: dict
     def save(models: list, weights: list, folder: str) -> None:
         weights[0] = trainable_state(model)  # written (by the main process) as model.safetensors
         if acc.is_main_process:
-            if hasattr(model, "trained_experts"):
-                save_expert_loras(model, Path(folder) / "lora")
-            else:
-                save_lora(model, Path(folder) / "lora")
+            save_expert_loras(model, Path(folder) / "lora")
             if ema is not None:
                 save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(Path(folder) / "ema.safetensors"))
 

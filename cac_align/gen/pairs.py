@@ -14,8 +14,9 @@ Every run must have been judged by the same judge (its manifest's reward section
 served does not count): pairs of two judges are refused with one line naming both. Rows that give
 no pair are skipped and counted by reason (a repair that was not accepted, a
 prompt with fewer than two valid candidates or all scored alike, a video the trained model's VAE
-cannot encode as it is: not ``4k + 1`` frames, or sides that are not multiples of its
-``spatial_multiple``: 16 for Wan-2.1 and the Wan2.2 A14B, 32 for the TI2V-5B).
+cannot encode as it is: not ``k * frame_multiple + 1`` frames (Wan: 4k + 1, LTX-2: 8k + 1), or sides
+that are not multiples of its ``spatial_multiple``: 16 for Wan-2.1 and the Wan2.2 A14B, 32 for the
+TI2V-5B and LTX-2).
 """
 
 from __future__ import annotations
@@ -131,15 +132,17 @@ def _geometry(path: Path, where: str) -> tuple[int, int, int, float]:
     return video.num_frames, video.height, video.width, float(video.fps)
 
 
-def _wan_shaped(frames: int, height: int, width: int, multiple: int) -> str | None:
-    if (frames - 1) % 4:
-        return f"not 4k + 1 frames (Wan's VAE): {frames}"
+def _unfit(frames: int, height: int, width: int, multiples: tuple[int, int]) -> str | None:
+    """Why the model's VAE cannot encode a video of this shape as it is, or None."""
+    multiple, frame_multiple = multiples
+    if (frames - 1) % frame_multiple:
+        return f"not {frame_multiple}k + 1 frames (the model's VAE): {frames}"
     if height % multiple or width % multiple:
-        return f"sides not multiples of {multiple} (the model's VAE x its 2x2 patches): {height}x{width}"
+        return f"sides not multiples of {multiple} (the model's VAE x its patches): {height}x{width}"
     return None
 
 
-def _repair_pairs(folder: Path, config: dict, skipped: Counter, multiple: int) -> list[Pair]:
+def _repair_pairs(folder: Path, config: dict, skipped: Counter, multiple: tuple[int, int]) -> list[Pair]:
     from cac_align.run.folder import read_jsonl_log
 
     results = folder / "results.jsonl"
@@ -167,7 +170,7 @@ def _repair_pairs(folder: Path, config: dict, skipped: Counter, multiple: int) -
         if w[:3] != l[:3] or abs(w[3] - l[3]) > 1e-6:
             raise PairError(f"{where}: winner {winner} is {w[0]} frames of {w[1]}x{w[2]} at {w[3]:g} fps, loser {loser} {l[0]} frames of "
                             f"{l[1]}x{l[2]} at {l[3]:g} fps; a repair keeps them equal: was a file replaced?")
-        unfit = _wan_shaped(*w[:3], multiple)
+        unfit = _unfit(*w[:3], multiple)
         if unfit:
             skipped[f"repair: {unfit.split(':')[0]}"] += 1
             continue
@@ -181,7 +184,7 @@ def _repair_pairs(folder: Path, config: dict, skipped: Counter, multiple: int) -
     return pairs
 
 
-def _bon_pairs(folder: Path, skipped: Counter, multiple: int) -> list[Pair]:
+def _bon_pairs(folder: Path, skipped: Counter, multiple: tuple[int, int]) -> list[Pair]:
     from cac_align.run.folder import read_jsonl_log
 
     path = folder / "candidates.jsonl"
@@ -207,7 +210,7 @@ def _bon_pairs(folder: Path, skipped: Counter, multiple: int) -> list[Pair]:
         w, l = _geometry(winner, where), _geometry(loser, f"{path}:{worst[0]}")
         if w[:3] != l[:3] or abs(w[3] - l[3]) > 1e-6:
             raise PairError(f"{where}: candidates {winner} and {loser} of one prompt differ in frames, size or fps ({w} vs {l})")
-        unfit = _wan_shaped(*w[:3], multiple)
+        unfit = _unfit(*w[:3], multiple)
         if unfit:
             skipped[f"bon: {unfit.split(':')[0]}"] += 1
             continue
@@ -216,12 +219,12 @@ def _bon_pairs(folder: Path, skipped: Counter, multiple: int) -> list[Pair]:
     return pairs
 
 
-def read_pairs(sources: Sequence[str], spatial_multiple: int = 16) -> PairSet:
+def read_pairs(sources: Sequence[str], spatial_multiple: int = 16, frame_multiple: int = 4) -> PairSet:
     """The pairs of finished ``repair`` and ``bon`` run folders (module docstring).
 
-    ``spatial_multiple``: what the trained model's frame sides must be multiples of
-    (:attr:`cac_align.gen.family.WanFamily.spatial_multiple`); pairs of other sizes are skipped
-    and counted.
+    ``spatial_multiple``, ``frame_multiple``: what the trained model's frame sides must be
+    multiples of and its frame count ``k * frame_multiple + 1`` (the family's,
+    :class:`cac_align.gen.family.GeneratorFamily`); pairs of other shapes are skipped and counted.
 
     Raises:
         PairError: a folder that is neither, an unfinished one, or a row that is not a pair it
@@ -243,9 +246,9 @@ def read_pairs(sources: Sequence[str], spatial_multiple: int = 16) -> PairSet:
         if job in ("repair", "bon"):
             _check_one_judge(judged, source, (manifest.get("config") or {}).get("reward"))
         if job == "repair":
-            pairs += _repair_pairs(folder, manifest.get("config") or {}, skipped, spatial_multiple)
+            pairs += _repair_pairs(folder, manifest.get("config") or {}, skipped, (spatial_multiple, frame_multiple))
         elif job == "bon":
-            pairs += _bon_pairs(folder, skipped, spatial_multiple)  # its candidates are recorded relative to its folder
+            pairs += _bon_pairs(folder, skipped, (spatial_multiple, frame_multiple))  # its candidates are recorded relative to its folder
         else:
             raise PairError(f"pairs: {source!r} is a {job!r} run; pairs come from `repair` (localized) or `bon` (global) runs")
     return PairSet(pairs, dict(skipped))

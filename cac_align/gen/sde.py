@@ -209,7 +209,7 @@ class SDESchedule:
     """One sampling schedule's transitions: step ``j`` goes from ``sigmas[j]`` to
     ``sigmas[j + 1]`` with the noise scale of ``noise_level`` and ``schedule`` at ``sigmas[j]``.
 
-    The one place where sampling (``gen.wan.sample_with_log_probs``) and training
+    The one place where sampling (``gen.generator.sample_with_log_probs``) and training
     (``cac-align flow-grpo``'s recomputed log-probs) turn a velocity into a transition, so the two
     cannot drift apart.
 

@@ -61,9 +61,11 @@ class SyntheticGenerator:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         return np.stack([render(self.spec(p, s))[0] for p, s in zip(prompts, seeds)])
 
-    # the rest of the VideoGenerator protocol (cac_align.gen.wan): it renders on the CPU
-    def generate(self, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
-        return self(prompts, seeds)
+    # the rest of the VideoGenerator protocol (cac_align.gen.generator): it renders on the CPU
+    def generate(self, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        from cac_align.gen.family import Generated
+
+        return Generated(self(prompts, seeds))
 
     def on_gpu(self) -> bool:
         return False

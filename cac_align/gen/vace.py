@@ -38,8 +38,9 @@ import numpy as np
 from cac_align.loading import check_dtype
 from cac_align.regions import Region
 
-__all__ = ["RegeneratorConfig", "RepairPlan", "TINY_VACE_BUILDERS", "build_regenerator", "build_tiny_vace_pipeline", "build_tiny_wan22_vace_a14b_pipeline",
-           "feather_alpha", "plan_repair", "regenerate", "splice"]
+__all__ = ["REGENERATORS", "RegeneratorConfig", "RepairPlan", "TINY_VACE_BUILDERS", "VaceRegenerator", "WAN22_VACE_A14B", "WAN_VACE", "build_regenerator",
+           "build_tiny_vace_pipeline", "build_tiny_wan22_vace_a14b_pipeline", "feather_alpha", "plan_repair", "regenerate", "regenerator_for_index",
+           "splice"]
 
 TINY_VACE = "tiny-random:wan-vace"
 TINY_VACE_A14B = "tiny-random:wan22-vace-a14b"
@@ -51,39 +52,93 @@ FRAME_MULTIPLE = 4  # Wan's VAE compresses 4 frames into one after the first
 class RegeneratorConfig:
     """The video inpainting model and how it samples (defaults: Wan2.1-VACE-1.3B).
 
+    What the model is comes from its own files (``model_index.json``: a ``WanVACEPipeline``, with
+    a ``transformer_2`` for the two-expert Wan2.2 one; :func:`cac_align.gen.family.regenerator_of`).
+
     Attributes:
         name: hub id (``Wan-AI/Wan2.1-VACE-1.3B-diffusers``; the Wan2.2 A14B's
-            ``linoyts/Wan2.2-VACE-Fun-14B-diffusers``), a local ``save_pretrained`` folder, or
-            ``tiny-random:wan-vace`` / ``tiny-random:wan22-vace-a14b`` (tiny random VACEs of the
-            two layouts built in-process: meaningless output, for tests and demos of the mechanism).
+            ``linoyts/Wan2.2-VACE-Fun-14B-diffusers``; or any copy of them), a local
+            ``save_pretrained`` folder, or ``tiny-random:wan-vace`` / ``tiny-random:wan22-vace-a14b``
+            (tiny random VACEs of the two layouts built in-process: meaningless output, for tests
+            and demos of the mechanism).
         dtype: transformer and text-encoder dtype (bf16 on GPU); vae_dtype: Wan recommends float32.
         device: "auto", "cpu", "cuda", ...
-        num_inference_steps: denoising steps (Wan's default 50; each costs the segment's frames).
+        The settings below left unset (null) take the model's own (its family's ``defaults``); one
+        the model has no use for (``conditioning_scale`` on LTX-2, ``stg_scale`` on VACE) is an
+        error when set.
+
+        num_inference_steps: denoising steps (Wan's default 50; LTX-2: 40; each costs the
+            segment's frames).
         guidance_scale: classifier-free guidance (Wan's 5.0; VideoX-Fun's Wan2.2-VACE-Fun-A14B
-            example, ``examples/wan2.2_vace_fun/predict_v2v_mask.py``: 5.0 on both experts).
+            example, ``examples/wan2.2_vace_fun/predict_v2v_mask.py``: 5.0 on both experts;
+            LTX-2: 3.0).
         guidance_scale_2: a two-expert VACE's low-noise scale (None: ``guidance_scale``, as the
             pipeline defaults); an error with one transformer.
-        negative_prompt: None: Wan's default negative prompt; "": none.
+        stg_scale, modality_scale, guidance_rescale, audio_guidance_scale, audio_stg_scale,
+            audio_modality_scale, audio_guidance_rescale, stg_blocks: LTX-2's other guidance
+            (:class:`~cac_align.gen.generator.GeneratorConfig`), the release's by default.
+        negative_prompt: None: the model's default negative prompt; "": none.
         conditioning_scale: how strongly VACE follows the kept frames (diffusers' default 1.0).
-        max_sequence_length: text tokens (Wan: 512).
+        max_sequence_length: text tokens (Wan: 512; LTX-2: 1024).
     """
 
     name: str = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
     dtype: str = "bfloat16"
     vae_dtype: str = "float32"
     device: str = "auto"
-    num_inference_steps: int = 50
-    guidance_scale: float = 5.0
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     guidance_scale_2: float | None = None
+    stg_scale: float | None = None
+    modality_scale: float | None = None
+    guidance_rescale: float | None = None
+    audio_guidance_scale: float | None = None
+    audio_stg_scale: float | None = None
+    audio_modality_scale: float | None = None
+    audio_guidance_rescale: float | None = None
+    stg_blocks: list[int] | None = None
     negative_prompt: str | None = None
-    conditioning_scale: float = 1.0
-    max_sequence_length: int = 512
+    conditioning_scale: float | None = None
+    max_sequence_length: int | None = None
+
+    @classmethod
+    def unset(cls) -> "RegeneratorConfig":
+        """A config whose model settings are all unset, for a job config's default: a recipe
+        section then fills them from the model it names (``field(default_factory=...)``; built
+        without ``__post_init__``)."""
+        import dataclasses
+
+        config = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            setattr(config, f.name, f.default)
+        return config
+
+    @property
+    def family(self) -> Any:
+        """The regenerator the model is (:func:`cac_align.gen.family.regenerator_of`: from its own files)."""
+        from cac_align.gen.family import regenerator_of
+
+        return regenerator_of(self.name, "regenerator.name")
 
     def __post_init__(self) -> None:
+        from cac_align.config import RecipeError
+
         check_dtype(self.dtype, "regenerator.dtype")
         check_dtype(self.vae_dtype, "regenerator.vae_dtype")
-        if self.num_inference_steps < 1 or self.guidance_scale < 0 or self.conditioning_scale < 0 or (self.guidance_scale_2 or 0) < 0:
-            raise ValueError("regenerator: num_inference_steps must be >= 1, guidance_scale, guidance_scale_2 and conditioning_scale >= 0")
+        family = self.family
+        if self.guidance_scale_2 is not None and family.experts < 2:
+            raise RecipeError(f"regenerator.guidance_scale_2={self.guidance_scale_2} is a second expert's scale, and {self.name!r} ({family.title}) has one "
+                              "transformer (the Wan2.2 A14B VACE has two); remove it")
+        for key in REGENERATOR_SETTINGS:  # unset: the model's own; set but not the model's: an error
+            if key in family.defaults:
+                if getattr(self, key) is None:
+                    setattr(self, key, family.defaults[key])
+            elif getattr(self, key) is not None and key != "guidance_scale_2":
+                raise RecipeError(f"regenerator.{key} does not apply to {self.name!r} ({family.title}); remove it")
+        scales = [self.guidance_scale, self.guidance_scale_2, self.conditioning_scale, self.stg_scale, self.modality_scale, self.guidance_rescale,
+                  self.audio_guidance_scale, self.audio_stg_scale, self.audio_modality_scale, self.audio_guidance_rescale]
+        if self.num_inference_steps < 1 or any(s is not None and s < 0 for s in scales):
+            raise ValueError("regenerator: num_inference_steps must be >= 1, guidance and conditioning scales >= 0")
 
 
 def _tiny_vace_transformer() -> Any:
@@ -133,37 +188,83 @@ def build_tiny_wan22_vace_a14b_pipeline(seed: int = 0) -> Any:
     return pipe
 
 
+# The settings of a RegeneratorConfig that are the model's own (unset: its family's defaults)
+REGENERATOR_SETTINGS = ("num_inference_steps", "guidance_scale", "guidance_scale_2", "conditioning_scale", "max_sequence_length", "stg_scale",
+                        "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale", "audio_modality_scale",
+                        "audio_guidance_rescale", "stg_blocks")
+# VACE's: Wan's 50 steps and guidance 5.0, diffusers' conditioning scale 1.0, UMT5's 512 tokens
+_VACE_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 5.0, "conditioning_scale": 1.0, "max_sequence_length": 512}
+
 # ``regenerator.name`` -> the builder of that tiny VACE
 TINY_VACE_BUILDERS = {TINY_VACE: build_tiny_vace_pipeline, TINY_VACE_A14B: build_tiny_wan22_vace_a14b_pipeline}
 
 
-def _expert_kwargs(pipe: Any, config: RegeneratorConfig, key: str = "regenerator") -> dict:
-    """``guidance_scale_2`` for the pipeline's call; a clear error when it names a second expert
-    the model does not have."""
-    from cac_align.config import RecipeError
+@dataclass(frozen=True)
+class VaceRegenerator:
+    """A Wan-VACE model as repair's regenerator (the Wan family's repair pipeline): what it is
+    (one transformer, or the two experts of Wan2.2's A14B) and how it fills a plan.
 
-    if config.guidance_scale_2 is None:
-        return {}
-    if getattr(pipe, "transformer_2", None) is None:
-        raise RecipeError(f"{key}.guidance_scale_2={config.guidance_scale_2} is a second expert's scale, and {config.name!r} has one "
-                          "transformer (the Wan2.2 A14B VACE has two); remove it")
-    return {"guidance_scale_2": config.guidance_scale_2}
+    Attributes:
+        name, title: "wan2.1-vace" / "wan2.2-vace-a14b", and how messages name it.
+        experts: 1, or 2 (switching at the checkpoint's ``boundary_ratio``).
+        tiny_names, hub_ids: its tiny in-process pipelines and its release checkpoints.
+        boxes: it regenerates boxes in space (a pixel mask), not only whole frames.
+    """
+
+    name: str
+    title: str
+    experts: int
+    tiny_names: tuple[str, ...]
+    hub_ids: tuple[str, ...]
+    defaults: Any = None
+    pipeline_class: str = "WanVACEPipeline"
+    frame_multiple: int = FRAME_MULTIPLE
+    spatial_multiple: int = SIZE_MULTIPLE
+    boxes: bool = True
+
+    def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
+        from cac_align.gen.wan import load_wan_pipeline
+
+        return load_wan_pipeline(name, dtype=dtype, vae_dtype=vae_dtype, device=device, key=key, pipeline=self.pipeline_class)
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        return TINY_VACE_BUILDERS[name](seed)
+
+    def plan(self, region: Region, fps: float, condition_s: float) -> "RepairPlan":
+        return plan_repair(region, fps, condition_s, self.frame_multiple, self.spatial_multiple)
+
+    def regenerate(self, pipe: Any, frames: np.ndarray, plan: "RepairPlan", prompt: str, seed: int, config: "RegeneratorConfig") -> np.ndarray:
+        return regenerate(pipe, frames, plan, prompt, seed, config)
+
+
+WAN_VACE = VaceRegenerator("wan2.1-vace", "Wan2.1-VACE", 1, (TINY_VACE,), ("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
+                           _VACE_DEFAULTS)
+WAN22_VACE_A14B = VaceRegenerator("wan2.2-vace-a14b", "Wan2.2-VACE-Fun-A14B", 2, (TINY_VACE_A14B,), ("linoyts/Wan2.2-VACE-Fun-14B-diffusers",),
+                                  {**_VACE_DEFAULTS, "guidance_scale_2": None})
+REGENERATORS = (WAN_VACE, WAN22_VACE_A14B)
+
+
+def regenerator_for_index(index: Any) -> VaceRegenerator | None:
+    """The Wan-VACE a ``model_index.json`` describes (a ``transformer_2``: the A14B's), or None."""
+    from cac_align.gen.family import has_component
+
+    if index.get("_class_name") != "WanVACEPipeline":
+        return None
+    return WAN22_VACE_A14B if has_component(index, "transformer_2") else WAN_VACE
 
 
 def build_regenerator(config: RegeneratorConfig, key: str = "regenerator") -> Any:
-    """The ``WanVACEPipeline`` ``config`` names, on its device (safetensors only); a two-expert
-    folder (``transformer_2`` in its ``model_index.json``) loads both experts."""
-    from cac_align.gen.wan import load_wan_pipeline
+    """The regenerator pipeline ``config`` names (its family's: ``WanVACEPipeline``, both experts
+    of a two-expert folder), on its device (safetensors only)."""
     from cac_align.loading import resolve_device
 
     device = resolve_device(config.device, f"{key}.device")
-    if config.name in TINY_VACE_BUILDERS:
-        pipe = TINY_VACE_BUILDERS[config.name]().to(device)
+    family = config.family
+    if config.name in family.tiny_names:
+        pipe = family.build_tiny(config.name).to(device)
     else:
-        pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name",
-                                 pipeline="WanVACEPipeline")
-        pipe.set_progress_bar_config(disable=True)
-    _expert_kwargs(pipe, config, key)
+        pipe = family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name")
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -175,12 +276,14 @@ class RepairPlan:
     """What one repair regenerates.
 
     Attributes:
-        start, stop: the segment ``[start, stop)`` of the input's frames that VACE sees.
-        length: the frames VACE denoises (``4k + 1``; ``>= stop - start``, the rest repeats of
-            the last frame).
-        height, width: the padded frame size VACE sees (multiples of 16).
+        start, stop: the segment ``[start, stop)`` of the input's frames that the regenerator
+            sees.
+        length: the frames it denoises (``4k + 1`` for VACE, ``8k + 1`` for LTX-2;
+            ``>= stop - start``, the rest repeats of the last frame).
+        height, width: the padded frame size it sees (multiples of 16; LTX-2: 32).
         mask: ``(stop - start, H, W)`` bool on the input's own frames: True = regenerate.
         frames: the input frame indices with any masked pixel.
+        fps: the input's frame rate (what a model that reads it, LTX-2, is told).
     """
 
     start: int
@@ -190,6 +293,7 @@ class RepairPlan:
     width: int
     mask: np.ndarray
     frames: list[int]
+    fps: float = 0.0
 
     def frame_steps(self, steps: int) -> int:
         """Denoising work of one attempt: the frames VACE denoises times the steps."""
@@ -200,13 +304,16 @@ def _round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
-def plan_repair(region: Region, fps: float, condition_s: float = 0.5) -> RepairPlan:
+def plan_repair(region: Region, fps: float, condition_s: float = 0.5, frame_multiple: int = FRAME_MULTIPLE,
+                size_multiple: int = SIZE_MULTIPLE) -> RepairPlan:
     """The segment, padding and mask that regenerate ``region`` (module docstring, steps 1-3).
 
     Args:
         region: where to regenerate, on the input video's frames and pixels.
         fps: the input's frame rate (for ``condition_s``).
         condition_s: kept frames on each side of the masked ones, in seconds.
+        frame_multiple, size_multiple: the regenerator's frames ``k * frame_multiple + 1`` and
+            sides' multiple (VACE: 4 and 16; LTX-2: 8 and 32).
     """
     if region.is_empty:
         raise ValueError("the region covers no frame: nothing to regenerate")
@@ -216,13 +323,13 @@ def plan_repair(region: Region, fps: float, condition_s: float = 0.5) -> RepairP
     masked = [int(f) for f in np.flatnonzero(region.frames)]
     margin = int(round(condition_s * fps))
     start, stop = max(0, masked[0] - margin), min(total, masked[-1] + 1 + margin)
-    length = (stop - start - 1 + FRAME_MULTIPLE - 1) // FRAME_MULTIPLE * FRAME_MULTIPLE + 1  # the next 4k + 1
+    length = (stop - start - 1 + frame_multiple - 1) // frame_multiple * frame_multiple + 1  # the next k * frame_multiple + 1
     grow = length - (stop - start)
     right = min(grow, total - stop)
     stop += right
     start = max(0, start - (grow - right))  # what is left goes to the left; past frame 0, repeats of the last frame
     mask = np.stack([region.frame_mask(f) > 0 for f in range(start, stop)])
-    return RepairPlan(start, stop, length, _round_up(region.height, SIZE_MULTIPLE), _round_up(region.width, SIZE_MULTIPLE), mask, masked)
+    return RepairPlan(start, stop, length, _round_up(region.height, size_multiple), _round_up(region.width, size_multiple), mask, masked, float(fps))
 
 
 def regenerate(pipe: Any, frames: np.ndarray, plan: RepairPlan, prompt: str, seed: int, config: RegeneratorConfig) -> np.ndarray:
@@ -238,7 +345,8 @@ def regenerate(pipe: Any, frames: np.ndarray, plan: RepairPlan, prompt: str, see
     import torch
     from PIL import Image
 
-    from cac_align.gen.wan import WAN_NEGATIVE_PROMPT, _frames_to_uint8
+    from cac_align.gen.generator import frames_to_uint8 as _frames_to_uint8
+    from cac_align.gen.wan import WAN_NEGATIVE_PROMPT
 
     segment = frames[plan.start : plan.stop]
     height, width = segment.shape[1:3]
@@ -261,7 +369,7 @@ def regenerate(pipe: Any, frames: np.ndarray, plan: RepairPlan, prompt: str, see
         num_frames=plan.length,
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
-        **_expert_kwargs(pipe, config),
+        **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
         generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)),
         output_type="np",
         max_sequence_length=config.max_sequence_length,

@@ -1,43 +1,55 @@
-"""Wan-2.1 text-to-video pipelines: loading by hub id or path, and a tiny offline one.
+"""The Wan family: Wan-2.1 and Wan2.2's two layouts (TI2V-5B, A14B), as the generator jobs run them.
 
-The generator is diffusers' own ``WanPipeline`` (UMT5 text encoder, ``WanTransformer3DModel``,
-``AutoencoderKLWan``, ``FlowMatchEulerDiscreteScheduler``). Real runs name
-``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` (or a local copy) in a recipe; tests and CI build
-:func:`build_tiny_wan_pipeline`, the same classes at toy size with seeded random weights and a
-word-level tokenizer built in-process, and save/load it through :func:`load_wan_pipeline`.
+All three are diffusers' ``WanPipeline`` (UMT5 text encoder, ``WanTransformer3DModel``,
+``AutoencoderKLWan``, a flow-matching scheduler); what a checkpoint's ``model_index.json`` holds
+tells them apart (:func:`family_for_index`): a ``transformer_2`` (and ``boundary_ratio``) is the
+A14B's second, low-noise expert; ``expand_timesteps`` the TI2V-5B's per-token timesteps. Real runs
+name a hub id or a local copy in a recipe; tests and CI build the tiny pipelines of
+:mod:`cac_align.gen.tiny` (the same classes at toy size, random weights, a word-level tokenizer
+built in-process). The velocity of a step is :class:`~cac_align.gen.experts.WanDenoiser`'s; the
+family's repair pipeline is Wan-VACE (:mod:`cac_align.gen.vace`, listed beside this module in
+:data:`cac_align.gen.family.FAMILY_MODULES`).
+
+**The models' own settings** (what a recipe leaves unset takes). The Wan2.2 values are the
+release's own (github.com/Wan-Video/Wan2.2 ``wan/configs/wan_t2v_A14B.py`` and
+``wan_ti2v_5B.py``); Wan-2.1's are this package's defaults since the start (CaC §4.2: 480p, 81
+frames, 50 steps; diffusers' guidance 5.0; the checkpoint scheduler's shift):
+
+| family | size (H x W) | frames | fps | steps | guidance | shift | latent grid (t, h, w) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| Wan-2.1 T2V-1.3B | 480 x 832 | 81 | 16 | 50 | 5.0 | the checkpoint's (3.0) | 4 x 8 x 8 |
+| Wan2.2-TI2V-5B | 704 x 1280 | 121 | 24 | 50 | 5.0 | 5.0 | 4 x 16 x 16 |
+| Wan2.2-T2V-A14B | 720 x 1280 | 81 | 16 | 40 | 4.0 high-noise, 3.0 low-noise | 12.0 | 4 x 8 x 8 |
+
+The A14B's shift is set here because its diffusers checkpoint's scheduler was converted with
+3.0 (diffusers' ``scripts/convert_wan_to_diffusers.py``), not the release's 12.0; the 5B's is
+5.0 either way. All three share Wan-2.1's negative prompt (byte for byte in the release configs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
-from cac_align.config import RecipeError
 from cac_align.gen.tiny import TINY_WAN_BUILDERS, build_tiny_wan_pipeline
-from cac_align.loading import check_dtype, check_weights_source, resolve_device, resolve_dtype, weights_error
-from cac_align.run.folder import share_modes
+from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
 __all__ = [
+    "FAMILIES",
     "TINY_WAN",
+    "WAN21",
+    "WAN22_A14B",
+    "WAN22_TI2V",
     "WAN_FPS",
     "WAN_NEGATIVE_PROMPT",
-    "GeneratorConfig",
-    "VideoGenerator",
-    "WanGenerator",
-    "Trajectory",
-    "build_generator",
-    "build_video_generator",
+    "WanFamily",
     "build_tiny_wan_pipeline",
     "decode_latents",
     "encode_prompts",
     "encode_video",
-    "generate_videos",
+    "family_for_index",
     "latent_preview",
     "load_wan_pipeline",
-    "predict_velocity",
-    "sample_with_log_probs",
-    "scheduler_shift",
 ]
 
 # Wan-2.1 writes its videos at 16 fps (diffusers' examples export with fps=16).
@@ -55,276 +67,181 @@ WAN_NEGATIVE_PROMPT = (
 TINY_WAN = "tiny-random:wan"
 
 
-@dataclass
-class GeneratorConfig:
-    """The text-to-video generator and how it samples (defaults: Wan-2.1-1.3B at 480p, CaC §4.2).
-
-    The sampling settings marked "the model's" may be left unset (null): they then take the
-    generator family's own (:mod:`cac_align.gen.family`: Wan-2.1, Wan2.2-TI2V-5B, Wan2.2-A14B,
-    found from ``name``), so a recipe that names another Wan samples it as its release does.
+@dataclass(frozen=True)
+class WanFamily:
+    """A Wan model family (module docstring); a :class:`~cac_align.gen.family.GeneratorFamily`.
 
     Attributes:
-        name: hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, ``Wan-AI/Wan2.2-TI2V-5B-Diffusers``,
-            ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``), a local ``save_pretrained`` folder,
-            "tiny-random:wan", "tiny-random:wan22-ti2v", "tiny-random:wan22-a14b", or
-            "synthetic:<synth recipe>" for the synthetic stand-in generator
-            (:mod:`cac_align.gen.synthetic`: Best-of-N in miniature; the recipe sets the frame
-            size, length and rate, and the keys below except ``fps`` do not apply).
-        dtype: transformer and text-encoder dtype (bf16 on GPU).
-        vae_dtype: VAE dtype; Wan recommends float32 for its VAE.
-        device: "auto", "cpu", "cuda", "cuda:1", ...
-        height, width, num_frames: the model's (Wan-2.1: 480 x 832, 81 frames, 5 s at 16 fps);
-            ``num_frames`` must be 4k + 1, the sides multiples of 16 (32 for the TI2V-5B).
-        num_inference_steps: the model's (Wan-2.1: 50 sampling steps).
-        guidance_scale: classifier-free guidance scale, the model's (Wan-2.1: 5.0); with two
-            experts (Wan2.2-A14B), the high-noise expert's.
-        guidance_scale_2: the low-noise expert's scale (Wan2.2-A14B; the model's: 3.0). Refused
-            for a one-expert model.
-        negative_prompt: None uses Wan's default negative prompt; "" turns it off.
-        flow_shift: the model's (Wan-2.1: the checkpoint scheduler's; Wan2.2: the release's
-            5.0 / 12.0); a number overrides it (Wan recommends 3.0 at 480p, 5.0 at 720p).
-        fps: frame rate the videos are written at and every reward reads them at: the model's
-            (16; the TI2V-5B: 24).
-        max_sequence_length: text tokens the encoder sees (Wan: 512).
-        lora: a LoRA folder written by `cac-align flow-grpo` (``lora/`` or a checkpoint's
-            ``lora/``), loaded with diffusers' ``load_lora_weights``; None = the base model.
-        lora_scale: strength of that LoRA (1.0 = as trained).
-        anomaly_probability: synthetic generator only: the chance that a candidate gets a
-            planted anomaly.
+        name: "wan2.1", "wan2.2-ti2v" or "wan2.2-a14b"; title: "Wan-2.1", ...
+        experts: 1, or 2 (a high-noise and a low-noise transformer).
+        spatial_multiple: frame sides must be multiples of this (VAE compression x patch size).
+        expand_timesteps: per-token timesteps (the TI2V-5B).
+        defaults: the ``GeneratorConfig`` settings a recipe may leave unset (module docstring).
+        tiny_names, hub_ids: its tiny in-process pipelines and its release checkpoints.
     """
 
-    name: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    dtype: str = "bfloat16"
-    vae_dtype: str = "float32"
-    device: str = "auto"
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    guidance_scale_2: float | None = None
-    negative_prompt: str | None = None
-    flow_shift: float | None = None
-    fps: float | None = None
-    max_sequence_length: int = 512
-    lora: str | None = None
-    lora_scale: float = 1.0
-    anomaly_probability: float = 0.5
+    name: str
+    title: str
+    experts: int
+    spatial_multiple: int
+    expand_timesteps: bool
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    tiny_names: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    pipeline_class: str = "WanPipeline"
+    frame_multiple: int = 4  # Wan's VAE keeps frame 0 and compresses each next 4 into one latent frame
+    audio: bool = False
+    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # both attentions of every block
 
-    @classmethod
-    def unset(cls) -> "GeneratorConfig":
-        """A config whose model settings are all unset, for a job config's default: a recipe
-        section then fills them from the generator it names, not from the default's Wan-2.1
-        (``field(default_factory=GeneratorConfig.unset)``; built without ``__post_init__``)."""
-        import dataclasses
+    # -- loading ------------------------------------------------------------------------
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
+        return load_wan_pipeline(source, dtype=dtype, vae_dtype=vae_dtype, key=key)
 
-        config = object.__new__(cls)
-        for f in dataclasses.fields(cls):
-            setattr(config, f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
-        return config
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        return TINY_WAN_BUILDERS[name](seed=seed)
 
-    def __post_init__(self) -> None:
-        from cac_align.gen.family import family_of
+    # -- sampling -------------------------------------------------------------------------
+    def denoiser(self, pipe: Any) -> Any:
+        from cac_align.gen.experts import WanDenoiser
 
-        # the settings left unset take the model's own (cac_align.gen.family)
-        family = family_of(self.name)
-        for key, value in family.defaults.items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        if self.guidance_scale_2 is not None and family.experts == 1 and not self.name.startswith("synthetic:"):
-            raise ValueError(f"guidance_scale_2 is the second expert's scale (Wan2.2-A14B); {self.name} has one transformer")
-        if self.height % family.spatial_multiple or self.width % family.spatial_multiple:
-            raise ValueError(f"height and width must be multiples of {family.spatial_multiple} for {self.name}, got {self.height}x{self.width}")
-        check_dtype(self.dtype, "generator.dtype")
-        check_dtype(self.vae_dtype, "generator.vae_dtype")
-        if not 0 <= self.anomaly_probability <= 1:
-            raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
-        if self.num_frames < 1 or (self.num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be 4k + 1 (Wan's VAE compresses time 4x), got {self.num_frames}")
-        if self.height % 16 or self.width % 16 or self.height <= 0 or self.width <= 0:
-            raise ValueError(f"height and width must be positive multiples of 16, got {self.height}x{self.width}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.guidance_scale < 0 or self.fps <= 0 or (self.guidance_scale_2 is not None and self.guidance_scale_2 < 0):
-            raise ValueError("guidance_scale (and guidance_scale_2) must be >= 0 and fps > 0")
+        return WanDenoiser.from_pipeline(pipe, self)
 
+    def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
+        """``config``'s classifier-free guidance (the A14B's: both experts'); ``guided=False``:
+        none, one forward a step. Wan's positions do not depend on the frame rate (``fps``)."""
+        if not guided:
+            return {"guidance_scale": 1.0, "guidance_scale_2": None}
+        return {"guidance_scale": config.guidance_scale, "guidance_scale_2": config.guidance_scale_2}
+
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
+                       max_sequence_length: int) -> tuple[Any, Any]:
+        from cac_align.gen.family import Conditioning
+
+        embeds, negative = encode_prompts(pipe, prompts, negative_prompt, guidance["guidance_scale"], max_sequence_length)
+        return Conditioning(embeds=embeds), (Conditioning(embeds=negative) if negative is not None else None)
+
+    def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
+        from cac_align.gen.generator import scheduler_shift
+        from cac_align.gen.sde import flow_sigmas
+
+        return flow_sigmas(config.num_inference_steps, scheduler_shift(pipe, config.flow_shift))
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> tuple[Any, Any]:
+        import torch
+
+        shape = (
+            pipe.transformer.config.in_channels,
+            (config.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
+            config.height // pipe.vae_scale_factor_spatial,
+            config.width // pipe.vae_scale_factor_spatial,
+        )
+        device = pipe._execution_device
+        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators]), None
+
+    def decode(self, pipe: Any, latents: Any, side: Any = None) -> Any:
+        return decode_latents(pipe, latents)
+
+    def encode_video(self, pipe: Any, frames: Any) -> Any:
+        return encode_video(pipe, frames)
+
+    def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
+        return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial, tuple(pipe.transformer.config.patch_size)
+
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        import torch
+
+        from cac_align.gen.family import Generated
+        from cac_align.gen.generator import frames_to_uint8
+
+        device = pipe._execution_device
+        generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+        negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
+        output = pipe(
+            prompt=list(prompts),
+            negative_prompt=[negative] * len(prompts) if config.guidance_scale > 1.0 else None,
+            height=config.height,
+            width=config.width,
+            num_frames=config.num_frames,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
+            generator=generators,
+            output_type="np",
+            max_sequence_length=config.max_sequence_length,
+        )
+        return Generated(frames_to_uint8(output.frames))  # (B, F, H, W, 3) in [0, 1]
+
+
+_SHARED = {"flow_shift": None, "max_sequence_length": 512}  # Wan: 512 text tokens (UMT5)
+
+WAN21 = WanFamily("wan2.1", "Wan-2.1", 1, 16, False, {
+    **_SHARED, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0, "num_inference_steps": 50, "guidance_scale": 5.0,
+}, tiny_names=(TINY_WAN,), hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"))
+WAN22_TI2V = WanFamily("wan2.2-ti2v", "Wan2.2-TI2V-5B", 1, 32, True, {
+    # wan_ti2v_5B.py: sample_fps 24, frame_num 121, sample_steps 50, sample_guide_scale 5.0,
+    # sample_shift 5.0; its only sizes are 1280 x 704 and 704 x 1280
+    **_SHARED, "height": 704, "width": 1280, "num_frames": 121, "fps": 24.0, "num_inference_steps": 50, "guidance_scale": 5.0,
+    "flow_shift": 5.0,
+}, tiny_names=("tiny-random:wan22-ti2v",), hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",))
+WAN22_A14B = WanFamily("wan2.2-a14b", "Wan2.2-A14B", 2, 16, False, {
+    # wan_t2v_A14B.py: sample_fps 16, frame_num 81, sample_steps 40, sample_guide_scale
+    # (3.0, 4.0) for the (low-, high-)noise experts, sample_shift 12.0, boundary 0.875
+    **_SHARED, "height": 720, "width": 1280, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 4.0,
+    "guidance_scale_2": 3.0, "flow_shift": 12.0,
+}, tiny_names=("tiny-random:wan22-a14b",), hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers",))
+
+FAMILIES = (WAN21, WAN22_TI2V, WAN22_A14B)
+
+
+def family_for_index(index: Mapping[str, Any]) -> WanFamily | None:
+    """The Wan family a ``model_index.json`` describes (module docstring), or None."""
+    from cac_align.gen.family import has_component
+
+    if index.get("_class_name") != "WanPipeline":
+        return None
+    if has_component(index, "transformer_2"):
+        return WAN22_A14B
+    return WAN22_TI2V if index.get("expand_timesteps") else WAN21
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline's pieces
+# ---------------------------------------------------------------------------------------
 def load_wan_pipeline(
     name_or_path: str,
     *,
     dtype: str = "bfloat16",
     vae_dtype: str = "float32",
-    device: str = "auto",
     key: str = "model",
     pipeline: str = "WanPipeline",
+    device: str | None = None,
 ) -> Any:
-    """Load a ``WanPipeline`` by hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) or local path.
+    """Load a Wan pipeline by hub id or local path, safetensors only.
 
     Args:
-        name_or_path: hub id or a directory written by ``save_pretrained``.
+        name_or_path: hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) or a directory written by
+            ``save_pretrained``.
         dtype: dtype of the transformer and text encoder.
         vae_dtype: dtype of the VAE; diffusers recommends float32 for Wan's VAE.
-        device: "auto", "cpu", "cuda", ...
         key: recipe key holding ``name_or_path``, named in errors.
         pipeline: the diffusers class of the Wan family to load (``WanVACEPipeline`` for repair's
             regenerator, ``Wan-AI/Wan2.1-VACE-1.3B-diffusers``).
+        device: where to put it (None: where it loads, the CPU).
     """
     import diffusers
     from diffusers import AutoencoderKLWan
 
     source = check_weights_source(name_or_path, key)
     try:
-        vae = AutoencoderKLWan.from_pretrained(
-            source, subfolder="vae", dtype=resolve_dtype(vae_dtype), use_safetensors=True
-        )
+        vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=resolve_dtype(vae_dtype), use_safetensors=True)
         pipe = getattr(diffusers, pipeline).from_pretrained(source, vae=vae, dtype=resolve_dtype(dtype), use_safetensors=True)
     except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
         raise weights_error(name_or_path, key, exc) from exc
-    return pipe.to(resolve_device(device))
-
-
-def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
-    """The pipeline ``config`` names, on its device, with its flow shift applied."""
-    from cac_align.gen.synthetic import PREFIX, load_synthetic_generator
-
-    if config.name.startswith(PREFIX):
-        return load_synthetic_generator(config.name, config.anomaly_probability, key=f"{key}.name")
-    device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
-    if config.lora is not None and not any((Path(config.lora) / name).is_file() for name in (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2)):
-        raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
-    if config.name in TINY_WAN_BUILDERS:
-        pipe = TINY_WAN_BUILDERS[config.name](seed=0).to(device)
-    else:
-        pipe = load_wan_pipeline(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, device=config.device, key=f"{key}.name")
-    if config.flow_shift is not None:
-        # Flow-matching schedulers name the shift differently: UniPC (the Wan-2.1 checkpoints)
-        # calls it flow_shift, FlowMatchEulerDiscrete calls it shift.
-        scheduler_config = pipe.scheduler.config
-        field_name = "flow_shift" if "flow_shift" in scheduler_config else "shift"
-        if field_name not in scheduler_config:
-            raise ValueError(f"{key}.flow_shift: scheduler {type(pipe.scheduler).__name__} has no shift setting")
-        pipe.scheduler = type(pipe.scheduler).from_config(scheduler_config, **{field_name: config.flow_shift})
-    if config.guidance_scale_2 is not None and pipe.config.get("boundary_ratio") is None:
-        raise RecipeError(f"{key}.guidance_scale_2: {config.name} has one transformer (guidance_scale_2 is the second expert's, Wan2.2-A14B)")
-    if config.lora is not None:
-        load_lora(pipe, config.lora, scale=config.lora_scale, key=f"{key}.lora")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
-LORA_WEIGHT_NAME_2 = "pytorch_lora_weights_transformer_2.safetensors"  # a two-expert model's low-noise LoRA
-
-
-def _no_lora(path: str, key: str) -> str:
-    return (
-        f"{key}={path!r}: no {LORA_WEIGHT_NAME} there; point it at the lora/ folder a "
-        "`cac-align flow-grpo` run writes (out_dir/lora or out_dir/checkpoints/step_N/lora)"
-    )
-
-
-def load_lora(pipe: Any, path: str, scale: float = 1.0, key: str = "generator.lora") -> None:
-    """Load a LoRA folder written by a trainer (diffusers' LoRA format) into ``pipe``: its
-    ``pytorch_lora_weights.safetensors`` into ``transformer`` and, for a two-expert model, its
-    ``pytorch_lora_weights_transformer_2.safetensors`` into ``transformer_2``."""
-    from pathlib import Path
-
-    folder = Path(path)
-    high, low = (folder / LORA_WEIGHT_NAME).is_file(), (folder / LORA_WEIGHT_NAME_2).is_file()
-    if not (high or low):
-        raise RecipeError(_no_lora(path, key))
-    if low and getattr(pipe, "transformer_2", None) is None:
-        raise RecipeError(f"{key}={path!r}: holds a LoRA of a second expert ({LORA_WEIGHT_NAME_2}), and this generator has one transformer")
-    if high:
-        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
-    if low:
-        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME_2, adapter_name="default", load_into_transformer_2=True)
-    if scale != 1.0:
-        pipe.set_adapters(["default"], adapter_weights=[scale])
-
-
-def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME) -> None:
-    """Write ``transformer``'s peft LoRA as diffusers' LoRA file (what :func:`load_lora` reads)."""
-    from diffusers import WanPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
-    # the adapter's LoraConfig travels in the file's metadata, so rank, alpha (the scale
-    # alpha / rank) and target modules load back as trained
-    # sets (target_modules) in a stable order: identical runs write identical files
-    metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in transformer.peft_config["default"].to_dict().items()}
-    WanPipeline.save_lora_weights(
-        str(folder),
-        transformer_lora_layers=state,
-        weight_name=weight_name,
-        safe_serialization=True,
-        transformer_lora_adapter_metadata=metadata,
-    )
-    _canonical_header(Path(folder) / weight_name)
-    share_modes(folder)  # safetensors writes 0600 files
-
-
-def _canonical_header(path: Path) -> None:
-    """Rewrite a safetensors file's header in one fixed order, the tensor data untouched.
-
-    safetensors keeps the ``__metadata__`` strings in a hash map whose order changes from process
-    to process, so two identical runs wrote LoRA files that differ in bytes. The format is an
-    8-byte little-endian header length, the JSON header (space-padded to a multiple of 8), then
-    the data, whose offsets are relative to the data's start: the header may be rewritten freely.
-    """
-    import json
-    import struct
-
-    raw = path.read_bytes()
-    (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + size])
-    ordered = {}
-    if "__metadata__" in header:
-        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
-    ordered.update(sorted(header.items()))
-    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
-    tmp.replace(path)
-
-
-def scheduler_shift(pipe: Any, override: float | None = None) -> float:
-    """The flow shift of ``pipe``'s scheduler (UniPC calls it ``flow_shift``, FlowMatchEuler ``shift``)."""
-    if override is not None:
-        return float(override)
-    config = pipe.scheduler.config
-    for field_name in ("flow_shift", "shift"):
-        if config.get(field_name) is not None:
-            return float(config[field_name])
-    return 1.0
-
-
-# ---------------------------------------------------------------------------------------
-# Sampling with per-step log-probabilities (Flow-GRPO's sampler; math in cac_align.gen.sde)
-# ---------------------------------------------------------------------------------------
-@dataclass
-class Trajectory:
-    """The SDE samples of a batch, everything a policy-gradient step needs.
-
-    Attributes:
-        latents: ``(B, N + 1, C, F', H', W')`` float32; ``latents[:, j]`` is the latent before
-            step j, ``latents[:, N]`` the final one.
-        log_probs: ``(B, N)`` float32, log p(latents[:, j + 1] | latents[:, j]) when sampling.
-        sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
-        log_prob_maps: ``(B, N, F', H', W')`` float32, the per-position log-densities of each
-            step (localized credit, :mod:`cac_align.gen.credit`); None unless asked for.
-    """
-
-    latents: Any
-    log_probs: Any
-    sigmas: Any
-    timesteps: Any
-    log_prob_maps: Any = None
+    return pipe if device is None else pipe.to(resolve_device(device, key.rsplit(".", 1)[0] + ".device"))
 
 
 def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance_scale: float, max_sequence_length: int) -> tuple[Any, Any]:
-    """UMT5 embeddings of ``prompts`` (and of the negative prompt when CFG is on), via the pipeline."""
+    """UMT5 embeddings ``(B, L, D)`` of ``prompts`` (and of the negative prompt when CFG is on), via the pipeline."""
     import torch
 
     negative = WAN_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
@@ -340,121 +257,11 @@ def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | Non
     return embeds.to(dtype), (negative_embeds.to(dtype) if negative_embeds is not None else None)
 
 
-def predict_velocity(
-    transformer: Any,
-    latents: Any,
-    timestep: Any,
-    prompt_embeds: Any,
-    negative_embeds: Any,
-    guidance_scale: float,
-    dtype: Any,
-    guidance_scale_2: float | None = None,
-) -> Any:
-    """The (classifier-free guided) velocity, computed as ``WanPipeline`` does at one step.
-
-    Sampling and the training recompute both call this, so on unchanged weights the recomputed
-    log-probabilities equal the recorded ones exactly.
-
-    Args:
-        transformer: the (possibly accelerate-wrapped) ``WanTransformer3DModel``, or a
-            :class:`~cac_align.gen.experts.WanDenoiser` (any family: the expert serving
-            ``timestep``, per-token timesteps, ``guidance_scale_2`` for the low-noise expert).
-        latents: ``(B, C, F', H', W')``; timestep: scalar tensor; embeds: ``(B, L, D)``.
-        dtype: the transformer's parameter dtype (inputs are cast to it).
-    """
-    from cac_align.gen.experts import WanDenoiser
-
-    if isinstance(getattr(transformer, "module", transformer), WanDenoiser):  # called through a DDP wrapper, if any
-        return transformer(latents, timestep, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
-    x = latents.to(dtype)
-    t = timestep.expand(x.shape[0]).to(x.device)
-    velocity = transformer(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-    if guidance_scale > 1.0:
-        uncond = transformer(hidden_states=x, timestep=t, encoder_hidden_states=negative_embeds, return_dict=False)[0]
-        velocity = uncond + guidance_scale * (velocity - uncond)
-    return velocity
-
-
-def sample_with_log_probs(
-    pipe: Any,
-    transformer: Any,
-    prompt_embeds: Any,
-    negative_embeds: Any,
-    generators: Sequence[Any],
-    *,
-    config: GeneratorConfig,
-    sigmas: Any,
-    timesteps: Any,
-    noise_level: float,
-    noise_schedule: str = "sqrt",
-    store_device: Any = None,
-    positions: bool = False,
-) -> Trajectory:
-    """Sample a batch with Flow-GRPO's SDE sampler, recording latents and per-step log-probs.
-
-    Sample ``i`` draws its initial noise and every step's noise from ``generators[i]`` only,
-    so it does not depend on which batch it was drawn in. ``noise_level=0`` (schedule "sqrt")
-    is the deterministic Euler ODE sampler (its log-probs are meaningless).
-
-    Args:
-        pipe: the ``WanPipeline`` (for its latent shape and device).
-        transformer: the model to sample with: the pipeline's transformer (one expert, one
-            timestep per sample) or its :class:`~cac_align.gen.experts.WanDenoiser` (any Wan
-            family), possibly wrapped for training.
-        prompt_embeds / negative_embeds: ``(B, L, D)`` from :func:`encode_prompts`.
-        generators: one ``torch.Generator`` per sample, on the pipeline's device.
-        config: height, width, frames and guidance scale.
-        sigmas, timesteps: the schedule (:func:`cac_align.gen.sde.flow_sigmas`).
-        store_device: where the recorded latents are kept (default: the pipeline's device).
-        positions: also record each step's per-position log-densities (``log_prob_maps``; the
-            per-sample log-probs are then their means).
-    """
-    import torch
-
-    from cac_align.gen.sde import SDESchedule
-
-    device = pipe._execution_device
-    batch = prompt_embeds.shape[0]
-    if len(generators) != batch:
-        raise ValueError(f"{batch} prompts but {len(generators)} generators")
-    dtype = pipe.transformer.dtype
-    channels = pipe.transformer.config.in_channels
-    shape = (
-        channels,
-        (config.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
-        config.height // pipe.vae_scale_factor_spatial,
-        config.width // pipe.vae_scale_factor_spatial,
-    )
-
-    def noise() -> Any:
-        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
-
-    sigmas = sigmas.to(device)
-    transitions = SDESchedule(sigmas, noise_level, noise_schedule)
-    latents = noise()
-    store = store_device or device
-    recorded, log_probs, maps = [latents.to(store)], [], []
-    with torch.no_grad():
-        for j, t in enumerate(timesteps.to(device)):
-            velocity = predict_velocity(transformer, latents, t, prompt_embeds, negative_embeds, config.guidance_scale, dtype, config.guidance_scale_2)
-            step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
-            latents = step.prev_sample
-            recorded.append(latents.to(store))
-            log_probs.append(step.log_prob.to(store))
-            if positions:
-                maps.append(step.log_prob_map.to(store))
-    return Trajectory(
-        latents=torch.stack(recorded, dim=1),
-        log_probs=torch.stack(log_probs, dim=1),
-        sigmas=sigmas.to(store),
-        timesteps=timesteps.to(store),
-        log_prob_maps=torch.stack(maps, dim=1) if positions else None,
-    )
-
-
 def decode_latents(pipe: Any, latents: Any) -> Any:
     """Final latents ``(B, C, F', H', W')`` to uint8 frames ``(B, F, H, W, 3)``, as ``WanPipeline`` decodes."""
     import torch
+
+    from cac_align.gen.generator import frames_to_uint8
 
     vae = pipe.vae
     with torch.no_grad():
@@ -463,7 +270,7 @@ def decode_latents(pipe: Any, latents: Any) -> Any:
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
         video = vae.decode(z / inv_std + mean, return_dict=False)[0]
         frames = pipe.video_processor.postprocess_video(video, output_type="np")
-    return _frames_to_uint8(frames)
+    return frames_to_uint8(frames)
 
 
 def encode_video(pipe: Any, frames: Any) -> Any:
@@ -501,89 +308,3 @@ def latent_preview(pipe: Any, latents: Any) -> Any:
     frames = [0] + [k for k in range(1, rgb.shape[1]) for _ in range(4)]
     rgb = np.repeat(np.repeat(rgb[:, frames], 8, axis=2), 8, axis=3)
     return np.round(rgb * 255.0).astype(np.uint8)
-
-
-def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
-    """One video per (prompt, seed), as uint8 ``(B, F, H, W, 3)``.
-
-    Each video gets its own ``torch.Generator`` seeded with its seed, so a video depends only on
-    its prompt and seed, not on which batch it was drawn in (up to float rounding: across batch
-    sizes frames may differ by one level in rare pixels).
-    """
-    import torch
-
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    device = pipe._execution_device
-    generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-    negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
-    output = pipe(
-        prompt=list(prompts),
-        negative_prompt=[negative] * len(prompts) if config.guidance_scale > 1.0 else None,
-        height=config.height,
-        width=config.width,
-        num_frames=config.num_frames,
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
-        generator=generators,
-        output_type="np",
-        max_sequence_length=config.max_sequence_length,
-    )
-    return _frames_to_uint8(output.frames)  # (B, F, H, W, 3) in [0, 1]
-
-
-class VideoGenerator(Protocol):
-    """What Best-of-N asks of a generator: the Wan pipeline (:class:`WanGenerator`) and the
-    planted-anomaly renderer (:class:`~cac_align.gen.synthetic.SyntheticGenerator`) both give it."""
-
-    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
-        """One uint8 ``(F, H, W, 3)`` video per (prompt, seed), stacked: ``(B, F, H, W, 3)``."""
-        ...
-
-    def on_gpu(self) -> bool:
-        """Whether its models sit on a CUDA device (only then can it offload)."""
-        ...
-
-    def offload(self) -> None:
-        """Keep its modules on the CPU, each visiting the GPU only while it runs."""
-        ...
-
-    def execution_device(self) -> str:
-        """Where its models compute (a reward model offloaded beside it moves there to score)."""
-        ...
-
-
-class WanGenerator:
-    """A diffusers ``WanPipeline`` as a :class:`VideoGenerator` (``pipe`` stays reachable)."""
-
-    def __init__(self, pipe: Any):
-        self.pipe = pipe
-
-    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
-        return generate_videos(self.pipe, config, prompts, seeds)
-
-    def on_gpu(self) -> bool:
-        return str(self.pipe.device).startswith("cuda")
-
-    def offload(self) -> None:
-        self.pipe.enable_model_cpu_offload()
-
-    def execution_device(self) -> str:
-        return str(self.pipe._execution_device)
-
-
-def build_video_generator(config: GeneratorConfig, key: str = "generator") -> VideoGenerator:
-    """The :class:`VideoGenerator` ``config`` names: ``synthetic:<recipe>`` or a Wan pipeline."""
-    from cac_align.gen.synthetic import PREFIX
-
-    generator = build_generator(config, key)
-    return generator if config.name.startswith(PREFIX) else WanGenerator(generator)
-
-
-def _frames_to_uint8(frames: Any) -> Any:
-    """Float frames in [0, 1] (diffusers' ``output_type="np"``) to uint8 (clipped, rounded)."""
-    import numpy as np
-
-    frames = np.asarray(frames, dtype=np.float32)
-    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -57,12 +57,12 @@ from omegaconf import MISSING
 
 from cac_align.gen.synthetic import PREFIX as SYNTHETIC_PREFIX
 from cac_align.gen.synthetic import bon_anomaly_rates, load_synthetic_generator
-from cac_align.gen.wan import GeneratorConfig
+from cac_align.gen.generator import GeneratorConfig
 from cac_align.run.input_files import read_prompts, slug
 from cac_align.run.folder import read_jsonl_log, run_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
-    from cac_align.gen.wan import VideoGenerator
+    from cac_align.gen.generator import VideoGenerator
     from cac_align.rewards.base import Reward
 
 __all__ = ["BonConfig", "choose", "read_prompts", "run"]
@@ -188,10 +188,10 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     """Run Best-of-N; returns the summary. ``reward`` / ``generator`` override the config's."""
     from tqdm.auto import tqdm
 
-    from cac_align.gen.wan import build_video_generator
+    from cac_align.gen.generator import build_video_generator
     from cac_align.rewards.base import BackendFailure, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
-    from cac_align.video import Video, load_video, save_video
+    from cac_align.video import Video, load_video, save_video, save_wav
     from cac_align.vlm.openai import ServerDown
 
     # 1. setup: prompts, run folder (resume or refuse), models
@@ -231,10 +231,13 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
         bar.update(config.n - len(missing))
         for start in range(0, len(missing), config.batch_size):
             batch = missing[start : start + config.batch_size]
-            frames = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
-            for c, video in zip(batch, frames):
+            generated = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
+            for k, (c, video) in enumerate(zip(batch, generated.frames)):
                 write_text_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
-                save_video(Video(video, config.generator.fps), paths[c])
+                audio = None if generated.audio is None else generated.audio[k]  # an LTX-2 candidate's soundtrack
+                if audio is not None:  # lossless beside the mp4, and in it (AAC)
+                    save_wav(audio, generated.sample_rate, paths[c].with_suffix(".wav"))
+                save_video(Video(video, config.generator.fps), paths[c], audio=audio, sample_rate=generated.sample_rate)
             bar.update(len(batch))
         hashes = {c: _read_hash(paths[c].with_suffix(".sha256")) for c in range(config.n)}
         # 3. score the group from the files
@@ -302,12 +305,14 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     return summary
 
 
-# What a killed run leaves half-written: save_video's temporary ".p00000_c00.<random>.mp4", the
-# hash file's "p00000_c00.sha256.tmp" and a chosen copy's "<name>.tmp.mp4".
+# What a killed run leaves half-written: save_video's temporary ".p00000_c00.<random>.mp4" (and
+# ".wav", a soundtrack on its way in), the hash file's "p00000_c00.sha256.tmp", save_wav's
+# ".p00000_c00.wav.tmp" and a chosen copy's "<name>.tmp.mp4" / "<name>.tmp.wav".
 _TEMPORARIES = (
-    ("candidates", re.compile(r"\.p\d{5}_c\d{2}\..+\.mp4")),
+    ("candidates", re.compile(r"\.p\d{5}_c\d{2}\..+\.(mp4|wav)")),
     ("candidates", re.compile(r"p\d{5}_c\d{2}\.sha256\.tmp")),
-    ("chosen", re.compile(r"\d{5}_.*\.tmp\.mp4")),
+    ("candidates", re.compile(r"\.p\d{5}_c\d{2}\.wav\.tmp")),
+    ("chosen", re.compile(r"\d{5}_.*\.tmp\.(mp4|wav)")),
 )
 
 
@@ -330,7 +335,12 @@ def _chosen_name(i: int, prompt: str) -> str:
 
 
 def _copy_chosen(out: Path, i: int, prompt: str, source: Path) -> None:
+    """The chosen candidate's mp4 (and its soundtrack's WAV, if it has one) in ``chosen/``."""
     target = out / "chosen" / _chosen_name(i, prompt)
+    if source.with_suffix(".wav").exists() and not target.with_suffix(".wav").exists():
+        tmp = target.with_suffix(".tmp.wav")
+        shutil.copyfile(source.with_suffix(".wav"), tmp)
+        tmp.replace(target.with_suffix(".wav"))
     if target.exists():
         return
     tmp = target.with_suffix(".tmp.mp4")

@@ -1,4 +1,4 @@
-"""`cac-align dpo`: Diffusion-DPO of a Wan LoRA (Wan-2.1, Wan2.2) on the judge's own pairs (LocalDPO's loss).
+"""`cac-align dpo`: Diffusion-DPO of a generator's LoRA (Wan-2.1, Wan2.2, LTX-2) on the judge's own pairs (LocalDPO's loss).
 
     cac-align repair --config recipes/align/repair_tiny_wan.yaml && cac-align dpo --config recipes/align/dpo_tiny.yaml
     accelerate launch --num_processes 8 -m cac_align.cli dpo --config recipes/align/dpo_wan_localdpo.yaml \\
@@ -56,11 +56,10 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
-from cac_align.gen.family import family_of
-from cac_align.gen.lora import (WanLoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, register_lora_checkpoint,
+from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, video_velocity
+from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, register_lora_checkpoint,
                                save_expert_loras, trainable)
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
-from cac_align.gen.wan import GeneratorConfig, build_generator, encode_prompts, encode_video, predict_velocity
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
@@ -75,8 +74,8 @@ DPO_OUTPUTS = ("pairs.json", "latents", "checkpoints", "lora", "tensorboard", "w
 RUN_ONLY_KEYS = ("out_dir", "steps", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_with", "generator.device")
 
 
-def _localdpo_lora() -> WanLoraSettings:
-    return WanLoraSettings(rank=64, alpha=128.0, init="true")  # LocalDPO train_wanx21.py 237-242: r 64, alpha 128, peft's init
+def _localdpo_lora() -> LoraSettings:
+    return LoraSettings(rank=64, alpha=128.0, init="true")  # LocalDPO train_wanx21.py 237-242: r 64, alpha 128, peft's init
 
 
 @dataclass
@@ -111,7 +110,7 @@ class DpoConfig:
     out_dir: str = MISSING
     pairs: list[str] = MISSING
     generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
-    lora: WanLoraSettings = field(default_factory=_localdpo_lora)
+    lora: LoraSettings = field(default_factory=_localdpo_lora)
     loss: DpoLossSettings = field(default_factory=DpoLossSettings)
     steps: int = 1000
     pairs_per_step: int = 8
@@ -148,6 +147,8 @@ class DpoConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.generator.lora is not None:
             raise ValueError("generator.lora is for generation; dpo trains a new LoRA on the base model")
+        if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch
+            self.lora.target_modules = list(self.generator.family.lora_target_modules)
         if self.lora.rank < 1 or not self.lora.target_modules:
             raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
         trackers_for(self.log_with)
@@ -192,6 +193,12 @@ def pair_noise(
     return noise, sample_sigmas(1, generator, settings, sigma_range)[0]
 
 
+def side_noise(seed: int, step: int, position: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The noise of the pair at ``position`` of ``step`` for the latents that go with its video
+    into the transformer (LTX-2's audio; module docstring), seeded apart from its video noise."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, step, position, 13)))
+
+
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """The learning rate's factor at update ``step`` (0-based): linear warmup, then 1."""
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
@@ -217,21 +224,31 @@ def _cache_path(out: Path, index: int) -> Path:
     return out / "latents" / f"pair_{index:05d}.safetensors"
 
 
-def encode_pair(pipe: Any, pair: Any, max_sequence_length: int, encode: Callable[[Any, np.ndarray], torch.Tensor]) -> dict[str, torch.Tensor]:
+# A cache file's tensors besides the prompt's conditioning (whose names are the family's: Wan's ``embeds``)
+PAIR_TENSORS = ("winner", "loser", "mask")
+
+
+def encode_pair(pipe: Any, family: Any, pair: Any, generator: GeneratorConfig, encode: Callable[[Any, np.ndarray], torch.Tensor]) -> dict[str, torch.Tensor]:
     """One pair's cached tensors: ``winner`` and ``loser`` latents ``(C, T, H, W)`` float32, ``mask``
-    ``(T, H, W)`` float32 (all 0 for a pair without one) and ``embeds`` ``(L, D)``."""
+    ``(T, H, W)`` float32 (all 0 for a pair without one), and the prompt's conditioning, one row
+    (the family's tensors: Wan's ``embeds`` ``(L, D)``)."""
     from cac_align.video import load_video
 
     winner = encode(pipe, np.asarray(load_video(pair.winner).frames))
     loser = encode(pipe, np.asarray(load_video(pair.loser).frames))
     if winner.shape != loser.shape:
         raise PairError(f"{pair.where}: winner and loser encode to latents of shapes {tuple(winner.shape)} and {tuple(loser.shape)}")
-    mask = latent_mask(pair, pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial)
+    temporal, spatial, _ = family.latent_grid(pipe)
+    mask = latent_mask(pair, temporal, spatial)
     if mask is not None and tuple(mask.shape) != tuple(winner.shape[1:]):
         raise PairError(f"{pair.where}: its mask on the latent grid is {tuple(mask.shape)}, its latents {tuple(winner.shape[1:])}")
-    embeds, _ = encode_prompts(pipe, [pair.prompt], None, 1.0, max_sequence_length)
-    return {"winner": winner.float().contiguous(), "loser": loser.float().contiguous(),
-            "mask": torch.zeros(winner.shape[1:]) if mask is None else torch.as_tensor(mask).float(), "embeds": embeds[0].cpu().contiguous()}
+    cond, _ = family.encode_prompts(pipe, [pair.prompt], None, family.guidance(generator, guided=False, fps=pair.fps), generator.max_sequence_length)
+    tensors = {"winner": winner.float().contiguous(), "loser": loser.float().contiguous(),
+               "mask": torch.zeros(winner.shape[1:]) if mask is None else torch.as_tensor(mask).float()}
+    row = cond.row(0)
+    if set(row) & set(tensors):
+        raise ValueError(f"a family's conditioning names {sorted(set(row) & set(tensors))}, which a pair's cache file uses")
+    return {**tensors, **row}
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,19 +258,21 @@ class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
     def __init__(self, config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray], torch.Tensor] | None = None):
-        self.config, self.pipe, self.encode = config, pipe, encode or encode_video
+        self.config, self.pipe = config, pipe
+        self.family = config.generator.family  # what the model is, from its own files (cac_align.gen.family)
+        self.encode = encode or self.family.encode_video
 
     # -- setup -----------------------------------------------------------------------
     def setup(self) -> None:
         config = self.config
         self.out = Path(config.out_dir)
         # 1. the pairs, checked before anything loads
-        self.pairs = read_pairs(config.pairs, family_of(config.generator.name).spatial_multiple)  # sizes the model's VAE encodes
+        self.pairs = read_pairs(config.pairs, self.family.spatial_multiple, self.family.frame_multiple)  # what the model's VAE encodes
         if not self.pairs.pairs:
             raise RecipeError(f"pairs: no pair in {config.pairs}: {self.pairs.summary()}")
-        shapes = sorted({(p.frames, p.height, p.width) for p in self.pairs.pairs})
+        shapes = sorted({(p.frames, p.height, p.width, round(p.fps, 3)) for p in self.pairs.pairs})
         if len(shapes) > 1:
-            raise RecipeError(f"pairs: videos of several shapes {shapes} (frames, height, width); train on one shape per run")
+            raise RecipeError(f"pairs: videos of several shapes {shapes} (frames, height, width, fps); train on one shape per run")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
@@ -268,8 +287,7 @@ class _Trainer:
         if self.pipe is None:
             self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
         pipe = self.pipe
-        pipe.text_encoder.requires_grad_(False)
-        pipe.vae.requires_grad_(False)
+        freeze_pipeline(pipe)
         acc.wait_for_everyone()
         if acc.is_main_process:
             run_folder.start()  # with overwrite: the old run's outputs go now, and only those
@@ -284,20 +302,26 @@ class _Trainer:
         # 2. the latent cache: each process encodes its share of what is missing
         todo = [i for i in range(len(self.pairs.pairs)) if not _cache_path(self.out, i).is_file()]
         for i in tqdm(todo[acc.process_index :: acc.num_processes], desc="dpo: encode pairs", unit="pair", disable=not acc.is_main_process):
-            tensors = encode_pair(pipe, self.pairs.pairs[i], config.generator.max_sequence_length, self.encode)
+            tensors = encode_pair(pipe, self.family, self.pairs.pairs[i], config.generator, self.encode)
             target = _cache_path(self.out, i)
             tmp = target.with_suffix(".tmp")
             save_file(tensors, str(tmp))
             tmp.replace(target)  # a cache file exists only once whole
         acc.wait_for_everyone()
-        if acc.device.type != "cpu":  # training reads the cache only: the text encoder (UMT5-XXL) and VAE leave the GPU
-            pipe.text_encoder.to("cpu")
-            pipe.vae.to("cpu")
+        if acc.device.type != "cpu":  # training reads the cache only: the text encoder (UMT5-XXL), the VAE, ... leave the GPU
+            for name, module in pipe.components.items():
+                if isinstance(module, torch.nn.Module) and not name.startswith("transformer"):
+                    module.to("cpu")
 
         # 3. the LoRA (a two-expert model's: on lora.experts, each pair noised to a level an adapted
         #    expert serves), the optimizer, resume
-        denoiser = adapted_denoiser(pipe, config.lora, config.seed, config.gradient_checkpointing)
+        denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
+        self.num_train_timesteps = float(pipe.scheduler.config.num_train_timesteps)
         self.sigma_range = denoiser.sigma_range()
+        # every pair plays at one rate (read_pairs: one shape a run): the positions of a model that reads it (LTX-2)
+        first = self.pairs.pairs[0]
+        self.guidance = self.family.guidance(config.generator, guided=False, fps=first.fps)
+        self.side_shape = self.family.side_shape(pipe, first.frames, first.fps) if self.family.audio else None
         self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
         optimizer = torch.optim.AdamW(list(trainable(denoiser).values()), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                       eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -334,9 +358,11 @@ class _Trainer:
         progress.close()
         return last
 
-    def _load(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def _load(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], Conditioning]:
+        """The cached pairs' latents and mask (stacked) and their prompts' conditioning."""
         parts = [load_file(str(_cache_path(self.out, i))) for i in indices]
-        return {key: torch.stack([p[key] for p in parts]) for key in parts[0]}
+        tensors = {key: torch.stack([p[key] for p in parts]) for key in PAIR_TENSORS}
+        return tensors, Conditioning.stack([{k: v for k, v in p.items() if k not in PAIR_TENSORS} for p in parts])
 
     def train_step(self, step: int) -> dict[str, float]:
         """One AdamW update over this process's share of the step's pairs (module docstring, step 3)."""
@@ -349,21 +375,25 @@ class _Trainer:
         for k in range(plan.micro_batches):
             # 1. the micro-batch's pairs and their shared noise and levels
             where = positions[k * config.batch_size : (k + 1) * config.batch_size]
-            batch = self._load([chosen[p] for p in where])
+            batch, cond = self._load([chosen[p] for p in where])
             drawn = [pair_noise(config.seed, step, p, tuple(batch["winner"].shape[1:]), config.loss, self.sigma_range) for p in where]
             noise = torch.stack([n for n, _ in drawn]).to(device)
             sigmas = torch.stack([s for _, s in drawn]).to(device)
             x_t, target = noised_pair(batch["winner"].to(device), batch["loser"].to(device), noise, sigmas)
-            timesteps = torch.cat([sigmas, sigmas]) * 1000.0  # Wan's timestep is sigma x 1000
-            embeds = torch.cat([batch["embeds"], batch["embeds"]]).to(device)
+            side = None
+            if self.side_shape is not None:  # LTX-2's audio: its noise at the pair's level on silence (zero), winner and loser alike
+                side = torch.stack([side_noise(config.seed, step, p, self.side_shape) for p in where]).to(device) * sigmas.view(-1, 1, 1)
+                side = torch.cat([side, side])
+            timesteps = torch.cat([sigmas, sigmas]) * self.num_train_timesteps  # the model's timestep is sigma x 1000
+            embeds = Conditioning.cat([cond, cond]).to(device)
             mask = batch["mask"].to(device)
             # 2. policy and reference velocities; 3. the loss; gradients all-reduced on the last micro-batch
             sync = acc.no_sync(self.model) if k < plan.micro_batches - 1 else contextlib.nullcontext()
             with sync:
                 with acc.autocast():
-                    prediction = predict_velocity(self.model, x_t, timesteps, embeds, None, 1.0, self.base_dtype)
+                    prediction = video_velocity(self.model, x_t, timesteps, embeds, None, self.guidance, self.base_dtype, side)
                 with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
-                    reference = predict_velocity(self.unwrapped, x_t, timesteps, embeds, None, 1.0, self.base_dtype)
+                    reference = video_velocity(self.unwrapped, x_t, timesteps, embeds, None, self.guidance, self.base_dtype, side)
                 model_w, model_l = squared_error(prediction, target)
                 ref_w, ref_l = squared_error(reference, target)
                 loss, parts = dpo_loss(model_w, model_l, ref_w, ref_l, config.loss, mask if mask.any() else None)
@@ -415,7 +445,7 @@ def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray],
         config: the run's config.
         pipe: replaces the pipeline the config names (tests, notebooks).
         encode: ``encode(pipe, frames uint8 (F, H, W, 3)) -> (C, T, H, W)`` latents in place of
-            the VAE's (:func:`cac_align.gen.wan.encode_video`); the miniature benchmark uses the
+            the VAE's (the family's ``encode_video``); the miniature benchmark uses the
             latent preview's inverse.
 
     Returns:

@@ -1,4 +1,4 @@
-"""`cac-align flow-grpo`: Flow-GRPO training of a Wan-2.1 LoRA with a scalar video reward (CaC §4.2).
+"""`cac-align flow-grpo`: Flow-GRPO training of a generator's LoRA with a scalar video reward (CaC §4.2).
 
     cac-align flow-grpo --config recipes/align/flow_grpo_tiny.yaml          # offline, CPU, seconds
     accelerate launch --num_processes 8 -m cac_align.cli flow-grpo \\
@@ -64,19 +64,11 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.credit import LocalizeSettings, credit_maps
-from cac_align.gen.lora import (WanLoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, register_lora_checkpoint,
+from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, register_lora_checkpoint,
                                save_expert_loras, trainable)
-from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss, flow_sigmas
+from cac_align.gen.generator import GeneratorConfig, build_generator, sample_with_log_probs, video_velocity
+from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
-from cac_align.gen.wan import (
-    GeneratorConfig,
-    build_generator,
-    decode_latents,
-    encode_prompts,
-    predict_velocity,
-    sample_with_log_probs,
-    scheduler_shift,
-)
 from cac_align.run.input_files import read_prompts, slug
 from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import build_reward, reward_config
@@ -88,7 +80,7 @@ from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, tra
 from cac_align.run.watch import WatchSettings, hacking_alarms
 from cac_align.video import Video, save_video
 
-__all__ = ["RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "WanLoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
+__all__ = ["RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "LoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +131,8 @@ class FlowGrpoConfig:
         out_dir: the run folder (module docstring).
         prompts: training prompts, a text file (one per line) or JSONL with "prompt".
         eval_prompts: held-out prompts for periodic ODE evaluation (None: no evaluation).
-        generator: Wan pipeline and sampling settings (steps, resolution, frames, CFG).
+        generator: the generator (any family: Wan-2.1, Wan2.2, LTX-2) and its sampling settings
+            (steps, resolution, frames, guidance).
         reward: the reward section (``ur_cac`` by default; ``unified_reward`` for the UR-only row).
         lora: the LoRA settings.
         steps: training steps (CaC App. C.4: 120).
@@ -190,7 +183,7 @@ class FlowGrpoConfig:
     eval_prompts: str | None = None
     generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
-    lora: WanLoraSettings = field(default_factory=WanLoraSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     steps: int = 120
     prompts_per_step: int = 2
     group_size: int = 16
@@ -267,6 +260,8 @@ class FlowGrpoConfig:
             raise ValueError("advantage.localize.estimator=vipo clips symmetrically (ViPO): leave clip_range_high null")
         if self.learning_rate <= 0 or self.beta < 0 or self.adv_clip_max <= 0:
             raise ValueError("learning_rate and adv_clip_max must be > 0 and beta >= 0")
+        if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch
+            self.lora.target_modules = list(self.generator.family.lora_target_modules)
         if self.lora.rank < 1 or not self.lora.target_modules:
             raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
         if self.generator.lora is not None:
@@ -432,7 +427,8 @@ class _Trainer:
         self.config = config
         self.reward = reward
         self.pipe = pipe
-        self.decode = decode or decode_latents
+        self.family = config.generator.family  # what the model is, from its own files (cac_align.gen.family)
+        self.decode = decode or self.family.decode
 
     # -- setup -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -461,7 +457,7 @@ class _Trainer:
         if self.pipe is None:
             self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
         pipe = self.pipe
-        denoiser = adapted_denoiser(pipe, config.lora, config.seed, config.gradient_checkpointing)
+        denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
         self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
         optimizer = torch.optim.AdamW(
             list(trainable(denoiser).values()),
@@ -473,7 +469,8 @@ class _Trainer:
         self.model, self.optimizer = acc.prepare(denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
-        self.sigmas, self.timesteps = flow_sigmas(config.generator.num_inference_steps, scheduler_shift(pipe, config.generator.flow_shift))
+        self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
+        self.guidance = self.family.guidance(config.generator)
         self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
         self.ema = (
             {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()}
@@ -641,11 +638,11 @@ class _Trainer:
         """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`) and
         confinement's KL weights of the same shape (None when ``confine`` is 0), and the step's
         localization metrics over every process."""
-        g, pipe = self.config.generator, self.pipe
+        g = self.config.generator
+        temporal, spatial, patch = self.family.latent_grid(self.pipe)  # the model's own latent grid
         maps = credit_maps(
             [d for o in outputs for d in o.details], np.concatenate([o.valid for o in outputs]), advantages, self.config.advantage.localize,
-            num_frames=g.num_frames, fps=g.fps, height=g.height, width=g.width, temporal=pipe.vae_scale_factor_temporal,
-            spatial=pipe.vae_scale_factor_spatial, patch=tuple(pipe.transformer.config.patch_size),
+            num_frames=g.num_frames, fps=g.fps, height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch,
         )
         for i, why in maps.reasons.items():
             log.debug("localized credit: sample %d keeps a uniform map: %s", i, why)
@@ -664,7 +661,7 @@ class _Trainer:
     def _encode(self, texts: list[str]) -> tuple[Any, Any]:
         g = self.config.generator
         unique = list(dict.fromkeys(texts))
-        embeds, negative = encode_prompts(self.pipe, unique, g.negative_prompt, g.guidance_scale, g.max_sequence_length)
+        embeds, negative = self.family.encode_prompts(self.pipe, unique, g.negative_prompt, self.guidance, g.max_sequence_length)
         index = [unique.index(t) for t in texts]
         return embeds[index], (negative[index] if negative is not None else None)
 
@@ -704,13 +701,15 @@ class _Trainer:
             outputs.append(output)
         return outputs, compute
 
-    def _update(self, step: int, trajectories: list[Any], embeds: torch.Tensor, negative: torch.Tensor | None, advantages: torch.Tensor,
+    def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
                 weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> dict[str, float]:
         config, acc = self.config, self.accelerator
         device = acc.device
         latents = torch.cat([t.latents for t in trajectories])
         old_log_probs = torch.cat([t.log_probs for t in trajectories])
         old_maps = torch.cat([t.log_prob_maps for t in trajectories]) if credit is not None else None
+        # what steps with the video on the deterministic path (LTX-2's audio): the transformer's other input
+        sides = torch.cat([t.side for t in trajectories]) if trajectories[0].side is not None else None
         timesteps = self.timesteps.to(device)
         transitions = SDESchedule(self.sigmas.to(device), config.noise_level, config.noise_schedule)
         steps_trained = [self.trainable_steps[k] for k in trained_timesteps(len(self.trainable_steps), config.timestep_fraction, step, config.seed)]
@@ -719,7 +718,6 @@ class _Trainer:
         # first, the policy is slightly off the rollout policy and the PPO clip starts to act
         chunks = [list(part) for part in np.array_split(np.arange(len(micro)), config.updates_per_step)]
         clip = (config.clip_range, config.clip_range if config.clip_range_high is None else config.clip_range_high)
-        guidance, guidance_2 = config.generator.guidance_scale, config.generator.guidance_scale_2
         sums: dict[str, float] = {}
         grad_norms: list[float] = []
         count = 0
@@ -735,18 +733,19 @@ class _Trainer:
                     backwards += 1
                     x = latents[lo:hi, j].to(device)
                     x_next = latents[lo:hi, j + 1].to(device)
+                    side = sides[lo:hi, j].to(device) if sides is not None else None
                     # gradients are all-reduced once per update, on its last backward
                     sync = acc.no_sync(self.model) if backwards < chunk_total else contextlib.nullcontext()
                     with sync:
                         with acc.autocast():
-                            velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, guidance, self.base_dtype, guidance_2)
+                            velocity = video_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
                         localized = {} if credit is None else self._position_terms(
                             policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi], None if hold is None else hold[lo:hi], x.shape[1])
                         ref_mean = None
                         if config.beta > 0 or hold is not None:
                             with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
-                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, guidance, self.base_dtype, guidance_2)
+                                ref_velocity = video_velocity(self.unwrapped, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
                             ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
@@ -806,14 +805,17 @@ class _Trainer:
         if mine:
             texts = [self.eval_prompts[i] for i in mine]
             with _ema_weights(self.unwrapped, self.ema):
-                videos_all = []
+                videos_all, sounds = [], []
                 for lo in range(0, len(mine), config.sample_batch_size):
                     hi = min(lo + config.sample_batch_size, len(mine))
                     embeds, negative = self._encode(texts[lo:hi])
                     # eval: deterministic ODE sampling (noise 0) with fixed seeds
-                    _, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in mine[lo:hi]], 0.0)
+                    trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in mine[lo:hi]], 0.0)
                     videos_all.append(videos)
+                    if trajectory.side is not None:  # their soundtracks (LTX-2), for the videos saved
+                        sounds.append(self.family.decode_audio(self.pipe, trajectory.side[:, -1]))
             videos = np.concatenate(videos_all)
+            audio, rate = (np.concatenate([w for w, _ in sounds]), sounds[0][1]) if sounds else (None, None)
             # through the pool like training batches: a failing reward call is invalid, not a crash
             (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps))])
             scores[: len(mine)] = output.scores
@@ -821,9 +823,10 @@ class _Trainer:
                 (judged,), _ = self._collect([(len(mine), self.pool.submit(_score, judge, videos, texts, mine, config.generator.fps))])
                 held_out[label][: len(mine)] = judged.scores
             folder = self.out / "eval" / f"step_{done:06d}"
-            for i, frames in zip(mine, videos):
+            for k, (i, frames) in enumerate(zip(mine, videos)):
                 if i < config.eval_videos:
-                    save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4")
+                    save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4",
+                               audio=None if audio is None else audio[k], sample_rate=rate)
         gathered = gather_floats(acc, scores)  # padding entries of short shards are NaN: not counted
         mean, std = nan_mean_std(gathered)
         valid = int(np.isfinite(gathered).sum())
@@ -860,7 +863,7 @@ def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, 
         config: the run's config.
         reward, pipe: replace the reward and the pipeline the config names (tests, notebooks).
         decode: ``decode(pipe, latents) -> uint8 (B, F, H, W, 3)`` in place of the VAE decode
-            (:func:`cac_align.gen.wan.decode_latents`); the toy benchmark uses a latent preview.
+            (the family's ``decode``); the toy benchmark uses a latent preview.
 
     Returns:
         The last step's logged numbers.

@@ -107,7 +107,7 @@ class RepairConfig:
     synth: str | None = None
     synth_seed: int = 0
     reward: Any = field(default_factory=lambda: {"name": "cac"})
-    regenerator: RegeneratorConfig = field(default_factory=RegeneratorConfig)
+    regenerator: RegeneratorConfig = field(default_factory=RegeneratorConfig.unset)
     attempts: int = 3
     min_gain: float = 0.0
     feedback: str = "none"
@@ -232,12 +232,13 @@ class _Repairer:
 
     def __init__(self, config: RepairConfig, reward: Reward, pipe: Any, out: Path):
         self.config, self.reward, self.pipe, self.out = config, reward, pipe, out
+        self.regenerator = config.regenerator.family  # what the model is, from its own files (cac_align.gen.family)
 
     def repair(self, index: int, item: dict) -> dict:
         """The results row of input ``index`` (module docstring, steps 1-4)."""
         from cac_align.cac.evidence import write_evidence_png
-        from cac_align.gen.vace import plan_repair, regenerate, splice
-        from cac_align.regions import evidence_reason, find_evidence, region_from_evidence
+        from cac_align.gen.vace import splice
+        from cac_align.regions import evidence_reason, find_evidence, region_from_evidence, whole_frames
         from cac_align.video import Video, VideoError, load_video, save_video
 
         config = self.config
@@ -256,11 +257,14 @@ class _Repairer:
         reason, evidence = _passes_through(verdict)
         if reason is not None:
             return {**row, "reason": reason}
-        # 2. the mask, planned for VACE
-        region = region_from_evidence(evidence, video.num_frames, video.fps, video.height, video.width, dilate=config.dilate, context_s=config.context_s)
-        plan = plan_repair(region, video.fps, config.condition_s)
-        row["mask"] = {"frames": plan.frames, "boxes": [{"time_s": t, "boxes": [list(b) for b in boxes]} for t, boxes in evidence.boxes],
-                       "window_s": list(evidence.window_s) if evidence.window_s else None, "segment": [plan.start, plan.stop]}
+        # 2. the mask, planned for the regenerator (VACE: 4k + 1 frames, sides of 16; LTX-2: 8k + 1, 32);
+        #    one that keeps whole frames (LTX-2) regenerates the evidence's whole frames, and the row says so
+        regenerated = evidence if self.regenerator.boxes else whole_frames(evidence, video.fps)
+        region = region_from_evidence(regenerated, video.num_frames, video.fps, video.height, video.width, dilate=config.dilate,
+                                      context_s=config.context_s)
+        plan = self.regenerator.plan(region, video.fps, config.condition_s)
+        row["mask"] = {"frames": plan.frames, "boxes": [{"time_s": t, "boxes": [list(b) for b in boxes]} for t, boxes in regenerated.boxes],
+                       "window_s": list(regenerated.window_s) if regenerated.window_s else None, "segment": [plan.start, plan.stop]}
         judged_reason = evidence_reason(verdict["details"])
         prompt = f"{item['prompt']}. Avoid: {judged_reason}" if config.feedback == "reason" and judged_reason else item["prompt"]
         frames = np.asarray(video.frames)
@@ -274,7 +278,7 @@ class _Repairer:
         for attempt in range(config.attempts):
             seed = config.seed + index * config.attempts + attempt
             started = time.perf_counter()
-            repaired = splice(frames, regenerate(self.pipe, frames, plan, prompt, seed, config.regenerator), plan, config.feather)
+            repaired = splice(frames, self.regenerator.regenerate(self.pipe, frames, plan, prompt, seed, config.regenerator), plan, config.feather)
             candidate = Video(repaired, video.fps, source=f"{item['video']} (repair {attempt + 1})")
             after = _verdict(self.reward, candidate, item["prompt"])
             row["frame_steps"] += plan.frame_steps(config.regenerator.num_inference_steps)
@@ -405,10 +409,11 @@ def _summary(config: RepairConfig, rows: list[dict], inputs: list[dict]) -> dict
 
     tried = [r for r in rows if r["attempts"]]
     steps = config.regenerator.num_inference_steps
+    multiple = config.regenerator.family.frame_multiple  # the model's frames: k * multiple + 1 (VACE: 4k + 1)
     best_of_n = 0
     for row in tried:
         frames = load_video(row["video"], lazy=True).num_frames
-        best_of_n += len(row["attempts"]) * ((frames - 1 + 3) // 4 * 4 + 1) * steps  # a whole 4k + 1 video per try
+        best_of_n += len(row["attempts"]) * ((frames - 1 + multiple - 1) // multiple * multiple + 1) * steps  # a whole mk + 1 video per try
     gains = [r["after"]["score"] - r["before"]["score"] for r in rows if r["accepted"]]
     spent = sum(r["frame_steps"] for r in rows)
     return {

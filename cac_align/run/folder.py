@@ -75,8 +75,12 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------
 # Settings added to a config after run folders of it existed, left out of the fingerprint while at
 # their defaults, so that such a folder still resumes: a generator's and a regenerator's second
-# guidance scale and the LoRA's experts (Wan2.2-A14B).
-LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scale_2": None, "lora.experts": "high"}
+# guidance scale and the LoRA's experts (Wan2.2-A14B); LTX-2's guidance settings (null: the
+# model's, which a Wan model does not have).
+_LTX2_GUIDANCE = ("stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale", "audio_modality_scale",
+                  "audio_guidance_rescale", "stg_blocks")
+LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scale_2": None, "lora.experts": "high",
+                  **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE}}
 
 
 def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from cac_align.config import RecipeError
 from cac_align.data.synthetic import NORMAL, SynthConfig, render
 from cac_align.gen.synthetic import SyntheticGenerator, bon_anomaly_rates, load_synthetic_generator
-from cac_align.gen.wan import GeneratorConfig, build_video_generator
+from cac_align.gen.generator import GeneratorConfig, build_video_generator
 from conftest import REPO_ROOT
 
 PROMPT = "A ball rolls along the floor past a 'PARK' sign while a person walks by."
@@ -42,7 +42,7 @@ def test_generator_config_builds_it_from_a_synth_recipe():
     gen = build_video_generator(config)
     assert isinstance(gen, SyntheticGenerator) and gen.anomaly_probability == 0.25
     assert (gen.synth.height, gen.synth.width, gen.synth.duration_s) == (256, 384, 5.0)
-    video = gen.generate(config, [PROMPT], [3])
+    video = gen.generate(config, [PROMPT], [3]).frames
     assert not gen.on_gpu() and gen.execution_device() == "cpu"
     assert video.shape == (1, 80, 256, 384, 3)
     with pytest.raises(RecipeError, match="recipe not found"):

@@ -14,7 +14,8 @@ import torch
 from cac_align.gen.experts import WanDenoiser
 from cac_align.gen.sde import flow_sigmas
 from cac_align.gen.tiny import A14B_BOUNDARY_RATIO, build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
-from cac_align.gen.wan import GeneratorConfig, encode_prompts, predict_velocity, sample_with_log_probs, scheduler_shift
+from cac_align.gen.generator import GeneratorConfig, predict_velocity, sample_with_log_probs, scheduler_shift
+from cac_align.gen.wan import WAN22_A14B, WAN22_TI2V
 
 PROMPTS = ["a red ball in the park", "a dog walking"]
 SEEDS = (11, 12)
@@ -32,10 +33,11 @@ def _config(name: str, steps: int = 6) -> GeneratorConfig:
 
 
 def _ours(pipe, config, noise_level, denoiser=None):
-    embeds, negative = encode_prompts(pipe, PROMPTS, config.negative_prompt, config.guidance_scale, config.max_sequence_length)
+    family = config.family
+    embeds, negative = family.encode_prompts(pipe, PROMPTS, config.negative_prompt, family.guidance(config), config.max_sequence_length)
     sigmas, timesteps = flow_sigmas(config.num_inference_steps, scheduler_shift(pipe))
     generators = [torch.Generator().manual_seed(s) for s in SEEDS]
-    denoiser = denoiser or WanDenoiser.from_pipeline(pipe)
+    denoiser = denoiser or family.denoiser(pipe)
     trajectory = sample_with_log_probs(pipe, denoiser, embeds, negative, generators, config=config, sigmas=sigmas, timesteps=timesteps,
                                        noise_level=noise_level)
     return trajectory, denoiser, embeds, negative
@@ -88,12 +90,12 @@ def test_each_timestep_is_served_by_the_expert_diffusers_would_use():
 
 def test_ti2v_gives_every_token_its_timestep():
     pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
-    denoiser = WanDenoiser.from_pipeline(pipe)
+    denoiser = WAN22_TI2V.denoiser(pipe)
     latents = torch.zeros(2, 48, 3, 4, 4)
     t = denoiser.model_timestep(torch.tensor(937.5), latents)
     # 3 latent frames x (4 / 2) x (4 / 2) tokens of the 2x2 patches, each with t
     assert t.shape == (2, 12) and torch.equal(t, torch.full((2, 12), 937.5))
-    assert WanDenoiser.from_pipeline(build_tiny_wan22_a14b_pipeline(0)).model_timestep(torch.tensor(5.0), latents).shape == (2,)
+    assert WAN22_A14B.denoiser(build_tiny_wan22_a14b_pipeline(0)).model_timestep(torch.tensor(5.0), latents).shape == (2,)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -101,15 +103,17 @@ def test_one_timestep_per_sample_is_each_samples_own_step(name):
     # dpo noises each pair to its own level: a (B,) timestep gives every sample the velocity of its
     # own step (its expert, its per-token timesteps), the batch split by expert and put back in order
     pipe = LAYOUTS[name][0](seed=0)
-    denoiser = WanDenoiser.from_pipeline(pipe)
+    family = _config(name).family
+    denoiser = family.denoiser(pipe)
     channels = pipe.transformer.config.in_channels
     latents = torch.randn(3, channels, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    embeds, _ = encode_prompts(pipe, ["a red ball", "a dog", "a cat on a sofa"], None, 1.0, 512)
+    embeds, _ = family.encode_prompts(pipe, ["a red ball", "a dog", "a cat on a sofa"], None, family.guidance(None, guided=False), 512)
     timesteps = torch.tensor([950.0, 300.0, 900.0])  # the A14B: high, low, high expert
+    unguided = family.guidance(None, guided=False)
     with torch.no_grad():
-        batched = denoiser(latents, timesteps, embeds, None, 1.0, dtype=torch.float32)
-        alone = torch.cat([denoiser(latents[i : i + 1], timesteps[i], embeds[i : i + 1], None, 1.0, dtype=torch.float32) for i in range(3)])
-        mixed_up = denoiser(latents, timesteps[[1, 0, 2]], embeds, None, 1.0, dtype=torch.float32)
+        batched = denoiser(latents, timesteps, embeds, None, unguided, dtype=torch.float32)
+        alone = torch.cat([denoiser(latents[i : i + 1], timesteps[i], embeds[i : i + 1], None, unguided, dtype=torch.float32) for i in range(3)])
+        mixed_up = denoiser(latents, timesteps[[1, 0, 2]], embeds, None, unguided, dtype=torch.float32)
     assert torch.allclose(batched, alone, atol=1e-5)
     assert (mixed_up[0] - batched[0]).abs().max() > 1e-3  # the wrong level (and, for the A14B, expert) is another velocity
     if name == "ti2v":
@@ -128,7 +132,7 @@ def test_a_steps_log_prob_is_flow_grpos_gaussian(name):
     for j in range(config.num_inference_steps):
         x, nxt = trajectory.latents[:, j], trajectory.latents[:, j + 1]
         with torch.no_grad():
-            v = predict_velocity(denoiser, x, trajectory.timesteps[j], embeds, negative, config.guidance_scale, torch.float32, config.guidance_scale_2)
+            v = predict_velocity(denoiser, x, trajectory.timesteps[j], embeds, negative, config.family.guidance(config), torch.float32)
         sigma, sigma_next = float(trajectory.sigmas[j]), float(trajectory.sigmas[j + 1])
         dt = sigma_next - sigma
         # sigma_t = a sqrt(sigma / (1 - sigma)), with sigma_max (the second sigma) for 1 - sigma at sigma = 1

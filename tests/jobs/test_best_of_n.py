@@ -9,7 +9,8 @@ import pytest
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.wan import GeneratorConfig, WanGenerator, build_tiny_wan_pipeline, generate_videos
+from cac_align.gen.generator import GeneratorConfig, PipelineGenerator, generate_videos
+from cac_align.gen.wan import build_tiny_wan_pipeline
 from cac_align.run.input_files import read_prompts
 from cac_align.jobs.best_of_n import BonConfig, choose, frames_sha256, run
 from cac_align.rewards import RewardOutput
@@ -107,9 +108,9 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
             raise KeyboardInterrupt("killed")
         return real(pipe, gen, prompts, seeds)
 
-    monkeypatch.setattr("cac_align.gen.wan.generate_videos", dies_on_fourth_call)
+    monkeypatch.setattr("cac_align.gen.generator.generate_videos", dies_on_fourth_call)
     with pytest.raises(KeyboardInterrupt):
-        run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+        run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     # prompt 0 finished (batches [0, 1], [2]); prompt 1 died after its first batch [3, 4]
     assert calls == [[0, 1], [2], [3, 4], [5]]
     assert {r["prompt_index"] for r in _rows(tmp_path / "bon")} == {0}
@@ -117,8 +118,8 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
         "p00000_c00.mp4", "p00000_c01.mp4", "p00000_c02.mp4", "p00001_c00.mp4", "p00001_c01.mp4"]
     calls.clear()
     reward.calls.clear()
-    monkeypatch.setattr("cac_align.gen.wan.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
-    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+    monkeypatch.setattr("cac_align.gen.generator.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
+    run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     assert calls == [[5]]  # only the missing candidate of prompt 1
     assert reward.calls == [["a dog"] * 3]  # prompt 0 was not scored again
     rows = _rows(tmp_path / "bon")
@@ -142,7 +143,7 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
 
     monkeypatch.setattr(video_module, "save_video", killed_on_second_video)
     with pytest.raises(KeyboardInterrupt):
-        run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+        run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     candidates = tmp_path / "bon/candidates"
     assert (candidates / "p00000_c00.mp4").exists() and not (candidates / "p00000_c01.mp4").exists()
     # what killed runs leave half-written, under the names this job uses
@@ -150,7 +151,7 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
     (candidates / "p00000_c02.sha256.tmp").write_text("half a hash")
     (candidates / "my_own.mp4").write_bytes(b"the user's")  # not ours: stays
     monkeypatch.setattr(video_module, "save_video", real_save)
-    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+    run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     rows = _rows(tmp_path / "bon")
     assert len(rows) == 3 and all(len(r["frames_sha256"]) == 64 for r in rows)  # every hash recorded
     for c in range(3):
@@ -162,7 +163,7 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
 def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch):
     config = _config(tmp_path, ["a cat", "a dog"])
     reward = ScriptedReward({"a cat": [0.1, 0.5, 0.3], "a dog": [0.7, 0.2, 0.4]})
-    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+    run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     manifest = tmp_path / "bon/candidates.jsonl"
     lines = manifest.read_text().splitlines()
     assert len(lines) == 6
@@ -171,8 +172,8 @@ def test_a_torn_last_group_is_redone_not_fatal(tmp_path, tiny_pipe, monkeypatch)
     reward.calls.clear()
     calls = []
     real = generate_videos
-    monkeypatch.setattr("cac_align.gen.wan.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
-    run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+    monkeypatch.setattr("cac_align.gen.generator.generate_videos", lambda *a: (calls.append(list(a[3])), real(*a))[1])
+    run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     assert calls == []  # its candidate videos were complete and are reused
     assert reward.calls == [["a dog"] * 3]  # prompt 1 is scored again, prompt 0 is not
     rows = _rows(tmp_path / "bon")
@@ -194,23 +195,23 @@ def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_pa
 
 def test_recorded_seed_regenerates_the_video(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat"])
-    run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), generator=WanGenerator(tiny_pipe))
+    run(config, reward=ScriptedReward({"a cat": [0.1, 0.2, 0.3]}), generator=PipelineGenerator(tiny_pipe))
     rows = _rows(tmp_path / "bon")
     # Candidate 2 was drawn alone (batch_size 2, n 3): regenerating it alone is bit-identical.
-    again = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[2]["seed"]])[0]
+    again = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[2]["seed"]]).frames[0]
     assert frames_sha256(again) == rows[2]["frames_sha256"]
     # Candidates 0 and 1 were drawn together: the same pair regenerates them bit-identically ...
-    pair = generate_videos(tiny_pipe, TINY_GEN, ["a cat"] * 2, [rows[0]["seed"], rows[1]["seed"]])
+    pair = generate_videos(tiny_pipe, TINY_GEN, ["a cat"] * 2, [rows[0]["seed"], rows[1]["seed"]]).frames
     assert [frames_sha256(v) for v in pair] == [rows[0]["frames_sha256"], rows[1]["frames_sha256"]]
     # ... and alone, float rounding across batch sizes moves at most one level in rare pixels.
-    alone = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[0]["seed"]])[0]
+    alone = generate_videos(tiny_pipe, TINY_GEN, ["a cat"], [rows[0]["seed"]]).frames[0]
     assert np.abs(alone.astype(int) - pair[0]).max() <= 1 and (alone == pair[0]).mean() > 0.99
 
 
 def test_failed_candidates_are_never_chosen_and_all_invalid_falls_back(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat", "a dog"])
     reward = ScriptedReward({"a cat": [0.1, np.nan, 0.3], "a dog": [np.nan, np.nan, np.nan]})
-    summary = run(config, reward=reward, generator=WanGenerator(tiny_pipe))
+    summary = run(config, reward=reward, generator=PipelineGenerator(tiny_pipe))
     rows = _rows(tmp_path / "bon")
     assert rows[1]["valid"] is False and rows[1]["error"] == "reward failed for this candidate"
     assert [(r["candidate"], r["chosen_by"]) for r in rows if r["chosen"]] == [(2, "argmax"), (0, "fallback")]
@@ -237,7 +238,7 @@ def test_prompt_files(tmp_path):
 
 def test_duplicate_prompts_are_kept_apart(tmp_path, tiny_pipe):
     config = _config(tmp_path, ["a cat", "a cat"], n=1)
-    run(config, reward=ScriptedReward({"a cat": [0.5]}), generator=WanGenerator(tiny_pipe))
+    run(config, reward=ScriptedReward({"a cat": [0.5]}), generator=PipelineGenerator(tiny_pipe))
     names = sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4"))
     assert names == ["00000_a-cat.mp4", "00001_a-cat.mp4"]
     rows = _rows(tmp_path / "bon")
@@ -250,17 +251,17 @@ def test_config_checks_and_a_different_run_in_out_dir(tmp_path, tiny_pipe):
     with pytest.raises(RecipeError, match="num_frames must be 4k \\+ 1"):
         load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny.yaml", ["generator.num_frames=10"])
     reward = ScriptedReward({"a cat": [0.1, 0.2, 0.3], "a dog": [0.3, 0.2, 0.1]})
-    run(_config(tmp_path, ["a cat"]), reward=reward, generator=WanGenerator(tiny_pipe))
+    run(_config(tmp_path, ["a cat"]), reward=reward, generator=PipelineGenerator(tiny_pipe))
     with pytest.raises(RecipeError, match=r"different config \(differs in: generator.num_inference_steps\).*overwrite=true"):
         run(_config(tmp_path, ["a cat"], generator=GeneratorConfig(**{**TINY_GEN.__dict__, "num_inference_steps": 2})),
-            reward=reward, generator=WanGenerator(tiny_pipe))
+            reward=reward, generator=PipelineGenerator(tiny_pipe))
     # batch_size does not change any video: the run resumes (nothing left to do) instead of refusing
-    run(_config(tmp_path, ["a cat"], batch_size=3), reward=reward, generator=WanGenerator(tiny_pipe))
+    run(_config(tmp_path, ["a cat"], batch_size=3), reward=reward, generator=PipelineGenerator(tiny_pipe))
     # the same prompt file path holding other prompts is another run
     with pytest.raises(RecipeError, match=r"differs in: prompts_sha256"):
-        run(_config(tmp_path, ["a dog"]), reward=reward, generator=WanGenerator(tiny_pipe))
+        run(_config(tmp_path, ["a dog"]), reward=reward, generator=PipelineGenerator(tiny_pipe))
     # overwrite=true replaces the old run
-    run(_config(tmp_path, ["a dog"], overwrite=True), reward=reward, generator=WanGenerator(tiny_pipe))
+    run(_config(tmp_path, ["a dog"], overwrite=True), reward=reward, generator=PipelineGenerator(tiny_pipe))
     assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a dog"}
     assert sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4")) == ["00000_a-dog.mp4"]
 

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, squared_error
-from cac_align.gen.experts import WanDenoiser
 from cac_align.gen.pairs import PairError, latent_mask, read_pairs
-from cac_align.gen.wan import GeneratorConfig, build_generator, build_tiny_wan_pipeline, predict_velocity
+from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, predict_velocity
+from cac_align.gen.wan import WAN21, build_tiny_wan_pipeline
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run, warmup_factor
 from conftest import REPO_ROOT
 
@@ -60,7 +60,7 @@ def dpo_config(out: Path, pairs: Path, *overrides: str) -> DpoConfig:
 
 def lora_of(pipe) -> dict[str, torch.Tensor]:
     """Every expert's LoRA weights, named as the trainer's model (``transformer.blocks...``) names them."""
-    return {n: p.detach().clone() for n, p in WanDenoiser.from_pipeline(pipe).named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in WAN21.denoiser(pipe).named_parameters() if p.requires_grad}
 
 
 def test_repair_pairs_and_their_mask_on_the_latent_grid(repaired):
@@ -161,11 +161,12 @@ def fixed_margins(pipe, out: Path, count: int) -> torch.Tensor:
         noise, _ = pair_noise(123, 0, i, tuple(cached["winner"].shape), DpoLossSettings())
         x, target = noised_pair(cached["winner"][None], cached["loser"][None], noise[None], torch.tensor([0.5]))
         t = torch.tensor([500.0, 500.0])
-        embeds = torch.stack([cached["embeds"]] * 2)
+        embeds = Conditioning(embeds=torch.stack([cached["embeds"]] * 2))
+        denoiser = WAN21.denoiser(pipe)
         with torch.no_grad():
-            prediction = predict_velocity(pipe.transformer, x, t, embeds, None, 1.0, torch.float32)
+            prediction = predict_velocity(denoiser, x, t, embeds, None, WAN21.guidance(None, guided=False), torch.float32)
             pipe.transformer.disable_adapters()
-            reference = predict_velocity(pipe.transformer, x, t, embeds, None, 1.0, torch.float32)
+            reference = predict_velocity(denoiser, x, t, embeds, None, WAN21.guidance(None, guided=False), torch.float32)
             pipe.transformer.enable_adapters()
         _, m = dpo_loss(*squared_error(prediction, target), *squared_error(reference, target), DpoLossSettings(), None)
         margins.append(m["margin"])

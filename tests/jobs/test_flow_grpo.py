@@ -16,22 +16,12 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.sde import SDESchedule, flow_sigmas
-from cac_align.gen.lora import WanLoraSettings, add_lora
+from cac_align.gen.lora import LoraSettings, add_lora
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run, trained_timesteps
 from cac_align.rewards.base import RewardBase
 from cac_align.run.dist import step_indices
-from cac_align.gen.wan import (
-    TINY_WAN,
-    LORA_WEIGHT_NAME,
-    GeneratorConfig,
-    build_generator,
-    build_tiny_wan_pipeline,
-    decode_latents,
-    encode_prompts,
-    generate_videos,
-    predict_velocity,
-    sample_with_log_probs,
-)
+from cac_align.gen.generator import LORA_WEIGHT_NAME, GeneratorConfig, build_generator, generate_videos, predict_velocity, sample_with_log_probs
+from cac_align.gen.wan import TINY_WAN, build_tiny_wan_pipeline, decode_latents
 from cac_align.rewards import RewardOutput
 from conftest import REPO_ROOT
 
@@ -43,11 +33,12 @@ PROMPTS = ["a cat walking in the park", "a person holding a red cup"]
 
 def _trajectory(pipe, noise_level=0.7, guidance=1.0):
     config = GeneratorConfig(**{**GEN.__dict__, "guidance_scale": guidance})
-    embeds, negative = encode_prompts(pipe, PROMPTS, None, guidance, config.max_sequence_length)
+    family = config.family
+    embeds, negative = family.encode_prompts(pipe, PROMPTS, None, family.guidance(config), config.max_sequence_length)
     sigmas, timesteps = flow_sigmas(4, 3.0)
     generators = [torch.Generator().manual_seed(s) for s in (11, 12)]
     trajectory = sample_with_log_probs(
-        pipe, pipe.transformer, embeds, negative, generators, config=config, sigmas=sigmas, timesteps=timesteps, noise_level=noise_level
+        pipe, family.denoiser(pipe), embeds, negative, generators, config=config, sigmas=sigmas, timesteps=timesteps, noise_level=noise_level
     )
     return trajectory, embeds, negative, config
 
@@ -59,7 +50,7 @@ def _recompute(pipe, trajectory, embeds, negative, guidance, noise_level=0.7):
     for j in range(len(timesteps)):
         x = trajectory.latents[:, j]
         with torch.no_grad():
-            v = predict_velocity(pipe.transformer, x, timesteps[j], embeds, negative, guidance, torch.float32)
+            v = predict_velocity(GEN.family.denoiser(pipe), x, timesteps[j], embeds, negative, {"guidance_scale": guidance}, torch.float32)
         step = SDESchedule(sigmas, noise_level).step(j, x, v, prev_sample=trajectory.latents[:, j + 1])
         log_probs.append(step.log_prob)
         means.append(step.mean)
@@ -78,7 +69,7 @@ def test_ode_sampler_reproduces_wan_pipeline():
     pipe = build_tiny_wan_pipeline(seed=0)
     trajectory, *_ = _trajectory(pipe, noise_level=0.0)
     ours = decode_latents(pipe, trajectory.latents[:, -1])
-    theirs = generate_videos(pipe, GEN, PROMPTS, [11, 12])
+    theirs = generate_videos(pipe, GEN, PROMPTS, [11, 12]).frames
     assert ours.shape == theirs.shape == (2, 9, 32, 32, 3)
     assert np.array_equal(ours, theirs)
 
@@ -86,7 +77,7 @@ def test_ode_sampler_reproduces_wan_pipeline():
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_on_policy_ratio_is_exactly_one(guidance):
     pipe = build_tiny_wan_pipeline(seed=0)
-    add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
+    add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8), seed=0)
     _perturb_lora(pipe.transformer)  # a non-trivial policy
     trajectory, embeds, negative, _ = _trajectory(pipe, guidance=guidance)
     assert trajectory.latents.shape == (2, 5, 16, 3, 4, 4) and trajectory.log_probs.shape == (2, 4)
@@ -100,7 +91,7 @@ def test_on_policy_ratio_is_exactly_one(guidance):
 
 def test_kl_is_zero_with_the_adapter_at_init():
     pipe = build_tiny_wan_pipeline(seed=0)
-    add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=8), seed=0)
+    add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8), seed=0)
     trajectory, embeds, negative, _ = _trajectory(pipe)
     _, means = _recompute(pipe, trajectory, embeds, negative, 1.0)
     pipe.transformer.disable_adapters()
@@ -386,10 +377,10 @@ def test_two_processes_resume_exactly(tmp_path):
 SAVE_A_LORA = """
 import sys
 from cac_align.gen.tiny import build_tiny_wan_pipeline
-from cac_align.gen.wan import save_lora
-from cac_align.gen.lora import WanLoraSettings, add_lora
+from cac_align.gen.generator import save_lora
+from cac_align.gen.lora import LoraSettings, add_lora
 pipe = build_tiny_wan_pipeline(seed=0)
-add_lora(pipe.transformer, WanLoraSettings(rank=4, alpha=4), seed=0)
+add_lora(pipe.transformer, LoraSettings(rank=4, alpha=4), seed=0)
 save_lora(pipe.transformer, sys.argv[1])
 """
 

@@ -437,7 +437,8 @@ def test_ctrl_c_during_a_hung_request_stops_at_once(tmp_path):
 def test_bon_leaves_a_prompt_the_backend_could_not_score_for_the_rerun(tmp_path, capsys):
     from test_best_of_n import _config, _rows
 
-    from cac_align.gen.wan import WanGenerator, build_tiny_wan_pipeline
+    from cac_align.gen.generator import PipelineGenerator
+    from cac_align.gen.wan import build_tiny_wan_pipeline
     from cac_align.jobs.best_of_n import run
     from cac_align.rewards import RewardOutput
     from cac_align.rewards.base import BackendFailure
@@ -458,7 +459,7 @@ def test_bon_leaves_a_prompt_the_backend_could_not_score_for_the_rerun(tmp_path,
                 return RewardOutput(self.name, np.full(len(prompts), np.nan), np.zeros(len(prompts), bool), details)
             return RewardOutput(self.name, np.arange(len(prompts), dtype=float) / 10, np.ones(len(prompts), bool))
 
-    generator = WanGenerator(build_tiny_wan_pipeline(seed=0))
+    generator = PipelineGenerator(build_tiny_wan_pipeline(seed=0))
     with pytest.raises(BackendFailure, match="1 of 2 prompts were not scored.*rerun the same command"):
         run(_config(tmp_path, ["a cat", "a dog"]), reward=Server(down=True), generator=generator)
     assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a cat"}  # no fallback recorded for "a dog"

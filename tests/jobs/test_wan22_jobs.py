@@ -14,7 +14,7 @@ from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.family import family_of
 from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
-from cac_align.gen.wan import GeneratorConfig, build_generator, generate_videos
+from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.video import load_video
 from conftest import REPO_ROOT
@@ -51,8 +51,8 @@ def test_a_saved_wan22_loads_by_path_as_its_family_and_samples_alike(layout, tmp
     loaded = build_generator(GeneratorConfig(name=str(tmp_path / "model"), **common))
     assert (loaded.transformer_2 is not None) == (layout == "a14b") and loaded.config.expand_timesteps == (layout == "ti2v")
     config = GeneratorConfig(name=f"tiny-random:wan22-{layout}", **common)
-    saved = generate_videos(loaded, GeneratorConfig(name=str(tmp_path / "model"), **common), ["a red ball"], [3])
-    built = generate_videos(build_generator(config), config, ["a red ball"], [3])
+    saved = generate_videos(loaded, GeneratorConfig(name=str(tmp_path / "model"), **common), ["a red ball"], [3]).frames
+    built = generate_videos(build_generator(config), config, ["a red ball"], [3]).frames
     assert saved.shape == (1, 9, side, side, 3) and np.array_equal(saved, built)
 
 
@@ -68,7 +68,7 @@ def test_best_of_n_on_the_tiny_wan22_recipe(layout, tmp_path, monkeypatch):
     assert video.fps == (24.0 if layout == "ti2v" else 16.0) and video.frames.shape[0] == 9
     # each candidate is the pipeline's own video for its seed (the A14B: both experts, their two scales)
     config = load_config(BonConfig, recipe, ["out_dir=x"], job="bon").generator
-    pair = generate_videos(build_generator(config), config, [rows[0]["prompt"]] * 2, [rows[0]["seed"], rows[1]["seed"]])  # as batched
+    pair = generate_videos(build_generator(config), config, [rows[0]["prompt"]] * 2, [rows[0]["seed"], rows[1]["seed"]]).frames  # as batched
     assert [frames_sha256(v) for v in pair] == [rows[0]["frames_sha256"], rows[1]["frames_sha256"]]  # the frames before H.264
 
 
@@ -98,7 +98,7 @@ def _weights(module):
     ("a14b", "both", 4),
 ])
 def test_flow_grpo_trains_the_adapted_experts_only(layout, experts, trained_steps, tmp_path):
-    from cac_align.gen.wan import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
     from cac_align.jobs.flow_grpo import run
 
     pipe = BUILDERS[layout](seed=0)
@@ -174,7 +174,8 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29549",
-               str(REPO_ROOT / "tests/wan22_two_process.py"), layout, str(tmp_path / "two"), f"lora.experts={experts}"]
+               str(REPO_ROOT / "tests/generator_two_process.py"), str(REPO_ROOT / f"recipes/align/flow_grpo_tiny_wan22_{layout}.yaml"),
+               str(tmp_path / "two"), f"lora.experts={experts}"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}

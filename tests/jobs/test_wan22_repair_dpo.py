@@ -20,7 +20,7 @@ from cac_align.gen.pairs import read_pairs
 from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline
 from cac_align.gen.vace import (RegeneratorConfig, build_regenerator, build_tiny_vace_pipeline, build_tiny_wan22_vace_a14b_pipeline, plan_repair,
                                 regenerate)
-from cac_align.gen.wan import GeneratorConfig, build_generator
+from cac_align.gen.generator import GeneratorConfig, build_generator
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run
 from cac_align.jobs.repair import RepairConfig
 from cac_align.jobs.repair import run as repair
@@ -76,9 +76,12 @@ def test_the_wan22_vace_repairs_with_both_experts_and_loads_from_a_folder(repair
     # guidance_scale_2 is the low-noise expert's scale: another one gives another fill ...
     other = RegeneratorConfig(name="tiny-random:wan22-vace-a14b", guidance_scale_2=1.5, **settings)
     assert np.abs(regenerate(vace, frames, plan, "a ball", 3, other).astype(int) - fill).max() > 0
-    # ... and names a second expert a one-transformer VACE does not have
+    # ... and names a second expert a one-transformer VACE does not have (its files say so: one transformer)
     with pytest.raises(RecipeError, match="guidance_scale_2=1.5 is a second expert's scale"):
-        regenerate(build_tiny_vace_pipeline(), frames, plan, "a ball", 3, other)
+        RegeneratorConfig(name="tiny-random:wan-vace", guidance_scale_2=1.5, **settings)
+    build_tiny_vace_pipeline().save_pretrained(str(tmp_path / "vace21"))
+    with pytest.raises(RecipeError, match="guidance_scale_2=1.5 is a second expert's scale"):
+        RegeneratorConfig(name=str(tmp_path / "vace21"), guidance_scale_2=1.5, **settings)
 
 
 def _dpo(layout: str, out: Path, pairs: Path, *overrides: str) -> DpoConfig:
@@ -130,7 +133,7 @@ def test_dpo_on_the_tiny_ti2v_recipe_encodes_pairs_with_its_own_vae(tmp_path):
     # 64 would skip every pair, counted with the reason
     assert len(read_pairs([str(pairs)], 32).pairs) == 4
     skipped = read_pairs([str(pairs)], 64)
-    assert skipped.pairs == [] and skipped.skipped == {"repair: sides not multiples of 64 (the model's VAE x its 2x2 patches)": 4}
+    assert skipped.pairs == [] and skipped.skipped == {"repair: sides not multiples of 64 (the model's VAE x its patches)": 4}
     out = tmp_path / "dpo"
     pipe = build_generator(GeneratorConfig(name="tiny-random:wan22-ti2v", dtype="float32", device="cpu"))
     timesteps: list[torch.Tensor] = []
@@ -178,9 +181,9 @@ def test_two_processes_train_the_a14b_as_one(repaired_a14b, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
     assert set(rank0) == set(rank1) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
-    from cac_align.gen.experts import WanDenoiser
+    from cac_align.gen.wan import WAN22_A14B
 
-    mine = {n: p.detach() for n, p in WanDenoiser.from_pipeline(one).named_parameters() if p.requires_grad}
+    mine = {n: p.detach() for n, p in WAN22_A14B.denoiser(one).named_parameters() if p.requires_grad}
     assert {n.split(".")[0] for n in mine} == {"transformer", "transformer_2"} and set(mine) == set(rank0)
     for name, value in mine.items():
         scale = float(value.abs().max())

@@ -20,7 +20,10 @@ CASES = [  # (job, its config class, a recipe of before the key, the key added l
     ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "generator.guidance_scale_2", [A14B, "generator.guidance_scale_2=2.0"]),
     ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "lora.experts", [A14B, "lora.experts=both"]),
     ("dpo", DpoConfig, "dpo_tiny.yaml", "lora.experts", [A14B, "lora.experts=low"]),
-    ("repair", RepairConfig, "repair_tiny_wan.yaml", "regenerator.guidance_scale_2", ["regenerator.guidance_scale_2=3.0"]),
+    ("repair", RepairConfig, "repair_tiny_wan.yaml", "regenerator.guidance_scale_2",
+     ["regenerator.name=tiny-random:wan22-vace-a14b", "regenerator.guidance_scale_2=3.0"]),
+    ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "generator.stg_scale", ["generator.name=tiny-random:ltx2", "generator.height=64",
+                                                                                 "generator.width=64", "generator.stg_scale=0.5"]),
 ]
 
 

@@ -1,0 +1,515 @@
+"""The generator as the jobs see it, whatever its family: its settings, loading it, its LoRA, and
+Flow-GRPO's sampler with per-step log-probabilities.
+
+Everything here goes through the model's family (:mod:`cac_align.gen.family`: what the model's own
+files say it is; :mod:`cac_align.gen.wan`, :mod:`cac_align.gen.ltx2`): the family loads the
+pipeline, encodes the prompts, draws the initial noise, gives the guided velocity and decodes, so
+``bon``, ``flow-grpo``, ``dpo`` and ``repair`` never branch on which model they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from cac_align.config import RecipeError
+from cac_align.gen.family import Conditioning, Generated
+from cac_align.loading import check_dtype, resolve_device
+from cac_align.run.folder import share_modes
+
+__all__ = [
+    "LORA_WEIGHT_NAME",
+    "LORA_WEIGHT_NAME_2",
+    "MODEL_SETTINGS",
+    "Conditioning",
+    "Generated",
+    "GeneratorConfig",
+    "PipelineGenerator",
+    "Trajectory",
+    "VideoGenerator",
+    "build_generator",
+    "build_video_generator",
+    "frames_to_uint8",
+    "generate_videos",
+    "load_lora",
+    "predict_velocity",
+    "sample_with_log_probs",
+    "save_lora",
+    "scheduler_shift",
+    "video_velocity",
+]
+
+# The settings of GeneratorConfig that are the model's own: left unset (null), they take the
+# family's value (GeneratorFamily.defaults); set for a family that does not list them, an error.
+MODEL_SETTINGS = (
+    "height", "width", "num_frames", "fps", "num_inference_steps", "guidance_scale", "guidance_scale_2", "flow_shift",
+    "stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale", "audio_modality_scale",
+    "audio_guidance_rescale", "stg_blocks",
+)
+
+# The synthetic stand-in generator reads only ``fps`` of these; the rest are Wan-2.1's values, as
+# they always were, so its recipes validate as before.
+_SYNTHETIC_DEFAULTS = {"height": 480, "width": 832, "num_frames": 81, "fps": 16.0, "num_inference_steps": 50, "guidance_scale": 5.0}
+
+
+@dataclass
+class GeneratorConfig:
+    """The text-to-video generator and how it samples.
+
+    The sampling settings marked "the model's" may be left unset (null): they then take the
+    generator family's own (:mod:`cac_align.gen.family`, read from the model's files: Wan-2.1,
+    Wan2.2-TI2V-5B, Wan2.2-A14B, LTX-2), so a recipe that names another model samples it as its
+    release does. A setting that does not apply to the model (``guidance_scale_2`` on a
+    one-transformer model, ``stg_scale`` on Wan) is an error when set.
+
+    Attributes:
+        name: hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, ``Wan-AI/Wan2.2-TI2V-5B-Diffusers``,
+            ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``, ``Lightricks/LTX-2``, or any fine-tune or
+            mirror of them), a local ``save_pretrained`` folder, a tiny in-process pipeline
+            ("tiny-random:wan", "tiny-random:wan22-ti2v", "tiny-random:wan22-a14b",
+            "tiny-random:ltx2"), or "synthetic:<synth recipe>" for the synthetic stand-in
+            generator (:mod:`cac_align.gen.synthetic`: Best-of-N in miniature; the recipe sets
+            the frame size, length and rate, and the keys below except ``fps`` do not apply).
+        dtype: transformer and text-encoder dtype (bf16 on GPU).
+        vae_dtype: VAE dtype; Wan recommends float32 for its VAE.
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        height, width, num_frames: the model's (Wan-2.1: 480 x 832, 81 frames, 5 s at 16 fps);
+            ``num_frames`` must be ``k * m + 1`` for the VAE's time compression ``m`` (Wan: 4,
+            LTX-2: 8), the sides multiples of the model's spatial multiple (Wan-2.1: 16, the
+            TI2V-5B and LTX-2: 32).
+        num_inference_steps: the model's (Wan-2.1: 50 sampling steps).
+        guidance_scale: classifier-free guidance scale, the model's (Wan-2.1: 5.0); with two
+            experts (Wan2.2-A14B), the high-noise expert's; LTX-2: the video's.
+        guidance_scale_2: the low-noise expert's scale (Wan2.2-A14B; the model's: 3.0).
+        stg_scale, modality_scale, guidance_rescale: LTX-2's spatio-temporal guidance, modality
+            isolation guidance and guidance rescale for the video (``LTX2Pipeline``'s own names).
+        audio_guidance_scale, audio_stg_scale, audio_modality_scale, audio_guidance_rescale: the
+            same for LTX-2's audio.
+        stg_blocks: LTX-2: the transformer blocks perturbed by spatio-temporal guidance.
+        negative_prompt: None uses the model's default negative prompt; "" turns it off.
+        flow_shift: the model's (Wan-2.1: the checkpoint scheduler's; Wan2.2: the release's
+            5.0 / 12.0; LTX-2: none, its scheduler shifts by the sequence length); a number
+            overrides it (Wan recommends 3.0 at 480p, 5.0 at 720p).
+        fps: frame rate the videos are written at and every reward reads them at: the model's
+            (Wan: 16; the TI2V-5B and LTX-2: 24).
+        max_sequence_length: text tokens the encoder sees (Wan: 512; LTX-2: 1024).
+        lora: a LoRA folder written by `cac-align flow-grpo` or `dpo` (``lora/`` or a
+            checkpoint's ``lora/``), loaded with diffusers' ``load_lora_weights``; None = the
+            base model.
+        lora_scale: strength of that LoRA (1.0 = as trained).
+        anomaly_probability: synthetic generator only: the chance that a candidate gets a
+            planted anomaly.
+    """
+
+    name: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    dtype: str = "bfloat16"
+    vae_dtype: str = "float32"
+    device: str = "auto"
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
+    stg_scale: float | None = None
+    modality_scale: float | None = None
+    guidance_rescale: float | None = None
+    audio_guidance_scale: float | None = None
+    audio_stg_scale: float | None = None
+    audio_modality_scale: float | None = None
+    audio_guidance_rescale: float | None = None
+    stg_blocks: list[int] | None = None
+    negative_prompt: str | None = None
+    flow_shift: float | None = None
+    fps: float | None = None
+    max_sequence_length: int | None = None
+    lora: str | None = None
+    lora_scale: float = 1.0
+    anomaly_probability: float = 0.5
+
+    @classmethod
+    def unset(cls) -> "GeneratorConfig":
+        """A config whose model settings are all unset, for a job config's default: a recipe
+        section then fills them from the generator it names, not from the default's Wan-2.1
+        (``field(default_factory=GeneratorConfig.unset)``; built without ``__post_init__``)."""
+        config = object.__new__(cls)
+        for f in dataclasses.fields(cls):
+            setattr(config, f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+        return config
+
+    @property
+    def is_synthetic(self) -> bool:
+        from cac_align.gen.synthetic import PREFIX
+
+        return self.name.startswith(PREFIX)
+
+    @property
+    def family(self) -> Any:
+        """The model's family (:func:`cac_align.gen.family.family_of`: from its own files)."""
+        from cac_align.gen.family import family_of
+
+        return family_of(self.name)
+
+    def __post_init__(self) -> None:
+        if self.is_synthetic:
+            defaults, title, spatial, frames = {**_SYNTHETIC_DEFAULTS, "max_sequence_length": 512}, "the synthetic generator", 16, 4
+        else:
+            family = self.family
+            defaults, title, spatial, frames = family.defaults, family.title, family.spatial_multiple, family.frame_multiple
+        # the settings left unset take the model's own (cac_align.gen.family); one it has no use for must stay unset
+        for key in MODEL_SETTINGS + ("max_sequence_length",):
+            if key in defaults:
+                if getattr(self, key) is None:
+                    setattr(self, key, defaults[key])
+            elif getattr(self, key) is not None and not self.is_synthetic:
+                if key == "guidance_scale_2":
+                    raise ValueError(f"guidance_scale_2 is the second expert's scale (Wan2.2-A14B); {self.name} ({title}) has one transformer")
+                raise ValueError(f"generator.{key} does not apply to {self.name} ({title}); remove it")
+        check_dtype(self.dtype, "generator.dtype")
+        check_dtype(self.vae_dtype, "generator.vae_dtype")
+        if not 0 <= self.anomaly_probability <= 1:
+            raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
+        if self.num_frames < 1 or (self.num_frames - 1) % frames:
+            raise ValueError(f"num_frames must be {frames}k + 1 ({title}'s VAE compresses time {frames}x), got {self.num_frames}")
+        if self.height <= 0 or self.width <= 0 or self.height % spatial or self.width % spatial:
+            raise ValueError(f"height and width must be positive multiples of {spatial} for {self.name}, got {self.height}x{self.width}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
+        scales = [self.guidance_scale, self.guidance_scale_2, self.stg_scale, self.modality_scale, self.guidance_rescale, self.audio_guidance_scale,
+                  self.audio_stg_scale, self.audio_modality_scale, self.audio_guidance_rescale]
+        if any(s is not None and s < 0 for s in scales) or self.fps <= 0:
+            raise ValueError("guidance scales must be >= 0 and fps > 0")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading, LoRA
+# ---------------------------------------------------------------------------------------
+def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
+    """The pipeline ``config`` names, on its device, with its flow shift applied."""
+    from cac_align.gen.synthetic import load_synthetic_generator
+
+    if config.is_synthetic:
+        return load_synthetic_generator(config.name, config.anomaly_probability, key=f"{key}.name")
+    device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
+    if config.lora is not None and not any((Path(config.lora) / name).is_file() for name in (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2)):
+        raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
+    family = config.family
+    if config.name in family.tiny_names:
+        pipe = family.build_tiny(config.name, seed=0).to(device)
+    else:
+        pipe = family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, key=f"{key}.name").to(device)
+    if config.flow_shift is not None:
+        # Flow-matching schedulers name the shift differently: UniPC (the Wan-2.1 checkpoints)
+        # calls it flow_shift, FlowMatchEulerDiscrete calls it shift.
+        scheduler_config = pipe.scheduler.config
+        field_name = "flow_shift" if "flow_shift" in scheduler_config else "shift"
+        if field_name not in scheduler_config:
+            raise ValueError(f"{key}.flow_shift: scheduler {type(pipe.scheduler).__name__} has no shift setting")
+        pipe.scheduler = type(pipe.scheduler).from_config(scheduler_config, **{field_name: config.flow_shift})
+    if config.lora is not None:
+        load_lora(pipe, family, config.lora, scale=config.lora_scale, key=f"{key}.lora")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+LORA_WEIGHT_NAME_2 = "pytorch_lora_weights_transformer_2.safetensors"  # a two-expert model's low-noise LoRA
+
+
+def _no_lora(path: str, key: str) -> str:
+    return (
+        f"{key}={path!r}: no {LORA_WEIGHT_NAME} there; point it at the lora/ folder a "
+        "`cac-align flow-grpo` or `dpo` run writes (out_dir/lora or out_dir/checkpoints/step_N/lora)"
+    )
+
+
+def load_lora(pipe: Any, family: Any, path: str, scale: float = 1.0, key: str = "generator.lora") -> None:
+    """Load a LoRA folder written by a trainer (diffusers' LoRA format) into ``pipe``: its
+    ``pytorch_lora_weights.safetensors`` into ``transformer`` and, for a two-expert family, its
+    ``pytorch_lora_weights_transformer_2.safetensors`` into ``transformer_2``."""
+    folder = Path(path)
+    high, low = (folder / LORA_WEIGHT_NAME).is_file(), (folder / LORA_WEIGHT_NAME_2).is_file()
+    if not (high or low):
+        raise RecipeError(_no_lora(path, key))
+    if low and family.experts < 2:
+        raise RecipeError(f"{key}={path!r}: holds a LoRA of a second expert ({LORA_WEIGHT_NAME_2}), and this generator ({family.title}) has one "
+                          "transformer")
+    if high:
+        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
+    if low:
+        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME_2, adapter_name="default", load_into_transformer_2=True)
+    if scale != 1.0:
+        pipe.set_adapters(["default"], adapter_weights=[scale])
+
+
+def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME, pipeline_class: str = "WanPipeline") -> None:
+    """Write ``transformer``'s peft LoRA as diffusers' LoRA file (what :func:`load_lora` reads),
+    through the ``save_lora_weights`` of the model's pipeline class (its family's
+    ``pipeline_class``: ``WanPipeline``, ``LTX2Pipeline``)."""
+    import diffusers
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
+    # the adapter's LoraConfig travels in the file's metadata, so rank, alpha (the scale
+    # alpha / rank) and target modules load back as trained
+    # sets (target_modules) in a stable order: identical runs write identical files
+    metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in transformer.peft_config["default"].to_dict().items()}
+    getattr(diffusers, pipeline_class).save_lora_weights(
+        str(folder),
+        transformer_lora_layers=state,
+        weight_name=weight_name,
+        safe_serialization=True,
+        transformer_lora_adapter_metadata=metadata,
+    )
+    _canonical_header(Path(folder) / weight_name)
+    share_modes(folder)  # safetensors writes 0600 files
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's header in one fixed order, the tensor data untouched.
+
+    safetensors keeps the ``__metadata__`` strings in a hash map whose order changes from process
+    to process, so two identical runs wrote LoRA files that differ in bytes. The format is an
+    8-byte little-endian header length, the JSON header (space-padded to a multiple of 8), then
+    the data, whose offsets are relative to the data's start: the header may be rewritten freely.
+    """
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+    tmp.replace(path)
+
+
+def scheduler_shift(pipe: Any, override: float | None = None) -> float:
+    """The flow shift of ``pipe``'s scheduler (UniPC calls it ``flow_shift``, FlowMatchEuler ``shift``)."""
+    if override is not None:
+        return float(override)
+    config = pipe.scheduler.config
+    for field_name in ("flow_shift", "shift"):
+        if config.get(field_name) is not None:
+            return float(config[field_name])
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling with per-step log-probabilities (Flow-GRPO's sampler; math in cac_align.gen.sde)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Trajectory:
+    """The SDE samples of a batch, everything a policy-gradient step needs.
+
+    Attributes:
+        latents: ``(B, N + 1, C, F', H', W')`` float32; ``latents[:, j]`` is the latent before
+            step j, ``latents[:, N]`` the final one.
+        log_probs: ``(B, N)`` float32, log p(latents[:, j + 1] | latents[:, j]) when sampling.
+        sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
+        log_prob_maps: ``(B, N, F', H', W')`` float32, the per-position log-densities of each
+            step (localized credit, :mod:`cac_align.gen.credit`); None unless asked for.
+        side: ``(B, N + 1, ...)`` float32, the latents that step with the video on the
+            deterministic path (LTX-2's audio), before each step and the final ones; None for a
+            video-only model.
+    """
+
+    latents: Any
+    log_probs: Any
+    sigmas: Any
+    timesteps: Any
+    log_prob_maps: Any = None
+    side: Any = None
+
+
+def predict_velocity(model: Any, latents: Any, timestep: Any, cond: Conditioning, negative: Conditioning | None, guidance: dict[str, Any],
+                     dtype: Any, side: Any = None) -> Any:
+    """The guided velocity at one step, as the model's pipeline computes it.
+
+    Sampling and the training recompute both call this, so on unchanged weights the recomputed
+    log-probabilities equal the recorded ones exactly.
+
+    Args:
+        model: the family's denoiser (:meth:`~cac_align.gen.family.GeneratorFamily.denoiser`),
+            possibly wrapped for training (DDP).
+        latents: ``(B, C, F', H', W')``; timestep: a scalar tensor (a sampling step) or one per
+            sample ``(B,)``.
+        cond / negative: the prompts' and the negative prompt's conditioning.
+        guidance: the family's guidance settings (``family.guidance(config)``, or
+            ``family.guidance(config, guided=False)``).
+        dtype: the transformer's parameter dtype (inputs are cast to it).
+        side: latents that step with the video (LTX-2's audio), or None.
+
+    Returns:
+        The video velocity ``(B, C, F', H', W')``; with ``side``, ``(video, side)`` velocities.
+    """
+    return model(latents, timestep, cond, negative, guidance, dtype, side)
+
+
+def video_velocity(model: Any, latents: Any, timestep: Any, cond: Conditioning, negative: Conditioning | None, guidance: dict[str, Any],
+                   dtype: Any, side: Any = None) -> Any:
+    """The video's velocity alone (:func:`predict_velocity`; with ``side`` latents, the video's of
+    the pair): what a trainer's loss reads, the side stream (LTX-2's audio) being an input only."""
+    out = predict_velocity(model, latents, timestep, cond, negative, guidance, dtype, side)
+    return out if side is None else out[0]
+
+
+def sample_with_log_probs(
+    pipe: Any,
+    model: Any,
+    cond: Conditioning,
+    negative: Conditioning | None,
+    generators: Sequence[Any],
+    *,
+    config: GeneratorConfig,
+    sigmas: Any,
+    timesteps: Any,
+    noise_level: float,
+    noise_schedule: str = "sqrt",
+    store_device: Any = None,
+    positions: bool = False,
+    guidance: dict[str, Any] | None = None,
+) -> Trajectory:
+    """Sample a batch with Flow-GRPO's SDE sampler, recording latents and per-step log-probs.
+
+    Sample ``i`` draws its initial noise and every step's noise from ``generators[i]`` only,
+    so it does not depend on which batch it was drawn in. ``noise_level=0`` (schedule "sqrt")
+    is the deterministic Euler ODE sampler (its log-probs are meaningless), the pipeline's own.
+    Latents that step with the video (LTX-2's audio) take the deterministic Euler step always.
+
+    Args:
+        pipe: the pipeline (its family draws the initial noise on its device).
+        model: the family's denoiser (possibly wrapped for training).
+        cond / negative: from the family's ``encode_prompts``.
+        generators: one ``torch.Generator`` per sample, on the pipeline's device.
+        config: the generator settings (size, frames, guidance).
+        sigmas, timesteps: the schedule (``family.schedule``).
+        store_device: where the recorded latents are kept (default: the pipeline's device).
+        positions: also record each step's per-position log-densities (``log_prob_maps``; the
+            per-sample log-probs are then their means).
+        guidance: the guidance settings (default: ``config``'s, ``family.guidance(config)``).
+    """
+    import torch
+
+    from cac_align.gen.sde import SDESchedule
+
+    family = config.family
+    batch = len(cond)
+    if len(generators) != batch:
+        raise ValueError(f"{batch} prompts but {len(generators)} generators")
+    device = pipe._execution_device
+    dtype = pipe.transformer.dtype
+    guidance = family.guidance(config) if guidance is None else guidance
+    latents, side = family.initial_latents(pipe, config, generators)
+    shape = tuple(latents.shape[1:])
+
+    def noise() -> Any:
+        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
+
+    sigmas = sigmas.to(device)
+    transitions = SDESchedule(sigmas, noise_level, noise_schedule)
+    store = store_device or device
+    recorded, log_probs, maps = [latents.to(store)], [], []
+    sides = [side.to(store)] if side is not None else None
+    with torch.no_grad():
+        for j, t in enumerate(timesteps.to(device)):
+            if side is None:
+                velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype)
+            else:
+                velocity, side_velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype, side)
+                side = side + (sigmas[j + 1] - sigmas[j]) * side_velocity.float()  # the deterministic Euler step
+                sides.append(side.to(store))
+            step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
+            latents = step.prev_sample
+            recorded.append(latents.to(store))
+            log_probs.append(step.log_prob.to(store))
+            if positions:
+                maps.append(step.log_prob_map.to(store))
+    return Trajectory(
+        latents=torch.stack(recorded, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        sigmas=sigmas.to(store),
+        timesteps=timesteps.to(store),
+        log_prob_maps=torch.stack(maps, dim=1) if positions else None,
+        side=torch.stack(sides, dim=1) if sides is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Generation (Best-of-N)
+# ---------------------------------------------------------------------------------------
+def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
+    """One video per (prompt, seed), as the model's pipeline makes it (with its audio, if any).
+
+    Each video gets its own ``torch.Generator`` seeded with its seed, so a video depends only on
+    its prompt and seed, not on which batch it was drawn in (up to float rounding: across batch
+    sizes frames may differ by one level in rare pixels).
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    return config.family.generate(pipe, config, prompts, seeds)
+
+
+class VideoGenerator(Protocol):
+    """What Best-of-N asks of a generator: a diffusers pipeline (:class:`PipelineGenerator`) and
+    the planted-anomaly renderer (:class:`~cac_align.gen.synthetic.SyntheticGenerator`) both give it."""
+
+    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
+        """One video per (prompt, seed): :class:`Generated` (uint8 ``(B, F, H, W, 3)``, audio)."""
+        ...
+
+    def on_gpu(self) -> bool:
+        """Whether its models sit on a CUDA device (only then can it offload)."""
+        ...
+
+    def offload(self) -> None:
+        """Keep its modules on the CPU, each visiting the GPU only while it runs."""
+        ...
+
+    def execution_device(self) -> str:
+        """Where its models compute (a reward model offloaded beside it moves there to score)."""
+        ...
+
+
+class PipelineGenerator:
+    """A diffusers pipeline of any family as a :class:`VideoGenerator` (``pipe`` stays reachable)."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+
+    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
+        return generate_videos(self.pipe, config, prompts, seeds)
+
+    def on_gpu(self) -> bool:
+        return str(self.pipe.device).startswith("cuda")
+
+    def offload(self) -> None:
+        self.pipe.enable_model_cpu_offload()
+
+    def execution_device(self) -> str:
+        return str(self.pipe._execution_device)
+
+
+def build_video_generator(config: GeneratorConfig, key: str = "generator") -> VideoGenerator:
+    """The :class:`VideoGenerator` ``config`` names: ``synthetic:<recipe>`` or a pipeline."""
+    generator = build_generator(config, key)
+    return generator if config.is_synthetic else PipelineGenerator(generator)
+
+
+def frames_to_uint8(frames: Any) -> Any:
+    """Float frames in [0, 1] (diffusers' ``output_type="np"``) to uint8 (clipped, rounded)."""
+    import numpy as np
+
+    frames = np.asarray(frames, dtype=np.float32)
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)

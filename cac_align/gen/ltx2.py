@@ -1,0 +1,492 @@
+"""The LTX-2 family: Lightricks' audio+video model (LTX-2, LTX-2.3) as the generator jobs run it.
+
+diffusers' ``LTX2Pipeline`` makes a video and its soundtrack together: a Gemma-3 text encoder and
+text connectors give each stream its context; one transformer denoises the video latents and the
+audio latents in the same forward, each stream attending to the other; a video VAE (32x in space,
+8x in time, causal first frame: ``8k + 1`` frames, sides multiples of 32), an audio VAE and a
+vocoder decode them. A checkpoint's ``model_index.json`` names ``LTX2Pipeline``; its vocoder class
+tells LTX-2.3 (``LTX2VocoderWithBWE``, 48 kHz) from LTX-2 (``LTX2Vocoder``, 24 kHz).
+
+**A step, as the pipeline computes it** (diffusers 0.42, ``pipelines/ltx2/pipeline_ltx2.py``, the
+denoising loop; :class:`LTX2Denoiser`), on the video tokens (one per latent position: patch 1) and
+the audio tokens (one per 40 ms):
+
+- transformer forwards: the conditional one; with CFG (``guidance_scale`` or
+  ``audio_guidance_scale`` above 1) batched with the negative prompt's (two rows a sample); with
+  spatio-temporal guidance (``stg_scale`` or ``audio_stg_scale`` above 0) one more, self-attention
+  skipped in ``stg_blocks``; with modality guidance (``modality_scale`` or ``audio_modality_scale``
+  above 1) one more, the audio-video cross-attention off. The release settings run all three:
+  **3 transformer calls, 4 sample-forwards a step** (40 steps: 160 a video);
+- guidance on the clean-sample predictions ``x0 = x - sigma v`` of each stream, with its own
+  scales: ``x0_c + (g - 1)(x0_c - x0_neg) + s (x0_c - x0_stg) + (m - 1)(x0_c - x0_iso)``, then
+  rescaled towards ``x0_c``'s standard deviation by ``guidance_rescale`` (diffusers'
+  ``rescale_noise_cfg``), and turned back into a velocity;
+- as in ``LTX2Pipeline.__call__``, an audio scale left unset or 0 takes the video's value.
+
+**Audio in the jobs.** ``bon`` writes each candidate's soundtrack into its mp4 (AAC) and beside it
+(``.wav``); judges read the frames. ``flow-grpo`` samples the video latents on the SDE with
+log-probabilities and the audio latents on the deterministic (ODE) path, as Flow-Factory's LTX-2
+trainer does (``models/ltx2/ltx2_t2av.py``: audio "uses deterministic ODE sampling (no log_prob, no
+RL gradient)"); the recorded audio latents are the transformer's audio input when a step is
+recomputed. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
+the noise of the pair's level on a silent (zero, the latent mean) clean audio, the same for
+winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
+regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`).
+
+**The release settings** (what a recipe leaves unset takes; Lightricks' ``ltx_pipelines``
+``utils/constants.py``, the model cards, diffusers' ``scripts/convert_ltx2_to_diffusers.py``):
+
+| | LTX-2 (``Lightricks/LTX-2``) | LTX-2.3 (``diffusers/LTX-2.3-Diffusers``) |
+| --- | --- | --- |
+| size (H x W), frames, fps | 512 x 768, 121, 24 | the same |
+| steps | 40 | 30 |
+| video guidance: CFG, STG, modality, rescale | 3.0, 1.0, 3.0, 0.7 | the same |
+| audio guidance: CFG, STG, modality, rescale | 7.0, 1.0, 3.0, 0.7 | the same |
+| STG blocks | [29] | [28] |
+| schedule | sigmas ``linspace(1, 1/N, N)`` shifted by the video's token count (0.95 at 1024 to 2.05 at 4096 tokens), ending at 0.1 | the same |
+| text | Gemma-3-12B, 1024 tokens | the same |
+
+Two notes from diffusers' code: its LTX-2 conversion writes ``perturbed_attn: false``, and then the
+STG forward changes nothing (it still runs); its default decode (``decode_timestep`` 0) is used here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cac_align.gen.experts import Denoiser
+from cac_align.gen.tiny import TINY_LTX2_BUILDERS
+from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
+
+__all__ = ["FAMILIES", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "REGENERATORS", "VIDEO_BRANCH", "family_for_index",
+           "regenerator_for_index"]
+
+# The video stream's layers of every block: its self-attention, its cross-attention to the text,
+# its feed-forward. A LoRA on these trains the video branch; the audio branch's layers
+# (``audio_attn1``, ``audio_attn2``, ``audio_ff``) and the cross-modal attentions keep their weights.
+VIDEO_BRANCH = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+                "ff.net.0.proj", "ff.net.2"]
+
+# The guidance settings of a GeneratorConfig that LTX2Pipeline reads, by its own argument names
+GUIDANCE_KEYS = ("guidance_scale", "stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale",
+                 "audio_modality_scale", "audio_guidance_rescale")
+
+
+def _require_ltx2() -> None:
+    import diffusers
+
+    if not hasattr(diffusers, "LTX2Pipeline"):
+        raise ImportError(f"LTX-2 needs diffusers' LTX2Pipeline, which diffusers {diffusers.__version__} does not have; "
+                          "install diffusers 0.42 (`pip install 'diffusers>=0.42,<0.43'`)")
+
+
+@dataclass(frozen=True)
+class LTX2Family:
+    """LTX-2 as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring).
+
+    Attributes:
+        name, title: "ltx2" / "ltx2.3" and how messages name it.
+        defaults: the release settings a recipe may leave unset (module docstring).
+        tiny_names, hub_ids: its tiny in-process pipelines and its release checkpoints.
+    """
+
+    name: str
+    title: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    tiny_names: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    pipeline_class: str = "LTX2Pipeline"
+    experts: int = 1
+    spatial_multiple: int = 32  # the VAE's 32x; the transformer's patch is 1
+    frame_multiple: int = 8  # the VAE keeps frame 0 and compresses each next 8 into one latent frame
+    audio: bool = True
+    lora_target_modules: tuple[str, ...] = tuple(VIDEO_BRANCH)
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None) -> Any:
+        """The pipeline in ``source`` (a folder or hub id), safetensors only; its VAEs and vocoder in
+        ``vae_dtype``."""
+        _require_ltx2()
+        import diffusers
+
+        folder = check_weights_source(source, key)
+        try:
+            pipe = getattr(diffusers, pipeline or self.pipeline_class).from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True)
+        except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
+            raise weights_error(source, key, exc) from exc
+        for name in ("vae", "audio_vae", "vocoder"):
+            getattr(pipe, name).to(resolve_dtype(vae_dtype))
+        return pipe
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        return TINY_LTX2_BUILDERS[name](seed)
+
+    # -- sampling -------------------------------------------------------------------------
+    def denoiser(self, pipe: Any) -> "LTX2Denoiser":
+        return LTX2Denoiser(pipe.transformer, self)
+
+    def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
+        """``config``'s guidance as ``LTX2Pipeline.__call__`` reads it (an audio scale unset or 0
+        takes the video's), the STG blocks, and the frame rate the positions are measured in
+        (``fps``, or ``config.fps``); ``guided=False``: every guidance off, one forward a step."""
+        frame_rate = float(config.fps if fps is None else fps)
+        if not guided:
+            return {"guidance_scale": 1.0, "stg_scale": 0.0, "modality_scale": 1.0, "guidance_rescale": 0.0, "audio_guidance_scale": 1.0,
+                    "audio_stg_scale": 0.0, "audio_modality_scale": 1.0, "audio_guidance_rescale": 0.0, "stg_blocks": None, "frame_rate": frame_rate}
+        video = {key: float(getattr(config, key)) for key in GUIDANCE_KEYS if not key.startswith("audio_")}
+        audio = {f"audio_{key}": float(getattr(config, f"audio_{key}") or video[key]) for key in video}
+        return {**video, **audio, "stg_blocks": list(config.stg_blocks) if config.stg_blocks else None, "frame_rate": frame_rate}
+
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
+                       max_sequence_length: int) -> tuple[Any, Any]:
+        """The connectors' video and audio contexts and mask of ``prompts`` (and of the negative
+        prompt with CFG: both through the connectors in one batch, negatives first, as the
+        pipeline runs them). ``negative_prompt`` None: diffusers' LTX-2 default negative prompt."""
+        from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
+
+        from cac_align.gen.family import Conditioning
+
+        cfg = _does_cfg(guidance)
+        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        with torch.no_grad():
+            embeds, mask, negative_embeds, negative_mask = pipe.encode_prompt(
+                prompt=list(prompts), negative_prompt=[negative] * len(prompts) if cfg else None, do_classifier_free_guidance=cfg,
+                max_sequence_length=max_sequence_length, device=pipe._execution_device,
+            )
+            padding = getattr(pipe.tokenizer, "padding_side", "left")
+            if not cfg:
+                video, audio, attention = pipe.connectors(embeds, mask, padding_side=padding)
+                return Conditioning(embeds=video, audio_embeds=audio, attention_mask=attention), None
+            video, audio, attention = pipe.connectors(torch.cat([negative_embeds, embeds]), torch.cat([negative_mask, mask]), padding_side=padding)
+        n = len(prompts)
+        return (Conditioning(embeds=video[n:], audio_embeds=audio[n:], attention_mask=attention[n:]),
+                Conditioning(embeds=video[:n], audio_embeds=audio[:n], attention_mask=attention[:n]))
+
+    def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's own: ``linspace(1, 1/N, N)`` through its scheduler, shifted by the video's
+        token count (diffusers' ``calculate_shift`` and ``retrieve_timesteps`` of the pipeline's
+        module); ``(sigmas (N + 1,) ending at 0, timesteps (N,) = 1000 sigma)``."""
+        from diffusers.pipelines.ltx2.pipeline_ltx2 import calculate_shift, retrieve_timesteps
+
+        steps = config.num_inference_steps
+        frames, height, width = self._latent_size(pipe, config)
+        scheduler = copy.deepcopy(pipe.scheduler)
+        settings = scheduler.config
+        mu = calculate_shift(frames * height * width, settings.get("base_image_seq_len", 1024), settings.get("max_image_seq_len", 4096),
+                             settings.get("base_shift", 0.95), settings.get("max_shift", 2.05))
+        timesteps, _ = retrieve_timesteps(scheduler, steps, "cpu", None, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return scheduler.sigmas.float().cpu(), timesteps.float().cpu()
+
+    def _latent_size(self, pipe: Any, config: Any) -> tuple[int, int, int]:
+        return ((config.num_frames - 1) // pipe.vae_temporal_compression_ratio + 1, config.height // pipe.vae_spatial_compression_ratio,
+                config.width // pipe.vae_spatial_compression_ratio)
+
+    def side_shape(self, pipe: Any, num_frames: int, fps: float) -> tuple[int, int]:
+        """The packed audio latents' shape for ``num_frames`` at ``fps``: ``(tokens, width)``, one
+        token per ``sample_rate / hop / 4`` of a second (25 a second: 126 for 121 frames at 24)."""
+        per_second = pipe.audio_sampling_rate / pipe.audio_hop_length / float(pipe.audio_vae_temporal_compression_ratio)
+        mel = pipe.audio_vae.config.mel_bins // pipe.audio_vae_mel_compression_ratio
+        return round(num_frames / fps * per_second), pipe.audio_vae.config.latent_channels * mel
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's draws, each generator's video noise then its audio noise: video
+        ``(B, C, F', H', W')``, audio packed ``(B, L, C_a M')`` (channel-major tokens)."""
+        device = pipe._execution_device
+        frames, height, width = self._latent_size(pipe, config)
+        channels = pipe.transformer.config.in_channels
+        video = torch.stack([torch.randn((channels, frames, height, width), generator=g, device=device, dtype=torch.float32) for g in generators])
+        tokens, _ = self.side_shape(pipe, config.num_frames, config.fps)
+        mel = pipe.audio_vae.config.mel_bins // pipe.audio_vae_mel_compression_ratio
+        audio = torch.stack([torch.randn((pipe.audio_vae.config.latent_channels, tokens, mel), generator=g, device=device, dtype=torch.float32)
+                             for g in generators])
+        return video, audio.transpose(1, 2).flatten(2, 3)
+
+    # -- latents and media ------------------------------------------------------------------
+    def decode(self, pipe: Any, latents: torch.Tensor, side: Any = None) -> np.ndarray:
+        """Final video latents (normalized, ``(B, C, F', H', W')``) to uint8 frames, as the pipeline
+        decodes them (its default ``decode_timestep`` 0: a timestep-conditioned VAE gets 0 and the
+        latents as they are)."""
+        from cac_align.gen.generator import frames_to_uint8
+
+        vae = pipe.vae
+        with torch.no_grad():
+            z = latents.to(next(vae.parameters()).device, pipe.transformer.dtype)
+            mean, std = vae.latents_mean.view(1, -1, 1, 1, 1).to(z), vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+            z = z * std / vae.config.scaling_factor + mean
+            temb = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype) if vae.config.timestep_conditioning else None
+            video = vae.decode(z.to(vae.dtype), temb, return_dict=False)[0]
+            frames = pipe.video_processor.postprocess_video(video, output_type="np")
+        return frames_to_uint8(frames)
+
+    def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
+        """Final packed audio latents ``(B, L, C_a M')`` to waveforms float32 ``(B, 2, samples)`` in
+        [-1, 1] and their sample rate (the vocoder's), as the pipeline decodes them."""
+        audio_vae = pipe.audio_vae
+        mel_bins = audio_vae.config.mel_bins // pipe.audio_vae_mel_compression_ratio
+        with torch.no_grad():
+            packed = side.to(next(audio_vae.parameters()).device, torch.float32)
+            raw = packed * audio_vae.latents_std.to(packed) + audio_vae.latents_mean.to(packed)
+            mel = audio_vae.decode(raw.unflatten(2, (-1, mel_bins)).transpose(1, 2).to(audio_vae.dtype), return_dict=False)[0]
+            wave = pipe.vocoder(mel)
+        return wave.float().clamp(-1, 1).cpu().numpy(), int(pipe.vocoder.config.output_sampling_rate)
+
+    def encode_video(self, pipe: Any, frames: Any) -> torch.Tensor:
+        """uint8 frames ``(F, H, W, 3)`` (``F = 8k + 1``, sides multiples of 32) to normalized
+        latents ``(C, F', H', W')`` float32, the inverse of :meth:`decode`: the mode of the VAE's
+        latent distribution, normalized as the pipeline normalizes
+        (``(z - latents_mean) * scaling_factor / latents_std``)."""
+        vae = pipe.vae
+        x = torch.as_tensor(np.asarray(frames)).permute(3, 0, 1, 2).unsqueeze(0)
+        with torch.no_grad():
+            x = x.to(next(vae.parameters()).device, vae.dtype) / 127.5 - 1.0
+            z = vae.encode(x).latent_dist.mode().float()
+            mean, std = vae.latents_mean.view(1, -1, 1, 1, 1).to(z), vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+            return ((z - mean) * vae.config.scaling_factor / std)[0]
+
+    def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
+        patch = pipe.transformer.config.patch_size
+        return pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio, (pipe.transformer.config.patch_size_t, patch, patch)
+
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+        """``LTX2Pipeline``'s videos and soundtracks, one generator per (prompt, seed)."""
+        from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
+
+        from cac_align.gen.family import Generated
+        from cac_align.gen.generator import frames_to_uint8
+
+        device = pipe._execution_device
+        guidance = self.guidance(config)
+        negative = DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
+        output = pipe(
+            prompt=list(prompts), negative_prompt=[negative] * len(prompts), height=config.height, width=config.width,
+            num_frames=config.num_frames, frame_rate=config.fps, num_inference_steps=config.num_inference_steps,
+            **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
+            generator=[torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds], output_type="np",
+            max_sequence_length=config.max_sequence_length,
+        )
+        audio = output.audio.float().clamp(-1, 1).cpu().numpy()
+        return Generated(frames_to_uint8(output.frames), audio, int(pipe.vocoder.config.output_sampling_rate))
+
+
+def _does_cfg(guidance: Mapping[str, Any]) -> bool:
+    return guidance["guidance_scale"] > 1.0 or guidance["audio_guidance_scale"] > 1.0
+
+
+class LTX2Denoiser(Denoiser):
+    """The velocities of LTX-2's two streams at a step, as ``LTX2Pipeline`` computes them (module
+    docstring): ``denoiser(latents, timestep, cond, negative, guidance, dtype, side)`` ->
+    ``(video velocity (B, C, F', H', W'), audio velocity (B, L, C_a M'))``.
+
+    Args:
+        transformer: the pipeline's ``LTX2VideoTransformer3DModel``.
+        family: the :class:`LTX2Family` that built it.
+    """
+
+    def __init__(self, transformer: Any, family: Any):
+        super().__init__()
+        self.transformer = transformer
+        self.family = family
+
+    def _call(self, video: torch.Tensor, audio: torch.Tensor, context: Any, t: torch.Tensor, grid: tuple[int, int, int], fps: float,
+              **perturb: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transformer forward over ``video`` (packed) and ``audio`` with ``context``'s rows."""
+        frames, height, width = grid
+        rows = video.shape[0]
+        rope, audio_rope = self.transformer.rope, self.transformer.audio_rope
+        v, a = self.transformer(
+            hidden_states=video, audio_hidden_states=audio, encoder_hidden_states=context.embeds, audio_encoder_hidden_states=context.audio_embeds,
+            timestep=t, sigma=t, encoder_attention_mask=context.attention_mask, audio_encoder_attention_mask=context.attention_mask, num_frames=frames,
+            height=height, width=width, fps=fps, audio_num_frames=audio.shape[1],
+            video_coords=rope.prepare_video_coords(rows, frames, height, width, video.device, fps=fps),
+            audio_coords=audio_rope.prepare_audio_coords(rows, audio.shape[1], audio.device), perturbation_mask=None,
+            use_cross_timestep=True, return_dict=False, **{"isolate_modalities": False, "spatio_temporal_guidance_blocks": None, **perturb},
+        )
+        return v.float(), a.float()
+
+    def forward(self, latents: torch.Tensor, timestep: Any, cond: Any, negative: Any, guidance: Mapping[str, Any], dtype: Any = None,
+                side: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guided velocities (module docstring).
+
+        Args:
+            latents: video ``(B, C, F', H', W')`` float32; side: audio ``(B, L, C_a M')`` float32.
+            timestep: the scheduler's ``t = 1000 sigma``, a scalar (a sampling step) or one per
+                sample ``(B,)``.
+            cond / negative: :class:`~cac_align.gen.family.Conditioning` (``embeds``,
+                ``audio_embeds``, ``attention_mask``); negative None without CFG.
+            guidance: :meth:`LTX2Family.guidance`.
+            dtype: the transformer's dtype (inputs are cast to it).
+        """
+        if side is None:
+            raise ValueError("LTX-2 denoises video and audio together: pass the audio latents (side)")
+        batch, channels, frames, height, width = latents.shape
+        grid, fps = (frames, height, width), guidance["frame_rate"]
+        x = latents.permute(0, 2, 3, 4, 1).reshape(batch, frames * height * width, channels)  # tokens by frame, row, column
+        a = side
+        dtype = dtype or latents.dtype
+        t = torch.as_tensor(timestep, device=latents.device, dtype=torch.float32).expand(batch)
+        sigma = (t / 1000.0).view(batch, 1, 1)
+        x_in, a_in = x.to(dtype), a.to(dtype)
+        if _does_cfg(guidance):
+            both = type(cond).cat([negative, cond])
+            v, va = self._call(torch.cat([x_in, x_in]), torch.cat([a_in, a_in]), both, torch.cat([t, t]), grid, fps)
+            (v_neg, v_c), (va_neg, va_c) = v.chunk(2), va.chunk(2)
+        else:
+            v_c, va_c = self._call(x_in, a_in, cond, t, grid, fps)
+        x0, a0 = x - v_c * sigma, a - va_c * sigma  # each stream's clean-sample prediction
+        video, audio = x0, a0
+        if _does_cfg(guidance):
+            video = video + (guidance["guidance_scale"] - 1) * (x0 - (x - v_neg * sigma))
+            audio = audio + (guidance["audio_guidance_scale"] - 1) * (a0 - (a - va_neg * sigma))
+        if guidance["stg_scale"] > 0 or guidance["audio_stg_scale"] > 0:  # self-attention skipped in the STG blocks
+            v_s, va_s = self._call(x_in, a_in, cond, t, grid, fps, spatio_temporal_guidance_blocks=guidance["stg_blocks"])
+            video = video + guidance["stg_scale"] * (x0 - (x - v_s * sigma))
+            audio = audio + guidance["audio_stg_scale"] * (a0 - (a - va_s * sigma))
+        if guidance["modality_scale"] > 1 or guidance["audio_modality_scale"] > 1:  # each stream alone: no audio-video attention
+            v_m, va_m = self._call(x_in, a_in, cond, t, grid, fps, isolate_modalities=True)
+            video = video + (guidance["modality_scale"] - 1) * (x0 - (x - v_m * sigma))
+            audio = audio + (guidance["audio_modality_scale"] - 1) * (a0 - (a - va_m * sigma))
+        video, audio = _rescale(video, x0, guidance["guidance_rescale"]), _rescale(audio, a0, guidance["audio_guidance_rescale"])
+        v_video, v_audio = (x - video) / sigma, (a - audio) / sigma
+        return v_video.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3), v_audio
+
+
+def _rescale(guided: torch.Tensor, conditional: torch.Tensor, factor: float) -> torch.Tensor:
+    """diffusers' ``rescale_noise_cfg`` (of the pipeline's module) when ``factor > 0``."""
+    if factor <= 0:
+        return guided
+    from diffusers.pipelines.ltx2.pipeline_ltx2 import rescale_noise_cfg
+
+    return rescale_noise_cfg(guided, conditional, guidance_rescale=factor)
+
+
+_LTX2_SHARED = {"height": 512, "width": 768, "num_frames": 121, "fps": 24.0, "guidance_scale": 3.0, "stg_scale": 1.0, "modality_scale": 3.0,
+                "guidance_rescale": 0.7, "audio_guidance_scale": 7.0, "audio_stg_scale": 1.0, "audio_modality_scale": 3.0,
+                "audio_guidance_rescale": 0.7, "max_sequence_length": 1024}
+LTX2 = LTX2Family("ltx2", "LTX-2", {**_LTX2_SHARED, "num_inference_steps": 40, "stg_blocks": [29]}, tiny_names=("tiny-random:ltx2",),
+                  hub_ids=("Lightricks/LTX-2",))
+LTX23 = LTX2Family("ltx2.3", "LTX-2.3", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]}, tiny_names=("tiny-random:ltx2.3",),
+                   hub_ids=("diffusers/LTX-2.3-Diffusers", "dg845/LTX-2.3-Diffusers"))
+FAMILIES = (LTX2, LTX23)
+
+
+def family_for_index(index: Mapping[str, Any]) -> LTX2Family | None:
+    """LTX-2 or LTX-2.3 from a ``model_index.json`` (its vocoder: LTX-2.3's extends the bandwidth),
+    or None."""
+    if index.get("_class_name") not in ("LTX2Pipeline", "LTX2ConditionPipeline", "LTX2ImageToVideoPipeline"):
+        return None
+    vocoder = index.get("vocoder")
+    return LTX23 if isinstance(vocoder, (list, tuple)) and len(vocoder) == 2 and vocoder[1] == "LTX2VocoderWithBWE" else LTX2
+
+
+# ---------------------------------------------------------------------------------------
+# Repair: the judged window regenerated through LTX2ConditionPipeline
+# ---------------------------------------------------------------------------------------
+_REGENERATOR_KEYS = ("num_inference_steps", "max_sequence_length", *GUIDANCE_KEYS, "stg_blocks")
+
+
+@dataclass(frozen=True)
+class LTX2Regenerator:
+    """LTX-2 as repair's regenerator, through diffusers' ``LTX2ConditionPipeline`` (the same
+    checkpoint's components): the judged window is generated again, and the frames around it are
+    given as conditions at their places.
+
+    The condition pipeline keeps whole frames at latent-frame places (8 pixel frames each), so:
+
+    - a plan (:func:`cac_align.gen.vace.plan_repair` with LTX-2's multiples: ``8k + 1`` frames,
+      sides of 32) covers the window's **whole frames**; a judge's boxes choose the window, not
+      pixels inside it (``boxes = False``: repair records the whole frames it regenerated);
+    - the frames before the window go in as one clip at latent index 0 (its longest ``8k + 1``
+      prefix: it replaces those latents), the frames after it as one clip appended at the first
+      latent index whose first pixel frame, ``8 (index - 1) + 1``, is past the window (its longest
+      ``8k + 1`` run), a keyframe the generation is guided by; up to 7 kept frames on each side
+      are neither;
+    - the soundtrack is generated anew with the window and not written: a repaired video is its
+      frames (the input's audio is not carried over).
+
+    Every pixel outside the window is then the input's own (:func:`cac_align.gen.vace.splice`).
+    """
+
+    name: str
+    title: str
+    family: LTX2Family
+    tiny_names: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    pipeline_class: str = "LTX2ConditionPipeline"
+    experts: int = 1
+    frame_multiple: int = 8
+    spatial_multiple: int = 32
+    boxes: bool = False
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {key: self.family.defaults[key] for key in _REGENERATOR_KEYS}
+
+    def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
+        pipe = self.family.load(name, dtype=dtype, vae_dtype=vae_dtype, key=key, pipeline=self.pipeline_class)
+        return pipe.to(resolve_device(device, key.rsplit(".", 1)[0] + ".device"))
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        from diffusers import LTX2ConditionPipeline
+
+        return LTX2ConditionPipeline.from_pipe(TINY_LTX2_BUILDERS[name](seed))
+
+    def plan(self, region: Any, fps: float, condition_s: float) -> Any:
+        from cac_align.gen.vace import plan_repair
+
+        return plan_repair(region, fps, condition_s, self.frame_multiple, self.spatial_multiple)
+
+    def conditions(self, video: np.ndarray, masked: np.ndarray) -> list[tuple[int, int, int]]:
+        """``(first frame, frame count, latent index)`` of the kept clips that condition a segment
+        ``video`` (``8k + 1`` frames) whose frames ``masked`` (bool) are regenerated (class
+        docstring): the prefix at index 0, the suffix at the first index past the window."""
+        multiple, length = self.frame_multiple, len(video)
+        where = np.flatnonzero(masked)
+        first, last = int(where[0]), int(where[-1])
+        found = []
+        if first >= 1:
+            found.append((0, (first - 1) // multiple * multiple + 1, 0))
+        index = (last - 1) // multiple + 2  # the first whose first pixel frame, multiple * (index - 1) + 1, is past the window
+        start = multiple * (index - 1) + 1
+        if start < length:
+            found.append((start, (length - start - 1) // multiple * multiple + 1, index))
+        return found
+
+    def regenerate(self, pipe: Any, frames: np.ndarray, plan: Any, prompt: str, seed: int, config: Any) -> np.ndarray:
+        """The condition pipeline's fill of ``plan``'s segment: uint8 ``(stop - start, H, W, 3)``."""
+        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+        from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
+
+        from cac_align.gen.generator import frames_to_uint8
+
+        segment = frames[plan.start : plan.stop]
+        height, width = segment.shape[1:3]
+        video = np.pad(segment, ((0, 0), (0, plan.height - height), (0, plan.width - width), (0, 0)), mode="edge")
+        masked = plan.mask.reshape(len(plan.mask), -1).any(axis=1)
+        if plan.length > len(video):  # the whole video is shorter than 8k + 1 frames: its last frame repeated, kept
+            video = np.concatenate([video, np.repeat(video[-1:], plan.length - len(video), axis=0)])
+            masked = np.concatenate([masked, np.zeros(plan.length - len(masked), dtype=bool)])
+        conditions = [LTX2VideoCondition(frames=video[start : start + count], index=index) for start, count, index in self.conditions(video, masked)]
+        guidance = self.family.guidance(config, fps=plan.fps)
+        output = pipe(
+            conditions=conditions, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
+            height=plan.height, width=plan.width, num_frames=plan.length, frame_rate=plan.fps, num_inference_steps=config.num_inference_steps,
+            **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
+            generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)), output_type="np",
+            max_sequence_length=config.max_sequence_length,
+        )
+        return frames_to_uint8(output.frames[0])[: len(segment), :height, :width]
+
+
+REGENERATORS = (LTX2Regenerator("ltx2-condition", "LTX-2 (condition pipeline)", LTX2, ("tiny-random:ltx2",), LTX2.hub_ids),
+                LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids))
+
+
+def regenerator_for_index(index: Mapping[str, Any]) -> LTX2Regenerator | None:
+    """The condition-pipeline regenerator of an LTX-2 checkpoint's ``model_index.json``, or None."""
+    family = family_for_index(index)
+    return None if family is None else REGENERATORS[FAMILIES.index(family)]
