@@ -8,16 +8,18 @@ becomes ViPO's per-position estimator (Lan et al., arXiv 2511.18719: ``A_p = M(p
 per-position clipped ratio). ViPO's map is a saliency map (where the picture is salient); ours
 is the reward's own verdict (where the judge says the video is wrong).
 
-**The map** (:func:`wan_coverage`, :func:`credit_map`):
+**The map** (:func:`latent_coverage`, :func:`credit_map`):
 
 1. the evidence becomes a :class:`~cac_align.regions.Region` of the decoded video (the window's
    frames, the boxes dilated by ``dilate``; a window without boxes covers whole frames);
-2. Wan-2.1's VAE keeps pixel frame 0 as latent frame 0 and compresses each next 4 pixel frames
-   into one: latent frame ``k >= 1`` covers pixel frames ``4k - 3 .. 4k``; one latent pixel
-   covers 8 x 8 pixels. A latent position's coverage is the share of its pixels (over its frames)
-   inside the region (``edges: soft``), or 1 wherever it touches the region (``hard``);
-3. the transformer sees 1 x 2 x 2 patches of latents: a patch is as covered as its most covered
-   cell (it is one token, denoised as a whole);
+2. the generator's VAE keeps pixel frame 0 as latent frame 0 and compresses each next ``t``
+   pixel frames into one: latent frame ``k >= 1`` covers pixel frames ``t (k - 1) + 1 .. t k``;
+   one latent pixel covers ``s x s`` pixels (the family's ``latent_grid``: Wan-2.1 and the A14B
+   t = 4, s = 8; the TI2V-5B 4, 16; LTX-2 8, 32). A latent position's coverage is the share of
+   its pixels (over its frames) inside the region (``edges: soft``), or 1 wherever it touches the
+   region (``hard``);
+3. the transformer sees patches of latents (Wan: 1 x 2 x 2; LTX-2: 1 x 1 x 1): a patch is as
+   covered as its most covered cell (it is one token, denoised as a whole);
 4. ``M = outside + (inside - outside) * coverage``, scaled so that ``mean(M) = 1``: the sum of the
    per-position advantages equals the scalar estimator's, so the step size stays as it was.
 
@@ -79,7 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CreditMaps", "LocalizeSettings", "confined_kl", "credit_map", "credit_maps", "hold_map", "localized_policy_loss", "vipo_policy_loss",
-    "vipo_scale", "wan_coverage",
+    "vipo_scale", "latent_coverage",
 ]
 
 APPLY_TO = ("negative", "all")
@@ -147,21 +149,22 @@ class LocalizeSettings:
 # Region -> coverage of Wan's latent positions -> the credit map
 # ---------------------------------------------------------------------------------------
 def latent_frames(num_frames: int, temporal: int = 4) -> list[range]:
-    """The pixel frames each latent frame covers: frame 0 alone, then ``temporal`` at a time
-    (Wan-2.1's causal VAE: latent ``k >= 1`` covers ``temporal * (k - 1) + 1 .. temporal * k``)."""
+    """The pixel frames each latent frame covers: frame 0 alone, then ``temporal`` at a time (a
+    causal video VAE, Wan's and LTX-2's: latent ``k >= 1`` covers ``temporal * (k - 1) + 1 ..
+    temporal * k``)."""
     if (num_frames - 1) % temporal:
-        raise ValueError(f"Wan videos have 4k + 1 frames (the VAE's temporal factor {temporal}); got {num_frames}")
+        raise ValueError(f"the VAE's videos have {temporal}k + 1 frames (its temporal factor {temporal}); got {num_frames}")
     return [range(0, 1)] + [range(temporal * (k - 1) + 1, temporal * k + 1) for k in range(1, (num_frames - 1) // temporal + 1)]
 
 
-def wan_coverage(region: Region, temporal: int = 4, spatial: int = 8, patch: Sequence[int] = (1, 2, 2), edges: str = "hard") -> np.ndarray:
+def latent_coverage(region: Region, temporal: int = 4, spatial: int = 8, patch: Sequence[int] = (1, 2, 2), edges: str = "hard") -> np.ndarray:
     """``(T_lat, H_lat, W_lat)`` float32 in [0, 1]: how much of each latent position the region
     covers (module docstring, steps 2-3).
 
     Args:
-        region: on the decoded video (``num_frames = 4k + 1``, sizes multiples of ``spatial``).
-        temporal, spatial: the VAE's compression (Wan-2.1: 4 frames, 8 pixels).
-        patch: the transformer's patch (Wan-2.1: 1 x 2 x 2 latents per token).
+        region: on the decoded video (``num_frames = temporal k + 1``, sizes multiples of ``spatial``).
+        temporal, spatial: the VAE's compression (Wan-2.1: 4 frames, 8 pixels; LTX-2: 8, 32).
+        patch: the transformer's patch (Wan-2.1: 1 x 2 x 2 latents per token; LTX-2: 1 x 1 x 1).
         edges: "soft" (the covered share) or "hard" (1 wherever the region touches).
     """
     if region.height % spatial or region.width % spatial:
@@ -309,7 +312,7 @@ def credit_maps(
 
 def _located_coverage(entry: Mapping[str, Any], settings: LocalizeSettings, *, num_frames: int, fps: float, height: int, width: int,
                       temporal: int, spatial: int, patch: Sequence[int]) -> tuple[np.ndarray | None, str | None]:
-    """``(coverage, None)`` for a sample whose verdict locates a defect (:func:`wan_coverage`), or
+    """``(coverage, None)`` for a sample whose verdict locates a defect (:func:`latent_coverage`), or
     ``(None, why)`` when it should have but its evidence is absent or unreadable, or ``(None,
     None)`` when the judge saw no defect (nothing to localize, nothing missing)."""
     source = _evidence_details(entry, settings.source)
@@ -325,7 +328,7 @@ def _located_coverage(entry: Mapping[str, Any], settings: LocalizeSettings, *, n
     if evidence is None:
         return None, "an abnormal verdict without a window or boxes"
     region = region_from_evidence(evidence, num_frames, fps, height, width, dilate=settings.dilate, context_s=settings.context_s)
-    coverage = wan_coverage(region, temporal, spatial, patch, settings.edges)
+    coverage = latent_coverage(region, temporal, spatial, patch, settings.edges)
     if not coverage.any():
         return None, "its evidence covers no frame of the video"
     return coverage, None

@@ -21,7 +21,7 @@ from cac_align.gen.credit import (
     localized_policy_loss,
     vipo_policy_loss,
     vipo_scale,
-    wan_coverage,
+    latent_coverage,
 )
 from cac_align.gen.sde import flow_grpo_loss, gaussian_log_prob, position_log_density, sde_step
 from cac_align.regions import Evidence, EvidenceError, read_evidence, region_from_evidence
@@ -47,7 +47,7 @@ def test_hand_worked_window_and_box_map_to_latent_frames_rows_and_columns():
     assert np.flatnonzero(region.frames).tolist() == list(range(16, 32))
     # the box in pixels: x 0 .. 0.5 * 832 = 416, y 0 .. 0.5 * 480 = 240
     assert region.boxes[16] == ((0.0, 0.0, 416.0, 240.0),)
-    cover = wan_coverage(region)  # hard edges
+    cover = latent_coverage(region)  # hard edges
     assert cover.shape == (21, 60, 104)  # (81 - 1) / 4 + 1 latent frames of 480 / 8 x 832 / 8
     # latent frames touching frames 16 .. 31: k = 4 (13 .. 16) to k = 8 (29 .. 32)
     assert np.flatnonzero(cover.any(axis=(1, 2))).tolist() == [4, 5, 6, 7, 8]
@@ -57,7 +57,7 @@ def test_hand_worked_window_and_box_map_to_latent_frames_rows_and_columns():
     assert np.flatnonzero(cover[6].any(axis=0)).tolist() == list(range(52))
     assert cover.sum() == 5 * 30 * 52
     # soft edges: latent 4 holds one of its four frames in the window (16), latent 8 three (29 .. 31)
-    soft = wan_coverage(region, edges="soft")
+    soft = latent_coverage(region, edges="soft")
     assert soft[4, 0, 0] == pytest.approx(0.25) and soft[5, 0, 0] == pytest.approx(1.0) and soft[8, 0, 0] == pytest.approx(0.75)
     assert soft[6, 29, 51] == pytest.approx(1.0) and soft[6, 30, 51] == 0.0 and soft[6, 29, 52] == 0.0
 
@@ -67,10 +67,10 @@ def test_box_edges_round_to_whole_patches_and_dilate():
     # patch 26 (columns 52, 53): the hard map takes the whole patch; y to 244.8 px -> row 30 in part
     # (patch 15: rows 30, 31)
     evidence = Evidence((1.0, 2.0), ((1.5, ((0.0, 0.0, 510.0, 510.0),)),))
-    cover = wan_coverage(region_from_evidence(evidence, **WAN))
+    cover = latent_coverage(region_from_evidence(evidence, **WAN))
     assert np.flatnonzero(cover[6].any(axis=0)).tolist() == list(range(54))
     assert np.flatnonzero(cover[6].any(axis=1)).tolist() == list(range(32))
-    soft = wan_coverage(region_from_evidence(evidence, **WAN), edges="soft")
+    soft = latent_coverage(region_from_evidence(evidence, **WAN), edges="soft")
     # a patch is as covered as its most covered cell: column 52 (pixels 416 .. 424) is fully inside
     assert soft[6, 0, 52] == pytest.approx(1.0) and soft[6, 0, 53] == pytest.approx(1.0)
     # dilate 50 (5% each side) and 0.25 s of context: x to 0.55 * 832 = 457.6 -> columns 0 .. 57 (patch 28 ends at 57)
@@ -80,7 +80,7 @@ def test_box_edges_round_to_whole_patches_and_dilate():
 
 
 def test_a_window_without_boxes_covers_whole_frames_and_boxes_without_a_window_their_span():
-    whole = wan_coverage(region_from_evidence(Evidence((1.0, 2.0)), **WAN))
+    whole = latent_coverage(region_from_evidence(Evidence((1.0, 2.0)), **WAN))
     assert whole[6].all() and not whole[3].any() and whole.sum() == 5 * 60 * 104
     # boxes at 1.0 s and 1.5 s, no window: frames 16 .. 24 (to 1.5 + 1/16 s)
     boxed = region_from_evidence(Evidence(None, ((1.0, ((0.0, 0.0, 100.0, 100.0),)), (1.5, ((900.0, 900.0, 1000.0, 1000.0),)))), **WAN)

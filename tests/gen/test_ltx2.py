@@ -179,18 +179,18 @@ def test_encode_is_the_inverse_of_decode_on_its_grid(pipes):
 
 
 def test_the_localized_map_on_the_ltx2_grid_by_hand(pipes):
-    from cac_align.gen.credit import wan_coverage
+    from cac_align.gen.credit import latent_coverage
     from cac_align.regions import Evidence, region_from_evidence
 
     temporal, spatial, patch = LTX2.latent_grid(pipes["ltx2"])
     # 17 frames of 64 x 96 at 8 fps -> latent frames {0}, {1..8}, {9..16}; cells of 32 x 32 pixels, one token each
     region = region_from_evidence(Evidence((1.25, 2.125), ((1.5, ((0.0, 0.0, 500.0, 500.0),)),)), 17, 8.0, 64, 96)
     # window 1.25 s -> frames 10..16 (latent frame 2); box x 0..48 px, y 0..32 px -> row 0, columns 0 (whole) and 1 (half)
-    hard = wan_coverage(region, temporal, spatial, patch, edges="hard")
+    hard = latent_coverage(region, temporal, spatial, patch, edges="hard")
     expected = np.zeros((3, 2, 3))
     expected[2, 0, :2] = 1.0
     np.testing.assert_array_equal(hard, expected)
-    soft = wan_coverage(region, temporal, spatial, patch, edges="soft")
+    soft = latent_coverage(region, temporal, spatial, patch, edges="soft")
     # latent frame 2 covers pixel frames 9..16, of which 10..16 (7 of 8) are in the window; column 1 is half inside the box
     assert soft[2, 0, 0] == pytest.approx(7 / 8) and soft[2, 0, 1] == pytest.approx(7 / 8 * 0.5) and soft[:2].sum() == 0 and soft[2, 1].sum() == 0
 

@@ -199,7 +199,7 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
 # Localized credit on the TI2V-5B's latent grid (4 x 16 x 16 compression)
 # ---------------------------------------------------------------------------------------
 def test_the_localized_map_on_the_ti2v_grid_by_hand():
-    from cac_align.gen.credit import wan_coverage
+    from cac_align.gen.credit import latent_coverage
     from cac_align.regions import Evidence, region_from_evidence
 
     pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
@@ -207,7 +207,7 @@ def test_the_localized_map_on_the_ti2v_grid_by_hand():
     assert grid == {"temporal": 4, "spatial": 16, "patch": (1, 2, 2)}  # the 5B's VAE and patches, read off the pipeline
     # the 5B's own video (121 frames at 24 fps, 704 x 1280), window [1.0, 2.0) s, box [0, 0, 500, 500]
     region = region_from_evidence(Evidence((1.0, 2.0), ((1.5, ((0.0, 0.0, 500.0, 500.0),)),)), num_frames=121, fps=24.0, height=704, width=1280)
-    cover = wan_coverage(region, **grid)
+    cover = latent_coverage(region, **grid)
     # (121 - 1) / 4 + 1 = 31 latent frames of 704 / 16 = 44 x 1280 / 16 = 80
     assert cover.shape == (31, 44, 80)
     # frame i at i / 24 s: [1.0, 2.0) is frames 24 .. 47; latent k >= 1 holds frames 4k - 3 .. 4k:
