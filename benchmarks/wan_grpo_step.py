@@ -1,10 +1,12 @@
-"""Flow-GRPO steps of Wan-2.1-1.3B's and Wan2.2-TI2V-5B's architectures (random weights): seconds and peak GPU memory.
+"""Flow-GRPO steps of Wan-2.1-1.3B's, Wan2.2-TI2V-5B's and LTX-2's architectures (random weights): seconds and peak GPU memory.
 
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b                  # 480x832x81, one GPU
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards   # + CaC-8B and UR-7B resident
     python benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b               # Wan2.2-TI2V-5B at its recipe's 704x1280x121
+    python benchmarks/wan_grpo_step.py --mode gpu-ltx2                  # LTX-2 at its recipe's 512x768x121 (video + audio)
     python benchmarks/wan_grpo_step.py --mode cpu-check                 # the same code path, tiny Wan, seconds
     python benchmarks/wan_grpo_step.py --mode cpu-check-ti2v            # ... and the tiny TI2V-5B layout
+    python benchmarks/wan_grpo_step.py --mode cpu-check-ltx2            # ... and the tiny LTX-2
 
 Runs the shipped trainer (:func:`cac_align.jobs.flow_grpo.run`) on the paper's recipe
 (``recipes/align/flow_grpo_wan_ur_cac.yaml``: 480x832, 81 frames, CFG 5, LoRA rank 32 on the
@@ -35,6 +37,18 @@ Wan2.2 VAE (base 160, decoder base 256, z 48, 2x2 patchify, 16x in space, residu
 of diffusers' ``scripts/convert_wan_to_diffusers.py`` for ``Wan2.2-TI2V-5B``; the pipeline gives
 every latent token its timestep (``expand_timesteps``). Its latent is 31 x 44 x 80 (27,280 tokens
 after the 2x2 patches, against Wan-2.1's 21 x 60 x 104 and 32,760).
+
+``--mode gpu-ltx2`` runs ``recipes/align/flow_grpo_ltx2_ur_cac.yaml`` (512x768, 121 frames, CFG
+3.0 with rescale 0.7 and audio CFG 7.0: 2 sample-forwards a sampling step; LoRA rank 32 on the video
+branch, bf16, gradient checkpointing) on LTX-2's architecture: the 48-block audio+video transformer
+(18.9B: video 32 heads of 128, audio 32 of 64), the text connectors (1.4B) and the video VAE (1.2B,
+128 latent channels, 32x / 8x), the audio VAE and the 24 kHz vocoder, the values of diffusers'
+``scripts/convert_ltx2_to_diffusers.py`` for LTX-2 ("2.0"). Its latent is 16 x 16 x 24 (6,144 video
+tokens, one per latent) beside 126 audio tokens and 1,024 text tokens. The text encoder is
+**not** Gemma-3-12B: a Gemma-3 of its width (3840) and depth (48 layers: the connectors read all 49
+hidden states) with one 16-wide attention head and a 16-wide MLP, so that the figures are the
+generator's step without the encoder's 24.4 GB (12.2B parameters in bf16, arithmetic; it runs once
+a step on the prompts and may leave the GPU between: what the script prints beside the measured peak).
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PAPER_RECIPE = REPO / "recipes/align/flow_grpo_wan_ur_cac.yaml"
 TI2V_RECIPE = REPO / "recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml"
+LTX2_RECIPE = REPO / "recipes/align/flow_grpo_ltx2_ur_cac.yaml"
+GEMMA_3_12B_PARAMETERS = 12.2e9  # Gemma-3-12B (text 11.77B incl. its 1.0B tied embedding, SigLIP + projector 0.44B), counted from its config
 
 
 def _umt5_xxl(tokenizer):
@@ -109,6 +125,70 @@ def wan22_ti2v_5b_pipeline(device: str, dtype):
     return _random_wan_pipeline(device, dtype, transformer, vae, flow_shift=5.0, expand_timesteps=True)
 
 
+def ltx2_pipeline(device: str, dtype):
+    """``LTX2Pipeline`` with LTX-2's architecture and random weights on ``device`` (module
+    docstring: the transformer, connectors, VAEs and vocoder at their published sizes, a Gemma-3 of
+    Gemma-3-12B's width and depth but one thin head, our character tokenizer); built in ``dtype``."""
+    import torch
+    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline,
+                           LTX2VideoTransformer3DModel)
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from cac_align.gen.tiny import _gemma_tokenizer
+
+    tokenizer = _gemma_tokenizer()
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in bf16: no fp32 copy of 20B parameters on the way
+    try:
+        with torch.device(device):
+            text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+                text_config=dict(vocab_size=len(tokenizer), hidden_size=3840, intermediate_size=16, num_hidden_layers=48, num_attention_heads=1,
+                                 num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512),
+                vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
+                mm_tokens_per_image=4))
+            transformer = LTX2VideoTransformer3DModel(
+                in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=128,
+                cross_attention_dim=4096, vae_scale_factors=(8, 32, 32), pos_embed_max_pos=20, base_height=2048, base_width=2048,
+                audio_in_channels=128, audio_out_channels=128, audio_patch_size=1, audio_patch_size_t=1, audio_num_attention_heads=32,
+                audio_attention_head_dim=64, audio_cross_attention_dim=2048, audio_scale_factor=4, audio_pos_embed_max_pos=20,
+                audio_sampling_rate=16000, audio_hop_length=160, num_layers=48, activation_fn="gelu-approximate", qk_norm="rms_norm_across_heads",
+                norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=3840, attention_bias=True, attention_out_bias=True, rope_theta=10000.0,
+                rope_double_precision=True, causal_offset=1, timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000,
+                rope_type="split", gated_attn=False, cross_attn_mod=False, audio_gated_attn=False, audio_cross_attn_mod=False,
+                use_prompt_embeddings=True, perturbed_attn=False)
+            connectors = LTX2TextConnectors(
+                caption_channels=3840, text_proj_in_factor=49, video_connector_num_attention_heads=30, video_connector_attention_head_dim=128,
+                video_connector_num_layers=2, video_connector_num_learnable_registers=128, video_gated_attn=False,
+                audio_connector_num_attention_heads=30, audio_connector_attention_head_dim=128, audio_connector_num_layers=2,
+                audio_connector_num_learnable_registers=128, audio_gated_attn=False, connector_rope_base_seq_len=4096, rope_type="split",
+                per_modality_projections=False, proj_bias=False)
+            vae = AutoencoderKLLTX2Video(
+                latent_channels=128, block_out_channels=(256, 512, 1024, 2048), decoder_block_out_channels=(256, 512, 1024),
+                layers_per_block=(4, 6, 6, 2, 2), decoder_layers_per_block=(5, 5, 5, 5), spatio_temporal_scaling=(True,) * 4,
+                decoder_spatio_temporal_scaling=(True,) * 3, decoder_inject_noise=(False,) * 4,
+                downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"), upsample_type=("spatiotemporal",) * 3,
+                upsample_residual=(True,) * 3, upsample_factor=(2, 2, 2), patch_size=4, decoder_causal=False, decoder_spatial_padding_mode="reflect",
+                spatial_compression_ratio=32, temporal_compression_ratio=8)
+            audio_vae = AutoencoderKLLTX2Audio(base_channels=128, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=2, latent_channels=8,
+                                               mel_bins=64, sample_rate=16000, mel_hop_length=160)
+            vocoder = LTX2Vocoder(in_channels=128, hidden_channels=1024, out_channels=2, upsample_kernel_sizes=[16, 15, 8, 4, 4],
+                                  upsample_factors=[6, 5, 2, 2, 2], resnet_kernel_sizes=[3, 7, 11], resnet_dilations=[[1, 3, 5]] * 3,
+                                  output_sampling_rate=24000)
+    finally:
+        torch.set_default_dtype(previous)
+    for module in (text_encoder, transformer, connectors, vae, audio_vae, vocoder):
+        module.eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+                                                max_image_seq_len=4096, shift_terminal=0.1)
+    pipe = LTX2Pipeline(scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
+                        transformer=transformer, vocoder=vocoder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def reward_models_on_gpu() -> list:
     """Qwen3-VL-8B's and Qwen2.5-VL-7B's architectures, random weights, bf16, on the GPU."""
     import torch
@@ -124,7 +204,7 @@ def reward_models_on_gpu() -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["gpu-1.3b", "gpu-ti2v-5b", "cpu-check", "cpu-check-ti2v"], default="gpu-1.3b")
+    parser.add_argument("--mode", choices=["gpu-1.3b", "gpu-ti2v-5b", "gpu-ltx2", "cpu-check", "cpu-check-ti2v", "cpu-check-ltx2"], default="gpu-1.3b")
     parser.add_argument("--group", type=int, default=2, help="videos of the one prompt per step (the paper: 16 per prompt, 4 per GPU on 8 GPUs)")
     parser.add_argument("--sampling-steps", type=int, default=10, help="denoising steps (the paper: 50)")
     parser.add_argument("--steps", type=int, default=2, help="training steps; the last one is reported (the first warms up)")
@@ -138,24 +218,28 @@ def main() -> None:
     from cac_align.rewards.toy import BrightnessReward
 
     gpu = args.mode.startswith("gpu")
-    ti2v = args.mode.endswith("ti2v-5b") or args.mode.endswith("-ti2v")
+    model = "ti2v" if args.mode.endswith(("ti2v-5b", "-ti2v")) else ("ltx2" if args.mode.endswith("ltx2") else "1.3b")
     if gpu and not torch.cuda.is_available():
-        raise SystemExit(f"--mode {args.mode} needs a CUDA GPU; --mode cpu-check{'-ti2v' if ti2v else ''} runs the code path on the CPU")
+        raise SystemExit(f"--mode {args.mode} needs a CUDA GPU; --mode cpu-check{'' if model == '1.3b' else '-' + model} runs the code path on the CPU")
+    recipe = {"ti2v": TI2V_RECIPE, "ltx2": LTX2_RECIPE, "1.3b": PAPER_RECIPE}[model]
     if gpu:  # the recipe's own size
-        size = ["generator.height=704", "generator.width=1280", "generator.num_frames=121"] if ti2v else [
-            "generator.height=480", "generator.width=832", "generator.num_frames=81"]
+        size = {"ti2v": ["generator.height=704", "generator.width=1280", "generator.num_frames=121"],
+                "ltx2": ["generator.height=512", "generator.width=768", "generator.num_frames=121"],
+                "1.3b": ["generator.height=480", "generator.width=832", "generator.num_frames=81"]}[model]
     else:
-        side = 64 if ti2v else 32  # the TI2V's 16x VAE and 2x2 patches: multiples of 32
-        size = [f"generator.height={side}", f"generator.width={side}", "generator.num_frames=9", "generator.dtype=float32", "mixed_precision=no"]
-    if ti2v and not gpu:
-        size.append("generator.name=tiny-random:wan22-ti2v")
+        side = 32 if model == "1.3b" else 64  # the TI2V's 16x VAE and 2x2 patches, LTX-2's 32x (64 and up)
+        size = [f"generator.height={side}", f"generator.width={side}", "generator.num_frames=9", "generator.dtype=float32",
+                "generator.vae_dtype=float32", "mixed_precision=no"]
+        size += {"ti2v": ["generator.name=tiny-random:wan22-ti2v"], "1.3b": [],
+                 "ltx2": ["generator.name=tiny-random:ltx2", "generator.max_sequence_length=32", "generator.stg_blocks=[1]"]}[model]
     resident = reward_models_on_gpu() if gpu and args.with_rewards else []
     if gpu:
-        pipe = (wan22_ti2v_5b_pipeline if ti2v else wan_1_3b_pipeline)("cuda", torch.bfloat16)
+        pipe = {"ti2v": wan22_ti2v_5b_pipeline, "ltx2": ltx2_pipeline, "1.3b": wan_1_3b_pipeline}[model]("cuda", torch.bfloat16)
     else:
-        from cac_align.gen.tiny import TINY_WAN_BUILDERS
+        from cac_align.gen.family import family_of
 
-        pipe = TINY_WAN_BUILDERS["tiny-random:wan22-ti2v" if ti2v else "tiny-random:wan"](seed=0)
+        name = {"ti2v": "tiny-random:wan22-ti2v", "ltx2": "tiny-random:ltx2", "1.3b": "tiny-random:wan"}[model]
+        pipe = family_of(name).build_tiny(name, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.txt"
         prompts.write_text("a red ball rolls across a wooden floor\n")
@@ -165,7 +249,7 @@ def main() -> None:
             f"generator.num_inference_steps={args.sampling_steps}", "generator.device=" + ("cuda" if gpu else "cpu"),
             "checkpoint_every=0", "log_with=none", *size,
         ]
-        config = load_config(FlowGrpoConfig, TI2V_RECIPE if ti2v else PAPER_RECIPE, overrides, job="flow-grpo")
+        config = load_config(FlowGrpoConfig, recipe, overrides, job="flow-grpo")
         if gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -181,7 +265,12 @@ def main() -> None:
     print(f"all {args.steps} steps: {seconds:.1f} s; last step: sampling {sample_s:.1f} s, training {train_s:.1f} s")
     print(f"per video and denoising step: sampling {per_sample:.3f} s, training {per_train:.3f} s")
     if gpu:
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (reward models resident: {bool(resident)})")
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory: {peak:.1f} GiB (reward models resident: {bool(resident)})")
+    if model == "ltx2":  # arithmetic: the text encoder this run left thin
+        gemma = GEMMA_3_12B_PARAMETERS * 2 / 2**30
+        print(f"Gemma-3-12B text encoder (arithmetic, not measured): {GEMMA_3_12B_PARAMETERS / 1e9:.1f}B parameters x 2 bytes = {gemma:.1f} GiB in bf16"
+              + (f"; resident beside this step: {peak + gemma:.1f} GiB" if gpu else ""))
     videos, steps = 4, 50  # the paper's step on 8 GPUs: 32 videos, 50 sampling steps, all trained
     print(f"extrapolated paper step per GPU ({videos} videos x {steps} steps): sampling {per_sample * videos * steps:.0f} s, "
           f"training {per_train * videos * steps:.0f} s (without reward scoring)")
