@@ -130,13 +130,12 @@ def ltx2_pipeline(device: str, dtype):
     docstring: the transformer, connectors, VAEs and vocoder at their published sizes, a Gemma-3 of
     Gemma-3-12B's width and depth but one thin head, our character tokenizer); built in ``dtype``."""
     import torch
-    from diffusers import (AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline,
-                           LTX2VideoTransformer3DModel)
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    from cac_align.gen.tiny import _gemma_tokenizer
+    from cac_align.gen.tiny import _gemma_tokenizer, assemble_ltx2_pipeline
 
     tokenizer = _gemma_tokenizer()
     torch.manual_seed(0)
@@ -179,14 +178,7 @@ def ltx2_pipeline(device: str, dtype):
                                   output_sampling_rate=24000)
     finally:
         torch.set_default_dtype(previous)
-    for module in (text_encoder, transformer, connectors, vae, audio_vae, vocoder):
-        module.eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
-                                                max_image_seq_len=4096, shift_terminal=0.1)
-    pipe = LTX2Pipeline(scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
-                        transformer=transformer, vocoder=vocoder)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_ltx2_pipeline(tokenizer, text_encoder, connectors, transformer, vae, audio_vae, vocoder)
 
 
 def reward_models_on_gpu() -> list:

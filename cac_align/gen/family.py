@@ -32,6 +32,7 @@ Wan-2.1.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import json
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 __all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "UnknownGeneratorError", "families", "family_from_index", "family_of", "has_component",
-           "read_model_index", "regenerator_of"]
+           "read_model_index", "regenerator_of", "take_model_settings"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
@@ -236,6 +237,19 @@ def family_from_index(index: Mapping[str, Any], where: str, key: str = "generato
     name = index.get("_class_name")
     job = "generator job" if kind == "generator" else "repair"
     raise UnknownGeneratorError(f"{key}={where!r} is a {name or 'model without a pipeline class'}, which no {job} runs; supported: {_supported(kind)}")
+
+
+def take_model_settings(config: Any, keys: Sequence[str], defaults: Mapping[str, Any]) -> list[str]:
+    """Fill each of ``config``'s ``keys`` left unset (None) with the model's value in ``defaults``
+    (a family's); return the keys set that the model does not list (for the caller's error)."""
+    foreign = []
+    for key in keys:
+        if key in defaults:
+            if getattr(config, key) is None:
+                setattr(config, key, copy.deepcopy(defaults[key]))
+        elif getattr(config, key) is not None:
+            foreign.append(key)
+    return foreign
 
 
 def has_component(index: Mapping[str, Any], name: str) -> bool:

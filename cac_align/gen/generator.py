@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from cac_align.config import RecipeError
-from cac_align.gen.family import Conditioning, Generated
+from cac_align.gen.family import Conditioning, Generated, take_model_settings
 from cac_align.loading import check_dtype, resolve_device
 from cac_align.run.folder import share_modes
 
@@ -159,14 +159,11 @@ class GeneratorConfig:
             family = self.family
             defaults, title, spatial, frames = family.defaults, family.title, family.spatial_multiple, family.frame_multiple
         # the settings left unset take the model's own (cac_align.gen.family); one it has no use for must stay unset
-        for key in MODEL_SETTINGS + ("max_sequence_length",):
-            if key in defaults:
-                if getattr(self, key) is None:
-                    setattr(self, key, defaults[key])
-            elif getattr(self, key) is not None and not self.is_synthetic:
-                if key == "guidance_scale_2":
-                    raise ValueError(f"guidance_scale_2 is the second expert's scale (Wan2.2-A14B); {self.name} ({title}) has one transformer")
-                raise ValueError(f"generator.{key} does not apply to {self.name} ({title}); remove it")
+        foreign = take_model_settings(self, MODEL_SETTINGS + ("max_sequence_length",), defaults)
+        if "guidance_scale_2" in foreign and not self.is_synthetic:
+            raise ValueError(f"guidance_scale_2 is the second expert's scale (Wan2.2-A14B); {self.name} ({title}) has one transformer")
+        if foreign and not self.is_synthetic:
+            raise ValueError(f"generator.{foreign[0]} does not apply to {self.name} ({title}); remove it")
         check_dtype(self.dtype, "generator.dtype")
         check_dtype(self.vae_dtype, "generator.vae_dtype")
         if not 0 <= self.anomaly_probability <= 1:

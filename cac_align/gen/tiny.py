@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "build_tiny_ltx2_pipeline", "build_tiny_wan22_a14b_pipeline", "build_tiny_wan22_ti2v_pipeline",
+__all__ = ["TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline", "build_tiny_wan22_a14b_pipeline", "build_tiny_wan22_ti2v_pipeline",
            "build_tiny_wan_pipeline"]
 
 # The A14B's switch: its transformer serves timesteps >= 0.875 * 1000 (Wan2.2's wan_t2v_A14B.py:
@@ -302,7 +302,6 @@ def build_tiny_ltx2_pipeline(seed: int = 0, version: str = "2.0") -> Any:
     """A tiny random ``LTX2Pipeline`` of LTX-2's (``version="2.0"``) or LTX-2.3's layout (module
     docstring): 2 prompts x 9 frames x 64x64 with 2 steps take well under a second on one core."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
 
     if version not in ("2.0", "2.3"):
         raise ValueError(f"LTX-2 layouts: '2.0' or '2.3', got {version!r}")
@@ -317,9 +316,17 @@ def build_tiny_ltx2_pipeline(seed: int = 0, version: str = "2.0") -> Any:
         vae.latents_std.copy_(0.5 + torch.rand(_VIDEO_LATENT))
         audio_vae.latents_mean.copy_(0.1 * torch.randn(_AUDIO_TOKEN))
         audio_vae.latents_std.copy_(0.5 + torch.rand(_AUDIO_TOKEN))
+    return assemble_ltx2_pipeline(tokenizer, text_encoder, connectors, transformer, vae, audio_vae, vocoder)
+
+
+def assemble_ltx2_pipeline(tokenizer: Any, text_encoder: Any, connectors: Any, transformer: Any, vae: Any, audio_vae: Any, vocoder: Any) -> Any:
+    """An ``LTX2Pipeline`` of freshly built modules (in eval mode) and the non-distilled
+    checkpoints' scheduler (diffusers' conversion: shifted by the video's token count, ending at
+    sigma 0.1), its progress bar off."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+
     for module in (text_encoder, transformer, connectors, vae, audio_vae, vocoder):
         module.eval()
-    # the non-distilled checkpoints' scheduler (diffusers' conversion): shifted by the video's token count, ending at sigma 0.1
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
                                                 max_image_seq_len=4096, shift_terminal=0.1)
     pipe = LTX2Pipeline(scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,

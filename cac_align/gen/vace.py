@@ -122,6 +122,7 @@ class RegeneratorConfig:
 
     def __post_init__(self) -> None:
         from cac_align.config import RecipeError
+        from cac_align.gen.family import take_model_settings
 
         check_dtype(self.dtype, "regenerator.dtype")
         check_dtype(self.vae_dtype, "regenerator.vae_dtype")
@@ -129,12 +130,9 @@ class RegeneratorConfig:
         if self.guidance_scale_2 is not None and family.experts < 2:
             raise RecipeError(f"regenerator.guidance_scale_2={self.guidance_scale_2} is a second expert's scale, and {self.name!r} ({family.title}) has one "
                               "transformer (the Wan2.2 A14B VACE has two); remove it")
-        for key in REGENERATOR_SETTINGS:  # unset: the model's own; set but not the model's: an error
-            if key in family.defaults:
-                if getattr(self, key) is None:
-                    setattr(self, key, family.defaults[key])
-            elif getattr(self, key) is not None and key != "guidance_scale_2":
-                raise RecipeError(f"regenerator.{key} does not apply to {self.name!r} ({family.title}); remove it")
+        foreign = [key for key in take_model_settings(self, REGENERATOR_SETTINGS, family.defaults) if key != "guidance_scale_2"]
+        if foreign:  # unset: the model's own; set but not the model's: an error
+            raise RecipeError(f"regenerator.{foreign[0]} does not apply to {self.name!r} ({family.title}); remove it")
         scales = [self.guidance_scale, self.guidance_scale_2, self.conditioning_scale, self.stg_scale, self.modality_scale, self.guidance_rescale,
                   self.audio_guidance_scale, self.audio_stg_scale, self.audio_modality_scale, self.audio_guidance_rescale]
         if self.num_inference_steps < 1 or any(s is not None and s < 0 for s in scales):
