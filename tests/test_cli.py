@@ -84,6 +84,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 
 def test_ctrl_c_says_how_a_resumable_job_continues(tmp_path, monkeypatch, capsys):
     from cac_align.jobs import JobSpec
+    from cac_align.run.folder import RunFolder
 
     def interrupted(self):
         def run(config):
@@ -92,10 +93,27 @@ def test_ctrl_c_says_how_a_resumable_job_continues(tmp_path, monkeypatch, capsys
         return run
 
     monkeypatch.setattr(JobSpec, "runner", interrupted)
+    # its run is recorded in out_dir (a run that got going, or an earlier one): resume says how
+    RunFolder(tmp_path, "train-cac", ["checkpoints"], {}).start()
     assert main(["train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage1_tiny.yaml"), f"out_dir={tmp_path}"]) == 130
     assert capsys.readouterr().err == (
         "cac-align train-cac: interrupted; rerun the same command with resume=true to continue from its last saved checkpoint\n"
     )
+
+
+def test_ctrl_c_before_a_run_started_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    """repair stopped while its models load has recorded nothing: no "finished videos are kept"."""
+    import cac_align.rewards.registry
+
+    def loading(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cac_align.rewards.registry, "build_reward", loading)
+    out = tmp_path / "repair"
+    assert main(["repair", "--config", str(REPO_ROOT / "recipes/align/repair_tiny.yaml"), f"out_dir={out}"]) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"cac-align repair: interrupted before its run started (nothing recorded in {out}); rerun the same command to start it", err
+    assert not (out / "cac_align_run.json").exists()
 
 
 def test_print_config_shows_resolved_values(capsys):
