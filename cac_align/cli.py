@@ -97,7 +97,10 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
         raise RecipeError(f"{target} exists: choose another destination (nothing was overwritten)")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    print(f"copied {source} to {target}: edit it, then cac-align <job> --config {target}")
+    if source.suffix == ".yaml":
+        print(f"copied {source} to {target}: edit it, then cac-align <job> --config {target}")
+    else:  # a file a recipe reads (a prompt list, the tiny rows of data/convert_tiny)
+        print(f"copied {source} to {target}")
     return 0
 
 

@@ -158,6 +158,19 @@ def test_make_tiny_writes_loadable_models_and_resumes(tmp_path, capsys):
     assert (tmp_path / "qwen3_vl/model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_make_tiny_renders_the_videos_the_tiny_convert_rows_name(tmp_path, capsys):
+    # the first step of docs/train_your_own_cac.md's offline road (run whole there, from an empty folder)
+    assert main(["make-tiny", "--config", "tiny/convert_tiny_videos", f"out_dir={tmp_path}"]) == 0
+    from cac_align.data.convert.tiny import CONVERT_TINY_VIDEOS
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]  # no model
+    assert sorted(p.stem for p in (tmp_path / "videos").glob("*.mp4")) == sorted(CONVERT_TINY_VIDEOS)
+    assert (tmp_path / "videos/frames/v_fake_pixels/000.jpg").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == f"convert_videos: wrote 12 videos in {tmp_path / 'videos'} (the ones recipes/data/convert_tiny.yaml's rows name)"
+    assert main(["make-tiny", "--config", "tiny/convert_tiny_videos", f"out_dir={tmp_path}", "convert_videos=false"]) == 2
+    assert "list at least one tiny model (or set convert_videos: true)" in capsys.readouterr().err
+
+
 def test_make_tiny_needs_out_dir(capsys):
     assert main(["make-tiny"]) == 2
     assert "required key 'out_dir'" in capsys.readouterr().err
