@@ -199,11 +199,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     localized = [row["graded"]["localized"] for row in judged if row.get("graded", {}).get("localized") is not None]
     if localized:
         agree += f", localized right for {sum(localized)} of the {len(localized)} anomalous videos called abnormal"
-    # files of the folder that are not videos (notes.txt) were left out: say how many
-    names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-    left_out = (f"; skipped {len(skipped)} {'file' if len(skipped) == 1 else 'files'} in {config.videos} that "
-                f"{'is not a video' if len(skipped) == 1 else 'are not videos'} ({names})") if skipped else ""
-    print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}{left_out}")
+    print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}{_left_out(config.videos, skipped)}")
     if stopped is not None:
         raise BackendFailure(
             f"{stopped}; stopped after {len(rows)} of {len(paths)} videos (kept in results.jsonl): rerun when the server is back"
@@ -214,6 +210,16 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             "nothing was scored: fix the backend (is its server running?) and rerun"
         )
     return rows
+
+
+def _left_out(videos: str | None, skipped: list[str]) -> str:
+    """The summary's note on the files of a ``videos`` folder that are not videos (``notes.txt``),
+    which collecting left out; "" when there are none."""
+    if not skipped:
+        return ""
+    names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    what = "file in {} that is not a video" if len(skipped) == 1 else "files in {} that are not videos"
+    return f"; skipped {len(skipped)} {what.format(videos)} ({names})"
 
 
 def _stopped_rows(out: Path, paths: list[str], prompts: list[str | None]) -> list[dict]:
