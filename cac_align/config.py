@@ -263,7 +263,8 @@ def read_recipe_file(path: Path) -> dict:
 
 
 # `{cac:path}`: YAML's flow mapping needs a space after the colon, or `cac:path` is one key with
-# no value. The fix: a space after the first colon of each key written right after `{` or `,` (and after the comma).
+# no value. The fix shown: a space after the first colon of each key that follows `{` or `,`, and
+# one after each such comma (`{a:1,b:2}` -> `{a: 1, b: 2}`).
 _GLUED_COLON = re.compile(r"([{,]\s*)([^:{},\s]+):(?!\s)")
 
 

@@ -391,6 +391,8 @@ def _without_decord_noise() -> Any:
             sys.stderr.flush()
             saved = os.dup(2)
         except (OSError, ValueError, AttributeError):
+            saved = None
+        if saved is None:
             yield
             return
         with tempfile.TemporaryFile() as captured:
