@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cac_align import __version__
-from cac_align.config import RecipeError, load_config
+from cac_align.config import RecipeError, load_config, running_recipe
 from cac_align.jobs import JOBS, load_recipe
 
 __all__ = ["main"]
@@ -97,7 +97,10 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
         raise RecipeError(f"{target} exists: choose another destination (nothing was overwritten)")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    print(f"copied {source} to {target}: edit it, then cac-align <job> --config {target}")
+    if source.suffix == ".yaml":
+        print(f"copied {source} to {target}: edit it, then cac-align <job> --config {target}")
+    else:  # a file a recipe reads (a prompt list, the tiny rows of data/convert_tiny)
+        print(f"copied {source} to {target}")
     return 0
 
 
@@ -170,12 +173,32 @@ def _ctrl_c_raises() -> object:
     return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _interrupted(spec: object, config: object) -> str:
+    """The line a Ctrl-C ends a job with: how its run continues (a resumable job whose ``out_dir``
+    holds its run), or that it stopped before it recorded anything (models still loading)."""
+    from cac_align.run.folder import read_manifest
+
+    resume = getattr(spec, "resume", None)
+    if not resume:
+        return "interrupted"
+    out_dir = getattr(config, "out_dir", None)
+    if out_dir is not None:
+        try:
+            manifest = read_manifest(out_dir)
+        except RecipeError:
+            manifest = None
+        if manifest is None or manifest.get("job") != getattr(spec, "name", None):
+            return f"interrupted before its run started (nothing recorded in {out_dir}); rerun the same command to start it"
+    return f"interrupted; {resume}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     args = _build_parser().parse_args(_eval_alias(sys.argv[1:] if argv is None else argv))
     _show_job_logs()
     previous_sigint = _ctrl_c_raises()
+    config = None
     try:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes)
@@ -196,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 resolved["reward"] = resolved_section(resolved["reward"])
             print(OmegaConf.to_yaml(OmegaConf.structured(resolved)), end="")
             return 0
-        spec.runner()(config)
+        with running_recipe(args.config):  # a "no such file" speaks of recipes only when there is one
+            spec.runner()(config)
         return 0
     except _user_errors() as exc:
         print(f"cac-align {args.command}: error: {exc}", file=sys.stderr)
@@ -207,9 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
-        spec = JOBS.get(args.command)
-        hint = f"; {spec.resume}" if spec is not None and spec.resume else ""
-        print(f"cac-align {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"cac-align {args.command}: {_interrupted(JOBS.get(args.command), config)}", file=sys.stderr)
         return 130
     finally:
         from cac_align.run.folder import release_locks

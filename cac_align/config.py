@@ -16,10 +16,12 @@ the jobs, in :mod:`cac_align.jobs`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +30,7 @@ __all__ = [
     "describe_error",
     "check_finite",
     "relative_path_hint",
+    "running_recipe",
     "find_recipe",
     "shipped_recipes",
     "SHIPPED_RECIPES",
@@ -67,8 +70,14 @@ def _known_keys(node: Any) -> list[str]:
         return []
 
 
-def describe_error(exc: Exception, where: str, root: Any) -> RecipeError:
-    """Turn an omegaconf error into a RecipeError that names the recipe and the key."""
+def describe_error(exc: Exception, where: str, root: Any, *, command_line: bool = False) -> RecipeError:
+    """Turn an omegaconf error into a RecipeError that names the recipe and the key
+    (``command_line``: the value came from a ``key=value`` override, and a fix is written so)."""
+    return RecipeError(f"{where}: {_error_body(exc, root, command_line)}")
+
+
+def _error_body(exc: Exception, root: Any, command_line: bool = False) -> str:
+    """What an omegaconf error says about the key, without naming where the value came from."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
 
@@ -81,22 +90,64 @@ def describe_error(exc: Exception, where: str, root: Any) -> RecipeError:
         moved = getattr(OmegaConf.get_type(parent), "MOVED_KEYS", {}) if OmegaConf.is_config(parent) else {}
         if leaf in moved:  # a key its config class retired ({leaf: (the key now, why)}): name the new one
             now, why = moved[leaf]
-            return RecipeError(f"{where}: key '{key}' is gone: set '{(parent_key + '.') if parent_key else ''}{now}' ({why})")
+            return f"key '{key}' is gone: set '{(parent_key + '.') if parent_key else ''}{now}' ({why})"
         hint = difflib.get_close_matches(leaf, _known_keys(parent), n=1)
         suggestion = f"; did you mean '{(parent_key + '.') if parent_key else ''}{hint[0]}'?" if hint else ""
         known = ", ".join(_known_keys(parent))
-        return RecipeError(f"{where}: unknown key '{key}'{suggestion} (known keys here: {known})")
+        return f"unknown key '{key}'{suggestion} (known keys here: {known})"
     if isinstance(exc, MissingMandatoryValue):
-        return RecipeError(f"{where}: required key '{key}' has no value; set it in the recipe or pass {key}=...")
+        return f"required key '{key}' has no value; set it in the recipe or pass {key}=..."
     if isinstance(exc, ValidationError):
-        return RecipeError(f"{where}: wrong type for key '{key}': {msg}")
-    return RecipeError(f"{where}: key '{key}': {msg}")
+        mapping = _mapping_example(exc, str(key), root, command_line)
+        return mapping or f"wrong type for key '{key}': {msg}"
+    return f"key '{key}': {msg}"
+
+
+def _mapping_example(exc: Exception, key: str, root: Any, command_line: bool) -> str | None:
+    """For a mapping key given one value (``predictions=results.jsonl``): how to write a mapping,
+    with the config class's example name for it (``EXAMPLE_NAMES``: ``{"predictions": "cac"}``)."""
+    from omegaconf import OmegaConf
+
+    value = getattr(exc, "value", None)
+    try:
+        node = OmegaConf.select(root, key) if OmegaConf.is_config(root) else None
+    except Exception:
+        node = None
+    if not OmegaConf.is_dict(node) or isinstance(value, (dict, list)) or OmegaConf.is_config(value):
+        return None
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(root, parent_key) if parent_key else root
+    names = getattr(OmegaConf.get_type(parent), "EXAMPLE_NAMES", {}) if OmegaConf.is_config(parent) else {}
+    example = f"{{{names.get(leaf, 'NAME')}: {value}}}"
+    if command_line:
+        return f"key '{key}' takes a mapping of names to values, not {value!r}: write '{key}={example}' (quoted, a space after the colon)"
+    return f"key '{key}' takes a mapping of names to values, not {value!r}: write {leaf}: {example}"
+
+
+# The recipe the running job was configured from (None: defaults and command-line values only),
+# set by the CLI around a job (:func:`running_recipe`) so that a "no such file" message speaks of
+# recipes only when there is one.
+_RUNNING_RECIPE: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def running_recipe(recipe: str | Path | None):
+    """While a job runs: which recipe configured it (``relative_path_hint`` reads it)."""
+    previous = _RUNNING_RECIPE[0]
+    _RUNNING_RECIPE[0] = None if recipe is None else str(recipe)
+    try:
+        yield
+    finally:
+        _RUNNING_RECIPE[0] = previous
 
 
 def relative_path_hint(path: str | Path) -> str:
-    """For a "no such file" message: how a relative path in a recipe was looked for."""
+    """For a "no such file" message: how a relative path was looked for (in a recipe: also among
+    the shipped recipes)."""
     if Path(path).is_absolute():
         return ""
+    if _RUNNING_RECIPE[0] is None:
+        return f" (a relative path is resolved from the current folder, {Path.cwd()}: run from the folder that holds it, or give an absolute path)"
     return (
         f" (relative paths in recipes are resolved from the current folder, {Path.cwd()}, and a path under recipes/ "
         "from the shipped recipes when the current folder has no such file: run from the folder the recipe was "
@@ -160,24 +211,36 @@ def check_finite(data: Any, where: str, prefix: str = "") -> None:
     a nested reward section) is a :class:`RecipeError` naming the key. One rule for all keys, so
     no setting silently takes NaN (which compares false with everything) or infinity.
     Missing values (``???``) are skipped: their own error names them."""
+    found = _nonfinite(data, prefix)
+    if found is not None:
+        raise RecipeError(f"{where}: {found}")
+
+
+def _nonfinite(data: Any, prefix: str = "") -> str | None:
+    """What :func:`check_finite` says of the first number that is not finite, or None."""
     if isinstance(data, dict):
-        for key, value in data.items():
-            check_finite(value, where, f"{prefix}{key}.")
+        items = [(f"{prefix}{key}.", value) for key, value in data.items()]
     elif isinstance(data, (list, tuple)):
-        for i, value in enumerate(data):
-            check_finite(value, where, f"{prefix.rstrip('.')}[{i}].")
+        items = [(f"{prefix.rstrip('.')}[{i}].", value) for i, value in enumerate(data)]
     elif isinstance(data, float) and not math.isfinite(data):
-        raise RecipeError(f"{where}: key '{prefix.rstrip('.')}' is {data}; every number in a recipe must be finite")
+        return f"key '{prefix.rstrip('.')}' is {data}; every number in a recipe must be finite"
+    else:
+        return None
+    for key, value in items:
+        found = _nonfinite(value, key)
+        if found is not None:
+            return found
+    return None
 
 
-def _merge(base: Any, other: Any, where: str) -> Any:
+def _merge(base: Any, other: Any, where: str, command_line: bool = False) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
-        raise describe_error(exc, where, base) from None
+        raise describe_error(exc, where, base, command_line=command_line) from None
 
 
 def read_recipe_file(path: Path) -> dict:
@@ -199,16 +262,102 @@ def read_recipe_file(path: Path) -> dict:
     return resolve_shipped_paths(container)
 
 
-def _parse_overrides(overrides: Sequence[str]) -> Any:
+# `{cac:path}`: YAML's flow mapping needs a space after the colon, or `cac:path` is one key with
+# no value. The fix shown: a space after the first colon of each key that follows `{` or `,`, and
+# one after each such comma (`{a:1,b:2}` -> `{a: 1, b: 2}`).
+_GLUED_COLON = re.compile(r"([{,]\s*)([^:{},\s]+):(?!\s)")
+
+
+def _glued_key(data: Any) -> str | None:
+    """A key of a parsed mapping that holds a colon and no value (``{cac:path}`` read by YAML), or None."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if value is None and isinstance(key, str) and ":" in key:
+                return key
+            found = _glued_key(value)
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for value in data:
+            found = _glued_key(value)
+            if found is not None:
+                return found
+    return None
+
+
+def _parse_overrides(overrides: Sequence[str], where: str = "command line") -> Any:
     from omegaconf import OmegaConf
 
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise RecipeError(f"command-line override {item!r} must look like key=value")
+            raise RecipeError(f"{where}: {item!r} must look like key=value")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        parsed = OmegaConf.from_dotlist(list(overrides))
     except Exception as exc:
-        raise RecipeError(f"command-line overrides {list(overrides)}: {exc}") from None
+        raise RecipeError(f"{where}: {list(overrides)}: {exc}") from None
+    for item in overrides:
+        glued = _glued_key(OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=False))
+        if glued is not None:
+            key, _, value = item.partition("=")
+            fixed = _GLUED_COLON.sub(lambda m: ("{" if m.group(1).startswith("{") else ", ") + m.group(2) + ": ", value)
+            raise RecipeError(f"{where}: {item!r} reads {glued!r} as a name with no value; put a space after the colon "
+                              f"(and quote it): '{key}={fixed}'")
+    return parsed
+
+
+class _Invalid(Exception):
+    """A config that does not build; ``body`` says why, without naming where its values came from."""
+
+    def __init__(self, body: str):
+        super().__init__(body)
+        self.body = body
+
+
+def _build(merged: Any, recipe: str | Path | None, command_line: bool) -> Any:
+    """The config object of ``merged`` (every check run: types, finite numbers, ``__post_init__``)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        container = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise _Invalid(_error_body(exc, merged, command_line)) from None
+    found = _nonfinite(container)
+    if found is not None:
+        raise _Invalid(found)
+    try:
+        with running_recipe(recipe):  # a check's "no such file" speaks of recipes only when there is one
+            return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _Invalid(_error_body(exc, merged, command_line)) from None
+    except (ValueError, TypeError) as exc:  # raised by a config's __post_init__ checks
+        raise _Invalid(str(exc)) from None
+
+
+def _overrides_at_fault(from_recipe: Any, recipe: str | Path, overrides: Sequence[str], body: str) -> bool:
+    """Whether a config that fails with ``body`` fails because of the command line: the recipe
+    (with only the overrides that give its required keys a value) builds, or fails otherwise."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    def fills_a_required_key(item: str) -> bool:
+        try:
+            OmegaConf.select(from_recipe, item.partition("=")[0], throw_on_missing=True)
+        except MissingMandatoryValue:
+            return True
+        except Exception:
+            return False
+        return False
+
+    fillers = [item for item in overrides if fills_a_required_key(item)]
+    try:
+        base = OmegaConf.merge(from_recipe, OmegaConf.from_dotlist(fillers)) if fillers else from_recipe
+        _build(base, recipe, command_line=False)
+    except _Invalid as exc:
+        return exc.body != body
+    except Exception:
+        return True
+    return True
 
 
 def load_config(
@@ -229,32 +378,32 @@ def load_config(
         An instance of ``config_cls`` (nested dataclasses instantiated).
 
     Raises:
-        RecipeError: naming the recipe file (or "command line") and the offending key.
+        RecipeError: naming where the bad value came from (the recipe file, ``<recipe>
+            (command-line override)``, or ``command line`` when there is no recipe) and the key.
     """
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
-    where = str(recipe) if recipe is not None else "defaults"
-    schema = OmegaConf.structured(config_cls)
-    merged = schema
+    # where a value came from: the recipe, or the command line (over a recipe, or alone)
+    command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
+    from_recipe = OmegaConf.structured(config_cls)
     if recipe is not None:
         data = read_recipe_file(Path(recipe))
         recipe_job = data.pop("job", None)
         if job is not None and recipe_job is not None and recipe_job != job:
             raise RecipeError(f"{recipe}: this recipe is for job '{recipe_job}', not '{job}'")
-        merged = _merge(merged, data, str(recipe))
-    if overrides:
-        merged = _merge(merged, _parse_overrides(overrides), f"{where} (command-line override)")
+        from_recipe = _merge(from_recipe, data, str(recipe))
+    merged = _merge(from_recipe, _parse_overrides(overrides, command_line), command_line, command_line=True) if overrides else from_recipe
     try:
-        container = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise describe_error(exc, where, merged) from None
-    check_finite(container, where)
-    try:
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise describe_error(exc, where, merged) from None
-    except (ValueError, TypeError) as exc:  # raised by a config's __post_init__ checks
-        raise RecipeError(f"{where}: {exc}") from None
+        return _build(merged, recipe, command_line=bool(overrides))
+    except _Invalid as exc:
+        # a check that fails after the merge (a reward section's unknown key, a value out of range)
+        # names the command line when the recipe alone passes it
+        if recipe is None:
+            where = command_line
+        elif overrides and _overrides_at_fault(from_recipe, recipe, overrides, exc.body):
+            where = command_line
+        else:
+            where = str(recipe)
+        raise RecipeError(f"{where}: {exc.body}") from None

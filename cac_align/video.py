@@ -13,9 +13,13 @@ are half-open, ``[start_s, end_s)``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ __all__ = [
     "Video",
     "VideoError",
     "load_video",
+    "open_video_reader",
     "save_video",
     "save_wav",
     "sample_times",
@@ -358,12 +363,76 @@ def _to_numpy(source: Any) -> np.ndarray | None:
     return None
 
 
-def _read_frames(path: Path, indices: np.ndarray) -> np.ndarray:
-    """Frames ``indices`` of a video file, (K, H, W, 3) uint8 (decord reads by index)."""
+# decord's own C++ log line for a file it cannot open ("[05:20:48] /github/workspace/src/video/
+# video_reader.cc:83: ERROR opening: x.mp4, Invalid data found ..."): printed on fd 2 before the
+# exception that we turn into one line of our own; no decord setting silences it.
+_DECORD_OPEN_ERROR = re.compile(rb"video_reader\.cc:\d+: ERROR opening")
+_STDERR_LOCK = threading.Lock()
+_DECORD_QUIET: list[bool] = [False]
+
+
+def _decord() -> Any:
+    """decord, with ffmpeg's logging off (``decord.logging.set_level``, decord's own switch): a file
+    ffmpeg cannot read ("moov atom not found") is reported by us, once, naming the file."""
     import decord
 
+    if not _DECORD_QUIET[0]:
+        decord.logging.set_level(decord.logging.QUIET)
+        _DECORD_QUIET[0] = True
+    return decord
+
+
+@contextlib.contextmanager
+def _without_decord_noise() -> Any:
+    """While decord opens a file, what is written to fd 2 goes to a temporary file; afterwards
+    everything but decord's "ERROR opening" line is written on (another thread's progress bar,
+    a warning), so nothing else is lost. One thread at a time; without a usable fd 2, a no-op."""
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        if saved is None:
+            yield
+            return
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                kept = b"".join(line for line in captured.read().splitlines(keepends=True) if not _DECORD_OPEN_ERROR.search(line))
+                if kept:
+                    os.write(2, kept)
+
+
+def open_video_reader(path: str | Path) -> Any:
+    """``decord.VideoReader`` of a video file (CPU, one thread), without decord's and ffmpeg's
+    native log lines: a file it cannot open raises, and the caller reports it in its own words.
+
+    Raises:
+        VideoError: an empty (0-byte) file, named as such.
+        Exception: decord's own error for any other file it cannot open.
+    """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise VideoError(f"video {path} is an empty file (0 bytes): write it again, or remove it")
+    decord = _decord()
+    with _without_decord_noise():
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+
+
+def _read_frames(path: Path, indices: np.ndarray) -> np.ndarray:
+    """Frames ``indices`` of a video file, (K, H, W, 3) uint8 (decord reads by index)."""
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = open_video_reader(path)
         if reader[0].shape[-1] == 3:
             return reader.get_batch(indices.tolist()).asnumpy()
         # decord 0.6 mis-strides some narrow widths (16 or 48 px) and reports 4- or 6-channel
@@ -380,12 +449,12 @@ def _decode_file(path: Path, fps: float | None, lazy: bool = False) -> Video:
         raise VideoError(f"video file not found: {path}")
     if not path.is_file():
         raise VideoError(f"video path is not a file: {path}")
-    import decord
-
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = open_video_reader(path)
         total = len(reader)
         source_fps = float(reader.get_avg_fps())
+    except VideoError:
+        raise
     except Exception as exc:  # decord raises its own DECORDError or RuntimeError
         raise VideoError(f"could not decode video {path}: {exc.__class__.__name__}: {exc}") from None
     if total < 1:

@@ -84,6 +84,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 
 def test_ctrl_c_says_how_a_resumable_job_continues(tmp_path, monkeypatch, capsys):
     from cac_align.jobs import JobSpec
+    from cac_align.run.folder import RunFolder
 
     def interrupted(self):
         def run(config):
@@ -92,10 +93,27 @@ def test_ctrl_c_says_how_a_resumable_job_continues(tmp_path, monkeypatch, capsys
         return run
 
     monkeypatch.setattr(JobSpec, "runner", interrupted)
+    # its run is recorded in out_dir (a run that got going, or an earlier one): resume says how
+    RunFolder(tmp_path, "train-cac", ["checkpoints"], {}).start()
     assert main(["train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage1_tiny.yaml"), f"out_dir={tmp_path}"]) == 130
     assert capsys.readouterr().err == (
         "cac-align train-cac: interrupted; rerun the same command with resume=true to continue from its last saved checkpoint\n"
     )
+
+
+def test_ctrl_c_before_a_run_started_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    """repair stopped while its models load has recorded nothing: no "finished videos are kept"."""
+    import cac_align.rewards.registry
+
+    def loading(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cac_align.rewards.registry, "build_reward", loading)
+    out = tmp_path / "repair"
+    assert main(["repair", "--config", str(REPO_ROOT / "recipes/align/repair_tiny.yaml"), f"out_dir={out}"]) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"cac-align repair: interrupted before its run started (nothing recorded in {out}); rerun the same command to start it", err
+    assert not (out / "cac_align_run.json").exists()
 
 
 def test_print_config_shows_resolved_values(capsys):
@@ -138,6 +156,19 @@ def test_make_tiny_writes_loadable_models_and_resumes(tmp_path, capsys):
     assert main(["make-tiny", "-c", str(recipe), f"out_dir={tmp_path}", "models=[qwen3_vl]"]) == 0
     assert "kept existing" in capsys.readouterr().out
     assert (tmp_path / "qwen3_vl/model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_make_tiny_renders_the_videos_the_tiny_convert_rows_name(tmp_path, capsys):
+    # the first step of docs/train_your_own_cac.md's offline road (run whole there, from an empty folder)
+    assert main(["make-tiny", "--config", "tiny/convert_tiny_videos", f"out_dir={tmp_path}"]) == 0
+    from cac_align.data.convert.tiny import CONVERT_TINY_VIDEOS
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]  # no model
+    assert sorted(p.stem for p in (tmp_path / "videos").glob("*.mp4")) == sorted(CONVERT_TINY_VIDEOS)
+    assert (tmp_path / "videos/frames/v_fake_pixels/000.jpg").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == f"convert_videos: wrote 12 videos in {tmp_path / 'videos'} (the ones recipes/data/convert_tiny.yaml's rows name)"
+    assert main(["make-tiny", "--config", "tiny/convert_tiny_videos", f"out_dir={tmp_path}", "convert_videos=false"]) == 2
+    assert "list at least one tiny model (or set convert_videos: true)" in capsys.readouterr().err
 
 
 def test_make_tiny_needs_out_dir(capsys):

@@ -1,6 +1,7 @@
 """Bad settings and inputs end a job with one line naming the problem and exit status 2, never a
 traceback: an out_dir that is a file, a device this machine lacks, a malformed server URL, a
-missing LoRA, an oversized synth frame, an empty manifest, a prompt that is not text."""
+missing LoRA, an oversized synth frame, an empty manifest, a prompt that is not text; a mapping
+written as people type it; the source of a bad value (the recipe or the command line)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,51 @@ def test_a_recipe_run_from_elsewhere_says_where_relative_paths_were_looked_for(t
     code = main(["score", "--config", str(recipe), "--out", str(tmp_path / "o")])
     _one_line_error(capsys, code, "synth='scenes/default.yaml'", f"resolved from the current folder, {tmp_path}",
                     "a path under recipes/ from the shipped recipes")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["eval", "bench", "annotations=a.jsonl", "predictions={cac:outputs/score_demo/results.jsonl}"],
+         "cac-align eval-bench: error: command line: 'predictions={cac:outputs/score_demo/results.jsonl}' reads "
+         "'cac:outputs/score_demo/results.jsonl' as a name with no value; put a space after the colon (and quote it): "
+         "'predictions={cac: outputs/score_demo/results.jsonl}'"),
+        (["train-cac", "--config", "cac/stage1_tiny", "data.splits={stage1:1.0,stage2:0.0,stage3:0.0,eval:0.0}"],
+         "cac-align train-cac: error: cac/stage1_tiny (command-line override): 'data.splits={stage1:1.0,stage2:0.0,stage3:0.0,eval:0.0}' "
+         "reads 'stage1:1.0' as a name with no value; put a space after the colon (and quote it): "
+         "'data.splits={stage1: 1.0, stage2: 0.0, stage3: 0.0, eval: 0.0}'"),
+        # one value where a mapping goes: the example the empty case gives, with the user's value
+        (["eval", "bench", "annotations=a.jsonl", "predictions=results.jsonl"],
+         "cac-align eval-bench: error: command line: key 'predictions' takes a mapping of names to values, not "
+         "'results.jsonl': write 'predictions={cac: results.jsonl}' (quoted, a space after the colon)"),
+        (["eval", "bench", "annotations=a.jsonl"],
+         "cac-align eval-bench: error: command line: predictions is empty: give at least one system, e.g. "
+         "'predictions={cac: runs/score/results.jsonl}'"),
+        # a typo inside the reward section, typed on the command line, as a top-level one is labelled
+        (["score", "--config", "score/cac_demo", "reward.modle.name=x"],
+         "cac-align score: error: score/cac_demo (command-line override): reward: unknown key 'modle'; did you mean 'model'? "
+         "(known keys here: model, options, source_fps)"),
+    ],
+)
+def test_a_bad_value_is_blamed_on_where_it_was_written_with_the_fix(argv, expected, capsys):
+    code = main(argv)
+    assert code == 2 and capsys.readouterr().err == expected + "\n"  # one line, exactly
+
+
+def test_the_same_typo_in_a_recipe_is_the_recipes(tmp_path, capsys):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text((REPO_ROOT / "recipes/score/cac_demo.yaml").read_text().replace("  model:", "  modle:", 1))
+    assert "modle:" in recipe.read_text()
+    code = main(["score", "--config", str(recipe), f"out_dir={tmp_path / 'o'}"])
+    assert code == 2 and capsys.readouterr().err == (
+        f"cac-align score: error: {recipe}: reward: unknown key 'modle'; did you mean 'model'? (known keys here: model, options, source_fps)\n"
+    )
+
+
+def test_a_missing_file_without_a_recipe_says_nothing_of_recipes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["eval", "bench", "annotations=a.jsonl", "predictions={cac: r.jsonl}", f"out_dir={tmp_path / 'o'}"])
+    assert code == 2 and capsys.readouterr().err == (
+        f"cac-align eval-bench: error: annotations file a.jsonl does not exist (a relative path is resolved from the "
+        f"current folder, {tmp_path}: run from the folder that holds it, or give an absolute path)\n"
+    )

@@ -101,6 +101,20 @@ def test_post_init_check_is_reported_with_recipe(tmp_path):
         load_config(_Job, recipe)
 
 
+def test_a_check_after_the_merge_names_the_source_of_the_bad_value(tmp_path):
+    # steps=0 fails __post_init__: the recipe's value, or the command line's over a good recipe
+    # (the command line also gives the recipe's required value: the recipe is still to blame)
+    with pytest.raises(RecipeError, match=r"^[^ ]*recipe.yaml: steps must be > 0, got 0$"):
+        load_config(_Job, _write(tmp_path, "steps: 0\n"), ["model=tiny"])
+    with pytest.raises(RecipeError, match=r"recipe.yaml \(command-line override\): steps must be > 0, got 0$"):
+        load_config(_Job, _write(tmp_path, "model: tiny\n"), ["steps=0"])
+    # no recipe: the values are the command line's, not some source called "defaults"
+    with pytest.raises(RecipeError, match=r"^command line: steps must be > 0, got 0$"):
+        load_config(_Job, None, ["model=tiny", "steps=0"])
+    with pytest.raises(RecipeError, match=r"^command line: required key 'model' has no value"):
+        load_config(_Job, None, [])
+
+
 def test_invalid_yaml_and_missing_file(tmp_path):
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_config(_Job, _write(tmp_path, "model: [unclosed\n"))

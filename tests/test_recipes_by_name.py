@@ -68,5 +68,9 @@ def test_recipes_lists_and_copies(tmp_path, monkeypatch, capsys):
     assert main(["recipes", "cp", "score/cac_demo", "into"]) == 0 and (tmp_path / "into/cac_demo.yaml").is_file()
     assert main(["recipes", "cp", "score/cac_demo", "into"]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
+    # a file a recipe reads (the tiny rows of data/convert_tiny) copies out to read, by the name docs give
+    assert main(["recipes", "cp", "data/convert_tiny_labels.csv", "into"]) == 0
+    assert (tmp_path / "into/convert_tiny_labels.csv").read_bytes() == (SHIPPED_RECIPES / "data/convert_tiny_labels.csv").read_bytes()
+    assert capsys.readouterr().out == f"copied {SHIPPED_RECIPES / 'data/convert_tiny_labels.csv'} to into/convert_tiny_labels.csv\n"
     # the copy runs from here: its synth path still resolves to the shipped recipe
     assert main(["score", "--config", "into/cac_demo.yaml", "synth_videos=1", "out_dir=copied"]) == 0

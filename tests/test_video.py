@@ -170,11 +170,33 @@ def test_missing_file_names_the_path(tmp_path):
         load_video(tmp_path / "nope.mp4")
 
 
-def test_corrupt_file_names_the_path(tmp_path):
+def test_corrupt_file_names_the_path(tmp_path, capfd):
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
     with pytest.raises(VideoError, match="could not decode video .*corrupt.mp4"):
         load_video(bad)
+    # our one line is the report: none of decord's or ffmpeg's native lines reach the terminal
+    # ("video_reader.cc:83: ERROR opening: ...", "moov atom not found")
+    assert capfd.readouterr().err == ""
+
+
+def test_an_empty_file_is_called_an_empty_file(tmp_path, capfd):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(VideoError, match=r"^video .*empty.mp4 is an empty file \(0 bytes\): write it again, or remove it$"):
+        load_video(empty)
+    assert capfd.readouterr().err == ""
+
+
+def test_only_decords_open_error_is_dropped_from_stderr(capfd):
+    import os
+
+    from cac_align.video import _without_decord_noise
+
+    with _without_decord_noise():
+        os.write(2, b"[05:20:48] /github/workspace/src/video/video_reader.cc:83: ERROR opening: x.mp4, Invalid data\n")
+        os.write(2, b"scoring: 1/3 (another thread's progress bar)\n")
+    assert capfd.readouterr().err == "scoring: 1/3 (another thread's progress bar)\n"
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The install most users make: a wheel, not an editable checkout. Builds this checkout's wheel,
-# installs it into a fresh venv (nothing of the checkout on the path), and runs README's main job
-# by name from an empty folder: 16 videos, every one valid.
+# installs it into a fresh venv (nothing of the checkout on the path), and, each from an empty
+# folder: runs README's main job by name (16 videos, every one valid), then the offline road of
+# docs/train_your_own_cac.md as written (the bash block after `<!-- offline-check -->`: tiny rows
+# and videos from the package, convert, synth-cot, three stages, score, bench, export, flow-grpo).
 #
-#   bash tests/wheel_check.sh [VENV]      # default: .venv-wheel (removed afterwards; about 3 minutes)
+#   bash tests/wheel_check.sh [VENV]      # default: .venv-wheel (removed afterwards; about 4 minutes)
 #
 # `python -m build` must print no package-data warning (a recipes/ or models/ file setuptools was
 # not told about is left out of the wheel, or warned about and shipped by accident).
@@ -11,8 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 VENV="${1:-.venv-wheel}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac  # a relative VENV is under the checkout
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK" "$ROOT/$VENV" "$ROOT/build"' EXIT
+trap 'rm -rf "$WORK" "$VENV" "$ROOT/build"' EXIT
 
 # 1. the wheel, with no warning about package data
 python3 -m venv "$WORK/build-env"
@@ -32,8 +35,8 @@ python3 -m venv "$VENV"
 # 3. README's main job by name, from an empty folder, with the installed package only
 mkdir "$WORK/empty"
 cd "$WORK/empty"
-env -u PYTHONPATH "$ROOT/$VENV/bin/cac-align" score --config score/cac_demo > "$WORK/score.log" 2>&1 || { tail -20 "$WORK/score.log"; exit 1; }
-"$ROOT/$VENV/bin/python" - "$ROOT" <<'PY'
+env -u PYTHONPATH "$VENV/bin/cac-align" score --config score/cac_demo > "$WORK/score.log" 2>&1 || { tail -20 "$WORK/score.log"; exit 1; }
+env -u PYTHONPATH "$VENV/bin/python" - "$ROOT" <<'PY'
 import json, sys
 from pathlib import Path
 
@@ -48,3 +51,24 @@ assert len(rows) == 16 and valid == 16, f"{valid} of {len(rows)} valid"
 assert Path("outputs/score_demo/report.html").is_file()
 print(f"wheel check: {len(rows)} videos, {valid} valid, from {where.parent}")
 PY
+
+# 4. docs/train_your_own_cac.md's offline road, as written, from another empty folder: only the
+# installed `cac-align` on the path (the block may not call anything else, e.g. a checkout script)
+mkdir "$WORK/guide"
+env -u PYTHONPATH "$VENV/bin/python" - "$ROOT/docs/train_your_own_cac.md" > "$WORK/guide.sh" <<'PY'
+import re, shlex, sys
+
+text = open(sys.argv[1], encoding="utf-8").read()
+block = re.search(r"<!-- offline-check -->\s*```bash\n(.*?)```", text, re.S)
+assert block, "no bash block after <!-- offline-check --> in docs/train_your_own_cac.md"
+lines = [line for line in re.sub(r"\\\n\s*", " ", block.group(1)).splitlines() if line.strip() and not line.lstrip().startswith("#")]
+programs = sorted({shlex.split(line)[0] for line in lines})
+assert programs == ["cac-align"], f"the offline block runs {programs}, not only cac-align"
+print("\n".join(lines))
+PY
+cd "$WORK/guide"
+env -u PYTHONPATH PATH="$VENV/bin:$PATH" bash -euo pipefail "$WORK/guide.sh" > "$WORK/guide.log" 2>&1 || { tail -30 "$WORK/guide.log"; exit 1; }
+lora="outputs/public_tiny/flow_grpo/lora"
+test -f "$lora/pytorch_lora_weights.safetensors" && test ! -e outputs/public_tiny/flow_grpo/checkpoints || { tail -30 "$WORK/guide.log"; exit 1; }
+grep -qF "flow-grpo: done; LoRA in $lora (generator.lora=$lora samples with it)" "$WORK/guide.log" || { tail -30 "$WORK/guide.log"; exit 1; }
+echo "wheel check: docs/train_your_own_cac.md's offline road ran as written ($(wc -l < "$WORK/guide.sh") commands), from $WORK/guide"

@@ -60,7 +60,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from omegaconf import MISSING
@@ -97,6 +97,9 @@ class BenchConfig:
         overwrite: replace a bench run of another config in ``out_dir`` (its outputs only).
     """
 
+    # the name a "takes a mapping" error writes in its example (cac_align.config)
+    EXAMPLE_NAMES: ClassVar[dict[str, str]] = {"predictions": "cac"}
+
     annotations: str = MISSING
     predictions: dict[str, str] = field(default_factory=dict)
     out_dir: str = "outputs/bench"
@@ -115,7 +118,7 @@ class BenchConfig:
         if self.match not in ("path", "name"):
             raise ValueError(f"match must be 'path' or 'name', got {self.match!r}")
         if not self.predictions:
-            raise ValueError("predictions is empty: give at least one system, e.g. predictions={cac: runs/score/results.jsonl}")
+            raise ValueError("predictions is empty: give at least one system, e.g. 'predictions={cac: runs/score/results.jsonl}'")
         if self.long_s <= 0 or not 0 < self.large_area < 1:
             raise ValueError(f"need long_s > 0 and 0 < large_area < 1, got {self.long_s}, {self.large_area}")
         if not 0 <= self.bias_low < self.bias_high <= 1:

@@ -50,7 +50,7 @@ _RESUME_CHECKPOINT = "rerun the same command with resume=true to continue from i
 # (module in cac_align.jobs, CLI name, config class as "module:Class" or a class name in the
 #  job module, help, how an interrupted run resumes)
 _TABLE: list[tuple[str, str, str, str, str | None]] = [
-    ("make_tiny", "make-tiny", "MakeTinyConfig", "build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them", None),
+    ("make_tiny", "make-tiny", "MakeTinyConfig", "build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them (convert_videos: the videos the tiny convert rows name)", None),
     ("convert", "convert", "ConvertConfig", "convert public labelled sets (ViF-CoT-4K, VideoPhy-2) or your own labels into annotations.jsonl, with a report", None),
     ("synth", "synth", "SynthConfig", "render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl", _RESUME_KEPT.format("videos")),
     ("serve", "serve", "ServeConfig", "start a vLLM server for a judge (CaC, UnifiedReward) that sees videos as in-process: our plugin, the right flags", None),

@@ -1,7 +1,7 @@
 """`cac-align convert`: public labelled sets (and your own labels) -> one annotation JSONL.
 
     cac-align convert --config recipes/data/convert.yaml                       # ViF-CoT-4K + VideoPhy-2
-    cac-align convert --config recipes/data/convert_tiny.yaml                  # offline: the fixtures of the tests
+    cac-align convert --config recipes/data/convert_tiny.yaml                  # offline: the shipped tiny rows (after make-tiny --config tiny/convert_tiny_videos)
 
 Each source names its format, its file and where its videos are:
 

@@ -25,7 +25,8 @@ those pairs (and, globally, from Best-of-N's best and worst candidates), with Lo
    the micro-batches' gradients accumulate into one AdamW update (linear warmup, then constant),
    clipped;
 4. **log and checkpoint**: ``metrics.jsonl`` (and TensorBoard / W&B) every step, a checkpoint
-   every ``checkpoint_every`` steps and at the end; the final LoRA in ``lora/``.
+   every ``checkpoint_every`` steps and at the last (``checkpoint_every: 0``: none); the final LoRA
+   in ``lora/``.
 
 Output directory: ``cac_align_run.json`` (the manifest; docs/run_folders.md), ``pairs.json`` (the
 pairs and the skipped rows), ``latents/``, ``metrics.jsonl``, ``checkpoints/step_NNNNNN/`` (as
@@ -100,7 +101,9 @@ class DpoConfig:
         mixed_precision: "no", "bf16" or "fp16" (accelerate autocast).
         gradient_checkpointing: recompute activations in the backward pass.
         seed: LoRA init, pair order, every pair's noise.
-        checkpoint_every: checkpoint every this many steps and at the end (0: only at the end).
+        checkpoint_every: checkpoint every this many steps and at the last step, which a finished
+            run resumes or extends from (0: no checkpoint at all; ``lora/`` is still written, but
+            a killed run starts again from step 0 and a finished one cannot be extended).
         keep_checkpoints: how many recent checkpoints to keep.
         log_with: "tensorboard", "wandb", "both" or "none" (``metrics.jsonl`` always).
         resume: continue from the latest checkpoint in ``out_dir``.
@@ -135,6 +138,8 @@ class DpoConfig:
         for name in ("steps", "pairs_per_step", "batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoint), got {self.checkpoint_every}")
         if isinstance(self.pairs, str):
             self.pairs = [self.pairs]
         if self.pairs != MISSING and not self.pairs:
@@ -351,8 +356,8 @@ class _Trainer:
             last = self.train_step(step)
             done = step + 1
             log_metrics(acc, self.out, done, last, trackers=config.log_with != "none")
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
-                self.checkpoint(done)
+            if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
+                self.checkpoint(done)  # checkpoint_every=0: none, not even the last (docs/dpo.md)
             progress.update(1)
             progress.set_postfix(loss=f"{last['train/loss']:.4f}", acc=f"{last['train/implicit_acc']:.2f}")
         progress.close()
@@ -435,6 +440,8 @@ class _Trainer:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
             save_expert_loras(self.unwrapped, target)
+            # the result line, as train-cac prints its model's folder
+            print(f"dpo: done; LoRA in {target} (generator.lora={target} samples with it)")
         end_trackers(acc)
 
 

@@ -14,7 +14,7 @@ import math
 import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -46,6 +46,9 @@ class ExpertConfig:
 
     action: str = "export"
     out_dir: str = "outputs/expert"
+    # the name a "takes a mapping" error writes in its example (cac_align.config)
+    EXAMPLE_NAMES: ClassVar[dict[str, str]] = {"systems": "base"}
+
     systems: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
     embed: bool = True

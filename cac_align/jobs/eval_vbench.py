@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from omegaconf import MISSING
 
@@ -38,6 +38,9 @@ class VBenchConfig:
             default: longer side at most 512), "shorter", "shorter_centercrop" or "None".
         overwrite: discard the scores already in ``out_dir`` instead of resuming.
     """
+
+    # the name a "takes a mapping" error writes in its example (cac_align.config)
+    EXAMPLE_NAMES: ClassVar[dict[str, str]] = {"systems": "base"}
 
     systems: dict[str, str] = field(default_factory=dict)
     dimensions: list[str] = field(default_factory=lambda: list(DIMENSIONS))

@@ -23,8 +23,8 @@ normalized UnifiedReward and CaC scores. Each training step:
    policy (the same transformer with the LoRA disabled); gradients accumulate over micro-batches
    and timesteps into ``updates_per_step`` AdamW updates, with gradient clipping;
 6. updates the EMA of the LoRA weights (optional), logs, evaluates on held-out prompts with
-   deterministic (ODE) sampling every ``eval_every`` steps, and checkpoints every
-   ``checkpoint_every`` steps.
+   deterministic (ODE) sampling every ``eval_every`` steps and at the last, and checkpoints every
+   ``checkpoint_every`` steps and at the last (``checkpoint_every: 0``: no checkpoint at all).
 
 Every random draw comes from a generator seeded by (seed, step, sample), so a run resumed from a
 checkpoint (``resume=true``) continues exactly as if it had not stopped, and the same recipe
@@ -160,14 +160,16 @@ class FlowGrpoConfig:
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         mixed_precision: "no", "bf16" or "fp16" (accelerate autocast).
         seed: base seed for prompt order, LoRA init and every sample's noise.
-        eval_every: evaluate every this many steps and at the end (0: only at the end).
+        eval_every: evaluate every this many steps and at the last (0: only at the last).
         eval_videos: held-out videos written to ``eval/`` per evaluation.
         eval_rewards: judges the run does not train on, by a label of yours (``{label: reward
             section}``): each scores the evaluation videos at every evaluation
             (``eval/<label>/mean``, ``eval/<label>/valid_fraction``) for the reward-hacking watch.
         watch: the reward-hacking watch over the trained reward and ``eval_rewards``
             (:mod:`cac_align.run.watch`: a warning, or a stop with ``stop: true``).
-        checkpoint_every: checkpoint every this many steps and at the end (0: only at the end).
+        checkpoint_every: checkpoint every this many steps and at the last step, which a finished
+            run resumes or extends from (0: no checkpoint at all; ``lora/`` is still written, but
+            a killed run starts again from step 0 and a finished one cannot be extended).
         keep_checkpoints: how many recent checkpoints to keep.
         log_with: "tensorboard", "wandb" (Weights & Biases, an optional extra), "both" or "none"
             (``metrics.jsonl`` is always written).
@@ -236,6 +238,10 @@ class FlowGrpoConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: only at the last step), got {self.eval_every}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: no checkpoint), got {self.checkpoint_every}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (advantages compare samples of one prompt), got {self.group_size}")
         if not 0.0 < self.timestep_fraction <= 1.0:
@@ -517,12 +523,13 @@ class _Trainer:
                 last.update(self.evaluate(done))
                 stop = self._watch(last)  # the trained reward against the held-out judges
             log_metrics(acc, self.out, done, last, trackers=config.log_with != "none")
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps or stop:
-                self.checkpoint(done)
+            if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps or stop):
+                self.checkpoint(done)  # checkpoint_every=0: none, not even the last (docs/flow_grpo.md)
             progress.update(1)
             progress.set_postfix(reward=f"{last.get('reward/mean', math.nan):.4f}")
             if stop:
-                log.error("flow-grpo: stopped at step %d by the reward-hacking watch (watch.stop); its checkpoint and LoRA are kept", done)
+                kept = "its checkpoint and LoRA are kept" if config.checkpoint_every else "its LoRA is kept (checkpoint_every=0: no checkpoint)"
+                log.error("flow-grpo: stopped at step %d by the reward-hacking watch (watch.stop); %s", done, kept)
                 break
         progress.close()
         return last
@@ -852,6 +859,8 @@ class _Trainer:
             shutil.rmtree(target, ignore_errors=True)
             with _ema_weights(self.unwrapped, self.ema):
                 save_expert_loras(self.unwrapped, target)
+            # the result line, as train-cac prints its model's folder
+            print(f"flow-grpo: done; LoRA in {target} (generator.lora={target} samples with it)")
         self.pool.shutdown(wait=True)
         end_trackers(acc)
 

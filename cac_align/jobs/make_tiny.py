@@ -1,8 +1,13 @@
-"""`cac-align make-tiny`: build the tiny random models and save them as model directories.
+"""`cac-align make-tiny`: build the tiny random models and save them as model directories; with
+``convert_videos: true``, also render the videos that the tiny public-set rows name.
 
 The saved directories load through the same code a real recipe uses for hub ids
 (``load_vlm`` / ``load_wan_pipeline``), so offline demos and tests can point a recipe's
 ``model:`` key at them. Random weights: outputs are meaningless, code paths are real.
+
+``recipes/tiny/convert_tiny_videos.yaml`` (``models: []``, ``convert_videos: true``) writes
+``outputs/public_tiny/videos``, the input of ``recipes/data/convert_tiny.yaml``: the first step of
+docs/train_your_own_cac.md's offline road, from any folder (:mod:`cac_align.data.convert.tiny`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ class MakeTinyConfig:
 
     Attributes:
         out_dir: folder that receives one sub-folder per model (``out_dir/qwen3_vl`` ...).
-        models: which tiny models to build (keys of ``TINY_BUILDERS``).
+        models: which tiny models to build (keys of ``TINY_BUILDERS``; may be empty with
+            ``convert_videos``).
+        convert_videos: also render the flat videos that the rows of
+            ``recipes/data/convert_tiny.yaml`` name, into ``out_dir/videos``.
         seed: seed of the random weights.
         overwrite: rebuild models whose folder already exists (otherwise they are kept, so a
             killed run resumes where it stopped).
@@ -45,6 +53,7 @@ class MakeTinyConfig:
 
     out_dir: str = MISSING
     models: list[str] = field(default_factory=lambda: ["qwen3_vl", "qwen2_5_vl", "wan"])
+    convert_videos: bool = False
     seed: int = 0
     overwrite: bool = False
 
@@ -52,12 +61,12 @@ class MakeTinyConfig:
         unknown = [m for m in self.models if m not in TINY_BUILDERS]
         if unknown:
             raise ValueError(f"models: unknown tiny model(s) {unknown}; choose from {list(TINY_BUILDERS)}")
-        if not self.models:
-            raise ValueError("models: list at least one tiny model")
+        if not self.models and not self.convert_videos:
+            raise ValueError("models: list at least one tiny model (or set convert_videos: true)")
 
 
 def run(config: MakeTinyConfig) -> dict[str, Path]:
-    """Build and save each requested tiny model; returns {name: directory}."""
+    """Build and save each requested tiny model (and the convert videos); returns {name: directory}."""
     from tqdm.auto import tqdm
 
     from cac_align.run.folder import share_modes
@@ -69,7 +78,7 @@ def run(config: MakeTinyConfig) -> dict[str, Path]:
         raise RecipeError(f"out_dir={str(out)!r} is a file, not a folder; choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name in tqdm(config.models, desc="tiny models", unit="model"):
+    for name in tqdm(config.models, desc="tiny models", unit="model", disable=not config.models):
         target = out / name
         # A complete save ends with its index/config file; a half-written folder is rebuilt.
         done_marker = target / (".complete")
@@ -81,4 +90,10 @@ def run(config: MakeTinyConfig) -> dict[str, Path]:
             done_marker.write_text("built by cac-align make-tiny\n")
             tqdm.write(f"{name}: wrote {target}")
         written[name] = target
+    if config.convert_videos:
+        from cac_align.data.convert.tiny import CONVERT_TINY_VIDEOS, make_convert_tiny_videos
+
+        written["convert_videos"] = make_convert_tiny_videos(out / "videos")
+        share_modes(out / "videos")
+        print(f"convert_videos: wrote {len(CONVERT_TINY_VIDEOS)} videos in {out / 'videos'} (the ones recipes/data/convert_tiny.yaml's rows name)")
     return written

@@ -7,7 +7,9 @@
 The ``reward:`` section names the reward (``cac``, ``unified_reward``, ``ur_cac``, ``combined``
 or a dotted path; see docs/rewards.md) with its arguments beside the name.
 
-Steps: 1. collect videos (a file, a folder, or a JSONL manifest with "video" and "prompt");
+Steps: 1. collect videos (a file, a folder, or a JSONL manifest with "video" and "prompt"; a
+folder's files that do not end like a video are left out and counted in the summary line, and a
+video that is empty or does not decode is a row marked invalid with the reason);
 2. build the reward; 3. score in batches (tqdm): each video is decoded once, scored, and (when
 the reward includes CaC) its evidence PNG drawn while the frames are in memory; each batch is
 appended to results.jsonl.partial, the pictures go to evidence.partial/; 4. once every video is
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
-from cac_align.run.input_files import collect_inputs
+from cac_align.run.input_files import collect_inputs, not_videos
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
     from cac_align.rewards.base import Reward
@@ -114,6 +116,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
         assert config.videos is not None
         paths, prompts = collect_inputs(config.videos, config.prompts)
         truths: list[dict | None] = [None] * len(paths)
+    skipped = not_videos(config.videos) if config.synth_videos == 0 and config.videos is not None else []
     if reward is None:
         reward = build_reward(config.reward, "reward")
     run_folder.start()
@@ -196,7 +199,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     localized = [row["graded"]["localized"] for row in judged if row.get("graded", {}).get("localized") is not None]
     if localized:
         agree += f", localized right for {sum(localized)} of the {len(localized)} anomalous videos called abnormal"
-    print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}")
+    print(f"scored {len(rows)} videos with {reward.name} ({valid} valid{agree}): {out / 'results.jsonl'}, {report}{_left_out(config.videos, skipped)}")
     if stopped is not None:
         raise BackendFailure(
             f"{stopped}; stopped after {len(rows)} of {len(paths)} videos (kept in results.jsonl): rerun when the server is back"
@@ -207,6 +210,16 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             "nothing was scored: fix the backend (is its server running?) and rerun"
         )
     return rows
+
+
+def _left_out(videos: str | None, skipped: list[str]) -> str:
+    """The summary's note on the files of a ``videos`` folder that are not videos (``notes.txt``),
+    which collecting left out; "" when there are none."""
+    if not skipped:
+        return ""
+    names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    what = "file in {} that is not a video" if len(skipped) == 1 else "files in {} that are not videos"
+    return f"; skipped {len(skipped)} {what.format(videos)} ({names})"
 
 
 def _stopped_rows(out: Path, paths: list[str], prompts: list[str | None]) -> list[dict]:

@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import logging
 import math
 import os
 import time
@@ -65,6 +66,8 @@ from cac_align.run.metrics import flush_wandb, trackers_for
 
 __all__ = ["TrainCaCConfig", "run"]
 
+log = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------------------
 # The job
@@ -74,7 +77,10 @@ def _prepare_out_dir(config: TrainCaCConfig) -> tuple[Path, str | None]:
     (folder, checkpoint to resume or None)."""
     folder = run_folder(config)
     folder.start()
-    return folder.path, _latest_checkpoint(folder.path) if folder.resuming else None
+    checkpoint = _latest_checkpoint(folder.path) if folder.resuming else None
+    if folder.resuming and checkpoint is None:
+        log.warning("resume=true but %s has no checkpoint yet: starting from step 0", folder.path)
+    return folder.path, checkpoint
 
 
 def _finished(checkpoint: str, max_steps: int, final: Path) -> bool:
@@ -170,6 +176,9 @@ def run(config: TrainCaCConfig) -> dict:
             print(f"train-cac stage {config.stage}: the run in {out} has finished (step {step}); its model is in {out / 'final'}; nothing to resume")
         rows = [row for _, row in read_jsonl_log(out / "metrics.jsonl") if isinstance(row, dict)]
         return rows[-1] if rows else {}
+    if checkpoint is not None and args.process_index == 0:  # say so, as stage 3, flow-grpo and dpo do
+        step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+        log.info("train-cac stage %d: resuming from %s (step %d)", config.stage, checkpoint, step)
 
     # 4. trainable parameters: LoRA on every linear layer (stage 1) or all of them (stage 2,
     # or stage 1 with finetune: full, for a model trained from scratch; freeze_vision keeps
@@ -257,7 +266,8 @@ def _training_arguments(config: TrainCaCConfig, out: Path, do_eval: bool) -> Tra
         logging_steps=t.logging_steps,
         eval_strategy="steps" if do_eval else "no",
         eval_steps=t.eval_steps if do_eval else None,
-        save_strategy="steps",
+        # save_steps 0: no checkpoint at all (transformers would still save one at the last step)
+        save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         seed=t.seed,

@@ -19,7 +19,7 @@ shares with ``cac-align flow-grpo`` (:mod:`cac_align.rl`). Each training step:
    ``train.per_device_batch_size`` rollouts accumulate into ``grpo.iterations`` AdamW updates,
    gradients all-reduced once per update;
 5. gathers every process's numbers and logs them (``metrics.jsonl`` + accelerate's tracker);
-6. checkpoints every ``train.save_steps`` steps.
+6. checkpoints every ``train.save_steps`` steps and at the last (``save_steps: 0``: none).
 
 **π_old.** With ``grpo.iterations = 1`` (default) each batch drives one optimizer update, so
 π_old is the current policy: ``old = logp.detach()``, the ratio is exactly 1 and its gradient
@@ -231,7 +231,7 @@ class _Trainer:
             if acc.is_main_process and summaries:
                 with (self.out / "rollouts.jsonl").open("a") as handle:
                     handle.writelines(json.dumps(s) + "\n" for s in summaries)
-            if done % t.save_steps == 0 or done == self.total_steps:
+            if t.save_steps and (done % t.save_steps == 0 or done == self.total_steps):  # 0: no checkpoint
                 save_checkpoint(acc, self.out, done, lambda folder: acc.save_state(str(folder)), {}, t.save_total_limit)
             progress.update(1)
             progress.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}", kl=f"{metrics.get('kl', 0.0):.2e}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cac_align.config import RecipeError, relative_path_hint
 
-__all__ = ["VIDEO_SUFFIXES", "collect_inputs", "read_prompts", "slug"]
+__all__ = ["VIDEO_SUFFIXES", "collect_inputs", "not_videos", "read_prompts", "slug"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
@@ -57,6 +57,16 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
             raise RecipeError(f"prompts={prompts!r} has {len(lines)} lines but videos={videos!r} gives {len(paths)} videos")
         return paths, list(lines)
     return paths, manifest_prompts or [None] * len(paths)
+
+
+def not_videos(videos: str) -> list[str]:
+    """The files of a ``videos`` folder that :func:`collect_inputs` leaves out because their names
+    do not end like a video (``notes.txt``), sorted; hidden files and sub-folders are not counted.
+    [] for a file or a manifest."""
+    path = Path(videos)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in VIDEO_SUFFIXES)
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

@@ -1,5 +1,6 @@
-"""`cac-align convert`: ViF-CoT-4K, VideoPhy-2 and a team's own labels, from fixtures in their
-shapes (tests/fixtures/convert), into annotation records; the report; the output trains stage 2."""
+"""`cac-align convert`: ViF-CoT-4K, VideoPhy-2 and a team's own labels, from rows in their shapes
+(shipped beside recipes/data/convert_tiny.yaml; cac_align.data.convert.tiny), into annotation
+records; the report; the output trains stage 2."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from cac_align.config import RecipeError
 from cac_align.jobs.convert import ConvertConfig, ConvertSource, run
 from conftest import REPO_ROOT
 
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "convert"
+ROWS = REPO_ROOT / "recipes" / "data"  # convert_tiny_*: shipped with the package
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """The fixtures beside their videos: 4 s at 8 fps, 64x48 (32 frames); ViF-CoT's pixel row
-    lists 128x96 frames, the size its boxes refer to (tests/fixtures/convert/make_videos.py)."""
-    import runpy
+    """The tiny rows beside their videos: 4 s at 8 fps, 64x48 (32 frames); ViF-CoT's pixel row
+    lists 128x96 frames, the size its boxes refer to (cac_align.data.convert.tiny)."""
+    from cac_align.data.convert.tiny import make_convert_tiny_videos
 
     root = tmp_path_factory.mktemp("convert")
-    runpy.run_path(str(FIXTURES / "make_videos.py"))["make_videos"](root / "videos")
+    make_convert_tiny_videos(root / "videos")
     for name in ("vif_cot.json", "videophy2.jsonl", "labels.csv"):
-        shutil.copy(FIXTURES / name, root / name)
+        shutil.copy(ROWS / f"convert_tiny_{name}", root / name)
     return root
 
 

@@ -312,8 +312,10 @@ def test_status_only_records_train_in_stage3_with_their_terms_masked(cac_data, t
             record.anomalies = [Anomaly(type=a.type, frames=None, boxes={}, reason=a.reason, saliency=a.saliency) for a in record.anomalies]
     path = write_annotations(records, tmp_path / "status_only.jsonl")
     out = tmp_path / "run"
-    metrics = run(_recipe(path, out, "train.max_steps=1"))
+    # (and train.save_steps=0: no checkpoint at all, as in stages 1-2, where it once divided by zero)
+    metrics = run(_recipe(path, out, "train.max_steps=1", "train.save_steps=0"))
     assert math.isfinite(metrics["reward/total"])
+    assert not (out / "checkpoints").exists() and (out / "final/model.safetensors").is_file()
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     by_status = {}
     for rollout in rollouts:

@@ -320,7 +320,9 @@ def load_first_video(annotations):
     return str(annotations.parent / json.loads(annotations.read_text().splitlines()[0])["video"])
 
 
-def test_resume_continues_exactly(cac_data, tmp_path):
+def test_resume_continues_exactly(cac_data, tmp_path, caplog):
+    import logging
+
     from cac_align.jobs.train_cac import run
 
     common = ["train.max_steps=4", "train.save_steps=2", "train.eval_steps=0", "lora.dropout=0.1", "train.logging_steps=1"]
@@ -331,7 +333,10 @@ def test_resume_continues_exactly(cac_data, tmp_path):
     shutil.rmtree(resumed / "final")
     with (resumed / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')  # lines of a run killed after the checkpoint
-    run(_recipe("stage1_tiny", cac_data, resumed, *common, "resume=true"))
+    with caplog.at_level(logging.INFO, logger="cac_align"):
+        run(_recipe("stage1_tiny", cac_data, resumed, *common, "resume=true"))
+    # it says so, as stage 3, flow-grpo, dpo and repair do
+    assert f"train-cac stage 1: resuming from {resumed / 'checkpoints/checkpoint-2'} (step 2)" in caplog.text
     logged = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]  # every line whole
     assert [row["step"] for row in logged if "loss" in row] == [1, 2, 3, 4]  # the killed run's step 3 went
     assert {"step": 3, "loss": 1.0} not in logged
@@ -378,6 +383,18 @@ def test_run_folder_guards(cac_data, tmp_path):
         from cac_align.data.synthetic import SynthConfig, generate
 
         generate(SynthConfig(out_dir=str(out), n=1))
+
+
+def test_save_steps_0_writes_no_checkpoint(cac_data, tmp_path):
+    # 0 means none, not even at the last step, as flow-grpo's and dpo's checkpoint_every=0
+    # (transformers alone would still save the last one); final/ is the run's output
+    from cac_align.jobs.train_cac import run
+
+    out = tmp_path / "run"
+    run(_recipe("stage1_tiny", cac_data, out, "train.max_steps=1", "train.eval_steps=0", "train.save_steps=0"))
+    assert not list((out / "checkpoints").glob("checkpoint-*")) and (out / "final/model.safetensors").is_file()
+    with pytest.raises(RecipeError, match=r"train.save_steps and train.eval_steps must be >= 0 \(0: none\), got -1 and 0"):
+        load_recipe(REPO_ROOT / "recipes/cac/stage1_tiny.yaml", ["train.save_steps=-1", "train.eval_steps=0"])
 
 
 def test_unknown_stage_and_typos_are_refused():

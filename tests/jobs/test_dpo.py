@@ -131,9 +131,11 @@ def test_rows_without_a_pair_are_counted_and_a_changed_file_is_an_error(repaired
     assert len(read_pairs([str(repaired), str(repaired)]).pairs) == 2 * len(read_pairs([str(repaired)]).pairs)  # the same judge twice is fine
 
 
-def test_the_tiny_recipe_end_to_end(repaired, tmp_path):
+def test_the_tiny_recipe_end_to_end(repaired, tmp_path, capsys):
     out = tmp_path / "dpo"
     assert main(["dpo", "--config", str(DPO_TINY), "--out", str(out), f"pairs=[{repaired}]"]) == 0
+    # the last line says where the LoRA is (not a progress bar)
+    assert capsys.readouterr().out.splitlines()[-1] == f"dpo: done; LoRA in {out / 'lora'} (generator.lora={out / 'lora'} samples with it)"
     pairs = json.loads((out / "pairs.json").read_text())
     n = len(pairs["pairs"])
     assert n >= 4 and all(p["masked"] and p["source"] == "repair" for p in pairs["pairs"])
@@ -269,6 +271,8 @@ def test_bon_pairs_train_without_masked_terms(best_of_n, tmp_path):
     out = tmp_path / "dpo"
     last = run(dpo_config(out, best_of_n, "steps=1", "pairs_per_step=2", "checkpoint_every=0"), pipe=build_tiny_wan_pipeline(seed=0))
     assert last["train/masked_fraction"] == 0.0 and "train/mask_dpo" not in last and last["train/dpo"] == pytest.approx(np.log(2), abs=1e-6)
+    # checkpoint_every=0: no checkpoint, not even at the last step (docs/dpo.md); the LoRA is written
+    assert not (out / "checkpoints").exists() and (out / "lora").is_dir()
     assert load_file(str(out / "latents/pair_00000.safetensors"))["mask"].sum() == 0
 
 
@@ -294,6 +298,8 @@ def test_bad_settings_and_inputs_say_what_to_change(repaired, best_of_n, tmp_pat
         load_config(DpoConfig, DPO_TINY, ["los.beta=1"], job="dpo")
     with pytest.raises(RecipeError, match="loss.mask must be one of"):
         load_config(DpoConfig, DPO_TINY, ["loss.mask=global"], job="dpo")
+    with pytest.raises(RecipeError, match=r"checkpoint_every must be >= 0 \(0: no checkpoint\), got -1"):
+        load_config(DpoConfig, DPO_TINY, ["checkpoint_every=-1"], job="dpo")
 
 
 def test_warmup_is_linear_then_constant():

@@ -335,17 +335,24 @@ def test_config_errors(tmp_path):
         _load(tmp_path, "lerning_rate=0.1")
     with pytest.raises(RecipeError, match="generator.lora"):
         _load(tmp_path, "generator.lora=somewhere")
+    with pytest.raises(RecipeError, match=r"checkpoint_every must be >= 0 \(0: no checkpoint\), got -1"):
+        _load(tmp_path, "checkpoint_every=-1")
     from cac_align.jobs.flow_grpo import plan_step
 
     with pytest.raises(RecipeError, match="split evenly over 3 processes"):
         plan_step(_load(tmp_path), num_processes=3, rank=0)
 
 
-def test_cli_runs_the_tiny_recipe(tmp_path):
+def test_cli_runs_the_tiny_recipe(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["flow-grpo", "--config", str(BRIGHT_RECIPE), "--out", str(out), "steps=1", "log_with=none"]) == 0
+    assert main(["flow-grpo", "--config", str(BRIGHT_RECIPE), "--out", str(out), "steps=1", "log_with=none", "checkpoint_every=0"]) == 0
     assert [r["step"] for r in _metrics(out)] == [1]
     assert not (out / "tensorboard").exists()
+    # checkpoint_every=0: no checkpoint, not even at the last step (docs/flow_grpo.md; with a number,
+    # the last step has one too: test_tiny_recipe_three_steps); the LoRA is the run's output, and
+    # the last line says where it is, as train-cac says where its model is
+    assert not (out / "checkpoints").exists() and (out / "lora/pytorch_lora_weights.safetensors").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == f"flow-grpo: done; LoRA in {out / 'lora'} (generator.lora={out / 'lora'} samples with it)"
 
 
 # Two processes holding identical LoRA after a scalar step: one launch with the localized run,

@@ -40,7 +40,8 @@ def _train(tmp_path, name, judges, *overrides):
 
 def test_the_watch_warns_when_the_trained_reward_rises_and_a_held_out_judge_falls_and_stop_ends_the_run(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cac_align.jobs.flow_grpo"):
-        rows = _train(tmp_path, "hacked", {"mean_pixel": {"name": "brightness"}}, "watch.stop=true")
+        # checkpoint_every=5 of 3 steps: the only checkpoint is the one the stop writes
+        rows = _train(tmp_path, "hacked", {"mean_pixel": {"name": "brightness"}}, "watch.stop=true", "checkpoint_every=5")
     trained = [r["eval/reward_mean"] for r in rows]
     judged = [r["eval/mean_pixel/mean"] for r in rows]
     assert all(r["eval/mean_pixel/valid_fraction"] == 1.0 for r in rows)
@@ -50,7 +51,8 @@ def test_the_watch_warns_when_the_trained_reward_rises_and_a_held_out_judge_fall
     # (of 3 steps) with its checkpoint and LoRA
     assert [r["step"] for r in rows] == [1, 2] and [r["watch/alarms"] for r in rows] == [0, 1]
     assert "possible reward hacking" in caplog.text and "'spot_brightness' rose" in caplog.text and "'mean_pixel' fell" in caplog.text
-    assert (tmp_path / "hacked/checkpoints/step_000002").is_dir() and (tmp_path / "hacked/lora").is_dir()
+    assert [p.name for p in (tmp_path / "hacked/checkpoints").iterdir()] == ["step_000002"] and (tmp_path / "hacked/lora").is_dir()
+    assert "stopped at step 2 by the reward-hacking watch (watch.stop); its checkpoint and LoRA are kept" in caplog.text
 
 
 def test_the_watch_stays_quiet_with_an_honest_judge(tmp_path, caplog):

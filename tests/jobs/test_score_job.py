@@ -116,6 +116,21 @@ def test_inputs_skip_hidden_files_and_an_empty_manifest_is_an_error(tmp_path):
         collect_inputs(str(tmp_path / "videos"), "nope.txt")
 
 
+def test_a_folder_with_bad_files_scores_the_rest_and_says_what_it_skipped(tmp_path, capfd):
+    videos = tmp_path / "videos"
+    _write_videos(videos, 1)
+    (videos / "empty.mp4").write_bytes(b"")  # a writer stopped before its first byte
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    (videos / "notes.txt").write_text("my notes")
+    rows = run(ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(videos)), reward=CaCReward(ScriptedBackend({0: NORMAL}, {})))
+    assert [(r["video"].rsplit("/", 1)[-1], r["valid"]) for r in rows] == [("broken.mp4", False), ("empty.mp4", False), ("v0.mp4", True)]
+    assert rows[0]["error"].startswith(f"could not decode video {videos / 'broken.mp4'}: ")
+    assert rows[1]["error"] == f"video {videos / 'empty.mp4'} is an empty file (0 bytes): write it again, or remove it"
+    out, err = capfd.readouterr()
+    assert "video_reader.cc" not in err and "moov atom" not in err, err  # decord's and ffmpeg's own lines
+    assert out.splitlines()[-1].endswith(f"; skipped 1 file in {videos} that is not a video (notes.txt)"), out
+
+
 def test_demo_videos_come_from_the_synth_recipe_and_seed(tmp_path):
     from cac_align.data.synthetic import SynthConfig, generate
     from cac_align.video import load_video

@@ -247,9 +247,9 @@ def video_duration(record: AnnotationRecord) -> float:
     """Length of the record's video in seconds: from ``num_frames`` when known, else the file."""
     if record.num_frames is not None:
         return record.num_frames / record.annotation_fps
-    import decord
+    from cac_align.video import open_video_reader
 
-    reader = decord.VideoReader(str(record.video))
+    reader = open_video_reader(record.video)
     return len(reader) / float(reader.get_avg_fps())
 
 

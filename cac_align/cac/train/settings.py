@@ -123,7 +123,10 @@ class TrainSettings:
             per_device_batch_size x processes x gradient_accumulation_steps.
         bf16: bf16 autocast (needs a GPU with bf16 or a recent CPU).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
-        eval_steps, save_steps, logging_steps: in optimizer steps; eval_steps 0 = no eval.
+        eval_steps, save_steps, logging_steps: in optimizer steps; eval_steps 0 = no eval. A
+            checkpoint is saved every ``save_steps`` and at the last step, which a finished run's
+            ``resume=true`` recognises; save_steps 0 = no checkpoint at all (``final/`` is still
+            written, but a killed run starts again from step 0).
         detection_eval_samples: held-out samples for the detection metrics (0 = skip).
         detection_max_new_tokens: generation budget of the detection metrics' answers.
         num_workers: dataloader worker processes (decoding and encoding happen there).
@@ -238,6 +241,8 @@ class TrainCaCConfig:
             raise ValueError("freeze_vision applies to full fine-tuning; LoRA covers every linear layer (set finetune: full, or lora.target_modules)")
         t = self.train
         trackers_for(t.log_with, "train.log_with")
+        if t.save_steps < 0 or t.eval_steps < 0:
+            raise ValueError(f"train.save_steps and train.eval_steps must be >= 0 (0: none), got {t.save_steps} and {t.eval_steps}")
         if t.per_device_batch_size < 1 or t.gradient_accumulation_steps < 1:
             raise ValueError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
         if t.learning_rate <= 0 or (t.max_steps <= 0 and t.num_epochs <= 0):

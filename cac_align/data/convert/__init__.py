@@ -70,12 +70,14 @@ def video_info(path: str | Path) -> VideoInfo:
         return _INFO[key]
     if not Path(key).is_file():
         raise BadRow(f"missing video {key}", kind="missing video")
-    import decord
+    from cac_align.video import VideoError, open_video_reader
 
     try:
-        reader = decord.VideoReader(key, num_threads=1)
+        reader = open_video_reader(key)
         height, width = reader[0].shape[:2]
         info = VideoInfo(key, float(reader.get_avg_fps()), len(reader), int(width), int(height))
+    except VideoError as exc:  # an empty file, said so
+        raise BadRow(str(exc), kind="unreadable video") from None
     except Exception as exc:  # decord's own errors
         raise BadRow(f"unreadable video {key}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", kind="unreadable video") from None
     if not (math.isfinite(info.fps) and info.fps > 0) or info.num_frames < 1:
