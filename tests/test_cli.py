@@ -140,10 +140,13 @@ def test_print_config_shows_the_reward_sections_defaults(capsys):
 
 def test_make_tiny_writes_loadable_models_and_resumes(tmp_path, capsys):
     recipe = REPO_ROOT / "recipes/tiny/make_tiny.yaml"
-    assert main(["make-tiny", "-c", str(recipe), f"out_dir={tmp_path}", "models=[qwen3_vl,wan]"]) == 0
+    assert main(["make-tiny", "-c", str(recipe), f"out_dir={tmp_path}", "models=[qwen3_vl,wan,ltx2]"]) == 0
     assert (tmp_path / "qwen3_vl/model.safetensors").exists()
     assert (tmp_path / "wan/model_index.json").exists()
     assert not (tmp_path / "qwen2_5_vl").exists()
+    from cac_align.gen.family import family_of
+
+    assert family_of(str(tmp_path / "ltx2")).name == "ltx2" and family_of(str(tmp_path / "wan")).name == "wan2.1"  # what their files say
 
     from cac_align.vlm.hf import load_vlm
 

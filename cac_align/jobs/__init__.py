@@ -50,12 +50,12 @@ _RESUME_CHECKPOINT = "rerun the same command with resume=true to continue from i
 # (module in cac_align.jobs, CLI name, config class as "module:Class" or a class name in the
 #  job module, help, how an interrupted run resumes)
 _TABLE: list[tuple[str, str, str, str, str | None]] = [
-    ("make_tiny", "make-tiny", "MakeTinyConfig", "build tiny random Qwen3-VL / Qwen2.5-VL / Wan-2.1 models offline and save them (convert_videos: the videos the tiny convert rows name)", None),
+    ("make_tiny", "make-tiny", "MakeTinyConfig", "build tiny random Qwen3-VL / Qwen2.5-VL judges and Wan-2.1 / Wan2.2 / LTX-2 generators offline and save them (convert_videos: the videos the tiny convert rows name)", None),
     ("convert", "convert", "ConvertConfig", "convert public labelled sets (ViF-CoT-4K, VideoPhy-2) or your own labels into annotations.jsonl, with a report", None),
     ("synth", "synth", "SynthConfig", "render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl", _RESUME_KEPT.format("videos")),
     ("serve", "serve", "ServeConfig", "start a vLLM server for a judge (CaC, UnifiedReward) that sees videos as in-process: our plugin, the right flags", None),
     ("score", "score", "ScoreConfig", "score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report", None),
-    ("flow_grpo", "flow-grpo", "FlowGrpoConfig", "Flow-GRPO: train a Wan-2.1 LoRA on a video reward (SDE sampling, PPO-clip, KL to the base)", _RESUME_CHECKPOINT),
+    ("flow_grpo", "flow-grpo", "FlowGrpoConfig", "Flow-GRPO: train a LoRA of Wan-2.1, Wan2.2 or LTX-2 on a video reward (SDE sampling, PPO-clip, KL to the base)", _RESUME_CHECKPOINT),
     ("synth_cot", "synth-cot", "SynthCotConfig", "write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline", _RESUME_KEPT.format("videos")),
     ("train_cac", "train-cac", "TrainCaCConfig", "train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO", _RESUME_CHECKPOINT),
     ("eval_bench", "eval-bench", "BenchConfig", "anomaly-detection metrics of one or more systems against annotations (also: `cac-align eval bench`)", None),
@@ -63,9 +63,9 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("eval_vbench", "eval-vbench", "VBenchConfig", "VBench dynamic degree, subject consistency and imaging quality per system, by vbench's own code (also: `cac-align eval vbench`)", "rerun the same command to resume: scored videos are kept"),
     ("report", "report", "ReportConfig", "Table 2: VBench dimensions and expert anomaly rate per system, best in bold, deltas vs the base; markdown, HTML, charts", None),
     ("export", "export", "ExportConfig", "write a trained judge as a compact model folder: half-precision safetensors, processor, inference settings, model card", None),
-    ("best_of_n", "bon", "BonConfig", "Best-of-N video generation: N candidates per prompt, keep the one the reward scores highest", _RESUME_KEPT.format("candidates")),
-    ("repair", "repair", "RepairConfig", "repair: regenerate only the window and boxes the judge points at (Wan-VACE), judge again, keep the better", _RESUME_KEPT.format("videos")),
-    ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a Wan-2.1 LoRA on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
+    ("best_of_n", "bon", "BonConfig", "Best-of-N video generation (Wan-2.1, Wan2.2, LTX-2 with its sound): N candidates per prompt, keep the one the reward scores highest", _RESUME_KEPT.format("candidates")),
+    ("repair", "repair", "RepairConfig", "repair: regenerate only the window and boxes the judge points at (Wan-VACE; LTX-2: the window's whole frames), judge again, keep the better", _RESUME_KEPT.format("videos")),
+    ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a LoRA of Wan-2.1, Wan2.2 or LTX-2 on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
 ]
 
 JOBS: dict[str, JobSpec] = {

@@ -2,8 +2,8 @@
 ``convert_videos: true``, also render the videos that the tiny public-set rows name.
 
 The saved directories load through the same code a real recipe uses for hub ids
-(``load_vlm`` / ``load_wan_pipeline``), so offline demos and tests can point a recipe's
-``model:`` key at them. Random weights: outputs are meaningless, code paths are real.
+(``load_vlm``, a generator family's ``from_pretrained``), so offline demos and tests can point a
+recipe's ``model:`` or ``generator.name`` key at them. Random weights: outputs are meaningless, code paths are real.
 
 ``recipes/tiny/convert_tiny_videos.yaml`` (``models: []``, ``convert_videos: true``) writes
 ``outputs/public_tiny/videos``, the input of ``recipes/data/convert_tiny.yaml``: the first step of
@@ -23,16 +23,25 @@ from cac_align.vlm.tiny import TINY_VLM_BUILDERS
 __all__ = ["MakeTinyConfig", "TINY_BUILDERS", "run"]
 
 
-def _wan(seed: int) -> Any:
-    from cac_align.gen.tiny import build_tiny_wan_pipeline
+def _generator(name: str) -> Callable[[int], Any]:
+    """The builder of the tiny generator ``tiny-random:<name>``, through its family."""
 
-    return build_tiny_wan_pipeline(seed)
+    def build(seed: int) -> Any:
+        from cac_align.gen.family import family_of
 
+        return family_of(f"tiny-random:{name}").build_tiny(f"tiny-random:{name}", seed)
+
+    return build
+
+
+# The tiny generators of every family (``tiny-random:<name>``), saved as diffusers writes them: a
+# saved folder is found as its family from its model_index.json, as a real checkpoint is.
+TINY_GENERATORS = ("wan", "wan22-ti2v", "wan22-a14b", "ltx2", "ltx2.3")
 
 # name -> builder(seed) returning an object with save_pretrained(path)
 TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
     **TINY_VLM_BUILDERS,  # qwen3_vl (CaC), qwen3_vl_small (cac-demo's start), qwen2_5_vl (UnifiedReward)
-    "wan": _wan,  # Wan-2.1 T2V generator
+    **{name: _generator(name) for name in TINY_GENERATORS},  # Wan-2.1, Wan2.2 (TI2V-5B, A14B), LTX-2, LTX-2.3
 }
 
 
