@@ -43,7 +43,7 @@ import argparse
 import numpy as np
 import torch
 
-from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.gen.wan import WAN21, build_tiny_wan_pipeline
 from cac_align.gen.lora import LoraSettings, add_lora
 
 
@@ -154,7 +154,7 @@ def main() -> None:
         import localized_credit as lc
 
         lc.mark_defect(transformer, args.marked)
-    add_lora(transformer, LoraSettings(rank=args.rank, alpha=2.0 * args.rank), seed=args.seed)
+    add_lora(transformer, LoraSettings(rank=args.rank, alpha=2.0 * args.rank, target_modules=list(WAN21.lora_target_modules)), seed=args.seed)
     optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=args.lr)
     shape = (args.batch, transformer.config.in_channels, 3, 8, 8)  # the miniature's latents: 9 frames of 64 x 64
     text = torch.randn(1, 16, transformer.config.text_dim).expand(args.batch, -1, -1)

@@ -36,11 +36,11 @@ import copy
 import functools
 import importlib
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-__all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "UnknownGeneratorError", "families", "family_from_index", "family_of", "has_component",
+__all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "families", "family_from_index", "family_of", "has_component",
            "read_model_index", "regenerator_of", "take_model_settings"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
@@ -55,7 +55,7 @@ class UnknownGeneratorError(ValueError):
 
 class Conditioning:
     """A batch of text conditioning: named tensors whose first dimension is the prompt (Wan:
-    ``embeds``; LTX-2: its connectors' video and audio embeddings and their mask). Rows are taken
+    ``embeds``; LTX-2: its connectors' video and audio embeddings and their attention mask). Rows are taken
     and joined like a tensor's (``cond[lo:hi]``, ``cond[[0, 0, 1]]``, :meth:`cat`), so the jobs
     handle any family's conditioning alike."""
 
@@ -111,7 +111,6 @@ class Generated:
     sample_rate: int | None = None
 
 
-
 class GeneratorFamily(Protocol):
     """A kind of text-to-video pipeline, as the generator jobs use it (module docstring).
 
@@ -159,9 +158,11 @@ class GeneratorFamily(Protocol):
         (video velocity; with ``side`` latents, a pair of video and side velocities)."""
         ...
 
-    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guided: bool, max_sequence_length: int) -> tuple[Any, Any]:
-        """The text conditioning of ``prompts`` and, when ``guided``, of the negative prompt:
-        :class:`Conditioning` (rows = prompts)."""
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
+                       max_sequence_length: int) -> tuple[Any, Any]:
+        """The text conditioning of ``prompts`` and, when ``guidance`` (:meth:`guidance`) asks for
+        classifier-free guidance, of the negative prompt (None: the model's default one):
+        :class:`Conditioning` (rows = prompts), and None without CFG."""
         ...
 
     def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
@@ -197,9 +198,56 @@ class GeneratorFamily(Protocol):
         sample rate; only a family with ``audio``."""
         ...
 
+    def side_shape(self, pipe: Any, num_frames: int, fps: float) -> tuple[int, ...]:
+        """The shape of one video's side latents (LTX-2's packed audio) for ``num_frames`` at
+        ``fps``; only a family with ``audio``."""
+        ...
+
     def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
-        """:class:`Generated` videos, one per (prompt, seed), as the
-        pipeline makes them."""
+        """:class:`Generated` videos (and soundtracks), one per (prompt, seed), as the pipeline
+        makes them."""
+        ...
+
+
+class Regenerator(Protocol):
+    """A family's repair pipeline, as ``cac-align repair`` uses it (Wan-VACE:
+    :class:`cac_align.gen.vace.VaceRegenerator`; LTX-2's condition pipeline:
+    :class:`cac_align.gen.ltx2.LTX2Regenerator`).
+
+    Attributes:
+        name, title, pipeline_class, experts, tiny_names, hub_ids: as a generator family's.
+        frame_multiple, spatial_multiple: the frames ``k * frame_multiple + 1`` and the sides'
+            multiple it regenerates.
+        boxes: it keeps pixels inside a frame (regenerates boxes), not only whole frames.
+        defaults: the ``RegeneratorConfig`` settings a recipe may leave unset.
+    """
+
+    name: str
+    title: str
+    pipeline_class: str
+    experts: int
+    tiny_names: tuple[str, ...]
+    hub_ids: tuple[str, ...]
+    frame_multiple: int
+    spatial_multiple: int
+    boxes: bool
+    defaults: Mapping[str, Any]
+
+    def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
+        """The pipeline ``name`` names, on ``device``."""
+        ...
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        """The tiny random pipeline ``name``, built in-process."""
+        ...
+
+    def plan(self, region: Any, fps: float, condition_s: float) -> Any:
+        """The segment, padding and mask that regenerate ``region``
+        (:class:`cac_align.gen.vace.RepairPlan`)."""
+        ...
+
+    def regenerate(self, pipe: Any, frames: Any, plan: Any, prompt: str, seed: int, config: Any) -> Any:
+        """The fill of ``plan``'s segment: uint8 ``(stop - start, H, W, 3)`` on the input's grid."""
         ...
 
 

@@ -6,6 +6,7 @@ an accelerate checkpoint."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,7 +70,10 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def add_lora(transformer: torch.nn.Module, settings: LoraSettings, seed: int) -> None:
-    """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32."""
+    """Freeze ``transformer`` and add the trained LoRA (peft), its weights in float32.
+    ``settings.target_modules`` must be given (a job fills it from the generator's family)."""
+    if not settings.target_modules:
+        raise ValueError("lora.target_modules is unset: name the modules to adapt (a job takes its generator family's)")
     transformer.requires_grad_(False)
     init: Any = {"true": True, "false": False}.get(str(settings.init).lower(), settings.init)
     torch.manual_seed(seed)  # LoRA A's random init: the same on every process
@@ -112,6 +116,8 @@ def adapted_denoiser(pipe: Any, family: Any, settings: LoraSettings, seed: int, 
     ``dpo`` hand to accelerate."""
     freeze_pipeline(pipe)  # text encoder(s), VAE(s), connectors, vocoder: frozen; the LoRA alone trains
     denoiser = family.denoiser(pipe)  # the expert serving each timestep, as the pipeline picks it
+    if settings.target_modules is None:  # the family's (Wan: every attention projection; LTX-2: the video branch)
+        settings = dataclasses.replace(settings, target_modules=list(family.lora_target_modules))
     add_expert_loras(denoiser, settings, seed)
     if gradient_checkpointing:
         for expert in denoiser.experts:

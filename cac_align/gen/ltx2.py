@@ -433,7 +433,9 @@ class LTX2Regenerator:
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         from diffusers import LTX2ConditionPipeline
 
-        return LTX2ConditionPipeline.from_pipe(TINY_LTX2_BUILDERS[name](seed))
+        pipe = LTX2ConditionPipeline(**TINY_LTX2_BUILDERS[name](seed).components)  # the same modules, as they are
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def plan(self, region: Any, fps: float, condition_s: float) -> Any:
         from cac_align.gen.vace import plan_repair

@@ -135,11 +135,11 @@ def test_a_kill_between_a_candidates_hash_and_its_video_regenerates_it_and_stray
     real_save = video_module.save_video
     saved = []
 
-    def killed_on_second_video(video, path, crf=18):
+    def killed_on_second_video(video, path, crf=18, **sound):
         saved.append(path)
         if len(saved) == 2:  # the candidate's hash is written, its mp4 is not
             raise KeyboardInterrupt("killed")
-        return real_save(video, path, crf)
+        return real_save(video, path, crf, **sound)
 
     monkeypatch.setattr(video_module, "save_video", killed_on_second_video)
     with pytest.raises(KeyboardInterrupt):

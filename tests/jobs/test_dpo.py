@@ -289,7 +289,7 @@ def test_bad_settings_and_inputs_say_what_to_change(repaired, best_of_n, tmp_pat
     manifest = json.loads((same_judge / "cac_align_run.json").read_text())
     manifest["config"]["reward"] = json.loads((repaired / "cac_align_run.json").read_text())["config"]["reward"]
     (same_judge / "cac_align_run.json").write_text(json.dumps(manifest))
-    with pytest.raises(RecipeError, match=r"videos of several shapes \[\(9, 32, 32\), \(17, 64, 96\)\]"):
+    with pytest.raises(RecipeError, match=r"videos of several shapes \[\(9, 32, 32, 16.0\), \(17, 64, 96, 8.0\)\] \(frames, height, width, fps\)"):
         config = load_config(DpoConfig, DPO_TINY, [f"out_dir={tmp_path / 'c2'}", f"pairs=[{repaired},{same_judge}]", "log_with=none"], job="dpo")
         run(config, pipe=build_tiny_wan_pipeline(seed=0))
     with pytest.raises(PairError, match="not a run folder"):

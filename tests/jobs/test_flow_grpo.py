@@ -29,6 +29,7 @@ TINY_RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny.yaml"
 BRIGHT_RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 GEN = GeneratorConfig(name=TINY_WAN, dtype="float32", device="cpu", height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=1.0)
 PROMPTS = ["a cat walking in the park", "a person holding a red cup"]
+WAN_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # Wan's LoRA targets (the family's lora_target_modules)
 
 
 def _trajectory(pipe, noise_level=0.7, guidance=1.0):
@@ -77,7 +78,7 @@ def test_ode_sampler_reproduces_wan_pipeline():
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_on_policy_ratio_is_exactly_one(guidance):
     pipe = build_tiny_wan_pipeline(seed=0)
-    add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8), seed=0)
+    add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8, target_modules=WAN_ATTENTION), seed=0)
     _perturb_lora(pipe.transformer)  # a non-trivial policy
     trajectory, embeds, negative, _ = _trajectory(pipe, guidance=guidance)
     assert trajectory.latents.shape == (2, 5, 16, 3, 4, 4) and trajectory.log_probs.shape == (2, 4)
@@ -91,7 +92,7 @@ def test_on_policy_ratio_is_exactly_one(guidance):
 
 def test_kl_is_zero_with_the_adapter_at_init():
     pipe = build_tiny_wan_pipeline(seed=0)
-    add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8), seed=0)
+    add_lora(pipe.transformer, LoraSettings(rank=4, alpha=8, target_modules=WAN_ATTENTION), seed=0)
     trajectory, embeds, negative, _ = _trajectory(pipe)
     _, means = _recompute(pipe, trajectory, embeds, negative, 1.0)
     pipe.transformer.disable_adapters()
@@ -387,7 +388,7 @@ from cac_align.gen.tiny import build_tiny_wan_pipeline
 from cac_align.gen.generator import save_lora
 from cac_align.gen.lora import LoraSettings, add_lora
 pipe = build_tiny_wan_pipeline(seed=0)
-add_lora(pipe.transformer, LoraSettings(rank=4, alpha=4), seed=0)
+add_lora(pipe.transformer, LoraSettings(rank=4, alpha=4, target_modules=['to_q', 'to_k', 'to_v', 'to_out.0']), seed=0)
 save_lora(pipe.transformer, sys.argv[1])
 """
 
