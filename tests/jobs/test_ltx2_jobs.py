@@ -209,3 +209,19 @@ def test_dpo_trains_the_video_branch_on_ltx2s_grid(repaired, tmp_path):
     loaded = build_generator(GeneratorConfig(name="tiny-random:ltx2", dtype="float32", device="cpu", height=64, width=96, num_frames=17,
                                              lora=str(tmp_path / "run/lora")))
     assert any("lora_B" in n for n, _ in loaded.transformer.named_parameters())
+
+
+def test_dpo_resumes_exactly(repaired, tmp_path):
+    """2 steps straight == 1 step, then resume=true to 2: the LoRA file and the logged losses."""
+    from cac_align.jobs.dpo import DpoConfig, run
+
+    def config(out, *overrides):
+        return load_config(DpoConfig, RECIPES / "dpo_tiny_ltx2.yaml", [f"out_dir={out}", f"pairs=[{repaired}]", "log_with=none", "pairs_per_step=2",
+                                                                      "checkpoint_every=1", *overrides], job="dpo")
+
+    run(config(tmp_path / "straight", "steps=2"))
+    run(config(tmp_path / "resumed", "steps=1"))
+    run(config(tmp_path / "resumed", "steps=2", "resume=true"))
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [1, 2] and [r["train/loss"] for r in resumed] == [r["train/loss"] for r in straight]
+    assert (tmp_path / "straight/lora" / LORA_WEIGHT_NAME).read_bytes() == (tmp_path / "resumed/lora" / LORA_WEIGHT_NAME).read_bytes()
