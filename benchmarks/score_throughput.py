@@ -58,8 +58,8 @@ class FixedAnswers(HFBackend):
 
     log_calls = False
 
-    def _encode(self, requests, prefixes, bucket=False):
-        inputs = super()._encode(requests, prefixes, bucket)
+    def _encode(self, requests, prefixes, static=None):
+        inputs = super()._encode(requests, prefixes, static)
         self._prompt_tokens = int(inputs["input_ids"].shape[1])
         return inputs
 
