@@ -62,7 +62,8 @@ class ModelConfig:
             a row (or one, when the server no longer lists its models), the job stops with one
             line instead of waiting out every remaining video's timeouts.
         cache: the hf backend's KV cache for generation: "auto" (the default: static on a CUDA
-            device from the first call that brings a full batch, ``max_batch_size`` requests;
+            device from the first call that brings a full batch, ``max_batch_size`` requests and
+            never a single one;
             dynamic before that and on a CPU), "dynamic" (transformers' default) or "static"
             (preallocated; the decode step compiled on CUDA; batches in shape buckets, see
             :class:`~cac_align.vlm.hf.HFBackend`). Same answers and probabilities.

@@ -27,6 +27,10 @@ def _compiler_disable(fn: Any) -> Any:
 __all__ = ["CACHE_MODES", "DEFAULT_BATCH_BUCKETS", "HFBackend", "PAD_REQUEST", "StaticShapes", "bucket_size", "load_vlm", "processor_inputs", "render_chat", "video_metadata"]
 
 CACHE_MODES = ("auto", "dynamic", "static")
+# "auto" compiles for a call of a full batch, and never for one video: at batch 1 on an H100 the
+# static step (12-14 ms) after its compile (~75 s a shape, two turns) beats the dynamic one
+# (59 ms) from the second video at the paper's 1,024 tokens per turn, not on the first.
+AUTO_MIN_REQUESTS = 2
 # Batch sizes a static-cache batch is padded up to (capped at the backend's max_batch_size): a
 # compiled decode step is specialised to its batch size, so a run compiles one graph per bucket.
 DEFAULT_BATCH_BUCKETS = (1, 4, 8, 16, 32)
@@ -122,7 +126,8 @@ class HFBackend(BackendBase):
     cache length) shape is logged with its time and the graphs it compiled. Inductor's compiled
     code is cached on disk across runs (``TORCHINDUCTOR_CACHE_DIR``; ``~/.cache/cac_align/inductor``
     unless set). ``"auto"`` (the default): dynamic until a call brings at least a full batch
-    (``max_batch_size`` requests) on a CUDA device, static from then on, every batch padded up to
+    (``max_batch_size`` requests, and at least :data:`AUTO_MIN_REQUESTS`) on a CUDA device,
+    static from then on, every batch padded up to
     the full one unless ``batch_buckets`` says otherwise (one compiled batch size: padding a
     short batch costs less than compiling another); always dynamic on a CPU, where nothing is
     compiled. Both modes give the same answers and probabilities; only ``generate``,
@@ -701,9 +706,10 @@ class StaticShapes:
         """Whether a generation of ``n_requests`` requests on ``device`` runs on the static cache.
         Always in static mode. With ``auto``: never off CUDA (nothing is compiled there, and the
         eager static cache is slower than the dynamic one); on CUDA from the first call of at
-        least ``max_batch_size`` requests on, for the rest of this object's life (a one-off call
-        of a few requests does not wait minutes for a compile; a loop of full batches pays it once)."""
-        if not self.on and self.auto and getattr(device, "type", str(device)) == "cuda" and n_requests >= self.max_batch_size:
+        least ``max_batch_size`` requests (and never fewer than :data:`AUTO_MIN_REQUESTS`) on,
+        for the rest of this object's life: a one-off call of a few requests does not wait
+        minutes for a compile; a loop of full batches pays it once."""
+        if not self.on and self.auto and getattr(device, "type", str(device)) == "cuda" and n_requests >= max(self.max_batch_size, AUTO_MIN_REQUESTS):
             self.on = True
             log.info("model.cache auto: a call of %d requests fills a batch of %d on %s: the static KV cache from now on "
                      "(the decode step compiles once per shape)", n_requests, self.max_batch_size, device)

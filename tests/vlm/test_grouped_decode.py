@@ -21,7 +21,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from transformers import LogitsProcessorList
 
 from cac_align.video import Video

@@ -85,6 +85,8 @@ def test_auto_switches_to_static_on_cuda_at_the_first_full_batch():
     assert shapes.engaged(1, cuda)  # ... also for a short call (padded to 8)
     static = StaticShapes(max_batch_size=8)
     assert static.engaged(1, cpu) and static.buckets == (1, 4, 8)  # "static" is static everywhere
+    single = StaticShapes(max_batch_size=1, auto=True)
+    assert not single.engaged(1, cuda) and single.engaged(2, cuda)  # one video alone never compiles
 
 
 def test_static_generation_equals_dynamic_and_compiles_once_per_bucket(qwen3, monkeypatch):
