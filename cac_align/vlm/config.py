@@ -63,10 +63,10 @@ class ModelConfig:
             line instead of waiting out every remaining video's timeouts.
         cache: the hf backend's KV cache for generation: "auto" (the default: static on a CUDA
             device from the first call that brings a full batch, ``max_batch_size`` requests and
-            never a single one;
-            dynamic before that and on a CPU), "dynamic" (transformers' default) or "static"
-            (preallocated; the decode step compiled on CUDA; batches in shape buckets, see
-            :class:`~cac_align.vlm.hf.HFBackend`). Same answers and probabilities.
+            never a single one; dynamic before that and on a CPU), "dynamic" (transformers'
+            default) or "static" (preallocated; the decode step compiled on CUDA; batches in
+            shape buckets, see :class:`~cac_align.vlm.hf.HFBackend`). Same answers and
+            probabilities.
         batch_buckets: static cache: batch sizes a batch is padded up to (default 1, 4, 8, 16,
             32, capped at ``max_batch_size``; with "auto", ``max_batch_size`` alone).
         length_multiple: static cache: prompt and cache lengths round up to this many tokens.

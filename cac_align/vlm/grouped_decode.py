@@ -8,14 +8,14 @@ the mask when the cache is compileable and the query is one token). With a mask,
 wants no mask on CUDA), and its one-token shortcut (``pack_gqa``) is skipped while torch.compile
 traces, so the compiled step takes ``repeat_kv``: every layer copies its whole K and V cache from
 the KV heads to the query heads' count, every token, and SDPA then reads the copy. On one H200 the
-judge's decode step moved about 9x the bytes it needs (docs/rewards.md, "Speed").
+judge's compiled decode step ran at about 9x the memory floor (docs/rewards.md, "Speed").
 
 What this does instead, for a one-token query with G query heads per KV head: the G query
 heads of a group become SDPA's query-length dimension against that group's own K and V,
 ``(B, Hkv*G, 1, D) -> (B, Hkv, G, D)`` against ``(B, Hkv, L, D)``, with the mask ``(B, 1, 1, L)``
 broadcast over the group and no causal flag (the G rows are heads of one position, not G
-positions). It is the shape trick of transformers' own ``pack_gqa``, here written so it also runs
-under torch.compile. Everything else (prefill, a model without grouped heads, dropout, a
+positions). It is the shape trick of transformers' own ``pack_gqa`` (which transformers skips
+while compiling), written here for the compiled step too. Everything else (prefill, a model without grouped heads, dropout, a
 position bias, a soft cap, attention weights asked for) goes to transformers' own
 ``sdpa_attention_forward`` unchanged, so the numbers are the stock path's except for the float
 rounding of one attention reduction.

@@ -697,8 +697,13 @@ class StaticShapes:
         self.length_multiple = length_multiple
         self.compile_config = compile_config
         self.auto = auto
-        self.on = not auto  # "auto" switches on at its first full batch on CUDA
+        self.on = False  # "auto" switches on at its first full batch on CUDA, "static" now
         self._seen: set[tuple[int, int]] = set()
+        if not auto:
+            self._switch_on()
+
+    def _switch_on(self) -> None:
+        self.on = True
         _use_persistent_inductor_cache()
         _allow_recompiles()
 
@@ -710,7 +715,7 @@ class StaticShapes:
         for the rest of this object's life: a one-off call of a few requests does not wait
         minutes for a compile; a loop of full batches pays it once."""
         if not self.on and self.auto and getattr(device, "type", str(device)) == "cuda" and n_requests >= max(self.max_batch_size, AUTO_MIN_REQUESTS):
-            self.on = True
+            self._switch_on()
             log.info("model.cache auto: a call of %d requests fills a batch of %d on %s: the static KV cache from now on "
                      "(the decode step compiles once per shape)", n_requests, self.max_batch_size, device)
         return self.on
