@@ -10,6 +10,8 @@
 # packages of setup.cfg's install_requires next to it) and a CUDA GPU; PYTHON picks the
 # interpreter (default: python). The first run (2026-11-23, one H100, figures in
 # benchmarks/README.md) took 25 minutes: the CaC-8B run alone was stopped at 15 unfinished.
+# In a GPU window of 15 minutes or less run benchmarks/gpu_quick.sh instead (the judge stock vs
+# ours first, then what fits of the rest in 9 minutes); this script stays the full measurement.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-outputs/gpu_benchmarks}"

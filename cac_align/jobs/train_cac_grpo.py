@@ -165,7 +165,7 @@ class _Trainer:
         policy = acc.unwrap_model(self.model)
         if self.sampler is None:
             if grpo.sampler == "hf":
-                static = StaticShapes(grpo.generation_batch_size, grpo.batch_buckets, grpo.length_multiple) if grpo.cache == "static" else None
+                static = None if grpo.cache == "dynamic" else StaticShapes(grpo.generation_batch_size, grpo.batch_buckets, grpo.length_multiple, auto=grpo.cache == "auto")
                 self.sampler = HFSampler(policy, self.processor, grpo.temperature, grpo.generation_batch_size, acc.autocast, static)
             else:
                 self.sampler = SimulatedPolicy(self.processor.tokenizer, grpo.simulated_noise)

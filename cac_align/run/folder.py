@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = [
+    "EARLIER_DEFAULTS",
     "LOCK",
     "MANIFEST",
     "SERVING_KEYS",
@@ -81,6 +82,11 @@ _LTX2_GUIDANCE = ("stg_scale", "modality_scale", "guidance_rescale", "audio_guid
                   "audio_guidance_rescale", "stg_blocks")
 LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scale_2": None, "lora.experts": "high",
                   **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE}}
+# Settings whose default changed after run folders recorded the old one: at the new default they
+# are fingerprinted as the old one, so such a folder still resumes. A model section's KV cache
+# became "auto" (#71; it was "dynamic"): synth-cot's teacher is the one model section a
+# fingerprint keeps it for (reward sections drop it, SERVING_KEYS below).
+EARLIER_DEFAULTS = {"teacher.cache": ("auto", "dynamic")}
 
 
 def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
@@ -97,6 +103,13 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == default:
             node.pop(leaf)
+    for dotted, (now, before) in EARLIER_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) == now:
+            node[leaf] = before
     for dotted in run_only_keys:
         node = data
         *parents, leaf = dotted.split(".")

@@ -61,11 +61,14 @@ class ModelConfig:
         failure_limit: the openai backend's circuit breaker: after this many failed requests in
             a row (or one, when the server no longer lists its models), the job stops with one
             line instead of waiting out every remaining video's timeouts.
-        cache: the hf backend's KV cache for generation: "dynamic" (transformers' default) or
-            "static" (preallocated; the decode step compiled on CUDA; batches in shape buckets,
-            see :class:`~cac_align.vlm.hf.HFBackend`). Same answers and probabilities.
+        cache: the hf backend's KV cache for generation: "auto" (the default: static on a CUDA
+            device from the first call that brings a full batch, ``max_batch_size`` requests and
+            never a single one; dynamic before that and on a CPU), "dynamic" (transformers'
+            default) or "static" (preallocated; the decode step compiled on CUDA; batches in
+            shape buckets, see :class:`~cac_align.vlm.hf.HFBackend`). Same answers and
+            probabilities.
         batch_buckets: static cache: batch sizes a batch is padded up to (default 1, 4, 8, 16,
-            32, capped at ``max_batch_size``).
+            32, capped at ``max_batch_size``; with "auto", ``max_batch_size`` alone).
         length_multiple: static cache: prompt and cache lengths round up to this many tokens.
         chat_template_kwargs: extra settings for the model's chat template, on every request
             (e.g. ``{enable_thinking: false}``, which UnifiedReward's qwen35 checkpoints are asked
@@ -90,7 +93,7 @@ class ModelConfig:
     max_retries: int = 3
     failure_limit: int = 3
     video_input: str = "video"
-    cache: str = "dynamic"
+    cache: str = "auto"
     batch_buckets: list[int] | None = None
     length_multiple: int = 256
     chat_template_kwargs: dict[str, Any] | None = None
@@ -106,8 +109,8 @@ class ModelConfig:
         parsed = urlparse(self.base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"model.base_url={self.base_url!r} is not a server URL; give one like http://127.0.0.1:8000/v1")
-        if self.cache not in ("dynamic", "static"):
-            raise ValueError(f"model.cache must be 'dynamic' or 'static', got {self.cache!r}")
+        if self.cache not in ("auto", "dynamic", "static"):
+            raise ValueError(f"model.cache must be 'auto', 'dynamic' or 'static', got {self.cache!r}")
         if self.length_multiple < 1 or (self.batch_buckets is not None and min(self.batch_buckets, default=0) < 1):
             raise ValueError("model.length_multiple and every model.batch_buckets size must be >= 1")
         if self.video_input not in ("video", "images"):

@@ -26,7 +26,11 @@ def _compiler_disable(fn: Any) -> Any:
 
 __all__ = ["CACHE_MODES", "DEFAULT_BATCH_BUCKETS", "HFBackend", "PAD_REQUEST", "StaticShapes", "bucket_size", "load_vlm", "processor_inputs", "render_chat", "video_metadata"]
 
-CACHE_MODES = ("dynamic", "static")
+CACHE_MODES = ("auto", "dynamic", "static")
+# "auto" compiles for a call of a full batch, and never for one video: at batch 1 on an H100 the
+# static step (12-14 ms) after its compile (~75 s a shape, two turns) beats the dynamic one
+# (59 ms) from the second video at the paper's 1,024 tokens per turn, not on the first.
+AUTO_MIN_REQUESTS = 2
 # Batch sizes a static-cache batch is padded up to (capped at the backend's max_batch_size): a
 # compiled decode step is specialised to its batch size, so a run compiles one graph per bucket.
 DEFAULT_BATCH_BUCKETS = (1, 4, 8, 16, 32)
@@ -115,16 +119,27 @@ class HFBackend(BackendBase):
     compiled step is specialised to its shapes, so every batch is put in a **shape bucket**:
     its rows are padded up to the next size in ``batch_buckets`` with an empty request (padding
     rows are dropped from every result), its prompts are left-padded to a multiple of
-    ``length_multiple`` tokens, and the cache length is the padded prompt plus the token budget,
-    rounded up to that multiple (transformers keeps the longest cache length seen, so later calls
-    reuse it). A run compiles one graph per batch bucket and cache length, once; the first call
-    of each shape is logged with its time and the graphs compiled. Inductor's compiled code is
-    cached on disk across runs (``TORCHINDUCTOR_CACHE_DIR``; ``~/.cache/cac_align/inductor``
-    unless set). Both modes give the same answers and probabilities; only ``generate`` and
-    ``generate_scored`` change (``choice_probs`` and ``choice_probs_steps`` have no decode loop to
-    compile: one prefill and a few short forward passes). Sampled answers (``temperature`` > 0)
-    are correct draws in both modes, but a batch padded to a bucket draws other random numbers
-    than the same batch unpadded.
+    ``length_multiple`` tokens, and each call gets a cache of its own length: the padded prompt
+    plus the token budget, rounded up to that multiple (a short turn does not run on a longer
+    turn's cache). A run compiles a few graphs, once (torch.compile specialises the first shape
+    and makes the lengths that change dynamic on the second); the first call of each (batch,
+    cache length) shape is logged with its time and the graphs it compiled. Inductor's compiled
+    code is cached on disk across runs (``TORCHINDUCTOR_CACHE_DIR``; ``~/.cache/cac_align/inductor``
+    unless set). ``"auto"`` (the default): dynamic until a call brings at least a full batch
+    (``max_batch_size`` requests, and at least :data:`AUTO_MIN_REQUESTS`) on a CUDA device,
+    static from then on, every batch padded up to
+    the full one unless ``batch_buckets`` says otherwise (one compiled batch size: padding a
+    short batch costs less than compiling another); always dynamic on a CPU, where nothing is
+    compiled. Both modes give the same answers and probabilities; only ``generate``,
+    ``generate_scored`` and ``sample_token_log_probs`` change (``choice_probs`` and
+    ``choice_probs_steps`` have no decode loop to compile: one prefill and a few short forward
+    passes). Sampled answers (``temperature`` > 0) are correct draws in both modes, but a batch
+    padded to a bucket draws other random numbers than the same batch unpadded.
+
+    **Decode attention.** A text decoder on transformers' sdpa with grouped KV heads (Qwen3-VL-8B:
+    32 query heads, 8 KV heads) gets :mod:`cac_align.vlm.grouped_decode` for its attention: a
+    one-token step reads each cached K and V once instead of copying them per query head, which
+    transformers 5.24's compiled static step does. Same numbers, fewer bytes per token.
 
     Args:
         model: an image-text-to-text model (Qwen3-VL, Qwen2.5-VL), in eval mode.
@@ -132,9 +147,9 @@ class HFBackend(BackendBase):
         max_batch_size: requests per forward pass.
         generate_kwargs: extra arguments for ``model.generate`` on every call (e.g.
             ``{"min_new_tokens": 1024}`` to fix the token budget in benchmarks).
-        cache: "dynamic" or "static" (above).
-        batch_buckets: static mode's batch sizes (default :data:`DEFAULT_BATCH_BUCKETS`), capped
-            at ``max_batch_size``, which is always a bucket.
+        cache: "auto", "dynamic" or "static" (above).
+        batch_buckets: static mode's batch sizes (default :data:`DEFAULT_BATCH_BUCKETS`; "auto":
+            ``max_batch_size`` only), capped at ``max_batch_size``, which is always a bucket.
         length_multiple: static mode's prompt and cache length granularity, in tokens.
         compile_config: a transformers ``CompileConfig`` for the decode step (static mode); None
             is transformers' default (inductor, CUDA graphs, on CUDA devices only).
@@ -148,7 +163,7 @@ class HFBackend(BackendBase):
         processor: Any,
         max_batch_size: int = 8,
         generate_kwargs: dict | None = None,
-        cache: str = "dynamic",
+        cache: str = "auto",
         batch_buckets: Any = None,
         length_multiple: int = 256,
         compile_config: Any = None,
@@ -160,9 +175,11 @@ class HFBackend(BackendBase):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        from cac_align.vlm.grouped_decode import use_grouped_decode
         from cac_align.vlm.qwen_positions import install_trained_positions
 
         install_trained_positions(model)  # Qwen2.5-VL: text after a video placed as it was trained
+        use_grouped_decode(model)  # the text decoder's one-token steps read each K/V once
         self.model = model
         self._cache_name = _cache_argument(model)
         self.processor = processor
@@ -172,7 +189,7 @@ class HFBackend(BackendBase):
         self.generate_kwargs = dict(generate_kwargs or {})
         self.cache = cache
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        self.static = StaticShapes(max_batch_size, batch_buckets, length_multiple, compile_config) if cache == "static" else None
+        self.static = StaticShapes(max_batch_size, batch_buckets, length_multiple, compile_config, auto=cache == "auto") if cache != "dynamic" else None
         self._recorder = _StepRecorder.of(model)
         self._lock = threading.Lock()
 
@@ -184,30 +201,39 @@ class HFBackend(BackendBase):
         return cls(model, processor, max_batch_size=max_batch_size, **(backend_kwargs or {}))
 
     # -- encoding ---------------------------------------------------------------------------
-    def _encode(self, requests: Any, prefixes: Any, bucket: bool = False) -> Any:
+    def _encode(self, requests: Any, prefixes: Any, static: "StaticShapes | None" = None) -> Any:
         """Chat template + assistant prefix per request -> left-padded model inputs.
 
-        With ``bucket`` (static mode's ``generate``): rows padded up to the batch bucket with an
+        With ``static`` (a static-cache generation): rows padded up to the batch bucket with an
         empty request, and prompts left-padded to a multiple of the length bucket; the real rows
         come first.
         """
         requests, prefixes = list(requests), list(prefixes)
         multiple = None
-        if bucket and self.static is not None:
-            pad = self.static.rows(len(requests)) - len(requests)
+        if static is not None:
+            pad = static.rows(len(requests)) - len(requests)
             requests += [PAD_REQUEST] * pad
             prefixes += [""] * pad
-            multiple = self.static.length_multiple
+            multiple = static.length_multiple
         texts = [render_chat(self.processor, request, **self.chat_template_kwargs) + prefix for request, prefix in zip(requests, prefixes)]
         return processor_inputs(self.processor, texts, requests, pad_to_multiple_of=multiple).to(self.model.device)
 
-    def _generate(self, inputs: Any, max_new_tokens: int, **kwargs: Any) -> Any:
-        """``model.generate`` in this backend's cache mode (``inputs`` from :meth:`_encode`)."""
-        if self.static is None:
+    def _static_for(self, n_requests: int) -> "StaticShapes | None":
+        """The shape buckets a generation of ``n_requests`` requests runs in, or None (dynamic
+        cache): see the class docstring's ``cache`` modes."""
+        if self.static is not None and self.static.engaged(n_requests, self.model.device):
+            return self.static
+        return None
+
+    def _generate(self, inputs: Any, max_new_tokens: int, static: "StaticShapes | None" = None, **kwargs: Any) -> Any:
+        """``model.generate`` on a dynamic cache, or on a static one of this call's own length
+        (``inputs`` from :meth:`_encode` with the same ``static``)."""
+        if static is None:
             return self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs, **self.generate_kwargs)
-        static = self.static.generate_kwargs(inputs["input_ids"].shape[1], max_new_tokens)
-        with self.static.first_of_shape(self.model, inputs["input_ids"]):
-            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs, **static, **self.generate_kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        with static.first_of_shape(inputs["input_ids"], static.cache_length(prompt_len, max_new_tokens)):
+            cache = static.generate_kwargs(self.model, prompt_len, max_new_tokens)
+            return self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs, **cache, **self.generate_kwargs)
 
     def _chunks(self, n: int) -> Any:
         return (range(i, min(n, i + self.max_batch_size)) for i in range(0, n, self.max_batch_size))
@@ -235,10 +261,11 @@ class HFBackend(BackendBase):
         with self._lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
+            static = self._static_for(len(requests))
             for chunk in self._chunks(len(requests)):
-                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), bucket=True)
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), static)
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-                output = self._generate(inputs, max_new_tokens, **sampling)
+                output = self._generate(inputs, max_new_tokens, static, **sampling)
                 new_tokens = output[: len(chunk), inputs["input_ids"].shape[1] :]  # padding rows dropped
                 for row, read in zip(new_tokens.tolist(), _prompt_lengths(inputs, len(chunk))):
                     row = _strip_after_eos(row, self.model.generation_config.eos_token_id, self.tokenizer.pad_token_id)
@@ -284,14 +311,15 @@ class HFBackend(BackendBase):
         probs = np.full((len(requests), len(choices)), np.nan)
         redo: list[tuple[int, str]] = []
         with self._lock, torch.inference_mode():
+            static = self._static_for(len(requests))
             for chunk in self._chunks(len(requests)):
-                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), bucket=True)
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), static)
                 sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
                 # The choices' first-token log-probs at every step, read from the raw logits as the
                 # output layer makes them (before any logits processor): (B, C) per step, instead
                 # of generate's output_logits, which keeps a (B, vocabulary) float32 copy per step.
                 with self._recorder.recording(choice_ids) as steps:
-                    output = self._generate(inputs, max_new_tokens, **sampling, return_dict_in_generate=True)
+                    output = self._generate(inputs, max_new_tokens, static, **sampling, return_dict_in_generate=True)
                 prompt_len = inputs["input_ids"].shape[1]
                 generated = output.sequences[:, prompt_len:]
                 if len(steps) < generated.shape[1]:  # a compiled step that did not run the recorder
@@ -386,9 +414,10 @@ class HFBackend(BackendBase):
         with self._lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
+            static = self._static_for(len(requests))
             for chunk in self._chunks(len(requests)):
-                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), bucket=True)
-                output = self._generate(inputs, max_new_tokens, do_sample=True, temperature=temperature,
+                inputs = self._encode([requests[i] for i in chunk], [""] * len(chunk), static)
+                output = self._generate(inputs, max_new_tokens, static, do_sample=True, temperature=temperature,
                                         output_scores=True, return_dict_in_generate=True)
                 columns = torch.tensor(ids, device=output.scores[0].device)
                 # (steps, rows, tokens): log-softmax of each step's processed scores at token_ids
@@ -646,25 +675,50 @@ class StaticShapes:
 
     Args:
         max_batch_size: the largest batch; always a bucket.
-        batch_buckets: batch sizes to pad up to (default :data:`DEFAULT_BATCH_BUCKETS`), capped
-            at ``max_batch_size``.
+        batch_buckets: batch sizes to pad up to, capped at ``max_batch_size``; default
+            :data:`DEFAULT_BATCH_BUCKETS`, or ``max_batch_size`` alone with ``auto``.
         length_multiple: prompts are left-padded, and cache lengths rounded up, to a multiple of
             this many tokens.
         compile_config: a transformers ``CompileConfig`` for the decode step, or None for
             transformers' default (inductor with CUDA graphs, on CUDA devices only).
+        auto: the ``cache: auto`` rule: :meth:`engaged` only on a CUDA device, from the first
+            call that brings a full batch on.
     """
 
-    def __init__(self, max_batch_size: int, batch_buckets: Any = None, length_multiple: int = 256, compile_config: Any = None):
-        buckets = sorted({int(b) for b in (batch_buckets or DEFAULT_BATCH_BUCKETS)})
+    def __init__(self, max_batch_size: int, batch_buckets: Any = None, length_multiple: int = 256, compile_config: Any = None, auto: bool = False):
+        default = (max_batch_size,) if auto else DEFAULT_BATCH_BUCKETS
+        buckets = sorted({int(b) for b in (batch_buckets or default)})
         if buckets[0] < 1:
             raise ValueError(f"batch_buckets must be sizes >= 1, got {batch_buckets}")
         if length_multiple < 1:
             raise ValueError(f"length_multiple must be >= 1, got {length_multiple}")
         self.buckets = tuple([b for b in buckets if b < max_batch_size] + [max_batch_size])
+        self.max_batch_size = max_batch_size
         self.length_multiple = length_multiple
         self.compile_config = compile_config
+        self.auto = auto
+        self.on = False  # "auto" switches on at its first full batch on CUDA, "static" now
         self._seen: set[tuple[int, int]] = set()
+        if not auto:
+            self._switch_on()
+
+    def _switch_on(self) -> None:
+        self.on = True
         _use_persistent_inductor_cache()
+        _allow_recompiles()
+
+    def engaged(self, n_requests: int, device: Any) -> bool:
+        """Whether a generation of ``n_requests`` requests on ``device`` runs on the static cache.
+        Always in static mode. With ``auto``: never off CUDA (nothing is compiled there, and the
+        eager static cache is slower than the dynamic one); on CUDA from the first call of at
+        least ``max_batch_size`` requests (and never fewer than :data:`AUTO_MIN_REQUESTS`) on,
+        for the rest of this object's life: a one-off call of a few requests does not wait
+        minutes for a compile; a loop of full batches pays it once."""
+        if not self.on and self.auto and getattr(device, "type", str(device)) == "cuda" and n_requests >= max(self.max_batch_size, AUTO_MIN_REQUESTS):
+            self._switch_on()
+            log.info("model.cache auto: a call of %d requests fills a batch of %d on %s: the static KV cache from now on "
+                     "(the decode step compiles once per shape)", n_requests, self.max_batch_size, device)
+        return self.on
 
     def rows(self, n: int) -> int:
         """The batch size ``n`` rows are padded up to."""
@@ -674,26 +728,42 @@ class StaticShapes:
         """``length`` rounded up to the length multiple."""
         return -(-length // self.length_multiple) * self.length_multiple
 
-    def generate_kwargs(self, prompt_len: int, max_new_tokens: int) -> dict[str, Any]:
-        """``generate`` arguments for a static cache sized for this prompt and budget, rounded up
-        (transformers keeps the longest cache length a model has seen, so shorter turns reuse it)."""
-        kwargs: dict[str, Any] = {"cache_implementation": "static", "max_cache_len": self.padded_length(prompt_len + max_new_tokens)}
+    def cache_length(self, prompt_len: int, max_new_tokens: int) -> int:
+        """The static cache a generation gets: its prompt and budget, rounded up to the length
+        multiple, whatever lengths came before (no turn runs on a longer turn's cache)."""
+        return self.padded_length(prompt_len + max_new_tokens)
+
+    def generate_kwargs(self, model: Any, prompt_len: int, max_new_tokens: int) -> dict[str, Any]:
+        """``generate`` arguments for one generation: a fresh ``StaticCache`` of
+        :meth:`cache_length` under the model's cache argument, and the compile config if set.
+
+        The cache is passed in rather than asked for with ``cache_implementation="static"``,
+        because transformers' ``_prepare_static_cache`` keeps the longest cache length a model has
+        seen (``max(max_cache_len, previous)``), so a short turn after a long one would attend
+        over the long one's length; a cache we size ourselves is of this call's length. A
+        passed static cache still compiles the decode step (transformers'
+        ``_valid_auto_compile_criteria`` asks for a compileable cache, not for who made it).
+        """
+        from transformers import StaticCache
+
+        cache = StaticCache(config=model.config, max_cache_len=self.cache_length(prompt_len, max_new_tokens))
+        kwargs: dict[str, Any] = {_cache_argument(model): cache}
         if self.compile_config is not None:
             kwargs["compile_config"] = self.compile_config
         return kwargs
 
     @contextlib.contextmanager
-    def first_of_shape(self, model: Any, input_ids: Any) -> Iterator[None]:
+    def first_of_shape(self, input_ids: Any, cache_len: int) -> Iterator[None]:
         """Time the generation in the block and log it when it is the first of its (batch, cache
-        length) shape in this process: that one compiles the decode step (reported once per shape)."""
+        length) shape in this process: that one may compile the decode step (reported once per
+        shape, with the graphs torch.compile made meanwhile)."""
         import time
 
         import torch
 
+        shape = (int(input_ids.shape[0]), int(cache_len))
         graphs, start = _compiled_graphs(), time.perf_counter()
         yield
-        # transformers records the cache length it allocated (the longest so far)
-        shape = (int(input_ids.shape[0]), int(getattr(model, "_previous_max_cache_length", 0)))
         if shape in self._seen:
             return
         self._seen.add(shape)
@@ -714,6 +784,24 @@ def _compiled_graphs() -> int:
         return int(counters["stats"]["unique_graphs"])
     except (ImportError, KeyError):  # pragma: no cover - a torch without dynamo counters
         return 0
+
+
+RECOMPILE_LIMIT = 64  # torch.compile graphs per code object a static-cache process may make
+
+
+def _allow_recompiles() -> None:
+    """Raise dynamo's ``recompile_limit`` (default 8) to :data:`RECOMPILE_LIMIT` unless set higher.
+
+    A static-cache run compiles its decode step once per shape on purpose (batch bucket, cache
+    length, attention implementation, compile config), and dynamo counts the graphs per code
+    object: the forward of a model class, shared by every model of that class in the process (a
+    judge and a stage-3 policy of one architecture, two backends with their own compile configs).
+    Past the limit dynamo runs the step eagerly without failing, which on a static cache is
+    slower than the dynamic cache: a silent slowdown, not an error. The shapes are bounded by
+    the buckets, so a higher limit cannot run away."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(int(torch._dynamo.config.recompile_limit), RECOMPILE_LIMIT)
 
 
 def _use_persistent_inductor_cache() -> None:

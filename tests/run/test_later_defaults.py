@@ -12,7 +12,7 @@ from cac_align.config import RecipeError, load_config
 from cac_align.jobs.dpo import DpoConfig
 from cac_align.jobs.flow_grpo import FlowGrpoConfig
 from cac_align.jobs.repair import RepairConfig
-from cac_align.run.folder import LATER_DEFAULTS, RunFolder, config_fingerprint
+from cac_align.run.folder import EARLIER_DEFAULTS, LATER_DEFAULTS, RunFolder, config_fingerprint
 from conftest import REPO_ROOT
 
 A14B = "generator.name=tiny-random:wan22-a14b"
@@ -51,3 +51,22 @@ def test_a_folder_from_before_a_later_setting_resumes_and_a_set_one_differs(job,
     assert str(section[leaf]) == setting[-1].split("=", 1)[1]
     with pytest.raises(RecipeError, match=rf"differs in: [^)]*\b{re.escape(key)}\b"):
         RunFolder(str(tmp_path / "run"), job, (), changed, {})
+
+
+def test_a_synth_cot_folder_from_before_auto_cache_resumes(tmp_path):
+    """model.cache's default became "auto" (#71): a synth-cot run whose teacher recorded the old
+    default ("dynamic") resumes at the new one; another mode set on purpose is another run."""
+    from cac_align.jobs.synth_cot import SynthCotConfig
+
+    assert EARLIER_DEFAULTS["teacher.cache"] == ("auto", "dynamic")
+    out = [f"out_dir={tmp_path / 'cot'}", "teacher.name=tiny-random:qwen3_vl"]
+    recipe = REPO_ROOT / "recipes/cac/synth_cot_tiny.yaml"
+    config = load_config(SynthCotConfig, recipe, out, job="synth-cot")
+    assert config.teacher.cache == "auto"
+    before = config_fingerprint(config)
+    assert before["teacher"]["cache"] == "dynamic"  # what a folder of before recorded
+    RunFolder(str(tmp_path / "cot"), "synth-cot", (), before, {}).start()
+    assert RunFolder(str(tmp_path / "cot"), "synth-cot", (), config_fingerprint(config), {}).resuming
+    static = config_fingerprint(load_config(SynthCotConfig, recipe, [*out, "teacher.cache=static"], job="synth-cot"))
+    with pytest.raises(RecipeError, match=r"differs in: [^)]*\bteacher\.cache\b"):
+        RunFolder(str(tmp_path / "cot"), "synth-cot", (), static, {})

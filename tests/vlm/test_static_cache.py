@@ -63,9 +63,30 @@ def test_buckets():
     shapes = StaticShapes(max_batch_size=6, batch_buckets=(1, 4, 8, 16), length_multiple=64)
     assert shapes.buckets == (1, 4, 6)  # capped at the batch size, which is always a bucket
     # a cache for the padded prompt and the budget, rounded up: 130 + 20 -> 192
-    assert shapes.generate_kwargs(130, 20) == {"cache_implementation": "static", "max_cache_len": 192}
+    assert shapes.cache_length(130, 20) == 192 and shapes.cache_length(10, 20) == 64
+    import torch._dynamo
+
+    # each shape compiles on purpose: dynamo's default of 8 graphs per forward would turn the step eager past it
+    assert torch._dynamo.config.recompile_limit >= 64
     with pytest.raises(ValueError, match="cache must be one of"):
         HFBackend(None, None, cache="paged")
+
+
+def test_auto_switches_to_static_on_cuda_at_the_first_full_batch():
+    import torch
+
+    shapes = StaticShapes(max_batch_size=8, auto=True)
+    assert shapes.buckets == (8,)  # one compiled batch size: a short batch is padded to it
+    assert StaticShapes(max_batch_size=8, batch_buckets=(4,), auto=True).buckets == (4, 8)  # unless buckets are given
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # only the device's type is read
+    assert not shapes.engaged(8, cpu) and not shapes.engaged(100, cpu)  # never on a CPU
+    assert not shapes.engaged(7, cuda)  # a one-off call of a few videos: no compile
+    assert shapes.engaged(8, cuda)  # a full batch: static from now on
+    assert shapes.engaged(1, cuda)  # ... also for a short call (padded to 8)
+    static = StaticShapes(max_batch_size=8)
+    assert static.engaged(1, cpu) and static.buckets == (1, 4, 8)  # "static" is static everywhere
+    single = StaticShapes(max_batch_size=1, auto=True)
+    assert not single.engaged(1, cuda) and single.engaged(2, cuda)  # one video alone never compiles
 
 
 def test_static_generation_equals_dynamic_and_compiles_once_per_bucket(qwen3, monkeypatch):
@@ -217,9 +238,14 @@ def test_recipes_choose_the_mode_and_a_resume_may_change_it():
 
     backend = build_backend(ModelConfig(name="tiny-random:qwen3_vl", cache="static", batch_buckets=[2, 4], length_multiple=32, max_batch_size=4))
     assert backend.cache == "static" and backend.static.buckets == (2, 4) and backend.static.length_multiple == 32
-    assert build_backend(ModelConfig(name="tiny-random:qwen3_vl")).static is None  # dynamic by default
-    with pytest.raises(ValueError, match="model.cache must be 'dynamic' or 'static'"):
+    assert build_backend(ModelConfig(name="tiny-random:qwen3_vl", cache="dynamic")).static is None
+    auto = build_backend(ModelConfig(name="tiny-random:qwen3_vl", max_batch_size=2))  # "auto" by default
+    assert auto.cache == "auto" and auto.static.auto and auto.static.buckets == (2,)
+    auto.generate(_requests(3), max_new_tokens=2)  # a full batch, but on the CPU: dynamic
+    assert not auto.static.on
+    with pytest.raises(ValueError, match="model.cache must be 'auto', 'dynamic' or 'static'"):
         ModelConfig(name="x", cache="paged")
     # the mode changes how, not what: not part of a run's fingerprint
     section = {"reward": {"model": {"name": "m", "cache": "static", "batch_buckets": [4], "length_multiple": 64}}}
     assert drop_serving_keys(section) == {"reward": {"model": {"name": "m"}}}
+    assert drop_serving_keys({"reward": {"model": {"name": "m", "cache": "auto"}}}) == {"reward": {"model": {"name": "m"}}}

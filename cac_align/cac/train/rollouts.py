@@ -54,6 +54,7 @@ from cac_align.cac.train.targets import clip_boxes, frames_shown
 from cac_align.run.dist import derive_seed
 from cac_align.video import Video, VideoError
 from cac_align.vlm.backend import assistant, user
+from cac_align.vlm.grouped_decode import use_grouped_decode
 from cac_align.vlm.hf import PAD_REQUEST, StaticShapes, render_chat
 
 __all__ = [
@@ -127,9 +128,15 @@ class HFSampler:
         batch_size: requests per ``generate`` call (left-padded).
         autocast: context manager for mixed precision (the trainer's).
         static: shape buckets for generation on a static, compiled KV cache
-            (:class:`~cac_align.vlm.hf.StaticShapes`; ``grpo.cache: static``), or None for
-            transformers' dynamic cache. A batch padded up to its bucket gets empty filler rows,
-            dropped from the results; the draws are then others than an unpadded batch's.
+            (:class:`~cac_align.vlm.hf.StaticShapes`; ``grpo.cache: static``, or ``auto``: static
+            on CUDA from the first call that fills a batch), or None for transformers' dynamic
+            cache. A batch padded up to its bucket gets empty filler rows, dropped from the
+            results; the draws are then others than an unpadded batch's. Each generation gets a
+            cache of its own length (turn 1 never runs on turn 2's).
+
+    The policy's text decoder gets the grouped decode attention
+    (:mod:`cac_align.vlm.grouped_decode`): one-token steps read each cached K/V once; training's
+    forward passes (many tokens) run transformers' sdpa as before.
     """
 
     def __init__(self, model: Any, processor: Any, temperature: float, batch_size: int = 8, autocast: Any = nullcontext, static: StaticShapes | None = None):
@@ -139,20 +146,21 @@ class HFSampler:
         self.batch_size = batch_size
         self.autocast = autocast
         self.static = static
+        use_grouped_decode(model)
         self.eos_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = processor.tokenizer.pad_token_id
         self.suppressed = placeholder_token_ids(processor)
         self._filler: EncodedChat | None = None
 
-    def _batch(self, chunk: Sequence[TurnRequest]) -> dict[str, Any]:
-        """The chunk's prompts, left-padded; in static mode padded up to its shape bucket."""
+    def _batch(self, chunk: Sequence[TurnRequest], static: StaticShapes | None) -> dict[str, Any]:
+        """The chunk's prompts, left-padded; on a static cache padded up to its shape bucket."""
         encoded = [r.prompt for r in chunk]
         multiple = None
-        if self.static is not None:
+        if static is not None:
             if self._filler is None:  # an empty user turn: the filler row of a bucket
                 self._filler = encode_context(self.processor, render_chat(self.processor, PAD_REQUEST), [])
-            encoded += [self._filler] * (self.static.rows(len(chunk)) - len(chunk))
-            multiple = self.static.length_multiple
+            encoded += [self._filler] * (static.rows(len(chunk)) - len(chunk))
+            multiple = static.length_multiple
         batch = collate(encoded, self.pad_id, padding_side="left", pad_to_multiple_of=multiple)
         batch.pop("labels")
         return {k: v.to(self.model.device) for k, v in batch.items()}
@@ -162,14 +170,14 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         torch.manual_seed(seed)
+        static = self.static if self.static is not None and self.static.engaged(len(requests), self.model.device) else None
         try:
             with torch.no_grad(), self.autocast():
                 for start in range(0, len(requests), self.batch_size):
                     chunk = requests[start : start + self.batch_size]
                     budget = max(r.max_new_tokens for r in chunk)
-                    batch = self._batch(chunk)
+                    batch = self._batch(chunk, static)
                     prompt_len = batch["input_ids"].shape[1]
-                    static = self.static.generate_kwargs(prompt_len, budget) if self.static is not None else {}
                     config = GenerationConfig(
                         do_sample=True,
                         temperature=self.temperature,
@@ -183,10 +191,12 @@ class HFSampler:
                         use_cache=True,
                         output_scores=True,
                         return_dict_in_generate=True,
-                        **static,
                     )
-                    with self.static.first_of_shape(self.model, batch["input_ids"]) if self.static is not None else nullcontext():
+                    if static is None:
                         result = self.model.generate(**batch, generation_config=config)
+                    else:  # a static cache of this generation's own length
+                        with static.first_of_shape(batch["input_ids"], static.cache_length(prompt_len, budget)):
+                            result = self.model.generate(**batch, generation_config=config, **static.generate_kwargs(self.model, prompt_len, budget))
                     new = result.sequences[:, prompt_len:]
                     # scores are the processed logits the sampler drew from (here logits / T)
                     logprobs = torch.stack(

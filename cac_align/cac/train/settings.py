@@ -45,9 +45,11 @@ class GrpoSettings:
         advantage_eps: added to the group's reward std (Eq. 8).
         sampler: "hf" (the policy samples) or "simulated" (offline stand-in, module doc).
         generation_batch_size: rollouts per ``generate`` call.
-        cache: the ``hf`` sampler's KV cache: "dynamic" (transformers' default) or "static"
-            (preallocated, decode step compiled on CUDA, batches in shape buckets;
-            :class:`~cac_align.vlm.hf.HFBackend` explains).
+        cache: the ``hf`` sampler's KV cache: "dynamic" (transformers' default; the default here
+            until stage 3's static rollouts are measured on a GPU), "static" (preallocated,
+            decode step compiled on CUDA, batches in shape buckets;
+            :class:`~cac_align.vlm.hf.HFBackend` explains) or "auto" (static on CUDA from the
+            first call that fills ``generation_batch_size``, dynamic on a CPU).
         batch_buckets, length_multiple: the static cache's shape buckets (batch sizes padded up
             to, capped at ``generation_batch_size``; prompt and cache length granularity).
         simulated_noise: how damaged the simulated policy's answers are (0 = ground truth).
@@ -93,8 +95,8 @@ class GrpoSettings:
             raise ValueError(f"grpo.reward_weights are (format, status, type, temporal, spatial), got {list(self.reward_weights)}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"grpo.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.cache not in ("dynamic", "static"):
-            raise ValueError(f"grpo.cache must be 'dynamic' or 'static', got {self.cache!r}")
+        if self.cache not in ("auto", "dynamic", "static"):
+            raise ValueError(f"grpo.cache must be 'auto', 'dynamic' or 'static', got {self.cache!r}")
         if self.length_multiple < 1 or (self.batch_buckets is not None and min(self.batch_buckets, default=0) < 1):
             raise ValueError("grpo.length_multiple and every grpo.batch_buckets size must be >= 1")
         if self.simulated_noise < 0:
