@@ -49,6 +49,11 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
 # recipe's 704x1280x121 (recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml: LoRA 32, bf16, gradient
 # checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory.
 run wan22_ti2v_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b
+# Issue #72: one Flow-GRPO step of LTX-2's architecture at its recipe's 512x768x121
+# (recipes/align/flow_grpo_ltx2_ur_cac.yaml: CFG, LoRA 32 on the video branch, bf16, gradient
+# checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory (the
+# 12B text encoder as arithmetic beside it).
+run ltx2_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-ltx2
 # Issue #32: CaC two-turn scoring at the paper's budget on the dynamic vs the static KV cache
 # (model.cache), batch 16 and 32: s/video with compile included (first pass) and excluded
 # (second), peak memory (target: <= 4 s per video on one H100). Then stage 3's rollout generation

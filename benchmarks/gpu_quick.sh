@@ -18,10 +18,12 @@
 #                   (same machine, same inductor cache), so its first pass is not a cold one.
 #   3. decode_attention  one decode step's attention alone at the 8B's batch-32 turn-2 shape, stock
 #                   vs ours: bytes, KV copies, CUDA time (benchmarks/decode_attention.py)
-#   -- steps after the judge: a new family's figure (LTX-2's step) goes here, then what
-#      gpu_all.sh still owes (benchmarks/README.md says which), most owed first:
-#   4. ur7b         UnifiedReward-7B's probs scoring (status_encoding.py --mode gpu-ur7b): never measured
-#   5. ti2v_step    one Flow-GRPO step of Wan2.2-TI2V-5B at 704x1280x121, 2 sampling steps
+#   4. ltx2_step    one Flow-GRPO step of LTX-2's architecture at its recipe's 512x768x121 (2 videos,
+#                   2 sampling steps, CFG): s per video and step, peak memory, Gemma-3-12B's 24 GB
+#                   as arithmetic (wan_grpo_step.py --mode gpu-ltx2): never measured
+#   -- then what gpu_all.sh still owes (benchmarks/README.md says which), most owed first:
+#   5. ur7b         UnifiedReward-7B's probs scoring (status_encoding.py --mode gpu-ur7b): never measured
+#   6. ti2v_step    one Flow-GRPO step of Wan2.2-TI2V-5B at 704x1280x121, 2 sampling steps
 #                   (wan_grpo_step.py --mode gpu-ti2v-5b; its figure is not yet in benchmarks/README.md)
 #
 # The lent GPU machine (ENVIRONMENT.md) has python 3.12 and torch 2.11 but not this project's
@@ -31,7 +33,7 @@
 # then one device run (nothing else in the call; 600 s limit, the script ends by itself at 540 s):
 #     run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site PYTHON=python3 && bash benchmarks/gpu_quick.sh $OUT",
 #         carry=[".whl"], timeout_s=600)
-# and the files of $OUT come back (summary.txt and one file per step: 6 files, the device tool
+# and the files of $OUT come back (summary.txt and one file per step: 7 files, the device tool
 # returns at most 8). Adding a step: one `step` line below, in its place in the order, with its
 # GPU and --check commands; keep the number of steps at 7 or fewer for that limit.
 set -uo pipefail
@@ -131,7 +133,9 @@ step judge_stock 280 150 benchmarks/judge_decode.py --mode gpu-8b --attention st
   -- benchmarks/judge_decode.py --mode tiny --attention stock --batch 2 --tokens 4 --seconds 2
 step decode_attention 90 45 benchmarks/decode_attention.py --device cuda --batch 32 --cache 3840 --repeats 50 \
   -- benchmarks/decode_attention.py --check
-# (steps after the judge: a new family's step, LTX-2's, goes here)
+# (a') after the judge, the new family: one Flow-GRPO step of LTX-2 at its recipe's 512x768x121 (never measured)
+step ltx2_step 240 150 benchmarks/wan_grpo_step.py --mode gpu-ltx2 --sampling-steps 2 --steps 1 \
+  -- benchmarks/wan_grpo_step.py --mode cpu-check-ltx2 --sampling-steps 2 --steps 1
 # (b) what gpu_all.sh still owes, as time allows
 step ur7b 150 90 benchmarks/status_encoding.py --mode gpu-ur7b \
   -- benchmarks/status_encoding.py --mode cpu-check --ur-videos 1

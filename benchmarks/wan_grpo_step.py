@@ -266,6 +266,11 @@ def main() -> None:
     videos, steps = 4, 50  # the paper's step on 8 GPUs: 32 videos, 50 sampling steps, all trained
     print(f"extrapolated paper step per GPU ({videos} videos x {steps} steps): sampling {per_sample * videos * steps:.0f} s, "
           f"training {per_train * videos * steps:.0f} s (without reward scoring)")
+    result = {"mode": args.mode, "group": args.group, "sampling_steps": args.sampling_steps, "steps": args.steps, "sample_s_per_video_step": per_sample,
+              "train_s_per_video_timestep": per_train, "peak_gib": round(peak, 2) if gpu else None, "with_rewards": bool(resident)}
+    if model == "ltx2":
+        result["gemma_3_12b_gib_arithmetic"] = round(GEMMA_3_12B_PARAMETERS * 2 / 2**30, 1)
+    print("RESULT " + json.dumps(result))  # one line a run: gpu_quick.sh collects it
 
 
 if __name__ == "__main__":
