@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-STEPS = ("judge_ours", "judge_stock", "decode_attention", "ur7b", "ti2v_step")
+STEPS = ("judge_ours", "judge_stock", "decode_attention", "ltx2_step", "ur7b", "ti2v_step")
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -50,6 +50,8 @@ def test_check_runs_every_step_and_writes_its_figures(tmp_path):
     (attention,) = results["decode_attention"]
     assert attention["stock"]["kv_copies"] == 2 and attention["ours"]["kv_copies"] == 0  # K and V copied per query head: stock only
     assert attention["read_ratio"] >= 3 and attention["max_abs_difference"] < 1e-2
+    (ltx2,) = results["ltx2_step"]  # one Flow-GRPO step of the tiny LTX-2, and Gemma-3-12B's bf16 weights as arithmetic
+    assert ltx2["sample_s_per_video_step"] > 0 and ltx2["train_s_per_video_timestep"] > 0 and ltx2["gemma_3_12b_gib_arithmetic"] == 22.7
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
 
 
