@@ -13,6 +13,7 @@ from cac_align.rewards import build_reward
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow  # the README main job twice (about 40 s): `pytest -m slow`, which .ci/run runs (its wheel check runs the job too)
 def test_the_readme_main_job_runs_from_another_folder_by_name_and_the_python_api_agrees(tmp_path, monkeypatch):
     # the case: from any other folder, `--config recipes/score/cac_demo.yaml` stopped with
     # "no such synth recipe" (its synth: recipes/synth/default.yaml resolved from the current folder)

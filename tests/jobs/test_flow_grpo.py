@@ -393,6 +393,7 @@ save_lora(pipe.transformer, sys.argv[1])
 """
 
 
+@pytest.mark.slow  # two fresh processes (about 20 s): `pytest -m slow` (.ci/run runs it)
 def test_identical_runs_write_identical_lora_files_readable_by_others(tmp_path):
     # target_modules is a set in peft's config: its order follows the interpreter's string hash
     # seed, which differs between processes; the file must not

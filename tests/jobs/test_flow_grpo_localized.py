@@ -245,6 +245,7 @@ def test_a_combined_reward_carries_its_components_evidence_to_the_maps(tmp_path)
     assert localized.shape[1:] == (3, 8, 8) and (localized[:, 1:, :4, :4] == 6).all() and localized.sum() == pytest.approx(192 * len(localized))
 
 
+@pytest.mark.slow  # two processes, as every trainer's other two-process tests: `pytest -m slow` (.ci/run runs it)
 def test_two_processes_give_the_maps_and_losses_of_one(tmp_path):
     """torchrun-equivalent (`accelerate launch`, two gloo processes, as the scalar path's test):
     one step of the tiny localized recipe gives, concatenated over the ranks, the maps of one
