@@ -255,6 +255,7 @@ def test_config_errors():
         vb_job.VBenchConfig(systems={"a": "x"}, out_dir="x", imaging_quality_preprocessing_mode="long")
 
 
+@pytest.mark.slow  # vbench's metrics once more through the example (about 20 s): `pytest -m slow` (.ci/run runs it)
 def test_the_before_after_example_writes_table_2_from_two_folders(tmp_path, random_cache, systems):
     """examples/vbench_before_after.py (README, Examples): two folders in, vbench's scores and the
     report out; "after" is the aligned folder with its corrupt video counted as failed."""
