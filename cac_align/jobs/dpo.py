@@ -13,15 +13,19 @@ those pairs (and, globally, from Best-of-N's best and worst candidates), with Lo
 1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.gen.pairs.read_pairs`);
    rows that give none are counted by reason and listed in ``pairs.json``;
 2. **latents**: each pair's videos are encoded once by the model's own VAE (Wan2.2-TI2V-5B's: 48
-   channels, 16x), its prompt by UMT5, and a repair pair's mask pooled onto that latent grid, into
-   ``latents/pair_NNNNN.safetensors`` (split over the processes; a resumed run reuses them);
+   channels, 16x; LTX-2's: 128 channels, 32x and 8x in time), its prompt by the model's text
+   encoder (UMT5; LTX-2: Gemma-3 and its connectors), and a repair pair's mask pooled onto that
+   latent grid, into ``latents/pair_NNNNN.safetensors`` (split over the processes; a resumed run
+   reuses them);
 3. **train**: each step takes ``pairs_per_step`` pairs (seeded epochs over the pairs, every pair
    once per epoch), split evenly over the processes and into micro-batches of ``batch_size``. Each
    pair's winner and loser are noised with one noise and one noise level (seeded by the run's seed,
    the step and the pair's place in it: the same on 1 or N processes; with a LoRA on one expert of
    the A14B, drawn among the levels that expert serves); the policy (the LoRA on) and the reference
    (the same experts with the LoRA off) predict both velocities, each pair through the expert that
-   serves its level (:class:`~cac_align.gen.experts.WanDenoiser`); LocalDPO's loss;
+   serves its level (:class:`~cac_align.gen.experts.WanDenoiser`; LTX-2's transformer also gets an
+   audio stream: the pair's own noise at its level on silence, the same for winner and loser,
+   policy and reference, docs/dpo.md "LTX-2"); LocalDPO's loss on the video velocities;
    the micro-batches' gradients accumulate into one AdamW update (linear warmup, then constant),
    clipped;
 4. **log and checkpoint**: ``metrics.jsonl`` (and TensorBoard / W&B) every step, a checkpoint

@@ -11,9 +11,11 @@ normalized UnifiedReward and CaC scores. Each training step:
 1. takes the step's prompts (``prompts_per_step``, in a seeded order that covers every prompt
    once per epoch) and makes ``group_size`` copies of each; the copies are split evenly over
    the processes;
-2. samples every copy with the SDE sampler (:mod:`cac_align.gen.sde`), keeping its latents and
-   per-step log-probs, and decodes it; each sampled batch goes to a reward thread pool at once,
-   so scoring overlaps the sampling of the next batch;
+2. samples every copy with the SDE sampler (:mod:`cac_align.gen.sde`) and the generator family's
+   own guided velocity (:mod:`cac_align.gen.family`: Wan-2.1, Wan2.2, LTX-2, whose audio latents
+   take the deterministic step beside the video's), keeping its latents and per-step log-probs,
+   and decodes it; each sampled batch goes to a reward thread pool at once, so scoring overlaps
+   the sampling of the next batch;
 3. collects the rewards and gathers them from every process;
 4. computes per-prompt advantages (:mod:`cac_align.rl`); samples whose reward is invalid
    or whose group has zero variance are dropped (weight 0) and counted;
