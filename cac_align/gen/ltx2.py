@@ -26,8 +26,8 @@ the audio tokens (one per 40 ms):
 **Audio in the jobs.** ``bon`` writes each candidate's soundtrack into its mp4 (AAC) and beside it
 (``.wav``); judges read the frames. ``flow-grpo`` samples the video latents on the SDE with
 log-probabilities and the audio latents on the deterministic (ODE) path, as Flow-Factory's LTX-2
-trainer does (``models/ltx2/ltx2_t2av.py``: audio "uses deterministic ODE sampling (no log_prob, no
-RL gradient)"); the recorded audio latents are the transformer's audio input when a step is
+trainer does (``models/ltx2/ltx2_t2av.py``: its audio is sampled by an ODE scheduler, with no
+log-probability and no policy gradient); the recorded audio latents are the transformer's audio input when a step is
 recomputed. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
 the noise of the pair's level on a silent (zero, the latent mean) clean audio, the same for
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
