@@ -130,6 +130,7 @@ class GeneratorFamily(Protocol):
         hub_ids: its release checkpoints, known by name when their files cannot be read.
         lora_target_modules: what a trainer's LoRA adapts when a recipe does not say (Wan: every
             attention projection; LTX-2: the video branch).
+        min_inference_steps: the fewest sampling steps its schedule takes (LTX-2: 2).
     """
 
     name: str
@@ -143,6 +144,7 @@ class GeneratorFamily(Protocol):
     tiny_names: tuple[str, ...]
     hub_ids: tuple[str, ...]
     lora_target_modules: tuple[str, ...]
+    min_inference_steps: int
 
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
         """The pipeline in ``source`` (a folder or hub id), safetensors only."""
@@ -220,6 +222,7 @@ class Regenerator(Protocol):
             multiple it regenerates.
         boxes: it keeps pixels inside a frame (regenerates boxes), not only whole frames.
         defaults: the ``RegeneratorConfig`` settings a recipe may leave unset.
+        min_inference_steps: the fewest sampling steps its schedule takes.
     """
 
     name: str
@@ -232,6 +235,7 @@ class Regenerator(Protocol):
     spatial_multiple: int
     boxes: bool
     defaults: Mapping[str, Any]
+    min_inference_steps: int
 
     def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
         """The pipeline ``name`` names, on ``device``."""

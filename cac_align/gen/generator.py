@@ -172,8 +172,9 @@ class GeneratorConfig:
             raise ValueError(f"num_frames must be {frames}k + 1 ({title}'s VAE compresses time {frames}x), got {self.num_frames}")
         if self.height <= 0 or self.width <= 0 or self.height % spatial or self.width % spatial:
             raise ValueError(f"height and width must be positive multiples of {spatial} for {self.name}, got {self.height}x{self.width}")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        least = 1 if self.is_synthetic else self.family.min_inference_steps
+        if self.num_inference_steps < least:
+            raise ValueError(f"num_inference_steps must be >= {least} for {self.name} ({title}), got {self.num_inference_steps}")
         if self.max_sequence_length < 1:
             raise ValueError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
         scales = [self.guidance_scale, self.guidance_scale_2, self.stg_scale, self.modality_scale, self.guidance_rescale, self.audio_guidance_scale,

@@ -106,6 +106,8 @@ class LTX2Family:
     frame_multiple: int = 8  # the VAE keeps frame 0 and compresses each next 8 into one latent frame
     audio: bool = True
     lora_target_modules: tuple[str, ...] = tuple(VIDEO_BRANCH)
+    # its schedule stretches the sigmas to end at 0.1, dividing by 1 minus the last one: with one step, 0
+    min_inference_steps: int = 2
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None) -> Any:
@@ -425,6 +427,10 @@ class LTX2Regenerator:
     @property
     def defaults(self) -> dict[str, Any]:
         return {key: self.family.defaults[key] for key in _REGENERATOR_KEYS}
+
+    @property
+    def min_inference_steps(self) -> int:
+        return self.family.min_inference_steps
 
     def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
         pipe = self.family.load(name, dtype=dtype, vae_dtype=vae_dtype, key=key, pipeline=self.pipeline_class)

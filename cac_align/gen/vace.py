@@ -135,8 +135,9 @@ class RegeneratorConfig:
             raise RecipeError(f"regenerator.{foreign[0]} does not apply to {self.name!r} ({family.title}); remove it")
         scales = [self.guidance_scale, self.guidance_scale_2, self.conditioning_scale, self.stg_scale, self.modality_scale, self.guidance_rescale,
                   self.audio_guidance_scale, self.audio_stg_scale, self.audio_modality_scale, self.audio_guidance_rescale]
-        if self.num_inference_steps < 1 or any(s is not None and s < 0 for s in scales):
-            raise ValueError("regenerator: num_inference_steps must be >= 1, guidance and conditioning scales >= 0")
+        if self.num_inference_steps < family.min_inference_steps or any(s is not None and s < 0 for s in scales):
+            raise ValueError(f"regenerator: num_inference_steps must be >= {family.min_inference_steps} ({family.title}), guidance and conditioning "
+                             "scales >= 0")
 
 
 def _tiny_vace_transformer() -> Any:
@@ -219,6 +220,7 @@ class VaceRegenerator:
     frame_multiple: int = FRAME_MULTIPLE
     spatial_multiple: int = SIZE_MULTIPLE
     boxes: bool = True
+    min_inference_steps: int = 1
 
     def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
         from cac_align.gen.wan import load_wan_pipeline

@@ -92,6 +92,7 @@ class WanFamily:
     frame_multiple: int = 4  # Wan's VAE keeps frame 0 and compresses each next 4 into one latent frame
     audio: bool = False
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # both attentions of every block
+    min_inference_steps: int = 1
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:

@@ -147,6 +147,8 @@ def test_an_ltx2_is_found_from_its_files_and_takes_the_releases_settings(tmp_pat
         GeneratorConfig(name="tiny-random:ltx2", num_frames=13)  # 4k + 1 (a Wan length), not 8k + 1
     with pytest.raises(ValueError, match="multiples of 32"):
         GeneratorConfig(name="tiny-random:ltx2", height=48, width=64)
+    with pytest.raises(ValueError, match="num_inference_steps must be >= 2 for tiny-random:ltx2"):
+        GeneratorConfig(name="tiny-random:ltx2", num_inference_steps=1)  # its schedule would be NaN
     with pytest.raises(ValueError, match="stg_scale does not apply to tiny-random:wan"):
         GeneratorConfig(name="tiny-random:wan", stg_scale=1.0)
     # the saved folder loads through from_pretrained and samples as the built one
