@@ -107,6 +107,30 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+class KeepingCompiler:
+    """A torch.compile backend that keeps every graph dynamo hands it (``graphs``) and runs it as
+    traced: how many compiles a run made, and what they hold."""
+
+    def __init__(self):
+        self.graphs: list = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs.append(graph_module)
+        return graph_module.forward
+
+    def __deepcopy__(self, memo):  # transformers deep-copies its CompileConfig: keep them here
+        return self
+
+
+def compile_config(compiler: KeepingCompiler) -> Any:
+    """transformers' ``CompileConfig`` compiling with ``compiler``, on the CPU too."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(backend=compiler, mode=None, fullgraph=False)
+    config._compile_all_devices = True  # transformers compiles on CUDA only by default
+    return config
+
+
 def smooth_video(num_frames: int = 9, height: int = 32, width: int = 64, seed: int = 0) -> np.ndarray:
     """(T, H, W, 3) uint8 gradients that move a little each frame; codec-friendly content."""
     rng = np.random.default_rng(seed)

@@ -27,31 +27,9 @@ from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
 from cac_align.vlm.grouped_decode import GROUPED_DECODE, grouped_decode_attention, text_attention, use_grouped_decode, use_stock_attention
 from cac_align.vlm.hf import HFBackend
-from conftest import ForceAnswer, smooth_video
+from conftest import ForceAnswer, KeepingCompiler, compile_config, smooth_video
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl")
-
-
-class KeepingCompiler:
-    """A torch.compile backend: keeps every graph dynamo hands it, runs it as traced."""
-
-    def __init__(self):
-        self.graphs = []
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs.append(graph_module)
-        return graph_module.forward
-
-    def __deepcopy__(self, memo):  # transformers deep-copies its CompileConfig: keep them here
-        return self
-
-
-def compile_config(compiler):
-    from transformers.generation.configuration_utils import CompileConfig
-
-    config = CompileConfig(backend=compiler, mode=None, fullgraph=False)
-    config._compile_all_devices = True  # transformers compiles on CUDA only by default
-    return config
 
 
 def build(family, seed=0):

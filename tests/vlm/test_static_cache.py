@@ -16,29 +16,7 @@ import pytest
 from cac_align.video import Video
 from cac_align.vlm.backend import user
 from cac_align.vlm.hf import HFBackend, StaticShapes, bucket_size
-from conftest import ForceAnswer, smooth_video
-
-
-class CountingCompiler:
-    """A torch.compile backend: counts the graphs dynamo hands it, runs them as traced."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, graph_module, example_inputs):
-        self.graphs += 1
-        return graph_module.forward
-
-    def __deepcopy__(self, memo):  # transformers deep-copies its CompileConfig: keep counting here
-        return self
-
-
-def compile_config(counter):
-    from transformers.generation.configuration_utils import CompileConfig
-
-    config = CompileConfig(backend=counter, mode=None, fullgraph=False)
-    config._compile_all_devices = True  # transformers compiles on CUDA only by default
-    return config
+from conftest import ForceAnswer, KeepingCompiler, compile_config, smooth_video
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +68,7 @@ def test_auto_switches_to_static_on_cuda_at_the_first_full_batch():
 
 
 def test_static_generation_equals_dynamic_and_compiles_once_per_bucket(qwen3, monkeypatch):
-    counter = CountingCompiler()
+    counter = KeepingCompiler()
     dynamic = HFBackend(qwen3.model, qwen3.processor, max_batch_size=8)
     static = HFBackend(qwen3.model, qwen3.processor, max_batch_size=8, cache="static", batch_buckets=(1, 4, 8),
                        length_multiple=64, compile_config=compile_config(counter))
@@ -108,19 +86,19 @@ def test_static_generation_equals_dynamic_and_compiles_once_per_bucket(qwen3, mo
     assert got == expected and all(len(ids) == 10 for ids in got)  # greedy: token for token
     # 3 rows went in as a bucket of 4, prompts left-padded to a multiple of 64
     assert shapes[-1][0] == 4 and shapes[-1][1] % 64 == 0 and shapes[-1][1] > shapes[0][1]
-    compiled = counter.graphs
+    compiled = len(counter.graphs)
     assert compiled >= 1
     # another batch of the same bucket (2 rows -> 4, other prompts): no new graph
     assert [c.token_ids for c in static.generate(_requests(2, offset=5), max_new_tokens=10)] == [
         c.token_ids for c in dynamic.generate(_requests(2, offset=5), max_new_tokens=10)
     ]
-    assert counter.graphs == compiled
+    assert len(counter.graphs) == compiled
     # a new bucket (1 row) compiles once; the next single row reuses it
     static.generate(_requests(1, offset=7), max_new_tokens=10)
-    after_new_bucket = counter.graphs
+    after_new_bucket = len(counter.graphs)
     assert after_new_bucket > compiled
     static.generate(_requests(1, offset=9), max_new_tokens=10)
-    assert counter.graphs == after_new_bucket
+    assert len(counter.graphs) == after_new_bucket
 
 
 def test_cac_two_turn_rewards_equal_in_both_modes(qwen3):
@@ -136,14 +114,14 @@ def test_cac_two_turn_rewards_equal_in_both_modes(qwen3):
     answer = tok(text, add_special_tokens=False)["input_ids"]
     options = CaCOptions(max_new_tokens=len(answer) + 1)
     videos = [Video(smooth_video(8, 64, 64, seed=i), 4.0) for i in range(3)]
-    counter = CountingCompiler()
+    counter = KeepingCompiler()
     results = {}
     for mode in ("dynamic", "static"):
         force = LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])
         extra = {"cache": "static", "batch_buckets": (1, 4), "length_multiple": 64, "compile_config": compile_config(counter)} if mode == "static" else {}
         backend = HFBackend(qwen3.model, qwen3.processor, max_batch_size=4, generate_kwargs={"logits_processor": force}, **extra)
         results[mode] = CaCScorer(backend, options).score(videos)
-    assert counter.graphs >= 1  # the static run did compile its decode step
+    assert len(counter.graphs) >= 1  # the static run did compile its decode step
     for d, s in zip(results["dynamic"], results["static"]):
         assert d.valid and s.valid and d.status == s.status == "abnormal" and s.turn2 is not None
         assert s.reward == pytest.approx(d.reward, abs=1e-5)
@@ -164,7 +142,7 @@ def test_unified_reward_equal_in_both_modes(tiny_qwen2_5_vl):
     answer = tok("visual quality: 3\n temporal consistency: 4\n dynamic degree: 2\n text-to-video alignment: 3\n factual consistency: 1",
                  add_special_tokens=False)["input_ids"]
     videos = [Video(smooth_video(12, 64, 64, seed=i), 16.0) for i in range(3)]
-    counter = CountingCompiler()
+    counter = KeepingCompiler()
     static_kwargs = {"cache": "static", "batch_buckets": (4,), "length_multiple": 64, "compile_config": compile_config(counter)}
     outs = {}
     for mode, extra in (("dynamic", {}), ("static", static_kwargs)):
@@ -176,7 +154,7 @@ def test_unified_reward_equal_in_both_modes(tiny_qwen2_5_vl):
             UnifiedReward(free, num_frames=4, max_new_tokens=12)(videos, ["a", "b", "c"]),  # the random model's own words
             UnifiedReward(free, num_frames=4, scoring="probs")(videos, ["a", "b", "c"]),
         )
-    assert counter.graphs >= 1
+    assert len(counter.graphs) >= 1
     (forced_d, free_d, probs_d), (forced_s, free_s, probs_s) = outs["dynamic"], outs["static"]
     assert forced_d.valid.all() and forced_d.scores == pytest.approx([2.6] * 3)  # (3 + 4 + 2 + 3 + 1) / 5
     np.testing.assert_allclose(forced_s.scores, forced_d.scores, atol=1e-5)
@@ -195,11 +173,11 @@ def test_stage3_rollout_batch_equal_in_both_modes(qwen3):
         video = Video(smooth_video(4 + 2 * (i % 2), 64, 64, seed=20 + i), 4.0)
         chat = [user(video, f"Is video {i} normal?")]
         requests.append(TurnRequest(encode_context(processor, render_chat(processor, chat), chat), None, video, 1, 9))
-    counter = CountingCompiler()
+    counter = KeepingCompiler()
     dynamic = HFSampler(qwen3.model, processor, temperature=1.0, batch_size=4).generate(requests, seed=11)
     static = HFSampler(qwen3.model, processor, temperature=1.0, batch_size=4,
                        static=StaticShapes(4, (4,), 64, compile_config(counter))).generate(requests, seed=11)
-    assert counter.graphs >= 1
+    assert len(counter.graphs) >= 1
     assert [s.token_ids for s in static] == [d.token_ids for d in dynamic]
     assert len({tuple(d.token_ids) for d in dynamic}) > 1  # sampled, not greedy
     for s, d in zip(static, dynamic):
@@ -220,7 +198,7 @@ def test_multi_token_choices_are_scored_from_the_static_cache(qwen3):
     assert max(len(tok(c, add_special_tokens=False)["input_ids"]) for c in choices) > 1
     answer = tok('{"status": "normal", "anomalies": []}', add_special_tokens=False)["input_ids"]
     prefix_of = lambda text: text[: text.index('"status": "') + 11]  # noqa: E731
-    counter = CountingCompiler()
+    counter = KeepingCompiler()
     probs = {}
     for mode, extra in (("dynamic", {}), ("static", {"cache": "static", "batch_buckets": (4,), "length_multiple": 64,
                                                       "compile_config": compile_config(counter)})):
@@ -228,7 +206,7 @@ def test_multi_token_choices_are_scored_from_the_static_cache(qwen3):
                             generate_kwargs={"logits_processor": LogitsProcessorList([ForceAnswer(answer, tok.eos_token_id)])}, **extra)
         completions, probs[mode] = backend.generate_scored(_requests(3), choices, prefix_of, max_new_tokens=len(answer) + 1)
         assert [c.text for c in completions] == ['{"status": "normal", "anomalies": []}'] * 3
-    assert counter.graphs >= 1 and np.isfinite(probs["static"]).all()
+    assert len(counter.graphs) >= 1 and np.isfinite(probs["static"]).all()
     np.testing.assert_allclose(probs["static"], probs["dynamic"], rtol=1e-5)
 
 
