@@ -131,6 +131,10 @@ class GeneratorFamily(Protocol):
         lora_target_modules: what a trainer's LoRA adapts when a recipe does not say (Wan: every
             attention projection; LTX-2: the video branch).
         min_inference_steps: the fewest sampling steps its schedule takes (LTX-2: 2).
+        block_classes: the class names of its transformer's blocks: one FSDP2 unit each
+            (:mod:`cac_align.gen.parallel`).
+        encoder_components: the pipeline components that encode prompts (text encoder, LTX-2's
+            connectors): on the device only while they encode when the generator is sharded.
     """
 
     name: str
@@ -145,6 +149,8 @@ class GeneratorFamily(Protocol):
     hub_ids: tuple[str, ...]
     lora_target_modules: tuple[str, ...]
     min_inference_steps: int
+    block_classes: tuple[str, ...]
+    encoder_components: tuple[str, ...]
 
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
         """The pipeline in ``source`` (a folder or hub id), safetensors only."""
@@ -152,6 +158,12 @@ class GeneratorFamily(Protocol):
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         """The tiny random pipeline ``name`` (one of :attr:`tiny_names`), built in-process."""
+        ...
+
+    def context_parallel_plan(self, transformer: Any) -> Any:
+        """The plan given to diffusers' ``enable_parallelism(cp_plan=...)`` for ``transformer``: which
+        inputs are split over a context-parallel group and which output is gathered (diffusers'
+        ``_cp_plan`` format); raises ``RecipeError`` with the reason where the family cannot split."""
         ...
 
     def denoiser(self, pipe: Any) -> Any:

@@ -108,6 +108,11 @@ class LTX2Family:
     lora_target_modules: tuple[str, ...] = tuple(VIDEO_BRANCH)
     # its schedule stretches the sigmas to end at 0.1, dividing by 1 minus the last one: with one step, 0
     min_inference_steps: int = 2
+    # what parallel training shards and splits (cac_align.gen.parallel): diffusers' LTX-2 declares no
+    # _no_split_modules, so the block class is named here (accelerate's auto-wrap would make the whole
+    # model one unit); Gemma and the connectors encode, then leave the device
+    block_classes: tuple[str, ...] = ("LTX2VideoTransformerBlock",)
+    encoder_components: tuple[str, ...] = ("text_encoder", "connectors")
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None) -> Any:
@@ -131,6 +136,16 @@ class LTX2Family:
     # -- sampling -------------------------------------------------------------------------
     def denoiser(self, pipe: Any) -> "LTX2Denoiser":
         return LTX2Denoiser(pipe.transformer, self)
+
+    def context_parallel_plan(self, transformer: Any) -> Any:
+        """Refused: diffusers' ``LTX2VideoTransformer3DModel._cp_plan`` splits the video tokens, the
+        text and the video rope but not the audio stream, which every block's audio-to-video and
+        video-to-audio attention meets (it fails in ``apply_split_rotary_emb`` on a tiny LTX-2.3)."""
+        from cac_align.config import RecipeError
+
+        raise RecipeError(f"parallel.context_parallel > 1 is not supported for {self.title} yet: diffusers' context-parallel plan for "
+                          "LTX2VideoTransformer3DModel does not split the audio stream its cross-modal attention meets; use "
+                          "parallel.shard=fsdp2 with context_parallel=1")
 
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """``config``'s guidance as ``LTX2Pipeline.__call__`` reads it (an audio scale unset or 0

@@ -93,6 +93,10 @@ class WanFamily:
     audio: bool = False
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # both attentions of every block
     min_inference_steps: int = 1
+    # what parallel training shards and splits (cac_align.gen.parallel): one FSDP2 unit per block (diffusers'
+    # _no_split_modules), the text encoder that leaves the device once the prompts are encoded
+    block_classes: tuple[str, ...] = ("WanTransformerBlock",)
+    encoder_components: tuple[str, ...] = ("text_encoder",)
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
@@ -106,6 +110,12 @@ class WanFamily:
         from cac_align.gen.experts import WanDenoiser
 
         return WanDenoiser.from_pipeline(pipe, self)
+
+    def context_parallel_plan(self, transformer: Any) -> Any:
+        """diffusers' own ``WanTransformer3DModel._cp_plan``: the rope and the first block's video
+        tokens split, the output gathered at ``proj_out``; the text is not split (its cross-attention
+        takes each rank's queries against the whole prompt)."""
+        return transformer._cp_plan
 
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """``config``'s classifier-free guidance (the A14B's: both experts'); ``guided=False``:
