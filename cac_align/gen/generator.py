@@ -244,15 +244,18 @@ def load_lora(pipe: Any, family: Any, path: str, scale: float = 1.0, key: str = 
         pipe.set_adapters(["default"], adapter_weights=[scale])
 
 
-def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME, pipeline_class: str = "WanPipeline") -> None:
+def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME, pipeline_class: str = "WanPipeline",
+              state_dict: dict[str, Any] | None = None) -> None:
     """Write ``transformer``'s peft LoRA as diffusers' LoRA file (what :func:`load_lora` reads),
     through the ``save_lora_weights`` of the model's pipeline class (its family's
-    ``pipeline_class``: ``WanPipeline``, ``LTX2Pipeline``)."""
+    ``pipeline_class``: ``WanPipeline``, ``LTX2Pipeline``). ``state_dict``: its LoRA weights whole,
+    keyed as its own ``state_dict`` (a sharded transformer's, gathered:
+    :meth:`cac_align.gen.parallel.Layout.expert_states`); None: the transformer's own."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer, state_dict=state_dict))
     # the adapter's LoraConfig travels in the file's metadata, so rank, alpha (the scale
     # alpha / rank) and target modules load back as trained
     # sets (target_modules) in a stable order: identical runs write identical files

@@ -138,17 +138,19 @@ def ddp_kwargs_handlers(generator_name: str, settings: LoraSettings) -> list | N
     return None
 
 
-def save_expert_loras(denoiser: Any, folder: Any) -> None:
+def save_expert_loras(denoiser: Any, folder: Any, states: list | None = None) -> None:
     """Each adapted expert's LoRA in ``folder`` as diffusers' LoRA files: the high-noise expert's
     as ``pytorch_lora_weights.safetensors``, the low-noise one's as
     ``pytorch_lora_weights_transformer_2.safetensors`` (diffusers loads it with
     ``load_lora_weights(folder, weight_name=..., load_into_transformer_2=True)``;
-    :func:`cac_align.gen.generator.load_lora` loads both)."""
+    :func:`cac_align.gen.generator.load_lora` loads both). ``states``: each expert's LoRA weights
+    whole (a sharded denoiser's: :meth:`cac_align.gen.parallel.Layout.expert_states`); None: read
+    from the experts."""
     from cac_align.gen.generator import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
 
     for index in denoiser.trained_experts():
         save_lora(denoiser.experts[index], folder, weight_name=LORA_WEIGHT_NAME if index == 0 else LORA_WEIGHT_NAME_2,
-                  pipeline_class=denoiser.family.pipeline_class)
+                  pipeline_class=denoiser.family.pipeline_class, state_dict=None if states is None else states[index])
 
 
 @contextlib.contextmanager
@@ -203,3 +205,85 @@ def _named_as(saved: dict[str, torch.Tensor], names: Any) -> dict[str, torch.Ten
         return saved
     prefixed = {f"transformer.{k}": v for k, v in saved.items()}
     return prefixed if set(prefixed) <= set(names) else saved
+
+
+# ---------------------------------------------------------------------------------------
+# A sharded trainer's checkpoint (parallel.shard=fsdp2): the same files, gathered whole
+# ---------------------------------------------------------------------------------------
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def save_sharded_lora_checkpoint(folder: Path, layout: Any, model: torch.nn.Module, optimizer: Any, ema: dict | None, is_main: bool) -> None:
+    """A sharded run's checkpoint files, call on every process (each gathers its shards):
+    ``model.safetensors`` (the LoRA, whole, named as one process names it), ``lora/``,
+    ``ema.safetensors`` and ``optimizer.safetensors`` (AdamW's state whole, by parameter name, with
+    its param groups in the header): the files one process writes, so the checkpoint does not
+    depend on how many processes wrote it (accelerate's ``save_state`` would keep the main
+    process's shard of the optimizer only)."""
+    import json
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    folder = Path(folder)
+    lora = layout.full_trainable(model)
+    experts = layout.expert_states(model)
+    ema_full = layout.full_tensors(ema) if ema is not None else None
+    optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main:
+        return
+    save_file(lora, str(folder / "model.safetensors"))
+    save_expert_loras(model, folder / "lora", experts)
+    if ema_full is not None:
+        save_file(ema_full, str(folder / "ema.safetensors"))
+    tensors, scalars = {}, {}
+    for name, state in optim["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.ndim > 0:
+                tensors[f"{name}::{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{name}::{key}"] = float(value)
+    save_file(tensors, str(folder / OPTIMIZER_FILE), metadata={"param_groups": json.dumps(optim["param_groups"]), "scalars": json.dumps(scalars)})
+
+
+def load_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, ema: dict | None) -> None:
+    """Load :func:`save_sharded_lora_checkpoint`'s files into a sharded model, its optimizer and
+    EMA (every process reads them and keeps its shards)."""
+    import json
+
+    from safetensors import safe_open
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    folder = Path(folder)
+    path = folder / "model.safetensors"
+    if not (path.is_file() and (folder / OPTIMIZER_FILE).is_file()):
+        raise RecipeError(f"{folder}: not a sharded run's checkpoint (no model.safetensors and {OPTIMIZER_FILE})")
+    params = trainable(model)
+    saved = _named_as(load_file(str(path)), params)
+    if set(saved) != set(params):
+        raise RecipeError(f"{folder}: its LoRA weights do not match this run's LoRA settings")
+
+    def into(target: torch.Tensor, value: torch.Tensor) -> None:
+        value = value.to(target.dtype)
+        if isinstance(target, DTensor):
+            value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
+        target.copy_(value)
+
+    with torch.no_grad():
+        for name, value in saved.items():
+            into(params[name], value)
+        if ema is not None:
+            saved_ema = _named_as(load_file(str(folder / "ema.safetensors")), ema)
+            for name in ema:
+                into(ema[name], saved_ema[name])
+    with safe_open(str(folder / OPTIMIZER_FILE), "pt") as handle:
+        metadata = handle.metadata()
+        state: dict[str, dict[str, Any]] = {}
+        for key in handle.keys():
+            name, field_name = key.rsplit("::", 1)
+            state.setdefault(name, {})[field_name] = handle.get_tensor(key)
+    for key, value in json.loads(metadata["scalars"]).items():
+        name, field_name = key.rsplit("::", 1)
+        state.setdefault(name, {})[field_name] = torch.tensor(value)
+    full = {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))

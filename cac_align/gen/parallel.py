@@ -26,9 +26,17 @@ DDP) average over all ``dp * cp`` ranks, so the loss is multiplied by ``cp``
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["PARALLEL_SHARDS", "ParallelSettings"]
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+__all__ = ["PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_layout", "family_blocks", "fsdp_units", "layout_for", "setup_parallel"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
 
@@ -71,3 +79,317 @@ class ParallelSettings:
     @property
     def keeps_encoder(self) -> bool:
         return self.shard == "none" if self.encoder_on_device is None else bool(self.encoder_on_device)
+
+
+# ---------------------------------------------------------------------------------------
+# The layout: who takes which samples, and the steps that differ once a model is parallel
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    """This process's place in a trainer's processes, and what it does differently there.
+
+    Attributes:
+        settings: the ``parallel`` section.
+        world: every process; rank: this one's (``dp_rank * cp + cp_rank``).
+        cp: the context-parallel degree (1: none).
+        fsdp_mesh: FSDP2's 1-D mesh over every process (None unless sharded).
+        cp_mesh: the ``(dp, ring, ulysses)`` mesh diffusers' context parallel runs on (None unless cp > 1).
+        leaders: the process group of each context-parallel group's first rank (None unless cp > 1).
+    """
+
+    settings: ParallelSettings
+    world: int
+    rank: int
+    cp: int = 1
+    fsdp_mesh: Any = None
+    cp_mesh: Any = None
+    leaders: Any = None
+    device: Any = None  # where the sharded transformers and the rest of the pipeline compute
+
+    # -- who takes what ------------------------------------------------------------------
+    @property
+    def dp(self) -> int:
+        """Data-parallel groups: each takes its own samples."""
+        return self.world // self.cp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.cp
+
+    @property
+    def cp_rank(self) -> int:
+        return self.rank % self.cp
+
+    @property
+    def leader(self) -> bool:
+        """The first rank of its context-parallel group: it decodes and scores the group's videos
+        (the others run the transformer with it and take its scores)."""
+        return self.cp_rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.settings.shard == "fsdp2"
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor on each rank's loss: ``cp`` (module docstring, "Gradients under context
+        parallel"); 1 without context parallel."""
+        return float(self.cp)
+
+    def describe(self) -> str:
+        shard = "FSDP2 (one unit per block)" if self.sharded else "whole on every process (DDP)"
+        return f"{self.world} process(es): data parallel {self.dp} x context parallel {self.cp}; generator {shard}"
+
+    # -- numbers across processes --------------------------------------------------------
+    def gather(self, accelerator: Accelerator, values: Any) -> np.ndarray:
+        """A per-group float array concatenated over the data-parallel groups in order, on every
+        process (each context-parallel group counted once: its leader's values)."""
+        from cac_align.run.dist import gather_floats
+
+        gathered = gather_floats(accelerator, values)
+        if self.cp == 1:
+            return gathered
+        return gathered.reshape(self.dp, self.cp, -1)[:, 0].reshape(-1)
+
+    def gather_leaders(self, accelerator: Accelerator, values: Any) -> np.ndarray | None:
+        """Like :meth:`gather`, called by the leaders alone (a number only a leader has, such as a
+        reward's per-component scores); None on the other ranks, which must not call it."""
+        if self.cp == 1:
+            from cac_align.run.dist import gather_floats
+
+            return gather_floats(accelerator, values)
+        if not self.leader:
+            raise RuntimeError("gather_leaders is called by the leaders of the context-parallel groups only")
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=accelerator.device)
+        parts = [torch.empty_like(tensor) for _ in range(self.dp)]
+        torch.distributed.all_gather(parts, tensor, group=self.leaders)
+        return torch.cat(parts).cpu().numpy()
+
+    # -- the model -----------------------------------------------------------------------
+    def prepare(self, accelerator: Accelerator, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        """``(model, optimizer)`` for training: accelerate's ``prepare`` (DDP) unless sharded, when
+        the denoiser is already FSDP2's (:func:`setup_parallel`) and the optimizer steps on its shards."""
+        if self.sharded:
+            return denoiser, optimizer
+        return accelerator.prepare(denoiser, optimizer)
+
+    def no_sync(self, accelerator: Accelerator, model: Any, last: bool) -> Any:
+        """The context of one backward of an accumulated update: gradients are reduced on the
+        ``last`` only (DDP's ``no_sync``; FSDP2's ``set_requires_gradient_sync``)."""
+        if last:
+            return contextlib.nullcontext()
+        if not self.sharded:
+            return accelerator.no_sync(model)
+        return _fsdp_no_sync(model)
+
+    def backward(self, accelerator: Accelerator, loss: torch.Tensor) -> None:
+        accelerator.backward(loss * self.loss_scale if self.cp > 1 else loss)
+
+    def clip_grad_norm_(self, accelerator: Accelerator, model: Any, max_norm: float) -> float:
+        """Clip the trainable gradients to ``max_norm`` by their global norm; returns the norm
+        before clipping. Sharded: the norm of the whole gradient (each shard's squares summed over
+        every process), the same number one process computes."""
+        if not self.sharded:
+            return float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if hasattr(total, "full_tensor"):  # a DTensor: each process holds its shards' part of the sum
+            total = total.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_([p for p in model.parameters() if p.grad is not None], max_norm, total)
+        return float(total)
+
+    def apply(self, denoiser: Any, family: Any, pipe: Any = None, device: Any = None) -> None:
+        """Apply the settings to ``denoiser``'s transformers (their LoRA already added; before the
+        optimizer is made, since sharding replaces the parameters). Call once, on every process.
+
+        1. context parallel (``context_parallel > 1``): each expert's attention through diffusers'
+           ``enable_parallelism`` (Ulysses over the group's ranks) with the family's plan of which
+           inputs are split (:meth:`~cac_align.gen.family.GeneratorFamily.context_parallel_plan`);
+        2. FSDP2 (``shard: fsdp2``): ``fully_shard`` on each of the family's blocks
+           (:attr:`~cac_align.gen.family.GeneratorFamily.block_classes`), then on the expert: blocks
+           + 1 units per expert, the LoRA inside the units, the frozen base with no gradient; each
+           process's shards go to ``device``;
+        3. the rest of ``pipe`` (sharded: loaded on the CPU): the VAE(s) and every other model to
+           ``device``, except the encoders (:attr:`~cac_align.gen.family.GeneratorFamily.encoder_components`)
+           when they do not stay (:meth:`encoders_on` brings them for each encoding).
+        """
+        experts = list(denoiser.experts)
+        if self.cp > 1:
+            from diffusers import ContextParallelConfig
+
+            for expert in experts:
+                plan = family.context_parallel_plan(expert)
+                expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=self.cp, mesh=self.cp_mesh), cp_plan=plan)
+        if not self.sharded:
+            return
+        # torch FSDP2 directly: accelerate turns FSDP on for accelerators only (never for a CPU run),
+        # and takes one model per prepare, where the A14B has two experts to shard
+        from torch.distributed.fsdp import fully_shard
+
+        from cac_align.config import RecipeError
+
+        reshard = self.settings.reshard_after_forward
+        for expert in experts:
+            blocks = family_blocks(expert, family)
+            if not blocks:
+                raise RecipeError(f"parallel.shard=fsdp2: {type(expert).__name__} has no block of the classes {list(family.block_classes)} "
+                                  f"its family ({family.title}) names")
+            for block in blocks:
+                fully_shard(block, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
+            fully_shard(expert, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
+        if pipe is not None and device is not None:
+            sharded = {id(e) for e in experts}
+            for name, module in pipe.components.items():
+                if isinstance(module, torch.nn.Module) and id(module) not in sharded:
+                    if name in family.encoder_components and not self.settings.keeps_encoder:
+                        continue
+                    module.to(device)
+        self.device = None if device is None else torch.device(device)
+
+    @contextlib.contextmanager
+    def encoders_on(self, pipe: Any, family: Any):
+        """The prompt encoders on the device while they encode, and back on the CPU after, when
+        ``encoder_on_device`` says they do not stay (sharded on an accelerator); else nothing moves."""
+        device = getattr(self, "device", None)
+        if self.settings.keeps_encoder or device is None or device.type == "cpu":
+            yield
+            return
+        modules = [pipe.components[name] for name in family.encoder_components if isinstance(pipe.components.get(name), torch.nn.Module)]
+        for module in modules:
+            module.to(device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+
+    def full_trainable(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The trainable (LoRA) weights by name, whole, float32 on the CPU, on every process (a
+        collective when sharded: every process must call it)."""
+        out = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                out[name] = _full(p).detach().float().cpu().contiguous()
+        return out
+
+    def full_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors`` (an EMA of the shards) whole, float32 on the CPU (a collective when sharded)."""
+        return {name: _full(t).detach().float().cpu().contiguous() for name, t in tensors.items()}
+
+    def expert_states(self, denoiser: Any) -> list[dict[str, torch.Tensor] | None]:
+        """Each expert's LoRA weights whole, keyed as the expert's own ``state_dict`` (what
+        ``save_lora`` writes), None for an expert without one (a collective when sharded)."""
+        states = []
+        for index, expert in enumerate(denoiser.experts):
+            if index not in denoiser.trained_experts():
+                states.append(None)
+                continue
+            states.append({name: _full(p).detach().cpu().contiguous() for name, p in expert.named_parameters() if p.requires_grad})
+        return states
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: torch.nn.Module):
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_requires_gradient_sync(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_requires_gradient_sync(True, recurse=False)
+
+
+def family_blocks(transformer: torch.nn.Module, family: Any) -> list[torch.nn.Module]:
+    """The transformer's blocks, by the family's class names (FSDP2 renames a sharded module's class
+    ``FSDP<name>``, a subclass: its bases are read too)."""
+    return [m for m in transformer.modules() if any(c.__name__ in family.block_classes for c in type(m).__mro__)]
+
+
+def fsdp_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules FSDP2 made units of (``fully_shard``), in module order."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+# ---------------------------------------------------------------------------------------
+# Applying it: context parallel on the attention, then FSDP2 per block, then the root
+# ---------------------------------------------------------------------------------------
+def check_layout(settings: ParallelSettings, world: int) -> None:
+    """The degrees against the number of processes, before anything loads."""
+    from cac_align.config import RecipeError
+
+    if world % settings.context_parallel:
+        raise RecipeError(f"parallel.context_parallel={settings.context_parallel} does not divide the {world} processes; "
+                          f"launch a multiple of {settings.context_parallel} processes or change parallel.context_parallel")
+    if settings.active and world > 1 and not torch.distributed.is_initialized():
+        raise RecipeError("parallel: the processes are not connected (torch.distributed is not initialized); launch with "
+                          "torchrun or accelerate launch")
+
+
+def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
+    """This process's :class:`Layout` (no model touched): the meshes of ``settings`` over the
+    processes accelerate launched."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    check_layout(settings, world)
+    layout = Layout(settings, world, rank, cp=settings.context_parallel)
+    if not settings.active:
+        return layout
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device_type = accelerator.device.type
+    if settings.shard == "fsdp2":
+        layout.fsdp_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
+    if layout.cp > 1:
+        layout.cp_mesh = init_device_mesh(device_type, (layout.dp, 1, layout.cp), mesh_dim_names=("dp", "ring", "ulysses"))
+        # every process takes part in making the group (torch.distributed's rule); only leaders use it
+        leader_ranks = [d * layout.cp for d in range(layout.dp)]
+        layout.leaders = torch.distributed.new_group(ranks=leader_ranks)
+    return layout
+
+
+def setup_parallel(accelerator: Accelerator, settings: ParallelSettings, denoiser: Any, family: Any, pipe: Any = None) -> Layout:
+    """:func:`layout_for`, then :meth:`Layout.apply` to ``denoiser`` (a one-call form for scripts)."""
+    layout = layout_for(accelerator, settings)
+    layout.apply(denoiser, family, pipe, accelerator.device)
+    return layout
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: which layout wrote one, and resuming on the same
+# ---------------------------------------------------------------------------------------
+def layout_state(layout: Layout) -> dict[str, Any]:
+    """What a checkpoint's ``state.json`` records of the layout that wrote it (nothing for plain
+    data parallel, whose checkpoints are as before)."""
+    if not layout.settings.active:
+        return {}
+    return {"parallel": {"processes": layout.world, "data_parallel": layout.dp, "context_parallel": layout.cp, "shard": layout.settings.shard}}
+
+
+def check_parallel_resume(state: dict[str, Any], layout: Layout, folder: Any) -> None:
+    """Refuse to resume checkpoint ``folder`` (its ``state.json`` is ``state``) on another layout
+    than the one that wrote it, with what to do instead."""
+    from cac_align.config import RecipeError
+
+    written, now = state.get("parallel"), layout_state(layout).get("parallel")
+    if written == now:
+        return
+
+    def say(record: dict[str, Any] | None) -> str:
+        if record is None:
+            return "data parallel (parallel.shard=none, context_parallel=1)"
+        return (f"{record['processes']} processes, parallel.shard={record['shard']}, "
+                f"context_parallel={record['context_parallel']}")
+
+    raise RecipeError(f"checkpoint {folder} was written by {say(written)}, and this run is {say(now)}: resume it with the same "
+                      f"processes and parallel section, or start a new run in another out_dir (its LoRA is in {folder}/lora)")

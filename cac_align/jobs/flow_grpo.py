@@ -66,8 +66,9 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.credit import LocalizeSettings, credit_maps
-from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, register_lora_checkpoint,
-                               save_expert_loras, trainable)
+from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
+                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
+from cac_align.gen.parallel import Layout, ParallelSettings, check_parallel_resume, layout_for, layout_state
 from cac_align.gen.generator import GeneratorConfig, build_generator, sample_with_log_probs, video_velocity
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
@@ -137,6 +138,9 @@ class FlowGrpoConfig:
             (steps, resolution, frames, guidance).
         reward: the reward section (``ur_cac`` by default; ``unified_reward`` for the UR-only row).
         lora: the LoRA settings.
+        parallel: how the processes share the generator (:mod:`cac_align.gen.parallel`): FSDP2
+            sharding (``shard: fsdp2``) and context parallel (``context_parallel: 2``); the default
+            is data parallel with a whole generator on every process.
         steps: training steps (CaC App. C.4: 120).
         prompts_per_step: prompts per step over all processes (CaC: batch size 2).
         group_size: videos per prompt (CaC: 16).
@@ -188,6 +192,7 @@ class FlowGrpoConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
     lora: LoraSettings = field(default_factory=LoraSettings)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
     steps: int = 120
     prompts_per_step: int = 2
     group_size: int = 16
@@ -272,6 +277,11 @@ class FlowGrpoConfig:
             self.lora.target_modules = list(self.generator.family.lora_target_modules)
         if self.lora.rank < 1 or not self.lora.target_modules:
             raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
+        if self.parallel.context_parallel > 1 and localize.enabled:
+            raise ValueError("advantage.localize with parallel.context_parallel > 1 is not supported yet (the reward's evidence is read "
+                             "on each group's first process only); use context_parallel: 1")
+        if self.parallel.shard == "fsdp2" and self.mixed_precision == "fp16":
+            raise ValueError("parallel.shard=fsdp2 trains in mixed_precision 'bf16' or 'no' (fp16's loss scaling is not wired to the shards)")
         if self.generator.lora is not None:
             raise ValueError("generator.lora is for generation (bon, eval); flow-grpo trains a new LoRA from the base model")
         reward_config(self.reward, "reward")
@@ -452,7 +462,9 @@ class _Trainer:
             kwargs_handlers=ddp_kwargs_handlers(config.generator.name, config.lora),
         )
         acc = self.accelerator
-        self.plan = plan_step(config, acc.num_processes, acc.process_index)
+        # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
+        self.layout: Layout = layout_for(acc, config.parallel)
+        self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
         run_folder = _run_folder(config, self.prompts)
         if config.advantage.shuffle_scores and acc.is_main_process:
             log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "
@@ -461,11 +473,16 @@ class _Trainer:
         resume_from = found[-1] if found else None
 
         # 1. generator with a LoRA on its transformer (a two-expert model's: on lora.experts);
-        #    text encoder, VAE and every expert without a LoRA stay frozen
+        #    text encoder, VAE and every expert without a LoRA stay frozen; then the parallel
+        #    settings applied to it (sharded: loaded on the CPU, each process keeps its shards)
         if self.pipe is None:
-            self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
+            load_device = "cpu" if self.layout.sharded else str(acc.device)
+            self.pipe = build_generator(dataclasses.replace(config.generator, device=load_device))
         pipe = self.pipe
         denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
+        self.layout.apply(denoiser, self.family, pipe, acc.device)
+        if acc.is_main_process and config.parallel.active:
+            log.info("flow-grpo: %s", self.layout.describe())
         self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
         optimizer = torch.optim.AdamW(
             list(trainable(denoiser).values()),
@@ -474,7 +491,7 @@ class _Trainer:
             eps=config.adam_eps,
             weight_decay=config.weight_decay,
         )
-        self.model, self.optimizer = acc.prepare(denoiser, optimizer)
+        self.model, self.optimizer = self.layout.prepare(acc, denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
@@ -485,7 +502,8 @@ class _Trainer:
             if config.ema_decay is not None
             else None
         )
-        register_lora_checkpoint(acc, self.unwrapped, self.ema)
+        if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
+            register_lora_checkpoint(acc, self.unwrapped, self.ema)
 
         # 2. the reward
         if self.reward is None:
@@ -500,8 +518,12 @@ class _Trainer:
         self.start_step = 0
         self._sources_logged = False  # the first step logged records reward/prompt_sources
         if resume_from is not None:
-            acc.load_state(str(resume_from))  # the LoRA, EMA, optimizer and every process's RNG state
             state = read_checkpoint_state(resume_from)
+            check_parallel_resume(state, self.layout, resume_from)  # the same processes and layout, or a message
+            if self.layout.sharded:
+                load_sharded_lora_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema)
+            else:
+                acc.load_state(str(resume_from))  # the LoRA, EMA, optimizer and every process's RNG state
             if state.get("reward_state"):
                 self.reward.load_state_dict(state["reward_state"])
             self.start_step = int(state["step"])
@@ -567,7 +589,7 @@ class _Trainer:
         return bool(alarms) and self.config.watch.stop
 
     def train_step(self, step: int) -> dict[str, Any]:
-        config, acc, plan = self.config, self.accelerator, self.plan
+        config, acc, plan, layout = self.config, self.accelerator, self.plan, self.layout
         G = config.group_size
         device = acc.device
         metrics: dict[str, Any] = {}
@@ -588,19 +610,22 @@ class _Trainer:
                 embeds[lo:hi], None if negative is None else negative[lo:hi], [sample_seed(config.seed, step, k) for k in local[lo:hi]], config.noise_level
             )
             trajectories.append(trajectory)
-            futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps)))
+            if layout.leader:  # a context-parallel group's videos are decoded and scored once, by its first process
+                futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps)))
         sample_seconds = time.perf_counter() - start
 
         # 3. collect the rewards (waiting only for what sampling did not hide) and gather them
+        #    (each context-parallel group's once: its leader's)
         start = time.perf_counter()
         outputs, reward_compute = self._collect(futures)
         reward_wait = time.perf_counter() - start
-        components = [_component_scores(o) for o in outputs]
-        local_scores = np.concatenate([o.scores for o in outputs])
-        scores = gather_floats(acc, local_scores)
-        for key in components[0]:
-            mean, std = nan_mean_std(gather_floats(acc, np.concatenate([c[key] for c in components])))
-            metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
+        local_scores = np.concatenate([o.scores for o in outputs]) if layout.leader else np.full(len(local), np.nan)
+        scores = layout.gather(acc, local_scores)
+        if layout.leader:  # per-component numbers: only the leaders scored
+            components = [_component_scores(o) for o in outputs]
+            for key in components[0]:
+                mean, std = nan_mean_std(layout.gather_leaders(acc, np.concatenate([c[key] for c in components])))
+                metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
         metrics["reward/mean"], metrics["reward/std"] = nan_mean_std(scores)
         metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
         sources = {k: v for o in outputs for k, v in o.info.get("prompt_sources", {}).items()}
@@ -670,7 +695,8 @@ class _Trainer:
     def _encode(self, texts: list[str]) -> tuple[Any, Any]:
         g = self.config.generator
         unique = list(dict.fromkeys(texts))
-        embeds, negative = self.family.encode_prompts(self.pipe, unique, g.negative_prompt, self.guidance, g.max_sequence_length)
+        with self.layout.encoders_on(self.pipe, self.family):  # sharded: the text encoder comes for the encoding only
+            embeds, negative = self.family.encode_prompts(self.pipe, unique, g.negative_prompt, self.guidance, g.max_sequence_length)
         index = [unique.index(t) for t in texts]
         return embeds[index], (negative[index] if negative is not None else None)
 
@@ -692,7 +718,7 @@ class _Trainer:
                 store_device="cpu" if self.config.store_latents_on_cpu else None,
                 positions=self.config.advantage.localize.enabled and noise_level > 0,
             )
-        videos = self.decode(self.pipe, trajectory.latents[:, -1])
+        videos = self.decode(self.pipe, trajectory.latents[:, -1]) if self.layout.leader else None  # the group's leader decodes
         return trajectory, videos
 
     def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
@@ -743,8 +769,8 @@ class _Trainer:
                     x = latents[lo:hi, j].to(device)
                     x_next = latents[lo:hi, j + 1].to(device)
                     side = sides[lo:hi, j].to(device) if sides is not None else None
-                    # gradients are all-reduced once per update, on its last backward
-                    sync = acc.no_sync(self.model) if backwards < chunk_total else contextlib.nullcontext()
+                    # gradients are all-reduced (sharded: reduce-scattered) once per update, on its last backward
+                    sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
                     with sync:
                         with acc.autocast():
                             velocity = video_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
@@ -768,13 +794,13 @@ class _Trainer:
                             weights=weights[lo:hi],
                             **localized,
                         )
-                        acc.backward(loss / chunk_total)
+                        self.layout.backward(acc, loss / chunk_total)  # x context_parallel (gen/parallel.py)
                     for key, value in parts.items():
                         if key != "kl" or config.beta > 0:  # with beta = 0 no KL is computed
                             sums[key] = sums.get(key, 0.0) + float(value)
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             if config.max_grad_norm > 0:
-                grad_norms.append(float(acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)))
+                grad_norms.append(self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
@@ -806,9 +832,10 @@ class _Trainer:
         """ODE samples of the held-out prompts (fixed seeds), their rewards, a few saved videos."""
 
         config, acc = self.config, self.accelerator
+        layout = self.layout
         n = len(self.eval_prompts)
-        per_process = math.ceil(n / acc.num_processes)
-        mine = [i for i in range(acc.process_index * per_process, (acc.process_index + 1) * per_process) if i < n]
+        per_process = math.ceil(n / layout.dp)  # per data-parallel group; a context-parallel group samples its prompts together
+        mine = [i for i in range(layout.dp_rank * per_process, (layout.dp_rank + 1) * per_process) if i < n]
         scores = np.full(per_process, np.nan)
         held_out = {label: np.full(per_process, np.nan) for label in self.eval_rewards}
         if mine:
@@ -821,8 +848,9 @@ class _Trainer:
                     # eval: deterministic ODE sampling (noise 0) with fixed seeds
                     trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in mine[lo:hi]], 0.0)
                     videos_all.append(videos)
-                    if trajectory.side is not None:  # their soundtracks (LTX-2), for the videos saved
+                    if trajectory.side is not None and layout.leader:  # their soundtracks (LTX-2), for the videos saved
                         sounds.append(self.family.decode_audio(self.pipe, trajectory.side[:, -1]))
+        if mine and layout.leader:  # the group's leader decoded the videos: it scores and saves them
             videos = np.concatenate(videos_all)
             audio, rate = (np.concatenate([w for w, _ in sounds]), sounds[0][1]) if sounds else (None, None)
             # through the pool like training batches: a failing reward call is invalid, not a crash
@@ -836,12 +864,12 @@ class _Trainer:
                 if i < config.eval_videos:
                     save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4",
                                audio=None if audio is None else audio[k], sample_rate=rate)
-        gathered = gather_floats(acc, scores)  # padding entries of short shards are NaN: not counted
+        gathered = layout.gather(acc, scores)  # padding entries of short shards are NaN: not counted
         mean, std = nan_mean_std(gathered)
         valid = int(np.isfinite(gathered).sum())
         metrics = {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
         for label, judged in held_out.items():
-            gathered = gather_floats(acc, judged)
+            gathered = layout.gather(acc, judged)
             metrics[f"eval/{label}/mean"] = nan_mean_std(gathered)[0]
             metrics[f"eval/{label}/valid_fraction"] = int(np.isfinite(gathered).sum()) / n
         return metrics
@@ -849,18 +877,29 @@ class _Trainer:
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator
         reward_state = self.reward.state_dict() or None  # null for a stateless reward
-        folder = save_checkpoint(acc, self.out, done, lambda tmp: acc.save_state(str(tmp)), {"reward_state": reward_state}, self.config.keep_checkpoints)
+        state = {"reward_state": reward_state, **layout_state(self.layout)}
+        if self.layout.sharded:  # the files whole, as one process writes them (gen/lora.py)
+            def write(tmp: Path) -> None:
+                save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, self.ema, acc.is_main_process)
+        else:
+            def write(tmp: Path) -> None:
+                acc.save_state(str(tmp))
+        folder = save_checkpoint(acc, self.out, done, write, state, self.config.keep_checkpoints)
         log.info("flow-grpo: checkpoint %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        states = None
+        if self.layout.sharded:  # every process hands over its shards of the (EMA) LoRA
+            with _ema_weights(self.unwrapped, self.ema):
+                states = self.layout.expert_states(self.unwrapped)
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
             with _ema_weights(self.unwrapped, self.ema):
-                save_expert_loras(self.unwrapped, target)
+                save_expert_loras(self.unwrapped, target, states)
             # the result line, as train-cac prints its model's folder
             print(f"flow-grpo: done; LoRA in {target} (generator.lora={target} samples with it)")
         self.pool.shutdown(wait=True)

@@ -81,7 +81,12 @@ log = logging.getLogger(__name__)
 _LTX2_GUIDANCE = ("stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale", "audio_modality_scale",
                   "audio_guidance_rescale", "stg_blocks")
 LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scale_2": None, "lora.experts": "high",
-                  **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE}}
+                  **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE},
+                  # the generator trainers' parallel section (#78): at its defaults, plain data parallel as before
+                  "parallel.shard": "none", "parallel.context_parallel": 1, "parallel.reshard_after_forward": True,
+                  "parallel.encoder_on_device": None}
+# Sections added later whose every setting is in LATER_DEFAULTS: left out when nothing is left in them.
+LATER_SECTIONS = ("parallel",)
 # Settings whose default changed after run folders recorded the old one: at the new default they
 # are fingerprinted as the old one, so such a folder still resumes. A model section's KV cache
 # became "auto" (#71; it was "dynamic"): synth-cot's teacher is the one model section a
@@ -103,6 +108,9 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == default:
             node.pop(leaf)
+    for section in LATER_SECTIONS:
+        if data.get(section) == {}:
+            data.pop(section)
     for dotted, (now, before) in EARLIER_DEFAULTS.items():
         *parents, leaf = dotted.split(".")
         node = data
