@@ -41,7 +41,6 @@ flow-grpo's: the LoRA, the optimizer, every process's RNG state, ``lora/``),
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -62,8 +61,9 @@ from tqdm.auto import tqdm
 from cac_align.config import RecipeError
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
 from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, video_velocity
-from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, register_lora_checkpoint,
-                               save_expert_loras, trainable)
+from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
+                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
+from cac_align.gen.parallel import Layout, ParallelSettings, check_parallel_resume, layout_for, layout_state
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
@@ -93,6 +93,9 @@ class DpoConfig:
         generator: the base Wan model the LoRA is trained on (its name, dtypes, device, text length;
             the pairs' videos set the frames and size).
         lora: the trained LoRA (LocalDPO: rank 64, alpha 128, q/k/v/out of both attentions).
+        parallel: how the processes share the generator (:mod:`cac_align.gen.parallel`): FSDP2
+            sharding (``shard: fsdp2``) and context parallel (``context_parallel: 2``); the default
+            is data parallel with a whole generator on every process.
         loss: LocalDPO's loss settings (:class:`cac_align.gen.dpo.DpoLossSettings`).
         steps: AdamW updates.
         pairs_per_step: pairs per update over all processes (a global intent: split over the
@@ -118,6 +121,7 @@ class DpoConfig:
     pairs: list[str] = MISSING
     generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     lora: LoraSettings = field(default_factory=_localdpo_lora)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
     loss: DpoLossSettings = field(default_factory=DpoLossSettings)
     steps: int = 1000
     pairs_per_step: int = 8
@@ -160,6 +164,13 @@ class DpoConfig:
             self.lora.target_modules = list(self.generator.family.lora_target_modules)
         if self.lora.rank < 1 or not self.lora.target_modules:
             raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
+        if self.parallel.shard == "fsdp2" and self.mixed_precision == "fp16":
+            raise ValueError("parallel.shard=fsdp2 trains in mixed_precision 'bf16' or 'no' (fp16's loss scaling is not wired to the shards)")
+        if self.parallel.shard == "fsdp2" and self.lora.experts == "both" and self.generator.family.experts == 2:
+            # each pair's noise level picks its expert: processes holding other pairs would call other
+            # experts, and a sharded expert's all-gather needs every process
+            raise ValueError("parallel.shard=fsdp2 with lora.experts=both: each pair's level picks its expert and the processes would "
+                             "disagree on which to gather; train one expert per run (lora.experts=high, then low)")
         trackers_for(self.log_with)
 
 
@@ -290,11 +301,13 @@ class _Trainer:
             kwargs_handlers=ddp_kwargs_handlers(config.generator.name, config.lora),
         )
         acc = self.accelerator
-        self.plan = plan_step(config, acc.num_processes, acc.process_index)
+        # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
+        self.layout: Layout = layout_for(acc, config.parallel)
+        self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
         run_folder = _run_folder(config, self.pairs)
         found = checkpoints(self.out) if run_folder.resuming else []
-        if self.pipe is None:
-            self.pipe = build_generator(dataclasses.replace(config.generator, device=str(acc.device)))
+        if self.pipe is None:  # sharded: loaded on the CPU; the encoders come to the device for the latent cache only
+            self.pipe = build_generator(dataclasses.replace(config.generator, device="cpu" if self.layout.sharded else str(acc.device)))
         pipe = self.pipe
         freeze_pipeline(pipe)
         acc.wait_for_everyone()
@@ -310,6 +323,10 @@ class _Trainer:
 
         # 2. the latent cache: each process encodes its share of what is missing
         todo = [i for i in range(len(self.pairs.pairs)) if not _cache_path(self.out, i).is_file()]
+        if self.layout.sharded and todo and acc.device.type != "cpu":
+            for name, module in pipe.components.items():
+                if isinstance(module, torch.nn.Module) and not name.startswith("transformer"):
+                    module.to(acc.device)
         for i in tqdm(todo[acc.process_index :: acc.num_processes], desc="dpo: encode pairs", unit="pair", disable=not acc.is_main_process):
             tensors = encode_pair(pipe, self.family, self.pairs.pairs[i], config.generator, self.encode)
             target = _cache_path(self.out, i)
@@ -325,6 +342,9 @@ class _Trainer:
         # 3. the LoRA (a two-expert model's: on lora.experts, each pair noised to a level an adapted
         #    expert serves), the optimizer, resume
         denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
+        self.layout.apply(denoiser, self.family)  # context parallel, FSDP2 per block (each process's shards to its device)
+        if acc.is_main_process and config.parallel.active:
+            log.info("dpo: %s", self.layout.describe())
         self.num_train_timesteps = float(pipe.scheduler.config.num_train_timesteps)
         self.sigma_range = denoiser.sigma_range()
         # every pair plays at one rate (read_pairs: one shape a run): the positions of a model that reads it (LTX-2)
@@ -336,13 +356,19 @@ class _Trainer:
                                       eps=config.adam_eps, weight_decay=config.weight_decay)
         # the learning rate is set from the step itself (warmup_factor), not by a scheduler: one that
         # accelerate prepares steps once per process per update, and a function of the step resumes exactly
-        self.model, self.optimizer = acc.prepare(denoiser, optimizer)
+        self.model, self.optimizer = self.layout.prepare(acc, denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
-        register_lora_checkpoint(acc, self.unwrapped, None)
+        if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
+            register_lora_checkpoint(acc, self.unwrapped, None)
         self.start_step = 0
         if found:
-            acc.load_state(str(found[-1]))  # the LoRA, optimizer and every process's RNG state
-            self.start_step = int(read_checkpoint_state(found[-1])["step"])
+            state = read_checkpoint_state(found[-1])
+            check_parallel_resume(state, self.layout, found[-1])  # the same processes and layout, or a message
+            if self.layout.sharded:
+                load_sharded_lora_checkpoint(found[-1], self.unwrapped, self.optimizer, None)
+            else:
+                acc.load_state(str(found[-1]))  # the LoRA, optimizer and every process's RNG state
+            self.start_step = int(state["step"])
             log.info("dpo: resuming from %s (step %d)", found[-1], self.start_step)
         elif config.resume and run_folder.resuming:
             log.warning("resume=true but %s has no checkpoint yet: starting from step 0", self.out)
@@ -397,7 +423,7 @@ class _Trainer:
             embeds = Conditioning.cat([cond, cond]).to(device)
             mask = batch["mask"].to(device)
             # 2. policy and reference velocities; 3. the loss; gradients all-reduced on the last micro-batch
-            sync = acc.no_sync(self.model) if k < plan.micro_batches - 1 else contextlib.nullcontext()
+            sync = self.layout.no_sync(acc, self.model, last=k == plan.micro_batches - 1)
             with sync:
                 with acc.autocast():
                     prediction = video_velocity(self.model, x_t, timesteps, embeds, None, self.guidance, self.base_dtype, side)
@@ -406,7 +432,7 @@ class _Trainer:
                 model_w, model_l = squared_error(prediction, target)
                 ref_w, ref_l = squared_error(reference, target)
                 loss, parts = dpo_loss(model_w, model_l, ref_w, ref_l, config.loss, mask if mask.any() else None)
-                acc.backward(loss / plan.micro_batches)
+                self.layout.backward(acc, loss / plan.micro_batches)  # x context_parallel (gen/parallel.py)
             n, masked = float(len(where)), float(parts["masked_pairs"])
             for key, value in parts.items():
                 if key == "masked_pairs":
@@ -418,7 +444,7 @@ class _Trainer:
             total, count = sums.get("masked_fraction", (0.0, 0.0))
             sums["masked_fraction"] = (total + masked, count + n)
         # 4. one update, at this step's learning rate
-        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)) if config.max_grad_norm > 0 else math.nan
+        grad_norm = self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm) if config.max_grad_norm > 0 else math.nan
         lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -433,17 +459,24 @@ class _Trainer:
 
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator
-        folder = save_checkpoint(acc, self.out, done, lambda tmp: acc.save_state(str(tmp)), {}, self.config.keep_checkpoints)
+        if self.layout.sharded:  # the files whole, as one process writes them (gen/lora.py)
+            def write(tmp: Path) -> None:
+                save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, None, acc.is_main_process)
+        else:
+            def write(tmp: Path) -> None:
+                acc.save_state(str(tmp))
+        folder = save_checkpoint(acc, self.out, done, write, layout_state(self.layout), self.config.keep_checkpoints)
         log.info("dpo: checkpoint %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        states = self.layout.expert_states(self.unwrapped) if self.layout.sharded else None  # every process hands over its shards
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
-            save_expert_loras(self.unwrapped, target)
+            save_expert_loras(self.unwrapped, target, states)
             # the result line, as train-cac prints its model's folder
             print(f"dpo: done; LoRA in {target} (generator.lora={target} samples with it)")
         end_trackers(acc)
