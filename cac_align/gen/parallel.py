@@ -107,6 +107,7 @@ class Layout:
     cp_mesh: Any = None
     leaders: Any = None
     device: Any = None  # where the sharded transformers and the rest of the pipeline compute
+    own_group: bool = False  # a one-process group made here (sharded on one process), ended by close()
 
     # -- who takes what ------------------------------------------------------------------
     @property
@@ -137,6 +138,12 @@ class Layout:
         """The factor on each rank's loss: ``cp`` (module docstring, "Gradients under context
         parallel"); 1 without context parallel."""
         return float(self.cp)
+
+    def close(self) -> None:
+        """End the one-process group :func:`layout_for` made for a sharded run on one process."""
+        if self.own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self.own_group = False
 
     def describe(self) -> str:
         shard = "FSDP2 (one unit per block)" if self.sharded else "whole on every process (DDP)"
@@ -332,7 +339,7 @@ def check_layout(settings: ParallelSettings, world: int) -> None:
     if world % settings.context_parallel:
         raise RecipeError(f"parallel.context_parallel={settings.context_parallel} does not divide the {world} processes; "
                           f"launch a multiple of {settings.context_parallel} processes or change parallel.context_parallel")
-    if settings.active and world > 1 and not torch.distributed.is_initialized():
+    if world > 1 and not torch.distributed.is_initialized():
         raise RecipeError("parallel: the processes are not connected (torch.distributed is not initialized); launch with "
                           "torchrun or accelerate launch")
 
@@ -341,10 +348,25 @@ def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
     """This process's :class:`Layout` (no model touched): the meshes of ``settings`` over the
     processes accelerate launched."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    check_layout(settings, world)
+    if settings.context_parallel > 1 and not torch.accelerator.device_count():
+        from cac_align.config import RecipeError
+
+        # diffusers 0.42.1's ModelMixin._resolve_parallel_config takes the device as
+        # rank % torch.accelerator.device_count(): zero on a machine without one
+        raise RecipeError("parallel.context_parallel > 1 runs on GPUs (diffusers' context parallel picks its device among the "
+                          "accelerators, and this machine has none); use context_parallel: 1 here, or see docs/flow_grpo.md "
+                          "'Sharding and long videos' for how the tests run it on a CPU")
+    if settings.active:
+        check_layout(settings, world)
     layout = Layout(settings, world, rank, cp=settings.context_parallel)
     if not settings.active:
         return layout
+    if world == 1 and not torch.distributed.is_initialized():
+        # sharded on one process (a single GPU's peak on the sharded path; the tests): FSDP2 needs a
+        # process group, and accelerate makes none for one process; a one-member group in memory
+        backend = "nccl" if accelerator.device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+        layout.own_group = True
     from torch.distributed.device_mesh import init_device_mesh
 
     device_type = accelerator.device.type

@@ -496,7 +496,11 @@ def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray],
         The last step's logged numbers.
     """
     trainer = _Trainer(config, pipe=pipe, encode=encode)
-    trainer.setup()
-    last = trainer.train()
-    trainer.cleanup()
+    try:
+        trainer.setup()
+        last = trainer.train()
+        trainer.cleanup()
+    finally:
+        if getattr(trainer, "layout", None) is not None:
+            trainer.layout.close()  # a one-process group of a sharded run on one process
     return last

@@ -919,11 +919,15 @@ def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, 
         The last step's logged numbers.
     """
     trainer = _Trainer(config, reward=reward, pipe=pipe, decode=decode)
-    trainer.setup()
     try:
-        last = trainer.train()
-    except BaseException:
-        trainer.pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    trainer.cleanup()
+        trainer.setup()
+        try:
+            last = trainer.train()
+        except BaseException:
+            trainer.pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        trainer.cleanup()
+    finally:
+        if getattr(trainer, "layout", None) is not None:
+            trainer.layout.close()  # a one-process group of a sharded run on one process
     return last
