@@ -9,6 +9,8 @@ Each process writes into OUT:
   elements it holds locally and in all, the largest block's, and the trainable parameters' types;
 - ``logprobs<rank>.safetensors`` (flow-grpo): the log-probs of every trajectory it sampled, in order.
 
+``CAC_TEST_REWARD=NAME`` replaces the recipe's reward section with ``{name: NAME}`` (e.g. brightness).
+
 Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_NO_CP_SCALE=1``: the loss is not multiplied by the context-parallel degree;
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
@@ -89,6 +91,8 @@ else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
 
 config = load_config(Config, recipe, [f"out_dir={out}", "log_with=none", *overrides], job=job)
+if os.environ.get("CAC_TEST_REWARD"):  # a recipe's reward replaced whole (a toy one: the same scores on 1 or N processes)
+    config.reward = {"name": os.environ["CAC_TEST_REWARD"]}
 run(config)
 if job == "flow-grpo" and sampled:
     save_file({"log_probs": torch.cat(sampled)}, str(out / f"logprobs{rank}.safetensors"))
