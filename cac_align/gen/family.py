@@ -163,7 +163,9 @@ class GeneratorFamily(Protocol):
     def context_parallel_plan(self, transformer: Any) -> Any:
         """The plan given to diffusers' ``enable_parallelism(cp_plan=...)`` for ``transformer``: which
         inputs are split over a context-parallel group and which output is gathered (diffusers'
-        ``_cp_plan`` format); raises ``RecipeError`` with the reason where the family cannot split."""
+        ``_cp_plan`` format); raises ``RecipeError`` with the reason where the family cannot split.
+        Call it before ``enable_parallelism``: it may prepare the transformer (LTX-2 keeps some
+        attentions on each process's own tokens; in one process that changes nothing)."""
         ...
 
     def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
