@@ -14,8 +14,10 @@ plan, the reference that is known to work), each process:
    processors), then enables context parallel over the 2 processes and computes the same again;
 4. writes, from rank 0: the largest differences of the velocities (video and audio) and of the
    summed LoRA gradients from one process's, and the control: one rank's gradient alone, which
-   must differ (diffusers' output gather gives each rank only its own chunk's gradient);
-   and the error diffusers' own LTX-2 plan raises on the same call.
+   must differ (diffusers' output gather gives each rank only its own chunk's gradient); for
+   LTX-2 a second control, the gradients with the video-to-audio gather's backward keeping each
+   process's own share instead of the sum, which must differ too; and the error diffusers' own
+   LTX-2 plan raises on the same call.
 
 The LTX-2.3 case runs at 25 fps so its audio is 17 tokens, which 2 does not divide: the audio stream
 is whole on every process.
@@ -148,8 +150,31 @@ def _case(name: str, mesh, **settings) -> dict:
     dist.all_reduce(own, op=dist.ReduceOp.MIN, group=mesh["ulysses"].get_group())
     result["grad_own_rank_max_diff_min_over_ranks"] = own.item()
     if family.audio:
+        result["grad_summed_max_diff_gather_without_sum"] = _max_diff(_gradients_without_the_gather_sum(denoiser, lora, inputs, mesh), gradients)
         result["diffusers_plan_error"] = _diffusers_own_plan(config, mesh)
     return result
+
+
+def _gradients_without_the_gather_sum(denoiser, lora, inputs, mesh) -> dict:
+    """The control of LTX-2's video-to-audio gather (``cac_align.gen.ltx2._GatherTokens``): its
+    backward keeping each process's own share, as diffusers' ``AllGatherFunction`` does, instead of
+    the sum over the group; the LoRA gradients summed over the group, as above."""
+    from cac_align.gen import ltx2
+
+    group = mesh["ulysses"].get_group()
+
+    def own_share(ctx, grad):
+        return grad.chunk(dist.get_world_size(group), dim=ctx.dim)[dist.get_rank(group)].contiguous(), None, None
+
+    original = ltx2._GatherTokens.backward
+    ltx2._GatherTokens.backward = staticmethod(own_share)
+    try:
+        _, _, gradients = _step(denoiser, lora, inputs)
+    finally:
+        ltx2._GatherTokens.backward = original
+    for g in gradients.values():
+        dist.all_reduce(g, group=group)
+    return gradients
 
 
 def _diffusers_own_plan(config, mesh) -> str | None:
