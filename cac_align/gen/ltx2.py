@@ -33,6 +33,14 @@ the noise of the pair's level on a silent (zero, the latent mean) clean audio, t
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
 regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`).
 
+**Context parallel** (one video's tokens over a group of processes, diffusers' ``enable_parallelism``):
+the family's own plan (:meth:`LTX2Family.context_parallel_plan`), not diffusers' (which fails on the
+audio+video layout): the video tokens are split and its self-attention runs Ulysses; the audio and
+the text are whole on every process and every other attention runs on the process's own tokens,
+the video-to-audio one on the video gathered over the group. The video's latent tokens and
+``num_attention_heads`` must divide by the degree (:meth:`LTX2Family.check_context_parallel`); the
+audio's length need not. tests/ltx2_context_parallel.py pins it against one process.
+
 **The release settings** (what a recipe leaves unset takes; Lightricks' ``ltx_pipelines``
 ``utils/constants.py``, the model cards, diffusers' ``scripts/convert_ltx2_to_diffusers.py``):
 
