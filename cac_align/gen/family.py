@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-__all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "families", "family_from_index", "family_of", "has_component",
+__all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
            "read_model_index", "regenerator_of", "take_model_settings"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
@@ -163,7 +163,15 @@ class GeneratorFamily(Protocol):
     def context_parallel_plan(self, transformer: Any) -> Any:
         """The plan given to diffusers' ``enable_parallelism(cp_plan=...)`` for ``transformer``: which
         inputs are split over a context-parallel group and which output is gathered (diffusers'
-        ``_cp_plan`` format); raises ``RecipeError`` with the reason where the family cannot split."""
+        ``_cp_plan`` format); raises ``RecipeError`` with the reason where the family cannot split.
+        Call it before ``enable_parallelism``: it may prepare the transformer (LTX-2 keeps some
+        attentions on each process's own tokens; in one process that changes nothing)."""
+        ...
+
+    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
+        """Before anything loads: raises ``RecipeError`` naming the setting to change when a
+        context-parallel group of ``degree`` cannot split ``config``'s video (its latent tokens, the
+        heads of ``transformer_config``, the transformer's ``config.json``)."""
         ...
 
     def denoiser(self, pipe: Any) -> Any:
@@ -432,3 +440,45 @@ def _resolve(name: str, key: str, kind: str) -> Any:
         f"({constants.ENDPOINT}) cannot be reached. Download it where there is network (`huggingface-cli download {name} "
         f"--local-dir DIR`) and set {key}=DIR"
     )
+
+
+def check_context_parallel_split(family: Any, config: Any, degree: int, transformer_config: Mapping[str, Any], head_keys: Sequence[str]) -> None:
+    """What every family's ``check_context_parallel`` checks before anything loads: diffusers'
+    Ulysses context parallel splits the video's latent tokens into ``degree`` equal chunks
+    (``EquipartitionSharder.shard`` asserts it, diffusers 0.42.1 ``hooks/context_parallel.py:274``)
+    and then the heads of every attention that exchanges them (``attention_dispatch.py:2566``:
+    ``H // world_size``). Raises ``RecipeError`` naming the setting to change.
+
+    Args:
+        family: the generator family (``title``, ``frame_multiple``, ``spatial_multiple``: its
+            VAE's compression in time and its VAE x patch in space, one latent token per cell).
+        config: the ``GeneratorConfig`` (``height``, ``width``, ``num_frames`` resolved).
+        degree: ``parallel.context_parallel``.
+        transformer_config: the transformer's ``config.json``.
+        head_keys: the config keys of the head counts that the degree must divide.
+    """
+    import math
+
+    from cac_align.config import RecipeError
+
+    if degree <= 1:
+        return
+    for key in head_keys:
+        heads = int(transformer_config[key])
+        if heads % degree:
+            divisors = [d for d in range(2, heads + 1) if heads % d == 0][:6]
+            raise RecipeError(f"parallel.context_parallel={degree} does not divide the {heads} attention heads of {family.title}'s transformer "
+                              f"({key} in its config.json): Ulysses gives each process {heads} / {degree} of them; set parallel.context_parallel "
+                              f"to one that divides {heads} ({', '.join(map(str, divisors))}, ...)")
+    frames = (config.num_frames - 1) // family.frame_multiple + 1
+    rows, columns = config.height // family.spatial_multiple, config.width // family.spatial_multiple
+    tokens = frames * rows * columns
+    if tokens % degree:
+        step = degree // math.gcd(rows * columns, degree)  # the latent frames must be a multiple of this
+        frames_needed = -(-frames // step) * step
+        raise RecipeError(
+            f"parallel.context_parallel={degree} does not divide the video's {frames} x {rows} x {columns} = {tokens} latent tokens "
+            f"(generator.num_frames={config.num_frames}, height={config.height}, width={config.width}; {family.title}: one token per "
+            f"{family.frame_multiple} frames after the first and per {family.spatial_multiple} x {family.spatial_multiple} pixels): "
+            f"set generator.num_frames={(frames_needed - 1) * family.frame_multiple + 1} ({frames_needed} latent frames), or a height or width "
+            f"whose latent rows x columns the degree divides, or another parallel.context_parallel")

@@ -33,6 +33,14 @@ the noise of the pair's level on a silent (zero, the latent mean) clean audio, t
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
 regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`).
 
+**Context parallel** (one video's tokens over a group of processes, diffusers' ``enable_parallelism``):
+the family's own plan (:meth:`LTX2Family.context_parallel_plan`), not diffusers' (which fails on the
+audio+video layout): the video tokens are split and its self-attention runs Ulysses; the audio and
+the text are whole on every process and every other attention runs on the process's own tokens,
+the video-to-audio one on the video gathered over the group. The video's latent tokens and
+``num_attention_heads`` must divide by the degree (:meth:`LTX2Family.check_context_parallel`); the
+audio's length need not. tests/ltx2_context_parallel.py pins it against one process.
+
 **The release settings** (what a recipe leaves unset takes; Lightricks' ``ltx_pipelines``
 ``utils/constants.py``, the model cards, diffusers' ``scripts/convert_ltx2_to_diffusers.py``):
 
@@ -63,7 +71,7 @@ from cac_align.gen.experts import Denoiser
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["FAMILIES", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "REGENERATORS", "VIDEO_BRANCH", "family_for_index",
+__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "REGENERATORS", "VIDEO_BRANCH", "family_for_index",
            "regenerator_for_index"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
@@ -71,6 +79,11 @@ __all__ = ["FAMILIES", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regen
 # (``audio_attn1``, ``audio_attn2``, ``audio_ff``) and the cross-modal attentions keep their weights.
 VIDEO_BRANCH = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
                 "ff.net.0.proj", "ff.net.2"]
+
+# Under context parallel these attentions of every block run on each process's own tokens (no
+# Ulysses exchange): what they attend to is whole on every process, the video-to-audio attention's
+# video once gathered (LTX2Family.context_parallel_plan); the video self-attention (attn1) runs Ulysses
+LOCAL_ATTENTIONS = ("attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
 
 # The guidance settings of a GeneratorConfig that LTX2Pipeline reads, by its own argument names
 GUIDANCE_KEYS = ("guidance_scale", "stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale",
@@ -137,15 +150,111 @@ class LTX2Family:
     def denoiser(self, pipe: Any) -> "LTX2Denoiser":
         return LTX2Denoiser(pipe.transformer, self)
 
-    def context_parallel_plan(self, transformer: Any) -> Any:
-        """Refused: diffusers' ``LTX2VideoTransformer3DModel._cp_plan`` splits the video tokens, the
-        text and the video rope but not the audio stream, which every block's audio-to-video and
-        video-to-audio attention meets (it fails in ``apply_split_rotary_emb`` on a tiny LTX-2.3)."""
-        from cac_align.config import RecipeError
+    def context_parallel_plan(self, transformer: Any) -> dict[str, Any]:
+        """The plan given to diffusers' ``enable_parallelism(cp_plan=...)`` (Ulysses) for an
+        ``LTX2VideoTransformer3DModel``, with which a context-parallel group computes what one
+        process computes, both streams (tests/ltx2_context_parallel.py pins it).
 
-        raise RecipeError(f"parallel.context_parallel > 1 is not supported for {self.title} yet: diffusers' context-parallel plan for "
-                          "LTX2VideoTransformer3DModel does not split the audio stream its cross-modal attention meets; use "
-                          "parallel.shard=fsdp2 with context_parallel=1")
+        What is split and what is not (diffusers 0.42.1, ``models/transformers/transformer_ltx2.py``):
+
+        - the **video tokens** are split: the root's ``hidden_states`` (dim 1), the outputs of the
+          video rope (``rope``) and of the video side of the cross-modal rope
+          (``cross_attn_rope``) along their token dim (1 for ``rope_type="interleaved"``, whose
+          cos/sin are ``(B, T, D)``; 2 for ``"split"``, whose are ``(B, H, T, D/H/2)``); the
+          video output is gathered at ``proj_out``;
+        - the **audio stream stays whole on every rank** (its tokens, its rope, its output): it is
+          small (25 tokens a second: 126 for 121 frames at 24 fps), its length then need not
+          divide by the degree, and its heads are never split;
+        - the **text is not split** (diffusers' own plan splits it and its mask: see below).
+
+        Which attention exchanges what (diffusers' Ulysses, ``attention_dispatch.py:2539-2634``,
+        swaps a token split of Q, K, V for a head split with an all-to-all, and back):
+
+        - the video self-attention (``attn1``) runs Ulysses, as diffusers means it to;
+        - every other attention runs on the process's own tokens, against keys every process holds
+          whole: the text attentions (``attn2``, ``audio_attn2``), the audio self-attention
+          (``audio_attn1``), the audio-to-video attention (``audio_to_video_attn``: the process's
+          video queries against the whole audio), and the video-to-audio attention
+          (``video_to_audio_attn``: the whole audio against the video, gathered over the group
+          first, with a backward that sums the processes' gradients: ``_GatherTokens``).
+
+        The processors of those five attentions in every block are replaced by their own class
+        with the parallel config kept from the attention (``_OwnTokens``; the video-to-audio one
+        gathers, ``_WholeVideoKeys``); their instance attributes are carried over and in one
+        process nothing changes. That is what this method does besides returning the plan: call
+        it before ``enable_parallelism``.
+
+        Why not Ulysses for them (diffusers 0.42.1):
+
+        - its backward reshapes the key and value gradients with the query's local length
+          (``attention_dispatch.py:2628-2631``), so an attention whose queries and keys differ in
+          length (every cross-attention here) fails in the backward;
+        - the text attentions' mask is laid out per head (``transformer_ltx2.py:175-176``) and
+          Ulysses gathers it along the keys only (``attention_dispatch.py:2573-2577``), leaving
+          ``heads`` mask rows against ``heads / W`` query heads;
+        - its "anything" variant has no backward (``:2846-2852``) and ring attention needs a
+          log-sum-exp the native (SDPA) backend does not return (``:875-876``).
+
+        Why not diffusers' ``_cp_plan`` (``transformer_ltx2.py:1125-1136``): it splits the video
+        rope with ``expected_dims=3``, which the hook skips with a warning for ``"split"`` rope
+        (4-dim cos/sin, ``hooks/context_parallel.py:206-211``), leaving the rope whole against
+        split queries (``apply_split_rotary_emb`` fails); it leaves ``cross_attn_rope`` whole, which
+        the split video queries of the audio-to-video attention meet; it reads
+        ``encoder_attention_mask`` by position when it is not a keyword
+        (``hooks/context_parallel.py:74-75``), and it splits the text whose mask Ulysses mishandles.
+
+        Gradients: diffusers' gather at ``proj_out`` hands each rank only its own chunk's gradient
+        (``hooks/context_parallel.py:263-266``), and everything held whole (audio, text, time
+        embeddings) gets on each rank only what that rank's chunk sends it, so a loss on the
+        **video** output gives gradients whose sum over the group is one process's. The audio output
+        is whole on every rank: a loss that read it would count its gradient once per rank (no job
+        does: flow-grpo and dpo train on the video velocity).
+
+        Not covered: per-token timesteps (a 2-dim ``timestep``, the image-to-video pipelines) and
+        ``video_self_attention_mask``, which this plan does not split (the shapes then disagree and
+        the forward fails).
+
+        Args:
+            transformer: the pipeline's ``LTX2VideoTransformer3DModel`` (with or without LoRA).
+
+        Returns:
+            diffusers' ``_cp_plan`` format: module name -> ``ContextParallelInput``s / ``ContextParallelOutput``.
+        """
+        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+        for block in transformer.transformer_blocks:
+            for name in LOCAL_ATTENTIONS:
+                attention = getattr(block, name)
+                attention.set_processor(_processor_as(_WholeVideoKeys if name == "video_to_audio_attn" else _OwnTokens, attention.processor))
+        # the rope modules return (cos, sin): split their outputs along the token dim
+        split_rope = transformer.config.rope_type == "split"
+        token_dim, dims = (2, 4) if split_rope else (1, 3)
+        rope = {index: ContextParallelInput(split_dim=token_dim, expected_dims=dims, split_output=True) for index in (0, 1)}
+        return {
+            "": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+            "rope": rope,
+            "cross_attn_rope": dict(rope),
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
+
+    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
+        """Raises ``RecipeError`` naming the setting to change when a context-parallel group of
+        ``degree`` processes cannot split this video (:meth:`context_parallel_plan`), before
+        anything loads: the video's latent tokens (``latent frames x (height / 32) x (width / 32)``,
+        patch 1) and the video self-attention's heads (``num_attention_heads``, the one attention that
+        runs Ulysses) must divide by ``degree``. The audio's length and heads need not: the audio
+        stream is whole on every process.
+
+        Args:
+            config: the :class:`~cac_align.gen.generator.GeneratorConfig` (``height``, ``width``,
+                ``num_frames`` resolved).
+            degree: the context-parallel degree (``parallel.context_parallel``).
+            transformer_config: the transformer's ``config.json`` (a mapping, e.g.
+                ``pipe.transformer.config``).
+        """
+        from cac_align.gen.family import check_context_parallel_split
+
+        check_context_parallel_split(self, config, degree, transformer_config, ("num_attention_heads",))
 
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """``config``'s guidance as ``LTX2Pipeline.__call__`` reads it (an audio scale unset or 0
@@ -288,6 +397,88 @@ class LTX2Family:
         )
         audio = output.audio.float().clamp(-1, 1).cpu().numpy()
         return Generated(frames_to_uint8(output.frames), audio, int(pipe.vocoder.config.output_sampling_rate))
+
+
+class _OwnTokens:
+    """Mixed into an LTX-2 attention processor class: the attention runs on the tokens the process
+    holds, never Ulysses. diffusers' ``enable_parallelism`` gives its parallel config to every
+    processor (0.42.1 ``models/modeling_utils.py:1816-1823``) and LTX-2's processors hand it to the
+    attention (``transformer_ltx2.py:214``, ``:309``); here it is kept aside (``_context_parallel``)
+    and the attention is given None."""
+
+    @property
+    def _parallel_config(self) -> None:
+        return None
+
+    @_parallel_config.setter
+    def _parallel_config(self, value: Any) -> None:
+        self.__dict__["_context_parallel"] = value
+
+
+class _WholeVideoKeys(_OwnTokens):
+    """The video-to-audio attention under context parallel: every audio query attends to every video
+    token, so the process's chunk of the video (the keys' input, ``encoder_hidden_states``) and of
+    its rope (``key_rotary_emb``) are gathered over the group first (:func:`_gather_tokens`), and the
+    attention runs on the process's own (whole) audio."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, query_rotary_emb: Any = None, key_rotary_emb: Any = None, **kwargs: Any) -> torch.Tensor:
+        config = self.__dict__.get("_context_parallel")
+        context = None if config is None else config.context_parallel_config
+        if context is not None and context._world_size > 1:
+            # the group and the order diffusers' split hook chunks the tokens in (hooks/context_parallel.py:217, :281)
+            group = context._flattened_mesh.get_group()
+            encoder_hidden_states = _gather_tokens(encoder_hidden_states, 1, group)
+            if key_rotary_emb is not None:  # cos, sin: (B, T, D) interleaved, (B, H, T, D / H / 2) split
+                key_rotary_emb = tuple(_gather_tokens(x, 1 if x.ndim == 3 else 2, group) for x in key_rotary_emb)
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, query_rotary_emb, key_rotary_emb, **kwargs)
+
+
+class _GatherTokens(torch.autograd.Function):
+    """All-gather along ``dim`` whose backward sums every process's gradient of the whole before
+    taking this process's chunk (a reduce-scatter): the processes use the gathered tensor in
+    different computations (their own audio copies carry their own share of the loss), so each
+    chunk's gradient is the sum of theirs. diffusers' ``AllGatherFunction``
+    (``hooks/context_parallel.py:254-266``) keeps only the local share, which is right only at the
+    output, where every process's gradient of the whole is the same."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.dim, ctx.group = dim, group
+        chunks = [torch.empty_like(tensor.contiguous()) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(chunks, tensor.contiguous(), group=group)
+        return torch.cat(chunks, dim=dim)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)  # gloo has no reduce-scatter; the sum, then this process's chunk
+        return grad.chunk(dist.get_world_size(ctx.group), dim=ctx.dim)[dist.get_rank(ctx.group)].contiguous(), None, None
+
+
+def _gather_tokens(tensor: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+    return _GatherTokens.apply(tensor, dim, group)
+
+
+_PROCESSOR_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def _processor_as(mixin: type, processor: Any) -> Any:
+    """``processor`` (an ``LTX2AudioVideoAttnProcessor`` or ``LTX2PerturbedAttnProcessor``) as its
+    class with ``mixin`` in front, its instance attributes (an attention backend set on it) carried
+    over; one that already is, as it is."""
+    if isinstance(processor, mixin):
+        return processor
+    base = type(processor)
+    if (mixin, base) not in _PROCESSOR_CLASSES:
+        _PROCESSOR_CLASSES[mixin, base] = type(f"{mixin.__name__.lstrip('_')}{base.__name__}", (mixin, base), {"__module__": __name__})
+    converted = object.__new__(_PROCESSOR_CLASSES[mixin, base])
+    converted.__dict__.update({key: value for key, value in vars(processor).items() if key != "_parallel_config"})
+    return converted
 
 
 def _does_cfg(guidance: Mapping[str, Any]) -> bool:

@@ -117,6 +117,17 @@ class WanFamily:
         takes each rank's queries against the whole prompt)."""
         return transformer._cp_plan
 
+    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
+        """Raises ``RecipeError`` naming the setting to change when a context-parallel group of
+        ``degree`` processes cannot split this video, before anything loads: its latent tokens
+        (``latent frames x (height / s) x (width / s)``, ``s`` the VAE's compression times the
+        patch: :attr:`spatial_multiple`) and the self-attention's heads (``num_attention_heads``)
+        must divide by ``degree``; the text is not split. ``transformer_config``: the transformer's
+        ``config.json`` (the A14B's two experts share their layout)."""
+        from cac_align.gen.family import check_context_parallel_split
+
+        check_context_parallel_split(self, config, degree, transformer_config, ("num_attention_heads",))
+
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """``config``'s classifier-free guidance (the A14B's: both experts'); ``guided=False``:
         none, one forward a step. Wan's positions do not depend on the frame rate (``fps``)."""
