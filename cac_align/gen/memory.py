@@ -30,8 +30,9 @@ latent statistics), FSDP2's root unit (patch and condition embeddings, gathered 
 forward) and its prefetch of the next block, DDP's gradient buckets (one more copy of the LoRA's
 gradients), the sampling forwards (no gradient: smaller than training's), the VAE's decode
 activations, the recorded trajectories (``store_latents_on_cpu``), the CUDA context and allocator
-fragmentation. The plan is a floor: a plan that does not fit certainly does not; one that fits
-leaves those to the margin.
+fragmentation. The plan is an estimate, within 10% of the two peaks measured so far
+(:data:`ACTIVATION_WIDTHS`): a plan that does not fit is refused; one that fits within a few GiB of
+the device may still run out.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "PlanRow",
     "activation_bytes",
     "check_memory",
+    "count_components",
     "count_generator",
     "count_module",
     "device_bytes",
@@ -73,9 +75,10 @@ GIB = 2**30
 # recomputed (arithmetic, an estimate): the inputs of its norms, the q, k, v and output of its self-
 # and cross-attention (and the LoRA's inputs, the same tensors), the residual stream and its gates,
 # and the feed-forward's input with its intermediate in and out of the activation (Wan's feed-forward
-# is 2.7x to 5.8x the width: about 8 widths). Checked against one measurement: Wan-2.1-1.3B at
-# 480 x 832 x 81 with CFG and gradient checkpointing peaked at 23.8 GiB on an H100 (docs/flow_grpo.md,
-# "Memory at full size"); this plan gives 23.6 GiB for it (docs/memory_plan.md).
+# is 2.7x to 5.8x the width: about 8 widths). Held against the two measured Flow-GRPO steps (one
+# process, gradient checkpointing, CFG, UMT5-XXL resident; benchmarks/memory_plan_full_size.py):
+# Wan-2.1-1.3B at 480 x 832 x 81 peaked at 23.8 GiB on an H100, the plan says 24.2; Wan2.2-TI2V-5B
+# at 704 x 1280 x 121 peaked at 43.8 GiB on an H200, the plan says 40.1.
 ACTIVATION_WIDTHS = 24
 
 _BYTES = {"float32": 4, "fp32": 4, "float": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float64": 8, "fp64": 8}
@@ -219,7 +222,14 @@ def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
     return heads * head_dim, heads, patch_t
 
 
-def _counts(source: str, family: Any, modules: Mapping[str, Any], lora_targets: Sequence[str], lora_experts: Sequence[int]) -> GeneratorCounts:
+def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_targets: Sequence[str], lora_experts: Sequence[int]) -> GeneratorCounts:
+    """Count a pipeline's ``modules`` (name -> module, real or on the meta device) as ``family`` runs them:
+    its experts (with a LoRA on ``lora_targets`` for the expert indices ``lora_experts``), its encoders,
+    the rest; the activation estimate's width, heads, depth and patch from the transformer's config.
+
+    Raises:
+        ValueError: a component the family needs is missing.
+    """
     expert_names = ("transformer", "transformer_2")[: family.experts]
     missing = [n for n in (*expert_names, *family.encoder_components) if n not in modules]
     if missing:
@@ -315,7 +325,7 @@ def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:
         import torch
 
         modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-        return _counts(config.name, family, modules, targets, experts)
+        return count_components(config.name, family, modules, targets, experts)
     index = read_model_index(config.name, "generator.name")
     folders = _config_folders(config.name, index) if index is not None else None
     if folders is None:
@@ -327,7 +337,7 @@ def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:
     for component, folder in folders.items():
         library, class_name = index[component]
         modules[component] = _meta_module(_model_class(library, class_name), folder)
-    return _counts(config.name, family, modules, targets, experts)
+    return count_components(config.name, family, modules, targets, experts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,48 +544,55 @@ def _smallest_sharded(plan: MemoryPlan, device: int, settings: ParallelSettings,
     return None
 
 
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' if n != 1 else ''}"
+
+
 def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> str | None:
     """None when ``plan`` fits ``device_bytes``; else one line: what it needs, what the device has,
-    and the fix, computed by re-planning (first that fits, in this order):
+    and the fix, computed by re-planning (the first that fits, in this order):
 
     1. ``gradient_checkpointing=true`` alone, on the same processes (when it is off);
-    2. ``parallel.shard=fsdp2`` on the fewest GPUs that fit (the settings otherwise as they are);
-    3. both;
+    2. ``parallel.encoder_on_device=false`` alone (when the text encoder stays on the GPU);
+    3. ``parallel.shard=fsdp2`` on the fewest GPUs that fit (the rest as it is), then with
+       checkpointing too;
     4. ``parallel.context_parallel=K`` (the smallest K above today's that divides the heads and the
        tokens), sharded, with checkpointing, on the fewest GPUs that fit, where the family can split
        a video (``GeneratorCounts.context_parallel``);
-    and when nothing fits, what the floor is (what no sharding splits).
+    and when nothing fits, what no sharding splits, on ``max_processes`` GPUs.
     """
     if plan.fits(device_bytes):
         return None
-    need, has = plan.peak_bytes / GIB, device_bytes / GIB
-    head = f"memory plan: {plan.family} needs {need:.1f} GiB per GPU ({plan.describe()}) but the device has {has:.1f} GiB"
+    gib = lambda p: f"{p.peak_bytes / GIB:.1f} GiB per GPU"  # noqa: E731
+    head = f"memory plan: {plan.family} needs {gib(plan)} ({plan.describe()}) but the device has {device_bytes / GIB:.1f} GiB"
     s, gc, n = plan.settings, plan.gradient_checkpointing, plan.num_processes
-    if not gc:
-        candidate = _replan(plan, s, n, True)
-        if candidate.fits(device_bytes):
-            return f"{head}; set gradient_checkpointing=true ({candidate.peak_bytes / GIB:.1f} GiB per GPU)"
+    counts, tokens = plan.inputs["counts"], plan.inputs["tokens"]
+    if not gc and (candidate := _replan(plan, s, n, True)).fits(device_bytes):
+        return f"{head}; set gradient_checkpointing=true ({gib(candidate)})"
+    if s.keeps_encoder and counts.encoders and (candidate := _replan(plan, replace(s, encoder_on_device=False), n, gc)).fits(device_bytes):
+        return f"{head}; set parallel.encoder_on_device=false: the text encoder leaves the GPU between encodes ({gib(candidate)})"
     sharded = replace(s, shard="fsdp2")
     for with_gc in dict.fromkeys((gc, True)):
         candidate = _smallest_sharded(plan, device_bytes, sharded, with_gc, max_processes)
-        if candidate is not None:
-            also = "" if with_gc == gc else " and gradient_checkpointing=true"
-            where = "" if s.shard == "fsdp2" else "set parallel.shard=fsdp2 and "
-            return (f"{head}; {where}launch at least {candidate.num_processes} GPUs (processes){also} "
-                    f"({candidate.peak_bytes / GIB:.1f} GiB per GPU on {candidate.num_processes})").replace("; launch", "; launch", 1)
-    counts, tokens = plan.inputs["counts"], plan.inputs["tokens"]
+        if candidate is None:
+            continue
+        changes = ([] if s.shard == "fsdp2" else ["set parallel.shard=fsdp2"]) + ([] if with_gc == gc else ["gradient_checkpointing=true"])
+        if candidate.num_processes <= n:  # it fits on the processes there are (a change of settings, not of GPUs)
+            return f"{head}; {' and '.join(changes)} ({gib(_replan(plan, sharded, n, with_gc))} on these {_gpus(n)})"
+        launch = f"launch at least {_gpus(candidate.num_processes)} (processes)"
+        return f"{head}; {' and '.join(changes + [launch])} ({gib(candidate)} on {candidate.num_processes})"
     for k in range(s.context_parallel + 1, counts.num_heads + 1 if counts.context_parallel else 0):
         if counts.num_heads % k or tokens % k:
             continue
         candidate = _smallest_sharded(plan, device_bytes, replace(sharded, context_parallel=k), True, max_processes)
         if candidate is not None:
             return (f"{head}; set parallel.context_parallel={k} and parallel.shard=fsdp2" + ("" if gc else " and gradient_checkpointing=true")
-                    + f" on at least {candidate.num_processes} GPUs ({candidate.peak_bytes / GIB:.1f} GiB per GPU)")
+                    + f" on at least {_gpus(candidate.num_processes)} ({gib(candidate)})")
     floor = _replan(plan, replace(sharded, encoder_on_device=False), max_processes, True)
     tried = "sharding, checkpointing or context parallel" if counts.context_parallel else \
         f"sharding or checkpointing ({plan.family} cannot split a video over processes yet)"
     return (f"{head}; no {tried} fits it: what is not split (encoder while encoding, VAE, judges, one block, activations) is "
-            f"{floor.peak_bytes / GIB:.1f} GiB even on {max_processes} GPUs; serve the judges elsewhere or make the videos smaller")
+            f"{gib(floor)} even on {_gpus(max_processes)}; serve the judges elsewhere, or train on fewer or smaller videos per micro-batch")
 
 
 # ---------------------------------------------------------------------------------------

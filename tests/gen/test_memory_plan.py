@@ -181,6 +181,19 @@ def test_refusal_names_the_fewest_gpus_that_fit():
     assert "at least 5 GPUs" in refusal(plan, 22 * GIB)
 
 
+def test_refusal_prefers_a_change_of_settings_on_the_same_gpus():
+    # Activations of 1 x 32768 tokens x 4096 x 2 bytes = 256 MiB a width x 34 = 8.5 GiB.
+    # One process, unsharded, encoder resident: 60 + 10 + 8.5 = 78.5 GiB. With the encoder off the GPU
+    # between encodes: 60 + max(train 8.5, encode 10) = 70.0 GiB, within 72.
+    counts = _toy_counts()
+    one = _toy_plan(counts, ParallelSettings(), 1, True, tokens=32768)
+    assert one.peak_bytes == int(78.5 * GIB)
+    assert refusal(one, 72 * GIB).endswith("; set parallel.encoder_on_device=false: the text encoder leaves the GPU between encodes (70.0 GiB per GPU)")
+    # Eight processes, unsharded, within 50 GiB: sharding over the eight is enough: 60/8 + max(6 + 8.5, 10) = 22.0 GiB
+    eight = _toy_plan(counts, ParallelSettings(), 8, True, tokens=32768)
+    assert refusal(eight, 50 * GIB).endswith("; set parallel.shard=fsdp2 (22.0 GiB per GPU on these 8 GPUs)")
+
+
 def test_refusal_names_checkpointing_for_activations():
     # Sharded on 8: 7.5 GiB resident. Activations of 2 x 32768 tokens x 4096 x 2 bytes = 512 MiB a width:
     #   all kept: 10 layers x 24 = 240 widths = 120 GiB; checkpointed: 10 + 24 = 34 widths = 17 GiB.
