@@ -60,6 +60,7 @@ __all__ = [
     "count_generator",
     "count_module",
     "device_bytes",
+    "guided_rows",
     "lora_width",
     "memory_plan",
     "refusal",
@@ -393,6 +394,19 @@ def activation_bytes(tokens: int, hidden_size: int, num_layers: int, batch_per_p
     per_width = batch_per_process * math.ceil(tokens / context_parallel) * hidden_size * dtype_bytes(dtype)
     widths = num_layers + ACTIVATION_WIDTHS if gradient_checkpointing else num_layers * ACTIVATION_WIDTHS
     return per_width * widths
+
+
+def guided_rows(guidance: Mapping[str, Any]) -> int:
+    """Sample-forwards one video takes in a guided velocity (a family's ``guidance(config)`` dict):
+    1, plus 1 for classifier-free guidance (any ``guidance_scale`` above 1: the negative prompt's
+    row), 1 for spatio-temporal guidance (an ``stg_scale`` above 0) and 1 for modality guidance (a
+    ``modality_scale`` above 1), video or audio (LTX-2; docs/flow_grpo.md, "LTX-2"). Wan with CFG: 2.
+    """
+    def above(keys: Sequence[str], floor: float) -> bool:
+        return any((guidance.get(k) or 0.0) > floor for k in keys)
+
+    return (1 + above(("guidance_scale", "guidance_scale_2", "audio_guidance_scale"), 1.0) + above(("stg_scale", "audio_stg_scale"), 0.0)
+            + above(("modality_scale", "audio_modality_scale"), 1.0))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from cac_align.gen.memory import (
     check_memory,
     count_generator,
     count_module,
+    guided_rows,
     memory_plan,
     refusal,
     video_tokens,
@@ -115,6 +116,18 @@ def test_video_tokens_and_activations_by_hand():
     assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True) == 160 * (3 + 24)
     assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True, context_parallel=2) == 80 * (3 + 24)
     assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True, dtype="float32") == 320 * (3 + 24)
+
+
+def test_guided_rows_of_each_family():
+    from cac_align.gen.family import family_of
+
+    wan = GeneratorConfig(name="tiny-random:wan22-a14b")  # CFG 4.0 / 3.0: the negative prompt's row too
+    assert guided_rows(family_of(wan.name).guidance(wan)) == 2
+    assert guided_rows(family_of(wan.name).guidance(wan, guided=False)) == 1
+    ltx = GeneratorConfig(name="tiny-random:ltx2", stg_blocks=[1])  # the release's guidance: CFG, STG, modality: 4 (docs/flow_grpo.md)
+    assert guided_rows(family_of(ltx.name).guidance(ltx)) == 4
+    ltx_cfg = GeneratorConfig(name="tiny-random:ltx2", stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0)
+    assert guided_rows(family_of(ltx.name).guidance(ltx_cfg)) == 2  # flow_grpo_ltx2_ur_cac.yaml's training guidance
 
 
 @pytest.fixture(scope="module")
