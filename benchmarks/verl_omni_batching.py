@@ -40,7 +40,7 @@ def samples(n: int, size: int) -> list[torch.Tensor]:
 async def score_all(frames: list[torch.Tensor], max_batch: int) -> list[float]:
     calls = [
         verl_omni.compute_score(solution_image=f, ground_truth=f"prompt {i // 4}", reward="ur_cac", sections=TINY,
-                                device="cpu", max_batch=max_batch)
+                                fps=16, device="cpu", max_batch=max_batch)
         for i, f in enumerate(frames)
     ]
     return [r["score"] for r in await asyncio.gather(*calls)]

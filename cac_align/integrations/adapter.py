@@ -51,6 +51,7 @@ __all__ = [
     "batch_settings",
     "channels_first_frames",
     "fill_policy",
+    "frame_rate",
     "launch",
     "make_scorer",
     "loaded_models",
@@ -58,6 +59,7 @@ __all__ = [
     "plain",
     "read_sections",
     "release_models",
+    "section_fps",
     "sections_from_env",
     "warn_mixed_scales",
 ]
@@ -138,19 +140,52 @@ def plain(value: Any) -> Any:
     return value
 
 
+COMMON_FPS = "Wan-2.1 16, Wan2.2 / LTX-2 24"
+
+
+def frame_rate(where: str, key: str, *candidates: Any) -> float:
+    """The frame rate of a trainer's frames: the first of ``candidates`` that is not None (in the
+    order the caller trusts them: what the trainer passed, then its own settings), checked > 0.
+
+    The frame rate is never guessed: with none given, a one-line ``ValueError`` names ``key`` and
+    the common values, because CaC's 4 fps scan and 8 fps window are timed from it (Wan-2.1's 16
+    read for LTX-2's 24 puts every window 1.5x off, with no error).
+    """
+    for value in candidates:
+        if value is None or value == "":
+            continue
+        try:
+            fps = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {key} must be a number of frames per second, got {value!r}") from None
+        if not (np.isfinite(fps) and fps > 0):
+            raise ValueError(f"{where}: {key} must be > 0 (the frame rate of the frames the trainer passes), got {value!r}")
+        return fps
+    raise ValueError(f"{where}: no frame rate for the trainer's frames: set {key} to your pipeline's rate ({COMMON_FPS})")
+
+
+def section_fps(section: Any) -> float | None:
+    """A reward section's own ``source_fps`` when the section states it (top level), else None:
+    the reward's built-in default (16) is not a statement about the trainer's videos."""
+    if isinstance(section, Mapping) and section.get("source_fps") is not None:
+        return float(section["source_fps"])
+    return None
+
+
 def batch_settings(where: str, policies: Sequence[str], why: str, *, reward: Any, sections: Any, invalid: Any, max_invalid_fraction: Any,
                    fps: Any, device: Any, max_batch: Any) -> dict[str, Any]:
     """The keys every integration that hands us a trainer's batch takes (verl-omni, TeleBoost,
     UniRL), checked: ``reward`` (a name of ours), ``sections`` (else ``$CAC_ALIGN_REWARDS``),
     ``invalid`` (one of ``policies``; ``why`` says why the others are not offered), ``max_invalid_fraction``
-    in [0, 1], ``fps`` > 0 (the frame rate their frames are read at), ``device`` ("auto": CUDA
-    when this process sees one) and ``max_batch`` >= 1. Raises ``ValueError`` naming the key."""
+    in [0, 1], ``fps`` (None or > 0: the frame rate their frames are read at when the trainer
+    passes none; :func:`frame_rate` decides per call), ``device`` ("auto": CUDA when this
+    process sees one) and ``max_batch`` >= 1. Raises ``ValueError`` naming the key."""
     if invalid not in policies:
         raise ValueError(f"{where}: invalid must be one of {tuple(policies)}, got {invalid!r} ({why})")
     if not 0.0 <= float(max_invalid_fraction) <= 1.0:
         raise ValueError(f"{where}: max_invalid_fraction must be in [0, 1], got {max_invalid_fraction}")
-    if not (np.isfinite(float(fps)) and float(fps) > 0):
-        raise ValueError(f"{where}: fps must be > 0 (the frame rate of the frames the trainer passes; Wan-2.1 writes 16), got {fps}")
+    if fps is not None:
+        fps = frame_rate(where, "fps", fps)
     if int(max_batch) < 1:
         raise ValueError(f"{where}: max_batch must be >= 1, got {max_batch!r}")
     if device in (None, "auto"):
@@ -162,7 +197,7 @@ def batch_settings(where: str, policies: Sequence[str], why: str, *, reward: Any
         "sections": plain(sections) if sections is not None else sections_from_env(),
         "invalid": invalid,
         "max_invalid_fraction": float(max_invalid_fraction),
-        "fps": float(fps),
+        "fps": fps,
         "device": str(device),
         "max_batch": int(max_batch),
     }

@@ -26,10 +26,14 @@ Config lines a user copies (``rewards:`` of their YAML)::
         reward_model: cac_align.integrations.flow_factory.CacAlignReward
         weight: 1.0
         batch_size: 8                # unused by a groupwise model (a group is one call)
+        fps: 16                      # your pipeline's frame rate (Wan-2.1 16, Wan2.2 / LTX-2 24)
         sections: cac_rewards.yaml   # optional: your checkpoints (else $CAC_ALIGN_REWARDS, else defaults)
 
 Every entry's extra keys: ``reward`` (a name of ours; default: the entry's ``name``), ``sections``,
-``invalid`` ("group_mean" default, or "fail"), ``max_invalid_fraction`` (0.5).
+``invalid`` ("group_mean" default, or "fail"), ``max_invalid_fraction`` (0.5), ``fps`` (the frame
+rate of their videos, which reach a reward without one; else the reward section's own
+``source_fps``; with neither the class refuses to build, naming the key: Wan-2.1 16, Wan2.2 / LTX-2
+24).
 
 Invalid samples. The class is groupwise so that an invalid sample can be filled honestly: it
 gets the mean of its group's valid samples (the whole group is in the call), so under ``gdpo``
@@ -53,7 +57,7 @@ import numpy as np
 from cac_align.integrations import adapter
 from cac_align.rewards.base import RewardError
 
-__all__ = ["CacAlignReward", "invalid_counts"]
+__all__ = ["POLICIES", "invalid_counts"]  # CacAlignReward: built from their base class on first use
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def invalid_counts() -> dict[str, int]:
 
 def _settings(config: Any) -> dict[str, Any]:
     extra = dict(getattr(config, "extra_kwargs", None) or {})
-    known = {"reward", "sections", "invalid", "max_invalid_fraction"}
+    known = {"reward", "sections", "invalid", "max_invalid_fraction", "fps"}
     unknown = sorted(set(extra) - known)
     if unknown:
         raise ValueError(f"flow_factory reward {getattr(config, 'name', '?')!r}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -77,6 +81,7 @@ def _settings(config: Any) -> dict[str, Any]:
         "sections": extra.get("sections") or adapter.sections_from_env(),
         "invalid": extra.get("invalid", "group_mean"),
         "max_invalid_fraction": float(extra.get("max_invalid_fraction", 0.5)),
+        "fps": extra.get("fps"),
     }
     if settings["invalid"] not in POLICIES:
         raise ValueError(
@@ -104,6 +109,10 @@ def _make_class() -> type:
             slots = adapter.RewardSlots(where="flow_factory")
             slots.configure(self.settings["sections"], self.settings["invalid"])
             self.name = self.settings["reward"]
+            # their samples reach a reward with no frame rate: the entry's fps, else the section's
+            # source_fps, else the run stops at launch naming the key (never Wan-2.1's 16 by default)
+            self.fps = adapter.frame_rate(f"flow_factory reward {self.name!r}", "fps in its rewards entry (or source_fps in the reward's section)",
+                                          self.settings["fps"], adapter.section_fps(slots.section(self.name)))
             self._score = slots.scorer(self.name, self.device)
 
         # No **kwargs: their processor passes every sample field a signature with **kwargs accepts
@@ -114,7 +123,7 @@ def _make_class() -> type:
             if video is None:
                 raise ValueError(f"reward {self.name!r} scores videos; this sample has none")
             videos = [v.detach().float().cpu() if isinstance(v, torch.Tensor) else v for v in video]
-            group = [{"group": 0} for _ in videos]  # their call is one prompt group
+            group = [{"group": 0, "fps": self.fps} for _ in videos]  # their call is one prompt group
             scored = self._score(videos, list(prompt), group)
             n, n_invalid = len(videos), int((~scored.valid).sum())
             _counts["scored"] += n

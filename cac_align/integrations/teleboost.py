@@ -28,8 +28,9 @@ What this module gives: :func:`compute_reward`, a function for that route. Its k
 ``reward_kwargs`` are those of our verl-omni function: ``reward`` (``ur_cac`` by default, any name
 of ours or of your sections file), ``sections`` (a YAML file of reward sections; else
 ``$CAC_ALIGN_REWARDS``; else the paper's checkpoints), ``invalid`` (``group_mean`` or ``fail``),
-``max_invalid_fraction`` (0.5), ``fps`` (16: the frame rate the frames are read at; TeleBoost
-passes none), ``device`` (``auto``: CUDA if the driver sees one; it usually does not, so serve a
+``max_invalid_fraction`` (0.5), ``fps`` (the frame rate the frames are read at; TeleBoost
+passes none, so set it, or ``source_fps`` in the reward's section: with neither the call is
+refused naming the key, Wan-2.1 16, Wan2.2 / LTX-2 24), ``device`` (``auto``: CUDA if the driver sees one; it usually does not, so serve a
 large judge with ``cac-align serve`` and ``backend: openai`` sections), ``max_batch`` (16), plus
 ``localize``. An unknown key is an error naming it.
 
@@ -169,15 +170,20 @@ _SCORERS: dict[str, adapter.Scorer] = {}
 _SCORERS_LOCK = threading.Lock()
 
 
-def _scorer(settings: Mapping[str, Any]) -> adapter.Scorer:
+def _scorer(settings: Mapping[str, Any]) -> tuple[adapter.Scorer, float]:
     """The reward's scorer, built once per setting in this process (the models themselves are
-    shared through the adapter, so even a module executed again by path loads them once)."""
+    shared through the adapter, so even a module executed again by path loads them once), and the
+    frame rate its frames are read at: ``fps`` of the reward kwargs, else the reward section's
+    own ``source_fps``; TeleBoost passes none, so with neither the call is refused (no default of
+    16: Wan2.2 and LTX-2 videos are 24 fps)."""
     key = json.dumps({k: v for k, v in settings.items() if k != "localize"}, sort_keys=True, default=str)
     with _SCORERS_LOCK:
         if key not in _SCORERS:
             slots = adapter.RewardSlots(where="teleboost")
             slots.configure(settings["sections"], "drop")  # typos in the sections raise here, before any model loads
-            _SCORERS[key] = slots.scorer(settings["reward"], settings["device"])
+            fps = adapter.frame_rate("teleboost compute_reward", "reward_kwargs.fps (or source_fps in the reward's section)",
+                                     settings["fps"], adapter.section_fps(slots.section(settings["reward"])))
+            _SCORERS[key] = (slots.scorer(settings["reward"], settings["device"]), fps)
         return _SCORERS[key]
 
 
@@ -252,7 +258,7 @@ def compute_reward(
     sections: Any = None,
     invalid: str = "group_mean",
     max_invalid_fraction: float = 0.5,
-    fps: float = 16.0,
+    fps: float | None = None,
     device: str = "auto",
     max_batch: int = 16,
     localize: Any = False,
@@ -286,10 +292,10 @@ def compute_reward(
         raise ValueError(f"teleboost compute_reward: non_tensor_batch['caption'] must hold one prompt per video ({n})")
     prompts = [str(c) for c in captions]
     groups = _column(data, "uid") or prompts  # uid: one per prompt, its samples contiguous, as their advantage groups them
-    meta = [{"fps": s["fps"], "group": str(g)} for g in groups]
+    scorer, rate = _scorer(s)
+    meta = [{"fps": rate, "group": str(g)} for g in groups]
 
     # 1. score in model batches
-    scorer = _scorer(s)
     scores, valid, errors, details = np.full(n, np.nan), np.zeros(n, dtype=bool), {}, []
     for lo in range(0, n, s["max_batch"]):
         frames = [adapter.channels_first_frames(v) for v in videos[lo : lo + s["max_batch"]]]
@@ -324,7 +330,7 @@ def compute_reward(
                              "actor_rollout_ref.pixel_weight.enable=true) or set localize: false")
         theirs = batch["pixel_weight_maps"]
         _, _, frames_n, height, width = (int(d) for d in videos.shape)
-        maps, credit = evidence_maps(details, valid, group_centered(scores, groups), theirs.detach().float().cpu().numpy(), s["fps"], frames_n,
+        maps, credit = evidence_maps(details, valid, group_centered(scores, groups), theirs.detach().float().cpu().numpy(), rate, frames_n,
                                      height, width, s["localize"])
         with torch.no_grad():  # in place: ViPO reads the batch's own tensor after the advantages
             theirs.copy_(torch.as_tensor(maps, dtype=theirs.dtype, device=theirs.device))

@@ -26,13 +26,36 @@ from PyPI has the same code: ``multi`` = ``verl_omni/reward_loop/reward_manager/
 
 What this module gives:
 
+What the newest verl-omni adds (read in the code index after PR #524, which the issue names
+@20e8232; ``multi`` is then ``reward_loop/reward_manager/multi.py``, whose ``MultiRewardManager``
+holds the loop and ``MultiVisualRewardManager`` the visual arguments):
+
+- an entry's keys ``path``, ``name``, ``weight``, ``required``, ``model``, ``independent`` and
+  ``use_rollout_sampling_params`` are theirs and never reach the function; every other key does;
+- with verl's reward model on, every call also carries ``reward_router_address``,
+  ``reward_model_tokenizer``, ``model_name`` and ``sampling_params``; an entry bound to a named
+  model of ``reward.models`` (PR #524, first ``reward.deployments``) gets that model's router
+  arguments or ``reward_model`` (its in-worker executor). Ours takes ``**kwargs`` and ignores
+  them: the judge is the one ``reward`` names;
+- ``extra_info`` carries ``media_kind``, ``audio`` and ``audio_sample_rate`` for generated media
+  (``media.py``, ``_reward_extra_info``); ``reward.multi_reward_concurrency`` (1) runs up to that
+  many ``independent: true`` entries of one sample at once, and a raise in any of them is handled
+  as above (``required`` stops the run, else 0.0 and ``reward/<entry>/errors`` = 1);
+- optional accelerator reward workers (``accelerator_reward_workers.py``) are Ray actors bound to
+  a bundle of the actor's GPU pool with a fraction ``1 / max_colocate_count`` of one GPU: there
+  our ``device: auto`` finds that GPU and loads the judge beside the actor.
+
 - :func:`compute_score`, an async function for an entry's ``name``. Its keys, beside theirs:
   ``reward`` (a name of ours: ``ur_cac`` by default, ``cac``, ``unified_reward``, any registered
   reward or a name your sections file adds), ``sections`` (a YAML file of reward sections; else
   ``$CAC_ALIGN_REWARDS``; else the paper's checkpoints), ``invalid`` (``fail`` or
   ``group_mean``), ``max_invalid_fraction`` (0.5), ``fps`` (the frame rate of the frames they
-  pass; 16, Wan's), ``device`` (``auto``: CUDA when the worker sees a GPU), ``max_batch`` (16). An
-  unknown key is an error naming it (their loader would drop it silently).
+  pass, when their ``extra_info`` has no ``fps``; no default: with neither, nor ``source_fps`` in
+  the reward's section, the call is refused naming the key: Wan-2.1 16, Wan2.2 / LTX-2 24),
+  ``device`` (``auto``: CUDA when the worker sees a GPU), ``max_batch`` (16). An unknown key is an
+  error naming it (their loader would drop it silently); the arguments they add (above) are not.
+- **Samples.** ``media_kind`` "video" reads the frames as (T, C, H, W), their canonical layout;
+  another kind is refused (our rewards score videos). Audio is read, logged once, not scored.
 - **Batches.** The concurrent per-sample calls of a worker are gathered into model batches of up
   to ``max_batch`` (calls arriving while a batch runs form the next); the model runs in a thread,
   so the worker's event loop keeps receiving. Each sample gets its own score in its own call.
@@ -58,7 +81,8 @@ Config lines a user copies (Hydra overrides of their run script)::
     +reward.reward_functions.ur_cac.weight=1.0 \\
     +reward.reward_functions.ur_cac.required=true \\
     +reward.reward_functions.ur_cac.reward=ur_cac \\
-    +reward.reward_functions.ur_cac.sections=/abs/path/cac_rewards.yaml
+    +reward.reward_functions.ur_cac.sections=/abs/path/cac_rewards.yaml \\
+    +reward.reward_functions.ur_cac.fps=16
 """
 
 from __future__ import annotations
@@ -82,10 +106,24 @@ __all__ = ["POLICIES", "compute_score", "invalid_counts", "to_frames"]
 log = logging.getLogger(__name__)
 
 POLICIES = ("fail", "group_mean")
-# Keys their manager adds when a reward model server is enabled (multi:131-139): not ours, ignored.
-_THEIRS = frozenset({"data_source", "extra_info", "reward_router_address", "reward_model_tokenizer", "model_name"})
+# Arguments verl-omni's manager adds to every call beside an entry's own keys (our function takes
+# **kwargs, so their _filter_kwargs passes them all; newest multi.py, read in the code index after
+# PR #524, the issue's @20e8232). Not ours: accepted and ignored, our judge is the one `reward` names.
+# - a run with verl's reward model on (reward.reward_model.enable=true, so a router address):
+#   reward_router_address, reward_model_tokenizer, model_name and sampling_params, the reward
+#   model's rollout settings (multi.py, MultiVisualRewardManager._build_reward_kwargs, the last
+#   lines of the file);
+# - an entry bound to a named model of reward.models (its `model:` key, or an entry named like
+#   the model: workers/config/reward.py resolve_reward_model_name): an engine model adds
+#   reward_router_address and model_name (+ sampling_params with use_rollout_sampling_params), a
+#   native model adds reward_model, the worker's executor (reward_loop/reward_model_executor.py,
+#   EngineRouterClient.reward_kwargs and NativeRewardExecutor.reward_kwargs).
+_THEIRS = frozenset({
+    "data_source", "extra_info", "reward_router_address", "reward_model_tokenizer", "model_name", "sampling_params", "reward_model",
+})
 _counts = {"scored": 0, "invalid": 0, "filled": 0}
 _counts_lock = threading.Lock()
+_audio_logged = [False]
 
 
 def invalid_counts() -> dict[str, int]:
@@ -95,12 +133,14 @@ def invalid_counts() -> dict[str, int]:
         return dict(_counts)
 
 
-def to_frames(solution_image: Any) -> np.ndarray:
+def to_frames(solution_image: Any, layout: str | None = None) -> np.ndarray:
     """One sample's frames as they arrive from verl-omni -> ``(T, H, W, 3)``.
 
     Accepts (T, C, H, W), (C, T, H, W) and (T, H, W, C), with or without a leading batch of one,
     as a tensor or an array; uint8 in [0, 255] stays uint8, float must lie in [0, 1] (checked when
     the reward decodes it). A layout with no axis of 3 channels is a :class:`VideoError`.
+    ``layout="TCHW"`` (a sample whose ``media_kind`` says "video": their canonical layout) reads
+    only that one, so a 3-frame video is never taken for channels first.
     """
     array = solution_image
     if hasattr(array, "detach"):  # a torch tensor
@@ -113,7 +153,11 @@ def to_frames(solution_image: Any) -> np.ndarray:
         array = array[0]
     if array.ndim != 4:
         raise VideoError(f"expected one video of 4 dimensions (T, C, H, W), got shape {tuple(array.shape)}")
-    if array.shape[-1] == 3 and array.shape[1] != 3:
+    if layout == "TCHW":
+        if array.shape[1] != 3:
+            raise VideoError(f"media_kind 'video' frames are (T, 3, H, W), got shape {tuple(array.shape)}")
+        hwc = array.transpose(0, 2, 3, 1)
+    elif array.shape[-1] == 3 and array.shape[1] != 3:
         hwc = array  # (T, H, W, C)
     elif array.shape[1] == 3:
         hwc = array.transpose(0, 2, 3, 1)  # (T, C, H, W)
@@ -137,12 +181,13 @@ class _Batcher:
         self.queues: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._scorer: Any = None
         self._build_lock = threading.Lock()
+        self.section_fps: float | None = None  # the reward section's own source_fps, when it states one
 
-    async def submit(self, frames: Any, prompt: str) -> dict[str, float]:
+    async def submit(self, frames: Any, prompt: str, fps: float) -> dict[str, float]:
         loop = asyncio.get_running_loop()
         queue = self.queues.setdefault(loop, {"pending": [], "worker": None})
         future = loop.create_future()
-        queue["pending"].append((frames, prompt, future))
+        queue["pending"].append((frames, prompt, fps, future))
         if queue["worker"] is None or queue["worker"].done():
             queue["worker"] = loop.create_task(self._drain(queue))
         return await future
@@ -154,10 +199,10 @@ class _Batcher:
         while queue["pending"]:
             batch, queue["pending"] = queue["pending"][:size], queue["pending"][size:]
             try:
-                results = await loop.run_in_executor(None, self._score, [(f, p) for f, p, _ in batch])
+                results = await loop.run_in_executor(None, self._score, [(f, p, r) for f, p, r, _ in batch])
             except Exception as exc:  # building the reward failed: every caller of the batch hears it
                 results = [exc] * len(batch)
-            for (_, _, future), result in zip(batch, results):
+            for (_, _, _, future), result in zip(batch, results):
                 if future.done():  # the caller was cancelled
                     continue
                 if isinstance(result, BaseException):
@@ -172,12 +217,12 @@ class _Batcher:
                 self._scorer = self.slots.scorer(self.settings["reward"], self.settings["device"])
             return self._scorer
 
-    def _score(self, items: list[tuple[Any, str]]) -> list[dict[str, float] | Exception]:
+    def _score(self, items: list[tuple[Any, str, float]]) -> list[dict[str, float] | Exception]:
         """One model batch (in a worker thread): a result dict or an exception per item."""
         s = self.settings
-        prompts = [p for _, p in items]
-        metadata = [{"fps": s["fps"], "group": p} for p in prompts]
-        scored = self.scorer()([f for f, _ in items], prompts, metadata)
+        prompts = [p for _, p, _ in items]
+        metadata = [{"fps": fps, "group": p} for _, p, fps in items]
+        scored = self.scorer()([f for f, _, _ in items], prompts, metadata)
         n = len(items)
         invalid = ~scored.valid
         filled = np.zeros(n, dtype=bool)
@@ -237,9 +282,27 @@ def _batcher(settings: dict[str, Any]) -> _Batcher:
         if key not in _BATCHERS:
             slots = adapter.RewardSlots(where="verl_omni")
             slots.configure(settings["sections"], "drop")  # a typo in the sections fails at the first call, before any model loads
-            slots.section(settings["reward"])  # so does an unknown reward name
-            _BATCHERS[key] = _Batcher(settings, slots)
+            batcher = _Batcher(settings, slots)
+            batcher.section_fps = adapter.section_fps(slots.section(settings["reward"]))  # an unknown reward name fails here too
+            _BATCHERS[key] = batcher
         return _BATCHERS[key]
+
+
+def _sample_fields(extra_info: Any) -> tuple[Any, Any]:
+    """``(fps, layout)`` of one sample from their ``extra_info``; raises for a sample that is not
+    a video. verl-omni projects ``media_kind``, ``audio`` and ``audio_sample_rate`` of the rollout
+    into ``extra_info`` (reward_manager/media.py, ``_reward_extra_info``); a dataset row may add
+    ``fps`` (their visual reward helper reads ``extra_info["fps"]`` beside ``media_kind``)."""
+    info = extra_info if isinstance(extra_info, Mapping) else {}
+    kind = info.get("media_kind")
+    if kind is not None and str(kind) != "video":
+        raise ValueError(f"verl_omni reward function: this sample's media_kind is {kind!r}; cac_align's rewards score videos "
+                         "(media_kind 'video'): point this entry at a video run")
+    if info.get("audio") is not None and not _audio_logged[0]:
+        _audio_logged[0] = True
+        log.info("verl_omni: the samples carry audio (%s Hz); cac_align's rewards judge the frames only, the audio is not scored",
+                 info.get("audio_sample_rate", "unknown rate"))
+    return info.get("fps"), ("TCHW" if kind is not None else None)
 
 
 async def compute_score(
@@ -252,7 +315,7 @@ async def compute_score(
     sections: Any = None,
     invalid: str = "fail",
     max_invalid_fraction: float = 0.5,
-    fps: float = 16.0,
+    fps: float | None = None,
     device: str = "auto",
     max_batch: int = 16,
     **kwargs: Any,
@@ -260,24 +323,35 @@ async def compute_score(
     """Score one verl-omni sample with a reward of ours (module docstring).
 
     Args:
-        data_source, extra_info: theirs; unused.
+        data_source: theirs; unused.
         solution_image: the sample's frames (:func:`to_frames`).
         ground_truth: the prompt.
+        extra_info: theirs: ``fps`` (when their dataset rows carry one), ``media_kind`` (read:
+            "video" fixes the layout, anything else is refused), ``audio`` and
+            ``audio_sample_rate`` (read, not scored).
         reward, sections, invalid, max_invalid_fraction, fps, device, max_batch: the keys of
             the reward_functions entry (module docstring).
+        **kwargs: the arguments verl-omni adds for a reward model (``sampling_params``,
+            ``reward_model``, ``reward_router_address``, ``reward_model_tokenizer``,
+            ``model_name``): ignored. Any other key is an error.
 
     Returns:
         ``{"score": float, "valid": 1.0 | 0.0}``.
 
     Raises:
         RewardError: the sample could not be scored and is not filled (module docstring).
-        ValueError: an unknown key, a bad setting or an unknown reward name.
+        ValueError: an unknown key, a bad setting, an unknown reward name, no frame rate, or a
+            sample that is not a video.
     """
     settings = _settings(reward, sections, invalid, max_invalid_fraction, fps, device, max_batch, kwargs)
     batcher = _batcher(settings)
+    passed_fps, layout = _sample_fields(extra_info)
+    # the trainer's own rate, then the entry's `fps`, then the reward section's `source_fps`; never a guess
+    rate = adapter.frame_rate("verl_omni reward function", "fps in its reward_functions entry (or source_fps in the reward's section)",
+                              passed_fps, settings["fps"], batcher.section_fps)
     prompt = ground_truth if isinstance(ground_truth, str) else None
     try:
-        frames: Any = to_frames(solution_image)
+        frames: Any = to_frames(solution_image, layout)
     except VideoError as exc:
         frames = exc  # the reward marks this sample invalid (the policy decides the rest)
-    return await batcher.submit(frames, prompt)
+    return await batcher.submit(frames, prompt, rate)

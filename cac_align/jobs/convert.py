@@ -118,6 +118,27 @@ class ConvertConfig:
 _DEFAULT_LICENSES = {"vif_cot": "CC BY 4.0", "videophy2": "MIT", "labels": "unspecified"}
 
 
+def written_by_make_tiny(folder: Path) -> str:
+    """For a missing input folder: ``"; it is written by `cac-align make-tiny --config NAME`: run
+    that first"`` when a shipped make-tiny recipe writes it (``convert_videos: true`` renders
+    ``out_dir/videos``), else ``""``. Read from the shipped recipes, so the hint follows them."""
+    import yaml
+
+    from cac_align.config import SHIPPED_RECIPES
+
+    target = folder.resolve()
+    for path in sorted(SHIPPED_RECIPES.rglob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("job") == "make-tiny" and data.get("convert_videos") and data.get("out_dir"):
+            if (Path(str(data["out_dir"])) / "videos").resolve() == target:
+                name = path.relative_to(SHIPPED_RECIPES).with_suffix("").as_posix()
+                return f"; it is written by `cac-align make-tiny --config {name}`: run that first"
+    return ""
+
+
 def convert_source(source: ConvertSource) -> tuple[list[Any], Any]:
     """(records, report) of one source; its bad rows are in the report."""
     from cac_align.config import RecipeError, relative_path_hint
@@ -131,7 +152,8 @@ def convert_source(source: ConvertSource) -> tuple[list[Any], Any]:
         value = getattr(source, key)
         folders[key] = Path(value) if value else None
         if value and not folders[key].is_dir():
-            raise RecipeError(f"sources: {source.format} {key}={value!r}: no such folder{relative_path_hint(folders[key])}")
+            raise RecipeError(f"sources: {source.format} {key}={value!r}: no such folder{written_by_make_tiny(folders[key])}"
+                              f"{relative_path_hint(folders[key])}")
     root = folders["video_root"]
     report = SourceReport(source.format, str(path), source.license or _DEFAULT_LICENSES[source.format])
     rows = list(read_rows(path))

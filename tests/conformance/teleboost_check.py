@@ -121,7 +121,7 @@ def main() -> dict:
 
     # 3. a reward whose model call raises: their phase stops with our reasons
     try:
-        trainer({"reward": "explodes", "device": "cpu"})._reward_and_advantage_phase(rollout(), None, {}, {})
+        trainer({"reward": "explodes", "device": "cpu", "fps": 16})._reward_and_advantage_phase(rollout(), None, {}, {})
         results["backend_error"] = {"error": None}
     except Exception as exc:  # noqa: BLE001 - what stopped their phase is the result
         results["backend_error"] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -90,6 +90,18 @@ def test_a_corrupt_frame_is_filled_never_nan_in_their_logs(unirl):
     assert all(np.isfinite(got["advantages"]))
 
 
+def test_a_corrupt_frame_whose_group_is_not_known_whole_is_excluded(unirl):
+    """No samples_per_prompt: the sample gets NaN, which their advantage leaves out (advantage 0;
+    its siblings normalized over the two valid ones), and their logged mean reward reads nan."""
+    got = unirl["corrupt_excluded"]
+    assert "error" not in got, got.get("trace")
+    assert got["rewards"][1] is None and got["advantages"][1] == pytest.approx(0.0, abs=1e-6)
+    valid = [0.8, 0.6]  # rows 0 and 2 of the first group
+    expected = (np.array(valid) - np.mean(valid)) / (np.std(valid) + 1e-8)
+    assert [got["advantages"][0], got["advantages"][2]] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert got["mean_reward_is_nan"] and got["components"]["valid"] == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+
+
 def test_fail_and_a_backend_error_stop_their_step_with_our_reasons(unirl):
     fail = unirl["corrupt_fail"]["error"]
     assert fail.startswith("RuntimeError: Reward computation flagged 1 of 6 sample(s) as failure")

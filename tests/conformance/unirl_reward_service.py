@@ -145,10 +145,13 @@ def main() -> None:
     results = {
         "spot": scenario(spot, videos()),
         "spot_hydra_global_std": scenario(spot, videos(), build="instantiate", global_std=True),
-        "ur_cac": scenario({"reward": "ur", "sections": sections, "device": "cpu"}, videos()),
-        "corrupt_group_mean": scenario(spot, videos(corrupt={1: float("nan")})),
+        "ur_cac": scenario({"reward": "ur", "sections": sections, "device": "cpu", "fps": 16}, videos()),
+        # whole groups are known with their samples_per_prompt: the fill is the group's valid mean
+        "corrupt_group_mean": scenario({**spot, "samples_per_prompt": PER_PROMPT}, videos(corrupt={1: float("nan")})),
+        # without it, whether a group is whole is unknown: the sample is excluded (NaN, advantage 0)
+        "corrupt_excluded": scenario(spot, videos(corrupt={1: float("nan")})),
         "corrupt_fail": scenario({**spot, "invalid": "fail"}, videos(corrupt={4: 3.0})),
-        "backend_error": scenario({"reward": "explodes", "device": "cpu"}, videos()),
+        "backend_error": scenario({"reward": "explodes", "device": "cpu", "fps": 16}, videos()),
         "not_loaded": scenario({"reward": "judge", "sections": {"judge": {"name": "cac", "model": {"name": "/nonexistent/ckpt"}}}, "device": "cpu"},
                                videos()),
     }

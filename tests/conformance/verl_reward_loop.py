@@ -68,7 +68,7 @@ def config(tokenizer_dir, entries, num_workers):
     })
 
 
-OURS = {"path": "pkg://cac_align.integrations.verl_omni", "name": "compute_score"}
+OURS = {"path": "pkg://cac_align.integrations.verl_omni", "name": "compute_score", "fps": 16}  # verl passes no frame rate
 PICKY = {"bright": {"name": "user_rewards:make_picky"}}
 TINY = {"cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
         "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}}

@@ -76,13 +76,18 @@ def test_fps_is_the_kwarg_they_cannot_pass():
     at_16 = teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu")["rewards"]
     at_8 = teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=8, device="cpu")["rewards"]
     assert at_16.tolist() == pytest.approx([0.0, 0.0]) and at_8.tolist() == pytest.approx([1.0, 1.0])
+    # TeleBoost passes none: with no fps kwarg the rate is the section's own source_fps, never a guess
+    at_section = teleboost.compute_reward(data, reward="spot", sections={"spot": {**SPOT["spot"], "source_fps": 8}}, device="cpu")["rewards"]
+    assert at_section.tolist() == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match=r"no frame rate .*set reward_kwargs\.fps .*\(Wan-2\.1 16, Wan2\.2 / LTX-2 24\)"):
+        teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu")
 
 
 def test_an_invalid_sample_gets_its_groups_mean_so_its_advantage_is_zero(caplog):
     data = rollout([0.2, 0.8, 0.4, 0.6, 1.0, 0.0])
     data.batch["video_frames"][1, 0, 0, 0, 0] = float("nan")  # a corrupt frame
     with caplog.at_level(logging.WARNING, logger="cac_align.integrations.teleboost"):
-        rewards = teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu")["rewards"]
+        rewards = teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu")["rewards"]
     assert torch.isfinite(rewards).all()
     assert rewards[1].item() == pytest.approx((0.8 + 0.6) / 2, abs=1e-6)  # the mean of its group's valid samples
     advantages = their_advantages(rewards, 3)
@@ -96,8 +101,8 @@ def test_a_group_with_no_valid_sample_gets_the_steps_mean_advantage_zero():
     data = rollout([0.2, 0.8, 0.4, 0.6, 1.0, 0.0])
     data.batch["video_frames"][3:] = float("nan")  # the whole second group: 3 of 6, at the default limit of 0.5
     with pytest.raises(RewardError, match="3 of 6 samples could not be scored"):  # above a limit of 0.4
-        teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu", max_invalid_fraction=0.4)
-    rewards = teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu")["rewards"]
+        teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu", max_invalid_fraction=0.4)
+    rewards = teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu")["rewards"]
     assert rewards[3:].tolist() == pytest.approx([(0.8 + 0.2 + 0.6) / 3] * 3, abs=1e-6)
     assert their_advantages(rewards, 3)[3:].tolist() == [0.0, 0.0, 0.0]
 
@@ -106,10 +111,10 @@ def test_fail_and_too_many_invalid_stop_with_each_reason():
     data = rollout([0.2, 0.8, 0.4, 0.6])
     data.batch["video_frames"][2] = 2.0  # out of [0, 1]
     with pytest.raises(RewardError, match=r"invalid='fail': 1 failed: sample 2: .*must lie in \[0, 1\]"):
-        teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu", invalid="fail")
+        teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu", invalid="fail")
     data.batch["video_frames"][:3] = float("nan")
     with pytest.raises(RewardError, match=r"3 of 4 samples could not be scored .*sample 0: .*sample 1: .*sample 2: "):
-        teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu")
+        teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu")
 
 
 def test_settings_are_checked_by_name():
@@ -123,7 +128,7 @@ def test_settings_are_checked_by_name():
     with pytest.raises(ValueError, match="unknown reward 'spto'"):
         teleboost.compute_reward(data, reward="spto", sections=SPOT)
     with pytest.raises(ValueError, match="no pixel_weight_maps; turn ViPO on"):
-        teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu", localize=True)
+        teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu", localize=True)
 
 
 def expected_region_map() -> np.ndarray:
@@ -141,7 +146,7 @@ def test_our_evidence_replaces_their_map_on_the_worse_samples_and_A_times_M_is_o
     theirs = torch.rand(6, *GRID, generator=torch.Generator().manual_seed(0))
     before = theirs.clone()
     data = rollout([0.2, 0.8, 0.4, 0.6, 1.0, 0.0], maps=theirs)
-    out = teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu", localize={"dilate": 0})
+    out = teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu", localize={"dilate": 0})
     after = data.batch["pixel_weight_maps"]
     assert after is theirs  # written in place, where ViPO reads it
     rewards = out["rewards"]  # 0.8 0.2 0.6 | 0.4 0.0 1.0: group means 0.533 and 0.467
@@ -166,13 +171,13 @@ def test_others_uniform_makes_every_A_times_M_ours_and_multiply_keeps_their_sali
     theirs = torch.rand(6, *GRID, generator=torch.Generator().manual_seed(1))
     before = theirs.clone()
     data = rollout([0.2, 0.8, 0.4, 0.6, 1.0, 0.0], maps=theirs)
-    teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu", localize={"dilate": 0, "others": "uniform", "apply_to": "all"})
+    teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu", localize={"dilate": 0, "others": "uniform", "apply_to": "all"})
     region = expected_region_map()
     for i in range(5):  # apply_to: all (every sample is off its group's mean here): the region's map
         assert theirs[i].numpy() == pytest.approx(region)
     assert (theirs[5] == 1).all()  # a black spot is judged normal (no defect located): uniform, as in our Flow-GRPO
     theirs.copy_(before)
-    teleboost.compute_reward(data, reward="spot", sections=SPOT, device="cpu", localize={"dilate": 0, "combine": "multiply"})
+    teleboost.compute_reward(data, reward="spot", sections=SPOT, fps=16, device="cpu", localize={"dilate": 0, "combine": "multiply"})
     product = before[1].numpy() * region
     expected = (product - product.min()) / (product.max() - product.min() + 1e-8)
     assert theirs[1].numpy() == pytest.approx(expected, abs=1e-6)

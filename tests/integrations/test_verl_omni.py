@@ -28,7 +28,7 @@ from cac_align.video import VideoError
 from conftest import REPO_ROOT, TINY_UR_CAC, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "verl_omni_checkout"
-OURS = {"path": "pkg://cac_align.integrations.verl_omni", "name": "compute_score"}
+OURS = {"path": "pkg://cac_align.integrations.verl_omni", "name": "compute_score", "fps": 16}
 BRIGHT = {"bright": {"name": "brightness"}}
 
 
@@ -48,9 +48,9 @@ def theirs(monkeypatch):
     sys.modules.pop("verl_parts", None)
 
 
-def manager(theirs, entries):
-    config = OmegaConf.create({"reward": {"reward_functions": entries}})
-    return theirs.manager.MultiVisualRewardManager(config, tokenizer=None, compute_score=None)
+def manager(theirs, entries, reward=None, router=None):
+    config = OmegaConf.create({"reward": {"reward_functions": entries, **(reward or {})}})
+    return theirs.manager.MultiVisualRewardManager(config, tokenizer=None, compute_score=None, reward_router_address=router)
 
 
 def batch(theirs, levels, group=2, size=16):
@@ -212,7 +212,7 @@ def test_ur_cac_on_tiny_models_one_copy_sections_from_the_environment(theirs, tm
 def test_the_function_alone_gathers_concurrent_calls():
     async def main():
         frames = [torch.full((4, 3, 8, 8), v, dtype=torch.uint8) for v in (0, 255, 51)]
-        return await asyncio.gather(*(verl_omni.compute_score(solution_image=f, ground_truth="p", reward="brightness") for f in frames))
+        return await asyncio.gather(*(verl_omni.compute_score(solution_image=f, ground_truth="p", reward="brightness", fps=16) for f in frames))
 
     try:
         assert asyncio.run(main()) == [{"score": 0.0, "valid": 1.0}, {"score": 1.0, "valid": 1.0}, {"score": pytest.approx(0.2), "valid": 1.0}]
@@ -244,3 +244,74 @@ def test_a_served_judge_through_their_loop(theirs):
     assert rm_scores[:, 0].tolist() == pytest.approx([(4.5 + 2.0 + 3.25) / 3] * 4)
     assert metrics["reward/ur/valid"].tolist() == [1.0] * 4
     assert [json.loads(m)["backend"] for m in adapter.loaded_models()] == ["openai"]  # one client, no model in-process
+
+
+class NativeExecutor:
+    """A worker's executor of a named native model (reward_model_executor.py, NativeRewardExecutor:
+    its reward_kwargs() is {"reward_model": itself}); ours never calls it."""
+
+    def reward_kwargs(self):
+        return {"reward_model": self}
+
+
+def test_a_run_with_a_reward_model_trains_on_our_scores(theirs):
+    """The newest call: verl's reward model on (a router address: every call carries
+    sampling_params, reward_router_address, reward_model_tokenizer, model_name) and an entry named
+    like a model of reward.models (gets reward_model). Ours ignores them and scores; the rewards
+    and their advantages are ours. A user's own misspelled key is still refused."""
+    reward = {"reward_model": {"enable": True, "model_path": "rm/path", "rollout": {"temperature": 0.0, "max_tokens": 64}},
+              "models": {"judge": {"backend": "native"}}}
+    entries = {
+        "bright": {**OURS, "required": True, "reward": "bright", "sections": BRIGHT},
+        "judge": {**OURS, "required": True, "reward": "bright", "sections": BRIGHT, "weight": 0.5},
+        "seen": {"path": str(CHECKOUT / "user_rewards.py"), "name": "arguments_seen", "weight": 0.0},
+    }
+    built = manager(theirs, entries, reward, router="10.0.0.1:9000")
+    built.set_reward_executors(native={"judge": NativeExecutor()})
+    levels = [51, 153, 204, 102]
+    rm_scores, metrics = theirs.parts.worker_scores(built, batch(theirs, levels), num_workers=2)
+    seen = next(e["fn"] for e in built.entries if e["key"] == "seen").__globals__["SEEN"]  # the module their loader executed
+    assert len(seen) == 4
+    assert {"sampling_params", "reward_router_address", "reward_model_tokenizer", "model_name"} <= set(seen[0]) and "reward_model" not in seen[0]
+    bright = np.array(levels) / 255.0
+    assert metrics["reward/bright"].tolist() == pytest.approx(bright.tolist(), abs=1e-6)
+    assert metrics["reward/judge"].tolist() == pytest.approx(bright.tolist(), abs=1e-6) and "reward/judge/errors" not in metrics
+    assert rm_scores[:, 0].tolist() == pytest.approx((1.5 * bright).tolist(), abs=1e-6)
+    assert grpo_advantages(rm_scores[:, 0], group=2).tolist() == pytest.approx(grpo_advantages(1.5 * bright, group=2).tolist(), abs=1e-5)
+    typo = {"bright": {**OURS, "required": True, "reward": "bright", "sections": BRIGHT, "sampling_param": {}}}
+    with pytest.raises(RuntimeError, match=r"unknown key\(s\) \['sampling_param'\]"):
+        theirs.parts.worker_scores(manager(theirs, typo, reward, router="10.0.0.1:9000"), batch(theirs, levels), num_workers=1)
+
+
+SPOT = {"spot": {"name": "spot_brightness", "box": [0, 0, 500, 500], "window_s": [0.25, 0.5]}}
+
+
+def spot_batch(theirs, n=2, extra=None, media=None):
+    """Frames 0-3 dark in the top-left quarter, 4-8 bright: [0.25, 0.5) s is frames 4-7 at 16 fps
+    (bright: 0.0), frames 2-3 at 8 fps (dark: 1.0)."""
+    video = torch.full((9, 3, 32, 48), 128, dtype=torch.uint8)
+    video[:4, :, :16, :24], video[4:, :, :16, :24] = 0, 255
+    non_tensors = {
+        "data_source": np.array(["t2v"] * n, dtype=object),
+        "reward_model": np.array([{"ground_truth": "p"} for _ in range(n)], dtype=object),
+        "extra_info": np.array([dict(extra or {}) for _ in range(n)], dtype=object),
+    }
+    non_tensors.update({k: np.array([v] * n, dtype=object) for k, v in (media or {}).items()})
+    return theirs.parts.Batch({"responses": torch.stack([video] * n)}, non_tensors)
+
+
+def test_the_frame_rate_is_theirs_or_the_entrys_never_a_guess_and_media_kind_is_read(theirs, caplog):
+    entry = {k: v for k, v in OURS.items() if k != "fps"}
+    run = lambda entries, data: theirs.parts.worker_scores(manager(theirs, entries), data, num_workers=1)[1]["reward/s"].tolist()  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"no frame rate .*set fps in its reward_functions entry .*\(Wan-2\.1 16, Wan2\.2 / LTX-2 24\)"):
+        run({"s": {**entry, "required": True, "reward": "spot", "sections": SPOT}}, spot_batch(theirs))
+    assert run({"s": {**entry, "required": True, "reward": "spot", "sections": SPOT, "fps": 8}}, spot_batch(theirs)) == [1.0, 1.0]
+    at_8 = {"spot": {**SPOT["spot"], "source_fps": 8}}
+    assert run({"s": {**entry, "required": True, "reward": "spot", "sections": at_8}}, spot_batch(theirs)) == [1.0, 1.0]
+    # their extra_info's fps (a dataset row's) comes first; the rollout's media fields are read
+    media = {"media_kind": "video", "audio": torch.zeros(2, 4800), "audio_sample_rate": 48000}
+    with caplog.at_level(logging.INFO, logger="cac_align.integrations.verl_omni"):
+        got = run({"s": {**entry, "required": True, "reward": "spot", "sections": SPOT, "fps": 8}}, spot_batch(theirs, extra={"fps": 16}, media=media))
+    assert got == [0.0, 0.0] and ("48000 Hz" in caplog.text or verl_omni._audio_logged[0])
+    with pytest.raises(RuntimeError, match="media_kind is 'image'; cac_align's rewards score videos"):
+        run({"s": {**entry, "required": True, "reward": "spot", "sections": SPOT, "fps": 8}}, spot_batch(theirs, media={"media_kind": "image"}))

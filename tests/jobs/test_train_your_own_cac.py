@@ -99,3 +99,12 @@ def test_offline_road_runs(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("name", ["convert.yaml", "convert_tiny.yaml"])
 def test_convert_recipes_load(name):
     assert main(["check-recipe", str(REPO_ROOT / "recipes/data" / name)]) == 0
+
+
+def test_convert_tiny_from_an_empty_folder_says_to_make_the_videos_first(tmp_path, monkeypatch, capsys):
+    """The offline road's second step run first: the error names the step that writes the folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "--config", "data/convert_tiny"]) != 0
+    err = capsys.readouterr().err
+    assert "video_root='outputs/public_tiny/videos': no such folder; it is written by " in err
+    assert "`cac-align make-tiny --config tiny/convert_tiny_videos`: run that first" in err
