@@ -25,6 +25,9 @@
 #   5. ur7b         UnifiedReward-7B's probs scoring (status_encoding.py --mode gpu-ur7b): never measured
 #   6. ti2v_step    one Flow-GRPO step of Wan2.2-TI2V-5B at 704x1280x121, 2 sampling steps
 #                   (wan_grpo_step.py --mode gpu-ti2v-5b; its figure is not yet in benchmarks/README.md)
+#   7. ti2v_sharded the same step on the sharded code path at N=1 (--shard fsdp2: FSDP2 units per block
+#                   over a one-process group, the text encoder off the GPU once it has encoded): its
+#                   peak against step 6's, today's path (#78; the multi-GPU figures stay arithmetic)
 #
 # The lent GPU machine (ENVIRONMENT.md) has python 3.12 and torch 2.11 but not this project's
 # transformers/diffusers/omegaconf/qwen-vl-utils pins: carry them as wheels. Here, in the
@@ -33,7 +36,7 @@
 # then one device run (nothing else in the call; 600 s limit, the script ends by itself at 540 s):
 #     run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site PYTHON=python3 && bash benchmarks/gpu_quick.sh $OUT",
 #         carry=[".whl"], timeout_s=600)
-# and the files of $OUT come back (summary.txt and one file per step: 7 files, the device tool
+# and the files of $OUT come back (summary.txt and one file per step: 8 files, the device tool
 # returns at most 8). Adding a step: one `step` line below, in its place in the order, with its
 # GPU and --check commands; keep the number of steps at 7 or fewer for that limit.
 set -uo pipefail
@@ -141,6 +144,8 @@ step ur7b 150 90 benchmarks/status_encoding.py --mode gpu-ur7b \
   -- benchmarks/status_encoding.py --mode cpu-check --ur-videos 1
 step ti2v_step 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
   -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
+step ti2v_sharded 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 \
+  -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2
 
 say "== gpu_quick: $(( $(date +%s) - START )) s in all; figures in $OUT (summary.txt: one RESULT line per measured pass)"
 exit "$FAILED"

@@ -201,6 +201,9 @@ def main() -> None:
     parser.add_argument("--sampling-steps", type=int, default=10, help="denoising steps (the paper: 50)")
     parser.add_argument("--steps", type=int, default=2, help="training steps; the last one is reported (the first warms up)")
     parser.add_argument("--with-rewards", action="store_true", help="keep CaC-8B and UR-7B architectures resident on the GPU")
+    parser.add_argument("--shard", choices=["none", "fsdp2"], default="none",
+                        help="the recipe's parallel.shard: fsdp2 runs the sharded code path (FSDP2 units per block) on this one process, "
+                             "with the text encoder leaving the GPU after it encodes (docs/flow_grpo.md, 'Sharding and long videos')")
     args = parser.parse_args()
 
     import torch
@@ -239,7 +242,7 @@ def main() -> None:
             f"out_dir={tmp}/run", f"prompts={prompts}", "eval_prompts=null", f"steps={args.steps}", "prompts_per_step=1",
             f"group_size={args.group}", "sample_batch_size=1", "train_batch_size=1", "updates_per_step=1",
             f"generator.num_inference_steps={args.sampling_steps}", "generator.device=" + ("cuda" if gpu else "cpu"),
-            "checkpoint_every=0", "log_with=none", *size,
+            "checkpoint_every=0", "log_with=none", *size, f"parallel.shard={args.shard}",
         ]
         config = load_config(FlowGrpoConfig, recipe, overrides, job="flow-grpo")
         if gpu:
@@ -253,7 +256,7 @@ def main() -> None:
     sample_s, train_s = last["time/sample_s"], last["time/train_s"]
     per_sample = sample_s / (args.group * args.sampling_steps)  # per video and denoising step
     per_train = train_s / (args.group * args.sampling_steps)  # per video and trained timestep
-    print(f"mode={args.mode} group={args.group} sampling_steps={args.sampling_steps} steps={args.steps} with_rewards={args.with_rewards}")
+    print(f"mode={args.mode} shard={args.shard} group={args.group} sampling_steps={args.sampling_steps} steps={args.steps} with_rewards={args.with_rewards}")
     print(f"all {args.steps} steps: {seconds:.1f} s; last step: sampling {sample_s:.1f} s, training {train_s:.1f} s")
     print(f"per video and denoising step: sampling {per_sample:.3f} s, training {per_train:.3f} s")
     if gpu:
@@ -266,7 +269,7 @@ def main() -> None:
     videos, steps = 4, 50  # the paper's step on 8 GPUs: 32 videos, 50 sampling steps, all trained
     print(f"extrapolated paper step per GPU ({videos} videos x {steps} steps): sampling {per_sample * videos * steps:.0f} s, "
           f"training {per_train * videos * steps:.0f} s (without reward scoring)")
-    result = {"mode": args.mode, "group": args.group, "sampling_steps": args.sampling_steps, "steps": args.steps, "sample_s_per_video_step": per_sample,
+    result = {"mode": args.mode, "shard": args.shard, "group": args.group, "sampling_steps": args.sampling_steps, "steps": args.steps, "sample_s_per_video_step": per_sample,
               "train_s_per_video_timestep": per_train, "peak_gib": round(peak, 2) if gpu else None, "with_rewards": bool(resident)}
     if model == "ltx2":
         result["gemma_3_12b_gib_arithmetic"] = round(GEMMA_3_12B_PARAMETERS * 2 / 2**30, 1)

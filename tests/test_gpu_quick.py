@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-STEPS = ("judge_ours", "judge_stock", "decode_attention", "ltx2_step", "ur7b", "ti2v_step")
+STEPS = ("judge_ours", "judge_stock", "decode_attention", "ltx2_step", "ur7b", "ti2v_step", "ti2v_sharded")
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -51,6 +51,8 @@ def test_check_runs_every_step_and_writes_its_figures(tmp_path):
     assert attention["read_ratio"] >= 3 and attention["max_abs_difference"] < 1e-2
     (ltx2,) = results["ltx2_step"]  # one Flow-GRPO step of the tiny LTX-2, and Gemma-3-12B's bf16 weights as arithmetic
     assert ltx2["sample_s_per_video_step"] > 0 and ltx2["train_s_per_video_timestep"] > 0 and ltx2["gemma_3_12b_gib_arithmetic"] == 22.7
+    (sharded,) = results["ti2v_sharded"]  # the sharded code path on one process ran the same step
+    assert sharded["shard"] == "fsdp2" and results["ti2v_step"][0]["shard"] == "none" and sharded["train_s_per_video_timestep"] > 0
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
 
 

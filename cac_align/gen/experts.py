@@ -93,6 +93,9 @@ class WanDenoiser(Denoiser):
         self.boundary_timestep = None if boundary_timestep is None else float(boundary_timestep)
         self.expand_timesteps = bool(expand_timesteps)
         self.num_train_timesteps = int(num_train_timesteps)
+        # sharded experts (cac_align.gen.parallel): every process calls every expert, in order, in a
+        # call with one timestep per sample, since a sharded expert's all-gather needs every process
+        self.every_expert = False
 
     @classmethod
     def from_pipeline(cls, pipe: Any, family: Any) -> "WanDenoiser":
@@ -185,6 +188,8 @@ class WanDenoiser(Denoiser):
         if t.ndim == 0:
             return self._velocity(self.expert_index(t), latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
         indices = [self.expert_index(value) for value in t.tolist()]
+        if self.every_expert and len(self.experts) > 1:
+            return self._every_expert(indices, latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
         if len(set(indices)) == 1:
             return self._velocity(indices[0], latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
         rows = {index: torch.tensor([i for i, e in enumerate(indices) if e == index], device=latents.device) for index in sorted(set(indices))}
@@ -195,6 +200,25 @@ class WanDenoiser(Denoiser):
         ]
         order = torch.cat(list(rows.values()))  # the rows as the parts hold them: put each back in its place
         return torch.cat(parts)[torch.argsort(order)]
+
+    def _every_expert(self, indices: list[int], latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                      negative_embeds: torch.Tensor | None, guidance_scale: float, guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:
+        """:meth:`forward` with one timestep per sample when the experts are sharded: each expert in
+        turn on its own rows, and an expert that serves none of this process's rows on the first row,
+        its output times zero added (so its forward and backward, and their collectives, run on
+        every process; the sum is unchanged)."""
+        t = t.to(latents.device)
+        out = None
+        for index in range(len(self.experts)):
+            rows = torch.tensor([i for i, e in enumerate(indices) if e == index], device=latents.device, dtype=torch.long)
+            empty = rows.numel() == 0
+            take = rows if not empty else torch.zeros(1, dtype=torch.long, device=latents.device)
+            part = self._velocity(index, latents[take], t[take], prompt_embeds[take], None if negative_embeds is None else negative_embeds[take],
+                                  guidance_scale, guidance_scale_2, dtype)
+            if out is None:
+                out = torch.zeros((latents.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device)
+            out = out + part.sum() * 0.0 if empty else out.index_put((rows,), part)
+        return out
 
     def _velocity(self, index: int, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
                   guidance_scale: float, guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:

@@ -240,7 +240,7 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
     encoders = tuple(count_module(n, modules[n]) for n in family.encoder_components)
     others = tuple(count_module(n, m) for n, m in modules.items() if n not in expert_names and n not in family.encoder_components)
     hidden, heads, patch_t = _transformer_shape(dict(modules["transformer"].config))
-    try:  # the family says whether it can split a video's tokens (LTX-2 refuses, for now)
+    try:  # the family says whether it can split a video's tokens (its plan refuses where it cannot)
         family.context_parallel_plan(modules["transformer"])
         splits = True
     except RecipeError:

@@ -36,7 +36,7 @@ import torch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_layout", "family_blocks", "fsdp_units", "layout_for", "setup_parallel"]
+__all__ = ["PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_context_parallel", "check_layout", "family_blocks", "fsdp_units", "layout_for", "setup_parallel"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
 
@@ -247,6 +247,8 @@ class Layout:
             for block in blocks:
                 fully_shard(block, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
             fully_shard(expert, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
+        if len(experts) > 1:  # a call with one level per sample runs every expert on every process (WanDenoiser)
+            denoiser.every_expert = True
         if pipe is not None and device is not None:
             sharded = {id(e) for e in experts}
             for name, module in pipe.components.items():
@@ -402,3 +404,47 @@ def check_parallel_resume(state: dict[str, Any], layout: Layout, folder: Any) ->
 
     raise RecipeError(f"checkpoint {folder} was written by {say(written)}, and this run is {say(now)}: resume it with the same "
                       f"processes and parallel section, or start a new run in another out_dir (its LoRA is in {folder}/lora)")
+
+
+# ---------------------------------------------------------------------------------------
+# Before anything loads: can the video be split at all
+# ---------------------------------------------------------------------------------------
+def _transformer_config(generator: Any) -> dict[str, Any] | None:
+    """The generator's transformer ``config.json`` as a dict, from its own files (a tiny pipeline's,
+    a local folder's, the Hugging Face cache's), or None where none can be read offline."""
+    import json
+    from pathlib import Path
+
+    family = generator.family
+    if generator.name in family.tiny_names:
+        return dict(family.build_tiny(generator.name, seed=0).transformer.config)
+    folder = Path(generator.name)
+    if (folder / "transformer" / "config.json").is_file():
+        return json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(generator.name, "transformer/config.json")
+    except Exception:  # not a hub id
+        return None
+    if isinstance(cached, str) and Path(cached).is_file():
+        return json.loads(Path(cached).read_text(encoding="utf-8"))
+    return None
+
+
+def check_context_parallel(family: Any, generator: Any, settings: ParallelSettings) -> None:
+    """Refuse, before anything loads, a ``context_parallel`` degree that the video's latent tokens
+    or the transformer's heads do not divide (the family's
+    :meth:`~cac_align.gen.family.GeneratorFamily.check_context_parallel`), with the setting to
+    change. Where the transformer's config cannot be read offline, the check is left to the first
+    forward (diffusers asserts the split) and a note is logged."""
+    import logging
+
+    if settings.context_parallel <= 1:
+        return
+    config = _transformer_config(generator)
+    if config is None:
+        logging.getLogger(__name__).warning("parallel.context_parallel=%d: %s's transformer config is not on this machine; the split is "
+                                            "checked at the first forward", settings.context_parallel, generator.name)
+        return
+    family.check_context_parallel(generator, settings.context_parallel, config)

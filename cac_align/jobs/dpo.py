@@ -63,7 +63,8 @@ from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sig
 from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, video_velocity
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
-from cac_align.gen.parallel import Layout, ParallelSettings, check_parallel_resume, layout_for, layout_state
+from cac_align.gen.memory import check_memory
+from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for, layout_state
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, per_process, step_indices
@@ -76,7 +77,8 @@ log = logging.getLogger(__name__)
 
 DPO_OUTPUTS = ("pairs.json", "latents", "checkpoints", "lora", "tensorboard", "wandb", "metrics.jsonl")
 # Settings that may change when a run is resumed (they change no update).
-RUN_ONLY_KEYS = ("out_dir", "steps", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_with", "generator.device")
+RUN_ONLY_KEYS = ("out_dir", "steps", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_with", "generator.device",
+                 "memory_budget_gib")
 
 
 def _localdpo_lora() -> LoraSettings:
@@ -93,6 +95,8 @@ class DpoConfig:
         generator: the base Wan model the LoRA is trained on (its name, dtypes, device, text length;
             the pairs' videos set the frames and size).
         lora: the trained LoRA (LocalDPO: rank 64, alpha 128, q/k/v/out of both attentions).
+        memory_budget_gib: the memory per device the plan is checked against (null: the GPU's own;
+            on a CPU the plan is printed, and checked only against this).
         parallel: how the processes share the generator (:mod:`cac_align.gen.parallel`): FSDP2
             sharding (``shard: fsdp2``) and context parallel (``context_parallel: 2``); the default
             is data parallel with a whole generator on every process.
@@ -122,6 +126,7 @@ class DpoConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)
     lora: LoraSettings = field(default_factory=_localdpo_lora)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    memory_budget_gib: float | None = None
     loss: DpoLossSettings = field(default_factory=DpoLossSettings)
     steps: int = 1000
     pairs_per_step: int = 8
@@ -166,11 +171,6 @@ class DpoConfig:
             raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
         if self.parallel.shard == "fsdp2" and self.mixed_precision == "fp16":
             raise ValueError("parallel.shard=fsdp2 trains in mixed_precision 'bf16' or 'no' (fp16's loss scaling is not wired to the shards)")
-        if self.parallel.shard == "fsdp2" and self.lora.experts == "both" and self.generator.family.experts == 2:
-            # each pair's noise level picks its expert: processes holding other pairs would call other
-            # experts, and a sharded expert's all-gather needs every process
-            raise ValueError("parallel.shard=fsdp2 with lora.experts=both: each pair's level picks its expert and the processes would "
-                             "disagree on which to gather; train one expert per run (lora.experts=high, then low)")
         trackers_for(self.log_with)
 
 
@@ -304,6 +304,12 @@ class _Trainer:
         # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
         self.layout: Layout = layout_for(acc, config.parallel)
         self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
+        if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (gen/memory.py)
+            frames, height, width, _ = shapes[0]
+            video = dataclasses.replace(config.generator, num_frames=frames, height=height, width=width)
+            check_context_parallel(self.family, video, config.parallel)
+            check_memory(config.generator, config.lora, config.parallel, acc.num_processes, config.batch_size * 2, config.gradient_checkpointing,
+                         budget_gib=config.memory_budget_gib, video=(frames, height, width), device=acc.device, main_process=acc.is_main_process)
         run_folder = _run_folder(config, self.pairs)
         found = checkpoints(self.out) if run_folder.resuming else []
         if self.pipe is None:  # sharded: loaded on the CPU; the encoders come to the device for the latent cache only

@@ -68,7 +68,8 @@ from cac_align.config import RecipeError
 from cac_align.gen.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
-from cac_align.gen.parallel import Layout, ParallelSettings, check_parallel_resume, layout_for, layout_state
+from cac_align.gen.memory import check_memory, guided_rows
+from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for, layout_state
 from cac_align.gen.generator import GeneratorConfig, build_generator, sample_with_log_probs, video_velocity
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
@@ -103,6 +104,7 @@ RUN_ONLY_KEYS = (
     "log_with",
     "reward_workers",
     "store_latents_on_cpu",
+    "memory_budget_gib",
     "generator.device",
 )
 
@@ -180,6 +182,9 @@ class FlowGrpoConfig:
         log_with: "tensorboard", "wandb" (Weights & Biases, an optional extra), "both" or "none"
             (``metrics.jsonl`` is always written).
         reward_workers: threads scoring sampled batches while the next batch samples.
+        memory_budget_gib: the memory per device the plan is checked against (null: the GPU's own;
+            on a CPU the plan is printed, and checked only against this); docs/flow_grpo.md,
+            "Sharding and long videos".
         store_latents_on_cpu: keep the recorded trajectories in host memory (saves GPU memory
             at full size: 51 latents of 16 x 21 x 60 x 104 floats are 430 MB per video).
         resume: continue from the latest checkpoint in ``out_dir``.
@@ -227,6 +232,7 @@ class FlowGrpoConfig:
     log_with: str = "tensorboard"
     reward_workers: int = 1
     store_latents_on_cpu: bool = False
+    memory_budget_gib: float | None = None
     resume: bool = False
     overwrite: bool = False
 
@@ -465,6 +471,12 @@ class _Trainer:
         # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
         self.layout: Layout = layout_for(acc, config.parallel)
         self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
+        if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (gen/memory.py)
+            check_context_parallel(self.family, config.generator, config.parallel)
+            check_memory(config.generator, config.lora, config.parallel, acc.num_processes,
+                         config.train_batch_size * guided_rows(self.family.guidance(config.generator)), config.gradient_checkpointing,
+                         budget_gib=config.memory_budget_gib, ema=config.ema_decay is not None, device=acc.device,
+                         main_process=acc.is_main_process)
         run_folder = _run_folder(config, self.prompts)
         if config.advantage.shuffle_scores and acc.is_main_process:
             log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "

@@ -1,0 +1,320 @@
+"""The generator trainers sharded (FSDP2 per block) and split over processes (context parallel), proven
+equal to one process on the CPU (cac_align/gen/parallel.py; docs/flow_grpo.md, "Sharding and long videos").
+
+The two- and four-process cases run tests/parallel_launch.py under torchrun (gloo, fp32, tiny models
+built from diffusers' own classes) and are marked slow: `pytest -m slow tests/jobs/test_parallel.py`
+(.ci/run runs them). One process is the reference every time, run by the same script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cac_align.config import RecipeError, load_config
+from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+from conftest import REPO_ROOT
+
+BRIGHTNESS = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
+LAUNCH = REPO_ROOT / "tests/parallel_launch.py"
+LORA = "lora/pytorch_lora_weights.safetensors"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(job: str, recipe: Path, out: Path, *overrides: str, processes: int = 1, env: dict | None = None) -> Path:
+    """Run tests/parallel_launch.py on ``processes`` processes (1: plain python) and return ``out``."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    if processes == 1:
+        command = [sys.executable, str(LAUNCH)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port()), str(LAUNCH)]
+    done = subprocess.run(command + [job, str(recipe), str(out), *overrides], env=environment, capture_output=True, text=True, timeout=600,
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return out
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def records(out: Path, processes: int) -> list[dict]:
+    return [json.loads((out / f"record{r}.json").read_text()) for r in range(processes)]
+
+
+def assert_same_lora(got: Path, want: Path, tol: float = 1e-5) -> None:
+    a, b = load_file(str(got)), load_file(str(want))
+    assert set(a) == set(b) and a
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= tol, worst
+
+
+def step_log_probs(out: Path, dp: int, cp: int, per_rank: int, step: int) -> torch.Tensor:
+    """Step ``step``'s sampled log-probs in global sample order: each data-parallel group's, as its
+    leader (rank ``d * cp``) recorded them, ``per_rank`` samples a step."""
+    parts = []
+    for d in range(dp):
+        recorded = load_file(str(out / f"logprobs{d * cp}.safetensors"))["log_probs"]
+        parts.append(recorded[step * per_rank : (step + 1) * per_rank])
+    return torch.cat(parts)
+
+
+def assert_sharded(record: dict, processes: int) -> None:
+    """FSDP2 really sharded: one unit per block plus the root for every expert, each process holding
+    at most its share of the frozen base plus one block, LoRA as DTensors, no gradient on the base."""
+    assert record["units"] == [b + 1 for b in record["blocks"]] and all(b > 0 for b in record["blocks"])
+    assert record["frozen_local"] <= -(-record["frozen_total"] // processes) + record["largest_block"]
+    assert record["frozen_local"] < record["frozen_total"]
+    assert record["trainable_types"] == ["DTensor"] and record["frozen_with_grad"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: settings, refusals, the sharded path on one process
+# ---------------------------------------------------------------------------------------------
+def brightness_config(out: Path, *overrides: str) -> FlowGrpoConfig:
+    return load_config(FlowGrpoConfig, BRIGHTNESS, [f"out_dir={out}", "log_with=none", *overrides], job="flow-grpo")
+
+
+def test_parallel_settings_and_the_combinations_that_cannot_run_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="parallel.shard must be one of"):
+        ParallelSettings(shard="zero3")
+    with pytest.raises(ValueError, match="context_parallel must be >= 1"):
+        ParallelSettings(context_parallel=0)
+    assert not ParallelSettings().active and ParallelSettings().keeps_encoder
+    assert ParallelSettings(shard="fsdp2").active and not ParallelSettings(shard="fsdp2").keeps_encoder
+    with pytest.raises(RecipeError, match="advantage.localize with parallel.context_parallel > 1"):
+        load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml", [f"out_dir={tmp_path}", "parallel.context_parallel=2"],
+                    job="flow-grpo")
+    with pytest.raises(RecipeError, match="fp16"):
+        brightness_config(tmp_path, "parallel.shard=fsdp2", "mixed_precision=fp16")
+    with pytest.raises(RecipeError, match="unknown key 'parallel.shards'; did you mean 'parallel.shard'"):
+        brightness_config(tmp_path, "parallel.shards=fsdp2")
+
+
+def test_default_parallel_section_leaves_run_folders_as_they_were(tmp_path):
+    from cac_align.run.folder import config_fingerprint
+
+    assert "parallel" not in config_fingerprint(brightness_config(tmp_path))
+    assert config_fingerprint(brightness_config(tmp_path, "parallel.shard=fsdp2"))["parallel"] == {"shard": "fsdp2"}
+
+
+def test_a_checkpoint_resumes_on_its_own_layout_only():
+    sharded = Layout(ParallelSettings(shard="fsdp2"), world=2, rank=0)
+    written = {"step": 3, "parallel": {"processes": 2, "data_parallel": 2, "context_parallel": 1, "shard": "fsdp2"}}
+    check_parallel_resume(written, sharded, "ck")  # the same layout: resumes
+    with pytest.raises(RecipeError, match=r"written by 2 processes, parallel.shard=fsdp2.*this run is 4 processes.*its LoRA is in ck/lora"):
+        check_parallel_resume(written, Layout(ParallelSettings(shard="fsdp2"), world=4, rank=0), "ck")
+    with pytest.raises(RecipeError, match="written by data parallel"):
+        check_parallel_resume({"step": 3}, sharded, "ck")
+    check_parallel_resume({"step": 3}, Layout(ParallelSettings(), world=4, rank=0), "ck")  # data parallel, as before
+
+
+def test_context_parallel_is_checked_before_loading(tmp_path):
+    config = brightness_config(tmp_path)
+    # the tiny Wan: 2 heads and 3 x 2 x 2 = 12 latent tokens; 3 divides the tokens, not the heads
+    with pytest.raises(RecipeError, match=r"context_parallel=3 does not divide the 2 attention heads"):
+        check_context_parallel(config.generator.family, config.generator, ParallelSettings(context_parallel=3))
+    check_context_parallel(config.generator.family, config.generator, ParallelSettings(context_parallel=2))
+
+    class OneCpu:  # what layout_for reads of an Accelerator
+        num_processes, process_index, device = 2, 0, torch.device("cpu")
+
+    if not torch.accelerator.device_count():  # diffusers' context parallel picks an accelerator: refused, with the reason
+        with pytest.raises(RecipeError, match="context_parallel > 1 runs on GPUs"):
+            layout_for(OneCpu(), ParallelSettings(context_parallel=2))
+    with pytest.raises(RecipeError, match="not connected"):
+        layout_for(OneCpu(), ParallelSettings(shard="fsdp2"))
+
+
+def test_the_memory_plan_refuses_a_run_that_cannot_fit_before_loading(tmp_path):
+    with pytest.raises(RecipeError) as refused:
+        run(brightness_config(tmp_path / "run", "memory_budget_gib=0.00001"))
+    message = str(refused.value)
+    assert "\n" not in message and "GiB" in message and ("fsdp2" in message or "GPU" in message or "does not fit" in message), message
+    assert not (tmp_path / "run" / "cac_align_run.json").exists()  # refused before the run folder was started
+
+
+def test_sharded_on_one_process_equals_data_parallel_and_resumes_exactly(tmp_path):
+    """FSDP2 over a one-process group: the same numbers and LoRA file as the data-parallel path, bit
+    for bit; its own whole-file checkpoints (LoRA, EMA, AdamW by name) resume exactly."""
+    overrides = ("steps=2", "checkpoint_every=1", "eval_every=0")
+    plain = run(brightness_config(tmp_path / "plain", *overrides))
+    sharded = run(brightness_config(tmp_path / "sharded", *overrides, "parallel.shard=fsdp2"))
+    assert not torch.distributed.is_initialized()  # the one-process group is ended with the run
+    for key in ("train/loss", "train/grad_norm", "reward/mean"):
+        assert sharded[key] == plain[key], key
+    a, b = load_file(str(tmp_path / "plain" / LORA)), load_file(str(tmp_path / "sharded" / LORA))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    checkpoint = tmp_path / "sharded/checkpoints/step_000001"
+    assert {p.name for p in checkpoint.iterdir()} >= {"model.safetensors", "optimizer.safetensors", "ema.safetensors", "lora", "state.json"}
+    assert json.loads((checkpoint / "state.json").read_text())["parallel"] == {"processes": 1, "data_parallel": 1, "context_parallel": 1,
+                                                                              "shard": "fsdp2"}
+    optimizer = load_file(str(checkpoint / "optimizer.safetensors"))
+    assert len(optimizer) == 2 * len(load_file(str(checkpoint / "model.safetensors")))  # both AdamW moments of every LoRA weight
+
+    # stopped after step 1, resumed to step 2: what the uninterrupted run gave
+    run(brightness_config(tmp_path / "resumed", "steps=1", "checkpoint_every=1", "eval_every=0", "parallel.shard=fsdp2"))
+    resumed = run(brightness_config(tmp_path / "resumed", *overrides, "parallel.shard=fsdp2", "resume=true"))
+    for key in ("train/loss", "train/grad_norm", "reward/mean"):
+        assert resumed[key] == sharded[key], key
+    c = load_file(str(tmp_path / "resumed" / LORA))
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: two and four processes against one
+# ---------------------------------------------------------------------------------------------
+EVAL = f"eval_prompts={REPO_ROOT / 'recipes/align/prompts_tiny.txt'}"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The Wan-2.1 toy-reward recipe on one process: 2 steps, a checkpoint after each, evaluation."""
+    return launch("flow-grpo", BRIGHTNESS, tmp_path_factory.mktemp("parallel") / "one", "steps=2", "checkpoint_every=1", EVAL)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(one_process, tmp_path):
+    out = tmp_path / "fsdp"
+    launch("flow-grpo", BRIGHTNESS, out, "steps=1", "checkpoint_every=1", EVAL, "parallel.shard=fsdp2", processes=2)
+    first = load_file(str(out / "logprobs0.safetensors"))["log_probs"], load_file(str(out / "logprobs1.safetensors"))["log_probs"]
+    launch("flow-grpo", BRIGHTNESS, out, "steps=2", "checkpoint_every=1", EVAL, "parallel.shard=fsdp2", "resume=true", processes=2)
+    for record in records(out, 2):
+        assert_sharded(record, 2)
+    # the sampled log-probs: step 0 from the first launch, step 1 from the resumed one (8 samples a step, 4 a process)
+    assert torch.allclose(torch.cat(first), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-5)
+    assert torch.allclose(step_log_probs(out, 2, 1, 4, 0), step_log_probs(one_process, 1, 1, 8, 1), atol=1e-5)
+    for got, want in zip(metrics(out), metrics(one_process)):
+        assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
+        assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
+    assert metrics(out)[-1]["eval/reward_mean"] == pytest.approx(metrics(one_process)[-1]["eval/reward_mean"], abs=1e-6)
+    assert_same_lora(out / "checkpoints/step_000001/model.safetensors", one_process / "checkpoints/step_000001/model.safetensors")
+    assert_same_lora(out / LORA, one_process / LORA)
+    # the file a sharded run writes loads in one process and generates as the one-process file does
+    from cac_align.gen.generator import load_lora
+    from cac_align.gen.wan import build_tiny_wan_pipeline
+
+    outputs = []
+    for folder in (out / "lora", one_process / "lora"):
+        pipe = build_tiny_wan_pipeline(seed=0)
+        load_lora(pipe, pipe_family(), str(folder))
+        generator = torch.Generator().manual_seed(0)
+        x, text = torch.randn(1, 16, 3, 4, 4, generator=generator), torch.randn(1, 8, 32, generator=generator)
+        with torch.no_grad():
+            outputs.append(pipe.transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text, return_dict=False)[0])
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5) and not torch.equal(outputs[0], torch.zeros_like(outputs[0]))
+
+
+def pipe_family():
+    from cac_align.gen.family import family_of
+
+    return family_of("tiny-random:wan")
+
+
+@pytest.mark.slow
+def test_context_parallel_equals_one_process_and_its_controls_fail(one_process, tmp_path):
+    """2 processes sharing each video's tokens (and the sharded generator): the same samples, gradient
+    norm and LoRA as one process. Controls: without the loss x cp the gradient is half; one process of
+    the group drawing other noise gives other samples."""
+    cp = ("steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2")
+    out = launch("flow-grpo", BRIGHTNESS, tmp_path / "cp", *cp, processes=2)
+    assert [r["cp_rank"] for r in records(out, 2)] == [0, 1]
+    assert_sharded(records(out, 2)[0], 2)
+    want = metrics(one_process)[0]
+    assert metrics(out)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-4)
+    assert torch.allclose(step_log_probs(out, 1, 2, 8, 0), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-5)
+    # both processes of the group sampled the same videos
+    assert torch.equal(load_file(str(out / "logprobs0.safetensors"))["log_probs"], load_file(str(out / "logprobs1.safetensors"))["log_probs"])
+    assert_same_lora(out / "checkpoints/step_000001/model.safetensors", one_process / "checkpoints/step_000001/model.safetensors")
+
+    unscaled = launch("flow-grpo", BRIGHTNESS, tmp_path / "unscaled", *cp, processes=2, env={"CAC_TEST_NO_CP_SCALE": "1"})
+    assert metrics(unscaled)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"] / 2, rel=1e-3)  # each rank's half only
+    perturbed = launch("flow-grpo", BRIGHTNESS, tmp_path / "perturbed", *cp, processes=2, env={"CAC_TEST_PERTURB_RANK": "1"})
+    assert not torch.allclose(step_log_probs(perturbed, 1, 2, 8, 0), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_process, tmp_path):
+    out = launch("flow-grpo", BRIGHTNESS, tmp_path / "dp2cp2", "steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2",
+                 processes=4)
+    assert [(r["dp_rank"], r["cp_rank"]) for r in records(out, 4)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for record in records(out, 4):
+        assert_sharded(record, 4)
+    assert metrics(out)[0]["train/grad_norm"] == pytest.approx(metrics(one_process)[0]["train/grad_norm"], rel=1e-4)
+    assert torch.allclose(step_log_probs(out, 2, 2, 4, 0), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-5)
+    assert_same_lora(out / "checkpoints/step_000001/model.safetensors", one_process / "checkpoints/step_000001/model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, extra", [
+    ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "parallel.shard=fsdp2")),  # both experts, each sharded
+    ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2")),  # with its audio stream
+], ids=["wan22-a14b-both-experts", "ltx2-audio-cp2"])
+def test_the_big_families_sharded_equal_one_process(recipe, extra, tmp_path):
+    toy = {"CAC_TEST_REWARD": "brightness"}
+    common = ("steps=1", "eval_prompts=null", *[e for e in extra if e.startswith("lora.")])
+    one = launch("flow-grpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / "one", *common, env=toy)
+    two = launch("flow-grpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / "two", *common, *extra, processes=2, env=toy)
+    assert_sharded(records(two, 2)[0], 2)
+    assert metrics(two)[0]["train/grad_norm"] == pytest.approx(metrics(one)[0]["train/grad_norm"], rel=1e-4)
+    for name in sorted(p.name for p in (one / "lora").glob("*.safetensors")):
+        assert_same_lora(two / "lora" / name, one / "lora" / name)
+
+
+@pytest.fixture(scope="module")
+def repaired(tmp_path_factory) -> Path:
+    from cac_align.jobs.repair import RepairConfig
+    from cac_align.jobs.repair import run as repair
+
+    out = tmp_path_factory.mktemp("repair") / "run"
+    repair(load_config(RepairConfig, REPO_ROOT / "recipes/align/repair_tiny_wan.yaml", [f"out_dir={out}"], job="repair"))
+    return out
+
+
+@pytest.mark.slow
+def test_dpo_sharded_and_context_parallel_equal_one_process(repaired, tmp_path):
+    common = (f"pairs=[{repaired}]", "steps=2", "batch_size=1", "checkpoint_every=1", "loss.beta=1")
+    one = launch("dpo", REPO_ROOT / "recipes/align/dpo_tiny.yaml", tmp_path / "one", *common)
+    for recipe in ("dpo_tiny_fsdp2.yaml", "dpo_tiny_cp2.yaml"):
+        two = launch("dpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / recipe, *common, processes=2)
+        assert_sharded(records(two, 2)[0], 2)
+        for got, want in zip(metrics(two), metrics(one), strict=True):
+            assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-6)
+            assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-5)
+        assert_same_lora(two / LORA, one / LORA)
+
+
+@pytest.mark.slow
+def test_dpo_on_both_sharded_experts_equals_one_process(tmp_path):
+    """The A14B with a LoRA on each expert, each pair through the expert its level picks: sharded, every
+    process runs both experts in every call (an expert none of its pairs needs, on one row times
+    zero), so the all-gathers meet; the LoRAs equal one process's."""
+    from cac_align.jobs.repair import RepairConfig
+    from cac_align.jobs.repair import run as repair
+
+    pairs = tmp_path / "repair"
+    repair(load_config(RepairConfig, REPO_ROOT / "recipes/align/repair_tiny_wan22_a14b.yaml", [f"out_dir={pairs}"], job="repair"))
+    common = (f"pairs=[{pairs}]", "steps=2", "batch_size=1", "checkpoint_every=0", "loss.beta=1")
+    recipe = REPO_ROOT / "recipes/align/dpo_tiny_wan22_a14b.yaml"
+    one = launch("dpo", recipe, tmp_path / "one", *common)
+    two = launch("dpo", recipe, tmp_path / "two", *common, "parallel.shard=fsdp2", processes=2)
+    assert_sharded(records(two, 2)[0], 2)
+    assert records(two, 2)[0]["units"] == [3, 3]  # both experts sharded: 2 blocks + the root each
+    for got, want in zip(metrics(two), metrics(one), strict=True):
+        assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-5)
+    for name in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_transformer_2.safetensors"):
+        assert_same_lora(two / "lora" / name, one / "lora" / name)
