@@ -522,6 +522,7 @@ class _Trainer:
             self.reward = build_reward(config.reward, "reward")
         self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") for label, section in config.eval_rewards.items()}
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
+        acc.wait_for_everyone()  # every process has checked the folder (_run_folder) before the main one takes it
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
             run_folder.start()  # with overwrite: the old run's outputs go now, and only those
         acc.wait_for_everyone()
