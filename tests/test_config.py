@@ -27,10 +27,12 @@ def test_every_recipe_validates(recipe):
     assert spec.name in JOBS
     assert isinstance(config, spec.config_class())
     # Convention: the first line is the command that runs the recipe.
-    # `eval-bench` may be written as the CLI alias `eval bench`.
+    # `eval-bench` may be written as the CLI alias `eval bench`; a recipe planned for several processes
+    # starts with its launcher (torchrun / accelerate launch ... -m cac_align.cli <job>).
     first = recipe.read_text().splitlines()[0]
     commands = {spec.name, spec.name.replace("eval-", "eval ", 1)}
-    assert any(first.startswith(f"# cac-align {command} ") for command in commands), first
+    launched = re.match(r"# (torchrun|accelerate launch) .*-m cac_align\.cli (\S+) --config ", first)
+    assert any(first.startswith(f"# cac-align {command} ") for command in commands) or (launched and launched.group(2) == spec.name), first
 
 
 @dataclass

@@ -3,8 +3,8 @@ the whole generator on every process: today's default), FSDP2 sharding of the ge
 (one unit per transformer block), and context parallel (one video's tokens split over a group of
 processes, through diffusers' own ``enable_parallelism``, Ulysses).
 
-The jobs (``flow-grpo``, ``dpo``) call :func:`setup_parallel` once in their setup and then use the
-:class:`Layout` it returns: which samples this process takes (its data-parallel rank), whether it
+The jobs (``flow-grpo``, ``dpo``) call :func:`layout_for` once in their setup, before anything loads,
+and :meth:`Layout.apply` once the LoRA is on the transformers, and then use the :class:`Layout`: which samples this process takes (its data-parallel rank), whether it
 decodes and scores them (the first rank of its context-parallel group does), how to gather numbers,
 how to take a clipped optimizer step and where the LoRA's full tensors come from. A job never learns
 which parallelism was applied (CONVENTIONS.md, "Parallelism is applied to a model").
@@ -84,8 +84,6 @@ class ParallelSettings:
 # ---------------------------------------------------------------------------------------
 # The layout: who takes which samples, and the steps that differ once a model is parallel
 # ---------------------------------------------------------------------------------------
-
-
 @dataclass
 class Layout:
     """This process's place in a trainer's processes, and what it does differently there.

@@ -195,7 +195,9 @@ def test_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(one_proce
     launch("flow-grpo", BRIGHTNESS, out, "steps=2", "checkpoint_every=1", EVAL, "parallel.shard=fsdp2", "resume=true", processes=2)
     for record in records(out, 2):
         assert_sharded(record, 2)
-    # the sampled log-probs: step 0 from the first launch, step 1 from the resumed one (8 samples a step, 4 a process)
+    # the sampled log-probs (the noise each sample drew: the seeds reach the right samples): step 0 from the
+    # first launch, step 1 from the resumed one (8 samples a step, 4 a process); what the model computed
+    # is in the gradient norms, rewards and LoRA below
     assert torch.allclose(torch.cat(first), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-5)
     assert torch.allclose(step_log_probs(out, 2, 1, 4, 0), step_log_probs(one_process, 1, 1, 8, 1), atol=1e-5)
     for got, want in zip(metrics(out), metrics(one_process)):
@@ -243,8 +245,10 @@ def test_context_parallel_equals_one_process_and_its_controls_fail(one_process, 
 
     unscaled = launch("flow-grpo", BRIGHTNESS, tmp_path / "unscaled", *cp, processes=2, env={"CAC_TEST_NO_CP_SCALE": "1"})
     assert metrics(unscaled)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"] / 2, rel=1e-3)  # each rank's half only
+    # the leader's own draws are unchanged (a sampled log-prob is the density of its own noise), but the
+    # velocity it stepped with mixed in the other process's tokens: other samples, another gradient
     perturbed = launch("flow-grpo", BRIGHTNESS, tmp_path / "perturbed", *cp, processes=2, env={"CAC_TEST_PERTURB_RANK": "1"})
-    assert not torch.allclose(step_log_probs(perturbed, 1, 2, 8, 0), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-3)
+    assert metrics(perturbed)[0]["train/grad_norm"] != pytest.approx(want["train/grad_norm"], rel=0.05)
 
 
 @pytest.mark.slow
