@@ -31,7 +31,9 @@ log-probability and no policy gradient); the recorded audio latents are the tran
 recomputed. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
 the noise of the pair's level on a silent (zero, the latent mean) clean audio, the same for
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
-regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`).
+regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`): a
+segment of the window's latents between a kept clip before it and a keyframe after it
+(:func:`segment_layout`), not the video.
 
 **Context parallel** (one video's tokens over a group of processes, diffusers' ``enable_parallelism``):
 the family's own plan (:meth:`LTX2Family.context_parallel_plan`), not diffusers' (which fails on the
@@ -71,8 +73,8 @@ from cac_align.gen.experts import Denoiser
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "REGENERATORS", "VIDEO_BRANCH", "family_for_index",
-           "regenerator_for_index"]
+__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
+           "SegmentLayout", "VIDEO_BRANCH", "family_for_index", "on_grid", "regenerator_for_index", "segment_layout"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
 # its feed-forward. A LoRA on these trains the video branch; the audio branch's layers
@@ -597,23 +599,118 @@ def family_for_index(index: Mapping[str, Any]) -> LTX2Family | None:
 _REGENERATOR_KEYS = ("num_inference_steps", "max_sequence_length", *GUIDANCE_KEYS, "stg_blocks")
 
 
+def on_grid(available: int, multiple: int = 8) -> int:
+    """The longest ``multiple * k + 1`` run of frames that fits in ``available`` (0 when none does)."""
+    return (available - 1) // multiple * multiple + 1 if available >= 1 else 0
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """What LTX-2 generates to regenerate frames ``first..last`` of a video (:func:`segment_layout`).
+
+    Attributes:
+        start: the input frame that is the segment's frame 0.
+        length: the frames the pipeline generates (``8k + 1``; the tail may run past the video).
+        clips: ``(first input frame, frame count, latent index)`` of each kept clip that conditions
+            it: the clip before the window at latent index 0, the keyframe clip after it.
+        appended: the keyframe clip's frames, which the pipeline appends as extra tokens.
+    """
+
+    start: int
+    length: int
+    clips: tuple[tuple[int, int, int], ...]
+    appended: int
+
+
+def segment_layout(first: int, last: int, total: int, margin: int, multiple: int = 8) -> SegmentLayout:
+    """The segment LTX-2's condition pipeline generates to regenerate frames ``first..last`` of a
+    ``total``-frame video, with up to ``margin`` kept frames conditioning each side, on the latent
+    grid (latent 0 is pixel frame 0, latent ``j >= 1`` pixel frames ``8 (j - 1) + 1 .. 8 j``).
+
+    From the left, in latent frames:
+
+    1. **the clip before**: the longest ``8a + 1`` run of kept frames ending at ``first - 1``, at
+       most ``margin`` (none when ``margin`` is 0 or ``first`` is 0), at latent index 0, which it
+       replaces: latents ``0..a``, clean, so the window continues the input's own frames;
+    2. **the window**: the latents after it, as many as hold ``last - first + 1`` frames (with no
+       clip before, the window starts at latent 0, one frame); up to ``multiple - 1`` frames past
+       ``last`` are generated too and dropped by the splice;
+    3. **the keyframe after**: the longest ``8j + 1`` run of kept frames from the first pixel frame
+       of the next latent, at most ``margin``, appended as extra tokens at that latent index; the
+       pipeline places a keyframe only inside the generated latents, so ``j + 1`` more latents
+       (``8 (j + 1)`` frames, the tail) are generated under it and dropped.
+
+    Hand-worked (``multiple`` 8): frames 3..8 of 33 with ``margin`` 2: the clip before is frame 2
+    (1 frame, ``8 * 0 + 1``), so the segment starts at 2; the 6 window frames take latent 1 (segment
+    frames 1..8: input 3..10); the keyframe is input frame 11 (at most 2 frames: 1) at latent index
+    2; its tail is latent 2 (8 frames): ``length`` 1 + 8 + 8 = 17, ``appended`` 1.
+    """
+    if not 0 <= first <= last < total:
+        raise ValueError(f"need 0 <= first <= last < total, got first={first}, last={last}, total={total}")
+    if margin < 0 or multiple < 1:
+        raise ValueError(f"need margin >= 0 and multiple >= 1, got margin={margin}, multiple={multiple}")
+    before = on_grid(min(first, margin), multiple)
+    start = first - before
+    count = last - first + 1
+    if before:
+        generated = before + multiple * -(-count // multiple)
+    else:  # the window starts at latent 0, a single frame
+        generated = 1 + multiple * -(-(count - 1) // multiple)
+    clips = [(start, before, 0)] if before else []
+    after_first = start + generated  # the first pixel frame of the next latent
+    after = on_grid(min(total - after_first, margin), multiple) if after_first < total else 0
+    length = generated
+    if after:
+        clips.append((after_first, after, (generated - 1) // multiple + 1))
+        length += multiple * ((after - 1) // multiple + 1)
+    return SegmentLayout(start, length, tuple(clips), after)
+
+
+@dataclass
+class LTX2RepairPlan:
+    """A :class:`~cac_align.gen.vace.RepairPlan` (``start``, ``stop``, ``length``, ``height``,
+    ``width``, ``mask``, ``frames``, ``fps``; what :func:`~cac_align.gen.vace.splice` reads) with
+    LTX-2's kept clips (:class:`SegmentLayout`).
+
+    Attributes:
+        start, stop: the input frames ``[start, stop)`` the generated segment lies over.
+        length: the frames the pipeline generates (``8k + 1``; past ``stop - start`` when the tail
+            runs past the video's end).
+        clips, appended: :class:`SegmentLayout`'s.
+    """
+
+    start: int
+    stop: int
+    length: int
+    height: int
+    width: int
+    mask: np.ndarray
+    frames: list[int]
+    fps: float
+    clips: tuple[tuple[int, int, int], ...] = ()
+    appended: int = 0
+
+    def frame_steps(self, steps: int) -> int:
+        """Work of one attempt: every frame the transformer takes in at each step, the generated
+        segment's and the appended keyframe's, times the steps."""
+        return (self.length + self.appended) * steps
+
+
 @dataclass(frozen=True)
 class LTX2Regenerator:
     """LTX-2 as repair's regenerator, through diffusers' ``LTX2ConditionPipeline`` (the same
-    checkpoint's components): the judged window is generated again, and the frames around it are
-    given as conditions at their places.
+    checkpoint's components): only the judged window is generated again, between the kept frames
+    that condition it, and spliced back.
 
     The condition pipeline keeps whole frames at latent-frame places (8 pixel frames each), so:
 
-    - a plan (:func:`cac_align.gen.vace.plan_repair` with LTX-2's multiples: ``8k + 1`` frames,
-      sides of 32) covers the window's **whole frames**; a judge's boxes choose the window, not
-      pixels inside it (``boxes = False``: repair records the whole frames it regenerated);
-    - the frames before the window go in as one clip at latent index 0 (its longest ``8k + 1``
-      prefix: it replaces those latents), the frames after it as one clip appended at the first
-      latent index whose first pixel frame, ``8 (index - 1) + 1``, is past the window (its longest
-      ``8k + 1`` run), a keyframe the generation is guided by; up to 7 kept frames on each side
-      are neither;
-    - the soundtrack is generated anew with the window and not written: a repaired video is its
+    - a judge's boxes choose the window, not pixels inside it (``boxes = False``: repair records
+      the whole frames it regenerated);
+    - the pipeline generates a segment laid out on the latent grid (:func:`segment_layout`): the
+      kept clip just before the window at latent index 0 (it replaces those latents), the window's
+      latents, and a keyframe clip of the kept frames after the window appended at the next latent
+      index over a short generated tail. Its cost is that segment and the keyframe, not the video;
+    - the soundtrack is generated anew with the segment and not written: a repaired video is its
       frames (the input's audio is not carried over).
 
     Every pixel outside the window is then the input's own (:func:`cac_align.gen.vace.splice`).
@@ -649,51 +746,42 @@ class LTX2Regenerator:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def plan(self, region: Any, fps: float, condition_s: float) -> Any:
-        from cac_align.gen.vace import plan_repair
+    def plan(self, region: Any, fps: float, condition_s: float) -> LTX2RepairPlan:
+        """The segment that regenerates ``region``'s frames (whole frames), with up to
+        ``condition_s`` seconds of kept frames conditioning each side (:func:`segment_layout`)."""
+        if region.is_empty:
+            raise ValueError("the region covers no frame: nothing to regenerate")
+        if condition_s < 0:
+            raise ValueError(f"condition_s must be >= 0, got {condition_s}")
+        masked = [int(f) for f in np.flatnonzero(region.frames)]
+        layout = segment_layout(masked[0], masked[-1], region.num_frames, int(round(condition_s * fps)), self.frame_multiple)
+        stop = min(region.num_frames, layout.start + layout.length)
+        mask = np.stack([region.frame_mask(f) > 0 for f in range(layout.start, stop)])
+        size = self.spatial_multiple
+        return LTX2RepairPlan(layout.start, stop, layout.length, -(-region.height // size) * size, -(-region.width // size) * size, mask, masked,
+                              float(fps), layout.clips, layout.appended)
 
-        return plan_repair(region, fps, condition_s, self.frame_multiple, self.spatial_multiple)
-
-    def conditions(self, video: np.ndarray, masked: np.ndarray) -> list[tuple[int, int, int]]:
-        """``(first frame, frame count, latent index)`` of the kept clips that condition a segment
-        ``video`` (``8k + 1`` frames) whose frames ``masked`` (bool) are regenerated (class
-        docstring): the prefix at index 0, the suffix at the first index past the window."""
-        multiple, length = self.frame_multiple, len(video)
-        where = np.flatnonzero(masked)
-        first, last = int(where[0]), int(where[-1])
-        found = []
-        if first >= 1:
-            found.append((0, (first - 1) // multiple * multiple + 1, 0))
-        index = (last - 1) // multiple + 2  # the first whose first pixel frame, multiple * (index - 1) + 1, is past the window
-        start = multiple * (index - 1) + 1
-        if start < length:
-            found.append((start, (length - start - 1) // multiple * multiple + 1, index))
-        return found
-
-    def regenerate(self, pipe: Any, frames: np.ndarray, plan: Any, prompt: str, seed: int, config: Any) -> np.ndarray:
-        """The condition pipeline's fill of ``plan``'s segment: uint8 ``(stop - start, H, W, 3)``."""
+    def regenerate(self, pipe: Any, frames: np.ndarray, plan: LTX2RepairPlan, prompt: str, seed: int, config: Any) -> np.ndarray:
+        """The condition pipeline's segment over ``plan``'s frames: uint8 ``(stop - start, H, W, 3)``."""
         from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
         from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
 
         from cac_align.gen.generator import frames_to_uint8
 
-        segment = frames[plan.start : plan.stop]
-        height, width = segment.shape[1:3]
-        video = np.pad(segment, ((0, 0), (0, plan.height - height), (0, plan.width - width), (0, 0)), mode="edge")
-        masked = plan.mask.reshape(len(plan.mask), -1).any(axis=1)
-        if plan.length > len(video):  # the whole video is shorter than 8k + 1 frames: its last frame repeated, kept
-            video = np.concatenate([video, np.repeat(video[-1:], plan.length - len(video), axis=0)])
-            masked = np.concatenate([masked, np.zeros(plan.length - len(masked), dtype=bool)])
-        conditions = [LTX2VideoCondition(frames=video[start : start + count], index=index) for start, count, index in self.conditions(video, masked)]
+        height, width = frames.shape[1:3]
+        pad = ((0, 0), (0, plan.height - height), (0, plan.width - width), (0, 0))  # edge pixels repeated, cropped off after
+        conditions = [LTX2VideoCondition(frames=np.pad(frames[first : first + count], pad, mode="edge"), index=index)
+                      for first, count, index in plan.clips]
         guidance = self.family.guidance(config, fps=plan.fps)
         output = pipe(
-            conditions=conditions, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
+            conditions=conditions or None, prompt=prompt,
+            negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
             height=plan.height, width=plan.width, num_frames=plan.length, frame_rate=plan.fps, num_inference_steps=config.num_inference_steps,
             **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
             generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)), output_type="np",
             max_sequence_length=config.max_sequence_length,
         )
-        return frames_to_uint8(output.frames[0])[: len(segment), :height, :width]
+        return frames_to_uint8(output.frames[0])[: plan.stop - plan.start, :height, :width]
 
 
 REGENERATORS = (LTX2Regenerator("ltx2-condition", "LTX-2 (condition pipeline)", LTX2, ("tiny-random:ltx2",), LTX2.hub_ids),
