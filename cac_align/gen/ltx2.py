@@ -1,11 +1,14 @@
-"""The LTX-2 family: Lightricks' audio+video model (LTX-2, LTX-2.3) as the generator jobs run it.
+"""The LTX-2 family: Lightricks' audio+video model (LTX-2, LTX-2.3, LTX-2.5) as the generator jobs run it.
 
 diffusers' ``LTX2Pipeline`` makes a video and its soundtrack together: a Gemma-3 text encoder and
 text connectors give each stream its context; one transformer denoises the video latents and the
 audio latents in the same forward, each stream attending to the other; a video VAE (32x in space,
 8x in time, causal first frame: ``8k + 1`` frames, sides multiples of 32), an audio VAE and a
-vocoder decode them. A checkpoint's ``model_index.json`` names ``LTX2Pipeline``; its vocoder class
-tells LTX-2.3 (``LTX2VocoderWithBWE``, 48 kHz) from LTX-2 (``LTX2Vocoder``, 24 kHz).
+vocoder decode them. A checkpoint's ``model_index.json`` names ``LTX2Pipeline``; LTX-2.5 (22B,
+2026-08) names a Gemma-4 text encoder (``Gemma4UnifiedForConditionalGeneration``) and a
+``duration_head``; of the Gemma-3 ones, the vocoder class tells LTX-2.3 (``LTX2VocoderWithBWE``, 48
+kHz) from LTX-2 (``LTX2Vocoder``, 24 kHz). An LTX-2 pipeline of any other release is refused
+(:func:`family_for_index`): its settings would be another release's.
 
 **A step, as the pipeline computes it** (diffusers 0.42, ``pipelines/ltx2/pipeline_ltx2.py``, the
 denoising loop; :class:`LTX2Denoiser`), on the video tokens (one per latent position: patch 1) and
@@ -46,15 +49,25 @@ audio's length need not. tests/ltx2_context_parallel.py pins it against one proc
 **The release settings** (what a recipe leaves unset takes; Lightricks' ``ltx_pipelines``
 ``utils/constants.py``, the model cards, diffusers' ``scripts/convert_ltx2_to_diffusers.py``):
 
-| | LTX-2 (``Lightricks/LTX-2``) | LTX-2.3 (``diffusers/LTX-2.3-Diffusers``) |
-| --- | --- | --- |
-| size (H x W), frames, fps | 512 x 768, 121, 24 | the same |
-| steps | 40 | 30 |
-| video guidance: CFG, STG, modality, rescale | 3.0, 1.0, 3.0, 0.7 | the same |
-| audio guidance: CFG, STG, modality, rescale | 7.0, 1.0, 3.0, 0.7 | the same |
-| STG blocks | [29] | [28] |
-| schedule | sigmas ``linspace(1, 1/N, N)`` shifted by the video's token count (0.95 at 1024 to 2.05 at 4096 tokens), ending at 0.1 | the same |
-| text | Gemma-3-12B, 1024 tokens | the same |
+| | LTX-2 (``Lightricks/LTX-2``) | LTX-2.3 (``diffusers/LTX-2.3-Diffusers``) | LTX-2.5 (``Lightricks/LTX-2.5-Diffusers``) |
+| --- | --- | --- | --- |
+| size (H x W), frames, fps | 512 x 768, 121, 24 | the same | the same (its duration head is not used: jobs set ``num_frames``) |
+| steps | 40 | 30 | 30 |
+| video guidance: CFG, STG, modality, rescale | 3.0, 1.0, 3.0, 0.7 | the same | the same |
+| audio guidance: CFG, STG, modality, rescale | 7.0, 1.0, 3.0, 0.7 | the same | the same |
+| STG blocks | [29] | [28] | [28] |
+| schedule | sigmas ``linspace(1, 1/N, N)`` shifted by the video's token count (0.95 at 1024 to 2.05 at 4096 tokens), ending at 0.1 | the same | the checkpoint's scheduler config, read as for the others |
+| text | Gemma-3-12B, 1024 tokens | the same | Gemma-4-12B (``Gemma4UnifiedForConditionalGeneration``), 1024 tokens |
+
+LTX-2.5's column comes from Lightricks' ``ltx_pipelines`` at 2362161 (2026-08-11, their release 1.2.0,
+"Support for LTX 2.5"): ``utils/constants.py``'s ``detect_params`` gives a checkpoint the params of
+the newest generation at or above its ``model_version``, from 2.4 on ``LTX_2_4_PARAMS`` (LTX-2.3's
+knobs, only the image CRF moved to 18, which diffusers' condition pipeline applies itself from the
+text encoder), and ``ltx_core``'s ``text_encoders/gemma/gemma_assets.py`` pads Gemma 3 and Gemma 4
+prompts to ``TOKENIZER_MAX_LENGTH = 1024``. Not taken: their distilled pipeline's ancestral (SDE)
+Euler sampler from 2.5 on (``distilled.py``; the jobs sample the non-distilled checkpoint) and the
+diffusion video decoder that diffusers' ``LTX25ModularPipeline`` decodes with by default
+(``LTX2Pipeline``, which the jobs run, decodes with the VAE).
 
 Two notes from diffusers' code: its LTX-2 conversion writes ``perturbed_attn: false``, and then the
 STG forward changes nothing (it still runs); its default decode (``decode_timestep`` 0) is used here.
@@ -73,7 +86,7 @@ from cac_align.gen.experts import Denoiser
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
+__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
            "SegmentLayout", "VIDEO_BRANCH", "family_for_index", "on_grid", "regenerator_for_index", "segment_layout"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
@@ -581,16 +594,62 @@ LTX2 = LTX2Family("ltx2", "LTX-2", {**_LTX2_SHARED, "num_inference_steps": 40, "
                   hub_ids=("Lightricks/LTX-2",))
 LTX23 = LTX2Family("ltx2.3", "LTX-2.3", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]}, tiny_names=("tiny-random:ltx2.3",),
                    hub_ids=("diffusers/LTX-2.3-Diffusers", "dg845/LTX-2.3-Diffusers"))
-FAMILIES = (LTX2, LTX23)
+# LTX-2.5's release settings, each from a source (the module docstring's table):
+# - steps 30, STG block 28, the guidance above, 512 x 768, 121 frames at 24 fps: Lightricks' ltx_pipelines
+#   utils/constants.py at 2362161 (2026-08-11, their "Support for LTX 2.5" release 1.2.0): ``detect_params``
+#   gives a checkpoint the params of the newest generation at or above its ``model_version``, and for 2.4
+#   on that is ``LTX_2_4_PARAMS`` = LTX-2.3's (30 steps, STG on block 28) with only the image CRF moved
+#   (18); an LTX-2.5 checkpoint is version 2.5 (distilled.py there: ``ANCESTRAL_SAMPLER_SINCE_VERSION =
+#   (2, 5)``). The same guidance and block are diffusers 0.42.1's LTX-2 modular guider defaults
+#   (modular_pipelines/ltx2/denoise.py), which its LTX25ModularPipeline keeps.
+# - 1024 text tokens: ltx_core text_encoders/gemma/gemma_assets.py at 2362161, ``TOKENIZER_MAX_LENGTH =
+#   1024`` for Gemma 3 and Gemma 4 alike.
+LTX25 = LTX2Family("ltx2.5", "LTX-2.5", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]},
+                   hub_ids=("Lightricks/LTX-2.5-Diffusers",))
+FAMILIES = (LTX2, LTX23, LTX25)
+
+# The text encoder each release's model_index.json names (diffusers 0.42.1 LTX2Pipeline.__init__ types it
+# ``Gemma3ForConditionalGeneration | Gemma4UnifiedForConditionalGeneration``; LTX-2.5's is the Gemma-4 one)
+GEMMA3_ENCODER, GEMMA4_ENCODER = "Gemma3ForConditionalGeneration", "Gemma4UnifiedForConditionalGeneration"
+LTX2_PIPELINES = ("LTX2Pipeline", "LTX2ConditionPipeline", "LTX2ImageToVideoPipeline")
+
+
+def _component_class(index: Mapping[str, Any], name: str) -> str | None:
+    entry = index.get(name)
+    return entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
 
 
 def family_for_index(index: Mapping[str, Any]) -> LTX2Family | None:
-    """LTX-2 or LTX-2.3 from a ``model_index.json`` (its vocoder: LTX-2.3's extends the bandwidth),
-    or None."""
-    if index.get("_class_name") not in ("LTX2Pipeline", "LTX2ConditionPipeline", "LTX2ImageToVideoPipeline"):
+    """LTX-2, LTX-2.3 or LTX-2.5 from a ``model_index.json``, or None (another pipeline).
+
+    - LTX-2.5: a Gemma-4 text encoder (``Gemma4UnifiedForConditionalGeneration``) or a
+      ``duration_head`` (diffusers 0.42.1 ``pipelines/ltx2/duration_head.py``: "Ships from
+      LTX-2.5 checkpoints onward"); it also has LTX-2.3's bandwidth-extending vocoder, which
+      therefore does not decide alone;
+    - otherwise a Gemma-3 text encoder (or none named): LTX-2.3 with ``LTX2VocoderWithBWE`` (48 kHz),
+      LTX-2 with ``LTX2Vocoder`` (24 kHz).
+
+    Raises:
+        UnknownGeneratorError: an LTX-2 pipeline of no release listed here (another text encoder,
+            or a duration head beside Gemma 3): its settings have no source, and another
+            release's would be used in silence.
+    """
+    if index.get("_class_name") not in LTX2_PIPELINES:
         return None
-    vocoder = index.get("vocoder")
-    return LTX23 if isinstance(vocoder, (list, tuple)) and len(vocoder) == 2 and vocoder[1] == "LTX2VocoderWithBWE" else LTX2
+    from cac_align.gen.family import UnknownGeneratorError, has_component
+
+    encoder = _component_class(index, "text_encoder")
+    duration_head = has_component(index, "duration_head")
+    if encoder == GEMMA4_ENCODER:
+        return LTX25
+    if encoder not in (None, GEMMA3_ENCODER) or duration_head:
+        found = f"text encoder {encoder}" + (" and a duration_head" if duration_head else "")
+        raise UnknownGeneratorError(
+            f"an LTX-2 pipeline of no release known here ({found}; LTX-2 and LTX-2.3 have {GEMMA3_ENCODER} and no duration head, "
+            f"LTX-2.5 {GEMMA4_ENCODER}): its release settings (steps, guidance, STG block) have no source in cac_align, so it is refused "
+            "rather than run with another release's; add its family to cac_align/gen/ltx2.py"
+        )
+    return LTX23 if _component_class(index, "vocoder") == "LTX2VocoderWithBWE" else LTX2
 
 
 # ---------------------------------------------------------------------------------------
@@ -785,7 +844,8 @@ class LTX2Regenerator:
 
 
 REGENERATORS = (LTX2Regenerator("ltx2-condition", "LTX-2 (condition pipeline)", LTX2, ("tiny-random:ltx2",), LTX2.hub_ids),
-                LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids))
+                LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids),
+                LTX2Regenerator("ltx2.5-condition", "LTX-2.5 (condition pipeline)", LTX25, LTX25.tiny_names, LTX25.hub_ids))
 
 
 def regenerator_for_index(index: Mapping[str, Any]) -> LTX2Regenerator | None:
