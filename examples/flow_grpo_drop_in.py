@@ -44,6 +44,7 @@ TINY_SECTIONS = {
         "name": "ur_cac",
         "unified_reward": {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs"},
         "cac": {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}},
+        "source_fps": 16.0,  # the rate of the videos the trainer hands over (Wan-2.1 16, Wan2.2 / LTX-2 24)
     }
 }
 

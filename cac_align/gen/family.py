@@ -303,7 +303,10 @@ def family_from_index(index: Mapping[str, Any], where: str, key: str = "generato
     """
     for module in FAMILY_MODULES:
         recognize = getattr(importlib.import_module(module), _KINDS[kind][1], None)
-        family = recognize(index) if recognize is not None else None
+        try:
+            family = recognize(index) if recognize is not None else None
+        except UnknownGeneratorError as exc:  # a pipeline class a family runs, of a release it does not know
+            raise UnknownGeneratorError(f"{key}={where!r} is {exc}") from None
         if family is not None:
             return family
     name = index.get("_class_name")

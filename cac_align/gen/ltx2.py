@@ -1,11 +1,14 @@
-"""The LTX-2 family: Lightricks' audio+video model (LTX-2, LTX-2.3) as the generator jobs run it.
+"""The LTX-2 family: Lightricks' audio+video model (LTX-2, LTX-2.3, LTX-2.5) as the generator jobs run it.
 
 diffusers' ``LTX2Pipeline`` makes a video and its soundtrack together: a Gemma-3 text encoder and
 text connectors give each stream its context; one transformer denoises the video latents and the
 audio latents in the same forward, each stream attending to the other; a video VAE (32x in space,
 8x in time, causal first frame: ``8k + 1`` frames, sides multiples of 32), an audio VAE and a
-vocoder decode them. A checkpoint's ``model_index.json`` names ``LTX2Pipeline``; its vocoder class
-tells LTX-2.3 (``LTX2VocoderWithBWE``, 48 kHz) from LTX-2 (``LTX2Vocoder``, 24 kHz).
+vocoder decode them. A checkpoint's ``model_index.json`` names ``LTX2Pipeline``; LTX-2.5 (22B,
+2026-08) names a Gemma-4 text encoder (``Gemma4UnifiedForConditionalGeneration``) and a
+``duration_head``; of the Gemma-3 ones, the vocoder class tells LTX-2.3 (``LTX2VocoderWithBWE``, 48
+kHz) from LTX-2 (``LTX2Vocoder``, 24 kHz). An LTX-2 pipeline of any other release is refused
+(:func:`family_for_index`): its settings would be another release's.
 
 **A step, as the pipeline computes it** (diffusers 0.42, ``pipelines/ltx2/pipeline_ltx2.py``, the
 denoising loop; :class:`LTX2Denoiser`), on the video tokens (one per latent position: patch 1) and
@@ -31,7 +34,9 @@ log-probability and no policy gradient); the recorded audio latents are the tran
 recomputed. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
 the noise of the pair's level on a silent (zero, the latent mean) clean audio, the same for
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
-regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`).
+regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`): a
+segment of the window's latents between a kept clip before it and a keyframe after it
+(:func:`segment_layout`), not the video.
 
 **Context parallel** (one video's tokens over a group of processes, diffusers' ``enable_parallelism``):
 the family's own plan (:meth:`LTX2Family.context_parallel_plan`), not diffusers' (which fails on the
@@ -44,15 +49,25 @@ audio's length need not. tests/ltx2_context_parallel.py pins it against one proc
 **The release settings** (what a recipe leaves unset takes; Lightricks' ``ltx_pipelines``
 ``utils/constants.py``, the model cards, diffusers' ``scripts/convert_ltx2_to_diffusers.py``):
 
-| | LTX-2 (``Lightricks/LTX-2``) | LTX-2.3 (``diffusers/LTX-2.3-Diffusers``) |
-| --- | --- | --- |
-| size (H x W), frames, fps | 512 x 768, 121, 24 | the same |
-| steps | 40 | 30 |
-| video guidance: CFG, STG, modality, rescale | 3.0, 1.0, 3.0, 0.7 | the same |
-| audio guidance: CFG, STG, modality, rescale | 7.0, 1.0, 3.0, 0.7 | the same |
-| STG blocks | [29] | [28] |
-| schedule | sigmas ``linspace(1, 1/N, N)`` shifted by the video's token count (0.95 at 1024 to 2.05 at 4096 tokens), ending at 0.1 | the same |
-| text | Gemma-3-12B, 1024 tokens | the same |
+| | LTX-2 (``Lightricks/LTX-2``) | LTX-2.3 (``diffusers/LTX-2.3-Diffusers``) | LTX-2.5 (``Lightricks/LTX-2.5-Diffusers``) |
+| --- | --- | --- | --- |
+| size (H x W), frames, fps | 512 x 768, 121, 24 | the same | the same (its duration head is not used: jobs set ``num_frames``) |
+| steps | 40 | 30 | 30 |
+| video guidance: CFG, STG, modality, rescale | 3.0, 1.0, 3.0, 0.7 | the same | the same |
+| audio guidance: CFG, STG, modality, rescale | 7.0, 1.0, 3.0, 0.7 | the same | the same |
+| STG blocks | [29] | [28] | [28] |
+| schedule | sigmas ``linspace(1, 1/N, N)`` shifted by the video's token count (0.95 at 1024 to 2.05 at 4096 tokens), ending at 0.1 | the same | the checkpoint's scheduler config, read as for the others |
+| text | Gemma-3-12B, 1024 tokens | the same | Gemma-4-12B (``Gemma4UnifiedForConditionalGeneration``), 1024 tokens |
+
+LTX-2.5's column comes from Lightricks' ``ltx_pipelines`` at 2362161 (2026-08-11, their release 1.2.0,
+"Support for LTX 2.5"): ``utils/constants.py``'s ``detect_params`` gives a checkpoint the params of
+the newest generation at or above its ``model_version``, from 2.4 on ``LTX_2_4_PARAMS`` (LTX-2.3's
+knobs, only the image CRF moved to 18, which diffusers' condition pipeline applies itself from the
+text encoder), and ``ltx_core``'s ``text_encoders/gemma/gemma_assets.py`` pads Gemma 3 and Gemma 4
+prompts to ``TOKENIZER_MAX_LENGTH = 1024``. Not taken: their distilled pipeline's ancestral (SDE)
+Euler sampler from 2.5 on (``distilled.py``; the jobs sample the non-distilled checkpoint) and the
+diffusion video decoder that diffusers' ``LTX25ModularPipeline`` decodes with by default
+(``LTX2Pipeline``, which the jobs run, decodes with the VAE).
 
 Two notes from diffusers' code: its LTX-2 conversion writes ``perturbed_attn: false``, and then the
 STG forward changes nothing (it still runs); its default decode (``decode_timestep`` 0) is used here.
@@ -71,8 +86,8 @@ from cac_align.gen.experts import Denoiser
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
-__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "REGENERATORS", "VIDEO_BRANCH", "family_for_index",
-           "regenerator_for_index"]
+__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
+           "SegmentLayout", "VIDEO_BRANCH", "family_for_index", "on_grid", "regenerator_for_index", "segment_layout"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
 # its feed-forward. A LoRA on these trains the video branch; the audio branch's layers
@@ -579,16 +594,62 @@ LTX2 = LTX2Family("ltx2", "LTX-2", {**_LTX2_SHARED, "num_inference_steps": 40, "
                   hub_ids=("Lightricks/LTX-2",))
 LTX23 = LTX2Family("ltx2.3", "LTX-2.3", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]}, tiny_names=("tiny-random:ltx2.3",),
                    hub_ids=("diffusers/LTX-2.3-Diffusers", "dg845/LTX-2.3-Diffusers"))
-FAMILIES = (LTX2, LTX23)
+# LTX-2.5's release settings, each from a source (the module docstring's table):
+# - steps 30, STG block 28, the guidance above, 512 x 768, 121 frames at 24 fps: Lightricks' ltx_pipelines
+#   utils/constants.py at 2362161 (2026-08-11, their "Support for LTX 2.5" release 1.2.0): ``detect_params``
+#   gives a checkpoint the params of the newest generation at or above its ``model_version``, and for 2.4
+#   on that is ``LTX_2_4_PARAMS`` = LTX-2.3's (30 steps, STG on block 28) with only the image CRF moved
+#   (18); an LTX-2.5 checkpoint is version 2.5 (distilled.py there: ``ANCESTRAL_SAMPLER_SINCE_VERSION =
+#   (2, 5)``). The same guidance and block are diffusers 0.42.1's LTX-2 modular guider defaults
+#   (modular_pipelines/ltx2/denoise.py), which its LTX25ModularPipeline keeps.
+# - 1024 text tokens: ltx_core text_encoders/gemma/gemma_assets.py at 2362161, ``TOKENIZER_MAX_LENGTH =
+#   1024`` for Gemma 3 and Gemma 4 alike.
+LTX25 = LTX2Family("ltx2.5", "LTX-2.5", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]},
+                   hub_ids=("Lightricks/LTX-2.5-Diffusers",))
+FAMILIES = (LTX2, LTX23, LTX25)
+
+# The text encoder each release's model_index.json names (diffusers 0.42.1 LTX2Pipeline.__init__ types it
+# ``Gemma3ForConditionalGeneration | Gemma4UnifiedForConditionalGeneration``; LTX-2.5's is the Gemma-4 one)
+GEMMA3_ENCODER, GEMMA4_ENCODER = "Gemma3ForConditionalGeneration", "Gemma4UnifiedForConditionalGeneration"
+LTX2_PIPELINES = ("LTX2Pipeline", "LTX2ConditionPipeline", "LTX2ImageToVideoPipeline")
+
+
+def _component_class(index: Mapping[str, Any], name: str) -> str | None:
+    entry = index.get(name)
+    return entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
 
 
 def family_for_index(index: Mapping[str, Any]) -> LTX2Family | None:
-    """LTX-2 or LTX-2.3 from a ``model_index.json`` (its vocoder: LTX-2.3's extends the bandwidth),
-    or None."""
-    if index.get("_class_name") not in ("LTX2Pipeline", "LTX2ConditionPipeline", "LTX2ImageToVideoPipeline"):
+    """LTX-2, LTX-2.3 or LTX-2.5 from a ``model_index.json``, or None (another pipeline).
+
+    - LTX-2.5: a Gemma-4 text encoder (``Gemma4UnifiedForConditionalGeneration``) or a
+      ``duration_head`` (diffusers 0.42.1 ``pipelines/ltx2/duration_head.py``: "Ships from
+      LTX-2.5 checkpoints onward"); it also has LTX-2.3's bandwidth-extending vocoder, which
+      therefore does not decide alone;
+    - otherwise a Gemma-3 text encoder (or none named): LTX-2.3 with ``LTX2VocoderWithBWE`` (48 kHz),
+      LTX-2 with ``LTX2Vocoder`` (24 kHz).
+
+    Raises:
+        UnknownGeneratorError: an LTX-2 pipeline of no release listed here (another text encoder,
+            or a duration head beside Gemma 3): its settings have no source, and another
+            release's would be used in silence.
+    """
+    if index.get("_class_name") not in LTX2_PIPELINES:
         return None
-    vocoder = index.get("vocoder")
-    return LTX23 if isinstance(vocoder, (list, tuple)) and len(vocoder) == 2 and vocoder[1] == "LTX2VocoderWithBWE" else LTX2
+    from cac_align.gen.family import UnknownGeneratorError, has_component
+
+    encoder = _component_class(index, "text_encoder")
+    duration_head = has_component(index, "duration_head")
+    if encoder == GEMMA4_ENCODER:
+        return LTX25
+    if encoder not in (None, GEMMA3_ENCODER) or duration_head:
+        found = f"text encoder {encoder}" + (" and a duration_head" if duration_head else "")
+        raise UnknownGeneratorError(
+            f"an LTX-2 pipeline of no release known here ({found}; LTX-2 and LTX-2.3 have {GEMMA3_ENCODER} and no duration head, "
+            f"LTX-2.5 {GEMMA4_ENCODER}): its release settings (steps, guidance, STG block) have no source in cac_align, so it is refused "
+            "rather than run with another release's; add its family to cac_align/gen/ltx2.py"
+        )
+    return LTX23 if _component_class(index, "vocoder") == "LTX2VocoderWithBWE" else LTX2
 
 
 # ---------------------------------------------------------------------------------------
@@ -597,23 +658,118 @@ def family_for_index(index: Mapping[str, Any]) -> LTX2Family | None:
 _REGENERATOR_KEYS = ("num_inference_steps", "max_sequence_length", *GUIDANCE_KEYS, "stg_blocks")
 
 
+def on_grid(available: int, multiple: int = 8) -> int:
+    """The longest ``multiple * k + 1`` run of frames that fits in ``available`` (0 when none does)."""
+    return (available - 1) // multiple * multiple + 1 if available >= 1 else 0
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """What LTX-2 generates to regenerate frames ``first..last`` of a video (:func:`segment_layout`).
+
+    Attributes:
+        start: the input frame that is the segment's frame 0.
+        length: the frames the pipeline generates (``8k + 1``; the tail may run past the video).
+        clips: ``(first input frame, frame count, latent index)`` of each kept clip that conditions
+            it: the clip before the window at latent index 0, the keyframe clip after it.
+        appended: the keyframe clip's frames, which the pipeline appends as extra tokens.
+    """
+
+    start: int
+    length: int
+    clips: tuple[tuple[int, int, int], ...]
+    appended: int
+
+
+def segment_layout(first: int, last: int, total: int, margin: int, multiple: int = 8) -> SegmentLayout:
+    """The segment LTX-2's condition pipeline generates to regenerate frames ``first..last`` of a
+    ``total``-frame video, with up to ``margin`` kept frames conditioning each side, on the latent
+    grid (latent 0 is pixel frame 0, latent ``j >= 1`` pixel frames ``8 (j - 1) + 1 .. 8 j``).
+
+    From the left, in latent frames:
+
+    1. **the clip before**: the longest ``8a + 1`` run of kept frames ending at ``first - 1``, at
+       most ``margin`` (none when ``margin`` is 0 or ``first`` is 0), at latent index 0, which it
+       replaces: latents ``0..a``, clean, so the window continues the input's own frames;
+    2. **the window**: the latents after it, as many as hold ``last - first + 1`` frames (with no
+       clip before, the window starts at latent 0, one frame); up to ``multiple - 1`` frames past
+       ``last`` are generated too and dropped by the splice;
+    3. **the keyframe after**: the longest ``8j + 1`` run of kept frames from the first pixel frame
+       of the next latent, at most ``margin``, appended as extra tokens at that latent index; the
+       pipeline places a keyframe only inside the generated latents, so ``j + 1`` more latents
+       (``8 (j + 1)`` frames, the tail) are generated under it and dropped.
+
+    Hand-worked (``multiple`` 8): frames 3..8 of 33 with ``margin`` 2: the clip before is frame 2
+    (1 frame, ``8 * 0 + 1``), so the segment starts at 2; the 6 window frames take latent 1 (segment
+    frames 1..8: input 3..10); the keyframe is input frame 11 (at most 2 frames: 1) at latent index
+    2; its tail is latent 2 (8 frames): ``length`` 1 + 8 + 8 = 17, ``appended`` 1.
+    """
+    if not 0 <= first <= last < total:
+        raise ValueError(f"need 0 <= first <= last < total, got first={first}, last={last}, total={total}")
+    if margin < 0 or multiple < 1:
+        raise ValueError(f"need margin >= 0 and multiple >= 1, got margin={margin}, multiple={multiple}")
+    before = on_grid(min(first, margin), multiple)
+    start = first - before
+    count = last - first + 1
+    if before:
+        generated = before + multiple * -(-count // multiple)
+    else:  # the window starts at latent 0, a single frame
+        generated = 1 + multiple * -(-(count - 1) // multiple)
+    clips = [(start, before, 0)] if before else []
+    after_first = start + generated  # the first pixel frame of the next latent
+    after = on_grid(min(total - after_first, margin), multiple) if after_first < total else 0
+    length = generated
+    if after:
+        clips.append((after_first, after, (generated - 1) // multiple + 1))
+        length += multiple * ((after - 1) // multiple + 1)
+    return SegmentLayout(start, length, tuple(clips), after)
+
+
+@dataclass
+class LTX2RepairPlan:
+    """A :class:`~cac_align.gen.vace.RepairPlan` (``start``, ``stop``, ``length``, ``height``,
+    ``width``, ``mask``, ``frames``, ``fps``; what :func:`~cac_align.gen.vace.splice` reads) with
+    LTX-2's kept clips (:class:`SegmentLayout`).
+
+    Attributes:
+        start, stop: the input frames ``[start, stop)`` the generated segment lies over.
+        length: the frames the pipeline generates (``8k + 1``; past ``stop - start`` when the tail
+            runs past the video's end).
+        clips, appended: :class:`SegmentLayout`'s.
+    """
+
+    start: int
+    stop: int
+    length: int
+    height: int
+    width: int
+    mask: np.ndarray
+    frames: list[int]
+    fps: float
+    clips: tuple[tuple[int, int, int], ...] = ()
+    appended: int = 0
+
+    def frame_steps(self, steps: int) -> int:
+        """Work of one attempt: every frame the transformer takes in at each step, the generated
+        segment's and the appended keyframe's, times the steps."""
+        return (self.length + self.appended) * steps
+
+
 @dataclass(frozen=True)
 class LTX2Regenerator:
     """LTX-2 as repair's regenerator, through diffusers' ``LTX2ConditionPipeline`` (the same
-    checkpoint's components): the judged window is generated again, and the frames around it are
-    given as conditions at their places.
+    checkpoint's components): only the judged window is generated again, between the kept frames
+    that condition it, and spliced back.
 
     The condition pipeline keeps whole frames at latent-frame places (8 pixel frames each), so:
 
-    - a plan (:func:`cac_align.gen.vace.plan_repair` with LTX-2's multiples: ``8k + 1`` frames,
-      sides of 32) covers the window's **whole frames**; a judge's boxes choose the window, not
-      pixels inside it (``boxes = False``: repair records the whole frames it regenerated);
-    - the frames before the window go in as one clip at latent index 0 (its longest ``8k + 1``
-      prefix: it replaces those latents), the frames after it as one clip appended at the first
-      latent index whose first pixel frame, ``8 (index - 1) + 1``, is past the window (its longest
-      ``8k + 1`` run), a keyframe the generation is guided by; up to 7 kept frames on each side
-      are neither;
-    - the soundtrack is generated anew with the window and not written: a repaired video is its
+    - a judge's boxes choose the window, not pixels inside it (``boxes = False``: repair records
+      the whole frames it regenerated);
+    - the pipeline generates a segment laid out on the latent grid (:func:`segment_layout`): the
+      kept clip just before the window at latent index 0 (it replaces those latents), the window's
+      latents, and a keyframe clip of the kept frames after the window appended at the next latent
+      index over a short generated tail. Its cost is that segment and the keyframe, not the video;
+    - the soundtrack is generated anew with the segment and not written: a repaired video is its
       frames (the input's audio is not carried over).
 
     Every pixel outside the window is then the input's own (:func:`cac_align.gen.vace.splice`).
@@ -649,55 +805,47 @@ class LTX2Regenerator:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def plan(self, region: Any, fps: float, condition_s: float) -> Any:
-        from cac_align.gen.vace import plan_repair
+    def plan(self, region: Any, fps: float, condition_s: float) -> LTX2RepairPlan:
+        """The segment that regenerates ``region``'s frames (whole frames), with up to
+        ``condition_s`` seconds of kept frames conditioning each side (:func:`segment_layout`)."""
+        if region.is_empty:
+            raise ValueError("the region covers no frame: nothing to regenerate")
+        if condition_s < 0:
+            raise ValueError(f"condition_s must be >= 0, got {condition_s}")
+        masked = [int(f) for f in np.flatnonzero(region.frames)]
+        layout = segment_layout(masked[0], masked[-1], region.num_frames, int(round(condition_s * fps)), self.frame_multiple)
+        stop = min(region.num_frames, layout.start + layout.length)
+        mask = np.stack([region.frame_mask(f) > 0 for f in range(layout.start, stop)])
+        size = self.spatial_multiple
+        return LTX2RepairPlan(layout.start, stop, layout.length, -(-region.height // size) * size, -(-region.width // size) * size, mask, masked,
+                              float(fps), layout.clips, layout.appended)
 
-        return plan_repair(region, fps, condition_s, self.frame_multiple, self.spatial_multiple)
-
-    def conditions(self, video: np.ndarray, masked: np.ndarray) -> list[tuple[int, int, int]]:
-        """``(first frame, frame count, latent index)`` of the kept clips that condition a segment
-        ``video`` (``8k + 1`` frames) whose frames ``masked`` (bool) are regenerated (class
-        docstring): the prefix at index 0, the suffix at the first index past the window."""
-        multiple, length = self.frame_multiple, len(video)
-        where = np.flatnonzero(masked)
-        first, last = int(where[0]), int(where[-1])
-        found = []
-        if first >= 1:
-            found.append((0, (first - 1) // multiple * multiple + 1, 0))
-        index = (last - 1) // multiple + 2  # the first whose first pixel frame, multiple * (index - 1) + 1, is past the window
-        start = multiple * (index - 1) + 1
-        if start < length:
-            found.append((start, (length - start - 1) // multiple * multiple + 1, index))
-        return found
-
-    def regenerate(self, pipe: Any, frames: np.ndarray, plan: Any, prompt: str, seed: int, config: Any) -> np.ndarray:
-        """The condition pipeline's fill of ``plan``'s segment: uint8 ``(stop - start, H, W, 3)``."""
+    def regenerate(self, pipe: Any, frames: np.ndarray, plan: LTX2RepairPlan, prompt: str, seed: int, config: Any) -> np.ndarray:
+        """The condition pipeline's segment over ``plan``'s frames: uint8 ``(stop - start, H, W, 3)``."""
         from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
         from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
 
         from cac_align.gen.generator import frames_to_uint8
 
-        segment = frames[plan.start : plan.stop]
-        height, width = segment.shape[1:3]
-        video = np.pad(segment, ((0, 0), (0, plan.height - height), (0, plan.width - width), (0, 0)), mode="edge")
-        masked = plan.mask.reshape(len(plan.mask), -1).any(axis=1)
-        if plan.length > len(video):  # the whole video is shorter than 8k + 1 frames: its last frame repeated, kept
-            video = np.concatenate([video, np.repeat(video[-1:], plan.length - len(video), axis=0)])
-            masked = np.concatenate([masked, np.zeros(plan.length - len(masked), dtype=bool)])
-        conditions = [LTX2VideoCondition(frames=video[start : start + count], index=index) for start, count, index in self.conditions(video, masked)]
+        height, width = frames.shape[1:3]
+        pad = ((0, 0), (0, plan.height - height), (0, plan.width - width), (0, 0))  # edge pixels repeated, cropped off after
+        conditions = [LTX2VideoCondition(frames=np.pad(frames[first : first + count], pad, mode="edge"), index=index)
+                      for first, count, index in plan.clips]
         guidance = self.family.guidance(config, fps=plan.fps)
         output = pipe(
-            conditions=conditions, prompt=prompt, negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
+            conditions=conditions or None, prompt=prompt,
+            negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
             height=plan.height, width=plan.width, num_frames=plan.length, frame_rate=plan.fps, num_inference_steps=config.num_inference_steps,
             **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
             generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)), output_type="np",
             max_sequence_length=config.max_sequence_length,
         )
-        return frames_to_uint8(output.frames[0])[: len(segment), :height, :width]
+        return frames_to_uint8(output.frames[0])[: plan.stop - plan.start, :height, :width]
 
 
 REGENERATORS = (LTX2Regenerator("ltx2-condition", "LTX-2 (condition pipeline)", LTX2, ("tiny-random:ltx2",), LTX2.hub_ids),
-                LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids))
+                LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids),
+                LTX2Regenerator("ltx2.5-condition", "LTX-2.5 (condition pipeline)", LTX25, LTX25.tiny_names, LTX25.hub_ids))
 
 
 def regenerator_for_index(index: Mapping[str, Any]) -> LTX2Regenerator | None:

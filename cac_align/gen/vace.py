@@ -273,14 +273,15 @@ def build_regenerator(config: RegeneratorConfig, key: str = "regenerator") -> An
 # ---------------------------------------------------------------------------------------
 @dataclass
 class RepairPlan:
-    """What one repair regenerates.
+    """What one VACE repair regenerates (LTX-2's, laid out on its latent grid, is
+    :class:`cac_align.gen.ltx2.LTX2RepairPlan`, with the same fields).
 
     Attributes:
         start, stop: the segment ``[start, stop)`` of the input's frames that the regenerator
             sees.
-        length: the frames it denoises (``4k + 1`` for VACE, ``8k + 1`` for LTX-2;
-            ``>= stop - start``, the rest repeats of the last frame).
-        height, width: the padded frame size it sees (multiples of 16; LTX-2: 32).
+        length: the frames it denoises (``4k + 1``; ``>= stop - start``, the rest repeats of the
+            last frame).
+        height, width: the padded frame size it sees (multiples of 16).
         mask: ``(stop - start, H, W)`` bool on the input's own frames: True = regenerate.
         frames: the input frame indices with any masked pixel.
         fps: the input's frame rate (what a model that reads it, LTX-2, is told).
@@ -313,7 +314,7 @@ def plan_repair(region: Region, fps: float, condition_s: float = 0.5, frame_mult
         fps: the input's frame rate (for ``condition_s``).
         condition_s: kept frames on each side of the masked ones, in seconds.
         frame_multiple, size_multiple: the regenerator's frames ``k * frame_multiple + 1`` and
-            sides' multiple (VACE: 4 and 16; LTX-2: 8 and 32).
+            sides' multiple (VACE: 4 and 16).
     """
     if region.is_empty:
         raise ValueError("the region covers no frame: nothing to regenerate")

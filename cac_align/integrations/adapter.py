@@ -52,6 +52,7 @@ __all__ = [
     "channels_first_frames",
     "fill_policy",
     "frame_rate",
+    "frame_rates",
     "launch",
     "make_scorer",
     "loaded_models",
@@ -162,6 +163,31 @@ def frame_rate(where: str, key: str, *candidates: Any) -> float:
             raise ValueError(f"{where}: {key} must be > 0 (the frame rate of the frames the trainer passes), got {value!r}")
         return fps
     raise ValueError(f"{where}: no frame rate for the trainer's frames: set {key} to your pipeline's rate ({COMMON_FPS})")
+
+
+def frame_rates(where: str, key: str, videos: Any, prompts: Any, metadata: Any, fallback: float | None) -> list[dict]:
+    """One metadata mapping per video, each array video's carrying its frame rate: the row's own
+    ``fps`` (what the trainer passed), else ``fallback`` (the section's ``source_fps``), else a
+    one-line ``ValueError`` from :func:`frame_rate` naming ``key``. A file (a path) carries its own
+    rate and is left as it is. The call's own errors (prompts or rows of another length, a row that
+    is not a mapping) raise first, as :func:`~cac_align.rewards.base.check_call` words them."""
+    from cac_align.rewards.base import check_call
+
+    n = check_call(videos, prompts, metadata)
+    items = [videos[b] for b in range(n)] if hasattr(videos, "ndim") else list(videos)
+    if metadata is None:
+        rows: list[Any] = [{} for _ in range(n)]
+    elif isinstance(metadata, Mapping):
+        rows = [metadata] * n
+    else:
+        rows = [row or {} for row in metadata]
+    out = []
+    for item, row in zip(items, rows):
+        row = dict(row)
+        if not isinstance(item, (str, Path)):
+            row["fps"] = frame_rate(where, key, row.get("fps"), fallback)
+        out.append(row)
+    return out
 
 
 def section_fps(section: Any) -> float | None:

@@ -54,6 +54,11 @@ that some reward of ours could not score (the returned dict carries an ``"invali
 per invalid sample, filled or not); ``reward_avg``, ``reward_<name>`` and ``eval_reward_*``
 read NaN in a step with an invalid sample.
 
+**Frame rate.** Their videos are arrays, which carry no frame rate, and CaC's 4 fps scan and 8 fps
+window are timed from it: a sample's rate is its metadata row's ``fps`` when their dataset rows
+carry one, else the reward section's own ``source_fps`` (set it: Wan-2.1 16, Wan2.2 / LTX-2 24);
+with neither, the call raises one line naming the key, never reading at the reward's default 16.
+
 Raw scales differ (CaC 0–1, UnifiedReward v1 1–4): a weighted sum of rewards whose
 ``score_range`` differ is warned about at build time; ``ur_cac`` is the paper's combination on
 one scale (CaC §4.2).
@@ -133,11 +138,16 @@ def _failures_so_far() -> str:
 def _factory(name: str) -> Callable[[Any], Callable]:
     def factory(device: Any = None) -> Callable:
         score = _SLOTS.scorer(name, device)
+        stated_fps = adapter.section_fps(_SLOTS.section(name))  # the section's own source_fps, not the reward's default
 
         def _fn(images: Any, prompts: Any, metadata: Any = None) -> tuple[np.ndarray, dict]:
             # The call's own errors raise; a crash inside the reward makes the call's samples
             # invalid and the trainer goes on (one rank raising would leave the others waiting
             # at a gather): see adapter.RewardSlots.scorer.
+            # Their arrays' frame rate: a metadata row's fps (their dataset rows rarely carry one),
+            # else the section's source_fps, else the call is refused naming the key: never a guess.
+            metadata = adapter.frame_rates(f"flow_grpo {name}", f"source_fps in the {name!r} reward section (or fps in the trainer's metadata)",
+                                           images, prompts, metadata, stated_fps)
             scored = score(images, prompts, metadata)
             _last_failures[name] = dict(scored.errors)
             return np.asarray(scored.scores, dtype=np.float32), scored.info()

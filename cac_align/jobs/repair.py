@@ -14,8 +14,10 @@ one of them. Repair regenerates that second. Per input video, in input order:
    through with the reason; a video that cannot be decoded, or has no prompt, is an invalid row;
 2. **the mask**: the evidence's region (:mod:`cac_align.regions`: the window widened by
    ``context_s``, the boxes dilated by ``dilate``, whole frames where there are no boxes),
-   planned for VACE (:func:`cac_align.gen.vace.plan_repair`: ``condition_s`` of kept frames on each
-   side as conditioning, ``4k + 1`` frames, sides padded to 16);
+   planned by the regenerator: VACE's (:func:`cac_align.gen.vace.plan_repair`: ``condition_s`` of
+   kept frames on each side as conditioning, ``4k + 1`` frames, sides padded to 16) or LTX-2's
+   (:func:`cac_align.gen.ltx2.segment_layout`: the window's latents between a kept clip before it
+   and a keyframe after it, ``8k + 1`` frames, sides padded to 32);
 3. **attempts**: up to ``attempts`` times, each with its own seed, VACE regenerates the masked
    pixels (the original prompt; with ``feedback: reason``, plus the judge's reason, as CollabVR
    feeds its verifier's suggestion back), :func:`~cac_align.gen.vace.splice` puts the fill back
@@ -27,16 +29,17 @@ one of them. Repair regenerates that second. Per input video, in input order:
    user opens outside the mask is what they gave.
 
 **Cost against Best-of-N.** Every row counts the denoising work it spent, ``frame_steps`` = the
-frames VACE denoised times its steps, over its attempts. ``summary.json`` sets the total beside
-what a Best-of-N with the same number of tries would spend (each try a whole video of the input's
-length, rounded up to ``4k + 1``, at the same steps). Judge calls are not counted: repair makes one
+frames the regenerator takes in at each step (VACE: its segment; LTX-2: its segment and appended
+keyframe) times its steps, over its attempts (the plan's ``frame_steps``). ``summary.json`` sets
+the total beside what a Best-of-N with the same number of tries would spend (each try a whole video
+of the input's length, rounded up to the model's ``4k + 1`` or ``8k + 1``, at the same steps). Judge calls are not counted: repair makes one
 per attempt plus the verdict, Best-of-N one per candidate.
 
 **Rows** (``results.jsonl``): ``index``, ``video``, ``prompt``, ``valid``, ``error``,
 ``reason`` (why it passed through), ``output`` (the repaired video, or the input when nothing was
 kept), ``before`` and ``after`` (``score``, ``status``), ``accepted``, ``attempts`` (each:
 ``seed``, ``score``, ``status``, ``valid``, ``seconds``), ``mask`` (``frames``: the input frame
-indices regenerated; ``boxes``: the evidence's boxes; ``segment``: the frames VACE saw), and
+indices regenerated; ``boxes``: the evidence's boxes; ``segment``: the input frames the regenerator saw), and
 ``frame_steps``. ``report.html`` shows each video's evidence before and after.
 
 **Run folder and resume** (docs/run_folders.md): a killed run restarted with the same command

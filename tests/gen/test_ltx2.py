@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from cac_align.gen.family import family_of
+from cac_align.gen.family import UnknownGeneratorError, family_of, regenerator_of
 from cac_align.gen.generator import GeneratorConfig, build_generator, predict_velocity, sample_with_log_probs, video_velocity
-from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, VIDEO_BRANCH
+from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX25, VIDEO_BRANCH
 from cac_align.gen.sde import SDESchedule
 from cac_align.gen.tiny import build_tiny_ltx2_pipeline
 
@@ -206,3 +206,42 @@ def test_the_lora_of_the_video_branch_leaves_the_audio_branch_as_it_is(pipes):
     per_block = {name.split("transformer_blocks.0.")[1] for name in adapted if "transformer_blocks.0." in name}
     assert per_block == set(VIDEO_BRANCH) and len(adapted) == 2 * len(VIDEO_BRANCH)  # 2 blocks
     assert not any(part in name for name in adapted for part in ("audio_", "video_to_audio", "audio_to_video"))
+
+
+def _ltx2_index(folder, text_encoder, vocoder="LTX2VocoderWithBWE", duration_head=True):
+    """A model_index.json as diffusers 0.42.1's LTX2Pipeline.save_pretrained writes one (components as [library, class],
+    an absent optional one as [null, null]), written by hand: no LTX-2.5 of diffusers' classes is built here."""
+    index = {"_class_name": "LTX2Pipeline", "_diffusers_version": "0.42.1", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "vae": ["diffusers", "AutoencoderKLLTX2Video"], "audio_vae": ["diffusers", "AutoencoderKLLTX2Audio"],
+             "text_encoder": ["transformers", text_encoder], "tokenizer": ["transformers", "GemmaTokenizerFast"],
+             "connectors": ["ltx2", "LTX2TextConnectors"], "transformer": ["diffusers", "LTX2VideoTransformer3DModel"],
+             "vocoder": ["ltx2", vocoder], "processor": [None, None], "prompt_enhancer": [None, None],
+             "duration_head": ["ltx2", "LTX2DurationHead"] if duration_head else [None, None]}
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return str(folder)
+
+
+def test_an_ltx25_is_known_by_its_files_and_never_takes_ltx23s_settings(tmp_path):
+    # LTX-2.5's layout: a Gemma-4 text encoder, a duration head and LTX-2.3's 48 kHz vocoder (which alone said LTX-2.3)
+    ltx25 = _ltx2_index(tmp_path / "LTX-2.5-finetune", "Gemma4UnifiedForConditionalGeneration")
+    assert family_of(ltx25) is LTX25 and regenerator_of(ltx25).family is LTX25
+    config = GeneratorConfig(name=ltx25)
+    # Lightricks' ltx_pipelines @2362161: LTX_2_4_PARAMS for 2.4 and on (30 steps, STG block 28), 1024 Gemma tokens
+    assert (config.height, config.width, config.num_frames, config.fps, config.num_inference_steps) == (512, 768, 121, 24.0, 30)
+    assert (config.guidance_scale, config.stg_scale, config.modality_scale, config.guidance_rescale) == (3.0, 1.0, 3.0, 0.7)
+    assert (config.audio_guidance_scale, config.stg_blocks, config.max_sequence_length) == (7.0, [28], 1024)
+    assert family_of(_ltx2_index(tmp_path / "no-head", "Gemma4UnifiedForConditionalGeneration", duration_head=False)) is LTX25
+    assert GeneratorConfig(name="Lightricks/LTX-2.5-Diffusers").num_inference_steps == 30  # listed: known by name without its files
+    # the Gemma-3 releases are as before: the vocoder tells them apart
+    assert family_of(_ltx2_index(tmp_path / "ltx23", "Gemma3ForConditionalGeneration", duration_head=False)) is LTX23
+    assert family_of(_ltx2_index(tmp_path / "ltx2", "Gemma3ForConditionalGeneration", "LTX2Vocoder", duration_head=False)) is LTX2
+    # a release we have no source for is refused in one line naming the key, never given another release's settings
+    for name, encoder, head in (("gemma5", "Gemma5ForConditionalGeneration", False), ("gemma3-with-head", "Gemma3ForConditionalGeneration", True)):
+        folder = _ltx2_index(tmp_path / name, encoder, duration_head=head)
+        with pytest.raises(UnknownGeneratorError, match=rf"^generator\.name='{folder}' is an LTX-2 pipeline of no release known here .*"
+                                                       r"refused rather than run with another release's") as refused:
+            GeneratorConfig(name=folder)
+        assert "\n" not in str(refused.value)
+        with pytest.raises(UnknownGeneratorError, match=r"^regenerator\.name="):
+            regenerator_of(folder)

@@ -25,12 +25,12 @@ import torch
 
 from cac_align.integrations import flow_grpo as drop_in
 from cac_align.rewards import RewardError
-from cac_align.rewards.base import RewardBase
+from cac_align.rewards.base import BatchReward, RewardBase
 from cac_align.vlm.backend import BackendBase
 from conftest import REPO_ROOT, forget_modules
 
 CHECKOUT = REPO_ROOT / "tests" / "fixtures" / "flow_grpo_checkout"
-BRIGHTNESS = {"cac": {"name": "brightness"}}
+BRIGHTNESS = {"cac": {"name": "brightness", "source_fps": 16.0}}  # the rate their arrays were written at
 NAN = float("nan")
 T = 3  # timesteps per sample in their (N, T) reward rows
 
@@ -193,7 +193,7 @@ def test_a_crashing_call_is_invalid_but_caller_errors_raise(theirs, caplog):
     drop_in.install(rewards_module, stat_tracking, sections={"cac": {"name": "test_flow_grpo_install:Exploding"}})
     stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
     fn = rewards_module.multi_score("cpu", {"cac": 1.0})
-    scores, info = fn(_videos([0.2, 0.4]), ["a", "b"], [{}, {}])
+    scores, info = fn(_videos([0.2, 0.4]), ["a", "b"], [{"fps": 16}, {"fps": 16}])  # their rows carry the rate
     assert np.isnan(scores["avg"]).all() and scores["invalid"].tolist() == [1.0, 1.0]
     assert info["cac"]["failures"] == {"backend": 2} and "device-side assert" in info["cac"]["errors"][0]
     assert "failed on a call of 2 samples" in caplog.text
@@ -225,7 +225,7 @@ def test_a_value_or_type_error_inside_a_model_is_invalid_not_raised(theirs, scor
     drop_in.install(rewards_module, stat_tracking, sections={"unified_reward": {"name": factory, "scoring": scoring}})
     stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
     fn = rewards_module.multi_score("cpu", {"unified_reward": 1.0})
-    scores, info = fn(_videos([0.2, 0.4, 0.6]), ["a", "b", "c"], [{}, {}, {}], only_strict=True)
+    scores, info = fn(_videos([0.2, 0.4, 0.6]), ["a", "b", "c"], {"fps": 24}, only_strict=True)  # one mapping: the call's rate
     assert np.isnan(scores["avg"]).all() and scores["invalid"].tolist() == [1.0, 1.0, 1.0]
     assert info["unified_reward"]["failures"] == {"backend": 3}
     assert all(e.startswith(error) for e in info["unified_reward"]["errors"].values())
@@ -355,9 +355,9 @@ def test_the_issue_reproduction_dpo_and_gardo(theirs):
 TINY_CAC = {"model": {"name": "tiny-random:qwen3_vl", "dtype": "float32"}, "options": {"mode": "no_cot"}}
 TINY_UR = {"model": {"name": "tiny-random:qwen2_5_vl", "dtype": "float32"}, "scoring": "probs", "num_frames": 4}
 TINY_SECTIONS = {
-    "cac": {"name": "cac", **TINY_CAC},
-    "unified_reward": {"name": "unified_reward", **TINY_UR},
-    "ur_cac": {"name": "ur_cac", "cac": TINY_CAC, "unified_reward": TINY_UR},
+    "cac": {"name": "cac", **TINY_CAC, "source_fps": 16.0},
+    "unified_reward": {"name": "unified_reward", **TINY_UR, "source_fps": 16.0},
+    "ur_cac": {"name": "ur_cac", "cac": TINY_CAC, "unified_reward": TINY_UR, "source_fps": 16.0},
 }
 
 
@@ -399,7 +399,7 @@ def test_each_model_loads_once_per_process(theirs, monkeypatch):
 def test_launcher_installs_before_their_script_runs(tmp_path):
     checkout = tmp_path / "flow_grpo"
     shutil.copytree(CHECKOUT, checkout)
-    (checkout / "rewards.yaml").write_text("cac:\n  name: brightness\n")
+    (checkout / "rewards.yaml").write_text("cac:\n  name: brightness\n  source_fps: 16\n")
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [sys.executable, "-m", "cac_align.integrations.flow_grpo", "--rewards", "rewards.yaml",
@@ -417,3 +417,45 @@ def test_launcher_installs_before_their_script_runs(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cac_align.integrations.flow_grpo", "scripts/nope.py"],
                          cwd=checkout, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such script: scripts/nope.py" in bad.stderr
+
+
+class FrameRateEcho(BatchReward):
+    """Scores each video with the frame rate it was read at (its reward default is Wan-2.1's 16,
+    which the drop-in must never fall back on)."""
+
+    name = "frame_rate_echo"
+    score_range = (0.0, 100.0)
+    needs_prompt = False
+
+    def __init__(self, source_fps: float = 16.0):
+        self.source_fps = source_fps
+
+    def score_batch(self, requests):
+        return [{"score": video.fps} for video, _ in requests]
+
+
+def test_the_frame_rate_is_never_guessed(theirs):
+    rewards_module, stat_tracking = theirs
+    echo = "test_flow_grpo_install:FrameRateEcho"
+    # neither their metadata nor the section states a rate: the call is refused in one line naming
+    # the key and the common rates, never read at the reward's own default (16)
+    drop_in.install(rewards_module, stat_tracking, sections={"cac": {"name": echo}})
+    stat_tracking.PerPromptStatTracker()  # per-prompt tracking on, as in their trainer
+    fn = rewards_module.multi_score("cpu", {"cac": 1.0})
+    with pytest.raises(ValueError, match=r"^flow_grpo cac: no frame rate .*set source_fps in the 'cac' reward section .*"
+                                         r"\(Wan-2\.1 16, Wan2\.2 / LTX-2 24\)$") as refused:
+        fn(_videos([0.2, 0.4]), ["a", "b"], [{}, {}])
+    assert "\n" not in str(refused.value)
+    # a rate their rows carry is taken as given, row by row (one mapping: the call's)
+    scores, _ = fn(_videos([0.2, 0.4]), ["a", "b"], [{"fps": 24}, {"fps": 30}])
+    assert scores["cac"].tolist() == [24.0, 30.0]
+    scores, _ = fn(_videos([0.2, 0.4]), ["a", "b"], {"fps": 24})
+    assert scores["cac"].tolist() == [24.0, 24.0]
+    # an LTX-2 run that sets the section's source_fps gets 24, and a row's own rate still wins
+    drop_in.install(rewards_module, stat_tracking, sections={"cac": {"name": "brightness", "source_fps": 24.0},
+                                                             "unified_reward": {"name": echo, "source_fps": 24.0}})
+    fn = rewards_module.multi_score("cpu", {"unified_reward": 1.0})
+    scores, _ = fn(_videos([0.2, 0.4]), ["a", "b"], [{}, {"fps": 16}])
+    assert scores["unified_reward"].tolist() == [24.0, 16.0]
+    with pytest.raises(ValueError, match=r"must be > 0 .*got 0$"):
+        fn(_videos([0.2]), ["a"], [{"fps": 0}])

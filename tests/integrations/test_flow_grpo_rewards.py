@@ -20,8 +20,10 @@ TINY = {
 
 @pytest.fixture
 def tiny_rewards():
-    flow_grpo.configure({**TINY, "ur_cac": {"name": "ur_cac", "unified_reward": {k: v for k, v in TINY["unified_reward"].items() if k != "name"},
-                                            "cac": {k: v for k, v in TINY["cac"].items() if k != "name"}}})
+    # each section states the rate of the arrays the trainer hands over (never guessed)
+    flow_grpo.configure({**{name: {**section, "source_fps": 16.0} for name, section in TINY.items()},
+                         "ur_cac": {"name": "ur_cac", "unified_reward": {k: v for k, v in TINY["unified_reward"].items() if k != "name"},
+                                    "cac": {k: v for k, v in TINY["cac"].items() if k != "name"}, "source_fps": 16.0}})
     yield
     flow_grpo.configure()  # back to the defaults for other tests
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from cac_align.config import load_config
 from cac_align.gen.generator import LORA_WEIGHT_NAME, GeneratorConfig, build_generator, generate_videos
-from cac_align.gen.ltx2 import LTX2, REGENERATORS, VIDEO_BRANCH
+from cac_align.gen.ltx2 import LTX2, VIDEO_BRANCH, SegmentLayout, segment_layout
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.rewards.registry import build_reward
 from cac_align.video import load_video
@@ -149,20 +149,38 @@ def test_two_processes_train_as_one(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Repair through LTX2ConditionPipeline, then DPO on its pairs
 # ---------------------------------------------------------------------------------------
-def test_the_kept_clips_around_a_window_by_hand():
-    regenerator = REGENERATORS[0]
-    video = np.zeros((17, 32, 32, 3), dtype=np.uint8)
-    masked = np.zeros(17, dtype=bool)
-    masked[3:9] = True  # frames 3..8
-    # before: frames 0..2, whose longest 8k + 1 prefix is frame 0 alone, at latent index 0; after: frames 9..16 start at
-    # latent index 2 (its first pixel frame 8 * (2 - 1) + 1 = 9), whose longest 8k + 1 run is frame 9 alone
-    assert regenerator.conditions(video, masked) == [(0, 1, 0), (9, 1, 2)]
-    masked[:] = False
-    masked[10:13] = True  # frames 10..12: before, frames 0..8 (9 = 8 + 1); after, latent index 3 would start at 17: none
-    assert regenerator.conditions(video, masked) == [(0, 9, 0)]
-    masked[:] = False
-    masked[0:2] = True  # frames 0..1: no frame before; after, index 2 starts at 9: frames 9..16 -> 9..16 trimmed to 8k + 1 = 1
-    assert regenerator.conditions(video, masked) == [(9, 1, 2)]
+def test_the_segment_around_a_window_by_hand():
+    # frames 3..8 of 33, up to 2 kept frames a side: the clip before is frame 2 alone (the longest 8a + 1 run within 2
+    # frames), at latent index 0, so the segment starts at input frame 2; the 6 window frames fill latent 1 (segment
+    # frames 1..8: input 3..10); the keyframe is input frame 11 (segment frame 9, the first of latent 2) appended at
+    # index 2 over a tail of one latent (8 frames): 1 + 8 + 8 = 17 generated, 1 appended
+    assert segment_layout(3, 8, 33, 2) == SegmentLayout(2, 17, ((2, 1, 0), (11, 1, 2)), 1)
+    # 121 frames at 24 fps, a 1 s window widened by 0.25 s a side (frames 42..77: 36), 0.5 s (12 frames) to condition:
+    # before, frames 33..41 (9 = 8 + 1 <= 12) at index 0; the window, 5 latents (40 frames: 42..81); after, frames
+    # 82..90 (9) at index 1 + 1 + 5 = 7 over a 2-latent tail (16): 9 + 40 + 16 = 65 generated, 9 appended
+    assert segment_layout(42, 77, 121, 12) == SegmentLayout(33, 65, ((33, 9, 0), (82, 9, 7)), 9)
+    # no frame before: the window starts at latent 0 (1 frame) and takes latent 1 (frames 1..8), keyframe frame 9
+    assert segment_layout(0, 4, 33, 2) == SegmentLayout(0, 17, ((9, 1, 2),), 1)
+    # no frame after the window's latents: no keyframe, no tail
+    assert segment_layout(24, 32, 33, 2) == SegmentLayout(23, 17, ((23, 1, 0),), 0)
+    # nothing to condition on (condition_s 0): the window alone, from latent 0
+    assert segment_layout(3, 8, 33, 0) == SegmentLayout(3, 9, (), 0)
+    with pytest.raises(ValueError, match="first <= last < total"):
+        segment_layout(8, 3, 33, 2)
+
+
+class _Recording:
+    """The tiny condition pipeline, recording what each call was given."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        return self.pipe(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -170,34 +188,56 @@ def repaired(tmp_path_factory):
     from cac_align.jobs.repair import RepairConfig, run
 
     out = tmp_path_factory.mktemp("repair") / "run"
-    run(load_config(RepairConfig, RECIPES / "repair_tiny_ltx2.yaml", [f"out_dir={out}", "synth_videos=4", "attempts=2"], job="repair"))
-    return out
+    config = load_config(RepairConfig, RECIPES / "repair_tiny_ltx2.yaml", [f"out_dir={out}", "synth_videos=4", "attempts=2"], job="repair")
+    pipe = _Recording(config.regenerator.family.build_tiny(config.regenerator.name))
+    run(config, pipe=pipe)
+    return out, pipe.calls
 
 
-def test_repair_regenerates_the_windows_whole_frames_and_keeps_every_other(repaired):
-    rows = [json.loads(line) for line in (repaired / "results.jsonl").read_text().splitlines()]
+def test_repair_regenerates_a_segment_and_keeps_every_frame_outside_the_window(repaired):
+    out, calls = repaired
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and any(r["accepted"] for r in rows)
+    tried = [r for r in rows if r["attempts"]]
+    assert tried and len(calls) == sum(len(r["attempts"]) for r in rows)
+    for row in tried:
+        # spot_brightness's window [0.5, 1.0) s widened by context_s 0.125 at 8 fps: frames 3..8, whole (LTX-2 keeps no pixels inside a frame)
+        assert row["mask"]["frames"] == [3, 4, 5, 6, 7, 8] and row["mask"]["boxes"] == [] and row["mask"]["window_s"] == [0.5, 1.0]
+        # the segment over input frames 2..18 (test_the_segment_around_a_window_by_hand), 17 generated + 1 appended a try, at 2 steps
+        assert row["mask"]["segment"] == [2, 19] and row["frame_steps"] == len(row["attempts"]) * 18 * 2
+    for call in calls:  # what the pipeline was given: the 17-frame segment, input frame 2 at index 0, input frame 11 at index 2
+        assert call["num_frames"] == 17 and [(c.index, len(c.frames)) for c in call["conditions"]] == [(0, 1), (2, 1)]
     for row in rows:
         if not row["accepted"]:
             continue
-        # spot_brightness's window [0.5, 1.0) s widened by context_s 0.125 at 8 fps: frames 3..8, whole (LTX-2 keeps no pixels inside a frame)
-        assert row["mask"]["frames"] == [3, 4, 5, 6, 7, 8] and row["mask"]["boxes"] == [] and row["mask"]["window_s"] == [0.5, 1.0]
         before, after = np.asarray(load_video(row["video"]).frames), np.asarray(load_video(row["output"]).frames)
-        kept = [f for f in range(17) if f not in row["mask"]["frames"]]
-        assert np.array_equal(before[kept], after[kept])  # every frame outside the window is the input's, exactly (lossless)
+        assert before.shape == after.shape and len(before) == 33
+        kept = [f for f in range(33) if f not in row["mask"]["frames"]]
+        assert np.array_equal(before[kept], after[kept])  # every pixel outside the window is the input's, exactly (lossless)
         assert not np.array_equal(before[3:9], after[3:9])  # the window is new
+        conditioned = [[np.asarray(c.frames)[0] for c in call["conditions"]] for call in calls]
+        assert any(np.array_equal(first, before[2]) and np.array_equal(last, before[11]) for first, last in conditioned)  # the input's own frames
+
+
+def test_repair_costs_less_than_best_of_n(repaired):
+    out, _ = repaired
+    summary = json.loads((out / "summary.json").read_text())
+    # per try: repair 18 frames (17 generated + 1 keyframe) x 2 steps; Best-of-N a whole 33-frame video x 2 steps
+    assert summary["best_of_n_frame_steps"] == summary["attempts"] * 33 * 2
+    assert summary["frame_steps"] == summary["attempts"] * 18 * 2
+    assert summary["frame_steps_vs_best_of_n"] == pytest.approx(18 / 33) and summary["frame_steps_vs_best_of_n"] < 1.0
 
 
 def test_dpo_trains_the_video_branch_on_ltx2s_grid(repaired, tmp_path):
     from cac_align.jobs.dpo import DpoConfig, run
 
-    config = load_config(DpoConfig, RECIPES / "dpo_tiny_ltx2.yaml", [f"out_dir={tmp_path / 'run'}", f"pairs=[{repaired}]", "log_with=none", "steps=2",
+    config = load_config(DpoConfig, RECIPES / "dpo_tiny_ltx2.yaml", [f"out_dir={tmp_path / 'run'}", f"pairs=[{repaired[0]}]", "log_with=none", "steps=2",
                                                                      "pairs_per_step=2", "checkpoint_every=0"], job="dpo")
     pipe = LTX2.build_tiny("tiny-random:ltx2")
     run(config, pipe=pipe)
     cached = load_file(str(tmp_path / "run/latents/pair_00000.safetensors"))
-    assert cached["winner"].shape == cached["loser"].shape == (8, 3, 2, 3)  # 17 x 64 x 96 through LTX-2's VAE (8x, 32x)
-    expected = torch.zeros(3, 2, 3)
+    assert cached["winner"].shape == cached["loser"].shape == (8, 5, 2, 3)  # 33 x 64 x 96 through LTX-2's VAE (8x, 32x)
+    expected = torch.zeros(5, 2, 3)
     expected[1] = 1.0  # frames 3..8 lie in latent frame 1 (pixel frames 1..8), whole frames
     assert torch.equal(cached["mask"], expected)
     assert {"embeds", "audio_embeds", "attention_mask"} <= set(cached)  # the prompt's two contexts and their mask
@@ -216,7 +256,7 @@ def test_dpo_resumes_exactly(repaired, tmp_path):
     from cac_align.jobs.dpo import DpoConfig, run
 
     def config(out, *overrides):
-        return load_config(DpoConfig, RECIPES / "dpo_tiny_ltx2.yaml", [f"out_dir={out}", f"pairs=[{repaired}]", "log_with=none", "pairs_per_step=2",
+        return load_config(DpoConfig, RECIPES / "dpo_tiny_ltx2.yaml", [f"out_dir={out}", f"pairs=[{repaired[0]}]", "log_with=none", "pairs_per_step=2",
                                                                       "checkpoint_every=1", *overrides], job="dpo")
 
     run(config(tmp_path / "straight", "steps=2"))
