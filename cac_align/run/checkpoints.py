@@ -3,7 +3,10 @@
 
 One format for both GRPO trainers (``flow-grpo`` and CaC's stage 3): accelerate's
 ``save_state`` inside (models, optimizer, scheduler, each process's RNG state; flow-grpo's hooks
-keep its model file to the LoRA) and our ``state.json`` (the step, and what a trainer adds).
+keep its model file to the LoRA) and our ``state.json`` (the step, and what a trainer adds). A
+generator trainer sharded with FSDP2 (``parallel.shard: fsdp2``) writes the same LoRA files whole
+instead of accelerate's state (:func:`cac_align.gen.lora.save_sharded_lora_checkpoint`), and its
+``state.json`` records the layout it resumes on.
 Stages 1-2 run under transformers' Trainer and keep its checkpoints (docs/cac_training.md)."""
 
 from __future__ import annotations

@@ -147,6 +147,7 @@ def test_a_vbench_json_of_the_users_is_refused_and_kept(tmp_path, random_cache, 
     assert (out / "vbench.json").read_text() == '{"mine": true}' and not (out / "per_video").exists()
 
 
+@pytest.mark.slow  # ~39 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypatch):
     """The job on random weights: every video scored by vbench's functions through the real
     loading paths; the means are what vbench's own whole-list calls give; the report reads it."""

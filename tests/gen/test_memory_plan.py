@@ -59,7 +59,7 @@ def test_meta_counts_from_configs_equal_the_real_model(name, tmp_path):
     family = config.family
     assert [t.name for t in counts.transformers] == ["transformer", "transformer_2"][: family.experts]
     assert [e.name for e in counts.encoders] == list(family.encoder_components)
-    assert counts.context_parallel == (family.pipeline_class == "WanPipeline")  # LTX-2 refuses context parallel for now
+    assert counts.context_parallel  # every family splits a video now (LTX-2: its video, its audio kept whole)
     # each transformer's blocks as the family names them, and the count of the tiny pipeline built in-process agrees
     for t in counts.transformers:
         blocks = [m for m in getattr(pipe, t.name).modules() if type(m).__name__ in family.block_classes]

@@ -396,6 +396,7 @@ def test_each_model_loads_once_per_process(theirs, monkeypatch):
         rewards_module.multi_score("cpu", {"ur_cac": 1.0})
 
 
+@pytest.mark.slow  # ~7 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_launcher_installs_before_their_script_runs(tmp_path):
     checkout = tmp_path / "flow_grpo"
     shutil.copytree(CHECKOUT, checkout)

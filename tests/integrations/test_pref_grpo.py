@@ -157,6 +157,7 @@ def test_ur_cac_on_tiny_models_one_copy_per_process(theirs, tmp_path):
     assert ((tensors["cac"] > 0) & (tensors["cac"] < 1)).all() and np.isfinite(advantages.numpy()).all()
 
 
+@pytest.mark.slow  # ~9 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_launcher_installs_before_their_script_runs(tmp_path):
     sections = tmp_path / "rewards.yaml"
     sections.write_text("bright:\n  name: brightness\n")

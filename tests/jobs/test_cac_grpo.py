@@ -219,6 +219,7 @@ def test_tiny_recipe_trains(straight):
     assert json.loads((out / "data.json").read_text())["stage"] == 3
 
 
+@pytest.mark.slow  # ~10 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
     """2 steps, a run killed while writing checkpoint 3, then resume to 4: the same weights and
     log as 4 steps straight."""
@@ -338,6 +339,7 @@ def test_finetune_defaults_and_refusals(cac_data, tmp_path):
         _recipe(cac_data, tmp_path / "b", "finetune=lora", "freeze_vision=true")
 
 
+@pytest.mark.slow  # ~18 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_lora_stage3_trains_adapters_against_the_frozen_weights(cac_data, tmp_path):
     """Only the adapters train; the KL term's reference is the weights under them (adapters
     off): 0 at the first step, above 0 once the adapters moved, with no second model loaded.

@@ -241,6 +241,7 @@ def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
     assert json.loads((out / "data.json").read_text())["stats"]["train"]["frame_normal"] > 0
 
 
+@pytest.mark.slow  # ~17 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tmp_path):
     from cac_align.jobs.score import ScoreConfig, run as score
     from cac_align.jobs.train_cac import run
@@ -290,6 +291,7 @@ def test_status_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
         _recipe("stage2_tiny", cac_data, tmp_path / "x", "train.status_loss_weight=0")
 
 
+@pytest.mark.slow  # ~9 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_attention_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
     """Same weights, same first batch: the attention run logs the term and its mass, and its
     first loss is the plain loss plus weight x the term; the saved model keeps its default
@@ -320,6 +322,7 @@ def load_first_video(annotations):
     return str(annotations.parent / json.loads(annotations.read_text().splitlines()[0])["video"])
 
 
+@pytest.mark.slow  # ~8 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_resume_continues_exactly(cac_data, tmp_path, caplog):
     import logging
 

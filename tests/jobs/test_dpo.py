@@ -219,6 +219,7 @@ def first_gradients(repaired: Path, out: Path, *overrides: str) -> dict[str, tor
     return {n: p.grad.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.slow  # ~18 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_accumulation_equals_one_batch_and_resume_equals_a_straight_run(repaired, tmp_path):
     # one micro-batch of 4 pairs against 4 of 1: the same gradient (a mean over the step's pairs;
     # compared before AdamW, whose first step is blind to a gradient's scale)

@@ -253,6 +253,7 @@ def test_two_updates_per_step_leave_the_rollout_policy(tmp_path):
         plan_step(_bright(tmp_path, "updates_per_step=5"), num_processes=1, rank=0)
 
 
+@pytest.mark.slow  # ~13 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_bf16_autocast_and_gradient_checkpointing_stay_on_policy(tmp_path):
     # sampling and the recompute both run under the same autocast, so with one update per step
     # the recomputed log-probs still equal the recorded ones (ratio 1, approx KL 0). A separate

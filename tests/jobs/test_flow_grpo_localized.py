@@ -191,6 +191,7 @@ def test_vipo_estimator_trains_with_its_maps_and_refuses_an_asymmetric_clip(tmp_
         load_config(FlowGrpoConfig, LOCALIZED, ["out_dir=x", "advantage.localize.estimator=vipo", "clip_range_high=0.3"], job="flow-grpo")
 
 
+@pytest.mark.slow  # ~13 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_tiny_localized_recipe_logs_its_metrics_and_resumes_exactly(tmp_path):
     # the README-style command, offline
     assert main(["flow-grpo", "--config", str(LOCALIZED), "--out", str(tmp_path / "straight"), "checkpoint_every=1"]) == 0

@@ -332,6 +332,7 @@ def test_a_server_that_fails_every_request_makes_score_exit_non_zero(tmp_path, c
     assert (tmp_path / "out/results.jsonl").read_text() == ""  # nothing was scored, and nothing made up
 
 
+@pytest.mark.slow  # ~12 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_a_server_that_dies_mid_run_stops_score_in_seconds_keeping_what_was_scored(tmp_path, capsys):
     import time
 

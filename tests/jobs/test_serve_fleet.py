@@ -54,6 +54,7 @@ def _served_by(url: str, key: str | None) -> dict:
     return json.loads(answer["choices"][0]["message"]["content"])
 
 
+@pytest.mark.slow  # ~16 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 @pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGTERM])
 def test_a_fleet_routes_by_session_key_and_stops_whole(stop_with, tmp_path):
     process, port, log = _start_fleet(tmp_path)

@@ -73,6 +73,7 @@ def test_a_random_skyra_unforced_stops_the_run_with_its_reason(tmp_path, capsys)
     assert "no valid reward for any sample (no <answer>...</answer> in Skyra's answer)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~18 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_repair_regenerates_skyras_region_and_dpo_trains_on_the_pairs(skyra_writes_an_artifact, tmp_path):
     repaired = tmp_path / "repair"
     assert main(["repair", "--config", str(ALIGN / "repair_tiny_skyra.yaml"), "--out", str(repaired)]) == 0

@@ -31,6 +31,7 @@ def test_flow_grpo_logs_to_tensorboard_and_wandb_offline_with_its_name_and_confi
     assert b"eval/reward_mean" not in data  # nothing that was not logged (no eval prompts here)
 
 
+@pytest.mark.slow  # ~10 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_log_with_is_checked_and_wandb_is_not_imported_unless_asked():
     assert trackers_for("both") == ("tensorboard", "wandb") and trackers_for("none") == ()
     with pytest.raises(ValueError, match="log_with must be one of"):
@@ -42,6 +43,7 @@ def test_log_with_is_checked_and_wandb_is_not_imported_unless_asked():
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
 
 
+@pytest.mark.slow  # ~15 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 @pytest.mark.parametrize("stage", [1, 3])
 def test_train_cac_logs_to_wandb_offline(stage, cac_data, tmp_path, monkeypatch):
     """Stages 1-2 (transformers' Trainer) and stage 3 (accelerate) log to the trackers of

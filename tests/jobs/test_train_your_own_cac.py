@@ -53,6 +53,7 @@ def test_full_size_commands_load(capsys):
     assert "finetune: lora" in printed  # stage 3's override took
 
 
+@pytest.mark.slow  # ~15 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_offline_road_runs(tmp_path, monkeypatch, capsys):
     from cac_align.cac.schema import load_annotations
 

@@ -136,6 +136,7 @@ def test_a_one_transformer_model_refuses_a_second_experts_lora(tmp_path):
         run(_flow("ti2v", tmp_path / "run", "steps=1", "lora.experts=low"))
 
 
+@pytest.mark.slow  # ~24 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 @pytest.mark.parametrize("layout", list(BUILDERS))
 def test_flow_grpo_resumes_exactly(layout, tmp_path):
     """2 steps, then resume=true to 3 == a straight 3-step run: the LoRA files and every logged

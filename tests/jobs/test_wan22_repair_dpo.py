@@ -124,6 +124,7 @@ def test_a_one_expert_dpo_lora_sees_only_its_experts_levels(repaired_a14b, tmp_p
     assert sorted(p.name for p in (tmp_path / "high/lora").iterdir()) == ["pytorch_lora_weights.safetensors"]
 
 
+@pytest.mark.slow  # ~8 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_dpo_on_the_tiny_ti2v_recipe_encodes_pairs_with_its_own_vae(tmp_path):
     # the TI2V-5B has no VACE: its pairs come from any repair (here the Wan-2.1 VACE's, of
     # recipes/align/repair_tiny_wan.yaml, on 4 scenes)

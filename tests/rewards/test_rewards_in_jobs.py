@@ -161,7 +161,8 @@ def test_flow_grpo_drop_in(components):
     try:
         fn = flow_grpo.multi_score(torch.device("cpu"), {"combined": 1.0})
         videos = torch.rand(4, 9, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        rewards, info = fn(videos, ["a cat", "a cat", "a dog", "a dog"], [{} for _ in range(4)], only_strict=True)
+        # the trainer's rows carry the frame rate (the adapter never guesses one: integrations/adapter.py)
+        rewards, info = fn(videos, ["a cat", "a cat", "a dog", "a dog"], [{"fps": 16} for _ in range(4)], only_strict=True)
     finally:
         flow_grpo.configure()
         flow_grpo.release_models()

@@ -67,6 +67,7 @@ def test_auto_switches_to_static_on_cuda_at_the_first_full_batch():
     assert not single.engaged(1, cuda) and single.engaged(2, cuda)  # one video alone never compiles
 
 
+@pytest.mark.slow  # ~11 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_static_generation_equals_dynamic_and_compiles_once_per_bucket(qwen3, monkeypatch):
     counter = KeepingCompiler()
     dynamic = HFBackend(qwen3.model, qwen3.processor, max_batch_size=8)
@@ -101,6 +102,7 @@ def test_static_generation_equals_dynamic_and_compiles_once_per_bucket(qwen3, mo
     assert len(counter.graphs) == after_new_bucket
 
 
+@pytest.mark.slow  # ~13 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_cac_two_turn_rewards_equal_in_both_modes(qwen3):
     """CaC's status probabilities read from the generation itself (first token from the decode
     step, longer candidates from the cache): the same numbers on a static, compiled cache."""
@@ -131,6 +133,7 @@ def test_cac_two_turn_rewards_equal_in_both_modes(qwen3):
         assert s.turn1.text == d.turn1.text and s.window_s == d.window_s
 
 
+@pytest.mark.slow  # ~14 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_unified_reward_equal_in_both_modes(tiny_qwen2_5_vl):
     from transformers import LogitsProcessorList
 
@@ -162,6 +165,7 @@ def test_unified_reward_equal_in_both_modes(tiny_qwen2_5_vl):
     np.testing.assert_allclose(probs_s.scores, probs_d.scores, rtol=1e-5)
 
 
+@pytest.mark.slow  # ~11 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_stage3_rollout_batch_equal_in_both_modes(qwen3):
     from cac_align.cac.train.collate import encode_context
     from cac_align.cac.train.rollouts import HFSampler, TurnRequest
@@ -188,6 +192,7 @@ def test_stage3_rollout_batch_equal_in_both_modes(qwen3):
     assert len(padded) == 3 and all(1 <= len(s.token_ids) <= 9 for s in padded)
 
 
+@pytest.mark.slow  # ~10 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_multi_token_choices_are_scored_from_the_static_cache(qwen3):
     """Longer candidates continue from the generation's own cache: its rows and used length,
     copied out of the static cache, give the dynamic path's numbers."""
