@@ -54,6 +54,7 @@ class _Never:
         return Generated(np.zeros((len(prompts), 1, 8, 8, 3), dtype=np.uint8))
 
 
+@pytest.mark.slow  # ~7 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_custom_reward_is_registered_used_by_score_and_invalid_on_a_short_video(tmp_path):
     out = tmp_path / "sharp"
     done = subprocess.run([sys.executable, str(REPO_ROOT / "examples/custom_reward.py"), "--out", str(out), "--videos", "3"],

@@ -149,6 +149,7 @@ def test_ur_cac_on_tiny_models(installed, tmp_path):
     assert result["VQ"] == pytest.approx(direct.tolist(), abs=1e-6) and np.isfinite(result["advantages"]).all()
 
 
+@pytest.mark.slow  # ~7 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_launcher_puts_our_class_where_their_import_looks_and_reads_their_group_size(tmp_path):
     sections = tmp_path / "rewards.yaml"
     sections.write_text("bright:\n  name: brightness\n")

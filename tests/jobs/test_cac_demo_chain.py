@@ -59,6 +59,7 @@ def chain(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow  # ~17 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_each_stage_trains_what_its_recipe_says_from_the_last_stages_model(chain):
     out, results = chain
     before = None

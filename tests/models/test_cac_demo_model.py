@@ -58,6 +58,7 @@ def test_the_shipped_folder_is_small_and_says_how_to_ask_it():
     assert config["model_type"] == "qwen3_vl"  # the real transformers architecture
 
 
+@pytest.mark.slow  # ~19 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_clean_videos_pass_and_extra_arms_and_floats_are_flagged(scored):
     """Measured on these 32 videos (2026-11-23): 15 of 16 clean videos normal (rewards 0.68-0.88,
     one false alarm at 0.00), 3 of 3 arms and 2 of 3 floats abnormal at 0.00; AUROC 0.94 for
@@ -77,6 +78,7 @@ def test_clean_videos_pass_and_extra_arms_and_floats_are_flagged(scored):
     assert auroc(np.concatenate([out.scores[normal], out.scores[broken]]), [True] * normal.sum() + [False] * broken.sum()) > 0.8
 
 
+@pytest.mark.slow  # with the test above (their shared fixture: 19 s) of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_turn2_boxes_land_on_the_extra_arm(scored):
     from cac_align.cac.schema import box_iou
 
