@@ -56,8 +56,8 @@ class ParallelSettings:
         reshard_after_forward: FSDP2 frees a block's gathered parameters after its forward (less
             memory, one more all-gather in the backward).
         encoder_on_device: keep the text encoder on the device between steps; false (the default
-            with ``shard: fsdp2``): it comes onto the device to encode a step's prompts and leaves it
-            after. Null: true unless sharded.
+            with ``shard: fsdp2``, and a fix the memory plan may name for one GPU): it comes onto the
+            device to encode a step's prompts and leaves it after. Null: true unless sharded.
     """
 
     shard: str = "none"
@@ -175,7 +175,7 @@ class Layout:
     # -- the model -----------------------------------------------------------------------
     def prepare(self, accelerator: Accelerator, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
         """``(model, optimizer)`` for training: accelerate's ``prepare`` (DDP) unless sharded, when
-        the denoiser is already FSDP2's (:func:`setup_parallel`) and the optimizer steps on its shards."""
+        the denoiser is already FSDP2's (:meth:`apply`) and the optimizer steps on its shards."""
         if self.sharded:
             return denoiser, optimizer
         return accelerator.prepare(denoiser, optimizer)
@@ -229,6 +229,11 @@ class Layout:
                 plan = family.context_parallel_plan(expert)
                 expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=self.cp, mesh=self.cp_mesh), cp_plan=plan)
         if not self.sharded:
+            if pipe is not None and device is not None and not self.settings.keeps_encoder:  # encoder_on_device: false, unsharded
+                for name in family.encoder_components:
+                    if isinstance(pipe.components.get(name), torch.nn.Module):
+                        pipe.components[name].to("cpu")
+                self.device = torch.device(device)
             return
         # torch FSDP2 directly: accelerate turns FSDP on for accelerators only (never for a CPU run),
         # and takes one model per prepare, where the A14B has two experts to shard
@@ -260,7 +265,7 @@ class Layout:
     def encoders_on(self, pipe: Any, family: Any):
         """The prompt encoders on the device while they encode, and back on the CPU after, when
         ``encoder_on_device`` says they do not stay (sharded on an accelerator); else nothing moves."""
-        device = getattr(self, "device", None)
+        device = self.device
         if self.settings.keeps_encoder or device is None or device.type == "cpu":
             yield
             return
@@ -272,7 +277,8 @@ class Layout:
         finally:
             for module in modules:
                 module.to("cpu")
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def full_trainable(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The trainable (LoRA) weights by name, whole, float32 on the CPU, on every process (a

@@ -94,6 +94,7 @@ def test_parallel_settings_and_the_combinations_that_cannot_run_are_refused(tmp_
         ParallelSettings(shard="zero3")
     with pytest.raises(ValueError, match="context_parallel must be >= 1"):
         ParallelSettings(context_parallel=0)
+    assert not ParallelSettings(encoder_on_device=False).keeps_encoder  # unsharded too (a memory-plan fix on one GPU)
     assert not ParallelSettings().active and ParallelSettings().keeps_encoder
     assert ParallelSettings(shard="fsdp2").active and not ParallelSettings(shard="fsdp2").keeps_encoder
     with pytest.raises(RecipeError, match="advantage.localize with parallel.context_parallel > 1"):
