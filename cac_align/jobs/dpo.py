@@ -34,7 +34,7 @@ those pairs (and, globally, from Best-of-N's best and worst candidates), with Lo
 
 Output directory: ``cac_align_run.json`` (the manifest; docs/run_folders.md), ``pairs.json`` (the
 pairs and the skipped rows), ``latents/``, ``metrics.jsonl``, ``checkpoints/step_NNNNNN/`` (as
-flow-grpo's: the LoRA, the optimizer, every process's RNG state, ``lora/``),
+flow-grpo's: the LoRA, the optimizer, every process's RNG state, ``lora/``; sharded: written whole, no RNG state),
 ``lora/`` (for ``generator.lora`` of ``bon``, ``flow-grpo``'s evaluation, or diffusers'
 ``load_lora_weights``), ``tensorboard/``. A killed run continues with ``resume=true``.
 """

@@ -37,7 +37,8 @@ Output directory:
 - ``cac_align_run.json``: the run manifest (resolved config, fingerprint; docs/run_folders.md);
   ``metrics.jsonl``: one line of logged numbers per step;
 - ``checkpoints/step_000010/``: accelerate's state, as stage 3 writes it (``model.safetensors``:
-  the LoRA weights alone; the optimizer; each process's RNG state), ``lora/`` (the same LoRA as a
+  the LoRA weights alone; the optimizer; each process's RNG state; a sharded run: the same LoRA
+  files and ``optimizer.safetensors`` written whole, no RNG state, every draw being seeded), ``lora/`` (the same LoRA as a
   diffusers folder, loadable with ``generator.lora``), ``ema.safetensors``, ``state.json``;
 - ``lora/``: the final LoRA (the EMA weights when ``ema_decay`` is set) for
   ``cac-align bon generator.lora=<out_dir>/lora``;
@@ -851,21 +852,25 @@ class _Trainer:
         mine = [i for i in range(layout.dp_rank * per_process, (layout.dp_rank + 1) * per_process) if i < n]
         scores = np.full(per_process, np.nan)
         held_out = {label: np.full(per_process, np.nan) for label in self.eval_rewards}
-        if mine:
-            texts = [self.eval_prompts[i] for i in mine]
+        # sharded, every process makes the same forwards (FSDP2's all-gathers need them all): a process
+        # with fewer held-out prompts samples its last slots on the first prompt and drops them
+        sampled = mine + [0] * (per_process - len(mine)) if layout.sharded else mine
+        if sampled:
+            texts = [self.eval_prompts[i] for i in sampled]
             with _ema_weights(self.unwrapped, self.ema):
                 videos_all, sounds = [], []
-                for lo in range(0, len(mine), config.sample_batch_size):
-                    hi = min(lo + config.sample_batch_size, len(mine))
+                for lo in range(0, len(sampled), config.sample_batch_size):
+                    hi = min(lo + config.sample_batch_size, len(sampled))
                     embeds, negative = self._encode(texts[lo:hi])
                     # eval: deterministic ODE sampling (noise 0) with fixed seeds
-                    trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in mine[lo:hi]], 0.0)
+                    trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in sampled[lo:hi]], 0.0)
                     videos_all.append(videos)
                     if trajectory.side is not None and layout.leader:  # their soundtracks (LTX-2), for the videos saved
                         sounds.append(self.family.decode_audio(self.pipe, trajectory.side[:, -1]))
+            texts = texts[: len(mine)]
         if mine and layout.leader:  # the group's leader decoded the videos: it scores and saves them
-            videos = np.concatenate(videos_all)
-            audio, rate = (np.concatenate([w for w, _ in sounds]), sounds[0][1]) if sounds else (None, None)
+            videos = np.concatenate(videos_all)[: len(mine)]
+            audio, rate = (np.concatenate([w for w, _ in sounds])[: len(mine)], sounds[0][1]) if sounds else (None, None)
             # through the pool like training batches: a failing reward call is invalid, not a crash
             (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps))])
             scores[: len(mine)] = output.scores

@@ -210,6 +210,7 @@ def stage1(cac_data, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow  # ~19 s with its stage-1 fixture of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_stage1_trains_lora_only_and_lowers_the_loss(stage1):
     from cac_align.vlm.tiny import build_tiny_qwen3_vl
 
@@ -261,6 +262,7 @@ def test_stage2_trains_every_parameter_and_loads_into_score(stage1, cac_data, tm
     assert len(rows) == 1 and (tmp_path / "score/results.jsonl").exists()
 
 
+@pytest.mark.slow  # ~4 s (the stage-1 fixture's other users are slow too) of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_freeze_vision_keeps_the_vision_tower(stage1, cac_data, tmp_path):
     from cac_align.jobs.train_cac import run
 
@@ -276,6 +278,7 @@ def test_freeze_vision_keeps_the_vision_tower(stage1, cac_data, tmp_path):
         _recipe("stage1_tiny", cac_data, tmp_path / "x", "freeze_vision=true")
 
 
+@pytest.mark.slow  # ~4 s (the stage-1 fixture's other users are slow too) of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_status_loss_weight_reaches_the_trainer(stage1, cac_data, tmp_path):
     """Same weights, same first batch: the weighted run's first loss is the plain loss plus
     (w - 1) x the status tokens' cross-entropy, so it is larger; a weight <= 0 is refused."""

@@ -330,3 +330,17 @@ def test_dpo_on_both_sharded_experts_equals_one_process(tmp_path):
         assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-5)
     for name in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_transformer_2.safetensors"):
         assert_same_lora(two / "lora" / name, one / "lora" / name)
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_with_uneven_held_out_prompts_equals_one_process(tmp_path):
+    """3 held-out prompts on 2 sharded processes (2 and 1): the process with fewer samples its last
+    slot too (and drops it), so FSDP2's all-gathers meet instead of hanging; the mean equals one process's."""
+    prompts = tmp_path / "eval.txt"
+    prompts.write_text("a red ball rolls\na cat walks on a fence\na shop sign in the rain\n")
+    common = ("steps=1", "checkpoint_every=0", f"eval_prompts={prompts}", "eval_videos=3")
+    one = launch("flow-grpo", BRIGHTNESS, tmp_path / "one", *common)
+    two = launch("flow-grpo", BRIGHTNESS, tmp_path / "two", *common, "parallel.shard=fsdp2", processes=2)
+    assert metrics(two)[0]["eval/valid_fraction"] == metrics(one)[0]["eval/valid_fraction"] == 1.0
+    assert metrics(two)[0]["eval/reward_mean"] == pytest.approx(metrics(one)[0]["eval/reward_mean"], abs=1e-6)
+    assert len(list((two / "eval/step_000001").glob("*.mp4"))) == 3  # the dropped slot is not saved
