@@ -54,6 +54,7 @@ def test_user_error_exits_2_without_traceback(tmp_path):
     assert "unknown key 'modles'; did you mean 'models'" in result.stderr
 
 
+@pytest.mark.slow  # ~5 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     import signal
     import time

@@ -186,6 +186,7 @@ def straight(cac_data, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow  # ~9 s with its fixture of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_tiny_recipe_trains(straight):
     from cac_align.vlm.tiny import build_tiny_qwen3_vl
 
@@ -247,6 +248,7 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
         assert a["reward/total"] == pytest.approx(b["reward/total"]) and a["kl"] == pytest.approx(b["kl"], abs=1e-7)
 
 
+@pytest.mark.slow  # ~6 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_gradient_accumulation_matches_one_big_batch(cac_data, tmp_path):
     """One step of 8 rollouts (2 videos x G 4): four micro-batches of 2 accumulate into the same
     gradient as one batch of 8 (each rollout weighs 1/8 either way, whatever its micro-batch)."""

@@ -151,6 +151,7 @@ def test_localized_with_confinement_and_vipo_off_reproduces_before(tmp_path):
     assert "confine" not in json.dumps(manifest["fingerprint"]["advantage"]) and "estimator" not in json.dumps(manifest["fingerprint"]["advantage"])
 
 
+@pytest.mark.slow  # ~6 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_confinement_holds_every_located_sample_and_changes_the_update(tmp_path):
     # beta = 0: no recipe KL, so the reference pass runs for confinement alone
     common = ["steps=2", "log_with=none", "checkpoint_every=0", "ema_decay=null", "beta=0"]

@@ -129,6 +129,7 @@ def test_every_pixel_outside_the_mask_is_the_input_and_the_file_keeps_it(tmp_pat
 # ---------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~4 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_attempts_until_one_beats_the_original_then_stop(tmp_path, vace):
     _videos(tmp_path / "in", n=2)
     judge = ScriptedJudge({

@@ -94,6 +94,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow  # ~5 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_a_busy_folder_is_refused_and_a_killed_runs_lock_does_not_block(tmp_path):
     import signal
     import subprocess

@@ -54,6 +54,7 @@ def test_the_real_recipes_name_skyra_and_localize_with_it():
         assert main(["check-recipe", str(ALIGN / f"{name}.yaml")]) == 0
 
 
+@pytest.mark.slow  # ~6 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_localized_flow_grpo_trains_on_skyras_window_and_box(skyra_writes_an_artifact, tmp_path):
     out = tmp_path / "flow"
     assert main(["flow-grpo", "--config", str(ALIGN / "flow_grpo_tiny_skyra.yaml"), "--out", str(out), "steps=2", "checkpoint_every=0", "ema_decay=null"]) == 0

@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 BRIGHT = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 
 
+@pytest.mark.slow  # ~4 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
 def test_flow_grpo_logs_to_tensorboard_and_wandb_offline_with_its_name_and_config(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
