@@ -178,3 +178,19 @@ def _release_run_folder_locks():
     from cac_align.run.folder import release_locks
 
     release_locks()
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline; the family lookups of this process forgotten."""
+    from huggingface_hub import constants
+
+    from cac_align.gen import family as family_module
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    family_module._hub_index_cached.cache_clear()
+    yield cache
+    family_module._hub_index_cached.cache_clear()

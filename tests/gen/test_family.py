@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from cac_align.config import load_config
-from cac_align.gen import family as family_module
 from cac_align.gen.family import UnknownGeneratorError, family_of, regenerator_of
 from cac_align.gen.generator import GeneratorConfig
 from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline, build_tiny_wan_pipeline
@@ -37,20 +36,6 @@ def saved(tmp_path_factory):
     for name, build in (("wan21", build_tiny_wan_pipeline), ("ti2v", build_tiny_wan22_ti2v_pipeline), ("a14b", build_tiny_wan22_a14b_pipeline)):
         build(seed=0).save_pretrained(str(root / name))
     return root
-
-
-@pytest.fixture()
-def hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, offline; the family lookups of this process forgotten."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    family_module._hub_index_cached.cache_clear()
-    yield cache
-    family_module._hub_index_cached.cache_clear()
 
 
 def cache_repo(cache: Path, repo_id: str, folder: Path) -> Path:

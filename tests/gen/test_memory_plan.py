@@ -257,21 +257,7 @@ def test_check_memory_refuses_on_a_cpu_budget_and_passes_one_that_fits(caplog):
     assert check_memory(generator, lora, settings, 1, 2, True, device="cpu") is not None
 
 
-@pytest.fixture()
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, offline; the family lookups of this process forgotten."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    family_module._hub_index_cached.cache_clear()
-    yield cache
-    family_module._hub_index_cached.cache_clear()
-
-
-def test_hub_id_from_the_cache_and_not_cached(offline_hub, tmp_path, caplog):
+def test_hub_id_from_the_cache_and_not_cached(hub_cache, tmp_path, caplog):
     # a listed release not in the cache: its family is known by name, but no config can be read: no plan, no download
     release = GeneratorConfig(name="Wan-AI/Wan2.2-T2V-A14B-Diffusers")
     with caplog.at_level(logging.WARNING, logger="cac_align.gen.memory"):
@@ -280,7 +266,7 @@ def test_hub_id_from_the_cache_and_not_cached(offline_hub, tmp_path, caplog):
     # a fine-tune in the cache (huggingface_hub's layout), configs only: counted as from a folder
     folder = tmp_path / "a14b"
     pipe = _saved_without_weights("tiny-random:wan22-a14b", folder)
-    repo = offline_hub / "models--someone--a14b-finetune"
+    repo = hub_cache / "models--someone--a14b-finetune"
     shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
