@@ -7,7 +7,14 @@ denoising loop), so that our sampler and trainers step exactly as the pipeline d
 - **Wan-2.1**: one transformer; the timestep is one number per sample.
 - **Wan2.2-TI2V-5B** (``expand_timesteps``): one transformer; every latent token gets its own
   timestep, ``(B, F' * H' / 2 * W' / 2)``. For text-to-video they are all ``t`` (the pipeline's
-  mask is all ones: no frame is conditioned), which is what is built here.
+  mask is all ones: no frame is conditioned); animating an image, the first latent frame is the
+  image's (the conditioning's ``fixed``) and its tokens get timestep 0, as
+  ``WanImageToVideoPipeline`` does with ``expand_timesteps``.
+- **Image-to-video through channels** (``WanImageToVideoPipeline`` without ``expand_timesteps``:
+  Wan2.1-I2V, Wan2.2-I2V-A14B): the conditioning's ``condition`` (the frame mask and the image's
+  latents) is concatenated to the latents on the channel axis, and Wan2.1-I2V's CLIP tokens
+  (``image_embeds``) go to the transformer beside the text, for the conditional and the
+  unconditional forward alike.
 - **Wan2.2-A14B** (``transformer_2`` and ``boundary_ratio``): two experts of the same shape;
   ``transformer`` serves timesteps ``t >= boundary_ratio * num_train_timesteps`` (the high-noise
   steps) with ``guidance_scale``, ``transformer_2`` the rest with ``guidance_scale_2``.
@@ -23,6 +30,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+
+from cac_align.gen.family import fixed_frames
 
 __all__ = ["Denoiser", "WanDenoiser"]
 
@@ -135,10 +144,11 @@ class WanDenoiser(Denoiser):
         boundary = self.boundary_timestep / self.num_train_timesteps
         return (boundary, 1.0) if trained == [0] else (0.0, boundary)
 
-    def model_timestep(self, timestep: Any, latents: torch.Tensor) -> torch.Tensor:
+    def model_timestep(self, timestep: Any, latents: torch.Tensor, fixed: int = 0) -> torch.Tensor:
         """The timestep tensor the transformer is given: ``(B,)``, or with per-token timesteps
-        ``(B, F' * H' / p_h * W' / p_w)``, each sample's all equal to its ``t`` (text-to-video).
-        ``timestep`` is a scalar (a sampling step) or one per sample ``(B,)`` (dpo)."""
+        ``(B, F' * H' / p_h * W' / p_w)``, each sample's all equal to its ``t``, except the
+        tokens of the first ``fixed`` latent frames (an image's), which get 0. ``latents`` are the
+        whole video's. ``timestep`` is a scalar (a sampling step) or one per sample ``(B,)`` (dpo)."""
         t = torch.as_tensor(timestep).to(latents.device)
         batch = latents.shape[0]
         if not self.expand_timesteps:
@@ -147,6 +157,7 @@ class WanDenoiser(Denoiser):
         frames, height, width = latents.shape[2:]
         tokens = frames * (height // p_h) * (width // p_w)
         mask = torch.ones((frames, height, width), dtype=torch.float32, device=latents.device)
+        mask[:fixed] = 0  # the pipeline's first_frame_mask: the image's frame stays at timestep 0
         if t.ndim == 0:
             per_token = (mask[:, ::p_h, ::p_w] * t).flatten()  # the pipeline's mask[0][0][:, ::2, ::2] * t
             assert per_token.numel() == tokens
@@ -182,27 +193,25 @@ class WanDenoiser(Denoiser):
         if side is not None:
             raise ValueError("Wan generates video alone: it has no side latents")
         guidance_scale, guidance_scale_2 = guidance["guidance_scale"], guidance.get("guidance_scale_2")
-        prompt_embeds = cond.embeds
-        negative_embeds = None if negative is None else negative.embeds
         t = torch.as_tensor(timestep)
         if t.ndim == 0:
-            return self._velocity(self.expert_index(t), latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
+            return self._velocity(self.expert_index(t), latents, t, cond, negative, guidance_scale, guidance_scale_2, dtype)
         indices = [self.expert_index(value) for value in t.tolist()]
         if self.every_expert and len(self.experts) > 1:
-            return self._every_expert(indices, latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
+            return self._every_expert(indices, latents, t, cond, negative, guidance_scale, guidance_scale_2, dtype)
         if len(set(indices)) == 1:
-            return self._velocity(indices[0], latents, t, prompt_embeds, negative_embeds, guidance_scale, guidance_scale_2, dtype)
+            return self._velocity(indices[0], latents, t, cond, negative, guidance_scale, guidance_scale_2, dtype)
         rows = {index: torch.tensor([i for i, e in enumerate(indices) if e == index], device=latents.device) for index in sorted(set(indices))}
         parts = [
-            self._velocity(index, latents[r], t.to(latents.device)[r], prompt_embeds[r], None if negative_embeds is None else negative_embeds[r],
+            self._velocity(index, latents[r], t.to(latents.device)[r], cond[r], None if negative is None else negative[r],
                            guidance_scale, guidance_scale_2, dtype)
             for index, r in rows.items()
         ]
         order = torch.cat(list(rows.values()))  # the rows as the parts hold them: put each back in its place
         return torch.cat(parts)[torch.argsort(order)]
 
-    def _every_expert(self, indices: list[int], latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
-                      negative_embeds: torch.Tensor | None, guidance_scale: float, guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:
+    def _every_expert(self, indices: list[int], latents: torch.Tensor, t: torch.Tensor, cond: Any, negative: Any, guidance_scale: float,
+                      guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:
         """:meth:`forward` with one timestep per sample when the experts are sharded: each expert in
         turn on its own rows, and an expert that serves none of this process's rows on the first row,
         its output times zero added (so its forward and backward, and their collectives, run on
@@ -213,21 +222,30 @@ class WanDenoiser(Denoiser):
             rows = torch.tensor([i for i, e in enumerate(indices) if e == index], device=latents.device, dtype=torch.long)
             empty = rows.numel() == 0
             take = rows if not empty else torch.zeros(1, dtype=torch.long, device=latents.device)
-            part = self._velocity(index, latents[take], t[take], prompt_embeds[take], None if negative_embeds is None else negative_embeds[take],
+            part = self._velocity(index, latents[take], t[take], cond[take], None if negative is None else negative[take],
                                   guidance_scale, guidance_scale_2, dtype)
             if out is None:
                 out = torch.zeros((latents.shape[0], *part.shape[1:]), dtype=part.dtype, device=part.device)
             out = out + part.sum() * 0.0 if empty else out.index_put((rows,), part)
         return out
 
-    def _velocity(self, index: int, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
-                  guidance_scale: float, guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:
+    def _velocity(self, index: int, latents: torch.Tensor, t: torch.Tensor, cond: Any, negative: Any, guidance_scale: float,
+                  guidance_scale_2: float | None, dtype: Any) -> torch.Tensor:
+        """One expert's guided velocity of the generated ``latents``: an image's fixed frames in
+        front (and out of the result), its conditioning channels beside, its CLIP tokens with the
+        text (module docstring)."""
         model = self.experts[index]
         scale = guidance_scale if index == 0 or guidance_scale_2 is None else guidance_scale_2
-        x = latents.to(dtype) if dtype is not None else latents
-        timesteps = self.model_timestep(t, x)
-        velocity = model(hidden_states=x, timestep=timesteps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        fixed = fixed_frames(cond)
+        x = latents if not fixed else torch.cat([cond.fixed.to(latents.device, latents.dtype), latents], dim=2)
+        timesteps = self.model_timestep(t, x, fixed)
+        if cond.has("condition"):
+            x = torch.cat([x, cond.condition.to(x.device, x.dtype)], dim=1)
+        x = x.to(dtype) if dtype is not None else x
+        image = cond.image_embeds.to(x.device) if cond.has("image_embeds") else None
+        extra = {} if image is None else {"encoder_hidden_states_image": image.to(dtype) if dtype is not None else image}
+        velocity = model(hidden_states=x, timestep=timesteps, encoder_hidden_states=cond.embeds, return_dict=False, **extra)[0]
         if guidance_scale > 1.0:  # the pipeline guides both experts when its (first) scale is above 1
-            uncond = model(hidden_states=x, timestep=timesteps, encoder_hidden_states=negative_embeds, return_dict=False)[0]
+            uncond = model(hidden_states=x, timestep=timesteps, encoder_hidden_states=negative.embeds, return_dict=False, **extra)[0]
             velocity = uncond + scale * (velocity - uncond)
-        return velocity
+        return velocity[:, :, fixed:]  # the generated frames' velocity: the image's are not stepped

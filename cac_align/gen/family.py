@@ -28,6 +28,26 @@ files are:
 
 A pipeline class no family runs is a one-line error naming the supported ones, never a silent
 Wan-2.1.
+
+**Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
+"none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and
+LTX-2 do, "required" for an image-to-video model such as ``WanImageToVideoPipeline``'s), and
+encodes the images into the same :class:`Conditioning` as the prompts (:meth:`encode_images`). The
+image conditions the generation in one of two ways, both carried as named tensors of that
+conditioning:
+
+- ``fixed`` ``(B, C, k, H', W')``: the first ``k`` latent frames are the image's and stay so at
+  every step (the TI2V-5B's first frame at timestep 0; LTX-2's conditioned first frame). They are
+  not part of what the sampler steps, records or scores: the sampler's latents and every
+  log-probability and loss cover the generated frames only (:func:`fixed_frames`,
+  :func:`whole_latents` puts them back for decoding);
+- ``condition`` (channels concatenated to the transformer's input: ``WanImageToVideoPipeline``'s
+  mask and image latents) and ``image_embeds`` (Wan2.1-I2V's CLIP tokens): inputs of the
+  transformer only, never latents.
+
+The prompt file gives the images (:func:`cac_align.run.input_files.read_prompt_rows`);
+:func:`check_prompt_images` refuses, in one line, an image for a text-only model, text alone for
+an image-to-video model and a last frame for a model that takes none.
 """
 
 from __future__ import annotations
@@ -40,13 +60,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-__all__ = ["FAMILY_MODULES", "Conditioning", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
+__all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_images", "fixed_frames", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
            "read_model_index", "regenerator_of", "take_model_settings"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
 # ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, has a module of its own.
 FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2")
+
+
+# What a family's image_input says: it takes no image, text or text and an image, or needs an image.
+IMAGE_INPUTS = ("none", "optional", "required")
 
 
 class UnknownGeneratorError(ValueError):
@@ -84,6 +108,18 @@ class Conditioning:
         import torch
 
         return Conditioning(**{k: torch.cat([p.tensors[k] for p in parts]) for k in parts[0].tensors})
+
+    def join(self, other: "Conditioning | None") -> "Conditioning":
+        """These tensors and ``other``'s (the same rows; an image's beside its prompt's)."""
+        if other is None:
+            return self
+        clash = set(self.tensors) & set(other.tensors)
+        if clash:
+            raise ValueError(f"both conditionings hold {sorted(clash)}")
+        return Conditioning(**self.tensors, **other.tensors)
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
 
     def row(self, i: int) -> dict[str, Any]:
         """Row ``i``'s tensors by name (what a cache file stores; :meth:`stack` reads them back)."""
@@ -135,6 +171,9 @@ class GeneratorFamily(Protocol):
             (:mod:`cac_align.gen.parallel`).
         encoder_components: the pipeline components that encode prompts (text encoder, LTX-2's
             connectors): on the device only while they encode when the generator is sharded.
+        image_input: whether it animates an image (:data:`IMAGE_INPUTS`: "none", "optional",
+            "required"; module docstring).
+        last_image: it also takes the video's last frame (Wan's first-last-frame mode).
     """
 
     name: str
@@ -151,6 +190,8 @@ class GeneratorFamily(Protocol):
     min_inference_steps: int
     block_classes: tuple[str, ...]
     encoder_components: tuple[str, ...]
+    image_input: str
+    last_image: bool
 
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
         """The pipeline in ``source`` (a folder or hub id), safetensors only."""
@@ -185,6 +226,14 @@ class GeneratorFamily(Protocol):
         """The text conditioning of ``prompts`` and, when ``guidance`` (:meth:`guidance`) asks for
         classifier-free guidance, of the negative prompt (None: the model's default one):
         :class:`Conditioning` (rows = prompts), and None without CFG."""
+        ...
+
+    def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
+        """The image conditioning of ``images`` (:class:`~cac_align.run.input_files.PromptImage`,
+        one per row), fitted to ``config``'s frame size as the family's image-to-video pipeline fits
+        it: a :class:`Conditioning` whose rows are the images (module docstring: ``fixed``,
+        ``condition``, ``image_embeds``), to :meth:`Conditioning.join` with the prompts'. Only a
+        family whose :attr:`image_input` is not "none"."""
         ...
 
     def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
@@ -225,9 +274,10 @@ class GeneratorFamily(Protocol):
         ``fps``; only a family with ``audio``."""
         ...
 
-    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
         """:class:`Generated` videos (and soundtracks), one per (prompt, seed), as the pipeline
-        makes them."""
+        makes them; with ``images`` (one :class:`~cac_align.run.input_files.PromptImage` per
+        prompt), as the family's image-to-video pipeline animates them."""
         ...
 
 
@@ -312,6 +362,53 @@ def family_from_index(index: Mapping[str, Any], where: str, key: str = "generato
     name = index.get("_class_name")
     job = "generator job" if kind == "generator" else "repair"
     raise UnknownGeneratorError(f"{key}={where!r} is a {name or 'model without a pipeline class'}, which no {job} runs; supported: {_supported(kind)}")
+
+
+def check_prompt_images(family: Any, images: Sequence[Any], where: str, key: str = "generator.name") -> None:
+    """Refuse, in one line, prompts whose images do not fit ``family``: an image for a text-only
+    model, a prompt without one for an image-to-video model, a last frame for a model that takes
+    none, or a file that mixes lines with and without images.
+
+    Args:
+        family: the generator's family.
+        images: each prompt's :class:`~cac_align.run.input_files.PromptImage`, or None.
+        where: the prompt file (named in the error).
+
+    Raises:
+        RecipeError: as above.
+    """
+    from cac_align.config import RecipeError
+
+    given = [i for i, image in enumerate(images) if image is not None]
+    if given and family.image_input == "none":
+        raise RecipeError(f"{where}: prompt {given[0] + 1} gives an image, and {family.title} ({key}) is a text-to-video model that takes "
+                          "none; name an image-to-video model (Wan2.1-I2V, Wan2.2-I2V-A14B, Wan2.2-TI2V-5B, LTX-2) or drop the images")
+    if len(given) < len(images) and (family.image_input == "required" or given):
+        missing = next(i for i, image in enumerate(images) if image is None)
+        what = f"{family.title} ({key}) is an image-to-video model" if family.image_input == "required" else "other lines of the file give one"
+        raise RecipeError(f"{where}: prompt {missing + 1} gives no image, and {what}: give every line an \"image\"")
+    last = [i for i, image in enumerate(images) if image is not None and image.last_image is not None]
+    if last and not family.last_image:
+        raise RecipeError(f"{where}: prompt {last[0] + 1} gives a last_image, and {family.title} takes a first frame only; "
+                          "drop \"last_image\" (Wan2.1-I2V and Wan2.2-I2V-A14B take one)")
+
+
+def fixed_frames(cond: Any) -> int:
+    """How many leading latent frames an image fixes in ``cond`` (its ``fixed`` tensor; module
+    docstring): 0 for text-to-video and for channel-conditioned image-to-video."""
+    return int(cond.fixed.shape[2]) if cond is not None and cond.has("fixed") else 0
+
+
+def whole_latents(cond: Any, latents: Any) -> Any:
+    """The generated ``latents`` ``(B, C, F' - k, H', W')`` with the ``k`` frames the image fixes
+    in front: the whole video's latents, as the pipeline decodes them (``latents`` unchanged
+    when nothing is fixed)."""
+    import torch
+
+    k = fixed_frames(cond)
+    if not k:
+        return latents
+    return torch.cat([cond.fixed.to(latents.device, latents.dtype), latents], dim=2)
 
 
 def take_model_settings(config: Any, keys: Sequence[str], defaults: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from cac_align.config import RecipeError
-from cac_align.gen.family import Conditioning, Generated, take_model_settings
+from cac_align.gen.family import Conditioning, Generated, fixed_frames, take_model_settings
 from cac_align.loading import check_dtype, resolve_device
 from cac_align.run.folder import share_modes
 
@@ -31,6 +31,7 @@ __all__ = [
     "VideoGenerator",
     "build_generator",
     "build_video_generator",
+    "encode_conditioning",
     "frames_to_uint8",
     "generate_videos",
     "load_lora",
@@ -316,7 +317,9 @@ class Trajectory:
 
     Attributes:
         latents: ``(B, N + 1, C, F', H', W')`` float32; ``latents[:, j]`` is the latent before
-            step j, ``latents[:, N]`` the final one.
+            step j, ``latents[:, N]`` the final one. Only what the policy generates: the latent
+            frames an image fixes are not here (:func:`~cac_align.gen.family.whole_latents` puts
+            them back from the conditioning).
         log_probs: ``(B, N)`` float32, log p(latents[:, j + 1] | latents[:, j]) when sampling.
         sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
         log_prob_maps: ``(B, N, F', H', W')`` float32, the per-position log-densities of each
@@ -385,7 +388,10 @@ def sample_with_log_probs(
     """Sample a batch with Flow-GRPO's SDE sampler, recording latents and per-step log-probs.
 
     Sample ``i`` draws its initial noise and every step's noise from ``generators[i]`` only,
-    so it does not depend on which batch it was drawn in. ``noise_level=0`` (schedule "sqrt")
+    so it does not depend on which batch it was drawn in. With an image that fixes the first
+    latent frames (``cond``'s ``fixed``), the initial noise is drawn whole, as the pipeline draws
+    it, and those frames are dropped: the sampler steps, records and scores the generated frames
+    only, and the denoiser puts the image's frames in front of them for each forward. ``noise_level=0`` (schedule "sqrt")
     is the deterministic Euler ODE sampler (its log-probs are meaningless), the pipeline's own.
     Latents that step with the video (LTX-2's audio) take the deterministic Euler step always.
 
@@ -413,6 +419,7 @@ def sample_with_log_probs(
     dtype = pipe.transformer.dtype
     guidance = family.guidance(config) if guidance is None else guidance
     latents, side = family.initial_latents(pipe, config, generators)
+    latents = latents[:, :, fixed_frames(cond):]  # the frames an image fixes are not sampled
     shape = tuple(latents.shape[1:])
 
     def noise() -> Any:
@@ -450,8 +457,22 @@ def sample_with_log_probs(
 # ---------------------------------------------------------------------------------------
 # Generation (Best-of-N)
 # ---------------------------------------------------------------------------------------
-def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
-    """One video per (prompt, seed), as the model's pipeline makes it (with its audio, if any).
+def encode_conditioning(pipe: Any, family: Any, prompts: Sequence[str], images: Sequence[Any] | None, config: GeneratorConfig,
+                        guidance: dict[str, Any]) -> tuple[Conditioning, Conditioning | None]:
+    """The conditioning of ``prompts`` (and, for image-to-video, of their ``images``: one
+    :class:`~cac_align.run.input_files.PromptImage` per prompt, or None) and the negative
+    prompt's, as the family's pipeline encodes them; the images' tensors join the prompts'
+    (the negative conditioning holds the negative prompt only: the image is the same for both)."""
+    cond, negative = family.encode_prompts(pipe, prompts, config.negative_prompt, guidance, config.max_sequence_length)
+    if images is not None and any(image is not None for image in images):
+        cond = cond.join(family.encode_images(pipe, config, list(images)))
+    return cond, negative
+
+
+def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Generated:
+    """One video per (prompt, seed), as the model's pipeline makes it (with its audio, if any);
+    with ``images`` (one :class:`~cac_align.run.input_files.PromptImage` per prompt), as its
+    image-to-video pipeline animates them.
 
     Each video gets its own ``torch.Generator`` seeded with its seed, so a video depends only on
     its prompt and seed, not on which batch it was drawn in (up to float rounding: across batch
@@ -459,6 +480,8 @@ def generate_videos(pipe: Any, config: GeneratorConfig, prompts: Sequence[str], 
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if images is not None and any(image is not None for image in images):
+        return config.family.generate(pipe, config, prompts, seeds, images=list(images))
     return config.family.generate(pipe, config, prompts, seeds)
 
 
@@ -466,8 +489,9 @@ class VideoGenerator(Protocol):
     """What Best-of-N asks of a generator: a diffusers pipeline (:class:`PipelineGenerator`) and
     the planted-anomaly renderer (:class:`~cac_align.gen.synthetic.SyntheticGenerator`) both give it."""
 
-    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
-        """One video per (prompt, seed): :class:`Generated` (uint8 ``(B, F, H, W, 3)``, audio)."""
+    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Generated:
+        """One video per (prompt, seed): :class:`Generated` (uint8 ``(B, F, H, W, 3)``, audio);
+        ``images``: one :class:`~cac_align.run.input_files.PromptImage` per prompt to animate."""
         ...
 
     def on_gpu(self) -> bool:
@@ -489,8 +513,8 @@ class PipelineGenerator:
     def __init__(self, pipe: Any):
         self.pipe = pipe
 
-    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int]) -> Generated:
-        return generate_videos(self.pipe, config, prompts, seeds)
+    def generate(self, config: GeneratorConfig, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Generated:
+        return generate_videos(self.pipe, config, prompts, seeds, images)
 
     def on_gpu(self) -> bool:
         return str(self.pipe.device).startswith("cuda")

@@ -62,9 +62,11 @@ class SyntheticGenerator:
         return np.stack([render(self.spec(p, s))[0] for p, s in zip(prompts, seeds)])
 
     # the rest of the VideoGenerator protocol (cac_align.gen.generator): it renders on the CPU
-    def generate(self, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+    def generate(self, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
         from cac_align.gen.family import Generated
 
+        if images is not None and any(image is not None for image in images):
+            raise ValueError("the synthetic generator renders from text alone: it animates no image")
         return Generated(self(prompts, seeds))
 
     def on_gpu(self) -> bool:

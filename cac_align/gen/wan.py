@@ -97,6 +97,9 @@ class WanFamily:
     # _no_split_modules), the text encoder that leaves the device once the prompts are encoded
     block_classes: tuple[str, ...] = ("WanTransformerBlock",)
     encoder_components: tuple[str, ...] = ("text_encoder",)
+    # image-to-video (cac_align.gen.family): "none", "optional" (the TI2V-5B), "required" (WanImageToVideoPipeline's models)
+    image_input: str = "none"
+    last_image: bool = False
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
@@ -142,6 +145,20 @@ class WanFamily:
         embeds, negative = encode_prompts(pipe, prompts, negative_prompt, guidance["guidance_scale"], max_sequence_length)
         return Conditioning(embeds=embeds), (Conditioning(embeds=negative) if negative is not None else None)
 
+    def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
+        """Each image's conditioning as ``WanImageToVideoPipeline`` builds it (diffusers 0.42.1
+        ``pipeline_wan_i2v.py``, ``prepare_latents`` and ``encode_image``): the image resized to
+        ``config``'s height x width by the pipeline's ``video_processor.preprocess`` (a plain
+        resize, no crop), encoded by the VAE (the mode) and normalized. With ``expand_timesteps``
+        (the TI2V-5B) that latent frame is ``fixed``; otherwise the ``condition`` channels are the
+        frame mask (1 on the given first, and last, frame) and the latents of the image followed by
+        black frames (and the last image), and a CLIP image encoder, where the pipeline has one,
+        gives ``image_embeds``."""
+        from cac_align.gen.family import Conditioning
+
+        rows = [wan_image_conditioning(pipe, config, image, expand_timesteps=self.expand_timesteps) for image in images]
+        return Conditioning.stack(rows)
+
     def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
         from cac_align.gen.generator import scheduler_shift
         from cac_align.gen.sde import flow_sigmas
@@ -169,7 +186,11 @@ class WanFamily:
     def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
         return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial, tuple(pipe.transformer.config.patch_size)
 
-    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
+        """``WanPipeline``'s videos, one generator per (prompt, seed); with ``images``,
+        ``WanImageToVideoPipeline``'s (the same components: ``from_pipe``), one call per run of
+        rows that share an image."""
+        import numpy as np
         import torch
 
         from cac_align.gen.family import Generated
@@ -178,6 +199,24 @@ class WanFamily:
         device = pipe._execution_device
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
         negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
+        if images is not None:
+            from diffusers import WanImageToVideoPipeline
+            from diffusers.utils import load_image
+
+            animate = pipe if isinstance(pipe, WanImageToVideoPipeline) else WanImageToVideoPipeline.from_pipe(pipe)
+            animate.set_progress_bar_config(disable=True)
+            videos = []
+            for lo, hi in _runs(images):
+                image = images[lo]
+                output = animate(
+                    image=load_image(image.image), last_image=load_image(image.last_image) if image.last_image else None,
+                    prompt=list(prompts[lo:hi]), negative_prompt=[negative] * (hi - lo) if config.guidance_scale > 1.0 else None,
+                    height=config.height, width=config.width, num_frames=config.num_frames, num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale, **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
+                    generator=generators[lo:hi], output_type="np", max_sequence_length=config.max_sequence_length,
+                )
+                videos.append(frames_to_uint8(output.frames))
+            return Generated(np.concatenate(videos))
         output = pipe(
             prompt=list(prompts),
             negative_prompt=[negative] * len(prompts) if config.guidance_scale > 1.0 else None,
@@ -194,12 +233,22 @@ class WanFamily:
         return Generated(frames_to_uint8(output.frames))  # (B, F, H, W, 3) in [0, 1]
 
 
+def _runs(images: Sequence[Any]) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each run of consecutive rows that share an image (one pipeline call each)."""
+    runs, lo = [], 0
+    for i in range(1, len(images) + 1):
+        if i == len(images) or images[i] != images[lo]:
+            runs.append((lo, i))
+            lo = i
+    return runs
+
+
 _SHARED = {"flow_shift": None, "max_sequence_length": 512}  # Wan: 512 text tokens (UMT5)
 
 WAN21 = WanFamily("wan2.1", "Wan-2.1", 1, 16, False, {
     **_SHARED, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0, "num_inference_steps": 50, "guidance_scale": 5.0,
 }, tiny_names=(TINY_WAN,), hub_ids=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"))
-WAN22_TI2V = WanFamily("wan2.2-ti2v", "Wan2.2-TI2V-5B", 1, 32, True, {
+WAN22_TI2V = WanFamily("wan2.2-ti2v", "Wan2.2-TI2V-5B", 1, 32, True, image_input="optional", defaults={
     # wan_ti2v_5B.py: sample_fps 24, frame_num 121, sample_steps 50, sample_guide_scale 5.0,
     # sample_shift 5.0; its only sizes are 1280 x 704 and 704 x 1280
     **_SHARED, "height": 704, "width": 1280, "num_frames": 121, "fps": 24.0, "num_inference_steps": 50, "guidance_scale": 5.0,
@@ -277,6 +326,46 @@ def encode_prompts(pipe: Any, prompts: Sequence[str], negative_prompt: str | Non
         )
     dtype = pipe.transformer.dtype
     return embeds.to(dtype), (negative_embeds.to(dtype) if negative_embeds is not None else None)
+
+
+def wan_image_conditioning(pipe: Any, config: Any, image: Any, *, expand_timesteps: bool) -> dict[str, Any]:
+    """One :class:`~cac_align.run.input_files.PromptImage`'s conditioning tensors (no batch
+    dimension) as ``WanImageToVideoPipeline`` builds them (:meth:`WanFamily.encode_images`)."""
+    import torch
+    from diffusers.utils import load_image
+
+    device = pipe._execution_device
+    height, width, frames = config.height, config.width, config.num_frames
+    first = load_image(image.image)
+    last = load_image(image.last_image) if image.last_image else None
+    vae = pipe.vae
+    with torch.no_grad():
+        pixels = pipe.video_processor.preprocess(first, height=height, width=width).to(device, torch.float32).unsqueeze(2)
+        if expand_timesteps:
+            video = pixels
+        else:
+            tail = [pipe.video_processor.preprocess(last, height=height, width=width).to(device, torch.float32).unsqueeze(2)] if last else []
+            video = torch.cat([pixels, pixels.new_zeros(1, 3, frames - 1 - len(tail), height, width), *tail], dim=2)
+        z = vae.encode(video.to(next(vae.parameters()).device, vae.dtype)).latent_dist.mode().to(device, torch.float32)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+        z = (z - mean) * inv_std
+        if expand_timesteps:
+            return {"fixed": z[0]}
+        temporal = pipe.vae_scale_factor_temporal
+        rows, columns = z.shape[3], z.shape[4]
+        mask = torch.zeros(1, 1, frames, rows, columns, device=device)
+        mask[:, :, 0] = 1
+        if last is not None:
+            mask[:, :, -1] = 1
+        # the first pixel frame's mask repeated over the first latent frame's ``temporal`` slots
+        mask = torch.cat([mask[:, :, :1].repeat_interleave(temporal, dim=2), mask[:, :, 1:]], dim=2)
+        mask = mask.view(1, -1, temporal, rows, columns).transpose(1, 2)
+        out = {"condition": torch.cat([mask, z], dim=1)[0]}
+        encoder = getattr(pipe, "image_encoder", None)
+        if encoder is not None and pipe.transformer.config.image_dim is not None:
+            out["image_embeds"] = pipe.encode_image(first, device)[0].float()
+    return out
 
 
 def decode_latents(pipe: Any, latents: Any) -> Any:

@@ -1,4 +1,5 @@
-"""What jobs read: videos (a file, a folder, a JSONL manifest) with their prompts, and prompt files.
+"""What jobs read: videos (a file, a folder, a JSONL manifest) with their prompts, and prompt files
+(text, or JSONL whose lines may give an image to animate: :func:`read_prompt_rows`).
 
 Shared by the jobs (``score``, ``bon``, ``flow-grpo``, ``eval vbench``, ``eval expert``) so that
 no job imports another. Bad input raises :class:`~cac_align.config.RecipeError` naming the file
@@ -7,14 +8,16 @@ and the line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from cac_align.config import RecipeError, relative_path_hint
 
-__all__ = ["VIDEO_SUFFIXES", "collect_inputs", "not_videos", "read_prompts", "slug"]
+__all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "collect_inputs", "not_videos", "read_prompt_rows", "read_prompts", "slug"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
@@ -69,31 +72,114 @@ def not_videos(videos: str) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in VIDEO_SUFFIXES)
 
 
+@dataclass(frozen=True)
+class PromptImage:
+    """The image(s) a prompt animates (image-to-video): the first frame, and the last one where
+    the model takes one (Wan's first-last-frame mode). Absolute paths, checked readable.
+
+    Attributes:
+        image: the first frame's file.
+        last_image: the last frame's file, or None.
+        sha256: the files' content hash (a run's fingerprint: a changed image is another run).
+    """
+
+    image: str
+    last_image: str | None = None
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One line of a prompt file: the prompt and, for image-to-video, its :class:`PromptImage`."""
+
+    prompt: str
+    image: PromptImage | None = None
+
+
+_ROW_KEYS = ("prompt", "image", "last_image")
+
+
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts from a text file (one per line) or JSONL ({"prompt": ...} per line).
 
-    Blank lines are skipped; duplicate prompts are kept (they are told apart by index).
+    Blank lines are skipped; duplicate prompts are kept (they are told apart by index). A line
+    that gives an image is refused here (one line naming it): a job that animates images reads
+    :func:`read_prompt_rows`.
+    """
+    rows = read_prompt_rows(path)
+    for number, row in enumerate(rows, start=1):
+        if row.image is not None:
+            raise RecipeError(f"{path}: prompt {number} gives an image ({row.image.image}), and this job reads text prompts only")
+    return [row.prompt for row in rows]
+
+
+def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
+    """The prompts of a text file (one per line) or of a JSONL file, each line an object with a
+    ``"prompt"`` and, for image-to-video, an ``"image"`` (the first frame) and optionally a
+    ``"last_image"`` (paths relative to the JSONL file's folder, or absolute).
+
+    Every image is opened here, so a missing or unreadable one is an error naming its line before
+    any model loads. Blank lines are skipped; duplicates are kept (told apart by index).
+
+    Raises:
+        RecipeError: no such file; a line that is not such an object, or has a key other than
+            those three; an image that cannot be read; a ``last_image`` without an ``image``.
     """
     source = Path(path)
     if not source.is_file():
         raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
-    prompts: list[str] = []
+    rows: list[PromptRow] = []
     for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        if source.suffix == ".jsonl":
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc})") from None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise RecipeError(f"{source}: line {number}: 'prompt' must be a non-empty string")
-            prompts.append(prompt.strip())
-        else:
-            prompts.append(line.strip())
-    if not prompts:
+        if source.suffix != ".jsonl":
+            rows.append(PromptRow(line.strip()))
+            continue
+        try:
+            row = json.loads(line)
+            prompt = row["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc})") from None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RecipeError(f"{source}: line {number}: 'prompt' must be a non-empty string")
+        unknown = sorted(set(row) - set(_ROW_KEYS))
+        if unknown:
+            raise RecipeError(f"{source}: line {number}: unknown key {unknown[0]!r}; a prompt line has {', '.join(map(repr, _ROW_KEYS))}")
+        image = _row_image(row, source, number)
+        rows.append(PromptRow(prompt.strip(), image))
+    if not rows:
         raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
-    return prompts
+    return rows
+
+
+def _row_image(row: dict, source: Path, number: int) -> PromptImage | None:
+    if row.get("image") is None:
+        if row.get("last_image") is not None:
+            raise RecipeError(f"{source}: line {number}: a 'last_image' needs an 'image' (the first frame)")
+        return None
+    paths = {key: _image_path(row[key], key, source, number) for key in ("image", "last_image") if row.get(key) is not None}
+    digest = hashlib.sha256()
+    for key, file in paths.items():
+        digest.update(key.encode() + b"\0" + file.read_bytes())
+    return PromptImage(str(paths["image"]), str(paths["last_image"]) if "last_image" in paths else None, digest.hexdigest())
+
+
+def _image_path(value: object, key: str, source: Path, number: int) -> Path:
+    """``value`` (a line's ``image`` or ``last_image``) as an absolute path to a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str) or not value.strip():
+        raise RecipeError(f"{source}: line {number}: {key!r} must be a path to an image file, got {value!r}")
+    file = Path(value).expanduser()
+    file = (file if file.is_absolute() else source.parent / file).resolve()
+    if not file.is_file():
+        raise RecipeError(f"{source}: line {number}: {key} {value!r}: no such file ({file})")
+    try:
+        with Image.open(file) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise RecipeError(f"{source}: line {number}: {key} {value!r} cannot be read as an image ({exc})") from None
+    return file
 
 
 def slug(text: str, max_len: int = 60) -> str:
