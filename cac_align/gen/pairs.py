@@ -56,6 +56,8 @@ class Pair:
         dilate, context_s: how that repair widened them (its manifest's settings).
         scores: ``(winner, loser)`` the judge's scores.
         frames, height, width, fps: the videos' geometry (both the same).
+        image: the image both videos animate (a Best-of-N run of an image-to-video model:
+            :class:`~cac_align.run.input_files.PromptImage`, the run folder's copy), or None.
     """
 
     prompt: str
@@ -71,6 +73,7 @@ class Pair:
     height: int
     width: int
     fps: float
+    image: Any = None
 
 
 @dataclass
@@ -91,8 +94,10 @@ class PairSet:
     def sha256(self) -> str:
         # files by name, size and the judge's scores: a run folder rewritten with other videos under
         # the same names is other pairs (a training run's latent cache would not match them)
+        # an image-to-video pair's image by content (added only then: text-to-video pair sets keep their digest)
         listed = [(p.prompt, p.winner, p.loser, Path(p.winner).stat().st_size, Path(p.loser).stat().st_size, p.scores, p.source,
-                   None if p.evidence is None else repr(p.evidence), p.dilate, p.context_s) for p in self.pairs]
+                   None if p.evidence is None else repr(p.evidence), p.dilate, p.context_s, *([p.image.sha256] if p.image else []))
+                  for p in self.pairs]
         return hashlib.sha256(json.dumps(listed).encode("utf-8")).hexdigest()
 
     def summary(self) -> str:
@@ -214,9 +219,30 @@ def _bon_pairs(folder: Path, skipped: Counter, multiple: tuple[int, int]) -> lis
         if unfit:
             skipped[f"bon: {unfit.split(':')[0]}"] += 1
             continue
+        image = _pair_image(folder, best[1], worst[1], where)
         pairs.append(Pair(str(best[1]["prompt"]), str(winner), str(loser), "bon", where, None, 0.0, 0.0,
-                          (float(best[1]["score"]), float(worst[1]["score"])), *w))
+                          (float(best[1]["score"]), float(worst[1]["score"])), *w, image=image))
     return pairs
+
+
+def _pair_image(folder: Path, best: dict, worst: dict, where: str) -> Any:
+    """The image a Best-of-N pair's two candidates animate (their rows' ``image`` and
+    ``last_image``: the run folder's copies), the same for both, or None for text-to-video."""
+    from cac_align.run.input_files import PromptImage
+
+    keys = ("image", "last_image")
+    if any(best.get(k) != worst.get(k) for k in keys):
+        raise PairError(f"{where}: the two candidates of one prompt animate different images ({best.get('image')} vs {worst.get('image')})")
+    if not best.get("image"):
+        return None
+    files = {k: _resolve(best[k], folder, None) for k in keys if best.get(k)}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise PairError(f"{where}: the image its candidates animate is gone ({missing[0]})")
+    digest = hashlib.sha256()
+    for key, file in files.items():
+        digest.update(key.encode() + b"\0" + file.read_bytes())
+    return PromptImage(str(files["image"]), str(files["last_image"]) if "last_image" in files else None, digest.hexdigest())
 
 
 def read_pairs(sources: Sequence[str], spatial_multiple: int = 16, frame_multiple: int = 4) -> PairSet:

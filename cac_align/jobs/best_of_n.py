@@ -58,7 +58,7 @@ from omegaconf import MISSING
 from cac_align.gen.synthetic import PREFIX as SYNTHETIC_PREFIX
 from cac_align.gen.synthetic import bon_anomaly_rates, load_synthetic_generator
 from cac_align.gen.generator import GeneratorConfig
-from cac_align.run.input_files import read_prompts, slug
+from cac_align.run.input_files import PromptImage, read_prompt_rows, read_prompts, slug
 from cac_align.run.folder import read_jsonl_log, run_fingerprint, write_text_atomic
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
@@ -80,7 +80,8 @@ class BonConfig:
     Attributes:
         out_dir: the run folder (see the module docstring).
         prompts: a text file (one prompt per line; blank lines skipped) or a JSONL file with a
-            "prompt" per line.
+            "prompt" per line and, for an image-to-video model, its "image" (the first frame;
+            a path relative to the file) and optionally "last_image".
         n: candidates per prompt (CaC §4.2: 5).
         seed: base seed; candidate ``c`` of prompt ``i`` uses ``seed + i * n + c``.
         batch_size: candidates per pipeline call.
@@ -144,7 +145,22 @@ def frames_sha256(frames: np.ndarray) -> str:
 BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md", "anomaly_rates.json")
 
 
-def _run_folder(config: BonConfig, prompts: list[str]) -> Any:
+def _check_images(config: BonConfig, images: list[PromptImage | None]) -> None:
+    """Before any model loads: the prompts' images fit the generator (an image for a text-only
+    model, text alone for an image-to-video model: one line each; the synthetic stand-in renders
+    from text alone)."""
+    from cac_align.config import RecipeError
+    from cac_align.gen.family import check_prompt_images
+
+    if config.generator.is_synthetic:
+        if any(image is not None for image in images):
+            raise RecipeError(f"{config.prompts}: the prompts give images, and the synthetic generator ({config.generator.name}) renders from "
+                              "text alone; name an image-to-video model in generator.name or drop the images")
+        return
+    check_prompt_images(config.generator.family, images, config.prompts)
+
+
+def _run_folder(config: BonConfig, prompts: list[str], images: list[PromptImage | None] | None = None) -> Any:
     """The run folder (:class:`~cac_align.run.folder.RunFolder`): refuses another job's folder, a run
     of another config (unless ``overwrite``) and files of the user's where outputs go."""
     from omegaconf import OmegaConf
@@ -153,8 +169,26 @@ def _run_folder(config: BonConfig, prompts: list[str]) -> Any:
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     return RunFolder(
-        config.out_dir, "bon", BON_OUTPUTS, run_fingerprint(config, prompts, _RUN_ONLY_KEYS), resolved, overwrite=config.overwrite
+        config.out_dir, "bon", BON_OUTPUTS, run_fingerprint(config, prompts, _RUN_ONLY_KEYS, images), resolved, overwrite=config.overwrite
     )
+
+
+def _copy_images(folder: Path, stem: str, image: PromptImage | None) -> dict[str, Path]:
+    """The prompt's source image (and last frame) copied into ``folder`` as ``<stem>_image.<ext>``
+    (``<stem>_last_image.<ext>``), once; ``{"image": path, ...}`` (empty without an image)."""
+    if image is None:
+        return {}
+    sources = {"image": image.image, "last_image": image.last_image}
+    return {key: _copy_once(Path(source), folder / f"{stem}_{key}{Path(source).suffix.lower()}") for key, source in sources.items() if source}
+
+
+def _copy_once(source: Path, target: Path) -> Path:
+    """``source`` copied to ``target`` atomically, unless it is there already; ``target``."""
+    if not target.exists():
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    return target
 
 
 def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
@@ -194,10 +228,13 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     from cac_align.video import Video, load_video, save_video, save_wav
     from cac_align.vlm.openai import ServerDown
 
-    # 1. setup: prompts, run folder (resume or refuse), models
-    prompts = read_prompts(config.prompts)
+    # 1. setup: prompts (and the images they animate, checked against the model), run folder
+    #    (resume or refuse), models
+    prompt_rows = read_prompt_rows(config.prompts)
+    prompts, images = [row.prompt for row in prompt_rows], [row.image for row in prompt_rows]
+    _check_images(config, images)
     out = Path(config.out_dir)
-    run_folder = _run_folder(config, prompts)
+    run_folder = _run_folder(config, prompts, images)
     manifest = out / "candidates.jsonl"
     done = _finished_prompts(manifest, config.n) if run_folder.resuming else {}
     todo = [i for i in range(len(prompts)) if i not in done]
@@ -221,9 +258,10 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     bar = tqdm(total=len(todo) * config.n, desc="best-of-n candidates", unit="video")
     unscored: list[tuple[int, str]] = []
     for i in todo:
-        prompt = prompts[i]
+        prompt, image = prompts[i], images[i]
         seeds = [candidate_seed(config.seed, i, c, config.n) for c in range(config.n)]
         paths = [out / "candidates" / f"p{i:05d}_c{c:02d}.mp4" for c in range(config.n)]
+        sources = _copy_images(out / "candidates", f"p{i:05d}", image)  # the candidates sit beside the image they animate
         # 2. generate what is missing, a batch at a time: the hash of its exact frames (before
         #    H.264 compression) first, then the mp4, each landing atomically; a candidate is
         #    there only with both (a kill between them regenerates it, from its recorded seed)
@@ -231,7 +269,8 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
         bar.update(config.n - len(missing))
         for start in range(0, len(missing), config.batch_size):
             batch = missing[start : start + config.batch_size]
-            generated = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch])
+            generated = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch],
+                                           None if image is None else [image] * len(batch))
             for k, (c, video) in enumerate(zip(batch, generated.frames)):
                 write_text_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
                 audio = None if generated.audio is None else generated.audio[k]  # an LTX-2 candidate's soundtrack
@@ -270,6 +309,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
                     "candidate": c,
                     "seed": seeds[c],
                     "video": str(paths[c].relative_to(out)),
+                    **{key: str(path.relative_to(out)) for key, path in sources.items()},
                     "frames_sha256": hashes.get(c),
                     "reward": output.name,
                     "score": float(output.scores[c]) if output.valid[c] else None,
@@ -289,7 +329,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
             handle.flush()
             os.fsync(handle.fileno())
         done[i] = rows
-        _copy_chosen(out, i, prompt, paths[best])
+        _copy_chosen(out, i, prompt, paths[best], sources)
         score = "none valid" if rule == "fallback" else f"{output.scores[best]:.4f}"
         log.info("prompt %d: best candidate %d (%s) of %d: %s", i, best, output.name, config.n, score)
         tqdm.write(f"prompt {i}: chose candidate {best} ({rule}), {output.name} = {score}")
@@ -313,6 +353,8 @@ _TEMPORARIES = (
     ("candidates", re.compile(r"p\d{5}_c\d{2}\.sha256\.tmp")),
     ("candidates", re.compile(r"\.p\d{5}_c\d{2}\.wav\.tmp")),
     ("chosen", re.compile(r"\d{5}_.*\.tmp\.(mp4|wav)")),
+    ("candidates", re.compile(r"p\d{5}_(last_)?image\..+\.tmp")),  # a source image's copy
+    ("chosen", re.compile(r"\d{5}_.*_(last_)?image\..+\.tmp")),
 )
 
 
@@ -334,9 +376,12 @@ def _chosen_name(i: int, prompt: str) -> str:
     return f"{i:05d}_{slug(prompt)}.mp4"
 
 
-def _copy_chosen(out: Path, i: int, prompt: str, source: Path) -> None:
-    """The chosen candidate's mp4 (and its soundtrack's WAV, if it has one) in ``chosen/``."""
+def _copy_chosen(out: Path, i: int, prompt: str, source: Path, images: dict[str, Path] | None = None) -> None:
+    """The chosen candidate's mp4 (and its soundtrack's WAV, if it has one) in ``chosen/``, with
+    the image it animates beside it (``<name>_image.<ext>``)."""
     target = out / "chosen" / _chosen_name(i, prompt)
+    for key, image in (images or {}).items():
+        _copy_once(image, out / "chosen" / f"{target.stem}_{key}{image.suffix}")
     if source.with_suffix(".wav").exists() and not target.with_suffix(".wav").exists():
         tmp = target.with_suffix(".tmp.wav")
         shutil.copyfile(source.with_suffix(".wav"), tmp)
@@ -348,13 +393,19 @@ def _copy_chosen(out: Path, i: int, prompt: str, source: Path) -> None:
     tmp.replace(target)
 
 
+def _chosen_images(out: Path, i: int, prompt: str, row: dict) -> dict[str, str]:
+    """The chosen video's copies of its source images, by key, relative to ``chosen/``."""
+    stem = Path(_chosen_name(i, prompt)).stem
+    return {key: f"{stem}_{key}{Path(row[key]).suffix}" for key in ("image", "last_image") if row.get(key)}
+
+
 def _write_chosen_index(out: Path, prompts: list[str], done: dict[int, list[dict]]) -> None:
     lines = []
     for i in sorted(done):
         chosen = next(r for r in done[i] if r["chosen"])
         lines.append(
             json.dumps(
-                {"video": _chosen_name(i, prompts[i]), "prompt": prompts[i], "prompt_index": i,
+                {"video": _chosen_name(i, prompts[i]), **_chosen_images(out, i, prompts[i], chosen), "prompt": prompts[i], "prompt_index": i,
                  "candidate": chosen["candidate"], "seed": chosen["seed"], "score": chosen["score"], "chosen_by": chosen["chosen_by"]},
                 ensure_ascii=False,
             )
@@ -367,10 +418,10 @@ def _write_results(config: BonConfig, out: Path, prompts: list[str], done: dict[
     candidates (whose ground truth is known), ``anomaly_rates.json``; returns the summary."""
     for i, rows in done.items():
         chosen = next(r for r in rows if r["chosen"])
-        _copy_chosen(out, i, prompts[i], out / chosen["video"])
+        _copy_chosen(out, i, prompts[i], out / chosen["video"], {key: out / chosen[key] for key in ("image", "last_image") if chosen.get(key)})
     _write_chosen_index(out, prompts, done)
     summary = _summarize(done)
-    _write_summary(out, summary)
+    _write_summary(out, summary, _animated(out, prompts, done))
     if config.generator.name.startswith(SYNTHETIC_PREFIX):
         truth = load_synthetic_generator(config.generator.name, config.generator.anomaly_probability)
         write_text_atomic(out / "anomaly_rates.json", json.dumps(bon_anomaly_rates(out, truth), indent=1) + "\n")
@@ -404,7 +455,25 @@ def _summarize(done: dict[int, list[dict]]) -> dict:
     }
 
 
-def _write_summary(out: Path, summary: dict) -> None:
+def _animated(out: Path, prompts: list[str], done: dict[int, list[dict]]) -> list[str]:
+    """summary.md's rows for image-to-video: each prompt's source image beside its chosen video
+    (paths relative to the run folder); [] when no prompt gave an image."""
+    lines = []
+    for i in sorted(done):
+        chosen = next(r for r in done[i] if r["chosen"])
+        images = _chosen_images(out, i, prompts[i], chosen)
+        if not images:
+            continue
+        shown = " ".join(f"![{key}](chosen/{name})" for key, name in images.items())
+        score = "-" if chosen["score"] is None else f"{chosen['score']:.4f}"
+        lines.append(f"| {i} | {shown} | [{_chosen_name(i, prompts[i])}](chosen/{_chosen_name(i, prompts[i])}) | {score} | {prompts[i]} |")
+    if not lines:
+        return []
+    return ["", "## The animated images and the chosen videos", "", "| prompt | image | chosen video | score | text |", "| --- | --- | --- | --- | --- |",
+            *lines]
+
+
+def _write_summary(out: Path, summary: dict, animated: list[str] | None = None) -> None:
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     lines = [
         "# Best-of-N summary",
@@ -418,5 +487,5 @@ def _write_summary(out: Path, summary: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, row in summary.get("rewards", {}).items():
         lines.append(f"| {name} | {fmt(row['chosen_mean'])} | {fmt(row['all_mean'])} |")
-    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "summary.md", "\n".join(lines + list(animated or [])) + "\n")
 

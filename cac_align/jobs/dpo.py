@@ -16,7 +16,10 @@ those pairs (and, globally, from Best-of-N's best and worst candidates), with Lo
    channels, 16x; LTX-2's: 128 channels, 32x and 8x in time), its prompt by the model's text
    encoder (UMT5; LTX-2: Gemma-3 and its connectors), and a repair pair's mask pooled onto that
    latent grid, into ``latents/pair_NNNNN.safetensors`` (split over the processes; a resumed run
-   reuses them);
+   reuses them). A Best-of-N pair of an image-to-video model keeps the image both candidates
+   animate: it is encoded as the model's pipeline conditions on it (fitted to the pair's frames),
+   and the latent frames it fixes (the TI2V-5B's and LTX-2's first) are the image's in the cache,
+   not the pair's, so neither member is noised or scored on them (docs/dpo.md, "Image-to-video");
 3. **train**: each step takes ``pairs_per_step`` pairs (seeded epochs over the pairs, every pair
    once per epoch), split evenly over the processes and into micro-batches of ``batch_size``. Each
    pair's winner and loser are noised with one noise and one noise level (seeded by the run's seed,
@@ -60,7 +63,8 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
-from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, video_velocity
+from cac_align.gen.family import check_prompt_images, fixed_frames
+from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, encode_conditioning, video_velocity
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory
@@ -262,7 +266,13 @@ def encode_pair(pipe: Any, family: Any, pair: Any, generator: GeneratorConfig, e
     mask = latent_mask(pair, temporal, spatial)
     if mask is not None and tuple(mask.shape) != tuple(winner.shape[1:]):
         raise PairError(f"{pair.where}: its mask on the latent grid is {tuple(mask.shape)}, its latents {tuple(winner.shape[1:])}")
-    cond, _ = family.encode_prompts(pipe, [pair.prompt], None, family.guidance(generator, guided=False, fps=pair.fps), generator.max_sequence_length)
+    guidance = family.guidance(generator, guided=False, fps=pair.fps)
+    # the image a pair animates, fitted to the pair's own frames as the pipeline fits it
+    fitted = generator if pair.image is None else dataclasses.replace(generator, height=pair.height, width=pair.width, num_frames=pair.frames)
+    cond, _ = encode_conditioning(pipe, family, [pair.prompt], [pair.image], fitted, guidance)
+    fixed = fixed_frames(cond)  # the frames an image fixes are the image's, not the policy's: neither member trains on them
+    winner, loser = winner[:, fixed:], loser[:, fixed:]
+    mask = None if mask is None else mask[fixed:]
     tensors = {"winner": winner.float().contiguous(), "loser": loser.float().contiguous(),
                "mask": torch.zeros(winner.shape[1:]) if mask is None else torch.as_tensor(mask).float()}
     row = cond.row(0)
@@ -293,6 +303,12 @@ class _Trainer:
         shapes = sorted({(p.frames, p.height, p.width, round(p.fps, 3)) for p in self.pairs.pairs})
         if len(shapes) > 1:
             raise RecipeError(f"pairs: videos of several shapes {shapes} (frames, height, width, fps); train on one shape per run")
+        # image-to-video pairs keep their image: they train an image-to-video model, text-only pairs a text one
+        check_prompt_images(self.family, [p.image for p in self.pairs.pairs], f"pairs {list(config.pairs)}")
+        if config.parallel.context_parallel > 1 and any(p.image for p in self.pairs.pairs):
+            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video is not split over a context-parallel "
+                              "group (an image's frame keeps its own timestep, which the split plans do not carry); shard with "
+                              "parallel.shard=fsdp2 and context_parallel=1")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
@@ -322,7 +338,9 @@ class _Trainer:
             (self.out / "latents").mkdir(exist_ok=True)
             write_text_atomic(self.out / "pairs.json", json.dumps({
                 "pairs": [{"index": i, "prompt": p.prompt, "winner": p.winner, "loser": p.loser, "source": p.source, "row": p.where,
-                           "scores": list(p.scores), "masked": p.evidence is not None} for i, p in enumerate(self.pairs.pairs)],
+                           "scores": list(p.scores), "masked": p.evidence is not None,
+                           **({"image": p.image.image, "last_image": p.image.last_image} if p.image else {})}
+                          for i, p in enumerate(self.pairs.pairs)],
                 "skipped": self.pairs.skipped}, indent=1) + "\n")
             log.info("dpo: %s", self.pairs.summary())
         acc.wait_for_everyone()

@@ -71,10 +71,11 @@ from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disable
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory, guided_rows
 from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for, layout_state
-from cac_align.gen.generator import GeneratorConfig, build_generator, sample_with_log_probs, video_velocity
+from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
+from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, sample_with_log_probs, video_velocity
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
-from cac_align.run.input_files import read_prompts, slug
+from cac_align.run.input_files import read_prompt_rows, slug
 from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl import group_advantages, nan_mean_std, shuffle_within_groups
@@ -135,8 +136,11 @@ class FlowGrpoConfig:
 
     Attributes:
         out_dir: the run folder (module docstring).
-        prompts: training prompts, a text file (one per line) or JSONL with "prompt".
-        eval_prompts: held-out prompts for periodic ODE evaluation (None: no evaluation).
+        prompts: training prompts, a text file (one per line) or JSONL with "prompt" and, for an
+            image-to-video model, "image" (and "last_image"): each group's videos animate its
+            prompt's image (docs/flow_grpo.md, "Image-to-video").
+        eval_prompts: held-out prompts for periodic ODE evaluation (None: no evaluation), in the
+            same form.
         generator: the generator (any family: Wan-2.1, Wan2.2, LTX-2) and its sampling settings
             (steps, resolution, frames, guidance).
         reward: the reward section (``ur_cac`` by default; ``unified_reward`` for the UR-only row).
@@ -355,14 +359,14 @@ FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "met
 LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
 
-def _run_folder(config: FlowGrpoConfig, prompts: list[str]) -> RunFolder:
+def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | None = None) -> RunFolder:
     """The run folder (:class:`~cac_align.run.folder.RunFolder`), checked on every process: another
     job's folder, another config without ``overwrite`` and files of the user's where outputs go
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
 
 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-    fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS)
+    fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS, images)
     advantage = fingerprint.get("advantage", {})
     if advantage.get("shuffle_scores") is False:  # added later: at its default, a run folder of before it still matches
         advantage.pop("shuffle_scores")
@@ -459,8 +463,17 @@ class _Trainer:
     def setup(self) -> None:
         config = self.config
         self.out = Path(config.out_dir)
-        self.prompts = read_prompts(config.prompts)
-        self.eval_prompts = read_prompts(config.eval_prompts) if config.eval_prompts else []
+        # the prompts and, for image-to-video, the images they animate: checked against the model now
+        rows = read_prompt_rows(config.prompts)
+        self.prompts, self.images = [r.prompt for r in rows], [r.image for r in rows]
+        check_prompt_images(self.family, self.images, config.prompts)
+        eval_rows = read_prompt_rows(config.eval_prompts) if config.eval_prompts else []
+        self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
+        check_prompt_images(self.family, self.eval_images, config.eval_prompts)
+        if config.parallel.context_parallel > 1 and any(self.images):
+            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video is not split over a context-parallel "
+                              "group (an image's frame keeps its own timestep, which the split plans do not carry); shard with "
+                              "parallel.shard=fsdp2 and context_parallel=1")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
@@ -478,7 +491,7 @@ class _Trainer:
                          config.train_batch_size * guided_rows(self.family.guidance(config.generator)), config.gradient_checkpointing,
                          budget_gib=config.memory_budget_gib, ema=config.ema_decay is not None, device=acc.device,
                          main_process=acc.is_main_process)
-        run_folder = _run_folder(config, self.prompts)
+        run_folder = _run_folder(config, self.prompts, self.images)
         if config.advantage.shuffle_scores and acc.is_main_process:
             log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "
                         "videos, so this LoRA learns nothing from the reward (docs/flow_grpo.md, 'A no-signal control')")
@@ -613,10 +626,11 @@ class _Trainer:
         local = list(plan.local_range)
         groups = [k // G for k in local]  # position of the sample's prompt in this step
         texts = [self.prompts[prompt_ids[g]] for g in groups]
+        images = [self.images[prompt_ids[g]] for g in groups]
 
         # 2. sample with log-probs, batch by batch; each batch goes to the reward pool at once
         start = time.perf_counter()
-        embeds, negative = self._encode(texts)
+        embeds, negative = self._encode(texts, images)
         trajectories, futures = [], []
         for lo in range(0, len(local), config.sample_batch_size):
             hi = min(lo + config.sample_batch_size, len(local))
@@ -663,6 +677,8 @@ class _Trainer:
         credit = hold = None
         if config.advantage.localize.enabled:  # 4b. each sample's evidence as a map over its latent positions
             credit, hold = self._credit(outputs, adv.advantages[local], metrics)
+            fixed = fixed_frames(embeds)  # the maps cover the generated latents only: not the frames an image fixes
+            credit, hold = credit[:, fixed:], (None if hold is None else hold[:, fixed:])
 
         # 5. train: one AdamW update over micro-batches x trained timesteps
         start = time.perf_counter()
@@ -706,12 +722,14 @@ class _Trainer:
             hold = torch.as_tensor(maps.hold, device=acc.device)
         return torch.as_tensor(maps.maps, device=acc.device), hold
 
-    def _encode(self, texts: list[str]) -> tuple[Any, Any]:
-        g = self.config.generator
-        unique = list(dict.fromkeys(texts))
-        with self.layout.encoders_on(self.pipe, self.family):  # sharded: the text encoder comes for the encoding only
-            embeds, negative = self.family.encode_prompts(self.pipe, unique, g.negative_prompt, self.guidance, g.max_sequence_length)
-        index = [unique.index(t) for t in texts]
+    def _encode(self, texts: list[str], images: list[Any]) -> tuple[Any, Any]:
+        """The conditioning of each (prompt, image) row, each distinct one encoded once."""
+        keys = list(zip(texts, images))
+        unique = list(dict.fromkeys(keys))
+        with self.layout.encoders_on(self.pipe, self.family):  # sharded: the text (and image) encoders come for the encoding only
+            embeds, negative = encode_conditioning(self.pipe, self.family, [t for t, _ in unique], [i for _, i in unique], self.config.generator,
+                                                   self.guidance)
+        index = [unique.index(k) for k in keys]
         return embeds[index], (negative[index] if negative is not None else None)
 
     def _sample(self, embeds: torch.Tensor, negative: torch.Tensor | None, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
@@ -732,7 +750,8 @@ class _Trainer:
                 store_device="cpu" if self.config.store_latents_on_cpu else None,
                 positions=self.config.advantage.localize.enabled and noise_level > 0,
             )
-        videos = self.decode(self.pipe, trajectory.latents[:, -1]) if self.layout.leader else None  # the group's leader decodes
+        # the group's leader decodes the whole video: an image's fixed frames in front of the generated ones
+        videos = self.decode(self.pipe, whole_latents(embeds, trajectory.latents[:, -1])) if self.layout.leader else None
         return trajectory, videos
 
     def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
@@ -857,11 +876,12 @@ class _Trainer:
         sampled = mine + [0] * (per_process - len(mine)) if layout.sharded else mine
         if sampled:
             texts = [self.eval_prompts[i] for i in sampled]
+            images = [self.eval_images[i] for i in sampled]
             with _ema_weights(self.unwrapped, self.ema):
                 videos_all, sounds = [], []
                 for lo in range(0, len(sampled), config.sample_batch_size):
                     hi = min(lo + config.sample_batch_size, len(sampled))
-                    embeds, negative = self._encode(texts[lo:hi])
+                    embeds, negative = self._encode(texts[lo:hi], images[lo:hi])
                     # eval: deterministic ODE sampling (noise 0) with fixed seeds
                     trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in sampled[lo:hi]], 0.0)
                     videos_all.append(videos)

@@ -150,16 +150,20 @@ def drop_serving_keys(data: Any) -> Any:
     return data
 
 
-def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str]) -> dict:
+def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence[str], images: Sequence[Any] | None = None) -> dict:
     """What determines a generation run's outputs: :func:`config_fingerprint` less how the
     reward's models are reached (:data:`SERVING_KEYS`: a server's address or timeout changes no
     score), plus a hash of the prompt list itself (the same file path holding other prompts is
-    another run)."""
+    another run) and, for image-to-video, of the images' contents (``images``: each prompt's
+    :class:`~cac_align.run.input_files.PromptImage` or None; no key without any, so text-only
+    runs keep their fingerprint)."""
     import hashlib
 
     data = config_fingerprint(config, run_only_keys)
     drop_serving_keys(data.get("reward"))
     data["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    if images is not None and any(image is not None for image in images):
+        data["images_sha256"] = hashlib.sha256("\n".join(image.sha256 if image else "" for image in images).encode("utf-8")).hexdigest()
     return data
 
 
