@@ -1,0 +1,220 @@
+"""Image-to-video in the generator jobs, offline on the tiny pipelines: prompt files whose lines give
+an image (read and checked before any model loads), Best-of-N writing each candidate beside its
+source image, Flow-GRPO training on the generated frames only, DPO pairs that keep their image.
+The samplers' equality with diffusers' image-to-video pipelines is in tests/gen/test_wan_i2v.py and
+tests/gen/test_ltx2_i2v.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cac_align.config import RecipeError, load_config
+from cac_align.run.input_files import read_prompt_rows, read_prompts
+from conftest import REPO_ROOT
+
+RECIPES = REPO_ROOT / "recipes/align"
+IMAGES = RECIPES / "images"
+
+
+def _brightness():
+    """A model-free reward (cac_align.rewards.toy): these tests are about the images, not the judge."""
+    from cac_align.rewards.registry import build_reward
+
+    return build_reward({"name": "brightness"}, "reward")
+
+
+def _image(path, color=(200, 40, 40), size=(48, 40)):
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Prompt files with images
+# ---------------------------------------------------------------------------------------
+def test_a_prompt_line_gives_an_image_relative_to_its_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    first, last = _image(tmp_path / "sub/a.png"), _image(tmp_path / "b.png", (0, 0, 200))
+    file = tmp_path / "p.jsonl"
+    file.write_text(json.dumps({"prompt": " a ball ", "image": "sub/a.png"}) + "\n\n"
+                    + json.dumps({"prompt": "a cup", "image": str(last), "last_image": "sub/a.png"}) + "\n")
+    rows = read_prompt_rows(file)
+    assert [r.prompt for r in rows] == ["a ball", "a cup"]
+    assert rows[0].image.image == str(first.resolve()) and rows[0].image.last_image is None
+    assert rows[1].image.image == str(last.resolve()) and rows[1].image.last_image == str(first.resolve())
+    # the content hash: another image under the same name is another run
+    before = rows[0].image.sha256
+    _image(tmp_path / "sub/a.png", (10, 10, 10))
+    assert read_prompt_rows(file)[0].image.sha256 != before
+    # a text file stays text, and a text-only job refuses a line with an image
+    text = tmp_path / "p.txt"
+    text.write_text("a ball\n")
+    assert read_prompt_rows(text)[0].image is None
+    with pytest.raises(RecipeError, match="prompt 1 gives an image"):
+        read_prompts(file)
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"prompt": "a", "image": "absent.png"}, r"line 1: image 'absent.png': no such file"),
+    ({"prompt": "a", "image": "notes.png"}, r"line 1: image 'notes.png' cannot be read as an image"),
+    ({"prompt": "a", "last_image": "a.png"}, r"line 1: a 'last_image' needs an 'image'"),
+    ({"prompt": "a", "image": 3}, r"line 1: 'image' must be a path"),
+    ({"prompt": "a", "imgae": "a.png"}, r"line 1: unknown key 'imgae'"),
+])
+def test_a_bad_image_line_is_a_one_line_error_naming_it(tmp_path, line, message):
+    _image(tmp_path / "a.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    file = tmp_path / "p.jsonl"
+    file.write_text(json.dumps(line) + "\n")
+    with pytest.raises(RecipeError, match=message) as caught:
+        read_prompt_rows(file)
+    assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Best-of-N
+# ---------------------------------------------------------------------------------------
+def _bon(out, *overrides):
+    from cac_align.jobs.best_of_n import BonConfig
+
+    return load_config(BonConfig, RECIPES / "bon_tiny_i2v.yaml", [f"out_dir={out}", *overrides], job="bon")
+
+
+def test_best_of_n_animates_each_prompts_image_and_writes_it_beside_the_candidates(tmp_path):
+    from cac_align.gen.generator import PipelineGenerator, build_generator, generate_videos
+    from cac_align.jobs.best_of_n import frames_sha256, run
+
+    out = tmp_path / "run"
+    config = _bon(out, "n=2")
+    pipe = build_generator(config.generator)
+    run(config, reward=_brightness(), generator=PipelineGenerator(pipe))
+    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert [(r["prompt_index"], r["image"]) for r in rows] == [(0, "candidates/p00000_image.png")] * 2 + [(1, "candidates/p00001_image.png")] * 2
+    # the copies are the source images, byte for byte
+    assert (out / "candidates/p00000_image.png").read_bytes() == (IMAGES / "red_ball.png").read_bytes()
+    assert (out / "candidates/p00001_image.png").read_bytes() == (IMAGES / "blue_cup.png").read_bytes()
+    # each candidate is the image-to-video pipeline's own video for its image and seed ...
+    images = [row.image for row in read_prompt_rows(config.prompts)]
+    again = generate_videos(pipe, config.generator, [rows[0]["prompt"]] * 2, [rows[0]["seed"], rows[1]["seed"]], [images[0]] * 2).frames
+    assert [frames_sha256(v) for v in again] == [rows[0]["frames_sha256"], rows[1]["frames_sha256"]]
+    # ... and not the text-to-video one (the image conditions it)
+    text_only = generate_videos(pipe, config.generator, [rows[0]["prompt"]], [rows[0]["seed"]]).frames
+    assert frames_sha256(text_only[0]) != rows[0]["frames_sha256"]
+    # the chosen videos sit beside their images, which the index and the summary name
+    index = [json.loads(line) for line in (out / "chosen/prompts.jsonl").read_text().splitlines()]
+    for entry in index:
+        assert (out / "chosen" / entry["video"]).is_file() and (out / "chosen" / entry["image"]).is_file()
+        assert f"![image](chosen/{entry['image']}) | [{entry['video']}](chosen/{entry['video']})" in (out / "summary.md").read_text()
+    # the images are part of what the run is: another image under the same name is another run
+    from cac_align.jobs.best_of_n import _RUN_ONLY_KEYS
+    from cac_align.run.folder import run_fingerprint
+
+    prompts = tmp_path / "p.jsonl"
+    shutil.copy(RECIPES / "prompts_tiny_i2v.jsonl", prompts)
+    shutil.copytree(IMAGES, tmp_path / "images")
+    before = run_fingerprint(config, ["x"], _RUN_ONLY_KEYS, [r.image for r in read_prompt_rows(prompts)])
+    _image(tmp_path / "images/red_ball.png", (0, 0, 0), (64, 64))
+    after = run_fingerprint(config, ["x"], _RUN_ONLY_KEYS, [r.image for r in read_prompt_rows(prompts)])
+    assert before["images_sha256"] != after["images_sha256"] and {k: v for k, v in before.items() if k != "images_sha256"} == {
+        k: v for k, v in after.items() if k != "images_sha256"}
+    assert "images_sha256" not in run_fingerprint(config, ["x"], _RUN_ONLY_KEYS, [None])  # text-only runs keep their fingerprint
+
+
+def test_an_image_for_a_text_only_model_is_refused_before_anything_loads(tmp_path):
+    from cac_align.jobs.best_of_n import BonConfig, run
+
+    config = load_config(BonConfig, RECIPES / "bon_tiny.yaml", [f"out_dir={tmp_path / 'run'}", f"prompts={RECIPES / 'prompts_tiny_i2v.jsonl'}"],
+                         job="bon")
+    with pytest.raises(RecipeError, match=r"prompt 1 gives an image, and Wan-2.1 \(generator.name\) is a text-to-video model") as caught:
+        run(config)
+    assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()  # refused before the run folder or a model
+
+
+def test_the_synthetic_generator_refuses_images(tmp_path):
+    from cac_align.jobs.best_of_n import BonConfig, run
+
+    config = load_config(BonConfig, RECIPES / "bon_demo.yaml", [f"out_dir={tmp_path / 'run'}", f"prompts={RECIPES / 'prompts_tiny_i2v.jsonl'}"],
+                         job="bon")
+    with pytest.raises(RecipeError, match="renders from text alone"):
+        run(config)
+
+
+# ---------------------------------------------------------------------------------------
+# Flow-GRPO
+# ---------------------------------------------------------------------------------------
+def _flow(out, *overrides, recipe="flow_grpo_tiny_i2v.yaml"):
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+
+    return load_config(FlowGrpoConfig, RECIPES / recipe, [f"out_dir={out}", "log_with=none", "eval_every=0", *overrides], job="flow-grpo")
+
+
+def test_flow_grpo_on_an_image_trains_the_lora_on_the_generated_frames(tmp_path):
+    from cac_align.gen.tiny import build_tiny_wan22_ti2v_pipeline
+    from cac_align.jobs.flow_grpo import run
+
+    pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
+    base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+    out = tmp_path / "run"
+    run(_flow(out, "steps=2", "checkpoint_every=0", "eval_every=2", "eval_videos=2"), reward=_brightness(), pipe=pipe)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["train/grad_norm"] > 0 for r in rows)
+    assert rows[0]["train/ratio_mean"] == 1.0  # one update a step: the first inner step is on-policy, exactly
+    lora = {n: p for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
+    assert lora and any(int(torch.count_nonzero(p)) for p in lora.values())
+    frozen = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
+    assert set(frozen) == set(base) and all(torch.equal(frozen[n], base[n]) for n in base)
+    assert sorted(p.name for p in (out / "eval/step_000002").iterdir()) == ["00000_a-red-ball-rolling-in-the-park.mp4",
+                                                                            "00001_a-person-holding-a-blue-cup.mp4"]
+
+
+def test_flow_grpo_refuses_text_alone_for_an_image_model_and_context_parallel_with_images(tmp_path):
+    from cac_align.jobs.flow_grpo import run
+
+    with pytest.raises(RecipeError, match="context-parallel"):
+        run(_flow(tmp_path / "a", "parallel.context_parallel=2"))
+    with pytest.raises(RecipeError, match="prompt 1 gives an image, and Wan-2.1"):
+        run(_flow(tmp_path / "b", "generator.name=tiny-random:wan", "generator.height=32", "generator.width=32"))
+
+
+# ---------------------------------------------------------------------------------------
+# DPO from an image-to-video Best-of-N run
+# ---------------------------------------------------------------------------------------
+def test_dpo_pairs_keep_their_image_and_train_on_the_generated_frames(tmp_path):
+    from safetensors.torch import load_file
+
+    from cac_align.gen.pairs import PairError, read_pairs
+    from cac_align.jobs.best_of_n import run as bon
+    from cac_align.jobs.dpo import DpoConfig, run
+
+    bon(_bon(tmp_path / "bon", "n=3"), reward=_brightness())
+    pairs = read_pairs([str(tmp_path / "bon")], 32, 4).pairs
+    assert len(pairs) == 2 and [p.image.image for p in pairs] == [str(tmp_path / f"bon/candidates/p0000{i}_image.png") for i in (0, 1)]
+    out = tmp_path / "dpo"
+    config = load_config(DpoConfig, RECIPES / "dpo_tiny_i2v.yaml", [f"out_dir={out}", f"pairs=[{tmp_path / 'bon'}]", "log_with=none",
+                                                                   "steps=2", "checkpoint_every=0"], job="dpo")
+    run(config)
+    listed = json.loads((out / "pairs.json").read_text())["pairs"]
+    assert [p["image"] for p in listed] == [p.image.image for p in pairs]
+    cached = load_file(str(out / "latents/pair_00000.safetensors"))
+    # 9 frames are 3 latent frames on the TI2V's VAE: the first is the image's (in the conditioning),
+    # the pair's winner and loser keep the 2 generated ones, and so does the mask
+    assert cached["fixed"].shape == (48, 1, 4, 4) and cached["winner"].shape == cached["loser"].shape == (48, 2, 4, 4)
+    assert cached["mask"].shape == (2, 4, 4)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["train/loss"]) and r["train/grad_norm"] > 0 for r in rows)
+    # a pair whose two candidates animate different images is no pair
+    manifest = tmp_path / "bon/candidates.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    first = [r for r in lines if r["prompt_index"] == 0]
+    worst = min(first, key=lambda r: r["score"])
+    for row in first:
+        if row is not worst:
+            row["image"] = "candidates/p00001_image.png"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(PairError, match="animate different images"):
+        read_pairs([str(tmp_path / "bon")], 32, 4)
