@@ -18,8 +18,8 @@ from PIL import Image
 
 from cac_align.config import RecipeError
 from cac_align.gen.family import Conditioning, UnknownGeneratorError, check_prompt_images, family_of, whole_latents
-from cac_align.gen.generator import (GeneratorConfig, build_generator, encode_conditioning, load_lora, sample_with_log_probs, save_lora,
-                                     video_velocity)
+from cac_align.gen.generator import (GeneratorConfig, build_generator, encode_conditioning, generate_videos, load_lora, sample_with_log_probs,
+                                     save_lora, video_velocity)
 from cac_align.gen.lora import LoraSettings, add_expert_loras
 from cac_align.gen.sde import SDESchedule, flow_grpo_loss
 from cac_align.gen.tiny import TINY_WAN_BUILDERS
@@ -126,6 +126,24 @@ def test_the_ode_sampler_is_the_image_to_video_pipelines_own(case, images):
     # ... and the comparison can fail: the conditioning without what the case's model reads gives other frames
     wrong = _ours(pipe, config, image, change=CONTROLS[case])[0].latents[:, -1]
     assert (wrong - theirs[:, :, fixed:]).abs().max() > 100 * 1e-5
+
+
+@pytest.mark.parametrize("case", ["wan21-i2v", "wan22-i2v-a14b-last"])
+def test_best_of_n_videos_are_the_decoded_ode_samples(case, images, monkeypatch):
+    # what `bon` writes (the family's generate: the pipeline's own call with the family's negative prompt,
+    # both experts' scales, the last frame) decodes the latents our ODE sampler ends at: the VAE is
+    # handed the same latents (the tiny VAE's frames barely depend on them, so the latents are compared)
+    config = _config(case)
+    pipe = build_generator(config)
+    image = _prompt_image(case, images)
+    decoded = []
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, *args, **kwargs: decoded.append(z.clone()) or decode(z, *args, **kwargs))
+    trajectory, cond, _ = _ours(pipe, config, image)
+    config.family.decode(pipe, whole_latents(cond, trajectory.latents[:, -1]))
+    made = generate_videos(pipe, config, PROMPTS, SEEDS, images=[image] * len(PROMPTS)).frames
+    assert made.shape == (2, 9, 32, 32, 3) and len(decoded) == 2
+    torch.testing.assert_close(decoded[1], decoded[0], rtol=0, atol=1e-5)
 
 
 def test_wan21_i2v_samples_with_its_releases_negative_prompt():
