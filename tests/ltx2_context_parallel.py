@@ -3,8 +3,10 @@
 Run by tests/gen/test_context_parallel.py as
 ``python -m torch.distributed.run --nproc_per_node 2 tests/ltx2_context_parallel.py OUT.json``
 (gloo, float32). For the tiny LTX-2 and LTX-2.3 pipelines (the family's own plan,
-:meth:`cac_align.gen.ltx2.LTX2Family.context_parallel_plan`) and the tiny Wan-2.1 (diffusers' own
-plan, the reference that is known to work), each process:
+:meth:`cac_align.gen.ltx2.LTX2Family.context_parallel_plan`), the tiny Wan-2.1 (diffusers' own
+plan, the reference that is known to work) and two Wan image-to-video cases under the same plan
+(Wan2.1-I2V with its image's channels and CLIP tokens; the TI2V-5B animating an image, its fixed
+first frame in front), each process:
 
 1. builds the same tiny pipeline, adds the video LoRA and sets its B weights to small random values
    (so the adapter changes the output and its gradients are not all zero);
@@ -32,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import traceback
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -76,12 +80,31 @@ def _pipeline_with_lora(config):
     return pipe
 
 
-def _inputs(pipe, config):
-    """Everything a step's denoiser call takes, drawn the same on every process."""
+def _image(folder: str) -> Any:
+    """A random 40 x 56 image, the same on every process (each writes its own copy)."""
+    import numpy as np
+    from PIL import Image
+
+    from cac_align.run.input_files import PromptImage
+
+    path = os.path.join(folder, f"image_rank{dist.get_rank()}.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
+    return PromptImage(path)
+
+
+def _inputs(pipe, config, image=None):
+    """Everything a step's denoiser call takes, drawn the same on every process; with ``image``, its
+    conditioning beside the prompts' and the generated frames alone as the latents (as the sampler
+    gives them)."""
+    from cac_align.gen.family import fixed_frames
+
     family = config.family
     guidance = family.guidance(config)
     cond, negative = family.encode_prompts(pipe, PROMPTS, config.negative_prompt, guidance, config.max_sequence_length)
     latents, side = family.initial_latents(pipe, config, [torch.Generator().manual_seed(s) for s in SEEDS])
+    if image is not None:
+        cond = cond.join(family.encode_images(pipe, config, [image] * len(PROMPTS)))
+        latents = latents[:, :, fixed_frames(cond):]
     weights = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3))  # the loss: a fixed projection of the video velocity
     return dict(latents=latents, side=side, cond=cond, negative=negative, guidance=guidance, weights=weights)
 
@@ -106,15 +129,17 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
-def _case(name: str, mesh, **settings) -> dict:
+def _case(name: str, mesh, image=None, **settings) -> dict:
     from diffusers import ContextParallelConfig
+
+    from cac_align.gen.family import whole_latents
 
     config = _config(name, **settings)
     family = config.family
     pipe = _pipeline_with_lora(config)
     transformer, denoiser = pipe.transformer, family.denoiser(pipe)
     lora = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
-    inputs = _inputs(pipe, config)
+    inputs = _inputs(pipe, config, image)
 
     # 2. one process
     video, audio, gradients = _step(denoiser, lora, inputs)
@@ -133,7 +158,7 @@ def _case(name: str, mesh, **settings) -> dict:
     for g in summed.values():
         dist.all_reduce(g, group=mesh["ulysses"].get_group())
     result = {
-        "video_tokens": _video_tokens(transformer, inputs["latents"]),
+        "video_tokens": _video_tokens(transformer, whole_latents(inputs["cond"], inputs["latents"])),  # an image's fixed frames too
         "output_tokens_per_process": sorted(set(seen)),
         "audio_tokens": None if inputs["side"] is None else int(inputs["side"].shape[1]),
         "plan_alone_video_max_diff": (video_planned - video).abs().max().item(),
@@ -209,6 +234,11 @@ def main(out: str) -> None:
         results["tiny-random:ltx2"] = _case("tiny-random:ltx2", mesh, height=64, width=96, num_frames=17, fps=24.0, stg_blocks=[1])
         results["tiny-random:ltx2.3"] = _case("tiny-random:ltx2.3", mesh, height=64, width=96, num_frames=17, fps=25.0, stg_blocks=[1])
         results["tiny-random:wan"] = _case("tiny-random:wan", mesh, height=32, width=32, num_frames=9)
+        # image-to-video: Wan2.1-I2V (36 input channels, the CLIP tokens before the text, both whole on every
+        # process); the TI2V-5B animating an image (its fixed first frame in front, its tokens at timestep 0)
+        image = _image(os.path.dirname(os.path.abspath(out)))
+        results["tiny-random:wan21-i2v"] = _case("tiny-random:wan21-i2v", mesh, image, height=32, width=32, num_frames=9)
+        results["tiny-random:wan22-ti2v+image"] = _case("tiny-random:wan22-ti2v", mesh, image, height=64, width=64, num_frames=9)
     except Exception:
         traceback.print_exc()
         dist.destroy_process_group()

@@ -4,7 +4,8 @@ A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-
 ``repair``) and :mod:`cac_align.gen.credit` can run: its diffusers pipeline class, its experts and
 timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
 sampling settings. Each family lives in one module of ``gen/`` (:mod:`cac_align.gen.wan`: Wan-2.1,
-Wan2.2-TI2V-5B, Wan2.2-A14B; :mod:`cac_align.gen.ltx2`: LTX-2) and is an object with the methods
+Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
+:mod:`cac_align.gen.ltx2`: LTX-2) and is an object with the methods
 of :class:`GeneratorFamily`; a job asks the family, never the pipeline object, what a pipeline
 has, and never branches on which family it is. Adding a family is one module listed in
 :data:`FAMILY_MODULES` (its ``FAMILIES`` and ``family_for_index``, its repair pipelines'
@@ -151,9 +152,11 @@ class GeneratorFamily(Protocol):
     """A kind of text-to-video pipeline, as the generator jobs use it (module docstring).
 
     Attributes:
-        name: the family's short name ("wan2.1", "wan2.2-ti2v", "wan2.2-a14b", "ltx2").
+        name: the family's short name ("wan2.1", "wan2.2-ti2v", "wan2.2-a14b", "wan2.1-i2v",
+            "wan2.2-i2v-a14b", "ltx2").
         title: how messages name it ("Wan2.2-TI2V-5B").
-        pipeline_class: the diffusers class of its text-to-video pipeline.
+        pipeline_class: the diffusers class of its pipeline (text-to-video, or image-to-video:
+            ``WanImageToVideoPipeline``).
         experts: its transformers (the Wan2.2-A14B's high- and low-noise experts: 2).
         spatial_multiple: frame sides must be multiples of this (VAE compression x patch).
         frame_multiple: ``num_frames`` must be ``k * frame_multiple + 1`` (the VAE's causal time

@@ -61,15 +61,17 @@ class GeneratorConfig:
 
     The sampling settings marked "the model's" may be left unset (null): they then take the
     generator family's own (:mod:`cac_align.gen.family`, read from the model's files: Wan-2.1,
-    Wan2.2-TI2V-5B, Wan2.2-A14B, LTX-2), so a recipe that names another model samples it as its
+    Wan2.2-TI2V-5B, Wan2.2-A14B, Wan2.1-I2V-14B, Wan2.2-I2V-A14B, LTX-2), so a recipe that names another model samples it as its
     release does. A setting that does not apply to the model (``guidance_scale_2`` on a
     one-transformer model, ``stg_scale`` on Wan) is an error when set.
 
     Attributes:
         name: hub id (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``, ``Wan-AI/Wan2.2-TI2V-5B-Diffusers``,
-            ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``, ``Lightricks/LTX-2``, or any fine-tune or
-            mirror of them), a local ``save_pretrained`` folder, a tiny in-process pipeline
-            ("tiny-random:wan", "tiny-random:wan22-ti2v", "tiny-random:wan22-a14b",
+            ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``, the image-to-video
+            ``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`` and ``Wan-AI/Wan2.2-I2V-A14B-Diffusers``,
+            ``Lightricks/LTX-2``, or any fine-tune or mirror of them), a local ``save_pretrained``
+            folder, a tiny in-process pipeline ("tiny-random:wan", "tiny-random:wan22-ti2v",
+            "tiny-random:wan22-a14b", "tiny-random:wan21-i2v", "tiny-random:wan22-i2v-a14b",
             "tiny-random:ltx2"), or "synthetic:<synth recipe>" for the synthetic stand-in
             generator (:mod:`cac_align.gen.synthetic`: Best-of-N in miniature; the recipe sets
             the frame size, length and rate, and the keys below except ``fps`` do not apply).

@@ -1,6 +1,6 @@
 """Tiny random Wan pipelines for offline runs and tests (the generator side's counterpart of
-:mod:`cac_align.vlm.tiny`): diffusers' real ``WanPipeline`` classes at toy sizes, a word-level
-tokenizer built in-process, random weights. Recipes name them:
+:mod:`cac_align.vlm.tiny`): diffusers' real ``WanPipeline`` and ``WanImageToVideoPipeline``
+classes at toy sizes, a word-level tokenizer built in-process, random weights. Recipes name them:
 
 - ``tiny-random:wan``: Wan-2.1 (one transformer, a VAE with 16 latent channels, 8x spatial and
   4x temporal compression);
@@ -10,6 +10,12 @@ tokenizer built in-process, random weights. Recipes name them:
 - ``tiny-random:wan22-a14b``: Wan2.2-A14B's layout (two experts: ``transformer`` for the
   high-noise steps, ``transformer_2`` for the low-noise ones, switching at ``boundary_ratio``;
   Wan-2.1's VAE);
+- ``tiny-random:wan21-i2v``: Wan2.1-I2V-14B's layout, a ``WanImageToVideoPipeline`` (Wan-2.1's text
+  encoder and VAE, a 2-layer CLIP vision encoder and its image processor at 32 x 32, one
+  transformer that reads 36 channels: the noise, the frame mask and the image's latents, and the
+  image's CLIP tokens through a second key/value projection);
+- ``tiny-random:wan22-i2v-a14b``: Wan2.2-I2V-A14B's layout, a ``WanImageToVideoPipeline`` with two
+  such 36-channel experts and no CLIP encoder, switching at ``boundary_ratio`` 0.9, shift 5.0;
 - ``tiny-random:ltx2`` and ``tiny-random:ltx2.3``: ``LTX2Pipeline``'s two layouts (LTX-2 and
   LTX-2.3, the two branches of diffusers' ``scripts/convert_ltx2_to_diffusers.py``, widths shrunk):
   a Gemma-3 text encoder with a character-level Gemma tokenizer, the text connectors (8 learnable
@@ -24,12 +30,20 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline", "build_tiny_wan22_a14b_pipeline", "build_tiny_wan22_ti2v_pipeline",
+__all__ = ["I2V_A14B_BOUNDARY_RATIO", "TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline",
+           "build_tiny_wan21_i2v_pipeline", "build_tiny_wan22_a14b_pipeline", "build_tiny_wan22_i2v_a14b_pipeline", "build_tiny_wan22_ti2v_pipeline",
            "build_tiny_wan_pipeline"]
 
 # The A14B's switch: its transformer serves timesteps >= 0.875 * 1000 (Wan2.2's wan_t2v_A14B.py:
 # boundary 0.875; the diffusers model_index.json of Wan-AI/Wan2.2-T2V-A14B-Diffusers: boundary_ratio 0.875)
 A14B_BOUNDARY_RATIO = 0.875
+# Wan2.2-I2V-A14B's switch, later: timesteps >= 0.900 * 1000 (Wan2.2's wan_i2v_A14B.py: boundary 0.900,
+# github.com/Wan-Video/Wan2.2 at 42bf4cfaa384bc21833865abc2f9e6c0e67233dc)
+I2V_A14B_BOUNDARY_RATIO = 0.9
+
+# Image-to-video through channels: the transformer reads 16 noise + 4 frame-mask + 16 image-latent channels
+_I2V_CHANNELS = 16 + 4 + 16
+_CLIP_WIDTH = 32  # the tiny CLIP image encoder's width (Wan2.1-I2V's ViT-H/14: 1280), the transformer's image_dim
 
 _TINY_WORDS = (
     "a the of in on with and to is are at by from video person man woman dog cat car ball cup "
@@ -71,15 +85,24 @@ def _tiny_text_encoder(tokenizer: Any) -> Any:
     )
 
 
-def _tiny_transformer(channels: int) -> Any:
+def _tiny_transformer(channels: int, in_channels: int | None = None, image_dim: int | None = None) -> Any:
+    """A 2-block ``WanTransformer3DModel`` (2 heads of 12) on ``channels`` latent channels; an
+    image-to-video one reads ``in_channels`` (the noise's, the mask's and the image latents'), and
+    Wan2.1-I2V's reads ``image_dim``-wide CLIP tokens through a second key/value projection that
+    the image embedder has already lifted to the hidden width (diffusers'
+    ``scripts/convert_wan_to_diffusers.py``, "Wan-I2V-14B-480p": ``image_dim`` 1280,
+    ``added_kv_proj_dim`` 5120 = 40 heads x 128)."""
     from diffusers import WanTransformer3DModel
 
+    heads, head_dim = 2, 12
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=channels,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=in_channels or channels,
         out_channels=channels,
+        image_dim=image_dim,
+        added_kv_proj_dim=heads * head_dim if image_dim is not None else None,
         text_dim=32,
         freq_dim=256,
         ffn_dim=32,
@@ -162,11 +185,64 @@ def build_tiny_wan_pipeline(seed: int = 0) -> Any:
     return pipe
 
 
+def _tiny_clip(seed: int) -> tuple[Any, Any]:
+    """A 2-layer ``CLIPVisionModel`` (32 wide, 32 x 32 images in 8 x 8 patches: 17 tokens) and the
+    ``CLIPImageProcessor`` that feeds it (shortest side to 32, centre crop 32 x 32, CLIP's mean and
+    std): the image encoder of Wan2.1-I2V's pipeline (the real one: ViT-H/14, 1280 wide, 224 x 224),
+    whose second-to-last hidden state the transformer reads."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=_CLIP_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                               image_size=32, patch_size=8)).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return encoder, processor
+
+
+def build_tiny_wan21_i2v_pipeline(seed: int = 0) -> Any:
+    """A tiny random ``WanImageToVideoPipeline`` of Wan2.1-I2V-14B's layout (module docstring): the
+    text encoder and VAE of :func:`build_tiny_wan_pipeline`, a CLIP image encoder, and one
+    transformer that reads 36 channels (16 of noise, 4 of the frame mask, 16 of the image's
+    latents) and the image's CLIP tokens."""
+    import torch
+    from diffusers import WanImageToVideoPipeline
+
+    base = build_tiny_wan_pipeline(seed)
+    image_encoder, image_processor = _tiny_clip(seed + 2)
+    torch.manual_seed(seed + 3)
+    transformer = _tiny_transformer(16, in_channels=_I2V_CHANNELS, image_dim=_CLIP_WIDTH).eval()
+    pipe = WanImageToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler,
+                                   transformer=transformer, image_encoder=image_encoder, image_processor=image_processor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_wan22_i2v_a14b_pipeline(seed: int = 0) -> Any:
+    """A tiny random ``WanImageToVideoPipeline`` of Wan2.2-I2V-A14B's layout (module docstring): two
+    experts that read 36 channels (no CLIP image encoder), switching at ``boundary_ratio`` 0.9, the
+    scheduler shifted by the release's 5.0; Wan-2.1's text encoder and VAE."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    base = build_tiny_wan_pipeline(seed)
+    torch.manual_seed(seed + 3)
+    transformer = _tiny_transformer(16, in_channels=_I2V_CHANNELS).eval()
+    transformer_2 = _tiny_transformer(16, in_channels=_I2V_CHANNELS).eval()
+    pipe = WanImageToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),  # Wan2.2-I2V-A14B samples with shift 5
+                                   transformer=transformer, transformer_2=transformer_2, boundary_ratio=I2V_A14B_BOUNDARY_RATIO)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # ``generator.name`` -> the builder of that tiny pipeline
 TINY_WAN_BUILDERS = {
     "tiny-random:wan": build_tiny_wan_pipeline,
     "tiny-random:wan22-ti2v": build_tiny_wan22_ti2v_pipeline,
     "tiny-random:wan22-a14b": build_tiny_wan22_a14b_pipeline,
+    "tiny-random:wan21-i2v": build_tiny_wan21_i2v_pipeline,
+    "tiny-random:wan22-i2v-a14b": build_tiny_wan22_i2v_a14b_pipeline,
 }
 
 

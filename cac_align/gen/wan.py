@@ -1,29 +1,46 @@
-"""The Wan family: Wan-2.1 and Wan2.2's two layouts (TI2V-5B, A14B), as the generator jobs run them.
+"""The Wan family: Wan-2.1, Wan2.2's two layouts (TI2V-5B, A14B) and the image-to-video models
+(Wan2.1-I2V-14B, Wan2.2-I2V-A14B), as the generator jobs run them.
 
-All three are diffusers' ``WanPipeline`` (UMT5 text encoder, ``WanTransformer3DModel``,
-``AutoencoderKLWan``, a flow-matching scheduler); what a checkpoint's ``model_index.json`` holds
-tells them apart (:func:`family_for_index`): a ``transformer_2`` (and ``boundary_ratio``) is the
-A14B's second, low-noise expert; ``expand_timesteps`` the TI2V-5B's per-token timesteps. Real runs
-name a hub id or a local copy in a recipe; tests and CI build the tiny pipelines of
+The text-to-video models are diffusers' ``WanPipeline`` (UMT5 text encoder,
+``WanTransformer3DModel``, ``AutoencoderKLWan``, a flow-matching scheduler), the image-to-video
+ones its ``WanImageToVideoPipeline`` (the same parts; the transformer reads the image's latents and
+a frame mask beside the noise, and Wan2.1-I2V's a CLIP image encoder's tokens beside the text);
+what a checkpoint's ``model_index.json`` holds tells them apart (:func:`family_for_index`): a
+``transformer_2`` (and ``boundary_ratio``) is an A14B's second, low-noise expert;
+``expand_timesteps`` the TI2V-5B's per-token timesteps (under either pipeline class: the same
+model, which animates an image or not); an ``image_encoder`` Wan2.1-I2V's CLIP. Real runs name a
+hub id or a local copy in a recipe; tests and CI build the tiny pipelines of
 :mod:`cac_align.gen.tiny` (the same classes at toy size, random weights, a word-level tokenizer
 built in-process). The velocity of a step is :class:`~cac_align.gen.experts.WanDenoiser`'s; the
 family's repair pipeline is Wan-VACE (:mod:`cac_align.gen.vace`, listed beside this module in
 :data:`cac_align.gen.family.FAMILY_MODULES`).
 
 **The models' own settings** (what a recipe leaves unset takes). The Wan2.2 values are the
-release's own (github.com/Wan-Video/Wan2.2 ``wan/configs/wan_t2v_A14B.py`` and
-``wan_ti2v_5B.py``); Wan-2.1's are this package's defaults since the start (CaC §4.2: 480p, 81
-frames, 50 steps; diffusers' guidance 5.0; the checkpoint scheduler's shift):
+release's own (github.com/Wan-Video/Wan2.2 ``wan/configs/wan_t2v_A14B.py``, ``wan_ti2v_5B.py``
+and ``wan_i2v_A14B.py``), Wan2.1-I2V's its release's (github.com/Wan-Video/Wan2.1
+``generate.py``: 40 steps and shift 3.0 for image-to-video at 480p); Wan-2.1's are this package's
+defaults since the start (CaC §4.2: 480p, 81 frames, 50 steps; diffusers' guidance 5.0; the
+checkpoint scheduler's shift). The commits read are cited beside the values:
 
 | family | size (H x W) | frames | fps | steps | guidance | shift | latent grid (t, h, w) |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 | Wan-2.1 T2V-1.3B | 480 x 832 | 81 | 16 | 50 | 5.0 | the checkpoint's (3.0) | 4 x 8 x 8 |
 | Wan2.2-TI2V-5B | 704 x 1280 | 121 | 24 | 50 | 5.0 | 5.0 | 4 x 16 x 16 |
 | Wan2.2-T2V-A14B | 720 x 1280 | 81 | 16 | 40 | 4.0 high-noise, 3.0 low-noise | 12.0 | 4 x 8 x 8 |
+| Wan2.1-I2V-14B | 480 x 832 | 81 | 16 | 40 | 5.0 | 3.0 (the release's at 480p; 5.0 at 720p) | 4 x 8 x 8 |
+| Wan2.2-I2V-A14B | 720 x 1280 | 81 | 16 | 40 | 3.5 high-noise, 3.5 low-noise | 5.0 | 4 x 8 x 8 |
 
-The A14B's shift is set here because its diffusers checkpoint's scheduler was converted with
-3.0 (diffusers' ``scripts/convert_wan_to_diffusers.py``), not the release's 12.0; the 5B's is
-5.0 either way. All three share Wan-2.1's negative prompt (byte for byte in the release configs).
+The A14Bs' shifts are set here because their diffusers checkpoints' schedulers were converted with
+3.0 (diffusers' ``scripts/convert_wan_to_diffusers.py``), not the releases' 12.0 and 5.0; the
+5B's is 5.0 either way. Wan2.1-I2V's two checkpoints (480P, 720P) share one layout and so one
+family: its settings are the 480P's, and a recipe for the 720P sets ``height: 720``, ``width:
+1280`` and ``flow_shift: 5.0`` (Wan2.1 ``generate.py`` l.76-79). The releases fit each video to
+the image's aspect ratio within that area; here the frame size is the recipe's and the image is
+resized to it, as ``WanImageToVideoPipeline`` does. All share Wan-2.1's negative prompt (byte for
+byte in the release configs), except Wan2.1-I2V's, which puts "camera shake" in front
+(:data:`WAN21_I2V_NEGATIVE_PROMPT`). The A14B-I2V takes a last frame too (the pipeline's
+``last_image``); Wan2.1-I2V-14B does not: its transformer has no position embedding for a second
+image's CLIP tokens (the FLF2V-14B's has: ``pos_embed_seq_len``).
 """
 
 from __future__ import annotations
@@ -40,6 +57,9 @@ __all__ = [
     "WAN21",
     "WAN22_A14B",
     "WAN22_TI2V",
+    "WAN21_I2V",
+    "WAN21_I2V_NEGATIVE_PROMPT",
+    "WAN22_I2V_A14B",
     "WAN_FPS",
     "WAN_NEGATIVE_PROMPT",
     "WanFamily",
@@ -63,6 +83,10 @@ WAN_NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
+# Wan2.1-I2V's: "镜头晃动，" ("camera shake, ") in front of the shared one (Wan2.1 wan/configs/wan_i2v_14B.py l.11;
+# Wan2.2's image-to-video config keeps the shared one).
+WAN21_I2V_NEGATIVE_PROMPT = "镜头晃动，" + WAN_NEGATIVE_PROMPT
+
 # ``generator.name`` of the tiny random pipeline built in-process (meaningless videos).
 TINY_WAN = "tiny-random:wan"
 
@@ -72,12 +96,15 @@ class WanFamily:
     """A Wan model family (module docstring); a :class:`~cac_align.gen.family.GeneratorFamily`.
 
     Attributes:
-        name: "wan2.1", "wan2.2-ti2v" or "wan2.2-a14b"; title: "Wan-2.1", ...
+        name: "wan2.1", "wan2.2-ti2v", "wan2.2-a14b", "wan2.1-i2v" or "wan2.2-i2v-a14b"; title:
+            "Wan-2.1", ...
         experts: 1, or 2 (a high-noise and a low-noise transformer).
         spatial_multiple: frame sides must be multiples of this (VAE compression x patch size).
         expand_timesteps: per-token timesteps (the TI2V-5B).
         defaults: the ``GeneratorConfig`` settings a recipe may leave unset (module docstring).
         tiny_names, hub_ids: its tiny in-process pipelines and its release checkpoints.
+        pipeline_class: ``WanPipeline``, or ``WanImageToVideoPipeline`` (the I2V models).
+        negative_prompt: the release's negative prompt (a recipe's ``negative_prompt`` unset).
     """
 
     name: str
@@ -100,10 +127,12 @@ class WanFamily:
     # image-to-video (cac_align.gen.family): "none", "optional" (the TI2V-5B), "required" (WanImageToVideoPipeline's models)
     image_input: str = "none"
     last_image: bool = False
+    # the negative prompt the release samples with when a recipe leaves generator.negative_prompt unset
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
-        return load_wan_pipeline(source, dtype=dtype, vae_dtype=vae_dtype, key=key)
+        return load_wan_pipeline(source, dtype=dtype, vae_dtype=vae_dtype, key=key, pipeline=self.pipeline_class)
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_WAN_BUILDERS[name](seed=seed)
@@ -142,6 +171,7 @@ class WanFamily:
                        max_sequence_length: int) -> tuple[Any, Any]:
         from cac_align.gen.family import Conditioning
 
+        negative_prompt = self.negative_prompt if negative_prompt is None else negative_prompt
         embeds, negative = encode_prompts(pipe, prompts, negative_prompt, guidance["guidance_scale"], max_sequence_length)
         return Conditioning(embeds=embeds), (Conditioning(embeds=negative) if negative is not None else None)
 
@@ -156,6 +186,8 @@ class WanFamily:
         gives ``image_embeds``."""
         from cac_align.gen.family import Conditioning
 
+        if not self.last_image and any(image.last_image for image in images):
+            raise ValueError(f"{self.title} takes a first frame only, and an image gives a last_image; drop it")
         rows = [wan_image_conditioning(pipe, config, image, expand_timesteps=self.expand_timesteps) for image in images]
         return Conditioning.stack(rows)
 
@@ -168,8 +200,8 @@ class WanFamily:
     def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> tuple[Any, Any]:
         import torch
 
-        shape = (
-            pipe.transformer.config.in_channels,
+        shape = (  # the VAE's latent channels (an image-to-video transformer reads more: the image's, beside)
+            pipe.vae.config.z_dim,
             (config.num_frames - 1) // pipe.vae_scale_factor_temporal + 1,
             config.height // pipe.vae_scale_factor_spatial,
             config.width // pipe.vae_scale_factor_spatial,
@@ -196,9 +228,11 @@ class WanFamily:
         from cac_align.gen.family import Generated
         from cac_align.gen.generator import frames_to_uint8
 
+        if images is None and self.image_input == "required":
+            raise ValueError(f"{self.title} is an image-to-video model: give each prompt an image")
         device = pipe._execution_device
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-        negative = WAN_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
+        negative = self.negative_prompt if config.negative_prompt is None else config.negative_prompt
         if images is not None:
             from diffusers import WanImageToVideoPipeline
             from diffusers.utils import load_image
@@ -261,18 +295,58 @@ WAN22_A14B = WanFamily("wan2.2-a14b", "Wan2.2-A14B", 2, 16, False, {
     "guidance_scale_2": 3.0, "flow_shift": 12.0,
 }, tiny_names=("tiny-random:wan22-a14b",), hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers",))
 
-FAMILIES = (WAN21, WAN22_TI2V, WAN22_A14B)
+# Image-to-video (WanImageToVideoPipeline). The releases read: github.com/Wan-Video/Wan2.1 at
+# 9737cba9c1c3c4d04b33fcad41c111989865d315 and github.com/Wan-Video/Wan2.2 at 42bf4cfaa384bc21833865abc2f9e6c0e67233dc.
+WAN21_I2V = WanFamily("wan2.1-i2v", "Wan2.1-I2V-14B", 1, 16, False, pipeline_class="WanImageToVideoPipeline", image_input="required",
+                      last_image=False,  # its transformer has no position embedding for two images (pos_embed_seq_len: the FLF2V's)
+                      encoder_components=("text_encoder", "image_encoder"), negative_prompt=WAN21_I2V_NEGATIVE_PROMPT, defaults={
+    # Wan2.1 generate.py l.70-81: i2v samples 40 steps, shift 3.0 at 480 x 832 (5.0 at 720p: set flow_shift with the 720P
+    # checkpoint and a 720 x 1280 size); --sample_guide_scale 5.0; frame_num 81; shared_config.py sample_fps 16.
+    # The size is the 480P checkpoint's area (configs/__init__.py MAX_AREA_CONFIGS '480*832'), the frame given here whole.
+    **_SHARED, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 5.0,
+    "flow_shift": 3.0,
+}, tiny_names=("tiny-random:wan21-i2v",), hub_ids=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"))
+WAN22_I2V_A14B = WanFamily("wan2.2-i2v-a14b", "Wan2.2-I2V-A14B", 2, 16, False, pipeline_class="WanImageToVideoPipeline", image_input="required",
+                           last_image=True, defaults={
+    # Wan2.2 wan/configs/wan_i2v_A14B.py l.34-37: sample_shift 5.0, sample_steps 40, boundary 0.900 (the checkpoint's
+    # boundary_ratio), sample_guide_scale (3.5, 3.5) for the (low-, high-)noise experts; shared_config.py l.18-20:
+    # sample_fps 16, frame_num 81; generate.py --size default "1280*720" (W*H): 720 x 1280. Shift set here: the diffusers
+    # checkpoint's scheduler was converted with 3.0 (scripts/convert_wan_to_diffusers.py), not the release's 5.0.
+    **_SHARED, "height": 720, "width": 1280, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 3.5,
+    "guidance_scale_2": 3.5, "flow_shift": 5.0,
+}, tiny_names=("tiny-random:wan22-i2v-a14b",), hub_ids=("Wan-AI/Wan2.2-I2V-A14B-Diffusers",))
+
+FAMILIES = (WAN21, WAN22_TI2V, WAN22_A14B, WAN21_I2V, WAN22_I2V_A14B)
 
 
 def family_for_index(index: Mapping[str, Any]) -> WanFamily | None:
-    """The Wan family a ``model_index.json`` describes (module docstring), or None."""
-    from cac_align.gen.family import has_component
+    """The Wan family a ``model_index.json`` describes (module docstring), or None.
 
-    if index.get("_class_name") != "WanPipeline":
-        return None
-    if has_component(index, "transformer_2"):
-        return WAN22_A14B
-    return WAN22_TI2V if index.get("expand_timesteps") else WAN21
+    Raises:
+        UnknownGeneratorError: a ``WanImageToVideoPipeline`` of no release listed here (neither a
+            second expert, per-token timesteps nor a CLIP image encoder): which release's settings
+            apply cannot be told, so it is refused rather than sampled with another's.
+    """
+    from cac_align.gen.family import UnknownGeneratorError, has_component
+
+    pipeline = index.get("_class_name")
+    if pipeline == "WanPipeline":
+        if has_component(index, "transformer_2"):
+            return WAN22_A14B
+        return WAN22_TI2V if index.get("expand_timesteps") else WAN21
+    if pipeline == "WanImageToVideoPipeline":
+        if has_component(index, "transformer_2"):
+            return WAN22_I2V_A14B
+        if index.get("expand_timesteps"):
+            return WAN22_TI2V  # the TI2V-5B's files loaded as the image-to-video pipeline: the same model
+        if has_component(index, "image_encoder"):
+            return WAN21_I2V
+        raise UnknownGeneratorError(
+            "a WanImageToVideoPipeline of no Wan release known here (no transformer_2, no expand_timesteps, no image_encoder; Wan2.2-I2V-A14B "
+            "has a transformer_2, Wan2.2-TI2V-5B expand_timesteps, Wan2.1-I2V-14B a CLIP image_encoder): its sampling settings have no "
+            "source in cac_align, so it is refused rather than run with another release's; add its family to cac_align/gen/wan.py"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------------

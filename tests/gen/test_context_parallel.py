@@ -40,8 +40,8 @@ def two_processes(tmp_path_factory):
     return json.loads(out.read_text())["cases"]
 
 
-@pytest.mark.slow  # two processes, ~20 s: `pytest -m slow tests/gen/test_context_parallel.py`
-@pytest.mark.parametrize("name", ["tiny-random:ltx2", "tiny-random:ltx2.3", "tiny-random:wan"])
+@pytest.mark.slow  # two processes, ~55 s on 2 CPU cores: `pytest -m slow tests/gen/test_context_parallel.py`
+@pytest.mark.parametrize("name", ["tiny-random:ltx2", "tiny-random:ltx2.3", "tiny-random:wan", "tiny-random:wan21-i2v", "tiny-random:wan22-ti2v+image"])
 def test_two_processes_give_one_process_velocities_and_lora_gradients(two_processes, name):
     case = two_processes[name]
     # the video really was split: each process's output layer saw half the tokens

@@ -31,7 +31,7 @@ from cac_align.gen.memory import (
 )
 from cac_align.gen.parallel import ParallelSettings
 
-TINY = ("tiny-random:wan", "tiny-random:wan22-a14b", "tiny-random:ltx2")
+TINY = ("tiny-random:wan", "tiny-random:wan22-a14b", "tiny-random:wan21-i2v", "tiny-random:wan22-i2v-a14b", "tiny-random:ltx2")
 
 
 def _saved_without_weights(name: str, folder: Path):
