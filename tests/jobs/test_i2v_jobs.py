@@ -172,6 +172,19 @@ def test_flow_grpo_on_an_image_trains_the_lora_on_the_generated_frames(tmp_path)
                                                                             "00001_a-person-holding-a-blue-cup.mp4"]
 
 
+def test_localized_credit_on_an_image_run_covers_the_generated_latents(tmp_path):
+    """The judge's window and box map onto the latent grid, then the image's frame is dropped: the
+    maps and the per-position log-densities (generated frames only) line up, and the step trains."""
+    from cac_align.jobs.flow_grpo import run
+    from cac_align.rewards.registry import build_reward
+
+    reward = build_reward({"name": "spot_brightness", "box": [0, 0, 500, 500], "window_s": [0.1, 0.3]}, "reward")
+    out = tmp_path / "run"
+    run(_flow(out, "steps=1", "checkpoint_every=0", "advantage.localize.enabled=true", "advantage.localize.apply_to=all"), reward=reward)
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["localize/localized_fraction"] > 0 and row["train/grad_norm"] > 0
+
+
 def test_flow_grpo_refuses_text_alone_for_an_image_model_and_context_parallel_with_images(tmp_path):
     from cac_align.jobs.flow_grpo import run
 
@@ -218,3 +231,60 @@ def test_dpo_pairs_keep_their_image_and_train_on_the_generated_frames(tmp_path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(PairError, match="animate different images"):
         read_pairs([str(tmp_path / "bon")], 32, 4)
+
+
+# ---------------------------------------------------------------------------------------
+# Exact resume and two processes, as for text-to-video (slow: `pytest -m slow`, which .ci/run runs)
+# ---------------------------------------------------------------------------------------
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow  # ~30 s on 2 cores (2026-11-26)
+def test_image_to_video_flow_grpo_resumes_exactly(tmp_path):
+    """2 steps, then resume=true to 3 == a straight 3-step run: the LoRA file and every logged
+    training number."""
+    from cac_align.jobs.flow_grpo import run
+
+    run(_flow(tmp_path / "straight", "steps=3", "checkpoint_every=2"), reward=_brightness())
+    run(_flow(tmp_path / "resumed", "steps=2", "checkpoint_every=2"), reward=_brightness())
+    run(_flow(tmp_path / "resumed", "steps=3", "checkpoint_every=2", "resume=true"), reward=_brightness())
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
+    keys = [k for k in straight[-1] if k.startswith(("train/", "reward/"))]
+    assert [r["step"] for r in resumed] == [1, 2, 3] and keys
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    name = "pytorch_lora_weights.safetensors"
+    assert (tmp_path / "straight/lora" / name).read_bytes() == (tmp_path / "resumed/lora" / name).read_bytes()
+
+
+@pytest.mark.slow  # two processes, ~60 s on 2 cores (2026-11-26)
+def test_image_to_video_on_two_processes_trains_as_one(tmp_path):
+    """One step of flow_grpo_tiny_i2v.yaml on two gloo processes (`accelerate launch`) gives the
+    LoRA one process trains, and its logged numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from cac_align.gen.tiny import build_tiny_wan22_ti2v_pipeline
+    from cac_align.jobs.flow_grpo import run
+
+    pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
+    run(_flow(tmp_path / "one", "steps=1", "checkpoint_every=0"), pipe=pipe)
+    one = {f"transformer.{n}": p.detach() for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29553",
+               str(REPO_ROOT / "tests/generator_two_process.py"), str(RECIPES / "flow_grpo_tiny_i2v.yaml"), str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
+    assert set(rank0) == set(rank1) == set(one) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
+    assert any(torch.count_nonzero(v) for n, v in rank0.items() if "lora_B" in n)
+    for name, value in one.items():  # as the text-to-video test: 1% of an Adam step
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5)
+    (row_two,), (row_one,) = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    for key in ("reward/mean", "train/kl"):
+        assert row_two[key] == pytest.approx(row_one[key], rel=1e-4, abs=1e-9), key
+    assert row_two["train/grad_norm"] == pytest.approx(row_one["train/grad_norm"], rel=1e-3)
