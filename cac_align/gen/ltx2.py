@@ -86,6 +86,7 @@ STG forward changes nothing (it still runs); its default decode (``decode_timest
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -444,8 +445,8 @@ class LTX2Family:
     def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
         """``LTX2Pipeline``'s videos and soundtracks, one generator per (prompt, seed); with
         ``images`` (one :class:`~cac_align.run.input_files.PromptImage` per prompt),
-        ``LTX2ImageToVideoPipeline``'s (the same components: ``from_pipe``) with the same settings,
-        one call per run of consecutive rows that share an image.
+        ``LTX2ImageToVideoPipeline``'s on the same components (:func:`_image_to_video`) with the
+        same settings, one call per run of consecutive rows that share an image.
 
         diffusers 0.42.1's image-to-video pipeline takes its CRF re-compression only on one PIL
         image (``check_inputs``), and then indexes that one image per generator
@@ -468,11 +469,9 @@ class LTX2Family:
         if images is None:
             outputs = [pipe(prompt=list(prompts), negative_prompt=[negative] * len(prompts), generator=generators, **settings)]
         else:
-            from diffusers import LTX2ImageToVideoPipeline
             from diffusers.utils import load_image
 
-            animate = pipe if isinstance(pipe, LTX2ImageToVideoPipeline) else LTX2ImageToVideoPipeline.from_pipe(pipe)
-            animate.set_progress_bar_config(disable=True)
+            animate = _image_to_video(pipe)
             outputs = []
             for lo, hi in _image_runs(images):
                 image = conditioning_image(pipe, load_image(images[lo].image))
@@ -576,6 +575,38 @@ def _image_runs(images: Sequence[Any]) -> list[tuple[int, int]]:
     """``(lo, hi)`` of each run of consecutive rows whose images are equal (one pipeline call each)."""
     starts = [i for i in range(len(images)) if i == 0 or images[i] != images[i - 1]]
     return list(zip(starts, starts[1:] + [len(images)]))
+
+
+def _image_to_video(pipe: Any) -> Any:
+    """diffusers' ``LTX2ImageToVideoPipeline`` over ``pipe``'s components, each left in its dtype.
+
+    Two things of diffusers 0.42.1 are worked around, nothing else changed:
+
+    - not ``from_pipe``: it ends with ``new_pipeline.to(dtype=dtype)``, ``dtype`` defaulting to
+      float32 (``pipelines/pipeline_utils.py``, ``DiffusionPipeline.from_pipe``), which casts the
+      shared transformer and text encoder of a bfloat16 run to float32 in place; the pipeline is
+      built from ``pipe.components`` instead (its ``__init__`` takes LTX2Pipeline's components);
+    - its ``__call__`` casts the image's pixels to the prompt embeddings' dtype before
+      ``prepare_latents`` encodes them, which a float32 VAE beside a bfloat16 text encoder (the
+      jobs' default ``vae_dtype``) refuses; :func:`_image_to_video_class` gives the VAE pixels in
+      its own dtype (no change where the two agree), as :func:`first_frame_latents` does.
+    """
+    animate = _image_to_video_class()(**pipe.components)
+    animate.set_progress_bar_config(disable=True)
+    return animate
+
+
+@functools.lru_cache(maxsize=1)
+def _image_to_video_class() -> type:
+    """``LTX2ImageToVideoPipeline`` whose ``prepare_latents`` casts the image to the VAE's dtype
+    first (:func:`_image_to_video`); made on first use, diffusers being imported lazily."""
+    from diffusers import LTX2ImageToVideoPipeline
+
+    class ImageToVideoPixelsInVaeDtype(LTX2ImageToVideoPipeline):
+        def prepare_latents(self, image: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return super().prepare_latents(None if image is None else image.to(self.vae.dtype), *args, **kwargs)
+
+    return ImageToVideoPixelsInVaeDtype
 
 
 def conditioning_image(pipe: Any, image: Any, crf: int | None = None) -> Any:

@@ -3,7 +3,8 @@ layouts against diffusers' own ``LTX2ImageToVideoPipeline`` (0.42.1) on the same
 frame's latents are the pipeline's (its CRF re-compression, its bilinear resize); with the SDE noise
 off our sampler gives the pipeline's final video and audio latents; the image's frame carries no
 log-probability and a policy-gradient loss sends no gradient to the transformer's output on its
-tokens; ``generate`` with an image is the pipeline's own video and soundtrack."""
+tokens; ``generate`` with an image is the pipeline's own video and soundtrack, and leaves a bfloat16
+transformer beside a float32 VAE as they were."""
 
 from __future__ import annotations
 
@@ -223,6 +224,18 @@ def test_generate_with_an_image_is_the_pipelines_own_video_and_soundtrack(pipes,
         expected = np.round(np.clip(np.asarray(theirs.frames[0]), 0, 1) * 255).astype(np.uint8)
         assert np.abs(made.frames[row].astype(int) - expected.astype(int)).max() <= 1
         np.testing.assert_allclose(made.audio[row], theirs.audio[0].float().clamp(-1, 1).numpy(), rtol=0, atol=1e-5)
+    # a bfloat16 transformer and text encoder beside a float32 VAE (the jobs' default vae_dtype): the image is
+    # encoded in the VAE's dtype, and nothing is cast in place (diffusers' from_pipe would make all of it float32)
+    from cac_align.gen.tiny import build_tiny_ltx2_pipeline
+
+    mixed = build_tiny_ltx2_pipeline(0, "2.3")
+    for name in ("transformer", "text_encoder", "connectors"):
+        getattr(mixed, name).to(torch.bfloat16)
+    dtypes = {name: module.dtype for name, module in mixed.components.items() if isinstance(module, torch.nn.Module)}
+    made = LTX2.generate(mixed, config, PROMPTS[:1], SEEDS[:1], images=[images[1]])
+    assert made.frames.shape == (1, 17, 64, 96, 3)
+    assert {name: module.dtype for name, module in mixed.components.items() if isinstance(module, torch.nn.Module)} == dtypes
+    assert dtypes["transformer"] == torch.bfloat16 and dtypes["vae"] == torch.float32
     # the rows' images: one pipeline call per run of consecutive rows sharing one
     a, b = images
     assert _image_runs([a, a, b, a]) == [(0, 2), (2, 3), (3, 4)] and _image_runs([a]) == [(0, 1)]
