@@ -628,10 +628,11 @@ def first_frame_latents(pipe: Any, image: Any, height: int, width: int) -> torch
     """The normalized first latent frame of ``image`` (re-compressed already:
     :func:`conditioning_image`), as ``LTX2ImageToVideoPipeline.prepare_latents`` builds its
     ``init_latents``: its ``video_processor.preprocess`` to ``height`` x ``width`` (a **bilinear**
-    resize, to [-1, 1]: the image-to-video pipeline builds its processor with ``resample="bilinear"``,
-    ``__init__``, where ``LTX2Pipeline``'s keeps the default Lanczos, so ``pipe.video_processor`` of
-    a text-to-video pipeline would resize otherwise), one frame through the VAE, the mode of its latent distribution (``retrieve_latents(...,
-    "argmax")``), then ``_normalize_latents`` with the VAE's ``latents_mean`` and ``latents_std``.
+    resize, to [-1, 1]: the image-to-video pipeline's ``__init__`` builds its processor with
+    ``resample="bilinear"`` where ``LTX2Pipeline``'s keeps the default Lanczos, so a text-to-video
+    pipeline's ``pipe.video_processor`` would resize otherwise), one frame through the VAE, the mode
+    of its latent distribution (``retrieve_latents(..., "argmax")``), then ``_normalize_latents``
+    with the VAE's ``latents_mean`` and ``latents_std``.
 
     That normalization is called without the VAE's ``scaling_factor`` (which the pipeline's decode
     divides by); every LTX-2 release's is 1.0, and it is the pipeline's call that is followed. The
@@ -642,7 +643,6 @@ def first_frame_latents(pipe: Any, image: Any, height: int, width: int) -> torch
         ``(1, C, 1, H / 32, W / 32)`` float32 on the pipeline's device.
     """
     from diffusers.pipelines.ltx2.pipeline_ltx2_image2video import LTX2ImageToVideoPipeline, retrieve_latents
-
     from diffusers.video_processor import VideoProcessor
 
     vae = pipe.vae
