@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 import torch
 
+from cac_align.config import RecipeError
 from cac_align.gen.family import Conditioning, check_prompt_images, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, sample_with_log_probs, video_velocity
 from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX2Denoiser, _image_runs, conditioning_image, first_frame_latents
@@ -155,7 +156,7 @@ def test_the_first_frame_is_the_pipelines_own_latents_compressed_and_resized_as_
     # every release takes a first frame and no last one
     assert all(family.image_input == "optional" and not family.last_image for family in (LTX2, LTX23))
     check_prompt_images(LTX2, images, "prompts.jsonl")
-    with pytest.raises(Exception, match="takes a first frame only"):
+    with pytest.raises(RecipeError, match="takes a first frame only"):
         check_prompt_images(LTX2, [PromptImage(images[0].image, last_image=images[1].image)], "prompts.jsonl")
 
 
