@@ -38,6 +38,16 @@ regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Reg
 segment of the window's latents between a kept clip before it and a keyframe after it
 (:func:`segment_layout`), not the video.
 
+**Image-to-video** (every release: text alone, or text and a first frame; no last frame), as
+diffusers' ``LTX2ImageToVideoPipeline`` (0.42.1, ``pipelines/ltx2/pipeline_ltx2_image2video.py``)
+animates an image: the image, H.264 re-compressed at the release's CRF (33; LTX-2.5's 18), resized
+and encoded by the VAE, is the video's first latent frame (:meth:`LTX2Family.encode_images`: the
+conditioning's ``fixed``); at every step the transformer sees it in front of the generated frames
+with timestep 0 on its tokens (the audio and the cross-attention's sigma keep the step's ``t``), the
+guidance is computed on the whole video, and only the generated frames step
+(:class:`LTX2Denoiser`). The sampler, the log-probabilities and every loss cover the generated
+frames only. Context parallel does not take an image (:meth:`LTX2Family.context_parallel_plan`).
+
 **Context parallel** (one video's tokens over a group of processes, diffusers' ``enable_parallelism``):
 the family's own plan (:meth:`LTX2Family.context_parallel_plan`), not diffusers' (which fails on the
 audio+video layout): the video tokens are split and its self-attention runs Ulysses; the audio and
@@ -76,6 +86,7 @@ STG forward changes nothing (it still runs); its default decode (``decode_timest
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -83,11 +94,12 @@ import numpy as np
 import torch
 
 from cac_align.gen.experts import Denoiser
+from cac_align.gen.family import fixed_frames
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
 __all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
-           "SegmentLayout", "VIDEO_BRANCH", "family_for_index", "on_grid", "regenerator_for_index", "segment_layout"]
+           "SegmentLayout", "VIDEO_BRANCH", "conditioning_image", "family_for_index", "first_frame_latents", "on_grid", "regenerator_for_index", "segment_layout"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
 # its feed-forward. A LoRA on these trains the video branch; the audio branch's layers
@@ -141,6 +153,10 @@ class LTX2Family:
     # model one unit); Gemma and the connectors encode, then leave the device
     block_classes: tuple[str, ...] = ("LTX2VideoTransformerBlock",)
     encoder_components: tuple[str, ...] = ("text_encoder", "connectors")
+    # image-to-video (cac_align.gen.family; module docstring): text alone, or text and a first frame
+    # (LTX2ImageToVideoPipeline's); no last frame
+    image_input: str = "optional"
+    last_image: bool = False
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None) -> Any:
@@ -229,6 +245,11 @@ class LTX2Family:
         ``video_self_attention_mask``, which this plan does not split (the shapes then disagree and
         the forward fails).
 
+        Not with an image (:meth:`encode_images`): the image's first frame makes the video
+        tokens' timesteps per token (``(B, T)``, 0 on the image's tokens), and this plan splits the
+        tokens but not those timesteps, so each process would modulate its chunk with the wrong
+        ones. The jobs refuse context parallel for prompts with images before anything loads.
+
         Args:
             transformer: the pipeline's ``LTX2VideoTransformer3DModel`` (with or without LoRA).
 
@@ -258,7 +279,8 @@ class LTX2Family:
         anything loads: the video's latent tokens (``latent frames x (height / 32) x (width / 32)``,
         patch 1) and the video self-attention's heads (``num_attention_heads``, the one attention that
         runs Ulysses) must divide by ``degree``. The audio's length and heads need not: the audio
-        stream is whole on every process.
+        stream is whole on every process. Prompts with images cannot run context parallel at all
+        (:meth:`context_parallel_plan`); the jobs refuse that, not this check.
 
         Args:
             config: the :class:`~cac_align.gen.generator.GeneratorConfig` (``height``, ``width``,
@@ -307,6 +329,33 @@ class LTX2Family:
         n = len(prompts)
         return (Conditioning(embeds=video[n:], audio_embeds=audio[n:], attention_mask=attention[n:]),
                 Conditioning(embeds=video[:n], audio_embeds=audio[:n], attention_mask=attention[:n]))
+
+    def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
+        """Each row's first frame as ``LTX2ImageToVideoPipeline`` conditions on it (diffusers 0.42.1
+        ``pipeline_ltx2_image2video.py``: ``__call__`` step 4 and ``prepare_latents``): the image
+        H.264 re-compressed at the release's CRF (:func:`conditioning_image`), resized to
+        ``config``'s height x width, encoded by the VAE and normalized (:func:`first_frame_latents`).
+        It is the video's first latent frame, ``fixed`` (module docstring, "Image-to-video").
+
+        Args:
+            images: one :class:`~cac_align.run.input_files.PromptImage` per row (no ``last_image``:
+                :func:`~cac_align.gen.family.check_prompt_images` refuses one first).
+
+        Returns:
+            A :class:`~cac_align.gen.family.Conditioning` with ``fixed`` ``(B, C, 1, H', W')``
+            float32, normalized latents as the sampler's.
+        """
+        from diffusers.utils import load_image
+
+        from cac_align.gen.family import Conditioning
+
+        encoded: dict[Any, torch.Tensor] = {}  # a group's rows share an image: encode it once
+        for image in images:
+            if image.last_image is not None:
+                raise ValueError(f"{self.title} takes a first frame only; {image.last_image} was given as the last one")
+            if image not in encoded:
+                encoded[image] = first_frame_latents(pipe, conditioning_image(pipe, load_image(image.image)), config.height, config.width)
+        return Conditioning(fixed=torch.cat([encoded[image] for image in images]))
 
     def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's own: ``linspace(1, 1/N, N)`` through its scheduler, shifted by the video's
@@ -393,8 +442,18 @@ class LTX2Family:
         patch = pipe.transformer.config.patch_size
         return pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio, (pipe.transformer.config.patch_size_t, patch, patch)
 
-    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int]) -> Any:
-        """``LTX2Pipeline``'s videos and soundtracks, one generator per (prompt, seed)."""
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
+        """``LTX2Pipeline``'s videos and soundtracks, one generator per (prompt, seed); with
+        ``images`` (one :class:`~cac_align.run.input_files.PromptImage` per prompt),
+        ``LTX2ImageToVideoPipeline``'s on the same components (:func:`_image_to_video`) with the
+        same settings, one call per run of consecutive rows that share an image.
+
+        diffusers 0.42.1's image-to-video pipeline takes its CRF re-compression only on one PIL
+        image (``check_inputs``), and then indexes that one image per generator
+        (``prepare_latents``: ``image[i]``), which fails for a run of two rows or more with a
+        generator each. So the image is re-compressed here, with the pipeline's own functions and
+        CRF (:func:`conditioning_image`), and given once per row with ``image_crf=0``: what the
+        pipeline computes for each row alone (tests/gen/test_ltx2_i2v.py pins it)."""
         from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
 
         from cac_align.gen.family import Generated
@@ -403,15 +462,24 @@ class LTX2Family:
         device = pipe._execution_device
         guidance = self.guidance(config)
         negative = DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
-        output = pipe(
-            prompt=list(prompts), negative_prompt=[negative] * len(prompts), height=config.height, width=config.width,
-            num_frames=config.num_frames, frame_rate=config.fps, num_inference_steps=config.num_inference_steps,
-            **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
-            generator=[torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds], output_type="np",
-            max_sequence_length=config.max_sequence_length,
-        )
-        audio = output.audio.float().clamp(-1, 1).cpu().numpy()
-        return Generated(frames_to_uint8(output.frames), audio, int(pipe.vocoder.config.output_sampling_rate))
+        generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+        settings = dict(height=config.height, width=config.width, num_frames=config.num_frames, frame_rate=config.fps,
+                        num_inference_steps=config.num_inference_steps, **{key: guidance[key] for key in GUIDANCE_KEYS},
+                        spatio_temporal_guidance_blocks=guidance["stg_blocks"], output_type="np", max_sequence_length=config.max_sequence_length)
+        if images is None:
+            outputs = [pipe(prompt=list(prompts), negative_prompt=[negative] * len(prompts), generator=generators, **settings)]
+        else:
+            from diffusers.utils import load_image
+
+            animate = _image_to_video(pipe)
+            outputs = []
+            for lo, hi in _image_runs(images):
+                image = conditioning_image(pipe, load_image(images[lo].image))
+                outputs.append(animate(image=[image] * (hi - lo), image_crf=0, prompt=list(prompts[lo:hi]), negative_prompt=[negative] * (hi - lo),
+                                       generator=generators[lo:hi], **settings))
+        frames = np.concatenate([frames_to_uint8(output.frames) for output in outputs])
+        audio = np.concatenate([output.audio.float().clamp(-1, 1).cpu().numpy() for output in outputs])
+        return Generated(frames, audio, int(pipe.vocoder.config.output_sampling_rate))
 
 
 class _OwnTokens:
@@ -500,6 +568,96 @@ def _does_cfg(guidance: Mapping[str, Any]) -> bool:
     return guidance["guidance_scale"] > 1.0 or guidance["audio_guidance_scale"] > 1.0
 
 
+# ---------------------------------------------------------------------------------------
+# Image-to-video: the first frame as LTX2ImageToVideoPipeline prepares it
+# ---------------------------------------------------------------------------------------
+def _image_runs(images: Sequence[Any]) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each run of consecutive rows whose images are equal (one pipeline call each)."""
+    starts = [i for i in range(len(images)) if i == 0 or images[i] != images[i - 1]]
+    return list(zip(starts, starts[1:] + [len(images)]))
+
+
+def _image_to_video(pipe: Any) -> Any:
+    """diffusers' ``LTX2ImageToVideoPipeline`` over ``pipe``'s components, each left in its dtype.
+
+    Two things of diffusers 0.42.1 are worked around, nothing else changed:
+
+    - not ``from_pipe``: it ends with ``new_pipeline.to(dtype=dtype)``, ``dtype`` defaulting to
+      float32 (``pipelines/pipeline_utils.py``, ``DiffusionPipeline.from_pipe``), which casts the
+      shared transformer and text encoder of a bfloat16 run to float32 in place; the pipeline is
+      built from ``pipe.components`` instead (its ``__init__`` takes LTX2Pipeline's components);
+    - its ``__call__`` casts the image's pixels to the prompt embeddings' dtype before
+      ``prepare_latents`` encodes them, which a float32 VAE beside a bfloat16 text encoder (the
+      jobs' default ``vae_dtype``) refuses; :func:`_image_to_video_class` gives the VAE pixels in
+      its own dtype (no change where the two agree), as :func:`first_frame_latents` does.
+    """
+    animate = _image_to_video_class()(**pipe.components)
+    animate.set_progress_bar_config(disable=True)
+    return animate
+
+
+@functools.lru_cache(maxsize=1)
+def _image_to_video_class() -> type:
+    """``LTX2ImageToVideoPipeline`` whose ``prepare_latents`` casts the image to the VAE's dtype
+    first (:func:`_image_to_video`); made on first use, diffusers being imported lazily."""
+    from diffusers import LTX2ImageToVideoPipeline
+
+    class ImageToVideoPixelsInVaeDtype(LTX2ImageToVideoPipeline):
+        def prepare_latents(self, image: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return super().prepare_latents(None if image is None else image.to(self.vae.dtype), *args, **kwargs)
+
+    return ImageToVideoPixelsInVaeDtype
+
+
+def conditioning_image(pipe: Any, image: Any, crf: int | None = None) -> Any:
+    """``image`` (a PIL image) as the image-to-video pipeline conditions on it before resizing:
+    H.264 re-compressed at ``crf``, by default the release's (diffusers 0.42.1
+    ``pipelines/ltx2/utils.py``: ``resolve_default_image_crf`` reads the text encoder, 33 for the
+    Gemma-3 releases, 18 for LTX-2.5's Gemma 4; ``apply_image_conditioning_crf`` encodes it as one
+    mp4 frame with PyAV and decodes it), so the first frame carries the compression the model saw
+    in training. ``crf`` 0: the image as it is (RGB)."""
+    import PIL.Image
+    from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf, resolve_default_image_crf
+
+    crf = resolve_default_image_crf(pipe.text_encoder) if crf is None else crf
+    rgb = image.convert("RGB")
+    return rgb if crf == 0 else PIL.Image.fromarray(apply_image_conditioning_crf(np.array(rgb), crf))
+
+
+def first_frame_latents(pipe: Any, image: Any, height: int, width: int) -> torch.Tensor:
+    """The normalized first latent frame of ``image`` (re-compressed already:
+    :func:`conditioning_image`), as ``LTX2ImageToVideoPipeline.prepare_latents`` builds its
+    ``init_latents``: its ``video_processor.preprocess`` to ``height`` x ``width`` (a **bilinear**
+    resize, to [-1, 1]: the image-to-video pipeline's ``__init__`` builds its processor with
+    ``resample="bilinear"`` where ``LTX2Pipeline``'s keeps the default Lanczos, so a text-to-video
+    pipeline's ``pipe.video_processor`` would resize otherwise), one frame through the VAE, the mode
+    of its latent distribution (``retrieve_latents(..., "argmax")``), then ``_normalize_latents``
+    with the VAE's ``latents_mean`` and ``latents_std``.
+
+    That normalization is called without the VAE's ``scaling_factor`` (which the pipeline's decode
+    divides by); every LTX-2 release's is 1.0, and it is the pipeline's call that is followed. The
+    pipeline casts the pixels to the prompt embeddings' dtype; here they take the VAE's (the same
+    in a run whose VAE shares the transformer's dtype; a float32 VAE is given float32 pixels).
+
+    Returns:
+        ``(1, C, 1, H / 32, W / 32)`` float32 on the pipeline's device.
+    """
+    from diffusers.pipelines.ltx2.pipeline_ltx2_image2video import LTX2ImageToVideoPipeline, retrieve_latents
+    from diffusers.video_processor import VideoProcessor
+
+    vae = pipe.vae
+    device = pipe._execution_device
+    if isinstance(pipe, LTX2ImageToVideoPipeline):
+        processor = pipe.video_processor
+    else:  # the image-to-video pipeline's own processor (its __init__)
+        processor = VideoProcessor(vae_scale_factor=pipe.vae_spatial_compression_ratio, resample="bilinear")
+    with torch.no_grad():
+        pixels = processor.preprocess(image, height=height, width=width)  # (1, 3, H, W)
+        pixels = pixels.to(next(vae.parameters()).device, vae.dtype).unsqueeze(2)  # one frame
+        z = retrieve_latents(vae.encode(pixels), None, "argmax").to(device, torch.float32)
+        return LTX2ImageToVideoPipeline._normalize_latents(z, vae.latents_mean, vae.latents_std)
+
+
 class LTX2Denoiser(Denoiser):
     """The velocities of LTX-2's two streams at a step, as ``LTX2Pipeline`` computes them (module
     docstring): ``denoiser(latents, timestep, cond, negative, guidance, dtype, side)`` ->
@@ -516,14 +674,18 @@ class LTX2Denoiser(Denoiser):
         self.family = family
 
     def _call(self, video: torch.Tensor, audio: torch.Tensor, context: Any, t: torch.Tensor, grid: tuple[int, int, int], fps: float,
-              **perturb: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """One transformer forward over ``video`` (packed) and ``audio`` with ``context``'s rows."""
+              video_t: torch.Tensor | None = None, **perturb: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transformer forward over ``video`` (packed) and ``audio`` with ``context``'s rows.
+        ``video_t``: the video tokens' own timesteps ``(rows, T)`` (an image's first frame at 0),
+        the audio's and the cross-attentions' staying ``t``, as ``LTX2ImageToVideoPipeline``
+        passes them; None: ``t`` for all, as ``LTX2Pipeline`` passes it."""
         frames, height, width = grid
         rows = video.shape[0]
         rope, audio_rope = self.transformer.rope, self.transformer.audio_rope
+        timesteps = {"timestep": t} if video_t is None else {"timestep": video_t, "audio_timestep": t}
         v, a = self.transformer(
             hidden_states=video, audio_hidden_states=audio, encoder_hidden_states=context.embeds, audio_encoder_hidden_states=context.audio_embeds,
-            timestep=t, sigma=t, encoder_attention_mask=context.attention_mask, audio_encoder_attention_mask=context.attention_mask, num_frames=frames,
+            **timesteps, sigma=t, encoder_attention_mask=context.attention_mask, audio_encoder_attention_mask=context.attention_mask, num_frames=frames,
             height=height, width=width, fps=fps, audio_num_frames=audio.shape[1],
             video_coords=rope.prepare_video_coords(rows, frames, height, width, video.device, fps=fps),
             audio_coords=audio_rope.prepare_audio_coords(rows, audio.shape[1], audio.device), perturbation_mask=None,
@@ -535,17 +697,38 @@ class LTX2Denoiser(Denoiser):
                 side: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The guided velocities (module docstring).
 
+        Animating an image (``cond`` holds ``fixed``, :func:`~cac_align.gen.family.fixed_frames`),
+        the step is ``LTX2ImageToVideoPipeline``'s (diffusers 0.42.1
+        ``pipeline_ltx2_image2video.py``, the denoising loop): the image's latent frame is put in
+        front of ``latents`` and the transformer sees the whole video; its tokens get timestep 0
+        (``timestep.unsqueeze(-1) * (1 - conditioning_mask)``), the audio and ``sigma`` the step's
+        ``t``; the guidance, its rescale (whose standard deviation is over the whole video's tokens)
+        and the conversions between velocity and clean sample are done on the whole video with the
+        step's one sigma, as the pipeline does, and the image frame's velocity is dropped (the
+        pipeline's scheduler steps ``latents[:, :, 1:]`` only). Without ``fixed``, nothing of this
+        runs: the text-to-video step is ``LTX2Pipeline``'s, unchanged.
+
         Args:
-            latents: video ``(B, C, F', H', W')`` float32; side: audio ``(B, L, C_a M')`` float32.
+            latents: video ``(B, C, F', H', W')`` float32, the generated frames (without the ones
+                ``cond`` fixes); side: audio ``(B, L, C_a M')`` float32.
             timestep: the scheduler's ``t = 1000 sigma``, a scalar (a sampling step) or one per
                 sample ``(B,)``.
             cond / negative: :class:`~cac_align.gen.family.Conditioning` (``embeds``,
-                ``audio_embeds``, ``attention_mask``); negative None without CFG.
+                ``audio_embeds``, ``attention_mask``; ``cond`` also ``fixed`` ``(B, C, 1, H', W')``
+                when it animates an image: :meth:`LTX2Family.encode_images`); negative None
+                without CFG.
             guidance: :meth:`LTX2Family.guidance`.
             dtype: the transformer's dtype (inputs are cast to it).
+
+        Returns:
+            ``(video velocity (B, C, F', H', W')`` of the generated frames only, ``audio velocity
+            (B, L, C_a M'))``.
         """
         if side is None:
             raise ValueError("LTX-2 denoises video and audio together: pass the audio latents (side)")
+        fixed = fixed_frames(cond)
+        if fixed:  # the whole video: the image's frame, then the generated ones
+            latents = torch.cat([cond.fixed.to(latents.device, latents.dtype), latents], dim=2)
         batch, channels, frames, height, width = latents.shape
         grid, fps = (frames, height, width), guidance["frame_rate"]
         x = latents.permute(0, 2, 3, 4, 1).reshape(batch, frames * height * width, channels)  # tokens by frame, row, column
@@ -553,29 +736,36 @@ class LTX2Denoiser(Denoiser):
         dtype = dtype or latents.dtype
         t = torch.as_tensor(timestep, device=latents.device, dtype=torch.float32).expand(batch)
         sigma = (t / 1000.0).view(batch, 1, 1)
+        video_t = None
+        if fixed:  # the pipeline's timestep.unsqueeze(-1) * (1 - conditioning_mask): the image's tokens at 0
+            moving = torch.ones((frames, height * width), device=latents.device, dtype=torch.float32)
+            moving[:fixed] = 0.0
+            video_t = t.unsqueeze(-1) * moving.flatten()
         x_in, a_in = x.to(dtype), a.to(dtype)
         if _does_cfg(guidance):
-            both = type(cond).cat([negative, cond])
-            v, va = self._call(torch.cat([x_in, x_in]), torch.cat([a_in, a_in]), both, torch.cat([t, t]), grid, fps)
+            both = type(cond).cat([negative, cond])  # the text's tensors (the negative's names)
+            v, va = self._call(torch.cat([x_in, x_in]), torch.cat([a_in, a_in]), both, torch.cat([t, t]), grid, fps,
+                               None if video_t is None else torch.cat([video_t, video_t]))
             (v_neg, v_c), (va_neg, va_c) = v.chunk(2), va.chunk(2)
         else:
-            v_c, va_c = self._call(x_in, a_in, cond, t, grid, fps)
+            v_c, va_c = self._call(x_in, a_in, cond, t, grid, fps, video_t)
         x0, a0 = x - v_c * sigma, a - va_c * sigma  # each stream's clean-sample prediction
         video, audio = x0, a0
         if _does_cfg(guidance):
             video = video + (guidance["guidance_scale"] - 1) * (x0 - (x - v_neg * sigma))
             audio = audio + (guidance["audio_guidance_scale"] - 1) * (a0 - (a - va_neg * sigma))
         if guidance["stg_scale"] > 0 or guidance["audio_stg_scale"] > 0:  # self-attention skipped in the STG blocks
-            v_s, va_s = self._call(x_in, a_in, cond, t, grid, fps, spatio_temporal_guidance_blocks=guidance["stg_blocks"])
+            v_s, va_s = self._call(x_in, a_in, cond, t, grid, fps, video_t, spatio_temporal_guidance_blocks=guidance["stg_blocks"])
             video = video + guidance["stg_scale"] * (x0 - (x - v_s * sigma))
             audio = audio + guidance["audio_stg_scale"] * (a0 - (a - va_s * sigma))
         if guidance["modality_scale"] > 1 or guidance["audio_modality_scale"] > 1:  # each stream alone: no audio-video attention
-            v_m, va_m = self._call(x_in, a_in, cond, t, grid, fps, isolate_modalities=True)
+            v_m, va_m = self._call(x_in, a_in, cond, t, grid, fps, video_t, isolate_modalities=True)
             video = video + (guidance["modality_scale"] - 1) * (x0 - (x - v_m * sigma))
             audio = audio + (guidance["audio_modality_scale"] - 1) * (a0 - (a - va_m * sigma))
         video, audio = _rescale(video, x0, guidance["guidance_rescale"]), _rescale(audio, a0, guidance["audio_guidance_rescale"])
         v_video, v_audio = (x - video) / sigma, (a - audio) / sigma
-        return v_video.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3), v_audio
+        v_video = v_video.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+        return v_video[:, :, fixed:], v_audio  # the image's frame is not stepped
 
 
 def _rescale(guided: torch.Tensor, conditional: torch.Tensor, factor: float) -> torch.Tensor:
