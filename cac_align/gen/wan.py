@@ -220,7 +220,7 @@ class WanFamily:
 
     def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
         """``WanPipeline``'s videos, one generator per (prompt, seed); with ``images``,
-        ``WanImageToVideoPipeline``'s (the same components: ``from_pipe``), one call per run of
+        ``WanImageToVideoPipeline``'s (the same modules: :func:`_image_pipeline`), one call per run of
         rows that share an image."""
         import numpy as np
         import torch
@@ -237,7 +237,7 @@ class WanFamily:
             from diffusers import WanImageToVideoPipeline
             from diffusers.utils import load_image
 
-            animate = pipe if isinstance(pipe, WanImageToVideoPipeline) else WanImageToVideoPipeline.from_pipe(pipe)
+            animate = pipe if isinstance(pipe, WanImageToVideoPipeline) else _image_pipeline(pipe)
             animate.set_progress_bar_config(disable=True)
             videos = []
             for lo, hi in _runs(images):
@@ -265,6 +265,20 @@ class WanFamily:
             max_sequence_length=config.max_sequence_length,
         )
         return Generated(frames_to_uint8(output.frames))  # (B, F, H, W, 3) in [0, 1]
+
+
+def _image_pipeline(pipe: Any) -> Any:
+    """``WanImageToVideoPipeline`` over the same modules as the text-to-video ``pipe`` (the
+    TI2V-5B's, whose checkpoint is a ``WanPipeline``), nothing copied or cast: diffusers'
+    ``from_pipe`` would end by casting the shared modules to float32 in place (0.42.1
+    ``pipeline_utils.py``, ``new_pipeline.to(dtype=dtype)`` with float32 unless given one),
+    turning a bf16 run's transformer and text encoder into float32."""
+    from diffusers import WanImageToVideoPipeline
+
+    names = ("tokenizer", "text_encoder", "vae", "scheduler", "transformer", "transformer_2")
+    modules = {name: getattr(pipe, name, None) for name in names}
+    return WanImageToVideoPipeline(**modules, boundary_ratio=pipe.config.get("boundary_ratio"),
+                                   expand_timesteps=bool(pipe.config.get("expand_timesteps", False)))
 
 
 def _runs(images: Sequence[Any]) -> list[tuple[int, int]]:

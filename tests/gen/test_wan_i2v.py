@@ -309,3 +309,22 @@ def test_an_i2v_lora_goes_through_diffusers_files_and_back(name, tmp_path):
                                   for m in (trained, loaded, plain))
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
             assert (want - without).abs().max() > 1e-3  # the LoRA changes the velocity: the round trip carried it
+
+
+def test_animating_an_image_casts_no_module_of_the_text_pipeline():
+    """The TI2V-5B is a WanPipeline checkpoint: its image mode runs WanImageToVideoPipeline over the
+    same modules, in the dtypes they were loaded in (diffusers' from_pipe would cast them to float32)."""
+    from cac_align.gen.generator import GeneratorConfig, generate_videos
+    from cac_align.gen.tiny import build_tiny_wan22_ti2v_pipeline
+    from cac_align.run.input_files import read_prompt_rows
+    from conftest import REPO_ROOT
+
+    pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
+    pipe.transformer.to(torch.bfloat16)
+    pipe.text_encoder.to(torch.bfloat16)
+    config = GeneratorConfig(name="tiny-random:wan22-ti2v", dtype="bfloat16", device="cpu", height=32, width=32, num_frames=5,
+                             num_inference_steps=2, guidance_scale=1.0)
+    image = read_prompt_rows(REPO_ROOT / "recipes/align/prompts_tiny_i2v.jsonl")[0].image
+    frames = generate_videos(pipe, config, ["a red ball"], [3], [image]).frames
+    assert frames.shape == (1, 5, 32, 32, 3)
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
