@@ -306,9 +306,9 @@ class _Trainer:
         # image-to-video pairs keep their image: they train an image-to-video model, text-only pairs a text one
         check_prompt_images(self.family, [p.image for p in self.pairs.pairs], f"pairs {list(config.pairs)}")
         if config.parallel.context_parallel > 1 and any(p.image for p in self.pairs.pairs):
-            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video is not split over a context-parallel "
-                              "group (an image's frame keeps its own timestep, which the split plans do not carry); shard with "
-                              "parallel.shard=fsdp2 and context_parallel=1")
+            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
+                              "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
+                              "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,

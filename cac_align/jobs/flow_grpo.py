@@ -471,9 +471,9 @@ class _Trainer:
         self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
         check_prompt_images(self.family, self.eval_images, config.eval_prompts)
         if config.parallel.context_parallel > 1 and any(self.images):
-            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video is not split over a context-parallel "
-                              "group (an image's frame keeps its own timestep, which the split plans do not carry); shard with "
-                              "parallel.shard=fsdp2 and context_parallel=1")
+            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
+                              "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
+                              "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
