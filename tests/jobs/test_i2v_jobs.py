@@ -19,7 +19,6 @@ from cac_align.run.input_files import read_prompt_rows, read_prompts
 from conftest import REPO_ROOT
 
 RECIPES = REPO_ROOT / "recipes/align"
-IMAGES = RECIPES / "images"
 
 
 def _brightness():
@@ -96,8 +95,8 @@ def test_best_of_n_animates_each_prompts_image_and_writes_it_beside_the_candidat
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert [(r["prompt_index"], r["image"]) for r in rows] == [(0, "candidates/p00000_image.png")] * 2 + [(1, "candidates/p00001_image.png")] * 2
     # the copies are the source images, byte for byte
-    assert (out / "candidates/p00000_image.png").read_bytes() == (IMAGES / "red_ball.png").read_bytes()
-    assert (out / "candidates/p00001_image.png").read_bytes() == (IMAGES / "blue_cup.png").read_bytes()
+    assert (out / "candidates/p00000_image.png").read_bytes() == (RECIPES / "image_red_ball.png").read_bytes()
+    assert (out / "candidates/p00001_image.png").read_bytes() == (RECIPES / "image_blue_cup.png").read_bytes()
     # each candidate is the image-to-video pipeline's own video for its image and seed ...
     images = [row.image for row in read_prompt_rows(config.prompts)]
     again = generate_videos(pipe, config.generator, [rows[0]["prompt"]] * 2, [rows[0]["seed"], rows[1]["seed"]], [images[0]] * 2).frames
@@ -116,9 +115,10 @@ def test_best_of_n_animates_each_prompts_image_and_writes_it_beside_the_candidat
 
     prompts = tmp_path / "p.jsonl"
     shutil.copy(RECIPES / "prompts_tiny_i2v.jsonl", prompts)
-    shutil.copytree(IMAGES, tmp_path / "images")
+    for name in ("image_red_ball.png", "image_blue_cup.png"):
+        shutil.copy(RECIPES / name, tmp_path / name)
     before = run_fingerprint(config, ["x"], _RUN_ONLY_KEYS, [r.image for r in read_prompt_rows(prompts)])
-    _image(tmp_path / "images/red_ball.png", (0, 0, 0), (64, 64))
+    _image(tmp_path / "image_red_ball.png", (0, 0, 0), (64, 64))
     after = run_fingerprint(config, ["x"], _RUN_ONLY_KEYS, [r.image for r in read_prompt_rows(prompts)])
     assert before["images_sha256"] != after["images_sha256"] and {k: v for k, v in before.items() if k != "images_sha256"} == {
         k: v for k, v in after.items() if k != "images_sha256"}
@@ -236,13 +236,14 @@ def test_dpo_pairs_keep_their_image_and_train_on_the_generated_frames(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Every image-to-video family through the three jobs
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, suffix, extra", [
-    ("tiny-random:wan21-i2v", "", []),  # channels + CLIP tokens
-    # ~15 s each on 2 cores (2026-11-26): the slow suite (.ci/run runs it)
-    pytest.param("tiny-random:wan22-i2v-a14b", "_wan22_a14b", ["lora.experts=both"], marks=pytest.mark.slow),  # channels, two experts
-    pytest.param("tiny-random:ltx2", "_ltx2", [], marks=pytest.mark.slow),  # a fixed first frame, audio beside
+@pytest.mark.parametrize("name, suffix, extra, file", [
+    ("tiny-random:wan21-i2v", "", [], "prompts_tiny_i2v.jsonl"),  # channels + CLIP tokens
+    # ~4 s each on 2 cores (2026-11-26) after the first: the slow suite (.ci/run runs it)
+    # channels, two experts, a first and a last frame
+    pytest.param("tiny-random:wan22-i2v-a14b", "_wan22_a14b", ["lora.experts=both"], "prompts_tiny_flf2v.jsonl", marks=pytest.mark.slow),
+    pytest.param("tiny-random:ltx2", "_ltx2", [], "prompts_tiny_i2v.jsonl", marks=pytest.mark.slow),  # a fixed first frame, audio beside
 ])
-def test_each_image_to_video_family_runs_best_of_n_dpo_and_flow_grpo(tmp_path, name, suffix, extra):
+def test_each_image_to_video_family_runs_best_of_n_dpo_and_flow_grpo(tmp_path, name, suffix, extra, file):
     """Each family's tiny layout (its own tiny recipes, animating the shipped images): bon writes
     candidates beside their images, dpo trains on their best and worst, flow-grpo trains a step."""
     from cac_align.gen.family import family_of
@@ -252,12 +253,15 @@ def test_each_image_to_video_family_runs_best_of_n_dpo_and_flow_grpo(tmp_path, n
     from cac_align.jobs.dpo import run as dpo
     from cac_align.jobs.flow_grpo import run as flow
 
-    prompts = f"prompts={RECIPES / 'prompts_tiny_i2v.jsonl'}"
+    prompts = f"prompts={RECIPES / file}"
     config = load_config(BonConfig, RECIPES / f"bon_tiny{suffix}.yaml", [f"out_dir={tmp_path / 'bon'}", f"generator.name={name}", prompts,
                                                                         "n=2"], job="bon")
     bon(config, reward=_brightness())
     rows = [json.loads(line) for line in (tmp_path / "bon/candidates.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all((tmp_path / "bon" / r["image"]).is_file() for r in rows)
+    last = [r["last_image"] for r in rows if r.get("last_image")]
+    assert last == (["candidates/p00000_last_image.png"] * 2 if "flf2v" in file else [])
+    assert all((tmp_path / "bon" / path).read_bytes() == (RECIPES / "image_red_ball_later.png").read_bytes() for path in last)
     dpo(load_config(DpoConfig, RECIPES / f"dpo_tiny{suffix}.yaml", [f"out_dir={tmp_path / 'dpo'}", f"pairs=[{tmp_path / 'bon'}]",
                                                                    f"generator.name={name}", "steps=1", "pairs_per_step=2", "batch_size=2",
                                                                    "log_with=none", "checkpoint_every=0", *extra], job="dpo"))
@@ -266,7 +270,7 @@ def test_each_image_to_video_family_runs_best_of_n_dpo_and_flow_grpo(tmp_path, n
     # sampled and recomputed in batches of one shape: CPU kernels are not batch-size invariant in the
     # last bit (wan21-i2v's time embedding differs by 7e-9 between batches of 4 and 2), so only then is
     # the first inner step's ratio exactly 1 (a row given another row's image or prompt would be far off)
-    flow(_flow(tmp_path / "flow", "steps=1", "checkpoint_every=0", f"generator.name={name}", prompts, f"eval_prompts={RECIPES / 'prompts_tiny_i2v.jsonl'}",
+    flow(_flow(tmp_path / "flow", "steps=1", "checkpoint_every=0", f"generator.name={name}", prompts, f"eval_prompts={RECIPES / file}",
                "sample_batch_size=2", "train_batch_size=2", *extra, recipe=f"flow_grpo_tiny{suffix}.yaml"), reward=_brightness())
     (row,) = [json.loads(line) for line in (tmp_path / "flow/metrics.jsonl").read_text().splitlines()]
     assert row["train/ratio_mean"] == 1.0 and row["train/grad_norm"] > 0
