@@ -269,8 +269,9 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
         bar.update(config.n - len(missing))
         for start in range(0, len(missing), config.batch_size):
             batch = missing[start : start + config.batch_size]
-            generated = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch],
-                                           None if image is None else [image] * len(batch))
+            # a text prompt calls generate as ever (a VideoGenerator of the user's need not take images)
+            animate = {} if image is None else {"images": [image] * len(batch)}
+            generated = generator.generate(config.generator, [prompt] * len(batch), [seeds[c] for c in batch], **animate)
             for k, (c, video) in enumerate(zip(batch, generated.frames)):
                 write_text_atomic(paths[c].with_suffix(".sha256"), frames_sha256(video) + "\n")
                 audio = None if generated.audio is None else generated.audio[k]  # an LTX-2 candidate's soundtrack
@@ -299,31 +300,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
             continue
         # 5. choose, record the group in one write, copy the chosen video
         best, rule = choose(output.scores, output.valid)
-        rows = []
-        for c in range(config.n):
-            details = output.details[c]
-            rows.append(
-                {
-                    "prompt_index": i,
-                    "prompt": prompt,
-                    "candidate": c,
-                    "seed": seeds[c],
-                    "video": str(paths[c].relative_to(out)),
-                    **{key: str(path.relative_to(out)) for key, path in sources.items()},
-                    "frames_sha256": hashes.get(c),
-                    "reward": output.name,
-                    "score": float(output.scores[c]) if output.valid[c] else None,
-                    "valid": bool(output.valid[c]),
-                    "error": details.get("error"),
-                    "components": {
-                        name: {"raw": part.get("raw"), "normalized": part.get("normalized"), "valid": part.get("valid")}
-                        for name, part in details.get("components", {}).items()
-                    },
-                    "chosen": c == best,
-                    "chosen_by": rule if c == best else None,
-                    **({"prompt_sources": output.info["prompt_sources"]} if "prompt_sources" in output.info else {}),
-                }
-            )
+        rows = _group_rows(i, prompt, seeds, paths, out, sources, hashes, output, best, rule)
         with manifest.open("a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             handle.flush()
@@ -343,6 +320,37 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
             "rerun the same command to score them"
         )
     return summary
+
+
+def _group_rows(i: int, prompt: str, seeds: list[int], paths: list[Path], out: Path, sources: dict[str, Path], hashes: dict[int, str | None],
+                output: Any, best: int, rule: str) -> list[dict]:
+    """The ``candidates.jsonl`` rows of prompt ``i``'s scored group (one per candidate)."""
+    rows = []
+    for c in range(len(seeds)):
+        details = output.details[c]
+        rows.append(
+            {
+                "prompt_index": i,
+                "prompt": prompt,
+                "candidate": c,
+                "seed": seeds[c],
+                "video": str(paths[c].relative_to(out)),
+                **{key: str(path.relative_to(out)) for key, path in sources.items()},
+                "frames_sha256": hashes.get(c),
+                "reward": output.name,
+                "score": float(output.scores[c]) if output.valid[c] else None,
+                "valid": bool(output.valid[c]),
+                "error": details.get("error"),
+                "components": {
+                    name: {"raw": part.get("raw"), "normalized": part.get("normalized"), "valid": part.get("valid")}
+                    for name, part in details.get("components", {}).items()
+                },
+                "chosen": c == best,
+                "chosen_by": rule if c == best else None,
+                **({"prompt_sources": output.info["prompt_sources"]} if "prompt_sources" in output.info else {}),
+            }
+        )
+    return rows
 
 
 # What a killed run leaves half-written: save_video's temporary ".p00000_c00.<random>.mp4" (and

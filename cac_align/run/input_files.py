@@ -122,8 +122,9 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
     any model loads. Blank lines are skipped; duplicates are kept (told apart by index).
 
     Raises:
-        RecipeError: no such file; a line that is not such an object, or has a key other than
-            those three; an image that cannot be read; a ``last_image`` without an ``image``.
+        RecipeError: no such file; a line that is not such an object; a key that looks meant for
+            an image but is not one of those names (``imgae``; other keys are left alone); an
+            image that cannot be read; a ``last_image`` without an ``image``.
     """
     source = Path(path)
     if not source.is_file():
@@ -142,14 +143,26 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
             raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc})") from None
         if not isinstance(prompt, str) or not prompt.strip():
             raise RecipeError(f"{source}: line {number}: 'prompt' must be a non-empty string")
-        unknown = sorted(set(row) - set(_ROW_KEYS))
-        if unknown:
-            raise RecipeError(f"{source}: line {number}: unknown key {unknown[0]!r}; a prompt line has {', '.join(map(repr, _ROW_KEYS))}")
+        _check_image_keys(row, source, number)
         image = _row_image(row, source, number)
         rows.append(PromptRow(prompt.strip(), image))
     if not rows:
         raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
     return rows
+
+
+def _check_image_keys(row: dict, source: Path, number: int) -> None:
+    """Other keys of a line (an ``id``, a caption) are the user's and are left alone, but one that
+    looks meant for an image (``imgae``, ``Image``, ``first_image``, ``image_path``) is refused:
+    read as text alone, its image would be dropped in silence."""
+    import difflib
+
+    for key in sorted(set(row) - set(_ROW_KEYS)):
+        near = difflib.get_close_matches(key.lower(), ("image", "last_image"), n=1, cutoff=0.6)
+        if near or "image" in key.lower() or "img" in key.lower():
+            hint = near[0] if near else "image"
+            raise RecipeError(f"{source}: line {number}: unknown key {key!r}: did you mean {hint!r}? (a prompt line gives its image as "
+                              "'image' and, where the model takes one, 'last_image')")
 
 
 def _row_image(row: dict, source: Path, number: int) -> PromptImage | None:

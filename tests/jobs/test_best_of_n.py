@@ -102,11 +102,11 @@ def test_resume_after_a_kill_generates_only_the_missing_candidates(tmp_path, tin
     calls = []
     real = generate_videos
 
-    def dies_on_fourth_call(pipe, gen, prompts, seeds):
+    def dies_on_fourth_call(pipe, gen, prompts, seeds, images=None):
         calls.append(list(seeds))
         if len(calls) == 4:
             raise KeyboardInterrupt("killed")
-        return real(pipe, gen, prompts, seeds)
+        return real(pipe, gen, prompts, seeds, images)
 
     monkeypatch.setattr("cac_align.gen.generator.generate_videos", dies_on_fourth_call)
     with pytest.raises(KeyboardInterrupt):

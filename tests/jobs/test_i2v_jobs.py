@@ -63,7 +63,9 @@ def test_a_prompt_line_gives_an_image_relative_to_its_file(tmp_path):
     ({"prompt": "a", "image": "notes.png"}, r"line 1: image 'notes.png' cannot be read as an image"),
     ({"prompt": "a", "last_image": "a.png"}, r"line 1: a 'last_image' needs an 'image'"),
     ({"prompt": "a", "image": 3}, r"line 1: 'image' must be a path"),
-    ({"prompt": "a", "imgae": "a.png"}, r"line 1: unknown key 'imgae'"),
+    ({"prompt": "a", "imgae": "a.png"}, r"line 1: unknown key 'imgae': did you mean 'image'\?"),
+    ({"prompt": "a", "image": "a.png", "last_img": "a.png"}, r"line 1: unknown key 'last_img': did you mean 'last_image'\?"),
+    ({"prompt": "a", "image_path": "a.png"}, r"line 1: unknown key 'image_path'"),
 ])
 def test_a_bad_image_line_is_a_one_line_error_naming_it(tmp_path, line, message):
     _image(tmp_path / "a.png")
