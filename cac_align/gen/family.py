@@ -389,7 +389,8 @@ def check_prompt_images(family: Any, images: Sequence[Any], where: str, key: str
     if len(given) < len(images) and (family.image_input == "required" or given):
         missing = next(i for i, image in enumerate(images) if image is None)
         what = f"{family.title} ({key}) is an image-to-video model" if family.image_input == "required" else "other lines of the file give one"
-        raise RecipeError(f"{where}: prompt {missing + 1} gives no image, and {what}: give every line an \"image\"")
+        how = "give every line an \"image\"" if str(where).endswith(".jsonl") else 'write the prompts as JSONL, {"prompt": ..., "image": PATH} per line'
+        raise RecipeError(f"{where}: prompt {missing + 1} gives no image, and {what}: {how}")
     last = [i for i, image in enumerate(images) if image is not None and image.last_image is not None]
     if last and not family.last_image:
         raise RecipeError(f"{where}: prompt {last[0] + 1} gives a last_image, and {family.title} takes a first frame only; "
