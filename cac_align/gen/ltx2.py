@@ -96,6 +96,7 @@ import torch
 from cac_align.gen.experts import Denoiser
 from cac_align.gen.family import fixed_frames
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
+from cac_align.gen.vace import RepairPlan
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
 __all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
@@ -916,7 +917,7 @@ def segment_layout(first: int, last: int, total: int, margin: int, multiple: int
 
 
 @dataclass
-class LTX2RepairPlan:
+class LTX2RepairPlan(RepairPlan):
     """A :class:`~cac_align.gen.vace.RepairPlan` (``start``, ``stop``, ``length``, ``height``,
     ``width``, ``mask``, ``frames``, ``fps``; what :func:`~cac_align.gen.vace.splice` reads) with
     LTX-2's kept clips (:class:`SegmentLayout`).
@@ -928,14 +929,6 @@ class LTX2RepairPlan:
         clips, appended: :class:`SegmentLayout`'s.
     """
 
-    start: int
-    stop: int
-    length: int
-    height: int
-    width: int
-    mask: np.ndarray
-    frames: list[int]
-    fps: float
     clips: tuple[tuple[int, int, int], ...] = ()
     appended: int = 0
 
