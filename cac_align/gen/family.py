@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-__all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_images", "fixed_frames", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
+__all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_images", "fixed_frames", "image_runs", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
            "read_model_index", "regenerator_of", "take_model_settings"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
@@ -395,6 +395,13 @@ def check_prompt_images(family: Any, images: Sequence[Any], where: str, key: str
     if last and not family.last_image:
         raise RecipeError(f"{where}: prompt {last[0] + 1} gives a last_image, and {family.title} takes a first frame only; "
                           "drop \"last_image\" (Wan2.1-I2V and Wan2.2-I2V-A14B take one)")
+
+
+def image_runs(images: Sequence[Any]) -> list[tuple[int, int]]:
+    """``(lo, hi)`` of each run of consecutive rows whose images are equal: a family's
+    image-to-video pipeline takes one image per call."""
+    starts = [i for i in range(len(images)) if i == 0 or images[i] != images[i - 1]]
+    return list(zip(starts, starts[1:] + [len(images)]))
 
 
 def fixed_frames(cond: Any) -> int:

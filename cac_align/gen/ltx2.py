@@ -94,7 +94,7 @@ import numpy as np
 import torch
 
 from cac_align.gen.experts import Denoiser
-from cac_align.gen.family import fixed_frames
+from cac_align.gen.family import fixed_frames, image_runs
 from cac_align.gen.tiny import TINY_LTX2_BUILDERS
 from cac_align.gen.vace import RepairPlan
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
@@ -474,7 +474,7 @@ class LTX2Family:
 
             animate = _image_to_video(pipe)
             outputs = []
-            for lo, hi in _image_runs(images):
+            for lo, hi in image_runs(images):
                 image = conditioning_image(pipe, load_image(images[lo].image))
                 outputs.append(animate(image=[image] * (hi - lo), image_crf=0, prompt=list(prompts[lo:hi]), negative_prompt=[negative] * (hi - lo),
                                        generator=generators[lo:hi], **settings))
@@ -572,12 +572,6 @@ def _does_cfg(guidance: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------
 # Image-to-video: the first frame as LTX2ImageToVideoPipeline prepares it
 # ---------------------------------------------------------------------------------------
-def _image_runs(images: Sequence[Any]) -> list[tuple[int, int]]:
-    """``(lo, hi)`` of each run of consecutive rows whose images are equal (one pipeline call each)."""
-    starts = [i for i in range(len(images)) if i == 0 or images[i] != images[i - 1]]
-    return list(zip(starts, starts[1:] + [len(images)]))
-
-
 def _image_to_video(pipe: Any) -> Any:
     """diffusers' ``LTX2ImageToVideoPipeline`` over ``pipe``'s components, each left in its dtype.
 

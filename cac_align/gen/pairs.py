@@ -239,10 +239,7 @@ def _pair_image(folder: Path, best: dict, worst: dict, where: str) -> Any:
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise PairError(f"{where}: the image its candidates animate is gone ({missing[0]})")
-    digest = hashlib.sha256()
-    for key, file in files.items():
-        digest.update(key.encode() + b"\0" + file.read_bytes())
-    return PromptImage(str(files["image"]), str(files["last_image"]) if "last_image" in files else None, digest.hexdigest())
+    return PromptImage.of(files["image"], files.get("last_image"))
 
 
 def read_pairs(sources: Sequence[str], spatial_multiple: int = 16, frame_multiple: int = 4) -> PairSet:

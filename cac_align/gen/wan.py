@@ -225,7 +225,7 @@ class WanFamily:
         import numpy as np
         import torch
 
-        from cac_align.gen.family import Generated
+        from cac_align.gen.family import Generated, image_runs
         from cac_align.gen.generator import frames_to_uint8
 
         if images is None and self.image_input == "required":
@@ -240,7 +240,7 @@ class WanFamily:
             animate = pipe if isinstance(pipe, WanImageToVideoPipeline) else _image_pipeline(pipe)
             animate.set_progress_bar_config(disable=True)
             videos = []
-            for lo, hi in _runs(images):
+            for lo, hi in image_runs(images):
                 image = images[lo]
                 output = animate(
                     image=load_image(image.image), last_image=load_image(image.last_image) if image.last_image else None,
@@ -279,16 +279,6 @@ def _image_pipeline(pipe: Any) -> Any:
     modules = {name: getattr(pipe, name, None) for name in names}
     return WanImageToVideoPipeline(**modules, boundary_ratio=pipe.config.get("boundary_ratio"),
                                    expand_timesteps=bool(pipe.config.get("expand_timesteps", False)))
-
-
-def _runs(images: Sequence[Any]) -> list[tuple[int, int]]:
-    """``(lo, hi)`` of each run of consecutive rows that share an image (one pipeline call each)."""
-    runs, lo = [], 0
-    for i in range(1, len(images) + 1):
-        if i == len(images) or images[i] != images[lo]:
-            runs.append((lo, i))
-            lo = i
-    return runs
 
 
 _SHARED = {"flow_shift": None, "max_sequence_length": 512}  # Wan: 512 text tokens (UMT5)

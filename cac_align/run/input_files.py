@@ -87,6 +87,15 @@ class PromptImage:
     last_image: str | None = None
     sha256: str = ""
 
+    @classmethod
+    def of(cls, image: Path, last_image: Path | None = None) -> "PromptImage":
+        """The image (and last frame) at these paths, with their contents' hash."""
+        digest = hashlib.sha256()
+        for key, file in (("image", image), ("last_image", last_image)):
+            if file is not None:
+                digest.update(key.encode() + b"\0" + Path(file).read_bytes())
+        return cls(str(image), None if last_image is None else str(last_image), digest.hexdigest())
+
 
 @dataclass(frozen=True)
 class PromptRow:
@@ -171,10 +180,7 @@ def _row_image(row: dict, source: Path, number: int) -> PromptImage | None:
             raise RecipeError(f"{source}: line {number}: a 'last_image' needs an 'image' (the first frame)")
         return None
     paths = {key: _image_path(row[key], key, source, number) for key in ("image", "last_image") if row.get(key) is not None}
-    digest = hashlib.sha256()
-    for key, file in paths.items():
-        digest.update(key.encode() + b"\0" + file.read_bytes())
-    return PromptImage(str(paths["image"]), str(paths["last_image"]) if "last_image" in paths else None, digest.hexdigest())
+    return PromptImage.of(paths["image"], paths.get("last_image"))
 
 
 def _image_path(value: object, key: str, source: Path, number: int) -> Path:

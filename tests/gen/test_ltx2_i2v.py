@@ -16,7 +16,8 @@ import torch
 from cac_align.config import RecipeError
 from cac_align.gen.family import Conditioning, check_prompt_images, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, sample_with_log_probs, video_velocity
-from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX2Denoiser, _image_runs, conditioning_image, first_frame_latents
+from cac_align.gen.family import image_runs
+from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX2Denoiser, conditioning_image, first_frame_latents
 from cac_align.gen.sde import SDESchedule, flow_grpo_loss
 from cac_align.run.input_files import PromptImage
 
@@ -239,4 +240,4 @@ def test_generate_with_an_image_is_the_pipelines_own_video_and_soundtrack(pipes,
     assert dtypes["transformer"] == torch.bfloat16 and dtypes["vae"] == torch.float32
     # the rows' images: one pipeline call per run of consecutive rows sharing one
     a, b = images
-    assert _image_runs([a, a, b, a]) == [(0, 2), (2, 3), (3, 4)] and _image_runs([a]) == [(0, 1)]
+    assert image_runs([a, a, b, a]) == [(0, 2), (2, 3), (3, 4)] and image_runs([a]) == [(0, 1)]
