@@ -11,7 +11,8 @@
 Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
 naming the input and exit with status 2, instead of a traceback. A reward server that is not
 there, or a job whose every sample failed in the reward backend, prints one line and exits 1.
-Ctrl-C prints one line and exits 130.
+Ctrl-C prints one line and exits 130. A run of many processes prints each such line once, from the
+process that failed first, naming it where the others did not fail alike (cac_align/run/voice.py).
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def _show_job_logs() -> None:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
+    from cac_align.run.voice import quiet_other_processes
+
+    quiet_other_processes(logger)  # many processes: the first speaks, the others warn (cac_align/run/voice.py)
 
 
 def _ctrl_c_raises() -> object:
@@ -192,6 +196,21 @@ def _interrupted(spec: object, config: object) -> str:
     return f"interrupted; {resume}"
 
 
+def _say(line: str, traceback: BaseException | None = None) -> None:
+    """Print the line a job ends with on stderr (with ``traceback``'s above it): once for a run of many
+    processes, by the process that failed first (cac_align/run/voice.py)."""
+    from cac_align.run.voice import failure_line
+
+    said = failure_line(line)
+    if said is None:
+        return
+    if traceback is not None:
+        import traceback as tb
+
+        tb.print_exception(traceback, file=sys.stderr)
+    print(said, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
@@ -223,16 +242,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec.runner()(config)
         return 0
     except _user_errors() as exc:
-        print(f"cac-align {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"cac-align {args.command}: error: {exc}")
         return 2
     except _backend_errors() as exc:
         # a reward server that is not there, a job whose every sample failed, a reward's refusal
-        print(f"cac-align {args.command}: failed: {exc}", file=sys.stderr)
+        _say(f"cac-align {args.command}: failed: {exc}")
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
-        print(f"cac-align {args.command}: {_interrupted(JOBS.get(args.command), config)}", file=sys.stderr)
+        _say(f"cac-align {args.command}: {_interrupted(JOBS.get(args.command), config)}")
         return 130
+    except Exception as exc:
+        # a bug or a crash (out of memory, a collective that failed) keeps its traceback; with many
+        # processes, the one that failed first prints it, naming itself, and the rest stay quiet
+        from cac_align.run.voice import process_rank
+
+        if process_rank()[1] == 1:
+            raise
+        _say(f"cac-align {args.command}: failed: {type(exc).__name__}: {exc}", traceback=exc)
+        return 1
     finally:
         from cac_align.run.folder import release_locks
 

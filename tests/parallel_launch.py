@@ -11,6 +11,14 @@ Each process writes into OUT:
 
 ``CAC_TEST_REWARD=NAME`` replaces the recipe's reward section with ``{name: NAME}`` (e.g. brightness).
 
+Faults (tests/jobs/test_faults.py):
+- ``CAC_TEST_CRASH=p<R>s<S>``: process R raises in the sampling of step S (from 0), after writing
+  ``crashed<R>.txt`` (the time it crashed);
+- ``CAC_TEST_VIA_CLI=1``: run through ``cac-align``'s own ``main`` (its exit code and error lines), not
+  ``run(config)``; nothing is recorded then;
+- ``CAC_TEST_OLD_REWARD_KEYS=1``: the control: per-part reward metrics keyed by this process's first
+  scored batch, as before the fix (a process whose first batch failed gathers fewer keys).
+
 Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_NO_CP_SCALE=1``: the loss is not multiplied by the context-parallel degree;
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
@@ -87,9 +95,43 @@ if job == "flow-grpo":
         return trajectory
 
     flow_grpo.sample_with_log_probs = recording
+    crash = os.environ.get("CAC_TEST_CRASH")  # "p<rank>s<step>": that process's sampling raises in that step (from 0)
+    if crash is not None:
+        crash_rank, crash_step = (int(x) for x in crash.removeprefix("p").split("s"))
+        seed_of_crash = flow_grpo.sample_seed
+
+        def crashing_seed(seed, step, index):
+            if rank == crash_rank and step == crash_step:
+                import time
+
+                (out / f"crashed{rank}.txt").write_text(str(time.time()))
+                raise RuntimeError(f"injected: process {rank} crashed in step {step}")
+            return seed_of_crash(seed, step, index)
+
+        flow_grpo.sample_seed = crashing_seed
+    if os.environ.get("CAC_TEST_OLD_REWARD_KEYS"):  # the control: per-part keys read from this process's first batch, as before
+        def old_reward_columns(reward, outputs):
+            import numpy as np
+
+            columns = []
+            for output in outputs:
+                column = {f"reward/{output.name}": output.scores.astype(np.float64)}
+                parts = [d.get("components") for d in output.details]
+                if parts and all(isinstance(c, dict) for c in parts):
+                    for name in parts[0]:
+                        for kind in ("raw", "normalized"):
+                            column[f"reward/{name}_{kind}"] = np.array([np.nan if c.get(name, {}).get(kind) is None else c[name][kind] for c in parts])
+                columns.append(column)
+            return {key: np.concatenate([c[key] for c in columns]) for key in columns[0]}
+
+        flow_grpo.reward_columns = old_reward_columns
 else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
 
+if os.environ.get("CAC_TEST_VIA_CLI"):  # the command a user runs: its exit code and what it prints on failure
+    from cac_align.cli import main
+
+    sys.exit(main([job, "--config", str(recipe), f"out_dir={out}", "log_with=none", *overrides]))
 config = load_config(Config, recipe, [f"out_dir={out}", "log_with=none", *overrides], job=job)
 if os.environ.get("CAC_TEST_REWARD"):  # a recipe's reward replaced whole (a toy one: the same scores on 1 or N processes)
     config.reward = {"name": os.environ["CAC_TEST_REWARD"]}

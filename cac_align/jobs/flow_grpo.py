@@ -416,20 +416,33 @@ def _ema_weights(model: torch.nn.Module, ema: dict | None):
                 p.copy_(backup[name])
 
 
-def _component_scores(output: RewardOutput) -> dict[str, np.ndarray]:
-    """Per-sample raw (and normalized, for combined rewards) scores of each component, NaN where missing."""
-    n = len(output.scores)
-    out: dict[str, np.ndarray] = {f"reward/{output.name}": output.scores.astype(np.float64)}
-    components = [d.get("components") for d in output.details]
-    if components and all(isinstance(c, dict) for c in components):
-        for name in components[0]:
-            for kind in ("raw", "normalized"):
-                values = [c.get(name, {}).get(kind) for c in components]
-                out[f"reward/{name}_{kind}"] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-    for key, values in out.items():
-        if len(values) != n:
-            raise ValueError(f"{key}: {len(values)} values for {n} samples")
-    return out
+def reward_columns(reward: Reward, outputs: list[RewardOutput]) -> dict[str, np.ndarray]:
+    """A step's per-sample reward numbers by metric key, over this process's scored batches in order:
+    ``reward/<name>`` (the trained score) and, for each part the reward declares
+    (:attr:`~cac_align.rewards.base.Reward.components`), ``reward/<part>_raw`` and
+    ``reward/<part>_normalized``; NaN where a sample has no such number (an invalid one, or a batch
+    whose reward raised and has no details at all).
+
+    The keys come from the reward, never from the batches: every process gathers the same keys in the
+    same order whatever its own batches did (a process whose first batch failed used to make one
+    gather where the others made five, and the run hung).
+    """
+    keys = [f"reward/{reward.name}"] + [f"reward/{part}_{kind}" for part in reward.components for kind in ("raw", "normalized")]
+    n = sum(len(o.scores) for o in outputs)
+    columns = {key: np.full(n, np.nan) for key in keys}
+    row = 0
+    for output in outputs:
+        columns[keys[0]][row : row + len(output.scores)] = output.scores
+        for i, detail in enumerate(output.details):
+            parts = detail.get("components")
+            for part in reward.components:
+                entry = parts.get(part) if isinstance(parts, dict) else None
+                for kind in ("raw", "normalized"):
+                    value = entry.get(kind) if isinstance(entry, dict) else None
+                    if value is not None:
+                        columns[f"reward/{part}_{kind}"][row + i] = float(value)
+        row += len(output.scores)
+    return columns
 
 
 def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float) -> tuple[RewardOutput, float]:
@@ -649,10 +662,9 @@ class _Trainer:
         reward_wait = time.perf_counter() - start
         local_scores = np.concatenate([o.scores for o in outputs]) if layout.leader else np.full(len(local), np.nan)
         scores = layout.gather(acc, local_scores)
-        if layout.leader:  # per-component numbers: only the leaders scored
-            components = [_component_scores(o) for o in outputs]
-            for key in components[0]:
-                mean, std = nan_mean_std(layout.gather_leaders(acc, np.concatenate([c[key] for c in components])))
+        if layout.leader:  # per-component numbers: only the leaders scored; one gather per key the reward declares
+            for key, values in reward_columns(self.reward, outputs).items():
+                mean, std = nan_mean_std(layout.gather_leaders(acc, values))
                 metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
         metrics["reward/mean"], metrics["reward/std"] = nan_mean_std(scores)
         metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
@@ -764,8 +776,10 @@ class _Trainer:
             except Exception as exc:  # a failed batch is invalid and counted, never a silent 0
                 log.warning("reward failed on a batch of %d: %s", n, exc)
                 output = _invalid_output(name, n, exc)
-            if len(output.scores) != n:
-                raise ValueError(f"reward {name!r} returned {len(output.scores)} scores for {n} videos")
+            if len(output.scores) != n:  # a reward's bug, met on this process only: its batch is invalid, the others go on
+                wrong = ValueError(f"reward {name!r} returned {len(output.scores)} scores for {n} videos")
+                log.warning("reward failed on a batch of %d: %s", n, wrong)
+                output = _invalid_output(name, n, wrong)
             outputs.append(output)
         return outputs, compute
 

@@ -4,6 +4,8 @@ One contract (shared/CONVENTIONS.md, "One reward contract")::
 
     reward(videos, prompts, metadata=None) -> RewardOutput(name, scores, valid, details, info)
 
+and ``reward.components``: the parts a combined reward reports per sample (``()`` for one part).
+
 - ``videos``: a list whose items are anything :func:`~cac_align.video.load_video` reads (paths,
   :class:`~cac_align.video.Video`, uint8 ``(T, H, W, 3)`` arrays, float ``(T, C, H, W)``
   tensors in [0, 1]), or one diffusers batch ``(B, F, C, H, W)`` float in [0, 1].
@@ -175,10 +177,17 @@ class Reward(Protocol):
         score_range: ``(low, high)``, the scale of its raw scores (CaC: (0, 1); UnifiedReward
             v1: (1, 4)), or None if unknown; the Flow-GRPO drop-in warns when rewards on
             different scales are summed.
+        components: the names of the rewards it combines (a combined reward: ``("unified_reward",
+            "cac")``), each of whose per-sample raw and normalized scores its details carry under
+            ``"components"``; ``()`` for a reward of one part. Fixed when the reward is built: a
+            trainer logs (and, on many processes, gathers) one metric per name, read here and never
+            from one batch's details, so every process makes the same gathers whatever its batches
+            did (a failed batch has no details to read).
     """
 
     name: str
     score_range: tuple[float, float] | None
+    components: tuple[str, ...]
 
     def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput: ...
 
@@ -203,6 +212,7 @@ class RewardBase:
 
     name: str = "reward"
     score_range: tuple[float, float] | None = None
+    components: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
         return {}

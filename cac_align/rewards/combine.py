@@ -83,6 +83,7 @@ class CombinedReward(RewardBase):
         if invalid not in INVALID_POLICIES:
             raise ValueError(f"invalid must be one of {INVALID_POLICIES}, got {invalid!r}")
         self.rewards = rewards
+        self.components = tuple(names)  # what each sample's details["components"] holds (the Reward contract)
         self.weights = np.array(weights) / sum(weights)
         self.normalizers = [build_normalizer(n, f"normalizer of {r}") for n, r in zip(normalizers, names)]
         self.invalid = invalid

@@ -1,0 +1,143 @@
+"""Faults in a generator trainer's run (docs/flow_grpo.md, "When something fails"): a reward that raises on
+one process never hangs the others (every process makes the same gathers, the failed samples are invalid),
+and a failure that must stop the run stops every process with one line naming the process and its cause.
+
+The multi-process cases run tests/parallel_launch.py under torchrun (gloo) and are marked slow:
+`pytest -m slow tests/jobs/test_faults.py` (.ci/run runs them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cac_align.config import load_config
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, _invalid_output, reward_columns, run
+from cac_align.video import Video
+from conftest import REPO_ROOT
+from fault_rewards import FlakyPair
+
+BRIGHTNESS = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
+PART_KEYS = ["reward/flaky_pair", "reward/brightness_raw", "reward/brightness_normalized", "reward/dimness_raw", "reward/dimness_normalized"]
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_reward_metric_keys_come_from_the_reward_not_from_a_batch():
+    """A step's per-part columns are the reward's declared parts, whatever its batches did: a batch whose
+    call raised (no details at all) fills NaN, a scored one its parts' numbers, in sample order."""
+    reward = FlakyPair()
+    assert reward.components == ("brightness", "dimness")
+    grey = np.full((4, 8, 8, 3), 64, dtype=np.uint8)  # brightness 64/255
+    scored = reward([Video(grey, fps=16.0), Video(grey * 2, fps=16.0)], ["a", "b"])
+    failed = _invalid_output(reward.name, 3, RuntimeError("the judge's server went away"))
+    columns = reward_columns(reward, [failed, scored])  # the failed batch first: it used to decide the keys
+    assert list(columns) == PART_KEYS
+    assert all(len(v) == 5 and np.isnan(v[:3]).all() for v in columns.values())
+    bright = [64 / 255, 128 / 255]
+    np.testing.assert_allclose(columns["reward/brightness_raw"][3:], bright)
+    np.testing.assert_allclose(columns["reward/dimness_raw"][3:], [1 - b for b in bright])
+    # fixed [0, 1] normalizers: normalized = raw; the trained score is 0.75 x brightness + 0.25 x dimness
+    np.testing.assert_allclose(columns["reward/dimness_normalized"][3:], [1 - b for b in bright])
+    np.testing.assert_allclose(columns["reward/flaky_pair"][3:], [0.75 * b + 0.25 * (1 - b) for b in bright])
+    # a single reward declares no parts: one column
+    assert list(reward_columns(reward.rewards[0], [scored])) == ["reward/brightness"]
+
+
+def test_a_later_batch_whose_reward_raises_is_invalid_and_the_run_goes_on(tmp_path):
+    """One process, 8 samples in 4 reward calls of 2: the second call raises. Its 2 samples are invalid,
+    the per-part metrics are logged over the other 6 (the keys used to come from the first batch's
+    details, and a later failed batch raised KeyError)."""
+    config = load_config(FlowGrpoConfig, BRIGHTNESS, [f"out_dir={tmp_path / 'run'}", "steps=1", "sample_batch_size=2", "log_with=none",
+                                                      "eval_prompts=null", "checkpoint_every=0"], job="flow-grpo")
+    run(config, reward=FlakyPair("p0c2"))
+    (row,) = _metrics(tmp_path / "run")
+    assert row["reward/valid_fraction"] == 0.75
+    for key in PART_KEYS:
+        assert np.isfinite(row[f"{key}_mean"]), key
+    assert row["reward/brightness_raw_mean"] + row["reward/dimness_raw_mean"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: two processes under torchrun
+# ---------------------------------------------------------------------------------------------
+LAUNCH = REPO_ROOT / "tests/parallel_launch.py"
+FLAKY = 'reward={name: "fault_rewards:flaky_pair", fail: "%s"}'
+
+
+def _launch(out, *overrides, env=None, timeout=600):
+    """tests/parallel_launch.py's flow-grpo on the brightness recipe, 2 processes under torchrun: the
+    finished process (its return code is not checked here) and its wall time."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(LAUNCH),
+               "flow-grpo", str(BRIGHTNESS), str(out), *overrides]
+    start = time.time()
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    return done, time.time()
+
+
+COMMON = ("steps=2", "sample_batch_size=2", "eval_prompts=null", "checkpoint_every=0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", ["none", "fsdp2"])
+def test_a_reward_that_raises_on_one_process_leaves_its_samples_invalid_and_the_run_goes_on(shard, tmp_path):
+    """Process 1's first reward call and process 0's second raise (2 processes, 4 samples each in 2 calls
+    of 2 a step): both steps finish, data parallel and sharded, with the 4 failed samples of step 1
+    invalid and every per-part metric logged from the others."""
+    out = tmp_path / "run"
+    done, _ = _launch(out, *COMMON, FLAKY % "p1c1,p0c2", f"parallel.shard={shard}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    first, second = _metrics(out)
+    assert first["reward/valid_fraction"] == 0.5 and second["reward/valid_fraction"] == 1.0
+    for key in PART_KEYS:
+        assert np.isfinite(first[f"{key}_mean"]) and np.isfinite(second[f"{key}_mean"]), key
+    assert "reward failed on a batch of 2" in done.stderr and "injected" in done.stderr
+    assert (out / "lora/pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_control_the_old_metric_keys_hang_until_the_timeout(tmp_path):
+    """The control: with the per-part keys read from each process's first batch (as before), process 1,
+    whose first batch failed, makes 1 gather where process 0 makes 5; the run stops only on the process
+    group's timeout (here 15 s), with the line naming it."""
+    done, _ = _launch(tmp_path / "run", *COMMON, FLAKY % "p1c1", "parallel.timeout_s=15", env={"CAC_TEST_OLD_REWARD_KEYS": "1"})
+    assert done.returncode != 0
+    assert "parallel.timeout_s" in done.stderr, done.stderr[-5000:]
+
+
+@pytest.mark.slow
+def test_a_crash_on_one_process_stops_the_run_within_seconds_in_one_line(tmp_path):
+    """Process 1 crashes in step 2 (through `cac-align flow-grpo`, as a user runs it): the run ends soon
+    after, and the error is printed once, by process 1, naming itself; process 0's consequences (its
+    peer gone) stay quiet."""
+    out = tmp_path / "run"
+    done, ended = _launch(out, *COMMON, env={"CAC_TEST_VIA_CLI": "1", "CAC_TEST_CRASH": "p1s1"})
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("cac-align flow-grpo:")]
+    assert lines == ["cac-align flow-grpo: failed on process 1 of 2: RuntimeError: injected: process 1 crashed in step 1"], done.stderr[-5000:]
+    assert ended - float((out / "crashed1.txt").read_text()) < 30  # measured ~3 s on 2 cores; the default timeout would be 30 min
+    assert len(_metrics(out)) == 1  # step 1 was logged, step 2 never finished
+
+
+@pytest.mark.slow
+def test_an_error_every_process_meets_is_printed_once(tmp_path):
+    """Every reward call raises on both processes: step 1 has no valid reward anywhere, every process
+    stops with the same error, and it is printed once, as one process prints it."""
+    done, _ = _launch(tmp_path / "run", "steps=1", "eval_prompts=null", FLAKY % "p0c1,p1c1", env={"CAC_TEST_VIA_CLI": "1"})
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("cac-align flow-grpo:")]
+    assert len(lines) == 1 and lines[0].startswith("cac-align flow-grpo: failed: step 0: no valid reward for any sample"), done.stderr[-5000:]
