@@ -36,7 +36,8 @@ import torch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_context_parallel", "check_layout", "family_blocks", "fsdp_units", "layout_for", "setup_parallel"]
+__all__ = ["PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_context_parallel", "check_layout", "family_blocks", "fsdp_units", "layout_for", "own_view_outputs",
+           "setup_parallel"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
 
@@ -247,9 +248,9 @@ class Layout:
             if not blocks:
                 raise RecipeError(f"parallel.shard=fsdp2: {type(expert).__name__} has no block of the classes {list(family.block_classes)} "
                                   f"its family ({family.title}) names")
-            for block in blocks:
-                fully_shard(block, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
-            fully_shard(expert, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
+            for unit in (*blocks, expert):
+                own_view_outputs(unit)  # before fully_shard: the hook runs before FSDP2's own (see its docstring)
+                fully_shard(unit, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
         if len(experts) > 1:  # a call with one level per sample runs every expert on every process (WanDenoiser)
             denoiser.every_expert = True
         if pipe is not None and device is not None:
@@ -303,6 +304,29 @@ class Layout:
                 continue
             states.append({name: _full(p).detach().cpu().contiguous() for name, p in expert.named_parameters() if p.requires_grad})
         return states
+
+
+def _owned(output: Any) -> Any:
+    """``output`` with each tensor that is a view of another replaced by its own copy."""
+    from torch.utils._pytree import tree_map_only
+
+    return tree_map_only(torch.Tensor, lambda t: t.clone() if t._base is not None and t.requires_grad else t, output)
+
+
+def own_view_outputs(module: torch.nn.Module) -> Any:
+    """Make ``module`` return tensors of their own, not views, before FSDP2 wraps it; returns the hook's
+    handle.
+
+    FSDP2 hangs its pre-backward hook (which all-gathers the unit's parameters again for the backward) on
+    the unit's outputs, and warns when one is a view ("returned a view tensor ... can cause backward to
+    fail or produce wrong gradients", torch ``_fsdp_state._register_pre_backward_hook``): an in-place op
+    on that view by the caller would drop the hook. Wan's transformer returns a view (its unpatchify ends
+    in ``flatten`` over a dimension of size 1), and no caller of ours changes it in place, so the
+    gradients were right (tests/jobs/test_parallel.py pins the sharded gradients to one process's, and
+    ``test_a_sharded_unit_returns_no_view``); the warning said so twice per run. A copy of the output
+    (the size of the latents, small beside the unit's activations) removes the cause: the hook is
+    registered before ``fully_shard``'s, so FSDP2 sees the copy."""
+    return module.register_forward_hook(lambda _module, _inputs, output: _owned(output))
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

@@ -344,3 +344,50 @@ def test_sharded_evaluation_with_uneven_held_out_prompts_equals_one_process(tmp_
     assert metrics(two)[0]["eval/valid_fraction"] == metrics(one)[0]["eval/valid_fraction"] == 1.0
     assert metrics(two)[0]["eval/reward_mean"] == pytest.approx(metrics(one)[0]["eval/reward_mean"], abs=1e-6)
     assert len(list((two / "eval/step_000001").glob("*.mp4"))) == 3  # the dropped slot is not saved
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own-outputs", "control-views"])
+def test_a_sharded_unit_returns_no_view_and_its_gradients_are_one_process(own):
+    """FSDP2's "returned a view tensor" warning (cac_align/gen/parallel.py, ``own_view_outputs``): with the
+    hook Layout.apply adds, the sharded tiny Wan transformer returns no view (no warning), and its LoRA
+    gradients equal the unsharded model's exactly. The control shards without the hook: torch warns
+    (Wan's output is a view), and the gradients are still right, which is what the docstring says."""
+    import copy
+    import warnings
+
+    from torch.distributed.fsdp import fully_shard
+
+    from cac_align.gen.lora import LoraSettings, add_lora
+    from cac_align.gen.parallel import own_view_outputs
+    from cac_align.gen.wan import build_tiny_wan_pipeline
+
+    transformer = build_tiny_wan_pipeline(seed=0).transformer
+    add_lora(transformer, LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), seed=0)
+    with torch.no_grad():  # B non-zero, so every LoRA weight has a gradient
+        for name, p in transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    plain = copy.deepcopy(transformer)
+    generator = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 16, 3, 4, 4, generator=generator), torch.randn(2, 8, 32, generator=generator)
+
+    def grads(model):
+        out = model(hidden_states=x, timestep=torch.tensor([500.0, 300.0]), encoder_hidden_states=text, return_dict=False)[0]
+        (out.square() * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        return {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want = grads(plain)
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        for unit in (*[m for m in transformer.modules() if type(m).__name__ == "WanTransformerBlock"], transformer):
+            if own:
+                own_view_outputs(unit)
+            fully_shard(unit)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = grads(transformer)
+    finally:
+        torch.distributed.destroy_process_group()
+    views = [w for w in caught if "returned a view tensor" in str(w.message)]
+    assert (len(views) == 0) if own else (len(views) >= 1)
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
