@@ -114,9 +114,22 @@ def _graded_line(graded: dict) -> str:
     parts = [f"status {_mark(graded['status'])} {'agrees' if graded['status'] else 'disagrees'}"]
     if graded.get("window") is not None:
         parts.append(f"window {_mark(graded['window'])} IoU {graded['window_iou']:.2f}")
-    if graded.get("boxes") is not None:
+    if graded.get("boxes_unreadable"):  # no boxes to grade because turn 2's answer did not parse, not because they missed
+        parts.append(f"boxes {_mark(False)} turn 2 unreadable ({html.escape(graded['boxes_unreadable'])})")
+    elif graded.get("boxes") is not None:
         parts.append(f"boxes {_mark(graded['boxes'])} {'on' if graded['boxes'] else 'not on'} the planted defect")
     return " &middot; ".join(parts)
+
+
+def turn2_unreadable(cac: dict) -> str | None:
+    """Why a CaC verdict (its details, :meth:`~cac_align.cac.infer.CaCResult.to_dict`) has no boxes because
+    turn 2's answer did not parse (its first parse errors), or None: turn 2 did not run, or parsed, or
+    boxed something."""
+    turn2 = cac.get("turn2") or {}
+    errors = (turn2.get("judgment") or {}).get("errors") or []
+    if not turn2 or cac.get("boxes") or not errors:
+        return None
+    return "; ".join(errors[:2])
 
 
 def _sub_scores(details: dict) -> str:

@@ -100,7 +100,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     """
     from tqdm.auto import tqdm
 
-    from cac_align.cac.evidence import cac_details, evidence_path, write_evidence_png, write_report
+    from cac_align.cac.evidence import cac_details, evidence_path, turn2_unreadable, write_evidence_png, write_report
     from cac_align.eval.bench import grade_evidence, truth_summary
     from cac_align.rewards.base import BackendFailure, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
@@ -181,6 +181,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                     row["truth"] = truths[start + offset]
                     if cac is not None and row["valid"]:
                         row["graded"] = grade_evidence(row["truth"], row["status"], [cac["window_s"]] if cac.get("window_s") else [], cac.get("boxes"))
+                        if row["graded"]["boxes"] is not None:  # say so where the boxes are missing because turn 2 did not parse
+                            row["graded"]["boxes_unreadable"] = turn2_unreadable(cac)
                 handle.write(json.dumps(row, default=_jsonable) + "\n")
                 if cac is not None and cac.get("valid") and not isinstance(video, VideoError):
                     planted = [a["window_s"] for a in (row.get("truth") or {}).get("anomalies", []) if a.get("window_s")]

@@ -306,6 +306,25 @@ def test_the_report_grades_the_window_and_boxes_not_only_the_status(tmp_path):
     assert green.max() / (width - 1) == pytest.approx(end / _length(row["video"]), abs=0.02)
 
 
+def test_the_report_says_turn_2_was_unreadable_where_its_boxes_did_not_parse(tmp_path):
+    """Turn 2 confirms "abnormal" but its boxes are not readable: the verdict is valid (the status parsed),
+    it has no boxes, and the report says turn 2 was unreadable, not that the boxes missed the defect."""
+    import json
+    from collections import defaultdict
+
+    garbled = json.dumps({"cot": "yes", "status": "abnormal", "anomalies": [{"type": "Human Distortion", "bbox": "top left, mostly"}]})
+    backend = ScriptedBackend(defaultdict(lambda: abnormal_turn1(0.0, 0.5)), defaultdict(lambda: garbled, {0: garbled}))
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), synth_videos=4, synth=str(REPO_ROOT / "recipes/synth/default.yaml"), synth_seed=3)
+    rows = run(config, reward=CaCReward(backend))
+    anomalous = [r for r in rows if r["truth"]["status"] == "abnormal" and r["valid"]]
+    assert anomalous
+    for row in anomalous:
+        assert row["status"] == "abnormal" and row["graded"]["boxes"] is False
+        assert "not readable" in row["graded"]["boxes_unreadable"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("turn 2 unreadable") == len(anomalous) and "not on the planted defect" not in page
+
+
 def _length(path) -> float:
     from cac_align.video import load_video
 

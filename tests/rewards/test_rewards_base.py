@@ -108,14 +108,14 @@ def make_no_call() -> NoCall:
 
 
 def test_a_factory_reward_must_have_the_whole_contract():
-    # the trainers call state_dict / load_state_dict / to and read score_range directly, so a
-    # reward without them is refused when it is built, naming what it lacks
-    with pytest.raises(ValueError, match="lacks score_range, state_dict, load_state_dict, to of the Reward contract; subclass"):
+    # the trainers call state_dict / load_state_dict / to and read score_range and components directly,
+    # so a reward without them is refused when it is built, naming what it lacks
+    with pytest.raises(ValueError, match="lacks score_range, components, state_dict, load_state_dict, to of the Reward contract; subclass"):
         build_reward({"name": "test_rewards_base:make_call_only"})
     with pytest.raises(ValueError, match="NoCall, which lacks __call__ of the Reward contract"):
         build_reward({"name": "test_rewards_base:make_no_call"})
     reward = build_reward({"name": "test_rewards_base:make_constant", "value": 0.5})
-    assert reward.state_dict() == {} and reward.to("cpu") is reward and reward.score_range is None
+    assert reward.state_dict() == {} and reward.to("cpu") is reward and reward.score_range is None and reward.components == ()
 
 
 def test_score_in_chunks_retries_a_failed_chunk_one_by_one():
