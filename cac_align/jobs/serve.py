@@ -55,8 +55,9 @@ class ServeConfig:
         extra_args: more vLLM flags, as a list (``["--tensor-parallel-size", "2"]``).
         env: extra environment for the server (``VLLM_CPU_KVCACHE_SPACE: "1"`` on a CPU).
         ready_timeout_s: how long to wait for the server to answer before giving up.
-        replicas: how many servers of the judge (a fleet when > 1): replica ``i`` on GPU ``i``
-            (``devices``) and port ``port + 1 + i``, behind the router on ``port``.
+        replicas: how many servers of the judge (a fleet when > 1): replica ``i`` on the ``i``-th
+            GPU this process sees (the ``i``-th entry of ``CUDA_VISIBLE_DEVICES``, else GPU ``i``;
+            ``devices``) and port ``port + 1 + i``, behind the router on ``port``.
         router: vllm-router's policy in front of a fleet: ``consistent_hash`` (default: each
             video's requests carry one session key, so its turns reach the replica caching its
             prefix), ``round_robin``, ``cache_aware``, ``power_of_two``, ``random``,
@@ -65,8 +66,9 @@ class ServeConfig:
         router_bin: the vllm-router executable (default: beside this interpreter, else on PATH;
             ``pip install 'cac_align[fleet]'``).
         router_args: more vllm-router flags, as a list.
-        devices: per replica, its ``CUDA_VISIBLE_DEVICES`` (default: "0", "1", ... for a fleet;
-            ``["0,1", "2,3"]`` with ``--tensor-parallel-size 2`` in ``extra_args``).
+        devices: per replica, its ``CUDA_VISIBLE_DEVICES`` (default: one GPU each, in the order
+            this process sees them; ``["0,1", "2,3"]`` with ``--tensor-parallel-size 2`` in
+            ``extra_args``).
     """
 
     model: str = MISSING
