@@ -10,13 +10,18 @@ vllm-router (PyPI, the `fleet` extra) in front, consistent_hash on our X-Session
   between a quarter and three quarters of the requests (a video's requests all reach one replica,
   so this is how the videos spread). On ports 18765-18767 (2026-11-25): 24 and 14 requests
   (63% / 37%), 6,280 tokens computed for 7,303 of the turns' own (0.86x, as one server).
+- A flow-grpo run on 3 processes (torchrun, gloo) whose reward is the fleet: the N + K layout of
+  docs/flow_grpo.md, "One node: judges beside the trainer" (recipes/align/flow_grpo_tiny_served.yaml).
+  It shares this module's fleet rather than starting a server of its own (vLLM's start is the cost
+  here), and lives in the conformance suite because the server needs .venv-vllm, which CI builds only
+  for this step.
 - Then one replica killed (SIGKILL to its process group) while it serves a run: every video valid
   with the in-process verdict, the run exits 0, each video once in results.jsonl; serve warns and
   goes on with the other.
 - Ctrl-C on `cac-align serve` (started in the background with SIGINT ignored) leaves no vLLM or
   router process behind.
 
-About 5 minutes on 2 cores (two replicas warm up side by side).
+About 6 minutes on 2 cores (two replicas warm up side by side).
 """
 
 from __future__ import annotations
