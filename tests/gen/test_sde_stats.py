@@ -217,7 +217,7 @@ def test_per_process_merge_sums_nan_stats_and_seeds():
     from cac_align.run.metrics import merge_sums
 
     assert per_process(8, 4, "videos", "hint") == 2
-    with pytest.raises(RecipeError, match=r"videos = 6 cannot be split evenly over 4 processes; change it"):
+    with pytest.raises(RecipeError, match=r"videos = 6 cannot be split evenly over 4 processes; launch 1, 2, 3 or 6 processes, or change it"):
         per_process(6, 4, "videos", "change it")
     # two processes: (sum, count) pairs become means over everything; a zero count is left out
     merged = merge_sums([{"kl": (1.0, 2.0), "window_s": (0.0, 0.0)}, {"kl": (5.0, 2.0), "window_s": (0.0, 0.0)}])

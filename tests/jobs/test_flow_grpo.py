@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -343,6 +344,61 @@ def test_config_errors(tmp_path):
 
     with pytest.raises(RecipeError, match="split evenly over 3 processes"):
         plan_step(_load(tmp_path), num_processes=3, rank=0)
+
+
+def test_samples_that_do_not_split_are_refused_naming_the_process_counts_that_would(tmp_path):
+    """Judges on 2 of 8 GPUs leave 6 for the A14B recipe's 2 x 16 = 32 samples per step: refused in
+    one line naming the launches that split them and the nearest settings that split over 6. Every
+    count and setting offered runs the plan; the counts left out do not (32 processes: one sample
+    each, fewer micro-batches than updates_per_step). Under context parallel the split is over
+    data-parallel groups, and the counts offered are processes. DPO's pairs and CaC stage 3's
+    videos are refused the same way (cac_align/run/dist.py, per_process)."""
+    from cac_align.jobs import load_recipe
+    from cac_align.jobs.dpo import plan_step as dpo_plan
+    from cac_align.jobs.flow_grpo import plan_step
+    from cac_align.run.dist import per_process
+
+    _, a14b = load_recipe(REPO_ROOT / "recipes/align/flow_grpo_wan22_a14b_ur_cac.yaml", [f"out_dir={tmp_path / 'a14b'}"])
+    with pytest.raises(RecipeError) as refused:
+        plan_step(a14b, num_processes=6, rank=0)
+    assert str(refused.value) == ("prompts_per_step * group_size (samples per step) = 32 cannot be split evenly over 6 processes; "
+                                  "launch 1, 2, 4, 8 or 16 processes, or set prompts_per_step=3 (48 samples) or group_size=18 (36 samples)")
+    for processes in (1, 2, 4, 8, 16):
+        assert plan_step(a14b, processes, 0).local_samples * processes == 32
+    with pytest.raises(RecipeError, match="updates_per_step=2 but each process has only 1 training micro-batch"):
+        plan_step(a14b, 32, 0)  # divides, but is not offered
+    for override in ("prompts_per_step=3", "group_size=18"):
+        _, changed = load_recipe(REPO_ROOT / "recipes/align/flow_grpo_wan22_a14b_ur_cac.yaml", [override])
+        assert plan_step(changed, 6, 5).local_range.stop == changed.prompts_per_step * changed.group_size
+    # the N + K layout's tiny recipe (tests/conformance/test_vllm_fleet.py runs it on 3): 6 samples a step
+    _, tiny = load_recipe(REPO_ROOT / "recipes/align/flow_grpo_tiny_served.yaml", [])
+    assert plan_step(tiny, 3, 2).local_range == range(4, 6)
+    with pytest.raises(RecipeError, match=re.escape("= 6 cannot be split evenly over 4 processes; launch 1, 2, 3 or 6 processes, or set "
+                                                    "prompts_per_step=4 (8 samples) or group_size=4 (12 samples)")):
+        plan_step(tiny, 4, 0)
+    # context parallel 2: 6 processes are 3 data-parallel groups; the counts offered are processes
+    _, cp2 = load_recipe(REPO_ROOT / "recipes/align/flow_grpo_tiny_cp2.yaml", [f"out_dir={tmp_path / 'cp2'}"])
+    assert (cp2.parallel.context_parallel, cp2.prompts_per_step * cp2.group_size) == (2, 8)
+    with pytest.raises(RecipeError, match=re.escape("samples per step) = 8 cannot be split evenly over 3 data-parallel groups (6 processes / "
+                                                    "parallel.context_parallel 2); launch 2, 4, 8 or 16 processes, or set prompts_per_step=3")):
+        plan_step(cp2, 3, 0)
+    # DPO: pairs over the data-parallel groups, each share a whole number of micro-batches
+    _, dpo = load_recipe(REPO_ROOT / "recipes/align/dpo_tiny.yaml", ["pairs_per_step=4", "batch_size=2"])
+    with pytest.raises(RecipeError, match=re.escape("pairs_per_step = 4 cannot be split evenly over 3 processes; launch 1 or 2 processes, "
+                                                    "or set pairs_per_step=6")):
+        dpo_plan(dpo, 3, 0)
+    # CaC stage 3: videos per step over the processes (a video's group of rollouts stays on one)
+    from cac_align.jobs.train_cac_grpo import _Trainer
+
+    stage3 = object.__new__(_Trainer)  # the split alone: no models
+    _, stage3.config = load_recipe(REPO_ROOT / "recipes/cac/stage3_grpo.yaml", [])
+    with pytest.raises(RecipeError, match=re.escape("grpo.videos_per_step = 8 cannot be split evenly over 6 processes; launch 1, 2, 4 or 8 "
+                                                    "processes, or set grpo.videos_per_step=12 (a video's group")):
+        stage3._videos_per_process(6)
+    # the counts offered are those whose share also fits the job's other settings
+    with pytest.raises(RecipeError, match=re.escape("videos = 8 cannot be split evenly over 5 data-parallel groups (10 processes / "
+                                                    "parallel.context_parallel 2); launch 2, 4 or 8 processes, or change it")):
+        per_process(8, 5, "videos", "change it", context_parallel=2, fits=lambda share: share >= 2)  # 16 processes: 1 video each
 
 
 def test_cli_runs_the_tiny_recipe(tmp_path, capsys):

