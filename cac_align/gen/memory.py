@@ -283,7 +283,14 @@ def _model_class(library: str, class_name: str) -> Any:
 def _meta_module(cls: Any, folder: Path) -> Any:
     """``cls`` built from ``folder/config.json`` on the meta device (torch's device context: its
     tensors take no memory and tied weights stay tied, which accelerate's ``init_empty_weights``
-    does not keep: it would count UMT5's shared embedding twice)."""
+    does not keep: it would count UMT5's shared embedding twice). Built once per process for a
+    config file as it is (a folder of recipes naming one model builds it once); read-only."""
+    config = Path(folder) / "config.json"
+    return _meta_module_cached(cls, str(folder), config.stat().st_mtime_ns if config.is_file() else 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
     import torch
 
     with torch.device("meta"):
@@ -419,6 +426,7 @@ class JudgeCount:
             rounded up to ``length_multiple`` for a static cache).
         visual_tokens: the visual tokens in it (estimated from the frames and the judge's vision grid).
         note: how it is held ("served", "on the CPU") when not on the GPU.
+        dtype: the dtype it is held in (a tiny one's as built).
     """
 
     judge: Any
@@ -427,6 +435,7 @@ class JudgeCount:
     tokens: int = 0
     visual_tokens: int = 0
     note: str = ""
+    dtype: str = ""
 
 
 def _judge_config_file(name: str) -> str | None:
@@ -463,9 +472,17 @@ def judge_module(judge: Any) -> Any:
     found = _judge_config_file(name)
     if found is None:
         raise ConfigsNotFound([(name, "config.json")])
+    return _meta_judge(found, Path(found).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_judge(config_file: str, stamp: int) -> Any:
+    """An image-text-to-text model built from ``config_file`` on the meta device, once per process
+    for a file as it is; read-only."""
+    import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(str(Path(found).parent))
+    config = AutoConfig.from_pretrained(str(Path(config_file).parent))
     with torch.device("meta"):
         return AutoModelForImageTextToText.from_config(config)
 
@@ -522,7 +539,7 @@ def count_judge(judge: Any) -> JudgeCount:
     if judge.cache != "dynamic":  # a static cache is as long as its prompt and budget, rounded up
         tokens = -(-tokens // judge.length_multiple) * judge.length_multiple
     kv = kv_cache_bytes(int(text.num_hidden_layers), kv_heads, head_dim, tokens, call.rows, dtype)
-    return JudgeCount(judge, int(weights), kv, tokens, seen)
+    return JudgeCount(judge, int(weights), kv, tokens, seen, dtype=str(dtype).removeprefix("torch."))
 
 
 def count_judges(sections: Mapping[str, Any], video: Any) -> tuple[list[JudgeCount], list[Any]]:
@@ -610,13 +627,23 @@ def _meta_copy(module: Any, dtype: Any) -> Any:
     import torch
 
     resolved = getattr(torch, str(dtype)) if isinstance(dtype, str) else dtype
-    if next(module.parameters()).device.type != "meta":
-        module = copy.deepcopy(module)
-    return module.to(device="meta", dtype=resolved)
+    first = next(module.parameters())
+    if first.device.type != "meta" or first.dtype != resolved:  # a copy: the counted module stays as it is
+        module = copy.deepcopy(module).to(device="meta")
+    if first.dtype != resolved:  # on the meta device a cast costs nothing; diffusers' warning about it says nothing here
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            module = module.to(dtype=resolved)
+        finally:
+            diffusers_logging.set_verbosity(level)
+    return module
 
 
 @functools.lru_cache(maxsize=16)
-def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str) -> int:
+def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
     import torch
 
     meta = _meta_copy(vae, dtype)
@@ -625,13 +652,14 @@ def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width:
     if what == "encode":
         video = torch.empty(batch, 3, frames, height, width, device="meta", dtype=resolved)
         return traced_peak_bytes(lambda x: meta.encode(x).latent_dist.mode(), video, keep=params)
-    # the latents' shape: one small encode (1 + t frames of 2 x 2 latent cells) gives the channels
-    # and the compression, in time and space
-    probe = torch.empty(1, 3, frames, 64, 64, device="meta", dtype=resolved)
+    # the latents' shape: one small encode (1 + frame_multiple frames, 64 x 64 pixels) gives the
+    # channels and the compression in space; in time, (F - 1) / frame_multiple + 1 latent frames
+    probe = torch.empty(1, 3, 1 + frame_multiple, 64, 64, device="meta", dtype=resolved)
     with torch.no_grad():
         small = meta.encode(probe).latent_dist.mode()
     scale = 64 // small.shape[-1]
-    latents = torch.empty(batch, small.shape[1], small.shape[2], height // scale, width // scale, device="meta", dtype=resolved)
+    latent_frames = (frames - 1) // frame_multiple + 1
+    latents = torch.empty(batch, small.shape[1], latent_frames, height // scale, width // scale, device="meta", dtype=resolved)
     return traced_peak_bytes(lambda z: meta.decode(z, return_dict=False)[0], latents, keep=params)
 
 
@@ -643,7 +671,7 @@ def vae_bytes(counts: GeneratorCounts, what: str, batch: int, video: tuple[int, 
     """
     if counts.vae is None or batch < 1:
         return 0
-    return _vae_trace(counts.vae, what, int(batch), *(int(v) for v in video), str(dtype))
+    return _vae_trace(counts.vae, what, int(batch), *(int(v) for v in video), str(dtype), counts.frame_multiple)
 
 
 def fixed_overhead_bytes(num_processes: int) -> int:
@@ -876,7 +904,7 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
     leaders = " (the leaders' GPUs)" if cp > 1 else ""
     for j in judges:
         label = f"judge {j.judge.where}: {j.judge.name}"
-        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({j.judge.dtype}){leaders}", j.weight_bytes,
+        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({j.dtype}){leaders}", j.weight_bytes,
                             "served" if j.note == "served" else "counted"))
     if any(j.kv_bytes for j in judges):  # one call at a time (a reward scores its components in turn): the largest cache
         top = max(judges, key=lambda j: j.kv_bytes)
@@ -1069,8 +1097,7 @@ def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int
     rest = sum(e.parameters for e in counts.encoders) * weight + sum(o.parameters for o in counts.others) * vae_weight
     names = ", ".join(c.name for c in counts.encoders + counts.others)
     if sharded:
-        rows = [PlanRow("transformers, whole, once (global rank 0 reads them; the others build on the meta device and receive their shards)",
-                        transformers, "counted", "load"),
+        rows = [PlanRow("transformers, whole, once (global rank 0; the others: meta device)", transformers, "counted", "load"),
                 PlanRow(f"{names}: each of {p} process{'es' if p != 1 else ''}", p * rest, "counted", "load")]
     else:
         rows = [PlanRow(f"the whole pipeline: each of {p} process{'es' if p != 1 else ''} (unsharded)", p * (transformers + rest), "counted", "load")]
