@@ -348,10 +348,11 @@ class ConfigsNotFound(LookupError):
 
     def line(self) -> str:
         """One line: what to put in the Hugging Face cache, and the command that does it."""
-        what = "; ".join(f"{repo}'s {files}" for repo, files in self.needs)
-        repos = " ".join(repo for repo, _ in self.needs)
-        return (f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache "
-                f"(`for r in {repos}; do huggingface-cli download $r --include '*.json'; done`; configs only, no weights)")
+        what = "; ".join(f"{files} of {repo}" for repo, files in self.needs)
+        repos = [repo for repo, _ in self.needs]
+        command = (f"huggingface-cli download {repos[0]} --include '*.json'" if len(repos) == 1 else
+                   f"for r in {' '.join(repos)}; do huggingface-cli download $r --include '*.json'; done")
+        return f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache (`{command}`: configs only)"
 
 
 def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
@@ -542,6 +543,25 @@ def count_judge(judge: Any) -> JudgeCount:
     return JudgeCount(judge, int(weights), kv, tokens, seen, dtype=str(dtype).removeprefix("torch."))
 
 
+def _judge_models(sections: Mapping[str, Any], video: Any) -> tuple[list[Any], list[Any]]:
+    """The judges ``sections`` load and the sections whose models are unknown, said by each reward."""
+    from cac_align.rewards.judges import UnknownJudge
+    from cac_align.rewards.registry import reward_judges
+
+    said = [judge for where, section in sections.items() for judge in reward_judges(section, where, video)]
+    return [j for j in said if not isinstance(j, UnknownJudge)], [j for j in said if isinstance(j, UnknownJudge)]
+
+
+def _missing_configs(judges: Sequence[Any]) -> list[tuple[str, str]]:
+    """``(name, "config.json")`` of each judge on the GPU whose config is not on this machine."""
+    missing: list[tuple[str, str]] = []
+    for judge in judges:
+        name = judge.config_name or judge.name
+        if judge.on_gpu and judge.tiny is None and _judge_config_file(name) is None and (name, "config.json") not in missing:
+            missing.append((name, "config.json"))
+    return missing
+
+
 def count_judges(sections: Mapping[str, Any], video: Any) -> tuple[list[JudgeCount], list[Any]]:
     """The judges of ``sections`` (recipe key -> reward section: the ``reward``, each of
     ``eval_rewards``), counted (:func:`count_judge`), and the sections whose models are not known
@@ -553,22 +573,11 @@ def count_judges(sections: Mapping[str, Any], video: Any) -> tuple[list[JudgeCou
     Raises:
         ConfigsNotFound: naming every in-process judge whose ``config.json`` is not here.
     """
-    from cac_align.rewards.judges import UnknownJudge
-    from cac_align.rewards.registry import reward_judges
-
-    counted, unknown, missing = [], [], []
-    for where, section in sections.items():
-        for judge in reward_judges(section, where, video):
-            if isinstance(judge, UnknownJudge):
-                unknown.append(judge)
-                continue
-            try:
-                counted.append(count_judge(judge))
-            except ConfigsNotFound as exc:
-                missing += [need for need in exc.needs if need not in missing]
+    judges, unknown = _judge_models(sections, video)
+    missing = _missing_configs(judges)
     if missing:
         raise ConfigsNotFound(missing)
-    return counted, unknown
+    return [count_judge(judge) for judge in judges], unknown
 
 
 # ---------------------------------------------------------------------------------------
@@ -1001,7 +1010,8 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
         more_gpus = (changes, candidate)
         break
     if holds_judges(plan):  # the judges' GPUs of their own, before more GPUs of the generator's
-        for settings, with_gc in dict.fromkeys(((s, gc), (s, True), (sharded, gc), (sharded, True))):
+        tries = [(s, gc), (s, True), (sharded, gc), (sharded, True)]
+        for settings, with_gc in [t for k, t in enumerate(tries) if t not in tries[:k]]:
             candidate = _served(plan, settings, n, with_gc)
             if candidate.fits(device_bytes):
                 changes = ([SERVE_THE_JUDGES] + ([] if settings.shard == s.shard else ["set parallel.shard=fsdp2"])
@@ -1156,12 +1166,10 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
     except ConfigsNotFound as exc:
         counts, missing = None, list(exc.needs)
     frames, height, width = video if video is not None else (generator.num_frames, generator.height, generator.width)
-    try:
-        judges, unknown = count_judges(rewards or {}, VideoShape(frames, height, width, float(generator.fps)))
-    except ConfigsNotFound as exc:
-        judges, unknown, missing = [], [], missing + exc.needs
-    if missing:
-        raise ConfigsNotFound(missing)
+    shape = VideoShape(frames, height, width, float(generator.fps))
+    if missing:  # say every missing config at once, building none of the judges
+        raise ConfigsNotFound(missing + _missing_configs(_judge_models(rewards or {}, shape)[0]))
+    judges, unknown = count_judges(rewards or {}, shape)
     if counts is None:
         return None
     tokens = video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t)
