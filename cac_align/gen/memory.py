@@ -651,8 +651,20 @@ def _meta_copy(module: Any, dtype: Any) -> Any:
     return module
 
 
-@functools.lru_cache(maxsize=16)
+_VAE_TRACES: dict[tuple, int] = {}  # (the VAE's class and config, what, shape, dtype) -> bytes: one trace per process
+
+
 def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
+    import json
+
+    key = (type(vae).__name__, json.dumps(dict(getattr(vae, "config", {})), sort_keys=True, default=str), what, batch, frames, height, width,
+           dtype, frame_multiple)
+    if key not in _VAE_TRACES:
+        _VAE_TRACES[key] = _traced_vae(vae, what, batch, frames, height, width, dtype, frame_multiple)
+    return _VAE_TRACES[key]
+
+
+def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
     import torch
 
     meta = _meta_copy(vae, dtype)
