@@ -1,38 +1,56 @@
 """The memory plan of a generator trainer (``flow-grpo``, ``dpo``): how many bytes each GPU holds,
-worked out before any weight loads, and a refusal, naming the fix, when that cannot fit the device.
+worked out before any weight loads, and a refusal, naming the fix, when that cannot fit the device;
+and what a node's host memory holds while the run loads.
 
-**Where the numbers come from.** The generator's own configs: each component of the pipeline
-(``model_index.json``'s transformers, text encoder(s), VAE(s)) is built from its ``config.json`` on
-the meta device (``with torch.device("meta")``: no weight read, no memory taken) and its
-parameters are counted; a tiny in-process pipeline (``tiny-random:...``) is built and counted as it
-is. What the model does not say (the activations of a training forward) is **arithmetic**: a
-formula of the token count, the width and the depth (:func:`activation_bytes`), labelled as such in
-every table. Nothing is downloaded: a hub id whose configs are not in the local Hugging Face cache
-gives no plan (a logged note), never a download.
+**Where the numbers come from.** The models' own configs: each component of the pipeline
+(``model_index.json``'s transformers, text encoder(s), VAE(s)) and each in-process judge of the
+reward sections (its ``config.json``; which models a section loads, each reward says:
+:func:`cac_align.rewards.registry.reward_judges`) is built on the meta device (``with
+torch.device("meta")``: no weight read, no memory taken) and its parameters are counted; a tiny
+in-process model (``tiny-random:...``) is built and counted as it is. The VAE's decode (or encode)
+is **traced**: run on the meta device, its live tensors summed op by op (:func:`traced_peak_bytes`).
+What the models do not say (the activations of a training forward, a judge's KV cache) is
+**arithmetic**: a formula, labelled as such in every table; a fixed overhead is an **estimate**.
+Nothing is downloaded: a model whose configs are not in the local Hugging Face cache gives no plan
+but one line naming what to fetch (:class:`ConfigsNotFound`), never a download.
 
-**The rows** (bytes per GPU; :func:`memory_plan`), N processes, all holding the same model:
+**The rows** (bytes per GPU; :func:`memory_plan`, :func:`plan_generator`), N processes, all holding
+the same model (under context parallel, the judges only on each group's leader, the GPU planned):
 
 | row | phase | per GPU | source |
 | --- | --- | --- | --- |
 | each transformer's frozen base | resident | ``shard: none``: all of it; ``fsdp2``: ``ceil(P / N)`` parameters | counted |
-| gathered block | train | ``fsdp2``: the largest block's parameters (FSDP2 gathers one block at a time); every block with ``reshard_after_forward: false`` | counted |
+| gathered block, and FSDP2's prefetch | train (flow-grpo: and video) | ``fsdp2``: the largest block's parameters (FSDP2 gathers one block at a time), and the next block's, whose all-gather overlaps the running one; every block with ``reshard_after_forward: false`` | counted |
 | LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1); ``fsdp2``: 1/N of them | counted |
 | text encoder(s) | resident, or encode | in ``generator.dtype``; off the device between encodes (``encoder_on_device: false``) it only counts while it encodes | counted |
 | VAE(s), vocoder | resident | in ``generator.vae_dtype`` | counted |
-| judges | resident | what the caller says (0 when served elsewhere) | given |
+| the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it | traced |
+| each in-process judge (``reward``, each of ``eval_rewards``) | resident | its parameters in its dtype; a served one (``backend: openai``) or one on the CPU: 0 | counted |
+| the judges' KV cache | video | the largest judge's longest call: ``2 x layers x kv_heads x head_dim x tokens x rows x dtype bytes``, ``tokens`` = visual (frames on the judge's vision grid) + text (estimated) + its generation budget, ``rows`` = its ``max_batch_size`` (:func:`count_judge`) | arithmetic |
 | activations | train | :func:`activation_bytes` | arithmetic |
+| CUDA context, kernels, NCCL buffers | resident | 1 GiB, and 1 GiB more with several processes (:func:`fixed_overhead_bytes`); on a CUDA device only | estimate |
 
-The peak is the resident rows plus the larger phase: training (the gathered block and the
-activations) or encoding (a text encoder that comes onto the device only to encode).
+The peak is the resident rows plus the largest phase: training (the gathered blocks and the
+activations), encoding (a text encoder that comes onto the device only to encode), or video
+(flow-grpo: a sample batch decoded while the judges score the one before, the sampling forwards
+gathering their blocks; dpo: a pair's video encoded).
+
+**Host memory at load** (bytes on the node of global rank 0; :func:`host_plan`): sharded, global rank
+0 reads the transformers whole and every other process builds them on the meta device and receives
+its shards, while every process loads its own text encoder(s) and VAE on the CPU: the transformers
+once plus ``processes per node`` x (encoders + VAEs). Unsharded, every process its whole pipeline.
+In-process judges pass through host memory too, in each process that builds them. Processes per
+node: torchrun's ``LOCAL_WORLD_SIZE``, else all on one node.
 
 Not counted (each small beside the rows at full size, or outside the model): buffers (rope tables,
 latent statistics), FSDP2's root unit (patch and condition embeddings, gathered for the whole
-forward) and its prefetch of the next block, DDP's gradient buckets (one more copy of the LoRA's
-gradients), the sampling forwards (no gradient: smaller than training's), the VAE's decode
-activations, the recorded trajectories (``store_latents_on_cpu``), the CUDA context and allocator
-fragmentation. The plan is an estimate, within 10% of the two peaks measured so far
-(:data:`ACTIVATION_WIDTHS`): a plan that does not fit is refused; one that fits within a few GiB of
-the device may still run out.
+forward), DDP's gradient buckets (one more copy of the LoRA's gradients), the sampling forwards'
+activations (no gradient: smaller than training's), a judge's prefill activations and its vision
+tower's, the audio VAE's and the vocoder's decode (LTX-2), the recorded trajectories
+(``store_latents_on_cpu``), cuDNN's workspaces and the caching allocator's fragmentation, and a
+reward named by dotted path (its models are its own: a row says it is not counted). The plan is an
+estimate, within 10% of the two peaks measured so far (:data:`ACTIVATION_WIDTHS`): a plan that does
+not fit is refused; one that fits within a few GiB of the device may still run out.
 """
 
 from __future__ import annotations

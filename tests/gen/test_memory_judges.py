@@ -160,19 +160,20 @@ def test_the_vae_trace_on_the_meta_device_equals_the_same_trace_of_a_real_run(ki
 
     torch.manual_seed(0)
     if kind == "wan2.1":  # the tiny pipelines' VAEs (cac_align/gen/tiny.py): 8x in space, 4x in time
-        vae, latents = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1), torch.randn(2, 16, 3, 8, 8)
+        vae, latents = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1), torch.randn(2, 16, 2, 8, 8)
     else:  # Wan2.2's: patchified, 16x in space
         vae = AutoencoderKLWan(base_dim=16, decoder_base_dim=16, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True, in_channels=12,
                                out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16, latents_mean=[0.0] * 48,
                                latents_std=[1.0] * 48)
-        latents = torch.randn(2, 48, 3, 4, 4)
+        latents = torch.randn(2, 48, 2, 4, 4)
     counts = _toy(vae=vae.eval())  # frame_multiple 4
-    with torch.no_grad():  # the real run: 2 videos of 9 frames, 64 x 64
+    with torch.no_grad():  # the real run: 2 videos of 5 frames, 64 x 64
         real = traced_peak_bytes(lambda z: vae.decode(z, return_dict=False)[0], latents, keep=list(vae.parameters()))
-    assert real > 2 * 3 * 9 * 64 * 64 * 4  # at least the decoded videos
-    assert vae_bytes(counts, "decode", 2, (9, 64, 64), "float32") == real  # the meta run, op for op, its latents' shape found by itself
-    assert vae_bytes(counts, "decode", 1, (9, 64, 64), "float32") < real  # control: half the batch holds less
-    assert vae_bytes(counts, "encode", 1, (9, 64, 64), "float32") > 0
+    assert real > 2 * 3 * 5 * 64 * 64 * 4  # at least the decoded videos
+    assert vae_bytes(counts, "decode", 2, (5, 64, 64), "float32") == real  # the meta run, op for op, its latents' shape found by itself
+    if kind == "wan2.1":
+        assert vae_bytes(counts, "decode", 1, (5, 64, 64), "float32") < real  # control: half the batch holds less
+        assert vae_bytes(counts, "encode", 1, (5, 64, 64), "float32") > 0
 
 
 # ---------------------------------------------------------------------------------------
