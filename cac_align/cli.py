@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from cac_align import __version__
 from cac_align.config import RecipeError, load_config, running_recipe
@@ -110,7 +110,7 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
     return 0
 
 
-def _memory_plan(spec: object, config: object, processes: int | None, gpu_gib: float | None) -> None:
+def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None) -> None:
     """Print a generator trainer's memory plan (``cac_align.gen.memory``) where its models' configs
     can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
     job prints the plan when it runs) or another job."""

@@ -1061,8 +1061,9 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
     floor = _replan(plan, replace(sharded, encoder_on_device=False), max_processes, True)
     tried = "sharding, checkpointing or context parallel" if counts.context_parallel else \
         f"sharding or checkpointing ({plan.family} cannot split a video over processes yet)"
+    fewer = "decode fewer videos at once (sample_batch_size), " if plan.inputs.get("vae_what") == "decode" else ""
     return (f"{head}; no {tried} fits it: what is not split (encoder while encoding, VAE and its decode, judges, one block, activations) is "
-            f"{gib(floor)} even on {_gpus(max_processes)}; serve the judges elsewhere, or train on fewer or smaller videos per micro-batch")
+            f"{gib(floor)} even on {_gpus(max_processes)}; serve the judges elsewhere, {fewer}or train on fewer or smaller videos per micro-batch")
 
 
 # ---------------------------------------------------------------------------------------
