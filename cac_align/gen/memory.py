@@ -373,6 +373,23 @@ class ConfigsNotFound(LookupError):
         return f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache (`{command}`: configs only)"
 
 
+def _cached_model_index(name: str) -> dict[str, Any] | None:
+    """A hub id's ``model_index.json`` from the local Hugging Face cache only (never downloaded);
+    None when it is not there."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "model_index.json")
+    except ValueError:  # not a repo id
+        return None
+    if not isinstance(found, str):
+        return None
+    index = json.loads(Path(found).read_text(encoding="utf-8"))
+    return index if isinstance(index, dict) else None
+
+
 def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
     """Count the generator ``config`` names (a :class:`~cac_align.gen.generator.GeneratorConfig`),
     with the LoRA ``lora`` (:class:`~cac_align.gen.lora.LoraSettings`) on its adapted experts, from
@@ -385,6 +402,7 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
         ConfigsNotFound: a hub id whose configs are not in the local cache.
     """
     from cac_align.gen.family import read_model_index
+    from cac_align.loading import looks_like_path
 
     if config.is_synthetic:
         return None
@@ -397,7 +415,7 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
 
         modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
         return count_components(config.name, family, modules, targets, experts)
-    index = read_model_index(config.name, "generator.name")
+    index = read_model_index(config.name, "generator.name") if looks_like_path(config.name) else _cached_model_index(config.name)
     folders = _config_folders(config.name, index) if index is not None else None
     if folders is None:
         raise ConfigsNotFound([(config.name, "model_index.json and */config.json")])
