@@ -598,22 +598,31 @@ def _missing_configs(judges: Sequence[Any]) -> list[tuple[str, str]]:
     return missing
 
 
-def count_judges(sections: Mapping[str, Any], video: Any) -> tuple[list[JudgeCount], list[Any]]:
+def count_judges(sections: Mapping[str, Any], video: Any, strict: bool = True) -> tuple[list[JudgeCount], list[Any]]:
     """The judges of ``sections`` (recipe key -> reward section: the ``reward``, each of
-    ``eval_rewards``), counted (:func:`count_judge`), and the sections whose models are not known
-    before they load (:class:`~cac_align.rewards.judges.UnknownJudge`).
+    ``eval_rewards``), counted (:func:`count_judge`), and those that are not: the sections whose
+    models are not known before they load (:class:`~cac_align.rewards.judges.UnknownJudge`) and,
+    unless ``strict``, the judges whose ``config.json`` is not on this machine.
 
     Args:
         video: the videos they score (:class:`~cac_align.rewards.judges.VideoShape`).
+        strict: raise for a missing config instead of leaving that judge uncounted.
 
     Raises:
-        ConfigsNotFound: naming every in-process judge whose ``config.json`` is not here.
+        ConfigsNotFound: ``strict``, naming every in-process judge whose ``config.json`` is not here.
     """
+    from cac_align.rewards.judges import UnknownJudge
+
     judges, unknown = _judge_models(sections, video)
     missing = _missing_configs(judges)
-    if missing:
+    if missing and strict:
         raise ConfigsNotFound(missing)
-    return [count_judge(judge) for judge in judges], unknown
+    absent = {name for name, _ in missing}
+    counted = [count_judge(j) for j in judges if not (j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent)]
+    unknown += [UnknownJudge(j.where, f"{j.config_name or j.name}'s config.json is not on this machine: "
+                                      f"huggingface-cli download {j.config_name or j.name} --include '*.json'")
+                for j in judges if j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent]
+    return counted, unknown
 
 
 # ---------------------------------------------------------------------------------------
@@ -1205,7 +1214,9 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
         ``(plan, host)``; None for the synthetic stand-in generator.
 
     Raises:
-        ConfigsNotFound: naming every model whose configs are not on this machine.
+        ConfigsNotFound: the generator's configs are not on this machine; names every model whose
+            configs are missing (with the generator's, its judges'). A judge alone missing is a
+            row of the plan saying so, not counted.
     """
     from cac_align.rewards.judges import VideoShape
 
@@ -1218,7 +1229,8 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
     shape = VideoShape(frames, height, width, float(generator.fps))
     if missing:  # say every missing config at once, building none of the judges
         raise ConfigsNotFound(missing + _missing_configs(_judge_models(rewards or {}, shape)[0]))
-    judges, unknown = count_judges(rewards or {}, shape)
+    # a judge whose config is not here is a row that says so (the generator is still planned, and refused if it cannot fit)
+    judges, unknown = count_judges(rewards or {}, shape, strict=False)
     if counts is None:
         return None
     tokens = video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t)

@@ -341,3 +341,17 @@ def test_check_recipe_prints_the_a14b_plan_from_the_hugging_face_cache(full_size
     out = capsys.readouterr().out
     assert "memory plan per GPU for Wan2.2-A14B (8 processes, parallel.shard=fsdp2" in out and "host memory at load" in out
     assert "transformer_2: frozen base (1/8 shard)" in out and "activations (2 x 32,760 tokens" in out
+
+
+def test_a_judge_whose_config_is_not_here_is_a_row_saying_so_and_the_generator_is_still_planned(hub_cache, tmp_path):
+    from cac_align.gen import family as family_module
+
+    pipe = family_module.family_of("tiny-random:wan").build_tiny("tiny-random:wan", seed=0)
+    pipe.save_pretrained(str(tmp_path / "wan"))
+    generator = GeneratorConfig(name=str(tmp_path / "wan"), num_frames=5, height=32, width=32)
+    rewards = {"reward": {"name": "cac"}}  # Qwen/Qwen3-VL-8B-Instruct in-process: its config is not in the (empty) cache
+    plan, _ = plan_generator(generator, LoraSettings(rank=4), ParallelSettings(), 1, batch_per_process=2, gradient_checkpointing=True,
+                             rewards=rewards, decode_batch=1)
+    (row,) = [r for r in plan.rows if r.label.startswith("judge ")]
+    assert row.source == "unknown" and row.bytes == 0
+    assert "Qwen/Qwen3-VL-8B-Instruct's config.json is not on this machine: huggingface-cli download Qwen/Qwen3-VL-8B-Instruct" in row.label
