@@ -9,7 +9,10 @@ between encodes) and, where the recipe is planned with context parallel, for tha
 
 What it prints is arithmetic, not a measurement: the parameters are counted from architectures we
 wrote down (the values below), not read from the checkpoints' own ``config.json``; the activations are
-``cac_align.gen.memory.activation_bytes``'s estimate. With the checkpoints' configs in the Hugging Face
+``cac_align.gen.memory.activation_bytes``'s estimate; the VAE's decode of a sample batch (flow-grpo:
+``sample_batch_size`` 2) or encode of one video (dpo) is traced on the meta device; FSDP2's prefetched
+block and the fixed CUDA/NCCL overhead are counted as the jobs count them. The judges are served
+elsewhere here (0 GiB); with them in-process, the jobs' plan and ``cac-align check-recipe`` count them. With the checkpoints' configs in the Hugging Face
 cache the jobs print the same plan from those files. The one measured figure to hold it against:
 Wan-2.1-1.3B's Flow-GRPO step peaked at 23.8 GiB on an H100 (docs/flow_grpo.md, "Memory at full size").
 
@@ -89,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from cac_align.gen.family import families
-    from cac_align.gen.memory import GIB, count_components, memory_plan, refusal, video_tokens
+    from cac_align.gen.memory import GIB, count_components, fixed_overhead_bytes, memory_plan, refusal, vae_bytes, video_tokens
     from cac_align.gen.parallel import ParallelSettings
 
     by_name = {f.name: f for f in families()}
@@ -107,9 +110,12 @@ def main() -> None:
             f"{c.name} {c.parameters / 1e9:.2f}B" for c in counts.transformers + counts.encoders + counts.others))
         layouts = [(ParallelSettings(), 1), (ParallelSettings(shard="fsdp2"), args.gpus)]
         layouts += [(ParallelSettings(shard="fsdp2", context_parallel=cp), args.gpus)] if cp > 1 else []
+        what, batch = ("encode", 1) if recipe.startswith("dpo") else ("decode", 2)  # the recipes' sample_batch_size: 2
+        vae_peak = vae_bytes(counts, what, batch, video, vae_dtype)
         for settings, n in layouts:
             plan = memory_plan(counts, settings=settings, num_processes=n, tokens=tokens, batch_per_process=rows, gradient_checkpointing=True,
-                               lora_rank=rank, dtype="bfloat16", vae_dtype=vae_dtype)
+                               lora_rank=rank, dtype="bfloat16", vae_dtype=vae_dtype, vae_phase_bytes=vae_peak, vae_what=what, prefetch=True,
+                               overhead_bytes=fixed_overhead_bytes(n))
             print(plan.table(device))
             reason = refusal(plan, device)
             if reason:

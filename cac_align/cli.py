@@ -6,6 +6,7 @@
     cac-align <job> --config score/cac_demo           # a shipped recipe by name, from any folder
     cac-align recipes [cp NAME DEST]                  # list the shipped recipes, or copy one out to edit
     cac-align check-recipe recipes/**/*.yaml          # validate recipes without loading weights
+    cac-align check-recipe --processes 8 --gpu-gib 74.5 FILE   # and a generator trainer's memory plan on 8 GPUs
     cac-align eval bench --config ...                 # = cac-align eval-bench (likewise eval vbench / expert)
 
 Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
@@ -21,7 +22,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from cac_align import __version__
 from cac_align.config import RecipeError, load_config, running_recipe
@@ -67,6 +68,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "check-recipe", help="validate recipe files without loading weights", description="validate recipe files"
     )
     check.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe YAML files or folders")
+    check.add_argument("--processes", type=int, default=None, metavar="N",
+                       help="the processes (GPUs) a generator trainer's memory plan is made for (default: the fewest its parallel "
+                            "section allows, its context_parallel degree); the plan is printed where the models' configs can be read")
+    check.add_argument("--gpu-gib", type=float, default=None, metavar="GIB",
+                       help="the memory of one GPU, GiB: the plan says whether it fits and, if not, the fix (an 80 GB GPU: 74.5)")
     recipes = sub.add_parser(
         "recipes", help="list the shipped recipes, or copy one out to edit (`cac-align recipes cp NAME DEST`)",
         description="The shipped recipes, by the names --config takes from any folder (score/cac_demo, ...).",
@@ -105,7 +111,35 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
     return 0
 
 
-def _check_recipes(paths: Sequence[Path]) -> int:
+def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None) -> None:
+    """Print a generator trainer's memory plan (``cac_align.gen.memory``) where its models' configs
+    can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
+    job prints the plan when it runs) or another job."""
+    from cac_align.config import resolve
+    from cac_align.gen.memory import GIB, ConfigsNotFound, plan_generator, refusal
+
+    if spec.memory_inputs is None or config.generator.name.startswith("tiny-random:"):
+        return
+    n = processes if processes is not None else config.parallel.context_parallel
+    try:
+        planned = plan_generator(config.generator, config.lora, config.parallel, n, **resolve(spec.memory_inputs)(config))
+    except ConfigsNotFound as exc:
+        print(f"     {exc.line()}")
+        return
+    except ValueError as exc:  # e.g. a process count the layout cannot split
+        print(f"     memory plan: not made for {n} processes: {exc}")
+        return
+    if planned is None:
+        return
+    plan, host = planned
+    limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
+    reason = refusal(plan, limit) if limit is not None else None
+    if reason is not None:
+        print(f"     refused: {reason}")
+
+
+def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib: float | None = None) -> int:
     files: list[Path] = []
     for path in paths:
         # A folder's recipes, less accelerate launch configs (recipes/accelerate/), which are
@@ -114,12 +148,13 @@ def _check_recipes(paths: Sequence[Path]) -> int:
     failures = 0
     for file in files:
         try:
-            spec, _ = load_recipe(file)
+            spec, config = load_recipe(file)
         except RecipeError as exc:
             failures += 1
             print(f"FAIL {exc}", file=sys.stderr)
         else:
             print(f"ok   {file} (job: {spec.name})")
+            _memory_plan(spec, config, processes, gpu_gib)
     print(f"{len(files) - failures} passed, {failures} failed")
     return 1 if failures else 0
 
@@ -220,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = None
     try:
         if args.command == "check-recipe":
-            return _check_recipes(args.recipes)
+            return _check_recipes(args.recipes, args.processes, args.gpu_gib)
         if args.command == "recipes":
             return _recipes(args.action, args.name, args.dest)
         spec = JOBS[args.command]

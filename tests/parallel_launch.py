@@ -7,6 +7,7 @@ test compares with one process.
 Each process writes into OUT:
 - ``record<rank>.json``: its layout (dp/cp ranks), the FSDP2 units per expert, the frozen base's
   elements it holds locally and in all, the largest block's, and the trainable parameters' types;
+  flow-grpo: the reward sections it built (``rewards_built``);
 - ``logprobs<rank>.safetensors`` (flow-grpo): the log-probs of every trajectory it sampled, in order.
 
 ``CAC_TEST_REWARD=NAME`` replaces the recipe's reward section with ``{name: NAME}`` (e.g. brightness).
@@ -125,6 +126,14 @@ if job == "flow-grpo":
             return {key: np.concatenate([c[key] for c in columns]) for key in columns[0]}
 
         flow_grpo.reward_columns = old_reward_columns
+    built = record.setdefault("rewards_built", [])  # which reward sections this process built (a context-parallel leader's only)
+    build_reward = flow_grpo.build_reward
+
+    def counting(section, where="reward"):
+        built.append(where)
+        return build_reward(section, where)
+
+    flow_grpo.build_reward = counting
 else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
 

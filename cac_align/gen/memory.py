@@ -1,42 +1,61 @@
 """The memory plan of a generator trainer (``flow-grpo``, ``dpo``): how many bytes each GPU holds,
-worked out before any weight loads, and a refusal, naming the fix, when that cannot fit the device.
+worked out before any weight loads, and a refusal, naming the fix, when that cannot fit the device;
+and what a node's host memory holds while the run loads.
 
-**Where the numbers come from.** The generator's own configs: each component of the pipeline
-(``model_index.json``'s transformers, text encoder(s), VAE(s)) is built from its ``config.json`` on
-the meta device (``with torch.device("meta")``: no weight read, no memory taken) and its
-parameters are counted; a tiny in-process pipeline (``tiny-random:...``) is built and counted as it
-is. What the model does not say (the activations of a training forward) is **arithmetic**: a
-formula of the token count, the width and the depth (:func:`activation_bytes`), labelled as such in
-every table. Nothing is downloaded: a hub id whose configs are not in the local Hugging Face cache
-gives no plan (a logged note), never a download.
+**Where the numbers come from.** The models' own configs: each component of the pipeline
+(``model_index.json``'s transformers, text encoder(s), VAE(s)) and each in-process judge of the
+reward sections (its ``config.json``; which models a section loads, each reward says:
+:func:`cac_align.rewards.registry.reward_judges`) is built on the meta device (``with
+torch.device("meta")``: no weight read, no memory taken) and its parameters are counted; a tiny
+in-process model (``tiny-random:...``) is built and counted as it is. The VAE's decode (or encode)
+is **traced**: run on the meta device, its live tensors summed op by op (:func:`traced_peak_bytes`).
+What the models do not say (the activations of a training forward, a judge's KV cache) is
+**arithmetic**: a formula, labelled as such in every table; a fixed overhead is an **estimate**.
+Nothing is downloaded: a model whose configs are not in the local Hugging Face cache gives no plan
+but one line naming what to fetch (:class:`ConfigsNotFound`), never a download.
 
-**The rows** (bytes per GPU; :func:`memory_plan`), N processes, all holding the same model:
+**The rows** (bytes per GPU; :func:`memory_plan`, :func:`plan_generator`), N processes, all holding
+the same model (under context parallel, the judges only on each group's leader, the GPU planned):
 
 | row | phase | per GPU | source |
 | --- | --- | --- | --- |
 | each transformer's frozen base | resident | ``shard: none``: all of it; ``fsdp2``: ``ceil(P / N)`` parameters | counted |
-| gathered block | train | ``fsdp2``: the largest block's parameters (FSDP2 gathers one block at a time); every block with ``reshard_after_forward: false`` | counted |
+| gathered block, and FSDP2's prefetch | train (flow-grpo: and video) | ``fsdp2``: the largest block's parameters (FSDP2 gathers one block at a time), and the next block's, whose all-gather overlaps the running one; every block with ``reshard_after_forward: false`` | counted |
 | LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1); ``fsdp2``: 1/N of them | counted |
 | text encoder(s) | resident, or encode | in ``generator.dtype``; off the device between encodes (``encoder_on_device: false``) it only counts while it encodes | counted |
 | VAE(s), vocoder | resident | in ``generator.vae_dtype`` | counted |
-| judges | resident | what the caller says (0 when served elsewhere) | given |
+| the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it | traced |
+| each in-process judge (``reward``, each of ``eval_rewards``) | resident | its parameters in its dtype; a served one (``backend: openai``) or one on the CPU: 0 | counted |
+| the judges' KV cache | video | the largest judge's longest call: ``2 x layers x kv_heads x head_dim x tokens x rows x dtype bytes``, ``tokens`` = visual (frames on the judge's vision grid) + text (estimated) + its generation budget, ``rows`` = its ``max_batch_size`` (:func:`count_judge`) | arithmetic |
 | activations | train | :func:`activation_bytes` | arithmetic |
+| CUDA context, kernels, NCCL buffers | resident | 1 GiB, and 1 GiB more with several processes (:func:`fixed_overhead_bytes`); on a CUDA device only | estimate |
 
-The peak is the resident rows plus the larger phase: training (the gathered block and the
-activations) or encoding (a text encoder that comes onto the device only to encode).
+The peak is the resident rows plus the largest phase: training (the gathered blocks and the
+activations), encoding (a text encoder that comes onto the device only to encode), or video
+(flow-grpo: a sample batch decoded while the judges score the one before, the sampling forwards
+gathering their blocks; dpo: a pair's video encoded).
+
+**Host memory at load** (bytes on the node of global rank 0; :func:`host_plan`): sharded, global rank
+0 reads the transformers whole and every other process builds them on the meta device and receives
+its shards, while every process loads its own text encoder(s) and VAE on the CPU: the transformers
+once plus ``processes per node`` x (encoders + VAEs). Unsharded, every process its whole pipeline.
+In-process judges pass through host memory too, in each process that builds them. Processes per
+node: torchrun's ``LOCAL_WORLD_SIZE``, else all on one node.
 
 Not counted (each small beside the rows at full size, or outside the model): buffers (rope tables,
 latent statistics), FSDP2's root unit (patch and condition embeddings, gathered for the whole
-forward) and its prefetch of the next block, DDP's gradient buckets (one more copy of the LoRA's
-gradients), the sampling forwards (no gradient: smaller than training's), the VAE's decode
-activations, the recorded trajectories (``store_latents_on_cpu``), the CUDA context and allocator
-fragmentation. The plan is an estimate, within 10% of the two peaks measured so far
-(:data:`ACTIVATION_WIDTHS`): a plan that does not fit is refused; one that fits within a few GiB of
-the device may still run out.
+forward), DDP's gradient buckets (one more copy of the LoRA's gradients), the sampling forwards'
+activations (no gradient: smaller than training's), a judge's prefill activations and its vision
+tower's, the audio VAE's and the vocoder's decode (LTX-2), the recorded trajectories
+(``store_latents_on_cpu``), cuDNN's workspaces and the caching allocator's fragmentation, and a
+reward named by dotted path (its models are its own: a row says it is not counted). The plan is an
+estimate, within 10% of the two peaks measured so far (:data:`ACTIVATION_WIDTHS`): a plan that does
+not fit is refused; one that fits within a few GiB of the device may still run out.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -50,22 +69,40 @@ from cac_align.gen.parallel import ParallelSettings
 __all__ = [
     "ACTIVATION_WIDTHS",
     "GIB",
+    "PHASES",
+    "SERVE_THE_JUDGES",
     "ComponentCount",
+    "ConfigsNotFound",
     "GeneratorCounts",
+    "HostPlan",
+    "JudgeCount",
     "MemoryPlan",
     "PlanRow",
     "activation_bytes",
     "check_memory",
     "count_components",
     "count_generator",
+    "count_judge",
+    "count_judges",
     "count_module",
+    "counted_generator",
     "device_bytes",
+    "fixed_overhead_bytes",
     "guided_rows",
+    "holds_judges",
+    "host_plan",
+    "judge_module",
+    "kv_cache_bytes",
     "lora_width",
     "memory_plan",
+    "plan_generator",
+    "processes_per_node",
     "refusal",
     "sharded_parameters",
+    "traced_peak_bytes",
+    "vae_bytes",
     "video_tokens",
+    "visual_tokens",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +121,7 @@ ACTIVATION_WIDTHS = 24
 
 _BYTES = {"float32": 4, "fp32": 4, "float": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float64": 8, "fp64": 8}
 _FP32 = 4
+PHASES = ("train", "encode", "video")  # what is held only for a while; the peak is the resident rows plus the largest
 
 
 def dtype_bytes(name: Any) -> int:
@@ -198,6 +236,8 @@ class GeneratorCounts:
             compression).
         context_parallel: the family can split a video's tokens over processes (its
             ``context_parallel_plan`` does not refuse); a refusal offers context parallel only then.
+        vae: the pipeline's ``vae`` module (on the meta device, or the tiny one built), whose
+            decode and encode the plan traces (:func:`vae_bytes`); None when it has none.
     """
 
     source: str
@@ -212,6 +252,7 @@ class GeneratorCounts:
     spatial_multiple: int
     frame_multiple: int
     context_parallel: bool = True
+    vae: Any = field(default=None, compare=False, repr=False)
 
 
 def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -246,7 +287,7 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
     except RecipeError:
         splits = False
     return GeneratorCounts(source, family.title, transformers, encoders, others, hidden, heads, len(transformers[0].blocks), patch_t,
-                           family.spatial_multiple, family.frame_multiple, splits)
+                           family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"))
 
 
 def _model_class(library: str, class_name: str) -> Any:
@@ -260,7 +301,14 @@ def _model_class(library: str, class_name: str) -> Any:
 def _meta_module(cls: Any, folder: Path) -> Any:
     """``cls`` built from ``folder/config.json`` on the meta device (torch's device context: its
     tensors take no memory and tied weights stay tied, which accelerate's ``init_empty_weights``
-    does not keep: it would count UMT5's shared embedding twice)."""
+    does not keep: it would count UMT5's shared embedding twice). Built once per process for a
+    config file as it is (a folder of recipes naming one model builds it once); read-only."""
+    config = Path(folder) / "config.json"
+    return _meta_module_cached(cls, str(folder), config.stat().st_mtime_ns if config.is_file() else 0)
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
     import torch
 
     with torch.device("meta"):
@@ -304,19 +352,59 @@ def _is_model_entry(entry: Sequence[Any]) -> bool:
         return False
 
 
-def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:
+class ConfigsNotFound(LookupError):
+    """The configs a plan needs are not on this machine (nothing is downloaded).
+
+    Attributes:
+        needs: ``(repo or folder, files)`` for each model whose configs are missing, e.g.
+            ``("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "model_index.json and */config.json")``.
+    """
+
+    def __init__(self, needs: Sequence[tuple[str, str]]):
+        self.needs = list(needs)
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        """One line: what to put in the Hugging Face cache, and the command that does it."""
+        what = "; ".join(f"{files} of {repo}" for repo, files in self.needs)
+        repos = [repo for repo, _ in self.needs]
+        command = (f"huggingface-cli download {repos[0]} --include '*.json'" if len(repos) == 1 else
+                   f"for r in {' '.join(repos)}; do huggingface-cli download $r --include '*.json'; done")
+        return f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache (`{command}`: configs only)"
+
+
+def _cached_model_index(name: str) -> dict[str, Any] | None:
+    """A hub id's ``model_index.json`` from the local Hugging Face cache only (never downloaded);
+    None when it is not there."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "model_index.json")
+    except ValueError:  # not a repo id
+        return None
+    if not isinstance(found, str):
+        return None
+    index = json.loads(Path(found).read_text(encoding="utf-8"))
+    return index if isinstance(index, dict) else None
+
+
+def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
     """Count the generator ``config`` names (a :class:`~cac_align.gen.generator.GeneratorConfig`),
     with the LoRA ``lora`` (:class:`~cac_align.gen.lora.LoraSettings`) on its adapted experts, from
     its own configs (module docstring); nothing is downloaded.
 
     Returns:
-        The counts, or None (logged) where nothing can be counted without the network: a hub id
-        whose configs are not in the local cache, and the synthetic stand-in generator.
+        The counts; None for the synthetic stand-in generator (nothing to plan).
+
+    Raises:
+        ConfigsNotFound: a hub id whose configs are not in the local cache.
     """
     from cac_align.gen.family import read_model_index
+    from cac_align.loading import looks_like_path
 
     if config.is_synthetic:
-        log.info("memory plan: %s is the synthetic stand-in generator; nothing to plan", config.name)
         return None
     family = config.family
     targets = list(lora.target_modules) if lora.target_modules else list(family.lora_target_modules)
@@ -327,18 +415,338 @@ def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:
 
         modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
         return count_components(config.name, family, modules, targets, experts)
-    index = read_model_index(config.name, "generator.name")
+    index = read_model_index(config.name, "generator.name") if looks_like_path(config.name) else _cached_model_index(config.name)
     folders = _config_folders(config.name, index) if index is not None else None
     if folders is None:
-        log.warning("memory plan: the configs of %s are not on this machine (not in the Hugging Face cache); no plan is made, nothing is "
-                    "downloaded. Download them (`huggingface-cli download %s --include '*.json'`) to see the plan before loading",
-                    config.name, config.name)
-        return None
+        raise ConfigsNotFound([(config.name, "model_index.json and */config.json")])
     modules = {}
     for component, folder in folders.items():
         library, class_name = index[component]
         modules[component] = _meta_module(_model_class(library, class_name), folder)
     return count_components(config.name, family, modules, targets, experts)
+
+
+def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:
+    """:func:`counted_generator`, or None (logged) where nothing can be counted without the network:
+    a hub id whose configs are not in the local cache, and the synthetic stand-in generator."""
+    if config.is_synthetic:
+        log.info("memory plan: %s is the synthetic stand-in generator; nothing to plan", config.name)
+        return None
+    try:
+        return counted_generator(config, lora)
+    except ConfigsNotFound:
+        log.warning("memory plan: the configs of %s are not on this machine (not in the Hugging Face cache); no plan is made, nothing is "
+                    "downloaded. Download them (`huggingface-cli download %s --include '*.json'`) to see the plan before loading",
+                    config.name, config.name)
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# Judges (in-process reward models) counted from their configs
+# ---------------------------------------------------------------------------------------
+# Markup tokens around each group of frames a Qwen-VL prompt holds (vision start and end, a
+# Qwen3-VL "<t seconds>" stamp): an estimate.
+_FRAME_GROUP_MARKUP = 8
+# Without a vision config that says its grid: a token per 28 x 28 pixels, 2 frames a group (Qwen2.5-VL's).
+_DEFAULT_GRID = (14, 2, 2)
+
+
+@dataclass(frozen=True)
+class JudgeCount:
+    """A judge as a GPU holds it (:func:`count_judge`).
+
+    Attributes:
+        judge: what the reward section says it loads (:class:`~cac_align.rewards.judges.JudgeModel`).
+        weight_bytes: its parameters in its dtype (counted; 0 when it holds nothing on the GPU).
+        kv_bytes: its KV cache at its longest call (arithmetic; 0 when it holds nothing on the GPU).
+        tokens: the cache's length per row (the longest call's visual + text + generated tokens,
+            rounded up to ``length_multiple`` for a static cache).
+        visual_tokens: the visual tokens in it (estimated from the frames and the judge's vision grid).
+        note: how it is held ("served", "on the CPU") when not on the GPU.
+        dtype: the dtype it is held in (a tiny one's as built).
+    """
+
+    judge: Any
+    weight_bytes: int
+    kv_bytes: int
+    tokens: int = 0
+    visual_tokens: int = 0
+    note: str = ""
+    dtype: str = ""
+
+
+def _judge_config_file(name: str) -> str | None:
+    """The ``config.json`` of a judge named ``name``: a built-in model's or a local folder's, or the
+    cached one of a hub id (never downloaded); None when not on this machine."""
+    from cac_align.loading import looks_like_path
+    from cac_align.models import builtin_path
+
+    folder = builtin_path(name) or (Path(name).expanduser() if looks_like_path(name) else None)
+    if folder is not None:
+        path = folder / "config.json"
+        return str(path) if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a repo id
+        return None
+    return found if isinstance(found, str) else None
+
+
+def judge_module(judge: Any) -> Any:
+    """The model a judge runs: the tiny one built (``tiny-random:...``), or its architecture built
+    from its ``config.json`` on the meta device (no weight read, no memory taken).
+
+    Raises:
+        ConfigsNotFound: its ``config.json`` is not on this machine.
+    """
+    import torch
+
+    if judge.tiny is not None:
+        return judge.tiny()
+    name = judge.config_name or judge.name
+    found = _judge_config_file(name)
+    if found is None:
+        raise ConfigsNotFound([(name, "config.json")])
+    return _meta_judge(found, Path(found).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_judge(config_file: str, stamp: int) -> Any:
+    """An image-text-to-text model built from ``config_file`` on the meta device, once per process
+    for a file as it is; read-only."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(str(Path(config_file).parent))
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config)
+
+
+def visual_tokens(frames: Sequence[Any], vision_config: Any) -> int:
+    """The visual tokens of ``frames`` (:class:`~cac_align.rewards.judges.Frames`) for a Qwen-VL
+    vision tower (an estimate): each side rounded to its grid of ``patch_size x spatial_merge_size``
+    pixels, ``temporal_patch_size`` frames of a video in one group (an image is a group of its own),
+    and a few markup tokens a group. Qwen2.5-VL at 480 x 832: 17 x 30 = 510 tokens a group; Qwen3-VL
+    (32-pixel grid): 15 x 26 = 390."""
+    patch, merge, temporal = (int(getattr(vision_config, key, default) or default)
+                              for key, default in zip(("patch_size", "spatial_merge_size", "temporal_patch_size"), _DEFAULT_GRID))
+    grid = patch * merge
+    total = 0
+    for part in frames:
+        groups = part.count if part.images else math.ceil(part.count / temporal)
+        cells = max(1, round(part.height / grid)) * max(1, round(part.width / grid))
+        total += groups * (cells + _FRAME_GROUP_MARKUP)
+    return total
+
+
+def kv_cache_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, rows: int, dtype: Any) -> int:
+    """A KV cache: ``2 (K and V) x layers x kv_heads x head_dim x tokens x rows x dtype bytes``
+    (arithmetic). Qwen3-VL-8B (36 layers, 8 KV heads of 128) in bf16: 144 KiB a token."""
+    return 2 * layers * kv_heads * head_dim * tokens * rows * dtype_bytes(dtype)
+
+
+def count_judge(judge: Any) -> JudgeCount:
+    """Count a judge (:class:`~cac_align.rewards.judges.JudgeModel`) as its GPU holds it: its
+    parameters in its dtype (a tiny one as built: ``numel x element_size`` of each parameter) and
+    its KV cache at its longest call (:func:`kv_cache_bytes` of its text config at the call's
+    tokens and rows). A served judge, or one on the CPU, holds nothing on the GPU: 0.
+
+    Raises:
+        ConfigsNotFound: an in-process judge's ``config.json`` is not on this machine.
+    """
+    if not judge.in_process:
+        return JudgeCount(judge, 0, 0, note="served")
+    if not judge.on_gpu:
+        return JudgeCount(judge, 0, 0, note="on the CPU")
+    model = judge_module(judge)
+    params = list(model.parameters())
+    if judge.tiny is not None:  # as built: its own dtypes
+        weights, dtype = sum(p.numel() * p.element_size() for p in params), params[0].dtype
+    else:
+        weights, dtype = sum(p.numel() for p in params) * dtype_bytes(judge.dtype), judge.dtype
+    text = model.config.get_text_config()
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    call = judge.call
+    seen = visual_tokens(call.frames, getattr(model.config, "vision_config", None))
+    tokens = seen + call.text_tokens + call.new_tokens
+    if judge.cache != "dynamic":  # a static cache is as long as its prompt and budget, rounded up
+        tokens = -(-tokens // judge.length_multiple) * judge.length_multiple
+    kv = kv_cache_bytes(int(text.num_hidden_layers), kv_heads, head_dim, tokens, call.rows, dtype)
+    return JudgeCount(judge, int(weights), kv, tokens, seen, dtype=str(dtype).removeprefix("torch."))
+
+
+def _judge_models(sections: Mapping[str, Any], video: Any) -> tuple[list[Any], list[Any]]:
+    """The judges ``sections`` load and the sections whose models are unknown, said by each reward."""
+    from cac_align.rewards.judges import UnknownJudge
+    from cac_align.rewards.registry import reward_judges
+
+    said = [judge for where, section in sections.items() for judge in reward_judges(section, where, video)]
+    return [j for j in said if not isinstance(j, UnknownJudge)], [j for j in said if isinstance(j, UnknownJudge)]
+
+
+def _missing_configs(judges: Sequence[Any]) -> list[tuple[str, str]]:
+    """``(name, "config.json")`` of each judge on the GPU whose config is not on this machine."""
+    missing: list[tuple[str, str]] = []
+    for judge in judges:
+        name = judge.config_name or judge.name
+        if judge.on_gpu and judge.tiny is None and _judge_config_file(name) is None and (name, "config.json") not in missing:
+            missing.append((name, "config.json"))
+    return missing
+
+
+def count_judges(sections: Mapping[str, Any], video: Any, strict: bool = True) -> tuple[list[JudgeCount], list[Any]]:
+    """The judges of ``sections`` (recipe key -> reward section: the ``reward``, each of
+    ``eval_rewards``), counted (:func:`count_judge`), and those that are not: the sections whose
+    models are not known before they load (:class:`~cac_align.rewards.judges.UnknownJudge`) and,
+    unless ``strict``, the judges whose ``config.json`` is not on this machine.
+
+    Args:
+        video: the videos they score (:class:`~cac_align.rewards.judges.VideoShape`).
+        strict: raise for a missing config instead of leaving that judge uncounted.
+
+    Raises:
+        ConfigsNotFound: ``strict``, naming every in-process judge whose ``config.json`` is not here.
+    """
+    from cac_align.rewards.judges import UnknownJudge
+
+    judges, unknown = _judge_models(sections, video)
+    missing = _missing_configs(judges)
+    if missing and strict:
+        raise ConfigsNotFound(missing)
+    absent = {name for name, _ in missing}
+    counted = [count_judge(j) for j in judges if not (j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent)]
+    unknown += [UnknownJudge(j.where, f"{j.config_name or j.name}'s config.json is not on this machine: "
+                                      f"huggingface-cli download {j.config_name or j.name} --include '*.json'")
+                for j in judges if j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent]
+    return counted, unknown
+
+
+# ---------------------------------------------------------------------------------------
+# The VAE's decode and encode, traced on the meta device
+# ---------------------------------------------------------------------------------------
+def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = ()) -> int:
+    """The most bytes of tensors alive at once while ``fn(*args)`` runs, beyond what existed before
+    it (``args`` and the tensors of ``keep``, e.g. a module's parameters): each new storage counted
+    from the op that makes it until it is freed. Run on the meta device it takes no memory and no
+    time per element, and it is the eager allocator's live total (not the CUDA caching allocator's
+    reserve, its fragmentation or cuDNN's workspaces).
+    """
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    before = {id(t.untyped_storage()) for t in [*tree_flatten(args)[0], *keep] if isinstance(t, torch.Tensor)}
+
+    class _Live(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+            self.tracked: set[int] = set()
+
+        def _freed(self, key: int, size: int) -> None:
+            self.live -= size
+            self.tracked.discard(key)
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_flatten(out)[0]:
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                storage = tensor.untyped_storage()  # one Python object per storage, for its life (views share it)
+                key = id(storage)
+                if key in before or key in self.tracked:
+                    continue
+                size = storage.nbytes()
+                self.tracked.add(key)
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._freed, key, size)
+            return out
+
+    with torch.no_grad(), _Live() as mode:
+        fn(*args)
+    return mode.peak
+
+
+def _meta_copy(module: Any, dtype: Any) -> Any:
+    """``module`` on the meta device in ``dtype`` (a copy when it is not there already)."""
+    import copy
+
+    import torch
+
+    resolved = getattr(torch, str(dtype)) if isinstance(dtype, str) else dtype
+    first = next(module.parameters())
+    if first.device.type != "meta" or first.dtype != resolved:  # a copy: the counted module stays as it is
+        module = copy.deepcopy(module).to(device="meta")
+    if first.dtype != resolved:  # on the meta device a cast costs nothing; diffusers' warning about it says nothing here
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            module = module.to(dtype=resolved)
+        finally:
+            diffusers_logging.set_verbosity(level)
+    return module
+
+
+_VAE_TRACES: dict[tuple, int] = {}  # (the VAE's class and config, what, shape, dtype) -> bytes: one trace per process
+
+
+def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
+    import json
+
+    key = (type(vae).__name__, json.dumps(dict(getattr(vae, "config", {})), sort_keys=True, default=str), what, batch, frames, height, width,
+           dtype, frame_multiple)
+    if key not in _VAE_TRACES:
+        _VAE_TRACES[key] = _traced_vae(vae, what, batch, frames, height, width, dtype, frame_multiple)
+    return _VAE_TRACES[key]
+
+
+def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
+    import torch
+
+    meta = _meta_copy(vae, dtype)
+    resolved = next(meta.parameters()).dtype
+    params = [*meta.parameters(), *meta.buffers()]
+    if what == "encode":
+        video = torch.empty(batch, 3, frames, height, width, device="meta", dtype=resolved)
+        return traced_peak_bytes(lambda x: meta.encode(x).latent_dist.mode(), video, keep=params)
+    # the latents' shape: one small encode (1 + frame_multiple frames, 64 x 64 pixels) gives the
+    # channels and the compression in space; in time, (F - 1) / frame_multiple + 1 latent frames
+    probe = torch.empty(1, 3, 1 + frame_multiple, 64, 64, device="meta", dtype=resolved)
+    with torch.no_grad():
+        small = meta.encode(probe).latent_dist.mode()
+    scale = 64 // small.shape[-1]
+    latent_frames = (frames - 1) // frame_multiple + 1
+    latents = torch.empty(batch, small.shape[1], latent_frames, height // scale, width // scale, device="meta", dtype=resolved)
+    return traced_peak_bytes(lambda z: meta.decode(z, return_dict=False)[0], latents, keep=params)
+
+
+def vae_bytes(counts: GeneratorCounts, what: str, batch: int, video: tuple[int, int, int], dtype: Any) -> int:
+    """The most bytes the VAE's ``what`` ("decode" or "encode") of ``batch`` videos of ``video``
+    ``(frames, height, width)`` holds at once, in ``dtype`` (its weights aside): traced on the meta
+    device (:func:`traced_peak_bytes`) with the pipeline's own VAE, untiled as the families run it.
+    0 when the pipeline has no ``vae``.
+    """
+    if counts.vae is None or batch < 1:
+        return 0
+    return _vae_trace(counts.vae, what, int(batch), *(int(v) for v in video), str(dtype), counts.frame_multiple)
+
+
+def fixed_overhead_bytes(num_processes: int) -> int:
+    """What a process's GPU holds beyond its tensors, a constant (an estimate): 1 GiB for the CUDA
+    context, its kernels and cuBLAS' workspaces (torch's first CUDA call alone shows 0.8 GB in
+    nvidia-smi: pytorch/pytorch#34323), and 1 GiB more with other processes for NCCL's
+    communicators (each keeps ``NCCL_BUFFSIZE``, 4 MiB by default, per channel and peer; a run makes
+    two or three: the world, the data-parallel mesh, the leaders)."""
+    return GIB + (GIB if num_processes > 1 else 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -416,10 +824,13 @@ class PlanRow:
     Attributes:
         label: what it holds ("transformer: frozen base, 1/8 shard").
         bytes: bytes per GPU.
-        source: "counted" (from the model's configs), "arithmetic" (an estimate) or "given" (by the
-            caller: the judges).
-        phase: "resident" (held throughout), "train" (while a training forward and backward run) or
-            "encode" (while the prompts are encoded).
+        source: "counted" (from the model's configs), "arithmetic" (a formula: an estimate),
+            "traced" (the live tensors of a run on the meta device), "estimate" (a constant),
+            "given" (by the caller), "served" (a judge served elsewhere: 0 here) or "unknown" (a
+            judge whose models cannot be said before it loads: not counted).
+        phase: "resident" (held throughout), "train" (while a training forward and backward run),
+            "encode" (while the prompts are encoded) or "video" (while a sample batch is decoded and
+            scored, or dpo's pairs are encoded).
     """
 
     label: str
@@ -453,8 +864,9 @@ class MemoryPlan:
 
     @property
     def peak_bytes(self) -> int:
-        """Resident bytes plus the larger of the training and the encoding phase's."""
-        return self.phase_bytes("resident") + max(self.phase_bytes("train"), self.phase_bytes("encode"))
+        """Resident bytes plus the largest phase's: training, encoding, or the videos' (decoded and
+        scored while sampling, or encoded for dpo's cache)."""
+        return self.phase_bytes("resident") + max(self.phase_bytes(phase) for phase in PHASES)
 
     def fits(self, device_bytes: int) -> bool:
         return self.peak_bytes <= device_bytes
@@ -468,22 +880,24 @@ class MemoryPlan:
     def table(self, device_bytes: int | None = None) -> str:
         """The plan as a text table in GiB per GPU, each row's source and phase; the peak and, with
         ``device_bytes``, the device and whether it fits."""
+        w = max([54, *(len(row.label) for row in self.rows)])
         lines = [f"memory plan per GPU for {self.family} ({self.describe()}):",
-                 f"  {'row':<54} {'GiB':>8}  {'source':<10} phase"]
+                 f"  {'row':<{w}} {'GiB':>8}  {'source':<10} phase"]
         for row in self.rows:
-            lines.append(f"  {row.label:<54} {row.bytes / GIB:>8.2f}  {row.source:<10} {row.phase}")
-        lines.append(f"  {'peak: resident + max(train, encode)':<54} {self.peak_bytes / GIB:>8.2f}")
+            lines.append(f"  {row.label:<{w}} {row.bytes / GIB:>8.2f}  {row.source:<10} {row.phase}")
+        lines.append(f"  {'peak: resident + max(train, encode, video)':<{w}} {self.peak_bytes / GIB:>8.2f}")
         if device_bytes is not None:
             verdict = "fits" if self.fits(device_bytes) else "does NOT fit"
-            lines.append(f"  {'device':<54} {device_bytes / GIB:>8.2f}  {verdict}")
+            lines.append(f"  {'device':<{w}} {device_bytes / GIB:>8.2f}  {verdict}")
         return "\n".join(lines)
 
 
 def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_processes: int, tokens: int, batch_per_process: int,
                 gradient_checkpointing: bool, lora_rank: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32", judges_bytes: int = 0,
-                ema: bool = False) -> MemoryPlan:
+                ema: bool = False, judges: Sequence[JudgeCount] = (), unknown_judges: Sequence[Any] = (), vae_phase_bytes: int = 0,
+                vae_what: str = "", prefetch: bool = False, overhead_bytes: int = 0) -> MemoryPlan:
     """Per-GPU bytes of a generator trainer (module docstring, "The rows"); pure arithmetic on
-    ``counts``.
+    ``counts`` and on what was counted or traced before.
 
     Args:
         counts: the generator counted from its configs (:func:`count_generator`).
@@ -497,26 +911,44 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         dtype: the transformers' and text encoders' dtype (``generator.dtype``; also the
             activations').
         vae_dtype: the VAE's (and the vocoder's) dtype (``generator.vae_dtype``).
-        judges_bytes: bytes of reward models resident on each GPU (0: served elsewhere).
+        judges_bytes: bytes of other reward models resident on each GPU, given by the caller.
         ema: an fp32 EMA copy of the LoRA is kept (flow-grpo's ``ema_decay``).
+        judges: the in-process judges, counted (:func:`count_judges`): their weights resident,
+            the largest KV cache while videos are scored (phase ``video``); on the leaders' GPUs
+            under context parallel (the peak GPU: the plan's).
+        unknown_judges: reward sections whose models are not known before they load: named, not counted.
+        vae_phase_bytes: the VAE's traced peak (:func:`vae_bytes`) of ``vae_what``: "decode"
+            (flow-grpo: a sample batch, while sampling; the sampling forwards gather their blocks
+            then too) or "encode" (dpo's latent cache); phase ``video``.
+        prefetch: FSDP2 gathers the next block while one runs (its default): one more block in
+            the train and video phases, sharded.
+        overhead_bytes: the fixed CUDA/NCCL overhead (:func:`fixed_overhead_bytes`).
 
     Raises:
         ValueError: ``num_processes`` not a multiple of ``settings.context_parallel``.
     """
     if num_processes < 1 or num_processes % settings.context_parallel:
         raise ValueError(f"{num_processes} processes are not a multiple of parallel.context_parallel={settings.context_parallel}")
-    n, shard = num_processes, settings.shard
+    n, shard, cp = num_processes, settings.shard, settings.context_parallel
     weight, vae_weight = dtype_bytes(dtype), dtype_bytes(vae_dtype)
     part = f"1/{n} shard" if shard == "fsdp2" else "whole"
     rows: list[PlanRow] = []
-    gathered = 0
+    gathered = largest = 0
     for t in counts.transformers:
         resident, block = sharded_parameters(t.parameters, t.blocks, n, shard, settings.reshard_after_forward)
         rows.append(PlanRow(f"{t.name}: frozen base ({part})", resident * weight, "counted"))
         gathered = max(gathered, block)  # one expert runs at a time
-    if gathered:
-        what = "largest block" if settings.reshard_after_forward else "every block (reshard_after_forward off)"
-        rows.append(PlanRow(f"gathered while it runs: {what}", gathered * weight, "counted", "train"))
+        largest = max(largest, max(t.blocks, default=0))
+    # FSDP2 issues the next block's all-gather while one runs (forward prefetch), so two are whole at once
+    next_block = largest if prefetch and gathered and settings.reshard_after_forward else 0
+    phases = ("train", "video") if vae_what == "decode" else ("train",)  # flow-grpo's sampling forwards gather them too
+    for phase in phases:
+        if gathered:
+            what = "largest block" if settings.reshard_after_forward else "every block (reshard_after_forward off)"
+            label = "gathered while it runs" if phase == "train" else "gathered while sampling"
+            rows.append(PlanRow(f"{label}: {what}", gathered * weight, "counted", phase))
+        if next_block:
+            rows.append(PlanRow(f"FSDP2 prefetch{'' if phase == 'train' else ' while sampling'}: the next block", next_block * weight, "counted", phase))
     lora = sum(t.lora_width for t in counts.transformers) * lora_rank
     lora_local = math.ceil(lora / n) if shard == "fsdp2" else lora
     if lora:
@@ -532,19 +964,39 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
             rows.append(PlanRow(f"{e.name} (on the GPU only while encoding)", e.parameters * weight, "counted", "encode"))
     for o in counts.others:
         rows.append(PlanRow(o.name, o.parameters * vae_weight, "counted"))
-    rows.append(PlanRow("judges (resident)", int(judges_bytes), "given"))
-    cp = settings.context_parallel
+    if vae_what:
+        what = "decode of a sample batch, untiled" if vae_what == "decode" else "encode of a video (dpo's latent cache), untiled"
+        rows.append(PlanRow(f"vae {what} ({vae_dtype})", int(vae_phase_bytes), "traced", "video"))
+    leaders = " (the leaders' GPUs)" if cp > 1 else ""
+    for j in judges:
+        label = f"judge {j.judge.where}: {j.judge.name}"
+        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({j.dtype}){leaders}", j.weight_bytes,
+                            "served" if j.note == "served" else "counted"))
+    if any(j.kv_bytes for j in judges):  # one call at a time (a reward scores its components in turn): the largest cache
+        top = max(judges, key=lambda j: j.kv_bytes)
+        rows.append(PlanRow(f"judges' KV cache: {top.judge.where}, {top.judge.call.rows} x {top.tokens:,} tokens ({top.visual_tokens:,} visual)",
+                            top.kv_bytes, "arithmetic", "video"))
+    for u in unknown_judges:
+        rows.append(PlanRow(f"judge {u.where}: not counted ({u.reason})", 0, "unknown"))
+    if judges_bytes:
+        rows.append(PlanRow("judges (resident)", int(judges_bytes), "given"))
     act = activation_bytes(tokens, counts.hidden_size, counts.num_layers, batch_per_process, gradient_checkpointing, cp, dtype)
     tokens_note = f"{tokens:,} tokens" + (f" / cp {cp}" if cp > 1 else "")
     rows.append(PlanRow(f"activations ({batch_per_process} x {tokens_note}, {'checkpointed' if gradient_checkpointing else 'all kept'})", act,
                         "arithmetic", "train"))
+    if overhead_bytes:
+        rows.append(PlanRow("CUDA context, kernels" + (", NCCL buffers" if n > 1 else "") + " (fixed)", int(overhead_bytes), "estimate"))
     inputs = dict(counts=counts, tokens=tokens, batch_per_process=batch_per_process, lora_rank=lora_rank, dtype=dtype, vae_dtype=vae_dtype,
-                  judges_bytes=judges_bytes, ema=ema)
+                  judges_bytes=judges_bytes, ema=ema, judges=tuple(judges), unknown_judges=tuple(unknown_judges), vae_phase_bytes=vae_phase_bytes,
+                  vae_what=vae_what, prefetch=prefetch, overhead_bytes=overhead_bytes)
     return MemoryPlan(rows, counts.family, n, settings, gradient_checkpointing, inputs)
 
 
-def _replan(plan: MemoryPlan, settings: ParallelSettings, num_processes: int, gradient_checkpointing: bool) -> MemoryPlan:
-    return memory_plan(settings=settings, num_processes=num_processes, gradient_checkpointing=gradient_checkpointing, **plan.inputs)
+def _replan(plan: MemoryPlan, settings: ParallelSettings, num_processes: int, gradient_checkpointing: bool, **changes: Any) -> MemoryPlan:
+    inputs = {**plan.inputs, **changes}
+    if inputs["overhead_bytes"]:  # NCCL's share comes with other processes
+        inputs["overhead_bytes"] = fixed_overhead_bytes(num_processes)
+    return memory_plan(settings=settings, num_processes=num_processes, gradient_checkpointing=gradient_checkpointing, **inputs)
 
 
 def _smallest_sharded(plan: MemoryPlan, device: int, settings: ParallelSettings, gradient_checkpointing: bool, most: int) -> MemoryPlan | None:
@@ -562,15 +1014,33 @@ def _gpus(n: int) -> str:
     return f"{n} GPU{'s' if n != 1 else ''}"
 
 
+SERVE_THE_JUDGES = ("serve the judges: each reward model's section with backend: openai, reached through `cac-align serve` on GPUs of "
+                    "their own (docs/rewards.md, \"Serving a judge with vLLM\")")
+
+
+def holds_judges(plan: MemoryPlan) -> bool:
+    """Whether ``plan``'s GPUs hold in-process judges (weights or KV cache, counted or given)."""
+    return bool(plan.inputs.get("judges_bytes")) or any(j.weight_bytes or j.kv_bytes for j in plan.inputs.get("judges", ()))
+
+
+def _served(plan: MemoryPlan, settings: ParallelSettings, num_processes: int, gradient_checkpointing: bool) -> MemoryPlan:
+    """``plan`` re-planned with its judges served elsewhere (nothing of them on these GPUs)."""
+    served = tuple(replace(j, weight_bytes=0, kv_bytes=0, note="served") for j in plan.inputs.get("judges", ()))
+    return _replan(plan, settings, num_processes, gradient_checkpointing, judges=served, judges_bytes=0)
+
+
 def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> str | None:
     """None when ``plan`` fits ``device_bytes``; else one line: what it needs, what the device has,
     and the fix, computed by re-planning (the first that fits, in this order):
 
     1. ``gradient_checkpointing=true`` alone, on the same processes (when it is off);
     2. ``parallel.encoder_on_device=false`` alone (when the text encoder stays on the GPU);
-    3. ``parallel.shard=fsdp2`` on the fewest GPUs that fit (the rest as it is), then with
+    3. ``parallel.shard=fsdp2`` on these processes (then with checkpointing too), when that fits;
+    4. serve the judges (:data:`SERVE_THE_JUDGES`), when the GPUs hold in-process ones: on these
+       processes as they are, then with checkpointing, then sharded;
+    5. ``parallel.shard=fsdp2`` on the fewest GPUs that fit (the rest as it is), then with
        checkpointing too;
-    4. ``parallel.context_parallel=K`` (the smallest K above today's that divides the heads and the
+    6. ``parallel.context_parallel=K`` (the smallest K above today's that divides the heads and the
        tokens), sharded, with checkpointing, on the fewest GPUs that fit, where the family can split
        a video (``GeneratorCounts.context_parallel``);
     and when nothing fits, what no sharding splits, on ``max_processes`` GPUs.
@@ -586,6 +1056,7 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
     if s.keeps_encoder and counts.encoders and (candidate := _replan(plan, replace(s, encoder_on_device=False), n, gc)).fits(device_bytes):
         return f"{head}; set parallel.encoder_on_device=false: the text encoder leaves the GPU between encodes ({gib(candidate)})"
     sharded = replace(s, shard="fsdp2")
+    more_gpus = None
     for with_gc in dict.fromkeys((gc, True)):
         candidate = _smallest_sharded(plan, device_bytes, sharded, with_gc, max_processes)
         if candidate is None:
@@ -593,6 +1064,18 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
         changes = ([] if s.shard == "fsdp2" else ["set parallel.shard=fsdp2"]) + ([] if with_gc == gc else ["gradient_checkpointing=true"])
         if candidate.num_processes <= n:  # it fits on the processes there are (a change of settings, not of GPUs)
             return f"{head}; {' and '.join(changes)} ({gib(_replan(plan, sharded, n, with_gc))} on these {_gpus(n)})"
+        more_gpus = (changes, candidate)
+        break
+    if holds_judges(plan):  # the judges' GPUs of their own, before more GPUs of the generator's
+        tries = [(s, gc), (s, True), (sharded, gc), (sharded, True)]
+        for settings, with_gc in [t for k, t in enumerate(tries) if t not in tries[:k]]:
+            candidate = _served(plan, settings, n, with_gc)
+            if candidate.fits(device_bytes):
+                changes = ([SERVE_THE_JUDGES] + ([] if settings.shard == s.shard else ["set parallel.shard=fsdp2"])
+                           + ([] if with_gc == gc else ["gradient_checkpointing=true"]))
+                return f"{head}; {' and '.join(changes)} ({gib(candidate)} on these {_gpus(n)})"
+    if more_gpus is not None:
+        changes, candidate = more_gpus
         launch = f"launch at least {_gpus(candidate.num_processes)} (processes)"
         return f"{head}; {' and '.join(changes + [launch])} ({gib(candidate)} on {candidate.num_processes})"
     for k in range(s.context_parallel + 1, counts.num_heads + 1 if counts.context_parallel else 0):
@@ -605,8 +1088,9 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
     floor = _replan(plan, replace(sharded, encoder_on_device=False), max_processes, True)
     tried = "sharding, checkpointing or context parallel" if counts.context_parallel else \
         f"sharding or checkpointing ({plan.family} cannot split a video over processes yet)"
-    return (f"{head}; no {tried} fits it: what is not split (encoder while encoding, VAE, judges, one block, activations) is "
-            f"{gib(floor)} even on {_gpus(max_processes)}; serve the judges elsewhere, or train on fewer or smaller videos per micro-batch")
+    fewer = "decode fewer videos at once (sample_batch_size), " if plan.inputs.get("vae_what") == "decode" else ""
+    return (f"{head}; no {tried} fits it: what is not split (encoder while encoding, VAE and its decode, judges, one block, activations) is "
+            f"{gib(floor)} even on {_gpus(max_processes)}; serve the judges elsewhere, {fewer}or train on fewer or smaller videos per micro-batch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,31 +1112,156 @@ def device_bytes(device: Any = None, budget_gib: float | None = None) -> int | N
     return int(torch.cuda.get_device_properties(index).total_memory)
 
 
-def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_processes: int, batch_per_process: int,
-                 gradient_checkpointing: bool, *, budget_gib: float | None = None, judges_bytes: int = 0, ema: bool = False,
-                 video: tuple[int, int, int] | None = None, device: Any = None, main_process: bool = True) -> MemoryPlan | None:
-    """The memory plan of a generator trainer, checked before anything loads: what ``flow-grpo`` and
-    ``dpo`` call once in their setup.
+@dataclass
+class HostPlan:
+    """What a node's host memory holds while a run loads (:func:`host_plan`), in bytes per node.
 
-    Logs the table (on the main process) and refuses a plan that cannot fit the device.
+    Attributes:
+        rows: the rows (phase "load"; source "counted").
+        processes_per_node: processes on the node planned for.
+        sharded: whether the run is sharded (the transformers read once).
+    """
+
+    rows: list[PlanRow]
+    processes_per_node: int
+    sharded: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.bytes for r in self.rows)
+
+    def table(self) -> str:
+        p = self.processes_per_node
+        w = max([54, *(len(row.label) for row in self.rows)])
+        lines = [f"host memory at load, on the node of global rank 0 ({p} process{'es' if p != 1 else ''} on it):"]
+        lines += [f"  {row.label:<{w}} {row.bytes / GIB:>8.2f}  {row.source}" for row in self.rows]
+        lines.append(f"  {'total, all at once (an upper bound: the loads overlap)':<{w}} {self.total_bytes / GIB:>8.2f}")
+        return "\n".join(lines)
+
+
+def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32",
+              judges_bytes: int = 0, judge_processes: int | None = None) -> HostPlan:
+    """Host memory per node while a run loads (bytes), on the node of global rank 0 (the fullest).
+
+    Sharded, only global rank 0 reads the transformers' weights whole; every other process builds
+    them on the meta device and receives its shards. Every process still loads its own text
+    encoder(s) and VAE(s) on the CPU (a sharded run keeps its encoder there between encodes). So
+    the node holds the transformers once plus ``processes_per_node`` x (encoders + VAEs).
+    Unsharded, every process loads its whole pipeline through host memory. In-process judges are
+    read into host memory before they move to their GPU, by each process that builds them
+    (``judge_processes``: the leaders on the node; default every process).
 
     Args:
-        generator: the job's :class:`~cac_align.gen.generator.GeneratorConfig`.
-        lora: the job's :class:`~cac_align.gen.lora.LoraSettings`.
-        parallel: the job's ``parallel`` section.
+        counts: the generator counted (:func:`counted_generator`).
+        sharded: ``parallel.shard=fsdp2``.
+        processes_per_node: processes on the node (torchrun's ``LOCAL_WORLD_SIZE``).
+        dtype, vae_dtype: the generator's dtypes.
+        judges_bytes: one process's in-process judges (their weights).
+        judge_processes: processes on the node that build the judges.
+    """
+    weight, vae_weight = dtype_bytes(dtype), dtype_bytes(vae_dtype)
+    p = processes_per_node
+    transformers = sum(t.parameters for t in counts.transformers) * weight
+    rest = sum(e.parameters for e in counts.encoders) * weight + sum(o.parameters for o in counts.others) * vae_weight
+    names = ", ".join(c.name for c in counts.encoders + counts.others)
+    if sharded:
+        rows = [PlanRow("transformers, whole, once (global rank 0; the others: meta device)", transformers, "counted", "load"),
+                PlanRow(f"{names}: each of {p} process{'es' if p != 1 else ''}", p * rest, "counted", "load")]
+    else:
+        rows = [PlanRow(f"the whole pipeline: each of {p} process{'es' if p != 1 else ''} (unsharded)", p * (transformers + rest), "counted", "load")]
+    if judges_bytes:
+        k = p if judge_processes is None else judge_processes
+        rows.append(PlanRow(f"in-process judges while they load: each of {k} process{'es' if k != 1 else ''} that build{'s' if k == 1 else ''} them",
+                            k * judges_bytes, "counted", "load"))
+    return HostPlan(rows, p, sharded)
+
+
+def processes_per_node(num_processes: int) -> int:
+    """Processes on this node: torchrun's ``LOCAL_WORLD_SIZE`` (accelerate's launcher sets it too),
+    else all ``num_processes`` on one node."""
+    import os
+
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(local) if local and local.isdigit() and int(local) > 0 else num_processes
+
+
+def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_processes: int, *, batch_per_process: int,
+                   gradient_checkpointing: bool, ema: bool = False, video: tuple[int, int, int] | None = None,
+                   rewards: Mapping[str, Any] | None = None, decode_batch: int = 0, encode_batch: int = 0, judges_bytes: int = 0,
+                   on_gpu: bool = True, node_processes: int | None = None) -> tuple[MemoryPlan, HostPlan] | None:
+    """The memory plan of a generator trainer (per GPU) and its host memory at load (per node),
+    from the models' configs; loads nothing, downloads nothing.
+
+    Args:
+        generator, lora, parallel: the job's sections.
         num_processes: processes (GPUs) of the run.
         batch_per_process: sample-forwards with gradient in one micro-batch per process (flow-grpo:
             ``train_batch_size`` x the forwards a guided velocity batches, 2 with CFG; dpo:
             ``batch_size`` x 2, winner and loser).
         gradient_checkpointing: the job's setting.
-        budget_gib: the memory to plan for, GiB per GPU (overrides the device's; makes a CPU run
-            enforce the plan).
-        judges_bytes: bytes of reward models resident on each GPU (0 when served elsewhere).
         ema: an EMA of the LoRA is kept.
         video: ``(num_frames, height, width)`` of the trained videos (dpo: its pairs'); None:
             ``generator``'s.
-        device: this process's device (None: the current CUDA device, or the CPU).
-        main_process: log the table (one process of the run).
+        rewards: recipe key -> reward section of every reward the run builds on a GPU that trains
+            (flow-grpo: ``reward`` and each of ``eval_rewards``), whose in-process judges are counted.
+        decode_batch: videos the VAE decodes per call (flow-grpo: ``sample_batch_size``); 0: none.
+        encode_batch: videos the VAE encodes per call (dpo's latent cache: 1); 0: none.
+        judges_bytes: other judges' bytes on each GPU, given.
+        on_gpu: the run's processes have GPUs (the fixed CUDA/NCCL overhead is counted).
+        node_processes: processes per node (None: :func:`processes_per_node`).
+
+    Returns:
+        ``(plan, host)``; None for the synthetic stand-in generator.
+
+    Raises:
+        ConfigsNotFound: the generator's configs are not on this machine; names every model whose
+            configs are missing (with the generator's, its judges'). A judge alone missing is a
+            row of the plan saying so, not counted.
+    """
+    from cac_align.rewards.judges import VideoShape
+
+    missing: list[tuple[str, str]] = []
+    try:
+        counts = counted_generator(generator, lora)
+    except ConfigsNotFound as exc:
+        counts, missing = None, list(exc.needs)
+    frames, height, width = video if video is not None else (generator.num_frames, generator.height, generator.width)
+    shape = VideoShape(frames, height, width, float(generator.fps))
+    if missing:  # say every missing config at once, building none of the judges
+        raise ConfigsNotFound(missing + _missing_configs(_judge_models(rewards or {}, shape)[0]))
+    # a judge whose config is not here is a row that says so (the generator is still planned, and refused if it cannot fit)
+    judges, unknown = count_judges(rewards or {}, shape, strict=False)
+    if counts is None:
+        return None
+    tokens = video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t)
+    what, batch = ("decode", decode_batch) if decode_batch else ("encode", encode_batch) if encode_batch else ("", 0)
+    vae_peak = vae_bytes(counts, what, batch, (frames, height, width), generator.vae_dtype) if what else 0
+    plan = memory_plan(counts, settings=parallel, num_processes=num_processes, tokens=tokens, batch_per_process=batch_per_process,
+                       gradient_checkpointing=gradient_checkpointing, lora_rank=lora.rank, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
+                       judges_bytes=judges_bytes, ema=ema, judges=judges, unknown_judges=unknown, vae_phase_bytes=vae_peak, vae_what=what,
+                       prefetch=True, overhead_bytes=fixed_overhead_bytes(num_processes) if on_gpu else 0)
+    per_node = node_processes or processes_per_node(num_processes)
+    host = host_plan(counts, sharded=parallel.shard == "fsdp2", processes_per_node=per_node, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
+                     judges_bytes=sum(j.weight_bytes for j in judges), judge_processes=math.ceil(per_node / parallel.context_parallel))
+    return plan, host
+
+
+def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_processes: int, batch_per_process: int,
+                 gradient_checkpointing: bool, *, budget_gib: float | None = None, judges_bytes: int = 0, ema: bool = False,
+                 video: tuple[int, int, int] | None = None, device: Any = None, main_process: bool = True,
+                 rewards: Mapping[str, Any] | None = None, decode_batch: int = 0, encode_batch: int = 0) -> MemoryPlan | None:
+    """The memory plan of a generator trainer, checked before anything loads: what ``flow-grpo`` and
+    ``dpo`` call once in their setup (:func:`plan_generator` for the arguments).
+
+    Logs the plan and the host memory at load (on the main process) and refuses a plan that cannot
+    fit the device.
+
+    Args:
+        budget_gib: the memory to plan for, GiB per GPU (overrides the device's; makes a CPU run
+            enforce the plan).
+        device: this process's device (None: the current CUDA device, or the CPU); the fixed
+            CUDA/NCCL overhead is counted on a CUDA device only.
+        main_process: log the tables (one process of the run).
 
     Returns:
         The plan, or None where no config can be read offline (logged).
@@ -660,18 +1269,25 @@ def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_proc
     Raises:
         RecipeError: the plan does not fit; one line naming the fix (:func:`refusal`).
     """
-    counts = count_generator(generator, lora)
-    if counts is None:
+    import torch
+
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    try:
+        planned = plan_generator(generator, lora, parallel, num_processes, batch_per_process=batch_per_process,
+                                 gradient_checkpointing=gradient_checkpointing, ema=ema, video=video, rewards=rewards, decode_batch=decode_batch,
+                                 encode_batch=encode_batch, judges_bytes=judges_bytes, on_gpu=cuda)
+    except ConfigsNotFound as exc:
+        if main_process:
+            log.warning("%s", exc.line())
         return None
-    frames, height, width = video if video is not None else (generator.num_frames, generator.height, generator.width)
-    tokens = video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t)
-    plan = memory_plan(counts, settings=parallel, num_processes=num_processes, tokens=tokens, batch_per_process=batch_per_process,
-                       gradient_checkpointing=gradient_checkpointing, lora_rank=lora.rank, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
-                       judges_bytes=judges_bytes, ema=ema)
+    if planned is None:
+        log.info("memory plan: %s is the synthetic stand-in generator; nothing to plan", generator.name)
+        return None
+    plan, host = planned
     limit = device_bytes(device, budget_gib)
     if main_process:
         note = "" if limit is not None else "\n  (no GPU and no memory_budget_gib: shown, not enforced)"
-        log.info("%s%s", plan.table(limit), note)
+        log.info("%s%s\n%s", plan.table(limit), note, host.table())
     if limit is not None:
         reason = refusal(plan, limit)
         if reason is not None:

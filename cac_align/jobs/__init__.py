@@ -32,6 +32,9 @@ class JobSpec:
     run: str  # "module:function" taking the config instance
     help: str
     resume: str | None = None  # how an interrupted run continues (None: it starts over)
+    # "module:function" giving the memory plan's inputs from a config (gen/memory.py's plan_generator):
+    # the generator trainers', whose plan `cac-align check-recipe` prints; None for every other job
+    memory_inputs: str | None = None
 
     @property
     def module(self) -> str:
@@ -68,8 +71,12 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a LoRA of Wan-2.1, Wan2.2 or LTX-2 on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
 ]
 
+# the jobs that train a generator on GPUs: each plans its memory before it loads (cac_align.gen.memory)
+_MEMORY_PLANNED = ("flow_grpo", "dpo")
+
 JOBS: dict[str, JobSpec] = {
-    name: JobSpec(name=name, config=f"{__name__}.{module}:{config}", run=f"{__name__}.{module}:run", help=help, resume=resume)
+    name: JobSpec(name=name, config=f"{__name__}.{module}:{config}", run=f"{__name__}.{module}:run", help=help, resume=resume,
+                  memory_inputs=f"{__name__}.{module}:memory_inputs" if module in _MEMORY_PLANNED else None)
     for module, name, config, help, resume in _TABLE
 }
 

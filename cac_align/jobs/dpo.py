@@ -211,6 +211,15 @@ def plan_step(config: DpoConfig, num_processes: int, rank: int) -> StepPlan:
     return StepPlan(num_processes, rank, local, local // config.batch_size)
 
 
+def memory_inputs(config: DpoConfig, video: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """What the memory plan (:func:`cac_align.gen.memory.plan_generator`) needs of a dpo recipe
+    beyond its generator, LoRA and layout: a micro-batch's rows (``batch_size`` pairs, a winner and
+    a loser each), its pairs' video ``(frames, height, width)`` (None: the generator's size, which
+    the pairs' bon or repair recipe made them at) and the latent cache's encode of one video at a
+    time; no reward."""
+    return dict(batch_per_process=config.batch_size * 2, gradient_checkpointing=config.gradient_checkpointing, video=video, encode_batch=1)
+
+
 def pair_noise(
     seed: int, step: int, position: int, shape: tuple[int, ...], settings: DpoLossSettings, sigma_range: tuple[float, float] = (0.0, 1.0)
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,8 +338,8 @@ class _Trainer:
             frames, height, width, _ = shapes[0]
             video = dataclasses.replace(config.generator, num_frames=frames, height=height, width=width)
             check_context_parallel(self.family, video, config.parallel)
-            check_memory(config.generator, config.lora, config.parallel, acc.num_processes, config.batch_size * 2, config.gradient_checkpointing,
-                         budget_gib=config.memory_budget_gib, video=(frames, height, width), device=acc.device, main_process=acc.is_main_process)
+            check_memory(config.generator, config.lora, config.parallel, acc.num_processes, budget_gib=config.memory_budget_gib,
+                         device=acc.device, main_process=acc.is_main_process, **memory_inputs(config, (frames, height, width)))
         run_folder = _run_folder(config, self.pairs)
         found = checkpoints(self.out) if run_folder.resuming else []
         if self.pipe is None:  # sharded: loaded on the CPU; the encoders come to the device for the latent cache only

@@ -373,6 +373,18 @@ def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan
     return StepPlan(num_processes, rank, total, local)
 
 
+def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
+    """What the memory plan (:func:`cac_align.gen.memory.plan_generator`) needs of a flow-grpo
+    recipe beyond its generator, LoRA and layout: the rows of a training micro-batch (its videos x
+    the forwards a guided velocity batches), the reward and every held-out judge (scored on the
+    GPUs that train: the leaders'), and ``sample_batch_size`` videos decoded at once."""
+    family = config.generator.family
+    return dict(batch_per_process=config.train_batch_size * guided_rows(family.guidance(config.generator)),
+                gradient_checkpointing=config.gradient_checkpointing, ema=config.ema_decay is not None,
+                rewards={"reward": config.reward, **{f"eval_rewards.{label}": section for label, section in config.eval_rewards.items()}},
+                decode_batch=config.sample_batch_size)
+
+
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
@@ -522,10 +534,11 @@ class _Trainer:
         self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
         if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (gen/memory.py)
             check_context_parallel(self.family, config.generator, config.parallel)
-            check_memory(config.generator, config.lora, config.parallel, acc.num_processes,
-                         config.train_batch_size * guided_rows(self.family.guidance(config.generator)), config.gradient_checkpointing,
-                         budget_gib=config.memory_budget_gib, ema=config.ema_decay is not None, device=acc.device,
-                         main_process=acc.is_main_process)
+            inputs = memory_inputs(config)
+            if self.reward is not None:  # given, not built from the section: its models are the caller's
+                inputs["rewards"].pop("reward")
+            check_memory(config.generator, config.lora, config.parallel, acc.num_processes, budget_gib=config.memory_budget_gib,
+                         device=acc.device, main_process=acc.is_main_process, **inputs)
         run_folder = _run_folder(config, self.prompts, self.images)
         if config.advantage.shuffle_scores and acc.is_main_process:
             log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "
@@ -566,10 +579,12 @@ class _Trainer:
         if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
             register_lora_checkpoint(acc, self.unwrapped, self.ema)
 
-        # 2. the reward
-        if self.reward is None:
+        # 2. the reward: built by the processes that score (each context-parallel group's leader; its
+        #    other processes take the leader's scores and hold no judge), held-out judges by label
+        if self.reward is None and self.layout.leader:
             self.reward = build_reward(config.reward, "reward")
-        self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") for label, section in config.eval_rewards.items()}
+        self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") if self.layout.leader else None
+                             for label, section in config.eval_rewards.items()}
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         acc.wait_for_everyone()  # every process has checked the folder (_run_folder) before the main one takes it
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
@@ -586,7 +601,7 @@ class _Trainer:
                 load_sharded_lora_checkpoint(resume_from, self.unwrapped, self.optimizer, self.ema)
             else:
                 acc.load_state(str(resume_from))  # the LoRA, EMA, optimizer and every process's RNG state
-            if state.get("reward_state"):
+            if state.get("reward_state") and self.reward is not None:  # the leaders' (their normalizers' running statistics)
                 self.reward.load_state_dict(state["reward_state"])
             self.start_step = int(state["step"])
             log.info("flow-grpo: resuming from %s (step %d)", resume_from, self.start_step)
@@ -645,8 +660,9 @@ class _Trainer:
             self.watched[label].append(metrics[f"eval/{label}/mean"])
         held_out = {label: self.watched[label] for label in self.eval_rewards}
         alarms = hacking_alarms(self.watched["reward"], held_out, self.config.watch.window, self.config.watch.margin)
-        for alarm in alarms:
-            log.warning("flow-grpo: %s", alarm.message(self.reward.name))
+        if self.reward is not None:  # said by the processes that scored (a non-leader builds no reward)
+            for alarm in alarms:
+                log.warning("flow-grpo: %s", alarm.message(self.reward.name))
         metrics["watch/alarms"] = len(alarms)
         return bool(alarms) and self.config.watch.stop
 
@@ -790,8 +806,8 @@ class _Trainer:
 
     def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
         outputs, compute = [], 0.0
-        name = self.reward.name
-        for n, future in futures:
+        for n, future in futures:  # only a process that scores has futures (and a reward)
+            name = self.reward.name
             try:
                 output, seconds = future.result()
                 compute += seconds
@@ -950,7 +966,8 @@ class _Trainer:
 
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator
-        reward_state = self.reward.state_dict() or None  # null for a stateless reward
+        # null for a stateless reward; the main process (a leader: it built the reward) writes state.json
+        reward_state = (self.reward.state_dict() or None) if self.reward is not None else None
         state = {"reward_state": reward_state, **layout_state(self.layout)}
         if self.layout.sharded:  # the files whole, as one process writes them (gen/lora.py)
             def write(tmp: Path) -> None:

@@ -24,7 +24,7 @@ from cac_align.video import Video
 from cac_align.vlm.backend import Backend
 from cac_align.vlm.config import ModelConfig, build_backend
 
-__all__ = ["CaCReward", "CaCRewardConfig", "build"]
+__all__ = ["CaCReward", "CaCRewardConfig", "build", "judges"]
 
 
 @dataclass
@@ -123,6 +123,37 @@ def build(config: CaCRewardConfig, key: str = "reward") -> CaCReward:
     return CaCReward(backend, options, source_fps=config.source_fps, batch_size=config.model.max_batch_size)
 
 
+# A caption's share of a prompt (the generating prompt, shown to the judge): an estimate.
+_CAPTION_CHARS = 600
+
+
+def judges(config: CaCRewardConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: cac`` section loads, for the memory plan (:mod:`cac_align.rewards.judges`).
+
+    Its longest call is turn 2 (``mode: two_turn``), which holds turn 1 in its context: the whole
+    video at ``scan_fps`` (at most ``max_frames_turn1`` frames), turn 1's answer at its full
+    ``max_new_tokens``, then the clip at ``clip_fps`` (at most ``max_frames_turn2``; the whole video
+    when turn 1 gives no window, the ``whole_video`` fallback) and turn 2's answer. Frames at
+    ``max_pixels`` when set, else at the video's size. One turn otherwise."""
+    from cac_align.cac.prompts import turn1_prompt, turn2_prompt
+    from cac_align.rewards.judges import Frames, JudgeCall, fit_pixels, judge_of, text_tokens
+
+    options = config.with_model_settings().options
+    height, width = fit_pixels(video.height, video.width, options.max_pixels)
+    scan = video.frames_at(options.scan_fps, options.max_frames_turn1)
+    style = options.prompt_style
+    frames = [Frames(scan, height, width)]
+    text = text_tokens(turn1_prompt(video.duration_s, options.scan_fps, scan, "x" * _CAPTION_CHARS, style=style))
+    new = options.max_new_tokens if options.mode != "no_cot" else 1
+    if options.mode == "two_turn":
+        clip = video.frames_at(options.clip_fps, options.max_frames_turn2)
+        frames.append(Frames(clip, height, width))
+        text += new + text_tokens(turn2_prompt((0.0, video.duration_s), options.clip_fps, clip, style=style))
+    call = JudgeCall(tuple(frames), text, new, config.model.max_batch_size)
+    return [judge_of(config.model, f"{where}.model", call)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
-register_reward("cac", "cac_align.rewards.cac:CaCRewardConfig", "cac_align.rewards.cac:build", "CaC two-turn anomaly reward (CaC Eq. 7)")
+register_reward("cac", "cac_align.rewards.cac:CaCRewardConfig", "cac_align.rewards.cac:build", "CaC two-turn anomaly reward (CaC Eq. 7)",
+                judges="cac_align.rewards.cac:judges")

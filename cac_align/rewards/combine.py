@@ -36,7 +36,7 @@ from cac_align.rewards.cac import CaCRewardConfig
 from cac_align.rewards.normalize import FixedNormalizer, build_normalizer, fill_invalid
 from cac_align.rewards.unified import FORMATS, UnifiedRewardConfig
 
-__all__ = ["INVALID_POLICIES", "CombinedConfig", "CombinedReward", "UrCacConfig", "build_combined", "build_ur_cac"]
+__all__ = ["INVALID_POLICIES", "CombinedConfig", "CombinedReward", "UrCacConfig", "build_combined", "build_ur_cac", "combined_judges", "ur_cac_judges"]
 
 INVALID_POLICIES = ("drop", "group_mean", "fail")
 
@@ -304,6 +304,23 @@ def build_ur_cac(config: UrCacConfig, key: str = "reward") -> CombinedReward:
     )
 
 
+def combined_judges(config: CombinedConfig, where: str, video: Any) -> list[Any]:
+    """Every component's models, in order (:mod:`cac_align.rewards.judges`)."""
+    from cac_align.rewards.registry import reward_judges
+
+    found: list[Any] = []
+    for k, component in enumerate(config.components):
+        spec = {key: value for key, value in dict(component).items() if key not in ("weight", "normalizer")}
+        found += reward_judges(spec, f"{where}.components[{k}]", video)
+    return found
+
+
+def ur_cac_judges(config: UrCacConfig, where: str, video: Any) -> list[Any]:
+    """UnifiedReward's model and CaC's (:mod:`cac_align.rewards.judges`)."""
+    from cac_align.rewards import cac, unified
+
+    return unified.judges(config.unified_reward, f"{where}.unified_reward", video) + cac.judges(config.cac, f"{where}.cac", video)
+
 
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
@@ -312,10 +329,12 @@ register_reward(
     "cac_align.rewards.combine:UrCacConfig",
     "cac_align.rewards.combine:build_ur_cac",
     "the paper's alignment reward: average of normalized UnifiedReward and CaC (CaC §4.2)",
+    judges="cac_align.rewards.combine:ur_cac_judges",
 )
 register_reward(
     "combined",
     "cac_align.rewards.combine:CombinedConfig",
     "cac_align.rewards.combine:build_combined",
     "weighted average of any normalized rewards",
+    judges="cac_align.rewards.combine:combined_judges",
 )

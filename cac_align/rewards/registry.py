@@ -22,25 +22,32 @@ from typing import Any, Mapping
 
 from cac_align.rewards.base import Reward
 
-__all__ = ["REWARDS", "RewardSpec", "build_reward", "load_section", "register_reward", "reward_config", "reward_names"]
+__all__ = ["REWARDS", "RewardSpec", "build_reward", "load_section", "register_reward", "reward_config", "reward_judges", "reward_names"]
 
 
 # ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RewardSpec:
-    """A registered reward: its config dataclass and ``build(config) -> Reward``."""
+    """A registered reward: its config dataclass, ``build(config) -> Reward`` and
+    ``judges(config, where, video) -> list[JudgeModel]`` (what a section of it loads, for the
+    memory plan: :mod:`cac_align.rewards.judges`; empty: not said)."""
 
     name: str
     config: str  # "module:ConfigClass"
     build: str  # "module:function"
     help: str = ""
+    judges: str = ""  # "module:function"
 
 
 REWARDS: dict[str, RewardSpec] = {}
 
 
-def register_reward(name: str, config: str, build: str, help: str = "") -> None:
-    """Register a reward under a short name (config and builder as "module:attr" strings).
+def register_reward(name: str, config: str, build: str, help: str = "", judges: str = "") -> None:
+    """Register a reward under a short name (config, builder and judges as "module:attr" strings).
+
+    ``judges`` names the function that says which models a section of this reward loads, from its
+    typed config, before anything loads (:mod:`cac_align.rewards.judges`): the memory plan of a
+    generator trainer counts them. A reward registered without it is counted as unknown.
 
     A built-in reward calls this at the bottom of its own module in ``cac_align/rewards/``;
     :func:`_discover_builtins` imports every module there, so adding a reward touches its module,
@@ -52,7 +59,7 @@ def register_reward(name: str, config: str, build: str, help: str = "") -> None:
     known = REWARDS.get(name)
     if known is not None and (known.config, known.build) != (config, build):
         raise ValueError(f"reward name {name!r} is taken by {known.build}; choose another name for {build}")
-    REWARDS[name] = RewardSpec(name, config, build, help)
+    REWARDS[name] = RewardSpec(name, config, build, help, judges)
 
 
 def reward_names() -> list[str]:
@@ -149,7 +156,7 @@ def _with_model_settings(config: Any) -> Any:
 
 
 # Modules of cac_align/rewards that hold the layer itself, not a reward.
-_NOT_REWARDS = frozenset({"authors", "base", "registry", "normalize"})
+_NOT_REWARDS = frozenset({"authors", "base", "judges", "registry", "normalize"})
 
 
 def _discover_builtins() -> None:
@@ -194,6 +201,31 @@ def build_reward(spec: Any, where: str = "reward") -> Reward:
 
 
 _discover_builtins()
+
+
+def reward_judges(spec: Any, where: str, video: Any) -> list[Any]:
+    """The models a reward section loads (:class:`~cac_align.rewards.judges.JudgeModel`), said
+    from its config before anything loads, for the memory plan; loads nothing.
+
+    Args:
+        spec: a reward section (``{name: ..., <arguments>}``).
+        where: its recipe key ("reward", "eval_rewards.vs2"), named in each model's ``where``.
+        video: the videos it will score (:class:`~cac_align.rewards.judges.VideoShape`).
+
+    Returns:
+        Its judges, in load order; a reward whose models are not known before it loads (a
+        dotted-path reward, or one registered without ``judges``) is one
+        :class:`~cac_align.rewards.judges.UnknownJudge`.
+    """
+    from cac_align.rewards.judges import UnknownJudge
+
+    name, config = reward_config(spec, where)
+    if name not in REWARDS:
+        return [UnknownJudge(where, f"{name} is a reward named by dotted path: its models are its own")]
+    registered = REWARDS[name]
+    if not registered.judges:
+        return [UnknownJudge(where, f"{name} was registered without judges= (register_reward): its models are not known before it loads")]
+    return list(_resolve(registered.judges)(config, where, video))
 
 
 def reward_differences(first: Any, second: Any) -> list[str]:

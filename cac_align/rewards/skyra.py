@@ -80,6 +80,7 @@ from cac_align.vlm.config import ModelConfig, build_backend
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "judges",
     "SkyraConfig",
     "SkyraPrompt",
     "SkyraReward",
@@ -583,6 +584,18 @@ def build(config: SkyraConfig, key: str = "reward") -> SkyraReward:
     )
 
 
+def judges(config: SkyraConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: skyra`` section loads, for the memory plan (:mod:`cac_align.rewards.judges`):
+    the video at ``fps`` (at most ``max_frames`` frames) within ``max_pixels`` a frame, its question
+    (an estimate of 3,000 characters) and ``max_new_tokens``."""
+    from cac_align.rewards.judges import Frames, JudgeCall, fit_pixels, judge_of, text_tokens
+
+    height, width = fit_pixels(video.height, video.width, config.max_pixels)
+    frames = Frames(video.frames_at(config.fps, config.max_frames), height, width)
+    call = JudgeCall((frames,), text_tokens("x" * 3000), config.max_new_tokens, config.model.max_batch_size)
+    return [judge_of(config.model, f"{where}.model", call)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -590,4 +603,5 @@ register_reward(
     "cac_align.rewards.skyra:SkyraConfig",
     "cac_align.rewards.skyra:build",
     "Skyra's AI-generated-video verdict -> P(Real) after <answer>, its artifact tags as evidence (window, boxes, types)",
+    judges="cac_align.rewards.skyra:judges",
 )

@@ -16,13 +16,14 @@ video quality; never align a real model with them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from cac_align.rewards.base import BatchReward
 from cac_align.video import Video
 
-__all__ = ["BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "spot_brightness"]
+__all__ = ["BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "no_judges", "spot_brightness"]
 
 
 @dataclass
@@ -122,6 +123,11 @@ def build_spot(config: SpotBrightnessConfig, key: str = "reward") -> SpotBrightn
     return SpotBrightnessReward(config.box, config.window_s, config.threshold, config.source_fps)
 
 
+def no_judges(config: Any, where: str, video: Any) -> list[Any]:
+    """The toy rewards load no model (:mod:`cac_align.rewards.judges`)."""
+    return []
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -129,10 +135,12 @@ register_reward(
     "cac_align.rewards.toy:BrightnessConfig",
     "cac_align.rewards.toy:build",
     "mean pixel value in [0, 1]: a model-free toy reward for checking that an RL loop learns",
+    judges="cac_align.rewards.toy:no_judges",
 )
 register_reward(
     "spot_brightness",
     "cac_align.rewards.toy:SpotBrightnessConfig",
     "cac_align.rewards.toy:build_spot",
     "1 - brightness of a fixed box during a fixed window, reported as CaC-style evidence: a toy localized defect",
+    judges="cac_align.rewards.toy:no_judges",
 )

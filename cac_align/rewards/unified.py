@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AUTHORS_REPO_ENV",
+    "judges",
     "AUTHORS_SCRIPTS",
     "authors_question",
     "BUILT_IN",
@@ -663,6 +664,34 @@ def _literal_with_prompt(node: ast.AST) -> str | None:
     return text if "{prompt}" in text else None
 
 
+_CAPTION_CHARS = 600  # the generating prompt's share of the question (an estimate)
+_ANSWER_LINE_TOKENS = 16  # one teacher-forced answer line ("visual quality: 3"), an estimate
+
+
+def judges(config: UnifiedRewardConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: unified_reward`` section loads, for the memory plan
+    (:mod:`cac_align.rewards.judges`): one request per video, its frames as the format's authors
+    send them (v1: one video at qwen-vl-utils' 2 fps, an even count of at least 4; 2.0: 16 images;
+    ``num_frames`` when set), at ``max_pixels`` when set, else at the video's size; the question and
+    the caption; ``max_new_tokens`` generated (text scoring) or the answer lines teacher-forced
+    (probs)."""
+    from cac_align.rewards.judges import Frames, JudgeCall, fit_pixels, judge_of, text_tokens
+
+    form = FORMATS[config.version]
+    height, width = fit_pixels(video.height, video.width, config.max_pixels)
+    if config.num_frames is not None:
+        count = config.num_frames
+    elif form.frames == "qwen_vl_utils":  # smart_nframes: total / fps x 2, floored to an even count, at least 4
+        count = max(4, 2 * int(video.duration_s * QWEN_VL_UTILS_FPS / 2))
+    else:
+        count = 16
+    frames = Frames(min(count, video.frames), height, width, images=form.frames != "qwen_vl_utils")
+    answer = len(form.dimensions) * _ANSWER_LINE_TOKENS
+    new = config.max_new_tokens if config.scoring == "text" else answer
+    call = JudgeCall((frames,), text_tokens(form.template) + text_tokens("x" * _CAPTION_CHARS), new, config.model.max_batch_size)
+    return [judge_of(config.model, f"{where}.model", call)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -670,4 +699,5 @@ register_reward(
     "cac_align.rewards.unified:UnifiedRewardConfig",
     "cac_align.rewards.unified:build",
     "UnifiedReward pointwise video score (mean of sub-scores)",
+    judges="cac_align.rewards.unified:judges",
 )

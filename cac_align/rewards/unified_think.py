@@ -80,6 +80,7 @@ from cac_align.vlm.config import ModelConfig, build_backend
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "judges",
     "FlexVerdict",
     "PAIR_SCRIPTS",
     "PairwiseUnifiedReward",
@@ -673,6 +674,17 @@ def build_flex(config: UnifiedRewardFlexConfig, key: str = "reward") -> Pairwise
     return _build(config, key, overall_weight=config.overall_weight, dim_weight=config.dim_weight, category_weights=config.category_weights)
 
 
+def judges(config: UnifiedRewardThinkConfig, where: str, video: Any) -> list[Any]:
+    """The one model a pairwise section loads, for the memory plan (:mod:`cac_align.rewards.judges`):
+    one request per pair, ``num_frames`` images of each video at its size, the question (an
+    estimate of 1,500 characters with the caption), ``max_new_tokens`` of reasoning."""
+    from cac_align.rewards.judges import Frames, JudgeCall, judge_of, text_tokens
+
+    frames = Frames(2 * min(config.num_frames, video.frames), video.height, video.width, images=True)
+    call = JudgeCall((frames,), text_tokens("x" * 1500), config.max_new_tokens, config.model.max_batch_size)
+    return [judge_of(config.model, f"{where}.model", call)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -680,10 +692,12 @@ register_reward(
     "cac_align.rewards.unified_think:UnifiedRewardThinkConfig",
     "cac_align.rewards.unified_think:build_think",
     "UnifiedReward-Think pairwise CoT verdicts -> each video's win rate in its prompt group (Pref-GRPO)",
+    judges="cac_align.rewards.unified_think:judges",
 )
 register_reward(
     "unified_reward_flex",
     "cac_align.rewards.unified_think:UnifiedRewardFlexConfig",
     "cac_align.rewards.unified_think:build_flex",
     "UnifiedReward-Flex pairwise JSON verdicts -> overall + per-category win rates in its prompt group (Pref-GRPO)",
+    judges="cac_align.rewards.unified_think:judges",
 )

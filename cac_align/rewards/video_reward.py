@@ -67,6 +67,7 @@ from cac_align.vlm.config import ModelConfig, model_dtype
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "judges",
     "AUTHORS_REPO_ENV",
     "DIMENSIONS",
     "REWARD_TOKENS",
@@ -737,6 +738,26 @@ def build(config: VideoRewardConfig, key: str = "reward") -> VideoReward:
     )
 
 
+def judges(config: VideoRewardConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: video_reward`` section loads, for the memory plan
+    (:mod:`cac_align.rewards.judges`), counted from its base's ``config.json`` (``base_model``,
+    else Qwen/Qwen2-VL-2B-Instruct, the base KwaiVGI/VideoReward names; its reward head and LoRA
+    are a few million parameters more, not counted): one forward per video, no generation, frames
+    at ``fps`` (2 by default, at least 4) or ``num_frames``, within ``max_pixels`` (200,704 by
+    default), its prompt (an estimate of 1,500 characters)."""
+    import dataclasses
+
+    from cac_align.rewards.judges import Frames, JudgeCall, fit_pixels, judge_of, text_tokens
+
+    height, width = fit_pixels(video.height, video.width, config.max_pixels or 200704)
+    count = config.num_frames or max(4, video.frames_at(config.fps or 2.0))
+    call = JudgeCall((Frames(min(count, video.frames), height, width),), text_tokens("x" * 1500), 0, config.batch_size)
+    judge = judge_of(config.model, f"{where}.model", call)
+    if config.model.name == TINY_NAME:
+        return [dataclasses.replace(judge, tiny=lambda: build_tiny_video_reward()[0])]
+    return [dataclasses.replace(judge, config_name=config.base_model or "Qwen/Qwen2-VL-2B-Instruct")]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -744,4 +765,5 @@ register_reward(
     "cac_align.rewards.video_reward:VideoRewardConfig",
     "cac_align.rewards.video_reward:build",
     "VideoReward (VideoAlign): visual quality, motion quality, text alignment from a Qwen2-VL regression head",
+    judges="cac_align.rewards.video_reward:judges",
 )

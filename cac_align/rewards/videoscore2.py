@@ -74,6 +74,7 @@ from cac_align.vlm.config import ModelConfig, build_backend
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "judges",
     "DIMENSIONS",
     "LABELS",
     "VideoScore2Config",
@@ -431,6 +432,19 @@ def build(config: VideoScore2Config, key: str = "reward") -> VideoScore2Reward:
     )
 
 
+def judges(config: VideoScore2Config, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: videoscore2`` section loads, for the memory plan
+    (:mod:`cac_align.rewards.judges`): qwen-vl-utils' frames at ``fps`` (an even count, at least 4)
+    within 100,352 pixels a frame (:func:`vs2_frames`), its question (an estimate of 2,000
+    characters) and ``max_new_tokens``."""
+    from cac_align.rewards.judges import Frames, JudgeCall, fit_pixels, judge_of, text_tokens
+
+    height, width = fit_pixels(video.height, video.width, 100352)
+    count = min(video.frames, max(4, 2 * int(video.duration_s * config.fps / 2)))
+    call = JudgeCall((Frames(count, height, width),), text_tokens("x" * 2000), config.max_new_tokens, config.model.max_batch_size)
+    return [judge_of(config.model, f"{where}.model", call)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -438,4 +452,5 @@ register_reward(
     "cac_align.rewards.videoscore2:VideoScore2Config",
     "cac_align.rewards.videoscore2:build",
     "VideoScore2's visual quality, text alignment and physical consistency (1-5 soft scores from its sampled answer)",
+    judges="cac_align.rewards.videoscore2:judges",
 )

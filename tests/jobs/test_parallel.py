@@ -238,6 +238,7 @@ def test_context_parallel_equals_one_process_and_its_controls_fail(one_process, 
     cp = ("steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2")
     out = launch("flow-grpo", BRIGHTNESS, tmp_path / "cp", *cp, processes=2)
     assert [r["cp_rank"] for r in records(out, 2)] == [0, 1]
+    assert [r["rewards_built"] for r in records(out, 2)] == [["reward"], []]  # the leader scores: only it builds the reward
     assert_sharded(records(out, 2)[0], 2)
     want = metrics(one_process)[0]
     assert metrics(out)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-4)
