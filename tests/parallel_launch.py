@@ -15,6 +15,13 @@ Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_NO_CP_SCALE=1``: the loss is not multiplied by the context-parallel degree;
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
 
+Faults (flow-grpo), each at the start of step index S on process R:
+- ``CAC_TEST_KILL=R:S``: R SIGKILLs itself, in torchrun's first round only
+  (``TORCHELASTIC_RESTART_COUNT`` 0), as a preempted or OOM-killed process dies: no exception, no
+  cleanup; ``record<rank>.json`` says which round wrote it and which steps that round ran;
+- ``CAC_TEST_STALL=R:S:SECONDS``: R sleeps SECONDS (a slow judge, a stuck process) while the
+  others wait in a collective.
+
 Test-only workaround (not in the product): diffusers 0.42.1's ``ModelMixin._resolve_parallel_config``
 computes ``rank % torch.accelerator.device_count()``, which divides by zero on a machine with no
 accelerator; here ``torch.accelerator.device_count`` answers 1 on such a machine, so diffusers'
@@ -23,7 +30,9 @@ context parallel runs on the CPU with gloo (docs/flow_grpo.md, "Sharding and lon
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -87,6 +96,22 @@ if job == "flow-grpo":
         return trajectory
 
     flow_grpo.sample_with_log_probs = recording
+
+    # the steps this process ran (a restarted one: from its checkpoint on), and the faults the tests inject
+    kill, stall = os.environ.get("CAC_TEST_KILL"), os.environ.get("CAC_TEST_STALL")
+    first_round = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    record.update(restart_round=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")), steps=[])
+    step_of = flow_grpo._Trainer.train_step
+
+    def faulty_step(self, step):
+        record["steps"].append(step)
+        if kill and [int(x) for x in kill.split(":")] == [rank, step] and first_round:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if stall and [int(x) for x in stall.split(":")[:2]] == [rank, step]:
+            time.sleep(float(stall.split(":")[2]))
+        return step_of(self, step)
+
+    flow_grpo._Trainer.train_step = faulty_step
 else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
 
