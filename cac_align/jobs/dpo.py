@@ -401,7 +401,8 @@ class _Trainer:
             log.warning("resume=true but %s has no checkpoint yet: starting from step 0", self.out)
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
-        start_trackers(acc, config.log_with, "dpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        start_trackers(acc, config.log_with, "dpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                       resume_step=self.start_step)
         acc.wait_for_everyone()
 
     # -- the loop ----------------------------------------------------------------------

@@ -562,7 +562,8 @@ class _Trainer:
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         self.watched = self._watch_history()
-        start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                       resume_step=self.start_step)
         acc.wait_for_everyone()
 
     # -- the loop ----------------------------------------------------------------------
