@@ -73,7 +73,22 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
         largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
         trainable_types=sorted({type(p).__name__ for p in denoiser.parameters() if p.requires_grad}),
         frozen_with_grad=sum(p.grad is not None for p in frozen),
+        group_timeouts_s=sorted({_timeout_s(g) for g in _groups(self)}),
     )
+
+
+def _groups(layout):
+    """Every process group the layout uses: the world, the context-parallel mesh's, the leaders'."""
+    groups = [torch.distributed.group.WORLD]
+    if layout.cp_mesh is not None:
+        groups += [layout.cp_mesh.get_group(name) for name in layout.cp_mesh.mesh_dim_names]
+    if layout.leaders is not None and torch.distributed.get_rank(layout.leaders) >= 0:
+        groups.append(layout.leaders)
+    return groups
+
+
+def _timeout_s(group) -> float:
+    return group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 
 
 parallel.Layout.apply = _apply_and_record

@@ -241,9 +241,11 @@ def test_context_parallel_equals_one_process_and_its_controls_fail(one_process, 
     """2 processes sharing each video's tokens (and the sharded generator): the same samples, gradient
     norm and LoRA as one process. Controls: without the loss x cp the gradient is half; one process of
     the group drawing other noise gives other samples."""
-    cp = ("steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2")
+    cp = ("steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2", "parallel.timeout_s=600")
     out = launch("flow-grpo", BRIGHTNESS, tmp_path / "cp", *cp, processes=2)
     assert [r["cp_rank"] for r in records(out, 2)] == [0, 1]
+    # every group waits parallel.timeout_s: the world, the context-parallel mesh's, the leaders' (torch's default: 1800 s)
+    assert [r["group_timeouts_s"] for r in records(out, 2)] == [[600.0], [600.0]]
     assert_sharded(records(out, 2)[0], 2)
     want = metrics(one_process)[0]
     assert metrics(out)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-4)
