@@ -78,7 +78,10 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
 
 
 def _groups(layout):
-    """Every process group the layout uses: the world, the context-parallel mesh's, the leaders'."""
+    """Every process group the layout uses: the world, the context-parallel mesh's, the leaders' (none
+    on one process without sharding)."""
+    if not torch.distributed.is_initialized():
+        return []
     groups = [torch.distributed.group.WORLD]
     if layout.cp_mesh is not None:
         groups += [layout.cp_mesh.get_group(name) for name in layout.cp_mesh.mesh_dim_names]
