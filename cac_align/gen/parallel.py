@@ -3,7 +3,10 @@ the whole generator on every process: today's default), FSDP2 sharding of the ge
 (one unit per transformer block), and context parallel (one video's tokens split over a group of
 processes, through diffusers' own ``enable_parallelism``, Ulysses).
 
-The jobs (``flow-grpo``, ``dpo``) call :func:`layout_for` once in their setup, before anything loads,
+The jobs (``flow-grpo``, ``dpo``) run under :func:`named_timeout` (a stuck collective stops them in one
+line naming ``parallel.timeout_s``), call :func:`connect_processes` before accelerate's ``Accelerator``
+(the process group with the timeout, reconnecting after a torchrun restart), :func:`layout_for` once in
+their setup, before anything loads,
 and :meth:`Layout.apply` once the LoRA is on the transformers, and then use the :class:`Layout`: which samples this process takes (its data-parallel rank), whether it
 decodes and scores them (the first rank of its context-parallel group does), how to gather numbers,
 how to take a clipped optimizer step and where the LoRA's full tensors come from. A job never learns
@@ -44,13 +47,13 @@ __all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "CollectiveTimeout", "Layout"
            "collective_timed_out", "connect_processes", "family_blocks", "fsdp_units", "layout_for", "named_timeout", "setup_parallel"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
-# parallel.timeout_s's default (ParallelSettings): 30 minutes, three times the longest wait we can foresee
+# parallel.timeout_s's default (ParallelSettings): 30 minutes, about four times the longest wait we can foresee
 # in a real run. Under context parallel the other processes of a group wait in a gather while their
 # leader decodes and scores the group's videos; on the first step the judge's static cache also
 # compiles. On an H100 (ENVIRONMENT.md, 2026-11-23 and -26) CaC's first pass over a batch of 32 videos
-# took 6.94 s/video with a cold compile (222 s), every new batch size compiles again (70-160 s), and a
-# second judge (UnifiedReward beside CaC) doubles it: about 10 minutes with the VAE decode, which is
-# all of NCCL's own default (600 s). torch's default for gloo is the same 30 minutes.
+# took 6.94 s/video with a cold compile (222 s), and every new batch size compiles again (70-160 s); a
+# second judge (UnifiedReward beside CaC) about doubles it (not measured): some 450 s before the VAE
+# decode, most of NCCL's own default (600 s). torch's default for gloo is the same 30 minutes.
 DEFAULT_TIMEOUT_S = 1800.0
 
 log = logging.getLogger(__name__)
