@@ -44,10 +44,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _backend_errors() -> tuple[type[BaseException], ...]:
     # RewardError: a reward's refusal (invalid: fail, a step with no valid sample; BackendFailure
     # is one): the job stops with its reason, in one line
+    # CollectiveTimeout: a collective that waited longer than parallel.timeout_s, named in its line
+    from cac_align.gen.parallel import CollectiveTimeout
     from cac_align.rewards.base import RewardError
     from cac_align.vlm.openai import ServerDown, ServerUnavailableError
 
-    return (RewardError, ServerUnavailableError, ServerDown)
+    return (RewardError, ServerUnavailableError, ServerDown, CollectiveTimeout)
 
 
 def _build_parser() -> argparse.ArgumentParser:

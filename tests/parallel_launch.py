@@ -24,6 +24,13 @@ Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_NO_CP_SCALE=1``: the loss is not multiplied by the context-parallel degree;
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
 
+Faults (flow-grpo), each at the start of step index S on process R:
+- ``CAC_TEST_KILL=R:S``: R SIGKILLs itself, in torchrun's first round only
+  (``TORCHELASTIC_RESTART_COUNT`` 0), as a preempted or OOM-killed process dies: no exception, no
+  cleanup; ``record<rank>.json`` says which round wrote it and which steps that round ran;
+- ``CAC_TEST_STALL=R:S:SECONDS``: R sleeps SECONDS (a slow judge, a stuck process) while the
+  others wait in a collective.
+
 Test-only workaround (not in the product): diffusers 0.42.1's ``ModelMixin._resolve_parallel_config``
 computes ``rank % torch.accelerator.device_count()``, which divides by zero on a machine with no
 accelerator; here ``torch.accelerator.device_count`` answers 1 on such a machine, so diffusers'
@@ -32,7 +39,9 @@ context parallel runs on the CPU with gloo (docs/flow_grpo.md, "Sharding and lon
 
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -73,7 +82,25 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
         largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
         trainable_types=sorted({type(p).__name__ for p in denoiser.parameters() if p.requires_grad}),
         frozen_with_grad=sum(p.grad is not None for p in frozen),
+        group_timeouts_s=sorted({_timeout_s(g) for g in _groups(self)}),
     )
+
+
+def _groups(layout):
+    """Every process group the layout uses: the world, the context-parallel mesh's, the leaders' (none
+    on one process without sharding)."""
+    if not torch.distributed.is_initialized():
+        return []
+    groups = [torch.distributed.group.WORLD]
+    if layout.cp_mesh is not None:
+        groups += [layout.cp_mesh.get_group(name) for name in layout.cp_mesh.mesh_dim_names]
+    if layout.leaders is not None and torch.distributed.get_rank(layout.leaders) >= 0:
+        groups.append(layout.leaders)
+    return groups
+
+
+def _timeout_s(group) -> float:
+    return group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 
 
 parallel.Layout.apply = _apply_and_record
@@ -134,6 +161,22 @@ if job == "flow-grpo":
         return build_reward(section, where)
 
     flow_grpo.build_reward = counting
+
+    # the steps this process ran (a restarted one: from its checkpoint on), and the faults the tests inject
+    kill, stall = os.environ.get("CAC_TEST_KILL"), os.environ.get("CAC_TEST_STALL")
+    first_round = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    record.update(restart_round=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")), steps=[])
+    step_of = flow_grpo._Trainer.train_step
+
+    def faulty_step(self, step):
+        record["steps"].append(step)
+        if kill and [int(x) for x in kill.split(":")] == [rank, step] and first_round:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if stall and [int(x) for x in stall.split(":")[:2]] == [rank, step]:
+            time.sleep(float(stall.split(":")[2]))
+        return step_of(self, step)
+
+    flow_grpo._Trainer.train_step = faulty_step
 else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
 

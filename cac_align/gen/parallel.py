@@ -3,7 +3,10 @@ the whole generator on every process: today's default), FSDP2 sharding of the ge
 (one unit per transformer block), and context parallel (one video's tokens split over a group of
 processes, through diffusers' own ``enable_parallelism``, Ulysses).
 
-The jobs (``flow-grpo``, ``dpo``) call :func:`layout_for` once in their setup, before anything loads,
+The jobs (``flow-grpo``, ``dpo``) run under :func:`named_timeout` (a stuck collective stops them in one
+line naming ``parallel.timeout_s``), call :func:`connect_processes` before accelerate's ``Accelerator``
+(the process group with the timeout, reconnecting after a torchrun restart), :func:`layout_for` once in
+their setup, before anything loads,
 and :meth:`Layout.apply` once the LoRA is on the transformers, and then use the :class:`Layout`: which samples this process takes (its data-parallel rank), whether it
 decodes and scores them (the first rank of its context-parallel group does), how to gather numbers,
 how to take a clipped optimizer step and where the LoRA's full tensors come from. A job never learns
@@ -27,7 +30,11 @@ DDP) average over all ``dp * cp`` ranks, so the loss is multiplied by ``cp``
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,10 +43,21 @@ import torch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_context_parallel", "check_layout", "family_blocks", "fsdp_units", "layout_for", "own_view_outputs",
+__all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "CollectiveTimeout", "Layout", "ParallelSettings", "check_context_parallel", "check_layout",
+           "collective_timed_out", "connect_processes", "family_blocks", "fsdp_units", "layout_for", "named_timeout", "own_view_outputs",
            "setup_parallel"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
+# parallel.timeout_s's default (ParallelSettings): 30 minutes, about four times the longest wait we can foresee
+# in a real run. Under context parallel the other processes of a group wait in a gather while their
+# leader decodes and scores the group's videos; on the first step the judge's static cache also
+# compiles. On an H100 (ENVIRONMENT.md, 2026-11-23 and -26) CaC's first pass over a batch of 32 videos
+# took 6.94 s/video with a cold compile (222 s), and every new batch size compiles again (70-160 s); a
+# second judge (UnifiedReward beside CaC) about doubles it (not measured): some 450 s before the VAE
+# decode, most of NCCL's own default (600 s). torch's default for gloo is the same 30 minutes.
+DEFAULT_TIMEOUT_S = 1800.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,18 +77,31 @@ class ParallelSettings:
         encoder_on_device: keep the text encoder on the device between steps; false (the default
             with ``shard: fsdp2``, and a fix the memory plan may name for one GPU): it comes onto the
             device to encode a step's prompts and leaves it after. Null: true unless sharded.
+        timeout_s: how long one process waits in a collective (a gather, FSDP2's all-gather, a
+            barrier) for the others before the run fails with one line naming this setting
+            (:class:`CollectiveTimeout`). Every process group the run makes gets it. The default,
+            1800 s, covers a context-parallel leader's decode and first scoring, when the judge's
+            static cache compiles (:data:`DEFAULT_TIMEOUT_S`). It changes no sample: a resumed run
+            may change it.
     """
 
     shard: str = "none"
     context_parallel: int = 1
     reshard_after_forward: bool = True
     encoder_on_device: bool | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.shard not in PARALLEL_SHARDS:
             raise ValueError(f"parallel.shard must be one of {PARALLEL_SHARDS}, got {self.shard!r}")
         if self.context_parallel < 1:
             raise ValueError(f"parallel.context_parallel must be >= 1, got {self.context_parallel}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"parallel.timeout_s must be > 0 seconds, got {self.timeout_s}")
+
+    @property
+    def timeout(self) -> timedelta:
+        return timedelta(seconds=self.timeout_s)
 
     @property
     def active(self) -> bool:
@@ -382,7 +413,7 @@ def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
         # sharded on one process (a single GPU's peak on the sharded path; the tests): FSDP2 needs a
         # process group, and accelerate makes none for one process; a one-member group in memory
         backend = "nccl" if accelerator.device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1, timeout=settings.timeout)
         layout.own_group = True
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -391,10 +422,21 @@ def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
         layout.fsdp_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
     if layout.cp > 1:
         layout.cp_mesh = init_device_mesh(device_type, (layout.dp, 1, layout.cp), mesh_dim_names=("dp", "ring", "ulysses"))
+        for name in layout.cp_mesh.mesh_dim_names:  # a mesh's own groups take torch's default timeout, not the world's
+            _set_timeout(layout.cp_mesh.get_group(name), settings.timeout)
         # every process takes part in making the group (torch.distributed's rule); only leaders use it
         leader_ranks = [d * layout.cp for d in range(layout.dp)]
-        layout.leaders = torch.distributed.new_group(ranks=leader_ranks)
+        layout.leaders = torch.distributed.new_group(ranks=leader_ranks, timeout=settings.timeout)
     return layout
+
+
+def _set_timeout(group: Any, timeout: timedelta) -> None:
+    """``group``'s collectives wait ``timeout`` (torch's ``set_timeout``, or the private
+    ``_set_pg_timeout`` of a torch without it)."""
+    from torch.distributed import distributed_c10d
+
+    setter = getattr(distributed_c10d, "set_timeout", None) or distributed_c10d._set_pg_timeout
+    setter(timeout, group)
 
 
 def setup_parallel(accelerator: Accelerator, settings: ParallelSettings, denoiser: Any, family: Any, pipe: Any = None) -> Layout:
@@ -402,6 +444,100 @@ def setup_parallel(accelerator: Accelerator, settings: ParallelSettings, denoise
     layout = layout_for(accelerator, settings)
     layout.apply(denoiser, family, pipe, accelerator.device)
     return layout
+
+
+# ---------------------------------------------------------------------------------------
+# Connecting the processes: a restarted group, and how long a collective may wait
+# ---------------------------------------------------------------------------------------
+class CollectiveTimeout(RuntimeError):
+    """A collective waited longer than ``parallel.timeout_s`` for another process; the message is
+    one line naming the setting, this process and what torch said."""
+
+
+def connect_processes(settings: ParallelSettings, cpu: bool) -> list[Any]:
+    """Connect this process to the others of its launch before accelerate would, and return the
+    ``kwargs_handlers`` entry that gives accelerate ``parallel.timeout_s`` where it connects them
+    itself (call before ``Accelerator(...)``, on every process).
+
+    Launched by torchrun (or ``accelerate launch``, which runs torchrun's agent) with two processes
+    or more on gloo or NCCL, the default process group is made here, with ``parallel.timeout_s``, on
+    the agent's store under a prefix of the restart round (``TORCHELASTIC_RESTART_COUNT``). Why:
+    torchrun's agent keeps one store for the whole launch and hands it to every round of workers
+    (torch 2.14: ``StaticTCPRendezvous.next_rendezvous`` makes its ``TCPStore`` once;
+    ``DynamicRendezvousHandler.next_rendezvous`` reuses its shared store server; workers reach it as
+    clients, ``rendezvous._create_c10d_store``). A group restarted by ``--max-restarts`` then reads
+    the killed round's addresses under the same keys (gloo: ``Gloo connectFullMesh failed ...
+    Connection refused``; NCCL's unique id the same way) and dies. torch keyed the workers' store by
+    the restart count itself once (``/worker/attempt_N``) and dropped it, because the count is each
+    node's own (pytorch#135712): one node restarts its workers for a failure and another for the
+    new round. So the prefix holds on one node; on several, launch with ``--rdzv-backend c10d`` and
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (each round's first worker then serves a new store, and
+    no prefix is needed; a warning says so at the start of such a launch).
+    """
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = [InitProcessGroupKwargs(timeout=settings.timeout)]
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    if torch.distributed.is_initialized() or world < 2 or not all(k in env for k in ("RANK", "MASTER_ADDR", "MASTER_PORT")):
+        return handlers  # one process, or a launch of another kind: accelerate connects them (with the timeout)
+    # the backend accelerate would pick (its PartialState._prepare_backend); others (MPI) are left to it
+    if cpu and not torch.distributed.is_mpi_available():
+        backend = "gloo"
+    elif not cpu and torch.cuda.is_available():
+        backend = "nccl"
+    else:
+        return handlers
+    store, rank, world = next(torch.distributed.rendezvous("env://", int(env["RANK"]), world, timeout=settings.timeout))
+    store.set_timeout(settings.timeout)
+    prefix = "default_pg"  # what init_process_group itself puts before its keys
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # the agent's store, kept over the rounds
+        prefix += f"/restart_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        if int(env.get("GROUP_WORLD_SIZE", "1")) > 1 and int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and rank == 0:
+            log.warning("torchrun --max-restarts on %s nodes with the agent's shared store: a restart may not reconnect (each node counts its "
+                        "own restarts); launch with --rdzv-backend c10d and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/flow_grpo.md, "
+                        "'Long runs')", env.get("GROUP_WORLD_SIZE"))
+    torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(prefix, store), rank=rank, world_size=world,
+                                         timeout=settings.timeout)
+    return handlers
+
+
+# What torch raises in a process whose collective outlived its group's timeout (torch 2.14):
+# gloo: "[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for recv operation
+# to complete" (send alike), measured on this CPU; NCCL (ProcessGroupNCCL.cpp): "... timed out in
+# blocking wait" under TORCH_NCCL_BLOCKING_WAIT=1, and the watchdog's "Watchdog caught collective
+# operation timeout: WorkNCCL(..., Timeout(ms)=...)" where it reaches Python (by default the
+# watchdog tears the process down itself, after logging that line); a store wait (a barrier
+# through the store, a group's set-up): "wait timeout after ...ms".
+_TIMEOUT_PATTERNS = re.compile(r"Timed out waiting \d+ms for (send|recv) operation|timed out in blocking wait|"
+                               r"Watchdog caught collective operation timeout|wait timeout after \d+ms")
+
+
+def collective_timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is torch's report of a collective (or a store wait) that outlived its timeout."""
+    return isinstance(error, RuntimeError) and not isinstance(error, CollectiveTimeout) and bool(_TIMEOUT_PATTERNS.search(str(error)))
+
+
+@contextlib.contextmanager
+def named_timeout(settings: ParallelSettings):
+    """Run a trainer (its setup, loop and cleanup) so that a collective that waited longer than
+    ``parallel.timeout_s`` stops it with a :class:`CollectiveTimeout`: one line naming the setting,
+    this process and torch's own words (the original chained as its cause)."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not collective_timed_out(error):
+            raise
+        if torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        said = " ".join(str(error).split())
+        said = said if len(said) <= 200 else said[:197] + "..."
+        raise CollectiveTimeout(
+            f"a collective waited longer than parallel.timeout_s={settings.timeout_s:g} s on process {rank} of {world} ({said}): another "
+            "process did not reach it in time; if that process is slow (a judge's first scoring compiles for minutes, a big model "
+            "loads), raise parallel.timeout_s; if it stopped, its own error says why") from error
 
 
 # ---------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generat
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory
-from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for, layout_state
+from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
+                                   named_timeout)
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
@@ -82,7 +83,7 @@ log = logging.getLogger(__name__)
 DPO_OUTPUTS = ("pairs.json", "latents", "checkpoints", "lora", "tensorboard", "wandb", "metrics.jsonl")
 # Settings that may change when a run is resumed (they change no update).
 RUN_ONLY_KEYS = ("out_dir", "steps", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_with", "generator.device",
-                 "memory_budget_gib")
+                 "memory_budget_gib", "parallel.timeout_s")
 
 
 def _localdpo_lora() -> LoraSettings:
@@ -323,12 +324,14 @@ class _Trainer:
             raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
                               "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
                               "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
+        # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel.py)
+        connected = connect_processes(config.parallel, cpu=config.generator.device == "cpu")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
             log_with=list(trackers_for(config.log_with)) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
-            kwargs_handlers=ddp_kwargs_handlers(config.generator.name, config.lora),
+            kwargs_handlers=[*(ddp_kwargs_handlers(config.generator.name, config.lora) or []), *connected],
         )
         acc = self.accelerator
         # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
@@ -412,7 +415,8 @@ class _Trainer:
             log.warning("resume=true but %s has no checkpoint yet: starting from step 0", self.out)
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
-        start_trackers(acc, config.log_with, "dpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        start_trackers(acc, config.log_with, "dpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                       resume_step=self.start_step)
         acc.wait_for_everyone()
 
     # -- the loop ----------------------------------------------------------------------
@@ -535,9 +539,10 @@ def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray],
     """
     trainer = _Trainer(config, pipe=pipe, encode=encode)
     try:
-        trainer.setup()
-        last = trainer.train()
-        trainer.cleanup()
+        with named_timeout(config.parallel):  # a stuck collective: one line naming parallel.timeout_s
+            trainer.setup()
+            last = trainer.train()
+            trainer.cleanup()
     finally:
         if getattr(trainer, "layout", None) is not None:
             trainer.layout.close()  # a one-process group of a sharded run on one process

@@ -70,7 +70,8 @@ from cac_align.gen.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory, guided_rows
-from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for, layout_state
+from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
+                                   named_timeout)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, sample_with_log_probs, video_velocity
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
@@ -108,6 +109,7 @@ RUN_ONLY_KEYS = (
     "store_latents_on_cpu",
     "memory_budget_gib",
     "generator.device",
+    "parallel.timeout_s",
 )
 
 
@@ -521,12 +523,14 @@ class _Trainer:
             raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
                               "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
                               "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
+        # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel.py)
+        connected = connect_processes(config.parallel, cpu=config.generator.device == "cpu")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
             mixed_precision=config.mixed_precision,
             log_with=list(trackers_for(config.log_with)) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
-            kwargs_handlers=ddp_kwargs_handlers(config.generator.name, config.lora),
+            kwargs_handlers=[*(ddp_kwargs_handlers(config.generator.name, config.lora) or []), *connected],
         )
         acc = self.accelerator
         # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
@@ -608,7 +612,8 @@ class _Trainer:
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         self.watched = self._watch_history()
-        start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                       resume_step=self.start_step)
         acc.wait_for_everyone()
 
     # -- the loop ----------------------------------------------------------------------
@@ -1011,13 +1016,14 @@ def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, 
     """
     trainer = _Trainer(config, reward=reward, pipe=pipe, decode=decode)
     try:
-        trainer.setup()
-        try:
-            last = trainer.train()
-        except BaseException:
-            trainer.pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        trainer.cleanup()
+        with named_timeout(config.parallel):  # a stuck collective: one line naming parallel.timeout_s
+            trainer.setup()
+            try:
+                last = trainer.train()
+            except BaseException:
+                trainer.pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            trainer.cleanup()
     finally:
         if getattr(trainer, "layout", None) is not None:
             trainer.layout.close()  # a one-process group of a sharded run on one process

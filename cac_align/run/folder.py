@@ -84,7 +84,9 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE},
                   # the generator trainers' parallel section (#78): at its defaults, plain data parallel as before
                   "parallel.shard": "none", "parallel.context_parallel": 1, "parallel.reshard_after_forward": True,
-                  "parallel.encoder_on_device": None}
+                  "parallel.encoder_on_device": None,
+                  # parallel.timeout_s (gen/parallel.py DEFAULT_TIMEOUT_S): run-only in both trainers too, so a resumed run may change it
+                  "parallel.timeout_s": 1800.0}
 # Sections added later whose every setting is in LATER_DEFAULTS: left out when nothing is left in them.
 LATER_SECTIONS = ("parallel",)
 # Settings whose default changed after run folders recorded the old one: at the new default they
@@ -108,9 +110,6 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == default:
             node.pop(leaf)
-    for section in LATER_SECTIONS:
-        if data.get(section) == {}:
-            data.pop(section)
     for dotted, (now, before) in EARLIER_DEFAULTS.items():
         *parents, leaf = dotted.split(".")
         node = data
@@ -125,6 +124,9 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+    for section in LATER_SECTIONS:  # after the run-only keys: a section left with none of its settings
+        if data.get(section) == {}:
+            data.pop(section)
     return data
 
 

@@ -59,15 +59,23 @@ def trackers_for(log_with: str, key: str = "log_with") -> tuple[str, ...]:
     return names
 
 
-def start_trackers(accelerator: Accelerator, log_with: str, project: str, run_name: str, out: str | Path, config: dict[str, Any]) -> None:
+def start_trackers(accelerator: Accelerator, log_with: str, project: str, run_name: str, out: str | Path, config: dict[str, Any],
+                   resume_step: int = 0) -> None:
     """Start the run's trackers (call on every process; accelerate starts them on the main one):
     TensorBoard under the accelerator's logging dir, Weights & Biases with ``run_name``, the whole
     resolved ``config`` and its files under ``out/wandb``, in the W&B project ``project``
     (``WANDB_ENTITY``, ``WANDB_MODE`` etc. apply as usual). TensorBoard gets no hparams: its
-    hparams table takes flat scalars only."""
+    hparams table takes flat scalars only.
+
+    ``resume_step``: the step of the checkpoint a resumed run starts from. TensorBoard then drops what
+    the stopped run logged after it (``SummaryWriter(purge_step=resume_step + 1)``: the killed run's
+    last steps, which this run logs again), as ``metrics.jsonl`` does (:func:`~cac_align.run.folder.keep_log_steps`)."""
     names = trackers_for(log_with)
     if names:
-        accelerator.init_trackers(project, init_kwargs={"wandb": {"name": run_name, "config": config, "dir": str(out)}} if "wandb" in names else {})
+        init_kwargs: dict[str, Any] = {"wandb": {"name": run_name, "config": config, "dir": str(out)}} if "wandb" in names else {}
+        if resume_step and "tensorboard" in names:
+            init_kwargs["tensorboard"] = {"purge_step": resume_step + 1}
+        accelerator.init_trackers(project, init_kwargs=init_kwargs)
 
 
 def flush_wandb() -> None:

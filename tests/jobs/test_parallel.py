@@ -35,15 +35,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(job: str, recipe: Path, out: Path, *overrides: str, processes: int = 1, env: dict | None = None) -> Path:
-    """Run tests/parallel_launch.py on ``processes`` processes (1: plain python) and return ``out``."""
+def torchrun(script: Path, *args: str, processes: int = 1, max_restarts: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``script`` on ``processes`` processes (1: plain python; more: torchrun, restarting the group
+    up to ``max_restarts`` times) and return the finished process, whatever its status."""
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1:
-        command = [sys.executable, str(LAUNCH)]
+        command = [sys.executable, str(script)]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port()), str(LAUNCH)]
-    done = subprocess.run(command + [job, str(recipe), str(out), *overrides], env=environment, capture_output=True, text=True, timeout=600,
-                          cwd=REPO_ROOT)
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port()),
+                   "--max-restarts", str(max_restarts), str(script)]
+    return subprocess.run(command + list(args), env=environment, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+
+
+def launch(job: str, recipe: Path, out: Path, *overrides: str, processes: int = 1, max_restarts: int = 0, env: dict | None = None) -> Path:
+    """Run tests/parallel_launch.py on ``processes`` processes (1: plain python) and return ``out``."""
+    done = torchrun(LAUNCH, job, str(recipe), str(out), *overrides, processes=processes, max_restarts=max_restarts, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return out
 
@@ -235,10 +241,12 @@ def test_context_parallel_equals_one_process_and_its_controls_fail(one_process, 
     """2 processes sharing each video's tokens (and the sharded generator): the same samples, gradient
     norm and LoRA as one process. Controls: without the loss x cp the gradient is half; one process of
     the group drawing other noise gives other samples."""
-    cp = ("steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2")
+    cp = ("steps=1", "checkpoint_every=1", "parallel.shard=fsdp2", "parallel.context_parallel=2", "parallel.timeout_s=600")
     out = launch("flow-grpo", BRIGHTNESS, tmp_path / "cp", *cp, processes=2)
     assert [r["cp_rank"] for r in records(out, 2)] == [0, 1]
     assert [r["rewards_built"] for r in records(out, 2)] == [["reward"], []]  # the leader scores: only it builds the reward
+    # every group waits parallel.timeout_s: the world, the context-parallel mesh's, the leaders' (torch's default: 1800 s)
+    assert [r["group_timeouts_s"] for r in records(out, 2)] == [[600.0], [600.0]]
     assert_sharded(records(out, 2)[0], 2)
     want = metrics(one_process)[0]
     assert metrics(out)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-4)
@@ -392,3 +400,126 @@ def test_a_sharded_unit_returns_no_view_and_its_gradients_are_one_process(own):
     views = [w for w in caught if "returned a view tensor" in str(w.message)]
     assert (len(views) == 0) if own else (len(views) >= 1)
     assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: a collective that waits too long, a process killed mid-run (docs/flow_grpo.md, "Long runs")
+# ---------------------------------------------------------------------------------------------
+def test_parallel_timeout_is_a_run_only_setting_that_reaches_the_group(tmp_path):
+    from cac_align.jobs.flow_grpo import RUN_ONLY_KEYS
+    from cac_align.run.folder import config_fingerprint
+
+    with pytest.raises(ValueError, match="parallel.timeout_s must be > 0"):
+        ParallelSettings(timeout_s=0)
+    # it changes no sample: a run folder of before it, or of another timeout, resumes
+    assert "parallel" not in config_fingerprint(brightness_config(tmp_path, "parallel.timeout_s=60"), RUN_ONLY_KEYS)
+    assert config_fingerprint(brightness_config(tmp_path, "parallel.shard=fsdp2", "parallel.timeout_s=60"), RUN_ONLY_KEYS)["parallel"] == {"shard": "fsdp2"}
+
+    class OneCpu:  # what layout_for reads of an Accelerator
+        num_processes, process_index, device = 1, 0, torch.device("cpu")
+
+    layout = layout_for(OneCpu(), ParallelSettings(shard="fsdp2", timeout_s=42))  # the group a sharded run makes on one process
+    try:
+        assert torch.distributed.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds() == 42
+    finally:
+        layout.close()
+
+
+def test_a_collective_that_outwaits_its_timeout_fails_in_one_line_naming_the_setting():
+    """A real gloo timeout: two ranks of a group in two threads, one gathering while the other never comes."""
+    import threading
+    from datetime import timedelta
+
+    from cac_align.gen.parallel import CollectiveTimeout, named_timeout
+
+    store, groups = torch.distributed.HashStore(), [None, None]
+
+    def connect(rank):
+        groups[rank] = torch.distributed.ProcessGroupGloo(store, rank, 2, timeout=timedelta(seconds=1))
+
+    threads = [threading.Thread(target=connect, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with pytest.raises(CollectiveTimeout) as failed:
+        with named_timeout(ParallelSettings(timeout_s=1)):
+            groups[0].allreduce([torch.ones(1)]).wait()
+    message = str(failed.value)
+    assert "\n" not in message and isinstance(failed.value, RuntimeError)
+    assert message.startswith("a collective waited longer than parallel.timeout_s=1 s on process 0 of 1 (") and "raise parallel.timeout_s" in message
+    assert "Timed out waiting 1000ms" in message  # gloo's own words, kept
+    with pytest.raises(RuntimeError, match="^something else$"):  # any other error passes through as it was
+        with named_timeout(ParallelSettings()):
+            raise RuntimeError("something else")
+
+
+RESTART = """
+import os, signal, sys, time, torch
+from datetime import timedelta
+from cac_align.gen.parallel import ParallelSettings, connect_processes
+rank, round_ = int(os.environ["RANK"]), os.environ["TORCHELASTIC_RESTART_COUNT"]
+if rank == 1 and round_ == "1":
+    time.sleep(3)  # rank 0 of the new round reaches the store first (without this, who reads whose key first is a race)
+if sys.argv[1] == "ours":
+    connect_processes(ParallelSettings(timeout_s=60), cpu=True)
+else:  # what accelerate's Accelerator() does (bounded: it may also hang)
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=30))
+total = torch.ones(1)
+torch.distributed.all_reduce(total)
+if rank == 1 and round_ == "0":
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.distributed.barrier()
+timeout = torch.distributed.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+print(f"round {round_} rank {rank}: sum {total.item():g}, timeout {timeout:g} s")
+"""
+
+
+@pytest.mark.slow
+def test_a_restarted_group_reconnects_through_connect_processes_and_not_without(tmp_path):
+    """The cause (gen/parallel.py connect_processes): torchrun's agent keeps its store over the rounds,
+    and a restarted group that connects as torch does by itself reads the killed round's addresses."""
+    script = tmp_path / "restart.py"
+    script.write_text(RESTART)
+    ours = torchrun(script, "ours", processes=2, max_restarts=1)
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    assert sorted(line for line in ours.stdout.splitlines() if line.startswith("round")) == [
+        "round 1 rank 0: sum 2, timeout 60 s", "round 1 rank 1: sum 2, timeout 60 s"]  # parallel.timeout_s reached the group
+    plain = torchrun(script, "plain", processes=2, max_restarts=1)  # control: torch's own connection
+    assert plain.returncode != 0 and "round 1" not in plain.stdout, plain.stdout + plain.stderr[-3000:]
+    assert "connectFullMesh failed" in plain.stderr  # rank 0 dialled the killed rank 1's address
+
+
+@pytest.mark.slow
+def test_a_stalled_process_fails_the_run_within_parallel_timeout_s_in_one_line(tmp_path):
+    """Process 1 stalls for 300 s at the start of step 0; with parallel.timeout_s=5 process 0 stops in
+    FSDP2's first all-gather with one line naming the setting, and the launch ends long before the stall would."""
+    import time
+
+    start = time.monotonic()
+    done = torchrun(LAUNCH, "flow-grpo", str(BRIGHTNESS), str(tmp_path / "run"), "steps=1", "checkpoint_every=0", "eval_prompts=null",
+                    "parallel.shard=fsdp2", "parallel.timeout_s=5", processes=2, env={"CAC_TEST_STALL": "1:0:300"})
+    assert done.returncode != 0
+    assert time.monotonic() - start < 300
+    lines = [line for line in done.stderr.splitlines() if "CollectiveTimeout: " in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert "a collective waited longer than parallel.timeout_s=5 s on process 0 of 2 (" in lines[0] and "raise parallel.timeout_s" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_process_killed_in_step_3_restarts_and_the_run_ends_as_an_uninterrupted_one(tmp_path):
+    """torchrun --max-restarts 1, process 1 SIGKILLed at the start of step 3 (index 2) of a sharded
+    3-step run with a checkpoint after every step: the restarted group resumes from the latest checkpoint
+    (step 2: it runs step index 2 only), its LoRA equals an uninterrupted run's, and metrics.jsonl holds
+    each step once (the killed round logged none of step 3, or keep_log_steps dropped it)."""
+    common = ("steps=3", "checkpoint_every=1", "eval_prompts=null", "parallel.shard=fsdp2")
+    killed = launch("flow-grpo", BRIGHTNESS, tmp_path / "killed", *common, "resume=true", processes=2, max_restarts=1,
+                    env={"CAC_TEST_KILL": "1:2"})
+    assert [(r["restart_round"], r["steps"]) for r in records(killed, 2)] == [(1, [2]), (1, [2])]
+    assert [row["step"] for row in metrics(killed)] == [1, 2, 3]
+    assert not list((killed / "checkpoints").glob(".tmp_*"))
+    whole = launch("flow-grpo", BRIGHTNESS, tmp_path / "whole", *common, processes=2)
+    for name in (LORA, "checkpoints/step_000003/model.safetensors", "checkpoints/step_000003/optimizer.safetensors"):
+        assert_same_lora(killed / name, whole / name, tol=1e-6)
+    for got, want in zip(metrics(killed), metrics(whole), strict=True):
+        assert got["train/grad_norm"] == want["train/grad_norm"] and got["reward/mean"] == want["reward/mean"]

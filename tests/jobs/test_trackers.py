@@ -68,3 +68,33 @@ def test_train_cac_logs_to_wandb_offline(stage, cac_data, tmp_path, monkeypatch)
         assert text.encode() in data, text
     with pytest.raises(Exception, match="train.log_with must be one of"):
         load_recipe(REPO_ROOT / f"recipes/cac/{recipe}.yaml", [f"annotations={cac_data}", "train.log_with=mlflow"])
+
+
+def test_a_resumed_run_replaces_the_stopped_runs_later_steps_in_tensorboard(tmp_path):
+    """A run killed after logging step 3 but before its checkpoint resumes from step 2 and logs step 3
+    again: TensorBoard shows the new step 3 only (the writer's purge_step), as metrics.jsonl keeps each
+    step once. Control: without resume_step, step 3 is there twice."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cac_align.run.metrics import end_trackers, start_trackers
+
+    def logged(folder, resume_step):
+        def round_(steps, scale, resume):
+            acc = Accelerator(cpu=True, log_with=["tensorboard"],
+                              project_config=ProjectConfiguration(project_dir=str(folder), logging_dir=str(folder / "tensorboard")))
+            start_trackers(acc, "tensorboard", "run", "run", folder, {}, resume_step=resume)
+            for step in steps:
+                acc.log({"x": float(step * scale)}, step=step)
+            end_trackers(acc)
+
+        round_([1, 2, 3], 1, 0)  # killed after logging step 3, before its checkpoint
+        round_([3], 10, resume_step)  # resumed from the checkpoint of step 2
+        (events,) = {p.parent for p in (folder / "tensorboard").rglob("events.out.tfevents.*")}
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        return [(e.step, e.value) for e in accumulator.Scalars("x")]
+
+    assert logged(tmp_path / "resumed", 2) == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert logged(tmp_path / "control", 0) == [(1, 1.0), (2, 2.0), (3, 3.0), (3, 30.0)]
