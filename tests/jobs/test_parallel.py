@@ -82,6 +82,18 @@ def assert_sharded(record: dict, processes: int) -> None:
     assert record["trainable_types"] == ["DTensor"] and record["frozen_with_grad"] == 0
 
 
+def assert_loaded_once(processes: list[dict]) -> None:
+    """The generator's transformers came into one process's host memory, not every process's: the first
+    built them (a tiny pipeline) or read them from their safetensors files (a folder), their frozen base
+    whole, and they were whole in it when the sharding began; every other process built them empty and
+    read none of their bytes (its shards came from the first: gen/parallel.py, "Loading once")."""
+    first, *others = processes
+    assert first["transformer_bytes_built"] + first["transformer_bytes_read"] == first["frozen_bytes"] > 0
+    assert first["expert_bytes_before_shard"] > first["frozen_bytes"]  # the base and its LoRA
+    for record in others:
+        assert (record["transformer_bytes_built"], record["transformer_bytes_read"], record["expert_bytes_before_shard"]) == (0, 0, 0), record
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast: settings, refusals, the sharded path on one process
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +208,7 @@ def test_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(one_proce
     launch("flow-grpo", BRIGHTNESS, out, "steps=2", "checkpoint_every=1", EVAL, "parallel.shard=fsdp2", "resume=true", processes=2)
     for record in records(out, 2):
         assert_sharded(record, 2)
+    assert_loaded_once(records(out, 2))  # the tiny Wan built by the first process alone, its weights sent to the other
     # the sampled log-probs (the noise each sample drew: the seeds reach the right samples): step 0 from the
     # first launch, step 1 from the resumed one (8 samples a step, 4 a process); what the model computed
     # is in the gradient norms, rewards and LoRA below
@@ -269,18 +282,29 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, extra", [
-    # both experts, each sharded; gradient checkpointing inside the units, as the real recipes run
-    ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2")),
-    ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2")),  # with its audio stream
-], ids=["wan22-a14b-both-experts", "ltx2-audio-cp2"])
-def test_the_big_families_sharded_equal_one_process(recipe, extra, tmp_path):
+@pytest.mark.parametrize("recipe, extra, saved", [
+    # both experts, each sharded; gradient checkpointing inside the units, as the real recipes run; the
+    # tiny A14B saved to a folder (save_pretrained) and named by its path, so its transformers are read
+    # from their safetensors files, as a real run reads them
+    ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"), "tiny-random:wan22-a14b"),
+    ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2"), None),  # with its audio stream
+], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2"])
+def test_the_big_families_sharded_equal_one_process(recipe, extra, saved, tmp_path):
     toy = {"CAC_TEST_REWARD": "brightness"}
-    common = ("steps=1", "eval_prompts=null", *[e for e in extra if not e.startswith("parallel.")])
+    common = ["steps=1", "eval_prompts=null", *[e for e in extra if not e.startswith("parallel.")]]
+    if saved:
+        from cac_align.gen.family import family_of
+
+        family_of(saved).build_tiny(saved, seed=0).save_pretrained(tmp_path / "model")
+        common.append(f"generator.name={tmp_path / 'model'}")
     one = launch("flow-grpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / "one", *common, env=toy)
     two = launch("flow-grpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / "two", *common, *[e for e in extra if e.startswith("parallel.")],
                  processes=2, env=toy)
     assert_sharded(records(two, 2)[0], 2)
+    assert_loaded_once(records(two, 2))
+    if saved:  # read from the folder's files (both experts), not built
+        assert records(two, 2)[0]["transformer_bytes_read"] == records(two, 2)[0]["frozen_bytes"]
+        assert records(two, 2)[0]["units"] == [3, 3]
     assert metrics(two)[0]["train/grad_norm"] == pytest.approx(metrics(one)[0]["train/grad_norm"], rel=1e-4)
     assert metrics(two)[0]["train/ratio_mean"] == pytest.approx(1.0, abs=1e-6)  # LTX-2 with CP: measured 7e-8 off
     for name in sorted(p.name for p in (one / "lora").glob("*.safetensors")):
@@ -304,6 +328,7 @@ def test_dpo_sharded_and_context_parallel_equal_one_process(repaired, tmp_path):
     for recipe in ("dpo_tiny_fsdp2.yaml", "dpo_tiny_cp2.yaml"):
         two = launch("dpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / recipe, *common, processes=2)
         assert_sharded(records(two, 2)[0], 2)
+        assert_loaded_once(records(two, 2))
         for got, want in zip(metrics(two), metrics(one), strict=True):
             assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-6)
             assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-5)
@@ -325,6 +350,7 @@ def test_dpo_on_both_sharded_experts_equals_one_process(tmp_path):
     one = launch("dpo", recipe, tmp_path / "one", *common)
     two = launch("dpo", recipe, tmp_path / "two", *common, "parallel.shard=fsdp2", processes=2)
     assert_sharded(records(two, 2)[0], 2)
+    assert_loaded_once(records(two, 2))  # both experts built by the first process alone
     assert records(two, 2)[0]["units"] == [3, 3]  # both experts sharded: 2 blocks + the root each
     for got, want in zip(metrics(two), metrics(one), strict=True):
         assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-5)
