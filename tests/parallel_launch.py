@@ -26,6 +26,7 @@ accelerator; here ``torch.accelerator.device_count`` answers 1 on such a machine
 context parallel runs on the CPU with gloo (docs/flow_grpo.md, "Sharding and long videos").
 """
 
+import functools
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ def _real_bytes(tensors):
 def _counting_init(cls):
     init = cls.__init__
 
+    @functools.wraps(init)  # diffusers' from_config reads the signature of __init__
     def counted(self, *args, **kwargs):
         init(self, *args, **kwargs)
         if loading["on"] and type(self) is cls:
