@@ -188,6 +188,59 @@ def test_sharded_on_one_process_equals_data_parallel_and_resumes_exactly(tmp_pat
     assert all(torch.equal(b[k], c[k]) for k in b)
 
 
+def _same_modules(got, want) -> bool:
+    a, b = got.state_dict(), want.state_dict()
+    return set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_other_processes_build_the_transformers_of_a_folder_empty_without_their_files(tmp_path):
+    """What a sharded run's processes other than the first load (gen/parallel.py, "Loading once"): the
+    transformers from their config.json on the meta device, in the recipe's dtype and eval mode, the rest
+    as a whole load gives it. Their weight files are deleted first: nothing of them is read."""
+    from cac_align.gen.generator import GeneratorConfig, build_generator
+    from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline
+
+    build_tiny_wan22_a14b_pipeline(seed=0).save_pretrained(tmp_path / "model")
+    config = GeneratorConfig(name=str(tmp_path / "model"), dtype="bfloat16", device="cpu", height=32, width=32, num_frames=9)
+    whole = build_generator(config)
+    for weights in (tmp_path / "model").glob("transformer*/*.safetensors"):
+        weights.unlink()
+    empty = build_generator(config, empty_transformers=True)
+    for name in ("transformer", "transformer_2"):
+        got, want = empty.components[name], whole.components[name]
+        settings = [{k: v for k, v in m.config.items() if k != "_name_or_path"} for m in (got, want)]
+        assert type(got) is type(want) and settings[0] == settings[1] and not got.training
+        assert all(p.is_meta and p.dtype == torch.bfloat16 for p in got.parameters())
+        assert [(n, p.shape) for n, p in got.named_parameters()] == [(n, p.shape) for n, p in want.named_parameters()]
+    assert _same_modules(empty.text_encoder, whole.text_encoder) and _same_modules(empty.vae, whole.vae)
+    with pytest.raises(OSError):  # control: the whole load needs the files just deleted
+        build_generator(config)
+
+
+def test_a_tiny_pipeline_with_empty_transformers_draws_the_rest_as_the_whole_build():
+    """A tiny pipeline's other processes: its transformers on the meta device, the random state after each
+    taken up from the process that built it whole, so its text encoder, VAE and image encoder are that
+    process's bit for bit (the Wan2.2-I2V-A14B builder draws three transformers, one of them dropped).
+    Controls: another build's states give another VAE; states of another pipeline are refused."""
+    from cac_align.gen import tiny
+
+    with tiny.recording_transformer_draws() as states:
+        whole = tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0)
+    assert len(states) == 3
+    with tiny.transformers_on_meta(states):
+        empty = tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0)
+    for name in ("transformer", "transformer_2"):
+        assert all(p.is_meta for p in empty.components[name].parameters()) and not empty.components[name].training
+    assert _same_modules(empty.text_encoder, whole.text_encoder) and _same_modules(empty.vae, whole.vae)
+    with tiny.recording_transformer_draws() as other_states:
+        tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=1)
+    with tiny.transformers_on_meta(other_states):
+        assert not _same_modules(tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0).vae, whole.vae)
+    with pytest.raises(RuntimeError, match="not the same pipeline"):
+        with tiny.transformers_on_meta(states[:2]):
+            tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Slow: two and four processes against one
 # ---------------------------------------------------------------------------------------------
