@@ -307,6 +307,7 @@ def test_context_parallel_equals_one_process_and_its_controls_fail(one_process, 
     out = launch("flow-grpo", BRIGHTNESS, tmp_path / "cp", *cp, processes=2)
     assert [r["cp_rank"] for r in records(out, 2)] == [0, 1]
     assert_sharded(records(out, 2)[0], 2)
+    assert_loaded_once(records(out, 2))
     want = metrics(one_process)[0]
     assert metrics(out)[0]["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-4)
     # on-policy up to rounding: the split attention sums in another order than sampling's batch did (measured 4e-9)
@@ -331,6 +332,7 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
     assert [(r["dp_rank"], r["cp_rank"]) for r in records(out, 4)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     for record in records(out, 4):
         assert_sharded(record, 4)
+    assert_loaded_once(records(out, 4))
     assert metrics(out)[0]["train/grad_norm"] == pytest.approx(metrics(one_process)[0]["train/grad_norm"], rel=1e-4)
     assert torch.allclose(step_log_probs(out, 2, 2, 4, 0), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-5)
     assert_same_lora(out / "checkpoints/step_000001/model.safetensors", one_process / "checkpoints/step_000001/model.safetensors")
