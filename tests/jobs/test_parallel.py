@@ -375,15 +375,16 @@ def test_a_sharded_load_holds_what_one_process_loads_bit_for_bit(tmp_path):
     holds, gathered whole, with the generator loaded whole in that process the unsharded way: every
     parameter and buffer of each expert (the frozen base, the LoRA's seeded initial weights, the rope
     tables no state dict carries), its dtype (bf16 with diffusers' float32 modules), each module's mode,
-    and the text encoder and VAE. Cases: the tiny A14B saved to a folder, loaded in bf16 (both experts
-    read from files); LTX-2 and the Wan2.2-I2V-A14B built in-process (the I2V builder draws and drops a
+    and the text encoder and VAE. Cases: the tiny A14B and LTX-2 saved to folders, loaded in bf16 (read
+    from files); LTX-2 and the Wan2.2-I2V-A14B built in-process (the I2V builder draws and drops a
     third transformer). Measured controls (by hand): without the rope tables' broadcast the other
     process's rope differs; without the first process's dtypes the bf16 load fails on a mismatched
     collective; without the random state after each transformer the tiny VAEs differ."""
-    from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline
+    from cac_align.gen.tiny import build_tiny_ltx2_pipeline, build_tiny_wan22_a14b_pipeline
 
     build_tiny_wan22_a14b_pipeline(seed=0).save_pretrained(tmp_path / "a14b")
-    cases = [f"{tmp_path / 'a14b'}:bfloat16", "tiny-random:ltx2:float32", "tiny-random:wan22-i2v-a14b:float32"]
+    build_tiny_ltx2_pipeline(seed=0).save_pretrained(tmp_path / "ltx2")
+    cases = [f"{tmp_path / 'a14b'}:bfloat16", f"{tmp_path / 'ltx2'}:bfloat16", "tiny-random:ltx2:float32", "tiny-random:wan22-i2v-a14b:float32"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                str(REPO_ROOT / "tests/sharded_load_launch.py"), str(tmp_path), *cases]
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
