@@ -207,6 +207,8 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
     if config.lora is not None and not any((Path(config.lora) / name).is_file() for name in (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2)):
         raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
+    if empty_transformers and config.lora is not None:
+        raise ValueError(f"{key}.lora: a LoRA cannot be loaded into empty transformers (a trainer adds its own LoRA)")
     family = config.family
     if config.name in family.tiny_names:
         if empty_transformers:
