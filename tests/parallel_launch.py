@@ -6,7 +6,12 @@ test compares with one process.
 
 Each process writes into OUT:
 - ``record<rank>.json``: its layout (dp/cp ranks), the FSDP2 units per expert, the frozen base's
-  elements it holds locally and in all, the largest block's, and the trainable parameters' types;
+  elements it holds locally and in all (and its bytes), the largest block's, and the trainable
+  parameters' types; and what the generator's transformers brought into its host memory while it
+  loaded (``Layout.load_generator``): ``transformer_bytes_built`` (their parameters with real storage
+  when a transformer class was constructed: a tiny pipeline's), ``transformer_bytes_read`` (the tensors
+  read from a ``transformer*/`` safetensors file) and ``expert_bytes_before_shard`` (the bytes of the
+  experts' parameters with real storage when ``Layout.apply`` starts, the LoRA's included);
   flow-grpo: the reward sections it built (``rewards_built``);
 - ``logprobs<rank>.safetensors`` (flow-grpo): the log-probs of every trajectory it sampled, in order.
 
@@ -37,6 +42,7 @@ accelerator; here ``torch.accelerator.device_count`` answers 1 on such a machine
 context parallel runs on the CPU with gloo (docs/flow_grpo.md, "Sharding and long videos").
 """
 
+import functools
 import json
 import os
 import signal
@@ -67,6 +73,7 @@ _apply = parallel.Layout.apply
 def _apply_and_record(self, denoiser, family, pipe=None, device=None):
     from torch.distributed.tensor import DTensor
 
+    before = _real_bytes(denoiser.parameters())
     _apply(self, denoiser, family, pipe, device)
 
     def local(p):
@@ -79,6 +86,7 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
         units=[len(parallel.fsdp_units(e)) for e in denoiser.experts],
         blocks=[len(parallel.family_blocks(e, family)) for e in denoiser.experts],
         frozen_local=sum(local(p) for p in frozen), frozen_total=sum(p.numel() for p in frozen),
+        frozen_bytes=sum(p.numel() * p.element_size() for p in frozen), expert_bytes_before_shard=before,
         largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
         trainable_types=sorted({type(p).__name__ for p in denoiser.parameters() if p.requires_grad}),
         frozen_with_grad=sum(p.grad is not None for p in frozen),
@@ -104,6 +112,60 @@ def _timeout_s(group) -> float:
 
 
 parallel.Layout.apply = _apply_and_record
+
+
+# What the transformers bring into this process's host memory while the generator loads: a transformer
+# class constructed with real storage (a tiny pipeline's: diffusers' from_pretrained and from_config
+# under the meta device construct it empty), and the tensors read from a transformer's safetensors files
+# (diffusers reads each file through safetensors.torch.load_file).
+import diffusers  # noqa: E402
+import safetensors.torch  # noqa: E402
+
+loading = {"on": False, "built": 0, "read": 0}
+
+
+def _real_bytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if not t.is_meta)
+
+
+def _counting_init(cls):
+    init = cls.__init__
+
+    @functools.wraps(init)  # diffusers' from_config reads the signature of __init__
+    def counted(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if loading["on"] and type(self) is cls:
+            loading["built"] += _real_bytes(self.parameters())
+
+    cls.__init__ = counted
+
+
+for _cls in (diffusers.WanTransformer3DModel, diffusers.LTX2VideoTransformer3DModel):
+    _counting_init(_cls)
+_load_file = safetensors.torch.load_file
+
+
+def _counting_load_file(filename, *args, **kwargs):
+    tensors = _load_file(filename, *args, **kwargs)
+    if loading["on"] and Path(filename).parent.name.startswith("transformer"):
+        loading["read"] += _real_bytes(tensors.values())
+    return tensors
+
+
+safetensors.torch.load_file = _counting_load_file
+_load_generator = parallel.Layout.load_generator
+
+
+def _load_and_record(self, config, device):
+    loading.update(on=True, built=0, read=0)
+    try:
+        return _load_generator(self, config, device)
+    finally:
+        loading["on"] = False
+        record.update(transformer_bytes_built=loading["built"], transformer_bytes_read=loading["read"])
+
+
+parallel.Layout.load_generator = _load_and_record
 
 if job == "flow-grpo":
     from cac_align.jobs import flow_grpo

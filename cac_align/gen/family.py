@@ -196,8 +196,10 @@ class GeneratorFamily(Protocol):
     image_input: str
     last_image: bool
 
-    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
-        """The pipeline in ``source`` (a folder or hub id), safetensors only."""
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
+        """The pipeline in ``source`` (a folder or hub id), safetensors only; ``components``: modules
+        to take instead of loading them, by component name (diffusers' ``from_pretrained(...,
+        transformer=...)``; a sharded run's empty transformers)."""
         ...
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:

@@ -31,7 +31,9 @@ __all__ = [
     "VideoGenerator",
     "build_generator",
     "build_video_generator",
+    "empty_experts",
     "encode_conditioning",
+    "expert_components",
     "frames_to_uint8",
     "generate_videos",
     "load_lora",
@@ -189,8 +191,15 @@ class GeneratorConfig:
 # ---------------------------------------------------------------------------------------
 # Loading, LoRA
 # ---------------------------------------------------------------------------------------
-def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
-    """The pipeline ``config`` names, on its device, with its flow shift applied."""
+def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_transformers: bool = False) -> Any:
+    """The pipeline ``config`` names, on its device, with its flow shift applied.
+
+    ``empty_transformers``: the transformers (every expert: :func:`expert_components`) are built on
+    the meta device from their ``config.json``, in ``config.dtype``, and no weight of theirs is read;
+    everything else loads as before. A sharded run's processes other than the first load so, and
+    receive their shards from it (:meth:`cac_align.gen.parallel.Layout.load_generator`). A tiny
+    pipeline's transformers are built empty by :func:`cac_align.gen.tiny.transformers_on_meta`
+    instead (their random draws come from the process that built them whole)."""
     from cac_align.gen.synthetic import load_synthetic_generator
 
     if config.is_synthetic:
@@ -198,11 +207,16 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
     device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
     if config.lora is not None and not any((Path(config.lora) / name).is_file() for name in (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2)):
         raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
+    if empty_transformers and config.lora is not None:
+        raise ValueError(f"{key}.lora: a LoRA cannot be loaded into empty transformers (a trainer adds its own LoRA)")
     family = config.family
     if config.name in family.tiny_names:
-        pipe = family.build_tiny(config.name, seed=0).to(device)
+        if empty_transformers:
+            raise ValueError(f"{config.name} is built in-process: build it under cac_align.gen.tiny.transformers_on_meta for empty transformers")
+        pipe = _on_device(family.build_tiny(config.name, seed=0), device)
     else:
-        pipe = family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, key=f"{key}.name").to(device)
+        components = empty_experts(config, f"{key}.name") if empty_transformers else {}
+        pipe = _on_device(family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, key=f"{key}.name", components=components), device)
     if config.flow_shift is not None:
         # Flow-matching schedulers name the shift differently: UniPC (the Wan-2.1 checkpoints)
         # calls it flow_shift, FlowMatchEulerDiscrete calls it shift.
@@ -214,6 +228,56 @@ def build_generator(config: GeneratorConfig, key: str = "generator") -> Any:
     if config.lora is not None:
         load_lora(pipe, family, config.lora, scale=config.lora_scale, key=f"{key}.lora")
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# The pipeline components that hold a family's experts, high-noise first: what a sharded run shards
+# (the Wan2.2-A14B's two; LTX-2's one, its audio branch inside it)
+EXPERT_COMPONENTS = ("transformer", "transformer_2")
+
+
+def expert_components(family: Any) -> tuple[str, ...]:
+    """The names of ``family``'s transformers in its pipeline (``transformer``, and ``transformer_2``
+    for a two-expert family): what its denoiser runs."""
+    return EXPERT_COMPONENTS[: family.experts]
+
+
+def empty_experts(config: GeneratorConfig, key: str = "generator.name") -> dict[str, Any]:
+    """The transformers of the pipeline ``config`` names (a folder or hub id), each built from its own
+    ``config.json`` on the meta device (the class its ``model_index.json`` names), in ``config.dtype``
+    and in eval mode as ``from_pretrained`` returns it: their structure without a byte of their
+    weights, for diffusers' ``from_pretrained(..., transformer=...)`` to take instead of loading them."""
+    import diffusers
+    import torch
+
+    from cac_align.gen.family import read_model_index
+    from cac_align.loading import check_weights_source, resolve_dtype
+
+    source = check_weights_source(config.name, key)
+    index = read_model_index(source, key) or {}
+    modules = {}
+    for name in expert_components(config.family):
+        entry = index.get(name)
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1]):
+            raise RecipeError(f"{key}={config.name!r}: its model_index.json names no {name}, which {config.family.title} has")
+        cls = getattr(diffusers, entry[1])
+        with torch.device("meta"):
+            module = cls.from_config(cls.load_config(source, subfolder=name))
+        modules[name] = module.to(resolve_dtype(config.dtype)).eval()
+    return modules
+
+
+def _on_device(pipe: Any, device: Any) -> Any:
+    """``pipe`` on ``device``, its modules on the meta device (empty transformers) left there."""
+    import torch
+
+    modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    empty = {name for name, m in modules.items() if any(t.is_meta for t in m.parameters())}
+    if not empty:
+        return pipe.to(device)
+    for name, module in modules.items():
+        if name not in empty:
+            module.to(device)
     return pipe
 
 

@@ -160,15 +160,18 @@ class LTX2Family:
     last_image: bool = False
 
     # -- loading ------------------------------------------------------------------------
-    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None) -> Any:
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None,
+             components: Mapping[str, Any] | None = None) -> Any:
         """The pipeline in ``source`` (a folder or hub id), safetensors only; its VAEs and vocoder in
-        ``vae_dtype``."""
+        ``vae_dtype``. ``components``: modules to take instead of loading them (a sharded run's
+        empty transformer: :func:`cac_align.gen.generator.empty_experts`)."""
         _require_ltx2()
         import diffusers
 
         folder = check_weights_source(source, key)
         try:
-            pipe = getattr(diffusers, pipeline or self.pipeline_class).from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True)
+            pipe = getattr(diffusers, pipeline or self.pipeline_class).from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True,
+                                                                                       **(components or {}))
         except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
             raise weights_error(source, key, exc) from exc
         for name in ("vae", "audio_vae", "vocoder"):

@@ -6,11 +6,20 @@ processes, through diffusers' own ``enable_parallelism``, Ulysses).
 The jobs (``flow-grpo``, ``dpo``) run under :func:`named_timeout` (a stuck collective stops them in one
 line naming ``parallel.timeout_s``), call :func:`connect_processes` before accelerate's ``Accelerator``
 (the process group with the timeout, reconnecting after a torchrun restart), :func:`layout_for` once in
-their setup, before anything loads,
-and :meth:`Layout.apply` once the LoRA is on the transformers, and then use the :class:`Layout`: which samples this process takes (its data-parallel rank), whether it
+their setup, before anything loads, :meth:`Layout.load_generator` for the pipeline, and
+:meth:`Layout.apply` once the LoRA is on the transformers, and then use the :class:`Layout`: which samples this process takes (its data-parallel rank), whether it
 decodes and scores them (the first rank of its context-parallel group does), how to gather numbers,
 how to take a clipped optimizer step and where the LoRA's full tensors come from. A job never learns
 which parallelism was applied (CONVENTIONS.md, "Parallelism is applied to a model").
+
+Loading once. Sharded over several processes, only the first (global rank 0) reads the transformers'
+weights (every expert) into host memory, as one process does; every other process builds them on the
+meta device from their configs (:meth:`Layout.load_generator`), adds the same LoRA (on the meta device
+too), applies the same context parallel and ``fully_shard``, and then receives its shards of every
+weight, the LoRA's included, from the first process (torch's ``set_model_state_dict`` with
+``broadcast_from_rank0``, in :meth:`Layout.apply`), and the buffers a state dict leaves out (the rope
+tables). So every process holds what the first process loaded, which is what one process loads. The
+text encoder(s) and VAE(s) load on every process as before: each encodes and decodes its own samples.
 
 The order follows torchtitan's ``parallelize``: context parallel on the attention first, then FSDP2:
 each block, then the root. What differs per model (which classes are blocks, which context-parallel
@@ -30,6 +39,7 @@ DDP) average over all ``dp * cp`` ranks, so the loss is multiplied by ``cp``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -238,6 +248,50 @@ class Layout:
         torch.nn.utils.clip_grads_with_norm_([p for p in model.parameters() if p.grad is not None], max_norm, total)
         return float(total)
 
+    @property
+    def reads_weights(self) -> bool:
+        """Whether this process reads (or, for a tiny pipeline, draws) the generator transformers'
+        weights: every process, except in a run sharded over several, where the first alone does
+        and the others receive their shards from it in :meth:`apply`."""
+        return not (self.sharded and self.world > 1) or self.rank == 0
+
+    def load_generator(self, config: Any, device: Any) -> Any:
+        """The pipeline ``config`` (a :class:`~cac_align.gen.generator.GeneratorConfig`) names, as this
+        process needs it before the LoRA and :meth:`apply`. Call once, on every process.
+
+        - Not sharded: loaded whole on ``device``, as one process loads it.
+        - Sharded: loaded on the CPU (:meth:`apply` puts each process's shards on its device). Over
+          several processes, only the first reads the transformers' weights; the others build them on
+          the meta device from their configs (:func:`~cac_align.gen.generator.build_generator`'s
+          ``empty_transformers``: no weight read, no host memory) and take their shards from the first
+          in :meth:`apply`. The text encoder(s) and VAE(s) load whole on every process.
+        - A tiny pipeline (drawn in-process from torch's random generator, not read): the first
+          process builds it whole and shares the random state after each transformer; the others
+          build the transformers on the meta device and the rest from those states
+          (:mod:`cac_align.gen.tiny`, "In a sharded run"), so the rest is what the first built.
+        """
+        from cac_align.gen.generator import build_generator
+
+        if not self.sharded:
+            return build_generator(dataclasses.replace(config, device=str(device)))
+        config = dataclasses.replace(config, device="cpu")
+        if self.world == 1:
+            return build_generator(config)
+        if config.is_synthetic or config.name not in config.family.tiny_names:
+            return build_generator(config, empty_transformers=not self.reads_weights)
+        from cac_align.gen import tiny
+
+        states = None
+        if self.reads_weights:
+            with tiny.recording_transformer_draws() as states:
+                pipe = build_generator(config)
+        shared = [states]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        if not self.reads_weights:
+            with tiny.transformers_on_meta(shared[0]):
+                pipe = build_generator(config)
+        return pipe
+
     def apply(self, denoiser: Any, family: Any, pipe: Any = None, device: Any = None) -> None:
         """Apply the settings to ``denoiser``'s transformers (their LoRA already added; before the
         optimizer is made, since sharding replaces the parameters). Call once, on every process.
@@ -248,7 +302,12 @@ class Layout:
         2. FSDP2 (``shard: fsdp2``): ``fully_shard`` on each of the family's blocks
            (:attr:`~cac_align.gen.family.GeneratorFamily.block_classes`), then on the expert: blocks
            + 1 units per expert, the LoRA inside the units, the frozen base with no gradient; each
-           process's shards go to ``device``;
+           process's shards go to ``device``. Over several processes every process then takes the
+           first process's weights (its base and its LoRA, whatever it loaded itself: the others
+           loaded the transformers empty, :meth:`load_generator`): each expert's shards through
+           torch's ``set_model_state_dict(..., broadcast_from_rank0=True)``, and the buffers a state
+           dict leaves out (rope tables) whole; before sharding, each takes the first's dtypes, and a
+           transformer of another shape is refused;
         3. the rest of ``pipe`` (sharded: loaded on the CPU): the VAE(s) and every other model to
            ``device``, except the encoders (:attr:`~cac_align.gen.family.GeneratorFamily.encoder_components`)
            when they do not stay (:meth:`encoders_on` brings them for each encoding).
@@ -274,6 +333,8 @@ class Layout:
         from cac_align.config import RecipeError
 
         reshard = self.settings.reshard_after_forward
+        # the first process's weights, whole, taken before sharding frees them (they reach the others below)
+        firsts = [_first_process_state(expert, self.rank) for expert in experts] if self.world > 1 else []
         for expert in experts:
             blocks = family_blocks(expert, family)
             if not blocks:
@@ -282,6 +343,9 @@ class Layout:
             for unit in (*blocks, expert):
                 own_view_outputs(unit)  # before fully_shard: the hook runs before FSDP2's own (see its docstring)
                 fully_shard(unit, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
+        for expert, state in zip(experts, firsts):
+            _take_first_process_weights(expert, state, self.rank, self.fsdp_mesh)
+        del firsts
         if len(experts) > 1:  # a call with one level per sample runs every expert on every process (WanDenoiser)
             denoiser.every_expert = True
         if pipe is not None and device is not None:
@@ -375,6 +439,73 @@ def fsdp_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     from torch.distributed.fsdp import FSDPModule
 
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+# ---------------------------------------------------------------------------------------
+# Loading once: the first process's weights reach the others' shards (module docstring)
+# ---------------------------------------------------------------------------------------
+def _tensors(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, bool]]:
+    """Every parameter and buffer of ``module`` as ``(qualified name, owner, attribute, is_buffer)``,
+    in module order (the same on every process that built the same module)."""
+    out = []
+    for prefix, owner in module.named_modules():
+        for kind, tensors in ((False, owner._parameters), (True, owner._buffers)):
+            for attr, tensor in tensors.items():
+                if tensor is not None:
+                    out.append((f"{prefix}.{attr}" if prefix else attr, owner, attr, kind))
+    return out
+
+
+def _first_process_state(expert: torch.nn.Module, rank: int) -> dict[str, torch.Tensor]:
+    """Before sharding, on every process: the first process says each tensor's name, shape and dtype;
+    the others take its dtypes (their empty transformers were built in ``generator.dtype``, where
+    ``from_pretrained`` keeps some modules in float32) and are refused on another name or shape.
+    Returns the first process's state dict (its tensors kept alive through the sharding), {} on the
+    others."""
+    from cac_align.config import RecipeError
+
+    entries = _tensors(expert)
+    spec: list[Any] = [[(name, tuple(getattr(owner, attr).shape), getattr(owner, attr).dtype) for name, owner, attr, _ in entries] if rank == 0
+                       else None]
+    torch.distributed.broadcast_object_list(spec, src=0)
+    if rank == 0:
+        return expert.state_dict()
+    first = spec[0]
+    mine = [(name, tuple(getattr(owner, attr).shape)) for name, owner, attr, _ in entries]
+    if mine != [(name, shape) for name, shape, _ in first]:
+        differ = next((f"{a} against {b[:2]}" for a, b in zip(mine, first) if a != b[:2]), f"{len(mine)} tensors against {len(first)}")
+        raise RecipeError(f"parallel.shard=fsdp2: process {rank} built {type(expert).__name__} unlike process 0 ({differ}); every process "
+                          "must load the same generator (generator.name)")
+    for (_, owner, attr, is_buffer), (_, _, dtype) in zip(entries, first):
+        tensor = getattr(owner, attr)
+        if tensor.dtype != dtype:
+            if is_buffer:
+                owner._buffers[attr] = tensor.to(dtype)
+            else:
+                tensor.data = tensor.data.to(dtype)
+    return {}
+
+
+def _take_first_process_weights(expert: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, mesh: Any) -> None:
+    """After ``fully_shard``, on every process: the others' (empty) shards materialised on the mesh's
+    device and filled from the first process's ``state`` (torch's ``set_model_state_dict`` with
+    ``broadcast_from_rank0``: each tensor sent whole, one at a time, each process keeping its
+    shard), then the buffers a state dict leaves out (non-persistent: the rope tables), whole."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if rank != 0:
+        expert.to_empty(device=_mesh_device(mesh))
+    set_model_state_dict(expert, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for _, owner, attr, is_buffer in _tensors(expert):
+        if is_buffer and attr in owner._non_persistent_buffers_set:
+            torch.distributed.broadcast(owner._buffers[attr], src=0)
+
+
+def _mesh_device(mesh: Any) -> torch.device:
+    """The device FSDP2 puts a mesh's shards on: the CPU, or this process's current accelerator."""
+    if mesh.device_type == "cpu":
+        return torch.device("cpu")
+    return torch.device(mesh.device_type, torch.get_device_module(mesh.device_type).current_device())
 
 
 # ---------------------------------------------------------------------------------------

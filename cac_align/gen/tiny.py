@@ -24,13 +24,23 @@ classes at toy sizes, a word-level tokenizer built in-process, random weights. R
   for LTX-2's reflect padding; ``8k + 1`` frames), the audio VAE and the vocoder at the real
   sample rates (24 kHz; 48 kHz through LTX-2.3's bandwidth extension), and the non-distilled
   checkpoints' scheduler (shift by the video's token count, terminal sigma 0.1).
+
+**In a sharded run** (``parallel.shard: fsdp2``) only the first process builds a tiny pipeline's
+transformers with their weights, as only it reads a real model's (:meth:`cac_align.gen.parallel.Layout.load_generator`).
+Each builder draws its modules one after the other from torch's random generator, so the modules
+built after a transformer (Wan's VAE, LTX-2's connectors and VAEs) depend on the draws the
+transformer took. The first process records the generator's state after each transformer
+(:func:`recording_transformer_draws`); the others build the transformers on the meta device and
+take up the recorded state after each (:func:`transformers_on_meta`), so everything else they build
+is what the first process built, and the transformers' weights reach them from it alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator
 
-__all__ = ["I2V_A14B_BOUNDARY_RATIO", "TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline",
+__all__ = ["recording_transformer_draws", "transformers_on_meta", "I2V_A14B_BOUNDARY_RATIO", "TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline",
            "build_tiny_wan21_i2v_pipeline", "build_tiny_wan22_a14b_pipeline", "build_tiny_wan22_i2v_a14b_pipeline", "build_tiny_wan22_ti2v_pipeline",
            "build_tiny_wan_pipeline"]
 
@@ -85,6 +95,74 @@ def _tiny_text_encoder(tokenizer: Any) -> Any:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# The transformers of a sharded run's processes (module docstring, "In a sharded run")
+# ---------------------------------------------------------------------------------------
+class _Draws:
+    """The random generator's state after each tiny transformer built: recorded (``replay`` False)
+    or replayed, the transformers then on the meta device."""
+
+    def __init__(self, replay: list[Any] | None):
+        self.replay = replay is not None
+        self.states: list[Any] = list(replay or [])
+        self.taken = 0
+
+
+_DRAWS: _Draws | None = None
+
+
+@contextlib.contextmanager
+def recording_transformer_draws() -> Iterator[list[Any]]:
+    """Inside: every tiny builder records torch's CPU random state after each transformer it builds,
+    into the yielded list (the states a process building the same pipeline with its transformers on
+    the meta device takes up: :func:`transformers_on_meta`)."""
+    global _DRAWS
+    draws = _Draws(None)
+    previous, _DRAWS = _DRAWS, draws
+    try:
+        yield draws.states
+    finally:
+        _DRAWS = previous
+
+
+@contextlib.contextmanager
+def transformers_on_meta(states: list[Any]) -> Iterator[None]:
+    """Inside: every tiny builder builds its transformers on the meta device (no weight drawn) and
+    sets torch's CPU random state after each to ``states`` in turn (what
+    :func:`recording_transformer_draws` recorded where the same pipeline was built whole), so the
+    modules it builds after them are those built there."""
+    global _DRAWS
+    previous, _DRAWS = _DRAWS, _Draws(states)
+    try:
+        yield
+        if _DRAWS.taken != len(_DRAWS.states):
+            raise RuntimeError(f"a tiny pipeline built {_DRAWS.taken} transformer(s) on the meta device where the pipeline built whole "
+                               f"recorded {len(_DRAWS.states)}: not the same pipeline")
+    finally:
+        _DRAWS = previous
+
+
+def _transformer_made(build: Callable[[], Any]) -> Any:
+    """``build()``, a tiny pipeline's transformer, as the current mode says (module docstring)."""
+    import torch
+
+    draws = _DRAWS
+    if draws is None:
+        return build()
+    if not draws.replay:
+        transformer = build()
+        draws.states.append(torch.get_rng_state())
+        return transformer
+    if draws.taken >= len(draws.states):
+        raise RuntimeError(f"a tiny pipeline builds more transformers than the {len(draws.states)} recorded where it was built whole: "
+                           "not the same pipeline")
+    with torch.device("meta"):
+        transformer = build()
+    torch.set_rng_state(draws.states[draws.taken])
+    draws.taken += 1
+    return transformer
+
+
 def _tiny_transformer(channels: int, in_channels: int | None = None, image_dim: int | None = None) -> Any:
     """A 2-block ``WanTransformer3DModel`` (2 heads of 12) on ``channels`` latent channels; an
     image-to-video one reads ``in_channels`` (the noise's, the mask's and the image latents'), and
@@ -95,7 +173,7 @@ def _tiny_transformer(channels: int, in_channels: int | None = None, image_dim: 
     from diffusers import WanTransformer3DModel
 
     heads, head_dim = 2, 12
-    return WanTransformer3DModel(
+    return _transformer_made(lambda: WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=heads,
         attention_head_dim=head_dim,
@@ -110,7 +188,7 @@ def _tiny_transformer(channels: int, in_channels: int | None = None, image_dim: 
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
-    )
+    ))
 
 
 def build_tiny_wan22_ti2v_pipeline(seed: int = 0) -> Any:
@@ -288,13 +366,13 @@ def _ltx2_transformer(new: bool) -> Any:
     cross-attention modulation, perturbed attention for STG; LTX-2: a caption projection."""
     from diffusers import LTX2VideoTransformer3DModel
 
-    return LTX2VideoTransformer3DModel(
+    return _transformer_made(lambda: LTX2VideoTransformer3DModel(
         in_channels=_VIDEO_LATENT, out_channels=_VIDEO_LATENT, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
         cross_attention_dim=16, vae_scale_factors=(8, 32, 32), gated_attn=new, cross_attn_mod=new, audio_in_channels=_AUDIO_TOKEN,
         audio_out_channels=_AUDIO_TOKEN, audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
         audio_gated_attn=new, audio_cross_attn_mod=new, num_layers=2, caption_channels=_GEMMA_HIDDEN, rope_type="split",
         rope_double_precision=True, use_prompt_embeddings=not new, perturbed_attn=new,
-    )
+    ))
 
 
 def _ltx2_connectors(new: bool) -> Any:

@@ -131,8 +131,8 @@ class WanFamily:
     negative_prompt: str = WAN_NEGATIVE_PROMPT
 
     # -- loading ------------------------------------------------------------------------
-    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str) -> Any:
-        return load_wan_pipeline(source, dtype=dtype, vae_dtype=vae_dtype, key=key, pipeline=self.pipeline_class)
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
+        return load_wan_pipeline(source, dtype=dtype, vae_dtype=vae_dtype, key=key, pipeline=self.pipeline_class, components=components)
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_WAN_BUILDERS[name](seed=seed)
@@ -364,6 +364,7 @@ def load_wan_pipeline(
     key: str = "model",
     pipeline: str = "WanPipeline",
     device: str | None = None,
+    components: Mapping[str, Any] | None = None,
 ) -> Any:
     """Load a Wan pipeline by hub id or local path, safetensors only.
 
@@ -376,6 +377,9 @@ def load_wan_pipeline(
         pipeline: the diffusers class of the Wan family to load (``WanVACEPipeline`` for repair's
             regenerator, ``Wan-AI/Wan2.1-VACE-1.3B-diffusers``).
         device: where to put it (None: where it loads, the CPU).
+        components: modules to take instead of loading them, by component name (diffusers'
+            ``from_pretrained(..., transformer=...)``): a sharded run's empty transformers
+            (:func:`cac_align.gen.generator.empty_experts`).
     """
     import diffusers
     from diffusers import AutoencoderKLWan
@@ -383,7 +387,7 @@ def load_wan_pipeline(
     source = check_weights_source(name_or_path, key)
     try:
         vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=resolve_dtype(vae_dtype), use_safetensors=True)
-        pipe = getattr(diffusers, pipeline).from_pretrained(source, vae=vae, dtype=resolve_dtype(dtype), use_safetensors=True)
+        pipe = getattr(diffusers, pipeline).from_pretrained(source, vae=vae, dtype=resolve_dtype(dtype), use_safetensors=True, **(components or {}))
     except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
         raise weights_error(name_or_path, key, exc) from exc
     return pipe if device is None else pipe.to(resolve_device(device, key.rsplit(".", 1)[0] + ".device"))

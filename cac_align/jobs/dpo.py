@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from cac_align.config import RecipeError
 from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
 from cac_align.gen.family import check_prompt_images, fixed_frames
-from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, encode_conditioning, video_velocity
+from cac_align.gen.generator import Conditioning, GeneratorConfig, encode_conditioning, video_velocity
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory
@@ -345,8 +345,8 @@ class _Trainer:
                          device=acc.device, main_process=acc.is_main_process, **memory_inputs(config, (frames, height, width)))
         run_folder = _run_folder(config, self.pairs)
         found = checkpoints(self.out) if run_folder.resuming else []
-        if self.pipe is None:  # sharded: loaded on the CPU; the encoders come to the device for the latent cache only
-            self.pipe = build_generator(dataclasses.replace(config.generator, device="cpu" if self.layout.sharded else str(acc.device)))
+        if self.pipe is None:  # sharded: loaded on the CPU (the transformers' weights by the first process only); the encoders come to the device for the latent cache only
+            self.pipe = self.layout.load_generator(config.generator, acc.device)
         pipe = self.pipe
         freeze_pipeline(pipe)
         acc.wait_for_everyone()

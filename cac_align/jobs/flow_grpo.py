@@ -73,7 +73,7 @@ from cac_align.gen.memory import check_memory, guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
-from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, sample_with_log_probs, video_velocity
+from cac_align.gen.generator import GeneratorConfig, encode_conditioning, sample_with_log_probs, video_velocity
 from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
@@ -552,10 +552,10 @@ class _Trainer:
 
         # 1. generator with a LoRA on its transformer (a two-expert model's: on lora.experts);
         #    text encoder, VAE and every expert without a LoRA stay frozen; then the parallel
-        #    settings applied to it (sharded: loaded on the CPU, each process keeps its shards)
+        #    settings applied to it (sharded: loaded on the CPU, the transformers' weights read by the
+        #    first process only, each process keeps its shards: gen/parallel.py)
         if self.pipe is None:
-            load_device = "cpu" if self.layout.sharded else str(acc.device)
-            self.pipe = build_generator(dataclasses.replace(config.generator, device=load_device))
+            self.pipe = self.layout.load_generator(config.generator, acc.device)
         pipe = self.pipe
         denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
         self.layout.apply(denoiser, self.family, pipe, acc.device)
