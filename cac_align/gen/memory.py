@@ -501,7 +501,6 @@ def judge_module(judge: Any) -> Any:
     Raises:
         ConfigsNotFound: its ``config.json`` is not on this machine.
     """
-    import torch
 
     if judge.tiny is not None:
         return judge.tiny()

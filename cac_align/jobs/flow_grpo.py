@@ -48,7 +48,6 @@ Output directory:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import shutil

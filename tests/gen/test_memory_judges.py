@@ -9,8 +9,6 @@ judges on 8 x 80 GB, naming the fix, and accepted with served ones."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
-from pathlib import Path
 
 import pytest
 import torch

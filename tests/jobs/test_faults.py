@@ -84,7 +84,6 @@ def _launch(out, *overrides, env=None, timeout=600):
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(LAUNCH),
                "flow-grpo", str(BRIGHTNESS), str(out), *overrides]
-    start = time.time()
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
     return done, time.time()
 
