@@ -26,8 +26,10 @@
 #   6. ti2v_step    one Flow-GRPO step of Wan2.2-TI2V-5B at 704x1280x121, 2 sampling steps
 #                   (wan_grpo_step.py --mode gpu-ti2v-5b; its figure is not yet in benchmarks/README.md)
 #   7. ti2v_sharded the same step on the sharded code path at N=1 (--shard fsdp2: FSDP2 units per block
-#                   over a one-process group, the text encoder off the GPU once it has encoded): its
-#                   peak against step 6's, today's path (#78; the multi-GPU figures stay arithmetic)
+#                   over a one-process group, the text encoder off the GPU once it has encoded) with one
+#                   in-process judge resident (CaC: Qwen3-VL-8B's architecture, --with-judge): its peak
+#                   beside the memory plan's (judges counted) and step 6's (#78, #82; the multi-GPU
+#                   figures stay arithmetic)
 #
 # The lent GPU machine (ENVIRONMENT.md) has python 3.12 and torch 2.11 but not this project's
 # transformers/diffusers/omegaconf/qwen-vl-utils pins: carry them as wheels. Here, in the
@@ -144,8 +146,8 @@ step ur7b 150 90 benchmarks/status_encoding.py --mode gpu-ur7b \
   -- benchmarks/status_encoding.py --mode cpu-check --ur-videos 1
 step ti2v_step 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
   -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
-step ti2v_sharded 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 \
-  -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2
+step ti2v_sharded 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge \
+  -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2 --with-judge
 
 say "== gpu_quick: $(( $(date +%s) - START )) s in all; figures in $OUT (summary.txt: one RESULT line per measured pass)"
 exit "$FAILED"

@@ -3,6 +3,7 @@
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b                  # 480x832x81, one GPU
     python benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards   # + CaC-8B and UR-7B resident
     python benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b               # Wan2.2-TI2V-5B at its recipe's 704x1280x121
+    python benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --shard fsdp2 --with-judge   # sharded path, CaC-8B resident, vs the plan
     python benchmarks/wan_grpo_step.py --mode gpu-ltx2                  # LTX-2 at its recipe's 512x768x121 (video + audio)
     python benchmarks/wan_grpo_step.py --mode cpu-check                 # the same code path, tiny Wan, seconds
     python benchmarks/wan_grpo_step.py --mode cpu-check-ti2v            # ... and the tiny TI2V-5B layout
@@ -194,6 +195,36 @@ def reward_models_on_gpu() -> list:
     return [cac, ur]
 
 
+def cac_judge_on_gpu():
+    """Qwen3-VL-8B's architecture (CaC's judge), random weights, bf16, on the GPU: one in-process judge."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from score_throughput import _full_size_qwen3_vl_8b
+
+    return _full_size_qwen3_vl_8b()[0]
+
+
+def planned_peak_gib(model: str, pipe, config, judges_bytes: int) -> float:
+    """The memory plan's peak per GPU (:mod:`cac_align.gen.memory`) for this run: the generator counted
+    from ``pipe``'s own modules (full size on the GPU, tiny on the CPU), one process, the run's
+    ``parallel`` section and sizes, the judges' ``judges_bytes`` resident (counted from the built
+    judge), the VAE's decode of one video traced, FSDP2's prefetch and the fixed overhead."""
+    from cac_align.gen.memory import GIB, count_components, fixed_overhead_bytes, guided_rows, memory_plan, vae_bytes, video_tokens
+
+    family = config.generator.family
+    modules = {name: module for name, module in pipe.components.items() if hasattr(module, "parameters")}
+    counts = count_components(config.generator.name, family, modules, family.lora_target_modules, [0])
+    g = config.generator
+    video = (g.num_frames, g.height, g.width)
+    tokens = video_tokens(*video, family.spatial_multiple, family.frame_multiple, counts.patch_t)
+    plan = memory_plan(counts, settings=config.parallel, num_processes=1, tokens=tokens,
+                       batch_per_process=config.train_batch_size * guided_rows(family.guidance(g)),
+                       gradient_checkpointing=config.gradient_checkpointing, lora_rank=config.lora.rank, dtype=g.dtype, vae_dtype=g.vae_dtype,
+                       judges_bytes=judges_bytes, vae_phase_bytes=vae_bytes(counts, "decode", config.sample_batch_size, video, g.vae_dtype),
+                       vae_what="decode", prefetch=True, overhead_bytes=fixed_overhead_bytes(1) if g.device == "cuda" else 0)
+    print(plan.table(None))
+    return plan.peak_bytes / GIB
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["gpu-1.3b", "gpu-ti2v-5b", "gpu-ltx2", "cpu-check", "cpu-check-ti2v", "cpu-check-ltx2"], default="gpu-1.3b")
@@ -201,6 +232,9 @@ def main() -> None:
     parser.add_argument("--sampling-steps", type=int, default=10, help="denoising steps (the paper: 50)")
     parser.add_argument("--steps", type=int, default=2, help="training steps; the last one is reported (the first warms up)")
     parser.add_argument("--with-rewards", action="store_true", help="keep CaC-8B and UR-7B architectures resident on the GPU")
+    parser.add_argument("--with-judge", action="store_true",
+                        help="keep one in-process judge resident (CaC: Qwen3-VL-8B's architecture on a GPU, tiny-random:qwen3_vl on the CPU) "
+                             "and print the memory plan's peak, judges counted, beside the measured one")
     parser.add_argument("--shard", choices=["none", "fsdp2"], default="none",
                         help="the recipe's parallel.shard: fsdp2 runs the sharded code path (FSDP2 units per block) on this one process, "
                              "with the text encoder leaving the GPU after it encodes (docs/flow_grpo.md, 'Sharding and long videos')")
@@ -228,6 +262,14 @@ def main() -> None:
         size += {"ti2v": ["generator.name=tiny-random:wan22-ti2v"], "1.3b": [],
                  "ltx2": ["generator.name=tiny-random:ltx2", "generator.max_sequence_length=32", "generator.stg_blocks=[1]"]}[model]
     resident = reward_models_on_gpu() if gpu and args.with_rewards else []
+    if args.with_judge:  # one judge in the trainer's process, as a recipe with an in-process CaC has
+        if gpu:
+            resident.append(cac_judge_on_gpu())
+        else:
+            from cac_align.vlm.tiny import build_tiny_qwen3_vl
+
+            resident.append(build_tiny_qwen3_vl(seed=0).model)
+    judges_bytes = sum(p.numel() * p.element_size() for m in resident for p in m.parameters())
     if gpu:
         pipe = {"ti2v": wan22_ti2v_5b_pipeline, "ltx2": ltx2_pipeline, "1.3b": wan_1_3b_pipeline}[model]("cuda", torch.bfloat16)
     else:
@@ -245,6 +287,7 @@ def main() -> None:
             "checkpoint_every=0", "log_with=none", *size, f"parallel.shard={args.shard}",
         ]
         config = load_config(FlowGrpoConfig, recipe, overrides, job="flow-grpo")
+        planned = planned_peak_gib(model, pipe, config, judges_bytes) if args.with_judge else None
         if gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -261,7 +304,10 @@ def main() -> None:
     print(f"per video and denoising step: sampling {per_sample:.3f} s, training {per_train:.3f} s")
     if gpu:
         peak = torch.cuda.max_memory_allocated() / 2**30
-        print(f"peak GPU memory: {peak:.1f} GiB (reward models resident: {bool(resident)})")
+        print(f"peak GPU memory: {peak:.1f} GiB (reward models resident: {len(resident)})")
+    if planned is not None:
+        print(f"memory plan's peak (arithmetic, judges {judges_bytes / 2**30:.1f} GiB counted): {planned:.1f} GiB"
+              + (f"; measured {peak:.1f} GiB: measured / planned {peak / planned:.2f}" if gpu else ""))
     if model == "ltx2":  # arithmetic: the text encoder this run left thin
         gemma = GEMMA_3_12B_PARAMETERS * 2 / 2**30
         print(f"Gemma-3-12B text encoder (arithmetic, not measured): {GEMMA_3_12B_PARAMETERS / 1e9:.1f}B parameters x 2 bytes = {gemma:.1f} GiB in bf16"
@@ -270,7 +316,8 @@ def main() -> None:
     print(f"extrapolated paper step per GPU ({videos} videos x {steps} steps): sampling {per_sample * videos * steps:.0f} s, "
           f"training {per_train * videos * steps:.0f} s (without reward scoring)")
     result = {"mode": args.mode, "shard": args.shard, "group": args.group, "sampling_steps": args.sampling_steps, "steps": args.steps, "sample_s_per_video_step": per_sample,
-              "train_s_per_video_timestep": per_train, "peak_gib": round(peak, 2) if gpu else None, "with_rewards": bool(resident)}
+              "train_s_per_video_timestep": per_train, "peak_gib": round(peak, 2) if gpu else None, "with_rewards": args.with_rewards, "with_judge": args.with_judge,
+              "planned_peak_gib": None if planned is None else round(planned, 2), "judges_gib": round(judges_bytes / 2**30, 2)}
     if model == "ltx2":
         result["gemma_3_12b_gib_arithmetic"] = round(GEMMA_3_12B_PARAMETERS * 2 / 2**30, 1)
     print("RESULT " + json.dumps(result))  # one line a run: gpu_quick.sh collects it

@@ -53,6 +53,8 @@ def test_check_runs_every_step_and_writes_its_figures(tmp_path):
     assert ltx2["sample_s_per_video_step"] > 0 and ltx2["train_s_per_video_timestep"] > 0 and ltx2["gemma_3_12b_gib_arithmetic"] == 22.7
     (sharded,) = results["ti2v_sharded"]  # the sharded code path on one process ran the same step
     assert sharded["shard"] == "fsdp2" and results["ti2v_step"][0]["shard"] == "none" and sharded["train_s_per_video_timestep"] > 0
+    # with an in-process judge resident, its bytes counted into the memory plan's peak printed beside the measured one
+    assert sharded["with_judge"] and sharded["judges_gib"] > 0 and sharded["planned_peak_gib"] > 0
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
 
 
