@@ -571,8 +571,13 @@ import os, signal, sys, time, torch
 from datetime import timedelta
 from cac_align.gen.parallel import ParallelSettings, connect_processes
 rank, round_ = int(os.environ["RANK"]), os.environ["TORCHELASTIC_RESTART_COUNT"]
-if rank == 1 and round_ == "1":
-    time.sleep(3)  # rank 0 of the new round reaches the store first (without this, who reads whose key first is a race)
+marker = os.path.join(sys.argv[2], f"rank0_connects_in_round_{round_}")
+if rank == 0:
+    open(marker, "w").close()
+elif round_ == "1":  # rank 0 of the new round reads the store first (else who reads whose key first is a race)
+    while not os.path.exists(marker):
+        time.sleep(0.05)
+    time.sleep(2)
 if sys.argv[1] == "ours":
     connect_processes(ParallelSettings(timeout_s=60), cpu=True)
 else:  # what accelerate's Accelerator() does (bounded: it may also hang)
@@ -593,11 +598,13 @@ def test_a_restarted_group_reconnects_through_connect_processes_and_not_without(
     and a restarted group that connects as torch does by itself reads the killed round's addresses."""
     script = tmp_path / "restart.py"
     script.write_text(RESTART)
-    ours = torchrun(script, "ours", processes=2, max_restarts=1)
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "plain").mkdir()
+    ours = torchrun(script, "ours", str(tmp_path / "ours"), processes=2, max_restarts=1)
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert sorted(line for line in ours.stdout.splitlines() if line.startswith("round")) == [
         "round 1 rank 0: sum 2, timeout 60 s", "round 1 rank 1: sum 2, timeout 60 s"]  # parallel.timeout_s reached the group
-    plain = torchrun(script, "plain", processes=2, max_restarts=1)  # control: torch's own connection
+    plain = torchrun(script, "plain", str(tmp_path / "plain"), processes=2, max_restarts=1)  # control: torch's own connection
     assert plain.returncode != 0 and "round 1" not in plain.stdout, plain.stdout + plain.stderr[-3000:]
     assert "connectFullMesh failed" in plain.stderr  # rank 0 dialled the killed rank 1's address
 
