@@ -105,10 +105,12 @@ def _store() -> Any:
     return PrefixStore(f"cac_align/failures/{run}/{attempt}/", store)
 
 
-def failure_line(line: str, wait_s: float = AGREE_S) -> str | None:
+def failure_line(line: str, wait_s: float = AGREE_S, *, rank: int | None = None, world: int | None = None, store: Any = None) -> str | None:
     """The line this process prints for the error that ends its job, or None when another process says
-    it (module docstring). ``line`` is the error as a one-process run prints it."""
-    rank, world = process_rank()
+    it (module docstring). ``line`` is the error as a one-process run prints it; ``rank``, ``world`` and
+    ``store`` default to the launcher's (``RANK``, ``WORLD_SIZE``, its store)."""
+    if rank is None or world is None:
+        rank, world = process_rank()
     if world == 1:
         return line
     named = line.replace(": failed: ", f": failed on process {rank} of {world}: ", 1).replace(
@@ -116,7 +118,7 @@ def failure_line(line: str, wait_s: float = AGREE_S) -> str | None:
     if named == line:
         named = f"process {rank} of {world}: {line}"
     try:
-        store = _store()
+        store = store if store is not None else _store()
         if store is None:
             return named
         order = int(store.add("order", 1))  # 1 for the first process of the run to fail
