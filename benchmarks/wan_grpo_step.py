@@ -317,7 +317,8 @@ def main() -> None:
           f"training {per_train * videos * steps:.0f} s (without reward scoring)")
     result = {"mode": args.mode, "shard": args.shard, "group": args.group, "sampling_steps": args.sampling_steps, "steps": args.steps, "sample_s_per_video_step": per_sample,
               "train_s_per_video_timestep": per_train, "peak_gib": round(peak, 2) if gpu else None, "with_rewards": args.with_rewards, "with_judge": args.with_judge,
-              "planned_peak_gib": None if planned is None else round(planned, 2), "judges_gib": round(judges_bytes / 2**30, 2)}
+              "planned_peak_gib": None if planned is None else round(planned, 2), "judges_gib": round(judges_bytes / 2**30, 2),
+              "planned_peak_bytes": None if planned is None else int(planned * 2**30), "judges_bytes": judges_bytes}
     if model == "ltx2":
         result["gemma_3_12b_gib_arithmetic"] = round(GEMMA_3_12B_PARAMETERS * 2 / 2**30, 1)
     print("RESULT " + json.dumps(result))  # one line a run: gpu_quick.sh collects it

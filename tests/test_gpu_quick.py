@@ -54,7 +54,7 @@ def test_check_runs_every_step_and_writes_its_figures(tmp_path):
     (sharded,) = results["ti2v_sharded"]  # the sharded code path on one process ran the same step
     assert sharded["shard"] == "fsdp2" and results["ti2v_step"][0]["shard"] == "none" and sharded["train_s_per_video_timestep"] > 0
     # with an in-process judge resident, its bytes counted into the memory plan's peak printed beside the measured one
-    assert sharded["with_judge"] and sharded["judges_gib"] > 0 and sharded["planned_peak_gib"] > 0
+    assert sharded["with_judge"] and 0 < sharded["judges_bytes"] < sharded["planned_peak_bytes"]  # a tiny judge: megabytes, in bytes
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
 
 

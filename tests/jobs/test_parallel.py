@@ -567,21 +567,10 @@ def test_a_collective_that_outwaits_its_timeout_fails_in_one_line_naming_the_set
 
 
 RESTART = """
-import os, signal, sys, time, torch
-from datetime import timedelta
+import os, signal, torch
 from cac_align.gen.parallel import ParallelSettings, connect_processes
 rank, round_ = int(os.environ["RANK"]), os.environ["TORCHELASTIC_RESTART_COUNT"]
-marker = os.path.join(sys.argv[2], f"rank0_connects_in_round_{round_}")
-if rank == 0:
-    open(marker, "w").close()
-elif round_ == "1":  # rank 0 of the new round reads the store first (else who reads whose key first is a race)
-    while not os.path.exists(marker):
-        time.sleep(0.05)
-    time.sleep(2)
-if sys.argv[1] == "ours":
-    connect_processes(ParallelSettings(timeout_s=60), cpu=True)
-else:  # what accelerate's Accelerator() does (bounded: it may also hang)
-    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=30))
+connect_processes(ParallelSettings(timeout_s=60), cpu=True)
 total = torch.ones(1)
 torch.distributed.all_reduce(total)
 if rank == 1 and round_ == "0":
@@ -593,20 +582,18 @@ print(f"round {round_} rank {rank}: sum {total.item():g}, timeout {timeout:g} s"
 
 
 @pytest.mark.slow
-def test_a_restarted_group_reconnects_through_connect_processes_and_not_without(tmp_path):
-    """The cause (gen/parallel.py connect_processes): torchrun's agent keeps its store over the rounds,
-    and a restarted group that connects as torch does by itself reads the killed round's addresses."""
+def test_a_restarted_group_reconnects_through_connect_processes(tmp_path):
+    """A group restarted by torchrun (rank 1 SIGKILLed in round 0) reconnects through connect_processes
+    (gen/parallel.py: the round's own prefix in the agent's store, which torchrun keeps over the rounds)
+    and its groups wait parallel.timeout_s. No control is asserted: connecting as torch does by itself
+    after a restart failed for the issue's author and for us (connectFullMesh dialling the killed round's
+    address) but not every time (two CI runs connected), so whether it fails is a race, not a test."""
     script = tmp_path / "restart.py"
     script.write_text(RESTART)
-    (tmp_path / "ours").mkdir()
-    (tmp_path / "plain").mkdir()
-    ours = torchrun(script, "ours", str(tmp_path / "ours"), processes=2, max_restarts=1)
+    ours = torchrun(script, processes=2, max_restarts=1)
     assert ours.returncode == 0, ours.stderr[-3000:]
     assert sorted(line for line in ours.stdout.splitlines() if line.startswith("round")) == [
         "round 1 rank 0: sum 2, timeout 60 s", "round 1 rank 1: sum 2, timeout 60 s"]  # parallel.timeout_s reached the group
-    plain = torchrun(script, "plain", str(tmp_path / "plain"), processes=2, max_restarts=1)  # control: torch's own connection
-    assert plain.returncode != 0 and "round 1" not in plain.stdout, plain.stdout + plain.stderr[-3000:]
-    assert "connectFullMesh failed" in plain.stderr  # rank 0 dialled the killed rank 1's address
 
 
 @pytest.mark.slow
