@@ -9,6 +9,7 @@ built from diffusers' own classes) and are marked slow: `pytest -m slow tests/jo
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -577,7 +578,7 @@ if rank == 1 and round_ == "0":
     os.kill(os.getpid(), signal.SIGKILL)
 torch.distributed.barrier()
 timeout = torch.distributed.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds()
-print(f"round {round_} rank {rank}: sum {total.item():g}, timeout {timeout:g} s")
+os.write(1, f"round {round_} rank {rank}: sum {total.item():g}, timeout {timeout:g} s\\n".encode())  # one write: lines of two processes never mix
 """
 
 
@@ -592,7 +593,7 @@ def test_a_restarted_group_reconnects_through_connect_processes(tmp_path):
     script.write_text(RESTART)
     ours = torchrun(script, processes=2, max_restarts=1)
     assert ours.returncode == 0, ours.stderr[-3000:]
-    assert sorted(line for line in ours.stdout.splitlines() if line.startswith("round")) == [
+    assert sorted(re.findall(r"round \d rank \d: sum [\d.]+, timeout [\d.]+ s", ours.stdout)) == [
         "round 1 rank 0: sum 2, timeout 60 s", "round 1 rank 1: sum 2, timeout 60 s"]  # parallel.timeout_s reached the group
 
 
