@@ -599,18 +599,20 @@ def test_a_restarted_group_reconnects_through_connect_processes(tmp_path):
 
 @pytest.mark.slow
 def test_a_stalled_process_fails_the_run_within_parallel_timeout_s_in_one_line(tmp_path):
-    """Process 1 stalls for 300 s at the start of step 0; with parallel.timeout_s=5 process 0 stops in
-    FSDP2's first all-gather with one line naming the setting, and the launch ends long before the stall would."""
+    """Process 1 stalls for 300 s at the start of step 0; with parallel.timeout_s=20 process 0 stops in
+    FSDP2's first all-gather with one line naming the setting, and the launch ends long before the stall
+    would. (Not less than 20 s: on a loaded machine one process may reach a set-up barrier seconds after
+    the other, and the timeout would hit there, on process 1.)"""
     import time
 
     start = time.monotonic()
     done = torchrun(LAUNCH, "flow-grpo", str(BRIGHTNESS), str(tmp_path / "run"), "steps=1", "checkpoint_every=0", "eval_prompts=null",
-                    "parallel.shard=fsdp2", "parallel.timeout_s=5", processes=2, env={"CAC_TEST_STALL": "1:0:300"})
+                    "parallel.shard=fsdp2", "parallel.timeout_s=20", processes=2, env={"CAC_TEST_STALL": "1:0:300"})
     assert done.returncode != 0
     assert time.monotonic() - start < 300
     lines = [line for line in done.stderr.splitlines() if "CollectiveTimeout: " in line]
     assert len(lines) == 1, done.stderr[-3000:]
-    assert "a collective waited longer than parallel.timeout_s=5 s on process 0 of 2 (" in lines[0] and "raise parallel.timeout_s" in lines[0]
+    assert "a collective waited longer than parallel.timeout_s=20 s on process 0 of 2 (" in lines[0] and "raise parallel.timeout_s" in lines[0]
 
 
 @pytest.mark.slow
