@@ -49,7 +49,7 @@ TOY_OVERRIDES = [
 ]
 
 
-def latent_preview(pipe, latents):
+def latent_preview(pipe, latents, seeds=None):
     """uint8 (B, F', 2H', 2W', 3): sigmoid of latent channels 0-2 as RGB, upsampled 2x."""
     import numpy as np
     import torch

@@ -5,7 +5,7 @@ A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-
 timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
 sampling settings. Each family lives in one module of ``gen/`` (:mod:`cac_align.gen.wan`: Wan-2.1,
 Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
-:mod:`cac_align.gen.ltx2`: LTX-2) and is an object with the methods
+:mod:`cac_align.gen.ltx2`: LTX-2, LTX-2.3, LTX-2.5) and is an object with the methods
 of :class:`GeneratorFamily`; a job asks the family, never the pipeline object, what a pipeline
 has, and never branches on which family it is. Adding a family is one module listed in
 :data:`FAMILY_MODULES` (its ``FAMILIES`` and ``family_for_index``, its repair pipelines'
@@ -45,6 +45,18 @@ conditioning:
 - ``condition`` (channels concatenated to the transformer's input: ``WanImageToVideoPipeline``'s
   mask and image latents) and ``image_embeds`` (Wan2.1-I2V's CLIP tokens): inputs of the
   transformer only, never latents.
+
+**A decoder that samples** (why :meth:`GeneratorFamily.decode` takes ``seeds``). From LTX-2.5 on,
+a checkpoint's video decoder is itself a small diffusion model (diffusers 0.42.1
+``LTX2VideoDiffusionDecoderModel``) that draws the pixel noise it denoises, so decoding is
+sampling, not a function of the latents. For a seed to still name one video, decoding must know the
+video's seed: the interface grew by that one argument (the family derives the decoder's generator
+from it: :func:`cac_align.gen.ltx2.decoder_generator`), and ``flow-grpo`` passes the seeds it
+sampled with; ``bon`` already gives a family its seeds (:meth:`GeneratorFamily.generate`). The
+draw is never part of a log-probability: Flow-GRPO's ratios and losses cover the transformer's
+latents only (the decoder is frozen, after the last step, and its noise is no action of the
+policy), so a reward on such a video also scores the decoder's draw, as it scores a VAE's
+decoding.
 
 The prompt file gives the images (:func:`cac_align.run.input_files.read_prompt_rows`);
 :func:`check_prompt_images` refuses, in one line, an image for a text-only model, text alone for
@@ -250,8 +262,11 @@ class GeneratorFamily(Protocol):
         ``(latents (B, C, F', H', W') float32, side latents or None)``."""
         ...
 
-    def decode(self, pipe: Any, latents: Any, side: Any = None) -> Any:
-        """Final latents to uint8 frames ``(B, F, H, W, 3)``, as the pipeline decodes them."""
+    def decode(self, pipe: Any, latents: Any, side: Any = None, seeds: Sequence[int] | None = None) -> Any:
+        """Final latents to uint8 frames ``(B, F, H, W, 3)``, as the pipeline decodes them.
+        ``seeds``: each video's noise seed, for a decoder that samples (LTX-2.5's diffusion decoder
+        draws from a generator derived from it; module docstring, "A decoder that samples"); a
+        deterministic decoder ignores them. The jobs always pass them."""
         ...
 
     def encode_video(self, pipe: Any, frames: Any) -> Any:

@@ -68,6 +68,7 @@ audio's length need not. tests/ltx2_context_parallel.py pins it against one proc
 | STG blocks | [29] | [28] | [28] |
 | schedule | sigmas ``linspace(1, 1/N, N)`` shifted by the video's token count (0.95 at 1024 to 2.05 at 4096 tokens), ending at 0.1 | the same | the checkpoint's scheduler config, read as for the others |
 | text | Gemma-3-12B, 1024 tokens | the same | Gemma-4-12B (``Gemma4UnifiedForConditionalGeneration``), 1024 tokens |
+| video decoder | the VAE | the VAE | the diffusion decoder, one x0 step (its config's ``decoder_num_inference_steps``) |
 
 LTX-2.5's column comes from Lightricks' ``ltx_pipelines`` at 2362161 (2026-08-11, their release 1.2.0,
 "Support for LTX 2.5"): ``utils/constants.py``'s ``detect_params`` gives a checkpoint the params of
@@ -75,9 +76,41 @@ the newest generation at or above its ``model_version``, from 2.4 on ``LTX_2_4_P
 knobs, only the image CRF moved to 18, which diffusers' condition pipeline applies itself from the
 text encoder), and ``ltx_core``'s ``text_encoders/gemma/gemma_assets.py`` pads Gemma 3 and Gemma 4
 prompts to ``TOKENIZER_MAX_LENGTH = 1024``. Not taken: their distilled pipeline's ancestral (SDE)
-Euler sampler from 2.5 on (``distilled.py``; the jobs sample the non-distilled checkpoint) and the
-diffusion video decoder that diffusers' ``LTX25ModularPipeline`` decodes with by default
-(``LTX2Pipeline``, which the jobs run, decodes with the VAE).
+Euler sampler from 2.5 on (``distilled.py``; the jobs sample the non-distilled checkpoint).
+
+**LTX-2.5's diffusion decoder** (diffusers 0.42.1: ``models/autoencoders/ltx2_diffusion_decoder.py``,
+``pipelines/ltx2/pipeline_ltx2_diffusion_decode.py``, ``modular_pipelines/ltx2/decoders.py``
+``LTX2DiffusionVaeDecoderStep``: "from LTX-2.5 on the native default"). It decodes the same latents
+as the VAE (whose encoder the jobs keep: image-to-video, DPO), but it is a diffusion model: it draws
+pixel noise (one x0 step in the release) and denoises it conditioned on the latents. ``LTX2Pipeline``
+does not hold it (it is no component of that class, and its ``save_pretrained`` would not write it):
+a checkpoint keeps it in its ``diffusion_decoder`` folder (:func:`load_diffusion_decoder`), the
+family keeps it as ``pipe.diffusion_decoder``, and decodes the transformer's final latents through
+diffusers' own ``LTX2VideoDiffusionDecodePipeline`` (:func:`diffusion_decode`); the audio is
+decoded as before. Three decisions, each pinned by a test (tests/gen/test_ltx25.py):
+
+- **What seeds the decoder's draw: the video's seed.** Video ``i`` decodes with a generator of its
+  own, seeded ``derive_seed(seed_i, 25)`` (:func:`decoder_generator`): a stream apart from the one
+  the sampler draws the initial noise from, and the same whatever path made the latents (the
+  pipeline in ``bon``, the SDE sampler in ``flow-grpo``) and whatever batch the video was in. So a
+  seed still names one video: ``bon`` twice with the same seed writes the same videos. The family
+  interface grew for it: ``decode`` takes the videos' seeds (:mod:`cac_align.gen.family`).
+- **Flow-GRPO's log-probabilities do not cover the decoder's draw.** The policy is the transformer;
+  its actions are the SDE steps of the latents, and their log-probabilities, ratios, KL and losses
+  are computed on the recorded latents alone. The decoder is frozen and runs after the last step;
+  its draw is part of the environment that turns latents into a video, as a VAE's decoding is. A
+  reward therefore also scores the decoder's draw (a second source of variance in a group's
+  advantages, which the group's several seeds average over), and two groups with the same seeds
+  see the same draws.
+- **``num_frames`` is always passed; the duration head is never consulted.** ``LTX2Pipeline``
+  predicts a clip's length with its ``duration_head`` only when ``num_frames`` is None, one length
+  per call (it refuses a batch of prompts): a group or a batch of Best-of-N candidates must share
+  one latent shape, and a recipe's frames must be checked (``8k + 1``) before anything loads. A
+  recipe that leaves ``num_frames`` unset takes the release's 121 (5 s at 24 fps, the table above);
+  the head is loaded with the checkpoint and left unused.
+
+The Gemma-4 ``prompt_enhancer`` (an optional ``LTX2Pipeline`` component) is never run: the jobs
+generate from the prompt file's text as it is, and ``tiny-random:ltx2.5`` leaves it out.
 
 Two notes from diffusers' code: its LTX-2 conversion writes ``perturbed_attn: false``, and then the
 STG forward changes nothing (it still runs); its default decode (``decode_timestep`` 0) is used here.
@@ -158,6 +191,9 @@ class LTX2Family:
     # (LTX2ImageToVideoPipeline's); no last frame
     image_input: str = "optional"
     last_image: bool = False
+    # LTX-2.5 on: the video is decoded by the diffusion decoder that samples (module docstring,
+    # "LTX-2.5's diffusion decoder"), kept beside the pipeline as ``pipe.diffusion_decoder``
+    diffusion_decoder: bool = False
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None,
@@ -176,6 +212,8 @@ class LTX2Family:
             raise weights_error(source, key, exc) from exc
         for name in ("vae", "audio_vae", "vocoder"):
             getattr(pipe, name).to(resolve_dtype(vae_dtype))
+        if self.diffusion_decoder:
+            pipe.diffusion_decoder = load_diffusion_decoder(source, folder, vae_dtype, key)
         return pipe
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:
@@ -401,13 +439,21 @@ class LTX2Family:
         return video, audio.transpose(1, 2).flatten(2, 3)
 
     # -- latents and media ------------------------------------------------------------------
-    def decode(self, pipe: Any, latents: torch.Tensor, side: Any = None) -> np.ndarray:
+    def decode(self, pipe: Any, latents: torch.Tensor, side: Any = None, seeds: Sequence[int] | None = None) -> np.ndarray:
         """Final video latents (normalized, ``(B, C, F', H', W')``) to uint8 frames, as the pipeline
         decodes them (its default ``decode_timestep`` 0: a timestep-conditioned VAE gets 0 and the
-        latents as they are)."""
+        latents as they are). LTX-2.5: through its diffusion decoder, sample ``i``'s draw from
+        :func:`decoder_generator` of ``seeds[i]`` (module docstring), which must then be given."""
         from cac_align.gen.generator import frames_to_uint8
 
         vae = pipe.vae
+        if self.diffusion_decoder:
+            if seeds is None or len(seeds) != latents.shape[0]:
+                raise ValueError(f"{self.title}'s diffusion decoder samples: give decode one seed per video ({latents.shape[0]}), got {seeds!r}")
+            with torch.no_grad():
+                z = latents.to(pipe._execution_device, torch.float32)
+                mean, std = vae.latents_mean.view(1, -1, 1, 1, 1).to(z), vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+                return diffusion_decode(pipe, z * std / vae.config.scaling_factor + mean, seeds)
         with torch.no_grad():
             z = latents.to(next(vae.parameters()).device, pipe.transformer.dtype)
             mean, std = vae.latents_mean.view(1, -1, 1, 1, 1).to(z), vae.latents_std.view(1, -1, 1, 1, 1).to(z)
@@ -467,9 +513,12 @@ class LTX2Family:
         guidance = self.guidance(config)
         negative = DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-        settings = dict(height=config.height, width=config.width, num_frames=config.num_frames, frame_rate=config.fps,
+        # num_frames always given: a duration head (LTX-2.5) is never consulted (module docstring);
+        # a diffusion decoder decodes the pipeline's latents with each seed's own draw
+        settings = dict(height=config.height, width=config.width, num_frames=int(config.num_frames), frame_rate=config.fps,
                         num_inference_steps=config.num_inference_steps, **{key: guidance[key] for key in GUIDANCE_KEYS},
-                        spatio_temporal_guidance_blocks=guidance["stg_blocks"], output_type="np", max_sequence_length=config.max_sequence_length)
+                        spatio_temporal_guidance_blocks=guidance["stg_blocks"], output_type="latent" if self.diffusion_decoder else "np",
+                        max_sequence_length=config.max_sequence_length)
         if images is None:
             outputs = [pipe(prompt=list(prompts), negative_prompt=[negative] * len(prompts), generator=generators, **settings)]
         else:
@@ -481,6 +530,12 @@ class LTX2Family:
                 image = conditioning_image(pipe, load_image(images[lo].image))
                 outputs.append(animate(image=[image] * (hi - lo), image_crf=0, prompt=list(prompts[lo:hi]), negative_prompt=[negative] * (hi - lo),
                                        generator=generators[lo:hi], **settings))
+        if self.diffusion_decoder:  # the pipeline's latents (denormalized), decoded as its decode pipeline decodes them
+            frames = diffusion_decode(pipe, torch.cat([output.frames for output in outputs]), seeds)
+            with torch.no_grad():
+                mel = pipe.audio_vae.decode(torch.cat([output.audio for output in outputs]).to(pipe.audio_vae.dtype), return_dict=False)[0]
+                audio = pipe.vocoder(mel).float().clamp(-1, 1).cpu().numpy()
+            return Generated(frames, audio, int(pipe.vocoder.config.output_sampling_rate))
         frames = np.concatenate([frames_to_uint8(output.frames) for output in outputs])
         audio = np.concatenate([output.audio.float().clamp(-1, 1).cpu().numpy() for output in outputs])
         return Generated(frames, audio, int(pipe.vocoder.config.output_sampling_rate))
@@ -570,6 +625,64 @@ def _processor_as(mixin: type, processor: Any) -> Any:
 
 def _does_cfg(guidance: Mapping[str, Any]) -> bool:
     return guidance["guidance_scale"] > 1.0 or guidance["audio_guidance_scale"] > 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# LTX-2.5's diffusion decoder: decoding that samples (module docstring)
+# ---------------------------------------------------------------------------------------
+# The stream a sample's seed gives its decoder draw (cac_align.run.dist.derive_seed(seed, 25)):
+# another stream than the sampler's, which draws the initial noise from the seed itself
+DECODER_STREAM = 25
+DIFFUSION_DECODER = "diffusion_decoder"  # its folder beside model_index.json
+
+
+def decoder_generator(seed: int, device: Any = "cpu") -> torch.Generator:
+    """The generator of the diffusion decoder's noise for the video of ``seed``: seeded with
+    ``derive_seed(seed, DECODER_STREAM)``, so the same seed decodes to the same video whatever
+    path sampled its latents (the pipeline in ``bon``, the SDE sampler in ``flow-grpo``) and
+    whatever batch it was in."""
+    from cac_align.run.dist import derive_seed
+
+    return torch.Generator(device=device).manual_seed(derive_seed(int(seed), DECODER_STREAM))
+
+
+def diffusion_decode(pipe: Any, latents: torch.Tensor, seeds: Sequence[int]) -> np.ndarray:
+    """Denormalized video latents ``(B, C, F', H', W')`` (what ``LTX2Pipeline`` returns with
+    ``output_type="latent"``) to uint8 frames ``(B, F, H, W, 3)`` through diffusers'
+    ``LTX2VideoDiffusionDecodePipeline`` over ``pipe.diffusion_decoder`` (``denormalize=False``),
+    video ``i`` drawing its pixel noise from :func:`decoder_generator` of ``seeds[i]`` (diffusers'
+    ``randn_tensor`` draws each row from its own generator). The decoder follows the pipeline's
+    execution device on first use (it is not one of ``LTX2Pipeline``'s components)."""
+    from diffusers import LTX2VideoDiffusionDecodePipeline
+
+    from cac_align.gen.generator import frames_to_uint8
+
+    decoder = pipe.diffusion_decoder
+    device = pipe._execution_device
+    if next(decoder.parameters()).device != torch.device(device):
+        decoder.to(device)
+    decode = LTX2VideoDiffusionDecodePipeline(diffusion_decoder=decoder, scheduler=pipe.scheduler, vae=pipe.vae)
+    decode.set_progress_bar_config(disable=True)
+    generators = [decoder_generator(seed, device) for seed in seeds]
+    frames = decode(latents.to(device), generator=generators, output_type="np", denormalize=False).frames
+    return frames_to_uint8(frames)
+
+
+def load_diffusion_decoder(source: str, folder: str, vae_dtype: str, key: str) -> Any:
+    """LTX-2.5's ``LTX2VideoDiffusionDecoderModel`` from the ``diffusion_decoder`` folder of ``folder``
+    (a local folder or a hub id), in ``vae_dtype``; a one-line error when it has none."""
+    from diffusers import LTX2VideoDiffusionDecoderModel
+
+    try:
+        decoder = LTX2VideoDiffusionDecoderModel.from_pretrained(folder, subfolder=DIFFUSION_DECODER, dtype=resolve_dtype(vae_dtype),
+                                                                 use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        from cac_align.loading import WeightsNotFoundError
+
+        raise WeightsNotFoundError(f"{key}={source!r}: LTX-2.5 decodes with its diffusion decoder and its '{DIFFUSION_DECODER}' folder cannot be "
+                                   f"loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); give a checkpoint with one "
+                                   "(LTX2VideoDiffusionDecoderModel.save_pretrained writes it), or download it where there is network") from exc
+    return decoder.eval()
 
 
 # ---------------------------------------------------------------------------------------
@@ -792,8 +905,8 @@ LTX23 = LTX2Family("ltx2.3", "LTX-2.3", {**_LTX2_SHARED, "num_inference_steps": 
 #   (modular_pipelines/ltx2/denoise.py), which its LTX25ModularPipeline keeps.
 # - 1024 text tokens: ltx_core text_encoders/gemma/gemma_assets.py at 2362161, ``TOKENIZER_MAX_LENGTH =
 #   1024`` for Gemma 3 and Gemma 4 alike.
-LTX25 = LTX2Family("ltx2.5", "LTX-2.5", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]},
-                   hub_ids=("Lightricks/LTX-2.5-Diffusers",))
+LTX25 = LTX2Family("ltx2.5", "LTX-2.5", {**_LTX2_SHARED, "num_inference_steps": 30, "stg_blocks": [28]}, tiny_names=("tiny-random:ltx2.5",),
+                   hub_ids=("Lightricks/LTX-2.5-Diffusers",), diffusion_decoder=True)
 FAMILIES = (LTX2, LTX23, LTX25)
 
 # The text encoder each release's model_index.json names (diffusers 0.42.1 LTX2Pipeline.__init__ types it
@@ -1025,7 +1138,8 @@ class LTX2Regenerator:
 
 REGENERATORS = (LTX2Regenerator("ltx2-condition", "LTX-2 (condition pipeline)", LTX2, ("tiny-random:ltx2",), LTX2.hub_ids),
                 LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids),
-                LTX2Regenerator("ltx2.5-condition", "LTX-2.5 (condition pipeline)", LTX25, LTX25.tiny_names, LTX25.hub_ids))
+                # LTX-2.5's condition pipeline decodes with the VAE, not its diffusion decoder: no tiny repair of it here
+                LTX2Regenerator("ltx2.5-condition", "LTX-2.5 (condition pipeline)", LTX25, (), LTX25.hub_ids))
 
 
 def regenerator_for_index(index: Mapping[str, Any]) -> LTX2Regenerator | None:

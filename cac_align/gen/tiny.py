@@ -23,7 +23,14 @@ classes at toy sizes, a word-level tokenizer built in-process, random weights. R
   video VAE at the real 32x spatial and 8x temporal compression (sides multiples of 32, 64 and up
   for LTX-2's reflect padding; ``8k + 1`` frames), the audio VAE and the vocoder at the real
   sample rates (24 kHz; 48 kHz through LTX-2.3's bandwidth extension), and the non-distilled
-  checkpoints' scheduler (shift by the video's token count, terminal sigma 0.1).
+  checkpoints' scheduler (shift by the video's token count, terminal sigma 0.1);
+- ``tiny-random:ltx2.5``: LTX-2.5's layout as diffusers 0.42.1 loads it: ``LTX2Pipeline`` with a
+  Gemma-4 text encoder (``Gemma4UnifiedForConditionalGeneration``, on the same character-level
+  tokenizer), a ``duration_head`` (``LTX2DurationHead``), LTX-2.3's transformer, connectors, VAE and
+  48 kHz vocoder, and the diffusion video decoder that samples (``LTX2VideoDiffusionDecoderModel``,
+  ``pipe.diffusion_decoder``: not a component ``LTX2Pipeline`` declares, saved in its own
+  ``diffusion_decoder`` folder; :mod:`cac_align.gen.ltx2`). The Gemma-4 ``prompt_enhancer`` is an
+  optional component of ``LTX2Pipeline`` and is left out (the jobs never enhance prompts).
 
 **In a sharded run** (``parallel.shard: fsdp2``) only the first process builds a tiny pipeline's
 transformers with their weights, as only it reads a real model's (:meth:`cac_align.gen.parallel.Layout.load_generator`).
@@ -40,7 +47,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-__all__ = ["recording_transformer_draws", "transformers_on_meta", "I2V_A14B_BOUNDARY_RATIO", "TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline",
+__all__ = ["recording_transformer_draws", "transformers_on_meta", "I2V_A14B_BOUNDARY_RATIO", "TINY_LTX2_BUILDERS", "TINY_WAN_BUILDERS", "assemble_ltx2_pipeline", "build_tiny_ltx2_pipeline", "build_tiny_ltx25_pipeline",
            "build_tiny_wan21_i2v_pipeline", "build_tiny_wan22_a14b_pipeline", "build_tiny_wan22_i2v_a14b_pipeline", "build_tiny_wan22_ti2v_pipeline",
            "build_tiny_wan_pipeline"]
 
@@ -473,18 +480,82 @@ def build_tiny_ltx2_pipeline(seed: int = 0, version: str = "2.0") -> Any:
     return assemble_ltx2_pipeline(tokenizer, text_encoder, connectors, transformer, vae, audio_vae, vocoder)
 
 
-def assemble_ltx2_pipeline(tokenizer: Any, text_encoder: Any, connectors: Any, transformer: Any, vae: Any, audio_vae: Any, vocoder: Any) -> Any:
+def _gemma4_encoder(vocab_size: int) -> Any:
+    """LTX-2.5's text encoder class (``Gemma4UnifiedForConditionalGeneration``) at toy size, as wide
+    as the tiny Gemma 3 (the connectors read ``_GEMMA_LAYERS + 1`` hidden states of 32); its vision
+    and audio embedders, which the pipeline never runs, as small as they build."""
+    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
+
+    return Gemma4UnifiedForConditionalGeneration(Gemma4UnifiedConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=_GEMMA_HIDDEN, intermediate_size=64, num_hidden_layers=_GEMMA_LAYERS,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
+                         layer_types=["sliding_attention", "full_attention"]),
+        vision_config=dict(patch_size=4, pooling_kernel_size=1, mm_embed_dim=16, mm_posemb_size=8, output_proj_dims=_GEMMA_HIDDEN),
+        audio_config=dict(audio_embed_dim=16),
+    ))
+
+
+def _ltx25_duration_head() -> Any:
+    """``LTX2DurationHead`` over the tiny connectors' widths (video 16, audio 8; the real: 4096, 2048)."""
+    from diffusers.pipelines.ltx2.duration_head import LTX2DurationHead
+
+    return LTX2DurationHead(video_cross_attention_dim=16, audio_cross_attention_dim=8, pooler_hidden_dim=16, num_queries=1, num_pooler_heads=2,
+                            mlp_hidden_dim=16)
+
+
+def _ltx25_diffusion_decoder() -> Any:
+    """LTX-2.5's diffusion video decoder at toy size, with the real compression (32x in space: two
+    2x upsamples and a 16-pixel patch, where the release has four and a 4-pixel one, so that its
+    last stage attends over 408 tokens, not 6,528, at 17 x 64 x 96; 8x in time) and the release's
+    one x0 step. Its neighbourhood kernels fit the tiny latent grid (2 x 3 latents at 64 x 96)."""
+    from diffusers import LTX2VideoDiffusionDecoderModel
+
+    return LTX2VideoDiffusionDecoderModel(
+        out_channels=3, latent_channels=_VIDEO_LATENT, patch_size=16, decoder_head_dim=8, decoder_stage_channels=(16, 16, 16, 16, 16),
+        decoder_stage_depths=(1, 1, 1, 1, 1), decoder_stage_kernels=((3, 1, 1), (3, 1, 1), (3, 1, 3), (3, 3, 3)),
+        decoder_upsample_strides=((1, 1, 1), (2, 1, 1), (2, 2, 2), (2, 1, 1)), decoder_upsample_channel_reductions=(1, 1, 1, 1),
+        decoder_stage5_kernel=(3, 3, 3), decoder_t_emb_dim=16, decoder_model_output_type="x0", decoder_num_inference_steps=1,
+    )
+
+
+def build_tiny_ltx25_pipeline(seed: int = 0) -> Any:
+    """A tiny random LTX-2.5 (module docstring): ``LTX2Pipeline`` with a Gemma-4 text encoder and a
+    duration head, LTX-2.3's other modules, and ``pipe.diffusion_decoder`` (its latent statistics
+    the VAE's, as a checkpoint's carry the same ones)."""
+    import torch
+
+    tokenizer = _gemma_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = _gemma4_encoder(len(tokenizer))
+    transformer, connectors = _ltx2_transformer(True), _ltx2_connectors(True)
+    vae, audio_vae, vocoder = _ltx2_video_vae(True), _ltx2_audio_vae(), _ltx2_vocoder(True)
+    duration_head, decoder = _ltx25_duration_head(), _ltx25_diffusion_decoder()
+    with torch.no_grad():
+        vae.latents_mean.copy_(0.1 * torch.randn(_VIDEO_LATENT))
+        vae.latents_std.copy_(0.5 + torch.rand(_VIDEO_LATENT))
+        audio_vae.latents_mean.copy_(0.1 * torch.randn(_AUDIO_TOKEN))
+        audio_vae.latents_std.copy_(0.5 + torch.rand(_AUDIO_TOKEN))
+        decoder.latents_mean.copy_(vae.latents_mean)
+        decoder.latents_std.copy_(vae.latents_std)
+    pipe = assemble_ltx2_pipeline(tokenizer, text_encoder, connectors, transformer, vae, audio_vae, vocoder, duration_head=duration_head)
+    pipe.diffusion_decoder = decoder.eval()
+    return pipe
+
+
+def assemble_ltx2_pipeline(tokenizer: Any, text_encoder: Any, connectors: Any, transformer: Any, vae: Any, audio_vae: Any, vocoder: Any,
+                           duration_head: Any = None) -> Any:
     """An ``LTX2Pipeline`` of freshly built modules (in eval mode) and the non-distilled
     checkpoints' scheduler (diffusers' conversion: shifted by the video's token count, ending at
     sigma 0.1), its progress bar off."""
     from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
 
-    for module in (text_encoder, transformer, connectors, vae, audio_vae, vocoder):
-        module.eval()
+    for module in (text_encoder, transformer, connectors, vae, audio_vae, vocoder, duration_head):
+        if module is not None:
+            module.eval()
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
                                                 max_image_seq_len=4096, shift_terminal=0.1)
     pipe = LTX2Pipeline(scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
-                        transformer=transformer, vocoder=vocoder)
+                        transformer=transformer, vocoder=vocoder, duration_head=duration_head)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -493,4 +564,5 @@ def assemble_ltx2_pipeline(tokenizer: Any, text_encoder: Any, connectors: Any, t
 TINY_LTX2_BUILDERS = {
     "tiny-random:ltx2": lambda seed=0: build_tiny_ltx2_pipeline(seed, "2.0"),
     "tiny-random:ltx2.3": lambda seed=0: build_tiny_ltx2_pipeline(seed, "2.3"),
+    "tiny-random:ltx2.5": lambda seed=0: build_tiny_ltx25_pipeline(seed),
 }

@@ -209,8 +209,8 @@ class WanFamily:
         device = pipe._execution_device
         return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators]), None
 
-    def decode(self, pipe: Any, latents: Any, side: Any = None) -> Any:
-        return decode_latents(pipe, latents)
+    def decode(self, pipe: Any, latents: Any, side: Any = None, seeds: Sequence[int] | None = None) -> Any:
+        return decode_latents(pipe, latents)  # Wan's VAE decodes without drawing: the seeds are not needed
 
     def encode_video(self, pipe: Any, frames: Any) -> Any:
         return encode_video(pipe, frames)
@@ -483,7 +483,7 @@ def encode_video(pipe: Any, frames: Any) -> Any:
         return ((z - mean) * inv_std)[0].float()
 
 
-def latent_preview(pipe: Any, latents: Any) -> Any:
+def latent_preview(pipe: Any, latents: Any, seeds: Any = None) -> Any:
     """A stand-in for :func:`decode_latents` in toy experiments: uint8 ``(B, 4 (F' - 1) + 1, 8 H',
     8 W', 3)``, the sigmoid of latent channels 0-2 as RGB laid out as Wan's VAE lays out pixels
     (latent frame 0 as pixel frame 0, latent frame k as pixel frames 4k - 3 .. 4k, each latent

@@ -500,7 +500,7 @@ def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
 class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
-    def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[[Any, torch.Tensor], np.ndarray] | None = None):
+    def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[..., np.ndarray] | None = None):
         self.config = config
         self.reward = reward
         self.pipe = pipe
@@ -804,8 +804,9 @@ class _Trainer:
                 store_device="cpu" if self.config.store_latents_on_cpu else None,
                 positions=self.config.advantage.localize.enabled and noise_level > 0,
             )
-        # the group's leader decodes the whole video: an image's fixed frames in front of the generated ones
-        videos = self.decode(self.pipe, whole_latents(embeds, trajectory.latents[:, -1])) if self.layout.leader else None
+        # the group's leader decodes the whole video: an image's fixed frames in front of the generated ones; the
+        # seeds name each video's draw where decoding samples (the family's decode)
+        videos = self.decode(self.pipe, whole_latents(embeds, trajectory.latents[:, -1]), seeds=seeds) if self.layout.leader else None
         return trajectory, videos
 
     def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
@@ -1001,14 +1002,15 @@ class _Trainer:
         end_trackers(acc)
 
 
-def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[[Any, torch.Tensor], np.ndarray] | None = None) -> dict[str, Any]:
+def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[..., np.ndarray] | None = None) -> dict[str, Any]:
     """Train (module docstring).
 
     Args:
         config: the run's config.
         reward, pipe: replace the reward and the pipeline the config names (tests, notebooks).
-        decode: ``decode(pipe, latents) -> uint8 (B, F, H, W, 3)`` in place of the VAE decode
-            (the family's ``decode``); the toy benchmark uses a latent preview.
+        decode: ``decode(pipe, latents, seeds=...) -> uint8 (B, F, H, W, 3)`` in place of the VAE
+            decode (the family's ``decode``; ``seeds``: the videos' noise seeds); the toy benchmark
+            uses a latent preview.
 
     Returns:
         The last step's logged numbers.
