@@ -189,6 +189,9 @@ class GeneratorFamily(Protocol):
         image_input: whether it animates an image (:data:`IMAGE_INPUTS`: "none", "optional",
             "required"; module docstring).
         last_image: it also takes the video's last frame (Wan's first-last-frame mode).
+        extra_components: models of a checkpoint that its pipeline class does not hold, each in a
+            folder of that name beside ``model_index.json`` and kept as an attribute of the loaded
+            pipeline (LTX-2.5's ``diffusion_decoder``): the memory plan counts them too.
     """
 
     name: str
@@ -207,6 +210,7 @@ class GeneratorFamily(Protocol):
     encoder_components: tuple[str, ...]
     image_input: str
     last_image: bool
+    extra_components: tuple[str, ...]
 
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
         """The pipeline in ``source`` (a folder or hub id), safetensors only; ``components``: modules

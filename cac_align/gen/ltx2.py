@@ -195,6 +195,11 @@ class LTX2Family:
     # "LTX-2.5's diffusion decoder"), kept beside the pipeline as ``pipe.diffusion_decoder``
     diffusion_decoder: bool = False
 
+    @property
+    def extra_components(self) -> tuple[str, ...]:
+        """The diffusion decoder's folder, which ``LTX2Pipeline`` does not hold (LTX-2.5 on)."""
+        return (DIFFUSION_DECODER,) if self.diffusion_decoder else ()
+
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, pipeline: str | None = None,
              components: Mapping[str, Any] | None = None) -> Any:

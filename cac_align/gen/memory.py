@@ -3,8 +3,9 @@ worked out before any weight loads, and a refusal, naming the fix, when that can
 and what a node's host memory holds while the run loads.
 
 **Where the numbers come from.** The models' own configs: each component of the pipeline
-(``model_index.json``'s transformers, text encoder(s), VAE(s)) and each in-process judge of the
-reward sections (its ``config.json``; which models a section loads, each reward says:
+(``model_index.json``'s transformers, text encoder(s), VAE(s), and the models a family keeps beside
+them: LTX-2.5's diffusion decoder, counted with the VAEs in ``generator.vae_dtype``) and each
+in-process judge of the reward sections (its ``config.json``; which models a section loads, each reward says:
 :func:`cac_align.rewards.registry.reward_judges`) is built on the meta device (``with
 torch.device("meta")``: no weight read, no memory taken) and its parameters are counted; a tiny
 in-process model (``tiny-random:...``) is built and counted as it is. The VAE's decode (or encode)
@@ -414,16 +415,45 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
         import torch
 
         modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+        modules.update({n: getattr(pipe, n) for n in family.extra_components})  # LTX-2.5's diffusion decoder
         return count_components(config.name, family, modules, targets, experts)
     index = read_model_index(config.name, "generator.name") if looks_like_path(config.name) else _cached_model_index(config.name)
     folders = _config_folders(config.name, index) if index is not None else None
     if folders is None:
         raise ConfigsNotFound([(config.name, "model_index.json and */config.json")])
+    extra = _extra_folders(config.name, family.extra_components)
+    if extra is None:
+        raise ConfigsNotFound([(config.name, f"{', '.join(f'{n}/config.json' for n in family.extra_components)}")])
     modules = {}
     for component, folder in folders.items():
         library, class_name = index[component]
         modules[component] = _meta_module(_model_class(library, class_name), folder)
+    for component, folder in extra.items():  # a model its pipeline class does not hold: the class its config.json names
+        import json
+
+        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8"))["_class_name"]
+        modules[component] = _meta_module(_model_class("diffusers", class_name), folder)
     return count_components(config.name, family, modules, targets, experts)
+
+
+def _extra_folders(name: str, components: Sequence[str]) -> dict[str, Path] | None:
+    """The folders of a family's ``extra_components`` (beside ``model_index.json``, not in it), as
+    :func:`_config_folders` finds a component's; None when one is not on this machine."""
+    from cac_align.loading import looks_like_path
+
+    folders: dict[str, Path] = {}
+    for component in components:
+        if looks_like_path(name):
+            path = Path(name).expanduser() / component / "config.json"
+            found: Any = str(path) if path.is_file() else None
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, f"{component}/config.json")
+        if not isinstance(found, str):
+            return None
+        folders[component] = Path(found).parent
+    return folders
 
 
 def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:

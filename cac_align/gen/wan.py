@@ -127,6 +127,7 @@ class WanFamily:
     # image-to-video (cac_align.gen.family): "none", "optional" (the TI2V-5B), "required" (WanImageToVideoPipeline's models)
     image_input: str = "none"
     last_image: bool = False
+    extra_components: tuple[str, ...] = ()  # every model of a Wan checkpoint is a component of its pipeline class
     # the negative prompt the release samples with when a recipe leaves generator.negative_prompt unset
     negative_prompt: str = WAN_NEGATIVE_PROMPT
 

@@ -142,6 +142,16 @@ def test_an_ltx25_saved_by_diffusers_classes_under_an_unlisted_hub_id_is_read_an
     made, built = generate_videos(loaded, config, PROMPTS[:1], [7]), generate_videos(pipe, _config(), PROMPTS[:1], [7])
     assert np.abs(made.frames.astype(int) - built.frames).max() <= 1  # the same video (float rounding of a reloaded model)
     np.testing.assert_allclose(made.audio, built.audio, rtol=0, atol=1e-5)
+    # the memory plan counts the diffusion decoder from its config on the meta device, beside the VAEs
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.gen.memory import counted_generator
+
+    decoder_parameters = sum(p.numel() for p in pipe.diffusion_decoder.parameters())
+    for name in ("tiny-random:ltx2.5", str(folder)):  # built as it is, and from the saved folder's configs
+        counts = counted_generator(_config(name), LoraSettings())
+        others = {c.name: c.parameters for c in counts.others}
+        assert others["diffusion_decoder"] == decoder_parameters and {"vae", "audio_vae", "vocoder"} <= set(others)
+        assert "duration_head" in others  # loaded with the checkpoint, never run: resident all the same
     # a checkpoint without its decoder folder is refused in one line, not decoded otherwise
     (folder / "diffusion_decoder" / "config.json").unlink()
     with pytest.raises(WeightsNotFoundError, match=r"LTX-2.5 decodes with its diffusion decoder") as refused:
