@@ -109,6 +109,13 @@ decoded as before. Three decisions, each pinned by a test (tests/gen/test_ltx25.
   recipe that leaves ``num_frames`` unset takes the release's 121 (5 s at 24 fps, the table above);
   the head is loaded with the checkpoint and left unused.
 
+Not measured at full size: diffusers' default attention of the decoder
+(``LTX2VideoVaeNeighborhoodAttnProcessor``) is FlexAttention with a block mask, which torch runs
+unfused outside ``torch.compile`` (it materializes every query-key score: at 121 x 512 x 768 the last
+stage's 3 million tokens cannot), so a real run needs the decoder's flex attention compiled, tiled
+decoding (``pipe.diffusion_decoder.enable_tiling()``) or diffusers' NATTEN processor (a GPU kernel
+fetched from the Hub with ``kernels``); the tiny decoder's 408 tokens run it unfused on the CPU.
+
 The Gemma-4 ``prompt_enhancer`` (an optional ``LTX2Pipeline`` component) is never run: the jobs
 generate from the prompt file's text as it is, and ``tiny-random:ltx2.5`` leaves it out.
 
