@@ -463,7 +463,7 @@ class LTX2Family:
             if seeds is None or len(seeds) != latents.shape[0]:
                 raise ValueError(f"{self.title}'s diffusion decoder samples: give decode one seed per video ({latents.shape[0]}), got {seeds!r}")
             with torch.no_grad():
-                z = latents.to(pipe._execution_device, torch.float32)
+                z = latents.to(next(vae.parameters()).device, torch.float32)
                 mean, std = vae.latents_mean.view(1, -1, 1, 1, 1).to(z), vae.latents_std.view(1, -1, 1, 1, 1).to(z)
                 return diffusion_decode(pipe, z * std / vae.config.scaling_factor + mean, seeds)
         with torch.no_grad():
@@ -663,15 +663,16 @@ def diffusion_decode(pipe: Any, latents: torch.Tensor, seeds: Sequence[int]) -> 
     ``output_type="latent"``) to uint8 frames ``(B, F, H, W, 3)`` through diffusers'
     ``LTX2VideoDiffusionDecodePipeline`` over ``pipe.diffusion_decoder`` (``denormalize=False``),
     video ``i`` drawing its pixel noise from :func:`decoder_generator` of ``seeds[i]`` (diffusers'
-    ``randn_tensor`` draws each row from its own generator). The decoder follows the pipeline's
-    execution device on first use (it is not one of ``LTX2Pipeline``'s components)."""
+    ``randn_tensor`` draws each row from its own generator). The decoder goes where the VAE is on
+    first use (it is not one of ``LTX2Pipeline``'s components, which the jobs place; the VAE stays on
+    the device where the text encoder may leave it), and draws there."""
     from diffusers import LTX2VideoDiffusionDecodePipeline
 
     from cac_align.gen.generator import frames_to_uint8
 
     decoder = pipe.diffusion_decoder
-    device = pipe._execution_device
-    if next(decoder.parameters()).device != torch.device(device):
+    device = next(pipe.vae.parameters()).device
+    if next(decoder.parameters()).device != device:
         decoder.to(device)
     decode = LTX2VideoDiffusionDecodePipeline(diffusion_decoder=decoder, scheduler=pipe.scheduler, vae=pipe.vae)
     decode.set_progress_bar_config(disable=True)

@@ -45,7 +45,7 @@ def _ours(pipe, config, noise_level=0.0):
     return trajectory, cond, negative, guidance
 
 
-@pytest.mark.slow  # four pipeline runs of tiny-random:ltx2.5: `pytest -m slow` (time: the report's table)
+@pytest.mark.slow  # four pipeline runs of tiny-random:ltx2.5, ~13 s of CPU: `pytest -m slow`
 def test_the_ode_sampler_is_the_pipelines_own_and_decodes_as_its_decode_pipeline(pipe):
     from diffusers import LTX2VideoDiffusionDecodePipeline
 
@@ -75,6 +75,7 @@ def test_the_ode_sampler_is_the_pipelines_own_and_decodes_as_its_decode_pipeline
     assert (other.side[:, -1] - trajectory.side[:, -1]).abs().max() > 100 * 1e-5
 
 
+@pytest.mark.slow  # ~6 s of CPU, and the module's tiny-random:ltx2.5 built once (~15 s with its imports): `pytest -m slow`
 def test_a_seed_names_a_video_through_the_decoder_that_samples(pipe):
     latents = torch.randn(1, 8, 3, 2, 3, generator=torch.Generator().manual_seed(0)).expand(3, -1, -1, -1, -1)
     once, again = LTX25.decode(pipe, latents, seeds=[5, 5, 6]), LTX25.decode(pipe, latents[:1], seeds=[5])
@@ -85,7 +86,7 @@ def test_a_seed_names_a_video_through_the_decoder_that_samples(pipe):
         LTX25.decode(pipe, latents)
 
 
-@pytest.mark.slow  # two SDE samplings and two decodes of tiny-random:ltx2.5: `pytest -m slow` (time: the report's table)
+@pytest.mark.slow  # two SDE samplings and two decodes, ~8 s of CPU: `pytest -m slow`
 def test_flow_grpos_log_probs_are_the_transformers_latents_alone(pipe):
     config = _config(steps=2)
     trajectory, cond, negative, guidance = _ours(pipe, config, noise_level=0.7)
@@ -109,7 +110,7 @@ def test_flow_grpos_log_probs_are_the_transformers_latents_alone(pipe):
     assert not np.array_equal(videos[0], videos[1])
 
 
-@pytest.mark.slow  # two pipeline runs of tiny-random:ltx2.5: `pytest -m slow` (time: the report's table)
+@pytest.mark.slow  # two pipeline runs, ~5 s of CPU: `pytest -m slow`
 def test_num_frames_is_always_passed_and_the_duration_head_never_consulted(pipe):
     assert GeneratorConfig(name="tiny-random:ltx2.5").num_frames == 121  # a recipe that omits it: the release's 5 s at 24 fps
     calls = []
@@ -126,7 +127,7 @@ def test_num_frames_is_always_passed_and_the_duration_head_never_consulted(pipe)
     assert calls == [1] and predicted.frames.shape[2] == 2  # 9 frames (0.375 s at 24 fps): 2 latent frames
 
 
-@pytest.mark.slow  # a save, a load and two generations of tiny-random:ltx2.5: `pytest -m slow` (time: the report's table)
+@pytest.mark.slow  # a save, a load and two generations, ~13 s of CPU: `pytest -m slow`
 def test_an_ltx25_saved_by_diffusers_classes_under_an_unlisted_hub_id_is_read_and_samples_as_built(pipe, tmp_path, hub_cache):
     folder = tmp_path / "saved"
     pipe.save_pretrained(str(folder))  # LTX2Pipeline's own save: every component but the decoder, which it does not hold
