@@ -29,7 +29,7 @@ def _bon(seed: int, out: str):
     return [json.loads(line) for line in open(f"{out}/candidates.jsonl")]
 
 
-@pytest.mark.slow  # three Best-of-N runs, a Flow-GRPO step and a DPO step of tiny-random:ltx2.5: `pytest -m slow`; measured 6 min on a loaded 2-core machine
+@pytest.mark.slow  # three Best-of-N runs, a Flow-GRPO step and a DPO step of tiny-random:ltx2.5: `pytest -m slow`; 95 s of CPU (7.5 min wall on 2 cores shared at load 14)
 def test_the_tiny_recipes_run_from_an_empty_folder_and_a_seed_names_each_video(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing here: the recipes' recipes/ paths resolve to the shipped files
     rows = _bon(0, "outputs/bon_tiny_ltx25")  # the recipe's own out_dir: where dpo_tiny_ltx25.yaml reads its pairs

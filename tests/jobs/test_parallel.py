@@ -356,6 +356,7 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
     ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"), "tiny-random:wan22-a14b"),
     ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2"), None),  # with its audio stream
     # LTX-2.5: its diffusion decoder draws from each sample's seed, so the two processes' videos are one process's
+    # (measured: 332 s wall on 2 cores shared at load 14, both runs)
     ("flow_grpo_tiny_ltx25.yaml", ("parallel.shard=fsdp2",), None),
 ], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2", "ltx25-fsdp2"])
 def test_the_big_families_sharded_equal_one_process(recipe, extra, saved, tmp_path):
