@@ -111,6 +111,8 @@ class HunyuanVideo15Family:
     block_classes: tuple[str, ...] = ("HunyuanVideo15TransformerBlock",)
     encoder_components: tuple[str, ...] = ("text_encoder", "text_encoder_2")
     last_image: bool = False
+    # the VAE runs on one video at a time (:meth:`decode`): the memory plan traces it so
+    vae_one_video: bool = True
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
@@ -152,8 +154,8 @@ class HunyuanVideo15Family:
 
     def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
                        max_sequence_length: int) -> tuple[Any, Any]:
-        """Both text encoders' embeddings and masks of ``prompts`` (``embeds``, ``mask``: Qwen2.5-VL;
-        ``embeds_2``, ``mask_2``: ByT5), and of the negative prompt with CFG (None: the release's
+        """Both text encoders' embeddings and masks of ``prompts`` (``embeds``, ``attention_mask``:
+        Qwen2.5-VL; ``embeds_2``, ``attention_mask_2``: ByT5), and of the negative prompt with CFG (None: the release's
         empty one), through the pipeline's ``encode_prompt`` with ``max_sequence_length`` Qwen
         tokens (its ``tokenizer_max_length``)."""
         from cac_align.gen.family import Conditioning
@@ -162,7 +164,7 @@ class HunyuanVideo15Family:
             with torch.no_grad(), _text_length(pipe, max_sequence_length):
                 embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(prompt=list(texts), device=pipe._execution_device, dtype=pipe.transformer.dtype,
                                                                     batch_size=len(texts))
-            return Conditioning(embeds=embeds, mask=mask, embeds_2=embeds_2, mask_2=mask_2)
+            return Conditioning(embeds=embeds, attention_mask=mask, embeds_2=embeds_2, attention_mask_2=mask_2)
 
         cond = encode(prompts)
         if not _does_cfg(guidance):
@@ -386,7 +388,8 @@ class HunyuanVideo15Denoiser(Denoiser):
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, text: Any, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.transformer(hidden_states=x, image_embeds=image_embeds, timestep=t, encoder_hidden_states=text.embeds,
-                                encoder_attention_mask=text.mask, encoder_hidden_states_2=text.embeds_2, encoder_attention_mask_2=text.mask_2,
+                                encoder_attention_mask=text.attention_mask, encoder_hidden_states_2=text.embeds_2,
+                                encoder_attention_mask_2=text.attention_mask_2,
                                 return_dict=False)[0].float()
 
     def forward(self, latents: torch.Tensor, timestep: Any, cond: Any, negative: Any, guidance: Mapping[str, Any], dtype: Any = None,
@@ -396,8 +399,8 @@ class HunyuanVideo15Denoiser(Denoiser):
         Args:
             latents: ``(B, C, F', H', W')`` float32.
             timestep: the scheduler's ``t = 1000 sigma``, a scalar or one per sample ``(B,)``.
-            cond / negative: :class:`~cac_align.gen.family.Conditioning` (``embeds``, ``mask``,
-                ``embeds_2``, ``mask_2``; ``cond`` also ``condition`` and ``image_embeds`` when it
+            cond / negative: :class:`~cac_align.gen.family.Conditioning` (``embeds``, ``attention_mask``,
+                ``embeds_2``, ``attention_mask_2``; ``cond`` also ``condition`` and ``image_embeds`` when it
                 animates an image: :meth:`HunyuanVideo15Family.encode_images`); negative None
                 without CFG. The negative row reads the same image as the prompt's, as in the pipeline.
             guidance: :meth:`HunyuanVideo15Family.guidance`.
@@ -429,7 +432,7 @@ class HunyuanVideo15Denoiser(Denoiser):
 def _text(cond: Any) -> Any:
     from cac_align.gen.family import Conditioning
 
-    return Conditioning(**{key: cond.tensors[key] for key in ("embeds", "mask", "embeds_2", "mask_2")})
+    return Conditioning(**{key: cond.tensors[key] for key in ("embeds", "attention_mask", "embeds_2", "attention_mask_2")})
 
 
 # ---------------------------------------------------------------------------------------
