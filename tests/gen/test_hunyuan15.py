@@ -25,7 +25,7 @@ NAMES = {"t2v": "tiny-random:hunyuanvideo15", "i2v": "tiny-random:hunyuanvideo15
 TOL = 1e-5  # float rounding of our batch of 2 (CFG rows batched) against the pipeline's separate forwards
 
 
-def _config(name: str, steps: int = 3, **settings) -> GeneratorConfig:
+def _config(name: str, steps: int = 2, **settings) -> GeneratorConfig:
     # 32 x 32 is a bucket of the tiny transformer's target_size 32; 9 frames -> 3 latent frames (4x), 32 -> 2 (16x)
     return GeneratorConfig(name=name, dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=9,
                            num_inference_steps=steps, max_sequence_length=16, negative_prompt="blurry", **settings)
@@ -33,7 +33,7 @@ def _config(name: str, steps: int = 3, **settings) -> GeneratorConfig:
 
 @pytest.fixture(scope="module")
 def pipes():
-    return {mode: build_generator(_config(name)) for mode, name in NAMES.items()}
+    return {mode: build_generator(_config(name)) for mode, name in NAMES.items()}  # 0.7 s each
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,7 @@ def test_the_ode_sampler_is_the_text_to_video_pipelines_own_latents(pipes):
     assert np.abs(frames[:1].astype(int) - expected).max() <= 1
 
 
+@pytest.mark.slow  # the image-to-video twin of the test above: `pytest -m slow`
 def test_the_ode_sampler_is_the_image_to_video_pipelines_own_latents(pipes, images):
     pipe, config = pipes["i2v"], _config(NAMES["i2v"])
     rows = [images[0], images[0]]  # a group shares its prompt's image
