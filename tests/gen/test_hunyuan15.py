@@ -75,7 +75,7 @@ def _theirs(pipe, config, image=None):
         pipe.tokenizer_max_length = 1000
 
 
-def test_the_ode_sampler_is_the_text_to_video_pipelines_own_latents(pipes):
+def test_the_ode_sampler_is_the_text_to_video_pipelines_own_latents(pipes):  # 65 s wall at load ~8 on 2 cores (the file: 44 s of CPU)
     pipe, config = pipes["t2v"], _config(NAMES["t2v"])
     ours, theirs = _ours(pipe, config), _theirs(pipe, config)
     assert ours.shape == theirs.shape == (2, 4, 3, 2, 2)
@@ -93,7 +93,7 @@ def test_the_ode_sampler_is_the_text_to_video_pipelines_own_latents(pipes):
     assert np.abs(frames[:1].astype(int) - expected).max() <= 1
 
 
-@pytest.mark.slow  # the image-to-video twin of the test above: `pytest -m slow`
+@pytest.mark.slow  # the image-to-video twin of the test above (57 s wall at load ~8): `pytest -m slow`
 def test_the_ode_sampler_is_the_image_to_video_pipelines_own_latents(pipes, images):
     pipe, config = pipes["i2v"], _config(NAMES["i2v"])
     rows = [images[0], images[0]]  # a group shares its prompt's image

@@ -31,7 +31,7 @@ def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # measured 3.5 min on the shared 2-core machine under load (bon, then dpo)
+@pytest.mark.slow  # bon, then dpo: measured 196 s wall on a shared 2-core machine at load ~8 (both tests: 76 s of CPU)
 def test_best_of_n_writes_the_pipelines_videos_and_dpo_trains_on_them(tmp_path):
     from cac_align.jobs.best_of_n import run as best_of_n
     from cac_align.jobs.dpo import DpoConfig, run as dpo
@@ -64,7 +64,7 @@ def _settings(name):
                 max_sequence_length=16)
 
 
-@pytest.mark.slow  # measured 2.5 min on the shared 2-core machine under load
+@pytest.mark.slow  # measured 182 s wall on a shared 2-core machine at load ~8
 def test_flow_grpo_animating_an_image_trains_a_lora_that_loads_back(tmp_path):
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
