@@ -134,6 +134,18 @@ def test_a_saved_pipeline_under_an_unlisted_hub_id_is_its_family_and_samples_as_
         GeneratorConfig(name=NAMES["t2v"], stg_scale=1.0)
     with pytest.raises(RecipeError, match="context_parallel > 1 is not supported for HunyuanVideo-1.5"):
         HUNYUAN15_T2V.check_context_parallel(config, 2, {})
+    # the memory plan counts it from its configs on the meta device (the cached folder's config.json files, no weights)
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.gen.memory import count_generator, vae_bytes
+
+    for mode, encoders in (("t2v", ["text_encoder", "text_encoder_2"]), ("i2v", ["text_encoder", "text_encoder_2", "image_encoder"])):
+        counts = count_generator(GeneratorConfig(name=f"someone/hv15-{mode}-finetune"), LoraSettings(rank=4))
+        (transformer,) = counts.transformers
+        assert transformer.parameters == sum(p.numel() for p in pipes[mode].transformer.parameters())  # 4.3M: the 2048-wide ByT5 projection
+        assert len(transformer.blocks) == 2 and transformer.lora_width > 0 and [c.name for c in counts.encoders] == encoders
+        assert (counts.hidden_size, counts.num_heads, counts.context_parallel, counts.vae_one_video) == (16, 2, False, True)
+        # its VAE is traced on one video whatever the batch (it decodes video by video: diffusers' fails on two)
+        assert vae_bytes(counts, "decode", 4, (9, 32, 32), "float32") == vae_bytes(counts, "decode", 1, (9, 32, 32), "float32") > 0
     # loaded back through from_pretrained, it samples what the built one samples
     loaded = build_generator(_config("someone/hv15-t2v-finetune", steps=2))
     assert torch.equal(_ours(loaded, _config("someone/hv15-t2v-finetune", steps=2)), _ours(pipes["t2v"], _config(NAMES["t2v"], steps=2)))
