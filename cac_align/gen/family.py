@@ -79,7 +79,7 @@ __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_image
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
 # ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, has a module of its own.
-FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2")
+FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2", "cac_align.gen.hunyuan15")
 
 
 # What a family's image_input says: it takes no image, text or text and an image, or needs an image.

@@ -303,6 +303,13 @@ def load_lora(pipe: Any, family: Any, path: str, scale: float = 1.0, key: str = 
     if low and family.experts < 2:
         raise RecipeError(f"{key}={path!r}: holds a LoRA of a second expert ({LORA_WEIGHT_NAME_2}), and this generator ({family.title}) has one "
                           "transformer")
+    if high and not hasattr(pipe, "load_lora_weights"):
+        # a pipeline without diffusers' LoRA loader (HunyuanVideo-1.5's in 0.42.1): the same file into the
+        # transformer as the loaders put it (their load_lora_into_transformer: load_lora_adapter, prefix "transformer")
+        pipe.transformer.load_lora_adapter(str(folder), weight_name=LORA_WEIGHT_NAME, prefix="transformer", adapter_name="default")
+        if scale != 1.0:
+            pipe.transformer.set_adapters(["default"], weights=[scale])
+        return
     if high:
         pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
     if low:
@@ -327,13 +334,20 @@ def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME
     # alpha / rank) and target modules load back as trained
     # sets (target_modules) in a stable order: identical runs write identical files
     metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in transformer.peft_config["default"].to_dict().items()}
-    getattr(diffusers, pipeline_class).save_lora_weights(
-        str(folder),
-        transformer_lora_layers=state,
-        weight_name=weight_name,
-        safe_serialization=True,
-        transformer_lora_adapter_metadata=metadata,
-    )
+    writer = getattr(diffusers, pipeline_class)
+    if hasattr(writer, "save_lora_weights"):
+        writer.save_lora_weights(
+            str(folder),
+            transformer_lora_layers=state,
+            weight_name=weight_name,
+            safe_serialization=True,
+            transformer_lora_adapter_metadata=metadata,
+        )
+    else:  # no LoRA loader on the pipeline (HunyuanVideo-1.5's in 0.42.1): the helper every loader's save_lora_weights calls, the same file
+        from diffusers.loaders.lora_base import LoraBaseMixin
+
+        LoraBaseMixin._save_lora_weights(save_directory=str(folder), lora_layers={"transformer": state},
+                                         lora_metadata={"transformer": metadata}, weight_name=weight_name, safe_serialization=True)
     _canonical_header(Path(folder) / weight_name)
     share_modes(folder)  # safetensors writes 0600 files
 

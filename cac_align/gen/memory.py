@@ -239,6 +239,8 @@ class GeneratorCounts:
             ``context_parallel_plan`` does not refuse); a refusal offers context parallel only then.
         vae: the pipeline's ``vae`` module (on the meta device, or the tiny one built), whose
             decode and encode the plan traces (:func:`vae_bytes`); None when it has none.
+        vae_one_video: the family runs its VAE on one video at a time (its ``vae_one_video``:
+            HunyuanVideo-1.5's VAE fails on a batch), so the plan traces a batch of one.
     """
 
     source: str
@@ -254,6 +256,7 @@ class GeneratorCounts:
     frame_multiple: int
     context_parallel: bool = True
     vae: Any = field(default=None, compare=False, repr=False)
+    vae_one_video: bool = False
 
 
 def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -288,7 +291,7 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
     except RecipeError:
         splits = False
     return GeneratorCounts(source, family.title, transformers, encoders, others, hidden, heads, len(transformers[0].blocks), patch_t,
-                           family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"))
+                           family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"), bool(getattr(family, "vae_one_video", False)))
 
 
 def _model_class(library: str, class_name: str) -> Any:
@@ -766,6 +769,8 @@ def vae_bytes(counts: GeneratorCounts, what: str, batch: int, video: tuple[int, 
     """
     if counts.vae is None or batch < 1:
         return 0
+    if counts.vae_one_video:  # the family decodes and encodes video by video
+        batch = 1
     return _vae_trace(counts.vae, what, int(batch), *(int(v) for v in video), str(dtype), counts.frame_multiple)
 
 
