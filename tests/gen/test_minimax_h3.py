@@ -1,0 +1,147 @@
+"""MiniMax-H3 (cac_align.gen.minimax_h3): a modular pipeline's folder is read by its
+modular_model_index.json under any name; with noise 0 our sampler (the family's denoiser, one step at
+a time) gives the modular pipeline's own video and audio latents, and the audio on the video's
+schedule (the control) does not; Best-of-N writes 24 fps videos with their soundtrack and a WAV."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.gen.family import family_from_index, family_of
+from cac_align.gen.generator import GeneratorConfig
+from cac_align.gen.minimax_h3 import MINIMAX_H3, audio_sigma
+from conftest import REPO_ROOT
+
+TINY = dict(name="tiny-random:minimax-h3", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_inference_steps=3,
+            max_sequence_length=32)
+PROMPTS = ["a dog in a park", "a red car on the street slowly"]
+SEEDS = (7, 8)
+
+
+def test_the_audio_noise_level_follows_the_videos_through_both_shifts():
+    # b = 0.5: video 12 * 0.5 / (1 + 11 * 0.5) = 6 / 6.5; audio 3 * 0.5 / (1 + 2 * 0.5) = 0.75
+    got = audio_sigma(torch.tensor([1.0, 6.0 / 6.5, 0.0], dtype=torch.float64), 12.0, 3.0)
+    assert torch.allclose(got, torch.tensor([1.0, 0.75, 0.0], dtype=torch.float64), atol=1e-12)
+
+
+def test_a_modular_index_is_minimax_h3_and_the_others_are_not(tmp_path):
+    index = {"_class_name": "MiniMaxH3ModularPipeline", "_blocks_class_name": "MiniMaxH3Blocks",
+             "transformer": ["diffusers", "MiniMaxH3Transformer3DModel", {"pretrained_model_name_or_path": "/elsewhere"}]}
+    assert family_from_index(index, "x") is MINIMAX_H3
+    assert family_from_index({"_class_name": "WanPipeline"}, "x").name == "wan2.1"  # the others still read theirs
+    folder = tmp_path / "someones-h3-finetune"  # any name: its file decides
+    folder.mkdir()
+    (folder / "modular_model_index.json").write_text(json.dumps(index))
+    config = GeneratorConfig(name=str(folder))
+    assert config.family is MINIMAX_H3
+    assert (config.height, config.width, config.num_frames, config.fps, config.num_inference_steps) == (768, 1344, 124, 24.0, 50)
+    assert config.guidance_scale is None and config.flow_shift is None  # guidance-distilled; the checkpoint's shift
+
+
+def test_the_release_hub_id_is_known_offline_and_a_clip_is_17n_plus_5_frames(hub_cache):
+    assert family_of("MiniMaxAI/MiniMax-H3") is MINIMAX_H3  # not cached, no network: its listed name
+    assert GeneratorConfig(**TINY, num_frames=141).num_frames == 141  # 17 * 8 + 5
+    with pytest.raises(ValueError, match=r"num_frames must be 17k \+ 5"):
+        GeneratorConfig(**TINY, num_frames=121)
+    with pytest.raises(ValueError, match="guidance_scale does not apply"):
+        GeneratorConfig(**TINY, guidance_scale=5.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from cac_align.gen.generator import build_generator
+
+    config = GeneratorConfig(**TINY)
+    return config, build_generator(config)
+
+
+def _ours(config, pipe):
+    from cac_align.gen.generator import sample_with_log_probs
+
+    family = config.family
+    cond, negative = family.encode_prompts(pipe, PROMPTS, None, family.guidance(config), config.max_sequence_length)
+    sigmas, timesteps = family.schedule(pipe, config)
+    return sample_with_log_probs(pipe, family.denoiser(pipe), cond, negative, [torch.Generator().manual_seed(s) for s in SEEDS], config=config,
+                                 sigmas=sigmas, timesteps=timesteps, noise_level=0.0)
+
+
+def _pipelines_own(pipe):
+    """The modular pipeline's own latents: MiniMaxH3Blocks without the decoders, on the same components."""
+    from diffusers.modular_pipelines import MiniMaxH3Blocks
+
+    blocks = MiniMaxH3Blocks()
+    blocks.sub_blocks.pop("decode")
+    own = blocks.init_pipeline()
+    own.update_components(**{k: v for k, v in pipe.components.items() if v is not None and k != "video_processor"})
+    own.set_progress_bar_config(disable=True)
+    out = []
+    for prompt, seed in zip(PROMPTS, SEEDS):
+        state = own(prompt=prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=3, height=32, width=32, num_frames=124)
+        out.append((state.get("latents")[0], state.get("audio_latents")))  # (C, F', H', W'), (2, C_a, A)
+    return out
+
+
+@pytest.mark.slow  # ~25 s with the tiny build: `pytest -m slow`
+def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latents(tiny, monkeypatch):
+    config, pipe = tiny
+    assert config.num_frames == 124
+    own = _pipelines_own(pipe)
+    ours = _ours(config, pipe)
+    assert ours.latents.shape == (2, 3, 4, 37, 2, 2) and ours.side.shape == (2, 3, 414, 4)  # 3 grid points: 2 forwards; 207 latents x 2 channels
+    for i, (video, audio) in enumerate(own):
+        ours_audio = ours.side[i, -1].reshape(2, -1, audio.shape[1]).permute(0, 2, 1)
+        torch.testing.assert_close(ours.latents[i, -1], video, rtol=0, atol=2e-6)
+        torch.testing.assert_close(ours_audio, audio, rtol=0, atol=2e-6)
+        assert video.abs().mean() > 0.5 and audio.abs().mean() > 0.5  # not trivially equal
+    # the control: the audio stepped on the video's sigmas (as LTX-2's is) is not the pipeline's
+    from cac_align.gen.minimax_h3 import MiniMaxH3Family
+
+    monkeypatch.setattr(MiniMaxH3Family, "side_sigmas", lambda self, pipe, config, sigmas: sigmas)
+    control = _ours(config, pipe)
+    ours_audio = control.side[0, -1].reshape(2, -1, own[0][1].shape[1]).permute(0, 2, 1)
+    assert (ours_audio - own[0][1]).abs().max() > 1e-2
+
+
+@pytest.mark.slow  # ~40 s: a saved pipeline reloaded under an unlisted name, the same latents
+def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_the_same(tiny, tmp_path):
+    from cac_align.gen.generator import build_generator
+
+    config, pipe = tiny
+    saved = tmp_path / "saved-elsewhere"
+    pipe.save_pretrained(str(saved))  # diffusers' own: it writes this path into modular_model_index.json
+    moved = tmp_path / "someone--h3-finetune"
+    saved.rename(moved)  # the recorded path no longer exists: the folder's own subfolders are read
+    assert not (moved / "model_index.json").exists() and str(saved) in (moved / "modular_model_index.json").read_text()
+    loaded_config = GeneratorConfig(**{**TINY, "name": str(moved)})
+    assert loaded_config.family is MINIMAX_H3
+    loaded = build_generator(loaded_config)
+    torch.testing.assert_close(_ours(loaded_config, loaded).latents, _ours(config, pipe).latents, rtol=0, atol=0)
+
+
+@pytest.mark.slow  # ~60 s: 4 videos of 124 frames through the tiny VAEs
+def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav(tmp_path):
+    import imageio_ffmpeg
+
+    from cac_align.config import load_config
+    from cac_align.jobs.best_of_n import BonConfig, run
+    from cac_align.video import load_video
+
+    config = load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_minimax_h3.yaml", [f"out_dir={tmp_path / 'run'}"], job="bon")
+    run(config)
+    rows = [json.loads(line) for line in (tmp_path / "run/candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["valid"] for r in rows)
+    mp4 = tmp_path / "run" / rows[0]["video"]
+    done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True, text=True)
+    assert "Video: h264" in done.stderr and "Audio: aac" in done.stderr and "24 fps" in done.stderr
+    video = load_video(str(mp4))
+    assert video.fps == 24.0 and video.frames.shape == (124, 32, 32, 3)
+    with wave.open(str(mp4.with_suffix(".wav"))) as handle:  # 207 latents x 4 samples, stereo, the tiny VAE's 160 Hz
+        assert (handle.getnchannels(), handle.getframerate(), handle.getsampwidth(), handle.getnframes()) == (2, 160, 2, 828)
+        pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
+    assert np.abs(pcm).max() > 0  # a soundtrack, not silence
