@@ -42,7 +42,12 @@ members, which a family without them does not need:
   they are not the video's (MiniMax-H3's audio scheduler has its own shift; LTX-2's audio steps on
   the video's sigmas, so it has none);
 - ``frame_remainder``: a clip is ``k * frame_multiple + frame_remainder`` frames (MiniMax-H3's VAE:
-  ``17k + 5``); the others' 1 when absent.
+  ``17k + 5``); the others' 1 when absent;
+- for the memory plan (:mod:`cac_align.gen.memory`), where the generic formulas do not hold:
+  ``latent_frames(num_frames)`` (MiniMax-H3: ``5n + 2`` of ``17n + 5``), ``sequence_tokens(num_frames,
+  height, width)`` (every row of its packed sequence: text, audio and video) and
+  ``unloaded_components`` (components its folder holds that the jobs never load: its
+  ``transformer_ref``).
 
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and
@@ -460,7 +465,7 @@ def has_component(index: Mapping[str, Any], name: str) -> bool:
     """Whether a ``model_index.json`` holds component ``name`` (diffusers writes ``[library,
     class]``, and ``[null, null]`` for an optional component that is absent)."""
     entry = index.get(name)
-    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+    return isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and entry[1] is not None  # 3: a modular pipeline's, with its loading spec
 
 
 def read_model_index(name: str, key: str = "generator.name") -> dict[str, Any] | None:

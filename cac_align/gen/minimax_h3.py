@@ -109,6 +109,7 @@ class MiniMaxH3Family:
     block_classes: tuple[str, ...] = ("MiniMaxH3TransformerBlock", "MiniMaxH3TokenRefinerBlock")
     encoder_components: tuple[str, ...] = ("text_encoder",)
     image_input: str = "none"  # its first/last-frame workflow (fl2va) is not run by the jobs
+    unloaded_components: tuple[str, ...] = ("transformer_ref",)  # the reference-to-video transformer: never loaded, never counted
     last_image: bool = False
 
     # -- loading ------------------------------------------------------------------------
@@ -213,6 +214,19 @@ class MiniMaxH3Family:
         frames = video_latent_num_frames(config.num_frames, pipe.vae_frames_per_chunk, pipe.vae_latents_per_chunk)
         ratio = pipe.vae_spatial_compression_ratio
         return frames, config.height // ratio, config.width // ratio, audio_latent_num_frames(config.num_frames)
+
+    def latent_frames(self, num_frames: int) -> int:
+        """The VAE's latent frames of ``num_frames`` (``17n + 5`` -> ``5n + 2``: 124 -> 37)."""
+        return (num_frames - self.frame_remainder) // self.frame_multiple * 5 + 2
+
+    def sequence_tokens(self, num_frames: int, height: int, width: int, text_tokens: int = 512) -> int:
+        """Every row of one request's packed sequence (the memory plan's activations): the video's
+        ``latent frames x (H / 32) x (W / 32)``, the audio's ``2 x 40`` a second and up to
+        ``text_tokens`` of text. The release's 768 x 1344 x 124: 37 x 24 x 42 + 414 + 512 = 38,222."""
+        from diffusers.modular_pipelines.minimax_h3.modular_pipeline import audio_latent_num_frames
+
+        video = self.latent_frames(num_frames) * (height // self.spatial_multiple) * (width // self.spatial_multiple)
+        return video + 2 * audio_latent_num_frames(num_frames) + text_tokens
 
     def side_shape(self, pipe: Any, num_frames: int, fps: float) -> tuple[int, int]:
         """One video's audio rows: ``(2 x audio latents, audio channels)``, channel-major (left, then right)."""

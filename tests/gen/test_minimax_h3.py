@@ -61,6 +61,12 @@ def tiny():
     return config, build_generator(config)
 
 
+@pytest.fixture(scope="module")
+def sampled(tiny):
+    """Our sampler's trajectory of PROMPTS x SEEDS with noise 0 on the tiny pipeline."""
+    return _ours(*tiny)
+
+
 def _ours(config, pipe):
     from cac_align.gen.generator import sample_with_log_probs
 
@@ -87,12 +93,12 @@ def _pipelines_own(pipe):
     return out
 
 
-@pytest.mark.slow  # ~25 s with the tiny build: `pytest -m slow`
-def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latents(tiny, monkeypatch):
+@pytest.mark.slow  # the tiny build, our sampler and the pipeline: `pytest -m slow`
+def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latents(tiny, sampled, monkeypatch):
     config, pipe = tiny
     assert config.num_frames == 124
     own = _pipelines_own(pipe)
-    ours = _ours(config, pipe)
+    ours = sampled
     assert ours.latents.shape == (2, 3, 4, 37, 2, 2) and ours.side.shape == (2, 3, 414, 4)  # 3 grid points: 2 forwards; 207 latents x 2 channels
     for i, (video, audio) in enumerate(own):
         ours_audio = ours.side[i, -1].reshape(2, -1, audio.shape[1]).permute(0, 2, 1)
@@ -108,8 +114,8 @@ def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latent
     assert (ours_audio - own[0][1]).abs().max() > 1e-2
 
 
-@pytest.mark.slow  # ~40 s: a saved pipeline reloaded under an unlisted name, the same latents
-def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_the_same(tiny, tmp_path):
+@pytest.mark.slow  # a saved pipeline reloaded under an unlisted name, the same latents
+def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_the_same(tiny, sampled, tmp_path):
     from cac_align.gen.generator import build_generator
 
     config, pipe = tiny
@@ -121,10 +127,13 @@ def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_th
     loaded_config = GeneratorConfig(**{**TINY, "name": str(moved)})
     assert loaded_config.family is MINIMAX_H3
     loaded = build_generator(loaded_config)
-    torch.testing.assert_close(_ours(loaded_config, loaded).latents, _ours(config, pipe).latents, rtol=0, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.transformer.state_dict().values(), pipe.transformer.state_dict().values()))
+    assert loaded.transformer_ref is None  # the reference-to-video transformer is not loaded
+    # the same latents up to float rounding (the reloaded text encoder's attention kernel may differ in the last bit)
+    torch.testing.assert_close(_ours(loaded_config, loaded).latents, sampled.latents, rtol=0, atol=1e-6)
 
 
-@pytest.mark.slow  # ~60 s: 4 videos of 124 frames through the tiny VAEs
+@pytest.mark.slow  # 4 videos of 124 frames through the tiny VAEs
 def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav(tmp_path):
     import imageio_ffmpeg
 
