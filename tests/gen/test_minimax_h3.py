@@ -154,3 +154,20 @@ def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav(tmp_path
         assert (handle.getnchannels(), handle.getframerate(), handle.getsampwidth(), handle.getnframes()) == (2, 160, 2, 828)
         pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
     assert np.abs(pcm).max() > 0  # a soundtrack, not silence
+
+
+@pytest.mark.slow  # the saved tiny folder: counted from its configs on the meta device
+def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.gen.memory import counted_generator, plan_generator
+    from cac_align.gen.parallel import ParallelSettings
+
+    _, pipe = tiny
+    pipe.save_pretrained(str(tmp_path / "h3"))
+    config = GeneratorConfig(name=str(tmp_path / "h3"), device="cpu")  # the release's 768 x 1344 x 124
+    counts = counted_generator(config, LoraSettings())
+    assert counts.transformers[0].parameters == sum(p.numel() for p in pipe.transformer.parameters())
+    assert {c.name for c in counts.others} == {"vae", "audio_vae"} and counts.encoders[0].name == "text_encoder"  # no transformer_ref
+    assert all(p.is_meta for p in counts.vae.parameters())  # built from its config.json, not loaded
+    plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True)
+    assert "1 x 38,222 tokens" in plan.table()  # 37 x 24 x 42 video + 2 x 207 audio + 512 text rows
