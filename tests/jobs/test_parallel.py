@@ -355,7 +355,8 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
     # from their safetensors files, as a real run reads them
     ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"), "tiny-random:wan22-a14b"),
     ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2"), None),  # with its audio stream
-], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2"])
+    ("flow_grpo_tiny_minimax_h3.yaml", ("prompts_per_step=2", "parallel.shard=fsdp2"), None),  # a modular pipeline, its audio on its own schedule
+], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2", "minimax-h3-fsdp2"])
 def test_the_big_families_sharded_equal_one_process(recipe, extra, saved, tmp_path):
     toy = {"CAC_TEST_REWARD": "brightness"}
     common = ["steps=1", "eval_prompts=null", *[e for e in extra if not e.startswith("parallel.")]]
