@@ -53,6 +53,17 @@ def test_the_release_hub_id_is_known_offline_and_a_clip_is_17n_plus_5_frames(hub
         GeneratorConfig(**TINY, guidance_scale=5.0)
 
 
+def test_context_parallel_is_refused_in_one_line():
+    from cac_align.config import RecipeError
+
+    config = GeneratorConfig(**TINY)
+    MINIMAX_H3.check_context_parallel(config, 1, {})  # one process: nothing to split
+    with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for MiniMax-H3") as error:
+        MINIMAX_H3.check_context_parallel(config, 2, {"num_attention_heads": 2})
+    assert "\n" not in str(error.value) and "fsdp2" in str(error.value)
+    assert MINIMAX_H3.block_classes == ("MiniMaxH3TransformerBlock", "MiniMaxH3TokenRefinerBlock")  # FSDP2's units
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from cac_align.gen.generator import build_generator
@@ -133,14 +144,15 @@ def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_th
     torch.testing.assert_close(_ours(loaded_config, loaded).latents, sampled.latents, rtol=0, atol=1e-6)
 
 
-@pytest.mark.slow  # 4 videos of 124 frames through the tiny VAEs
-def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav(tmp_path):
+@pytest.mark.slow  # 4 videos of 124 frames through the tiny VAEs, then DPO on its best and worst
+def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav_and_dpo_trains_on_them(tmp_path, monkeypatch):
     import imageio_ffmpeg
 
     from cac_align.config import load_config
     from cac_align.jobs.best_of_n import BonConfig, run
     from cac_align.video import load_video
 
+    monkeypatch.chdir(REPO_ROOT)  # the recipes' prompt file
     config = load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_minimax_h3.yaml", [f"out_dir={tmp_path / 'run'}"], job="bon")
     run(config)
     rows = [json.loads(line) for line in (tmp_path / "run/candidates.jsonl").read_text().splitlines()]
@@ -154,6 +166,21 @@ def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav(tmp_path
         assert (handle.getnchannels(), handle.getframerate(), handle.getsampwidth(), handle.getnframes()) == (2, 160, 2, 828)
         pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2")
     assert np.abs(pcm).max() > 0  # a soundtrack, not silence
+
+    # dpo on the run's pairs (each prompt's best and worst): the LoRA moves, and loads back into the pipeline
+    from safetensors.torch import load_file
+
+    from cac_align.gen.generator import build_generator
+    from cac_align.jobs.dpo import DpoConfig
+    from cac_align.jobs.dpo import run as run_dpo
+
+    dpo = load_config(DpoConfig, REPO_ROOT / "recipes/align/dpo_tiny_minimax_h3.yaml", [f"out_dir={tmp_path / 'dpo'}", f"pairs=[{tmp_path / 'run'}]",
+                                                                                        "steps=1", "checkpoint_every=1"], job="dpo")
+    run_dpo(dpo)
+    lora = load_file(str(tmp_path / "dpo/lora/pytorch_lora_weights.safetensors"))
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in lora.items())  # lora_B starts at 0: it trained
+    trained = build_generator(GeneratorConfig(**{**TINY, "lora": str(tmp_path / "dpo/lora")}))
+    assert any("lora_B" in n and p.abs().max() > 0 for n, p in trained.transformer.named_parameters())
 
 
 @pytest.mark.slow  # the saved tiny folder: counted from its configs on the meta device
