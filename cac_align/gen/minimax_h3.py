@@ -406,7 +406,8 @@ def _local_folder(folder: str) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(folder))
+    # the reference-to-video transformer (61.7 GB, diffusers' MiniMaxH3Blocks docstring) is never loaded: not downloaded either
+    return Path(snapshot_download(folder, ignore_patterns=["transformer_ref/*"]))
 
 
 def _load_component(path: Path, library: str | None, class_name: str, dtype: str, vae_dtype: str, name: str) -> Any:

@@ -6,6 +6,7 @@ schedule (the control) does not; Best-of-N writes 24 fps videos with their sound
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import wave
 
@@ -22,6 +23,7 @@ TINY = dict(name="tiny-random:minimax-h3", dtype="float32", vae_dtype="float32",
             max_sequence_length=32)
 PROMPTS = ["a dog in a park", "a red car on the street slowly"]
 SEEDS = (7, 8)
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def test_the_audio_noise_level_follows_the_videos_through_both_shifts():
@@ -126,7 +128,7 @@ def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latent
 
 
 @pytest.mark.slow  # a saved pipeline reloaded under an unlisted name, the same latents
-def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_the_same(tiny, sampled, tmp_path):
+def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_the_same(tiny, sampled, tmp_path, hub_cache):
     from cac_align.gen.generator import build_generator
 
     config, pipe = tiny
@@ -142,6 +144,15 @@ def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_th
     assert loaded.transformer_ref is None  # the reference-to-video transformer is not loaded
     # the same latents up to float rounding (the reloaded text encoder's attention kernel may differ in the last bit)
     torch.testing.assert_close(_ours(loaded_config, loaded).latents, sampled.latents, rtol=0, atol=1e-6)
+    # the same files in the Hugging Face cache under a hub id nobody lists, offline
+    repo = hub_cache / "models--someone--h3-finetune"
+    shutil.copytree(moved, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    cached = GeneratorConfig(**{**TINY, "name": "someone/h3-finetune"})
+    assert cached.family is MINIMAX_H3
+    from_cache = build_generator(cached)
+    assert all(torch.equal(a, b) for a, b in zip(from_cache.transformer.state_dict().values(), pipe.transformer.state_dict().values()))
 
 
 @pytest.mark.slow  # 4 videos of 124 frames through the tiny VAEs, then DPO on its best and worst
