@@ -42,7 +42,7 @@ the audio input being noise at the pair's level on silence (zero latents), the s
 | size (H x W) | 768 x 1344 | the pipeline's own 16:9 canvas: ``resolve_canvas_size(16, 9, 32, canvas_short_edge=768, canvas_max_pixels=768*1344)`` (``PrepareLayoutStep.expected_configs``) |
 | steps | 50 | diffusers' ``num_inference_steps`` input template default (``modular_pipeline_utils.py``); grid points, terminal 0 included: 49 forwards |
 | guidance, negative prompt | none | guidance-distilled (``MiniMaxH3ModularPipeline`` docstring: "no guider, no negative_prompt and no guidance_scale") |
-| shift | 12.0 video, 3.0 audio: the checkpoint's schedulers (``flow_shift`` unset) | ``MiniMaxH3Scheduler`` docstring ("shift=12.0 for video, shift=3.0 for audio") |
+| shift | 12.0 video, 3.0 audio: the checkpoint's two schedulers (``flow_shift`` does not apply: refused) | ``MiniMaxH3Scheduler`` docstring ("shift=12.0 for video, shift=3.0 for audio") |
 | text tokens | up to 512 (``max_sequence_length``; longer prompts are refused, never cut) | ours: the pipeline reads the whole prompt; 512 only sizes the padded conditioning |
 
 **Parallel.** FSDP2 shards one unit per ``MiniMaxH3TransformerBlock`` and ``MiniMaxH3TokenRefinerBlock``
@@ -141,6 +141,7 @@ class MiniMaxH3Family:
 
     # -- what the jobs ask -----------------------------------------------------------------
     def denoiser(self, pipe: Any) -> "MiniMaxH3Denoiser":
+        _with_timestep_scale(pipe)  # again, should anything have replaced the scheduler since the pipeline was made
         return MiniMaxH3Denoiser(pipe.transformer, self, audio_shift=float(pipe.audio_scheduler.config.shift), video_shift=float(pipe.scheduler.config.shift))
 
     def context_parallel_plan(self, transformer: Any) -> Any:
@@ -494,7 +495,7 @@ def build_tiny_minimax_h3_pipeline(seed: int = 0) -> Any:
 
 # -- the family and how a model's files name it ------------------------------------------
 MINIMAX_H3 = MiniMaxH3Family(defaults={"height": 768, "width": 1344, "num_frames": 124, "fps": 24.0, "num_inference_steps": 50,
-                                       "max_sequence_length": 512})  # flow_shift: the checkpoint scheduler's (12.0; a recipe may set one)
+                                       "max_sequence_length": 512})  # no flow_shift: the checkpoint's schedulers' (12.0, 3.0) always
 FAMILIES = (MINIMAX_H3,)
 
 

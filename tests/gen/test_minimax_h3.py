@@ -53,6 +53,8 @@ def test_the_release_hub_id_is_known_offline_and_a_clip_is_17n_plus_5_frames(hub
         GeneratorConfig(**TINY, num_frames=121)
     with pytest.raises(ValueError, match="guidance_scale does not apply"):
         GeneratorConfig(**TINY, guidance_scale=5.0)
+    with pytest.raises(ValueError, match="flow_shift does not apply"):  # its two schedulers' shifts are the checkpoint's
+        GeneratorConfig(**TINY, flow_shift=5.0)
 
 
 def test_context_parallel_is_refused_in_one_line():
