@@ -67,7 +67,7 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     """The local hub-cache folder of ``repo_id`` (a transformers or diffusers checkpoint), if any."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("config.json", "model_index.json"):
+    for filename in ("config.json", "model_index.json", "modular_model_index.json"):  # the last: a modular pipeline's (MiniMax-H3)
         try:
             found = try_to_load_from_cache(repo_id, filename)
         except ValueError:  # not a valid repo id

@@ -140,7 +140,8 @@ def _counting_init(cls):
     cls.__init__ = counted
 
 
-for _cls in (diffusers.WanTransformer3DModel, diffusers.LTX2VideoTransformer3DModel, diffusers.HunyuanVideo15Transformer3DModel):
+for _cls in (diffusers.WanTransformer3DModel, diffusers.LTX2VideoTransformer3DModel, diffusers.HunyuanVideo15Transformer3DModel,
+             diffusers.MiniMaxH3Transformer3DModel):
     _counting_init(_cls)
 _load_file = safetensors.torch.load_file
 

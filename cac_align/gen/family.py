@@ -30,6 +30,25 @@ files are:
 A pipeline class no family runs is a one-line error naming the supported ones, never a silent
 Wan-2.1.
 
+**Modular pipelines** (MiniMax-H3, :mod:`cac_align.gen.minimax_h3`): diffusers runs some models
+only as a ``ModularPipeline`` of blocks, whose folder has a ``modular_model_index.json`` (its
+``_class_name`` and ``_blocks_class_name``; each component ``[library, class, spec]``) instead of a
+``model_index.json``; it is read in its place (cases 2-4). Such a family's ``generate`` runs the
+blocks whole; its sampler runs what the blocks compute a step (the layout, the row timesteps, the
+transformer) through the same methods as every family. For it the interface grew by two optional
+members, which a family without them does not need:
+
+- ``side_sigmas(pipe, config, sigmas)``: the noise levels the side latents (audio) step down, where
+  they are not the video's (MiniMax-H3's audio scheduler has its own shift; LTX-2's audio steps on
+  the video's sigmas, so it has none);
+- ``frame_remainder``: a clip is ``k * frame_multiple + frame_remainder`` frames (MiniMax-H3's VAE:
+  ``17k + 5``); the others' 1 when absent;
+- for the memory plan (:mod:`cac_align.gen.memory`), where the generic formulas do not hold:
+  ``latent_frames(num_frames)`` (MiniMax-H3: ``5n + 2`` of ``17n + 5``), ``sequence_tokens(num_frames,
+  height, width)`` (every row of its packed sequence: text, audio and video) and
+  ``unloaded_components`` (components its folder holds that the jobs never load: its
+  ``transformer_ref``).
+
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and
 LTX-2 do, "required" for an image-to-video model such as ``WanImageToVideoPipeline``'s), and
@@ -79,7 +98,12 @@ __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_image
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
 # ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, has a module of its own.
-FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2", "cac_align.gen.hunyuan15")
+FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2", "cac_align.gen.hunyuan15", "cac_align.gen.minimax_h3")
+
+
+# The index file of a modular pipeline (diffusers' ModularPipeline.save_pretrained), read where a folder or
+# repository has no model_index.json: MiniMax-H3 ships only as one
+MODULAR_INDEX = "modular_model_index.json"
 
 
 # What a family's image_input says: it takes no image, text or text and an image, or needs an image.
@@ -460,7 +484,7 @@ def has_component(index: Mapping[str, Any], name: str) -> bool:
     """Whether a ``model_index.json`` holds component ``name`` (diffusers writes ``[library,
     class]``, and ``[null, null]`` for an optional component that is absent)."""
     entry = index.get(name)
-    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+    return isinstance(entry, (list, tuple)) and len(entry) in (2, 3) and entry[1] is not None  # 3: a modular pipeline's, with its loading spec
 
 
 def read_model_index(name: str, key: str = "generator.name") -> dict[str, Any] | None:
@@ -479,7 +503,10 @@ def read_model_index(name: str, key: str = "generator.name") -> dict[str, Any] |
         if not folder.is_dir():
             raise WeightsNotFoundError(f"{key}={name!r}: no such directory. Point '{key}' at a folder written by a diffusers pipeline's "
                                        "save_pretrained (or `huggingface-cli download <repo> --local-dir <dir>`), or at a hub id")
-        return _read_index_file(folder / "model_index.json", name, key)
+        index_file = folder / "model_index.json"
+        if not index_file.is_file() and (folder / MODULAR_INDEX).is_file():  # a modular pipeline's folder (MiniMax-H3)
+            index_file = folder / MODULAR_INDEX
+        return _read_index_file(index_file, name, key)
     return _hub_index(name, key)
 
 
@@ -508,6 +535,8 @@ def _hub_index_cached(name: str) -> tuple[str, str] | None:
 
     try:
         cached = try_to_load_from_cache(name, "model_index.json")
+        if not isinstance(cached, str):  # a modular pipeline's repository (MiniMax-H3)
+            cached = try_to_load_from_cache(name, MODULAR_INDEX)
     except ValueError:  # not a valid repo id
         cached = None
     if isinstance(cached, str):
@@ -519,7 +548,12 @@ def _hub_index_cached(name: str) -> tuple[str, str] | None:
     try:  # only this file, not the weights
         index = DiffusionPipeline.load_config(name)
     except (OSError, ValueError):
-        return None
+        try:  # a modular pipeline's repository has modular_model_index.json instead
+            from huggingface_hub import hf_hub_download
+
+            return f"{name} ({MODULAR_INDEX})", Path(hf_hub_download(name, MODULAR_INDEX)).read_text(encoding="utf-8")
+        except (OSError, ValueError):
+            return None
     return f"{name} (model_index.json)", json.dumps(dict(index))
 
 

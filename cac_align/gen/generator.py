@@ -160,9 +160,11 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.is_synthetic:
             defaults, title, spatial, frames = {**_SYNTHETIC_DEFAULTS, "max_sequence_length": 512}, "the synthetic generator", 16, 4
+            remainder = 1
         else:
             family = self.family
             defaults, title, spatial, frames = family.defaults, family.title, family.spatial_multiple, family.frame_multiple
+            remainder = getattr(family, "frame_remainder", 1)  # cac_align.gen.family: MiniMax-H3's 17k + 5
         # the settings left unset take the model's own (cac_align.gen.family); one it has no use for must stay unset
         foreign = take_model_settings(self, MODEL_SETTINGS + ("max_sequence_length",), defaults)
         if "guidance_scale_2" in foreign and not self.is_synthetic:
@@ -173,8 +175,8 @@ class GeneratorConfig:
         check_dtype(self.vae_dtype, "generator.vae_dtype")
         if not 0 <= self.anomaly_probability <= 1:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
-        if self.num_frames < 1 or (self.num_frames - 1) % frames:
-            raise ValueError(f"num_frames must be {frames}k + 1 ({title}'s VAE compresses time {frames}x), got {self.num_frames}")
+        if self.num_frames < remainder or (self.num_frames - remainder) % frames:
+            raise ValueError(f"num_frames must be {frames}k + {remainder} ({title}'s VAE compresses time {frames}x), got {self.num_frames}")
         if self.height <= 0 or self.width <= 0 or self.height % spatial or self.width % spatial:
             raise ValueError(f"height and width must be positive multiples of {spatial} for {self.name}, got {self.height}x{self.width}")
         least = 1 if self.is_synthetic else self.family.min_inference_steps
@@ -506,6 +508,8 @@ def sample_with_log_probs(
         return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
 
     sigmas = sigmas.to(device)
+    # the side latents' own noise levels where the family has them (MiniMax-H3's audio; cac_align.gen.family)
+    side_sigmas = family.side_sigmas(pipe, config, sigmas).to(device) if hasattr(family, "side_sigmas") else sigmas
     transitions = SDESchedule(sigmas, noise_level, noise_schedule)
     store = store_device or device
     recorded, log_probs, maps = [latents.to(store)], [], []
@@ -516,7 +520,7 @@ def sample_with_log_probs(
                 velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype)
             else:
                 velocity, side_velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype, side)
-                side = side + (sigmas[j + 1] - sigmas[j]) * side_velocity.float()  # the deterministic Euler step
+                side = side + (side_sigmas[j + 1] - side_sigmas[j]) * side_velocity.float()  # the deterministic Euler step
                 sides.append(side.to(store))
             step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
             latents = step.prev_sample

@@ -257,6 +257,11 @@ class GeneratorCounts:
     context_parallel: bool = True
     vae: Any = field(default=None, compare=False, repr=False)
     vae_one_video: bool = False
+    # a family whose latent grid is not 1 + (F - 1) / frame_multiple frames says so (MiniMax-H3:
+    # cac_align.gen.family, "Modular pipelines"): its latent frames of F frames, and every token its
+    # transformer sees for one video (text and audio rows too); None: the formulas here
+    latent_frames_of: Any = field(default=None, compare=False, repr=False)
+    tokens_of: Any = field(default=None, compare=False, repr=False)
 
 
 def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -291,7 +296,9 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
     except RecipeError:
         splits = False
     return GeneratorCounts(source, family.title, transformers, encoders, others, hidden, heads, len(transformers[0].blocks), patch_t,
-                           family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"), bool(getattr(family, "vae_one_video", False)))
+                           family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"),
+                           vae_one_video=bool(getattr(family, "vae_one_video", False)),
+                           latent_frames_of=getattr(family, "latent_frames", None), tokens_of=getattr(family, "sequence_tokens", None))
 
 
 def _model_class(library: str, class_name: str) -> Any:
@@ -322,7 +329,7 @@ def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
         return cls._from_config(config)
 
 
-def _config_folders(name: str, index: Mapping[str, Any]) -> dict[str, Path] | None:
+def _config_folders(name: str, index: Mapping[str, Any], family: Any = None) -> dict[str, Path] | None:
     """The folder of each model component's ``config.json`` (tokenizers and schedulers left out):
     ``name``'s subfolders (a local folder), or the cached files of a hub id; None when one is not on
     this machine."""
@@ -330,8 +337,9 @@ def _config_folders(name: str, index: Mapping[str, Any]) -> dict[str, Path] | No
     from cac_align.loading import looks_like_path
 
     folders: dict[str, Path] = {}
+    skipped = getattr(family, "unloaded_components", ()) if family is not None else ()
     for component in index:
-        if component.startswith("_") or not has_component(index, component) or not _is_model_entry(index[component]):
+        if component.startswith("_") or component in skipped or not has_component(index, component) or not _is_model_entry(index[component]):
             continue
         if looks_like_path(name):
             path = Path(name).expanduser() / component / "config.json"
@@ -386,6 +394,8 @@ def _cached_model_index(name: str) -> dict[str, Any] | None:
 
     try:
         found = try_to_load_from_cache(name, "model_index.json")
+        if not isinstance(found, str):  # a modular pipeline's repository (MiniMax-H3)
+            found = try_to_load_from_cache(name, "modular_model_index.json")
     except ValueError:  # not a repo id
         return None
     if not isinstance(found, str):
@@ -421,7 +431,7 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
         modules.update({n: getattr(pipe, n) for n in family.extra_components})  # LTX-2.5's diffusion decoder
         return count_components(config.name, family, modules, targets, experts)
     index = read_model_index(config.name, "generator.name") if looks_like_path(config.name) else _cached_model_index(config.name)
-    folders = _config_folders(config.name, index) if index is not None else None
+    folders = _config_folders(config.name, index, family) if index is not None else None
     if folders is None:
         raise ConfigsNotFound([(config.name, "model_index.json and */config.json")])
     extra = _extra_folders(config.name, family.extra_components)
@@ -429,7 +439,7 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
         raise ConfigsNotFound([(config.name, f"{', '.join(f'{n}/config.json' for n in family.extra_components)}")])
     modules = {}
     for component, folder in folders.items():
-        library, class_name = index[component]
+        library, class_name = index[component][:2]  # a modular pipeline's entries add a loading spec
         modules[component] = _meta_module(_model_class(library, class_name), folder)
     for component, folder in extra.items():  # a model its pipeline class does not hold: the class its config.json names
         import json
@@ -731,17 +741,17 @@ def _meta_copy(module: Any, dtype: Any) -> Any:
 _VAE_TRACES: dict[tuple, int] = {}  # (the VAE's class and config, what, shape, dtype) -> bytes: one trace per process
 
 
-def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
+def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int, latent_frames: int) -> int:
     import json
 
     key = (type(vae).__name__, json.dumps(dict(getattr(vae, "config", {})), sort_keys=True, default=str), what, batch, frames, height, width,
-           dtype, frame_multiple)
+           dtype, frame_multiple, latent_frames)
     if key not in _VAE_TRACES:
-        _VAE_TRACES[key] = _traced_vae(vae, what, batch, frames, height, width, dtype, frame_multiple)
+        _VAE_TRACES[key] = _traced_vae(vae, what, batch, frames, height, width, dtype, frame_multiple, latent_frames)
     return _VAE_TRACES[key]
 
 
-def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int) -> int:
+def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int, latent_frames: int) -> int:
     import torch
 
     meta = _meta_copy(vae, dtype)
@@ -751,12 +761,11 @@ def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width
         video = torch.empty(batch, 3, frames, height, width, device="meta", dtype=resolved)
         return traced_peak_bytes(lambda x: meta.encode(x).latent_dist.mode(), video, keep=params)
     # the latents' shape: one small encode (1 + frame_multiple frames, 64 x 64 pixels) gives the
-    # channels and the compression in space; in time, (F - 1) / frame_multiple + 1 latent frames
+    # channels and the compression in space; in time, latent_frames (vae_bytes: the family's, or (F - 1) / frame_multiple + 1)
     probe = torch.empty(1, 3, 1 + frame_multiple, 64, 64, device="meta", dtype=resolved)
     with torch.no_grad():
         small = meta.encode(probe).latent_dist.mode()
     scale = 64 // small.shape[-1]
-    latent_frames = (frames - 1) // frame_multiple + 1
     latents = torch.empty(batch, small.shape[1], latent_frames, height // scale, width // scale, device="meta", dtype=resolved)
     return traced_peak_bytes(lambda z: meta.decode(z, return_dict=False)[0], latents, keep=params)
 
@@ -769,9 +778,11 @@ def vae_bytes(counts: GeneratorCounts, what: str, batch: int, video: tuple[int, 
     """
     if counts.vae is None or batch < 1:
         return 0
+    frames = int(video[0])
+    latent_frames = counts.latent_frames_of(frames) if counts.latent_frames_of else (frames - 1) // counts.frame_multiple + 1
     if counts.vae_one_video:  # the family decodes and encodes video by video
         batch = 1
-    return _vae_trace(counts.vae, what, int(batch), *(int(v) for v in video), str(dtype), counts.frame_multiple)
+    return _vae_trace(counts.vae, what, int(batch), frames, *(int(v) for v in video[1:]), str(dtype), counts.frame_multiple, latent_frames)
 
 
 def fixed_overhead_bytes(num_processes: int) -> int:
@@ -1267,7 +1278,8 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
     judges, unknown = count_judges(rewards or {}, shape, strict=False)
     if counts is None:
         return None
-    tokens = video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t)
+    tokens = (counts.tokens_of(frames, height, width) if counts.tokens_of else
+              video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t))
     what, batch = ("decode", decode_batch) if decode_batch else ("encode", encode_batch) if encode_batch else ("", 0)
     vae_peak = vae_bytes(counts, what, batch, (frames, height, width), generator.vae_dtype) if what else 0
     plan = memory_plan(counts, settings=parallel, num_processes=num_processes, tokens=tokens, batch_per_process=batch_per_process,

@@ -137,11 +137,11 @@ def _geometry(path: Path, where: str) -> tuple[int, int, int, float]:
     return video.num_frames, video.height, video.width, float(video.fps)
 
 
-def _unfit(frames: int, height: int, width: int, multiples: tuple[int, int]) -> str | None:
+def _unfit(frames: int, height: int, width: int, multiples: tuple[int, ...]) -> str | None:
     """Why the model's VAE cannot encode a video of this shape as it is, or None."""
-    multiple, frame_multiple = multiples
-    if (frames - 1) % frame_multiple:
-        return f"not {frame_multiple}k + 1 frames (the model's VAE): {frames}"
+    multiple, frame_multiple, remainder = (*multiples, 1)[:3]  # remainder: 1, or MiniMax-H3's 5 (17k + 5)
+    if frames < remainder or (frames - remainder) % frame_multiple:
+        return f"not {frame_multiple}k + {remainder} frames (the model's VAE): {frames}"
     if height % multiple or width % multiple:
         return f"sides not multiples of {multiple} (the model's VAE x its patches): {height}x{width}"
     return None
@@ -242,7 +242,7 @@ def _pair_image(folder: Path, best: dict, worst: dict, where: str) -> Any:
     return PromptImage.of(files["image"], files.get("last_image"))
 
 
-def read_pairs(sources: Sequence[str], spatial_multiple: int = 16, frame_multiple: int = 4) -> PairSet:
+def read_pairs(sources: Sequence[str], spatial_multiple: int = 16, frame_multiple: int = 4, frame_remainder: int = 1) -> PairSet:
     """The pairs of finished ``repair`` and ``bon`` run folders (module docstring).
 
     ``spatial_multiple``, ``frame_multiple``: what the trained model's frame sides must be
@@ -269,9 +269,9 @@ def read_pairs(sources: Sequence[str], spatial_multiple: int = 16, frame_multipl
         if job in ("repair", "bon"):
             _check_one_judge(judged, source, (manifest.get("config") or {}).get("reward"))
         if job == "repair":
-            pairs += _repair_pairs(folder, manifest.get("config") or {}, skipped, (spatial_multiple, frame_multiple))
+            pairs += _repair_pairs(folder, manifest.get("config") or {}, skipped, (spatial_multiple, frame_multiple, frame_remainder))
         elif job == "bon":
-            pairs += _bon_pairs(folder, skipped, (spatial_multiple, frame_multiple))  # its candidates are recorded relative to its folder
+            pairs += _bon_pairs(folder, skipped, (spatial_multiple, frame_multiple, frame_remainder))  # its candidates are recorded relative to its folder
         else:
             raise PairError(f"pairs: {source!r} is a {job!r} run; pairs come from `repair` (localized) or `bon` (global) runs")
     return PairSet(pairs, dict(skipped))

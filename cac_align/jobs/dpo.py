@@ -312,7 +312,8 @@ class _Trainer:
         config = self.config
         self.out = Path(config.out_dir)
         # 1. the pairs, checked before anything loads
-        self.pairs = read_pairs(config.pairs, self.family.spatial_multiple, self.family.frame_multiple)  # what the model's VAE encodes
+        # what the model's VAE encodes: k * frame_multiple + frame_remainder frames (1 unless the family says: cac_align.gen.family)
+        self.pairs = read_pairs(config.pairs, self.family.spatial_multiple, self.family.frame_multiple, getattr(self.family, "frame_remainder", 1))
         if not self.pairs.pairs:
             raise RecipeError(f"pairs: no pair in {config.pairs}: {self.pairs.summary()}")
         shapes = sorted({(p.frames, p.height, p.width, round(p.fps, 3)) for p in self.pairs.pairs})
