@@ -42,7 +42,7 @@ ADV_MODES = ("all", "positive_only", "negative_only", "one_only", "binary")
 
 # ``decay_type`` -> (flat, uprate, uphold): DiffusionNFT ``scripts/train_nft_sd3.py::return_decay``
 # (FastVideo ``DiffusionNFTMethod._return_decay``, the same numbers). 1 is the authors' default
-# (``config/nft.py::_get_config``); 2 their OCR / PickScore runs; 0 copies the policy every step.
+# (``config/nft.py::_get_config``, also sd3_multi_reward); 2 their OCR run (sd3_ocr); 0 copies the policy every step.
 DECAY_SCHEDULES = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
 
 # The floor of the adaptive weight (both sources: ``.clip(min=0.00001)``).

@@ -64,10 +64,10 @@ class NftConfig(FlowGrpoConfig):
     Attributes:
         nft_beta: the guidance strength ``beta`` of the positive and implicit negative policies
             (:func:`cac_align.gen.nft.nft_velocities`; authors ``config.beta``: 1.0 by default,
-            0.1 in their OCR and PickScore runs, ``config/nft.py``).
+            0.1 in their OCR and multi-reward runs (sd3_ocr, sd3_multi_reward), ``config/nft.py``).
         adv_mode: how the advantage becomes ``r`` (:data:`cac_align.gen.nft.ADV_MODES`).
         decay_type: the old policy's EMA schedule (:data:`cac_align.gen.nft.DECAY_SCHEDULES`;
-            authors' default 1, their OCR and PickScore runs 2).
+            authors' default 1, their OCR run (sd3_ocr) 2).
         beta: the KL weight to the reference policy, flow-grpo's meaning (authors
             ``config.train.beta``: 1e-4; 0 skips the reference forward).
         noise_level: must stay 0: NFT samples with the ODE.
