@@ -632,3 +632,25 @@ def test_a_process_killed_in_step_3_restarts_and_the_run_ends_as_an_uninterrupte
         assert_same_lora(killed / name, whole / name, tol=1e-6)
     for got, want in zip(metrics(killed), metrics(whole), strict=True):
         assert got["train/grad_norm"] == want["train/grad_norm"] and got["reward/mean"] == want["reward/mean"]
+
+
+NFT_TINY = REPO_ROOT / "recipes/align/nft_tiny.yaml"
+
+
+@pytest.mark.slow  # three launches of the tiny nft recipe (one process, two, two resumed): `pytest -m slow`
+def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_path):
+    common = ("eval_prompts=null", "checkpoint_every=1", "timestep_fraction=0.5")
+    one = launch("nft", NFT_TINY, tmp_path / "one", "steps=2", *common)
+    out = tmp_path / "fsdp"
+    launch("nft", NFT_TINY, out, "steps=1", *common, "parallel.shard=fsdp2", processes=2)
+    launch("nft", NFT_TINY, out, "steps=2", *common, "parallel.shard=fsdp2", "resume=true", processes=2)
+    for record in records(out, 2):
+        assert_sharded(record, 2)
+    for got, want in zip(metrics(out), metrics(one)):  # the noise re-drawn per sample, the old policy's samples, the loss
+        assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
+        assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
+        assert got["train/policy_loss"] == pytest.approx(want["train/policy_loss"], rel=1e-4)
+    for step in ("step_000001", "step_000002"):  # the LoRA and the old policy, gathered whole from the shards
+        for name in ("model.safetensors", "old_policy.safetensors"):
+            assert_same_lora(out / "checkpoints" / step / name, one / "checkpoints" / step / name)
+    assert_same_lora(out / LORA, one / LORA)
