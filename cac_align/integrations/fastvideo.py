@@ -64,9 +64,11 @@ Use in a FastVideo method (their ``DiffusionNFTMethod.__init__`` accepts only ``
 
     class CacNFT(DiffusionNFTMethod):          # method: {_target_: mymodule.CacNFT, reward_fn: {pickscore: 1.0}, ...}
         def on_train_start(self):
-            super().on_train_start()
+            super().on_train_start()  # builds their PickScore + CLIPScore (downloads their weights) ...
             ours = CacAlignRewardScorer("ur_cac", sections="cac_rewards.yaml", fps=16, device=self.student.device)
-            self._reward_scorer = build_multi_reward_scorer({"ur_cac": 1.0}, scorers={"ur_cac": ours})
+            self._reward_scorer = build_multi_reward_scorer({"ur_cac": 1.0}, scorers={"ur_cac": ours})  # ... then ours replaces it
+
+Their ``on_train_start`` always builds PickScore and CLIPScore, so this loads them once first.
 """
 
 from __future__ import annotations
