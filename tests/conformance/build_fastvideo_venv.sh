@@ -16,8 +16,8 @@
 # dependencies, as measured (2026-11-27) by importing it and adding each missing module in turn:
 # cloudpickle, einops, remote-pdb, scipy, torchdata (--no-deps: it would pull another torch), datasets
 # (with its own dependencies: pyarrow, pandas, dill, multiprocess, xxhash). Nothing else of
-# fastvideo's requirements is imported on that path: fastvideo's CPU platform and torch SDPA
-# attention serve it without flashinfer or its kernels.
+# fastvideo's requirements (flashinfer, fastvideo-kernel, ray, gradio, ...) is imported on that path:
+# the check at the end of this script imports it.
 #
 # Measured (2026-11-27, 2 cores shared with other jobs, load 8-14): a fresh build 11.5 minutes of wall
 # time but 2.6 of CPU (mostly unpacking torch), 6.5 GB, of which 5.5 GB are files identical to .venv's
