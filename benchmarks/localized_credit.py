@@ -31,6 +31,11 @@ seeds, the same steps and every other setting equal:
   permuted among its videos): the same scores and evidence, no relation between a video and its
   score. What these arms change is the optimizer's drift, not the reward's signal; an arm's
   change beyond theirs is what its signal did.
+- **nft_scalar** / **nft_localized** (only when named): the same miniature trained by
+  ``cac-align nft``'s trainer (DiffusionNFT: ODE samples of the old policy, nft_tiny.yaml's
+  ``nft_beta``; the recipe's SDE settings off), with the map off / on (localized NFT: the map
+  weights the per-position x0 errors, docs/nft.md). The line "localized NFT / scalar NFT" is the
+  ratio of their defect reductions per step.
 
 ``--marked S`` runs the *marked miniature*: the base transformer adds a fixed vector of strength
 ``S`` to the patch embeddings of the defect's tokens (:func:`mark_defect`), so the defect's place
