@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cac_align.cli import main
 from cac_align.config import load_config
 from cac_align.gen.generator import build_generator
 from cac_align.jobs.nft import NftConfig, run
@@ -63,7 +64,8 @@ def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe):
 @pytest.mark.slow  # three steps twice (~40 s on 2 cores): `pytest -m slow`, which .ci/run runs
 def test_resume_continues_exactly(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    run(_load(whole, "eval_prompts=null", "checkpoint_every=1"))
+    # the uninterrupted run through the command line, as a user runs it
+    assert main(["nft", "--config", str(RECIPES / "nft_tiny.yaml"), f"out_dir={whole}", "log_with=none", "eval_prompts=null", "checkpoint_every=1"]) == 0
     run(_load(cut, "eval_prompts=null", "checkpoint_every=1", "steps=2"))
     run(_load(cut, "eval_prompts=null", "checkpoint_every=1", "steps=3", "resume=true"))
     assert _metrics(cut)[2] == {**_metrics(whole)[2], **{k: v for k, v in _metrics(cut)[2].items() if k.startswith("time/")}}
