@@ -8,8 +8,8 @@ tests/conformance/build_fastvideo_venv.sh``; ``CAC_FASTVIDEO_PYTHON`` names anot
 ``_training_timestep_loss`` against our ``cac_align.gen.nft.nft_loss`` on the tensors it used;
 their ``_return_decay`` against our ``old_policy_decay``. The rewards are checked here against our
 reward run in this environment on the same frames, the advantages against their formula by hand.
-One process, about 25 s of CPU, most of it importing fastvideo (measured 2026-11-27: 92 s of wall
-time at a load of 14 on 2 cores, 22 s of CPU).
+One process, about 25 s of CPU, most of it importing fastvideo (measured 2026-11-27: 92-113 s of
+wall time at a load of 14 on 2 cores, 22 s of CPU).
 """
 
 from __future__ import annotations
