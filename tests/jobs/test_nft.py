@@ -82,3 +82,15 @@ def test_flow_grpo_settings_are_refused(tmp_path):
                            ("adv_mode=positive", "adv_mode"), ("decay_type=5", "decay_type")):
         with pytest.raises(Exception, match=word):
             _load(tmp_path, override)
+
+
+@pytest.mark.slow  # one step of the 64 x 64 miniature: `pytest -m slow`, which .ci/run runs
+def test_localized_nft_weights_the_x0_errors_by_the_evidence(tmp_path):
+    # flow-grpo's localized miniature (spot_brightness reports a box and a window) under nft: the maps
+    # reach the loss in the latents' shape (a mismatch raises in adaptive_x0_error)
+    overrides = [f"out_dir={tmp_path / 'run'}", "steps=1", "noise_level=0", "clip_range=0.0001", "nft_beta=0.1", "timestep_fraction=0.5",
+                 "log_with=none", "checkpoint_every=0", "ema_decay=null"]
+    run(load_config(NftConfig, RECIPES / "flow_grpo_tiny_localized.yaml", overrides))
+    (row,) = _metrics(tmp_path / "run")
+    assert row["localize/localized_fraction"] > 0 and row["localize/evidence_missing"] == 0
+    assert math.isfinite(row["train/policy_loss"]) and row["train/grad_norm"] > 0
