@@ -646,10 +646,11 @@ def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_p
     launch("nft", NFT_TINY, out, "steps=2", *common, "parallel.shard=fsdp2", "resume=true", processes=2)
     for record in records(out, 2):
         assert_sharded(record, 2)
-    for got, want in zip(metrics(out), metrics(one)):  # the noise re-drawn per sample, the old policy's samples, the loss
+    # the old policy's samples (rewards over every process) and the loss's gradient (all-reduced); train/policy_loss
+    # is the main process's own micro-batches' mean (as flow-grpo's), half the step's samples here: not compared
+    for got, want in zip(metrics(out), metrics(one)):
         assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
         assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
-        assert got["train/policy_loss"] == pytest.approx(want["train/policy_loss"], rel=1e-4)
     for step in ("step_000001", "step_000002"):  # the LoRA and the old policy, gathered whole from the shards
         for name in ("model.safetensors", "old_policy.safetensors"):
             assert_same_lora(out / "checkpoints" / step / name, one / "checkpoints" / step / name)
