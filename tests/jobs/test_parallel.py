@@ -637,7 +637,7 @@ def test_a_process_killed_in_step_3_restarts_and_the_run_ends_as_an_uninterrupte
 NFT_TINY = REPO_ROOT / "recipes/align/nft_tiny.yaml"
 
 
-@pytest.mark.slow  # three launches of the tiny nft recipe (one process, two, two resumed): `pytest -m slow`
+@pytest.mark.slow  # three launches (one process, two, two resumed): 326 s at load average 11 on 2 cores (2026-11-27); `pytest -m slow`
 def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_path):
     common = ("eval_prompts=null", "checkpoint_every=1", "timestep_fraction=0.5")
     one = launch("nft", NFT_TINY, tmp_path / "one", "steps=2", *common)
@@ -646,11 +646,16 @@ def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_p
     launch("nft", NFT_TINY, out, "steps=2", *common, "parallel.shard=fsdp2", "resume=true", processes=2)
     for record in records(out, 2):
         assert_sharded(record, 2)
-    for got, want in zip(metrics(out), metrics(one)):  # the noise re-drawn per sample, the old policy's samples, the loss
+    # the old policy's samples (rewards over every process) and the loss's gradient (all-reduced); train/policy_loss
+    # is the main process's own micro-batches' mean (as flow-grpo's), half the step's samples here: not compared
+    for got, want in zip(metrics(out), metrics(one)):
         assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
         assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
-        assert got["train/policy_loss"] == pytest.approx(want["train/policy_loss"], rel=1e-4)
-    for step in ("step_000001", "step_000002"):  # the LoRA and the old policy, gathered whole from the shards
+    # the LoRA and the old policy, gathered whole from the shards. After the second (resumed) update they
+    # differed by 3.9e-5 here (2026-11-27), with the gradient norms equal to 1e-3: NFT's gradient near
+    # r = 1/2 is the small difference of two large pulls (gen/nft.py), so the sum order's rounding is
+    # amplified, and Adam's second update divides by it; hence 1e-4 there (lr 1e-3 per update)
+    for step, tol in (("step_000001", 1e-5), ("step_000002", 1e-4)):
         for name in ("model.safetensors", "old_policy.safetensors"):
-            assert_same_lora(out / "checkpoints" / step / name, one / "checkpoints" / step / name)
-    assert_same_lora(out / LORA, one / LORA)
+            assert_same_lora(out / "checkpoints" / step / name, one / "checkpoints" / step / name, tol)
+    assert_same_lora(out / LORA, one / LORA, 1e-4)
