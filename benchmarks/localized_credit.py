@@ -31,6 +31,11 @@ seeds, the same steps and every other setting equal:
   permuted among its videos): the same scores and evidence, no relation between a video and its
   score. What these arms change is the optimizer's drift, not the reward's signal; an arm's
   change beyond theirs is what its signal did.
+- **nft_scalar** / **nft_localized** (only when named): the same miniature trained by
+  ``cac-align nft``'s trainer (DiffusionNFT: ODE samples of the old policy, nft_tiny.yaml's
+  ``nft_beta``; the recipe's SDE settings off), with the map off / on (localized NFT: the map
+  weights the per-position x0 errors, docs/nft.md). The line "localized NFT / scalar NFT" is the
+  ratio of their defect reductions per step.
 
 ``--marked S`` runs the *marked miniature*: the base transformer adds a fixed vector of strength
 ``S`` to the patch embeddings of the defect's tokens (:func:`mark_defect`), so the defect's place
@@ -72,6 +77,7 @@ import numpy as np
 from cac_align.config import load_config
 from cac_align.gen.wan import build_tiny_wan_pipeline, latent_preview
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, sample_seed
+from cac_align.jobs.nft import NftConfig, _NftTrainer
 from cac_align.rewards.base import RewardBase, RewardOutput
 from cac_align.rewards.toy import SpotBrightnessReward, spot_brightness
 from cac_align.video import Video
@@ -93,7 +99,10 @@ WRONG_WINDOW = [0.0, 0.25]
 WRONG_BOXES = [[500.0, 0.0, 1000.0, 500.0], [0.0, 500.0, 500.0, 1000.0], [500.0, 500.0, 1000.0, 1000.0]]
 WRONG_P = (0.75, 0.5, 0.25, 0.0)
 CONTROLS = ("shuffled", "shuffled_localized")  # only when named: no signal, the optimizer's own drift
-ARMS = ("scalar", "localized", "confined", "vipo", *(f"wrong_p{p:g}" for p in WRONG_P), "cac_demo_errors", *CONTROLS)
+# DiffusionNFT (`cac-align nft`, only when named): scalar NFT, and NFT whose x0 errors the map weights
+NFT_ARMS = ("nft_scalar", "nft_localized")
+NFT = ["noise_level=0", "clip_range=0.0001", "nft_beta=0.1"]  # the recipe's SDE settings off; nft_tiny.yaml's beta
+ARMS = ("scalar", "localized", "confined", "vipo", *(f"wrong_p{p:g}" for p in WRONG_P), "cac_demo_errors", *CONTROLS, *NFT_ARMS)
 
 
 class WrongEvidence(RewardBase):
@@ -155,13 +164,22 @@ def outside_mask(num_frames: int, height: int, width: int, fps: float) -> np.nda
 def probe(trainer: _Trainer) -> np.ndarray:
     """The probe videos under the current LoRA: ODE samples of fixed prompts and seeds."""
     prompts = [trainer.prompts[i % len(trainer.prompts)] for i in range(PROBES)]
-    embeds, negative = trainer._encode(prompts)
-    _, videos = trainer._sample(embeds, negative, [sample_seed(trainer.config.seed, -1, i) for i in range(PROBES)], 0.0)
+    embeds, negative = trainer._encode(prompts, [None] * len(prompts))
+    nft = isinstance(trainer, _NftTrainer)
+    if nft:  # the policy's own samples, not its old policy's (as the nft trainer evaluates)
+        trainer._evaluating = True
+    try:
+        _, videos = trainer._sample(embeds, negative, [sample_seed(trainer.config.seed, -1, i) for i in range(PROBES)], 0.0)
+    finally:
+        if nft:
+            trainer._evaluating = False
     return videos
 
 
 def arm_overrides(arm: str, confine: float) -> list[str]:
     """The recipe overrides of an arm (module docstring)."""
+    if arm in NFT_ARMS:
+        return [*arm_overrides(arm.removeprefix("nft_"), confine), *NFT]
     control = ["advantage.shuffle_scores=true"] if arm in CONTROLS else []
     if arm in ("scalar", "shuffled"):
         return ["advantage.localize.enabled=false", *control]
@@ -199,8 +217,9 @@ def run_arm(seed: int, arm: str, steps: int, out: Path, extra: list[str], confin
             marked: float = 0.0) -> list[dict]:
     folder = out / f"seed{seed}_{arm}"
     shutil.rmtree(folder, ignore_errors=True)
-    config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={folder}", f"steps={steps}", f"seed={seed}", *TOY, *arm_overrides(arm, confine), *extra],
-                         job="flow-grpo")
+    nft = arm in NFT_ARMS
+    config = load_config(NftConfig if nft else FlowGrpoConfig, RECIPE, [f"out_dir={folder}", f"steps={steps}", f"seed={seed}", *TOY,
+                         *arm_overrides(arm, confine), *extra], job=None if nft else "flow-grpo")
     reward = None
     if mix is not None:
         r = config.reward
@@ -208,7 +227,7 @@ def run_arm(seed: int, arm: str, steps: int, out: Path, extra: list[str], confin
     pipe = build_tiny_wan_pipeline(seed=0)
     if marked:
         mark_defect(pipe.transformer, marked)
-    trainer = _Trainer(config, reward=reward, pipe=pipe, decode=latent_preview)
+    trainer = (_NftTrainer if nft else _Trainer)(config, reward=reward, pipe=pipe, decode=latent_preview)
     trainer.setup()
     g = config.generator
     outside = outside_mask(g.num_frames, g.height, g.width, g.fps)
@@ -343,6 +362,9 @@ def main() -> None:
         p = "" if row["evidence_p"] is None else f"{row['evidence_p']:.3g}"
         print(f"| {arm} | {p} | {row['defect_reduction_per_step']:.5f}{ratio} | {row['change_inside']:.1f} | {row['change_outside']:.1f} | "
               f"{row['change_inside'] / row['change_outside']:.2f} | {at_text} |")
+    if "nft_scalar" in summary["arms"] and "nft_localized" in summary["arms"]:
+        a, b = summary["arms"]["nft_localized"], summary["arms"]["nft_scalar"]
+        print(f"\nlocalized NFT / scalar NFT, defect reduction per step: {a['defect_reduction_per_step'] / b['defect_reduction_per_step']:.2f}")
     if "break_even_p" in summary:
         print(f"\nbreak-even evidence accuracy (defect reduction per step = scalar's): {summary['break_even_p']}")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

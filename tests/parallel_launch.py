@@ -1,5 +1,5 @@
 """Run by tests/jobs/test_parallel.py under ``torchrun --nproc_per_node N`` (CPU, gloo): one generator
-trainer (``flow-grpo`` or ``dpo``) on a tiny recipe with a ``parallel`` section, recording what the
+trainer (``flow-grpo``, ``nft`` or ``dpo``) on a tiny recipe with a ``parallel`` section, recording what the
 test compares with one process.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/parallel_launch.py flow-grpo RECIPE OUT key=value ...
@@ -240,6 +240,8 @@ if job == "flow-grpo":
         return step_of(self, step)
 
     flow_grpo._Trainer.train_step = faulty_step
+elif job == "nft":
+    from cac_align.jobs.nft import NftConfig as Config, run
 else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
 

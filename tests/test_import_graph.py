@@ -27,7 +27,8 @@ JOB_MODULES = {spec.module for spec in JOBS.values()} | {
 # The jobs' index (CLI names -> job modules) is the CLI's to read; below the jobs it is a job import.
 JOB_MODULES = JOB_MODULES | {"cac_align.jobs"}
 # The one job spread over two modules: `train-cac` dispatches stage 3 to its trainer.
-ALLOWED_JOB_IMPORTS = {("cac_align.jobs.train_cac", "cac_align.jobs.train_cac_grpo")}
+# `nft` extends flow-grpo's trainer (the same loop with DiffusionNFT's sampling and update).
+ALLOWED_JOB_IMPORTS = {("cac_align.jobs.train_cac", "cac_align.jobs.train_cac_grpo"), ("cac_align.jobs.nft", "cac_align.jobs.flow_grpo")}
 # Names our contract objects go by in the package: getattr / hasattr on them looks for an ability
 # the contract should state instead.
 CONTRACT_OBJECTS = {"reward", "rewards", "backend", "generator", "scorer"}

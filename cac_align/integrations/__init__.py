@@ -16,5 +16,7 @@ sections by name from the one registry, one model copy per process, invalid poli
   function by ``pkg://`` path, and our evidence as ViPO's ``pixel_weight_maps``.
 - :mod:`~cac_align.integrations.unirl`: UniRL (Tencent-Hunyuan/UniRL); a reward backend class
   by Hydra ``_target_``.
+- :mod:`~cac_align.integrations.fastvideo`: FastVideo's DiffusionNFT (hao-ai-lab/FastVideo); a
+  ``RewardScorer`` callable for their ``MultiRewardScorer``.
 - :mod:`~cac_align.integrations.vllm`: the vLLM plugin that serves our judges' video input.
 """

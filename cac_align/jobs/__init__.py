@@ -59,6 +59,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("serve", "serve", "ServeConfig", "start a vLLM server for a judge (CaC, UnifiedReward) that sees videos as in-process: our plugin, the right flags", None),
     ("score", "score", "ScoreConfig", "score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report", None),
     ("flow_grpo", "flow-grpo", "FlowGrpoConfig", "Flow-GRPO: train a LoRA of Wan-2.1, Wan2.2 or LTX-2 on a video reward (SDE sampling, PPO-clip, KL to the base)", _RESUME_CHECKPOINT),
+    ("nft", "nft", "NftConfig", "DiffusionNFT: train a LoRA of Wan-2.1, Wan2.2 or LTX-2 on a video reward (ODE sampling, forward-process loss, no log-probs)", _RESUME_CHECKPOINT),
     ("synth_cot", "synth-cot", "SynthCotConfig", "write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline", _RESUME_KEPT.format("videos")),
     ("train_cac", "train-cac", "TrainCaCConfig", "train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO", _RESUME_CHECKPOINT),
     ("eval_bench", "eval-bench", "BenchConfig", "anomaly-detection metrics of one or more systems against annotations (also: `cac-align eval bench`)", None),
@@ -72,7 +73,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
 ]
 
 # the jobs that train a generator on GPUs: each plans its memory before it loads (cac_align.gen.memory)
-_MEMORY_PLANNED = ("flow_grpo", "dpo")
+_MEMORY_PLANNED = ("flow_grpo", "nft", "dpo")
 
 JOBS: dict[str, JobSpec] = {
     name: JobSpec(name=name, config=f"{__name__}.{module}:{config}", run=f"{__name__}.{module}:run", help=help, resume=resume,

@@ -242,6 +242,11 @@ class FlowGrpoConfig:
     resume: bool = False
     overwrite: bool = False
 
+    def _check_sampler(self) -> None:
+        """The SDE's settings (``cac-align nft``'s config replaces this: it samples with the ODE)."""
+        if self.noise_schedule == "sqrt" and self.noise_level <= 0:
+            raise ValueError("noise_level must be > 0: with no noise the policy has no log-probability to train")
+
     def __post_init__(self) -> None:
 
         positive = (
@@ -267,8 +272,7 @@ class FlowGrpoConfig:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}")
-        if self.noise_schedule == "sqrt" and self.noise_level <= 0:
-            raise ValueError("noise_level must be > 0: with no noise the policy has no log-probability to train")
+        self._check_sampler()
         if self.clip_range < 0 or (self.clip_range_high is not None and self.clip_range_high < 0):
             raise ValueError("clip_range and clip_range_high must be >= 0")
         if self.adv_std not in ("group", "global"):
@@ -394,7 +398,7 @@ FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "met
 LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
 
-def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | None = None) -> RunFolder:
+def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | None = None, job: str = "flow-grpo") -> RunFolder:
     """The run folder (:class:`~cac_align.run.folder.RunFolder`), checked on every process: another
     job's folder, another config without ``overwrite`` and files of the user's where outputs go
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
@@ -414,11 +418,11 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
                 localize.pop(key, None)
     if not advantage:
         fingerprint.pop("advantage", None)
-    folder = RunFolder(config.out_dir, "flow-grpo", FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
+    folder = RunFolder(config.out_dir, job, FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
     out = folder.path
     if folder.resuming and not config.resume:
         raise RecipeError(
-            f"out_dir={str(out)!r} already holds a Flow-GRPO run; pass resume=true to continue it, "
+            f"out_dir={str(out)!r} already holds a {job} run; pass resume=true to continue it, "
             "overwrite=true to replace it, or choose another out_dir"
         )
     if config.resume and not folder.resuming:
@@ -500,6 +504,8 @@ def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
 class _Trainer:
     """State of one run: setup() builds everything, train() is the loop, cleanup() ends it."""
 
+    job = "flow-grpo"  # the run folder's job and the logs' name (cac_align.jobs.nft's trainer: "nft")
+
     def __init__(self, config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[..., np.ndarray] | None = None):
         self.config = config
         self.reward = reward
@@ -542,7 +548,7 @@ class _Trainer:
                 inputs["rewards"].pop("reward")
             check_memory(config.generator, config.lora, config.parallel, acc.num_processes, budget_gib=config.memory_budget_gib,
                          device=acc.device, main_process=acc.is_main_process, **inputs)
-        run_folder = _run_folder(config, self.prompts, self.images)
+        run_folder = _run_folder(config, self.prompts, self.images, self.job)
         if config.advantage.shuffle_scores and acc.is_main_process:
             log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "
                         "videos, so this LoRA learns nothing from the reward (docs/flow_grpo.md, 'A no-signal control')")
@@ -611,7 +617,7 @@ class _Trainer:
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         self.watched = self._watch_history()
-        start_trackers(acc, config.log_with, "flow_grpo", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+        start_trackers(acc, config.log_with, self.job.replace("-", "_"), self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
                        resume_step=self.start_step)
         acc.wait_for_everyone()
 
@@ -619,7 +625,7 @@ class _Trainer:
     def train(self) -> dict[str, Any]:
         config, acc = self.config, self.accelerator
         last: dict[str, Any] = {}
-        progress = tqdm(total=config.steps, initial=self.start_step, desc="flow-grpo", disable=not acc.is_main_process)
+        progress = tqdm(total=config.steps, initial=self.start_step, desc=self.job, disable=not acc.is_main_process)
         for step in range(self.start_step, config.steps):
             last = self.train_step(step)
             done = step + 1
@@ -974,14 +980,15 @@ class _Trainer:
         # null for a stateless reward; the main process (a leader: it built the reward) writes state.json
         reward_state = (self.reward.state_dict() or None) if self.reward is not None else None
         state = {"reward_state": reward_state, **layout_state(self.layout)}
+        folder = save_checkpoint(acc, self.out, done, self._write_checkpoint, state, self.config.keep_checkpoints)
+        log.info("%s: checkpoint %s", self.job, folder)
+
+    def _write_checkpoint(self, tmp: Path) -> None:
+        """A checkpoint's files into ``tmp``, on every process (save_checkpoint)."""
         if self.layout.sharded:  # the files whole, as one process writes them (gen/lora.py)
-            def write(tmp: Path) -> None:
-                save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, self.ema, acc.is_main_process)
+            save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, self.ema, self.accelerator.is_main_process)
         else:
-            def write(tmp: Path) -> None:
-                acc.save_state(str(tmp))
-        folder = save_checkpoint(acc, self.out, done, write, state, self.config.keep_checkpoints)
-        log.info("flow-grpo: checkpoint %s", folder)
+            self.accelerator.save_state(str(tmp))
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -997,7 +1004,7 @@ class _Trainer:
             with _ema_weights(self.unwrapped, self.ema):
                 save_expert_loras(self.unwrapped, target, states)
             # the result line, as train-cac prints its model's folder
-            print(f"flow-grpo: done; LoRA in {target} (generator.lora={target} samples with it)")
+            print(f"{self.job}: done; LoRA in {target} (generator.lora={target} samples with it)")
         self.pool.shutdown(wait=True)
         end_trackers(acc)
 

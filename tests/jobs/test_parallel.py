@@ -639,3 +639,30 @@ def test_a_process_killed_in_step_3_restarts_and_the_run_ends_as_an_uninterrupte
         assert_same_lora(killed / name, whole / name, tol=1e-6)
     for got, want in zip(metrics(killed), metrics(whole), strict=True):
         assert got["train/grad_norm"] == want["train/grad_norm"] and got["reward/mean"] == want["reward/mean"]
+
+
+NFT_TINY = REPO_ROOT / "recipes/align/nft_tiny.yaml"
+
+
+@pytest.mark.slow  # three launches (one process, two, two resumed): 326 s at load average 11 on 2 cores (2026-11-27); `pytest -m slow`
+def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_path):
+    common = ("eval_prompts=null", "checkpoint_every=1", "timestep_fraction=0.5")
+    one = launch("nft", NFT_TINY, tmp_path / "one", "steps=2", *common)
+    out = tmp_path / "fsdp"
+    launch("nft", NFT_TINY, out, "steps=1", *common, "parallel.shard=fsdp2", processes=2)
+    launch("nft", NFT_TINY, out, "steps=2", *common, "parallel.shard=fsdp2", "resume=true", processes=2)
+    for record in records(out, 2):
+        assert_sharded(record, 2)
+    # the old policy's samples (rewards over every process) and the loss's gradient (all-reduced); train/policy_loss
+    # is the main process's own micro-batches' mean (as flow-grpo's), half the step's samples here: not compared
+    for got, want in zip(metrics(out), metrics(one)):
+        assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
+        assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
+    # the LoRA and the old policy, gathered whole from the shards. After the second (resumed) update they
+    # differed by 3.9e-5 here (2026-11-27), with the gradient norms equal to 1e-3: NFT's gradient near
+    # r = 1/2 is the small difference of two large pulls (gen/nft.py), so the sum order's rounding is
+    # amplified, and Adam's second update divides by it; hence 1e-4 there (lr 1e-3 per update)
+    for step, tol in (("step_000001", 1e-5), ("step_000002", 1e-4)):
+        for name in ("model.safetensors", "old_policy.safetensors"):
+            assert_same_lora(out / "checkpoints" / step / name, one / "checkpoints" / step / name, tol)
+    assert_same_lora(out / LORA, one / LORA, 1e-4)

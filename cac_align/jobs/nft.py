@@ -1,0 +1,254 @@
+"""`cac-align nft`: DiffusionNFT training of a generator's LoRA with a scalar video reward.
+
+    cac-align nft --config recipes/align/nft_tiny.yaml          # offline, CPU, seconds
+    accelerate launch --num_processes 8 -m cac_align.cli nft \\
+        --config recipes/align/nft_wan_ur_cac.yaml prompts=train.txt out_dir=runs/nft
+
+DiffusionNFT (Zheng et al., arXiv 2509.16117) trains on the forward process: no SDE, no
+log-probabilities, no PPO ratio. Its equations are :mod:`cac_align.gen.nft`. It shares everything
+else with `cac-align flow-grpo` (:mod:`cac_align.jobs.flow_grpo`, whose trainer this one extends:
+the prompts, rewards in a thread pool, group advantages and invalid samples, evaluation, the
+held-out watch, trackers, the run folder, exact resume, the LoRA, the parallel layout and the
+memory plan). Each training step:
+
+1. takes the step's prompts and ``group_size`` copies of each, split over the processes
+   (flow-grpo's step 1);
+2. samples every copy with the **old policy** (the EMA of the trained LoRA, :func:`old_policy_decay`)
+   by the family's deterministic flow-matching ODE (Euler over the family's own schedule, any
+   ``generator.num_inference_steps``), decodes it and scores it in the reward pool;
+3. gathers the rewards; 4. group advantages (flow-grpo's steps 3-4; localized: the credit maps);
+5. trains: for each micro-batch and trained timestep ``j``, noises the sampled clean latent again,
+   ``x_t = (1 - sigma_j) x0 + sigma_j eps`` (``eps`` seeded by (seed, step, sample, j)), takes the
+   old, the current and (``beta > 0``) the reference policy's velocities at ``x_t`` and the NFT loss
+   (:func:`cac_align.gen.nft.nft_loss`); gradients accumulate into ``updates_per_step`` AdamW updates;
+6. moves the old policy towards the trained one (:func:`cac_align.gen.nft.update_old_policy`), then
+   logs, evaluates and checkpoints as flow-grpo (a checkpoint also holds ``old_policy.safetensors``).
+
+Output directory: flow-grpo's (docs/flow_grpo.md), plus ``checkpoints/step_N/old_policy.safetensors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from cac_align.config import RecipeError
+from cac_align.gen.generator import video_velocity
+from cac_align.gen.lora import adapters_disabled, trainable
+from cac_align.gen.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, _ema_weights, _Trainer, memory_inputs, trained_timesteps
+from cac_align.rewards.base import Reward
+
+__all__ = ["NftConfig", "memory_inputs", "noise_seed", "run"]
+
+log = logging.getLogger(__name__)
+
+OLD_POLICY_FILE = "old_policy.safetensors"
+# Flow-GRPO's SDE and PPO settings, which NFT does not have: left at these values or refused
+_SDE_SETTINGS = {"noise_schedule": "sqrt", "clip_range": 1e-4, "clip_range_high": None}
+
+
+@dataclass
+class NftConfig(FlowGrpoConfig):
+    """Config of `cac-align nft`: flow-grpo's (:class:`~cac_align.jobs.flow_grpo.FlowGrpoConfig`,
+    every shared setting means the same) and DiffusionNFT's own.
+
+    Attributes:
+        nft_beta: the guidance strength ``beta`` of the positive and implicit negative policies
+            (:func:`cac_align.gen.nft.nft_velocities`; authors ``config.beta``: 1.0 by default,
+            0.1 in their OCR and multi-reward runs (sd3_ocr, sd3_multi_reward), ``config/nft.py``).
+        adv_mode: how the advantage becomes ``r`` (:data:`cac_align.gen.nft.ADV_MODES`).
+        decay_type: the old policy's EMA schedule (:data:`cac_align.gen.nft.DECAY_SCHEDULES`;
+            authors' default 1, their OCR run (sd3_ocr) 2).
+        beta: the KL weight to the reference policy, flow-grpo's meaning (authors
+            ``config.train.beta``: 1e-4; 0 skips the reference forward).
+        noise_level: must stay 0: NFT samples with the ODE.
+    """
+
+    nft_beta: float = 1.0
+    adv_mode: str = "all"
+    decay_type: int = 1
+    beta: float = 1e-4
+    noise_level: float = 0.0
+
+    def _check_sampler(self) -> None:
+        if self.noise_level != 0:
+            raise ValueError(f"noise_level={self.noise_level}: nft samples with the ODE (no SDE); leave noise_level at 0")
+        for key, default in _SDE_SETTINGS.items():
+            if getattr(self, key) != default:
+                raise ValueError(f"{key} is a Flow-GRPO setting (its SDE or PPO clip), which nft does not have; remove it from the recipe")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.nft_beta <= 0:
+            raise ValueError(f"nft_beta must be > 0 (the loss divides by it), got {self.nft_beta}")
+        if self.adv_mode not in ADV_MODES:
+            raise ValueError(f"adv_mode must be one of {ADV_MODES}, got {self.adv_mode!r}")
+        if self.decay_type not in DECAY_SCHEDULES:
+            raise ValueError(f"decay_type must be one of {sorted(DECAY_SCHEDULES)}, got {self.decay_type}")
+        localize = self.advantage.localize
+        if localize.enabled and (localize.estimator != "default" or localize.confine > 0):
+            raise ValueError("advantage.localize for nft weights the x0 errors by the map: estimator 'vipo' and confine are "
+                             "Flow-GRPO's (per-position ratios, per-position KL); leave them at their defaults")
+
+
+def noise_seed(seed: int, step: int, index: int, j: int) -> int:
+    """The seed of the noise that re-noises sample ``index``'s clean latent at trained timestep ``j`` of step ``step``."""
+    return int(np.random.default_rng([seed, step + 1, index, j, 0x4E4654]).integers(0, 2**62))
+
+
+class _NftTrainer(_Trainer):
+    """Flow-grpo's trainer with NFT's sampling (the old policy, the ODE), update and old policy."""
+
+    job = "nft"
+
+    def setup(self) -> None:
+        super().setup()
+        # the old (sampling) policy starts as the policy (authors: the "old" adapter copied from the new one)
+        self.old = {name: p.detach().clone() for name, p in trainable(self.unwrapped).items()}
+        self._evaluating = False
+        if self.start_step:
+            self._load_old_policy(self.out / "checkpoints" / f"step_{self.start_step:06d}")
+
+    def _load_old_policy(self, folder: Path) -> None:
+        path = folder / OLD_POLICY_FILE
+        if not path.is_file():
+            raise RecipeError(f"{folder}: no {OLD_POLICY_FILE}; it is not an nft checkpoint and cannot be resumed by nft")
+        saved = load_file(str(path))
+        if set(saved) != set(self.old):
+            raise RecipeError(f"{folder}: its old policy's weights do not match this run's LoRA settings")
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        with torch.no_grad():
+            for name, target in self.old.items():
+                value = saved[name].to(target.dtype)
+                if isinstance(target, DTensor):  # sharded: keep this process's shard
+                    value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
+                target.copy_(value)
+
+    def _write_checkpoint(self, tmp: Path) -> None:
+        super()._write_checkpoint(tmp)
+        old = self.layout.full_tensors(self.old)  # every process: a collective when sharded
+        if self.accelerator.is_main_process:
+            save_file(old, str(tmp / OLD_POLICY_FILE))
+
+    # 2. sampling: the old policy's ODE samples (evaluation: the policy's, or its EMA, as flow-grpo)
+    def _sample(self, embeds: Any, negative: Any, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
+        swap = contextlib.nullcontext() if self._evaluating else _ema_weights(self.unwrapped, self.old)
+        with swap:
+            return super()._sample(embeds, negative, seeds, 0.0)
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        self._evaluating = True
+        try:
+            return super().evaluate(done)
+        finally:
+            self._evaluating = False
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        metrics = super().train_step(step)
+        # 6. the old policy moves towards the trained one (authors: after each epoch, by the updates so far)
+        decay = old_policy_decay((step + 1) * self.config.updates_per_step, self.config.decay_type)
+        params = trainable(self.unwrapped)
+        update_old_policy([self.old[name] for name in params], list(params.values()), decay)
+        metrics["train/old_decay"] = decay
+        return metrics
+
+    # 5. the NFT update
+    def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
+                weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> dict[str, float]:
+        config, acc = self.config, self.accelerator
+        device = acc.device
+        clean = torch.cat([t.latents[:, -1] for t in trajectories])  # x0: the sampled videos' latents
+        sides = torch.cat([t.side for t in trajectories]) if trajectories[0].side is not None else None
+        timesteps = self.timesteps.to(device)
+        local = list(self.plan.local_range)
+        steps_trained = [self.trainable_steps[k] for k in trained_timesteps(len(self.trainable_steps), config.timestep_fraction, step, config.seed)]
+        micro = [(lo, min(lo + config.train_batch_size, len(clean))) for lo in range(0, len(clean), config.train_batch_size)]
+        chunks = [list(part) for part in np.array_split(np.arange(len(micro)), config.updates_per_step)]
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        grad_norms: list[float] = []
+        self.model.train()
+        for chunk in chunks:
+            backwards, chunk_total = 0, len(chunk) * len(steps_trained)
+            for index in chunk:
+                lo, hi = micro[index]
+                emb = embeds[lo:hi]
+                neg = negative[lo:hi] if negative is not None else None
+                x0 = clean[lo:hi].to(device)
+                for j in steps_trained:
+                    backwards += 1
+                    sigma = float(self.sigmas[j])
+                    eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(noise_seed(config.seed, step, local[k], j)))
+                                       for k in range(lo, hi)]).to(device)
+                    x_t = (1 - sigma) * x0 + sigma * eps  # the forward process at the sampling step's noise level
+                    sigmas = torch.full((hi - lo,), sigma, device=device)
+                    side = sides[lo:hi, j].to(device) if sides is not None else None
+                    # gradients are all-reduced (sharded: reduce-scattered) once per update, on its last backward
+                    sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
+                    with sync:
+                        with torch.no_grad(), acc.autocast():  # the old policy's and the reference's velocities
+                            with _ema_weights(self.unwrapped, self.old):
+                                old_velocity = video_velocity(self.unwrapped, x_t, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                            ref_velocity = None
+                            if config.beta > 0:
+                                with adapters_disabled(self.unwrapped):
+                                    ref_velocity = video_velocity(self.unwrapped, x_t, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                        with acc.autocast():
+                            velocity = video_velocity(self.model, x_t, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                        loss, parts = nft_loss(
+                            velocity.float(), old_velocity.float(), x_t, x0, sigmas, advantages[lo:hi],
+                            beta=config.nft_beta, adv_clip_max=config.adv_clip_max, adv_mode=config.adv_mode,
+                            ref_prediction=None if ref_velocity is None else ref_velocity.float(), kl_beta=config.beta,
+                            weights=weights[lo:hi], credit=None if credit is None else credit[lo:hi],
+                        )
+                        self.layout.backward(acc, loss / chunk_total)
+                    for key, value in {**parts, "loss": loss.detach()}.items():
+                        if key == "kl_div_loss" and config.beta == 0:
+                            continue
+                        if math.isfinite(float(value)):  # a micro-batch of dropped samples has no r_mean
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                            counts[key] = counts.get(key, 0) + 1
+            if config.max_grad_norm > 0:
+                grad_norms.append(self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                with torch.no_grad():
+                    for name, p in trainable(self.unwrapped).items():
+                        self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
+        self.model.eval()
+        out = {f"train/{k}": v / counts[k] for k, v in sums.items()}
+        if grad_norms:
+            out["train/grad_norm"] = float(np.mean(grad_norms))
+        out["train/timesteps"] = len(steps_trained)
+        return out
+
+
+def run(config: NftConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:
+    """Train (module docstring); the arguments as :func:`cac_align.jobs.flow_grpo.run`."""
+    from cac_align.gen.parallel import named_timeout
+
+    trainer = _NftTrainer(config, reward=reward, pipe=pipe, decode=decode)
+    try:
+        with named_timeout(config.parallel):
+            trainer.setup()
+            try:
+                last = trainer.train()
+            except BaseException:
+                trainer.pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            trainer.cleanup()
+    finally:
+        if getattr(trainer, "layout", None) is not None:
+            trainer.layout.close()
+    return last
