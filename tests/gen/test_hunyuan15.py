@@ -75,7 +75,8 @@ def _theirs(pipe, config, image=None):
         pipe.tokenizer_max_length = 1000
 
 
-def test_the_ode_sampler_is_the_text_to_video_pipelines_own_latents(pipes):  # 65 s wall at load ~8 on 2 cores (the file: 44 s of CPU)
+@pytest.mark.slow  # 65 s wall at load ~8 on 2 cores (the file: 44 s of CPU), over the default suite's share: `pytest -m slow`
+def test_the_ode_sampler_is_the_text_to_video_pipelines_own_latents(pipes):
     pipe, config = pipes["t2v"], _config(NAMES["t2v"])
     ours, theirs = _ours(pipe, config), _theirs(pipe, config)
     assert ours.shape == theirs.shape == (2, 4, 3, 2, 2)
@@ -111,6 +112,7 @@ def test_the_ode_sampler_is_the_image_to_video_pipelines_own_latents(pipes, imag
         check_bucket(pipe, 48, 32)
 
 
+@pytest.mark.slow  # 27 s wall at load ~8, with the module's two tiny pipelines built (61 s): `pytest -m slow`
 def test_a_saved_pipeline_under_an_unlisted_hub_id_is_its_family_and_samples_as_built(pipes, hub_cache, tmp_path):
     import shutil
 
