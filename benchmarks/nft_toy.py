@@ -16,7 +16,7 @@ each arm, the first step whose training reward (5-step running mean) reaches it.
 Flow-GRPO's steps over NFT's (> 1: NFT is faster). NFT's training reward is sampled by its old
 policy, which trails the trained one: the measure is, if anything, unfair to NFT.
 
-Not a test (its result is a curve); tests/gen/test_nft.py pins the math.
+Not a test (its result is a curve); tests/gen/test_nft_loss.py pins the math.
 """
 
 from __future__ import annotations
