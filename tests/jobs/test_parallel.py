@@ -356,10 +356,10 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
     ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"), "tiny-random:wan22-a14b"),
     ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2"), None),  # with its audio stream
     # LTX-2.5: its diffusion decoder draws from each sample's seed, so the two processes' videos are one process's
-    # (measured: 332 s wall on 2 cores shared at load 14, both runs)
+    # (57 s on an idle 2-core machine, 2026-11-27, both runs)
     ("flow_grpo_tiny_ltx25.yaml", ("parallel.shard=fsdp2",), None),
-    # HunyuanVideo-1.5 animating an image: its blocks sharded (it refuses context parallel); measured 286 s wall at load ~8
-    # on 2 cores, 57 s of CPU for its three processes
+    # HunyuanVideo-1.5 animating an image: its blocks sharded (it refuses context parallel); 50 s on an idle 2-core
+    # machine (2026-11-27)
     ("flow_grpo_tiny_hunyuan15_i2v.yaml", ("parallel.shard=fsdp2",), None),
     ("flow_grpo_tiny_minimax_h3.yaml", ("prompts_per_step=2", "parallel.shard=fsdp2"), None),  # a modular pipeline, its audio on its own schedule
 ], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2", "ltx25-fsdp2", "hunyuan15-i2v-fsdp2", "minimax-h3-fsdp2"])
@@ -644,7 +644,7 @@ def test_a_process_killed_in_step_3_restarts_and_the_run_ends_as_an_uninterrupte
 NFT_TINY = REPO_ROOT / "recipes/align/nft_tiny.yaml"
 
 
-@pytest.mark.slow  # three launches (one process, two, two resumed): 326 s at load average 11 on 2 cores (2026-11-27); `pytest -m slow`
+@pytest.mark.slow  # three launches (one process, two, two resumed): 63 s on an idle 2-core machine (2026-11-27); `pytest -m slow`
 def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_path):
     common = ("eval_prompts=null", "checkpoint_every=1", "timestep_fraction=0.5")
     one = launch("nft", NFT_TINY, tmp_path / "one", "steps=2", *common)
