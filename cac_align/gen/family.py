@@ -35,7 +35,7 @@ only as a ``ModularPipeline`` of blocks, whose folder has a ``modular_model_inde
 ``_class_name`` and ``_blocks_class_name``; each component ``[library, class, spec]``) instead of a
 ``model_index.json``; it is read in its place (cases 2-4). Such a family's ``generate`` runs the
 blocks whole; its sampler runs what the blocks compute a step (the layout, the row timesteps, the
-transformer) through the same methods as every family. For it the interface grew by two optional
+transformer) through the same methods as every family. For it the interface grew by optional
 members, which a family without them does not need:
 
 - ``side_sigmas(pipe, config, sigmas)``: the noise levels the side latents (audio) step down, where
@@ -47,7 +47,10 @@ members, which a family without them does not need:
   ``latent_frames(num_frames)`` (MiniMax-H3: ``5n + 2`` of ``17n + 5``), ``sequence_tokens(num_frames,
   height, width)`` (every row of its packed sequence: text, audio and video) and
   ``unloaded_components`` (components its folder holds that the jobs never load: its
-  ``transformer_ref``).
+  ``transformer_ref``);
+- ``localized_credit``: False where :mod:`cac_align.gen.credit` cannot map a judge's window onto the
+  family's latent frames (MiniMax-H3's ``5n + 2`` of ``17n + 5``); flow-grpo and nft then refuse
+  ``advantage.localize`` in one line. True when absent.
 
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and

@@ -108,6 +108,9 @@ class MiniMaxH3Family:
     min_inference_steps: int = 2  # grid points, the terminal 0 included: 2 is one forward
     block_classes: tuple[str, ...] = ("MiniMaxH3TransformerBlock", "MiniMaxH3TokenRefinerBlock")
     extra_components: tuple[str, ...] = ()  # its folder's models are its modular pipeline's components
+    # gen/credit.py maps a judge's window onto 1 + 4k latent frames; this VAE's 17n + 5 -> 5n + 2 grid is
+    # not mapped yet, so flow-grpo and nft refuse advantage.localize for it in one line
+    localized_credit: bool = False
     encoder_components: tuple[str, ...] = ("text_encoder",)
     image_input: str = "none"  # its first/last-frame workflow (fl2va) is not run by the jobs
     unloaded_components: tuple[str, ...] = ("transformer_ref",)  # the reference-to-video transformer: never loaded, never counted

@@ -524,6 +524,9 @@ class _Trainer:
         eval_rows = read_prompt_rows(config.eval_prompts) if config.eval_prompts else []
         self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
         check_prompt_images(self.family, self.eval_images, config.eval_prompts)
+        if config.advantage.localize.enabled and not getattr(self.family, "localized_credit", True):
+            raise RecipeError(f"advantage.localize: {self.family.title}'s latent grid has no credit map here (gen/credit.py maps a judge's "
+                              "window onto latent frames of 1 + k x the VAE's temporal factor); set advantage.localize.enabled=false")
         if config.parallel.context_parallel > 1 and any(self.images):
             raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
                               "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "

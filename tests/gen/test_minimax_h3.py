@@ -211,3 +211,20 @@ def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
     assert all(p.is_meta for p in counts.vae.parameters())  # built from its config.json, not loaded
     plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True)
     assert "1 x 38,222 tokens" in plan.table()  # 37 x 24 x 42 video + 2 x 207 audio + 512 text rows
+
+
+def test_localized_credit_is_refused_in_one_line_where_the_latent_grid_has_no_map(tmp_path):
+    """gen/credit.py maps a window onto 1 + 4k latent frames; MiniMax-H3's 17n + 5 frames make 5n + 2: refused
+    before anything is built, naming the family and the setting. Control: Wan's tiny recipe passes the check."""
+    from cac_align.config import RecipeError, load_config
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer
+    from conftest import REPO_ROOT
+
+    recipe = REPO_ROOT / "recipes/align/flow_grpo_tiny_minimax_h3.yaml"
+    config = load_config(FlowGrpoConfig, recipe, [f"out_dir={tmp_path / 'run'}", "advantage.localize.enabled=true"], job="flow-grpo")
+    with pytest.raises(RecipeError, match=r"advantage.localize: MiniMax-H3's latent grid has no credit map.*advantage.localize.enabled=false"):
+        _Trainer(config).setup()
+    assert not (tmp_path / "run").exists()
+    from cac_align.gen.family import family_of
+
+    assert getattr(family_of("tiny-random:wan"), "localized_credit", True)

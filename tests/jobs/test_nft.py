@@ -38,6 +38,9 @@ def _transformers(pipe):
     pytest.param("nft_tiny_wan22_a14b.yaml", marks=pytest.mark.slow),
     pytest.param("nft_tiny_i2v.yaml", marks=pytest.mark.slow),  # Wan2.1-I2V, the shipped images
     pytest.param("nft_tiny_ltx2.yaml", marks=pytest.mark.slow),  # LTX-2, its audio beside
+    pytest.param("nft_tiny_ltx25.yaml", marks=pytest.mark.slow),  # LTX-2.5, its diffusion decoder
+    pytest.param("nft_tiny_hunyuan15.yaml", marks=pytest.mark.slow),  # HunyuanVideo-1.5
+    pytest.param("nft_tiny_minimax_h3.yaml", marks=pytest.mark.slow),  # MiniMax-H3, a modular pipeline
 ])
 def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe):
     # the smallest step that trains: one prompt, two videos, two sampling steps, one of them trained

@@ -361,8 +361,9 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
     # HunyuanVideo-1.5 animating an image: its blocks sharded (it refuses context parallel); 50 s on an idle 2-core
     # machine (2026-11-27)
     ("flow_grpo_tiny_hunyuan15_i2v.yaml", ("parallel.shard=fsdp2",), None),
+    ("flow_grpo_tiny_hunyuan15.yaml", ("parallel.shard=fsdp2",), None),  # and text to video
     ("flow_grpo_tiny_minimax_h3.yaml", ("prompts_per_step=2", "parallel.shard=fsdp2"), None),  # a modular pipeline, its audio on its own schedule
-], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2", "ltx25-fsdp2", "hunyuan15-i2v-fsdp2", "minimax-h3-fsdp2"])
+], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2", "ltx25-fsdp2", "hunyuan15-i2v-fsdp2", "hunyuan15-t2v-fsdp2", "minimax-h3-fsdp2"])
 def test_the_big_families_sharded_equal_one_process(recipe, extra, saved, tmp_path):
     toy = {"CAC_TEST_REWARD": "brightness"}
     common = ["steps=1", "eval_prompts=null", *[e for e in extra if not e.startswith("parallel.")]]
