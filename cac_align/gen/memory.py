@@ -329,28 +329,36 @@ def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
         return cls._from_config(config)
 
 
+def _component_folder(name: str, component: str) -> Path | None:
+    """The folder of ``component/config.json`` under ``name``: a local folder's subfolder, or the cached
+    file of a hub id; None when it is not on this machine."""
+    from cac_align.loading import looks_like_path
+
+    if looks_like_path(name):
+        path = Path(name).expanduser() / component / "config.json"
+        found: Any = str(path) if path.is_file() else None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, f"{component}/config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def _config_folders(name: str, index: Mapping[str, Any], family: Any = None) -> dict[str, Path] | None:
     """The folder of each model component's ``config.json`` (tokenizers and schedulers left out):
     ``name``'s subfolders (a local folder), or the cached files of a hub id; None when one is not on
     this machine."""
     from cac_align.gen.family import has_component
-    from cac_align.loading import looks_like_path
 
     folders: dict[str, Path] = {}
     skipped = getattr(family, "unloaded_components", ()) if family is not None else ()
     for component in index:
         if component.startswith("_") or component in skipped or not has_component(index, component) or not _is_model_entry(index[component]):
             continue
-        if looks_like_path(name):
-            path = Path(name).expanduser() / component / "config.json"
-            found: Any = str(path) if path.is_file() else None
-        else:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(name, f"{component}/config.json")
-        if not isinstance(found, str):
+        folder = _component_folder(name, component)
+        if folder is None:
             return None
-        folders[component] = Path(found).parent
+        folders[component] = folder
     return folders
 
 
@@ -452,20 +460,12 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
 def _extra_folders(name: str, components: Sequence[str]) -> dict[str, Path] | None:
     """The folders of a family's ``extra_components`` (beside ``model_index.json``, not in it), as
     :func:`_config_folders` finds a component's; None when one is not on this machine."""
-    from cac_align.loading import looks_like_path
-
     folders: dict[str, Path] = {}
     for component in components:
-        if looks_like_path(name):
-            path = Path(name).expanduser() / component / "config.json"
-            found: Any = str(path) if path.is_file() else None
-        else:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(name, f"{component}/config.json")
-        if not isinstance(found, str):
+        folder = _component_folder(name, component)
+        if folder is None:
             return None
-        folders[component] = Path(found).parent
+        folders[component] = folder
     return folders
 
 

@@ -835,6 +835,20 @@ class _Trainer:
             outputs.append(output)
         return outputs, compute
 
+    def _optimizer_step(self, acc: Any, grad_norms: list[float]) -> None:
+        """One AdamW update from the accumulated gradients: clipped at ``max_grad_norm`` (its norm
+        appended to ``grad_norms``), then the evaluation EMA (``ema_decay``) moved. Flow-GRPO's and
+        nft's updates both end so."""
+        config = self.config
+        if config.max_grad_norm > 0:
+            grad_norms.append(self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, p in trainable(self.unwrapped).items():
+                    self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
+
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
                 weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> dict[str, float]:
         config, acc = self.config, self.accelerator
@@ -898,14 +912,7 @@ class _Trainer:
                         if key != "kl" or config.beta > 0:  # with beta = 0 no KL is computed
                             sums[key] = sums.get(key, 0.0) + float(value)
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            if config.max_grad_norm > 0:
-                grad_norms.append(self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                with torch.no_grad():
-                    for name, p in trainable(self.unwrapped).items():
-                        self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
+            self._optimizer_step(acc, grad_norms)
         self.model.eval()
         out = {f"train/{k}": v / count for k, v in sums.items()}
         if grad_norms:

@@ -218,14 +218,7 @@ class _NftTrainer(_Trainer):
                         if math.isfinite(float(value)):  # a micro-batch of dropped samples has no r_mean
                             sums[key] = sums.get(key, 0.0) + float(value)
                             counts[key] = counts.get(key, 0) + 1
-            if config.max_grad_norm > 0:
-                grad_norms.append(self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                with torch.no_grad():
-                    for name, p in trainable(self.unwrapped).items():
-                        self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
+            self._optimizer_step(acc, grad_norms)
         self.model.eval()
         out = {f"train/{k}": v / counts[k] for k, v in sums.items()}
         if grad_norms:
