@@ -48,42 +48,42 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
 # Issue #65 first (the newest figure owed): one Flow-GRPO step of Wan2.2-TI2V-5B's architecture at its
 # recipe's 704x1280x121 (recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml: LoRA 32, bf16, gradient
 # checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory.
-run wan22_ti2v_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b
+run wan22_ti2v_step "$PY" benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b
 # Issue #72: one Flow-GRPO step of LTX-2's architecture at its recipe's 512x768x121
 # (recipes/align/flow_grpo_ltx2_ur_cac.yaml: CFG, LoRA 32 on the video branch, bf16, gradient
 # checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory (the
 # 12B text encoder as arithmetic beside it).
-run ltx2_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-ltx2
+run ltx2_step "$PY" benchmarks/generators/wan_grpo_step.py --mode gpu-ltx2
 # Issue #32: CaC two-turn scoring at the paper's budget on the dynamic vs the static KV cache
 # (model.cache), batch 16 and 32: s/video with compile included (first pass) and excluded
 # (second), peak memory (target: <= 4 s per video on one H100). Then stage 3's rollout generation
 # (the hf sampler, 16 rollouts per call, 1,024 tokens per turn) in both modes.
-run cac_8b_cache_b16 "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 16
-run cac_8b_cache_b32 "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 32
-run rollouts_8b "$PY" benchmarks/rollout_throughput.py --mode gpu-8b
+run cac_8b_cache_b16 "$PY" benchmarks/judge/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 16
+run cac_8b_cache_b32 "$PY" benchmarks/judge/score_throughput.py --mode gpu-8b --videos 4 --caches --batch-sizes 32
+run rollouts_8b "$PY" benchmarks/judge/rollout_throughput.py --mode gpu-8b
 # Issue #33: one step of each training stage at Qwen3-VL-8B's size (saved to local disk first,
 # ~17 GB in outputs/stage_memory_gpu_8b, then loaded by the recipe path): peak memory, seconds
 # per step; stage 2 on one GPU and the arithmetic for 8 under fsdp.yaml; stage 3 with LoRA (the
 # 80 GB path), then as shipped (full parameters in float32: ~160 GB by arithmetic, so expected
 # out of memory on one 80 GB GPU, reported as such)
-run stage1_8b "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 1
-run stage2_8b "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 2
-run stage3_8b_lora "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 3 --steps 2 --set finetune=lora --set train.learning_rate=1e-5
-run stage3_8b "$PY" benchmarks/stage_memory.py --mode gpu-8b --stage 3 --steps 2
+run stage1_8b "$PY" benchmarks/memory/stage_memory.py --mode gpu-8b --stage 1
+run stage2_8b "$PY" benchmarks/memory/stage_memory.py --mode gpu-8b --stage 2
+run stage3_8b_lora "$PY" benchmarks/memory/stage_memory.py --mode gpu-8b --stage 3 --steps 2 --set finetune=lora --set train.learning_rate=1e-5
+run stage3_8b "$PY" benchmarks/memory/stage_memory.py --mode gpu-8b --stage 3 --steps 2
 # CaC two-turn scoring, Qwen3-VL-8B's architecture at the paper's budget, batched vs one by one (dynamic cache)
-run cac_8b "$PY" benchmarks/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --repeats 1 --log-calls
+run cac_8b "$PY" benchmarks/judge/score_throughput.py --mode gpu-8b --videos 4 --single-videos 1 --repeats 1 --log-calls
 # UnifiedReward-7B (Qwen2.5-VL-7B) probabilities: encodings and seconds before/now
-run ur_7b "$PY" benchmarks/status_encoding.py --mode gpu-ur7b
+run ur_7b "$PY" benchmarks/judge/status_encoding.py --mode gpu-ur7b
 # Flow-GRPO step of Wan-2.1-1.3B at 480x832x81: seconds and memory, then with CaC-8B + UR-7B resident (target: within 80 GB)
-run wan_step "$PY" benchmarks/wan_grpo_step.py --mode gpu-1.3b
-run wan_step_with_rewards "$PY" benchmarks/wan_grpo_step.py --mode gpu-1.3b --with-rewards
+run wan_step "$PY" benchmarks/generators/wan_grpo_step.py --mode gpu-1.3b
+run wan_step_with_rewards "$PY" benchmarks/generators/wan_grpo_step.py --mode gpu-1.3b --with-rewards
 # Issue #67: the judge on a fleet, two cac-demo replicas on the one GPU behind vllm-router, under each
-# routing policy (benchmarks/served_fleet.py). Needs vLLM (GPU build) in an environment of its own
+# routing policy (benchmarks/judge/served_fleet.py). Needs vLLM (GPU build) in an environment of its own
 # with this package installed --no-deps (VLLM_PYTHON names its interpreter) and vllm-router; the
 # lent machine's image has neither and cannot download them, so it is skipped there with the reason.
 VLLM_PY="${VLLM_PYTHON:-.venv-vllm/bin/python}"
 if [ -x "$VLLM_PY" ] && "$VLLM_PY" -c "import vllm" 2>/dev/null && "$PY" -c "import shutil, sys; sys.exit(shutil.which('vllm-router') is None)"; then
-  run served_fleet "$PY" benchmarks/served_fleet.py --python "$VLLM_PY" --replicas 2 --devices 0 0 --extra="--gpu-memory-utilization 0.4"
+  run served_fleet "$PY" benchmarks/judge/served_fleet.py --python "$VLLM_PY" --replicas 2 --devices 0 0 --extra="--gpu-memory-utilization 0.4"
 else
   echo "== served_fleet: skipped (no vLLM at $VLLM_PY or no vllm-router: pip install 'cac_align[fleet]')" | tee "$OUT/served_fleet.txt"
 fi

@@ -12,12 +12,12 @@
 #
 #   1. judge_ours   the judge (CaCScorer, HFBackend cache=static) at batch 32, 512 tokens per turn,
 #                   Qwen3-VL-8B's architecture, as it is now: first and second pass s/video, ms per
-#                   token per turn, peak memory (benchmarks/judge_decode.py)
+#                   token per turn, peak memory (benchmarks/judge/judge_decode.py)
 #   2. judge_stock  the same as before #71 (transformers' sdpa and cache sizing), in the same run:
 #                   the steady stock vs ours ratio. It reuses the Triton kernels step 1 compiled
 #                   (same machine, same inductor cache), so its first pass is not a cold one.
 #   3. decode_attention  one decode step's attention alone at the 8B's batch-32 turn-2 shape, stock
-#                   vs ours: bytes, KV copies, CUDA time (benchmarks/decode_attention.py)
+#                   vs ours: bytes, KV copies, CUDA time (benchmarks/judge/decode_attention.py)
 #   4. ltx2_step    one Flow-GRPO step of LTX-2's architecture at its recipe's 512x768x121 (2 videos,
 #                   2 sampling steps, CFG): s per video and step, peak memory, Gemma-3-12B's 24 GB
 #                   as arithmetic (wan_grpo_step.py --mode gpu-ltx2): never measured
@@ -132,22 +132,22 @@ step() {
 }
 
 # (a) the judge, ours then stock (most owed: never measured with the fix; stock in the same run for the ratio)
-step judge_ours 240 120 benchmarks/judge_decode.py --mode gpu-8b --attention ours \
-  -- benchmarks/judge_decode.py --mode tiny --attention ours --batch 2 --tokens 4 --seconds 2
-step judge_stock 280 150 benchmarks/judge_decode.py --mode gpu-8b --attention stock \
-  -- benchmarks/judge_decode.py --mode tiny --attention stock --batch 2 --tokens 4 --seconds 2
-step decode_attention 90 45 benchmarks/decode_attention.py --device cuda --batch 32 --cache 3840 --repeats 50 \
-  -- benchmarks/decode_attention.py --check
+step judge_ours 240 120 benchmarks/judge/judge_decode.py --mode gpu-8b --attention ours \
+  -- benchmarks/judge/judge_decode.py --mode tiny --attention ours --batch 2 --tokens 4 --seconds 2
+step judge_stock 280 150 benchmarks/judge/judge_decode.py --mode gpu-8b --attention stock \
+  -- benchmarks/judge/judge_decode.py --mode tiny --attention stock --batch 2 --tokens 4 --seconds 2
+step decode_attention 90 45 benchmarks/judge/decode_attention.py --device cuda --batch 32 --cache 3840 --repeats 50 \
+  -- benchmarks/judge/decode_attention.py --check
 # (a') after the judge, the new family: one Flow-GRPO step of LTX-2 at its recipe's 512x768x121 (never measured)
-step ltx2_step 240 150 benchmarks/wan_grpo_step.py --mode gpu-ltx2 --sampling-steps 2 --steps 1 \
-  -- benchmarks/wan_grpo_step.py --mode cpu-check-ltx2 --sampling-steps 2 --steps 1
+step ltx2_step 240 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ltx2 --sampling-steps 2 --steps 1 \
+  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ltx2 --sampling-steps 2 --steps 1
 # (b) what gpu_all.sh still owes, as time allows
-step ur7b 150 90 benchmarks/status_encoding.py --mode gpu-ur7b \
-  -- benchmarks/status_encoding.py --mode cpu-check --ur-videos 1
-step ti2v_step 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
-  -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
-step ti2v_sharded 200 150 benchmarks/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge \
-  -- benchmarks/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2 --with-judge
+step ur7b 150 90 benchmarks/judge/status_encoding.py --mode gpu-ur7b \
+  -- benchmarks/judge/status_encoding.py --mode cpu-check --ur-videos 1
+step ti2v_step 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
+  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
+step ti2v_sharded 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge \
+  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2 --with-judge
 
 say "== gpu_quick: $(( $(date +%s) - START )) s in all; figures in $OUT (summary.txt: one RESULT line per measured pass)"
 exit "$FAILED"

@@ -99,7 +99,7 @@ def check_weights_source(name: str, key: str = "model") -> str:
         if not (builtin / "config.json").is_file():
             raise WeightsNotFoundError(
                 f"{key}={name!r}: the built-in model's files are missing from {builtin} (a broken install?); "
-                "reinstall cac_align, or rebuild it with benchmarks/reproduce_cac_demo.sh"
+                "reinstall cac_align, or rebuild it with benchmarks/judge/reproduce_cac_demo.sh"
             )
         return str(builtin)
     if looks_like_path(name):

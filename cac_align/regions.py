@@ -6,7 +6,7 @@ per-frame boxes (``boxes``: ``[{"time_s", "boxes": [[x0, y0, x1, y1], ...]}]`` i
 coordinates). This module reads that evidence (:func:`find_evidence`) and turns it into a
 :class:`Region` of one video: which of its frames are inside the (dilated) window and, on each
 of them, which pixel boxes (or the whole frame). It is the one place that both localized credit
-(:mod:`cac_align.gen.credit`, pooled onto Wan's latent grid) and repair (the regenerated mask)
+(:mod:`cac_align.rl.credit`, pooled onto Wan's latent grid) and repair (the regenerated mask)
 read, so the two agree on what "the defect" covers.
 
 Conventions (as :mod:`cac_align.video`): frame ``i`` of a ``fps`` video sits at ``i / fps`` s;

@@ -32,6 +32,23 @@ def pytest_configure(config) -> None:
 
         torch.set_num_threads(1)
 
+def tiny_recipes_by_family(prefix: str) -> dict[str, list[str]]:
+    """``{family name: [recipe file names]}``: the tiny recipes ``recipes/align/<prefix>*.yaml`` of every
+    generator family (:func:`cac_align.gen.family.families`, the one list), each recipe by the family
+    of its ``generator.name`` (read from the files, nothing built). A family without such a recipe maps
+    to ``[]``, so a test that walks the families sees a new family without a line of its own."""
+    from omegaconf import OmegaConf
+
+    from cac_align.gen.family import families, family_of
+
+    found: dict[str, list[str]] = {family.name: [] for family in families()}
+    for path in sorted((REPO_ROOT / "recipes/align").glob(f"{prefix}*.yaml")):
+        name = OmegaConf.load(path).get("generator", {}).get("name")
+        if isinstance(name, str) and name.startswith("tiny-random:"):
+            found[family_of(name).name].append(path.name)
+    return found
+
+
 # The components of a ``ur_cac`` section on the tiny random models (CaC without reasoning,
 # UnifiedReward probs on 4 frames): what the trainer integrations' tests score with.
 TINY_UR_CAC = {

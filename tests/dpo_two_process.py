@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from cac_align.config import load_config
-from cac_align.gen.tiny import TINY_WAN_BUILDERS
+from cac_align.gen.families.wan import TINY_WAN_BUILDERS
 from cac_align.jobs.dpo import DpoConfig, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

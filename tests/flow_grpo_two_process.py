@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from cac_align.config import load_config
-from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.jobs import flow_grpo
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 

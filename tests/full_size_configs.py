@@ -9,13 +9,13 @@ nothing here is downloaded):
 
 - ``Wan-AI/Wan2.2-T2V-A14B-Diffusers``: ``model_index.json`` (a ``WanPipeline`` with two experts
   and ``boundary_ratio`` 0.875), ``transformer/`` and ``transformer_2/config.json`` (Wan-2.1-14B's
-  shape: 40 blocks, 40 heads of 128, FFN 13824; as ``benchmarks/memory_plan_full_size.py`` builds
-  them), ``text_encoder/config.json`` (UMT5-XXL, as ``benchmarks/wan_grpo_step.py``'s
+  shape: 40 blocks, 40 heads of 128, FFN 13824; as ``benchmarks/memory/memory_plan_full_size.py`` builds
+  them), ``text_encoder/config.json`` (UMT5-XXL, as ``benchmarks/generators/wan_grpo_step.py``'s
   ``_umt5_xxl``), ``vae/config.json`` (the Wan-2.1 VAE: diffusers' ``AutoencoderKLWan`` defaults).
-- ``Qwen/Qwen3-VL-8B-Instruct``: ``config.json`` (as ``benchmarks/score_throughput.py``'s
+- ``Qwen/Qwen3-VL-8B-Instruct``: ``config.json`` (as ``benchmarks/judge/score_throughput.py``'s
   ``_full_size_qwen3_vl_8b``).
 - ``CodeGoat24/UnifiedReward-qwen-7b``: ``config.json``, a Qwen2.5-VL-7B-Instruct fine-tune (as
-  ``benchmarks/status_encoding.py``'s ``QWEN2_5_VL_7B``), in the flat layout Qwen2.5-VL's configs
+  ``benchmarks/judge/status_encoding.py``'s ``QWEN2_5_VL_7B``), in the flat layout Qwen2.5-VL's configs
   were published in.
 """
 

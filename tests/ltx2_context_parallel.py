@@ -3,7 +3,7 @@
 Run by tests/gen/test_context_parallel.py as
 ``python -m torch.distributed.run --nproc_per_node 2 tests/ltx2_context_parallel.py OUT.json``
 (gloo, float32). For the tiny LTX-2 and LTX-2.3 pipelines (the family's own plan,
-:meth:`cac_align.gen.ltx2.LTX2Family.context_parallel_plan`), the tiny Wan-2.1 (diffusers' own
+:meth:`cac_align.gen.families.ltx2.LTX2Family.context_parallel_plan`), the tiny Wan-2.1 (diffusers' own
 plan, the reference that is known to work) and two Wan image-to-video cases under the same plan
 (Wan2.1-I2V with its image's channels and CLIP tokens; the TI2V-5B animating an image, its fixed
 first frame in front), each process:
@@ -181,10 +181,10 @@ def _case(name: str, mesh, image=None, **settings) -> dict:
 
 
 def _gradients_without_the_gather_sum(denoiser, lora, inputs, mesh) -> dict:
-    """The control of LTX-2's video-to-audio gather (``cac_align.gen.ltx2._GatherTokens``): its
+    """The control of LTX-2's video-to-audio gather (``cac_align.gen.families.ltx2._GatherTokens``): its
     backward keeping each process's own share, as diffusers' ``AllGatherFunction`` does, instead of
     the sum over the group; the LoRA gradients summed over the group, as above."""
-    from cac_align.gen import ltx2
+    from cac_align.gen.families import ltx2
 
     group = mesh["ulysses"].get_group()
 

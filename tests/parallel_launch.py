@@ -140,8 +140,17 @@ def _counting_init(cls):
     cls.__init__ = counted
 
 
-for _cls in (diffusers.WanTransformer3DModel, diffusers.LTX2VideoTransformer3DModel, diffusers.HunyuanVideo15Transformer3DModel,
-             diffusers.MiniMaxH3Transformer3DModel):
+# Every video transformer class diffusers has (its names end in "Transformer3DModel": every family's
+# transformer, a new family's included, with no list of ours to keep); _load_and_record checks that the
+# pipeline it loaded holds no transformer of another class, so nothing loaded goes uncounted.
+COUNTED = []
+for _name in dir(diffusers):
+    if _name.endswith("Transformer3DModel"):
+        try:
+            COUNTED.append(getattr(diffusers, _name))
+        except (ImportError, AttributeError):  # a class whose optional dependency is not installed
+            continue
+for _cls in COUNTED:
     _counting_init(_cls)
 _load_file = safetensors.torch.load_file
 
@@ -160,10 +169,15 @@ _load_generator = parallel.Layout.load_generator
 def _load_and_record(self, config, device):
     loading.update(on=True, built=0, read=0)
     try:
-        return _load_generator(self, config, device)
+        pipe = _load_generator(self, config, device)
     finally:
         loading["on"] = False
         record.update(transformer_bytes_built=loading["built"], transformer_bytes_read=loading["read"])
+    uncounted = sorted({type(m).__name__ for name, m in getattr(pipe, "components", {}).items()
+                        if name.startswith("transformer") and isinstance(m, torch.nn.Module) and not isinstance(m, tuple(COUNTED))})
+    if uncounted:
+        raise RuntimeError(f"parallel_launch counts no construction of {uncounted}: name its class beside COUNTED")
+    return pipe
 
 
 parallel.Layout.load_generator = _load_and_record

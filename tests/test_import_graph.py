@@ -219,3 +219,47 @@ def test_long_functions_are_found(tmp_path):
 
 def test_no_function_is_longer_than_the_limit():
     assert long_functions() == []
+
+
+# The RL math (cac_align/rl/) stands beside the ground floor: it may import itself and the ground
+# floor's values (regions: a reward's evidence as a region), never a generator family, a job or an
+# integration, nor anything else above it.
+RL_MAY_IMPORT = ("cac_align.rl", "cac_align.regions", "cac_align.video", "cac_align.config")
+
+
+def rl_imports_above(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(rl module, module it imports) for every import of :mod:`cac_align.rl` that leaves it and the
+    ground floor (:data:`RL_MAY_IMPORT`)."""
+    return sorted(
+        (module, target)
+        for module, targets in graph.items() if module == "cac_align.rl" or module.startswith("cac_align.rl.")
+        for target in targets
+        if not any(target == allowed or target.startswith(allowed + ".") for allowed in RL_MAY_IMPORT)
+    )
+
+
+def test_the_rl_math_imports_nothing_above_the_ground_floor():
+    graph = import_graph()
+    assert {"cac_align.rl.advantages", "cac_align.rl.sde", "cac_align.rl.nft", "cac_align.rl.dpo", "cac_align.rl.credit"} <= set(graph)
+    assert "cac_align.regions" in graph["cac_align.rl.credit"]  # the check reads rl's imports
+    assert rl_imports_above(graph) == []
+    # the check sees an import of a family, a job and an integration (and lets rl import itself)
+    assert rl_imports_above({"cac_align.rl.sde": {"cac_align.gen.families.wan", "cac_align.rl.advantages"},
+                             "cac_align.rl.nft": {"cac_align.jobs.nft", "cac_align.integrations.verl_omni"}}) == [
+        ("cac_align.rl.nft", "cac_align.integrations.verl_omni"), ("cac_align.rl.nft", "cac_align.jobs.nft"),
+        ("cac_align.rl.sde", "cac_align.gen.families.wan")]
+
+
+def test_gen_holds_no_rl_loss_and_no_family_module():
+    """gen/ is the generator side's machinery: no RL loss (those are rl/'s) and no family module
+    outside gen/families/ (a module that defines a family's ``FAMILIES`` or ``REGENERATORS``)."""
+    misplaced = []
+    for path in sorted((PACKAGE / "gen").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        if {"FAMILIES", "REGENERATORS"} & assigned or any(name.endswith("_loss") for name in defined):
+            misplaced.append(path.name)
+    assert misplaced == []
+    families = sorted(p.stem for p in (PACKAGE / "gen" / "families").glob("*.py") if p.stem != "__init__")
+    assert {"wan", "vace", "ltx2", "hunyuan15", "minimax_h3"} <= set(families)

@@ -38,7 +38,7 @@ __all__ = ["Denoiser", "WanDenoiser"]
 
 class Denoiser(torch.nn.Module):
     """What every family's denoiser (the velocity of a step; :class:`WanDenoiser`,
-    :class:`cac_align.gen.ltx2.LTX2Denoiser`) gives the trainers: its transformers (experts), which
+    :class:`cac_align.gen.families.ltx2.LTX2Denoiser`) gives the trainers: its transformers (experts), which
     of them serves a timestep, which carry a trained LoRA, the reference policy (their LoRAs off),
     and the noise levels the adapted ones serve. One transformer by default."""
 
@@ -109,7 +109,7 @@ class WanDenoiser(Denoiser):
     @classmethod
     def from_pipeline(cls, pipe: Any, family: Any) -> "WanDenoiser":
         """The denoiser of a diffusers ``WanPipeline`` of ``family``
-        (:class:`~cac_align.gen.wan.WanFamily`: its experts and per-token timesteps, read from the
+        (:class:`~cac_align.gen.families.wan.WanFamily`: its experts and per-token timesteps, read from the
         model's files), with the pipeline config's ``boundary_ratio`` and its scheduler's
         ``num_train_timesteps``."""
         steps = int(pipe.scheduler.config.num_train_timesteps)

@@ -1,16 +1,17 @@
 """What a generator is, read from its own files, and the one interface the generator jobs call.
 
 A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-grpo``, ``dpo``,
-``repair``) and :mod:`cac_align.gen.credit` can run: its diffusers pipeline class, its experts and
+``repair``) and :mod:`cac_align.rl.credit` can run: its diffusers pipeline class, its experts and
 timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
-sampling settings. Each family lives in one module of ``gen/`` (:mod:`cac_align.gen.wan`: Wan-2.1,
-Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
-:mod:`cac_align.gen.ltx2`: LTX-2, LTX-2.3, LTX-2.5) and is an object with the methods
-of :class:`GeneratorFamily`; a job asks the family, never the pipeline object, what a pipeline
-has, and never branches on which family it is. Adding a family is one module listed in
-:data:`FAMILY_MODULES` (its ``FAMILIES`` and ``family_for_index``, its repair pipelines'
-``REGENERATORS`` and ``regenerator_for_index``), its recipes and its tests (Wan's repair pipeline,
-Wan-VACE, older than this layout, keeps its own module, :mod:`cac_align.gen.vace`).
+sampling settings. Each family lives in one module of ``gen/families/`` (:mod:`cac_align.gen.families.wan`:
+Wan-2.1, Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
+:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``) and is
+an object with the methods of :class:`GeneratorFamily`; a job asks the family, never the pipeline
+object, what a pipeline has, and never branches on which family it is. Adding a family is one
+module in ``gen/families/`` listed in :data:`FAMILY_MODULES` (its ``FAMILIES`` and
+``family_for_index``, its repair pipelines' ``REGENERATORS`` and ``regenerator_for_index``, its
+tiny layout at its end), its recipes, its tests and its docs (Wan's repair pipeline, Wan-VACE,
+older than this layout, keeps its own module, :mod:`cac_align.gen.families.vace`).
 
 **Which family a model is** (:func:`family_of`) comes from the model's own ``model_index.json``,
 the file diffusers writes beside every pipeline: its ``_class_name`` (``WanPipeline``,
@@ -30,7 +31,7 @@ files are:
 A pipeline class no family runs is a one-line error naming the supported ones, never a silent
 Wan-2.1.
 
-**Modular pipelines** (MiniMax-H3, :mod:`cac_align.gen.minimax_h3`): diffusers runs some models
+**Modular pipelines** (MiniMax-H3, :mod:`cac_align.gen.families.minimax_h3`): diffusers runs some models
 only as a ``ModularPipeline`` of blocks, whose folder has a ``modular_model_index.json`` (its
 ``_class_name`` and ``_blocks_class_name``; each component ``[library, class, spec]``) instead of a
 ``model_index.json``; it is read in its place (cases 2-4). Such a family's ``generate`` runs the
@@ -48,7 +49,7 @@ members, which a family without them does not need:
   height, width)`` (every row of its packed sequence: text, audio and video) and
   ``unloaded_components`` (components its folder holds that the jobs never load: its
   ``transformer_ref``);
-- ``localized_credit``: False where :mod:`cac_align.gen.credit` cannot map a judge's window onto the
+- ``localized_credit``: False where :mod:`cac_align.rl.credit` cannot map a judge's window onto the
   family's latent frames (MiniMax-H3's ``5n + 2`` of ``17n + 5``); flow-grpo and nft then refuse
   ``advantage.localize`` in one line. True when absent.
 
@@ -73,7 +74,7 @@ a checkpoint's video decoder is itself a small diffusion model (diffusers 0.42.1
 ``LTX2VideoDiffusionDecoderModel``) that draws the pixel noise it denoises, so decoding is
 sampling, not a function of the latents. For a seed to still name one video, decoding must know the
 video's seed: the interface grew by that one argument (the family derives the decoder's generator
-from it: :func:`cac_align.gen.ltx2.decoder_generator`), and ``flow-grpo`` passes the seeds it
+from it: :func:`cac_align.gen.families.ltx2.decoder_generator`), and ``flow-grpo`` passes the seeds it
 sampled with; ``bon`` already gives a family its seeds (:meth:`GeneratorFamily.generate`). The
 draw is never part of a log-probability: Flow-GRPO's ratios and losses cover the transformer's
 latents only (the decoder is frozen, after the last step, and its noise is no action of the
@@ -101,7 +102,13 @@ __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_image
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
 # ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, has a module of its own.
-FAMILY_MODULES = ("cac_align.gen.wan", "cac_align.gen.vace", "cac_align.gen.ltx2", "cac_align.gen.hunyuan15", "cac_align.gen.minimax_h3")
+FAMILY_MODULES = (
+    "cac_align.gen.families.wan",
+    "cac_align.gen.families.vace",
+    "cac_align.gen.families.ltx2",
+    "cac_align.gen.families.hunyuan15",
+    "cac_align.gen.families.minimax_h3",
+)
 
 
 # The index file of a modular pipeline (diffusers' ModularPipeline.save_pretrained), read where a folder or
@@ -334,8 +341,8 @@ class GeneratorFamily(Protocol):
 
 class Regenerator(Protocol):
     """A family's repair pipeline, as ``cac-align repair`` uses it (Wan-VACE:
-    :class:`cac_align.gen.vace.VaceRegenerator`; LTX-2's condition pipeline:
-    :class:`cac_align.gen.ltx2.LTX2Regenerator`).
+    :class:`cac_align.gen.families.vace.VaceRegenerator`; LTX-2's condition pipeline:
+    :class:`cac_align.gen.families.ltx2.LTX2Regenerator`).
 
     Attributes:
         name, title, pipeline_class, experts, tiny_names, hub_ids: as a generator family's.
@@ -368,7 +375,7 @@ class Regenerator(Protocol):
 
     def plan(self, region: Any, fps: float, condition_s: float) -> Any:
         """The segment, padding and mask that regenerate ``region``
-        (:class:`cac_align.gen.vace.RepairPlan`)."""
+        (:class:`cac_align.gen.families.vace.RepairPlan`)."""
         ...
 
     def regenerate(self, pipe: Any, frames: Any, plan: Any, prompt: str, seed: int, config: Any) -> Any:
@@ -586,7 +593,7 @@ def family_of(name: str, key: str = "generator.name") -> GeneratorFamily:
 
 def regenerator_of(name: str, key: str = "regenerator.name") -> Any:
     """The repair pipeline (regenerator) the model ``name`` is, found as :func:`family_of` finds a
-    generator: Wan-VACE (:class:`cac_align.gen.vace.VaceRegenerator`), LTX-2's condition pipeline."""
+    generator: Wan-VACE (:class:`cac_align.gen.families.vace.VaceRegenerator`), LTX-2's condition pipeline."""
     return _resolve(name, key, "regenerator")
 
 

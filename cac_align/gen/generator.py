@@ -2,7 +2,7 @@
 Flow-GRPO's sampler with per-step log-probabilities.
 
 Everything here goes through the model's family (:mod:`cac_align.gen.family`: what the model's own
-files say it is; :mod:`cac_align.gen.wan`, :mod:`cac_align.gen.ltx2`): the family loads the
+files say it is; :mod:`cac_align.gen.families.wan`, :mod:`cac_align.gen.families.ltx2`): the family loads the
 pipeline, encodes the prompts, draws the initial noise, gives the guided velocity and decodes, so
 ``bon``, ``flow-grpo``, ``dpo`` and ``repair`` never branch on which model they run.
 """
@@ -391,7 +391,7 @@ def scheduler_shift(pipe: Any, override: float | None = None) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# Sampling with per-step log-probabilities (Flow-GRPO's sampler; math in cac_align.gen.sde)
+# Sampling with per-step log-probabilities (Flow-GRPO's sampler; math in cac_align.rl.sde)
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Trajectory:
@@ -405,7 +405,7 @@ class Trajectory:
         log_probs: ``(B, N)`` float32, log p(latents[:, j + 1] | latents[:, j]) when sampling.
         sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
         log_prob_maps: ``(B, N, F', H', W')`` float32, the per-position log-densities of each
-            step (localized credit, :mod:`cac_align.gen.credit`); None unless asked for.
+            step (localized credit, :mod:`cac_align.rl.credit`); None unless asked for.
         side: ``(B, N + 1, ...)`` float32, the latents that step with the video on the
             deterministic path (LTX-2's audio), before each step and the final ones; None for a
             video-only model.
@@ -491,7 +491,7 @@ def sample_with_log_probs(
     """
     import torch
 
-    from cac_align.gen.sde import SDESchedule
+    from cac_align.rl.sde import SDESchedule
 
     family = config.family
     batch = len(cond)

@@ -36,7 +36,7 @@ class LoraSettings:
         alpha: LoRA alpha (scale = alpha / rank).
         target_modules: module names to adapt; null: the generator family's
             (``lora_target_modules``; Wan: the query/key/value/output projections of both self-
-            and cross-attention of every block; LTX-2: the video branch, :data:`cac_align.gen.ltx2.VIDEO_BRANCH`).
+            and cross-attention of every block; LTX-2: the video branch, :data:`cac_align.gen.families.ltx2.VIDEO_BRANCH`).
         init: peft ``init_lora_weights`` ("gaussian" as Flow-GRPO, or true for peft's default);
             either way B = 0, so the adapter starts as the identity.
         experts: which transformer of a two-expert model (Wan2.2-A14B) gets the LoRA: "high"

@@ -115,7 +115,7 @@ GIB = 2**30
 # and cross-attention (and the LoRA's inputs, the same tensors), the residual stream and its gates,
 # and the feed-forward's input with its intermediate in and out of the activation (Wan's feed-forward
 # is 2.7x to 5.8x the width: about 8 widths). Held against the two measured Flow-GRPO steps (one
-# process, gradient checkpointing, CFG, UMT5-XXL resident; benchmarks/memory_plan_full_size.py):
+# process, gradient checkpointing, CFG, UMT5-XXL resident; benchmarks/memory/memory_plan_full_size.py):
 # Wan-2.1-1.3B at 480 x 832 x 81 peaked at 23.8 GiB on an H100, the plan says 24.2; Wan2.2-TI2V-5B
 # at 704 x 1280 x 121 peaked at 43.8 GiB on an H200, the plan says 40.1.
 ACTIVATION_WIDTHS = 24

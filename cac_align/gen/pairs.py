@@ -4,7 +4,7 @@
   kept repair (``output``), the loser the input video (``video``), the prompt the row's; the mask
   is what the repair regenerated: the judged window and boxes (the row's ``mask``) widened by the
   run's ``context_s`` and ``dilate`` (read from its manifest), as :mod:`cac_align.regions` turns
-  them into a region, pooled onto Wan's latent grid by :func:`cac_align.gen.credit.latent_coverage`.
+  them into a region, pooled onto Wan's latent grid by :func:`cac_align.rl.credit.latent_coverage`.
   A repair keeps the input's frame count, size and frame rate, so winner and loser must agree on
   them: anything else is an error naming the row (a changed file), not a skip.
 - **Best-of-N** (a ``cac-align bon`` run folder): per prompt the best and the worst valid
@@ -303,7 +303,7 @@ def latent_mask(pair: Pair, temporal: int = 4, spatial: int = 8) -> Any:
     """``(T_lat, H_lat, W_lat)`` float32 in {0, 1}: the latent positions whose pixels the repair
     regenerated (any of them: ``edges: hard``, no widening to patches), or None for a pair
     without a mask."""
-    from cac_align.gen.credit import latent_coverage
+    from cac_align.rl.credit import latent_coverage
 
     region = pair_region(pair)
     if region is None:

@@ -46,7 +46,7 @@ large judge with ``cac-align serve`` and ``backend: openai`` sections), ``max_ba
   verdict locates a defect (a CaC or Skyra ``window_s`` / ``boxes``, or such a component of a
   combined reward) and whose advantage has the sign ``apply_to`` names (``negative``: it scored
   below its group's mean) gets its region's map on their latent grid, computed as our Flow-GRPO
-  computes it (:func:`cac_align.gen.credit.credit_maps` with ``estimator: vipo``: Wan's causal VAE
+  computes it (:func:`cac_align.rl.credit.credit_maps` with ``estimator: vipo``: Wan's causal VAE
   frame grouping, 8x8 pixels per latent (16x16 on a Wan2.2-TI2V-5B grid, read off their map's
   shape), 1x2x2 patches, then ViPO's per-frame and per-video
   min-max, so values in [0, 1]); it is written into ``pixel_weight_maps`` in place, where ViPO
@@ -79,7 +79,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cac_align.gen.credit import LocalizeSettings, credit_maps
+from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.integrations import adapter
 from cac_align.rewards.base import RewardError, failure_summary
 
@@ -219,7 +219,7 @@ def evidence_maps(details: Sequence[Mapping[str, Any]], valid: Sequence[bool], c
 
     Returns:
         ``(maps, credit)``: the new ``(B, T_lat, H_lat, W_lat)`` float32 maps in [0, 1], and
-        :func:`~cac_align.gen.credit.credit_maps`'s result (which samples were localized, why
+        :func:`~cac_align.rl.credit.credit_maps`'s result (which samples were localized, why
         others were not).
 
     Raises:

@@ -8,7 +8,7 @@ A finished ``cac-align repair`` run holds exactly what localized preference trai
 generated video with a judged defect (the loser), the same video with only the judged window and
 boxes regenerated and judged better (the winner), and the mask between them. Trained offline from
 those pairs (and, globally, from Best-of-N's best and worst candidates), with LocalDPO's loss
-(:mod:`cac_align.gen.dpo`; defaults are LocalDPO's Wan-2.1 run):
+(:mod:`cac_align.rl.dpo`; defaults are LocalDPO's Wan-2.1 run):
 
 1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.gen.pairs.read_pairs`);
    rows that give none are counted by reason and listed in ``pairs.json``;
@@ -62,7 +62,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
-from cac_align.gen.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
+from cac_align.rl.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
 from cac_align.gen.family import check_prompt_images, fixed_frames
 from cac_align.gen.generator import Conditioning, GeneratorConfig, encode_conditioning, video_velocity
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
@@ -105,7 +105,7 @@ class DpoConfig:
         parallel: how the processes share the generator (:mod:`cac_align.gen.parallel`): FSDP2
             sharding (``shard: fsdp2``) and context parallel (``context_parallel: 2``); the default
             is data parallel with a whole generator on every process.
-        loss: LocalDPO's loss settings (:class:`cac_align.gen.dpo.DpoLossSettings`).
+        loss: LocalDPO's loss settings (:class:`cac_align.rl.dpo.DpoLossSettings`).
         steps: AdamW updates.
         pairs_per_step: pairs per update over all processes (a global intent: split over the
             processes, then into micro-batches whose gradients accumulate).

@@ -11,7 +11,7 @@ takes them wherever the model is loaded, unless a recipe sets them:
 through the ordinary ``from_pretrained`` path (``reward.model.name: models/my-cac``). The folder is
 written beside ``out_dir`` and renamed into place, replacing what was there
 (:func:`cac_align.models.export.export_model`); this is how ``cac-demo`` is shipped
-(``benchmarks/reproduce_cac_demo.sh``).
+(``benchmarks/judge/reproduce_cac_demo.sh``).
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ normalized UnifiedReward and CaC scores. Each training step:
 1. takes the step's prompts (``prompts_per_step``, in a seeded order that covers every prompt
    once per epoch) and makes ``group_size`` copies of each; the copies are split evenly over
    the processes;
-2. samples every copy with the SDE sampler (:mod:`cac_align.gen.sde`) and the generator family's
+2. samples every copy with the SDE sampler (:mod:`cac_align.rl.sde`) and the generator family's
    own guided velocity (:mod:`cac_align.gen.family`: Wan-2.1, Wan2.2, LTX-2, whose audio latents
    take the deterministic step beside the video's), keeping its latents and per-step log-probs,
    and decodes it; each sampled batch goes to a reward thread pool at once, so scoring overlaps
    the sampling of the next batch;
 3. collects the rewards and gathers them from every process;
-4. computes per-prompt advantages (:mod:`cac_align.rl`); samples whose reward is invalid
+4. computes per-prompt advantages (:mod:`cac_align.rl.advantages`); samples whose reward is invalid
    or whose group has zero variance are dropped (weight 0) and counted;
 5. trains: for each micro-batch and each trained timestep (of a two-expert Wan2.2-A14B, only the
    steps its adapted experts serve: ``lora.experts``), recomputes the log-prob of the stored
@@ -65,7 +65,7 @@ from omegaconf import MISSING, OmegaConf
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
-from cac_align.gen.credit import LocalizeSettings, credit_maps
+from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory, guided_rows
@@ -73,12 +73,12 @@ from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_para
                                    named_timeout)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, encode_conditioning, sample_with_log_probs, video_velocity
-from cac_align.gen.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
+from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
 from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
 from cac_align.rewards.registry import build_reward, reward_config
-from cac_align.rl import group_advantages, nan_mean_std, shuffle_within_groups
+from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
@@ -117,11 +117,11 @@ class AdvantageSettings:
     """How a sample's advantage reaches the loss, beyond the group statistics.
 
     Attributes:
-        localize: localized credit (:mod:`cac_align.gen.credit`): the advantage spread over the
+        localize: localized credit (:mod:`cac_align.rl.credit`): the advantage spread over the
             latent positions by the reward's evidence (window and boxes), ViPO's per-position
             estimator. Off by default: the scalar estimator, exactly as before.
         shuffle_scores: a **control run**, not training: each group's valid scores are permuted
-            among its videos (:func:`cac_align.rl.shuffle_within_groups`, seeded by seed and
+            among its videos (:func:`cac_align.rl.advantages.shuffle_within_groups`, seeded by seed and
             step) before the advantages, so the run learns nothing from its reward. What it
             changes is the optimizer's drift; a real run's change beyond it is what its reward
             did (docs/flow_grpo.md, "A no-signal control").
@@ -525,7 +525,7 @@ class _Trainer:
         self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
         check_prompt_images(self.family, self.eval_images, config.eval_prompts)
         if config.advantage.localize.enabled and not getattr(self.family, "localized_credit", True):
-            raise RecipeError(f"advantage.localize: {self.family.title}'s latent grid has no credit map here (gen/credit.py maps a judge's "
+            raise RecipeError(f"advantage.localize: {self.family.title}'s latent grid has no credit map here (rl/credit.py maps a judge's "
                               "window onto latent frames of 1 + k x the VAE's temporal factor); set advantage.localize.enabled=false")
         if config.parallel.context_parallel > 1 and any(self.images):
             raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
@@ -922,7 +922,7 @@ class _Trainer:
 
     def _position_terms(self, log_prob_map: torch.Tensor, old_log_prob_map: torch.Tensor, credit: torch.Tensor,
                         hold: torch.Tensor | None, channels: int) -> dict[str, Any]:
-        """``flow_grpo_loss``'s localized arguments for a micro-batch (gen/credit.py). The
+        """``flow_grpo_loss``'s localized arguments for a micro-batch (rl/credit.py). The
         per-position log-densities are recorded as channel means; ViPO's estimator takes channel
         sums, ``channels`` times them."""
         localize = self.config.advantage.localize

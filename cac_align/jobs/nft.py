@@ -5,7 +5,7 @@
         --config recipes/align/nft_wan_ur_cac.yaml prompts=train.txt out_dir=runs/nft
 
 DiffusionNFT (Zheng et al., arXiv 2509.16117) trains on the forward process: no SDE, no
-log-probabilities, no PPO ratio. Its equations are :mod:`cac_align.gen.nft`. It shares everything
+log-probabilities, no PPO ratio. Its equations are :mod:`cac_align.rl.nft`. It shares everything
 else with `cac-align flow-grpo` (:mod:`cac_align.jobs.flow_grpo`, whose trainer this one extends:
 the prompts, rewards in a thread pool, group advantages and invalid samples, evaluation, the
 held-out watch, trackers, the run folder, exact resume, the LoRA, the parallel layout and the
@@ -20,8 +20,8 @@ memory plan). Each training step:
 5. trains: for each micro-batch and trained timestep ``j``, noises the sampled clean latent again,
    ``x_t = (1 - sigma_j) x0 + sigma_j eps`` (``eps`` seeded by (seed, step, sample, j)), takes the
    old, the current and (``beta > 0``) the reference policy's velocities at ``x_t`` and the NFT loss
-   (:func:`cac_align.gen.nft.nft_loss`); gradients accumulate into ``updates_per_step`` AdamW updates;
-6. moves the old policy towards the trained one (:func:`cac_align.gen.nft.update_old_policy`), then
+   (:func:`cac_align.rl.nft.nft_loss`); gradients accumulate into ``updates_per_step`` AdamW updates;
+6. moves the old policy towards the trained one (:func:`cac_align.rl.nft.update_old_policy`), then
    logs, evaluates and checkpoints as flow-grpo (a checkpoint also holds ``old_policy.safetensors``).
 
 Output directory: flow-grpo's (docs/flow_grpo.md), plus ``checkpoints/step_N/old_policy.safetensors``.
@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from cac_align.config import RecipeError
 from cac_align.gen.generator import video_velocity
 from cac_align.gen.lora import adapters_disabled, trainable
-from cac_align.gen.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
+from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _ema_weights, _Trainer, memory_inputs, trained_timesteps
 from cac_align.rewards.base import Reward
 
@@ -63,10 +63,10 @@ class NftConfig(FlowGrpoConfig):
 
     Attributes:
         nft_beta: the guidance strength ``beta`` of the positive and implicit negative policies
-            (:func:`cac_align.gen.nft.nft_velocities`; authors ``config.beta``: 1.0 by default,
+            (:func:`cac_align.rl.nft.nft_velocities`; authors ``config.beta``: 1.0 by default,
             0.1 in their OCR and multi-reward runs (sd3_ocr, sd3_multi_reward), ``config/nft.py``).
-        adv_mode: how the advantage becomes ``r`` (:data:`cac_align.gen.nft.ADV_MODES`).
-        decay_type: the old policy's EMA schedule (:data:`cac_align.gen.nft.DECAY_SCHEDULES`;
+        adv_mode: how the advantage becomes ``r`` (:data:`cac_align.rl.nft.ADV_MODES`).
+        decay_type: the old policy's EMA schedule (:data:`cac_align.rl.nft.DECAY_SCHEDULES`;
             authors' default 1, their OCR run (sd3_ocr) 2).
         beta: the KL weight to the reference policy, flow-grpo's meaning (authors
             ``config.train.beta``: 1e-4; 0 skips the reference forward).

@@ -14,13 +14,13 @@ one of them. Repair regenerates that second. Per input video, in input order:
    through with the reason; a video that cannot be decoded, or has no prompt, is an invalid row;
 2. **the mask**: the evidence's region (:mod:`cac_align.regions`: the window widened by
    ``context_s``, the boxes dilated by ``dilate``, whole frames where there are no boxes),
-   planned by the regenerator: VACE's (:func:`cac_align.gen.vace.plan_repair`: ``condition_s`` of
+   planned by the regenerator: VACE's (:func:`cac_align.gen.families.vace.plan_repair`: ``condition_s`` of
    kept frames on each side as conditioning, ``4k + 1`` frames, sides padded to 16) or LTX-2's
-   (:func:`cac_align.gen.ltx2.segment_layout`: the window's latents between a kept clip before it
+   (:func:`cac_align.gen.families.ltx2.segment_layout`: the window's latents between a kept clip before it
    and a keyframe after it, ``8k + 1`` frames, sides padded to 32);
 3. **attempts**: up to ``attempts`` times, each with its own seed, VACE regenerates the masked
    pixels (the original prompt; with ``feedback: reason``, plus the judge's reason, as CollabVR
-   feeds its verifier's suggestion back), :func:`~cac_align.gen.vace.splice` puts the fill back
+   feeds its verifier's suggestion back), :func:`~cac_align.gen.families.vace.splice` puts the fill back
    (outside the mask the input's pixels, exactly; edges feathered inside the mask), and the same
    judge scores the result. The first valid result whose score beats the original's by more than
    ``min_gain`` is kept and the loop stops;
@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import MISSING
 
-from cac_align.gen.vace import RegeneratorConfig
+from cac_align.gen.families.vace import RegeneratorConfig
 
 if TYPE_CHECKING:
     from cac_align.rewards.base import Reward
@@ -240,7 +240,7 @@ class _Repairer:
     def repair(self, index: int, item: dict) -> dict:
         """The results row of input ``index`` (module docstring, steps 1-4)."""
         from cac_align.cac.evidence import write_evidence_png
-        from cac_align.gen.vace import splice
+        from cac_align.gen.families.vace import splice
         from cac_align.regions import evidence_reason, find_evidence, region_from_evidence, whole_frames
         from cac_align.video import Video, VideoError, load_video, save_video
 
@@ -340,7 +340,7 @@ def run(config: RepairConfig, reward: Reward | None = None, pipe: Any = None) ->
     from tqdm.auto import tqdm
 
     from cac_align.cac.evidence import write_repair_report
-    from cac_align.gen.vace import build_regenerator
+    from cac_align.gen.families.vace import build_regenerator
     from cac_align.rewards.registry import build_reward
     from cac_align.run.folder import write_text_atomic
 

@@ -2,7 +2,7 @@
 
 No public trainer does this (trl's GRPO passes only dataset images to the loss and the other
 frameworks run one turn), so this is a small loop on transformers + accelerate, on the RL core it
-shares with ``cac-align flow-grpo`` (:mod:`cac_align.rl`). Each training step:
+shares with ``cac-align flow-grpo`` (:mod:`cac_align.rl.advantages`). Each training step:
 
 1. takes the step's videos (``grpo.videos_per_step``, a global intent split evenly over the
    processes; a seeded order that covers every video once per epoch): the ``stage3`` split of
@@ -78,7 +78,7 @@ from cac_align.cac.train.settings import TrainCaCConfig
 from cac_align.cac.train.setup import add_lora, load_model, run_folder, set_trainable
 from cac_align.cac.train.stream import SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
-from cac_align.rl import group_advantages
+from cac_align.rl.advantages import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes

@@ -2,14 +2,14 @@
 
 ``brightness`` scores a video by its mean pixel value in [0, 1]. It needs no weights, is
 deterministic and is easy to move, which makes it the reward of choice for smoke tests of a
-trainer and for the learning-signal benchmark (``benchmarks/flow_grpo_toy.py``): if a policy
+trainer and for the learning-signal benchmark (``benchmarks/rl/flow_grpo_toy.py``): if a policy
 cannot learn to make videos brighter, it will not learn anything subtler.
 
 ``spot_brightness`` is the same idea with a known, localized defect: brightness inside a fixed
 box during a fixed time window counts as the defect, and the reward is ``1 -`` its mean. Like
 CaC, it reports where and when (``status``, ``window_s``, per-frame ``boxes`` in 0-1000
 coordinates), so localized credit (``advantage.localize`` of ``cac-align flow-grpo``) can be
-exercised and measured offline (``benchmarks/localized_credit.py``). Neither says anything about
+exercised and measured offline (``benchmarks/rl/localized_credit.py``). Neither says anything about
 video quality; never align a real model with them.
 """
 

@@ -50,7 +50,7 @@ import torch
 from fastvideo.train.methods.rl.diffusion_nft import DiffusionNFTMethod  # noqa: F401 - must import
 from fastvideo.train.methods.rl.rewards import MultiRewardScorer  # noqa: F401
 import cac_align.integrations.fastvideo as ours  # noqa: F401
-import cac_align.gen.nft  # noqa: F401
+import cac_align.rl.nft  # noqa: F401
 own = os.path.realpath(sys.prefix)
 for name in ("fastvideo", "datasets"):
     assert os.path.realpath(__import__(name).__file__).startswith(own), f"{name} is not the venv's own"

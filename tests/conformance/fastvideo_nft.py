@@ -9,7 +9,7 @@ Drives FastVideo's own DiffusionNFT code, ``fastvideo/train/methods/rl/diffusion
    ``_compute_advantages``, ``_reward_metrics`` and ``_reward_diagnostic_metrics``; once with every
    sample valid and once with one sample our reward refuses.
 2. the loss: their ``_training_timestep_loss`` on one trained timestep, and our
-   ``cac_align.gen.nft.nft_loss`` on the tensors it used (the noised input it drew, the three
+   ``cac_align.rl.nft.nft_loss`` on the tensors it used (the noised input it drew, the three
    policies' predictions, the clean latents, ``t``, the advantages), plus the gradients of both
    with respect to the trained policy's weight; and controls (beta or the weighting changed).
 3. the old policy's decay: their ``_return_decay`` against our ``old_policy_decay``.
@@ -36,7 +36,7 @@ from fastvideo.train.methods.rl.common import SamplingConfig  # noqa: E402
 from fastvideo.train.methods.rl.diffusion_nft import DiffusionNFTMethod  # noqa: E402
 from fastvideo.train.methods.rl.rewards import MultiRewardScorer, build_multi_reward_scorer  # noqa: E402
 
-from cac_align.gen import nft  # noqa: E402
+from cac_align.rl import nft  # noqa: E402
 from cac_align.integrations.fastvideo import CacAlignRewardScorer  # noqa: E402
 
 import_s = time.perf_counter() - start

@@ -36,7 +36,7 @@ from teleboost.algorithms.grpo.loss import grpo_policy_loss
 from teleboost.programs.wan.vipo import RayVIPOTrainer
 from verl import DataProto
 
-from cac_align.gen.credit import LocalizeSettings, credit_maps
+from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.rewards import build_reward
 import raising_reward  # noqa: F401  (registers "explodes": a reward whose model call raises)
 

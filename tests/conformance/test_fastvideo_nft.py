@@ -5,7 +5,7 @@ Runs tests/conformance/fastvideo_nft.py in that venv (``bash
 tests/conformance/build_fastvideo_venv.sh``; ``CAC_FASTVIDEO_PYTHON`` names another interpreter): our
 ``CacAlignRewardScorer`` inside their ``MultiRewardScorer``, called by their
 ``DiffusionNFTMethod._score_samples``, their ``_compute_advantages`` and reward metrics; their
-``_training_timestep_loss`` against our ``cac_align.gen.nft.nft_loss`` on the tensors it used;
+``_training_timestep_loss`` against our ``cac_align.rl.nft.nft_loss`` on the tensors it used;
 their ``_return_decay`` against our ``old_policy_decay``. The rewards are checked here against our
 reward run in this environment on the same frames, the advantages against their formula by hand.
 One process, about 25 s of CPU, most of it importing fastvideo (measured 2026-11-27: 92-113 s of

@@ -16,8 +16,8 @@ import torch
 
 from cac_align.config import RecipeError
 from cac_align.gen.generator import GeneratorConfig
-from cac_align.gen.ltx2 import LOCAL_ATTENTIONS, LTX2, LTX23
-from cac_align.gen.wan import WAN21
+from cac_align.gen.families.ltx2 import LOCAL_ATTENTIONS, LTX2, LTX23
+from cac_align.gen.families.wan import WAN21
 from conftest import REPO_ROOT
 
 LTX2_HEADS = {"num_attention_heads": 32, "audio_num_attention_heads": 32}  # the release's (diffusers' conversion)
@@ -108,7 +108,7 @@ def test_the_plan_follows_the_rope_layout():
 
 
 def test_wan_takes_diffusers_own_plan():
-    from cac_align.gen.tiny import build_tiny_wan_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan_pipeline
 
     transformer = build_tiny_wan_pipeline(seed=0).transformer
     assert WAN21.context_parallel_plan(transformer) is type(transformer)._cp_plan

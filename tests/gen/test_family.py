@@ -20,7 +20,7 @@ import pytest
 from cac_align.config import load_config
 from cac_align.gen.family import UnknownGeneratorError, family_of, regenerator_of
 from cac_align.gen.generator import GeneratorConfig
-from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline, build_tiny_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline, build_tiny_wan_pipeline
 from cac_align.loading import WeightsNotFoundError
 from cac_align.video import load_video
 from conftest import REPO_ROOT

@@ -1,4 +1,4 @@
-"""HunyuanVideo-1.5 behind the generator interface (cac_align.gen.hunyuan15), on its tiny text-to-video
+"""HunyuanVideo-1.5 behind the generator interface (cac_align.gen.families.hunyuan15), on its tiny text-to-video
 and image-to-video pipelines (diffusers' own HunyuanVideo15Pipeline and
 HunyuanVideo15ImageToVideoPipeline classes): with the SDE noise off our sampler gives the pipeline's
 own final latents under the release's guidance, text to video and image to video, and the comparison
@@ -16,7 +16,7 @@ import torch
 from cac_align.config import RecipeError
 from cac_align.gen.family import family_of
 from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, generate_videos, sample_with_log_probs
-from cac_align.gen.hunyuan15 import HUNYUAN15_I2V, HUNYUAN15_T2V, NEGATIVE_PROMPT, check_bucket
+from cac_align.gen.families.hunyuan15 import HUNYUAN15_I2V, HUNYUAN15_T2V, NEGATIVE_PROMPT, check_bucket
 from cac_align.run.input_files import PromptImage
 
 PROMPTS = ["a red ball on the street", 'a sign that says "hello"']  # the second quotes a glyph text: ByT5 encodes it
@@ -125,7 +125,7 @@ def test_a_saved_pipeline_under_an_unlisted_hub_id_is_its_family_and_samples_as_
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(commit)
         assert family_of(f"someone/hv15-{mode}-finetune") is family
-    # the release's settings, each with its source in cac_align/gen/hunyuan15.py
+    # the release's settings, each with its source in cac_align/gen/families/hunyuan15.py
     config = GeneratorConfig(name="someone/hv15-t2v-finetune")
     assert (config.height, config.width, config.num_frames, config.fps, config.num_inference_steps) == (480, 848, 121, 24.0, 50)
     assert (config.guidance_scale, config.flow_shift, config.max_sequence_length, NEGATIVE_PROMPT) == (6.0, 5.0, 1000, "")

@@ -1,4 +1,4 @@
-"""LTX-2 behind the generator interface (cac_align.gen.ltx2), on the tiny pipelines of its two layouts
+"""LTX-2 behind the generator interface (cac_align.gen.families.ltx2), on the tiny pipelines of its two layouts
 (diffusers' own LTX2Pipeline classes): with the SDE noise off our sampler steps exactly as
 ``LTX2Pipeline.__call__`` does, video and audio, under the release's guidance (CFG, STG, modality
 guidance, rescale); each step costs the forwards the docs count; a recorded log-probability is
@@ -15,9 +15,9 @@ import torch
 
 from cac_align.gen.family import UnknownGeneratorError, family_of, regenerator_of
 from cac_align.gen.generator import GeneratorConfig, build_generator, predict_velocity, sample_with_log_probs, video_velocity
-from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX25, VIDEO_BRANCH
-from cac_align.gen.sde import SDESchedule
-from cac_align.gen.tiny import build_tiny_ltx2_pipeline
+from cac_align.gen.families.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX25, VIDEO_BRANCH
+from cac_align.rl.sde import SDESchedule
+from cac_align.gen.families.ltx2 import build_tiny_ltx2_pipeline
 
 PROMPTS = ["a red ball on the street", "a dog running"]
 SEEDS = (11, 12)
@@ -181,7 +181,7 @@ def test_encode_is_the_inverse_of_decode_on_its_grid(pipes):
 
 
 def test_the_localized_map_on_the_ltx2_grid_by_hand(pipes):
-    from cac_align.gen.credit import latent_coverage
+    from cac_align.rl.credit import latent_coverage
     from cac_align.regions import Evidence, region_from_evidence
 
     temporal, spatial, patch = LTX2.latent_grid(pipes["ltx2"])

@@ -1,4 +1,4 @@
-"""LTX-2.5 behind the generator interface (cac_align.gen.ltx2), on tiny-random:ltx2.5: diffusers
+"""LTX-2.5 behind the generator interface (cac_align.gen.families.ltx2), on tiny-random:ltx2.5: diffusers
 0.42.1's own LTX2Pipeline with a Gemma-4 text encoder and a duration head, and its diffusion video
 decoder (LTX2VideoDiffusionDecoderModel) that samples. With the SDE noise off our sampler steps as
 the pipeline does (video and audio); the decoder's draw is named by the video's seed; Flow-GRPO's
@@ -17,8 +17,8 @@ import torch
 
 from cac_align.gen.family import family_of
 from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos, sample_with_log_probs, video_velocity
-from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX25, decoder_generator
-from cac_align.gen.sde import SDESchedule
+from cac_align.gen.families.ltx2 import GUIDANCE_KEYS, LTX25, decoder_generator
+from cac_align.rl.sde import SDESchedule
 from cac_align.loading import WeightsNotFoundError
 
 PROMPTS = ["a red ball on the street", "a dog running"]

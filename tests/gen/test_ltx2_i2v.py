@@ -1,4 +1,4 @@
-"""LTX-2 animating an image (cac_align.gen.ltx2, "Image-to-video"), on the tiny pipelines of its two
+"""LTX-2 animating an image (cac_align.gen.families.ltx2, "Image-to-video"), on the tiny pipelines of its two
 layouts against diffusers' own ``LTX2ImageToVideoPipeline`` (0.42.1) on the same modules: the first
 frame's latents are the pipeline's (its CRF re-compression, its bilinear resize); with the SDE noise
 off our sampler gives the pipeline's final video and audio latents; the image's frame carries no
@@ -17,8 +17,8 @@ from cac_align.config import RecipeError
 from cac_align.gen.family import Conditioning, check_prompt_images, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, build_generator, encode_conditioning, sample_with_log_probs, video_velocity
 from cac_align.gen.family import image_runs
-from cac_align.gen.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX2Denoiser, conditioning_image, first_frame_latents
-from cac_align.gen.sde import SDESchedule, flow_grpo_loss
+from cac_align.gen.families.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX2Denoiser, conditioning_image, first_frame_latents
+from cac_align.rl.sde import SDESchedule, flow_grpo_loss
 from cac_align.run.input_files import PromptImage
 
 PROMPTS = ["a red ball on the street", "a dog running"]
@@ -228,7 +228,7 @@ def test_generate_with_an_image_is_the_pipelines_own_video_and_soundtrack(pipes,
         np.testing.assert_allclose(made.audio[row], theirs.audio[0].float().clamp(-1, 1).numpy(), rtol=0, atol=1e-5)
     # a bfloat16 transformer and text encoder beside a float32 VAE (the jobs' default vae_dtype): the image is
     # encoded in the VAE's dtype, and nothing is cast in place (diffusers' from_pipe would make all of it float32)
-    from cac_align.gen.tiny import build_tiny_ltx2_pipeline
+    from cac_align.gen.families.ltx2 import build_tiny_ltx2_pipeline
 
     mixed = build_tiny_ltx2_pipeline(0, "2.3")
     for name in ("transformer", "text_encoder", "connectors"):

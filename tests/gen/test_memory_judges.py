@@ -157,7 +157,7 @@ def test_the_vae_trace_on_the_meta_device_equals_the_same_trace_of_a_real_run(ki
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
-    if kind == "wan2.1":  # the tiny pipelines' VAEs (cac_align/gen/tiny.py): 8x in space, 4x in time
+    if kind == "wan2.1":  # the tiny pipelines' VAEs (cac_align/gen/families/wan.py): 8x in space, 4x in time
         vae, latents = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1), torch.randn(2, 16, 2, 8, 8)
     else:  # Wan2.2's: patchified, 16x in space
         vae = AutoencoderKLWan(base_dim=16, decoder_base_dim=16, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True, in_channels=12,

@@ -1,4 +1,4 @@
-"""MiniMax-H3 (cac_align.gen.minimax_h3): a modular pipeline's folder is read by its
+"""MiniMax-H3 (cac_align.gen.families.minimax_h3): a modular pipeline's folder is read by its
 modular_model_index.json under any name; with noise 0 our sampler (the family's denoiser, one step at
 a time) gives the modular pipeline's own video and audio latents, and the audio on the video's
 schedule (the control) does not; Best-of-N writes 24 fps videos with their soundtrack and a WAV."""
@@ -16,7 +16,7 @@ import torch
 
 from cac_align.gen.family import family_from_index, family_of
 from cac_align.gen.generator import GeneratorConfig
-from cac_align.gen.minimax_h3 import MINIMAX_H3, audio_sigma
+from cac_align.gen.families.minimax_h3 import MINIMAX_H3, audio_sigma
 from conftest import REPO_ROOT
 
 TINY = dict(name="tiny-random:minimax-h3", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_inference_steps=3,
@@ -121,7 +121,7 @@ def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latent
         torch.testing.assert_close(ours_audio, audio, rtol=0, atol=2e-6)
         assert video.abs().mean() > 0.5 and audio.abs().mean() > 0.5  # not trivially equal
     # the control: the audio stepped on the video's sigmas (as LTX-2's is) is not the pipeline's
-    from cac_align.gen.minimax_h3 import MiniMaxH3Family
+    from cac_align.gen.families.minimax_h3 import MiniMaxH3Family
 
     monkeypatch.setattr(MiniMaxH3Family, "side_sigmas", lambda self, pipe, config, sigmas: sigmas)
     control = _ours(config, pipe)
@@ -214,7 +214,7 @@ def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
 
 
 def test_localized_credit_is_refused_in_one_line_where_the_latent_grid_has_no_map(tmp_path):
-    """gen/credit.py maps a window onto 1 + 4k latent frames; MiniMax-H3's 17n + 5 frames make 5n + 2: refused
+    """rl/credit.py maps a window onto 1 + 4k latent frames; MiniMax-H3's 17n + 5 frames make 5n + 2: refused
     before anything is built, naming the family and the setting. Control: Wan's tiny recipe passes the check."""
     from cac_align.config import RecipeError, load_config
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from cac_align.gen.experts import WanDenoiser
-from cac_align.gen.sde import flow_sigmas
-from cac_align.gen.tiny import A14B_BOUNDARY_RATIO, build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
+from cac_align.rl.sde import flow_sigmas
+from cac_align.gen.families.wan import A14B_BOUNDARY_RATIO, build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
 from cac_align.gen.generator import GeneratorConfig, predict_velocity, sample_with_log_probs, scheduler_shift
-from cac_align.gen.wan import WAN22_A14B, WAN22_TI2V
+from cac_align.gen.families.wan import WAN22_A14B, WAN22_TI2V
 
 PROMPTS = ["a red ball in the park", "a dog walking"]
 SEEDS = (11, 12)

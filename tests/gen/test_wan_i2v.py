@@ -1,4 +1,4 @@
-"""Wan's image-to-video models behind the family interface (cac_align.gen.wan): Wan2.1-I2V-14B
+"""Wan's image-to-video models behind the family interface (cac_align.gen.families.wan): Wan2.1-I2V-14B
 (the image's latents and a frame mask as channels beside the noise, CLIP tokens beside the text),
 Wan2.2-I2V-A14B (the same channels, two experts, a last frame too) and the TI2V-5B animating an
 image (its first latent frame fixed to the image's). With the SDE noise off our sampler gives
@@ -21,9 +21,9 @@ from cac_align.gen.family import Conditioning, UnknownGeneratorError, check_prom
 from cac_align.gen.generator import (GeneratorConfig, build_generator, encode_conditioning, generate_videos, load_lora, sample_with_log_probs,
                                      save_lora, video_velocity)
 from cac_align.gen.lora import LoraSettings, add_expert_loras
-from cac_align.gen.sde import SDESchedule, flow_grpo_loss
-from cac_align.gen.tiny import TINY_WAN_BUILDERS
-from cac_align.gen.wan import WAN21_I2V, WAN21_I2V_NEGATIVE_PROMPT, WAN22_I2V_A14B, WAN22_TI2V, WAN_NEGATIVE_PROMPT, WanFamily
+from cac_align.rl.sde import SDESchedule, flow_grpo_loss
+from cac_align.gen.families.wan import TINY_WAN_BUILDERS
+from cac_align.gen.families.wan import WAN21_I2V, WAN21_I2V_NEGATIVE_PROMPT, WAN22_I2V_A14B, WAN22_TI2V, WAN_NEGATIVE_PROMPT, WanFamily
 from cac_align.run.input_files import PromptImage
 
 PROMPTS = ["a red ball in the park", "a dog walking"]
@@ -315,7 +315,7 @@ def test_animating_an_image_casts_no_module_of_the_text_pipeline():
     """The TI2V-5B is a WanPipeline checkpoint: its image mode runs WanImageToVideoPipeline over the
     same modules, in the dtypes they were loaded in (diffusers' from_pipe would cast them to float32)."""
     from cac_align.gen.generator import GeneratorConfig, generate_videos
-    from cac_align.gen.tiny import build_tiny_wan22_ti2v_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan22_ti2v_pipeline
     from cac_align.run.input_files import read_prompt_rows
     from conftest import REPO_ROOT
 

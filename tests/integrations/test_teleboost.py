@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from cac_align.gen.credit import LocalizeSettings, credit_maps
+from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.integrations import adapter, teleboost
 from cac_align.rewards import RewardError, build_reward
 

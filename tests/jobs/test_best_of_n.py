@@ -10,7 +10,7 @@ import pytest
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.generator import GeneratorConfig, PipelineGenerator, generate_videos
-from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.run.input_files import read_prompts
 from cac_align.jobs.best_of_n import BonConfig, choose, frames_sha256, run
 from cac_align.rewards import RewardOutput

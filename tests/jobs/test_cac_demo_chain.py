@@ -1,6 +1,6 @@
 """The cac-demo recipes end to end in miniature: stages 1 -> 2 -> 3 on streamed videos, a few steps each.
 
-The real chain (65-76 minutes) is ``bash benchmarks/reproduce_cac_demo.sh``; this runs the same
+The real chain (65-76 minutes) is ``bash benchmarks/judge/reproduce_cac_demo.sh``; this runs the same
 recipes with a handful of steps and checks that each stage trains what it should and hands its
 model to the next.
 """
@@ -24,7 +24,7 @@ FAST = [
     "train.detection_eval_samples=2",
     "train.detection_max_new_tokens=8",
     # accelerate's mixed-precision state is per process (the Trainer's too) and the other tests
-    # in this process run without it; the recipes' bf16 runs in benchmarks/reproduce_cac_demo.sh
+    # in this process run without it; the recipes' bf16 runs in benchmarks/judge/reproduce_cac_demo.sh
     "train.bf16=false",
 ]
 

@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.sde import SDESchedule, flow_sigmas
+from cac_align.rl.sde import SDESchedule, flow_sigmas
 from cac_align.gen.lora import LoraSettings, add_lora
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run, trained_timesteps
 from cac_align.rewards.base import RewardBase
 from cac_align.run.dist import step_indices
 from cac_align.gen.generator import LORA_WEIGHT_NAME, GeneratorConfig, build_generator, generate_videos, predict_velocity, sample_with_log_probs
-from cac_align.gen.wan import TINY_WAN, build_tiny_wan_pipeline, decode_latents
+from cac_align.gen.families.wan import TINY_WAN, build_tiny_wan_pipeline, decode_latents
 from cac_align.rewards import RewardOutput
 from conftest import REPO_ROOT
 
@@ -441,7 +441,7 @@ def test_two_processes_resume_exactly(tmp_path):
 
 SAVE_A_LORA = """
 import sys
-from cac_align.gen.tiny import build_tiny_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.gen.generator import save_lora
 from cac_align.gen.lora import LoraSettings, add_lora
 pipe = build_tiny_wan_pipeline(seed=0)

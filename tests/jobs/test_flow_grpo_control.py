@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
-from cac_align.rl import group_advantages, shuffle_within_groups
+from cac_align.rl.advantages import group_advantages, shuffle_within_groups
 from cac_align.run.folder import MANIFEST
 from conftest import REPO_ROOT
 

@@ -1,6 +1,6 @@
 """`cac-align flow-grpo` with localized credit (advantage.localize): wiring, metrics, resume,
 one process = two, and the scalar estimator unchanged when it is off. The map and the estimator
-themselves: tests/gen/test_credit.py."""
+themselves: tests/rl/test_credit.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import load_config
-from cac_align.gen.wan import build_tiny_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.jobs import flow_grpo
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 from conftest import REPO_ROOT
@@ -80,7 +80,7 @@ LORA_UP = {"brightness": (0.059911010892287134, 2.173700108687626), "localized":
 
 @contextlib.contextmanager
 def _recorded_maps():
-    """Every :class:`~cac_align.gen.credit.CreditMaps` the trainer builds, in order."""
+    """Every :class:`~cac_align.rl.credit.CreditMaps` the trainer builds, in order."""
     seen = []
     original = flow_grpo.credit_maps
 

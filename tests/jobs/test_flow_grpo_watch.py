@@ -6,7 +6,7 @@ value). The tiny policy fixes the spot by darkening the whole picture (its LoRA 
 position alike: benchmarks/README.md, lora_locality.py), so the trained reward rises while the
 held-out judge falls: the watch must warn, and with ``stop`` end the run. Watched by the same
 measure on another quarter (an honest judge that agrees), it must stay quiet. The videos are the
-latent preview (:func:`cac_align.gen.wan.latent_preview`): the tiny random VAE's decode does not
+latent preview (:func:`cac_align.gen.families.wan.latent_preview`): the tiny random VAE's decode does not
 move with the latents. Seed 3 of the miniature's settings learns from its first step (seen: the
 trained reward 0.5241, 0.5268 at steps 1-2; steps of ~0.0025, far above float noise)."""
 
@@ -18,13 +18,13 @@ import logging
 import pytest
 
 from cac_align.config import load_config
-from cac_align.gen.wan import build_tiny_wan_pipeline, latent_preview
+from cac_align.gen.families.wan import build_tiny_wan_pipeline, latent_preview
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 from conftest import REPO_ROOT
 
 RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml"  # spot_brightness on 64 x 64
 OTHER_QUARTER = {"name": "spot_brightness", "box": [500, 500, 1000, 1000], "window_s": [0.0, 0.6]}
-# benchmarks/localized_credit.py's settings, the scalar estimator, an evaluation every step
+# benchmarks/rl/localized_credit.py's settings, the scalar estimator, an evaluation every step
 MINIATURE = ["seed=3", "steps=3", "eval_every=1", "eval_videos=0", "eval_prompts=recipes/align/prompts_tiny.txt", "advantage.localize.enabled=false",
              "group_size=8", "prompts_per_step=2", "sample_batch_size=8", "train_batch_size=4", "updates_per_step=2", "lora.rank=8",
              "lora.alpha=16", "learning_rate=1e-2", "beta=0.0", "ema_decay=null", "log_with=none", "checkpoint_every=0",

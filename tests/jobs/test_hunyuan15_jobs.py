@@ -16,7 +16,7 @@ import torch
 
 from cac_align.config import load_config
 from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos
-from cac_align.gen.hunyuan15 import HUNYUAN15_I2V
+from cac_align.gen.families.hunyuan15 import HUNYUAN15_I2V
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.rewards.registry import build_reward
 from cac_align.run.input_files import read_prompt_rows

@@ -156,7 +156,7 @@ def _flow(out, *overrides, recipe="flow_grpo_tiny_i2v.yaml"):
 
 
 def test_flow_grpo_on_an_image_trains_the_lora_on_the_generated_frames(tmp_path):
-    from cac_align.gen.tiny import build_tiny_wan22_ti2v_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan22_ti2v_pipeline
     from cac_align.jobs.flow_grpo import run
 
     pipe = build_tiny_wan22_ti2v_pipeline(seed=0)
@@ -313,7 +313,7 @@ def test_image_to_video_on_two_processes_trains_as_one(tmp_path):
 
     from safetensors.torch import load_file
 
-    from cac_align.gen.tiny import build_tiny_wan22_ti2v_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan22_ti2v_pipeline
     from cac_align.jobs.flow_grpo import run
 
     pipe = build_tiny_wan22_ti2v_pipeline(seed=0)

@@ -46,7 +46,7 @@ def test_the_tiny_recipes_run_from_an_empty_folder_and_a_seed_names_each_video(t
     other = _bon(100, "other")
     assert not {r["frames_sha256"] for r in other} & {r["frames_sha256"] for r in rows}
 
-    from cac_align.gen.ltx2 import LTX25, VIDEO_BRANCH
+    from cac_align.gen.families.ltx2 import LTX25, VIDEO_BRANCH
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
     from cac_align.jobs.flow_grpo import run as flow_grpo
 

@@ -14,7 +14,7 @@ from cac_align.cli import main
 from cac_align.config import load_config
 from cac_align.gen.generator import build_generator
 from cac_align.jobs.nft import NftConfig, run
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_recipes_by_family
 
 RECIPES = REPO_ROOT / "recipes/align"
 
@@ -31,17 +31,13 @@ def _transformers(pipe):
     return [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
 
 
-@pytest.mark.parametrize("recipe", [
-    "nft_tiny.yaml",  # Wan-2.1: 6.7 s on 2 cores at load average 3 (2026-11-27)
-    # the other layouts, one step each: the slow suite (.ci/run runs it)
-    pytest.param("nft_tiny_wan22_ti2v.yaml", marks=pytest.mark.slow),
-    pytest.param("nft_tiny_wan22_a14b.yaml", marks=pytest.mark.slow),
-    pytest.param("nft_tiny_i2v.yaml", marks=pytest.mark.slow),  # Wan2.1-I2V, the shipped images
-    pytest.param("nft_tiny_ltx2.yaml", marks=pytest.mark.slow),  # LTX-2, its audio beside
-    pytest.param("nft_tiny_ltx25.yaml", marks=pytest.mark.slow),  # LTX-2.5, its diffusion decoder
-    pytest.param("nft_tiny_hunyuan15.yaml", marks=pytest.mark.slow),  # HunyuanVideo-1.5
-    pytest.param("nft_tiny_minimax_h3.yaml", marks=pytest.mark.slow),  # MiniMax-H3, a modular pipeline
-])
+# Every family's tiny nft recipes (found by the family of each recipe's generator, from the one list of
+# families): Wan-2.1's in the default suite (6.7 s on 2 cores at load average 3, 2026-11-27), the other
+# layouts one step each in the slow suite (.ci/run runs it)
+NFT_RECIPES = [recipe for recipes in tiny_recipes_by_family("nft_tiny").values() for recipe in recipes]
+
+
+@pytest.mark.parametrize("recipe", [r if r == "nft_tiny.yaml" else pytest.param(r, marks=pytest.mark.slow) for r in NFT_RECIPES])
 def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe):
     # the smallest step that trains: one prompt, two videos, two sampling steps, one of them trained
     config = _load(tmp_path / "run", "steps=1", "eval_prompts=null", "checkpoint_every=0", "ema_decay=null", "prompts_per_step=1", "group_size=2",

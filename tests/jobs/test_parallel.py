@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_recipes_by_family
 
 BRIGHTNESS = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 LAUNCH = REPO_ROOT / "tests/parallel_launch.py"
@@ -205,7 +205,7 @@ def test_the_other_processes_build_the_transformers_of_a_folder_empty_without_th
     transformers from their config.json on the meta device, in the recipe's dtype and eval mode, the rest
     as a whole load gives it. Their weight files are deleted first: nothing of them is read."""
     from cac_align.gen.generator import GeneratorConfig, build_generator
-    from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline
 
     build_tiny_wan22_a14b_pipeline(seed=0).save_pretrained(tmp_path / "model")
     config = GeneratorConfig(name=str(tmp_path / "model"), dtype="bfloat16", device="cpu", height=32, width=32, num_frames=9)
@@ -230,22 +230,23 @@ def test_a_tiny_pipeline_with_empty_transformers_draws_the_rest_as_the_whole_bui
     process's bit for bit (the Wan2.2-I2V-A14B builder draws three transformers, one of them dropped).
     Controls: another build's states give another VAE; states of another pipeline are refused."""
     from cac_align.gen import tiny
+    from cac_align.gen.families.wan import build_tiny_wan22_i2v_a14b_pipeline
 
     with tiny.recording_transformer_draws() as states:
-        whole = tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0)
+        whole = build_tiny_wan22_i2v_a14b_pipeline(seed=0)
     assert len(states) == 3
     with tiny.transformers_on_meta(states):
-        empty = tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0)
+        empty = build_tiny_wan22_i2v_a14b_pipeline(seed=0)
     for name in ("transformer", "transformer_2"):
         assert all(p.is_meta for p in empty.components[name].parameters()) and not empty.components[name].training
     assert _same_modules(empty.text_encoder, whole.text_encoder) and _same_modules(empty.vae, whole.vae)
     with tiny.recording_transformer_draws() as other_states:
-        tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=1)
+        build_tiny_wan22_i2v_a14b_pipeline(seed=1)
     with tiny.transformers_on_meta(other_states):
-        assert not _same_modules(tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0).vae, whole.vae)
+        assert not _same_modules(build_tiny_wan22_i2v_a14b_pipeline(seed=0).vae, whole.vae)
     with pytest.raises(RuntimeError, match="not the same pipeline"):
         with tiny.transformers_on_meta(states[:2]):
-            tiny.build_tiny_wan22_i2v_a14b_pipeline(seed=0)
+            build_tiny_wan22_i2v_a14b_pipeline(seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(one_proce
     assert_same_lora(out / LORA, one_process / LORA)
     # the file a sharded run writes loads in one process and generates as the one-process file does
     from cac_align.gen.generator import load_lora
-    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan_pipeline
 
     outputs = []
     for folder in (out / "lora", one_process / "lora"):
@@ -348,23 +349,31 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
     assert_same_lora(out / "checkpoints/step_000001/model.safetensors", one_process / "checkpoints/step_000001/model.safetensors")
 
 
+# What a family needs beyond its tiny flow-grpo recipe with `parallel.shard=fsdp2` (a family not named
+# here runs with just that): the A14B with both experts sharded, gradient checkpointing inside the units
+# as the real recipes run, saved to a folder (save_pretrained) and named by its path, so its transformers
+# are read from their safetensors files as a real run reads them; LTX-2 with its audio stream split over
+# two context-parallel processes; MiniMax-H3 (a modular pipeline, its audio on its own schedule) with two
+# prompts, so its samples split. Measured on an idle 2-core machine (2026-11-27, both runs): LTX-2.5 57 s
+# (its diffusion decoder draws from each sample's seed, so two processes' videos are one process's),
+# HunyuanVideo-1.5 I2V 50 s (it refuses context parallel), T2V 36 s, MiniMax-H3 49 s.
+SHARDED_EXTRA = {
+    "wan2.2-a14b": ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"),
+    "ltx2": ("parallel.shard=fsdp2", "parallel.context_parallel=2"),
+    "minimax-h3": ("prompts_per_step=2", "parallel.shard=fsdp2"),
+}
+SHARDED_SAVED = {"wan2.2-a14b": "tiny-random:wan22-a14b"}
+# Wan-2.1's sharded and context-parallel runs are the tests above
+SHARDED_ABOVE = {"wan2.1"}
+# One case per family of the one list with a tiny flow-grpo recipe (its first, by name)
+SHARDED_CASES = [(family, recipes[0]) for family, recipes in tiny_recipes_by_family("flow_grpo_tiny").items()
+                 if recipes and family not in SHARDED_ABOVE]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, extra, saved", [
-    # both experts, each sharded; gradient checkpointing inside the units, as the real recipes run; the
-    # tiny A14B saved to a folder (save_pretrained) and named by its path, so its transformers are read
-    # from their safetensors files, as a real run reads them
-    ("flow_grpo_tiny_wan22_a14b.yaml", ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"), "tiny-random:wan22-a14b"),
-    ("flow_grpo_tiny_ltx2.yaml", ("parallel.shard=fsdp2", "parallel.context_parallel=2"), None),  # with its audio stream
-    # LTX-2.5: its diffusion decoder draws from each sample's seed, so the two processes' videos are one process's
-    # (57 s on an idle 2-core machine, 2026-11-27, both runs)
-    ("flow_grpo_tiny_ltx25.yaml", ("parallel.shard=fsdp2",), None),
-    # HunyuanVideo-1.5 animating an image: its blocks sharded (it refuses context parallel); 50 s on an idle 2-core
-    # machine (2026-11-27)
-    ("flow_grpo_tiny_hunyuan15_i2v.yaml", ("parallel.shard=fsdp2",), None),
-    ("flow_grpo_tiny_hunyuan15.yaml", ("parallel.shard=fsdp2",), None),  # and text to video
-    ("flow_grpo_tiny_minimax_h3.yaml", ("prompts_per_step=2", "parallel.shard=fsdp2"), None),  # a modular pipeline, its audio on its own schedule
-], ids=["wan22-a14b-both-experts-from-a-folder", "ltx2-audio-cp2", "ltx25-fsdp2", "hunyuan15-i2v-fsdp2", "hunyuan15-t2v-fsdp2", "minimax-h3-fsdp2"])
-def test_the_big_families_sharded_equal_one_process(recipe, extra, saved, tmp_path):
+@pytest.mark.parametrize("family, recipe", SHARDED_CASES, ids=[family for family, _ in SHARDED_CASES])
+def test_every_family_sharded_equals_one_process(family, recipe, tmp_path):
+    extra, saved = SHARDED_EXTRA.get(family, ("parallel.shard=fsdp2",)), SHARDED_SAVED.get(family)
     toy = {"CAC_TEST_REWARD": "brightness"}
     common = ["steps=1", "eval_prompts=null", *[e for e in extra if not e.startswith("parallel.")]]
     if saved:
@@ -398,7 +407,8 @@ def test_a_sharded_load_holds_what_one_process_loads_bit_for_bit(tmp_path):
     third transformer). Measured controls (by hand): without the rope tables' broadcast the other
     process's rope differs; without the first process's dtypes the bf16 load fails on a mismatched
     collective; without the random state after each transformer the tiny VAEs differ."""
-    from cac_align.gen.tiny import build_tiny_ltx2_pipeline, build_tiny_wan22_a14b_pipeline
+    from cac_align.gen.families.ltx2 import build_tiny_ltx2_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline
 
     build_tiny_wan22_a14b_pipeline(seed=0).save_pretrained(tmp_path / "a14b")
     build_tiny_ltx2_pipeline(seed=0).save_pretrained(tmp_path / "ltx2")
@@ -489,7 +499,7 @@ def test_a_sharded_unit_returns_no_view_and_its_gradients_are_one_process(own):
 
     from cac_align.gen.lora import LoraSettings, add_lora
     from cac_align.gen.parallel import own_view_outputs
-    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan_pipeline
 
     transformer = build_tiny_wan_pipeline(seed=0).transformer
     add_lora(transformer, LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), seed=0)
@@ -661,7 +671,7 @@ def test_nft_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(tmp_p
         assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
     # the LoRA and the old policy, gathered whole from the shards. After the second (resumed) update they
     # differed by 3.9e-5 here (2026-11-27), with the gradient norms equal to 1e-3: NFT's gradient near
-    # r = 1/2 is the small difference of two large pulls (gen/nft.py), so the sum order's rounding is
+    # r = 1/2 is the small difference of two large pulls (rl/nft.py), so the sum order's rounding is
     # amplified, and Adam's second update divides by it; hence 1e-4 there (lr 1e-3 per update)
     for step, tol in (("step_000001", 1e-5), ("step_000002", 1e-4)):
         for name in ("model.safetensors", "old_policy.safetensors"):

@@ -14,7 +14,7 @@ import pytest
 
 from cac_align.cli import main
 from cac_align.config import load_config
-from cac_align.gen.vace import RegeneratorConfig, build_tiny_vace_pipeline, feather_alpha, plan_repair, regenerate, splice
+from cac_align.gen.families.vace import RegeneratorConfig, build_tiny_vace_pipeline, feather_alpha, plan_repair, regenerate, splice
 from cac_align.jobs.repair import RepairConfig, run
 from cac_align.regions import Evidence, region_from_evidence
 from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput
@@ -180,7 +180,7 @@ def test_a_corrupt_video_and_a_missing_prompt_are_invalid_rows(tmp_path, vace):
 def test_feedback_puts_the_judges_reason_in_the_prompt(tmp_path, vace, monkeypatch):
     _videos(tmp_path / "in", n=1)
     asked = []
-    import cac_align.gen.vace as vace_module
+    import cac_align.gen.families.vace as vace_module
 
     original = vace_module.regenerate
     monkeypatch.setattr(vace_module, "regenerate", lambda pipe, frames, plan, prompt, seed, config: asked.append(prompt) or original(pipe, frames, plan, prompt, seed, config))
@@ -314,7 +314,7 @@ def test_demo_recipe_with_cac_demo(tmp_path):
 
 def test_the_regenerator_loads_from_a_saved_folder_and_a_missing_one_is_named(tmp_path, vace):
     # the ordinary from_pretrained path real weights take, on the tiny VACE saved and loaded back
-    from cac_align.gen.vace import build_regenerator
+    from cac_align.gen.families.vace import build_regenerator
     from cac_align.loading import WeightsNotFoundError
 
     vace.save_pretrained(str(tmp_path / "vace"))

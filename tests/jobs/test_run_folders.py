@@ -440,7 +440,7 @@ def test_bon_leaves_a_prompt_the_backend_could_not_score_for_the_rerun(tmp_path,
     from test_best_of_n import _config, _rows
 
     from cac_align.gen.generator import PipelineGenerator
-    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan_pipeline
     from cac_align.jobs.best_of_n import run
     from cac_align.rewards import RewardOutput
     from cac_align.rewards.base import BackendFailure

@@ -13,7 +13,7 @@ import torch
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.family import family_of
-from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
+from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline, build_tiny_wan22_ti2v_pipeline
 from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.video import load_video
@@ -201,7 +201,7 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
 # Localized credit on the TI2V-5B's latent grid (4 x 16 x 16 compression)
 # ---------------------------------------------------------------------------------------
 def test_the_localized_map_on_the_ti2v_grid_by_hand():
-    from cac_align.gen.credit import latent_coverage
+    from cac_align.rl.credit import latent_coverage
     from cac_align.regions import Evidence, region_from_evidence
 
     pipe = build_tiny_wan22_ti2v_pipeline(seed=0)

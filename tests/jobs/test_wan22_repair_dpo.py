@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.pairs import read_pairs
-from cac_align.gen.tiny import build_tiny_wan22_a14b_pipeline
-from cac_align.gen.vace import (RegeneratorConfig, build_regenerator, build_tiny_vace_pipeline, build_tiny_wan22_vace_a14b_pipeline, plan_repair,
+from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline
+from cac_align.gen.families.vace import (RegeneratorConfig, build_regenerator, build_tiny_vace_pipeline, build_tiny_wan22_vace_a14b_pipeline, plan_repair,
                                 regenerate)
 from cac_align.gen.generator import GeneratorConfig, build_generator
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run
@@ -182,7 +182,7 @@ def test_two_processes_train_the_a14b_as_one(repaired_a14b, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
     assert set(rank0) == set(rank1) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
-    from cac_align.gen.wan import WAN22_A14B
+    from cac_align.gen.families.wan import WAN22_A14B
 
     mine = {n: p.detach() for n, p in WAN22_A14B.denoiser(one).named_parameters() if p.requires_grad}
     assert {n.split(".")[0] for n in mine} == {"transformer", "transformer_2"} and set(mine) == set(rank0)

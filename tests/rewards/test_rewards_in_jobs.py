@@ -128,7 +128,7 @@ def config_prompts(config):
 
 @pytest.mark.parametrize("which", ["all", "format_free"])
 def test_flow_grpo_trainer(tmp_path, which, combined, format_free):
-    from cac_align.gen.wan import build_tiny_wan_pipeline
+    from cac_align.gen.families.wan import build_tiny_wan_pipeline
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
     reward = combined if which == "all" else format_free

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cac_align.gen.wan import build_tiny_wan_pipeline, load_wan_pipeline
+from cac_align.gen.families.wan import build_tiny_wan_pipeline, load_wan_pipeline
 from cac_align.loading import WeightsNotFoundError
 from cac_align.vlm.hf import load_vlm
 from conftest import smooth_video

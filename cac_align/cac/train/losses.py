@@ -4,7 +4,7 @@
   the status token weighted) and :func:`window_attention_loss` (optional attention to the
   anomalous window);
 - stage 3 (:mod:`cac_align.jobs.train_cac_grpo`): :func:`token_logprobs` of generated tokens and
-  :func:`grpo_loss` around :func:`cac_align.rl.clipped_surrogate`.
+  :func:`grpo_loss` around :func:`cac_align.rl.advantages.clipped_surrogate`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from cac_align.cac.train.collate import IGNORE_INDEX
-from cac_align.rl import clipped_surrogate
+from cac_align.rl.advantages import clipped_surrogate
 
 __all__ = ["grpo_loss", "token_logprobs", "weighted_token_loss", "window_attention_loss"]
 

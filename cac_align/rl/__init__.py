@@ -1,0 +1,13 @@
+"""The RL math, one pure function per equation, importing nothing above the ground floor.
+
+- :mod:`cac_align.rl.advantages`: group advantages and PPO's clipped surrogate, shared by
+  Flow-GRPO (``cac-align flow-grpo``) and CaC's stage-3 GRPO;
+- :mod:`cac_align.rl.sde`: Flow-GRPO's SDE step, its log-probability and loss;
+- :mod:`cac_align.rl.nft`: DiffusionNFT's loss and its old-policy decay;
+- :mod:`cac_align.rl.dpo`: Diffusion-DPO's loss, localized by a mask;
+- :mod:`cac_align.rl.credit`: a reward's evidence (window, boxes) as a credit map on the latent
+  grid, and the localized policy losses that read it.
+
+Jobs, generator families and integrations import these; these import none of them
+(``tests/test_import_graph.py`` holds it).
+"""
