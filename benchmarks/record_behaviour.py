@@ -1,8 +1,8 @@
 """Record what the jobs produce on fixed seeds, and compare two recordings (the house moves).
 
 Before a refactor that moves code but must not change what it does, record; after it, record
-again and compare. Everything runs offline on the CPU with the tiny recipes (about 5 minutes on
-2 cores):
+again and compare. Everything runs offline on the CPU with the tiny recipes (about 2 minutes on
+2 idle cores):
 
     python benchmarks/record_behaviour.py record /tmp/before
     ... move code ...
@@ -14,8 +14,11 @@ recipe loading and run folders are part of what is compared):
 - the README main job (``score`` with ``recipes/score/cac_demo.yaml``): ``results.jsonl``;
 - a tiny Best-of-N (``recipes/align/bon_tiny.yaml``): its manifest (``candidates.jsonl``,
   ``summary.json``) and the SHA-256 of every video it wrote;
-- a tiny Flow-GRPO run (``recipes/align/flow_grpo_tiny.yaml``): the LoRA tensors it saved and
-  ``metrics.jsonl``;
+- a tiny Flow-GRPO run (``recipes/align/flow_grpo_tiny.yaml``) and a localized one
+  (``flow_grpo_tiny_localized.yaml``), a tiny NFT run (``nft_tiny.yaml``), and a tiny DPO run
+  (``dpo_tiny.yaml``) on the pairs of a tiny repair (``repair_tiny_wan.yaml``): the LoRA tensors
+  each saved and its ``metrics.jsonl`` (the repair's rows and videos);
+- a tiny LTX-2 Best-of-N (``bon_tiny_ltx2.yaml``): its rows, videos and soundtracks;
 - tiny stages 1-3 of ``train-cac`` (after ``synth``): each stage's ``metrics.jsonl`` and the
   tensors of its final weights.
 
@@ -44,6 +47,11 @@ JOBS: list[tuple[str, list[str]]] = [
     ("score_demo", ["score", "--config", "recipes/score/cac_demo.yaml", "out_dir=outputs/score_demo"]),
     ("bon_tiny", ["bon", "--config", "recipes/align/bon_tiny.yaml"]),
     ("flow_grpo_tiny", ["flow-grpo", "--config", "recipes/align/flow_grpo_tiny.yaml"]),
+    ("flow_grpo_tiny_localized", ["flow-grpo", "--config", "recipes/align/flow_grpo_tiny_localized.yaml"]),
+    ("nft_tiny", ["nft", "--config", "recipes/align/nft_tiny.yaml"]),
+    ("bon_tiny_ltx2", ["bon", "--config", "recipes/align/bon_tiny_ltx2.yaml"]),
+    ("repair_tiny_wan", ["repair", "--config", "recipes/align/repair_tiny_wan.yaml"]),
+    ("dpo_tiny", ["dpo", "--config", "recipes/align/dpo_tiny.yaml"]),
     ("synth_tiny", ["synth", "--config", "recipes/cac/synth_tiny.yaml"]),
     ("stage1_tiny", ["train-cac", "--config", "recipes/cac/stage1_tiny.yaml"]),
     ("stage2_tiny", ["train-cac", "--config", "recipes/cac/stage2_tiny.yaml"]),
@@ -58,6 +66,17 @@ RECORDED = [
     "bon_tiny/**/*.mp4",
     "flow_grpo_tiny/metrics.jsonl",
     "flow_grpo_tiny/**/*.safetensors",
+    "flow_grpo_tiny_localized/metrics.jsonl",
+    "flow_grpo_tiny_localized/**/*.safetensors",
+    "nft_tiny/metrics.jsonl",
+    "nft_tiny/**/*.safetensors",
+    "bon_tiny_ltx2/candidates.jsonl",
+    "bon_tiny_ltx2/**/*.mp4",
+    "bon_tiny_ltx2/**/*.wav",
+    "repair_tiny_wan/*.jsonl",
+    "repair_tiny_wan/**/*.mp4",
+    "dpo_tiny/metrics.jsonl",
+    "dpo_tiny/**/*.safetensors",
     "cac_stage1_tiny/metrics.jsonl",
     "cac_stage1_tiny/final/*.safetensors",
     "cac_stage2_tiny/metrics.jsonl",

@@ -27,10 +27,19 @@ if grep -E "absent from the \`packages\` configuration|package_data|Package '.*'
 fi
 wheel="$(ls "$WORK"/dist/cac_align-*.whl)"
 
-# 2. a fresh venv with the wheel (not editable) and its dependencies
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q "$wheel"
+# 2. a fresh venv with the wheel (not editable) and its dependencies. Installed by uv when it is there
+# (the dev extra has it; .ci/run's case): the same wheel and the same resolution of its requirements as
+# pip's, from uv's cache through hard links, without pip's minutes of unpacking and compiling torch
+# again; by pip otherwise
+UV="${UV:-$(command -v uv || true)}"
+if [ -n "$UV" ]; then
+  "$UV" venv -q -p python3 "$VENV"
+  "$UV" pip install -q -p "$VENV/bin/python" "$wheel"
+else
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "$wheel"
+fi
 
 # 3. README's main job by name, from an empty folder, with the installed package only
 mkdir "$WORK/empty"

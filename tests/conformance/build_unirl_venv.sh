@@ -3,7 +3,7 @@
 # UniRL 0.2.0 (Tencent-Hunyuan/UniRL) from the package registry in a venv of its own, then this
 # package.
 #
-#   bash tests/conformance/build_unirl_venv.sh [VENV]        # default: .venv-unirl (about 3 minutes)
+#   bash tests/conformance/build_unirl_venv.sh [VENV]        # default: .venv-unirl (about 20 s with uv's cache warm)
 #   pytest -m conformance tests/conformance/test_unirl_reward.py   # CAC_UNIRL_PYTHON overrides VENV/bin/python
 #
 # unirl 0.2.0 declares Python >= 3.12 and a GPU stack (flash-attn, vllm, sglang, ...); its reward,
@@ -14,17 +14,17 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV="${1:-.venv-unirl}"
 UNIRL_VERSION=0.2.0
-stamp="$VENV/.cac_align_unirl_$UNIRL_VERSION"
-if [ ! -f "$stamp" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  # torch/torchvision: the CPU pair of ../shared/ENVIRONMENT.md (as in setup.cfg)
-  "$VENV/bin/pip" install -q "torch==2.14.1" "torchvision==0.29.1" "ray==2.60.0" "hydra-core==1.3.8" tqdm pillow
-  "$VENV/bin/pip" install -q --no-deps --ignore-requires-python "unirl==$UNIRL_VERSION"
-  touch "$stamp"
+UV="${UV:-$(command -v uv || true)}"
+if [ -z "$UV" ]; then
+  echo "$(basename "$0"): needs uv (pip install uv; the dev extra installs it)" >&2
+  exit 1
 fi
-# this checkout (reinstalled every time, so the venv follows the checkout)
-"$VENV/bin/pip" install -q --no-build-isolation -e . 2>&1 | grep -v "^$" || true
+# uv (one cache, hard links): the venv with pip in it (--seed: uv has no --ignore-requires-python), the
+# packages unirl's modules import and this checkout in one resolve, then unirl itself by pip; run again,
+# it changes only what the checkout changed
+"$UV" venv -q --allow-existing --seed -p python3 "$VENV"
+"$UV" pip install -q -p "$VENV/bin/python" "torch==2.14.1" "torchvision==0.29.1" "ray==2.60.0" "hydra-core==1.3.8" tqdm pillow -e .
+"$VENV/bin/pip" install -q --no-deps --ignore-requires-python "unirl==$UNIRL_VERSION"
 "$VENV/bin/python" - <<'PY'
 import sys
 import hydra, ray, transformers, unirl  # noqa: F401 - all must import

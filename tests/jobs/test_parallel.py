@@ -275,10 +275,12 @@ def test_fsdp2_on_two_processes_equals_one_process_and_resumes_exactly(one_proce
     # is in the gradient norms, rewards and LoRA below
     assert torch.allclose(torch.cat(first), step_log_probs(one_process, 1, 1, 8, 0), atol=1e-5)
     assert torch.allclose(step_log_probs(out, 2, 1, 4, 0), step_log_probs(one_process, 1, 1, 8, 1), atol=1e-5)
-    # the old policy replayed through the shards at the first inner step: a ratio of exactly 1 (its KL
-    # estimate measured 4.4e-16 on an AMD EPYC here, on main too: a sampling batch and a training batch of
-    # other sizes round differently on some CPUs)
-    assert metrics(out)[0]["train/ratio_mean"] == 1.0 and metrics(out)[0]["train/approx_kl"] == pytest.approx(0.0, abs=1e-12)
+    # the old policy replayed through the shards at the first inner step: a ratio of 1 to float32's rounding
+    # (a sampling batch and a training batch of other sizes round differently on some CPUs: its KL estimate
+    # measured 4.4e-16 on an AMD EPYC, the ratio 1 - 7.5e-9 on another machine, 2026-11-27; a replay through
+    # the wrong weights moves it by far more)
+    assert metrics(out)[0]["train/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics(out)[0]["train/approx_kl"] == pytest.approx(0.0, abs=1e-12)
     for got, want in zip(metrics(out), metrics(one_process)):
         assert got["train/grad_norm"] == pytest.approx(want["train/grad_norm"], rel=1e-3)
         assert got["reward/mean"] == pytest.approx(want["reward/mean"], abs=1e-6)
