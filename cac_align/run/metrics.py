@@ -108,7 +108,13 @@ def flush_wandb() -> None:
 
 def end_trackers(accelerator: Accelerator) -> None:
     """Finish the run's trackers (call on every process) and return once what they write is on
-    disk: accelerate's ``end_training()``, then :func:`flush_wandb` on the main process."""
+    disk: accelerate's ``end_training()``, then :func:`flush_wandb` on the main process.
+
+    ``end_training()`` also destroys the process group, each process on its own; every process
+    first waits for the others here, so none tears its group down while another still works in
+    it (the main process writing the LoRA files): a worker of a 2-process gloo run that did aborted
+    at exit ("terminate called without an active exception", seen once under load, 2026-11-27)."""
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process:
         flush_wandb()
