@@ -9,7 +9,13 @@ model names (``models``). It listens on 127.0.0.1 only.
 
 For failure tests: ``delay_s`` holds every answer back, ``trickle_s`` sends the answer one byte
 at a time with that pause between bytes (each read is quick, the whole answer is not),
-``fail_first`` / ``fail_if`` answer 503, and ``answer_model`` answers as another model.
+``fail_first`` / ``fail_if`` answer 503, ``status_if(body, seen)`` answers the HTTP status it
+returns (``seen``: how many times this very body came before; None: answer normally), and
+``answer_model`` answers as another model. ``die_after=K`` makes it go down after its K-th chat
+answer, for ``down_s`` seconds (None: until :meth:`ChatServer.revive`): while down it closes every
+connection without an answer, as a server that is gone; :meth:`ChatServer.kill` takes it down at
+once. ``arrivals`` and ``answered`` count each chat request body (by its SHA-256) as it arrived and
+as it was answered 200. ``GET /health`` answers 200 while up, as vLLM's does.
 
 Like vLLM 0.32 it also answers ``POST /tokenize`` (chat form: the rendered conversation's ids)
 and ``POST /detokenize``, and a chat request with ``logprobs`` and ``logprob_token_ids`` gets
@@ -20,9 +26,12 @@ the model's). ``tokenize=False`` answers both endpoints 404, as a server without
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import threading
+import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
@@ -58,6 +67,9 @@ class ChatServer:
         tokenize: bool = True,
         metrics: bool = True,
         workers: list[str] | None = None,
+        status_if=None,
+        die_after: int | None = None,
+        down_s: float | None = None,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -71,6 +83,14 @@ class ChatServer:
         self.tokenize = tokenize
         self.metrics = metrics
         self.workers = workers  # answer GET /list_workers as vllm-router does (a fleet's router)
+        self.status_if = status_if
+        self.die_after = die_after
+        self.down_s = down_s
+        self.down_until: float | None = None  # while time.monotonic() is before it, the server is down (inf: until revive())
+        self.arrivals: Counter[str] = Counter()  # sha256 of each chat request body -> times it arrived
+        self.answered: Counter[str] = Counter()  # ... -> times it was answered 200
+        self.refused = 0  # connections closed without an answer while down
+        self.gets: list[str] = []  # the path of each GET answered (/v1/models: the client's probes)
         self.prompts: list[list[int]] = []  # the prompt ids of every chat request answered
         self.requests: list[dict] = []
         self.paths: list[str] = []  # the path of each request, beside its body in ``requests``
@@ -84,7 +104,22 @@ class ChatServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def _gone(self) -> bool:
+                """While the server is down: close the connection without an answer."""
+                if not server.is_down():
+                    return False
+                with server._lock:
+                    server.refused += 1
+                self.close_connection = True
+                return True
+
             def do_GET(self):
+                if self._gone():
+                    return
+                with server._lock:
+                    server.gets.append(self.path)
+                if self.path == "/health":
+                    return self._send(200, {})
                 if self.path == "/metrics" and server.metrics:
                     lines = [f'{name}{{engine="0",model_name="cac"}} {value}' for name, value in server.counters().items()]
                     return self._send_text("\n".join(["# HELP vllm counters, as vLLM names them", *lines]) + "\n")
@@ -95,7 +130,11 @@ class ChatServer:
                 self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self._gone():
+                    return
+                body = json.loads(raw)
+                digest = hashlib.sha256(raw).hexdigest()
                 with server._lock:
                     server.requests.append(body)
                     server.paths.append(self.path)
@@ -104,9 +143,13 @@ class ChatServer:
                     if failing:
                         server.fail_first -= 1
                     failing = failing or bool(server.fail_if and server.fail_if(body))
+                    seen = server.arrivals[digest] if self.path == "/v1/chat/completions" else 0
+                    if self.path == "/v1/chat/completions":
+                        server.arrivals[digest] += 1
+                    status = server.status_if(body, seen) if server.status_if and self.path == "/v1/chat/completions" else None
+                if status is not None:
+                    return self._send(status, {"error": f"HTTP {status} (status_if)"})
                 if server.delay_s:
-                    import time
-
                     time.sleep(server.delay_s)
                 if self.path == "/tokenize" and server.tokenize:
                     ids = [ord(ch) for ch in render(body["messages"])]
@@ -150,7 +193,14 @@ class ChatServer:
                 if body.get("logprobs") and body.get("logprob_token_ids"):
                     asked = [{"token": f"token_id:{t}", "logprob": char_logprob(t)} for t in body["logprob_token_ids"]]
                     response["choices"][0]["logprobs"] = {"content": [{"token": "token_id:0", "logprob": 0.0, "top_logprobs": asked}]}
+                if self._gone():  # it went down while this request was on its way
+                    return
                 self._send(200, response)
+                with server._lock:
+                    server.answered[digest] += 1
+                    if server.die_after is not None and sum(server.answered.values()) >= server.die_after:
+                        server.die_after = None
+                        server.down_until = float("inf") if server.down_s is None else time.monotonic() + server.down_s
 
             def _send_text(self, text):
                 data = text.encode()
@@ -167,8 +217,6 @@ class ChatServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if server.trickle_s and code == 200:
-                    import time
-
                     for byte in data:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
@@ -180,6 +228,19 @@ class ChatServer:
         self.httpd.block_on_close = False  # closing does not wait for a request held back by delay_s
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def is_down(self) -> bool:
+        with self._lock:
+            return self.down_until is not None and time.monotonic() < self.down_until
+
+    def kill(self, down_s: float | None = None) -> None:
+        """Go down now, for ``down_s`` seconds (None: until :meth:`revive`)."""
+        with self._lock:
+            self.down_until = float("inf") if down_s is None else time.monotonic() + down_s
+
+    def revive(self) -> None:
+        with self._lock:
+            self.down_until = None
 
     def counters(self) -> dict[str, float]:
         """vLLM's counters as this stand-in keeps them: finished chat requests, their prompt

@@ -223,7 +223,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     from tqdm.auto import tqdm
 
     from cac_align.gen.generator import build_video_generator
-    from cac_align.rewards.base import BackendFailure, all_failed_in_backend
+    from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
     from cac_align.video import Video, load_video, save_video, save_wav
     from cac_align.vlm.openai import ServerDown
@@ -286,6 +286,9 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
             reward.to(generator.execution_device())
         try:
             output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
+            down = [d for d in output.details if d.get("error_kind") == ErrorKind.DOWN]
+            if down:  # the judge went down while it scored this group: no choice of the best
+                raise ServerDown(str(down[0].get("error", "the reward server is down")).removeprefix("backend failed: "))
         except ServerDown as exc:  # the breaker opened: this prompt and the rest stay for a rerun
             unscored += [(k, str(exc)) for k in todo[todo.index(i) :]]
             tqdm.write(f"prompt {i}: stopped: {exc}")

@@ -76,7 +76,7 @@ from cac_align.gen.generator import GeneratorConfig, encode_conditioning, sample
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
-from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
+from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput, backend_error_kind
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
@@ -493,8 +493,13 @@ def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[
     return output, time.perf_counter() - start
 
 
+# A reward server down for this many whole steps in a row (every sample unanswered) stops the run
+# (_Trainer._check_rewards); fewer, and those steps train nothing while the next ask it again.
+DOWN_STEPS_LIMIT = 3
+
+
 def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
-    details = [{"error": f"{type(error).__name__}: {error}", "error_kind": ErrorKind.BACKEND} for _ in range(n)]
+    details = [{"error": f"{type(error).__name__}: {error}", "error_kind": backend_error_kind(error)} for _ in range(n)]
     return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
 
 
@@ -512,6 +517,7 @@ class _Trainer:
         self.pipe = pipe
         self.family = config.generator.family  # what the model is, from its own files (cac_align.gen.family)
         self.decode = decode or self.family.decode
+        self._down_steps = 0  # steps in a row whose every sample the reward's server did not answer (it was down)
 
     # -- setup -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -713,6 +719,9 @@ class _Trainer:
         reward_wait = time.perf_counter() - start
         local_scores = np.concatenate([o.scores for o in outputs]) if layout.leader else np.full(len(local), np.nan)
         scores = layout.gather(acc, local_scores)
+        # which samples the reward's server did not answer because it was down (every process gathers, whatever it scored)
+        local_down = [d.get("error_kind") == ErrorKind.DOWN for o in outputs for d in o.details] if layout.leader else [False] * len(local)
+        down = layout.gather(acc, np.asarray(local_down, dtype=np.float64)) > 0
         if layout.leader:  # per-component numbers: only the leaders scored; one gather per key the reward declares
             for key, values in reward_columns(self.reward, outputs).items():
                 mean, std = nan_mean_std(layout.gather_leaders(acc, values))
@@ -723,10 +732,9 @@ class _Trainer:
         if sources and not self._sources_logged:  # once per process run: which question UR was asked
             metrics["reward/prompt_sources"] = sources
             self._sources_logged = True
-        if not np.isfinite(scores).any():
-            errors = "; ".join(sorted({str(d.get("error")) for o in outputs for d in o.details if d.get("error")})[:3])
-
-            raise RewardError(f"step {step}: no valid reward for any sample ({errors}); check the reward section")
+        if down.any():
+            metrics["reward/down_fraction"] = float(down.mean())
+        self._check_rewards(step, scores, down, outputs)
 
         # 4. per-prompt advantages over the whole step; drop invalid and zero-variance samples
         step_groups = [k // G for k in range(plan.total_samples)]
@@ -747,8 +755,8 @@ class _Trainer:
         start = time.perf_counter()
         if adv.trainable.any():
             metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit, hold))
-        else:
-            log.warning("step %d: every group has zero reward variance; no update", step)
+        elif not self._down_steps:  # (a step the server missed whole said so above)
+            log.warning("step %d: every group has zero reward variance; no update", step + 1)
         train_seconds = time.perf_counter() - start
 
         metrics.update(
@@ -817,6 +825,25 @@ class _Trainer:
         # seeds name each video's draw where decoding samples (the family's decode)
         videos = self.decode(self.pipe, whole_latents(embeds, trajectory.latents[:, -1]), seeds=seeds) if self.layout.leader else None
         return trajectory, videos
+
+    def _check_rewards(self, step: int, scores: np.ndarray, down: np.ndarray, outputs: list[Any]) -> None:
+        """Stop the run when no sample of the step got a reward, naming the step as the checkpoints
+        count it (``step_000002`` is "step 2": index + 1) and why; unless every sample is one the
+        reward's server did not answer because it was down (its breaker open): that step trains
+        nothing and says so, the next asks the server again, and only a server down for
+        :data:`DOWN_STEPS_LIMIT` steps in a row stops the run. Decided on gathered numbers: every
+        process decides alike."""
+        if np.isfinite(scores).any():
+            self._down_steps = 0
+            return
+        errors = "; ".join(sorted({str(d.get("error")) for o in outputs for d in o.details if d.get("error")})[:3])
+        if not down.all():
+            raise RewardError(f"step {step + 1}: no valid reward for any sample ({errors}); check the reward section")
+        self._down_steps += 1
+        if self._down_steps >= DOWN_STEPS_LIMIT:
+            raise RewardError(f"step {step + 1}: the reward server has been down for {self._down_steps} steps in a row ({errors}); "
+                              "rerun with resume=true when it is back")
+        log.warning("step %d: the reward server is down, no sample was scored (%s); no update, the next step asks it again", step + 1, errors)
 
     def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
         outputs, compute = [], 0.0

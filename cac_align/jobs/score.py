@@ -102,7 +102,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
 
     from cac_align.cac.evidence import cac_details, evidence_path, turn2_unreadable, write_evidence_png, write_report
     from cac_align.eval.bench import grade_evidence, truth_summary
-    from cac_align.rewards.base import BackendFailure, all_failed_in_backend
+    from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
     from cac_align.video import VideoError, load_video
     from cac_align.vlm.config import served_urls
@@ -162,6 +162,11 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             except ServerDown as exc:  # the breaker opened: stop, keeping what was scored
                 stopped = exc
                 break
+            down = [k for k, d in enumerate(output.details) if d.get("error_kind") == ErrorKind.DOWN]
+            if down:  # the judge went down in this batch: stop before its first video the server failed (a rerun scores it)
+                first = min(k for k, d in enumerate(output.details) if d.get("error_kind") in (ErrorKind.DOWN, ErrorKind.BACKEND))
+                stopped = ServerDown(str(output.details[down[0]].get("error", "the reward server is down")).removeprefix("backend failed: "))
+                batch, loaded = batch[:first], loaded[:first]
             for offset, (path, video) in enumerate(zip(batch, loaded)):
                 details = output.details[offset]
                 cac = cac_details(details)
@@ -190,6 +195,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                 rows.append(row)
             handle.flush()
             bar.update(len(batch))
+            if stopped is not None:
+                break
     # 4. swap the complete outputs in: pictures, results, then the report that links them
     _swap_in_evidence(staged, out / "evidence")
     partial.replace(out / "results.jsonl")

@@ -46,6 +46,7 @@ __all__ = [
     "BatchReward",
     "ErrorKind",
     "all_failed_in_backend",
+    "backend_error_kind",
     "Reward",
     "RewardError",
     "RewardOutput",
@@ -92,11 +93,21 @@ class ErrorKind:
     VIDEO = "video"  # could not be decoded
     PROMPT = "prompt"  # the generating prompt is missing
     BACKEND = "backend"  # the model call failed (a server, a crash inside the reward's work)
+    DOWN = "down"  # the served model is down (its circuit breaker is open): not asked, nothing learned of the sample
     PARSE = "parse"  # the answer could not be used
     SCORE = "score"  # a probability or score that is zero-mass or non-finite
     OTHER = "other"  # a reward that did not say
 
-    ALL = (VIDEO, PROMPT, BACKEND, PARSE, SCORE, OTHER)
+    ALL = (VIDEO, PROMPT, BACKEND, DOWN, PARSE, SCORE, OTHER)
+
+
+def backend_error_kind(exc: BaseException) -> str:
+    """The ``error_kind`` of a sample whose model call failed with ``exc``: "down" when the model
+    is down (:class:`~cac_align.vlm.backend.BackendDown`: a served judge whose breaker is open),
+    else "backend"."""
+    from cac_align.vlm.backend import BackendDown
+
+    return ErrorKind.DOWN if isinstance(exc, BackendDown) else ErrorKind.BACKEND
 
 
 class BackendFailure(RewardError):
@@ -106,8 +117,9 @@ class BackendFailure(RewardError):
 
 def all_failed_in_backend(details: Sequence[Mapping]) -> bool:
     """Whether every sample failed, and every failure was the backend's (``error_kind``
-    "backend"), so that nothing about the videos themselves was learned. False when empty."""
-    return bool(details) and all(d.get("error") and d.get("error_kind") == ErrorKind.BACKEND for d in details)
+    "backend" or "down"), so that nothing about the videos themselves was learned. False when
+    empty."""
+    return bool(details) and all(d.get("error") and d.get("error_kind") in (ErrorKind.BACKEND, ErrorKind.DOWN) for d in details)
 
 
 @dataclass
@@ -120,8 +132,9 @@ class RewardOutput:
         valid: (B,) bool.
         details: one dict per sample (sub-scores, raw text, evidence). An invalid sample has
             "error" (why) and "error_kind", one of :class:`ErrorKind`: "video" (could not be
-            decoded), "prompt" (missing), "backend" (the model call failed), "parse" (the answer
-            could not be used) or "score" (a probability or score that is zero-mass or non-finite).
+            decoded), "prompt" (missing), "backend" (the model call failed), "down" (the served
+            model is down: its requests were not answered), "parse" (the answer could not be
+            used) or "score" (a probability or score that is zero-mass or non-finite).
         info: batch-level facts (e.g. invalid counts per component).
 
     A score that is NaN or infinite while marked valid is turned invalid here, with an error in
@@ -281,7 +294,7 @@ class BatchReward(RewardBase):
                 lambda chunk: self._score_chunk([request for _, request in chunk]),
                 todo,
                 self.batch_size,
-                on_error=lambda item, exc: self.invalid_detail(f"backend failed: {exc}", ErrorKind.BACKEND),
+                on_error=lambda item, exc: self.invalid_detail(f"backend failed: {exc}", backend_error_kind(exc)),
             )
         scores = np.full(len(loaded), np.nan)
         for (i, _), answer in zip(todo, answers):
@@ -418,7 +431,9 @@ def score_in_chunks(
     item at a time, and items that still fail become ``on_error(item, exc)``.
 
     This is how "a server that stops answering mid-batch" marks just the samples it could not
-    answer invalid, and says which, while every sample it did answer keeps its score.
+    answer invalid, and says which, while every sample it did answer keeps its score: a served
+    backend remembers its answers (:class:`~cac_align.vlm.openai.OpenAIBackend`), so asking again
+    for an answered item sends nothing, and a server that is down fails the others at once.
     """
     out: list[Any] = []
     for start in range(0, len(items), batch_size):

@@ -66,6 +66,7 @@ import numpy as np
 from cac_align.rewards.base import (
     BatchReward,
     ErrorKind,
+    backend_error_kind,
     RewardOutput,
     check_prompts,
     group_keys,
@@ -463,7 +464,7 @@ class PairwiseUnifiedReward(BatchReward):
                 lambda chunk: self._score_chunk([request for _, request in chunk]),
                 todo,
                 self.batch_size,
-                on_error=lambda item, exc: {"error": f"backend failed: {exc}", "error_kind": ErrorKind.BACKEND},
+                on_error=lambda item, exc: {"error": f"backend failed: {exc}", "error_kind": backend_error_kind(exc)},
             )
         # 4. win rates per group
         scores = np.full(len(loaded), np.nan)
@@ -515,7 +516,8 @@ class PairwiseUnifiedReward(BatchReward):
                 detail["dim_mean"] = results[k]["dim_mean"]
             parsed = len(entries) - detail["unparsed_pairs"] - detail["failed_pairs"]
             if parsed == 0 and detail["failed_pairs"] == len(entries):
-                detail.update(self.invalid_detail(f"every model call for its {len(entries)} pairs failed", ErrorKind.BACKEND))
+                down = all(e.get("error_kind") == ErrorKind.DOWN for e in entries)  # the judge was down for every pair
+                detail.update(self.invalid_detail(f"every model call for its {len(entries)} pairs failed", ErrorKind.DOWN if down else ErrorKind.BACKEND))
                 detail["error"] = f"{detail['error']}: {next(e['error'] for e in entries)}"
                 detail["win_rate"] = None
             elif parsed == 0:
@@ -531,7 +533,7 @@ class PairwiseUnifiedReward(BatchReward):
         position = 1 if index == a else 2
         entry: dict[str, Any] = {"against": b if position == 1 else a, "position": position}
         if "error" in answer:
-            entry.update(result="failed", error=answer["error"])
+            entry.update(result="failed", error=answer["error"], error_kind=answer.get("error_kind", ErrorKind.BACKEND))
             return entry
         winner = answer["winner"]
         entry["result"] = "unparsed" if winner is None else "win" if winner == position else "loss"

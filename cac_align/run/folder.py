@@ -134,7 +134,7 @@ def config_fingerprint(config: Any, run_only_keys: Sequence[str] = ()) -> dict:
 # reward section nests its models (reward.model, reward.cac.model, ...). The KV-cache mode and
 # its buckets give the same answers and probabilities (greedy scoring) in either mode.
 SERVING_KEYS = ("base_url", "api_key_env", "timeout_s", "max_retries", "failure_limit", "max_batch_size", "device", "cache", "batch_buckets", "length_multiple",
-                "session_header")
+                "session_header", "timeout_per_mb_s", "backoff_s", "max_backoff_s", "cooldown_s", "liveness_s")
 
 
 def drop_serving_keys(data: Any) -> Any:

@@ -28,6 +28,7 @@ from cac_align.video import Video
 __all__ = [
     "Backend",
     "BackendBase",
+    "BackendDown",
     "ChatRequest",
     "Completion",
     "MAX_NEW_TOKENS",
@@ -43,6 +44,14 @@ __all__ = [
 ]
 
 ChatRequest = list[dict[str, Any]]
+
+
+class BackendDown(ConnectionError):
+    """The model behind a backend is down (a served judge whose circuit breaker is open): the
+    requests it did not answer fail with this, the ones it answered keep their answers. A reward
+    marks such samples invalid with ``error_kind`` "down" (not "backend": nothing is wrong with
+    them), and a job decides what a judge that is down means for it (``score`` stops and keeps
+    its rows; ``flow-grpo`` skips the update of a step the judge missed whole)."""
 
 # The generation budget wherever none is set, written once: every backend's default, CaC's
 # answers (CaCOptions) and stage 3's rollouts of the same answers. The paper's two-turn answers

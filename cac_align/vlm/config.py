@@ -53,7 +53,17 @@ class ModelConfig:
         device, attn_implementation, trust_remote_code: passed to ``load_vlm``.
         max_batch_size: requests per forward pass (hf) or concurrent HTTP requests (openai);
             the rewards score this many videos together (their one batch setting).
-        timeout_s, max_retries: per-request timeout and retries with backoff (openai).
+        timeout_s, max_retries: per-request timeout and retries with backoff (openai): a
+            request's deadline is ``timeout_s + timeout_per_mb_s`` per MB of its body (a long
+            video's frames travel losslessly), and it is sent again after a connection error, a
+            timeout or HTTP 408, 429 or 5xx, never after another 4xx (the request is wrong).
+        backoff_s, max_backoff_s: the first retry's delay, doubling up to ``max_backoff_s``, each
+            drawn between half and all of it (openai).
+        cooldown_s: an open circuit breaker (``failure_limit``) asks the server again after this
+            long, and closes when it answers: a judge that was restarted is used again (openai).
+        liveness_s: when no request of a batch has finished for this long, the server is asked
+            whether it is alive (vLLM's ``/health``); a server that is gone ends the batch then,
+            its unanswered samples invalid ("down"), the answered ones scored (openai).
         video_input: how the openai backend sends a video: "video" (each video as one lossless
             part with its own metadata, read by this package's vLLM plugin: ``cac-align serve``
             starts such a server; the model sees the video input it was trained on) or "images"
@@ -91,6 +101,11 @@ class ModelConfig:
     max_batch_size: int = 8
     timeout_s: float = 120.0
     max_retries: int = 3
+    timeout_per_mb_s: float = 1.0
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    cooldown_s: float = 15.0
+    liveness_s: float = 20.0
     failure_limit: int = 3
     video_input: str = "video"
     cache: str = "auto"
@@ -121,6 +136,11 @@ class ModelConfig:
             raise ValueError(f"model.max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.timeout_s <= 0 or self.max_retries < 0:
             raise ValueError("model.timeout_s must be > 0 and model.max_retries >= 0")
+        for name in ("timeout_per_mb_s", "backoff_s", "max_backoff_s", "cooldown_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.liveness_s > 0:
+            raise ValueError(f"model.liveness_s must be > 0, got {self.liveness_s}")
 
     def with_model_settings(self) -> "ModelConfig":
         """This config with ``dtype`` resolved (:func:`model_dtype`)."""
@@ -209,7 +229,12 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
             base_url=model.base_url,
             api_key=api_key,
             timeout_s=model.timeout_s,
+            timeout_per_mb_s=model.timeout_per_mb_s,
             max_retries=model.max_retries,
+            backoff_s=model.backoff_s,
+            max_backoff_s=model.max_backoff_s,
+            cooldown_s=model.cooldown_s,
+            liveness_s=model.liveness_s,
             max_workers=model.max_batch_size,
             failure_limit=model.failure_limit,
             video_input=model.video_input,

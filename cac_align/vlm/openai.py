@@ -60,18 +60,23 @@ import json
 import logging
 import math
 import queue
+import random
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 
-from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, ChatRequest, Completion, model_frames
+from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, BackendDown, ChatRequest, Completion, model_frames
 from cac_align.vlm.video_payload import encode_video
 
 __all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "router_workers", "served_cost", "server_counters"]
 
 VIDEO_INPUTS = ("video", "images")
+# answers a request is sent again for, after a backoff: the server is busy or briefly away (408
+# Request Timeout, 429 Too Many Requests, 5xx); any other 4xx means the request itself is wrong
+RETRY_STATUSES = frozenset({408, 429})
 # the header a consistent-hash router keys on (vllm-router: X-Session-ID first, then X-User-ID, ...)
 DEFAULT_SESSION_HEADER = "X-Session-ID"
 
@@ -93,10 +98,12 @@ class _Unsupported(RuntimeError):
     to ``prompt_logprobs``."""
 
 
-class ServerDown(RuntimeError):
-    """The server looks gone for good (the circuit breaker opened), or answers as another model:
-    not a failure of one sample, so rewards do not retry or mark samples one by one; jobs stop
-    with one line, keeping what was scored."""
+class ServerDown(ServerUnavailableError, BackendDown):
+    """The server is down: its circuit breaker is open (class docstring, ``failure_limit``,
+    ``cooldown_s``), or it answers as another model (which does not heal). A rewarded sample whose
+    request it did not answer is invalid with ``error_kind`` "down"; one it answered keeps its score
+    (the answer is remembered, so asking again sends nothing); a job decides what a judge that is
+    down means for it (``score`` stops with one line, keeping what was scored)."""
 
 
 class OpenAIBackend(BackendBase):
@@ -107,8 +114,18 @@ class OpenAIBackend(BackendBase):
         base_url: server root including ``/v1``.
         api_key: sent as a bearer token when given.
         timeout_s: deadline of one attempt of one request (connect, wait, read the whole answer).
-        max_retries: retries after a connection error, timeout or 5xx/429 answer.
-        backoff_s: first retry delay; doubles each retry.
+        timeout_per_mb_s: added to ``timeout_s`` per MB of the request's body: a long video's
+            request (its frames travel losslessly, tens of MB) is given its time, a short one is
+            not held to a long deadline. The deadline of an attempt is ``timeout_s +
+            timeout_per_mb_s * MB``.
+        max_retries: retries after a connection error, a timeout or an answer of HTTP 408, 429 or
+            5xx (the server busy or briefly away). Another 4xx means the request is wrong: it is
+            not sent again, nor are the other requests of its batch (every answer and refusal of
+            a request that always gets the same one is remembered: a request asked again is
+            answered from memory, never sent or counted twice).
+        backoff_s: first retry delay; doubles each retry up to ``max_backoff_s``, each delay
+            drawn between half and all of that (jitter: retries of many requests spread out).
+        max_backoff_s: the longest retry delay.
         image_format: "jpeg" (smaller) or "png" (lossless) for frames sent as images.
         video_input: "video" (each video as one lossless part with its own metadata; needs this
             package's vLLM plugin on the server) or "images" (frames as images with text stamps).
@@ -121,6 +138,17 @@ class OpenAIBackend(BackendBase):
             Behind a vllm-router (its ``/list_workers`` answers) the count does not open it: one
             dead replica fails requests in a row until the router drops it, so only a router that
             no longer lists the model does.
+        cooldown_s: an open breaker half-opens after this long: the next request first asks the
+            server for its model list; if it answers (a judge that was restarted), the breaker
+            closes and the request goes on, else it stays open for another ``cooldown_s``. One
+            request probes at a time; the others meanwhile fail at once.
+        liveness_s: while a batch of requests runs, when none of them has finished for this long
+            the server is asked whether it is alive (``GET /health``, vLLM's check of its engine;
+            ``/v1/models`` where there is none); a server that is gone ends the batch then (its
+            unanswered requests raise :class:`ServerDown`) instead of at each request's deadline
+            and after its retries. A judge that stops answering is so found within
+            ``liveness_s`` + 5 s (25 s at the defaults), while a long video on a live judge keeps
+            its deadline.
         chat_template_kwargs: sent with every request as ``chat_template_kwargs`` (vLLM renders
             the chat template with them, e.g. ``{"enable_thinking": False}``).
         session_header: the header that carries each request's session key (None: no header).
@@ -149,6 +177,11 @@ class OpenAIBackend(BackendBase):
         video_input: str = "video",
         chat_template_kwargs: dict | None = None,
         session_header: str | None = DEFAULT_SESSION_HEADER,
+        timeout_per_mb_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        cooldown_s: float = 15.0,
+        liveness_s: float = 20.0,
+        remember_mb: float = 64.0,
     ):
         if video_input not in VIDEO_INPUTS:
             raise ValueError(f"video_input must be one of {VIDEO_INPUTS}, got {video_input!r}")
@@ -167,9 +200,28 @@ class OpenAIBackend(BackendBase):
         self.max_workers = max_workers
         self.base_url = base_url.rstrip("/")
         self.failure_limit = failure_limit
+        for name, value in (("timeout_per_mb_s", timeout_per_mb_s), ("max_backoff_s", max_backoff_s), ("cooldown_s", cooldown_s),
+                            ("backoff_s", backoff_s), ("remember_mb", remember_mb)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value}")
+        if not (math.isfinite(liveness_s) and liveness_s > 0):
+            raise ValueError(f"liveness_s must be > 0, got {liveness_s}")
+        self.timeout_per_mb_s = timeout_per_mb_s
+        self.max_backoff_s = max_backoff_s
+        self.cooldown_s = cooldown_s
+        self.liveness_s = liveness_s
         self._failures = 0  # consecutive failed requests (all retries spent)
         self._down: str | None = None  # why the circuit breaker opened
+        self._opened_at = 0.0  # when it opened (or its last probe failed)
+        self._probing = False  # a request is asking the server whether it is back
+        self._fatal = False  # it opened for a reason that does not heal (another model answers)
         self._breaker = threading.Lock()
+        # what the server answered to a request that always gets the same answer: raw body, or
+        # ("rejected", why); most recent last, at most remember_mb of answers
+        self._memory: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._memory_bytes = 0
+        self._memory_limit = int(remember_mb * 1e6)
+        self._memory_lock = threading.Lock()
         self._local = threading.local()  # per worker thread: the abort event of its _map call
         self._warned_boundary = False
         self._cached_reads = True  # status probabilities through the prefix cache, until a server refuses them
@@ -259,10 +311,15 @@ class OpenAIBackend(BackendBase):
                 break
         return hashlib.sha256(json.dumps(opening, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
+    def deadline_s(self, size: int) -> float:
+        """The deadline of one attempt of a request of ``size`` bytes: ``timeout_s +
+        timeout_per_mb_s * size / 1e6`` (class docstring)."""
+        return self.timeout_s + self.timeout_per_mb_s * size / 1e6
+
     def _attempt(self, data: bytes, headers: dict, url: str | None = None) -> tuple[int, bytes]:
-        """One POST (to the chat endpoint unless ``url``), its whole answer read before
-        ``timeout_s`` has passed (else ``Timeout``)."""
-        return self._read_within("POST", url or self.url, data, headers, self.timeout_s)
+        """One POST (to the chat endpoint unless ``url``), its whole answer read before its
+        deadline (:meth:`deadline_s`) has passed (else ``Timeout``)."""
+        return self._read_within("POST", url or self.url, data, headers, self.deadline_s(len(data)))
 
     @staticmethod
     def _read_within(method: str, url: str, data: bytes | None, headers: dict, timeout_s: float) -> tuple[int, bytes]:
@@ -275,32 +332,133 @@ class OpenAIBackend(BackendBase):
             chunks = []
             while True:
                 if time.monotonic() > deadline:
-                    raise requests.Timeout(f"no complete answer within {timeout_s:g} s")
+                    raise requests.Timeout(f"no complete answer within {timeout_s:.3g} s")
                 chunk = response.raw.read1(65536, decode_content=True)
                 if not chunk:
                     return response.status_code, b"".join(chunks)
                 chunks.append(chunk)
 
+    # -- remembered answers (class docstring, max_retries) -------------------------------------
+    @staticmethod
+    def _repeatable(body: dict, url: str) -> bool:
+        """Whether a request always gets the same answer: /tokenize and /detokenize, and a greedy
+        or seeded generation (the model, messages, video bytes and settings are all in the body)."""
+        if url.endswith(("/tokenize", "/detokenize")):
+            return True
+        return float(body.get("temperature", 1.0)) == 0.0 or body.get("seed") is not None
+
+    def _recall(self, key: str | None) -> tuple[str, str] | None:
+        if key is None:
+            return None
+        with self._memory_lock:
+            found = self._memory.get(key)
+            if found is not None:
+                self._memory.move_to_end(key)
+            return found
+
+    def _remember(self, key: str | None, kind: str, value: str) -> None:
+        if key is None or len(value) > self._memory_limit:
+            return
+        with self._memory_lock:
+            if key not in self._memory:
+                self._memory[key] = (kind, value)
+                self._memory_bytes += len(value)
+            while self._memory_bytes > self._memory_limit:
+                _, (_, dropped) = self._memory.popitem(last=False)
+                self._memory_bytes -= len(dropped)
+
+    # -- the circuit breaker (class docstring, failure_limit and cooldown_s) ------------------------
+    def _open(self, reason: str, fatal: bool = False) -> str:
+        """Open the breaker (if it is not) and return why it is open."""
+        with self._breaker:
+            if self._down is None or fatal:
+                self._down = reason
+                self._fatal = self._fatal or fatal
+            self._opened_at = time.monotonic()
+            self._probing = False
+            return self._down
+
+    def _close(self) -> None:
+        """A request was answered: the breaker closes (unless it opened for good) and the count of
+        failures starts again."""
+        with self._breaker:
+            self._failures = 0
+            if self._down is None or self._fatal:
+                return
+            self._down = None
+            self._probing = False
+        log.warning("the reward server at %s answers again: using it again", self.base_url)
+
+    def _gate(self) -> None:
+        """Let a request through a closed breaker; through an open one, raise :class:`ServerDown`,
+        unless ``cooldown_s`` has passed and no other request is asking: then ask the server
+        whether it is back (:meth:`check`), closing the breaker if it is."""
+        with self._breaker:
+            if self._down is None:
+                return
+            if self._fatal or self._probing or time.monotonic() - self._opened_at < self.cooldown_s:
+                raise ServerDown(self._down)
+            self._probing = True
+            reason = self._down
+        try:
+            self.check()
+        except ServerUnavailableError as probe:
+            raise ServerDown(self._open(reason) + f" (asked again after {self.cooldown_s:g} s: {probe})") from None
+        except BaseException:
+            self._open(reason)
+            raise
+        self._close()
+
+    def _alive(self) -> bool:
+        """Whether the server answers at all within 5 s: ``GET /health`` (vLLM's check of its
+        engine), or ``GET /v1/models`` where there is no ``/health``."""
+        import requests
+
+        for url in (_root(self.base_url) + "/health", self.base_url + "/models"):
+            try:
+                status, _ = self._read_within("GET", url, None, {}, min(5.0, self.timeout_s))
+            except (requests.ConnectionError, requests.Timeout, OSError):
+                return False
+            if status != 404:
+                return status < 500
+        return False
+
     def _post(self, body: dict, url: str | None = None, session: str | None = None) -> dict:
         """One request (to the chat endpoint unless ``url``) through the circuit breaker (class
-        docstring); ``session``: its session key (``session_header``)."""
-        if self._down is not None:
-            raise ServerDown(self._down)
+        docstring); ``session``: its session key (``session_header``). A request that always
+        gets the same answer is answered from memory when it was answered (or refused) before."""
+        url = url or self.url
         if self.chat_template_kwargs and "messages" in body:
             body = {**body, "chat_template_kwargs": self.chat_template_kwargs}
+        data = json.dumps(body).encode("utf-8")
+        key = hashlib.sha256(url.encode("utf-8") + b"\n" + data).hexdigest() if self._repeatable(body, url) else None
+        known = self._recall(key)
+        if known is not None:
+            kind, value = known
+            if kind == "rejected":
+                raise RequestRejected(value)
+            return json.loads(value)
+        self._gate()
         try:
-            answer = self._post_with_retries(body, url, session)
-        except RequestRejected:
+            text = self._post_with_retries(data, url, session)
+        except RequestRejected as exc:
+            self._remember(key, "rejected", str(exc))
+            raise
+        except ServerDown:
             raise
         except ServerUnavailableError as exc:
             self._record_failure(exc)
             raise
-        with self._breaker:
-            self._failures = 0
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise ServerUnavailableError(f"{url} answered with non-JSON: {text[:200]!r}") from None
         served = answer.get("model") if isinstance(answer, dict) else None
         if served is not None and served != self.model:
-            self._down = f"the server at {self.base_url} answered as model {served!r}, not {self.model!r} (another server on that port?); fix model.name or the server"
-            raise ServerDown(self._down)
+            raise ServerDown(self._open(f"the server at {self.base_url} answered as model {served!r}, not {self.model!r} (another server on "
+                                        "that port?); fix model.name or the server", fatal=True))
+        self._close()
+        self._remember(key, "answer", text)
         return answer
 
     def _record_failure(self, exc: Exception) -> None:
@@ -318,56 +476,66 @@ class OpenAIBackend(BackendBase):
                 self.check()
             except ServerUnavailableError as probe:
                 reason = f"a request failed ({exc}) and the server no longer lists its models: {probe}"
-        if reason is not None and self._down is None:
-            self._down = f"the reward server at {self.base_url} stopped answering: {reason}"
+        if reason is not None:
+            self._open(f"the reward server at {self.base_url} stopped answering: {reason}")
 
-    def _post_with_retries(self, body: dict, url: str | None = None, session: str | None = None) -> dict:
+    def _backoff(self, attempt: int) -> float:
+        """The wait before retry ``attempt`` (1, 2, ...): ``backoff_s * 2 ** (attempt - 1)``, at
+        most ``max_backoff_s``, times a random factor in [0.5, 1) (jitter)."""
+        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+    def _post_with_retries(self, data: bytes, url: str, session: str | None = None) -> str:
+        """The text of the server's 200 answer to ``data``, retrying (class docstring,
+        ``max_retries``) with backoff; a refusal (another 4xx) raises :class:`RequestRejected`, a
+        server found gone :class:`ServerDown`."""
         import requests
 
-        url = url or self.url
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         if session is not None and self.session_header:
             headers[self.session_header] = session  # every retry too: it lands where the prefix is
-        data = json.dumps(body).encode("utf-8")
         last_error = "no attempt made"
         for attempt in range(self.max_retries + 1):
             abort = getattr(self._local, "abort", None)
-            delay = self.backoff_s * 2 ** (attempt - 1)
-            if attempt and (abort.wait(delay) if abort is not None else time.sleep(delay)):
-                break  # the caller was interrupted: no more retries
+            if attempt:
+                delay = self._backoff(attempt)
+                if abort.wait(delay) if abort is not None else time.sleep(delay):
+                    break  # the caller was interrupted, or the batch ended: no more retries
+                if self._down is not None:  # another request found the server gone meanwhile
+                    raise ServerDown(self._down)
             try:
                 status, content = self._attempt(data, headers, url)
             except (requests.ConnectionError, requests.Timeout, OSError) as exc:
                 last_error = f"{exc.__class__.__name__}: {exc}"
                 continue
             text = content.decode("utf-8", errors="replace")
-            if status == 429 or status >= 500:
+            if status in RETRY_STATUSES or status >= 500:
                 last_error = f"HTTP {status}: {text[:200]}"
                 continue
             if status != 200:
                 raise RequestRejected(f"{url} rejected the request: HTTP {status}: {text[:500]}")
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise ServerUnavailableError(f"{url} answered with non-JSON: {text[:200]!r}") from None
+            return text
         raise ServerUnavailableError(f"{url} unreachable after {attempt + 1} attempts: {last_error}")
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         """``[fn(x) for x in items]`` on up to ``max_workers`` daemon threads, in order; the first
         error (in item order) is raised. An interrupt (Ctrl-C) returns at once: the workers are
-        daemons and stop retrying, so nothing waits for a hung request."""
+        daemons and stop retrying, so nothing waits for a hung request. When no item has finished
+        for ``liveness_s``, the server is asked whether it is alive; if it is gone, the breaker
+        opens and the unfinished items raise :class:`ServerDown` at once (the finished keep their
+        answers, which are remembered)."""
         items = list(items)
         if not items:
             return []
         results: list[Any] = [None] * len(items)
         errors: list[BaseException | None] = [None] * len(items)
+        finished = [False] * len(items)
         todo: queue.SimpleQueue[int] = queue.SimpleQueue()
         for index in range(len(items)):
             todo.put(index)
 
-        abort = threading.Event()  # set when the caller is interrupted: the workers stop retrying
+        abort = threading.Event()  # set when the caller is interrupted or the server is gone: the workers stop
 
         def worker() -> None:
             self._local.abort = abort
@@ -380,21 +548,44 @@ class OpenAIBackend(BackendBase):
                     results[index] = fn(items[index])
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                     errors[index] = exc
+                finished[index] = True
 
         threads = [threading.Thread(target=worker, daemon=True, name="openai-request") for _ in range(min(self.max_workers, len(items)))]
         for thread in threads:
             thread.start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.1)
+            self._watch(threads, finished, abort)
         except BaseException:
             abort.set()  # Ctrl-C: the workers give up their retries; the caller goes on at once
             raise
+        if abort.is_set():  # the server is gone: what it did not answer fails as such now
+            down = ServerDown(self._down or f"the reward server at {self.base_url} stopped answering")
+            for index, done in enumerate(finished):
+                if not done or (errors[index] is not None and not isinstance(errors[index], RequestRejected)):
+                    errors[index] = down
         for error in errors:
             if error is not None:
                 raise error
         return results
+
+    def _watch(self, threads: list[threading.Thread], finished: list[bool], abort: threading.Event) -> None:
+        """Wait for the workers of :meth:`_map`, asking the server whether it is alive whenever
+        none of its items has finished for ``liveness_s``; a server that is gone sets ``abort``."""
+        seen, since = sum(finished), time.monotonic()
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(0.05)
+            now, done = time.monotonic(), sum(finished)
+            if done != seen:
+                seen, since = done, now
+            elif now - since > self.liveness_s:
+                if self._fleet or self._alive():
+                    since = now  # alive and busy (a long video): ask again after another liveness_s
+                    continue
+                self._open(f"the reward server at {self.base_url} stopped answering: nothing of a batch was answered for "
+                           f"{self.liveness_s:g} s, and it answers no health check")
+                abort.set()
+                return
 
     # -- Backend protocol -------------------------------------------------------------------
     def generate(

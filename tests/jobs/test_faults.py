@@ -91,7 +91,7 @@ def _said(lines: dict[int, str], delays: dict[int, float] | None = None) -> dict
 
 
 def test_an_error_every_process_meets_is_printed_once_by_the_first_process():
-    line = "cac-align flow-grpo: failed: step 0: no valid reward for any sample; check the reward section"
+    line = "cac-align flow-grpo: failed: step 1: no valid reward for any sample; check the reward section"
     assert _said({0: line, 1: line, 2: line}, {0: 0.2}) == {0: line, 1: None, 2: None}  # as one process prints it
 
 
@@ -115,9 +115,9 @@ LAUNCH = REPO_ROOT / "tests/parallel_launch.py"
 FLAKY = 'reward={name: "fault_rewards:flaky_pair", fail: "%s"}'
 
 
-def _launch(out, *overrides, env=None, timeout=600):
-    """tests/parallel_launch.py's flow-grpo on the brightness recipe, 2 processes under torchrun: the
-    finished process (its return code is not checked here) and its wall time."""
+def _launch(out, *overrides, env=None, timeout=600, recipe=BRIGHTNESS):
+    """tests/parallel_launch.py's flow-grpo on the brightness recipe (or ``recipe``), 2 processes under
+    torchrun: the finished process (its return code is not checked here) and its wall time."""
     import os
     import socket
     import subprocess
@@ -129,7 +129,7 @@ def _launch(out, *overrides, env=None, timeout=600):
         port = s.getsockname()[1]
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(LAUNCH),
-               "flow-grpo", str(BRIGHTNESS), str(out), *overrides]
+               "flow-grpo", str(recipe), str(out), *overrides]
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
     return done, time.time()
 
@@ -176,3 +176,27 @@ def test_a_crash_on_one_process_stops_the_run_within_seconds_in_one_line(tmp_pat
     assert lines == ["cac-align flow-grpo: failed on process 1 of 2: RuntimeError: injected: process 1 crashed in step 1"], done.stderr[-5000:]
     assert ended - float((out / "crashed1.txt").read_text()) < 30  # measured 4.7 s on 2 idle cores; the default timeout is 30 min
     assert len(_metrics(out)) == 1  # step 1 was logged, step 2 never finished
+
+
+@pytest.mark.slow
+def test_a_served_judge_that_dies_and_comes_back_is_used_again_by_every_process(tmp_path):
+    """2 processes score with a served CaC (recipes/align/flow_grpo_tiny_served.yaml, status reads only)
+    whose server goes down after its 100th answer (in step 2: a status read is about 13 requests here), for 0.6 s, and
+    comes back: the run finishes every step
+    with no restart; the samples of the dead window are invalid ("down"), the later steps are whole
+    again on both processes (each process's breaker asked after its cooldown and closed), and no
+    request was answered twice."""
+    from chat_server import ChatServer
+
+    served = REPO_ROOT / "recipes/align/flow_grpo_tiny_served.yaml"
+    with ChatServer(models=("cac-demo",), die_after=100, down_s=0.6) as server:
+        # 16 sampling steps: a training step (about a second) outlasts the server's absence, so the steps after it find it back
+        done, _ = _launch(tmp_path / "run", "steps=5", "generator.num_inference_steps=16", f"reward.model.base_url={server.url}", "reward.model.max_retries=0",
+                          "reward.model.backoff_s=0.01", "reward.model.cooldown_s=0.2", "reward.model.liveness_s=5", recipe=served)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    hit = [r for r in rows if r["reward/valid_fraction"] < 1.0]
+    assert hit and all(r.get("reward/down_fraction", 0) > 0 for r in hit)  # the dead window's samples: down, not made up
+    assert rows[-1]["reward/valid_fraction"] == 1.0 and "reward/down_fraction" not in rows[-1]  # both processes scored again
+    assert server.refused > 0 and set(server.answered.values()) == {1}  # it was down; nothing answered twice

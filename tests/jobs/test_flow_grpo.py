@@ -321,8 +321,63 @@ def test_no_valid_reward_stops_the_run(tmp_path):
     from cac_align.rewards import RewardError
 
     config = _bright(tmp_path, "steps=1")
-    with pytest.raises(RewardError, match="no valid reward"):
+    with pytest.raises(RewardError, match="^step 1: no valid reward"):
         run(config, reward=_FlakyReward(raise_first=False, nan=range(8)))
+
+
+class _StepReward(RewardBase):
+    """Brightness, except in the steps of ``kinds`` (by 1-based step, 4 calls of 2 samples a step):
+    every sample invalid with that ``error_kind`` ("down": the served judge was down; "parse")."""
+
+    name = "stepwise"
+
+    def __init__(self, kinds):
+        self.calls = 0
+        self.kinds = kinds
+
+    def __call__(self, videos, prompts, metadata=None):
+        step = self.calls // 4 + 1  # sample_batch_size 2 of 8 samples: 4 reward calls a step
+        self.calls += 1
+        kind = self.kinds.get(step)
+        if kind is None:
+            scores = np.array([v.frames.mean() / 255.0 for v in videos])
+            return RewardOutput(self.name, scores, np.ones(len(scores), bool), [{} for _ in scores])
+        return RewardOutput(self.name, np.full(len(videos), np.nan), np.zeros(len(videos), bool),
+                            [{"error": f"{kind} in step {step}", "error_kind": kind} for _ in videos])
+
+
+def test_the_step_that_stops_the_run_is_named_as_the_checkpoints_count_it(tmp_path):
+    from cac_align.rewards import RewardError
+
+    config = _bright(tmp_path, "steps=2", "checkpoint_every=1", "sample_batch_size=2")
+    with pytest.raises(RewardError, match="^step 2: no valid reward for any sample \\(parse in step 2\\)"):
+        run(config, reward=_StepReward({2: "parse"}))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_000001"]  # step 2 never finished
+    assert [row["step"] for row in _metrics(tmp_path / "run")] == [1]
+
+
+def test_a_step_the_served_judge_missed_whole_trains_nothing_and_the_run_goes_on(tmp_path, caplog):
+    """Every sample of step 2 is "down" (the judge's breaker open): that step updates nothing and says
+    so, step 3 scores and trains again; three such steps in a row stop the run, naming the last."""
+    from cac_align.jobs.flow_grpo import DOWN_STEPS_LIMIT
+    from cac_align.rewards import RewardError
+
+    config = _bright(tmp_path, "steps=3", "checkpoint_every=1", "keep_checkpoints=3", "sample_batch_size=2")
+    with caplog.at_level("WARNING"):
+        run(config, reward=_StepReward({2: "down"}))
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[1]["reward/down_fraction"] == 1.0 and rows[1]["reward/valid_fraction"] == 0.0 and rows[1]["trained_fraction"] == 0.0
+    assert "reward/down_fraction" not in rows[0] and rows[2]["reward/valid_fraction"] == 1.0 and rows[2]["trained_fraction"] > 0
+    assert "step 2: the reward server is down, no sample was scored (down in step 2); no update" in caplog.text
+    # step 2 changed no weight: its checkpoint's LoRA is step 1's
+    one, two, three = (load_file(str(tmp_path / f"run/checkpoints/step_00000{k}/model.safetensors")) for k in (1, 2, 3))
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert any(not torch.equal(two[k], three[k]) for k in two)
+    assert DOWN_STEPS_LIMIT == 3
+    config = _bright(tmp_path, "steps=4", "sample_batch_size=2", name="long")
+    with pytest.raises(RewardError, match="^step 4: the reward server has been down for 3 steps in a row"):
+        run(config, reward=_StepReward({2: "down", 3: "down", 4: "down"}))
 
 
 def test_config_errors(tmp_path):

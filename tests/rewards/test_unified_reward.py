@@ -494,7 +494,13 @@ def test_a_server_that_stops_answering_marks_only_those_samples_invalid():
             [_video(0), _video(1)], ["a", "b"]
         )
         assert not down.valid.any() and all(server.url in e for e in down.errors.values())
-        with pytest.raises(ServerDown, match="3 requests in a row failed"):
-            UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0, failure_limit=3), version="2.0", num_frames=4)(
-                [_video(0), _video(1)], ["a", "b"]
-            )
+        # past the breaker's limit the rest are not asked: invalid as "down" (the job decides: score stops)
+        asked = len(server.requests)
+        out = UnifiedReward(OpenAIBackend("ur", base_url=server.url, max_retries=0, failure_limit=3), version="2.0", num_frames=4)(
+            [_video(0), _video(1)], ["a", "b"]
+        )
+        kinds = [d["error_kind"] for d in out.details]
+        assert not out.valid.any() and kinds.count("down") >= 1 and set(kinds) <= {"backend", "down"}
+        assert all("3 requests in a row failed" in d["error"] for d in out.details if d["error_kind"] == "down")
+        assert len(server.requests) - asked == 3  # two in the batch, one asked again alone, then the breaker opened
+        assert issubclass(ServerDown, ConnectionError)

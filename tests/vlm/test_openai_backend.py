@@ -231,14 +231,15 @@ def test_the_circuit_breaker_stops_asking_a_failing_server():
         with pytest.raises(ServerDown, match=r"stopped answering: 3 requests in a row failed"):
             backend.generate([request], max_new_tokens=4)
         assert len(server.requests) == asked  # the open breaker sends nothing
-    # a success in between resets the count
+    # a success in between resets the count (five requests of their own: an answered one is
+    # answered again from memory, never sent again)
     answers = iter([True, True, False, True, True])
     with ChatServer(fail_if=lambda body: next(answers)) as server:
         backend = OpenAIBackend("cac", base_url=server.url, max_retries=0, failure_limit=3)
         outcomes = []
-        for _ in range(5):
+        for k in range(5):
             try:
-                backend.generate([request], max_new_tokens=4)
+                backend.generate([[user(f"hello {k}")]], max_new_tokens=4)
                 outcomes.append("ok")
             except ServerUnavailableError:
                 outcomes.append("failed")
@@ -275,12 +276,13 @@ def test_a_server_that_went_away_opens_the_breaker_at_once():
         backend = OpenAIBackend("cac", base_url=server.url, max_retries=0, failure_limit=5)
         backend.check()
         backend.generate([[user("hi")]], max_new_tokens=4)
+    assert backend.generate([[user("hi")]], max_new_tokens=4)  # answered before: from memory, the server not asked
     # the server is gone: the first failure probes its model list, which fails too
     with pytest.raises(ServerUnavailableError):
-        backend.generate([[user("hi")]], max_new_tokens=4)
+        backend.generate([[user("hi again")]], max_new_tokens=4)
     start = time.monotonic()
     with pytest.raises(ServerDown, match="no longer lists its models"):
-        backend.generate([[user("hi")]], max_new_tokens=4)
+        backend.generate([[user("and again")]], max_new_tokens=4)
     assert time.monotonic() - start < 0.5
 
 
@@ -341,10 +343,9 @@ def test_every_request_of_a_videos_judgment_carries_its_session_key():
     turn2 = json.dumps({"status": "abnormal", "anomalies": [{"type": "Motion Anomalies", "bbox": {"frame 0": [1, 2, 3, 4]}}]})
     videos = [Video(smooth_video(16, 32, 48, seed=i), 16.0) for i in range(3)]
     with ChatServer(answer=lambda messages: turn1 if len(messages) == 1 else turn2) as server:
-        backend = OpenAIBackend("cac", base_url=server.url)
-        first = CaCScorer(backend).score(videos)
+        first = CaCScorer(OpenAIBackend("cac", base_url=server.url)).score(videos)
         n_first = len(server.requests)
-        again = CaCScorer(backend).score(videos)
+        again = CaCScorer(OpenAIBackend("cac", base_url=server.url)).score(videos)  # a rerun: another process, its own backend
         sessions, paths, bodies = list(server.sessions), list(server.paths), list(server.requests)
     assert all(r.valid and r.turn2 is not None for r in first + again)
     assert None not in sessions  # every request carries a key
