@@ -87,6 +87,7 @@ class ChatServer:
         self.die_after = die_after
         self.down_s = down_s
         self.down_until: float | None = None  # while time.monotonic() is before it, the server is down (inf: until revive())
+        self.get_delay_s = 0.0  # each GET answered this much later (a slow model list: a long probe)
         self.arrivals: Counter[str] = Counter()  # sha256 of each chat request body -> times it arrived
         self.answered: Counter[str] = Counter()  # ... -> times it was answered 200
         self.refused = 0  # connections closed without an answer while down
@@ -116,6 +117,7 @@ class ChatServer:
             def do_GET(self):
                 if self._gone():
                     return
+                time.sleep(server.get_delay_s)
                 with server._lock:
                     server.gets.append(self.path)
                 if self.path == "/health":

@@ -100,8 +100,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     """
     from tqdm.auto import tqdm
 
-    from cac_align.cac.evidence import cac_details, evidence_path, turn2_unreadable, write_evidence_png, write_report
-    from cac_align.eval.bench import grade_evidence, truth_summary
+    from cac_align.cac.evidence import cac_details, evidence_path, write_evidence_png, write_report
+    from cac_align.eval.bench import truth_summary
     from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
     from cac_align.video import VideoError, load_video
@@ -168,26 +168,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
                 stopped = ServerDown(str(output.details[down[0]].get("error", "the reward server is down")).removeprefix("backend failed: "))
                 batch, loaded = batch[:first], loaded[:first]
             for offset, (path, video) in enumerate(zip(batch, loaded)):
-                details = output.details[offset]
-                cac = cac_details(details)
-                row = {
-                    "video": path,
-                    "prompt": prompts[start + offset],
-                    "reward": output.name,
-                    "score": float(output.scores[offset]) if output.valid[offset] else None,
-                    "valid": bool(output.valid[offset]),
-                    "error": details.get("error"),
-                    "status": cac.get("status") if cac else None,
-                    "details": details,
-                }
-                if "prompt_sources" in output.info:  # which question a prompted reward asked
-                    row["prompt_sources"] = output.info["prompt_sources"]
-                if truths[start + offset] is not None:  # demo videos: what was planted, and what the verdict got right
-                    row["truth"] = truths[start + offset]
-                    if cac is not None and row["valid"]:
-                        row["graded"] = grade_evidence(row["truth"], row["status"], [cac["window_s"]] if cac.get("window_s") else [], cac.get("boxes"))
-                        if row["graded"]["boxes"] is not None:  # say so where the boxes are missing because turn 2 did not parse
-                            row["graded"]["boxes_unreadable"] = turn2_unreadable(cac)
+                row = _result_row(output, offset, path, prompts[start + offset], truths[start + offset])
+                cac = cac_details(row["details"])
                 handle.write(json.dumps(row, default=_jsonable) + "\n")
                 if cac is not None and cac.get("valid") and not isinstance(video, VideoError):
                     planted = [a["window_s"] for a in (row.get("truth") or {}).get("anomalies", []) if a.get("window_s")]
@@ -219,6 +201,35 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             "nothing was scored: fix the backend (is its server running?) and rerun"
         )
     return rows
+
+
+def _result_row(output: Any, offset: int, path: str, prompt: str | None, truth: dict | None) -> dict:
+    """One line of results.jsonl: the video's score (None where invalid), its verdict and details,
+    and for a demo video what was planted and what the verdict got right."""
+    from cac_align.cac.evidence import cac_details, turn2_unreadable
+    from cac_align.eval.bench import grade_evidence
+
+    details = output.details[offset]
+    cac = cac_details(details)
+    row = {
+        "video": path,
+        "prompt": prompt,
+        "reward": output.name,
+        "score": float(output.scores[offset]) if output.valid[offset] else None,
+        "valid": bool(output.valid[offset]),
+        "error": details.get("error"),
+        "status": cac.get("status") if cac else None,
+        "details": details,
+    }
+    if "prompt_sources" in output.info:  # which question a prompted reward asked
+        row["prompt_sources"] = output.info["prompt_sources"]
+    if truth is not None:
+        row["truth"] = truth
+        if cac is not None and row["valid"]:
+            row["graded"] = grade_evidence(truth, row["status"], [cac["window_s"]] if cac.get("window_s") else [], cac.get("boxes"))
+            if row["graded"]["boxes"] is not None:  # say so where the boxes are missing because turn 2 did not parse
+                row["graded"]["boxes_unreadable"] = turn2_unreadable(cac)
+    return row
 
 
 def _left_out(videos: str | None, skipped: list[str]) -> str:

@@ -141,7 +141,7 @@ class OpenAIBackend(BackendBase):
         cooldown_s: an open breaker half-opens after this long: the next request first asks the
             server for its model list; if it answers (a judge that was restarted), the breaker
             closes and the request goes on, else it stays open for another ``cooldown_s``. One
-            request probes at a time; the others meanwhile fail at once.
+            request probes at a time; the others wait for its answer (then go on, or fail at once).
         liveness_s: while a batch of requests runs, when none of them has finished for this long
             the server is asked whether it is alive (``GET /health``, vLLM's check of its engine;
             ``/v1/models`` where there is none); a server that is gone ends the batch then (its
@@ -216,6 +216,7 @@ class OpenAIBackend(BackendBase):
         self._probing = False  # a request is asking the server whether it is back
         self._fatal = False  # it opened for a reason that does not heal (another model answers)
         self._breaker = threading.Lock()
+        self._probed = threading.Condition(self._breaker)  # notified when a probe ends (the breaker opened or closed)
         # what the server answered to a request that always gets the same answer: raw body, or
         # ("rejected", why); most recent last, at most remember_mb of answers
         self._memory: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -376,6 +377,7 @@ class OpenAIBackend(BackendBase):
                 self._fatal = self._fatal or fatal
             self._opened_at = time.monotonic()
             self._probing = False
+            self._probed.notify_all()
             return self._down
 
     def _close(self) -> None:
@@ -387,16 +389,20 @@ class OpenAIBackend(BackendBase):
                 return
             self._down = None
             self._probing = False
+            self._probed.notify_all()
         log.warning("the reward server at %s answers again: using it again", self.base_url)
 
     def _gate(self) -> None:
         """Let a request through a closed breaker; through an open one, raise :class:`ServerDown`,
-        unless ``cooldown_s`` has passed and no other request is asking: then ask the server
-        whether it is back (:meth:`check`), closing the breaker if it is."""
+        unless ``cooldown_s`` has passed: then ask the server whether it is back (:meth:`check`),
+        closing the breaker if it is. While one request asks, the others wait for its answer (a
+        batch that arrives as the breaker half-opens loses none of its samples to the probe)."""
         with self._breaker:
+            while self._probing and self._down is not None:
+                self._probed.wait(1.0)
             if self._down is None:
                 return
-            if self._fatal or self._probing or time.monotonic() - self._opened_at < self.cooldown_s:
+            if self._fatal or time.monotonic() - self._opened_at < self.cooldown_s:
                 raise ServerDown(self._down)
             self._probing = True
             reason = self._down
