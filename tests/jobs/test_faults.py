@@ -178,21 +178,47 @@ def test_a_crash_on_one_process_stops_the_run_within_seconds_in_one_line(tmp_pat
     assert len(_metrics(out)) == 1  # step 1 was logged, step 2 never finished
 
 
+def _revive_when_a_step_is_missed(server, run, stop) -> None:
+    """Bring ``server`` back as soon as the run's metrics.jsonl records a step whose samples it
+    missed (``reward/down_fraction``): its absence then spans at least one whole step whatever the
+    machine's speed, and the next steps find it back."""
+    import time
+
+    while not stop.is_set():
+        try:
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        except (OSError, ValueError):  # not written yet, or a line half written
+            rows = []
+        if any("reward/down_fraction" in row for row in rows):
+            server.revive()
+            return
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_a_served_judge_that_dies_and_comes_back_is_used_again_by_every_process(tmp_path):
     """2 processes score with a served CaC (recipes/align/flow_grpo_tiny_served.yaml, status reads only)
-    whose server goes down after its 100th answer (in step 2: a status read is about 13 requests here), for 0.6 s, and
-    comes back: the run finishes every step
+    whose server goes down after its 100th answer (in step 2: a status read is about 13 requests here)
+    and comes back once the run has recorded a step it missed: the run finishes every step
     with no restart; the samples of the dead window are invalid ("down"), the later steps are whole
     again on both processes (each process's breaker asked after its cooldown and closed), and no
     request was answered twice."""
+    import threading
+
     from chat_server import ChatServer
 
     served = REPO_ROOT / "recipes/align/flow_grpo_tiny_served.yaml"
-    with ChatServer(models=("cac-demo",), die_after=100, down_s=0.6) as server:
-        # 16 sampling steps: a training step (about a second) outlasts the server's absence, so the steps after it find it back
-        done, _ = _launch(tmp_path / "run", "steps=5", "generator.num_inference_steps=16", f"reward.model.base_url={server.url}", "reward.model.max_retries=0",
-                          "reward.model.backoff_s=0.01", "reward.model.cooldown_s=0.2", "reward.model.liveness_s=5", recipe=served)
+    stop = threading.Event()
+    with ChatServer(models=("cac-demo",), die_after=100, down_s=None) as server:
+        # down until the watcher sees a missed step (not for a fixed time: an idle machine ran 3 steps in 0.6 s)
+        watcher = threading.Thread(target=_revive_when_a_step_is_missed, args=(server, tmp_path / "run", stop), daemon=True)
+        watcher.start()
+        try:
+            done, _ = _launch(tmp_path / "run", "steps=5", "generator.num_inference_steps=16", f"reward.model.base_url={server.url}",
+                              "reward.model.max_retries=0", "reward.model.backoff_s=0.01", "reward.model.cooldown_s=0.2",
+                              "reward.model.liveness_s=5", recipe=served)
+        finally:
+            stop.set()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     rows = _metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
