@@ -309,20 +309,73 @@ class Video:
 # ---------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------
-def _float_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
-    if not np.isfinite(array).all():
-        raise VideoError(f"{what}: float frames contain NaN or inf")
-    lo, hi = float(array.min()), float(array.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
+# Float frames are turned into uint8 this many at a time, on the device they are on: the host
+# then holds the uint8 video and one chunk's float32 temporaries, never a float32 copy of the
+# whole video (704 x 1280 x 121 frames: 1.3 GB in float32, 0.33 GB in uint8).
+FRAME_CHUNK = 8
+
+
+def float_frames_to_uint8(frames: Any, what: str = "frames", channels_first: bool = False, strict: bool = True) -> np.ndarray:
+    """Float frames in [0, 1] to host uint8 ``(..., H, W, 3)``: ``round(clip(x, 0, 1) * 255)`` in float32.
+
+    Args:
+        frames: a numpy array or a torch tensor (on any device, any float dtype), with any
+            leading dimensions: ``(..., H, W, 3)``, or ``(..., 3, H, W)`` with ``channels_first``
+            (diffusers' ``output_type="pt"``).
+        what: the input's name in error messages.
+        channels_first: the channels come before height and width.
+        strict: refuse NaN, inf and values outside [0, 1] (below); False clips them as a
+            pipeline's own postprocessing does (a generator's decode: diffusers clamps already).
+
+    The frames are converted :data:`FRAME_CHUNK` at a time, a tensor on its own device, so the
+    host never holds a float32 copy of the video. Values equal NumPy's on the whole array bit for
+    bit (float32 clip, scale and round-half-to-even are exact on every device).
+
+    Raises:
+        VideoError: NaN or inf anywhere, or values outside [0, 1] by more than 1e-3 (the message
+            gives the range of the whole input).
+    """
+    torch_input = not isinstance(frames, np.ndarray)
+    if torch_input:
+        import torch
+    shape = tuple(frames.shape)
+    if len(shape) < 3 or shape[-3 if channels_first else -1] != 3:
+        raise VideoError(f"{what}: expected float frames (..., {'3, H, W' if channels_first else 'H, W, 3'}), got shape {shape}")
+    height, width = (shape[-2], shape[-1]) if channels_first else (shape[-3], shape[-2])
+    flat = frames.reshape(-1, *shape[-3:])
+    out = np.empty((flat.shape[0], height, width, 3), dtype=np.uint8)
+    lo, hi = float("inf"), float("-inf")
+    for start in range(0, flat.shape[0], FRAME_CHUNK):
+        if torch_input:
+            chunk = flat[start : start + FRAME_CHUNK].detach().float()
+            chunk = chunk.permute(0, 2, 3, 1) if channels_first else chunk
+            if strict:
+                if not bool(chunk.isfinite().all()):
+                    raise VideoError(f"{what}: float frames contain NaN or inf")
+                lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+            converted = chunk.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu().numpy()  # one temporary (clamp's)
+        else:
+            chunk = np.asarray(flat[start : start + FRAME_CHUNK], dtype=np.float32)
+            chunk = chunk.transpose(0, 2, 3, 1) if channels_first else chunk
+            if strict:
+                if not bool(np.isfinite(chunk).all()):
+                    raise VideoError(f"{what}: float frames contain NaN or inf")
+                lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+            converted = np.clip(chunk, 0.0, 1.0)  # the one temporary: scaled and rounded in place
+            np.round(np.multiply(converted, 255.0, out=converted), out=converted)
+        out[start : start + len(chunk)] = converted
+        del chunk, converted
+    if strict and (lo < -1e-3 or hi > 1 + 1e-3):
         raise VideoError(
             f"{what}: float frames must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
             "rescale [-1, 1] output with (x + 1) / 2, or pass uint8 frames"
         )
-    return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out.reshape(*shape[:-3], height, width, 3)
 
 
-def _frames_from_array(array: np.ndarray, what: str) -> np.ndarray:
-    """(T, H, W, 3) uint8, or float (T, C, H, W) / (T, H, W, C) in [0, 1] -> (T, H, W, 3) uint8."""
+def _frames_from_array(array: Any, what: str) -> np.ndarray:
+    """(T, H, W, 3) uint8, or float (T, C, H, W) / (T, H, W, C) in [0, 1] (a numpy array or a
+    torch tensor on any device) -> (T, H, W, 3) uint8 on the host."""
     if array.ndim != 4:
         raise VideoError(
             f"{what}: expected a 4-d video (T, H, W, 3) uint8 or (T, C, H, W) / (T, H, W, C) float, "
@@ -330,25 +383,32 @@ def _frames_from_array(array: np.ndarray, what: str) -> np.ndarray:
         )
     if array.shape[0] == 0:
         raise VideoError(f"{what}: video has zero frames")
-    if array.dtype == np.uint8:
+    if isinstance(array, np.ndarray) and array.dtype == np.uint8:
         if array.shape[-1] != 3:
             raise VideoError(f"{what}: uint8 frames must be (T, H, W, 3), got {tuple(array.shape)}")
         return np.ascontiguousarray(array)
-    if not np.issubdtype(array.dtype, np.floating):
-        raise VideoError(f"{what}: frames must be uint8 or float in [0, 1], got dtype {array.dtype}")
+    floating = np.issubdtype(array.dtype, np.floating) if isinstance(array, np.ndarray) else array.is_floating_point()
+    if not floating:
+        raise VideoError(f"{what}: frames must be uint8 or float in [0, 1], got dtype {_dtype_name(array)}")
     if array.shape[-1] == 3:  # (T, H, W, C)
-        hwc = array
-    elif array.shape[1] == 3:  # (T, C, H, W)
-        hwc = np.transpose(array, (0, 2, 3, 1))
-    else:
-        raise VideoError(
-            f"{what}: float frames need 3 channels first (T, 3, H, W) or last (T, H, W, 3), "
-            f"got {tuple(array.shape)}"
-        )
-    return _float_to_uint8(np.asarray(hwc, dtype=np.float32), what)
+        return float_frames_to_uint8(array, what)
+    if array.shape[1] == 3:  # (T, C, H, W)
+        return float_frames_to_uint8(array, what, channels_first=True)
+    raise VideoError(
+        f"{what}: float frames need 3 channels first (T, 3, H, W) or last (T, H, W, 3), "
+        f"got {tuple(array.shape)}"
+    )
 
 
-def _to_numpy(source: Any) -> np.ndarray | None:
+def _dtype_name(array: Any) -> str:
+    """``float32`` for a numpy array and a torch tensor alike."""
+    return str(array.dtype).removeprefix("torch.")
+
+
+def _as_frames(source: Any) -> Any:
+    """``source`` as what :func:`_frames_from_array` reads: a numpy array; a float torch tensor
+    kept as it is (it is converted a few frames at a time on its own device); another tensor
+    as a numpy array. None when it is neither."""
     if isinstance(source, np.ndarray):
         return source
     try:
@@ -356,10 +416,7 @@ def _to_numpy(source: Any) -> np.ndarray | None:
     except ImportError:  # pragma: no cover - torch is a core dependency
         return None
     if isinstance(source, torch.Tensor):
-        tensor = source.detach().cpu()
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.float()
-        return tensor.numpy()
+        return source.detach() if source.is_floating_point() else source.detach().cpu().numpy()
     return None
 
 
@@ -530,7 +587,7 @@ def load_video(
     if isinstance(source, (str, os.PathLike)):
         return _decode_file(Path(source), fps, lazy)
 
-    array = _to_numpy(source)
+    array = _as_frames(source)
     if array is None:
         raise VideoError(
             f"cannot load a video from {type(source).__name__}; pass a file path, a Video, "
@@ -549,7 +606,7 @@ def load_video(
             load_video(array[b], fps, source_fps=source_fps)  # type: ignore[misc]
             for b in range(array.shape[0])
         ]
-    what = f"array {tuple(array.shape)} {array.dtype}"
+    what = f"array {tuple(array.shape)} {_dtype_name(array)}"
     video = Video(_frames_from_array(array, what), source_fps, source=what)
     return video.resample(fps) if fps is not None else video
 

@@ -339,3 +339,56 @@ def test_cac_scoring_of_a_long_file_decodes_a_bounded_number_of_frames(tmp_path,
     reward = CaCReward(HFBackend(tiny_qwen3_vl.model, tiny_qwen3_vl.processor), CaCOptions(mode="no_cot", max_new_tokens=4, max_frames_turn1=12))
     reward([str(path)], ["a"])
     assert 0 < len(decoded) <= 12  # the turn-1 scan's frames, capped, not the file's 400
+
+
+# ---------------------------------------------------------------------------------------
+# Float frames to uint8, a few frames at a time
+# ---------------------------------------------------------------------------------------
+def test_float_frames_become_uint8_as_numpy_rounds_the_whole_video():
+    from cac_align.video import float_frames_to_uint8
+
+    x = np.random.default_rng(0).random((2, 11, 6, 10, 3), dtype=np.float32)  # 11 frames a video: chunks of 8 and 3
+    x[0, 0, 0, 0] = [0.5, 0.25, 1.0005]  # 127.5 rounds to even (128), 63.75 up (64); just above 1 is clipped (255)
+    x[1, 10, 5, 9] = [-0.0005, 0.0, 1.0]
+    whole = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)  # the whole array at once
+    ours = float_frames_to_uint8(x)
+    assert ours.dtype == np.uint8 and ours.shape == x.shape and np.array_equal(ours, whole)
+    assert ours[0, 0, 0, 0].tolist() == [128, 64, 255] and ours[1, 10, 5, 9].tolist() == [0, 0, 255]
+    channels_first = torch.from_numpy(x).permute(0, 1, 4, 2, 3).contiguous()  # diffusers' output_type="pt"
+    assert np.array_equal(float_frames_to_uint8(channels_first, channels_first=True), whole)
+    half = channels_first.bfloat16()  # converted from its own values, as float32 would be
+    expected = np.round(np.clip(half.float().permute(0, 1, 3, 4, 2).numpy(), 0.0, 1.0) * 255.0).astype(np.uint8)
+    assert np.array_equal(float_frames_to_uint8(half, channels_first=True), expected)
+    videos = load_video(channels_first, source_fps=16)  # a diffusers batch (B, F, C, H, W) of float
+    assert [v.frames.dtype for v in videos] == [np.uint8] * 2 and all(np.array_equal(v.frames, whole[b]) for b, v in enumerate(videos))
+
+
+def test_float_frames_out_of_range_or_not_finite_are_refused_naming_the_whole_range():
+    from cac_align.video import float_frames_to_uint8
+
+    x = np.full((12, 4, 4, 3), 0.5, dtype=np.float32)
+    x[10, 0, 0, 0] = 1.5  # in the second chunk: the message still gives the whole video's range
+    x[1, 0, 0, 0] = -0.25
+    with pytest.raises(VideoError, match=r"got values in \[-0\.25, 1\.5\]"):
+        float_frames_to_uint8(x)
+    x[10, 0, 0, 0] = np.nan
+    with pytest.raises(VideoError, match="NaN or inf"):
+        load_video(torch.from_numpy(x), source_fps=8)
+
+
+def test_no_float32_copy_of_a_video_is_made_on_the_host():
+    """The host holds the uint8 result and one chunk's float32 temporaries; the whole-array
+    formula held three float32 copies of the video at once (clipped, scaled, rounded)."""
+    import tracemalloc
+
+    from cac_align.video import float_frames_to_uint8
+
+    x = np.random.default_rng(1).random((96, 40, 64, 3), dtype=np.float32)  # 2.9 MB; 0.74 MB in uint8
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        out = float_frames_to_uint8(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.nbytes == x.nbytes // 4 and peak < out.nbytes + x.nbytes / 4  # a chunk is 8 of 96 frames

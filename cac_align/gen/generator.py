@@ -617,8 +617,16 @@ def build_video_generator(config: GeneratorConfig, key: str = "generator") -> Vi
 
 
 def frames_to_uint8(frames: Any) -> Any:
-    """Float frames in [0, 1] (diffusers' ``output_type="np"``) to uint8 (clipped, rounded)."""
+    """A pipeline's decoded frames in [0, 1] to host uint8 ``(..., H, W, 3)`` (clipped, rounded).
+
+    ``frames``: a torch tensor ``(..., 3, H, W)`` as diffusers' ``output_type="pt"`` leaves it on
+    the GPU (what our families ask for: converted there a few frames at a time, so the host never
+    holds a float32 copy of a video), or an array ``(..., H, W, 3)`` of ``output_type="np"``.
+    """
     import numpy as np
 
-    frames = np.asarray(frames, dtype=np.float32)
-    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+    from cac_align.video import float_frames_to_uint8
+
+    if isinstance(frames, list):  # a list of (F, H, W, 3) arrays (some pipelines' "np" output)
+        frames = np.stack(frames)
+    return float_frames_to_uint8(frames, "decoded frames", channels_first=not isinstance(frames, np.ndarray), strict=False)

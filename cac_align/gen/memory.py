@@ -41,7 +41,10 @@ gathering their blocks; dpo: a pair's video encoded).
 its shards, while every process loads its own text encoder(s) and VAE on the CPU: the transformers
 once plus ``processes per node`` x (encoders + VAEs). Unsharded, every process its whole pipeline.
 In-process judges pass through host memory too, in each process that builds them. Processes per
-node: torchrun's ``LOCAL_WORLD_SIZE``, else all on one node.
+node: torchrun's ``LOCAL_WORLD_SIZE``, else all on one node. While the run goes on, a process holds
+the sample batch its rewards score (``sample_batch_size`` videos): uint8, ``frames x height x width
+x 3`` bytes a video (decoded to uint8 on the device a few frames at a time, so the host never holds a
+float32 copy, which is 4x that).
 
 Not counted (each small beside the rows at full size, or outside the model): buffers (rope tables,
 latent statistics), FSDP2's root unit (patch and condition embeddings, gathered for the whole
@@ -1159,10 +1162,12 @@ def device_bytes(device: Any = None, budget_gib: float | None = None) -> int | N
 
 @dataclass
 class HostPlan:
-    """What a node's host memory holds while a run loads (:func:`host_plan`), in bytes per node.
+    """What a node's host memory holds while a run loads, and the reward batch it scores while it
+    runs (:func:`host_plan`), in bytes per node.
 
     Attributes:
-        rows: the rows (phase "load"; source "counted").
+        rows: the rows (phase "load", source "counted"; the reward batch: phase "video", source
+            "arithmetic").
         processes_per_node: processes on the node planned for.
         sharded: whether the run is sharded (the transformers read once).
     """
@@ -1178,14 +1183,14 @@ class HostPlan:
     def table(self) -> str:
         p = self.processes_per_node
         w = max([54, *(len(row.label) for row in self.rows)])
-        lines = [f"host memory at load, on the node of global rank 0 ({p} process{'es' if p != 1 else ''} on it):"]
+        lines = [f"host memory at load (and a reward batch), on the node of global rank 0 ({p} process{'es' if p != 1 else ''} on it):"]
         lines += [f"  {row.label:<{w}} {row.bytes / GIB:>8.2f}  {row.source}" for row in self.rows]
         lines.append(f"  {'total, all at once (an upper bound: the loads overlap)':<{w}} {self.total_bytes / GIB:>8.2f}")
         return "\n".join(lines)
 
 
 def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32",
-              judges_bytes: int = 0, judge_processes: int | None = None) -> HostPlan:
+              judges_bytes: int = 0, judge_processes: int | None = None, reward_batch: tuple[int, int, int, int] | None = None) -> HostPlan:
     """Host memory per node while a run loads (bytes), on the node of global rank 0 (the fullest).
 
     Sharded, only global rank 0 reads the transformers' weights whole; every other process builds
@@ -1203,6 +1208,10 @@ def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int
         dtype, vae_dtype: the generator's dtypes.
         judges_bytes: one process's in-process judges (their weights).
         judge_processes: processes on the node that build the judges.
+        reward_batch: ``(videos, frames, height, width)`` a process holds while its rewards score
+            them: decoded to uint8 on the device a few frames at a time
+            (:func:`~cac_align.video.float_frames_to_uint8`), so each video is ``frames x height x
+            width x 3`` bytes on the host, never a float32 copy (4x that). A row of its own.
     """
     weight, vae_weight = dtype_bytes(dtype), dtype_bytes(vae_dtype)
     p = processes_per_node
@@ -1218,6 +1227,10 @@ def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int
         k = p if judge_processes is None else judge_processes
         rows.append(PlanRow(f"in-process judges while they load: each of {k} process{'es' if k != 1 else ''} that build{'s' if k == 1 else ''} them",
                             k * judges_bytes, "counted", "load"))
+    if reward_batch is not None:
+        videos, frames, height, width = reward_batch
+        rows.append(PlanRow(f"a reward batch, while scored: {videos} video{'s' if videos != 1 else ''} of {frames} x {height} x {width} x 3 uint8, "
+                            f"each of {p} process{'es' if p != 1 else ''}", p * videos * frames * height * width * 3, "arithmetic", "video"))
     return HostPlan(rows, p, sharded)
 
 
@@ -1288,7 +1301,8 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
                        prefetch=True, overhead_bytes=fixed_overhead_bytes(num_processes) if on_gpu else 0)
     per_node = node_processes or processes_per_node(num_processes)
     host = host_plan(counts, sharded=parallel.shard == "fsdp2", processes_per_node=per_node, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
-                     judges_bytes=sum(j.weight_bytes for j in judges), judge_processes=math.ceil(per_node / parallel.context_parallel))
+                     judges_bytes=sum(j.weight_bytes for j in judges), judge_processes=math.ceil(per_node / parallel.context_parallel),
+                     reward_batch=(decode_batch, frames, height, width) if decode_batch else None)
     return plan, host
 
 

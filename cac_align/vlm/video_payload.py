@@ -26,9 +26,10 @@ MEDIA_TYPE = "video/x-npz"
 def encode_video(frames: np.ndarray, fps: float, frames_indices: list[int]) -> str:
     """A data URL holding a sampled video: ``frames`` (T, H, W, 3) uint8 and its metadata
     (``fps`` of the index grid, ``frames_indices`` on it; ``index / fps`` = source seconds)."""
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames_indices) != len(frames):
-        raise ValueError(f"frames must be (T, H, W, 3) with one index each, got {frames.shape} and {len(frames_indices)} indices")
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames_indices) != len(frames):
+        raise ValueError(f"frames must be (T, H, W, 3) uint8 with one index each, got {frames.shape} {frames.dtype} and {len(frames_indices)} indices")
+    frames = np.ascontiguousarray(frames)
     meta = {"fps": float(fps), "frames_indices": [int(i) for i in frames_indices], "total_num_frames": len(frames)}
     buffer = io.BytesIO()
     np.savez(buffer, frames=frames, meta=np.array(json.dumps(meta)))

@@ -236,6 +236,10 @@ def test_host_memory_at_load_by_hand():
     assert sharded.total_bytes == (60 + 88 + 12) * GIB and "global rank 0" in sharded.table()
     unsharded = host_plan(_toy(), sharded=False, processes_per_node=8, dtype="bfloat16", vae_dtype="float32")
     assert unsharded.total_bytes == 8 * 71 * GIB  # every process its whole pipeline
+    # a reward batch: 4 videos of 121 x 704 x 1280, 3 bytes a pixel (uint8, no float32 copy), on each of 8 processes
+    scoring = host_plan(_toy(), sharded=False, processes_per_node=8, reward_batch=(4, 121, 704, 1280))
+    assert scoring.rows[-1].bytes == 8 * 4 * 327_106_560 and scoring.rows[-1].phase == "video"
+    assert "4 videos of 121 x 704 x 1280 x 3 uint8, each of 8 processes" in scoring.table()
 
 
 # ---------------------------------------------------------------------------------------

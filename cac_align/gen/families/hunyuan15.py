@@ -238,7 +238,7 @@ class HunyuanVideo15Family:
             for row in latents:
                 z = row[None].to(next(vae.parameters()).device, vae.dtype) / vae.config.scaling_factor
                 video = vae.decode(z, return_dict=False)[0]
-                videos.append(frames_to_uint8(pipe.video_processor.postprocess_video(video, output_type="np")))
+                videos.append(frames_to_uint8(pipe.video_processor.postprocess_video(video, output_type="pt")))
         return np.concatenate(videos)
 
     def encode_video(self, pipe: Any, frames: Any) -> torch.Tensor:

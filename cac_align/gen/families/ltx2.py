@@ -472,7 +472,7 @@ class LTX2Family:
             z = z * std / vae.config.scaling_factor + mean
             temb = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype) if vae.config.timestep_conditioning else None
             video = vae.decode(z.to(vae.dtype), temb, return_dict=False)[0]
-            frames = pipe.video_processor.postprocess_video(video, output_type="np")
+            frames = pipe.video_processor.postprocess_video(video, output_type="pt")
         return frames_to_uint8(frames)
 
     def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
@@ -529,7 +529,7 @@ class LTX2Family:
         # a diffusion decoder decodes the pipeline's latents with each seed's own draw
         settings = dict(height=config.height, width=config.width, num_frames=int(config.num_frames), frame_rate=config.fps,
                         num_inference_steps=config.num_inference_steps, **{key: guidance[key] for key in GUIDANCE_KEYS},
-                        spatio_temporal_guidance_blocks=guidance["stg_blocks"], output_type="latent" if self.diffusion_decoder else "np",
+                        spatio_temporal_guidance_blocks=guidance["stg_blocks"], output_type="latent" if self.diffusion_decoder else "pt",
                         max_sequence_length=config.max_sequence_length)
         if images is None:
             outputs = [pipe(prompt=list(prompts), negative_prompt=[negative] * len(prompts), generator=generators, **settings)]
@@ -677,7 +677,7 @@ def diffusion_decode(pipe: Any, latents: torch.Tensor, seeds: Sequence[int]) -> 
     decode = LTX2VideoDiffusionDecodePipeline(diffusion_decoder=decoder, scheduler=pipe.scheduler, vae=pipe.vae)
     decode.set_progress_bar_config(disable=True)
     generators = [decoder_generator(seed, device) for seed in seeds]
-    frames = decode(latents.to(device), generator=generators, output_type="np", denormalize=False).frames
+    frames = decode(latents.to(device), generator=generators, output_type="pt", denormalize=False).frames
     return frames_to_uint8(frames)
 
 
@@ -1143,7 +1143,7 @@ class LTX2Regenerator:
             negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
             height=plan.height, width=plan.width, num_frames=plan.length, frame_rate=plan.fps, num_inference_steps=config.num_inference_steps,
             **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
-            generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)), output_type="np",
+            generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)), output_type="pt",
             max_sequence_length=config.max_sequence_length,
         )
         return frames_to_uint8(output.frames[0])[: plan.stop - plan.start, :height, :width]

@@ -271,7 +271,7 @@ class MiniMaxH3Family:
             for z in latents:
                 video = vae.decode((z[None].to(device) * std + mean).to(vae.dtype), return_dict=False)[0]
                 video = (video.float() * pixel_std + pixel_mean).clamp(0, 1)
-                out.append(frames_to_uint8(pipe.video_processor.postprocess_video(video, output_type="np")))
+                out.append(frames_to_uint8(pipe.video_processor.postprocess_video(video, output_type="pt")))
         return np.concatenate(out)
 
     def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
@@ -321,7 +321,7 @@ class MiniMaxH3Family:
         for prompt, seed in zip(prompts, seeds):
             state = pipe(prompt=prompt, generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)),
                          num_inference_steps=config.num_inference_steps, height=config.height, width=config.width,
-                         num_frames=config.num_frames, output_type="np")
+                         num_frames=config.num_frames, output_type="pt")
             frames.append(frames_to_uint8(state.get("videos")))
             audio.append(state.get("audio").float().clamp(-1, 1).cpu().numpy())
         return Generated(np.concatenate(frames), np.concatenate(audio), int(pipe.audio_sampling_rate))

@@ -372,7 +372,7 @@ def regenerate(pipe: Any, frames: np.ndarray, plan: RepairPlan, prompt: str, see
         guidance_scale=config.guidance_scale,
         **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
         generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)),
-        output_type="np",
+        output_type="pt",
         max_sequence_length=config.max_sequence_length,
     )
     return _frames_to_uint8(output.frames[0])[: len(segment), :height, :width]

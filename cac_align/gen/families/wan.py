@@ -248,7 +248,7 @@ class WanFamily:
                     prompt=list(prompts[lo:hi]), negative_prompt=[negative] * (hi - lo) if config.guidance_scale > 1.0 else None,
                     height=config.height, width=config.width, num_frames=config.num_frames, num_inference_steps=config.num_inference_steps,
                     guidance_scale=config.guidance_scale, **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
-                    generator=generators[lo:hi], output_type="np", max_sequence_length=config.max_sequence_length,
+                    generator=generators[lo:hi], output_type="pt", max_sequence_length=config.max_sequence_length,
                 )
                 videos.append(frames_to_uint8(output.frames))
             return Generated(np.concatenate(videos))
@@ -262,7 +262,7 @@ class WanFamily:
             guidance_scale=config.guidance_scale,
             **({"guidance_scale_2": config.guidance_scale_2} if config.guidance_scale_2 is not None else {}),
             generator=generators,
-            output_type="np",
+            output_type="pt",
             max_sequence_length=config.max_sequence_length,
         )
         return Generated(frames_to_uint8(output.frames))  # (B, F, H, W, 3) in [0, 1]
@@ -463,7 +463,7 @@ def decode_latents(pipe: Any, latents: Any) -> Any:
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
         video = vae.decode(z / inv_std + mean, return_dict=False)[0]
-        frames = pipe.video_processor.postprocess_video(video, output_type="np")
+        frames = pipe.video_processor.postprocess_video(video, output_type="pt")
     return frames_to_uint8(frames)
 
 
