@@ -106,11 +106,29 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
         raise RecipeError(f"{target} exists: choose another destination (nothing was overwritten)")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-    if source.suffix == ".yaml":
-        print(f"copied {source} to {target}: edit it, then cac-align <job> --config {target}")
+    job = _recipe_job(source) if source.suffix == ".yaml" else None
+    if job is not None:
+        print(f"copied {source} to {target}: edit it, then cac-align {job} --config {target}")
     else:  # a file a recipe reads (a prompt list, the tiny rows of data/convert_tiny)
         print(f"copied {source} to {target}")
     return 0
+
+
+def _recipe_job(recipe: Path) -> str | None:
+    """The job a recipe is for: its ``job:`` key, else the job its first line runs (every shipped
+    recipe opens with its command: ``# cac-align bon --config ...``, or a launcher's ``-m
+    cac_align.cli dpo ...``); None when neither names a job."""
+    import re
+
+    from cac_align.config import read_recipe_file
+    from cac_align.jobs import JOBS
+
+    stated = read_recipe_file(recipe).get("job")
+    if stated in JOBS:
+        return str(stated)
+    first = recipe.read_text(encoding="utf-8").splitlines()[:1]
+    found = re.search(r"(?:cac-align|cac_align\.cli)\s+([a-z][a-z0-9-]*)", first[0]) if first else None
+    return found.group(1) if found and found.group(1) in JOBS else None
 
 
 def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None) -> None:

@@ -107,7 +107,7 @@ def check_weights_source(name: str, key: str = "model") -> str:
         if not path.is_dir():
             raise WeightsNotFoundError(
                 f"{key}={name!r}: no such directory. Point '{key}' at a folder written by "
-                "save_pretrained (or `huggingface-cli download <repo> --local-dir <dir>`), "
+                "save_pretrained (or `hf download <repo> --local-dir <dir>`), "
                 "or at a hub id such as 'Qwen/Qwen3-VL-8B-Instruct'."
             )
         return str(path)
@@ -119,7 +119,7 @@ def check_weights_source(name: str, key: str = "model") -> str:
             raise WeightsNotFoundError(
                 f"{key}={name!r} is a hub id, but the hub ({constants.ENDPOINT}) cannot be reached from this machine "
                 f"and the model is not in the local cache. Download it where there is network "
-                f"(`huggingface-cli download {name} --local-dir DIR`) and set {key}=DIR."
+                f"(`hf download {name} --local-dir DIR`) and set {key}=DIR."
             )
         return str(snapshot)
     return name
@@ -129,7 +129,7 @@ def weights_error(name: str, key: str, exc: Exception) -> WeightsNotFoundError:
     """Wrap a from_pretrained failure (offline, missing files) in an actionable message."""
     return WeightsNotFoundError(
         f"could not load weights from {key}={name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
-        f"If this machine is offline, download them elsewhere (`huggingface-cli download {name} --local-dir DIR`) "
+        f"If this machine is offline, download them elsewhere (`hf download {name} --local-dir DIR`) "
         f"and set {key}=DIR."
     )
 

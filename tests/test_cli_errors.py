@@ -148,3 +148,14 @@ def test_a_missing_file_without_a_recipe_says_nothing_of_recipes(tmp_path, monke
         f"cac-align eval-bench: error: annotations file a.jsonl does not exist (a relative path is resolved from the "
         f"current folder, {tmp_path}: run from the folder that holds it, or give an absolute path)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "job, recipe",
+    [("bon", "recipes/align/bon_tiny.yaml"), ("flow-grpo", "recipes/align/flow_grpo_tiny.yaml"), ("nft", "recipes/align/nft_tiny.yaml")],
+)
+def test_a_prompts_file_that_is_not_utf8_is_named_with_its_line_and_byte(job, recipe, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("a cat on a sofa\na café at night\n".encode("latin-1"))  # é is byte 0xe9 in Latin-1, the 6th of its line
+    code = main([job, "--config", str(REPO_ROOT / recipe), "--out", str(tmp_path / "o"), f"prompts={prompts}"])
+    _one_line_error(capsys, code, f"{prompts}: line 2 is not UTF-8 (byte 0xe9 at byte 6 of the line); save the file as UTF-8")

@@ -63,6 +63,10 @@ def test_recipes_lists_and_copies(tmp_path, monkeypatch, capsys):
     assert "score/cac_demo" in listed and "cac-align score --config recipes/score/cac_demo.yaml" in listed
     monkeypatch.chdir(tmp_path)
     assert main(["recipes", "cp", "score/cac_demo", "edit"]) == 0  # "edit" is a new file name here
+    assert capsys.readouterr().out.endswith(": edit it, then cac-align score --config edit\n")  # the recipe's own job
+    for name, job in (("align/nft_tiny", "nft"), ("align/dpo_tiny_fsdp2", "dpo"), ("cac/synth_tiny", "synth")):  # job: key; a launcher's line; a comment
+        assert main(["recipes", "cp", name, f"{job}.yaml"]) == 0
+        assert capsys.readouterr().out.endswith(f": edit it, then cac-align {job} --config {job}.yaml\n")
     copy = tmp_path / "edit"
     assert copy.read_bytes() == (SHIPPED_RECIPES / "score/cac_demo.yaml").read_bytes()  # byte for byte, comments kept
     (tmp_path / "into").mkdir()

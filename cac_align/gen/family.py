@@ -512,7 +512,7 @@ def read_model_index(name: str, key: str = "generator.name") -> dict[str, Any] |
         folder = Path(name).expanduser()
         if not folder.is_dir():
             raise WeightsNotFoundError(f"{key}={name!r}: no such directory. Point '{key}' at a folder written by a diffusers pipeline's "
-                                       "save_pretrained (or `huggingface-cli download <repo> --local-dir <dir>`), or at a hub id")
+                                       "save_pretrained (or `hf download <repo> --local-dir <dir>`), or at a hub id")
         index_file = folder / "model_index.json"
         if not index_file.is_file() and (folder / MODULAR_INDEX).is_file():  # a modular pipeline's folder (MiniMax-H3)
             index_file = folder / MODULAR_INDEX
@@ -613,7 +613,7 @@ def _resolve(name: str, key: str, kind: str) -> Any:
 
     raise WeightsNotFoundError(
         f"{key}={name!r}: cannot tell which model it is: its model_index.json is not in the local cache and the hub "
-        f"({constants.ENDPOINT}) cannot be reached. Download it where there is network (`huggingface-cli download {name} "
+        f"({constants.ENDPOINT}) cannot be reached. Download it where there is network (`hf download {name} "
         f"--local-dir DIR`) and set {key}=DIR"
     )
 

@@ -391,8 +391,8 @@ class ConfigsNotFound(LookupError):
         """One line: what to put in the Hugging Face cache, and the command that does it."""
         what = "; ".join(f"{files} of {repo}" for repo, files in self.needs)
         repos = [repo for repo, _ in self.needs]
-        command = (f"huggingface-cli download {repos[0]} --include '*.json'" if len(repos) == 1 else
-                   f"for r in {' '.join(repos)}; do huggingface-cli download $r --include '*.json'; done")
+        command = (f"hf download {repos[0]} --include '*.json'" if len(repos) == 1 else
+                   f"for r in {' '.join(repos)}; do hf download $r --include '*.json'; done")
         return f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache (`{command}`: configs only)"
 
 
@@ -482,7 +482,7 @@ def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:
         return counted_generator(config, lora)
     except ConfigsNotFound:
         log.warning("memory plan: the configs of %s are not on this machine (not in the Hugging Face cache); no plan is made, nothing is "
-                    "downloaded. Download them (`huggingface-cli download %s --include '*.json'`) to see the plan before loading",
+                    "downloaded. Download them (`hf download %s --include '*.json'`) to see the plan before loading",
                     config.name, config.name)
         return None
 
@@ -665,7 +665,7 @@ def count_judges(sections: Mapping[str, Any], video: Any, strict: bool = True) -
     absent = {name for name, _ in missing}
     counted = [count_judge(j) for j in judges if not (j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent)]
     unknown += [UnknownJudge(j.where, f"{j.config_name or j.name}'s config.json is not on this machine: "
-                                      f"huggingface-cli download {j.config_name or j.name} --include '*.json'")
+                                      f"hf download {j.config_name or j.name} --include '*.json'")
                 for j in judges if j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent]
     return counted, unknown
 

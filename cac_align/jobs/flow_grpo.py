@@ -622,7 +622,10 @@ class _Trainer:
             if state.get("reward_state") and self.reward is not None:  # the leaders' (their normalizers' running statistics)
                 self.reward.load_state_dict(state["reward_state"])
             self.start_step = int(state["step"])
-            log.info("flow-grpo: resuming from %s (step %d)", resume_from, self.start_step)
+            log.info("%s: resuming from %s (step %d)", self.job, resume_from, self.start_step)
+            if self.start_step >= config.steps and acc.is_main_process:  # nothing left to train: said, not silent
+                print(f"{self.job}: the last checkpoint is at step {self.start_step}, at or past steps={config.steps}: nothing to train "
+                      f"(set steps above {self.start_step} to train further); its LoRA is written as it is")
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
         self.watched = self._watch_history()

@@ -17,9 +17,26 @@ from pathlib import Path
 
 from cac_align.config import RecipeError, relative_path_hint
 
-__all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "collect_inputs", "not_videos", "read_prompt_rows", "read_prompts", "slug"]
+__all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "collect_inputs", "not_videos", "read_prompt_rows", "read_prompts", "slug", "text_lines"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+
+
+def text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a prompts file, a manifest).
+
+    Raises:
+        RecipeError: a byte that is not UTF-8, naming the file, the line and the byte (a file
+            saved as Latin-1 or cp1252: "café" written with byte 0xe9).
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError(f"{path}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x} at byte {column} of the line); "
+                          "save the file as UTF-8") from None
 
 
 def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[str | None]]:
@@ -35,7 +52,7 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
             raise RecipeError(f"videos={videos!r}: the folder holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
     elif path.suffix == ".jsonl":
         paths = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text_lines(path), start=1):
             if not line.strip():
                 continue
             try:
@@ -55,7 +72,7 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     if prompts is not None:
         if not Path(prompts).is_file():
             raise RecipeError(f"prompts={prompts!r}: no such file{relative_path_hint(prompts)}")
-        lines = Path(prompts).read_text(encoding="utf-8").splitlines()
+        lines = text_lines(Path(prompts))
         if len(lines) != len(paths):
             raise RecipeError(f"prompts={prompts!r} has {len(lines)} lines but videos={videos!r} gives {len(paths)} videos")
         return paths, list(lines)
@@ -139,7 +156,7 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
     if not source.is_file():
         raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
     rows: list[PromptRow] = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text_lines(source), start=1):
         if not line.strip():
             continue
         if source.suffix != ".jsonl":

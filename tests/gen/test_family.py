@@ -74,7 +74,7 @@ def test_an_unlisted_hub_id_in_the_cache_is_read_from_its_files_offline(saved, h
 def test_a_listed_hub_id_without_files_is_known_by_name_and_an_unlisted_one_is_an_error(hub_cache):
     assert family_of("Wan-AI/Wan2.2-T2V-A14B-Diffusers").name == "wan2.2-a14b"  # offline, not cached: the list
     assert family_of("Wan-AI/Wan2.1-T2V-1.3B-Diffusers").name == "wan2.1"
-    with pytest.raises(WeightsNotFoundError, match=r"generator.name='someone/not-cached': cannot tell which model it is.*huggingface-cli download"):
+    with pytest.raises(WeightsNotFoundError, match=r"generator.name='someone/not-cached': cannot tell which model it is.*hf download"):
         GeneratorConfig(name="someone/not-cached")
 
 

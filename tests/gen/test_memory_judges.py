@@ -252,7 +252,13 @@ def test_check_recipe_says_in_one_line_what_it_needs(hub_cache, capsys):
     lines = capsys.readouterr().out.splitlines()
     (needs,) = [line for line in lines if "memory plan" in line]
     assert "model_index.json and */config.json of Wan-AI/Wan2.2-T2V-A14B-Diffusers" in needs
-    assert "huggingface-cli download" in needs and "--include '*.json'" in needs
+    assert "hf download" in needs and "--include '*.json'" in needs
+    # the command it names is installed beside this Python (huggingface_hub 1.x and later ship `hf`, not `huggingface-cli`)
+    import shutil
+    import sys
+    from pathlib import Path
+
+    assert shutil.which("hf", path=str(Path(sys.executable).parent))
 
 
 def test_check_recipe_prints_the_plan_of_a_generator_whose_configs_are_in_a_folder(tmp_path, capsys):
@@ -356,4 +362,4 @@ def test_a_judge_whose_config_is_not_here_is_a_row_saying_so_and_the_generator_i
                              rewards=rewards, decode_batch=1)
     (row,) = [r for r in plan.rows if r.label.startswith("judge ")]
     assert row.source == "unknown" and row.bytes == 0
-    assert "Qwen/Qwen3-VL-8B-Instruct's config.json is not on this machine: huggingface-cli download Qwen/Qwen3-VL-8B-Instruct" in row.label
+    assert "Qwen/Qwen3-VL-8B-Instruct's config.json is not on this machine: hf download Qwen/Qwen3-VL-8B-Instruct" in row.label

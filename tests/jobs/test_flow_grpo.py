@@ -213,6 +213,14 @@ def test_resume_drops_a_torn_metrics_line(tmp_path):
     assert [r["step"] for r in _metrics(tmp_path / "torn")] == [1, 2, 3]
 
 
+def test_resume_past_the_end_says_so(tmp_path, capsys):
+    run(_bright(tmp_path, "checkpoint_every=1", "steps=2", name="past"))
+    capsys.readouterr()
+    run(_bright(tmp_path, "checkpoint_every=1", "steps=1", "resume=true", name="past"))
+    assert "flow-grpo: the last checkpoint is at step 2, at or past steps=1: nothing to train (set steps above 2 to train further)" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(tmp_path / "past")] == [1, 2]  # nothing redone, nothing dropped
+
+
 def test_a_run_that_failed_to_start_does_not_refuse_the_corrected_command(tmp_path):
     from cac_align.loading import WeightsNotFoundError
 

@@ -4,6 +4,7 @@ old policy, exact resume, settings it refuses."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -62,12 +63,14 @@ def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe):
 
 
 @pytest.mark.slow  # three runs of the tiny recipe (6 steps in all; not measured quiet): `pytest -m slow`, which .ci/run runs
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, caplog):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     # the uninterrupted run through the command line, as a user runs it
     assert main(["nft", "--config", str(RECIPES / "nft_tiny.yaml"), f"out_dir={whole}", "log_with=none", "eval_prompts=null", "checkpoint_every=1"]) == 0
     run(_load(cut, "eval_prompts=null", "checkpoint_every=1", "steps=2"))
-    run(_load(cut, "eval_prompts=null", "checkpoint_every=1", "steps=3", "resume=true"))
+    with caplog.at_level(logging.INFO, logger="cac_align.jobs.flow_grpo"):
+        run(_load(cut, "eval_prompts=null", "checkpoint_every=1", "steps=3", "resume=true"))
+    assert "nft: resuming from " in caplog.text and "flow-grpo" not in caplog.text  # the job's own name in its lines
     assert _metrics(cut)[2] == {**_metrics(whole)[2], **{k: v for k, v in _metrics(cut)[2].items() if k.startswith("time/")}}
     for name in ("model.safetensors", "old_policy.safetensors", "ema.safetensors"):
         a, b = load_file(str(whole / "checkpoints/step_000003" / name)), load_file(str(cut / "checkpoints/step_000003" / name))
