@@ -75,6 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
                             "section allows, its context_parallel degree); the plan is printed where the models' configs can be read")
     check.add_argument("--gpu-gib", type=float, default=None, metavar="GIB",
                        help="the memory of one GPU, GiB: the plan says whether it fits and, if not, the fix (an 80 GB GPU: 74.5)")
+    check.add_argument("--gpu-gb", type=float, default=None, metavar="GB",
+                       help="the memory of one GPU as its card says, GB (10^9 bytes; 80 is 74.5 GiB); instead of --gpu-gib")
     recipes = sub.add_parser(
         "recipes", help="list the shipped recipes, or copy one out to edit (`cac-align recipes cp NAME DEST`)",
         description="The shipped recipes, by the names --config takes from any folder (score/cac_demo, ...).",
@@ -131,35 +133,76 @@ def _recipe_job(recipe: Path) -> str | None:
     return found.group(1) if found and found.group(1) in JOBS else None
 
 
-def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None) -> None:
+def _step_split(spec: Any, config: Any, processes: int) -> str | None:
+    """Why a generator trainer's launch on ``processes`` would be refused for its layout or its
+    step's split (the launch's own message), or None: what the job itself checks first."""
+    import importlib
+
+    from cac_align.jobs import flow_grpo
+
+    if spec.memory_inputs is None:
+        return None
+    cp = config.parallel.context_parallel
+    if processes % cp:
+        return f"parallel.context_parallel={cp} does not divide the {processes} processes"
+    plan_step = getattr(importlib.import_module(spec.module), "plan_step", None)
+    if plan_step is None and isinstance(config, flow_grpo.FlowGrpoConfig):  # nft: flow-grpo's step
+        plan_step = flow_grpo.plan_step
+    if plan_step is None:
+        return None
+    try:
+        plan_step(config, processes // cp, 0)
+    except RecipeError as exc:
+        return str(exc)
+    return None
+
+
+def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None) -> str | None:
     """Print a generator trainer's memory plan (``cac_align.gen.memory``) where its models' configs
     can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
-    job prints the plan when it runs) or another job."""
+    job prints the plan when it runs) or another job. Returns why its launch would be refused (the
+    step does not split over the processes, or the plan does not fit ``gpu_gib``), else None."""
     from cac_align.config import resolve
     from cac_align.gen.memory import GIB, ConfigsNotFound, plan_generator, refusal
 
-    if spec.memory_inputs is None or config.generator.name.startswith("tiny-random:"):
-        return
+    if spec.memory_inputs is None:
+        return None
     n = processes if processes is not None else config.parallel.context_parallel
+    split = _step_split(spec, config, n)
+    if split is not None:
+        return f"{n} processes: {split}"
+    if config.generator.name.startswith("tiny-random:"):
+        return None
     try:
         planned = plan_generator(config.generator, config.lora, config.parallel, n, **resolve(spec.memory_inputs)(config))
     except ConfigsNotFound as exc:
         print(f"     {exc.line()}")
-        return
+        return None
     except ValueError as exc:  # e.g. a process count the layout cannot split
-        print(f"     memory plan: not made for {n} processes: {exc}")
-        return
+        return f"memory plan: not made for {n} processes: {exc}"
     if planned is None:
-        return
+        return None
     plan, host = planned
     limit = int(gpu_gib * GIB) if gpu_gib is not None else None
     print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
     reason = refusal(plan, limit) if limit is not None else None
-    if reason is not None:
-        print(f"     refused: {reason}")
+    return f"refused: {reason}" if reason is not None else None
 
 
-def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib: float | None = None) -> int:
+def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib: float | None = None, gpu_gb: float | None = None) -> int:
+    """Validate recipes (and plan the generator trainers'); 1 when any fails, an argument is not
+    valid, or a launch on ``processes`` would be refused; else 0."""
+    bad = ([f"--processes must be at least 1, got {processes}"] if processes is not None and processes < 1 else []) + \
+          [f"{flag} must be > 0 (one GPU's memory), got {value:g}" for flag, value in (("--gpu-gib", gpu_gib), ("--gpu-gb", gpu_gb))
+           if value is not None and not value > 0]
+    if gpu_gib is not None and gpu_gb is not None:
+        bad.append("give --gpu-gib or --gpu-gb, not both")
+    if bad:
+        for line in bad:
+            print(f"FAIL {line}", file=sys.stderr)
+        return 1
+    if gpu_gb is not None:  # the card's label: 80 GB = 80e9 bytes = 74.5 GiB
+        gpu_gib = gpu_gb * 1e9 / 2**30
     files: list[Path] = []
     for path in paths:
         # A folder's recipes, less accelerate launch configs (recipes/accelerate/), which are
@@ -172,9 +215,12 @@ def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib:
         except RecipeError as exc:
             failures += 1
             print(f"FAIL {exc}", file=sys.stderr)
-        else:
-            print(f"ok   {file} (job: {spec.name})")
-            _memory_plan(spec, config, processes, gpu_gib)
+            continue
+        print(f"ok   {file} (job: {spec.name})")
+        refused = _memory_plan(spec, config, processes, gpu_gib)
+        if refused is not None:
+            failures += 1
+            print(f"FAIL {file}: {refused}", file=sys.stderr)
     print(f"{len(files) - failures} passed, {failures} failed")
     return 1 if failures else 0
 
@@ -275,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = None
     try:
         if args.command == "check-recipe":
-            return _check_recipes(args.recipes, args.processes, args.gpu_gib)
+            return _check_recipes(args.recipes, args.processes, args.gpu_gib, args.gpu_gb)
         if args.command == "recipes":
             return _recipes(args.action, args.name, args.dest)
         spec = JOBS[args.command]

@@ -273,11 +273,32 @@ def test_check_recipe_prints_the_plan_of_a_generator_whose_configs_are_in_a_fold
     recipe = tmp_path / "recipe.yaml"
     text = (REPO_ROOT / "recipes/align/flow_grpo_tiny_fsdp2.yaml").read_text().replace("tiny-random:wan", str(folder))
     recipe.write_text(text)
-    assert main(["check-recipe", "--processes", "2", "--gpu-gib", "0.001", str(recipe)]) == 0
-    out = capsys.readouterr().out
+    assert main(["check-recipe", "--processes", "2", "--gpu-gib", "0.001", str(recipe)]) == 1  # the launch would refuse it
+    captured = capsys.readouterr()
+    out = captured.out
     assert "memory plan per GPU for Wan-2.1 (2 processes, parallel.shard=fsdp2" in out
     assert "vae decode of a sample batch" in out and "FSDP2 prefetch" in out and "CUDA context" in out
-    assert "host memory at load" in out and "refused: memory plan" in out  # 0.001 GiB: even the fixed overhead does not fit
+    assert "host memory at load" in out and out.endswith("0 passed, 1 failed\n")
+    assert f"FAIL {recipe}: refused: memory plan" in captured.err  # 0.001 GiB: even the fixed overhead does not fit
+    assert main(["check-recipe", "--processes", "2", "--gpu-gb", "80", str(recipe)]) == 0  # the card's 80 GB: 74.5 GiB
+    (device,) = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("device ")]
+    assert device[1:] == ["74.51", "fits"]
+
+
+def test_check_recipe_fails_where_the_launch_would(hub_cache, capsys):
+    """Exit 1 with one line for what the launch refuses: samples that do not split over the
+    processes (the launch's own message), and arguments that are not valid."""
+    from cac_align.cli import main
+
+    assert main(["check-recipe", "--processes", "6", str(A14B_RECIPE)]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {A14B_RECIPE}: 6 processes: " in err and "prompts_per_step * group_size (samples per step)" in err
+    for argv, message in ((["--processes", "0"], "--processes must be at least 1, got 0"), (["--processes", "-1"], "at least 1, got -1"),
+                          (["--gpu-gib", "-5"], "--gpu-gib must be > 0 (one GPU's memory), got -5"),
+                          (["--gpu-gib", "80", "--gpu-gb", "80"], "not both")):
+        assert main(["check-recipe", *argv, str(A14B_RECIPE)]) == 1
+        assert message in capsys.readouterr().err, argv
+    assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0  # 8 split (its configs are not here: the fetch line)
 
 
 # ---------------------------------------------------------------------------------------
