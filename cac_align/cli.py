@@ -52,11 +52,29 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
     return (RewardError, ServerUnavailableError, ServerDown, CollectiveTimeout)
 
 
+class _TopParser(argparse.ArgumentParser):
+    """The top parser: its help ends with the generator families, read from the one list
+    (``cac_align.gen.family.families``) when the help is shown, not at every command's start."""
+
+    def format_help(self) -> str:
+        from cac_align.gen.family import families
+
+        titles = ", ".join(family.title for family in families())
+        repairs = ", ".join(family.title for family in families("regenerator"))
+        self.epilog = (f"{_EPILOG}\n\nGenerators (flow-grpo, nft, dpo, bon): {titles}; text or image to video where the family is.\n"
+                       f"Repair pipelines (repair): {repairs}.")
+        return super().format_help()
+
+
+_EPILOG = "Run `cac-align <job> --help` for a job's options. `cac-align recipes` lists the shipped recipes."
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _TopParser(
         prog="cac-align",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="CaC anomaly reward model and reward toolkit for aligning text-to-video generators.",
-        epilog="Run `cac-align <job> --help` for a job's options. `cac-align recipes` lists the shipped recipes.",
+        epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"cac-align {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<job>", required=True)
@@ -312,6 +330,28 @@ def _say(line: str, traceback: BaseException | None = None) -> None:
     print(said, file=sys.stderr)
 
 
+def _print_config(spec: Any, recipe: Any, overrides: list[str]) -> None:
+    """``--print-config``: the resolved config (the reward section with its defaults); where it
+    cannot be built yet (``out_dir`` with no recipe, a choice still to make), the defaults with
+    ``???`` where a value is required, and on stderr what a run would still need."""
+    from omegaconf import OmegaConf
+
+    from cac_align.config import merged_config
+
+    try:
+        config = load_config(spec.config_class(), recipe, overrides, job=spec.name)
+    except RecipeError as exc:
+        print(OmegaConf.to_yaml(merged_config(spec.config_class(), recipe, overrides, job=spec.name)), end="")
+        print(f"cac-align {spec.name}: not runnable as it stands: {exc}", file=sys.stderr)
+        return
+    resolved = dataclasses.asdict(config)
+    if isinstance(resolved.get("reward"), dict):  # the reward section with its defaults
+        from cac_align.rewards.registry import resolved_section
+
+        resolved["reward"] = resolved_section(resolved["reward"])
+    print(OmegaConf.to_yaml(OmegaConf.structured(resolved)), end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
@@ -328,17 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = list(args.overrides)
         if args.out is not None:
             overrides.append(f"out_dir={args.out}")
-        config = load_config(spec.config_class(), args.config, overrides, job=spec.name)
         if args.print_config:
-            from omegaconf import OmegaConf
-
-            resolved = dataclasses.asdict(config)
-            if isinstance(resolved.get("reward"), dict):  # the reward section with its defaults
-                from cac_align.rewards.registry import resolved_section
-
-                resolved["reward"] = resolved_section(resolved["reward"])
-            print(OmegaConf.to_yaml(OmegaConf.structured(resolved)), end="")
+            _print_config(spec, args.config, overrides)
             return 0
+        config = load_config(spec.config_class(), args.config, overrides, job=spec.name)
         with running_recipe(args.config):  # a "no such file" speaks of recipes only when there is one
             spec.runner()(config)
         return 0

@@ -360,6 +360,24 @@ def _overrides_at_fault(from_recipe: Any, recipe: str | Path, overrides: Sequenc
     return True
 
 
+def merged_config(config_cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), job: str | None = None) -> Any:
+    """The OmegaConf node of ``config_cls``'s defaults, a recipe and overrides, merged but not
+    built: a required key nobody gave is ``???`` and no ``__post_init__`` check has run (what
+    ``--print-config`` shows when the config cannot be built yet). Unknown keys and wrong types
+    raise :class:`RecipeError` as :func:`load_config` words them."""
+    from omegaconf import OmegaConf
+
+    command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
+    from_recipe = OmegaConf.structured(config_cls)
+    if recipe is not None:
+        data = read_recipe_file(Path(recipe))
+        recipe_job = data.pop("job", None)
+        if job is not None and recipe_job is not None and recipe_job != job:
+            raise RecipeError(f"{recipe}: this recipe is for job '{recipe_job}', not '{job}'")
+        from_recipe = _merge(from_recipe, data, str(recipe))
+    return _merge(from_recipe, _parse_overrides(overrides, command_line), command_line, command_line=True) if overrides else from_recipe
+
+
 def load_config(
     config_cls: type,
     recipe: str | Path | None = None,

@@ -17,6 +17,9 @@ def test_installed_console_script_lists_jobs():
     assert exe, "cac-align is not on PATH: install the package as README says"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     assert "make-tiny" in out and "synth" in out and "check-recipe" in out
+    from cac_align.gen.family import families
+
+    assert all(family.title in out for family in families()) and "MiniMax-H3" in out  # the families, from the one list
 
 
 def test_check_recipe_reports_good_and_bad(tmp_path, capsys):
@@ -185,3 +188,15 @@ def test_help_exits_zero(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+def test_print_config_shows_the_defaults_without_a_recipe(capsys):
+    """``--print-config`` with nothing given: the defaults, ``???`` where a run needs a value, and
+    on stderr what it needs (it refused before, on the missing out_dir)."""
+    assert main(["flow-grpo", "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert "out_dir: ???" in captured.out and "prompts: ???" in captured.out and "steps: " in captured.out
+    assert "cac-align flow-grpo: not runnable as it stands: " in captured.err and "out_dir" in captured.err
+    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert "out_dir: outputs/score_demo" in captured.out and not captured.err  # a runnable recipe: resolved, nothing said

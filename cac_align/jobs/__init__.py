@@ -58,8 +58,8 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("synth", "synth", "SynthConfig", "render synthetic videos with planted, exactly labelled anomalies + annotations.jsonl", _RESUME_KEPT.format("videos")),
     ("serve", "serve", "ServeConfig", "start a vLLM server for a judge (CaC, UnifiedReward) that sees videos as in-process: our plugin, the right flags", None),
     ("score", "score", "ScoreConfig", "score videos with a reward (cac, unified_reward, ur_cac, ...): results.jsonl + HTML report", None),
-    ("flow_grpo", "flow-grpo", "FlowGrpoConfig", "Flow-GRPO: train a LoRA of Wan-2.1, Wan2.2 or LTX-2 on a video reward (SDE sampling, PPO-clip, KL to the base)", _RESUME_CHECKPOINT),
-    ("nft", "nft", "NftConfig", "DiffusionNFT: train a LoRA of Wan-2.1, Wan2.2 or LTX-2 on a video reward (ODE sampling, forward-process loss, no log-probs)", _RESUME_CHECKPOINT),
+    ("flow_grpo", "flow-grpo", "FlowGrpoConfig", "Flow-GRPO: train a LoRA of a video generator (the families: cac-align --help) on a video reward (SDE sampling, PPO-clip, KL to the base)", _RESUME_CHECKPOINT),
+    ("nft", "nft", "NftConfig", "DiffusionNFT: train a LoRA of a video generator (the families: cac-align --help) on a video reward (ODE sampling, forward-process loss, no log-probs)", _RESUME_CHECKPOINT),
     ("synth_cot", "synth-cot", "SynthCotConfig", "write reasoning (CoT) into annotations: generate-verify with a teacher VLM, or a template offline", _RESUME_KEPT.format("videos")),
     ("train_cac", "train-cac", "TrainCaCConfig", "train the CaC model: stage=1 single-frame LoRA warmup, stage=2 multi-frame full fine-tuning, stage=3 two-turn GRPO", _RESUME_CHECKPOINT),
     ("eval_bench", "eval-bench", "BenchConfig", "anomaly-detection metrics of one or more systems against annotations (also: `cac-align eval bench`)", None),
@@ -69,7 +69,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("export", "export", "ExportConfig", "write a trained judge as a compact model folder: half-precision safetensors, processor, inference settings, model card", None),
     ("best_of_n", "bon", "BonConfig", "Best-of-N video generation (Wan-2.1, Wan2.2, LTX-2 with its sound): N candidates per prompt, keep the one the reward scores highest", _RESUME_KEPT.format("candidates")),
     ("repair", "repair", "RepairConfig", "repair: regenerate only the window and boxes the judge points at (Wan-VACE; LTX-2: the window's whole frames), judge again, keep the better", _RESUME_KEPT.format("videos")),
-    ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a LoRA of Wan-2.1, Wan2.2 or LTX-2 on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
+    ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a LoRA of a video generator (the families: cac-align --help) on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
 ]
 
 # the jobs that train a generator on GPUs: each plans its memory before it loads (cac_align.gen.memory)
