@@ -1313,8 +1313,9 @@ def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_proc
     """The memory plan of a generator trainer, checked before anything loads: what ``flow-grpo`` and
     ``dpo`` call once in their setup (:func:`plan_generator` for the arguments).
 
-    Logs the plan and the host memory at load (on the main process) and refuses a plan that cannot
-    fit the device.
+    Logs the plan and the host memory at load (on the main process) where it decides something (a
+    GPU, or ``budget_gib``; at debug level otherwise: a CPU run's table of zeros says nothing) and
+    refuses a plan that cannot fit the device.
 
     Args:
         budget_gib: the memory to plan for, GiB per GPU (overrides the device's; makes a CPU run
@@ -1345,9 +1346,9 @@ def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_proc
         return None
     plan, host = planned
     limit = device_bytes(device, budget_gib)
-    if main_process:
-        note = "" if limit is not None else "\n  (no GPU and no memory_budget_gib: shown, not enforced)"
-        log.info("%s%s\n%s", plan.table(limit), note, host.table())
+    if main_process:  # shown where it decides something (a device or a budget to fit); else at debug level
+        log.log(logging.INFO if limit is not None else logging.DEBUG, "%s\n%s%s", plan.table(limit), host.table(),
+                "" if limit is not None else "\n  (no GPU and no memory_budget_gib: not enforced)")
     if limit is not None:
         reason = refusal(plan, limit)
         if reason is not None:

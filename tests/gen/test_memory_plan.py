@@ -253,8 +253,14 @@ def test_check_memory_refuses_on_a_cpu_budget_and_passes_one_that_fits(caplog):
     with pytest.raises(RecipeError, match=r"parallel\.context_parallel=2 and parallel\.shard=fsdp2 on at least 2 GPUs") as raised:
         check_memory(generator, lora, settings, 1, 2, True, budget_gib=0.1)
     assert "\n" not in str(raised.value)
-    # a CPU run without a budget: shown, not enforced
-    assert check_memory(generator, lora, settings, 1, 2, True, device="cpu") is not None
+    # a CPU run without a budget: not enforced, and not shown (it decides nothing) but at debug level
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cac_align.gen.memory"):
+        assert check_memory(generator, lora, settings, 1, 2, True, device="cpu") is not None
+    assert "memory plan per GPU" not in caplog.text
+    with caplog.at_level(logging.DEBUG, logger="cac_align.gen.memory"):
+        check_memory(generator, lora, settings, 1, 2, True, device="cpu")
+    assert "memory plan per GPU" in caplog.text and "not enforced" in caplog.text
 
 
 def test_hub_id_from_the_cache_and_not_cached(hub_cache, tmp_path, caplog):
