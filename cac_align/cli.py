@@ -315,6 +315,22 @@ def _interrupted(spec: object, config: object) -> str:
     return f"interrupted; {resume}"
 
 
+def _record_for_torchrun(exc: BaseException) -> None:
+    """Under torchrun, write why this process ends where torchrun reads a failure's root cause
+    (``TORCHELASTIC_ERROR_FILE``, torch's own ``ErrorHandler``): its summary then names it instead of
+    a blank "Root Cause" (a job that ends with an exit status raises nothing torchrun can see)."""
+    import os
+
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    try:
+        ErrorHandler().record_exception(exc)
+    except OSError:  # the file is torchrun's: never let writing it hide the job's own line
+        pass
+
+
 def _say(line: str, traceback: BaseException | None = None) -> None:
     """Print the line a job ends with on stderr (with ``traceback``'s above it): once for a run of many
     processes, by the process that failed first (cac_align/run/voice.py)."""
@@ -377,10 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except _user_errors() as exc:
         _say(f"cac-align {args.command}: error: {exc}")
+        _record_for_torchrun(exc)
         return 2
     except _backend_errors() as exc:
         # a reward server that is not there, a job whose every sample failed, a reward's refusal
         _say(f"cac-align {args.command}: failed: {exc}")
+        _record_for_torchrun(exc)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
@@ -394,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if process_rank()[1] == 1:
             raise
         _say(f"cac-align {args.command}: failed: {type(exc).__name__}: {exc}", traceback=exc)
+        _record_for_torchrun(exc)
         return 1
     finally:
         from cac_align.run.folder import release_locks

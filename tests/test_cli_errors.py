@@ -159,3 +159,20 @@ def test_a_prompts_file_that_is_not_utf8_is_named_with_its_line_and_byte(job, re
     prompts.write_bytes("a cat on a sofa\na café at night\n".encode("latin-1"))  # é is byte 0xe9 in Latin-1, the 6th of its line
     code = main([job, "--config", str(REPO_ROOT / recipe), "--out", str(tmp_path / "o"), f"prompts={prompts}"])
     _one_line_error(capsys, code, f"{prompts}: line 2 is not UTF-8 (byte 0xe9 at byte 6 of the line); save the file as UTF-8")
+
+
+@pytest.mark.slow  # a torchrun launch (~7 s)
+def test_torchruns_summary_names_the_root_cause(tmp_path):
+    """A job that ends with an exit status under torchrun writes its reason where torchrun reads a
+    failure's root cause: the summary names it (it showed a blank "Root Cause" before)."""
+    import subprocess
+    import sys
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "cac_align.cli", "flow-grpo",
+                           "--config", str(REPO_ROOT / "recipes/align/flow_grpo_tiny.yaml"), f"out_dir={a_file}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    summary = done.stderr[done.stderr.index("Root Cause (first observed failure)"):]
+    assert "error_file: <N/A>" not in summary and f"RecipeError: out_dir='{a_file}' is a file, not a folder" in summary
