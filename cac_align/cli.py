@@ -83,6 +83,8 @@ def _build_parser() -> argparse.ArgumentParser:
         job.add_argument("--config", "-c", type=Path, help="recipe YAML, or a shipped recipe's name (score/cac_demo; defaults when omitted)")
         job.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         job.add_argument("--out", "-o", help="output folder (shorthand for out_dir=...)")
+        job.add_argument("--verbose", "-v", action="store_true",
+                         help="also show the third-party messages cac-align hides (README: the command line) and its own debug lines")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
         "check-recipe", help="validate recipe files without loading weights", description="validate recipe files"
@@ -251,9 +253,9 @@ def _eval_alias(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def _show_job_logs() -> None:
+def _show_job_logs(verbose: bool = False) -> None:
     """The jobs' own log lines (``cac_align.*`` loggers: resumed from, checkpoint written, a
-    skipped video) on stderr, INFO and up, as plain lines; other libraries' loggers are left as
+    skipped video) on stderr, INFO and up (DEBUG with --verbose), as plain lines; other libraries' loggers are left as
     they are. Once per process (``main`` may run several times in one interpreter)."""
     import logging
 
@@ -274,7 +276,9 @@ def _show_job_logs() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._cac_align = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
+    if verbose:
+        logger.setLevel(logging.DEBUG)  # the memory table of a CPU run, and the rest of our debug lines
+    elif logger.level in (logging.NOTSET, logging.DEBUG):
         logger.setLevel(logging.INFO)
     from cac_align.run.voice import quiet_other_processes
 
@@ -313,6 +317,44 @@ def _interrupted(spec: object, config: object) -> str:
         if manifest is None or manifest.get("job") != getattr(spec, "name", None):
             return f"interrupted before its run started (nothing recorded in {out_dir}); rerun the same command to start it"
     return f"interrupted; {resume}"
+
+
+# Third-party messages that tell a cac-align user nothing, hidden unless --verbose (README, "The
+# command line", lists them): (logger, the message's start) and (warning category, message regex).
+QUIET_LOGS = (
+    ("diffusers.guiders.guider_utils", "Guiders are currently an experimental feature"),  # every guider diffusers builds (HunyuanVideo-1.5's pipeline: two)
+)
+QUIET_WARNINGS = (
+    (FutureWarning, r"`torch\.nn\.utils\.weight_norm` is deprecated"),  # MiniMax-H3's vocoder, as diffusers builds it
+)
+
+
+class _QuietFilter:
+    """A logging filter that drops the records of :data:`QUIET_LOGS` on its logger."""
+
+    def __init__(self, start: str) -> None:
+        self.start = start
+
+    def filter(self, record: Any) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+def _third_party_quiet(quiet: bool) -> None:
+    """Hide (``quiet``) or show the messages of :data:`QUIET_LOGS` and :data:`QUIET_WARNINGS`;
+    idempotent, so ``main`` run again in one process (tests) leaves one filter of each."""
+    import logging
+    import warnings
+
+    for name, start in QUIET_LOGS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _QuietFilter)]:
+            logger.removeFilter(old)
+        if quiet:
+            logger.addFilter(_QuietFilter(start))
+    for category, message in QUIET_WARNINGS:
+        warnings.filters[:] = [f for f in warnings.filters if not (f[0] == "ignore" and f[2] is category and getattr(f[1], "pattern", None) == message)]
+        if quiet:
+            warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def _record_for_torchrun(exc: BaseException) -> None:
@@ -372,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     args = _build_parser().parse_args(_eval_alias(sys.argv[1:] if argv is None else argv))
-    _show_job_logs()
+    _show_job_logs(verbose=getattr(args, "verbose", False))
+    _third_party_quiet(not getattr(args, "verbose", False))
     previous_sigint = _ctrl_c_raises()
     config = None
     try:

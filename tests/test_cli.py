@@ -200,3 +200,23 @@ def test_print_config_shows_the_defaults_without_a_recipe(capsys):
     assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), "--print-config"]) == 0
     captured = capsys.readouterr()
     assert "out_dir: outputs/score_demo" in captured.out and not captured.err  # a runnable recipe: resolved, nothing said
+
+
+def test_third_party_noise_is_hidden_unless_verbose(caplog, recwarn):
+    """The named third-party messages (cli.QUIET_LOGS, QUIET_WARNINGS) are hidden by a job, and
+    shown with --verbose; any other message of the same logger is left alone."""
+    import logging
+    import warnings
+
+    guider = logging.getLogger("diffusers.guiders.guider_utils")
+    for verbose, shown in (([], False), (["-v"], True)):
+        assert main(["flow-grpo", "--print-config", *verbose]) == 0
+        caplog.clear()
+        recwarn.clear()
+        with caplog.at_level(logging.WARNING):
+            guider.warning("Guiders are currently an experimental feature under active development.")
+            guider.warning("another message of that logger")
+        warnings.warn("`torch.nn.utils.weight_norm` is deprecated in favor of ...", FutureWarning, stacklevel=1)
+        assert ("Guiders are currently" in caplog.text) == shown and "another message of that logger" in caplog.text
+        assert any("weight_norm" in str(w.message) for w in recwarn) == shown
+    assert main(["flow-grpo", "--print-config"]) == 0  # quiet again for the tests that follow

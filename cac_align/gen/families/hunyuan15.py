@@ -522,7 +522,8 @@ def build_tiny_hunyuan15_pipeline(seed: int = 0, image_to_video: bool = False) -
     torch.manual_seed(seed)
     text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
         vocab_size=len(tokenizer), hidden_size=_QWEN_WIDTH, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}, rope_theta=1000000.0))
+        rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}, rope_theta=1000000.0,
+        bos_token_id=None, eos_token_id=None))  # Qwen's 151643/151645 lie outside the tiny vocabulary (transformers warned)
     text_encoder_2 = T5EncoderModel(T5Config(vocab_size=384, d_model=_T5_WIDTH, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
                                              relative_attention_num_buckets=8))  # ByT5's 256 bytes + 3 specials + 125 extra ids
     transformer = transformer_made(lambda: HunyuanVideo15Transformer3DModel(
