@@ -158,16 +158,12 @@ def _step_split(spec: Any, config: Any, processes: int) -> str | None:
     step's split (the launch's own message), or None: what the job itself checks first."""
     import importlib
 
-    from cac_align.jobs import flow_grpo
-
     if spec.memory_inputs is None:
         return None
     cp = config.parallel.context_parallel
     if processes % cp:
         return f"parallel.context_parallel={cp} does not divide the {processes} processes"
-    plan_step = getattr(importlib.import_module(spec.module), "plan_step", None)
-    if plan_step is None and isinstance(config, flow_grpo.FlowGrpoConfig):  # nft: flow-grpo's step
-        plan_step = flow_grpo.plan_step
+    plan_step = getattr(importlib.import_module(spec.module), "plan_step", None)  # each generator trainer's module has one
     if plan_step is None:
         return None
     try:

@@ -44,7 +44,7 @@ from cac_align.config import RecipeError
 from cac_align.gen.generator import video_velocity
 from cac_align.gen.lora import adapters_disabled, trainable
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
-from cac_align.jobs.flow_grpo import FlowGrpoConfig, _ema_weights, _Trainer, memory_inputs, trained_timesteps
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, _ema_weights, _Trainer, memory_inputs, plan_step, trained_timesteps
 from cac_align.rewards.base import Reward
 
 __all__ = ["NftConfig", "memory_inputs", "noise_seed", "run"]

@@ -299,6 +299,12 @@ def test_check_recipe_fails_where_the_launch_would(hub_cache, capsys):
         assert main(["check-recipe", *argv, str(A14B_RECIPE)]) == 1
         assert message in capsys.readouterr().err, argv
     assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0  # 8 split (its configs are not here: the fetch line)
+    import importlib
+
+    from cac_align.jobs import JOBS
+
+    planned = [spec for spec in JOBS.values() if spec.memory_inputs is not None]  # each trainer's split is checked
+    assert {s.name for s in planned} >= {"flow-grpo", "nft", "dpo"} and all(hasattr(importlib.import_module(s.module), "plan_step") for s in planned)
 
 
 # ---------------------------------------------------------------------------------------
