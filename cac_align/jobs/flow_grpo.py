@@ -393,7 +393,7 @@ def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
-FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "metrics.jsonl")
+FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "metrics.jsonl", "reward.png")
 # advantage.localize settings that came after localized credit itself, with their defaults (off)
 LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
@@ -1043,7 +1043,14 @@ class _Trainer:
             shutil.rmtree(target, ignore_errors=True)
             with _ema_weights(self.unwrapped, self.ema):
                 save_expert_loras(self.unwrapped, target, states)
-            # the result line, as train-cac prints its model's folder
+            # the end of the run: rewards first and last, the held-out figures, where everything is
+            # (cac_align/run/summary.py, from metrics.jsonl), the reward per step as reward.png,
+            # then the result line, as train-cac prints its model's folder
+            from cac_align.run.summary import reward_plot, summary_lines
+
+            reward_plot(self.out, self.job)
+            for line in summary_lines(self.out, self.job):
+                print(line)
             print(f"{self.job}: done; LoRA in {target} (generator.lora={target} samples with it)")
         self.pool.shutdown(wait=True)
         end_trackers(acc)

@@ -131,7 +131,7 @@ def _metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tiny_recipe_three_steps(tmp_path):
+def test_tiny_recipe_three_steps(tmp_path, capsys):
     config = _load(tmp_path)
     assert config.steps == 3
     pipe = build_tiny_wan_pipeline(seed=0)
@@ -172,6 +172,18 @@ def test_tiny_recipe_three_steps(tmp_path):
     assert len(list((out / "eval/step_000002").glob("*.mp4"))) == 2
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert (out / "lora/pytorch_lora_weights.safetensors").is_file()
+    # the end of the run: the summary's numbers are metrics.jsonl's; reward.png draws a curve per component
+    from cac_align.run.summary import reward_curves
+
+    said = capsys.readouterr().out
+    first, last = rows[0]["reward/mean"], rows[2]["reward/mean"]
+    assert f"flow-grpo: reward {first:.4f} (step 1) -> {last:.4f} (step 3); " in said
+    assert f"flow-grpo: held-out reward {rows[1]['eval/reward_mean']:.4f} (step 2) -> {rows[2]['eval/reward_mean']:.4f} (step 3)" in said
+    assert f"flow-grpo: metrics in {out / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}" in said
+    # ur_cac's two components as it averages them (normalized; their raw columns are on the judges' own scales),
+    # not its own ur_cac column (the reward itself); the held-out evaluation
+    assert list(reward_curves(rows)) == ["reward/mean", "reward/unified_reward_normalized_mean", "reward/cac_normalized_mean", "eval/reward_mean"]
+    assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_resume_continues_exactly(tmp_path):

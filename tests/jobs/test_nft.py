@@ -39,7 +39,7 @@ NFT_RECIPES = [recipe for recipes in tiny_recipes_by_family("nft_tiny").values()
 
 
 @pytest.mark.parametrize("recipe", [r if r == "nft_tiny.yaml" else pytest.param(r, marks=pytest.mark.slow) for r in NFT_RECIPES])
-def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe):
+def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe, capsys):
     # the smallest step that trains: one prompt, two videos, two sampling steps, one of them trained
     config = _load(tmp_path / "run", "steps=1", "eval_prompts=null", "checkpoint_every=0", "ema_decay=null", "prompts_per_step=1", "group_size=2",
                    "sample_batch_size=2", "train_batch_size=2", "generator.num_inference_steps=2", "timestep_fraction=0.5", recipe=recipe)
@@ -60,6 +60,10 @@ def test_the_tiny_recipe_trains_the_lora_from_an_empty_folder(tmp_path, recipe):
     assert row["train/grad_norm"] > 0 and row["train/old_decay"] == pytest.approx(0.001)  # decay_type 1 after one update
     assert row["train/old_deviate"] == 0.0  # the first step's old policy is the policy itself
     assert (tmp_path / "run/lora/pytorch_lora_weights.safetensors").is_file()
+    # the end of the run, in nft's name: the reward as metrics.jsonl has it, and the picture
+    said = capsys.readouterr().out
+    assert f"nft: reward {row['reward/mean']:.4f} (step 1) -> {row['reward/mean']:.4f} (step 1)" in said and "flow-grpo" not in said
+    assert (tmp_path / "run/reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow  # three runs of the tiny recipe (6 steps in all; not measured quiet): `pytest -m slow`, which .ci/run runs
