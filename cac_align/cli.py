@@ -77,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"cac-align {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="<job>", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="<job>", required=True, parser_class=argparse.ArgumentParser)
     for spec in JOBS.values():
         job = sub.add_parser(spec.name, help=spec.help, description=spec.help)
         job.add_argument("--config", "-c", type=Path, help="recipe YAML, or a shipped recipe's name (score/cac_demo; defaults when omitted)")
