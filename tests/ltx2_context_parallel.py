@@ -246,6 +246,9 @@ def main(out: str) -> None:
     if dist.get_rank() == 0:
         with open(out, "w") as handle:
             json.dump({"world": world, "cases": results}, handle, indent=1)
+    # every process's queued collectives done before any tears its group down (destroyed at once, a
+    # process aborted at exit under load: "terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 

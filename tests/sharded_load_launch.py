@@ -73,5 +73,6 @@ for case in cases:
                 differences.append(f"{label}.{key}: {other.dtype} {tuple(other.shape)} against {tensor.dtype} {tuple(tensor.shape)}")
     report[case] = {"compared": compared, "differences": differences[:10]}
 (out / f"load{rank}.json").write_text(json.dumps(report))
+torch.distributed.barrier()  # every process done before any tears its group down (as fsdp_cpu_launch.py)
 torch.distributed.destroy_process_group()
 

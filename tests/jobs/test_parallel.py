@@ -599,7 +599,8 @@ if rank == 1 and round_ == "0":
 torch.distributed.barrier()
 timeout = torch.distributed.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 os.write(1, f"round {round_} rank {rank}: sum {total.item():g}, timeout {timeout:g} s\\n".encode())  # one write: lines of two processes never mix
-torch.distributed.destroy_process_group()  # as the jobs end (end_trackers): a group left to the interpreter's exit aborted 1 run in 5
+torch.distributed.barrier()  # as the jobs end (end_trackers): a group left to the interpreter's exit aborted 1 run in 5
+torch.distributed.destroy_process_group()
 """
 
 
