@@ -360,14 +360,10 @@ def _overrides_at_fault(from_recipe: Any, recipe: str | Path, overrides: Sequenc
     return True
 
 
-def merged_config(config_cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), job: str | None = None) -> Any:
-    """The OmegaConf node of ``config_cls``'s defaults, a recipe and overrides, merged but not
-    built: a required key nobody gave is ``???`` and no ``__post_init__`` check has run (what
-    ``--print-config`` shows when the config cannot be built yet). Unknown keys and wrong types
-    raise :class:`RecipeError` as :func:`load_config` words them."""
+def _recipe_node(config_cls: type, recipe: str | Path | None, job: str | None) -> Any:
+    """``config_cls``'s defaults with the recipe merged over them (a recipe for another job refused)."""
     from omegaconf import OmegaConf
 
-    command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
     from_recipe = OmegaConf.structured(config_cls)
     if recipe is not None:
         data = read_recipe_file(Path(recipe))
@@ -375,7 +371,21 @@ def merged_config(config_cls: type, recipe: str | Path | None = None, overrides:
         if job is not None and recipe_job is not None and recipe_job != job:
             raise RecipeError(f"{recipe}: this recipe is for job '{recipe_job}', not '{job}'")
         from_recipe = _merge(from_recipe, data, str(recipe))
+    return from_recipe
+
+
+def _with_overrides(from_recipe: Any, recipe: str | Path | None, overrides: Sequence[str]) -> Any:
+    """The command line's ``key=value`` merged over a recipe's node, errors naming where they came from."""
+    command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
     return _merge(from_recipe, _parse_overrides(overrides, command_line), command_line, command_line=True) if overrides else from_recipe
+
+
+def merged_config(config_cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), job: str | None = None) -> Any:
+    """The OmegaConf node of ``config_cls``'s defaults, a recipe and overrides, merged but not
+    built: a required key nobody gave is ``???`` and no ``__post_init__`` check has run (what
+    ``--print-config`` shows when the config cannot be built yet). Unknown keys and wrong types
+    raise :class:`RecipeError` as :func:`load_config` words them."""
+    return _with_overrides(_recipe_node(config_cls, recipe, job), recipe, overrides)
 
 
 def load_config(
@@ -399,20 +409,12 @@ def load_config(
         RecipeError: naming where the bad value came from (the recipe file, ``<recipe>
             (command-line override)``, or ``command line`` when there is no recipe) and the key.
     """
-    from omegaconf import OmegaConf
-
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{config_cls!r} is not a dataclass")
     # where a value came from: the recipe, or the command line (over a recipe, or alone)
     command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
-    from_recipe = OmegaConf.structured(config_cls)
-    if recipe is not None:
-        data = read_recipe_file(Path(recipe))
-        recipe_job = data.pop("job", None)
-        if job is not None and recipe_job is not None and recipe_job != job:
-            raise RecipeError(f"{recipe}: this recipe is for job '{recipe_job}', not '{job}'")
-        from_recipe = _merge(from_recipe, data, str(recipe))
-    merged = _merge(from_recipe, _parse_overrides(overrides, command_line), command_line, command_line=True) if overrides else from_recipe
+    from_recipe = _recipe_node(config_cls, recipe, job)
+    merged = _with_overrides(from_recipe, recipe, overrides)
     try:
         return _build(merged, recipe, command_line=bool(overrides))
     except _Invalid as exc:
