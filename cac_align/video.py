@@ -139,12 +139,19 @@ class Video:
         timestamps: (T,) float64 seconds of each frame in the source video; defaults to
             ``i / fps``.
         source: where the frames came from (a path, or a short description), for messages.
+        audio: the soundtrack the generator made with the frames, float32 ``(channels, samples)``
+            (a ``(samples,)`` waveform is taken as one channel), or None for a silent video. Kept as
+            given: whether it is usable (finite, long enough, at a rate a reward takes) is the
+            reward's to judge, which marks a sample with a bad track invalid with the reason.
+        sample_rate: the soundtrack's samples per second (an int > 0); required with ``audio``.
     """
 
     frames: np.ndarray
     fps: float
     timestamps: np.ndarray = field(default=None)  # type: ignore[assignment]
     source: str = "<array>"
+    audio: Any = None
+    sample_rate: int | None = None
 
     def __post_init__(self) -> None:
         frames = self.frames
@@ -170,6 +177,9 @@ class Video:
                     f"({frames.shape[0]}), got shape {stamps.shape}"
                 )
         object.__setattr__(self, "timestamps", stamps)
+        if self.audio is not None:
+            object.__setattr__(self, "audio", _soundtrack(self.audio, self.sample_rate, self.source))
+            object.__setattr__(self, "sample_rate", int(self.sample_rate))  # type: ignore[arg-type]
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -313,6 +323,21 @@ class Video:
 # then holds the uint8 video and one chunk's float32 temporaries, never a float32 copy of the
 # whole video (704 x 1280 x 121 frames: 1.3 GB in float32, 0.33 GB in uint8).
 FRAME_CHUNK = 8
+
+
+def _soundtrack(audio: Any, sample_rate: Any, source: str) -> np.ndarray:
+    """A video's soundtrack as float32 ``(channels, samples)``: the shape and rate checked, the values
+    not (a NaN or silent track reaches the reward, which says why it cannot score it)."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise VideoError(f"{source}: a soundtrack needs its sample_rate, an int > 0, got {sample_rate!r}")
+    if hasattr(audio, "detach"):  # a torch tensor
+        audio = audio.detach().to("cpu").float().numpy()
+    track = np.asarray(audio, dtype=np.float32)
+    if track.ndim == 1:
+        track = track[None]
+    if track.ndim != 2:
+        raise VideoError(f"{source}: a soundtrack is (channels, samples) or (samples,), got shape {tuple(track.shape)}")
+    return track
 
 
 def float_frames_to_uint8(frames: Any, what: str = "frames", channels_first: bool = False, strict: bool = True) -> np.ndarray:

@@ -31,6 +31,7 @@ pool (Flow-GRPO scores in a background thread while the next group samples).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -45,6 +46,7 @@ __all__ = [
     "BackendFailure",
     "BatchReward",
     "ErrorKind",
+    "MODALITIES",
     "all_failed_in_backend",
     "backend_error_kind",
     "Reward",
@@ -86,6 +88,11 @@ def failure_summary(errors: Mapping[int, str], limit: int = 3, label: str = "sam
     return f"{len(errors)} failed: {shown}" + (f"; and {rest} more" if rest else "")
 
 
+# What a reward judges (the Reward contract's ``modality``): the frames, the soundtrack, or how the two
+# fit (a synchrony reward). Trainers route each component's advantage to the latents of what it judges.
+MODALITIES = ("video", "audio", "both")
+
+
 class ErrorKind:
     """Why a sample is invalid: the ``error_kind`` of its details, as named constants (plain
     strings, so details stay JSON and compare equal to the words)."""
@@ -96,9 +103,10 @@ class ErrorKind:
     DOWN = "down"  # the served model is down (its circuit breaker is open): not asked, nothing learned of the sample
     PARSE = "parse"  # the answer could not be used
     SCORE = "score"  # a probability or score that is zero-mass or non-finite
+    AUDIO = "audio"  # the soundtrack a reward needs is missing or unusable (silent, NaN, wrong rate, too short)
     OTHER = "other"  # a reward that did not say
 
-    ALL = (VIDEO, PROMPT, BACKEND, DOWN, PARSE, SCORE, OTHER)
+    ALL = (VIDEO, PROMPT, BACKEND, DOWN, PARSE, SCORE, AUDIO, OTHER)
 
 
 def backend_error_kind(exc: BaseException) -> str:
@@ -196,11 +204,23 @@ class Reward(Protocol):
             trainer logs (and, on many processes, gathers) one metric per name, read here and never
             from one batch's details, so every process makes the same gathers whatever its batches
             did (a failed batch has no details to read).
+        modality: what it judges, one of :data:`MODALITIES`: "video" (the frames; every reward
+            before sound), "audio" (the soundtrack: CLAP, AudioBox) or "both" (how they fit: a
+            synchrony reward; a combined reward whose components judge both). A sample a reward of
+            "audio" or "both" scores must carry its soundtrack (:attr:`cac_align.video.Video.audio`).
+        reads_prompt: whether its score depends on the generating prompt (CLAP: yes; AudioBox's
+            aesthetics and a synchrony reward: no). A trainer refuses a text-to-sound run whose
+            audio components are all prompt-blind, unless the recipe allows it.
+        modalities: the modality of each component by name (a combined reward's); ``{name:
+            modality}`` for a reward of one part.
     """
 
     name: str
     score_range: tuple[float, float] | None
     components: tuple[str, ...]
+    modality: str
+    reads_prompt: bool
+    modalities: Mapping[str, str]
 
     def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput: ...
 
@@ -226,6 +246,12 @@ class RewardBase:
     name: str = "reward"
     score_range: tuple[float, float] | None = None
     components: tuple[str, ...] = ()
+    modality: str = "video"
+    reads_prompt: bool = True
+
+    @property
+    def modalities(self) -> Mapping[str, str]:
+        return {self.name: self.modality}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -362,7 +388,9 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
     Args:
         videos: a list of inputs :func:`load_video` reads, or one (B, F, C, H, W) batch.
         metadata: None, one mapping, or one mapping per video; an ``fps`` key there is the
-            frame rate of array input, taking precedence over ``source_fps``.
+            frame rate of array input, taking precedence over ``source_fps``; ``audio`` and
+            ``sample_rate`` keys there are the video's soundtrack (:attr:`Video.audio`), which a
+            trainer passes with the frames it sampled.
         source_fps: the default frame rate of array input (Wan-2.1: 16).
 
     Returns:
@@ -381,6 +409,8 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
             video = load_video(item, source_fps=fps, lazy=True)  # a file: only the frames a reward reads are decoded
             if not isinstance(video, Video):  # a 5-d batch nested inside the list
                 raise VideoError(f"item {len(loaded)} is a batch of {len(video)} videos; pass videos one per item")
+            if row.get("audio") is not None:
+                video = dataclasses.replace(video, audio=row["audio"], sample_rate=row.get("sample_rate"))
             loaded.append(video)
         except VideoError as exc:
             loaded.append(exc)

@@ -84,6 +84,10 @@ class CombinedReward(RewardBase):
             raise ValueError(f"invalid must be one of {INVALID_POLICIES}, got {invalid!r}")
         self.rewards = rewards
         self.components = tuple(names)  # what each sample's details["components"] holds (the Reward contract)
+        self._modalities = {r.name: r.modality for r in rewards}  # what each component judges (trainers route by it)
+        judged = set(self._modalities.values())
+        self.modality = "video" if judged == {"video"} else "audio" if judged == {"audio"} else "both"
+        self.reads_prompt = any(r.reads_prompt for r in rewards)
         self.weights = np.array(weights) / sum(weights)
         self.normalizers = [build_normalizer(n, f"normalizer of {r}") for n, r in zip(normalizers, names)]
         self.invalid = invalid
@@ -153,11 +157,18 @@ class CombinedReward(RewardBase):
             "failures": {out.name: out.failure_counts() for out in outputs},
             "imputed": {out.name: int(imputed[k].sum()) for k, out in enumerate(outputs)},
             "weights": {out.name: float(w) for out, w in zip(outputs, self.weights)},
+            "modalities": dict(self._modalities),
         }
         sources = {k: v for out in outputs for k, v in out.info.get("prompt_sources", {}).items()}
         if sources:  # which question each prompted component asked (UnifiedReward)
             info["prompt_sources"] = sources
         return RewardOutput(self.name, combined, usable, details, info)
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        """What each component judges, by name (the Reward contract): trainers route each
+        component's advantage to the latents of its modality."""
+        return dict(self._modalities)
 
     def state_dict(self) -> dict[str, Any]:
         """State of the stateful normalizers (``running``), by component name, for checkpoints."""
