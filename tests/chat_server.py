@@ -17,6 +17,12 @@ connection without an answer, as a server that is gone; :meth:`ChatServer.kill` 
 once. ``arrivals`` and ``answered`` count each chat request body (by its SHA-256) as it arrived and
 as it was answered 200. ``GET /health`` answers 200 while up, as vLLM's does.
 
+To run it as a process of its own (a fleet's replica, tests/fixtures/stand_in_vllm): ``port`` to
+listen on; ``on_arrival(digest, session)`` is called as each chat request arrives, before it is
+answered, and ``on_answered(digest, session)`` once its 200 answer is sent, both while
+``answering`` is held: a process that takes ``answering`` and then kills itself dies between two
+answers, never in the middle of one, so what it recorded as answered is what it answered.
+
 Like vLLM 0.32 it also answers ``POST /tokenize`` (chat form: the rendered conversation's ids)
 and ``POST /detokenize``, and a chat request with ``logprobs`` and ``logprob_token_ids`` gets
 those tokens' log-probabilities at the next position (``char_logprob``, as vLLM's raw mode gives
@@ -26,6 +32,7 @@ the model's). ``tokenize=False`` answers both endpoints 404, as a server without
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -70,6 +77,9 @@ class ChatServer:
         status_if=None,
         die_after: int | None = None,
         down_s: float | None = None,
+        port: int = 0,
+        on_arrival=None,
+        on_answered=None,
     ):
         """``fail_first``: answer the first N requests with 503; ``fail_if(body) -> bool``: answer
         matching requests with 503 (a server that stops answering for some samples)."""
@@ -87,6 +97,9 @@ class ChatServer:
         self.die_after = die_after
         self.down_s = down_s
         self.down_until: float | None = None  # while time.monotonic() is before it, the server is down (inf: until revive())
+        self.on_arrival = on_arrival
+        self.on_answered = on_answered
+        self.answering = threading.RLock()  # held around the hooks and each chat answer (docstring)
         self.get_delay_s = 0.0  # each GET answered this much later (a slow model list: a long probe)
         self.arrivals: Counter[str] = Counter()  # sha256 of each chat request body -> times it arrived
         self.answered: Counter[str] = Counter()  # ... -> times it was answered 200
@@ -149,6 +162,9 @@ class ChatServer:
                     if self.path == "/v1/chat/completions":
                         server.arrivals[digest] += 1
                     status = server.status_if(body, seen) if server.status_if and self.path == "/v1/chat/completions" else None
+                if server.on_arrival is not None and self.path == "/v1/chat/completions":
+                    with server.answering:
+                        server.on_arrival(digest, self.headers.get("X-Session-ID"))
                 if status is not None:
                     return self._send(status, {"error": f"HTTP {status} (status_if)"})
                 if server.delay_s:
@@ -197,7 +213,11 @@ class ChatServer:
                     response["choices"][0]["logprobs"] = {"content": [{"token": "token_id:0", "logprob": 0.0, "top_logprobs": asked}]}
                 if self._gone():  # it went down while this request was on its way
                     return
-                self._send(200, response)
+                # answers go one at a time only for a server with hooks (a replica that may kill itself)
+                with server.answering if server.on_answered is not None else contextlib.nullcontext():
+                    self._send(200, response)
+                    if server.on_answered is not None:
+                        server.on_answered(digest, self.headers.get("X-Session-ID"))
                 with server._lock:
                     server.answered[digest] += 1
                     if server.die_after is not None and sum(server.answered.values()) >= server.die_after:
@@ -226,7 +246,7 @@ class ChatServer:
                     return
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.block_on_close = False  # closing does not wait for a request held back by delay_s
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -85,6 +85,8 @@ from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, trackers_for
 from cac_align.run.watch import WatchSettings, hacking_alarms
 from cac_align.video import Video, save_video
+from cac_align.vlm.config import served_urls
+from cac_align.vlm.openai import replica_health, router_workers
 
 __all__ = ["RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "LoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
 
@@ -604,6 +606,9 @@ class _Trainer:
         self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") if self.layout.leader else None
                              for label, section in config.eval_rewards.items()}
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
+        # the reward's servers that are vllm-routers in front of replicas: each step names the replicas found down
+        self.routers = [url for url in served_urls(config.reward) if router_workers(url) is not None] if acc.is_main_process else []
+        self._replicas_down: set[str] = set()
         acc.wait_for_everyone()  # every process has checked the folder (_run_folder) before the main one takes it
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
             run_folder.start()  # with overwrite: the old run's outputs go now, and only those
@@ -641,6 +646,7 @@ class _Trainer:
         for step in range(self.start_step, config.steps):
             last = self.train_step(step)
             done = step + 1
+            last.update(self._fleet_metrics(done))
             stop = False
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
@@ -656,6 +662,24 @@ class _Trainer:
                 break
         progress.close()
         return last
+
+    def _fleet_metrics(self, done: int) -> dict[str, Any]:
+        """The reward's fleets once step ``done`` has been scored (main process; docs/flow_grpo.md,
+        "A judge on a fleet"): the replicas their routers list, how many are down and which
+        (:func:`~cac_align.vlm.openai.replica_health`); a replica found down, or back, is also said
+        once in the log. Nothing for a reward without a router."""
+        if not self.routers:
+            return {}
+        health: dict[str, bool] = {}
+        for url in self.routers:
+            health.update(replica_health(url) or {})
+        down = sorted(url for url, up in health.items() if not up)
+        for url in sorted(set(down) - self._replicas_down):
+            log.warning("step %d: the judge's replica %s is down; its router sends its videos to the others", done, url)
+        for url in sorted(self._replicas_down - set(down)):
+            log.warning("step %d: the judge's replica %s answers again", done, url)
+        self._replicas_down = set(down)
+        return {"reward/replicas": len(health), "reward/replicas_down": len(down), **({"reward/replicas_down_urls": down} if down else {})}
 
     def _watch_history(self) -> dict[str, list[float]]:
         """The evaluations so far (of a resumed run: from metrics.jsonl) for the watch: the

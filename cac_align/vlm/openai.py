@@ -71,7 +71,7 @@ import numpy as np
 from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, BackendDown, ChatRequest, Completion, model_frames
 from cac_align.vlm.video_payload import encode_video
 
-__all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "router_workers", "served_cost", "server_counters"]
+__all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "replica_health", "router_workers", "served_cost", "server_counters"]
 
 VIDEO_INPUTS = ("video", "images")
 # answers a request is sent again for, after a backoff: the server is busy or briefly away (408
@@ -137,7 +137,7 @@ class OpenAIBackend(BackendBase):
             ~8 minutes per video at the defaults). A request that succeeds resets the count.
             Behind a vllm-router (its ``/list_workers`` answers) the count does not open it: one
             dead replica fails requests in a row until the router drops it, so only a router that
-            no longer lists the model does.
+            no longer lists the model, with none of its replicas up (:func:`replica_health`), does.
         cooldown_s: an open breaker half-opens after this long: the next request first asks the
             server for its model list; if it answers (a judge that was restarted), the breaker
             closes and the request goes on, else it stays open for another ``cooldown_s``. One
@@ -477,11 +477,14 @@ class OpenAIBackend(BackendBase):
             reason = f"{failures} requests in a row failed (last: {exc})"
         else:
             # Behind a router, requests fail in a row while one replica dies and the router takes
-            # it out of its ring: the fleet is down only when the router stops listing the model.
+            # it out of its ring: the fleet is down only when the router stops listing the model and
+            # no replica is up (the router proxies GET /v1/models to one replica, which may be the
+            # dead one: vllm-router answers 500 naming it while the others serve).
             try:
                 self.check()
             except ServerUnavailableError as probe:
-                reason = f"a request failed ({exc}) and the server no longer lists its models: {probe}"
+                if not (self._fleet and any((replica_health(self.base_url) or {}).values())):
+                    reason = f"a request failed ({exc}) and the server no longer lists its models: {probe}"
         if reason is not None:
             self._open(f"the reward server at {self.base_url} stopped answering: {reason}")
 
@@ -796,6 +799,65 @@ def router_workers(base_url: str, timeout_s: float = 5.0) -> list[str] | None:
     except (requests.RequestException, ValueError, AttributeError):
         return None
     return [str(u) for u in urls] if isinstance(urls, list) and urls else None
+
+
+def _loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost, 0.0.0.0)."""
+    import ipaddress
+
+    if not host or host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _answers_health(root: str, timeout_s: float) -> bool:
+    """Whether the server at ``root`` answers ``GET /health`` (``/v1/models`` where it has none)."""
+    import requests
+
+    for path in ("/health", "/v1/models"):
+        try:
+            status = requests.get(root + path, timeout=timeout_s).status_code
+        except requests.RequestException:
+            return False
+        if status != 404:
+            return status < 500
+    return False
+
+
+def replica_health(base_url: str, timeout_s: float = 2.0) -> dict[str, bool] | None:
+    """Each replica behind a vllm-router at ``base_url`` (an ``http://host:port`` root, as the
+    router lists it) and whether it is up; None when ``base_url`` is not a router that answers.
+
+    A replica is down when the router marks it unhealthy (``GET /workers``: its own health checks,
+    two failed 2 s apart as ``cac-align serve`` starts it), or when it does not answer ``GET
+    /health`` within ``timeout_s`` asked from here: a replica killed a moment ago refuses at once,
+    while the router may have routed around it already (its circuit breaker opens after 10 failed
+    tries, vllm-router 0.1.17) and not yet marked it. A replica listed at a loopback address behind
+    a router on another host lives on the router's machine, not on this one: the router's verdict
+    alone counts for it."""
+    import requests
+    from urllib.parse import urlsplit
+
+    root = _root(base_url)
+    healthy: dict[str, bool] | None = None
+    try:
+        response = requests.get(root + "/workers", timeout=timeout_s)
+        if response.status_code == 200:
+            healthy = {str(w["url"]): bool(w.get("is_healthy", True)) for w in response.json()["workers"]}
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        healthy = None
+    if not healthy:  # a router without /workers: its list, each replica asked from here
+        listed = router_workers(base_url, timeout_s)
+        if listed is None:
+            return None
+        healthy = dict.fromkeys(listed, True)
+    router_here = _loopback(urlsplit(root).hostname)
+    return {url: up and ((not router_here and _loopback(urlsplit(url).hostname)) or _answers_health(url.rstrip("/"), timeout_s))
+            for url, up in healthy.items()}
 
 
 def _one_server_counters(root: str, timeout_s: float) -> dict[str, float] | None:

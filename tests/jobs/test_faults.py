@@ -226,3 +226,70 @@ def test_a_served_judge_that_dies_and_comes_back_is_used_again_by_every_process(
     assert hit and all(r.get("reward/down_fraction", 0) > 0 for r in hit)  # the dead window's samples: down, not made up
     assert rows[-1]["reward/valid_fraction"] == 1.0 and "reward/down_fraction" not in rows[-1]  # both processes scored again
     assert server.refused > 0 and set(server.answered.values()) == {1}  # it was down; nothing answered twice
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: a fleet of two replicas behind the real vllm-router, one killed mid-step
+# ---------------------------------------------------------------------------------------------
+def _answered(record, after: dict[int, int] | None = None) -> list[dict]:
+    """The chat requests each replica of the fleet answered so far (after its first ``after[port]``), with its port."""
+    return [{**json.loads(line), "port": port} for path in sorted(record.glob("answered_*.jsonl")) for port in [int(path.stem.split("_")[1])]
+            for line in path.read_text().splitlines()[(after or {}).get(port, 0):]]
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_step_loses_no_sample_scores_none_twice_and_is_named(tmp_path):
+    """The judge as a fleet: two replicas behind the real vllm-router, started by `cac-align serve`'s own
+    code (started_fleet, consistent_hash on our X-Session-ID); each replica is tests/chat_server.py's
+    server in a process of its own (tests/fixtures/stand_in_vllm, STAND_IN_RECORD), writing down every
+    chat request it answers. A flow-grpo run on the served recipe (recipes/align/flow_grpo_tiny_served.yaml:
+    6 samples a step, each a status read of several requests) runs once whole, then again with the fleet's
+    chat request half-way through step 1 killing the replica it reaches (SIGKILL, before answering it).
+    The second run completes both steps with every sample valid and the same rewards; the replicas
+    answered exactly the requests of the whole run, each once (the killed one's by the other replica: the
+    router routed around the dead replica, and our client's retries of its 5xx reached the survivor);
+    and each step's metrics count the dead replica and name it by its URL, where the whole run's count 0."""
+    import os
+    import sys
+    from collections import Counter
+
+    from cac_align.integrations.vllm.serving import free_ports, started_fleet
+    from cac_align.jobs.serve import ServeConfig
+
+    record = tmp_path / "record"
+    record.mkdir()
+    paths = [REPO_ROOT / "tests/fixtures/stand_in_vllm", REPO_ROOT, REPO_ROOT / "tests"]
+    serve = ServeConfig(model="cac-demo", served_model_name="cac-demo", python=sys.executable, port=free_ports(3), replicas=2,
+                        env={"PYTHONPATH": os.pathsep.join(map(str, paths)), "STAND_IN_RECORD": str(record)}, ready_timeout_s=60)
+    served = REPO_ROOT / "recipes/align/flow_grpo_tiny_served.yaml"
+
+    def flow_grpo(out):
+        run(load_config(FlowGrpoConfig, served, [f"out_dir={out}", f"reward.model.base_url={fleet.url}"], job="flow-grpo"))
+        return _metrics(out)
+
+    with started_fleet(serve, log_dir=str(tmp_path)) as fleet:
+        whole = flow_grpo(tmp_path / "whole")
+        first = _answered(record)
+        per_step = len(first) // len(whole)
+        # the kill: the second run's chat request half-way through its step 1
+        (record / "die_at").write_text(str(len((record / "arrivals").read_text()) + per_step // 2))
+        killed = flow_grpo(tmp_path / "killed")
+        dead = fleet.dead_replicas()
+    second = _answered(record, after=Counter(a["port"] for a in first))
+    (victim,) = record.glob("killed_*")
+    victim_port, request = int(victim.name.split("_")[1]), json.loads(victim.read_text())
+    victim_url = f"http://127.0.0.1:{victim_port}"
+    assert dead == [fleet.replica_urls.index(victim_url + "/v1")]
+    # both steps complete, every sample valid, with the rewards of the whole run
+    assert [r["step"] for r in killed] == [1, 2] and all(r["reward/valid_fraction"] == 1.0 for r in killed), killed
+    assert [r["reward/mean"] for r in killed] == [r["reward/mean"] for r in whole]
+    # every request of the whole run answered once (each sample scored once), none twice, none lost
+    assert set(Counter(a["digest"] for a in first).values()) == {1}
+    assert Counter(a["digest"] for a in second) == Counter(a["digest"] for a in first)
+    assert len({a["session"] for a in first}) == 12  # 6 samples a step, each its own session key
+    # the request that reached the dying replica was answered by the other one; the victim had answered before dying
+    assert [a["port"] for a in second if a["digest"] == request["digest"]] == [victim_port + (1 if victim_port == serve.port + 1 else -1)]
+    assert 0 < request["arrival"] - len(first) < per_step
+    # the metrics: 2 replicas, none down in the whole run; the dead one counted and named in each step after the kill
+    assert all(r["reward/replicas"] == 2 and r["reward/replicas_down"] == 0 and "reward/replicas_down_urls" not in r for r in whole)
+    assert all(r["reward/replicas"] == 2 and r["reward/replicas_down"] == 1 and r["reward/replicas_down_urls"] == [victim_url] for r in killed)

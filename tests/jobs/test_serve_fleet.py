@@ -114,3 +114,31 @@ def test_fleet_settings_are_checked(tmp_path, monkeypatch):
         ServeConfig(model="cac-demo", replicas=2)
     ServeConfig(model="cac-demo", replicas=2, router="none")  # no router needed
     ServeConfig(model="cac-demo")  # one server: no router needed
+
+
+def test_two_routers_run_side_by_side(tmp_path):
+    """Two fleets' routers on one machine (two runs' judges, or tests beside each other) both start: each
+    router's Prometheus metrics go to a free port of its own (at vllm-router's default, 29000, the second
+    router panicked at start: "Address already in use"); a port named in router_args is kept."""
+    from chat_server import ChatServer
+
+    from cac_align.integrations.vllm.serving import answers, find_router, router_command, stop_processes
+
+    with ChatServer() as a, ChatServer() as b:
+        roots = [a.url[: -len("/v1")], b.url[: -len("/v1")]]
+        configs = [ServeConfig(model="cac-demo", replicas=2, port=free_ports(1)) for _ in range(2)]
+        commands = [router_command(config, find_router(), roots) for config in configs]
+        metrics = [c[c.index("--prometheus-port") + 1] for c in commands]
+        assert len(set(metrics)) == 2 and "29000" not in metrics
+        routers = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True) for c in commands]
+        try:
+            deadline = time.monotonic() + 60
+            while not all(answers(config.base_url) for config in configs):
+                assert all(r.poll() is None for r in routers), [r.returncode for r in routers]
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert requests.get(f"http://127.0.0.1:{metrics[1]}/metrics", timeout=5).status_code == 200  # its own exporter
+        finally:
+            stop_processes(routers, grace_s=5)
+    kept = router_command(ServeConfig(model="cac-demo", replicas=2, router_args=["--prometheus-port", "29100"]), "vllm-router", roots)
+    assert kept.count("--prometheus-port") == 1 and kept[kept.index("--prometheus-port") + 1] == "29100"

@@ -266,6 +266,33 @@ def test_behind_a_router_failures_in_a_row_do_not_open_the_breaker_while_it_list
             backend.generate([request], max_new_tokens=4)
 
 
+def test_behind_a_router_whose_model_list_fails_the_breaker_stays_closed_while_a_replica_is_up():
+    """vllm-router proxies GET /v1/models to one replica: while that one is dead (and the router has
+    not marked it yet) the model list fails (HTTP 500 naming it), though another replica serves. A
+    failed request then does not open the breaker: the fleet is down only when no replica is up
+    (replica_health: the router's verdict, and each replica's /health asked from here)."""
+    from cac_align.vlm.openai import ServerDown, replica_health
+
+    request = [user("hello")]
+    with ChatServer() as alive:
+        root = alive.url[: -len("/v1")]
+        with ChatServer(fail_if=lambda body: True, workers=[root, "http://127.0.0.1:1"]) as router:
+            backend = OpenAIBackend("cac", base_url=router.url, max_retries=0, failure_limit=1)
+            backend.check()
+            router.models = []  # its model list fails, as the dead replica's would
+            assert replica_health(router.url) == {root: True, "http://127.0.0.1:1": False}
+            for k in range(3):
+                with pytest.raises(ServerUnavailableError, match="HTTP 503") as failed:
+                    backend.generate([request], max_new_tokens=4)
+                assert not isinstance(failed.value, ServerDown) and sum(router.arrivals.values()) == k + 1  # sent, not refused by a breaker
+            alive.kill()  # now no replica is up: the next failure opens the breaker
+            with pytest.raises(ServerUnavailableError, match="HTTP 503"):
+                backend.generate([request], max_new_tokens=4)
+            with pytest.raises(ServerDown, match="no longer lists its models"):
+                backend.generate([request], max_new_tokens=4)
+    assert replica_health("http://127.0.0.1:1/v1") is None  # not a router (nothing answers there)
+
+
 def test_a_server_that_went_away_opens_the_breaker_at_once():
     from chat_server import ChatServer
 

@@ -207,9 +207,15 @@ def replica_devices(config: Any, visible: str | None) -> list[str]:
 
 
 def router_command(config: Any, router_bin: str, worker_urls: Sequence[str]) -> list[str]:
-    """vllm-router in front of ``worker_urls`` on ``config.port`` with ``config.router``'s policy."""
+    """vllm-router in front of ``worker_urls`` on ``config.port`` with ``config.router``'s policy.
+
+    Its Prometheus metrics go to a free port unless ``router_args`` names ``--prometheus-port``:
+    at its default, 29000, a second router on the machine (another fleet, a test) panics at start
+    ("failed to install Prometheus metrics exporter: Address already in use"; vllm-router 0.1.17)."""
+    extra = [str(a) for a in config.router_args]
+    metrics = [] if "--prometheus-port" in extra else ["--prometheus-port", str(free_ports(1, "127.0.0.1"))]
     return [router_bin, "--host", config.host, "--port", str(config.port), "--worker-urls", *worker_urls,
-            "--policy", config.router, *ROUTER_ARGS, *[str(a) for a in config.router_args]]
+            "--policy", config.router, *ROUTER_ARGS, *metrics, *extra]
 
 
 def answers(base_url: str, timeout_s: float = 2.0) -> bool:
