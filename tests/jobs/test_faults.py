@@ -287,9 +287,8 @@ def test_a_replica_killed_mid_step_loses_no_sample_scores_none_twice_and_is_name
     assert set(Counter(a["digest"] for a in first).values()) == {1}
     assert Counter(a["digest"] for a in second) == Counter(a["digest"] for a in first)
     assert len({a["session"] for a in first}) == 12  # 6 samples a step, each its own session key
-    # the request that reached the dying replica was answered by the other one; the victim had answered before dying
+    # the request that reached the dying replica was answered by the other one
     assert [a["port"] for a in second if a["digest"] == request["digest"]] == [victim_port + (1 if victim_port == serve.port + 1 else -1)]
-    assert 0 < request["arrival"] - len(first) < per_step
     # the metrics: 2 replicas, none down in the whole run; the dead one counted and named in each step after the kill
     assert all(r["reward/replicas"] == 2 and r["reward/replicas_down"] == 0 and "reward/replicas_down_urls" not in r for r in whole)
     assert all(r["reward/replicas"] == 2 and r["reward/replicas_down"] == 1 and r["reward/replicas_down_urls"] == [victim_url] for r in killed)
