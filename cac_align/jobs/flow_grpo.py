@@ -665,7 +665,7 @@ class _Trainer:
 
     def _fleet_metrics(self, done: int) -> dict[str, Any]:
         """The reward's fleets once step ``done`` has been scored (main process; docs/flow_grpo.md,
-        "A judge on a fleet"): the replicas their routers list, how many are down and which
+        "When something fails"): the replicas their routers list, how many are down and which
         (:func:`~cac_align.vlm.openai.replica_health`); a replica found down, or back, is also said
         once in the log. Nothing for a reward without a router."""
         if not self.routers:
