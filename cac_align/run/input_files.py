@@ -1,5 +1,6 @@
 """What jobs read: videos (a file, a folder, a JSONL manifest) with their prompts, and prompt files
-(text, or JSONL whose lines may give an image to animate: :func:`read_prompt_rows`).
+(text, or JSONL whose lines may give an image to animate: :func:`read_prompt_rows`), or a prompt
+set named instead of a file (``prompts: vbench``: :mod:`cac_align.run.prompt_sets`).
 
 Shared by the jobs (``score``, ``bon``, ``flow-grpo``, ``eval vbench``, ``eval expert``) so that
 no job imports another. Bad input raises :class:`~cac_align.config.RecipeError` naming the file
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cac_align.config import RecipeError, relative_path_hint
+from cac_align.run.prompt_sets import is_prompt_set, vbench_prompts
 
 __all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "collect_inputs", "not_videos", "read_prompt_rows", "read_prompts", "slug", "text_lines"]
 
@@ -140,7 +142,8 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 
 def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
-    """The prompts of a text file (one per line) or of a JSONL file, each line an object with a
+    """The prompts of a prompt set (``vbench``, ``vbench:<dimension>``, ``vbench:heldout``:
+    :mod:`cac_align.run.prompt_sets`), or of a text file (one per line) or of a JSONL file, each line an object with a
     ``"prompt"`` and, for image-to-video, an ``"image"`` (the first frame) and optionally a
     ``"last_image"`` (paths relative to the JSONL file's folder, or absolute).
 
@@ -152,6 +155,8 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
             an image but is not one of those names (``imgae``; other keys are left alone); an
             image that cannot be read; a ``last_image`` without an ``image``.
     """
+    if is_prompt_set(path):  # `vbench`, `vbench:<dimension>`, `...:heldout` (run/prompt_sets.py)
+        return [PromptRow(prompt) for prompt in vbench_prompts(str(path))]
     source = Path(path)
     if not source.is_file():
         raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
