@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +70,59 @@ class _TopParser(argparse.ArgumentParser):
 _EPILOG = "Run `cac-align <job> --help` for a job's options. `cac-align recipes` lists the shipped recipes."
 
 
+class _JobParser(argparse.ArgumentParser):
+    """A job's parser: its help ends with the job's settings and their defaults, read from its config
+    class when the help is shown (that imports the job's module: never at a command's start)."""
+
+    def __init__(self, *args: Any, job: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    def format_help(self) -> str:
+        if self.job is not None and self.epilog is None:
+            self.epilog = settings_help(self.job.config_class())
+        return super().format_help()
+
+
+def _default_text(value: Any) -> str:
+    """A default as a recipe would write it: ``???`` (required), null, true, 1.0e-4, [a, b], {k: v}."""
+    import yaml
+
+    if value == "???":
+        return "??? (required)"
+    if isinstance(value, str) and value and value.strip() == value:
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def settings_help(config_class: type) -> str:
+    """Every setting of a job's config dataclass with its default, nested sections as dotted keys
+    (``lora.rank``), in the class's order: the defaults a recipe's omitted keys take."""
+    rows: list[tuple[str, str]] = []
+
+    def walk(owner: Any, prefix: str) -> None:
+        for field in dataclasses.fields(owner):
+            if isinstance(owner, type):  # the class: a field's default, or its factory's value
+                if field.default is not dataclasses.MISSING:
+                    value = field.default
+                elif field.default_factory is not dataclasses.MISSING:
+                    value = field.default_factory()
+                else:
+                    value = "???"
+            else:  # a section's instance (its defaults)
+                value = getattr(owner, field.name)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                walk(value, f"{prefix}{field.name}.")
+            else:
+                rows.append((prefix + field.name, _default_text(value)))
+
+    walk(config_class, "")
+    width = max(len(key) for key, _ in rows)
+    return "\n".join([("settings, with their defaults (set them in the recipe or as key=value; null: unset, the job or the model's own files "
+                       "decide; --print-config shows a recipe's resolved values):"),
+                      *(f"  {key:{width}s}  {text}" for key, text in rows)])
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _TopParser(
         prog="cac-align",
@@ -77,9 +131,9 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"cac-align {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="<job>", required=True, parser_class=argparse.ArgumentParser)
+    sub = parser.add_subparsers(dest="command", metavar="<job>", required=True, parser_class=_JobParser)
     for spec in JOBS.values():
-        job = sub.add_parser(spec.name, help=spec.help, description=spec.help)
+        job = sub.add_parser(spec.name, help=spec.help, description=textwrap.fill(spec.help, 100), job=spec, formatter_class=argparse.RawDescriptionHelpFormatter)
         job.add_argument("--config", "-c", type=Path, help="recipe YAML, or a shipped recipe's name (score/cac_demo; defaults when omitted)")
         job.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         job.add_argument("--out", "-o", help="output folder (shorthand for out_dir=...)")

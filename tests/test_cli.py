@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,13 @@ from conftest import REPO_ROOT, ignore_sigint, stop_process_tree
 def test_installed_console_script_lists_jobs():
     exe = shutil.which("cac-align")
     assert exe, "cac-align is not on PATH: install the package as README says"
-    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    # Python's import log (-X importtime) on stderr: the top help imports no job module (a job's
+    # settings are read from its config class only when that job's help is shown)
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    out = done.stdout
     assert "make-tiny" in out and "synth" in out and "check-recipe" in out
+    imported = [line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "cac_align.cli" in imported and not [m for m in imported if m.startswith("cac_align.jobs.")]
     from cac_align.gen.family import families
 
     assert all(family.title in out for family in families()) and "MiniMax-H3" in out  # the families, from the one list
@@ -188,6 +194,28 @@ def test_help_exits_zero(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+def test_a_jobs_help_lists_its_settings_with_their_defaults(capsys):
+    """``cac-align <job> --help`` ends with every setting of the job's config class and its default
+    (FlowGrpoConfig / BonConfig), nested sections as dotted keys (the top help imports no job for them:
+    test_installed_console_script_lists_jobs)."""
+    import re
+
+    for argv in (["flow-grpo", "--help"], ["bon", "-h"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        settings = dict(re.findall(r"^  (\S+)  +(.+)$", out.split("settings, with their defaults")[1], re.M))
+        if argv[0] == "flow-grpo":  # the paper's defaults in FlowGrpoConfig (CaC §4.2: group 16, noise 0.3, LoRA rank 32)
+            assert {k: settings[k] for k in ("group_size", "noise_level", "steps", "lora.rank", "out_dir", "eval_prompts", "reward",
+                                             "advantage.localize.enabled", "learning_rate")} == {
+                "group_size": "16", "noise_level": "0.3", "steps": "120", "lora.rank": "32", "out_dir": "??? (required)",
+                "eval_prompts": "null", "reward": "{name: ur_cac}", "advantage.localize.enabled": "false", "learning_rate": "0.0001"}
+            assert len(settings) == 89 and "generator.name" in settings and "parallel.shard" in settings
+        else:
+            assert settings["n"] == "5" and settings["prompts"] == "??? (required)" and settings["generator.name"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
 def test_print_config_shows_the_defaults_without_a_recipe(capsys):
