@@ -11,6 +11,11 @@ Outputs in ``out_dir``: ``report.md``, ``report.html`` (self-contained: the char
 ``charts/<metric>.png`` (one matplotlib bar chart per row, with the Wilson interval as error
 bars for the anomaly rate) and ``report.json`` (the table's numbers).
 
+``runs`` (``{system: training run folder}``, a ``flow-grpo`` or ``nft`` ``out_dir``) adds each run's
+reward per step: the ``reward.png`` its run wrote at its end (:mod:`cac_align.run.summary`), the same
+picture byte for byte, as ``charts/reward_<system>.png``. A folder without one (a run that has not
+ended, or one from before the picture) is said in the report, not drawn anew.
+
 Input formats: ``vbench.json`` is ``{"systems": {name: {"dimensions": {dimension: {"mean": x,
 ...}}}}}``; ``expert.json`` is ``{"systems": {name: {"rate": r, "wilson_low": l, "wilson_high":
 h, "n": n, ...}}}``. A system missing from a file shows "–" in that row.
@@ -49,6 +54,7 @@ class ReportConfig:
         out_dir: receives report.md, report.html, report.json and charts/.
         title: the report's heading.
         overwrite: replace a report of another config in ``out_dir`` (its outputs only).
+        runs: ``{system: training run folder}``: each run's ``reward.png`` shown (module docstring).
     """
 
     systems: list[str] = field(default_factory=list)
@@ -57,10 +63,11 @@ class ReportConfig:
     out_dir: str = "outputs/report"
     title: str = "Alignment report"
     overwrite: bool = False
+    runs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.vbench is None and self.expert is None:
-            raise ValueError("give at least one input: vbench=<vbench.json> and/or expert=<expert.json>")
+        if self.vbench is None and self.expert is None and not self.runs:
+            raise ValueError("give at least one input: vbench=<vbench.json>, expert=<expert.json> and/or runs={system: run folder}")
 
 
 def _read(path: str | None, what: str) -> dict:
@@ -84,7 +91,7 @@ def _read(path: str | None, what: str) -> dict:
 def build_table(config: ReportConfig) -> dict:
     """The table's numbers: ``{"systems", "rows": [{key, label, higher_better, values, intervals, best, deltas}]}``."""
     vbench, expert = _read(config.vbench, "vbench"), _read(config.expert, "expert")
-    systems = list(config.systems) or list(dict.fromkeys([*vbench, *expert]))
+    systems = list(config.systems) or list(dict.fromkeys([*vbench, *expert, *config.runs]))
     if not systems:
         from cac_align.config import RecipeError
 
@@ -169,15 +176,60 @@ def _chart(row: dict, systems: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def _reward_pictures(config: ReportConfig) -> list[tuple[str, Path, Path | None]]:
+    """``(system, run folder, its reward.png or None)`` for each of ``runs``; a folder that does not
+    exist is a one-line error, before anything is written."""
+    from cac_align.config import RecipeError, relative_path_hint
+    from cac_align.run.summary import REWARD_PNG
+
+    found = []
+    for system, run_dir in config.runs.items():
+        folder = Path(run_dir)
+        if not folder.is_dir():
+            raise RecipeError(f"runs.{system}={run_dir}: no such run folder{relative_path_hint(run_dir)}; give a flow-grpo or nft out_dir")
+        picture = folder / REWARD_PNG
+        found.append((system, folder, picture if picture.is_file() else None))
+    return found
+
+
+def _picture_sections(pictures: list[tuple[str, Path, Path | None]], out: Path) -> tuple[list[str], str, dict]:
+    """Copy each run's reward.png into ``charts/`` (byte for byte); the markdown lines, the HTML and
+    report.json's ``training`` entry that show them (or say a folder has none)."""
+    from cac_align.run.input_files import slug
+
+    md, page, entries = (["", "## Reward per training step", ""] if pictures else []), "", {}
+    for system, folder, picture in pictures:
+        if picture is None:
+            note = f"{folder} has no reward.png (a flow-grpo or nft run writes it when it ends)"
+            md.append(f"- **{system}**: {note}")
+            page += f"<p><b>{html.escape(system)}</b>: {html.escape(note)}</p>"
+            entries[system] = {"run": str(folder), "picture": None}
+            continue
+        target = out / "charts" / f"reward_{slug(system)}.png"
+        data = picture.read_bytes()
+        target.write_bytes(data)
+        md.append(f"![{system}: reward per step](charts/{target.name})")
+        page += (f'<figure><img alt="{html.escape(system)}: reward per step" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+                 f"<figcaption>{html.escape(system)}: {html.escape(str(folder))}</figcaption></figure>")
+        entries[system] = {"run": str(folder), "picture": f"charts/{target.name}"}
+    if pictures:
+        page = f"<h2>Reward per training step</h2>{page}"
+    return md, page, entries
+
+
 def run(config: ReportConfig) -> dict:
     """Build the table, write markdown, HTML, JSON and the charts; returns the table."""
     table = build_table(config)
     systems, rows = table["systems"], table["rows"]
+    pictures = _reward_pictures(config)
     out = Path(config.out_dir)
     from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic
 
-    folder = RunFolder(out, "report", ("report.md", "report.html", "report.json", "charts"),
-                       config_fingerprint(config, ("out_dir", "overwrite")), dataclasses.asdict(config), overwrite=config.overwrite)
+    fingerprint = config_fingerprint(config, ("out_dir", "overwrite"))
+    if not fingerprint.get("runs"):  # added later: without runs, a report folder of before it still matches
+        fingerprint.pop("runs", None)
+    folder = RunFolder(out, "report", ("report.md", "report.html", "report.json", "charts"), fingerprint, dataclasses.asdict(config),
+                       overwrite=config.overwrite)
     folder.start()
     (out / "charts").mkdir(parents=True, exist_ok=True)
     header = "| metric | " + " | ".join(systems) + " |"
@@ -191,6 +243,10 @@ def run(config: ReportConfig) -> dict:
         _chart(row, systems, path)
         md.append(f"![{row['label']}](charts/{path.name})")
         images.append((row["label"], base64.b64encode(path.read_bytes()).decode("ascii")))
+    training_md, training_page, training = _picture_sections(pictures, out)
+    md += training_md
+    if training:
+        table["training"] = training
     write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
     body = "".join(
@@ -204,8 +260,10 @@ def run(config: ReportConfig) -> dict:
         "body{font-family:system-ui,sans-serif;margin:1.5rem} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
         "th:first-child{text-align:left} figure{display:inline-block;margin:.5rem}</style></head><body>"
         f"<h1>{html.escape(config.title)}</h1><p>Base model: <b>{html.escape(systems[0])}</b>; deltas in brackets are against it; best per row in bold.</p>"
-        f"<table><tr><th>metric</th>{head}</tr>{body}</table>{charts}</body></html>"
+        f"<table><tr><th>metric</th>{head}</tr>{body}</table>{charts}{training_page}</body></html>"
     )
     write_text_atomic(out / "report.json", json.dumps(table, indent=1))
-    print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(rows)} rows x {len(systems)} systems)")
+    shown = sum(entry["picture"] is not None for entry in training.values())
+    pictures_said = f"; reward per step of {shown} of {len(training)} run(s)" if training else ""
+    print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(rows)} rows x {len(systems)} systems{pictures_said})")
     return table

@@ -72,3 +72,39 @@ def test_cli_report(tmp_path):
     vbench, expert = _fixtures(tmp_path)
     assert main(["report", f"vbench={vbench}", f"expert={expert}", f"out_dir={tmp_path / 'r'}"]) == 0
     assert "| metric | base | bon_ur | bon_ur_cac |" in (tmp_path / "r/report.md").read_text()  # systems in file order
+
+
+def test_the_report_shows_each_training_runs_reward_picture(tmp_path):
+    """`runs: {system: run folder}`: the reward.png a training run wrote at its end (drawn here by the
+    function flow-grpo and nft end with, from a metrics.jsonl) is shown byte for byte; a folder
+    without one is said; a folder that does not exist is one line, before anything is written."""
+    import base64
+
+    from cac_align.cli import main
+    from cac_align.config import RecipeError
+    from cac_align.run.summary import reward_plot
+
+    vbench, expert = _fixtures(tmp_path)
+    trained, unfinished = tmp_path / "flow_grpo_run", tmp_path / "nft_run"
+    for folder in (trained, unfinished):
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": 0.1 * s}) + "\n" for s in (1, 2, 3)))
+    picture, _ = reward_plot(trained, "flow-grpo")
+    drawn = picture.read_bytes()
+    with pytest.raises(RecipeError, match=r"^runs.gone=.*: no such run folder[^\n]*$"):
+        run(ReportConfig(vbench=vbench, runs={"gone": str(tmp_path / "gone")}, out_dir=str(tmp_path / "never")))
+    assert not (tmp_path / "never").exists()
+    out = tmp_path / "out"
+    assert main(["report", f"vbench={vbench}", f"expert={expert}", f"out_dir={out}",
+                 f"runs={{bon_ur_cac: {trained}, bon_ur: {unfinished}}}"]) == 0
+    assert (out / "charts/reward_bon-ur-cac.png").read_bytes() == drawn  # the run's own picture, unchanged
+    assert not (out / "charts/reward_bon-ur.png").exists()
+    md = (out / "report.md").read_text().splitlines()
+    assert "## Reward per training step" in md and "![bon_ur_cac: reward per step](charts/reward_bon-ur-cac.png)" in md
+    assert f"- **bon_ur**: {unfinished} has no reward.png (a flow-grpo or nft run writes it when it ends)" in md
+    page = (out / "report.html").read_text()
+    assert base64.b64encode(drawn).decode("ascii") in page and page.count("data:image/png;base64,") == 5  # 4 rows' charts + the run's
+    assert json.loads((out / "report.json").read_text())["training"] == {
+        "bon_ur_cac": {"run": str(trained), "picture": "charts/reward_bon-ur-cac.png"}, "bon_ur": {"run": str(unfinished), "picture": None}}
+    # the runs alone make a report too
+    assert run(ReportConfig(runs={"flow_grpo": str(trained)}, out_dir=str(tmp_path / "alone")))["training"]["flow_grpo"]["picture"]
