@@ -184,8 +184,10 @@ class _Trainer:
                     keep_log_steps(self.out / name, self.start_step)
                 log.info("train-cac stage 3: resuming from %s (step %d)", found[-1], self.start_step)
         acc.wait_for_everyone()
-        # tensorboard/train_cac_stage3/ and/or wandb/ (main process)
-        start_trackers(acc, t.log_with, "train_cac_stage3", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+        # tensorboard/train_cac_stage3/ and/or wandb/ (main process); a resumed run's TensorBoard drops the
+        # stopped run's steps after its checkpoint (purge_step), as metrics.jsonl does above
+        start_trackers(acc, t.log_with, "train_cac_stage3", self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                       resume_step=self.start_step)
         self.pad_id = self.processor.tokenizer.pad_token_id
         self.suppressed = placeholder_token_ids(self.processor)
 

@@ -234,6 +234,12 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
     (out / "checkpoints/step_000003").mkdir()  # and a folder without state.json is ignored too
     with (out / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 3, "reward/total": 1.0}\n{"step": 4, "rew')  # lines of the killed run
+    from torch.utils.tensorboard import SummaryWriter
+
+    killed = SummaryWriter(str(out / "tensorboard/train_cac_stage3"))  # and its TensorBoard steps 3 and 4
+    for step in (3, 4):
+        killed.add_scalar("reward/total", 1.0, step)
+    killed.close()
     with pytest.raises(RecipeError, match=r"differs in: grpo.beta"):
         run(_recipe(cac_data, out, "resume=true", "grpo.beta=0.5"))
     with caplog.at_level(logging.INFO, logger="cac_align"):
@@ -246,6 +252,14 @@ def test_resume_continues_exactly(straight, cac_data, tmp_path, caplog):
     assert [e["step"] for e in logs] == [1, 2, 3, 4]
     for a, b in zip(logs, straight_logs):
         assert a["reward/total"] == pytest.approx(b["reward/total"]) and a["kl"] == pytest.approx(b["kl"], abs=1e-7)
+    # TensorBoard too holds each step once, the resumed run's (the killed run's 3 and 4 purged), as metrics.jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard/train_cac_stage3"))
+    events.Reload()
+    shown = [(e.step, e.value) for e in events.Scalars("reward/total")]
+    assert [step for step, _ in shown] == [1, 2, 3, 4]
+    assert [value for _, value in shown] == pytest.approx([e["reward/total"] for e in logs], rel=1e-6)
 
 
 @pytest.mark.slow  # ~6 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
