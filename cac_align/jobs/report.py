@@ -237,6 +237,8 @@ def run(config: ReportConfig) -> dict:
           header, "|" + "---|" * (len(systems) + 1)]
     md += [f"| {row['label']} {_arrow(row)} | " + " | ".join(_cell(row, s, ("**", "**")) for s in systems) + " |" for row in rows]
     md.append("")
+    if not rows:  # runs alone: their pictures, no empty table
+        md = [f"# {config.title}"]
     images = []
     for row in rows:
         path = out / "charts" / f"{row['key']}.png"
@@ -259,8 +261,10 @@ def run(config: ReportConfig) -> dict:
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(config.title)}</title><style>"
         "body{font-family:system-ui,sans-serif;margin:1.5rem} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}"
         "th:first-child{text-align:left} figure{display:inline-block;margin:.5rem}</style></head><body>"
-        f"<h1>{html.escape(config.title)}</h1><p>Base model: <b>{html.escape(systems[0])}</b>; deltas in brackets are against it; best per row in bold.</p>"
-        f"<table><tr><th>metric</th>{head}</tr>{body}</table>{charts}{training_page}</body></html>"
+        f"<h1>{html.escape(config.title)}</h1>"
+        + (f"<p>Base model: <b>{html.escape(systems[0])}</b>; deltas in brackets are against it; best per row in bold.</p>"
+           f"<table><tr><th>metric</th>{head}</tr>{body}</table>" if rows else "")
+        + f"{charts}{training_page}</body></html>"
     )
     write_text_atomic(out / "report.json", json.dumps(table, indent=1))
     shown = sum(entry["picture"] is not None for entry in training.values())

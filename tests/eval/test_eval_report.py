@@ -106,5 +106,8 @@ def test_the_report_shows_each_training_runs_reward_picture(tmp_path):
     assert base64.b64encode(drawn).decode("ascii") in page and page.count("data:image/png;base64,") == 5  # 4 rows' charts + the run's
     assert json.loads((out / "report.json").read_text())["training"] == {
         "bon_ur_cac": {"run": str(trained), "picture": "charts/reward_bon-ur-cac.png"}, "bon_ur": {"run": str(unfinished), "picture": None}}
-    # the runs alone make a report too
+    # the runs alone make a report too: their pictures, no empty table
     assert run(ReportConfig(runs={"flow_grpo": str(trained)}, out_dir=str(tmp_path / "alone")))["training"]["flow_grpo"]["picture"]
+    alone = (tmp_path / "alone/report.md").read_text()
+    assert "| metric |" not in alone and "![flow_grpo: reward per step](charts/reward_flow-grpo.png)" in alone
+    assert "<table>" not in (tmp_path / "alone/report.html").read_text()
