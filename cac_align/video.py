@@ -223,7 +223,9 @@ class Video:
 
     def decoded(self) -> "Video":
         """This video with its frames as an array (a lazy video's selected frames decoded)."""
-        return Video(np.asarray(self.frames), self.fps, self.timestamps, self.source) if self.is_lazy else self
+        if not self.is_lazy:
+            return self
+        return Video(np.asarray(self.frames), self.fps, self.timestamps, self.source, self.audio, self.sample_rate)
 
     def select(self, indices: np.ndarray, fps: float) -> "Video":
         """Frames at ``indices`` as a new video at ``fps``, keeping their source timestamps."""
@@ -237,7 +239,9 @@ class Video:
         see :func:`sample_times`.
         """
         fps = _check_fps(fps, f"{self.source}: resample fps")
-        return self.select(sample_times(self.num_frames, self.fps, fps), fps)
+        video = self.select(sample_times(self.num_frames, self.fps, fps), fps)
+        # the same span of time: the soundtrack stays (a crop or a select of some frames drops it)
+        return video if self.audio is None else Video(video.frames, fps, video.timestamps, self.source, self.audio, self.sample_rate)
 
     def crop(self, start_s: float, end_s: float) -> "Video":
         """Frames whose timestamps fall in ``[start_s, end_s)`` (source seconds).
@@ -550,15 +554,48 @@ def _decode_file(path: Path, fps: float | None, lazy: bool = False) -> Video:
         # Decode only the frames the target rate needs.
         indices = sample_times(total, source_fps, fps)
         out_fps = fps
+    audio, sample_rate = read_soundtrack(path)
     if lazy:
         try:
             height, width = reader[0].shape[:2]
         except Exception as exc:
             raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
         del reader
-        return Video(LazyFrames(str(path), indices, height, width), out_fps, indices / source_fps, str(path))
+        return Video(LazyFrames(str(path), indices, height, width), out_fps, indices / source_fps, str(path), audio, sample_rate)
     del reader
-    return Video(_read_frames(path, indices), out_fps, indices / source_fps, str(path))
+    return Video(_read_frames(path, indices), out_fps, indices / source_fps, str(path), audio, sample_rate)
+
+
+def read_soundtrack(path: str | Path) -> tuple[np.ndarray | None, int | None]:
+    """A video file's first audio stream, decoded by PyAV (ffmpeg): float32 ``(channels, samples)``
+    and its rate, or ``(None, None)`` for a file without one. An AAC track (what :func:`save_video`
+    writes) comes back at its rate and length: ffmpeg drops the encoder's priming samples, and the
+    decoder's padding of the last frame is cut to the stream's duration.
+
+    Raises:
+        VideoError: an audio stream that cannot be decoded, naming the file.
+    """
+    import av  # PyAV, installed with qwen-vl-utils (a dependency); ffmpeg's own decoders
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None, None
+            stream = container.streams.audio[0]
+            chunks = [frame.to_ndarray() for frame in container.decode(stream)]
+            rate = int(stream.rate)
+            length = None if stream.duration is None else int(round(float(stream.duration * stream.time_base) * rate))
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"could not decode the soundtrack of video {path}: {exc}") from None
+    if not chunks:
+        return None, None
+    # planar formats give (channels, n) per frame; packed ones (s16, flt) give (1, n * channels)
+    channels = stream.codec_context.channels if hasattr(stream.codec_context, "channels") else stream.channels
+    planes = [c.reshape(-1, channels).T if c.shape[0] == 1 and channels > 1 else c for c in chunks]
+    track = np.concatenate(planes, axis=1)
+    if track.dtype.kind == "i":  # integer PCM to [-1, 1]
+        track = track.astype(np.float32) / float(np.iinfo(track.dtype).max)
+    return np.ascontiguousarray(track[:, :length], dtype=np.float32), rate
 
 
 def _decode_with_ffmpeg(path: Path, indices: np.ndarray) -> np.ndarray:

@@ -271,6 +271,8 @@ class BatchReward(RewardBase):
 
     - :meth:`request` (optional): what one decoded video and its prompt become (default: the
       pair); it runs outside the lock;
+    - :meth:`input_problem` (optional): why a decoded video cannot be scored at all (a missing or
+      unusable soundtrack), which makes it invalid before it is asked;
     - :meth:`score_batch`: one detail dict per request, in order; a scored one has ``"score"``
       (taken out of the details by the base) and no ``"error"`` (or ``"error": None``), an
       unusable one ``"error"`` and ``"error_kind"`` (:class:`ErrorKind`).
@@ -300,6 +302,11 @@ class BatchReward(RewardBase):
     def score_batch(self, requests: list[Any]) -> list[dict]:
         raise NotImplementedError(f"{type(self).__name__} must define score_batch(requests) -> one detail dict per request")
 
+    def input_problem(self, video: Video) -> tuple[str, str] | None:
+        """Why this reward cannot score ``video`` at all, as ``(error, error_kind)``, or None: checked
+        before anything is asked (an audio reward's soundtrack checks: :mod:`cac_align.rewards.audio`)."""
+        return None
+
     def invalid_detail(self, error: str, kind: str) -> dict:
         return {"error": error, "error_kind": kind}
 
@@ -313,6 +320,8 @@ class BatchReward(RewardBase):
                 details[i] = self.invalid_detail(str(video), ErrorKind.VIDEO)
             elif prompt is None and self.needs_prompt:
                 details[i] = self.invalid_detail(f"{self.name} needs the generating prompt of each video", ErrorKind.PROMPT)
+            elif (problem := self.input_problem(video)) is not None:  # e.g. a soundtrack it cannot hear
+                details[i] = self.invalid_detail(*problem)
             else:
                 todo.append((i, self.request(video, prompt)))
         with self._lock:

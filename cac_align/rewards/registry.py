@@ -156,7 +156,7 @@ def _with_model_settings(config: Any) -> Any:
 
 
 # Modules of cac_align/rewards that hold the layer itself, not a reward.
-_NOT_REWARDS = frozenset({"authors", "base", "judges", "registry", "normalize"})
+_NOT_REWARDS = frozenset({"audio", "authors", "base", "judges", "registry", "normalize"})
 
 
 def _discover_builtins() -> None:
