@@ -1,0 +1,95 @@
+"""``clap``: its score is the cosine of transformers' own CLAP audio and text embeddings, computed by
+hand here (issue #89, "Authors' numbers"), on a tiny random ClapModel saved and loaded by path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.rewards.registry import build_reward, reward_config
+from cac_align.video import Video
+
+PROMPTS = ["a dog barks twice", "rain on a tin roof"]
+
+
+@pytest.fixture(scope="module")
+def clap_dir(tmp_path_factory):
+    """A tiny random ClapModel (HTSAT audio tower, RoBERTa text tower) and its processor, saved."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from cac_align.vlm.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(vocab_size=300)
+    torch.manual_seed(0)
+    config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, projection_dim=16),
+        audio_config=dict(spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=(4, 4), hidden_size=32,
+                          patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], projection_dim=16),
+        projection_dim=16,
+    )
+    # 48 kHz as LAION's extractor; 16 mel bins (the tiny tower's), 2 s before it would cut
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=2, fft_window_size=256, truncation="rand_trunc")
+    path = tmp_path_factory.mktemp("clap")
+    ClapModel(config).save_pretrained(path)
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def _tone(freq: float, seconds: float, rate: int, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(round(seconds * rate))) / rate
+    wave = 0.4 * np.sin(2 * np.pi * freq * t) + 0.1 * np.sin(2 * np.pi * 3.1 * freq * t)
+    return np.repeat(wave.astype(np.float32)[None], channels, axis=0)
+
+
+def _by_hand(path, prompt: str, wave48k: np.ndarray) -> float:
+    """transformers' own get_audio_features / get_text_features, then cos = a.t / (|a| |t|)."""
+    from transformers import ClapModel, ClapProcessor
+
+    model, processor = ClapModel.from_pretrained(path).eval(), ClapProcessor.from_pretrained(path)
+    audio_in = processor.feature_extractor([wave48k], sampling_rate=48000, return_tensors="pt")
+    text_in = processor.tokenizer([prompt], return_tensors="pt")
+    with torch.no_grad():
+        a = model.get_audio_features(input_features=audio_in["input_features"], is_longer=audio_in["is_longer"]).pooler_output[0].double()
+        t = model.get_text_features(input_ids=text_in["input_ids"], attention_mask=text_in["attention_mask"]).pooler_output[0].double()
+    return float(a @ t / (a.norm() * t.norm()))
+
+
+def test_clap_scores_the_cosine_of_transformers_own_embeddings(clap_dir):
+    from scipy.signal import resample_poly
+
+    reward = build_reward({"name": "clap", "model": str(clap_dir), "device": "cpu"})
+    assert (reward.modality, reward.reads_prompt, reward.modalities) == ("audio", True, {"clap": "audio"})
+    frames = np.zeros((8, 16, 16, 3), np.uint8)  # 1 s at 8 fps
+    stereo48 = _tone(440.0, 1.0, 48000, channels=2)
+    stereo48[1] *= 0.5  # two different channels: CLAP hears their mean
+    mono16 = _tone(220.0, 1.0, 16000)
+    out = reward([frames, frames], PROMPTS, [{"fps": 8, "audio": stereo48, "sample_rate": 48000}, {"fps": 8, "audio": mono16, "sample_rate": 16000}])
+    assert out.valid.tolist() == [True, True]
+    expected = [
+        _by_hand(clap_dir, PROMPTS[0], stereo48.mean(axis=0)),
+        _by_hand(clap_dir, PROMPTS[1], resample_poly(mono16[0].astype(np.float64), 3, 1).astype(np.float32)),  # 16 kHz -> 48 kHz
+    ]
+    np.testing.assert_allclose(out.scores, expected, atol=1e-5)
+    assert abs(expected[0] - expected[1]) > 1e-3  # the two samples are told apart
+    assert out.details[1]["sample_rate"] == 16000 and out.details[1]["heard_at"] == 48000
+    # the prompt matters: the same sound under the other prompt scores the other text's cosine
+    swapped = reward([frames], [PROMPTS[1]], [{"fps": 8, "audio": stereo48, "sample_rate": 48000}])
+    assert swapped.scores[0] == pytest.approx(_by_hand(clap_dir, PROMPTS[1], stereo48.mean(axis=0)), abs=1e-5)
+    assert swapped.scores[0] != pytest.approx(out.scores[0], abs=1e-4)
+
+
+def test_clap_without_sound_or_prompt_is_invalid_never_zero(clap_dir):
+    reward = build_reward({"name": "clap", "model": str(clap_dir), "device": "cpu"})
+    frames = np.zeros((8, 16, 16, 3), np.uint8)
+    out = reward([frames, Video(frames, 8.0, audio=_tone(440.0, 1.0, 48000), sample_rate=48000)], [PROMPTS[0], None], {"fps": 8})
+    assert out.valid.tolist() == [False, False] and np.isnan(out.scores).all()
+    assert [d["error_kind"] for d in out.details] == ["audio", "prompt"]
+
+
+def test_a_clap_section_is_checked_before_anything_loads():
+    name, config = reward_config({"name": "clap", "model": "laion/larger_clap_general", "batch_size": 4})
+    assert name == "clap" and config.batch_size == 4 and config.device == "auto"
+    with pytest.raises(ValueError, match="batch_sise"):
+        reward_config({"name": "clap", "batch_sise": 4})
