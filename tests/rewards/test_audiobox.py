@@ -1,0 +1,43 @@
+"""``audiobox`` in the default suite: its windows by hand, its section's checks, and the one line a
+machine without Meta's package gets. Its numbers against the package's own predictor are the
+conformance test's (tests/conformance/test_audiobox.py, in .venv-audiobox)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from cac_align.rewards.audiobox import windows_of
+from cac_align.rewards.registry import build_reward, reward_config
+
+
+def test_windows_are_10_s_every_10_s_the_last_padded_and_weighted_by_its_sound():
+    # 25 s and 4 s of 16 kHz: windows [0, 10), [10, 20), [20, 25) + 5 s padding; then [0, 4) + 6 s
+    a = np.ones(25 * 16000, np.float32)
+    b = np.full(4 * 16000, 0.5, np.float32)
+    wav, mask, weight, owner = windows_of([a, b])
+    assert wav.shape == (4, 1, 160000) and mask.shape == (4, 1, 160000) and mask.dtype == bool
+    assert weight.tolist() == [1.0, 1.0, 0.5, 0.4] and owner.tolist() == [0, 0, 0, 1]
+    assert mask[2, 0].sum() == 80000 and wav[2, 0, 79999] == 1.0 and wav[2, 0, 80000] == 0.0
+    assert wav[3, 0, :64000].tolist() == [0.5] * 64000 and not mask[3, 0, 64000:].any()
+
+
+def test_an_audiobox_section_chooses_its_axes():
+    name, config = reward_config({"name": "audiobox", "axes": ["PQ", "CE"]})
+    assert name == "audiobox" and config.axis_weights == {"PQ": 0.5, "CE": 0.5}  # their mean
+    assert reward_config({"name": "audiobox"})[1].axis_weights == {"CE": 0.25, "CU": 0.25, "PC": 0.25, "PQ": 0.25}
+    omni = {"name": "audiobox", "axes": ["CE", "CU", "PQ", "PC"], "weights": [0.025, 0.025, 0.025, -0.025]}  # OmniNFT's
+    assert reward_config(omni)[1].axis_weights == {"CE": 0.025, "CU": 0.025, "PQ": 0.025, "PC": -0.025}
+    with pytest.raises(ValueError, match="axes: choose among CE, CU, PC, PQ"):
+        reward_config({"name": "audiobox", "axes": ["PQ", "QQ"]})
+    with pytest.raises(ValueError, match="weights: one per axis"):
+        reward_config({"name": "audiobox", "axes": ["PQ", "CE"], "weights": [1.0]})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("audiobox_aesthetics") is not None, reason="the package is installed here")
+def test_without_the_package_the_error_is_one_line_naming_the_install():
+    with pytest.raises(ImportError, match="pip install audiobox-aesthetics") as caught:
+        build_reward({"name": "audiobox", "model": "/nowhere"})
+    assert "\n" not in str(caught.value)
