@@ -225,7 +225,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     from cac_align.gen.generator import build_video_generator
     from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
-    from cac_align.video import Video, load_video, save_video, save_wav
+    from cac_align.video import Video, load_video, read_soundtrack, save_video, save_wav
     from cac_align.vlm.openai import ServerDown
 
     # 1. setup: prompts (and the images they animate, checked against the model), run folder
@@ -280,12 +280,14 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
                 save_video(Video(video, config.generator.fps), paths[c], audio=audio, sample_rate=generated.sample_rate)
             bar.update(len(batch))
         hashes = {c: _read_hash(paths[c].with_suffix(".sha256")) for c in range(config.n)}
-        # 3. score the group from the files
+        # 3. score the group from the files; a candidate's soundtrack from the WAV beside it (lossless;
+        #    the mp4's AAC is what a reward reads of a file without one)
         videos = [load_video(p) for p in paths]
+        sounds = [dict(zip(("audio", "sample_rate"), read_soundtrack(p.with_suffix(".wav")))) if p.with_suffix(".wav").exists() else {} for p in paths]
         if config.offload and on_gpu:
             reward.to(generator.execution_device())
         try:
-            output = reward(videos, [prompt] * config.n, [{"group": i}] * config.n)
+            output = reward(videos, [prompt] * config.n, [{"group": i, **sound} for sound in sounds])
             down = [d for d in output.details if d.get("error_kind") == ErrorKind.DOWN]
             if down:  # the judge went down while it scored this group: no choice of the best
                 raise ServerDown(str(down[0].get("error", "the reward server is down")).removeprefix("backend failed: "))
@@ -345,7 +347,8 @@ def _group_rows(i: int, prompt: str, seeds: list[int], paths: list[Path], out: P
                 "valid": bool(output.valid[c]),
                 "error": details.get("error"),
                 "components": {
-                    name: {"raw": part.get("raw"), "normalized": part.get("normalized"), "valid": part.get("valid")}
+                    name: {"raw": part.get("raw"), "normalized": part.get("normalized"), "valid": part.get("valid"),
+                           "judges": output.info.get("modalities", {}).get(name), "error": part.get("error")}
                     for name, part in details.get("components", {}).items()
                 },
                 "chosen": c == best,
@@ -445,6 +448,7 @@ def _summarize(done: dict[int, list[dict]]) -> dict:
     if not rows:
         return {"prompts": 0}
     names = {rows[0]["reward"]: lambda r: r["score"]}
+    judges = {name: part.get("judges") for name, part in rows[0]["components"].items()}  # video, audio or both
     for name in rows[0]["components"]:
         names[name] = lambda r, name=name: r["components"][name]["raw"]
 
@@ -453,7 +457,8 @@ def _summarize(done: dict[int, list[dict]]) -> dict:
         return float(np.mean(kept)) if kept else None
 
     per_reward = {
-        name: {"chosen_mean": mean([get(r) for r in rows if r["chosen"]]), "all_mean": mean([get(r) for r in rows])}
+        name: {"chosen_mean": mean([get(r) for r in rows if r["chosen"]]), "all_mean": mean([get(r) for r in rows]),
+               **({"judges": judges[name]} if judges.get(name) else {})}
         for name, get in names.items()
     }
     return {
@@ -492,11 +497,11 @@ def _write_summary(out: Path, summary: dict, animated: list[str] | None = None) 
         f"{summary.get('prompts', 0)} prompts, {summary.get('candidates', 0)} candidates "
         f"({summary.get('invalid_candidates', 0)} invalid; {summary.get('fallback_prompts', 0)} prompts with no valid candidate).",
         "",
-        "| reward | mean of chosen | mean of all candidates |",
-        "| --- | --- | --- |",
+        "| reward | judges | mean of chosen | mean of all candidates |",
+        "| --- | --- | --- | --- |",
     ]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, row in summary.get("rewards", {}).items():
-        lines.append(f"| {name} | {fmt(row['chosen_mean'])} | {fmt(row['all_mean'])} |")
+        lines.append(f"| {name} | {row.get('judges', '-')} | {fmt(row['chosen_mean'])} | {fmt(row['all_mean'])} |")
     write_text_atomic(out / "summary.md", "\n".join(lines + list(animated or [])) + "\n")
 

@@ -10,8 +10,8 @@ score of 0 (a trainer would read 0 as "bad sound" and push the generator on a sa
 - NaN or inf anywhere in it;
 - a rate the reward cannot take, for a reward that does not resample;
 - a track shorter than the video: its length in seconds below ``frames / fps`` by more than
-  the tolerance (one frame of the video by default: a track that reaches the last frame's start is
-  whole).
+  the tolerance (by default one frame of the video plus :data:`SLACK_S`: a track that reaches the
+  last frame's start, give or take a generator's rounding, is whole).
 
 The soundtrack reaches a reward as :attr:`cac_align.video.Video.audio` (float32 ``(channels,
 samples)``) with its ``sample_rate``: from a trainer's metadata (``audio`` / ``sample_rate``), or
@@ -28,11 +28,15 @@ import numpy as np
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
 
-__all__ = ["SILENCE", "AudioReward", "mono", "resample_audio", "soundtrack_problem"]
+__all__ = ["SILENCE", "SLACK_S", "AudioReward", "mono", "resample_audio", "soundtrack_problem"]
 
 # Peak |x| at or below which a track counts as silence: 1e-4 is -80 dBFS, below one step of 16-bit
 # PCM's dither (3e-5 is one step), so a track written to a WAV and read back as all zeros is silent.
 SILENCE = 1e-4
+# What a generator's track may lack at its end beyond one frame: LTX-2 sizes its sound in latents of
+# 1/25 s (rounded: up to 20 ms) and its causal audio VAE gives (latents - 1) x 4 + 1 mel frames (30 ms
+# short at 10 ms a mel frame). The tiny LTX-2 (9 frames at 24 fps, 0.375 s) makes 0.330 s: 45 ms short.
+SLACK_S = 0.05
 
 
 def soundtrack_problem(
@@ -47,7 +51,7 @@ def soundtrack_problem(
         video: a decoded video, with its ``audio`` ``(channels, samples)`` and ``sample_rate``.
         rates: the sample rates the reward takes as they are (None: any, it resamples).
         tolerance_s: how much shorter than the video (``num_frames / fps`` s) the track may be;
-            None: one frame of the video (``1 / fps``).
+            None: one frame of the video and :data:`SLACK_S` (``1 / fps + 0.05``).
         reward: the reward's name, for the message.
     """
     track = video.audio
@@ -63,7 +67,7 @@ def soundtrack_problem(
     rate = int(video.sample_rate)
     if rates is not None and rate not in rates:
         return f"the soundtrack is at {rate} Hz and {reward} takes {' or '.join(f'{r} Hz' for r in rates)} (it does not resample)"
-    tolerance = 1.0 / video.fps if tolerance_s is None else tolerance_s
+    tolerance = 1.0 / video.fps + SLACK_S if tolerance_s is None else tolerance_s
     heard_s, seen_s = track.shape[1] / rate, video.num_frames / video.fps
     if heard_s < seen_s - tolerance - 1e-9:
         return (f"the soundtrack is {heard_s:.3f} s ({track.shape[1]} samples at {rate} Hz), shorter than the video's "

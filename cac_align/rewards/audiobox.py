@@ -59,7 +59,7 @@ class AudioboxConfig:
         weights: one per axis of ``axes``; None: their mean (``1 / len(axes)`` each).
         device: "auto", "cpu", "cuda", "cuda:N".
         batch_size: videos per forward (each gives one 10 s window per 10 s of sound).
-        tolerance_s: how much shorter than the video a soundtrack may be (None: one video frame).
+        tolerance_s: how much shorter than the video a soundtrack may be (None: one video frame + 0.05 s).
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
     """
 
@@ -110,7 +110,6 @@ class AudioboxReward(AudioReward):
     maps each chosen axis to its weight."""
 
     name = "audiobox"
-    score_range = None
     modality = "audio"
     reads_prompt = False
     needs_prompt = False
@@ -118,6 +117,8 @@ class AudioboxReward(AudioReward):
 
     def __init__(self, model: Any, axes: dict[str, float], batch_size: int = 8, tolerance_s: float | None = None, source_fps: float = 16.0):
         self.model, self.axes = model.eval(), dict(axes)
+        # each axis is on the 1-10 scale the model was trained to: the weighted sum's range follows
+        self.score_range = (sum(min(w, 10 * w) for w in self.axes.values()), sum(max(w, 10 * w) for w in self.axes.values()))
         self.batch_size, self.tolerance_s, self.source_fps = batch_size, tolerance_s, source_fps
 
     def to(self, device: Any) -> "AudioboxReward":

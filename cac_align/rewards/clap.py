@@ -45,7 +45,7 @@ class ClapConfig:
         device: "auto" (the GPU if there is one), "cpu", "cuda", "cuda:N".
         dtype: the model's dtype (float32, bfloat16, float16).
         batch_size: videos per forward.
-        tolerance_s: how much shorter than the video a soundtrack may be (None: one video frame).
+        tolerance_s: how much shorter than the video a soundtrack may be (None: one video frame + 0.05 s).
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
     """
 

@@ -190,7 +190,7 @@ class SyncConfig:
         module: the module of class ``Synchformer`` inside it (OmniNFT's layout by default).
         device: "auto", "cpu", "cuda", "cuda:N".
         batch_size: videos per forward (each holds 24 x 16 frames of 224 x 224).
-        tolerance_s: how much shorter than the video a soundtrack may be (None: one video frame).
+        tolerance_s: how much shorter than the video a soundtrack may be (None: one video frame + 0.05 s).
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
     """
 
