@@ -55,7 +55,12 @@ holds the loop and ``MultiVisualRewardManager`` the visual arguments):
   ``device`` (``auto``: CUDA when the worker sees a GPU), ``max_batch`` (16). An unknown key is an
   error naming it (their loader would drop it silently); the arguments they add (above) are not.
 - **Samples.** ``media_kind`` "video" reads the frames as (T, C, H, W), their canonical layout;
-  another kind is refused (our rewards score videos). Audio is read, logged once, not scored.
+  another kind is refused (our rewards score videos). A sample's ``audio`` and
+  ``audio_sample_rate`` go to the reward with its frames (``Video.audio``): ``clap``, ``audiobox``
+  and ``sync`` hear it, a video reward ignores it. One entry per component (``reward: clap``,
+  ``reward: sync``, ...) keeps each component a score of its own in their manager, with its own
+  ``reward/<entry>`` metric; an entry naming a ``combined`` reward gives them one number, its
+  components' modalities lost there (docs/audio.md).
 - **Batches.** The concurrent per-sample calls of a worker are gathered into model batches of up
   to ``max_batch`` (calls arriving while a batch runs form the next); the model runs in a thread,
   so the worker's event loop keeps receiving. Each sample gets its own score in its own call.
@@ -183,11 +188,11 @@ class _Batcher:
         self._build_lock = threading.Lock()
         self.section_fps: float | None = None  # the reward section's own source_fps, when it states one
 
-    async def submit(self, frames: Any, prompt: str, fps: float) -> dict[str, float]:
+    async def submit(self, frames: Any, prompt: str, fps: float, sound: Mapping[str, Any] | None = None) -> dict[str, float]:
         loop = asyncio.get_running_loop()
         queue = self.queues.setdefault(loop, {"pending": [], "worker": None})
         future = loop.create_future()
-        queue["pending"].append((frames, prompt, fps, future))
+        queue["pending"].append((frames, prompt, {"fps": fps, **(sound or {})}, future))
         if queue["worker"] is None or queue["worker"].done():
             queue["worker"] = loop.create_task(self._drain(queue))
         return await future
@@ -217,11 +222,11 @@ class _Batcher:
                 self._scorer = self.slots.scorer(self.settings["reward"], self.settings["device"])
             return self._scorer
 
-    def _score(self, items: list[tuple[Any, str, float]]) -> list[dict[str, float] | Exception]:
+    def _score(self, items: list[tuple[Any, str, dict[str, Any]]]) -> list[dict[str, float] | Exception]:
         """One model batch (in a worker thread): a result dict or an exception per item."""
         s = self.settings
         prompts = [p for _, p, _ in items]
-        metadata = [{"fps": fps, "group": p} for _, p, fps in items]
+        metadata = [{**row, "group": p} for _, p, row in items]  # fps, and the soundtrack where the sample has one
         scored = self.scorer()([f for f, _, _ in items], prompts, metadata)
         n = len(items)
         invalid = ~scored.valid
@@ -288,9 +293,9 @@ def _batcher(settings: dict[str, Any]) -> _Batcher:
         return _BATCHERS[key]
 
 
-def _sample_fields(extra_info: Any) -> tuple[Any, Any]:
-    """``(fps, layout)`` of one sample from their ``extra_info``; raises for a sample that is not
-    a video. verl-omni projects ``media_kind``, ``audio`` and ``audio_sample_rate`` of the rollout
+def _sample_fields(extra_info: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """``(fps, layout, sound)`` of one sample from their ``extra_info``; raises for a sample that is
+    not a video. ``sound`` is ``{"audio", "sample_rate"}`` for a sample with a soundtrack, else {}. verl-omni projects ``media_kind``, ``audio`` and ``audio_sample_rate`` of the rollout
     into ``extra_info`` (reward_manager/media.py, ``_reward_extra_info``); a dataset row may add
     ``fps`` (their visual reward helper reads ``extra_info["fps"]`` beside ``media_kind``)."""
     info = extra_info if isinstance(extra_info, Mapping) else {}
@@ -298,11 +303,15 @@ def _sample_fields(extra_info: Any) -> tuple[Any, Any]:
     if kind is not None and str(kind) != "video":
         raise ValueError(f"verl_omni reward function: this sample's media_kind is {kind!r}; cac_align's rewards score videos "
                          "(media_kind 'video'): point this entry at a video run")
-    if info.get("audio") is not None and not _audio_logged[0]:
-        _audio_logged[0] = True
-        log.info("verl_omni: the samples carry audio (%s Hz); cac_align's rewards judge the frames only, the audio is not scored",
-                 info.get("audio_sample_rate", "unknown rate"))
-    return info.get("fps"), ("TCHW" if kind is not None else None)
+    sound: dict[str, Any] = {}
+    if info.get("audio") is not None:
+        rate = info.get("audio_sample_rate")
+        sound = {"audio": info["audio"], "sample_rate": int(rate.item() if hasattr(rate, "item") else rate) if rate is not None else None}
+        if not _audio_logged[0]:
+            _audio_logged[0] = True
+            log.info("verl_omni: the samples carry audio (%s Hz): handed to the reward with the frames (a reward that hears judges it)",
+                     rate if rate is not None else "unknown rate")
+    return info.get("fps"), ("TCHW" if kind is not None else None), sound
 
 
 async def compute_score(
@@ -328,7 +337,7 @@ async def compute_score(
         ground_truth: the prompt.
         extra_info: theirs: ``fps`` (when their dataset rows carry one), ``media_kind`` (read:
             "video" fixes the layout, anything else is refused), ``audio`` and
-            ``audio_sample_rate`` (read, not scored).
+            ``audio_sample_rate`` (the soundtrack, handed to the reward).
         reward, sections, invalid, max_invalid_fraction, fps, device, max_batch: the keys of
             the reward_functions entry (module docstring).
         **kwargs: the arguments verl-omni adds for a reward model (``sampling_params``,
@@ -345,7 +354,7 @@ async def compute_score(
     """
     settings = _settings(reward, sections, invalid, max_invalid_fraction, fps, device, max_batch, kwargs)
     batcher = _batcher(settings)
-    passed_fps, layout = _sample_fields(extra_info)
+    passed_fps, layout, sound = _sample_fields(extra_info)
     # the trainer's own rate, then the entry's `fps`, then the reward section's `source_fps`; never a guess
     rate = adapter.frame_rate("verl_omni reward function", "fps in its reward_functions entry (or source_fps in the reward's section)",
                               passed_fps, settings["fps"], batcher.section_fps)
@@ -354,4 +363,4 @@ async def compute_score(
         frames: Any = to_frames(solution_image, layout)
     except VideoError as exc:
         frames = exc  # the reward marks this sample invalid (the policy decides the rest)
-    return await batcher.submit(frames, prompt, rate)
+    return await batcher.submit(frames, prompt, rate, sound)

@@ -315,3 +315,23 @@ def test_the_frame_rate_is_theirs_or_the_entrys_never_a_guess_and_media_kind_is_
     assert got == [0.0, 0.0] and ("48000 Hz" in caplog.text or verl_omni._audio_logged[0])
     with pytest.raises(RuntimeError, match="media_kind is 'image'; cac_align's rewards score videos"):
         run({"s": {**entry, "required": True, "reward": "spot", "sections": SPOT, "fps": 8}}, spot_batch(theirs, media={"media_kind": "image"}))
+
+
+def test_a_samples_soundtrack_reaches_a_reward_that_hears_one_entry_per_component(theirs):
+    # verl-omni projects the rollout's audio and its rate into extra_info (media.py); an entry naming a
+    # reward that hears gets them with the frames, and each component is an entry (a score) of its own
+    from audio_rewards import rms
+
+    t = np.arange(int(0.6 * 16000)) / 16000
+    tone = torch.from_numpy(np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.25 * np.sin(2 * np.pi * 440 * t)]).astype(np.float32))
+    sections = {**SPOT, "loud": {"name": "audio_rewards:loudness"}}
+    entries = {"spot": {**OURS, "required": True, "reward": "spot", "sections": sections},
+               "loud": {**OURS, "required": True, "reward": "loud", "sections": sections, "weight": 2.0}}
+    media = {"media_kind": "video", "audio": tone, "audio_sample_rate": np.int64(16000)}
+    rm_scores, metrics = theirs.parts.worker_scores(manager(theirs, entries), spot_batch(theirs, media=media), num_workers=1)
+    assert metrics["reward/spot"].tolist() == [0.0, 0.0]  # the frames, as ever (16 fps: the spot is bright)
+    assert metrics["reward/loud"].tolist() == pytest.approx([rms(tone.numpy())] * 2, abs=1e-6)
+    assert rm_scores[:, 0].tolist() == pytest.approx([2.0 * rms(tone.numpy())] * 2, abs=1e-6)
+    # a sample without a soundtrack: invalid for the reward that hears, never 0 (required: the run stops)
+    with pytest.raises(RuntimeError, match="no soundtrack: loudness judges the sound"):
+        theirs.parts.worker_scores(manager(theirs, entries), spot_batch(theirs, media={"media_kind": "video"}), num_workers=1)

@@ -11,43 +11,29 @@ import pytest
 
 from cac_align.config import load_config
 from cac_align.jobs.best_of_n import BonConfig, run
-from cac_align.rewards.audio import AudioReward
 from cac_align.rewards.combine import CombinedReward
 from cac_align.rewards.toy import BrightnessReward
 from cac_align.video import read_soundtrack
+from audio_rewards import Loudness, rms
 from conftest import REPO_ROOT
 
 
-class _Loudness(AudioReward):
-    """A reward of ours that hears: the RMS of the track, in [0, 1]; keeps what it heard."""
-
-    name = "loudness"
-    score_range = (0.0, 1.0)
-    needs_prompt = False
-    reads_prompt = False
-
-    def __init__(self):
-        self.heard: list = []
-
-    def score_batch(self, requests):
-        self.heard += [(video.audio.copy(), video.sample_rate) for video, _ in requests]
-        return [{"score": float(np.sqrt(np.mean(video.audio.astype(np.float64) ** 2)))} for video, _ in requests]
-
-
 def test_best_of_n_hears_each_candidate_and_keeps_the_chosen_ones_sound(tmp_path):
-    config = load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_ltx2.yaml", [f"out_dir={tmp_path / 'run'}", "n=2"], job="bon")
-    loud = _Loudness()
+    (tmp_path / "prompts.txt").write_text("a dog barking in the rain\n")
+    config = load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_ltx2.yaml",
+                         [f"out_dir={tmp_path / 'run'}", "n=2", f"prompts={tmp_path / 'prompts.txt'}"], job="bon")
+    loud = Loudness()
     run(config, reward=CombinedReward([BrightnessReward(), loud]))
     out = tmp_path / "run"
     rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and all(r["valid"] for r in rows)
+    assert len(rows) == 2 and all(r["valid"] for r in rows)
     # the reward heard each candidate's WAV exactly (16-bit PCM, 24 kHz, stereo), in candidate order
-    assert len(loud.heard) == 4
+    assert len(loud.heard) == 2
     for row, (track, rate) in zip(rows, loud.heard):
         wav, wav_rate = read_soundtrack(out / row["video"].replace(".mp4", ".wav"))
         assert rate == wav_rate == 24000 and track.shape == wav.shape == (2, 7920)
         np.testing.assert_array_equal(track, wav)
-        assert row["components"]["loudness"]["raw"] == pytest.approx(float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))))
+        assert row["components"]["loudness"]["raw"] == pytest.approx(rms(wav))
         assert row["components"]["loudness"]["judges"] == "audio" and row["components"]["brightness"]["judges"] == "video"
     # the chosen video keeps its soundtrack: its mp4 carries the AAC track, its WAV the candidate's samples
     for row in (r for r in rows if r["chosen"]):
