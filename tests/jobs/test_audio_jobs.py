@@ -1,6 +1,7 @@
-"""Best-of-N with a reward that hears (issue #89): each candidate's soundtrack reaches the reward (the
-lossless WAV beside its mp4), the chosen video keeps its track, and the summary shows each component
-with what it judges. On the shipped tiny LTX-2 (tiny-random:ltx2: diffusers' own LTX2Pipeline)."""
+"""The jobs with a reward that hears (issue #89). `score` on video files hears their AAC tracks.
+Best-of-N: each candidate's soundtrack reaches the reward (the lossless WAV beside its mp4), the chosen
+video keeps its track, and the summary shows each component with what it judges (on the shipped tiny
+LTX-2, tiny-random:ltx2: diffusers' own LTX2Pipeline)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from cac_align.config import load_config
 from cac_align.jobs.best_of_n import BonConfig, run
 from cac_align.rewards.combine import CombinedReward
 from cac_align.rewards.toy import BrightnessReward
-from cac_align.video import read_soundtrack
+from cac_align.jobs.score import ScoreConfig
+from cac_align.jobs.score import run as score
+from cac_align.video import Video, read_soundtrack, save_video
 from audio_rewards import Loudness, rms
 from conftest import REPO_ROOT
 
@@ -44,3 +47,15 @@ def test_best_of_n_hears_each_candidate_and_keeps_the_chosen_ones_sound(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rewards"]["loudness"]["judges"] == "audio" and summary["rewards"]["brightness"]["judges"] == "video"
     assert "| loudness | audio |" in (out / "summary.md").read_text()
+
+
+def test_score_on_files_hears_their_soundtracks(tmp_path):
+    t = np.arange(18000) / 16000  # 1.125 s: 9 frames at 8 fps
+    tone = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+    frames = np.zeros((9, 32, 32, 3), np.uint8)
+    save_video(Video(frames, 8.0), tmp_path / "videos" / "a_sound.mp4", audio=tone, sample_rate=16000)
+    save_video(Video(frames, 8.0), tmp_path / "videos" / "b_silent.mp4")
+    rows = score(ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(tmp_path / "videos")), reward=Loudness())
+    assert [r["valid"] for r in rows] == [True, False]
+    assert rows[0]["score"] == pytest.approx(rms(tone), abs=0.01)  # the AAC track, read back from the file
+    assert rows[1]["score"] is None and rows[1]["error"].startswith("no soundtrack: loudness judges the sound")
