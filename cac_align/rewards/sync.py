@@ -120,7 +120,8 @@ def prepare_frames(video: Video) -> Any:
     import torch
     import torch.nn.functional as F
 
-    frames = torch.from_numpy(np.ascontiguousarray(np.asarray(video.frames)[frames_at_25fps(video)])).permute(0, 3, 1, 2).float() / 255.0
+    picked = np.asarray(video.frames[frames_at_25fps(video)])  # a file's video decodes only these frames
+    frames = torch.from_numpy(np.ascontiguousarray(picked)).permute(0, 3, 1, 2).float() / 255.0
     height, width = frames.shape[-2:]
     size = (SIZE, int(width * SIZE / height)) if height <= width else (int(height * SIZE / width), SIZE)
     frames = F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True)

@@ -113,6 +113,12 @@ def test_sync_reads_synchformer_from_a_checkout_and_scores_files_sound(tmp_path)
     assert out.details[0]["offsets_s"] == [0.8, 0.8] and out.details[0]["window_s"] == [0.0, 5.0]
     in_sync = build_reward({**section, "checkpoint": _checkpoint(tmp_path, 10)})
     assert in_sync([video], None).scores[0] == 1.0
+    # a file: its frames decoded at 25 fps (only those), its AAC track heard
+    from cac_align.video import save_video
+
+    path = save_video(video, tmp_path / "v.mp4", audio=video.audio, sample_rate=video.sample_rate)
+    heard = off([str(path)], None)
+    assert heard.valid.tolist() == [True] and heard.details[0]["offsets_s"] == [0.8, 0.8]
 
 
 def test_a_sync_section_says_what_is_missing(tmp_path):
