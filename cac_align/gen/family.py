@@ -108,6 +108,7 @@ FAMILY_MODULES = (
     "cac_align.gen.families.ltx2",
     "cac_align.gen.families.hunyuan15",
     "cac_align.gen.families.minimax_h3",
+    "cac_align.gen.families.kandinsky6",
 )
 
 

@@ -269,8 +269,12 @@ class GeneratorCounts:
 
 def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
     """``(hidden, heads, patch_t)`` of a video transformer's config (Wan: ``patch_size`` (t, h, w);
-    LTX-2: ``patch_size_t``)."""
-    heads, head_dim = int(config["num_attention_heads"]), int(config["attention_head_dim"])
+    LTX-2: ``patch_size_t``; Kandinsky 6: ``model_dim`` wide, heads of ``sum(axes_dims)``, its rotary axes)."""
+    if "num_attention_heads" not in config and "model_dim" in config:  # Kandinsky6Transformer3DModel: head_dim = sum(axes_dims)
+        head_dim = sum(int(d) for d in config["axes_dims"])
+        heads = int(config["model_dim"]) // head_dim
+    else:
+        heads, head_dim = int(config["num_attention_heads"]), int(config["attention_head_dim"])
     patch = config.get("patch_size")
     patch_t = int(config["patch_size_t"]) if config.get("patch_size_t") is not None else int(patch[0]) if isinstance(patch, (list, tuple)) else 1
     return heads * head_dim, heads, patch_t
@@ -325,11 +329,24 @@ def _meta_module(cls: Any, folder: Path) -> Any:
 def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
     import torch
 
-    with torch.device("meta"):
-        if hasattr(cls, "load_config"):  # diffusers' ModelMixin and its configs
-            return cls.from_config(cls.load_config(str(folder)))
-        config = cls.config_class.from_pretrained(str(folder))  # a transformers model
-        return cls._from_config(config)
+    try:
+        with torch.device("meta"):
+            return _from_folder(cls, folder)
+    except RuntimeError:
+        # a module whose __init__ computes a buffer from Python numbers mixes devices under torch's meta
+        # context (MMAudioVAE's mel filterbank: "Tensor on device cpu is not on the expected device meta"):
+        # its parameters on the meta device, its buffers computed on the CPU (accelerate's init_empty_weights)
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            return _from_folder(cls, folder)
+
+
+def _from_folder(cls: Any, folder: str) -> Any:
+    if hasattr(cls, "load_config"):  # diffusers' ModelMixin and its configs
+        return cls.from_config(cls.load_config(str(folder)))
+    config = cls.config_class.from_pretrained(str(folder))  # a transformers model
+    return cls._from_config(config)
 
 
 def _component_folder(name: str, component: str) -> Path | None:
