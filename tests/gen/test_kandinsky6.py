@@ -193,14 +193,22 @@ def test_best_of_n_writes_24_fps_video_with_44_1_khz_aac_and_a_wav_and_pi_flow_s
         wav, rate = load_soundtrack(mp4.with_suffix(".wav"))
         assert rate == 44_100 and wav.shape == (1, 17 * 1024) and np.abs(wav).max() > 0  # mono, 17 audio latents of 1024 samples
     assert config.generator.guidance_scale == 1.0  # the distilled release's (no CFG)
+    from cac_align.jobs.dpo import DpoConfig
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
     from cac_align.jobs.flow_grpo import run as flow_grpo
+    from cac_align.jobs.nft import NftConfig
 
+    refused = rf"not trained here; train the SFT checkpoint \(generator.name={SFT_CHECKPOINT}\)"
+    distill = "generator.name=tiny-random:kandinsky6-distill"
+    for cls, job, recipe in ((FlowGrpoConfig, "flow-grpo", "flow_grpo"), (NftConfig, "nft", "nft"), (DpoConfig, "dpo", "dpo")):
+        with pytest.raises(RecipeError, match=refused):  # refused as the recipe loads, before anything is built
+            load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny_kandinsky6.yaml", [f"out_dir={tmp_path / job}", distill], job=job)
+    # a recipe that names its LoRA's modules passes the config: the trainer's denoiser refuses it, before any step
     trainer = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_kandinsky6.yaml",
-                          [f"out_dir={tmp_path / 'train'}", "generator.name=tiny-random:kandinsky6-distill", "generator.guidance_scale=1.0"], job="flow-grpo")
-    with pytest.raises(RecipeError, match=rf"not trained here; train the SFT checkpoint \(generator.name={SFT_CHECKPOINT}\)"):
+                          [f"out_dir={tmp_path / 'train'}", distill, "lora.target_modules=[to_query]"], job="flow-grpo")
+    with pytest.raises(RecipeError, match=refused):
         flow_grpo(trainer)
-    assert not (tmp_path / "train" / "lora").exists()
+    assert not (tmp_path / "train" / "lora").exists() and not (tmp_path / "train" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow  # a saved tiny folder counted from its configs on the meta device

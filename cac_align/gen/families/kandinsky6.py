@@ -134,13 +134,23 @@ class Kandinsky6Family:
     spatial_multiple: int = 16  # the VAE's 8x times the transformer's 2 x 2 patch (the pipeline's check_inputs)
     frame_multiple: int = 4  # the VAE keeps frame 0 and compresses each next 4 into one latent frame
     audio: bool = True
-    lora_target_modules: tuple[str, ...] = VIDEO_BRANCH
     min_inference_steps: int = 1
     block_classes: tuple[str, ...] = ("Kandinsky6TransformerEncoderBlock", "Kandinsky6FusedTransformerDecoderBlock")
     encoder_components: tuple[str, ...] = ("text_encoder", "text_encoder_2")
     image_input: str = "optional"
     last_image: bool = False
     extra_components: tuple[str, ...] = ()
+
+    @property
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """The video branch (:data:`VIDEO_BRANCH`). A pi-Flow checkpoint has none to adapt (module docstring):
+        a trainer's config asks this when its recipe leaves ``lora.target_modules`` unset, so the recipe is
+        refused as it loads, in one line naming the SFT checkpoint (the denoiser refuses it otherwise)."""
+        if self.distilled:
+            from cac_align.config import RecipeError
+
+            raise RecipeError(_no_training(self.title))
+        return VIDEO_BRANCH
 
     # -- loading ------------------------------------------------------------------------
     def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
