@@ -260,6 +260,9 @@ class GeneratorCounts:
     context_parallel: bool = True
     vae: Any = field(default=None, compare=False, repr=False)
     vae_one_video: bool = False
+    # the soundtracks' decode, traced (a family's ``audio_decode_bytes`` over these modules:
+    # ``(batch, num_frames, fps, dtype) -> bytes``); None: not traced
+    audio_decode: Any = field(default=None, compare=False, repr=False)
     # a family whose latent grid is not 1 + (F - 1) / frame_multiple frames says so (MiniMax-H3:
     # cac_align.gen.family, "Modular pipelines"): its latent frames of F frames, and every token its
     # transformer sees for one video (text and audio rows too); None: the formulas here
@@ -305,7 +308,8 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
     return GeneratorCounts(source, family.title, transformers, encoders, others, hidden, heads, len(transformers[0].blocks), patch_t,
                            family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"),
                            vae_one_video=bool(getattr(family, "vae_one_video", False)),
-                           latent_frames_of=getattr(family, "latent_frames", None), tokens_of=getattr(family, "sequence_tokens", None))
+                           latent_frames_of=getattr(family, "latent_frames", None), tokens_of=getattr(family, "sequence_tokens", None),
+                           audio_decode=functools.partial(family.audio_decode_bytes, modules) if hasattr(family, "audio_decode_bytes") else None)
 
 
 def _model_class(library: str, class_name: str) -> Any:
@@ -960,7 +964,7 @@ class MemoryPlan:
 def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_processes: int, tokens: int, batch_per_process: int,
                 gradient_checkpointing: bool, lora_rank: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32", judges_bytes: int = 0,
                 ema: bool = False, judges: Sequence[JudgeCount] = (), unknown_judges: Sequence[Any] = (), vae_phase_bytes: int = 0,
-                vae_what: str = "", prefetch: bool = False, overhead_bytes: int = 0) -> MemoryPlan:
+                vae_what: str = "", prefetch: bool = False, overhead_bytes: int = 0, audio_phase_bytes: int = 0) -> MemoryPlan:
     """Per-GPU bytes of a generator trainer (module docstring, "The rows"); pure arithmetic on
     ``counts`` and on what was counted or traced before.
 
@@ -988,6 +992,9 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         prefetch: FSDP2 gathers the next block while one runs (its default): one more block in
             the train and video phases, sharded.
         overhead_bytes: the fixed CUDA/NCCL overhead (:func:`fixed_overhead_bytes`).
+        audio_phase_bytes: the soundtracks' decode of that sample batch, traced (a family's
+            ``audio_decode_bytes``: Kandinsky 6's audio VAE and vocoder), for the row's label;
+            ``vae_phase_bytes`` is then already the larger of the two (they decode one after the other).
 
     Raises:
         ValueError: ``num_processes`` not a multiple of ``settings.context_parallel``.
@@ -1031,6 +1038,8 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         rows.append(PlanRow(o.name, o.parameters * vae_weight, "counted"))
     if vae_what:
         what = "decode of a sample batch, untiled" if vae_what == "decode" else "encode of a video (dpo's latent cache), untiled"
+        if vae_what == "decode" and audio_phase_bytes:  # the soundtracks decode after the frames: the row holds the larger
+            what += f", or its sound's (audio VAE + vocoder, {audio_phase_bytes / GIB:.2f} GiB), the larger"
         rows.append(PlanRow(f"vae {what} ({vae_dtype})", int(vae_phase_bytes), "traced", "video"))
     leaders = " (the leaders' GPUs)" if cp > 1 else ""
     for j in judges:
@@ -1053,7 +1062,7 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         rows.append(PlanRow("CUDA context, kernels" + (", NCCL buffers" if n > 1 else "") + " (fixed)", int(overhead_bytes), "estimate"))
     inputs = dict(counts=counts, tokens=tokens, batch_per_process=batch_per_process, lora_rank=lora_rank, dtype=dtype, vae_dtype=vae_dtype,
                   judges_bytes=judges_bytes, ema=ema, judges=tuple(judges), unknown_judges=tuple(unknown_judges), vae_phase_bytes=vae_phase_bytes,
-                  vae_what=vae_what, prefetch=prefetch, overhead_bytes=overhead_bytes)
+                  vae_what=vae_what, prefetch=prefetch, overhead_bytes=overhead_bytes, audio_phase_bytes=audio_phase_bytes)
     return MemoryPlan(rows, counts.family, n, settings, gradient_checkpointing, inputs)
 
 
@@ -1312,9 +1321,14 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
               video_tokens(frames, height, width, counts.spatial_multiple, counts.frame_multiple, counts.patch_t))
     what, batch = ("decode", decode_batch) if decode_batch else ("encode", encode_batch) if encode_batch else ("", 0)
     vae_peak = vae_bytes(counts, what, batch, (frames, height, width), generator.vae_dtype) if what else 0
+    audio_peak = 0
+    if what == "decode" and counts.audio_decode is not None:  # the soundtracks, decoded after the frames: the larger of the two
+        audio_peak = counts.audio_decode(batch, frames, float(generator.fps), generator.vae_dtype)
+        vae_peak = max(vae_peak, audio_peak)
     plan = memory_plan(counts, settings=parallel, num_processes=num_processes, tokens=tokens, batch_per_process=batch_per_process,
                        gradient_checkpointing=gradient_checkpointing, lora_rank=lora.rank, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
-                       judges_bytes=judges_bytes, ema=ema, judges=judges, unknown_judges=unknown, vae_phase_bytes=vae_peak, vae_what=what,
+                       judges_bytes=judges_bytes, ema=ema, judges=judges, unknown_judges=unknown, vae_phase_bytes=vae_peak,
+                       vae_what=what, audio_phase_bytes=audio_peak,
                        prefetch=True, overhead_bytes=fixed_overhead_bytes(num_processes) if on_gpu else 0)
     per_node = node_processes or processes_per_node(num_processes)
     host = host_plan(counts, sharded=parallel.shard == "fsdp2", processes_per_node=per_node, dtype=generator.dtype, vae_dtype=generator.vae_dtype,

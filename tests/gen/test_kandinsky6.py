@@ -61,7 +61,7 @@ def test_release_hub_ids_are_known_offline_and_frames_are_4k_plus_1(hub_cache):
         GeneratorConfig(**{**TINY, "stg_scale": 1.0})
 
 
-def test_context_parallel_an_empty_negative_prompt_and_pi_flow_training_are_refused_in_one_line():
+def test_context_parallel_repair_an_empty_negative_prompt_and_pi_flow_training_are_refused_in_one_line(tmp_path):
     config = GeneratorConfig(**TINY)
     KANDINSKY6.check_context_parallel(config, 1, {})  # one process: nothing to split
     for refuse in (lambda: KANDINSKY6.check_context_parallel(config, 2, {}), lambda: KANDINSKY6.context_parallel_plan(None)):
@@ -73,6 +73,14 @@ def test_context_parallel_an_empty_negative_prompt_and_pi_flow_training_are_refu
     assert "\n" not in str(error.value)
     with pytest.raises(RecipeError, match=rf"PiflowScheduler.*not trained here; train the SFT checkpoint \(generator.name={SFT_CHECKPOINT}\)") as error:
         KANDINSKY6_DISTILLED.denoiser(None)  # refused before the pipeline is looked at
+    assert "\n" not in str(error.value)
+    from cac_align.gen.family import UnknownGeneratorError, regenerator_of
+
+    folder = tmp_path / "k6"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps(_index("FlowMatchEulerDiscreteScheduler")))
+    with pytest.raises(UnknownGeneratorError, match=r"regenerator.name=.* is a Kandinsky6TI2VAPipeline, which cannot condition on the frames repair keeps") as error:
+        regenerator_of(str(folder))
     assert "\n" not in str(error.value)
     assert KANDINSKY6.block_classes == ("Kandinsky6TransformerEncoderBlock", "Kandinsky6FusedTransformerDecoderBlock")  # FSDP2's units
 
@@ -226,3 +234,11 @@ def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
     assert (counts.hidden_size, counts.num_heads) == (32, 2)  # model_dim 32, heads of sum(axes_dims) = 16
     plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True)
     assert "1 x 47,616 tokens" in plan.table()  # 31 latent frames x 32 x 48 patches
+    # the soundtracks' decode traced with the decode of a sample batch: the audio VAE and the vocoder on the meta device
+    family = config.family
+    sound = counts.audio_decode(2, 121, 24.0, "float32")
+    vocoder_out = 2 * 260 * 1024 * 4  # ceil(121 / 24 x 44100 / 1024) = 260 latents of 1024 samples, 2 videos, float32
+    assert sound >= vocoder_out and sound == family.audio_decode_bytes({"audio_vae": pipe.audio_vae, "vocoder": pipe.vocoder}, 2, 121, 24.0, "float32")
+    assert counts.audio_decode(4, 121, 24.0, "float32") > sound  # it grows with the batch
+    plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True, decode_batch=2)
+    assert "or its sound's (audio VAE + vocoder" in plan.table()

@@ -71,6 +71,9 @@ line naming the SFT checkpoint (:data:`SFT_CHECKPOINT`); ``bon`` samples it as t
 An empty ``negative_prompt`` is refused in one line: the pipeline replaces it by its default
 (``negative_prompt or self._DEFAULT_NEGATIVE_PROMPT``), so "" could not mean "none" here.
 
+**Repair** is refused in one line (:func:`regenerator_for_index`): the pipeline conditions on one first
+frame (a reference frame after the video), not on the frames ``repair`` keeps before and after a window.
+
 **Parallel.** FSDP2 shards one unit per ``Kandinsky6TransformerEncoderBlock`` and
 ``Kandinsky6FusedTransformerDecoderBlock`` (the transformer's ``_no_split_modules``). Context
 parallel is refused in one line: diffusers 0.42.1 declares no ``_cp_plan`` for this transformer.
@@ -92,7 +95,7 @@ from cac_align.gen.family import image_runs
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
 __all__ = ["FAMILIES", "KANDINSKY6", "KANDINSKY6_DISTILLED", "SFT_CHECKPOINT", "TINY_KANDINSKY6_BUILDERS", "VIDEO_BRANCH", "Kandinsky6Denoiser",
-           "Kandinsky6Family", "build_tiny_kandinsky6_pipeline", "family_for_index", "reference_latents"]
+           "Kandinsky6Family", "build_tiny_kandinsky6_pipeline", "family_for_index", "reference_latents", "regenerator_for_index"]
 
 PIPELINE = "Kandinsky6TI2VAPipeline"
 SFT_CHECKPOINT = "kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers"
@@ -299,6 +302,30 @@ class Kandinsky6Family:
         with torch.no_grad():
             x = x.to(next(vae.parameters()).device, vae.dtype) / 127.5 - 1.0
             return (vae.encode(x).latent_dist.mode().float() * vae.config.scaling_factor)[0]
+
+    def audio_decode_bytes(self, modules: Mapping[str, Any], batch: int, num_frames: int, fps: float, dtype: Any) -> int:
+        """The most bytes the soundtracks' decode of ``batch`` videos of ``num_frames`` at ``fps`` holds at once (the
+        memory plan, :mod:`cac_align.gen.memory`): the audio VAE's decode and the vocoder, traced on the meta device with
+        the pipeline's own modules in ``dtype``, the latents sized as :meth:`side_shape` sizes them (one per
+        ``2 x hop_length`` samples of the audio VAE's ``sample_rate``)."""
+        from cac_align.gen.memory import traced_peak_bytes
+
+        resolved = getattr(torch, str(dtype)) if isinstance(dtype, str) else dtype
+        # a copy on the meta device, buffers too (MMAudioVAE computes its mel filterbank on the CPU as it is built)
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its warning about casting modules it keeps in float32 says nothing on the meta device
+        try:
+            audio_vae, vocoder = (copy.deepcopy(modules[name]).to(device="meta", dtype=resolved) for name in ("audio_vae", "vocoder"))
+        finally:
+            diffusers_logging.set_verbosity(level)
+        config = audio_vae.config
+        frames = (num_frames - 1) // self.frame_multiple * self.frame_multiple + 1
+        length = math.ceil(frames / float(fps) * config.sample_rate / (2 * config.hop_length))  # MMAudioVAE.latent_hop_length
+        latents = torch.empty(batch, config.latent_channels, length, device="meta", dtype=resolved)
+        keep = [*audio_vae.parameters(), *audio_vae.buffers(), *vocoder.parameters(), *vocoder.buffers()]
+        return traced_peak_bytes(lambda z: vocoder(audio_vae.decode(z, return_dict=False)[0], return_dict=False)[0], latents, keep=keep)
 
     def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
         return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial, tuple(pipe.transformer_patch_size)
@@ -583,3 +610,15 @@ def family_for_index(index: Mapping[str, Any]) -> Kandinsky6Family | None:
         return None
     scheduler = index.get("scheduler")
     return KANDINSKY6_DISTILLED if isinstance(scheduler, (list, tuple)) and "PiflowScheduler" in scheduler else KANDINSKY6
+
+
+def regenerator_for_index(index: Mapping[str, Any]) -> None:
+    """No repair pipeline: a Kandinsky 6 checkpoint named as ``regenerator.name`` is refused in one line
+    saying why (its pipeline takes one first frame, not the frames kept around a window); None for any other."""
+    if index.get("_class_name") == PIPELINE:
+        from cac_align.gen.family import UnknownGeneratorError
+
+        raise UnknownGeneratorError(f"a {PIPELINE}, which cannot condition on the frames repair keeps around the window (it takes one first frame, "
+                                    "as a reference frame after the video, and no other): repair cannot regenerate a window with it; name "
+                                    "Wan-VACE or an LTX-2 checkpoint as regenerator.name")
+    return None
