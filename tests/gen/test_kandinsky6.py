@@ -44,8 +44,8 @@ def test_the_index_names_kandinsky6_and_its_scheduler_tells_sft_from_pi_flow(tmp
         (folder / "model_index.json").write_text(json.dumps(_index(scheduler)))
         config = GeneratorConfig(name=str(folder))
         assert config.family is family
-        # the pipeline's __call__ defaults (pipeline_kandinsky6_ti2va.py): 512 x 768, 121 frames at 24 fps, 1024 text tokens
-        assert (config.height, config.width, config.num_frames, config.fps, config.max_sequence_length) == (512, 768, 121, 24.0, 1024)
+        # the authors' README (Pro: 864 x 480, 125 frames at 24 fps), the pipeline's 1024 text tokens
+        assert (config.height, config.width, config.num_frames, config.fps, config.max_sequence_length) == (480, 864, 125, 24.0, 1024)
         assert (config.num_inference_steps, config.guidance_scale) == settings and config.flow_shift is None  # the checkpoint's shift
 
 
@@ -227,13 +227,13 @@ def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
 
     _, pipe = tiny
     pipe.save_pretrained(str(tmp_path / "k6"))
-    config = GeneratorConfig(name=str(tmp_path / "k6"), device="cpu")  # the release's 512 x 768 x 121
+    config = GeneratorConfig(name=str(tmp_path / "k6"), device="cpu")  # the release's 480 x 864 x 125
     counts = counted_generator(config, LoraSettings())
     assert counts.transformers[0].parameters == sum(p.numel() for p in pipe.transformer.parameters())
     assert {c.name for c in counts.others} == {"vae", "audio_vae", "vocoder"} and [c.name for c in counts.encoders] == ["text_encoder", "text_encoder_2"]
     assert (counts.hidden_size, counts.num_heads) == (32, 2)  # model_dim 32, heads of sum(axes_dims) = 16
     plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True)
-    assert "1 x 47,616 tokens" in plan.table()  # 31 latent frames x 32 x 48 patches
+    assert "1 x 51,840 tokens" in plan.table()  # 32 latent frames x 30 x 54 patches
     # the soundtracks' decode traced with the decode of a sample batch: the audio VAE and the vocoder on the meta device
     family = config.family
     sound = counts.audio_decode(2, 121, 24.0, "float32")

@@ -54,15 +54,17 @@ only on its own schedule's segments. Training on a pi-Flow checkpoint is therefo
 line naming the SFT checkpoint (:data:`SFT_CHECKPOINT`); ``bon`` samples it as the release does
 (16 steps, guidance 1.0: the pipeline's docstring).
 
-**The release settings** (what a recipe leaves unset takes), each from diffusers 0.42.1's
+**The release settings** (what a recipe leaves unset takes), each from the authors' README
+(github.com/kandinskylab/kandinsky-6 at 00e3344: "Pro defaults are 864x480, 125 frames at 24 fps, 50
+steps, and guidance 5.0"; Pro is 29B parameters, Lite 3B) and diffusers 0.42.1's
 ``pipeline_kandinsky6_ti2va.py``:
 
 | setting | SFT | pi-Flow distilled | source |
 | --- | --- | --- | --- |
-| size (H x W), frames | 512 x 768, 121 | the same | ``__call__`` defaults (the docstring's example: 480 x 864) |
-| fps | 24 | 24 | ``__call__``'s ``frame_rate=24.0`` (the audio's length follows it); the example writes ``fps=24`` |
-| steps | 50 | 16 | ``__call__``'s ``num_inference_steps=50`` ("Use `16` with the distilled checkpoints") |
-| guidance | 5.0 | 1.0 | ``__call__``'s ``guidance_scale=5.0`` ("Must be `1.0` with a PiflowScheduler") |
+| size (H x W), frames | 480 x 864, 125 | the same | the README (diffusers' docstring example: 480 x 864, 121; its ``__call__`` defaults 512 x 768, 121) |
+| fps | 24 | 24 | the README; ``__call__``'s ``frame_rate=24.0`` (the audio's length follows it) |
+| steps | 50 | 16 | the README; ``__call__``'s ``num_inference_steps`` doc ("Use `16` with the distilled checkpoints") |
+| guidance | 5.0 | 1.0 | the README; ``__call__``'s ``guidance_scale`` doc ("Must be `1.0` with a PiflowScheduler") |
 | text tokens | 1024 | 1024 | ``__call__``'s ``max_sequence_length=1024`` (after the template's 129) |
 | negative prompt | the pipeline's ``_DEFAULT_NEGATIVE_PROMPT`` | (no CFG) | ``encode_prompt`` |
 | shift | the checkpoint's scheduler | the same | its ``scheduler_config.json``; ``flow_shift`` overrides |
@@ -593,7 +595,9 @@ TINY_KANDINSKY6_BUILDERS = {
 }
 
 # -- the families and how a model's files name them ----------------------------------------
-_RELEASE = {"height": 512, "width": 768, "num_frames": 121, "fps": 24.0, "max_sequence_length": 1024, "flow_shift": None}
+# kandinskylab/kandinsky-6 README at 00e3344 ("Pro defaults are 864x480, 125 frames at 24 fps, 50 steps, and guidance 5.0"); 1024 text
+# tokens: the pipeline's __call__ (module docstring's table)
+_RELEASE = {"height": 480, "width": 864, "num_frames": 125, "fps": 24.0, "max_sequence_length": 1024, "flow_shift": None}
 KANDINSKY6 = Kandinsky6Family("kandinsky6", "Kandinsky 6", {**_RELEASE, "num_inference_steps": 50, "guidance_scale": 5.0},
                               tiny_names=("tiny-random:kandinsky6",), hub_ids=(SFT_CHECKPOINT, "kandinskylab/Kandinsky-6.0-Lite-5s-Diffusers"))
 KANDINSKY6_DISTILLED = Kandinsky6Family("kandinsky6-distill", "Kandinsky 6 (pi-Flow distilled)", {**_RELEASE, "num_inference_steps": 16,
