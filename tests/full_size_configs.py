@@ -95,6 +95,39 @@ UNIFIED_REWARD_QWEN_7B = {
     },
 }
 
+# Kandinsky 6.0 Pro (SFT), kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers, as diffusers 0.42.1's Kandinsky6TI2VAPipeline
+# holds it. Its transformer's shape as published for the Pro bundle (transformer/config.json: 60 fused blocks of 4096 and
+# 2048 for the audio, 4 text blocks, heads of sum(axes_dims) = 128, 40 audio latent channels, the four released switches
+# on; recorded from snapshot 7a1a4033 of the Pro-distill bundle in a public vLLM-Omni benchmark; the SFT checkpoint has the
+# same blocks, one grid of outputs where pi-Flow's has n_grid); 16 latent channels: HunyuanVideo's VAE. The VAE, audio
+# VAE and vocoder as diffusers' classes default (their docstrings: HunyuanVideo's VAE; MMAudio's 44.1 kHz front end,
+# BigVGAN-v2); text encoders Qwen2.5-VL-7B (UNIFIED_REWARD_QWEN_7B's shape) and CLIP ViT-L/14's text model. 30.2 B
+# transformer parameters counted, where the authors' README says 29 B.
+KANDINSKY6_PRO = {
+    "model_index.json": {
+        "_class_name": "Kandinsky6TI2VAPipeline", "_diffusers_version": "0.42.1", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "Kandinsky6Transformer3DModel"], "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
+        "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"], "tokenizer": ["transformers", "Qwen2_5_VLProcessor"],
+        "text_encoder_2": ["transformers", "CLIPTextModel"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "audio_vae": ["diffusers", "MMAudioVAE"], "vocoder": ["diffusers", "MMAudioVocoder"],
+    },
+    "transformer/config.json": {
+        "_class_name": "Kandinsky6Transformer3DModel", "in_visual_dim": 16, "out_visual_dim": 16, "in_text_dim": 3584, "in_text_dim2": 768,
+        "time_dim": 1024, "patch_size": [1, 2, 2], "model_dim": 4096, "ff_dim": 16384, "num_text_blocks": 4, "num_visual_blocks": 60,
+        "axes_dims": [32, 48, 48], "visual_cond": True, "in_audio_dim": 40, "out_audio_dim": 40, "model_dim_a": 2048, "ff_dim_a": 7168,
+        "axes_dims_a": [32, 48, 48], "text_token_padding": True, "ca_rope": True, "cross_gates": True, "fix_modulation": True,
+        "visual_token_type_num_embeddings": 2,
+    },
+    "vae/config.json": {"_class_name": "AutoencoderKLHunyuanVideo"},
+    "audio_vae/config.json": {"_class_name": "MMAudioVAE"},
+    "vocoder/config.json": {"_class_name": "MMAudioVocoder"},
+    "text_encoder/config.json": UNIFIED_REWARD_QWEN_7B["config.json"],
+    "text_encoder_2/config.json": {
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+        "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768, "torch_dtype": "bfloat16",
+    },
+}
+
 REPOS = {
     "Wan-AI/Wan2.2-T2V-A14B-Diffusers": WAN22_T2V_A14B,
     "Qwen/Qwen3-VL-8B-Instruct": QWEN3_VL_8B_INSTRUCT,

@@ -242,3 +242,33 @@ def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
     assert counts.audio_decode(4, 121, 24.0, "float32") > sound  # it grows with the batch
     plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True, decode_batch=2)
     assert "or its sound's (audio VAE + vocoder" in plan.table()
+
+
+@pytest.mark.slow  # the Pro's configs on the meta device, planned at 2 and 4 processes (about 5 s)
+def test_the_real_recipes_header_is_the_memory_plans_gpu_count(tmp_path, hub_cache):
+    """flow_grpo_kandinsky6_ur_cac.yaml's header: 4 x 80 GB GPUs at least at 81 frames (2 do not fit); the release's
+    125 frames fit at no sharding. Planned from the Pro's published configs in an offline cache, as a run plans it."""
+    from omegaconf import OmegaConf
+
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.gen.memory import GIB, plan_generator
+    from cac_align.gen.parallel import ParallelSettings
+    from full_size_configs import KANDINSKY6_PRO, write_hub_cache
+
+    write_hub_cache(hub_cache, {SFT_CHECKPOINT: KANDINSKY6_PRO})
+    recipe = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "recipes/align/flow_grpo_kandinsky6_ur_cac.yaml"))
+    generator = GeneratorConfig(**{**recipe["generator"], "device": "cpu"})
+    assert generator.family is KANDINSKY6 and generator.num_frames == 81
+    lora = LoraSettings(rank=32, alpha=64, target_modules=list(KANDINSKY6.lora_target_modules))
+
+    def peak(processes, frames=81):
+        config = GeneratorConfig(**{**recipe["generator"], "device": "cpu", "num_frames": frames})
+        plan, _ = plan_generator(config, lora, ParallelSettings(shard="fsdp2"), processes, batch_per_process=2, gradient_checkpointing=True,
+                                 decode_batch=1)  # train_batch_size 1 x 2 rows with CFG; sample_batch_size 1
+        return plan.peak_bytes / GIB, plan
+
+    four, plan = peak(4)
+    h100 = 81_559 / 1024  # GiB an H100 80 GB reports (81,559 MiB)
+    assert 60 < four < h100 and peak(2)[0] > h100
+    assert 29e9 < sum(t.parameters for t in plan.inputs["counts"].transformers) < 31e9  # the README's 29 B
+    assert peak(16, frames=125)[0] > h100  # the release's 125 frames: no sharding fits them (header)
