@@ -5,7 +5,7 @@ A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-
 timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
 sampling settings. Each family lives in one module of ``gen/families/`` (:mod:`cac_align.gen.families.wan`:
 Wan-2.1, Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
-:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``) and is
+:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``, ``kandinsky6``) and is
 an object with the methods of :class:`GeneratorFamily`; a job asks the family, never the pipeline
 object, what a pipeline has, and never branches on which family it is. Adding a family is one
 module in ``gen/families/`` listed in :data:`FAMILY_MODULES` (its ``FAMILIES`` and
@@ -49,6 +49,9 @@ members, which a family without them does not need:
   height, width)`` (every row of its packed sequence: text, audio and video) and
   ``unloaded_components`` (components its folder holds that the jobs never load: its
   ``transformer_ref``);
+- ``audio_decode_bytes(modules, batch, num_frames, fps, dtype)``: the most bytes the soundtracks' decode
+  of a sample batch holds (Kandinsky 6: its audio VAE and vocoder traced on the meta device), which the
+  memory plan weighs against the frames' decode; absent, the sound's decode is not traced;
 - ``localized_credit``: False where :mod:`cac_align.rl.credit` cannot map a judge's window onto the
   family's latent frames (MiniMax-H3's ``5n + 2`` of ``17n + 5``); flow-grpo and nft then refuse
   ``advantage.localize`` in one line. True when absent.
