@@ -51,8 +51,10 @@ network-free policy between two grid points of a fixed schedule in up to 128 Eul
 around one Euler step of the velocity) has no counterpart whose noise-0 limit is the pipeline's
 step; and NFT's loss compares velocities at any noise level, where the distilled output is defined
 only on its own schedule's segments. Training on a pi-Flow checkpoint is therefore refused in one
-line naming the SFT checkpoint (:data:`SFT_CHECKPOINT`); ``bon`` samples it as the release does
-(16 steps, guidance 1.0: the pipeline's docstring).
+line naming the SFT checkpoint (:data:`SFT_CHECKPOINT`): as a trainer's recipe loads (its config asks
+the family's :attr:`~Kandinsky6Family.lora_target_modules`), and by the denoiser and the schedule
+should a recipe name its LoRA's modules itself. ``bon`` samples it as the release does (16 steps,
+guidance 1.0: the pipeline's docstring).
 
 **The release settings** (what a recipe leaves unset takes), each from the authors' README
 (github.com/kandinskylab/kandinsky-6 at 00e3344: "Pro defaults are 864x480, 125 frames at 24 fps, 50
@@ -342,7 +344,7 @@ class Kandinsky6Family:
         animate = _with_mode_reference(pipe)
         device = pipe._execution_device
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-        negative = _negative(pipe, config.negative_prompt)
+        negative = _negative(pipe, config.negative_prompt) if config.guidance_scale > 1.0 else None  # without CFG the pipeline encodes none
         settings = dict(height=config.height, width=config.width, num_frames=int(config.num_frames), frame_rate=float(config.fps),
                         num_inference_steps=config.num_inference_steps, guidance_scale=float(config.guidance_scale),
                         max_sequence_length=config.max_sequence_length, output_type="pt")
@@ -354,7 +356,8 @@ class Kandinsky6Family:
                 from diffusers.utils import load_image
 
                 image = [load_image(images[lo].image)] * (hi - lo)
-            out = animate(prompt=list(prompts[lo:hi]), image=image, negative_prompt=[negative] * (hi - lo), generator=generators[lo:hi], **settings)
+            out = animate(prompt=list(prompts[lo:hi]), image=image, negative_prompt=None if negative is None else [negative] * (hi - lo),
+                          generator=generators[lo:hi], **settings)
             frames.append(frames_to_uint8(out.frames))
             audio.append(out.audio.float().clamp(-1, 1).cpu().numpy()[:, None])  # (B, samples) mono -> (B, 1, samples)
         return Generated(np.concatenate(frames), np.concatenate(audio), int(pipe.audio_sample_rate))
