@@ -25,7 +25,7 @@ the same model (under context parallel, the judges only on each group's leader, 
 | LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1); ``fsdp2``: 1/N of them | counted |
 | text encoder(s) | resident, or encode | in ``generator.dtype``; off the device between encodes (``encoder_on_device: false``) it only counts while it encodes | counted |
 | VAE(s), vocoder | resident | in ``generator.vae_dtype`` | counted |
-| the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it | traced |
+| the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it; where the family traces its sound's decode too (Kandinsky 6's audio VAE and vocoder: ``audio_decode_bytes``), the larger of the two, which run one after the other | traced |
 | each in-process judge (``reward``, each of ``eval_rewards``) | resident | its parameters in its dtype; a served one (``backend: openai``) or one on the CPU: 0 | counted |
 | the judges' KV cache | video | the largest judge's longest call: ``2 x layers x kv_heads x head_dim x tokens x rows x dtype bytes``, ``tokens`` = visual (frames on the judge's vision grid) + text (estimated) + its generation budget, ``rows`` = its ``max_batch_size`` (:func:`count_judge`) | arithmetic |
 | activations | train | :func:`activation_bytes` | arithmetic |
@@ -50,7 +50,7 @@ Not counted (each small beside the rows at full size, or outside the model): buf
 latent statistics), FSDP2's root unit (patch and condition embeddings, gathered for the whole
 forward), DDP's gradient buckets (one more copy of the LoRA's gradients), the sampling forwards'
 activations (no gradient: smaller than training's), a judge's prefill activations and its vision
-tower's, the audio VAE's and the vocoder's decode (LTX-2), the recorded trajectories
+tower's, the audio VAE's and the vocoder's decode (LTX-2, MiniMax-H3; Kandinsky 6's is traced), the recorded trajectories
 (``store_latents_on_cpu``), cuDNN's workspaces and the caching allocator's fragmentation, and a
 reward named by dotted path (its models are its own: a row says it is not counted). The plan is an
 estimate, within 10% of the two peaks measured so far (:data:`ACTIVATION_WIDTHS`): a plan that does
