@@ -30,7 +30,6 @@ __all__ = [
     "LazyFrames",
     "Video",
     "VideoError",
-    "load_soundtrack",
     "load_video",
     "open_video_reader",
     "save_video",
@@ -803,41 +802,3 @@ def save_wav(audio: Any, sample_rate: int, path: str | os.PathLike) -> Path:
         handle.writeframes(pcm.tobytes())
     os.replace(tmp, path)
     return path
-
-
-def load_soundtrack(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """A soundtrack as written (:func:`save_wav`, :func:`save_video`): float32 ``(channels, samples)``
-    in [-1, 1] and its samples per second, as the file has them (no resampling): a WAV read as it
-    is, an mp4's first audio stream decoded by ffmpeg (16-bit PCM at the stream's own rate).
-
-    Raises:
-        VideoError: the file is missing, has no audio stream, or cannot be decoded (one line).
-    """
-    import io
-    import subprocess
-    import wave
-
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: no such file")
-    if path.suffix.lower() == ".wav":
-        data = path.read_bytes()
-    else:
-        import imageio_ffmpeg
-
-        done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-f", "wav", "-acodec",
-                               "pcm_s16le", "-"], capture_output=True)
-        if done.returncode or not done.stdout:
-            last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no audio stream"])[-1]
-            raise VideoError(f"{path}: cannot read its soundtrack ({last})")
-        data = done.stdout
-    try:
-        with wave.open(io.BytesIO(data)) as handle:
-            channels, rate, width = handle.getnchannels(), handle.getframerate(), handle.getsampwidth()
-            frames = handle.readframes(handle.getnframes() if path.suffix.lower() == ".wav" else -1)
-    except (wave.Error, EOFError) as exc:
-        raise VideoError(f"{path}: not a readable WAV soundtrack ({exc})") from exc
-    if width != 2:
-        raise VideoError(f"{path}: {8 * width}-bit samples; the soundtracks written here are 16-bit PCM")
-    pcm = np.frombuffer(frames[: len(frames) // (2 * channels) * 2 * channels], dtype="<i2").reshape(-1, channels).T
-    return (pcm.astype(np.float32) / 32767.0), int(rate)

@@ -185,7 +185,7 @@ def test_best_of_n_writes_24_fps_video_with_44_1_khz_aac_and_a_wav_and_pi_flow_s
 
     from cac_align.config import load_config
     from cac_align.jobs.best_of_n import BonConfig, run
-    from cac_align.video import load_soundtrack, load_video
+    from cac_align.video import load_video, read_soundtrack
 
     monkeypatch.chdir(REPO_ROOT)  # the recipes' prompt file
     for name in ("tiny-random:kandinsky6", "tiny-random:kandinsky6-distill"):
@@ -198,7 +198,7 @@ def test_best_of_n_writes_24_fps_video_with_44_1_khz_aac_and_a_wav_and_pi_flow_s
         done = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True, text=True)
         assert "Video: h264" in done.stderr and "Audio: aac" in done.stderr and "44100 Hz" in done.stderr and "24 fps" in done.stderr
         assert load_video(str(mp4)).frames.shape == (9, 32, 32, 3) and load_video(str(mp4)).fps == 24.0
-        wav, rate = load_soundtrack(mp4.with_suffix(".wav"))
+        wav, rate = read_soundtrack(mp4.with_suffix(".wav"))
         assert rate == 44_100 and wav.shape == (1, 17 * 1024) and np.abs(wav).max() > 0  # mono, 17 audio latents of 1024 samples
     assert config.generator.guidance_scale == 1.0  # the distilled release's (no CFG)
     from cac_align.jobs.dpo import DpoConfig
