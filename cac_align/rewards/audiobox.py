@@ -25,7 +25,7 @@ The package requires torchaudio, which pins its own torch: install it where it f
 audiobox-aesthetics``, or ``--no-deps`` beside ``huggingface_hub``), not into an environment whose
 torch it would replace. Resampling here is scipy's polyphase filter, not torchaudio's (a track
 at 16 kHz, the model's rate, is not resampled at all): the conformance test
-(tests/conformance/test_audiobox.py) checks this reward against the package's own predictor.
+(tests/conformance/test_audiobox_package.py) checks this reward against the package's own predictor.
 
 Modality ``audio``; does not read the prompt.
 """

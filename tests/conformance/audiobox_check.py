@@ -1,5 +1,5 @@
 """Our ``audiobox`` reward beside AudioBox-Aesthetics' own predictor, in .venv-audiobox (run by
-tests/conformance/test_audiobox.py, which checks the numbers).
+tests/conformance/test_audiobox_package.py, which checks the numbers).
 
     .venv-audiobox/bin/python tests/conformance/audiobox_check.py OUT_DIR
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build the AudioBox-Aesthetics environment tests/conformance/test_audiobox.py runs our audiobox reward in:
+# Build the AudioBox-Aesthetics environment tests/conformance/test_audiobox_package.py runs our audiobox reward in:
 # audiobox-aesthetics 0.0.4 (Meta, PyPI) in a venv of its own, beside this package.
 #
 #   bash tests/conformance/build_audiobox_venv.sh [VENV]      # default: .venv-audiobox (about 30 s with uv's cache warm)
-#   pytest -m conformance tests/conformance/test_audiobox.py   # CAC_AUDIOBOX_PYTHON overrides VENV/bin/python
+#   pytest -m conformance tests/conformance/test_audiobox_package.py   # CAC_AUDIOBOX_PYTHON overrides VENV/bin/python
 #
 # audiobox-aesthetics requires torchaudio (its predictor resamples with it) and so the torch a torchaudio
 # release pins; .venv keeps torch 2.14.1, which no torchaudio release names. torchaudio 2.11.0's

@@ -1,6 +1,6 @@
 """``audiobox`` in the default suite: its windows by hand, its section's checks, and the one line a
 machine without Meta's package gets. Its numbers against the package's own predictor are the
-conformance test's (tests/conformance/test_audiobox.py, in .venv-audiobox)."""
+conformance test's (tests/conformance/test_audiobox_package.py, in .venv-audiobox)."""
 
 from __future__ import annotations
 
