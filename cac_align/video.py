@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import threading
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,10 @@ class Video:
             given: whether it is usable (finite, long enough, at a rate a reward takes) is the
             reward's to judge, which marks a sample with a bad track invalid with the reason.
         sample_rate: the soundtrack's samples per second (an int > 0); required with ``audio``.
+        audio_problem: why a soundtrack that came with the video could not be taken (a file's audio
+            stream that does not decode, a trainer's track of a shape or rate that is not one), with
+            ``audio`` None: a reward that hears says it (``error_kind: audio``), while the frames
+            stay whole for every reward that only sees.
     """
 
     frames: np.ndarray
@@ -152,6 +157,7 @@ class Video:
     source: str = "<array>"
     audio: Any = None
     sample_rate: int | None = None
+    audio_problem: str | None = None
 
     def __post_init__(self) -> None:
         frames = self.frames
@@ -225,7 +231,7 @@ class Video:
         """This video with its frames as an array (a lazy video's selected frames decoded)."""
         if not self.is_lazy:
             return self
-        return Video(np.asarray(self.frames), self.fps, self.timestamps, self.source, self.audio, self.sample_rate)
+        return dataclasses.replace(self, frames=np.asarray(self.frames))
 
     def select(self, indices: np.ndarray, fps: float) -> "Video":
         """Frames at ``indices`` as a new video at ``fps``, keeping their source timestamps."""
@@ -241,7 +247,8 @@ class Video:
         fps = _check_fps(fps, f"{self.source}: resample fps")
         video = self.select(sample_times(self.num_frames, self.fps, fps), fps)
         # the same span of time: the soundtrack stays (a crop or a select of some frames drops it)
-        return video if self.audio is None else Video(video.frames, fps, video.timestamps, self.source, self.audio, self.sample_rate)
+        sound = {"audio": self.audio, "sample_rate": self.sample_rate, "audio_problem": self.audio_problem}
+        return video if self.audio is None and self.audio_problem is None else dataclasses.replace(video, **sound)
 
     def crop(self, start_s: float, end_s: float) -> "Video":
         """Frames whose timestamps fall in ``[start_s, end_s)`` (source seconds).
@@ -332,11 +339,14 @@ FRAME_CHUNK = 8
 def _soundtrack(audio: Any, sample_rate: Any, source: str) -> np.ndarray:
     """A video's soundtrack as float32 ``(channels, samples)``: the shape and rate checked, the values
     not (a NaN or silent track reaches the reward, which says why it cannot score it)."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise VideoError(f"{source}: a soundtrack needs its sample_rate, an int > 0, got {sample_rate!r}")
+    whole = isinstance(sample_rate, (int, np.integer)) or (isinstance(sample_rate, (float, np.floating)) and float(sample_rate).is_integer())
+    if isinstance(sample_rate, bool) or not whole or sample_rate <= 0:
+        raise VideoError(f"{source}: a soundtrack needs its sample_rate, a whole number > 0, got {sample_rate!r}")
     if hasattr(audio, "detach"):  # a torch tensor
         audio = audio.detach().to("cpu").float().numpy()
     track = np.asarray(audio, dtype=np.float32)
+    while track.ndim > 2 and track.shape[0] == 1:  # a batch of one, (1, channels, samples)
+        track = track[0]
     if track.ndim == 1:
         track = track[None]
     if track.ndim != 2:
@@ -530,7 +540,7 @@ def _read_frames(path: Path, indices: np.ndarray) -> np.ndarray:
         raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
 
 
-def _decode_file(path: Path, fps: float | None, lazy: bool = False) -> Video:
+def _decode_file(path: Path, fps: float | None, lazy: bool = False, audio: bool = False) -> Video:
     if not path.exists():
         raise VideoError(f"video file not found: {path}")
     if not path.is_file():
@@ -554,16 +564,21 @@ def _decode_file(path: Path, fps: float | None, lazy: bool = False) -> Video:
         # Decode only the frames the target rate needs.
         indices = sample_times(total, source_fps, fps)
         out_fps = fps
-    audio, sample_rate = read_soundtrack(path)
+    sound: dict[str, Any] = {}
+    if audio:  # only a reward that hears pays for decoding the track; one that fails leaves the frames whole
+        try:
+            sound = dict(zip(("audio", "sample_rate"), read_soundtrack(path)))
+        except VideoError as exc:
+            sound = {"audio_problem": str(exc)}
     if lazy:
         try:
             height, width = reader[0].shape[:2]
         except Exception as exc:
             raise VideoError(f"could not decode frames of video {path}: {exc.__class__.__name__}: {exc}") from None
         del reader
-        return Video(LazyFrames(str(path), indices, height, width), out_fps, indices / source_fps, str(path), audio, sample_rate)
+        return Video(LazyFrames(str(path), indices, height, width), out_fps, indices / source_fps, str(path), **sound)
     del reader
-    return Video(_read_frames(path, indices), out_fps, indices / source_fps, str(path), audio, sample_rate)
+    return Video(_read_frames(path, indices), out_fps, indices / source_fps, str(path), **sound)
 
 
 def read_soundtrack(path: str | Path) -> tuple[np.ndarray | None, int | None]:
@@ -617,6 +632,7 @@ def load_video(
     *,
     source_fps: float | None = None,
     lazy: bool = False,
+    audio: bool = False,
 ) -> Video | list[Video]:
     """Load a video from a file, an array, a tensor or a diffusers batch.
 
@@ -634,6 +650,10 @@ def load_video(
         lazy: for files, decode nothing now: the video's frames are :class:`LazyFrames`,
             decoded when read, so memory follows the frames a caller selects, not the file's
             length (what rewards do with files).
+        audio: for files, also decode the file's soundtrack (:func:`read_soundtrack`) into
+            :attr:`Video.audio` (what a reward that hears asks for); a stream that cannot be decoded
+            leaves the frames whole and says why in :attr:`Video.audio_problem`. Off by default: a
+            reward that only sees does not pay for the track.
 
     Returns:
         A :class:`Video`, or a list of them for a 5-d batch.
@@ -647,7 +667,7 @@ def load_video(
     if isinstance(source, Video):
         return source.resample(fps) if fps is not None else source
     if isinstance(source, (str, os.PathLike)):
-        return _decode_file(Path(source), fps, lazy)
+        return _decode_file(Path(source), fps, lazy, audio)
 
     array = _as_frames(source)
     if array is None:

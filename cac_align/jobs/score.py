@@ -154,7 +154,8 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
             loaded: list[Any] = []
             for path in batch:
                 try:
-                    loaded.append(load_video(path, lazy=True))  # decoded as the reward selects frames
+                    # decoded as the reward selects frames; the soundtrack too for a reward that hears
+                    loaded.append(load_video(path, lazy=True, audio=reward.modality != "video"))
                 except VideoError as exc:
                     loaded.append(exc)  # the reward marks it invalid with this reason
             try:

@@ -55,6 +55,8 @@ def soundtrack_problem(
         reward: the reward's name, for the message.
     """
     track = video.audio
+    if track is None and video.audio_problem:  # a track came with the video and could not be taken
+        return f"unusable soundtrack: {video.audio_problem}"
     if track is None or track.size == 0:
         return (f"no soundtrack: {reward} judges the sound; pass metadata 'audio' and 'sample_rate' with the frames, "
                 "or a video file with an audio stream")

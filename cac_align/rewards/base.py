@@ -311,7 +311,7 @@ class BatchReward(RewardBase):
         return {"error": error, "error_kind": kind}
 
     def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
-        loaded = load_inputs(videos, metadata, self.source_fps)
+        loaded = load_inputs(videos, metadata, self.source_fps, audio=self.modality != "video")
         prompts = check_prompts(len(loaded), prompts)
         details: list[dict] = [{} for _ in loaded]
         todo: list[tuple[int, Any]] = []
@@ -391,7 +391,7 @@ def check_call(videos: Any, prompts: Sequence[str | None] | None = None, metadat
     return n
 
 
-def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = None) -> list[Video | VideoError]:
+def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = None, audio: bool = False) -> list[Video | VideoError]:
     """Decode a batch into Videos, keeping per-sample failures as :class:`VideoError` values.
 
     Args:
@@ -401,6 +401,8 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
             ``sample_rate`` keys there are the video's soundtrack (:attr:`Video.audio`), which a
             trainer passes with the frames it sampled.
         source_fps: the default frame rate of array input (Wan-2.1: 16).
+        audio: a file's soundtrack is decoded too (a reward that hears: its ``modality`` is not
+            "video"); one that cannot be decoded is said in :attr:`Video.audio_problem`.
 
     Returns:
         One Video or VideoError per input, in input order. A corrupt or missing file fails only
@@ -415,11 +417,14 @@ def load_inputs(videos: Any, metadata: Any = None, source_fps: float | None = No
             continue
         fps = row.get("fps", source_fps)
         try:
-            video = load_video(item, source_fps=fps, lazy=True)  # a file: only the frames a reward reads are decoded
+            video = load_video(item, source_fps=fps, lazy=True, audio=audio)  # a file: only the frames a reward reads are decoded
             if not isinstance(video, Video):  # a 5-d batch nested inside the list
                 raise VideoError(f"item {len(loaded)} is a batch of {len(video)} videos; pass videos one per item")
             if row.get("audio") is not None:
-                video = dataclasses.replace(video, audio=row["audio"], sample_rate=row.get("sample_rate"))
+                try:
+                    video = dataclasses.replace(video, audio=row["audio"], sample_rate=row.get("sample_rate"))
+                except VideoError as exc:  # a track of another shape, or no rate: the frames stay whole for a reward that only sees
+                    video = dataclasses.replace(video, audio=None, sample_rate=None, audio_problem=str(exc))
             loaded.append(video)
         except VideoError as exc:
             loaded.append(exc)

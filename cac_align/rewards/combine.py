@@ -100,7 +100,7 @@ class CombinedReward(RewardBase):
 
     def __call__(self, videos: Any, prompts: Sequence[str | None] | None = None, metadata: Any = None) -> RewardOutput:
         # 1. decode once; every component scores the same frames (undecodable ones fail in each)
-        loaded = load_inputs(videos, metadata, self.source_fps)
+        loaded = load_inputs(videos, metadata, self.source_fps, audio=self.modality != "video")
         prompts = check_prompts(len(loaded), prompts)
         groups = group_keys(prompts, metadata)
         n = len(loaded)

@@ -410,6 +410,7 @@ class SkyraReward(BatchReward):
     name = "skyra"
     score_range = (0.0, 1.0)
     needs_prompt = False  # Skyra judges the video alone
+    reads_prompt = False
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ class BrightnessReward(BatchReward):
     name = "brightness"
     score_range = (0.0, 1.0)
     needs_prompt = False
+    reads_prompt = False
 
     def __init__(self, source_fps: float = 16.0):
         self.source_fps = source_fps
@@ -97,6 +98,7 @@ class SpotBrightnessReward(BatchReward):
     name = "spot_brightness"
     score_range = (0.0, 1.0)
     needs_prompt = False
+    reads_prompt = False
 
     def __init__(self, box: list[float], window_s: list[float], threshold: float = 0.0, source_fps: float = 16.0):
         self.box, self.window_s, self.threshold, self.source_fps = list(box), list(window_s), threshold, source_fps

@@ -91,11 +91,11 @@ def test_a_video_file_with_an_aac_track_is_read_with_its_soundtrack(tmp_path):
     # encoder's priming samples, and the last frame's padding is cut to the stream's duration)
     wave = _tone(1.125, RATE, channels=2)
     path = save_video(Video(np.zeros((9, 32, 32, 3), np.uint8), 8.0), tmp_path / "a.mp4", audio=wave, sample_rate=RATE)
-    video = load_video(path, lazy=True)
+    video = load_video(path, lazy=True, audio=True)
     assert video.sample_rate == RATE and video.audio.shape == (2, 18000)
     np.testing.assert_allclose(video.audio, wave, atol=0.03)  # AAC at 192 kb/s
-    # load_inputs (what every reward calls, and so `score` and `bon` on files) hears it; the checks pass
-    loaded = load_inputs([str(path)], None)[0]
+    # load_inputs (what every reward calls, and so `score` on files) hears it for a reward that hears; the checks pass
+    loaded = load_inputs([str(path)], None, audio=True)[0]
     assert loaded.audio.shape == (2, 18000) and loaded.sample_rate == RATE
     out = _Loudness()([str(path)], None)
     assert out.valid.tolist() == [True] and out.scores[0] == pytest.approx(0.5, abs=0.03)
