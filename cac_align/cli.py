@@ -207,6 +207,31 @@ def _recipe_job(recipe: Path) -> str | None:
     return found.group(1) if found and found.group(1) in JOBS else None
 
 
+def header_processes(recipe: Path) -> int | None:
+    """The processes the command on a recipe's first line launches: torchrun's ``--nproc_per_node N``
+    (times ``--nnodes``), accelerate's ``--num_processes N`` or its ``--config_file``'s
+    ``num_processes``, 1 for a plain ``cac-align <job>``; None when the line names no launch."""
+    import re
+
+    first = recipe.read_text(encoding="utf-8").splitlines()[:1]
+    line = first[0] if first else ""
+    found = re.search(r"--(?:nproc_per_node|nproc-per-node|num_processes|num-processes)[ =](\d+)", line)
+    if found:
+        nodes = re.search(r"--nnodes[ =](\d+)", line)
+        return int(found.group(1)) * (int(nodes.group(1)) if nodes else 1)
+    launch_config = re.search(r"--config_file[ =](\S+)", line)
+    if launch_config:
+        import yaml
+
+        from cac_align.config import SHIPPED_RECIPES
+
+        path = Path(launch_config.group(1))  # a shipped one (recipes/accelerate/...) from any folder
+        path = path if path.is_file() or path.parts[:1] != ("recipes",) else SHIPPED_RECIPES.joinpath(*path.parts[1:])
+        settings = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return int(settings.get("num_processes", 1)) if isinstance(settings, dict) else None
+    return 1 if re.match(r"#\s*cac-align\s+[a-z]", line) else None
+
+
 def _step_split(spec: Any, config: Any, processes: int) -> str | None:
     """Why a generator trainer's launch on ``processes`` would be refused for its layout or its
     step's split (the launch's own message), or None: what the job itself checks first."""
@@ -227,17 +252,17 @@ def _step_split(spec: Any, config: Any, processes: int) -> str | None:
     return None
 
 
-def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None) -> str | None:
+def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None) -> str | None:
     """Print a generator trainer's memory plan (``cac_align.gen.memory``) where its models' configs
     can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
     job prints the plan when it runs) or another job. Returns why its launch would be refused (the
     step does not split over the processes, or the plan does not fit ``gpu_gib``), else None."""
     from cac_align.config import resolve
-    from cac_align.gen.memory import GIB, ConfigsNotFound, plan_generator, refusal
+    from cac_align.gen.memory import GIB, ConfigsNotFound, plan_generator, planned_from_shipped, refusal
 
     if spec.memory_inputs is None:
         return None
-    n = processes if processes is not None else config.parallel.context_parallel
+    n = processes if processes is not None else header if header is not None else config.parallel.context_parallel
     split = _step_split(spec, config, n)
     if split is not None:
         return f"{n} processes: {split}"
@@ -254,6 +279,9 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
         return None
     plan, host = planned
     limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    if planned_from_shipped(config.generator.name):
+        print(f"     planned from the configs of {config.generator.name} shipped with cac-align (config numbers only, each with its source: "
+              "cac_align/gen/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
     print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
     reason = refusal(plan, limit) if limit is not None else None
     return f"refused: {reason}" if reason is not None else None
@@ -287,7 +315,7 @@ def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib:
             print(f"FAIL {exc}", file=sys.stderr)
             continue
         print(f"ok   {file} (job: {spec.name})")
-        refused = _memory_plan(spec, config, processes, gpu_gib)
+        refused = _memory_plan(spec, config, processes, gpu_gib, header_processes(file) if processes is None else None)
         if refused is not None:
             failures += 1
             print(f"FAIL {file}: {refused}", file=sys.stderr)

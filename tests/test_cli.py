@@ -28,7 +28,11 @@ def test_installed_console_script_lists_jobs():
     assert all(family.title in out for family in families()) and "MiniMax-H3" in out  # the families, from the one list
 
 
-def test_check_recipe_reports_good_and_bad(tmp_path, capsys):
+def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
+    from cac_align.gen import memory
+
+    # validation only: the big recipes' plans from the shipped configs take minutes (tests/gen/test_full_size_configs.py)
+    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
     bad = tmp_path / "bad.yaml"
     bad.write_text("job: make-tiny\nout_dir: x\nsead: 3\n")
     code = main(["check-recipe", str(REPO_ROOT / "recipes"), str(bad)])

@@ -12,8 +12,11 @@ in-process model (``tiny-random:...``) is built and counted as it is. The VAE's 
 is **traced**: run on the meta device, its live tensors summed op by op (:func:`traced_peak_bytes`).
 What the models do not say (the activations of a training forward, a judge's KV cache) is
 **arithmetic**: a formula, labelled as such in every table; a fixed overhead is an **estimate**.
-Nothing is downloaded: a model whose configs are not in the local Hugging Face cache gives no plan
-but one line naming what to fetch (:class:`ConfigsNotFound`), never a download.
+Nothing is downloaded. The configs of the releases the shipped recipes name are shipped with cac-align
+(``cac_align/gen/full_size/``, config numbers only, each with its source in its ``SOURCES.md``): a
+release whose files are not in the local Hugging Face cache is planned from them
+(:func:`shipped_configs`; :func:`planned_from_shipped` says so). Any other model whose configs are not
+in the cache gives no plan but one line naming what to fetch (:class:`ConfigsNotFound`).
 
 **The rows** (bytes per GPU; :func:`memory_plan`, :func:`plan_generator`), N processes, all holding
 the same model (under context parallel, the judges only on each group's leader, the GPU planned):
@@ -77,6 +80,7 @@ __all__ = [
     "SERVE_THE_JUDGES",
     "ComponentCount",
     "ConfigsNotFound",
+    "FULL_SIZE_CONFIGS",
     "GeneratorCounts",
     "HostPlan",
     "JudgeCount",
@@ -97,11 +101,13 @@ __all__ = [
     "host_plan",
     "judge_module",
     "kv_cache_bytes",
+    "planned_from_shipped",
     "lora_width",
     "memory_plan",
     "plan_generator",
     "processes_per_node",
     "refusal",
+    "shipped_configs",
     "sharded_parameters",
     "traced_peak_bytes",
     "vae_bytes",
@@ -365,6 +371,9 @@ def _component_folder(name: str, component: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(name, f"{component}/config.json")
+        if not isinstance(found, str) and _cached_model_index(name, shipped=False) is None:  # the release's own, shipped
+            shipped = shipped_configs(name)
+            found = str(shipped / component / "config.json") if shipped and (shipped / component / "config.json").is_file() else None
     return Path(found).parent if isinstance(found, str) else None
 
 
@@ -417,9 +426,38 @@ class ConfigsNotFound(LookupError):
         return f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache (`{command}`: configs only)"
 
 
-def _cached_model_index(name: str) -> dict[str, Any] | None:
-    """A hub id's ``model_index.json`` from the local Hugging Face cache only (never downloaded);
-    None when it is not there."""
+# The configs of the releases the shipped recipes name, shipped with cac-align (config numbers only,
+# each with its source: full_size/SOURCES.md, written by benchmarks/memory/write_full_size_configs.py):
+# a plan is made offline from them where the Hugging Face cache holds none of the repository's files.
+FULL_SIZE_CONFIGS = Path(__file__).resolve().parent / "full_size"
+
+
+def shipped_configs(name: str) -> Path | None:
+    """The folder of hub id ``name``'s configs shipped with cac-align (:data:`FULL_SIZE_CONFIGS`), or None."""
+    if name.count("/") != 1:
+        return None
+    folder = FULL_SIZE_CONFIGS / name.replace("/", "--")
+    return folder if folder.is_dir() else None
+
+
+def planned_from_shipped(name: str) -> bool:
+    """Whether hub id ``name``'s plan reads the configs shipped with cac-align: they are shipped and
+    the local Hugging Face cache holds neither its pipeline index nor its ``config.json``."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if shipped_configs(name) is None:
+        return False
+    try:
+        cached = any(isinstance(try_to_load_from_cache(name, f), str) for f in ("model_index.json", "modular_model_index.json", "config.json"))
+    except ValueError:
+        return False
+    return not cached
+
+
+def _cached_model_index(name: str, shipped: bool = True) -> dict[str, Any] | None:
+    """A hub id's ``model_index.json`` from the local Hugging Face cache only (never downloaded), or
+    (``shipped``) the one shipped with cac-align for a release (:func:`shipped_configs`); None when
+    neither is there."""
     import json
 
     from huggingface_hub import try_to_load_from_cache
@@ -430,6 +468,9 @@ def _cached_model_index(name: str) -> dict[str, Any] | None:
             found = try_to_load_from_cache(name, "modular_model_index.json")
     except ValueError:  # not a repo id
         return None
+    folder = shipped_configs(name) if shipped and not isinstance(found, str) else None
+    if folder is not None:
+        found = next((str(folder / f) for f in ("model_index.json", "modular_model_index.json") if (folder / f).is_file()), None)
     if not isinstance(found, str):
         return None
     index = json.loads(Path(found).read_text(encoding="utf-8"))
@@ -558,6 +599,8 @@ def _judge_config_file(name: str) -> str | None:
         found = try_to_load_from_cache(name, "config.json")
     except ValueError:  # not a repo id
         return None
+    if not isinstance(found, str) and (shipped := shipped_configs(name)) is not None and (shipped / "config.json").is_file():
+        found = str(shipped / "config.json")  # the release's, shipped with cac-align
     return found if isinstance(found, str) else None
 
 

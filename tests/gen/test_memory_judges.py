@@ -245,9 +245,11 @@ def test_host_memory_at_load_by_hand():
 # ---------------------------------------------------------------------------------------
 # check-recipe
 # ---------------------------------------------------------------------------------------
-def test_check_recipe_says_in_one_line_what_it_needs(hub_cache, capsys):
+def test_check_recipe_says_in_one_line_what_it_needs(hub_cache, capsys, tmp_path, monkeypatch):
     from cac_align.cli import main
+    from cac_align.gen import memory
 
+    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # neither in the cache nor shipped (tests/gen/test_full_size_configs.py)
     assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0
     lines = capsys.readouterr().out.splitlines()
     (needs,) = [line for line in lines if "memory plan" in line]
@@ -298,7 +300,7 @@ def test_check_recipe_fails_where_the_launch_would(hub_cache, capsys):
                           (["--gpu-gib", "80", "--gpu-gb", "80"], "not both")):
         assert main(["check-recipe", *argv, str(A14B_RECIPE)]) == 1
         assert message in capsys.readouterr().err, argv
-    assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0  # 8 split (its configs are not here: the fetch line)
+    assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0  # 8 split (planned from the configs shipped with cac-align)
     import importlib
 
     from cac_align.jobs import JOBS
@@ -378,8 +380,11 @@ def test_check_recipe_prints_the_a14b_plan_from_the_hugging_face_cache(full_size
     assert "transformer_2: frozen base (1/8 shard)" in out and "activations (2 x 32,760 tokens" in out
 
 
-def test_a_judge_whose_config_is_not_here_is_a_row_saying_so_and_the_generator_is_still_planned(hub_cache, tmp_path):
+def test_a_judge_whose_config_is_not_here_is_a_row_saying_so_and_the_generator_is_still_planned(hub_cache, tmp_path, monkeypatch):
     from cac_align.gen import family as family_module
+    from cac_align.gen import memory
+
+    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # the judge's config neither cached nor shipped
 
     pipe = family_module.family_of("tiny-random:wan").build_tiny("tiny-random:wan", seed=0)
     pipe.save_pretrained(str(tmp_path / "wan"))

@@ -263,8 +263,12 @@ def test_check_memory_refuses_on_a_cpu_budget_and_passes_one_that_fits(caplog):
     assert "memory plan per GPU" in caplog.text and "not enforced" in caplog.text
 
 
-def test_hub_id_from_the_cache_and_not_cached(hub_cache, tmp_path, caplog):
-    # a listed release not in the cache: its family is known by name, but no config can be read: no plan, no download
+def test_hub_id_from_the_cache_and_not_cached(hub_cache, tmp_path, caplog, monkeypatch):
+    # a listed release not in the cache (nor shipped with cac-align: tests/gen/test_full_size_configs.py): its family is
+    # known by name, but no config can be read: no plan, no download
+    from cac_align.gen import memory
+
+    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
     release = GeneratorConfig(name="Wan-AI/Wan2.2-T2V-A14B-Diffusers")
     with caplog.at_level(logging.WARNING, logger="cac_align.gen.memory"):
         assert count_generator(release, LoraSettings()) is None

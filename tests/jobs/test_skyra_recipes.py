@@ -40,8 +40,11 @@ def skyra_writes_an_artifact(monkeypatch):
     monkeypatch.setattr(skyra, "build", forced)
 
 
-def test_the_real_recipes_name_skyra_and_localize_with_it():
+def test_the_real_recipes_name_skyra_and_localize_with_it(tmp_path, monkeypatch):
     from cac_align.config import read_recipe_file
+    from cac_align.gen import memory
+
+    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # validation here; their plans: tests/gen/test_full_size_configs.py
 
     flow = read_recipe_file(ALIGN / "flow_grpo_wan_ur_skyra_localized.yaml")
     assert flow["advantage"]["localize"]["enabled"] and flow["advantage"]["localize"]["source"] == "skyra"
