@@ -55,6 +55,11 @@ members, which a family without them does not need:
 - ``localized_credit``: False where :mod:`cac_align.rl.credit` cannot map a judge's window onto the
   family's latent frames (MiniMax-H3's ``5n + 2`` of ``17n + 5``); flow-grpo and nft then refuse
   ``advantage.localize`` in one line. True when absent.
+- ``check_size(pipe, config)``: a size or frame count the family's models cannot take, refused in one
+  line naming what works, once the pipeline is built and before anything samples
+  (:func:`cac_align.gen.generator.build_generator` calls it for every job; LTX-2.5: its diffusion
+  decoder's neighbourhood-attention kernels, read from the decoder's config). Any size that
+  ``spatial_multiple`` and ``frame_multiple`` allow when absent.
 
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and

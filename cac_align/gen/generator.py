@@ -219,6 +219,9 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     else:
         components = empty_experts(config, f"{key}.name") if empty_transformers else {}
         pipe = _on_device(family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, key=f"{key}.name", components=components), device)
+    check_size = getattr(family, "check_size", None)  # a size its models cannot take, refused before sampling (cac_align.gen.family)
+    if check_size is not None:
+        check_size(pipe, config)
     if config.flow_shift is not None:
         # Flow-matching schedulers name the shift differently: UniPC (the Wan-2.1 checkpoints)
         # calls it flow_shift, FlowMatchEulerDiscrete calls it shift.

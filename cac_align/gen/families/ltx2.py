@@ -231,6 +231,14 @@ class LTX2Family:
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_LTX2_BUILDERS[name](seed)
 
+    def check_size(self, pipe: Any, config: Any) -> None:
+        """Before sampling (:func:`cac_align.gen.generator.build_generator`): refuses in one line a
+        size LTX-2.5's diffusion decoder cannot take, naming the smallest that works
+        (:func:`check_decoder_size`, from the decoder's own config); other versions take any."""
+        decoder = getattr(pipe, "diffusion_decoder", None) if self.diffusion_decoder else None
+        if decoder is not None:
+            check_decoder_size(decoder.config, config.num_frames, config.height, config.width, self.title)
+
     # -- sampling -------------------------------------------------------------------------
     def denoiser(self, pipe: Any) -> "LTX2Denoiser":
         return LTX2Denoiser(pipe.transformer, self)
@@ -679,6 +687,54 @@ def diffusion_decode(pipe: Any, latents: torch.Tensor, seeds: Sequence[int]) -> 
     generators = [decoder_generator(seed, device) for seed in seeds]
     frames = decode(latents.to(device), generator=generators, output_type="pt", denormalize=False).frames
     return frames_to_uint8(frames)
+
+
+def decoder_grids(decoder_config: Mapping[str, Any], num_frames: int, height: int, width: int) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
+    """``(stage, (T, H, W) grid, kernel)`` of each neighbourhood-attention stage of LTX-2.5's diffusion
+    decoder for a video of ``num_frames x height x width``, from its ``config.json``: stages 1-4 run on
+    the latent grid (latent frames plus ``(kernel_t // 2) * 2`` trailing copies, ``height /
+    spatial_compression_ratio`` x ``width / ...``), each upsampled by its stride after it (a time stride
+    of 2 drops the duplicated first frame); stage 5 on the pixels in patches (the trailing copies
+    cropped): diffusers 0.42.1 ``LTX2VideoDiffusionDecoder3d``. Each stage needs its grid at least its
+    kernel on every axis (diffusers raises "Neighborhood attention requires each spatial dim to be at
+    least its kernel size" otherwise)."""
+    kernels = [tuple(k) for k in decoder_config["decoder_stage_kernels"]]
+    strides = [tuple(s) for s in decoder_config["decoder_upsample_strides"]]
+    temporal, spatial = int(decoder_config["temporal_compression_ratio"]), int(decoder_config["spatial_compression_ratio"])
+    pad = (kernels[0][0] // 2) * 2
+    t, h, w = (num_frames - 1) // temporal + 1 + pad, height // spatial, width // spatial
+    grids = []
+    for stage, (kernel, (st, sh, sw)) in enumerate(zip(kernels, strides), start=1):
+        grids.append((stage, (t, h, w), kernel))
+        t, h, w = t * st - (1 if st == 2 else 0), h * sh, w * sw
+    grids.append((len(kernels) + 1, (t - pad * temporal, h, w), tuple(decoder_config["decoder_stage5_kernel"])))
+    return grids
+
+
+def check_decoder_size(decoder_config: Mapping[str, Any], num_frames: int, height: int, width: int, title: str = "LTX-2.5") -> None:
+    """Raises ``RecipeError`` in one line when a stage of the diffusion decoder (:func:`decoder_grids`)
+    would get a grid smaller than its kernel, naming the stage and the smallest height, width and
+    frames that work (each axis alone: the least multiple of the decoder's compression that fits every
+    stage)."""
+    from cac_align.config import RecipeError
+
+    def fits(frames: int, side_h: int, side_w: int, axis: int) -> bool:
+        return all(grid[axis] >= kernel[axis] for _, grid, kernel in decoder_grids(decoder_config, frames, side_h, side_w))
+
+    short = [(stage, grid, kernel) for stage, grid, kernel in decoder_grids(decoder_config, num_frames, height, width)
+             if any(g < k for g, k in zip(grid, kernel))]
+    if not short:
+        return
+    temporal, spatial = int(decoder_config["temporal_compression_ratio"]), int(decoder_config["spatial_compression_ratio"])
+    frames = next(n * temporal + 1 for n in range(4096) if fits(n * temporal + 1, spatial, spatial, 0))
+    least_h = next(n * spatial for n in range(1, 4096) if fits(1, n * spatial, spatial, 1))
+    least_w = next(n * spatial for n in range(1, 4096) if fits(1, spatial, n * spatial, 2))
+    stage, grid, kernel = short[0]
+    raise RecipeError(
+        f"generator: {title}'s diffusion decoder cannot take {height} x {width} x {num_frames} frames: its stage {stage} attends over "
+        f"(T, H, W) = {grid} positions with a {kernel} window (diffusion_decoder/config.json); it takes height >= {least_h}, width >= "
+        f"{least_w} and num_frames >= {frames}: set generator.height={max(height, least_h)} generator.width={max(width, least_w)} "
+        f"generator.num_frames={max(num_frames, frames)}")
 
 
 def load_diffusion_decoder(source: str, folder: str, vae_dtype: str, key: str) -> Any:
