@@ -232,6 +232,15 @@ def header_processes(recipe: Path) -> int | None:
     return 1 if re.match(r"#\s*cac-align\s+[a-z]", line) else None
 
 
+def header_nodes(recipe: Path) -> int:
+    """The nodes the command on a recipe's first line launches on (torchrun's ``--nnodes N``; else 1)."""
+    import re
+
+    first = recipe.read_text(encoding="utf-8").splitlines()[:1]
+    found = re.search(r"--nnodes[ =](\d+)", first[0]) if first else None
+    return int(found.group(1)) if found else 1
+
+
 def _step_split(spec: Any, config: Any, processes: int) -> str | None:
     """Why a generator trainer's launch on ``processes`` would be refused for its layout or its
     step's split (the launch's own message), or None: what the job itself checks first."""
@@ -252,7 +261,8 @@ def _step_split(spec: Any, config: Any, processes: int) -> str | None:
     return None
 
 
-def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None) -> str | None:
+def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None,
+                 nodes: int = 1) -> str | None:
     """Print a generator trainer's memory plan (``cac_align.gen.memory``) where its models' configs
     can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
     job prints the plan when it runs) or another job. Returns why its launch would be refused (the
@@ -269,7 +279,8 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     if config.generator.name.startswith("tiny-random:"):
         return None
     try:
-        planned = plan_generator(config.generator, config.lora, config.parallel, n, **resolve(spec.memory_inputs)(config))
+        planned = plan_generator(config.generator, config.lora, config.parallel, n, **resolve(spec.memory_inputs)(config),
+                                 node_processes=max(1, n // nodes))
     except ConfigsNotFound as exc:
         print(f"     {exc.line()}")
         return None
@@ -315,7 +326,8 @@ def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib:
             print(f"FAIL {exc}", file=sys.stderr)
             continue
         print(f"ok   {file} (job: {spec.name})")
-        refused = _memory_plan(spec, config, processes, gpu_gib, header_processes(file) if processes is None else None)
+        header = header_processes(file) if processes is None else None
+        refused = _memory_plan(spec, config, processes, gpu_gib, header, header_nodes(file) if header is not None else 1)
         if refused is not None:
             failures += 1
             print(f"FAIL {file}: {refused}", file=sys.stderr)

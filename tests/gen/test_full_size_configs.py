@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-from cac_align.cli import header_processes
+from cac_align.cli import header_nodes, header_processes
 from cac_align.gen import memory
 from cac_align.gen.generator import GeneratorConfig
 from cac_align.gen.lora import LoraSettings
@@ -77,6 +77,7 @@ def test_header_processes_reads_the_launch_on_the_first_line(tmp_path):
         recipe = tmp_path / "r.yaml"
         recipe.write_text(line + "\njob: flow-grpo\n")
         assert header_processes(recipe) == expected, line
+        assert header_nodes(recipe) == (2 if "--nnodes 2" in line else 1)  # the host plan's processes per node: 16 / 2
 
 
 def test_a_release_s_own_files_in_the_cache_take_the_place_of_the_shipped_ones(hub_cache, tmp_path):
