@@ -40,6 +40,7 @@ RECIPES = (
     "flow_grpo_hunyuan15_ur_cac",        # HunyuanVideo-1.5 T2V
     "flow_grpo_hunyuan15_i2v_ur_cac",    # HunyuanVideo-1.5 I2V
     "flow_grpo_minimax_h3_ur_cac",       # MiniMax-H3
+    "flow_grpo_kandinsky6_ur_cac",       # Kandinsky 6.0 Pro
 )
 
 

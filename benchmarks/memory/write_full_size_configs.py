@@ -130,14 +130,19 @@ QWEN3_VL_32B = dict(
     tie_word_embeddings=False, image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 
 
-def _judge_files(source: str) -> dict:
-    """A judge's ``config.json`` from tests/full_size_configs.py's records (Qwen3-VL-8B, UnifiedReward-qwen-7b)."""
+def _recorded(source: str) -> dict:
+    """A repository's files as tests/full_size_configs.py records them (the sources are cited there)."""
     import sys
 
     sys.path.insert(0, str(REPO / "tests"))
     import full_size_configs
 
-    return {"config.json": ("raw", getattr(full_size_configs, source)["config.json"])}
+    return {file: ("raw", data) for file, data in getattr(full_size_configs, source).items()}
+
+
+def _judge_files(source: str) -> dict:
+    """A judge's ``config.json`` from tests/full_size_configs.py's records (Qwen3-VL-8B, UnifiedReward-qwen-7b)."""
+    return {"config.json": _recorded(source)["config.json"]}
 
 
 # repo -> {file: (library, class, kwargs) | ("raw", dict)}; model_index.json's entries are written as given
@@ -243,6 +248,7 @@ REPOS: dict[str, dict] = {
         "audio_vae/config.json": ("diffusers", "AutoencoderKLMiniMaxH3Audio", {}),
         "text_encoder/config.json": ("transformers", "Qwen3VLForConditionalGeneration", QWEN3_VL_32B),
     },
+    "kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers": _recorded("KANDINSKY6_PRO"),
     "Qwen/Qwen3-VL-8B-Instruct": _judge_files("QWEN3_VL_8B_INSTRUCT"),
     "CodeGoat24/UnifiedReward-qwen-7b": _judge_files("UNIFIED_REWARD_QWEN_7B"),
     "JoeLeelyf/Skyra-SFT": _judge_files("UNIFIED_REWARD_QWEN_7B"),
@@ -284,6 +290,9 @@ SOURCES = {
                             f"(the Qwen3-VL of that width; all 64 layers counted, where the pipeline reads hidden state 50); audio_vae: "
                             f"AutoencoderKLMiniMaxH3Audio's defaults (the script reads the release's from its metadata.json, which is in "
                             f"no source read here; 32 kHz, 800 samples a latent, as the family module's docstring says).",
+    "kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers": "every file: tests/full_size_configs.py's KANDINSKY6_PRO, which cites its sources "
+                                                   "(the transformer's config.json as published for the Pro bundle; the VAE, audio VAE and "
+                                                   "vocoder at diffusers' class defaults; Qwen2.5-VL-7B and CLIP ViT-L/14's text model).",
     "Qwen/Qwen3-VL-8B-Instruct": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "CodeGoat24/UnifiedReward-qwen-7b": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "JoeLeelyf/Skyra-SFT": "**Stand-in**: a Qwen2.5-VL-7B fine-tune (cac_align/rewards/skyra.py); shipped is UnifiedReward-qwen-7b's "
