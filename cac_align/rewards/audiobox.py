@@ -77,13 +77,13 @@ class AudioboxConfig:
                              f"CE content enjoyment, CU content usefulness), each once, got {list(self.axes)}")
         if self.weights is not None and len(self.weights) != len(self.axes):
             raise ValueError(f"weights: one per axis of axes {list(self.axes)}, got {list(self.weights)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     @property
     def axis_weights(self) -> dict[str, float]:
         weights = self.weights if self.weights is not None else [1.0 / len(self.axes)] * len(self.axes)
         return dict(zip(self.axes, (float(w) for w in weights)))
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def windows_of(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

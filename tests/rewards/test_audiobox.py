@@ -34,6 +34,10 @@ def test_an_audiobox_section_chooses_its_axes():
         reward_config({"name": "audiobox", "axes": ["PQ", "QQ"]})
     with pytest.raises(ValueError, match="weights: one per axis"):
         reward_config({"name": "audiobox", "axes": ["PQ", "CE"], "weights": [1.0]})
+    for bad in (0, -3):  # a section that could never score a batch is refused as it is read, in one line
+        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}") as caught:
+            reward_config({"name": "audiobox", "batch_size": bad})
+        assert "\n" not in str(caught.value)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("audiobox_aesthetics") is not None, reason="the package is installed here")
