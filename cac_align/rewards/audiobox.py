@@ -33,6 +33,7 @@ Modality ``audio``; does not read the prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,20 +155,46 @@ class AudioboxReward(AudioReward):
 
 
 def load_audiobox(model: str, key: str = "reward.model") -> Any:
-    """``AesMultiOutput.from_pretrained(model)`` from the installed package; one line naming the
-    install when it is not there."""
+    """``AesMultiOutput.from_pretrained(model)`` from the installed package, safetensors only; one
+    line naming the install when it is not there, and one when the weights are not safetensors."""
+    from cac_align.loading import WeightsNotFoundError, check_weights_source, weights_error
+
+    source = check_weights_source(model, key)
+    local = Path(source).is_dir()
+    if local and not (Path(source) / "model.safetensors").is_file():  # said before the package is even imported
+        raise WeightsNotFoundError(_not_safetensors(model, key))
     try:
         from audiobox_aesthetics.model.aes import AesMultiOutput
     except ImportError as exc:
         raise ImportError(f"the audiobox reward runs Meta's package, which is not installed here ({exc}): {INSTALL} "
                           "(it requires torchaudio and its torch: give it an environment of its own if yours pins another)") from None
-    from cac_align.loading import check_weights_source, weights_error
-
-    source = check_weights_source(model, key)
     try:
-        return AesMultiOutput.from_pretrained(source)
+        return AesMultiOutput.from_pretrained(source if local else _hub_safetensors_folder(source, model, key))
     except OSError as exc:
         raise weights_error(model, key, exc) from None
+
+
+def _not_safetensors(model: str, key: str) -> str:
+    return (f"{key}={model!r}: no model.safetensors there; weights load from safetensors only (a pytorch_model.bin is refused): "
+            "write it with AesMultiOutput.save_pretrained(DIR) of a recent huggingface_hub, or `hf download facebook/audiobox-aesthetics`")
+
+
+def _hub_safetensors_folder(repo: str, model: str, key: str) -> str:
+    """A hub id's ``model.safetensors`` and ``config.json`` fetched (as ``from_pretrained`` would), and
+    the snapshot folder holding them. The package's loader (huggingface_hub's
+    ``PyTorchModelHubMixin``) falls back to a pickled ``pytorch_model.bin`` where a repository has no
+    safetensors file; given the folder, it reads the safetensors file that is there."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from cac_align.loading import WeightsNotFoundError
+
+    try:
+        weights = hf_hub_download(repo, "model.safetensors")
+    except EntryNotFoundError:
+        raise WeightsNotFoundError(_not_safetensors(model, key)) from None
+    hf_hub_download(repo, "config.json")  # into the same snapshot folder
+    return str(Path(weights).parent)
 
 
 def build(config: AudioboxConfig, key: str = "reward") -> AudioboxReward:

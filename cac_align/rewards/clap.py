@@ -110,14 +110,15 @@ class ClapReward(AudioReward):
 
 
 def build(config: ClapConfig, key: str = "reward") -> ClapReward:
-    """Load the CLAP model and processor named by ``config.model`` (transformers' ``from_pretrained``)."""
+    """Load the CLAP model and processor named by ``config.model`` (transformers' ``from_pretrained``,
+    safetensors only: a checkpoint with only ``pytorch_model.bin`` is refused)."""
     from transformers import ClapModel, ClapProcessor
 
     from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
     source = check_weights_source(config.model, f"{key}.model")
     try:
-        model = ClapModel.from_pretrained(source, dtype=resolve_dtype(config.dtype))
+        model = ClapModel.from_pretrained(source, dtype=resolve_dtype(config.dtype), use_safetensors=True)  # safetensors only: never a pickle
         processor = ClapProcessor.from_pretrained(source)
     except OSError as exc:
         raise weights_error(config.model, f"{key}.model", exc) from None

@@ -41,7 +41,21 @@ def test_an_audiobox_section_chooses_its_axes():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("audiobox_aesthetics") is not None, reason="the package is installed here")
-def test_without_the_package_the_error_is_one_line_naming_the_install():
+def test_without_the_package_the_error_is_one_line_naming_the_install(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")  # the folder passes the safetensors check; the import is next
     with pytest.raises(ImportError, match="pip install audiobox-aesthetics") as caught:
-        build_reward({"name": "audiobox", "model": "/nowhere"})
+        build_reward({"name": "audiobox", "model": str(tmp_path)})
     assert "\n" not in str(caught.value)
+
+
+def test_an_audiobox_folder_with_only_a_pickled_bin_is_refused_in_one_line(tmp_path):
+    """Safetensors only: huggingface_hub's mixin, which AesMultiOutput loads through, would read a
+    ``pytorch_model.bin`` where no ``model.safetensors`` is; the folder is refused first (whether or
+    not the package is installed)."""
+    import torch
+
+    (tmp_path / "config.json").write_text("{}")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors there; weights load from safetensors only") as caught:
+        build_reward({"name": "audiobox", "model": str(tmp_path)})
+    assert "\n" not in str(caught.value) and "reward.model=" in str(caught.value)

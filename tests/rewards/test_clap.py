@@ -93,3 +93,19 @@ def test_a_clap_section_is_checked_before_anything_loads():
     assert name == "clap" and config.batch_size == 4 and config.device == "auto"
     with pytest.raises(ValueError, match="batch_sise"):
         reward_config({"name": "clap", "batch_sise": 4})
+
+
+def test_a_clap_folder_with_only_a_pickled_bin_is_refused(clap_dir, tmp_path):
+    """Safetensors only: the same model as ``pytorch_model.bin`` (a pickle) is never loaded."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin_only"
+    shutil.copytree(clap_dir, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors") as caught:
+        build_reward({"name": "clap", "model": str(folder), "device": "cpu"})
+    assert "\n" not in str(caught.value)
