@@ -14,7 +14,10 @@ The model runs through transformers' own ``ClapModel`` and ``ClapProcessor`` (``
 a hub id or a local folder). CLAP's feature extractor takes 48 kHz and does not resample: a track at
 another rate is resampled here (:func:`cac_align.rewards.audio.resample_audio`, polyphase) and mixed
 to mono before the processor sees it. A track longer than the extractor's ``max_length_s`` (10 s for
-LAION's) is cut or fused as that extractor does.
+LAION's) is heard as its first ``max_length_s`` (its head, cut here, not the extractor's random crop
+or random fused chunks), and ``is_longer`` is said from each track's real length
+(:func:`clap_is_longer`), never the extractor's random pick: a score depends neither on the global
+RNG nor on the other tracks of its batch.
 
 Score range [-1, 1]; modality ``audio``; reads the prompt. A sample without a usable soundtrack is
 invalid (``error_kind`` ``audio``: :mod:`cac_align.rewards.audio`).
@@ -30,7 +33,7 @@ import numpy as np
 from cac_align.rewards.audio import AudioReward, mono, resample_audio
 from cac_align.video import Video
 
-__all__ = ["CLAP_RATE", "ClapConfig", "ClapReward", "build"]
+__all__ = ["CLAP_RATE", "ClapConfig", "ClapReward", "build", "clap_is_longer"]
 
 CLAP_RATE = 48_000  # the rate ClapFeatureExtractor's mel filters are built for (LAION's checkpoints)
 
@@ -63,6 +66,19 @@ class ClapConfig:
             raise ValueError(f"tolerance_s must be >= 0 (or null: one frame), got {self.tolerance_s}")
 
 
+def clap_is_longer(samples: int, extractor: Any) -> bool:
+    """Whether ClapFeatureExtractor (transformers 5.24, ``_get_input_mel``) calls a track of ``samples``
+    long: longer than ``nb_max_samples`` (``max_length_s x sampling_rate``); with ``truncation="fusion"``
+    not when its mel has as many frames as a whole clip (``1 + samples // hop_length == 1 +
+    nb_max_samples // hop_length``: the extractor then uses it whole). Without the extractor's random
+    pick of a track when none is long: the model's fusion of local chunks (``enable_fusion``) applies to
+    a long track only."""
+    limit, hop = int(extractor.nb_max_samples), int(extractor.hop_length)
+    if samples <= limit:
+        return False
+    return extractor.truncation != "fusion" or samples // hop != limit // hop
+
+
 class ClapReward(AudioReward):
     """The cosine of CLAP's projected audio and text embeddings of each soundtrack and its prompt."""
 
@@ -85,11 +101,19 @@ class ClapReward(AudioReward):
     def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
         import torch
 
+        extractor = self.processor.feature_extractor
         waves = [resample_audio(mono(video.audio), video.sample_rate, self.rate) for video, _ in requests]
+        # Deterministic, and each sample's score its own whatever the batch: the extractor crops a long
+        # track at random (rand_trunc) or fuses random chunks of it (fusion), and with fusion, when no
+        # track of the batch is long, marks a random one as long. Each track is cut to its head here,
+        # so the extractor draws nothing, and is_longer is said from the tracks' real lengths.
+        limit = int(extractor.nb_max_samples)
+        audio = extractor([wave[:limit] for wave in waves], sampling_rate=self.rate, return_tensors="pt")
+        audio["is_longer"] = torch.tensor([[clap_is_longer(wave.shape[0], extractor)] for wave in waves])
         # CLAP's text tower pools its first token (RoBERTa's <s>): prompts are padded on the right
         inputs = {
             **self.processor.tokenizer([prompt for _, prompt in requests], return_tensors="pt", padding=True, truncation=True, padding_side="right"),
-            **self.processor.feature_extractor(waves, sampling_rate=self.rate, return_tensors="pt"),
+            **audio,
         }
         device, dtype = next(self.model.parameters()).device, next(self.model.parameters()).dtype
         inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}

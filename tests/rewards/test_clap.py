@@ -109,3 +109,66 @@ def test_a_clap_folder_with_only_a_pickled_bin_is_refused(clap_dir, tmp_path):
     with pytest.raises(OSError, match="safetensors") as caught:
         build_reward({"name": "clap", "model": str(folder), "device": "cpu"})
     assert "\n" not in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def fused_clap_dir(tmp_path_factory):
+    """A tiny random FUSED ClapModel (``enable_fusion=True``: a long track's local chunks fused into its
+    global mel) with a ``truncation="fusion"`` extractor: 16 kHz, 1 s clips, 64 mel bins (the fusion's
+    shrunk mel is 64 wide), hop 320: 51 frames a clip."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from cac_align.vlm.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(vocab_size=300)
+    torch.manual_seed(0)
+    config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, projection_dim=16),
+        audio_config=dict(spec_size=64, num_mel_bins=64, window_size=4, patch_size=4, patch_stride=(4, 4), hidden_size=32,
+                          patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], projection_dim=16, enable_fusion=True),
+        projection_dim=16, enable_fusion=True,
+    )
+    extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=1, fft_window_size=512,
+                                     frequency_max=8000, truncation="fusion")
+    path = tmp_path_factory.mktemp("clap_fused")
+    ClapModel(config).save_pretrained(path)
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def test_is_longer_is_the_extractors_own_rule_on_the_real_length():
+    from transformers import ClapFeatureExtractor
+
+    from cac_align.rewards.clap import clap_is_longer
+
+    fusion = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=1, fft_window_size=512, frequency_max=8000, truncation="fusion")
+    trunc = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=1, fft_window_size=512, frequency_max=8000, truncation="rand_trunc")
+    # 1 s = 16000 samples = 50 hops: a clip's mel has 51 frames. 16319 samples still give 1 + 16319 // 320 = 51 frames, which
+    # fusion takes whole (not long); 16320 give 52: long. rand_trunc: any sample past 16000 is long.
+    assert [clap_is_longer(n, fusion) for n in (12000, 16000, 16001, 16319, 16320, 40000)] == [False, False, False, False, True, True]
+    assert [clap_is_longer(n, trunc) for n in (16000, 16001, 40000)] == [False, True, True]
+
+
+def test_a_fused_clap_scores_the_same_under_any_global_seed_and_in_any_batch(fused_clap_dir):
+    """transformers' extractor draws from np.random: with fusion, when no track of a batch is long it
+    marks a random one as long (whose local chunks the model then fuses), and a long track's chunks are
+    cropped at random. The reward draws nothing: a score depends on its own track only."""
+    reward = build_reward({"name": "clap", "model": str(fused_clap_dir), "device": "cpu"})
+    frames = np.zeros((4, 16, 16, 3), np.uint8)  # 0.5 s at 8 fps
+    tracks = [_tone(440.0, 0.6, 16000), _tone(300.0, 0.9, 16000), _tone(520.0, 1.8, 16000)]  # two short, one long (> 1 s)
+    metadata = [{"fps": 8, "audio": t, "sample_rate": 16000} for t in tracks]
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    runs = []
+    for seed in (0, 1, 7):
+        np.random.seed(seed)
+        runs.append(reward([frames] * 3, prompts, metadata).scores)
+    assert np.isfinite(runs[0]).all()
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+    for k in range(3):  # alone: the short ones are not marked long, the long one's head is heard as in the batch
+        np.random.seed(10 + k)
+        alone = reward([frames], [prompts[k]], [metadata[k]]).scores[0]
+        assert alone == pytest.approx(runs[0][k], abs=1e-6), k
+    shorts = reward([frames] * 2, prompts[:2], metadata[:2]).scores  # a batch with no long track
+    np.testing.assert_allclose(shorts, runs[0][:2], atol=1e-6)
