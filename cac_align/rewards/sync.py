@@ -266,9 +266,75 @@ class SyncReward(AudioReward):
         return {"score": score, "offsets_s": offsets, "windows": windows, "status": "abnormal" if span else "normal", "window_s": span, "boxes": []}
 
 
+def _pruneable_heads(heads: Any, n_heads: int, head_size: int, already_pruned: Any) -> tuple[set, Any]:
+    """What transformers' ``pytorch_utils.find_pruneable_heads_and_indices`` (removed in 5.x) gave a
+    model pruning attention heads: the heads still to prune (``heads`` less ``already_pruned``) and the
+    ``torch.long`` indices of the ``n_heads x head_size`` projection columns that stay, ``n_heads``
+    being the heads the layer has now. A head (numbered as it first was) sits below the heads pruned
+    earlier.
+
+    E.g. a layer of 4 heads of 2 whose head 1 was pruned (3 now), pruning 1 and 3: head 3 sits at row
+    2 now, so columns 4 and 5 go: ``({3}, [0, 1, 2, 3])`` (heads 0 and 2) stay.
+    """
+    import torch
+
+    earlier = set(already_pruned)
+    pruning = set(heads) - earlier
+    keep = torch.ones(n_heads, head_size, dtype=torch.bool)
+    for head in pruning:
+        keep[head - sum(1 for gone in earlier if gone < head)] = False
+    return pruning, torch.nonzero(keep.reshape(-1)).reshape(-1)
+
+
+def _head_mask(model: Any, head_mask: Any, num_hidden_layers: int, is_attention_chunked: bool = False) -> Any:
+    """What ``PreTrainedModel.get_head_mask`` (removed in transformers 5.x) gave a layer stack: one
+    entry per layer, None each when there is no mask; else the mask as ``(layers, batch, heads, seq,
+    seq)`` in the model's dtype (a ``(heads,)`` mask the same for every layer, a ``(layers, heads)``
+    mask one row a layer), with a trailing axis for chunked attention."""
+    if head_mask is None:
+        return [None] * num_hidden_layers
+    if head_mask.dim() == 1:
+        head_mask = head_mask.reshape(1, 1, -1, 1, 1).expand(num_hidden_layers, -1, -1, -1, -1)
+    elif head_mask.dim() == 2:
+        head_mask = head_mask.reshape(head_mask.shape[0], 1, head_mask.shape[1], 1, 1)
+    if head_mask.dim() != 5:
+        raise ValueError(f"a head mask is (heads,), (layers, heads) or 5-D, got {tuple(head_mask.shape)}")
+    head_mask = head_mask.to(dtype=model.dtype)
+    return head_mask.unsqueeze(-1) if is_attention_chunked else head_mask
+
+
+def _with_transformers_4_names(root: Path, module: str) -> Any:
+    """``module`` imported while ``transformers.pytorch_utils`` has ``find_pruneable_heads_and_indices``
+    again (Synchformer's AST tower, ``hf_src/modeling_ast.py``, imports it by name), taken away once
+    the import is over; then each ``PreTrainedModel`` class defined in the checkout's modules that
+    lacks ``get_head_mask`` (the tower's forward calls it) gets :func:`_head_mask`, on that class only.
+    The caller holds ``_IMPORT_LOCK``."""
+    from transformers import PreTrainedModel, pytorch_utils
+
+    lent = not hasattr(pytorch_utils, "find_pruneable_heads_and_indices")
+    if lent:
+        pytorch_utils.find_pruneable_heads_and_indices = _pruneable_heads
+    try:
+        imported = importlib.import_module(module)
+    finally:
+        if lent:
+            del pytorch_utils.find_pruneable_heads_and_indices
+    for loaded in list(sys.modules.values()):
+        where = getattr(loaded, "__file__", None)
+        if not where or not Path(where).resolve().is_relative_to(root):
+            continue
+        for value in list(vars(loaded).values()):
+            # classes defined there (not transformers' own PreTrainedModel, which such a module imports)
+            if (isinstance(value, type) and value.__module__ == loaded.__name__ and issubclass(value, PreTrainedModel)
+                    and not hasattr(value, "get_head_mask")):
+                value.get_head_mask = _head_mask
+    return imported
+
+
 def _import_synchformer(root: Path, module: str) -> Any:
-    """``module`` imported from the checkout at ``root`` (put first on ``sys.path`` while it imports);
-    a module of that name already imported from elsewhere is refused."""
+    """``module`` imported from the checkout at ``root`` (put first on ``sys.path`` while it imports,
+    with the names of transformers 4 it needs: :func:`_with_transformers_4_names`); a module of that
+    name already imported from elsewhere is refused."""
     with _IMPORT_LOCK:
         loaded = sys.modules.get(module)
         if loaded is not None:
@@ -277,7 +343,7 @@ def _import_synchformer(root: Path, module: str) -> Any:
             return loaded
         sys.path.insert(0, str(root))
         try:
-            return importlib.import_module(module)
+            return _with_transformers_4_names(root, module)
         finally:
             sys.path.remove(str(root))
 

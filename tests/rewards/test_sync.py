@@ -85,14 +85,9 @@ def _checkpoint(tmp_path: Path, offset_class: int) -> str:
     """The stand-in's weights with a head that always answers ``offset_class``."""
     from safetensors.torch import save_file
 
-    import importlib
-    import sys
+    from cac_align.rewards.sync import _import_synchformer
 
-    sys.path.insert(0, str(CHECKOUT))
-    try:
-        module = importlib.import_module(MODULE)
-    finally:
-        sys.path.remove(str(CHECKOUT))
+    module = _import_synchformer(CHECKOUT.resolve(), MODULE)  # as the reward imports it (transformers 4's names lent)
     torch.manual_seed(0)
     state = module.Synchformer().state_dict()
     state["head.weight"] = torch.zeros_like(state["head.weight"])
@@ -130,3 +125,35 @@ def test_a_sync_section_says_what_is_missing(tmp_path):
         build_reward({"name": "sync", "source_root": str(CHECKOUT), "checkpoint": "x.safetensors"})
     with pytest.raises(RecipeError, match="checkpoint='missing.safetensors': no such file"):
         build_reward({"name": "sync", "source_root": str(CHECKOUT), "module": MODULE, "checkpoint": "missing.safetensors"})
+
+
+def test_transformers_4_names_are_lent_to_the_checkouts_import_only():
+    """A real Synchformer's AST tower imports ``transformers.pytorch_utils.find_pruneable_heads_and_indices``
+    and calls ``PreTrainedModel.get_head_mask``, both gone from transformers 5; the stand-in does the
+    same. The name is there while the checkout imports, gone after; ``get_head_mask`` is given to the
+    checkout's classes only."""
+    import transformers
+    from transformers import PreTrainedModel, pytorch_utils
+
+    from cac_align.rewards.sync import _head_mask, _import_synchformer, _pruneable_heads
+
+    assert not hasattr(pytorch_utils, "find_pruneable_heads_and_indices")  # transformers 5: what the lending is for
+    module = _import_synchformer(CHECKOUT.resolve(), MODULE)
+    assert not hasattr(pytorch_utils, "find_pruneable_heads_and_indices")  # taken back
+    assert module.find_pruneable_heads_and_indices is _pruneable_heads
+    assert module.AudioTower.get_head_mask is _head_mask and not hasattr(PreTrainedModel, "get_head_mask")
+    assert not hasattr(transformers.ASTPreTrainedModel, "get_head_mask")
+    # by hand: 4 heads of 2, head 1 pruned before (3 left); pruning 1 and 3: head 3 is at row 2 now (columns 4, 5); 0, 1, 2, 3 stay
+    heads, index = _pruneable_heads([1, 3], 3, 2, {1})
+    assert heads == {3} and index.tolist() == [0, 1, 2, 3] and index.dtype == torch.long
+    heads, index = _pruneable_heads({0}, 3, 2, set())
+    assert heads == {0} and index.tolist() == [2, 3, 4, 5]
+    tower = module.Synchformer().audio.to(torch.float16)
+    assert _head_mask(tower, None, 3) == [None, None, None]
+    per_head = _head_mask(tower, torch.tensor([1.0, 0.0]), 3)  # (heads,): the same for each of 3 layers
+    assert per_head.shape == (3, 1, 2, 1, 1) and per_head.dtype == torch.float16 and per_head[2, 0, :, 0, 0].tolist() == [1.0, 0.0]
+    per_layer = _head_mask(tower, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 2)
+    assert per_layer.shape == (2, 1, 2, 1, 1) and per_layer[1, 0, :, 0, 0].tolist() == [0.0, 1.0]
+    assert _head_mask(tower, torch.ones(2), 2, is_attention_chunked=True).shape == (2, 1, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="a head mask is"):
+        _head_mask(tower, torch.ones(1, 2, 3), 2)
