@@ -29,8 +29,8 @@ the same model (under context parallel, the judges only on each group's leader, 
 | text encoder(s) | resident, or encode | in ``generator.dtype``; off the device between encodes (``encoder_on_device: false``) it only counts while it encodes | counted |
 | VAE(s), vocoder | resident | in ``generator.vae_dtype`` | counted |
 | the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it; where the family traces its sound's decode too (Kandinsky 6's audio VAE and vocoder: ``audio_decode_bytes``), the larger of the two, which run one after the other | traced |
-| each in-process judge (``reward``, each of ``eval_rewards``) | resident | its parameters in its dtype; a served one (``backend: openai``) or one on the CPU: 0 | counted |
-| the judges' KV cache | video | the largest judge's longest call: ``2 x layers x kv_heads x head_dim x tokens x rows x dtype bytes``, ``tokens`` = visual (frames on the judge's vision grid) + text (estimated) + its generation budget, ``rows`` = its ``max_batch_size`` (:func:`count_judge`) | arithmetic |
+| each in-process judge (``reward``, each of ``eval_rewards``) | resident | its parameters in its dtype; an encoder's (``clap``, ``audiobox``, ``sync``) from the header of its safetensors file(s), each tensor's shape in its dtype (:func:`safetensors_bytes`); a served one (``backend: openai``) or one on the CPU: 0 | counted |
+| the judges' KV cache | video | the largest judge's longest call: ``2 x layers x kv_heads x head_dim x tokens x rows x dtype bytes``, ``tokens`` = visual (frames on the judge's vision grid) + text (estimated) + its generation budget, ``rows`` = its ``max_batch_size`` (:func:`count_judge`); an encoder generates nothing and has none | arithmetic |
 | activations | train | :func:`activation_bytes` | arithmetic |
 | CUDA context, kernels, NCCL buffers | resident | 1 GiB, and 1 GiB more with several processes (:func:`fixed_overhead_bytes`); on a CUDA device only | estimate |
 
@@ -53,7 +53,7 @@ Not counted (each small beside the rows at full size, or outside the model): buf
 latent statistics), FSDP2's root unit (patch and condition embeddings, gathered for the whole
 forward), DDP's gradient buckets (one more copy of the LoRA's gradients), the sampling forwards'
 activations (no gradient: smaller than training's), a judge's prefill activations and its vision
-tower's, the audio VAE's and the vocoder's decode (LTX-2, MiniMax-H3; Kandinsky 6's is traced), the recorded trajectories
+tower's, an encoder judge's forward, the audio VAE's and the vocoder's decode (LTX-2, MiniMax-H3; Kandinsky 6's is traced), the recorded trajectories
 (``store_latents_on_cpu``), cuDNN's workspaces and the caching allocator's fragmentation, and a
 reward named by dotted path (its models are its own: a row says it is not counted). The plan is an
 estimate, within 10% of the two peaks measured so far (:data:`ACTIVATION_WIDTHS`): a plan that does
@@ -81,6 +81,7 @@ __all__ = [
     "ComponentCount",
     "ConfigsNotFound",
     "FULL_SIZE_CONFIGS",
+    "ENCODER_FILES",
     "GeneratorCounts",
     "HostPlan",
     "JudgeCount",
@@ -93,6 +94,7 @@ __all__ = [
     "count_judge",
     "count_judges",
     "count_module",
+    "encoder_weight_files",
     "counted_generator",
     "device_bytes",
     "fixed_overhead_bytes",
@@ -102,6 +104,7 @@ __all__ = [
     "judge_module",
     "kv_cache_bytes",
     "planned_from_shipped",
+    "safetensors_bytes",
     "lora_width",
     "memory_plan",
     "plan_generator",
@@ -420,10 +423,14 @@ class ConfigsNotFound(LookupError):
     def line(self) -> str:
         """One line: what to put in the Hugging Face cache, and the command that does it."""
         what = "; ".join(f"{files} of {repo}" for repo, files in self.needs)
-        repos = [repo for repo, _ in self.needs]
-        command = (f"hf download {repos[0]} --include '*.json'" if len(repos) == 1 else
-                   f"for r in {' '.join(repos)}; do hf download $r --include '*.json'; done")
-        return f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache (`{command}`: configs only)"
+        configs = [repo for repo, files in self.needs if files != ENCODER_FILES]
+        encoders = [repo for repo, files in self.needs if files == ENCODER_FILES]  # an encoder judge is counted from its weights' header
+        commands = [(f"hf download {repos[0]} --include '{pattern}'" if len(repos) == 1 else
+                     f"for r in {' '.join(repos)}; do hf download $r --include '{pattern}'; done")
+                    for repos, pattern in ((configs, "*.json"), (encoders, ENCODER_FILES)) if repos]
+        fetched = "configs only" if not encoders else ("the encoders' safetensors weights" if not configs else "configs, and the encoders' safetensors weights")
+        return (f"memory plan: not made, the models' configs are not on this machine; put {what} in the Hugging Face cache "
+                f"(`{'; '.join(commands)}`: {fetched})")
 
 
 # The configs of the releases the shipped recipes name, shipped with cac-align (config numbers only,
@@ -650,6 +657,66 @@ def visual_tokens(frames: Sequence[Any], vision_config: Any) -> int:
     return total
 
 
+# An encoder judge's weights: what a hint names, and the bytes of an element of each safetensors dtype
+ENCODER_FILES = "*.safetensors"
+_SAFETENSORS_ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                        "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+
+
+def encoder_weight_files(name: str) -> list[str] | None:
+    """The safetensors file(s) of an encoder judge at ``name``: the file itself (``*.safetensors``); a
+    folder's ``model.safetensors``, or the shards its ``model.safetensors.index.json`` names; the same
+    of a hub id from the local Hugging Face cache (never downloaded). None when they are not all on
+    this machine."""
+    import json
+
+    from cac_align.loading import looks_like_path
+
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if name.endswith(".safetensors"):
+        return [str(path)] if path.is_file() else None
+    if looks_like_path(name):
+        def find(file: str) -> str | None:
+            return str(path / file) if (path / file).is_file() else None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        def find(file: str) -> str | None:
+            try:
+                found = try_to_load_from_cache(name, file)
+            except ValueError:  # not a repo id
+                return None
+            return found if isinstance(found, str) else None
+    single = find("model.safetensors")
+    if single is not None:
+        return [single]
+    index = find("model.safetensors.index.json")
+    if index is None:
+        return None
+    shards = [find(shard) for shard in sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))]
+    return None if any(shard is None for shard in shards) else list(shards)
+
+
+def safetensors_bytes(files: Sequence[str], dtype: Any) -> int:
+    """The bytes the tensors of ``files`` take held in ``dtype``, from their headers only (shape and
+    dtype of each; no tensor is read): ``numel x`` the bytes of ``dtype`` for a floating tensor
+    (``from_pretrained(dtype=...)`` and ``load_state_dict`` into a model built in ``dtype`` both hold
+    it so), ``numel x`` its stored element size for an integer or boolean one (kept as it is)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in files:
+        with safe_open(file, framework="pt") as weights:
+            for key in weights.keys():
+                piece = weights.get_slice(key)
+                kind = piece.get_dtype()
+                size = dtype_bytes(dtype) if kind.startswith(("F", "BF")) else _SAFETENSORS_ELEMENT[kind]
+                total += math.prod(piece.get_shape()) * size
+    return total
+
+
 def kv_cache_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, rows: int, dtype: Any) -> int:
     """A KV cache: ``2 (K and V) x layers x kv_heads x head_dim x tokens x rows x dtype bytes``
     (arithmetic). Qwen3-VL-8B (36 layers, 8 KV heads of 128) in bf16: 144 KiB a token."""
@@ -660,15 +727,23 @@ def count_judge(judge: Any) -> JudgeCount:
     """Count a judge (:class:`~cac_align.rewards.judges.JudgeModel`) as its GPU holds it: its
     parameters in its dtype (a tiny one as built: ``numel x element_size`` of each parameter) and
     its KV cache at its longest call (:func:`kv_cache_bytes` of its text config at the call's
-    tokens and rows). A served judge, or one on the CPU, holds nothing on the GPU: 0.
+    tokens and rows). An encoder (``judge.encoder``): its safetensors header's tensors in its dtype
+    (:func:`safetensors_bytes`) and no KV cache. A served judge, or one on the CPU, holds nothing on
+    the GPU: 0.
 
     Raises:
-        ConfigsNotFound: an in-process judge's ``config.json`` is not on this machine.
+        ConfigsNotFound: an in-process judge's ``config.json`` (an encoder's safetensors file) is not
+            on this machine.
     """
     if not judge.in_process:
         return JudgeCount(judge, 0, 0, note="served")
     if not judge.on_gpu:
         return JudgeCount(judge, 0, 0, note="on the CPU")
+    if judge.encoder:  # no generation, no KV cache: its weights from its safetensors header(s)
+        files = encoder_weight_files(judge.name)
+        if files is None:
+            raise ConfigsNotFound([(judge.name, ENCODER_FILES)])
+        return JudgeCount(judge, safetensors_bytes(files, judge.dtype), 0, dtype=judge.dtype)
     model = judge_module(judge)
     params = list(model.parameters())
     if judge.tiny is not None:  # as built: its own dtypes
@@ -697,28 +772,54 @@ def _judge_models(sections: Mapping[str, Any], video: Any) -> tuple[list[Any], l
     return [j for j in said if not isinstance(j, UnknownJudge)], [j for j in said if isinstance(j, UnknownJudge)]
 
 
+def _judge_missing(judge: Any) -> tuple[str, str] | None:
+    """``(name, what)`` when ``judge`` is held on the GPU and what the plan counts it from is not on
+    this machine: a judge's ``config.json``, an encoder's safetensors file(s); None otherwise."""
+    if not judge.on_gpu or judge.tiny is not None:
+        return None
+    if judge.encoder:
+        return None if encoder_weight_files(judge.name) is not None else (judge.name, ENCODER_FILES)
+    name = judge.config_name or judge.name
+    return None if _judge_config_file(name) is not None else (name, "config.json")
+
+
 def _missing_configs(judges: Sequence[Any]) -> list[tuple[str, str]]:
-    """``(name, "config.json")`` of each judge on the GPU whose config is not on this machine."""
+    """``(name, what)`` of each judge on the GPU whose config (an encoder's weights) is not on this machine."""
     missing: list[tuple[str, str]] = []
     for judge in judges:
-        name = judge.config_name or judge.name
-        if judge.on_gpu and judge.tiny is None and _judge_config_file(name) is None and (name, "config.json") not in missing:
-            missing.append((name, "config.json"))
+        need = _judge_missing(judge)
+        if need is not None and need not in missing:
+            missing.append(need)
     return missing
+
+
+def _not_here(judge: Any, name: str) -> str:
+    """Why ``judge`` is not counted: what is missing, and how to get it."""
+    from cac_align.loading import looks_like_path
+
+    if not judge.encoder:
+        return f"{name}'s config.json is not on this machine: hf download {name} --include '*.json'"
+    if not name:
+        return f"{judge.where} is not set (its safetensors weights are what the plan counts)"
+    if name.endswith(".safetensors") or looks_like_path(name):
+        return f"{name}: no safetensors weights there (a .safetensors file, or a folder with model.safetensors or its shards)"
+    return f"{name}'s safetensors weights are not on this machine: hf download {name} --include '{ENCODER_FILES}'"
 
 
 def count_judges(sections: Mapping[str, Any], video: Any, strict: bool = True) -> tuple[list[JudgeCount], list[Any]]:
     """The judges of ``sections`` (recipe key -> reward section: the ``reward``, each of
     ``eval_rewards``), counted (:func:`count_judge`), and those that are not: the sections whose
     models are not known before they load (:class:`~cac_align.rewards.judges.UnknownJudge`) and,
-    unless ``strict``, the judges whose ``config.json`` is not on this machine.
+    unless ``strict``, the judges whose ``config.json`` (an encoder's safetensors weights) is not on
+    this machine.
 
     Args:
         video: the videos they score (:class:`~cac_align.rewards.judges.VideoShape`).
         strict: raise for a missing config instead of leaving that judge uncounted.
 
     Raises:
-        ConfigsNotFound: ``strict``, naming every in-process judge whose ``config.json`` is not here.
+        ConfigsNotFound: ``strict``, naming every in-process judge whose ``config.json`` (an
+            encoder's weights) is not here.
     """
     from cac_align.rewards.judges import UnknownJudge
 
@@ -726,11 +827,9 @@ def count_judges(sections: Mapping[str, Any], video: Any, strict: bool = True) -
     missing = _missing_configs(judges)
     if missing and strict:
         raise ConfigsNotFound(missing)
-    absent = {name for name, _ in missing}
-    counted = [count_judge(j) for j in judges if not (j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent)]
-    unknown += [UnknownJudge(j.where, f"{j.config_name or j.name}'s config.json is not on this machine: "
-                                      f"hf download {j.config_name or j.name} --include '*.json'")
-                for j in judges if j.on_gpu and j.tiny is None and (j.config_name or j.name) in absent]
+    needs = [(j, _judge_missing(j)) for j in judges]
+    counted = [count_judge(j) for j, need in needs if need is None]
+    unknown += [UnknownJudge(j.where, _not_here(j, need[0])) for j, need in needs if need is not None]
     return counted, unknown
 
 
@@ -1087,7 +1186,8 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
     leaders = " (the leaders' GPUs)" if cp > 1 else ""
     for j in judges:
         label = f"judge {j.judge.where}: {j.judge.name}"
-        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({j.dtype}){leaders}", j.weight_bytes,
+        held = f"{j.dtype}, encoder: no KV cache" if getattr(j.judge, "encoder", False) else j.dtype
+        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({held}){leaders}", j.weight_bytes,
                             "served" if j.note == "served" else "counted"))
     if any(j.kv_bytes for j in judges):  # one call at a time (a reward scores its components in turn): the largest cache
         top = max(judges, key=lambda j: j.kv_bytes)

@@ -206,6 +206,15 @@ def build(config: AudioboxConfig, key: str = "reward") -> AudioboxReward:
     return AudioboxReward(model, config.axis_weights, config.batch_size, config.tolerance_s, config.source_fps)
 
 
+def judges(config: AudioboxConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: audiobox`` section loads, for the memory plan: AesMultiOutput, an encoder
+    counted from its ``model.safetensors`` header, held in float32 as the package builds it
+    (:func:`cac_align.rewards.judges.encoder_judge`)."""
+    from cac_align.rewards.judges import encoder_judge
+
+    return [encoder_judge(f"{where}.model", config.model, "float32", config.device, config.batch_size)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -213,4 +222,5 @@ register_reward(
     "cac_align.rewards.audiobox:AudioboxConfig",
     "cac_align.rewards.audiobox:build",
     "Meta's AudioBox-Aesthetics (PQ, PC, CE, CU on 1-10): the weighted sum of the axes a recipe chooses; hears",
+    judges="cac_align.rewards.audiobox:judges",
 )

@@ -150,6 +150,14 @@ def build(config: ClapConfig, key: str = "reward") -> ClapReward:
     return ClapReward(model, processor, config.batch_size, config.tolerance_s, config.source_fps)
 
 
+def judges(config: ClapConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: clap`` section loads, for the memory plan: CLAP, an encoder counted from
+    its safetensors header(s) in ``dtype`` (:func:`cac_align.rewards.judges.encoder_judge`)."""
+    from cac_align.rewards.judges import encoder_judge
+
+    return [encoder_judge(f"{where}.model", config.model, config.dtype, config.device, config.batch_size)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -157,4 +165,5 @@ register_reward(
     "cac_align.rewards.clap:ClapConfig",
     "cac_align.rewards.clap:build",
     "CLAP (LAION): cosine of the projected audio and text embeddings of a soundtrack and its prompt, in [-1, 1]; hears",
+    judges="cac_align.rewards.clap:judges",
 )

@@ -21,6 +21,11 @@ shows (:class:`Frames`, in pixels as the reward sends them), an estimate of its 
 the tokens it may generate, with the rows one forward batches. The plan turns the frames into
 visual tokens with the judge's own vision config, and the tokens into a KV cache with its text
 config.
+
+An **encoder** (``clap``, ``audiobox``, ``sync``: :func:`encoder_judge`) generates nothing and holds
+no KV cache: the plan counts its weights from the header of its safetensors file(s) (each tensor's
+shape and dtype; no tensor is read), wherever ``name`` is: a ``.safetensors`` file, a folder, or a
+hub id already in the local Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["CHARS_PER_TOKEN", "Frames", "JudgeCall", "JudgeModel", "UnknownJudge", "VideoShape", "fit_pixels", "judge_of", "text_tokens"]
+__all__ = ["CHARS_PER_TOKEN", "Frames", "JudgeCall", "JudgeModel", "UnknownJudge", "VideoShape", "encoder_judge", "fit_pixels", "judge_of",
+           "text_tokens"]
 
 # English prompt text runs at about 4 characters a token in the Qwen tokenizers' BPE; 3 leaves a
 # margin for numbers, JSON and the chat markup (an estimate, never a count).
@@ -108,6 +114,9 @@ class JudgeModel:
             None for a real checkpoint, counted from its ``config.json``.
         config_name: where its architecture's ``config.json`` is, when not at ``name`` (VideoReward:
             its base model).
+        encoder: an encoder (no generation, no KV cache) whose weights are counted from the
+            safetensors header(s) at ``name`` (a ``.safetensors`` file, a folder or a cached hub id),
+            each floating tensor in ``dtype`` (the dtype it is held in), not from a ``config.json``.
     """
 
     where: str
@@ -120,6 +129,7 @@ class JudgeModel:
     length_multiple: int = 256
     tiny: Callable[[], Any] | None = None
     config_name: str | None = None
+    encoder: bool = False
 
     @property
     def on_gpu(self) -> bool:
@@ -163,3 +173,10 @@ def judge_of(model: Any, where: str, call: JudgeCall) -> JudgeModel:
 
     return JudgeModel(where=where, name=model.name, dtype=model_dtype(model), in_process=model.backend == "hf", device=model.device, call=call,
                       cache=model.cache, length_multiple=model.length_multiple, tiny=tiny)
+
+
+def encoder_judge(where: str, name: str, dtype: str, device: str, rows: int) -> JudgeModel:
+    """The :class:`JudgeModel` of an encoder a reward loads in this process (``clap``'s CLAP,
+    ``audiobox``'s WavLM, ``sync``'s Synchformer): its weights at ``name`` (a ``.safetensors`` file, a
+    folder or a hub id) held in ``dtype`` on ``device``, ``rows`` samples a forward; no KV cache."""
+    return JudgeModel(where=where, name=name, dtype=dtype, in_process=True, device=device, call=JudgeCall((), 0, 0, rows), encoder=True)

@@ -373,6 +373,15 @@ def build(config: SyncConfig, key: str = "reward") -> SyncReward:
     return SyncReward(model, config.batch_size, config.tolerance_s, config.source_fps)
 
 
+def judges(config: SyncConfig, where: str, video: Any) -> list[Any]:
+    """The one model a ``name: sync`` section loads, for the memory plan: Synchformer, an encoder
+    counted from the header of its ``checkpoint`` (safetensors), held in float32 as ``Synchformer()``
+    builds it (:func:`cac_align.rewards.judges.encoder_judge`)."""
+    from cac_align.rewards.judges import encoder_judge
+
+    return [encoder_judge(f"{where}.checkpoint", config.checkpoint, "float32", config.device, config.batch_size)]
+
+
 from cac_align.rewards.registry import register_reward  # noqa: E402  (the registry imports this module)
 
 register_reward(
@@ -380,4 +389,5 @@ register_reward(
     "cac_align.rewards.sync:SyncConfig",
     "cac_align.rewards.sync:build",
     "DeSync (Synchformer's offsets, as OmniNFT / verl-omni score it): 1 / (1 + mean |offset|) over two windows; hears and sees",
+    judges="cac_align.rewards.sync:judges",
 )

@@ -132,6 +132,106 @@ def test_visual_tokens_and_kv_cache_by_hand():
 
 
 # ---------------------------------------------------------------------------------------
+# Encoders (clap, audiobox, sync): weights from their safetensors headers, no KV cache
+# ---------------------------------------------------------------------------------------
+def _tiny_clap_folder(folder):
+    """A tiny random ClapModel and its processor saved to ``folder`` (safetensors)."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from cac_align.vlm.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(vocab_size=300)
+    torch.manual_seed(0)
+    config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, projection_dim=16),
+        audio_config=dict(spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=(4, 4), hidden_size=32,
+                          patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], projection_dim=16),
+        projection_dim=16,
+    )
+    ClapModel(config).save_pretrained(folder)
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=2, fft_window_size=256)
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_saved_clap_is_counted_from_its_safetensors_header_as_it_loads(tmp_path, dtype):
+    folder = _tiny_clap_folder(tmp_path / "clap")
+    section = {"name": "clap", "model": str(folder), "dtype": dtype}
+    (judge,), unknown = count_judges({"reward": section}, WAN_VIDEO)
+    assert unknown == [] and judge.judge.encoder and judge.judge.where == "reward.model"
+    loaded = build_reward({**section, "device": "cpu"}).model  # ClapModel.from_pretrained in that dtype
+    assert next(loaded.parameters()).dtype == getattr(torch, dtype)
+    # sum(numel x element_size) of its parameters, and of the buffers its file holds, which go to the GPU with them: the text
+    # tower's position_ids and token_type_ids (2 x 80 int64: 1280), 2 relative_position_index (16 x 16 int64: 4096), the
+    # batch norm's num_batches_tracked (8) and running mean and var (2 x 16, in the model's dtype)
+    buffers = 1280 + 4096 + 8 + 32 * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    assert judge.weight_bytes == _weight_bytes(loaded) + buffers == sum(t.numel() * t.element_size() for t in loaded.state_dict().values())
+    assert _weight_bytes(loaded) > 100_000
+    assert (judge.kv_bytes, judge.tokens, judge.visual_tokens) == (0, 0, 0)  # an encoder: no generation, no KV cache
+    plan = _plan(ParallelSettings(), 1, [judge])
+    (row,) = [r for r in plan.rows if r.label.startswith("judge ")]
+    assert row.label == f"judge reward.model: {folder} ({dtype}, encoder: no KV cache)" and row.bytes == judge.weight_bytes
+    assert not any("KV cache" in r.label and not r.label.startswith("judge ") for r in plan.rows)
+
+
+def test_audiobox_and_sync_are_counted_from_their_headers_by_hand(tmp_path):
+    from safetensors.torch import save_file
+
+    # AesMultiOutput's model.safetensors, by hand: a bf16 (3, 4) and an fp32 (5,) held in float32 as the package builds the model,
+    # and an int64 (2,) kept as it is: (12 + 5) x 4 + 2 x 8 = 84 bytes
+    (tmp_path / "aes").mkdir()
+    save_file({"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": torch.zeros(5), "steps": torch.zeros(2, dtype=torch.long)},
+              str(tmp_path / "aes" / "model.safetensors"))
+    (box,), unknown = count_judges({"reward": {"name": "audiobox", "model": str(tmp_path / "aes")}}, WAN_VIDEO)
+    assert unknown == [] and box.weight_bytes == 84 and box.kv_bytes == 0
+    # sync: the stand-in Synchformer's checkpoint, as load_state_dict puts it into Synchformer() (float32)
+    from cac_align.rewards.sync import _import_synchformer
+
+    module = _import_synchformer((REPO_ROOT / "tests/fixtures/synchformer_checkout").resolve(), "av_bench.synchformer.synchformer")
+    model = module.Synchformer()
+    save_file({k: v.to(torch.float16) for k, v in model.state_dict().items()}, str(tmp_path / "sync.safetensors"))  # stored in half
+    (sync,), _ = count_judges({"reward": {"name": "sync", "checkpoint": str(tmp_path / "sync.safetensors")}}, WAN_VIDEO)
+    assert sync.judge.where == "reward.checkpoint" and sync.weight_bytes == _weight_bytes(model) > 0
+    on_cpu, _ = count_judges({"reward": {"name": "audiobox", "model": str(tmp_path / "aes"), "device": "cpu"}}, WAN_VIDEO)
+    assert (on_cpu[0].weight_bytes, on_cpu[0].note) == (0, "on the CPU")
+
+
+def test_an_encoder_whose_weights_are_not_here_is_not_counted_and_says_how_to_get_them(hub_cache, tmp_path):
+    from cac_align.gen.memory import ConfigsNotFound
+
+    sections = {"reward": {"name": "clap"}, "eval_rewards.box": {"name": "audiobox", "model": str(tmp_path)},
+                "eval_rewards.sync": {"name": "sync", "checkpoint": str(tmp_path / "nowhere.safetensors")}}
+    (tmp_path / "config.json").write_text("{}")  # a folder without its safetensors file
+    counted, unknown = count_judges(sections, WAN_VIDEO, strict=False)
+    assert counted == [] and [u.where for u in unknown] == ["reward.model", "eval_rewards.box.model", "eval_rewards.sync.checkpoint"]
+    assert unknown[0].reason == ("laion/larger_clap_general's safetensors weights are not on this machine: "
+                                 "hf download laion/larger_clap_general --include '*.safetensors'")
+    assert "no safetensors weights there" in unknown[1].reason and "no safetensors weights there" in unknown[2].reason
+    with pytest.raises(ConfigsNotFound) as caught:
+        count_judges({"reward": {"name": "clap"}, "eval_rewards.c": {"name": "cac"}}, WAN_VIDEO)
+    line = str(caught.value)
+    assert "*.safetensors of laion/larger_clap_general" in line and "\n" not in line
+    assert "hf download Qwen/Qwen3-VL-8B-Instruct --include '*.json'; hf download laion/larger_clap_general --include '*.safetensors'" in line
+    # in the hub cache (the header read from the cached file, nothing downloaded): counted
+    from huggingface_hub import constants
+
+    snapshot = hub_cache / "models--laion--larger_clap_general" / "snapshots" / ("0" * 40)
+    _tiny_clap_folder(snapshot)
+    (hub_cache / "models--laion--larger_clap_general" / "refs").mkdir()
+    (hub_cache / "models--laion--larger_clap_general" / "refs" / "main").write_text("0" * 40)
+    assert constants.HF_HUB_CACHE == str(hub_cache)
+    (clap,), unknown = count_judges({"reward": {"name": "clap"}}, WAN_VIDEO)
+    assert unknown == [] and clap.weight_bytes == (snapshot / "model.safetensors").stat().st_size - _header_bytes(snapshot / "model.safetensors")
+
+
+def _header_bytes(path) -> int:
+    """A safetensors file's header: 8 bytes of length, then that many bytes of JSON (the tensors follow)."""
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+# ---------------------------------------------------------------------------------------
 # The VAE's decode, traced
 # ---------------------------------------------------------------------------------------
 def test_traced_peak_by_hand():
