@@ -185,13 +185,13 @@ def _hub_safetensors_folder(repo: str, model: str, key: str) -> str:
     ``PyTorchModelHubMixin``) falls back to a pickled ``pytorch_model.bin`` where a repository has no
     safetensors file; given the folder, it reads the safetensors file that is there."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError  # the repository has no such file (offline: an OSError, said above)
 
     from cac_align.loading import WeightsNotFoundError
 
     try:
         weights = hf_hub_download(repo, "model.safetensors")
-    except EntryNotFoundError:
+    except RemoteEntryNotFoundError:
         raise WeightsNotFoundError(_not_safetensors(model, key)) from None
     hf_hub_download(repo, "config.json")  # into the same snapshot folder
     return str(Path(weights).parent)
