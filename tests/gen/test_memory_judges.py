@@ -210,10 +210,11 @@ def test_an_encoder_whose_weights_are_not_here_is_not_counted_and_says_how_to_ge
                                  "hf download laion/larger_clap_general --include '*.safetensors'")
     assert "no safetensors weights there" in unknown[1].reason and "no safetensors weights there" in unknown[2].reason
     with pytest.raises(ConfigsNotFound) as caught:
-        count_judges({"reward": {"name": "clap"}, "eval_rewards.c": {"name": "cac"}}, WAN_VIDEO)
+        # a judge of a repository whose configs are neither cached nor shipped (cac_align/gen/full_size/)
+        count_judges({"reward": {"name": "clap"}, "eval_rewards.c": {"name": "cac", "model": {"name": "someone/own-vl"}}}, WAN_VIDEO)
     line = str(caught.value)
     assert "*.safetensors of laion/larger_clap_general" in line and "\n" not in line
-    assert "hf download Qwen/Qwen3-VL-8B-Instruct --include '*.json'; hf download laion/larger_clap_general --include '*.safetensors'" in line
+    assert "hf download someone/own-vl --include '*.json'; hf download laion/larger_clap_general --include '*.safetensors'" in line
     # in the hub cache (the header read from the cached file, nothing downloaded): counted
     from huggingface_hub import constants
 
