@@ -55,6 +55,10 @@ members, which a family without them does not need:
 - ``localized_credit``: False where :mod:`cac_align.rl.credit` cannot map a judge's window onto the
   family's latent frames (MiniMax-H3's ``5n + 2`` of ``17n + 5``); flow-grpo and nft then refuse
   ``advantage.localize`` in one line. True when absent.
+- ``converted_shift``: the flow shift the release's diffusers checkpoint writes into its scheduler file
+  without sampling at it (diffusers' Wan conversion writes 3.0 for the A14Bs, whose releases sample at
+  12.0 and 5.0): a model whose file says that shift samples at the release's; any other shift in its
+  file is its own (:func:`model_flow_shift`). None when absent: the file's shift always counts.
 - ``check_size(pipe, config)``: a size or frame count the family's models cannot take, refused in one
   line naming what works, once the pipeline is built and before anything samples
   (:func:`cac_align.gen.generator.build_generator` calls it for every job; LTX-2.5: its diffusion
@@ -105,7 +109,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_images", "fixed_frames", "image_runs", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
-           "read_model_index", "regenerator_of", "take_model_settings"]
+           "model_flow_shift", "read_model_index", "read_scheduler_config", "regenerator_of", "take_model_settings"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
@@ -588,6 +592,72 @@ def _hub_index(name: str, key: str) -> dict[str, Any] | None:
 
         raise WeightsNotFoundError(f"{key}={name!r}: cannot read {where}: {exc}") from exc
     return index if isinstance(index, dict) else None
+
+
+# Where a pipeline's folder or repository keeps its scheduler's settings (diffusers' save_pretrained)
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+
+
+def read_scheduler_config(name: str) -> dict[str, Any] | None:
+    """The ``scheduler/scheduler_config.json`` of ``name`` (a local folder or a hub id), read where
+    its ``model_index.json`` is (module docstring, cases 2-4: the folder, the local hub cache, or a
+    download of that one file); None where there is none to read (a tiny in-process pipeline, a
+    folder or repository without it, offline and not cached) or it is not a JSON object."""
+    from cac_align.loading import looks_like_path
+
+    if looks_like_path(name):
+        path: Path | None = Path(name).expanduser() / SCHEDULER_CONFIG
+    else:
+        path = _hub_file(name, SCHEDULER_CONFIG)
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _hub_file(name: str, filename: str) -> Path | None:
+    """A hub id's ``filename`` from the local cache, else downloaded alone where the hub is reachable."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from cac_align.loading import hub_reachable
+
+    try:
+        cached = try_to_load_from_cache(name, filename)
+    except ValueError:  # not a valid repo id
+        return None
+    if isinstance(cached, str):
+        return Path(cached)
+    if cached is not None or not hub_reachable():  # cached as absent (huggingface_hub's marker), or offline
+        return None
+    try:
+        return Path(hf_hub_download(name, filename))
+    except (OSError, ValueError):
+        return None
+
+
+def model_flow_shift(family: Any, name: str) -> float | None:
+    """The flow shift the model ``name`` of ``family`` samples at when a recipe leaves
+    ``generator.flow_shift`` unset: its own scheduler file's, or the release's (``family.defaults``).
+
+    The rule (for every family whose ``defaults`` hold a shift): the shift in the model's
+    ``scheduler/scheduler_config.json`` (``flow_shift`` or ``shift``) counts, unless it is the one
+    the release's own diffusers checkpoint carries without sampling at it (``family.converted_shift``:
+    diffusers' Wan conversion writes 3.0 into the A14Bs' schedulers, whose releases sample at 12.0
+    and 5.0), or the file says nothing or cannot be read (a tiny in-process pipeline, a listed hub id
+    offline): then the release's value. A family whose release value is None (Wan-2.1, Kandinsky 6)
+    reads its checkpoint's scheduler when it samples, and one with no shift setting (LTX-2's
+    shift by the sequence length, MiniMax-H3's two schedulers) reads its own files already."""
+    release = family.defaults.get("flow_shift")
+    if release is None or name in family.tiny_names:
+        return release
+    settings = read_scheduler_config(name) or {}
+    own = next((settings[k] for k in ("flow_shift", "shift") if isinstance(settings.get(k), (int, float)) and not isinstance(settings.get(k), bool)), None)
+    if own is None or settings.get("use_dynamic_shifting") or float(own) == getattr(family, "converted_shift", None):
+        return release
+    return float(own)
 
 
 def family_of(name: str, key: str = "generator.name") -> GeneratorFamily:

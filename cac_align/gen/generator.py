@@ -94,9 +94,14 @@ class GeneratorConfig:
             same for LTX-2's audio.
         stg_blocks: LTX-2: the transformer blocks perturbed by spatio-temporal guidance.
         negative_prompt: None uses the model's default negative prompt; "" turns it off.
-        flow_shift: the model's (Wan-2.1: the checkpoint scheduler's; Wan2.2: the release's
-            5.0 / 12.0; LTX-2: none, its scheduler shifts by the sequence length); a number
-            overrides it (Wan recommends 3.0 at 480p, 5.0 at 720p).
+        flow_shift: the model's own, read from its ``scheduler/scheduler_config.json`` when the
+            config is made (:func:`cac_align.gen.family.model_flow_shift`): a fine-tune's scheduler
+            decides; the release's value (Wan2.2: 5.0 / 12.0; HunyuanVideo-1.5: 5.0) only where
+            the files say nothing, or say the shift diffusers' conversion wrote without the release
+            sampling at it (the A14Bs' 3.0); Wan-2.1 and Kandinsky 6: null, the checkpoint
+            scheduler's, read when sampling; LTX-2: none, its scheduler shifts by the sequence
+            length. A number set here overrides them all (Wan recommends 3.0 at 480p, 5.0 at 720p).
+            The run's ``cac_align_run.json`` records the shift it sampled at.
         fps: frame rate the videos are written at and every reward reads them at: the model's
             (Wan: 16; the TI2V-5B and LTX-2: 24).
         max_sequence_length: text tokens the encoder sees (Wan: 512; LTX-2: 1024).
@@ -164,6 +169,10 @@ class GeneratorConfig:
         else:
             family = self.family
             defaults, title, spatial, frames = family.defaults, family.title, family.spatial_multiple, family.frame_multiple
+            if self.flow_shift is None and "flow_shift" in defaults:  # the model's own scheduler file, else the release's
+                from cac_align.gen.family import model_flow_shift
+
+                self.flow_shift = model_flow_shift(family, self.name)
             remainder = getattr(family, "frame_remainder", 1)  # cac_align.gen.family: MiniMax-H3's 17k + 5
         # the settings left unset take the model's own (cac_align.gen.family); one it has no use for must stay unset
         foreign = take_model_settings(self, MODEL_SETTINGS + ("max_sequence_length",), defaults)

@@ -37,7 +37,7 @@ in one line (:func:`check_bucket`).
 | steps | 50 | diffusers' ``HunyuanVideo15Pipeline.__call__`` default; the authors' ``generate.py`` ``--num_inference_steps`` default |
 | frames | 121 | both ``__call__`` defaults; ``generate.py`` ``--video_length`` (it warns that 121 is the best) |
 | guidance | 6.0 | diffusers' ``scripts/convert_hunyuan_video1_5_to_diffusers.py`` ``GUIDANCE_CONFIGS`` (480p and 720p, T2V and I2V; the distilled checkpoints: 1.0) |
-| shift | 5.0 | the same script's ``SCHEDULER_CONFIGS`` for 480p (720p: 9.0 T2V, 7.0 I2V) |
+| shift | the checkpoint's ``scheduler_config.json``; 5.0 where it says none | the same script's ``SCHEDULER_CONFIGS``, which it writes into each checkpoint's scheduler: 5.0 for 480p (720p: 9.0 T2V, 7.0 I2V) |
 | frame rate | 24 fps | the authors' ``generate.py`` ``save_video`` (``imageio.mimwrite(path, vid, fps=24)``) |
 | negative prompt | "" (empty, with CFG on) | ``generate.py`` ``--negative_prompt`` default; diffusers encodes ``[""]`` when none is given |
 | size | 480 x 848 | the 480p transformer's ``target_size`` 640 and ``generate.py``'s default aspect ratio 16:9, through the pipeline's own bucketing (``calculate_default_height_width(9, 16, 640)``) |
@@ -50,8 +50,10 @@ authors' script writes both at 24, which is taken.
 
 These are the 480p checkpoints' settings (the ones diffusers' docstrings load). A 720p or a
 step-distilled checkpoint has the same ``model_index.json``, so it cannot be told apart from it:
-its recipe sets ``height: 720``, ``width: 1280``, ``flow_shift: 9.0`` (T2V) or ``7.0`` (I2V), and a
-distilled one ``guidance_scale: 1.0``. A transformer with ``use_meanflow`` (a distilled
+its recipe sets ``height: 720`` and ``width: 1280``, and a distilled one ``guidance_scale: 1.0``. The
+shift is each checkpoint's own (its scheduler file: diffusers' conversion writes the release's
+shift there, 9.0 / 7.0 for 720p; a fine-tune's file decides for it;
+:func:`cac_align.gen.family.model_flow_shift`); a recipe's ``flow_shift`` overrides it. A transformer with ``use_meanflow`` (a distilled
 image-to-video checkpoint) is refused by the denoiser in one line: its second timestep input is
 not modelled here.
 

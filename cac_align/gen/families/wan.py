@@ -30,11 +30,16 @@ checkpoint scheduler's shift). The commits read are cited beside the values:
 | Wan2.1-I2V-14B | 480 x 832 | 81 | 16 | 40 | 5.0 | 3.0 (the release's at 480p; 5.0 at 720p) | 4 x 8 x 8 |
 | Wan2.2-I2V-A14B | 720 x 1280 | 81 | 16 | 40 | 3.5 high-noise, 3.5 low-noise | 5.0 | 4 x 8 x 8 |
 
-The A14Bs' shifts are set here because their diffusers checkpoints' schedulers were converted with
-3.0 (diffusers' ``scripts/convert_wan_to_diffusers.py``), not the releases' 12.0 and 5.0; the
-5B's is 5.0 either way. Wan2.1-I2V's two checkpoints (480P, 720P) share one layout and so one
-family: its settings are the 480P's, and a recipe for the 720P sets ``height: 720``, ``width:
-1280`` and ``flow_shift: 5.0`` (Wan2.1 ``generate.py`` l.76-79). The releases fit each video to
+**Whose shift** (:func:`cac_align.gen.family.model_flow_shift`): a checkpoint's own scheduler file
+decides, except where it says the shift diffusers' conversion wrote without the release sampling
+at it (``converted_shift``). diffusers' ``scripts/convert_wan_to_diffusers.py`` (github.com/huggingface/diffusers
+at 7d5682739a1ee5b25bb9f5a81c573ea7e38d8e22, its ``__main__``) writes ``flow_shift`` 5.0 for the TI2V-5B,
+16.0 for the FLF2V and 3.0 for every other model, both A14Bs and both Wan2.1-I2V checkpoints among
+them: an A14B whose file says 3.0 samples at its release's 12.0 (T2V) or 5.0 (I2V), a fine-tune
+whose file says 8.0 at 8.0; a recipe's ``flow_shift`` overrides both. Wan2.1-I2V's two checkpoints
+(480P, 720P) share one layout and so one family, and both files say 3.0: its settings are the
+480P's, and a recipe for the 720P sets ``height: 720``, ``width: 1280`` and ``flow_shift: 5.0``
+(Wan2.1 ``generate.py`` l.76-79). The releases fit each video to
 the image's aspect ratio within that area; here the frame size is the recipe's and the image is
 resized to it, as ``WanImageToVideoPipeline`` does. All share Wan-2.1's negative prompt (byte for
 byte in the release configs), except Wan2.1-I2V's, which puts "camera shake" in front
@@ -117,6 +122,9 @@ class WanFamily:
     hub_ids: tuple[str, ...] = ()
     pipeline_class: str = "WanPipeline"
     frame_multiple: int = 4  # Wan's VAE keeps frame 0 and compresses each next 4 into one latent frame
+    # the shift diffusers' scripts/convert_wan_to_diffusers.py writes into the checkpoint's scheduler (module
+    # docstring): a file that says it samples at the release's shift (cac_align.gen.family.model_flow_shift)
+    converted_shift: float | None = None
     audio: bool = False
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # both attentions of every block
     min_inference_steps: int = 1
@@ -292,13 +300,13 @@ WAN22_TI2V = WanFamily("wan2.2-ti2v", "Wan2.2-TI2V-5B", 1, 32, True, image_input
     # sample_shift 5.0; its only sizes are 1280 x 704 and 704 x 1280
     **_SHARED, "height": 704, "width": 1280, "num_frames": 121, "fps": 24.0, "num_inference_steps": 50, "guidance_scale": 5.0,
     "flow_shift": 5.0,
-}, tiny_names=("tiny-random:wan22-ti2v",), hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",))
+}, tiny_names=("tiny-random:wan22-ti2v",), hub_ids=("Wan-AI/Wan2.2-TI2V-5B-Diffusers",), converted_shift=5.0)
 WAN22_A14B = WanFamily("wan2.2-a14b", "Wan2.2-A14B", 2, 16, False, {
     # wan_t2v_A14B.py: sample_fps 16, frame_num 81, sample_steps 40, sample_guide_scale
     # (3.0, 4.0) for the (low-, high-)noise experts, sample_shift 12.0, boundary 0.875
     **_SHARED, "height": 720, "width": 1280, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 4.0,
     "guidance_scale_2": 3.0, "flow_shift": 12.0,
-}, tiny_names=("tiny-random:wan22-a14b",), hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers",))
+}, tiny_names=("tiny-random:wan22-a14b",), hub_ids=("Wan-AI/Wan2.2-T2V-A14B-Diffusers",), converted_shift=3.0)
 
 # Image-to-video (WanImageToVideoPipeline). The releases read: github.com/Wan-Video/Wan2.1 at
 # 9737cba9c1c3c4d04b33fcad41c111989865d315 and github.com/Wan-Video/Wan2.2 at 42bf4cfaa384bc21833865abc2f9e6c0e67233dc.
@@ -310,7 +318,8 @@ WAN21_I2V = WanFamily("wan2.1-i2v", "Wan2.1-I2V-14B", 1, 16, False, pipeline_cla
     # The size is the 480P checkpoint's area (configs/__init__.py MAX_AREA_CONFIGS '480*832'), the frame given here whole.
     **_SHARED, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 5.0,
     "flow_shift": 3.0,
-}, tiny_names=("tiny-random:wan21-i2v",), hub_ids=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"))
+}, tiny_names=("tiny-random:wan21-i2v",), hub_ids=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers"),
+    converted_shift=3.0)
 WAN22_I2V_A14B = WanFamily("wan2.2-i2v-a14b", "Wan2.2-I2V-A14B", 2, 16, False, pipeline_class="WanImageToVideoPipeline", image_input="required",
                            last_image=True, defaults={
     # Wan2.2 wan/configs/wan_i2v_A14B.py l.34-37: sample_shift 5.0, sample_steps 40, boundary 0.900 (the checkpoint's
@@ -319,7 +328,7 @@ WAN22_I2V_A14B = WanFamily("wan2.2-i2v-a14b", "Wan2.2-I2V-A14B", 2, 16, False, p
     # checkpoint's scheduler was converted with 3.0 (scripts/convert_wan_to_diffusers.py), not the release's 5.0.
     **_SHARED, "height": 720, "width": 1280, "num_frames": 81, "fps": 16.0, "num_inference_steps": 40, "guidance_scale": 3.5,
     "guidance_scale_2": 3.5, "flow_shift": 5.0,
-}, tiny_names=("tiny-random:wan22-i2v-a14b",), hub_ids=("Wan-AI/Wan2.2-I2V-A14B-Diffusers",))
+}, tiny_names=("tiny-random:wan22-i2v-a14b",), hub_ids=("Wan-AI/Wan2.2-I2V-A14B-Diffusers",), converted_shift=3.0)
 
 FAMILIES = (WAN21, WAN22_TI2V, WAN22_A14B, WAN21_I2V, WAN22_I2V_A14B)
 

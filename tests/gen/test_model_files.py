@@ -1,0 +1,83 @@
+"""A model's own files decide its scheduler's shift (cac_align.gen.family.model_flow_shift), for a
+fine-tune whose files differ from its release's: a HunyuanVideo-1.5 pipeline built from diffusers'
+own classes and saved by ``save_pretrained`` with a scheduler of shift 7.0 (the 480p release: 5.0)
+samples at 7.0 and its run's ``cac_align_run.json`` says so; a recipe's ``flow_shift`` overrides it;
+a Wan2.2-A14B whose file says diffusers' converted 3.0 still samples at the release's 12.0, one whose
+file says 8.0 at 8.0; a name whose files cannot be read takes the release's value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cac_align.gen.family import model_flow_shift, read_scheduler_config
+from cac_align.gen.families.hunyuan15 import HUNYUAN15_T2V, build_tiny_hunyuan15_pipeline
+from cac_align.gen.families.wan import WAN22_A14B, build_tiny_wan22_a14b_pipeline
+from cac_align.gen.generator import GeneratorConfig, build_generator
+
+TINY = dict(dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=9, num_inference_steps=2, max_sequence_length=16)
+
+
+def _with_shift(pipe, shift: float):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def finetune(tmp_path_factory):
+    """A HunyuanVideo-1.5 "fine-tune": diffusers' own classes, its scheduler's shift 7.0, saved."""
+    folder = tmp_path_factory.mktemp("hv15") / "finetune"
+    _with_shift(build_tiny_hunyuan15_pipeline(seed=0), 7.0).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_finetunes_scheduler_file_decides_its_shift_and_a_recipe_overrides_it(finetune):
+    assert json.loads((finetune / "scheduler/scheduler_config.json").read_text())["shift"] == 7.0
+    assert read_scheduler_config(str(finetune))["shift"] == 7.0
+    config = GeneratorConfig(name=str(finetune), **TINY)
+    assert config.family is HUNYUAN15_T2V and config.flow_shift == 7.0  # not the release's 5.0
+    assert GeneratorConfig(name=str(finetune), flow_shift=6.0, **TINY).flow_shift == 6.0  # the recipe's wins
+    assert GeneratorConfig(name="tiny-random:hunyuanvideo15", **TINY).flow_shift == 5.0  # no files: the release's
+    # it samples at 7.0: N = 2 steps of linspace(1, 0, 3)[:-1] = (1, 0.5) through s x / (1 + (s - 1) x):
+    # 7 * 0.5 / (1 + 6 * 0.5) = 0.875 (the release's 5.0 would give 2.5 / 3 = 0.8333)
+    pipe = build_generator(config)
+    sigmas, timesteps = HUNYUAN15_T2V.schedule(pipe, config)
+    assert torch.allclose(sigmas, torch.tensor([1.0, 0.875, 0.0]), atol=1e-6)
+    assert torch.allclose(timesteps, torch.tensor([1000.0, 875.0]), atol=1e-3)
+    overridden = GeneratorConfig(name=str(finetune), flow_shift=5.0, **TINY)
+    assert torch.allclose(HUNYUAN15_T2V.schedule(build_generator(overridden), overridden)[0], torch.tensor([1.0, 2.5 / 3, 0.0]), atol=1e-6)
+
+
+def test_the_a14bs_converted_shift_takes_the_releases_and_any_other_is_its_own(tmp_path, hub_cache):
+    pipe = build_tiny_wan22_a14b_pipeline(seed=0)
+    for shift, expected in ((3.0, 12.0), (8.0, 8.0), (12.0, 12.0)):  # 3.0: what diffusers' conversion writes; the release samples at 12.0
+        folder = tmp_path / f"a14b_{shift}"
+        _with_shift(pipe, shift).save_pretrained(str(folder))
+        assert model_flow_shift(WAN22_A14B, str(folder)) == expected
+        assert GeneratorConfig(name=str(folder)).flow_shift == expected
+        assert GeneratorConfig(name=str(folder), flow_shift=4.0).flow_shift == 4.0
+    # a folder whose scheduler file says nothing of a shift, and a listed hub id offline and not cached: the release's
+    (tmp_path / "a14b_8.0/scheduler/scheduler_config.json").write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler"}))
+    assert GeneratorConfig(name=str(tmp_path / "a14b_8.0")).flow_shift == 12.0
+    assert GeneratorConfig(name="Wan-AI/Wan2.2-T2V-A14B-Diffusers").flow_shift == 12.0
+
+
+def test_a_best_of_n_run_on_the_finetune_samples_at_its_shift_and_records_it(finetune, tmp_path):
+    from cac_align.gen.generator import generate_videos
+    from cac_align.jobs.best_of_n import BonConfig, frames_sha256, run
+    from cac_align.rewards.registry import build_reward
+
+    (tmp_path / "prompts.txt").write_text("a red ball\n")
+    config = BonConfig(out_dir=str(tmp_path / "bon"), prompts=str(tmp_path / "prompts.txt"), n=1, batch_size=1, generator=GeneratorConfig(name=str(finetune), **TINY))
+    run(config, reward=build_reward({"name": "brightness"}))
+    manifest = json.loads((tmp_path / "bon/cac_align_run.json").read_text())
+    assert manifest["config"]["generator"]["flow_shift"] == 7.0 and manifest["fingerprint"]["generator"]["flow_shift"] == 7.0
+    row = json.loads((tmp_path / "bon/candidates.jsonl").read_text().splitlines()[0])
+    # the frames are the fine-tune's at 7.0, not at the release's 5.0
+    at = {shift: frames_sha256(generate_videos(build_generator(c), c, ["a red ball"], [row["seed"]]).frames[0])
+          for shift, c in ((7.0, GeneratorConfig(name=str(finetune), **TINY)), (5.0, GeneratorConfig(name=str(finetune), flow_shift=5.0, **TINY)))}
+    assert row["frames_sha256"] == at[7.0] != at[5.0]
