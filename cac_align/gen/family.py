@@ -59,6 +59,10 @@ members, which a family without them does not need:
   without sampling at it (diffusers' Wan conversion writes 3.0 for the A14Bs, whose releases sample at
   12.0 and 5.0): a model whose file says that shift samples at the release's; any other shift in its
   file is its own (:func:`model_flow_shift`). None when absent: the file's shift always counts.
+- **the VAE's ratios** (``spatial_multiple``, ``frame_multiple``) are the release's, unless the model's
+  own ``vae/config.json`` and ``transformer/config.json`` say others (:func:`with_own_ratios`:
+  :func:`family_of` returns the family with them); :func:`cac_align.gen.generator.build_generator`
+  checks the loaded pipeline against them (:func:`check_ratios`).
 - ``check_size(pipe, config)``: a size or frame count the family's models cannot take, refused in one
   line naming what works, once the pipeline is built and before anything samples
   (:func:`cac_align.gen.generator.build_generator` calls it for every job; LTX-2.5: its diffusion
@@ -109,7 +113,8 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_images", "fixed_frames", "image_runs", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
-           "model_flow_shift", "read_model_index", "read_scheduler_config", "regenerator_of", "take_model_settings"]
+           "check_ratios", "model_flow_shift", "ratios_from_configs", "read_model_file", "read_model_index", "read_scheduler_config", "regenerator_of",
+           "take_model_settings", "with_own_ratios"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
@@ -603,12 +608,18 @@ def read_scheduler_config(name: str) -> dict[str, Any] | None:
     its ``model_index.json`` is (module docstring, cases 2-4: the folder, the local hub cache, or a
     download of that one file); None where there is none to read (a tiny in-process pipeline, a
     folder or repository without it, offline and not cached) or it is not a JSON object."""
+    return read_model_file(name, SCHEDULER_CONFIG)
+
+
+def read_model_file(name: str, filename: str) -> dict[str, Any] | None:
+    """The JSON object in ``filename`` (``vae/config.json``, ...) of the model ``name``, read as
+    :func:`read_scheduler_config` reads its file; None where it cannot be read."""
     from cac_align.loading import looks_like_path
 
     if looks_like_path(name):
-        path: Path | None = Path(name).expanduser() / SCHEDULER_CONFIG
+        path: Path | None = Path(name).expanduser() / filename
     else:
-        path = _hub_file(name, SCHEDULER_CONFIG)
+        path = _hub_file(name, filename)
     if path is None or not path.is_file():
         return None
     try:
@@ -660,6 +671,67 @@ def model_flow_shift(family: Any, name: str) -> float | None:
     return float(own)
 
 
+# The VAE config fields that say how much it compresses (diffusers: AutoencoderKLHunyuanVideo15,
+# AutoencoderKLHunyuanVideo, AutoencoderKLLTX2Video name them so; AutoencoderKLWan scale_factor_*)
+_SPATIAL_FIELDS = ("spatial_compression_ratio", "scale_factor_spatial")
+_TEMPORAL_FIELDS = ("temporal_compression_ratio", "scale_factor_temporal")
+
+
+def _positive_int(data: Mapping[str, Any], fields: Sequence[str]) -> int | None:
+    for field in fields:
+        value = data.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def ratios_from_configs(vae: Mapping[str, Any], transformer: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(spatial_multiple, frame_multiple)`` from a model's ``vae/config.json`` and
+    ``transformer/config.json``: the VAE's space compression x the transformer's patch side, and its
+    time compression x the patch's frames; None where either file does not say (the VAE names no
+    compression, the transformer no patch)."""
+    spatial, temporal = _positive_int(vae, _SPATIAL_FIELDS), _positive_int(vae, _TEMPORAL_FIELDS)
+    patch = transformer.get("patch_size")
+    if isinstance(patch, (list, tuple)) and len(patch) == 3:  # Wan, Kandinsky: (t, h, w)
+        patch_t, patch_h = patch[0], patch[1]
+    else:  # HunyuanVideo-1.5, LTX-2: one side, and patch_size_t apart
+        patch_t, patch_h = transformer.get("patch_size_t", 1), patch
+    if spatial is None or temporal is None or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (patch_t, patch_h)):
+        return None
+    return spatial * patch_h, temporal * patch_t
+
+
+def with_own_ratios(family: Any, name: str) -> Any:
+    """``family`` with the frame sides' and the frame count's multiples of the model ``name``'s own
+    files (:func:`ratios_from_configs`: a fine-tune whose VAE compresses 4x in space and 2x in time
+    takes sides of 4 x patch and ``2k + 1`` frames), or ``family`` itself where they are the
+    release's, the files say nothing, or the family counts frames otherwise (``frame_remainder``:
+    MiniMax-H3's ``17k + 5``). Every job reads the ratios from the family its config names, so a
+    recipe is validated for the model's own VAE before anything loads."""
+    import dataclasses
+
+    if getattr(family, "frame_remainder", 1) != 1 or not dataclasses.is_dataclass(family):
+        return family
+    vae, transformer = read_model_file(name, "vae/config.json"), read_model_file(name, "transformer/config.json")
+    own = ratios_from_configs(vae, transformer) if vae is not None and transformer is not None else None
+    if own is None or own == (family.spatial_multiple, family.frame_multiple):
+        return family
+    return dataclasses.replace(family, spatial_multiple=own[0], frame_multiple=own[1])
+
+
+def check_ratios(family: Any, pipe: Any, key: str = "generator.name") -> None:
+    """Raises ``ValueError`` in one line where the loaded ``pipe``'s VAE and patch (``family.latent_grid``)
+    are not the ratios its recipe was validated for (``family.spatial_multiple`` / ``frame_multiple``:
+    the release's, or its files' where :func:`with_own_ratios` read them). The time ratio is not
+    checked for a family that counts frames otherwise (``frame_remainder``)."""
+    temporal, spatial, patch = family.latent_grid(pipe)
+    sides, frames = spatial * patch[1], temporal * patch[0]
+    if sides != family.spatial_multiple or (getattr(family, "frame_remainder", 1) == 1 and frames != family.frame_multiple):
+        raise ValueError(f"{key}: the loaded pipeline's VAE and patch take sides in multiples of {sides} and {frames}k + 1 frames, but the "
+                         f"recipe was validated for {family.spatial_multiple} and {family.frame_multiple}k + 1 ({family.title}'s, from its files): "
+                         "write the VAE's spatial_compression_ratio and temporal_compression_ratio into its vae/config.json")
+
+
 def family_of(name: str, key: str = "generator.name") -> GeneratorFamily:
     """The family of the model ``name`` (module docstring: its own files decide).
 
@@ -682,7 +754,8 @@ def _resolve(name: str, key: str, kind: str) -> Any:
             return family
     index = read_model_index(name, key)
     if index is not None:
-        return family_from_index(index, name, key, kind)
+        found = family_from_index(index, name, key, kind)
+        return with_own_ratios(found, name) if kind == "generator" else found
     for family in families(kind):
         if name in family.hub_ids:
             return family

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from cac_align.config import RecipeError
-from cac_align.gen.family import Conditioning, Generated, fixed_frames, take_model_settings
+from cac_align.gen.family import Conditioning, Generated, check_ratios, fixed_frames, take_model_settings
 from cac_align.loading import check_dtype, resolve_device
 from cac_align.run.folder import share_modes
 
@@ -83,7 +83,8 @@ class GeneratorConfig:
         height, width, num_frames: the model's (Wan-2.1: 480 x 832, 81 frames, 5 s at 16 fps);
             ``num_frames`` must be ``k * m + 1`` for the VAE's time compression ``m`` (Wan: 4,
             LTX-2: 8), the sides multiples of the model's spatial multiple (Wan-2.1: 16, the
-            TI2V-5B and LTX-2: 32).
+            TI2V-5B and LTX-2: 32): the release's, or the model's own where its ``vae/config.json``
+            says others (:func:`cac_align.gen.family.with_own_ratios`).
         num_inference_steps: the model's (Wan-2.1: 50 sampling steps).
         guidance_scale: classifier-free guidance scale, the model's (Wan-2.1: 5.0); with two
             experts (Wan2.2-A14B), the high-noise expert's; LTX-2: the video's.
@@ -228,6 +229,7 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     else:
         components = empty_experts(config, f"{key}.name") if empty_transformers else {}
         pipe = _on_device(family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, key=f"{key}.name", components=components), device)
+    check_ratios(family, pipe, f"{key}.name")  # the VAE's ratios the recipe was validated for are the loaded pipeline's
     check_size = getattr(family, "check_size", None)  # a size its models cannot take, refused before sampling (cac_align.gen.family)
     if check_size is not None:
         check_size(pipe, config)

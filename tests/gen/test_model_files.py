@@ -81,3 +81,82 @@ def test_a_best_of_n_run_on_the_finetune_samples_at_its_shift_and_records_it(fin
     at = {shift: frames_sha256(generate_videos(build_generator(c), c, ["a red ball"], [row["seed"]]).frames[0])
           for shift, c in ((7.0, GeneratorConfig(name=str(finetune), **TINY)), (5.0, GeneratorConfig(name=str(finetune), flow_shift=5.0, **TINY)))}
     assert row["frames_sha256"] == at[7.0] != at[5.0]
+
+
+def _small_vae_finetune(folder):
+    """The tiny HunyuanVideo-1.5 with a VAE of diffusers' own class that compresses 4x in space and
+    2x in time (the release's: 16x, 4x), saved: 7 frames (2k + 1, not 4k + 1) -> 4 latent frames."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    pipe = build_tiny_hunyuan15_pipeline(seed=0)
+    pipe.vae = AutoencoderKLHunyuanVideo15(in_channels=3, out_channels=3, latent_channels=pipe.vae.config.latent_channels, block_out_channels=(8,) * 3,
+                                           layers_per_block=1, spatial_compression_ratio=4, temporal_compression_ratio=2,
+                                           downsample_match_channel=False, upsample_match_channel=False).eval()
+    pipe.register_modules(vae=pipe.vae)
+    pipe.save_pretrained(str(folder))
+
+
+def test_a_finetunes_vae_config_decides_its_frame_and_side_multiples(tmp_path):
+    from cac_align.gen.family import family_of, ratios_from_configs
+
+    # the release's files: 16x space, 4x time, patch 1 -> sides of 16, 4k + 1 frames; Wan's (t, h, w) patch doubles the sides
+    assert ratios_from_configs({"spatial_compression_ratio": 16, "temporal_compression_ratio": 4}, {"patch_size": 1, "patch_size_t": 1}) == (16, 4)
+    assert ratios_from_configs({"scale_factor_spatial": 16, "scale_factor_temporal": 4}, {"patch_size": [1, 2, 2]}) == (32, 4)
+    assert ratios_from_configs({"temperal_downsample": [False, True, True]}, {"patch_size": [1, 2, 2]}) is None  # says nothing: the release's
+    folder = tmp_path / "small_vae"
+    _small_vae_finetune(folder)
+    family = family_of(str(folder))
+    assert family.name == HUNYUAN15_T2V.name and (family.spatial_multiple, family.frame_multiple) == (4, 2)
+    assert (HUNYUAN15_T2V.spatial_multiple, HUNYUAN15_T2V.frame_multiple) == (16, 4)  # the release's family is untouched
+    config = GeneratorConfig(name=str(folder), **{**TINY, "num_frames": 7, "height": 32, "width": 32})  # 7 = 2k + 1, not 4k + 1
+    with pytest.raises(ValueError, match=r"num_frames must be 2k \+ 1 .*got 8"):
+        GeneratorConfig(name=str(folder), **{**TINY, "num_frames": 8})
+    with pytest.raises(ValueError, match=r"num_frames must be 4k \+ 1"):
+        GeneratorConfig(name="tiny-random:hunyuanvideo15", **{**TINY, "num_frames": 7})
+    from cac_align.gen.generator import generate_videos, sample_with_log_probs, encode_conditioning
+
+    pipe = build_generator(config)
+    assert config.family.latent_grid(pipe)[:2] == (2, 4)
+    video = generate_videos(pipe, config, ["a red ball"], [3]).frames
+    assert video.shape == (1, 7, 32, 32, 3)
+
+
+def test_a_loaded_vae_that_disagrees_with_the_validated_ratios_is_refused_in_one_line(tmp_path):
+    from cac_align.gen.family import check_ratios
+
+    folder = tmp_path / "small_vae"
+    _small_vae_finetune(folder)
+    pipe = build_generator(GeneratorConfig(name=str(folder), **{**TINY, "num_frames": 7}))  # its files' 4 and 2k + 1: checked, passes
+    check_ratios(family_of_folder := GeneratorConfig(name=str(folder), **TINY).family, pipe)
+    assert (family_of_folder.spatial_multiple, family_of_folder.frame_multiple) == (4, 2)
+    # the release's ratios (what a recipe is validated for where the files say nothing) against this pipeline: refused
+    with pytest.raises(ValueError, match=r"^generator.name: the loaded pipeline's VAE and patch take sides in multiples of 4 and 2k \+ 1 frames, but the "
+                                         r"recipe was validated for 16 and 4k \+ 1 \(HunyuanVideo-1.5 \(T2V\)'s, from its files\)"):
+        check_ratios(HUNYUAN15_T2V, pipe)
+
+
+@pytest.mark.slow  # flow-grpo's steps on the saved fine-tune, end to end
+def test_bon_and_flow_grpo_run_the_small_vae_finetune_at_a_frame_count_only_it_takes(tmp_path):
+    from cac_align.config import load_config
+    from cac_align.jobs.best_of_n import BonConfig, run as best_of_n
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run as flow_grpo
+    from cac_align.rewards.registry import build_reward
+    from cac_align.video import load_video
+    from conftest import REPO_ROOT
+
+    folder = tmp_path / "small_vae"
+    _small_vae_finetune(folder)
+    (tmp_path / "prompts.txt").write_text("a red ball\n")
+    bon = BonConfig(out_dir=str(tmp_path / "bon"), prompts=str(tmp_path / "prompts.txt"), n=2, batch_size=2,
+                    generator=GeneratorConfig(name=str(folder), **{**TINY, "num_frames": 7}))
+    best_of_n(bon, reward=build_reward({"name": "brightness"}))
+    rows = [json.loads(line) for line in (tmp_path / "bon/candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["valid"] for r in rows)
+    assert load_video(str(tmp_path / "bon" / rows[0]["video"])).frames.shape == (7, 32, 32, 3)
+    out = tmp_path / "grpo"
+    config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_hunyuan15.yaml",
+                         [f"out_dir={out}", f"generator.name={folder}", "generator.num_frames=7", "steps=1", "log_with=none", "checkpoint_every=0",
+                          "eval_every=0"], job="flow-grpo")
+    flow_grpo(config, reward=build_reward({"name": "brightness"}))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["train/grad_norm"] > 0

@@ -7,7 +7,8 @@ from the top, after a chat template whose first 108 tokens are cut off), a ByT5 
 quoted text in a prompt (the glyphs to draw; zeros when the prompt quotes nothing), one
 ``HunyuanVideo15Transformer3DModel`` that attends jointly over the video's tokens and the text's,
 ``AutoencoderKLHunyuanVideo15`` (16x in space, 4x in time: ``4k + 1`` frames, sides multiples of
-16; 32 latent channels), a flow-matching Euler scheduler and a ``ClassifierFreeGuidance`` guider.
+16; 32 latent channels; a checkpoint whose ``vae/config.json`` says other ratios takes its own:
+:func:`cac_align.gen.family.with_own_ratios`), a flow-matching Euler scheduler and a ``ClassifierFreeGuidance`` guider.
 The image-to-video pipeline adds a SigLIP vision encoder. The checkpoint's ``model_index.json``
 names the pipeline class (:func:`family_for_index`): text-to-video or image-to-video, whatever
 the folder or hub id is called.
