@@ -160,3 +160,19 @@ def test_bon_and_flow_grpo_run_the_small_vae_finetune_at_a_frame_count_only_it_t
     flow_grpo(config, reward=build_reward({"name": "brightness"}))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["train/grad_norm"] > 0
+
+
+def test_every_shipped_release_configs_ratios_are_its_familys_or_say_nothing():
+    # the release checkpoints' own files (cac_align/gen/full_size/, sources in its SOURCES.md) give the
+    # family's values, so a release validates and plans as before; a fine-tune's differ only where its files do
+    from cac_align.gen.family import family_of, ratios_from_configs, read_model_file
+    from conftest import REPO_ROOT
+
+    seen = {}
+    for folder in sorted((REPO_ROOT / "cac_align/gen/full_size").glob("*/vae")):
+        vae, transformer = read_model_file(str(folder.parent), "vae/config.json"), read_model_file(str(folder.parent), "transformer/config.json")
+        family = family_of(str(folder.parent))
+        seen[folder.parent.name] = ratios_from_configs(vae, transformer)
+        assert seen[folder.parent.name] in (None, (family.spatial_multiple, family.frame_multiple)), folder.parent.name
+    assert seen["Wan-AI--Wan2.2-TI2V-5B-Diffusers"] == (32, 4) and seen["Lightricks--LTX-2"] == (32, 8)
+    assert seen["hunyuanvideo-community--HunyuanVideo-1.5-480p_t2v"] == (16, 4) and seen["Wan-AI--Wan2.1-T2V-1.3B-Diffusers"] == (16, 4)
