@@ -23,7 +23,8 @@ files are:
 2. a local folder: its ``model_index.json``;
 3. a hub id in the local Hugging Face cache (offline too): the cached ``model_index.json``;
 4. a hub id not in the cache, with the hub reachable: diffusers' ``load_config`` downloads that
-   one file (not the weights);
+   one file (not the weights; then the three small files that give the model's own shift and VAE
+   ratios: ``scheduler/scheduler_config.json``, ``vae/config.json``, ``transformer/config.json``);
 5. only when no file can be read (offline, not cached): a hub id a family lists (its release
    checkpoints) gives that family, so recipes validate on a machine without the weights; any
    other name is a one-line error saying how to get the files.

@@ -166,7 +166,8 @@ def test_an_unlisted_hub_id_not_cached_downloads_its_model_index_alone(saved, tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["wan2.2-ti2v", "24.0"]
     fetched = {r.split()[1].split("/resolve/main/")[-1] for r in _HubFiles.requests}
-    assert fetched == {"model_index.json"}  # the one file that says what it is, not the weights
+    # the file that says what it is and the three that give its shift and VAE ratios (cac_align.gen.family), not the weights
+    assert fetched == {"model_index.json", "scheduler/scheduler_config.json", "vae/config.json", "transformer/config.json"}
 
 
 BON_RECIPE = """
