@@ -633,6 +633,7 @@ def read_model_file(name: str, filename: str) -> dict[str, Any] | None:
 def _hub_file(name: str, filename: str) -> Path | None:
     """A hub id's ``filename`` from the local cache, else downloaded alone where the hub is reachable."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
 
     from cac_align.loading import hub_reachable
 
@@ -646,7 +647,7 @@ def _hub_file(name: str, filename: str) -> Path | None:
         return None
     try:
         return Path(hf_hub_download(name, filename))
-    except (OSError, ValueError):
+    except (OSError, ValueError, EntryNotFoundError):  # no such file there (a modular pipeline has no scheduler/), no access
         return None
 
 
