@@ -3,10 +3,14 @@ fine-tune whose files differ from its release's: a HunyuanVideo-1.5 pipeline bui
 own classes and saved by ``save_pretrained`` with a scheduler of shift 7.0 (the 480p release: 5.0)
 samples at 7.0 and its run's ``cac_align_run.json`` says so; a recipe's ``flow_shift`` overrides it;
 a Wan2.2-A14B whose file says diffusers' converted 3.0 still samples at the release's 12.0, one whose
-file says 8.0 at 8.0; a name whose files cannot be read takes the release's value."""
+file says 8.0 at 8.0; a name whose files cannot be read takes the release's value. Its VAE's ratios
+too (cac_align.gen.family.with_own_ratios): the same fine-tune with a VAE of 4x space and 2x time
+takes 7 frames (2k + 1, not 4k + 1) in bon and flow-grpo, and a loaded pipeline whose ratios are not
+the validated ones is refused in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -81,6 +85,12 @@ def test_a_best_of_n_run_on_the_finetune_samples_at_its_shift_and_records_it(fin
     at = {shift: frames_sha256(generate_videos(build_generator(c), c, ["a red ball"], [row["seed"]]).frames[0])
           for shift, c in ((7.0, GeneratorConfig(name=str(finetune), **TINY)), (5.0, GeneratorConfig(name=str(finetune), flow_shift=5.0, **TINY)))}
     assert row["frames_sha256"] == at[7.0] != at[5.0]
+    # the same recipe reruns (resumes) on its folder; one at the release's 5.0 is another run, refused naming the key
+    run(config, reward=build_reward({"name": "brightness"}))
+    from cac_align.config import RecipeError
+
+    with pytest.raises(RecipeError, match=r"differs in: generator.flow_shift\)"):
+        run(dataclasses.replace(config, generator=GeneratorConfig(name=str(finetune), flow_shift=5.0, **TINY)), reward=build_reward({"name": "brightness"}))
 
 
 def _small_vae_finetune(folder):
