@@ -53,6 +53,11 @@ members, which a family without them does not need:
 - ``audio_decode_bytes(modules, batch, num_frames, fps, dtype)``: the most bytes the soundtracks' decode
   of a sample batch holds (Kandinsky 6: its audio VAE and vocoder traced on the meta device), which the
   memory plan weighs against the frames' decode; absent, the sound's decode is not traced;
+- for training the sound (``audio: trained`` of flow-grpo and nft; docs/audio.md), a family with
+  ``audio``: ``audio_lora_target_modules`` (the layers of its audio branch, which a trainer's LoRA adds
+  to :attr:`GeneratorFamily.lora_target_modules` where the sound is trained) and
+  ``side_frames(side) -> (B, T_a, K)`` (its side latents with time first: a time window of the clip
+  maps onto audio latent frames, ``T_a`` of them spread evenly over the clip);
 - ``localized_credit``: False where :mod:`cac_align.rl.credit` cannot map a judge's window onto the
   family's latent frames (MiniMax-H3's ``5n + 2`` of ``17n + 5``); flow-grpo and nft then refuse
   ``advantage.localize`` in one line. True when absent.

@@ -420,9 +420,13 @@ class Trajectory:
         sigmas: ``(N + 1,)`` float32 schedule; timesteps: ``(N,)`` transformer timesteps.
         log_prob_maps: ``(B, N, F', H', W')`` float32, the per-position log-densities of each
             step (localized credit, :mod:`cac_align.rl.credit`); None unless asked for.
-        side: ``(B, N + 1, ...)`` float32, the latents that step with the video on the
-            deterministic path (LTX-2's audio), before each step and the final ones; None for a
-            video-only model.
+        side: ``(B, N + 1, ...)`` float32, the latents that step with the video (LTX-2's and
+            MiniMax-H3's audio), before each step and the final ones; None for a video-only model.
+            On the deterministic path unless the side is trained (``train_side``).
+        side_log_probs: ``(B, N)`` float32, the side's own log p(side[:, j + 1] | side[:, j]) of
+            its SDE step, where the side is trained; else None.
+        side_log_prob_maps: ``(B, N, T_a)`` float32, the side's log-density per audio latent frame
+            (the family's ``side_frames``), where the side is trained and positions were asked for.
     """
 
     latents: Any
@@ -431,6 +435,17 @@ class Trajectory:
     timesteps: Any
     log_prob_maps: Any = None
     side: Any = None
+    side_log_probs: Any = None
+    side_log_prob_maps: Any = None
+
+
+def side_frame_density(family: Any, prev_sample: Any, mean: Any, std: Any) -> Any:
+    """The side step's log-density per audio latent frame ``(B, T_a)``: the Gaussian's log-density
+    at each element, the side's elements laid out time first by the family (``side_frames``), averaged
+    over each frame's elements (its mean over frames is the side's log-prob)."""
+    from cac_align.rl.sde import gaussian_log_density
+
+    return family.side_frames(gaussian_log_density(prev_sample, mean, std)).mean(dim=-1)
 
 
 def predict_velocity(model: Any, latents: Any, timestep: Any, cond: Conditioning, negative: Conditioning | None, guidance: dict[str, Any],
@@ -480,6 +495,7 @@ def sample_with_log_probs(
     store_device: Any = None,
     positions: bool = False,
     guidance: dict[str, Any] | None = None,
+    train_side: bool = False,
 ) -> Trajectory:
     """Sample a batch with Flow-GRPO's SDE sampler, recording latents and per-step log-probs.
 
@@ -489,7 +505,10 @@ def sample_with_log_probs(
     it, and those frames are dropped: the sampler steps, records and scores the generated frames
     only, and the denoiser puts the image's frames in front of them for each forward. ``noise_level=0`` (schedule "sqrt")
     is the deterministic Euler ODE sampler (its log-probs are meaningless), the pipeline's own.
-    Latents that step with the video (LTX-2's audio) take the deterministic Euler step always.
+    Latents that step with the video (LTX-2's and MiniMax-H3's audio) take the deterministic Euler
+    step, unless ``train_side``: then they take the SDE step too, on their own noise levels (the
+    family's ``side_sigmas``), in the same forward as the video, their noise drawn from the sample's
+    generator after the video's at each step, with their own log-probability (docs/audio.md).
 
     Args:
         pipe: the pipeline (its family draws the initial noise on its device).
@@ -502,6 +521,8 @@ def sample_with_log_probs(
         positions: also record each step's per-position log-densities (``log_prob_maps``; the
             per-sample log-probs are then their means).
         guidance: the guidance settings (default: ``config``'s, ``family.guidance(config)``).
+        train_side: the side latents (the audio) take the SDE step with their log-probability
+            (``audio: trained``); off, they take the Euler step, as before.
     """
     import torch
 
@@ -518,8 +539,9 @@ def sample_with_log_probs(
     latents = latents[:, :, fixed_frames(cond):]  # the frames an image fixes are not sampled
     shape = tuple(latents.shape[1:])
 
-    def noise() -> Any:
-        return torch.stack([torch.randn(shape, generator=g, device=device, dtype=torch.float32) for g in generators])
+    def noise(like: Any = None) -> Any:
+        size = shape if like is None else tuple(like.shape[1:])
+        return torch.stack([torch.randn(size, generator=g, device=device, dtype=torch.float32) for g in generators])
 
     sigmas = sigmas.to(device)
     # the side latents' own noise levels where the family has them (MiniMax-H3's audio; cac_align.gen.family)
@@ -528,15 +550,27 @@ def sample_with_log_probs(
     store = store_device or device
     recorded, log_probs, maps = [latents.to(store)], [], []
     sides = [side.to(store)] if side is not None else None
+    train_side = train_side and side is not None
+    side_transitions = SDESchedule(side_sigmas, noise_level, noise_schedule) if train_side else None
+    side_log_probs, side_maps = [], []
     with torch.no_grad():
         for j, t in enumerate(timesteps.to(device)):
+            side_velocity = None
             if side is None:
                 velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype)
             else:
                 velocity, side_velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype, side)
+            step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
+            if side_velocity is not None and side_transitions is None:
                 side = side + (side_sigmas[j + 1] - side_sigmas[j]) * side_velocity.float()  # the deterministic Euler step
                 sides.append(side.to(store))
-            step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
+            elif side_velocity is not None:  # the side's own SDE step, its noise drawn after the video's
+                side_step = side_transitions.step(j, side, side_velocity, noise=noise(side))
+                side = side_step.prev_sample
+                sides.append(side.to(store))
+                side_log_probs.append(side_step.log_prob.to(store))
+                if positions:
+                    side_maps.append(side_frame_density(family, side, side_step.mean, side_step.std).to(store))
             latents = step.prev_sample
             recorded.append(latents.to(store))
             log_probs.append(step.log_prob.to(store))
@@ -549,6 +583,8 @@ def sample_with_log_probs(
         timesteps=timesteps.to(store),
         log_prob_maps=torch.stack(maps, dim=1) if positions else None,
         side=torch.stack(sides, dim=1) if sides is not None else None,
+        side_log_probs=torch.stack(side_log_probs, dim=1) if side_log_probs else None,
+        side_log_prob_maps=torch.stack(side_maps, dim=1) if side_maps else None,
     )
 
 

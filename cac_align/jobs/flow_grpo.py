@@ -72,13 +72,16 @@ from cac_align.gen.memory import check_memory, guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
-from cac_align.gen.generator import GeneratorConfig, encode_conditioning, sample_with_log_probs, video_velocity
+from cac_align.gen.generator import GeneratorConfig, encode_conditioning, predict_velocity, sample_with_log_probs, side_frame_density
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
 from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput, backend_error_kind
+from cac_align.rewards.combine import CombinedReward
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
+from cac_align.rl.routing import (ROUTINGS, audio_frame_spans, component_advantages, routed_advantages, sample_windows, video_frame_spans,
+                                  window_map)
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
@@ -88,9 +91,13 @@ from cac_align.video import Video, save_video
 from cac_align.vlm.config import served_urls
 from cac_align.vlm.openai import replica_health, router_workers
 
-__all__ = ["RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "LoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
+__all__ = ["AUDIO_MODES", "RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "LoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
 
 log = logging.getLogger(__name__)
+
+
+# ``audio``: the generator's sound on the deterministic path (as before), or trained beside the video
+AUDIO_MODES = ("frozen", "trained")
 
 
 # Settings that may change when a run is resumed (they change no sample and no update).
@@ -127,10 +134,19 @@ class AdvantageSettings:
             step) before the advantages, so the run learns nothing from its reward. What it
             changes is the optimizer's drift; a real run's change beyond it is what its reward
             did (docs/flow_grpo.md, "A no-signal control").
+        routing: "summed" (one group advantage of the combined score for every latent: as before)
+            or "routed" (each component's group advantage, weighted as the combination weights it, to
+            the latents of the modality it judges: :mod:`cac_align.rl.routing`; docs/audio.md,
+            "Routing"). Routed needs ``audio: trained`` (the audio latents take the audio's share).
     """
 
     localize: LocalizeSettings = field(default_factory=LocalizeSettings)
     shuffle_scores: bool = False
+    routing: str = "summed"
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"advantage.routing must be one of {ROUTINGS}, got {self.routing!r}")
 
 
 @dataclass
@@ -170,7 +186,14 @@ class FlowGrpoConfig:
         adv_clip_max: advantages are clipped to [-adv_clip_max, adv_clip_max].
         adv_std: "group" (each prompt's own std) or "global" (std of all rewards in the step).
         advantage: ``localize``: localized credit from the reward's evidence (docs/flow_grpo.md,
-            "Localized credit").
+            "Localized credit"); ``routing``: each component's advantage to the modality it judges.
+        audio: "frozen" (a generator's sound steps on the deterministic path, no audio layer adapted:
+            as before) or "trained" (a family with sound: its audio latents take the SDE step with
+            their own log-probability in the same forward as the video, the loss covers them, and the
+            audio branch's layers join the LoRA's default targets; docs/audio.md).
+        audio_rewards_blind_ok: allow a run that trains the sound (``audio: trained``) with audio
+            components that all ignore the prompt (``reads_prompt`` false: AudioBox, sync); refused
+            otherwise (docs/audio.md, "Guards").
         beta: weight of the KL to the reference policy (0 skips the reference forward pass).
         ema_decay: EMA of the LoRA weights (None: no EMA); evaluation and the final export use it.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
@@ -226,6 +249,8 @@ class FlowGrpoConfig:
     adv_clip_max: float = 5.0
     adv_std: str = "group"
     advantage: AdvantageSettings = field(default_factory=AdvantageSettings)
+    audio: str = "frozen"
+    audio_rewards_blind_ok: bool = False
     beta: float = 0.004
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
@@ -248,6 +273,23 @@ class FlowGrpoConfig:
         """The SDE's settings (``cac-align nft``'s config replaces this: it samples with the ODE)."""
         if self.noise_schedule == "sqrt" and self.noise_level <= 0:
             raise ValueError("noise_level must be > 0: with no noise the policy has no log-probability to train")
+
+    def _check_audio(self) -> None:
+        """``audio`` and ``advantage.routing``: known words, sound trained only where the model makes it."""
+        if self.audio not in AUDIO_MODES:
+            raise ValueError(f"audio must be one of {AUDIO_MODES}, got {self.audio!r}")
+        if self.audio == "trained" and not getattr(self.generator.family, "audio", False):
+            raise ValueError(f"audio=trained: {self.generator.family.title} makes no sound; leave audio at 'frozen'")
+        if self.advantage.routing == "routed" and self.parallel.context_parallel > 1:
+            raise ValueError("advantage.routing=routed with parallel.context_parallel > 1 is not supported yet (the components are read on "
+                             "each group's first process only); use context_parallel: 1")
+        if self.advantage.routing == "routed" and self.audio != "trained":
+            raise ValueError("advantage.routing=routed gives the audio latents the audio components' advantage: set audio=trained "
+                             "(or routing=summed)")
+        localize = self.advantage.localize
+        if self.advantage.routing == "routed" and localize.enabled and (localize.estimator != "default" or localize.confine > 0):
+            raise ValueError("advantage.routing=routed with advantage.localize takes the default estimator without confine "
+                             "(a per-position advantage of several components); leave estimator and confine at their defaults")
 
     def __post_init__(self) -> None:
 
@@ -291,8 +333,11 @@ class FlowGrpoConfig:
             raise ValueError("advantage.localize.estimator=vipo clips symmetrically (ViPO): leave clip_range_high null")
         if self.learning_rate <= 0 or self.beta < 0 or self.adv_clip_max <= 0:
             raise ValueError("learning_rate and adv_clip_max must be > 0 and beta >= 0")
-        if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch
-            self.lora.target_modules = list(self.generator.family.lora_target_modules)
+        self._check_audio()
+        if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch (+ its audio branch, trained)
+            family = self.generator.family
+            audio = list(family.audio_lora_target_modules) if self.audio == "trained" else []
+            self.lora.target_modules = list(family.lora_target_modules) + audio
         if self.lora.rank < 1 or not self.lora.target_modules:
             raise ValueError("lora.rank must be >= 1 and lora.target_modules non-empty")
         if self.parallel.context_parallel > 1 and localize.enabled:
@@ -411,6 +456,11 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
     advantage = fingerprint.get("advantage", {})
     if advantage.get("shuffle_scores") is False:  # added later: at its default, a run folder of before it still matches
         advantage.pop("shuffle_scores")
+    if advantage.get("routing") == "summed":  # likewise (issue #89's settings)
+        advantage.pop("routing")
+    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False)):
+        if fingerprint.get(key) == default:
+            fingerprint.pop(key)
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
         advantage.pop("localize", None)
     else:  # settings added later, at their defaults: a localized run folder of before them still matches
@@ -486,12 +536,53 @@ def reward_columns(reward: Reward, outputs: list[RewardOutput]) -> dict[str, np.
     return columns
 
 
-def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float) -> tuple[RewardOutput, float]:
-    """Score one sampled batch (runs in the reward thread pool); returns the output and seconds."""
+def check_prompt_heard(reward: Reward) -> None:
+    """Refuse, in one line, a reward whose components that hear (modality audio or both) all ignore
+    the prompt (``reads_prompt`` false): trained on them, a text-to-sound model is free to make any
+    sound that scores (UniRL #418: ImageBind's audio-video mode never saw the prompt; on MiniMax-H3
+    the total rose while CLAP fell and the video collapsed). ``audio_rewards_blind_ok: true`` allows it."""
+    parts = reward.rewards if isinstance(reward, CombinedReward) else [reward]
+    heard = [part.name for part in parts if part.modality != "video"]
+    if heard and not any(part.reads_prompt for part in parts if part.modality != "video"):
+        raise RecipeError(f"reward: its audio components {heard} all ignore the prompt (reads_prompt false), so the sound is "
+                          "trained to score, not to fit the text (UniRL #418); add one that reads it (clap) or set audio_rewards_blind_ok=true")
+
+
+def route_table(reward: Reward) -> dict[str, tuple[float, str]]:
+    """``{component: (weight, modality)}`` of a reward (the Reward contract): a combined reward's
+    components with its weights and their modalities; any other reward, one component of weight 1."""
+    if isinstance(reward, CombinedReward):
+        return {part.name: (float(w), part.modality) for part, w in zip(reward.rewards, reward.weights)}
+    return {reward.name: (1.0, reward.modality)}
+
+
+def component_column(outputs: list[RewardOutput], name: str, whole: bool) -> np.ndarray:
+    """This process's samples' normalized score of component ``name`` (``details["components"]``), NaN
+    where it has none (invalid, or a batch that failed); ``whole``: the reward is its one component (its scores)."""
+    if whole:
+        return np.concatenate([o.scores for o in outputs]).astype(np.float64)
+    values = []
+    for output in outputs:
+        for detail in output.details:
+            entry = (detail.get("components") or {}).get(name)
+            value = entry.get("normalized") if isinstance(entry, dict) else None
+            values.append(np.nan if value is None else float(value))
+    return np.asarray(values, dtype=np.float64)
+
+
+def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float,
+           sound: tuple[np.ndarray, int] | None = None) -> tuple[RewardOutput, float]:
+    """Score one sampled batch (runs in the reward thread pool); returns the output and seconds.
+    ``sound``: the batch's soundtracks ``(B, channels, samples)`` and their rate, where the generator
+    makes sound: each sample's metadata carries its own (``audio``, ``sample_rate``: the Reward contract)."""
 
     start = time.perf_counter()
     batch = [Video(frames, fps=fps, source=f"sample {g}") for frames, g in zip(videos, groups)]
-    output = reward(batch, prompts, [{"group": g, "fps": fps} for g in groups])
+    metadata = [{"group": g, "fps": fps} for g in groups]
+    if sound is not None:
+        for row, track in zip(metadata, sound[0]):
+            row.update(audio=track, sample_rate=int(sound[1]))
+    output = reward(batch, prompts, metadata)
     return output, time.perf_counter() - start
 
 
@@ -503,6 +594,38 @@ DOWN_STEPS_LIMIT = 3
 def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
     details = [{"error": f"{type(error).__name__}: {error}", "error_kind": backend_error_kind(error)} for _ in range(n)]
     return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
+
+
+class _SoundTerms:
+    """The sound's part of a Flow-GRPO update (``audio: trained``; docs/audio.md): its recorded side
+    latents and log-probs, and its PPO-clip loss on a micro-batch's step, computed from the same
+    transformer call as the video's (the side velocity of :func:`predict_velocity`)."""
+
+    def __init__(self, trainer: "_Trainer", trajectories: list[Any], audio: dict[str, Any]):
+        self.trainer, self.config, self.device = trainer, trainer.config, trainer.accelerator.device
+        self.sides = torch.cat([t.side for t in trajectories])
+        self.old = torch.cat([t.side_log_probs for t in trajectories])
+        self.advantages, self.credit = audio["advantages"], audio.get("credit")
+        self.old_maps = torch.cat([t.side_log_prob_maps for t in trajectories]) if self.credit is not None else None
+        config = self.config
+        self.transitions = SDESchedule(trainer.side_sigmas.to(self.device), config.noise_level, config.noise_schedule)
+
+    def loss(self, lo: int, hi: int, j: int, velocity: torch.Tensor, ref_velocity: torch.Tensor | None, weights: torch.Tensor,
+             clip: tuple[float, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The sound's loss at step ``j`` of samples ``lo:hi``, given its velocity (and the reference's)."""
+        side, side_next = self.sides[lo:hi, j].to(self.device), self.sides[lo:hi, j + 1].to(self.device)
+        policy = self.transitions.step(j, side, velocity, prev_sample=side_next)
+        ref_mean = None if ref_velocity is None else self.transitions.step(j, side, ref_velocity, prev_sample=side_next).mean
+        localized: dict[str, Any] = {}
+        if self.credit is not None:  # per audio latent frame, as (B, T_a, 1, 1) positions
+            frames = side_frame_density(self.trainer.family, side_next, policy.mean, policy.std)
+            localized = {"log_prob_map": frames[:, :, None, None], "old_log_prob_map": self.old_maps[lo:hi, j].to(self.device)[:, :, None, None],
+                         "credit": self.credit[lo:hi, :, None, None]}
+            policy_log_prob = frames.mean(dim=1)
+        else:
+            policy_log_prob = policy.log_prob
+        return flow_grpo_loss(policy_log_prob, self.old[lo:hi, j].to(self.device), self.advantages[lo:hi], clip_range=clip, mean=policy.mean,
+                              ref_mean=ref_mean, std=policy.std, beta=self.config.beta, weights=weights, **localized)
 
 
 # ---------------------------------------------------------------------------------------
@@ -589,6 +712,9 @@ class _Trainer:
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
+        # the sound (audio: trained): its latents step down their own noise levels (MiniMax-H3's audio shift) with a log-prob
+        self.train_audio = config.audio == "trained"
+        self.side_sigmas = self.family.side_sigmas(pipe, config.generator, self.sigmas) if hasattr(self.family, "side_sigmas") else self.sigmas
         self.guidance = self.family.guidance(config.generator)
         self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
         self.ema = (
@@ -603,6 +729,8 @@ class _Trainer:
         #    other processes take the leader's scores and hold no judge), held-out judges by label
         if self.reward is None and self.layout.leader:
             self.reward = build_reward(config.reward, "reward")
+        if self.reward is not None and self.family.audio and not config.audio_rewards_blind_ok:
+            check_prompt_heard(self.reward)  # a text-to-sound run: its audio components must read the prompt
         self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") if self.layout.leader else None
                              for label, section in config.eval_rewards.items()}
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
@@ -736,7 +864,9 @@ class _Trainer:
             )
             trajectories.append(trajectory)
             if layout.leader:  # a context-parallel group's videos are decoded and scored once, by its first process
-                futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps)))
+                # a reward that hears (modality audio or both) gets what the generator made with the frames
+                sound = self._soundtracks(trajectory) if getattr(self.reward, "modality", "video") != "video" else None
+                futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps, sound)))
         sample_seconds = time.perf_counter() - start
 
         # 3. collect the rewards (waiting only for what sampling did not hide) and gather them
@@ -773,15 +903,31 @@ class _Trainer:
         advantages = torch.as_tensor(adv.advantages[local], device=device)
         weights = torch.as_tensor(adv.trainable[local], dtype=torch.float32, device=device)
         credit = hold = None
+        audio: dict[str, Any] = {}  # the sound's advantages (and credit), where it is trained
+        trains = adv.trainable.any()
+        if self.train_audio:  # summed: the sound takes the video's advantage
+            audio["advantages"] = advantages
+            metrics["advantage/video_abs_mean"] = metrics["advantage/audio_abs_mean"] = float(np.abs(adv.advantages).mean())
+        if config.advantage.routing == "routed":  # 4c. each component's advantage to the latents of what it judges (rl/routing.py)
+            streams, components, trainable = self._routed(outputs, scores, step_groups)
+            trains = trainable.any()
+            weights = torch.as_tensor(trainable[local], dtype=torch.float32, device=device)
+            advantages, audio["advantages"] = (torch.as_tensor(streams[k][local], device=device) for k in ("video", "audio"))
+            for stream in ("video", "audio"):
+                metrics[f"advantage/{stream}_abs_mean"] = float(np.abs(streams[stream]).mean())
+            if config.advantage.localize.enabled:  # per-position advantages: each component's maps x its advantage
+                credit, audio["credit"] = self._routed_credit(outputs, {k: v[local] for k, v in components.items()}, trajectories, metrics)
+                advantages = audio["advantages"] = torch.ones_like(advantages)
         if config.advantage.localize.enabled:  # 4b. each sample's evidence as a map over its latent positions
-            credit, hold = self._credit(outputs, adv.advantages[local], metrics)
+            if credit is None:
+                credit, hold = self._credit(outputs, adv.advantages[local], metrics)
             fixed = fixed_frames(embeds)  # the maps cover the generated latents only: not the frames an image fixes
             credit, hold = credit[:, fixed:], (None if hold is None else hold[:, fixed:])
 
         # 5. train: one AdamW update over micro-batches x trained timesteps
         start = time.perf_counter()
-        if adv.trainable.any():
-            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit, hold))
+        if trains:
+            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit, hold, audio=audio))
         elif not self._down_steps:  # (a step the server missed whole said so above)
             log.warning("step %d: every group has zero reward variance; no update", step + 1)
         train_seconds = time.perf_counter() - start
@@ -795,6 +941,65 @@ class _Trainer:
             }
         )
         return metrics
+
+    def _routed(self, outputs: list[RewardOutput], scores: np.ndarray, step_groups: list[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+        """``advantage.routing: routed`` (rl/routing.py): each component's group advantage over the
+        step (its normalized scores gathered from every process; a sample whose combined score is
+        invalid is out of every component's statistics, as it is out of the summed one), the
+        advantage of each latent stream, and which samples train (a valid combined score, and a
+        component whose group has variance)."""
+        table = route_table(self.reward)
+        columns = {}
+        for name in table:
+            values = self.layout.gather(self.accelerator, component_column(outputs, name, len(table) == 1))
+            values[~np.isfinite(scores)] = np.nan
+            columns[name] = values
+        config = self.config
+        per = component_advantages(columns, step_groups, std=config.adv_std, clip=config.adv_clip_max)
+        advantages = {name: result.advantages for name, result in per.items()}
+        streams = routed_advantages(advantages, {k: w for k, (w, _) in table.items()}, {k: m for k, (_, m) in table.items()})
+        trainable = np.isfinite(scores) & np.any([result.trainable for result in per.values()], axis=0)
+        return streams, advantages, trainable
+
+    def _routed_credit(self, outputs: list[RewardOutput], advantages: dict[str, np.ndarray], trajectories: list[Any],
+                       metrics: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routed localized credit: per-position advantages of the video latents ``(B_local, T, H,
+        W)`` and of the audio latent frames ``(B_local, T_a)``. The video-only components' advantage
+        takes the judge's credit map (:func:`credit_maps`, as unrouted); a component judging both
+        whose details name ``windows`` weights the latent frames of those spans in both streams
+        (:func:`~cac_align.rl.routing.window_map`); everything else is uniform (docs/audio.md, "Routing")."""
+        g, localize = self.config.generator, self.config.advantage.localize
+        table = route_table(self.reward)
+        details = [d for o in outputs for d in o.details]
+        temporal, spatial, patch = self.family.latent_grid(self.pipe)
+        video_only = sum((w * advantages[k] for k, (w, m) in table.items() if m == "video"), np.zeros(len(details), dtype=np.float32))
+        maps = credit_maps(details, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
+                           height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch)
+        video = maps.maps * video_only[:, None, None, None]
+        audio_frames = self.family.side_frames(trajectories[0].side[:1, -1]).shape[1]
+        spans = {"video": video_frame_spans(g.num_frames, g.fps, temporal), "audio": audio_frame_spans(audio_frames, g.num_frames / g.fps)}
+        audio = np.zeros((len(details), audio_frames), dtype=np.float32)
+        windowed = 0
+        for name, (weight, modality) in table.items():
+            if modality == "video":
+                continue
+            for i, entry in enumerate(details):
+                where = {"video": None, "audio": None}
+                if modality == "both":
+                    own = entry if len(table) == 1 else ((entry.get("components") or {}).get(name) or {}).get("details") or {}
+                    try:
+                        windows = sample_windows(own)
+                    except ValueError as exc:  # unreadable evidence: the uniform map, said
+                        log.debug("routed credit: sample %d keeps a uniform map: %s", i, exc)
+                        windows = None
+                    if windows:
+                        where = {k: window_map(windows, v, localize.inside, localize.outside) for k, v in spans.items()}
+                        windowed += where["video"] is not None
+                    video[i] += weight * advantages[name][i] * (1.0 if where["video"] is None else where["video"][:, None, None])
+                audio[i] += weight * advantages[name][i] * (1.0 if where["audio"] is None else where["audio"])
+        metrics["localize/windowed_fraction"] = float(gather_floats(self.accelerator, np.array([windowed / max(len(details), 1)])).mean())
+        device = self.accelerator.device
+        return torch.as_tensor(video, device=device), torch.as_tensor(audio, device=device)
 
     def _credit(self, outputs: list[RewardOutput], advantages: np.ndarray, metrics: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`) and
@@ -847,11 +1052,19 @@ class _Trainer:
                 noise_schedule=self.config.noise_schedule,
                 store_device="cpu" if self.config.store_latents_on_cpu else None,
                 positions=self.config.advantage.localize.enabled and noise_level > 0,
+                train_side=self.train_audio,
             )
         # the group's leader decodes the whole video: an image's fixed frames in front of the generated ones; the
         # seeds name each video's draw where decoding samples (the family's decode)
         videos = self.decode(self.pipe, whole_latents(embeds, trajectory.latents[:, -1]), seeds=seeds) if self.layout.leader else None
         return trajectory, videos
+
+    def _soundtracks(self, trajectory: Any) -> tuple[np.ndarray, int] | None:
+        """The batch's decoded soundtracks and their rate (the family's ``decode_audio`` of the final
+        side latents), None for a video-only model."""
+        if trajectory.side is None:
+            return None
+        return self.family.decode_audio(self.pipe, trajectory.side[:, -1])
 
     def _check_rewards(self, step: int, scores: np.ndarray, down: np.ndarray, outputs: list[Any]) -> None:
         """Stop the run when no sample of the step got a reward, naming the step as the checkpoints
@@ -904,9 +1117,14 @@ class _Trainer:
                     self.ema[name].mul_(config.ema_decay).add_(p.detach().float(), alpha=1 - config.ema_decay)
 
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
-                weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> dict[str, float]:
+                weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None,
+                audio: dict[str, Any] | None = None) -> dict[str, float]:
+        """Flow-GRPO's update (step 5 of the module docstring). ``audio`` (``audio: trained``): the sound's
+        ``advantages`` ``(B,)`` and, routed and localized, its per-frame ``credit`` ``(B, T_a)``: its own
+        PPO-clip loss (and KL) on the side latents' SDE steps, added to the video's."""
         config, acc = self.config, self.accelerator
         device = acc.device
+        sound = _SoundTerms(self, trajectories, audio) if audio else None
         latents = torch.cat([t.latents for t in trajectories])
         old_log_probs = torch.cat([t.log_probs for t in trajectories])
         old_maps = torch.cat([t.log_prob_maps for t in trajectories]) if credit is not None else None
@@ -940,14 +1158,16 @@ class _Trainer:
                     sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
                     with sync:
                         with acc.autocast():
-                            velocity = video_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                            velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                        velocity, side_velocity = velocity if side is not None else (velocity, None)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
                         localized = {} if credit is None else self._position_terms(
                             policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi], None if hold is None else hold[lo:hi], x.shape[1])
-                        ref_mean = None
+                        ref_mean = ref_side_velocity = None
                         if config.beta > 0 or hold is not None:
                             with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
-                                ref_velocity = video_velocity(self.unwrapped, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                            ref_velocity, ref_side_velocity = ref_velocity if side is not None else (ref_velocity, None)
                             ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
@@ -961,9 +1181,13 @@ class _Trainer:
                             weights=weights[lo:hi],
                             **localized,
                         )
+                        if sound is not None:  # the sound's own loss on its SDE step (audio: trained)
+                            audio_loss, audio_parts = sound.loss(lo, hi, j, side_velocity, ref_side_velocity, weights[lo:hi], clip)
+                            loss = loss + audio_loss
+                            parts.update({f"audio_{key}": value for key, value in audio_parts.items()})
                         self.layout.backward(acc, loss / chunk_total)  # x context_parallel (gen/parallel.py)
                     for key, value in parts.items():
-                        if key != "kl" or config.beta > 0:  # with beta = 0 no KL is computed
+                        if key not in ("kl", "audio_kl") or config.beta > 0:  # with beta = 0 no KL is computed
                             sums[key] = sums.get(key, 0.0) + float(value)
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             self._optimizer_step(acc, grad_norms)
@@ -1012,17 +1236,18 @@ class _Trainer:
                     # eval: deterministic ODE sampling (noise 0) with fixed seeds
                     trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in sampled[lo:hi]], 0.0)
                     videos_all.append(videos)
-                    if trajectory.side is not None and layout.leader:  # their soundtracks (LTX-2), for the videos saved
-                        sounds.append(self.family.decode_audio(self.pipe, trajectory.side[:, -1]))
+                    if trajectory.side is not None and layout.leader:  # their soundtracks (LTX-2, MiniMax-H3): heard and saved
+                        sounds.append(self._soundtracks(trajectory))
             texts = texts[: len(mine)]
         if mine and layout.leader:  # the group's leader decoded the videos: it scores and saves them
             videos = np.concatenate(videos_all)[: len(mine)]
             audio, rate = (np.concatenate([w for w, _ in sounds])[: len(mine)], sounds[0][1]) if sounds else (None, None)
             # through the pool like training batches: a failing reward call is invalid, not a crash
-            (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps))])
+            sound = None if audio is None else (audio, rate)
+            (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps, sound))])
             scores[: len(mine)] = output.scores
             for label, judge in self.eval_rewards.items():  # the judges it does not train on, the same videos
-                (judged,), _ = self._collect([(len(mine), self.pool.submit(_score, judge, videos, texts, mine, config.generator.fps))])
+                (judged,), _ = self._collect([(len(mine), self.pool.submit(_score, judge, videos, texts, mine, config.generator.fps, sound))])
                 held_out[label][: len(mine)] = judged.scores
             folder = self.out / "eval" / f"step_{done:06d}"
             for k, (i, frames) in enumerate(zip(mine, videos)):

@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cac_align.config import RecipeError
-from cac_align.gen.generator import video_velocity
+from cac_align.gen.generator import predict_velocity
 from cac_align.gen.lora import adapters_disabled, trainable
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _ema_weights, _Trainer, memory_inputs, plan_step, trained_timesteps
@@ -98,11 +98,22 @@ class NftConfig(FlowGrpoConfig):
         if localize.enabled and (localize.estimator != "default" or localize.confine > 0):
             raise ValueError("advantage.localize for nft weights the x0 errors by the map: estimator 'vipo' and confine are "
                              "Flow-GRPO's (per-position ratios, per-position KL); leave them at their defaults")
+        if localize.enabled and self.advantage.routing == "routed":
+            raise ValueError("advantage.routing=routed with advantage.localize is flow-grpo's (a per-position advantage); nft's loss takes "
+                             "one advantage a sample: use routing=summed or localize.enabled=false")
 
 
-def noise_seed(seed: int, step: int, index: int, j: int) -> int:
-    """The seed of the noise that re-noises sample ``index``'s clean latent at trained timestep ``j`` of step ``step``."""
-    return int(np.random.default_rng([seed, step + 1, index, j, 0x4E4654]).integers(0, 2**62))
+def noise_seed(seed: int, step: int, index: int, j: int, stream: int = 0) -> int:
+    """The seed of the noise that re-noises sample ``index``'s clean latent at trained timestep ``j`` of
+    step ``step``; ``stream`` 1: its clean audio's (``audio: trained``)."""
+    key = [seed, step + 1, index, j, 0x4E4654] + ([stream] if stream else [])
+    return int(np.random.default_rng(key).integers(0, 2**62))
+
+
+def _renoise(clean: torch.Tensor, sigma: float, seeds: list[int], device: Any) -> torch.Tensor:
+    """The forward process at ``sigma``: ``(1 - sigma) x0 + sigma eps``, each sample's ``eps`` from its seed."""
+    eps = torch.stack([torch.randn(tuple(clean.shape[1:]), generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+    return (1 - sigma) * clean + sigma * eps
 
 
 class _NftTrainer(_Trainer):
@@ -164,7 +175,11 @@ class _NftTrainer(_Trainer):
 
     # 5. the NFT update
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
-                weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None) -> dict[str, float]:
+                weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None,
+                audio: dict[str, Any] | None = None) -> dict[str, float]:
+        """NFT's update (step 5). ``audio`` (``audio: trained``): the sound's ``advantages``; its clean
+        latents are noised again at the audio's own level of each trained step and take the NFT loss
+        too, from the same transformer calls as the video's (docs/audio.md)."""
         config, acc = self.config, self.accelerator
         device = acc.device
         clean = torch.cat([t.latents[:, -1] for t in trajectories])  # x0: the sampled videos' latents
@@ -188,32 +203,41 @@ class _NftTrainer(_Trainer):
                 for j in steps_trained:
                     backwards += 1
                     sigma = float(self.sigmas[j])
-                    eps = torch.stack([torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(noise_seed(config.seed, step, local[k], j)))
-                                       for k in range(lo, hi)]).to(device)
-                    x_t = (1 - sigma) * x0 + sigma * eps  # the forward process at the sampling step's noise level
+                    x_t = _renoise(x0, sigma, [noise_seed(config.seed, step, local[k], j) for k in range(lo, hi)], device)
                     sigmas = torch.full((hi - lo,), sigma, device=device)
                     side = sides[lo:hi, j].to(device) if sides is not None else None
+                    if audio:  # trained: the sound noised again from its clean latents, at its own level
+                        side_sigma = float(self.side_sigmas[j])
+                        side = _renoise(sides[lo:hi, -1].to(device), side_sigma, [noise_seed(config.seed, step, local[k], j, 1) for k in range(lo, hi)], device)
                     # gradients are all-reduced (sharded: reduce-scattered) once per update, on its last backward
                     sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
                     with sync:
                         with torch.no_grad(), acc.autocast():  # the old policy's and the reference's velocities
                             with _ema_weights(self.unwrapped, self.old):
-                                old_velocity = video_velocity(self.unwrapped, x_t, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
-                            ref_velocity = None
+                                old_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
+                            ref_velocity = (None, None)
                             if config.beta > 0:
                                 with adapters_disabled(self.unwrapped):
-                                    ref_velocity = video_velocity(self.unwrapped, x_t, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                                    ref_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
                         with acc.autocast():
-                            velocity = video_velocity(self.model, x_t, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                            velocity = self._velocities(self.model, x_t, timesteps[j], emb, neg, side)
                         loss, parts = nft_loss(
-                            velocity.float(), old_velocity.float(), x_t, x0, sigmas, advantages[lo:hi],
+                            velocity[0].float(), old_velocity[0].float(), x_t, x0, sigmas, advantages[lo:hi],
                             beta=config.nft_beta, adv_clip_max=config.adv_clip_max, adv_mode=config.adv_mode,
-                            ref_prediction=None if ref_velocity is None else ref_velocity.float(), kl_beta=config.beta,
+                            ref_prediction=None if ref_velocity[0] is None else ref_velocity[0].float(), kl_beta=config.beta,
                             weights=weights[lo:hi], credit=None if credit is None else credit[lo:hi],
                         )
+                        if audio:
+                            audio_loss, audio_parts = nft_loss(
+                                velocity[1].float(), old_velocity[1].float(), side, sides[lo:hi, -1].to(device), torch.full((hi - lo,), side_sigma, device=device),
+                                audio["advantages"][lo:hi], beta=config.nft_beta, adv_clip_max=config.adv_clip_max, adv_mode=config.adv_mode,
+                                ref_prediction=None if ref_velocity[1] is None else ref_velocity[1].float(), kl_beta=config.beta, weights=weights[lo:hi],
+                            )
+                            loss = loss + audio_loss
+                            parts.update({f"audio_{key}": value for key, value in audio_parts.items()})
                         self.layout.backward(acc, loss / chunk_total)
                     for key, value in {**parts, "loss": loss.detach()}.items():
-                        if key == "kl_div_loss" and config.beta == 0:
+                        if key in ("kl_div_loss", "audio_kl_div_loss") and config.beta == 0:
                             continue
                         if math.isfinite(float(value)):  # a micro-batch of dropped samples has no r_mean
                             sums[key] = sums.get(key, 0.0) + float(value)
@@ -225,6 +249,11 @@ class _NftTrainer(_Trainer):
             out["train/grad_norm"] = float(np.mean(grad_norms))
         out["train/timesteps"] = len(steps_trained)
         return out
+
+    def _velocities(self, model: Any, x_t: torch.Tensor, timestep: Any, emb: Any, neg: Any, side: Any) -> tuple[torch.Tensor, Any]:
+        """``(video velocity, side velocity or None)`` of one transformer call (:func:`predict_velocity`)."""
+        out = predict_velocity(model, x_t, timestep, emb, neg, self.guidance, self.base_dtype, side)
+        return (out, None) if side is None else out
 
 
 def run(config: NftConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:

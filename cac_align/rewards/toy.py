@@ -11,6 +11,15 @@ CaC, it reports where and when (``status``, ``window_s``, per-frame ``boxes`` in
 coordinates), so localized credit (``advantage.localize`` of ``cac-align flow-grpo``) can be
 exercised and measured offline (``benchmarks/rl/localized_credit.py``). Neither says anything about
 video quality; never align a real model with them.
+
+For a generator that makes sound (``audio: trained``, docs/audio.md), two more, as model-free:
+``loudness`` hears only the soundtrack (modality ``audio``): its mean absolute amplitude in [0, 1]
+(a sample without a usable track is invalid, ``error_kind: audio``, never 0); ``toy_sync`` judges how
+the two fit (modality ``both``): ``1 - |brightness - loudness|`` over the clip, and it says *when*
+the sound slips as a synchrony reward does, ``details["windows"]`` (the contract
+:mod:`cac_align.rl.routing` reads: ``[{"start_s", "end_s"}, ...]``), here the fixed ``windows_s``
+of its config. Neither reads the prompt (``reads_prompt`` false), so a run that trains the sound
+on them alone must say ``audio_rewards_blind_ok: true``.
 """
 
 from __future__ import annotations
@@ -20,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from cac_align.rewards.base import BatchReward
+from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
 
-__all__ = ["BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "no_judges", "spot_brightness"]
+__all__ = ["LoudnessConfig", "LoudnessReward", "ToySyncConfig", "ToySyncReward", "loudness", "BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "no_judges", "spot_brightness"]
 
 
 @dataclass
@@ -125,6 +134,99 @@ def build_spot(config: SpotBrightnessConfig, key: str = "reward") -> SpotBrightn
     return SpotBrightnessReward(config.box, config.window_s, config.threshold, config.source_fps)
 
 
+def loudness(video: Video) -> tuple[float | None, str | None]:
+    """``(mean |amplitude| in [0, 1], None)`` of a video's soundtrack, or ``(None, why)`` when it has
+    no usable one (none, empty, or a non-finite sample)."""
+    if video.audio is None:
+        return None, f"{video.source} has no soundtrack (a reward that hears needs the generator's audio)"
+    track = np.asarray(video.audio, dtype=np.float64)
+    if track.size == 0 or not np.isfinite(track).all():
+        return None, f"{video.source}'s soundtrack is empty or not finite"
+    return float(np.clip(np.abs(track).mean(), 0.0, 1.0)), None
+
+
+@dataclass
+class LoudnessConfig:
+    """Config of the ``loudness`` reward.
+
+    Attributes:
+        source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
+    """
+
+    source_fps: float = 16.0
+
+
+class LoudnessReward(BatchReward):
+    """Mean absolute amplitude of each video's soundtrack, in [0, 1]: a toy that hears (module docstring)."""
+
+    name = "loudness"
+    score_range = (0.0, 1.0)
+    needs_prompt = False
+    modality = "audio"
+    reads_prompt = False
+
+    def __init__(self, source_fps: float = 16.0):
+        self.source_fps = source_fps
+
+    def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
+        answers = []
+        for video, _ in requests:
+            value, why = loudness(video)
+            answers.append({"score": value} if why is None else self.invalid_detail(why, ErrorKind.AUDIO))
+        return answers
+
+
+def build_loudness(config: LoudnessConfig, key: str = "reward") -> LoudnessReward:
+    return LoudnessReward(source_fps=config.source_fps)
+
+
+@dataclass
+class ToySyncConfig:
+    """Config of the ``toy_sync`` reward.
+
+    Attributes:
+        windows_s: the spans ``[start, end)`` (seconds) it reports as where the sound slips, on every
+            sample (``details["windows"]``); empty: none.
+        source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
+    """
+
+    windows_s: list[list[float]] = field(default_factory=list)
+    source_fps: float = 16.0
+
+    def __post_init__(self) -> None:
+        for window in self.windows_s:
+            if len(window) != 2 or not 0 <= window[0] < window[1]:
+                raise ValueError(f"windows_s: each window is [start, end) with 0 <= start < end, got {window}")
+
+
+class ToySyncReward(BatchReward):
+    """``1 - |brightness - loudness|``, with fixed windows as its evidence of when the sound slips (module docstring)."""
+
+    name = "toy_sync"
+    score_range = (0.0, 1.0)
+    needs_prompt = False
+    modality = "both"
+    reads_prompt = False
+
+    def __init__(self, windows_s: list[list[float]] | None = None, source_fps: float = 16.0):
+        self.windows_s, self.source_fps = [list(w) for w in windows_s or []], source_fps
+
+    def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
+        answers = []
+        for video, _ in requests:
+            value, why = loudness(video)
+            if why is not None:
+                answers.append(self.invalid_detail(why, ErrorKind.AUDIO))
+                continue
+            brightness = float(np.asarray(video.frames).mean()) / 255.0
+            answers.append({"score": 1.0 - abs(brightness - value), "windows": [{"start_s": a, "end_s": b} for a, b in self.windows_s]})
+        return answers
+
+
+def build_sync(config: ToySyncConfig, key: str = "reward") -> ToySyncReward:
+    return ToySyncReward(config.windows_s, config.source_fps)
+
+
 def no_judges(config: Any, where: str, video: Any) -> list[Any]:
     """The toy rewards load no model (:mod:`cac_align.rewards.judges`)."""
     return []
@@ -144,5 +246,19 @@ register_reward(
     "cac_align.rewards.toy:SpotBrightnessConfig",
     "cac_align.rewards.toy:build_spot",
     "1 - brightness of a fixed box during a fixed window, reported as CaC-style evidence: a toy localized defect",
+    judges="cac_align.rewards.toy:no_judges",
+)
+register_reward(
+    "loudness",
+    "cac_align.rewards.toy:LoudnessConfig",
+    "cac_align.rewards.toy:build_loudness",
+    "mean absolute amplitude of the soundtrack in [0, 1]: a model-free toy reward that hears (modality audio)",
+    judges="cac_align.rewards.toy:no_judges",
+)
+register_reward(
+    "toy_sync",
+    "cac_align.rewards.toy:ToySyncConfig",
+    "cac_align.rewards.toy:build_sync",
+    "1 - |brightness - loudness| with fixed windows where the sound slips: a model-free toy synchrony reward (modality both)",
     judges="cac_align.rewards.toy:no_judges",
 )

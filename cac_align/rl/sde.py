@@ -37,6 +37,7 @@ __all__ = [
     "SDEStep",
     "flow_grpo_loss",
     "flow_sigmas",
+    "gaussian_log_density",
     "gaussian_log_prob",
     "noise_scale",
     "sde_step",
@@ -112,6 +113,15 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | f
     std = _expand(std, x)
     log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return log_density.mean(dim=tuple(range(1, x.ndim)))
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
+    """log N(x; mean, std^2) at every element (``(B, ...)`` float32): what :func:`gaussian_log_prob`
+    averages, for a layout of one's own (the audio's per-frame log-density:
+    :func:`cac_align.gen.generator.side_frame_density`). ``std``: scalar or ``(B,)``."""
+    x, mean = x.float(), mean.float()
+    std = _expand(torch.as_tensor(std).reshape(-1) if torch.as_tensor(std).ndim else std, x)
+    return -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
 
 
 def position_log_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:

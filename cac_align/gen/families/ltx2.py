@@ -140,13 +140,21 @@ from cac_align.gen.tiny import transformer_made
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
 
 __all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
-           "SegmentLayout", "VIDEO_BRANCH", "conditioning_image", "family_for_index", "first_frame_latents", "on_grid", "regenerator_for_index", "segment_layout"]
+           "SegmentLayout", "AUDIO_BRANCH", "VIDEO_BRANCH", "conditioning_image", "family_for_index", "first_frame_latents", "on_grid", "regenerator_for_index", "segment_layout"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
 # its feed-forward. A LoRA on these trains the video branch; the audio branch's layers
 # (``audio_attn1``, ``audio_attn2``, ``audio_ff``) and the cross-modal attentions keep their weights.
 VIDEO_BRANCH = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
                 "ff.net.0.proj", "ff.net.2"]
+
+# The audio stream's layers of every block, which a LoRA adds where a recipe trains the sound (``audio:
+# trained``, docs/audio.md "Training the sound"): its self-attention, its cross-attention to the text,
+# its feed-forward, and the video-to-audio attention (the audio's queries on the video: its output
+# joins the audio stream). The audio-to-video attention writes into the video stream and stays as it is.
+AUDIO_BRANCH = ["audio_attn1.to_q", "audio_attn1.to_k", "audio_attn1.to_v", "audio_attn1.to_out.0", "audio_attn2.to_q", "audio_attn2.to_k",
+                "audio_attn2.to_v", "audio_attn2.to_out.0", "video_to_audio_attn.to_q", "video_to_audio_attn.to_k", "video_to_audio_attn.to_v",
+                "video_to_audio_attn.to_out.0", "audio_ff.net.0.proj", "audio_ff.net.2"]
 
 # Under context parallel these attentions of every block run on each process's own tokens (no
 # Ulysses exchange): what they attend to is whole on every process, the video-to-audio attention's
@@ -187,6 +195,7 @@ class LTX2Family:
     frame_multiple: int = 8  # the VAE keeps frame 0 and compresses each next 8 into one latent frame
     audio: bool = True
     lora_target_modules: tuple[str, ...] = tuple(VIDEO_BRANCH)
+    audio_lora_target_modules: tuple[str, ...] = tuple(AUDIO_BRANCH)
     # its schedule stretches the sigmas to end at 0.1, dividing by 1 minus the last one: with one step, 0
     min_inference_steps: int = 2
     # what parallel training shards and splits (cac_align.gen.parallel): diffusers' LTX-2 declares no
@@ -482,6 +491,11 @@ class LTX2Family:
             video = vae.decode(z.to(vae.dtype), temb, return_dict=False)[0]
             frames = pipe.video_processor.postprocess_video(video, output_type="pt")
         return frames_to_uint8(frames)
+
+    def side_frames(self, side: torch.Tensor) -> torch.Tensor:
+        """Packed audio latents ``(B, L, C_a M')`` as ``(B, L, K)``: time first, one token every
+        40 ms of the clip (the tokens are in time order already)."""
+        return side
 
     def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
         """Final packed audio latents ``(B, L, C_a M')`` to waveforms float32 ``(B, 2, samples)`` in

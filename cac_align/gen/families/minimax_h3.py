@@ -105,6 +105,9 @@ class MiniMaxH3Family:
     frame_remainder: int = 5  # ... so a clip is 17n + 5 frames (5n + 2 latent frames)
     audio: bool = True
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # where a recipe trains the sound (``audio: trained``): the layers only the audio rows pass, its
+    # input and output projections (the blocks are one stream: their attention is every row's, in the LoRA above)
+    audio_lora_target_modules: tuple[str, ...] = ("audio_proj_in", "audio_proj_out")
     min_inference_steps: int = 2  # grid points, the terminal 0 included: 2 is one forward
     block_classes: tuple[str, ...] = ("MiniMaxH3TransformerBlock", "MiniMaxH3TokenRefinerBlock")
     extra_components: tuple[str, ...] = ()  # its folder's models are its modular pipeline's components
@@ -273,6 +276,12 @@ class MiniMaxH3Family:
                 video = (video.float() * pixel_std + pixel_mean).clamp(0, 1)
                 out.append(frames_to_uint8(pipe.video_processor.postprocess_video(video, output_type="pt")))
         return np.concatenate(out)
+
+    def side_frames(self, side: torch.Tensor) -> torch.Tensor:
+        """Audio rows ``(B, 2 A, C_a)`` (channel-major: the left channel's ``A`` latents, then the
+        right's) as ``(B, A, 2 C_a)``: time first, both channels of a latent frame together."""
+        batch, rows, channels = side.shape
+        return side.reshape(batch, 2, rows // 2, channels).permute(0, 2, 1, 3).flatten(2)
 
     def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
         """Final audio rows ``(B, 2 A, C_a)`` to stereo waveforms ``(B, 2, samples)`` float32 and the

@@ -1,0 +1,129 @@
+"""Modality routing: each reward component's group advantage goes to the loss of the modality it judges.
+
+A generator that makes sound (LTX-2, MiniMax-H3) acts twice a step: on its video latents and on its
+audio latents (``audio: trained``, docs/audio.md). A reward of several components (a combined reward,
+:mod:`cac_align.rewards.combine`) says what each judges (the Reward contract's ``modalities``:
+"video", "audio" or "both"). ``advantage.routing: summed`` gives both losses the one group advantage
+of the combined score, as before; ``routed`` gives each latent stream only what judged it, as OmniNFT
+(verl-omni #414, arXiv 2605.12480) routes VideoAlign and HPSv3 to the video, AudioBox and CLAP to the
+audio and DeSync to both:
+
+    A_c        = group advantage of component c's normalized score, clipped    (rl/advantages.py)
+    A_video    = sum over c judging "video" or "both" of  w_c A_c
+    A_audio    = sum over c judging "audio" or "both" of  w_c A_c
+
+with ``w_c`` the combination's weights (they sum to 1, so a reward whose components all judge one
+modality gives that stream ``sum_c w_c A_c``, the other 0). :func:`routed_advantages` is that equation.
+
+**Windows in time** (localized credit carried over, :func:`window_map`): a component that judges
+"both" and says *when* the sound slips puts, in its per-sample details, ``windows``: a list of
+``{"start_s": float, "end_s": float}`` (seconds of the clip; the sync reward's per-window offsets
+over a threshold). Its advantage then weights only the latent frames of those spans, in both
+streams: a video latent frame by the pixel frames it covers (:func:`video_frame_spans`), an audio
+latent frame by its share of the clip (:func:`audio_frame_spans`: the family's ``side_frames`` spread
+evenly over the clip). The map is ``outside + (inside - outside) * covered``, scaled to mean 1 as
+:func:`cac_align.rl.credit.credit_map` scales a judge's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from cac_align.rl.advantages import group_advantages
+
+__all__ = ["ROUTINGS", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "sample_windows", "video_frame_spans",
+           "window_map"]
+
+# ``advantage.routing``: one advantage for every latent (today's) or each component's to what it judges
+ROUTINGS = ("summed", "routed")
+# the latent streams a generator with sound acts on, and the modalities each takes advantages from
+STREAMS = {"video": ("video", "both"), "audio": ("audio", "both")}
+
+
+def component_advantages(scores: Mapping[str, np.ndarray], groups: Sequence[Hashable], *, std: str = "group",
+                         clip: float | None = None) -> dict[str, Any]:
+    """Each component's group advantages (:func:`~cac_align.rl.advantages.group_advantages` of its
+    scores; NaN: that component did not score the sample, advantage 0)."""
+    return {name: group_advantages(values, groups, std=std, clip=clip) for name, values in scores.items()}
+
+
+def routed_advantages(advantages: Mapping[str, np.ndarray], weights: Mapping[str, float], modalities: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """The advantage of each latent stream (module docstring): ``{"video": (B,), "audio": (B,)}``.
+
+    Args:
+        advantages: ``{component: (B,)}`` each component's group advantages.
+        weights: ``{component: w}`` the combination's weights.
+        modalities: ``{component: "video" | "audio" | "both"}``.
+
+    Hand-worked: components v (video, w 0.5, A = [1, -1]), a (audio, w 0.25, A = [2, -2]),
+    s (both, w 0.25, A = [-1, 1]): video = 0.5 [1, -1] + 0.25 [-1, 1] = [0.25, -0.25];
+    audio = 0.25 [2, -2] + 0.25 [-1, 1] = [0.25, -0.25].
+    """
+    missing = [name for name in advantages if name not in weights or name not in modalities]
+    if missing:
+        raise ValueError(f"routing: component(s) {missing} have no weight or modality")
+    n = len(next(iter(advantages.values()))) if advantages else 0
+    out = {stream: np.zeros(n, dtype=np.float64) for stream in STREAMS}
+    for name, values in advantages.items():
+        if modalities[name] not in ("video", "audio", "both"):
+            raise ValueError(f"routing: component {name!r} judges {modalities[name]!r}; a modality is video, audio or both")
+        for stream, judged in STREAMS.items():
+            if modalities[name] in judged:
+                out[stream] += float(weights[name]) * np.asarray(values, dtype=np.float64)
+    return {stream: values.astype(np.float32) for stream, values in out.items()}
+
+
+def video_frame_spans(num_frames: int, fps: float, temporal: int) -> np.ndarray:
+    """``(T_lat, 2)`` seconds each video latent frame covers: latent frame 0 is pixel frame 0,
+    latent ``k >= 1`` the ``temporal`` frames ``temporal (k - 1) + 1 .. temporal k``; a pixel frame
+    ``f`` spans ``[f / fps, (f + 1) / fps)``. Hand-worked: 9 frames at 24 fps, temporal 8: latent 0
+    is [0, 1/24), latent 1 [1/24, 9/24)."""
+    from cac_align.rl.credit import latent_frames
+
+    return np.array([[r.start / fps, r.stop / fps] for r in latent_frames(num_frames, temporal)], dtype=np.float64)
+
+
+def audio_frame_spans(audio_frames: int, duration_s: float) -> np.ndarray:
+    """``(T_a, 2)`` seconds each audio latent frame covers: the clip's ``duration_s`` split evenly
+    (LTX-2: one token per 40 ms; MiniMax-H3: 40 latents a second). Hand-worked: 4 frames over 1 s:
+    [0, .25), [.25, .5), [.5, .75), [.75, 1)."""
+    edges = np.linspace(0.0, duration_s, audio_frames + 1)
+    return np.stack([edges[:-1], edges[1:]], axis=1)
+
+
+def sample_windows(details: Mapping[str, Any]) -> list[tuple[float, float]] | None:
+    """The time windows a component's per-sample details name (module docstring: ``windows``, a list
+    of ``{"start_s", "end_s"}``), as ``(start, end)`` pairs; None when it names none; raises
+    ``ValueError`` on a malformed window (the caller falls back to the uniform map and counts it)."""
+    windows = details.get("windows") if isinstance(details, Mapping) else None
+    if windows is None:
+        return None
+    out = []
+    for window in windows:
+        try:
+            start, end = float(window["start_s"]), float(window["end_s"])
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"a window is {{'start_s': float, 'end_s': float}}, got {window!r}") from None
+        if not (np.isfinite(start) and np.isfinite(end)) or end <= start:
+            raise ValueError(f"a window needs start_s < end_s, got {window!r}")
+        out.append((start, end))
+    return out
+
+
+def window_map(windows: Sequence[tuple[float, float]], spans: np.ndarray, inside: float = 1.0, outside: float = 0.0) -> np.ndarray | None:
+    """``(T,)`` the weight of each latent frame (``spans``: ``(T, 2)`` seconds) under ``windows``:
+    ``outside + (inside - outside) * covered`` scaled to mean 1, ``covered`` 1 where a frame's span
+    overlaps a window; None when no frame overlaps (the uniform map stays).
+
+    Hand-worked: spans [0, .25), [.25, .5), [.5, .75), [.75, 1), window (0.3, 0.6), inside 1,
+    outside 0: covered [0, 1, 1, 0] -> mean 0.5 -> [0, 2, 2, 0].
+    """
+    covered = np.zeros(len(spans), dtype=np.float64)
+    for start, end in windows:
+        covered[(spans[:, 0] < end) & (spans[:, 1] > start)] = 1.0
+    if not covered.any():
+        return None
+    weights = outside + (inside - outside) * covered
+    return (weights / weights.mean()).astype(np.float32)

@@ -1,0 +1,149 @@
+"""Training the sound (issue #89; docs/audio.md): ``audio: trained`` on the tiny LTX-2 and MiniMax-H3,
+modality routing with scripted rewards, and the guards.
+
+The exactness pins: with noise 0 a trained side steps exactly as the deterministic path does (the
+pipeline's own audio latents: tests/gen/test_ltx2.py and tests/gen/test_minimax_h3.py pin that path
+against the pipelines); the audio log-probability recomputed from the stored trajectory equals the
+sampled one bit for bit; the audio LoRA exists and moves only where the sound is trained."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cac_align.config import RecipeError, load_config
+from cac_align.gen.generator import GeneratorConfig, build_generator, predict_velocity, sample_with_log_probs
+from cac_align.rl.sde import SDESchedule
+from conftest import REPO_ROOT
+
+RECIPES = REPO_ROOT / "recipes/align"
+LTX2_UNGUIDED = dict(guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0, guidance_rescale=0.0, audio_guidance_scale=1.0)
+TINY = {
+    "ltx2": dict(name="tiny-random:ltx2", dtype="float32", vae_dtype="float32", device="cpu", height=64, width=64, num_frames=9,
+                 num_inference_steps=3, max_sequence_length=32, **LTX2_UNGUIDED),
+    "minimax-h3": dict(name="tiny-random:minimax-h3", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=124,
+                       num_inference_steps=3, max_sequence_length=32),
+}
+PROMPTS = ["a dog barking in a park", "a red car on the street"]
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def tiny(request):
+    config = GeneratorConfig(**TINY[request.param])
+    return config, build_generator(config)
+
+
+def _sample(config, pipe, noise_level, train_side, seeds=(3, 4)):
+    family = config.family
+    guidance = family.guidance(config)
+    cond, negative = family.encode_prompts(pipe, PROMPTS, None, guidance, config.max_sequence_length)
+    sigmas, timesteps = family.schedule(pipe, config)
+    trajectory = sample_with_log_probs(pipe, family.denoiser(pipe), cond, negative, [torch.Generator().manual_seed(s) for s in seeds],
+                                       config=config, sigmas=sigmas, timesteps=timesteps, noise_level=noise_level, train_side=train_side)
+    return trajectory, (cond, negative, guidance, sigmas, timesteps)
+
+
+def test_a_trained_sound_with_noise_0_is_the_deterministic_path_and_its_log_prob_recomputes_exactly(tiny):
+    config, pipe = tiny
+    family = config.family
+    frozen, _ = _sample(config, pipe, 0.0, train_side=False)
+    ode, _ = _sample(config, pipe, 0.0, train_side=True)
+    assert frozen.side_log_probs is None and torch.equal(ode.side, frozen.side) and torch.equal(ode.latents, frozen.latents)
+    assert ode.side[:, -1].abs().mean() > 0.1  # the pipeline's own audio latents (pinned by tests/gen), not trivially equal
+
+    trained, (cond, negative, guidance, sigmas, timesteps) = _sample(config, pipe, 0.7, train_side=True)
+    steps = len(timesteps)
+    assert trained.side_log_probs.shape == (2, steps) and torch.isfinite(trained.side_log_probs).all()
+    assert not torch.equal(trained.side[:, -1], ode.side[:, -1])  # the sound took noisy steps
+    side_sigmas = family.side_sigmas(pipe, config, sigmas) if hasattr(family, "side_sigmas") else sigmas
+    video_steps, side_steps = SDESchedule(sigmas, 0.7), SDESchedule(side_sigmas, 0.7)
+    denoiser = family.denoiser(pipe)
+    with torch.no_grad():
+        for j in range(steps):  # recomputed from the stored trajectory as the trainer does: the same numbers, bit for bit
+            velocity, side_velocity = predict_velocity(denoiser, trained.latents[:, j], timesteps[j], cond, negative, guidance, pipe.transformer.dtype,
+                                                       trained.side[:, j])
+            video = video_steps.step(j, trained.latents[:, j], velocity, prev_sample=trained.latents[:, j + 1])
+            sound = side_steps.step(j, trained.side[:, j], side_velocity, prev_sample=trained.side[:, j + 1])
+            assert torch.equal(video.log_prob, trained.log_probs[:, j]) and torch.equal(sound.log_prob, trained.side_log_probs[:, j]), j
+    # the audio's log-prob is the Gaussian's: log N averaged over elements (a wrong std or mean would move it)
+    assert (trained.side_log_probs < 5).all() and (trained.side_log_probs > -50).all()
+
+
+# ---------------------------------------------------------------------------------------
+# flow-grpo and nft with the sound trained, routed by scripted (toy) rewards. MiniMax-H3's tiny audio
+# decoder makes tracks whose loudness differs between samples (tiny LTX-2's random vocoder barely
+# hears its latents: 5e-6 apart), so the audio-judged runs are on it.
+CHEAP = ["prompts_per_step=1", "group_size=2", "sample_batch_size=2", "train_batch_size=2", "eval_every=0", "eval_prompts=null", "log_with=none",
+         "checkpoint_every=0", "steps=1", "ema_decay=null"]
+FAMILIES = {"ltx2": ("tiny_ltx2", [*(f"generator.{k}={v}" for k, v in LTX2_UNGUIDED.items()), "generator.num_inference_steps=2"]),
+            "minimax-h3": ("tiny_minimax_h3", [])}
+
+
+def _config(out, job, family, *overrides):
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from cac_align.jobs.nft import NftConfig
+
+    kind = FlowGrpoConfig if job == "flow-grpo" else NftConfig
+    name, settings = FAMILIES[family]
+    recipe = RECIPES / f"{job.replace('-', '_')}_{name}.yaml"
+    return load_config(kind, recipe, [f"out_dir={out}", *CHEAP, *settings, *overrides], job=job)
+
+
+def _reward(*names, weights=None, windows=None):
+    from cac_align.rewards.combine import CombinedReward
+    from cac_align.rewards.registry import build_reward
+
+    parts = [build_reward({"name": n, **({"windows_s": windows} if n == "toy_sync" and windows else {})}) for n in names]
+    return parts[0] if len(parts) == 1 else CombinedReward(parts, weights=weights)
+
+
+def _train(out, reward, *overrides, job="flow-grpo", family="minimax-h3"):
+    from cac_align.gen.family import family_of
+    from cac_align.jobs import flow_grpo, nft
+
+    config = _config(out, job, family, *overrides)
+    pipe = family_of(config.generator.name).build_tiny(config.generator.name)
+    base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+    (nft if job == "nft" else flow_grpo).run(config, reward=reward, pipe=pipe)
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lora = {n: p.detach() for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
+    after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
+    assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # no base weight moves, audio's included
+    return row, lora
+
+
+def _audio_layer(name, family="minimax-h3"):
+    from cac_align.gen.family import family_of
+
+    module = name.split(".lora_B")[0]
+    targets = family_of(TINY[family]["name"]).audio_lora_target_modules
+    return any(module == m or module.endswith("." + m) for m in targets)
+
+
+ROUTED = ["audio=trained", "advantage.routing=routed", "audio_rewards_blind_ok=true"]
+
+
+@pytest.mark.slow  # four tiny MiniMax-H3 runs: `pytest -m slow`
+@pytest.mark.parametrize("job", ["flow-grpo", "nft"])
+def test_routed_audio_only_and_video_only_rewards_reach_only_their_stream(tmp_path, job):
+    """An audio-only reward (loudness) gives the video latents' loss zero advantage, a video-only one
+    (brightness) the audio's; the audio branch's LoRA is there and trains where the sound is trained."""
+    heard, heard_lora = _train(tmp_path / "heard", _reward("loudness"), *ROUTED, job=job)
+    seen, _ = _train(tmp_path / "seen", _reward("brightness"), *ROUTED, job=job)
+    assert heard["advantage/video_abs_mean"] == 0 and heard["advantage/audio_abs_mean"] > 0
+    assert seen["advantage/audio_abs_mean"] == 0 and seen["advantage/video_abs_mean"] > 0
+    assert heard["train/grad_norm"] > 0 and any(k.startswith("train/audio_") for k in heard)  # the sound's own loss term
+    audio = [n for n in heard_lora if _audio_layer(n)]
+    assert audio and all(torch.count_nonzero(heard_lora[n]) for n in audio)  # audio_proj_in / _out adapted, and trained (B starts at 0)
+
+
+@pytest.mark.slow  # two tiny MiniMax-H3 runs
+def test_the_audio_lora_is_there_only_where_the_sound_is_trained(tmp_path):
+    _, frozen = _train(tmp_path / "frozen", _reward("brightness"))
+    _, trained = _train(tmp_path / "trained", _reward("brightness"), "audio=trained")
+    assert frozen and not any(_audio_layer(n) for n in frozen)
+    assert {n for n in trained if not _audio_layer(n)} == set(frozen)  # the same video targets, plus the audio branch's
+    assert all(torch.count_nonzero(p) for n, p in trained.items() if _audio_layer(n))  # summed: the sound takes the video's advantage
