@@ -80,13 +80,13 @@ from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput,
 from cac_align.rewards.combine import CombinedReward
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
-from cac_align.rl.routing import (ROUTINGS, audio_frame_spans, component_advantages, routed_advantages, sample_windows, video_frame_spans,
-                                  window_map)
+from cac_align.rl.routing import (ROUTINGS, audio_frame_spans, component_advantages, routed_advantages, routed_credit, sample_windows,
+                                  video_frame_spans)
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, trackers_for
-from cac_align.run.watch import WatchSettings, hacking_alarms
+from cac_align.run.watch import WatchSettings, component_alarms, hacking_alarms
 from cac_align.video import Video, save_video
 from cac_align.vlm.config import served_urls
 from cac_align.vlm.openai import replica_health, router_workers
@@ -570,6 +570,27 @@ def component_column(outputs: list[RewardOutput], name: str, whole: bool) -> np.
     return np.asarray(values, dtype=np.float64)
 
 
+def component_raw(output: RewardOutput, name: str) -> np.ndarray:
+    """Each sample's raw score of component ``name`` of a combined reward's output, NaN where it has none."""
+    values = []
+    for detail in output.details:
+        entry = (detail.get("components") or {}).get(name)
+        value = entry.get("raw") if isinstance(entry, dict) and entry.get("valid") else None
+        values.append(np.nan if value is None else float(value))
+    return np.asarray(values, dtype=np.float64)
+
+
+def _windows_of(detail: dict[str, Any], name: str, whole: bool) -> list[tuple[float, float]] | None:
+    """The time windows component ``name`` names in a sample's details (rl/routing.py's contract:
+    ``windows`` in its own details); None when none, or unreadable (logged: the uniform map stays)."""
+    own = detail if whole else (((detail.get("components") or {}).get(name) or {}).get("details") or {})
+    try:
+        return sample_windows(own)
+    except ValueError as exc:
+        log.debug("routed credit: a sample of %s keeps a uniform map: %s", name, exc)
+        return None
+
+
 def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float,
            sound: tuple[np.ndarray, int] | None = None) -> tuple[RewardOutput, float]:
     """Score one sampled batch (runs in the reward thread pool); returns the output and seconds.
@@ -761,6 +782,10 @@ class _Trainer:
                       f"(set steps above {self.start_step} to train further); its LoRA is written as it is")
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
+        # the trained reward's parts the watch follows (each process knows them: a context-parallel run, whose other
+        # processes hold no reward, watches none)
+        parts = list(route_table(self.reward)) if self.reward is not None and self.layout.cp == 1 else []
+        self.watched_parts = parts if config.watch.components and len(parts) > 1 else []
         self.watched = self._watch_history()
         start_trackers(acc, config.log_with, self.job.replace("-", "_"), self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
                        resume_step=self.start_step)
@@ -814,26 +839,30 @@ class _Trainer:
         trained reward's mean (``"reward"``) and each held-out judge's, oldest first."""
         from cac_align.run.folder import read_jsonl_log
 
-        history: dict[str, list[float]] = {"reward": [], **{label: [] for label in self.eval_rewards}}
+        history: dict[str, list[float]] = {"reward": [], **{label: [] for label in self.eval_rewards},
+                                           **{f"component/{part}": [] for part in self.watched_parts}}
         if not self.start_step:
             return history
         for _, row in read_jsonl_log(self.out / "metrics.jsonl"):
             if row.get("step", 0) <= self.start_step and "eval/reward_mean" in row:
                 history["reward"].append(float(row["eval/reward_mean"]))
-                for label in self.eval_rewards:
+                for label in [*self.eval_rewards, *(f"component/{part}" for part in self.watched_parts)]:
                     history[label].append(float(row.get(f"eval/{label}/mean", math.nan)))
         return history
 
     def _watch(self, metrics: dict[str, Any]) -> bool:
         """Add an evaluation to the watch (:mod:`cac_align.run.watch`); log its alarms (also as
         ``watch/alarms``) and say whether the run should stop."""
-        if not self.eval_rewards:
+        if not self.eval_rewards and not self.watched_parts:
             return False
         self.watched["reward"].append(metrics["eval/reward_mean"])
-        for label in self.eval_rewards:
+        parts = [f"component/{part}" for part in self.watched_parts]
+        for label in [*self.eval_rewards, *parts]:
             self.watched[label].append(metrics[f"eval/{label}/mean"])
         held_out = {label: self.watched[label] for label in self.eval_rewards}
-        alarms = hacking_alarms(self.watched["reward"], held_out, self.config.watch.window, self.config.watch.margin)
+        watch = self.config.watch
+        alarms = hacking_alarms(self.watched["reward"], held_out, watch.window, watch.margin)
+        alarms += component_alarms(self.watched["reward"], {p.split("/", 1)[1]: self.watched[p] for p in parts}, watch.window, watch.margin)
         if self.reward is not None:  # said by the processes that scored (a non-leader builds no reward)
             for alarm in alarms:
                 log.warning("flow-grpo: %s", alarm.message(self.reward.name))
@@ -973,30 +1002,12 @@ class _Trainer:
         details = [d for o in outputs for d in o.details]
         temporal, spatial, patch = self.family.latent_grid(self.pipe)
         video_only = sum((w * advantages[k] for k, (w, m) in table.items() if m == "video"), np.zeros(len(details), dtype=np.float32))
-        maps = credit_maps(details, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
-                           height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch)
-        video = maps.maps * video_only[:, None, None, None]
+        judge = credit_maps(details, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
+                            height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch)
+        windows = {name: [_windows_of(d, name, len(table) == 1) for d in details] for name, (_, m) in table.items() if m == "both"}
         audio_frames = self.family.side_frames(trajectories[0].side[:1, -1]).shape[1]
-        spans = {"video": video_frame_spans(g.num_frames, g.fps, temporal), "audio": audio_frame_spans(audio_frames, g.num_frames / g.fps)}
-        audio = np.zeros((len(details), audio_frames), dtype=np.float32)
-        windowed = 0
-        for name, (weight, modality) in table.items():
-            if modality == "video":
-                continue
-            for i, entry in enumerate(details):
-                where = {"video": None, "audio": None}
-                if modality == "both":
-                    own = entry if len(table) == 1 else ((entry.get("components") or {}).get(name) or {}).get("details") or {}
-                    try:
-                        windows = sample_windows(own)
-                    except ValueError as exc:  # unreadable evidence: the uniform map, said
-                        log.debug("routed credit: sample %d keeps a uniform map: %s", i, exc)
-                        windows = None
-                    if windows:
-                        where = {k: window_map(windows, v, localize.inside, localize.outside) for k, v in spans.items()}
-                        windowed += where["video"] is not None
-                    video[i] += weight * advantages[name][i] * (1.0 if where["video"] is None else where["video"][:, None, None])
-                audio[i] += weight * advantages[name][i] * (1.0 if where["audio"] is None else where["audio"])
+        video, audio, windowed = routed_credit(table, advantages, windows, judge.maps, video_frame_spans(g.num_frames, g.fps, temporal),
+                                               audio_frame_spans(audio_frames, g.num_frames / g.fps), localize.inside, localize.outside)
         metrics["localize/windowed_fraction"] = float(gather_floats(self.accelerator, np.array([windowed / max(len(details), 1)])).mean())
         device = self.accelerator.device
         return torch.as_tensor(video, device=device), torch.as_tensor(audio, device=device)
@@ -1222,6 +1233,7 @@ class _Trainer:
         mine = [i for i in range(layout.dp_rank * per_process, (layout.dp_rank + 1) * per_process) if i < n]
         scores = np.full(per_process, np.nan)
         held_out = {label: np.full(per_process, np.nan) for label in self.eval_rewards}
+        parts = {part: np.full(per_process, np.nan) for part in self.watched_parts}
         # sharded, every process makes the same forwards (FSDP2's all-gathers need them all): a process
         # with fewer held-out prompts samples its last slots on the first prompt and drops them
         sampled = mine + [0] * (per_process - len(mine)) if layout.sharded else mine
@@ -1246,6 +1258,8 @@ class _Trainer:
             sound = None if audio is None else (audio, rate)
             (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps, sound))])
             scores[: len(mine)] = output.scores
+            for part in self.watched_parts:  # each watched component's raw score (its own units)
+                parts[part][: len(mine)] = component_raw(output, part)
             for label, judge in self.eval_rewards.items():  # the judges it does not train on, the same videos
                 (judged,), _ = self._collect([(len(mine), self.pool.submit(_score, judge, videos, texts, mine, config.generator.fps, sound))])
                 held_out[label][: len(mine)] = judged.scores
@@ -1262,6 +1276,8 @@ class _Trainer:
             gathered = layout.gather(acc, judged)
             metrics[f"eval/{label}/mean"] = nan_mean_std(gathered)[0]
             metrics[f"eval/{label}/valid_fraction"] = int(np.isfinite(gathered).sum()) / n
+        for part, values in parts.items():
+            metrics[f"eval/component/{part}/mean"] = nan_mean_std(layout.gather(acc, values))[0]
         return metrics
 
     def checkpoint(self, done: int) -> None:

@@ -33,8 +33,8 @@ import numpy as np
 
 from cac_align.rl.advantages import group_advantages
 
-__all__ = ["ROUTINGS", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "sample_windows", "video_frame_spans",
-           "window_map"]
+__all__ = ["ROUTINGS", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "routed_credit", "sample_windows",
+           "video_frame_spans", "window_map"]
 
 # ``advantage.routing``: one advantage for every latent (today's) or each component's to what it judges
 ROUTINGS = ("summed", "routed")
@@ -127,3 +127,51 @@ def window_map(windows: Sequence[tuple[float, float]], spans: np.ndarray, inside
         return None
     weights = outside + (inside - outside) * covered
     return (weights / weights.mean()).astype(np.float32)
+
+
+def routed_credit(table: Mapping[str, tuple[float, str]], advantages: Mapping[str, np.ndarray], windows: Mapping[str, Sequence[Any]],
+                  judge_maps: np.ndarray, video_spans: np.ndarray, audio_spans: np.ndarray, inside: float = 1.0,
+                  outside: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-position advantages of both streams under routing with localized credit (module docstring).
+
+        video_bp = M_bp * sum_{c video} w_c A_bc + sum_{c both} w_c A_bc W^v_bc(t_p)
+        audio_bf = sum_{c audio} w_c A_bc + sum_{c both} w_c A_bc W^a_bc(f)
+
+    ``M`` is the judge's credit map (:func:`cac_align.rl.credit.credit_maps`, made with the video
+    components' advantage), ``W`` a component's :func:`window_map` over each stream's latent frames
+    (1 where it names no window).
+
+    Args:
+        table: ``{component: (weight, modality)}``.
+        advantages: ``{component: (B,)}``.
+        windows: ``{component: B entries}`` each sample's windows (:func:`sample_windows`'s pairs) or None;
+            only components judging "both" are read.
+        judge_maps: ``(B, T, H, W)`` the judge's credit maps (ones where none).
+        video_spans, audio_spans: ``(T, 2)`` and ``(T_a, 2)`` seconds of each latent frame.
+
+    Returns:
+        ``(video (B, T, H, W), audio (B, T_a), windowed)``: float32 maps and how many samples had a window.
+    """
+    n = len(judge_maps)
+    video_only = np.zeros(n, dtype=np.float64)
+    for name, (weight, modality) in table.items():
+        if modality == "video":
+            video_only += weight * np.asarray(advantages[name], dtype=np.float64)
+    video = judge_maps.astype(np.float64) * video_only[:, None, None, None]
+    audio = np.zeros((n, len(audio_spans)), dtype=np.float64)
+    windowed = np.zeros(n, dtype=bool)
+    for name, (weight, modality) in table.items():
+        if modality == "video":
+            continue
+        for i in range(n):
+            share = weight * float(advantages[name][i])
+            if modality == "audio":
+                audio[i] += share
+                continue
+            spans = windows.get(name, [None] * n)[i]
+            over_video = window_map(spans, video_spans, inside, outside) if spans else None
+            over_audio = window_map(spans, audio_spans, inside, outside) if spans else None
+            windowed[i] |= over_video is not None or over_audio is not None
+            video[i] += share * (1.0 if over_video is None else over_video[:, None, None])
+            audio[i] += share * (1.0 if over_audio is None else over_audio)
+    return video.astype(np.float32), audio.astype(np.float32), int(windowed.sum())

@@ -10,6 +10,13 @@ as a pure function over the evaluations so far:
     than ``margin`` (in its own units) while the trained reward's mean rose (last - first > 0).
 
 A judge with a NaN in the window (every video invalid at one evaluation) is not judged.
+
+The same rule watches the trained reward's own components (:func:`component_alarms`; ``watch.components``):
+a combined reward can rise while one of its parts collapses, which its sum hides (miles PR #25:
+"collapse of one dimension is invisible in the overall sum"; verl-omni #563: an H3 NFT recipe lost
+its audio rewards at steps 50-60). Over the last ``window`` evaluations, an alarm for each component
+whose mean (its raw score, in its own units) fell by more than ``margin`` while the combined
+reward's mean rose.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-__all__ = ["HackingAlarm", "WatchSettings", "hacking_alarms"]
+__all__ = ["HackingAlarm", "WatchSettings", "component_alarms", "hacking_alarms"]
 
 
 @dataclass
@@ -29,11 +36,14 @@ class WatchSettings:
         window: evaluations the rule looks back over (>= 2: the first and the last of them).
         margin: how far a held-out judge's mean must fall, in its own score units.
         stop: end the run (after a checkpoint, keeping the LoRA) at the first alarm; false: warn.
+        components: also watch each component of the trained reward (a combined reward's parts) against
+            the combined reward (module docstring, :func:`component_alarms`); needs ``eval_prompts``.
     """
 
     window: int = 3
     margin: float = 0.02
     stop: bool = False
+    components: bool = True
 
     def __post_init__(self) -> None:
         if self.window < 2:
@@ -50,8 +60,12 @@ class HackingAlarm:
     trained_rise: float
     judge_fall: float
     evaluations: int
+    component: bool = False
 
     def message(self, trained: str) -> str:
+        if self.component:
+            return (f"a component collapsed: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
+                    f"{self.trained_rise:.4g} while its component {self.judge!r} fell by {self.judge_fall:.4g} (the sum hides it)")
         return (f"possible reward hacking: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                 f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}")
 
@@ -79,3 +93,15 @@ def hacking_alarms(trained: Sequence[float], held_out: Mapping[str, Sequence[flo
         if fall > margin:
             alarms.append(HackingAlarm(judge, float(rise), float(fall), window))
     return alarms
+
+
+def component_alarms(combined: Sequence[float], components: Mapping[str, Sequence[float]], window: int, margin: float) -> list[HackingAlarm]:
+    """The alarms of the trained reward's own components (module docstring): :func:`hacking_alarms`'
+    rule with the combined reward's means as the trained and each component's as a judge.
+
+    Args:
+        combined: the trained (combined) reward's mean at each evaluation, oldest first.
+        components: per component, its raw mean at the same evaluations.
+    """
+    return [HackingAlarm(a.judge, a.trained_rise, a.judge_fall, a.evaluations, component=True)
+            for a in hacking_alarms(combined, components, window, margin)]

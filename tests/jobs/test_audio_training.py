@@ -147,3 +147,86 @@ def test_the_audio_lora_is_there_only_where_the_sound_is_trained(tmp_path):
     assert frozen and not any(_audio_layer(n) for n in frozen)
     assert {n for n in trained if not _audio_layer(n)} == set(frozen)  # the same video targets, plus the audio branch's
     assert all(torch.count_nonzero(p) for n, p in trained.items() if _audio_layer(n))  # summed: the sound takes the video's advantage
+
+
+@pytest.mark.slow  # one tiny LTX-2 run
+def test_a_sync_window_weights_only_that_span_of_both_streams_in_the_loss(tmp_path, monkeypatch):
+    """Routed localized credit on LTX-2's grid (9 frames at 24 fps: video latents [0, 1/24) and
+    [1/24, 9/24); 9 audio tokens of 1/24 s): a sync window [0.1, 0.2) reaches video latent frame 1
+    and audio tokens 2-4 (their spans overlap it), nothing else (``outside: 0``)."""
+    from cac_align.jobs.flow_grpo import _Trainer
+
+    seen = {}
+    update = _Trainer._update
+
+    def spy(self, *args, **kwargs):
+        seen["video"], seen["audio"] = args[6].cpu().numpy(), kwargs["audio"]["credit"].cpu().numpy()
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Trainer, "_update", spy)
+    row, lora = _train(tmp_path / "run", _reward("toy_sync", windows=[[0.1, 0.2]]), *ROUTED, "advantage.localize.enabled=true", family="ltx2")
+    assert row["localize/windowed_fraction"] == 1.0 and "train/audio_ratio_mean" in row
+    video, audio = seen["video"], seen["audio"]
+    assert video.shape[:2] == (2, 2) and audio.shape == (2, 9)
+    assert (video[:, 0] == 0).all() and (np.abs(video[:, 1]) > 0).all()  # latent frame 0 is outside the window
+    assert (audio[:, [0, 1, 5, 6, 7, 8]] == 0).all() and (np.abs(audio[:, 2:5]) > 0).all()
+    assert all(torch.count_nonzero(p) for n, p in lora.items() if _audio_layer(n, "ltx2"))
+
+
+# ---------------------------------------------------------------------------------------
+# Guards
+def test_audio_settings_are_checked_in_one_line():
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+
+    def config(recipe, *overrides):
+        return load_config(FlowGrpoConfig, RECIPES / recipe, ["out_dir=/tmp/x", *overrides], job="flow-grpo")
+
+    for recipe, overrides, message in [
+        ("flow_grpo_tiny.yaml", ["audio=trained"], "makes no sound; leave audio at 'frozen'"),
+        ("flow_grpo_tiny_minimax_h3.yaml", ["advantage.routing=routed"], "set audio=trained"),
+        ("flow_grpo_tiny_minimax_h3.yaml", ["audio=loud"], "audio must be one of"),
+        ("flow_grpo_tiny_minimax_h3.yaml", ["audio=trained", "advantage.routing=both"], "advantage.routing must be one of"),
+    ]:
+        with pytest.raises(RecipeError, match=message) as error:
+            config(recipe, *overrides)
+        assert "\n" not in str(error.value)
+    frozen, trained = config("flow_grpo_tiny_ltx2.yaml"), config("flow_grpo_tiny_ltx2.yaml", "audio=trained")
+    from cac_align.gen.families.ltx2 import AUDIO_BRANCH, VIDEO_BRANCH
+
+    assert frozen.lora.target_modules == VIDEO_BRANCH and trained.lora.target_modules == VIDEO_BRANCH + AUDIO_BRANCH
+
+
+def test_a_reward_whose_audio_components_all_ignore_the_prompt_is_refused_in_one_line():
+    from cac_align.jobs.flow_grpo import check_prompt_heard
+    from cac_align.rewards.base import RewardBase
+
+    class Clapish(RewardBase):  # hears and reads the prompt, as CLAP does
+        name, modality, reads_prompt = "clapish", "audio", True
+
+    check_prompt_heard(_reward("brightness"))  # no audio component: nothing to guard
+    check_prompt_heard(_reward("brightness", "loudness").__class__([_reward("loudness"), Clapish()]))  # one reads it
+    for blind in (_reward("loudness"), _reward("brightness", "loudness", "toy_sync")):  # the video part reads it; the audio ones do not
+        with pytest.raises(RecipeError, match=r"audio components \[.*\] all ignore the prompt") as error:
+            check_prompt_heard(blind)
+        assert "\n" not in str(error.value) and "audio_rewards_blind_ok=true" in str(error.value)
+
+
+@pytest.mark.slow  # one tiny MiniMax-H3 start
+def test_the_run_refuses_a_prompt_blind_sound_reward_unless_allowed(tmp_path):
+    with pytest.raises(RecipeError, match="all ignore the prompt"):
+        _train(tmp_path / "blind", _reward("brightness", "loudness"), "audio=trained")
+    assert not (tmp_path / "blind" / "metrics.jsonl").exists()
+    row, _ = _train(tmp_path / "allowed", _reward("brightness", "loudness"), "audio=trained", "audio_rewards_blind_ok=true")
+    assert row["reward/valid_fraction"] == 1.0
+
+
+def test_the_watch_alarms_on_a_component_that_falls_while_the_sum_rises_and_not_on_a_control():
+    from cac_align.run.watch import component_alarms
+
+    combined = [0.40, 0.45, 0.50]
+    (alarm,) = component_alarms(combined, {"video": [0.5, 0.6, 0.7], "clap": [0.30, 0.20, 0.10]}, window=3, margin=0.05)
+    assert alarm.judge == "clap" and alarm.judge_fall == pytest.approx(0.2) and alarm.trained_rise == pytest.approx(0.1)
+    assert "component 'clap' fell by 0.2" in alarm.message("av")
+    assert component_alarms(combined, {"video": [0.5, 0.6, 0.7], "clap": [0.30, 0.31, 0.29]}, window=3, margin=0.05) == []  # the control
+    assert component_alarms([0.5, 0.45, 0.4], {"clap": [0.3, 0.2, 0.1]}, window=3, margin=0.05) == []  # the sum fell too: no hiding
+    assert component_alarms(combined[:2], {"clap": [0.3, 0.1]}, window=3, margin=0.05) == []  # not enough evaluations yet
