@@ -733,8 +733,7 @@ class _Trainer:
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
-        # the sound (audio: trained): its latents step down their own noise levels (MiniMax-H3's audio shift) with a log-prob
-        self.train_audio = config.audio == "trained"
+        self.train_audio = config.audio == "trained"  # the sound steps down its own noise levels (MiniMax-H3's shift), with a log-prob
         self.side_sigmas = self.family.side_sigmas(pipe, config.generator, self.sigmas) if hasattr(self.family, "side_sigmas") else self.sigmas
         self.guidance = self.family.guidance(config.generator)
         self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
