@@ -280,6 +280,9 @@ class FlowGrpoConfig:
             raise ValueError(f"audio must be one of {AUDIO_MODES}, got {self.audio!r}")
         if self.audio == "trained" and not getattr(self.generator.family, "audio", False):
             raise ValueError(f"audio=trained: {self.generator.family.title} makes no sound; leave audio at 'frozen'")
+        if self.audio == "trained" and self.parallel.context_parallel > 1:
+            raise ValueError("audio=trained with parallel.context_parallel > 1 is not supported yet (the audio stream is whole on every "
+                             "process of a group, and its loss is not proven equal to one process there); shard with parallel.shard=fsdp2")
         if self.advantage.routing == "routed" and self.parallel.context_parallel > 1:
             raise ValueError("advantage.routing=routed with parallel.context_parallel > 1 is not supported yet (the components are read on "
                              "each group's first process only); use context_parallel: 1")
