@@ -31,7 +31,8 @@ the audio tokens (one per 40 ms):
 log-probabilities and the audio latents on the deterministic (ODE) path, as Flow-Factory's LTX-2
 trainer does (``models/ltx2/ltx2_t2av.py``: its audio is sampled by an ODE scheduler, with no
 log-probability and no policy gradient); the recorded audio latents are the transformer's audio input when a step is
-recomputed. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
+recomputed. With ``audio: trained`` (docs/audio.md) the audio latents take the SDE step too, with their
+own log-probability, and :data:`AUDIO_BRANCH` joins the LoRA. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
 the noise of the pair's level on a silent (zero, the latent mean) clean audio, the same for
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
 regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`): a

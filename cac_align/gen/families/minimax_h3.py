@@ -31,7 +31,8 @@ denoiser gives the transformer ``t = 1 - sigma`` as the scheduler does, bit for 
 
 **Audio in the jobs**, as LTX-2's (:mod:`cac_align.gen.families.ltx2`): ``bon`` writes the soundtrack into
 the mp4 and beside it (``.wav``); ``flow-grpo`` samples the video latents on the SDE and the audio
-on its own deterministic (ODE) schedule, without log-probabilities; ``dpo`` trains the video stream,
+on its own deterministic (ODE) schedule, without log-probabilities (``audio: trained``: the SDE step on that
+schedule, with its own log-probability; docs/audio.md); ``dpo`` trains the video stream,
 the audio input being noise at the pair's level on silence (zero latents), the same for both.
 
 **Release settings** (what a recipe leaves unset takes), each with its source in diffusers 0.42.1:
