@@ -848,8 +848,10 @@ class _Trainer:
         for _, row in read_jsonl_log(self.out / "metrics.jsonl"):
             if row.get("step", 0) <= self.start_step and "eval/reward_mean" in row:
                 history["reward"].append(float(row["eval/reward_mean"]))
-                for label in [*self.eval_rewards, *(f"component/{part}" for part in self.watched_parts)]:
+                for label in self.eval_rewards:
                     history[label].append(float(row.get(f"eval/{label}/mean", math.nan)))
+                for part in self.watched_parts:
+                    history[f"component/{part}"].append(float(row.get(f"eval/components/{part}_raw_mean", math.nan)))
         return history
 
     def _watch(self, metrics: dict[str, Any]) -> bool:
@@ -859,8 +861,10 @@ class _Trainer:
             return False
         self.watched["reward"].append(metrics["eval/reward_mean"])
         parts = [f"component/{part}" for part in self.watched_parts]
-        for label in [*self.eval_rewards, *parts]:
+        for label in self.eval_rewards:
             self.watched[label].append(metrics[f"eval/{label}/mean"])
+        for part in self.watched_parts:
+            self.watched[f"component/{part}"].append(metrics[f"eval/components/{part}_raw_mean"])
         held_out = {label: self.watched[label] for label in self.eval_rewards}
         watch = self.config.watch
         alarms = hacking_alarms(self.watched["reward"], held_out, watch.window, watch.margin)
@@ -1279,7 +1283,7 @@ class _Trainer:
             metrics[f"eval/{label}/mean"] = nan_mean_std(gathered)[0]
             metrics[f"eval/{label}/valid_fraction"] = int(np.isfinite(gathered).sum()) / n
         for part, values in parts.items():
-            metrics[f"eval/component/{part}/mean"] = nan_mean_std(layout.gather(acc, values))[0]
+            metrics[f"eval/components/{part}_raw_mean"] = nan_mean_std(layout.gather(acc, values))[0]
         return metrics
 
     def checkpoint(self, done: int) -> None:

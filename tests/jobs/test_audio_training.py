@@ -108,7 +108,7 @@ def _train(out, reward, *overrides, job="flow-grpo", family="minimax-h3"):
     pipe = family_of(config.generator.name).build_tiny(config.generator.name)
     base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
     (nft if job == "nft" else flow_grpo).run(config, reward=reward, pipe=pipe)
-    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     lora = {n: p.detach() for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
     after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
     assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # no base weight moves, audio's included
@@ -230,3 +230,52 @@ def test_the_watch_alarms_on_a_component_that_falls_while_the_sum_rises_and_not_
     assert component_alarms(combined, {"video": [0.5, 0.6, 0.7], "clap": [0.30, 0.31, 0.29]}, window=3, margin=0.05) == []  # the control
     assert component_alarms([0.5, 0.45, 0.4], {"clap": [0.3, 0.2, 0.1]}, window=3, margin=0.05) == []  # the sum fell too: no hiding
     assert component_alarms(combined[:2], {"clap": [0.3, 0.1]}, window=3, margin=0.05) == []  # not enough evaluations yet
+
+
+class _Scripted:
+    """A scripted reward component: its score moves by ``slope`` at every call (a training batch or an
+    evaluation), the same for every video of a call; what it judges is ``modality``."""
+
+    def __init__(self, name, modality, start, slope):
+        self.name, self.modality, self.start, self.slope, self.calls = name, modality, start, slope, 0
+        self.score_range, self.components, self.reads_prompt = (0.0, 1.0), (), True
+        self.modalities = {name: modality}
+
+    def __call__(self, videos, prompts, metadata=None):
+        from cac_align.rewards.base import RewardOutput
+
+        self.calls += 1
+        n = len(videos)
+        value = self.start + self.slope * self.calls
+        return RewardOutput(self.name, np.full(n, value) + 1e-3 * np.arange(n), np.ones(n, dtype=bool), [{} for _ in range(n)])
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def to(self, device):
+        return self
+
+
+@pytest.mark.slow  # two tiny MiniMax-H3 runs with an evaluation every step
+def test_the_watch_alarms_in_a_run_when_one_component_collapses_and_not_on_a_control(tmp_path, caplog):
+    from cac_align.rewards.combine import CombinedReward
+
+    def run(name, falling):
+        reward = CombinedReward([_Scripted("video_part", "video", 0.1, 0.05), _Scripted("audio_part", "audio", 0.9, -0.05 if falling else 0.0)],
+                                weights=[0.8, 0.2], name="av")
+        _train(tmp_path / name, reward, "steps=3", "eval_every=1", "eval_prompts=recipes/align/prompts_tiny.txt", "watch.window=2",
+               "watch.margin=0.0", "audio=trained")
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    with caplog.at_level("WARNING"):
+        collapsed = run("collapsed", falling=True)
+    assert [r["watch/alarms"] for r in collapsed] == [0, 1, 1]  # from the second evaluation on: the window holds two
+    assert collapsed[-1]["eval/components/audio_part_raw_mean"] < collapsed[0]["eval/components/audio_part_raw_mean"]
+    assert "its component 'audio_part' fell" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        control = run("control", falling=False)
+    assert [r["watch/alarms"] for r in control] == [0, 0, 0] and "fell" not in caplog.text
