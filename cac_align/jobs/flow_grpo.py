@@ -900,7 +900,7 @@ class _Trainer:
             trajectories.append(trajectory)
             if layout.leader:  # a context-parallel group's videos are decoded and scored once, by its first process
                 # a reward that hears (modality audio or both) gets what the generator made with the frames
-                sound = self._soundtracks(trajectory) if getattr(self.reward, "modality", "video") != "video" else None
+                sound = self._soundtracks(trajectory) if self.reward.modality != "video" else None
                 futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps, sound)))
         sample_seconds = time.perf_counter() - start
 
