@@ -279,3 +279,22 @@ def test_the_watch_alarms_in_a_run_when_one_component_collapses_and_not_on_a_con
     with caplog.at_level("WARNING"):
         control = run("control", falling=False)
     assert [r["watch/alarms"] for r in control] == [0, 0, 0] and "fell" not in caplog.text
+
+
+@pytest.mark.slow  # three tiny MiniMax-H3 runs
+@pytest.mark.parametrize("job", ["flow-grpo", "nft"])
+def test_a_run_with_its_sound_trained_resumes_exactly(tmp_path, job):
+    """Every draw of the sound (its SDE noise, nft's re-noising) is seeded by (seed, step, sample): a
+    resumed run ends where the straight one does, LoRA bytes and logged numbers alike."""
+    from cac_align.gen.generator import LORA_WEIGHT_NAME
+
+    reward = _reward("brightness", "loudness")
+    settings = [*ROUTED, "checkpoint_every=2", "steps=3"]
+    _train(tmp_path / "straight", reward, *settings, job=job)
+    _train(tmp_path / "resumed", reward, *[s for s in settings if s != "steps=3"], "steps=2", job=job)
+    _train(tmp_path / "resumed", reward, *settings, "resume=true", job=job)
+    straight, resumed = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("straight", "resumed"))
+    keys = [k for k in straight[-1] if k.startswith(("train/", "reward/", "advantage/"))]
+    assert [r["step"] for r in resumed] == [1, 2, 3] and any(k.startswith("train/audio_") for k in keys)
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    assert (tmp_path / "straight/lora" / LORA_WEIGHT_NAME).read_bytes() == (tmp_path / "resumed/lora" / LORA_WEIGHT_NAME).read_bytes()
