@@ -12,13 +12,15 @@ normalized UnifiedReward and CaC scores. Each training step:
    once per epoch) and makes ``group_size`` copies of each; the copies are split evenly over
    the processes;
 2. samples every copy with the SDE sampler (:mod:`cac_align.rl.sde`) and the generator family's
-   own guided velocity (:mod:`cac_align.gen.family`: Wan-2.1, Wan2.2, LTX-2, whose audio latents
-   take the deterministic step beside the video's), keeping its latents and per-step log-probs,
-   and decodes it; each sampled batch goes to a reward thread pool at once, so scoring overlaps
-   the sampling of the next batch;
+   own guided velocity (:mod:`cac_align.gen.family`: Wan-2.1, Wan2.2, LTX-2 and MiniMax-H3, whose
+   audio latents take the deterministic step beside the video's, or with ``audio: trained`` an SDE
+   step of their own: docs/audio.md), keeping its latents and per-step log-probs, and decodes it
+   (and its soundtrack, for a reward that hears); each sampled batch goes to a reward thread pool at
+   once, so scoring overlaps the sampling of the next batch;
 3. collects the rewards and gathers them from every process;
 4. computes per-prompt advantages (:mod:`cac_align.rl.advantages`); samples whose reward is invalid
-   or whose group has zero variance are dropped (weight 0) and counted;
+   or whose group has zero variance are dropped (weight 0) and counted; ``advantage.routing:
+   routed`` gives each component's advantage to the latents of what it judges (:mod:`cac_align.rl.routing`);
 5. trains: for each micro-batch and each trained timestep (of a two-expert Wan2.2-A14B, only the
    steps its adapted experts serve: ``lora.experts``), recomputes the log-prob of the stored
    next latent under the current policy and takes the PPO-clip loss + beta * KL to the reference
