@@ -35,15 +35,10 @@ def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
     bad = tmp_path / "bad.yaml"
     bad.write_text("job: make-tiny\nout_dir: x\nsead: 3\n")
-    from cac_align.rewards.registry import reward_names
-    from test_config import AUDIO_REWARD_RECIPES
-
     code = main(["check-recipe", str(REPO_ROOT / "recipes"), str(bad)])
     captured = capsys.readouterr()
     assert code == 1
-    # the sound recipes whose clap, audiobox and sync sections come with issue #89's reward half fail until it lands
-    pending = 0 if {"clap", "audiobox", "sync"} <= set(reward_names()) else len(AUDIO_REWARD_RECIPES)
-    assert "ok   " in captured.out and f"{1 + pending} failed" in captured.out
+    assert "ok   " in captured.out and "1 failed" in captured.out
     assert "unknown key 'sead'; did you mean 'seed'" in captured.err
 
 
@@ -222,7 +217,10 @@ def test_a_jobs_help_lists_its_settings_with_their_defaults(capsys):
                                              "advantage.localize.enabled", "learning_rate")} == {
                 "group_size": "16", "noise_level": "0.3", "steps": "120", "lora.rank": "32", "out_dir": "??? (required)",
                 "eval_prompts": "null", "reward": "{name: ur_cac}", "advantage.localize.enabled": "false", "learning_rate": "0.0001"}
-            assert len(settings) == 89 and "generator.name" in settings and "parallel.shard" in settings
+            # 89, and issue #89's four: audio, audio_rewards_blind_ok, advantage.routing, watch.components
+            assert len(settings) == 93 and "generator.name" in settings and "parallel.shard" in settings
+            assert {k: settings[k] for k in ("audio", "audio_rewards_blind_ok", "advantage.routing", "watch.components")} == {
+                "audio": "frozen", "audio_rewards_blind_ok": "false", "advantage.routing": "summed", "watch.components": "true"}
         else:
             assert settings["n"] == "5" and settings["prompts"] == "??? (required)" and settings["generator.name"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 

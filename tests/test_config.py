@@ -21,17 +21,8 @@ def test_there_are_recipes():
     assert RECIPES, "recipes/ holds no YAML"
 
 
-# Recipes whose reward sections (clap, audiobox, sync) come with issue #89's reward half, on another branch:
-# skipped, saying so, until those rewards are registered; then they validate like every other recipe
-AUDIO_REWARD_RECIPES = {"align/flow_grpo_ltx23_sound.yaml", "align/nft_ltx23_sound.yaml", "align/nft_minimax_h3_sound.yaml"}
-
-
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_recipe_validates(recipe):
-    from cac_align.rewards.registry import reward_names
-
-    if str(recipe.relative_to(REPO_ROOT / "recipes")) in AUDIO_REWARD_RECIPES and not {"clap", "audiobox", "sync"} <= set(reward_names()):
-        pytest.skip("its clap, audiobox and sync reward sections land with issue #89's reward half")
     spec, config = load_recipe(recipe)
     assert spec.name in JOBS
     assert isinstance(config, spec.config_class())

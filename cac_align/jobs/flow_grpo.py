@@ -585,9 +585,14 @@ def component_raw(output: RewardOutput, name: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _grid(g: GeneratorConfig, temporal: int, spatial: int) -> tuple[int, int, int]:
+    """The latent grid ``(T, H, W)`` of ``g``'s videos (:func:`credit_maps`'s maps)."""
+    return ((g.num_frames - 1) // temporal + 1, g.height // spatial, g.width // spatial)
+
+
 def _windows_of(detail: dict[str, Any], name: str, whole: bool) -> list[tuple[float, float]] | None:
-    """The time windows component ``name`` names in a sample's details (rl/routing.py's contract:
-    ``windows`` in its own details); None when none, or unreadable (logged: the uniform map stays)."""
+    """The span where component ``name`` says the sound slips in a sample's details (rl/routing.py:
+    ``status: abnormal`` with ``window_s``); None when none, or unreadable (logged: the uniform map stays)."""
     own = detail if whole else (((detail.get("components") or {}).get(name) or {}).get("details") or {})
     try:
         return sample_windows(own)
@@ -681,13 +686,7 @@ class _Trainer:
         eval_rows = read_prompt_rows(config.eval_prompts) if config.eval_prompts else []
         self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
         check_prompt_images(self.family, self.eval_images, config.eval_prompts)
-        if config.advantage.localize.enabled and not getattr(self.family, "localized_credit", True):
-            raise RecipeError(f"advantage.localize: {self.family.title}'s latent grid has no credit map here (rl/credit.py maps a judge's "
-                              "window onto latent frames of 1 + k x the VAE's temporal factor); set advantage.localize.enabled=false")
-        if config.parallel.context_parallel > 1 and any(self.images):
-            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
-                              "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
-                              "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
+        self._check_inputs()
         # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel.py)
         connected = connect_processes(config.parallel, cpu=config.generator.device == "cpu")
         self.accelerator = Accelerator(
@@ -738,8 +737,7 @@ class _Trainer:
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
-        self.train_audio = config.audio == "trained"  # the sound steps down its own noise levels (MiniMax-H3's shift), with a log-prob
-        self.side_sigmas = self.family.side_sigmas(pipe, config.generator, self.sigmas) if hasattr(self.family, "side_sigmas") else self.sigmas
+        self._sound_schedule()
         self.guidance = self.family.guidance(config.generator)
         self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
         self.ema = (
@@ -794,6 +792,24 @@ class _Trainer:
         start_trackers(acc, config.log_with, self.job.replace("-", "_"), self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
                        resume_step=self.start_step)
         acc.wait_for_everyone()
+
+    def _check_inputs(self) -> None:
+        """What the model's family and the prompts' images rule out, before anything loads (one line each)."""
+        config = self.config
+        if config.advantage.localize.enabled and not getattr(self.family, "localized_credit", True):
+            raise RecipeError(f"advantage.localize: {self.family.title}'s latent grid has no credit map here (rl/credit.py maps a judge's "
+                              "window onto latent frames of 1 + k x the VAE's temporal factor); set advantage.localize.enabled=false")
+        if config.parallel.context_parallel > 1 and any(self.images):
+            raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
+                              "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
+                              "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
+
+    def _sound_schedule(self) -> None:
+        """Whether the sound is trained (``audio: trained``) and the noise levels its latents step down:
+        the family's own (MiniMax-H3's audio shift), else the video's."""
+        self.train_audio = self.config.audio == "trained"
+        family = self.family
+        self.side_sigmas = family.side_sigmas(self.pipe, self.config.generator, self.sigmas) if hasattr(family, "side_sigmas") else self.sigmas
 
     # -- the loop ----------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -1003,18 +1019,21 @@ class _Trainer:
         """Routed localized credit: per-position advantages of the video latents ``(B_local, T, H,
         W)`` and of the audio latent frames ``(B_local, T_a)``. The video-only components' advantage
         takes the judge's credit map (:func:`credit_maps`, as unrouted); a component judging both
-        whose details name ``windows`` weights the latent frames of those spans in both streams
+        whose verdict names a span (``window_s``) weights the latent frames of that span in both streams
         (:func:`~cac_align.rl.routing.window_map`); everything else is uniform (docs/audio.md, "Routing")."""
         g, localize = self.config.generator, self.config.advantage.localize
         table = route_table(self.reward)
         details = [d for o in outputs for d in o.details]
         temporal, spatial, patch = self.family.latent_grid(self.pipe)
         video_only = sum((w * advantages[k] for k, (w, m) in table.items() if m == "video"), np.zeros(len(details), dtype=np.float32))
-        judge = credit_maps(details, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
-                            height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch)
+        seen = [name for name, (_, m) in table.items() if m == "video"]  # the judge's map reads the video components' evidence only
+        judged = details if len(table) == 1 else [{"components": {k: v for k, v in (d.get("components") or {}).items() if k in seen}} for d in details]
+        judge = credit_maps(judged, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
+                            height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch) if seen else None
+        judge_maps = judge.maps if judge is not None else np.ones((len(details), *_grid(g, temporal, spatial)), dtype=np.float32)
         windows = {name: [_windows_of(d, name, len(table) == 1) for d in details] for name, (_, m) in table.items() if m == "both"}
         audio_frames = self.family.side_frames(trajectories[0].side[:1, -1]).shape[1]
-        video, audio, windowed = routed_credit(table, advantages, windows, judge.maps, video_frame_spans(g.num_frames, g.fps, temporal),
+        video, audio, windowed = routed_credit(table, advantages, windows, judge_maps, video_frame_spans(g.num_frames, g.fps, temporal),
                                                audio_frame_spans(audio_frames, g.num_frames / g.fps), localize.inside, localize.outside)
         metrics["localize/windowed_fraction"] = float(gather_floats(self.accelerator, np.array([windowed / max(len(details), 1)])).mean())
         device = self.accelerator.device

@@ -16,10 +16,10 @@ For a generator that makes sound (``audio: trained``, docs/audio.md), two more, 
 ``loudness`` hears only the soundtrack (modality ``audio``): its mean absolute amplitude in [0, 1]
 (a sample without a usable track is invalid, ``error_kind: audio``, never 0); ``toy_sync`` judges how
 the two fit (modality ``both``): ``1 - |brightness - loudness|`` over the clip, and it says *when*
-the sound slips as a synchrony reward does, ``details["windows"]`` (the contract
-:mod:`cac_align.rl.routing` reads: ``[{"start_s", "end_s"}, ...]``), here the fixed ``windows_s``
-of its config. Neither reads the prompt (``reads_prompt`` false), so a run that trains the sound
-on them alone must say ``audio_rewards_blind_ok: true``.
+the sound slips as the ``sync`` reward does (``status: abnormal`` with ``window_s``, the span
+:mod:`cac_align.rl.routing` reads), here the fixed ``window_s`` of its config. Neither reads the
+prompt (``reads_prompt`` false), so a run that trains the sound on them alone must say
+``audio_rewards_blind_ok: true``.
 """
 
 from __future__ import annotations
@@ -185,22 +185,21 @@ class ToySyncConfig:
     """Config of the ``toy_sync`` reward.
 
     Attributes:
-        windows_s: the spans ``[start, end)`` (seconds) it reports as where the sound slips, on every
-            sample (``details["windows"]``); empty: none.
+        window_s: the span ``[start, end)`` (seconds) it reports, on every sample, as where the sound
+            slips (``status: abnormal``, ``window_s``); null: in sync (``status: normal``).
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
     """
 
-    windows_s: list[list[float]] = field(default_factory=list)
+    window_s: list[float] | None = None
     source_fps: float = 16.0
 
     def __post_init__(self) -> None:
-        for window in self.windows_s:
-            if len(window) != 2 or not 0 <= window[0] < window[1]:
-                raise ValueError(f"windows_s: each window is [start, end) with 0 <= start < end, got {window}")
+        if self.window_s is not None and (len(self.window_s) != 2 or not 0 <= self.window_s[0] < self.window_s[1]):
+            raise ValueError(f"window_s is [start, end) with 0 <= start < end, got {self.window_s}")
 
 
 class ToySyncReward(BatchReward):
-    """``1 - |brightness - loudness|``, with fixed windows as its evidence of when the sound slips (module docstring)."""
+    """``1 - |brightness - loudness|``, with a fixed span as its verdict of where the sound slips (module docstring)."""
 
     name = "toy_sync"
     score_range = (0.0, 1.0)
@@ -208,8 +207,8 @@ class ToySyncReward(BatchReward):
     modality = "both"
     reads_prompt = False
 
-    def __init__(self, windows_s: list[list[float]] | None = None, source_fps: float = 16.0):
-        self.windows_s, self.source_fps = [list(w) for w in windows_s or []], source_fps
+    def __init__(self, window_s: list[float] | None = None, source_fps: float = 16.0):
+        self.window_s, self.source_fps = (list(window_s) if window_s else None), source_fps
 
     def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
         answers = []
@@ -219,12 +218,13 @@ class ToySyncReward(BatchReward):
                 answers.append(self.invalid_detail(why, ErrorKind.AUDIO))
                 continue
             brightness = float(np.asarray(video.frames).mean()) / 255.0
-            answers.append({"score": 1.0 - abs(brightness - value), "windows": [{"start_s": a, "end_s": b} for a, b in self.windows_s]})
+            answers.append({"score": 1.0 - abs(brightness - value), "status": "abnormal" if self.window_s else "normal",
+                            "window_s": self.window_s, "boxes": []})
         return answers
 
 
 def build_sync(config: ToySyncConfig, key: str = "reward") -> ToySyncReward:
-    return ToySyncReward(config.windows_s, config.source_fps)
+    return ToySyncReward(config.window_s, config.source_fps)
 
 
 def no_judges(config: Any, where: str, video: Any) -> list[Any]:
@@ -259,6 +259,6 @@ register_reward(
     "toy_sync",
     "cac_align.rewards.toy:ToySyncConfig",
     "cac_align.rewards.toy:build_sync",
-    "1 - |brightness - loudness| with fixed windows where the sound slips: a model-free toy synchrony reward (modality both)",
+    "1 - |brightness - loudness| with a fixed span where the sound slips: a model-free toy synchrony reward (modality both)",
     judges="cac_align.rewards.toy:no_judges",
 )

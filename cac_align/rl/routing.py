@@ -16,13 +16,13 @@ with ``w_c`` the combination's weights (they sum to 1, so a reward whose compone
 modality gives that stream ``sum_c w_c A_c``, the other 0). :func:`routed_advantages` is that equation.
 
 **Windows in time** (localized credit carried over, :func:`window_map`): a component that judges
-"both" and says *when* the sound slips puts, in its per-sample details, ``windows``: a list of
-``{"start_s": float, "end_s": float}`` (seconds of the clip; the sync reward's per-window offsets
-over a threshold). Its advantage then weights only the latent frames of those spans, in both
-streams: a video latent frame by the pixel frames it covers (:func:`video_frame_spans`), an audio
-latent frame by its share of the clip (:func:`audio_frame_spans`: the family's ``side_frames`` spread
-evenly over the clip). The map is ``outside + (inside - outside) * covered``, scaled to mean 1 as
-:func:`cac_align.rl.credit.credit_map` scales a judge's.
+"both" says *when* the sound slips as the ``sync`` reward does (:mod:`cac_align.rewards.sync`): in
+its per-sample details, ``status: "abnormal"`` with ``window_s: [start, end]`` (seconds of the clip,
+the windows whose offset is not 0). Its advantage then weights only the latent frames of that span,
+in both streams: a video latent frame by the pixel frames it covers (:func:`video_frame_spans`), an
+audio latent frame by its share of the clip (:func:`audio_frame_spans`: the family's ``side_frames``
+spread evenly over the clip). The map is ``outside + (inside - outside) * covered``, scaled to mean
+1 as :func:`cac_align.rl.credit.credit_map` scales a judge's.
 """
 
 from __future__ import annotations
@@ -94,22 +94,20 @@ def audio_frame_spans(audio_frames: int, duration_s: float) -> np.ndarray:
 
 
 def sample_windows(details: Mapping[str, Any]) -> list[tuple[float, float]] | None:
-    """The time windows a component's per-sample details name (module docstring: ``windows``, a list
-    of ``{"start_s", "end_s"}``), as ``(start, end)`` pairs; None when it names none; raises
-    ``ValueError`` on a malformed window (the caller falls back to the uniform map and counts it)."""
-    windows = details.get("windows") if isinstance(details, Mapping) else None
-    if windows is None:
+    """The span where a component's per-sample details say the sound slips (module docstring:
+    ``status: "abnormal"`` with ``window_s: [start, end]``), as ``[(start, end)]``; None when they
+    name none (in sync, or no verdict); raises ``ValueError`` on a malformed span (the caller keeps
+    the uniform map and says so)."""
+    if not isinstance(details, Mapping) or details.get("status") != "abnormal" or details.get("window_s") is None:
         return None
-    out = []
-    for window in windows:
-        try:
-            start, end = float(window["start_s"]), float(window["end_s"])
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(f"a window is {{'start_s': float, 'end_s': float}}, got {window!r}") from None
-        if not (np.isfinite(start) and np.isfinite(end)) or end <= start:
-            raise ValueError(f"a window needs start_s < end_s, got {window!r}")
-        out.append((start, end))
-    return out
+    span = details["window_s"]
+    try:
+        start, end = (float(v) for v in span)
+    except (TypeError, ValueError):
+        raise ValueError(f"window_s is [start, end] in seconds, got {span!r}") from None
+    if not (np.isfinite(start) and np.isfinite(end)) or end <= start:
+        raise ValueError(f"window_s needs start < end, got {span!r}")
+    return [(start, end)]
 
 
 def window_map(windows: Sequence[tuple[float, float]], spans: np.ndarray, inside: float = 1.0, outside: float = 0.0) -> np.ndarray | None:

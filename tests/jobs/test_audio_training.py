@@ -24,6 +24,8 @@ LTX2_UNGUIDED = dict(guidance_scale=1.0, stg_scale=0.0, modality_scale=1.0, guid
 TINY = {
     "ltx2": dict(name="tiny-random:ltx2", dtype="float32", vae_dtype="float32", device="cpu", height=64, width=64, num_frames=9,
                  num_inference_steps=3, max_sequence_length=32, **LTX2_UNGUIDED),
+    "kandinsky6": dict(name="tiny-random:kandinsky6", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=9,
+                       num_inference_steps=3, max_sequence_length=32),
     "minimax-h3": dict(name="tiny-random:minimax-h3", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=124,
                        num_inference_steps=3, max_sequence_length=32),
 }
@@ -92,11 +94,11 @@ def _config(out, job, family, *overrides):
     return load_config(kind, recipe, [f"out_dir={out}", *CHEAP, *settings, *overrides], job=job)
 
 
-def _reward(*names, weights=None, windows=None):
+def _reward(*names, weights=None, window=None):
     from cac_align.rewards.combine import CombinedReward
     from cac_align.rewards.registry import build_reward
 
-    parts = [build_reward({"name": n, **({"windows_s": windows} if n == "toy_sync" and windows else {})}) for n in names]
+    parts = [build_reward({"name": n, **({"window_s": window} if n == "toy_sync" and window else {})}) for n in names]
     return parts[0] if len(parts) == 1 else CombinedReward(parts, weights=weights)
 
 
@@ -164,7 +166,7 @@ def test_a_sync_window_weights_only_that_span_of_both_streams_in_the_loss(tmp_pa
         return update(self, *args, **kwargs)
 
     monkeypatch.setattr(_Trainer, "_update", spy)
-    row, lora = _train(tmp_path / "run", _reward("toy_sync", windows=[[0.1, 0.2]]), *ROUTED, "advantage.localize.enabled=true", family="ltx2")
+    row, lora = _train(tmp_path / "run", _reward("toy_sync", window=[0.1, 0.2]), *ROUTED, "advantage.localize.enabled=true", family="ltx2")
     assert row["localize/windowed_fraction"] == 1.0 and "train/audio_ratio_mean" in row
     video, audio = seen["video"], seen["audio"]
     assert video.shape[:2] == (2, 2) and audio.shape == (2, 9)

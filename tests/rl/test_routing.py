@@ -42,12 +42,15 @@ def test_frame_spans_and_a_window_over_them_by_hand():
     assert window_map([(2.0, 3.0)], spans) is None  # past the clip: the uniform map stays
 
 
-def test_windows_are_read_from_details_and_bad_ones_are_said():
+def test_the_slipping_span_is_read_from_the_sync_verdict_and_a_bad_one_is_said():
+    # the sync reward's evidence (rewards/sync.py): every window's offset, and the span where the sound slips
+    windows = [{"window_s": [0.0, 4.8], "offset_s": 0.0, "padding_only": False}, {"window_s": [3.2, 8.0], "offset_s": 0.6, "padding_only": False}]
+    assert sample_windows({"score": 0.8, "windows": windows, "status": "abnormal", "window_s": [3.2, 5.0], "boxes": []}) == [(3.2, 5.0)]
+    assert sample_windows({"score": 1.0, "windows": windows, "status": "normal", "window_s": None, "boxes": []}) is None
     assert sample_windows({"score": 1}) is None
-    assert sample_windows({"windows": [{"start_s": 0.1, "end_s": 0.2}]}) == [(0.1, 0.2)]
-    for bad in ([{"start_s": 0.3, "end_s": 0.2}], [{"start": 0}], ["x"]):
-        with pytest.raises(ValueError, match="window"):
-            sample_windows({"windows": bad})
+    for bad in ([0.3, 0.2], ["a", 1], 3):
+        with pytest.raises(ValueError, match="window_s"):
+            sample_windows({"status": "abnormal", "window_s": bad})
 
 
 def test_a_sync_window_weights_only_that_span_in_both_streams():

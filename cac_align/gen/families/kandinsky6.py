@@ -98,7 +98,7 @@ from cac_align.gen.experts import Denoiser
 from cac_align.gen.family import image_runs
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
-__all__ = ["FAMILIES", "KANDINSKY6", "KANDINSKY6_DISTILLED", "SFT_CHECKPOINT", "TINY_KANDINSKY6_BUILDERS", "VIDEO_BRANCH", "Kandinsky6Denoiser",
+__all__ = ["AUDIO_BRANCH", "FAMILIES", "KANDINSKY6", "KANDINSKY6_DISTILLED", "SFT_CHECKPOINT", "TINY_KANDINSKY6_BUILDERS", "VIDEO_BRANCH", "Kandinsky6Denoiser",
            "Kandinsky6Family", "build_tiny_kandinsky6_pipeline", "family_for_index", "reference_latents", "regenerator_for_index"]
 
 PIPELINE = "Kandinsky6TI2VAPipeline"
@@ -110,6 +110,12 @@ SFT_CHECKPOINT = "kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers"
 VIDEO_BRANCH = tuple(f"video_dec_block.{attention}.{layer}" for attention in ("self_attention", "cross_attention")
                      for layer in ("to_query", "to_key", "to_value", "out_layer")) + (
     "video_dec_block.feed_forward.net.0.proj", "video_dec_block.feed_forward.net.2")
+
+# The audio stream's layers of every fused block, which a LoRA adds where a recipe trains the sound
+# (``audio: trained``, docs/audio.md): its self-attention, its cross-attention to the text and its feed-forward.
+AUDIO_BRANCH = tuple(f"audio_dec_block.{attention}.{layer}" for attention in ("self_attention", "cross_attention")
+                     for layer in ("to_query", "to_key", "to_value", "out_layer")) + (
+    "audio_dec_block.feed_forward.net.0.proj", "audio_dec_block.feed_forward.net.2")
 
 _NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Kandinsky 6: diffusers 0.42.1 declares no _cp_plan for "
                         "Kandinsky6Transformer3DModel (its fused blocks attend over the video, the audio and two text branches), so no "
@@ -287,6 +293,16 @@ class Kandinsky6Family:
             video = vae.decode(z, return_dict=False)[0]
             frames = pipe.video_processor.postprocess_video(video, output_type="pt")
         return frames_to_uint8(frames)
+
+    @property
+    def audio_lora_target_modules(self) -> tuple[str, ...]:
+        """The audio branch (:data:`AUDIO_BRANCH`), added to the LoRA where the sound is trained; a pi-Flow
+        checkpoint trains nothing (:attr:`lora_target_modules` refuses it first)."""
+        return AUDIO_BRANCH
+
+    def side_frames(self, side: torch.Tensor) -> torch.Tensor:
+        """Audio latents ``(B, L, C_a)`` as ``(B, L, C_a)``: already time first, spread evenly over the clip."""
+        return side
 
     def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
         """Final audio latents ``(B, L, C_a)`` to mono waveforms float32 ``(B, 1, samples)`` in [-1, 1] and their rate
