@@ -45,6 +45,13 @@ def test_the_big_recipes_are_the_ones_the_issue_counts():
             "flow_grpo_wan22_i2v_a14b_ur_cac", "dpo_wan22_a14b_localdpo", "nft_wan_ur_cac", "flow_grpo_kandinsky6_ur_cac"} <= names
 
 
+# In-process judges of the sound recipes (issue #89: *_sound.yaml) whose configs are not shipped yet: CLAP's and
+# AudioBox's are hub repositories (to ship from a machine that reaches the hub:
+# benchmarks/memory/write_full_size_configs.py), Synchformer's is a file of the user's (MMAudio's checkpoint, converted), no
+# hub config at all. Exactly these may be missing; an entry goes once its configs are shipped (the assert below says so).
+UNSHIPPED_JUDGES = {"laion/larger_clap_general", "facebook/audiobox-aesthetics", "synchformer.safetensors"}
+
+
 def test_every_big_recipe_s_models_are_shipped_with_their_sources():
     from cac_align.config import resolve
     from cac_align.jobs import load_recipe
@@ -58,6 +65,9 @@ def test_every_big_recipe_s_models_are_shipped_with_their_sources():
         names = [config.generator.name] + [j.config_name or j.name for j in judges if j.in_process]
         for name in names:
             folder = memory.shipped_configs(name)
+            if name in UNSHIPPED_JUDGES:
+                assert folder is None, f"{name} is shipped now: remove it from UNSHIPPED_JUDGES"
+                continue
             assert folder is not None, f"{path.name}: {name} is not shipped"
             assert f"`{name}`" in sources, f"{name} has no source in SOURCES.md"
             for file in folder.rglob("*.json"):
