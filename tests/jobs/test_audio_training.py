@@ -300,3 +300,14 @@ def test_a_run_with_its_sound_trained_resumes_exactly(tmp_path, job):
     assert [r["step"] for r in resumed] == [1, 2, 3] and any(k.startswith("train/audio_") for k in keys)
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
     assert (tmp_path / "straight/lora" / LORA_WEIGHT_NAME).read_bytes() == (tmp_path / "resumed/lora" / LORA_WEIGHT_NAME).read_bytes()
+
+
+@pytest.mark.slow  # the shipped tiny recipe through the CLI
+def test_the_tiny_sound_recipe_runs_from_the_command_line(tmp_path):
+    from cac_align.cli import main
+
+    assert main(["flow-grpo", "--config", str(RECIPES / "flow_grpo_tiny_ltx2_sound.yaml"), f"out_dir={tmp_path / 'run'}", "steps=1",
+                 "checkpoint_every=0"]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert row["localize/windowed_fraction"] == 1.0 and row["reward/valid_fraction"] == 1.0 and "train/audio_policy_loss" in row
+    assert {"reward/brightness_raw_mean", "reward/loudness_raw_mean", "reward/toy_sync_raw_mean"} <= set(row)
