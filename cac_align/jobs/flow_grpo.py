@@ -100,6 +100,9 @@ log = logging.getLogger(__name__)
 
 # ``audio``: the generator's sound on the deterministic path (as before), or trained beside the video
 AUDIO_MODES = ("frozen", "trained")
+# the LoRA's optimizer: AdamW (the default, Flow-GRPO's and DiffusionNFT's) or plain SGD (no momentum: no state,
+# so its update is linear in the gradient; tests/jobs/test_parallel.py compares layouts under it to 1e-9)
+OPTIMIZERS = ("adamw", "sgd")
 
 
 # Settings that may change when a run is resumed (they change no sample and no update).
@@ -181,7 +184,10 @@ class FlowGrpoConfig:
         noise_schedule: "sqrt" (``a * sqrt(s / (1 - s))``) or "linear" (Flow-GRPO's Wan schedule).
         timestep_fraction: fraction of the sampling steps trained on each step (a seeded random
             subset; 1.0 trains all of them).
-        learning_rate, adam_beta1, adam_beta2, adam_eps, weight_decay: AdamW on the LoRA weights.
+        optimizer: the LoRA weights' optimizer: "adamw" (the default) or "sgd" (``torch.optim.SGD``,
+            no momentum: the update is ``-learning_rate * (gradient + weight_decay * weight)``).
+        learning_rate, weight_decay: the optimizer's (either optimizer's).
+        adam_beta1, adam_beta2, adam_eps: AdamW's (unused with ``optimizer: sgd``).
         max_grad_norm: gradient clipping (0 turns it off).
         clip_range: PPO ratio clip; the ratio is kept within [1 - clip_range, 1 + clip_range_high].
         clip_range_high: a separate upper clip (None: the same as ``clip_range``).
@@ -240,6 +246,7 @@ class FlowGrpoConfig:
     noise_level: float = 0.3
     noise_schedule: str = "sqrt"
     timestep_fraction: float = 1.0
+    optimizer: str = "adamw"
     learning_rate: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -336,6 +343,8 @@ class FlowGrpoConfig:
         localize = self.advantage.localize
         if localize.enabled and localize.estimator == "vipo" and self.clip_range_high not in (None, self.clip_range):
             raise ValueError("advantage.localize.estimator=vipo clips symmetrically (ViPO): leave clip_range_high null")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.learning_rate <= 0 or self.beta < 0 or self.adv_clip_max <= 0:
             raise ValueError("learning_rate and adv_clip_max must be > 0 and beta >= 0")
         self._check_audio()
@@ -442,6 +451,14 @@ def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
                 decode_batch=config.sample_batch_size)
 
 
+def build_optimizer(config: FlowGrpoConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The LoRA weights' optimizer, as ``config.optimizer`` names it: AdamW (``adam_*``) or plain SGD."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+                             weight_decay=config.weight_decay)
+
+
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
@@ -463,7 +480,7 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
         advantage.pop("shuffle_scores")
     if advantage.get("routing") == "summed":  # likewise (issue #89's settings)
         advantage.pop("routing")
-    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False)):
+    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False), ("optimizer", "adamw")):  # added later (#89, #92)
         if fingerprint.get(key) == default:
             fingerprint.pop(key)
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
@@ -726,13 +743,7 @@ class _Trainer:
         if acc.is_main_process and config.parallel.active:
             log.info("flow-grpo: %s", self.layout.describe())
         self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
-        optimizer = torch.optim.AdamW(
-            list(trainable(denoiser).values()),
-            lr=config.learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_eps,
-            weight_decay=config.weight_decay,
-        )
+        optimizer = build_optimizer(config, list(trainable(denoiser).values()))
         self.model, self.optimizer = self.layout.prepare(acc, denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
