@@ -216,8 +216,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 def save_sharded_lora_checkpoint(folder: Path, layout: Any, model: torch.nn.Module, optimizer: Any, ema: dict | None, is_main: bool) -> None:
     """A sharded run's checkpoint files, call on every process (each gathers its shards):
     ``model.safetensors`` (the LoRA, whole, named as one process names it), ``lora/``,
-    ``ema.safetensors`` and ``optimizer.safetensors`` (AdamW's state whole, by parameter name, with
-    its param groups in the header): the files one process writes, so the checkpoint does not
+    ``ema.safetensors`` and ``optimizer.safetensors`` (the optimizer's state whole, by parameter name
+    (AdamW's moments; none for plain SGD), with its param groups in the header): the files one process writes, so the checkpoint does not
     depend on how many processes wrote it (accelerate's ``save_state`` would keep the main
     process's shard of the optimizer only)."""
     import json
@@ -286,4 +286,8 @@ def load_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer
         name, field_name = key.rsplit("::", 1)
         state.setdefault(name, {})[field_name] = torch.tensor(value)
     full = {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    if not state:  # a stateless optimizer's (plain SGD, optimizer=sgd): torch's loader refuses an empty state; its groups' settings are all
+        for group, saved_group in zip(optimizer.param_groups, full["param_groups"], strict=True):
+            group.update({key: value for key, value in saved_group.items() if key != "params"})
+        return
     set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
