@@ -53,7 +53,7 @@ import torch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "CollectiveTimeout", "Layout", "ParallelSettings", "check_context_parallel", "check_layout",
+__all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "CollectiveTimeout", "Layout", "ParallelSettings", "check_context_parallel", "check_layout", "release_trainer",
            "collective_timed_out", "connect_processes", "family_blocks", "fsdp_units", "layout_for", "named_timeout", "own_view_outputs",
            "setup_parallel"]
 
@@ -743,3 +743,25 @@ def check_context_parallel(family: Any, generator: Any, settings: ParallelSettin
                                             "checked at the first forward", settings.context_parallel, generator.name)
         return
     family.check_context_parallel(generator, settings.context_parallel, config)
+
+
+def release_trainer(trainer: Any) -> None:
+    """End a generator trainer's run (call in the ``finally`` of a job's ``run``, on every process):
+    close its layout's own group (:meth:`Layout.close`), drop everything the trainer holds (the
+    FSDP-wrapped model, its optimizer, the Accelerator) and collect the garbage now.
+
+    Why now: the wrapped model sits in reference cycles (hooks, FSDP's state), so without a
+    collection it lives until the interpreter finalizes, and its process-group objects and collective
+    handles die there, after Python's own teardown began. A 2-process gloo run (FSDP2, CI under load,
+    2026-11-27) then aborted at exit in 1 of about 30 launches: "terminate called without an active
+    exception", after its last step had finished and its files were written (the C++ threads of a
+    group destroyed during finalization; pytorch PR #179291 describes the same class of exit-time
+    abort). Collected here, they die while everything they need is alive."""
+    import gc
+
+    layout = getattr(trainer, "layout", None)
+    if layout is not None:
+        layout.close()  # a one-process group of a sharded run on one process
+    trainer.__dict__.clear()
+    gc.collect()
+

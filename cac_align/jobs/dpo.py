@@ -69,7 +69,7 @@ from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disable
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
-                                   named_timeout)
+                                   named_timeout, release_trainer)
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
@@ -545,6 +545,5 @@ def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray],
             last = trainer.train()
             trainer.cleanup()
     finally:
-        if getattr(trainer, "layout", None) is not None:
-            trainer.layout.close()  # a one-process group of a sharded run on one process
+        release_trainer(trainer)  # its group closed and its objects collected while the interpreter is whole
     return last

@@ -72,7 +72,7 @@ from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disable
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.gen.memory import check_memory, guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
-                                   named_timeout)
+                                   named_timeout, release_trainer)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, encode_conditioning, predict_velocity, sample_with_log_probs, side_frame_density
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
@@ -1383,6 +1383,5 @@ def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, 
                 raise
             trainer.cleanup()
     finally:
-        if getattr(trainer, "layout", None) is not None:
-            trainer.layout.close()  # a one-process group of a sharded run on one process
+        release_trainer(trainer)  # its group closed and its objects collected while the interpreter is whole
     return last

@@ -258,7 +258,7 @@ class _NftTrainer(_Trainer):
 
 def run(config: NftConfig, reward: Reward | None = None, pipe: Any = None, decode: Any = None) -> dict[str, Any]:
     """Train (module docstring); the arguments as :func:`cac_align.jobs.flow_grpo.run`."""
-    from cac_align.gen.parallel import named_timeout
+    from cac_align.gen.parallel import named_timeout, release_trainer
 
     trainer = _NftTrainer(config, reward=reward, pipe=pipe, decode=decode)
     try:
@@ -271,6 +271,5 @@ def run(config: NftConfig, reward: Reward | None = None, pipe: Any = None, decod
                 raise
             trainer.cleanup()
     finally:
-        if getattr(trainer, "layout", None) is not None:
-            trainer.layout.close()
+        release_trainer(trainer)  # its group closed and its objects collected while the interpreter is whole
     return last
