@@ -136,23 +136,9 @@ def test_visual_tokens_and_kv_cache_by_hand():
 # ---------------------------------------------------------------------------------------
 def _tiny_clap_folder(folder):
     """A tiny random ClapModel and its processor saved to ``folder`` (safetensors)."""
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+    from audio_rewards import save_tiny_clap
 
-    from cac_align.vlm.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer(vocab_size=300)
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, projection_dim=16),
-        audio_config=dict(spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=(4, 4), hidden_size=32,
-                          patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], projection_dim=16),
-        projection_dim=16,
-    )
-    ClapModel(config).save_pretrained(folder)
-    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=2, fft_window_size=256)
-    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return save_tiny_clap(folder)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

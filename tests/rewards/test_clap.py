@@ -16,25 +16,9 @@ PROMPTS = ["a dog barks twice", "rain on a tin roof"]
 @pytest.fixture(scope="module")
 def clap_dir(tmp_path_factory):
     """A tiny random ClapModel (HTSAT audio tower, RoBERTa text tower) and its processor, saved."""
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+    from audio_rewards import save_tiny_clap
 
-    from cac_align.vlm.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer(vocab_size=300)
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, projection_dim=16),
-        audio_config=dict(spec_size=64, num_mel_bins=16, window_size=4, patch_size=4, patch_stride=(4, 4), hidden_size=32,
-                          patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], projection_dim=16),
-        projection_dim=16,
-    )
-    # 48 kHz as LAION's extractor; 16 mel bins (the tiny tower's), 2 s before it would cut
-    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=2, fft_window_size=256, truncation="rand_trunc")
-    path = tmp_path_factory.mktemp("clap")
-    ClapModel(config).save_pretrained(path)
-    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_clap(tmp_path_factory.mktemp("clap"), truncation="rand_trunc")
 
 
 def _tone(freq: float, seconds: float, rate: int, channels: int = 1) -> np.ndarray:
