@@ -32,6 +32,9 @@
 #                   beside the memory plan's (judges counted) and step 6's (#78, #82; the multi-GPU
 #                   figures stay arithmetic)
 #
+#   Run order: 6 and 7 first (7 was never measured before 2026-11-27's H200 run, and its peak is read
+#   against 6's from the same run), then 1, 2, 3, 4, 5 (benchmarks/README.md has each run's figures).
+#
 # The lent GPU machine (ENVIRONMENT.md) has python 3.12 and torch 2.11 but not this project's
 # transformers/diffusers/omegaconf/qwen-vl-utils pins: carry them as wheels. Here, in the
 # repository root, once (about 45 MB; needs the package registry):
@@ -141,6 +144,12 @@ step() {
   fi
 }
 
+# (0) steps 6 and 7: the sharded step (#78, #82) beside the plain step in the same run (its peak is the
+# comparison); first measured on an H200 on 2026-11-27
+step ti2v_step 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
+  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
+step ti2v_sharded 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge \
+  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2 --with-judge
 # (a) the judge, ours then stock (most owed: never measured with the fix; stock in the same run for the ratio)
 step judge_ours 240 120 benchmarks/judge/judge_decode.py --mode gpu-8b --attention ours \
   -- benchmarks/judge/judge_decode.py --mode tiny --attention ours --batch 2 --tokens 4 --seconds 2
@@ -154,10 +163,6 @@ step ltx2_step 240 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ltx2 --
 # (b) what gpu_all.sh still owes, as time allows
 step ur7b 150 90 benchmarks/judge/status_encoding.py --mode gpu-ur7b \
   -- benchmarks/judge/status_encoding.py --mode cpu-check --ur-videos 1
-step ti2v_step 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
-  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
-step ti2v_sharded 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge \
-  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2 --with-judge
 
 say "== gpu_quick: $(( $(date +%s) - START )) s in all; figures in $OUT (summary.txt: one RESULT line per measured pass)"
 exit "$FAILED"
