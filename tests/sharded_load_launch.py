@@ -9,7 +9,13 @@ pipeline (text encoder, VAE, ...).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/sharded_load_launch.py OUT NAME:DTYPE ...
 
-Writes ``OUT/load<rank>.json``: per generator, the number of tensors compared and the differences.
+A generator read from a folder has its prompt encoders as one copy for the node (``parallel.share_encoders``
+at its default: the encoders live on the CPU here): each process also reports, per encoder, whether every
+tensor it holds is in the shared file, and from ``/proc/self/smaps`` (after both processes have read every
+tensor) each shared file's resident and shared kilobytes and whether it is deleted.
+
+Writes ``OUT/load<rank>.json``: per generator, the number of tensors compared and the differences, and
+``shared``: encoder -> {"held": every tensor in the file, "rss_kb", "shared_kb", "deleted"}.
 """
 
 import json
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from cac_align.config import RecipeError
 from cac_align.gen.generator import GeneratorConfig, build_generator, expert_components
 from cac_align.gen.lora import LoraSettings, adapted_denoiser
 from cac_align.gen.parallel import ParallelSettings, layout_for
@@ -45,13 +52,43 @@ def held(module: torch.nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
     return tensors
 
 
+def mapped_kb(path: str) -> dict:
+    """This process's mappings of ``path``: resident and shared kilobytes (its pages that another process
+    maps too), and whether the file is deleted."""
+    found = {"rss_kb": 0, "shared_kb": 0, "deleted": None}
+    inside = False
+    with open("/proc/self/smaps") as lines:
+        for line in lines:
+            fields = line.split()
+            if "-" in fields[0] and len(fields[0]) > 8 and ":" not in fields[0]:  # a mapping's first line
+                inside = len(fields) >= 6 and fields[5] == path
+                if inside:
+                    found["deleted"] = fields[-1] == "(deleted)"
+            elif inside and fields[0] == "Rss:":
+                found["rss_kb"] += int(fields[1])
+            elif inside and fields[0] in ("Shared_Clean:", "Shared_Dirty:"):
+                found["shared_kb"] += int(fields[1])
+    return found
+
+
 layout = layout_for(OnTheCpu(), ParallelSettings(shard="fsdp2"))
 report = {}
 for case in cases:
-    name, dtype = case.rsplit(":", 1)
+    case_layout = layout
+    if ":share_dir=" in case:  # NAME:DTYPE:share_dir=PATH: a folder the shared copy cannot go to, refused on every process
+        loaded, _, share_dir = case.partition(":share_dir=")
+        case_layout = layout_for(OnTheCpu(), ParallelSettings(shard="fsdp2", share_dir=share_dir))
+    name, dtype = (loaded if case_layout is not layout else case).rsplit(":", 1)
     config = GeneratorConfig(name=name, dtype=dtype, device="cpu")
     family = config.family
     lora = LoraSettings(rank=4, alpha=8, experts="both" if family.experts == 2 else "high")
+    if case_layout is not layout:
+        try:
+            case_layout.load_generator(config, torch.device("cpu"))
+            report[case] = {"refused": None}
+        except RecipeError as exc:
+            report[case] = {"refused": str(exc)}
+        continue
     pipe = layout.load_generator(config, torch.device("cpu"))
     denoiser = adapted_denoiser(pipe, family, lora, seed=7)
     layout.apply(denoiser, family, pipe, torch.device("cpu"))
@@ -71,7 +108,14 @@ for case in cases:
             compared += 1
             if other.dtype != tensor.dtype or other.shape != tensor.shape or not torch.equal(other, tensor) or other_training != training:
                 differences.append(f"{label}.{key}: {other.dtype} {tuple(other.shape)} against {tensor.dtype} {tuple(tensor.shape)}")
-    report[case] = {"compared": compared, "differences": differences[:10]}
+    torch.distributed.barrier()  # both processes have read every tensor: the pages they share are counted so
+    shared = {}
+    for component in family.encoder_components:
+        module, home = pipe.components.get(component), layout.encoder_homes.get(id(pipe.components.get(component)))
+        if isinstance(module, torch.nn.Module) and home is not None:
+            tensors = [t for _, owner in module.named_modules() for t in [*owner._parameters.values(), *owner._buffers.values()] if t is not None]
+            shared[component] = {"held": all(home.holds(t) for t in tensors), **mapped_kb(home.path)}
+    report[case] = {"compared": compared, "differences": differences[:10], "shared": shared}
 (out / f"load{rank}.json").write_text(json.dumps(report))
 torch.distributed.barrier()  # every process done before any tears its group down (as fsdp_cpu_launch.py)
 torch.distributed.destroy_process_group()

@@ -203,7 +203,7 @@ class GeneratorConfig:
 # ---------------------------------------------------------------------------------------
 # Loading, LoRA
 # ---------------------------------------------------------------------------------------
-def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_transformers: bool = False) -> Any:
+def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_transformers: bool = False, empty_encoders: bool = False) -> Any:
     """The pipeline ``config`` names, on its device, with its flow shift applied.
 
     ``empty_transformers``: the transformers (every expert: :func:`expert_components`) are built on
@@ -211,7 +211,11 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     everything else loads as before. A sharded run's processes other than the first load so, and
     receive their shards from it (:meth:`cac_align.gen.parallel.Layout.load_generator`). A tiny
     pipeline's transformers are built empty by :func:`cac_align.gen.tiny.transformers_on_meta`
-    instead (their random draws come from the process that built them whole)."""
+    instead (their random draws come from the process that built them whole).
+
+    ``empty_encoders``: the prompt encoders (the family's ``encoder_components``) are built likewise on
+    the meta device from their configs (:func:`empty_encoders`); a process that takes them from a
+    node's shared copy loads so (:mod:`cac_align.gen.shared_weights`)."""
     from cac_align.gen.synthetic import load_synthetic_generator
 
     if config.is_synthetic:
@@ -219,6 +223,8 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     device = resolve_device(config.device, f"{key}.device")  # checked before any weight loads
     if config.lora is not None and not any((Path(config.lora) / name).is_file() for name in (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2)):
         raise RecipeError(_no_lora(config.lora, f"{key}.lora"))
+    if empty_encoders and config.name in config.family.tiny_names:
+        raise ValueError(f"{config.name} is built in-process: its encoders cannot be built empty")
     if empty_transformers and config.lora is not None:
         raise ValueError(f"{key}.lora: a LoRA cannot be loaded into empty transformers (a trainer adds its own LoRA)")
     family = config.family
@@ -228,6 +234,8 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
         pipe = _on_device(family.build_tiny(config.name, seed=0), device)
     else:
         components = empty_experts(config, f"{key}.name") if empty_transformers else {}
+        if empty_encoders:
+            components.update(empty_encoder_modules(config, f"{key}.name"))
         pipe = _on_device(family.load(config.name, dtype=config.dtype, vae_dtype=config.vae_dtype, key=f"{key}.name", components=components), device)
     check_ratios(family, pipe, f"{key}.name")  # the VAE's ratios the recipe was validated for are the loaded pipeline's
     check_size = getattr(family, "check_size", None)  # a size its models cannot take, refused before sampling (cac_align.gen.family)
@@ -281,6 +289,55 @@ def empty_experts(config: GeneratorConfig, key: str = "generator.name") -> dict[
             module = cls.from_config(cls.load_config(source, subfolder=name))
         modules[name] = module.to(resolve_dtype(config.dtype)).eval()
     return modules
+
+
+def empty_encoder_modules(config: GeneratorConfig, key: str = "generator.name") -> dict[str, Any]:
+    """The prompt encoders of the pipeline ``config`` names (the family's ``encoder_components`` its
+    index lists), each built from its own config on the meta device, in ``config.dtype`` and in eval
+    mode as ``from_pretrained`` returns it: a transformers model through ``_from_config`` (as
+    ``AutoModel.from_config`` builds one), a diffusers model through ``from_config``. No weight is read:
+    they take a node's shared copy (:func:`cac_align.gen.shared_weights.attach`)."""
+    import diffusers
+    import torch
+    import transformers
+
+    from cac_align.gen.family import read_model_index
+    from cac_align.loading import check_weights_source, resolve_dtype
+
+    source = check_weights_source(config.name, key)
+    index = read_model_index(source, key) or {}
+    dtype = resolve_dtype(config.dtype)
+    modules = {}
+    for name in config.family.encoder_components:
+        entry = index.get(name)
+        if not (isinstance(entry, (list, tuple)) and len(entry) >= 2 and entry[1]):
+            continue  # a component this pipeline does not have (an image encoder of a text-to-video folder)
+        library, class_name = entry[0], entry[1]
+        with torch.device("meta"):
+            if library == "transformers":
+                cls = getattr(transformers, class_name)
+                module = cls._from_config(transformers.AutoConfig.from_pretrained(source, subfolder=name), dtype=dtype)
+            else:  # diffusers' own, or a pipeline's module of diffusers (LTX-2's connectors: ["ltx2", "LTX2TextConnectors"])
+                cls = getattr(diffusers if library == "diffusers" else _library_module(library), class_name, None)
+                if cls is None or not hasattr(cls, "load_config"):
+                    raise RecipeError(f"{key}={config.name!r}: its {name} is a {library}.{class_name}, which cannot be built empty to share; "
+                                      "set parallel.share_encoders: false")
+                module = cls.from_config(cls.load_config(source, subfolder=name)).to(dtype)
+        modules[name] = module.eval()
+    return modules
+
+
+def _library_module(library: str) -> Any:
+    """The module a pipeline index's library names: a pipeline's own module of diffusers
+    (``diffusers.pipelines.<library>``, as diffusers resolves it), else an importable module."""
+    import importlib
+
+    for name in (f"diffusers.pipelines.{library}", library):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
 
 
 def _on_device(pipe: Any, device: Any) -> Any:

@@ -41,8 +41,10 @@ gathering their blocks; dpo: a pair's video encoded).
 
 **Host memory at load** (bytes on the node of global rank 0; :func:`host_plan`): sharded, global rank
 0 reads the transformers whole and every other process builds them on the meta device and receives
-its shards, while every process loads its own text encoder(s) and VAE on the CPU: the transformers
-once plus ``processes per node`` x (encoders + VAEs). Unsharded, every process its whole pipeline.
+its shards, while every process loads its own VAE on the CPU; the text encoder(s), kept on the CPU
+between encodes, are one copy for the node's processes (``parallel.share_encoders``,
+:mod:`cac_align.gen.shared_weights`): the transformers once plus ``processes per node`` x VAEs plus the
+encoders once. Unsharded, every process its whole pipeline (the encoders once where shared).
 In-process judges pass through host memory too, in each process that builds them. Processes per
 node: torchrun's ``LOCAL_WORLD_SIZE``, else all on one node. While the run goes on, a process holds
 the sample batch its rewards score (``sample_batch_size`` videos): uint8, ``frames x height x width
@@ -1359,14 +1361,17 @@ class HostPlan:
 
 
 def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32",
-              judges_bytes: int = 0, judge_processes: int | None = None, reward_batch: tuple[int, int, int, int] | None = None) -> HostPlan:
+              judges_bytes: int = 0, judge_processes: int | None = None, reward_batch: tuple[int, int, int, int] | None = None,
+              shared_encoders: bool = False) -> HostPlan:
     """Host memory per node while a run loads (bytes), on the node of global rank 0 (the fullest).
 
     Sharded, only global rank 0 reads the transformers' weights whole; every other process builds
-    them on the meta device and receives its shards. Every process still loads its own text
-    encoder(s) and VAE(s) on the CPU (a sharded run keeps its encoder there between encodes). So
-    the node holds the transformers once plus ``processes_per_node`` x (encoders + VAEs).
-    Unsharded, every process loads its whole pipeline through host memory. In-process judges are
+    them on the meta device and receives its shards. Every process still loads its own VAE(s) on the
+    CPU, and its own text encoder(s) unless they are one copy for the node (``shared_encoders``:
+    :mod:`cac_align.gen.shared_weights`, where a sharded run keeps them on the CPU between encodes).
+    So the node holds the transformers once plus ``processes_per_node`` x VAEs, plus the encoders once
+    (shared) or ``processes_per_node`` times. Unsharded, every process loads its whole pipeline
+    through host memory, its encoders once for the node where they are shared. In-process judges are
     read into host memory before they move to their GPU, by each process that builds them
     (``judge_processes``: the leaders on the node; default every process).
 
@@ -1377,6 +1382,8 @@ def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int
         dtype, vae_dtype: the generator's dtypes.
         judges_bytes: one process's in-process judges (their weights).
         judge_processes: processes on the node that build the judges.
+        shared_encoders: the text encoder(s) are one copy for the node's processes
+            (:meth:`~cac_align.gen.parallel.ParallelSettings.shares_encoders`).
         reward_batch: ``(videos, frames, height, width)`` a process holds while its rewards score
             them: decoded to uint8 on the device a few frames at a time
             (:func:`~cac_align.video.float_frames_to_uint8`), so each video is ``frames x height x
@@ -1385,13 +1392,22 @@ def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int
     weight, vae_weight = dtype_bytes(dtype), dtype_bytes(vae_dtype)
     p = processes_per_node
     transformers = sum(t.parameters for t in counts.transformers) * weight
-    rest = sum(e.parameters for e in counts.encoders) * weight + sum(o.parameters for o in counts.others) * vae_weight
-    names = ", ".join(c.name for c in counts.encoders + counts.others)
+    encoders = sum(e.parameters for e in counts.encoders) * weight
+    others = sum(o.parameters for o in counts.others) * vae_weight
+    each = f"each of {p} process{'es' if p != 1 else ''}"
+    shared = shared_encoders and p > 1 and bool(counts.encoders)
+    per_process = [c.name for c in (counts.others if shared else counts.encoders + counts.others)]
+    rows = []
     if sharded:
-        rows = [PlanRow("transformers, whole, once (global rank 0; the others: meta device)", transformers, "counted", "load"),
-                PlanRow(f"{names}: each of {p} process{'es' if p != 1 else ''}", p * rest, "counted", "load")]
+        rows.append(PlanRow("transformers, whole, once (global rank 0; the others: meta device)", transformers, "counted", "load"))
+        if per_process:
+            rows.append(PlanRow(f"{', '.join(per_process)}: {each}", p * (others + (0 if shared else encoders)), "counted", "load"))
+    elif shared:
+        rows.append(PlanRow(f"the pipeline but its encoders: {each} (unsharded)", p * (transformers + others), "counted", "load"))
     else:
-        rows = [PlanRow(f"the whole pipeline: each of {p} process{'es' if p != 1 else ''} (unsharded)", p * (transformers + rest), "counted", "load")]
+        rows.append(PlanRow(f"the whole pipeline: {each} (unsharded)", p * (transformers + encoders + others), "counted", "load"))
+    if shared:
+        rows.append(PlanRow(f"{', '.join(c.name for c in counts.encoders)}: one copy for the node (parallel.share_encoders)", encoders, "counted", "load"))
     if judges_bytes:
         k = p if judge_processes is None else judge_processes
         rows.append(PlanRow(f"in-process judges while they load: each of {k} process{'es' if k != 1 else ''} that build{'s' if k == 1 else ''} them",
@@ -1476,7 +1492,8 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
     per_node = node_processes or processes_per_node(num_processes)
     host = host_plan(counts, sharded=parallel.shard == "fsdp2", processes_per_node=per_node, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
                      judges_bytes=sum(j.weight_bytes for j in judges), judge_processes=math.ceil(per_node / parallel.context_parallel),
-                     reward_batch=(decode_batch, frames, height, width) if decode_batch else None)
+                     reward_batch=(decode_batch, frames, height, width) if decode_batch else None,
+                     shared_encoders=parallel.shares_encoders(per_node, on_gpu=on_gpu))
     return plan, host
 
 

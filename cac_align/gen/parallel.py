@@ -19,7 +19,10 @@ too), applies the same context parallel and ``fully_shard``, and then receives i
 weight, the LoRA's included, from the first process (torch's ``set_model_state_dict`` with
 ``broadcast_from_rank0``, in :meth:`Layout.apply`), and the buffers a state dict leaves out (the rope
 tables). So every process holds what the first process loaded, which is what one process loads. The
-text encoder(s) and VAE(s) load on every process as before: each encodes and decodes its own samples.
+VAE(s) load on every process as before: each decodes its own samples. The text encoder(s) too, except
+where they live on the CPU between encodes with several processes on a node: then the node's first
+process loads them and the others map its copy, one copy per node (:mod:`cac_align.gen.shared_weights`,
+``parallel.share_encoders``); each still encodes its own prompts.
 
 The order follows torchtitan's ``parallelize``: context parallel on the attention first, then FSDP2:
 each block, then the root. What differs per model (which classes are blocks, which context-parallel
@@ -43,6 +46,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -54,7 +58,8 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 __all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "CollectiveTimeout", "Layout", "ParallelSettings", "check_context_parallel", "check_layout", "release_trainer",
-           "collective_timed_out", "connect_processes", "family_blocks", "fsdp_units", "layout_for", "named_timeout", "own_view_outputs",
+           "collective_timed_out", "connect_processes", "family_blocks", "fsdp_units", "layout_for", "named_timeout", "node_place", "own_view_outputs",
+           "remove_stale_copies",
            "setup_parallel"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
@@ -87,6 +92,15 @@ class ParallelSettings:
         encoder_on_device: keep the text encoder on the device between steps; false (the default
             with ``shard: fsdp2``, and a fix the memory plan may name for one GPU): it comes onto the
             device to encode a step's prompts and leaves it after. Null: true unless sharded.
+        share_encoders: the processes of a node hold one copy of the prompt encoders' weights in host
+            memory, where each used to hold its own (:mod:`cac_align.gen.shared_weights`): the node's
+            first process loads them and the others map its copy. Null (the default): shared wherever
+            they live on the CPU between encodes (``encoder_on_device`` false, or a CPU run) with several
+            processes on the node and a pipeline read from files; false: each its own copy. It changes
+            no sample: a resumed run may change it.
+        share_dir: the node-local folder the shared copy is written to (deleted once every process
+            has mapped it). Null: ``/dev/shm`` where it has room for the encoders, else the system's
+            temporary folder.
         timeout_s: how long one process waits in a collective (a gather, FSDP2's all-gather, a
             barrier) for the others before the run fails with one line naming this setting
             (:class:`CollectiveTimeout`). Every process group the run makes gets it. The default,
@@ -99,6 +113,8 @@ class ParallelSettings:
     context_parallel: int = 1
     reshard_after_forward: bool = True
     encoder_on_device: bool | None = None
+    share_encoders: bool | None = None
+    share_dir: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
@@ -121,6 +137,13 @@ class ParallelSettings:
     @property
     def keeps_encoder(self) -> bool:
         return self.shard == "none" if self.encoder_on_device is None else bool(self.encoder_on_device)
+
+    def shares_encoders(self, processes_per_node: int, on_gpu: bool = True) -> bool:
+        """Whether ``processes_per_node`` processes hold one copy of the encoders between them
+        (``share_encoders``; null: where the encoders live on the CPU between encodes)."""
+        if processes_per_node < 2 or self.share_encoders is False:
+            return False
+        return bool(self.share_encoders) or not self.keeps_encoder or not on_gpu
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,6 +170,8 @@ class Layout:
     cp_mesh: Any = None
     leaders: Any = None
     device: Any = None  # where the sharded transformers and the rest of the pipeline compute
+    # the encoders whose weights are the node's shared copy, by id (restored there after each encode)
+    encoder_homes: dict[int, Any] = dataclasses.field(default_factory=dict)
     own_group: bool = False  # a one-process group made here (sharded on one process), ended by close()
 
     # -- who takes what ------------------------------------------------------------------
@@ -264,7 +289,10 @@ class Layout:
           several processes, only the first reads the transformers' weights; the others build them on
           the meta device from their configs (:func:`~cac_align.gen.generator.build_generator`'s
           ``empty_transformers``: no weight read, no host memory) and take their shards from the first
-          in :meth:`apply`. The text encoder(s) and VAE(s) load whole on every process.
+          in :meth:`apply`. The VAE(s) load whole on every process.
+        - The text encoder(s): where they live on the CPU between encodes and several processes share
+          a node (``share_encoders``), the node's first process loads them and the others build them
+          empty and map its copy (:meth:`_share_encoders`); else each process loads its own.
         - A tiny pipeline (drawn in-process from torch's random generator, not read): the first
           process builds it whole and shares the random state after each transformer; the others
           build the transformers on the meta device and the rest from those states
@@ -272,13 +300,66 @@ class Layout:
         """
         from cac_align.gen.generator import build_generator
 
+        share = self._shares_encoders(config, device)
+        empty_encoders = share and node_place(self.rank, self.world)[0] != 0  # the node's other processes map its first one's copy
         if not self.sharded:
-            return build_generator(dataclasses.replace(config, device=str(device)))
-        config = dataclasses.replace(config, device="cpu")
-        if self.world == 1:
-            return build_generator(config)
-        if config.is_synthetic or config.name not in config.family.tiny_names:
-            return build_generator(config, empty_transformers=not self.reads_weights)
+            pipe = build_generator(dataclasses.replace(config, device=str(device)), empty_encoders=empty_encoders)
+        elif self.world == 1:
+            return build_generator(dataclasses.replace(config, device="cpu"))
+        elif config.is_synthetic or config.name not in config.family.tiny_names:
+            pipe = build_generator(dataclasses.replace(config, device="cpu"), empty_transformers=not self.reads_weights, empty_encoders=empty_encoders)
+        else:
+            return self._load_tiny_sharded(dataclasses.replace(config, device="cpu"))
+        if share:
+            self._share_encoders(pipe, config.family)
+        return pipe
+
+    def _shares_encoders(self, config: Any, device: Any) -> bool:
+        """Whether this run's encoders are one copy per node (``share_encoders``): several processes
+        on the node, and a pipeline read from files (a tiny one is drawn in each process)."""
+        if self.world < 2 or config.is_synthetic or config.name in config.family.tiny_names:
+            return False
+        on_gpu = device is not None and torch.device(device).type != "cpu"
+        return self.settings.shares_encoders(node_place(self.rank, self.world)[1], on_gpu=on_gpu)
+
+    def _share_encoders(self, pipe: Any, family: Any) -> None:
+        """The node's first process publishes its encoders' weights to a shared file, the others map it
+        (:mod:`cac_align.gen.shared_weights`); every process calls it. A failure on any process fails
+        every process in one line, and the file is gone either way."""
+        from cac_align.config import RecipeError
+        from cac_align.gen.shared_weights import attach
+
+        local_rank, _ = node_place(self.rank, self.world)
+        modules = {name: pipe.components[name] for name in family.encoder_components if isinstance(pipe.components.get(name), torch.nn.Module)}
+        folder, mine, homes = None, {"node": _node_name(), "local_rank": local_rank}, {}
+        if local_rank == 0:
+            folder, published, homes = _publish_encoders(modules, self.settings.share_dir)
+            mine.update(published)
+        placed = [None] * self.world
+        torch.distributed.all_gather_object(placed, mine)
+        first = next((p for p in placed if p["node"] == mine["node"] and p["local_rank"] == 0), None)
+        error = None if first is not None else f"no process with LOCAL_RANK 0 runs on this node ({mine['node']})"
+        error = error or (first or {}).get("error")
+        if error is None and local_rank != 0:
+            try:
+                homes = {name: attach(modules[name], layout) for name, layout in first["layouts"].items()}
+            except (ValueError, RuntimeError, OSError) as exc:
+                error = f"mapping the shared copy failed: {exc}"
+        self.encoder_homes = {id(modules[name]): home for name, home in homes.items()}
+        outcomes = [None] * self.world
+        torch.distributed.all_gather_object(outcomes, error)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)  # every process has mapped it (or failed): the mappings keep the pages
+        failed = next((o for o in outcomes if o), None)
+        if failed:
+            raise RecipeError(f"parallel.share_encoders: {failed}; set parallel.share_encoders: false to load a copy in each process")
+        if local_rank == 0:
+            gib = sum(h.bytes for h in self.encoder_homes.values()) / 2**30
+            log.info("the prompt encoders (%s, %.2f GiB) are one copy in host memory for this node's processes (parallel.share_encoders)",
+                     ", ".join(modules), gib)
+
+    def _load_tiny_sharded(self, config: Any) -> Any:
+        from cac_align.gen.generator import build_generator
         from cac_align.gen import tiny
 
         states = None
@@ -372,7 +453,11 @@ class Layout:
             yield
         finally:
             for module in modules:
-                module.to("cpu")
+                home = self.encoder_homes.get(id(module))
+                if home is not None:
+                    home.restore()  # back to the node's shared copy (module.to("cpu") would make a private one)
+                else:
+                    module.to("cpu")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -521,6 +606,85 @@ def check_layout(settings: ParallelSettings, world: int) -> None:
     if world > 1 and not torch.distributed.is_initialized():
         raise RecipeError("parallel: the processes are not connected (torch.distributed is not initialized); launch with "
                           "torchrun or accelerate launch")
+
+
+def node_place(rank: int, world: int) -> tuple[int, int]:
+    """``(local rank, processes on this node)``: torchrun's ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``
+    (accelerate's launcher sets them too), else every process on one node."""
+    local_rank, local_world = os.environ.get("LOCAL_RANK", ""), os.environ.get("LOCAL_WORLD_SIZE", "")
+    if local_rank.isdigit() and local_world.isdigit() and int(local_world) > 0:
+        return int(local_rank), int(local_world)
+    return rank, world
+
+
+def _node_name() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _share_folder(needed: int, chosen: str | None) -> str:
+    """Where the shared copy goes: ``chosen`` (``parallel.share_dir``), else ``/dev/shm`` where it has
+    room for ``needed`` bytes, else the system's temporary folder; raises ``OSError`` without room."""
+    import tempfile
+
+    candidates = [chosen] if chosen else ["/dev/shm", tempfile.gettempdir()]
+    room = {}
+    for folder in candidates:
+        if os.path.isdir(folder):
+            room[folder] = shutil.disk_usage(folder).free
+            if room[folder] >= needed:
+                return folder
+    free = ", ".join(f"{f} {b / 2**30:.1f} GiB free" for f, b in room.items()) or f"{', '.join(candidates)}: no such folder"
+    raise OSError(f"the encoders' shared copy needs {needed / 2**30:.1f} GiB ({free}); set parallel.share_dir to a node-local folder with room")
+
+
+def remove_stale_copies(base: str) -> list[str]:
+    """Remove the shared copies in ``base`` that a process which has ended left behind (it was killed
+    between writing its copy and deleting it, once mapped): a folder ``cac_align-encoders-<pid>-*``
+    whose process no longer runs on this node. Returns the folders removed."""
+    removed = []
+    for entry in os.scandir(base):
+        found = re.fullmatch(r"cac_align-encoders-(\d+)-\w+", entry.name)
+        if found is None or not entry.is_dir(follow_symlinks=False) or _runs(int(found.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.warning("removed %s: the shared copy of the prompt encoders a process that has ended left behind", entry.path)
+        removed.append(entry.path)
+    return removed
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _publish_encoders(modules: dict[str, torch.nn.Module], chosen: str | None) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """The node's first process: ``(folder, what the others need, homes)``: each module published to
+    a file of its own in a new folder (:func:`~cac_align.gen.shared_weights.publish`); on a failure,
+    ``{"error": ...}`` and the folder removed."""
+    import tempfile
+
+    from cac_align.gen.shared_weights import module_bytes, publish
+
+    folder = None
+    try:
+        base = _share_folder(sum(map(module_bytes, modules.values())), chosen)
+        remove_stale_copies(base)
+        folder = tempfile.mkdtemp(prefix=f"cac_align-encoders-{os.getpid()}-", dir=base)
+        layouts, homes = {}, {}
+        for name, module in modules.items():
+            layouts[name], homes[name] = publish(module, os.path.join(folder, f"{name}.bin"))
+        return folder, {"layouts": layouts}, homes
+    except (OSError, ValueError, RuntimeError) as exc:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return None, {"error": f"publishing the shared copy failed: {exc}"}, {}
 
 
 def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:

@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 DPO_OUTPUTS = ("pairs.json", "latents", "checkpoints", "lora", "tensorboard", "wandb", "metrics.jsonl")
 # Settings that may change when a run is resumed (they change no update).
 RUN_ONLY_KEYS = ("out_dir", "steps", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_with", "generator.device",
-                 "memory_budget_gib", "parallel.timeout_s")
+                 "memory_budget_gib", "parallel.timeout_s", "parallel.share_encoders", "parallel.share_dir")
 
 
 def _localdpo_lora() -> LoraSettings:

@@ -123,6 +123,8 @@ RUN_ONLY_KEYS = (
     "memory_budget_gib",
     "generator.device",
     "parallel.timeout_s",
+    "parallel.share_encoders",  # where the encoders' weights live in host memory changes no sample
+    "parallel.share_dir",
 )
 
 

@@ -85,6 +85,8 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   # the generator trainers' parallel section (#78): at its defaults, plain data parallel as before
                   "parallel.shard": "none", "parallel.context_parallel": 1, "parallel.reshard_after_forward": True,
                   "parallel.encoder_on_device": None,
+                  # the encoders' one copy per node (#92): where weights live in host memory, never a sample
+                  "parallel.share_encoders": None, "parallel.share_dir": None,
                   # parallel.timeout_s (gen/parallel.py DEFAULT_TIMEOUT_S): run-only in both trainers too, so a resumed run may change it
                   "parallel.timeout_s": 1800.0}
 # Sections added later whose every setting is in LATER_DEFAULTS: left out when nothing is left in them.

@@ -323,6 +323,15 @@ def test_host_memory_at_load_by_hand():
     assert sharded.total_bytes == (60 + 88 + 12) * GIB and "global rank 0" in sharded.table()
     unsharded = host_plan(_toy(), sharded=False, processes_per_node=8, dtype="bfloat16", vae_dtype="float32")
     assert unsharded.total_bytes == 8 * 71 * GIB  # every process its whole pipeline
+    # the encoder one copy for the node (parallel.share_encoders, #92): the VAE each process, the encoder once
+    shared = host_plan(_toy(), sharded=True, processes_per_node=8, dtype="bfloat16", vae_dtype="float32", shared_encoders=True)
+    assert [r.bytes for r in shared.rows] == [60 * GIB, 8 * 1 * GIB, 10 * GIB] and "one copy for the node" in shared.rows[-1].label
+    assert host_plan(_toy(), sharded=False, processes_per_node=8, shared_encoders=True).total_bytes == (8 * 61 + 10) * GIB
+    assert host_plan(_toy(), sharded=True, processes_per_node=1, shared_encoders=True).total_bytes == 71 * GIB  # one process: nothing to share
+    # when it applies: several processes on the node and the encoders on the CPU between encodes
+    assert ParallelSettings(shard="fsdp2").shares_encoders(8) and not ParallelSettings(shard="fsdp2").shares_encoders(1)
+    assert not ParallelSettings().shares_encoders(8) and ParallelSettings().shares_encoders(8, on_gpu=False)
+    assert ParallelSettings(encoder_on_device=False).shares_encoders(8) and not ParallelSettings(shard="fsdp2", share_encoders=False).shares_encoders(8)
     # a reward batch: 4 videos of 121 x 704 x 1280, 3 bytes a pixel (uint8, no float32 copy), on each of 8 processes
     scoring = host_plan(_toy(), sharded=False, processes_per_node=8, reward_batch=(4, 121, 704, 1280))
     assert scoring.rows[-1].bytes == 8 * 4 * 327_106_560 and scoring.rows[-1].phase == "video"

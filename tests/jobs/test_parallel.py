@@ -405,7 +405,8 @@ def test_a_sharded_load_holds_what_one_process_loads_bit_for_bit(tmp_path):
     holds, gathered whole, with the generator loaded whole in that process the unsharded way: every
     parameter and buffer of each expert (the frozen base, the LoRA's seeded initial weights, the rope
     tables no state dict carries), its dtype (bf16 with diffusers' float32 modules), each module's mode,
-    and the text encoder and VAE. Cases: the tiny A14B and LTX-2 saved to folders, loaded in bf16 (read
+    and the text encoder and VAE (a folder's encoders: the second process's built empty and mapped to
+    the first's copy, :mod:`cac_align.gen.shared_weights`). Cases: the tiny A14B and LTX-2 saved to folders, loaded in bf16 (read
     from files); LTX-2 and the Wan2.2-I2V-A14B built in-process (the I2V builder draws and drops a
     third transformer). Measured controls (by hand): without the rope tables' broadcast the other
     process's rope differs; without the first process's dtypes the bf16 load fails on a mismatched
@@ -415,7 +416,8 @@ def test_a_sharded_load_holds_what_one_process_loads_bit_for_bit(tmp_path):
 
     build_tiny_wan22_a14b_pipeline(seed=0).save_pretrained(tmp_path / "a14b")
     build_tiny_ltx2_pipeline(seed=0).save_pretrained(tmp_path / "ltx2")
-    cases = [f"{tmp_path / 'a14b'}:bfloat16", f"{tmp_path / 'ltx2'}:bfloat16", "tiny-random:ltx2:float32", "tiny-random:wan22-i2v-a14b:float32"]
+    cases = [f"{tmp_path / 'a14b'}:bfloat16", f"{tmp_path / 'ltx2'}:bfloat16", "tiny-random:ltx2:float32", "tiny-random:wan22-i2v-a14b:float32",
+             f"{tmp_path / 'a14b'}:bfloat16:share_dir={tmp_path / 'absent'}"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                str(REPO_ROOT / "tests/sharded_load_launch.py"), str(tmp_path), *cases]
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
@@ -424,8 +426,17 @@ def test_a_sharded_load_holds_what_one_process_loads_bit_for_bit(tmp_path):
     for rank in (0, 1):
         report = json.loads((tmp_path / f"load{rank}.json").read_text())
         assert set(report) == set(cases)
+        refused = report.pop(cases[-1])["refused"]  # the shared copy cannot be written: every process stops in one line
+        assert refused.startswith("parallel.share_encoders: publishing the shared copy failed: ") and "no such folder" in refused, refused
+        assert refused.endswith("set parallel.share_encoders: false to load a copy in each process") and "\n" not in refused
         for case, result in report.items():
             assert result["differences"] == [] and result["compared"] > 300, (rank, case, result)
+            # read from a folder: the encoders are one copy for both processes (#92), every page of it mapped by both
+            # and the file deleted once mapped; built in-process: each process its own (the tiny builders draw them)
+            encoders = {"a14b": {"text_encoder"}, "ltx2": {"text_encoder", "connectors"}}.get(Path(case.rsplit(":", 1)[0]).name, set())
+            assert set(result["shared"]) == encoders, (rank, case, result["shared"])
+            for component, mapped in result["shared"].items():
+                assert mapped["held"] and mapped["deleted"] and mapped["rss_kb"] > 0 and mapped["shared_kb"] == mapped["rss_kb"], (rank, case, component, mapped)
 
 
 @pytest.fixture(scope="module")
