@@ -214,7 +214,7 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     instead (their random draws come from the process that built them whole).
 
     ``empty_encoders``: the prompt encoders (the family's ``encoder_components``) are built likewise on
-    the meta device from their configs (:func:`empty_encoders`); a process that takes them from a
+    the meta device from their configs (:func:`empty_encoder_modules`); a process that takes them from a
     node's shared copy loads so (:mod:`cac_align.gen.shared_weights`)."""
     from cac_align.gen.synthetic import load_synthetic_generator
 
@@ -314,14 +314,15 @@ def empty_encoder_modules(config: GeneratorConfig, key: str = "generator.name") 
             continue  # a component this pipeline does not have (an image encoder of a text-to-video folder)
         library, class_name = entry[0], entry[1]
         with torch.device("meta"):
+            # transformers', diffusers' own, or a pipeline's module of diffusers (LTX-2's connectors: ["ltx2", "LTX2TextConnectors"])
+            home = transformers if library == "transformers" else diffusers if library == "diffusers" else _library_module(library)
+            cls = getattr(home, class_name, None)
+            if cls is None or not (hasattr(cls, "_from_config") if library == "transformers" else hasattr(cls, "load_config")):
+                raise RecipeError(f"{key}={config.name!r}: its {name} is a {library}.{class_name}, which cannot be built empty to share; "
+                                  "set parallel.share_encoders: false")
             if library == "transformers":
-                cls = getattr(transformers, class_name)
                 module = cls._from_config(transformers.AutoConfig.from_pretrained(source, subfolder=name), dtype=dtype)
-            else:  # diffusers' own, or a pipeline's module of diffusers (LTX-2's connectors: ["ltx2", "LTX2TextConnectors"])
-                cls = getattr(diffusers if library == "diffusers" else _library_module(library), class_name, None)
-                if cls is None or not hasattr(cls, "load_config"):
-                    raise RecipeError(f"{key}={config.name!r}: its {name} is a {library}.{class_name}, which cannot be built empty to share; "
-                                      "set parallel.share_encoders: false")
+            else:
                 module = cls.from_config(cls.load_config(source, subfolder=name)).to(dtype)
         modules[name] = module.eval()
     return modules
