@@ -25,7 +25,7 @@ the same model (under context parallel, the judges only on each group's leader, 
 | --- | --- | --- | --- |
 | each transformer's frozen base | resident | ``shard: none``: all of it; ``fsdp2``: ``ceil(P / N)`` parameters | counted |
 | gathered block, and FSDP2's prefetch | train (flow-grpo: and video) | ``fsdp2``: the largest block's parameters (FSDP2 gathers one block at a time), and the next block's, whose all-gather overlaps the running one; every block with ``reshard_after_forward: false`` | counted |
-| LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1); ``fsdp2``: 1/N of them | counted |
+| LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1; no moments under ``optimizer: sgd``); ``fsdp2``: 1/N of them | counted |
 | text encoder(s) | resident, or encode | in ``generator.dtype``; off the device between encodes (``encoder_on_device: false``) it only counts while it encodes | counted |
 | VAE(s), vocoder | resident | in ``generator.vae_dtype`` | counted |
 | the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it; where the family traces its sound's decode too (Kandinsky 6's audio VAE and vocoder: ``audio_decode_bytes``), the larger of the two, which run one after the other | traced |
@@ -1108,7 +1108,8 @@ class MemoryPlan:
 def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_processes: int, tokens: int, batch_per_process: int,
                 gradient_checkpointing: bool, lora_rank: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32", judges_bytes: int = 0,
                 ema: bool = False, judges: Sequence[JudgeCount] = (), unknown_judges: Sequence[Any] = (), vae_phase_bytes: int = 0,
-                vae_what: str = "", prefetch: bool = False, overhead_bytes: int = 0, audio_phase_bytes: int = 0) -> MemoryPlan:
+                vae_what: str = "", prefetch: bool = False, overhead_bytes: int = 0, audio_phase_bytes: int = 0,
+                optimizer: str = "adamw") -> MemoryPlan:
     """Per-GPU bytes of a generator trainer (module docstring, "The rows"); pure arithmetic on
     ``counts`` and on what was counted or traced before.
 
@@ -1139,6 +1140,8 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         audio_phase_bytes: the soundtracks' decode of that sample batch, traced (a family's
             ``audio_decode_bytes``: Kandinsky 6's audio VAE and vocoder), for the row's label;
             ``vae_phase_bytes`` is then already the larger of the two (they decode one after the other).
+        optimizer: the LoRA's optimizer (flow-grpo's and nft's ``optimizer``): "adamw" keeps two
+            fp32 moments per parameter, "sgd" (no momentum) none.
 
     Raises:
         ValueError: ``num_processes`` not a multiple of ``settings.context_parallel``.
@@ -1170,7 +1173,8 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
     if lora:
         rows.append(PlanRow(f"LoRA weights (fp32, rank {lora_rank}, {lora:,} parameters)", lora_local * _FP32, "counted"))
         rows.append(PlanRow("LoRA gradients (fp32)", lora_local * _FP32, "counted"))
-        rows.append(PlanRow("AdamW moments (2 x fp32)", 2 * lora_local * _FP32, "counted"))
+        if optimizer != "sgd":  # plain SGD keeps no state
+            rows.append(PlanRow("AdamW moments (2 x fp32)", 2 * lora_local * _FP32, "counted"))
         if ema:
             rows.append(PlanRow("LoRA EMA (fp32)", lora_local * _FP32, "counted"))
     for e in counts.encoders:
@@ -1431,7 +1435,7 @@ def processes_per_node(num_processes: int) -> int:
 def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_processes: int, *, batch_per_process: int,
                    gradient_checkpointing: bool, ema: bool = False, video: tuple[int, int, int] | None = None,
                    rewards: Mapping[str, Any] | None = None, decode_batch: int = 0, encode_batch: int = 0, judges_bytes: int = 0,
-                   on_gpu: bool = True, node_processes: int | None = None) -> tuple[MemoryPlan, HostPlan] | None:
+                   on_gpu: bool = True, node_processes: int | None = None, optimizer: str = "adamw") -> tuple[MemoryPlan, HostPlan] | None:
     """The memory plan of a generator trainer (per GPU) and its host memory at load (per node),
     from the models' configs; loads nothing, downloads nothing.
 
@@ -1452,6 +1456,7 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
         judges_bytes: other judges' bytes on each GPU, given.
         on_gpu: the run's processes have GPUs (the fixed CUDA/NCCL overhead is counted).
         node_processes: processes per node (None: :func:`processes_per_node`).
+        optimizer: the LoRA's optimizer ("adamw": its two moments counted; "sgd": none).
 
     Returns:
         ``(plan, host)``; None for the synthetic stand-in generator.
@@ -1488,7 +1493,7 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
                        gradient_checkpointing=gradient_checkpointing, lora_rank=lora.rank, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
                        judges_bytes=judges_bytes, ema=ema, judges=judges, unknown_judges=unknown, vae_phase_bytes=vae_peak,
                        vae_what=what, audio_phase_bytes=audio_peak,
-                       prefetch=True, overhead_bytes=fixed_overhead_bytes(num_processes) if on_gpu else 0)
+                       prefetch=True, overhead_bytes=fixed_overhead_bytes(num_processes) if on_gpu else 0, optimizer=optimizer)
     per_node = node_processes or processes_per_node(num_processes)
     host = host_plan(counts, sharded=parallel.shard == "fsdp2", processes_per_node=per_node, dtype=generator.dtype, vae_dtype=generator.vae_dtype,
                      judges_bytes=sum(j.weight_bytes for j in judges), judge_processes=math.ceil(per_node / parallel.context_parallel),
@@ -1500,7 +1505,7 @@ def plan_generator(generator: Any, lora: Any, parallel: ParallelSettings, num_pr
 def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_processes: int, batch_per_process: int,
                  gradient_checkpointing: bool, *, budget_gib: float | None = None, judges_bytes: int = 0, ema: bool = False,
                  video: tuple[int, int, int] | None = None, device: Any = None, main_process: bool = True,
-                 rewards: Mapping[str, Any] | None = None, decode_batch: int = 0, encode_batch: int = 0) -> MemoryPlan | None:
+                 rewards: Mapping[str, Any] | None = None, decode_batch: int = 0, encode_batch: int = 0, optimizer: str = "adamw") -> MemoryPlan | None:
     """The memory plan of a generator trainer, checked before anything loads: what ``flow-grpo`` and
     ``dpo`` call once in their setup (:func:`plan_generator` for the arguments).
 
@@ -1527,7 +1532,7 @@ def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_proc
     try:
         planned = plan_generator(generator, lora, parallel, num_processes, batch_per_process=batch_per_process,
                                  gradient_checkpointing=gradient_checkpointing, ema=ema, video=video, rewards=rewards, decode_batch=decode_batch,
-                                 encode_batch=encode_batch, judges_bytes=judges_bytes, on_gpu=cuda)
+                                 encode_batch=encode_batch, judges_bytes=judges_bytes, on_gpu=cuda, optimizer=optimizer)
     except ConfigsNotFound as exc:
         if main_process:
             log.warning("%s", exc.line())

@@ -450,7 +450,7 @@ def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
     return dict(batch_per_process=config.train_batch_size * guided_rows(family.guidance(config.generator)),
                 gradient_checkpointing=config.gradient_checkpointing, ema=config.ema_decay is not None,
                 rewards={"reward": config.reward, **{f"eval_rewards.{label}": section for label, section in config.eval_rewards.items()}},
-                decode_batch=config.sample_batch_size)
+                decode_batch=config.sample_batch_size, optimizer=config.optimizer)
 
 
 def build_optimizer(config: FlowGrpoConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -434,12 +434,12 @@ IN_PROCESS_UR_CAC = {  # the A14B recipe's reward section as it shipped: both ju
 EIGHTY_GB = int(80e9)  # an 80 GB GPU, 74.5 GiB
 
 
-def _a14b_plan(reward):
+def _a14b_plan(reward, **changes):
     from cac_align.jobs import load_recipe
     from cac_align.jobs.flow_grpo import memory_inputs
 
     _, config = load_recipe(A14B_RECIPE)
-    config = dataclasses.replace(config, reward=reward, parallel=ParallelSettings(shard="fsdp2"))
+    config = dataclasses.replace(config, reward=reward, parallel=ParallelSettings(shard="fsdp2"), **changes)
     plan, host = plan_generator(config.generator, config.lora, config.parallel, 8, node_processes=8, **memory_inputs(config))
     return plan, host
 
@@ -458,6 +458,10 @@ def test_the_a14b_recipe_with_in_process_judges_is_refused_on_8x80gb_and_accepte
               "cac": {**IN_PROCESS_UR_CAC["cac"], "model": {"name": "cac", "backend": "openai", "base_url": "http://127.0.0.1:8001/v1"}}}
     accepted, _ = _a14b_plan(served)
     assert refusal(accepted, EIGHTY_GB) is None
+    # the recipe's optimizer reaches the plan: plain SGD has no AdamW moments to hold (#92)
+    moments = next(r.bytes for r in accepted.rows if r.label.startswith("AdamW"))
+    with_sgd, _ = _a14b_plan(served, optimizer="sgd")
+    assert accepted.peak_bytes - with_sgd.peak_bytes == moments > 0 and not any(r.label.startswith("AdamW") for r in with_sgd.rows)
     assert plan.peak_bytes - accepted.peak_bytes == ur + cac  # the weights: the peak phase (training) has no KV cache
     # what the served plan holds: the experts' eighths, two blocks while one runs, the decode and the fixed overhead counted
     labels = " ".join(r.label for r in accepted.rows)

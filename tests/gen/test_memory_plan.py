@@ -152,6 +152,10 @@ def test_sharded_base_is_a_share_plus_one_block(wan_counts, processes, resident_
     lora = next(r for r in plan.rows if r.label.startswith("LoRA weights"))
     assert lora.bytes == 3072 // processes * 4
     assert next(r for r in plan.rows if r.label.startswith("AdamW")).bytes == 2 * lora.bytes
+    # plain SGD (optimizer: sgd, #92) keeps no state: the same plan less the two moments
+    sgd = memory_plan(wan_counts, settings=ParallelSettings(shard="fsdp2"), num_processes=processes, tokens=100, batch_per_process=1,
+                      gradient_checkpointing=True, lora_rank=4, dtype="float32", vae_dtype="float32", optimizer="sgd")
+    assert not any(r.label.startswith("AdamW") for r in sgd.rows) and plan.peak_bytes - sgd.peak_bytes == 2 * lora.bytes
     # the text encoder leaves the device when sharded: it counts only while encoding
     assert next(r for r in plan.rows if r.label.startswith("text_encoder")).phase == "encode"
     unsharded = memory_plan(wan_counts, settings=ParallelSettings(), num_processes=processes, tokens=100, batch_per_process=1,
