@@ -438,6 +438,16 @@ class Layout:
                     module.to(device)
         self.device = None if device is None else torch.device(device)
 
+    def to_host(self, module: torch.nn.Module) -> None:
+        """``module`` back on the CPU: an encoder whose weights are the node's shared copy back to its
+        pages (:meth:`~cac_align.gen.shared_weights.MappedTensors.restore`; ``module.to("cpu")`` would
+        give this process a private copy), any other by ``module.to("cpu")``."""
+        home = self.encoder_homes.get(id(module))
+        if home is not None:
+            home.restore()
+        else:
+            module.to("cpu")
+
     @contextlib.contextmanager
     def encoders_on(self, pipe: Any, family: Any):
         """The prompt encoders on the device while they encode, and back on the CPU after, when
@@ -453,11 +463,7 @@ class Layout:
             yield
         finally:
             for module in modules:
-                home = self.encoder_homes.get(id(module))
-                if home is not None:
-                    home.restore()  # back to the node's shared copy (module.to("cpu") would make a private one)
-                else:
-                    module.to("cpu")
+                self.to_host(module)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 

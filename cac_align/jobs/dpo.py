@@ -379,7 +379,7 @@ class _Trainer:
         if acc.device.type != "cpu":  # training reads the cache only: the text encoder (UMT5-XXL), the VAE, ... leave the GPU
             for name, module in pipe.components.items():
                 if isinstance(module, torch.nn.Module) and not name.startswith("transformer"):
-                    module.to("cpu")
+                    self.layout.to_host(module)  # a shared encoder back to the node's copy (gen/shared_weights.py)
 
         # 3. the LoRA (a two-expert model's: on lora.experts, each pair noised to a level an adapted
         #    expert serves), the optimizer, resume

@@ -141,3 +141,16 @@ def test_every_familys_encoders_build_empty_as_their_folder_loads_them(tiny, tmp
         assert all(t.is_meta for t in _tensors(module)) and not module.training
         mapped = attach(module, layout)  # raises naming any tensor that differs
         assert all(mapped.holds(t) for t in _tensors(module))
+
+
+def test_a_layout_sends_a_shared_encoder_back_to_its_pages(tmp_path):
+    """What flow-grpo's encodes and dpo's end of caching call (Layout.to_host); a module with no shared copy
+    takes module.to("cpu"), which needs a GPU to show anything."""
+    from cac_align.gen.parallel import Layout, ParallelSettings
+
+    shared, _ = _encoder()
+    _, home = publish(shared, tmp_path / "e.bin")
+    layout = Layout(ParallelSettings(shard="fsdp2"), world=2, rank=1, encoder_homes={id(shared): home})
+    shared.to("meta")  # away (a GPU's, in a run)
+    layout.to_host(shared)
+    assert all(home.holds(t) for t in _tensors(shared))
