@@ -75,8 +75,10 @@ def test_a_fleet_routes_by_session_key_and_stops_whole(stop_with, tmp_path):
             first = _served_by(url, f"video-{k}")
             assert all(_served_by(url, f"video-{k}")["port"] == first["port"] for _ in range(2)), k
             ports[k] = first["port"]
+        # both replicas take keys; no share is asserted: where a key lands depends on the ring positions of the
+        # replicas' URLs, i.e. on the free ports drawn (a fresh-clone CI run of 2026-11-27 drew ports that gave one
+        # replica 20 of the 24 keys, against a bound of 0.8 here before)
         assert set(ports.values()) == {port + 1, port + 2}
-        assert 0.2 <= sum(p == port + 1 for p in ports.values()) / len(ports) <= 0.8
         # each replica on its own GPU: the i-th it is shown, or GPU i when nothing is set
         devices = {p: _served_by(url, f"video-{k}")["devices"] for k, p in ports.items()}
         assert devices == ({port + 1: "6", port + 2: "7"} if visible else {port + 1: "0", port + 2: "1"})
