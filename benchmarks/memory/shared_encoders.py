@@ -3,6 +3,7 @@ one copy per process (``parallel.share_encoders``, cac_align/gen/shared_weights.
 
     python benchmarks/memory/shared_encoders.py                      # 4 processes, a ~1.4 GB bf16 UMT5 encoder
     python benchmarks/memory/shared_encoders.py --processes 8 --layers 12
+    python benchmarks/memory/shared_encoders.py --visit cuda         # one process: the encoder's trips to a GPU
 
 A tiny Wan pipeline whose text encoder is swapped for a random UMT5 encoder of real width (d_model
 1536, d_ff 4096, ``--layers`` layers, bf16) is saved to a folder. Then ``--processes`` processes are
@@ -12,6 +13,12 @@ default (shared: the encoders live on the CPU) and once ``false``. After every p
 prompt, each reads its ``/proc/self/smaps_rollup``: PSS (each shared page divided among the processes
 that map it, so the processes' PSS add up to what the node holds) and anonymous (private) memory.
 Printed: the node's total PSS both ways, its ratio, and per process; a ``RESULT {json}`` line.
+
+``--visit DEVICE`` measures instead what one process's host memory does when the encoder visits
+``DEVICE`` (a GPU) to encode and comes back, as a sharded run's encoder does each step: published to
+a shared file, it goes to the device, encodes, and comes back by ``MappedTensors.restore`` (the
+shared pages), then once more by ``module.to("cpu")`` (as before: a private copy). Anonymous
+(private) memory after each, and whether every tensor is the file's again.
 """
 
 from __future__ import annotations
@@ -79,6 +86,42 @@ def worker(folder: str, share: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def visit(device: str, layers: int) -> None:
+    """One process, the encoder's trips to ``device`` and back: the shared pages, then a private copy."""
+    import gc
+
+    import torch
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from cac_align.gen.shared_weights import publish
+
+    def anonymous() -> int:
+        gc.collect()
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    config = UMT5Config(vocab_size=32128, d_model=1536, d_kv=96, d_ff=4096, num_layers=layers, num_heads=16, relative_attention_num_buckets=32)
+    encoder = UMT5EncoderModel(config).to(torch.bfloat16).eval()
+    size = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    ids = torch.randint(0, 32128, (4, 128), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        _, home = publish(encoder, Path(tmp) / "text_encoder.bin")
+        base = anonymous()
+        rows = {}
+        for how in ("restore", "to_cpu"):
+            encoder.to(device)
+            with torch.no_grad():
+                encoder(input_ids=ids.to(device))
+            home.restore() if how == "restore" else encoder.to("cpu")
+            tensors = [t for _, m in encoder.named_modules() for t in [*m._parameters.values(), *m._buffers.values()] if t is not None]
+            rows[how] = {"anonymous_growth": anonymous() - base, "in_file": all(home.holds(t) for t in tensors)}
+            print(f"back by {how}: anonymous memory +{rows[how]['anonymous_growth'] / 2**30:.2f} GiB "
+                  f"(the encoder: {size / 2**30:.2f} GiB); every tensor the shared file's: {rows[how]['in_file']}", flush=True)
+    print("RESULT " + json.dumps({"visit": device, "encoder_bytes": size, **rows}))
+
+
 def launch(folder: Path, processes: int, share: str, out: Path) -> list[dict]:
     import socket
 
@@ -100,10 +143,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24, help="the UMT5 encoder's layers (24: about 0.68 B parameters, 1.4 GB in bf16)")
     parser.add_argument("--file-dtype", default="float32", choices=("float32", "bfloat16"),
                         help="the encoder's dtype in its files; the run loads it in bf16 (float32: a load that converts)")
+    parser.add_argument("--visit", metavar="DEVICE", help="one process: the encoder's trips to DEVICE (a GPU) and back")
     parser.add_argument("--worker", nargs=3, metavar=("FOLDER", "SHARE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
+        return
+    if args.visit:
+        visit(args.visit, args.layers)
         return
     gib = 2**30
     with tempfile.TemporaryDirectory() as tmp:
