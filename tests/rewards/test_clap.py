@@ -97,28 +97,10 @@ def test_a_clap_folder_with_only_a_pickled_bin_is_refused(clap_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def fused_clap_dir(tmp_path_factory):
-    """A tiny random FUSED ClapModel (``enable_fusion=True``: a long track's local chunks fused into its
-    global mel) with a ``truncation="fusion"`` extractor: 16 kHz, 1 s clips, 64 mel bins (the fusion's
-    shrunk mel is 64 wide), hop 320: 51 frames a clip."""
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+    """A tiny random FUSED ClapModel and its fusion extractor (audio_rewards.save_tiny_clap)."""
+    from audio_rewards import save_tiny_clap
 
-    from cac_align.vlm.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer(vocab_size=300)
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id, projection_dim=16),
-        audio_config=dict(spec_size=64, num_mel_bins=64, window_size=4, patch_size=4, patch_stride=(4, 4), hidden_size=32,
-                          patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], projection_dim=16, enable_fusion=True),
-        projection_dim=16, enable_fusion=True,
-    )
-    extractor = ClapFeatureExtractor(feature_size=64, sampling_rate=16000, hop_length=320, max_length_s=1, fft_window_size=512,
-                                     frequency_max=8000, truncation="fusion")
-    path = tmp_path_factory.mktemp("clap_fused")
-    ClapModel(config).save_pretrained(path)
-    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    return save_tiny_clap(tmp_path_factory.mktemp("clap_fused"), fused=True)
 
 
 def test_is_longer_is_the_extractors_own_rule_on_the_real_length():
