@@ -20,7 +20,11 @@ recipe loading and run folders are part of what is compared):
   each saved and its ``metrics.jsonl`` (the repair's rows and videos);
 - a tiny LTX-2 Best-of-N (``bon_tiny_ltx2.yaml``): its rows, videos and soundtracks;
 - tiny stages 1-3 of ``train-cac`` (after ``synth``): each stage's ``metrics.jsonl`` and the
-  tensors of its final weights.
+  tensors of its final weights;
+- the memory plan of every shipped big recipe (a generator trainer on a released model), as
+  ``check-recipe`` makes it offline on the layout its first line launches: each row's label and bytes
+  per GPU, and the host rows (``plans/big_recipes.json``; ``record_behaviour.py plans FILE`` writes
+  that file alone, as ``tests/fixtures/big_recipe_plans.json`` is written).
 
 ``compare`` reads JSON and JSONL rows with wall-clock fields left out (keys naming seconds, time,
 dates, throughput) and the recording's own folder replaced by ``<work>``; it compares tensors as
@@ -36,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,6 +88,7 @@ RECORDED = [
     "cac_stage2_tiny/final/*.safetensors",
     "cac_stage3_tiny/metrics.jsonl",
     "cac_stage3_tiny/final/*.safetensors",
+    "plans/big_recipes.json",
 ]
 
 # JSON keys whose values are wall-clock facts, not behaviour
@@ -106,10 +112,48 @@ def record(dest: Path) -> int:
         if proc.returncode:
             print(f"{name} failed; see {dest / (name + '.log')}", file=sys.stderr)
             return 1
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:  # an empty Hugging Face cache: the plans from the configs shipped with cac-align
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "plans", str(work / "outputs" / "plans" / "big_recipes.json")],
+                              cwd=REPO, env={**env, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"})
+    print(f"plans: exit {proc.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+    if proc.returncode:
+        return 1
     files = sorted(str(p.relative_to(work / "outputs")) for pattern in RECORDED for p in (work / "outputs").glob(pattern))
     (dest / "files.json").write_text(json.dumps(files, indent=1))
     print(f"recorded {len(files)} files in {dest}")
     return 0
+
+
+def big_recipes() -> list[Path]:
+    """The shipped generator trainers (flow-grpo, nft, dpo) whose generator is a released model (a hub id)."""
+    from cac_align.jobs import load_recipe
+
+    found = []
+    for path in sorted((REPO / "recipes" / "align").glob("*.yaml")):
+        spec, config = load_recipe(path)
+        if spec.memory_inputs is not None and "/" in config.generator.name and not config.generator.name.startswith("tiny-random:"):
+            found.append(path)
+    return found
+
+
+def big_recipe_plans() -> dict[str, Any]:
+    """``{recipe: {processes, nodes, peak, gpu: [[label, bytes, source, phase], ...], host: [...]}}`` of every
+    :func:`big_recipes` as ``check-recipe`` plans it (:func:`cac_align.cli.recipe_plan`) on the layout its first
+    line launches. Offline: a release not in the Hugging Face cache is planned from the configs shipped with
+    cac-align (run it with an empty cache to record those)."""
+    from cac_align.cli import header_nodes, header_processes, recipe_plan
+    from cac_align.jobs import load_recipe
+
+    plans = {}
+    for path in big_recipes():
+        spec, config = load_recipe(path)
+        processes, nodes = header_processes(path), header_nodes(path)
+        plan, host = recipe_plan(spec, config, processes, nodes)
+        plans[path.stem] = {"processes": processes, "nodes": nodes, "peak": plan.peak_bytes,
+                            "gpu": [[r.label, r.bytes, r.source, r.phase] for r in plan.rows],
+                            "host": [[r.label, r.bytes, r.source, r.phase] for r in host.rows]}
+    return plans
 
 
 def _normalized(value: Any, root: str) -> Any:
@@ -190,9 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     cmp = sub.add_parser("compare", help="compare two recordings")
     cmp.add_argument("first", type=Path)
     cmp.add_argument("second", type=Path)
+    plans = sub.add_parser("plans", help="write the big recipes' memory plans (bytes per row) to FILE")
+    plans.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     if args.command == "record":
         return record(args.dir.resolve())
+    if args.command == "plans":
+        args.file.parent.mkdir(parents=True, exist_ok=True)
+        args.file.write_text(json.dumps(big_recipe_plans(), indent=1) + "\n")
+        return 0
     return compare(args.first.resolve(), args.second.resolve())
 
 

@@ -261,14 +261,30 @@ def _step_split(spec: Any, config: Any, processes: int) -> str | None:
     return None
 
 
+def recipe_plan(spec: Any, config: Any, processes: int, nodes: int = 1) -> Any:
+    """The memory plan (:func:`cac_align.plan.check.plan_generator`: ``(plan, host)``, or None for the synthetic
+    generator) of a generator trainer's recipe, loaded as ``load_recipe`` gives it, on ``processes`` GPUs over
+    ``nodes`` nodes: what ``check-recipe`` prints.
+
+    Raises:
+        ConfigsNotFound: its models' configs are not on this machine.
+    """
+    from cac_align.config import resolve
+    from cac_align.plan.check import plan_generator
+
+    return plan_generator(config.generator, config.lora, config.parallel, processes, **resolve(spec.memory_inputs)(config),
+                          node_processes=max(1, processes // nodes))
+
+
 def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None,
                  nodes: int = 1) -> str | None:
-    """Print a generator trainer's memory plan (``cac_align.gen.memory``) where its models' configs
+    """Print a generator trainer's memory plan (``cac_align.plan``) where its models' configs
     can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
     job prints the plan when it runs) or another job. Returns why its launch would be refused (the
     step does not split over the processes, or the plan does not fit ``gpu_gib``), else None."""
-    from cac_align.config import resolve
-    from cac_align.gen.memory import GIB, ConfigsNotFound, plan_generator, planned_from_shipped, refusal
+    from cac_align.plan.configs import ConfigsNotFound, planned_from_shipped
+    from cac_align.plan.counts import GIB
+    from cac_align.plan.refusal import refusal
 
     if spec.memory_inputs is None:
         return None
@@ -279,8 +295,7 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     if config.generator.name.startswith("tiny-random:"):
         return None
     try:
-        planned = plan_generator(config.generator, config.lora, config.parallel, n, **resolve(spec.memory_inputs)(config),
-                                 node_processes=max(1, n // nodes))
+        planned = recipe_plan(spec, config, n, nodes)
     except ConfigsNotFound as exc:
         print(f"     {exc.line()}")
         return None
@@ -292,7 +307,7 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     limit = int(gpu_gib * GIB) if gpu_gib is not None else None
     if planned_from_shipped(config.generator.name):
         print(f"     planned from the configs of {config.generator.name} shipped with cac-align (config numbers only, each with its source: "
-              "cac_align/gen/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
+              "cac_align/plan/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
     print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
     reason = refusal(plan, limit) if limit is not None else None
     return f"refused: {reason}" if reason is not None else None

@@ -29,10 +29,10 @@ def test_installed_console_script_lists_jobs():
 
 
 def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
-    from cac_align.gen import memory
+    from cac_align.plan import configs as plan_configs
 
-    # validation only: the big recipes' plans from the shipped configs take minutes (tests/gen/test_full_size_configs.py)
-    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
+    # validation only: the big recipes' plans from the shipped configs take minutes (tests/plan/test_full_size_configs.py)
+    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
     bad = tmp_path / "bad.yaml"
     bad.write_text("job: make-tiny\nout_dir: x\nsead: 3\n")
     code = main(["check-recipe", str(REPO_ROOT / "recipes"), str(bad)])

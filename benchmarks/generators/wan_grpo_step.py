@@ -204,11 +204,13 @@ def cac_judge_on_gpu():
 
 
 def planned_peak_gib(model: str, pipe, config, judges_bytes: int) -> float:
-    """The memory plan's peak per GPU (:mod:`cac_align.gen.memory`) for this run: the generator counted
+    """The memory plan's peak per GPU (:mod:`cac_align.plan`) for this run: the generator counted
     from ``pipe``'s own modules (full size on the GPU, tiny on the CPU), one process, the run's
     ``parallel`` section and sizes, the judges' ``judges_bytes`` resident (counted from the built
     judge), the VAE's decode of one video traced, FSDP2's prefetch and the fixed overhead."""
-    from cac_align.gen.memory import GIB, count_components, fixed_overhead_bytes, guided_rows, memory_plan, vae_bytes, video_tokens
+    from cac_align.plan.counts import GIB, count_components
+    from cac_align.plan.rows import fixed_overhead_bytes, guided_rows, memory_plan, video_tokens
+    from cac_align.plan.trace import vae_bytes
 
     family = config.generator.family
     modules = {name: module for name, module in pipe.components.items() if hasattr(module, "parameters")}

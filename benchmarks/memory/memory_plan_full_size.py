@@ -1,6 +1,6 @@
-"""The memory plan (``cac_align.gen.memory``) of the real generator recipes at full size, every family,
+"""The memory plan (``cac_align.plan``) of the real generator recipes at full size, every family,
 on the CPU: each recipe's models built on the meta device (no weights, no memory) from their configs
-(the Hugging Face cache's, else the ones shipped with cac-align: ``cac_align/gen/full_size/``, each
+(the Hugging Face cache's, else the ones shipped with cac-align: ``cac_align/plan/full_size/``, each
 number with its source in its ``SOURCES.md``), counted, and planned per GPU for one GPU unsharded
 (data parallel), for N GPUs sharded (FSDP2, the text encoder off the GPU between encodes) and for the
 layout the recipe itself sets (its ``parallel`` section, on the processes its first line launches).
@@ -10,7 +10,7 @@ layout the recipe itself sets (its ``parallel`` section, on the processes its fi
     python benchmarks/memory/memory_plan_full_size.py --recipes flow_grpo_hunyuan15_ur_cac
 
 What it prints is arithmetic, not a measurement: the parameters are counted from the configs; the
-activations are ``cac_align.gen.memory.activation_bytes``'s estimate; the VAE's decode of a sample
+activations are ``cac_align.plan.rows.activation_bytes``'s estimate; the VAE's decode of a sample
 batch (flow-grpo, nft: ``sample_batch_size``) or encode of one video (dpo) is traced on the meta device;
 FSDP2's prefetched block and the fixed CUDA/NCCL overhead are counted as the jobs count them. The judges
 are left out here (served elsewhere: 0 GiB); ``cac-align check-recipe --gpu-gb 80 RECIPE`` prints the
@@ -48,7 +48,10 @@ def plan_recipe(name: str, gpus: int, device: int) -> None:
     """Print ``recipes/align/<name>.yaml``'s plan on three layouts (module docstring)."""
     from cac_align.cli import header_processes
     from cac_align.config import resolve
-    from cac_align.gen.memory import GIB, plan_generator, planned_from_shipped, refusal
+    from cac_align.plan.check import plan_generator
+    from cac_align.plan.configs import planned_from_shipped
+    from cac_align.plan.counts import GIB
+    from cac_align.plan.refusal import refusal
     from cac_align.gen.parallel import ParallelSettings
     from cac_align.jobs import load_recipe
 
@@ -85,7 +88,7 @@ def main() -> None:
                         help="memory of one GPU, GiB (default: 80 GB = 80e9 bytes, 74.5 GiB; an 80 GB H100 reports about 79 GiB to torch)")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), help="recipe names under recipes/align (default: one or more per family)")
     args = parser.parse_args()
-    from cac_align.gen.memory import GIB
+    from cac_align.plan.counts import GIB
 
     for name in args.recipes:
         plan_recipe(name, args.gpus, int(args.device_gib * GIB))

@@ -1,9 +1,9 @@
-"""Write the full-size configs shipped with cac-align (``cac_align/gen/full_size/``): the
+"""Write the full-size configs shipped with cac-align (``cac_align/plan/full_size/``): the
 ``model_index.json`` and each model's ``config.json`` of every generator and judge a shipped big
 recipe names, so that ``cac-align check-recipe`` and the jobs' memory plan work offline
-(``cac_align.gen.memory``: the Hugging Face cache first, these where it has nothing).
+(``cac_align.plan``: the Hugging Face cache first, these where it has nothing).
 
-    python benchmarks/memory/write_full_size_configs.py          # rewrites cac_align/gen/full_size/
+    python benchmarks/memory/write_full_size_configs.py          # rewrites cac_align/plan/full_size/
 
 Config numbers only (facts: widths, depths, heads, channels), never weights, code or text. Each value
 below is written down from the source named beside it; each file is written the way its library's
@@ -335,7 +335,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     lines = ["# Full-size configs shipped with cac-align", "",
              "Written by `benchmarks/memory/write_full_size_configs.py` (config numbers only: no weights). "
-             "`cac_align.gen.memory` reads a release's files from here where the Hugging Face cache has none of its own. "
+             "`cac_align.plan` reads a release's files from here where the Hugging Face cache has none of its own. "
              "Sources (diffusers' conversion scripts at github.com/huggingface/diffusers 58eb52c, diffusers 0.42.1's classes):", ""]
     for repo, files in REPOS.items():
         root = args.out / repo.replace("/", "--")

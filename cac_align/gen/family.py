@@ -45,14 +45,14 @@ members, which a family without them does not need:
   the video's sigmas, so it has none);
 - ``frame_remainder``: a clip is ``k * frame_multiple + frame_remainder`` frames (MiniMax-H3's VAE:
   ``17k + 5``); the others' 1 when absent;
-- for the memory plan (:mod:`cac_align.gen.memory`), where the generic formulas do not hold:
+- for the memory plan (:mod:`cac_align.plan`), where the generic formulas do not hold:
   ``latent_frames(num_frames)`` (MiniMax-H3: ``5n + 2`` of ``17n + 5``), ``sequence_tokens(num_frames,
   height, width)`` (every row of its packed sequence: text, audio and video) and
   ``unloaded_components`` (components its folder holds that the jobs never load: its
   ``transformer_ref``);
-- ``audio_decode_bytes(modules, batch, num_frames, fps, dtype)``: the most bytes the soundtracks' decode
-  of a sample batch holds (Kandinsky 6: its audio VAE and vocoder traced on the meta device), which the
-  memory plan weighs against the frames' decode; absent, the sound's decode is not traced;
+- ``audio_decode(modules, batch, num_frames, fps, dtype) -> (decode, latents, kept)``: what the soundtracks'
+  decode of a sample batch runs, on the meta device (Kandinsky 6: its audio VAE and vocoder), which the
+  memory plan traces and weighs against the frames' decode; absent, the sound's decode is not traced;
 - for training the sound (``audio: trained`` of flow-grpo and nft; docs/audio.md), a family with
   ``audio``: ``audio_lora_target_modules`` (the layers of its audio branch, which a trainer's LoRA adds
   to :attr:`GeneratorFamily.lora_target_modules` where the sound is trained) and

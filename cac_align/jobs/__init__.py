@@ -32,7 +32,7 @@ class JobSpec:
     run: str  # "module:function" taking the config instance
     help: str
     resume: str | None = None  # how an interrupted run continues (None: it starts over)
-    # "module:function" giving the memory plan's inputs from a config (gen/memory.py's plan_generator):
+    # "module:function" giving the memory plan's inputs from a config (plan/check.py's plan_generator):
     # the generator trainers', whose plan `cac-align check-recipe` prints; None for every other job
     memory_inputs: str | None = None
 
@@ -72,7 +72,7 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
     ("dpo", "dpo", "DpoConfig", "Diffusion-DPO of a LoRA of a video generator (the families: cac-align --help) on repair pairs (LocalDPO's masked loss) and Best-of-N pairs", _RESUME_CHECKPOINT),
 ]
 
-# the jobs that train a generator on GPUs: each plans its memory before it loads (cac_align.gen.memory)
+# the jobs that train a generator on GPUs: each plans its memory before it loads (cac_align.plan)
 _MEMORY_PLANNED = ("flow_grpo", "nft", "dpo")
 
 JOBS: dict[str, JobSpec] = {

@@ -67,7 +67,7 @@ from cac_align.gen.family import check_prompt_images, fixed_frames
 from cac_align.gen.generator import Conditioning, GeneratorConfig, encode_conditioning, video_velocity
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
-from cac_align.gen.memory import check_memory
+from cac_align.plan.check import check_memory
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
 from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
@@ -213,7 +213,7 @@ def plan_step(config: DpoConfig, num_processes: int, rank: int) -> StepPlan:
 
 
 def memory_inputs(config: DpoConfig, video: tuple[int, int, int] | None = None) -> dict[str, Any]:
-    """What the memory plan (:func:`cac_align.gen.memory.plan_generator`) needs of a dpo recipe
+    """What the memory plan (:func:`cac_align.plan.check.plan_generator`) needs of a dpo recipe
     beyond its generator, LoRA and layout: a micro-batch's rows (``batch_size`` pairs, a winner and
     a loser each), its pairs' video ``(frames, height, width)`` (None: the generator's size, which
     the pairs' bon or repair recipe made them at) and the latent cache's encode of one video at a
@@ -338,7 +338,7 @@ class _Trainer:
         # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
         self.layout: Layout = layout_for(acc, config.parallel)
         self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
-        if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (gen/memory.py)
+        if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (cac_align/plan/)
             frames, height, width, _ = shapes[0]
             video = dataclasses.replace(config.generator, num_frames=frames, height=height, width=width)
             check_context_parallel(self.family, video, config.parallel)

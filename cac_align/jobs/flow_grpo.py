@@ -70,7 +70,8 @@ from cac_align.config import RecipeError
 from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
-from cac_align.gen.memory import check_memory, guided_rows
+from cac_align.plan.check import check_memory
+from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
@@ -442,7 +443,7 @@ def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan
 
 
 def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
-    """What the memory plan (:func:`cac_align.gen.memory.plan_generator`) needs of a flow-grpo
+    """What the memory plan (:func:`cac_align.plan.check.plan_generator`) needs of a flow-grpo
     recipe beyond its generator, LoRA and layout: the rows of a training micro-batch (its videos x
     the forwards a guided velocity batches), the reward and every held-out judge (scored on the
     GPUs that train: the leaders'), and ``sample_batch_size`` videos decoded at once."""
@@ -719,7 +720,7 @@ class _Trainer:
         # the processes' layout: data parallel x context parallel (cac_align.gen.parallel)
         self.layout: Layout = layout_for(acc, config.parallel)
         self.plan = plan_step(config, self.layout.dp, self.layout.dp_rank)
-        if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (gen/memory.py)
+        if self.pipe is None:  # the memory plan, from the model's configs, before anything loads (cac_align/plan/)
             check_context_parallel(self.family, config.generator, config.parallel)
             inputs = memory_inputs(config)
             if self.reward is not None:  # given, not built from the section: its models are the caller's

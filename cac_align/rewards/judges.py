@@ -1,6 +1,6 @@
 """What a reward section loads, said before anything loads: the judges the memory plan counts.
 
-A generator trainer plans its GPUs' memory before any weight is read (:mod:`cac_align.gen.memory`),
+A generator trainer plans its GPUs' memory before any weight is read (:mod:`cac_align.plan`),
 and the in-process judges of its reward sections are part of what a GPU holds. Each registered
 reward says which models a section of its loads with a small function named at registration
 (``register_reward(..., judges="module:function")``)::

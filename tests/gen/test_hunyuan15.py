@@ -138,7 +138,8 @@ def test_a_saved_pipeline_under_an_unlisted_hub_id_is_its_family_and_samples_as_
         HUNYUAN15_T2V.check_context_parallel(config, 2, {})
     # the memory plan counts it from its configs on the meta device (the cached folder's config.json files, no weights)
     from cac_align.gen.lora import LoraSettings
-    from cac_align.gen.memory import count_generator, vae_bytes
+    from cac_align.plan.counts import count_generator
+    from cac_align.plan.trace import vae_bytes
 
     for mode, encoders in (("t2v", ["text_encoder", "text_encoder_2"]), ("i2v", ["text_encoder", "text_encoder_2", "image_encoder"])):
         counts = count_generator(GeneratorConfig(name=f"someone/hv15-{mode}-finetune"), LoraSettings(rank=4))

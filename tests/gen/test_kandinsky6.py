@@ -222,7 +222,9 @@ def test_best_of_n_writes_24_fps_video_with_44_1_khz_aac_and_a_wav_and_pi_flow_s
 @pytest.mark.slow  # a saved tiny folder counted from its configs on the meta device
 def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
     from cac_align.gen.lora import LoraSettings
-    from cac_align.gen.memory import counted_generator, plan_generator
+    from cac_align.plan.check import plan_generator
+    from cac_align.plan.counts import counted_generator
+    from cac_align.plan.trace import audio_decode_bytes, traced_peak_bytes
     from cac_align.gen.parallel import ParallelSettings
 
     _, pipe = tiny
@@ -236,10 +238,11 @@ def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
     assert "1 x 51,840 tokens" in plan.table()  # 32 latent frames x 30 x 54 patches
     # the soundtracks' decode traced with the decode of a sample batch: the audio VAE and the vocoder on the meta device
     family = config.family
-    sound = counts.audio_decode(2, 121, 24.0, "float32")
+    sound = audio_decode_bytes(counts, 2, 121, 24.0, "float32")
     vocoder_out = 2 * 260 * 1024 * 4  # ceil(121 / 24 x 44100 / 1024) = 260 latents of 1024 samples, 2 videos, float32
-    assert sound >= vocoder_out and sound == family.audio_decode_bytes({"audio_vae": pipe.audio_vae, "vocoder": pipe.vocoder}, 2, 121, 24.0, "float32")
-    assert counts.audio_decode(4, 121, 24.0, "float32") > sound  # it grows with the batch
+    decode, latents, kept = family.audio_decode({"audio_vae": pipe.audio_vae, "vocoder": pipe.vocoder}, 2, 121, 24.0, "float32")
+    assert sound >= vocoder_out and sound == traced_peak_bytes(decode, latents, keep=kept)
+    assert audio_decode_bytes(counts, 4, 121, 24.0, "float32") > sound  # it grows with the batch
     plan, _ = plan_generator(config, LoraSettings(), ParallelSettings(), 1, batch_per_process=1, gradient_checkpointing=True, decode_batch=2)
     assert "or its sound's (audio VAE + vocoder" in plan.table()
 
@@ -251,7 +254,8 @@ def test_the_real_recipes_header_is_the_memory_plans_gpu_count(tmp_path, hub_cac
     from omegaconf import OmegaConf
 
     from cac_align.gen.lora import LoraSettings
-    from cac_align.gen.memory import GIB, plan_generator
+    from cac_align.plan.check import plan_generator
+    from cac_align.plan.counts import GIB
     from cac_align.gen.parallel import ParallelSettings
     from full_size_configs import KANDINSKY6_PRO, write_hub_cache
 

@@ -149,7 +149,7 @@ def test_an_ltx25_saved_by_diffusers_classes_under_an_unlisted_hub_id_is_read_an
     np.testing.assert_allclose(made.audio, built.audio, rtol=0, atol=1e-5)
     # the memory plan counts the diffusion decoder from its config on the meta device, beside the VAEs
     from cac_align.gen.lora import LoraSettings
-    from cac_align.gen.memory import counted_generator
+    from cac_align.plan.counts import counted_generator
 
     decoder_parameters = sum(p.numel() for p in pipe.diffusion_decoder.parameters())
     for name in ("tiny-random:ltx2.5", str(folder)):  # built as it is, and from the saved folder's configs

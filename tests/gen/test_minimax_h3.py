@@ -199,7 +199,8 @@ def test_best_of_n_writes_24_fps_videos_with_their_soundtrack_and_a_wav_and_dpo_
 @pytest.mark.slow  # the saved tiny folder: counted from its configs on the meta device
 def test_the_memory_plan_counts_a_saved_folder_from_its_configs(tiny, tmp_path):
     from cac_align.gen.lora import LoraSettings
-    from cac_align.gen.memory import counted_generator, plan_generator
+    from cac_align.plan.check import plan_generator
+    from cac_align.plan.counts import counted_generator
     from cac_align.gen.parallel import ParallelSettings
 
     _, pipe = tiny

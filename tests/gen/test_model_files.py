@@ -173,13 +173,13 @@ def test_bon_and_flow_grpo_run_the_small_vae_finetune_at_a_frame_count_only_it_t
 
 
 def test_every_shipped_release_configs_ratios_are_its_familys_or_say_nothing():
-    # the release checkpoints' own files (cac_align/gen/full_size/, sources in its SOURCES.md) give the
+    # the release checkpoints' own files (cac_align/plan/full_size/, sources in its SOURCES.md) give the
     # family's values, so a release validates and plans as before; a fine-tune's differ only where its files do
     from cac_align.gen.family import family_of, ratios_from_configs, read_model_file
     from conftest import REPO_ROOT
 
     seen = {}
-    for folder in sorted((REPO_ROOT / "cac_align/gen/full_size").glob("*/vae")):
+    for folder in sorted((REPO_ROOT / "cac_align/plan/full_size").glob("*/vae")):
         vae, transformer = read_model_file(str(folder.parent), "vae/config.json"), read_model_file(str(folder.parent), "transformer/config.json")
         family = family_of(str(folder.parent))
         seen[folder.parent.name] = ratios_from_configs(vae, transformer)

@@ -42,9 +42,9 @@ def skyra_writes_an_artifact(monkeypatch):
 
 def test_the_real_recipes_name_skyra_and_localize_with_it(tmp_path, monkeypatch):
     from cac_align.config import read_recipe_file
-    from cac_align.gen import memory
+    from cac_align.plan import configs as plan_configs
 
-    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # validation here; their plans: tests/gen/test_full_size_configs.py
+    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # validation here; their plans: tests/plan/test_full_size_configs.py
 
     flow = read_recipe_file(ALIGN / "flow_grpo_wan_ur_skyra_localized.yaml")
     assert flow["advantage"]["localize"]["enabled"] and flow["advantage"]["localize"]["source"] == "skyra"

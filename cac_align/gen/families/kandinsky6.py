@@ -323,13 +323,12 @@ class Kandinsky6Family:
             x = x.to(next(vae.parameters()).device, vae.dtype) / 127.5 - 1.0
             return (vae.encode(x).latent_dist.mode().float() * vae.config.scaling_factor)[0]
 
-    def audio_decode_bytes(self, modules: Mapping[str, Any], batch: int, num_frames: int, fps: float, dtype: Any) -> int:
-        """The most bytes the soundtracks' decode of ``batch`` videos of ``num_frames`` at ``fps`` holds at once (the
-        memory plan, :mod:`cac_align.gen.memory`): the audio VAE's decode and the vocoder, traced on the meta device with
-        the pipeline's own modules in ``dtype``, the latents sized as :meth:`side_shape` sizes them (one per
-        ``2 x hop_length`` samples of the audio VAE's ``sample_rate``)."""
-        from cac_align.gen.memory import traced_peak_bytes
-
+    def audio_decode(self, modules: Mapping[str, Any], batch: int, num_frames: int, fps: float, dtype: Any) -> tuple[Any, torch.Tensor, list]:
+        """What the soundtracks' decode of ``batch`` videos of ``num_frames`` at ``fps`` runs, on the meta device, for the
+        memory plan to trace (:func:`cac_align.plan.trace.audio_decode_bytes`): ``(decode, latents, kept)``, the audio
+        VAE's decode and the vocoder over copies of the pipeline's own modules in ``dtype``, latents sized as
+        :meth:`side_shape` sizes them (one per ``2 x hop_length`` samples of the audio VAE's ``sample_rate``), and the
+        modules' own tensors (there before the decode)."""
         resolved = getattr(torch, str(dtype)) if isinstance(dtype, str) else dtype
         # a copy on the meta device, buffers too (MMAudioVAE computes its mel filterbank on the CPU as it is built)
         from diffusers.utils import logging as diffusers_logging
@@ -344,8 +343,8 @@ class Kandinsky6Family:
         frames = (num_frames - 1) // self.frame_multiple * self.frame_multiple + 1
         length = math.ceil(frames / float(fps) * config.sample_rate / (2 * config.hop_length))  # MMAudioVAE.latent_hop_length
         latents = torch.empty(batch, config.latent_channels, length, device="meta", dtype=resolved)
-        keep = [*audio_vae.parameters(), *audio_vae.buffers(), *vocoder.parameters(), *vocoder.buffers()]
-        return traced_peak_bytes(lambda z: vocoder(audio_vae.decode(z, return_dict=False)[0], return_dict=False)[0], latents, keep=keep)
+        kept = [*audio_vae.parameters(), *audio_vae.buffers(), *vocoder.parameters(), *vocoder.buffers()]
+        return (lambda z: vocoder(audio_vae.decode(z, return_dict=False)[0], return_dict=False)[0]), latents, kept
 
     def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
         return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial, tuple(pipe.transformer_patch_size)

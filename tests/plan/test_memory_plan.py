@@ -1,4 +1,4 @@
-"""The memory plan (cac_align.gen.memory): parameters counted on the meta device from a saved
+"""The memory plan (cac_align.plan): parameters counted on the meta device from a saved
 pipeline's configs equal the real model's, with no weight file read; FSDP2's per-GPU share, the
 LoRA count, the token count and the activation arithmetic worked out by hand; the refusal names the
 computed fix; a plan that fits does not raise."""
@@ -16,19 +16,10 @@ from cac_align.config import RecipeError
 from cac_align.gen import family as family_module
 from cac_align.gen.generator import GeneratorConfig
 from cac_align.gen.lora import LoraSettings, add_lora
-from cac_align.gen.memory import (
-    GIB,
-    ComponentCount,
-    GeneratorCounts,
-    activation_bytes,
-    check_memory,
-    count_generator,
-    count_module,
-    guided_rows,
-    memory_plan,
-    refusal,
-    video_tokens,
-)
+from cac_align.plan.check import check_memory
+from cac_align.plan.counts import GIB, ComponentCount, GeneratorCounts, count_generator, count_module
+from cac_align.plan.refusal import refusal
+from cac_align.plan.rows import activation_bytes, guided_rows, memory_plan, video_tokens
 from cac_align.gen.parallel import ParallelSettings
 
 TINY = ("tiny-random:wan", "tiny-random:wan22-a14b", "tiny-random:wan21-i2v", "tiny-random:wan22-i2v-a14b", "tiny-random:ltx2")
@@ -247,7 +238,7 @@ def test_refusal_when_nothing_fits_says_the_floor():
 def test_check_memory_refuses_on_a_cpu_budget_and_passes_one_that_fits(caplog):
     generator = GeneratorConfig(name="tiny-random:wan", dtype="float32", vae_dtype="float32")
     lora, settings = LoraSettings(rank=4), ParallelSettings()
-    with caplog.at_level(logging.INFO, logger="cac_align.gen.memory"):
+    with caplog.at_level(logging.INFO, logger="cac_align.plan"):
         plan = check_memory(generator, lora, settings, 1, 2, True, budget_gib=1.0)
     assert plan is not None and plan.fits(GIB)
     assert "activations" in caplog.text and "arithmetic" in caplog.text and "counted" in caplog.text
@@ -259,22 +250,22 @@ def test_check_memory_refuses_on_a_cpu_budget_and_passes_one_that_fits(caplog):
     assert "\n" not in str(raised.value)
     # a CPU run without a budget: not enforced, and not shown (it decides nothing) but at debug level
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="cac_align.gen.memory"):
+    with caplog.at_level(logging.INFO, logger="cac_align.plan"):
         assert check_memory(generator, lora, settings, 1, 2, True, device="cpu") is not None
     assert "memory plan per GPU" not in caplog.text
-    with caplog.at_level(logging.DEBUG, logger="cac_align.gen.memory"):
+    with caplog.at_level(logging.DEBUG, logger="cac_align.plan"):
         check_memory(generator, lora, settings, 1, 2, True, device="cpu")
     assert "memory plan per GPU" in caplog.text and "not enforced" in caplog.text
 
 
 def test_hub_id_from_the_cache_and_not_cached(hub_cache, tmp_path, caplog, monkeypatch):
-    # a listed release not in the cache (nor shipped with cac-align: tests/gen/test_full_size_configs.py): its family is
+    # a listed release not in the cache (nor shipped with cac-align: tests/plan/test_full_size_configs.py): its family is
     # known by name, but no config can be read: no plan, no download
-    from cac_align.gen import memory
+    from cac_align.plan import configs as plan_configs
 
-    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
+    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
     release = GeneratorConfig(name="Wan-AI/Wan2.2-T2V-A14B-Diffusers")
-    with caplog.at_level(logging.WARNING, logger="cac_align.gen.memory"):
+    with caplog.at_level(logging.WARNING, logger="cac_align.plan"):
         assert count_generator(release, LoraSettings()) is None
     assert "not on this machine" in caplog.text
     # a fine-tune in the cache (huggingface_hub's layout), configs only: counted as from a folder

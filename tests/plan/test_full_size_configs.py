@@ -1,8 +1,8 @@
-"""The full-size configs shipped with cac-align (``cac_align/gen/full_size/``) and what they give:
+"""The full-size configs shipped with cac-align (``cac_align/plan/full_size/``) and what they give:
 ``cac-align check-recipe`` plans every shipped big recipe offline, on the layout its first line
 launches (issue #92, item 3).
 
-    pytest tests/gen/test_full_size_configs.py -m slow     # every big recipe's plan (about a minute)
+    pytest tests/plan/test_full_size_configs.py -m slow     # every big recipe's plan (about a minute)
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pytest
 from conftest import REPO_ROOT
 
 from cac_align.cli import header_nodes, header_processes
-from cac_align.gen import memory
+from cac_align.plan import configs as plan_configs
+from cac_align.plan.counts import counted_generator
+from cac_align.plan.judges import judge_models
 from cac_align.gen.generator import GeneratorConfig
 from cac_align.gen.lora import LoraSettings
 
@@ -57,14 +59,14 @@ def test_every_big_recipe_s_models_are_shipped_with_their_sources():
     from cac_align.jobs import load_recipe
     from cac_align.rewards.judges import VideoShape
 
-    sources = (memory.FULL_SIZE_CONFIGS / "SOURCES.md").read_text(encoding="utf-8")
+    sources = (plan_configs.FULL_SIZE_CONFIGS / "SOURCES.md").read_text(encoding="utf-8")
     for path in BIG:
         spec, config = load_recipe(path)
         rewards = resolve(spec.memory_inputs)(config).get("rewards") or {}
-        judges, _ = memory._judge_models(rewards, VideoShape(81, 480, 832, 16.0))
+        judges, _ = judge_models(rewards, VideoShape(81, 480, 832, 16.0))
         names = [config.generator.name] + [j.config_name or j.name for j in judges if j.in_process]
         for name in names:
-            folder = memory.shipped_configs(name)
+            folder = plan_configs.shipped_configs(name)
             if name in UNSHIPPED_JUDGES:
                 assert folder is None, f"{name} is shipped now: remove it from UNSHIPPED_JUDGES"
                 continue
@@ -96,8 +98,8 @@ def test_a_release_s_own_files_in_the_cache_take_the_place_of_the_shipped_ones(h
     from cac_align.gen import family as family_module
 
     name = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    shipped = memory.counted_generator(GeneratorConfig(name=name), LoraSettings(rank=4))
-    assert memory.planned_from_shipped(name)
+    shipped = counted_generator(GeneratorConfig(name=name), LoraSettings(rank=4))
+    assert plan_configs.planned_from_shipped(name)
     assert 1.40e9 < shipped.transformers[0].parameters < 1.45e9  # Wan-2.1-1.3B: 1.42B counted (docs/memory_plan.md)
     pipe = family_module.family_of("tiny-random:wan").build_tiny("tiny-random:wan", seed=0)
     folder = tmp_path / "wan"
@@ -108,18 +110,18 @@ def test_a_release_s_own_files_in_the_cache_take_the_place_of_the_shipped_ones(h
     shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    assert not memory.planned_from_shipped(name)
-    cached = memory.counted_generator(GeneratorConfig(name=name, dtype="float32", vae_dtype="float32"), LoraSettings(rank=4))
+    assert not plan_configs.planned_from_shipped(name)
+    cached = counted_generator(GeneratorConfig(name=name, dtype="float32", vae_dtype="float32"), LoraSettings(rank=4))
     assert cached.transformers[0].parameters == sum(p.numel() for p in pipe.transformer.parameters())
 
 
 def test_a_release_neither_cached_nor_shipped_still_gets_the_one_line(hub_cache, tmp_path, monkeypatch):
     """Control: without the shipped folder, the same release is not planned, and the line says what to fetch."""
     name = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
-    assert memory.shipped_configs(name) is None and not memory.planned_from_shipped(name)
-    with pytest.raises(memory.ConfigsNotFound, match=r"model_index.json and \*/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
-        memory.counted_generator(GeneratorConfig(name=name), LoraSettings(rank=4))
+    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")
+    assert plan_configs.shipped_configs(name) is None and not plan_configs.planned_from_shipped(name)
+    with pytest.raises(plan_configs.ConfigsNotFound, match=r"model_index.json and \*/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
+        counted_generator(GeneratorConfig(name=name), LoraSettings(rank=4))
 
 
 @pytest.mark.slow

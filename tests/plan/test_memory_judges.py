@@ -1,4 +1,4 @@
-"""The memory plan counts all a GPU holds (cac_align.gen.memory): in-process judges from their configs
+"""The memory plan counts all a GPU holds (cac_align.plan): in-process judges from their configs
 (their weights exactly, against the model built; their KV cache by hand), the VAE's decode traced on
 the meta device (equal to the same trace of a real run, and by hand on a toy), FSDP2's prefetch, the
 fixed overhead, host memory at load by hand, and "serve the judges" in the refusal's order; what
@@ -18,24 +18,13 @@ from full_size_configs import write_hub_cache
 
 from cac_align.gen.generator import GeneratorConfig
 from cac_align.gen.lora import LoraSettings
-from cac_align.gen.memory import (
-    GIB,
-    SERVE_THE_JUDGES,
-    ComponentCount,
-    GeneratorCounts,
-    JudgeCount,
-    count_judge,
-    count_judges,
-    fixed_overhead_bytes,
-    host_plan,
-    kv_cache_bytes,
-    memory_plan,
-    plan_generator,
-    refusal,
-    traced_peak_bytes,
-    vae_bytes,
-    visual_tokens,
-)
+from cac_align.plan.check import plan_generator
+from cac_align.plan.counts import GIB, ComponentCount, GeneratorCounts
+from cac_align.plan.host import host_plan
+from cac_align.plan.judges import JudgeCount, count_judge, count_judges, kv_cache_bytes, visual_tokens
+from cac_align.plan.refusal import SERVE_THE_JUDGES, refusal
+from cac_align.plan.rows import fixed_overhead_bytes, memory_plan
+from cac_align.plan.trace import traced_peak_bytes, vae_bytes
 from cac_align.gen.parallel import ParallelSettings
 from cac_align.rewards.judges import Frames, JudgeCall, JudgeModel, UnknownJudge, VideoShape
 from cac_align.rewards.registry import REWARDS, build_reward, reward_judges
@@ -185,7 +174,7 @@ def test_audiobox_and_sync_are_counted_from_their_headers_by_hand(tmp_path):
 
 
 def test_an_encoder_whose_weights_are_not_here_is_not_counted_and_says_how_to_get_them(hub_cache, tmp_path):
-    from cac_align.gen.memory import ConfigsNotFound
+    from cac_align.plan.configs import ConfigsNotFound
 
     sections = {"reward": {"name": "clap"}, "eval_rewards.box": {"name": "audiobox", "model": str(tmp_path)},
                 "eval_rewards.sync": {"name": "sync", "checkpoint": str(tmp_path / "nowhere.safetensors")}}
@@ -196,7 +185,7 @@ def test_an_encoder_whose_weights_are_not_here_is_not_counted_and_says_how_to_ge
                                  "hf download laion/larger_clap_general --include '*.safetensors'")
     assert "no safetensors weights there" in unknown[1].reason and "no safetensors weights there" in unknown[2].reason
     with pytest.raises(ConfigsNotFound) as caught:
-        # a judge of a repository whose configs are neither cached nor shipped (cac_align/gen/full_size/)
+        # a judge of a repository whose configs are neither cached nor shipped (cac_align/plan/full_size/)
         count_judges({"reward": {"name": "clap"}, "eval_rewards.c": {"name": "cac", "model": {"name": "someone/own-vl"}}}, WAN_VIDEO)
     line = str(caught.value)
     assert "*.safetensors of laion/larger_clap_general" in line and "\n" not in line
@@ -343,9 +332,9 @@ def test_host_memory_at_load_by_hand():
 # ---------------------------------------------------------------------------------------
 def test_check_recipe_says_in_one_line_what_it_needs(hub_cache, capsys, tmp_path, monkeypatch):
     from cac_align.cli import main
-    from cac_align.gen import memory
+    from cac_align.plan import configs as plan_configs
 
-    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # neither in the cache nor shipped (tests/gen/test_full_size_configs.py)
+    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # neither in the cache nor shipped (tests/plan/test_full_size_configs.py)
     assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0
     lines = capsys.readouterr().out.splitlines()
     (needs,) = [line for line in lines if "memory plan" in line]
@@ -482,9 +471,9 @@ def test_check_recipe_prints_the_a14b_plan_from_the_hugging_face_cache(full_size
 
 def test_a_judge_whose_config_is_not_here_is_a_row_saying_so_and_the_generator_is_still_planned(hub_cache, tmp_path, monkeypatch):
     from cac_align.gen import family as family_module
-    from cac_align.gen import memory
+    from cac_align.plan import configs as plan_configs
 
-    monkeypatch.setattr(memory, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # the judge's config neither cached nor shipped
+    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # the judge's config neither cached nor shipped
 
     pipe = family_module.family_of("tiny-random:wan").build_tiny("tiny-random:wan", seed=0)
     pipe.save_pretrained(str(tmp_path / "wan"))

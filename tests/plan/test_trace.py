@@ -1,0 +1,123 @@
+"""The meta-device trace's replay (cac_align.plan.trace): a module call repeated with the same inputs is traced
+once and replayed, and the peak is the same to the byte as the trace that runs every call; the plans of the
+shipped big recipes equal the ones recorded before the replay existed.
+
+    pytest tests/plan/test_trace.py -m slow      # every big recipe's plan against tests/fixtures/big_recipe_plans.json
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+from cac_align.plan.trace import traced_peak_bytes
+
+
+class _Double(torch.nn.Module):
+    """``2 x + 1``: a new tensor for ``2 x``, another for ``+ 1``, then the first freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.runs += 1
+        a = x * 2
+        return a + 1
+
+
+class _Keeper(_Double):
+    """The same, but it keeps every output it made (state a replay must not skip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        self.kept.append(x * 3)
+        return out
+
+
+def _three_calls(module: torch.nn.Module):
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [module(x) for _ in range(3)]
+
+    return run
+
+
+def test_a_repeated_call_is_run_once_and_adds_what_it_added_the_first_time():
+    x = torch.empty(1000, device="meta")  # 4000 bytes, there before: not counted
+    # Worked by hand: each call holds 2x (4000) and 2x + 1 (4000) at its peak, then keeps its output (4000).
+    # Call 1 peaks at 8000 and leaves 4000; call 2 at 4000 + 8000 = 12000, leaves 8000; call 3 at 16000.
+    plain = _Double()
+    assert traced_peak_bytes(_three_calls(plain), x) == 16000 and plain.runs == 3
+    replayed = _Double()
+    assert traced_peak_bytes(_three_calls(replayed), x, replay=[replayed]) == 16000
+    assert replayed.runs == 1  # the second and third calls replayed
+    # another shape is another call, traced: other(x) peaks at 8000 and keeps 4000; the clone of half (2000) and its
+    # call's two halves (2000 + 2000) on top: 10000
+    other = _Double()
+    assert traced_peak_bytes(lambda x: [other(x), other(x[:500].clone())], x, replay=[other]) == 10000 and other.runs == 2
+
+
+def test_a_call_that_keeps_memory_is_not_replayed():
+    x = torch.empty(1000, device="meta")
+    # Each call also keeps 3x (4000) in the module: call 1 peaks at 8000 + ... worked: a (4000), a + 1 (8000),
+    # a freed (4000), 3x kept (8000); call 2 from 8000: 16000 at its peak, leaves 16000; call 3 peaks at 24000.
+    plain, kept = _Keeper(), _Keeper()
+    assert traced_peak_bytes(_three_calls(plain), x) == 24000
+    assert traced_peak_bytes(_three_calls(kept), x, replay=[kept]) == 24000
+    assert kept.runs == 3  # nothing but its output may stay alive for a call to be replayed
+
+
+def test_the_tiled_decode_of_a_long_video_replayed_equals_the_decode_that_runs_every_tile():
+    """MiniMax-H3's VAE (the tiny one's layout) decodes a long video as clips of spatial tiles: replayed, the same
+    peak as decoding every tile on the meta device, with its decoder run far fewer times."""
+    from diffusers import AutoencoderKLMiniMaxH3
+
+    vae = AutoencoderKLMiniMaxH3(latent_channels=4, block_out_channels=(8,) * 6, layers_per_block=1, norm_num_groups=4, decoder_num_layers=1,
+                                 decoder_num_attention_heads=2, decoder_attention_head_dim=8, decoder_num_register_tokens=1, decoder_ffn_mult=1,
+                                 latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4).to("meta")
+    vae.enable_tiling(tile_sample_min_height=128, tile_sample_min_width=128, tile_sample_min_overlap_height=32, tile_sample_min_overlap_width=32)
+    latents = torch.empty(1, 4, 12, 24, 40, device="meta")  # 12 latent frames (several clips), 384 x 640 pixels: many tiles
+    runs = {"count": 0}
+    forward = vae.decoder.forward
+
+    def counted(*args, **kwargs):
+        runs["count"] += 1
+        return forward(*args, **kwargs)
+
+    vae.decoder.forward = counted
+    keep = [*vae.parameters(), *vae.buffers()]
+    decode = lambda z: vae.decode(z, return_dict=False)[0]  # noqa: E731
+    every = traced_peak_bytes(decode, latents, keep=keep)
+    every_runs, runs["count"] = runs["count"], 0
+    replayed = traced_peak_bytes(decode, latents, keep=keep, replay=[vae])
+    assert every_runs >= 12  # clips x tiles
+    assert replayed == every and replayed > 1 * 3 * 40 * 384 * 640 * 4 // 8  # at least a part of the decoded video
+    assert runs["count"] < every_runs // 2  # the repeated tiles replayed
+    assert "forward" not in vars(vae.encoder) and vars(vae.decoder)["forward"] is counted  # the replay's wrappers removed
+
+
+@pytest.mark.slow
+def test_every_big_recipe_s_plan_equals_the_recorded_one_to_the_byte(hub_cache):
+    """The plans ``check-recipe`` makes offline for the shipped big recipes, row by row in bytes, equal the ones
+    recorded in tests/fixtures/big_recipe_plans.json (written by ``python benchmarks/record_behaviour.py plans FILE``
+    with an empty Hugging Face cache). A change that moves a figure must re-record it, and say why."""
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from record_behaviour import big_recipe_plans
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    recorded = json.loads((REPO_ROOT / "tests" / "fixtures" / "big_recipe_plans.json").read_text())
+    planned = big_recipe_plans()
+    assert sorted(planned) == sorted(recorded)
+    for name, plan in planned.items():
+        assert plan == recorded[name], name
