@@ -23,10 +23,12 @@ scored. A failure is never turned into a reward of 0 or 1.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from cac_align.cac.judgment import Judgment, parse_judgment
@@ -34,7 +36,7 @@ from cac_align.cac.prompts import PROMPT_STYLES, STATUS_KEY_PATTERN, no_cot_prom
 from cac_align.video import Video, VideoError, load_video
 from cac_align.vlm.backend import MAX_NEW_TOKENS, Backend, ChatRequest, assistant, user
 
-__all__ = ["LOAD_SETTINGS", "MODEL_SETTINGS", "CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window"]
+__all__ = ["LOAD_SETTINGS", "MODEL_SETTINGS", "CaCOptions", "CaCResult", "CaCScorer", "TurnRecord", "sample_capped", "turn2_window", "write_settings"]
 
 MODES = ("two_turn", "single_turn", "no_cot")
 FALLBACKS = ("whole_video", "turn1", "invalid")
@@ -178,6 +180,18 @@ class TurnRecord:
     p_normal: float | None = None
     p_abnormal: float | None = None
     prompt_tokens: int | None = None  # the tokens the model read to answer this turn (video included)
+
+
+def write_settings(folder: str | Path, settings: dict[str, Any]) -> Path:
+    """Write ``settings`` as ``folder/cac_align.json`` (:mod:`cac_align.models`), checked as scoring reads them
+    first (:meth:`CaCOptions.for_model`); returns the file's path."""
+    from cac_align.models import SETTINGS_FILE
+
+    CaCOptions().for_model(settings)  # unknown keys or bad values fail here, not at scoring time
+    # (a dtype is checked where the model is loaded: cac_align.vlm.config.model_dtype)
+    path = Path(folder) / SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+    return path
 
 
 @dataclass

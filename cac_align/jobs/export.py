@@ -10,12 +10,13 @@ takes them wherever the model is loaded, unless a recipe sets them:
 :meth:`cac_align.cac.infer.CaCOptions.for_model`) and the model card as ``README.md``. It loads
 through the ordinary ``from_pretrained`` path (``reward.model.name: models/my-cac``). The folder is
 written beside ``out_dir`` and renamed into place, replacing what was there
-(:func:`cac_align.models.export.export_model`); this is how ``cac-demo`` is shipped
+(:func:`export_model`); this is how ``cac-demo`` is shipped
 (``benchmarks/judge/reproduce_cac_demo.sh``).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +25,7 @@ from omegaconf import MISSING
 
 from cac_align.config import RecipeError
 
-__all__ = ["ExportConfig", "run"]
+__all__ = ["ExportConfig", "export_model", "folder_size", "run"]
 
 
 @dataclass
@@ -50,11 +51,52 @@ class ExportConfig:
     dtype: str = "float16"
 
 
+def folder_size(path: str | Path) -> int:
+    """Total bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def export_model(source: str | Path, target: str | Path, settings: dict[str, Any] | None = None, card: str | None = None, dtype: str = "float16") -> Path:
+    """Write ``source`` (a ``save_pretrained`` model + processor folder) to ``target``.
+
+    Args:
+        source: the trained model folder (e.g. a train-cac ``final/``).
+        target: the folder to write; replaced if it exists (written beside it, then renamed).
+        settings: written as ``cac_align.json`` (inference settings, see :mod:`cac_align.models`).
+        card: the model card, written as ``README.md``.
+        dtype: storage dtype of the weights ("float16" halves the size of float32 weights).
+
+    Returns:
+        The target folder.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from cac_align.loading import resolve_dtype
+    from cac_align.cac.infer import write_settings
+    from cac_align.run.folder import share_modes
+
+    source, target = Path(source), Path(target)
+    staging = target.with_name(target.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    model = AutoModelForImageTextToText.from_pretrained(str(source), dtype=resolve_dtype(dtype), use_safetensors=True)
+    model.save_pretrained(str(staging), safe_serialization=True)
+    AutoProcessor.from_pretrained(str(source)).save_pretrained(str(staging))
+    if settings is not None:
+        write_settings(staging, settings)
+    if card is not None:
+        (staging / "README.md").write_text(card)
+    share_modes(staging)  # safetensors writes 0600 files
+    if target.exists():
+        shutil.rmtree(target)
+    staging.replace(target)
+    return target
+
+
 def run(config: ExportConfig) -> Path:
     from cac_align.cac.infer import CaCOptions
     from cac_align.loading import check_dtype, check_weights_source
     from cac_align.models import model_settings
-    from cac_align.models.export import export_model, folder_size
 
     # 1. check what is asked before writing anything: the source, the settings, the card, the dtype
     source = check_weights_source(config.source, "source")

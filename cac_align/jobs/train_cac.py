@@ -53,7 +53,7 @@ from transformers.integrations import TensorBoardCallback
 from cac_align.cac.schema import load_annotations
 from cac_align.cac.train.collate import collate
 from cac_align.cac.train.data import ChatBuilder, ChatDataset, build_stage, describe
-from cac_align.cac.train.evaluate import detection_metrics
+from cac_align.eval.held_out import held_out_metrics
 from cac_align.cac.train.losses import weighted_token_loss, window_attention_loss
 from cac_align.cac.train.settings import TrainCaCConfig, TrainSettings
 from cac_align.cac.train.setup import add_lora, check_sharding, load_model, run_folder, set_trainable
@@ -61,7 +61,7 @@ from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_syn
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
-from cac_align.models import write_settings
+from cac_align.cac.infer import write_settings
 from cac_align.run.metrics import flush_wandb, trackers_for
 
 __all__ = ["TrainCaCConfig", "run"]
@@ -404,7 +404,7 @@ class _CaCTrainer(Trainer):
         losses = self.losses
         if losses.detection_chats:
             unwrapped = self.accelerator.unwrap_model(self.model)
-            extra = detection_metrics(unwrapped, losses.processor, losses.detection_chats, max_new_tokens=losses.t.detection_max_new_tokens)
+            extra = held_out_metrics(unwrapped, losses.processor, losses.detection_chats, max_new_tokens=losses.t.detection_max_new_tokens)
             extra = {f"eval_{k}": v for k, v in extra.items()}
             self.log(extra)
             metrics.update(extra)

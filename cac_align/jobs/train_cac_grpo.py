@@ -82,7 +82,7 @@ from cac_align.rl.advantages import group_advantages
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import keep_log_steps, share_modes
-from cac_align.models import write_settings
+from cac_align.cac.infer import write_settings
 from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 from cac_align.video import VideoError, load_video
 from cac_align.vlm.hf import StaticShapes

@@ -10,7 +10,8 @@ A model folder may carry ``cac_align.json``: the inference settings it was train
 (prompt wording, both turns' frame rates and caps, token budget, pixel cap and grid), which CaC
 scoring uses wherever the model is loaded, unless the recipe or caller sets them
 (:meth:`cac_align.cac.infer.CaCOptions.for_model`). ``train-cac`` writes it into its ``final/``
-and ``cac-align export`` carries it over (and may add to it).
+(:func:`cac_align.cac.infer.write_settings`) and ``cac-align export`` carries it over (and may add to
+it). This module reads; it imports nothing of the package, so everything may ask it where a model is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUILTIN_MODELS", "builtin_path", "model_settings", "resolve_model_name", "write_settings"]
+__all__ = ["BUILTIN_MODELS", "SETTINGS_FILE", "builtin_path", "model_settings", "resolve_model_name"]
 
 _HERE = Path(__file__).resolve().parent
 BUILTIN_MODELS = {"cac-demo": "cac-demo"}  # name -> folder under cac_align/models/
@@ -52,14 +53,3 @@ def model_settings(name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
-
-
-def write_settings(folder: str | Path, settings: dict[str, Any]) -> Path:
-    """Write ``settings`` as ``folder/cac_align.json`` (checked as scoring reads them first)."""
-    from cac_align.cac.infer import CaCOptions
-
-    CaCOptions().for_model(settings)  # unknown keys or bad values fail here, not at scoring time
-    # (a dtype is checked where the model is loaded: cac_align.vlm.config.model_dtype)
-    path = Path(folder) / SETTINGS_FILE
-    path.write_text(json.dumps(settings, indent=1) + "\n")
-    return path

@@ -21,7 +21,7 @@ from cac_align.config import load_config
 from cac_align.data.synthetic import NORMAL, SynthConfig, video_kinds, make_spec, planted_boxes, render
 from cac_align.eval.metrics import auroc
 from cac_align.models import builtin_path, model_settings
-from cac_align.models.export import folder_size
+from cac_align.jobs.export import folder_size
 from conftest import REPO_ROOT
 
 SEED = 4242  # training streams use 999-3000, the benchmarks 5000-6000 and the README demo 7

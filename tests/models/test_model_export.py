@@ -10,7 +10,7 @@ import pytest
 from cac_align.cac.infer import CaCOptions
 from cac_align.loading import WeightsNotFoundError, check_weights_source
 from cac_align.models import builtin_path, model_settings, resolve_model_name
-from cac_align.models.export import export_model, folder_size
+from cac_align.jobs.export import export_model, folder_size
 from cac_align.video import Video
 from cac_align.vlm.backend import user
 from cac_align.vlm.hf import HFBackend, load_vlm

@@ -10,10 +10,10 @@ from cac_align.cac.prompts import STATUS_KEY_PATTERN
 from cac_align.eval.metrics import auroc
 from cac_align.vlm.hf import HFBackend
 
-__all__ = ["detection_metrics"]
+__all__ = ["held_out_metrics"]
 
 
-def detection_metrics(model: Any, processor: Any, chats: list, batch_size: int = 8, max_new_tokens: int = 384) -> dict[str, float]:
+def held_out_metrics(model: Any, processor: Any, chats: list, batch_size: int = 8, max_new_tokens: int = 384) -> dict[str, float]:
     """Detection as the model itself answers held-out chats (no gold reasoning shown).
 
     The model generates each answer greedily from the prompt alone; the status it wrote is its
