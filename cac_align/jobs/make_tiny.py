@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from omegaconf import MISSING
 
+from cac_align.cac.train.setup import SMALL_VLM
 from cac_align.vlm.tiny import TINY_VLM_BUILDERS
 
 __all__ = ["MakeTinyConfig", "TINY_BUILDERS", "run"]
@@ -40,7 +41,8 @@ TINY_GENERATORS = ("wan", "wan22-ti2v", "wan22-a14b", "ltx2", "ltx2.3")
 
 # name -> builder(seed) returning an object with save_pretrained(path)
 TINY_BUILDERS: dict[str, Callable[[int], Any]] = {
-    **TINY_VLM_BUILDERS,  # qwen3_vl (CaC), qwen3_vl_small (cac-demo's start), qwen2_5_vl (UnifiedReward)
+    **TINY_VLM_BUILDERS,  # qwen3_vl (CaC), qwen2_5_vl (UnifiedReward)
+    **SMALL_VLM,  # qwen3_vl_small (cac-demo's start)
     **{name: _generator(name) for name in TINY_GENERATORS},  # Wan-2.1, Wan2.2 (TI2V-5B, A14B), LTX-2, LTX-2.3
 }
 

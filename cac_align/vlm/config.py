@@ -22,7 +22,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from omegaconf import MISSING
 
@@ -260,19 +260,22 @@ def _build_backend(model: ModelConfig, key: str) -> Any:
     )
 
 
-def build_tiny_vlm(name: str, key: str, seed: int = 0, kinds: tuple[str, ...] | None = None) -> Any:
+def build_tiny_vlm(name: str, key: str, seed: int = 0, kinds: tuple[str, ...] | None = None,
+                   extra: Mapping[str, Callable[[int], Any]] | None = None) -> Any:
     """The tiny random VLM named ``tiny-random:<kind>`` (a :class:`~cac_align.vlm.tiny.TinyVLM`,
     built in-process with ``seed``); ``kinds`` narrows the accepted kinds (default: every one
-    :data:`~cac_align.vlm.tiny.TINY_VLM_BUILDERS` knows). Another name raises a
-    :class:`~cac_align.config.RecipeError` naming ``key`` and the accepted names."""
+    :data:`~cac_align.vlm.tiny.TINY_VLM_BUILDERS` knows, and ``extra``'s: kind -> builder(seed), a
+    caller's own). Another name raises a :class:`~cac_align.config.RecipeError` naming ``key`` and
+    the accepted names."""
     from cac_align.vlm.tiny import TINY_VLM_BUILDERS
 
-    kinds = tuple(TINY_VLM_BUILDERS) if kinds is None else kinds
+    builders = {**TINY_VLM_BUILDERS, **(extra or {})}
+    kinds = tuple(builders) if kinds is None else kinds
     kind = name[len(TINY_PREFIX) :] if name.startswith(TINY_PREFIX) else None
     if kind not in kinds:
         accepted = ", ".join(repr(TINY_PREFIX + k) for k in kinds)
         raise RecipeError(f"{key}={name!r}: the random VLMs here are {accepted}")
-    return TINY_VLM_BUILDERS[kind](seed)
+    return builders[kind](seed)
 
 
 def _cache_kwargs(model: ModelConfig) -> dict[str, Any]:

@@ -16,7 +16,7 @@ loader (:func:`cac_align.vlm.loading.load_vlm`) reads back, exactly as it reads 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "SMALL_QWEN3_VL",
@@ -313,42 +313,16 @@ SMALL_QWEN3_VL = dict(
 )
 
 
-def _small_corpus() -> list[str]:
-    """What the small model reads and writes: CaC prompts in both wordings (with the synthetic
-    scenes' captions), the answer schema, type names and the synthetic generator's reasons."""
-    import json
-
-    from cac_align.cac.prompts import frame_prompt, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
-    from cac_align.cac.train.targets import checklist_cot
-    from cac_align.data.synthetic import REASONS, WORDS
-
-    texts = list(_CORPUS)
-    for word in WORDS:
-        caption = f"A ball rolls along the floor past a '{word}' sign while a person walks by."
-        for style in ("compact", "full"):
-            texts += [
-                turn1_prompt(5.0, 4.0, 20, caption, style=style),
-                turn2_prompt((1.25, 2.5), 8.0, 8, style=style),
-                frame_prompt(caption, style=style),
-                single_turn_prompt(5.0, 4.0, 20, caption, style=style),
-                no_cot_prompt(5.0, 4.0, 20, caption, style=style),
-            ]
-    for kind, (reason, region) in REASONS.items():
-        anomaly = {"Attributed Time Region": "3-5", "Attributed Label": kind, "Reason for Anomaly": reason, "Problem Region": region,
-                   "BBOX": {"Frame 0": [12, 345, 678, 901]}}
-        texts.append(json.dumps({"COT": checklist_cot("video"), "status": "abnormal", "anomalies": [anomaly]}))
-    texts += [json.dumps({"COT": checklist_cot(scope), "status": "normal", "anomalies": []}) for scope in ("video", "clip", "frame")]
-    return texts
-
-
-def build_small_qwen3_vl(seed: int = 0) -> TinyVLM:
+def build_small_qwen3_vl(seed: int = 0, corpus: Sequence[str] = ()) -> TinyVLM:
     """A ~10M-parameter ``Qwen3VLForConditionalGeneration`` + processor with random weights.
 
     The architecture is Qwen3-VL's (ViT with 2-D RoPE and deepstack, MRoPE LLM), scaled down:
     see :data:`SMALL_QWEN3_VL`. Frames reach the model at 128x192 (``max_pixels`` 24576 on a
     64-pixel grid: 16-pixel patches merged 4x4), 6 tokens per pair of frames. The tokenizer is a
-    digit-splitting byte-level BPE trained here on CaC's prompts and answers. Untrained, its
-    output is meaningless: it is the starting point of ``recipes/cac/demo_*.yaml``.
+    digit-splitting byte-level BPE trained here on the tiny models' corpus and ``corpus``, the text
+    the model will read and write (CaC's prompts and answers:
+    :func:`cac_align.cac.train.setup.build_demo_start`, the starting point of
+    ``recipes/cac/demo_*.yaml``, ``tiny-random:qwen3_vl_small``). Untrained, its output is meaningless.
     """
     import torch
     from transformers import (
@@ -360,7 +334,7 @@ def build_small_qwen3_vl(seed: int = 0) -> TinyVLM:
     )
 
     sizes = SMALL_QWEN3_VL
-    tokenizer = build_tiny_tokenizer(sizes["vocab_size"], _small_corpus(), split_digits=True)
+    tokenizer = build_tiny_tokenizer(sizes["vocab_size"], [*_CORPUS, *corpus], split_digits=True)
     vision, text = dict(sizes["vision"]), dict(sizes["text"])
     section = _mrope_section(text["head_dim"])
     config = Qwen3VLConfig(
@@ -394,9 +368,9 @@ def build_small_qwen3_vl(seed: int = 0) -> TinyVLM:
     return TinyVLM(_finish(model, tokenizer), processor)
 
 
-# name after "tiny-random:" -> builder(seed): the VLMs recipes can name (``vlm.config``, ``make-tiny``)
+# name after "tiny-random:" -> builder(seed): the VLMs recipes can name (``vlm.config``, ``make-tiny``); train-cac
+# adds ``qwen3_vl_small``, the small model its tokenizer learned on CaC's text (cac_align.cac.train.setup)
 TINY_VLM_BUILDERS = {
     "qwen3_vl": build_tiny_qwen3_vl,  # CaC reward model backbone
-    "qwen3_vl_small": build_small_qwen3_vl,  # ~9M Qwen3-VL to train from scratch (cac-demo's start)
     "qwen2_5_vl": build_tiny_qwen2_5_vl,  # UnifiedReward-qwen backbone
 }

@@ -11,7 +11,8 @@ from typing import Any
 
 from cac_align.cac.train.settings import RUN_ONLY_KEYS, LoraSettings, TrainCaCConfig
 
-__all__ = ["TRAIN_CAC_OUTPUTS", "add_lora", "check_sharding", "load_model", "run_folder", "set_trainable"]
+__all__ = ["SMALL_VLM", "TRAIN_CAC_OUTPUTS", "add_lora", "build_demo_start", "check_sharding", "demo_corpus", "load_model", "run_folder",
+           "set_trainable"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,46 @@ def add_lora(model: Any, lora: LoraSettings, seed: int) -> Any:
     target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target, bias="none")
     return get_peft_model(model, config)
+
+
+def demo_corpus() -> list[str]:
+    """What the small model reads and writes: CaC prompts in both wordings (with the synthetic
+    scenes' captions), the answer schema, type names and the synthetic generator's reasons."""
+    import json
+
+    from cac_align.cac.prompts import frame_prompt, no_cot_prompt, single_turn_prompt, turn1_prompt, turn2_prompt
+    from cac_align.cac.train.targets import checklist_cot
+    from cac_align.data.synthetic import REASONS, WORDS
+
+    texts: list[str] = []
+    for word in WORDS:
+        caption = f"A ball rolls along the floor past a '{word}' sign while a person walks by."
+        for style in ("compact", "full"):
+            texts += [
+                turn1_prompt(5.0, 4.0, 20, caption, style=style),
+                turn2_prompt((1.25, 2.5), 8.0, 8, style=style),
+                frame_prompt(caption, style=style),
+                single_turn_prompt(5.0, 4.0, 20, caption, style=style),
+                no_cot_prompt(5.0, 4.0, 20, caption, style=style),
+            ]
+    for kind, (reason, region) in REASONS.items():
+        anomaly = {"Attributed Time Region": "3-5", "Attributed Label": kind, "Reason for Anomaly": reason, "Problem Region": region,
+                   "BBOX": {"Frame 0": [12, 345, 678, 901]}}
+        texts.append(json.dumps({"COT": checklist_cot("video"), "status": "abnormal", "anomalies": [anomaly]}))
+    texts += [json.dumps({"COT": checklist_cot(scope), "status": "normal", "anomalies": []}) for scope in ("video", "clip", "frame")]
+    return texts
+
+
+def build_demo_start(seed: int = 0) -> Any:
+    """``tiny-random:qwen3_vl_small``: the small Qwen3-VL (:func:`cac_align.vlm.tiny.build_small_qwen3_vl`) whose
+    tokenizer learned :func:`demo_corpus`, random weights from ``seed``; cac-demo's starting point."""
+    from cac_align.vlm.tiny import build_small_qwen3_vl
+
+    return build_small_qwen3_vl(seed, demo_corpus())
+
+
+# the tiny VLM train-cac knows beside those of cac_align.vlm.tiny (``make-tiny`` builds it too)
+SMALL_VLM = {"qwen3_vl_small": build_demo_start}
 
 
 def set_trainable(model: Any, config: TrainCaCConfig) -> None:
@@ -43,7 +84,7 @@ def load_model(config: TrainCaCConfig) -> tuple[Any, Any]:
         # qwen3_vl: the code-path model, the same weights scoring builds; qwen3_vl_small (~9M
         # parameters) is trained from scratch, initialised with the run's seed
         seed = config.train.seed if config.model == f"{TINY_PREFIX}qwen3_vl_small" else 0
-        built = build_tiny_vlm(config.model, "model", seed, kinds=("qwen3_vl", "qwen3_vl_small"))
+        built = build_tiny_vlm(config.model, "model", seed, kinds=("qwen3_vl", "qwen3_vl_small"), extra=SMALL_VLM)
         return built.model, built.processor
     from cac_align.vlm.hf import load_vlm
 
