@@ -141,12 +141,17 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="also show the third-party messages cac-align hides (README: the command line) and its own debug lines")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
-        "check-recipe", help="validate recipe files without loading weights", description="validate recipe files"
+        "check-recipe", help="validate recipes and plan a generator trainer's memory, without loading weights",
+        description="Validate recipes, and plan a generator trainer's GPU and host memory from its models' configs. "
+                    "Exit 0: every recipe valid and every plan fits; 1: a recipe invalid or a launch refused (the fix is named); "
+                    "3: valid, but a plan left a model uncounted (its files are not on this machine: the line says what to fetch).",
     )
-    check.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE", help="recipe YAML files or folders")
+    check.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files, folders of recipes or shipped recipes' names (as --config "
+                       "takes them: align/flow_grpo_tiny), and key=value overrides merged over each")
     check.add_argument("--processes", type=int, default=None, metavar="N",
-                       help="the processes (GPUs) a generator trainer's memory plan is made for (default: the fewest its parallel "
-                            "section allows, its context_parallel degree); the plan is printed where the models' configs can be read")
+                       help="the processes (GPUs) a generator trainer's memory plan is made for (default: what the launch on the "
+                            "recipe's first line starts, else its context_parallel degree); the plan is printed where the models' "
+                            "configs can be read")
     check.add_argument("--gpu-gib", type=float, default=None, metavar="GIB",
                        help="the memory of one GPU, GiB: the plan says whether it fits and, if not, the fix (an 80 GB GPU: 74.5)")
     check.add_argument("--gpu-gb", type=float, default=None, metavar="GB",
@@ -276,12 +281,21 @@ def recipe_plan(spec: Any, config: Any, processes: int, nodes: int = 1) -> Any:
                           node_processes=max(1, processes // nodes))
 
 
+# check-recipe's exit codes: every recipe valid and every plan fits (0), a recipe invalid or a launch refused
+# (1), or every recipe valid but a plan not whole: some model not counted, its files not on this machine (3)
+CHECK_OK, CHECK_FAILED, CHECK_UNKNOWN = 0, 1, 3
+
+
 def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None,
-                 nodes: int = 1) -> str | None:
+                 nodes: int = 1) -> tuple[int, str] | None:
     """Print a generator trainer's memory plan (``cac_align.plan``) where its models' configs
-    can be read, or one line saying which it needs; nothing for a tiny in-process generator (its
-    job prints the plan when it runs) or another job. Returns why its launch would be refused (the
-    step does not split over the processes, or the plan does not fit ``gpu_gib``), else None."""
+    can be read (a tiny in-process generator's too: built in a moment), or one line saying which it
+    needs; nothing for another job. Returns ``(CHECK_FAILED, why)`` when its
+    launch would be refused (the step does not split over the processes, or the plan does not fit
+    ``gpu_gib``), ``(CHECK_UNKNOWN, what)`` when a model was not counted (its configs or weights are
+    not here: the plan cannot say it fits), else None."""
+    import warnings
+
     from cac_align.plan.configs import ConfigsNotFound, planned_from_shipped
     from cac_align.plan.counts import GIB
     from cac_align.plan.refusal import refusal
@@ -291,16 +305,16 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     n = processes if processes is not None else header if header is not None else config.parallel.context_parallel
     split = _step_split(spec, config, n)
     if split is not None:
-        return f"{n} processes: {split}"
-    if config.generator.name.startswith("tiny-random:"):
-        return None
+        return CHECK_FAILED, f"{n} processes: {split}"
     try:
-        planned = recipe_plan(spec, config, n, nodes)
+        with warnings.catch_warnings():  # the models built for counting (a tiny one's deprecation notes) say nothing here
+            warnings.simplefilter("ignore")
+            planned = recipe_plan(spec, config, n, nodes)
     except ConfigsNotFound as exc:
         print(f"     {exc.line()}")
-        return None
+        return CHECK_UNKNOWN, f"not planned: {', '.join(repo for repo, _ in exc.needs)} not on this machine"
     except ValueError as exc:  # e.g. a process count the layout cannot split
-        return f"memory plan: not made for {n} processes: {exc}"
+        return CHECK_FAILED, f"memory plan: not made for {n} processes: {exc}"
     if planned is None:
         return None
     plan, host = planned
@@ -310,44 +324,66 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
               "cac_align/plan/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
     print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
     reason = refusal(plan, limit) if limit is not None else None
-    return f"refused: {reason}" if reason is not None else None
+    if reason is not None:
+        return CHECK_FAILED, f"refused: {reason}"
+    if plan.unknown_rows:
+        return CHECK_UNKNOWN, plan.unknown_verdict()
+    return None
 
 
-def _check_recipes(paths: Sequence[Path], processes: int | None = None, gpu_gib: float | None = None, gpu_gb: float | None = None) -> int:
-    """Validate recipes (and plan the generator trainers'); 1 when any fails, an argument is not
-    valid, or a launch on ``processes`` would be refused; else 0."""
+def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: float | None = None, gpu_gb: float | None = None) -> int:
+    """Validate recipes (and plan the generator trainers'), each named as ``--config`` takes it (a file, a folder of
+    recipes, or a shipped recipe's name), with the ``key=value`` items among ``paths`` merged over every one.
+    Returns :data:`CHECK_FAILED` when any fails, an argument is not valid, or a launch on ``processes`` would be
+    refused; else :data:`CHECK_UNKNOWN` when a plan left a model uncounted; else :data:`CHECK_OK`."""
+    from cac_align.config import find_recipe
+
+    overrides = [item for item in paths if "=" in item and not Path(item).exists()]
+    names = [item for item in paths if item not in overrides]
     bad = ([f"--processes must be at least 1, got {processes}"] if processes is not None and processes < 1 else []) + \
           [f"{flag} must be > 0 (one GPU's memory), got {value:g}" for flag, value in (("--gpu-gib", gpu_gib), ("--gpu-gb", gpu_gb))
            if value is not None and not value > 0]
     if gpu_gib is not None and gpu_gb is not None:
         bad.append("give --gpu-gib or --gpu-gb, not both")
+    if not names:
+        bad.append("name a recipe (a file, a folder, or a shipped recipe's name: cac-align recipes lists them)")
+    files: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            # A folder's recipes, less accelerate launch configs (recipes/accelerate/), which are
+            # accelerate's files, not cac-align recipes.
+            files.extend(sorted(p for p in path.rglob("*.yaml") if "accelerate" not in p.relative_to(path).parts[:-1]))
+            continue
+        try:
+            files.append(find_recipe(name))
+        except RecipeError as exc:
+            bad.append(str(exc))
     if bad:
         for line in bad:
             print(f"FAIL {line}", file=sys.stderr)
-        return 1
+        return CHECK_FAILED
     if gpu_gb is not None:  # the card's label: 80 GB = 80e9 bytes = 74.5 GiB
         gpu_gib = gpu_gb * 1e9 / 2**30
-    files: list[Path] = []
-    for path in paths:
-        # A folder's recipes, less accelerate launch configs (recipes/accelerate/), which are
-        # accelerate's files, not cac-align recipes.
-        files.extend(sorted(p for p in path.rglob("*.yaml") if "accelerate" not in p.relative_to(path).parts[:-1]) if path.is_dir() else [path])
-    failures = 0
+    failures, unknown = 0, 0
     for file in files:
         try:
-            spec, config = load_recipe(file)
+            spec, config = load_recipe(file, overrides)
         except RecipeError as exc:
             failures += 1
             print(f"FAIL {exc}", file=sys.stderr)
             continue
         print(f"ok   {file} (job: {spec.name})")
         header = header_processes(file) if processes is None else None
-        refused = _memory_plan(spec, config, processes, gpu_gib, header, header_nodes(file) if header is not None else 1)
-        if refused is not None:
+        verdict = _memory_plan(spec, config, processes, gpu_gib, header, header_nodes(file) if header is not None else 1)
+        if verdict is not None and verdict[0] == CHECK_FAILED:
             failures += 1
-            print(f"FAIL {file}: {refused}", file=sys.stderr)
-    print(f"{len(files) - failures} passed, {failures} failed")
-    return 1 if failures else 0
+            print(f"FAIL {file}: {verdict[1]}", file=sys.stderr)
+        elif verdict is not None:
+            unknown += 1
+            print(f"UNKNOWN {file}: {verdict[1]}", file=sys.stderr)
+    print(f"{len(files) - failures} passed, {failures} failed" + (f", {unknown} not planned whole (exit {CHECK_UNKNOWN})" if unknown else ""))
+    return CHECK_FAILED if failures else CHECK_UNKNOWN if unknown else CHECK_OK
 
 
 def _eval_alias(argv: Sequence[str]) -> list[str]:

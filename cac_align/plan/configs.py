@@ -32,6 +32,14 @@ def meta_module(cls: Any, folder: Path) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
+    import warnings
+
+    with warnings.catch_warnings():  # a class's deprecation notes as it is built (weight_norm's) say nothing to a plan
+        warnings.simplefilter("ignore")
+        return _built_on_meta(cls, folder)
+
+
+def _built_on_meta(cls: Any, folder: str) -> Any:
     import torch
 
     try:

@@ -188,7 +188,19 @@ class MemoryPlan:
         return self.phase_bytes("resident") + max(self.phase_bytes(phase) for phase in PHASES)
 
     def fits(self, device_bytes: int) -> bool:
+        """Whether the counted rows' peak fits ``device_bytes`` (a row not counted adds nothing: see :attr:`unknown_rows`)."""
         return self.peak_bytes <= device_bytes
+
+    @property
+    def unknown_rows(self) -> list[PlanRow]:
+        """The rows of models not counted (their files are not on this machine): a plan with any cannot say it fits."""
+        return [r for r in self.rows if r.source == "unknown"]
+
+    def unknown_verdict(self) -> str:
+        """One line: how many models were not counted, and what to fetch (each row's own hint)."""
+        rows = self.unknown_rows
+        hints = [r.label[r.label.index("(") + 1: -1] if "(" in r.label else r.label for r in rows]
+        return f"unknown: {len(rows)} model{'s' if len(rows) != 1 else ''} not counted; " + "; ".join(hints)
 
     def describe(self) -> str:
         """``8 processes, parallel.shard=fsdp2, context_parallel=1, gradient checkpointing on``."""
@@ -206,7 +218,9 @@ class MemoryPlan:
             lines.append(f"  {row.label:<{w}} {row.bytes / GIB:>8.2f}  {row.source:<10} {row.phase}")
         lines.append(f"  {'peak: resident + max(train, encode, video)':<{w}} {self.peak_bytes / GIB:>8.2f}")
         if device_bytes is not None:
-            verdict = "fits" if self.fits(device_bytes) else "does NOT fit"
+            unknown = len(self.unknown_rows)
+            verdict = ("does NOT fit" if not self.fits(device_bytes) else
+                       f"unknown: {unknown} model{'s' if unknown != 1 else ''} not counted (the rows above say what to fetch)" if unknown else "fits")
             lines.append(f"  {'device':<{w}} {device_bytes / GIB:>8.2f}  {verdict}")
         return "\n".join(lines)
 

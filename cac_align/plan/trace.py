@@ -22,6 +22,7 @@ def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = (), replay: Seq
     over (MiniMax-H3's: 7 clips x 28 tiles of a 36-layer decoder), and each repeat adds exactly what
     its first call added. The peak is the same to the byte; only the time differs.
     """
+    import warnings
     import weakref
 
     import torch
@@ -56,7 +57,8 @@ def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = (), replay: Seq
                 weakref.finalize(storage, self._freed, key, size)
             return out
 
-    with torch.no_grad(), _Live() as mode, _Replay(mode, replay):
+    with torch.no_grad(), warnings.catch_warnings(), _Live() as mode, _Replay(mode, replay):
+        warnings.simplefilter("ignore")  # e.g. torch's "Mismatch dtype" of a mixed-precision norm: nothing runs, nothing to say
         fn(*args)
     return mode.peak
 

@@ -40,11 +40,8 @@ def skyra_writes_an_artifact(monkeypatch):
     monkeypatch.setattr(skyra, "build", forced)
 
 
-def test_the_real_recipes_name_skyra_and_localize_with_it(tmp_path, monkeypatch):
+def test_the_real_recipes_name_skyra_and_localize_with_it(hub_cache):
     from cac_align.config import read_recipe_file
-    from cac_align.plan import configs as plan_configs
-
-    monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # validation here; their plans: tests/plan/test_full_size_configs.py
 
     flow = read_recipe_file(ALIGN / "flow_grpo_wan_ur_skyra_localized.yaml")
     assert flow["advantage"]["localize"]["enabled"] and flow["advantage"]["localize"]["source"] == "skyra"
@@ -54,7 +51,7 @@ def test_the_real_recipes_name_skyra_and_localize_with_it(tmp_path, monkeypatch)
     assert repair["reward"]["name"] == "skyra" and repair["reward"]["model"]["name"] == "JoeLeelyf/Skyra-SFT"
     assert read_recipe_file(ALIGN / "dpo_wan_localdpo_skyra.yaml")["pairs"] == ["runs/repair_skyra"]
     for name in ("flow_grpo_wan_ur_skyra_localized", "repair_wan_vace_skyra", "dpo_wan_localdpo_skyra"):
-        assert main(["check-recipe", str(ALIGN / f"{name}.yaml")]) == 0
+        assert main(["check-recipe", str(ALIGN / f"{name}.yaml")]) == 0  # valid, and planned from the configs shipped with cac-align
 
 
 @pytest.mark.slow  # ~6 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs

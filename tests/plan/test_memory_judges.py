@@ -335,7 +335,7 @@ def test_check_recipe_says_in_one_line_what_it_needs(hub_cache, capsys, tmp_path
     from cac_align.plan import configs as plan_configs
 
     monkeypatch.setattr(plan_configs, "FULL_SIZE_CONFIGS", tmp_path / "nothing shipped")  # neither in the cache nor shipped (tests/plan/test_full_size_configs.py)
-    assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 0
+    assert main(["check-recipe", "--processes", "8", str(A14B_RECIPE)]) == 3  # valid, but not planned: "unknown", not "fits"
     lines = capsys.readouterr().out.splitlines()
     (needs,) = [line for line in lines if "memory plan" in line]
     assert "model_index.json and */config.json of Wan-AI/Wan2.2-T2V-A14B-Diffusers" in needs
