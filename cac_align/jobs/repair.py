@@ -83,7 +83,8 @@ class RepairConfig:
     Attributes:
         out_dir: the run folder.
         videos: a video file, a folder of videos, or a JSONL manifest of {"video", "prompt"} (as
-            ``score`` takes them); prompts: a text file of one prompt per line, in video order.
+            ``score`` takes them); prompts: their prompts, as ``score`` pairs them (a folder's by name:
+            ``name<TAB>prompt`` lines).
         scored: a finished ``score`` run's results.jsonl instead: its videos, prompts, scores and
             evidence are reused (its ``reward`` must be the judge named here, to judge the repairs).
         synth_videos, synth, synth_seed: an offline demo: render this many synthetic videos (the

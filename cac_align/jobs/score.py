@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
-from cac_align.run.input_files import collect_inputs, not_videos
+from cac_align.run.input_files import check_prompts_read, collect_inputs, not_videos, pairing_lines
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
     from cac_align.rewards.base import Reward
@@ -54,7 +54,10 @@ class ScoreConfig:
     Attributes:
         out_dir: receives results.jsonl, report.html and evidence/.
         videos: a video file, a folder of videos, or a JSONL manifest of {"video", "prompt"}.
-        prompts: optional text file with one generating prompt per line, in video order.
+        prompts: optional file of the videos' generating prompts. For a folder, each line names its
+            video: ``name<TAB>prompt`` (the file's name or stem) or JSONL ``{"video", "prompt"}``; a
+            plain list (one prompt a line) only in the order of a single video or a manifest (a
+            folder's files have no order to guess; :func:`cac_align.run.input_files.collect_inputs`).
         synth_videos: if > 0 (and ``videos`` unset), first render this many synthetic anomaly
             videos into out_dir/synth and score those: the offline demo.
         synth: the ``synth`` recipe those videos are drawn with (e.g. recipes/synth/default.yaml,
@@ -119,6 +122,10 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     skipped = not_videos(config.videos) if config.synth_videos == 0 and config.videos is not None else []
     if reward is None:
         reward = build_reward(config.reward, "reward")
+    if config.synth_videos == 0:
+        check_prompts_read(paths, prompts, reward.name, reward.reads_prompt)
+        if config.prompts is not None:  # how the prompts met the videos, said before anything is scored
+            print("\n".join(["prompts:", *("  " + line for line in pairing_lines(paths, prompts))]))
     run_folder.start()
     if config.synth_videos > 0:
         from cac_align.data.synthetic import render_demo_videos

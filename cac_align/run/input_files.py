@@ -19,7 +19,8 @@ from pathlib import Path
 from cac_align.config import RecipeError, relative_path_hint
 from cac_align.run.prompt_sets import is_prompt_set, vbench_prompts
 
-__all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "collect_inputs", "not_videos", "read_prompt_rows", "read_prompts", "slug", "text_lines"]
+__all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "not_videos", "pairing_lines", "prompt_pairs",
+           "read_prompt_rows", "read_prompts", "slug", "text_lines"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
@@ -42,7 +43,21 @@ def text_lines(path: Path) -> list[str]:
 
 
 def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[str | None]]:
-    """Video paths and their prompts from a file, a folder or a JSONL manifest."""
+    """Video paths and their prompts from a file, a folder or a JSONL manifest, and a prompts file.
+
+    A prompts file meets its videos **by name** where the videos have no order of their own (a
+    folder): each line names its video, ``name<TAB>prompt`` (the file's name, ``drums.mp4``, or its
+    stem, ``drums``) or a JSONL line ``{"video": "drums.mp4", "prompt": "..."}``; every video needs
+    one, and a name that is no video of the set is refused. A plain list of prompts (one a line) is
+    paired in order only with videos whose order the user wrote: one video file, or a manifest; with
+    a folder of several it is refused in one line (sorted file names are not an order anyone chose:
+    ``drums.mp4`` would take the first line). Blank lines are skipped (:func:`prompt_pairs`).
+
+    Raises:
+        RecipeError: no such file or folder; no video; a manifest line without a ``video``; a prompts
+            file that does not give each video its prompt (counts that differ, a name of no video, a
+            video named twice or not at all, a plain list for a folder).
+    """
     path = Path(videos)
     if not path.exists():
         raise RecipeError(f"videos={videos!r}: no such file or folder{relative_path_hint(videos)}")
@@ -72,13 +87,98 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     else:
         paths = [str(path)]
     if prompts is not None:
-        if not Path(prompts).is_file():
-            raise RecipeError(f"prompts={prompts!r}: no such file{relative_path_hint(prompts)}")
-        lines = text_lines(Path(prompts))
-        if len(lines) != len(paths):
-            raise RecipeError(f"prompts={prompts!r} has {len(lines)} lines but videos={videos!r} gives {len(paths)} videos")
-        return paths, list(lines)
+        return paths, prompt_pairs(paths, prompts, ordered=not path.is_dir(), videos=videos)
     return paths, manifest_prompts or [None] * len(paths)
+
+
+def prompt_pairs(paths: list[str], prompts: str, ordered: bool, videos: str = "") -> list[str]:
+    """The prompt of each of ``paths`` from the file ``prompts`` (:func:`collect_inputs`): by name
+    (``name<TAB>prompt`` lines, or JSONL ``{"video", "prompt"}``), or, where ``ordered`` (the user
+    gave the videos' order), a plain list in that order. Blank lines are skipped."""
+    file = Path(prompts)
+    if not file.is_file():
+        raise RecipeError(f"prompts={prompts!r}: no such file{relative_path_hint(prompts)}")
+    lines = [(number, line) for number, line in enumerate(text_lines(file), start=1) if line.strip()]
+    named = _named_prompts(file, lines)
+    if named is not None:
+        return _by_name(paths, named, prompts)
+    if not ordered and len(paths) > 1:
+        raise RecipeError(f"prompts={prompts!r} is a plain list, and videos={videos!r} is a folder: its files have no order to pair the "
+                          f"lines with (by sorted name, {Path(paths[0]).name} would take line 1). Name each line's video: "
+                          f"'{Path(paths[0]).stem}<TAB>its prompt' (or JSONL {{\"video\": \"{Path(paths[0]).name}\", \"prompt\": ...}}), or list the "
+                          "videos in order in a manifest (videos=manifest.jsonl)")
+    if len(lines) != len(paths):
+        raise RecipeError(f"prompts={prompts!r} has {len(lines)} prompts but videos={videos!r} gives {len(paths)} videos")
+    return [line.strip() for _, line in lines]
+
+
+def _named_prompts(file: Path, lines: list[tuple[int, str]]) -> list[tuple[int, str, str]] | None:
+    """``(line, video name, prompt)`` of a prompts file that names its videos (JSONL, or every line
+    ``name<TAB>prompt``); None for a plain list (no line has a tab)."""
+    if file.suffix == ".jsonl":
+        named = []
+        for number, line in lines:
+            try:
+                row = json.loads(line)
+                name, prompt = row["video"], row["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise RecipeError(f"{file}: line {number}: expected an object with a 'video' (its file name) and a 'prompt' ({exc})") from None
+            if not isinstance(name, str) or not isinstance(prompt, str):
+                raise RecipeError(f"{file}: line {number}: 'video' and 'prompt' must be strings")
+            named.append((number, name, prompt))
+        return named
+    tabbed = ["\t" in line for _, line in lines]
+    if not any(tabbed):
+        return None
+    if not all(tabbed):
+        number = lines[tabbed.index(False)][0]
+        raise RecipeError(f"{file}: line {number} has no tab: give every line as 'video name<TAB>prompt' (or none, a plain list)")
+    return [(number, *(part.strip() for part in line.split("\t", 1))) for number, line in lines]  # type: ignore[misc]
+
+
+def _by_name(paths: list[str], named: list[tuple[int, str, str]], prompts: str) -> list[str]:
+    import difflib
+
+    index: dict[str, int] = {}
+    for k, path in enumerate(paths):
+        for key in (Path(path).name, Path(path).stem):
+            index.setdefault(key, k)
+    found: dict[int, tuple[int, str]] = {}
+    for number, name, prompt in named:
+        key = Path(name).name
+        if key not in index:
+            close = difflib.get_close_matches(key, list(index), n=1)
+            raise RecipeError(f"{prompts}: line {number}: no video named {name!r} among the {len(paths)} videos"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        k = index[key]
+        if k in found:
+            raise RecipeError(f"{prompts}: lines {found[k][0]} and {number} both give {Path(paths[k]).name} a prompt")
+        found[k] = (number, prompt)
+    missing = [Path(p).name for k, p in enumerate(paths) if k not in found]
+    if missing:
+        raise RecipeError(f"prompts={prompts!r} gives no prompt to {len(missing)} of the {len(paths)} videos: {', '.join(missing[:5])}"
+                          + (", ..." if len(missing) > 5 else ""))
+    return [found[k][1] for k in range(len(paths))]
+
+
+def check_prompts_read(paths: list[str], prompts: list[str | None], reward_name: str, reads_prompt: bool) -> None:
+    """Refuse an empty prompt for a reward whose score depends on the prompt (its ``reads_prompt``):
+    it would score the video against nothing and call it valid (as ``bon`` refuses an empty one)."""
+    if not reads_prompt:
+        return
+    empty = [Path(p).name for p, q in zip(paths, prompts) if q is not None and not q.strip()]
+    if empty:
+        raise RecipeError(f"{len(empty)} video(s) have an empty prompt ({', '.join(empty[:5])}), and the reward {reward_name!r} reads the "
+                          "prompt: give each its prompt, or leave the prompt out entirely")
+
+
+def pairing_lines(paths: list[str], prompts: list[str | None], most: int = 10) -> list[str]:
+    """How the videos met their prompts, to print before scoring: ``drums.mp4 <- "a drum solo"``,
+    the first ``most`` of them."""
+    shown = [f"{Path(p).name} <- {q!r}" for p, q in list(zip(paths, prompts))[:most] if q is not None]
+    if len(paths) > most and shown:
+        shown.append(f"... and {len(paths) - most} more (each row of results.jsonl names its video and prompt)")
+    return shown
 
 
 def not_videos(videos: str) -> list[str]:

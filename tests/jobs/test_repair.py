@@ -36,7 +36,7 @@ def _videos(folder, n=3, frames=16, fps=8.0):
     """``n`` 16-frame, 64 x 96 videos at 8 fps (2 s) with a prompt each: paths and prompts file."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [save_video(Video(smooth_video(frames, 64, 96, seed=s), fps), folder / f"v{s}.mp4", lossless=True) for s in range(n)]
-    (folder / "prompts.txt").write_text("".join(f"a ball number {s}\n" for s in range(n)))
+    (folder / "prompts.txt").write_text("".join(f"v{s}\ta ball number {s}\n" for s in range(n)))  # each line names its video
     return paths
 
 

@@ -12,6 +12,8 @@ from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.jobs.score import ScoreConfig, collect_inputs, run
 from cac_align.rewards.base import RewardBase
+from pathlib import Path
+
 from cac_align.video import Video, save_video
 from conftest import REPO_ROOT, smooth_video
 from cac_align.rewards.cac import CaCReward
@@ -166,8 +168,10 @@ def test_inputs_from_manifest_and_prompt_file(tmp_path):
     assert paths == [str(tmp_path / "videos/v0.mp4"), str(tmp_path / "videos/v1.mp4")] and prompts == ["a", None]
     prompt_file = tmp_path / "p.txt"
     prompt_file.write_text("one\n")
-    with pytest.raises(RecipeError, match="1 lines but videos=.* gives 2 videos"):
-        collect_inputs(str(tmp_path / "videos"), str(prompt_file))
+    with pytest.raises(RecipeError, match="has 1 prompts but videos=.* gives 2 videos"):  # a manifest's order is the user's: in order
+        collect_inputs(str(manifest), str(prompt_file))
+    prompt_file.write_text("one\n\ntwo\n")  # a blank line is skipped
+    assert collect_inputs(str(manifest), str(prompt_file))[1] == ["one", "two"]
     with pytest.raises(RecipeError, match="no such file or folder"):
         collect_inputs(str(tmp_path / "absent"), None)
     bad = tmp_path / "bad.jsonl"
@@ -329,3 +333,66 @@ def _length(path) -> float:
     from cac_align.video import load_video
 
     return load_video(path, lazy=True).duration_s
+
+
+def test_a_folder_s_prompts_meet_their_videos_by_name(tmp_path):
+    """A folder's files have no order of their own (issue #100, item 1): a prompts file names each line's video, by file
+    name or stem, tab-separated or as JSONL; a plain list is refused in one line, and so is a name of no video, a video
+    named twice or not at all."""
+    folder = tmp_path / "videos"
+    _write_videos(folder, 3)  # v0.mp4, v1.mp4, v2.mp4
+    named = tmp_path / "named.txt"
+    named.write_text("v2\tthe third\nv0.mp4\tthe first\n\nv1\tthe second\n")
+    paths, prompts = collect_inputs(str(folder), str(named))
+    assert [Path(p).name for p in paths] == ["v0.mp4", "v1.mp4", "v2.mp4"] and prompts == ["the first", "the second", "the third"]
+    jsonl = tmp_path / "named.jsonl"
+    jsonl.write_text('{"video": "v1.mp4", "prompt": "b"}\n{"video": "v0", "prompt": "a"}\n{"video": "v2", "prompt": "c"}\n')
+    assert collect_inputs(str(folder), str(jsonl))[1] == ["a", "b", "c"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a\nb\nc\n")
+    with pytest.raises(RecipeError, match=r"is a plain list, and videos=.* is a folder: .*'v0<TAB>its prompt'") as raised:
+        collect_inputs(str(folder), str(plain))
+    assert "\n" not in str(raised.value)
+    for text, message in [("v0\ta\nv1\tb\nv2.mpg\tc\n", r"line 3: no video named 'v2.mpg'.*did you mean 'v2.mp4'"),
+                          ("v0\ta\nv0.mp4\tb\nv2\tc\n", r"lines 1 and 2 both give v0.mp4 a prompt"),
+                          ("v0\ta\nv2\tc\n", r"gives no prompt to 1 of the 3 videos: v1.mp4"),
+                          ("v0\ta\nv1 b\nv2\tc\n", r"line 2 has no tab")]:
+        named.write_text(text)
+        with pytest.raises(RecipeError, match=message):
+            collect_inputs(str(folder), str(named))
+    one = tmp_path / "one"
+    _write_videos(one, 1)
+    plain.write_text("only\n")
+    assert collect_inputs(str(one), str(plain))[1] == ["only"]  # one video: nothing to guess
+
+
+class _EchoPrompt(RewardBase):
+    """A prompt-reading toy reward that scores a video by its prompt: the prompt's length, its text in the details."""
+
+    name = "echo_prompt"
+    reads_prompt = True
+
+    def __call__(self, videos, prompts=None, metadata=None):
+        from cac_align.rewards.base import RewardOutput
+
+        return RewardOutput(self.name, np.asarray([float(len(p or "")) for p in prompts]), np.ones(len(videos), dtype=bool),
+                            [{"prompt_seen": p} for p in prompts])
+
+
+def test_score_scores_each_video_against_its_own_prompt_given_by_name(tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("zebra", "apple", "mango"):  # out of alphabetical order as written below
+        save_video(Video(smooth_video(8, 32, 32, seed=len(name)), 8.0), folder / f"{name}.mp4", lossless=True)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("zebra\ta zebra crossing a road\napple\tan apple falling\nmango\tmango\n")
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(folder), prompts=str(prompts), reward={"name": "brightness"})
+    rows = run(config, reward=_EchoPrompt())
+    seen = {Path(r["video"]).stem: r["details"]["prompt_seen"] for r in rows}
+    assert seen == {"zebra": "a zebra crossing a road", "apple": "an apple falling", "mango": "mango"}
+    assert {Path(r["video"]).stem: r["score"] for r in rows} == {"zebra": 23.0, "apple": 16.0, "mango": 5.0}
+    out = capsys.readouterr().out
+    assert "zebra.mp4 <- 'a zebra crossing a road'" in out and "apple.mp4 <- 'an apple falling'" in out  # the pairing, printed
+    prompts.write_text("zebra\ta zebra\napple\t\nmango\tmango\n")  # an empty prompt, for a reward that reads it: refused
+    with pytest.raises(RecipeError, match=r"1 video\(s\) have an empty prompt \(apple.mp4\), and the reward 'echo_prompt' reads the prompt"):
+        run(ScoreConfig(out_dir=str(tmp_path / "out2"), videos=str(folder), prompts=str(prompts), reward={"name": "brightness"}), reward=_EchoPrompt())
