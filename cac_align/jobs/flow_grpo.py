@@ -49,7 +49,6 @@ Output directory:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
@@ -69,7 +68,7 @@ from tqdm.auto import tqdm
 from cac_align.config import RecipeError
 from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
-                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
+                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable)
 from cac_align.gen.memory import check_memory, guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
@@ -511,26 +510,6 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _ema_weights(model: torch.nn.Module, ema: dict | None):
-    """Swap the EMA weights in (evaluation, export) and the training weights back after."""
-    if ema is None:
-        yield
-        return
-
-    params = trainable(model)
-    backup = {name: p.detach().clone() for name, p in params.items()}
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(ema[name].to(p.device, p.dtype))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(backup[name])
-
-
 def reward_columns(reward: Reward, outputs: list[RewardOutput]) -> dict[str, np.ndarray]:
     """A step's per-sample reward numbers by metric key, over this process's scored batches in order:
     ``reward/<name>`` (the trained score) and, for each part the reward declares
@@ -1280,7 +1259,7 @@ class _Trainer:
         if sampled:
             texts = [self.eval_prompts[i] for i in sampled]
             images = [self.eval_images[i] for i in sampled]
-            with _ema_weights(self.unwrapped, self.ema):
+            with swapped_lora(self.unwrapped, self.ema):
                 videos_all, sounds = [], []
                 for lo in range(0, len(sampled), config.sample_batch_size):
                     hi = min(lo + config.sample_batch_size, len(sampled))
@@ -1341,12 +1320,12 @@ class _Trainer:
         acc.wait_for_everyone()
         states = None
         if self.layout.sharded:  # every process hands over its shards of the (EMA) LoRA
-            with _ema_weights(self.unwrapped, self.ema):
+            with swapped_lora(self.unwrapped, self.ema):
                 states = self.layout.expert_states(self.unwrapped)
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
-            with _ema_weights(self.unwrapped, self.ema):
+            with swapped_lora(self.unwrapped, self.ema):
                 save_expert_loras(self.unwrapped, target, states)
             # the end of the run: rewards first and last, the held-out figures, where everything is
             # (cac_align/run/summary.py, from metrics.jsonl), the reward per step as reward.png,
