@@ -7,9 +7,9 @@
 DiffusionNFT (Zheng et al., arXiv 2509.16117) trains on the forward process: no SDE, no
 log-probabilities, no PPO ratio. Its equations are :mod:`cac_align.rl.nft`. It shares everything
 else with `cac-align flow-grpo` (:mod:`cac_align.jobs.flow_grpo`, whose trainer this one extends:
-the prompts, rewards in a thread pool, group advantages and invalid samples, evaluation, the
-held-out watch, trackers, the run folder, exact resume, the LoRA, the parallel layout and the
-memory plan). Each training step:
+the prompts, rewards in a thread pool and read into columns (:mod:`cac_align.rewards.columns`), group
+advantages and invalid samples, evaluation, the held-out watch, trackers, the run folder, exact
+resume, the LoRA, the parallel layout and the memory plan). Each training step:
 
 1. takes the step's prompts and ``group_size`` copies of each, split over the processes
    (flow-grpo's step 1);
@@ -47,7 +47,7 @@ from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_de
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, memory_inputs, plan_step, trained_timesteps
 from cac_align.rewards.base import Reward
 
-__all__ = ["NftConfig", "memory_inputs", "noise_seed", "run"]
+__all__ = ["NftConfig", "memory_inputs", "noise_seed", "plan_step", "run"]  # memory_inputs, plan_step: read by the CLI (check-recipe)
 
 log = logging.getLogger(__name__)
 
