@@ -136,7 +136,7 @@ def ltx2_pipeline(device: str, dtype):
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    from cac_align.gen.families.ltx2 import assemble_ltx2_pipeline, gemma_tokenizer
+    from cac_align.gen.families.ltx2_tiny import assemble_ltx2_pipeline, gemma_tokenizer
 
     tokenizer = gemma_tokenizer()
     torch.manual_seed(0)

@@ -11,7 +11,10 @@ object, what a pipeline has, and never branches on which family it is. Adding a 
 module in ``gen/families/`` listed in :data:`FAMILY_MODULES` (its ``FAMILIES`` and
 ``family_for_index``, its repair pipelines' ``REGENERATORS`` and ``regenerator_for_index``, its
 tiny layout at its end), its recipes, its tests and its docs (Wan's repair pipeline, Wan-VACE,
-older than this layout, keeps its own module, :mod:`cac_align.gen.families.vace`).
+older than this layout, keeps its own module, :mod:`cac_align.gen.families.vace`; LTX-2, grown past
+one module, keeps its repair pipeline, LTX-2.5's diffusion decoder and its tiny layouts beside it:
+:mod:`cac_align.gen.families.ltx2_repair`, :mod:`cac_align.gen.families.ltx25_decoder`,
+:mod:`cac_align.gen.families.ltx2_tiny`).
 
 **Which family a model is** (:func:`family_of`) comes from the model's own ``model_index.json``,
 the file diffusers writes beside every pipeline: its ``_class_name`` (``WanPipeline``,
@@ -96,7 +99,7 @@ a checkpoint's video decoder is itself a small diffusion model (diffusers 0.42.1
 ``LTX2VideoDiffusionDecoderModel``) that draws the pixel noise it denoises, so decoding is
 sampling, not a function of the latents. For a seed to still name one video, decoding must know the
 video's seed: the interface grew by that one argument (the family derives the decoder's generator
-from it: :func:`cac_align.gen.families.ltx2.decoder_generator`), and ``flow-grpo`` passes the seeds it
+from it: :func:`cac_align.gen.families.ltx25_decoder.decoder_generator`), and ``flow-grpo`` passes the seeds it
 sampled with; ``bon`` already gives a family its seeds (:meth:`GeneratorFamily.generate`). The
 draw is never part of a log-probability: Flow-GRPO's ratios and losses cover the transformer's
 latents only (the decoder is frozen, after the last step, and its noise is no action of the
@@ -124,11 +127,13 @@ __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_image
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
-# ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, has a module of its own.
+# ``regenerator_for_index``); Wan's repair pipeline, Wan-VACE, and LTX-2's, its condition pipeline,
+# each have a module of their own.
 FAMILY_MODULES = (
     "cac_align.gen.families.wan",
     "cac_align.gen.families.vace",
     "cac_align.gen.families.ltx2",
+    "cac_align.gen.families.ltx2_repair",
     "cac_align.gen.families.hunyuan15",
     "cac_align.gen.families.minimax_h3",
     "cac_align.gen.families.kandinsky6",
@@ -366,7 +371,7 @@ class GeneratorFamily(Protocol):
 class Regenerator(Protocol):
     """A family's repair pipeline, as ``cac-align repair`` uses it (Wan-VACE:
     :class:`cac_align.gen.families.vace.VaceRegenerator`; LTX-2's condition pipeline:
-    :class:`cac_align.gen.families.ltx2.LTX2Regenerator`).
+    :class:`cac_align.gen.families.ltx2_repair.LTX2Regenerator`).
 
     Attributes:
         name, title, pipeline_class, experts, tiny_names, hub_ids: as a generator family's.

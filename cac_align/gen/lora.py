@@ -1,7 +1,7 @@
 """The trained LoRA on a generator's transformer(s), shared by the generator's trainers
 (``flow-grpo``, ``dpo``) for every family: its settings, adding it (peft through diffusers'
-``add_adapter``), the reference policy (the same transformer with the LoRA off), and its share of
-an accelerate checkpoint."""
+``add_adapter``), the reference policy (the same transformer with the LoRA off), other weights
+swapped in for a while (an EMA, nft's old policy), and its share of an accelerate checkpoint."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 __all__ = ["LORA_EXPERTS", "LoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "ddp_kwargs_handlers", "freeze_pipeline",
-           "register_lora_checkpoint", "save_expert_loras", "trainable", "trainable_state"]
+           "register_lora_checkpoint", "save_expert_loras", "swapped_lora", "trainable", "trainable_state"]
 
 LORA_EXPERTS = ("high", "low", "both")
 
@@ -161,6 +161,28 @@ def adapters_disabled(model: torch.nn.Module):
         yield
     finally:
         model.enable_adapters()
+
+
+@contextlib.contextmanager
+def swapped_lora(model: torch.nn.Module, weights: dict | None):
+    """``weights`` (name -> tensor of each trainable weight: flow-grpo's EMA for evaluation and export,
+    nft's old policy for sampling) swapped into ``model``'s trainable (LoRA) weights inside, the training
+    weights back after; None: nothing swapped."""
+    if weights is None:
+        yield
+        return
+
+    params = trainable(model)
+    backup = {name: p.detach().clone() for name, p in params.items()}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(backup[name])
 
 
 def register_lora_checkpoint(acc: Accelerator, model: torch.nn.Module, ema: dict | None) -> None:

@@ -1,6 +1,7 @@
 """What every family's tiny random pipeline shares (the generator side's counterpart of
 :mod:`cac_align.vlm.tiny`). Each family's tiny layout (``tiny-random:wan``, ``tiny-random:ltx2``,
-``tiny-random:hunyuanvideo15``, ...) is at the end of its own module in :mod:`cac_align.gen.families`:
+``tiny-random:hunyuanvideo15``, ...) is at the end of its own module in :mod:`cac_align.gen.families`
+(LTX-2's in one beside it, :mod:`cac_align.gen.families.ltx2_tiny`):
 diffusers' real pipeline classes at toy sizes, random weights, tokenizers built in-process. Here:
 
 - a word-level tokenizer and a 2-layer UMT5 text encoder (Wan's, and Wan-VACE's, text side);

@@ -17,7 +17,8 @@ normalized UnifiedReward and CaC scores. Each training step:
    step of their own: docs/audio.md), keeping its latents and per-step log-probs, and decodes it
    (and its soundtrack, for a reward that hears); each sampled batch goes to a reward thread pool at
    once, so scoring overlaps the sampling of the next batch;
-3. collects the rewards and gathers them from every process;
+3. collects the rewards and gathers them from every process (each batch's output read into per-sample
+   columns: :mod:`cac_align.rewards.columns`);
 4. computes per-prompt advantages (:mod:`cac_align.rl.advantages`); samples whose reward is invalid
    or whose group has zero variance are dropped (weight 0) and counted; ``advantage.routing:
    routed`` gives each component's advantage to the latents of what it judges (:mod:`cac_align.rl.routing`);
@@ -49,7 +50,6 @@ Output directory:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 from cac_align.config import RecipeError
 from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
-                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
+                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable)
 from cac_align.plan.check import check_memory
 from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
@@ -79,12 +79,12 @@ from cac_align.gen.generator import GeneratorConfig, encode_conditioning, predic
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
-from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput, backend_error_kind
-from cac_align.rewards.combine import CombinedReward
+from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
+from cac_align.rewards.columns import (check_prompt_heard, component_column, component_raw, component_windows, invalid_output, reward_columns,
+                                      route_table, score_batch)
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
-from cac_align.rl.routing import (ROUTINGS, audio_frame_spans, component_advantages, routed_advantages, routed_credit, sample_windows,
-                                  video_frame_spans)
+from cac_align.rl.routing import ROUTINGS, audio_frame_spans, component_advantages, routed_advantages, routed_credit, video_frame_spans
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
@@ -390,6 +390,11 @@ def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> 
     return sorted(int(j) for j in chosen)
 
 
+def _grid(g: GeneratorConfig, temporal: int, spatial: int) -> tuple[int, int, int]:
+    """The latent grid ``(T, H, W)`` of ``g``'s videos (:func:`credit_maps`'s maps)."""
+    return ((g.num_frames - 1) // temporal + 1, g.height // spatial, g.width // spatial)
+
+
 @dataclass
 class StepPlan:
     """Per-process numbers derived from the config (the one place they are derived)."""
@@ -512,139 +517,9 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _ema_weights(model: torch.nn.Module, ema: dict | None):
-    """Swap the EMA weights in (evaluation, export) and the training weights back after."""
-    if ema is None:
-        yield
-        return
-
-    params = trainable(model)
-    backup = {name: p.detach().clone() for name, p in params.items()}
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(ema[name].to(p.device, p.dtype))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(backup[name])
-
-
-def reward_columns(reward: Reward, outputs: list[RewardOutput]) -> dict[str, np.ndarray]:
-    """A step's per-sample reward numbers by metric key, over this process's scored batches in order:
-    ``reward/<name>`` (the trained score) and, for each part the reward declares
-    (:attr:`~cac_align.rewards.base.Reward.components`), ``reward/<part>_raw`` and
-    ``reward/<part>_normalized``; NaN where a sample has no such number (an invalid one, or a batch
-    whose reward raised and has no details at all).
-
-    The keys come from the reward, never from the batches: every process gathers the same keys in the
-    same order whatever its own batches did (a process whose first batch failed used to make one
-    gather where the others made five, and the run hung).
-    """
-    keys = [f"reward/{reward.name}"] + [f"reward/{part}_{kind}" for part in reward.components for kind in ("raw", "normalized")]
-    n = sum(len(o.scores) for o in outputs)
-    columns = {key: np.full(n, np.nan) for key in keys}
-    row = 0
-    for output in outputs:
-        columns[keys[0]][row : row + len(output.scores)] = output.scores
-        for i, detail in enumerate(output.details):
-            parts = detail.get("components")
-            for part in reward.components:
-                entry = parts.get(part) if isinstance(parts, dict) else None
-                for kind in ("raw", "normalized"):
-                    value = entry.get(kind) if isinstance(entry, dict) else None
-                    if value is not None:
-                        columns[f"reward/{part}_{kind}"][row + i] = float(value)
-        row += len(output.scores)
-    return columns
-
-
-def check_prompt_heard(reward: Reward) -> None:
-    """Refuse, in one line, a reward whose components that hear (modality audio or both) all ignore
-    the prompt (``reads_prompt`` false): trained on them, a text-to-sound model is free to make any
-    sound that scores (UniRL #418: ImageBind's audio-video mode never saw the prompt; on MiniMax-H3
-    the total rose while CLAP fell and the video collapsed). ``audio_rewards_blind_ok: true`` allows it."""
-    parts = reward.rewards if isinstance(reward, CombinedReward) else [reward]
-    heard = [part.name for part in parts if part.modality != "video"]
-    if heard and not any(part.reads_prompt for part in parts if part.modality != "video"):
-        raise RecipeError(f"reward: its audio components {heard} all ignore the prompt (reads_prompt false), so the sound is "
-                          "trained to score, not to fit the text (UniRL #418); add one that reads it (clap) or set audio_rewards_blind_ok=true")
-
-
-def route_table(reward: Reward) -> dict[str, tuple[float, str]]:
-    """``{component: (weight, modality)}`` of a reward (the Reward contract): a combined reward's
-    components with its weights and their modalities; any other reward, one component of weight 1."""
-    if isinstance(reward, CombinedReward):
-        return {part.name: (float(w), part.modality) for part, w in zip(reward.rewards, reward.weights)}
-    return {reward.name: (1.0, reward.modality)}
-
-
-def component_column(outputs: list[RewardOutput], name: str, whole: bool) -> np.ndarray:
-    """This process's samples' normalized score of component ``name`` (``details["components"]``), NaN
-    where it has none (invalid, or a batch that failed); ``whole``: the reward is its one component (its scores)."""
-    if whole:
-        return np.concatenate([o.scores for o in outputs]).astype(np.float64)
-    values = []
-    for output in outputs:
-        for detail in output.details:
-            entry = (detail.get("components") or {}).get(name)
-            value = entry.get("normalized") if isinstance(entry, dict) else None
-            values.append(np.nan if value is None else float(value))
-    return np.asarray(values, dtype=np.float64)
-
-
-def component_raw(output: RewardOutput, name: str) -> np.ndarray:
-    """Each sample's raw score of component ``name`` of a combined reward's output, NaN where it has none."""
-    values = []
-    for detail in output.details:
-        entry = (detail.get("components") or {}).get(name)
-        value = entry.get("raw") if isinstance(entry, dict) and entry.get("valid") else None
-        values.append(np.nan if value is None else float(value))
-    return np.asarray(values, dtype=np.float64)
-
-
-def _grid(g: GeneratorConfig, temporal: int, spatial: int) -> tuple[int, int, int]:
-    """The latent grid ``(T, H, W)`` of ``g``'s videos (:func:`credit_maps`'s maps)."""
-    return ((g.num_frames - 1) // temporal + 1, g.height // spatial, g.width // spatial)
-
-
-def _windows_of(detail: dict[str, Any], name: str, whole: bool) -> list[tuple[float, float]] | None:
-    """The span where component ``name`` says the sound slips in a sample's details (rl/routing.py:
-    ``status: abnormal`` with ``window_s``); None when none, or unreadable (logged: the uniform map stays)."""
-    own = detail if whole else (((detail.get("components") or {}).get(name) or {}).get("details") or {})
-    try:
-        return sample_windows(own)
-    except ValueError as exc:
-        log.debug("routed credit: a sample of %s keeps a uniform map: %s", name, exc)
-        return None
-
-
-def _score(reward: Reward, videos: np.ndarray, prompts: list[str], groups: list[int], fps: float,
-           sound: tuple[np.ndarray, int] | None = None) -> tuple[RewardOutput, float]:
-    """Score one sampled batch (runs in the reward thread pool); returns the output and seconds.
-    ``sound``: the batch's soundtracks ``(B, channels, samples)`` and their rate, where the generator
-    makes sound: each sample's metadata carries its own (``audio``, ``sample_rate``: the Reward contract)."""
-
-    start = time.perf_counter()
-    batch = [Video(frames, fps=fps, source=f"sample {g}") for frames, g in zip(videos, groups)]
-    metadata = [{"group": g, "fps": fps} for g in groups]
-    if sound is not None:
-        for row, track in zip(metadata, sound[0]):
-            row.update(audio=track, sample_rate=int(sound[1]))
-    output = reward(batch, prompts, metadata)
-    return output, time.perf_counter() - start
-
-
 # A reward server down for this many whole steps in a row (every sample unanswered) stops the run
 # (_Trainer._check_rewards); fewer, and those steps train nothing while the next ask it again.
 DOWN_STEPS_LIMIT = 3
-
-
-def _invalid_output(name: str, n: int, error: BaseException) -> RewardOutput:
-    details = [{"error": f"{type(error).__name__}: {error}", "error_kind": backend_error_kind(error)} for _ in range(n)]
-    return RewardOutput(name, np.full(n, np.nan), np.zeros(n, dtype=bool), details)
 
 
 class _SoundTerms:
@@ -933,7 +808,7 @@ class _Trainer:
             if layout.leader:  # a context-parallel group's videos are decoded and scored once, by its first process
                 # a reward that hears (modality audio or both) gets what the generator made with the frames
                 sound = self._soundtracks(trajectory) if self.reward.modality != "video" else None
-                futures.append((hi - lo, self.pool.submit(_score, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps, sound)))
+                futures.append((hi - lo, self.pool.submit(score_batch, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps, sound)))
         sample_seconds = time.perf_counter() - start
 
         # 3. collect the rewards (waiting only for what sampling did not hide) and gather them
@@ -1045,7 +920,7 @@ class _Trainer:
         judge = credit_maps(judged, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
                             height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch) if seen else None
         judge_maps = judge.maps if judge is not None else np.ones((len(details), *_grid(g, temporal, spatial)), dtype=np.float32)
-        windows = {name: [_windows_of(d, name, len(table) == 1) for d in details] for name, (_, m) in table.items() if m == "both"}
+        windows = {name: [component_windows(d, name, len(table) == 1) for d in details] for name, (_, m) in table.items() if m == "both"}
         audio_frames = self.family.side_frames(trajectories[0].side[:1, -1]).shape[1]
         video, audio, windowed = routed_credit(table, advantages, windows, judge_maps, video_frame_spans(g.num_frames, g.fps, temporal),
                                                audio_frame_spans(audio_frames, g.num_frames / g.fps), localize.inside, localize.outside)
@@ -1146,11 +1021,11 @@ class _Trainer:
                 compute += seconds
             except Exception as exc:  # a failed batch is invalid and counted, never a silent 0
                 log.warning("reward failed on a batch of %d: %s", n, exc)
-                output = _invalid_output(name, n, exc)
+                output = invalid_output(name, n, exc)
             if len(output.scores) != n:  # a reward's bug, met on this process only: its batch is invalid, the others go on
                 wrong = ValueError(f"reward {name!r} returned {len(output.scores)} scores for {n} videos")
                 log.warning("reward failed on a batch of %d: %s", n, wrong)
-                output = _invalid_output(name, n, wrong)
+                output = invalid_output(name, n, wrong)
             outputs.append(output)
         return outputs, compute
 
@@ -1281,7 +1156,7 @@ class _Trainer:
         if sampled:
             texts = [self.eval_prompts[i] for i in sampled]
             images = [self.eval_images[i] for i in sampled]
-            with _ema_weights(self.unwrapped, self.ema):
+            with swapped_lora(self.unwrapped, self.ema):
                 videos_all, sounds = [], []
                 for lo in range(0, len(sampled), config.sample_batch_size):
                     hi = min(lo + config.sample_batch_size, len(sampled))
@@ -1297,12 +1172,12 @@ class _Trainer:
             audio, rate = (np.concatenate([w for w, _ in sounds])[: len(mine)], sounds[0][1]) if sounds else (None, None)
             # through the pool like training batches: a failing reward call is invalid, not a crash
             sound = None if audio is None else (audio, rate)
-            (output,), _ = self._collect([(len(mine), self.pool.submit(_score, self.reward, videos, texts, mine, config.generator.fps, sound))])
+            (output,), _ = self._collect([(len(mine), self.pool.submit(score_batch, self.reward, videos, texts, mine, config.generator.fps, sound))])
             scores[: len(mine)] = output.scores
             for part in self.watched_parts:  # each watched component's raw score (its own units)
                 parts[part][: len(mine)] = component_raw(output, part)
             for label, judge in self.eval_rewards.items():  # the judges it does not train on, the same videos
-                (judged,), _ = self._collect([(len(mine), self.pool.submit(_score, judge, videos, texts, mine, config.generator.fps, sound))])
+                (judged,), _ = self._collect([(len(mine), self.pool.submit(score_batch, judge, videos, texts, mine, config.generator.fps, sound))])
                 held_out[label][: len(mine)] = judged.scores
             folder = self.out / "eval" / f"step_{done:06d}"
             for k, (i, frames) in enumerate(zip(mine, videos)):
@@ -1342,12 +1217,12 @@ class _Trainer:
         acc.wait_for_everyone()
         states = None
         if self.layout.sharded:  # every process hands over its shards of the (EMA) LoRA
-            with _ema_weights(self.unwrapped, self.ema):
+            with swapped_lora(self.unwrapped, self.ema):
                 states = self.layout.expert_states(self.unwrapped)
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
-            with _ema_weights(self.unwrapped, self.ema):
+            with swapped_lora(self.unwrapped, self.ema):
                 save_expert_loras(self.unwrapped, target, states)
             # the end of the run: rewards first and last, the held-out figures, where everything is
             # (cac_align/run/summary.py, from metrics.jsonl), the reward per step as reward.png,

@@ -7,9 +7,9 @@
 DiffusionNFT (Zheng et al., arXiv 2509.16117) trains on the forward process: no SDE, no
 log-probabilities, no PPO ratio. Its equations are :mod:`cac_align.rl.nft`. It shares everything
 else with `cac-align flow-grpo` (:mod:`cac_align.jobs.flow_grpo`, whose trainer this one extends:
-the prompts, rewards in a thread pool, group advantages and invalid samples, evaluation, the
-held-out watch, trackers, the run folder, exact resume, the LoRA, the parallel layout and the
-memory plan). Each training step:
+the prompts, rewards in a thread pool and read into columns (:mod:`cac_align.rewards.columns`), group
+advantages and invalid samples, evaluation, the held-out watch, trackers, the run folder, exact
+resume, the LoRA, the parallel layout and the memory plan). Each training step:
 
 1. takes the step's prompts and ``group_size`` copies of each, split over the processes
    (flow-grpo's step 1);
@@ -42,12 +42,12 @@ from safetensors.torch import load_file, save_file
 
 from cac_align.config import RecipeError
 from cac_align.gen.generator import predict_velocity
-from cac_align.gen.lora import adapters_disabled, trainable
+from cac_align.gen.lora import adapters_disabled, swapped_lora, trainable
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
-from cac_align.jobs.flow_grpo import FlowGrpoConfig, _ema_weights, _Trainer, memory_inputs, plan_step, trained_timesteps
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, memory_inputs, plan_step, trained_timesteps
 from cac_align.rewards.base import Reward
 
-__all__ = ["NftConfig", "memory_inputs", "noise_seed", "run"]
+__all__ = ["NftConfig", "memory_inputs", "noise_seed", "plan_step", "run"]  # memory_inputs, plan_step: read by the CLI (check-recipe)
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class _NftTrainer(_Trainer):
 
     # 2. sampling: the old policy's ODE samples (evaluation: the policy's, or its EMA, as flow-grpo)
     def _sample(self, embeds: Any, negative: Any, seeds: list[int], noise_level: float) -> tuple[Any, np.ndarray]:
-        swap = contextlib.nullcontext() if self._evaluating else _ema_weights(self.unwrapped, self.old)
+        swap = contextlib.nullcontext() if self._evaluating else swapped_lora(self.unwrapped, self.old)
         with swap:
             return super()._sample(embeds, negative, seeds, 0.0)
 
@@ -213,7 +213,7 @@ class _NftTrainer(_Trainer):
                     sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
                     with sync:
                         with torch.no_grad(), acc.autocast():  # the old policy's and the reference's velocities
-                            with _ema_weights(self.unwrapped, self.old):
+                            with swapped_lora(self.unwrapped, self.old):
                                 old_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
                             ref_velocity = (None, None)
                             if config.beta > 0:

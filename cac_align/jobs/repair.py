@@ -16,7 +16,7 @@ one of them. Repair regenerates that second. Per input video, in input order:
    ``context_s``, the boxes dilated by ``dilate``, whole frames where there are no boxes),
    planned by the regenerator: VACE's (:func:`cac_align.gen.families.vace.plan_repair`: ``condition_s`` of
    kept frames on each side as conditioning, ``4k + 1`` frames, sides padded to 16) or LTX-2's
-   (:func:`cac_align.gen.families.ltx2.segment_layout`: the window's latents between a kept clip before it
+   (:func:`cac_align.gen.families.ltx2_repair.segment_layout`: the window's latents between a kept clip before it
    and a keyframe after it, ``8k + 1`` frames, sides padded to 32);
 3. **attempts**: up to ``attempts`` times, each with its own seed, VACE regenerates the masked
    pixels (the original prompt; with ``feedback: reason``, plus the judge's reason, as CollabVR

@@ -21,7 +21,7 @@ read from a video file's audio stream (:func:`cac_align.video.read_soundtrack`).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -17,7 +17,7 @@ from cac_align.gen.family import UnknownGeneratorError, family_of, regenerator_o
 from cac_align.gen.generator import GeneratorConfig, build_generator, predict_velocity, sample_with_log_probs, video_velocity
 from cac_align.gen.families.ltx2 import GUIDANCE_KEYS, LTX2, LTX23, LTX25, VIDEO_BRANCH
 from cac_align.rl.sde import SDESchedule
-from cac_align.gen.families.ltx2 import build_tiny_ltx2_pipeline
+from cac_align.gen.families.ltx2_tiny import build_tiny_ltx2_pipeline
 
 PROMPTS = ["a red ball on the street", "a dog running"]
 SEEDS = (11, 12)

@@ -17,7 +17,8 @@ import torch
 
 from cac_align.gen.family import family_of
 from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos, sample_with_log_probs, video_velocity
-from cac_align.gen.families.ltx2 import GUIDANCE_KEYS, LTX25, decoder_generator
+from cac_align.gen.families.ltx2 import GUIDANCE_KEYS, LTX25
+from cac_align.gen.families.ltx25_decoder import decoder_generator
 from cac_align.rl.sde import SDESchedule
 from cac_align.loading import WeightsNotFoundError
 

@@ -228,7 +228,7 @@ def test_generate_with_an_image_is_the_pipelines_own_video_and_soundtrack(pipes,
         np.testing.assert_allclose(made.audio[row], theirs.audio[0].float().clamp(-1, 1).numpy(), rtol=0, atol=1e-5)
     # a bfloat16 transformer and text encoder beside a float32 VAE (the jobs' default vae_dtype): the image is
     # encoded in the VAE's dtype, and nothing is cast in place (diffusers' from_pipe would make all of it float32)
-    from cac_align.gen.families.ltx2 import build_tiny_ltx2_pipeline
+    from cac_align.gen.families.ltx2_tiny import build_tiny_ltx2_pipeline
 
     mixed = build_tiny_ltx2_pipeline(0, "2.3")
     for name in ("transformer", "text_encoder", "connectors"):

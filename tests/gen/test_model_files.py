@@ -123,7 +123,7 @@ def test_a_finetunes_vae_config_decides_its_frame_and_side_multiples(tmp_path):
         GeneratorConfig(name=str(folder), **{**TINY, "num_frames": 8})
     with pytest.raises(ValueError, match=r"num_frames must be 4k \+ 1"):
         GeneratorConfig(name="tiny-random:hunyuanvideo15", **{**TINY, "num_frames": 7})
-    from cac_align.gen.generator import generate_videos, sample_with_log_probs, encode_conditioning
+    from cac_align.gen.generator import generate_videos
 
     pipe = build_generator(config)
     assert config.family.latent_grid(pipe)[:2] == (2, 4)

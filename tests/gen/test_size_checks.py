@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from cac_align.config import RecipeError
-from cac_align.gen.families.ltx2 import _ltx25_diffusion_decoder, check_decoder_size, decoder_grids
+from cac_align.gen.families.ltx25_decoder import check_decoder_size, decoder_grids
+from cac_align.gen.families.ltx2_tiny import _ltx25_diffusion_decoder
 
 FULL = json.loads((REPO_ROOT / "cac_align/plan/full_size/Lightricks--LTX-2.5-Diffusers/diffusion_decoder/config.json").read_text())
 

@@ -199,7 +199,7 @@ def test_audio_settings_are_checked_in_one_line():
 
 
 def test_a_reward_whose_audio_components_all_ignore_the_prompt_is_refused_in_one_line():
-    from cac_align.jobs.flow_grpo import check_prompt_heard
+    from cac_align.rewards.columns import check_prompt_heard
     from cac_align.rewards.base import RewardBase
 
     class Clapish(RewardBase):  # hears and reads the prompt, as CLAP does

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from cac_align.config import load_config
-from cac_align.jobs.flow_grpo import FlowGrpoConfig, _invalid_output, reward_columns, run
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+from cac_align.rewards.columns import invalid_output, reward_columns
 from cac_align.video import Video
 from conftest import REPO_ROOT
 from fault_rewards import FlakyPair
@@ -34,7 +35,7 @@ def test_reward_metric_keys_come_from_the_reward_not_from_a_batch():
     assert reward.components == ("brightness", "dimness")
     grey = np.full((4, 8, 8, 3), 64, dtype=np.uint8)  # brightness 64/255
     scored = reward([Video(grey, fps=16.0), Video(grey * 2, fps=16.0)], ["a", "b"])
-    failed = _invalid_output(reward.name, 3, RuntimeError("the judge's server went away"))
+    failed = invalid_output(reward.name, 3, RuntimeError("the judge's server went away"))
     columns = reward_columns(reward, [failed, scored])  # the failed batch first: it used to decide the keys
     assert list(columns) == PART_KEYS
     assert all(len(v) == 5 and np.isnan(v[:3]).all() for v in columns.values())

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from cac_align.config import load_config
 from cac_align.gen.generator import LORA_WEIGHT_NAME, GeneratorConfig, build_generator, generate_videos
-from cac_align.gen.families.ltx2 import LTX2, VIDEO_BRANCH, SegmentLayout, segment_layout
+from cac_align.gen.families.ltx2 import LTX2, VIDEO_BRANCH
+from cac_align.gen.families.ltx2_repair import SegmentLayout, segment_layout
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.rewards.registry import build_reward
 from cac_align.video import load_video

@@ -411,7 +411,7 @@ def test_a_sharded_load_holds_what_one_process_loads_bit_for_bit(tmp_path):
     third transformer). Measured controls (by hand): without the rope tables' broadcast the other
     process's rope differs; without the first process's dtypes the bf16 load fails on a mismatched
     collective; without the random state after each transformer the tiny VAEs differ."""
-    from cac_align.gen.families.ltx2 import build_tiny_ltx2_pipeline
+    from cac_align.gen.families.ltx2_tiny import build_tiny_ltx2_pipeline
     from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline
 
     build_tiny_wan22_a14b_pipeline(seed=0).save_pretrained(tmp_path / "a14b")

@@ -35,9 +35,10 @@ recomputed. With ``audio: trained`` (docs/audio.md) the audio latents take the S
 own log-probability, and :data:`AUDIO_BRANCH` joins the LoRA. ``dpo`` trains the video stream on pairs of videos; the transformer's audio input is
 the noise of the pair's level on a silent (zero, the latent mean) clean audio, the same for
 winner and loser, policy and reference (LTX-2 ships no waveform-to-latent front end). ``repair``
-regenerates the judged window through ``LTX2ConditionPipeline`` (:class:`LTX2Regenerator`): a
-segment of the window's latents between a kept clip before it and a keyframe after it
-(:func:`segment_layout`), not the video.
+regenerates the judged window through ``LTX2ConditionPipeline``
+(:class:`~cac_align.gen.families.ltx2_repair.LTX2Regenerator`, a module of its own): a segment of the
+window's latents between a kept clip before it and a keyframe after it
+(:func:`~cac_align.gen.families.ltx2_repair.segment_layout`), not the video.
 
 **Image-to-video** (every release: text alone, or text and a first frame; no last frame), as
 diffusers' ``LTX2ImageToVideoPipeline`` (0.42.1, ``pipelines/ltx2/pipeline_ltx2_image2video.py``)
@@ -79,43 +80,10 @@ text encoder), and ``ltx_core``'s ``text_encoders/gemma/gemma_assets.py`` pads G
 prompts to ``TOKENIZER_MAX_LENGTH = 1024``. Not taken: their distilled pipeline's ancestral (SDE)
 Euler sampler from 2.5 on (``distilled.py``; the jobs sample the non-distilled checkpoint).
 
-**LTX-2.5's diffusion decoder** (diffusers 0.42.1: ``models/autoencoders/ltx2_diffusion_decoder.py``,
-``pipelines/ltx2/pipeline_ltx2_diffusion_decode.py``, ``modular_pipelines/ltx2/decoders.py``
-``LTX2DiffusionVaeDecoderStep``: "from LTX-2.5 on the native default"). It decodes the same latents
-as the VAE (whose encoder the jobs keep: image-to-video, DPO), but it is a diffusion model: it draws
-pixel noise (one x0 step in the release) and denoises it conditioned on the latents. ``LTX2Pipeline``
-does not hold it (it is no component of that class, and its ``save_pretrained`` would not write it):
-a checkpoint keeps it in its ``diffusion_decoder`` folder (:func:`load_diffusion_decoder`), the
-family keeps it as ``pipe.diffusion_decoder``, and decodes the transformer's final latents through
-diffusers' own ``LTX2VideoDiffusionDecodePipeline`` (:func:`diffusion_decode`); the audio is
-decoded as before. Three decisions, each pinned by a test (tests/gen/test_ltx25.py):
-
-- **What seeds the decoder's draw: the video's seed.** Video ``i`` decodes with a generator of its
-  own, seeded ``derive_seed(seed_i, 25)`` (:func:`decoder_generator`): a stream apart from the one
-  the sampler draws the initial noise from, and the same whatever path made the latents (the
-  pipeline in ``bon``, the SDE sampler in ``flow-grpo``) and whatever batch the video was in. So a
-  seed still names one video: ``bon`` twice with the same seed writes the same videos. The family
-  interface grew for it: ``decode`` takes the videos' seeds (:mod:`cac_align.gen.family`).
-- **Flow-GRPO's log-probabilities do not cover the decoder's draw.** The policy is the transformer;
-  its actions are the SDE steps of the latents, and their log-probabilities, ratios, KL and losses
-  are computed on the recorded latents alone. The decoder is frozen and runs after the last step;
-  its draw is part of the environment that turns latents into a video, as a VAE's decoding is. A
-  reward therefore also scores the decoder's draw (a second source of variance in a group's
-  advantages, which the group's several seeds average over), and two groups with the same seeds
-  see the same draws.
-- **``num_frames`` is always passed; the duration head is never consulted.** ``LTX2Pipeline``
-  predicts a clip's length with its ``duration_head`` only when ``num_frames`` is None, one length
-  per call (it refuses a batch of prompts): a group or a batch of Best-of-N candidates must share
-  one latent shape, and a recipe's frames must be checked (``8k + 1``) before anything loads. A
-  recipe that leaves ``num_frames`` unset takes the release's 121 (5 s at 24 fps, the table above);
-  the head is loaded with the checkpoint and left unused.
-
-Not measured at full size: diffusers' default attention of the decoder
-(``LTX2VideoVaeNeighborhoodAttnProcessor``) is FlexAttention with a block mask, which torch runs
-unfused outside ``torch.compile`` (it materializes every query-key score: at 121 x 512 x 768 the last
-stage's 3 million tokens cannot), so a real run needs the decoder's flex attention compiled, tiled
-decoding (``pipe.diffusion_decoder.enable_tiling()``) or diffusers' NATTEN processor (a GPU kernel
-fetched from the Hub with ``kernels``); the tiny decoder's 408 tokens run it unfused on the CPU.
+**LTX-2.5's diffusion decoder** (:mod:`cac_align.gen.families.ltx25_decoder`): from LTX-2.5 on, the video
+latents are decoded by a small diffusion model that draws pixel noise. That module says what seeds its
+draw (the video's seed), why Flow-GRPO's log-probabilities do not cover it, why ``num_frames`` is
+always passed (the duration head is never consulted), and what was not measured at full size.
 
 The Gemma-4 ``prompt_enhancer`` (an optional ``LTX2Pipeline`` component) is never run: the jobs
 generate from the prompt file's text as it is, and ``tiny-random:ltx2.5`` leaves it out.
@@ -136,12 +104,12 @@ import torch
 
 from cac_align.gen.experts import Denoiser
 from cac_align.gen.family import fixed_frames, image_runs
-from cac_align.gen.families.vace import RepairPlan
-from cac_align.gen.tiny import transformer_made
-from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
+from cac_align.gen.families.ltx25_decoder import DIFFUSION_DECODER, check_decoder_size, diffusion_decode, load_diffusion_decoder
+from cac_align.gen.families.ltx2_tiny import TINY_LTX2_BUILDERS
+from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
-__all__ = ["FAMILIES", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "LTX2Regenerator", "LTX2RepairPlan", "REGENERATORS",
-           "SegmentLayout", "AUDIO_BRANCH", "VIDEO_BRANCH", "conditioning_image", "family_for_index", "first_frame_latents", "on_grid", "regenerator_for_index", "segment_layout"]
+__all__ = ["FAMILIES", "GUIDANCE_KEYS", "LOCAL_ATTENTIONS", "LTX2", "LTX23", "LTX25", "LTX2Denoiser", "LTX2Family", "AUDIO_BRANCH", "VIDEO_BRANCH",
+           "conditioning_image", "family_for_index", "first_frame_latents"]
 
 # The video stream's layers of every block: its self-attention, its cross-attention to the text,
 # its feed-forward. A LoRA on these trains the video branch; the audio branch's layers
@@ -208,8 +176,8 @@ class LTX2Family:
     # (LTX2ImageToVideoPipeline's); no last frame
     image_input: str = "optional"
     last_image: bool = False
-    # LTX-2.5 on: the video is decoded by the diffusion decoder that samples (module docstring,
-    # "LTX-2.5's diffusion decoder"), kept beside the pipeline as ``pipe.diffusion_decoder``
+    # LTX-2.5 on: the video is decoded by the diffusion decoder that samples (cac_align.gen.families.ltx25_decoder),
+    # kept beside the pipeline as ``pipe.diffusion_decoder``
     diffusion_decoder: bool = False
 
     @property
@@ -473,7 +441,7 @@ class LTX2Family:
         """Final video latents (normalized, ``(B, C, F', H', W')``) to uint8 frames, as the pipeline
         decodes them (its default ``decode_timestep`` 0: a timestep-conditioned VAE gets 0 and the
         latents as they are). LTX-2.5: through its diffusion decoder, sample ``i``'s draw from
-        :func:`decoder_generator` of ``seeds[i]`` (module docstring), which must then be given."""
+        :func:`~cac_align.gen.families.ltx25_decoder.decoder_generator` of ``seeds[i]``, which must then be given."""
         from cac_align.gen.generator import frames_to_uint8
 
         vae = pipe.vae
@@ -548,7 +516,7 @@ class LTX2Family:
         guidance = self.guidance(config)
         negative = DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt
         generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-        # num_frames always given: a duration head (LTX-2.5) is never consulted (module docstring);
+        # num_frames always given: a duration head (LTX-2.5) is never consulted (cac_align.gen.families.ltx25_decoder);
         # a diffusion decoder decodes the pipeline's latents with each seed's own draw
         settings = dict(height=config.height, width=config.width, num_frames=int(config.num_frames), frame_rate=config.fps,
                         num_inference_steps=config.num_inference_steps, **{key: guidance[key] for key in GUIDANCE_KEYS},
@@ -660,113 +628,6 @@ def _processor_as(mixin: type, processor: Any) -> Any:
 
 def _does_cfg(guidance: Mapping[str, Any]) -> bool:
     return guidance["guidance_scale"] > 1.0 or guidance["audio_guidance_scale"] > 1.0
-
-
-# ---------------------------------------------------------------------------------------
-# LTX-2.5's diffusion decoder: decoding that samples (module docstring)
-# ---------------------------------------------------------------------------------------
-# The stream a sample's seed gives its decoder draw (cac_align.run.dist.derive_seed(seed, 25)):
-# another stream than the sampler's, which draws the initial noise from the seed itself
-DECODER_STREAM = 25
-DIFFUSION_DECODER = "diffusion_decoder"  # its folder beside model_index.json
-
-
-def decoder_generator(seed: int, device: Any = "cpu") -> torch.Generator:
-    """The generator of the diffusion decoder's noise for the video of ``seed``: seeded with
-    ``derive_seed(seed, DECODER_STREAM)``, so the same seed decodes to the same video whatever
-    path sampled its latents (the pipeline in ``bon``, the SDE sampler in ``flow-grpo``) and
-    whatever batch it was in."""
-    from cac_align.run.dist import derive_seed
-
-    return torch.Generator(device=device).manual_seed(derive_seed(int(seed), DECODER_STREAM))
-
-
-def diffusion_decode(pipe: Any, latents: torch.Tensor, seeds: Sequence[int]) -> np.ndarray:
-    """Denormalized video latents ``(B, C, F', H', W')`` (what ``LTX2Pipeline`` returns with
-    ``output_type="latent"``) to uint8 frames ``(B, F, H, W, 3)`` through diffusers'
-    ``LTX2VideoDiffusionDecodePipeline`` over ``pipe.diffusion_decoder`` (``denormalize=False``),
-    video ``i`` drawing its pixel noise from :func:`decoder_generator` of ``seeds[i]`` (diffusers'
-    ``randn_tensor`` draws each row from its own generator). The decoder goes where the VAE is on
-    first use (it is not one of ``LTX2Pipeline``'s components, which the jobs place; the VAE stays on
-    the device where the text encoder may leave it), and draws there."""
-    from diffusers import LTX2VideoDiffusionDecodePipeline
-
-    from cac_align.gen.generator import frames_to_uint8
-
-    decoder = pipe.diffusion_decoder
-    device = next(pipe.vae.parameters()).device
-    if next(decoder.parameters()).device != device:
-        decoder.to(device)
-    decode = LTX2VideoDiffusionDecodePipeline(diffusion_decoder=decoder, scheduler=pipe.scheduler, vae=pipe.vae)
-    decode.set_progress_bar_config(disable=True)
-    generators = [decoder_generator(seed, device) for seed in seeds]
-    frames = decode(latents.to(device), generator=generators, output_type="pt", denormalize=False).frames
-    return frames_to_uint8(frames)
-
-
-def decoder_grids(decoder_config: Mapping[str, Any], num_frames: int, height: int, width: int) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
-    """``(stage, (T, H, W) grid, kernel)`` of each neighbourhood-attention stage of LTX-2.5's diffusion
-    decoder for a video of ``num_frames x height x width``, from its ``config.json``: stages 1-4 run on
-    the latent grid (latent frames plus ``(kernel_t // 2) * 2`` trailing copies, ``height /
-    spatial_compression_ratio`` x ``width / ...``), each upsampled by its stride after it (a time stride
-    of 2 drops the duplicated first frame); stage 5 on the pixels in patches (the trailing copies
-    cropped): diffusers 0.42.1 ``LTX2VideoDiffusionDecoder3d``. Each stage needs its grid at least its
-    kernel on every axis (diffusers raises "Neighborhood attention requires each spatial dim to be at
-    least its kernel size" otherwise)."""
-    kernels = [tuple(k) for k in decoder_config["decoder_stage_kernels"]]
-    strides = [tuple(s) for s in decoder_config["decoder_upsample_strides"]]
-    temporal, spatial = int(decoder_config["temporal_compression_ratio"]), int(decoder_config["spatial_compression_ratio"])
-    pad = (kernels[0][0] // 2) * 2
-    t, h, w = (num_frames - 1) // temporal + 1 + pad, height // spatial, width // spatial
-    grids = []
-    for stage, (kernel, (st, sh, sw)) in enumerate(zip(kernels, strides), start=1):
-        grids.append((stage, (t, h, w), kernel))
-        t, h, w = t * st - (1 if st == 2 else 0), h * sh, w * sw
-    grids.append((len(kernels) + 1, (t - pad * temporal, h, w), tuple(decoder_config["decoder_stage5_kernel"])))
-    return grids
-
-
-def check_decoder_size(decoder_config: Mapping[str, Any], num_frames: int, height: int, width: int, title: str = "LTX-2.5") -> None:
-    """Raises ``RecipeError`` in one line when a stage of the diffusion decoder (:func:`decoder_grids`)
-    would get a grid smaller than its kernel, naming the stage and the smallest height, width and
-    frames that work (each axis alone: the least multiple of the decoder's compression that fits every
-    stage)."""
-    from cac_align.config import RecipeError
-
-    def fits(frames: int, side_h: int, side_w: int, axis: int) -> bool:
-        return all(grid[axis] >= kernel[axis] for _, grid, kernel in decoder_grids(decoder_config, frames, side_h, side_w))
-
-    short = [(stage, grid, kernel) for stage, grid, kernel in decoder_grids(decoder_config, num_frames, height, width)
-             if any(g < k for g, k in zip(grid, kernel))]
-    if not short:
-        return
-    temporal, spatial = int(decoder_config["temporal_compression_ratio"]), int(decoder_config["spatial_compression_ratio"])
-    frames = next(n * temporal + 1 for n in range(4096) if fits(n * temporal + 1, spatial, spatial, 0))
-    least_h = next(n * spatial for n in range(1, 4096) if fits(1, n * spatial, spatial, 1))
-    least_w = next(n * spatial for n in range(1, 4096) if fits(1, spatial, n * spatial, 2))
-    stage, grid, kernel = short[0]
-    raise RecipeError(
-        f"generator: {title}'s diffusion decoder cannot take {height} x {width} x {num_frames} frames: its stage {stage} attends over "
-        f"(T, H, W) = {grid} positions with a {kernel} window (diffusion_decoder/config.json); it takes height >= {least_h}, width >= "
-        f"{least_w} and num_frames >= {frames}: set generator.height={max(height, least_h)} generator.width={max(width, least_w)} "
-        f"generator.num_frames={max(num_frames, frames)}")
-
-
-def load_diffusion_decoder(source: str, folder: str, vae_dtype: str, key: str) -> Any:
-    """LTX-2.5's ``LTX2VideoDiffusionDecoderModel`` from the ``diffusion_decoder`` folder of ``folder``
-    (a local folder or a hub id), in ``vae_dtype``; a one-line error when it has none."""
-    from diffusers import LTX2VideoDiffusionDecoderModel
-
-    try:
-        decoder = LTX2VideoDiffusionDecoderModel.from_pretrained(folder, subfolder=DIFFUSION_DECODER, dtype=resolve_dtype(vae_dtype),
-                                                                 use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        from cac_align.loading import WeightsNotFoundError
-
-        raise WeightsNotFoundError(f"{key}={source!r}: LTX-2.5 decodes with its diffusion decoder and its '{DIFFUSION_DECODER}' folder cannot be "
-                                   f"loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); give a checkpoint with one "
-                                   "(LTX2VideoDiffusionDecoderModel.save_pretrained writes it), or download it where there is network") from exc
-    return decoder.eval()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1035,436 +896,3 @@ def family_for_index(index: Mapping[str, Any]) -> LTX2Family | None:
             "rather than run with another release's; add its family to cac_align/gen/families/ltx2.py"
         )
     return LTX23 if _component_class(index, "vocoder") == "LTX2VocoderWithBWE" else LTX2
-
-
-# ---------------------------------------------------------------------------------------
-# Repair: the judged window regenerated through LTX2ConditionPipeline
-# ---------------------------------------------------------------------------------------
-_REGENERATOR_KEYS = ("num_inference_steps", "max_sequence_length", *GUIDANCE_KEYS, "stg_blocks")
-
-
-def on_grid(available: int, multiple: int = 8) -> int:
-    """The longest ``multiple * k + 1`` run of frames that fits in ``available`` (0 when none does)."""
-    return (available - 1) // multiple * multiple + 1 if available >= 1 else 0
-
-
-@dataclass(frozen=True)
-class SegmentLayout:
-    """What LTX-2 generates to regenerate frames ``first..last`` of a video (:func:`segment_layout`).
-
-    Attributes:
-        start: the input frame that is the segment's frame 0.
-        length: the frames the pipeline generates (``8k + 1``; the tail may run past the video).
-        clips: ``(first input frame, frame count, latent index)`` of each kept clip that conditions
-            it: the clip before the window at latent index 0, the keyframe clip after it.
-        appended: the keyframe clip's frames, which the pipeline appends as extra tokens.
-    """
-
-    start: int
-    length: int
-    clips: tuple[tuple[int, int, int], ...]
-    appended: int
-
-
-def segment_layout(first: int, last: int, total: int, margin: int, multiple: int = 8) -> SegmentLayout:
-    """The segment LTX-2's condition pipeline generates to regenerate frames ``first..last`` of a
-    ``total``-frame video, with up to ``margin`` kept frames conditioning each side, on the latent
-    grid (latent 0 is pixel frame 0, latent ``j >= 1`` pixel frames ``8 (j - 1) + 1 .. 8 j``).
-
-    From the left, in latent frames:
-
-    1. **the clip before**: the longest ``8a + 1`` run of kept frames ending at ``first - 1``, at
-       most ``margin`` (none when ``margin`` is 0 or ``first`` is 0), at latent index 0, which it
-       replaces: latents ``0..a``, clean, so the window continues the input's own frames;
-    2. **the window**: the latents after it, as many as hold ``last - first + 1`` frames (with no
-       clip before, the window starts at latent 0, one frame); up to ``multiple - 1`` frames past
-       ``last`` are generated too and dropped by the splice;
-    3. **the keyframe after**: the longest ``8j + 1`` run of kept frames from the first pixel frame
-       of the next latent, at most ``margin``, appended as extra tokens at that latent index; the
-       pipeline places a keyframe only inside the generated latents, so ``j + 1`` more latents
-       (``8 (j + 1)`` frames, the tail) are generated under it and dropped.
-
-    Hand-worked (``multiple`` 8): frames 3..8 of 33 with ``margin`` 2: the clip before is frame 2
-    (1 frame, ``8 * 0 + 1``), so the segment starts at 2; the 6 window frames take latent 1 (segment
-    frames 1..8: input 3..10); the keyframe is input frame 11 (at most 2 frames: 1) at latent index
-    2; its tail is latent 2 (8 frames): ``length`` 1 + 8 + 8 = 17, ``appended`` 1.
-    """
-    if not 0 <= first <= last < total:
-        raise ValueError(f"need 0 <= first <= last < total, got first={first}, last={last}, total={total}")
-    if margin < 0 or multiple < 1:
-        raise ValueError(f"need margin >= 0 and multiple >= 1, got margin={margin}, multiple={multiple}")
-    before = on_grid(min(first, margin), multiple)
-    start = first - before
-    count = last - first + 1
-    if before:
-        generated = before + multiple * -(-count // multiple)
-    else:  # the window starts at latent 0, a single frame
-        generated = 1 + multiple * -(-(count - 1) // multiple)
-    clips = [(start, before, 0)] if before else []
-    after_first = start + generated  # the first pixel frame of the next latent
-    after = on_grid(min(total - after_first, margin), multiple) if after_first < total else 0
-    length = generated
-    if after:
-        clips.append((after_first, after, (generated - 1) // multiple + 1))
-        length += multiple * ((after - 1) // multiple + 1)
-    return SegmentLayout(start, length, tuple(clips), after)
-
-
-@dataclass
-class LTX2RepairPlan(RepairPlan):
-    """A :class:`~cac_align.gen.families.vace.RepairPlan` (``start``, ``stop``, ``length``, ``height``,
-    ``width``, ``mask``, ``frames``, ``fps``; what :func:`~cac_align.gen.families.vace.splice` reads) with
-    LTX-2's kept clips (:class:`SegmentLayout`).
-
-    Attributes:
-        start, stop: the input frames ``[start, stop)`` the generated segment lies over.
-        length: the frames the pipeline generates (``8k + 1``; past ``stop - start`` when the tail
-            runs past the video's end).
-        clips, appended: :class:`SegmentLayout`'s.
-    """
-
-    clips: tuple[tuple[int, int, int], ...] = ()
-    appended: int = 0
-
-    def frame_steps(self, steps: int) -> int:
-        """Work of one attempt: every frame the transformer takes in at each step, the generated
-        segment's and the appended keyframe's, times the steps."""
-        return (self.length + self.appended) * steps
-
-
-@dataclass(frozen=True)
-class LTX2Regenerator:
-    """LTX-2 as repair's regenerator, through diffusers' ``LTX2ConditionPipeline`` (the same
-    checkpoint's components): only the judged window is generated again, between the kept frames
-    that condition it, and spliced back.
-
-    The condition pipeline keeps whole frames at latent-frame places (8 pixel frames each), so:
-
-    - a judge's boxes choose the window, not pixels inside it (``boxes = False``: repair records
-      the whole frames it regenerated);
-    - the pipeline generates a segment laid out on the latent grid (:func:`segment_layout`): the
-      kept clip just before the window at latent index 0 (it replaces those latents), the window's
-      latents, and a keyframe clip of the kept frames after the window appended at the next latent
-      index over a short generated tail. Its cost is that segment and the keyframe, not the video;
-    - the soundtrack is generated anew with the segment and not written: a repaired video is its
-      frames (the input's audio is not carried over).
-
-    Every pixel outside the window is then the input's own (:func:`cac_align.gen.families.vace.splice`).
-    """
-
-    name: str
-    title: str
-    family: LTX2Family
-    tiny_names: tuple[str, ...] = ()
-    hub_ids: tuple[str, ...] = ()
-    pipeline_class: str = "LTX2ConditionPipeline"
-    experts: int = 1
-    frame_multiple: int = 8
-    spatial_multiple: int = 32
-    boxes: bool = False
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return {key: self.family.defaults[key] for key in _REGENERATOR_KEYS}
-
-    @property
-    def min_inference_steps(self) -> int:
-        return self.family.min_inference_steps
-
-    def load(self, name: str, *, dtype: str, vae_dtype: str, device: str, key: str) -> Any:
-        pipe = self.family.load(name, dtype=dtype, vae_dtype=vae_dtype, key=key, pipeline=self.pipeline_class)
-        return pipe.to(resolve_device(device, key.rsplit(".", 1)[0] + ".device"))
-
-    def build_tiny(self, name: str, seed: int = 0) -> Any:
-        from diffusers import LTX2ConditionPipeline
-
-        pipe = LTX2ConditionPipeline(**TINY_LTX2_BUILDERS[name](seed).components)  # the same modules, as they are
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def plan(self, region: Any, fps: float, condition_s: float) -> LTX2RepairPlan:
-        """The segment that regenerates ``region``'s frames (whole frames), with up to
-        ``condition_s`` seconds of kept frames conditioning each side (:func:`segment_layout`)."""
-        if region.is_empty:
-            raise ValueError("the region covers no frame: nothing to regenerate")
-        if condition_s < 0:
-            raise ValueError(f"condition_s must be >= 0, got {condition_s}")
-        masked = [int(f) for f in np.flatnonzero(region.frames)]
-        layout = segment_layout(masked[0], masked[-1], region.num_frames, int(round(condition_s * fps)), self.frame_multiple)
-        stop = min(region.num_frames, layout.start + layout.length)
-        mask = np.stack([region.frame_mask(f) > 0 for f in range(layout.start, stop)])
-        size = self.spatial_multiple
-        return LTX2RepairPlan(layout.start, stop, layout.length, -(-region.height // size) * size, -(-region.width // size) * size, mask, masked,
-                              float(fps), layout.clips, layout.appended)
-
-    def regenerate(self, pipe: Any, frames: np.ndarray, plan: LTX2RepairPlan, prompt: str, seed: int, config: Any) -> np.ndarray:
-        """The condition pipeline's segment over ``plan``'s frames: uint8 ``(stop - start, H, W, 3)``."""
-        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
-        from diffusers.pipelines.ltx2.utils import DEFAULT_NEGATIVE_PROMPT
-
-        from cac_align.gen.generator import frames_to_uint8
-
-        height, width = frames.shape[1:3]
-        pad = ((0, 0), (0, plan.height - height), (0, plan.width - width), (0, 0))  # edge pixels repeated, cropped off after
-        conditions = [LTX2VideoCondition(frames=np.pad(frames[first : first + count], pad, mode="edge"), index=index)
-                      for first, count, index in plan.clips]
-        guidance = self.family.guidance(config, fps=plan.fps)
-        output = pipe(
-            conditions=conditions or None, prompt=prompt,
-            negative_prompt=DEFAULT_NEGATIVE_PROMPT if config.negative_prompt is None else config.negative_prompt,
-            height=plan.height, width=plan.width, num_frames=plan.length, frame_rate=plan.fps, num_inference_steps=config.num_inference_steps,
-            **{key: guidance[key] for key in GUIDANCE_KEYS}, spatio_temporal_guidance_blocks=guidance["stg_blocks"],
-            generator=torch.Generator(device=pipe._execution_device).manual_seed(int(seed)), output_type="pt",
-            max_sequence_length=config.max_sequence_length,
-        )
-        return frames_to_uint8(output.frames[0])[: plan.stop - plan.start, :height, :width]
-
-
-REGENERATORS = (LTX2Regenerator("ltx2-condition", "LTX-2 (condition pipeline)", LTX2, ("tiny-random:ltx2",), LTX2.hub_ids),
-                LTX2Regenerator("ltx2.3-condition", "LTX-2.3 (condition pipeline)", LTX23, ("tiny-random:ltx2.3",), LTX23.hub_ids),
-                # LTX-2.5's condition pipeline decodes with the VAE, not its diffusion decoder: no tiny repair of it here
-                LTX2Regenerator("ltx2.5-condition", "LTX-2.5 (condition pipeline)", LTX25, (), LTX25.hub_ids))
-
-
-def regenerator_for_index(index: Mapping[str, Any]) -> LTX2Regenerator | None:
-    """The condition-pipeline regenerator of an LTX-2 checkpoint's ``model_index.json``, or None."""
-    family = family_for_index(index)
-    return None if family is None else REGENERATORS[FAMILIES.index(family)]
-
-
-# ---------------------------------------------------------------------------------------
-# The tiny layouts (tiny-random:ltx2, :ltx2.3, :ltx2.5): diffusers' LTX2Pipeline at toy widths and the
-# real compressions, random weights, a character-level Gemma tokenizer built in-process
-# ---------------------------------------------------------------------------------------
-LTX2_REGISTERS = 8  # learnable registers per text connector (the real ones: 128); max_sequence_length % 8 == 0
-_GEMMA_HIDDEN, _GEMMA_LAYERS = 32, 2  # the real Gemma-3-12B: 3840, 48 (the connectors read all 49 hidden states)
-_VIDEO_LATENT, _AUDIO_LATENT, _MEL_BINS = 8, 2, 16  # the real ones: 128, 8, 64
-_AUDIO_TOKEN = _AUDIO_LATENT * (_MEL_BINS // 4)  # a packed audio token's width (the real one: 8 x 16 = 128)
-_GEMMA_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"
-
-
-def gemma_tokenizer() -> Any:
-    """A ``GemmaTokenizer`` built in-process from a character vocabulary (no merges): Gemma's
-    special tokens, lower- and upper-case letters, digits and some punctuation; padding on the left,
-    as the pipeline sets it."""
-    from transformers import GemmaTokenizer
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "\u2581": 5}
-    for character in _GEMMA_CHARACTERS + _GEMMA_CHARACTERS.upper():
-        vocab.setdefault(character, len(vocab))
-    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=1024)
-
-
-def _gemma_encoder(vocab_size: int) -> Any:
-    """The class ``LTX2Pipeline`` types its text encoder as, at toy size (its vision tower, which
-    the pipeline never runs, as small as it builds)."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
-
-    return Gemma3ForConditionalGeneration(Gemma3Config(
-        text_config=dict(vocab_size=vocab_size, hidden_size=_GEMMA_HIDDEN, intermediate_size=64, num_hidden_layers=_GEMMA_LAYERS,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
-                         rope_theta=10000.0),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
-        mm_tokens_per_image=4,
-    ))
-
-
-def _ltx2_transformer(new: bool) -> Any:
-    """LTX-2's audio+video transformer at toy widths: video 2 heads of 8, audio 2 heads of 4, 2
-    blocks (spatio-temporal guidance must name block 0 or 1). LTX-2.3 (``new``): gated attention,
-    cross-attention modulation, perturbed attention for STG; LTX-2: a caption projection."""
-    from diffusers import LTX2VideoTransformer3DModel
-
-    return transformer_made(lambda: LTX2VideoTransformer3DModel(
-        in_channels=_VIDEO_LATENT, out_channels=_VIDEO_LATENT, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
-        cross_attention_dim=16, vae_scale_factors=(8, 32, 32), gated_attn=new, cross_attn_mod=new, audio_in_channels=_AUDIO_TOKEN,
-        audio_out_channels=_AUDIO_TOKEN, audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
-        audio_gated_attn=new, audio_cross_attn_mod=new, num_layers=2, caption_channels=_GEMMA_HIDDEN, rope_type="split",
-        rope_double_precision=True, use_prompt_embeddings=not new, perturbed_attn=new,
-    ))
-
-
-def _ltx2_connectors(new: bool) -> Any:
-    """The text connectors: LTX-2.3's project each modality to the transformer's widths; LTX-2's
-    share one projection, as wide as the text encoder (4 heads of 8 = 32)."""
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors
-
-    kwargs: dict[str, Any] = dict(
-        caption_channels=_GEMMA_HIDDEN, text_proj_in_factor=_GEMMA_LAYERS + 1, video_connector_num_layers=1, audio_connector_num_layers=1,
-        video_connector_num_learnable_registers=LTX2_REGISTERS, audio_connector_num_learnable_registers=LTX2_REGISTERS,
-        connector_rope_base_seq_len=4096, rope_theta=10000.0, rope_double_precision=True, causal_temporal_positioning=False, rope_type="split",
-        video_gated_attn=new, audio_gated_attn=new,
-    )
-    if new:
-        kwargs.update(video_connector_num_attention_heads=2, video_connector_attention_head_dim=8, audio_connector_num_attention_heads=2,
-                      audio_connector_attention_head_dim=4, per_modality_projections=True, video_hidden_dim=16, audio_hidden_dim=8, proj_bias=True)
-    else:
-        kwargs.update(video_connector_num_attention_heads=4, video_connector_attention_head_dim=8, audio_connector_num_attention_heads=4,
-                      audio_connector_attention_head_dim=8, per_modality_projections=False, proj_bias=False)
-    return LTX2TextConnectors(**kwargs)
-
-
-def _ltx2_video_vae(new: bool) -> Any:
-    """The video VAE with the real compression (a 4x patch and three 2x downsamples: 32x in space;
-    three in time: 8x) at toy widths; the ratios are passed, as diffusers' conversion passes them."""
-    from diffusers import AutoencoderKLLTX2Video
-
-    common = dict(
-        in_channels=3, out_channels=3, latent_channels=_VIDEO_LATENT, down_block_types=("LTX2VideoDownBlock3D",) * 4,
-        spatio_temporal_scaling=(True, True, True, True), downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-        timestep_conditioning=False, patch_size=4, patch_size_t=1, resnet_norm_eps=1e-6, encoder_causal=True, decoder_causal=False,
-        encoder_spatial_padding_mode="zeros", spatial_compression_ratio=32, temporal_compression_ratio=8,
-    )
-    if new:
-        return AutoencoderKLLTX2Video(
-            block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 16, 32), layers_per_block=(1, 1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1, 1), decoder_spatio_temporal_scaling=(True, True, True, True), decoder_inject_noise=(False,) * 5,
-            upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"), upsample_residual=(False,) * 4, upsample_factor=(2, 2, 1, 2),
-            decoder_spatial_padding_mode="zeros", **common,
-        )
-    return AutoencoderKLLTX2Video(
-        block_out_channels=(8, 16, 32, 64), decoder_block_out_channels=(8, 16, 32), layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1), decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
-        upsample_type=("spatiotemporal",) * 3, upsample_residual=(True,) * 3, upsample_factor=(2, 2, 2), decoder_spatial_padding_mode="reflect",
-        **common,
-    )
-
-
-def _ltx2_audio_vae() -> Any:
-    """The audio VAE (4x in time and in mel bins). Its latent statistics normalise packed audio
-    tokens (latent channels x latent mel bins wide), so ``base_channels`` is that width."""
-    from diffusers import AutoencoderKLLTX2Audio
-
-    return AutoencoderKLLTX2Audio(
-        base_channels=_AUDIO_TOKEN, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=None, in_channels=2,
-        resolution=_MEL_BINS, latent_channels=_AUDIO_LATENT, norm_type="pixel", causality_axis="height", dropout=0.0, mid_block_add_attention=False,
-        sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=_MEL_BINS, double_z=True,
-    )
-
-
-def _ltx2_vocoder(new: bool) -> Any:
-    """LTX-2's vocoder (240 samples per mel frame: 24 kHz), or LTX-2.3's (16 kHz, then bandwidth
-    extension to 48 kHz)."""
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
-
-    if new:
-        return LTX2VocoderWithBWE(
-            in_channels=2 * _MEL_BINS, hidden_channels=64, out_channels=2, upsample_kernel_sizes=[11, 4, 4, 4, 4, 4],
-            upsample_factors=[5, 2, 2, 2, 2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], bwe_in_channels=2 * _MEL_BINS,
-            bwe_hidden_channels=32, bwe_out_channels=2, bwe_upsample_kernel_sizes=[12, 11, 4, 4, 4], bwe_upsample_factors=[6, 5, 2, 2, 2],
-            bwe_resnet_kernel_sizes=[3], bwe_resnet_dilations=[[1, 3, 5]], filter_length=512, hop_length=80, window_length=512,
-            num_mel_channels=_MEL_BINS, input_sampling_rate=16000, output_sampling_rate=48000,
-        )
-    return LTX2Vocoder(
-        in_channels=2 * _MEL_BINS, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[16, 15, 8, 4, 4], upsample_factors=[6, 5, 2, 2, 2],
-        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1, output_sampling_rate=24000,
-    )
-
-
-def build_tiny_ltx2_pipeline(seed: int = 0, version: str = "2.0") -> Any:
-    """A tiny random ``LTX2Pipeline`` of LTX-2's (``version="2.0"``) or LTX-2.3's layout (module
-    docstring): 2 prompts x 9 frames x 64x64 with 2 steps take well under a second on one core."""
-    import torch
-
-    if version not in ("2.0", "2.3"):
-        raise ValueError(f"LTX-2 layouts: '2.0' or '2.3', got {version!r}")
-    new = version == "2.3"
-    tokenizer = gemma_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = _gemma_encoder(len(tokenizer))
-    transformer, connectors = _ltx2_transformer(new), _ltx2_connectors(new)
-    vae, audio_vae, vocoder = _ltx2_video_vae(new), _ltx2_audio_vae(), _ltx2_vocoder(new)
-    with torch.no_grad():  # latent statistics other than 0 and 1, as a checkpoint's, so (de)normalising is exercised
-        vae.latents_mean.copy_(0.1 * torch.randn(_VIDEO_LATENT))
-        vae.latents_std.copy_(0.5 + torch.rand(_VIDEO_LATENT))
-        audio_vae.latents_mean.copy_(0.1 * torch.randn(_AUDIO_TOKEN))
-        audio_vae.latents_std.copy_(0.5 + torch.rand(_AUDIO_TOKEN))
-    return assemble_ltx2_pipeline(tokenizer, text_encoder, connectors, transformer, vae, audio_vae, vocoder)
-
-
-def _gemma4_encoder(vocab_size: int) -> Any:
-    """LTX-2.5's text encoder class (``Gemma4UnifiedForConditionalGeneration``) at toy size, as wide
-    as the tiny Gemma 3 (the connectors read ``_GEMMA_LAYERS + 1`` hidden states of 32); its vision
-    and audio embedders, which the pipeline never runs, as small as they build."""
-    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
-
-    return Gemma4UnifiedForConditionalGeneration(Gemma4UnifiedConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=_GEMMA_HIDDEN, intermediate_size=64, num_hidden_layers=_GEMMA_LAYERS,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=512,
-                         layer_types=["sliding_attention", "full_attention"]),
-        vision_config=dict(patch_size=4, pooling_kernel_size=1, mm_embed_dim=16, mm_posemb_size=8, output_proj_dims=_GEMMA_HIDDEN),
-        audio_config=dict(audio_embed_dim=16),
-    ))
-
-
-def _ltx25_duration_head() -> Any:
-    """``LTX2DurationHead`` over the tiny connectors' widths (video 16, audio 8; the real: 4096, 2048)."""
-    from diffusers.pipelines.ltx2.duration_head import LTX2DurationHead
-
-    return LTX2DurationHead(video_cross_attention_dim=16, audio_cross_attention_dim=8, pooler_hidden_dim=16, num_queries=1, num_pooler_heads=2,
-                            mlp_hidden_dim=16)
-
-
-def _ltx25_diffusion_decoder() -> Any:
-    """LTX-2.5's diffusion video decoder at toy size, with the real compression (32x in space: two
-    2x upsamples and a 16-pixel patch, where the release has four and a 4-pixel one, so that its
-    last stage attends over 408 tokens, not 6,528, at 17 x 64 x 96; 8x in time) and the release's
-    one x0 step. Its neighbourhood kernels fit the tiny latent grid (2 x 3 latents at 64 x 96)."""
-    from diffusers import LTX2VideoDiffusionDecoderModel
-
-    return LTX2VideoDiffusionDecoderModel(
-        out_channels=3, latent_channels=_VIDEO_LATENT, patch_size=16, decoder_head_dim=8, decoder_stage_channels=(16, 16, 16, 16, 16),
-        decoder_stage_depths=(1, 1, 1, 1, 1), decoder_stage_kernels=((3, 1, 1), (3, 1, 1), (3, 1, 3), (3, 3, 3)),
-        decoder_upsample_strides=((1, 1, 1), (2, 1, 1), (2, 2, 2), (2, 1, 1)), decoder_upsample_channel_reductions=(1, 1, 1, 1),
-        decoder_stage5_kernel=(3, 3, 3), decoder_t_emb_dim=16, decoder_model_output_type="x0", decoder_num_inference_steps=1,
-    )
-
-
-def build_tiny_ltx25_pipeline(seed: int = 0) -> Any:
-    """A tiny random LTX-2.5 (module docstring): ``LTX2Pipeline`` with a Gemma-4 text encoder and a
-    duration head, LTX-2.3's other modules, and ``pipe.diffusion_decoder`` (its latent statistics
-    the VAE's, as a checkpoint's carry the same ones)."""
-    import torch
-
-    tokenizer = gemma_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = _gemma4_encoder(len(tokenizer))
-    transformer, connectors = _ltx2_transformer(True), _ltx2_connectors(True)
-    vae, audio_vae, vocoder = _ltx2_video_vae(True), _ltx2_audio_vae(), _ltx2_vocoder(True)
-    duration_head, decoder = _ltx25_duration_head(), _ltx25_diffusion_decoder()
-    with torch.no_grad():
-        vae.latents_mean.copy_(0.1 * torch.randn(_VIDEO_LATENT))
-        vae.latents_std.copy_(0.5 + torch.rand(_VIDEO_LATENT))
-        audio_vae.latents_mean.copy_(0.1 * torch.randn(_AUDIO_TOKEN))
-        audio_vae.latents_std.copy_(0.5 + torch.rand(_AUDIO_TOKEN))
-        decoder.latents_mean.copy_(vae.latents_mean)
-        decoder.latents_std.copy_(vae.latents_std)
-    pipe = assemble_ltx2_pipeline(tokenizer, text_encoder, connectors, transformer, vae, audio_vae, vocoder, duration_head=duration_head)
-    pipe.diffusion_decoder = decoder.eval()
-    return pipe
-
-
-def assemble_ltx2_pipeline(tokenizer: Any, text_encoder: Any, connectors: Any, transformer: Any, vae: Any, audio_vae: Any, vocoder: Any,
-                           duration_head: Any = None) -> Any:
-    """An ``LTX2Pipeline`` of freshly built modules (in eval mode) and the non-distilled
-    checkpoints' scheduler (diffusers' conversion: shifted by the video's token count, ending at
-    sigma 0.1), its progress bar off."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
-
-    for module in (text_encoder, transformer, connectors, vae, audio_vae, vocoder, duration_head):
-        if module is not None:
-            module.eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
-                                                max_image_seq_len=4096, shift_terminal=0.1)
-    pipe = LTX2Pipeline(scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
-                        transformer=transformer, vocoder=vocoder, duration_head=duration_head)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-# ``generator.name`` -> the builder of that tiny LTX-2
-TINY_LTX2_BUILDERS = {
-    "tiny-random:ltx2": lambda seed=0: build_tiny_ltx2_pipeline(seed, "2.0"),
-    "tiny-random:ltx2.3": lambda seed=0: build_tiny_ltx2_pipeline(seed, "2.3"),
-    "tiny-random:ltx2.5": lambda seed=0: build_tiny_ltx25_pipeline(seed),
-}

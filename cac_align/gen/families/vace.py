@@ -274,7 +274,7 @@ def build_regenerator(config: RegeneratorConfig, key: str = "regenerator") -> An
 @dataclass
 class RepairPlan:
     """What one VACE repair regenerates (LTX-2's, laid out on its latent grid, is
-    :class:`cac_align.gen.families.ltx2.LTX2RepairPlan`, with the same fields).
+    :class:`cac_align.gen.families.ltx2_repair.LTX2RepairPlan`, with the same fields).
 
     Attributes:
         start, stop: the segment ``[start, stop)`` of the input's frames that the regenerator
