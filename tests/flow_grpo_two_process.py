@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from cac_align.config import load_config
 from cac_align.gen.families.wan import build_tiny_wan_pipeline
-from cac_align.jobs import flow_grpo
+from cac_align.rewards import columns
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,14 +49,14 @@ train("recipes/align/flow_grpo_tiny_brightness.yaml", Path(sys.argv[1]), sys.arg
 if localized:
     out = Path(os.environ["CAC_ALIGN_TEST_LOCALIZED"])
     seen = []
-    original = flow_grpo.credit_maps
+    original = columns.credit_maps
 
     def recording(*args, **kwargs):
         maps = original(*args, **kwargs)
         seen.append(torch.as_tensor(maps.maps))
         return maps
 
-    flow_grpo.credit_maps = recording
+    columns.credit_maps = recording
     train("recipes/align/flow_grpo_tiny_localized.yaml", out, [])
     save_file({"maps": torch.cat(seen)}, str(out / f"maps{PartialState().process_index}.safetensors"))
     AcceleratorState.destroy_process_group, PartialState.destroy_process_group = kept

@@ -21,7 +21,7 @@ from cac_align.gen.generator import save_lora
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["LORA_EXPERTS", "LoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "ddp_kwargs_handlers", "freeze_pipeline",
+__all__ = ["LORA_EXPERTS", "LoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "build_optimizer", "ddp_kwargs_handlers", "freeze_pipeline",
            "register_lora_checkpoint", "save_expert_loras", "swapped_lora", "trainable", "trainable_state"]
 
 LORA_EXPERTS = ("high", "low", "both")
@@ -313,3 +313,12 @@ def load_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer
             group.update({key: value for key, value in saved_group.items() if key != "params"})
         return
     set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
+
+
+def build_optimizer(config: Any, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The LoRA weights' optimizer, as a trainer's ``config.optimizer`` names it (flow-grpo's, nft's): AdamW
+    (``learning_rate``, ``adam_beta1``, ``adam_beta2``, ``adam_eps``, ``weight_decay``) or plain SGD (no momentum)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+                             weight_decay=config.weight_decay)

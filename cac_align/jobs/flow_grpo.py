@@ -35,17 +35,8 @@ Every random draw comes from a generator seeded by (seed, step, sample), so a ru
 checkpoint (``resume=true``) continues exactly as if it had not stopped, and the same recipe
 gives the same videos on 1 or N processes.
 
-Output directory:
-
-- ``cac_align_run.json``: the run manifest (resolved config, fingerprint; docs/run_folders.md);
-  ``metrics.jsonl``: one line of logged numbers per step;
-- ``checkpoints/step_000010/``: accelerate's state, as stage 3 writes it (``model.safetensors``:
-  the LoRA weights alone; the optimizer; each process's RNG state; a sharded run: the same LoRA
-  files and ``optimizer.safetensors`` written whole, no RNG state, every draw being seeded), ``lora/`` (the same LoRA as a
-  diffusers folder, loadable with ``generator.lora``), ``ema.safetensors``, ``state.json``;
-- ``lora/``: the final LoRA (the EMA weights when ``ema_decay`` is set) for
-  ``cac-align bon generator.lora=<out_dir>/lora``;
-- ``eval/step_000010/*.mp4``: a few held-out videos per evaluation; ``tensorboard/``: the logs.
+The run folder (the manifest, metrics.jsonl, checkpoints, the final ``lora/`` for ``cac-align bon
+generator.lora=<out_dir>/lora``, a few held-out videos per evaluation): docs/flow_grpo.md, "The run folder".
 """
 
 from __future__ import annotations
@@ -54,7 +45,7 @@ import logging
 import math
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -67,32 +58,32 @@ from omegaconf import MISSING, OmegaConf
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
-from cac_align.rl.credit import LocalizeSettings, credit_maps
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
-                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable)
+                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable, build_optimizer)
 from cac_align.plan.check import check_memory
 from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
-from cac_align.gen.generator import GeneratorConfig, encode_conditioning, predict_velocity, sample_with_log_probs, side_frame_density
-from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, flow_grpo_loss
+from cac_align.gen.generator import GeneratorConfig, encode_conditioning, predict_velocity, sample_with_log_probs
+from cac_align.rl.credit import position_terms
+from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, SideStreamLoss, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
-from cac_align.rewards.base import ErrorKind, Reward, RewardError, RewardOutput
-from cac_align.rewards.columns import (check_prompt_heard, component_column, component_raw, component_windows, invalid_output, reward_columns,
-                                      route_table, score_batch)
+from cac_align.rewards.base import ErrorKind, Reward
+from cac_align.rewards.columns import (check_prompt_heard, check_step_scored, collect_outputs, score_held_out, reward_columns, route_table, routed_credit_maps,
+                                      routed_step, score_batch, step_credit)
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
-from cac_align.rl.routing import ROUTINGS, audio_frame_spans, component_advantages, routed_advantages, routed_credit, video_frame_spans
+from cac_align.rl.routing import AdvantageSettings
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, trackers_for
-from cac_align.run.watch import WatchSettings, component_alarms, hacking_alarms
+from cac_align.run.watch import RunWatch, WatchSettings
 from cac_align.video import Video, save_video
 from cac_align.vlm.config import served_urls
-from cac_align.vlm.openai import replica_health, router_workers
+from cac_align.vlm.openai import FleetHealth, router_workers
 
 __all__ = ["AUDIO_MODES", "RUN_ONLY_KEYS", "AdvantageSettings", "FlowGrpoConfig", "StepPlan", "LoraSettings", "add_lora", "plan_step", "run", "sample_seed", "trained_timesteps"]
 
@@ -108,53 +99,11 @@ OPTIMIZERS = ("adamw", "sgd")
 
 # Settings that may change when a run is resumed (they change no sample and no update).
 RUN_ONLY_KEYS = (
-    "out_dir",
-    "steps",
-    "resume",
-    "overwrite",
-    "eval_every",
-    "eval_videos",
-    "eval_rewards",
-    "watch",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "log_with",
-    "reward_workers",
-    "store_latents_on_cpu",
-    "memory_budget_gib",
-    "generator.device",
-    "parallel.timeout_s",
+    "out_dir", "steps", "resume", "overwrite", "eval_every", "eval_videos", "eval_rewards", "watch", "checkpoint_every", "keep_checkpoints",
+    "log_with", "reward_workers", "store_latents_on_cpu", "memory_budget_gib", "generator.device", "parallel.timeout_s",
     "parallel.share_encoders",  # where the encoders' weights live in host memory changes no sample
     "parallel.share_dir",
 )
-
-
-@dataclass
-class AdvantageSettings:
-    """How a sample's advantage reaches the loss, beyond the group statistics.
-
-    Attributes:
-        localize: localized credit (:mod:`cac_align.rl.credit`): the advantage spread over the
-            latent positions by the reward's evidence (window and boxes), ViPO's per-position
-            estimator. Off by default: the scalar estimator, exactly as before.
-        shuffle_scores: a **control run**, not training: each group's valid scores are permuted
-            among its videos (:func:`cac_align.rl.advantages.shuffle_within_groups`, seeded by seed and
-            step) before the advantages, so the run learns nothing from its reward. What it
-            changes is the optimizer's drift; a real run's change beyond it is what its reward
-            did (docs/flow_grpo.md, "A no-signal control").
-        routing: "summed" (one group advantage of the combined score for every latent: as before)
-            or "routed" (each component's group advantage, weighted as the combination weights it, to
-            the latents of the modality it judges: :mod:`cac_align.rl.routing`; docs/audio.md,
-            "Routing"). Routed needs ``audio: trained`` (the audio latents take the audio's share).
-    """
-
-    localize: LocalizeSettings = field(default_factory=LocalizeSettings)
-    shuffle_scores: bool = False
-    routing: str = "summed"
-
-    def __post_init__(self) -> None:
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"advantage.routing must be one of {ROUTINGS}, got {self.routing!r}")
 
 
 @dataclass
@@ -308,16 +257,8 @@ class FlowGrpoConfig:
 
     def __post_init__(self) -> None:
 
-        positive = (
-            "steps",
-            "prompts_per_step",
-            "group_size",
-            "sample_batch_size",
-            "train_batch_size",
-            "updates_per_step",
-            "keep_checkpoints",
-            "reward_workers",
-        )
+        positive = ("steps", "prompts_per_step", "group_size", "sample_batch_size", "train_batch_size", "updates_per_step", "keep_checkpoints",
+                    "reward_workers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -390,11 +331,6 @@ def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> 
     return sorted(int(j) for j in chosen)
 
 
-def _grid(g: GeneratorConfig, temporal: int, spatial: int) -> tuple[int, int, int]:
-    """The latent grid ``(T, H, W)`` of ``g``'s videos (:func:`credit_maps`'s maps)."""
-    return ((g.num_frames - 1) // temporal + 1, g.height // spatial, g.width // spatial)
-
-
 @dataclass
 class StepPlan:
     """Per-process numbers derived from the config (the one place they are derived)."""
@@ -459,14 +395,6 @@ def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
                 decode_batch=config.sample_batch_size, optimizer=config.optimizer)
 
 
-def build_optimizer(config: FlowGrpoConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The LoRA weights' optimizer, as ``config.optimizer`` names it: AdamW (``adam_*``) or plain SGD."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-                             weight_decay=config.weight_decay)
-
-
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
@@ -479,8 +407,6 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
     """The run folder (:class:`~cac_align.run.folder.RunFolder`), checked on every process: another
     job's folder, another config without ``overwrite`` and files of the user's where outputs go
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
-
-
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS, images)
     advantage = fingerprint.get("advantage", {})
@@ -503,10 +429,8 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
     folder = RunFolder(config.out_dir, job, FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
     out = folder.path
     if folder.resuming and not config.resume:
-        raise RecipeError(
-            f"out_dir={str(out)!r} already holds a {job} run; pass resume=true to continue it, "
-            "overwrite=true to replace it, or choose another out_dir"
-        )
+        raise RecipeError(f"out_dir={str(out)!r} already holds a {job} run; pass resume=true to continue it, overwrite=true to replace it, "
+                          "or choose another out_dir")
     if config.resume and not folder.resuming:
         log.warning("resume=true but %s holds no run yet: starting from step 0", out)
     elif config.resume and not checkpoints(out):
@@ -517,41 +441,6 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
 # ---------------------------------------------------------------------------------------
 # Pieces of the loop
 # ---------------------------------------------------------------------------------------
-# A reward server down for this many whole steps in a row (every sample unanswered) stops the run
-# (_Trainer._check_rewards); fewer, and those steps train nothing while the next ask it again.
-DOWN_STEPS_LIMIT = 3
-
-
-class _SoundTerms:
-    """The sound's part of a Flow-GRPO update (``audio: trained``; docs/audio.md): its recorded side
-    latents and log-probs, and its PPO-clip loss on a micro-batch's step, computed from the same
-    transformer call as the video's (the side velocity of :func:`predict_velocity`)."""
-
-    def __init__(self, trainer: "_Trainer", trajectories: list[Any], audio: dict[str, Any]):
-        self.trainer, self.config, self.device = trainer, trainer.config, trainer.accelerator.device
-        self.sides = torch.cat([t.side for t in trajectories])
-        self.old = torch.cat([t.side_log_probs for t in trajectories])
-        self.advantages, self.credit = audio["advantages"], audio.get("credit")
-        self.old_maps = torch.cat([t.side_log_prob_maps for t in trajectories]) if self.credit is not None else None
-        config = self.config
-        self.transitions = SDESchedule(trainer.side_sigmas.to(self.device), config.noise_level, config.noise_schedule)
-
-    def loss(self, lo: int, hi: int, j: int, velocity: torch.Tensor, ref_velocity: torch.Tensor | None, weights: torch.Tensor,
-             clip: tuple[float, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The sound's loss at step ``j`` of samples ``lo:hi``, given its velocity (and the reference's)."""
-        side, side_next = self.sides[lo:hi, j].to(self.device), self.sides[lo:hi, j + 1].to(self.device)
-        policy = self.transitions.step(j, side, velocity, prev_sample=side_next)
-        ref_mean = None if ref_velocity is None else self.transitions.step(j, side, ref_velocity, prev_sample=side_next).mean
-        localized: dict[str, Any] = {}
-        if self.credit is not None:  # per audio latent frame, as (B, T_a, 1, 1) positions
-            frames = side_frame_density(self.trainer.family, side_next, policy.mean, policy.std)
-            localized = {"log_prob_map": frames[:, :, None, None], "old_log_prob_map": self.old_maps[lo:hi, j].to(self.device)[:, :, None, None],
-                         "credit": self.credit[lo:hi, :, None, None]}
-            policy_log_prob = frames.mean(dim=1)
-        else:
-            policy_log_prob = policy.log_prob
-        return flow_grpo_loss(policy_log_prob, self.old[lo:hi, j].to(self.device), self.advantages[lo:hi], clip_range=clip, mean=policy.mean,
-                              ref_mean=ref_mean, std=policy.std, beta=self.config.beta, weights=weights, **localized)
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,11 +518,7 @@ class _Trainer:
         self._sound_schedule()
         self.guidance = self.family.guidance(config.generator)
         self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
-        self.ema = (
-            {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()}
-            if config.ema_decay is not None
-            else None
-        )
+        self.ema = {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()} if config.ema_decay is not None else None
         if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
             register_lora_checkpoint(acc, self.unwrapped, self.ema)
 
@@ -647,8 +532,7 @@ class _Trainer:
                              for label, section in config.eval_rewards.items()}
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         # the reward's servers that are vllm-routers in front of replicas: each step names the replicas found down
-        self.routers = [url for url in served_urls(config.reward) if router_workers(url) is not None] if acc.is_main_process else []
-        self._replicas_down: set[str] = set()
+        self.fleet = FleetHealth([url for url in served_urls(config.reward) if router_workers(url) is not None] if acc.is_main_process else [])
         acc.wait_for_everyone()  # every process has checked the folder (_run_folder) before the main one takes it
         if acc.is_main_process:  # recorded once the models have loaded: a failed start leaves no record
             run_folder.start()  # with overwrite: the old run's outputs go now, and only those
@@ -677,7 +561,8 @@ class _Trainer:
         # processes hold no reward, watches none)
         parts = list(route_table(self.reward)) if self.reward is not None and self.layout.cp == 1 else []
         self.watched_parts = parts if config.watch.components and len(parts) > 1 else []
-        self.watched = self._watch_history()
+        self.watch = RunWatch(config.watch, list(self.eval_rewards), self.watched_parts)
+        self.watch.resume(self.out / "metrics.jsonl", self.start_step)
         start_trackers(acc, config.log_with, self.job.replace("-", "_"), self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
                        resume_step=self.start_step)
         acc.wait_for_everyone()
@@ -708,7 +593,7 @@ class _Trainer:
         for step in range(self.start_step, config.steps):
             last = self.train_step(step)
             done = step + 1
-            last.update(self._fleet_metrics(done))
+            last.update(self.fleet.metrics(done))  # the judge's replicas found down (docs/flow_grpo.md, "When something fails")
             stop = False
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
@@ -725,61 +610,13 @@ class _Trainer:
         progress.close()
         return last
 
-    def _fleet_metrics(self, done: int) -> dict[str, Any]:
-        """The reward's fleets once step ``done`` has been scored (main process; docs/flow_grpo.md,
-        "When something fails"): the replicas their routers list, how many are down and which
-        (:func:`~cac_align.vlm.openai.replica_health`); a replica found down, or back, is also said
-        once in the log. Nothing for a reward without a router."""
-        if not self.routers:
-            return {}
-        health: dict[str, bool] = {}
-        for url in self.routers:
-            health.update(replica_health(url) or {})
-        down = sorted(url for url, up in health.items() if not up)
-        for url in sorted(set(down) - self._replicas_down):
-            log.warning("step %d: the judge's replica %s is down; its router sends its videos to the others", done, url)
-        for url in sorted(self._replicas_down - set(down)):
-            log.warning("step %d: the judge's replica %s answers again", done, url)
-        self._replicas_down = set(down)
-        return {"reward/replicas": len(health), "reward/replicas_down": len(down), **({"reward/replicas_down_urls": down} if down else {})}
-
-    def _watch_history(self) -> dict[str, list[float]]:
-        """The evaluations so far (of a resumed run: from metrics.jsonl) for the watch: the
-        trained reward's mean (``"reward"``) and each held-out judge's, oldest first."""
-        from cac_align.run.folder import read_jsonl_log
-
-        history: dict[str, list[float]] = {"reward": [], **{label: [] for label in self.eval_rewards},
-                                           **{f"component/{part}": [] for part in self.watched_parts}}
-        if not self.start_step:
-            return history
-        for _, row in read_jsonl_log(self.out / "metrics.jsonl"):
-            if row.get("step", 0) <= self.start_step and "eval/reward_mean" in row:
-                history["reward"].append(float(row["eval/reward_mean"]))
-                for label in self.eval_rewards:
-                    history[label].append(float(row.get(f"eval/{label}/mean", math.nan)))
-                for part in self.watched_parts:
-                    history[f"component/{part}"].append(float(row.get(f"eval/components/{part}_raw_mean", math.nan)))
-        return history
-
     def _watch(self, metrics: dict[str, Any]) -> bool:
-        """Add an evaluation to the watch (:mod:`cac_align.run.watch`); log its alarms (also as
-        ``watch/alarms``) and say whether the run should stop."""
-        if not self.eval_rewards and not self.watched_parts:
-            return False
-        self.watched["reward"].append(metrics["eval/reward_mean"])
-        parts = [f"component/{part}" for part in self.watched_parts]
-        for label in self.eval_rewards:
-            self.watched[label].append(metrics[f"eval/{label}/mean"])
-        for part in self.watched_parts:
-            self.watched[f"component/{part}"].append(metrics[f"eval/components/{part}_raw_mean"])
-        held_out = {label: self.watched[label] for label in self.eval_rewards}
-        watch = self.config.watch
-        alarms = hacking_alarms(self.watched["reward"], held_out, watch.window, watch.margin)
-        alarms += component_alarms(self.watched["reward"], {p.split("/", 1)[1]: self.watched[p] for p in parts}, watch.window, watch.margin)
-        if self.reward is not None:  # said by the processes that scored (a non-leader builds no reward)
+        """Add an evaluation to the watch (:class:`~cac_align.run.watch.RunWatch`); log its alarms and say
+        whether the run should stop."""
+        alarms = self.watch.add(metrics)
+        if alarms and self.reward is not None:  # said by the processes that scored (a non-leader builds no reward)
             for alarm in alarms:
                 log.warning("flow-grpo: %s", alarm.message(self.reward.name))
-        metrics["watch/alarms"] = len(alarms)
         return bool(alarms) and self.config.watch.stop
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -814,7 +651,7 @@ class _Trainer:
         # 3. collect the rewards (waiting only for what sampling did not hide) and gather them
         #    (each context-parallel group's once: its leader's)
         start = time.perf_counter()
-        outputs, reward_compute = self._collect(futures)
+        outputs, reward_compute = collect_outputs(self.reward, futures)
         reward_wait = time.perf_counter() - start
         local_scores = np.concatenate([o.scores for o in outputs]) if layout.leader else np.full(len(local), np.nan)
         scores = layout.gather(acc, local_scores)
@@ -833,7 +670,7 @@ class _Trainer:
             self._sources_logged = True
         if down.any():
             metrics["reward/down_fraction"] = float(down.mean())
-        self._check_rewards(step, scores, down, outputs)
+        self._down_steps = check_step_scored(step, scores, down, outputs, self._down_steps)  # every sample failed: stop, or a server down
 
         # 4. per-prompt advantages over the whole step; drop invalid and zero-variance samples
         step_groups = [k // G for k in range(plan.total_samples)]
@@ -851,18 +688,25 @@ class _Trainer:
             audio["advantages"] = advantages
             metrics["advantage/video_abs_mean"] = metrics["advantage/audio_abs_mean"] = float(np.abs(adv.advantages).mean())
         if config.advantage.routing == "routed":  # 4c. each component's advantage to the latents of what it judges (rl/routing.py)
-            streams, components, trainable = self._routed(outputs, scores, step_groups)
+            streams, components, trainable = routed_step(self.reward, outputs, scores, step_groups, lambda v: layout.gather(acc, v), config.adv_std,
+                                                         config.adv_clip_max)
             trains = trainable.any()
             weights = torch.as_tensor(trainable[local], dtype=torch.float32, device=device)
             advantages, audio["advantages"] = (torch.as_tensor(streams[k][local], device=device) for k in ("video", "audio"))
             for stream in ("video", "audio"):
                 metrics[f"advantage/{stream}_abs_mean"] = float(np.abs(streams[stream]).mean())
             if config.advantage.localize.enabled:  # per-position advantages: each component's maps x its advantage
-                credit, audio["credit"] = self._routed_credit(outputs, {k: v[local] for k, v in components.items()}, trajectories, metrics)
+                audio_frames = self.family.side_frames(trajectories[0].side[:1, -1]).shape[1]
+                video_map, audio_map = routed_credit_maps(self.reward, outputs, {k: v[local] for k, v in components.items()}, config.advantage.localize,
+                                                          self.family.latent_grid(self.pipe), config.generator, audio_frames,
+                                                          lambda v: gather_floats(acc, v), metrics)
+                credit, audio["credit"] = torch.as_tensor(video_map, device=device), torch.as_tensor(audio_map, device=device)
                 advantages = audio["advantages"] = torch.ones_like(advantages)
         if config.advantage.localize.enabled:  # 4b. each sample's evidence as a map over its latent positions
             if credit is None:
-                credit, hold = self._credit(outputs, adv.advantages[local], metrics)
+                maps, held = step_credit(outputs, adv.advantages[local], config.advantage.localize, self.family.latent_grid(self.pipe),
+                                         config.generator, lambda v: gather_floats(acc, v), metrics)
+                credit, hold = torch.as_tensor(maps, device=device), None if held is None else torch.as_tensor(held, device=device)
             fixed = fixed_frames(embeds)  # the maps cover the generated latents only: not the frames an image fixes
             credit, hold = credit[:, fixed:], (None if hold is None else hold[:, fixed:])
 
@@ -874,83 +718,9 @@ class _Trainer:
             log.warning("step %d: every group has zero reward variance; no update", step + 1)
         train_seconds = time.perf_counter() - start
 
-        metrics.update(
-            {
-                "time/sample_s": sample_seconds,
-                "time/reward_wait_s": reward_wait,
-                "time/reward_compute_s": reward_compute,
-                "time/train_s": train_seconds,
-            }
-        )
+        metrics.update({"time/sample_s": sample_seconds, "time/reward_wait_s": reward_wait, "time/reward_compute_s": reward_compute,
+                        "time/train_s": train_seconds})
         return metrics
-
-    def _routed(self, outputs: list[RewardOutput], scores: np.ndarray, step_groups: list[int]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-        """``advantage.routing: routed`` (rl/routing.py): each component's group advantage over the
-        step (its normalized scores gathered from every process; a sample whose combined score is
-        invalid is out of every component's statistics, as it is out of the summed one), the
-        advantage of each latent stream, and which samples train (a valid combined score, and a
-        component whose group has variance)."""
-        table = route_table(self.reward)
-        columns = {}
-        for name in table:
-            values = self.layout.gather(self.accelerator, component_column(outputs, name, len(table) == 1))
-            values[~np.isfinite(scores)] = np.nan
-            columns[name] = values
-        config = self.config
-        per = component_advantages(columns, step_groups, std=config.adv_std, clip=config.adv_clip_max)
-        advantages = {name: result.advantages for name, result in per.items()}
-        streams = routed_advantages(advantages, {k: w for k, (w, _) in table.items()}, {k: m for k, (_, m) in table.items()})
-        trainable = np.isfinite(scores) & np.any([result.trainable for result in per.values()], axis=0)
-        return streams, advantages, trainable
-
-    def _routed_credit(self, outputs: list[RewardOutput], advantages: dict[str, np.ndarray], trajectories: list[Any],
-                       metrics: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Routed localized credit: per-position advantages of the video latents ``(B_local, T, H,
-        W)`` and of the audio latent frames ``(B_local, T_a)``. The video-only components' advantage
-        takes the judge's credit map (:func:`credit_maps`, as unrouted); a component judging both
-        whose verdict names a span (``window_s``) weights the latent frames of that span in both streams
-        (:func:`~cac_align.rl.routing.window_map`); everything else is uniform (docs/audio.md, "Routing")."""
-        g, localize = self.config.generator, self.config.advantage.localize
-        table = route_table(self.reward)
-        details = [d for o in outputs for d in o.details]
-        temporal, spatial, patch = self.family.latent_grid(self.pipe)
-        video_only = sum((w * advantages[k] for k, (w, m) in table.items() if m == "video"), np.zeros(len(details), dtype=np.float32))
-        seen = [name for name, (_, m) in table.items() if m == "video"]  # the judge's map reads the video components' evidence only
-        judged = details if len(table) == 1 else [{"components": {k: v for k, v in (d.get("components") or {}).items() if k in seen}} for d in details]
-        judge = credit_maps(judged, np.concatenate([o.valid for o in outputs]), video_only, localize, num_frames=g.num_frames, fps=g.fps,
-                            height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch) if seen else None
-        judge_maps = judge.maps if judge is not None else np.ones((len(details), *_grid(g, temporal, spatial)), dtype=np.float32)
-        windows = {name: [component_windows(d, name, len(table) == 1) for d in details] for name, (_, m) in table.items() if m == "both"}
-        audio_frames = self.family.side_frames(trajectories[0].side[:1, -1]).shape[1]
-        video, audio, windowed = routed_credit(table, advantages, windows, judge_maps, video_frame_spans(g.num_frames, g.fps, temporal),
-                                               audio_frame_spans(audio_frames, g.num_frames / g.fps), localize.inside, localize.outside)
-        metrics["localize/windowed_fraction"] = float(gather_floats(self.accelerator, np.array([windowed / max(len(details), 1)])).mean())
-        device = self.accelerator.device
-        return torch.as_tensor(video, device=device), torch.as_tensor(audio, device=device)
-
-    def _credit(self, outputs: list[RewardOutput], advantages: np.ndarray, metrics: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`) and
-        confinement's KL weights of the same shape (None when ``confine`` is 0), and the step's
-        localization metrics over every process."""
-        g = self.config.generator
-        temporal, spatial, patch = self.family.latent_grid(self.pipe)  # the model's own latent grid
-        maps = credit_maps(
-            [d for o in outputs for d in o.details], np.concatenate([o.valid for o in outputs]), advantages, self.config.advantage.localize,
-            num_frames=g.num_frames, fps=g.fps, height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch,
-        )
-        for i, why in maps.reasons.items():
-            log.debug("localized credit: sample %d keeps a uniform map: %s", i, why)
-        acc = self.accelerator
-        localized = gather_floats(acc, maps.localized.astype(np.float64))
-        inside = gather_floats(acc, maps.inside_mass)
-        metrics["localize/localized_fraction"] = float(localized.mean())
-        metrics["localize/map_inside_mass"] = float(np.nanmean(inside)) if np.isfinite(inside).any() else math.nan
-        metrics["localize/evidence_missing"] = int(gather_floats(acc, maps.missing.astype(np.float64)).sum())
-        hold = None
-        if maps.hold is not None:  # confinement: the share of samples held to the reference off their defect
-            metrics["localize/held_fraction"] = float(gather_floats(acc, maps.hold.reshape(len(maps.hold), -1).any(axis=1).astype(np.float64)).mean())
-            hold = torch.as_tensor(maps.hold, device=acc.device)
-        return torch.as_tensor(maps.maps, device=acc.device), hold
 
     def _encode(self, texts: list[str], images: list[Any]) -> tuple[Any, Any]:
         """The conditioning of each (prompt, image) row, each distinct one encoded once."""
@@ -993,42 +763,6 @@ class _Trainer:
             return None
         return self.family.decode_audio(self.pipe, trajectory.side[:, -1])
 
-    def _check_rewards(self, step: int, scores: np.ndarray, down: np.ndarray, outputs: list[Any]) -> None:
-        """Stop the run when no sample of the step got a reward, naming the step as the checkpoints
-        count it (``step_000002`` is "step 2": index + 1) and why; unless every sample is one the
-        reward's server did not answer because it was down (its breaker open): that step trains
-        nothing and says so, the next asks the server again, and only a server down for
-        :data:`DOWN_STEPS_LIMIT` steps in a row stops the run. Decided on gathered numbers: every
-        process decides alike."""
-        if np.isfinite(scores).any():
-            self._down_steps = 0
-            return
-        errors = "; ".join(sorted({str(d.get("error")) for o in outputs for d in o.details if d.get("error")})[:3])
-        if not down.all():
-            raise RewardError(f"step {step + 1}: no valid reward for any sample ({errors}); check the reward section")
-        self._down_steps += 1
-        if self._down_steps >= DOWN_STEPS_LIMIT:
-            raise RewardError(f"step {step + 1}: the reward server has been down for {self._down_steps} steps in a row ({errors}); "
-                              "rerun with resume=true when it is back")
-        log.warning("step %d: the reward server is down, no sample was scored (%s); no update, the next step asks it again", step + 1, errors)
-
-    def _collect(self, futures: list[tuple[int, Future]]) -> tuple[list[Any], float]:
-        outputs, compute = [], 0.0
-        for n, future in futures:  # only a process that scores has futures (and a reward)
-            name = self.reward.name
-            try:
-                output, seconds = future.result()
-                compute += seconds
-            except Exception as exc:  # a failed batch is invalid and counted, never a silent 0
-                log.warning("reward failed on a batch of %d: %s", n, exc)
-                output = invalid_output(name, n, exc)
-            if len(output.scores) != n:  # a reward's bug, met on this process only: its batch is invalid, the others go on
-                wrong = ValueError(f"reward {name!r} returned {len(output.scores)} scores for {n} videos")
-                log.warning("reward failed on a batch of %d: %s", n, wrong)
-                output = invalid_output(name, n, wrong)
-            outputs.append(output)
-        return outputs, compute
-
     def _optimizer_step(self, acc: Any, grad_norms: list[float]) -> None:
         """One AdamW update from the accumulated gradients: clipped at ``max_grad_norm`` (its norm
         appended to ``grad_norms``), then the evaluation EMA (``ema_decay``) moved. Flow-GRPO's and
@@ -1051,7 +785,12 @@ class _Trainer:
         PPO-clip loss (and KL) on the side latents' SDE steps, added to the video's."""
         config, acc = self.config, self.accelerator
         device = acc.device
-        sound = _SoundTerms(self, trajectories, audio) if audio else None
+        sound = None
+        if audio:  # the sound's own PPO-clip loss on its recorded SDE steps (audio: trained; docs/audio.md)
+            sound = SideStreamLoss(torch.cat([tr.side for tr in trajectories]), torch.cat([tr.side_log_probs for tr in trajectories]),
+                                   audio["advantages"], SDESchedule(self.side_sigmas.to(device), config.noise_level, config.noise_schedule),
+                                   config.beta, device, credit=audio.get("credit"), frames_of=self.family.side_frames,
+                                   old_maps=torch.cat([tr.side_log_prob_maps for tr in trajectories]) if audio.get("credit") is not None else None)
         latents = torch.cat([t.latents for t in trajectories])
         old_log_probs = torch.cat([t.log_probs for t in trajectories])
         old_maps = torch.cat([t.log_prob_maps for t in trajectories]) if credit is not None else None
@@ -1088,8 +827,9 @@ class _Trainer:
                             velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
                         velocity, side_velocity = velocity if side is not None else (velocity, None)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
-                        localized = {} if credit is None else self._position_terms(
-                            policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi], None if hold is None else hold[lo:hi], x.shape[1])
+                        localized = {} if credit is None else position_terms(
+                            config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi],
+                            None if hold is None else hold[lo:hi], x.shape[1])
                         ref_mean = ref_side_velocity = None
                         if config.beta > 0 or hold is not None:
                             with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
@@ -1125,23 +865,8 @@ class _Trainer:
         out["train/timesteps"] = len(steps_trained)
         return out
 
-    def _position_terms(self, log_prob_map: torch.Tensor, old_log_prob_map: torch.Tensor, credit: torch.Tensor,
-                        hold: torch.Tensor | None, channels: int) -> dict[str, Any]:
-        """``flow_grpo_loss``'s localized arguments for a micro-batch (rl/credit.py). The
-        per-position log-densities are recorded as channel means; ViPO's estimator takes channel
-        sums, ``channels`` times them."""
-        localize = self.config.advantage.localize
-        terms: dict[str, Any] = {"log_prob_map": log_prob_map, "old_log_prob_map": old_log_prob_map, "credit": credit}
-        if localize.estimator == "vipo":
-            terms.update(log_prob_map=log_prob_map * channels, old_log_prob_map=old_log_prob_map * channels,
-                         estimator="vipo", adv_clamp=localize.adv_clamp)
-        if hold is not None:
-            terms["hold"] = hold
-        return terms
-
     def evaluate(self, done: int) -> dict[str, float]:
         """ODE samples of the held-out prompts (fixed seeds), their rewards, a few saved videos."""
-
         config, acc = self.config, self.accelerator
         layout = self.layout
         n = len(self.eval_prompts)
@@ -1172,13 +897,13 @@ class _Trainer:
             audio, rate = (np.concatenate([w for w, _ in sounds])[: len(mine)], sounds[0][1]) if sounds else (None, None)
             # through the pool like training batches: a failing reward call is invalid, not a crash
             sound = None if audio is None else (audio, rate)
-            (output,), _ = self._collect([(len(mine), self.pool.submit(score_batch, self.reward, videos, texts, mine, config.generator.fps, sound))])
-            scores[: len(mine)] = output.scores
-            for part in self.watched_parts:  # each watched component's raw score (its own units)
-                parts[part][: len(mine)] = component_raw(output, part)
-            for label, judge in self.eval_rewards.items():  # the judges it does not train on, the same videos
-                (judged,), _ = self._collect([(len(mine), self.pool.submit(score_batch, judge, videos, texts, mine, config.generator.fps, sound))])
-                held_out[label][: len(mine)] = judged.scores
+            scored, judged, raw = score_held_out(self.pool, self.reward, self.eval_rewards, self.watched_parts, videos, texts, mine,
+                                                 config.generator.fps, sound)
+            scores[: len(mine)] = scored
+            for label, values in judged.items():
+                held_out[label][: len(mine)] = values
+            for part, values in raw.items():
+                parts[part][: len(mine)] = values
             folder = self.out / "eval" / f"step_{done:06d}"
             for k, (i, frames) in enumerate(zip(mine, videos)):
                 if i < config.eval_videos:

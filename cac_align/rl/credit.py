@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CreditMaps", "LocalizeSettings", "confined_kl", "credit_map", "credit_maps", "hold_map", "localized_policy_loss", "vipo_policy_loss",
-    "vipo_scale", "latent_coverage",
+    "vipo_scale", "latent_coverage", "position_terms",
 ]
 
 APPLY_TO = ("negative", "all")
@@ -455,3 +455,15 @@ def confined_kl(
     per_sample = (hold.to(diff2.dtype) * diff2).mean(dim=(1, 2, 3)) / (2 * std_b**2)
     w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
     return (w * per_sample).mean()
+
+
+def position_terms(localize: LocalizeSettings, log_prob_map: Any, old_log_prob_map: Any, credit: Any, hold: Any, channels: int) -> dict[str, Any]:
+    """:func:`cac_align.rl.sde.flow_grpo_loss`'s localized arguments for a micro-batch: the per-position
+    log-densities (recorded as channel means) with the credit maps (and confinement's ``hold``). ViPO's
+    estimator (``localize.estimator: vipo``) takes channel sums: ``channels`` times them."""
+    terms: dict[str, Any] = {"log_prob_map": log_prob_map, "old_log_prob_map": old_log_prob_map, "credit": credit}
+    if localize.estimator == "vipo":
+        terms.update(log_prob_map=log_prob_map * channels, old_log_prob_map=old_log_prob_map * channels, estimator="vipo", adv_clamp=localize.adv_clamp)
+    if hold is not None:
+        terms["hold"] = hold
+    return terms

@@ -27,13 +27,15 @@ spread evenly over the clip). The map is ``outside + (inside - outside) * covere
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from cac_align.rl.advantages import group_advantages
+from cac_align.rl.credit import LocalizeSettings
 
-__all__ = ["ROUTINGS", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "routed_credit", "sample_windows",
+__all__ = ["ROUTINGS", "AdvantageSettings", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "routed_credit", "sample_windows",
            "video_frame_spans", "window_map"]
 
 # ``advantage.routing``: one advantage for every latent (today's) or each component's to what it judges
@@ -173,3 +175,31 @@ def routed_credit(table: Mapping[str, tuple[float, str]], advantages: Mapping[st
             video[i] += share * (1.0 if over_video is None else over_video[:, None, None])
             audio[i] += share * (1.0 if over_audio is None else over_audio)
     return video.astype(np.float32), audio.astype(np.float32), int(windowed.sum())
+
+
+@dataclass
+class AdvantageSettings:
+    """How a sample's advantage reaches the loss, beyond the group statistics.
+
+    Attributes:
+        localize: localized credit (:mod:`cac_align.rl.credit`): the advantage spread over the
+            latent positions by the reward's evidence (window and boxes), ViPO's per-position
+            estimator. Off by default: the scalar estimator, exactly as before.
+        shuffle_scores: a **control run**, not training: each group's valid scores are permuted
+            among its videos (:func:`cac_align.rl.advantages.shuffle_within_groups`, seeded by seed and
+            step) before the advantages, so the run learns nothing from its reward. What it
+            changes is the optimizer's drift; a real run's change beyond it is what its reward
+            did (docs/flow_grpo.md, "A no-signal control").
+        routing: "summed" (one group advantage of the combined score for every latent: as before)
+            or "routed" (each component's group advantage, weighted as the combination weights it, to
+            the latents of the modality it judges: :mod:`cac_align.rl.routing`; docs/audio.md,
+            "Routing"). Routed needs ``audio: trained`` (the audio latents take the audio's share).
+    """
+
+    localize: LocalizeSettings = field(default_factory=LocalizeSettings)
+    shuffle_scores: bool = False
+    routing: str = "summed"
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"advantage.routing must be one of {ROUTINGS}, got {self.routing!r}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -35,6 +36,7 @@ __all__ = [
     "NOISE_SCHEDULES",
     "SDESchedule",
     "SDEStep",
+    "SideStreamLoss",
     "flow_grpo_loss",
     "flow_sigmas",
     "gaussian_log_density",
@@ -350,3 +352,41 @@ def flow_grpo_loss(
         }
         metrics.update(position_metrics)  # localized: the ratio and clipping over positions
     return loss, metrics
+
+
+class SideStreamLoss:
+    """A second latent stream's part of a Flow-GRPO update (the sound, ``audio: trained``; docs/audio.md):
+    its recorded latents and log-probs, and its PPO-clip loss (and KL) at a micro-batch's step, from the
+    velocity the same transformer call gave it (the side velocity).
+
+    Args:
+        sides: its latents at every step ``(B, S + 1, ...)``; ``old_log_probs``: ``(B, S)`` recorded.
+        advantages: ``(B,)``; ``credit``: with localized credit, per latent frame ``(B, T_a)`` (then
+            ``old_maps`` ``(B, S, T_a)``, the recorded per-frame densities, and ``frames_of``, which lays
+            the stream's elements out time first ``(B, T_a, K)``: the family's ``side_frames``).
+        transitions: the stream's own SDE schedule (its sigmas).
+        beta: the KL weight.
+    """
+
+    def __init__(self, sides: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, transitions: "SDESchedule", beta: float,
+                 device: Any, credit: torch.Tensor | None = None, frames_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 old_maps: torch.Tensor | None = None) -> None:
+        self.sides, self.old, self.advantages, self.transitions, self.beta, self.device = sides, old_log_probs, advantages, transitions, beta, device
+        self.credit, self.frames_of, self.old_maps = credit, frames_of, old_maps
+
+    def loss(self, lo: int, hi: int, j: int, velocity: torch.Tensor, ref_velocity: torch.Tensor | None, weights: torch.Tensor,
+             clip: tuple[float, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The stream's loss at step ``j`` of samples ``lo:hi``, given its velocity (and the reference's)."""
+        side, side_next = self.sides[lo:hi, j].to(self.device), self.sides[lo:hi, j + 1].to(self.device)
+        policy = self.transitions.step(j, side, velocity, prev_sample=side_next)
+        ref_mean = None if ref_velocity is None else self.transitions.step(j, side, ref_velocity, prev_sample=side_next).mean
+        localized: dict[str, Any] = {}
+        if self.credit is not None:  # per latent frame, as (B, T_a, 1, 1) positions
+            frames = self.frames_of(gaussian_log_density(side_next, policy.mean, policy.std)).mean(dim=-1)
+            localized = {"log_prob_map": frames[:, :, None, None], "old_log_prob_map": self.old_maps[lo:hi, j].to(self.device)[:, :, None, None],
+                         "credit": self.credit[lo:hi, :, None, None]}
+            policy_log_prob = frames.mean(dim=1)
+        else:
+            policy_log_prob = policy.log_prob
+        return flow_grpo_loss(policy_log_prob, self.old[lo:hi, j].to(self.device), self.advantages[lo:hi], clip_range=clip, mean=policy.mean,
+                              ref_mean=ref_mean, std=policy.std, beta=self.beta, weights=weights, **localized)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-__all__ = ["HackingAlarm", "WatchSettings", "component_alarms", "hacking_alarms"]
+__all__ = ["HackingAlarm", "RunWatch", "WatchSettings", "component_alarms", "hacking_alarms"]
 
 
 @dataclass
@@ -105,3 +106,50 @@ def component_alarms(combined: Sequence[float], components: Mapping[str, Sequenc
     """
     return [HackingAlarm(a.judge, a.trained_rise, a.judge_fall, a.evaluations, component=True)
             for a in hacking_alarms(combined, components, window, margin)]
+
+
+class RunWatch:
+    """The watch over a run's evaluations: the trained reward's mean (``eval/reward_mean``), each
+    held-out judge's (``eval/<label>/mean``) and each watched component's raw mean
+    (``eval/components/<part>_raw_mean``), oldest first, and the alarms of the rules above.
+
+    Args:
+        settings: the recipe's ``watch``.
+        held_out: the held-out judges' labels (``eval_rewards``).
+        parts: the trained reward's components watched (``watch.components``; none: not watched).
+    """
+
+    def __init__(self, settings: WatchSettings, held_out: Sequence[str], parts: Sequence[str]) -> None:
+        self.settings, self.held_out, self.parts = settings, list(held_out), list(parts)
+        self.history: dict[str, list[float]] = {"reward": [], **{label: [] for label in self.held_out},
+                                                **{f"component/{part}": [] for part in self.parts}}
+
+    def resume(self, metrics_file: Path, start_step: int) -> None:
+        """The evaluations of a resumed run's first ``start_step`` steps, from its metrics.jsonl."""
+        from cac_align.run.folder import read_jsonl_log
+
+        if not start_step:
+            return
+        for _, row in read_jsonl_log(metrics_file):
+            if row.get("step", 0) <= start_step and "eval/reward_mean" in row:
+                self.history["reward"].append(float(row["eval/reward_mean"]))
+                for label in self.held_out:
+                    self.history[label].append(float(row.get(f"eval/{label}/mean", math.nan)))
+                for part in self.parts:
+                    self.history[f"component/{part}"].append(float(row.get(f"eval/components/{part}_raw_mean", math.nan)))
+
+    def add(self, metrics: dict[str, Any]) -> list[HackingAlarm] | None:
+        """Add an evaluation's ``metrics`` and return the alarms (also written as ``watch/alarms``);
+        None when nothing is watched (no held-out judge, no component)."""
+        if not self.held_out and not self.parts:
+            return None
+        self.history["reward"].append(metrics["eval/reward_mean"])
+        for label in self.held_out:
+            self.history[label].append(metrics[f"eval/{label}/mean"])
+        for part in self.parts:
+            self.history[f"component/{part}"].append(metrics[f"eval/components/{part}_raw_mean"])
+        window, margin = self.settings.window, self.settings.margin
+        alarms = hacking_alarms(self.history["reward"], {label: self.history[label] for label in self.held_out}, window, margin)
+        alarms += component_alarms(self.history["reward"], {part: self.history[f"component/{part}"] for part in self.parts}, window, margin)
+        metrics["watch/alarms"] = len(alarms)
+        return alarms

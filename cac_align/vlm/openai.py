@@ -71,7 +71,7 @@ import numpy as np
 from cac_align.vlm.backend import MAX_NEW_TOKENS, BackendBase, BackendDown, ChatRequest, Completion, model_frames
 from cac_align.vlm.video_payload import encode_video
 
-__all__ = ["DEFAULT_SESSION_HEADER", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "replica_health", "router_workers", "served_cost", "server_counters"]
+__all__ = ["DEFAULT_SESSION_HEADER", "FleetHealth", "OpenAIBackend", "RequestRejected", "ServerDown", "ServerUnavailableError", "VIDEO_INPUTS", "replica_health", "router_workers", "served_cost", "server_counters"]
 
 VIDEO_INPUTS = ("video", "images")
 # answers a request is sent again for, after a backoff: the server is busy or briefly away (408
@@ -858,6 +858,36 @@ def replica_health(base_url: str, timeout_s: float = 2.0) -> dict[str, bool] | N
     router_here = _loopback(urlsplit(root).hostname)
     return {url: up and ((not router_here and _loopback(urlsplit(url).hostname)) or _answers_health(url.rstrip("/"), timeout_s))
             for url, up in healthy.items()}
+
+
+class FleetHealth:
+    """The replicas behind a run's judge routers (vllm-router), looked at once a step: how many, how
+    many down and which (:func:`replica_health`); a replica found down, or answering again, is said
+    once in the log. A reward without a router has no fleet: nothing to say.
+
+    Args:
+        routers: the reward's served URLs that are routers (:func:`router_workers` answers).
+    """
+
+    def __init__(self, routers: Sequence[str]) -> None:
+        self.routers = list(routers)
+        self.down: set[str] = set()
+
+    def metrics(self, step: int) -> dict[str, Any]:
+        """``reward/replicas``, ``reward/replicas_down`` (and ``reward/replicas_down_urls`` when any)
+        once step ``step`` has been scored; {} without a router."""
+        if not self.routers:
+            return {}
+        health: dict[str, bool] = {}
+        for url in self.routers:
+            health.update(replica_health(url) or {})
+        down = sorted(url for url, up in health.items() if not up)
+        for url in sorted(set(down) - self.down):
+            log.warning("step %d: the judge's replica %s is down; its router sends its videos to the others", step, url)
+        for url in sorted(self.down - set(down)):
+            log.warning("step %d: the judge's replica %s answers again", step, url)
+        self.down = set(down)
+        return {"reward/replicas": len(health), "reward/replicas_down": len(down), **({"reward/replicas_down_urls": down} if down else {})}
 
 
 def _one_server_counters(root: str, timeout_s: float) -> dict[str, float] | None:

@@ -14,7 +14,6 @@ import logging
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml

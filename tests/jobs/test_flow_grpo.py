@@ -379,7 +379,7 @@ def test_the_step_that_stops_the_run_is_named_as_the_checkpoints_count_it(tmp_pa
 def test_a_step_the_served_judge_missed_whole_trains_nothing_and_the_run_goes_on(tmp_path, caplog):
     """Every sample of step 2 is "down" (the judge's breaker open): that step updates nothing and says
     so, step 3 scores and trains again; three such steps in a row stop the run, naming the last."""
-    from cac_align.jobs.flow_grpo import DOWN_STEPS_LIMIT
+    from cac_align.rewards.columns import DOWN_STEPS_LIMIT
     from cac_align.rewards import RewardError
 
     config = _bright(tmp_path, "steps=3", "checkpoint_every=1", "keep_checkpoints=3", "sample_batch_size=2")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import load_config
 from cac_align.gen.families.wan import build_tiny_wan_pipeline
-from cac_align.jobs import flow_grpo
+from cac_align.rewards import columns
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 from conftest import REPO_ROOT
 
@@ -82,18 +82,18 @@ LORA_UP = {"brightness": (0.059911010892287134, 2.173700108687626), "localized":
 def _recorded_maps():
     """Every :class:`~cac_align.rl.credit.CreditMaps` the trainer builds, in order."""
     seen = []
-    original = flow_grpo.credit_maps
+    original = columns.credit_maps
 
     def recording(*args, **kwargs):
         maps = original(*args, **kwargs)
         seen.append(maps)
         return maps
 
-    flow_grpo.credit_maps = recording
+    columns.credit_maps = recording
     try:
         yield seen
     finally:
-        flow_grpo.credit_maps = original
+        columns.credit_maps = original
 
 
 def _metrics(out):

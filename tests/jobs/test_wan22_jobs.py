@@ -226,11 +226,11 @@ def test_localized_flow_grpo_on_the_ti2v_grid(tmp_path):
     """The tiny localized recipe's toy defect (spot_brightness: the top-left quarter during
     [0.25, 0.5) s) on tiny-random:wan22-ti2v: the maps are on its grid, 3 x 4 x 4 for 9 frames of
     64 x 64 (16x), and cover the quarter's 2 x 2 latents of the frames the window touches."""
-    from cac_align.jobs import flow_grpo
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+    from cac_align.rewards import columns
 
     seen = []
-    original = flow_grpo.credit_maps
+    original = columns.credit_maps
 
     def recording(*args, **kwargs):
         seen.append(original(*args, **kwargs))
@@ -239,11 +239,11 @@ def test_localized_flow_grpo_on_the_ti2v_grid(tmp_path):
     config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml",
                          [f"out_dir={tmp_path / 'run'}", "steps=1", "log_with=none", "checkpoint_every=0", "generator.name=tiny-random:wan22-ti2v",
                           "generator.fps=16"], job="flow-grpo")
-    flow_grpo.credit_maps = recording
+    columns.credit_maps = recording
     try:
         run(config)
     finally:
-        flow_grpo.credit_maps = original
+        columns.credit_maps = original
     (maps,) = seen
     located = [m for m, ok in zip(maps.maps, maps.localized) if ok]
     assert located and all(m.shape == (3, 4, 4) for m in maps.maps)
