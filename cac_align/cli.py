@@ -138,7 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
         job.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         job.add_argument("--out", "-o", help="output folder (shorthand for out_dir=...)")
         job.add_argument("--verbose", "-v", action="store_true",
-                         help="also show the third-party messages cac-align hides (README: the command line) and its own debug lines")
+                         help="also show the third-party messages cac-align hides (docs/cli.md: quiet by default) and its own debug lines")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
         "check-recipe", help="validate recipes and plan a generator trainer's memory, without loading weights",
@@ -460,8 +460,8 @@ def _interrupted(spec: object, config: object) -> str:
     return f"interrupted; {resume}"
 
 
-# Third-party messages that tell a cac-align user nothing, hidden unless --verbose (README, "The
-# command line", lists them): (logger, the message's start) and (warning category, message regex).
+# Third-party messages that tell a cac-align user nothing, hidden unless --verbose (docs/cli.md,
+# "Quiet by default", lists them): (logger, the message's start) and (warning category, message regex).
 QUIET_LOGS = (
     ("diffusers.guiders.guider_utils", "Guiders are currently an experimental feature"),  # every guider diffusers builds (HunyuanVideo-1.5's pipeline: two)
 )

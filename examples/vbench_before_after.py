@@ -8,7 +8,7 @@ row per dimension, "after" beside "before" with its delta, the better value in b
 row. vbench's weights (RAFT, DINO ViT-B/16, MUSIQ) must already be in ``--cache-dir`` (or
 ``$VBENCH_CACHE_DIR``); when they are not, the error lists each file, where it goes and where to get
 it (nothing is downloaded). A video that cannot be decoded is counted as failed, not scored 0.
-Install vbench as README says (``pip install --no-deps -r requirements-vbench.txt``).
+Install vbench as README and docs/install.md say (``pip install --no-deps -r requirements-vbench.txt``).
 
 Writes ``OUT/vbench/`` (vbench.json, per-video scores: resumable) and ``OUT/report/`` (report.md,
 report.html, report.json, charts/). Add ``expert.json`` of ``cac-align eval expert`` to the report

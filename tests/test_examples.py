@@ -1,4 +1,4 @@
-"""The scripts in examples/ run as README lists them, on the tiny offline models."""
+"""The scripts in examples/ run as docs/examples.md lists them, on the tiny offline models."""
 
 from __future__ import annotations
 

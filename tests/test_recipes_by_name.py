@@ -18,7 +18,7 @@ def test_the_readme_main_job_runs_from_another_folder_by_name_and_the_python_api
     # the case: from any other folder, `--config recipes/score/cac_demo.yaml` stopped with
     # "no such synth recipe" (its synth: recipes/synth/default.yaml resolved from the current folder)
     monkeypatch.chdir(tmp_path)
-    # README's main job, all 16 videos, by name (`recipes/score/cac_demo.yaml` resolves to the same
+    # README's main job, all 16 videos, by name (docs/score.md, "Recipes by name"; `recipes/score/cac_demo.yaml` resolves to the same
     # shipped file from here: test_names_paths_and_resolution_rules); outputs go to the current folder
     assert main(["score", "--config", "score/cac_demo", "out_dir=by_name"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "by_name/results.jsonl").read_text().splitlines()]

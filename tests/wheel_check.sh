@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The install most users make: a wheel, not an editable checkout. Builds this checkout's wheel,
 # installs it into a fresh venv (nothing of the checkout on the path), and, each from an empty
-# folder: runs README's main job by name (16 videos, every one valid), then the offline road of
+# folder: runs README's main job by name (docs/score.md, "Recipes by name"; 16 videos, every one valid), then the offline road of
 # docs/train_your_own_cac.md as written (the bash block after `<!-- offline-check -->`: tiny rows
 # and videos from the package, convert, synth-cot, three stages, score, bench, export, flow-grpo).
 #
@@ -41,7 +41,7 @@ else
   "$VENV/bin/pip" install -q "$wheel"
 fi
 
-# 3. README's main job by name, from an empty folder, with the installed package only
+# 3. README's main job by name (docs/score.md), from an empty folder, with the installed package only
 mkdir "$WORK/empty"
 cd "$WORK/empty"
 env -u PYTHONPATH "$VENV/bin/cac-align" score --config score/cac_demo > "$WORK/score.log" 2>&1 || { tail -20 "$WORK/score.log"; exit 1; }

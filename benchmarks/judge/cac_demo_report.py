@@ -134,7 +134,7 @@ A small CaC reward model (Qwen3-VL architecture, ~9M parameters) trained **from 
 cac_align's three CaC stages on synthetic cartoons: a ball, a walking stick figure and a shop sign,
 with planted anomalies of the five CaC types (`cac_align.data.synthetic`, the scenes of
 `recipes/synth/default.yaml`). **It judges those scenes only**: on real generated videos its
-scores mean nothing. Use a real CaC checkpoint for those (README, "Real weights").
+scores mean nothing. Use a real CaC checkpoint for those (cac_align's docs/real_weights.md).
 
 - **Data**: videos rendered on the fly (every sample a new scene); normal samples are the clean
   twins of planted ones; reasoning is the template checklist; frames reach the model at 128x192.

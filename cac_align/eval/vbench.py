@@ -44,7 +44,7 @@ Outputs in ``out_dir``:
   refused, key by key; docs/run_folders.md).
 
 Install: vbench 0.1.5 pins old transformers and numpy, so it and pyiqa are installed without
-their dependencies (README, Install). pyiqa is licensed PolyForm-Noncommercial.
+their dependencies (docs/install.md). pyiqa is licensed PolyForm-Noncommercial.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ HELDOUT_FRACTION = 0.1  # a tenth of the prompts are held out for evaluation
 SPLIT_SEED = 0  # the split's seed: part of the hashed text, fixed so that every run splits alike
 PARTS = ("train", "heldout", "all")
 INFO_FILE = "VBench_full_info.json"
-INSTALL = "pip install --no-deps -r requirements-vbench.txt (README, \"Evaluation\")"
+INSTALL = "pip install --no-deps -r requirements-vbench.txt (docs/install.md)"
 
 
 def is_prompt_set(value: object) -> bool:
@@ -67,7 +67,7 @@ def vbench_info() -> dict[str, list[str]]:
         raise RecipeError(f"prompts=vbench reads VBench's prompt suite from the vbench package, which is not installed: {INSTALL}")
     path = Path(next(iter(spec.submodule_search_locations))) / INFO_FILE
     if not path.is_file():
-        raise RecipeError(f"prompts=vbench: the installed vbench has no {INFO_FILE} ({path}); install the version the README names: {INSTALL}")
+        raise RecipeError(f"prompts=vbench: the installed vbench has no {INFO_FILE} ({path}); install the version docs/install.md names: {INSTALL}")
     info: dict[str, list[str]] = {}
     for entry in json.loads(path.read_text(encoding="utf-8")):
         dimensions = info.setdefault(entry["prompt_en"].strip(), [])

@@ -35,8 +35,8 @@ def _need_vbench() -> None:
         vb.import_vbench()
     except RecipeError as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"CI must install vbench (README, Install): {exc}")
-        pytest.skip(f"needs vbench (README, Install): pip install --no-deps -r requirements-vbench.txt && pytest tests/eval/test_eval_vbench.py ({exc})")
+            pytest.fail(f"CI must install vbench (README; docs/install.md): {exc}")
+        pytest.skip(f"needs vbench (README; docs/install.md): pip install --no-deps -r requirements-vbench.txt && pytest tests/eval/test_eval_vbench.py ({exc})")
 
 
 _HUBCONF = '''"""Test stand-in for facebookresearch/dino's hubconf.py: a random two-block ViT-B/16."""
@@ -258,7 +258,7 @@ def test_config_errors():
 
 @pytest.mark.slow  # vbench's metrics once more through the example (about 20 s): `pytest -m slow` (.ci/run runs it)
 def test_the_before_after_example_writes_table_2_from_two_folders(tmp_path, random_cache, systems):
-    """examples/vbench_before_after.py (README, Examples): two folders in, vbench's scores and the
+    """examples/vbench_before_after.py (docs/examples.md): two folders in, vbench's scores and the
     report out; "after" is the aligned folder with its corrupt video counted as failed."""
     import importlib.util
 
