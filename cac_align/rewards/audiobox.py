@@ -156,18 +156,28 @@ class AudioboxReward(AudioReward):
 
 def load_audiobox(model: str, key: str = "reward.model") -> Any:
     """``AesMultiOutput.from_pretrained(model)`` from the installed package, safetensors only; one
-    line naming the install when it is not there, and one when the weights are not safetensors."""
+    line naming the install when it is not there (before the weights are looked for), and one when the
+    weights are not safetensors."""
+    import importlib.util
+
+    from cac_align.config import RecipeError
     from cac_align.loading import WeightsNotFoundError, check_weights_source, weights_error
 
+    folder = Path(model).expanduser()
+    if folder.is_dir() and not (folder / "model.safetensors").is_file():  # a folder of the wrong weights, said first
+        raise WeightsNotFoundError(_not_safetensors(model, key))
+    if importlib.util.find_spec("audiobox_aesthetics") is None:  # then the package: before a hub id's weights are looked for, or fetched
+        raise RecipeError(f"{key}: the audiobox reward runs Meta's package audiobox-aesthetics, which is not installed here: {INSTALL} "
+                          "(it requires torchaudio and its torch: give it an environment of its own if yours pins another; docs/audio.md)")
     source = check_weights_source(model, key)
     local = Path(source).is_dir()
-    if local and not (Path(source) / "model.safetensors").is_file():  # said before the package is even imported
+    if local and not (Path(source) / "model.safetensors").is_file():
         raise WeightsNotFoundError(_not_safetensors(model, key))
     try:
         from audiobox_aesthetics.model.aes import AesMultiOutput
-    except ImportError as exc:
-        raise ImportError(f"the audiobox reward runs Meta's package, which is not installed here ({exc}): {INSTALL} "
-                          "(it requires torchaudio and its torch: give it an environment of its own if yours pins another)") from None
+    except ImportError as exc:  # installed, but its own imports fail (a torchaudio built for another torch)
+        raise RecipeError(f"{key}: audiobox-aesthetics is installed but does not import here ({exc}): {INSTALL} into an environment "
+                          "whose torch its torchaudio was built for (docs/audio.md)") from None
     try:
         return AesMultiOutput.from_pretrained(source if local else _hub_safetensors_folder(source, model, key))
     except OSError as exc:

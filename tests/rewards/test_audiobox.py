@@ -41,11 +41,25 @@ def test_an_audiobox_section_chooses_its_axes():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("audiobox_aesthetics") is not None, reason="the package is installed here")
-def test_without_the_package_the_error_is_one_line_naming_the_install(tmp_path):
-    (tmp_path / "model.safetensors").write_bytes(b"")  # the folder passes the safetensors check; the import is next
-    with pytest.raises(ImportError, match="pip install audiobox-aesthetics") as caught:
-        build_reward({"name": "audiobox", "model": str(tmp_path)})
-    assert "\n" not in str(caught.value)
+def test_without_the_package_the_error_is_one_line_naming_the_install(tmp_path, capsys):
+    """Said before the weights (issue #100, item 4): a hub id whose weights are not here, and a folder that holds
+    model.safetensors, both get the line naming the package; through the command line, one line and exit 2."""
+    from cac_align.cli import main
+    from cac_align.config import RecipeError
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for model in (str(tmp_path), "facebook/audiobox-aesthetics"):
+        with pytest.raises(RecipeError, match="pip install audiobox-aesthetics") as caught:
+            build_reward({"name": "audiobox", "model": model})
+        assert "\n" not in str(caught.value)
+    videos = tmp_path / "v.mp4"
+    from cac_align.video import Video, save_video
+    from conftest import smooth_video
+
+    save_video(Video(smooth_video(8, 32, 32, seed=0), 8.0), videos, lossless=True)
+    code = main(["score", "--config", "score/audiobox", f"videos={videos}", f"reward.model={tmp_path}", f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install audiobox-aesthetics" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_audiobox_folder_with_only_a_pickled_bin_is_refused_in_one_line(tmp_path):
