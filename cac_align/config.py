@@ -375,9 +375,38 @@ def _recipe_node(config_cls: type, recipe: str | Path | None, job: str | None) -
 
 
 def _with_overrides(from_recipe: Any, recipe: str | Path | None, overrides: Sequence[str]) -> Any:
-    """The command line's ``key=value`` merged over a recipe's node, errors naming where they came from."""
+    """The command line's ``key=value`` merged over a recipe's node, errors naming where they came from.
+    ``key:=value`` replaces the recipe's value whole instead of merging into it (a section: ``'reward:={name:
+    brightness}'`` on a recipe whose reward is a combination, which ``reward={...}`` would merge into)."""
     command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
-    return _merge(from_recipe, _parse_overrides(overrides, command_line), command_line, command_line=True) if overrides else from_recipe
+    replaced = [item for item in overrides if ":=" in item.partition("=")[0] + "="]
+    merged = [item for item in overrides if item not in replaced]
+    node = _replace(from_recipe, replaced, command_line) if replaced else from_recipe
+    return _merge(node, _parse_overrides(merged, command_line), command_line, command_line=True) if merged else node
+
+
+def _replace(node: Any, items: Sequence[str], where: str) -> Any:
+    """``node`` with each ``key:=value`` of ``items`` set whole (not merged), as its type allows."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    node = node.copy()
+    for item in items:
+        key, _, value = item.partition(":=")
+        if not key or OmegaConf.select(node, key, default=_ABSENT) is _ABSENT:
+            parent, _, leaf = key.rpartition(".")
+            known = _known_keys(OmegaConf.select(node, parent) if parent else node)
+            hint = difflib.get_close_matches(leaf, known, n=1)
+            raise RecipeError(f"{where}: {item!r}: no key '{key}' to replace" + (f"; did you mean '{parent + '.' if parent else ''}{hint[0]}'?" if hint else ""))
+        parsed = _parse_overrides([f"value={value}"], where).value
+        try:
+            OmegaConf.update(node, key, parsed, merge=False)
+        except OmegaConfBaseException as exc:
+            raise describe_error(exc, where, node, command_line=True) from None
+    return node
+
+
+_ABSENT = object()
 
 
 def merged_config(config_cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), job: str | None = None) -> Any:
@@ -426,4 +455,23 @@ def load_config(
             where = command_line
         else:
             where = str(recipe)
-        raise RecipeError(f"{where}: {exc.body}") from None
+        raise RecipeError(f"{where}: {exc.body}{_replace_hint(from_recipe, overrides, exc.body)}") from None
+
+
+def _replace_hint(from_recipe: Any, overrides: Sequence[str], body: str) -> str:
+    """Where an override gave a section of another ``name`` than the recipe's (``reward={name: brightness}``
+    over a combined reward), and the error is in that section: how to replace it whole instead of merging."""
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.endswith(":") or not value.lstrip().startswith("{") or not body.startswith(key):
+            continue
+        try:
+            given = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"])).get("value")
+        except Exception:
+            continue
+        present = OmegaConf.select(from_recipe, key, default=None)
+        if isinstance(given, dict) and OmegaConf.is_dict(present) and given.get("name") not in (None, present.get("name")):
+            return f" (the override merged into the recipe's {key}; to replace the section whole, write '{key}:={value}')"
+    return ""

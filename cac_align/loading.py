@@ -126,9 +126,17 @@ def check_weights_source(name: str, key: str = "model") -> str:
 
 
 def weights_error(name: str, key: str, exc: Exception) -> WeightsNotFoundError:
-    """Wrap a from_pretrained failure (offline, missing files) in an actionable message."""
+    """Wrap a from_pretrained failure (offline, missing files) in an actionable message: for a hub id, where
+    to download it; for a local folder (it is no repository to download), what it lacks."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if looks_like_path(name):
+        return WeightsNotFoundError(
+            f"could not load weights from {key}={name!r}: {exc.__class__.__name__}: {first}. The folder must hold what "
+            "save_pretrained writes (config.json and model.safetensors); fill it (`hf download <repo> --local-dir "
+            f"{name}`) or point {key} at another"
+        )
     return WeightsNotFoundError(
-        f"could not load weights from {key}={name!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
+        f"could not load weights from {key}={name!r}: {exc.__class__.__name__}: {first}. "
         f"If this machine is offline, download them elsewhere (`hf download {name} --local-dir DIR`) "
         f"and set {key}=DIR."
     )

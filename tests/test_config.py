@@ -162,3 +162,20 @@ def test_a_reward_built_in_python_gets_the_same_rule():
 
     with pytest.raises(ValueError, match=r"reward: key 'options.clip_fps' is nan"):
         build_reward({"name": "cac", "options": {"clip_fps": float("nan")}})
+
+
+def test_a_component_s_typo_names_its_own_keys_and_a_section_can_be_replaced_whole():
+    """Issue #100, item 8: a typo inside a reward component lists the component's keys (weight, normalizer) with a
+    "did you mean"; ``key:=value`` replaces a recipe's section whole, and ``key=value`` of another reward's section,
+    which merges, says so."""
+    from cac_align.jobs import load_recipe
+
+    recipe = REPO_ROOT / "recipes/align/flow_grpo_tiny_ltx2_sound.yaml"
+    with pytest.raises(RecipeError, match=r"components\[1\]: unknown key 'wieght'; did you mean 'weight'\? \(known keys here: name, weight, normalizer"):
+        load_recipe(recipe, ["reward.components=[{name: brightness}, {name: loudness, wieght: 0.5}]"])
+    _, config = load_recipe(recipe, ["reward:={name: brightness}"])
+    assert config.reward == {"name": "brightness"}
+    with pytest.raises(RecipeError, match=r"unknown key 'components'.*to replace the section whole, write 'reward:=\{name: brightness\}'"):
+        load_recipe(recipe, ["reward={name: brightness}"])
+    with pytest.raises(RecipeError, match=r"no key 'rewrd' to replace; did you mean 'reward'"):
+        load_recipe(recipe, ["rewrd:={name: brightness}"])

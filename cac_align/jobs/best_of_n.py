@@ -318,6 +318,8 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     bar.close()
     # 6. chosen/ for every prompt (also after a resume), the summary, the anomaly rates
     summary = _write_results(config, out, prompts, done)
+    print(f"bon: done; the chosen video of each prompt in {out / 'chosen'} (chosen/prompts.jsonl names them), the means of the "
+          f"chosen against all in {out / 'summary.md'}, every candidate's scores in {out / 'candidates.jsonl'}")
     if unscored:
         raise BackendFailure(
             f"{len(unscored)} of {len(prompts)} prompts were not scored because the reward backend failed on every "

@@ -24,6 +24,7 @@ call and ``info["failures"][name]`` splits them by kind (``{"parse": 2, "backend
 
 from __future__ import annotations
 
+import difflib
 import math
 import threading
 from dataclasses import dataclass, field
@@ -215,7 +216,7 @@ class CombinedConfig:
     source_fps: float | None = 16.0
 
     def __post_init__(self) -> None:
-        from cac_align.rewards.registry import reward_config
+        from cac_align.rewards.registry import reward_config, section_keys
 
         if not self.components:
             raise ValueError("components: give at least one reward")
@@ -223,6 +224,14 @@ class CombinedConfig:
             raise ValueError(f"invalid must be one of {INVALID_POLICIES}, got {self.invalid!r}")
         for k, component in enumerate(self.components):
             spec = dict(component)
+            known = section_keys(spec.get("name"))
+            if known is not None:  # a typo of a component's own keys (weight, normalizer) named as one
+                keys = ["name", "weight", "normalizer", *known]
+                for key in spec:
+                    if key not in keys:
+                        hint = difflib.get_close_matches(str(key), keys, n=1)
+                        raise ValueError(f"components[{k}]: unknown key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
+                                         + f" (known keys here: {', '.join(keys)})")
             weight = spec.pop("weight", 1.0)
             normalizer = spec.pop("normalizer", None)
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):

@@ -130,6 +130,17 @@ def reward_config(spec: Any, where: str = "reward") -> tuple[str, Any]:
     raise ValueError(f"{where}: unknown reward '{name}'{extra} (known: {', '.join(sorted(REWARDS))}, or 'module:factory')")
 
 
+def section_keys(name: Any) -> list[str] | None:
+    """The keys a section of the registered reward ``name`` takes beside ``name`` (its config's fields), or
+    None for a name that is not registered (a dotted path's arguments are its factory's)."""
+    import dataclasses
+
+    if not isinstance(name, str) or name not in REWARDS:
+        return None
+    config = _resolve(REWARDS[name].config)
+    return [f.name for f in dataclasses.fields(config) if f.init] if dataclasses.is_dataclass(config) else None
+
+
 def resolved_section(spec: Any, where: str = "reward") -> dict[str, Any]:
     """A reward section with every default filled in (what ``--print-config`` shows): ``name``
     plus the typed config's fields, nested sections included; a dotted-path reward's section as

@@ -77,8 +77,8 @@ def summary_lines(out: Path, job: str) -> list[str]:
     alarms = sum(int(row["watch/alarms"]) for row in rows if _finite(row.get("watch/alarms")))
     if held_out:
         lines.append(f"{job}: " + "; ".join(held_out) + (f"; the watch raised {alarms} alarm(s)" if alarms else ""))
-    lines.append(f"{job}: metrics in {out / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}; "
-                 f"the reward per step: {out / REWARD_PNG}")
+    board = f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}; " if (out / "tensorboard").is_dir() else ""  # log_with: none writes none
+    lines.append(f"{job}: metrics in {out / 'metrics.jsonl'}; {board}the reward per step: {out / REWARD_PNG}")
     return lines
 
 

@@ -57,9 +57,11 @@ def _config(tmp_path, prompts, **kw):
     return BonConfig(**values)
 
 
-def test_tiny_recipe_end_to_end(tmp_path):
+def test_tiny_recipe_end_to_end(tmp_path, capsys):
     out = tmp_path / "bon"
     assert main(["bon", "--config", str(REPO_ROOT / "recipes/align/bon_tiny.yaml"), "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # it ends on where the results are (issue #100, item 8)
+    assert last.startswith("bon: done") and str(out / "chosen") in last and str(out / "summary.md") in last
     rows = _rows(out)
     assert len(rows) == 6  # 2 prompts x 3 candidates
     assert [(r["prompt_index"], r["candidate"], r["seed"]) for r in rows] == [(i, c, i * 3 + c) for i in range(2) for c in range(3)]

@@ -95,6 +95,17 @@ def test_a_clap_folder_with_only_a_pickled_bin_is_refused(clap_dir, tmp_path):
     assert "\n" not in str(caught.value)
 
 
+def test_an_empty_local_clap_folder_says_what_it_lacks_not_a_download_of_its_path(tmp_path):
+    """A folder is no repository (issue #100, item 8): the line says what the folder must hold, and names no
+    `hf download <the folder's path>`."""
+    folder = tmp_path / "fake_clap"
+    folder.mkdir()
+    with pytest.raises(OSError) as caught:
+        build_reward({"name": "clap", "model": str(folder), "device": "cpu"})
+    message = str(caught.value)
+    assert "\n" not in message and f"hf download {folder}" not in message and "config.json and model.safetensors" in message
+
+
 @pytest.fixture(scope="module")
 def fused_clap_dir(tmp_path_factory):
     """A tiny random FUSED ClapModel and its fusion extractor (audio_rewards.save_tiny_clap)."""

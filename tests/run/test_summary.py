@@ -25,6 +25,9 @@ def test_curves_and_lines_are_the_files_numbers(tmp_path):
     assert lines[0] == "nft: reward 0.2500 (step 1) -> 0.5000 (step 2); a_normalized 0.5000 (step 1) -> 0.7500 (step 2); b 0.0000 (step 1) -> 0.2500 (step 2)"
     assert lines[1] == "nft: held-out reward 0.1250 (step 2) -> 0.3750 (step 3); held-out judge 2.0000 (step 2) -> 2.5000 (step 3); the watch raised 1 alarm(s)"
     assert lines[2].startswith(f"nft: metrics in {tmp_path / 'metrics.jsonl'}; ")
+    assert "TensorBoard" not in lines[2]  # log_with: none wrote no tensorboard/: none is named (issue #100, item 8)
+    (tmp_path / "tensorboard").mkdir()
+    assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in summary_lines(tmp_path, "nft")[2]
     path, drawn = reward_plot(tmp_path, "nft")
     assert path == tmp_path / "reward.png" and drawn == list(curves) and path.read_bytes()[:4] == b"\x89PNG"
 
