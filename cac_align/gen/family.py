@@ -697,12 +697,40 @@ def _positive_int(data: Mapping[str, Any], fields: Sequence[str]) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=32)
+def _derived_ratios(vae_config: str) -> tuple[int | None, int | None]:
+    """``(spatial, temporal)`` compression of a VAE whose ``config.json`` leaves them null, as its diffusers class
+    derives them (AutoencoderKLLTX2Video: from ``patch_size``, ``patch_size_t`` and ``spatio_temporal_scaling``):
+    the class named by ``_class_name`` built from the config on the meta device (no weight, no memory) and its
+    ``spatial_compression_ratio`` / ``temporal_compression_ratio`` read; ``(None, None)`` where that cannot be done."""
+    import warnings
+
+    import diffusers
+    import torch
+
+    config = json.loads(vae_config)
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        return None, None
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            module = cls.from_config(config)
+    except Exception:  # a config its class refuses: the file says nothing we can read
+        return None, None
+    values = (getattr(module, "spatial_compression_ratio", None), getattr(module, "temporal_compression_ratio", None))
+    return tuple(v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None for v in values)  # type: ignore[return-value]
+
+
 def ratios_from_configs(vae: Mapping[str, Any], transformer: Mapping[str, Any]) -> tuple[int, int] | None:
     """``(spatial_multiple, frame_multiple)`` from a model's ``vae/config.json`` and
     ``transformer/config.json``: the VAE's space compression x the transformer's patch side, and its
     time compression x the patch's frames; None where either file does not say (the VAE names no
     compression, the transformer no patch)."""
     spatial, temporal = _positive_int(vae, _SPATIAL_FIELDS), _positive_int(vae, _TEMPORAL_FIELDS)
+    if spatial is None or temporal is None:  # null in the file (diffusers writes null where its class derives them)
+        derived = _derived_ratios(json.dumps(dict(vae), sort_keys=True, default=str))
+        spatial, temporal = spatial or derived[0], temporal or derived[1]
     patch = transformer.get("patch_size")
     if isinstance(patch, (list, tuple)) and len(patch) == 3:  # Wan, Kandinsky: (t, h, w)
         patch_t, patch_h = patch[0], patch[1]

@@ -245,3 +245,60 @@ def test_an_ltx25_is_known_by_its_files_and_never_takes_ltx23s_settings(tmp_path
         assert "\n" not in str(refused.value)
         with pytest.raises(UnknownGeneratorError, match=r"^regenerator\.name="):
             regenerator_of(folder)
+
+
+def _null_ratio_ltx2(folder):
+    """A tiny LTX-2 whose VAE is built with diffusers' own class at the size of diffusers' own tests (one block, a 1x
+    patch: 2x in space and time) and no explicit compression ratios, saved by diffusers: its vae/config.json has
+    ``spatial_compression_ratio: null`` and ``temporal_compression_ratio: null``, which the class derives."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    from cac_align.gen.families.ltx2_tiny import _VIDEO_LATENT
+
+    pipe = build_tiny_ltx2_pipeline(0)
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTX2Video(in_channels=3, out_channels=3, latent_channels=_VIDEO_LATENT, block_out_channels=(8,), decoder_block_out_channels=(8,),
+                                 layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+                                 decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False), downsample_type=("spatiotemporal",),
+                                 upsample_type=("spatiotemporal",), upsample_residual=(False,), upsample_factor=(1,), timestep_conditioning=False,
+                                 patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False)
+    pipe.register_modules(vae=vae)
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def null_ratio_ltx2(tmp_path_factory):
+    return _null_ratio_ltx2(tmp_path_factory.mktemp("null_ratios") / "ltx2")
+
+
+def test_a_vae_config_with_null_ratios_is_read_as_its_class_derives_them(null_ratio_ltx2):
+    """Issue #100, item 11: diffusers writes null where its class derives the ratios; they are read as the class
+    derives them (2x and 2x here), and a size that does not fit those ratios is refused in one line before anything
+    loads."""
+    from cac_align.config import RecipeError, load_config
+    from cac_align.jobs.best_of_n import BonConfig
+    from conftest import REPO_ROOT
+
+    folder = null_ratio_ltx2
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    assert vae["spatial_compression_ratio"] is None and vae["temporal_compression_ratio"] is None
+    family = family_of(str(folder))
+    assert (family.spatial_multiple, family.frame_multiple) == (2, 2)  # the release's are 32 and 8
+    with pytest.raises(RecipeError, match=r"num_frames must be 2k \+ 1 \(LTX-2's VAE compresses time 2x\), got 10") as refused:
+        load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_ltx2.yaml", [f"generator.name={folder}", "generator.num_frames=10"], job="bon")
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.slow  # about 15 s on 2 idle cores (bon and a flow-grpo step from the folder)
+def test_a_vae_config_with_null_ratios_runs_bon_and_flow_grpo_from_its_folder(null_ratio_ltx2, tmp_path):
+    """The tiny recipes' 64 x 64 x 9 fit the ratios the class derives: bon and a flow-grpo step run from the folder
+    (refused before this round: the ratios were read from the two null fields alone)."""
+    from cac_align.cli import main
+
+    folder = null_ratio_ltx2
+    assert main(["bon", "--config", "align/bon_tiny_ltx2", f"generator.name={folder}", f"out_dir={tmp_path / 'bon'}", "n=2"]) == 0
+    assert len((tmp_path / "bon" / "candidates.jsonl").read_text().splitlines()) == 2 * 2
+    assert main(["flow-grpo", "--config", "align/flow_grpo_tiny_ltx2", f"generator.name={folder}", f"out_dir={tmp_path / 'grpo'}", "steps=1",
+                 "group_size=2", "sample_batch_size=2", "train_batch_size=2", "log_with=none", "checkpoint_every=0"]) == 0
+    assert (tmp_path / "grpo" / "lora").is_dir()
