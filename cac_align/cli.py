@@ -95,12 +95,57 @@ def _default_text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip().removesuffix("\n...").strip()
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's line of a config class's docstring ("Attributes:", Google style), read through its bases
+    (``nft``'s config extends ``flow-grpo``'s): ``{name: its description, continuation lines joined}``; a line
+    naming several fields (``dtype, vae_dtype: ...``) gives each the same."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = inspect.getdoc(klass) if klass.__doc__ else None
+        found = re.search(r"^Attributes:\s*$", text or "", re.M)
+        if found is None:
+            continue
+        names: list[str] = []
+        for line in text[found.end():].splitlines():  # type: ignore[index]
+            if not line.strip() or not line.startswith(" "):
+                if not line.startswith(" ") and line.strip():
+                    break
+                names = []
+                continue
+            head = re.match(r"^    ([A-Za-z_][\w]*(?:, [A-Za-z_][\w]*)*):\s*(.*)$", line)
+            if head and not line.startswith("     "):
+                names = head.group(1).split(", ")
+                docs.update(dict.fromkeys(names, head.group(2).strip()))
+            elif names:
+                docs.update({name: f"{docs[name]} {line.strip()}" for name in names})
+    return docs
+
+
+def _one_line(text: str, most: int = 110) -> str:
+    """The first sentence of ``text`` (a period and a space outside parentheses ends it), or its first ``most``
+    characters, cut at a word."""
+    depth, end = 0, len(text)
+    for k, char in enumerate(text):
+        depth += char in "([{" and 1 or (-1 if char in ")]}" else 0)
+        if char == "." and depth <= 0 and text[k + 1: k + 2] in (" ", "") and text[k - 1: k] != ".":
+            end = k
+            break
+    sentence = " ".join(text[:end].split())
+    return sentence if len(sentence) <= most else sentence[:most].rsplit(" ", 1)[0] + " ..."
+
+
 def settings_help(config_class: type) -> str:
-    """Every setting of a job's config dataclass with its default, nested sections as dotted keys
-    (``lora.rank``), in the class's order: the defaults a recipe's omitted keys take."""
-    rows: list[tuple[str, str]] = []
+    """Every setting of a job's config dataclass, nested sections as dotted keys (``lora.rank``), in the
+    class's order: its default (what a recipe's omitted key takes), the values it allows where they are
+    few (a class's ``CHOICES``; true / false), and one line of what it does (the class's docstring)."""
+    rows: list[tuple[str, str, str]] = []
 
     def walk(owner: Any, prefix: str) -> None:
+        cls = owner if isinstance(owner, type) else type(owner)
+        docs, choices = field_docs(cls), getattr(cls, "CHOICES", {})
         for field in dataclasses.fields(owner):
             if isinstance(owner, type):  # the class: a field's default, or its factory's value
                 if field.default is not dataclasses.MISSING:
@@ -113,14 +158,17 @@ def settings_help(config_class: type) -> str:
                 value = getattr(owner, field.name)
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 walk(value, f"{prefix}{field.name}.")
-            else:
-                rows.append((prefix + field.name, _default_text(value)))
+                continue
+            allowed = choices.get(field.name) or (("true", "false") if isinstance(value, bool) else ())
+            what = _one_line(docs.get(field.name, ""))
+            rows.append((prefix + field.name, _default_text(value), (f"[{' | '.join(map(str, allowed))}] " if allowed else "") + what))
 
     walk(config_class, "")
-    width = max(len(key) for key, _ in rows)
-    return "\n".join([("settings, with their defaults (set them in the recipe or as key=value; null: unset, the job or the model's own files "
-                       "decide; --print-config shows a recipe's resolved values):"),
-                      *(f"  {key:{width}s}  {text}" for key, text in rows)])
+    width = max(len(key) for key, _, _ in rows)
+    shown = max(len(text) for _, text, _ in rows if len(text) <= 24) if rows else 0
+    return "\n".join([("settings: default, [the values it takes], what it does (set them in the recipe or as key=value; null: unset, the job "
+                       "or the model's own files decide; --print-config shows a recipe's resolved values):"),
+                      *(f"  {key:{width}s}  {text:{shown}s}  {what}".rstrip() for key, text, what in rows)])
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -161,7 +209,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="The shipped recipes, by the names --config takes from any folder (score/cac_demo, ...).",
     )
     recipes.add_argument("action", nargs="?", choices=["list", "cp"], default="list", help="list (default) or cp")
-    recipes.add_argument("name", nargs="?", help="cp: the recipe's name (score/cac_demo)")
+    recipes.add_argument("name", nargs="?", help="list: a word their name or description holds (sound); cp: the recipe's name (score/cac_demo)")
     recipes.add_argument("dest", nargs="?", type=Path, help="cp: a file or a folder to copy it into")
     return parser
 
@@ -174,10 +222,16 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
 
     from cac_align.config import SHIPPED_RECIPES, find_recipe, shipped_recipes
 
-    if action == "list":
-        for recipe in shipped_recipes():
-            first = (SHIPPED_RECIPES / f"{recipe}.yaml").read_text(encoding="utf-8").splitlines()[:1]
-            print(f"{recipe:40s} {first[0].lstrip('# ') if first else ''}")
+    if action == "list":  # `recipes list [WORD]`: those whose name or description holds WORD
+        shown = [(recipe, recipe_description(SHIPPED_RECIPES / f"{recipe}.yaml")) for recipe in shipped_recipes()]
+        if name is not None:
+            shown = [(recipe, text) for recipe, text in shown if name.lower() in f"{recipe} {text}".lower()]
+            if not shown:
+                raise RecipeError(f"no shipped recipe's name or description holds {name!r}; `cac-align recipes` lists them all")
+        width = max(len(recipe) for recipe, _ in shown)
+        for recipe, text in shown:
+            print(f"{recipe:{width}s}  {text}")
+        print(f"({len(shown)} recipes; each one's first line is the command that runs it: `cac-align recipes cp NAME .` copies it out)")
         return 0
     if name is None or dest is None:
         raise RecipeError("recipes cp needs a recipe's name and a destination: cac-align recipes cp score/cac_demo my_recipe.yaml")
@@ -193,6 +247,19 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
     else:  # a file a recipe reads (a prompt list, the tiny rows of data/convert_tiny)
         print(f"copied {source} to {target}")
     return 0
+
+
+def recipe_description(recipe: Path) -> str:
+    """A shipped recipe's one line: the first sentence of its header after the command (its second and following
+    comment lines), else the command itself."""
+    lines = recipe.read_text(encoding="utf-8").splitlines()
+    header = []
+    for line in lines[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("# ").strip())
+    text = " ".join(part for part in header if part)
+    return _one_line(text, 100) if text else (lines[0].lstrip("# ") if lines else "")
 
 
 def _recipe_job(recipe: Path) -> str | None:

@@ -26,6 +26,9 @@ def test_installed_console_script_lists_jobs():
     from cac_align.gen.family import families
 
     assert all(family.title in out for family in families()) and "MiniMax-H3" in out  # the families, from the one list
+    joined = " ".join(out.split())  # argparse wraps the job lines: what they say of the sound (issue #100, item 7)
+    assert "on any reward, its sound too (audio=trained" in joined and "on a video reward" not in joined
+    assert "Best-of-N video generation on every family" in joined and "(Wan-2.1, Wan2.2, LTX-2 with its sound)" not in joined
 
 
 def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
@@ -237,32 +240,56 @@ def test_help_exits_zero(argv):
     assert exc.value.code == 0
 
 
-def test_a_jobs_help_lists_its_settings_with_their_defaults(capsys):
-    """``cac-align <job> --help`` ends with every setting of the job's config class and its default
-    (FlowGrpoConfig / BonConfig), nested sections as dotted keys (the top help imports no job for them:
-    test_installed_console_script_lists_jobs)."""
+def _settings(out: str) -> dict[str, tuple[str, str]]:
+    """``{key: (default, the rest)}`` of the settings a job's help lists (two spaces or more between columns)."""
     import re
 
+    rows = out.split("settings: default, [the values it takes], what it does")[1].splitlines()[1:]
+    found = [re.match(r"^  (\S+)  +((?:(?! {2}).)+?)(?: {2,}(.*))?$", row) for row in rows if row.startswith("  ")]
+    return {m.group(1): (m.group(2), m.group(3) or "") for m in found if m}
+
+
+def test_a_jobs_help_lists_its_settings_with_their_defaults_values_and_what_they_do(capsys):
+    """``cac-align <job> --help`` ends with every setting of the job's config class: its default (FlowGrpoConfig /
+    BonConfig), nested sections as dotted keys, the values it takes where they are few, and one line of what it does
+    from the class's docstring (issue #100, item 7; the top help imports no job for them:
+    test_installed_console_script_lists_jobs)."""
     for argv in (["flow-grpo", "--help"], ["bon", "-h"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
-        out = capsys.readouterr().out
-        settings = dict(re.findall(r"^  (\S+)  +(.+)$", out.split("settings, with their defaults")[1], re.M))
+        settings = _settings(capsys.readouterr().out)
+        defaults = {key: default for key, (default, _) in settings.items()}
         if argv[0] == "flow-grpo":  # the paper's defaults in FlowGrpoConfig (CaC §4.2: group 16, noise 0.3, LoRA rank 32)
-            assert {k: settings[k] for k in ("group_size", "noise_level", "steps", "lora.rank", "out_dir", "eval_prompts", "reward",
+            assert {k: defaults[k] for k in ("group_size", "noise_level", "steps", "lora.rank", "out_dir", "eval_prompts", "reward",
                                              "advantage.localize.enabled", "learning_rate")} == {
                 "group_size": "16", "noise_level": "0.3", "steps": "120", "lora.rank": "32", "out_dir": "??? (required)",
                 "eval_prompts": "null", "reward": "{name: ur_cac}", "advantage.localize.enabled": "false", "learning_rate": "0.0001"}
             # 89, issue #89's four: audio, audio_rewards_blind_ok, advantage.routing, watch.components; #92's optimizer,
             # parallel.share_encoders and parallel.share_dir
             assert len(settings) == 96 and "generator.name" in settings and "parallel.shard" in settings
-            assert settings["parallel.share_encoders"] == "null" and settings["parallel.share_dir"] == "null"
-            assert settings["optimizer"] == "adamw"
-            assert {k: settings[k] for k in ("audio", "audio_rewards_blind_ok", "advantage.routing", "watch.components")} == {
+            assert defaults["parallel.share_encoders"] == "null" and defaults["parallel.share_dir"] == "null"
+            assert defaults["optimizer"] == "adamw"
+            assert {k: defaults[k] for k in ("audio", "audio_rewards_blind_ok", "advantage.routing", "watch.components")} == {
                 "audio": "frozen", "audio_rewards_blind_ok": "false", "advantage.routing": "summed", "watch.components": "true"}
+            # what the new user met: audio and routing without their other values or a word of what they do
+            assert settings["audio"][1].startswith("[frozen | trained] ") and "sound" in settings["audio"][1]
+            assert settings["advantage.routing"][1].startswith("[summed | routed] ") and "advantage" in settings["advantage.routing"][1]
+            assert settings["parallel.shard"][1].startswith("[none | fsdp2] ") and settings["watch.stop"][1].startswith("[true | false] ")
         else:
-            assert settings["n"] == "5" and settings["prompts"] == "??? (required)" and settings["generator.name"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+            assert defaults["n"] == "5" and defaults["prompts"] == "??? (required)" and defaults["generator.name"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def test_every_setting_of_every_job_says_what_it_does():
+    """Each job's config documents each of its settings ("Attributes:" of its class and its sections' classes), so
+    every line of every job's help says what the setting does."""
+    from cac_align.cli import settings_help
+    from cac_align.jobs import JOBS
+
+    for spec in JOBS.values():
+        rows = _settings("settings: default, [the values it takes], what it does\n" + settings_help(spec.config_class()).split("\n", 1)[1])
+        silent = [key for key, (_, what) in rows.items() if not what.replace("[true | false]", "").strip()]
+        assert rows and not silent, f"{spec.name}: {silent}"
 
 
 def test_print_config_shows_the_defaults_without_a_recipe(capsys):

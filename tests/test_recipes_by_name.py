@@ -59,8 +59,15 @@ def test_recipes_lists_and_copies(tmp_path, monkeypatch, capsys):
     assert "score/cac_demo" in names and "align/flow_grpo_tiny" in names and not any(n.startswith("accelerate/") for n in names)
     assert len(names) == len([p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.parent.name != "accelerate"])
     assert main(["recipes"]) == 0
-    listed = capsys.readouterr().out
-    assert "score/cac_demo" in listed and "cac-align score --config recipes/score/cac_demo.yaml" in listed
+    listed = capsys.readouterr().out.splitlines()
+    # one line a recipe: its name and its header's first sentence (issue #100, item 7)
+    (demo,) = [line for line in listed if line.startswith("score/cac_demo ")]
+    assert "Offline demo with the shipped cac-demo model" in demo and len(listed) == len(names) + 1
+    assert main(["recipes", "list", "sound"]) == 0  # a filter on the name and the description
+    sound = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:-1]]
+    assert "align/flow_grpo_tiny_ltx2_sound" in sound and "score/cac_demo" not in sound and all(n in names for n in sound)
+    assert main(["recipes", "list", "no-such-word-anywhere"]) == 2
+    capsys.readouterr()
     monkeypatch.chdir(tmp_path)
     assert main(["recipes", "cp", "score/cac_demo", "edit"]) == 0  # "edit" is a new file name here
     assert capsys.readouterr().out.endswith(": edit it, then cac-align score --config edit\n")  # the recipe's own job

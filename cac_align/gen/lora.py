@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from peft import LoraConfig
@@ -48,6 +48,10 @@ class LoraSettings:
             SDE steps 1-3 of 10, all high-noise), miles_diffusion loads and trains ``transformer``
             alone on high-noise steps, and verl-omni's trainer calls ``transformer`` only.
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"experts": LORA_EXPERTS}
+
 
     rank: int = 32
     alpha: float = 64.0

@@ -49,7 +49,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,10 @@ class ParallelSettings:
             static cache compiles (:data:`DEFAULT_TIMEOUT_S`). It changes no sample: a resumed run
             may change it.
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"shard": PARALLEL_SHARDS}
+
 
     shard: str = "none"
     context_parallel: int = 1

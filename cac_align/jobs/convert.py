@@ -28,9 +28,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Sequence
 
 from omegaconf import MISSING
+
+from cac_align.data.convert.videophy2 import PROMPT_FROM
 
 __all__ = ["ConvertConfig", "ConvertSource", "FORMATS", "run"]
 
@@ -104,6 +106,10 @@ class ConvertConfig:
         strict: fail (write nothing) when any row is bad, instead of reporting it.
         overwrite: replace a convert run of another config in ``out_dir`` (its outputs only).
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"format": FORMATS, "box_scale": BOX_SCALES, "prompt_from": PROMPT_FROM}
+
 
     out_dir: str = MISSING
     sources: list[ConvertSource] = field(default_factory=list)

@@ -51,7 +51,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
-from cac_align.run.metrics import end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
+from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 
 __all__ = ["DpoConfig", "run"]
 
@@ -125,6 +125,10 @@ class DpoConfig:
         resume: continue from the latest checkpoint in ``out_dir``.
         overwrite: replace another run in ``out_dir`` (its outputs only).
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"mixed_precision": ("no", "bf16", "fp16"), "log_with": tuple(LOG_WITH)}
+
 
     out_dir: str = MISSING
     pairs: list[str] = MISSING

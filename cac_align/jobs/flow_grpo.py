@@ -48,7 +48,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ from cac_align.rl.routing import AdvantageSettings
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
-from cac_align.run.metrics import end_trackers, log_metrics, start_trackers, trackers_for
+from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, start_trackers, trackers_for
 from cac_align.run.watch import RunWatch, WatchSettings
 from cac_align.video import Video, save_video
 from cac_align.vlm.config import served_urls
@@ -181,6 +181,11 @@ class FlowGrpoConfig:
         resume: continue from the latest checkpoint in ``out_dir``.
         overwrite: replace a different run in ``out_dir``.
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"audio": AUDIO_MODES, "optimizer": OPTIMIZERS, "noise_schedule": NOISE_SCHEDULES, "adv_std": ("group", "global"),
+                                                       "mixed_precision": ("no", "bf16", "fp16"), "log_with": tuple(LOG_WITH)}
+
 
     out_dir: str = MISSING
     prompts: str = MISSING

@@ -34,7 +34,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -72,6 +72,10 @@ class NftConfig(FlowGrpoConfig):
             ``config.train.beta``: 1e-4; 0 skips the reference forward).
         noise_level: must stay 0: NFT samples with the ODE.
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {**FlowGrpoConfig.CHOICES, "adv_mode": ADV_MODES, "decay_type": tuple(DECAY_SCHEDULES)}
+
 
     nft_beta: float = 1.0
     adv_mode: str = "all"

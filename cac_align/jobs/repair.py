@@ -56,7 +56,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 from omegaconf import MISSING
@@ -83,8 +83,8 @@ class RepairConfig:
     Attributes:
         out_dir: the run folder.
         videos: a video file, a folder of videos, or a JSONL manifest of {"video", "prompt"} (as
-            ``score`` takes them); prompts: their prompts, as ``score`` pairs them (a folder's by name:
-            ``name<TAB>prompt`` lines).
+            ``score`` takes them).
+        prompts: their prompts, as ``score`` pairs them (a folder's by name: ``name<TAB>prompt`` lines).
         scored: a finished ``score`` run's results.jsonl instead: its videos, prompts, scores and
             evidence are reused (its ``reward`` must be the judge named here, to judge the repairs).
         synth_videos, synth, synth_seed: an offline demo: render this many synthetic videos (the
@@ -102,6 +102,10 @@ class RepairConfig:
         seed: base seed; attempt ``a`` of video ``i`` uses ``seed + i * attempts + a``.
         overwrite: replace a repair run of another config in ``out_dir`` (its outputs only).
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"feedback": FEEDBACK}
+
 
     out_dir: str = MISSING
     videos: str | None = None

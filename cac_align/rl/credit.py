@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -113,6 +113,10 @@ class LocalizeSettings:
         adv_clamp: ``estimator: vipo``: ``A * M`` is clamped to ``[-adv_clamp, adv_clamp]``
             (ViPO: 5.0).
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"apply_to": APPLY_TO, "edges": EDGES, "estimator": ESTIMATORS}
+
 
     enabled: bool = False
     source: str = "auto"

@@ -28,7 +28,7 @@ spread evenly over the clip). The map is ``outside + (inside - outside) * covere
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -195,6 +195,10 @@ class AdvantageSettings:
             the latents of the modality it judges: :mod:`cac_align.rl.routing`; docs/audio.md,
             "Routing"). Routed needs ``audio: trained`` (the audio latents take the audio's share).
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"routing": ROUTINGS}
+
 
     localize: LocalizeSettings = field(default_factory=LocalizeSettings)
     shuffle_scores: bool = False

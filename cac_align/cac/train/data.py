@@ -38,10 +38,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from cac_align.cac.prompts import PROMPT_STYLES
 from cac_align.cac.schema import AnnotationRecord, Anomaly
 from cac_align.cac.train.collate import encode_chat
 from cac_align.cac.train.targets import _EPS, anomaly_json, answer_json, checklist_cot, clip_boxes, frames_shown, on_screen, template_local_cot, template_video_cot
@@ -102,6 +103,10 @@ class DataConfig:
             is a one-turn chat and the two-turn form is first seen in stage 3. A small model
             trained from scratch never answers a second turn without it (docs/cac_training.md).
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"prompt_style": PROMPT_STYLES, "template_cot": TEMPLATE_COTS}
+
 
     splits: dict[str, float] = field(default_factory=lambda: {"stage1": 0.3, "stage2": 0.4, "stage3": 0.2, "eval": 0.1})
     seed: int = 0

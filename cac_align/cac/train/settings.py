@@ -8,14 +8,14 @@ the other, and so a recipe is checked without loading a trainer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Sequence
 
 from omegaconf import MISSING
 
 from cac_align.cac.train.data import DataConfig
 from cac_align.cac.train.rewards import PAPER_WEIGHTS
 from cac_align.cac.train.stream import StreamConfig
-from cac_align.run.metrics import trackers_for
+from cac_align.run.metrics import LOG_WITH, trackers_for
 from cac_align.vlm.backend import MAX_NEW_TOKENS
 
 __all__ = ["SAMPLERS", "GrpoSettings", "LoraSettings", "RUN_ONLY_KEYS", "TrainCaCConfig", "TrainSettings"]
@@ -57,6 +57,10 @@ class GrpoSettings:
         videos_per_step: videos per optimizer step over all processes (CaC: 8 videos x G 8 = 64
             rollouts); None: derived from the batch settings as above.
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"sampler": SAMPLERS, "cache": ("auto", "dynamic", "static")}
+
 
     group_size: int = 8
     iterations: int = 1
@@ -105,8 +109,15 @@ class GrpoSettings:
 
 @dataclass
 class LoraSettings:
-    """LoRA of stage 1 (and of stage 3 with ``finetune: lora``). ``target_modules: all-linear``
-    covers the vision encoder, merger and LLM (every linear layer but the output head)."""
+    """LoRA of stage 1 (and of stage 3 with ``finetune: lora``).
+
+    Attributes:
+        r: its rank (CaC §4: 32).
+        alpha: its scale's numerator (scale = alpha / r).
+        dropout: peft's LoRA dropout.
+        target_modules: the layers adapted; ``all-linear`` covers the vision encoder, merger and LLM
+            (every linear layer but the output head).
+    """
 
     r: int = 32
     alpha: int = 64
@@ -123,6 +134,12 @@ class TrainSettings:
         num_epochs, max_steps: training length (``max_steps > 0`` wins).
         per_device_batch_size, gradient_accumulation_steps: effective batch =
             per_device_batch_size x processes x gradient_accumulation_steps.
+        warmup_ratio: the share of the steps the learning rate warms up over.
+        lr_scheduler: transformers' schedule name ("cosine", "linear", "constant", ...).
+        weight_decay: AdamW's weight decay.
+        max_grad_norm: gradient clipping.
+        save_total_limit: checkpoints kept (null: all).
+        seed: the run's seed (data order, LoRA init, sampling).
         bf16: bf16 autocast (needs a GPU with bf16 or a recent CPU).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
         eval_steps, save_steps, logging_steps: in optimizer steps; eval_steps 0 = no eval. A
@@ -208,6 +225,10 @@ class TrainCaCConfig:
         resume: continue from the newest checkpoint in ``out_dir`` (the config must match).
         overwrite: start again in a folder holding another run.
     """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"finetune": ("lora", "full"), "log_with": tuple(LOG_WITH)}
+
 
     stage: int = MISSING
     annotations: str | None = None

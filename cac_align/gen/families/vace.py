@@ -61,7 +61,8 @@ class RegeneratorConfig:
             ``save_pretrained`` folder, or ``tiny-random:wan-vace`` / ``tiny-random:wan22-vace-a14b``
             (tiny random VACEs of the two layouts built in-process: meaningless output, for tests
             and demos of the mechanism).
-        dtype: transformer and text-encoder dtype (bf16 on GPU); vae_dtype: Wan recommends float32.
+        dtype: transformer and text-encoder dtype (bf16 on GPU).
+        vae_dtype: the VAE's dtype (Wan recommends float32).
         device: "auto", "cpu", "cuda", ...
         The settings below left unset (null) take the model's own (its family's ``defaults``); one
         the model has no use for (``conditioning_scale`` on LTX-2, ``stg_scale`` on VACE) is an
@@ -74,9 +75,10 @@ class RegeneratorConfig:
             LTX-2: 3.0).
         guidance_scale_2: a two-expert VACE's low-noise scale (None: ``guidance_scale``, as the
             pipeline defaults); an error with one transformer.
-        stg_scale, modality_scale, guidance_rescale, audio_guidance_scale, audio_stg_scale,
-            audio_modality_scale, audio_guidance_rescale, stg_blocks: LTX-2's other guidance
+        stg_scale, modality_scale, guidance_rescale: LTX-2's other guidance for the video
             (:class:`~cac_align.gen.generator.GeneratorConfig`), the release's by default.
+        audio_guidance_scale, audio_stg_scale, audio_modality_scale, audio_guidance_rescale: the same for its audio.
+        stg_blocks: LTX-2: the transformer blocks perturbed by spatio-temporal guidance.
         negative_prompt: None: the model's default negative prompt; "": none.
         conditioning_scale: how strongly VACE follows the kept frames (diffusers' default 1.0).
         max_sequence_length: text tokens (Wan: 512; LTX-2: 1024).
