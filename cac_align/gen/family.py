@@ -728,7 +728,8 @@ def ratios_from_configs(vae: Mapping[str, Any], transformer: Mapping[str, Any]) 
     time compression x the patch's frames; None where either file does not say (the VAE names no
     compression, the transformer no patch)."""
     spatial, temporal = _positive_int(vae, _SPATIAL_FIELDS), _positive_int(vae, _TEMPORAL_FIELDS)
-    if spatial is None or temporal is None:  # null in the file (diffusers writes null where its class derives them)
+    nulls = [field for field in (*_SPATIAL_FIELDS, *_TEMPORAL_FIELDS) if field in vae and vae[field] is None]
+    if (spatial is None or temporal is None) and nulls:  # null in the file: diffusers writes null where its class derives them
         derived = _derived_ratios(json.dumps(dict(vae), sort_keys=True, default=str))
         spatial, temporal = spatial or derived[0], temporal or derived[1]
     patch = transformer.get("patch_size")
