@@ -2,7 +2,8 @@
 
 :func:`summary_lines` reads a run's ``metrics.jsonl`` (the rows every process agreed on, written by
 the main process) and says, in the job's own name: the trained reward's first and last value and
-each component's; the held-out evaluation's and each held-out judge's; the watch's alarms; and
+each component's; how many steps trained nothing and why (a reward server down, no valid reward, no
+variance in any group); the held-out evaluation's and each held-out judge's; the watch's alarms; and
 where the metrics, TensorBoard's logs and the picture are. :func:`reward_plot` draws
 ``reward.png``: the reward per step, one curve per component, the held-out evaluation dashed.
 Both read only the file, so what they say equals what it holds.
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REWARD_PNG", "reward_curves", "reward_plot", "summary_lines"]
+__all__ = ["REWARD_PNG", "idle_steps", "reward_curves", "reward_plot", "summary_lines"]
 
 REWARD_PNG = "reward.png"
 _COMPONENT = re.compile(r"^reward/(.+)_mean$")  # reward/brightness_mean, reward/cac_mean, ...
@@ -61,6 +62,30 @@ def _change(name: str, curve: tuple[list[int], list[float]]) -> str:
     return f"{name} {values[0]:.4f} (step {steps[0]}) -> {values[-1]:.4f} (step {steps[-1]})"
 
 
+def idle_steps(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """The logged steps that made no update (no ``train/timesteps``: the trainer's update never ran), by why,
+    read from the step's own numbers: the reward's server was down for every sample (``reward/down_fraction``
+    1), no sample got a valid reward, or every group's rewards were equal (no advantage to train on)."""
+    idle: dict[str, list[int]] = {}
+    for row in rows:
+        if "train/timesteps" in row:
+            continue
+        if _finite(row.get("reward/down_fraction")) and row["reward/down_fraction"] >= 1:
+            why = "the reward's server was down: no sample was scored"
+        elif not _finite(row.get("reward/mean")) or row.get("reward/valid_fraction") == 0:
+            why = "no sample got a valid reward"
+        elif row.get("trained_fraction") == 0 or row.get("zero_std_fraction") == 1:
+            why = "every group's rewards were equal: no advantage"
+        else:
+            why = "no update"
+        idle.setdefault(why, []).append(int(row["step"]))
+    return idle
+
+
+def _steps(steps: list[int]) -> str:
+    return ("step " if len(steps) == 1 else "steps ") + ", ".join(map(str, steps))
+
+
 def summary_lines(out: Path, job: str) -> list[str]:
     """What a training run ends with, from its ``metrics.jsonl`` (module docstring)."""
     rows = _rows(out)
@@ -72,6 +97,11 @@ def summary_lines(out: Path, job: str) -> list[str]:
         parts = [_change("reward", curves["reward/mean"])]
         parts += [_change(match.group(1), curve) for key, curve in curves.items() if (match := _COMPONENT.match(key))]
         lines.append(f"{job}: " + "; ".join(parts))
+    idle = idle_steps(rows)
+    if idle:
+        said = "; ".join(f"{_steps(steps)} ({why})" for why, steps in idle.items())
+        count = sum(len(steps) for steps in idle.values())
+        lines.append(f"{job}: {count} of {len(rows)} step{'s' if len(rows) != 1 else ''} trained nothing: {said}")
     held_out = [_change("held-out reward" if key == "eval/reward_mean" else f"held-out {_JUDGE.match(key).group(1)}", curve)  # type: ignore[union-attr]
                 for key, curve in curves.items() if key.startswith("eval/")]
     alarms = sum(int(row["watch/alarms"]) for row in rows if _finite(row.get("watch/alarms")))
