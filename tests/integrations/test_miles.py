@@ -133,3 +133,21 @@ def test_a_served_judge_scores_their_samples(theirs, tmp_path):
         direct = build_reward(section)([v.permute(1, 0, 2, 3) for v in videos], ["a cat"] * 2, [{"fps": 8}] * 2)
     assert direct.valid.all() and rewards == pytest.approx(direct.scores.tolist())
     assert [m for m in adapter.loaded_models() if '"openai"' in m]  # a client, no model in this process
+
+
+def test_no_soundtrack_reaches_a_reward_that_hears_under_miles(theirs, tmp_path):
+    """Issue #100, item 6 (docs/audio.md, "Inside other trainers"): their sample is frames only, so a reward that hears
+    (the toy `loudness`) finds no soundtrack: under `invalid: fail` the rollout stops saying so, never a made-up score."""
+    sections = {"loud": {"name": "loudness"}}
+    with pytest.raises(RewardError, match=r"miles reward 'loud': a sample could not be scored \(.*soundtrack"):
+        rollout(theirs, tmp_path, {"reward": "loud", "sections": sections, "fps": 16}, [cthw([0.5] * 5)])
+
+
+def test_the_sound_sections_example_validates():
+    """examples/sound_rewards.yaml's sections (docs/audio.md) are valid reward sections, each that hears."""
+    from cac_align.rewards.registry import REWARDS, reward_config
+
+    sections = yaml.safe_load((REPO_ROOT / "examples" / "sound_rewards.yaml").read_text())
+    assert sorted(sections) == ["audiobox", "clap", "sync"]
+    for key, section in sections.items():
+        assert reward_config(section, key)[0] == key and key in REWARDS
