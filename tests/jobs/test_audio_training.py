@@ -311,3 +311,20 @@ def test_the_tiny_sound_recipe_runs_from_the_command_line(tmp_path):
     (row,) = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert row["localize/windowed_fraction"] == 1.0 and row["reward/valid_fraction"] == 1.0 and "train/audio_policy_loss" in row
     assert {"reward/brightness_raw_mean", "reward/loudness_raw_mean", "reward/toy_sync_raw_mean"} <= set(row)
+    # the demo shows routing (issue #100, item 5): its audio reward varies within the group, so the audio latents take
+    # an advantage of their own, not the video's
+    assert row["reward/loudness_raw_std"] > 1e-5
+    assert abs(row["advantage/video_abs_mean"] - row["advantage/audio_abs_mean"]) > 1e-3
+
+
+@pytest.mark.slow  # the shipped tiny Kandinsky 6 sound recipe through the CLI (about 10 s)
+def test_the_tiny_kandinsky6_sound_recipe_trains_its_sound_routed(tmp_path):
+    """Issue #100, item 5: Kandinsky 6's sound, trained and routed, offline: its loudness varies within the group and the
+    audio latents take an advantage of their own."""
+    from cac_align.cli import main
+
+    assert main(["flow-grpo", "--config", str(RECIPES / "flow_grpo_tiny_kandinsky6_sound.yaml"), f"out_dir={tmp_path / 'run'}", "steps=1",
+                 "checkpoint_every=0"]) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert row["reward/valid_fraction"] == 1.0 and "train/audio_policy_loss" in row and row["reward/loudness_raw_std"] > 1e-5
+    assert abs(row["advantage/video_abs_mean"] - row["advantage/audio_abs_mean"]) > 1e-3

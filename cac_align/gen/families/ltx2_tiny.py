@@ -158,6 +158,12 @@ def build_tiny_ltx2_pipeline(seed: int = 0, version: str = "2.0") -> Any:
     transformer, connectors = _ltx2_transformer(new), _ltx2_connectors(new)
     vae, audio_vae, vocoder = _ltx2_video_vae(new), _ltx2_audio_vae(), _ltx2_vocoder(new)
     with torch.no_grad():  # latent statistics other than 0 and 1, as a checkpoint's, so (de)normalising is exercised
+        # the vocoder's upsampling convolutions at 3x diffusers' initial scale: at its own, the tiny vocoder's waveform
+        # is its biases' (two latents 3x apart gave waveforms 3e-6 apart), so no reward that hears could tell two
+        # samples apart, and a sound demo could not show routing (issue #100); at 3x they are 0.19 apart
+        for module in vocoder.modules():
+            if isinstance(module, torch.nn.ConvTranspose1d):
+                module.weight.mul_(3.0)
         vae.latents_mean.copy_(0.1 * torch.randn(_VIDEO_LATENT))
         vae.latents_std.copy_(0.5 + torch.rand(_VIDEO_LATENT))
         audio_vae.latents_mean.copy_(0.1 * torch.randn(_AUDIO_TOKEN))
