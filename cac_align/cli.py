@@ -626,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _third_party_quiet(not getattr(args, "verbose", False))
     previous_sigint = _ctrl_c_raises()
     config = None
+    completed = False
     try:
         if args.command == "check-recipe":
             return _check_recipes(args.recipes, args.processes, args.gpu_gib, args.gpu_gb)
@@ -641,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(spec.config_class(), args.config, overrides, job=spec.name)
         with running_recipe(args.config):  # a "no such file" speaks of recipes only when there is one
             spec.runner()(config)
+        completed = True
         return 0
     except _user_errors() as exc:
         _say(f"cac-align {args.command}: error: {exc}")
@@ -666,8 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _record_for_torchrun(exc)
         return 1
     finally:
+        from cac_align.run.dist import end_processes
         from cac_align.run.folder import release_locks
 
+        end_processes(completed)  # every job's process group ends here, the same way (a run of many processes)
         release_locks()  # the job's out_dir is free for the next run (main may run again in-process)
         if previous_sigint is not None:  # main may run in-process: leave the caller's handler as it was
             signal.signal(signal.SIGINT, previous_sigint)

@@ -1,5 +1,6 @@
 """Work split over processes: which items a step takes, on which process, with which seed,
-and gathers of per-process numbers (both GRPO trainers: ``flow-grpo`` and CaC's stage 3)."""
+and gathers of per-process numbers (both GRPO trainers: ``flow-grpo`` and CaC's stage 3); and how a
+process of a multi-process run ends (:func:`end_processes`, every job's, through the CLI)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["derive_seed", "gather_floats", "next_setting", "per_process", "process_counts", "step_indices"]
+__all__ = ["derive_seed", "end_processes", "gather_floats", "next_setting", "per_process", "process_counts", "step_indices"]
 
 
 def step_indices(count: int, per_step: int, step: int, seed: int | Sequence[int]) -> list[int]:
@@ -99,3 +100,35 @@ def gather_floats(accelerator: Accelerator, values: Sequence[float] | np.ndarray
 
     tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=accelerator.device)
     return accelerator.gather(tensor).cpu().numpy()
+
+
+def end_processes(completed: bool = True) -> None:
+    """End this process's part of a multi-process run, the same way for every job (the CLI calls it once
+    a job returns or raises: ``train-cac``'s stages, ``flow-grpo``, ``nft``, ``dpo``, ``bon``, ``score``).
+
+    The objects a run leaves in reference cycles (a DDP- or FSDP-wrapped model with its hooks, a Trainer,
+    an Accelerator) are collected first, while the interpreter is whole; then, where a default process
+    group exists, every process waits for the others (``completed``: a run that failed on this process
+    does not wait for peers that may be gone) and the group is destroyed. Left to the interpreter's own
+    teardown, the group and its C++ threads were destroyed after Python's finalization had begun, and a
+    2-process gloo launch could abort there ("terminate called without an active exception") after its
+    files were written: a finished job reported as failed."""
+    import gc
+    import sys
+
+    gc.collect()
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to end (and no torch to load for it)
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return
+    if completed:
+        try:
+            dist.barrier()
+        except Exception:  # a peer died after this process finished (its own failure is what the launch reports)
+            pass
+    dist.destroy_process_group()
+    try:  # accelerate's shared state still names the group it made: a later Accelerator in this process makes its own
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
