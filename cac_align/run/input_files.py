@@ -51,7 +51,8 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     one, and a name that is no video of the set is refused. A plain list of prompts (one a line) is
     paired in order only with videos whose order the user wrote: one video file, or a manifest; with
     a folder of several it is refused in one line (sorted file names are not an order anyone chose:
-    ``drums.mp4`` would take the first line). Blank lines are skipped (:func:`prompt_pairs`).
+    ``drums.mp4`` would take the first line). Blank lines are skipped (:func:`prompt_pairs`), and a
+    manifest's empty ``"prompt"`` is no prompt (as an annotation file writes an unknown one).
 
     Raises:
         RecipeError: no such file or folder; no video; a manifest line without a ``video``; a prompts
@@ -81,7 +82,7 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
             if prompt is not None and not isinstance(prompt, str):
                 raise RecipeError(f"{path}: line {number}: 'prompt' must be a string (or absent), got {type(prompt).__name__} {prompt!r}")
             paths.append(str(video if video.is_absolute() else path.parent / video))
-            manifest_prompts.append(prompt)
+            manifest_prompts.append(prompt if prompt is None or prompt.strip() else None)  # "" in a manifest: no prompt given
         if not paths:
             raise RecipeError(f"videos={videos!r}: the manifest holds no videos")
     else:
