@@ -276,3 +276,30 @@ def test_the_real_recipes_header_is_the_memory_plans_gpu_count(tmp_path, hub_cac
     assert 60 < four < h100 and peak(2)[0] > h100
     assert 29e9 < sum(t.parameters for t in plan.inputs["counts"].transformers) < 31e9  # the README's 29 B
     assert peak(16, frames=125)[0] > h100  # the release's 125 frames: no sharding fits them (header)
+
+
+def test_a_lora_we_write_loads_into_diffusers_own_kandinsky6_as_docs_say(tmp_path):
+    """docs/using_your_lora.md (issue #100, item 10): Kandinsky6TI2VAPipeline has no load_lora_weights; the file our
+    trainers write loads with ``pipe.transformer.load_lora_adapter(folder, weight_name=..., prefix="transformer")`` and
+    gives the trained weights (B nonzero here, as a trained LoRA's), in a fresh pipeline built by diffusers' classes."""
+    import torch
+
+    from cac_align.gen.family import family_of
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, save_lora
+    from cac_align.gen.lora import LoraSettings, add_lora
+
+    family = family_of("tiny-random:kandinsky6")
+    trained = family.build_tiny("tiny-random:kandinsky6", seed=0)
+    assert not hasattr(trained, "load_lora_weights")
+    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=list(family.lora_target_modules)), seed=0)
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
+    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=family.pipeline_class)
+    fresh = family.build_tiny("tiny-random:kandinsky6", seed=0)
+    fresh.transformer.load_lora_adapter(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME, prefix="transformer", adapter_name="mine")
+    ours = {n.replace(".default", ""): p for n, p in trained.transformer.named_parameters() if "lora_" in n}
+    theirs = {n.replace(".mine", ""): p for n, p in fresh.transformer.named_parameters() if "lora_" in n}
+    assert ours.keys() == theirs.keys() and ours
+    assert all(torch.equal(ours[n].float(), theirs[n].float()) for n in ours)
