@@ -140,13 +140,17 @@ def _named_prompts(file: Path, lines: list[tuple[int, str]]) -> list[tuple[int, 
 def _by_name(paths: list[str], named: list[tuple[int, str, str]], prompts: str) -> list[str]:
     import difflib
 
-    index: dict[str, int] = {}
+    index: dict[str, int] = {Path(path).name: k for k, path in enumerate(paths)}
+    stems: dict[str, list[int]] = {}
     for k, path in enumerate(paths):
-        for key in (Path(path).name, Path(path).stem):
-            index.setdefault(key, k)
+        stems.setdefault(Path(path).stem, []).append(k)
+    index.update({stem: ks[0] for stem, ks in stems.items() if len(ks) == 1 and stem not in index})  # a stem two files share names neither
     found: dict[int, tuple[int, str]] = {}
     for number, name, prompt in named:
         key = Path(name).name
+        if key in stems and len(stems[key]) > 1:
+            raise RecipeError(f"{prompts}: line {number}: {name!r} names {len(stems[key])} videos "
+                              f"({', '.join(Path(paths[k]).name for k in stems[key])}): give its file name")
         if key not in index:
             close = difflib.get_close_matches(key, list(index), n=1)
             raise RecipeError(f"{prompts}: line {number}: no video named {name!r} among the {len(paths)} videos"

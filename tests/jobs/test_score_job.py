@@ -360,6 +360,13 @@ def test_a_folder_s_prompts_meet_their_videos_by_name(tmp_path):
         named.write_text(text)
         with pytest.raises(RecipeError, match=message):
             collect_inputs(str(folder), str(named))
+    import shutil
+
+    shutil.copy(folder / "v0.mp4", folder / "v0.mov")  # two files of one stem: the stem names neither
+    named.write_text("v0\ta\nv1\tb\nv2\tc\n")
+    with pytest.raises(RecipeError, match=r"line 1: 'v0' names 2 videos \(v0.mov, v0.mp4\): give its file name"):
+        collect_inputs(str(folder), str(named))
+    (folder / "v0.mov").unlink()
     one = tmp_path / "one"
     _write_videos(one, 1)
     plain.write_text("only\n")
