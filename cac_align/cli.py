@@ -129,7 +129,7 @@ def _one_line(text: str, most: int = 110) -> str:
     characters, cut at a word."""
     depth, end = 0, len(text)
     for k, char in enumerate(text):
-        depth += char in "([{" and 1 or (-1 if char in ")]}" else 0)
+        depth += 1 if char in "([{" else -1 if char in ")]}" else 0
         if char == "." and depth <= 0 and text[k + 1: k + 2] in (" ", "") and text[k - 1: k] != ".":
             end = k
             break
