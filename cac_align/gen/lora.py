@@ -52,7 +52,6 @@ class LoraSettings:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"experts": LORA_EXPERTS}
 
-
     rank: int = 32
     alpha: float = 64.0
     target_modules: list[str] | None = None

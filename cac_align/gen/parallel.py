@@ -112,7 +112,6 @@ class ParallelSettings:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"shard": PARALLEL_SHARDS}
 
-
     shard: str = "none"
     context_parallel: int = 1
     reshard_after_forward: bool = True

@@ -110,7 +110,6 @@ class ConvertConfig:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"format": FORMATS, "box_scale": BOX_SCALES, "prompt_from": PROMPT_FROM}
 
-
     out_dir: str = MISSING
     sources: list[ConvertSource] = field(default_factory=list)
     strict: bool = False

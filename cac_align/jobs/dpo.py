@@ -129,7 +129,6 @@ class DpoConfig:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"mixed_precision": ("no", "bf16", "fp16"), "log_with": tuple(LOG_WITH)}
 
-
     out_dir: str = MISSING
     pairs: list[str] = MISSING
     generator: GeneratorConfig = field(default_factory=GeneratorConfig.unset)

@@ -186,7 +186,6 @@ class FlowGrpoConfig:
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"audio": AUDIO_MODES, "optimizer": OPTIMIZERS, "noise_schedule": NOISE_SCHEDULES, "adv_std": ("group", "global"),
                                                        "mixed_precision": ("no", "bf16", "fp16"), "log_with": tuple(LOG_WITH)}
 
-
     out_dir: str = MISSING
     prompts: str = MISSING
     eval_prompts: str | None = None

@@ -76,7 +76,6 @@ class NftConfig(FlowGrpoConfig):
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {**FlowGrpoConfig.CHOICES, "adv_mode": ADV_MODES, "decay_type": tuple(DECAY_SCHEDULES)}
 
-
     nft_beta: float = 1.0
     adv_mode: str = "all"
     decay_type: int = 1

@@ -106,7 +106,6 @@ class RepairConfig:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"feedback": FEEDBACK}
 
-
     out_dir: str = MISSING
     videos: str | None = None
     prompts: str | None = None

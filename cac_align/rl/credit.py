@@ -117,7 +117,6 @@ class LocalizeSettings:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"apply_to": APPLY_TO, "edges": EDGES, "estimator": ESTIMATORS}
 
-
     enabled: bool = False
     source: str = "auto"
     apply_to: str = "negative"

@@ -199,7 +199,6 @@ class AdvantageSettings:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"routing": ROUTINGS}
 
-
     localize: LocalizeSettings = field(default_factory=LocalizeSettings)
     shuffle_scores: bool = False
     routing: str = "summed"

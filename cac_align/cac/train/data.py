@@ -107,7 +107,6 @@ class DataConfig:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"prompt_style": PROMPT_STYLES, "template_cot": TEMPLATE_COTS}
 
-
     splits: dict[str, float] = field(default_factory=lambda: {"stage1": 0.3, "stage2": 0.4, "stage3": 0.2, "eval": 0.1})
     seed: int = 0
     scan_fps: float = 4.0

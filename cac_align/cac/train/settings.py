@@ -61,7 +61,6 @@ class GrpoSettings:
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"sampler": SAMPLERS, "cache": ("auto", "dynamic", "static")}
 
-
     group_size: int = 8
     iterations: int = 1
     clip_epsilon: float = 0.2
@@ -228,7 +227,6 @@ class TrainCaCConfig:
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"finetune": ("lora", "full"), "log_with": tuple(LOG_WITH)}
-
 
     stage: int = MISSING
     annotations: str | None = None
