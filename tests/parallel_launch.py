@@ -29,12 +29,20 @@ Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_NO_CP_SCALE=1``: the loss is not multiplied by the context-parallel degree;
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
 
+Hybrid sharding (``parallel.replicate``): ``CAC_TEST_NO_REPLICA_REDUCE=1``, the control, skips FSDP2's all-reduce
+of the gradients over the replicas. Each record says how many bytes of tensors ``Layout.apply`` broadcast
+inside a node and across nodes (``weight_bytes_sent_inside_nodes`` / ``_across_nodes``; a node is
+``LOCAL_WORLD_SIZE`` consecutive ranks).
+
 Faults (flow-grpo), each at the start of step index S on process R:
 - ``CAC_TEST_KILL=R:S``: R SIGKILLs itself, in torchrun's first round only
   (``TORCHELASTIC_RESTART_COUNT`` 0), as a preempted or OOM-killed process dies: no exception, no
   cleanup; ``record<rank>.json`` says which round wrote it and which steps that round ran;
 - ``CAC_TEST_STALL=R:S:SECONDS``: R sleeps SECONDS (a slow judge, a stuck process) while the
-  others wait in a collective.
+  others wait in a collective;
+- ``CAC_TEST_KILL_NODE=MARKER:S``: the second node (torchrun's ``GROUP_RANK`` 1) dies at step S: its first
+  process SIGKILLs its node's other workers, its agent and itself, once (it writes MARKER first; a node
+  started again finds it and runs on).
 
 Test-only workaround (not in the product): diffusers 0.42.1's ``ModelMixin._resolve_parallel_config``
 computes ``rank % torch.accelerator.device_count()``, which divides by zero on a machine with no
@@ -59,6 +67,25 @@ if not torch.accelerator.device_count():
 from cac_align.config import load_config  # noqa: E402
 from cac_align.gen import parallel  # noqa: E402
 
+
+def _kill_node(agent):
+    """SIGKILL a node: the agent's other workers, the agent, then this process. torchrun starts each worker in its own
+    session, so killing the agent's process group would leave the workers running; they are found as its children."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except OSError:
+            continue
+        if int(fields[1]) == agent:
+            children.append(int(stat.parent.name))
+    for pid in [c for c in children if c != os.getpid()] + [agent, os.getpid()]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 job, recipe, out, overrides = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
 rank = int(os.environ.get("RANK", "0"))
 out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +101,21 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
     from torch.distributed.tensor import DTensor
 
     before = _real_bytes(denoiser.parameters())
-    _apply(self, denoiser, family, pipe, device)
+    sent = {"inside": 0, "across": 0}  # the tensors broadcast while the weights reach every process, by whether the group spans nodes
+    broadcast = torch.distributed.broadcast
+
+    def counting(tensor, src, group=None, *args, **kwargs):
+        ranks = torch.distributed.get_process_group_ranks(group) if group is not None else list(range(self.world))
+        sent["across" if len({r // self.per_node for r in ranks}) > 1 else "inside"] += tensor.numel() * tensor.element_size()
+        return broadcast(tensor, src, group, *args, **kwargs)
+
+    torch.distributed.broadcast = counting
+    try:
+        _apply(self, denoiser, family, pipe, device)
+    finally:
+        torch.distributed.broadcast = broadcast
+    if os.environ.get("CAC_TEST_NO_REPLICA_REDUCE") and self.fsdp_mesh is not None and self.fsdp_mesh.ndim == 2:
+        _skip_replica_reduction(self.fsdp_mesh.get_group("replicate"))
 
     def local(p):
         return (p.to_local() if isinstance(p, DTensor) else p).numel()
@@ -91,7 +132,23 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
         trainable_types=sorted({type(p).__name__ for p in denoiser.parameters() if p.requires_grad}),
         frozen_with_grad=sum(p.grad is not None for p in frozen),
         group_timeouts_s=sorted({_timeout_s(g) for g in _groups(self)}),
+        local_rank=self.local_rank, per_node=self.per_node, weight_bytes_sent_inside_nodes=sent["inside"],
+        weight_bytes_sent_across_nodes=sent["across"],
     )
+
+
+def _skip_replica_reduction(group):
+    """The control of hybrid sharding: FSDP2's all-reduce of the gradients over the replicas never runs (each
+    replica trains on its own samples alone): the test's equality with one process must fail."""
+    all_reduce = torch.distributed.all_reduce
+
+    def all_reduce_but_replicas(tensor, op=torch.distributed.ReduceOp.SUM, group_=None, *args, **kwargs):
+        target = kwargs.pop("group", group_)
+        if target is not None and target == group:
+            return None
+        return all_reduce(tensor, op, target, *args, **kwargs)
+
+    torch.distributed.all_reduce = all_reduce_but_replicas
 
 
 def _groups(layout):
@@ -249,6 +306,12 @@ if job == "flow-grpo":
         record["steps"].append(step)
         if kill and [int(x) for x in kill.split(":")] == [rank, step] and first_round:
             os.kill(os.getpid(), signal.SIGKILL)
+        killed_node = os.environ.get("CAC_TEST_KILL_NODE")  # "<marker file>:<step>": this node's agent and its workers, once
+        if killed_node and os.environ.get("LOCAL_RANK") == "0" and int(os.environ.get("GROUP_RANK", "0")) == 1:
+            marker, at = killed_node.rsplit(":", 1)
+            if step == int(at) and not Path(marker).exists():
+                Path(marker).write_text(str(time.time()))
+                _kill_node(os.getppid())
         if stall and [int(x) for x in stall.split(":")[:2]] == [rank, step]:
             time.sleep(float(stall.split(":")[2]))
         return step_of(self, step)

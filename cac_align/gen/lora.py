@@ -272,7 +272,8 @@ def save_sharded_lora_checkpoint(folder: Path, layout: Any, model: torch.nn.Modu
 
 def load_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, ema: dict | None) -> None:
     """Load :func:`save_sharded_lora_checkpoint`'s files into a sharded model, its optimizer and
-    EMA (every process reads them and keeps its shards)."""
+    EMA: every process reads them (the run folder is on storage every node reads) and keeps its
+    shards of its own copy, so no LoRA byte is sent between processes (nor between nodes)."""
     import json
 
     from safetensors import safe_open
@@ -291,7 +292,7 @@ def load_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer
     def into(target: torch.Tensor, value: torch.Tensor) -> None:
         value = value.to(target.dtype)
         if isinstance(target, DTensor):
-            value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
+            value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements, src_data_rank=None)
         target.copy_(value)
 
     with torch.no_grad():

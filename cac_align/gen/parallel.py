@@ -12,13 +12,14 @@ decodes and scores them (the first rank of its context-parallel group does), how
 how to take a clipped optimizer step and where the LoRA's full tensors come from. A job never learns
 which parallelism was applied (CONVENTIONS.md, "Parallelism is applied to a model").
 
-Loading once. Sharded over several processes, only the first (global rank 0) reads the transformers'
-weights (every expert) into host memory, as one process does; every other process builds them on the
-meta device from their configs (:meth:`Layout.load_generator`), adds the same LoRA (on the meta device
-too), applies the same context parallel and ``fully_shard``, and then receives its shards of every
-weight, the LoRA's included, from the first process (torch's ``set_model_state_dict`` with
-``broadcast_from_rank0``, in :meth:`Layout.apply`), and the buffers a state dict leaves out (the rope
-tables). So every process holds what the first process loaded, which is what one process loads. The
+Loading once a node. Sharded over several processes, only the first process of each node (its
+``LOCAL_RANK`` 0; on one node, global rank 0) reads the transformers' weights (every expert) into host
+memory, as one process does; every other process builds them on the meta device from their configs
+(:meth:`Layout.load_generator`), adds the same LoRA (on the meta device too), applies the same context
+parallel and ``fully_shard``, and then receives every weight, the LoRA's included, from its node's
+first process, one tensor at a time in the node's group, keeping its shards (:meth:`Layout.apply`),
+and the buffers a state dict leaves out (the rope tables). No byte of a weight crosses between nodes.
+So every process holds what its node's first process loaded, which is what one process loads. The
 VAE(s) load on every process as before: each decodes its own samples. The text encoder(s) too, except
 where they live on the CPU between encodes with several processes on a node: then the node's first
 process loads them and the others map its copy, one copy per node (:mod:`cac_align.gen.shared_weights`,
@@ -87,6 +88,12 @@ class ParallelSettings:
         context_parallel: processes that share one video's tokens (diffusers' Ulysses context
             parallel); the number of processes must be a multiple of it, and the transformer's
             attention heads and the video's tokens too.
+        replicate: with ``shard: fsdp2``, the number of replicas of the sharded model: 1 (the default)
+            shards every block over every process; R > 1 is hybrid sharding (HSDP): a 2-D mesh of R
+            replicas x ``world / R`` shards, each block sharded inside a replica (launch one replica a
+            node: its shards talk over the node's links) and replicated across them, so a forward's
+            gathers stay inside a node and only the LoRA's gradients are reduced across nodes
+            (docs/flow_grpo.md, "Beyond one node"). Each GPU holds ``1 / (world / R)`` of the model.
         reshard_after_forward: FSDP2 frees a block's gathered parameters after its forward (less
             memory, one more all-gather in the backward).
         encoder_on_device: keep the text encoder on the device between steps; false (the default
@@ -114,6 +121,7 @@ class ParallelSettings:
 
     shard: str = "none"
     context_parallel: int = 1
+    replicate: int = 1
     reshard_after_forward: bool = True
     encoder_on_device: bool | None = None
     share_encoders: bool | None = None
@@ -125,6 +133,14 @@ class ParallelSettings:
             raise ValueError(f"parallel.shard must be one of {PARALLEL_SHARDS}, got {self.shard!r}")
         if self.context_parallel < 1:
             raise ValueError(f"parallel.context_parallel must be >= 1, got {self.context_parallel}")
+        if self.replicate < 1:
+            raise ValueError(f"parallel.replicate must be >= 1, got {self.replicate}")
+        if self.replicate > 1 and self.shard != "fsdp2":
+            raise ValueError(f"parallel.replicate={self.replicate} replicates a sharded model: set parallel.shard=fsdp2 (unsharded, every process "
+                             "is a replica already)")
+        if self.replicate > 1 and self.context_parallel > 1:
+            raise ValueError("parallel.replicate > 1 with parallel.context_parallel > 1 is not supported yet (a 3-D mesh of replicas, shards and "
+                             "context-parallel groups is not proven equal to one process here); use one of them")
         if not self.timeout_s > 0:
             raise ValueError(f"parallel.timeout_s must be > 0 seconds, got {self.timeout_s}")
 
@@ -176,6 +192,9 @@ class Layout:
     # the encoders whose weights are the node's shared copy, by id (restored there after each encode)
     encoder_homes: dict[int, Any] = dataclasses.field(default_factory=dict)
     own_group: bool = False  # a one-process group made here (sharded on one process), ended by close()
+    local_rank: int = 0  # this process's place on its node (torchrun's LOCAL_RANK)
+    per_node: int = 1  # processes on each node (torchrun's LOCAL_WORLD_SIZE)
+    node_group: Any = None  # this node's processes, where the run spans several nodes (None: one node, the world)
 
     # -- who takes what ------------------------------------------------------------------
     @property
@@ -215,6 +234,8 @@ class Layout:
 
     def describe(self) -> str:
         shard = "FSDP2 (one unit per block)" if self.sharded else "whole on every process (DDP)"
+        if self.sharded and self.settings.replicate > 1:
+            shard = f"HSDP: {self.settings.replicate} replicas x {self.world // self.settings.replicate} shards (one unit per block)"
         return f"{self.world} process(es): data parallel {self.dp} x context parallel {self.cp}; generator {shard}"
 
     # -- numbers across processes --------------------------------------------------------
@@ -279,9 +300,15 @@ class Layout:
     @property
     def reads_weights(self) -> bool:
         """Whether this process reads (or, for a tiny pipeline, draws) the generator transformers'
-        weights: every process, except in a run sharded over several, where the first alone does
-        and the others receive their shards from it in :meth:`apply`."""
-        return not (self.sharded and self.world > 1) or self.rank == 0
+        weights: every process, except in a run sharded over several, where the first process of
+        each node alone does and its node's others receive their shards from it in :meth:`apply`
+        (no byte of a weight crosses between nodes)."""
+        return not (self.sharded and self.world > 1) or self.local_rank == 0
+
+    @property
+    def node_leader(self) -> int:
+        """The global rank of this node's first process (the one that reads the weights)."""
+        return self.rank - self.local_rank
 
     def load_generator(self, config: Any, device: Any) -> Any:
         """The pipeline ``config`` (a :class:`~cac_align.gen.generator.GeneratorConfig`) names, as this
@@ -386,10 +413,10 @@ class Layout:
         2. FSDP2 (``shard: fsdp2``): ``fully_shard`` on each of the family's blocks
            (:attr:`~cac_align.gen.family.GeneratorFamily.block_classes`), then on the expert: blocks
            + 1 units per expert, the LoRA inside the units, the frozen base with no gradient; each
-           process's shards go to ``device``. Over several processes every process then takes the
-           first process's weights (its base and its LoRA, whatever it loaded itself: the others
-           loaded the transformers empty, :meth:`load_generator`): each expert's shards through
-           torch's ``set_model_state_dict(..., broadcast_from_rank0=True)``, and the buffers a state
+           process's shards go to ``device``. Over several processes every process then takes its
+           node's first process's weights (its base and its LoRA, whatever it loaded itself: the
+           others loaded the transformers empty, :meth:`load_generator`): each tensor broadcast
+           whole in the node's group and kept as this process's shards, and the buffers a state
            dict leaves out (rope tables) whole; before sharding, each takes the first's dtypes, and a
            transformer of another shape is refused;
         3. the rest of ``pipe`` (sharded: loaded on the CPU): the VAE(s) and every other model to
@@ -418,7 +445,7 @@ class Layout:
 
         reshard = self.settings.reshard_after_forward
         # the first process's weights, whole, taken before sharding frees them (they reach the others below)
-        firsts = [_first_process_state(expert, self.rank) for expert in experts] if self.world > 1 else []
+        firsts = [_first_process_state(expert, self.rank, self.reads_weights) for expert in experts] if self.world > 1 else []
         for expert in experts:
             blocks = family_blocks(expert, family)
             if not blocks:
@@ -428,7 +455,7 @@ class Layout:
                 own_view_outputs(unit)  # before fully_shard: the hook runs before FSDP2's own (see its docstring)
                 fully_shard(unit, mesh=self.fsdp_mesh, reshard_after_forward=reshard)
         for expert, state in zip(experts, firsts):
-            _take_first_process_weights(expert, state, self.rank, self.fsdp_mesh)
+            _take_node_weights(expert, state, self)
         del firsts
         if len(experts) > 1:  # a call with one level per sample runs every expert on every process (WanDenoiser)
             denoiser.every_expert = True
@@ -550,13 +577,12 @@ def _tensors(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, b
     return out
 
 
-def _first_process_state(expert: torch.nn.Module, rank: int) -> dict[str, torch.Tensor]:
+def _first_process_state(expert: torch.nn.Module, rank: int, reads: bool) -> dict[str, torch.Tensor]:
     """Before sharding, on every process: the first process says each tensor's name, shape and dtype;
     the others take its dtypes (their empty transformers were built in ``generator.dtype``, where
     ``from_pretrained`` keeps some modules in float32) and are refused on another name or shape.
-    Returns the first process's state dict (its tensors kept alive through the sharding), {} on the
-    others."""
-    from cac_align.config import RecipeError
+    Returns the state dict of a process that read the weights (``reads``: each node's first; its
+    tensors kept alive through the sharding), {} on the others."""
 
     entries = _tensors(expert)
     spec: list[Any] = [[(name, tuple(getattr(owner, attr).shape), getattr(owner, attr).dtype) for name, owner, attr, _ in entries] if rank == 0
@@ -565,11 +591,9 @@ def _first_process_state(expert: torch.nn.Module, rank: int) -> dict[str, torch.
     if rank == 0:
         return expert.state_dict()
     first = spec[0]
-    mine = [(name, tuple(getattr(owner, attr).shape)) for name, owner, attr, _ in entries]
-    if mine != [(name, shape) for name, shape, _ in first]:
-        differ = next((f"{a} against {b[:2]}" for a, b in zip(mine, first) if a != b[:2]), f"{len(mine)} tensors against {len(first)}")
-        raise RecipeError(f"parallel.shard=fsdp2: process {rank} built {type(expert).__name__} unlike process 0 ({differ}); every process "
-                          "must load the same generator (generator.name)")
+    _check_built_alike(expert, entries, first, rank)
+    if reads:  # another node's first process: it read the same files, and is its node's source
+        return expert.state_dict()
     for (_, owner, attr, is_buffer), (_, _, dtype) in zip(entries, first):
         tensor = getattr(owner, attr)
         if tensor.dtype != dtype:
@@ -580,19 +604,43 @@ def _first_process_state(expert: torch.nn.Module, rank: int) -> dict[str, torch.
     return {}
 
 
-def _take_first_process_weights(expert: torch.nn.Module, state: dict[str, torch.Tensor], rank: int, mesh: Any) -> None:
-    """After ``fully_shard``, on every process: the others' (empty) shards materialised on the mesh's
-    device and filled from the first process's ``state`` (torch's ``set_model_state_dict`` with
-    ``broadcast_from_rank0``: each tensor sent whole, one at a time, each process keeping its
-    shard), then the buffers a state dict leaves out (non-persistent: the rope tables), whole."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+def _check_built_alike(expert: torch.nn.Module, entries: list, first: list, rank: int) -> None:
+    """Refuse, in one line, a process whose transformer has other tensors than the first process's."""
+    from cac_align.config import RecipeError
 
-    if rank != 0:
-        expert.to_empty(device=_mesh_device(mesh))
-    set_model_state_dict(expert, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    mine = [(name, tuple(getattr(owner, attr).shape)) for name, owner, attr, _ in entries]
+    if mine != [(name, shape) for name, shape, _ in first]:
+        differ = next((f"{a} against {b[:2]}" for a, b in zip(mine, first) if a != b[:2]), f"{len(mine)} tensors against {len(first)}")
+        raise RecipeError(f"parallel.shard=fsdp2: process {rank} built {type(expert).__name__} unlike process 0 ({differ}); every process "
+                          "must load the same generator (generator.name)")
+
+
+def _take_node_weights(expert: torch.nn.Module, state: dict[str, torch.Tensor], layout: "Layout") -> None:
+    """After ``fully_shard``, on every process: the (empty) shards of the processes that did not read the
+    weights materialised on the mesh's device, then every tensor of the expert's state dict sent whole
+    from its node's first process to its node's processes only (a broadcast in the node's group: no
+    byte crosses between nodes), one at a time, each process keeping its shard (``distribute_tensor``
+    of the whole tensor with its own placements, from its own copy); then the buffers a state dict
+    leaves out (non-persistent: the rope tables), whole, the same way."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    device = _mesh_device(layout.fsdp_mesh)
+    if not layout.reads_weights:
+        expert.to_empty(device=device)
+    source = layout.node_leader
+    for name, target in expert.state_dict().items():
+        shape, dtype = tuple(target.shape), target.dtype
+        whole = state[name].detach().to(device=device, dtype=dtype) if layout.reads_weights else torch.empty(shape, dtype=dtype, device=device)
+        torch.distributed.broadcast(whole, src=source, group=layout.node_group)
+        with torch.no_grad():
+            if isinstance(target, DTensor):
+                target.to_local().copy_(distribute_tensor(whole, target.device_mesh, target.placements, src_data_rank=None).to_local())
+            else:
+                target.copy_(whole)
+        del whole
     for _, owner, attr, is_buffer in _tensors(expert):
         if is_buffer and attr in owner._non_persistent_buffers_set:
-            torch.distributed.broadcast(owner._buffers[attr], src=0)
+            torch.distributed.broadcast(owner._buffers[attr], src=source, group=layout.node_group)
 
 
 def _mesh_device(mesh: Any) -> torch.device:
@@ -612,6 +660,9 @@ def check_layout(settings: ParallelSettings, world: int) -> None:
     if world % settings.context_parallel:
         raise RecipeError(f"parallel.context_parallel={settings.context_parallel} does not divide the {world} processes; "
                           f"launch a multiple of {settings.context_parallel} processes or change parallel.context_parallel")
+    if world % settings.replicate:
+        raise RecipeError(f"parallel.replicate={settings.replicate} does not divide the {world} processes; launch a multiple of "
+                          f"{settings.replicate} processes (one replica a node: nodes x GPUs per node) or change parallel.replicate")
     if world > 1 and not torch.distributed.is_initialized():
         raise RecipeError("parallel: the processes are not connected (torch.distributed is not initialized); launch with "
                           "torchrun or accelerate launch")
@@ -711,6 +762,7 @@ def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
     if settings.active:
         check_layout(settings, world)
     layout = Layout(settings, world, rank, cp=settings.context_parallel)
+    layout.local_rank, layout.per_node = node_place(rank, world)
     if not settings.active:
         return layout
     if world == 1 and not torch.distributed.is_initialized():
@@ -722,8 +774,22 @@ def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
     from torch.distributed.device_mesh import init_device_mesh
 
     device_type = accelerator.device.type
-    if settings.shard == "fsdp2":
+    if settings.shard == "fsdp2" and settings.replicate > 1:  # HSDP: replicas x shards, a replica's shards on consecutive ranks (a node)
+        layout.fsdp_mesh = init_device_mesh(device_type, (settings.replicate, world // settings.replicate), mesh_dim_names=("replicate", "shard"))
+        for name in layout.fsdp_mesh.mesh_dim_names:
+            _set_timeout(layout.fsdp_mesh.get_group(name), settings.timeout)
+    elif settings.shard == "fsdp2":
         layout.fsdp_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
+    if settings.shard == "fsdp2" and layout.per_node < world:  # several nodes: each node's group, for its weights (Layout.apply)
+        if world % layout.per_node:
+            from cac_align.config import RecipeError
+
+            raise RecipeError(f"{world} processes are not whole nodes of {layout.per_node} (torchrun's LOCAL_WORLD_SIZE); launch the same "
+                              "number of processes on every node")
+        for node in range(world // layout.per_node):  # every process takes part in making each group (torch.distributed's rule)
+            group = torch.distributed.new_group(ranks=list(range(node * layout.per_node, (node + 1) * layout.per_node)), timeout=settings.timeout)
+            if node == rank // layout.per_node:
+                layout.node_group = group
     if layout.cp > 1:
         layout.cp_mesh = init_device_mesh(device_type, (layout.dp, 1, layout.cp), mesh_dim_names=("dp", "ring", "ulysses"))
         for name in layout.cp_mesh.mesh_dim_names:  # a mesh's own groups take torch's default timeout, not the world's
@@ -852,7 +918,10 @@ def layout_state(layout: Layout) -> dict[str, Any]:
     data parallel, whose checkpoints are as before)."""
     if not layout.settings.active:
         return {}
-    return {"parallel": {"processes": layout.world, "data_parallel": layout.dp, "context_parallel": layout.cp, "shard": layout.settings.shard}}
+    record = {"processes": layout.world, "data_parallel": layout.dp, "context_parallel": layout.cp, "shard": layout.settings.shard}
+    if layout.settings.replicate > 1:  # HSDP (a checkpoint of before it, or of full sharding, records none: replicate 1)
+        record["replicate"] = layout.settings.replicate
+    return {"parallel": record}
 
 
 def check_parallel_resume(state: dict[str, Any], layout: Layout, folder: Any) -> None:
@@ -868,7 +937,7 @@ def check_parallel_resume(state: dict[str, Any], layout: Layout, folder: Any) ->
         if record is None:
             return "data parallel (parallel.shard=none, context_parallel=1)"
         return (f"{record['processes']} processes, parallel.shard={record['shard']}, "
-                f"context_parallel={record['context_parallel']}")
+                f"context_parallel={record['context_parallel']}, replicate={record.get('replicate', 1)}")
 
     raise RecipeError(f"checkpoint {folder} was written by {say(written)}, and this run is {say(now)}: resume it with the same "
                       f"processes and parallel section, or start a new run in another out_dir (its LoRA is in {folder}/lora)")

@@ -84,6 +84,7 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE},
                   # the generator trainers' parallel section (#78): at its defaults, plain data parallel as before
                   "parallel.shard": "none", "parallel.context_parallel": 1, "parallel.reshard_after_forward": True,
+                  "parallel.replicate": 1,  # hybrid sharding (#98): 1, full sharding as before
                   "parallel.encoder_on_device": None,
                   # the encoders' one copy per node (#92): where weights live in host memory, never a sample
                   "parallel.share_encoders": None, "parallel.share_dir": None,
