@@ -200,6 +200,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="the processes (GPUs) a generator trainer's memory plan is made for (default: what the launch on the "
                             "recipe's first line starts, else its context_parallel degree); the plan is printed where the models' "
                             "configs can be read")
+    check.add_argument("--nodes", type=int, default=None, metavar="N",
+                       help="plan for N nodes of --gpus-per-node GPUs (instead of --processes): a sharded flow-grpo or nft recipe "
+                            "gets its per-GPU memory under full sharding and under HSDP, and the network of a step inside and across nodes")
+    check.add_argument("--gpus-per-node", type=int, default=8, metavar="G", help="GPUs (processes) on each node, with --nodes (default 8)")
     check.add_argument("--gpu-gib", type=float, default=None, metavar="GIB",
                        help="the memory of one GPU, GiB: the plan says whether it fits and, if not, the fix (an 80 GB GPU: 74.5)")
     check.add_argument("--gpu-gb", type=float, default=None, metavar="GB",
@@ -390,6 +394,7 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
         print(f"     planned from the configs of {config.generator.name} shipped with cac-align (config numbers only, each with its source: "
               "cac_align/plan/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
     print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
+    _network(spec, config, plan, n, nodes, limit)
     reason = refusal(plan, limit) if limit is not None else None
     if reason is not None:
         return CHECK_FAILED, f"refused: {reason}"
@@ -398,7 +403,31 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     return None
 
 
-def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: float | None = None, gpu_gb: float | None = None) -> int:
+def _network(spec: Any, config: Any, plan: Any, processes: int, nodes: int, limit: int | None) -> None:
+    """A sharded flow-grpo or nft run over several nodes: the per-GPU peak under full sharding and under hybrid
+    sharding (one replica a node), the network table of a step (:mod:`cac_align.plan.network`), and which layout to
+    take."""
+    from cac_align.plan.counts import GIB
+    from cac_align.plan.network import network_plan, step_traffic
+
+    if nodes < 2 or config.parallel.shard != "fsdp2" or spec.name not in ("flow-grpo", "nft") or processes % nodes:
+        return
+    per_node = processes // nodes
+    other = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, replicate=1 if config.parallel.replicate > 1 else nodes))
+    other_plan, _ = recipe_plan(spec, other, processes, nodes)
+    full, hybrid = (plan, other_plan) if config.parallel.replicate == 1 else (other_plan, plan)
+    network = network_plan(plan.inputs["counts"], step_traffic(config, processes, spec.name), nodes=nodes, per_node=per_node,
+                           lora_rank=config.lora.rank, dtype=config.generator.dtype)
+    fits = (lambda p: p.fits(limit)) if limit is not None else (lambda p: True)  # noqa: E731
+    lines = [f"layouts on {nodes} nodes x {per_node} GPUs (this recipe: parallel.replicate={config.parallel.replicate}), peak per GPU:",
+             f"  full sharding (parallel.replicate=1)          {full.peak_bytes / GIB:8.2f} GiB",
+             f"  HSDP (parallel.replicate={nodes}, one a node){'':<5} {hybrid.peak_bytes / GIB:8.2f} GiB",
+             *network.table().splitlines(), f"choose: {network.choice(fits(full), fits(hybrid))}"]
+    print("\n".join("     " + line for line in lines))
+
+
+def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: float | None = None, gpu_gb: float | None = None,
+                   nodes: int | None = None, gpus_per_node: int = 8) -> int:
     """Validate recipes (and plan the generator trainers'), each named as ``--config`` takes it (a file, a folder of
     recipes, or a shipped recipe's name), with the ``key=value`` items among ``paths`` merged over every one.
     Returns :data:`CHECK_FAILED` when any fails, an argument is not valid, or a launch on ``processes`` would be
@@ -412,6 +441,10 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
            if value is not None and not value > 0]
     if gpu_gib is not None and gpu_gb is not None:
         bad.append("give --gpu-gib or --gpu-gb, not both")
+    if nodes is not None and (nodes < 1 or gpus_per_node < 1 or processes is not None):
+        bad.append(f"--nodes {nodes} --gpus-per-node {gpus_per_node}: both must be >= 1, and --processes is then theirs (not both)")
+    elif nodes is not None:
+        processes = nodes * gpus_per_node
     if not names:
         bad.append("name a recipe (a file, a folder, or a shipped recipe's name: cac-align recipes lists them)")
     files: list[Path] = []
@@ -442,7 +475,8 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
             continue
         print(f"ok   {file} (job: {spec.name})")
         header = header_processes(file) if processes is None else None
-        verdict = _memory_plan(spec, config, processes, gpu_gib, header, header_nodes(file) if header is not None else 1)
+        on = nodes if nodes is not None else header_nodes(file) if header is not None else 1
+        verdict = _memory_plan(spec, config, processes, gpu_gib, header, on)
         if verdict is not None and verdict[0] == CHECK_FAILED:
             failures += 1
             print(f"FAIL {file}: {verdict[1]}", file=sys.stderr)
@@ -629,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     completed = False
     try:
         if args.command == "check-recipe":
-            return _check_recipes(args.recipes, args.processes, args.gpu_gib, args.gpu_gb)
+            return _check_recipes(args.recipes, args.processes, args.gpu_gib, args.gpu_gb, args.nodes, args.gpus_per_node)
         if args.command == "recipes":
             return _recipes(args.action, args.name, args.dest)
         spec = JOBS[args.command]

@@ -1,6 +1,6 @@
-"""**Host memory at load** (bytes on the node of global rank 0; :func:`host_plan`): sharded, global rank
-0 reads the transformers whole and every other process builds them on the meta device and receives
-its shards, while every process loads its own VAE on the CPU; the text encoder(s), kept on the CPU
+"""**Host memory at load** (bytes on the node of global rank 0, and on every node alike; :func:`host_plan`):
+sharded, the node's first process (``LOCAL_RANK`` 0) reads the transformers whole and every other
+process builds them on the meta device and receives its shards, while every process loads its own VAE on the CPU; the text encoder(s), kept on the CPU
 between encodes, are one copy for the node's processes (``parallel.share_encoders``,
 :mod:`cac_align.gen.shared_weights`): the transformers once plus ``processes per node`` x VAEs plus the
 encoders once. Unsharded, every process its whole pipeline (the encoders once where shared).
@@ -54,8 +54,9 @@ def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int
               shared_encoders: bool = False) -> HostPlan:
     """Host memory per node while a run loads (bytes), on the node of global rank 0 (the fullest).
 
-    Sharded, only global rank 0 reads the transformers' weights whole; every other process builds
-    them on the meta device and receives its shards. Every process still loads its own VAE(s) on the
+    Sharded, only the node's first process (``LOCAL_RANK`` 0; every node holds the same) reads the
+    transformers' weights whole; every other process builds them on the meta device and receives
+    its shards. Every process still loads its own VAE(s) on the
     CPU, and its own text encoder(s) unless they are one copy for the node (``shared_encoders``:
     :mod:`cac_align.gen.shared_weights`, where a sharded run keeps them on the CPU between encodes).
     So the node holds the transformers once plus ``processes_per_node`` x VAEs, plus the encoders once

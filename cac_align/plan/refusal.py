@@ -63,7 +63,9 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
     6. ``parallel.context_parallel=K`` (the smallest K above today's that divides the heads and the
        tokens), sharded, with checkpointing, on the fewest GPUs that fit, where the family can split
        a video (``GeneratorCounts.context_parallel``);
-    and when nothing fits, what no sharding splits, on ``max_processes`` GPUs.
+    and when nothing fits, what no sharding splits, on ``max_processes`` GPUs. Under hybrid sharding
+    (``parallel.replicate`` above 1) the first fix tried is full sharding on the same GPUs, and the
+    others are full sharding's.
     """
     if plan.fits(device_bytes):
         return None
@@ -71,6 +73,14 @@ def refusal(plan: MemoryPlan, device_bytes: int, max_processes: int = 1024) -> s
     head = f"memory plan: {plan.family} needs {gib(plan)} ({plan.describe()}) but the device has {device_bytes / GIB:.1f} GiB"
     s, gc, n = plan.settings, plan.gradient_checkpointing, plan.num_processes
     counts, tokens = plan.inputs["counts"], plan.inputs["tokens"]
+    if s.replicate > 1:  # 0. HSDP holds a copy per replica: full sharding on the same GPUs first, then its own fixes
+        full = _replan(plan, replace(s, replicate=1), n, gc)
+        first = (f"set parallel.replicate=1: full sharding splits the model over all {_gpus(n)}, not {n // s.replicate} "
+                 "(its gathers cross nodes: check-recipe --nodes shows the network)")
+        if full.fits(device_bytes):
+            return f"{head}; {first} ({gib(full)})"
+        then = refusal(full, device_bytes, max_processes) or ""
+        return f"{head}; {first}, and then {then.split('; ', 1)[-1]}"
     if not gc and (candidate := _replan(plan, s, n, True)).fits(device_bytes):
         return f"{head}; set gradient_checkpointing=true ({gib(candidate)})"
     if s.keeps_encoder and counts.encoders and (candidate := _replan(plan, replace(s, encoder_on_device=False), n, gc)).fits(device_bytes):

@@ -205,7 +205,8 @@ class MemoryPlan:
     def describe(self) -> str:
         """``8 processes, parallel.shard=fsdp2, context_parallel=1, gradient checkpointing on``."""
         s = self.settings
-        return (f"{self.num_processes} process{'es' if self.num_processes != 1 else ''}, parallel.shard={s.shard}, "
+        hybrid = f", replicate={s.replicate}" if s.replicate > 1 else ""
+        return (f"{self.num_processes} process{'es' if self.num_processes != 1 else ''}, parallel.shard={s.shard}{hybrid}, "
                 f"context_parallel={s.context_parallel}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
 
     def table(self, device_bytes: int | None = None) -> str:
@@ -269,12 +270,15 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
     if num_processes < 1 or num_processes % settings.context_parallel:
         raise ValueError(f"{num_processes} processes are not a multiple of parallel.context_parallel={settings.context_parallel}")
     n, shard, cp = num_processes, settings.shard, settings.context_parallel
+    if n % settings.replicate:
+        raise ValueError(f"{n} processes are not a multiple of parallel.replicate={settings.replicate}")
+    shards = n // settings.replicate  # the processes one copy of the model is split over (HSDP: a replica's)
     weight, vae_weight = dtype_bytes(dtype), dtype_bytes(vae_dtype)
-    part = f"1/{n} shard" if shard == "fsdp2" else "whole"
+    part = f"1/{shards} shard" if shard == "fsdp2" else "whole"
     rows: list[PlanRow] = []
     gathered = largest = 0
     for t in counts.transformers:
-        resident, block = sharded_parameters(t.parameters, t.blocks, n, shard, settings.reshard_after_forward)
+        resident, block = sharded_parameters(t.parameters, t.blocks, shards, shard, settings.reshard_after_forward)
         rows.append(PlanRow(f"{t.name}: frozen base ({part})", resident * weight, "counted"))
         gathered = max(gathered, block)  # one expert runs at a time
         largest = max(largest, max(t.blocks, default=0))
@@ -289,7 +293,7 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         if next_block:
             rows.append(PlanRow(f"FSDP2 prefetch{'' if phase == 'train' else ' while sampling'}: the next block", next_block * weight, "counted", phase))
     lora = sum(t.lora_width for t in counts.transformers) * lora_rank
-    lora_local = math.ceil(lora / n) if shard == "fsdp2" else lora
+    lora_local = math.ceil(lora / shards) if shard == "fsdp2" else lora
     if lora:
         rows.append(PlanRow(f"LoRA weights (fp32, rank {lora_rank}, {lora:,} parameters)", lora_local * _FP32, "counted"))
         rows.append(PlanRow("LoRA gradients (fp32)", lora_local * _FP32, "counted"))
