@@ -139,6 +139,9 @@ def count_judge(judge: Any) -> JudgeCount:
         return JudgeCount(judge, 0, 0, note="served")
     if not judge.on_gpu:
         return JudgeCount(judge, 0, 0, note="on the CPU")
+    if judge.encoder and judge.tiny is not None:  # a tiny random encoder: as built, no KV cache
+        params = list(judge_module(judge).parameters())
+        return JudgeCount(judge, sum(p.numel() * p.element_size() for p in params), 0, dtype=str(params[0].dtype).removeprefix("torch."))
     if judge.encoder:  # no generation, no KV cache: its weights from its safetensors header(s)
         files = encoder_weight_files(judge.name)
         if files is None:

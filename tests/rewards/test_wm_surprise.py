@@ -1,0 +1,164 @@
+"""``wm_surprise`` (WMReward's V-JEPA 2 surprise): on a tiny random ``VJEPA2Model`` saved to a folder, each
+window's surprise equals the computation by hand from transformers' own modules (and controls that
+break the causal context or the target's layer norm differ); the frames, windows and the rule of a
+window that stands out, by hand; the evidence a scripted curve gives; the memory plan's row from the
+safetensors header alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cac_align.rewards.registry import build_reward
+from cac_align.rewards.wm_surprise import WMSurpriseReward, build_tiny_vjepa2, frame_indices, standing_out, window_starts
+from cac_align.video import Video
+from conftest import smooth_video
+
+WINDOW, CONTEXT, STRIDE = 4, 2, 1  # the tiny model's tubelets are 2 frames: 1 seen and 1 predicted per window
+
+
+@pytest.fixture(scope="module")
+def vjepa_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vjepa2")
+    build_tiny_vjepa2(seed=3).save_pretrained(folder)  # model.safetensors + config.json, loaded by path below
+    return folder
+
+
+def _reward(folder, **settings):
+    return build_reward({"name": "wm_surprise", "model": str(folder), "device": "cpu", "window": WINDOW, "context": CONTEXT, "stride": STRIDE,
+                         **settings})
+
+
+def _video(frames=10, seed=0):
+    """Noise: each frame unlike the last, so what the context encoder may see (the future or not) matters."""
+    return Video(np.random.default_rng(seed).integers(0, 256, (frames, 40, 56, 3), dtype=np.uint8), fps=8.0)
+
+
+def _by_hand(model, video, *, causal=True, target_norm=True):
+    """Every window's surprise from transformers' own modules, one window at a time, as WMReward
+    computes it: frames resized by torchvision (bilinear, antialiased) to the crop, ImageNet-normalized;
+    the encoder on the context frames only; the predictor; the encoder on the whole window, layer-normed,
+    at the target tokens; 1 - cosine per token, averaged."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import normalize, resize
+
+    size, grid = model.config.crop_size, model.config.crop_size // model.config.patch_size
+    frames = torch.from_numpy(video.frames).permute(0, 3, 1, 2).float()
+    frames = resize(frames, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True) / 255.0
+    frames = normalize(frames, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    seen, total = (CONTEXT // 2) * grid * grid, (WINDOW // 2) * grid * grid
+    context_mask, target_mask = [torch.arange(seen)[None]], [torch.arange(seen, total)[None]]
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(frames) - WINDOW + 1, STRIDE):
+            piece = frames[None, start : start + WINDOW]
+            whole = model(pixel_values_videos=piece, context_mask=context_mask, target_mask=target_mask)
+            h = whole.predictor_output.target_hidden_state  # the encoder on all the window's tokens, at the target
+            h = F.layer_norm(h, (h.shape[-1],)) if target_norm else h
+            if causal:
+                known = model.encoder(pixel_values_videos=piece[:, :CONTEXT]).last_hidden_state
+                z = model.predictor(encoder_hidden_states=known, context_mask=context_mask, target_mask=target_mask).last_hidden_state
+            else:  # transformers' default: the context tokens encoded beside the future ones
+                z = whole.predictor_output.last_hidden_state
+            z = F.layer_norm(z, (z.shape[-1],))
+            out.append(float(1 - F.cosine_similarity(z, h, dim=-1).mean()))
+            if causal and target_norm:  # about mean (z - h)^2 / 2 (equal up to the norms' eps)
+                assert out[-1] == pytest.approx(float(((z - h) ** 2).mean() / 2), rel=1e-2)  # eps 1e-5 against the tiny prediction's small variance
+    return out
+
+
+def test_each_windows_surprise_equals_the_hand_computation_and_controls_differ(vjepa_dir):
+    from transformers import VJEPA2Model
+
+    reward = _reward(vjepa_dir)
+    model = VJEPA2Model.from_pretrained(vjepa_dir).eval()
+    videos = [_video(10, seed=1), _video(10, seed=2)]
+    out = reward(videos, None)
+    assert out.valid.all()
+    for video, detail, score in zip(videos, out.details, out.scores):
+        hand = _by_hand(model, video)
+        got = [w["surprise"] for w in detail["windows"]]
+        assert len(got) == 7 and got == pytest.approx(hand, abs=1e-6)  # 10 frames, windows of 4 every 1
+        assert detail["surprise"] == pytest.approx(np.mean(hand), abs=1e-6) and score == pytest.approx(1 - np.mean(hand), abs=1e-6)
+        for control in (_by_hand(model, video, causal=False), _by_hand(model, video, target_norm=False)):
+            assert np.abs(np.array(control) - hand).max() > 1e-4  # 100x the tolerance above (seen: 2e-2 and 3e-4 at least)
+    worst = _reward(vjepa_dir, aggregate="max")(videos[:1], None)
+    assert worst.details[0]["surprise"] == pytest.approx(max(w["surprise"] for w in out.details[0]["windows"]), abs=1e-7)
+
+
+def test_the_frames_read_and_the_windows_by_hand():
+    assert frame_indices(81).tolist() == [int(i * 80 / 48) for i in range(49)] and len(frame_indices(81)) == 49
+    assert frame_indices(81)[:4].tolist() == [0, 1, 3, 5] and frame_indices(20).tolist() == list(range(20))
+    assert window_starts(49, 16, 2) == list(range(0, 33, 2)) and len(window_starts(49, 16, 8)) == 5  # 17 and 5 windows
+    assert window_starts(15, 16, 2) == []
+
+
+def test_a_window_stands_out_above_the_median_by_k_robust_deviations():
+    # median 0.11, |deviations| 0.01 0 0.01 0.01 0.49 0 -> MAD 0.01, sigma 0.014826: threshold 0.1545 at k = 3
+    assert standing_out([0.10, 0.11, 0.10, 0.12, 0.60, 0.11]) == [4]
+    assert standing_out([0.10, 0.11, 0.10, 0.12, 0.15, 0.11]) == []  # 0.15 < 0.1545
+    assert standing_out([0.10, 0.11, 0.10, 0.12, 0.15, 0.11], k=2) == [4]  # 0.15 > 0.1397
+    assert standing_out([0.2, 0.2, 0.2, 0.5]) == [3]  # MAD 0: above the median
+    assert standing_out([0.1, 0.9]) == []  # too few windows for a curve
+
+
+def test_a_scripted_peak_gives_the_window_of_its_predicted_frames(vjepa_dir, monkeypatch):
+    """49 of 81 frames at 16 fps, windows of 4 every 1 (46 of them): the peak at window 20 predicts
+    frames 22-23 of those read, source frames 36 and 38 (frame_indices): [36/16, 39/16) s."""
+    from cac_align.rewards import wm_surprise
+
+    curve = [0.3] * 46
+    curve[20] = 0.9
+    monkeypatch.setattr(wm_surprise, "window_surprises", lambda *args, **kwargs: list(curve))
+    out = _reward(vjepa_dir)([Video(smooth_video(81, 32, 32), fps=16.0)], None)
+    detail = out.details[0]
+    assert detail["status"] == "abnormal" and detail["window_s"] == [36 / 16, 39 / 16] and detail["boxes"] == []
+    assert detail["peak"] == 20 and "2.25-2.4375 s" in detail["reason"]
+    assert out.scores[0] == pytest.approx(1 - np.mean(curve))
+    from cac_align.regions import read_evidence
+
+    assert read_evidence(detail).window_s == (36 / 16, 39 / 16)  # what localized credit and repair read
+    monkeypatch.setattr(wm_surprise, "window_surprises", lambda *args, **kwargs: [0.3] * 46)
+    flat = _reward(vjepa_dir)([Video(smooth_video(81, 32, 32), fps=16.0)], None).details[0]
+    assert flat["status"] == "normal" and flat["window_s"] is None
+
+
+def test_a_video_shorter_than_a_window_or_unreadable_is_invalid_never_zero(vjepa_dir, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    out = _reward(vjepa_dir)([_video(3), str(bad), _video(4)], None)
+    assert out.valid.tolist() == [False, False, True] and np.isnan(out.scores[:2]).all()
+    assert out.details[0]["error_kind"] == "video" and "at least 4 frames" in out.details[0]["error"]
+    assert out.details[1]["error_kind"] == "video"
+
+
+def test_a_wm_surprise_section_is_checked_before_anything_loads(tmp_path):
+    from cac_align.rewards.registry import reward_config
+
+    for settings, message in [({"context": 4}, "must be fewer frames than window"), ({"aggregte": "max"}, "did you mean 'aggregate'"),
+                              ({"aggregate": "median"}, "aggregate must be one of"), ({"window": 60}, "max_frames")]:
+        with pytest.raises(ValueError, match=message):
+            reward_config({"name": "wm_surprise", "window": 4, "context": 2, **settings})
+    with pytest.raises(ValueError, match="multiples of the model's tubelet_size"):
+        WMSurpriseReward(build_tiny_vjepa2(), reward_config({"name": "wm_surprise", "window": 5, "context": 2})[1])
+    from cac_align.loading import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="no such directory"):
+        build_reward({"name": "wm_surprise", "model": str(tmp_path / "nowhere")})
+
+
+def test_the_memory_plan_counts_v_jepa_2_from_its_safetensors_header(vjepa_dir):
+    from cac_align.plan.judges import count_judge
+    from cac_align.rewards.registry import reward_judges
+    from cac_align.rewards.judges import VideoShape
+
+    shape = VideoShape(81, 480, 832, 16.0)
+    (judge,) = reward_judges({"name": "wm_surprise", "model": str(vjepa_dir), "device": "cuda", "dtype": "bfloat16"}, "reward", shape)
+    assert judge.encoder and judge.where == "reward.model"
+    counted = count_judge(judge)
+    params = sum(p.numel() for p in build_tiny_vjepa2().parameters())
+    assert counted.weight_bytes == 2 * params and counted.kv_bytes == 0  # every tensor in bf16, no KV cache
+    (tiny,) = reward_judges({"name": "wm_surprise", "model": "tiny-random:vjepa2", "device": "cuda"}, "reward", shape)
+    assert count_judge(tiny).weight_bytes == 4 * params and count_judge(tiny).kv_bytes == 0  # as built, in float32
