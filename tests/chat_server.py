@@ -104,6 +104,7 @@ class ChatServer:
         self.arrivals: Counter[str] = Counter()  # sha256 of each chat request body -> times it arrived
         self.answered: Counter[str] = Counter()  # ... -> times it was answered 200
         self.refused = 0  # connections closed without an answer while down
+        self.sending = 0  # chat answers begun (die_after counts these)
         self.gets: list[str] = []  # the path of each GET answered (/v1/models: the client's probes)
         self.prompts: list[list[int]] = []  # the prompt ids of every chat request answered
         self.requests: list[dict] = []
@@ -213,6 +214,11 @@ class ChatServer:
                     response["choices"][0]["logprobs"] = {"content": [{"token": "token_id:0", "logprob": 0.0, "top_logprobs": asked}]}
                 if self._gone():  # it went down while this request was on its way
                     return
+                with server._lock:  # down from its K-th answer on, set before that answer leaves: the client's next
+                    server.sending += 1  # request (sent the moment it reads this one) finds it down, never a last answer
+                    if server.die_after is not None and server.sending >= server.die_after:
+                        server.die_after = None
+                        server.down_until = float("inf") if server.down_s is None else time.monotonic() + server.down_s
                 # answers go one at a time only for a server with hooks (a replica that may kill itself)
                 with server.answering if server.on_answered is not None else contextlib.nullcontext():
                     self._send(200, response)
@@ -220,9 +226,6 @@ class ChatServer:
                         server.on_answered(digest, self.headers.get("X-Session-ID"))
                 with server._lock:
                     server.answered[digest] += 1
-                    if server.die_after is not None and sum(server.answered.values()) >= server.die_after:
-                        server.die_after = None
-                        server.down_until = float("inf") if server.down_s is None else time.monotonic() + server.down_s
 
             def _send_text(self, text):
                 data = text.encode()

@@ -49,7 +49,8 @@ def _processors(obj: Any, found: dict[int, Any], depth: int = 0) -> None:
 
 def spy_on_processors(reward: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Wrap the ``__call__`` of each processor class the reward holds so that the dtype of every
-    frame and image it is given is recorded; the processor then runs as it is."""
+    frame and image it is given is recorded; the processor then runs as it is. A reward with no processor
+    that prepares its frames itself (``prepare(video)``) has that wrapped instead."""
     seen: list[str] = []
     found: dict[int, Any] = {}
     _processors(reward, found)
@@ -61,6 +62,15 @@ def spy_on_processors(reward: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]
             return __original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "__call__", spied)
+    if not found and hasattr(reward, "prepare"):  # a reward that resizes frames itself (wm_surprise): what its prepare() reads
+        original_prepare = reward.prepare
+
+        def prepare(video, *args, **kwargs):
+            seen.append(str(np.asarray(video.frames).dtype))
+            return original_prepare(video, *args, **kwargs)
+
+        monkeypatch.setattr(reward, "prepare", prepare)
+        return seen
     assert found, "the reward holds no processor"
     return seen
 
