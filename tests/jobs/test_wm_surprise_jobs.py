@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO_ROOT
 
 from cac_align.config import load_config
 from cac_align.rewards import columns, wm_surprise
-from conftest import REPO_ROOT
 
 TINY_WM = {"name": "wm_surprise", "model": "tiny-random:vjepa2", "device": "cpu", "window": 4, "context": 2}
 
@@ -54,11 +54,11 @@ def test_repair_regenerates_the_window_where_the_world_model_is_surprised(tmp_pa
     [0.75, 1.0) s, widened by context_s 0.125 to frames 5-8. The repaired video's curve is flat and lower
     (a better score): the first repair is kept."""
     import numpy as np
+    from conftest import smooth_video
 
     from cac_align.gen.families.vace import build_tiny_vace_pipeline
     from cac_align.jobs.repair import RepairConfig, run
     from cac_align.video import Video, load_video, save_video
-    from conftest import smooth_video
 
     calls = []
 

@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import smooth_video
 
 from cac_align.rewards.registry import build_reward
-from cac_align.rewards.wm_surprise import WMSurpriseReward, build_tiny_vjepa2, frame_indices, standing_out, window_starts
+from cac_align.rewards.wm_surprise import (
+    WMSurpriseReward,
+    build_tiny_vjepa2,
+    frame_indices,
+    standing_out,
+    window_starts,
+)
 from cac_align.video import Video
-from conftest import smooth_video
 
 WINDOW, CONTEXT, STRIDE = 4, 2, 1  # the tiny model's tubelets are 2 frames: 1 seen and 1 predicted per window
 
@@ -151,8 +157,8 @@ def test_a_wm_surprise_section_is_checked_before_anything_loads(tmp_path):
 
 def test_the_memory_plan_counts_v_jepa_2_from_its_safetensors_header(vjepa_dir):
     from cac_align.plan.judges import count_judge
-    from cac_align.rewards.registry import reward_judges
     from cac_align.rewards.judges import VideoShape
+    from cac_align.rewards.registry import reward_judges
 
     shape = VideoShape(81, 480, 832, 16.0)
     (judge,) = reward_judges({"name": "wm_surprise", "model": str(vjepa_dir), "device": "cuda", "dtype": "bfloat16"}, "reward", shape)
