@@ -38,12 +38,39 @@ def _environment(env: dict | None) -> dict:
             **(env or {})}
 
 
-def two_nodes(job: str, recipe: Path, out: Path, *overrides: str, env: dict | None = None) -> Path:
-    """``job`` on two simulated nodes of two processes: two torchrun agents, the second started a second after the
-    first (its processes are ranks 2 and 3); both must end well."""
-    command, environment = _agents(job, recipe, out, *overrides, port=_free_port()), _environment(env)
+def _listening(port: int) -> bool:
+    """Whether a socket of this machine listens on TCP ``port`` (read from /proc/net/tcp: no connection is made)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return True
+    return False
+
+
+def _start_first_node(command: list[str], environment: dict, port: int) -> subprocess.Popen:
+    """The first node's agent, started and waited for until it serves the rendezvous store on ``port``: it is then the
+    store's host and its processes ranks 0 and 1, whatever the machine's load (a fixed pause let the second agent take
+    the store under load; killing that node then took the store with it and the run never came back)."""
     first = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 180
+    while not _listening(port):
+        if first.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the first node's agent did not serve its store on port {port}: {first.communicate()[0][-3000:]}")
+        time.sleep(0.1)
+    return first
+
+
+def two_nodes(job: str, recipe: Path, out: Path, *overrides: str, env: dict | None = None) -> Path:
+    """``job`` on two simulated nodes of two processes: two torchrun agents, the second started once the first serves
+    the rendezvous store (its processes are ranks 2 and 3); both must end well."""
+    port = _free_port()
+    command, environment = _agents(job, recipe, out, *overrides, port=port), _environment(env)
+    first = _start_first_node(command, environment, port)
     second = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     said = [p.communicate(timeout=900)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, "\n----\n".join(s[-4000:] for s in said)
@@ -155,8 +182,7 @@ def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybri
     overrides = (*STEPS, "parallel.shard=fsdp2", "parallel.replicate=2", "parallel.timeout_s=120", "resume=true")
     command = _agents("flow-grpo", BRIGHTNESS, out, *overrides, port=port, max_restarts=1)
     environment = _environment({"CAC_TEST_KILL_NODE": f"{marker}:2"})
-    first = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.0)
+    first = _start_first_node(command, environment, port)  # the store's host: the node that dies is the other one
     second = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)  # its own process group: the node that dies
     died = second.communicate(timeout=900)[0]
