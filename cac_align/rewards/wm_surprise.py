@@ -134,7 +134,9 @@ class WMSurpriseConfig:
             ``facebook/vjepa2-vith-fpc64-256``, ``...-vitl-...`` smaller), or ``tiny-random:vjepa2``.
         device: "auto" (the GPU if there is one), "cpu", "cuda", "cuda:N".
         dtype: the model's dtype (float32, bfloat16, float16); the loss is taken in float32.
-        size: the square side frames are resized to; null: the model's ``crop_size`` (256 or 384).
+        size: the square side frames are resized to: null (default) or the model's ``crop_size`` (256, or 384
+            for the ``-384`` checkpoints, as WMReward picks it); another value is refused (transformers lays out
+            V-JEPA 2's rotary positions for its crop, and another size would be read at wrong positions).
         max_frames: frames read from a video, evenly spread (WMReward: 49).
         window: frames per window (16).
         context: the first frames of a window the predictor sees (8).
@@ -194,7 +196,10 @@ class WMSurpriseReward(BatchReward):
     def __init__(self, model: Any, config: WMSurpriseConfig):
         self.model, self.config = model.eval(), config
         self.batch_size, self.source_fps = config.batch_size, config.source_fps
-        self.size = int(config.size or model.config.crop_size)
+        self.size = int(model.config.crop_size)
+        if config.size is not None and config.size != self.size:  # transformers lays out its rotary positions on crop_size
+            raise ValueError(f"size={config.size}: V-JEPA 2 reads frames of its crop_size ({self.size}) only (its rotary positions are laid out "
+                             "for that grid); leave size null")
         tubelet, patch = int(model.config.tubelet_size), int(model.config.patch_size)
         if config.window % tubelet or config.context % tubelet or self.size % patch:
             raise ValueError(f"window ({config.window}) and context ({config.context}) must be multiples of the model's tubelet_size ({tubelet}), "

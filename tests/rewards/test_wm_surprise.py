@@ -147,6 +147,8 @@ def test_a_wm_surprise_section_is_checked_before_anything_loads(tmp_path):
                               ({"aggregate": "median"}, "aggregate must be one of"), ({"window": 60}, "max_frames")]:
         with pytest.raises(ValueError, match=message):
             reward_config({"name": "wm_surprise", "window": 4, "context": 2, **settings})
+    with pytest.raises(ValueError, match=r"size=48: V-JEPA 2 reads frames of its crop_size \(32\) only"):
+        WMSurpriseReward(build_tiny_vjepa2(), reward_config({"name": "wm_surprise", "window": 4, "context": 2, "size": 48})[1])
     with pytest.raises(ValueError, match="multiples of the model's tubelet_size"):
         WMSurpriseReward(build_tiny_vjepa2(), reward_config({"name": "wm_surprise", "window": 5, "context": 2})[1])
     from cac_align.loading import WeightsNotFoundError
