@@ -74,7 +74,7 @@ import numpy as np
 from cac_align.rewards.authors import authors_file, warn_paraphrase
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
-from cac_align.vlm.backend import Backend, ChatRequest, text_part
+from cac_align.vlm.backend import Backend, ChatRequest, generate_and_read, text_part
 from cac_align.vlm.config import ModelConfig, build_backend
 
 log = logging.getLogger(__name__)
@@ -464,13 +464,11 @@ class SkyraReward(BatchReward):
 
     def score_batch(self, requests: list[_Request]) -> list[dict]:
         chats = [r.chat for r in requests]
-        completions, probs = self.backend.generate_scored(chats, list(CHOICES), answer_prefix, max_new_tokens=self.max_new_tokens)
-        probs = np.array(probs, dtype=float)
-        if self.scoring == "probs":  # a backend that reads nothing with its generation (a server): ask again
-            redo = [(i, answer_prefix(c.text)) for i, c in enumerate(completions) if np.isnan(probs[i]).any()]
-            redo = [(i, prefix) for i, prefix in redo if prefix is not None]
-            if redo:
-                probs[[i for i, _ in redo]] = self.backend.choice_probs([chats[i] for i, _ in redo], [p for _, p in redo], list(CHOICES))
+        if self.scoring == "probs":
+            completions, probs = generate_and_read(self.backend, chats, CHOICES, answer_prefix, self.max_new_tokens)
+        else:  # the verdict alone: what a generation reads along is kept, nothing is asked again
+            completions, probs = self.backend.generate_scored(chats, list(CHOICES), answer_prefix, max_new_tokens=self.max_new_tokens)
+            probs = np.array(probs, dtype=float)
         return [self._detail(r, c.text, p) for r, c, p in zip(requests, completions, probs)]
 
     def _detail(self, request: _Request, text: str, probs: np.ndarray) -> dict:

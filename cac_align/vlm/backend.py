@@ -33,6 +33,7 @@ __all__ = [
     "Completion",
     "MAX_NEW_TOKENS",
     "assistant",
+    "generate_and_read",
     "image_part",
     "images_of",
     "jpeg_image_part",
@@ -230,6 +231,21 @@ class Backend(Protocol):
         image, for a caller that leaves the resizing to it; None where the processor is not ours to
         read (a served model's is the server's)."""
         ...
+
+
+def generate_and_read(backend: Any, requests: Sequence[ChatRequest], choices: Sequence[str], prefix_of: Callable[[str], str | None],
+                      max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[list[Completion], np.ndarray]:
+    """Generate, and the probabilities of ``choices`` after ``prefix_of(answer text)`` for every row: read with
+    the generation where the backend can (:meth:`Backend.generate_scored`: in-process), else asked again with
+    :meth:`Backend.choice_probs` (a server). A row whose ``prefix_of`` is None (no answer tag) stays NaN.
+    Rewards that read a verdict word after an answer tag (Skyra, Cosmos-Reason) call this."""
+    completions, probs = backend.generate_scored(requests, list(choices), prefix_of, max_new_tokens=max_new_tokens)
+    probs = np.array(probs, dtype=float)
+    redo = [(i, prefix_of(c.text)) for i, c in enumerate(completions) if np.isnan(probs[i]).any()]
+    redo = [(i, prefix) for i, prefix in redo if prefix is not None]
+    if redo:
+        probs[[i for i, _ in redo]] = backend.choice_probs([requests[i] for i, _ in redo], [p for _, p in redo], list(choices))
+    return completions, probs
 
 
 class BackendBase:
