@@ -211,3 +211,13 @@ def hub_cache(tmp_path, monkeypatch):
     family_module._hub_index_cached.cache_clear()
     yield cache
     family_module._hub_index_cached.cache_clear()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (the system picks it), for a test's torchrun / accelerate launch: two
+    tests that named the same fixed port collided when xdist ran them at once (EADDRINUSE)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -13,7 +13,7 @@ import torch
 from cac_align.cac.train.collate import IGNORE_INDEX, encode_chat
 from cac_align.config import RecipeError
 from cac_align.jobs import load_recipe
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 # The tiny Qwen3-VL's second deepstack merger gets no gradient (see tests/jobs/test_cac_sft.py).
 NO_GRADIENT = "visual.deepstack_merger_list.1."
@@ -303,7 +303,7 @@ def test_two_processes_agree(cac_data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage3_grpo_tiny.yaml"),
                f"annotations={cac_data}", f"out_dir={out}", "model=tiny-random:qwen3_vl", "train.max_steps=1",
                "grpo.videos_per_step=4"]  # the global intent: the code gives each of the 2 processes 2 videos

@@ -17,7 +17,7 @@ from cac_align.run.folder import read_manifest
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
 from cac_align.vlm.hf import processor_inputs, render_chat
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 
 def _video(frames: int, fps: float, start: float = 0.0, seed: int = 0) -> Video:
@@ -421,7 +421,7 @@ def test_two_processes_split_the_data(cac_data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage1_tiny.yaml"),
                f"annotations={cac_data}", f"out_dir={out}", "train.max_steps=3", "train.eval_steps=3", "train.save_steps=3"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)

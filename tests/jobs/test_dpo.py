@@ -21,7 +21,7 @@ from cac_align.gen.pairs import PairError, latent_mask, read_pairs
 from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, predict_velocity
 from cac_align.gen.families.wan import WAN21, build_tiny_wan_pipeline
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run, warmup_factor
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 DPO_TINY = REPO_ROOT / "recipes/align/dpo_tiny.yaml"
 REPAIR_TINY_WAN = REPO_ROOT / "recipes/align/repair_tiny_wan.yaml"
@@ -251,7 +251,7 @@ def test_two_processes_give_the_lora_of_one(repaired, tmp_path):
     script = REPO_ROOT / "tests" / "dpo_two_process.py"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29553", str(script), str(repaired),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script), str(repaired),
                str(tmp_path / "two"), "steps=2", "batch_size=1", "checkpoint_every=0", "warmup_steps=2", SPLIT]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

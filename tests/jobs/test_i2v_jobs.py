@@ -16,7 +16,7 @@ from PIL import Image
 
 from cac_align.config import RecipeError, load_config
 from cac_align.run.input_files import read_prompt_rows, read_prompts
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 RECIPES = REPO_ROOT / "recipes/align"
 
@@ -321,7 +321,7 @@ def test_image_to_video_on_two_processes_trains_as_one(tmp_path):
     one = {f"transformer.{n}": p.detach() for n, p in pipe.transformer.named_parameters() if p.requires_grad}
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29553",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests/generator_two_process.py"), str(RECIPES / "flow_grpo_tiny_i2v.yaml"), str(tmp_path / "two")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -24,7 +24,7 @@ from cac_align.gen.families.ltx2_repair import SegmentLayout, segment_layout
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.rewards.registry import build_reward
 from cac_align.video import load_video
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 RECIPES = REPO_ROOT / "recipes/align"
 BRIGHTNESS = {"name": "brightness"}  # a cheap judge: these tests are about the generator
@@ -133,7 +133,7 @@ def test_two_processes_train_as_one(tmp_path):
     one = {n: p.detach() for n, p in LTX2.denoiser(pipe).named_parameters() if p.requires_grad}
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests/generator_two_process.py"), str(recipe), str(tmp_path / "two")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

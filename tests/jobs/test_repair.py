@@ -19,7 +19,7 @@ from cac_align.jobs.repair import RepairConfig, run
 from cac_align.regions import Evidence, region_from_evidence
 from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput
 from cac_align.video import Video, load_video, save_video
-from conftest import REPO_ROOT, smooth_video
+from conftest import REPO_ROOT, smooth_video, free_port
 
 TINY = REPO_ROOT / "recipes/align/repair_tiny.yaml"
 DEMO = REPO_ROOT / "recipes/align/repair_demo.yaml"
@@ -288,7 +288,7 @@ def test_two_processes_split_the_videos_and_merge_in_input_order(tmp_path):
     come out merged in input order, as on one process."""
     assert main(["repair", "--config", str(TINY), "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561", "-m", "cac_align.cli",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "cac_align.cli",
                "repair", "--config", str(TINY), "--out", str(tmp_path / "two")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

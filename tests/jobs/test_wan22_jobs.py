@@ -17,7 +17,7 @@ from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline, build_tin
 from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.video import load_video
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 
 BUILDERS = {"ti2v": build_tiny_wan22_ti2v_pipeline, "a14b": build_tiny_wan22_a14b_pipeline}
 
@@ -175,7 +175,7 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
     one = {f"{name}.{n}": p.detach() for name, e in experts_of if e is not None for n, p in e.named_parameters() if p.requires_grad}
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29549",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests/generator_two_process.py"), str(REPO_ROOT / f"recipes/align/flow_grpo_tiny_wan22_{layout}.yaml"),
                str(tmp_path / "two"), f"lora.experts={experts}"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)

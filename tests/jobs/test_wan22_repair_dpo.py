@@ -25,7 +25,7 @@ from cac_align.jobs.dpo import DpoConfig, pair_noise, run
 from cac_align.jobs.repair import RepairConfig
 from cac_align.jobs.repair import run as repair
 from cac_align.regions import Evidence, region_from_evidence
-from conftest import REPO_ROOT, smooth_video
+from conftest import REPO_ROOT, smooth_video, free_port
 
 RECIPES = REPO_ROOT / "recipes/align"
 
@@ -176,7 +176,7 @@ def test_two_processes_train_the_a14b_as_one(repaired_a14b, tmp_path):
     run(_dpo("a14b", tmp_path / "one", repaired_a14b, *overrides), pipe=one)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "DPO_RECIPE": str(RECIPES / "dpo_tiny_wan22_a14b.yaml")}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29557", str(REPO_ROOT / "tests/dpo_two_process.py"),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO_ROOT / "tests/dpo_two_process.py"),
                str(repaired_a14b), str(tmp_path / "two"), *overrides]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
