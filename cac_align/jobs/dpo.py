@@ -328,7 +328,7 @@ class _Trainer:
             raise RecipeError(f"parallel.context_parallel={config.parallel.context_parallel}: image-to-video runs are not split over a "
                               "context-parallel group (LTX-2's plan does not split the image frame's own timesteps, and no job run with "
                               "images is proven equal to one process under it); shard with parallel.shard=fsdp2 and context_parallel=1")
-        # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel.py)
+        # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel/connect.py)
         connected = connect_processes(config.parallel, cpu=config.generator.device == "cpu")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
@@ -478,7 +478,7 @@ class _Trainer:
                 model_w, model_l = squared_error(prediction, target)
                 ref_w, ref_l = squared_error(reference, target)
                 loss, parts = dpo_loss(model_w, model_l, ref_w, ref_l, config.loss, mask if mask.any() else None)
-                self.layout.backward(acc, loss / plan.micro_batches)  # x context_parallel (gen/parallel.py)
+                self.layout.backward(acc, loss / plan.micro_batches)  # x context_parallel (gen/parallel/gradients.py)
             n, masked = float(len(where)), float(parts["masked_pairs"])
             for key, value in parts.items():
                 if key == "masked_pairs":

@@ -475,7 +475,7 @@ class _Trainer:
         self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
         check_prompt_images(self.family, self.eval_images, config.eval_prompts)
         self._check_inputs()
-        # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel.py)
+        # connected with parallel.timeout_s, keyed by torchrun's restart round (gen/parallel/connect.py)
         connected = connect_processes(config.parallel, cpu=config.generator.device == "cpu")
         self.accelerator = Accelerator(
             cpu=config.generator.device == "cpu",
@@ -505,7 +505,7 @@ class _Trainer:
         # 1. generator with a LoRA on its transformer (a two-expert model's: on lora.experts);
         #    text encoder, VAE and every expert without a LoRA stay frozen; then the parallel
         #    settings applied to it (sharded: loaded on the CPU, the transformers' weights read by the
-        #    first process only, each process keeps its shards: gen/parallel.py)
+        #    first process only, each process keeps its shards: gen/parallel/)
         if self.pipe is None:
             self.pipe = self.layout.load_generator(config.generator, acc.device)
         pipe = self.pipe
@@ -856,7 +856,7 @@ class _Trainer:
                             audio_loss, audio_parts = sound.loss(lo, hi, j, side_velocity, ref_side_velocity, weights[lo:hi], clip)
                             loss = loss + audio_loss
                             parts.update({f"audio_{key}": value for key, value in audio_parts.items()})
-                        self.layout.backward(acc, loss / chunk_total)  # x context_parallel (gen/parallel.py)
+                        self.layout.backward(acc, loss / chunk_total)  # x context_parallel (gen/parallel/gradients.py)
                     for key, value in parts.items():
                         if key not in ("kl", "audio_kl") or config.beta > 0:  # with beta = 0 no KL is computed
                             sums[key] = sums.get(key, 0.0) + float(value)

@@ -88,7 +88,7 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   "parallel.encoder_on_device": None,
                   # the encoders' one copy per node (#92): where weights live in host memory, never a sample
                   "parallel.share_encoders": None, "parallel.share_dir": None,
-                  # parallel.timeout_s (gen/parallel.py DEFAULT_TIMEOUT_S): run-only in both trainers too, so a resumed run may change it
+                  # parallel.timeout_s (gen/parallel/dims.py DEFAULT_TIMEOUT_S): run-only in both trainers too, so a resumed run may change it
                   "parallel.timeout_s": 1800.0}
 # Sections added later whose every setting is in LATER_DEFAULTS: left out when nothing is left in them.
 LATER_SECTIONS = ("parallel",)

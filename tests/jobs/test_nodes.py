@@ -33,7 +33,7 @@ def _agents(job: str, recipe: Path, out: Path, *overrides: str, port: int, max_r
 
 
 def _environment(env: dict | None) -> dict:
-    # each restart round's first worker serves a store of its own (gen/parallel.py connect_processes: several nodes)
+    # each restart round's first worker serves a store of its own (gen/parallel/connect.py connect_processes: several nodes)
     return {**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}", "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             **(env or {})}
 

@@ -1,5 +1,5 @@
 """The generator trainers sharded (FSDP2 per block) and split over processes (context parallel), proven
-equal to one process on the CPU (cac_align/gen/parallel.py; docs/flow_grpo.md, "Sharding and long videos").
+equal to one process on the CPU (cac_align/gen/parallel/; docs/flow_grpo.md, "Sharding and long videos").
 
 The two- and four-process cases run tests/parallel_launch.py under torchrun (gloo, fp32, tiny models
 built from diffusers' own classes) and are marked slow: `pytest -m slow tests/jobs/test_parallel.py`
@@ -93,7 +93,7 @@ def assert_loaded_once(processes: list[dict]) -> None:
     """The generator's transformers came into one process's host memory, not every process's: the first
     built them (a tiny pipeline) or read them from their safetensors files (a folder), their frozen base
     whole, and they were whole in it when the sharding began; every other process built them empty and
-    read none of their bytes (its shards came from the first: gen/parallel.py, "Loading once")."""
+    read none of their bytes (its shards came from the first: gen/parallel/loading.py, "Loading once")."""
     first, *others = processes
     assert first["transformer_bytes_built"] + first["transformer_bytes_read"] == first["frozen_bytes"] > 0
     assert first["expert_bytes_before_shard"] > first["frozen_bytes"]  # the base and its LoRA
@@ -201,7 +201,7 @@ def _same_modules(got, want) -> bool:
 
 
 def test_the_other_processes_build_the_transformers_of_a_folder_empty_without_their_files(tmp_path):
-    """What a sharded run's processes other than the first load (gen/parallel.py, "Loading once"): the
+    """What a sharded run's processes other than the first load (gen/parallel/loading.py, "Loading once"): the
     transformers from their config.json on the meta device, in the recipe's dtype and eval mode, the rest
     as a whole load gives it. Their weight files are deleted first: nothing of them is read."""
     from cac_align.gen.generator import GeneratorConfig, build_generator
@@ -502,7 +502,7 @@ def test_sharded_evaluation_with_uneven_held_out_prompts_equals_one_process(tmp_
 
 @pytest.mark.parametrize("own", [True, False], ids=["own-outputs", "control-views"])
 def test_a_sharded_unit_returns_no_view_and_its_gradients_are_one_process(own):
-    """FSDP2's "returned a view tensor" warning (cac_align/gen/parallel.py, ``own_view_outputs``): with the
+    """FSDP2's "returned a view tensor" warning (cac_align/gen/parallel/parallelize.py, ``own_view_outputs``): with the
     hook Layout.apply adds, the sharded tiny Wan transformer returns no view (no warning), and its LoRA
     gradients equal the unsharded model's exactly. The control shards without the hook: torch warns
     (Wan's output is a view), and the gradients are still right, which is what the docstring says."""
@@ -619,7 +619,7 @@ torch.distributed.destroy_process_group()
 @pytest.mark.slow
 def test_a_restarted_group_reconnects_through_connect_processes(tmp_path):
     """A group restarted by torchrun (rank 1 SIGKILLed in round 0) reconnects through connect_processes
-    (gen/parallel.py: the round's own prefix in the agent's store, which torchrun keeps over the rounds)
+    (gen/parallel/connect.py: the round's own prefix in the agent's store, which torchrun keeps over the rounds)
     and its groups wait parallel.timeout_s. No control is asserted: connecting as torch does by itself
     after a restart failed for the issue's author and for us (connectFullMesh dialling the killed round's
     address) but not every time (two CI runs connected), so whether it fails is a race, not a test."""
