@@ -29,6 +29,13 @@ Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_NO_CP_SCALE=1``: the loss is not multiplied by the context-parallel degree;
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
 
+Gradient reductions (issue #105), sharded: each record says, per expert, how many reduce-scatters and all-reduces
+across the replicas (HSDP) FSDP2 made for its units and how many bytes those all-reduces carried (``reductions``),
+how many of its units hold LoRA parameters (``lora_units``) and how many optimizer updates the run made (``updates``,
+flow-grpo and nft). ``CAC_TEST_SYNC_LAST_ONLY=1``, the control, reduces every expert at the update's last backward
+only (an expert that did not run in it never reduces); ``CAC_TEST_SYNC_EVERY_BACKWARD=1`` reduces every expert at
+every backward that runs it, as the trainer did before one reduction per update (benchmarks/parallel/reductions.py).
+
 Hybrid sharding (``parallel.replicate``): ``CAC_TEST_NO_REPLICA_REDUCE=1``, the control, skips FSDP2's all-reduce
 of the gradients over the replicas. Each record says how many bytes of tensors ``Layout.apply`` broadcast
 inside a node and across nodes (``weight_bytes_sent_inside_nodes`` / ``_across_nodes``; a node is
@@ -116,6 +123,8 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
         torch.distributed.broadcast = broadcast
     if os.environ.get("CAC_TEST_NO_REPLICA_REDUCE") and self.fsdp_mesh is not None and self.fsdp_mesh.ndim == 2:
         _skip_replica_reduction(self.fsdp_mesh.get_group("replicate"))
+    if self.sharded:
+        _count_reductions(self, denoiser)
 
     def local(p):
         return (p.to_local() if isinstance(p, DTensor) else p).numel()
@@ -149,6 +158,59 @@ def _skip_replica_reduction(group):
         return all_reduce(tensor, op, target, *args, **kwargs)
 
     torch.distributed.all_reduce = all_reduce_but_replicas
+
+
+def _count_reductions(layout, denoiser):
+    """Count, per expert, the reduce-scatters and the all-reduces across the replicas FSDP2 makes in its units' post-backward
+    (the collectives are attributed to the unit whose ``post_backward`` runs them), and the bytes those all-reduces carry."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
+
+    experts = list(denoiser.experts)
+    unit_expert = {id(unit): e for e, expert in enumerate(experts) for unit in parallel.fsdp_units(expert)}
+    counts = {e: {"reduce_scatter": 0, "all_reduce_replicas": 0, "all_reduce_bytes": 0} for e in range(len(experts))}
+    record["reductions"] = counts
+    record["lora_units"] = [sum(any(p.sharded_param.requires_grad for p in unit._get_fsdp_state()._fsdp_param_group.fsdp_params)
+                                for unit in parallel.fsdp_units(expert) if unit._get_fsdp_state()._fsdp_param_group is not None)
+                            for expert in experts]
+    replicas = layout.fsdp_mesh.get_group("replicate") if layout.fsdp_mesh.ndim == 2 else None
+    current = [None]
+    post_backward = FSDPParamGroup.post_backward
+
+    def attributed(self, *args, **kwargs):
+        current[0] = unit_expert.get(id(self.modules[0]))
+        try:
+            return post_backward(self, *args, **kwargs)
+        finally:
+            current[0] = None
+
+    FSDPParamGroup.post_backward = attributed
+    for name in ("reduce_scatter_single", "reduce_scatter_tensor"):
+        original = getattr(torch.distributed, name, None)
+        if original is None:
+            continue
+
+        def reduce_scatter(*args, _original=original, **kwargs):
+            if current[0] is not None:
+                counts[current[0]]["reduce_scatter"] += 1
+            return _original(*args, **kwargs)
+
+        setattr(torch.distributed, name, reduce_scatter)
+    all_reduce = torch.distributed.all_reduce
+
+    def counted_all_reduce(tensor, *args, **kwargs):
+        group = kwargs.get("group", args[1] if len(args) > 1 else None)
+        if current[0] is not None and replicas is not None and group == replicas:
+            counts[current[0]]["all_reduce_replicas"] += 1
+            counts[current[0]]["all_reduce_bytes"] += tensor.numel() * tensor.element_size()
+        return all_reduce(tensor, *args, **kwargs)
+
+    torch.distributed.all_reduce = counted_all_reduce
+    from cac_align.gen.parallel import gradients
+
+    if os.environ.get("CAC_TEST_SYNC_LAST_ONLY"):  # the control: every expert reduces at the update's last backward only
+        gradients.reducing_backwards = lambda runs: [frozenset()] * (len(runs) - 1) + [frozenset(e for r in runs for e in r)]
+    if os.environ.get("CAC_TEST_SYNC_EVERY_BACKWARD"):  # as before issue #105: a reduction at every backward
+        gradients.reducing_backwards = lambda runs: [frozenset(r) for r in runs]
 
 
 def _groups(layout):
@@ -321,6 +383,18 @@ elif job == "nft":
     from cac_align.jobs.nft import NftConfig as Config, run
 else:
     from cac_align.jobs.dpo import DpoConfig as Config, run
+
+if job in ("flow-grpo", "nft"):  # the optimizer updates the run made (the reductions are counted per update)
+    from cac_align.jobs import flow_grpo as _flow_grpo
+
+    record["updates"] = 0
+    _optimizer_step = _flow_grpo._Trainer._optimizer_step
+
+    def _counted_update(self, *args, **kwargs):
+        record["updates"] += 1
+        return _optimizer_step(self, *args, **kwargs)
+
+    _flow_grpo._Trainer._optimizer_step = _counted_update
 
 if os.environ.get("CAC_TEST_VIA_CLI"):  # the command a user runs: its exit code and what it prints on failure
     from cac_align.cli import main

@@ -320,6 +320,12 @@ class GeneratorFamily(Protocol):
         family whose :attr:`image_input` is not "none"."""
         ...
 
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls one sample of ``num_inference_steps`` makes: the length of
+        :meth:`schedule`'s timesteps, from the setting alone (the memory plan and the network table
+        count what the sampler runs: MiniMax-H3's grid of N points is N - 1 steps)."""
+        ...
+
     def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
         """``(sigmas (N + 1,), timesteps (N,))``: the pipeline's own sampling schedule."""
         ...

@@ -468,9 +468,9 @@ class _Trainer:
             timesteps = torch.cat([sigmas, sigmas]) * self.num_train_timesteps  # the model's timestep is sigma x 1000
             embeds = Conditioning.cat([cond, cond]).to(device)
             mask = batch["mask"].to(device)
-            # 2. policy and reference velocities; 3. the loss; gradients all-reduced on the last micro-batch
-            sync = self.layout.no_sync(acc, self.model, last=k == plan.micro_batches - 1)
-            with sync:
+            # 2. policy and reference velocities; 3. the loss; gradients reduced once, on the last micro-batch (sharded:
+            #    every call runs every expert, gen/parallel/gradients.py)
+            with self.layout.gradient_sync(acc, self.model, k, [range(len(self.unwrapped.experts))] * plan.micro_batches):
                 with acc.autocast():
                     prediction = video_velocity(self.model, x_t, timesteps, embeds, None, self.guidance, self.base_dtype, side)
                 with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():

@@ -79,7 +79,7 @@ from cac_align.rl.routing import AdvantageSettings
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
-from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, start_trackers, trackers_for
+from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, start_trackers, trackers_for, world_means
 from cac_align.run.watch import RunWatch, WatchSettings
 from cac_align.video import Video, save_video
 from cac_align.vlm.config import served_urls
@@ -813,7 +813,9 @@ class _Trainer:
         count = 0
         self.model.train()
         for chunk in chunks:
-            backwards, chunk_total = 0, len(chunk) * len(steps_trained)
+            # which expert each of the update's backwards runs: its gradients reduce once, at its last (gen/parallel/gradients.py)
+            backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[j])} for _ in chunk for j in steps_trained]
+            chunk_total = len(runs)
             for index in chunk:
                 lo, hi = micro[index]
                 emb = embeds[lo:hi]
@@ -824,9 +826,7 @@ class _Trainer:
                     x = latents[lo:hi, j].to(device)
                     x_next = latents[lo:hi, j + 1].to(device)
                     side = sides[lo:hi, j].to(device) if sides is not None else None
-                    # gradients are all-reduced (sharded: reduce-scattered) once per update, on its last backward
-                    sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
-                    with sync:
+                    with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
                         with acc.autocast():
                             velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
                         velocity, side_velocity = velocity if side is not None else (velocity, None)
@@ -863,7 +863,7 @@ class _Trainer:
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             self._optimizer_step(acc, grad_norms)
         self.model.eval()
-        out = {f"train/{k}": v / count for k, v in sums.items()}
+        out = {f"train/{k}": v for k, v in world_means(sums, count).items()}  # the world's mean, not this process's
         if grad_norms:
             out["train/grad_norm"] = float(np.mean(grad_norms))
         out["train/timesteps"] = len(steps_trained)

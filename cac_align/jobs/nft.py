@@ -46,6 +46,7 @@ from cac_align.gen.lora import adapters_disabled, swapped_lora, trainable
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, memory_inputs, plan_step, trained_timesteps
 from cac_align.rewards.base import Reward
+from cac_align.run.metrics import world_means
 
 __all__ = ["NftConfig", "memory_inputs", "noise_seed", "plan_step", "run"]  # memory_inputs, plan_step: read by the CLI (check-recipe)
 
@@ -197,7 +198,9 @@ class _NftTrainer(_Trainer):
         grad_norms: list[float] = []
         self.model.train()
         for chunk in chunks:
-            backwards, chunk_total = 0, len(chunk) * len(steps_trained)
+            # which expert each of the update's backwards runs: its gradients reduce once, at its last (gen/parallel/gradients.py)
+            backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[j])} for _ in chunk for j in steps_trained]
+            chunk_total = len(runs)
             for index in chunk:
                 lo, hi = micro[index]
                 emb = embeds[lo:hi]
@@ -212,9 +215,7 @@ class _NftTrainer(_Trainer):
                     if audio:  # trained: the sound noised again from its clean latents, at its own level
                         side_sigma = float(self.side_sigmas[j])
                         side = _renoise(sides[lo:hi, -1].to(device), side_sigma, [noise_seed(config.seed, step, local[k], j, 1) for k in range(lo, hi)], device)
-                    # gradients are all-reduced (sharded: reduce-scattered) once per update, on its last backward
-                    sync = self.layout.no_sync(acc, self.model, last=backwards == chunk_total)
-                    with sync:
+                    with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
                         with torch.no_grad(), acc.autocast():  # the old policy's and the reference's velocities
                             with swapped_lora(self.unwrapped, self.old):
                                 old_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
@@ -247,7 +248,7 @@ class _NftTrainer(_Trainer):
                             counts[key] = counts.get(key, 0) + 1
             self._optimizer_step(acc, grad_norms)
         self.model.eval()
-        out = {f"train/{k}": v / counts[k] for k, v in sums.items()}
+        out = {f"train/{k}": v for k, v in world_means(sums, counts).items()}  # the world's mean, not this process's
         if grad_norms:
             out["train/grad_norm"] = float(np.mean(grad_norms))
         out["train/timesteps"] = len(steps_trained)

@@ -4,10 +4,12 @@ replica per node), from the recipe's own numbers (arithmetic; :func:`network_pla
 
 **What is counted.** The transformer's frozen base and its LoRA are gathered whole, block by block, for
 every forward (and again in the backward where ``reshard_after_forward`` frees them): the sampling
-forwards (``num_inference_steps`` a sampling call), and per trained timestep of each micro-batch the
-training forward, the backward's gather, the reference forward (``beta > 0``) and, for DiffusionNFT, the
-old policy's forward (:func:`step_traffic`). The LoRA's gradients (fp32) are reduced once per update
-(``updates_per_step``). A GPU's bytes are what the collectives deliver to it: every shard it lacks, once
+forwards (the family's denoising steps a sampling call: MiniMax-H3 runs ``num_inference_steps - 1``),
+and per trained timestep of each micro-batch the training forward, the backward's gather, the reference
+forward (``beta > 0``) and, for DiffusionNFT, the old policy's forward (:func:`step_traffic`). The LoRA's
+gradients (fp32) are reduced once per update (``updates_per_step``), whatever the backwards it
+accumulates (:mod:`cac_align.gen.parallel.gradients`; tests/jobs/test_nodes.py counts the collectives).
+A GPU's bytes are what the collectives deliver to it: every shard it lacks, once
 (an all-gather of ``B`` bytes over ``n`` GPUs brings it ``(n - 1) / n x B``); a ring or a tree routes them
 otherwise, but delivers these. Sends equal receives (the collectives are symmetric).
 
@@ -56,11 +58,11 @@ def step_traffic(config: Any, processes: int, job: str) -> StepTraffic:
     """The collectives one GPU makes in a step of a ``flow-grpo`` or ``nft`` recipe's ``config`` on
     ``processes`` GPUs (its context-parallel groups sharing their samples): its share of
     ``prompts_per_step x group_size`` samples, sampled ``sample_batch_size`` at a time with
-    ``num_inference_steps`` forwards each, trained ``train_batch_size`` at a time on
+    the family's denoising steps (its sampler's forwards) each, trained ``train_batch_size`` at a time on
     ``round(timestep_fraction x steps)`` timesteps."""
     groups = processes // config.parallel.context_parallel
     local = math.ceil(config.prompts_per_step * config.group_size / groups)
-    steps = int(config.generator.num_inference_steps)
+    steps = config.generator.family.denoising_steps(int(config.generator.num_inference_steps))  # what its sampler runs (MiniMax-H3: one fewer)
     sampling = math.ceil(local / config.sample_batch_size) * steps
     trained = max(1, round(steps * config.timestep_fraction))
     per_timestep = 1 + int(config.parallel.reshard_after_forward) + int(config.beta > 0) + int(job == "nft")

@@ -9,7 +9,7 @@ the same model (under context parallel, the judges only on each group's leader, 
 | --- | --- | --- | --- |
 | each transformer's frozen base | resident | ``shard: none``: all of it; ``fsdp2``: ``ceil(P / N)`` parameters | counted |
 | gathered block, and FSDP2's prefetch | train (flow-grpo: and video) | ``fsdp2``: the largest block's parameters (FSDP2 gathers one block at a time), and the next block's, whose all-gather overlaps the running one; every block with ``reshard_after_forward: false`` | counted |
-| LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1; no moments under ``optimizer: sgd``); ``fsdp2``: 1/N of them | counted |
+| LoRA weights, gradients, AdamW moments (, EMA) | resident | ``r * (in + out)`` per adapted Linear, fp32, x1 / x1 / x2 (/ x1; no moments under ``optimizer: sgd``); ``fsdp2``: 1/N of them, but for the gradients, held whole while an update accumulates them (one reduction an update: :mod:`cac_align.gen.parallel.gradients`) and then 1/N, ``(1 + 1/N)`` in all | counted |
 | text encoder(s) | resident, or encode | in ``generator.dtype``; off the device between encodes (``encoder_on_device: false``) it only counts while it encodes | counted |
 | VAE(s), vocoder | resident | in ``generator.vae_dtype`` | counted |
 | the VAE's decode of a sample batch (flow-grpo), or encode of a video (dpo's latent cache) | video | ``sample_batch_size`` videos at once (1 for dpo), untiled as the families run it; where the family traces its sound's decode too (Kandinsky 6's audio VAE and vocoder: ``audio_decode_bytes``), the larger of the two, which run one after the other | traced |
@@ -296,7 +296,11 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
     lora_local = math.ceil(lora / shards) if shard == "fsdp2" else lora
     if lora:
         rows.append(PlanRow(f"LoRA weights (fp32, rank {lora_rank}, {lora:,} parameters)", lora_local * _FP32, "counted"))
-        rows.append(PlanRow("LoRA gradients (fp32)", lora_local * _FP32, "counted"))
+        if lora_local < lora:  # sharded: an update's gradients accumulate whole, unsynchronized, then reduce into the shards once
+            rows.append(PlanRow("LoRA gradients (fp32: whole until the update's one reduction, then its shard)", (lora + lora_local) * _FP32,
+                                "counted"))
+        else:
+            rows.append(PlanRow("LoRA gradients (fp32)", lora_local * _FP32, "counted"))
         if optimizer != "sgd":  # plain SGD keeps no state
             rows.append(PlanRow("AdamW moments (2 x fp32)", 2 * lora_local * _FP32, "counted"))
         if ema:

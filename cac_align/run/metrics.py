@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["end_trackers", "flush_wandb", "log_metrics", "merge_sums"]
+__all__ = ["end_trackers", "flush_wandb", "log_metrics", "merge_sums", "world_means"]
 
 
 def merge_sums(parts: Sequence[dict[str, tuple[float, float]]]) -> dict[str, float]:
@@ -24,6 +24,17 @@ def merge_sums(parts: Sequence[dict[str, tuple[float, float]]]) -> dict[str, flo
             entry[0] += value
             entry[1] += count
     return {name: value / count for name, (value, count) in totals.items() if count > 0}
+
+
+def world_means(sums: dict[str, float], counts: dict[str, float] | float) -> dict[str, float]:
+    """Means over every process of per-process ``sums`` of ``counts`` terms each (one count for every
+    name, or one a name): what a trainer logs of its losses, the world's mean and not one process's
+    (:func:`merge_sums` of every process's pairs). A collective: call on every process, whatever its
+    names (a process whose terms were all dropped sends none of them)."""
+    from accelerate.utils import gather_object
+
+    mine = {name: (value, counts if isinstance(counts, (int, float)) else counts[name]) for name, value in sums.items()}
+    return merge_sums(gather_object([mine]))
 
 
 def log_metrics(accelerator: Accelerator, out: str | Path, step: int, metrics: dict[str, Any], trackers: bool = True) -> None:

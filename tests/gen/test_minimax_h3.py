@@ -129,6 +129,22 @@ def test_with_noise_0_our_sampler_gives_the_pipelines_own_video_and_audio_latent
     assert (ours_audio - own[0][1]).abs().max() > 1e-2
 
 
+@pytest.mark.slow  # the tiny build and our sampler: `pytest -m slow`
+def test_the_plan_counts_the_denoising_steps_the_sampler_runs(tiny, sampled):
+    """Issue #105: MiniMax-H3's grid of ``num_inference_steps`` points ends at 0, so its sampler makes one fewer transformer
+    call than the setting; the network table counts what it runs (3 points: 2 steps)."""
+    from types import SimpleNamespace
+
+    from cac_align.plan.network import step_traffic
+
+    config, _ = tiny
+    ran = sampled.latents.shape[1] - 1  # the trajectory holds the initial latents and one more per step
+    assert ran == MINIMAX_H3.denoising_steps(config.num_inference_steps) == config.num_inference_steps - 1 == 2
+    recipe = SimpleNamespace(prompts_per_step=1, group_size=2, sample_batch_size=2, train_batch_size=2, timestep_fraction=1.0, beta=0.0,
+                             updates_per_step=1, generator=config, parallel=SimpleNamespace(context_parallel=1, reshard_after_forward=True))
+    assert step_traffic(recipe, 1, "flow-grpo").sampling_gathers == ran  # one sampling call of 2 samples: one gather a step
+
+
 @pytest.mark.slow  # a saved pipeline reloaded under an unlisted name, the same latents
 def test_a_folder_saved_by_diffusers_under_an_unlisted_name_loads_and_samples_the_same(tiny, sampled, tmp_path, hub_cache):
     from cac_align.gen.generator import build_generator

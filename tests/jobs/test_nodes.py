@@ -147,6 +147,28 @@ def test_hsdp_on_two_nodes_trains_as_one_process_and_reads_the_weights_once_a_no
 
 
 @pytest.mark.slow
+def test_hsdp_reduces_each_units_gradients_across_nodes_once_an_update_as_the_network_table_counts(hybrid):
+    """Issue #105: an update's backwards accumulate the LoRA's gradients unsynchronized, and each FSDP2 unit holding a
+    LoRA all-reduces its shard across the two nodes once per update (it did once per backward: 8 a step here), as
+    `check-recipe --nodes` counts it: one reduction of G / L bytes a GPU per update."""
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from cac_align.config import load_config
+    from cac_align.plan.counts import counted_generator
+    from cac_align.plan.network import network_plan, step_traffic
+
+    config = load_config(FlowGrpoConfig, BRIGHTNESS, [f"out_dir={hybrid}", *STEPS, "parallel.shard=fsdp2", "parallel.replicate=2"], job="flow-grpo")
+    traffic = step_traffic(config, 4, "flow-grpo")
+    network = network_plan(counted_generator(config.generator, config.lora), traffic, nodes=2, per_node=2, lora_rank=config.lora.rank)
+    for record in records(hybrid, 4):
+        assert record["updates"] == 3 * traffic.reductions == 3  # 3 steps of one update each, as the table says
+        for expert, units in enumerate(record["lora_units"]):
+            got = record["reductions"][str(expert)]
+            assert got["all_reduce_replicas"] == units * record["updates"] == got["reduce_scatter"], got  # one a unit and update
+        # the bytes a GPU all-reduces across the nodes per update: its node's shard of the LoRA's gradients, G / L
+        assert sum(r["all_reduce_bytes"] for r in record["reductions"].values()) == record["updates"] * network.gradients // 2, record
+
+
+@pytest.mark.slow
 def test_full_sharding_over_two_nodes_trains_as_one_process_and_a_broken_replica_reduction_does_not(one_process, tmp_path):
     full = two_nodes("flow-grpo", BRIGHTNESS, tmp_path / "full", "steps=1", "checkpoint_every=1", "eval_prompts=null", "parallel.shard=fsdp2")
     assert_read_once_a_node(records(full, 4))  # full sharding too: each node's weights from its own first process

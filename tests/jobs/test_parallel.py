@@ -63,6 +63,15 @@ def records(out: Path, processes: int) -> list[dict]:
     return [json.loads((out / f"record{r}.json").read_text()) for r in range(processes)]
 
 
+def assert_one_reduction_per_update(found: list[dict]) -> None:
+    """Issue #105: each expert's units holding a LoRA reduced their gradients once per optimizer update (a reduce-scatter
+    each, FSDP2's, at the last backward that ran the expert), not once per backward."""
+    for record in found:
+        assert record["updates"] > 0 and len(record["lora_units"]) == len(record["reductions"]), record
+        for expert, units in enumerate(record["lora_units"]):
+            assert units > 0 and record["reductions"][str(expert)]["reduce_scatter"] == units * record["updates"], (expert, record["reductions"])
+
+
 def assert_same_lora(got: Path, want: Path, tol: float = 1e-5) -> None:
     a, b = load_file(str(got)), load_file(str(want))
     assert set(a) == set(b) and a
@@ -396,6 +405,17 @@ def test_every_family_sharded_equals_one_process(family, recipe, tmp_path):
     assert metrics(two)[0]["train/ratio_mean"] == pytest.approx(1.0, abs=1e-6)  # LTX-2 with CP: measured 7e-8 off
     for name in sorted(p.name for p in (one / "lora").glob("*.safetensors")):
         assert_same_lora(two / "lora" / name, one / "lora" / name)
+    assert_one_reduction_per_update(records(two, 2))
+    if family == "wan2.2-a14b":  # issue #105's control: every expert reduced at the update's last backward only
+        control = launch("flow-grpo", REPO_ROOT / "recipes/align" / recipe, tmp_path / "control", *common,
+                         *[e for e in extra if e.startswith("parallel.")], processes=2, env={**toy, "CAC_TEST_SYNC_LAST_ONLY": "1"})
+        # the last backward runs the low-noise expert (1) alone: the high-noise one (0) never reduces, and its LoRA stays unlike one
+        # process's, while expert 1's is one process's
+        for record in records(control, 2):
+            assert record["reductions"]["0"]["reduce_scatter"] == 0 and record["reductions"]["1"]["reduce_scatter"] > 0, record["reductions"]
+        with pytest.raises(AssertionError):
+            assert_same_lora(control / "lora/pytorch_lora_weights.safetensors", one / "lora/pytorch_lora_weights.safetensors", 1e-6)
+        assert_same_lora(control / "lora/pytorch_lora_weights_transformer_2.safetensors", one / "lora/pytorch_lora_weights_transformer_2.safetensors")
 
 
 @pytest.mark.slow

@@ -205,6 +205,11 @@ class HunyuanVideo15Family:
         return Conditioning(condition=torch.stack([encoded[image][0] for image in images]),
                             image_embeds=torch.stack([encoded[image][1] for image in images]))
 
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls (denoising steps) one sample of ``num_inference_steps`` makes: the
+        length of :meth:`schedule`'s timesteps (one a step)."""
+        return num_inference_steps
+
     def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's own: ``linspace(1, 0, N + 1)[:-1]`` through its scheduler (which shifts
         them; diffusers' ``retrieve_timesteps`` of the pipeline's module): ``(sigmas (N + 1,)

@@ -247,6 +247,11 @@ class Kandinsky6Family:
                 encoded[image] = reference_latents(pipe, load_image(image.image), config.height, config.width).float()
         return Conditioning(reference=torch.cat([encoded[image] for image in images]).permute(0, 3, 1, 2).unsqueeze(2))  # (B, C, 1, H', W')
 
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls (denoising steps) one sample of ``num_inference_steps`` makes: the
+        length of :meth:`schedule`'s timesteps (one a step)."""
+        return num_inference_steps
+
     def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's own (``retrieve_timesteps(scheduler, num_inference_steps)``): ``(sigmas (N + 1,), timesteps (N,))``."""
         from diffusers.pipelines.kandinsky6.pipeline_kandinsky6_ti2va import retrieve_timesteps

@@ -397,6 +397,11 @@ class LTX2Family:
                 encoded[image] = first_frame_latents(pipe, conditioning_image(pipe, load_image(image.image)), config.height, config.width)
         return Conditioning(fixed=torch.cat([encoded[image] for image in images]))
 
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls (denoising steps) one sample of ``num_inference_steps`` makes: the
+        length of :meth:`schedule`'s timesteps (one a step)."""
+        return num_inference_steps
+
     def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's own: ``linspace(1, 1/N, N)`` through its scheduler, shifted by the video's
         token count (diffusers' ``calculate_shift`` and ``retrieve_timesteps`` of the pipeline's

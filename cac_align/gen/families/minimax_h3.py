@@ -193,6 +193,11 @@ class MiniMaxH3Family:
     def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
         raise ValueError(f"{self.title} is run as text-to-video here (its first/last-frame workflow is not)")
 
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls (denoising steps) one sample of ``num_inference_steps`` makes: the
+        length of :meth:`schedule`'s timesteps (its grid's terminal 0 is one of the ``num_inference_steps`` points, so one fewer)."""
+        return num_inference_steps - 1
+
     def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The video scheduler's own grid (``set_timesteps(num_inference_steps)``: the terminal 0
         is one of the points, so ``N`` points are ``N - 1`` steps): ``(sigmas (N,), timesteps

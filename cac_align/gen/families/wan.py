@@ -200,6 +200,11 @@ class WanFamily:
         rows = [wan_image_conditioning(pipe, config, image, expand_timesteps=self.expand_timesteps) for image in images]
         return Conditioning.stack(rows)
 
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls (denoising steps) one sample of ``num_inference_steps`` makes: the
+        length of :meth:`schedule`'s timesteps (one a step)."""
+        return num_inference_steps
+
     def schedule(self, pipe: Any, config: Any) -> tuple[Any, Any]:
         from cac_align.gen.generator import scheduler_shift
         from cac_align.rl.sde import flow_sigmas

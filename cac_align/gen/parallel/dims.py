@@ -265,11 +265,13 @@ class Layout:
             return denoiser, optimizer
         return accelerator.prepare(denoiser, optimizer)
 
-    def no_sync(self, accelerator: Accelerator, model: Any, last: bool) -> Any:
-        """The context of one backward of an accumulated update (:func:`.gradients.no_sync`)."""
-        from cac_align.gen.parallel.gradients import no_sync
+    def gradient_sync(self, accelerator: Accelerator, model: Any, index: int, runs: Sequence[Any]) -> Any:
+        """The context of backward ``index`` of an accumulated update whose backwards run the experts
+        ``runs`` (:func:`.gradients.gradient_sync`: one reduction per update, each expert at its last
+        backward)."""
+        from cac_align.gen.parallel.gradients import gradient_sync
 
-        return no_sync(self, accelerator, model, last)
+        return gradient_sync(self, accelerator, model, index, runs)
 
     def backward(self, accelerator: Accelerator, loss: torch.Tensor) -> None:
         """``loss``'s backward, times the context-parallel degree (:func:`.gradients.backward`)."""

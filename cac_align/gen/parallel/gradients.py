@@ -7,12 +7,25 @@ diffusers' output gather hands each rank back only its own chunk's gradient in t
 rank's parameter gradient is a partial sum; the true gradient is their sum over the group. FSDP2 (and
 DDP) average over all ``dp * cp`` ranks, so the loss is multiplied by ``cp``
 (:attr:`~.dims.Layout.loss_scale`), as verl-omni does; a test pins it against one process, with a control.
+
+One reduction per update. An update accumulates the gradients of many backwards (flow-grpo and nft: a
+chunk's micro-batches x trained timesteps, MiniMax-H3's 98 a step; dpo: its micro-batches). They are
+reduced once, at the update's last backward (:func:`gradient_sync`): DDP by accelerate's ``no_sync`` before
+it; FSDP2 by ``set_requires_gradient_sync(False)`` on every backward but the last that runs an expert,
+the way torchtitan defers a reduction (its ``ChunkedLossWrapper``). Each expert of a two-expert model is
+its own FSDP root, and FSDP2 reduces a unit's held-back gradients only in a backward that runs that unit:
+so an expert reduces at the last backward that runs *it* (the trainer knows which expert each backward
+runs before the loop: :func:`reducing_backwards`), not at the update's last, which may run the other
+expert alone. torchtitan reduce-scatters every microbatch to save memory and defers only HSDP's
+all-reduce across replicas (its PR #4505); here only the LoRA has gradients, so both are deferred: a
+process holds its LoRA's gradients whole (fp32) until the reduction, megabytes (the memory plan counts
+them: plan/rows.py), and a step sends one reduction of them across nodes where it sent one a backward.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 import torch
 
@@ -21,18 +34,53 @@ if TYPE_CHECKING:
     from cac_align.gen.parallel.dims import Layout
     from accelerate import Accelerator
 
-__all__ = ["backward", "clip_grad_norm_", "no_sync"]
+__all__ = ["backward", "clip_grad_norm_", "gradient_sync", "reducing_backwards"]
 
 
-def no_sync(layout: Layout, accelerator: Accelerator, model: Any, last: bool) -> Any:
-    """The context of one backward of an accumulated update: DDP all-reduces on the ``last``
-    only (``no_sync`` before it). Sharded, every backward reduce-scatters its gradients into
-    the shards: FSDP2 reduces a unit's held-back gradients only in a backward that runs that
-    unit, and a two-expert model's last backward may run one expert alone (the other's
-    gradients would stay unreduced; measured: the A14B's high-noise LoRA off by 1e-4)."""
-    if last or layout.sharded:
-        return contextlib.nullcontext()
-    return accelerator.no_sync(model)
+def reducing_backwards(runs: Sequence[Collection[int]]) -> list[frozenset[int]]:
+    """Which experts' gradients reduce at each backward of an update whose backwards run the experts
+    ``runs[k]`` (indices into the denoiser's ``experts``): each expert at the last backward that runs it,
+    none at the others (module docstring, "One reduction per update").
+
+    Hand-worked: ``[{0}, {0}, {1}, {1}]`` (flow-grpo on a two-expert model: the high-noise steps first)
+    -> ``[{}, {0}, {}, {1}]``; ``[{0, 1}, {0, 1}]`` (sharded dpo: both experts every call) -> ``[{}, {0, 1}]``;
+    an expert no backward runs reduces nowhere (it has no gradient)."""
+    last: dict[int, int] = {}
+    for k, experts in enumerate(runs):
+        for expert in experts:
+            last[expert] = k
+    out: list[set[int]] = [set() for _ in runs]
+    for expert, k in last.items():
+        out[k].add(expert)
+    return [frozenset(s) for s in out]
+
+
+@contextlib.contextmanager
+def gradient_sync(layout: Layout, accelerator: Accelerator, model: Any, index: int, runs: Sequence[Collection[int]]):
+    """The context of backward ``index`` of an accumulated update whose backwards run the experts ``runs``
+    (one entry a backward; module docstring, "One reduction per update").
+
+    - Data parallel (DDP): accelerate's ``no_sync`` on every backward but the update's last, which
+      all-reduces what the others accumulated.
+    - Sharded (FSDP2, HSDP): each expert is its own FSDP root. Before the backward, the experts whose
+      last backward this is (:func:`reducing_backwards`) reduce (``set_requires_gradient_sync(True)``:
+      the reduce-scatter of their accumulated gradients into the shards and, under HSDP, the all-reduce
+      across the replicas); the others accumulate their gradients whole, unsynchronized. After it, every
+      expert is set back to reduce, FSDP2's default, for whatever runs outside an update.
+    """
+    if not layout.sharded:
+        with contextlib.nullcontext() if index == len(runs) - 1 else accelerator.no_sync(model):
+            yield
+        return
+    roots = list(model.experts)
+    reducing = reducing_backwards(runs)[index]
+    for expert, root in enumerate(roots):
+        root.set_requires_gradient_sync(expert in reducing)
+    try:
+        yield
+    finally:
+        for root in roots:
+            root.set_requires_gradient_sync(True)
 
 
 def backward(layout: Layout, accelerator: Accelerator, loss: torch.Tensor) -> None:
