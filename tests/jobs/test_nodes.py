@@ -189,6 +189,9 @@ def test_nft_with_hsdp_on_two_nodes_trains_as_one_process(tmp_path):
     out = two_nodes("nft", NFT_TINY, tmp_path / "hsdp", *common, "parallel.shard=fsdp2", "parallel.replicate=2")
     assert_read_once_a_node(records(out, 4))
     assert metrics(out)[0]["reward/mean"] == pytest.approx(metrics(one)[0]["reward/mean"], abs=1e-6)
+    # every logged loss is the world's mean, not process 0's (issue #105: 60.78 against one process's 61.85 before)
+    for key in ("train/loss", "train/policy_loss", "train/kl_div_loss"):
+        assert metrics(out)[0][key] == pytest.approx(metrics(one)[0][key], rel=1e-5), key
     for name in ("model.safetensors", "old_policy.safetensors"):
         assert_same_lora(out / "checkpoints/step_000001" / name, one / "checkpoints/step_000001" / name, 1e-8)
 
