@@ -1,7 +1,7 @@
 """The RL math, one pure function per equation, importing nothing above the ground floor.
 
-- :mod:`cac_align.rl.advantages`: group advantages and PPO's clipped surrogate, shared by
-  Flow-GRPO (``cac-align flow-grpo``) and CaC's stage-3 GRPO;
+- :mod:`cac_align.rl.advantages`: group advantages (and GDPO's per-component ``normalize_then_sum``)
+  and PPO's clipped surrogate, shared by Flow-GRPO (``cac-align flow-grpo``) and CaC's stage-3 GRPO;
 - :mod:`cac_align.rl.sde`: Flow-GRPO's SDE step, its log-probability and loss;
 - :mod:`cac_align.rl.nft`: DiffusionNFT's loss and its old-policy decay;
 - :mod:`cac_align.rl.dpo`: Diffusion-DPO's loss, localized by a mask;
