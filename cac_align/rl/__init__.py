@@ -5,6 +5,8 @@
 - :mod:`cac_align.rl.sde`: Flow-GRPO's SDE step, its log-probability and loss;
 - :mod:`cac_align.rl.nft`: DiffusionNFT's loss and its old-policy decay;
 - :mod:`cac_align.rl.dpo`: Diffusion-DPO's loss, localized by a mask;
+- :mod:`cac_align.rl.trust_region`: DPPO's trust region on the SDE steps (the exact KL or TV between
+  the old and the current Gaussian step, and the policy gradient masked by it);
 - :mod:`cac_align.rl.credit`: a reward's evidence (window, boxes) as a credit map on the latent
   grid, and the localized policy losses that read it.
 
