@@ -9,7 +9,7 @@
 # accelerate >= 1.10.1), so they are not installed again: a .pth file adds BASE's site-packages after
 # VENV's own, as build_fastvideo_venv.sh does. What trl needs beyond BASE was measured by resolving it
 # against BASE's own versions (`uv pip compile` of trl==1.16.0 with `pip freeze` of BASE as
-# constraints, 2026-12): exactly trl, datasets, pandas, pyarrow, dill and multiprocess, at the versions
+# constraints, 2026-11-28): exactly trl, datasets, pandas, pyarrow, dill and multiprocess, at the versions
 # pinned below. They are installed with --no-deps (uv cannot see BASE's packages through the .pth, and
 # would install a second torch), and the check at the end imports trl's GRPOTrainer from VENV on BASE's
 # torch and transformers.
