@@ -7,6 +7,8 @@
 - :mod:`cac_align.rl.dpo`: Diffusion-DPO's loss, localized by a mask;
 - :mod:`cac_align.rl.trust_region`: DPPO's trust region on the SDE steps (the exact KL or TV between
   the old and the current Gaussian step, and the policy gradient masked by it);
+- :mod:`cac_align.rl.gardo`: GARDO's guards against reward hacking (the KL gated to the samples the
+  auxiliary judges disagree on, when the reference resets, diversity-aware advantages);
 - :mod:`cac_align.rl.credit`: a reward's evidence (window, boxes) as a credit map on the latent
   grid, and the localized policy losses that read it.
 
