@@ -77,7 +77,7 @@ from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
 from cac_align.rl.routing import AdvantageSettings
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
-from cac_align.run.dist import gather_floats, next_setting, per_process, step_indices
+from cac_align.run.dist import StepPlan, gather_floats, plan_step, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, start_trackers, trackers_for, world_means
 from cac_align.run.watch import RunWatch, WatchSettings
@@ -333,58 +333,6 @@ def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> 
         return list(range(num_steps))
     chosen = np.random.default_rng([seed, step, 7]).choice(num_steps, size=count, replace=False)
     return sorted(int(j) for j in chosen)
-
-
-@dataclass
-class StepPlan:
-    """Per-process numbers derived from the config (the one place they are derived)."""
-
-    num_processes: int
-    rank: int
-    total_samples: int  # prompts_per_step * group_size
-    local_samples: int
-
-    @property
-    def local_range(self) -> range:
-        return range(self.rank * self.local_samples, (self.rank + 1) * self.local_samples)
-
-
-def _fits_updates(config: FlowGrpoConfig, local: int) -> bool:
-    """Whether ``local`` samples per process give the ``updates_per_step`` micro-batches a step needs."""
-    return math.ceil(local / config.train_batch_size) >= config.updates_per_step
-
-
-def _split_hint(config: FlowGrpoConfig, groups: int) -> str:
-    """The nearest larger ``prompts_per_step`` and ``group_size`` whose samples split over ``groups``
-    (a refusal's suggestion: :func:`plan_step`)."""
-    p, g = config.prompts_per_step, config.group_size
-
-    def works(total: int) -> bool:
-        return total % groups == 0 and _fits_updates(config, total // groups)
-
-    options = [f"{key}={value} ({value * other} samples)" for key, value, other in
-               (("prompts_per_step", next_setting(p, lambda v: works(v * g)), g), ("group_size", next_setting(g, lambda v: works(p * v)), p))
-               if value is not None]
-    return "set " + " or ".join(options) if options else "change prompts_per_step or group_size"
-
-
-def plan_step(config: FlowGrpoConfig, num_processes: int, rank: int) -> StepPlan:
-    """This process's share of a step (``prompts_per_step * group_size`` samples, a global
-    intent), over ``num_processes`` data-parallel groups (a context-parallel group shares its
-    samples); raises :class:`~cac_align.config.RecipeError` when it cannot be split evenly (naming
-    the process counts and the settings that would split it) or gives fewer micro-batches than
-    ``updates_per_step``."""
-    total = config.prompts_per_step * config.group_size
-    local = per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", _split_hint(config, num_processes),
-                        context_parallel=config.parallel.context_parallel, fits=lambda share: _fits_updates(config, share))
-    micro_batches = math.ceil(local / config.train_batch_size)
-    if config.updates_per_step > micro_batches:
-        raise RecipeError(
-            f"updates_per_step={config.updates_per_step} but each process has only {micro_batches} training "
-            f"micro-batch(es) ({local} samples / train_batch_size {config.train_batch_size}); lower updates_per_step "
-            "or train_batch_size"
-        )
-    return StepPlan(num_processes, rank, total, local)
 
 
 def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:

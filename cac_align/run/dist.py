@@ -4,14 +4,16 @@ process of a multi-process run ends (:func:`end_processes`, every job's, through
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["derive_seed", "end_processes", "gather_floats", "next_setting", "per_process", "process_counts", "step_indices"]
+__all__ = ["StepPlan", "derive_seed", "end_processes", "gather_floats", "next_setting", "per_process", "plan_step", "process_counts", "step_indices"]
 
 
 def step_indices(count: int, per_step: int, step: int, seed: int | Sequence[int]) -> list[int]:
@@ -85,6 +87,63 @@ def next_setting(current: int, works: Callable[[int], bool], limit: int = 100_00
 def _either(counts: Sequence[int]) -> str:
     shown = [str(c) for c in counts]
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+# ---------------------------------------------------------------------------------------
+# A generator trainer's step (flow-grpo, nft): prompts_per_step x group_size samples over the processes
+# ---------------------------------------------------------------------------------------
+@dataclass
+class StepPlan:
+    """Per-process numbers derived from the config (the one place they are derived)."""
+
+    num_processes: int
+    rank: int
+    total_samples: int  # prompts_per_step * group_size
+    local_samples: int
+
+    @property
+    def local_range(self) -> range:
+        return range(self.rank * self.local_samples, (self.rank + 1) * self.local_samples)
+
+
+def _fits_updates(config: Any, local: int) -> bool:
+    """Whether ``local`` samples per process give the ``updates_per_step`` micro-batches a step needs."""
+    return math.ceil(local / config.train_batch_size) >= config.updates_per_step
+
+
+def _split_hint(config: Any, groups: int) -> str:
+    """The nearest larger ``prompts_per_step`` and ``group_size`` whose samples split over ``groups``
+    (a refusal's suggestion: :func:`plan_step`)."""
+    p, g = config.prompts_per_step, config.group_size
+
+    def works(total: int) -> bool:
+        return total % groups == 0 and _fits_updates(config, total // groups)
+
+    options = [f"{key}={value} ({value * other} samples)" for key, value, other in
+               (("prompts_per_step", next_setting(p, lambda v: works(v * g)), g), ("group_size", next_setting(g, lambda v: works(p * v)), p))
+               if value is not None]
+    return "set " + " or ".join(options) if options else "change prompts_per_step or group_size"
+
+
+def plan_step(config: Any, num_processes: int, rank: int) -> StepPlan:
+    """This process's share of a step (``prompts_per_step * group_size`` samples, a global
+    intent), over ``num_processes`` data-parallel groups (a context-parallel group shares its
+    samples); raises :class:`~cac_align.config.RecipeError` when it cannot be split evenly (naming
+    the process counts and the settings that would split it) or gives fewer micro-batches than
+    ``updates_per_step``."""
+    total = config.prompts_per_step * config.group_size
+    local = per_process(total, num_processes, "prompts_per_step * group_size (samples per step)", _split_hint(config, num_processes),
+                        context_parallel=config.parallel.context_parallel, fits=lambda share: _fits_updates(config, share))
+    micro_batches = math.ceil(local / config.train_batch_size)
+    if config.updates_per_step > micro_batches:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(
+            f"updates_per_step={config.updates_per_step} but each process has only {micro_batches} training "
+            f"micro-batch(es) ({local} samples / train_batch_size {config.train_batch_size}); lower updates_per_step "
+            "or train_batch_size"
+        )
+    return StepPlan(num_processes, rank, total, local)
 
 
 def derive_seed(*parts: int) -> int:
