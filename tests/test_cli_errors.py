@@ -161,6 +161,20 @@ def test_a_prompts_file_that_is_not_utf8_is_named_with_its_line_and_byte(job, re
     _one_line_error(capsys, code, f"{prompts}: line 2 is not UTF-8 (byte 0xe9 at byte 6 of the line); save the file as UTF-8")
 
 
+@pytest.mark.parametrize(
+    "job, recipe",
+    [("bon", "recipes/align/bon_tiny.yaml"), ("flow-grpo", "recipes/align/flow_grpo_tiny.yaml"), ("nft", "recipes/align/nft_tiny.yaml")],
+)
+def test_a_job_that_generates_refuses_scores_by_name_prompts(job, recipe, tmp_path, capsys):
+    """Issue #105: bon generated from "zeta<TAB>a zeta prompt", the name and the tab sent to the generator as text."""
+    prompts = tmp_path / "bt.txt"
+    prompts.write_text("zeta\ta zeta prompt\nalpha\tan alpha prompt\n")
+    code = main([job, "--config", str(REPO_ROOT / recipe), "--out", str(tmp_path / "o"), f"prompts={prompts}"])
+    _one_line_error(capsys, code, f"{prompts}: line 1 has a tab ('zeta'<TAB>'a zeta prompt'): that is score's by-name format",
+                    "this job generates from prompts, one a line")
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
 def test_a_refusal_is_one_line_in_torchruns_error_file_and_a_crash_keeps_its_traceback(tmp_path, monkeypatch, capsys):
     """Issue #105: under torchrun a one-line refusal was written to the error file with our traceback, which torchrun's
     summary prints as the failure's "traceback". In process: the file torchrun gives a worker (TORCHELASTIC_ERROR_FILE)."""
