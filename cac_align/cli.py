@@ -219,9 +219,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _recipes(action: str, name: str | None, dest: Path | None) -> int:
-    """``cac-align recipes``: the shipped recipes by name with their first line (the command that
-    runs them), or ``cp NAME DEST``: a copy to edit, byte for byte (its paths under recipes/ still
-    resolve to the shipped files from any folder)."""
+    """``cac-align recipes``: the shipped recipes by name, each with one sentence of what it does
+    (:func:`recipe_description`), or ``cp NAME DEST``: a copy to edit, byte for byte (its paths under
+    recipes/ still resolve to the shipped files from any folder)."""
     import shutil
 
     from cac_align.config import SHIPPED_RECIPES, find_recipe, shipped_recipes
@@ -255,7 +255,8 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
 
 def recipe_description(recipe: Path) -> str:
     """A shipped recipe's one line: the first sentence of its header after the command (its second and following
-    comment lines), else the command itself."""
+    comment lines), else the command itself. Every shipped header opens with a sentence of what the recipe does, with
+    no command or setting in it (tests/test_recipes_by_name.py holds them to it)."""
     lines = recipe.read_text(encoding="utf-8").splitlines()
     header = []
     for line in lines[1:]:
