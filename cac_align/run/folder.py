@@ -217,7 +217,7 @@ def layout_change(out: Path, job: str, previous: Mapping[str, Any], fingerprint:
     shown = [LAYOUT_SECTION + name for name in _LAYOUT_SHOWN] + [key for key in layout_keys if key.split(".", 1)[1] not in _LAYOUT_SHOWN]
 
     def say(data: Any, count: int | None) -> str:
-        return ", ".join([f"{count} processes" if count is not None else "processes not recorded",
+        return ", ".join([f"{count} process{'es' if count != 1 else ''}" if count is not None else "processes not recorded",
                           *(f"{key}={_dotted(data, key)}" for key in shown)])
 
     was, now = _recorded_processes(out, previous), processes
@@ -227,8 +227,9 @@ def layout_change(out: Path, job: str, previous: Mapping[str, Any], fingerprint:
     where = f"out_dir={str(out)!r}"
     found = sorted((out / "checkpoints").glob("step_*/lora")) if (out / "checkpoints").is_dir() else []
     loras = [str(path) for path in ([out / "lora"] if (out / "lora").is_dir() else []) + found[-1:]]
-    kept = (f"its trained LoRA is in {' and '.join(loras)} (a diffusers LoRA folder: generator.lora= loads it; copy it anywhere)" if loras
-            else "it has no checkpoint yet (no trained LoRA to keep)")
+    folders = "a diffusers LoRA folder, which generator.lora= loads; copy it" if len(loras) == 1 else \
+        "diffusers LoRA folders, which generator.lora= loads; copy one"
+    kept = f"its trained LoRA is in {' and '.join(loras)} ({folders} anywhere)" if loras else "it has no checkpoint yet (no trained LoRA to keep)"
     text = (f"{where} holds {_a(job)} run of another layout: that run: {say(before_fp, was)}; this one: {say(fingerprint, now)} "
             f"(differs in: {'; '.join(differs)})")
     if other:  # more than the layout changed: replacing that run is a choice, said with what it deletes
@@ -240,7 +241,13 @@ def layout_change(out: Path, job: str, previous: Mapping[str, Any], fingerprint:
 
 
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (for "config changed" errors)."""
+    """Dotted keys whose values differ between two nested dicts (for "config changed" errors). A section
+    one side lacks (a later section left out at its defaults: ``parallel``) is named by its settings the
+    other side holds (``parallel.shard``), not as a whole."""
+    if isinstance(a, dict) and a and b is None:
+        b = {}
+    elif isinstance(b, dict) and b and a is None:
+        a = {}
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):

@@ -267,6 +267,11 @@ def test_a_layout_change_names_both_layouts_and_the_lora_and_never_suggests_over
                                           r"lora/; its trained LoRA is in "):
         _run_folder(_h3_layout(tmp_path, "resume=true", "learning_rate=0.5"), ["a prompt"], processes=2)
     assert step.is_dir()  # nothing was deleted
+    # the parallel section left out at its defaults (plain data parallel) on one side: named by its settings, not as "parallel"
+    RunFolder(tmp_path / "one", "flow-grpo", ("lora",), {"seed": 1, "parallel": {"shard": "fsdp2"}}, processes=1).start()
+    with pytest.raises(RecipeError, match=r"that run: 1 process, parallel.shard=fsdp2, .*this one: 1 process, parallel.shard=none, "
+                                          r"parallel.replicate=1, parallel.context_parallel=1 \(differs in: parallel.shard fsdp2 -> none\)"):
+        RunFolder(tmp_path / "one", "flow-grpo", ("lora",), {"seed": 1}, processes=1)
 
 
 def test_synth_cot_refuses_to_write_into_a_synth_folder(tmp_path):
