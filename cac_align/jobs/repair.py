@@ -105,6 +105,8 @@ class RepairConfig:
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"feedback": FEEDBACK}
+    # a command line's videos= or scored= repairs those, whatever demo the recipe renders (as score's videos=)
+    COMMAND_LINE_WINS: ClassVar[dict[str, dict[str, Any]]] = {"videos": {"synth_videos": 0}, "scored": {"synth_videos": 0}}
 
     out_dir: str = MISSING
     videos: str | None = None

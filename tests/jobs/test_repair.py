@@ -167,9 +167,13 @@ def test_normal_invalid_and_unlocated_verdicts_pass_through_with_their_reason(tm
 
 
 def test_repair_prints_how_the_prompts_met_the_videos_as_score_does(tmp_path, vace, capsys):
-    """Issue #105: `repair` paired a folder's videos with their prompts by name and never said how."""
+    """Issue #105: `repair` paired a folder's videos with their prompts by name and never said how. And a command line's
+    videos= replaces the tiny recipe's demo (synth_videos: 4), as score's does."""
     _videos(tmp_path / "in", n=2)
-    run(_config(tmp_path), reward=ScriptedJudge({"v0": [(0.9, "normal")], "v1": [(0.8, "normal")]}), pipe=vace)
+    config = load_config(RepairConfig, TINY, [f"out_dir={tmp_path / 'out'}", f"videos={tmp_path / 'in'}", f"prompts={tmp_path / 'in' / 'prompts.txt'}",
+                                              "regenerator.num_inference_steps=2"], job="repair")
+    assert config.synth_videos == 0
+    run(config, reward=ScriptedJudge({"v0": [(0.9, "normal")], "v1": [(0.8, "normal")]}), pipe=vace)
     assert "prompts:\n  v0.mp4 <- 'a ball number 0'\n  v1.mp4 <- 'a ball number 1'\n" in capsys.readouterr().out
 
 
