@@ -219,9 +219,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _recipes(action: str, name: str | None, dest: Path | None) -> int:
-    """``cac-align recipes``: the shipped recipes by name with their first line (the command that
-    runs them), or ``cp NAME DEST``: a copy to edit, byte for byte (its paths under recipes/ still
-    resolve to the shipped files from any folder)."""
+    """``cac-align recipes``: the shipped recipes by name, each with one sentence of what it does
+    (:func:`recipe_description`), or ``cp NAME DEST``: a copy to edit, byte for byte (its paths under
+    recipes/ still resolve to the shipped files from any folder)."""
     import shutil
 
     from cac_align.config import SHIPPED_RECIPES, find_recipe, shipped_recipes
@@ -255,7 +255,8 @@ def _recipes(action: str, name: str | None, dest: Path | None) -> int:
 
 def recipe_description(recipe: Path) -> str:
     """A shipped recipe's one line: the first sentence of its header after the command (its second and following
-    comment lines), else the command itself."""
+    comment lines), else the command itself. Every shipped header opens with a sentence of what the recipe does, with
+    no command or setting in it (tests/test_recipes_by_name.py holds them to it)."""
     lines = recipe.read_text(encoding="utf-8").splitlines()
     header = []
     for line in lines[1:]:
@@ -599,18 +600,31 @@ def _third_party_quiet(quiet: bool) -> None:
             warnings.filterwarnings("ignore", message=message, category=category)
 
 
-def _record_for_torchrun(exc: BaseException) -> None:
+def _record_for_torchrun(exc: BaseException, line: str | None = None) -> None:
     """Under torchrun, write why this process ends where torchrun reads a failure's root cause
-    (``TORCHELASTIC_ERROR_FILE``, torch's own ``ErrorHandler``): its summary then names it instead of
-    a blank "Root Cause" (a job that ends with an exit status raises nothing torchrun can see)."""
-    import os
+    (``TORCHELASTIC_ERROR_FILE``): its summary then names it instead of a blank "Root Cause" (a job
+    that ends with an exit status raises nothing torchrun can see).
 
-    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+    A crash (``line`` None) goes through torch's own ``ErrorHandler``, traceback and all. A refusal
+    that the job says in one ``line`` (a bad recipe, a run folder of another run) is written in the
+    same JSON layout with that line where the traceback would be: torchrun's summary prints the
+    ``py_callstack`` field as the failure's "traceback" (torch.distributed.elastic.multiprocessing.errors,
+    ``ChildFailedError._format_failure``), so it shows the one line the terminal showed, not our code's frames."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
         return
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     try:
-        ErrorHandler().record_exception(exc)
+        if line is None:
+            ErrorHandler().record_exception(exc)
+            return
+        with open(path, "w", encoding="utf-8") as handle:  # the layout ErrorHandler.record_exception writes
+            json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}, handle)
     except OSError:  # the file is torchrun's: never let writing it hide the job's own line
         pass
 
@@ -679,13 +693,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         completed = True
         return 0
     except _user_errors() as exc:
-        _say(f"cac-align {args.command}: error: {exc}")
-        _record_for_torchrun(exc)
+        line = f"cac-align {args.command}: error: {exc}"
+        _say(line)
+        _record_for_torchrun(exc, line)  # torchrun's summary: the same one line
         return 2
     except _backend_errors() as exc:
         # a reward server that is not there, a job whose every sample failed, a reward's refusal
-        _say(f"cac-align {args.command}: failed: {exc}")
-        _record_for_torchrun(exc)
+        line = f"cac-align {args.command}: failed: {exc}"
+        _say(line)
+        _record_for_torchrun(exc, line)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it

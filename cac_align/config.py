@@ -5,7 +5,10 @@ configures; every other key belongs to that job's config dataclass. Loading goes
 
     dataclass defaults  <-  recipe YAML  <-  command-line ``key=value`` overrides
 
-through omegaconf structured configs, so types are checked on every merge. Any problem (an
+through omegaconf structured configs, so types are checked on every merge. A config class may
+name settings that a command line's value of another one turns off (``COMMAND_LINE_WINS``: score's
+``videos=`` sets the recipe's demo ``synth_videos`` to 0), so that the command line's intent wins
+over a recipe without a second override. Any problem (an
 unknown or misspelled key, a wrong type, a required value left unset, an impossible
 combination reported by the dataclass's ``__post_init__``) raises :class:`RecipeError`
 naming the recipe file and the key, never a bare omegaconf traceback.
@@ -374,15 +377,34 @@ def _recipe_node(config_cls: type, recipe: str | Path | None, job: str | None) -
     return from_recipe
 
 
-def _with_overrides(from_recipe: Any, recipe: str | Path | None, overrides: Sequence[str]) -> Any:
+def _with_overrides(from_recipe: Any, recipe: str | Path | None, overrides: Sequence[str], config_cls: type | None = None) -> Any:
     """The command line's ``key=value`` merged over a recipe's node, errors naming where they came from.
     ``key:=value`` replaces the recipe's value whole instead of merging into it (a section: ``'reward:={name:
-    brightness}'`` on a recipe whose reward is a combination, which ``reward={...}`` would merge into)."""
+    brightness}'`` on a recipe whose reward is a combination, which ``reward={...}`` would merge into).
+    ``config_cls``'s ``COMMAND_LINE_WINS`` (module docstring) applies first."""
     command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
+    from_recipe = _command_line_wins(from_recipe, config_cls, overrides)
     replaced = [item for item in overrides if ":=" in item.partition("=")[0] + "="]
     merged = [item for item in overrides if item not in replaced]
     node = _replace(from_recipe, replaced, command_line) if replaced else from_recipe
     return _merge(node, _parse_overrides(merged, command_line), command_line, command_line=True) if merged else node
+
+
+def _command_line_wins(node: Any, config_cls: type | None, overrides: Sequence[str]) -> Any:
+    """``node`` with the settings that ``config_cls.COMMAND_LINE_WINS`` names set, for each key the command line
+    gives a value (``{"videos": {"synth_videos": 0}}``: a command line's ``videos=`` turns the recipe's demo off),
+    unless the command line sets them too (then both are the user's, and the config's own checks judge them)."""
+    from omegaconf import OmegaConf
+
+    wins = getattr(config_cls, "COMMAND_LINE_WINS", None) or {}
+    given = {item.partition("=")[0].rstrip(":").strip() for item in overrides}
+    resets = {key: value for trigger, settings in wins.items() if trigger in given for key, value in settings.items() if key not in given}
+    if not resets:
+        return node
+    node = node.copy()
+    for key, value in resets.items():
+        OmegaConf.update(node, key, value, merge=False)
+    return node
 
 
 def _replace(node: Any, items: Sequence[str], where: str) -> Any:
@@ -414,7 +436,7 @@ def merged_config(config_cls: type, recipe: str | Path | None = None, overrides:
     built: a required key nobody gave is ``???`` and no ``__post_init__`` check has run (what
     ``--print-config`` shows when the config cannot be built yet). Unknown keys and wrong types
     raise :class:`RecipeError` as :func:`load_config` words them."""
-    return _with_overrides(_recipe_node(config_cls, recipe, job), recipe, overrides)
+    return _with_overrides(_recipe_node(config_cls, recipe, job), recipe, overrides, config_cls)
 
 
 def load_config(
@@ -443,7 +465,7 @@ def load_config(
     # where a value came from: the recipe, or the command line (over a recipe, or alone)
     command_line = f"{recipe} (command-line override)" if recipe is not None else "command line"
     from_recipe = _recipe_node(config_cls, recipe, job)
-    merged = _with_overrides(from_recipe, recipe, overrides)
+    merged = _with_overrides(from_recipe, recipe, overrides, config_cls)
     try:
         return _build(merged, recipe, command_line=bool(overrides))
     except _Invalid as exc:

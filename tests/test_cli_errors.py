@@ -161,18 +161,57 @@ def test_a_prompts_file_that_is_not_utf8_is_named_with_its_line_and_byte(job, re
     _one_line_error(capsys, code, f"{prompts}: line 2 is not UTF-8 (byte 0xe9 at byte 6 of the line); save the file as UTF-8")
 
 
+@pytest.mark.parametrize(
+    "job, recipe",
+    [("bon", "recipes/align/bon_tiny.yaml"), ("flow-grpo", "recipes/align/flow_grpo_tiny.yaml"), ("nft", "recipes/align/nft_tiny.yaml")],
+)
+def test_a_job_that_generates_refuses_scores_by_name_prompts(job, recipe, tmp_path, capsys):
+    """Issue #105: bon generated from "zeta<TAB>a zeta prompt", the name and the tab sent to the generator as text."""
+    prompts = tmp_path / "bt.txt"
+    prompts.write_text("zeta\ta zeta prompt\nalpha\tan alpha prompt\n")
+    code = main([job, "--config", str(REPO_ROOT / recipe), "--out", str(tmp_path / "o"), f"prompts={prompts}"])
+    _one_line_error(capsys, code, f"{prompts}: line 1 has a tab ('zeta'<TAB>'a zeta prompt'): that is score's by-name format",
+                    "this job generates from prompts, one a line")
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_a_refusal_is_one_line_in_torchruns_error_file_and_a_crash_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """Issue #105: under torchrun a one-line refusal was written to the error file with our traceback, which torchrun's
+    summary prints as the failure's "traceback". In process: the file torchrun gives a worker (TORCHELASTIC_ERROR_FILE)."""
+    import json
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    code = main(["flow-grpo", "--config", str(REPO_ROOT / "recipes/align/flow_grpo_tiny.yaml"), f"out_dir={a_file}"])
+    line = f"cac-align flow-grpo: error: out_dir='{a_file}' is a file, not a folder; choose another out_dir"
+    assert code == 2 and capsys.readouterr().err.strip() == line
+    written = json.loads(error_file.read_text())["message"]
+    assert written["message"] == line and written["extraInfo"]["py_callstack"] == line  # what the summary prints
+    assert int(written["extraInfo"]["timestamp"]) > 0  # torchrun reads it to order the failures
+
+
 @pytest.mark.slow  # a torchrun launch (~7 s)
-def test_torchruns_summary_names_the_root_cause(tmp_path):
+def test_torchruns_summary_names_the_root_cause_in_the_jobs_one_line(tmp_path):
     """A job that ends with an exit status under torchrun writes its reason where torchrun reads a
-    failure's root cause: the summary names it (it showed a blank "Root Cause" before)."""
+    failure's root cause: the summary names it (it showed a blank "Root Cause" before), in the one line the job
+    printed (it showed our traceback before, issue #105), and so does the agent's own error file."""
+    import json
+    import os
     import subprocess
     import sys
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
+    agent_file = tmp_path / "agent_error.json"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "cac_align.cli", "flow-grpo",
                            "--config", str(REPO_ROOT / "recipes/align/flow_grpo_tiny.yaml"), f"out_dir={a_file}"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "TORCHELASTIC_ERROR_FILE": str(agent_file)})
     assert done.returncode != 0
     summary = done.stderr[done.stderr.index("Root Cause (first observed failure)"):]
-    assert "error_file: <N/A>" not in summary and f"RecipeError: out_dir='{a_file}' is a file, not a folder" in summary
+    line = f"cac-align flow-grpo: error: out_dir='{a_file}' is a file, not a folder; choose another out_dir"
+    assert "error_file: <N/A>" not in summary and f"traceback : {line}\n" in summary, summary
+    # no frame of ours anywhere (torchrun's agent still prints its own traceback of ChildFailedError, torch's frames only)
+    assert not [row for row in done.stderr.splitlines() if row.strip().startswith("File ") and "cac_align" in row], done.stderr[-3000:]
+    assert json.loads(agent_file.read_text())["message"]["extraInfo"]["py_callstack"] == line

@@ -86,3 +86,37 @@ def test_recipes_lists_and_copies(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == f"copied {SHIPPED_RECIPES / 'data/convert_tiny_labels.csv'} to into/convert_tiny_labels.csv\n"
     # the copy runs from here: its synth path still resolves to the shipped recipe
     assert main(["score", "--config", "into/cac_demo.yaml", "synth_videos=1", "out_dir=copied"]) == 0
+
+
+# What each trainer's or generator's description names: the method it runs (issue #105: `align/nft_minimax_h3_sound  Two
+# 8-GPU nodes, all 16 GPUs training...` said where it runs, not what it does)
+METHOD_WORDS = {"bon": ("Best-of",), "flow-grpo": ("Flow-GRPO",), "nft": ("DiffusionNFT",), "dpo": ("DPO",), "repair": ("Repair", "repair")}
+# a command or a setting in a description: a launch, an override (`generator.name=...`), a flag
+NOT_A_DESCRIPTION = r"cac-align |cac_align\.cli|accelerate launch|torchrun|CUDA_VISIBLE_DEVICES|(?<!\w)--[a-z]|\b[a-z_][a-z0-9_.]*=\S"
+
+
+def test_every_recipes_description_is_a_sentence_of_what_it_does():
+    """`cac-align recipes` shows each recipe's header's first sentence after its command (issue #105, item 6): it
+    opens like a sentence (a capital or a digit: not "(on GPUs 0-3 ...", "on 8 GPUs: accelerate launch ...", "or,
+    reusing ..."), holds no command or setting, and a job that trains or generates names its method."""
+    import re
+
+    from cac_align.cli import _recipe_job, recipe_description
+
+    wrong = []
+    for name in shipped_recipes():
+        path = SHIPPED_RECIPES / f"{name}.yaml"
+        text = recipe_description(path)
+        job = _recipe_job(path)
+        found = re.search(NOT_A_DESCRIPTION, text)
+        if not text[:1].isupper() and not text[:1].isdigit():
+            wrong.append(f"{name}: opens with {text[:30]!r}")
+        if found:
+            wrong.append(f"{name}: holds {found.group(0)!r} ({text[:60]!r})")
+        if job in METHOD_WORDS and not any(word in text for word in METHOD_WORDS[job]):
+            wrong.append(f"{name}: a {job} recipe whose description names no {' / '.join(METHOD_WORDS[job])} ({text[:60]!r})")
+    assert not wrong, "\n".join(wrong)
+    # the check itself: the headers of before (a launch note first) fail it
+    assert re.search(NOT_A_DESCRIPTION, "on 8 GPUs: accelerate launch --num_processes 8 -m cac_align.cli flow-grpo --config ...")
+    assert re.search(NOT_A_DESCRIPTION, "LTX-2.3 (the brief's model): generator.name=diffusers/LTX-2.3-Diffusers ...")
+    assert not re.search(NOT_A_DESCRIPTION, "Flow-GRPO on LTX-2 with the UR + CaC reward (CaC §4.2 / App. C.4; the paper ran Wan-2.1-1.3B)")

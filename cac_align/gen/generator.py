@@ -10,6 +10,7 @@ pipeline, encodes the prompts, draws the initial noise, gives the guided velocit
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -18,6 +19,8 @@ from cac_align.config import RecipeError
 from cac_align.gen.family import Conditioning, Generated, check_ratios, fixed_frames, take_model_settings
 from cac_align.loading import check_dtype, resolve_device
 from cac_align.run.folder import share_modes
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LORA_WEIGHT_NAME",
@@ -369,7 +372,8 @@ def _no_lora(path: str, key: str) -> str:
 def load_lora(pipe: Any, family: Any, path: str, scale: float = 1.0, key: str = "generator.lora") -> None:
     """Load a LoRA folder written by a trainer (diffusers' LoRA format) into ``pipe``: its
     ``pytorch_lora_weights.safetensors`` into ``transformer`` and, for a two-expert family, its
-    ``pytorch_lora_weights_transformer_2.safetensors`` into ``transformer_2``."""
+    ``pytorch_lora_weights_transformer_2.safetensors`` into ``transformer_2``. Says which files it
+    loaded (an INFO line: ``bon``, ``repair`` and the evaluations then show that a LoRA is in use)."""
     folder = Path(path)
     high, low = (folder / LORA_WEIGHT_NAME).is_file(), (folder / LORA_WEIGHT_NAME_2).is_file()
     if not (high or low):
@@ -377,19 +381,22 @@ def load_lora(pipe: Any, family: Any, path: str, scale: float = 1.0, key: str = 
     if low and family.experts < 2:
         raise RecipeError(f"{key}={path!r}: holds a LoRA of a second expert ({LORA_WEIGHT_NAME_2}), and this generator ({family.title}) has one "
                           "transformer")
+    loaded = [f"{folder / name} into {part}" for name, part, there in ((LORA_WEIGHT_NAME, "transformer", high),
+                                                                       (LORA_WEIGHT_NAME_2, "transformer_2", low)) if there]
     if high and not hasattr(pipe, "load_lora_weights"):
         # a pipeline without diffusers' LoRA loader (HunyuanVideo-1.5's in 0.42.1): the same file into the
         # transformer as the loaders put it (their load_lora_into_transformer: load_lora_adapter, prefix "transformer")
         pipe.transformer.load_lora_adapter(str(folder), weight_name=LORA_WEIGHT_NAME, prefix="transformer", adapter_name="default")
         if scale != 1.0:
             pipe.transformer.set_adapters(["default"], weights=[scale])
-        return
-    if high:
-        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
-    if low:
-        pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME_2, adapter_name="default", load_into_transformer_2=True)
-    if scale != 1.0:
-        pipe.set_adapters(["default"], adapter_weights=[scale])
+    else:
+        if high:
+            pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME, adapter_name="default")
+        if low:
+            pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHT_NAME_2, adapter_name="default", load_into_transformer_2=True)
+        if scale != 1.0:
+            pipe.set_adapters(["default"], adapter_weights=[scale])
+    log.info("%s: loaded the LoRA %s (scale %g)", key, " and ".join(loaded), scale)
 
 
 def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME, pipeline_class: str = "WanPipeline",

@@ -249,11 +249,11 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 # ---------------------------------------------------------------------------------------
 # Run folder and the latent cache
 # ---------------------------------------------------------------------------------------
-def _run_folder(config: DpoConfig, pairs: PairSet) -> RunFolder:
+def _run_folder(config: DpoConfig, pairs: PairSet, processes: int | None = None) -> RunFolder:
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     fingerprint = config_fingerprint(config, RUN_ONLY_KEYS)
     fingerprint["pairs_sha256"] = pairs.sha256  # the same folders holding other pairs are another run
-    folder = RunFolder(config.out_dir, "dpo", DPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
+    folder = RunFolder(config.out_dir, "dpo", DPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite, processes=processes)
     if folder.resuming and not config.resume:
         raise RecipeError(f"out_dir={config.out_dir!r} already holds this DPO run; pass resume=true to continue it, overwrite=true to "
                           "replace it, or choose another out_dir")
@@ -347,7 +347,7 @@ class _Trainer:
             check_context_parallel(self.family, video, config.parallel)
             check_memory(config.generator, config.lora, config.parallel, acc.num_processes, budget_gib=config.memory_budget_gib,
                          device=acc.device, main_process=acc.is_main_process, **memory_inputs(config, (frames, height, width)))
-        run_folder = _run_folder(config, self.pairs)
+        run_folder = _run_folder(config, self.pairs, acc.num_processes)  # the processes: named if the layout changes
         found = checkpoints(self.out) if run_folder.resuming else []
         if self.pipe is None:  # sharded: loaded on the CPU (the transformers' weights by the first process only); the encoders come to the device for the latent cache only
             self.pipe = self.layout.load_generator(config.generator, acc.device)

@@ -355,7 +355,7 @@ FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "met
 LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
 
-def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | None = None, job: str = "flow-grpo") -> RunFolder:
+def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | None = None, job: str = "flow-grpo", processes: int | None = None) -> RunFolder:
     """The run folder (:class:`~cac_align.run.folder.RunFolder`), checked on every process: another
     job's folder, another config without ``overwrite`` and files of the user's where outputs go
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
@@ -378,7 +378,7 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
                 localize.pop(key, None)
     if not advantage:
         fingerprint.pop("advantage", None)
-    folder = RunFolder(config.out_dir, job, FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite)
+    folder = RunFolder(config.out_dir, job, FLOW_GRPO_OUTPUTS, fingerprint, resolved, overwrite=config.overwrite, processes=processes)
     out = folder.path
     if folder.resuming and not config.resume:
         raise RecipeError(f"out_dir={str(out)!r} already holds a {job} run; pass resume=true to continue it, overwrite=true to replace it, "
@@ -443,7 +443,7 @@ class _Trainer:
                 inputs["rewards"].pop("reward")
             check_memory(config.generator, config.lora, config.parallel, acc.num_processes, budget_gib=config.memory_budget_gib,
                          device=acc.device, main_process=acc.is_main_process, **inputs)
-        run_folder = _run_folder(config, self.prompts, self.images, self.job)
+        run_folder = _run_folder(config, self.prompts, self.images, self.job, acc.num_processes)  # the processes: named if the layout changes
         if config.advantage.shuffle_scores and acc.is_main_process:
             log.warning("advantage.shuffle_scores=true: a no-signal control run; each group's scores are permuted among its "
                         "videos, so this LoRA learns nothing from the reward (docs/flow_grpo.md, 'A no-signal control')")

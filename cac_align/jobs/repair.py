@@ -105,6 +105,8 @@ class RepairConfig:
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"feedback": FEEDBACK}
+    # a command line's videos= or scored= repairs those, whatever demo the recipe renders (as score's videos=)
+    COMMAND_LINE_WINS: ClassVar[dict[str, dict[str, Any]]] = {"videos": {"synth_videos": 0}, "scored": {"synth_videos": 0}}
 
     out_dir: str = MISSING
     videos: str | None = None
@@ -347,6 +349,7 @@ def run(config: RepairConfig, reward: Reward | None = None, pipe: Any = None) ->
     from cac_align.gen.families.vace import build_regenerator
     from cac_align.rewards.registry import build_reward
     from cac_align.run.folder import write_text_atomic
+    from cac_align.run.input_files import say_pairing
 
     # 1. setup: the inputs (a demo's are rendered once the folder is ours), the run folder
     #    (checked by every process before the main one takes it), what is left, the models
@@ -375,6 +378,8 @@ def run(config: RepairConfig, reward: Reward | None = None, pipe: Any = None) ->
     state.wait_for_everyone()
     if inputs is None:
         inputs = _demo_inputs(out)
+    elif config.videos is not None and state.is_main_process:  # how the prompts met the videos, said as score says it
+        say_pairing([row["video"] for row in inputs], [row["prompt"] for row in inputs])
     if done:
         log.info("resuming: %d of %d videos already repaired or passed through", len(done), count)
 

@@ -35,11 +35,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from omegaconf import MISSING
 
-from cac_align.run.input_files import check_prompts_read, collect_inputs, not_videos, pairing_lines
+from cac_align.run.input_files import JSON_SUFFIXES, check_prompts_read, collect_inputs, not_videos, say_pairing
 
 if TYPE_CHECKING:  # the Reward protocol, for signatures only
     from cac_align.rewards.base import Reward
@@ -53,13 +53,17 @@ class ScoreConfig:
 
     Attributes:
         out_dir: receives results.jsonl, report.html and evidence/.
-        videos: a video file, a folder of videos, or a JSONL manifest of {"video", "prompt"}.
-        prompts: optional file of the videos' generating prompts. For a folder, each line names its
-            video: ``name<TAB>prompt`` (the file's name or stem) or JSONL ``{"video", "prompt"}``; a
-            plain list (one prompt a line) only in the order of a single video or a manifest (a
+        videos: a file, folder or JSONL manifest ({"video", "prompt"}) to score; replaces a recipe's demo
+            (``synth_videos``) when given on the command line. A manifest's prompts are the videos'
+            (where some lines give one, each must, for a reward that reads the prompt).
+        prompts: the videos' generating prompts, paired by name with a folder's videos (each line
+            ``name<TAB>prompt``, the file's name or stem, or JSONL ``{"video", "prompt"}``), or a
+            plain list in the order of a single video or a manifest without prompts of its own (a
             folder's files have no order to guess; :func:`cac_align.run.input_files.collect_inputs`).
+            The pairing is printed before scoring.
         synth_videos: if > 0 (and ``videos`` unset), first render this many synthetic anomaly
-            videos into out_dir/synth and score those: the offline demo.
+            videos into out_dir/synth and score those: the offline demo. ``videos=`` on the
+            command line turns it off.
         synth: the ``synth`` recipe those videos are drawn with (e.g. recipes/synth/default.yaml,
             the scenes ``cac-demo`` was trained on); unset: small 64x96, 2 s scenes (fast, for the
             tiny random models).
@@ -71,6 +75,9 @@ class ScoreConfig:
             loads, without loading any model).
         overwrite: replace a score run of another config in ``out_dir`` (its outputs only).
     """
+
+    # a command line's videos= scores those videos, whatever demo the recipe renders (cac_align.config: COMMAND_LINE_WINS)
+    COMMAND_LINE_WINS: ClassVar[dict[str, dict[str, Any]]] = {"videos": {"synth_videos": 0}}
 
     out_dir: str = MISSING
     videos: str | None = None
@@ -123,9 +130,10 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     if reward is None:
         reward = build_reward(config.reward, "reward")
     if config.synth_videos == 0:
-        check_prompts_read(paths, prompts, reward.name, reward.reads_prompt)
-        if config.prompts is not None:  # how the prompts met the videos, said before anything is scored
-            print("\n".join(["prompts:", *("  " + line for line in pairing_lines(paths, prompts))]))
+        assert config.videos is not None
+        manifest = config.videos if config.prompts is None and Path(config.videos).suffix.lower() in JSON_SUFFIXES else None
+        check_prompts_read(paths, prompts, reward.name, reward.reads_prompt, manifest=manifest)
+        say_pairing(paths, prompts)  # how the prompts met the videos (a prompts file's, a manifest's), said before anything is scored
     run_folder.start()
     if config.synth_videos > 0:
         from cac_align.data.synthetic import render_demo_videos

@@ -14,7 +14,10 @@ only those are. The rules, the same for every job (:class:`RunFolder`):
    not apply: one folder, one job).
 2. A folder holding a run of this job with another fingerprint is refused, naming the keys that
    differ, unless ``overwrite=true``: then the old run's recorded outputs are deleted, and only
-   those.
+   those. A change of the trainers' layout alone (``parallel.*``: the checkpoints resume only on
+   the layout that wrote them) is refused naming both layouts, the processes (the manifest's
+   ``processes``) among them, and where the trained LoRA is; it never suggests ``overwrite``,
+   which would delete those checkpoints (:func:`layout_change`).
 3. A file or folder the job would write that exists but is not recorded as an output of a run of
    this job (a user's ``summary.md``, a ``lora/`` of their own) is refused by name, whatever
    ``overwrite`` says: move it away or choose another ``out_dir``. Anything else in the folder is
@@ -59,6 +62,7 @@ __all__ = [
     "config_fingerprint",
     "differing_keys",
     "drop_serving_keys",
+    "layout_change",
     "run_fingerprint",
     "keep_log_steps", "read_jsonl_log", "read_manifest", "release_locks", "share_modes", "write_text_atomic"]
 
@@ -172,8 +176,78 @@ def run_fingerprint(config: Any, prompts: Sequence[str], run_only_keys: Sequence
     return data
 
 
+# The trainers' layout (gen/parallel.py ParallelSettings): a change of it alone is named whole (layout_change)
+LAYOUT_SECTION = "parallel."
+_LAYOUT_SHOWN = ("shard", "replicate", "context_parallel")  # named in every layout, changed or not
+
+
+def _dotted(data: Any, dotted: str) -> Any:
+    """The value at ``dotted`` in nested dicts; a key left out at its later default (:data:`LATER_DEFAULTS`) reads as it."""
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return LATER_DEFAULTS.get(dotted)
+        node = node[part]
+    return node
+
+
+def _recorded_processes(out: Path, previous: Mapping[str, Any]) -> int | None:
+    """The processes a recorded run was launched on: its manifest's ``processes``, else (a folder of
+    before that field) what its newest checkpoint's ``state.json`` records of a sharded layout."""
+    if isinstance(previous.get("processes"), int):
+        return previous["processes"]
+    states = sorted((out / "checkpoints").glob("step_*/state.json")) if (out / "checkpoints").is_dir() else []
+    try:
+        record = json.loads(states[-1].read_text(encoding="utf-8")).get("parallel") if states else None
+    except (OSError, ValueError):
+        return None
+    return record.get("processes") if isinstance(record, dict) and isinstance(record.get("processes"), int) else None
+
+
+def layout_change(out: Path, job: str, previous: Mapping[str, Any], fingerprint: Mapping[str, Any], processes: int | None,
+                  changed: Sequence[str]) -> str:
+    """The refusal of a run folder whose recorded run has another layout (``parallel.*`` among the
+    differing keys ``changed``): both layouts (processes, shard, replicate, context parallel, and
+    each differing ``parallel.*`` key's value then and now), where that run's trained LoRA is, and
+    what to do. For a layout change alone it never suggests ``overwrite=true``: that deletes the
+    checkpoints, and a layout does not change what was trained."""
+    before_fp = previous.get("fingerprint", {})
+    layout_keys = [key for key in changed if key.startswith(LAYOUT_SECTION)]
+    other = [key for key in changed if not key.startswith(LAYOUT_SECTION)]
+    shown = [LAYOUT_SECTION + name for name in _LAYOUT_SHOWN] + [key for key in layout_keys if key.split(".", 1)[1] not in _LAYOUT_SHOWN]
+
+    def say(data: Any, count: int | None) -> str:
+        return ", ".join([f"{count} process{'es' if count != 1 else ''}" if count is not None else "processes not recorded",
+                          *(f"{key}={_dotted(data, key)}" for key in shown)])
+
+    was, now = _recorded_processes(out, previous), processes
+    differs = [f"{key} {_dotted(before_fp, key)} -> {_dotted(fingerprint, key)}" for key in layout_keys]
+    if was is not None and now is not None and was != now:
+        differs.insert(0, f"processes {was} -> {now}")
+    where = f"out_dir={str(out)!r}"
+    found = sorted((out / "checkpoints").glob("step_*/lora")) if (out / "checkpoints").is_dir() else []
+    loras = [str(path) for path in ([out / "lora"] if (out / "lora").is_dir() else []) + found[-1:]]
+    folders = "a diffusers LoRA folder, which generator.lora= loads; copy it" if len(loras) == 1 else \
+        "diffusers LoRA folders, which generator.lora= loads; copy one"
+    kept = f"its trained LoRA is in {' and '.join(loras)} ({folders} anywhere)" if loras else "it has no checkpoint yet (no trained LoRA to keep)"
+    text = (f"{where} holds {_a(job)} run of another layout: that run: {say(before_fp, was)}; this one: {say(fingerprint, now)} "
+            f"(differs in: {'; '.join(differs)})")
+    if other:  # more than the layout changed: replacing that run is a choice, said with what it deletes
+        return (text + f", and its config differs too (in: {', '.join(other)}): choose another out_dir, or pass overwrite=true to replace "
+                f"that run's outputs, which deletes its checkpoints and lora/; {kept}: copy it out first")
+    return (text + ". A checkpoint resumes only on the layout that wrote it: relaunch with that run's processes and parallel settings "
+            f"to continue it, or start this layout in another out_dir; {kept}. overwrite=true is not for a layout change: it would delete "
+            "that run's checkpoints")
+
+
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts (for "config changed" errors)."""
+    """Dotted keys whose values differ between two nested dicts (for "config changed" errors). A section
+    one side lacks (a later section left out at its defaults: ``parallel``) is named by its settings the
+    other side holds (``parallel.shard``), not as a whole."""
+    if isinstance(a, dict) and a and b is None:
+        b = {}
+    elif isinstance(b, dict) and b and a is None:
+        a = {}
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
@@ -277,6 +351,8 @@ class RunFolder:
         fingerprint: what decides the outputs (compared on every rerun).
         config: the resolved config, recorded for people (not compared).
         overwrite: replace a run of this job with another fingerprint.
+        processes: the processes the run is launched on (a trainer's; None elsewhere), recorded in
+            the manifest so that a later layout change names them.
 
     After construction (which checks the folder and raises ``RecipeError`` by the rules),
     :attr:`resuming` says whether a run of the same fingerprint is there to continue.
@@ -291,6 +367,7 @@ class RunFolder:
         config: Mapping[str, Any] | None = None,
         *,
         overwrite: bool = False,
+        processes: int | None = None,
     ):
         from cac_align.config import RecipeError
 
@@ -303,6 +380,7 @@ class RunFolder:
         self.fingerprint = json.loads(json.dumps(fingerprint))  # plain JSON data, compared as saved
         self.config = config
         self.overwrite = overwrite
+        self.processes = processes
         self.resuming = False
         self._replace: list[str] = []  # a previous run's outputs that start() deletes
         where = f"out_dir={str(self.path)!r}"
@@ -317,6 +395,8 @@ class RunFolder:
         if previous is not None:
             changed = differing_keys(previous.get("fingerprint", {}), self.fingerprint)
             if changed and not overwrite:
+                if any(key.startswith(LAYOUT_SECTION) for key in changed):  # the layout: named whole, the LoRA kept
+                    raise RecipeError(layout_change(self.path, job, previous, self.fingerprint, processes, changed))
                 raise RecipeError(
                     f"{where} holds {_a(job)} run with a different config (differs in: {', '.join(changed)}); "
                     "pass overwrite=true to replace that run's outputs, or choose another out_dir"
@@ -359,6 +439,7 @@ class RunFolder:
             "job": self.job,
             "cac_align": __version__,
             "outputs": self.outputs,
+            **({"processes": self.processes} if self.processes is not None else {}),
             "fingerprint": self.fingerprint,
             "config": self.config,
         }

@@ -2,9 +2,23 @@
 (text, or JSONL whose lines may give an image to animate: :func:`read_prompt_rows`), or a prompt
 set named instead of a file (``prompts: vbench``: :mod:`cac_align.run.prompt_sets`).
 
-Shared by the jobs (``score``, ``bon``, ``flow-grpo``, ``eval vbench``, ``eval expert``) so that
-no job imports another. Bad input raises :class:`~cac_align.config.RecipeError` naming the file
-and the line.
+Shared by the jobs (``score``, ``repair``, ``bon``, ``flow-grpo``, ``nft``, ``eval vbench``, ``eval
+expert``) so that no job imports another. Bad input raises :class:`~cac_align.config.RecipeError`
+naming the file and the line.
+
+**One way to read a prompts file, whatever job reads it.** A file is JSON lines when it is named
+``.jsonl`` or ``.json``, or when its first line is a JSON object (``{"prompt": ...}`` in a ``.txt``):
+by its content, never a JSON line taken as a prompt's text (:func:`is_json_lines`). Otherwise it is
+text, one prompt a line. Two kinds of job read one:
+
+- a job that **scores given videos** (``score``, ``repair``) pairs the file's prompts with the videos:
+  by name (``name<TAB>prompt`` lines, or JSONL ``{"video", "prompt"}``), or as a plain list in the
+  order the user gave the videos (:func:`collect_inputs`);
+- a job that **generates from prompts** (``bon``, ``flow-grpo``, ``nft``) takes one prompt a line
+  (:func:`read_prompt_rows`). A line with a tab is refused, naming score's by-name format: its
+  ``name<TAB>`` would reach the generator as text. Decided so (issue #105) rather than reading a name
+  to name the outputs by: a generating job's outputs are named by prompt and index already, and a
+  name that changes nothing generated is one more thing to get wrong.
 """
 
 from __future__ import annotations
@@ -19,10 +33,31 @@ from pathlib import Path
 from cac_align.config import RecipeError, relative_path_hint
 from cac_align.run.prompt_sets import is_prompt_set, vbench_prompts
 
-__all__ = ["VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "not_videos", "pairing_lines", "prompt_pairs",
-           "read_prompt_rows", "read_prompts", "slug", "text_lines"]
+__all__ = ["JSON_SUFFIXES", "VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "is_json_lines", "not_videos",
+           "pairing_lines", "prompt_pairs", "read_prompt_rows", "read_prompts", "say_pairing", "slug", "text_lines"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+JSON_SUFFIXES = (".jsonl", ".json")  # a manifest or a prompts file of JSON lines, one object a line
+
+
+def is_json_lines(path: Path, lines: list[str] | None = None) -> bool:
+    """Whether a prompts file (or a manifest) is read as JSON lines: named ``.jsonl`` or ``.json``, or
+    its first non-blank line a JSON object (a ``.txt`` that holds ``{"prompt": ...}`` lines)."""
+    if path.suffix.lower() in JSON_SUFFIXES:
+        return True
+    lines = text_lines(path) if lines is None else lines
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if not first.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _json_hint(path: Path) -> str:
+    """What a ``.json`` file must hold, said beside a line that does not parse (a JSON array, a pretty-printed object)."""
+    return " (a .json prompts file or manifest is read as JSON lines: one object a line, no enclosing list)" if path.suffix.lower() == ".json" else ""
 
 
 def text_lines(path: Path) -> list[str]:
@@ -52,12 +87,16 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     paired in order only with videos whose order the user wrote: one video file, or a manifest; with
     a folder of several it is refused in one line (sorted file names are not an order anyone chose:
     ``drums.mp4`` would take the first line). Blank lines are skipped (:func:`prompt_pairs`), and a
-    manifest's empty ``"prompt"`` is no prompt (as an annotation file writes an unknown one).
+    manifest's empty ``"prompt"`` is no prompt (as an annotation file writes an unknown one; a job
+    whose reward reads the prompt refuses it: :func:`check_prompts_read`). A manifest is named
+    ``.jsonl`` or ``.json`` (JSON lines either way). A manifest that gives prompts of its own takes no
+    ``prompts`` file beside it: one would replace them, unseen.
 
     Raises:
         RecipeError: no such file or folder; no video; a manifest line without a ``video``; a prompts
             file that does not give each video its prompt (counts that differ, a name of no video, a
-            video named twice or not at all, a plain list for a folder).
+            video named twice or not at all, a plain list for a folder); a prompts file beside a
+            manifest with prompts.
     """
     path = Path(videos)
     if not path.exists():
@@ -68,7 +107,7 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
         paths = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith("."))
         if not paths:
             raise RecipeError(f"videos={videos!r}: the folder holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
-    elif path.suffix == ".jsonl":
+    elif path.suffix.lower() in JSON_SUFFIXES:
         paths = []
         for number, line in enumerate(text_lines(path), start=1):
             if not line.strip():
@@ -77,7 +116,7 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
                 row = json.loads(line)
                 video = Path(row["video"])
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RecipeError(f"{path}: line {number}: expected an object with a 'video' path ({exc})") from None
+                raise RecipeError(f"{path}: line {number}: expected an object with a 'video' path ({exc}){_json_hint(path)}") from None
             prompt = row.get("prompt")
             if prompt is not None and not isinstance(prompt, str):
                 raise RecipeError(f"{path}: line {number}: 'prompt' must be a string (or absent), got {type(prompt).__name__} {prompt!r}")
@@ -88,6 +127,11 @@ def collect_inputs(videos: str, prompts: str | None) -> tuple[list[str], list[st
     else:
         paths = [str(path)]
     if prompts is not None:
+        given = [k for k, prompt in enumerate(manifest_prompts) if prompt is not None]
+        if given:  # two sources for one video's prompt: neither wins in silence
+            raise RecipeError(f"videos={videos!r} gives its videos' prompts ({len(given)} of {len(paths)}, the first {manifest_prompts[given[0]]!r} "
+                              f"for {Path(paths[given[0]]).name}), and prompts={prompts!r} would replace them: give the prompts in one place "
+                              "(drop prompts=, or the manifest's 'prompt' keys)")
         return paths, prompt_pairs(paths, prompts, ordered=not path.is_dir(), videos=videos)
     return paths, manifest_prompts or [None] * len(paths)
 
@@ -116,14 +160,15 @@ def prompt_pairs(paths: list[str], prompts: str, ordered: bool, videos: str = ""
 def _named_prompts(file: Path, lines: list[tuple[int, str]]) -> list[tuple[int, str, str]] | None:
     """``(line, video name, prompt)`` of a prompts file that names its videos (JSONL, or every line
     ``name<TAB>prompt``); None for a plain list (no line has a tab)."""
-    if file.suffix == ".jsonl":
+    if is_json_lines(file, [line for _, line in lines]):
         named = []
         for number, line in lines:
             try:
                 row = json.loads(line)
                 name, prompt = row["video"], row["prompt"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise RecipeError(f"{file}: line {number}: expected an object with a 'video' (its file name) and a 'prompt' ({exc})") from None
+                raise RecipeError(f"{file}: line {number}: expected an object with a 'video' (its file name) and a 'prompt' ({exc})"
+                                  f"{_json_hint(file)}") from None
             if not isinstance(name, str) or not isinstance(prompt, str):
                 raise RecipeError(f"{file}: line {number}: 'video' and 'prompt' must be strings")
             named.append((number, name, prompt))
@@ -166,24 +211,48 @@ def _by_name(paths: list[str], named: list[tuple[int, str, str]], prompts: str) 
     return [found[k][1] for k in range(len(paths))]
 
 
-def check_prompts_read(paths: list[str], prompts: list[str | None], reward_name: str, reads_prompt: bool) -> None:
+def check_prompts_read(paths: list[str], prompts: list[str | None], reward_name: str, reads_prompt: bool, manifest: str | None = None) -> None:
     """Refuse an empty prompt for a reward whose score depends on the prompt (its ``reads_prompt``):
-    it would score the video against nothing and call it valid (as ``bon`` refuses an empty one)."""
+    it would score the video against nothing and call it valid (as ``bon`` refuses an empty one).
+
+    ``manifest``: the JSONL manifest the videos and their prompts came from (no prompts file beside
+    it). Its lines are held to what a prompts file is held to: where any line gives a prompt, a line
+    whose ``"prompt"`` is empty or absent is refused, naming the line; a manifest that gives no prompt
+    at all is a set of videos without prompts, as a folder is."""
     if not reads_prompt:
         return
     empty = [Path(p).name for p, q in zip(paths, prompts) if q is not None and not q.strip()]
     if empty:
         raise RecipeError(f"{len(empty)} video(s) have an empty prompt ({', '.join(empty[:5])}), and the reward {reward_name!r} reads the "
                           "prompt: give each its prompt, or leave the prompt out entirely")
+    if manifest is None or all(q is None for q in prompts):
+        return
+    rows = [(number, line) for number, line in enumerate(text_lines(Path(manifest)), start=1) if line.strip()]
+    lacking = [(number, Path(path).name, "an empty" if "prompt" in json.loads(line) else "no")
+               for (number, line), path, prompt in zip(rows, paths, prompts) if prompt is None]
+    if lacking:
+        number, name, what = lacking[0]
+        more = f" (and {len(lacking) - 1} more line(s))" if len(lacking) > 1 else ""
+        raise RecipeError(f"{manifest}: line {number} ({name}) has {what} 'prompt'{more}, and the reward {reward_name!r} reads the prompt: "
+                          "give every line its prompt, or leave 'prompt' out of every line")
 
 
-def pairing_lines(paths: list[str], prompts: list[str | None], most: int = 10) -> list[str]:
+def pairing_lines(paths: list[str], prompts: list[str | None], most: int = 10, where: str = "results.jsonl") -> list[str]:
     """How the videos met their prompts, to print before scoring: ``drums.mp4 <- "a drum solo"``,
-    the first ``most`` of them."""
+    the first ``most`` of them (``where``: the output whose rows name them all)."""
     shown = [f"{Path(p).name} <- {q!r}" for p, q in list(zip(paths, prompts))[:most] if q is not None]
     if len(paths) > most and shown:
-        shown.append(f"... and {len(paths) - most} more (each row of results.jsonl names its video and prompt)")
+        shown.append(f"... and {len(paths) - most} more (each row of {where} names its video and prompt)")
     return shown
+
+
+def say_pairing(paths: list[str], prompts: list[str | None], where: str = "results.jsonl") -> None:
+    """Print how the videos met their prompts (:func:`pairing_lines`) before a job judges them, whatever
+    gave the prompts (a prompts file, a manifest); nothing when no video has one. ``where``: the output
+    whose rows name every video and prompt."""
+    shown = pairing_lines(paths, prompts, where=where)
+    if shown:
+        print("\n".join(["prompts:", *("  " + line for line in shown)]))
 
 
 def not_videos(videos: str) -> list[str]:
@@ -233,7 +302,8 @@ _ROW_KEYS = ("prompt", "image", "last_image")
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a text file (one per line) or JSONL ({"prompt": ...} per line).
+    """Prompts from a text file (one per line) or JSON lines ({"prompt": ...} per line), read as
+    :func:`read_prompt_rows` reads them.
 
     Blank lines are skipped; duplicate prompts are kept (they are told apart by index). A line
     that gives an image is refused here (one line naming it): a job that animates images reads
@@ -253,12 +323,14 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
     ``"last_image"`` (paths relative to the JSONL file's folder, or absolute).
 
     Every image is opened here, so a missing or unreadable one is an error naming its line before
-    any model loads. Blank lines are skipped; duplicates are kept (told apart by index).
+    any model loads. Blank lines are skipped; duplicates are kept (told apart by index). A file is
+    JSON lines by its name (``.jsonl``, ``.json``) or its content (:func:`is_json_lines`).
 
     Raises:
         RecipeError: no such file; a line that is not such an object; a key that looks meant for
             an image but is not one of those names (``imgae``; other keys are left alone); an
-            image that cannot be read; a ``last_image`` without an ``image``.
+            image that cannot be read; a ``last_image`` without an ``image``; a text line with a
+            tab (score's ``name<TAB>prompt``, whose name would reach the generator as text).
     """
     if is_prompt_set(path):  # `vbench`, `vbench:<dimension>`, `...:heldout` (run/prompt_sets.py)
         return [PromptRow(prompt) for prompt in vbench_prompts(str(path))]
@@ -266,17 +338,24 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
     if not source.is_file():
         raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
     rows: list[PromptRow] = []
-    for number, line in enumerate(text_lines(source), start=1):
+    lines = text_lines(source)
+    json_lines = is_json_lines(source, lines)  # by its name or its content (module docstring)
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if source.suffix != ".jsonl":
+        if not json_lines:
+            if "\t" in line.strip():  # score's by-name line: its name would reach the generator as text
+                name, _, prompt = line.strip().partition("\t")
+                raise RecipeError(f"{source}: line {number} has a tab ({name.strip()!r}<TAB>{_short(prompt.strip())!r}): that is score's by-name "
+                                  "format (a video's name, then its prompt), and this job generates from prompts, one a line: give the "
+                                  f"prompts alone (cut -f2 {source} > prompts.txt)")
             rows.append(PromptRow(line.strip()))
             continue
         try:
             row = json.loads(line)
             prompt = row["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc})") from None
+            raise RecipeError(f"{source}: line {number}: expected an object with a 'prompt' ({exc}){_json_hint(source)}") from None
         if not isinstance(prompt, str) or not prompt.strip():
             raise RecipeError(f"{source}: line {number}: 'prompt' must be a non-empty string")
         _check_image_keys(row, source, number)
@@ -285,6 +364,10 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
     if not rows:
         raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
     return rows
+
+
+def _short(text: str, most: int = 40) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _check_image_keys(row: dict, source: Path, number: int) -> None:

@@ -273,3 +273,24 @@ def test_cli_reports_a_missing_prompt_file(tmp_path, capsys):
     assert code == 2 and "no such file" in capsys.readouterr().err
 
 
+
+
+def test_bon_says_which_lora_it_loaded(tmp_path, caplog):
+    """Issue #105: `bon generator.lora=...` never said a LoRA was loaded."""
+    import dataclasses
+    import logging
+
+    from cac_align.gen.family import family_of
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, save_lora
+    from cac_align.gen.lora import LoraSettings, add_expert_loras
+
+    family = family_of("tiny-random:wan")
+    denoiser = family.denoiser(build_tiny_wan_pipeline(seed=0))
+    add_expert_loras(denoiser, LoraSettings(rank=2, alpha=2.0, target_modules=list(family.lora_target_modules)), seed=0)
+    lora = tmp_path / "lora"
+    save_lora(denoiser.experts[0], lora, pipeline_class=family.pipeline_class)
+    config = _config(tmp_path, ["a cat"], n=1, generator=dataclasses.replace(TINY_GEN, lora=str(lora), lora_scale=0.5))
+    with caplog.at_level(logging.INFO, logger="cac_align"):
+        run(config, reward=ScriptedReward({"a cat": [0.1]}))
+    said = [r.getMessage() for r in caplog.records if "LoRA" in r.getMessage()]
+    assert said == [f"generator.lora: loaded the LoRA {lora / LORA_WEIGHT_NAME} into transformer (scale 0.5)"], said

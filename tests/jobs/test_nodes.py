@@ -199,9 +199,10 @@ def test_nft_with_hsdp_on_two_nodes_trains_as_one_process(tmp_path):
 @pytest.mark.slow
 def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybrid, tmp_path):
     """The second node's agent and its workers SIGKILLed at the start of step 3 (index 2); the first node's agent
-    (--max-restarts 1) restarts its workers, which wait in the rendezvous for a second node; the node is started again;
-    both resume from the last whole checkpoint (step 2) and end as the uninterrupted run. Then a resume of that
-    folder on one process without hybrid sharding is refused in one line naming the setting."""
+    (--max-restarts 1) restarts the round and waits in the rendezvous for a second node (its workers start only once it
+    joins); the node is started again; both resume from the last whole checkpoint (step 2) and end as the uninterrupted
+    run. Then a resume of that folder on one process without hybrid sharding is refused in one line naming both layouts
+    and the trained LoRA."""
     out, marker, port = tmp_path / "killed", tmp_path / "node_killed.txt", _free_port()
     # a collective whose peer died fails in 120 s at most (the default waits 30 minutes), so the first node's workers end
     overrides = (*STEPS, "parallel.shard=fsdp2", "parallel.replicate=2", "parallel.timeout_s=120", "resume=true")
@@ -222,4 +223,5 @@ def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybri
     refused = subprocess.run([sys.executable, str(LAUNCH), "flow-grpo", str(BRIGHTNESS), str(out), "steps=3", "checkpoint_every=1",
                               "eval_prompts=null", "parallel.shard=fsdp2", "resume=true"], env=_environment(None), cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=600)
-    assert refused.returncode != 0 and "differs in: parallel.replicate" in refused.stderr, refused.stderr[-3000:]
+    assert refused.returncode != 0 and "(differs in: processes 4 -> 1; parallel.replicate 2 -> 1)" in refused.stderr, refused.stderr[-3000:]
+    assert "pass overwrite=true" not in refused.stderr and f"its trained LoRA is in {out / 'lora'}" in refused.stderr

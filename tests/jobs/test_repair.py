@@ -166,6 +166,17 @@ def test_normal_invalid_and_unlocated_verdicts_pass_through_with_their_reason(tm
     assert all(r["output"] == r["video"] and r["valid"] for r in rows[:2] + unlocated)
 
 
+def test_repair_prints_how_the_prompts_met_the_videos_as_score_does(tmp_path, vace, capsys):
+    """Issue #105: `repair` paired a folder's videos with their prompts by name and never said how. And a command line's
+    videos= replaces the tiny recipe's demo (synth_videos: 4), as score's does."""
+    _videos(tmp_path / "in", n=2)
+    config = load_config(RepairConfig, TINY, [f"out_dir={tmp_path / 'out'}", f"videos={tmp_path / 'in'}", f"prompts={tmp_path / 'in' / 'prompts.txt'}",
+                                              "regenerator.num_inference_steps=2"], job="repair")
+    assert config.synth_videos == 0
+    run(config, reward=ScriptedJudge({"v0": [(0.9, "normal")], "v1": [(0.8, "normal")]}), pipe=vace)
+    assert "prompts:\n  v0.mp4 <- 'a ball number 0'\n  v1.mp4 <- 'a ball number 1'\n" in capsys.readouterr().out
+
+
 def test_a_corrupt_video_and_a_missing_prompt_are_invalid_rows(tmp_path, vace):
     paths = _videos(tmp_path / "in", n=2)
     (tmp_path / "in" / "v0.mp4").write_bytes(b"not a video")

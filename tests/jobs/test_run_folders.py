@@ -227,6 +227,53 @@ def test_flow_grpo_refuses_a_folder_with_the_users_lora_and_metrics(tmp_path):
     assert (out / "metrics.jsonl").read_text() == '{"mine": 1}\n'
 
 
+def _h3_layout(tmp_path, *overrides):
+    from cac_align.config import load_config
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from conftest import REPO_ROOT
+
+    return load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml",
+                       [f"out_dir={tmp_path / 'run'}", "parallel.shard=fsdp2", *overrides], job="flow-grpo")
+
+
+def test_a_layout_change_names_both_layouts_and_the_lora_and_never_suggests_overwrite(tmp_path):
+    """Issue #105: resuming an HSDP folder (4 processes, replicate 2) with replicate 1 on 2 processes was refused as
+    "differs in: parallel.replicate; pass overwrite=true ...": no value named, and overwrite deletes the checkpoints."""
+    from cac_align.jobs.flow_grpo import _run_folder
+
+    out = tmp_path / "run"
+    _run_folder(_h3_layout(tmp_path, "parallel.replicate=2"), ["a prompt"], processes=4).start()
+    assert read_manifest(out)["processes"] == 4
+    step = out / "checkpoints" / "step_000002"
+    (step / "lora").mkdir(parents=True)
+    (step / "state.json").write_text(json.dumps({"step": 2, "parallel": {"processes": 4, "shard": "fsdp2", "replicate": 2}}))
+    with pytest.raises(RecipeError) as refused:
+        _run_folder(_h3_layout(tmp_path, "resume=true"), ["a prompt"], processes=2)
+    said = str(refused.value)
+    assert ("that run: 4 processes, parallel.shard=fsdp2, parallel.replicate=2, parallel.context_parallel=1; "
+            "this one: 2 processes, parallel.shard=fsdp2, parallel.replicate=1, parallel.context_parallel=1 "
+            "(differs in: processes 4 -> 2; parallel.replicate 2 -> 1)") in said, said
+    assert f"its trained LoRA is in {step / 'lora'}" in said and "generator.lora=" in said
+    assert "pass overwrite=true" not in said and "\n" not in said
+    # a folder of before the manifest recorded its processes: the checkpoint's state.json names them
+    manifest = read_manifest(out)
+    manifest.pop("processes")
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(RecipeError, match=r"that run: 4 processes, .*this one: 2 processes"):
+        _run_folder(_h3_layout(tmp_path, "resume=true"), ["a prompt"], processes=2)
+    # the layout and more: replacing is a choice, said with what it deletes
+    with pytest.raises(RecipeError, match=r"parallel.replicate 2 -> 1\), and its config differs too \(in: learning_rate\): choose another "
+                                          r"out_dir, or pass overwrite=true to replace that run's outputs, which deletes its checkpoints and "
+                                          r"lora/; its trained LoRA is in "):
+        _run_folder(_h3_layout(tmp_path, "resume=true", "learning_rate=0.5"), ["a prompt"], processes=2)
+    assert step.is_dir()  # nothing was deleted
+    # the parallel section left out at its defaults (plain data parallel) on one side: named by its settings, not as "parallel"
+    RunFolder(tmp_path / "one", "flow-grpo", ("lora",), {"seed": 1, "parallel": {"shard": "fsdp2"}}, processes=1).start()
+    with pytest.raises(RecipeError, match=r"that run: 1 process, parallel.shard=fsdp2, .*this one: 1 process, parallel.shard=none, "
+                                          r"parallel.replicate=1, parallel.context_parallel=1 \(differs in: parallel.shard fsdp2 -> none\)"):
+        RunFolder(tmp_path / "one", "flow-grpo", ("lora",), {"seed": 1}, processes=1)
+
+
 def test_synth_cot_refuses_to_write_into_a_synth_folder(tmp_path):
     from cac_align.jobs.synth_cot import SynthCotConfig, run
     from cac_align.data.synthetic import SynthConfig, generate

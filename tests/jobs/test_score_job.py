@@ -167,6 +167,11 @@ def test_inputs_from_manifest_and_prompt_file(tmp_path):
     paths, prompts = collect_inputs(str(manifest), None)
     assert paths == [str(tmp_path / "videos/v0.mp4"), str(tmp_path / "videos/v1.mp4")] and prompts == ["a", None]
     prompt_file = tmp_path / "p.txt"
+    prompt_file.write_text("one\n\ntwo\n")
+    # a manifest with prompts of its own and a prompts file: neither replaces the other in silence (issue #105)
+    with pytest.raises(RecipeError, match=r"gives its videos' prompts \(1 of 2, the first 'a' for v0.mp4\), and prompts=.* would replace them"):
+        collect_inputs(str(manifest), str(prompt_file))
+    manifest.write_text('{"video": "videos/v0.mp4"}\n{"video": "videos/v1.mp4", "prompt": ""}\n')  # no prompt of its own
     prompt_file.write_text("one\n")
     with pytest.raises(RecipeError, match="has 1 prompts but videos=.* gives 2 videos"):  # a manifest's order is the user's: in order
         collect_inputs(str(manifest), str(prompt_file))
@@ -180,9 +185,14 @@ def test_inputs_from_manifest_and_prompt_file(tmp_path):
         collect_inputs(str(bad), None)
 
 
-def test_config_needs_exactly_one_source():
-    with pytest.raises(RecipeError, match="exactly one of 'videos'"):
-        load_config(ScoreConfig, REPO_ROOT / "recipes/score/cac_tiny.yaml", ["videos=somewhere"])
+def test_config_needs_exactly_one_source_and_a_command_lines_videos_replace_the_recipes_demo():
+    # issue #105: the tiny recipes render a demo (synth_videos: 6); videos= on the command line scores those videos instead
+    config = load_config(ScoreConfig, REPO_ROOT / "recipes/score/cac_tiny.yaml", ["videos=somewhere", "out_dir=o"])
+    assert config.videos == "somewhere" and config.synth_videos == 0
+    with pytest.raises(RecipeError, match="exactly one of 'videos'"):  # both on the command line: the user's contradiction
+        load_config(ScoreConfig, REPO_ROOT / "recipes/score/cac_tiny.yaml", ["videos=somewhere", "synth_videos=2"])
+    with pytest.raises(ValueError, match="exactly one of 'videos'"):  # or in one config
+        ScoreConfig(out_dir="o", videos="somewhere", synth_videos=2)
 
 
 def test_missing_weights_are_a_clear_cli_error(tmp_path, capsys):
@@ -403,3 +413,53 @@ def test_score_scores_each_video_against_its_own_prompt_given_by_name(tmp_path, 
     prompts.write_text("zebra\ta zebra\napple\t\nmango\tmango\n")  # an empty prompt, for a reward that reads it: refused
     with pytest.raises(RecipeError, match=r"1 video\(s\) have an empty prompt \(apple.mp4\), and the reward 'echo_prompt' reads the prompt"):
         run(ScoreConfig(out_dir=str(tmp_path / "out2"), videos=str(folder), prompts=str(prompts), reward={"name": "brightness"}), reward=_EchoPrompt())
+
+
+def test_a_manifests_prompts_are_held_to_a_prompts_files_rules_and_their_pairing_is_printed(tmp_path, capsys):
+    """Issue #105: a manifest line with an empty prompt went to a prompt-reading reward as no prompt (1 of 2 valid, exit
+    0), where a prompts file's empty line is refused; and the pairing was printed for a prompts file only."""
+    _write_videos(tmp_path / "videos", 2)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"video": "videos/v0.mp4", "prompt": "a red ball"}\n\n{"video": "videos/v1.mp4", "prompt": ""}\n')
+    config = ScoreConfig(out_dir=str(tmp_path / "out"), videos=str(manifest), reward={"name": "brightness"})
+    with pytest.raises(RecipeError, match=rf"{manifest}: line 3 \(v1.mp4\) has an empty 'prompt', and the reward 'echo_prompt' reads the "
+                                          "prompt: give every line its prompt, or leave 'prompt' out of every line"):
+        run(config, reward=_EchoPrompt())
+    manifest.write_text('{"video": "videos/v0.mp4", "prompt": "a red ball"}\n{"video": "videos/v1.mp4"}\n')
+    with pytest.raises(RecipeError, match=r"line 2 \(v1.mp4\) has no 'prompt'"):
+        run(config, reward=_EchoPrompt())
+    from cac_align.rewards.toy import BrightnessReward
+
+    assert not BrightnessReward.reads_prompt
+    assert len(run(config)) == 2  # a reward that reads no prompt: nothing to refuse
+    manifest.write_text('{"video": "videos/v0.mp4", "prompt": "a red ball"}\n{"video": "videos/v1.mp4", "prompt": "a blue cube"}\n')
+    capsys.readouterr()
+    rows = run(config, reward=_EchoPrompt())
+    assert [r["details"]["prompt_seen"] for r in rows] == ["a red ball", "a blue cube"]
+    assert "prompts:\n  v0.mp4 <- 'a red ball'\n  v1.mp4 <- 'a blue cube'\n" in capsys.readouterr().out  # as for a folder
+
+
+def test_a_json_prompts_file_is_read_by_its_content(tmp_path):
+    """Issue #105: a prompts file named .json holding JSON lines was read as a plain list (each line a prompt)."""
+    from cac_align.run.input_files import read_prompts
+
+    for name in ("p.json", "p.txt", "p.jsonl"):  # by the name, or by the content
+        (tmp_path / name).write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "id": 7}\n')
+        assert read_prompts(tmp_path / name) == ["a cat", "a dog"], name
+    (tmp_path / "array.json").write_text('["a cat", "a dog"]\n')
+    with pytest.raises(RecipeError, match=r"line 1: expected an object with a 'prompt' .*read as JSON lines: one object a line"):
+        read_prompts(tmp_path / "array.json")
+    _write_videos(tmp_path / "videos", 2)
+    (tmp_path / "m.json").write_text('{"video": "videos/v1.mp4", "prompt": "b"}\n{"video": "videos/v0.mp4", "prompt": "a"}\n')
+    paths, prompts = collect_inputs(str(tmp_path / "m.json"), None)  # a manifest named .json
+    assert [Path(p).name for p in paths] == ["v1.mp4", "v0.mp4"] and prompts == ["b", "a"]
+    (tmp_path / "named.json").write_text('{"video": "v1", "prompt": "b"}\n{"video": "v0", "prompt": "a"}\n')
+    assert collect_inputs(str(tmp_path / "videos"), str(tmp_path / "named.json"))[1] == ["a", "b"]  # by name, from a .json
+
+
+def test_score_help_says_prompts_pair_by_name_and_videos_replace_the_demo(capsys):
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    said = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and line.split()}
+    assert "paired by name" in said["prompts"], said["prompts"]
+    assert "replaces a recipe's demo" in said["videos"], said["videos"]
