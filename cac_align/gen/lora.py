@@ -21,7 +21,7 @@ from cac_align.gen.generator import save_lora
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["LORA_EXPERTS", "LoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "build_optimizer", "ddp_kwargs_handlers", "freeze_pipeline",
+__all__ = ["LORA_EXPERTS", "LoraSettings", "adapted_denoiser", "adapters_disabled", "add_lora", "add_expert_loras", "build_optimizer", "ddp_kwargs_handlers", "freeze_pipeline", "load_lora_copy",
            "register_lora_checkpoint", "save_expert_loras", "swapped_lora", "trainable", "trainable_state"]
 
 LORA_EXPERTS = ("high", "low", "both")
@@ -317,6 +317,25 @@ def load_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer
             group.update({key: value for key, value in saved_group.items() if key != "params"})
         return
     set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True))
+
+
+def load_lora_copy(targets: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Read a copy of the LoRA kept beside a checkpoint (nft's old policy, an adaptive reference) into
+    ``targets`` (name -> tensor, this process's shards where sharded), in place; refused in one line when
+    the file is missing or holds other weights (``what`` names the copy in the message)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not path.is_file():
+        raise RecipeError(f"{path.parent}: no {path.name} ({what}); this checkpoint was not written by a run with it and cannot be resumed by one")
+    saved = load_file(str(path))
+    if set(saved) != set(targets):
+        raise RecipeError(f"{path.parent}: its {what}'s weights do not match this run's LoRA settings")
+    with torch.no_grad():
+        for name, target in targets.items():
+            value = saved[name].to(target.dtype)
+            if isinstance(target, DTensor):  # sharded: keep this process's shard
+                value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
+            target.copy_(value)
 
 
 def build_optimizer(config: Any, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -58,7 +58,7 @@ from omegaconf import MISSING, OmegaConf
 from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
-from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
+from cac_align.gen.lora import (LoraSettings, adapted_denoiser, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable, build_optimizer)
 from cac_align.plan.check import check_memory
 from cac_align.plan.rows import guided_rows
@@ -73,8 +73,11 @@ from cac_align.run.input_files import read_prompt_rows, slug
 from cac_align.rewards.base import ErrorKind, Reward
 from cac_align.rewards.columns import (check_prompt_heard, check_step_scored, collect_outputs, score_held_out, reward_columns, route_table, routed_credit_maps,
                                       routed_step, score_batch, step_credit)
+from cac_align.rewards.guards import RunGuards, sampled_mean, step_advantages
 from cac_align.rewards.registry import build_reward, reward_config
-from cac_align.rl.advantages import group_advantages, nan_mean_std, shuffle_within_groups
+from cac_align.rl.advantages import nan_mean_std, shuffle_within_groups
+from cac_align.rl.gardo import RegularizeSettings
+from cac_align.rl.trust_region import DEFAULT_DELTAS, TRUST_REGIONS
 from cac_align.rl.routing import AdvantageSettings
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import StepPlan, gather_floats, plan_step, step_indices
@@ -143,6 +146,12 @@ class FlowGrpoConfig:
         max_grad_norm: gradient clipping (0 turns it off).
         clip_range: PPO ratio clip; the ratio is kept within [1 - clip_range, 1 + clip_range_high].
         clip_range_high: a separate upper clip (None: the same as ``clip_range``).
+        loss: the trust region of the policy loss: "ppo_clip" (the ratio clip above) or DPPO's mask
+            on the divergence of the old and the current SDE step, "dppo_kl" (its exact KL) or
+            "dppo_tv" (its total variation), masked where it passes ``dppo_delta`` in the direction
+            the advantage pushes (:mod:`cac_align.rl.trust_region`; it acts from an update's second
+            chunk on: ``updates_per_step > 1``). docs/flow_grpo.md, "When your reward is hacked".
+        dppo_delta: DPPO's threshold (null: 1e-6 for the KL, Flow-Factory's, and 5.6e-4 for the TV).
         adv_clip_max: advantages are clipped to [-adv_clip_max, adv_clip_max].
         adv_std: "group" (each prompt's own std) or "global" (std of all rewards in the step).
         advantage: ``localize``: localized credit from the reward's evidence (docs/flow_grpo.md,
@@ -155,6 +164,8 @@ class FlowGrpoConfig:
             components that all ignore the prompt (``reads_prompt`` false: AudioBox, sync); refused
             otherwise (docs/audio.md, "Guards").
         beta: weight of the KL to the reference policy (0 skips the reference forward pass).
+        regularize: GARDO's guards against reward hacking (:class:`~cac_align.rl.gardo.RegularizeSettings`):
+            the KL on the samples the auxiliary judges disagree on only, an adaptive reference, diversity.
         ema_decay: EMA of the LoRA weights (None: no EMA); evaluation and the final export use it.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         mixed_precision: "no", "bf16" or "fp16" (accelerate autocast).
@@ -213,10 +224,13 @@ class FlowGrpoConfig:
     clip_range_high: float | None = None
     adv_clip_max: float = 5.0
     adv_std: str = "group"
+    loss: str = "ppo_clip"
+    dppo_delta: float | None = None
     advantage: AdvantageSettings = field(default_factory=AdvantageSettings)
     audio: str = "frozen"
     audio_rewards_blind_ok: bool = False
     beta: float = 0.004
+    regularize: RegularizeSettings = field(default_factory=RegularizeSettings)
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
     mixed_precision: str = "bf16"
@@ -316,6 +330,30 @@ class FlowGrpoConfig:
             reward_config(section, f"eval_rewards.{label}")
         if self.eval_rewards and not self.eval_prompts:
             raise ValueError("eval_rewards score the evaluation videos: set eval_prompts (held-out prompts) too")
+        self._check_guards()
+
+    def _check_guards(self) -> None:
+        """``loss``, ``advantage.aggregate`` and ``regularize`` (docs/flow_grpo.md, "When your reward is hacked")."""
+        if self.loss not in TRUST_REGIONS:
+            raise ValueError(f"loss must be one of {TRUST_REGIONS}, got {self.loss!r}")
+        if self.dppo_delta is not None and (self.loss == "ppo_clip" or not self.dppo_delta > 0):
+            raise ValueError(f"dppo_delta={self.dppo_delta} is DPPO's threshold: > 0, with loss dppo_kl or dppo_tv")
+        if self.loss != "ppo_clip" and (self.audio == "trained" or self.advantage.localize.estimator == "vipo"):
+            raise ValueError(f"loss={self.loss} masks the video's policy loss of the default estimator: not with audio=trained (the sound's "
+                             "steps keep their clip) nor advantage.localize.estimator=vipo; use loss=ppo_clip there")
+        guard = self.regularize
+        if (guard.gated or guard.adaptive) and not (self.beta > 0):
+            raise ValueError(f"regularize.gate={guard.gate} and regularize.reference={guard.reference} act on the KL term: set beta > 0")
+        if guard.gated and not (guard.judges or self.eval_rewards):
+            raise ValueError("regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards (the run's held-out judges)")
+        for label, section in guard.judges.items():
+            reward_config(section, f"regularize.judges.{label}")
+        if self.advantage.aggregate == "normalize_then_sum" and self.parallel.context_parallel > 1:
+            raise ValueError("advantage.aggregate=normalize_then_sum with parallel.context_parallel > 1 is not supported yet (the components "
+                             "are read on each group's first process only); use context_parallel: 1")
+        if self.advantage.aggregate == "normalize_then_sum" and self.advantage.routing == "routed":
+            raise ValueError("advantage.aggregate=normalize_then_sum sums the components' group-normalized scores; advantage.routing=routed "
+                             "routes them apart: use one of them")
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,7 +404,12 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
         advantage.pop("shuffle_scores")
     if advantage.get("routing") == "summed":  # likewise (issue #89's settings)
         advantage.pop("routing")
-    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False), ("optimizer", "adamw")):  # added later (#89, #92)
+    if advantage.get("aggregate") == "sum_then_normalize":  # likewise (#104)
+        advantage.pop("aggregate")
+    if config.regularize.gated and not config.regularize.judges:  # the gate's judges are the held-out ones: no longer run-only
+        fingerprint["regularize"]["judges"] = resolved["eval_rewards"]
+    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False), ("optimizer", "adamw"),  # added later (#89, #92)
+                         ("loss", "ppo_clip"), ("dppo_delta", None), ("regularize", OmegaConf.to_container(OmegaConf.structured(RegularizeSettings())))):
         if fingerprint.get(key) == default:
             fingerprint.pop(key)
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
@@ -480,8 +523,15 @@ class _Trainer:
             self.reward = build_reward(config.reward, "reward")
         if self.reward is not None and self.family.audio and not config.audio_rewards_blind_ok:
             check_prompt_heard(self.reward)  # a text-to-sound run: its audio components must read the prompt
+        if config.advantage.aggregate == "normalize_then_sum" and self.reward is not None and len(route_table(self.reward)) < 2:
+            raise RecipeError(f"advantage.aggregate=normalize_then_sum normalizes each component of a combined reward; {self.reward.name!r} has "
+                              "one (reward: name: combined, with two or more): use aggregate=sum_then_normalize")
         self.eval_rewards = {label: build_reward(section, f"eval_rewards.{label}") if self.layout.leader else None
                              for label, section in config.eval_rewards.items()}
+        # the guards against reward hacking (rewards/guards.py): the gate's judges (its own, else the held-out ones)
+        judges = {label: build_reward(section, f"regularize.judges.{label}") if self.layout.leader else None for label, section in config.regularize.judges.items()}
+        self.guards = RunGuards(config.regularize, judges or self.eval_rewards, self.unwrapped)
+        self.dppo_delta = config.dppo_delta or DEFAULT_DELTAS.get(config.loss)
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         # the reward's servers that are vllm-routers in front of replicas: each step names the replicas found down
         self.fleet = FleetHealth([url for url in served_urls(config.reward) if router_workers(url) is not None] if acc.is_main_process else [])
@@ -502,6 +552,7 @@ class _Trainer:
                 acc.load_state(str(resume_from))  # the LoRA, EMA, optimizer and every process's RNG state
             if state.get("reward_state") and self.reward is not None:  # the leaders' (their normalizers' running statistics)
                 self.reward.load_state_dict(state["reward_state"])
+            self.guards.load(resume_from, state)  # the gate's state, the adaptive reference's copy
             self.start_step = int(state["step"])
             log.info("%s: resuming from %s (step %d)", self.job, resume_from, self.start_step)
             if self.start_step >= config.steps and acc.is_main_process:  # nothing left to train: said, not silent
@@ -587,7 +638,7 @@ class _Trainer:
         # 2. sample with log-probs, batch by batch; each batch goes to the reward pool at once
         start = time.perf_counter()
         embeds, negative = self._encode(texts, images)
-        trajectories, futures = [], []
+        trajectories, futures, judged = [], [], []
         for lo in range(0, len(local), config.sample_batch_size):
             hi = min(lo + config.sample_batch_size, len(local))
             trajectory, videos = self._sample(
@@ -598,6 +649,8 @@ class _Trainer:
                 # a reward that hears (modality audio or both) gets what the generator made with the frames
                 sound = self._soundtracks(trajectory) if self.reward.modality != "video" else None
                 futures.append((hi - lo, self.pool.submit(score_batch, self.reward, videos, texts[lo:hi], groups[lo:hi], config.generator.fps, sound)))
+                if self.guards.judges:  # regularize.gate: its judges score the training samples too
+                    judged.append((hi - lo, self.guards.score(self.pool, videos, texts[lo:hi], groups[lo:hi], config.generator.fps, sound)))
         sample_seconds = time.perf_counter() - start
 
         # 3. collect the rewards (waiting only for what sampling did not hide) and gather them
@@ -628,7 +681,10 @@ class _Trainer:
         step_groups = [k // G for k in range(plan.total_samples)]
         if config.advantage.shuffle_scores:  # the no-signal control: the same scores, each group's permuted
             scores = shuffle_within_groups(scores, step_groups, np.random.default_rng([config.seed, step, 0x5C0E]))
-        adv = group_advantages(scores, step_groups, std=config.adv_std, clip=config.adv_clip_max)
+        gather = lambda v: layout.gather(acc, v)  # noqa: E731  (every process's, each context-parallel group's once)
+        # GDPO's per component (advantage.aggregate), GARDO's diversity; then regularize.gate: the KL where the judges disagree
+        adv = step_advantages(config, self.reward, outputs, scores, step_groups, torch.cat([t.latents[:, -1] for t in trajectories]), gather)
+        kl_weights = self.guards.kl_weights(judged, scores, adv.trainable, local, gather, metrics, device)
         metrics["zero_std_fraction"] = adv.zero_std_fraction
         metrics["trained_fraction"] = float(adv.trainable.mean())
         advantages = torch.as_tensor(adv.advantages[local], device=device)
@@ -662,10 +718,12 @@ class _Trainer:
             fixed = fixed_frames(embeds)  # the maps cover the generated latents only: not the frames an image fixes
             credit, hold = credit[:, fixed:], (None if hold is None else hold[:, fixed:])
 
-        # 5. train: one AdamW update over micro-batches x trained timesteps
+        # 5. train: one AdamW update over micro-batches x trained timesteps (an adaptive reference first reset where due)
         start = time.perf_counter()
+        self.guards.reset_reference(step, metrics)  # regularize.reference=adaptive, where due
         if trains:
-            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit, hold, audio=audio))
+            metrics.update(self._update(step, trajectories, embeds, negative, advantages, weights, credit, hold, audio=audio, kl_weights=kl_weights))
+            self.guards.gate.last_kl = metrics.get("train/kl")
         elif not self._down_steps:  # (a step the server missed whole said so above)
             log.warning("step %d: every group has zero reward variance; no update", step + 1)
         train_seconds = time.perf_counter() - start
@@ -673,6 +731,12 @@ class _Trainer:
         metrics.update({"time/sample_s": sample_seconds, "time/reward_wait_s": reward_wait, "time/reward_compute_s": reward_compute,
                         "time/train_s": train_seconds})
         return metrics
+
+    def _video_velocity(self, model: Any, x: torch.Tensor, t: Any, emb: Any, neg: Any, side: Any) -> torch.Tensor:
+        """The video's guided velocity at ``x`` (a side stream's, computed beside it, dropped)."""
+        with self.accelerator.autocast():
+            velocity = predict_velocity(model, x, t, emb, neg, self.guidance, self.base_dtype, side)
+        return velocity if side is None else velocity[0]
 
     def _encode(self, texts: list[str], images: list[Any]) -> tuple[Any, Any]:
         """The conditioning of each (prompt, image) row, each distinct one encoded once."""
@@ -731,10 +795,12 @@ class _Trainer:
 
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
                 weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None,
-                audio: dict[str, Any] | None = None) -> dict[str, float]:
+                audio: dict[str, Any] | None = None, kl_weights: torch.Tensor | None = None) -> dict[str, float]:
         """Flow-GRPO's update (step 5 of the module docstring). ``audio`` (``audio: trained``): the sound's
         ``advantages`` ``(B,)`` and, routed and localized, its per-frame ``credit`` ``(B, T_a)``: its own
-        PPO-clip loss (and KL) on the side latents' SDE steps, added to the video's."""
+        PPO-clip loss (and KL) on the side latents' SDE steps, added to the video's. ``kl_weights``: the gate's
+        per-sample KL weights (``regularize.gate``). DPPO (``loss``): each step's divergence from the policy that
+        sampled, whose mean the first chunk's policy is and later chunks recompute from the LoRA of the step's start."""
         config, acc = self.config, self.accelerator
         device = acc.device
         sound = None
@@ -756,11 +822,12 @@ class _Trainer:
         # first, the policy is slightly off the rollout policy and the PPO clip starts to act
         chunks = [list(part) for part in np.array_split(np.arange(len(micro)), config.updates_per_step)]
         clip = (config.clip_range, config.clip_range if config.clip_range_high is None else config.clip_range_high)
+        sampler = {n: p.detach().clone() for n, p in trainable(self.unwrapped).items()} if config.loss != "ppo_clip" and len(chunks) > 1 else None
         sums: dict[str, float] = {}
         grad_norms: list[float] = []
         count = 0
         self.model.train()
-        for chunk in chunks:
+        for c, chunk in enumerate(chunks):
             # which expert each of the update's backwards runs: its gradients reduce once, at its last (gen/parallel/gradients.py)
             backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[j])} for _ in chunk for j in steps_trained]
             chunk_total = len(runs)
@@ -782,9 +849,12 @@ class _Trainer:
                         localized = {} if credit is None else position_terms(
                             config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi],
                             None if hold is None else hold[lo:hi], x.shape[1])
-                        ref_mean = ref_side_velocity = None
+                        ref_mean = ref_side_velocity = old_mean = None
+                        if config.loss != "ppo_clip":  # DPPO: the sampling policy's step mean (the first chunk's policy is it)
+                            old_mean = policy.mean.detach() if c == 0 else sampled_mean(self.unwrapped, sampler, lambda m: transitions.step(
+                                j, x, self._video_velocity(m, x, timesteps[j], emb, neg, side), prev_sample=x_next))
                         if config.beta > 0 or hold is not None:
-                            with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
+                            with torch.no_grad(), self.guards.reference_policy(), acc.autocast():
                                 ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
                             ref_velocity, ref_side_velocity = ref_velocity if side is not None else (ref_velocity, None)
                             ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
@@ -798,6 +868,8 @@ class _Trainer:
                             std=policy.std,
                             beta=config.beta,
                             weights=weights[lo:hi],
+                            trust_region=config.loss, delta=self.dppo_delta, old_mean=old_mean,
+                            kl_weights=None if kl_weights is None else kl_weights[lo:hi],
                             **localized,
                         )
                         if sound is not None:  # the sound's own loss on its SDE step (audio: trained)
@@ -877,7 +949,7 @@ class _Trainer:
         acc = self.accelerator
         # null for a stateless reward; the main process (a leader: it built the reward) writes state.json
         reward_state = (self.reward.state_dict() or None) if self.reward is not None else None
-        state = {"reward_state": reward_state, **layout_state(self.layout)}
+        state = {"reward_state": reward_state, **layout_state(self.layout), **self.guards.state()}  # the guards': a resumed run is the same run
         folder = save_checkpoint(acc, self.out, done, self._write_checkpoint, state, self.config.keep_checkpoints)
         log.info("%s: checkpoint %s", self.job, folder)
 
@@ -887,6 +959,7 @@ class _Trainer:
             save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, self.ema, self.accelerator.is_main_process)
         else:
             self.accelerator.save_state(str(tmp))
+        self.guards.save(tmp, self.layout, self.accelerator.is_main_process)  # an adaptive reference's copy
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:

@@ -38,11 +38,10 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from cac_align.config import RecipeError
 from cac_align.gen.generator import predict_velocity
-from cac_align.gen.lora import adapters_disabled, swapped_lora, trainable
+from cac_align.gen.lora import load_lora_copy, swapped_lora, trainable
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, memory_inputs, plan_step, trained_timesteps
 from cac_align.rewards.base import Reward
@@ -53,8 +52,9 @@ __all__ = ["NftConfig", "memory_inputs", "noise_seed", "plan_step", "run"]  # me
 log = logging.getLogger(__name__)
 
 OLD_POLICY_FILE = "old_policy.safetensors"
-# Flow-GRPO's SDE and PPO settings, which NFT does not have: left at these values or refused
-_SDE_SETTINGS = {"noise_schedule": "sqrt", "clip_range": 1e-4, "clip_range_high": None}
+# Flow-GRPO's SDE and PPO settings, which NFT does not have: left at these values or refused (DPPO's trust region is the
+# SDE step's too)
+_SDE_SETTINGS = {"noise_schedule": "sqrt", "clip_range": 1e-4, "clip_range_high": None, "loss": "ppo_clip", "dppo_delta": None}
 
 
 @dataclass
@@ -134,20 +134,7 @@ class _NftTrainer(_Trainer):
             self._load_old_policy(self.out / "checkpoints" / f"step_{self.start_step:06d}")
 
     def _load_old_policy(self, folder: Path) -> None:
-        path = folder / OLD_POLICY_FILE
-        if not path.is_file():
-            raise RecipeError(f"{folder}: no {OLD_POLICY_FILE}; it is not an nft checkpoint and cannot be resumed by nft")
-        saved = load_file(str(path))
-        if set(saved) != set(self.old):
-            raise RecipeError(f"{folder}: its old policy's weights do not match this run's LoRA settings")
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        with torch.no_grad():
-            for name, target in self.old.items():
-                value = saved[name].to(target.dtype)
-                if isinstance(target, DTensor):  # sharded: keep this process's shard
-                    value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
-                target.copy_(value)
+        load_lora_copy(self.old, folder / OLD_POLICY_FILE, "the old policy: an nft checkpoint's")
 
     def _write_checkpoint(self, tmp: Path) -> None:
         super()._write_checkpoint(tmp)
@@ -180,8 +167,8 @@ class _NftTrainer(_Trainer):
     # 5. the NFT update
     def _update(self, step: int, trajectories: list[Any], embeds: Any, negative: Any, advantages: torch.Tensor,
                 weights: torch.Tensor, credit: torch.Tensor | None = None, hold: torch.Tensor | None = None,
-                audio: dict[str, Any] | None = None) -> dict[str, float]:
-        """NFT's update (step 5). ``audio`` (``audio: trained``): the sound's ``advantages``; its clean
+                audio: dict[str, Any] | None = None, kl_weights: torch.Tensor | None = None) -> dict[str, float]:
+        """NFT's update (step 5). ``kl_weights``: the gate's per-sample KL weights (``regularize.gate``). ``audio`` (``audio: trained``): the sound's ``advantages``; its clean
         latents are noised again at the audio's own level of each trained step and take the NFT loss
         too, from the same transformer calls as the video's (docs/audio.md)."""
         config, acc = self.config, self.accelerator
@@ -221,7 +208,7 @@ class _NftTrainer(_Trainer):
                                 old_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
                             ref_velocity = (None, None)
                             if config.beta > 0:
-                                with adapters_disabled(self.unwrapped):
+                                with self.guards.reference_policy():  # the base model, or regularize.reference=adaptive's copy
                                     ref_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
                         with acc.autocast():
                             velocity = self._velocities(self.model, x_t, timesteps[j], emb, neg, side)
@@ -229,13 +216,14 @@ class _NftTrainer(_Trainer):
                             velocity[0].float(), old_velocity[0].float(), x_t, x0, sigmas, advantages[lo:hi],
                             beta=config.nft_beta, adv_clip_max=config.adv_clip_max, adv_mode=config.adv_mode,
                             ref_prediction=None if ref_velocity[0] is None else ref_velocity[0].float(), kl_beta=config.beta,
-                            weights=weights[lo:hi], credit=None if credit is None else credit[lo:hi],
+                            weights=weights[lo:hi], credit=None if credit is None else credit[lo:hi], kl_weights=None if kl_weights is None else kl_weights[lo:hi],
                         )
                         if audio:
                             audio_loss, audio_parts = nft_loss(
                                 velocity[1].float(), old_velocity[1].float(), side, sides[lo:hi, -1].to(device), torch.full((hi - lo,), side_sigma, device=device),
                                 audio["advantages"][lo:hi], beta=config.nft_beta, adv_clip_max=config.adv_clip_max, adv_mode=config.adv_mode,
                                 ref_prediction=None if ref_velocity[1] is None else ref_velocity[1].float(), kl_beta=config.beta, weights=weights[lo:hi],
+                                kl_weights=None if kl_weights is None else kl_weights[lo:hi],
                             )
                             loss = loss + audio_loss
                             parts.update({f"audio_{key}": value for key, value in audio_parts.items()})

@@ -348,6 +348,8 @@ def localized_policy_loss(
     low: float,
     high: float,
     weights: torch.Tensor | None = None,
+    divergence: torch.Tensor | None = None,
+    delta: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ViPO's per-position clipped surrogate with ``A_p = M(p) * A`` (module docstring).
 
@@ -358,13 +360,31 @@ def localized_policy_loss(
         maps: ``(B, T, H, W)`` credit maps (mean 1 each; all ones for a uniform sample).
         low, high: the PPO clip range ``[1 - low, 1 + high]``.
         weights: optional ``(B,)``; 0 drops a sample, as :func:`cac_align.rl.sde.flow_grpo_loss`.
+        divergence: ``(B, T, H, W)`` DPPO's divergence of each position's step
+            (:func:`cac_align.rl.trust_region.divergence_of` with ``positions=True``): the clip is then
+            replaced by its mask at ``delta`` (:func:`cac_align.rl.trust_region.divergence_masked_surrogate`),
+            each position by its own ratio, advantage ``A_p`` and divergence.
 
     Returns:
         ``(loss, metrics)``: the loss averaged over positions and then over all B samples;
-        ``ratio_mean`` and ``clip_fraction`` over the positions of the kept samples.
+        ``ratio_mean`` and ``clip_fraction`` over the positions of the kept samples (DPPO: also
+        ``masked_fraction`` and ``divergence``).
     """
+    import torch
+
     log_ratio = log_prob_map - old_log_prob_map
-    return _per_position_surrogate(log_ratio, advantages.reshape(-1, 1, 1, 1).to(log_ratio.dtype) * maps.to(log_ratio.dtype), low, high, weights)
+    dense = advantages.reshape(-1, 1, 1, 1).to(log_ratio.dtype) * maps.to(log_ratio.dtype)
+    if divergence is None:
+        return _per_position_surrogate(log_ratio, dense, low, high, weights)
+    from cac_align.rl.trust_region import divergence_masked_surrogate, masked_fraction
+
+    per_position, keep = divergence_masked_surrogate(log_ratio, dense, divergence, delta)
+    per_sample = per_position.mean(dim=(1, 2, 3))
+    w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
+    _, metrics = _per_position_surrogate(log_ratio.detach(), dense, low, high, weights)  # the ratio's metrics, as the clip's
+    kept = (w > 0).reshape(-1, 1, 1, 1).expand_as(divergence)
+    metrics.update(masked_fraction=masked_fraction(keep, w), divergence=(divergence * kept).sum() / kept.sum().clamp(min=1))
+    return (w * per_sample).mean(), metrics
 
 
 def _per_position_surrogate(log_ratio: torch.Tensor, dense: torch.Tensor, low: float, high: float,

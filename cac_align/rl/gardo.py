@@ -63,8 +63,8 @@ training).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,6 +72,11 @@ from cac_align.rl.advantages import GroupAdvantages
 
 __all__ = [
     "DIRECTIONS",
+    "DIVERSITY_FEATURES",
+    "GATES",
+    "GateState",
+    "REFERENCES",
+    "RegularizeSettings",
     "UncertaintyGate",
     "adapt_gate_fraction",
     "diversity_advantages",
@@ -80,10 +85,106 @@ __all__ = [
     "nearest_neighbour_distance",
     "reference_reset_due",
     "reward_uncertainty",
+    "step_gate",
     "win_rates",
 ]
 
 DIRECTIONS = ("over", "under", "both")
+# ``regularize.gate``: the KL on every trained sample (as before), or on the uncertain ones only
+GATES = ("none", "uncertain")
+# ``regularize.reference``: the KL to the base model (the LoRA off, as before), or to a LoRA reset to the current one
+REFERENCES = ("base", "adaptive")
+# ``regularize.diversity``: no amplification, or each group's good samples amplified by their distance from each other
+# in the generator's own final latents (pooled: :func:`latent_features`)
+DIVERSITY_FEATURES = ("none", "latents")
+
+
+@dataclass
+class RegularizeSettings:
+    """The ``regularize`` section of ``flow-grpo`` and ``nft``: GARDO's guards against reward hacking,
+    fed by judges the run does not train on (docs/flow_grpo.md, "When your reward is hacked"). The
+    defaults are today's run, bit for bit: the KL to the base model on every trained sample.
+
+    Attributes:
+        gate: "none" (the KL on every trained sample) or "uncertain" (:func:`step_gate`: only on the
+            samples where the auxiliary judges disagree with the training reward, GARDO's gate;
+            needs ``beta > 0``).
+        judges: the auxiliary judges, ``{label: reward section}``, scored on every training sample
+            where the gate asks; empty (the default): the run's ``eval_rewards``, which then score
+            the training samples too (their time: docs/flow_grpo.md).
+        fraction: the share of the samples with a non-negative uncertainty that the gate
+            regularizes (GARDO's ``kl_perc`` base: 0.1).
+        adapt_fraction: move ``fraction`` each step by GARDO's rule (:func:`adapt_gate_fraction`:
+            x1.1 when the step's mean uncertainty is above every one of the last 20, x0.9 when below
+            every one, kept in [0.02, 0.2]); false: ``fraction`` always.
+        direction: which disagreement counts (:func:`reward_uncertainty`): "over" (the training
+            reward rates a sample above the judges: the hacked ones), "under" (GARDO's code at
+            1cc77fb, module docstring), "both".
+        reference: "base" (the KL to the model with the LoRA off, as before) or "adaptive" (GARDO's:
+            the KL to a copy of the LoRA that becomes the current one every ``reset_every`` steps, or
+            when the previous step's KL passed ``kl_bound``; the copy lives in the checkpoint).
+        reset_every: N >= 1 (GARDO: ``reset_freq`` 15 compared with ``>``, a reset every 16 steps),
+            or null: never by count.
+        kl_bound: the KL that triggers a reset at the next step (GARDO's ``kl_thres``: 3e-4), or
+            null: never by KL.
+        diversity: "none" or "latents": GARDO's diversity-aware advantages
+            (:func:`diversity_multipliers`): a sample at or above its group's mean reward has its
+            advantage multiplied by its nearest-neighbour distance in the group over the group's
+            mean distance, the features being the generator's own final latents, pooled
+            (:func:`latent_features`; GARDO's are DINOv3 embeddings, which we do not load). Our
+            advantages keep their std (GARDO drops it) and their clip.
+    """
+
+    # the values a setting takes, shown by `cac-align <job> --help` beside its default
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"gate": GATES, "direction": DIRECTIONS, "reference": REFERENCES, "diversity": DIVERSITY_FEATURES}
+
+    gate: str = "none"
+    judges: dict[str, Any] = field(default_factory=dict)
+    fraction: float = 0.1
+    adapt_fraction: bool = True
+    direction: str = "over"
+    reference: str = "base"
+    reset_every: int | None = 16
+    kl_bound: float | None = 3e-4
+    diversity: str = "none"
+
+    def __post_init__(self) -> None:
+        for key, choices in self.CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"regularize.{key} must be one of {tuple(choices)}, got {getattr(self, key)!r}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"regularize.fraction must be in (0, 1], got {self.fraction}")
+        if self.reset_every is not None and self.reset_every < 1:
+            raise ValueError(f"regularize.reset_every must be >= 1 or null, got {self.reset_every}")
+        if self.kl_bound is not None and not self.kl_bound > 0:
+            raise ValueError(f"regularize.kl_bound must be > 0 or null, got {self.kl_bound}")
+
+    @property
+    def gated(self) -> bool:
+        return self.gate == "uncertain"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.reference == "adaptive"
+
+
+@dataclass
+class GateState:
+    """What the guards carry from step to step (and in a checkpoint's ``state.json``, so a resumed run
+    is the same run): the gate's adapted fraction and its history (:func:`adapt_gate_fraction`), the
+    step before which the reference was last reset, and the largest KL the last step logged."""
+
+    fraction: float = 0.1
+    history: list[float] = field(default_factory=list)
+    last_reset: int = 0
+    last_kl: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fraction": self.fraction, "history": list(self.history), "last_reset": self.last_reset, "last_kl": self.last_kl}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.fraction, self.history = float(state["fraction"]), [float(h) for h in state["history"]]
+        self.last_reset, self.last_kl = int(state["last_reset"]), (None if state.get("last_kl") is None else float(state["last_kl"]))
 
 
 def _column(values: Sequence[float] | np.ndarray, n: int | None, name: str) -> np.ndarray:
@@ -300,6 +401,40 @@ def adapt_gate_fraction(
     return fraction, (history + [m])[-window:]
 
 
+def step_gate(settings: RegularizeSettings, state: GateState, proxy: np.ndarray, auxiliaries: Mapping[str, np.ndarray],
+              trained: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """A step's per-sample KL weights under ``regularize.gate: uncertain`` (module docstring, 1), over
+    the whole step's samples (every process computes the same from the gathered scores).
+
+    1. the uncertainty of each sample (:func:`reward_uncertainty`, over the batch, ``settings.direction``);
+    2. the gated fraction moved by GARDO's rule (``adapt_fraction``; ``state`` holds it);
+    3. the gate (:func:`gate_uncertain`): 1 on the regularized samples, 0 elsewhere, times
+       ``1 / gated_fraction``, so the KL is averaged over the regularized samples, as GARDO does.
+
+    Args:
+        settings: the ``regularize`` section; state: its :class:`GateState` (updated in place).
+        proxy: ``(B,)`` the training reward (NaN: invalid); auxiliaries: ``{label: (B,)}``.
+        trained: ``(B,)`` the samples the update trains on.
+
+    Returns:
+        ``((B,) float32 KL weights, metrics)``: ``regularize/gated_fraction`` (of the trained
+        samples), ``regularize/fraction`` (the gate's fraction this step), ``regularize/unjudged``
+        (trained samples no judge scored: regularized).
+
+    Hand-worked (tests/rl/test_gardo.py): proxy [4, 3, 2, 1], one judge [1, 2, 3, 4], all trained,
+    fraction 0.5, not adapted: win rates 1, 2/3, 1/3, 0 against 0, 1/3, 2/3, 1: U = [1, 1/3, -1/3, -1];
+    the pool U >= 0 is [1, 1/3], its 50th percentile 2/3: sample 0 alone is gated, 1/4 of the trained,
+    so its weight is 4 and the others' 0.
+    """
+    u = reward_uncertainty(proxy, auxiliaries, direction=settings.direction)
+    if settings.adapt_fraction:
+        state.fraction, state.history = adapt_gate_fraction(state.fraction, state.history, u)
+    gate = gate_uncertain(u, trained, fraction=state.fraction if settings.adapt_fraction else settings.fraction)
+    metrics = {"regularize/gated_fraction": gate.gated_fraction, "regularize/fraction": state.fraction if settings.adapt_fraction else settings.fraction,
+               "regularize/unjudged": float(gate.unjudged)}
+    return (gate.weights * gate.scale).astype(np.float32), metrics
+
+
 # ---------------------------------------------------------------------------------------
 # 2. The adaptive reference
 # ---------------------------------------------------------------------------------------
@@ -339,6 +474,21 @@ def reference_reset_due(
 # ---------------------------------------------------------------------------------------
 # 3. Diversity-aware amplification
 # ---------------------------------------------------------------------------------------
+def latent_features(latents: Any, grid: int = 4) -> np.ndarray:
+    """Each sample's final latents ``(B, C, T, H, W)`` average-pooled to ``grid x grid`` per latent
+    frame and flattened: ``(B, C * T * grid * grid)`` float32, the features of
+    ``regularize.diversity: latents`` (a few thousand numbers a video at full size, so a step's can be
+    gathered from every process). Pooling keeps where the colour and the layout are, and drops the
+    pixel-level noise the sampler's last steps leave."""
+    import torch
+
+    x = torch.as_tensor(latents).float()
+    if x.ndim != 5:
+        raise ValueError(f"latent_features takes (B, C, T, H, W) latents, got shape {tuple(x.shape)}")
+    b, c, t, h, w = x.shape
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), (min(grid, h), min(grid, w)))
+    return pooled.reshape(b, -1).cpu().numpy().astype(np.float32)
+
 def nearest_neighbour_distance(
     features: np.ndarray,
     groups: Sequence[Hashable],

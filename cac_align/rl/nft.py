@@ -180,6 +180,7 @@ def nft_loss(
     kl_beta: float = 0.0,
     weights: torch.Tensor | None = None,
     credit: torch.Tensor | None = None,
+    kl_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 6: DiffusionNFT's loss on one trained timestep of a batch.
 
@@ -224,6 +225,8 @@ def nft_loss(
         weights: optional ``(B,)``: 0 drops a sample (an invalid reward) keeping the batch shape;
             terms are ``mean_b(w_b * term_b)`` over all B, as :func:`cac_align.rl.sde.flow_grpo_loss`.
         credit: optional ``(B, T, H, W)`` credit maps (localized NFT, :func:`adaptive_x0_error`).
+        kl_weights: optional ``(B,)`` weights of the KL term alone (a gate that regularizes some
+            samples only: :func:`cac_align.rl.gardo.step_gate`), on top of ``weights``.
 
     Returns:
         ``(loss, metrics)``: a scalar loss (float64, as the sources') and detached scalars
@@ -245,7 +248,8 @@ def nft_loss(
     loss = policy_loss
     kl = torch.zeros((), dtype=per_sample.dtype, device=per_sample.device)
     if ref_prediction is not None:
-        kl = (w.to(prediction.dtype) * velocity_kl(prediction, ref_prediction)).mean()
+        kw = w if kl_weights is None else w * kl_weights.to(w.dtype).reshape(-1)  # a gate: the KL of the samples it names only
+        kl = (kw.to(prediction.dtype) * velocity_kl(prediction, ref_prediction)).mean()
         if kl_beta > 0:
             loss = loss + kl_beta * kl
     kept = w > 0

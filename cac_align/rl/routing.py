@@ -35,11 +35,14 @@ import numpy as np
 from cac_align.rl.advantages import group_advantages
 from cac_align.rl.credit import LocalizeSettings
 
-__all__ = ["ROUTINGS", "AdvantageSettings", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "routed_credit", "sample_windows",
+__all__ = ["AGGREGATES", "ROUTINGS", "AdvantageSettings", "STREAMS", "audio_frame_spans", "component_advantages", "routed_advantages", "routed_credit", "sample_windows",
            "video_frame_spans", "window_map"]
 
 # ``advantage.routing``: one advantage for every latent (today's) or each component's to what it judges
 ROUTINGS = ("summed", "routed")
+# ``advantage.aggregate``: the combined score's group advantage (today's), or GDPO's: each component normalized in
+# its group, then summed and normalized over the step (:func:`cac_align.rl.advantages.normalize_then_sum`)
+AGGREGATES = ("sum_then_normalize", "normalize_then_sum")
 # the latent streams a generator with sound acts on, and the modalities each takes advantages from
 STREAMS = {"video": ("video", "both"), "audio": ("audio", "both")}
 
@@ -194,15 +197,23 @@ class AdvantageSettings:
             or "routed" (each component's group advantage, weighted as the combination weights it, to
             the latents of the modality it judges: :mod:`cac_align.rl.routing`; docs/audio.md,
             "Routing"). Routed needs ``audio: trained`` (the audio latents take the audio's share).
+        aggregate: how a combined reward's components make one advantage: "sum_then_normalize" (the
+            group advantage of the combined score: as before) or "normalize_then_sum" (GDPO, as trl
+            defines it: each component's raw score normalized within its group, summed with the
+            combination's weights, the sum normalized over the step: one component's scale cannot
+            drown the others; :func:`cac_align.rl.advantages.normalize_then_sum`). Needs a combined reward.
     """
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
-    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"routing": ROUTINGS}
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"routing": ROUTINGS, "aggregate": AGGREGATES}
 
     localize: LocalizeSettings = field(default_factory=LocalizeSettings)
     shuffle_scores: bool = False
     routing: str = "summed"
+    aggregate: str = "sum_then_normalize"
 
     def __post_init__(self) -> None:
         if self.routing not in ROUTINGS:
             raise ValueError(f"advantage.routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"advantage.aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")

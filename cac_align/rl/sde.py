@@ -265,6 +265,10 @@ def flow_grpo_loss(
     estimator: str = "default",
     adv_clamp: float = 5.0,
     hold: torch.Tensor | None = None,
+    trust_region: str = "ppo_clip",
+    delta: float | None = None,
+    old_mean: torch.Tensor | None = None,
+    kl_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip loss on one denoising step plus ``beta`` times the KL to the reference policy.
 
@@ -295,10 +299,22 @@ def flow_grpo_loss(
         hold: ``(B, T, H, W)`` confinement's per-position KL weights
             (:func:`cac_align.rl.credit.confined_kl`, needs ``mean``, ``ref_mean``, ``std``):
             added to the loss as ``confine_kl`` whatever ``beta`` is.
+        trust_region: "ppo_clip" (the ratio clipped to ``clip_range``: PPO's) or DPPO's divergence
+            mask (:mod:`cac_align.rl.trust_region`) in place of the clip: "dppo_kl" (the exact KL of
+            the old and the current Gaussian step) or "dppo_tv" (their total variation), each
+            averaged over the elements (per position with ``credit``), masked where it passes
+            ``delta`` in the direction the advantage pushes. The DPPO loss is the default
+            estimator's (not ViPO's).
+        delta: DPPO's threshold (needed unless ``ppo_clip``).
+        old_mean: ``(B, ...)`` the step's mean under the policy that sampled (DPPO only).
+        kl_weights: optional ``(B,)`` per-sample weights of the KL term alone (a gate that
+            regularizes some samples only: :func:`cac_align.rl.gardo.step_gate`), on top of
+            ``weights``; None: every kept sample's KL counts, as before.
 
     Returns:
         ``(loss, metrics)``: a scalar loss and detached scalars ``policy_loss``, ``kl``,
-        ``ratio_mean``, ``clip_fraction``, ``approx_kl`` (``0.5 * mean((logp - logp_old)^2)``).
+        ``ratio_mean``, ``clip_fraction``, ``approx_kl`` (``0.5 * mean((logp - logp_old)^2)``), and
+        under DPPO ``divergence`` (the kept samples' mean) and ``masked_fraction``.
     """
     low, high = (clip_range, clip_range) if isinstance(clip_range, (int, float)) else clip_range
     if low < 0 or high < 0:
@@ -307,19 +323,35 @@ def flow_grpo_loss(
     ratio = torch.exp(log_ratio)
     w = torch.ones_like(ratio) if weights is None else weights.to(ratio.dtype)
     position_metrics: dict[str, torch.Tensor] = {}
+    divergence = None
+    if trust_region != "ppo_clip":  # DPPO: the old and the current Gaussian step's divergence (rl/trust_region.py)
+        from cac_align.rl.trust_region import divergence_of
+
+        if mean is None or old_mean is None or std is None or delta is None:
+            raise ValueError(f"trust_region={trust_region!r} needs mean, old_mean, std and delta")
+        divergence = divergence_of(trust_region, mean.detach(), old_mean, std, positions=credit is not None)
     if credit is not None:
         if log_prob_map is None or old_log_prob_map is None:
             raise ValueError("localized credit needs log_prob_map and old_log_prob_map beside the credit maps")
         from cac_align.rl.credit import localized_policy_loss, vipo_policy_loss
 
         if estimator == "vipo":
+            if divergence is not None:
+                raise ValueError("DPPO's mask is the default localized estimator's; ViPO's estimator clips its ratio")
             if low != high:
                 raise ValueError(f"ViPO's estimator clips symmetrically; got clip_range {clip_range}")
             policy_loss, position_metrics = vipo_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, adv_clamp, w)
         elif estimator == "default":
-            policy_loss, position_metrics = localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w)
+            policy_loss, position_metrics = localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w,
+                                                                  divergence=divergence, delta=delta)
         else:
             raise ValueError(f"unknown localized estimator {estimator!r}")
+    elif divergence is not None:
+        from cac_align.rl.trust_region import divergence_masked_surrogate, masked_fraction
+
+        per_sample, keep = divergence_masked_surrogate(log_ratio, advantages, divergence, delta)
+        policy_loss = (w * per_sample).mean()
+        position_metrics = {"masked_fraction": masked_fraction(keep, w), "divergence": (divergence * (w > 0)).sum() / (w > 0).sum().clamp(min=1)}
     else:
         policy_loss = (w * clipped_surrogate(log_ratio, advantages, low, high)).mean()
     if beta > 0:
@@ -327,7 +359,8 @@ def flow_grpo_loss(
             raise ValueError("beta > 0 needs mean, ref_mean and std for the KL term")
         diff2 = ((mean.float() - ref_mean.float()) ** 2).mean(dim=tuple(range(1, mean.ndim)))
         std_b = torch.as_tensor(std, dtype=torch.float32, device=diff2.device).reshape(-1)
-        kl = (w * diff2 / (2 * std_b**2)).mean()
+        kw = w if kl_weights is None else w * kl_weights.to(w.dtype)  # a gate: the KL of the samples it names only
+        kl = (kw * diff2 / (2 * std_b**2)).mean()
     else:
         kl = torch.zeros((), device=log_prob.device)
     loss = policy_loss + beta * kl

@@ -55,7 +55,14 @@ import math
 
 import torch
 
-__all__ = ["divergence_masked_surrogate", "gaussian_step_kl", "gaussian_step_tv", "masked_fraction"]
+__all__ = ["DEFAULT_DELTAS", "TRUST_REGIONS", "divergence_masked_surrogate", "divergence_of", "gaussian_step_kl", "gaussian_step_tv", "masked_fraction"]
+
+# ``loss`` of flow-grpo: PPO's ratio clip, or DPPO's mask on the step's KL or TV
+TRUST_REGIONS = ("ppo_clip", "dppo_kl", "dppo_tv")
+# ``trust_delta``'s default per divergence: Flow-Factory's Flow-DPPO masks the mean KL at 1e-6
+# (``kl_mask_threshold``, its DPPOTrainingArguments default); the TV of the same small move is
+# about ``sqrt(KL / pi)`` = 5.6e-4 (module docstring, "Scales")
+DEFAULT_DELTAS = {"dppo_kl": 1e-6, "dppo_tv": 5.6e-4}
 
 
 def _std_like(std: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -103,6 +110,16 @@ def gaussian_step_tv(mean: torch.Tensor, old_mean: torch.Tensor, std: torch.Tens
     """
     diff = mean.float() - old_mean.float()
     return _reduce(torch.erf(diff.abs() / (2 * math.sqrt(2.0) * _std_like(std, diff))), positions)
+
+
+def divergence_of(kind: str, mean: torch.Tensor, old_mean: torch.Tensor, std: torch.Tensor | float, *, positions: bool = False) -> torch.Tensor:
+    """The divergence ``kind`` names (``"dppo_kl"``: :func:`gaussian_step_kl`; ``"dppo_tv"``:
+    :func:`gaussian_step_tv`) between the current and the old step, per sample or per position."""
+    if kind == "dppo_kl":
+        return gaussian_step_kl(mean, old_mean, std, positions=positions)
+    if kind == "dppo_tv":
+        return gaussian_step_tv(mean, old_mean, std, positions=positions)
+    raise ValueError(f"a divergence is 'dppo_kl' or 'dppo_tv', got {kind!r}")
 
 
 def divergence_masked_surrogate(

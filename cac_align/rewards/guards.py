@@ -1,0 +1,150 @@
+"""The guards against reward hacking, as a generator trainer holds them (docs/flow_grpo.md, "When your
+reward is hacked"): the judges that watch a run also gate its regularization.
+
+``cac-align flow-grpo`` and ``cac-align nft`` (whose trainer extends flow-grpo's) keep one :class:`RunGuards`;
+the math is :mod:`cac_align.rl.gardo`'s, :mod:`cac_align.rl.advantages`' and :mod:`cac_align.rl.trust_region`'s,
+and this module is only what a step does with it:
+
+- :meth:`RunGuards.score`: the gate's auxiliary judges (``regularize.judges``, else the run's
+  ``eval_rewards``) score each sampled batch in the reward pool beside the trained reward;
+- :meth:`RunGuards.kl_weights`: their scores gathered over the step, GARDO's gate
+  (:func:`~cac_align.rl.gardo.step_gate`): the KL weight of each of this process's samples;
+- :meth:`RunGuards.reset_reference`, :meth:`RunGuards.reference_policy`: the adaptive reference, a copy of
+  the LoRA reset to the current one (:func:`~cac_align.rl.gardo.reference_reset_due`), which the KL holds
+  the policy to; its copy and the gate's state go into each checkpoint (:meth:`RunGuards.save`,
+  :meth:`RunGuards.load`), so a resumed run is the same run;
+- :func:`step_advantages`: the step's group advantages of the combined score, or GDPO's per component
+  (``advantage.aggregate: normalize_then_sum``), amplified for diverse good samples (``regularize.diversity``);
+- :func:`sampled_mean`: DPPO's old policy, the step mean under the LoRA that sampled (``loss: dppo_*``).
+
+With every setting at its default nothing here runs but :func:`step_advantages`' group advantages: today's
+numbers, bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cac_align.gen.lora import adapters_disabled, load_lora_copy, swapped_lora, trainable
+from cac_align.rewards.columns import collect_outputs, component_raw, route_table, score_batch
+from cac_align.rl.advantages import GroupAdvantages, group_advantages, nan_mean_std, normalize_then_sum
+from cac_align.rl.gardo import GateState, diversity_multipliers, latent_features, reference_reset_due, step_gate
+
+__all__ = ["REFERENCE_FILE", "RunGuards", "sampled_mean", "step_advantages"]
+
+REFERENCE_FILE = "reference.safetensors"  # a checkpoint's copy of the adaptive reference (regularize.reference: adaptive)
+
+
+class RunGuards:
+    """A run's guards (module docstring).
+
+    Args:
+        settings: the ``regularize`` section (:class:`~cac_align.rl.gardo.RegularizeSettings`).
+        judges: the gate's judges by label, built on the processes that score (None on the others); ignored
+            without the gate.
+        model: the trained denoiser (its LoRA is what the adaptive reference copies).
+    """
+
+    def __init__(self, settings: Any, judges: dict[str, Any], model: torch.nn.Module):
+        self.settings, self.model = settings, model
+        self.judges = judges if settings.gated else {}
+        self.gate = GateState(fraction=settings.fraction)
+        # an adaptive reference starts as the LoRA itself, whose B is 0: the base model
+        self.reference = {name: p.detach().clone() for name, p in trainable(model).items()} if settings.adaptive else None
+
+    # -- the gate ---------------------------------------------------------------------------
+    def score(self, pool: Any, videos: Any, texts: list[str], groups: list[int], fps: float, sound: Any) -> dict[str, Any]:
+        """Each judge's scoring of one sampled batch, submitted to the reward ``pool``: ``{label: future}``."""
+        return {label: pool.submit(score_batch, judge, videos, texts, groups, fps, sound) for label, judge in self.judges.items()}
+
+    def kl_weights(self, judged: list[tuple[int, dict[str, Any]]], scores: np.ndarray, trainable_samples: np.ndarray, local: list[int],
+                   gather: Callable[[np.ndarray], np.ndarray], metrics: dict[str, Any], device: Any) -> torch.Tensor | None:
+        """This process's samples' KL weights under ``regularize.gate: uncertain`` (None without it): each judge's
+        scores of the step gathered from every process (NaN where it failed; ``judged``: this process's batches as
+        ``(size, {label: future})``, empty on a process that does not score), then GARDO's gate over the step."""
+        if not self.settings.gated:
+            return None
+        columns = {}
+        for label, judge in self.judges.items():  # every process gathers every judge's, in the config's order
+            outputs, _ = collect_outputs(judge, [(n, futures[label]) for n, futures in judged]) if judged else ([], 0.0)
+            mine = np.concatenate([o.scores for o in outputs]) if outputs else np.full(len(local), np.nan)
+            columns[label] = gather(mine)
+            metrics[f"regularize/{label}_mean"] = nan_mean_std(columns[label])[0]
+        weights, said = step_gate(self.settings, self.gate, scores, columns, trainable_samples)
+        metrics.update(said)
+        return torch.as_tensor(weights[local], device=device)
+
+    # -- the adaptive reference -------------------------------------------------------------
+    def reset_reference(self, step: int, metrics: dict[str, Any]) -> None:
+        """``regularize.reference: adaptive``: the reference becomes the current LoRA every ``reset_every`` steps,
+        or after a step whose KL passed ``kl_bound`` (GARDO's rule); call before the step trains."""
+        s = self.settings
+        if self.reference is None or not reference_reset_due(step, self.gate.last_reset, reset_every=s.reset_every, kl=self.gate.last_kl,
+                                                             kl_bound=s.kl_bound):
+            return
+        with torch.no_grad():
+            for name, p in trainable(self.model).items():
+                self.reference[name].copy_(p.detach())
+        self.gate.last_reset, self.gate.last_kl = step, None
+        metrics["regularize/reference_reset"] = 1.0
+
+    def reference_policy(self) -> Any:
+        """The context in which the model is the policy the KL holds the LoRA to: the base model (the adapters
+        off), or the adaptive reference's copy swapped in."""
+        return adapters_disabled(self.model) if self.reference is None else swapped_lora(self.model, self.reference)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint's ``state.json`` records (nothing when no guard is on: its checkpoints are as before)."""
+        return {"regularize": self.gate.state_dict()} if self.settings.gated or self.reference is not None else {}
+
+    def save(self, folder: Path, layout: Any, is_main: bool) -> None:
+        """The adaptive reference's copy, whole, into checkpoint ``folder`` (every process: a collective when sharded)."""
+        if self.reference is not None:
+            from safetensors.torch import save_file
+
+            whole = layout.full_tensors(self.reference)
+            if is_main:
+                save_file(whole, str(folder / REFERENCE_FILE))
+
+    def load(self, folder: Path, state: dict[str, Any]) -> None:
+        """The gate's state and the reference's copy from checkpoint ``folder`` (``state``: its ``state.json``)."""
+        if state.get("regularize"):
+            self.gate.load_state_dict(state["regularize"])
+        if self.reference is not None:
+            load_lora_copy(self.reference, folder / REFERENCE_FILE, "the adaptive reference (regularize.reference=adaptive)")
+
+
+def step_advantages(config: Any, reward: Any, outputs: list[Any], scores: np.ndarray, step_groups: list[int], final_latents: torch.Tensor,
+                    gather: Callable[[np.ndarray], np.ndarray]) -> GroupAdvantages:
+    """The step's group advantages (the trainers' step 4): of the combined ``scores``, or (``advantage.aggregate:
+    normalize_then_sum``, GDPO) of each component's raw score normalized in its group, summed with the combination's
+    weights and normalized over the step (:func:`~cac_align.rl.advantages.normalize_then_sum`; every process scored,
+    so each reads the parts); then, with ``regularize.diversity: latents``, a group's good samples amplified by how far
+    their pooled final latents (``final_latents``: this process's ``(B, C, T, H, W)``) lie from each other, and
+    clipped again (:func:`~cac_align.rl.gardo.diversity_multipliers`)."""
+    if config.advantage.aggregate == "normalize_then_sum":
+        table = route_table(reward)
+        columns = {name: gather(np.concatenate([component_raw(o, name) for o in outputs])) for name in table}
+        for values in columns.values():
+            values[~np.isfinite(scores)] = np.nan  # the combined score's invalid policy holds (drop: out of every statistic)
+        adv = normalize_then_sum(columns, step_groups, weights=[weight for weight, _ in table.values()], clip=config.adv_clip_max)
+    else:
+        adv = group_advantages(scores, step_groups, std=config.adv_std, clip=config.adv_clip_max)
+    if config.regularize.diversity == "latents":
+        features = gather(latent_features(final_latents).reshape(-1)).reshape(len(scores), -1)
+        amplified = adv.advantages * diversity_multipliers(scores, features, step_groups)
+        adv.advantages = np.clip(amplified, -config.adv_clip_max, config.adv_clip_max).astype(np.float32)
+    return adv
+
+
+def sampled_mean(model: torch.nn.Module, sampler: dict[str, torch.Tensor], step_of: Callable[[torch.nn.Module], Any]) -> torch.Tensor:
+    """DPPO's old policy for an update after the step's first: the step mean under the LoRA that sampled
+    (``sampler``: its weights at the step's start), with no gradient (one more forward). ``step_of(model)`` is
+    the trainer's SDE transition of the step from the model's velocity."""
+    with torch.no_grad(), swapped_lora(model, sampler):
+        return step_of(model).mean
