@@ -9,9 +9,10 @@
     cac-align check-recipe --processes 8 --gpu-gib 74.5 FILE   # and a generator trainer's memory plan on 8 GPUs
     cac-align eval bench --config ...                 # = cac-align eval-bench (likewise eval vbench / expert)
 
-Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
-naming the input and exit with status 2, instead of a traceback. A reward server that is not
-there, or a job whose every sample failed in the reward backend, prints one line and exits 1.
+Errors the user can fix (a bad recipe, a setting a reward refuses as it builds, a missing video,
+missing weights) print one line naming the input and exit with status 2, instead of a traceback. A
+reward server that is not there, or a job whose every sample failed in the reward backend, prints one
+line and exits 1.
 Ctrl-C prints one line and exits 130. A run of many processes prints each such line once, from the
 process that failed first, naming it where the others did not fail alike (cac_align/run/voice.py).
 """
