@@ -203,3 +203,29 @@ def test_the_memory_plan_counts_v_jepa_2_from_its_safetensors_header(vjepa_dir):
     assert counted.weight_bytes == 2 * params and counted.kv_bytes == 0  # every tensor in bf16, no KV cache
     (tiny,) = reward_judges({"name": "wm_surprise", "model": "tiny-random:vjepa2", "device": "cuda"}, "reward", shape)
     assert count_judge(tiny).weight_bytes == 4 * params and count_judge(tiny).kv_bytes == 0  # as built, in float32
+
+
+def test_the_vit_g_figures_docs_real_weights_states():
+    """docs/real_weights.md's V-JEPA 2 ViT-g rows (issue #105, item 5) are the model transformers converted the
+    releases to: get_vjepa2_config's vit_giant and vit_giant_384 (huggingface/transformers,
+    src/transformers/models/vjepa2/convert_vjepa2_to_hf.py, read at ff4e4c7), built on the meta device:
+    1,034,555,264 parameters at either crop (rotary positions), 4 bytes each in float32 (3.85 GiB), 2 in
+    bfloat16 (1.93); a window of 16 frames is (16 / 2 tubelet) x (crop / 16 patch)^2 tokens: 2,048 and 4,608."""
+    from conftest import REPO_ROOT
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    from cac_align.plan.counts import GIB
+
+    docs = (REPO_ROOT / "docs/real_weights.md").read_text(encoding="utf-8")
+    for crop in (256, 384):
+        config = VJEPA2Config(crop_size=crop, frames_per_clip=64, hidden_size=1408, num_attention_heads=22, num_hidden_layers=40,
+                              mlp_ratio=48 / 11, pred_hidden_size=384, pred_num_attention_heads=12, pred_num_hidden_layers=12,
+                              pred_num_mask_tokens=10)
+        with torch.device("meta"):
+            model = VJEPA2Model(config)
+        count = sum(p.numel() for p in model.parameters())
+        encoder = sum(p.numel() for p in model.encoder.parameters())
+        tokens = (16 // config.tubelet_size) * (crop // config.patch_size) ** 2
+        assert count == 1_034_555_264 and f"`facebook/vjepa2-vitg-fpc64-{crop}`" in docs and f"{tokens:,} tokens" in docs
+    assert f"{count:,} parameters (encoder {encoder:,}, predictor {count - encoder:,})" in docs
+    assert f"{count * 4 / GIB:.2f} GiB in float32" in docs and f"{count * 2 / GIB:.2f} GiB in bfloat16" in docs
