@@ -9,9 +9,10 @@
     cac-align check-recipe --processes 8 --gpu-gib 74.5 FILE   # and a generator trainer's memory plan on 8 GPUs
     cac-align eval bench --config ...                 # = cac-align eval-bench (likewise eval vbench / expert)
 
-Errors the user can fix (a bad recipe, a missing video, missing weights) print one line
-naming the input and exit with status 2, instead of a traceback. A reward server that is not
-there, or a job whose every sample failed in the reward backend, prints one line and exits 1.
+Errors the user can fix (a bad recipe, a setting a reward refuses as it builds, a missing video,
+missing weights) print one line naming the input and exit with status 2, instead of a traceback. A
+reward server that is not there, or a job whose every sample failed in the reward backend, prints one
+line and exits 1.
 Ctrl-C prints one line and exits 130. A run of many processes prints each such line once, from the
 process that failed first, naming it where the others did not fail alike (cac_align/run/voice.py).
 """
@@ -189,8 +190,10 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="also show the third-party messages cac-align hides (docs/cli.md: quiet by default) and its own debug lines")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
-        "check-recipe", help="validate recipes and plan a generator trainer's memory, without loading weights",
-        description="Validate recipes, and plan a generator trainer's GPU and host memory from its models' configs. "
+        "check-recipe", help="validate recipes and plan a generator trainer's (or score's judges') memory, without loading weights",
+        description="Validate recipes, and plan a generator trainer's GPU and host memory from its models' configs (a score recipe: its "
+                    "judges' memory on its GPU). One verdict line a recipe on stdout (ok, FAIL or UNKNOWN), its plan indented under it, "
+                    "fitted to the terminal's width. "
                     "Exit 0: every recipe valid and every plan fits; 1: a recipe invalid or a launch refused (the fix is named); "
                     "3: valid, but a plan left a model uncounted (its files are not on this machine: the line says what to fetch).",
     )
@@ -208,6 +211,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="the memory of one GPU, GiB: the plan says whether it fits and, if not, the fix (an 80 GB GPU: 74.5)")
     check.add_argument("--gpu-gb", type=float, default=None, metavar="GB",
                        help="the memory of one GPU as its card says, GB (10^9 bytes; 80 is 74.5 GiB); instead of --gpu-gib")
+    check.add_argument("--network-gbps", type=float, default=None, metavar="GBPS",
+                       help="with --nodes: the network a GPU has across nodes, Gbit/s, that the network table's bytes are timed at "
+                            "(default 400: a 400 Gbit/s NIC a GPU)")
+    check.add_argument("--nvlink-gbps", type=float, default=None, metavar="GBPS",
+                       help="with --nodes: a GPU's link inside a node, Gbit/s each way (default 3600: NVLink 4 of an H100 or H200, 450 GB/s)")
     recipes = sub.add_parser(
         "recipes", help="list the shipped recipes, or copy one out to edit (`cac-align recipes cp NAME DEST`)",
         description="The shipped recipes, by the names --config takes from any folder (score/cac_demo, ...).",
@@ -356,89 +364,157 @@ def recipe_plan(spec: Any, config: Any, processes: int, nodes: int = 1) -> Any:
 # check-recipe's exit codes: every recipe valid and every plan fits (0), a recipe invalid or a launch refused
 # (1), or every recipe valid but a plan not whole: some model not counted, its files not on this machine (3)
 CHECK_OK, CHECK_FAILED, CHECK_UNKNOWN = 0, 1, 3
+VERDICT_WORDS = {CHECK_OK: "ok", CHECK_FAILED: "FAIL", CHECK_UNKNOWN: "UNKNOWN"}
+
+_DETAIL = "     "  # a recipe's plan, indented under its verdict
+
+
+@dataclasses.dataclass
+class _Checked:
+    """What ``check-recipe`` found of one recipe: its verdict (:data:`CHECK_OK`, :data:`CHECK_FAILED` or
+    :data:`CHECK_UNKNOWN`), why, in a few words, and the plan printed under it (one string a line)."""
+
+    verdict: int = CHECK_OK
+    why: str = ""
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+
+def _fit(lines: Sequence[str], width: int) -> list[str]:
+    """``lines`` at most ``width`` characters where they can be: a longer one wraps at its spaces, its
+    continuation indented four more than it; a table's row (two spaces between columns) is left as it is (the
+    plan's tables fit their rows themselves: :func:`cac_align.plan.rows.table_lines`)."""
+    out: list[str] = []
+    for line in lines:
+        text = line.lstrip(" ")
+        if len(line) <= width or "  " in text:  # short, or a table's row (columns two spaces apart): fitted already, or as narrow as it gets
+            out.append(line)
+            continue
+        lead = line[: len(line) - len(text)]
+        out += textwrap.wrap(text, width, initial_indent=lead, subsequent_indent=lead + "    ", break_long_words=False, break_on_hyphens=False)
+    return out
 
 
 def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None,
-                 nodes: int = 1) -> tuple[int, str] | None:
-    """Print a generator trainer's memory plan (``cac_align.plan``) where its models' configs
-    can be read (a tiny in-process generator's too: built in a moment), or one line saying which it
-    needs; nothing for another job. Returns ``(CHECK_FAILED, why)`` when its
-    launch would be refused (the step does not split over the processes, or the plan does not fit
-    ``gpu_gib``), ``(CHECK_UNKNOWN, what)`` when a model was not counted (its configs or weights are
-    not here: the plan cannot say it fits), else None."""
+                 nodes: int = 1, width: int | None = None, gbps: tuple[float, float] | None = None) -> _Checked:
+    """A generator trainer's memory plan (``cac_align.plan``) where its models' configs can be read (a tiny
+    in-process generator's too: built in a moment), or one line saying which it needs; a score recipe's judges
+    (:func:`_judges_plan`); nothing for another job. The verdict is :data:`CHECK_FAILED` where its launch would be
+    refused (the step does not split over the processes, or the plan does not fit ``gpu_gib``), :data:`CHECK_UNKNOWN`
+    where a model was not counted (its configs or weights are not here: the plan cannot say it fits)."""
     import warnings
 
     from cac_align.plan.configs import ConfigsNotFound, planned_from_shipped
     from cac_align.plan.counts import GIB
     from cac_align.plan.refusal import refusal
 
+    if spec.name == "score":
+        return _judges_plan(config, gpu_gib, width)
     if spec.memory_inputs is None:
-        return None
+        return _Checked(why="valid (no memory plan for this job: check-recipe plans flow-grpo's, nft's, dpo's and score's)")
     n = processes if processes is not None else header if header is not None else config.parallel.context_parallel
     split = _step_split(spec, config, n)
     if split is not None:
-        return CHECK_FAILED, f"{n} processes: {split}"
+        return _Checked(CHECK_FAILED, f"{n} processes: {split}")
     try:
         with warnings.catch_warnings():  # the models built for counting (a tiny one's deprecation notes) say nothing here
             warnings.simplefilter("ignore")
             planned = recipe_plan(spec, config, n, nodes)
     except ConfigsNotFound as exc:
-        print(f"     {exc.line()}")
-        return CHECK_UNKNOWN, f"not planned: {', '.join(repo for repo, _ in exc.needs)} not on this machine"
+        return _Checked(CHECK_UNKNOWN, exc.line())  # what to fetch, and the command, in the one verdict line
     except ValueError as exc:  # e.g. a process count the layout cannot split
-        return CHECK_FAILED, f"memory plan: not made for {n} processes: {exc}"
+        return _Checked(CHECK_FAILED, f"memory plan: not made for {n} processes: {exc}")
     if planned is None:
-        return None
+        return _Checked(why=f"valid ({config.generator.name} is the synthetic stand-in generator: nothing to plan)")
     plan, host = planned
     limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    lines = []
     if planned_from_shipped(config.generator.name):
-        print(f"     planned from the configs of {config.generator.name} shipped with cac-align (config numbers only, each with its source: "
-              "cac_align/plan/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
-    print("\n".join("     " + line for line in (plan.table(limit) + "\n" + host.table()).splitlines()))
-    _network(spec, config, plan, n, nodes, limit)
+        lines.append(f"planned from the configs of {config.generator.name} shipped with cac-align (config numbers only, each with its source: "
+                     "cac_align/plan/full_size/SOURCES.md); its own files in the Hugging Face cache take their place")
+    lines += (plan.table(limit, width) + "\n" + host.table(width)).splitlines()
+    lines += _network(spec, config, plan, n, nodes, limit, gbps)
     reason = refusal(plan, limit) if limit is not None else None
     if reason is not None:
-        return CHECK_FAILED, f"refused: {reason}"
+        return _Checked(CHECK_FAILED, f"refused: {reason}", lines)
     if plan.unknown_rows:
-        return CHECK_UNKNOWN, plan.unknown_verdict()
-    return None
+        return _Checked(CHECK_UNKNOWN, plan.unknown_verdict(), lines)
+    fits = f", fits {gpu_gib:.1f} GiB" if limit is not None else ""
+    return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {n} process{'es' if n != 1 else ''}{fits}", lines=lines)
 
 
-def _network(spec: Any, config: Any, plan: Any, processes: int, nodes: int, limit: int | None) -> None:
-    """A sharded flow-grpo or nft run over several nodes: the per-GPU peak under full sharding and under hybrid
-    sharding (one replica a node), the network table of a step (:mod:`cac_align.plan.network`), and which layout to
-    take."""
+def _judges_plan(config: Any, gpu_gib: float | None, width: int | None) -> _Checked:
+    """A score recipe's judges on its one GPU (:func:`cac_align.plan.check.plan_judges`): the memory each judge in
+    this process holds, :data:`CHECK_FAILED` where it does not fit ``gpu_gib``, :data:`CHECK_UNKNOWN` where a judge's
+    files are not here."""
+    import warnings
+
+    from cac_align.plan.check import plan_judges
     from cac_align.plan.counts import GIB
-    from cac_align.plan.network import network_plan, step_traffic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = plan_judges({"reward": config.reward})
+    limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    lines = plan.table(limit, width).splitlines()
+    if limit is not None and not plan.fits(limit):
+        return _Checked(CHECK_FAILED, f"the judges need {plan.peak_bytes / GIB:.1f} GiB of a GPU of {gpu_gib:.1f} GiB: put a judge on another "
+                                      "GPU (its model.device: cuda:1) or serve it (model.backend: openai; docs/score.md, \"Through a vLLM server\")", lines)
+    if plan.unknown_rows:
+        return _Checked(CHECK_UNKNOWN, plan.unknown_verdict(), lines)
+    if not any(row.bytes for row in plan.rows):
+        return _Checked(why="planned: its judges hold nothing on a GPU (served, or on the CPU)", lines=lines)
+    fits = f", fits {gpu_gib:.1f} GiB" if limit is not None else ""
+    return _Checked(why=f"planned: its judges {plan.peak_bytes / GIB:.2f} GiB a GPU{fits}", lines=lines)
+
+
+def _network(spec: Any, config: Any, plan: Any, processes: int, nodes: int, limit: int | None,
+             gbps: tuple[float, float] | None = None) -> list[str]:
+    """A sharded flow-grpo or nft run over several nodes: the per-GPU peak under full sharding and under hybrid
+    sharding (one replica a node), the network table of a step (:mod:`cac_align.plan.network`), timed at ``gbps``
+    (inside a node, across nodes), and which layout to take."""
+    from cac_align.plan.counts import GIB
+    from cac_align.plan.network import NETWORK_GBPS, NVLINK_GBPS, network_plan, step_traffic
 
     if nodes < 2 or config.parallel.shard != "fsdp2" or spec.name not in ("flow-grpo", "nft") or processes % nodes:
-        return
+        return []
+    inside_gbps, across_gbps = gbps if gbps is not None else (NVLINK_GBPS, NETWORK_GBPS)
     per_node = processes // nodes
     other = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, replicate=1 if config.parallel.replicate > 1 else nodes))
     other_plan, _ = recipe_plan(spec, other, processes, nodes)
     full, hybrid = (plan, other_plan) if config.parallel.replicate == 1 else (other_plan, plan)
     network = network_plan(plan.inputs["counts"], step_traffic(config, processes, spec.name), nodes=nodes, per_node=per_node,
                            lora_rank=config.lora.rank, dtype=config.generator.dtype)
-    fits = (lambda p: p.fits(limit)) if limit is not None else (lambda p: True)  # noqa: E731
-    lines = [f"layouts on {nodes} nodes x {per_node} GPUs (this recipe: parallel.replicate={config.parallel.replicate}), peak per GPU:",
-             f"  full sharding (parallel.replicate=1)          {full.peak_bytes / GIB:8.2f} GiB",
-             f"  HSDP (parallel.replicate={nodes}, one a node){'':<5} {hybrid.peak_bytes / GIB:8.2f} GiB",
-             *network.table().splitlines(), f"choose: {network.choice(fits(full), fits(hybrid))}"]
-    print("\n".join("     " + line for line in lines))
+    fits = (lambda p: p.fits(limit)) if limit is not None else (lambda p: None)  # noqa: E731  (None: no GPU named, not known)
+    choice = f"choose: {network.choice(fits(full), fits(hybrid), across_gbps)}"
+    return [f"layouts on {nodes} nodes x {per_node} GPUs (this recipe: parallel.replicate={config.parallel.replicate}), peak per GPU:",
+            f"  full sharding (parallel.replicate=1)          {full.peak_bytes / GIB:8.2f} GiB",
+            f"  HSDP (parallel.replicate={nodes}, one a node){'':<5} {hybrid.peak_bytes / GIB:8.2f} GiB",
+            *network.table(inside_gbps, across_gbps).splitlines(), choice]
 
 
 def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: float | None = None, gpu_gb: float | None = None,
-                   nodes: int | None = None, gpus_per_node: int = 8) -> int:
-    """Validate recipes (and plan the generator trainers'), each named as ``--config`` takes it (a file, a folder of
-    recipes, or a shipped recipe's name), with the ``key=value`` items among ``paths`` merged over every one.
-    Returns :data:`CHECK_FAILED` when any fails, an argument is not valid, or a launch on ``processes`` would be
-    refused; else :data:`CHECK_UNKNOWN` when a plan left a model uncounted; else :data:`CHECK_OK`."""
+                   nodes: int | None = None, gpus_per_node: int = 8, network_gbps: float | None = None,
+                   nvlink_gbps: float | None = None) -> int:
+    """Validate recipes (and plan the generator trainers' and score's memory), each named as ``--config`` takes it
+    (a file, a folder of recipes, or a shipped recipe's name), with the ``key=value`` items among ``paths`` merged
+    over every one. Each recipe gets one verdict line on stdout (ok, FAIL or UNKNOWN, the recipe, its job and why:
+    one line whatever its length, so that ``grep ^FAIL`` finds each), its plan indented under it, each of those lines
+    fitted to the terminal (:func:`cac_align.plan.rows.output_width`); the last line counts the verdicts.
+
+    Returns :data:`CHECK_FAILED` when any fails, an argument is not valid (said on stderr: nothing is checked), or a
+    launch on ``processes`` would be refused; else :data:`CHECK_UNKNOWN` when a plan left a model uncounted; else
+    :data:`CHECK_OK`."""
     from cac_align.config import find_recipe
+    from cac_align.plan.network import NETWORK_GBPS, NVLINK_GBPS
+    from cac_align.plan.rows import output_width
 
     overrides = [item for item in paths if "=" in item and not Path(item).exists()]
     names = [item for item in paths if item not in overrides]
     bad = ([f"--processes must be at least 1, got {processes}"] if processes is not None and processes < 1 else []) + \
           [f"{flag} must be > 0 (one GPU's memory), got {value:g}" for flag, value in (("--gpu-gib", gpu_gib), ("--gpu-gb", gpu_gb))
+           if value is not None and not value > 0] + \
+          [f"{flag} must be > 0 (a link's rate, Gbit/s), got {value:g}" for flag, value in (("--network-gbps", network_gbps),
+                                                                                         ("--nvlink-gbps", nvlink_gbps))
            if value is not None and not value > 0]
     if gpu_gib is not None and gpu_gb is not None:
         bad.append("give --gpu-gib or --gpu-gb, not both")
@@ -460,32 +536,32 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
             files.append(find_recipe(name))
         except RecipeError as exc:
             bad.append(str(exc))
-    if bad:
+    if bad:  # the command itself is wrong: said as an error, nothing checked
         for line in bad:
-            print(f"FAIL {line}", file=sys.stderr)
+            print(f"cac-align check-recipe: error: {line}", file=sys.stderr)
         return CHECK_FAILED
     if gpu_gb is not None:  # the card's label: 80 GB = 80e9 bytes = 74.5 GiB
         gpu_gib = gpu_gb * 1e9 / 2**30
-    failures, unknown = 0, 0
+    width = output_width()
+    gbps = (nvlink_gbps or NVLINK_GBPS, network_gbps or NETWORK_GBPS)
+    counts = dict.fromkeys(VERDICT_WORDS, 0)
     for file in files:
         try:
             spec, config = load_recipe(file, overrides)
         except RecipeError as exc:
-            failures += 1
-            print(f"FAIL {exc}", file=sys.stderr)
-            continue
-        print(f"ok   {file} (job: {spec.name})")
-        header = header_processes(file) if processes is None else None
-        on = nodes if nodes is not None else header_nodes(file) if header is not None else 1
-        verdict = _memory_plan(spec, config, processes, gpu_gib, header, on)
-        if verdict is not None and verdict[0] == CHECK_FAILED:
-            failures += 1
-            print(f"FAIL {file}: {verdict[1]}", file=sys.stderr)
-        elif verdict is not None:
-            unknown += 1
-            print(f"UNKNOWN {file}: {verdict[1]}", file=sys.stderr)
-    print(f"{len(files) - failures} passed, {failures} failed" + (f", {unknown} not planned whole (exit {CHECK_UNKNOWN})" if unknown else ""))
-    return CHECK_FAILED if failures else CHECK_UNKNOWN if unknown else CHECK_OK
+            checked, job = _Checked(CHECK_FAILED, str(exc).removeprefix(f"{file}: ")), ""
+        else:
+            header = header_processes(file) if processes is None else None
+            on = nodes if nodes is not None else header_nodes(file) if header is not None else 1
+            checked = _memory_plan(spec, config, processes, gpu_gib, header, on, width - len(_DETAIL), gbps)
+            job = f" (job: {spec.name})"
+        counts[checked.verdict] += 1
+        verdict = f"{VERDICT_WORDS[checked.verdict]:<7} {file}{job}" + (f": {checked.why}" if checked.why else "")  # one line: grep ^FAIL finds each
+        print("\n".join([verdict, *_fit([_DETAIL + line for line in checked.lines], width)]), flush=True)
+    code = CHECK_FAILED if counts[CHECK_FAILED] else CHECK_UNKNOWN if counts[CHECK_UNKNOWN] else CHECK_OK
+    print(f"{len(files)} recipe{'s' if len(files) != 1 else ''}: {counts[CHECK_OK]} ok, {counts[CHECK_FAILED]} failed"
+          + (f", {counts[CHECK_UNKNOWN]} not planned whole" if counts[CHECK_UNKNOWN] else "") + f" (exit {code})")
+    return code
 
 
 def _eval_alias(argv: Sequence[str]) -> list[str]:
@@ -677,7 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     completed = False
     try:
         if args.command == "check-recipe":
-            return _check_recipes(args.recipes, args.processes, args.gpu_gib, args.gpu_gb, args.nodes, args.gpus_per_node)
+            return _check_recipes(args.recipes, args.processes, args.gpu_gib, args.gpu_gb, args.nodes, args.gpus_per_node, args.network_gbps,
+                                  args.nvlink_gbps)
         if args.command == "recipes":
             return _recipes(args.action, args.name, args.dest)
         spec = JOBS[args.command]

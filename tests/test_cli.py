@@ -41,8 +41,15 @@ def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
     code = main(["check-recipe", str(REPO_ROOT / "recipes"), str(bad)])
     captured = capsys.readouterr()
     assert code == 1
-    assert "ok   " in captured.out and "1 failed" in captured.out
-    assert "unknown key 'sead'; did you mean 'seed'" in captured.err
+    # one verdict line a recipe, every one on stdout (issue #105, item 4): the plans are indented under theirs
+    recipes = [p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.relative_to(REPO_ROOT / "recipes").parts[:-1]]
+    *verdicts, summary = [line for line in captured.out.splitlines() if not line.startswith(" ")]
+    assert len(verdicts) == len(recipes) + 1 and all(line.split()[0] in ("ok", "FAIL", "UNKNOWN") for line in verdicts)
+    assert [line for line in verdicts if line.startswith("FAIL")] == [line for line in verdicts if line.startswith(
+        f"FAIL    {bad}: unknown key 'sead'; did you mean 'seed'")] and captured.err == ""
+    counted = {word: sum(line.split()[0] == word for line in verdicts) for word in ("ok", "FAIL", "UNKNOWN")}
+    assert counted["FAIL"] == 1 and summary == (f"{len(recipes) + 1} recipes: {counted['ok']} ok, 1 failed"
+                                                + (f", {counted['UNKNOWN']} not planned whole" if counted["UNKNOWN"] else "") + " (exit 1)")
 
 
 def test_check_recipe_exits_0_when_it_fits_1_when_refused_and_3_when_a_model_was_not_counted(hub_cache, capsys):
@@ -58,12 +65,55 @@ def test_check_recipe_exits_0_when_it_fits_1_when_refused_and_3_when_a_model_was
     captured = capsys.readouterr()
     assert [str(w.message) for w in seen] == []
     (device,) = [line for line in captured.out.splitlines() if line.strip().startswith("device")]
-    assert "unknown: 3 models not counted" in device and "fits" not in device
-    assert "UNKNOWN" in captured.err and "hf download laion/larger_clap_general" in captured.err and "not planned whole (exit 3)" in captured.out
+    assert device.split()[-5:] == ["74.51", "unknown", "(3", "not", "counted)"] and "fits" not in device
+    verdict, *plan, summary = captured.out.splitlines()
+    assert verdict.startswith(f"UNKNOWN {recipe} (job: flow-grpo): 3 models not counted (reward.components[") and captured.err == ""
+    assert "hf download laion/larger_clap_general" in " ".join(plan) and summary == "1 recipe: 0 ok, 0 failed, 1 not planned whole (exit 3)"
     assert main(["check-recipe", "--gpu-gb", "80", str(REPO_ROOT / "recipes/align/nft_wan_ur_cac.yaml")]) == 0
-    assert "  fits" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  fits" in out and out.startswith(f"ok      {REPO_ROOT / 'recipes/align/nft_wan_ur_cac.yaml'} (job: nft): planned: ")
     assert main(["check-recipe", "--gpu-gib", "1", str(REPO_ROOT / "recipes/align/nft_wan_ur_cac.yaml")]) == 1
-    assert "refused: memory plan" in capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"FAIL    {REPO_ROOT / 'recipes/align/nft_wan_ur_cac.yaml'} (job: nft): refused: memory plan")
+
+
+def test_check_recipe_gives_each_recipe_one_verdict_on_stdout(capsys):
+    """One verdict line a recipe, on stdout beside the rest (issue #105, item 4): 16 processes (2 nodes of 8) do not
+    split a tiny recipe's 8 samples, and that FAIL is its only verdict (it printed `ok` first, and the FAIL on
+    stderr, where `2>/dev/null` hid it)."""
+    recipe = REPO_ROOT / "recipes/align/flow_grpo_tiny.yaml"
+    assert main(["check-recipe", "--nodes", "2", str(recipe)]) == 1
+    captured = capsys.readouterr()
+    verdict, summary = captured.out.splitlines()
+    assert verdict.startswith(f"FAIL    {recipe} (job: flow-grpo): 16 processes: prompts_per_step * group_size (samples per step) = 8")
+    assert summary == "1 recipe: 0 ok, 1 failed (exit 1)" and captured.err == ""
+
+
+def test_check_recipe_fits_its_plan_to_the_terminal(capsys, monkeypatch):
+    """The plan under a verdict fits the terminal's width (issue #105, item 4: rows were as wide as their longest
+    label, 513 characters seen): a long row wraps its label under itself, its numbers staying in their column; the
+    width is $COLUMNS or the terminal's, else 100 (output piped; a trainer's log fits its plan alike). The verdict
+    stays one line."""
+    from cac_align.plan.rows import FALLBACK_COLUMNS, output_width
+
+    monkeypatch.setenv("COLUMNS", "100")
+    recipe = REPO_ROOT / "recipes/align/flow_grpo_tiny_fsdp2.yaml"
+    reward = "reward={name: combined, components: [{name: brightness}, {name: clap, model: /no/such/folder/of/clap/weights}]}"
+    assert main(["check-recipe", "--nodes", "2", "--gpus-per-node", "2", str(recipe), reward]) == 3  # the clap judge: not counted
+    verdict, *plan, summary = capsys.readouterr().out.splitlines()
+    assert verdict.startswith(f"UNKNOWN {recipe} (job: flow-grpo): 1 model not counted (reward.components[1].model)")
+    assert len(plan) > 30 and max(len(line) for line in plan) <= 100 and summary.endswith("(exit 3)")
+    (row,) = [k for k, line in enumerate(plan) if "judge reward.components[1].model: not counted" in line]
+    assert plan[row].split()[-3:] == ["0.00", "unknown", "resident"] and plan[row + 1].startswith(" " * 9 + "(/no/such/folder/of/clap/weights")
+    assert "no safetensors weights there" in " ".join(line.strip() for line in plan[row + 1: row + 4])
+    monkeypatch.delenv("COLUMNS")
+
+    def no_terminal(*args):
+        raise OSError("not a terminal")
+
+    monkeypatch.setattr(os, "get_terminal_size", no_terminal)
+    assert output_width() == FALLBACK_COLUMNS == 100
+    monkeypatch.setenv("COLUMNS", "132")
+    assert output_width() == 132
 
 
 def test_check_recipe_takes_a_recipe_by_name_from_any_folder_with_overrides(tmp_path, capsys, monkeypatch):
@@ -77,7 +127,7 @@ def test_check_recipe_takes_a_recipe_by_name_from_any_folder_with_overrides(tmp_
     assert "memory plan per GPU for LTX-2" in plain and "4 videos of 9 x 64 x 64" in plain
     assert "4 videos of 17 x 64 x 64" in longer  # the override reached the plan
     assert main(["check-recipe", "recipes/align/flow_grpo_tiny_ltx2_sound.yaml", "generator.num_frame=17"]) == 1
-    assert "did you mean 'generator.num_frames'" in capsys.readouterr().err
+    assert "did you mean 'generator.num_frames'" in capsys.readouterr().out
     assert main(["check-recipe", "align/flow_grpo_tiny_ltx2_sund"]) == 1
     assert "did you mean align/flow_grpo_tiny_ltx2_sound" in capsys.readouterr().err
 

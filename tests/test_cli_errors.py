@@ -215,3 +215,55 @@ def test_torchruns_summary_names_the_root_cause_in_the_jobs_one_line(tmp_path):
     # no frame of ours anywhere (torchrun's agent still prints its own traceback of ChildFailedError, torch's frames only)
     assert not [row for row in done.stderr.splitlines() if row.strip().startswith("File ") and "cac_align" in row], done.stderr[-3000:]
     assert json.loads(agent_file.read_text())["message"]["extraInfo"]["py_callstack"] == line
+
+
+# One bad value for each registered reward (issue #105, item 5): the error a reward raises as it is built
+# (its builder's or constructor's ValueError) reaches the user as one line, whichever reward raises it, as
+# the errors found when the recipe loads do. A reward added to the registry needs its row here.
+_TINY_QWEN3 = {"name": "tiny-random:qwen3_vl", "dtype": "float32", "device": "cpu"}
+_TINY_QWEN25 = {"name": "tiny-random:qwen2_5_vl", "dtype": "float32", "device": "cpu"}
+_NO_SUCH_TINY = "the random VLMs here are"
+BAD_REWARDS = {
+    "audiobox": ({"name": "audiobox", "weights": [1.0]}, "weights: one per axis"),
+    "brightness": ({"name": "brightness", "source_fps": "fast"}, "reward: wrong type for key 'source_fps'"),
+    "cac": ({"name": "cac", "model": {**_TINY_QWEN3, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    "clap": ({"name": "clap", "model": "/no/such/clap"}, "reward.model='/no/such/clap': no such directory"),
+    # built: two components of one name (the combined reward's constructor)
+    "combined": ({"name": "combined", "components": [{"name": "brightness"}, {"name": "brightness"}]},
+                 "reward: component names must differ, got ['brightness', 'brightness']"),
+    "cosmos_reason": ({"name": "cosmos_reason", "model": {**_TINY_QWEN3, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    "loudness": ({"name": "loudness", "source_fps": "fast"}, "reward: wrong type for key 'source_fps'"),
+    "skyra": ({"name": "skyra", "model": {**_TINY_QWEN25, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    "spot_brightness": ({"name": "spot_brightness", "box": [0, 0, 500]}, "box must be [x0, y0, x1, y1]"),
+    "sync": ({"name": "sync", "source_root": "/no/such/checkout", "checkpoint": "/no/such/synchformer.safetensors"},
+             "reward.source_root='/no/such/checkout': no "),
+    "toy_sync": ({"name": "toy_sync", "window_s": [2, 1]}, "window_s is [start, end) with 0 <= start < end"),
+    "unified_reward": ({"name": "unified_reward", "model": {**_TINY_QWEN25, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    "unified_reward_flex": ({"name": "unified_reward_flex", "model": {**_TINY_QWEN3, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    "unified_reward_think": ({"name": "unified_reward_think", "model": {**_TINY_QWEN3, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    "ur_cac": ({"name": "ur_cac", "unified_reward": {"model": _TINY_QWEN25}, "cac": {"model": {**_TINY_QWEN3, "name": "tiny-random:qwen9"}}},
+               "reward.cac.model.name='tiny-random:qwen9'"),
+    "video_reward": ({"name": "video_reward", "model": {"name": "/no/such/video_reward", "device": "cpu"}}, "no such directory"),
+    "videoscore2": ({"name": "videoscore2", "model": {**_TINY_QWEN25, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
+    # built: a size other than the model's crop, and a context that is not a whole number of tubelets (its constructor)
+    "wm_surprise": ({"name": "wm_surprise", "model": "tiny-random:vjepa2", "device": "cpu", "window": 4, "context": 2, "size": 64},
+                    "reward: size=64: V-JEPA 2 reads frames of its crop_size (32) only"),
+    "wm_surprise context": ({"name": "wm_surprise", "model": "tiny-random:vjepa2", "device": "cpu", "window": 4, "context": 3},
+                            "reward: window (4) and context (3) must be multiples of the model's tubelet_size (2)"),
+}
+
+
+def test_every_registered_reward_has_a_bad_value_below():
+    from cac_align.rewards.registry import reward_names
+
+    assert sorted({section["name"] for section, _ in BAD_REWARDS.values()}) == reward_names()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REWARDS))
+def test_a_rewards_bad_value_is_one_line_whichever_reward_raises_it(case, tmp_path, capsys):
+    import yaml
+
+    section, expected = BAD_REWARDS[case]
+    recipe = tmp_path / "score.yaml"
+    recipe.write_text(yaml.safe_dump({"job": "score", "out_dir": str(tmp_path / "out"), "synth_videos": 1, "reward": section}))
+    _one_line_error(capsys, main(["score", "--config", str(recipe)]), expected)

@@ -1,7 +1,8 @@
 """The plan a generator trainer makes before anything loads: its models counted, its decode traced,
 its rows and host memory planned (:func:`plan_generator`), and refused with the fix when it cannot
 fit (:func:`check_memory`, what ``flow-grpo``, ``nft`` and ``dpo`` call once in their setup;
-``cac-align check-recipe`` prints the same plan offline).
+``cac-align check-recipe`` prints the same plan offline). A job that only scores (``score``) holds its
+judges alone: :func:`plan_judges`, what ``check-recipe`` prints for a score recipe.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cac_align.plan.counts import GIB, counted_generator
 from cac_align.plan.host import HostPlan, host_plan, processes_per_node
 from cac_align.plan.judges import count_judges, judge_models, missing_configs
 from cac_align.plan.refusal import refusal
-from cac_align.plan.rows import MemoryPlan, fixed_overhead_bytes, memory_plan, video_tokens
+from cac_align.plan.rows import JudgesPlan, MemoryPlan, PlanRow, fixed_overhead_bytes, judge_rows, memory_plan, output_width, video_tokens
 from cac_align.plan.trace import audio_decode_bytes, vae_bytes
 
 log = logging.getLogger(__name__)
@@ -150,10 +151,31 @@ def check_memory(generator: Any, lora: Any, parallel: ParallelSettings, num_proc
     plan, host = planned
     limit = device_bytes(device, budget_gib)
     if main_process:  # shown where it decides something (a device or a budget to fit); else at debug level
-        log.log(logging.INFO if limit is not None else logging.DEBUG, "%s\n%s%s", plan.table(limit), host.table(),
+        log.log(logging.INFO if limit is not None else logging.DEBUG, "%s\n%s%s", plan.table(limit, output_width()), host.table(output_width()),
                 "" if limit is not None else "\n  (no GPU and no memory_budget_gib: not enforced)")
     if limit is not None:
         reason = refusal(plan, limit)
         if reason is not None:
             raise RecipeError(reason)
     return plan
+
+
+# The videos a score recipe's judges are planned for: its videos are read only when it runs, so the plan
+# takes Wan-2.1's (81 frames of 480 x 832 at 16 fps, 5 s: the videos the CaC paper aligns) and says so.
+SCORE_VIDEO = (81, 480, 832, 16.0)
+
+
+def plan_judges(rewards: Mapping[str, Any], video: tuple[int, int, int, float] = SCORE_VIDEO, on_gpu: bool = True) -> JudgesPlan:
+    """The memory a job that only scores holds on its GPU: the in-process judges of ``rewards`` (recipe key ->
+    reward section) counted as a trainer's are (:func:`~cac_align.plan.judges.count_judges`, each judge whose
+    configs are not here a row that says so), their largest KV cache for ``video`` (``(frames, height, width,
+    fps)``), and, where a judge is on a GPU and ``on_gpu``, the fixed CUDA overhead of one process. Loads
+    nothing, downloads nothing."""
+    from cac_align.rewards.judges import VideoShape
+
+    shape = VideoShape(*video)
+    judges, unknown = count_judges(rewards, shape, strict=False)
+    rows = judge_rows(judges, unknown)
+    if on_gpu and any(j.judge.in_process and j.judge.on_gpu for j in judges):
+        rows.append(PlanRow("CUDA context, kernels (fixed)", fixed_overhead_bytes(1), "estimate"))
+    return JudgesPlan(rows, shape)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cac_align.plan.counts import GIB, GeneratorCounts, dtype_bytes
-from cac_align.plan.rows import PlanRow
+from cac_align.plan.rows import PlanRow, table_lines
 
 
 @dataclass
@@ -40,13 +40,14 @@ class HostPlan:
     def total_bytes(self) -> int:
         return sum(r.bytes for r in self.rows)
 
-    def table(self) -> str:
+    def table(self, width: int | None = None) -> str:
+        """The rows as text in GiB, each line at most ``width`` characters where it can be
+        (:func:`~cac_align.plan.rows.table_lines`; None: each row on one line)."""
         p = self.processes_per_node
-        w = max([54, *(len(row.label) for row in self.rows)])
-        lines = [f"host memory at load (and a reward batch), on the node of global rank 0 ({p} process{'es' if p != 1 else ''} on it):"]
-        lines += [f"  {row.label:<{w}} {row.bytes / GIB:>8.2f}  {row.source}" for row in self.rows]
-        lines.append(f"  {'total, all at once (an upper bound: the loads overlap)':<{w}} {self.total_bytes / GIB:>8.2f}")
-        return "\n".join(lines)
+        cells = [(row.label, f"{row.bytes / GIB:>8.2f}  {row.source}") for row in self.rows]
+        cells.append(("total, all at once (an upper bound: the loads overlap)", f"{self.total_bytes / GIB:>8.2f}"))
+        return "\n".join([f"host memory at load (and a reward batch), on the node of global rank 0 ({p} process{'es' if p != 1 else ''} on it):",
+                          *table_lines(cells, width)])
 
 
 def host_plan(counts: GeneratorCounts, *, sharded: bool, processes_per_node: int, dtype: Any = "bfloat16", vae_dtype: Any = "float32",

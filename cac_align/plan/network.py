@@ -22,6 +22,11 @@ otherwise, but delivers these. Sends equal receives (the collectives are symmetr
 
 Not counted: the rewards' gathers (a few floats a sample), the prompts' encoding (the encoder is not
 sharded), the evaluation (not every step) and the VAE (whole on every GPU).
+
+**In seconds.** Each total is also timed at a link's rate (:func:`transfer_seconds`): inside a node at
+:data:`NVLINK_GBPS`, across nodes at :data:`NETWORK_GBPS` (``check-recipe --nvlink-gbps``, ``--network-gbps``).
+It is the time the wire needs, a lower bound on a step's: FSDP2 overlaps its gathers with the blocks'
+compute, so a step takes at least the longer of the two, and a link seldom delivers its whole rate.
 """
 
 from __future__ import annotations
@@ -32,7 +37,26 @@ from typing import Any
 
 from cac_align.plan.counts import GIB, GeneratorCounts, dtype_bytes
 
-__all__ = ["NetworkPlan", "StepTraffic", "network_plan", "step_traffic"]
+__all__ = ["NETWORK_GBPS", "NVLINK_GBPS", "NetworkPlan", "StepTraffic", "duration", "network_plan", "step_traffic", "transfer_seconds"]
+
+# The links a step's bytes are timed at unless check-recipe is told others, Gbit/s a GPU and direction:
+NVLINK_GBPS = 3600.0  # inside a node: NVLink 4 (H100, H200), 450 GB/s each way (--nvlink-gbps)
+NETWORK_GBPS = 400.0  # across nodes: one 400 Gbit/s NIC a GPU (InfiniBand NDR, ConnectX-7), as DGX H100/H200 nodes have (--network-gbps)
+
+
+def transfer_seconds(num_bytes: float, gbps: float) -> float:
+    """The seconds ``num_bytes`` take over a link of ``gbps`` gigabits (10^9 bits) a second: 50 GB at
+    400 Gbit/s (50 GB/s) is 1 s."""
+    return num_bytes * 8 / (gbps * 1e9)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: ``0.04 s``, ``29.8 s``, ``5.1 min``, ``2.3 h``."""
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass(frozen=True)
@@ -93,27 +117,43 @@ class NetworkPlan:
     def total(self, column: int) -> int:
         return sum(row[column] for row in self.rows)
 
-    def choice(self, full_fits: bool, hybrid_fits: bool) -> str:
-        """Which layout the recipe should take, and why, in one line."""
+    def choice(self, full_fits: bool | None, hybrid_fits: bool | None, across_gbps: float | None = None) -> str:
+        """Which layout the recipe should take, and why, in one line (None: whether it fits is not known, no GPU
+        named; with ``across_gbps``, the bytes across nodes timed at that rate too)."""
         across_full, across_hybrid = self.total(2), self.total(4)
-        saved = f"{across_full / GIB:.1f} GiB across nodes per GPU and step under full sharding against {across_hybrid / GIB:.2f} under HSDP"
+
+        def timed(num_bytes: int) -> str:
+            return f" ({duration(transfer_seconds(num_bytes, across_gbps))})" if across_gbps else ""
+
+        saved = (f"{across_full / GIB:.1f} GiB{timed(across_full)} across nodes per GPU and step under full sharding against "
+                 f"{across_hybrid / GIB:.2f}{timed(across_hybrid)} under HSDP")
         if self.nodes == 1:
             return "one node: full sharding (HSDP is the same on one node)"
+        if hybrid_fits is None:  # no GPU named
+            return f"HSDP (parallel.replicate={self.nodes}) where it fits a GPU (check-recipe --gpu-gb says which fits): {saved}"
         if hybrid_fits:
             return f"HSDP (parallel.replicate={self.nodes}): it fits, and {saved}"
         if full_fits:
             return f"full sharding (parallel.replicate=1): HSDP does not fit a GPU (each holds 1/{self.per_node} of the model, not 1/{self.nodes * self.per_node}); {saved}"
         return f"neither fits; {saved}"
 
-    def table(self) -> str:
+    def table(self, inside_gbps: float = NVLINK_GBPS, across_gbps: float = NETWORK_GBPS) -> str:
+        """The table in GiB, its totals also in seconds at ``inside_gbps`` inside a node and ``across_gbps``
+        across nodes (module docstring, "In seconds")."""
+        timed = "seconds (the wire's, a lower bound)"
+        w = max(len(label) for label in [timed, *(row[0] for row in self.rows)])
+        seconds = [transfer_seconds(self.total(k), inside_gbps if k % 2 else across_gbps) for k in range(1, 5)]
         lines = [f"network per GPU and training step ({self.nodes} node{'s' if self.nodes != 1 else ''} x {self.per_node} GPUs; "
                  f"{self.traffic.gathers} gathers of {self.weights / GIB:.2f} GiB, {self.traffic.reductions} reduction(s) of "
                  f"{self.gradients / GIB:.3f} GiB of LoRA gradients), GiB:",
-                 f"  {'':<46} {'full sharding':>27} {'HSDP (one replica a node)':>27}",
-                 f"  {'':<46} {'inside':>13} {'across':>13} {'inside':>13} {'across':>13}"]
+                 f"  {'':<{w}} {'full sharding':>27} {'HSDP (one replica a node)':>27}",
+                 f"  {'':<{w}} {'inside':>13} {'across':>13} {'inside':>13} {'across':>13}"]
         for label, *values in self.rows:
-            lines.append(f"  {label:<46} " + " ".join(f"{v / GIB:>13.2f}" for v in values))
-        lines.append(f"  {'total':<46} " + " ".join(f"{self.total(k) / GIB:>13.2f}" for k in range(1, 5)))
+            lines.append(f"  {label:<{w}} " + " ".join(f"{v / GIB:>13.2f}" for v in values))
+        lines.append(f"  {'total':<{w}} " + " ".join(f"{self.total(k) / GIB:>13.2f}" for k in range(1, 5)))
+        lines.append(f"  {timed:<{w}} " + " ".join(f"{s:>13.2f}" for s in seconds))
+        lines.append(f"timed at {inside_gbps:g} Gbit/s a GPU inside a node (--nvlink-gbps; default {NVLINK_GBPS:g}: NVLink 4 of an H100 or H200) "
+                     f"and {across_gbps:g} Gbit/s across nodes (--network-gbps; default {NETWORK_GBPS:g}: a 400 Gbit/s NIC a GPU)")
         return "\n".join(lines)
 
 

@@ -197,10 +197,8 @@ class MemoryPlan:
         return [r for r in self.rows if r.source == "unknown"]
 
     def unknown_verdict(self) -> str:
-        """One line: how many models were not counted, and what to fetch (each row's own hint)."""
-        rows = self.unknown_rows
-        hints = [r.label[r.label.index("(") + 1: -1] if "(" in r.label else r.label for r in rows]
-        return f"unknown: {len(rows)} model{'s' if len(rows) != 1 else ''} not counted; " + "; ".join(hints)
+        """A few words: how many models were not counted, and where the recipe names each (:func:`unknown_verdict`)."""
+        return unknown_verdict(self.rows)
 
     def describe(self) -> str:
         """``8 processes, parallel.shard=fsdp2, context_parallel=1, gradient checkpointing on``."""
@@ -209,21 +207,131 @@ class MemoryPlan:
         return (f"{self.num_processes} process{'es' if self.num_processes != 1 else ''}, parallel.shard={s.shard}{hybrid}, "
                 f"context_parallel={s.context_parallel}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
 
-    def table(self, device_bytes: int | None = None) -> str:
+    def table(self, device_bytes: int | None = None, width: int | None = None) -> str:
         """The plan as a text table in GiB per GPU, each row's source and phase; the peak and, with
-        ``device_bytes``, the device and whether it fits."""
-        w = max([54, *(len(row.label) for row in self.rows)])
-        lines = [f"memory plan per GPU for {self.family} ({self.describe()}):",
-                 f"  {'row':<{w}} {'GiB':>8}  {'source':<10} phase"]
-        for row in self.rows:
-            lines.append(f"  {row.label:<{w}} {row.bytes / GIB:>8.2f}  {row.source:<10} {row.phase}")
-        lines.append(f"  {'peak: resident + max(train, encode, video)':<{w}} {self.peak_bytes / GIB:>8.2f}")
-        if device_bytes is not None:
-            unknown = len(self.unknown_rows)
-            verdict = ("does NOT fit" if not self.fits(device_bytes) else
-                       f"unknown: {unknown} model{'s' if unknown != 1 else ''} not counted (the rows above say what to fetch)" if unknown else "fits")
-            lines.append(f"  {'device':<{w}} {device_bytes / GIB:>8.2f}  {verdict}")
-        return "\n".join(lines)
+        ``device_bytes``, the device and whether it fits; each line at most ``width`` characters where
+        it can be (:func:`table_lines`; None: each row on one line)."""
+        return plan_table(f"memory plan per GPU for {self.family} ({self.describe()}):", self.rows, self.peak_bytes,
+                          device_bytes, self.fits(device_bytes) if device_bytes is not None else True, width)
+
+
+def judge_rows(judges: Sequence[JudgeCount], unknown_judges: Sequence[Any] = (), leaders: str = "") -> list[PlanRow]:
+    """The rows of the in-process judges (:func:`~cac_align.plan.judges.count_judges`): each one's weights
+    (resident; a served one or one on the CPU: 0, saying so), the largest KV cache (video: a reward scores
+    its components one at a time), and a row for each judge not counted. ``leaders``: said after each
+    judge held only on the context-parallel leaders' GPUs."""
+    rows = []
+    for j in judges:
+        label = f"judge {j.judge.where}: {j.judge.name}"
+        held = f"{j.dtype}, encoder: no KV cache" if getattr(j.judge, "encoder", False) else j.dtype
+        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({held}){leaders}", j.weight_bytes,
+                            "served" if j.note == "served" else "counted"))
+    if any(j.kv_bytes for j in judges):  # one call at a time (a reward scores its components in turn): the largest cache
+        top = max(judges, key=lambda j: j.kv_bytes)
+        rows.append(PlanRow(f"judges' KV cache: {top.judge.where}, {top.judge.call.rows} x {top.tokens:,} tokens ({top.visual_tokens:,} visual)",
+                            top.kv_bytes, "arithmetic", "video"))
+    for u in unknown_judges:
+        rows.append(PlanRow(f"judge {u.where}: not counted ({u.reason})", 0, "unknown"))
+    return rows
+
+
+def peak_of(rows: Sequence[PlanRow]) -> int:
+    """Resident bytes plus the largest phase's (:data:`PHASES`)."""
+    return sum(r.bytes for r in rows if r.phase == "resident") + max(sum(r.bytes for r in rows if r.phase == phase) for phase in PHASES)
+
+
+def unknown_verdict(rows: Sequence[PlanRow]) -> str:
+    """A few words: how many models the ``rows`` did not count, and where the recipe names each (the
+    rows of :func:`judge_rows` say what to fetch)."""
+    missing = [r for r in rows if r.source == "unknown"]
+    wheres = [r.label.removeprefix("judge ").split(": not counted")[0] for r in missing]
+    return f"{len(missing)} model{'s' if len(missing) != 1 else ''} not counted ({', '.join(wheres)}); the plan's rows say what to fetch"
+
+
+# The narrowest a table's label column gets to fit a width (a narrower terminal wraps the rest itself).
+MIN_LABEL_WIDTH = 24
+
+# The width a plan's text is fitted to where no terminal says one (the output piped, or a log file).
+FALLBACK_COLUMNS = 100
+
+
+def output_width() -> int:
+    """The columns a plan's text is fitted to (``check-recipe``, a trainer's log): the terminal's
+    (``shutil.get_terminal_size``, which reads ``$COLUMNS`` first), else :data:`FALLBACK_COLUMNS`."""
+    import shutil
+
+    return shutil.get_terminal_size((FALLBACK_COLUMNS, 24)).columns
+
+
+def table_lines(rows: Sequence[tuple[str, str]], width: int | None = None, indent: str = "  ", min_label: int = 54) -> list[str]:
+    """The lines of a text table of ``(label, values)`` rows: the labels in a column as wide as the longest
+    (at least ``min_label``), the values after it. With ``width``, the label column narrows so that a row
+    fits ``width`` characters (down to :data:`MIN_LABEL_WIDTH`), and a longer label wraps at its spaces onto
+    lines of its own under it, indented two more, its values staying on its first line beside the others.
+
+    >>> table_lines([("judge reward.model: not counted (no config here)", "0.00"), ("short", "2.00")], width=40, min_label=0)
+    ['  judge reward.model: not counted   0.00', '    (no config here)', '  short                             2.00']
+    """
+    import textwrap
+
+    column = max([min_label, *(len(label) for label, _ in rows)])
+    if width is not None:
+        values = max((len(v) for _, v in rows), default=0)
+        column = max(MIN_LABEL_WIDTH if column > MIN_LABEL_WIDTH else column, min(column, width - len(indent) - 1 - values))
+    lines = []
+    for label, values in rows:
+        first, *rest = textwrap.wrap(label, column, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False) or [""]
+        lines.append(f"{indent}{first:<{column}} {values}".rstrip())
+        lines += [f"{indent}{more}" for more in rest]
+    return lines
+
+
+def plan_table(title: str, rows: Sequence[PlanRow], peak: int, device_bytes: int | None = None, fits: bool = True,
+               width: int | None = None) -> str:
+    """A plan as text (:meth:`MemoryPlan.table`, :meth:`JudgesPlan.table`): ``title``, each row in GiB with its
+    source and phase, the peak and, with ``device_bytes``, the device and whether it fits."""
+    cells = [("row", f"{'GiB':>8}  {'source':<10} phase")]
+    cells += [(row.label, f"{row.bytes / GIB:>8.2f}  {row.source:<10} {row.phase}") for row in rows]
+    cells.append(("peak: resident + max(train, encode, video)", f"{peak / GIB:>8.2f}"))
+    if device_bytes is not None:
+        unknown = sum(1 for r in rows if r.source == "unknown")
+        verdict = "does NOT fit" if not fits else f"unknown ({unknown} not counted)" if unknown else "fits"
+        cells.append(("device", f"{device_bytes / GIB:>8.2f}  {verdict}"))
+    return "\n".join([title, *table_lines(cells, width)])
+
+
+@dataclass
+class JudgesPlan:
+    """What one GPU of a job that only scores (``score``) holds: its in-process judges, their largest KV cache,
+    and the fixed overhead where a judge is on a GPU (:func:`cac_align.plan.check.plan_judges`).
+
+    Attributes:
+        rows: the rows (:func:`judge_rows`, and the fixed overhead).
+        video: the videos planned for (:class:`~cac_align.rewards.judges.VideoShape`).
+    """
+
+    rows: list[PlanRow]
+    video: Any
+
+    @property
+    def peak_bytes(self) -> int:
+        return peak_of(self.rows)
+
+    def fits(self, device_bytes: int) -> bool:
+        return self.peak_bytes <= device_bytes
+
+    @property
+    def unknown_rows(self) -> list[PlanRow]:
+        return [r for r in self.rows if r.source == "unknown"]
+
+    def unknown_verdict(self) -> str:
+        return unknown_verdict(self.rows)
+
+    def table(self, device_bytes: int | None = None, width: int | None = None) -> str:
+        v = self.video
+        title = (f"judges' memory per GPU (one process; videos planned as {v.frames} frames of {v.height} x {v.width} at {v.fps:g} fps: "
+                 "a longer one, a longer KV cache):")
+        return plan_table(title, self.rows, self.peak_bytes, device_bytes, self.fits(device_bytes) if device_bytes is not None else True, width)
 
 
 def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_processes: int, tokens: int, batch_per_process: int,
@@ -317,18 +425,7 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
         if vae_what == "decode" and audio_phase_bytes:  # the soundtracks decode after the frames: the row holds the larger
             what += f", or its sound's (audio VAE + vocoder, {audio_phase_bytes / GIB:.2f} GiB), the larger"
         rows.append(PlanRow(f"vae {what} ({vae_dtype})", int(vae_phase_bytes), "traced", "video"))
-    leaders = " (the leaders' GPUs)" if cp > 1 else ""
-    for j in judges:
-        label = f"judge {j.judge.where}: {j.judge.name}"
-        held = f"{j.dtype}, encoder: no KV cache" if getattr(j.judge, "encoder", False) else j.dtype
-        rows.append(PlanRow(f"{label} ({j.note})" if j.note else f"{label} ({held}){leaders}", j.weight_bytes,
-                            "served" if j.note == "served" else "counted"))
-    if any(j.kv_bytes for j in judges):  # one call at a time (a reward scores its components in turn): the largest cache
-        top = max(judges, key=lambda j: j.kv_bytes)
-        rows.append(PlanRow(f"judges' KV cache: {top.judge.where}, {top.judge.call.rows} x {top.tokens:,} tokens ({top.visual_tokens:,} visual)",
-                            top.kv_bytes, "arithmetic", "video"))
-    for u in unknown_judges:
-        rows.append(PlanRow(f"judge {u.where}: not counted ({u.reason})", 0, "unknown"))
+    rows += judge_rows(judges, unknown_judges, " (the leaders' GPUs)" if cp > 1 else "")
     if judges_bytes:
         rows.append(PlanRow("judges (resident)", int(judges_bytes), "given"))
     act = activation_bytes(tokens, counts.hidden_size, counts.num_layers, batch_per_process, gradient_checkpointing, cp, dtype)

@@ -193,8 +193,28 @@ def build_reward(spec: Any, where: str = "reward") -> Reward:
 
     ``name`` is a registered short name (see :data:`REWARDS`) or a dotted path to a factory
     called with the other keys as keyword arguments and returning a :class:`Reward`.
+
+    Raises:
+        ValueError: the section is not valid (:func:`reward_config`).
+        RecipeError: the reward refused its settings while it was built: a ``ValueError`` its builder
+            or constructor raised (a size its model cannot read, a component without a scale), said
+            as one line that names ``where``, whichever reward raised it (the CLI prints a
+            ``RecipeError`` as one line, not a traceback; the original stays its ``__cause__``).
     """
+    from cac_align.config import RecipeError
+
     name, config = reward_config(spec, where)
+    try:
+        return _built(name, config, where)
+    except RecipeError:
+        raise
+    except ValueError as exc:  # a reward's own check of its settings, found as it builds
+        message = str(exc)
+        raise RecipeError(message if message.startswith(where) else f"{where}: {message}") from exc
+
+
+def _built(name: str, config: Any, where: str) -> Reward:
+    """:func:`build_reward` once its section is validated."""
     if name in REWARDS:
         return _resolve(REWARDS[name].build)(config, where)
     factory = _resolve(name)

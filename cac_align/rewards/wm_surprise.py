@@ -30,11 +30,19 @@ MAGI-1 script passes 8, a coarser and 4x cheaper curve), and a window is scored 
 (theirs one at a time; the same sums in another order).
 
 **When** the physics breaks: the per-window surprises are a curve over time. A window whose surprise
-stands out of its video's own curve, above ``median + k x 1.4826 x MAD`` (:func:`standing_out`; ``k`` is
-``outlier_k``, 3 by default; with all windows alike, MAD 0, any window above the median), makes the
-verdict ``status: abnormal`` with ``window_s``: the seconds of the predicted frames of the standing-out
-windows, first to last (no boxes: whole frames), which localized credit, repair and localized DPO read as
-they read CaC's (:mod:`cac_align.regions`). Fewer than 3 windows cannot make a curve: ``status: normal``.
+stands out of its video's own curve makes the verdict ``status: abnormal`` with ``window_s``: the seconds
+of the predicted frames of the standing-out windows, first to last (no boxes: whole frames), which
+localized credit, repair and localized DPO read as they read CaC's (:mod:`cac_align.regions`). Standing
+out (:func:`standing_out`) is rising above the median by more than both ``k x 1.4826 x MAD`` (``k`` is
+``outlier_k``, 3 by default) and a floor: ``min_rise`` of the median (1%) or :data:`MIN_RISE`, the larger.
+The floor is there for a curve whose windows are nearly all alike: its MAD is 0, and without a floor any
+window above the median by a rounding error would stand out (a static video with one pixel changed by
+1/255 in one frame rose 8e-6 over a median of 0.99) and localized credit and repair would act on noise.
+It is relative to the median, the curve's own scale, because V-JEPA 2's checkpoints and videos put the
+surprise at different levels, and a fraction means the same on each; 1% is ten thousand times the rise
+of that one pixel and, for a defect that doubles the surprise of the tokens it covers, a defect over 1% of
+the predicted tokens. The absolute part only matters for a median near 0 (a video the model predicts almost
+perfectly), where any fraction of it vanishes. Fewer than 3 windows cannot make a curve: ``status: normal``.
 
 Score range [-1, 1]; modality ``video``; does not read the prompt. A video shorter than one window is
 invalid (``error_kind: video``), never 0.
@@ -51,7 +59,7 @@ import numpy as np
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
 
-__all__ = ["TINY_NAME", "WMSurpriseConfig", "WMSurpriseReward", "build", "build_tiny_vjepa2", "frame_indices", "standing_out",
+__all__ = ["MIN_RISE", "TINY_NAME", "WMSurpriseConfig", "WMSurpriseReward", "build", "build_tiny_vjepa2", "frame_indices", "standing_out",
            "window_starts", "window_surprises"]
 
 TINY_NAME = "tiny-random:vjepa2"
@@ -60,6 +68,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 MIN_WINDOWS = 3
+# The least rise above the median, in surprise (1 - cosine, in [0, 2]), for a window to stand out whatever
+# the median: it decides only for a median under 0.01 (a video predicted almost perfectly, where 1% of the
+# median is less), and is a hundred times the rounding of a mean of cosines in float32 (about 1e-6).
+MIN_RISE = 1e-4
 
 
 def frame_indices(num_frames: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
@@ -75,20 +87,25 @@ def window_starts(frames: int, window: int, stride: int) -> list[int]:
     return list(range(0, frames - window + 1, stride)) if frames >= window else []
 
 
-def standing_out(surprises: Sequence[float], k: float = 3.0) -> list[int]:
-    """The windows whose surprise stands out of the video's own curve: above ``median + k x 1.4826 x
-    MAD`` (the median absolute deviation from the median, scaled to a normal's sigma); with MAD 0 (most
-    windows alike), those above the median. None of fewer than 3 windows.
+def standing_out(surprises: Sequence[float], k: float = 3.0, min_rise: float = 0.01) -> list[int]:
+    """The windows whose surprise stands out of the video's own curve: above the median by more than
+    ``k x 1.4826 x MAD`` (the median absolute deviation from the median, scaled to a normal's sigma) and
+    by more than the floor ``max(min_rise x median, MIN_RISE)`` (module docstring, "When": with most
+    windows alike the MAD is 0, and a window a rounding error above the median does not stand out). None
+    of fewer than 3 windows.
 
     >>> standing_out([0.10, 0.11, 0.10, 0.12, 0.60, 0.11])
     [4]
+    >>> standing_out([1.0701] * 15 + [1.0701012] * 2)  # MAD 0, a rise of 1.2e-6: under the floor of 0.0107
+    []
     """
     values = np.asarray(surprises, dtype=np.float64)
     if len(values) < MIN_WINDOWS:
         return []
     median = float(np.median(values))
     spread = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
-    return [int(i) for i in np.flatnonzero(values > median + k * spread)]
+    floor = max(min_rise * abs(median), MIN_RISE)
+    return [int(i) for i in np.flatnonzero(values > median + max(k * spread, floor))]
 
 
 def window_surprises(model: Any, clip: Any, starts: Sequence[int], window: int, context: int, batch: int = 4) -> list[float]:
@@ -143,6 +160,9 @@ class WMSurpriseConfig:
         stride: frames between windows' starts (2: the function's and README's default; 8: their MAGI-1 script).
         aggregate: the video's surprise from its windows', "mean" (WMReward's default) or "max".
         outlier_k: robust deviations above the median for a window to stand out (:func:`standing_out`).
+        min_rise: the least rise above the median, as a fraction of it, for a window to stand out (0.01: 1%;
+            never less than :data:`MIN_RISE` in surprise): a floor for a curve of windows nearly all alike,
+            whose MAD is 0 (module docstring, "When").
         window_batch: windows per forward.
         batch_size: videos per call to the model (each scored whole).
         source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
@@ -158,6 +178,7 @@ class WMSurpriseConfig:
     stride: int = 2
     aggregate: str = "mean"
     outlier_k: float = 3.0
+    min_rise: float = 0.01
     window_batch: int = 4
     batch_size: int = 1
     source_fps: float = 16.0
@@ -179,6 +200,8 @@ class WMSurpriseConfig:
             raise ValueError(f"aggregate must be one of {list(self.CHOICES['aggregate'])}, got {self.aggregate!r}")
         if self.outlier_k < 0:
             raise ValueError(f"outlier_k must be >= 0, got {self.outlier_k}")
+        if not self.min_rise >= 0:
+            raise ValueError(f"min_rise must be >= 0 (a fraction of the median surprise: 0.01 is 1%), got {self.min_rise}")
         if self.size is not None and self.size < 1:
             raise ValueError(f"size must be >= 1 (or null: the model's crop_size), got {self.size}")
 
@@ -247,7 +270,7 @@ class WMSurpriseReward(BatchReward):
         spans = [[round(float(picked[s + config.context]) / fps, 6), round(float(picked[s + config.window - 1] + 1) / fps, 6)] for s in starts]
         surprise = float(np.mean(curve) if config.aggregate == "mean" else np.max(curve))
         windows = [{"window_s": span, "surprise": round(float(c), 8)} for span, c in zip(spans, curve)]
-        out = standing_out(curve, config.outlier_k)
+        out = standing_out(curve, config.outlier_k, config.min_rise)
         detail = {"score": 1.0 - surprise, "surprise": surprise, "windows": windows, "status": "normal", "window_s": None, "boxes": []}
         if out:
             detail.update(status="abnormal", window_s=[spans[out[0]][0], spans[out[-1]][1]], peak=int(np.argmax(curve)),

@@ -10,7 +10,8 @@ import pytest
 from cac_align.gen.families.minimax_h3 import MINIMAX_H3
 from cac_align.gen.families.wan import WAN21
 from cac_align.plan.counts import ComponentCount, GeneratorCounts
-from cac_align.plan.network import StepTraffic, network_plan, step_traffic
+from cac_align.plan.counts import GIB
+from cac_align.plan.network import NETWORK_GBPS, NVLINK_GBPS, StepTraffic, duration, network_plan, step_traffic, transfer_seconds
 
 
 def _toy() -> GeneratorCounts:
@@ -54,3 +55,22 @@ def test_a_steps_collectives_counted_from_the_recipe():
     # MiniMax-H3's sampler runs one step fewer than its grid's points (tests/gen/test_minimax_h3.py counts it on the tiny model)
     config.generator = SimpleNamespace(num_inference_steps=10, family=MINIMAX_H3)
     assert step_traffic(config, 4, "flow-grpo") == StepTraffic(9, 2 * 4, 2)  # 9 forwards; round(9 x 0.5) = 4 timesteps trained
+
+
+def test_the_network_in_seconds_at_a_stated_rate():
+    """Bytes read as time (issue #105, item 4): 50 GB at 400 Gbit/s (50 GB/s) take 1 s, at 3600 (450 GB/s) 1/9 s;
+    MiniMax-H3's 14,262.16 GiB across nodes per GPU and step under full sharding (check-recipe --nodes 2) is
+    14,262.16 x 2^30 x 8 / 400e9 = 306.3 s: 5.1 minutes a step."""
+    assert transfer_seconds(50e9, 400) == pytest.approx(1.0) and transfer_seconds(50e9, 3600) == pytest.approx(1 / 9)
+    assert (NVLINK_GBPS, NETWORK_GBPS) == (3600, 400) and duration(transfer_seconds(14262.16 * GIB, NETWORK_GBPS)) == "5.1 min"
+    assert [duration(s) for s in (0.04, 29.78, 306.28, 3 * 3600)] == ["0.04 s", "29.8 s", "5.1 min", "3.0 h"]
+    # the toy table: totals 1560 + 2080 + 20 = 3660 inside and 3120 + 4160 + 40 = 7320 across (full sharding), 7320 and 40 (HSDP);
+    # at 1e-6 Gbit/s (1000 bits a second) inside and 2e-6 across: 3660 x 8 / 1000 = 29.28 s, 7320 x 8 / 2000 = 29.28,
+    # 7320 x 8 / 1000 = 58.56, 40 x 8 / 2000 = 0.16
+    plan = network_plan(_toy(), StepTraffic(3, 4, 1), nodes=2, per_node=2, lora_rank=2)
+    table = plan.table(inside_gbps=1e-6, across_gbps=2e-6).splitlines()
+    (seconds,) = [line for line in table if line.strip().startswith("seconds")]
+    assert seconds.split()[-4:] == ["29.28", "29.28", "58.56", "0.16"]
+    assert table[-1].startswith("timed at 1e-06 Gbit/s a GPU inside a node (--nvlink-gbps; default 3600") and "(--network-gbps; default 400" in table[-1]
+    assert "0.0 GiB (29.3 s) across nodes per GPU and step under full sharding against 0.00 (0.16 s) under HSDP" in plan.choice(True, True, 2e-6)
+    assert plan.choice(None, None).startswith("HSDP (parallel.replicate=2) where it fits a GPU")  # no GPU named: not said to fit

@@ -96,3 +96,25 @@ def test_the_chat_is_the_system_prompt_then_the_video_at_fps_then_the_question()
     assert video["video"].num_frames == 20 and video["video"].fps == 4.0 and question["text"] == "question?"
     thinned = shown_frames(Video(smooth_video(80, 16, 16), 16.0), 4.0, 5)  # 20 -> 5 frames: every 4.75th, rounded
     assert thinned.num_frames == 5 and np.allclose(thinned.timestamps, np.array([0, 5, 10, 14, 19]) / 4.0)
+
+
+def test_the_cosmos_reason2_8b_figures_docs_real_weights_states(hub_cache):
+    """docs/real_weights.md's Cosmos-Reason2-8B row (issue #105, item 5) is the plan `check-recipe` makes of the
+    shipped recipe on Qwen3-VL-8B's config (shipped with cac-align; the architecture Cosmos-Reason2-8B is
+    post-trained from): 8,767,123,696 parameters x 2 bytes (bf16); a KV cache of 4 rows (max_batch_size) x
+    5,632 tokens (4,378 visual, the prompt and 512 new, a static cache rounded up to 256) x 147,456 bytes a
+    token (36 layers x 8 KV heads x 128 x 2 (K and V) x 2 bytes); the CUDA context, 1 GiB."""
+    from conftest import REPO_ROOT
+
+    from cac_align.jobs import load_recipe
+    from cac_align.plan.check import plan_judges
+    from cac_align.plan.counts import GIB
+
+    section = dict(load_recipe(REPO_ROOT / "recipes/score/cosmos_reason.yaml")[1].reward)
+    section["model"] = {**section["model"], "name": "Qwen/Qwen3-VL-8B-Instruct"}
+    plan = plan_judges({"reward": section})
+    weights, kv, overhead = (row.bytes for row in plan.rows)
+    assert (weights, kv, overhead) == (2 * 8_767_123_696, 4 * 5_632 * 147_456, GIB)
+    docs = (REPO_ROOT / "docs/real_weights.md").read_text(encoding="utf-8")
+    assert f"8,767,123,696 parameters, {weights / GIB:.2f} GiB in bfloat16" in docs
+    assert f"{plan.peak_bytes / GIB:.2f} GiB: the weights, a KV cache of {kv / GIB:.2f} GiB" in docs and "5,632 tokens each" in docs

@@ -106,8 +106,40 @@ def test_a_window_stands_out_above_the_median_by_k_robust_deviations():
     assert standing_out([0.10, 0.11, 0.10, 0.12, 0.60, 0.11]) == [4]
     assert standing_out([0.10, 0.11, 0.10, 0.12, 0.15, 0.11]) == []  # 0.15 < 0.1545
     assert standing_out([0.10, 0.11, 0.10, 0.12, 0.15, 0.11], k=2) == [4]  # 0.15 > 0.1397
-    assert standing_out([0.2, 0.2, 0.2, 0.5]) == [3]  # MAD 0: above the median
+    assert standing_out([0.2, 0.2, 0.2, 0.5]) == [3]  # MAD 0: 0.3 above the median, over the floor of 1% (0.002)
     assert standing_out([0.1, 0.9]) == []  # too few windows for a curve
+
+
+def test_no_window_stands_out_under_the_floor():
+    """With most windows alike the MAD is 0: a window stands out only above the floor, max(min_rise x median,
+    1e-4) (issue #105, item 5: a rise of a rounding error made a static video abnormal)."""
+    # median 1.0701, MAD 0: a rise of 1.2e-6 is under 1% of the median (0.010701); 0.011 is over it; 0.005 is not,
+    # nor is it at min_rise 0.01 but it is at 0.001 (floor 0.00107)
+    assert standing_out([1.0701] * 15 + [1.0701012] * 2) == []
+    assert standing_out([1.0701] * 15 + [1.0811]) == [15] and standing_out([1.0701] * 15 + [1.0751]) == []
+    assert standing_out([1.0701] * 15 + [1.0751], min_rise=0.001) == [15]
+    # a median of 0 (predicted perfectly): 1% of it is 0, the absolute floor 1e-4 decides: 5e-5 under it, 2e-4 over
+    assert standing_out([0.0, 0.0, 0.0, 5e-5]) == [] and standing_out([0.0, 0.0, 0.0, 2e-4]) == [3]
+    assert standing_out([0.0, 0.0, 0.0, 5e-5], min_rise=0.0) == []  # no floor below 1e-4
+    # where the curve spreads, the robust deviations decide as before: 0.6 rises 0.49 > max(3 x 0.014826, 0.0011)
+    assert standing_out([0.10, 0.11, 0.10, 0.12, 0.60, 0.11], min_rise=0.05) == [4]
+
+
+def test_a_near_static_video_stays_normal(vjepa_dir, monkeypatch):
+    """A static video but for one pixel changed by 1/255 in one frame: its windows alike but for rises of
+    about 1e-5 (MAD 0), none over the floor: normal, no window (it was abnormal, 'peak 0.99, median 0.99').
+    Control: the same curve with no floor (min_rise 0 and the absolute floor patched to 0) calls it abnormal."""
+    from cac_align.rewards import wm_surprise
+
+    frame = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    frames = np.repeat(frame[None], 16, axis=0)
+    frames[9, 5, 7, 0] += 1
+    detail = _reward(vjepa_dir)([Video(frames, fps=8.0)], None).details[0]
+    curve = np.array([w["surprise"] for w in detail["windows"]])
+    assert len(curve) == 13 and 0 < np.abs(curve - np.median(curve)).max() < 1e-3  # the pixel moved the curve, a little
+    assert detail["status"] == "normal" and detail["window_s"] is None and "reason" not in detail
+    monkeypatch.setattr(wm_surprise, "MIN_RISE", 0.0)  # the same windows, judged with no floor at all
+    assert _reward(vjepa_dir, min_rise=0.0)([Video(frames, fps=8.0)], None).details[0]["status"] == "abnormal"
 
 
 def test_a_scripted_peak_gives_the_window_of_its_predicted_frames(vjepa_dir, monkeypatch):
@@ -144,7 +176,8 @@ def test_a_wm_surprise_section_is_checked_before_anything_loads(tmp_path):
     from cac_align.rewards.registry import reward_config
 
     for settings, message in [({"context": 4}, "must be fewer frames than window"), ({"aggregte": "max"}, "did you mean 'aggregate'"),
-                              ({"aggregate": "median"}, "aggregate must be one of"), ({"window": 60}, "max_frames")]:
+                              ({"aggregate": "median"}, "aggregate must be one of"), ({"window": 60}, "max_frames"),
+                              ({"min_rise": -0.01}, "min_rise must be >= 0")]:
         with pytest.raises(ValueError, match=message):
             reward_config({"name": "wm_surprise", "window": 4, "context": 2, **settings})
     with pytest.raises(ValueError, match=r"size=48: V-JEPA 2 reads frames of its crop_size \(32\) only"):
@@ -170,3 +203,29 @@ def test_the_memory_plan_counts_v_jepa_2_from_its_safetensors_header(vjepa_dir):
     assert counted.weight_bytes == 2 * params and counted.kv_bytes == 0  # every tensor in bf16, no KV cache
     (tiny,) = reward_judges({"name": "wm_surprise", "model": "tiny-random:vjepa2", "device": "cuda"}, "reward", shape)
     assert count_judge(tiny).weight_bytes == 4 * params and count_judge(tiny).kv_bytes == 0  # as built, in float32
+
+
+def test_the_vit_g_figures_docs_real_weights_states():
+    """docs/real_weights.md's V-JEPA 2 ViT-g rows (issue #105, item 5) are the model transformers converted the
+    releases to: get_vjepa2_config's vit_giant and vit_giant_384 (huggingface/transformers,
+    src/transformers/models/vjepa2/convert_vjepa2_to_hf.py, read at ff4e4c7), built on the meta device:
+    1,034,555,264 parameters at either crop (rotary positions), 4 bytes each in float32 (3.85 GiB), 2 in
+    bfloat16 (1.93); a window of 16 frames is (16 / 2 tubelet) x (crop / 16 patch)^2 tokens: 2,048 and 4,608."""
+    from conftest import REPO_ROOT
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    from cac_align.plan.counts import GIB
+
+    docs = (REPO_ROOT / "docs/real_weights.md").read_text(encoding="utf-8")
+    for crop in (256, 384):
+        config = VJEPA2Config(crop_size=crop, frames_per_clip=64, hidden_size=1408, num_attention_heads=22, num_hidden_layers=40,
+                              mlp_ratio=48 / 11, pred_hidden_size=384, pred_num_attention_heads=12, pred_num_hidden_layers=12,
+                              pred_num_mask_tokens=10)
+        with torch.device("meta"):
+            model = VJEPA2Model(config)
+        count = sum(p.numel() for p in model.parameters())
+        encoder = sum(p.numel() for p in model.encoder.parameters())
+        tokens = (16 // config.tubelet_size) * (crop // config.patch_size) ** 2
+        assert count == 1_034_555_264 and f"`facebook/vjepa2-vitg-fpc64-{crop}`" in docs and f"{tokens:,} tokens" in docs
+    assert f"{count:,} parameters (encoder {encoder:,}, predictor {count - encoder:,})" in docs
+    assert f"{count * 4 / GIB:.2f} GiB in float32" in docs and f"{count * 2 / GIB:.2f} GiB in bfloat16" in docs
