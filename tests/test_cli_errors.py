@@ -228,6 +228,7 @@ BAD_REWARDS = {
     "brightness": ({"name": "brightness", "source_fps": "fast"}, "reward: wrong type for key 'source_fps'"),
     "cac": ({"name": "cac", "model": {**_TINY_QWEN3, "name": "tiny-random:qwen9"}}, _NO_SUCH_TINY),
     "clap": ({"name": "clap", "model": "/no/such/clap"}, "reward.model='/no/such/clap': no such directory"),
+    "colour": ({"name": "colour", "channel": "purple"}, "channel must be one of ('red', 'green', 'blue')"),
     # built: two components of one name (the combined reward's constructor)
     "combined": ({"name": "combined", "components": [{"name": "brightness"}, {"name": "brightness"}]},
                  "reward: component names must differ, got ['brightness', 'brightness']"),

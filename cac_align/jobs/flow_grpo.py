@@ -73,7 +73,7 @@ from cac_align.run.input_files import read_prompt_rows, slug
 from cac_align.rewards.base import ErrorKind, Reward
 from cac_align.rewards.columns import (check_prompt_heard, check_step_scored, collect_outputs, score_held_out, reward_columns, route_table, routed_credit_maps,
                                       routed_step, score_batch, step_credit)
-from cac_align.rewards.guards import RunGuards, sampled_mean, step_advantages
+from cac_align.rewards.guards import RunGuards, check_guards, sampled_mean, step_advantages
 from cac_align.rewards.registry import build_reward, reward_config
 from cac_align.rl.advantages import nan_mean_std, shuffle_within_groups
 from cac_align.rl.gardo import RegularizeSettings
@@ -195,6 +195,7 @@ class FlowGrpoConfig:
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
     CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"audio": AUDIO_MODES, "optimizer": OPTIMIZERS, "noise_schedule": NOISE_SCHEDULES, "adv_std": ("group", "global"),
+                                                       "loss": TRUST_REGIONS,
                                                        "mixed_precision": ("no", "bf16", "fp16"), "log_with": tuple(LOG_WITH)}
 
     out_dir: str = MISSING
@@ -330,30 +331,8 @@ class FlowGrpoConfig:
             reward_config(section, f"eval_rewards.{label}")
         if self.eval_rewards and not self.eval_prompts:
             raise ValueError("eval_rewards score the evaluation videos: set eval_prompts (held-out prompts) too")
-        self._check_guards()
+        check_guards(self)  # loss, advantage.aggregate, regularize (rewards/guards.py)
 
-    def _check_guards(self) -> None:
-        """``loss``, ``advantage.aggregate`` and ``regularize`` (docs/flow_grpo.md, "When your reward is hacked")."""
-        if self.loss not in TRUST_REGIONS:
-            raise ValueError(f"loss must be one of {TRUST_REGIONS}, got {self.loss!r}")
-        if self.dppo_delta is not None and (self.loss == "ppo_clip" or not self.dppo_delta > 0):
-            raise ValueError(f"dppo_delta={self.dppo_delta} is DPPO's threshold: > 0, with loss dppo_kl or dppo_tv")
-        if self.loss != "ppo_clip" and (self.audio == "trained" or self.advantage.localize.estimator == "vipo"):
-            raise ValueError(f"loss={self.loss} masks the video's policy loss of the default estimator: not with audio=trained (the sound's "
-                             "steps keep their clip) nor advantage.localize.estimator=vipo; use loss=ppo_clip there")
-        guard = self.regularize
-        if (guard.gated or guard.adaptive) and not (self.beta > 0):
-            raise ValueError(f"regularize.gate={guard.gate} and regularize.reference={guard.reference} act on the KL term: set beta > 0")
-        if guard.gated and not (guard.judges or self.eval_rewards):
-            raise ValueError("regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards (the run's held-out judges)")
-        for label, section in guard.judges.items():
-            reward_config(section, f"regularize.judges.{label}")
-        if self.advantage.aggregate == "normalize_then_sum" and self.parallel.context_parallel > 1:
-            raise ValueError("advantage.aggregate=normalize_then_sum with parallel.context_parallel > 1 is not supported yet (the components "
-                             "are read on each group's first process only); use context_parallel: 1")
-        if self.advantage.aggregate == "normalize_then_sum" and self.advantage.routing == "routed":
-            raise ValueError("advantage.aggregate=normalize_then_sum sums the components' group-normalized scores; advantage.routing=routed "
-                             "routes them apart: use one of them")
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,12 +355,14 @@ def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> 
 def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
     """What the memory plan (:func:`cac_align.plan.check.plan_generator`) needs of a flow-grpo
     recipe beyond its generator, LoRA and layout: the rows of a training micro-batch (its videos x
-    the forwards a guided velocity batches), the reward and every held-out judge (scored on the
-    GPUs that train: the leaders'), and ``sample_batch_size`` videos decoded at once."""
+    the forwards a guided velocity batches), the reward, every held-out judge and the gate's own judges
+    (``regularize.judges``; all scored on the GPUs that train: the leaders'), and ``sample_batch_size``
+    videos decoded at once."""
     family = config.generator.family
     return dict(batch_per_process=config.train_batch_size * guided_rows(family.guidance(config.generator)),
                 gradient_checkpointing=config.gradient_checkpointing, ema=config.ema_decay is not None,
-                rewards={"reward": config.reward, **{f"eval_rewards.{label}": section for label, section in config.eval_rewards.items()}},
+                rewards={"reward": config.reward, **{f"eval_rewards.{label}": section for label, section in config.eval_rewards.items()},
+                         **{f"regularize.judges.{label}": section for label, section in config.regularize.judges.items()}},
                 decode_batch=config.sample_batch_size, optimizer=config.optimizer)
 
 
@@ -404,12 +385,9 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
         advantage.pop("shuffle_scores")
     if advantage.get("routing") == "summed":  # likewise (issue #89's settings)
         advantage.pop("routing")
-    if advantage.get("aggregate") == "sum_then_normalize":  # likewise (#104)
-        advantage.pop("aggregate")
     if config.regularize.gated and not config.regularize.judges:  # the gate's judges are the held-out ones: no longer run-only
         fingerprint["regularize"]["judges"] = resolved["eval_rewards"]
-    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False), ("optimizer", "adamw"),  # added later (#89, #92)
-                         ("loss", "ppo_clip"), ("dppo_delta", None), ("regularize", OmegaConf.to_container(OmegaConf.structured(RegularizeSettings())))):
+    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False), ("optimizer", "adamw")):  # added later (#89, #92)
         if fingerprint.get(key) == default:
             fingerprint.pop(key)
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
@@ -842,6 +820,16 @@ class _Trainer:
                     x_next = latents[lo:hi, j + 1].to(device)
                     side = sides[lo:hi, j].to(device) if sides is not None else None
                     with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
+                        # the forwards without gradient first: an adaptive reference and DPPO's sampler swap the LoRA's weights in place
+                        ref_mean = ref_side_velocity = old_mean = None
+                        if config.loss != "ppo_clip" and c > 0:  # DPPO: the sampling policy's step mean (the first chunk's policy is it)
+                            old_mean = sampled_mean(self.unwrapped, sampler, lambda m: transitions.step(j, x, self._video_velocity(m, x, timesteps[j], emb, neg, side),
+                                                                                                      prev_sample=x_next))
+                        if config.beta > 0 or hold is not None:
+                            with torch.no_grad(), self.guards.reference_policy(), acc.autocast():
+                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
+                            ref_velocity, ref_side_velocity = ref_velocity if side is not None else (ref_velocity, None)
+                            ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
                         with acc.autocast():
                             velocity = predict_velocity(self.model, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
                         velocity, side_velocity = velocity if side is not None else (velocity, None)
@@ -849,15 +837,7 @@ class _Trainer:
                         localized = {} if credit is None else position_terms(
                             config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi],
                             None if hold is None else hold[lo:hi], x.shape[1])
-                        ref_mean = ref_side_velocity = old_mean = None
-                        if config.loss != "ppo_clip":  # DPPO: the sampling policy's step mean (the first chunk's policy is it)
-                            old_mean = policy.mean.detach() if c == 0 else sampled_mean(self.unwrapped, sampler, lambda m: transitions.step(
-                                j, x, self._video_velocity(m, x, timesteps[j], emb, neg, side), prev_sample=x_next))
-                        if config.beta > 0 or hold is not None:
-                            with torch.no_grad(), self.guards.reference_policy(), acc.autocast():
-                                ref_velocity = predict_velocity(self.unwrapped, x, timesteps[j], emb, neg, self.guidance, self.base_dtype, side)
-                            ref_velocity, ref_side_velocity = ref_velocity if side is not None else (ref_velocity, None)
-                            ref_mean = transitions.step(j, x, ref_velocity, prev_sample=x_next).mean
+                        old_mean = policy.mean.detach() if config.loss != "ppo_clip" and c == 0 else old_mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
                             old_log_probs[lo:hi, j].to(device),

@@ -34,9 +34,37 @@ from cac_align.rewards.columns import collect_outputs, component_raw, route_tabl
 from cac_align.rl.advantages import GroupAdvantages, group_advantages, nan_mean_std, normalize_then_sum
 from cac_align.rl.gardo import GateState, diversity_multipliers, latent_features, reference_reset_due, step_gate
 
-__all__ = ["REFERENCE_FILE", "RunGuards", "sampled_mean", "step_advantages"]
+__all__ = ["REFERENCE_FILE", "RunGuards", "check_guards", "sampled_mean", "step_advantages"]
 
 REFERENCE_FILE = "reference.safetensors"  # a checkpoint's copy of the adaptive reference (regularize.reference: adaptive)
+
+
+def check_guards(config: Any) -> None:
+    """A flow-grpo or nft config's ``loss``, ``advantage.aggregate`` and ``regularize`` against the rest of it
+    (called from the config's ``__post_init__``; each refusal one line naming the settings)."""
+    from cac_align.rewards.registry import reward_config
+    from cac_align.rl.trust_region import TRUST_REGIONS
+
+    if config.loss not in TRUST_REGIONS:
+        raise ValueError(f"loss must be one of {TRUST_REGIONS}, got {config.loss!r}")
+    if config.dppo_delta is not None and (config.loss == "ppo_clip" or not config.dppo_delta > 0):
+        raise ValueError(f"dppo_delta={config.dppo_delta} is DPPO's threshold: > 0, with loss dppo_kl or dppo_tv")
+    if config.loss != "ppo_clip" and (config.audio == "trained" or config.advantage.localize.estimator == "vipo"):
+        raise ValueError(f"loss={config.loss} masks the video's policy loss of the default estimator: not with audio=trained (the sound's "
+                         "steps keep their clip) nor advantage.localize.estimator=vipo; use loss=ppo_clip there")
+    guard = config.regularize
+    if (guard.gated or guard.adaptive) and not (config.beta > 0):
+        raise ValueError(f"regularize.gate={guard.gate} and regularize.reference={guard.reference} act on the KL term: set beta > 0")
+    if guard.gated and not (guard.judges or config.eval_rewards):
+        raise ValueError("regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards (the run's held-out judges)")
+    for label, section in guard.judges.items():
+        reward_config(section, f"regularize.judges.{label}")
+    if config.advantage.aggregate == "normalize_then_sum" and config.parallel.context_parallel > 1:
+        raise ValueError("advantage.aggregate=normalize_then_sum with parallel.context_parallel > 1 is not supported yet (the components "
+                         "are read on each group's first process only); use context_parallel: 1")
+    if config.advantage.aggregate == "normalize_then_sum" and config.advantage.routing == "routed":
+        raise ValueError("advantage.aggregate=normalize_then_sum sums the components' group-normalized scores; advantage.routing=routed "
+                         "routes them apart: use one of them")
 
 
 class RunGuards:
@@ -132,7 +160,7 @@ def step_advantages(config: Any, reward: Any, outputs: list[Any], scores: np.nda
         columns = {name: gather(np.concatenate([component_raw(o, name) for o in outputs])) for name in table}
         for values in columns.values():
             values[~np.isfinite(scores)] = np.nan  # the combined score's invalid policy holds (drop: out of every statistic)
-        adv = normalize_then_sum(columns, step_groups, weights=[weight for weight, _ in table.values()], clip=config.adv_clip_max)
+        adv = normalize_then_sum(columns, step_groups, weights={name: weight for name, (weight, _) in table.items()}, clip=config.adv_clip_max)
     else:
         adv = group_advantages(scores, step_groups, std=config.adv_std, clip=config.adv_clip_max)
     if config.regularize.diversity == "latents":

@@ -5,6 +5,10 @@ deterministic and is easy to move, which makes it the reward of choice for smoke
 trainer and for the learning-signal benchmark (``benchmarks/rl/flow_grpo_toy.py``): if a policy
 cannot learn to make videos brighter, it will not learn anything subtler.
 
+``colour`` judges one RGB channel's mean (more, or less, of it): beside ``brightness`` it is the
+held-out judge of a proxy that can be hacked (``benchmarks/rl/reward_hacking.py``): brightness rises
+with any channel, and a judge that wants less green falls when the green does.
+
 ``spot_brightness`` is the same idea with a known, localized defect: brightness inside a fixed
 box during a fixed time window counts as the defect, and the reward is ``1 -`` its mean. Like
 CaC, it reports where and when (``status``, ``window_s``, per-frame ``boxes`` in 0-1000
@@ -32,7 +36,7 @@ import numpy as np
 from cac_align.rewards.base import BatchReward, ErrorKind
 from cac_align.video import Video
 
-__all__ = ["LoudnessConfig", "LoudnessReward", "ToySyncConfig", "ToySyncReward", "loudness", "BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "no_judges", "spot_brightness"]
+__all__ = ["ColourConfig", "ColourReward", "LoudnessConfig", "LoudnessReward", "ToySyncConfig", "ToySyncReward", "loudness", "BrightnessConfig", "BrightnessReward", "SpotBrightnessConfig", "SpotBrightnessReward", "build", "build_spot", "no_judges", "spot_brightness"]
 
 
 @dataclass
@@ -227,6 +231,52 @@ def build_sync(config: ToySyncConfig, key: str = "reward") -> ToySyncReward:
     return ToySyncReward(config.window_s, config.source_fps)
 
 
+CHANNELS = ("red", "green", "blue")
+
+
+@dataclass
+class ColourConfig:
+    """Config of the ``colour`` reward.
+
+    Attributes:
+        channel: the colour it judges: "red", "green" or "blue".
+        prefer: "more" (the channel's mean in [0, 1]) or "less" (1 - it).
+        source_fps: frame rate of array/tensor input without ``fps`` in its metadata.
+    """
+
+    channel: str = "blue"
+    prefer: str = "less"
+    source_fps: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"channel must be one of {CHANNELS}, got {self.channel!r}")
+        if self.prefer not in ("more", "less"):
+            raise ValueError(f"prefer must be 'more' or 'less', got {self.prefer!r}")
+
+
+class ColourReward(BatchReward):
+    """A judge with a taste for one colour: the mean of one RGB channel in [0, 1], or 1 - it. Beside
+    ``brightness`` it makes a proxy that can be hacked (benchmarks/rl/reward_hacking.py): brightness
+    rises with any channel, this judge falls when its channel does."""
+
+    name = "colour"
+    score_range = (0.0, 1.0)
+    needs_prompt = False
+    reads_prompt = False
+
+    def __init__(self, channel: str = "blue", prefer: str = "less", source_fps: float = 16.0):
+        self.index, self.prefer, self.source_fps = CHANNELS.index(channel), prefer, source_fps
+
+    def score_batch(self, requests: list[tuple[Video, str | None]]) -> list[dict]:
+        means = [float(np.asarray(video.frames)[..., self.index].mean()) / 255.0 for video, _ in requests]
+        return [{"score": m if self.prefer == "more" else 1.0 - m} for m in means]
+
+
+def build_colour(config: ColourConfig, key: str = "reward") -> ColourReward:
+    return ColourReward(config.channel, config.prefer, config.source_fps)
+
+
 def no_judges(config: Any, where: str, video: Any) -> list[Any]:
     """The toy rewards load no model (:mod:`cac_align.rewards.judges`)."""
     return []
@@ -246,6 +296,13 @@ register_reward(
     "cac_align.rewards.toy:SpotBrightnessConfig",
     "cac_align.rewards.toy:build_spot",
     "1 - brightness of a fixed box during a fixed window, reported as CaC-style evidence: a toy localized defect",
+    judges="cac_align.rewards.toy:no_judges",
+)
+register_reward(
+    "colour",
+    "cac_align.rewards.toy:ColourConfig",
+    "cac_align.rewards.toy:build_colour",
+    "one RGB channel's mean in [0, 1] (or 1 - it): a model-free toy judge with a taste for a colour",
     judges="cac_align.rewards.toy:no_judges",
 )
 register_reward(

@@ -93,9 +93,14 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   # the encoders' one copy per node (#92): where weights live in host memory, never a sample
                   "parallel.share_encoders": None, "parallel.share_dir": None,
                   # parallel.timeout_s (gen/parallel/dims.py DEFAULT_TIMEOUT_S): run-only in both trainers too, so a resumed run may change it
-                  "parallel.timeout_s": 1800.0}
+                  "parallel.timeout_s": 1800.0,
+                  # the guards against reward hacking (#104): at their defaults, the trainers as before
+                  "loss": "ppo_clip", "dppo_delta": None, "advantage.aggregate": "sum_then_normalize",
+                  **{f"regularize.{key}": value for key, value in (("gate", "none"), ("judges", {}), ("fraction", 0.1), ("adapt_fraction", True),
+                                                                  ("direction", "over"), ("reference", "base"), ("reset_every", 16),
+                                                                  ("kl_bound", 3e-4), ("diversity", "none"))}}
 # Sections added later whose every setting is in LATER_DEFAULTS: left out when nothing is left in them.
-LATER_SECTIONS = ("parallel",)
+LATER_SECTIONS = ("parallel", "regularize")
 # Settings whose default changed after run folders recorded the old one: at the new default they
 # are fingerprinted as the old one, so such a folder still resumes. A model section's KV cache
 # became "auto" (#71; it was "dynamic"): synth-cot's teacher is the one model section a

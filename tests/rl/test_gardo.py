@@ -2,6 +2,7 @@
 worked out by hand."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -185,3 +186,58 @@ def test_diversity_edge_cases():
     assert out.advantages.tolist() == [0.0, 0.0, 0.0, 0.0] and not out.trainable.any() and out.zero_std_fraction == 1.0
     # clip
     assert diversity_advantages([0, 10], np.array([[1.0, 0], [0, 1]]), [0, 0], clip=2.0).advantages.tolist() == [-2.0, 2.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces the trainers wire (rewards/guards.py): the settings, the step's gate and its state, pooled latents
+# ---------------------------------------------------------------------------------------------
+def test_step_gate_by_hand_and_its_state():
+    from cac_align.rl.gardo import GateState, RegularizeSettings, step_gate
+
+    # proxy [4, 3, 2, 1], one judge [1, 2, 3, 4]: win rates 1, 2/3, 1/3, 0 against 0, 1/3, 2/3, 1, so U = [1, 1/3, -1/3, -1];
+    # the pool U >= 0 is [1, 1/3], its 50th percentile 2/3: sample 0 alone is gated (1 of 4 trained), weight 1 / (1/4) = 4
+    settings = RegularizeSettings(gate="uncertain", fraction=0.5, adapt_fraction=False)
+    state = GateState(fraction=0.5)
+    weights, said = step_gate(settings, state, np.array([4.0, 3, 2, 1]), {"judge": np.array([1.0, 2, 3, 4])}, np.ones(4, dtype=bool))
+    assert weights.tolist() == [4.0, 0.0, 0.0, 0.0] and weights.dtype == np.float32
+    assert said == {"regularize/gated_fraction": 0.25, "regularize/fraction": 0.5, "regularize/unjudged": 0.0}
+    # "under" (GARDO's code at 1cc77fb): the sample the proxy rates below the judge: U = [-1, -1/3, 1/3, 1], sample 3 gated
+    under = step_gate(RegularizeSettings(gate="uncertain", fraction=0.5, adapt_fraction=False, direction="under"), GateState(), np.array([4.0, 3, 2, 1]),
+                      {"judge": np.array([1.0, 2, 3, 4])}, np.ones(4, dtype=bool))[0]
+    assert under.tolist() == [0.0, 0.0, 0.0, 4.0]
+    # adapted (GARDO's RiskCompensator): the first step takes the base fraction 0.1 and remembers the mean U >= 0, (1 + 1/3) / 2
+    adapted = RegularizeSettings(gate="uncertain")
+    state = GateState(fraction=0.3)
+    step_gate(adapted, state, np.array([4.0, 3, 2, 1]), {"judge": np.array([1.0, 2, 3, 4])}, np.ones(4, dtype=bool))
+    assert state.fraction == pytest.approx(0.1) and state.history == [pytest.approx(2 / 3)]
+    back = GateState()
+    back.load_state_dict(state.state_dict())  # a checkpoint's state.json round trip
+    assert back == state
+
+
+def test_regularize_settings_refuse_bad_values_in_one_line():
+    from cac_align.rl.gardo import RegularizeSettings
+
+    for bad, said in ((dict(gate="always"), "regularize.gate must be one of ('none', 'uncertain')"),
+                      (dict(reference="ema"), "regularize.reference must be one of ('base', 'adaptive')"),
+                      (dict(fraction=0.0), "regularize.fraction must be in (0, 1]"), (dict(reset_every=0), "regularize.reset_every must be >= 1"),
+                      (dict(kl_bound=-1.0), "regularize.kl_bound must be > 0"), (dict(diversity="dino"), "regularize.diversity must be one of")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            RegularizeSettings(**bad)
+    default = RegularizeSettings()
+    assert not default.gated and not default.adaptive
+
+
+def test_latent_features_pool_each_latent_frame():
+    import torch
+
+    from cac_align.rl.gardo import latent_features
+
+    # one sample, 1 channel, 2 latent frames of 4 x 4: frame 0 all ones, frame 1 a left half of 2 and a right half of 0;
+    # pooled to 2 x 2 each: frame 0 -> [1, 1, 1, 1], frame 1 -> [2, 0, 2, 0]
+    latents = torch.zeros(1, 1, 2, 4, 4)
+    latents[0, 0, 0] = 1.0
+    latents[0, 0, 1, :, :2] = 2.0
+    assert latent_features(latents, grid=2).tolist() == [[1.0, 1.0, 1.0, 1.0, 2.0, 0.0, 2.0, 0.0]]
+    with pytest.raises(ValueError, match="latent_features takes"):
+        latent_features(torch.zeros(1, 4, 4))

@@ -144,3 +144,65 @@ def test_masked_fraction():
     assert masked_fraction(keep, torch.zeros(2)).item() == 0.0
     # per position (B, T, H, W) with (B,) weights
     assert masked_fraction(torch.tensor([[[[0.0, 1.0]]], [[[0.0, 0.0]]]]), torch.tensor([1.0, 0.0])).item() == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside Flow-GRPO's loss (rl/sde.py flow_grpo_loss): loss=dppo_kl / dppo_tv, and a gate's KL weights
+# ---------------------------------------------------------------------------------------------
+def test_flow_grpo_loss_with_dppo_masks_by_hand():
+    from cac_align.rl.sde import flow_grpo_loss
+
+    # two samples of one element each, std 1: sample 0's mean moved by 0.1 from the old (KL 0.1^2 / 2 = 0.005), sample 1's by
+    # 0.001 (KL 5e-7); both ratios above 1 with positive advantages, delta 1e-6: sample 0 is masked, sample 1 kept.
+    # loss = mean(-A * r * keep) = (0 + -2 * e^0.01) / 2 = -e^0.01
+    mean, old = torch.tensor([[0.1], [0.001]]), torch.zeros(2, 1)
+    log_prob, old_log_prob = torch.tensor([0.02, 0.01]), torch.zeros(2)
+    loss, said = flow_grpo_loss(log_prob, old_log_prob, torch.tensor([1.0, 2.0]), clip_range=1e-4, mean=mean, std=1.0, trust_region="dppo_kl",
+                                delta=1e-6, old_mean=old)
+    assert float(loss) == pytest.approx(-math.exp(0.01), rel=1e-6)
+    assert float(said["masked_fraction"]) == 0.5 and float(said["divergence"]) == pytest.approx((0.005 + 5e-7) / 2, rel=1e-5)
+    # the TV of the same moves: erf(0.1 / (2 sqrt 2)) = 0.0399 and erf(0.001 / (2 sqrt 2)) = 3.99e-4; at delta 1e-3 the same mask
+    tv, said = flow_grpo_loss(log_prob, old_log_prob, torch.tensor([1.0, 2.0]), clip_range=1e-4, mean=mean, std=1.0, trust_region="dppo_tv",
+                              delta=1e-3, old_mean=old)
+    assert float(tv) == pytest.approx(-math.exp(0.01), rel=1e-6) and float(said["masked_fraction"]) == 0.5
+    # PPO's clip (the default) on the same: both ratios above 1 + 1e-4, both clipped: mean(-A * 1.0001) = -1.5 * 1.0001
+    clipped, _ = flow_grpo_loss(log_prob, old_log_prob, torch.tensor([1.0, 2.0]), clip_range=1e-4, mean=mean, std=1.0)
+    assert float(clipped) == pytest.approx(-1.5 * 1.0001, rel=1e-6)
+    with pytest.raises(ValueError, match="needs mean, old_mean, std and delta"):
+        flow_grpo_loss(log_prob, old_log_prob, torch.tensor([1.0, 2.0]), clip_range=1e-4, trust_region="dppo_kl", delta=1e-6)
+
+
+def test_flow_grpo_loss_with_dppo_per_position():
+    from cac_align.rl.sde import flow_grpo_loss
+
+    # one sample, 1 channel x (1, 1, 2) positions; the credit map [2, 0] (mean 1); position 0's mean moved by 0.1 (KL 0.005 > 1e-6)
+    # with its log-ratio 0.02 > 0 and A_p = 2 * 1 > 0: masked; position 1 moved by 0 (kept), A_p = 0: its term is 0 whatever it is.
+    # loss = mean over positions of -A_p r_p keep_p = (0 + 0) / 2 = 0; masked fraction 1/2
+    mean, old = torch.tensor([[[[[0.1, 0.0]]]]]), torch.zeros(1, 1, 1, 1, 2)
+    log_map, old_map = torch.tensor([[[[0.02, 0.0]]]]), torch.zeros(1, 1, 1, 2)
+    loss, said = flow_grpo_loss(log_map.mean(dim=(1, 2, 3)), old_map.mean(dim=(1, 2, 3)), torch.tensor([1.0]), clip_range=1e-4, mean=mean, std=1.0,
+                                log_prob_map=log_map, old_log_prob_map=old_map, credit=torch.tensor([[[[2.0, 0.0]]]]), trust_region="dppo_kl",
+                                delta=1e-6, old_mean=old)
+    assert float(loss) == 0.0 and float(said["masked_fraction"]) == 0.5 and float(said["divergence"]) == pytest.approx(0.0025, rel=1e-5)
+    with pytest.raises(ValueError, match="DPPO's mask is the default localized estimator's"):
+        flow_grpo_loss(log_map.mean(dim=(1, 2, 3)), old_map.mean(dim=(1, 2, 3)), torch.tensor([1.0]), clip_range=1e-4, mean=mean, std=1.0,
+                       log_prob_map=log_map, old_log_prob_map=old_map, credit=torch.ones(1, 1, 1, 2), estimator="vipo", trust_region="dppo_kl",
+                       delta=1e-6, old_mean=old)
+
+
+def test_a_gates_kl_weights_count_the_named_samples_only():
+    from cac_align.rl.nft import nft_loss
+    from cac_align.rl.sde import flow_grpo_loss
+
+    # three samples of one element, std 1, means 1, 2, 3 against the reference's 0: KL 0.5, 2, 4.5; gate weights [2, 0, 0] (one sample
+    # of two gated, scaled by 1 / (1/2)... as step_gate gives); the KL term = mean(w * kw * kl) = (2 * 0.5 + 0 + 0) / 3 = 1/3
+    mean, ref = torch.tensor([[1.0], [2.0], [3.0]]), torch.zeros(3, 1)
+    _, said = flow_grpo_loss(torch.zeros(3), torch.zeros(3), torch.zeros(3), clip_range=0.2, mean=mean, ref_mean=ref, std=1.0, beta=1.0,
+                             kl_weights=torch.tensor([2.0, 0.0, 0.0]))
+    assert float(said["kl"]) == pytest.approx(1 / 3, rel=1e-6)
+    _, plain = flow_grpo_loss(torch.zeros(3), torch.zeros(3), torch.zeros(3), clip_range=0.2, mean=mean, ref_mean=ref, std=1.0, beta=1.0)
+    assert float(plain["kl"]) == pytest.approx(7 / 3, rel=1e-6)  # no gate: (0.5 + 2 + 4.5) / 3
+    # NFT's velocity KL, mean((v - v_ref)^2): 1, 4, 9 -> with the same weights (2 * 1) / 3
+    v, v_ref = mean.reshape(3, 1, 1, 1, 1), ref.reshape(3, 1, 1, 1, 1)
+    _, nft = nft_loss(v, v, v, v, torch.full((3,), 0.5), torch.zeros(3), beta=1.0, ref_prediction=v_ref, kl_beta=1.0, kl_weights=torch.tensor([2.0, 0.0, 0.0]))
+    assert float(nft["kl_div_loss"]) == pytest.approx(2 / 3, rel=1e-6)
