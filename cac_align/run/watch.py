@@ -21,6 +21,7 @@ reward's mean rose.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +63,16 @@ class HackingAlarm:
     judge_fall: float
     evaluations: int
     component: bool = False
+    gated_fraction: float | None = None  # the share of the last step's samples the gate regularized (regularize.gate), if on
 
     def message(self, trained: str) -> str:
         if self.component:
             return (f"a component collapsed: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                     f"{self.trained_rise:.4g} while its component {self.judge!r} fell by {self.judge_fall:.4g} (the sum hides it)")
+        guard = ("; regularize.gate=uncertain would hold back the samples the judges disagree on (docs/flow_grpo.md, 'When your reward "
+                 "is hacked')" if self.gated_fraction is None else f"; the gate regularized {self.gated_fraction:.0%} of the last step's samples")
         return (f"possible reward hacking: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
-                f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}")
+                f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}{guard}")
 
 
 def hacking_alarms(trained: Sequence[float], held_out: Mapping[str, Sequence[float]], window: int, margin: float) -> list[HackingAlarm]:
@@ -150,6 +154,8 @@ class RunWatch:
             self.history[f"component/{part}"].append(metrics[f"eval/components/{part}_raw_mean"])
         window, margin = self.settings.window, self.settings.margin
         alarms = hacking_alarms(self.history["reward"], {label: self.history[label] for label in self.held_out}, window, margin)
+        gated = metrics.get("regularize/gated_fraction")  # beside the alarm: what the gate did (regularize.gate), if it is on
+        alarms = [dataclasses.replace(a, gated_fraction=gated) for a in alarms] if gated is not None else alarms
         alarms += component_alarms(self.history["reward"], {part: self.history[f"component/{part}"] for part in self.parts}, window, margin)
         metrics["watch/alarms"] = len(alarms)
         return alarms

@@ -244,3 +244,28 @@ def test_nft_takes_the_gates_weights_and_an_adaptive_reference(tmp_path, monkeyp
     assert (weights > 0).any() and (weights == 0).any()
     assert [r.get("regularize/reference_reset", 0.0) for r in rows] == [0.0, 1.0] and 0 < rows[0]["regularize/gated_fraction"] < 1
     assert (out / "checkpoints/step_000002/reference.safetensors").is_file() and (out / "checkpoints/step_000002/old_policy.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The proxy that can be hacked (benchmarks/rl/reward_hacking.py), short
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # two 10-step runs of the benchmark's toy (about 20 s): `pytest -m slow tests/jobs/test_guards.py`
+def test_the_hackable_proxy_is_hacked_by_plain_flow_grpo_and_the_gate_watches_every_training_sample(tmp_path):
+    """The benchmark's toy: trained on brightness, plain Flow-GRPO raises the green with the other channels, so the
+    held-out judge (less green) falls while the proxy rises: the hack is real (3 seeds x 20 steps in benchmarks/README.md).
+    With the gate its judge scores every training sample and the KL holds some of them; what that buys on this toy is the
+    benchmark's table, not a promise of this test (on the tiny LoRA every sample moves alike: docs/flow_grpo.md)."""
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "rl"))
+    try:
+        import reward_hacking
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks" / "rl"))
+    plain = reward_hacking.train("plain", 1, 10, 5, tmp_path / "plain", [])
+    assert [r["step"] for r in plain] == [0, 5, 10]
+    assert plain[-1]["eval/reward_mean"] > plain[0]["eval/reward_mean"] and plain[-1]["eval/colour/mean"] < plain[0]["eval/colour/mean"]
+    gated = reward_hacking.train("gate_base", 1, 10, 5, tmp_path / "gate", [])
+    rows = _metrics(tmp_path / "gate")
+    assert all(np.isfinite(r["regularize/colour_mean"]) for r in rows) and any(r["regularize/gated_fraction"] > 0 for r in rows)
+    assert gated[0]["eval/reward_mean"] == plain[0]["eval/reward_mean"]  # the same step 0: the arms differ only in their guards

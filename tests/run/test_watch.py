@@ -38,3 +38,18 @@ def test_settings_are_checked():
         WatchSettings(window=1)
     with pytest.raises(ValueError, match="margin must be >= 0"):
         WatchSettings(margin=-0.1)
+
+
+def test_an_alarm_says_what_the_gate_did_or_that_it_could():
+    from cac_align.run.watch import RunWatch
+
+    def watch(with_gate: bool) -> list:
+        w = RunWatch(WatchSettings(window=2, margin=0.0), ["judge"], [])
+        w.add({"eval/reward_mean": 0.5, "eval/judge/mean": 0.9})
+        second = {"eval/reward_mean": 0.6, "eval/judge/mean": 0.8, **({"regularize/gated_fraction": 0.125} if with_gate else {})}
+        return w.add(second)
+
+    (gated,) = watch(True)
+    assert gated.gated_fraction == 0.125 and gated.message("proxy").endswith("; the gate regularized 12% of the last step's samples")
+    (plain,) = watch(False)
+    assert plain.gated_fraction is None and "regularize.gate=uncertain would hold back the samples the judges disagree on" in plain.message("proxy")
