@@ -334,7 +334,6 @@ class FlowGrpoConfig:
         check_guards(self)  # loss, advantage.aggregate, regularize (rewards/guards.py)
 
 
-
 # ---------------------------------------------------------------------------------------
 # Pure pieces
 # ---------------------------------------------------------------------------------------
@@ -380,16 +379,9 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
     are refused; a run of this config needs ``resume=true`` (continue) or ``overwrite=true``."""
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS, images)
-    advantage = fingerprint.get("advantage", {})
-    if advantage.get("shuffle_scores") is False:  # added later: at its default, a run folder of before it still matches
-        advantage.pop("shuffle_scores")
-    if advantage.get("routing") == "summed":  # likewise (issue #89's settings)
-        advantage.pop("routing")
+    advantage = fingerprint.get("advantage", {})  # settings added later, at their defaults, are out of it (run/folder.py LATER_DEFAULTS)
     if config.regularize.gated and not config.regularize.judges:  # the gate's judges are the held-out ones: no longer run-only
         fingerprint["regularize"]["judges"] = resolved["eval_rewards"]
-    for key, default in (("audio", "frozen"), ("audio_rewards_blind_ok", False), ("optimizer", "adamw")):  # added later (#89, #92)
-        if fingerprint.get(key) == default:
-            fingerprint.pop(key)
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
         advantage.pop("localize", None)
     else:  # settings added later, at their defaults: a localized run folder of before them still matches
@@ -661,7 +653,7 @@ class _Trainer:
             scores = shuffle_within_groups(scores, step_groups, np.random.default_rng([config.seed, step, 0x5C0E]))
         gather = lambda v: layout.gather(acc, v)  # noqa: E731  (every process's, each context-parallel group's once)
         # GDPO's per component (advantage.aggregate), GARDO's diversity; then regularize.gate: the KL where the judges disagree
-        adv = step_advantages(config, self.reward, outputs, scores, step_groups, torch.cat([t.latents[:, -1] for t in trajectories]), gather)
+        adv = step_advantages(config, self.reward, outputs, scores, step_groups, trajectories, gather)
         kl_weights = self.guards.kl_weights(judged, scores, adv.trainable, local, gather, metrics, device)
         metrics["zero_std_fraction"] = adv.zero_std_fraction
         metrics["trained_fraction"] = float(adv.trainable.mean())

@@ -147,14 +147,14 @@ class RunGuards:
             load_lora_copy(self.reference, folder / REFERENCE_FILE, "the adaptive reference (regularize.reference=adaptive)")
 
 
-def step_advantages(config: Any, reward: Any, outputs: list[Any], scores: np.ndarray, step_groups: list[int], final_latents: torch.Tensor,
+def step_advantages(config: Any, reward: Any, outputs: list[Any], scores: np.ndarray, step_groups: list[int], trajectories: list[Any],
                     gather: Callable[[np.ndarray], np.ndarray]) -> GroupAdvantages:
     """The step's group advantages (the trainers' step 4): of the combined ``scores``, or (``advantage.aggregate:
     normalize_then_sum``, GDPO) of each component's raw score normalized in its group, summed with the combination's
     weights and normalized over the step (:func:`~cac_align.rl.advantages.normalize_then_sum`; every process scored,
     so each reads the parts); then, with ``regularize.diversity: latents``, a group's good samples amplified by how far
-    their pooled final latents (``final_latents``: this process's ``(B, C, T, H, W)``) lie from each other, and
-    clipped again (:func:`~cac_align.rl.gardo.diversity_multipliers`)."""
+    their pooled final latents (of this process's ``trajectories``, gathered) lie from each other, and clipped again
+    (:func:`~cac_align.rl.gardo.diversity_multipliers`)."""
     if config.advantage.aggregate == "normalize_then_sum":
         table = route_table(reward)
         columns = {name: gather(np.concatenate([component_raw(o, name) for o in outputs])) for name in table}
@@ -164,7 +164,8 @@ def step_advantages(config: Any, reward: Any, outputs: list[Any], scores: np.nda
     else:
         adv = group_advantages(scores, step_groups, std=config.adv_std, clip=config.adv_clip_max)
     if config.regularize.diversity == "latents":
-        features = gather(latent_features(final_latents).reshape(-1)).reshape(len(scores), -1)
+        final = torch.cat([t.latents[:, -1] for t in trajectories])  # this process's clean latents (B, C, T, H, W)
+        features = gather(latent_features(final).reshape(-1)).reshape(len(scores), -1)
         amplified = adv.advantages * diversity_multipliers(scores, features, step_groups)
         adv.advantages = np.clip(amplified, -config.adv_clip_max, config.adv_clip_max).astype(np.float32)
     return adv

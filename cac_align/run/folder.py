@@ -94,6 +94,9 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   "parallel.share_encoders": None, "parallel.share_dir": None,
                   # parallel.timeout_s (gen/parallel/dims.py DEFAULT_TIMEOUT_S): run-only in both trainers too, so a resumed run may change it
                   "parallel.timeout_s": 1800.0,
+                  # the generator trainers' settings added later (#89, #92): at their defaults, the trainers as before
+                  "advantage.shuffle_scores": False, "advantage.routing": "summed", "audio": "frozen", "audio_rewards_blind_ok": False,
+                  "optimizer": "adamw",
                   # the guards against reward hacking (#104): at their defaults, the trainers as before
                   "loss": "ppo_clip", "dppo_delta": None, "advantage.aggregate": "sum_then_normalize",
                   **{f"regularize.{key}": value for key, value in (("gate", "none"), ("judges", {}), ("fraction", 0.1), ("adapt_fraction", True),

@@ -10,6 +10,7 @@ note of issue #104), and test_the_guards_at_their_defaults_leave_run_folders_as_
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -206,7 +207,8 @@ def test_step_advantages_gdpo_from_a_combined_rewards_outputs_and_diversity(tmp_
     groups = [0, 0, 0, 1, 1, 1]
     config = _config(tmp_path, "advantage.aggregate=normalize_then_sum")
     latents = torch.randn(6, 4, 2, 4, 4)
-    got = step_advantages(config, reward, [output], output.scores, groups, latents, lambda v: v)
+    trajectories = [SimpleNamespace(latents=latents[:, None])]  # one sampled batch: its last (only) step's latents
+    got = step_advantages(config, reward, [output], output.scores, groups, trajectories, lambda v: v)
     brightness = np.array([v.frames.mean() / 255 for v in videos])
     green = np.array([1 - v.frames[..., 1].mean() / 255 for v in videos])
     want = normalize_then_sum({"brightness": brightness, "colour": green}, groups, weights={"brightness": 0.75, "colour": 0.25}, clip=config.adv_clip_max)
@@ -216,8 +218,9 @@ def test_step_advantages_gdpo_from_a_combined_rewards_outputs_and_diversity(tmp_
         run(_config(tmp_path / "single", "advantage.aggregate=normalize_then_sum", "steps=1"), pipe=build_tiny_wan_pipeline(seed=0),
             decode=latent_preview)
     # diversity: the combined score's advantages times GARDO's multipliers on the pooled latents, clipped again
-    plain = step_advantages(_config(tmp_path), reward, [output], output.scores, groups, latents, lambda v: v)
-    amplified = step_advantages(_config(tmp_path, "regularize.diversity=latents"), reward, [output], output.scores, groups, latents, lambda v: v)
+    plain = step_advantages(_config(tmp_path), reward, [output], output.scores, groups, trajectories, lambda v: v)
+    amplified = step_advantages(_config(tmp_path, "regularize.diversity=latents"), reward, [output], output.scores, groups, trajectories,
+                                lambda v: v)
     multipliers = diversity_multipliers(output.scores, latent_features(latents), groups)
     assert np.allclose(amplified.advantages, np.clip(plain.advantages * multipliers, -5, 5), atol=1e-6) and not np.allclose(multipliers, 1)
 
