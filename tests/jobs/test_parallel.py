@@ -746,3 +746,24 @@ def test_nft_fsdp2_under_sgd_equals_one_process_to_1e_9_through_step_2_resumed(t
         for name in ("model.safetensors", "old_policy.safetensors"):
             assert_same_lora(two / "checkpoints" / step / name, steps / step / name, 1e-9)
     assert_same_lora(two / LORA, one / LORA, 1e-9)
+
+
+@pytest.mark.slow
+def test_the_guards_sharded_on_two_processes_train_as_data_parallel(tmp_path):
+    """Issue #104's guards on FSDP2 over two processes: the gate (its judge scores each process's samples, gathered), the
+    adaptive reference (reset every step, its copy sharded and written whole) and DPPO (the sampler's mean recomputed from
+    the step's first LoRA in the second update) give what two processes of data parallel give, on the same samples
+    (with two updates a step, one process splits the step's samples into other updates: a run of its own)."""
+    common = ("steps=2", "checkpoint_every=1", "eval_prompts=recipes/align/prompts_tiny.txt", "eval_every=100", "eval_videos=0",
+              "eval_rewards.green.name=colour", "eval_rewards.green.channel=green", "regularize.gate=uncertain", "regularize.fraction=0.5",
+              "regularize.adapt_fraction=false", "regularize.reference=adaptive", "regularize.reset_every=1", "regularize.kl_bound=null",
+              "loss=dppo_kl", "updates_per_step=2", "train_batch_size=1")
+    one = launch("flow-grpo", BRIGHTNESS, tmp_path / "one", *common, processes=2)  # data parallel, whole on each
+    two = launch("flow-grpo", BRIGHTNESS, tmp_path / "two", *common, "parallel.shard=fsdp2", processes=2)
+    for got, want in zip(metrics(two), metrics(one)):
+        for key in ("regularize/gated_fraction", "regularize/green_mean", "train/masked_fraction"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6), key
+        assert got.get("regularize/reference_reset") == want.get("regularize/reference_reset")
+    assert metrics(one)[1]["regularize/reference_reset"] == 1.0
+    for name in ("model.safetensors", "reference.safetensors"):
+        assert_same_lora(two / "checkpoints/step_000002" / name, one / "checkpoints/step_000002" / name, 1e-4)
