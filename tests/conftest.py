@@ -22,15 +22,21 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 def pytest_configure(config) -> None:
     """In an xdist worker: one intra-op thread (two workers on two cores with two threads each
-    run the suite twice as slow as one process), for torch here and for the processes tests start."""
+    run the suite twice as slow as one process), for torch here and for the processes tests start.
+    Everywhere: the width the CLI fits its tables to (``check-recipe``: ``$COLUMNS``, else the
+    terminal's) is 100 columns, its own fallback, whoever runs the suite: an xdist worker has
+    ``COLUMNS=80`` set (pytest-xdist's), a terminal its own, and a test reading the plan's rows
+    should not depend on either (a test of the fitting sets its own)."""
     import os
 
+    os.environ["COLUMNS"] = "100"
     if os.environ.get("PYTEST_XDIST_WORKER"):
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = "1"
         import torch
 
         torch.set_num_threads(1)
+
 
 def tiny_recipes_by_family(prefix: str) -> dict[str, list[str]]:
     """``{family name: [recipe file names]}``: the tiny recipes ``recipes/align/<prefix>*.yaml`` of every

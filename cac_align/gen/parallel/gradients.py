@@ -18,7 +18,7 @@ so an expert reduces at the last backward that runs *it* (the trainer knows whic
 runs before the loop: :func:`reducing_backwards`), not at the update's last, which may run the other
 expert alone. torchtitan reduce-scatters every microbatch to save memory and defers only HSDP's
 all-reduce across replicas (its PR #4505); here only the LoRA has gradients, so both are deferred: a
-process holds its LoRA's gradients whole (fp32) until the reduction, megabytes (the memory plan counts
+process holds its LoRA's gradients whole (fp32) until the reduction, 0.1 to 1.6 GiB in the shipped recipes (the memory plan counts
 them: plan/rows.py), and a step sends one reduction of them across nodes where it sent one a backward.
 """
 
