@@ -322,7 +322,6 @@ def flow_grpo_loss(
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     w = torch.ones_like(ratio) if weights is None else weights.to(ratio.dtype)
-    position_metrics: dict[str, torch.Tensor] = {}
     divergence = None
     if trust_region != "ppo_clip":  # DPPO: the old and the current Gaussian step's divergence (rl/trust_region.py)
         from cac_align.rl.trust_region import divergence_of
@@ -330,30 +329,8 @@ def flow_grpo_loss(
         if mean is None or old_mean is None or std is None or delta is None:
             raise ValueError(f"trust_region={trust_region!r} needs mean, old_mean, std and delta")
         divergence = divergence_of(trust_region, mean.detach(), old_mean, std, positions=credit is not None)
-    if credit is not None:
-        if log_prob_map is None or old_log_prob_map is None:
-            raise ValueError("localized credit needs log_prob_map and old_log_prob_map beside the credit maps")
-        from cac_align.rl.credit import localized_policy_loss, vipo_policy_loss
-
-        if estimator == "vipo":
-            if divergence is not None:
-                raise ValueError("DPPO's mask is the default localized estimator's; ViPO's estimator clips its ratio")
-            if low != high:
-                raise ValueError(f"ViPO's estimator clips symmetrically; got clip_range {clip_range}")
-            policy_loss, position_metrics = vipo_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, adv_clamp, w)
-        elif estimator == "default":
-            policy_loss, position_metrics = localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w,
-                                                                  divergence=divergence, delta=delta)
-        else:
-            raise ValueError(f"unknown localized estimator {estimator!r}")
-    elif divergence is not None:
-        from cac_align.rl.trust_region import divergence_masked_surrogate, masked_fraction
-
-        per_sample, keep = divergence_masked_surrogate(log_ratio, advantages, divergence, delta)
-        policy_loss = (w * per_sample).mean()
-        position_metrics = {"masked_fraction": masked_fraction(keep, w), "divergence": (divergence * (w > 0)).sum() / (w > 0).sum().clamp(min=1)}
-    else:
-        policy_loss = (w * clipped_surrogate(log_ratio, advantages, low, high)).mean()
+    policy_loss, position_metrics = _policy_term(log_ratio, advantages, w, (low, high), divergence, delta, log_prob_map, old_log_prob_map, credit,
+                                                 estimator, adv_clamp)
     if beta > 0:
         if mean is None or ref_mean is None or std is None:
             raise ValueError("beta > 0 needs mean, ref_mean and std for the KL term")
@@ -385,6 +362,35 @@ def flow_grpo_loss(
         }
         metrics.update(position_metrics)  # localized: the ratio and clipping over positions
     return loss, metrics
+
+
+def _policy_term(log_ratio: torch.Tensor, advantages: torch.Tensor, w: torch.Tensor, clip: tuple[float, float], divergence: torch.Tensor | None,
+                 delta: float | None, log_prob_map: torch.Tensor | None, old_log_prob_map: torch.Tensor | None, credit: torch.Tensor | None,
+                 estimator: str, adv_clamp: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`flow_grpo_loss`'s policy term and its own metrics: per position with ``credit`` (the default
+    estimator or ViPO's), else per sample; PPO's clip, or DPPO's mask where ``divergence`` is given."""
+    low, high = clip
+    if credit is not None:
+        if log_prob_map is None or old_log_prob_map is None:
+            raise ValueError("localized credit needs log_prob_map and old_log_prob_map beside the credit maps")
+        from cac_align.rl.credit import localized_policy_loss, vipo_policy_loss
+
+        if estimator == "vipo":
+            if divergence is not None:
+                raise ValueError("DPPO's mask is the default localized estimator's; ViPO's estimator clips its ratio")
+            if low != high:
+                raise ValueError(f"ViPO's estimator clips symmetrically; got clip_range {clip}")
+            return vipo_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, adv_clamp, w)
+        if estimator == "default":
+            return localized_policy_loss(log_prob_map, old_log_prob_map, advantages, credit, low, high, w, divergence=divergence, delta=delta)
+        raise ValueError(f"unknown localized estimator {estimator!r}")
+    if divergence is not None:
+        from cac_align.rl.trust_region import divergence_masked_surrogate, masked_fraction
+
+        per_sample, keep = divergence_masked_surrogate(log_ratio, advantages, divergence, delta)
+        kept = (w > 0).to(divergence.dtype)
+        return (w * per_sample).mean(), {"masked_fraction": masked_fraction(keep, w), "divergence": (divergence * kept).sum() / kept.sum().clamp(min=1)}
+    return (w * clipped_surrogate(log_ratio, advantages, low, high)).mean(), {}
 
 
 class SideStreamLoss:
