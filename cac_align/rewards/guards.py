@@ -54,7 +54,8 @@ def check_guards(config: Any) -> None:
                          "steps keep their clip) nor advantage.localize.estimator=vipo; use loss=ppo_clip there")
     guard = config.regularize
     if (guard.gated or guard.adaptive) and not (config.beta > 0):
-        raise ValueError(f"regularize.gate={guard.gate} and regularize.reference={guard.reference} act on the KL term: set beta > 0")
+        acting = " and ".join(s for s, on in ((f"regularize.gate={guard.gate}", guard.gated), (f"regularize.reference={guard.reference}", guard.adaptive)) if on)
+        raise ValueError(f"{acting} act(s) on the KL term, which beta={config.beta:g} turns off: set beta > 0")
     if guard.gated and not (guard.judges or config.eval_rewards):
         raise ValueError("regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards (the run's held-out judges)")
     for label, section in guard.judges.items():

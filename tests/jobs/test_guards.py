@@ -65,8 +65,8 @@ def test_the_guards_at_their_defaults_leave_run_folders_as_they_were(tmp_path):
 
 @pytest.mark.parametrize("overrides, said", [
     (["regularize.gate=uncertain"], "regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards"),
-    ([*JUDGE, "regularize.gate=uncertain", "beta=0"], "regularize.gate=uncertain and regularize.reference=base act on the KL term: set beta > 0"),
-    (["regularize.reference=adaptive", "beta=0"], "act on the KL term: set beta > 0"),
+    ([*JUDGE, "regularize.gate=uncertain", "beta=0"], "regularize.gate=uncertain act(s) on the KL term, which beta=0 turns off: set beta > 0"),
+    (["regularize.reference=adaptive", "beta=0"], "regularize.reference=adaptive act(s) on the KL term, which beta=0 turns off"),
     (["dppo_delta=1e-6"], "dppo_delta=1e-06 is DPPO's threshold: > 0, with loss dppo_kl or dppo_tv"),
     (["loss=dppo_kl", "advantage.localize.enabled=true", "advantage.localize.estimator=vipo"], "loss=dppo_kl masks the video's policy loss"),
     (["loss=trust_me"], "loss must be one of ('ppo_clip', 'dppo_kl', 'dppo_tv')"),
