@@ -132,7 +132,7 @@ def run(config: ScoreConfig, reward: Reward | None = None) -> list[dict]:
     if config.synth_videos == 0:
         assert config.videos is not None
         manifest = config.videos if config.prompts is None and Path(config.videos).suffix.lower() in JSON_SUFFIXES else None
-        check_prompts_read(paths, prompts, reward.name, reward.reads_prompt, manifest=manifest)
+        check_prompts_read(paths, prompts, reward.name, reward.reads_prompt, manifest=manifest, needs_prompt=reward.needs_prompt)
         say_pairing(paths, prompts)  # how the prompts met the videos (a prompts file's, a manifest's), said before anything is scored
     run_folder.start()
     if config.synth_videos > 0:

@@ -211,6 +211,10 @@ class Reward(Protocol):
         reads_prompt: whether its score depends on the generating prompt (CLAP: yes; AudioBox's
             aesthetics and a synchrony reward: no). A trainer refuses a text-to-sound run whose
             audio components are all prompt-blind, unless the recipe allows it.
+        needs_prompt: whether it cannot score a video without its prompt (UnifiedReward, CLAP: a
+            sample without one is invalid); CaC reads a prompt where there is one and judges a video
+            without (false). ``score`` refuses a manifest whose lines give some videos a prompt and
+            not others for a reward that needs it.
         modalities: the modality of each component by name (a combined reward's); ``{name:
             modality}`` for a reward of one part.
     """
@@ -220,6 +224,7 @@ class Reward(Protocol):
     components: tuple[str, ...]
     modality: str
     reads_prompt: bool
+    needs_prompt: bool
     modalities: Mapping[str, str]
 
     def __call__(self, videos: Any, prompts: Sequence[str | None], metadata: Any = None) -> RewardOutput: ...
@@ -248,6 +253,7 @@ class RewardBase:
     components: tuple[str, ...] = ()
     modality: str = "video"
     reads_prompt: bool = True
+    needs_prompt: bool = True
 
     @property
     def modalities(self) -> Mapping[str, str]:

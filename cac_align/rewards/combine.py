@@ -89,6 +89,7 @@ class CombinedReward(RewardBase):
         judged = set(self._modalities.values())
         self.modality = "video" if judged == {"video"} else "audio" if judged == {"audio"} else "both"
         self.reads_prompt = any(r.reads_prompt for r in rewards)
+        self.needs_prompt = any(r.needs_prompt for r in rewards)  # a part that cannot score without it
         self.weights = np.array(weights) / sum(weights)
         self.normalizers = [build_normalizer(n, f"normalizer of {r}") for n, r in zip(normalizers, names)]
         self.invalid = invalid

@@ -223,7 +223,7 @@ def _built(name: str, config: Any, where: str) -> Reward:
     except TypeError as exc:
         raise ValueError(f"{where}: {name} does not accept these arguments: {exc}") from None
     if not isinstance(reward, Reward):
-        missing = [m for m in ("name", "score_range", "components", "modality", "reads_prompt", "modalities", "__call__", "state_dict", "load_state_dict", "to") if not hasattr(reward, m)]
+        missing = [m for m in ("name", "score_range", "components", "modality", "reads_prompt", "needs_prompt", "modalities", "__call__", "state_dict", "load_state_dict", "to") if not hasattr(reward, m)]
         raise ValueError(
             f"{where}: {name} returned {type(reward).__name__}, which lacks {', '.join(missing)} of the Reward contract; "
             "subclass cac_align.rewards.base.RewardBase (it gives the defaults) and write name and __call__"

@@ -211,21 +211,24 @@ def _by_name(paths: list[str], named: list[tuple[int, str, str]], prompts: str) 
     return [found[k][1] for k in range(len(paths))]
 
 
-def check_prompts_read(paths: list[str], prompts: list[str | None], reward_name: str, reads_prompt: bool, manifest: str | None = None) -> None:
+def check_prompts_read(paths: list[str], prompts: list[str | None], reward_name: str, reads_prompt: bool, manifest: str | None = None,
+                       needs_prompt: bool = True) -> None:
     """Refuse an empty prompt for a reward whose score depends on the prompt (its ``reads_prompt``):
     it would score the video against nothing and call it valid (as ``bon`` refuses an empty one).
 
     ``manifest``: the JSONL manifest the videos and their prompts came from (no prompts file beside
-    it). Its lines are held to what a prompts file is held to: where any line gives a prompt, a line
-    whose ``"prompt"`` is empty or absent is refused, naming the line; a manifest that gives no prompt
-    at all is a set of videos without prompts, as a folder is."""
+    it). For a reward that cannot score a video without its prompt (``needs_prompt``: UnifiedReward),
+    where any line gives a prompt, a line whose ``"prompt"`` is empty or absent is refused, naming the
+    line. A manifest that gives no prompt at all is a set of videos without prompts, as a folder is;
+    and for a reward that reads a prompt where there is one (CaC), a line's empty ``"prompt"`` is an
+    unknown prompt, as the converted annotation files write it (docs/train_your_own_cac.md scores one)."""
     if not reads_prompt:
         return
     empty = [Path(p).name for p, q in zip(paths, prompts) if q is not None and not q.strip()]
     if empty:
         raise RecipeError(f"{len(empty)} video(s) have an empty prompt ({', '.join(empty[:5])}), and the reward {reward_name!r} reads the "
                           "prompt: give each its prompt, or leave the prompt out entirely")
-    if manifest is None or all(q is None for q in prompts):
+    if manifest is None or not needs_prompt or all(q is None for q in prompts):
         return
     rows = [(number, line) for number, line in enumerate(text_lines(Path(manifest)), start=1) if line.strip()]
     lacking = [(number, Path(path).name, "an empty" if "prompt" in json.loads(line) else "no")

@@ -432,6 +432,11 @@ def test_a_manifests_prompts_are_held_to_a_prompts_files_rules_and_their_pairing
 
     assert not BrightnessReward.reads_prompt
     assert len(run(config)) == 2  # a reward that reads no prompt: nothing to refuse
+    # a reward that reads a prompt where there is one and judges a video without (CaC: needs_prompt false): the empty line is
+    # an unknown prompt, as the converted annotation files write it (docs/train_your_own_cac.md scores one such manifest)
+    optional = _EchoPrompt()
+    optional.needs_prompt = False
+    assert [r["details"]["prompt_seen"] for r in run(config, reward=optional)] == ["a red ball", None]
     manifest.write_text('{"video": "videos/v0.mp4", "prompt": "a red ball"}\n{"video": "videos/v1.mp4", "prompt": "a blue cube"}\n')
     capsys.readouterr()
     rows = run(config, reward=_EchoPrompt())

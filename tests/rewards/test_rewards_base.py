@@ -110,7 +110,7 @@ def make_no_call() -> NoCall:
 def test_a_factory_reward_must_have_the_whole_contract():
     # the trainers call state_dict / load_state_dict / to and read score_range and components directly,
     # so a reward without them is refused when it is built, naming what it lacks
-    with pytest.raises(ValueError, match="lacks score_range, components, modality, reads_prompt, modalities, state_dict, load_state_dict, to of the Reward contract; subclass"):
+    with pytest.raises(ValueError, match="lacks score_range, components, modality, reads_prompt, needs_prompt, modalities, state_dict, load_state_dict, to of the Reward contract; subclass"):
         build_reward({"name": "test_rewards_base:make_call_only"})
     with pytest.raises(ValueError, match="NoCall, which lacks __call__ of the Reward contract"):
         build_reward({"name": "test_rewards_base:make_no_call"})
