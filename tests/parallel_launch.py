@@ -30,11 +30,11 @@ Two switches make the controls the test expects to FAIL its equality:
 - ``CAC_TEST_PERTURB_RANK=R``: process R draws other noise (its samples' seeds + 1).
 
 Gradient reductions (issue #105), sharded: each record says, per expert, how many reduce-scatters and all-reduces
-across the replicas (HSDP) FSDP2 made for its units and how many bytes those all-reduces carried (``reductions``),
-how many of its units hold LoRA parameters (``lora_units``) and how many optimizer updates the run made (``updates``,
-flow-grpo and nft). ``CAC_TEST_SYNC_LAST_ONLY=1``, the control, reduces every expert at the update's last backward
+across the replicas (HSDP) FSDP2 made for its units and how many bytes those all-reduces carried (``reductions``), in
+how many backwards its units reduced (``reducing_backwards``), how many of its units hold LoRA parameters
+(``lora_units``) and how many optimizer updates the run made (``updates``, flow-grpo and nft). ``CAC_TEST_SYNC_LAST_ONLY=1``, the control, reduces every expert at the update's last backward
 only (an expert that did not run in it never reduces); ``CAC_TEST_SYNC_EVERY_BACKWARD=1`` reduces every expert at
-every backward that runs it, as the trainer did before one reduction per update (benchmarks/parallel/reductions.py).
+every backward that runs it, as the trainer did before one reduction per update (benchmarks/run/gradient_reductions.py).
 
 Hybrid sharding (``parallel.replicate``): ``CAC_TEST_NO_REPLICA_REDUCE=1``, the control, skips FSDP2's all-reduce
 of the gradients over the replicas. Each record says how many bytes of tensors ``Layout.apply`` broadcast
@@ -169,6 +169,9 @@ def _count_reductions(layout, denoiser):
     unit_expert = {id(unit): e for e, expert in enumerate(experts) for unit in parallel.fsdp_units(expert)}
     counts = {e: {"reduce_scatter": 0, "all_reduce_replicas": 0, "all_reduce_bytes": 0} for e in range(len(experts))}
     record["reductions"] = counts
+    # the backwards (each Layout.gradient_sync context of an update) in which each expert's units reduced: a unit a forward
+    # calls twice (MiniMax-H3's, Kandinsky 6's, LTX-2's) reduces twice in its backward, but in one backward an update
+    backward, reduced_in = [0], {e: set() for e in range(len(experts))}
     record["lora_units"] = [sum(any(p.sharded_param.requires_grad for p in unit._get_fsdp_state()._fsdp_param_group.fsdp_params)
                                 for unit in parallel.fsdp_units(expert) if unit._get_fsdp_state()._fsdp_param_group is not None)
                             for expert in experts]
@@ -192,6 +195,7 @@ def _count_reductions(layout, denoiser):
         def reduce_scatter(*args, _original=original, **kwargs):
             if current[0] is not None:
                 counts[current[0]]["reduce_scatter"] += 1
+                reduced_in[current[0]].add(backward[0])
             return _original(*args, **kwargs)
 
         setattr(torch.distributed, name, reduce_scatter)
@@ -206,6 +210,15 @@ def _count_reductions(layout, denoiser):
 
     torch.distributed.all_reduce = counted_all_reduce
     from cac_align.gen.parallel import gradients
+
+    sync = gradients.gradient_sync
+
+    def numbered_sync(*args, **kwargs):
+        backward[0] += 1
+        return sync(*args, **kwargs)
+
+    gradients.gradient_sync = numbered_sync
+    record["reducing_backwards"] = reduced_in  # written as lists below
 
     if os.environ.get("CAC_TEST_SYNC_LAST_ONLY"):  # the control: every expert reduces at the update's last backward only
         gradients.reducing_backwards = lambda runs: [frozenset()] * (len(runs) - 1) + [frozenset(e for r in runs for e in r)]
@@ -406,4 +419,6 @@ if os.environ.get("CAC_TEST_REWARD"):  # a recipe's reward replaced whole (a toy
 run(config)
 if job == "flow-grpo" and sampled:
     save_file({"log_probs": torch.cat(sampled)}, str(out / f"logprobs{rank}.safetensors"))
+if "reducing_backwards" in record:  # per expert: how many backwards reduced its units
+    record["reducing_backwards"] = {str(e): len(seen) for e, seen in record["reducing_backwards"].items()}
 (out / f"record{rank}.json").write_text(json.dumps(record))

@@ -64,12 +64,14 @@ def records(out: Path, processes: int) -> list[dict]:
 
 
 def assert_one_reduction_per_update(found: list[dict]) -> None:
-    """Issue #105: each expert's units holding a LoRA reduced their gradients once per optimizer update (a reduce-scatter
-    each, FSDP2's, at the last backward that ran the expert), not once per backward."""
+    """Issue #105: each expert's units holding a LoRA reduced their gradients in one backward per optimizer update (the
+    last that ran the expert: FSDP2's reduce-scatters, at least one a unit; a unit its forward calls twice, as MiniMax-H3's,
+    reduces twice there), not in every backward."""
     for record in found:
         assert record["updates"] > 0 and len(record["lora_units"]) == len(record["reductions"]), record
         for expert, units in enumerate(record["lora_units"]):
-            assert units > 0 and record["reductions"][str(expert)]["reduce_scatter"] == units * record["updates"], (expert, record["reductions"])
+            assert units > 0 and record["reducing_backwards"][str(expert)] == record["updates"], (expert, record)
+            assert record["reductions"][str(expert)]["reduce_scatter"] >= units * record["updates"], (expert, record["reductions"])
 
 
 def assert_same_lora(got: Path, want: Path, tol: float = 1e-5) -> None:
