@@ -72,7 +72,7 @@ class PromptSplit:
     others: can the tiny policy make a change that depends on the prompt at all (the gate's KL is a sample's, and
     can hold back only what differs between samples)?"""
 
-    name, score_range, modality, reads_prompt, components = "prompt_split", (0.0, 1.0), "video", True, ("prompt_split",)
+    name, score_range, modality, reads_prompt, needs_prompt, components = "prompt_split", (0.0, 1.0), "video", True, True, ("prompt_split",)
 
     def __call__(self, videos, prompts=None, metadata=None):
         import numpy as np

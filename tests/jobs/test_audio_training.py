@@ -240,7 +240,7 @@ class _Scripted:
 
     def __init__(self, name, modality, start, slope):
         self.name, self.modality, self.start, self.slope, self.calls = name, modality, start, slope, 0
-        self.score_range, self.components, self.reads_prompt = (0.0, 1.0), (), True
+        self.score_range, self.components, self.reads_prompt, self.needs_prompt = (0.0, 1.0), (), True, False
         self.modalities = {name: modality}
 
     def __call__(self, videos, prompts, metadata=None):
