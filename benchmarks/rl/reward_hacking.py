@@ -6,7 +6,10 @@ every channel up, the green with them: the proxy rises and the judge falls. The 
 - ``plain``: Flow-GRPO as shipped (the KL to the base model on every sample, ``beta``);
 - ``gate``: ``regularize.gate: uncertain`` with the judge as its auxiliary (GARDO's gate: the KL only on the
   samples the judge rates below the proxy, at GARDO's strength) and ``regularize.reference: adaptive``;
-- ``dppo``: ``loss: dppo_kl`` (DPPO's divergence mask in place of the ratio clip).
+- ``dppo``: ``loss: dppo_kl`` (DPPO's divergence mask in place of the ratio clip);
+- ``hold``: the same gate with ``regularize.hold: worst_case``: the samples it marks train on the worse of the proxy's
+  and the judge's advantages (the KL as plain's, on every sample); ``hold_all``: the same with every sample the proxy
+  rates at or above the judge marked (``fraction: 1``, not adapted).
 
     python benchmarks/rl/reward_hacking.py --seeds 0 1 2 --steps 20          # about 2 minutes an arm and seed here
     python benchmarks/rl/reward_hacking.py --seeds 0 --arms plain gate --steps 10 beta=0.05
@@ -47,6 +50,8 @@ ARMS = {
     "gate_base": ["regularize.gate=uncertain"],  # the gate alone: the KL to the base model
     "gate_under": ["regularize.gate=uncertain", "regularize.reference=adaptive", "regularize.direction=under"],  # GARDO's code's sign
     "dppo": ["loss=dppo_kl"],
+    "hold": ["regularize.gate=uncertain", "regularize.hold=worst_case"],  # the marked samples' advantages lowered to the judge's
+    "hold_all": ["regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1", "regularize.adapt_fraction=false"],
 }
 
 

@@ -500,7 +500,7 @@ class _Trainer:
                              for label, section in config.eval_rewards.items()}
         # the guards against reward hacking (rewards/guards.py): the gate's judges (its own, else the held-out ones)
         judges = {label: build_reward(section, f"regularize.judges.{label}") if self.layout.leader else None for label, section in config.regularize.judges.items()}
-        self.guards = RunGuards(config.regularize, judges or self.eval_rewards, self.unwrapped)
+        self.guards = RunGuards(config.regularize, judges or self.eval_rewards, self.unwrapped, std=config.adv_std, clip=config.adv_clip_max)
         self.dppo_delta = config.dppo_delta or DEFAULT_DELTAS.get(config.loss)
         self.pool = ThreadPoolExecutor(max_workers=config.reward_workers, thread_name_prefix="reward")
         # the reward's servers that are vllm-routers in front of replicas: each step names the replicas found down
@@ -654,7 +654,7 @@ class _Trainer:
         gather = lambda v: layout.gather(acc, v)  # noqa: E731  (every process's, each context-parallel group's once)
         # GDPO's per component (advantage.aggregate), GARDO's diversity; then regularize.gate: the KL where the judges disagree
         adv = step_advantages(config, self.reward, outputs, scores, step_groups, trajectories, gather)
-        kl_weights = self.guards.kl_weights(judged, scores, adv.trainable, local, gather, metrics, device)
+        kl_weights = self.guards.kl_weights(judged, scores, adv, step_groups, local, gather, metrics, device)  # (hold: worst_case: adv)
         metrics["zero_std_fraction"] = adv.zero_std_fraction
         metrics["trained_fraction"] = float(adv.trainable.mean())
         advantages = torch.as_tensor(adv.advantages[local], device=device)

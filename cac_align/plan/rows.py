@@ -158,8 +158,34 @@ class PlanRow:
     phase: str = "resident"
 
 
+class _Verdicts:
+    """What a plan of ``rows`` says of itself (:class:`MemoryPlan`, :class:`JudgesPlan`): its peak, whether it
+    fits a device, and the rows it could not count."""
+
+    rows: list[PlanRow]
+
+    @property
+    def peak_bytes(self) -> int:
+        """Resident bytes plus the largest phase's (:func:`peak_of`): training, encoding, or the videos'
+        (decoded and scored while sampling, or encoded for dpo's cache)."""
+        return peak_of(self.rows)
+
+    def fits(self, device_bytes: int) -> bool:
+        """Whether the counted rows' peak fits ``device_bytes`` (a row not counted adds nothing: see :attr:`unknown_rows`)."""
+        return self.peak_bytes <= device_bytes
+
+    @property
+    def unknown_rows(self) -> list[PlanRow]:
+        """The rows of models not counted (their files are not on this machine): a plan with any cannot say it fits."""
+        return [r for r in self.rows if r.source == "unknown"]
+
+    def unknown_verdict(self) -> str:
+        """A few words: how many models were not counted, and where the recipe names each (:func:`unknown_verdict`)."""
+        return unknown_verdict(self.rows)
+
+
 @dataclass
-class MemoryPlan:
+class MemoryPlan(_Verdicts):
     """Per-GPU bytes of a generator trainer (module docstring) and what they were planned for.
 
     Attributes:
@@ -180,25 +206,6 @@ class MemoryPlan:
 
     def phase_bytes(self, phase: str) -> int:
         return sum(r.bytes for r in self.rows if r.phase == phase)
-
-    @property
-    def peak_bytes(self) -> int:
-        """Resident bytes plus the largest phase's: training, encoding, or the videos' (decoded and
-        scored while sampling, or encoded for dpo's cache)."""
-        return self.phase_bytes("resident") + max(self.phase_bytes(phase) for phase in PHASES)
-
-    def fits(self, device_bytes: int) -> bool:
-        """Whether the counted rows' peak fits ``device_bytes`` (a row not counted adds nothing: see :attr:`unknown_rows`)."""
-        return self.peak_bytes <= device_bytes
-
-    @property
-    def unknown_rows(self) -> list[PlanRow]:
-        """The rows of models not counted (their files are not on this machine): a plan with any cannot say it fits."""
-        return [r for r in self.rows if r.source == "unknown"]
-
-    def unknown_verdict(self) -> str:
-        """A few words: how many models were not counted, and where the recipe names each (:func:`unknown_verdict`)."""
-        return unknown_verdict(self.rows)
 
     def describe(self) -> str:
         """``8 processes, parallel.shard=fsdp2, context_parallel=1, gradient checkpointing on``."""
@@ -301,7 +308,7 @@ def plan_table(title: str, rows: Sequence[PlanRow], peak: int, device_bytes: int
 
 
 @dataclass
-class JudgesPlan:
+class JudgesPlan(_Verdicts):
     """What one GPU of a job that only scores (``score``) holds: its in-process judges, their largest KV cache,
     and the fixed overhead where a judge is on a GPU (:func:`cac_align.plan.check.plan_judges`).
 
@@ -312,20 +319,6 @@ class JudgesPlan:
 
     rows: list[PlanRow]
     video: Any
-
-    @property
-    def peak_bytes(self) -> int:
-        return peak_of(self.rows)
-
-    def fits(self, device_bytes: int) -> bool:
-        return self.peak_bytes <= device_bytes
-
-    @property
-    def unknown_rows(self) -> list[PlanRow]:
-        return [r for r in self.rows if r.source == "unknown"]
-
-    def unknown_verdict(self) -> str:
-        return unknown_verdict(self.rows)
 
     def table(self, device_bytes: int | None = None, width: int | None = None) -> str:
         v = self.video

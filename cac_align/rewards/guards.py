@@ -8,7 +8,9 @@ and this module is only what a step does with it:
 - :meth:`RunGuards.score`: the gate's auxiliary judges (``regularize.judges``, else the run's
   ``eval_rewards``) score each sampled batch in the reward pool beside the trained reward;
 - :meth:`RunGuards.kl_weights`: their scores gathered over the step, GARDO's gate
-  (:func:`~cac_align.rl.gardo.step_gate`): the KL weight of each of this process's samples;
+  (:func:`~cac_align.rl.gardo.step_gate`): the KL weight of each of this process's samples, or
+  (``regularize.hold: worst_case``) the marked samples' advantages lowered to the judges'
+  (:func:`~cac_align.rl.gardo.worst_case_advantages`);
 - :meth:`RunGuards.reset_reference`, :meth:`RunGuards.reference_policy`: the adaptive reference, a copy of
   the LoRA reset to the current one (:func:`~cac_align.rl.gardo.reference_reset_due`), which the KL holds
   the policy to; its copy and the gate's state go into each checkpoint (:meth:`RunGuards.save`,
@@ -32,7 +34,8 @@ import torch
 from cac_align.gen.lora import adapters_disabled, load_lora_copy, swapped_lora, trainable
 from cac_align.rewards.columns import collect_outputs, component_raw, route_table, score_batch
 from cac_align.rl.advantages import GroupAdvantages, group_advantages, nan_mean_std, normalize_then_sum
-from cac_align.rl.gardo import GateState, diversity_multipliers, latent_features, reference_reset_due, step_gate
+from cac_align.rl.gardo import (GateState, diversity_multipliers, judge_advantages, latent_features, reference_reset_due, step_gate,
+                                worst_case_advantages)
 
 __all__ = ["REFERENCE_FILE", "RunGuards", "check_guards", "sampled_mean", "step_advantages"]
 
@@ -53,8 +56,8 @@ def check_guards(config: Any) -> None:
         raise ValueError(f"loss={config.loss} masks the video's policy loss of the default estimator: not with audio=trained (the sound's "
                          "steps keep their clip) nor advantage.localize.estimator=vipo; use loss=ppo_clip there")
     guard = config.regularize
-    if (guard.gated or guard.adaptive) and not (config.beta > 0):
-        acting = " and ".join(s for s, on in ((f"regularize.gate={guard.gate}", guard.gated), (f"regularize.reference={guard.reference}", guard.adaptive)) if on)
+    if (guard.kl_gated or guard.adaptive) and not (config.beta > 0):
+        acting = " and ".join(s for s, on in ((f"regularize.gate={guard.gate}", guard.kl_gated), (f"regularize.reference={guard.reference}", guard.adaptive)) if on)
         raise ValueError(f"{acting} act(s) on the KL term, which beta={config.beta:g} turns off: set beta > 0")
     if guard.gated and not (guard.judges or config.eval_rewards):
         raise ValueError("regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards (the run's held-out judges)")
@@ -76,10 +79,12 @@ class RunGuards:
         judges: the gate's judges by label, built on the processes that score (None on the others); ignored
             without the gate.
         model: the trained denoiser (its LoRA is what the adaptive reference copies).
+        std, clip: the trainer's ``adv_std`` and ``adv_clip_max``: the judges' advantages under ``hold: worst_case``
+            are standardized and clipped as the training reward's.
     """
 
-    def __init__(self, settings: Any, judges: dict[str, Any], model: torch.nn.Module):
-        self.settings, self.model = settings, model
+    def __init__(self, settings: Any, judges: dict[str, Any], model: torch.nn.Module, *, std: str = "group", clip: float | None = None):
+        self.settings, self.model, self.std, self.clip = settings, model, std, clip
         self.judges = judges if settings.gated else {}
         self.gate = GateState(fraction=settings.fraction)
         # an adaptive reference starts as the LoRA itself, whose B is 0: the base model
@@ -90,13 +95,16 @@ class RunGuards:
         """Each judge's scoring of one sampled batch, submitted to the reward ``pool``: ``{label: future}``."""
         return {label: pool.submit(score_batch, judge, videos, texts, groups, fps, sound) for label, judge in self.judges.items()}
 
-    def kl_weights(self, judged: list[tuple[int, dict[str, Any]]], scores: np.ndarray, trainable_samples: np.ndarray, local: list[int],
+    def kl_weights(self, judged: list[tuple[int, dict[str, Any]]], scores: np.ndarray, adv: GroupAdvantages, groups: list[int], local: list[int],
                    gather: Callable[[np.ndarray], np.ndarray], metrics: dict[str, Any], device: Any) -> torch.Tensor | None:
-        """This process's samples' KL weights under ``regularize.gate: uncertain`` (None without it): each judge's
-        scores of the step gathered from every process (NaN where it failed; ``judged``: this process's batches as
-        ``(size, {label: future})``, empty on a process that does not score), then GARDO's gate over the step."""
+        """This process's samples' KL weights under ``regularize.gate: uncertain`` (None without it, and with
+        ``hold: worst_case``): each judge's scores of the step gathered from every process (NaN where it failed;
+        ``judged``: this process's batches as ``(size, {label: future})``, empty on a process that does not score),
+        then GARDO's gate over the step. With ``hold: worst_case`` the marked samples' advantages in ``adv`` (the
+        whole step's, with their ``groups``) are lowered to the judges' instead, in place."""
         if not self.settings.gated:
             return None
+        trainable_samples = adv.trainable
         columns = {}
         for label, judge in self.judges.items():  # every process gathers every judge's, in the config's order
             outputs, _ = collect_outputs(judge, [(n, futures[label]) for n, futures in judged]) if judged else ([], 0.0)
@@ -105,6 +113,13 @@ class RunGuards:
             metrics[f"regularize/{label}_mean"] = nan_mean_std(columns[label])[0]
         weights, said = step_gate(self.settings, self.gate, scores, columns, trainable_samples)
         metrics.update(said)
+        if self.settings.hold == "worst_case":
+            judges = judge_advantages(columns, groups, trainable_samples, std=self.std, clip=self.clip)
+            held = worst_case_advantages(adv.advantages, judges, weights > 0)
+            n_trained = max(int(trainable_samples.sum()), 1)
+            metrics["regularize/lowered_fraction"] = float((held < adv.advantages).sum()) / n_trained
+            adv.advantages = held
+            return None
         return torch.as_tensor(weights[local], device=device)
 
     # -- the adaptive reference -------------------------------------------------------------

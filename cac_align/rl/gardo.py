@@ -43,6 +43,16 @@ so the same ``beta`` on 0/1 weights is ``gated_fraction`` times weaker. ``Uncert
 (``1 / gated_fraction``) multiplied into the weights gives GARDO's strength, normalized over the step
 rather than per micro-batch.
 
+**1b. What the gate does to the samples it marks** (``regularize.hold``). GARDO's gate puts the KL on
+them (``hold: kl``); the policy gradient still pushes each of them by the proxy's advantage, and a KL
+that starts at zero resists only once the policy has moved. ``hold: worst_case`` instead trains each
+marked sample on the worse of two advantages: the proxy's and the judges' (:func:`judge_advantages`:
+each judge's scores standardized in the sample's group as the proxy's are, averaged over the judges),
+``min(A_proxy, A_judges)``. This is the worst-case objective of reward-model ensembles (Coste et al.,
+2023, "Reward Model Ensembles Help Mitigate Overoptimization", arXiv:2310.02743: WCO, the minimum over
+the ensemble), applied where the gate finds the proxy and the judges disagreeing and nowhere else: a
+sample the proxy over-rates is not pushed towards by the proxy's advantage, whatever the KL.
+
 **2. The adaptive reference** (:func:`reference_reset_due`). GARDO copies the current LoRA into the
 reference at the start of a step when the step count since the last copy passes ``reset_freq`` or
 when a logged KL of the previous step's updates passed ``kl_thres`` (L789-799, L1042-1043; their KL
@@ -75,6 +85,7 @@ __all__ = [
     "DIVERSITY_FEATURES",
     "GATES",
     "GateState",
+    "HOLDS",
     "REFERENCES",
     "RegularizeSettings",
     "UncertaintyGate",
@@ -82,16 +93,21 @@ __all__ = [
     "diversity_advantages",
     "diversity_multipliers",
     "gate_uncertain",
+    "judge_advantages",
     "nearest_neighbour_distance",
     "reference_reset_due",
     "reward_uncertainty",
     "step_gate",
     "win_rates",
+    "worst_case_advantages",
 ]
 
 DIRECTIONS = ("over", "under", "both")
 # ``regularize.gate``: the KL on every trained sample (as before), or on the uncertain ones only
 GATES = ("none", "uncertain")
+# ``regularize.hold``: what the gate does to the samples it marks: GARDO's KL on them, or the worse of the proxy's and
+# the judges' advantages (module docstring, 1b)
+HOLDS = ("kl", "worst_case")
 # ``regularize.reference``: the KL to the base model (the LoRA off, as before), or to a LoRA reset to the current one
 REFERENCES = ("base", "adaptive")
 # ``regularize.diversity``: no amplification, or each group's good samples amplified by their distance from each other
@@ -108,7 +124,10 @@ class RegularizeSettings:
     Attributes:
         gate: "none" (the KL on every trained sample) or "uncertain" (:func:`step_gate`: only on the
             samples where the auxiliary judges disagree with the training reward, GARDO's gate;
-            needs ``beta > 0``).
+            with ``hold: kl``, needs ``beta > 0``).
+        hold: what the gate does to the samples it marks (module docstring, 1b): "kl" (GARDO: the KL
+            term on them alone) or "worst_case" (each trains on the worse of the training reward's and
+            the judges' group advantages; no KL needed).
         judges: the auxiliary judges, ``{label: reward section}``, scored on every training sample
             where the gate asks; empty (the default): the run's ``eval_rewards``, which then score
             the training samples too (their time: docs/flow_grpo.md).
@@ -136,9 +155,10 @@ class RegularizeSettings:
     """
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
-    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"gate": GATES, "direction": DIRECTIONS, "reference": REFERENCES, "diversity": DIVERSITY_FEATURES}
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"gate": GATES, "hold": HOLDS, "direction": DIRECTIONS, "reference": REFERENCES, "diversity": DIVERSITY_FEATURES}
 
     gate: str = "none"
+    hold: str = "kl"
     judges: dict[str, Any] = field(default_factory=dict)
     fraction: float = 0.1
     adapt_fraction: bool = True
@@ -162,6 +182,11 @@ class RegularizeSettings:
     @property
     def gated(self) -> bool:
         return self.gate == "uncertain"
+
+    @property
+    def kl_gated(self) -> bool:
+        """The gate acts on the KL term (GARDO's), which then needs ``beta > 0``."""
+        return self.gated and self.hold == "kl"
 
     @property
     def adaptive(self) -> bool:
@@ -433,6 +458,66 @@ def step_gate(settings: RegularizeSettings, state: GateState, proxy: np.ndarray,
     metrics = {"regularize/gated_fraction": gate.gated_fraction, "regularize/fraction": state.fraction if settings.adapt_fraction else settings.fraction,
                "regularize/unjudged": float(gate.unjudged)}
     return (gate.weights * gate.scale).astype(np.float32), metrics
+
+
+def judge_advantages(
+    auxiliaries: Mapping[str, Sequence[float] | np.ndarray],
+    groups: Sequence[Hashable],
+    trained: Sequence[bool] | np.ndarray,
+    *,
+    std: str = "group",
+    clip: float | None = None,
+) -> np.ndarray:
+    """The judges' advantage of each sample (module docstring, 1b): each judge's scores standardized
+    within the groups as the training reward's are (:func:`cac_align.rl.advantages.group_advantages`
+    with the same ``std`` and ``clip``, over the ``trained`` samples that judge scored), then averaged
+    over the judges that scored the sample.
+
+    Returns:
+        ``(B,)`` float64; NaN where no judge gives the sample an advantage (a failed score, a group
+        the judge scored fewer than two of, or rated all alike).
+    """
+    from cac_align.rl.advantages import group_advantages
+
+    if not auxiliaries:
+        raise ValueError("judge_advantages needs at least one auxiliary judge")
+    trained = np.asarray(trained, dtype=bool).reshape(-1)
+    rows = []
+    for name, values in auxiliaries.items():
+        adv = group_advantages(_column(values, trained.size, f"auxiliary {name!r}"), groups, valid=trained, std=std, clip=clip)
+        rows.append(np.where(adv.trainable, adv.advantages.astype(np.float64), np.nan))
+    stacked = np.stack(rows)
+    scored = np.isfinite(stacked).any(axis=0)
+    out = np.full(trained.size, np.nan)
+    out[scored] = np.nanmean(stacked[:, scored], axis=0)
+    return out
+
+
+def worst_case_advantages(advantages: Sequence[float] | np.ndarray, judges: Sequence[float] | np.ndarray,
+                          marked: Sequence[bool] | np.ndarray) -> np.ndarray:
+    """``regularize.hold: worst_case``: a marked sample's advantage becomes ``min(A_proxy, A_judges)``
+    (module docstring, 1b); an unmarked one, or one without a judges' advantage (NaN), keeps its own.
+
+    Args:
+        advantages: ``(B,)`` the training reward's advantages; judges: ``(B,)`` :func:`judge_advantages`;
+        marked: ``(B,)`` the samples the gate marks.
+
+    Returns:
+        ``(B,)`` float32.
+
+    Hand-worked (tests/rl/test_gardo.py): advantages [1.5, -0.5, 0.8, -1.2], judges [-1, 0.7, 2, NaN],
+    marked [T, T, T, T] -> [-1, -0.5, 0.8, -1.2]: the first lowered to the judges', the second and third
+    already the lower, the fourth unjudged.
+    """
+    a = _column(advantages, None, "advantages")
+    j = _column(judges, a.size, "judges")
+    m = np.asarray(marked, dtype=bool).reshape(-1)
+    if m.size != a.size:
+        raise ValueError(f"{a.size} advantages but {m.size} marks")
+    take = m & np.isfinite(j)
+    out = a.copy()
+    out[take] = np.minimum(a[take], j[take])
+    return out.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------

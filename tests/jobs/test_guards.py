@@ -144,6 +144,46 @@ def test_the_gate_regularizes_only_the_samples_the_judges_disagree_on(tmp_path, 
             assert torch.equal(got, expected[lo: lo + 4]), (step, k)
 
 
+def test_hold_worst_case_lowers_the_marked_samples_advantages_to_the_judges_and_needs_no_kl(tmp_path, monkeypatch):
+    from cac_align.rewards import guards
+    from cac_align.rl.advantages import group_advantages
+
+    gates, calls = [], []
+    step_gate = guards.step_gate
+
+    def recorded_gate(settings, state, proxy, judges, trained):
+        weights, said = step_gate(settings, state, proxy, judges, trained)
+        gates.append((proxy.copy(), judges["green"].copy(), trained.copy(), weights.copy()))
+        return weights, said
+
+    loss = flow_grpo.flow_grpo_loss
+
+    def recorded_loss(*args, **kwargs):
+        calls.append((args[2].clone(), kwargs.get("kl_weights")))
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(guards, "step_gate", recorded_gate)
+    monkeypatch.setattr(flow_grpo, "flow_grpo_loss", recorded_loss)
+    out = tmp_path / "held"
+    # beta=0: worst_case acts on the advantages, not on the KL term (kl: refused with beta=0, above)
+    config = _config(out, *JUDGE, "steps=2", "beta=0", "regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=0.5",
+                     "regularize.adapt_fraction=false", "train_batch_size=4")
+    run(config, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    rows = _metrics(out)
+    groups = [k // 4 for k in range(8)]  # 2 prompts x 4 videos
+    for step, (proxy, judge, trained, weights) in enumerate(gates):
+        marked = weights > 0
+        own = group_advantages(proxy, groups, clip=5.0).advantages.astype(np.float64)
+        judged = group_advantages(judge, groups, clip=5.0)  # one judge: its own group advantage
+        expected = own.copy()
+        expected[marked] = np.minimum(own[marked], judged.advantages[marked])
+        assert marked.any() and (expected < own).any()  # the gate marked samples and lowered at least one
+        reached = torch.cat([calls[4 * step + k][0] for k in (0, 2)]).numpy()  # each micro-batch's first timestep
+        assert reached == pytest.approx(expected.astype(np.float32), abs=1e-6), step
+        assert all(kl is None for _, kl in calls[4 * step: 4 * step + 4])  # no KL weights: the hold is the advantage
+        assert rows[step]["regularize/lowered_fraction"] == pytest.approx((expected < own).sum() / trained.sum())
+
+
 # ---------------------------------------------------------------------------------------------
 # The adaptive reference: resets at N, lives in the checkpoint
 # ---------------------------------------------------------------------------------------------

@@ -215,17 +215,51 @@ def test_step_gate_by_hand_and_its_state():
     assert back == state
 
 
+def test_judge_advantages_by_hand():
+    from cac_align.rl.gardo import judge_advantages
+
+    # groups a = samples 0-2, b = 3-4; judge x: a's [1, 2, 3] (mean 2, population std sqrt(2/3) = 0.8165), b's [5, 5] (all alike);
+    # judge y: a's [3, NaN, 1] (mean 2, std 1), b's [0, 2] (mean 1, std 1). With eps 1e-4 as the proxy's:
+    # x: a -> [-1.2246, 0, 1.2246], b -> none; y: a -> [0.9999, NaN, -0.9999], b -> [-0.9999, 0.9999]
+    # the mean over the judges that scored: [0.1123, 0, 0.1123, -0.9999, 0.9999]
+    x = np.array([1.0, 2, 3, 5, 5])
+    y = np.array([3.0, np.nan, 1, 0, 2])
+    got = judge_advantages({"x": x, "y": y}, ["a", "a", "a", "b", "b"], np.ones(5, dtype=bool))
+    sx = np.sqrt(2 / 3) + 1e-4
+    ey = 1 / (1 + 1e-4)
+    assert got == pytest.approx([(-1 / sx + ey) / 2, 0.0, (1 / sx - ey) / 2, -ey, ey])
+    # a sample not trained takes no part: b's judge y has one left, so b has no advantage; clip as the proxy's
+    got = judge_advantages({"y": y}, ["a", "a", "a", "b", "b"], np.array([True, True, True, True, False]), clip=0.5)
+    assert got[[0, 2]].tolist() == [0.5, -0.5] and np.isnan(got[[1, 3, 4]]).all()
+    with pytest.raises(ValueError, match="at least one auxiliary judge"):
+        judge_advantages({}, ["a"], [True])
+
+
+def test_worst_case_advantages_by_hand():
+    from cac_align.rl.gardo import worst_case_advantages
+
+    # marked: the first lowered to the judges' -1, the second (-0.5 < 0.7) and third (0.8 < 2) already the lower, the fourth unjudged
+    held = worst_case_advantages([1.5, -0.5, 0.8, -1.2], [-1.0, 0.7, 2.0, np.nan], [True, True, True, True])
+    assert held.tolist() == pytest.approx([-1.0, -0.5, 0.8, -1.2]) and held.dtype == np.float32
+    # an unmarked sample keeps its own advantage whatever the judges say
+    assert worst_case_advantages([1.5, 0.3], [-1.0, -2.0], [False, True]).tolist() == pytest.approx([1.5, -2.0])
+    with pytest.raises(ValueError, match="2 advantages but 1 marks"):
+        worst_case_advantages([1.0, 2.0], [0.0, 0.0], [True])
+
+
 def test_regularize_settings_refuse_bad_values_in_one_line():
     from cac_align.rl.gardo import RegularizeSettings
 
     for bad, said in ((dict(gate="always"), "regularize.gate must be one of ('none', 'uncertain')"),
                       (dict(reference="ema"), "regularize.reference must be one of ('base', 'adaptive')"),
                       (dict(fraction=0.0), "regularize.fraction must be in (0, 1]"), (dict(reset_every=0), "regularize.reset_every must be >= 1"),
-                      (dict(kl_bound=-1.0), "regularize.kl_bound must be > 0"), (dict(diversity="dino"), "regularize.diversity must be one of")):
+                      (dict(kl_bound=-1.0), "regularize.kl_bound must be > 0"), (dict(diversity="dino"), "regularize.diversity must be one of"),
+                      (dict(hold="clip"), "regularize.hold must be one of ('kl', 'worst_case')")):
         with pytest.raises(ValueError, match=re.escape(said)):
             RegularizeSettings(**bad)
     default = RegularizeSettings()
-    assert not default.gated and not default.adaptive
+    assert not default.gated and not default.adaptive and not default.kl_gated
+    assert RegularizeSettings(gate="uncertain").kl_gated and not RegularizeSettings(gate="uncertain", hold="worst_case").kl_gated
 
 
 def test_latent_features_pool_each_latent_frame():
