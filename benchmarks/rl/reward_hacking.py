@@ -8,8 +8,8 @@ every channel up, the green with them: the proxy rises and the judge falls. The 
   samples the judge rates below the proxy, at GARDO's strength) and ``regularize.reference: adaptive``;
 - ``dppo``: ``loss: dppo_kl`` (DPPO's divergence mask in place of the ratio clip);
 - ``hold``: the same gate with ``regularize.hold: worst_case``: the samples it marks train on the worse of the proxy's
-  and the judge's advantages (the KL as plain's, on every sample); ``hold_all``: the same with every sample the proxy
-  rates at or above the judge marked (``fraction: 1``, not adapted).
+  and the judge's advantages (the KL as plain's, on every sample); ``hold_all``: the same with ``fraction: 1``, not
+  adapted: every sample the proxy rates above the judge but the least such is marked.
 
     python benchmarks/rl/reward_hacking.py --seeds 0 1 2 --steps 20          # about 2 minutes an arm and seed here
     python benchmarks/rl/reward_hacking.py --seeds 0 --arms plain gate --steps 10 beta=0.05

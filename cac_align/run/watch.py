@@ -63,14 +63,14 @@ class HackingAlarm:
     judge_fall: float
     evaluations: int
     component: bool = False
-    gated_fraction: float | None = None  # the share of the last step's samples the gate regularized (regularize.gate), if on
+    gated_fraction: float | None = None  # the share of the last step's samples the gate held back (regularize.gate: its KL, or hold: worst_case), if on
 
     def message(self, trained: str) -> str:
         if self.component:
             return (f"a component collapsed: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                     f"{self.trained_rise:.4g} while its component {self.judge!r} fell by {self.judge_fall:.4g} (the sum hides it)")
         guard = ("; regularize.gate=uncertain would hold back the samples the judges disagree on (docs/flow_grpo.md, 'When your reward "
-                 "is hacked')" if self.gated_fraction is None else f"; the gate regularized {self.gated_fraction:.0%} of the last step's samples")
+                 "is hacked')" if self.gated_fraction is None else f"; the gate held back {self.gated_fraction:.0%} of the last step's samples")
         return (f"possible reward hacking: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                 f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}{guard}")
 

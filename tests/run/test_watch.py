@@ -50,6 +50,6 @@ def test_an_alarm_says_what_the_gate_did_or_that_it_could():
         return w.add(second)
 
     (gated,) = watch(True)
-    assert gated.gated_fraction == 0.125 and gated.message("proxy").endswith("; the gate regularized 12% of the last step's samples")
+    assert gated.gated_fraction == 0.125 and gated.message("proxy").endswith("; the gate held back 12% of the last step's samples")
     (plain,) = watch(False)
     assert plain.gated_fraction is None and "regularize.gate=uncertain would hold back the samples the judges disagree on" in plain.message("proxy")
