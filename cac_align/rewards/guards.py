@@ -66,6 +66,9 @@ def check_guards(config: Any) -> None:
     if config.advantage.aggregate == "normalize_then_sum" and config.parallel.context_parallel > 1:
         raise ValueError("advantage.aggregate=normalize_then_sum with parallel.context_parallel > 1 is not supported yet (the components "
                          "are read on each group's first process only); use context_parallel: 1")
+    if guard.gated and guard.hold == "worst_case" and config.advantage.routing == "routed":
+        raise ValueError("regularize.hold=worst_case lowers the summed advantage; advantage.routing=routed trains each component's own: "
+                         "use regularize.hold=kl there (the gate's KL), or advantage.routing=summed")
     if config.advantage.aggregate == "normalize_then_sum" and config.advantage.routing == "routed":
         raise ValueError("advantage.aggregate=normalize_then_sum sums the components' group-normalized scores; advantage.routing=routed "
                          "routes them apart: use one of them")

@@ -72,11 +72,23 @@ def test_the_guards_at_their_defaults_leave_run_folders_as_they_were(tmp_path):
     (["loss=trust_me"], "loss must be one of ('ppo_clip', 'dppo_kl', 'dppo_tv')"),
     (["advantage.aggregate=normalize_then_sum", "parallel.context_parallel=2"], "advantage.aggregate=normalize_then_sum with parallel.context_parallel > 1"),
     (["regularize.judges.x.name=brightnes", "regularize.gate=uncertain"], "regularize.judges.x: unknown reward 'brightnes'"),
+
 ])
 def test_guard_settings_that_cannot_run_are_refused_in_one_line(tmp_path, overrides, said):
     with pytest.raises(RecipeError, match=None) as refused:
         _config(tmp_path, *overrides)
     assert said in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_hold_worst_case_is_refused_with_routed_advantages(tmp_path):
+    # routed, each component's advantage trains its own latents and the summed one (what the hold lowers) trains none
+    sound = REPO_ROOT / "recipes/align/flow_grpo_tiny_ltx2_sound.yaml"
+    with pytest.raises(RecipeError) as refused:
+        _config(tmp_path, *JUDGE, "audio=trained", "advantage.routing=routed", "regularize.gate=uncertain", "regularize.hold=worst_case",
+                recipe=sound)
+    assert "regularize.hold=worst_case lowers the summed advantage; advantage.routing=routed trains each" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    _config(tmp_path, *JUDGE, "audio=trained", "advantage.routing=routed", "regularize.gate=uncertain", recipe=sound)  # the KL gate: fine
 
 
 def test_nft_refuses_dppo_and_the_plan_counts_the_gates_own_judges(tmp_path):
