@@ -245,8 +245,9 @@ class HeliosFamily:
         with torch.no_grad():
             z = latents.to(next(vae.parameters()).device, vae.dtype)
             mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
-            std = torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
-            chunks = [vae.decode(chunk * std + mean, return_dict=False)[0] for chunk in z.split(CHUNK_LATENT_FRAMES, dim=2)]
+            # divided by the inverse of the std, as the pipeline divides (a product by the std rounds otherwise)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+            chunks = [vae.decode(chunk / inv_std + mean, return_dict=False)[0] for chunk in z.split(CHUNK_LATENT_FRAMES, dim=2)]
             video = torch.cat(chunks, dim=2)
             kept = (video.shape[2] - 1) // pipe.vae_scale_factor_temporal * pipe.vae_scale_factor_temporal + 1
             frames = pipe.video_processor.postprocess_video(video[:, :, :kept], output_type="pt")
