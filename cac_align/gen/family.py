@@ -5,7 +5,7 @@ A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-
 timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
 sampling settings. Each family lives in one module of ``gen/families/`` (:mod:`cac_align.gen.families.wan`:
 Wan-2.1, Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
-:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``, ``kandinsky6``) and is
+:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``, ``kandinsky6``, ``helios``) and is
 an object with the methods of :class:`GeneratorFamily`; a job asks the family, never the pipeline
 object, what a pipeline has, and never branches on which family it is. Adding a family is one
 module in ``gen/families/`` listed in :data:`FAMILY_MODULES` (its ``FAMILIES`` and
@@ -77,6 +77,9 @@ members, which a family without them does not need:
   (:func:`cac_align.gen.generator.build_generator` calls it for every job; LTX-2.5: its diffusion
   decoder's neighbourhood-attention kernels, read from the decoder's config). Any size that
   ``spatial_multiple`` and ``frame_multiple`` allow when absent.
+- ``check_settings(config)``: settings of a :class:`~cac_align.gen.generator.GeneratorConfig` the family's models
+  cannot take, refused in one line as the config is made, before anything loads (Helios: a ``num_frames`` its
+  33-frame chunks would not return as asked). Nothing more than ``frame_multiple`` checks when absent.
 
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and
@@ -137,6 +140,7 @@ FAMILY_MODULES = (
     "cac_align.gen.families.hunyuan15",
     "cac_align.gen.families.minimax_h3",
     "cac_align.gen.families.kandinsky6",
+    "cac_align.gen.families.helios",
 )
 
 

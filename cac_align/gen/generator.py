@@ -169,7 +169,7 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.is_synthetic:
             defaults, title, spatial, frames = {**_SYNTHETIC_DEFAULTS, "max_sequence_length": 512}, "the synthetic generator", 16, 4
-            remainder = 1
+            remainder, family = 1, None
         else:
             family = self.family
             defaults, title, spatial, frames = family.defaults, family.title, family.spatial_multiple, family.frame_multiple
@@ -188,6 +188,11 @@ class GeneratorConfig:
         check_dtype(self.vae_dtype, "generator.vae_dtype")
         if not 0 <= self.anomaly_probability <= 1:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
+        # what the model cannot take beyond the multiples, named before the generic checks and before anything loads
+        # (cac_align.gen.family: Helios's chunks)
+        check_settings = None if self.is_synthetic else getattr(family, "check_settings", None)
+        if check_settings is not None:
+            check_settings(self)
         if self.num_frames < remainder or (self.num_frames - remainder) % frames:
             raise ValueError(f"num_frames must be {frames}k + {remainder} ({title}'s VAE compresses time {frames}x), got {self.num_frames}")
         if self.height <= 0 or self.width <= 0 or self.height % spatial or self.width % spatial:

@@ -1,0 +1,366 @@
+"""The Helios family (issue #106, stage 1): PKU-YuanGroup's autoregressive text-to-video model as ``bon`` runs it.
+
+diffusers 0.42.1's ``HeliosPipeline`` (``pipelines/helios/pipeline_helios.py``) holds Wan-2.1's parts (a UMT5 text
+encoder, ``AutoencoderKLWan``: 8x in space, 4x in time, 16 latent channels) around ``HeliosTransformer3DModel``, a
+Wan2.1-T2V-14B fine-tune (40 blocks), and ``HeliosScheduler`` (UniPC by default). A checkpoint's ``model_index.json``
+names the pipeline class (:func:`family_for_index`), whatever its folder or hub id is called.
+
+**A video is chunks.** The pipeline does not denoise the whole clip at once: it makes chunks of 9 latent frames (33
+pixel frames each), one after the other, each with its own full denoising loop (the same schedule every chunk, the
+scheduler reset) conditioned on a *history*: the clean final latents of the chunks before it, read at three
+resolutions (the last 16, 2 and 1 latent frames, each through its own patch embedding) plus the first latent frame of
+the first chunk. Each chunk is decoded by the VAE on its own; the joined frames are cut to ``4k + 1``. So a
+``num_frames`` request makes ``K = ceil(num_frames / 33)`` chunks and ``33K`` frames trimmed to ``4k + 1``: 33, 65, 97,
+129, 165, ... (:func:`frames_made`). Any other count would come back with a length the recipe did not ask for, so it
+is refused in one line naming the two neighbours (:meth:`HeliosFamily.check_settings`, as the config is read).
+
+**What works (stage 1): Best-of-N.** ``bon`` runs the pipeline's own ``__call__`` (:meth:`HeliosFamily.generate`):
+text-to-video rows in one call with one ``torch.Generator`` per row, so a video depends on its prompt and seed only
+(each row draws its chunks' noise from its own generator, in chunk order); image-to-video one row per call with one
+generator (diffusers 0.42.1 draws the image's noise level with ``torch.rand(generator=...)``, which takes one generator,
+not a list). The image conditions every chunk's history and is not a frame of the output.
+
+**What does not yet.** The trainers (``flow-grpo``, ``nft``, ``dpo``) are refused in one line as their recipe is read
+(:attr:`HeliosFamily.lora_target_modules`, the Kandinsky 6 precedent) and by the denoiser, the schedule and the
+initial noise should a recipe name its LoRA's modules itself: their :class:`~cac_align.gen.generator.Trajectory` is
+one denoising loop, Helios's is one per chunk (a later stage of issue #106). ``repair`` is refused in one line
+(:func:`regenerator_for_index`): Helios has no inpainting pipeline. Context parallel is refused in one line (diffusers'
+``_cp_plan`` for this transformer names 40 blocks by index, and each forward holds the chunk's tokens and the
+history's). ``HeliosPyramidPipeline`` checkpoints (Helios-Mid, Helios-Distilled) are recognized and refused for every
+job in one line (:func:`family_for_index`).
+
+**The release settings** (what a recipe leaves unset takes): the authors' ``infer_helios.py``
+(github.com/PKU-YuanGroup/Helios at 09f2e56732bb9e9ff6f58adcb8c1ca6a2ec701fd, its argument defaults) and diffusers
+0.42.1's ``HeliosPipeline.__call__``:
+
+| setting | value | source |
+| --- | --- | --- |
+| size (H x W) | 384 x 640 | ``--height`` / ``--width``; the ``__call__`` defaults too |
+| frames | 97 | ``--num_frames 99``, which the pipeline makes into 3 chunks and 97 frames (4k + 1) |
+| fps | 24 | ``--fps`` |
+| steps | 50 (per chunk) | ``--num_inference_steps``; ``__call__``'s |
+| guidance | 5.0 | ``--guidance_scale``; ``__call__``'s |
+| negative prompt | the release's English one (:data:`HELIOS_NEGATIVE_PROMPT`) | ``--negative_prompt`` (``__call__`` encodes "" when none is given) |
+| text tokens | 512 | ``__call__``'s ``max_sequence_length`` (UMT5, as Wan) |
+| chunk, history | 9 latent frames; 16, 2, 1 | ``--num_latent_frames_per_chunk``; the script's ``history_sizes`` (``__call__``'s defaults) |
+
+There is no flow-shift setting: the pipeline gives the scheduler its own sigmas and a shift computed from the chunk's
+token count, so a scheduler's ``shift`` is never read (``generator.flow_shift`` is refused as not applying).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from cac_align.gen.tiny import transformer_made, umt5_text_encoder, word_tokenizer
+from cac_align.loading import check_weights_source, resolve_dtype, weights_error
+
+__all__ = ["BASE_CHECKPOINT", "CHUNK_FRAMES", "CHUNK_LATENT_FRAMES", "FAMILIES", "HELIOS", "HELIOS_NEGATIVE_PROMPT", "HISTORY_SIZES", "TINY_HELIOS",
+           "HeliosFamily", "build_tiny_helios_pipeline", "chunk_count", "family_for_index", "frame_neighbours", "frames_made",
+           "regenerator_for_index"]
+
+PIPELINE = "HeliosPipeline"
+PYRAMID_PIPELINE = "HeliosPyramidPipeline"
+BASE_CHECKPOINT = "BestWishYsh/Helios-Base"
+ISSUE = "issue #106"
+
+# The chunk the pipeline denoises at a time (``num_latent_frames_per_chunk``) and the history it reads (``history_sizes``):
+# the release's values, which are also HeliosPipeline.__call__'s defaults
+CHUNK_LATENT_FRAMES = 9
+CHUNK_FRAMES = (CHUNK_LATENT_FRAMES - 1) * 4 + 1  # 33: Wan's VAE decodes a chunk's 9 latent frames to 1 + 8 x 4 frames
+HISTORY_SIZES = (16, 2, 1)
+
+# The negative prompt the release samples with (infer_helios.py's --negative_prompt default, at the commit the module
+# docstring names): Wan's negative prompt in English.
+HELIOS_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall gray, worst quality, "
+    "low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, "
+    "misshapen limbs, fused fingers, still picture, messy background, three legs, many people in the background, walking backwards"
+)
+
+TINY_HELIOS = "tiny-random:helios"
+
+
+def chunk_count(num_frames: int) -> int:
+    """The chunks ``HeliosPipeline`` makes for a ``num_frames`` request: ``max(1, ceil(num_frames / 33))``."""
+    return max(1, math.ceil(num_frames / CHUNK_FRAMES))
+
+
+def frames_made(num_frames: int) -> int:
+    """The frames ``HeliosPipeline`` returns for a ``num_frames`` request: its chunks' 33 frames each, joined and cut
+    to the largest ``4k + 1`` (33, 65, 97, 129, 165, 197, ...)."""
+    joined = chunk_count(num_frames) * CHUNK_FRAMES
+    return (joined - 1) // 4 * 4 + 1
+
+
+def frame_neighbours(num_frames: int) -> tuple[int | None, int]:
+    """The counts Helios makes nearest ``num_frames``: the largest below it (None where there is none) and the
+    smallest above it."""
+    made = [frames_made(CHUNK_FRAMES * k) for k in range(1, chunk_count(num_frames) + 2)]
+    return max((m for m in made if m < num_frames), default=None), min(m for m in made if m > num_frames)
+
+
+def _not_yet(title: str) -> str:
+    return (f"{title} is not trained here yet ({ISSUE}): its video is chunks of {CHUNK_LATENT_FRAMES} latent frames, each its own denoising "
+            "loop conditioned on the earlier chunks' latents, and flow-grpo, nft and dpo record one loop (per-chunk trajectories: not yet); "
+            "sample it with bon")
+
+
+@dataclass(frozen=True)
+class HeliosFamily:
+    """Helios as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` runs it, the trainers refuse it."""
+
+    name: str
+    title: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    tiny_names: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    pipeline_class: str = PIPELINE
+    experts: int = 1
+    spatial_multiple: int = 16  # the VAE's 8x times the transformer's 2 x 2 patch (the pipeline's check_inputs: % 16)
+    frame_multiple: int = 4  # every count the pipeline makes is 4k + 1 (check_settings refuses the 4k + 1 it does not make)
+    audio: bool = False
+    min_inference_steps: int = 1
+    # one FSDP2 unit per block (the transformer's _no_split_modules, its _repeated_blocks)
+    block_classes: tuple[str, ...] = ("HeliosTransformerBlock",)
+    encoder_components: tuple[str, ...] = ("text_encoder",)
+    image_input: str = "optional"  # text alone, or text and a first frame (bon only, for now)
+    last_image: bool = False
+    extra_components: tuple[str, ...] = ()
+    negative_prompt: str = HELIOS_NEGATIVE_PROMPT
+
+    # Both attentions' projections of every block, the names Wan's LoRA adapts (HeliosAttention's to_q, to_k, to_v,
+    # to_out.0): what a trainer's LoRA will adapt once Helios trains (the next stage of issue #106)
+    LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+    @property
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """Refused for now, in one line (module docstring): a trainer's config asks this when its recipe leaves
+        ``lora.target_modules`` unset, so a trainer's recipe is refused as it loads, before anything is built.
+        The targets the next stage will use are :attr:`LORA_TARGETS`."""
+        from cac_align.config import RecipeError
+
+        raise RecipeError(_not_yet(self.title))
+
+    def _refuse_training(self) -> None:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(_not_yet(self.title))
+
+    # -- the config --------------------------------------------------------------------
+    def check_settings(self, config: Any) -> None:
+        """Refuses in one line, as the config is made, a ``num_frames`` the pipeline would not return as asked
+        (module docstring: 33, 65, 97, 129, ...), naming the nearest counts it makes."""
+        n = int(config.num_frames)
+        if frames_made(n) == n:
+            return
+        below, above = frame_neighbours(n)
+        nearest = f"{below} or {above}" if below is not None else str(above)
+        raise ValueError(f"generator.num_frames={n}: {self.title} makes chunks of {CHUNK_FRAMES} frames and cuts the joined clip to 4k + 1, "
+                         f"so it would return {frames_made(n)} frames, not {n}; set num_frames to {nearest}")
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
+        """The pipeline in ``source`` (a folder or hub id), safetensors only; its VAE in ``vae_dtype``."""
+        import diffusers
+
+        folder = check_weights_source(source, key)
+        try:
+            pipe = diffusers.HeliosPipeline.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True, **(components or {}))
+        except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
+            raise weights_error(source, key, exc) from exc
+        pipe.vae.to(resolve_dtype(vae_dtype))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        return TINY_HELIOS_BUILDERS[name](seed)
+
+    # -- what the trainers ask: refused for now (module docstring) ---------------------------------
+    def denoiser(self, pipe: Any) -> Any:
+        self._refuse_training()
+
+    def schedule(self, pipe: Any, config: Any) -> Any:
+        self._refuse_training()
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> Any:
+        self._refuse_training()
+
+    def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
+        self._refuse_training()  # bon animates images through the pipeline itself (generate)
+
+    def encode_video(self, pipe: Any, frames: Any) -> Any:
+        self._refuse_training()  # dpo's latent cache: a video is encoded per 33-frame chunk (the next stage)
+
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls of one chunk (every chunk runs the whole schedule)."""
+        return num_inference_steps
+
+    def context_parallel_plan(self, transformer: Any) -> Any:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(_NO_CONTEXT_PARALLEL)
+
+    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
+        if degree > 1:
+            from cac_align.config import RecipeError
+
+            raise RecipeError(_NO_CONTEXT_PARALLEL)
+
+    # -- sampling (bon) -------------------------------------------------------------------
+    def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
+        """CFG's scale (``guided=False``: 1, one forward a step); positions do not depend on the frame rate."""
+        return {"guidance_scale": float(config.guidance_scale) if guided else 1.0}
+
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
+                       max_sequence_length: int) -> tuple[Any, Any]:
+        """UMT5 embeddings ``(B, L, D)`` of ``prompts`` and, with CFG, of the negative prompt (None: the release's), as
+        the pipeline's ``encode_prompt`` gives them."""
+        from cac_align.gen.family import Conditioning
+
+        guided = guidance["guidance_scale"] > 1.0
+        negative = self.negative_prompt if negative_prompt is None else negative_prompt
+        with torch.no_grad():
+            embeds, negative_embeds = pipe.encode_prompt(prompt=list(prompts), negative_prompt=[negative] * len(prompts) if guided else None,
+                                                         do_classifier_free_guidance=guided, max_sequence_length=max_sequence_length,
+                                                         device=pipe._execution_device)
+        return Conditioning(embeds=embeds), (Conditioning(embeds=negative_embeds) if guided else None)
+
+    def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
+        return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial, tuple(pipe.transformer.config.patch_size)
+
+    def decode(self, pipe: Any, latents: torch.Tensor, side: Any = None, seeds: Sequence[int] | None = None) -> Any:
+        """A video's final latents ``(B, C, 9K, H', W')`` to uint8 frames ``(B, F, H, W, 3)``, as the pipeline decodes
+        them: each chunk's 9 latent frames alone (the causal VAE restarts at every chunk: 1 + 8 x 4 = 33 frames),
+        un-normalized by the VAE's ``latents_mean`` / ``latents_std``, the chunks joined in time and cut to ``4k + 1``."""
+        from cac_align.gen.generator import frames_to_uint8
+
+        vae = pipe.vae
+        if latents.shape[2] % CHUNK_LATENT_FRAMES:
+            raise ValueError(f"{self.title} decodes whole chunks of {CHUNK_LATENT_FRAMES} latent frames, got {latents.shape[2]}")
+        with torch.no_grad():
+            z = latents.to(next(vae.parameters()).device, vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+            # divided by the inverse of the std, as the pipeline divides (a product by the std rounds otherwise)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z)
+            chunks = [vae.decode(chunk / inv_std + mean, return_dict=False)[0] for chunk in z.split(CHUNK_LATENT_FRAMES, dim=2)]
+            video = torch.cat(chunks, dim=2)
+            kept = (video.shape[2] - 1) // pipe.vae_scale_factor_temporal * pipe.vae_scale_factor_temporal + 1
+            frames = pipe.video_processor.postprocess_video(video[:, :, :kept], output_type="pt")
+        return frames_to_uint8(frames)
+
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
+        """The pipeline's own videos (module docstring), one ``torch.Generator`` per (prompt, seed): text-to-video rows
+        in one call, image-to-video one row per call."""
+        from cac_align.gen.family import Generated
+        from cac_align.gen.generator import frames_to_uint8
+
+        device = pipe._execution_device
+        guided = config.guidance_scale > 1.0
+        negative = self.negative_prompt if config.negative_prompt is None else config.negative_prompt
+        settings = dict(height=config.height, width=config.width, num_frames=int(config.num_frames), num_inference_steps=config.num_inference_steps,
+                        guidance_scale=float(config.guidance_scale), max_sequence_length=config.max_sequence_length,
+                        num_latent_frames_per_chunk=CHUNK_LATENT_FRAMES, history_sizes=list(HISTORY_SIZES), output_type="pt")
+        if images is None:
+            generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+            out = pipe(prompt=list(prompts), negative_prompt=[negative] * len(prompts) if guided else None, generator=generators, **settings)
+            return Generated(frames_to_uint8(out.frames))
+        from diffusers.utils import load_image
+
+        videos = []
+        for prompt, seed, image in zip(prompts, seeds, images):
+            if image.last_image is not None:
+                raise ValueError(f"{self.title} takes a first frame only; {image.last_image} was given as the last one")
+            out = pipe(prompt=[prompt], image=load_image(image.image), negative_prompt=[negative] if guided else None,
+                       generator=torch.Generator(device=device).manual_seed(int(seed)), **settings)
+            videos.append(frames_to_uint8(out.frames))
+        import numpy as np
+
+        return Generated(np.concatenate(videos))
+
+
+_NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffusers 0.42.1's _cp_plan for HeliosTransformer3DModel names its "
+                        "40 blocks by index and each forward holds the chunk's tokens and its history's, so no split of it is defined here yet "
+                        f"({ISSUE}); shard it with parallel.shard: fsdp2 instead")
+
+
+# ---------------------------------------------------------------------------------------
+# The tiny layout (tiny-random:helios): diffusers' HeliosPipeline at toy widths, Wan's tiny text side and VAE
+# ---------------------------------------------------------------------------------------
+def _tiny_transformer() -> Any:
+    """A 2-block ``HeliosTransformer3DModel``: 2 heads of 12 (rotary axes 4 + 4 + 4, which must sum to the head width),
+    Wan's tiny widths, and the release's switches on (the multi-term memory patches of the history, cross-attention of
+    the chunk's tokens only, the history at timestep 0)."""
+    from diffusers import HeliosTransformer3DModel
+
+    return transformer_made(lambda: HeliosTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16, text_dim=32, freq_dim=256,
+        ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_dim=(4, 4, 4), has_multi_term_memory_patch=True,
+        guidance_cross_attn=True, zero_history_timestep=True, is_amplify_history=False))
+
+
+def build_tiny_helios_pipeline(seed: int = 0) -> Any:
+    """``tiny-random:helios``: ``HeliosPipeline`` of diffusers' classes at toy widths (random weights, a word-level
+    tokenizer built here, :mod:`cac_align.gen.tiny`), Wan's tiny VAE (8x in space, 4x in time, as the real one) and a
+    one-stage ``HeliosScheduler`` with dynamic shifting (the pipeline needs ``stages=1``). 2 prompts x 65 frames
+    (2 chunks) at 32 x 32 with 2 steps take well under a second on one CPU thread."""
+    from diffusers import AutoencoderKLWan, HeliosPipeline, HeliosScheduler
+
+    tokenizer = word_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = umt5_text_encoder(tokenizer)
+    transformer = _tiny_transformer()
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    scheduler = HeliosScheduler(stage_range=[0, 1], stages=1, use_dynamic_shifting=True)
+    for module in (text_encoder, transformer, vae):  # freshly built modules start in train mode (UMT5's dropout)
+        module.eval()
+    pipe = HeliosPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_HELIOS_BUILDERS = {TINY_HELIOS: build_tiny_helios_pipeline}
+
+# -- the family and how a model's files name it ------------------------------------------
+HELIOS = HeliosFamily("helios", "Helios", {
+    # infer_helios.py's defaults (module docstring's table); 99 requested frames come back as 97
+    "height": 384, "width": 640, "num_frames": 97, "fps": 24.0, "num_inference_steps": 50, "guidance_scale": 5.0, "max_sequence_length": 512,
+}, tiny_names=(TINY_HELIOS,), hub_ids=(BASE_CHECKPOINT,))
+FAMILIES = (HELIOS,)
+
+
+def family_for_index(index: Mapping[str, Any]) -> HeliosFamily | None:
+    """Helios from a ``model_index.json`` naming ``HeliosPipeline``; None for any other pipeline.
+
+    Raises:
+        UnknownGeneratorError: a ``HeliosPyramidPipeline`` (Helios-Mid, Helios-Distilled), refused for every job in
+            one line with the reason.
+    """
+    name = index.get("_class_name")
+    if name == PIPELINE:
+        return HELIOS
+    if name == PYRAMID_PIPELINE:
+        from cac_align.gen.family import UnknownGeneratorError
+
+        which = "Helios-Distilled" if index.get("is_distilled") else "Helios-Mid" if index.get("is_cfg_zero_star") else "Helios-Mid or -Distilled"
+        raise UnknownGeneratorError(
+            f"a {PYRAMID_PIPELINE} ({which}), which no job runs yet ({ISSUE}): it denoises each chunk in 3 stages of growing size with its "
+            "own step list (no generator setting says it), and diffusers 0.42.1 draws a batch's block noise from its first generator only (a "
+            f"seed would not name one video); name a {PIPELINE} checkpoint ({BASE_CHECKPOINT})")
+    return None
+
+
+def regenerator_for_index(index: Mapping[str, Any]) -> None:
+    """No repair pipeline: a Helios checkpoint named as ``regenerator.name`` is refused in one line saying why; None for
+    any other."""
+    if index.get("_class_name") in (PIPELINE, PYRAMID_PIPELINE):
+        from cac_align.gen.family import UnknownGeneratorError
+
+        raise UnknownGeneratorError(f"a {index.get('_class_name')}, which has no inpainting mode: repair cannot regenerate a window with it "
+                                    "(it continues a video chunk by chunk, not between kept frames); name Wan-VACE or an LTX-2 checkpoint as "
+                                    "regenerator.name")
+    return None
