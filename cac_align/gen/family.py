@@ -122,9 +122,9 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
-__all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "Conditioning", "check_prompt_images", "fixed_frames", "image_runs", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
+__all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "NoContextParallel", "Conditioning", "check_prompt_images", "fixed_frames", "image_runs", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
            "check_ratios", "model_flow_shift", "ratios_from_configs", "read_model_file", "read_model_index", "read_scheduler_config", "regenerator_of",
            "take_model_settings", "with_own_ratios"]
 
@@ -376,6 +376,25 @@ class GeneratorFamily(Protocol):
         makes them; with ``images`` (one :class:`~cac_align.run.input_files.PromptImage` per
         prompt), as the family's image-to-video pipeline animates them."""
         ...
+
+
+class NoContextParallel:
+    """What a family that cannot split its forward over processes says (Kandinsky 6, MiniMax-H3, Helios): both
+    context-parallel hooks of :class:`GeneratorFamily` refuse in one line, ``context_parallel_refusal`` (a class
+    attribute of the family: why, and what to use instead)."""
+
+    context_parallel_refusal: ClassVar[str] = ""
+
+    def context_parallel_plan(self, transformer: Any) -> Any:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(self.context_parallel_refusal)
+
+    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
+        if degree > 1:
+            from cac_align.config import RecipeError
+
+            raise RecipeError(self.context_parallel_refusal)
 
 
 class Regenerator(Protocol):

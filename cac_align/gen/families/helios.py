@@ -52,10 +52,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
+from cac_align.gen.family import NoContextParallel
 from cac_align.gen.tiny import transformer_made, umt5_text_encoder, word_tokenizer
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
@@ -110,10 +111,16 @@ def _not_yet(title: str) -> str:
             "sample it with bon")
 
 
+_NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffusers 0.42.1's _cp_plan for HeliosTransformer3DModel names its "
+                        "40 blocks by index and each forward holds the chunk's tokens and its history's, so no split of it is defined here yet "
+                        f"({ISSUE}); shard it with parallel.shard: fsdp2 instead")
+
+
 @dataclass(frozen=True)
-class HeliosFamily:
+class HeliosFamily(NoContextParallel):
     """Helios as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` runs it, the trainers refuse it."""
 
+    context_parallel_refusal: ClassVar[str] = _NO_CONTEXT_PARALLEL  # both context-parallel hooks refuse (NoContextParallel)
     name: str
     title: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -200,17 +207,6 @@ class HeliosFamily:
         """The transformer calls of one chunk (every chunk runs the whole schedule)."""
         return num_inference_steps
 
-    def context_parallel_plan(self, transformer: Any) -> Any:
-        from cac_align.config import RecipeError
-
-        raise RecipeError(_NO_CONTEXT_PARALLEL)
-
-    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
-        if degree > 1:
-            from cac_align.config import RecipeError
-
-            raise RecipeError(_NO_CONTEXT_PARALLEL)
-
     # -- sampling (bon) -------------------------------------------------------------------
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """CFG's scale (``guided=False``: 1, one forward a step); positions do not depend on the frame rate."""
@@ -283,9 +279,6 @@ class HeliosFamily:
         return Generated(np.concatenate(videos))
 
 
-_NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffusers 0.42.1's _cp_plan for HeliosTransformer3DModel names its "
-                        "40 blocks by index and each forward holds the chunk's tokens and its history's, so no split of it is defined here yet "
-                        f"({ISSUE}); shard it with parallel.shard: fsdp2 instead")
 
 
 # ---------------------------------------------------------------------------------------

@@ -89,13 +89,13 @@ import copy
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from cac_align.gen.experts import Denoiser
-from cac_align.gen.family import image_runs
+from cac_align.gen.family import NoContextParallel, image_runs
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
 __all__ = ["AUDIO_BRANCH", "FAMILIES", "KANDINSKY6", "KANDINSKY6_DISTILLED", "SFT_CHECKPOINT", "TINY_KANDINSKY6_BUILDERS", "VIDEO_BRANCH", "Kandinsky6Denoiser",
@@ -129,13 +129,14 @@ def _no_training(title: str) -> str:
 
 
 @dataclass(frozen=True)
-class Kandinsky6Family:
+class Kandinsky6Family(NoContextParallel):
     """Kandinsky 6 as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring).
 
     Attributes:
         distilled: a pi-Flow-distilled checkpoint (``PiflowScheduler``): ``bon`` only.
     """
 
+    context_parallel_refusal: ClassVar[str] = _NO_CONTEXT_PARALLEL  # both context-parallel hooks refuse (NoContextParallel)
     name: str
     title: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -196,17 +197,6 @@ class Kandinsky6Family:
 
         if self.distilled or type(pipe.scheduler).__name__ == "PiflowScheduler":
             raise RecipeError(_no_training(self.title))
-
-    def context_parallel_plan(self, transformer: Any) -> Any:
-        from cac_align.config import RecipeError
-
-        raise RecipeError(_NO_CONTEXT_PARALLEL)
-
-    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
-        if degree > 1:
-            from cac_align.config import RecipeError
-
-            raise RecipeError(_NO_CONTEXT_PARALLEL)
 
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """CFG's scale (``guided=False``: 1, one forward a step) and the frame rate the audio's length follows."""

@@ -56,12 +56,13 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from cac_align.gen.experts import Denoiser
+from cac_align.gen.family import NoContextParallel
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
 __all__ = ["FAMILIES", "MINIMAX_H3", "MODULAR_PIPELINE", "MiniMaxH3Denoiser", "MiniMaxH3Family", "audio_sigma", "build_tiny_minimax_h3_pipeline",
@@ -90,10 +91,16 @@ def _blocks() -> Any:
     return before_denoise
 
 
+_NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for MiniMax-H3: its text, audio and video share one packed sequence whose "
+                        "positions and per-row timesteps diffusers' context-parallel hooks do not split (the transformer's _cp_plan covers "
+                        "hidden_states only); shard it with parallel.shard: fsdp2 instead")
+
+
 @dataclass(frozen=True)
-class MiniMaxH3Family:
+class MiniMaxH3Family(NoContextParallel):
     """MiniMax-H3 as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring)."""
 
+    context_parallel_refusal: ClassVar[str] = _NO_CONTEXT_PARALLEL  # both context-parallel hooks refuse (NoContextParallel)
     name: str = "minimax-h3"
     title: str = "MiniMax-H3"
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -151,17 +158,6 @@ class MiniMaxH3Family:
     def denoiser(self, pipe: Any) -> "MiniMaxH3Denoiser":
         _with_timestep_scale(pipe)  # again, should anything have replaced the scheduler since the pipeline was made
         return MiniMaxH3Denoiser(pipe.transformer, self, audio_shift=float(pipe.audio_scheduler.config.shift), video_shift=float(pipe.scheduler.config.shift))
-
-    def context_parallel_plan(self, transformer: Any) -> Any:
-        from cac_align.config import RecipeError
-
-        raise RecipeError(_NO_CONTEXT_PARALLEL)
-
-    def check_context_parallel(self, config: Any, degree: int, transformer_config: Mapping[str, Any]) -> None:
-        if degree > 1:
-            from cac_align.config import RecipeError
-
-            raise RecipeError(_NO_CONTEXT_PARALLEL)
 
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
         """Nothing to guide (guidance-distilled: one forward a step, guided or not); the frame rate."""
@@ -342,9 +338,6 @@ class MiniMaxH3Family:
         return Generated(np.concatenate(frames), np.concatenate(audio), int(pipe.audio_sampling_rate))
 
 
-_NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for MiniMax-H3: its text, audio and video share one packed sequence whose "
-                        "positions and per-row timesteps diffusers' context-parallel hooks do not split (the transformer's _cp_plan covers "
-                        "hidden_states only); shard it with parallel.shard: fsdp2 instead")
 
 
 class MiniMaxH3Denoiser(Denoiser):
