@@ -1,5 +1,5 @@
 """Context parallel for the generator families: LTX-2's own plan and Wan's (diffusers') give on two
-processes what one process gives (tests/ltx2_context_parallel.py under torchrun, gloo, fp32), and a
+processes what one process gives (tests/ltx2_context_parallel.py under torch's elastic agent, gloo, fp32), and a
 video or a model the degree cannot split is refused before anything loads, naming the setting."""
 
 from __future__ import annotations
@@ -31,11 +31,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
+    """tests/ltx2_context_parallel.py on two processes, forked by torch's elastic agent from a process that imported
+    the libraries once (tests/forked_launch.py; ``CAC_TEST_TORCHRUN=1``: the ``torchrun`` command)."""
+    import forked_launch
+
     out = tmp_path_factory.mktemp("context_parallel") / "result.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-               str(REPO_ROOT / "tests/ltx2_context_parallel.py"), str(out)]
+    script = REPO_ROOT / "tests/ltx2_context_parallel.py"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    if env.get("CAC_TEST_TORCHRUN"):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script), str(out)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    else:
+        done = forked_launch.launch(script, [str(out)], processes=2, port=_free_port(), env=env, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return json.loads(out.read_text())["cases"]
 

@@ -117,20 +117,28 @@ FLAKY = 'reward={name: "fault_rewards:flaky_pair", fail: "%s"}'
 
 
 def _launch(out, *overrides, env=None, timeout=600, recipe=BRIGHTNESS):
-    """tests/parallel_launch.py's flow-grpo on the brightness recipe (or ``recipe``), 2 processes under
-    torchrun: the finished process (its return code is not checked here) and its wall time."""
+    """tests/parallel_launch.py's flow-grpo on the brightness recipe (or ``recipe``), 2 processes: the finished
+    launch (its return code is not checked here) and its wall time. Under the ``torchrun`` command when the
+    launch runs through ``cac-align``'s own ``main`` (``CAC_TEST_VIA_CLI``: how the launcher ends the others is
+    what such a test reads) or ``CAC_TEST_TORCHRUN=1`` is set; else forked from a process that imported the
+    libraries once, by torch's own elastic agent (tests/forked_launch.py)."""
     import os
     import socket
     import subprocess
     import sys
     import time
 
+    import forked_launch
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(LAUNCH),
-               "flow-grpo", str(recipe), str(out), *overrides]
+    args = ["flow-grpo", str(recipe), str(out), *overrides]
+    if not environment.get("CAC_TEST_VIA_CLI") and not environment.get("CAC_TEST_TORCHRUN"):
+        done = forked_launch.launch(LAUNCH, args, processes=2, port=port, env=environment, cwd=REPO_ROOT, timeout=timeout)
+        return done, time.time()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(LAUNCH), *args]
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
     return done, time.time()
 

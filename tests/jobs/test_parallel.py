@@ -1,9 +1,13 @@
 """The generator trainers sharded (FSDP2 per block) and split over processes (context parallel), proven
 equal to one process on the CPU (cac_align/gen/parallel/; docs/flow_grpo.md, "Sharding and long videos").
 
-The two- and four-process cases run tests/parallel_launch.py under torchrun (gloo, fp32, tiny models
-built from diffusers' own classes) and are marked slow: `pytest -m slow tests/jobs/test_parallel.py`
-(.ci/run runs them). One process is the reference every time, run by the same script.
+The two- and four-process cases run tests/parallel_launch.py under torch's elastic agent (gloo, fp32, tiny
+models built from diffusers' own classes) and are marked slow: `pytest -m slow tests/jobs/test_parallel.py`
+(.ci/run runs them). One process is the reference every time, run by the same script. The processes are
+forked from one that imported the libraries once (tests/forked_launch.py; the agent torchrun runs, its
+workers given torchrun's variables, as a test here checks), which took this file's slow tests from 588 s
+to 234 s on 2 shared cores (2026-11-28); the restart cases, the stalled process, and every launch under
+``CAC_TEST_TORCHRUN=1``, run the ``torchrun`` command itself.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from safetensors.torch import load_file
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+import forked_launch
 from conftest import REPO_ROOT, tiny_recipes_by_family
 
 BRIGHTNESS = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
@@ -36,10 +41,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(script: Path, *args: str, processes: int = 1, max_restarts: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+def torchrun(script: Path, *args: str, processes: int = 1, max_restarts: int = 0, env: dict | None = None,
+             command_line: bool = False) -> subprocess.CompletedProcess:
     """Run ``script`` on ``processes`` processes (1: plain python; more: torchrun, restarting the group
-    up to ``max_restarts`` times) and return the finished process, whatever its status."""
+    up to ``max_restarts`` times) and return the finished process, whatever its status. Without restarts the
+    processes are forked from a process that has imported the libraries once (tests/forked_launch.py: torch's
+    own elastic agent, as torchrun runs it); ``command_line`` (or restarts, or ``CAC_TEST_TORCHRUN=1`` in the
+    environment, for every launch) runs ``python`` or the ``torchrun`` command itself."""
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    if max_restarts == 0 and not command_line and not os.environ.get("CAC_TEST_TORCHRUN"):
+        return forked_launch.launch(script, list(args), processes=processes, port=_free_port(), env=environment, cwd=REPO_ROOT)
     if processes == 1:
         command = [sys.executable, str(script)]
     else:
@@ -621,6 +632,40 @@ def test_a_collective_that_outwaits_its_timeout_fails_in_one_line_naming_the_set
             raise RuntimeError("something else")
 
 
+ENVIRONMENT = """
+import json, os, sys
+from pathlib import Path
+Path(sys.argv[1], f"seen{os.environ.get('RANK', 'alone')}.json").write_text(json.dumps({"env": dict(os.environ), "argv": sys.argv[1:],
+                                                                                         "cwd": os.getcwd(), "name": __name__}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_forked_launch_gives_its_processes_what_the_command_line_gives(processes, tmp_path):
+    """tests/forked_launch.py, which most launches here use, against ``python`` and the ``torchrun`` command: each
+    process sees the same environment (torchrun's variables included, with the launch's own), arguments, folder and
+    ``__name__``; only the port and torchrun's per-run error-file path may differ."""
+    script = tmp_path / "environment.py"
+    script.write_text(ENVIRONMENT)
+    seen = {}
+    for how, command_line in (("forked", False), ("command", True)):
+        (tmp_path / how).mkdir()
+        done = torchrun(script, str(tmp_path / how), processes=processes, env={"CAC_TEST_MARK": how}, command_line=command_line)
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen[how] = [json.loads(path.read_text()) for path in sorted((tmp_path / how).glob("seen*.json"))]
+    assert len(seen["forked"]) == len(seen["command"]) == processes
+    for forked, command in zip(seen["forked"], seen["command"], strict=True):
+        assert forked["argv"] == [str(tmp_path / "forked")] and command["argv"] == [str(tmp_path / "command")]
+        assert forked["name"] == command["name"] == "__main__" and forked["cwd"] == command["cwd"] == str(REPO_ROOT)
+        assert forked["env"].pop("CAC_TEST_MARK") == "forked" and command["env"].pop("CAC_TEST_MARK") == "command"
+        varies = {"MASTER_PORT", "TORCHELASTIC_ERROR_FILE"}
+        assert {k: v for k, v in forked["env"].items() if k not in varies} == {k: v for k, v in command["env"].items() if k not in varies}
+        assert set(forked["env"]) == set(command["env"])
+        if processes > 1:
+            assert {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"} <= set(forked["env"])
+
+
 RESTART = """
 import os, signal, torch
 from cac_align.gen.parallel import ParallelSettings, connect_processes
@@ -663,7 +708,8 @@ def test_a_stalled_process_fails_the_run_within_parallel_timeout_s_in_one_line(t
 
     start = time.monotonic()
     done = torchrun(LAUNCH, "flow-grpo", str(BRIGHTNESS), str(tmp_path / "run"), "steps=1", "checkpoint_every=0", "eval_prompts=null",
-                    "parallel.shard=fsdp2", "parallel.timeout_s=20", processes=2, env={"CAC_TEST_STALL": "1:0:300"})
+                    "parallel.shard=fsdp2", "parallel.timeout_s=20", processes=2, env={"CAC_TEST_STALL": "1:0:300"},
+                    command_line=True)
     assert done.returncode != 0
     assert time.monotonic() - start < 300
     lines = [line for line in done.stderr.splitlines() if "CollectiveTimeout: " in line]
