@@ -173,6 +173,9 @@ class DpoConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.generator.lora is not None:
             raise ValueError("generator.lora is for generation; dpo trains a new LoRA on the base model")
+        check_trainer = None if self.generator.is_synthetic else getattr(self.generator.family, "check_trainer", None)  # Helios: not yet, one line
+        if check_trainer is not None:
+            check_trainer("dpo")
         if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch
             self.lora.target_modules = list(self.generator.family.lora_target_modules)
         if self.lora.rank < 1 or not self.lora.target_modules:

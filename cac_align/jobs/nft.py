@@ -92,6 +92,9 @@ class NftConfig(FlowGrpoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_trainer = None if self.generator.is_synthetic else getattr(self.generator.family, "check_trainer", None)  # Helios: not yet, one line
+        if check_trainer is not None:
+            check_trainer("nft")
         if self.nft_beta <= 0:
             raise ValueError(f"nft_beta must be > 0 (the loss divides by it), got {self.nft_beta}")
         if self.adv_mode not in ADV_MODES:
@@ -173,7 +176,7 @@ class _NftTrainer(_Trainer):
         too, from the same transformer calls as the video's (docs/audio.md)."""
         config, acc = self.config, self.accelerator
         device = acc.device
-        clean = torch.cat([t.latents[:, -1] for t in trajectories])  # x0: the sampled videos' latents
+        clean = torch.cat([t.final for t in trajectories])  # x0: the sampled videos' latents
         sides = torch.cat([t.side for t in trajectories]) if trajectories[0].side is not None else None
         timesteps = self.timesteps.to(device)
         local = list(self.plan.local_range)
