@@ -1,9 +1,11 @@
-"""Helios (cac_align.gen.families.helios, issue #106 stage 1): a saved folder of any name is read by its
-model_index.json (HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder
-and writes 24 fps videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte
-(text to video batched, image to video one row a call), and the family's per-chunk decode gives the pipeline's frames
-from its latents; the trainers are refused as their config is read, a frame count the chunks do not make as the
-generator's config is read, each in one line."""
+"""Helios (cac_align.gen.families.helios, issue #106): a saved folder of any name is read by its model_index.json
+(HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder and writes 24 fps
+videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte (text to video batched,
+image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; nft and
+dpo are refused as their config is read, a frame count the chunks do not make as the generator's config is read, each
+in one line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal;
+its SDE log-probs a hand computation from the scheduler's own steps, and recomputed from the record alone; one step of
+the tiny recipe moves every LoRA weight. Credit by chunk: tests/rl/test_credit.py."""
 
 from __future__ import annotations
 
@@ -76,21 +78,22 @@ def test_a_frame_count_the_chunks_do_not_make_is_refused_in_one_line_naming_its_
         assert "\n" not in str(error.value)
 
 
-def test_the_trainers_are_refused_as_their_config_is_read(tmp_path):
+def test_nft_and_dpo_are_refused_as_their_config_is_read_and_flow_grpo_takes_the_attention_projections(tmp_path):
     from cac_align.config import load_config
     from cac_align.jobs.dpo import DpoConfig
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
     from cac_align.jobs.nft import NftConfig
 
     helios = "generator.name=tiny-random:helios"
-    for cls, job, recipe in ((FlowGrpoConfig, "flow-grpo", "flow_grpo"), (NftConfig, "nft", "nft"), (DpoConfig, "dpo", "dpo")):
-        with pytest.raises(RecipeError, match=r"Helios is not trained here yet \(issue #106\).*per-chunk trajectories: not yet") as error:
+    for cls, job, recipe in ((NftConfig, "nft", "nft"), (DpoConfig, "dpo", "dpo")):
+        with pytest.raises(RecipeError, match=rf"{job} does not train Helios yet \(issue #106\).*train it with flow-grpo") as error:
             load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny.yaml", [f"out_dir={tmp_path / job}", helios, "generator.num_frames=33"], job=job)
         assert "\n" not in str(error.value)
-    # a recipe naming its LoRA's modules itself passes the config; what a trainer asks of the family refuses it
-    for ask in (lambda: HELIOS.denoiser(None), lambda: HELIOS.schedule(None, None), lambda: HELIOS.initial_latents(None, None, [])):
-        with pytest.raises(RecipeError, match="per-chunk trajectories: not yet"):
-            ask()
+    config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml", [f"out_dir={tmp_path / 'grpo'}"], job="flow-grpo")
+    assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+    with pytest.raises(RecipeError, match="Helios image-to-video is not trained here yet") as error:  # the trainers' sampler: text to video
+        HELIOS.encode_images(None, config.generator, [None])
+    assert "\n" not in str(error.value)
     with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for Helios") as error:
         HELIOS.check_context_parallel(GeneratorConfig(**TINY), 2, {})
     assert "\n" not in str(error.value)
@@ -148,3 +151,129 @@ def test_bon_by_folder_runs_the_tiny_recipe_and_writes_its_24_fps_videos(saved, 
     for row in rows:
         video = load_video(str(out / row["video"]))
         assert video.frames.shape == (65, 32, 32, 3) and video.fps == 24.0
+
+
+# -- flow-grpo's per-chunk sampler (stage 2) ---------------------------------------------------------
+CHUNKED = {**TINY, "num_frames": 97}  # 3 chunks of 2 steps each: chunk 2 reads a history of both earlier chunks
+
+
+@pytest.fixture(scope="module")
+def euler(tiny):
+    """The tiny pipeline with the scheduler set to plain Euler (the release samples with UniPC, bon's), and the
+    3-chunk config."""
+    from diffusers import HeliosPipeline, HeliosScheduler
+
+    pipe = HeliosPipeline(**{**tiny[1].components, "scheduler": HeliosScheduler.from_config(tiny[1].scheduler.config, scheduler_type="euler")})
+    pipe.set_progress_bar_config(disable=True)
+    return GeneratorConfig(**CHUNKED), pipe
+
+
+def _sampled(pipe, config, noise_level):
+    from cac_align.gen.generator import encode_conditioning, sample_with_log_probs
+
+    guidance = HELIOS.guidance(config)
+    cond, negative = encode_conditioning(pipe, HELIOS, PROMPTS, None, config, guidance)
+    sigmas, timesteps = HELIOS.schedule(pipe, config)
+    trajectory = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), cond, negative, [torch.Generator().manual_seed(s) for s in SEEDS], config=config,
+                                       sigmas=sigmas, timesteps=timesteps, noise_level=noise_level)
+    return trajectory, cond, negative, guidance
+
+
+def test_the_sampler_at_noise_0_is_the_euler_configured_pipeline_chunk_by_chunk(euler):
+    config, pipe = euler
+    trajectory, *_ = _sampled(pipe, config, 0.0)
+    # K = 3 chunks of N = 2 steps, flattened: 3 x (2 + 1) states, 3 x 2 log-probs; the video is every chunk's last state
+    assert trajectory.chunks == 3 and trajectory.latents.shape == (2, 9, 16, 9, 4, 4) and trajectory.log_probs.shape == (2, 6)
+    assert trajectory.sigmas.dtype == torch.float64  # the scheduler's own, so dt rounds as its Euler step rounds it
+    own = _pipelines_own(pipe, config, PROMPTS, SEEDS, output_type="latent")
+    assert own.shape == (2, 16, 27, 4, 4) and torch.equal(trajectory.final, own)
+
+
+def test_per_chunk_sde_log_probs_are_a_hand_computation_from_the_schedulers_steps_and_recompute_from_the_record(euler):
+    import copy
+    import math
+
+    import numpy as np
+    from diffusers.pipelines.helios.pipeline_helios import calculate_shift
+
+    from cac_align.gen.generator import predict_velocity, sde_transitions, step_conditioning
+
+    config, pipe = euler
+    a, N, K = 0.7, 2, 3
+    trajectory, cond, negative, guidance = _sampled(pipe, config, a)
+    lp = trajectory.log_probs
+    # step 0's width: the schedule starts at s0 = 0.99937 (mu = 0.5 + 0.65 (36 - 256) / 3840 = 0.46276 for the 9 x 4 x 4 / 4 = 36
+    # tokens of a chunk; s = e^mu / (e^mu + 1/t - 1) at t = 0.999, 0.4995: 0.99937, 0.61320), taken as pure noise:
+    # sigma_t = 0.7 sqrt(0.99937 / (1 - 0.61320)) = 1.1252, std = 1.1252 sqrt(0.99937 - 0.61320) = 0.6992 (~ a), not
+    # 0.7 sqrt(0.99937 / 0.00063) sqrt(0.38617) = 17.3 as the plain square-root scale would make it
+    s = trajectory.sigmas
+    transitions = sde_transitions(HELIOS, s, a)
+    assert float(s[0]) == pytest.approx(0.99937, abs=1e-5) and float(s[1]) == pytest.approx(0.61320, abs=1e-5)
+    assert float(transitions.noise_scale(0)) * math.sqrt(float(s[0] - s[1])) == pytest.approx(0.6992, abs=2e-4)
+
+    # by hand: the pipeline's own scheduler (Euler-configured, reset per chunk) for the Euler part and the sigmas, the
+    # transformer called with a history built here as the pipeline builds it, Flow-GRPO's correction and Gaussian on top
+    embeds, negative_embeds = pipe.encode_prompt(PROMPTS, [HELIOS_NEGATIVE_PROMPT] * 2, do_classifier_free_guidance=True, max_sequence_length=16)
+    indices = torch.arange(29).split([1, 16, 2, 1, 9])  # prefix, long, mid, 1x, the chunk
+    mu = calculate_shift(36, 256, 4096, 0.5, 1.15)
+    history, prefix = torch.zeros(2, 16, 19, 4, 4), torch.zeros(2, 16, 1, 4, 4)
+    for k in range(K):
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(N, sigmas=np.linspace(0.999, 0.0, N + 1)[:-1], mu=mu)
+        long_, mid, one = history[:, :, -19:].split([16, 2, 1], dim=2)
+        inputs = dict(indices_hidden_states=indices[4][None], indices_latents_history_short=torch.cat([indices[0], indices[3]])[None],
+                      indices_latents_history_mid=indices[2][None], indices_latents_history_long=indices[1][None],
+                      latents_history_short=torch.cat([prefix, one], dim=2), latents_history_mid=mid, latents_history_long=long_)
+        for j, t in enumerate(scheduler.timesteps):
+            step = k * N + j
+            x, x_next = trajectory.latents[:, step + k], trajectory.latents[:, step + k + 1]
+            with torch.no_grad():
+                cond_v, uncond_v = (pipe.transformer(hidden_states=x, timestep=t.expand(2), encoder_hidden_states=e, return_dict=False, **inputs)[0]
+                                    for e in (embeds, negative_embeds))
+            v = uncond_v + 5.0 * (cond_v - uncond_v)
+            sigma, sigma_next = float(scheduler.sigmas[j]), float(scheduler.sigmas[j + 1])
+            euler_step = scheduler.step(v, t, x, return_dict=False)[0]  # x + (sigma' - sigma) v
+            noise_scale = a * math.sqrt(sigma / (1 - (float(scheduler.sigmas[1]) if j == 0 else sigma)))
+            dt = sigma_next - sigma
+            mean = euler_step + dt * noise_scale**2 / (2 * sigma) * (x + (1 - sigma) * v)
+            std = noise_scale * math.sqrt(-dt)
+            by_hand = (-((x_next - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)).mean(dim=(1, 2, 3, 4))
+            # equal to float rounding (1.2e-7 measured); the control below shows a wrong history moves them 20x past this
+            assert torch.allclose(by_hand, lp[:, step], rtol=0, atol=1e-5), (k, j, by_hand, lp[:, step])
+        final = trajectory.latents[:, k * (N + 1) + N]
+        prefix = final[:, :, :1] if k == 0 else prefix  # the first chunk's first latent frame, from then on
+        history = torch.cat([history, final], dim=2)
+
+    # the training pass: each step recomputed from the record alone (the history rebuilt from the recorded chunk finals)
+    model, dtype = HELIOS.denoiser(pipe), pipe.transformer.dtype
+    for step in range(K * N):
+        k, j = divmod(step, N)
+        x, x_next = trajectory.latents[:, step + k], trajectory.latents[:, step + k + 1]
+        with torch.no_grad():
+            v = predict_velocity(model, x, trajectory.timesteps[j], step_conditioning(HELIOS, cond, trajectory.latents, k, K), negative, guidance, dtype)
+            assert torch.equal(transitions.step(j, x, v, prev_sample=x_next).log_prob, lp[:, step])
+            if k == 2:  # control: the previous chunk's history in place of this chunk's moves the log-probs (2e-4 on the tiny model)
+                v = predict_velocity(model, x, trajectory.timesteps[j], step_conditioning(HELIOS, cond, trajectory.latents, 1, K), negative, guidance, dtype)
+                wrong_history = transitions.step(j, x, v, prev_sample=x_next).log_prob
+                assert (wrong_history - lp[:, step]).abs().max() > 5e-5
+
+
+def test_flow_grpo_trains_one_step_of_the_tiny_recipe_per_chunk_and_its_lora_moves(tmp_path):
+    from cac_align.config import load_config
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+    from cac_align.rewards.registry import build_reward
+
+    pipe = HELIOS.build_tiny("tiny-random:helios")
+    base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+    out = tmp_path / "grpo"
+    config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml",
+                         [f"out_dir={out}", f"prompts={REPO_ROOT / 'recipes/align/prompts_tiny.txt'}", "steps=1", "checkpoint_every=0"], job="flow-grpo")
+    run(config, pipe=pipe, reward=build_reward({"name": "brightness"}))
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # 2 chunks x 2 steps trained; one update on the policy that sampled: every recomputed log-prob is the recorded one
+    assert row["train/timesteps"] == 4 and row["train/ratio_mean"] == 1.0 and row["train/grad_norm"] > 0
+    lora = {n: p for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
+    assert len(lora) == 2 * 2 * 4 and all(torch.count_nonzero(p) for p in lora.values())  # 2 blocks x 2 attentions x 4 projections, each moved
+    after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
+    assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # the base as it was
+    assert (out / "lora/pytorch_lora_weights.safetensors").is_file()
