@@ -482,8 +482,8 @@ class _Trainer:
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
         self._sound_schedule()
         self.guidance = self.family.guidance(config.generator)
-        self.chunks = chunk_count(self.family, config.generator)  # an autoregressive family's loops (Helios's chunks): K x N steps, each trained
-        self.trainable_steps = [s for s in range(self.chunks * len(self.timesteps)) if denoiser.expert_index(self.timesteps[s % len(self.timesteps)]) in denoiser.trained_experts()]
+        self.video_chunks = chunk_count(self.family, config.generator)  # an autoregressive family's loops (Helios's chunks): K x N steps, each trained
+        self.trainable_steps = [s for s in range(self.video_chunks * len(self.timesteps)) if denoiser.expert_index(self.timesteps[s % len(self.timesteps)]) in denoiser.trained_experts()]
         self.ema = {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()} if config.ema_decay is not None else None
         if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
             register_lora_checkpoint(acc, self.unwrapped, self.ema)
@@ -809,7 +809,7 @@ class _Trainer:
                     k, j = divmod(s, len(timesteps))
                     count += 1
                     backwards += 1
-                    emb = step_conditioning(self.family, embeds[lo:hi], latents[lo:hi], k, self.chunks)  # + the chunk's history (Helios), detached
+                    emb = step_conditioning(self.family, embeds[lo:hi], latents[lo:hi], k, self.video_chunks)  # + the chunk's history (Helios), detached
                     x, x_next = latents[lo:hi, s + k].to(device), latents[lo:hi, s + k + 1].to(device)
                     side = sides[lo:hi, s + k].to(device) if sides is not None else None
                     with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
@@ -828,8 +828,8 @@ class _Trainer:
                         velocity, side_velocity = velocity if side is not None else (velocity, None)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
                         localized = {} if credit is None else position_terms(
-                            config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, s].to(device), chunk_credit(credit[lo:hi], k, self.chunks),
-                            None if hold is None else chunk_credit(hold[lo:hi], k, self.chunks), x.shape[1])
+                            config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, s].to(device), chunk_credit(credit[lo:hi], k, self.video_chunks),
+                            None if hold is None else chunk_credit(hold[lo:hi], k, self.video_chunks), x.shape[1])
                         old_mean = policy.mean.detach() if config.loss != "ppo_clip" and c == 0 else old_mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
