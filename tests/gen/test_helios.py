@@ -91,9 +91,6 @@ def test_nft_and_dpo_are_refused_as_their_config_is_read_and_flow_grpo_takes_the
         assert "\n" not in str(error.value)
     config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml", [f"out_dir={tmp_path / 'grpo'}"], job="flow-grpo")
     assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
-    with pytest.raises(RecipeError, match="Helios image-to-video is not trained here yet") as error:  # the trainers' sampler: text to video
-        HELIOS.encode_images(None, config.generator, [None])
-    assert "\n" not in str(error.value)
     with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for Helios") as error:
         HELIOS.check_context_parallel(GeneratorConfig(**TINY), 2, {})
     assert "\n" not in str(error.value)
@@ -277,3 +274,35 @@ def test_flow_grpo_trains_one_step_of_the_tiny_recipe_per_chunk_and_its_lora_mov
     after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
     assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # the base as it was
     assert (out / "lora/pytorch_lora_weights.safetensors").is_file()
+
+
+def test_image_to_video_at_noise_0_is_the_pipeline_given_the_images_posterior_mean_without_its_noise(euler):
+    from diffusers.utils import load_image
+
+    from cac_align.gen.family import Conditioning
+    from cac_align.gen.generator import encode_conditioning, sample_with_log_probs
+    from cac_align.run.input_files import PromptImage
+
+    config, pipe = euler
+    config = GeneratorConfig(**{**TINY, "num_frames": 65})
+    image = PromptImage.of(REPO_ROOT / "recipes/align/image_red_ball.png")
+    guidance = HELIOS.guidance(config)
+    cond, negative = encode_conditioning(pipe, HELIOS, PROMPTS, [image, image], config, guidance)
+    # the image alone and the last latent of a 33-frame clip of it, each the posterior's mean, normalized as the pipeline does
+    vae = pipe.vae
+    mean, inv_std = (torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1), 1.0 / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1))
+    pixels = pipe.video_processor.preprocess(load_image(str(image.image)), height=32, width=32).unsqueeze(2)
+    with torch.no_grad():
+        assert torch.equal(cond.image_latents[:1], (vae.encode(pixels).latent_dist.mean - mean) * inv_std)
+        assert torch.equal(cond.fake_image_latents[:1], ((vae.encode(pixels.repeat(1, 1, 33, 1, 1)).latent_dist.mean - mean) * inv_std)[:, :, -1:])
+    sigmas, timesteps = HELIOS.schedule(pipe, config)
+    generators = lambda: [torch.Generator().manual_seed(s) for s in SEEDS]  # noqa: E731
+    trajectory = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), cond, negative, generators(), config=config, sigmas=sigmas, timesteps=timesteps,
+                                       noise_level=0.0)
+    own = pipe(prompt=PROMPTS, negative_prompt=[HELIOS_NEGATIVE_PROMPT] * 2, image_latents=cond.image_latents, fake_image_latents=cond.fake_image_latents,
+               add_noise_to_image_latents=False, generator=generators(), height=32, width=32, num_frames=65, num_inference_steps=2, guidance_scale=5.0,
+               max_sequence_length=16, output_type="latent").frames
+    assert own.shape == (2, 16, 19, 4, 4) and torch.equal(trajectory.final, own[:, :, 1:])  # the pipeline's latents hold the fake frame first
+    text_only = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), Conditioning(embeds=cond.embeds), negative, generators(), config=config,
+                                      sigmas=sigmas, timesteps=timesteps, noise_level=0.0)
+    assert (text_only.final - trajectory.final).abs().max() > 1e-2  # control: the image conditions every chunk

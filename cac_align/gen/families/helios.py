@@ -30,9 +30,10 @@ trained through. Flow-GRPO's square-root noise scale takes the schedule's first 
 (:attr:`HeliosFamily.pure_noise_start`). A judge's window maps onto latent frames chunk by chunk
 (:attr:`HeliosFamily.chunk_frames`; :mod:`cac_align.rl.credit`).
 
+Image to video: the image's posterior mean without the release's noise on it (:meth:`HeliosFamily.encode_images`).
+
 **What does not yet.** ``nft`` and ``dpo`` are refused in one line as their recipe is read
-(:meth:`HeliosFamily.check_trainer`), image-to-video in ``flow-grpo`` at its first encoding
-(:meth:`HeliosFamily.encode_images`). ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no
+(:meth:`HeliosFamily.check_trainer`). ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no
 inpainting pipeline. Context parallel is refused in one line (diffusers' ``_cp_plan`` for this transformer names 40
 blocks by index, and each forward holds the chunk's tokens and the history's). ``HeliosPyramidPipeline`` checkpoints
 (Helios-Mid, Helios-Distilled) are recognized and refused for every job in one line (:func:`family_for_index`).
@@ -241,25 +242,56 @@ class HeliosFamily(NoContextParallel):
         in order; none for the first chunk), rebuilt as the pipeline keeps it: a buffer of 19 zero frames with each
         chunk's finals appended, its last 16, 2 and 1 frames (``history_long``, ``history_mid``, the 1 of
         ``history_short``), and in front of ``history_short`` the prefix frame: zeros for the first chunk, afterwards the
-        first latent frame of the first chunk. ``like``: a latent of the chunk (its shape and device). The history is
-        state, as the prompt is: built from earlier actions without gradient (module docstring)."""
+        first latent frame of the first chunk. Image to video (``cond``'s ``image_latents`` and ``fake_image_latents``:
+        :meth:`encode_images`): the buffer's last zero frame is the fake latent and the prefix of every chunk is the
+        image's. ``like``: a latent of the chunk (its shape and device). The history is state, as the prompt is: built
+        from earlier actions without gradient (module docstring)."""
         from cac_align.gen.family import Conditioning
 
         batch, channels, _, height, width = like.shape
         total = sum(HISTORY_SIZES)
-        zeros = torch.zeros((batch, channels, total, height, width), dtype=torch.float32, device=like.device)
+        start = torch.zeros((batch, channels, total, height, width), dtype=torch.float32, device=like.device)
+        image = cond.has("image_latents")
+        if image:  # image to video: the image's clip's last latent is the buffer's last frame, the image the prefix of every chunk
+            start = torch.cat([start[:, :, :-1], cond.fake_image_latents.to(like.device, torch.float32)], dim=2)
         earlier = [f.to(like.device, torch.float32).detach() for f in finals]
-        long_, mid, one = torch.cat([zeros, *earlier], dim=2)[:, :, -total:].split(list(HISTORY_SIZES), dim=2)
-        prefix = earlier[0][:, :, :1] if earlier else zeros[:, :, :1]
+        long_, mid, one = torch.cat([start, *earlier], dim=2)[:, :, -total:].split(list(HISTORY_SIZES), dim=2)
+        if image:
+            prefix = cond.image_latents.to(like.device, torch.float32)
+        else:
+            prefix = earlier[0][:, :, :1] if earlier else torch.zeros_like(start[:, :, :1])
         return cond.join(Conditioning(history_short=torch.cat([prefix, one], dim=2), history_mid=mid, history_long=long_))
 
     def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
-        from cac_align.config import RecipeError
+        """Each row's first frame as the trainers condition on it (docs/helios.md, "Image to video"): ``image_latents``
+        ``(B, C, 1, h, w)``, the image encoded alone, and ``fake_image_latents`` ``(B, C, 1, h, w)``, the last latent of
+        a 33-frame clip of the repeated image, each the mean of the VAE's posterior, normalized as the pipeline
+        normalizes them (``prepare_image_latents``), float32. The pipeline draws a sample of the posterior and then
+        noises both at a level drawn in [0.111, 0.135]; the trainers take neither draw (its
+        ``add_noise_to_image_latents=False`` path), so the conditioning is a function of the image alone."""
+        from diffusers.utils import load_image
 
-        # bon animates images through the pipeline itself (generate); the trainers' sampler does not draw the image's
-        # posterior and noise levels as the pipeline does yet
-        raise RecipeError(f"{self.title} image-to-video is not trained here yet ({ISSUE}): flow-grpo samples text-to-video chunks only; "
-                          "give prompts without images (bon animates images)")
+        from cac_align.gen.family import Conditioning
+
+        vae = pipe.vae
+        device, dtype = next(vae.parameters()).device, vae.dtype
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, dtype)
+        encoded: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        for image in images:
+            if image is None:
+                raise ValueError(f"{self.title}: every row of an image-to-video batch needs its image")
+            if image.last_image is not None:
+                raise ValueError(f"{self.title} takes a first frame only; {image.last_image} was given as the last one")
+            if image in encoded:
+                continue
+            pixels = pipe.video_processor.preprocess(load_image(image.image), height=config.height, width=config.width).unsqueeze(2).to(device, dtype)
+            with torch.no_grad():
+                alone = (vae.encode(pixels).latent_dist.mode() - mean) * inv_std
+                clip = pixels.repeat(1, 1, CHUNK_FRAMES, 1, 1)
+                fake = ((vae.encode(clip).latent_dist.mode() - mean) * inv_std)[:, :, -1:]
+            encoded[image] = (alone.float(), fake.float())
+        return Conditioning(image_latents=torch.cat([encoded[i][0] for i in images]), fake_image_latents=torch.cat([encoded[i][1] for i in images]))
 
     def encode_video(self, pipe: Any, frames: Any) -> Any:
         from cac_align.config import RecipeError
