@@ -255,25 +255,39 @@ def test_per_chunk_sde_log_probs_are_a_hand_computation_from_the_schedulers_step
                 assert (wrong_history - lp[:, step]).abs().max() > 5e-5
 
 
-def test_flow_grpo_trains_one_step_of_the_tiny_recipe_per_chunk_and_its_lora_moves(tmp_path):
+def test_flow_grpo_trains_the_tiny_recipe_per_chunk_and_a_window_credits_only_its_chunks_steps(tmp_path):
     from cac_align.config import load_config
-    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run, trained_timesteps
     from cac_align.rewards.registry import build_reward
 
-    pipe = HELIOS.build_tiny("tiny-random:helios")
-    base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
-    out = tmp_path / "grpo"
-    config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml",
-                         [f"out_dir={out}", f"prompts={REPO_ROOT / 'recipes/align/prompts_tiny.txt'}", "steps=1", "checkpoint_every=0"], job="flow-grpo")
-    run(config, pipe=pipe, reward=build_reward({"name": "brightness"}))
-    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # 2 chunks x 2 steps trained; one update on the policy that sampled: every recomputed log-prob is the recorded one
-    assert row["train/timesteps"] == 4 and row["train/ratio_mean"] == 1.0 and row["train/grad_norm"] > 0
+    # seed 1 trains steps 0 and 1 of the 2 chunks x 2 steps: the first chunk's alone
+    assert trained_timesteps(4, 0.5, 0, 1) == [0, 1]
+
+    def one_step(window, out):
+        pipe = HELIOS.build_tiny("tiny-random:helios")
+        base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+        # every sample localized (apply_to all; the toy judge flags its window on every video), nothing outside the window,
+        # no KL: a step's gradient comes from its chunk's share of the credit map alone
+        config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml",
+                             [f"out_dir={out}", f"prompts={REPO_ROOT / 'recipes/align/prompts_tiny.txt'}", "steps=1", "checkpoint_every=0", "seed=1",
+                              "timestep_fraction=0.5", "beta=0", "advantage.localize.enabled=true", "advantage.localize.apply_to=all",
+                              "advantage.localize.dilate=0"], job="flow-grpo")
+        run(config, pipe=pipe, reward=build_reward({"name": "spot_brightness", "box": [0, 0, 1000, 1000], "window_s": list(window)}))
+        (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert row["train/timesteps"] == 2 and row["localize/localized_fraction"] == 1.0
+        return row, pipe, base
+
+    # a window in the second chunk ([1.5, 2.0) s at 24 fps: frames 36 .. 47): the first chunk's steps take none of it
+    row, pipe, _ = one_step((1.5, 2.0), tmp_path / "second")
+    assert row["train/grad_norm"] == 0.0
+    # control: the window moved into the first chunk ([0.5, 1.0) s: frames 12 .. 23) trains its steps
+    row, pipe, base = one_step((0.5, 1.0), tmp_path / "first")
+    assert row["train/grad_norm"] > 0 and row["train/ratio_mean"] == 1.0  # the recomputed log-probs are the recorded ones
     lora = {n: p for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
     assert len(lora) == 2 * 2 * 4 and all(torch.count_nonzero(p) for p in lora.values())  # 2 blocks x 2 attentions x 4 projections, each moved
     after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
     assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # the base as it was
-    assert (out / "lora/pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "first/lora/pytorch_lora_weights.safetensors").is_file()
 
 
 def test_image_to_video_at_noise_0_is_the_pipeline_given_the_images_posterior_mean_without_its_noise(euler):
