@@ -34,6 +34,8 @@ __all__ = [
     "VideoGenerator",
     "build_generator",
     "build_video_generator",
+    "chunk_count",
+    "chunk_finals",
     "empty_experts",
     "encode_conditioning",
     "expert_components",
@@ -44,11 +46,9 @@ __all__ = [
     "sample_with_log_probs",
     "save_lora",
     "scheduler_shift",
-    "video_velocity",
-    "chunk_count",
-    "chunk_finals",
     "sde_transitions",
     "step_conditioning",
+    "video_velocity",
 ]
 
 # The settings of GeneratorConfig that are the model's own: left unset (null), they take the
@@ -678,8 +678,10 @@ def sample_with_log_probs(
             size = shape if like is None else tuple(like.shape[1:])
             return torch.stack([torch.randn(size, generator=g, device=device, dtype=torch.float32) for g in generators])
 
+        if side is not None and chunks > 1:
+            raise ValueError(f"{family.title}: side latents (sound) beside chunked video are not sampled here")
         recorded.append(latents.to(store))
-        if side is not None and sides is None:
+        if side is not None:
             sides = [side.to(store)]
         train_side = train_side and side is not None
         side_transitions = SDESchedule(side_sigmas, noise_level, noise_schedule) if train_side else None
