@@ -48,6 +48,7 @@ __all__ = [
     "scheduler_shift",
     "sde_transitions",
     "step_conditioning",
+    "video_conditioning",
     "video_velocity",
 ]
 
@@ -551,6 +552,18 @@ def step_conditioning(family: Any, cond: Conditioning, latents: Any, chunk: int,
     itself for a family without chunks."""
     history = getattr(family, "chunk_conditioning", None)
     return cond if history is None else history(cond, chunk_finals(latents, chunks, chunk), latents[:, 0])
+
+
+def video_conditioning(family: Any, cond: Conditioning, video: Any, chunk: int, chunks: int) -> Conditioning:
+    """:func:`step_conditioning` from a whole video's clean latents ``(B, C, K f, H', W')`` (``K = chunks``) in
+    place of the recorded states: chunk ``chunk``'s history is the video's own earlier chunks (nft's teacher
+    forcing, which for a sampled video is the history it was sampled with); ``cond`` itself for a family
+    without chunks."""
+    history = getattr(family, "chunk_conditioning", None)
+    if history is None:
+        return cond
+    frames = video.shape[2] // chunks
+    return history(cond, [video[:, :, c * frames:(c + 1) * frames] for c in range(chunk)], video[:, :, :frames])
 
 
 def sde_transitions(family: Any, sigmas: Any, noise_level: float, schedule: str = "sqrt") -> Any:

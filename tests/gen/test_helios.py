@@ -1,11 +1,13 @@
 """Helios (cac_align.gen.families.helios, issue #106): a saved folder of any name is read by its model_index.json
 (HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder and writes 24 fps
 videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte (text to video batched,
-image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; nft and
-dpo are refused as their config is read, a frame count the chunks do not make as the generator's config is read, each
-in one line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal;
-its SDE log-probs a hand computation from the scheduler's own steps, and recomputed from the record alone; one step of
-the tiny recipe moves every LoRA weight. Credit by chunk: tests/rl/test_credit.py."""
+image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; dpo is
+refused as its config is read, a frame count the chunks do not make as the generator's config is read, each in one
+line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal (text
+and image to video); its SDE log-probs a hand computation from the scheduler's own steps, and recomputed from the
+record alone (nft's teacher-forced history is the sampled one); a flow-grpo step of the tiny recipe credits a window's
+chunk only and moves every LoRA weight. Credit maps by chunk: tests/rl/test_credit.py; nft's one step:
+tests/jobs/test_nft.py (slow)."""
 
 from __future__ import annotations
 
@@ -78,19 +80,19 @@ def test_a_frame_count_the_chunks_do_not_make_is_refused_in_one_line_naming_its_
         assert "\n" not in str(error.value)
 
 
-def test_nft_and_dpo_are_refused_as_their_config_is_read_and_flow_grpo_takes_the_attention_projections(tmp_path):
+def test_dpo_is_refused_as_its_config_is_read_and_flow_grpo_and_nft_take_the_attention_projections(tmp_path):
     from cac_align.config import load_config
     from cac_align.jobs.dpo import DpoConfig
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
     from cac_align.jobs.nft import NftConfig
 
-    helios = "generator.name=tiny-random:helios"
-    for cls, job, recipe in ((NftConfig, "nft", "nft"), (DpoConfig, "dpo", "dpo")):
-        with pytest.raises(RecipeError, match=rf"{job} does not train Helios yet \(issue #106\).*train it with flow-grpo") as error:
-            load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny.yaml", [f"out_dir={tmp_path / job}", helios, "generator.num_frames=33"], job=job)
-        assert "\n" not in str(error.value)
-    config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml", [f"out_dir={tmp_path / 'grpo'}"], job="flow-grpo")
-    assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
+    with pytest.raises(RecipeError, match=r"dpo does not train Helios yet \(issue #106\).*train it with flow-grpo or nft") as error:
+        load_config(DpoConfig, REPO_ROOT / "recipes/align/dpo_tiny.yaml", [f"out_dir={tmp_path / 'dpo'}", "generator.name=tiny-random:helios",
+                                                                         "generator.num_frames=33"], job="dpo")
+    assert "\n" not in str(error.value)
+    for cls, job, recipe in ((FlowGrpoConfig, "flow-grpo", "flow_grpo"), (NftConfig, "nft", "nft")):
+        config = load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny_helios.yaml", [f"out_dir={tmp_path / job}"], job=job)
+        assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
     with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for Helios") as error:
         HELIOS.check_context_parallel(GeneratorConfig(**TINY), 2, {})
     assert "\n" not in str(error.value)
@@ -193,7 +195,7 @@ def test_per_chunk_sde_log_probs_are_a_hand_computation_from_the_schedulers_step
     import numpy as np
     from diffusers.pipelines.helios.pipeline_helios import calculate_shift
 
-    from cac_align.gen.generator import predict_velocity, sde_transitions, step_conditioning
+    from cac_align.gen.generator import predict_velocity, sde_transitions, step_conditioning, video_conditioning
 
     config, pipe = euler
     a, N, K = 0.7, 2, 3
@@ -247,8 +249,12 @@ def test_per_chunk_sde_log_probs_are_a_hand_computation_from_the_schedulers_step
         k, j = divmod(step, N)
         x, x_next = trajectory.latents[:, step + k], trajectory.latents[:, step + k + 1]
         with torch.no_grad():
-            v = predict_velocity(model, x, trajectory.timesteps[j], step_conditioning(HELIOS, cond, trajectory.latents, k, K), negative, guidance, dtype)
+            step_cond = step_conditioning(HELIOS, cond, trajectory.latents, k, K)
+            v = predict_velocity(model, x, trajectory.timesteps[j], step_cond, negative, guidance, dtype)
             assert torch.equal(transitions.step(j, x, v, prev_sample=x_next).log_prob, lp[:, step])
+            # nft's teacher forcing (the video's own clean earlier chunks) is the history the chunk was sampled with
+            forced = video_conditioning(HELIOS, cond, trajectory.final, k, K)
+            assert all(torch.equal(forced.tensors[key], step_cond.tensors[key]) for key in step_cond.tensors)
             if k == 2:  # control: the previous chunk's history in place of this chunk's moves the log-probs (2e-4 on the tiny model)
                 v = predict_velocity(model, x, trajectory.timesteps[j], step_conditioning(HELIOS, cond, trajectory.latents, 1, K), negative, guidance, dtype)
                 wrong_history = transitions.step(j, x, v, prev_sample=x_next).log_prob

@@ -32,8 +32,10 @@ trained through. Flow-GRPO's square-root noise scale takes the schedule's first 
 
 Image to video: the image's posterior mean without the release's noise on it (:meth:`HeliosFamily.encode_images`).
 
-**What does not yet.** ``nft`` and ``dpo`` are refused in one line as their recipe is read
-(:meth:`HeliosFamily.check_trainer`). ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no
+**nft** trains each chunk on the forward process with the history of the video's own clean earlier chunks
+(:func:`cac_align.gen.generator.video_conditioning`: teacher forcing, the sampled history).
+
+**What does not yet.** ``dpo`` is refused in one line as its recipe is read (:meth:`HeliosFamily.check_trainer`). ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no
 inpainting pipeline. Context parallel is refused in one line (diffusers' ``_cp_plan`` for this transformer names 40
 blocks by index, and each forward holds the chunk's tokens and the history's). ``HeliosPyramidPipeline`` checkpoints
 (Helios-Mid, Helios-Distilled) are recognized and refused for every job in one line (:func:`family_for_index`).
@@ -118,7 +120,7 @@ def frame_neighbours(num_frames: int) -> tuple[int | None, int]:
 def _not_yet(title: str, job: str) -> str:
     return (f"{job} does not train {title} yet ({ISSUE}): its video is chunks of {CHUNK_LATENT_FRAMES} latent frames, each its own denoising "
             f"loop conditioned on the earlier chunks' latents, and {job}'s per-chunk rows are not built yet; train it with flow-grpo "
-            "(per-chunk SDE trajectories) or sample it with bon")
+            "or nft (per chunk) or sample it with bon")
 
 
 _NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffusers 0.42.1's _cp_plan for HeliosTransformer3DModel names its "
@@ -164,9 +166,9 @@ class HeliosFamily(NoContextParallel):
         return self.LORA_TARGETS
 
     def check_trainer(self, job: str) -> None:
-        """Refuses in one line, as its config is read, a trainer that does not run Helios yet (nft, dpo: module
-        docstring); flow-grpo passes."""
-        if job in ("nft", "dpo"):
+        """Refuses in one line, as its config is read, a trainer that does not run Helios yet (dpo: module
+        docstring); flow-grpo and nft pass."""
+        if job == "dpo":
             from cac_align.config import RecipeError
 
             raise RecipeError(_not_yet(self.title, job))
