@@ -644,6 +644,12 @@ def sample_with_log_probs(
     step, unless ``train_side``: then they take the SDE step too, on their own noise levels (the
     family's ``side_sigmas``), in the same forward as the video, their noise drawn from the sample's
     generator after the video's at each step, with their own log-probability (docs/audio.md).
+    A step whose noise scale is 0 draws no noise (nothing after it in one loop reads the generators).
+
+    An autoregressive family (Helios: :func:`chunk_count` > 1) is sampled one chunk after the other, each
+    chunk a whole loop over ``sigmas``: its initial noise drawn then (after the earlier chunks' draws, as
+    its pipeline draws them), its steps conditioned on the earlier chunks' final latents (the family's
+    ``chunk_conditioning``); the :class:`Trajectory` flattens the chunks (its ``chunks``).
 
     Args:
         pipe: the pipeline (its family draws the initial noise on its device).
