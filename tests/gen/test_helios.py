@@ -326,3 +326,19 @@ def test_image_to_video_at_noise_0_is_the_pipeline_given_the_images_posterior_me
     text_only = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), Conditioning(embeds=cond.embeds), negative, generators(), config=config,
                                       sigmas=sigmas, timesteps=timesteps, noise_level=0.0)
     assert (text_only.final - trajectory.final).abs().max() > 1e-2  # control: the image conditions every chunk
+
+
+def test_the_memory_plans_tokens_per_forward_are_what_the_transformer_sees(tiny):
+    _, pipe = tiny
+    seen = []
+    hook = pipe.transformer.blocks[0].register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("hidden_states", args[0] if args else None).shape[1]), with_kwargs=True)
+    try:
+        for height, width in ((32, 32), (48, 80)):
+            seen.clear()
+            pipe(prompt=["a"], generator=torch.Generator().manual_seed(0), height=height, width=width, num_frames=33, num_inference_steps=1,
+                 guidance_scale=1.0, max_sequence_length=16, output_type="latent")
+            # 48 x 80: the chunk 9 x 6/2 x 10/2 = 135, short 2 x 3 x 5 = 30, mid 1 x 2 x 3 = 6, long 4 x 1 x 2 = 8: 179
+            assert seen == [HELIOS.sequence_tokens(33, height, width)] and HELIOS.sequence_tokens(97, height, width) == seen[0]
+    finally:
+        hook.remove()
+    assert HELIOS.sequence_tokens(33, 48, 80) == 179 and HELIOS.sequence_tokens(97, 384, 640) == 11040  # the release's: 8,640 + 2,400

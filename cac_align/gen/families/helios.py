@@ -300,6 +300,15 @@ class HeliosFamily(NoContextParallel):
 
         raise RecipeError(_not_yet(self.title, "dpo"))  # dpo's latent cache: a video is encoded per 33-frame chunk (a later stage)
 
+    def sequence_tokens(self, num_frames: int, height: int, width: int) -> int:
+        """The tokens of one transformer call, for the memory plan (:mod:`cac_align.plan`): a chunk's 9 latent frames in
+        1 x 2 x 2 patches and its history's, each part through its own patch (short: 2 frames in 1 x 2 x 2, mid: 2 in
+        2 x 4 x 4, long: 16 in 4 x 8 x 8, the sides padded up to the patch), whatever ``num_frames`` is: a forward
+        sees one chunk. At 384 x 640: 8,640 + 1,920 + 240 + 240 = 11,040."""
+        h, w = height // 8, width // 8
+        parts = [(CHUNK_LATENT_FRAMES, (1, 2, 2)), (2, (1, 2, 2)), (HISTORY_SIZES[1], (2, 4, 4)), (HISTORY_SIZES[0], (4, 8, 8))]
+        return sum(-(-frames // t) * -(-h // ph) * -(-w // pw) for frames, (t, ph, pw) in parts)
+
     def denoising_steps(self, num_inference_steps: int) -> int:
         """The transformer calls of one chunk (every chunk runs the whole schedule)."""
         return num_inference_steps
