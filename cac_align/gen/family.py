@@ -88,8 +88,6 @@ members, which a family without them does not need:
   window maps onto latent frames chunk by chunk, :mod:`cac_align.rl.credit`) and ``pure_noise_start`` (its schedule
   starts short of sigma 1 at pure noise: Flow-GRPO's noise scale takes the ``s = 1`` form at its first step). One
   loop, no history, no chunks when absent: every other family, unchanged.
-- ``check_trainer(job)``: refuses in one line, as a trainer's config is read, a trainer (``nft``, ``dpo``) that does
-  not train the family yet (Helios). Every trainer runs it when absent.
 
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and

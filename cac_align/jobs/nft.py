@@ -93,9 +93,6 @@ class NftConfig(FlowGrpoConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_trainer = None if self.generator.is_synthetic else getattr(self.generator.family, "check_trainer", None)  # Helios: not yet, one line
-        if check_trainer is not None:
-            check_trainer("nft")
         if self.nft_beta <= 0:
             raise ValueError(f"nft_beta must be > 0 (the loss divides by it), got {self.nft_beta}")
         if self.adv_mode not in ADV_MODES:

@@ -1,13 +1,12 @@
 """Helios (cac_align.gen.families.helios, issue #106): a saved folder of any name is read by its model_index.json
 (HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder and writes 24 fps
 videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte (text to video batched,
-image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; dpo is
-refused as its config is read, a frame count the chunks do not make as the generator's config is read, each in one
-line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal (text
+image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; a frame
+count the chunks do not make is refused as the generator's config is read, in one line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal (text
 and image to video); its SDE log-probs a hand computation from the scheduler's own steps, and recomputed from the
 record alone (nft's teacher-forced history is the sampled one); a flow-grpo step of the tiny recipe credits a window's
-chunk only and moves every LoRA weight. Credit maps by chunk: tests/rl/test_credit.py; nft's one step:
-tests/jobs/test_nft.py (slow)."""
+chunk only and moves every LoRA weight; dpo's cache encodes chunk by chunk and a pair trains a drawn chunk with each
+member's own history. Credit maps by chunk: tests/rl/test_credit.py; nft's one step: tests/jobs/test_nft.py (slow)."""
 
 from __future__ import annotations
 
@@ -80,17 +79,13 @@ def test_a_frame_count_the_chunks_do_not_make_is_refused_in_one_line_naming_its_
         assert "\n" not in str(error.value)
 
 
-def test_dpo_is_refused_as_its_config_is_read_and_flow_grpo_and_nft_take_the_attention_projections(tmp_path):
+def test_every_trainer_takes_the_attention_projections_and_context_parallel_is_refused_in_one_line(tmp_path):
     from cac_align.config import load_config
     from cac_align.jobs.dpo import DpoConfig
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
     from cac_align.jobs.nft import NftConfig
 
-    with pytest.raises(RecipeError, match=r"dpo does not train Helios yet \(issue #106\).*train it with flow-grpo or nft") as error:
-        load_config(DpoConfig, REPO_ROOT / "recipes/align/dpo_tiny.yaml", [f"out_dir={tmp_path / 'dpo'}", "generator.name=tiny-random:helios",
-                                                                         "generator.num_frames=33"], job="dpo")
-    assert "\n" not in str(error.value)
-    for cls, job, recipe in ((FlowGrpoConfig, "flow-grpo", "flow_grpo"), (NftConfig, "nft", "nft")):
+    for cls, job, recipe in ((FlowGrpoConfig, "flow-grpo", "flow_grpo"), (NftConfig, "nft", "nft"), (DpoConfig, "dpo", "dpo")):
         config = load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny_helios.yaml", [f"out_dir={tmp_path / job}"], job=job)
         assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
     with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for Helios") as error:
@@ -342,3 +337,48 @@ def test_the_memory_plans_tokens_per_forward_are_what_the_transformer_sees(tiny)
     finally:
         hook.remove()
     assert HELIOS.sequence_tokens(33, 48, 80) == 179 and HELIOS.sequence_tokens(97, 384, 640) == 11040  # the release's: 8,640 + 2,400
+
+
+def test_dpo_encodes_chunk_by_chunk_and_trains_a_drawn_chunk_with_each_members_own_history(tiny, tmp_path, monkeypatch):
+    from cac_align.config import load_config
+    from cac_align.gen.family import Conditioning
+    from cac_align.jobs.best_of_n import BonConfig
+    from cac_align.jobs.best_of_n import run as best_of_n
+    from cac_align.jobs.dpo import DpoConfig, chunk_rows, pair_chunk
+    from cac_align.jobs.dpo import run as dpo
+
+    _, pipe = tiny
+    # the cache's encode: each 33-frame chunk alone (the VAE restarts there), the last chunk's cut frames its last frame repeated
+    frames = torch.randint(0, 256, (97, 32, 32, 3), dtype=torch.uint8).numpy()
+    latents = HELIOS.encode_video(pipe, frames)
+    assert latents.shape == (16, 27, 4, 4)
+    last = torch.as_tensor(frames[66:]).permute(3, 0, 1, 2)[None]
+    last = torch.cat([last, last[:, :, -1:], last[:, :, -1:]], dim=2) / 127.5 - 1.0  # 31 frames + 2 repeats = 33
+    vae = pipe.vae
+    with torch.no_grad():
+        own = (vae.encode(last).latent_dist.mode() - torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)) / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    assert torch.allclose(latents[:, 18:], own[0], atol=1e-5)
+    with pytest.raises(ValueError, match="encodes the videos it makes .* got 81 frames"):
+        HELIOS.encode_video(pipe, frames[:81])
+
+    # a micro-batch of 2 pairs of 2 chunks, the first pair drawn to train chunk 1, the second chunk 0: each member's own
+    # history (the buffer's 19 frames are 10 zeros and its chunk 0: frames 0 .. 5 end the long history, 6, 7 the mid, 8 the
+    # short after the prefix, its first frame; all zeros before chunk 0)
+    batch = {"winner": torch.randn(2, 16, 18, 4, 4), "loser": torch.randn(2, 16, 18, 4, 4), "mask": torch.zeros(2, 18, 4, 4)}
+    part, cond_w, cond_l = chunk_rows(HELIOS, batch, Conditioning(embeds=torch.randn(2, 3, 32)), [1, 0], 2)
+    assert torch.equal(part["winner"][0], batch["winner"][0, :, 9:]) and torch.equal(part["loser"][1], batch["loser"][1, :, :9])
+    for cond, name in ((cond_w, "winner"), (cond_l, "loser")):
+        first = batch[name][0, :, :9]
+        assert torch.equal(cond.history_long[0, :, -6:], first[:, :6]) and cond.history_long[0, :, :10].abs().sum() == 0
+        assert torch.equal(cond.history_mid[0], first[:, 6:8]) and torch.equal(cond.history_short[0], first[:, [0, 8]])
+        assert cond.history_long[1].abs().sum() == 0 and cond.history_short[1].abs().sum() == 0
+    assert {pair_chunk(0, step, 0, 2) for step in range(8)} == {0, 1}  # drawn, both chunks over steps
+
+    monkeypatch.chdir(REPO_ROOT)  # the recipes' prompt file
+    best_of_n(load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_helios.yaml", [f"out_dir={tmp_path / 'bon'}"], job="bon"))
+    trained = HELIOS.build_tiny("tiny-random:helios")
+    out = tmp_path / "dpo"
+    dpo(load_config(DpoConfig, REPO_ROOT / "recipes/align/dpo_tiny_helios.yaml", [f"out_dir={out}", f"pairs=[{tmp_path / 'bon'}]", "steps=1",
+                                                                                  "checkpoint_every=0"], job="dpo"), pipe=trained)
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["train/grad_norm"] > 0 and all(torch.count_nonzero(p) for n, p in trained.transformer.named_parameters() if "lora_B" in n)

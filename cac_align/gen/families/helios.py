@@ -32,11 +32,12 @@ trained through. Flow-GRPO's square-root noise scale takes the schedule's first 
 
 Image to video: the image's posterior mean without the release's noise on it (:meth:`HeliosFamily.encode_images`).
 
-**nft** trains each chunk on the forward process with the history of the video's own clean earlier chunks
-(:func:`cac_align.gen.generator.video_conditioning`: teacher forcing, the sampled history).
+**nft and dpo** train each chunk on the forward process with the history of the video's own clean earlier chunks
+(:func:`cac_align.gen.generator.video_conditioning`: teacher forcing, for a sampled video its sampled history); dpo's
+cache encodes a video chunk by chunk (:meth:`HeliosFamily.encode_video`) and each step a pair trains one chunk, drawn.
 
-**What does not yet.** ``dpo`` is refused in one line as its recipe is read (:meth:`HeliosFamily.check_trainer`). ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no
-inpainting pipeline. Context parallel is refused in one line (diffusers' ``_cp_plan`` for this transformer names 40
+**What does not yet.** ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no inpainting
+pipeline. Context parallel is refused in one line (diffusers' ``_cp_plan`` for this transformer names 40
 blocks by index, and each forward holds the chunk's tokens and the history's). ``HeliosPyramidPipeline`` checkpoints
 (Helios-Mid, Helios-Distilled) are recognized and refused for every job in one line (:func:`family_for_index`).
 
@@ -117,12 +118,6 @@ def frame_neighbours(num_frames: int) -> tuple[int | None, int]:
     return max((m for m in made if m < num_frames), default=None), min(m for m in made if m > num_frames)
 
 
-def _not_yet(title: str, job: str) -> str:
-    return (f"{job} does not train {title} yet ({ISSUE}): its video is chunks of {CHUNK_LATENT_FRAMES} latent frames, each its own denoising "
-            f"loop conditioned on the earlier chunks' latents, and {job}'s per-chunk rows are not built yet; train it with flow-grpo "
-            "or nft (per chunk) or sample it with bon")
-
-
 _NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffusers 0.42.1's _cp_plan for HeliosTransformer3DModel names its "
                         "40 blocks by index and each forward holds the chunk's tokens and its history's, so no split of it is defined here yet "
                         f"({ISSUE}); shard it with parallel.shard: fsdp2 instead")
@@ -164,14 +159,6 @@ class HeliosFamily(NoContextParallel):
     def lora_target_modules(self) -> tuple[str, ...]:
         """:attr:`LORA_TARGETS`, which a trainer's config takes when its recipe leaves ``lora.target_modules`` unset."""
         return self.LORA_TARGETS
-
-    def check_trainer(self, job: str) -> None:
-        """Refuses in one line, as its config is read, a trainer that does not run Helios yet (dpo: module
-        docstring); flow-grpo and nft pass."""
-        if job == "dpo":
-            from cac_align.config import RecipeError
-
-            raise RecipeError(_not_yet(self.title, job))
 
     # -- the config --------------------------------------------------------------------
     def check_settings(self, config: Any) -> None:
@@ -296,9 +283,27 @@ class HeliosFamily(NoContextParallel):
         return Conditioning(image_latents=torch.cat([encoded[i][0] for i in images]), fake_image_latents=torch.cat([encoded[i][1] for i in images]))
 
     def encode_video(self, pipe: Any, frames: Any) -> Any:
-        from cac_align.config import RecipeError
+        """uint8 frames ``(F, H, W, 3)`` of a video Helios makes (33, 65, 97, ... frames) to latents ``(C, 9K, h, w)``
+        float32, the inverse of :meth:`decode`: each 33-frame chunk encoded alone (the VAE restarts at every chunk, as
+        the pipeline decodes), the last chunk's cut frames its last frame repeated, the posterior's mean normalized as
+        the pipeline normalizes (dpo's latent cache)."""
+        import numpy as np
 
-        raise RecipeError(_not_yet(self.title, "dpo"))  # dpo's latent cache: a video is encoded per 33-frame chunk (a later stage)
+        count = len(frames)
+        if frames_made(count) != count:
+            raise ValueError(f"{self.title} encodes the videos it makes (33, 65, 97, ... frames: 33-frame chunks cut to 4k + 1), got {count} frames")
+        vae = pipe.vae
+        chunks = chunk_count(count)
+        video = torch.as_tensor(np.asarray(frames)).permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
+        video = torch.cat([video, video[:, :, -1:].expand(-1, -1, chunks * CHUNK_FRAMES - count, -1, -1)], dim=2)
+        parts = []
+        with torch.no_grad():
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(next(vae.parameters()).device, vae.dtype)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(mean)
+            for chunk in video.split(CHUNK_FRAMES, dim=2):
+                x = chunk.to(mean.device, vae.dtype) / 127.5 - 1.0
+                parts.append((vae.encode(x).latent_dist.mode() - mean) * inv_std)
+        return torch.cat(parts, dim=2)[0].float()
 
     def sequence_tokens(self, num_frames: int, height: int, width: int) -> int:
         """The tokens of one transformer call, for the memory plan (:mod:`cac_align.plan`): a chunk's 9 latent frames in
