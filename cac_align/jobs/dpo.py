@@ -294,8 +294,11 @@ def encode_pair(pipe: Any, family: Any, pair: Any, generator: GeneratorConfig, e
     (the family's tensors: Wan's ``embeds`` ``(L, D)``)."""
     from cac_align.video import load_video
 
-    winner = encode(pipe, np.asarray(load_video(pair.winner).frames))
-    loser = encode(pipe, np.asarray(load_video(pair.loser).frames))
+    try:  # a video the model's VAE cannot take (Helios: a frame count its chunks do not make), named with its pair
+        winner = encode(pipe, np.asarray(load_video(pair.winner).frames))
+        loser = encode(pipe, np.asarray(load_video(pair.loser).frames))
+    except ValueError as exc:
+        raise PairError(f"{pair.where}: {exc}") from exc
     if winner.shape != loser.shape:
         raise PairError(f"{pair.where}: winner and loser encode to latents of shapes {tuple(winner.shape)} and {tuple(loser.shape)}")
     temporal, spatial, _ = family.latent_grid(pipe)
