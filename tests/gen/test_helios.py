@@ -382,3 +382,24 @@ def test_dpo_encodes_chunk_by_chunk_and_trains_a_drawn_chunk_with_each_members_o
                                                                                   "checkpoint_every=0"], job="dpo"), pipe=trained)
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["train/grad_norm"] > 0 and all(torch.count_nonzero(p) for n, p in trained.transformer.named_parameters() if "lora_B" in n)
+
+
+def test_a_lora_we_write_loads_into_diffusers_own_helios_pipeline_and_gives_our_frames(tmp_path):
+    """docs/using_your_lora.md: the file our trainers write loads with HeliosPipeline's own ``load_lora_weights``
+    (HeliosLoraLoaderMixin), and the pipeline then makes the frames our trained transformer makes, hash for hash."""
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, generate_videos, save_lora
+    from cac_align.gen.lora import LoraSettings, add_lora
+
+    config = GeneratorConfig(**{**TINY, "num_frames": 33})
+    trained = HELIOS.build_tiny("tiny-random:helios")
+    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=list(HELIOS.lora_target_modules)), seed=0)
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
+    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=HELIOS.pipeline_class)
+    fresh = HELIOS.build_tiny("tiny-random:helios")
+    base = generate_videos(fresh, config, PROMPTS[:1], SEEDS[:1]).frames
+    fresh.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)
+    ours, theirs = (generate_videos(pipe, config, PROMPTS[:1], SEEDS[:1]).frames for pipe in (trained, fresh))
+    assert _hashes(theirs) == _hashes(ours) and _hashes(base) != _hashes(ours)  # control: without it, other frames
