@@ -80,6 +80,14 @@ members, which a family without them does not need:
 - ``check_settings(config)``: settings of a :class:`~cac_align.gen.generator.GeneratorConfig` the family's models
   cannot take, refused in one line as the config is made, before anything loads (Helios: a ``num_frames`` its
   33-frame chunks would not return as asked). Nothing more than ``frame_multiple`` checks when absent.
+- for an **autoregressive** family (Helios: a video is chunks, each its own denoising loop conditioned on the chunks
+  before it; docs/helios.md): ``chunks(config) -> K`` (the loops of one video; the sampler runs them in order and
+  the :class:`~cac_align.gen.generator.Trajectory` flattens them, ``chunks = K``), ``chunk_conditioning(cond, finals,
+  like)`` (the prompts' conditioning with what a chunk reads of the earlier chunks' final latents ``finals``; ``like``:
+  a latent of the chunk), ``chunk_frames`` (pixel frames a chunk decodes to: its VAE restarts there, so a judge's
+  window maps onto latent frames chunk by chunk, :mod:`cac_align.rl.credit`) and ``pure_noise_start`` (its schedule
+  starts short of sigma 1 at pure noise: Flow-GRPO's noise scale takes the ``s = 1`` form at its first step). One
+  loop, no history, no chunks when absent: every other family, unchanged.
 
 **Image-to-video.** A family says whether it animates an image (:attr:`GeneratorFamily.image_input`:
 "none", "optional" for a model that takes text alone or text and a first frame, as the TI2V-5B and

@@ -34,6 +34,8 @@ __all__ = [
     "VideoGenerator",
     "build_generator",
     "build_video_generator",
+    "chunk_count",
+    "chunk_finals",
     "empty_experts",
     "encode_conditioning",
     "expert_components",
@@ -44,6 +46,9 @@ __all__ = [
     "sample_with_log_probs",
     "save_lora",
     "scheduler_shift",
+    "sde_transitions",
+    "step_conditioning",
+    "video_conditioning",
     "video_velocity",
 ]
 
@@ -497,6 +502,13 @@ class Trajectory:
             its SDE step, where the side is trained; else None.
         side_log_prob_maps: ``(B, N, T_a)`` float32, the side's log-density per audio latent frame
             (the family's ``side_frames``), where the side is trained and positions were asked for.
+        chunks: the denoising loops of one video, one after the other (an autoregressive family's
+            chunks, Helios's: :func:`chunk_count`), 1 for every other family.
+            ``K`` loops of ``N`` steps are flattened in order: ``latents`` ``(B, K (N + 1), C, f, H', W')``
+            (chunk ``k``'s states at ``k (N + 1) .. k (N + 1) + N``, ``f`` its latent frames),
+            ``log_probs`` ``(B, K N)`` and ``log_prob_maps`` ``(B, K N, f, H', W')`` (step ``s = k N + j``
+            goes from state ``s + k`` to ``s + k + 1`` on sigmas ``j``, ``j + 1``); ``sigmas`` and
+            ``timesteps`` are one loop's, the same for every chunk. With ``K = 1`` it is the layout above.
     """
 
     latents: Any
@@ -507,6 +519,59 @@ class Trajectory:
     side: Any = None
     side_log_probs: Any = None
     side_log_prob_maps: Any = None
+    chunks: int = 1
+
+    @property
+    def final(self) -> Any:
+        """The videos' final latents ``(B, C, F', H', W')``: the last state (``K = 1``), or every chunk's
+        last state joined in time, as the family decodes them."""
+        import torch
+
+        return torch.cat(chunk_finals(self.latents, self.chunks, self.chunks), dim=2) if self.chunks > 1 else self.latents[:, -1]
+
+
+def chunk_finals(latents: Any, chunks: int, upto: int) -> list[Any]:
+    """The final latents ``(B, C, f, H', W')`` of chunks ``0 .. upto - 1``, read from recorded states
+    ``(B, K (N + 1), C, f, H', W')`` of ``K = chunks`` loops (:class:`Trajectory`): what a chunked family
+    rebuilds a chunk's history from, and, joined, a whole video."""
+    per_chunk = latents.shape[1] // chunks
+    return [latents[:, k * per_chunk + per_chunk - 1] for k in range(upto)]
+
+
+def chunk_count(family: Any, config: Any) -> int:
+    """The denoising loops one video of ``config`` takes: the family's ``chunks`` (an autoregressive
+    family's, Helios's), 1 for every other family."""
+    chunks = getattr(family, "chunks", None)
+    return 1 if chunks is None else int(chunks(config))
+
+
+def step_conditioning(family: Any, cond: Conditioning, latents: Any, chunk: int, chunks: int) -> Conditioning:
+    """The conditioning of chunk ``chunk``'s steps: the prompts' ``cond`` with what the family reads of the
+    chunks before it (Helios's history, rebuilt from their recorded final latents ``latents``, the
+    :class:`Trajectory` states of the same rows: state, like the prompt, never trained through); ``cond``
+    itself for a family without chunks."""
+    history = getattr(family, "chunk_conditioning", None)
+    return cond if history is None else history(cond, chunk_finals(latents, chunks, chunk), latents[:, 0])
+
+
+def video_conditioning(family: Any, cond: Conditioning, video: Any, chunk: int, chunks: int) -> Conditioning:
+    """:func:`step_conditioning` from a whole video's clean latents ``(B, C, K f, H', W')`` (``K = chunks``) in
+    place of the recorded states: chunk ``chunk``'s history is the video's own earlier chunks (nft's teacher
+    forcing, which for a sampled video is the history it was sampled with); ``cond`` itself for a family
+    without chunks."""
+    history = getattr(family, "chunk_conditioning", None)
+    if history is None:
+        return cond
+    frames = video.shape[2] // chunks
+    return history(cond, [video[:, :, c * frames:(c + 1) * frames] for c in range(chunk)], video[:, :, :frames])
+
+
+def sde_transitions(family: Any, sigmas: Any, noise_level: float, schedule: str = "sqrt") -> Any:
+    """The SDE transitions of ``family``'s schedule (:class:`~cac_align.rl.sde.SDESchedule`), its first sigma
+    taken as pure noise where the family's schedule starts short of 1 (``pure_noise_start``, Helios's)."""
+    from cac_align.rl.sde import SDESchedule
+
+    return SDESchedule(sigmas, noise_level, schedule, pure_noise_start=getattr(family, "pure_noise_start", False))
 
 
 def side_frame_density(family: Any, prev_sample: Any, mean: Any, std: Any) -> Any:
@@ -579,6 +644,12 @@ def sample_with_log_probs(
     step, unless ``train_side``: then they take the SDE step too, on their own noise levels (the
     family's ``side_sigmas``), in the same forward as the video, their noise drawn from the sample's
     generator after the video's at each step, with their own log-probability (docs/audio.md).
+    A step whose noise scale is 0 draws no noise (nothing after it in one loop reads the generators).
+
+    An autoregressive family (Helios: :func:`chunk_count` > 1) is sampled one chunk after the other, each
+    chunk a whole loop over ``sigmas``: its initial noise drawn then (after the earlier chunks' draws, as
+    its pipeline draws them), its steps conditioned on the earlier chunks' final latents (the family's
+    ``chunk_conditioning``); the :class:`Trajectory` flattens the chunks (its ``chunks``).
 
     Args:
         pipe: the pipeline (its family draws the initial noise on its device).
@@ -605,47 +676,60 @@ def sample_with_log_probs(
     device = pipe._execution_device
     dtype = pipe.transformer.dtype
     guidance = family.guidance(config) if guidance is None else guidance
-    latents, side = family.initial_latents(pipe, config, generators)
-    latents = latents[:, :, fixed_frames(cond):]  # the frames an image fixes are not sampled
-    shape = tuple(latents.shape[1:])
-
-    def noise(like: Any = None) -> Any:
-        size = shape if like is None else tuple(like.shape[1:])
-        return torch.stack([torch.randn(size, generator=g, device=device, dtype=torch.float32) for g in generators])
-
+    chunks = chunk_count(family, config)
     sigmas = sigmas.to(device)
     # the side latents' own noise levels where the family has them (MiniMax-H3's audio; cac_align.gen.family)
     side_sigmas = family.side_sigmas(pipe, config, sigmas).to(device) if hasattr(family, "side_sigmas") else sigmas
-    transitions = SDESchedule(sigmas, noise_level, noise_schedule)
+    transitions = sde_transitions(family, sigmas, noise_level, noise_schedule)
     store = store_device or device
-    recorded, log_probs, maps = [latents.to(store)], [], []
-    sides = [side.to(store)] if side is not None else None
-    train_side = train_side and side is not None
-    side_transitions = SDESchedule(side_sigmas, noise_level, noise_schedule) if train_side else None
+    recorded, log_probs, maps, finals = [], [], [], []
+    sides = None
     side_log_probs, side_maps = [], []
-    with torch.no_grad():
-        for j, t in enumerate(timesteps.to(device)):
-            side_velocity = None
-            if side is None:
-                velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype)
-            else:
-                velocity, side_velocity = predict_velocity(model, latents, t, cond, negative, guidance, dtype, side)
-            step = transitions.step(j, latents, velocity, noise=noise(), positions=positions)
-            if side_velocity is not None and side_transitions is None:
-                side = side + (side_sigmas[j + 1] - side_sigmas[j]) * side_velocity.float()  # the deterministic Euler step
-                sides.append(side.to(store))
-            elif side_velocity is not None:  # the side's own SDE step, its noise drawn after the video's
-                side_step = side_transitions.step(j, side, side_velocity, noise=noise(side))
-                side = side_step.prev_sample
-                sides.append(side.to(store))
-                side_log_probs.append(side_step.log_prob.to(store))
+    for k in range(chunks):  # one denoising loop per chunk (Helios's), each conditioned on the chunks before it; one loop for the others
+        # the initial noise, drawn per generator (a chunked family's: this chunk's, after the earlier chunks' draws)
+        latents, side = family.initial_latents(pipe, config, generators)
+        latents = latents[:, :, fixed_frames(cond):]  # the frames an image fixes are not sampled
+        history = getattr(family, "chunk_conditioning", None)  # what the chunk reads of the chunks before it (Helios's history)
+        step_cond = cond if history is None else history(cond, finals, latents)
+        shape = tuple(latents.shape[1:])
+
+        def noise(like: Any = None) -> Any:
+            size = shape if like is None else tuple(like.shape[1:])
+            return torch.stack([torch.randn(size, generator=g, device=device, dtype=torch.float32) for g in generators])
+
+        if side is not None and chunks > 1:
+            raise ValueError(f"{family.title}: side latents (sound) beside chunked video are not sampled here")
+        recorded.append(latents.to(store))
+        if side is not None:
+            sides = [side.to(store)]
+        train_side = train_side and side is not None
+        side_transitions = SDESchedule(side_sigmas, noise_level, noise_schedule) if train_side else None
+        with torch.no_grad():
+            for j, t in enumerate(timesteps.to(device)):
+                side_velocity = None
+                if side is None:
+                    velocity = predict_velocity(model, latents, t, step_cond, negative, guidance, dtype)
+                else:
+                    velocity, side_velocity = predict_velocity(model, latents, t, step_cond, negative, guidance, dtype, side)
+                # a step whose noise scale is 0 (the ODE: evaluation) draws nothing, so the next chunk's noise is the pipeline's
+                random = bool(transitions.noise_scale(j) > 0)
+                step = transitions.step(j, latents, velocity, noise=noise() if random else None, positions=positions)
+                if side_velocity is not None and side_transitions is None:
+                    side = side + (side_sigmas[j + 1] - side_sigmas[j]) * side_velocity.float()  # the deterministic Euler step
+                    sides.append(side.to(store))
+                elif side_velocity is not None:  # the side's own SDE step, its noise drawn after the video's
+                    side_step = side_transitions.step(j, side, side_velocity, noise=noise(side) if side_transitions.noise_scale(j) > 0 else None)
+                    side = side_step.prev_sample
+                    sides.append(side.to(store))
+                    side_log_probs.append(side_step.log_prob.to(store))
+                    if positions:
+                        side_maps.append(side_frame_density(family, side, side_step.mean, side_step.std).to(store))
+                latents = step.prev_sample
+                recorded.append(latents.to(store))
+                log_probs.append(step.log_prob.to(store))
                 if positions:
-                    side_maps.append(side_frame_density(family, side, side_step.mean, side_step.std).to(store))
-            latents = step.prev_sample
-            recorded.append(latents.to(store))
-            log_probs.append(step.log_prob.to(store))
-            if positions:
-                maps.append(step.log_prob_map.to(store))
+                    maps.append(step.log_prob_map.to(store))
+        finals.append(latents)
     return Trajectory(
         latents=torch.stack(recorded, dim=1),
         log_probs=torch.stack(log_probs, dim=1),
@@ -655,6 +739,7 @@ def sample_with_log_probs(
         side=torch.stack(sides, dim=1) if sides is not None else None,
         side_log_probs=torch.stack(side_log_probs, dim=1) if side_log_probs else None,
         side_log_prob_maps=torch.stack(side_maps, dim=1) if side_maps else None,
+        chunks=chunks,
     )
 
 

@@ -299,13 +299,14 @@ def pair_region(pair: Pair) -> Region | None:
     return region_from_evidence(pair.evidence, pair.frames, pair.fps, pair.height, pair.width, dilate=pair.dilate, context_s=pair.context_s)
 
 
-def latent_mask(pair: Pair, temporal: int = 4, spatial: int = 8) -> Any:
+def latent_mask(pair: Pair, temporal: int = 4, spatial: int = 8, chunk_frames: int | None = None) -> Any:
     """``(T_lat, H_lat, W_lat)`` float32 in {0, 1}: the latent positions whose pixels the repair
     regenerated (any of them: ``edges: hard``, no widening to patches), or None for a pair
-    without a mask."""
+    without a mask. ``chunk_frames``: the VAE restarts every this many frames (Helios's 33;
+    :func:`cac_align.rl.credit.latent_frames`)."""
     from cac_align.rl.credit import latent_coverage
 
     region = pair_region(pair)
     if region is None:
         return None
-    return latent_coverage(region, temporal, spatial, patch=(1, 1, 1), edges="hard")
+    return latent_coverage(region, temporal, spatial, patch=(1, 1, 1), edges="hard", chunk_frames=chunk_frames)

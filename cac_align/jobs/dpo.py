@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from cac_align.config import RecipeError
 from cac_align.rl.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
 from cac_align.gen.family import check_prompt_images, fixed_frames
-from cac_align.gen.generator import Conditioning, GeneratorConfig, encode_conditioning, video_velocity
+from cac_align.gen.generator import Conditioning, GeneratorConfig, chunk_count, encode_conditioning, video_conditioning, video_velocity
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.plan.check import check_memory
@@ -241,6 +241,24 @@ def side_noise(seed: int, step: int, position: int, shape: tuple[int, ...]) -> t
     return torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, step, position, 13)))
 
 
+def pair_chunk(seed: int, step: int, position: int, chunks: int) -> int:
+    """The chunk the pair at ``position`` of ``step`` trains, of an autoregressive family's ``chunks`` (Helios): drawn
+    uniformly, seeded by (seed, step, position) apart from its noise, as its noise level is drawn (one term of the
+    loss a pair and step, its expectation every chunk's)."""
+    return int(torch.randint(chunks, (1,), generator=torch.Generator().manual_seed(derive_seed(seed, step, position, 17))))
+
+
+def chunk_rows(family: Any, batch: dict[str, torch.Tensor], cond: Conditioning, picks: Sequence[int], chunks: int) -> tuple[dict[str, torch.Tensor], Conditioning, Conditioning]:
+    """A micro-batch of pairs cut to each pair's chunk ``picks[r]`` (:func:`pair_chunk`): its ``winner``, ``loser`` and
+    ``mask`` ``(B, C, f, H', W')`` / ``(B, f, H', W')``, and the winners' and losers' conditioning, each with the
+    history of its own clean earlier chunks (teacher forcing, :func:`~cac_align.gen.generator.video_conditioning`)."""
+    frames = batch["winner"].shape[2] // chunks
+    part = {key: torch.stack([value[r, ..., c * frames:(c + 1) * frames, :, :] for r, c in enumerate(picks)]) for key, value in batch.items()}
+    member = {name: Conditioning.cat([video_conditioning(family, cond[[r]], batch[name][r:r + 1], c, chunks) for r, c in enumerate(picks)])
+              for name in ("winner", "loser")}
+    return part, member["winner"], member["loser"]
+
+
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """The learning rate's factor at update ``step`` (0-based): linear warmup, then 1."""
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
@@ -276,12 +294,15 @@ def encode_pair(pipe: Any, family: Any, pair: Any, generator: GeneratorConfig, e
     (the family's tensors: Wan's ``embeds`` ``(L, D)``)."""
     from cac_align.video import load_video
 
-    winner = encode(pipe, np.asarray(load_video(pair.winner).frames))
-    loser = encode(pipe, np.asarray(load_video(pair.loser).frames))
+    try:  # a video the model's VAE cannot take (Helios: a frame count its chunks do not make), named with its pair
+        winner = encode(pipe, np.asarray(load_video(pair.winner).frames))
+        loser = encode(pipe, np.asarray(load_video(pair.loser).frames))
+    except ValueError as exc:
+        raise PairError(f"{pair.where}: {exc}") from exc
     if winner.shape != loser.shape:
         raise PairError(f"{pair.where}: winner and loser encode to latents of shapes {tuple(winner.shape)} and {tuple(loser.shape)}")
     temporal, spatial, _ = family.latent_grid(pipe)
-    mask = latent_mask(pair, temporal, spatial)
+    mask = latent_mask(pair, temporal, spatial, getattr(family, "chunk_frames", None))  # Helios: the VAE restarts every chunk
     if mask is not None and tuple(mask.shape) != tuple(winner.shape[1:]):
         raise PairError(f"{pair.where}: its mask on the latent grid is {tuple(mask.shape)}, its latents {tuple(winner.shape[1:])}")
     guidance = family.guidance(generator, guided=False, fps=pair.fps)
@@ -391,6 +412,7 @@ class _Trainer:
         if acc.is_main_process and config.parallel.active:
             log.info("dpo: %s", self.layout.describe())
         self.num_train_timesteps = float(pipe.scheduler.config.num_train_timesteps)
+        self.video_chunks = chunk_count(self.family, config.generator)  # Helios's chunks (1 for every other family)
         self.sigma_range = denoiser.sigma_range()
         # every pair plays at one rate (read_pairs: one shape a run): the positions of a model that reads it (LTX-2)
         first = self.pairs.pairs[0]
@@ -457,6 +479,10 @@ class _Trainer:
             # 1. the micro-batch's pairs and their shared noise and levels
             where = positions[k * config.batch_size : (k + 1) * config.batch_size]
             batch, cond = self._load([chosen[p] for p in where])
+            cond_w = cond_l = cond
+            if self.video_chunks > 1:  # an autoregressive family (Helios): each pair trains one chunk, with its members' own histories
+                batch, cond_w, cond_l = chunk_rows(self.family, batch, cond, [pair_chunk(config.seed, step, p, self.video_chunks) for p in where],
+                                                   self.video_chunks)
             drawn = [pair_noise(config.seed, step, p, tuple(batch["winner"].shape[1:]), config.loss, self.sigma_range) for p in where]
             noise = torch.stack([n for n, _ in drawn]).to(device)
             sigmas = torch.stack([s for _, s in drawn]).to(device)
@@ -466,7 +492,7 @@ class _Trainer:
                 side = torch.stack([side_noise(config.seed, step, p, self.side_shape) for p in where]).to(device) * sigmas.view(-1, 1, 1)
                 side = torch.cat([side, side])
             timesteps = torch.cat([sigmas, sigmas]) * self.num_train_timesteps  # the model's timestep is sigma x 1000
-            embeds = Conditioning.cat([cond, cond]).to(device)
+            embeds = Conditioning.cat([cond_w, cond_l]).to(device)
             mask = batch["mask"].to(device)
             # 2. policy and reference velocities; 3. the loss; gradients reduced once, on the last micro-batch (sharded:
             #    every call runs every expert, gen/parallel/gradients.py)

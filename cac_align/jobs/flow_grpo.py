@@ -65,8 +65,8 @@ from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
 from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
-from cac_align.gen.generator import GeneratorConfig, encode_conditioning, predict_velocity, sample_with_log_probs
-from cac_align.rl.credit import position_terms
+from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning
+from cac_align.rl.credit import chunk_credit, position_terms
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, SideStreamLoss, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
 from cac_align.run.input_files import read_prompt_rows, slug
@@ -482,7 +482,8 @@ class _Trainer:
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
         self._sound_schedule()
         self.guidance = self.family.guidance(config.generator)
-        self.trainable_steps = [j for j, t in enumerate(self.timesteps) if denoiser.expert_index(t) in denoiser.trained_experts()]
+        self.video_chunks = chunk_count(self.family, config.generator)  # an autoregressive family's loops (Helios's chunks): K x N steps, each trained
+        self.trainable_steps = [s for s in range(self.video_chunks * len(self.timesteps)) if denoiser.expert_index(self.timesteps[s % len(self.timesteps)]) in denoiser.trained_experts()]
         self.ema = {name: p.detach().float().clone() for name, p in trainable(self.unwrapped).items()} if config.ema_decay is not None else None
         if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
             register_lora_checkpoint(acc, self.unwrapped, self.ema)
@@ -739,7 +740,7 @@ class _Trainer:
             )
         # the group's leader decodes the whole video: an image's fixed frames in front of the generated ones; the
         # seeds name each video's draw where decoding samples (the family's decode)
-        videos = self.decode(self.pipe, whole_latents(embeds, trajectory.latents[:, -1]), seeds=seeds) if self.layout.leader else None
+        videos = self.decode(self.pipe, whole_latents(embeds, trajectory.final), seeds=seeds) if self.layout.leader else None
         return trajectory, videos
 
     def _soundtracks(self, trajectory: Any) -> tuple[np.ndarray, int] | None:
@@ -785,7 +786,7 @@ class _Trainer:
         # what steps with the video on the deterministic path (LTX-2's audio): the transformer's other input
         sides = torch.cat([t.side for t in trajectories]) if trajectories[0].side is not None else None
         timesteps = self.timesteps.to(device)
-        transitions = SDESchedule(self.sigmas.to(device), config.noise_level, config.noise_schedule)
+        transitions = sde_transitions(self.family, self.sigmas.to(device), config.noise_level, config.noise_schedule)
         steps_trained = [self.trainable_steps[k] for k in trained_timesteps(len(self.trainable_steps), config.timestep_fraction, step, config.seed)]
         micro = [(lo, min(lo + config.train_batch_size, len(latents))) for lo in range(0, len(latents), config.train_batch_size)]
         # updates_per_step contiguous chunks of micro-batches, one AdamW update each; after the
@@ -799,18 +800,18 @@ class _Trainer:
         self.model.train()
         for c, chunk in enumerate(chunks):
             # which expert each of the update's backwards runs: its gradients reduce once, at its last (gen/parallel/gradients.py)
-            backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[j])} for _ in chunk for j in steps_trained]
+            backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[s % len(timesteps)])} for _ in chunk for s in steps_trained]
             chunk_total = len(runs)
             for index in chunk:
                 lo, hi = micro[index]
-                emb = embeds[lo:hi]
                 neg = negative[lo:hi] if negative is not None else None
-                for j in steps_trained:
+                for s in steps_trained:  # step s = k N + j: chunk k's step j, from state s + k (the Trajectory's layout; k = 0 but Helios's)
+                    k, j = divmod(s, len(timesteps))
                     count += 1
                     backwards += 1
-                    x = latents[lo:hi, j].to(device)
-                    x_next = latents[lo:hi, j + 1].to(device)
-                    side = sides[lo:hi, j].to(device) if sides is not None else None
+                    emb = step_conditioning(self.family, embeds[lo:hi], latents[lo:hi], k, self.video_chunks)  # + the chunk's history (Helios), detached
+                    x, x_next = latents[lo:hi, s + k].to(device), latents[lo:hi, s + k + 1].to(device)
+                    side = sides[lo:hi, s + k].to(device) if sides is not None else None
                     with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
                         # the forwards without gradient first: an adaptive reference and DPPO's sampler swap the LoRA's weights in place
                         ref_mean = ref_side_velocity = old_mean = None
@@ -827,12 +828,12 @@ class _Trainer:
                         velocity, side_velocity = velocity if side is not None else (velocity, None)
                         policy = transitions.step(j, x, velocity, prev_sample=x_next, positions=credit is not None)
                         localized = {} if credit is None else position_terms(
-                            config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, j].to(device), credit[lo:hi],
-                            None if hold is None else hold[lo:hi], x.shape[1])
+                            config.advantage.localize, policy.log_prob_map, old_maps[lo:hi, s].to(device), chunk_credit(credit[lo:hi], k, self.video_chunks),
+                            None if hold is None else chunk_credit(hold[lo:hi], k, self.video_chunks), x.shape[1])
                         old_mean = policy.mean.detach() if config.loss != "ppo_clip" and c == 0 else old_mean
                         loss, parts = flow_grpo_loss(
                             policy.log_prob,
-                            old_log_probs[lo:hi, j].to(device),
+                            old_log_probs[lo:hi, s].to(device),
                             advantages[lo:hi],
                             clip_range=clip,
                             mean=policy.mean,

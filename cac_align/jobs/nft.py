@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from cac_align.gen.generator import predict_velocity
+from cac_align.gen.generator import predict_velocity, video_conditioning
+from cac_align.rl.credit import chunk_credit
 from cac_align.gen.lora import load_lora_copy, swapped_lora, trainable
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, memory_inputs, plan_step, trained_timesteps
@@ -173,7 +174,7 @@ class _NftTrainer(_Trainer):
         too, from the same transformer calls as the video's (docs/audio.md)."""
         config, acc = self.config, self.accelerator
         device = acc.device
-        clean = torch.cat([t.latents[:, -1] for t in trajectories])  # x0: the sampled videos' latents
+        clean = torch.cat([t.final for t in trajectories])  # x0: the sampled videos' latents
         sides = torch.cat([t.side for t in trajectories]) if trajectories[0].side is not None else None
         timesteps = self.timesteps.to(device)
         local = list(self.plan.local_range)
@@ -184,19 +185,22 @@ class _NftTrainer(_Trainer):
         counts: dict[str, int] = {}
         grad_norms: list[float] = []
         self.model.train()
+        N, K = len(timesteps), self.video_chunks  # an autoregressive family's K chunks of N steps (Helios); K = 1 for the others
         for chunk in chunks:
             # which expert each of the update's backwards runs: its gradients reduce once, at its last (gen/parallel/gradients.py)
-            backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[j])} for _ in chunk for j in steps_trained]
+            backwards, runs = 0, [{self.unwrapped.expert_index(timesteps[s % N])} for _ in chunk for s in steps_trained]
             chunk_total = len(runs)
             for index in chunk:
                 lo, hi = micro[index]
-                emb = embeds[lo:hi]
                 neg = negative[lo:hi] if negative is not None else None
-                x0 = clean[lo:hi].to(device)
-                for j in steps_trained:
+                for s in steps_trained:  # step s = c N + j: chunk c's level j (docs/helios.md, "nft")
+                    c, j = divmod(s, N)
                     backwards += 1
+                    # chunk c's clean latents, and its history: the video's own clean earlier chunks (teacher forcing)
+                    x0 = clean[lo:hi, :, c * clean.shape[2] // K:(c + 1) * clean.shape[2] // K].to(device)
+                    emb = video_conditioning(self.family, embeds[lo:hi], clean[lo:hi], c, K)
                     sigma = float(self.sigmas[j])
-                    x_t = _renoise(x0, sigma, [noise_seed(config.seed, step, local[k], j) for k in range(lo, hi)], device)
+                    x_t = _renoise(x0, sigma, [noise_seed(config.seed, step, local[k], s) for k in range(lo, hi)], device)
                     sigmas = torch.full((hi - lo,), sigma, device=device)
                     side = sides[lo:hi, j].to(device) if sides is not None else None
                     if audio:  # trained: the sound noised again from its clean latents, at its own level
@@ -216,7 +220,8 @@ class _NftTrainer(_Trainer):
                             velocity[0].float(), old_velocity[0].float(), x_t, x0, sigmas, advantages[lo:hi],
                             beta=config.nft_beta, adv_clip_max=config.adv_clip_max, adv_mode=config.adv_mode,
                             ref_prediction=None if ref_velocity[0] is None else ref_velocity[0].float(), kl_beta=config.beta,
-                            weights=weights[lo:hi], credit=None if credit is None else credit[lo:hi], kl_weights=None if kl_weights is None else kl_weights[lo:hi],
+                            weights=weights[lo:hi], credit=None if credit is None else chunk_credit(credit[lo:hi], c, K),
+                            kl_weights=None if kl_weights is None else kl_weights[lo:hi],
                         )
                         if audio:
                             audio_loss, audio_parts = nft_loss(

@@ -252,12 +252,14 @@ def step_credit(outputs: list[RewardOutput], advantages: np.ndarray, localize: A
     """This process's credit maps ``(B_local, T_lat, H_lat, W_lat)`` (:func:`credit_maps`) and
     confinement's KL weights of the same shape (None when ``confine`` is 0), and the step's
     localization metrics over every process (into ``metrics``). ``grid``: the family's ``(temporal,
-    spatial, patch)``, the model's own latent grid."""
+    spatial, patch)``, the model's own latent grid; an autoregressive family's VAE restarts every chunk (its
+    ``chunk_frames``: Helios's 33), and the window's frames map onto latent frames chunk by chunk."""
     g = generator
     temporal, spatial, patch = grid
     maps = credit_maps(
         [d for o in outputs for d in o.details], np.concatenate([o.valid for o in outputs]), advantages, localize,
         num_frames=g.num_frames, fps=g.fps, height=g.height, width=g.width, temporal=temporal, spatial=spatial, patch=patch,
+        chunk_frames=getattr(g.family, "chunk_frames", None),
     )
     for i, why in maps.reasons.items():
         log.debug("localized credit: sample %d keeps a uniform map: %s", i, why)

@@ -183,7 +183,7 @@ def step_advantages(config: Any, reward: Any, outputs: list[Any], scores: np.nda
     else:
         adv = group_advantages(scores, step_groups, std=config.adv_std, clip=config.adv_clip_max)
     if config.regularize.diversity == "latents":
-        final = torch.cat([t.latents[:, -1] for t in trajectories])  # this process's clean latents (B, C, T, H, W)
+        final = torch.cat([t.final for t in trajectories])  # this process's clean latents (B, C, T, H, W), every chunk's
         features = gather(latent_features(final).reshape(-1)).reshape(len(scores), -1)
         amplified = adv.advantages * diversity_multipliers(scores, features, step_groups)
         adv.advantages = np.clip(amplified, -config.adv_clip_max, config.adv_clip_max).astype(np.float32)

@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "CreditMaps", "LocalizeSettings", "confined_kl", "credit_map", "credit_maps", "hold_map", "localized_policy_loss", "vipo_policy_loss",
+    "CreditMaps", "LocalizeSettings", "chunk_credit", "chunk_weights", "confined_kl", "credit_map", "credit_maps", "hold_map", "localized_policy_loss", "vipo_policy_loss",
     "vipo_scale", "latent_coverage", "position_terms",
 ]
 
@@ -151,16 +151,28 @@ class LocalizeSettings:
 # ---------------------------------------------------------------------------------------
 # Region -> coverage of Wan's latent positions -> the credit map
 # ---------------------------------------------------------------------------------------
-def latent_frames(num_frames: int, temporal: int = 4) -> list[range]:
+def latent_frames(num_frames: int, temporal: int = 4, chunk_frames: int | None = None) -> list[range]:
     """The pixel frames each latent frame covers: frame 0 alone, then ``temporal`` at a time (a
     causal video VAE, Wan's and LTX-2's: latent ``k >= 1`` covers ``temporal * (k - 1) + 1 ..
-    temporal * k``)."""
+    temporal * k``).
+
+    ``chunk_frames``: the VAE restarts every ``chunk_frames`` pixel frames (an autoregressive family that
+    decodes each chunk alone, Helios: 33 frames from 9 latent frames), so the rule above holds inside each
+    chunk: chunk ``c``'s latent ``m c`` covers frame ``chunk_frames * c`` alone and its latent ``m c + j``
+    frames ``chunk_frames * c + temporal * (j - 1) + 1 .. chunk_frames * c + temporal * j`` (``m`` latent
+    frames a chunk); the last chunk's frames past ``num_frames`` (the clip cut to ``temporal k + 1``) are
+    dropped from its last latent frames."""
     if (num_frames - 1) % temporal:
         raise ValueError(f"the VAE's videos have {temporal}k + 1 frames (its temporal factor {temporal}); got {num_frames}")
-    return [range(0, 1)] + [range(temporal * (k - 1) + 1, temporal * k + 1) for k in range(1, (num_frames - 1) // temporal + 1)]
+    if chunk_frames is None:
+        return [range(0, 1)] + [range(temporal * (k - 1) + 1, temporal * k + 1) for k in range(1, (num_frames - 1) // temporal + 1)]
+    per_chunk = latent_frames(chunk_frames, temporal)
+    chunks = max(1, -(-num_frames // chunk_frames))
+    return [range(c * chunk_frames + r.start, min(c * chunk_frames + r.stop, num_frames)) for c in range(chunks) for r in per_chunk]
 
 
-def latent_coverage(region: Region, temporal: int = 4, spatial: int = 8, patch: Sequence[int] = (1, 2, 2), edges: str = "hard") -> np.ndarray:
+def latent_coverage(region: Region, temporal: int = 4, spatial: int = 8, patch: Sequence[int] = (1, 2, 2), edges: str = "hard",
+                    chunk_frames: int | None = None) -> np.ndarray:
     """``(T_lat, H_lat, W_lat)`` float32 in [0, 1]: how much of each latent position the region
     covers (module docstring, steps 2-3).
 
@@ -169,11 +181,12 @@ def latent_coverage(region: Region, temporal: int = 4, spatial: int = 8, patch: 
         temporal, spatial: the VAE's compression (Wan-2.1: 4 frames, 8 pixels; LTX-2: 8, 32).
         patch: the transformer's patch (Wan-2.1: 1 x 2 x 2 latents per token; LTX-2: 1 x 1 x 1).
         edges: "soft" (the covered share) or "hard" (1 wherever the region touches).
+        chunk_frames: the VAE restarts every this many frames (:func:`latent_frames`; Helios: 33).
     """
     if region.height % spatial or region.width % spatial:
         raise ValueError(f"frame size {region.height}x{region.width} is not a multiple of the VAE's {spatial}")
     h, w = region.height // spatial, region.width // spatial
-    groups = latent_frames(region.num_frames, temporal)
+    groups = latent_frames(region.num_frames, temporal, chunk_frames)
     cover = np.zeros((len(groups), h, w), dtype=np.float32)
     cache: dict[Any, np.ndarray] = {}
     for k, frames in enumerate(groups):
@@ -200,6 +213,26 @@ def credit_map(coverage: np.ndarray, inside: float = 1.0, outside: float = 0.0) 
     if total <= 0 or not coverage.any():
         return np.ones(coverage.shape, dtype=np.float32)
     return (raw / total).astype(np.float32)
+
+
+def chunk_credit(maps: Any, chunk: int, chunks: int) -> Any:
+    """The part of credit maps ``(B, T_lat, H, W)`` that chunk ``chunk`` of ``chunks`` owns: its ``T_lat / chunks``
+    latent frames (an autoregressive family's chunk, Helios's 9), which its denoising steps' per-position loss
+    reads. ``maps`` whole for one chunk (every other family). A chunk whose frames the region misses gets
+    ``outside`` there (0 by default: its steps take none of the localized advantage); its share of the map's
+    mass is its weight (:func:`chunk_weights`)."""
+    if chunks == 1:
+        return maps
+    per_chunk = maps.shape[1] // chunks
+    return maps[:, chunk * per_chunk:(chunk + 1) * per_chunk]
+
+
+def chunk_weights(maps: np.ndarray, chunks: int) -> np.ndarray:
+    """``(B, K)``: each chunk's weight, the mean of the credit map ``(B, T_lat, H, W)`` over its latent frames
+    (:func:`chunk_credit`), the factor by which its steps' policy term scales the sample's advantage. A uniform
+    map gives 1 to every chunk; the weights of one sample average 1 (the map's mean)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    return maps.reshape(maps.shape[0], chunks, -1).mean(axis=2)
 
 
 def vipo_scale(coverage: np.ndarray, eps: float = 1e-8) -> np.ndarray:
@@ -268,6 +301,7 @@ def credit_maps(
     temporal: int = 4,
     spatial: int = 8,
     patch: Sequence[int] = (1, 2, 2),
+    chunk_frames: int | None = None,
 ) -> CreditMaps:
     """One credit map per sample from its reward details (module docstring, "Who gets a map").
 
@@ -278,15 +312,17 @@ def credit_maps(
         settings: ``advantage.localize``.
         num_frames, fps, height, width: the decoded videos' geometry.
         temporal, spatial, patch: the generator's latent grid (Wan-2.1: 4, 8, (1, 2, 2)).
+        chunk_frames: the family's chunk, where its VAE restarts every chunk (Helios: 33; :func:`latent_frames`).
     """
     n = len(details)
-    shape = ((num_frames - 1) // temporal + 1, height // spatial, width // spatial)
+    shape = (len(latent_frames(num_frames, temporal, chunk_frames)), height // spatial, width // spatial)
     maps = np.ones((n, *shape), dtype=np.float32)
     localized, missing = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     inside_mass = np.full(n, np.nan)
     reasons: dict[int, str] = {}
     hold = np.zeros((n, *shape), dtype=np.float32) if settings.confine > 0 else None
-    geometry = dict(num_frames=num_frames, fps=fps, height=height, width=width, temporal=temporal, spatial=spatial, patch=patch)
+    geometry = dict(num_frames=num_frames, fps=fps, height=height, width=width, temporal=temporal, spatial=spatial, patch=patch,
+                    chunk_frames=chunk_frames)
     for i, (entry, ok, advantage) in enumerate(zip(details, valid, advantages)):
         eligible = ok and (advantage < 0 if settings.apply_to == "negative" else advantage != 0)
         if not (eligible or (ok and hold is not None)):  # confinement reads every valid sample's evidence
@@ -314,7 +350,7 @@ def credit_maps(
 
 
 def _located_coverage(entry: Mapping[str, Any], settings: LocalizeSettings, *, num_frames: int, fps: float, height: int, width: int,
-                      temporal: int, spatial: int, patch: Sequence[int]) -> tuple[np.ndarray | None, str | None]:
+                      temporal: int, spatial: int, patch: Sequence[int], chunk_frames: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """``(coverage, None)`` for a sample whose verdict locates a defect (:func:`latent_coverage`), or
     ``(None, why)`` when it should have but its evidence is absent or unreadable, or ``(None,
     None)`` when the judge saw no defect (nothing to localize, nothing missing)."""
@@ -331,7 +367,7 @@ def _located_coverage(entry: Mapping[str, Any], settings: LocalizeSettings, *, n
     if evidence is None:
         return None, "an abnormal verdict without a window or boxes"
     region = region_from_evidence(evidence, num_frames, fps, height, width, dilate=settings.dilate, context_s=settings.context_s)
-    coverage = latent_coverage(region, temporal, spatial, patch, settings.edges)
+    coverage = latent_coverage(region, temporal, spatial, patch, settings.edges, chunk_frames)
     if not coverage.any():
         return None, "its evidence covers no frame of the video"
     return coverage, None

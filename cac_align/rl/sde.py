@@ -80,6 +80,7 @@ def noise_scale(
     schedule: str = "sqrt",
     sigma_max: float,
     sigma_min: float = 0.0,
+    pure_noise: bool = False,
 ) -> torch.Tensor:
     """The SDE's noise scale ``sigma_t`` at ``sigma``.
 
@@ -90,12 +91,15 @@ def noise_scale(
         sigma_max: the schedule's largest sigma below 1 (its second entry). At ``s = 1`` the
             "sqrt" form divides by zero; like Flow-GRPO we use ``1 - sigma_max`` there instead.
         sigma_min: the schedule's last sigma ("linear" only).
+        pure_noise: ``sigma`` stands for pure noise though it is below 1 (a schedule that starts short of it:
+            Helios's 0.99985): "sqrt" takes the ``s = 1`` form there too, ``1 - sigma_max`` in the denominator.
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
     if schedule == "sqrt":
         if noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-        denominator = 1.0 - torch.where(sigma >= 1.0, torch.full_like(sigma, sigma_max), sigma)
+        start = (sigma >= 1.0) | pure_noise
+        denominator = 1.0 - torch.where(start, torch.full_like(sigma, sigma_max), sigma)
         return noise_level * torch.sqrt(sigma / denominator)
     if schedule == "linear":
         return sigma_min + (sigma_max - sigma_min) * sigma
@@ -163,6 +167,16 @@ class SDEStep:
     log_prob_map: torch.Tensor | None = None
 
 
+def _step_size(sigma: torch.Tensor | float, sigma_next: torch.Tensor | float) -> torch.Tensor | float:
+    """``sigma_next - sigma``: in float64 where both sigmas are float64 tensors (a schedule kept as its scheduler
+    computes it, Helios's: its Euler step rounds the float64 difference once, so ``dt`` must too), else in float32 from
+    the float32 sigmas, as it always was."""
+    both64 = all(isinstance(v, torch.Tensor) and v.dtype == torch.float64 for v in (sigma, sigma_next))
+    if both64:
+        return sigma_next - sigma
+    return torch.as_tensor(sigma_next, dtype=torch.float32) - torch.as_tensor(sigma, dtype=torch.float32)
+
+
 def sde_step(
     sample: torch.Tensor,
     velocity: torch.Tensor,
@@ -194,7 +208,7 @@ def sde_step(
     x = sample.float()
     v = velocity.float()
     s = _expand(sigma, x)
-    dt = _expand(sigma_next, x) - s
+    dt = _expand(_step_size(sigma, sigma_next), x)
     if torch.any(dt >= 0):
         raise ValueError("sigma_next must be smaller than sigma (sampling goes from noise to data)")
     sigma_t = _expand(sigma_t, x)
@@ -226,19 +240,25 @@ class SDESchedule:
     cannot drift apart.
 
     Attributes:
-        sigmas: ``(num_steps + 1,)`` float32 (:func:`flow_sigmas`), on the latents' device.
+        sigmas: ``(num_steps + 1,)`` float32 (:func:`flow_sigmas`), on the latents' device; float64 where the
+            family keeps its scheduler's own (Helios): each step's ``dt`` is then their float64 difference.
         noise_level: ``a`` of the "sqrt" schedule (0: the ODE).
         schedule: one of :data:`NOISE_SCHEDULES`.
+        pure_noise_start: the first sigma stands for pure noise though it is below 1 (Helios's schedule starts at
+            0.99985): step 0's "sqrt" noise scale takes Flow-GRPO's ``s = 1`` form, ``a sqrt(s_0 / (1 - s_1))``, so the
+            first step is as wide as a schedule from 1 makes it (std about ``a``) and not 4.5 times wider (docs/helios.md,
+            "Noise scale"). False: unchanged for every schedule that starts at 1.
     """
 
     sigmas: torch.Tensor
     noise_level: float
     schedule: str = "sqrt"
+    pure_noise_start: bool = False
 
     def noise_scale(self, j: int) -> torch.Tensor:
         """``sigma_t`` of step ``j`` (the schedule's extremes are its second and last sigma)."""
         return noise_scale(self.sigmas[j], self.noise_level, schedule=self.schedule,
-                           sigma_max=float(self.sigmas[1]), sigma_min=float(self.sigmas[-1]))
+                           sigma_max=float(self.sigmas[1]), sigma_min=float(self.sigmas[-1]), pure_noise=self.pure_noise_start and j == 0)
 
     def step(self, j: int, sample: torch.Tensor, velocity: torch.Tensor, *, prev_sample: torch.Tensor | None = None,
              noise: torch.Tensor | None = None, positions: bool = False) -> "SDEStep":

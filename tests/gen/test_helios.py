@@ -1,9 +1,12 @@
-"""Helios (cac_align.gen.families.helios, issue #106 stage 1): a saved folder of any name is read by its
-model_index.json (HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder
-and writes 24 fps videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte
-(text to video batched, image to video one row a call), and the family's per-chunk decode gives the pipeline's frames
-from its latents; the trainers are refused as their config is read, a frame count the chunks do not make as the
-generator's config is read, each in one line."""
+"""Helios (cac_align.gen.families.helios, issue #106): a saved folder of any name is read by its model_index.json
+(HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder and writes 24 fps
+videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte (text to video batched,
+image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; a frame
+count the chunks do not make is refused as the generator's config is read, in one line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal (text
+and image to video); its SDE log-probs a hand computation from the scheduler's own steps, and recomputed from the
+record alone (nft's teacher-forced history is the sampled one); a flow-grpo step of the tiny recipe credits a window's
+chunk only and moves every LoRA weight; dpo's cache encodes chunk by chunk and a pair trains a drawn chunk with each
+member's own history. Credit maps by chunk: tests/rl/test_credit.py; nft's one step: tests/jobs/test_nft.py (slow)."""
 
 from __future__ import annotations
 
@@ -76,21 +79,15 @@ def test_a_frame_count_the_chunks_do_not_make_is_refused_in_one_line_naming_its_
         assert "\n" not in str(error.value)
 
 
-def test_the_trainers_are_refused_as_their_config_is_read(tmp_path):
+def test_every_trainer_takes_the_attention_projections_and_context_parallel_is_refused_in_one_line(tmp_path):
     from cac_align.config import load_config
     from cac_align.jobs.dpo import DpoConfig
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
     from cac_align.jobs.nft import NftConfig
 
-    helios = "generator.name=tiny-random:helios"
     for cls, job, recipe in ((FlowGrpoConfig, "flow-grpo", "flow_grpo"), (NftConfig, "nft", "nft"), (DpoConfig, "dpo", "dpo")):
-        with pytest.raises(RecipeError, match=r"Helios is not trained here yet \(issue #106\).*per-chunk trajectories: not yet") as error:
-            load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny.yaml", [f"out_dir={tmp_path / job}", helios, "generator.num_frames=33"], job=job)
-        assert "\n" not in str(error.value)
-    # a recipe naming its LoRA's modules itself passes the config; what a trainer asks of the family refuses it
-    for ask in (lambda: HELIOS.denoiser(None), lambda: HELIOS.schedule(None, None), lambda: HELIOS.initial_latents(None, None, [])):
-        with pytest.raises(RecipeError, match="per-chunk trajectories: not yet"):
-            ask()
+        config = load_config(cls, REPO_ROOT / f"recipes/align/{recipe}_tiny_helios.yaml", [f"out_dir={tmp_path / job}"], job=job)
+        assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]
     with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for Helios") as error:
         HELIOS.check_context_parallel(GeneratorConfig(**TINY), 2, {})
     assert "\n" not in str(error.value)
@@ -148,3 +145,261 @@ def test_bon_by_folder_runs_the_tiny_recipe_and_writes_its_24_fps_videos(saved, 
     for row in rows:
         video = load_video(str(out / row["video"]))
         assert video.frames.shape == (65, 32, 32, 3) and video.fps == 24.0
+
+
+# -- flow-grpo's per-chunk sampler (stage 2) ---------------------------------------------------------
+CHUNKED = {**TINY, "num_frames": 97}  # 3 chunks of 2 steps each: chunk 2 reads a history of both earlier chunks
+
+
+@pytest.fixture(scope="module")
+def euler(tiny):
+    """The tiny pipeline with the scheduler set to plain Euler (the release samples with UniPC, bon's), and the
+    3-chunk config."""
+    from diffusers import HeliosPipeline, HeliosScheduler
+
+    pipe = HeliosPipeline(**{**tiny[1].components, "scheduler": HeliosScheduler.from_config(tiny[1].scheduler.config, scheduler_type="euler")})
+    pipe.set_progress_bar_config(disable=True)
+    return GeneratorConfig(**CHUNKED), pipe
+
+
+def _sampled(pipe, config, noise_level):
+    from cac_align.gen.generator import encode_conditioning, sample_with_log_probs
+
+    guidance = HELIOS.guidance(config)
+    cond, negative = encode_conditioning(pipe, HELIOS, PROMPTS, None, config, guidance)
+    sigmas, timesteps = HELIOS.schedule(pipe, config)
+    trajectory = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), cond, negative, [torch.Generator().manual_seed(s) for s in SEEDS], config=config,
+                                       sigmas=sigmas, timesteps=timesteps, noise_level=noise_level)
+    return trajectory, cond, negative, guidance
+
+
+def test_the_sampler_at_noise_0_is_the_euler_configured_pipeline_chunk_by_chunk(euler):
+    config, pipe = euler
+    trajectory, *_ = _sampled(pipe, config, 0.0)
+    # K = 3 chunks of N = 2 steps, flattened: 3 x (2 + 1) states, 3 x 2 log-probs; the video is every chunk's last state
+    assert trajectory.chunks == 3 and trajectory.latents.shape == (2, 9, 16, 9, 4, 4) and trajectory.log_probs.shape == (2, 6)
+    assert trajectory.sigmas.dtype == torch.float64  # the scheduler's own, so dt rounds as its Euler step rounds it
+    own = _pipelines_own(pipe, config, PROMPTS, SEEDS, output_type="latent")
+    assert own.shape == (2, 16, 27, 4, 4) and torch.equal(trajectory.final, own)
+
+
+def test_per_chunk_sde_log_probs_are_a_hand_computation_from_the_schedulers_steps_and_recompute_from_the_record(euler):
+    import copy
+    import math
+
+    import numpy as np
+    from diffusers.pipelines.helios.pipeline_helios import calculate_shift
+
+    from cac_align.gen.generator import predict_velocity, sde_transitions, step_conditioning, video_conditioning
+
+    config, pipe = euler
+    a, N, K = 0.7, 2, 3
+    trajectory, cond, negative, guidance = _sampled(pipe, config, a)
+    lp = trajectory.log_probs
+    # step 0's width: the schedule starts at s0 = 0.99937 (mu = 0.5 + 0.65 (36 - 256) / 3840 = 0.46276 for the 9 x 4 x 4 / 4 = 36
+    # tokens of a chunk; s = e^mu / (e^mu + 1/t - 1) at t = 0.999, 0.4995: 0.99937, 0.61320), taken as pure noise:
+    # sigma_t = 0.7 sqrt(0.99937 / (1 - 0.61320)) = 1.1252, std = 1.1252 sqrt(0.99937 - 0.61320) = 0.6992 (~ a), not
+    # 0.7 sqrt(0.99937 / 0.00063) sqrt(0.38617) = 17.3 as the plain square-root scale would make it
+    s = trajectory.sigmas
+    transitions = sde_transitions(HELIOS, s, a)
+    assert float(s[0]) == pytest.approx(0.99937, abs=1e-5) and float(s[1]) == pytest.approx(0.61320, abs=1e-5)
+    assert float(transitions.noise_scale(0)) * math.sqrt(float(s[0] - s[1])) == pytest.approx(0.6992, abs=2e-4)
+
+    # by hand: the pipeline's own scheduler (Euler-configured, reset per chunk) for the Euler part and the sigmas, the
+    # transformer called with a history built here as the pipeline builds it, Flow-GRPO's correction and Gaussian on top
+    embeds, negative_embeds = pipe.encode_prompt(PROMPTS, [HELIOS_NEGATIVE_PROMPT] * 2, do_classifier_free_guidance=True, max_sequence_length=16)
+    indices = torch.arange(29).split([1, 16, 2, 1, 9])  # prefix, long, mid, 1x, the chunk
+    mu = calculate_shift(36, 256, 4096, 0.5, 1.15)
+    history, prefix = torch.zeros(2, 16, 19, 4, 4), torch.zeros(2, 16, 1, 4, 4)
+    for k in range(K):
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(N, sigmas=np.linspace(0.999, 0.0, N + 1)[:-1], mu=mu)
+        long_, mid, one = history[:, :, -19:].split([16, 2, 1], dim=2)
+        inputs = dict(indices_hidden_states=indices[4][None], indices_latents_history_short=torch.cat([indices[0], indices[3]])[None],
+                      indices_latents_history_mid=indices[2][None], indices_latents_history_long=indices[1][None],
+                      latents_history_short=torch.cat([prefix, one], dim=2), latents_history_mid=mid, latents_history_long=long_)
+        for j, t in enumerate(scheduler.timesteps):
+            step = k * N + j
+            x, x_next = trajectory.latents[:, step + k], trajectory.latents[:, step + k + 1]
+            with torch.no_grad():
+                cond_v, uncond_v = (pipe.transformer(hidden_states=x, timestep=t.expand(2), encoder_hidden_states=e, return_dict=False, **inputs)[0]
+                                    for e in (embeds, negative_embeds))
+            v = uncond_v + 5.0 * (cond_v - uncond_v)
+            sigma, sigma_next = float(scheduler.sigmas[j]), float(scheduler.sigmas[j + 1])
+            euler_step = scheduler.step(v, t, x, return_dict=False)[0]  # x + (sigma' - sigma) v
+            noise_scale = a * math.sqrt(sigma / (1 - (float(scheduler.sigmas[1]) if j == 0 else sigma)))
+            dt = sigma_next - sigma
+            mean = euler_step + dt * noise_scale**2 / (2 * sigma) * (x + (1 - sigma) * v)
+            std = noise_scale * math.sqrt(-dt)
+            by_hand = (-((x_next - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)).mean(dim=(1, 2, 3, 4))
+            # equal to float rounding (1.2e-7 measured); the control below shows a wrong history moves them 20x past this
+            assert torch.allclose(by_hand, lp[:, step], rtol=0, atol=1e-5), (k, j, by_hand, lp[:, step])
+        final = trajectory.latents[:, k * (N + 1) + N]
+        prefix = final[:, :, :1] if k == 0 else prefix  # the first chunk's first latent frame, from then on
+        history = torch.cat([history, final], dim=2)
+
+    # the training pass: each step recomputed from the record alone (the history rebuilt from the recorded chunk finals)
+    model, dtype = HELIOS.denoiser(pipe), pipe.transformer.dtype
+    for step in range(K * N):
+        k, j = divmod(step, N)
+        x, x_next = trajectory.latents[:, step + k], trajectory.latents[:, step + k + 1]
+        with torch.no_grad():
+            step_cond = step_conditioning(HELIOS, cond, trajectory.latents, k, K)
+            v = predict_velocity(model, x, trajectory.timesteps[j], step_cond, negative, guidance, dtype)
+            assert torch.equal(transitions.step(j, x, v, prev_sample=x_next).log_prob, lp[:, step])
+            # nft's teacher forcing (the video's own clean earlier chunks) is the history the chunk was sampled with
+            forced = video_conditioning(HELIOS, cond, trajectory.final, k, K)
+            assert all(torch.equal(forced.tensors[key], step_cond.tensors[key]) for key in step_cond.tensors)
+            if k == 2:  # control: the previous chunk's history in place of this chunk's moves the log-probs (2e-4 on the tiny model)
+                v = predict_velocity(model, x, trajectory.timesteps[j], step_conditioning(HELIOS, cond, trajectory.latents, 1, K), negative, guidance, dtype)
+                wrong_history = transitions.step(j, x, v, prev_sample=x_next).log_prob
+                assert (wrong_history - lp[:, step]).abs().max() > 5e-5
+
+
+def test_flow_grpo_trains_the_tiny_recipe_per_chunk_and_a_window_credits_only_its_chunks_steps(tmp_path):
+    from cac_align.config import load_config
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig, run, trained_timesteps
+    from cac_align.rewards.registry import build_reward
+
+    # seed 1 trains steps 0 and 1 of the 2 chunks x 2 steps: the first chunk's alone
+    assert trained_timesteps(4, 0.5, 0, 1) == [0, 1]
+
+    def one_step(window, out):
+        pipe = HELIOS.build_tiny("tiny-random:helios")
+        base = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+        # every sample localized (apply_to all; the toy judge flags its window on every video), nothing outside the window,
+        # no KL: a step's gradient comes from its chunk's share of the credit map alone
+        config = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_helios.yaml",
+                             [f"out_dir={out}", f"prompts={REPO_ROOT / 'recipes/align/prompts_tiny.txt'}", "steps=1", "checkpoint_every=0", "seed=1",
+                              "timestep_fraction=0.5", "beta=0", "advantage.localize.enabled=true", "advantage.localize.apply_to=all",
+                              "advantage.localize.dilate=0"], job="flow-grpo")
+        run(config, pipe=pipe, reward=build_reward({"name": "spot_brightness", "box": [0, 0, 1000, 1000], "window_s": list(window)}))
+        (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert row["train/timesteps"] == 2 and row["localize/localized_fraction"] == 1.0
+        return row, pipe, base
+
+    # a window in the second chunk ([1.5, 2.0) s at 24 fps: frames 36 .. 47): the first chunk's steps take none of it
+    row, pipe, _ = one_step((1.5, 2.0), tmp_path / "second")
+    assert row["train/grad_norm"] == 0.0
+    # control: the window moved into the first chunk ([0.5, 1.0) s: frames 12 .. 23) trains its steps
+    row, pipe, base = one_step((0.5, 1.0), tmp_path / "first")
+    assert row["train/grad_norm"] > 0 and row["train/ratio_mean"] == 1.0  # the recomputed log-probs are the recorded ones
+    lora = {n: p for n, p in pipe.transformer.named_parameters() if "lora_B" in n}
+    assert len(lora) == 2 * 2 * 4 and all(torch.count_nonzero(p) for p in lora.values())  # 2 blocks x 2 attentions x 4 projections, each moved
+    after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
+    assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # the base as it was
+    assert (tmp_path / "first/lora/pytorch_lora_weights.safetensors").is_file()
+
+
+def test_image_to_video_at_noise_0_is_the_pipeline_given_the_images_posterior_mean_without_its_noise(euler):
+    from diffusers.utils import load_image
+
+    from cac_align.gen.family import Conditioning
+    from cac_align.gen.generator import encode_conditioning, sample_with_log_probs
+    from cac_align.run.input_files import PromptImage
+
+    config, pipe = euler
+    config = GeneratorConfig(**{**TINY, "num_frames": 65})
+    image = PromptImage.of(REPO_ROOT / "recipes/align/image_red_ball.png")
+    guidance = HELIOS.guidance(config)
+    cond, negative = encode_conditioning(pipe, HELIOS, PROMPTS, [image, image], config, guidance)
+    # the image alone and the last latent of a 33-frame clip of it, each the posterior's mean, normalized as the pipeline does
+    vae = pipe.vae
+    mean, inv_std = (torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1), 1.0 / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1))
+    pixels = pipe.video_processor.preprocess(load_image(str(image.image)), height=32, width=32).unsqueeze(2)
+    with torch.no_grad():
+        assert torch.equal(cond.image_latents[:1], (vae.encode(pixels).latent_dist.mean - mean) * inv_std)
+        assert torch.equal(cond.fake_image_latents[:1], ((vae.encode(pixels.repeat(1, 1, 33, 1, 1)).latent_dist.mean - mean) * inv_std)[:, :, -1:])
+    sigmas, timesteps = HELIOS.schedule(pipe, config)
+    generators = lambda: [torch.Generator().manual_seed(s) for s in SEEDS]  # noqa: E731
+    trajectory = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), cond, negative, generators(), config=config, sigmas=sigmas, timesteps=timesteps,
+                                       noise_level=0.0)
+    own = pipe(prompt=PROMPTS, negative_prompt=[HELIOS_NEGATIVE_PROMPT] * 2, image_latents=cond.image_latents, fake_image_latents=cond.fake_image_latents,
+               add_noise_to_image_latents=False, generator=generators(), height=32, width=32, num_frames=65, num_inference_steps=2, guidance_scale=5.0,
+               max_sequence_length=16, output_type="latent").frames
+    assert own.shape == (2, 16, 19, 4, 4) and torch.equal(trajectory.final, own[:, :, 1:])  # the pipeline's latents hold the fake frame first
+    text_only = sample_with_log_probs(pipe, HELIOS.denoiser(pipe), Conditioning(embeds=cond.embeds), negative, generators(), config=config,
+                                      sigmas=sigmas, timesteps=timesteps, noise_level=0.0)
+    assert (text_only.final - trajectory.final).abs().max() > 1e-2  # control: the image conditions every chunk
+
+
+def test_the_memory_plans_tokens_per_forward_are_what_the_transformer_sees(tiny):
+    _, pipe = tiny
+    seen = []
+    hook = pipe.transformer.blocks[0].register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("hidden_states", args[0] if args else None).shape[1]), with_kwargs=True)
+    try:
+        for height, width in ((32, 32), (48, 80)):
+            seen.clear()
+            pipe(prompt=["a"], generator=torch.Generator().manual_seed(0), height=height, width=width, num_frames=33, num_inference_steps=1,
+                 guidance_scale=1.0, max_sequence_length=16, output_type="latent")
+            # 48 x 80: the chunk 9 x 6/2 x 10/2 = 135, short 2 x 3 x 5 = 30, mid 1 x 2 x 3 = 6, long 4 x 1 x 2 = 8: 179
+            assert seen == [HELIOS.sequence_tokens(33, height, width)] and HELIOS.sequence_tokens(97, height, width) == seen[0]
+    finally:
+        hook.remove()
+    assert HELIOS.sequence_tokens(33, 48, 80) == 179 and HELIOS.sequence_tokens(97, 384, 640) == 11040  # the release's: 8,640 + 2,400
+
+
+def test_dpo_encodes_chunk_by_chunk_and_trains_a_drawn_chunk_with_each_members_own_history(tiny, tmp_path, monkeypatch):
+    from cac_align.config import load_config
+    from cac_align.gen.family import Conditioning
+    from cac_align.jobs.best_of_n import BonConfig
+    from cac_align.jobs.best_of_n import run as best_of_n
+    from cac_align.jobs.dpo import DpoConfig, chunk_rows, pair_chunk
+    from cac_align.jobs.dpo import run as dpo
+
+    _, pipe = tiny
+    # the cache's encode: each 33-frame chunk alone (the VAE restarts there), the last chunk's cut frames its last frame repeated
+    frames = torch.randint(0, 256, (97, 32, 32, 3), dtype=torch.uint8).numpy()
+    latents = HELIOS.encode_video(pipe, frames)
+    assert latents.shape == (16, 27, 4, 4)
+    last = torch.as_tensor(frames[66:]).permute(3, 0, 1, 2)[None]
+    last = torch.cat([last, last[:, :, -1:], last[:, :, -1:]], dim=2) / 127.5 - 1.0  # 31 frames + 2 repeats = 33
+    vae = pipe.vae
+    with torch.no_grad():
+        own = (vae.encode(last).latent_dist.mode() - torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)) / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    assert torch.allclose(latents[:, 18:], own[0], atol=1e-5)
+    with pytest.raises(ValueError, match="encodes the videos it makes .* got 81 frames"):
+        HELIOS.encode_video(pipe, frames[:81])
+
+    # a micro-batch of 2 pairs of 2 chunks, the first pair drawn to train chunk 1, the second chunk 0: each member's own
+    # history (the buffer's 19 frames are 10 zeros and its chunk 0: frames 0 .. 5 end the long history, 6, 7 the mid, 8 the
+    # short after the prefix, its first frame; all zeros before chunk 0)
+    batch = {"winner": torch.randn(2, 16, 18, 4, 4), "loser": torch.randn(2, 16, 18, 4, 4), "mask": torch.zeros(2, 18, 4, 4)}
+    part, cond_w, cond_l = chunk_rows(HELIOS, batch, Conditioning(embeds=torch.randn(2, 3, 32)), [1, 0], 2)
+    assert torch.equal(part["winner"][0], batch["winner"][0, :, 9:]) and torch.equal(part["loser"][1], batch["loser"][1, :, :9])
+    for cond, name in ((cond_w, "winner"), (cond_l, "loser")):
+        first = batch[name][0, :, :9]
+        assert torch.equal(cond.history_long[0, :, -6:], first[:, :6]) and cond.history_long[0, :, :10].abs().sum() == 0
+        assert torch.equal(cond.history_mid[0], first[:, 6:8]) and torch.equal(cond.history_short[0], first[:, [0, 8]])
+        assert cond.history_long[1].abs().sum() == 0 and cond.history_short[1].abs().sum() == 0
+    assert {pair_chunk(0, step, 0, 2) for step in range(8)} == {0, 1}  # drawn, both chunks over steps
+
+    monkeypatch.chdir(REPO_ROOT)  # the recipes' prompt file
+    best_of_n(load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_helios.yaml", [f"out_dir={tmp_path / 'bon'}"], job="bon"))
+    trained = HELIOS.build_tiny("tiny-random:helios")
+    out = tmp_path / "dpo"
+    dpo(load_config(DpoConfig, REPO_ROOT / "recipes/align/dpo_tiny_helios.yaml", [f"out_dir={out}", f"pairs=[{tmp_path / 'bon'}]", "steps=1",
+                                                                                  "checkpoint_every=0"], job="dpo"), pipe=trained)
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["train/grad_norm"] > 0 and all(torch.count_nonzero(p) for n, p in trained.transformer.named_parameters() if "lora_B" in n)
+
+
+def test_a_lora_we_write_loads_into_diffusers_own_helios_pipeline_and_gives_our_frames(tmp_path):
+    """docs/using_your_lora.md: the file our trainers write loads with HeliosPipeline's own ``load_lora_weights``
+    (HeliosLoraLoaderMixin), and the pipeline then makes the frames our trained transformer makes, hash for hash."""
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, generate_videos, save_lora
+    from cac_align.gen.lora import LoraSettings, add_lora
+
+    config = GeneratorConfig(**{**TINY, "num_frames": 33})
+    trained = HELIOS.build_tiny("tiny-random:helios")
+    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=list(HELIOS.lora_target_modules)), seed=0)
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
+    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=HELIOS.pipeline_class)
+    fresh = HELIOS.build_tiny("tiny-random:helios")
+    base = generate_videos(fresh, config, PROMPTS[:1], SEEDS[:1]).frames
+    fresh.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)
+    ours, theirs = (generate_videos(pipe, config, PROMPTS[:1], SEEDS[:1]).frames for pipe in (trained, fresh))
+    assert _hashes(theirs) == _hashes(ours) and _hashes(base) != _hashes(ours)  # control: without it, other frames

@@ -10,7 +10,6 @@ note of issue #104), and test_the_guards_at_their_defaults_leave_run_folders_as_
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 
 from cac_align.config import RecipeError, load_config
 from cac_align.gen.families.wan import build_tiny_wan_pipeline, latent_preview
+from cac_align.gen.generator import Trajectory
 from cac_align.jobs import flow_grpo
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 from cac_align.rl.gardo import reward_uncertainty
@@ -259,7 +259,8 @@ def test_step_advantages_gdpo_from_a_combined_rewards_outputs_and_diversity(tmp_
     groups = [0, 0, 0, 1, 1, 1]
     config = _config(tmp_path, "advantage.aggregate=normalize_then_sum")
     latents = torch.randn(6, 4, 2, 4, 4)
-    trajectories = [SimpleNamespace(latents=latents[:, None])]  # one sampled batch: its last (only) step's latents
+    # one sampled batch: its last (only) step's latents
+    trajectories = [Trajectory(latents=latents[:, None], log_probs=None, sigmas=None, timesteps=None)]
     got = step_advantages(config, reward, [output], output.scores, groups, trajectories, lambda v: v)
     brightness = np.array([v.frames.mean() / 255 for v in videos])
     green = np.array([1 - v.frames[..., 1].mean() / 255 for v in videos])

@@ -349,3 +349,36 @@ def test_vipo_maps_are_the_scaled_coverage_and_a_whole_frame_region_falls_back_t
         LocalizeSettings(estimator="dense")
     with pytest.raises(ValueError, match="confine must be >= 0"):
         LocalizeSettings(confine=-1.0)
+
+
+def test_helios_credit_by_chunk_a_window_in_the_third_chunk_weights_its_steps_and_moves_with_the_window():
+    from cac_align.rl.credit import chunk_credit, chunk_weights
+
+    # Helios (docs/helios.md, "Credit by chunk"): 97 frames at 24 fps are 3 chunks of 33 decoded alone, so 27 latent
+    # frames (Wan's rule over the whole clip would give 25): chunk c's latent 9c is frame 33c, latent 9c + j frames
+    # 33c + 4(j - 1) + 1 .. 33c + 4j, the last chunk cut at frame 96
+    groups = latent_frames(97, 4, chunk_frames=33)
+    assert len(groups) == 27 and len(latent_frames(97, 4)) == 25
+    assert [list(groups[k]) for k in (9, 10, 18, 19, 26)] == [[33], [34, 35, 36, 37], [66], [67, 68, 69, 70], [95, 96]]
+    geometry = dict(num_frames=97, fps=24.0, height=32, width=32, chunk_frames=33)
+    settings = LocalizeSettings(enabled=True)
+
+    def weights(window):
+        maps = credit_maps([{"status": "abnormal", "window_s": list(window), "boxes": []}], [True], [-1.0], settings, **geometry)
+        assert maps.maps.shape == (1, 27, 4, 4) and maps.localized.tolist() == [True]
+        return maps.maps, chunk_weights(maps.maps, 3)[0]
+
+    # [3.0, 3.5) s holds frames 72 .. 83 (t = i / 24), in the third chunk (frames 66 .. 96): its latents 20 (71 .. 74) to
+    # 23 (83 .. 86), whole frames (no box). The map is 27 / 4 = 6.75 on those 4 of 27 latent frames, 0 elsewhere (outside 0),
+    # so the chunks' weights (each chunk's mean over its 9 latent frames) are 0, 0 and 4 x 6.75 / 9 = 3
+    maps, third = weights((3.0, 3.5))
+    assert third.tolist() == pytest.approx([0.0, 0.0, 3.0])
+    # chunk 2's steps read its own 9 latent frames of the map, and only they: chunks 0 and 1 take none of the advantage
+    own = chunk_credit(torch.as_tensor(maps), 2, 3)
+    assert own.shape == (1, 9, 4, 4) and own[0, 2:6].unique().tolist() == [6.75] and own[0, [0, 1, 6, 7, 8]].abs().sum() == 0
+    assert chunk_credit(torch.as_tensor(maps), 0, 3).abs().sum() == 0 and chunk_credit(maps, 0, 1) is maps  # one chunk: the whole map
+    # control: the window moved to [1.5, 2.0) s (frames 36 .. 47: the second chunk's latents 10 .. 13) moves the weight there
+    assert weights((1.5, 2.0))[1].tolist() == pytest.approx([0.0, 3.0, 0.0])
+    # across the seam, [2.5, 3.0) s (frames 60 .. 71): chunk 1's latents 16 (58 .. 61), 17 (62 .. 65), chunk 2's 18 (66), 19, 20
+    # (71): M = 27 / 5 = 5.4 on 5 frames, weights 2 x 5.4 / 9 = 1.2 and 3 x 5.4 / 9 = 1.8
+    assert weights((2.5, 3.0))[1].tolist() == pytest.approx([0.0, 1.2, 1.8])

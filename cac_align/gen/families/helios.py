@@ -1,4 +1,4 @@
-"""The Helios family (issue #106, stage 1): PKU-YuanGroup's autoregressive text-to-video model as ``bon`` runs it.
+"""The Helios family (issue #106): PKU-YuanGroup's autoregressive text-to-video model, as ``bon`` and ``flow-grpo`` run it.
 
 diffusers 0.42.1's ``HeliosPipeline`` (``pipelines/helios/pipeline_helios.py``) holds Wan-2.1's parts (a UMT5 text
 encoder, ``AutoencoderKLWan``: 8x in space, 4x in time, 16 latent channels) around ``HeliosTransformer3DModel``, a
@@ -14,20 +14,32 @@ the first chunk. Each chunk is decoded by the VAE on its own; the joined frames 
 129, 165, ... (:func:`frames_made`). Any other count would come back with a length the recipe did not ask for, so it
 is refused in one line naming the two neighbours (:meth:`HeliosFamily.check_settings`, as the config is read).
 
-**What works (stage 1): Best-of-N.** ``bon`` runs the pipeline's own ``__call__`` (:meth:`HeliosFamily.generate`):
-text-to-video rows in one call with one ``torch.Generator`` per row, so a video depends on its prompt and seed only
-(each row draws its chunks' noise from its own generator, in chunk order); image-to-video one row per call with one
-generator (diffusers 0.42.1 draws the image's noise level with ``torch.rand(generator=...)``, which takes one generator,
-not a list). The image conditions every chunk's history and is not a frame of the output.
+**Best-of-N.** ``bon`` runs the pipeline's own ``__call__`` (:meth:`HeliosFamily.generate`): text-to-video rows in one
+call with one ``torch.Generator`` per row, so a video depends on its prompt and seed only (each row draws its chunks'
+noise from its own generator, in chunk order); image-to-video one row per call with one generator (diffusers 0.42.1
+draws the image's noise level with ``torch.rand(generator=...)``, which takes one generator, not a list). The image
+conditions every chunk's history and is not a frame of the output.
 
-**What does not yet.** The trainers (``flow-grpo``, ``nft``, ``dpo``) are refused in one line as their recipe is read
-(:attr:`HeliosFamily.lora_target_modules`, the Kandinsky 6 precedent) and by the denoiser, the schedule and the
-initial noise should a recipe name its LoRA's modules itself: their :class:`~cac_align.gen.generator.Trajectory` is
-one denoising loop, Helios's is one per chunk (a later stage of issue #106). ``repair`` is refused in one line
-(:func:`regenerator_for_index`): Helios has no inpainting pipeline. Context parallel is refused in one line (diffusers'
-``_cp_plan`` for this transformer names 40 blocks by index, and each forward holds the chunk's tokens and the
-history's). ``HeliosPyramidPipeline`` checkpoints (Helios-Mid, Helios-Distilled) are recognized and refused for every
-job in one line (:func:`family_for_index`).
+**Flow-GRPO** (docs/helios.md, "Flow-GRPO, chunk by chunk"). The trainers' sampler
+(:func:`cac_align.gen.generator.sample_with_log_probs`) runs one loop per chunk (:meth:`HeliosFamily.chunks`), drawing
+each chunk's noise (:meth:`HeliosFamily.initial_latents`) and rebuilding its history from the earlier chunks' final
+latents (:meth:`HeliosFamily.chunk_conditioning`), which :class:`HeliosDenoiser` reads from the step's conditioning;
+every chunk steps the pipeline's own schedule (:meth:`HeliosFamily.schedule`, float64 sigmas). The history is state,
+as the prompt is: made by earlier actions without gradient and rebuilt from the record in the training pass, never
+trained through. Flow-GRPO's square-root noise scale takes the schedule's first sigma (0.99985) as pure noise
+(:attr:`HeliosFamily.pure_noise_start`). A judge's window maps onto latent frames chunk by chunk
+(:attr:`HeliosFamily.chunk_frames`; :mod:`cac_align.rl.credit`).
+
+Image to video: the image's posterior mean without the release's noise on it (:meth:`HeliosFamily.encode_images`).
+
+**nft and dpo** train each chunk on the forward process with the history of the video's own clean earlier chunks
+(:func:`cac_align.gen.generator.video_conditioning`: teacher forcing, for a sampled video its sampled history); dpo's
+cache encodes a video chunk by chunk (:meth:`HeliosFamily.encode_video`) and each step a pair trains one chunk, drawn.
+
+**What does not yet.** ``repair`` is refused in one line (:func:`regenerator_for_index`): Helios has no inpainting
+pipeline. Context parallel is refused in one line (diffusers' ``_cp_plan`` for this transformer names 40
+blocks by index, and each forward holds the chunk's tokens and the history's). ``HeliosPyramidPipeline`` checkpoints
+(Helios-Mid, Helios-Distilled) are recognized and refused for every job in one line (:func:`family_for_index`).
 
 **The release settings** (what a recipe leaves unset takes): the authors' ``infer_helios.py``
 (github.com/PKU-YuanGroup/Helios at 09f2e56732bb9e9ff6f58adcb8c1ca6a2ec701fd, its argument defaults) and diffusers
@@ -56,12 +68,13 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
+from cac_align.gen.experts import Denoiser
 from cac_align.gen.family import NoContextParallel
 from cac_align.gen.tiny import transformer_made, umt5_text_encoder, word_tokenizer
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
 __all__ = ["BASE_CHECKPOINT", "CHUNK_FRAMES", "CHUNK_LATENT_FRAMES", "FAMILIES", "HELIOS", "HELIOS_NEGATIVE_PROMPT", "HISTORY_SIZES", "TINY_HELIOS",
-           "HeliosFamily", "build_tiny_helios_pipeline", "chunk_count", "family_for_index", "frame_neighbours", "frames_made",
+           "HeliosDenoiser", "HeliosFamily", "build_tiny_helios_pipeline", "chunk_count", "history_indices", "family_for_index", "frame_neighbours", "frames_made",
            "regenerator_for_index"]
 
 PIPELINE = "HeliosPipeline"
@@ -105,12 +118,6 @@ def frame_neighbours(num_frames: int) -> tuple[int | None, int]:
     return max((m for m in made if m < num_frames), default=None), min(m for m in made if m > num_frames)
 
 
-def _not_yet(title: str) -> str:
-    return (f"{title} is not trained here yet ({ISSUE}): its video is chunks of {CHUNK_LATENT_FRAMES} latent frames, each its own denoising "
-            "loop conditioned on the earlier chunks' latents, and flow-grpo, nft and dpo record one loop (per-chunk trajectories: not yet); "
-            "sample it with bon")
-
-
 _NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffusers 0.42.1's _cp_plan for HeliosTransformer3DModel names its "
                         "40 blocks by index and each forward holds the chunk's tokens and its history's, so no split of it is defined here yet "
                         f"({ISSUE}); shard it with parallel.shard: fsdp2 instead")
@@ -118,7 +125,7 @@ _NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Helios: diffuse
 
 @dataclass(frozen=True)
 class HeliosFamily(NoContextParallel):
-    """Helios as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` runs it, the trainers refuse it."""
+    """Helios as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` and ``flow-grpo`` run it."""
 
     context_parallel_refusal: ClassVar[str] = _NO_CONTEXT_PARALLEL  # both context-parallel hooks refuse (NoContextParallel)
     name: str
@@ -141,22 +148,17 @@ class HeliosFamily(NoContextParallel):
     negative_prompt: str = HELIOS_NEGATIVE_PROMPT
 
     # Both attentions' projections of every block, the names Wan's LoRA adapts (HeliosAttention's to_q, to_k, to_v,
-    # to_out.0): what a trainer's LoRA will adapt once Helios trains (the next stage of issue #106)
+    # to_out.0): what flow-grpo's LoRA adapts (lora_target_modules)
     LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+    # flow-grpo's SDE starts at the schedule's first sigma, 0.99985, as at pure noise (module docstring, "Flow-GRPO")
+    pure_noise_start: bool = True
+    # the VAE restarts every chunk: a judge's window maps onto latent frames chunk by chunk (cac_align.rl.credit)
+    chunk_frames: int = CHUNK_FRAMES
 
     @property
     def lora_target_modules(self) -> tuple[str, ...]:
-        """Refused for now, in one line (module docstring): a trainer's config asks this when its recipe leaves
-        ``lora.target_modules`` unset, so a trainer's recipe is refused as it loads, before anything is built.
-        The targets the next stage will use are :attr:`LORA_TARGETS`."""
-        from cac_align.config import RecipeError
-
-        raise RecipeError(_not_yet(self.title))
-
-    def _refuse_training(self) -> None:
-        from cac_align.config import RecipeError
-
-        raise RecipeError(_not_yet(self.title))
+        """:attr:`LORA_TARGETS`, which a trainer's config takes when its recipe leaves ``lora.target_modules`` unset."""
+        return self.LORA_TARGETS
 
     # -- the config --------------------------------------------------------------------
     def check_settings(self, config: Any) -> None:
@@ -187,21 +189,130 @@ class HeliosFamily(NoContextParallel):
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_HELIOS_BUILDERS[name](seed)
 
-    # -- what the trainers ask: refused for now (module docstring) ---------------------------------
-    def denoiser(self, pipe: Any) -> Any:
-        self._refuse_training()
+    # -- what flow-grpo asks (module docstring, "Flow-GRPO") ---------------------------------------
+    def chunks(self, config: Any) -> int:
+        """The denoising loops one video of ``config`` takes: its chunks (:func:`chunk_count`)."""
+        return chunk_count(int(config.num_frames))
 
-    def schedule(self, pipe: Any, config: Any) -> Any:
-        self._refuse_training()
+    def denoiser(self, pipe: Any) -> "HeliosDenoiser":
+        return HeliosDenoiser(pipe.transformer, self)
 
-    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> Any:
-        self._refuse_training()
+    def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One chunk's schedule, as ``HeliosPipeline.__call__`` sets it before every chunk: ``N`` sigmas evenly from
+        0.999 down, shifted by ``mu`` from the chunk's token count (the scheduler's dynamic shifting), a 0 appended:
+        ``(sigmas (N + 1,), timesteps (N,))`` **float64** on the CPU, as the scheduler keeps them (its Euler step rounds
+        the float64 difference of two sigmas once; :func:`cac_align.rl.sde.sde_step` does the same with them)."""
+        import copy
+
+        import numpy as np
+        from diffusers.pipelines.helios.pipeline_helios import calculate_shift
+
+        steps = int(config.num_inference_steps)
+        patch = pipe.transformer.config.patch_size
+        side = pipe.vae_scale_factor_spatial
+        tokens = CHUNK_LATENT_FRAMES * (config.height // side) * (config.width // side) // (patch[0] * patch[1] * patch[2])
+        settings = pipe.scheduler.config
+        mu = calculate_shift(tokens, settings.get("base_image_seq_len", 256), settings.get("max_image_seq_len", 4096),
+                             settings.get("base_shift", 0.5), settings.get("max_shift", 1.15))
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(steps, device="cpu", sigmas=np.linspace(0.999, 0.0, steps + 1)[:-1], mu=mu)
+        return scheduler.sigmas.cpu(), scheduler.timesteps.cpu()
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> tuple[torch.Tensor, None]:
+        """One chunk's initial noise ``(B, C, 9, H / 8, W / 8)`` float32, each row drawn from its own generator as the
+        pipeline's ``prepare_latents`` draws it; the sampler asks once per chunk, in chunk order, as the pipeline does."""
+        side = pipe.vae_scale_factor_spatial
+        shape = (pipe.transformer.config.in_channels, CHUNK_LATENT_FRAMES, config.height // side, config.width // side)
+        noise = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators])
+        return noise.to(pipe._execution_device), None
+
+    def chunk_conditioning(self, cond: Any, finals: Sequence[torch.Tensor], like: torch.Tensor) -> Any:
+        """``cond`` with the history of the chunk after ``finals`` (the earlier chunks' final latents ``(B, C, 9, h, w)``,
+        in order; none for the first chunk), rebuilt as the pipeline keeps it: a buffer of 19 zero frames with each
+        chunk's finals appended, its last 16, 2 and 1 frames (``history_long``, ``history_mid``, the 1 of
+        ``history_short``), and in front of ``history_short`` the prefix frame: zeros for the first chunk, afterwards the
+        first latent frame of the first chunk. Image to video (``cond``'s ``image_latents`` and ``fake_image_latents``:
+        :meth:`encode_images`): the buffer's last zero frame is the fake latent and the prefix of every chunk is the
+        image's. ``like``: a latent of the chunk (its shape and device). The history is state, as the prompt is: built
+        from earlier actions without gradient (module docstring)."""
+        from cac_align.gen.family import Conditioning
+
+        batch, channels, _, height, width = like.shape
+        total = sum(HISTORY_SIZES)
+        start = torch.zeros((batch, channels, total, height, width), dtype=torch.float32, device=like.device)
+        image = cond.has("image_latents")
+        if image:  # image to video: the image's clip's last latent is the buffer's last frame, the image the prefix of every chunk
+            start = torch.cat([start[:, :, :-1], cond.fake_image_latents.to(like.device, torch.float32)], dim=2)
+        earlier = [f.to(like.device, torch.float32).detach() for f in finals]
+        long_, mid, one = torch.cat([start, *earlier], dim=2)[:, :, -total:].split(list(HISTORY_SIZES), dim=2)
+        if image:
+            prefix = cond.image_latents.to(like.device, torch.float32)
+        else:
+            prefix = earlier[0][:, :, :1] if earlier else torch.zeros_like(start[:, :, :1])
+        return cond.join(Conditioning(history_short=torch.cat([prefix, one], dim=2), history_mid=mid, history_long=long_))
 
     def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
-        self._refuse_training()  # bon animates images through the pipeline itself (generate)
+        """Each row's first frame as the trainers condition on it (docs/helios.md, "Image to video"): ``image_latents``
+        ``(B, C, 1, h, w)``, the image encoded alone, and ``fake_image_latents`` ``(B, C, 1, h, w)``, the last latent of
+        a 33-frame clip of the repeated image, each the mean of the VAE's posterior, normalized as the pipeline
+        normalizes them (``prepare_image_latents``), float32. The pipeline draws a sample of the posterior and then
+        noises both at a level drawn in [0.111, 0.135]; the trainers take neither draw (its
+        ``add_noise_to_image_latents=False`` path), so the conditioning is a function of the image alone."""
+        from diffusers.utils import load_image
+
+        from cac_align.gen.family import Conditioning
+
+        vae = pipe.vae
+        device, dtype = next(vae.parameters()).device, vae.dtype
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, dtype)
+        encoded: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        for image in images:
+            if image is None:
+                raise ValueError(f"{self.title}: every row of an image-to-video batch needs its image")
+            if image.last_image is not None:
+                raise ValueError(f"{self.title} takes a first frame only; {image.last_image} was given as the last one")
+            if image in encoded:
+                continue
+            pixels = pipe.video_processor.preprocess(load_image(image.image), height=config.height, width=config.width).unsqueeze(2).to(device, dtype)
+            with torch.no_grad():
+                alone = (vae.encode(pixels).latent_dist.mode() - mean) * inv_std
+                clip = pixels.repeat(1, 1, CHUNK_FRAMES, 1, 1)
+                fake = ((vae.encode(clip).latent_dist.mode() - mean) * inv_std)[:, :, -1:]
+            encoded[image] = (alone.float(), fake.float())
+        return Conditioning(image_latents=torch.cat([encoded[i][0] for i in images]), fake_image_latents=torch.cat([encoded[i][1] for i in images]))
 
     def encode_video(self, pipe: Any, frames: Any) -> Any:
-        self._refuse_training()  # dpo's latent cache: a video is encoded per 33-frame chunk (the next stage)
+        """uint8 frames ``(F, H, W, 3)`` of a video Helios makes (33, 65, 97, ... frames) to latents ``(C, 9K, h, w)``
+        float32, the inverse of :meth:`decode`: each 33-frame chunk encoded alone (the VAE restarts at every chunk, as
+        the pipeline decodes), the last chunk's cut frames its last frame repeated, the posterior's mean normalized as
+        the pipeline normalizes (dpo's latent cache)."""
+        import numpy as np
+
+        count = len(frames)
+        if frames_made(count) != count:
+            raise ValueError(f"{self.title} encodes the videos it makes (33, 65, 97, ... frames: 33-frame chunks cut to 4k + 1), got {count} frames")
+        vae = pipe.vae
+        chunks = chunk_count(count)
+        video = torch.as_tensor(np.asarray(frames)).permute(3, 0, 1, 2).unsqueeze(0)  # (1, 3, F, H, W)
+        video = torch.cat([video, video[:, :, -1:].expand(-1, -1, chunks * CHUNK_FRAMES - count, -1, -1)], dim=2)
+        parts = []
+        with torch.no_grad():
+            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(next(vae.parameters()).device, vae.dtype)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(mean)
+            for chunk in video.split(CHUNK_FRAMES, dim=2):
+                x = chunk.to(mean.device, vae.dtype) / 127.5 - 1.0
+                parts.append((vae.encode(x).latent_dist.mode() - mean) * inv_std)
+        return torch.cat(parts, dim=2)[0].float()
+
+    def sequence_tokens(self, num_frames: int, height: int, width: int) -> int:
+        """The tokens of one transformer call, for the memory plan (:mod:`cac_align.plan`): a chunk's 9 latent frames in
+        1 x 2 x 2 patches and its history's, each part through its own patch (short: 2 frames in 1 x 2 x 2, mid: 2 in
+        2 x 4 x 4, long: 16 in 4 x 8 x 8, the sides padded up to the patch), whatever ``num_frames`` is: a forward
+        sees one chunk. At 384 x 640: 8,640 + 1,920 + 240 + 240 = 11,040."""
+        h, w = height // 8, width // 8
+        parts = [(CHUNK_LATENT_FRAMES, (1, 2, 2)), (2, (1, 2, 2)), (HISTORY_SIZES[1], (2, 4, 4)), (HISTORY_SIZES[0], (4, 8, 8))]
+        return sum(-(-frames // t) * -(-h // ph) * -(-w // pw) for frames, (t, ph, pw) in parts)
 
     def denoising_steps(self, num_inference_steps: int) -> int:
         """The transformer calls of one chunk (every chunk runs the whole schedule)."""
@@ -279,6 +390,55 @@ class HeliosFamily(NoContextParallel):
         return Generated(np.concatenate(videos))
 
 
+
+
+def history_indices(device: Any = None) -> dict[str, torch.Tensor]:
+    """The positions the transformer gives the history and the chunk (``HeliosPipeline.__call__`` with
+    ``keep_first_frame``): ``arange(1 + 16 + 2 + 1 + 9)`` split into the prefix, long, mid, 1x and the chunk; the short
+    history is the prefix's and the 1x's. Each ``(1, n)`` int64."""
+    prefix, long_, mid, one, chunk = torch.arange(1 + sum(HISTORY_SIZES) + CHUNK_LATENT_FRAMES, device=device).split(
+        [1, *HISTORY_SIZES, CHUNK_LATENT_FRAMES])
+    return {"indices_hidden_states": chunk[None], "indices_latents_history_short": torch.cat([prefix, one])[None],
+            "indices_latents_history_mid": mid[None], "indices_latents_history_long": long_[None]}
+
+
+class HeliosDenoiser(Denoiser):
+    """The guided velocity of one chunk's step, as ``HeliosPipeline.__call__``'s loop computes it:
+    ``denoiser(latents, timestep, cond, negative, guidance, dtype)`` -> ``(B, C, 9, h, w)``.
+
+    ``cond`` holds the prompts' ``embeds`` and the chunk's history (``history_short``, ``history_mid``,
+    ``history_long``: :meth:`HeliosFamily.chunk_conditioning`); the negative pass (CFG) reads the same history.
+
+    Args:
+        transformer: the pipeline's ``HeliosTransformer3DModel``.
+        family: the family that built it.
+    """
+
+    def __init__(self, transformer: Any, family: Any):
+        super().__init__()
+        self.transformer = transformer
+        self.family = family
+
+    def forward(self, latents: torch.Tensor, timestep: Any, cond: Any, negative: Any, guidance: Mapping[str, Any], dtype: Any = None,
+                side: Any = None) -> torch.Tensor:
+        if not cond.has("history_short"):
+            raise ValueError("a Helios step reads its chunk's history: pass cond with history_* (HeliosFamily.chunk_conditioning)")
+        dtype = dtype or latents.dtype
+        device = latents.device
+        t = torch.as_tensor(timestep, device=device)
+        t = t.expand(latents.shape[0]) if t.ndim == 0 else t
+        inputs = {**history_indices(device), **{f"latents_history_{n}": getattr(cond, f"history_{n}").to(device, dtype) for n in ("short", "mid", "long")}}
+        x = latents.to(dtype)
+
+        def velocity(text: Any) -> torch.Tensor:
+            return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=text.embeds.to(device, dtype), return_dict=False, **inputs)[0]
+
+        v = velocity(cond)
+        scale = guidance["guidance_scale"]
+        if scale > 1.0:
+            v_neg = velocity(negative)
+            v = v_neg + scale * (v - v_neg)
+        return v.float()
 
 
 # ---------------------------------------------------------------------------------------
