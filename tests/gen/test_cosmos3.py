@@ -85,6 +85,7 @@ def test_bon_frames_and_sound_are_the_pipelines_own_call_per_row_and_another_see
     ours = generate_videos(pipe, config, PROMPTS, SEEDS)
     # 0.375 s at 48 kHz, rounded up to the hop of 1,920: 10 sound latents
     assert ours.frames.shape == (2, 9, 32, 32, 3) and ours.audio.shape == (2, 2, 19_200) and ours.sample_rate == 48_000
+    assert COSMOS3.side_shape(pipe, 9, 24.0) == (8, 10)  # the tiny's 8 sound channels x 10 latents
     for row, (prompt, seed) in enumerate(zip(PROMPTS, SEEDS)):
         own = _pipelines_own(pipe, seed, prompt, output_type="pt")
         assert _hashes(ours.frames[row:row + 1]) == _hashes(frames_to_uint8(own.video[None]))
