@@ -5,7 +5,7 @@ A **family** is a kind of text-to-video pipeline that the jobs (``bon``, ``flow-
 timesteps, its latent grid, its text encoding and decoding, its repair pipeline and its own
 sampling settings. Each family lives in one module of ``gen/families/`` (:mod:`cac_align.gen.families.wan`:
 Wan-2.1, Wan2.2-TI2V-5B, Wan2.2-A14B and the image-to-video Wan2.1-I2V-14B and Wan2.2-I2V-A14B;
-:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``, ``kandinsky6``, ``helios``) and is
+:mod:`cac_align.gen.families.ltx2`: LTX-2, LTX-2.3, LTX-2.5; ``hunyuan15``, ``minimax_h3``, ``kandinsky6``, ``helios``, ``cosmos3``) and is
 an object with the methods of :class:`GeneratorFamily`; a job asks the family, never the pipeline
 object, what a pipeline has, and never branches on which family it is. Adding a family is one
 module in ``gen/families/`` listed in :data:`FAMILY_MODULES` (its ``FAMILIES`` and
@@ -33,7 +33,9 @@ files are:
    other name is a one-line error saying how to get the files.
 
 A pipeline class no family runs is a one-line error naming the supported ones, never a silent
-Wan-2.1.
+Wan-2.1. A release whose files cannot tell it from one a family runs, and which the jobs refuse (Cosmos 3's
+text-to-image checkpoints name the same pipeline class as its video ones), is refused by name first: a family
+module's optional ``REFUSED_HUB_IDS`` (hub id -> the reason, one line).
 
 **Modular pipelines** (MiniMax-H3, :mod:`cac_align.gen.families.minimax_h3`): diffusers runs some models
 only as a ``ModularPipeline`` of blocks, whose folder has a ``modular_model_index.json`` (its
@@ -149,6 +151,7 @@ FAMILY_MODULES = (
     "cac_align.gen.families.minimax_h3",
     "cac_align.gen.families.kandinsky6",
     "cac_align.gen.families.helios",
+    "cac_align.gen.families.cosmos3",
 )
 
 
@@ -827,6 +830,11 @@ def regenerator_of(name: str, key: str = "regenerator.name") -> Any:
 
 
 def _resolve(name: str, key: str, kind: str) -> Any:
+    if kind == "generator":
+        for module in FAMILY_MODULES:  # releases refused by name (module docstring)
+            reason = getattr(importlib.import_module(module), "REFUSED_HUB_IDS", {}).get(name)
+            if reason is not None:
+                raise UnknownGeneratorError(f"{key}={name!r} is {reason}")
     for family in families(kind):
         if name in family.tiny_names:
             return family

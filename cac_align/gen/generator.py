@@ -113,7 +113,7 @@ class GeneratorConfig:
             The run's ``cac_align_run.json`` records the shift it sampled at.
         fps: frame rate the videos are written at and every reward reads them at: the model's
             (Wan: 16; the TI2V-5B and LTX-2: 24).
-        max_sequence_length: text tokens the encoder sees (Wan: 512; LTX-2: 1024).
+        max_sequence_length: text tokens the encoder sees (Wan: 512; LTX-2: 1024); Cosmos 3 has none (left unset).
         lora: a LoRA folder written by `cac-align flow-grpo` or `dpo` (``lora/`` or a
             checkpoint's ``lora/``), loaded with diffusers' ``load_lora_weights``; None = the
             base model.
@@ -205,7 +205,7 @@ class GeneratorConfig:
         least = 1 if self.is_synthetic else self.family.min_inference_steps
         if self.num_inference_steps < least:
             raise ValueError(f"num_inference_steps must be >= {least} for {self.name} ({title}), got {self.num_inference_steps}")
-        if self.max_sequence_length < 1:
+        if self.max_sequence_length is not None and self.max_sequence_length < 1:  # None: the model has no such setting (Cosmos 3)
             raise ValueError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
         scales = [self.guidance_scale, self.guidance_scale_2, self.stg_scale, self.modality_scale, self.guidance_rescale, self.audio_guidance_scale,
                   self.audio_stg_scale, self.audio_modality_scale, self.audio_guidance_rescale]

@@ -331,7 +331,8 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
 
     Raises:
         RecipeError: no such file; a line that is not such an object; a key that looks meant for
-            an image but is not one of those names (``imgae``; other keys are left alone); an
+            an image but is not one of those names (``imgae``; other keys are left alone), or an
+            ``action`` (Cosmos 3's robotics conditions: passed to no generator); an
             image that cannot be read; a ``last_image`` without an ``image``; a text line with a
             tab (score's ``name<TAB>prompt``, whose name would reach the generator as text).
     """
@@ -376,9 +377,14 @@ def _short(text: str, most: int = 40) -> str:
 def _check_image_keys(row: dict, source: Path, number: int) -> None:
     """Other keys of a line (an ``id``, a caption) are the user's and are left alone, but one that
     looks meant for an image (``imgae``, ``Image``, ``first_image``, ``image_path``) is refused:
-    read as text alone, its image would be dropped in silence."""
+    read as text alone, its image would be dropped in silence; so is an ``action`` (Cosmos 3's robotics
+    conditions, which no job passes on)."""
     import difflib
 
+    if "action" in row:  # Cosmos 3's robotics conditions: no job passes them (yet), so they would be dropped in silence
+        raise RecipeError(f"{source}: line {number}: 'action' (an action condition, Cosmos 3's robotics mode) is not passed to any generator "
+                          "here: its runs set their own size, frame count and JSON caption and sample an action stream no reward scores; "
+                          "drop the key (or use NVIDIA's cosmos-framework for action runs)")
     for key in sorted(set(row) - set(_ROW_KEYS)):
         near = difflib.get_close_matches(key.lower(), ("image", "last_image"), n=1, cutoff=0.6)
         if near or "image" in key.lower() or "img" in key.lower():

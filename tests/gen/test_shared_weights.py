@@ -114,7 +114,8 @@ def test_no_room_for_the_copy_is_one_line_naming_the_setting(tmp_path):
 def _first_tiny_names():
     from cac_align.gen.family import families
 
-    return [family.tiny_names[0] for family in families() if family.tiny_names]
+    # a family without prompt encoders (Cosmos 3: its transformer embeds the token ids) has none to share
+    return [family.tiny_names[0] for family in families() if family.tiny_names and family.encoder_components]
 
 
 @pytest.mark.slow

@@ -1,0 +1,370 @@
+"""The Cosmos 3 family (issue #107, stage 1): NVIDIA's omni model, text or image to video with its sound, as ``bon`` runs it.
+
+diffusers 0.42.1's ``Cosmos3OmniPipeline`` (``pipelines/cosmos/pipeline_cosmos3_omni.py``) has **no text encoder**: its
+``text_tokenizer`` turns the prompt (after a chat template and two metadata sentences, its duration and its size) into
+token ids that ``Cosmos3OmniTransformer`` embeds itself. The transformer has two streams with their own weights in every
+layer: a causal one over the text and a bidirectional one over the video's and the sound's latents. The video's VAE is
+Wan2.2's (``AutoencoderKLWan``, 48 channels, 16x in space, 4x in time); the sound is generated with the video and decoded
+by ``Cosmos3AVAEAudioTokenizer`` to stereo at its ``sampling_rate`` (48,000 Hz, 25 latents a second). A checkpoint's
+``model_index.json`` names the pipeline class (:func:`family_for_index`), whatever its folder or hub id is called.
+
+**Best-of-N** runs the pipeline's own ``__call__`` (:meth:`Cosmos3Family.generate`), **one row per call**, each with its
+own ``torch.Generator``: the pipeline takes one sample per call (a list of prompts keeps the first), and a list of
+generators fails once the sound is on (diffusers draws the sound's noise ``(64, T)`` as if 64 were the batch). Each call
+draws the video's noise, then the sound's, from its generator, so a seed names one video and one soundtrack. Text to
+video with sound, or image to video (the image's latent frame kept clean, the rest generated) with sound. The frames come
+back uint8, the sound float32 ``(2, samples)`` at the sound tokenizer's rate: ``bon`` writes it into the mp4 (AAC) and
+beside it (a WAV), as for the other sound families.
+
+**Frame counts** are ``4k + 1`` and nothing else (:meth:`Cosmos3Family.check_settings`): the pipeline does not check
+them, its VAE floors any other count to ``4k + 1`` frames while the sound is sized from the count asked, so the video and
+its sound would disagree. One frame (text to image) is refused too (below).
+
+**The safety checker.** The pipeline builds NVIDIA's guardrail (``cosmos_guardrail``) when its index says
+``enable_safety_checker`` (its default), and its messages call it part of the licence. We follow the checkpoint: its
+index decides, and a checkpoint that asks for the guardrail without ``cosmos_guardrail`` installed is refused in one line
+(:meth:`Cosmos3Family.load`); with it, bon's frames are the guardrail's (it may blur faces, or stop a video it blocks),
+as the release's are. The tiny pipeline is built without it (it would download its own models).
+
+**What is refused, each in one line with its reason:**
+
+- the trainers (``flow-grpo``, ``nft``, ``dpo``): not yet (a later stage of issue #107), as their recipe is read
+  (:attr:`Cosmos3Family.lora_target_modules`) and by the denoiser, the schedule and the initial noise should a recipe
+  name its LoRA's modules itself;
+- the distilled checkpoints (``Cosmos3DistilledModularPipeline``, the "-4Step" repos): a modular pipeline of four fixed
+  steps that re-noises each prediction with fresh noise, video only (:func:`family_for_index`);
+- text-to-image checkpoints (by name, :data:`REFUSED_HUB_IDS`: their files do not tell them from a video release) and
+  one-frame requests (:meth:`Cosmos3Family.check_settings`);
+- action conditions (robotics): a prompt line's ``action`` is refused as the prompt file is read
+  (:mod:`cac_align.run.input_files`);
+- ``repair`` (:func:`regenerator_for_index`) and context parallel (:data:`_NO_CONTEXT_PARALLEL`).
+
+**The release settings** (what a recipe leaves unset takes), from diffusers 0.42.1 (``__call__``'s defaults) and its
+Cosmos 3 documentation page (``docs/source/en/api/pipelines/cosmos3.md``, which samples with
+``UniPCMultistepScheduler.from_config(..., flow_shift=10.0, use_karras_sigmas=False)``):
+
+| setting | value | source |
+| --- | --- | --- |
+| size (H x W) | 720 x 1280 | ``__call__``: ``height=None`` -> 720, ``width=None`` -> 1280 |
+| frames, fps | 189, 24 | ``__call__``: ``num_frames=None`` -> 189, ``fps=24.0`` |
+| steps | 35 | ``__call__``'s ``num_inference_steps`` |
+| guidance | 6.0 | ``__call__``'s ``guidance_scale`` (one scale for the video and the sound) |
+| shift | 10.0 | the documentation page's scheduler; a checkpoint's own ``scheduler_config.json`` shift counts where it says one |
+| negative prompt | "" | ``tokenize_prompt`` encodes "" for None (the page's JSON negative prompt is an asset file it downloads) |
+| sound rate | 48,000 Hz | ``sound_tokenizer.config.sampling_rate`` (``Cosmos3AVAEAudioTokenizer``'s default) |
+
+There is no text-length setting (``max_sequence_length`` is refused as not applying): the pipeline reads the whole prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cac_align.gen.family import NoContextParallel
+from cac_align.loading import check_weights_source, resolve_dtype, weights_error
+
+__all__ = ["COSMOS3", "FAMILIES", "NANO", "PIPELINE", "REFUSED_HUB_IDS", "SUPER", "TINY_COSMOS3", "Cosmos3Family", "build_tiny_cosmos3_pipeline",
+           "family_for_index", "regenerator_for_index"]
+
+PIPELINE = "Cosmos3OmniPipeline"
+MODULAR_PIPELINE = "Cosmos3OmniModularPipeline"
+DISTILLED_PIPELINE = "Cosmos3DistilledModularPipeline"
+NANO, SUPER = "nvidia/Cosmos3-Nano", "nvidia/Cosmos3-Super"
+ISSUE = "issue #107"
+TINY_COSMOS3 = "tiny-random:cosmos3"
+
+_DISTILLED = (f"a {DISTILLED_PIPELINE} (a distilled Cosmos 3), which no job runs: diffusers runs it only as modular blocks of its 4 "
+              "fixed steps that re-noise each prediction with fresh noise, with guidance baked in and no sound, not as the "
+              f"{PIPELINE} the jobs call; name {NANO} or {SUPER}")
+_TEXT_TO_IMAGE = f"a Cosmos 3 text-to-image checkpoint, and every job here makes videos (4k + 1 frames, with sound); name {NANO} or {SUPER}"
+
+# Cosmos 3 releases the jobs refuse, by name before their files are read (cac_align.gen.family reads a family module's
+# REFUSED_HUB_IDS), each with its reason: a text-to-image release's index names the same pipeline as a video one
+REFUSED_HUB_IDS = {
+    "nvidia/Cosmos3-Super-Text2Image-4Step": _DISTILLED,
+    "nvidia/Cosmos3-Super-Image2Video-4Step": _DISTILLED,
+    "nvidia/Cosmos3-Super-Text2Image": _TEXT_TO_IMAGE,
+}
+
+_NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Cosmos 3: diffusers 0.42.1 declares no _cp_plan for Cosmos3OmniTransformer "
+                        "(its packed text, video and sound sequence cannot be split declaratively; its split lives in an example script "
+                        "outside the package); shard it with parallel.shard: fsdp2 instead")
+
+
+def _not_yet(title: str) -> str:
+    return (f"{title} is not trained here yet ({ISSUE}, a later stage): flow-grpo, nft and dpo need its velocity, schedule and noise "
+            "outside the pipeline (one packed text + video + sound sequence per sample, int64 timesteps); sample it with bon")
+
+
+@dataclass(frozen=True)
+class Cosmos3Family(NoContextParallel):
+    """Cosmos 3 as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` runs it, the trainers
+    refuse it for now."""
+
+    context_parallel_refusal: ClassVar[str] = _NO_CONTEXT_PARALLEL  # both context-parallel hooks refuse (NoContextParallel)
+    name: str
+    title: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    tiny_names: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    pipeline_class: str = PIPELINE
+    experts: int = 1
+    # the VAE's 16x: the transformer pads an odd latent side to its 2 x 2 patch itself, so 720 (45 latent rows) is a size
+    # (the pipeline's check_inputs: multiples of vae.config.scale_factor_spatial)
+    spatial_multiple: int = 16
+    frame_multiple: int = 4  # the VAE keeps frame 0 and compresses each next 4 into one latent frame
+    audio: bool = True
+    min_inference_steps: int = 1
+    # one FSDP2 unit per decoder layer (the transformer's _no_split_modules), for the trainers' stage
+    block_classes: tuple[str, ...] = ("Cosmos3VLTextMoTDecoderLayer",)
+    encoder_components: tuple[str, ...] = ()  # no text encoder: the transformer embeds the token ids itself
+    image_input: str = "optional"  # text alone, or text and a first frame
+    last_image: bool = False
+    extra_components: tuple[str, ...] = ()
+
+    # What the trainers' LoRA will adapt (the next stage): the generation stream's attention projections of every layer,
+    # which both the video and the sound pass through; the text stream never reads them
+    LORA_TARGETS = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+    @property
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """Refused for now, in one line (module docstring): a trainer's config asks this when its recipe leaves
+        ``lora.target_modules`` unset, so its recipe is refused as it loads. The next stage's are :attr:`LORA_TARGETS`."""
+        self._refuse_training()
+        return self.LORA_TARGETS
+
+    @property
+    def audio_lora_target_modules(self) -> tuple[str, ...]:
+        """Refused for now, as :attr:`lora_target_modules` (flow-grpo asks this first with ``audio: trained``)."""
+        self._refuse_training()
+        return ()
+
+    def _refuse_training(self) -> None:
+        from cac_align.config import RecipeError
+
+        raise RecipeError(_not_yet(self.title))
+
+    # -- the config --------------------------------------------------------------------
+    def check_settings(self, config: Any) -> None:
+        """Refuses in one line, as the config is made, a ``num_frames`` the pipeline would not return with its sound
+        (module docstring: not ``4k + 1``), and one frame (an image)."""
+        n = int(config.num_frames)
+        if n < 1:  # the generic check names it
+            return
+        if n == 1:
+            raise ValueError(f"generator.num_frames=1 asks {self.title} for an image (its text-to-image mode), and every job here makes "
+                             "videos: set num_frames to 4k + 1 above 1 (the release's: 189)")
+        if (n - 1) % self.frame_multiple:
+            below = (n - 1) // 4 * 4 + 1
+            raise ValueError(f"generator.num_frames={n}: {self.title}'s VAE would make {below} frames while its sound is sized for {n} (the "
+                             f"pipeline does not check the count); set num_frames to 4k + 1: {below} or {below + 4}")
+
+    # -- loading ------------------------------------------------------------------------
+    def load(self, source: str, *, dtype: str, vae_dtype: str, key: str, components: Mapping[str, Any] | None = None) -> Any:
+        """The pipeline in ``source`` (a folder or hub id), safetensors only; its VAE and sound tokenizer in ``vae_dtype``.
+        The checkpoint's index decides the guardrail (module docstring)."""
+        import diffusers
+
+        folder = check_weights_source(source, key)
+        try:
+            pipe = diffusers.Cosmos3OmniPipeline.from_pretrained(folder, dtype=resolve_dtype(dtype), use_safetensors=True, **(components or {}))
+        except ImportError as exc:  # the index asks for the guardrail and cosmos_guardrail is not installed
+            from cac_align.config import RecipeError
+
+            raise RecipeError(f"{key}={source!r}: its model_index.json sets enable_safety_checker, and the guardrail it builds needs "
+                              "`pip install cosmos_guardrail` (NVIDIA's licence for Cosmos makes the guardrail part of its use); install "
+                              f"it ({exc})") from None
+        except (OSError, ValueError) as exc:  # missing files, offline hub, unrecognised folder
+            raise weights_error(source, key, exc) from exc
+        if pipe.sound_tokenizer is None or not pipe.transformer.config.sound_gen:
+            raise weights_error(source, key, ValueError("it has no sound_tokenizer or its transformer no sound_gen: the jobs make Cosmos 3's "
+                                                        "video with its sound (a silent checkpoint is not supported yet)"))
+        for name in ("vae", "sound_tokenizer"):
+            getattr(pipe, name).to(resolve_dtype(vae_dtype))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def build_tiny(self, name: str, seed: int = 0) -> Any:
+        return TINY_COSMOS3_BUILDERS[name](seed)
+
+    # -- what the trainers ask: refused for now (module docstring) ---------------------------
+    def denoiser(self, pipe: Any) -> Any:
+        self._refuse_training()
+
+    def schedule(self, pipe: Any, config: Any) -> Any:
+        self._refuse_training()
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> Any:
+        self._refuse_training()
+
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
+                       max_sequence_length: Any) -> Any:
+        self._refuse_training()
+
+    def encode_video(self, pipe: Any, frames: Any) -> Any:
+        self._refuse_training()
+
+    def denoising_steps(self, num_inference_steps: int) -> int:
+        """The transformer calls of one sample per guidance branch: one a step."""
+        return num_inference_steps
+
+    def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
+        """CFG's scale (``guided=False``: 1) and the frame rate, which the prompt's duration sentence and the positions read."""
+        return {"guidance_scale": float(config.guidance_scale) if guided else 1.0, "fps": float(config.fps if fps is None else fps)}
+
+    def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
+        """``(4, 16, (1, 1, 1))``: the transformer's 2 x 2 patch is left out because it pads an odd latent side itself, so a
+        frame side is any multiple of the VAE's 16 (as :attr:`spatial_multiple` says)."""
+        return pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial, (1, 1, 1)
+
+    def side_shape(self, pipe: Any, num_frames: int, fps: float) -> tuple[int, int]:
+        """One video's sound latents ``(C_s, T_a)``: ``T_a = ceil(int(frames / fps x rate) / hop)`` as the pipeline sizes them."""
+        tokenizer = pipe.sound_tokenizer
+        samples = int(num_frames / float(fps) * tokenizer.config.sampling_rate)
+        return int(pipe.transformer.config.sound_dim), -(-samples // tokenizer._hop_size)
+
+    # -- latents and media ------------------------------------------------------------------
+    def decode(self, pipe: Any, latents: torch.Tensor, side: Any = None, seeds: Sequence[int] | None = None) -> np.ndarray:
+        """Final video latents ``(B, 48, F', H', W')`` to uint8 frames ``(B, F, H, W, 3)``, as the pipeline decodes them:
+        divided by the VAE's inverse std, plus its mean, in the VAE's dtype, one row at a time."""
+        from cac_align.gen.generator import frames_to_uint8
+
+        vae = pipe.vae
+        videos = []
+        with torch.no_grad():
+            for row in latents:
+                z = row[None].to(next(vae.parameters()).device, vae.dtype)
+                mean = pipe._vae_latents_mean.to(z).view(1, -1, 1, 1, 1)
+                inv_std = pipe._vae_latents_inv_std.to(z).view(1, -1, 1, 1, 1)
+                video = vae.decode(z / inv_std + mean).sample.to(latents.dtype)
+                videos.append(frames_to_uint8(pipe.video_processor.postprocess_video(video, output_type="pt")))
+        return np.concatenate(videos)
+
+    def decode_audio(self, pipe: Any, side: torch.Tensor) -> tuple[np.ndarray, int]:
+        """Final sound latents ``(B, C_s, T_a)`` to stereo waveforms float32 ``(B, 2, T_a x hop)`` in [-1, 1] and their rate,
+        as the pipeline decodes them (its ``decode_sound``, one row at a time)."""
+        with torch.no_grad():
+            waves = [pipe.decode_sound(row).float().cpu().numpy() for row in side]
+        return np.stack(waves), int(pipe.sound_tokenizer.config.sampling_rate)
+
+    def generate(self, pipe: Any, config: Any, prompts: Sequence[str], seeds: Sequence[int], images: Sequence[Any] | None = None) -> Any:
+        """The pipeline's own videos and soundtracks (module docstring): one ``__call__`` per (prompt, seed, image), with its
+        own ``torch.Generator``; frames uint8 ``(B, F, H, W, 3)``, sound float32 ``(B, 2, samples)``."""
+        from cac_align.gen.family import Generated
+        from cac_align.gen.generator import frames_to_uint8
+
+        device = pipe._execution_device
+        settings = dict(height=config.height, width=config.width, num_frames=int(config.num_frames), fps=float(config.fps),
+                        num_inference_steps=config.num_inference_steps, guidance_scale=float(config.guidance_scale), enable_sound=True,
+                        output_type="pt")
+        frames, sound = [], []
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            image = None if images is None else images[i]
+            if image is not None and image.last_image is not None:
+                raise ValueError(f"{self.title} takes a first frame only; {image.last_image} was given as the last one")
+            if image is not None:
+                from diffusers.utils import load_image
+
+                settings["image"] = load_image(image.image)
+            else:
+                settings.pop("image", None)
+            out = pipe(prompt=prompt, negative_prompt=config.negative_prompt, generator=torch.Generator(device=device).manual_seed(int(seed)),
+                       **settings)
+            frames.append(frames_to_uint8(out.video[None]))
+            sound.append(out.sound.float().clamp(-1, 1).cpu().numpy()[None])
+        return Generated(np.concatenate(frames), np.concatenate(sound), int(pipe.sound_tokenizer.config.sampling_rate))
+
+
+# ---------------------------------------------------------------------------------------
+# The tiny layout (tiny-random:cosmos3): diffusers' own classes with the release's layout at toy widths
+# ---------------------------------------------------------------------------------------
+_VOCAB = 1024
+_SOUND_DIM = 8
+
+
+def _tiny_transformer() -> Any:
+    """A 2-layer ``Cosmos3OmniTransformer`` of width 32 (4 heads of 8, 2 key/value heads; rotary axes 2 + 1 + 1, half
+    the head), the release's latent layout (48 channels in 2 x 2 patches: 192 a token) and its sound stream (25 latents
+    a second), a vocabulary of 1,024 ids; the Qwen3 ("silu") layout of the Nano and the Super."""
+    from diffusers import Cosmos3OmniTransformer
+
+    from cac_align.gen.tiny import transformer_made
+
+    return transformer_made(lambda: Cosmos3OmniTransformer(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        rope_axes_dim=[2, 1, 1], latent_channel=48, latent_patch_size=2, patch_latent_dim=192, vocab_size=_VOCAB, sound_gen=True,
+        sound_dim=_SOUND_DIM, sound_latent_fps=25.0))
+
+
+def build_tiny_cosmos3_pipeline(seed: int = 0) -> Any:
+    """``tiny-random:cosmos3``: ``Cosmos3OmniPipeline`` of diffusers' classes at toy widths, random weights: the transformer
+    above; Wan2.2's VAE layout (48 latent channels, 16x in space, 4x in time) at width 16; the sound tokenizer at the
+    release's 48 kHz with its decoder strides 2 x 4 x 5 x 6 x 8 (hop 1,920: 25 latents a second); the flow UniPC scheduler
+    at shift 10 (the documentation page's); a byte-level BPE tokenizer with Qwen's special tokens and a chat template
+    trained here (:func:`cac_align.vlm.tiny.build_tiny_tokenizer`); no guardrail. 32 x 32, 9 frames, 2 steps with CFG and
+    sound take well under a second on one CPU thread."""
+    from diffusers import AutoencoderKLWan, Cosmos3AVAEAudioTokenizer, Cosmos3OmniPipeline, UniPCMultistepScheduler
+
+    from cac_align.vlm.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(vocab_size=_VOCAB)
+    torch.manual_seed(seed)
+    transformer = _tiny_transformer()
+    vae = AutoencoderKLWan(base_dim=16, decoder_base_dim=16, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+                           is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+                           latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    sound = Cosmos3AVAEAudioTokenizer(sampling_rate=48_000, vocoder_input_dim=_SOUND_DIM, dec_dim=2, dec_c_mults=(1, 1, 1, 1, 1),
+                                      dec_strides=(2, 4, 5, 6, 8), dec_out_channels=2, stereo=True, enc_dim=2, enc_num_blocks=1,
+                                      enc_latent_dim=2 * _SOUND_DIM, enc_c_mults=(1, 1, 1), enc_strides=(4, 5, 6), enc_n_fft=64, enc_hop_length=16)
+    scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=10.0, final_sigmas_type="zero",
+                                        use_karras_sigmas=False)
+    pipe = Cosmos3OmniPipeline(transformer=transformer.eval(), text_tokenizer=tokenizer, vae=vae.eval(), scheduler=scheduler,
+                               sound_tokenizer=sound.eval(), enable_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+TINY_COSMOS3_BUILDERS = {TINY_COSMOS3: build_tiny_cosmos3_pipeline}
+
+# -- the family and how a model's files name it ------------------------------------------
+COSMOS3 = Cosmos3Family("cosmos3", "Cosmos 3", {
+    # diffusers 0.42.1: __call__'s defaults and its Cosmos 3 documentation page's scheduler (module docstring's table)
+    "height": 720, "width": 1280, "num_frames": 189, "fps": 24.0, "num_inference_steps": 35, "guidance_scale": 6.0, "flow_shift": 10.0,
+}, tiny_names=(TINY_COSMOS3,), hub_ids=(NANO, SUPER))
+FAMILIES = (COSMOS3,)
+
+
+def family_for_index(index: Mapping[str, Any]) -> Cosmos3Family | None:
+    """Cosmos 3 from a ``model_index.json`` naming ``Cosmos3OmniPipeline``; None for any other pipeline.
+
+    Raises:
+        UnknownGeneratorError: a distilled checkpoint (``Cosmos3DistilledModularPipeline``), or a folder holding only the
+            modular index of ``Cosmos3OmniModularPipeline``, each refused in one line with the reason.
+    """
+    name = index.get("_class_name")
+    if name == PIPELINE:
+        return COSMOS3
+    if name in (DISTILLED_PIPELINE, MODULAR_PIPELINE):
+        from cac_align.gen.family import UnknownGeneratorError
+
+        if name == DISTILLED_PIPELINE or index.get("is_distilled"):
+            raise UnknownGeneratorError(_DISTILLED)
+        raise UnknownGeneratorError(f"a {MODULAR_PIPELINE} index alone, and the jobs load the release as the {PIPELINE} its "
+                                    "model_index.json names: download that file too (the release's repository has both)")
+    return None
+
+
+def regenerator_for_index(index: Mapping[str, Any]) -> None:
+    """No repair pipeline: a Cosmos 3 checkpoint named as ``regenerator.name`` is refused in one line saying why; None for
+    any other."""
+    if index.get("_class_name") in (PIPELINE, MODULAR_PIPELINE, DISTILLED_PIPELINE):
+        from cac_align.gen.family import UnknownGeneratorError
+
+        raise UnknownGeneratorError(f"a {index.get('_class_name')}, which keeps only a video's leading latent frames clean (its video to video "
+                                    "mode), never the frames after a window: repair cannot regenerate a window with it; name Wan-VACE or an "
+                                    "LTX-2 checkpoint as regenerator.name")
+    return None
