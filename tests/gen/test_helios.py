@@ -375,6 +375,37 @@ def test_the_memory_plans_tokens_per_forward_are_what_the_transformer_sees(tiny)
     assert HELIOS.sequence_tokens(33, 48, 80) == 179 and HELIOS.sequence_tokens(97, 384, 640) == 11040  # the release's: 8,640 + 2,400
 
 
+def test_the_memory_plan_traces_the_vae_chunk_by_chunk_as_the_family_runs_it(tiny, monkeypatch):
+    """The plan's VAE rows trace the calls the family makes: decode a 9-latent-frame chunk at a time (2 calls for 65
+    frames, not one of 17 latent frames), and dpo's encode 33 frames at a time (97 frames: 3 calls, the last padded)."""
+    from diffusers import AutoencoderKLWan
+
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.plan import trace
+    from cac_align.plan.counts import counted_generator
+
+    config, pipe = tiny
+    calls = []
+    for method in ("decode", "encode"):
+        original = getattr(AutoencoderKLWan, method)
+        monkeypatch.setattr(AutoencoderKLWan, method, lambda self, x, *a, _o=original, _m=method, **k: calls.append((_m, tuple(x.shape))) or _o(self, x, *a, **k))
+    monkeypatch.setattr(trace, "_VAE_TRACES", {})  # traced afresh here
+    counts = counted_generator(config, LoraSettings(rank=4))
+    assert counts.vae_clip == 9 and counts.latent_frames_of(97) == 27
+    planned = {}
+    for what, batch, frames in (("decode", 2, 65), ("encode", 1, 97)):
+        calls.clear()
+        planned[what] = trace.vae_bytes(counts, what, batch, (frames, 32, 32), "float32")
+        assert planned[what] > 0 and calls, what
+        planned[what] = [c for c in calls if c[0] == what]  # the probe encode the decode's trace makes to learn the latent grid aside
+    calls.clear()
+    HELIOS.decode(pipe, torch.randn(2, 16, 18, 4, 4))
+    assert calls == planned["decode"] == [("decode", (2, 16, 9, 4, 4))] * 2
+    calls.clear()
+    HELIOS.encode_video(pipe, torch.randint(0, 256, (97, 32, 32, 3), dtype=torch.uint8).numpy())
+    assert calls == planned["encode"] == [("encode", (1, 3, 33, 32, 32))] * 3
+
+
 def test_dpo_encodes_chunk_by_chunk_and_trains_a_drawn_chunk_with_each_members_own_history(tiny, tmp_path, monkeypatch):
     from cac_align.config import load_config
     from cac_align.gen.family import Conditioning
