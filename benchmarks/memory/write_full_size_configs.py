@@ -27,13 +27,19 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "cac_align" / "gen" / "full_size"
+OUT = REPO / "cac_align" / "plan" / "full_size"
 
 # diffusers' scripts/ at github.com/huggingface/diffusers, read at 58eb52c (2026-11), and diffusers 0.42.1's classes
 WAN_SCRIPT = "diffusers scripts/convert_wan_to_diffusers.py"
 LTX_SCRIPT = "diffusers scripts/convert_ltx2_to_diffusers.py"
 HY_SCRIPT = "diffusers scripts/convert_hunyuan_video1_5_to_diffusers.py"
 H3_SCRIPT = "diffusers scripts/convert_minimax_h3_to_diffusers.py"
+# Helios has no conversion script in diffusers (the authors publish diffusers-format folders): its numbers are read from
+# the authors' repository github.com/PKU-YuanGroup/Helios at 2276f8f (helios/modules/transformer_helios.py's
+# HeliosTransformer3DModel, the switches of scripts/training/configs/stage_*.yaml's model_config), which diffusers
+# 0.42.1's HeliosTransformer3DModel defaults and sglang's HeliosArchConfig (sgl-project/sglang 565570b,
+# python/sglang/multimodal_gen/configs/models/dits/helios.py) repeat value for value
+HELIOS_REPO = "github.com/PKU-YuanGroup/Helios 2276f8f"
 
 # -- shared parts -----------------------------------------------------------------------------
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_decoder_layers=24, num_heads=64,
@@ -121,6 +127,12 @@ H3_VAE = dict(in_channels=3, out_channels=3, latent_channels=24, block_out_chann
               spatial_padding_mode="reflect", decoder_num_layers=36, decoder_num_attention_heads=32, decoder_attention_head_dim=64,
               decoder_num_register_tokens=4, decoder_ffn_mult=4, decoder_rope_theta=100.0, decoder_rope_dim_ratio=0.75, decoder_norm_eps=1e-5,
               clip_length=17, token_drop=3)
+HELIOS_TRANSFORMER = dict(patch_size=[1, 2, 2], num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+                          freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                          added_kv_proj_dim=None, rope_dim=[44, 42, 42], rope_theta=10000.0, guidance_cross_attn=True, zero_history_timestep=True,
+                          has_multi_term_memory_patch=True, is_amplify_history=False, history_scale_mode="per_head")
+HELIOS_INDEX = dict(scheduler=("diffusers", "HeliosScheduler"), text_encoder=("transformers", "UMT5EncoderModel"),
+                    tokenizer=("transformers", "T5TokenizerFast"), transformer=("diffusers", "HeliosTransformer3DModel"), vae=("diffusers", "AutoencoderKLWan"))
 QWEN3_VL_32B = dict(
     text_config=dict(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
                      num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
@@ -249,6 +261,12 @@ REPOS: dict[str, dict] = {
         "text_encoder/config.json": ("transformers", "Qwen3VLForConditionalGeneration", QWEN3_VL_32B),
     },
     "kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers": _recorded("KANDINSKY6_PRO"),
+    "BestWishYsh/Helios-Base": {
+        "model_index.json": _index("HeliosPipeline", **HELIOS_INDEX),
+        "transformer/config.json": ("diffusers", "HeliosTransformer3DModel", HELIOS_TRANSFORMER),
+        "text_encoder/config.json": ("transformers", "UMT5EncoderModel", UMT5_XXL),
+        "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN21_VAE),
+    },
     "Qwen/Qwen3-VL-8B-Instruct": _judge_files("QWEN3_VL_8B_INSTRUCT"),
     "CodeGoat24/UnifiedReward-qwen-7b": _judge_files("UNIFIED_REWARD_QWEN_7B"),
     "JoeLeelyf/Skyra-SFT": _judge_files("UNIFIED_REWARD_QWEN_7B"),
@@ -293,6 +311,15 @@ SOURCES = {
     "kandinskylab/Kandinsky-6.0-Pro-5s-Diffusers": "every file: tests/full_size_configs.py's KANDINSKY6_PRO, which cites its sources "
                                                    "(the transformer's config.json as published for the Pro bundle; the VAE, audio VAE and "
                                                    "vocoder at diffusers' class defaults; Qwen2.5-VL-7B and CLIP ViT-L/14's text model).",
+    "BestWishYsh/Helios-Base": f"transformer: {HELIOS_REPO}, helios/modules/transformer_helios.py's HeliosTransformer3DModel (Wan2.1-T2V-14B's "
+                               f"shape: 40 blocks, 40 heads of 128, FFN 13824, text width 4096; rotary axes 44 + 42 + 42) with the release's "
+                               f"switches from scripts/training/configs/stage_*.yaml (multi-term memory patch, history at timestep 0, "
+                               f"guidance cross-attention on; history amplification off, per-head scale); diffusers 0.42.1's "
+                               f"HeliosTransformer3DModel defaults and sglang's HeliosArchConfig give the same numbers. vae: the Wan-2.1 VAE "
+                               f"(infer_helios.py loads AutoencoderKLWan from the release's vae/); text_encoder: UMT5-XXL; model_index.json: "
+                               f"HeliosPipeline with HeliosScheduler (diffusers 0.42.1's HeliosPipeline components). The release's "
+                               f"transformer/config.json itself is in no source read here: a value it changes from those defaults is not "
+                               f"known here (put its own files in the Hugging Face cache for its exact plan).",
     "Qwen/Qwen3-VL-8B-Instruct": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "CodeGoat24/UnifiedReward-qwen-7b": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "JoeLeelyf/Skyra-SFT": "**Stand-in**: a Qwen2.5-VL-7B fine-tune (cac_align/rewards/skyra.py); shipped is UnifiedReward-qwen-7b's "

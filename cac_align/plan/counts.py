@@ -135,6 +135,9 @@ class GeneratorCounts:
             decode and encode the plan traces (:func:`vae_bytes`); None when it has none.
         vae_one_video: the family runs its VAE on one video at a time (its ``vae_one_video``:
             HunyuanVideo-1.5's VAE fails on a batch), so the plan traces a batch of one.
+        vae_clip: the latent frames of one VAE call where the family decodes and encodes a video
+            clip by clip, the clips joined in time (its ``vae_clip_latent_frames``: Helios's chunk,
+            9), so the plan traces that loop; 0: the whole video in one call.
     """
 
     source: str
@@ -151,6 +154,7 @@ class GeneratorCounts:
     context_parallel: bool = True
     vae: Any = field(default=None, compare=False, repr=False)
     vae_one_video: bool = False
+    vae_clip: int = 0
     # the soundtracks' decode, to trace (a family's ``audio_decode`` over these modules:
     # ``(batch, num_frames, fps, dtype) -> (decode, latents, kept)``); None: not traced
     audio_decode: Any = field(default=None, compare=False, repr=False)
@@ -198,7 +202,7 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
         splits = False
     return GeneratorCounts(source, family.title, transformers, encoders, others, hidden, heads, len(transformers[0].blocks), patch_t,
                            family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"),
-                           vae_one_video=bool(getattr(family, "vae_one_video", False)),
+                           vae_one_video=bool(getattr(family, "vae_one_video", False)), vae_clip=int(getattr(family, "vae_clip_latent_frames", 0)),
                            latent_frames_of=getattr(family, "latent_frames", None), tokens_of=getattr(family, "sequence_tokens", None),
                            audio_decode=functools.partial(family.audio_decode, modules) if hasattr(family, "audio_decode") else None)
 

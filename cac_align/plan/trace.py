@@ -185,23 +185,30 @@ def _meta_copy(module: Any, dtype: Any) -> Any:
 _VAE_TRACES: dict[tuple, int] = {}  # (the VAE's class and config, what, shape, dtype) -> bytes: one trace per process
 
 
-def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int, latent_frames: int) -> int:
+def _vae_trace(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int, latent_frames: int,
+               clip: int = 0) -> int:
     import json
 
     key = (type(vae).__name__, json.dumps(dict(getattr(vae, "config", {})), sort_keys=True, default=str), what, batch, frames, height, width,
-           dtype, frame_multiple, latent_frames)
+           dtype, frame_multiple, latent_frames, clip)
     if key not in _VAE_TRACES:
-        _VAE_TRACES[key] = _traced_vae(vae, what, batch, frames, height, width, dtype, frame_multiple, latent_frames)
+        _VAE_TRACES[key] = _traced_vae(vae, what, batch, frames, height, width, dtype, frame_multiple, latent_frames, clip)
     return _VAE_TRACES[key]
 
 
-def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int, latent_frames: int) -> int:
+def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width: int, dtype: str, frame_multiple: int, latent_frames: int,
+                clip: int = 0) -> int:
     import torch
 
     meta = _meta_copy(vae, dtype)
     resolved = next(meta.parameters()).dtype
     params = [*meta.parameters(), *meta.buffers()]
     if what == "encode":
+        if clip:  # clip by clip, each of (clip - 1) x frame_multiple + 1 frames, the last one padded to it (Helios's encode_video)
+            clip_frames = (clip - 1) * frame_multiple + 1
+            video = torch.empty(batch, 3, -(-frames // clip_frames) * clip_frames, height, width, device="meta", dtype=resolved)
+            return traced_peak_bytes(lambda x: torch.cat([meta.encode(c).latent_dist.mode() for c in x.split(clip_frames, dim=2)], dim=2), video,
+                                     keep=params, replay=[meta])
         video = torch.empty(batch, 3, frames, height, width, device="meta", dtype=resolved)
         return traced_peak_bytes(lambda x: meta.encode(x).latent_dist.mode(), video, keep=params, replay=[meta])
     # the latents' shape: one small encode (1 + frame_multiple frames, 64 x 64 pixels) gives the
@@ -211,14 +218,17 @@ def _traced_vae(vae: Any, what: str, batch: int, frames: int, height: int, width
         small = meta.encode(probe).latent_dist.mode()
     scale = 64 // small.shape[-1]
     latents = torch.empty(batch, small.shape[1], latent_frames, height // scale, width // scale, device="meta", dtype=resolved)
+    if clip:  # clip by clip, the clips' frames joined in time (Helios's decode: the causal VAE restarts every chunk)
+        return traced_peak_bytes(lambda z: torch.cat([meta.decode(c, return_dict=False)[0] for c in z.split(clip, dim=2)], dim=2), latents,
+                                 keep=params, replay=[meta])
     return traced_peak_bytes(lambda z: meta.decode(z, return_dict=False)[0], latents, keep=params, replay=[meta])
 
 
 def vae_bytes(counts: GeneratorCounts, what: str, batch: int, video: tuple[int, int, int], dtype: Any) -> int:
     """The most bytes the VAE's ``what`` ("decode" or "encode") of ``batch`` videos of ``video``
     ``(frames, height, width)`` holds at once, in ``dtype`` (its weights aside): traced on the meta
-    device (:func:`traced_peak_bytes`) with the pipeline's own VAE, untiled as the families run it.
-    0 when the pipeline has no ``vae``.
+    device (:func:`traced_peak_bytes`) with the pipeline's own VAE, untiled as the families run it,
+    clip by clip where the family runs it so (``counts.vae_clip``). 0 when the pipeline has no ``vae``.
     """
     if counts.vae is None or batch < 1:
         return 0
@@ -226,7 +236,8 @@ def vae_bytes(counts: GeneratorCounts, what: str, batch: int, video: tuple[int, 
     latent_frames = counts.latent_frames_of(frames) if counts.latent_frames_of else (frames - 1) // counts.frame_multiple + 1
     if counts.vae_one_video:  # the family decodes and encodes video by video
         batch = 1
-    return _vae_trace(counts.vae, what, int(batch), frames, *(int(v) for v in video[1:]), str(dtype), counts.frame_multiple, latent_frames)
+    return _vae_trace(counts.vae, what, int(batch), frames, *(int(v) for v in video[1:]), str(dtype), counts.frame_multiple, latent_frames,
+                      counts.vae_clip)
 
 
 def audio_decode_bytes(counts: GeneratorCounts, batch: int, num_frames: int, fps: float, dtype: Any) -> int:

@@ -1,6 +1,6 @@
 """Helios (cac_align.gen.families.helios, issue #106): a saved folder of any name is read by its model_index.json
-(HeliosPyramidPipeline refused in one line); bon runs the shipped tiny recipe from a saved folder and writes 24 fps
-videos; bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte (text to video batched,
+(HeliosPyramidPipeline refused in one line); by that folder and by an unlisted hub id (the same files, cached offline)
+bon writes 24 fps videos, its frames __call__'s, and flow-grpo, nft and dpo each train one step (slow); bon's frames are diffusers' HeliosPipeline.__call__'s with the same seeds, byte for byte (text to video batched,
 image to video one row a call), and the family's per-chunk decode gives the pipeline's frames from its latents; a frame
 count the chunks do not make is refused as the generator's config is read, in one line. flow-grpo's per-chunk sampler (stage 2): at noise 0 the Euler-configured pipeline's latents, torch.equal (text
 and image to video); its SDE log-probs a hand computation from the scheduler's own steps, and recomputed from the
@@ -131,20 +131,56 @@ def test_bon_animates_an_image_one_row_a_call_as_the_pipeline_does(tiny):
     assert _hashes(text_only) != _hashes(ours)  # the image conditions the video
 
 
-def test_bon_by_folder_runs_the_tiny_recipe_and_writes_its_24_fps_videos(saved, tmp_path, monkeypatch):
+@pytest.mark.slow  # every job's tiny recipe twice (a folder, a cached hub id): 12 s here
+def test_every_job_runs_one_step_by_folder_and_by_an_unlisted_hub_id_and_bon_is_the_pipelines_own_frames(tiny, saved, tmp_path, monkeypatch,
+                                                                                                           hub_cache):
+    """A saved tiny pipeline named by its folder, and the same files as an offline-cached hub id no list knows: its
+    files say Helios; bon's frames are HeliosPipeline.__call__'s, hash for hash; bon writes 24 fps videos, and
+    flow-grpo, nft and dpo (on bon's pairs) each train one step that moves every LoRA weight."""
+    import shutil
+
     from cac_align.config import load_config
-    from cac_align.jobs.best_of_n import BonConfig, run
+    from safetensors.torch import load_file
+
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, build_generator, frames_to_uint8, generate_videos
+    from cac_align.jobs.best_of_n import BonConfig
+    from cac_align.jobs.best_of_n import run as best_of_n
+    from cac_align.jobs.dpo import DpoConfig
+    from cac_align.jobs.dpo import run as dpo
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from cac_align.jobs.flow_grpo import run as flow_grpo
+    from cac_align.jobs.nft import NftConfig
+    from cac_align.jobs.nft import run as nft
     from cac_align.video import load_video
 
-    monkeypatch.chdir(REPO_ROOT)  # the recipe's prompt file
-    out = tmp_path / "bon"
-    config = load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_helios.yaml", [f"out_dir={out}", f"generator.name={saved}"], job="bon")
-    run(config)
-    rows = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and all(r["valid"] for r in rows)  # 2 prompts x 2 candidates
-    for row in rows:
-        video = load_video(str(out / row["video"]))
-        assert video.frames.shape == (65, 32, 32, 3) and video.fps == 24.0
+    config, pipe = tiny
+    own = _hashes(frames_to_uint8(_pipelines_own(pipe, config, PROMPTS, SEEDS, output_type="pt")))
+    commit = "0" * 40
+    repo = hub_cache / "models--someone--helios-finetune"
+    shutil.copytree(saved, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.chdir(REPO_ROOT)  # the recipes' prompt file
+    one_step = ["steps=1", "checkpoint_every=0"]
+    for label, name in (("folder", str(saved)), ("hub", "someone/helios-finetune")):
+        loaded_config = GeneratorConfig(**{**TINY, "name": name})
+        assert loaded_config.family is HELIOS
+        assert _hashes(generate_videos(build_generator(loaded_config), loaded_config, PROMPTS, SEEDS).frames) == own
+        out = tmp_path / label
+        best_of_n(load_config(BonConfig, REPO_ROOT / "recipes/align/bon_tiny_helios.yaml", [f"out_dir={out / 'bon'}", f"generator.name={name}"], job="bon"))
+        rows = [json.loads(line) for line in (out / "bon" / "candidates.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all(r["valid"] for r in rows)  # 2 prompts x 2 candidates
+        for row in rows:
+            video = load_video(str(out / "bon" / row["video"]))
+            assert video.frames.shape == (65, 32, 32, 3) and video.fps == 24.0
+        for job, cls, run, extra in (("flow-grpo", FlowGrpoConfig, flow_grpo, []), ("nft", NftConfig, nft, []),
+                                     ("dpo", DpoConfig, dpo, [f"pairs=[{out / 'bon'}]"])):
+            recipe = REPO_ROOT / f"recipes/align/{job.replace('-', '_')}_tiny_helios.yaml"
+            run(load_config(cls, recipe, [f"out_dir={out / job}", f"generator.name={name}", *one_step, *extra], job=job))  # loaded by its name
+            (row,) = [json.loads(line) for line in (out / job / "metrics.jsonl").read_text().splitlines()]
+            lora = load_file(out / job / "lora" / LORA_WEIGHT_NAME)
+            up = [t for k, t in lora.items() if ".lora.up." in k]  # diffusers' names: 2 blocks x 2 attentions x 4 projections
+            assert row["train/grad_norm"] > 0 and len(up) == 2 * 2 * 4 and all(torch.count_nonzero(t) for t in up), (name, job)
 
 
 # -- flow-grpo's per-chunk sampler (stage 2) ---------------------------------------------------------
@@ -337,6 +373,37 @@ def test_the_memory_plans_tokens_per_forward_are_what_the_transformer_sees(tiny)
     finally:
         hook.remove()
     assert HELIOS.sequence_tokens(33, 48, 80) == 179 and HELIOS.sequence_tokens(97, 384, 640) == 11040  # the release's: 8,640 + 2,400
+
+
+def test_the_memory_plan_traces_the_vae_chunk_by_chunk_as_the_family_runs_it(tiny, monkeypatch):
+    """The plan's VAE rows trace the calls the family makes: decode a 9-latent-frame chunk at a time (2 calls for 65
+    frames, not one of 17 latent frames), and dpo's encode 33 frames at a time (97 frames: 3 calls, the last padded)."""
+    from diffusers import AutoencoderKLWan
+
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.plan import trace
+    from cac_align.plan.counts import counted_generator
+
+    config, pipe = tiny
+    calls = []
+    for method in ("decode", "encode"):
+        original = getattr(AutoencoderKLWan, method)
+        monkeypatch.setattr(AutoencoderKLWan, method, lambda self, x, *a, _o=original, _m=method, **k: calls.append((_m, tuple(x.shape))) or _o(self, x, *a, **k))
+    monkeypatch.setattr(trace, "_VAE_TRACES", {})  # traced afresh here
+    counts = counted_generator(config, LoraSettings(rank=4))
+    assert counts.vae_clip == 9 and counts.latent_frames_of(97) == 27
+    planned = {}
+    for what, batch, frames in (("decode", 2, 65), ("encode", 1, 97)):
+        calls.clear()
+        planned[what] = trace.vae_bytes(counts, what, batch, (frames, 32, 32), "float32")
+        assert planned[what] > 0 and calls, what
+        planned[what] = [c for c in calls if c[0] == what]  # the probe encode the decode's trace makes to learn the latent grid aside
+    calls.clear()
+    HELIOS.decode(pipe, torch.randn(2, 16, 18, 4, 4))
+    assert calls == planned["decode"] == [("decode", (2, 16, 9, 4, 4))] * 2
+    calls.clear()
+    HELIOS.encode_video(pipe, torch.randint(0, 256, (97, 32, 32, 3), dtype=torch.uint8).numpy())
+    assert calls == planned["encode"] == [("encode", (1, 3, 33, 32, 32))] * 3
 
 
 def test_dpo_encodes_chunk_by_chunk_and_trains_a_drawn_chunk_with_each_members_own_history(tiny, tmp_path, monkeypatch):

@@ -152,8 +152,10 @@ class HeliosFamily(NoContextParallel):
     LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
     # flow-grpo's SDE starts at the schedule's first sigma, 0.99985, as at pure noise (module docstring, "Flow-GRPO")
     pure_noise_start: bool = True
-    # the VAE restarts every chunk: a judge's window maps onto latent frames chunk by chunk (cac_align.rl.credit)
+    # the VAE restarts every chunk: a judge's window maps onto latent frames chunk by chunk (cac_align.rl.credit), and the
+    # memory plan traces the VAE chunk by chunk, as decode and encode_video run it (cac_align.plan.trace)
     chunk_frames: int = CHUNK_FRAMES
+    vae_clip_latent_frames: int = CHUNK_LATENT_FRAMES
 
     @property
     def lora_target_modules(self) -> tuple[str, ...]:
@@ -304,6 +306,11 @@ class HeliosFamily(NoContextParallel):
                 x = chunk.to(mean.device, vae.dtype) / 127.5 - 1.0
                 parts.append((vae.encode(x).latent_dist.mode() - mean) * inv_std)
         return torch.cat(parts, dim=2)[0].float()
+
+    def latent_frames(self, num_frames: int) -> int:
+        """The latent frames of a ``num_frames`` video, for the memory plan: 9 a chunk (97 frames: 27, where Wan's rule over
+        the whole clip gives 25)."""
+        return CHUNK_LATENT_FRAMES * chunk_count(num_frames)
 
     def sequence_tokens(self, num_frames: int, height: int, width: int) -> int:
         """The tokens of one transformer call, for the memory plan (:mod:`cac_align.plan`): a chunk's 9 latent frames in
