@@ -615,6 +615,17 @@ def video_velocity(model: Any, latents: Any, timestep: Any, cond: Conditioning, 
     return out if side is None else out[0]
 
 
+def _step_side(family: Any, side: Any, velocity: Any, j: int, side_sigmas: Any, transitions: Any, noise: Any, positions: bool) -> tuple:
+    """Step ``j`` of the side latents (the audio) beside the video's: the deterministic Euler step where ``transitions``
+    is None, else their own SDE step, their noise drawn (``noise(side)``) only where its scale is above 0. Returns the
+    new side latents, and with the SDE their log-probability and (``positions``) their per-frame density, else None."""
+    if transitions is None:
+        return side + (side_sigmas[j + 1] - side_sigmas[j]) * velocity.float(), None, None
+    step = transitions.step(j, side, velocity, noise=noise(side) if transitions.noise_scale(j) > 0 else None)
+    density = side_frame_density(family, step.prev_sample, step.mean, step.std) if positions else None
+    return step.prev_sample, step.log_prob, density
+
+
 def sample_with_log_probs(
     pipe: Any,
     model: Any,
@@ -706,24 +717,16 @@ def sample_with_log_probs(
         side_transitions = SDESchedule(side_sigmas, noise_level, noise_schedule) if train_side else None
         with torch.no_grad():
             for j, t in enumerate(timesteps.to(device)):
-                side_velocity = None
-                if side is None:
-                    velocity = predict_velocity(model, latents, t, step_cond, negative, guidance, dtype)
-                else:
-                    velocity, side_velocity = predict_velocity(model, latents, t, step_cond, negative, guidance, dtype, side)
+                out = predict_velocity(model, latents, t, step_cond, negative, guidance, dtype, side)
+                velocity, side_velocity = (out, None) if side is None else out
                 # a step whose noise scale is 0 (the ODE: evaluation) draws nothing, so the next chunk's noise is the pipeline's
                 random = bool(transitions.noise_scale(j) > 0)
                 step = transitions.step(j, latents, velocity, noise=noise() if random else None, positions=positions)
-                if side_velocity is not None and side_transitions is None:
-                    side = side + (side_sigmas[j + 1] - side_sigmas[j]) * side_velocity.float()  # the deterministic Euler step
+                if side_velocity is not None:  # the side latents' step, after the video's draw
+                    side, side_log_prob, side_map = _step_side(family, side, side_velocity, j, side_sigmas, side_transitions, noise, positions)
                     sides.append(side.to(store))
-                elif side_velocity is not None:  # the side's own SDE step, its noise drawn after the video's
-                    side_step = side_transitions.step(j, side, side_velocity, noise=noise(side) if side_transitions.noise_scale(j) > 0 else None)
-                    side = side_step.prev_sample
-                    sides.append(side.to(store))
-                    side_log_probs.append(side_step.log_prob.to(store))
-                    if positions:
-                        side_maps.append(side_frame_density(family, side, side_step.mean, side_step.std).to(store))
+                    side_log_probs += [] if side_log_prob is None else [side_log_prob.to(store)]
+                    side_maps += [] if side_map is None else [side_map.to(store)]
                 latents = step.prev_sample
                 recorded.append(latents.to(store))
                 log_probs.append(step.log_prob.to(store))
