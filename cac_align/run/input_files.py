@@ -332,7 +332,8 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
     Raises:
         RecipeError: no such file; a line that is not such an object; a key that looks meant for
             an image but is not one of those names (``imgae``; other keys are left alone), or an
-            ``action`` (Cosmos 3's robotics conditions: passed to no generator); an
+            ``action`` (Cosmos 3's robotics conditions: passed to no generator) or a ``video`` (a clip to
+            continue, Helios's video to video: taken by no job); an
             image that cannot be read; a ``last_image`` without an ``image``; a text line with a
             tab (score's ``name<TAB>prompt``, whose name would reach the generator as text).
     """
@@ -378,9 +379,14 @@ def _check_image_keys(row: dict, source: Path, number: int) -> None:
     """Other keys of a line (an ``id``, a caption) are the user's and are left alone, but one that
     looks meant for an image (``imgae``, ``Image``, ``first_image``, ``image_path``) is refused:
     read as text alone, its image would be dropped in silence; so is an ``action`` (Cosmos 3's robotics
-    conditions, which no job passes on)."""
+    conditions, which no job passes on) and a ``video`` (a clip to continue: Helios's video to video, which no job
+    takes)."""
     import difflib
 
+    if "video" in row:  # a clip to continue (Helios's video-to-video): no job samples from one, so it would be dropped in silence
+        raise RecipeError(f"{source}: line {number}: 'video' (a clip to continue, Helios's video to video) is not passed to any generator "
+                          "here: the jobs generate from text and, where the model takes them, 'image' and 'last_image'; drop the key, or "
+                          "give the clip's first frame as 'image'")
     if "action" in row:  # Cosmos 3's robotics conditions: no job passes them (yet), so they would be dropped in silence
         raise RecipeError(f"{source}: line {number}: 'action' (an action condition, Cosmos 3's robotics mode) is not passed to any generator "
                           "here: its runs set their own size, frame count and JSON caption and sample an action stream no reward scores; "

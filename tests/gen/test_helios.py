@@ -91,6 +91,16 @@ def test_every_trainer_takes_the_attention_projections_and_context_parallel_is_r
     with pytest.raises(RecipeError, match="parallel.context_parallel must be 1 for Helios") as error:
         HELIOS.check_context_parallel(GeneratorConfig(**TINY), 2, {})
     assert "\n" not in str(error.value)
+    # video to video (a clip to continue): a prompt line's 'video' is refused as the file is read, not dropped in silence
+    from cac_align.run.input_files import read_prompt_rows
+
+    prompts = tmp_path / "continue.jsonl"
+    prompts.write_text('{"prompt": "a red ball rolls", "video": "clip.mp4"}\n')
+    with pytest.raises(RecipeError, match=r"line 1: 'video' \(a clip to continue, Helios's video to video\) is not passed") as error:
+        read_prompt_rows(prompts)
+    assert "\n" not in str(error.value) and "give the clip's first frame as 'image'" in str(error.value)
+    prompts.write_text('{"prompt": "a red ball rolls", "id": "clip.mp4"}\n')  # the control: another key is the user's, left alone
+    assert [row.prompt for row in read_prompt_rows(prompts)] == ["a red ball rolls"]
 
 
 def _pipelines_own(pipe, config, prompts, seeds, **extra):
