@@ -21,7 +21,9 @@ test_parallel.py's restart cases).
 
 Each launch's environment is the one given (the caller's ``os.environ`` plus its own variables), set in
 the child before the script runs; the preloaded modules were imported with the environment the forkserver
-started with (this process's, ``OMP_NUM_THREADS=1``). Each process's stdout and stderr go to files, read
+started with (this process's, ``OMP_NUM_THREADS=1``), so a launch whose environment changes what a library reads as
+it is imported (``HF_HOME``, ``HF_HUB_OFFLINE``: huggingface_hub's constants) must use the command line. The
+launches here differ only in ``CAC_TEST_*`` variables, which tests/parallel_launch.py reads as it runs. Each process's stdout and stderr go to files, read
 back into the returned :class:`subprocess.CompletedProcess` (stdout of every rank, in rank order; stderr
 likewise, then the agent's failure summary).
 """
