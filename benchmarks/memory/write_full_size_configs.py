@@ -299,9 +299,9 @@ SOURCES = {
                                                          f"defaults (the script builds it so); text_encoder: Qwen2.5-VL-7B-Instruct's "
                                                          f"language model (the script's load_mllm); text_encoder_2: google/byt5-small's "
                                                          f"config (the script's load_byt5; its added glyph tokens not counted).",
-    "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v": f"as 480p_t2v, transformer `480p_i2v`; image_encoder: SigLIP so400m/14 at 384 "
-                                                         f"(google/siglip-so400m-patch14-384's vision config: width 1152, the "
-                                                         f"transformer's image_embed_dim).",
+    "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v": "as 480p_t2v, transformer `480p_i2v`; image_encoder: SigLIP so400m/14 at 384 "
+                                                         "(google/siglip-so400m-patch14-384's vision config: width 1152, the "
+                                                         "transformer's image_embed_dim).",
     "MiniMaxAI/MiniMax-H3": f"transformer: {H3_SCRIPT} MINIMAX_H3_TRANSFORMER_CONFIG; vae: MINIMAX_H3_VIDEO_VAE_CONFIG; "
                             f"modular_model_index.json: the script's write_model_index. **Stand-ins**: text_encoder: the script names a "
                             f"Qwen3-VL whose text width is the transformer's text_dim 5120; shipped is Qwen3-VL-32B-Instruct's config "
