@@ -282,6 +282,7 @@ for _name in dir(diffusers):
             COUNTED.append(getattr(diffusers, _name))
         except (ImportError, AttributeError):  # a class whose optional dependency is not installed
             continue
+COUNTED.append(diffusers.Cosmos3OmniTransformer)  # a transformer not named *Transformer3DModel
 for _cls in COUNTED:
     _counting_init(_cls)
 _load_file = safetensors.torch.load_file

@@ -305,9 +305,10 @@ def encode_pair(pipe: Any, family: Any, pair: Any, generator: GeneratorConfig, e
     mask = latent_mask(pair, temporal, spatial, getattr(family, "chunk_frames", None))  # Helios: the VAE restarts every chunk
     if mask is not None and tuple(mask.shape) != tuple(winner.shape[1:]):
         raise PairError(f"{pair.where}: its mask on the latent grid is {tuple(mask.shape)}, its latents {tuple(winner.shape[1:])}")
-    guidance = family.guidance(generator, guided=False, fps=pair.fps)
-    # the image a pair animates, fitted to the pair's own frames as the pipeline fits it
-    fitted = generator if pair.image is None else dataclasses.replace(generator, height=pair.height, width=pair.width, num_frames=pair.frames)
+    # the pair's own frames and size: the image a pair animates is fitted to them as the pipeline fits it, and a prompt
+    # whose tokens name them (Cosmos 3's duration and resolution sentences) is encoded for them
+    fitted = dataclasses.replace(generator, height=pair.height, width=pair.width, num_frames=pair.frames)
+    guidance = family.guidance(fitted, guided=False, fps=pair.fps)
     cond, _ = encode_conditioning(pipe, family, [pair.prompt], [pair.image], fitted, guidance)
     fixed = fixed_frames(cond)  # the frames an image fixes are the image's, not the policy's: neither member trains on them
     winner, loser = winner[:, fixed:], loser[:, fixed:]

@@ -167,12 +167,14 @@ class GeneratorCounts:
 
 def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
     """``(hidden, heads, patch_t)`` of a video transformer's config (Wan: ``patch_size`` (t, h, w);
-    LTX-2: ``patch_size_t``; Kandinsky 6: ``model_dim`` wide, heads of ``sum(axes_dims)``, its rotary axes)."""
+    LTX-2: ``patch_size_t``; Kandinsky 6: ``model_dim`` wide, heads of ``sum(axes_dims)``, its rotary axes; Cosmos 3:
+    ``head_dim``, its patch in space only)."""
     if "num_attention_heads" not in config and "model_dim" in config:  # Kandinsky6Transformer3DModel: head_dim = sum(axes_dims)
         head_dim = sum(int(d) for d in config["axes_dims"])
         heads = int(config["model_dim"]) // head_dim
     else:
-        heads, head_dim = int(config["num_attention_heads"]), int(config["attention_head_dim"])
+        heads = int(config["num_attention_heads"])
+        head_dim = int(config["attention_head_dim"] if "attention_head_dim" in config else config["head_dim"])  # Cosmos3OmniTransformer: head_dim
     patch = config.get("patch_size")
     patch_t = int(config["patch_size_t"]) if config.get("patch_size_t") is not None else int(patch[0]) if isinstance(patch, (list, tuple)) else 1
     return heads * head_dim, heads, patch_t

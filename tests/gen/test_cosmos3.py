@@ -1,9 +1,14 @@
-"""Cosmos 3 (cac_align.gen.families.cosmos3, issue #107 stage 1): a saved folder of any name and a cached hub id nobody
-lists are read by their model_index.json; bon's frames are diffusers' Cosmos3OmniPipeline.__call__'s with the same seed,
-hash for hash, and its waveform exactly (text to video and image to video, one call a row), another seed differs; bon
-writes 24 fps mp4s with their 48 kHz AAC track and a WAV; what is not run (the trainers, frame counts not 4k + 1, one
-frame, the distilled and text-to-image releases, repair, context parallel, action conditions, a guardrail that is not
-installed) is refused in one line."""
+"""Cosmos 3 (cac_align.gen.families.cosmos3, issue #107): a saved folder of any name and a cached hub id nobody lists
+are read by their model_index.json; bon's frames are diffusers' Cosmos3OmniPipeline.__call__'s with the same seed, hash
+for hash, and its waveform exactly (text to video and image to video, one call a row), another seed differs; bon writes
+24 fps mp4s with their 48 kHz AAC track and a WAV; what is not run (frame counts not 4k + 1, one frame, the distilled and
+text-to-image releases, repair, context parallel, action conditions, a guardrail that is not installed) is refused in one
+line. The trainers (stage 2): every recipe takes the generation stream's attention (and the sound's projections with
+audio: trained); the sampler at noise 0 is the pipeline run with the Euler scheduler on the trainers' grid, video and
+sound latents torch.equal (text and image to video); flow-grpo's log-probabilities, the sound's too, are a hand
+computation from that scheduler's own step and recompute from the record; a LoRA we write loads with the transformer's
+load_lora_adapter and gives our frames; by a folder and an unlisted hub id, bon, flow-grpo, nft and dpo each run one
+step, the LoRA moved and nothing else (slow). Routed sound-only rewards: tests/jobs/test_audio_training.py."""
 
 from __future__ import annotations
 
@@ -134,20 +139,10 @@ def test_bon_by_folder_writes_24_fps_mp4s_with_their_48_khz_aac_track_and_a_wav(
 
 
 def test_what_is_not_run_is_refused_in_one_line_with_its_reason(saved, tmp_path, hub_cache):
-    from cac_align.config import load_config
     from cac_align.gen.generator import build_generator
-    from cac_align.jobs.dpo import DpoConfig
-    from cac_align.jobs.flow_grpo import FlowGrpoConfig
-    from cac_align.jobs.nft import NftConfig
     from cac_align.run.input_files import read_prompt_rows
 
     cases = []
-    # the trainers: not yet, as their recipe is read; and what a trainer asks of the family, should a recipe name its LoRA's modules
-    for cls, job in ((FlowGrpoConfig, "flow_grpo"), (NftConfig, "nft"), (DpoConfig, "dpo")):
-        cases.append((RecipeError, r"Cosmos 3 is not trained here yet \(issue #107", lambda cls=cls, job=job: load_config(
-            cls, REPO_ROOT / f"recipes/align/{job}_tiny.yaml", [f"out_dir={tmp_path / job}", "generator.name=tiny-random:cosmos3"], job=job.replace("_", "-"))))
-    for ask in (lambda: COSMOS3.denoiser(None), lambda: COSMOS3.schedule(None, None), lambda: COSMOS3.initial_latents(None, None, [])):
-        cases.append((RecipeError, "not trained here yet", ask))
     # frame counts: the VAE floors the video, the sound keeps the count; one frame is an image
     cases.append((ValueError, r"num_frames=10: Cosmos 3's VAE would make 9 frames while its sound is sized for 10 .* 9 or 13$",
                   lambda: GeneratorConfig(**{**TINY, "num_frames": 10})))
@@ -176,3 +171,199 @@ def test_what_is_not_run_is_refused_in_one_line_with_its_reason(saved, tmp_path,
         with pytest.raises(error, match=match) as caught:
             call()
         assert "\n" not in str(caught.value), str(caught.value)
+
+
+# -- the trainers (stage 2) ------------------------------------------------------------------
+def test_every_trainer_takes_the_generation_streams_attention_and_trained_sound_adds_its_own_projections(tmp_path):
+    from cac_align.config import load_config
+    from cac_align.jobs.dpo import DpoConfig
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from cac_align.jobs.nft import NftConfig
+
+    attention = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]  # the text stream's to_q / to_k / to_v / to_out are not
+    for cls, job in ((FlowGrpoConfig, "flow-grpo"), (NftConfig, "nft"), (DpoConfig, "dpo")):
+        recipe = REPO_ROOT / f"recipes/align/{job.replace('-', '_')}_tiny_cosmos3.yaml"
+        assert list(load_config(cls, recipe, [f"out_dir={tmp_path / job}"], job=job).lora.target_modules) == attention
+    trained = load_config(FlowGrpoConfig, REPO_ROOT / "recipes/align/flow_grpo_tiny_cosmos3.yaml", [f"out_dir={tmp_path}", "audio=trained"],
+                          job="flow-grpo")
+    assert list(trained.lora.target_modules) == [*attention, "audio_proj_in", "audio_proj_out"]
+
+
+class _EulerOnTheTrainersGrid:
+    """diffusers' FlowMatchEulerDiscreteScheduler at shift 10 handed UniPC's unshifted points, as the pipeline calls it
+    (``set_timesteps(N)``): the Euler scheduler whose grid is the trainers' (cac_align.gen.families.cosmos3.trainer_grid)."""
+
+    @staticmethod
+    def make(shift=10.0):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        class Grid(FlowMatchEulerDiscreteScheduler):
+            def set_timesteps(self, num_inference_steps=None, device=None, **unused):
+                points = np.linspace(1.0, 1.0 / self.config.num_train_timesteps, num_inference_steps + 1)[:-1]
+                return super().set_timesteps(sigmas=points, device=device)
+
+        return Grid(shift=shift)
+
+
+class _OneEulerStep:
+    """The same scheduler for one step only, from ``sigmas[0]`` to ``sigmas[1]`` at ``timestep``: the pipeline then takes
+    exactly that Euler step from the latents it is given."""
+
+    @staticmethod
+    def make(sigma, sigma_next, timestep):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        class One(FlowMatchEulerDiscreteScheduler):
+            def set_timesteps(self, num_inference_steps=None, device=None, **unused):
+                self.sigmas = torch.tensor([sigma, sigma_next], dtype=torch.float32)
+                self.timesteps = torch.tensor([timestep], dtype=torch.float32)
+                self.num_inference_steps, self._step_index, self._begin_index = 1, None, None
+
+        return One()
+
+
+def _with_scheduler(pipe, scheduler):
+    from diffusers import Cosmos3OmniPipeline
+
+    other = Cosmos3OmniPipeline(**{**pipe.components, "scheduler": scheduler}, enable_safety_checker=False)
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
+def _pipeline_latents(pipe, prompt, **call):
+    """The pipeline's final video latents and the sound latents it decodes (captured at its decode_sound)."""
+    seen = {}
+    decode_sound = pipe.decode_sound
+    pipe.decode_sound = lambda latents: seen.setdefault("sound", latents.clone()) is None or decode_sound(latents)
+    try:
+        video = pipe(prompt=prompt, height=32, width=32, num_frames=9, fps=24.0, guidance_scale=6.0, enable_sound=True, output_type="latent",
+                     **call).video
+    finally:
+        del pipe.decode_sound
+    return video, seen["sound"]
+
+
+def _sampled(pipe, config, noise_level, images=None, train_side=False):
+    from cac_align.gen.generator import encode_conditioning, sample_with_log_probs
+
+    guidance = COSMOS3.guidance(config)
+    cond, negative = encode_conditioning(pipe, COSMOS3, PROMPTS, images, config, guidance)
+    sigmas, timesteps = COSMOS3.schedule(pipe, config)
+    trajectory = sample_with_log_probs(pipe, COSMOS3.denoiser(pipe), cond, negative, [torch.Generator().manual_seed(s) for s in SEEDS], config=config,
+                                       sigmas=sigmas, timesteps=timesteps, noise_level=noise_level, train_side=train_side)
+    return trajectory, cond
+
+
+def test_the_sampler_at_noise_0_is_the_pipeline_with_euler_on_the_trainers_grid_text_and_image_to_video(tiny):
+    from diffusers.utils import load_image
+
+    from cac_align.gen.family import whole_latents
+    from cac_align.run.input_files import PromptImage
+
+    config, pipe = tiny
+    sigmas, timesteps = COSMOS3.schedule(pipe, config)
+    # N = 2 at shift 10: UniPC's points 1 and 0.5005, shifted: 1 and 10 x 0.5005 / (1 + 9 x 0.5005) = 0.909256, then 0; the
+    # first exactly 1 (UniPC's own is 0.999999), the timesteps the continuous 1000 sigma (UniPC's: the integers 999, 909)
+    assert sigmas[0].item() == 1.0 and sigmas[1].item() == pytest.approx(0.909256, abs=1e-6) and sigmas[2].item() == 0.0
+    assert timesteps.dtype == torch.float32 and timesteps.tolist() == pytest.approx([1000.0, 909.256], abs=1e-3)
+    euler = _with_scheduler(pipe, _EulerOnTheTrainersGrid.make())
+    image = REPO_ROOT / "recipes/align/image_red_ball.png"
+    for images, extra in ((None, {}), ([PromptImage.of(image)] * 2, {"image": load_image(str(image))})):
+        trajectory, cond = _sampled(pipe, config, 0.0, images)
+        assert trajectory.latents.shape[3:] == (3 - (images is not None), 2, 2)  # an image's latent frame is not sampled
+        for row, (prompt, seed) in enumerate(zip(PROMPTS, SEEDS)):
+            video, sound = _pipeline_latents(euler, prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(seed), **extra)
+            assert torch.equal(whole_latents(cond, trajectory.final)[row : row + 1], video), (images, row)
+            assert torch.equal(trajectory.side[row, -1], sound), (images, row)
+
+
+def test_flow_grpo_log_probs_of_both_streams_are_a_hand_computation_from_the_schedulers_own_euler_step(tiny):
+    import math
+
+    config, pipe = tiny
+    a = 0.7
+    trajectory, _ = _sampled(pipe, config, a, train_side=True)  # the sound on its own SDE step too (audio: trained)
+    s, timesteps = trajectory.sigmas, trajectory.timesteps
+    for j in range(2):
+        sigma, sigma_next = float(s[j]), float(s[j + 1])
+        one_step = _with_scheduler(pipe, _OneEulerStep.make(sigma, sigma_next, float(timesteps[j])))
+        # Flow-GRPO's scale a sqrt(s / (1 - s)), at s = 1 with 1 - sigma_1 below: step 0 is 0.7 sqrt(1 / 0.090744) = 2.3237
+        scale = a * math.sqrt(sigma / (1 - (float(s[1]) if j == 0 else sigma)))
+        if j == 0:
+            assert scale == pytest.approx(2.3237, abs=1e-3)
+        dt = sigma_next - sigma
+        for row, prompt in enumerate(PROMPTS):
+            x, x_next = trajectory.latents[row : row + 1, j], trajectory.latents[row : row + 1, j + 1]
+            y, y_next = trajectory.side[row, j], trajectory.side[row, j + 1]
+            # the pipeline itself packs, guides and takes the Euler step x + dt v from the recorded latents (no draw)
+            euler_x, euler_y = _pipeline_latents(one_step, prompt, num_inference_steps=1, latents=x.clone(), sound_latents=y.clone())
+            for state, euler, following, recorded in ((x, euler_x, x_next, trajectory.log_probs[row, j]),
+                                                      (y, euler_y, y_next, trajectory.side_log_probs[row, j])):
+                v = (euler - state) / dt
+                mean = euler + dt * scale**2 / (2 * sigma) * (state + (1 - sigma) * v)
+                std = scale * math.sqrt(-dt)
+                by_hand = (-((following - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)).mean()
+                assert abs(float(by_hand) - float(recorded)) < 1e-4, (j, row, float(by_hand), float(recorded))
+    assert not torch.equal(trajectory.log_probs[:, 0], trajectory.log_probs[:, 1])  # two steps, two widths: not one number
+
+
+def test_a_lora_we_write_loads_with_the_transformers_load_lora_adapter_and_gives_our_frames_and_sound(tiny, tmp_path):
+    """docs/using_your_lora.md: Cosmos3OmniPipeline has no load_lora_weights; the file our trainers write loads with
+    ``pipe.transformer.load_lora_adapter``, and the pipeline then makes our trained transformer's frames and sound."""
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, generate_videos
+    from cac_align.gen.lora import LoraSettings, add_lora, save_lora
+
+    config, _ = tiny
+    trained = COSMOS3.build_tiny("tiny-random:cosmos3")
+    targets = [*COSMOS3.lora_target_modules, *COSMOS3.audio_lora_target_modules]
+    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=targets), seed=0)
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
+    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=COSMOS3.pipeline_class)
+    fresh = COSMOS3.build_tiny("tiny-random:cosmos3")
+    assert not hasattr(fresh, "load_lora_weights")
+    base = generate_videos(fresh, config, PROMPTS[:1], SEEDS[:1])
+    fresh.transformer.load_lora_adapter(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME, prefix="transformer")
+    ours, theirs = (generate_videos(pipe, config, PROMPTS[:1], SEEDS[:1]) for pipe in (trained, fresh))
+    assert _hashes(theirs.frames) == _hashes(ours.frames) and np.array_equal(theirs.audio, ours.audio)
+    assert _hashes(base.frames) != _hashes(ours.frames) and not np.array_equal(base.audio, ours.audio)  # control: without it, others
+
+
+@pytest.mark.slow  # bon and the three trainers' tiny recipes by a folder and by a cached hub id: about 11 s here
+def test_every_job_runs_one_step_by_folder_and_by_an_unlisted_hub_id_training_only_the_lora(saved, tmp_path, monkeypatch, hub_cache):
+    """A saved tiny pipeline named by its folder, and the same files as an offline-cached hub id no list knows: bon writes
+    its candidates, and flow-grpo, nft and dpo (on bon's pairs) each train one step that moves every LoRA weight of the
+    generation stream's attention (loaded by its name) and no base weight (the folder's pipeline handed in)."""
+    from safetensors.torch import load_file
+
+    from cac_align.config import load_config
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, build_generator
+    from cac_align.jobs import best_of_n, dpo, flow_grpo, nft
+
+    repo = hub_cache / "models--someone--cosmos3-finetune"
+    shutil.copytree(saved, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.chdir(REPO_ROOT)  # the recipes' prompt file
+    for label, name in (("folder", str(saved)), ("hub", "someone/cosmos3-finetune")):
+        out = tmp_path / label
+        best_of_n.run(load_config(best_of_n.BonConfig, REPO_ROOT / "recipes/align/bon_tiny_cosmos3.yaml", [f"out_dir={out / 'bon'}",
+                                                                                                          f"generator.name={name}"], job="bon"))
+        rows = [json.loads(line) for line in (out / "bon" / "candidates.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all(r["valid"] for r in rows)
+        for job, module, extra in (("flow-grpo", flow_grpo, []), ("nft", nft, []), ("dpo", dpo, [f"pairs=[{out / 'bon'}]"])):
+            recipe = REPO_ROOT / f"recipes/align/{job.replace('-', '_')}_tiny_cosmos3.yaml"
+            config = load_config(getattr(module, {"flow-grpo": "FlowGrpoConfig", "nft": "NftConfig", "dpo": "DpoConfig"}[job]), recipe,
+                                 [f"out_dir={out / job}", f"generator.name={name}", "steps=1", "checkpoint_every=0", *extra], job=job)
+            pipe = build_generator(config.generator) if label == "folder" else None
+            base = None if pipe is None else {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+            module.run(config, pipe=pipe)
+            (row,) = [json.loads(line) for line in (out / job / "metrics.jsonl").read_text().splitlines()]
+            up = [t for k, t in load_file(out / job / "lora" / LORA_WEIGHT_NAME).items() if ".lora_B." in k]
+            # 2 layers x 4 projections, every one moved from its zero start
+            assert row["train/grad_norm"] > 0 and len(up) == 2 * 4 and all(torch.count_nonzero(t) for t in up), (name, job)
+            if base is not None:
+                after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
+                assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base), job

@@ -1,4 +1,4 @@
-"""Training the sound (issue #89; docs/audio.md): ``audio: trained`` on the tiny LTX-2 and MiniMax-H3,
+"""Training the sound (issue #89; docs/audio.md): ``audio: trained`` on the tiny LTX-2, MiniMax-H3 and Cosmos 3,
 modality routing with scripted rewards, and the guards.
 
 The exactness pins: with noise 0 a trained side steps exactly as the deterministic path does (the
@@ -28,6 +28,8 @@ TINY = {
                        num_inference_steps=3, max_sequence_length=32),
     "minimax-h3": dict(name="tiny-random:minimax-h3", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=124,
                        num_inference_steps=3, max_sequence_length=32),
+    "cosmos3": dict(name="tiny-random:cosmos3", dtype="float32", vae_dtype="float32", device="cpu", height=32, width=32, num_frames=9,
+                    num_inference_steps=3),
 }
 PROMPTS = ["a dog barking in a park", "a red car on the street"]
 
@@ -81,7 +83,7 @@ def test_a_trained_sound_with_noise_0_is_the_deterministic_path_and_its_log_prob
 CHEAP = ["prompts_per_step=1", "group_size=2", "sample_batch_size=2", "train_batch_size=2", "eval_every=0", "eval_prompts=null", "log_with=none",
          "checkpoint_every=0", "steps=1", "ema_decay=null"]
 FAMILIES = {"ltx2": ("tiny_ltx2", [*(f"generator.{k}={v}" for k, v in LTX2_UNGUIDED.items()), "generator.num_inference_steps=2"]),
-            "minimax-h3": ("tiny_minimax_h3", [])}
+            "minimax-h3": ("tiny_minimax_h3", []), "cosmos3": ("tiny_cosmos3", [])}
 
 
 def _config(out, job, family, *overrides):
@@ -128,17 +130,19 @@ def _audio_layer(name, family="minimax-h3"):
 ROUTED = ["audio=trained", "advantage.routing=routed", "audio_rewards_blind_ok=true"]
 
 
-@pytest.mark.slow  # four tiny MiniMax-H3 runs: `pytest -m slow`
+@pytest.mark.slow  # four tiny MiniMax-H3 runs and four tiny Cosmos 3 runs: `pytest -m slow`
+@pytest.mark.parametrize("family", ["minimax-h3", "cosmos3"])
 @pytest.mark.parametrize("job", ["flow-grpo", "nft"])
-def test_routed_audio_only_and_video_only_rewards_reach_only_their_stream(tmp_path, job):
+def test_routed_audio_only_and_video_only_rewards_reach_only_their_stream(tmp_path, job, family):
     """An audio-only reward (loudness) gives the video latents' loss zero advantage, a video-only one
-    (brightness) the audio's; the audio branch's LoRA is there and trains where the sound is trained."""
-    heard, heard_lora = _train(tmp_path / "heard", _reward("loudness"), *ROUTED, job=job)
-    seen, _ = _train(tmp_path / "seen", _reward("brightness"), *ROUTED, job=job)
+    (brightness) the audio's; the audio branch's LoRA is there and trains where the sound is trained
+    (Cosmos 3: its sound's own projections, the blocks being one stream for both)."""
+    heard, heard_lora = _train(tmp_path / "heard", _reward("loudness"), *ROUTED, job=job, family=family)
+    seen, _ = _train(tmp_path / "seen", _reward("brightness"), *ROUTED, job=job, family=family)
     assert heard["advantage/video_abs_mean"] == 0 and heard["advantage/audio_abs_mean"] > 0
     assert seen["advantage/audio_abs_mean"] == 0 and seen["advantage/video_abs_mean"] > 0
     assert heard["train/grad_norm"] > 0 and any(k.startswith("train/audio_") for k in heard)  # the sound's own loss term
-    audio = [n for n in heard_lora if _audio_layer(n)]
+    audio = [n for n in heard_lora if _audio_layer(n, family)]
     assert audio and all(torch.count_nonzero(heard_lora[n]) for n in audio)  # audio_proj_in / _out adapted, and trained (B starts at 0)
 
 

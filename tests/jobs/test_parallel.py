@@ -380,12 +380,14 @@ def test_data_parallel_2_by_context_parallel_2_on_four_processes_equals_one(one_
 # two context-parallel processes; MiniMax-H3 (a modular pipeline, its audio on its own schedule) with two
 # prompts, so its samples split. Measured on an idle 2-core machine (2026-11-27, both runs): LTX-2.5 57 s
 # (its diffusion decoder draws from each sample's seed, so two processes' videos are one process's),
-# HunyuanVideo-1.5 I2V 50 s (it refuses context parallel), T2V 36 s, MiniMax-H3 49 s.
+# HunyuanVideo-1.5 I2V 50 s (it refuses context parallel), T2V 36 s, MiniMax-H3 49 s; Cosmos 3 13 s (2026-11-28).
 SHARDED_EXTRA = {
     "wan2.2-a14b": ("lora.experts=both", "gradient_checkpointing=true", "parallel.shard=fsdp2"),
     "ltx2": ("parallel.shard=fsdp2", "parallel.context_parallel=2"),
     # MiniMax-H3 with its sound trained (issue #89): the audio's SDE steps and log-probs, its loss and its LoRA layers sharded too
     "minimax-h3": ("prompts_per_step=2", "audio=trained", "parallel.shard=fsdp2"),
+    # Cosmos 3 (issue #107) with its sound trained: one Cosmos3VLTextMoTDecoderLayer a unit, the sound's projections in the root
+    "cosmos3": ("audio=trained", "parallel.shard=fsdp2"),
 }
 SHARDED_SAVED = {"wan2.2-a14b": "tiny-random:wan22-a14b"}
 # Wan-2.1's sharded and context-parallel runs are the tests above

@@ -1,4 +1,4 @@
-"""The Cosmos 3 family (issue #107, stage 1): NVIDIA's omni model, text or image to video with its sound, as ``bon`` runs it.
+"""The Cosmos 3 family (issue #107): NVIDIA's omni model, text or image to video with its sound, as ``bon`` and the trainers run it.
 
 diffusers 0.42.1's ``Cosmos3OmniPipeline`` (``pipelines/cosmos/pipeline_cosmos3_omni.py``) has **no text encoder**: its
 ``text_tokenizer`` turns the prompt (after a chat template and two metadata sentences, its duration and its size) into
@@ -26,11 +26,33 @@ index decides, and a checkpoint that asks for the guardrail without ``cosmos_gua
 (:meth:`Cosmos3Family.load`); with it, bon's frames are the guardrail's (it may blur faces, or stop a video it blocks),
 as the release's are. The tiny pipeline is built without it (it would download its own models).
 
+**Training** (``flow-grpo``, ``nft``, ``dpo``; stage 2 of issue #107, docs/cosmos3.md). A step, as ``__call__``'s loop
+computes it (:class:`Cosmos3Denoiser`): the transformer has no batch axis, so each row is one packed sequence ``[text |
+video | sound]`` (laid out with diffusers' own mRoPE functions) and one forward, two with CFG (the negative prompt's
+sequence; ``uncond + g (cond - uncond)`` in float32, one ``g`` for the video and the sound). Flow prediction: ``x0 = x -
+sigma v``, so Flow-GRPO's SDE step (an Euler step plus noise) applies as it is. The sound is the side stream ``(64, T_a)``,
+stepping on the video's sigmas (the pipeline deep-copies one scheduler for it), deterministic unless ``audio: trained``.
+
+- **The grid** (:func:`trainer_grid`): the release samples with flow UniPC, whose first sigma is ``1 - 1e-6``; the
+  square-root noise scale of Flow-GRPO would be ~700 there. The trainers take the same noise levels from diffusers'
+  Euler scheduler, which starts at exactly 1, with continuous timesteps ``1000 sigma`` (UniPC gives the transformer
+  ``floor(1000 sigma)``): the sampler, the recompute, nft and dpo all give the transformer that one float. At noise 0
+  the sampler is the pipeline run with that Euler scheduler, latent for latent (tests/gen/test_cosmos3.py); ``bon``
+  stays the release's UniPC.
+- **Noise**: each row's generator draws the video's noise, then the sound's (:meth:`Cosmos3Family.initial_latents`),
+  then each step's video noise and (trained) sound noise.
+- **Image to video**: latent frame 0 is the image's, encoded as the pipeline encodes it (a clip of the image, the
+  posterior's mode) and kept clean (``fixed``): not sampled, not scored.
+- **The LoRA** adapts the generation stream's attention (``add_q_proj``, ``add_k_proj``, ``add_v_proj``,
+  ``to_add_out``); ``audio: trained`` adds the sound's own projections (``audio_proj_in``, ``audio_proj_out``). The
+  sound shares every block with the video, so ``audio: frozen`` keeps it out of the loss, not out of the LoRA's effect
+  (as MiniMax-H3's). The pipeline has no ``load_lora_weights``: the file loads with ``pipe.transformer.load_lora_adapter``.
+- **dpo** encodes a pair's videos with the pipeline's own ``_encode_video`` and trains the video stream; the sound
+  input is the pair's noise at its level on silence (zero latents), the same for winner and loser (Kandinsky 6's and
+  LTX-2's way: the job has no sound pairs, and a release's sound tokenizer may be decoder-only).
+
 **What is refused, each in one line with its reason:**
 
-- the trainers (``flow-grpo``, ``nft``, ``dpo``): not yet (a later stage of issue #107), as their recipe is read
-  (:attr:`Cosmos3Family.lora_target_modules`) and by the denoiser, the schedule and the initial noise should a recipe
-  name its LoRA's modules itself;
 - the distilled checkpoints (``Cosmos3DistilledModularPipeline``, the "-4Step" repos): a modular pipeline of four fixed
   steps that re-noises each prediction with fresh noise, video only (:func:`family_for_index`);
 - text-to-image checkpoints (by name, :data:`REFUSED_HUB_IDS`: their files do not tell them from a video release) and
@@ -64,11 +86,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
+from cac_align.gen.experts import Denoiser
 from cac_align.gen.family import NoContextParallel
 from cac_align.loading import check_weights_source, resolve_dtype, weights_error
 
-__all__ = ["COSMOS3", "FAMILIES", "NANO", "PIPELINE", "REFUSED_HUB_IDS", "SUPER", "TINY_COSMOS3", "Cosmos3Family", "build_tiny_cosmos3_pipeline",
-           "family_for_index", "regenerator_for_index"]
+__all__ = ["COSMOS3", "FAMILIES", "NANO", "PIPELINE", "PROMPT_TOKENS", "REFUSED_HUB_IDS", "SUPER", "TINY_COSMOS3", "Cosmos3Denoiser", "Cosmos3Family",
+           "build_tiny_cosmos3_pipeline", "family_for_index", "regenerator_for_index", "trainer_grid"]
 
 PIPELINE = "Cosmos3OmniPipeline"
 MODULAR_PIPELINE = "Cosmos3OmniModularPipeline"
@@ -95,15 +118,10 @@ _NO_CONTEXT_PARALLEL = ("parallel.context_parallel must be 1 for Cosmos 3: diffu
                         "outside the package); shard it with parallel.shard: fsdp2 instead")
 
 
-def _not_yet(title: str) -> str:
-    return (f"{title} is not trained here yet ({ISSUE}, a later stage): flow-grpo, nft and dpo need its velocity, schedule and noise "
-            "outside the pipeline (one packed text + video + sound sequence per sample, int64 timesteps); sample it with bon")
-
-
 @dataclass(frozen=True)
 class Cosmos3Family(NoContextParallel):
-    """Cosmos 3 as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` runs it, the trainers
-    refuse it for now."""
+    """Cosmos 3 as a :class:`~cac_align.gen.family.GeneratorFamily` (module docstring): ``bon`` runs its pipeline, the
+    trainers its denoiser (:class:`Cosmos3Denoiser`) on :func:`trainer_grid`."""
 
     context_parallel_refusal: ClassVar[str] = _NO_CONTEXT_PARALLEL  # both context-parallel hooks refuse (NoContextParallel)
     name: str
@@ -126,27 +144,15 @@ class Cosmos3Family(NoContextParallel):
     last_image: bool = False
     extra_components: tuple[str, ...] = ()
 
-    # What the trainers' LoRA will adapt (the next stage): the generation stream's attention projections of every layer,
-    # which both the video and the sound pass through; the text stream never reads them
-    LORA_TARGETS = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-
-    @property
-    def lora_target_modules(self) -> tuple[str, ...]:
-        """Refused for now, in one line (module docstring): a trainer's config asks this when its recipe leaves
-        ``lora.target_modules`` unset, so its recipe is refused as it loads. The next stage's are :attr:`LORA_TARGETS`."""
-        self._refuse_training()
-        return self.LORA_TARGETS
-
-    @property
-    def audio_lora_target_modules(self) -> tuple[str, ...]:
-        """Refused for now, as :attr:`lora_target_modules` (flow-grpo asks this first with ``audio: trained``)."""
-        self._refuse_training()
-        return ()
-
-    def _refuse_training(self) -> None:
-        from cac_align.config import RecipeError
-
-        raise RecipeError(_not_yet(self.title))
+    # the trainers' LoRA (module docstring, "Training"): the generation stream's attention projections of every layer,
+    # which the video and the sound both pass through; the text stream (to_q, to_k, to_v, to_out) never reads them
+    lora_target_modules: tuple[str, ...] = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+    # added where a recipe trains the sound (audio: trained): the layers only the sound's tokens pass, its input and output
+    # projections (the blocks are one stream for both: their attention is in the LoRA above), as MiniMax-H3's
+    audio_lora_target_modules: tuple[str, ...] = ("audio_proj_in", "audio_proj_out")
+    # the trainers' grid may start just short of sigma 1 at pure noise (a checkpoint with use_native_flow_schedule: 0.9999):
+    # Flow-GRPO's square-root noise scale then takes its s = 1 form at step 0 (on the usual grid its first sigma is 1.0 itself)
+    pure_noise_start: bool = True
 
     # -- the config --------------------------------------------------------------------
     def check_settings(self, config: Any) -> None:
@@ -191,30 +197,106 @@ class Cosmos3Family(NoContextParallel):
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_COSMOS3_BUILDERS[name](seed)
 
-    # -- what the trainers ask: refused for now (module docstring) ---------------------------
-    def denoiser(self, pipe: Any) -> Any:
-        self._refuse_training()
+    # -- what the trainers ask (module docstring, "Training") ---------------------------------
+    def denoiser(self, pipe: Any) -> "Cosmos3Denoiser":
+        return Cosmos3Denoiser(pipe.transformer, self, temporal_compression=int(pipe.vae_scale_factor_temporal))
 
-    def schedule(self, pipe: Any, config: Any) -> Any:
-        self._refuse_training()
+    def schedule(self, pipe: Any, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trainers' grid: the release's noise levels with its first sigma exactly 1 (:func:`trainer_grid`), and its
+        timesteps ``1000 sigma`` as floats: ``(sigmas (N + 1,), timesteps (N,))`` float32."""
+        from cac_align.gen.generator import scheduler_shift
 
-    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> Any:
-        self._refuse_training()
+        return trainer_grid(config.num_inference_steps, scheduler_shift(pipe, config.flow_shift), int(pipe.scheduler.config.num_train_timesteps),
+                            native=bool(pipe.config.get("use_native_flow_schedule", False)))
+
+    def _latent_shape(self, pipe: Any, config: Any) -> tuple[int, int, int, int]:
+        """``(C, F', H', W')`` of ``config``'s video, as the VAE encodes a clip of its size."""
+        return (int(pipe.vae.config.z_dim), (int(config.num_frames) - 1) // pipe.vae_scale_factor_temporal + 1,
+                config.height // pipe.vae_scale_factor_spatial, config.width // pipe.vae_scale_factor_spatial)
+
+    def initial_latents(self, pipe: Any, config: Any, generators: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each generator's two draws in the pipeline's order (``prepare_latents``): the video's noise ``(1, C, F', H', W')``,
+        then the sound's ``(C_s, T_a)``; video ``(B, C, F', H', W')`` and sound ``(B, C_s, T_a)`` float32. The pipeline's VAE
+        pass over a video of zeros (to learn the latent shape, its latents then masked away) is not made: nothing it
+        computes reaches the noise."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        device = pipe._execution_device
+        shape, sound = self._latent_shape(pipe, config), self.side_shape(pipe, config.num_frames, config.fps)
+        video, audio = [], []
+        for g in generators:
+            video.append(randn_tensor((1, *shape), generator=g, device=device, dtype=torch.float32)[0])
+            audio.append(randn_tensor(sound, generator=g, device=device, dtype=torch.float32))
+        return torch.stack(video), torch.stack(audio)
 
     def encode_prompts(self, pipe: Any, prompts: Sequence[str], negative_prompt: str | None, guidance: Mapping[str, Any],
-                       max_sequence_length: Any) -> Any:
-        self._refuse_training()
+                       max_sequence_length: Any) -> tuple[Any, Any]:
+        """Each prompt's token ids as the pipeline's ``tokenize_prompt`` makes them (its chat template and the sentences
+        naming the clip's duration, fps and size, from ``guidance``): ``ids`` ``(B, PROMPT_TOKENS)`` int64, zero-padded
+        so rows of any prompts stack, and ``length`` ``(B,)``; with CFG (a scale other than 1, as the pipeline decides) the
+        negative prompt's, one row per prompt (None: the pipeline's "")."""
 
-    def encode_video(self, pipe: Any, frames: Any) -> Any:
-        self._refuse_training()
+        size = dict(num_frames=int(guidance["num_frames"]), height=int(guidance["height"]), width=int(guidance["width"]), fps=float(guidance["fps"]))
+        rows, negatives = [], []
+        for prompt in prompts:
+            ids, negative = pipe.tokenize_prompt(prompt, negative_prompt, **size)
+            rows.append(ids)
+            negatives.append(negative)
+        device = pipe._execution_device
+        cond = _token_rows(rows, device)
+        return cond, (None if float(guidance["guidance_scale"]) == 1.0 else _token_rows(negatives, device))
+
+    def encode_images(self, pipe: Any, config: Any, images: Sequence[Any]) -> Any:
+        """Each row's first frame as the pipeline conditions on it (``prepare_latents``): fitted to the frame
+        (``_preprocess_conditioning_image``), repeated into a clip of ``config``'s frames, encoded with the posterior's mode
+        (its ``_encode_video``); latent frame 0 is the image's, ``fixed`` ``(B, C, 1, H', W')`` float32."""
+        from diffusers.pipelines.cosmos.pipeline_cosmos3_omni import _preprocess_conditioning_image
+        from diffusers.utils import load_image
+
+        from cac_align.gen.family import Conditioning
+
+        device = pipe._execution_device
+        encoded: dict[Any, torch.Tensor] = {}
+        for image in images:
+            if image.last_image is not None:
+                raise ValueError(f"{self.title} takes a first frame only; {image.last_image} was given as the last one")
+            if image not in encoded:
+                frame = _preprocess_conditioning_image(load_image(image.image), height=config.height, width=config.width).to(device, torch.float32)
+                clip = frame.unsqueeze(2).expand(-1, -1, int(config.num_frames), -1, -1).contiguous()
+                with torch.no_grad():
+                    encoded[image] = pipe._encode_video(clip).float()[:, :, :1]
+        return Conditioning(fixed=torch.cat([encoded[image] for image in images]))
+
+    def encode_video(self, pipe: Any, frames: Any) -> torch.Tensor:
+        """uint8 frames ``(F, H, W, 3)`` (``4k + 1``) to normalized latents ``(C, F', H', W')`` float32, as the pipeline
+        encodes a clip (its ``_encode_video``: the posterior's mode, minus the VAE's mean, times its inverse std)."""
+        x = torch.as_tensor(np.asarray(frames)).permute(3, 0, 1, 2).unsqueeze(0).to(pipe._execution_device, torch.float32) / 127.5 - 1.0
+        with torch.no_grad():
+            return pipe._encode_video(x).float()[0]
+
+    def side_frames(self, side: torch.Tensor) -> torch.Tensor:
+        """Sound latents ``(B, C_s, T_a)`` as ``(B, T_a, C_s)``: time first (25 latents a second, spread over the clip)."""
+        return side.transpose(1, 2)
+
+    def sequence_tokens(self, num_frames: int, height: int, width: int, text_tokens: int = 1024) -> int:
+        """Every token of one forward's packed sequence (the memory plan's activations): the video's ``F' x ceil(H' / 2) x
+        ceil(W' / 2)`` (the transformer pads an odd latent side), the sound's 25 a second at 24 fps (the release's rate:
+        ``ceil(int(F / 24 x 48000) / 1920)``) and up to ``text_tokens`` of text. The release's 720 x 1280 x 189: 48 x 23 x
+        40 + 197 + 1024 = 45,381."""
+        latent_frames = (num_frames - 1) // self.frame_multiple + 1
+        rows, columns = -(-(height // 16) // 2), -(-(width // 16) // 2)
+        sound = -(-int(num_frames / 24.0 * 48_000) // 1920)
+        return latent_frames * rows * columns + sound + text_tokens
 
     def denoising_steps(self, num_inference_steps: int) -> int:
         """The transformer calls of one sample per guidance branch: one a step."""
         return num_inference_steps
 
     def guidance(self, config: Any, guided: bool = True, fps: float | None = None) -> dict[str, Any]:
-        """CFG's scale (``guided=False``: 1) and the frame rate, which the prompt's duration sentence and the positions read."""
-        return {"guidance_scale": float(config.guidance_scale) if guided else 1.0, "fps": float(config.fps if fps is None else fps)}
+        """CFG's scale (``guided=False``: 1), the frame rate (the prompt's duration sentence and the positions read it) and
+        the clip's frames and size (the prompt's sentences name them: :meth:`encode_prompts`)."""
+        return {"guidance_scale": float(config.guidance_scale) if guided else 1.0, "fps": float(config.fps if fps is None else fps),
+                "num_frames": int(config.num_frames), "height": int(config.height), "width": int(config.width)}
 
     def latent_grid(self, pipe: Any) -> tuple[int, int, tuple[int, int, int]]:
         """``(4, 16, (1, 1, 1))``: the transformer's 2 x 2 patch is left out because it pads an odd latent side itself, so a
@@ -277,6 +359,151 @@ class Cosmos3Family(NoContextParallel):
             frames.append(frames_to_uint8(out.video[None]))
             sound.append(out.sound.float().clamp(-1, 1).cpu().numpy()[None])
         return Generated(np.concatenate(frames), np.concatenate(sound), int(pipe.sound_tokenizer.config.sampling_rate))
+
+
+# The width the jobs hold a prompt's token ids at, so that any prompts' rows stack (a cache file, a group): the release's
+# JSON prompts are some hundreds of tokens after the chat template and the metadata sentences
+PROMPT_TOKENS = 4096
+
+
+def _token_rows(rows: Sequence[Sequence[int]], device: Any) -> Any:
+    """Token id lists as a :class:`~cac_align.gen.family.Conditioning`: ``ids`` ``(B, PROMPT_TOKENS)`` zero-padded, ``length`` ``(B,)``."""
+    from cac_align.gen.family import Conditioning
+
+    longest = max(len(r) for r in rows)
+    if longest > PROMPT_TOKENS:
+        raise ValueError(f"a prompt is {longest} tokens after Cosmos 3's chat template and metadata sentences, more than the {PROMPT_TOKENS} the "
+                         "trainers hold; shorten it")
+    ids = torch.zeros((len(rows), PROMPT_TOKENS), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return Conditioning(ids=ids.to(device), length=torch.tensor([len(r) for r in rows], device=device))
+
+
+def trainer_grid(steps: int, shift: float, train_timesteps: int = 1000, native: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainers' sigmas ``(N + 1,)`` and timesteps ``(N,)`` (float32): the release's noise levels, an Euler grid.
+
+    The release samples with flow UniPC, which shifts the points ``linspace(1, 1/T, N + 1)[:-1]`` (``native``:
+    ``linspace(1 - 1/T, 0, N + 1)[:-1]``, the pipeline's ``use_native_flow_schedule``) by ``s' = k s / (1 + (k - 1) s)``
+    and then lowers a first sigma of 1 by 1e-6; Flow-GRPO's square-root noise scale ``a sqrt(s / (1 - s))`` at that
+    0.999999 is ~700 at a = 0.7. Here diffusers' ``FlowMatchEulerDiscreteScheduler`` shifts the same points, so the grid
+    is UniPC's to float rounding but starts at exactly 1 (the scale's ``s = 1`` case), and its timesteps are the
+    continuous ``1000 sigma`` (UniPC's are ``floor(1000 sigma)`` integers): the one timestep the sampler, the
+    recompute, nft and dpo (``sigma x 1000``) all give the transformer. Hand-worked, N = 2, shift 10: points 1, 0.5005;
+    sigmas 1, 10 x 0.5005 / (1 + 9 x 0.5005) = 0.909256, 0; timesteps 1000, 909.256."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if native:
+        points = np.linspace(1.0 - 1.0 / train_timesteps, 0.0, steps + 1)[:-1]
+    else:
+        points = np.linspace(1.0, 1.0 / train_timesteps, steps + 1)[:-1]
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=train_timesteps, shift=float(shift))
+    scheduler.set_timesteps(sigmas=points, device="cpu")
+    return scheduler.sigmas.float().cpu(), scheduler.timesteps.float().cpu()
+
+
+class Cosmos3Denoiser(Denoiser):
+    """The velocities of Cosmos 3's video and sound at a step, as ``Cosmos3OmniPipeline.__call__``'s loop computes them
+    (module docstring, "Training"): ``denoiser(latents, timestep, cond, negative, guidance, dtype, side)`` -> ``(video
+    velocity (B, C, F' - k, H', W'), sound velocity (B, C_s, T_a))`` float32 (``side`` None: the video's alone).
+
+    The transformer has no batch axis: each row is one packed sequence ``[text | video | sound]`` and one forward (two
+    with CFG: the negative prompt's sequence, then ``uncond + g (cond - uncond)`` in float32 for both streams). An
+    image's ``fixed`` latent frame is put in front of the generated ones, clean: no timestep, no velocity read back.
+
+    Args:
+        transformer: the pipeline's ``Cosmos3OmniTransformer``.
+        family: the family that built it.
+        temporal_compression: the VAE's frames per latent frame (the video positions' time scale).
+    """
+
+    def __init__(self, transformer: Any, family: Any, temporal_compression: int = 4):
+        super().__init__()
+        self.transformer = transformer
+        self.family = family
+        self.temporal_compression = int(temporal_compression)
+
+    def _sequence(self, ids: torch.Tensor, latent_shape: Sequence[int], fixed: int, sound: int, fps: float) -> tuple[dict[str, Any], int]:
+        """One row's packed sequence as the pipeline lays it out (its ``_prepare_text_segment``, ``_prepare_vision_segment``,
+        ``_prepare_sound_segment``; positions from diffusers' own mRoPE functions): the transformer's keywords but the
+        step's tokens and timesteps, and the count of noisy video tokens."""
+        from diffusers.pipelines.cosmos.pipeline_cosmos3_omni import get_3d_mrope_ids_text_tokens, get_3d_mrope_ids_vae_tokens
+
+        config = self.transformer.config
+        device = ids.device
+        length = int(ids.shape[0])
+        modulated = bool(config.enable_fps_modulation)
+        text_positions, after_text = get_3d_mrope_ids_text_tokens(length, 0, use_float_positions=modulated)
+        start = after_text + config.unified_3d_mrope_temporal_modality_margin  # the video and the sound both start here
+        frames, height, width = latent_shape
+        patch = config.latent_patch_size
+        rows, columns = -(-height // patch), -(-width // patch)
+        per_frame, video_tokens = rows * columns, frames * rows * columns
+        video_positions, _ = get_3d_mrope_ids_vae_tokens(frames, rows, columns, start, reset_spatial_indices=config.unified_3d_mrope_reset_spatial_ids,
+                                                         fps=fps if modulated else None, base_fps=float(config.base_fps),
+                                                         temporal_compression_factor=self.temporal_compression)
+        noisy = torch.arange(fixed, frames, device=device)
+        read = (length + noisy[:, None] * per_frame + torch.arange(per_frame, device=device)).flatten()
+        keywords: dict[str, Any] = dict(input_ids=ids, text_indexes=torch.arange(length, device=device), und_len=length,
+                                        vision_token_shapes=[(frames, rows, columns)],
+                                        vision_sequence_indexes=torch.arange(length, length + video_tokens, device=device),
+                                        vision_mse_loss_indexes=read, vision_noisy_frame_indexes=[noisy])
+        positions = [text_positions, video_positions]
+        total = length + video_tokens
+        if sound:
+            sound_positions, _ = get_3d_mrope_ids_vae_tokens(sound, 1, 1, start, reset_spatial_indices=config.unified_3d_mrope_reset_spatial_ids,
+                                                             fps=float(config.sound_latent_fps) if modulated else None, base_fps=float(config.base_fps),
+                                                             temporal_compression_factor=1)
+            where = torch.arange(total, total + sound, device=device)
+            keywords.update(sound_token_shapes=[(sound, 1, 1)], sound_sequence_indexes=where, sound_mse_loss_indexes=where.clone(),
+                            sound_noisy_frame_indexes=[torch.arange(sound, device=device)])
+            positions.append(sound_positions)
+            total += sound
+        keywords.update(position_ids=torch.cat([p.to(device) for p in positions], dim=1), sequence_length=total)
+        return keywords, len(noisy) * per_frame
+
+    def _forward(self, ids: torch.Tensor, video: torch.Tensor, sound: Any, timestep: float, fixed: int, fps: float, dtype: Any) -> tuple:
+        keywords, noisy = self._sequence(ids, video.shape[2:], fixed, 0 if sound is None else int(sound.shape[1]), fps)
+        device = video.device
+        if sound is not None:
+            keywords.update(sound_tokens=[sound.to(dtype)], sound_timesteps=torch.full((int(sound.shape[1]),), timestep, device=device))
+        v, s, _ = self.transformer(vision_tokens=[video.to(dtype)], vision_timesteps=torch.full((noisy,), timestep, device=device), return_dict=False,
+                                   **keywords)
+        return v[0].float(), None if s is None else s[0].float()
+
+    def forward(self, latents: torch.Tensor, timestep: Any, cond: Any, negative: Any, guidance: Mapping[str, Any], dtype: Any = None,
+                side: Any = None) -> Any:
+        """The two streams' velocities (class docstring).
+
+        Args:
+            latents: the generated video latents ``(B, C, F' - k, H', W')`` float32 (``k``: the frames an image fixes).
+            timestep: the schedule's ``1000 sigma``, a scalar or one per row ``(B,)``.
+            cond / negative: ``ids`` and ``length`` (:meth:`Cosmos3Family.encode_prompts`; ``cond`` with an image's ``fixed``).
+            guidance: ``guidance_scale`` and ``fps`` (:meth:`Cosmos3Family.guidance`).
+            side: sound latents ``(B, C_s, T_a)``, or None.
+        """
+        from cac_align.gen.family import fixed_frames, whole_latents
+
+        dtype = dtype or self.transformer.dtype
+        fixed = fixed_frames(cond)
+        video = whole_latents(cond, latents)
+        batch = video.shape[0]
+        times = torch.as_tensor(timestep).reshape(-1).expand(batch)
+        scale, fps = float(guidance["guidance_scale"]), float(guidance["fps"])
+        guided = negative is not None and scale != 1.0
+        videos, sounds = [], []
+        for i in range(batch):
+            t = float(times[i])  # as the pipeline's t.item(): one number, every noisy token of both streams
+            sound = None if side is None else side[i]
+            v, s = self._forward(cond.ids[i, : int(cond.length[i])], video[i : i + 1], sound, t, fixed, fps, dtype)
+            if guided:
+                v_u, s_u = self._forward(negative.ids[i, : int(negative.length[i])], video[i : i + 1], sound, t, fixed, fps, dtype)
+                v = v_u + scale * (v - v_u)
+                s = None if s is None else s_u + scale * (s - s_u)
+            videos.append(v[:, :, fixed:])  # the fixed frame's velocity is 0 (the transformer reads none back): not stepped
+            sounds.append(s)
+        out = torch.cat(videos)
+        return out if side is None else (out, torch.stack(sounds))
 
 
 # ---------------------------------------------------------------------------------------
