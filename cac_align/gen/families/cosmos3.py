@@ -150,6 +150,10 @@ class Cosmos3Family(NoContextParallel):
     # added where a recipe trains the sound (audio: trained): the layers only the sound's tokens pass, its input and output
     # projections (the blocks are one stream for both: their attention is in the LoRA above), as MiniMax-H3's
     audio_lora_target_modules: tuple[str, ...] = ("audio_proj_in", "audio_proj_out")
+    # the transformer has no batch axis: a row is one packed sequence and one forward (two with CFG), and the VAE decodes one
+    # row at a time (decode): the memory plan's activations and its traced decode follow (cac_align.plan)
+    one_row_a_forward: bool = True
+    vae_one_video: bool = True
     # the trainers' grid may start just short of sigma 1 at pure noise (a checkpoint with use_native_flow_schedule: 0.9999):
     # Flow-GRPO's square-root noise scale then takes its s = 1 form at step 0 (on the usual grid its first sigma is 1.0 itself)
     pure_noise_start: bool = True
