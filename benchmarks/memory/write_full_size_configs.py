@@ -14,7 +14,8 @@ below is written down from the source named beside it; each file is written the 
 Where a release's own config is not in any source read here, a stand-in is shipped and said to be
 one (:data:`SOURCES`): LTX-2.5's Gemma-4 text encoder (Gemma-3-12B's text dimensions in Gemma-4's
 class), MiniMax-H3's text encoder (Qwen3-VL-32B-Instruct's config: the Qwen3-VL of its text width)
-and audio VAE (diffusers' class defaults), Skyra-SFT (Qwen2.5-VL-7B-Instruct's architecture).
+and audio VAE (diffusers' class defaults), Skyra-SFT (Qwen2.5-VL-7B-Instruct's architecture), Cosmos3-Nano (diffusers'
+class defaults with its sound and action streams on, Wan2.2's VAE), Cosmos-Reason2-8B (Qwen3-VL-8B-Instruct's).
 """
 
 from __future__ import annotations
@@ -290,6 +291,7 @@ REPOS: dict[str, dict] = {
     "Qwen/Qwen3-VL-8B-Instruct": _judge_files("QWEN3_VL_8B_INSTRUCT"),
     "CodeGoat24/UnifiedReward-qwen-7b": _judge_files("UNIFIED_REWARD_QWEN_7B"),
     "JoeLeelyf/Skyra-SFT": _judge_files("UNIFIED_REWARD_QWEN_7B"),
+    "nvidia/Cosmos-Reason2-8B": _judge_files("QWEN3_VL_8B_INSTRUCT"),
 }
 
 # repo -> where its numbers come from (SOURCES.md)
@@ -355,6 +357,9 @@ SOURCES = {
     "CodeGoat24/UnifiedReward-qwen-7b": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "JoeLeelyf/Skyra-SFT": "**Stand-in**: a Qwen2.5-VL-7B fine-tune (cac_align/rewards/skyra.py); shipped is UnifiedReward-qwen-7b's "
                            "config.json, Qwen2.5-VL-7B-Instruct's architecture.",
+    "nvidia/Cosmos-Reason2-8B": "**Stand-in**: Qwen3-VL-8B post-trained by NVIDIA (docs/rewards.md, cosmos_reason); its own config.json is "
+                                "in no source read here; shipped is Qwen3-VL-8B-Instruct's config.json (tests/full_size_configs.py's "
+                                "record), the architecture it was trained from.",
 }
 
 
