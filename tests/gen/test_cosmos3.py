@@ -2,8 +2,8 @@
 are read by their model_index.json; bon's frames are diffusers' Cosmos3OmniPipeline.__call__'s with the same seed, hash
 for hash, and its waveform exactly (text to video and image to video, one call a row), another seed differs; bon writes
 24 fps mp4s with their 48 kHz AAC track and a WAV; what is not run (frame counts not 4k + 1, one frame, the distilled and
-text-to-image releases, repair, context parallel, action conditions, a guardrail that is not installed) is refused in one
-line. The trainers (stage 2): every recipe takes the generation stream's attention (and the sound's projections with
+text-to-image releases, repair, context parallel, action conditions, a guardrail that is not installed, training a
+quantized (FP8) transformer) is refused in one line. The trainers (stage 2): every recipe takes the generation stream's attention (and the sound's projections with
 audio: trained); the sampler at noise 0 is the pipeline run with the Euler scheduler on the trainers' grid, video and
 sound latents torch.equal (text and image to video); flow-grpo's log-probabilities, the sound's too, are a hand
 computation from that scheduler's own step and recompute from the record; a LoRA we write loads with the transformer's
@@ -169,6 +169,26 @@ def test_what_is_not_run_is_refused_in_one_line_with_its_reason(saved, tmp_path,
     (guarded / "model_index.json").write_text(json.dumps({**index, "enable_safety_checker": True}))
     cases.append((RecipeError, r"sets enable_safety_checker.*pip install cosmos_guardrail",
                   lambda: build_generator(GeneratorConfig(**{**TINY, "name": str(guarded)}))))
+    # training a quantized transformer (the release's FP8 revision: a quantization_config in its config.json), refused as
+    # each trainer's recipe is made, before a weight loads; the same folder's bf16 original is taken (control, below)
+    from cac_align.config import load_config
+    from cac_align.jobs.dpo import DpoConfig
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from cac_align.jobs.nft import NftConfig
+
+    fp8 = tmp_path / "fp8"
+    shutil.copytree(saved, fp8)
+    config_file = fp8 / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "quantization_config": {"quant_method": "modelopt", "quant_type": "FP8"}}))
+
+    def trainer(cls, job, folder):
+        recipe = REPO_ROOT / f"recipes/align/{job.replace('-', '_')}_tiny_cosmos3.yaml"
+        return load_config(cls, recipe, [f"out_dir={tmp_path / job}", f"generator.name={folder}"], job=job)
+
+    for cls, job in ((FlowGrpoConfig, "flow-grpo"), (NftConfig, "nft"), (DpoConfig, "dpo")):
+        cases.append((RecipeError, r"generator.name=.*fp8.*has a quantization_config \(modelopt.*name the bf16 weights: the release's revision=main",
+                      lambda cls=cls, job=job: trainer(cls, job, fp8)))
+    assert trainer(FlowGrpoConfig, "flow-grpo", saved).generator.name == str(saved)  # control: the bf16 folder trains
     for error, match, call in cases:
         with pytest.raises(error, match=match) as caught:
             call()
