@@ -14,7 +14,8 @@ below is written down from the source named beside it; each file is written the 
 Where a release's own config is not in any source read here, a stand-in is shipped and said to be
 one (:data:`SOURCES`): LTX-2.5's Gemma-4 text encoder (Gemma-3-12B's text dimensions in Gemma-4's
 class), MiniMax-H3's text encoder (Qwen3-VL-32B-Instruct's config: the Qwen3-VL of its text width)
-and audio VAE (diffusers' class defaults), Skyra-SFT (Qwen2.5-VL-7B-Instruct's architecture).
+and audio VAE (diffusers' class defaults), Skyra-SFT (Qwen2.5-VL-7B-Instruct's architecture), Cosmos3-Nano (diffusers'
+class defaults with its sound and action streams on, Wan2.2's VAE), Cosmos-Reason2-8B (Qwen3-VL-8B-Instruct's).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ H3_SCRIPT = "diffusers scripts/convert_minimax_h3_to_diffusers.py"
 # 0.42.1's HeliosTransformer3DModel defaults and sglang's HeliosArchConfig (sgl-project/sglang 565570b,
 # python/sglang/multimodal_gen/configs/models/dits/helios.py) repeat value for value
 HELIOS_REPO = "github.com/PKU-YuanGroup/Helios 2276f8f"
+# Cosmos 3 has no conversion script in diffusers 0.42.1 and its release's files were not readable offline: the numbers
+# are diffusers 0.42.1's classes' (models/transformers/transformer_cosmos3.py, models/autoencoders/autoencoder_cosmos3_audio.py,
+# pipelines/cosmos/pipeline_cosmos3_omni.py), with the switches the Nano's release-like config turns on (sound 64 channels,
+# action 64 wide over 32 domains, as a release-like config seen in third-party code says), 15.17B parameters on the meta device
+COSMOS3_CLASSES = "diffusers 0.42.1"
 
 # -- shared parts -----------------------------------------------------------------------------
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_decoder_layers=24, num_heads=64,
@@ -133,6 +139,15 @@ HELIOS_TRANSFORMER = dict(patch_size=[1, 2, 2], num_attention_heads=40, attentio
                           has_multi_term_memory_patch=True, is_amplify_history=False, history_scale_mode="per_head")
 HELIOS_INDEX = dict(scheduler=("diffusers", "HeliosScheduler"), text_encoder=("transformers", "UMT5EncoderModel"),
                     tokenizer=("transformers", "T5TokenizerFast"), transformer=("diffusers", "HeliosTransformer3DModel"), vae=("diffusers", "AutoencoderKLWan"))
+# Cosmos3OmniTransformer's defaults are the Nano's Qwen3-8B widths (hidden 4096, 36 layers, 32 heads / 8 key-value heads of
+# 128, FFN 12288, vocabulary 151936, mRoPE 24 + 20 + 20); the release turns on its sound (64 channels, 25 a second) and its
+# action stream (64 wide, 32 embodiment domains), which the defaults leave off
+COSMOS3_NANO_TRANSFORMER = dict(sound_gen=True, sound_dim=64, sound_latent_fps=25.0, action_gen=True, action_dim=64, num_embodiment_domains=32)
+COSMOS3_SOUND_TOKENIZER: dict = {}  # Cosmos3AVAEAudioTokenizer's defaults: 48 kHz stereo, decoder strides 2 x 4 x 5 x 6 x 8, 64 latent channels
+COSMOS3_INDEX = dict(default_use_system_prompt=True, enable_safety_checker=True, safety_checker=(None, None),
+                     scheduler=("diffusers", "UniPCMultistepScheduler"), sound_tokenizer=("diffusers", "Cosmos3AVAEAudioTokenizer"),
+                     text_tokenizer=("transformers", "Qwen2Tokenizer"), transformer=("diffusers", "Cosmos3OmniTransformer"),
+                     use_native_flow_schedule=False, vae=("diffusers", "AutoencoderKLWan"))
 QWEN3_VL_32B = dict(
     text_config=dict(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
                      num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
@@ -267,9 +282,16 @@ REPOS: dict[str, dict] = {
         "text_encoder/config.json": ("transformers", "UMT5EncoderModel", UMT5_XXL),
         "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN21_VAE),
     },
+    "nvidia/Cosmos3-Nano": {
+        "model_index.json": _index("Cosmos3OmniPipeline", **COSMOS3_INDEX),
+        "transformer/config.json": ("diffusers", "Cosmos3OmniTransformer", COSMOS3_NANO_TRANSFORMER),
+        "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN22_VAE),
+        "sound_tokenizer/config.json": ("diffusers", "Cosmos3AVAEAudioTokenizer", COSMOS3_SOUND_TOKENIZER),
+    },
     "Qwen/Qwen3-VL-8B-Instruct": _judge_files("QWEN3_VL_8B_INSTRUCT"),
     "CodeGoat24/UnifiedReward-qwen-7b": _judge_files("UNIFIED_REWARD_QWEN_7B"),
     "JoeLeelyf/Skyra-SFT": _judge_files("UNIFIED_REWARD_QWEN_7B"),
+    "nvidia/Cosmos-Reason2-8B": _judge_files("QWEN3_VL_8B_INSTRUCT"),
 }
 
 # repo -> where its numbers come from (SOURCES.md)
@@ -320,10 +342,24 @@ SOURCES = {
                                f"HeliosPipeline with HeliosScheduler (diffusers 0.42.1's HeliosPipeline components). The release's "
                                f"transformer/config.json itself is in no source read here: a value it changes from those defaults is not "
                                f"known here (put its own files in the Hugging Face cache for its exact plan).",
+    "nvidia/Cosmos3-Nano": f"**Stand-ins**, every file: the release's own files were not readable offline (its scheduler, index flags, "
+                           f"transformer config and which revision holds bf16 weights are not known here). transformer: "
+                           f"{COSMOS3_CLASSES}'s Cosmos3OmniTransformer defaults (Qwen3-8B's widths: hidden 4096, 36 layers, 32 heads and 8 "
+                           f"key-value heads of 128, FFN 12288, vocabulary 151936) with the sound (64 channels, 25 a second) and the action "
+                           f"stream (64 wide, 32 embodiment domains) on, as a release-like config seen in third-party code says: 15.17B "
+                           f"parameters on the meta device (the \"16B\" of its name); vae: Wan2.2's VAE (z 48, 16x / 4x: the pipeline's "
+                           f"_encode_video says it matches Wan2.2's VAE; the numbers of Wan-AI/Wan2.2-TI2V-5B-Diffusers' above); "
+                           f"sound_tokenizer: Cosmos3AVAEAudioTokenizer's defaults (48 kHz stereo, hop 1920, 64 latent channels, encoder "
+                           f"included); model_index.json: Cosmos3OmniPipeline's components and its register_to_config defaults "
+                           f"(enable_safety_checker true, default_use_system_prompt true, use_native_flow_schedule false). Put the "
+                           f"release's own files in the Hugging Face cache for its exact plan.",
     "Qwen/Qwen3-VL-8B-Instruct": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "CodeGoat24/UnifiedReward-qwen-7b": "config.json: tests/full_size_configs.py's record of the repository's config.json.",
     "JoeLeelyf/Skyra-SFT": "**Stand-in**: a Qwen2.5-VL-7B fine-tune (cac_align/rewards/skyra.py); shipped is UnifiedReward-qwen-7b's "
                            "config.json, Qwen2.5-VL-7B-Instruct's architecture.",
+    "nvidia/Cosmos-Reason2-8B": "**Stand-in**: Qwen3-VL-8B post-trained by NVIDIA (docs/rewards.md, cosmos_reason); its own config.json is "
+                                "in no source read here; shipped is Qwen3-VL-8B-Instruct's config.json (tests/full_size_configs.py's "
+                                "record), the architecture it was trained from.",
 }
 
 

@@ -856,6 +856,16 @@ def _resolve(name: str, key: str, kind: str) -> Any:
     )
 
 
+def check_trainable(config: Any, key: str = "generator.name") -> None:
+    """Refuse, as a trainer's recipe is made, a generator its family cannot train (the family's optional
+    ``check_trainable(name, key)``: Cosmos 3's FP8 weights), before any weight loads."""
+    if config.is_synthetic or config.name in config.family.tiny_names:
+        return
+    hook = getattr(config.family, "check_trainable", None)
+    if hook is not None:
+        hook(config.name, key)
+
+
 def check_context_parallel_split(family: Any, config: Any, degree: int, transformer_config: Mapping[str, Any], head_keys: Sequence[str]) -> None:
     """What every family's ``check_context_parallel`` checks before anything loads: diffusers'
     Ulysses context parallel splits the video's latent tokens into ``degree`` equal chunks

@@ -64,7 +64,7 @@ from cac_align.plan.check import check_memory
 from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
-from cac_align.gen.family import check_prompt_images, fixed_frames, whole_latents
+from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning
 from cac_align.rl.credit import chunk_credit, position_terms
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, SideStreamLoss, flow_grpo_loss
@@ -311,6 +311,7 @@ class FlowGrpoConfig:
         if self.learning_rate <= 0 or self.beta < 0 or self.adv_clip_max <= 0:
             raise ValueError("learning_rate and adv_clip_max must be > 0 and beta >= 0")
         self._check_audio()
+        check_trainable(self.generator)  # weights no trainer can adapt (Cosmos 3's FP8): refused before they load
         if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch (+ its audio branch, trained)
             family = self.generator.family
             audio = list(family.audio_lora_target_modules) if self.audio == "trained" else []

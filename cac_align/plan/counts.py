@@ -138,6 +138,9 @@ class GeneratorCounts:
         vae_clip: the latent frames of one VAE call where the family decodes and encodes a video
             clip by clip, the clips joined in time (its ``vae_clip_latent_frames``: Helios's chunk,
             9), so the plan traces that loop; 0: the whole video in one call.
+        one_row_a_forward: the transformer has no batch axis, each row (and each guidance branch)
+            is its own forward (the family's ``one_row_a_forward``: Cosmos 3), so the backward
+            recomputes one row's block at a time (:func:`~cac_align.plan.rows.activation_bytes`).
     """
 
     source: str
@@ -155,6 +158,7 @@ class GeneratorCounts:
     vae: Any = field(default=None, compare=False, repr=False)
     vae_one_video: bool = False
     vae_clip: int = 0
+    one_row_a_forward: bool = False
     # the soundtracks' decode, to trace (a family's ``audio_decode`` over these modules:
     # ``(batch, num_frames, fps, dtype) -> (decode, latents, kept)``); None: not traced
     audio_decode: Any = field(default=None, compare=False, repr=False)
@@ -205,6 +209,7 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
     return GeneratorCounts(source, family.title, transformers, encoders, others, hidden, heads, len(transformers[0].blocks), patch_t,
                            family.spatial_multiple, family.frame_multiple, splits, modules.get("vae"),
                            vae_one_video=bool(getattr(family, "vae_one_video", False)), vae_clip=int(getattr(family, "vae_clip_latent_frames", 0)),
+                           one_row_a_forward=bool(getattr(family, "one_row_a_forward", False)),
                            latent_frames_of=getattr(family, "latent_frames", None), tokens_of=getattr(family, "sequence_tokens", None),
                            audio_decode=functools.partial(family.audio_decode, modules) if hasattr(family, "audio_decode") else None)
 

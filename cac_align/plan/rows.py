@@ -96,14 +96,16 @@ def video_tokens(num_frames: int, height: int, width: int, spatial_multiple: int
 
 
 def activation_bytes(tokens: int, hidden_size: int, num_layers: int, batch_per_process: int, gradient_checkpointing: bool,
-                     context_parallel: int = 1, dtype: Any = "bfloat16") -> int:
+                     context_parallel: int = 1, dtype: Any = "bfloat16", one_row_a_forward: bool = False) -> int:
     """The activations one training forward keeps for its backward, per process (arithmetic, an
     estimate; module docstring).
 
     ``rows x ceil(tokens / cp) x hidden x bytes`` is one hidden-sized tensor over the process's
     tokens; a block keeps :data:`ACTIVATION_WIDTHS` of them. Without gradient checkpointing every
     block keeps its own: ``layers x 24`` of them; with it each block keeps its input, and the block
-    being recomputed in the backward its 24: ``layers + 24``.
+    being recomputed in the backward its 24: ``layers + 24``. A transformer with no batch axis
+    (``one_row_a_forward``: Cosmos 3, one packed sequence a forward) keeps every row's block inputs
+    but recomputes one row's block at a time: ``rows x layers + 24`` over one row's tokens.
 
     Args:
         tokens: the transformer's tokens per video (:func:`video_tokens`).
@@ -114,13 +116,16 @@ def activation_bytes(tokens: int, hidden_size: int, num_layers: int, batch_per_p
         gradient_checkpointing: recompute each block in the backward.
         context_parallel: processes sharing one video's tokens (each holds ``1/cp`` of them).
         dtype: the activations' dtype (the autocast one).
+        one_row_a_forward: each row is its own forward (the family's ``one_row_a_forward``).
 
     Returns:
         Bytes per process.
     """
-    per_width = batch_per_process * math.ceil(tokens / context_parallel) * hidden_size * dtype_bytes(dtype)
+    per_row = math.ceil(tokens / context_parallel) * hidden_size * dtype_bytes(dtype)
+    if gradient_checkpointing and one_row_a_forward:
+        return per_row * (batch_per_process * num_layers + ACTIVATION_WIDTHS)
     widths = num_layers + ACTIVATION_WIDTHS if gradient_checkpointing else num_layers * ACTIVATION_WIDTHS
-    return per_width * widths
+    return batch_per_process * per_row * widths
 
 
 def guided_rows(guidance: Mapping[str, Any]) -> int:
@@ -421,8 +426,9 @@ def memory_plan(counts: GeneratorCounts, *, settings: ParallelSettings, num_proc
     rows += judge_rows(judges, unknown_judges, " (the leaders' GPUs)" if cp > 1 else "")
     if judges_bytes:
         rows.append(PlanRow("judges (resident)", int(judges_bytes), "given"))
-    act = activation_bytes(tokens, counts.hidden_size, counts.num_layers, batch_per_process, gradient_checkpointing, cp, dtype)
-    tokens_note = f"{tokens:,} tokens" + (f" / cp {cp}" if cp > 1 else "")
+    act = activation_bytes(tokens, counts.hidden_size, counts.num_layers, batch_per_process, gradient_checkpointing, cp, dtype,
+                           one_row_a_forward=counts.one_row_a_forward)
+    tokens_note = f"{tokens:,} tokens" + (f" / cp {cp}" if cp > 1 else "") + (", one sequence a forward" if counts.one_row_a_forward else "")
     rows.append(PlanRow(f"activations ({batch_per_process} x {tokens_note}, {'checkpointed' if gradient_checkpointing else 'all kept'})", act,
                         "arithmetic", "train"))
     if overhead_bytes:

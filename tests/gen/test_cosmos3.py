@@ -2,13 +2,15 @@
 are read by their model_index.json; bon's frames are diffusers' Cosmos3OmniPipeline.__call__'s with the same seed, hash
 for hash, and its waveform exactly (text to video and image to video, one call a row), another seed differs; bon writes
 24 fps mp4s with their 48 kHz AAC track and a WAV; what is not run (frame counts not 4k + 1, one frame, the distilled and
-text-to-image releases, repair, context parallel, action conditions, a guardrail that is not installed) is refused in one
-line. The trainers (stage 2): every recipe takes the generation stream's attention (and the sound's projections with
+text-to-image releases, repair, context parallel, action conditions, a guardrail that is not installed, training a
+quantized (FP8) transformer) is refused in one line. The trainers (stage 2): every recipe takes the generation stream's attention (and the sound's projections with
 audio: trained); the sampler at noise 0 is the pipeline run with the Euler scheduler on the trainers' grid, video and
 sound latents torch.equal (text and image to video); flow-grpo's log-probabilities, the sound's too, are a hand
 computation from that scheduler's own step and recompute from the record; a LoRA we write loads with the transformer's
 load_lora_adapter and gives our frames; by a folder and an unlisted hub id, bon, flow-grpo, nft and dpo each run one
-step, the LoRA moved and nothing else (slow). Routed sound-only rewards: tests/jobs/test_audio_training.py."""
+step, the LoRA moved and nothing else (slow). The memory plan of the Nano from its configs shipped with cac-align: its
+parameters, LoRA and tokens counted, its activations one packed sequence a forward. Routed sound-only rewards:
+tests/jobs/test_audio_training.py."""
 
 from __future__ import annotations
 
@@ -167,6 +169,26 @@ def test_what_is_not_run_is_refused_in_one_line_with_its_reason(saved, tmp_path,
     (guarded / "model_index.json").write_text(json.dumps({**index, "enable_safety_checker": True}))
     cases.append((RecipeError, r"sets enable_safety_checker.*pip install cosmos_guardrail",
                   lambda: build_generator(GeneratorConfig(**{**TINY, "name": str(guarded)}))))
+    # training a quantized transformer (the release's FP8 revision: a quantization_config in its config.json), refused as
+    # each trainer's recipe is made, before a weight loads; the same folder's bf16 original is taken (control, below)
+    from cac_align.config import load_config
+    from cac_align.jobs.dpo import DpoConfig
+    from cac_align.jobs.flow_grpo import FlowGrpoConfig
+    from cac_align.jobs.nft import NftConfig
+
+    fp8 = tmp_path / "fp8"
+    shutil.copytree(saved, fp8)
+    config_file = fp8 / "transformer" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "quantization_config": {"quant_method": "modelopt", "quant_type": "FP8"}}))
+
+    def trainer(cls, job, folder):
+        recipe = REPO_ROOT / f"recipes/align/{job.replace('-', '_')}_tiny_cosmos3.yaml"
+        return load_config(cls, recipe, [f"out_dir={tmp_path / job}", f"generator.name={folder}"], job=job)
+
+    for cls, job in ((FlowGrpoConfig, "flow-grpo"), (NftConfig, "nft"), (DpoConfig, "dpo")):
+        cases.append((RecipeError, r"generator.name=.*fp8.*has a quantization_config \(modelopt.*name the bf16 weights: the release's revision=main",
+                      lambda cls=cls, job=job: trainer(cls, job, fp8)))
+    assert trainer(FlowGrpoConfig, "flow-grpo", saved).generator.name == str(saved)  # control: the bf16 folder trains
     for error, match, call in cases:
         with pytest.raises(error, match=match) as caught:
             call()
@@ -367,3 +389,31 @@ def test_every_job_runs_one_step_by_folder_and_by_an_unlisted_hub_id_training_on
             if base is not None:
                 after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
                 assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base), job
+
+
+def test_the_nanos_shipped_configs_plan_one_packed_sequence_a_forward(hub_cache):
+    """Cosmos3-Nano counted offline from the configs shipped with cac-align (cac_align/plan/full_size/SOURCES.md, stand-ins
+    of diffusers 0.42.1's class defaults): the numbers are hand-worked from those configs, and the activations are those of a
+    transformer with no batch axis (every row's block inputs kept, one row's block recomputed at a time)."""
+    from cac_align.gen.lora import LoraSettings
+    from cac_align.plan import configs as plan_configs
+    from cac_align.plan.counts import counted_generator
+    from cac_align.plan.rows import activation_bytes
+
+    assert plan_configs.planned_from_shipped(NANO)
+    counts = counted_generator(GeneratorConfig(name=NANO), LoraSettings(rank=32))
+    transformer = counts.transformers[0]
+    assert transformer.parameters == 15_173_669_120  # Qwen3-8B widths, 36 layers, sound 64, action 64 x 32 domains: 15.17B
+    assert len(transformer.blocks) == 36 and set(transformer.blocks) == {385_892_864}  # one Cosmos3VLTextMoTDecoderLayer
+    # the LoRA's width a layer: add_q_proj 4096 + 4096, add_k_proj and add_v_proj 4096 + 1024 each (8 key-value heads of 128),
+    # to_add_out 4096 + 4096 = 26,624; x 36 layers
+    assert transformer.lora_width == 26_624 * 36
+    assert [o.name for o in counts.others] == ["sound_tokenizer", "vae"] and not counts.encoders  # no text encoder
+    # 480 x 832 x 121: 31 latent frames x 15 x 26 patches (2 x 2 over 30 x 52) = 12,090; sound ceil(242,000 / 1,920) = 127;
+    # text 1,024 (the estimate): 13,241
+    assert counts.tokens_of(121, 480, 832) == 12_090 + 127 + 1_024
+    assert counts.one_row_a_forward and counts.vae_one_video
+    one_row = 13_241 * 4096 * 2  # one hidden-sized bf16 tensor over one sequence
+    # CFG: 2 forwards, checkpointed: 2 x 36 block inputs kept + one block's 24 widths while it is recomputed
+    assert activation_bytes(13_241, 4096, 36, 2, True, one_row_a_forward=True) == one_row * (2 * 36 + 24)
+    assert activation_bytes(13_241, 4096, 36, 2, True) == one_row * 2 * (36 + 24)  # control: a batched forward's

@@ -107,6 +107,9 @@ def test_video_tokens_and_activations_by_hand():
     assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True) == 160 * (3 + 24)
     assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True, context_parallel=2) == 80 * (3 + 24)
     assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True, dtype="float32") == 320 * (3 + 24)
+    # no batch axis (Cosmos 3): each of the 2 rows keeps its 3 block inputs (80 bytes each), one row's block recomputed: 80 x (6 + 24)
+    assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=True, one_row_a_forward=True) == 80 * (2 * 3 + 24)
+    assert activation_bytes(10, 4, 3, 2, gradient_checkpointing=False, one_row_a_forward=True) == 160 * 3 * 24  # all kept either way
 
 
 def test_guided_rows_of_each_family():

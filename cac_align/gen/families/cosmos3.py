@@ -59,7 +59,11 @@ stepping on the video's sigmas (the pipeline deep-copies one scheduler for it), 
   one-frame requests (:meth:`Cosmos3Family.check_settings`);
 - action conditions (robotics): a prompt line's ``action`` is refused as the prompt file is read
   (:mod:`cac_align.run.input_files`);
-- ``repair`` (:func:`regenerator_for_index`) and context parallel (:data:`_NO_CONTEXT_PARALLEL`).
+- ``repair`` (:func:`regenerator_for_index`) and context parallel (:data:`_NO_CONTEXT_PARALLEL`);
+- **FP8**: training (``flow-grpo``, ``nft``, ``dpo``) a checkpoint whose transformer's ``config.json`` has a
+  ``quantization_config`` (the release's FP8 weights, ModelOpt's, on a revision of their own), as the recipe is made,
+  before any weight loads (:meth:`Cosmos3Family.check_trainable`): a LoRA needs the bf16 weights. ``bon`` loads it as
+  diffusers does.
 
 **The release settings** (what a recipe leaves unset takes), from diffusers 0.42.1 (``__call__``'s defaults) and its
 Cosmos 3 documentation page (``docs/source/en/api/pipelines/cosmos3.md``, which samples with
@@ -150,6 +154,10 @@ class Cosmos3Family(NoContextParallel):
     # added where a recipe trains the sound (audio: trained): the layers only the sound's tokens pass, its input and output
     # projections (the blocks are one stream for both: their attention is in the LoRA above), as MiniMax-H3's
     audio_lora_target_modules: tuple[str, ...] = ("audio_proj_in", "audio_proj_out")
+    # the transformer has no batch axis: a row is one packed sequence and one forward (two with CFG), and the VAE decodes one
+    # row at a time (decode): the memory plan's activations and its traced decode follow (cac_align.plan)
+    one_row_a_forward: bool = True
+    vae_one_video: bool = True
     # the trainers' grid may start just short of sigma 1 at pure noise (a checkpoint with use_native_flow_schedule: 0.9999):
     # Flow-GRPO's square-root noise scale then takes its s = 1 form at step 0 (on the usual grid its first sigma is 1.0 itself)
     pure_noise_start: bool = True
@@ -193,6 +201,19 @@ class Cosmos3Family(NoContextParallel):
             getattr(pipe, name).to(resolve_dtype(vae_dtype))
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def check_trainable(self, name: str, key: str) -> None:
+        """Refuses (module docstring, "FP8") a checkpoint whose ``transformer/config.json`` has a ``quantization_config``:
+        read from the folder or the hub cache before any weight loads; nothing where the file cannot be read."""
+        from cac_align.gen.family import read_model_file
+
+        quantized = (read_model_file(name, "transformer/config.json") or {}).get("quantization_config")
+        if quantized:
+            method = quantized.get("quant_method", "quantized") if isinstance(quantized, Mapping) else "quantized"
+            raise ValueError(f"{key}={name!r}: its transformer/config.json has a quantization_config ({method}: quantized weights such as "
+                             "the release's FP8 revision), which the trainers cannot put a LoRA on or take gradients through; name the bf16 "
+                             f"weights: the release's revision=main unless its model card names another (`hf download {NANO} --revision main "
+                             f"--local-dir DIR`, then {key}=DIR), or a folder of bf16 weights")
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_COSMOS3_BUILDERS[name](seed)
