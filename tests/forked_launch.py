@@ -73,9 +73,10 @@ def _ensure_forkserver() -> None:
     _started = True
 
 
-def _run(script: str, args: list[str], env: dict[str, str], logs: str, cwd: str) -> None:
+def _run(script: str, args: list[str], env: dict[str, str], logs: str, cwd: str, module: bool = False) -> None:
     """In a launched process: send stdout and stderr to this rank's files, take the launch's environment
-    (torchrun's variables kept), then run ``script`` as ``__main__`` with ``args`` (as ``python SCRIPT ARGS``)."""
+    (torchrun's variables kept), then run ``script`` as ``__main__`` with ``args`` (as ``python SCRIPT ARGS``;
+    ``module``: ``script`` is a module, as ``python -m SCRIPT ARGS``)."""
     import runpy
 
     import torch
@@ -94,9 +95,17 @@ def _run(script: str, args: list[str], env: dict[str, str], logs: str, cwd: str)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     os.chdir(cwd)
     sys.argv = [script, *args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as python puts the script's folder first
+    # the launch's PYTHONPATH, which a new interpreter would put on its path (the forkserver's is there already)
+    for entry in reversed([e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]):
+        if os.path.abspath(entry) not in sys.path:
+            sys.path.insert(0, os.path.abspath(entry))
+    # as python puts the script's folder first, or for -m the working folder
+    sys.path.insert(0, os.getcwd() if module else os.path.dirname(os.path.abspath(script)))
     try:
-        runpy.run_path(script, run_name="__main__")
+        if module:
+            runpy.run_module(script, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(script, run_name="__main__")
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -142,20 +151,68 @@ def _outputs(logs: Path, processes: int) -> tuple[str, str]:
     return read[0], read[1]
 
 
-def launch(script: Path, args: list[str], *, processes: int, port: int, env: dict[str, str], cwd: Path,
-           timeout: float = 600) -> subprocess.CompletedProcess:
+def launch(script: Path | str, args: list[str], *, processes: int, port: int, env: dict[str, str], cwd: Path,
+           timeout: float = 600, module: bool = False) -> subprocess.CompletedProcess:
     """Run ``script`` with ``args`` on ``processes`` processes (1: as ``python``; more: as ``torchrun
     --nproc_per_node processes --master_port port``) and return the finished launch, whatever its status
-    (``returncode`` 0 when every process ended well)."""
+    (``returncode`` 0 when every process ended well). ``module``: ``script`` names a module (``-m``)."""
     with _main_not_rerun():
-        return _launch(script, args, processes=processes, port=port, env=env, cwd=cwd, timeout=timeout)
+        return _launch(script, args, processes=processes, port=port, env=env, cwd=cwd, timeout=timeout, module=module)
 
 
-def _launch(script: Path, args: list[str], *, processes: int, port: int, env: dict[str, str], cwd: Path,
-            timeout: float) -> subprocess.CompletedProcess:
+def torchrun_launch(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``command`` (``[python, "-m", "torch.distributed.run", *ARGS]``) as a forked launch when torch's own parser reads
+    ARGS as one node's static launch without restarts (``--nproc_per_node N --master_port P``, a script or ``-m``
+    module): :func:`launch` runs it. Any other launch, or ``CAC_TEST_TORCHRUN=1``, runs the command itself."""
+    from torch.distributed.run import get_args_parser
+
+    assert command[1:3] == ["-m", "torch.distributed.run"], command
+    args = get_args_parser().parse_args(command[3:])
+    forked = (str(args.nnodes) in ("1", "1:1") and int(args.max_restarts) == 0 and args.rdzv_backend == "static" and not args.standalone
+              and not args.no_python and not args.run_path)
+    if os.environ.get("CAC_TEST_TORCHRUN") or not forked:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return launch(args.training_script, list(args.training_script_args), processes=int(args.nproc_per_node), port=int(args.master_port),
+                  env=env, cwd=cwd, timeout=timeout, module=bool(args.module))
+
+
+def accelerate_launch(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``command`` (``[python, "-m", "accelerate.commands.launch", *ARGS]``, a ``--multi_gpu`` launch or one whose
+    config file shards) as a forked launch: accelerate's own parser and checks read ARGS (``launch_command_parser``,
+    ``_validate_launch_command``), its own ``prepare_multi_gpu_env`` makes the workers' environment from ``env``, as
+    ``accelerate launch`` does before it hands the launch to torchrun, and :func:`launch` runs what torchrun would
+    (the script, or ``-m`` module, on ``--num_processes`` processes at ``--main_process_port``). Under
+    ``CAC_TEST_TORCHRUN=1`` the command itself runs. A launch accelerate would not give torchrun (``--cpu``, one
+    process, DeepSpeed) is refused."""
+    if os.environ.get("CAC_TEST_TORCHRUN"):
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import check_cuda_p2p_ib_support, prepare_multi_gpu_env
+
+    assert command[1:3] == ["-m", "accelerate.commands.launch"], command
+    saved = dict(os.environ)
+    try:  # accelerate reads the launch's environment (its defaults, then prepare_multi_gpu_env's copy of it)
+        os.environ.clear()
+        os.environ.update(env)
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+        if args.cpu or args.use_deepspeed or not (args.multi_gpu or args.use_fsdp):
+            raise ValueError(f"accelerate would not hand this launch to torchrun (launch_command): {command}")
+        workers = prepare_multi_gpu_env(args)
+        if not check_cuda_p2p_ib_support():  # as multi_gpu_launcher
+            workers.setdefault("NCCL_P2P_DISABLE", "1")
+            workers.setdefault("NCCL_IB_DISABLE", "1")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return launch(args.training_script, list(args.training_script_args), processes=int(args.num_processes), port=int(args.main_process_port),
+                  env=workers, cwd=cwd, timeout=timeout, module=bool(args.module))
+
+
+def _launch(script: Path | str, args: list[str], *, processes: int, port: int, env: dict[str, str], cwd: Path,
+            timeout: float, module: bool = False) -> subprocess.CompletedProcess:
     _ensure_forkserver()
     logs = Path(tempfile.mkdtemp(prefix="forked_launch_"))
-    work = (str(script), list(args), {key: str(value) for key, value in env.items()}, str(logs), str(cwd))
+    work = (str(script), list(args), {key: str(value) for key, value in env.items()}, str(logs), str(cwd), module)
     command = ["forked_launch", str(processes), str(script), *args]
     if processes == 1:
         process = multiprocessing.get_context("forkserver").Process(target=_run, args=work)

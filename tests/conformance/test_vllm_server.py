@@ -9,7 +9,7 @@ The server is started by ``cac-align serve``'s own code (:func:`cac_align.jobs.s
 or the CLI itself) with this package's vLLM plugin, in float32. vLLM's CPU attention refuses
 head dimension 16, so the random models here have head dimension 64: the small Qwen3-VL
 (cac-demo's architecture and pixel grid) and a tiny Qwen2.5-VL (UnifiedReward's architecture).
-``CAC_VLLM_PYTHON`` names another vLLM interpreter. About 8 minutes on 2 cores.
+``CAC_VLLM_PYTHON`` names another vLLM interpreter. About 7 minutes on 2 cores (412 s alone, 2026-11-28).
 """
 
 from __future__ import annotations
@@ -290,20 +290,32 @@ def _same_rows(there: list[dict], here: list[dict]) -> None:
     np.testing.assert_allclose([r["score"] for r in there], [r["score"] for r in here], rtol=0, atol=1e-4)
 
 
-def test_the_readme_main_job_through_the_server(cac_demo_in_process, tmp_path):
+@pytest.fixture(scope="module")
+def cac_demo_server(tmp_path_factory):
+    """`cac-align serve --config recipes/serve/cac_demo.yaml`, started as a user starts it, for this module's two cac-demo
+    tests in file order: the README main job's on it fresh, then the killed-and-back test kills it mid-run (one vLLM
+    start fewer than a server each: a start is about a minute of both cores here)."""
+    folder = tmp_path_factory.mktemp("cac_demo_server")
+    port = _free_port()
+    process = _serve_cli(port, folder / "serve1.log")
+    served = {"process": process, "port": port, "log": folder / "serve1.log", "fresh": True}
+    yield served
+    stop_process_tree(process)
+
+
+def test_the_readme_main_job_through_the_server(cac_demo_in_process, cac_demo_server, tmp_path):
     """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-4
     through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process, each turn reading
     the same prompt tokens; on a fresh server the prompt tokens it computed (its counters, in
     served_cost.json) are at most 1.15 x the turns' own prompt tokens: each video's turn is
     prefilled once, the status reads continue it from the prefix cache."""
     from cac_align.cli import main
-    from cac_align.jobs import load_recipe
-    from cac_align.jobs.serve import started_server
 
-    _, serve = load_recipe(REPO_ROOT / "recipes/serve/cac_demo.yaml", [f"python={VLLM_PYTHON}", f"port={_free_port()}"])
-    with started_server(serve, log=str(tmp_path / "server.log")):
-        assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
-                     f"reward.model.base_url={serve.base_url}"]) == 0
+    assert cac_demo_server["fresh"], "the server has scored before: the prefix-cache bound below needs it fresh"
+    cac_demo_server["fresh"] = False
+    base_url = f"http://127.0.0.1:{cac_demo_server['port']}/v1"
+    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
+                 f"reward.model.base_url={base_url}"]) == 0
     there = [json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()]
     _same_rows(there, cac_demo_in_process)
     for served_row, local_row in zip(there, cac_demo_in_process):  # each turn: the tokens the model read, counted on both sides
@@ -350,9 +362,9 @@ def stop_started():
         stop_process_tree(_STARTED.pop())
 
 
-def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path, stop_started):
-    """The server dies mid-run (its process group killed): the score job stops within seconds
-    with one line, keeping the rows scored; `cac-align serve` starts it again; the same command
+def test_server_killed_mid_run_then_back(cac_demo_in_process, cac_demo_server, tmp_path, stop_started):
+    """The server (the module's cac-demo server) dies mid-run (its process group killed): the score job stops within
+    seconds with one line, keeping the rows scored; `cac-align serve` starts it again; the same command
     then keeps those rows and scores the rest, equal to in-process; stopping `cac-align serve`
     stops the server and every engine process it forked."""
     import contextlib
@@ -363,8 +375,8 @@ def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path, stop_sta
 
     import psutil
 
-    port = _free_port()
-    server = _serve_cli(port, tmp_path / "serve1.log")
+    port, server = cac_demo_server["port"], cac_demo_server["process"]
+    cac_demo_server["fresh"] = False
     engine = [p.pid for p in psutil.Process(server.pid).children(recursive=True)]
     assert len(engine) >= 2  # the vLLM server and its engine process
     score = [sys.executable, "-m", "cac_align.cli", "score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"),
@@ -385,7 +397,7 @@ def test_server_killed_mid_run_then_back(cac_demo_in_process, tmp_path, stop_sta
     kept = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert len(kept) == 8
     server.wait(60)  # cac-align serve saw its server die: it exits with one line
-    assert server.returncode != 0 and "exited with code" in (tmp_path / "serve1.log").read_text()
+    assert server.returncode != 0 and "exited with code" in cac_demo_server["log"].read_text()
 
     port = _free_port()
     server = _serve_cli(port, tmp_path / "serve2.log")

@@ -13,6 +13,7 @@ import torch
 from cac_align.cac.train.collate import IGNORE_INDEX, encode_chat
 from cac_align.config import RecipeError
 from cac_align.jobs import load_recipe
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 # The tiny Qwen3-VL's second deepstack merger gets no gradient (see tests/jobs/test_cac_sft.py).
@@ -297,7 +298,6 @@ def test_two_processes_agree(cac_data, tmp_path):
     the same parameters afterwards. (`accelerate launch --cpu --num_processes 2` starts a single
     process in this accelerate version; `--multi_gpu` starts two, which run on the CPU here.)"""
     import os
-    import subprocess
     import sys
 
     out = tmp_path / "ddp"
@@ -307,7 +307,7 @@ def test_two_processes_agree(cac_data, tmp_path):
                "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage3_grpo_tiny.yaml"),
                f"annotations={cac_data}", f"out_dir={out}", "model=tiny-random:qwen3_vl", "train.max_steps=1",
                "grpo.videos_per_step=4"]  # the global intent: the code gives each of the 2 processes 2 videos
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (entry,) = _metrics(out)
     assert entry["process_param_spread"] == 0.0 and entry["grad_norm"] > 0

@@ -17,6 +17,7 @@ from cac_align.run.folder import read_manifest
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
 from cac_align.vlm.hf import processor_inputs, render_chat
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 
@@ -415,7 +416,6 @@ def test_two_processes_split_the_data(cac_data, tmp_path):
     """`accelerate launch` with two CPU processes (gloo): the 12 stage-1 frames at 2 per process
     take 3 steps per epoch (one process would need 6), and the run completes with one final model."""
     import os
-    import subprocess
     import sys
 
     out = tmp_path / "ddp"
@@ -424,7 +424,7 @@ def test_two_processes_split_the_data(cac_data, tmp_path):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                "-m", "cac_align.cli", "train-cac", "--config", str(REPO_ROOT / "recipes/cac/stage1_tiny.yaml"),
                f"annotations={cac_data}", f"out_dir={out}", "train.max_steps=3", "train.eval_steps=3", "train.save_steps=3"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((out / "data.json").read_text())["stats"]["train"]["frame_anomalous"] == 6

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cac_align.gen.pairs import PairError, latent_mask, read_pairs
 from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, predict_velocity
 from cac_align.gen.families.wan import WAN21, build_tiny_wan_pipeline
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run, warmup_factor
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 DPO_TINY = REPO_ROOT / "recipes/align/dpo_tiny.yaml"
@@ -253,7 +253,7 @@ def test_two_processes_give_the_lora_of_one(repaired, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script), str(repaired),
                str(tmp_path / "two"), "steps=2", "batch_size=1", "checkpoint_every=0", "warmup_steps=2", SPLIT]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))

@@ -24,6 +24,7 @@ from cac_align.run.dist import step_indices
 from cac_align.gen.generator import LORA_WEIGHT_NAME, GeneratorConfig, build_generator, generate_videos, predict_velocity, sample_with_log_probs
 from cac_align.gen.families.wan import TINY_WAN, build_tiny_wan_pipeline, decode_latents
 from cac_align.rewards import RewardOutput
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 TINY_RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny.yaml"
@@ -501,8 +502,8 @@ def test_two_processes_resume_exactly(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script)]
     for out, overrides in (("straight", ["steps=3"]), ("resumed", ["steps=2"]), ("resumed", ["steps=3", "resume=true"])):
-        done = subprocess.run([*launch, str(tmp_path / out), "checkpoint_every=1", *overrides], env=env, capture_output=True,
-                              text=True, timeout=300, cwd=REPO_ROOT)
+        done = forked_launch.accelerate_launch([*launch, str(tmp_path / out), "checkpoint_every=1", *overrides], env=env, cwd=REPO_ROOT,
+                                               timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for rank in (0, 1):
         a = load_file(str(tmp_path / f"straight/rank{rank}.safetensors"))

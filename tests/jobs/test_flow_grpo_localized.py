@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +18,7 @@ from cac_align.config import load_config
 from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.rewards import columns
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 LOCALIZED = REPO_ROOT / "recipes/align/flow_grpo_tiny_localized.yaml"
@@ -263,7 +263,7 @@ def test_two_processes_give_the_maps_and_losses_of_one(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CAC_ALIGN_TEST_LOCALIZED": str(tmp_path / "two")}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script), str(tmp_path / "ddp")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # the scalar run of the same processes: both ranks hold the same LoRA (the scalar path's proof)
     assert json.loads((tmp_path / "ddp/world.json").read_text()) == json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}

@@ -16,6 +16,7 @@ from PIL import Image
 
 from cac_align.config import RecipeError, load_config
 from cac_align.run.input_files import read_prompt_rows, read_prompts
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 RECIPES = REPO_ROOT / "recipes/align"
@@ -308,7 +309,6 @@ def test_image_to_video_on_two_processes_trains_as_one(tmp_path):
     """One step of flow_grpo_tiny_i2v.yaml on two gloo processes (`accelerate launch`) gives the
     LoRA one process trains, and its logged numbers."""
     import os
-    import subprocess
     import sys
 
     from safetensors.torch import load_file
@@ -323,7 +323,7 @@ def test_image_to_video_on_two_processes_trains_as_one(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests/generator_two_process.py"), str(RECIPES / "flow_grpo_tiny_i2v.yaml"), str(tmp_path / "two")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
     assert set(rank0) == set(rank1) == set(one) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)

@@ -24,6 +24,7 @@ from cac_align.gen.families.ltx2_repair import SegmentLayout, segment_layout
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.rewards.registry import build_reward
 from cac_align.video import load_video
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 RECIPES = REPO_ROOT / "recipes/align"
@@ -135,7 +136,7 @@ def test_two_processes_train_as_one(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests/generator_two_process.py"), str(recipe), str(tmp_path / "two")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))

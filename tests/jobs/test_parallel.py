@@ -668,6 +668,38 @@ def test_a_forked_launch_gives_its_processes_what_the_command_line_gives(process
             assert {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"} <= set(forked["env"])
 
 
+@pytest.mark.slow
+def test_a_forked_accelerate_launch_gives_its_processes_what_accelerate_launch_gives(tmp_path):
+    """tests/forked_launch.py's accelerate_launch, which the two-process tests of the jobs use, against the
+    ``accelerate launch --multi_gpu`` command itself, with ``-m`` as the CaC stages launch: each process sees the same
+    environment (accelerate's variables and torchrun's), arguments, ``sys.argv[0]``, folder and ``__name__``; only the
+    port and torchrun's per-run error-file path may differ."""
+    (tmp_path / "seen_environment.py").write_text(ENVIRONMENT.replace("sys.argv[1:]", "sys.argv"))
+    seen = {}
+    for how in ("forked", "command"):
+        (tmp_path / how).mkdir()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]), "OMP_NUM_THREADS": "1", "CAC_TEST_MARK": how}
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "seen_environment",
+                   str(tmp_path / how)]
+        if how == "forked":
+            done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT)
+        else:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen[how] = [json.loads(path.read_text()) for path in sorted((tmp_path / how).glob("seen*.json"))]
+    assert len(seen["forked"]) == len(seen["command"]) == 2
+    for forked, command in zip(seen["forked"], seen["command"], strict=True):
+        assert forked["argv"] == [str(tmp_path / "seen_environment.py"), str(tmp_path / "forked")]
+        assert command["argv"] == [str(tmp_path / "seen_environment.py"), str(tmp_path / "command")]
+        assert forked["name"] == command["name"] == "__main__" and forked["cwd"] == command["cwd"] == str(REPO_ROOT)
+        assert forked["env"].pop("CAC_TEST_MARK") == "forked" and command["env"].pop("CAC_TEST_MARK") == "command"
+        varies = {"MASTER_PORT", "TORCHELASTIC_ERROR_FILE"}
+        assert {k: v for k, v in forked["env"].items() if k not in varies} == {k: v for k, v in command["env"].items() if k not in varies}
+        assert set(forked["env"]) == set(command["env"])
+        assert forked["env"]["ACCELERATE_MIXED_PRECISION"] == "no" and forked["env"]["WORLD_SIZE"] == "2"
+
+
 RESTART = """
 import os, signal, torch
 from cac_align.gen.parallel import ParallelSettings, connect_processes

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ from cac_align.jobs.repair import RepairConfig, run
 from cac_align.regions import Evidence, region_from_evidence
 from cac_align.rewards.base import ErrorKind, RewardBase, RewardOutput
 from cac_align.video import Video, load_video, save_video
+import forked_launch
 from conftest import REPO_ROOT, smooth_video, free_port
 
 TINY = REPO_ROOT / "recipes/align/repair_tiny.yaml"
@@ -301,7 +301,7 @@ def test_two_processes_split_the_videos_and_merge_in_input_order(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "cac_align.cli",
                "repair", "--config", str(TINY), "--out", str(tmp_path / "two")]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = forked_launch.torchrun_launch(command, env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     parts = {r: [json.loads(line)["index"] for line in (tmp_path / f"two/parts/rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     assert parts == {0: [0, 2], 1: [1, 3]}

@@ -17,6 +17,7 @@ from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline, build_tin
 from cac_align.gen.generator import GeneratorConfig, build_generator, generate_videos
 from cac_align.jobs.best_of_n import BonConfig, frames_sha256
 from cac_align.video import load_video
+import forked_launch
 from conftest import REPO_ROOT, free_port
 
 BUILDERS = {"ti2v": build_tiny_wan22_ti2v_pipeline, "a14b": build_tiny_wan22_a14b_pipeline}
@@ -162,7 +163,6 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
     trains, and log its losses. The A14B with a LoRA on both experts: each backward runs through
     one expert, so the other's LoRA is an unused parameter in it (DDP's find_unused_parameters)."""
     import os
-    import subprocess
     import sys
 
     from safetensors.torch import load_file
@@ -178,7 +178,7 @@ def test_two_processes_train_as_one(layout, experts, tmp_path):
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests/generator_two_process.py"), str(REPO_ROOT / f"recipes/align/flow_grpo_tiny_wan22_{layout}.yaml"),
                str(tmp_path / "two"), f"lora.experts={experts}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "two/world.json").read_text()) == {"num_processes": 2}
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))

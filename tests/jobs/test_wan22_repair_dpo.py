@@ -25,6 +25,7 @@ from cac_align.jobs.dpo import DpoConfig, pair_noise, run
 from cac_align.jobs.repair import RepairConfig
 from cac_align.jobs.repair import run as repair
 from cac_align.regions import Evidence, region_from_evidence
+import forked_launch
 from conftest import REPO_ROOT, smooth_video, free_port
 
 RECIPES = REPO_ROOT / "recipes/align"
@@ -168,7 +169,6 @@ def test_two_processes_train_the_a14b_as_one(repaired_a14b, tmp_path):
     unused in its backward (DDP's find_unused_parameters, set by the job), and the two processes
     still end with the one process's LoRAs, on both ranks."""
     import os
-    import subprocess
     import sys
 
     overrides = ["steps=2", "batch_size=1", "checkpoint_every=0", "warmup_steps=2", "loss.beta=1"]
@@ -178,7 +178,7 @@ def test_two_processes_train_the_a14b_as_one(repaired_a14b, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO_ROOT / "tests/dpo_two_process.py"),
                str(repaired_a14b), str(tmp_path / "two"), *overrides]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = forked_launch.accelerate_launch(command, env=env, cwd=REPO_ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rank0, rank1 = (load_file(str(tmp_path / f"two/rank{r}.safetensors")) for r in (0, 1))
     assert set(rank0) == set(rank1) and all(torch.equal(rank0[n], rank1[n]) for n in rank0)
