@@ -17,7 +17,8 @@ process, not of the test's: no state a test left behind reaches it.
 
 What the tests whose subject is the launcher itself need (restarts after a SIGKILL, a node killed, a
 stalled process) stays on the ``torchrun`` command line (tests/jobs/test_faults.py, test_nodes.py, and
-test_parallel.py's restart cases).
+test_parallel.py's restart cases). The jobs' own two-process tests give their ``accelerate launch`` or ``torchrun``
+command to :func:`accelerate_launch` / :func:`torchrun_launch`, which read it with accelerate's or torch's own parser.
 
 Each launch's environment is the one given (the caller's ``os.environ`` plus its own variables), set in
 the child before the script runs; the preloaded modules were imported with the environment the forkserver
@@ -182,8 +183,9 @@ def accelerate_launch(command: list[str], *, env: dict[str, str], cwd: Path, tim
     ``_validate_launch_command``), its own ``prepare_multi_gpu_env`` makes the workers' environment from ``env``, as
     ``accelerate launch`` does before it hands the launch to torchrun, and :func:`launch` runs what torchrun would
     (the script, or ``-m`` module, on ``--num_processes`` processes at ``--main_process_port``). Under
-    ``CAC_TEST_TORCHRUN=1`` the command itself runs. A launch accelerate would not give torchrun (``--cpu``, one
-    process, DeepSpeed) is refused."""
+    ``CAC_TEST_TORCHRUN=1`` the command itself runs. A launch accelerate would not give torchrun (``--cpu``, DeepSpeed,
+    a single-process launch) is refused. Not for test_fsdp's FSDP config: its forked workers finished their work but did
+    not exit (2026-11-28), so it runs the command."""
     if os.environ.get("CAC_TEST_TORCHRUN"):
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
