@@ -317,13 +317,14 @@ def test_a_jobs_help_lists_its_settings_with_their_defaults_values_and_what_they
                 "eval_prompts": "null", "reward": "{name: ur_cac}", "advantage.localize.enabled": "false", "learning_rate": "0.0001"}
             # 89, issue #89's four: audio, audio_rewards_blind_ok, advantage.routing, watch.components; #92's optimizer,
             # parallel.share_encoders and parallel.share_dir; #98 parallel.replicate; #104's twelve: loss, dppo_delta,
-            # advantage.aggregate and the nine of regularize; regularize.hold (#104, s16)
-            assert len(settings) == 110 and "generator.name" in settings and "parallel.shard" in settings
+            # advantage.aggregate and the nine of regularize; regularize.hold (#104, s16); regularize.project (#104, s19)
+            assert len(settings) == 111 and "generator.name" in settings and "parallel.shard" in settings
             assert {k: defaults[k] for k in ("loss", "dppo_delta", "advantage.aggregate", "regularize.gate", "regularize.reference")} == {
                 "loss": "ppo_clip", "dppo_delta": "null", "advantage.aggregate": "sum_then_normalize", "regularize.gate": "none",
                 "regularize.reference": "base"}
             assert settings["loss"][1].startswith("[ppo_clip | dppo_kl | dppo_tv] ") and settings["regularize.gate"][1].startswith("[none | uncertain] ")
             assert defaults["regularize.hold"] == "kl" and settings["regularize.hold"][1].startswith("[kl | worst_case] ")
+            assert defaults["regularize.project"] == "false" and "conflict" in settings["regularize.project"][1]
             assert defaults["parallel.share_encoders"] == "null" and defaults["parallel.share_dir"] == "null"
             assert defaults["optimizer"] == "adamw"
             assert {k: defaults[k] for k in ("audio", "audio_rewards_blind_ok", "advantage.routing", "watch.components")} == {

@@ -9,9 +9,16 @@ every channel up, the green with them: the proxy rises and the judge falls. The 
 - ``dppo``: ``loss: dppo_kl`` (DPPO's divergence mask in place of the ratio clip);
 - ``hold``: the same gate with ``regularize.hold: worst_case``: the samples it marks train on the worse of the proxy's
   and the judge's advantages (the KL as plain's, on every sample); ``hold_all``: the same with ``fraction: 1``, not
-  adapted: every sample the proxy rates above the judge but the least such is marked.
+  adapted: every sample the proxy rates above the judge but the least such is marked;
+- ``project``: ``regularize.project: true`` (no gate): the step's advantages projected off the judge's where the two
+  conflict (PCGrad on the advantages); ``project_hold``: that, then ``hold_all``'s gate.
 
-    python benchmarks/rl/reward_hacking.py --seeds 0 1 2 --steps 20          # about 2 minutes an arm and seed here
+The LoRA is on the transformer's output projection alone (``TOY``), where each latent channel, each colour of the
+preview, has its own rows. The red control checks that the toy can be brighter without being greener: trained on the
+red alone, the green must not move (on Wan's attention projections it rose: benchmarks/README.md)::
+
+    python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --steps 20          # about 11 s an arm and seed here
+    python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --arms plain "reward:={name: colour, channel: red, prefer: more}"
     python benchmarks/rl/reward_hacking.py --seeds 0 --arms plain gate --steps 10 beta=0.05
 
 Each run is :func:`cac_align.jobs.flow_grpo.run`'s trainer on ``recipes/align/flow_grpo_tiny_brightness.yaml`` with the
@@ -40,10 +47,13 @@ from cac_align.gen.parallel import release_trainer
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 JUDGE = {"name": "colour", "channel": "green", "prefer": "less"}
-# toy settings (flow_grpo_toy.py's, with a KL): a bigger group and LoRA, a faster learning rate, two updates a step
+# toy settings (flow_grpo_toy.py's, with a KL): a bigger group and LoRA, a faster learning rate, two updates a step; the LoRA on
+# the transformer's output projection alone, where each latent channel (each colour of the preview) has its own rows: on the
+# attention projections (Wan's LoRA targets, `lora.target_modules=null`) a policy trained on the red alone turned greener
+# too, so no guard could keep "brighter" and drop "greener" (benchmarks/README.md, the red control)
 TOY = ["group_size=8", "prompts_per_step=2", "sample_batch_size=8", "train_batch_size=4", "updates_per_step=2", "lora.rank=8", "lora.alpha=16",
-       "learning_rate=1e-2", "beta=0.01", "ema_decay=null", "log_with=none", "checkpoint_every=0", "eval_videos=0",
-       "eval_prompts=recipes/align/prompts_tiny.txt", *[f"eval_rewards.colour.{k}={v}" for k, v in JUDGE.items()]]
+       "lora.target_modules=[proj_out]", "learning_rate=1e-2", "beta=0.01", "ema_decay=null", "log_with=none", "checkpoint_every=0",
+       "eval_videos=0", "eval_prompts=recipes/align/prompts_tiny.txt", *[f"eval_rewards.colour.{k}={v}" for k, v in JUDGE.items()]]
 ARMS = {
     "plain": [],
     "gate": ["regularize.gate=uncertain", "regularize.reference=adaptive"],  # GARDO's defaults
@@ -52,6 +62,9 @@ ARMS = {
     "dppo": ["loss=dppo_kl"],
     "hold": ["regularize.gate=uncertain", "regularize.hold=worst_case"],  # the marked samples' advantages lowered to the judge's
     "hold_all": ["regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1", "regularize.adapt_fraction=false"],
+    "project": ["regularize.project=true"],  # the step's advantages projected off the judge's where they conflict (PCGrad)
+    "project_hold": ["regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1",
+                     "regularize.adapt_fraction=false"],
 }
 
 

@@ -381,7 +381,7 @@ def _run_folder(config: FlowGrpoConfig, prompts: list[str], images: list[Any] | 
     resolved = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     fingerprint = run_fingerprint(config, prompts, RUN_ONLY_KEYS, images)
     advantage = fingerprint.get("advantage", {})  # settings added later, at their defaults, are out of it (run/folder.py LATER_DEFAULTS)
-    if config.regularize.gated and not config.regularize.judges:  # the gate's judges are the held-out ones: no longer run-only
+    if config.regularize.judged and not config.regularize.judges:  # the guards' judges are the held-out ones: no longer run-only
         fingerprint["regularize"]["judges"] = resolved["eval_rewards"]
     if not config.advantage.localize.enabled:  # the scalar estimator: a run folder of before the setting still matches
         advantage.pop("localize", None)

@@ -10,7 +10,8 @@ and this module is only what a step does with it:
 - :meth:`RunGuards.kl_weights`: their scores gathered over the step, GARDO's gate
   (:func:`~cac_align.rl.gardo.step_gate`): the KL weight of each of this process's samples, or
   (``regularize.hold: worst_case``) the marked samples' advantages lowered to the judges'
-  (:func:`~cac_align.rl.gardo.worst_case_advantages`);
+  (:func:`~cac_align.rl.gardo.worst_case_advantages`); with ``regularize.project``, first the step's advantages
+  projected off the judges' where the two conflict (:func:`~cac_align.rl.gardo.projected_advantages`);
 - :meth:`RunGuards.reset_reference`, :meth:`RunGuards.reference_policy`: the adaptive reference, a copy of
   the LoRA reset to the current one (:func:`~cac_align.rl.gardo.reference_reset_due`), which the KL holds
   the policy to; its copy and the gate's state go into each checkpoint (:meth:`RunGuards.save`,
@@ -34,8 +35,8 @@ import torch
 from cac_align.gen.lora import adapters_disabled, load_lora_copy, swapped_lora, trainable
 from cac_align.rewards.columns import collect_outputs, component_raw, route_table, score_batch
 from cac_align.rl.advantages import GroupAdvantages, group_advantages, nan_mean_std, normalize_then_sum
-from cac_align.rl.gardo import (GateState, diversity_multipliers, judge_advantages, latent_features, reference_reset_due, step_gate,
-                                worst_case_advantages)
+from cac_align.rl.gardo import (GateState, diversity_multipliers, judge_advantages, latent_features, projected_advantages, reference_reset_due,
+                                step_gate, worst_case_advantages)
 
 __all__ = ["REFERENCE_FILE", "RunGuards", "check_guards", "sampled_mean", "step_advantages"]
 
@@ -59,8 +60,10 @@ def check_guards(config: Any) -> None:
     if (guard.kl_gated or guard.adaptive) and not (config.beta > 0):
         acting = " and ".join(s for s, on in ((f"regularize.gate={guard.gate}", guard.kl_gated), (f"regularize.reference={guard.reference}", guard.adaptive)) if on)
         raise ValueError(f"{acting} act(s) on the KL term, which beta={config.beta:g} turns off: set beta > 0")
-    if guard.gated and not (guard.judges or config.eval_rewards):
-        raise ValueError("regularize.gate=uncertain needs auxiliary judges: regularize.judges, or eval_rewards (the run's held-out judges)")
+    if guard.judged and not (guard.judges or config.eval_rewards):
+        asked = [s for s, on in (("regularize.gate=uncertain", guard.gated), ("regularize.project=true", guard.project)) if on]
+        raise ValueError(f"{' and '.join(asked)} need{'s' if len(asked) == 1 else ''} auxiliary judges: regularize.judges, or eval_rewards "
+                         "(the run's held-out judges)")
     for label, section in guard.judges.items():
         reward_config(section, f"regularize.judges.{label}")
     if config.advantage.aggregate == "normalize_then_sum" and config.parallel.context_parallel > 1:
@@ -69,6 +72,9 @@ def check_guards(config: Any) -> None:
     if guard.gated and guard.hold == "worst_case" and config.advantage.routing == "routed":
         raise ValueError("regularize.hold=worst_case lowers the summed advantage; advantage.routing=routed trains each component's own: "
                          "use regularize.hold=kl there (the gate's KL), or advantage.routing=summed")
+    if guard.project and config.advantage.routing == "routed":
+        raise ValueError("regularize.project=true projects the summed advantage; advantage.routing=routed trains each component's own: "
+                         "use advantage.routing=summed with it")
     if config.advantage.aggregate == "normalize_then_sum" and config.advantage.routing == "routed":
         raise ValueError("advantage.aggregate=normalize_then_sum sums the components' group-normalized scores; advantage.routing=routed "
                          "routes them apart: use one of them")
@@ -88,7 +94,7 @@ class RunGuards:
 
     def __init__(self, settings: Any, judges: dict[str, Any], model: torch.nn.Module, *, std: str = "group", clip: float | None = None):
         self.settings, self.model, self.std, self.clip = settings, model, std, clip
-        self.judges = judges if settings.gated else {}
+        self.judges = judges if settings.judged else {}
         self.gate = GateState(fraction=settings.fraction)
         # an adaptive reference starts as the LoRA itself, whose B is 0: the base model
         self.reference = {name: p.detach().clone() for name, p in trainable(model).items()} if settings.adaptive else None
@@ -103,9 +109,10 @@ class RunGuards:
         """This process's samples' KL weights under ``regularize.gate: uncertain`` (None without it, and with
         ``hold: worst_case``): each judge's scores of the step gathered from every process (NaN where it failed;
         ``judged``: this process's batches as ``(size, {label: future})``, empty on a process that does not score),
-        then GARDO's gate over the step. With ``hold: worst_case`` the marked samples' advantages in ``adv`` (the
-        whole step's, with their ``groups``) are lowered to the judges' instead, in place."""
-        if not self.settings.gated:
+        then GARDO's gate over the step. With ``project`` the step's advantages in ``adv`` (the whole step's, with
+        their ``groups``) are first projected off the judges' where the two conflict; with ``hold: worst_case`` the
+        marked samples' advantages are then lowered to the judges' instead of a KL weight. Both in place."""
+        if not self.settings.judged:
             return None
         trainable_samples = adv.trainable
         columns = {}
@@ -114,10 +121,16 @@ class RunGuards:
             mine = np.concatenate([o.scores for o in outputs]) if outputs else np.full(len(local), np.nan)
             columns[label] = gather(mine)
             metrics[f"regularize/{label}_mean"] = nan_mean_std(columns[label])[0]
+        judges = judge_advantages(columns, groups, trainable_samples, std=self.std, clip=self.clip) if self.settings.project or \
+            self.settings.hold == "worst_case" else None
+        if self.settings.project:  # PCGrad on the advantages (rl/gardo.py, 1c)
+            adv.advantages, cosine = projected_advantages(adv.advantages, judges)  # an untrained sample: 0, its judges' NaN: as it was
+            metrics["regularize/cosine"], metrics["regularize/projected"] = cosine, float(cosine < 0)
+        if not self.settings.gated:
+            return None
         weights, said = step_gate(self.settings, self.gate, scores, columns, trainable_samples)
         metrics.update(said)
         if self.settings.hold == "worst_case":
-            judges = judge_advantages(columns, groups, trainable_samples, std=self.std, clip=self.clip)
             held = worst_case_advantages(adv.advantages, judges, weights > 0)
             n_trained = max(int(trainable_samples.sum()), 1)
             metrics["regularize/lowered_fraction"] = float((held < adv.advantages).sum()) / n_trained

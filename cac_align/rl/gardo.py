@@ -53,6 +53,22 @@ each judge's scores standardized in the sample's group as the proxy's are, avera
 the ensemble), applied where the gate finds the proxy and the judges disagreeing and nowhere else: a
 sample the proxy over-rates is not pushed towards by the proxy's advantage, whatever the KL.
 
+**1c. The step's advantages projected off the judges'** (``regularize.project``,
+:func:`projected_advantages`). A gate acts on samples, and a hack the policy learns as one shared
+direction (every sample a little greener) is on every sample: holding some samples back slows the
+run along it but does not turn it (benchmarks/README.md, reward_hacking.py). ``project`` turns it:
+when the step's training advantages ``a`` and the judges' ``j`` (:func:`judge_advantages`, over the
+samples both score) conflict, ``a . j < 0``, the update trains on ``a - (a . j / j . j) j``, the
+part of ``a`` orthogonal to ``j``; when they agree, on ``a`` as it is. This is PCGrad's "gradient
+surgery" (Yu et al., 2020, "Gradient Surgery for Multi-Task Learning", arXiv:2001.06782: a task's
+gradient projected onto the normal plane of a conflicting task's) done on the advantages: the policy
+gradient is ``sum_i a_i grad log p_i``, so with the samples' score-function gradients about
+orthogonal to each other (independent noise draws) an advantage vector orthogonal to the judges'
+gives an update that does not move the judges' objective, to first order. The judges are not
+trained on: a step whose proxy already agrees with them is untouched, and no step is pushed towards
+them. Over the whole step, as the update is (every process computes the same from the gathered
+scores); the projected advantages are not clipped again (each moves by at most ``|a|``).
+
 **2. The adaptive reference** (:func:`reference_reset_due`). GARDO copies the current LoRA into the
 reference at the start of a step when the step count since the last copy passes ``reset_freq`` or
 when a logged KL of the previous step's updates passed ``kl_thres`` (L789-799, L1042-1043; their KL
@@ -95,6 +111,7 @@ __all__ = [
     "gate_uncertain",
     "judge_advantages",
     "nearest_neighbour_distance",
+    "projected_advantages",
     "reference_reset_due",
     "reward_uncertainty",
     "step_gate",
@@ -146,6 +163,8 @@ class RegularizeSettings:
             or null: never by count.
         kl_bound: the KL that triggers a reset at the next step (GARDO's ``kl_thres``: 3e-4), or
             null: never by KL.
+        project: project the step's advantages off the judges' where the two conflict (module
+            docstring, 1c; :func:`projected_advantages`); with or without the gate, no KL needed.
         diversity: "none" or "latents": GARDO's diversity-aware advantages
             (:func:`diversity_multipliers`): a sample at or above its group's mean reward has its
             advantage multiplied by its nearest-neighbour distance in the group over the group's
@@ -166,6 +185,7 @@ class RegularizeSettings:
     reference: str = "base"
     reset_every: int | None = 16
     kl_bound: float | None = 3e-4
+    project: bool = False
     diversity: str = "none"
 
     def __post_init__(self) -> None:
@@ -182,6 +202,11 @@ class RegularizeSettings:
     @property
     def gated(self) -> bool:
         return self.gate == "uncertain"
+
+    @property
+    def judged(self) -> bool:
+        """The judges score every training sample: for the gate, or for ``project``."""
+        return self.gated or self.project
 
     @property
     def kl_gated(self) -> bool:
@@ -518,6 +543,37 @@ def worst_case_advantages(advantages: Sequence[float] | np.ndarray, judges: Sequ
     out = a.copy()
     out[take] = np.minimum(a[take], j[take])
     return out.astype(np.float32)
+
+
+def projected_advantages(advantages: Sequence[float] | np.ndarray, judges: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
+    """``regularize.project``: the step's advantages projected off the judges' where the two conflict
+    (module docstring, 1c).
+
+    Over the samples with a finite judges' advantage: ``a - (a . j / j . j) j`` when ``a . j < 0``
+    (and ``j`` is not all 0); the other samples, and every sample of a step whose two vectors agree,
+    keep their own.
+
+    Args:
+        advantages: ``(B,)`` the training reward's advantages over the whole step (0 where untrained);
+        judges: ``(B,)`` :func:`judge_advantages` (NaN where no judge gives one).
+
+    Returns:
+        ``((B,) float32 advantages, cosine)``: the cosine of ``a`` and ``j`` before the projection
+        (NaN when either is all 0 over the samples both score): negative where the step projected.
+
+    Hand-worked (tests/rl/test_gardo.py): ``a = [1, -1, 0.5, -0.5]``, ``j = [-1, 1, 1, -1]``:
+    ``a . j = -1``, ``j . j = 4``, so ``a + j / 4 = [0.75, -0.75, 0.75, -0.75]``, orthogonal to ``j``;
+    the cosine ``-1 / (sqrt(2.5) * 2)``.
+    """
+    a = _column(advantages, None, "advantages")
+    j = _column(judges, a.size, "judges")
+    ok = np.isfinite(j) & np.isfinite(a)
+    out = a.copy()
+    dot, jj, aa = float(a[ok] @ j[ok]), float(j[ok] @ j[ok]), float(a[ok] @ a[ok])
+    cosine = dot / math.sqrt(aa * jj) if aa > 0 and jj > 0 else math.nan
+    if dot < 0 and jj > 0:
+        out[ok] = a[ok] - (dot / jj) * j[ok]
+    return out.astype(np.float32), cosine
 
 
 # ---------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scal
                   "loss": "ppo_clip", "dppo_delta": None, "advantage.aggregate": "sum_then_normalize",
                   **{f"regularize.{key}": value for key, value in (("gate", "none"), ("hold", "kl"), ("judges", {}), ("fraction", 0.1), ("adapt_fraction", True),
                                                                   ("direction", "over"), ("reference", "base"), ("reset_every", 16),
-                                                                  ("kl_bound", 3e-4), ("diversity", "none"))}}
+                                                                  ("kl_bound", 3e-4), ("project", False), ("diversity", "none"))}}
 # Sections added later whose every setting is in LATER_DEFAULTS: left out when nothing is left in them.
 LATER_SECTIONS = ("parallel", "regularize")
 # Settings whose default changed after run folders recorded the old one: at the new default they

@@ -72,6 +72,7 @@ def test_the_guards_at_their_defaults_leave_run_folders_as_they_were(tmp_path):
     (["loss=trust_me"], "loss must be one of ('ppo_clip', 'dppo_kl', 'dppo_tv')"),
     (["advantage.aggregate=normalize_then_sum", "parallel.context_parallel=2"], "advantage.aggregate=normalize_then_sum with parallel.context_parallel > 1"),
     (["regularize.judges.x.name=brightnes", "regularize.gate=uncertain"], "regularize.judges.x: unknown reward 'brightnes'"),
+    (["regularize.project=true"], "regularize.project=true needs auxiliary judges: regularize.judges, or eval_rewards"),
 
 ])
 def test_guard_settings_that_cannot_run_are_refused_in_one_line(tmp_path, overrides, said):
@@ -89,6 +90,9 @@ def test_hold_worst_case_is_refused_with_routed_advantages(tmp_path):
     assert "regularize.hold=worst_case lowers the summed advantage; advantage.routing=routed trains each" in str(refused.value)
     assert "\n" not in str(refused.value)
     _config(tmp_path, *JUDGE, "audio=trained", "advantage.routing=routed", "regularize.gate=uncertain", recipe=sound)  # the KL gate: fine
+    with pytest.raises(RecipeError) as refused:
+        _config(tmp_path, *JUDGE, "audio=trained", "advantage.routing=routed", "regularize.project=true", recipe=sound)
+    assert "regularize.project=true projects the summed advantage; advantage.routing=routed trains each" in str(refused.value)
 
 
 def test_nft_refuses_dppo_and_the_plan_counts_the_gates_own_judges(tmp_path):
@@ -194,6 +198,54 @@ def test_hold_worst_case_lowers_the_marked_samples_advantages_to_the_judges_and_
         assert reached == pytest.approx(expected.astype(np.float32), abs=1e-6), step
         assert all(kl is None for _, kl in calls[4 * step: 4 * step + 4])  # no KL weights: the hold is the advantage
         assert rows[step]["regularize/lowered_fraction"] == pytest.approx((expected < own).sum() / trained.sum())
+
+
+def test_project_trains_on_the_advantages_projected_off_the_judges_where_they_conflict(tmp_path, monkeypatch):
+    from cac_align.rewards import guards
+    from cac_align.rl.advantages import group_advantages
+
+    seen, calls = [], []
+    judge_advantages = guards.judge_advantages
+
+    def recorded_judges(auxiliaries, groups, trained, **kwargs):
+        seen.append((auxiliaries["green"].copy(), np.asarray(trained).copy()))
+        return judge_advantages(auxiliaries, groups, trained, **kwargs)
+
+    kl_weights = guards.RunGuards.kl_weights
+
+    def recorded_step(self, judged, scores, adv, *args):
+        seen.append(scores.copy())
+        return kl_weights(self, judged, scores, adv, *args)
+
+    loss = flow_grpo.flow_grpo_loss
+
+    def recorded_loss(*args, **kwargs):
+        calls.append((args[2].clone(), kwargs.get("kl_weights")))
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(guards, "judge_advantages", recorded_judges)
+    monkeypatch.setattr(guards.RunGuards, "kl_weights", recorded_step)
+    monkeypatch.setattr(flow_grpo, "flow_grpo_loss", recorded_loss)
+    out = tmp_path / "projected"
+    config = _config(out, *JUDGE, "steps=3", "regularize.project=true", "train_batch_size=4")  # no gate; the KL as plain's (beta 0.05)
+    run(config, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    rows = _metrics(out)
+    groups = [k // 4 for k in range(8)]  # 2 prompts x 4 videos
+    projected = 0
+    for step in range(3):
+        proxy, (judge, trained) = seen[2 * step], seen[2 * step + 1]
+        assert trained.all()
+        a = group_advantages(proxy, groups, clip=5.0).advantages.astype(np.float64)
+        j = group_advantages(judge, groups, clip=5.0).advantages.astype(np.float64)  # one judge: its own group advantage
+        dot = float(a @ j)
+        expected = a - dot / float(j @ j) * j if dot < 0 else a
+        projected += dot < 0
+        reached = torch.cat([calls[4 * step + k][0] for k in (0, 2)]).numpy()  # each micro-batch's first timestep
+        assert reached == pytest.approx(expected.astype(np.float32), abs=1e-6), step
+        assert all(kl is None for _, kl in calls[4 * step: 4 * step + 4])  # no gate: the KL on every sample, as plain's
+        assert rows[step]["regularize/cosine"] == pytest.approx(dot / np.sqrt((a @ a) * (j @ j)), abs=1e-6)
+        assert rows[step]["regularize/projected"] == float(dot < 0)
+    assert projected >= 1  # brightness and "less green" conflicted on some step: the projection acted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +362,7 @@ def test_the_hackable_proxy_is_hacked_by_plain_flow_grpo_and_the_gate_watches_ev
     """The benchmark's toy: trained on brightness, plain Flow-GRPO raises the green with the other channels, so the
     held-out judge (less green) falls while the proxy rises: the hack is real (3 seeds x 20 steps in benchmarks/README.md).
     With the gate its judge scores every training sample and the KL holds some of them; what that buys on this toy is the
-    benchmark's table, not a promise of this test (on the tiny LoRA every sample moves alike: docs/flow_grpo.md)."""
+    benchmark's table, not a promise of this test (docs/flow_grpo.md, "What they did on a proxy built to be hacked")."""
     import sys
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "rl"))

@@ -247,6 +247,25 @@ def test_worst_case_advantages_by_hand():
         worst_case_advantages([1.0, 2.0], [0.0, 0.0], [True])
 
 
+def test_projected_advantages_by_hand():
+    from cac_align.rl.gardo import projected_advantages
+
+    # a . j = -1 - 1 + 0.5 + 0.5 = -1 and j . j = 4: a + j / 4, orthogonal to j
+    got, cosine = projected_advantages([1.0, -1.0, 0.5, -0.5], [-1.0, 1.0, 1.0, -1.0])
+    assert got.tolist() == pytest.approx([0.75, -0.75, 0.75, -0.75]) and got.dtype == np.float32
+    assert float(got @ np.array([-1.0, 1.0, 1.0, -1.0])) == pytest.approx(0.0, abs=1e-7)
+    assert cosine == pytest.approx(-1 / (np.sqrt(2.5) * 2))
+    # agreeing (a . j = 1 + 1 - 0.5 - 0.5 = 1 > 0): as it was, the judges' direction not added
+    got, cosine = projected_advantages([1.0, -1.0, 0.5, -0.5], [1.0, -1.0, -1.0, 1.0])
+    assert got.tolist() == [1.0, -1.0, 0.5, -0.5] and cosine == pytest.approx(1 / (np.sqrt(2.5) * 2))
+    # a sample no judge scored keeps its own and takes no part: over the other three, a . j = -1 - 1 - 0.5 = -2.5, j . j = 3
+    got, _ = projected_advantages([1.0, -1.0, 0.5, 9.0], [-1.0, 1.0, -1.0, np.nan])
+    assert got.tolist() == pytest.approx([1 - 2.5 / 3, -1 + 2.5 / 3, 0.5 - 2.5 / 3, 9.0])
+    # judges all 0: nothing to project off, and no cosine
+    got, cosine = projected_advantages([1.0, -1.0], [0.0, 0.0])
+    assert got.tolist() == [1.0, -1.0] and np.isnan(cosine)
+
+
 def test_regularize_settings_refuse_bad_values_in_one_line():
     from cac_align.rl.gardo import RegularizeSettings
 
@@ -258,7 +277,8 @@ def test_regularize_settings_refuse_bad_values_in_one_line():
         with pytest.raises(ValueError, match=re.escape(said)):
             RegularizeSettings(**bad)
     default = RegularizeSettings()
-    assert not default.gated and not default.adaptive and not default.kl_gated
+    assert not default.gated and not default.adaptive and not default.kl_gated and not default.judged
+    assert RegularizeSettings(project=True).judged and not RegularizeSettings(project=True).gated  # the judges score, no gate
     assert RegularizeSettings(gate="uncertain").kl_gated and not RegularizeSettings(gate="uncertain", hold="worst_case").kl_gated
 
 
