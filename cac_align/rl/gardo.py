@@ -67,7 +67,7 @@ orthogonal to each other (independent noise draws) an advantage vector orthogona
 gives an update that does not move the judges' objective, to first order. The judges are not
 trained on: a step whose proxy already agrees with them is untouched, and no step is pushed towards
 them. Over the whole step, as the update is (every process computes the same from the gathered
-scores); the projected advantages are not clipped again (each moves by at most ``|a|``).
+scores); the projected advantages are not clipped again.
 
 **2. The adaptive reference** (:func:`reference_reset_due`). GARDO copies the current LoRA into the
 reference at the start of a step when the step count since the last copy passes ``reset_freq`` or

@@ -64,13 +64,25 @@ class HackingAlarm:
     evaluations: int
     component: bool = False
     gated_fraction: float | None = None  # the share of the last step's samples the gate held back (regularize.gate: its KL, or hold: worst_case), if on
+    projected: float | None = None  # regularize.project: the cosine of the last step's advantages and the judges' (negative: it projected)
 
     def message(self, trained: str) -> str:
         if self.component:
             return (f"a component collapsed: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                     f"{self.trained_rise:.4g} while its component {self.judge!r} fell by {self.judge_fall:.4g} (the sum hides it)")
-        guard = ("; regularize.gate=uncertain would hold back the samples the judges disagree on (docs/flow_grpo.md, 'When your reward "
-                 "is hacked')" if self.gated_fraction is None else f"; the gate held back {self.gated_fraction:.0%} of the last step's samples")
+        guard = ""
+        if self.gated_fraction is not None:
+            guard += f"; the gate held back {self.gated_fraction:.0%} of the last step's samples"
+        if self.projected is not None:
+            if self.projected < 0:
+                guard += f"; the last step's advantages were projected off the judges' (cosine {self.projected:.2f})"
+            elif self.projected >= 0:
+                guard += f"; the last step's advantages agreed with the judges' (cosine {self.projected:.2f}): not projected"
+            else:  # NaN: the reward's or the judges' advantages were all 0
+                guard += "; the last step's advantages were not projected (the reward's or the judges' all 0)"
+        if not guard:
+            guard = ("; regularize.gate=uncertain would hold back the samples the judges disagree on, regularize.project=true turn the "
+                     "update away from them (docs/flow_grpo.md, 'When your reward is hacked')")
         return (f"possible reward hacking: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                 f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}{guard}")
 
@@ -154,8 +166,9 @@ class RunWatch:
             self.history[f"component/{part}"].append(metrics[f"eval/components/{part}_raw_mean"])
         window, margin = self.settings.window, self.settings.margin
         alarms = hacking_alarms(self.history["reward"], {label: self.history[label] for label in self.held_out}, window, margin)
-        gated = metrics.get("regularize/gated_fraction")  # beside the alarm: what the gate did (regularize.gate), if it is on
-        alarms = [dataclasses.replace(a, gated_fraction=gated) for a in alarms] if gated is not None else alarms
+        # beside the alarm: what the guards did over the last step (regularize.gate, regularize.project), where they are on
+        guards = {"gated_fraction": metrics.get("regularize/gated_fraction"), "projected": metrics.get("regularize/cosine")}
+        alarms = [dataclasses.replace(a, **guards) for a in alarms]
         alarms += component_alarms(self.history["reward"], {part: self.history[f"component/{part}"] for part in self.parts}, window, margin)
         metrics["watch/alarms"] = len(alarms)
         return alarms

@@ -40,16 +40,23 @@ def test_settings_are_checked():
         WatchSettings(margin=-0.1)
 
 
-def test_an_alarm_says_what_the_gate_did_or_that_it_could():
+def test_an_alarm_says_what_the_guards_did_or_that_they_could():
     from cac_align.run.watch import RunWatch
 
-    def watch(with_gate: bool) -> list:
+    def watch(**guards) -> list:
         w = RunWatch(WatchSettings(window=2, margin=0.0), ["judge"], [])
         w.add({"eval/reward_mean": 0.5, "eval/judge/mean": 0.9})
-        second = {"eval/reward_mean": 0.6, "eval/judge/mean": 0.8, **({"regularize/gated_fraction": 0.125} if with_gate else {})}
-        return w.add(second)
+        return w.add({"eval/reward_mean": 0.6, "eval/judge/mean": 0.8, **guards})
 
-    (gated,) = watch(True)
+    (gated,) = watch(**{"regularize/gated_fraction": 0.125})
     assert gated.gated_fraction == 0.125 and gated.message("proxy").endswith("; the gate held back 12% of the last step's samples")
-    (plain,) = watch(False)
-    assert plain.gated_fraction is None and "regularize.gate=uncertain would hold back the samples the judges disagree on" in plain.message("proxy")
+    (plain,) = watch()
+    assert plain.gated_fraction is None and plain.projected is None
+    assert "regularize.gate=uncertain would hold back the samples the judges disagree on, regularize.project=true turn" in plain.message("proxy")
+    (projected,) = watch(**{"regularize/cosine": -0.25})
+    assert projected.message("proxy").endswith("; the last step's advantages were projected off the judges' (cosine -0.25)")
+    (agreed,) = watch(**{"regularize/cosine": 0.5, "regularize/gated_fraction": 0.0})
+    assert agreed.message("proxy").endswith("; the gate held back 0% of the last step's samples; the last step's advantages agreed with the "
+                                            "judges' (cosine 0.50): not projected")
+    (flat,) = watch(**{"regularize/cosine": float("nan")})
+    assert flat.message("proxy").endswith("; the last step's advantages were not projected (the reward's or the judges' all 0)")
