@@ -154,6 +154,22 @@ def compile_config(compiler: KeepingCompiler) -> Any:
     return config
 
 
+def write_trained_lora(transformer: Any, target_modules: list[str], folder: Path, pipeline_class: str) -> None:
+    """A LoRA as our trainers leave one, for the tests that load it into diffusers' own pipeline: rank 4 on
+    ``target_modules`` with every ``lora_B`` drawn from N(0, 0.1) (as after training: the LoRA changes the output;
+    a fresh one's B is 0), saved to ``folder`` by :func:`cac_align.gen.lora.save_lora`."""
+    import torch
+
+    from cac_align.gen.lora import LoraSettings, add_lora, save_lora
+
+    add_lora(transformer, LoraSettings(rank=4, alpha=8, target_modules=list(target_modules)), seed=0)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)
+    save_lora(transformer, folder, pipeline_class=pipeline_class)
+
+
 def smooth_video(num_frames: int = 9, height: int = 32, width: int = 64, seed: int = 0) -> np.ndarray:
     """(T, H, W, 3) uint8 gradients that move a little each frame; codec-friendly content."""
     rng = np.random.default_rng(seed)

@@ -333,17 +333,12 @@ def test_a_lora_we_write_loads_with_the_transformers_load_lora_adapter_and_gives
     """docs/using_your_lora.md: Cosmos3OmniPipeline has no load_lora_weights; the file our trainers write loads with
     ``pipe.transformer.load_lora_adapter``, and the pipeline then makes our trained transformer's frames and sound."""
     from cac_align.gen.generator import LORA_WEIGHT_NAME, generate_videos
-    from cac_align.gen.lora import LoraSettings, add_lora, save_lora
+    from conftest import write_trained_lora
 
     config, _ = tiny
     trained = COSMOS3.build_tiny("tiny-random:cosmos3")
-    targets = [*COSMOS3.lora_target_modules, *COSMOS3.audio_lora_target_modules]
-    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=targets), seed=0)
-    with torch.no_grad():
-        for name, param in trained.transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
-    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=COSMOS3.pipeline_class)
+    write_trained_lora(trained.transformer, [*COSMOS3.lora_target_modules, *COSMOS3.audio_lora_target_modules], tmp_path / "lora",
+                       COSMOS3.pipeline_class)
     fresh = COSMOS3.build_tiny("tiny-random:cosmos3")
     assert not hasattr(fresh, "load_lora_weights")
     base = generate_videos(fresh, config, PROMPTS[:1], SEEDS[:1])

@@ -464,17 +464,12 @@ def test_dpo_encodes_chunk_by_chunk_and_trains_a_drawn_chunk_with_each_members_o
 def test_a_lora_we_write_loads_into_diffusers_own_helios_pipeline_and_gives_our_frames(tmp_path):
     """docs/using_your_lora.md: the file our trainers write loads with HeliosPipeline's own ``load_lora_weights``
     (HeliosLoraLoaderMixin), and the pipeline then makes the frames our trained transformer makes, hash for hash."""
-    from cac_align.gen.generator import LORA_WEIGHT_NAME, generate_videos, save_lora
-    from cac_align.gen.lora import LoraSettings, add_lora
+    from cac_align.gen.generator import LORA_WEIGHT_NAME, generate_videos
+    from conftest import write_trained_lora
 
     config = GeneratorConfig(**{**TINY, "num_frames": 33})
     trained = HELIOS.build_tiny("tiny-random:helios")
-    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=list(HELIOS.lora_target_modules)), seed=0)
-    with torch.no_grad():
-        for name, param in trained.transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
-    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=HELIOS.pipeline_class)
+    write_trained_lora(trained.transformer, list(HELIOS.lora_target_modules), tmp_path / "lora", HELIOS.pipeline_class)
     fresh = HELIOS.build_tiny("tiny-random:helios")
     base = generate_videos(fresh, config, PROMPTS[:1], SEEDS[:1]).frames
     fresh.load_lora_weights(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME)

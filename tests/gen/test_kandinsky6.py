@@ -285,18 +285,13 @@ def test_a_lora_we_write_loads_into_diffusers_own_kandinsky6_as_docs_say(tmp_pat
     import torch
 
     from cac_align.gen.family import family_of
-    from cac_align.gen.generator import LORA_WEIGHT_NAME, save_lora
-    from cac_align.gen.lora import LoraSettings, add_lora
+    from cac_align.gen.generator import LORA_WEIGHT_NAME
+    from conftest import write_trained_lora
 
     family = family_of("tiny-random:kandinsky6")
     trained = family.build_tiny("tiny-random:kandinsky6", seed=0)
     assert not hasattr(trained, "load_lora_weights")
-    add_lora(trained.transformer, LoraSettings(rank=4, alpha=8, target_modules=list(family.lora_target_modules)), seed=0)
-    with torch.no_grad():
-        for name, param in trained.transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.1)  # as after training: the LoRA changes the output
-    save_lora(trained.transformer, tmp_path / "lora", pipeline_class=family.pipeline_class)
+    write_trained_lora(trained.transformer, list(family.lora_target_modules), tmp_path / "lora", family.pipeline_class)
     fresh = family.build_tiny("tiny-random:kandinsky6", seed=0)
     fresh.transformer.load_lora_adapter(str(tmp_path / "lora"), weight_name=LORA_WEIGHT_NAME, prefix="transformer", adapter_name="mine")
     ours = {n.replace(".default", ""): p for n, p in trained.transformer.named_parameters() if "lora_" in n}
