@@ -17,7 +17,7 @@ The LoRA is on the transformer's output projection alone (``TOY``), where each l
 preview, has its own rows. The red control checks that the toy can be brighter without being greener: trained on the
 red alone, the green must not move (on Wan's attention projections it rose: benchmarks/README.md)::
 
-    python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --steps 20          # about 11 s an arm and seed here
+    python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --steps 20          # about 6 s an arm and seed here
     python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --arms plain "reward:={name: colour, channel: red, prefer: more}"
     python benchmarks/rl/reward_hacking.py --seeds 0 --arms plain gate --steps 10 beta=0.05
 
