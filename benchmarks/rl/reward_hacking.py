@@ -11,7 +11,8 @@ every channel up, the green with them: the proxy rises and the judge falls. The 
   and the judge's advantages (the KL as plain's, on every sample); ``hold_all``: the same with ``fraction: 1``, not
   adapted: every sample the proxy rates above the judge but the least such is marked;
 - ``project``: ``regularize.project: true`` (no gate): the step's advantages projected off the judge's where the two
-  conflict (PCGrad on the advantages); ``project_hold``: that, then ``hold_all``'s gate.
+  conflict (PCGrad on the advantages); ``project_gate``: that, then ``hold``'s gate (GARDO's adapted fraction);
+  ``project_hold``: that, then ``hold_all``'s gate.
 
 The LoRA is on the transformer's output projection alone (``TOY``), where each latent channel, each colour of the
 preview, has its own rows. The red control checks that the toy can be brighter without being greener: trained on the
@@ -63,6 +64,7 @@ ARMS = {
     "hold": ["regularize.gate=uncertain", "regularize.hold=worst_case"],  # the marked samples' advantages lowered to the judge's
     "hold_all": ["regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1", "regularize.adapt_fraction=false"],
     "project": ["regularize.project=true"],  # the step's advantages projected off the judge's where they conflict (PCGrad)
+    "project_gate": ["regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case"],  # project, then hold's gate
     "project_hold": ["regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1",
                      "regularize.adapt_fraction=false"],
 }

@@ -354,6 +354,51 @@ def test_nft_takes_the_gates_weights_and_an_adaptive_reference(tmp_path, monkeyp
     assert (out / "checkpoints/step_000002/reference.safetensors").is_file() and (out / "checkpoints/step_000002/old_policy.safetensors").is_file()
 
 
+def test_nft_trains_on_the_projected_advantages(tmp_path, monkeypatch):
+    """``regularize.project`` through NFT's update (its trainer extends flow-grpo's step): the advantages that reach
+    ``nft_loss`` are the proxy's projected off the judge's, computed here by hand from the recorded scores."""
+    from cac_align.jobs import nft
+    from cac_align.rewards import guards
+    from cac_align.rl.advantages import group_advantages
+
+    seen, calls = [], []
+    judge_advantages, kl_weights, loss = guards.judge_advantages, guards.RunGuards.kl_weights, nft.nft_loss
+
+    def recorded_judges(auxiliaries, groups, trained, **kwargs):
+        seen.append(auxiliaries["green"].copy())
+        return judge_advantages(auxiliaries, groups, trained, **kwargs)
+
+    def recorded_step(self, judged, scores, adv, *args):
+        seen.append(scores.copy())
+        return kl_weights(self, judged, scores, adv, *args)
+
+    def recorded_loss(*args, **kwargs):
+        calls.append(args[5].clone())  # advantages[lo:hi]
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(guards, "judge_advantages", recorded_judges)
+    monkeypatch.setattr(guards.RunGuards, "kl_weights", recorded_step)
+    monkeypatch.setattr(nft, "nft_loss", recorded_loss)
+    out = tmp_path / "nft"
+    config = _config(out, *JUDGE, "steps=2", "regularize.project=true", "generator.num_inference_steps=2", "timestep_fraction=0.5",
+                     recipe=REPO_ROOT / "recipes/align/nft_tiny.yaml", job="nft", cls=nft.NftConfig)
+    nft.run(config, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    rows = _metrics(out)
+    groups = [k // 4 for k in range(8)]  # 2 prompts x 4 videos, micro-batches of 2, one trained timestep
+    per_step = len(calls) // 2
+    for step in range(2):
+        proxy, judge = seen[2 * step], seen[2 * step + 1]
+        a = group_advantages(proxy, groups, clip=config.adv_clip_max).advantages.astype(np.float64)
+        j = group_advantages(judge, groups, clip=config.adv_clip_max).advantages.astype(np.float64)
+        dot = float(a @ j)
+        expected = a - dot / float(j @ j) * j if dot < 0 else a
+        reached = torch.cat(calls[per_step * step: per_step * (step + 1)]).numpy()
+        assert reached == pytest.approx(expected.astype(np.float32), abs=1e-6), step
+        assert rows[step]["regularize/projected"] == float(dot < 0)
+        assert rows[step]["regularize/cosine"] == pytest.approx(dot / np.sqrt((a @ a) * (j @ j)), abs=1e-6)
+    assert any(r["regularize/projected"] for r in rows)  # the two conflicted on a step: the projection acted
+
+
 # ---------------------------------------------------------------------------------------------
 # The proxy that can be hacked (benchmarks/rl/reward_hacking.py), short
 # ---------------------------------------------------------------------------------------------
