@@ -12,7 +12,9 @@ every channel up, the green with them: the proxy rises and the judge falls. The 
   adapted: every sample the proxy rates above the judge but the least such is marked;
 - ``project``: ``regularize.project: true`` (no gate): the step's advantages projected off the judge's where the two
   conflict (PCGrad on the advantages); ``project_gate``: that, then ``hold``'s gate (GARDO's adapted fraction);
-  ``project_hold``: that, then ``hold_all``'s gate.
+  ``project_gate_adaptive``: ``project_gate`` with the adaptive reference (the KL to a copy of the LoRA that GARDO's
+  rule resets, not to the base model): every guard the judge drives, the one that held the judge over 36 seeds while
+  keeping plain's proxy gain (benchmarks/README.md); ``project_hold``: ``project``, then ``hold_all``'s gate.
 
 The LoRA is on the transformer's output projection alone (``TOY``), where each latent channel, each colour of the
 preview, has its own rows. The red control checks that the toy can be brighter without being greener: trained on the
@@ -65,6 +67,7 @@ ARMS = {
     "hold_all": ["regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1", "regularize.adapt_fraction=false"],
     "project": ["regularize.project=true"],  # the step's advantages projected off the judge's where they conflict (PCGrad)
     "project_gate": ["regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case"],  # project, then hold's gate
+    "project_gate_adaptive": ["regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.reference=adaptive"],
     "project_hold": ["regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case", "regularize.fraction=1",
                      "regularize.adapt_fraction=false"],
 }
