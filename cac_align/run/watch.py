@@ -81,8 +81,9 @@ class HackingAlarm:
             else:  # NaN: the reward's or the judges' advantages were all 0
                 guard += "; the last step's advantages were not projected (the reward's or the judges' all 0)"
         if not guard:
-            guard = ("; regularize.gate=uncertain would hold back the samples the judges disagree on, regularize.project=true turn the "
-                     "update away from them (docs/flow_grpo.md, 'When your reward is hacked')")
+            guard = ("; regularize.project=true would turn the update away from the judges, regularize.gate=uncertain with hold=worst_case "
+                     "hold back the samples they disagree on, and with reference=adaptive the three held the judge on the hacking benchmark "
+                     "(docs/flow_grpo.md, 'When your reward is hacked')")
         return (f"possible reward hacking: over the last {self.evaluations} evaluations the trained reward {trained!r} rose by "
                 f"{self.trained_rise:.4g} while the held-out judge {self.judge!r} fell by {self.judge_fall:.4g}{guard}")
 

@@ -52,7 +52,8 @@ def test_an_alarm_says_what_the_guards_did_or_that_they_could():
     assert gated.gated_fraction == 0.125 and gated.message("proxy").endswith("; the gate held back 12% of the last step's samples")
     (plain,) = watch()
     assert plain.gated_fraction is None and plain.projected is None
-    assert "regularize.gate=uncertain would hold back the samples the judges disagree on, regularize.project=true turn" in plain.message("proxy")
+    assert ("regularize.project=true would turn the update away from the judges, regularize.gate=uncertain with hold=worst_case hold back the "
+            "samples they disagree on, and with reference=adaptive") in plain.message("proxy")
     (projected,) = watch(**{"regularize/cosine": -0.25})
     assert projected.message("proxy").endswith("; the last step's advantages were projected off the judges' (cosine -0.25)")
     (agreed,) = watch(**{"regularize/cosine": 0.5, "regularize/gated_fraction": 0.0})
