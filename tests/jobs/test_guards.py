@@ -354,15 +354,17 @@ def test_nft_takes_the_gates_weights_and_an_adaptive_reference(tmp_path, monkeyp
     assert (out / "checkpoints/step_000002/reference.safetensors").is_file() and (out / "checkpoints/step_000002/old_policy.safetensors").is_file()
 
 
-def test_nft_trains_on_the_projected_advantages(tmp_path, monkeypatch):
-    """``regularize.project`` through NFT's update (its trainer extends flow-grpo's step): the advantages that reach
-    ``nft_loss`` are the proxy's projected off the judge's, computed here by hand from the recorded scores."""
+def test_nft_trains_on_the_guarded_advantages_projected_then_held(tmp_path, monkeypatch):
+    """The benchmark's guarded arm through NFT's update (its trainer extends flow-grpo's step): ``regularize.project``,
+    the gate with ``hold: worst_case`` and the adaptive reference. The advantages that reach ``nft_loss`` are the
+    proxy's projected off the judge's, then the gate's marked samples lowered to the judge's, computed here by hand
+    from the recorded scores and the gate's marks; the reference resets at every step."""
     from cac_align.jobs import nft
     from cac_align.rewards import guards
     from cac_align.rl.advantages import group_advantages
 
-    seen, calls = [], []
-    judge_advantages, kl_weights, loss = guards.judge_advantages, guards.RunGuards.kl_weights, nft.nft_loss
+    seen, gates, calls = [], [], []
+    judge_advantages, kl_weights, step_gate, loss = guards.judge_advantages, guards.RunGuards.kl_weights, guards.step_gate, nft.nft_loss
 
     def recorded_judges(auxiliaries, groups, trained, **kwargs):
         seen.append(auxiliaries["green"].copy())
@@ -372,31 +374,44 @@ def test_nft_trains_on_the_projected_advantages(tmp_path, monkeypatch):
         seen.append(scores.copy())
         return kl_weights(self, judged, scores, adv, *args)
 
+    def recorded_gate(settings, state, proxy, judges, trained):
+        weights, said = step_gate(settings, state, proxy, judges, trained)
+        gates.append(weights.copy())
+        return weights, said
+
     def recorded_loss(*args, **kwargs):
-        calls.append(args[5].clone())  # advantages[lo:hi]
+        calls.append((args[5].clone(), kwargs.get("kl_weights")))  # advantages[lo:hi]
         return loss(*args, **kwargs)
 
     monkeypatch.setattr(guards, "judge_advantages", recorded_judges)
     monkeypatch.setattr(guards.RunGuards, "kl_weights", recorded_step)
+    monkeypatch.setattr(guards, "step_gate", recorded_gate)
     monkeypatch.setattr(nft, "nft_loss", recorded_loss)
     out = tmp_path / "nft"
-    config = _config(out, *JUDGE, "steps=2", "regularize.project=true", "generator.num_inference_steps=2", "timestep_fraction=0.5",
-                     recipe=REPO_ROOT / "recipes/align/nft_tiny.yaml", job="nft", cls=nft.NftConfig)
+    config = _config(out, *JUDGE, "steps=2", "regularize.project=true", "regularize.gate=uncertain", "regularize.hold=worst_case",
+                     "regularize.fraction=0.5", "regularize.adapt_fraction=false", "regularize.reference=adaptive", "regularize.reset_every=1",
+                     "generator.num_inference_steps=2", "timestep_fraction=0.5", recipe=REPO_ROOT / "recipes/align/nft_tiny.yaml", job="nft",
+                     cls=nft.NftConfig)
     nft.run(config, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
     rows = _metrics(out)
     groups = [k // 4 for k in range(8)]  # 2 prompts x 4 videos, micro-batches of 2, one trained timestep
     per_step = len(calls) // 2
     for step in range(2):
-        proxy, judge = seen[2 * step], seen[2 * step + 1]
+        proxy, judge, marked = seen[2 * step], seen[2 * step + 1], gates[step] > 0
         a = group_advantages(proxy, groups, clip=config.adv_clip_max).advantages.astype(np.float64)
         j = group_advantages(judge, groups, clip=config.adv_clip_max).advantages.astype(np.float64)
         dot = float(a @ j)
-        expected = a - dot / float(j @ j) * j if dot < 0 else a
-        reached = torch.cat(calls[per_step * step: per_step * (step + 1)]).numpy()
+        projected = a - dot / float(j @ j) * j if dot < 0 else a
+        expected = projected.copy()
+        expected[marked] = np.minimum(projected[marked], j[marked])
+        assert marked.any() and not marked.all()
+        reached = torch.cat([c[0] for c in calls[per_step * step: per_step * (step + 1)]]).numpy()
         assert reached == pytest.approx(expected.astype(np.float32), abs=1e-6), step
+        assert all(kl is None for _, kl in calls)  # the hold is the advantage: no KL weights, the KL on every sample
         assert rows[step]["regularize/projected"] == float(dot < 0)
         assert rows[step]["regularize/cosine"] == pytest.approx(dot / np.sqrt((a @ a) * (j @ j)), abs=1e-6)
     assert any(r["regularize/projected"] for r in rows)  # the two conflicted on a step: the projection acted
+    assert [r.get("regularize/reference_reset", 0.0) for r in rows] == [0.0, 1.0]  # reset_every=1: before the second step
 
 
 # ---------------------------------------------------------------------------------------------
