@@ -45,8 +45,8 @@ def test_an_alarm_says_what_the_guards_did_or_that_they_could():
 
     def watch(**guards) -> list:
         w = RunWatch(WatchSettings(window=2, margin=0.0), ["judge"], [])
-        w.add({"eval/reward_mean": 0.5, "eval/judge/mean": 0.9})
-        return w.add({"eval/reward_mean": 0.6, "eval/judge/mean": 0.8, **guards})
+        w.add({"eval/reward_mean": 0.5, "eval/judge/mean": 0.9}, 5)
+        return w.add({"eval/reward_mean": 0.6, "eval/judge/mean": 0.8, **guards}, 10)
 
     (gated,) = watch(**{"regularize/gated_fraction": 0.125})
     assert gated.gated_fraction == 0.125 and gated.message("proxy").endswith("; the gate held back 12% of the last step's samples")
@@ -61,3 +61,62 @@ def test_an_alarm_says_what_the_guards_did_or_that_they_could():
                                             "judges' (cosine 0.50): not projected")
     (flat,) = watch(**{"regularize/cosine": float("nan")})
     assert flat.message("proxy").endswith("; the last step's advantages were not projected (the reward's or the judges' all 0)")
+
+
+def test_against_step_0_a_fall_before_the_window_fills_alarms_once_and_names_what_fired():
+    from cac_align.run.watch import RunWatch, baseline_alarms
+
+    # by hand: reward 0.50 -> 0.55 (rose 0.05); judge 0.61 -> 0.576 (fell 0.034 > margin 0.02); steady 0.7 -> 0.69 (fell 0.01: held)
+    (alarm,) = baseline_alarms([0.50, 0.55], {"judge": [0.61, 0.576], "steady": [0.7, 0.69]}, margin=0.02)
+    assert alarm.judge == "judge" and alarm.since_start and abs(alarm.judge_fall - 0.034) < 1e-12 and abs(alarm.trained_rise - 0.05) < 1e-12
+    assert "since step 0" in alarm.message("proxy")
+    assert baseline_alarms([0.50, 0.49], {"judge": [0.61, 0.5]}, margin=0.02) == []  # the reward fell too: a bad run, not hacking
+    assert baseline_alarms([0.50], {"judge": [0.61]}, margin=0.02) == []  # step 0 alone
+    assert baseline_alarms([0.5, 0.6], {"judge": [float("nan"), 0.1]}, margin=0.0) == []  # an invalid step 0: that judge is not judged
+
+    settings = WatchSettings(window=3, margin=0.02)
+    started = RunWatch(settings, ["judge"], [])
+    assert started.add({"eval/reward_mean": 0.50, "eval/judge/mean": 0.61}, 0) == []
+    metrics = {"eval/reward_mean": 0.55, "eval/judge/mean": 0.576}
+    (alarm,) = started.add(metrics, 5)  # two evaluations of a window of three: only step 0 can see it
+    assert alarm.since_start and metrics["watch/alarms"] == 1 and metrics["watch/fired"] == ["judge"]
+    # the window's rule names the judge at the next evaluation: named once, by the window
+    metrics = {"eval/reward_mean": 0.60, "eval/judge/mean": 0.55}
+    (alarm,) = started.add(metrics, 10)
+    assert not alarm.since_start and alarm.evaluations == 3 and metrics["watch/fired"] == ["judge"]
+    # a run that did not evaluate step 0 (its first evaluation at step 5): the window rule alone, as before
+    late = RunWatch(settings, ["judge"], [])
+    assert late.add({"eval/reward_mean": 0.50, "eval/judge/mean": 0.61}, 5) == []
+    metrics = {"eval/reward_mean": 0.55, "eval/judge/mean": 0.576}
+    assert late.add(metrics, 10) == [] and metrics["watch/alarms"] == 0 and "watch/fired" not in metrics
+
+
+def test_a_component_that_fell_since_step_0_is_named_as_a_component(tmp_path):
+    from cac_align.run.watch import RunWatch
+
+    watch = RunWatch(WatchSettings(window=3, margin=0.02), [], ["cac"])
+    watch.add({"eval/reward_mean": 0.5, "eval/components/cac_raw_mean": 0.8}, 0)
+    metrics = {"eval/reward_mean": 0.6, "eval/components/cac_raw_mean": 0.7}
+    (alarm,) = watch.add(metrics, 4)
+    assert alarm.component and alarm.since_start and metrics["watch/fired"] == ["component/cac"]
+    assert alarm.message("ur_cac").startswith("a component collapsed: since step 0 the trained reward 'ur_cac' rose by 0.1")
+
+
+def test_a_resumed_watch_reads_step_0_from_the_metrics_and_keeps_its_baseline(tmp_path):
+    import json
+
+    from cac_align.run.watch import RunWatch
+
+    rows = [{"step": 0, "eval/reward_mean": 0.5, "eval/judge/mean": 0.61, "watch/alarms": 0},
+            {"step": 1, "reward/mean": 0.4},
+            {"step": 2, "reward/mean": 0.45, "eval/reward_mean": 0.52, "eval/judge/mean": 0.60, "watch/alarms": 0},
+            {"step": 3, "reward/mean": 0.5, "eval/reward_mean": 0.7, "eval/judge/mean": None}]  # past the checkpoint: redone
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    watch = RunWatch(WatchSettings(window=3, margin=0.02), ["judge"], [])
+    watch.resume(tmp_path / "metrics.jsonl", 2)
+    assert watch.steps == [0, 2] and watch.history["judge"] == [0.61, 0.60]
+    (alarm,) = watch.add({"eval/reward_mean": 0.55, "eval/judge/mean": 0.58}, 4)  # window 0.61 -> 0.58 and step 0: named once
+    assert alarm.judge == "judge" and not alarm.since_start
+    fresh = RunWatch(WatchSettings(), ["judge"], [])
+    fresh.resume(tmp_path / "nothing.jsonl", 0)  # a run with no metrics yet
+    assert fresh.steps == []
