@@ -5,7 +5,9 @@ a caller reads is part of the contract (rewards/base.py ``Reward``, vlm/backend.
 
 Read from the source with ``ast`` (nothing is imported), counting imports inside functions too
 (they hide circles, they do not remove them) and leaving out ``if TYPE_CHECKING:`` blocks (never
-run). ``pytest tests/test_import_graph.py`` is the check; on a failure it names the modules.
+run), except for the circles a reader sees: there an annotation's import is an arrow too
+(``farm-studio look`` draws it). ``pytest tests/test_import_graph.py`` is the check; on a failure it
+names the modules.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def _is_type_checking(node: ast.If) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}`` (``from pkg import sub`` counts as ``sub``)."""
+def import_graph(package: Path = PACKAGE, type_checking: bool = False) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}`` (``from pkg import sub`` counts as ``sub``);
+    ``type_checking``: the imports under ``if TYPE_CHECKING:`` counted too."""
     files = {_module_name(p, package.parent): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
@@ -56,7 +59,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
 
         def visit(node: ast.AST) -> None:
             for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.If) and _is_type_checking(child):
+                if isinstance(child, ast.If) and _is_type_checking(child) and not type_checking:
                     for other in child.orelse:
                         visit(other)
                     continue
@@ -124,11 +127,23 @@ def test_the_checks_can_fail(tmp_path):
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"} and graph["pkg.c"] == {"pkg.a"}
     assert graph["pkg.d"] == {"pkg.c"}  # c's TYPE_CHECKING import of d is not an edge
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+    read = import_graph(package, type_checking=True)  # as a reader sees it: c's annotation import of d is an arrow
+    assert read["pkg.c"] == {"pkg.a", "pkg.d"} and cycles(read) == [["pkg.a", "pkg.b", "pkg.c", "pkg.d"]]
 
 
 def test_no_import_circles():
     graph = import_graph()
     assert "cac_align.jobs.train_cac_grpo" in graph and graph["cac_align.jobs.train_cac_grpo"]  # it read the package
+    assert cycles(graph) == []
+
+
+def test_no_circle_even_through_the_imports_of_annotations():
+    """What ``farm-studio look`` draws: a function that takes a class imports it (for its annotation, under
+    ``if TYPE_CHECKING:``), so the class's module must not import that function's. gen/parallel/: the
+    :class:`Layout` is data in dims.py; loading, parallelize, gradients and gather are functions that take it."""
+    graph = import_graph(type_checking=True)
+    assert "cac_align.gen.parallel.dims" in graph["cac_align.gen.parallel.gradients"]  # it reads the annotations' imports
+    assert not graph["cac_align.gen.parallel.dims"] & {m for m in graph if m.startswith("cac_align.gen.parallel.")}
     assert cycles(graph) == []
 
 
