@@ -10,7 +10,7 @@ boxes regenerated and judged better (the winner), and the mask between them. Tra
 those pairs (and, globally, from Best-of-N's best and worst candidates), with LocalDPO's loss
 (:mod:`cac_align.rl.dpo`; defaults are LocalDPO's Wan-2.1 run):
 
-1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.gen.pairs.read_pairs`);
+1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.jobs.dpo_pairs.read_pairs`);
    rows that give none are counted by reason and listed in ``pairs.json``;
 2. **latents**: each pair's videos are encoded once by the model's own VAE (Wan2.2-TI2V-5B's: 48
    channels, 16x; LTX-2's: 128 channels, 32x and 8x in time), its prompt by the model's text
@@ -71,7 +71,7 @@ from cac_align.plan.check import check_memory
 from cac_align.gen.parallel import (Layout, ParallelSettings, apply_parallelism, check_context_parallel, check_parallel_resume, clip_grad_norm_,
                                    connect_processes, expert_states, gradient_sync, layout_for, layout_state, load_generator, named_timeout,
                                    prepare_for_training, release_trainer, scaled_backward, to_host)
-from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
+from cac_align.jobs.dpo_pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
