@@ -8,10 +8,10 @@ Each process writes into OUT:
 - ``record<rank>.json``: its layout (dp/cp ranks), the FSDP2 units per expert, the frozen base's
   elements it holds locally and in all (and its bytes), the largest block's, and the trainable
   parameters' types; and what the generator's transformers brought into its host memory while it
-  loaded (``Layout.load_generator``): ``transformer_bytes_built`` (their parameters with real storage
+  loaded (``load_generator``): ``transformer_bytes_built`` (their parameters with real storage
   when a transformer class was constructed: a tiny pipeline's), ``transformer_bytes_read`` (the tensors
   read from a ``transformer*/`` safetensors file) and ``expert_bytes_before_shard`` (the bytes of the
-  experts' parameters with real storage when ``Layout.apply`` starts, the LoRA's included);
+  experts' parameters with real storage when ``apply_parallelism`` starts, the LoRA's included);
   flow-grpo: the reward sections it built (``rewards_built``);
 - ``logprobs<rank>.safetensors`` (flow-grpo): the log-probs of every trajectory it sampled, in order.
 
@@ -37,7 +37,7 @@ only (an expert that did not run in it never reduces); ``CAC_TEST_SYNC_EVERY_BAC
 every backward that runs it, as the trainer did before one reduction per update (benchmarks/run/gradient_reductions.py).
 
 Hybrid sharding (``parallel.replicate``): ``CAC_TEST_NO_REPLICA_REDUCE=1``, the control, skips FSDP2's all-reduce
-of the gradients over the replicas. Each record says how many bytes of tensors ``Layout.apply`` broadcast
+of the gradients over the replicas. Each record says how many bytes of tensors ``apply_parallelism`` broadcast
 inside a node and across nodes (``weight_bytes_sent_inside_nodes`` / ``_across_nodes``; a node is
 ``LOCAL_WORLD_SIZE`` consecutive ranks).
 
@@ -101,10 +101,21 @@ record: dict = {}
 if os.environ.get("CAC_TEST_NO_CP_SCALE"):
     parallel.Layout.loss_scale = property(lambda self: 1.0)
 
-_apply = parallel.Layout.apply
+
+def _replace_everywhere(original, replacement):
+    """``replacement`` wherever a module of the package holds ``original`` (the jobs import the functions of
+    ``cac_align.gen.parallel`` by name, so replacing the function in its own module alone would reach none of them).
+    Call once the job's module is imported."""
+    for module in [m for name, m in sys.modules.items() if name.startswith("cac_align") and m is not None]:
+        for key, value in list(vars(module).items()):
+            if value is original:
+                setattr(module, key, replacement)
 
 
-def _apply_and_record(self, denoiser, family, pipe=None, device=None):
+_apply = parallel.apply_parallelism
+
+
+def _apply_and_record(layout, denoiser, family, pipe=None, device=None):
     from torch.distributed.tensor import DTensor
 
     before = _real_bytes(denoiser.parameters())
@@ -112,19 +123,19 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
     broadcast = torch.distributed.broadcast
 
     def counting(tensor, src, group=None, *args, **kwargs):
-        ranks = torch.distributed.get_process_group_ranks(group) if group is not None else list(range(self.world))
-        sent["across" if len({r // self.per_node for r in ranks}) > 1 else "inside"] += tensor.numel() * tensor.element_size()
+        ranks = torch.distributed.get_process_group_ranks(group) if group is not None else list(range(layout.world))
+        sent["across" if len({r // layout.per_node for r in ranks}) > 1 else "inside"] += tensor.numel() * tensor.element_size()
         return broadcast(tensor, src, group, *args, **kwargs)
 
     torch.distributed.broadcast = counting
     try:
-        _apply(self, denoiser, family, pipe, device)
+        _apply(layout, denoiser, family, pipe, device)
     finally:
         torch.distributed.broadcast = broadcast
-    if os.environ.get("CAC_TEST_NO_REPLICA_REDUCE") and self.fsdp_mesh is not None and self.fsdp_mesh.ndim == 2:
-        _skip_replica_reduction(self.fsdp_mesh.get_group("replicate"))
-    if self.sharded:
-        _count_reductions(self, denoiser)
+    if os.environ.get("CAC_TEST_NO_REPLICA_REDUCE") and layout.fsdp_mesh is not None and layout.fsdp_mesh.ndim == 2:
+        _skip_replica_reduction(layout.fsdp_mesh.get_group("replicate"))
+    if layout.sharded:
+        _count_reductions(layout, denoiser)
 
     def local(p):
         return (p.to_local() if isinstance(p, DTensor) else p).numel()
@@ -132,7 +143,7 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
     frozen = [p for p in denoiser.parameters() if not p.requires_grad]
     blocks = [m for e in denoiser.experts for m in parallel.family_blocks(e, family)]
     record.update(
-        rank=self.rank, dp_rank=self.dp_rank, cp_rank=self.cp_rank, dp=self.dp, cp=self.cp,
+        rank=layout.rank, dp_rank=layout.dp_rank, cp_rank=layout.cp_rank, dp=layout.dp, cp=layout.cp,
         units=[len(parallel.fsdp_units(e)) for e in denoiser.experts],
         blocks=[len(parallel.family_blocks(e, family)) for e in denoiser.experts],
         frozen_local=sum(local(p) for p in frozen), frozen_total=sum(p.numel() for p in frozen),
@@ -140,8 +151,8 @@ def _apply_and_record(self, denoiser, family, pipe=None, device=None):
         largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
         trainable_types=sorted({type(p).__name__ for p in denoiser.parameters() if p.requires_grad}),
         frozen_with_grad=sum(p.grad is not None for p in frozen),
-        group_timeouts_s=sorted({_timeout_s(g) for g in _groups(self)}),
-        local_rank=self.local_rank, per_node=self.per_node, weight_bytes_sent_inside_nodes=sent["inside"],
+        group_timeouts_s=sorted({_timeout_s(g) for g in _groups(layout)}),
+        local_rank=layout.local_rank, per_node=layout.per_node, weight_bytes_sent_inside_nodes=sent["inside"],
         weight_bytes_sent_across_nodes=sent["across"],
     )
 
@@ -169,7 +180,7 @@ def _count_reductions(layout, denoiser):
     unit_expert = {id(unit): e for e, expert in enumerate(experts) for unit in parallel.fsdp_units(expert)}
     counts = {e: {"reduce_scatter": 0, "all_reduce_replicas": 0, "all_reduce_bytes": 0} for e in range(len(experts))}
     record["reductions"] = counts
-    # the backwards (each Layout.gradient_sync context of an update) in which each expert's units reduced: a unit a forward
+    # the backwards (each gradient_sync context of an update) in which each expert's units reduced: a unit a forward
     # calls twice (MiniMax-H3's, Kandinsky 6's, LTX-2's) reduces twice in its backward, but in one backward an update
     backward, reduced_in = [0], {e: set() for e in range(len(experts))}
     record["lora_units"] = [sum(any(p.sharded_param.requires_grad for p in unit._get_fsdp_state()._fsdp_param_group.fsdp_params)
@@ -217,7 +228,7 @@ def _count_reductions(layout, denoiser):
         backward[0] += 1
         return sync(*args, **kwargs)
 
-    gradients.gradient_sync = numbered_sync
+    _replace_everywhere(sync, numbered_sync)
     record["reducing_backwards"] = reduced_in  # written as lists below
 
     if os.environ.get("CAC_TEST_SYNC_LAST_ONLY"):  # the control: every expert reduces at the update's last backward only
@@ -241,9 +252,6 @@ def _groups(layout):
 
 def _timeout_s(group) -> float:
     return group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
-
-
-parallel.Layout.apply = _apply_and_record
 
 
 # What the transformers bring into this process's host memory while the generator loads: a transformer
@@ -296,13 +304,13 @@ def _counting_load_file(filename, *args, **kwargs):
 
 
 safetensors.torch.load_file = _counting_load_file
-_load_generator = parallel.Layout.load_generator
+_load_generator = parallel.load_generator
 
 
-def _load_and_record(self, config, device):
+def _load_and_record(layout, config, device):
     loading.update(on=True, built=0, read=0)
     try:
-        pipe = _load_generator(self, config, device)
+        pipe = _load_generator(layout, config, device)
     finally:
         loading["on"] = False
         record.update(transformer_bytes_built=loading["built"], transformer_bytes_read=loading["read"])
@@ -312,8 +320,6 @@ def _load_and_record(self, config, device):
         raise RuntimeError(f"parallel_launch counts no construction of {uncounted}: name its class beside COUNTED")
     return pipe
 
-
-parallel.Layout.load_generator = _load_and_record
 
 if job == "flow-grpo":
     from cac_align.jobs import flow_grpo
@@ -409,6 +415,10 @@ if job in ("flow-grpo", "nft"):  # the optimizer updates the run made (the reduc
         return _optimizer_step(self, *args, **kwargs)
 
     _flow_grpo._Trainer._optimizer_step = _counted_update
+
+# what every process records of its layout and its load (the job's module is imported: it holds these by name)
+_replace_everywhere(_apply, _apply_and_record)
+_replace_everywhere(_load_generator, _load_and_record)
 
 if os.environ.get("CAC_TEST_VIA_CLI"):  # the command a user runs: its exit code and what it prints on failure
     from cac_align.cli import main

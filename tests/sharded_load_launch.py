@@ -1,5 +1,5 @@
 """Run by tests/jobs/test_parallel.py under ``torchrun --nproc_per_node 2`` (CPU, gloo): each process loads
-generators as a sharded trainer does (``Layout.load_generator``, the LoRA, ``Layout.apply``: the first
+generators as a sharded trainer does (``load_generator``, the LoRA, ``apply_parallelism``: the first
 process reads or draws the transformers' weights, the others build them on the meta device and take
 their shards from it) and compares everything it then holds, gathered whole, with the same generator
 loaded whole in this process the unsharded way (``build_generator``, then the LoRA), bit for bit: every
@@ -28,7 +28,7 @@ import torch
 from cac_align.config import RecipeError
 from cac_align.gen.generator import GeneratorConfig, build_generator, expert_components
 from cac_align.gen.lora import LoraSettings, adapted_denoiser
-from cac_align.gen.parallel import ParallelSettings, layout_for
+from cac_align.gen.parallel import ParallelSettings, apply_parallelism, layout_for, load_generator
 
 out, cases = Path(sys.argv[1]), sys.argv[2:]
 torch.distributed.init_process_group("gloo")
@@ -85,14 +85,14 @@ for case in cases:
     lora = LoraSettings(rank=4, alpha=8, experts="both" if family.experts == 2 else "high")
     if case_layout is not layout:
         try:
-            case_layout.load_generator(config, torch.device("cpu"))
+            load_generator(case_layout, config, torch.device("cpu"))
             report[case] = {"refused": None}
         except RecipeError as exc:
             report[case] = {"refused": str(exc)}
         continue
-    pipe = layout.load_generator(config, torch.device("cpu"))
+    pipe = load_generator(layout, config, torch.device("cpu"))
     denoiser = adapted_denoiser(pipe, family, lora, seed=7)
-    layout.apply(denoiser, family, pipe, torch.device("cpu"))
+    apply_parallelism(layout, denoiser, family, pipe, torch.device("cpu"))
     reference_pipe = build_generator(config)  # today's load, whole, in this process
     reference = adapted_denoiser(reference_pipe, family, lora, seed=7)
     pairs = [(f"expert{i}", got, want) for i, (got, want) in enumerate(zip(denoiser.experts, reference.experts))]

@@ -5,7 +5,9 @@ a caller reads is part of the contract (rewards/base.py ``Reward``, vlm/backend.
 
 Read from the source with ``ast`` (nothing is imported), counting imports inside functions too
 (they hide circles, they do not remove them) and leaving out ``if TYPE_CHECKING:`` blocks (never
-run). ``pytest tests/test_import_graph.py`` is the check; on a failure it names the modules.
+run), except for the circles a reader sees: there an annotation's import is an arrow too
+(``farm-studio look`` draws it). ``pytest tests/test_import_graph.py`` is the check; on a failure it
+names the modules.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ JOB_MODULES = {spec.module for spec in JOBS.values()} | {
 } | {"cac_align.cli"}
 # The jobs' index (CLI names -> job modules) is the CLI's to read; below the jobs it is a job import.
 JOB_MODULES = JOB_MODULES | {"cac_align.jobs"}
-# The one job spread over two modules: `train-cac` dispatches stage 3 to its trainer.
+# The jobs spread over two modules: `train-cac` dispatches stage 3 to its trainer; `dpo` reads its pairs
+# (dpo_pairs.py: run folders and the reward registry, both above gen/).
 # `nft` extends flow-grpo's trainer (the same loop with DiffusionNFT's sampling and update).
-ALLOWED_JOB_IMPORTS = {("cac_align.jobs.train_cac", "cac_align.jobs.train_cac_grpo"), ("cac_align.jobs.nft", "cac_align.jobs.flow_grpo")}
+SECOND_MODULES = {"train_cac_grpo": "train_cac", "dpo_pairs": "dpo"}
+ALLOWED_JOB_IMPORTS = {(f"cac_align.jobs.{job}", f"cac_align.jobs.{part}") for part, job in SECOND_MODULES.items()} | {
+    ("cac_align.jobs.nft", "cac_align.jobs.flow_grpo")}
 # Names our contract objects go by in the package: getattr / hasattr on them looks for an ability
 # the contract should state instead.
 CONTRACT_OBJECTS = {"reward", "rewards", "backend", "generator", "scorer"}
@@ -46,8 +51,9 @@ def _is_type_checking(node: ast.If) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}`` (``from pkg import sub`` counts as ``sub``)."""
+def import_graph(package: Path = PACKAGE, type_checking: bool = False) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}`` (``from pkg import sub`` counts as ``sub``);
+    ``type_checking``: the imports under ``if TYPE_CHECKING:`` counted too."""
     files = {_module_name(p, package.parent): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
@@ -56,7 +62,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
 
         def visit(node: ast.AST) -> None:
             for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.If) and _is_type_checking(child):
+                if isinstance(child, ast.If) and _is_type_checking(child) and not type_checking:
                     for other in child.orelse:
                         visit(other)
                     continue
@@ -124,6 +130,8 @@ def test_the_checks_can_fail(tmp_path):
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"} and graph["pkg.c"] == {"pkg.a"}
     assert graph["pkg.d"] == {"pkg.c"}  # c's TYPE_CHECKING import of d is not an edge
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+    read = import_graph(package, type_checking=True)  # as a reader sees it: c's annotation import of d is an arrow
+    assert read["pkg.c"] == {"pkg.a", "pkg.d"} and cycles(read) == [["pkg.a", "pkg.b", "pkg.c", "pkg.d"]]
 
 
 def test_no_import_circles():
@@ -132,11 +140,21 @@ def test_no_import_circles():
     assert cycles(graph) == []
 
 
+def test_no_circle_even_through_the_imports_of_annotations():
+    """What ``farm-studio look`` draws: a function that takes a class imports it (for its annotation, under
+    ``if TYPE_CHECKING:``), so the class's module must not import that function's. gen/parallel/: the
+    :class:`Layout` is data in dims.py; loading, parallelize, gradients and gather are functions that take it."""
+    graph = import_graph(type_checking=True)
+    assert "cac_align.gen.parallel.dims" in graph["cac_align.gen.parallel.gradients"]  # it reads the annotations' imports
+    assert not graph["cac_align.gen.parallel.dims"] & {m for m in graph if m.startswith("cac_align.gen.parallel.")}
+    assert cycles(graph) == []
+
+
 def test_every_job_lives_in_the_jobs_wing():
     outside = sorted(spec.module for spec in JOBS.values() if not spec.module.startswith("cac_align.jobs."))
     assert outside == []
     files = {p.stem for p in (PACKAGE / "jobs").glob("*.py")} - {"__init__"}
-    assert {spec.module.rpartition(".")[2] for spec in JOBS.values()} | {"train_cac_grpo"} == files
+    assert {spec.module.rpartition(".")[2] for spec in JOBS.values()} | set(SECOND_MODULES) == files
 
 
 def job_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
@@ -219,6 +237,33 @@ def test_long_functions_are_found(tmp_path):
 
 def test_no_function_is_longer_than_the_limit():
     assert long_functions() == []
+
+
+# The floors under the plug-in layer (DESIGN.md: jobs -> integrations/rewards/eval -> cac/gen/vlm ->
+# run/rl/video/config): the generator side, the judge, the models' backends, the data and the ground floor
+# import nothing of the floors above them, lazily or not.
+BELOW_THE_REWARDS = ("cac_align.gen", "cac_align.cac", "cac_align.vlm", "cac_align.data", "cac_align.run", "cac_align.rl", "cac_align.video",
+                     "cac_align.config", "cac_align.regions", "cac_align.loading")
+ABOVE_THEM = ("cac_align.rewards", "cac_align.integrations", "cac_align.eval", "cac_align.plan", "cac_align.jobs", "cac_align.cli")
+
+
+def _under(module: str, places: tuple[str, ...]) -> bool:
+    return any(module == place or module.startswith(place + ".") for place in places)
+
+
+def imports_back_up(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(module, module it imports) for every import from :data:`BELOW_THE_REWARDS` into :data:`ABOVE_THEM`."""
+    return sorted((module, target) for module, targets in graph.items() if _under(module, BELOW_THE_REWARDS)
+                  for target in targets if _under(target, ABOVE_THEM))
+
+
+def test_the_floors_below_the_rewards_import_nothing_above_them():
+    graph = import_graph()
+    assert "cac_align.rewards.registry" in graph["cac_align.jobs.dpo_pairs"]  # it reads imports inside functions
+    assert imports_back_up(graph) == []
+    # the check sees the arrow that ran back up until the pairs moved to the dpo job (gen/pairs.py -> the reward registry)
+    assert imports_back_up({"cac_align.gen.pairs": {"cac_align.rewards.registry", "cac_align.regions"}, "cac_align.rewards.cac": {"cac_align.cac.infer"},
+                            "cac_align.generator": {"cac_align.jobs.dpo"}}) == [("cac_align.gen.pairs", "cac_align.rewards.registry")]  # (a name that only begins as gen does is not gen)
 
 
 # The RL math (cac_align/rl/) stands beside the ground floor: it may import itself and the ground

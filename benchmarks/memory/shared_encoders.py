@@ -8,7 +8,7 @@ one copy per process (``parallel.share_encoders``, cac_align/gen/shared_weights.
 A tiny Wan pipeline whose text encoder is swapped for a random UMT5 encoder of real width (d_model
 1536, d_ff 4096, ``--layers`` layers, bf16) is saved to a folder. Then ``--processes`` processes are
 launched on this machine's CPU twice (torchrun, gloo), each loading the folder as a sharded trainer
-does (``Layout.load_generator`` with ``parallel.shard=fsdp2``), once with ``share_encoders`` at its
+does (``load_generator(layout, ...)`` with ``parallel.shard=fsdp2``), once with ``share_encoders`` at its
 default (shared: the encoders live on the CPU) and once ``false``. After every process has encoded a
 prompt, each reads its ``/proc/self/smaps_rollup``: PSS (each shared page divided among the processes
 that map it, so the processes' PSS add up to what the node holds) and anonymous (private) memory.
@@ -56,7 +56,7 @@ def worker(folder: str, share: str, out: str) -> None:
     import torch
 
     from cac_align.gen.generator import GeneratorConfig
-    from cac_align.gen.parallel import ParallelSettings, layout_for
+    from cac_align.gen.parallel import ParallelSettings, layout_for, load_generator
 
     torch.distributed.init_process_group("gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -67,7 +67,7 @@ def worker(folder: str, share: str, out: str) -> None:
     layout = layout_for(OnTheCpu(), ParallelSettings(shard="fsdp2", share_encoders={"default": None, "false": False}[share]))
     config = GeneratorConfig(name=folder, dtype="bfloat16", device="cpu")
     began = time.perf_counter()
-    pipe = layout.load_generator(config, torch.device("cpu"))
+    pipe = load_generator(layout, config, torch.device("cpu"))
     load_s = time.perf_counter() - began
     family = config.family
     with torch.no_grad():

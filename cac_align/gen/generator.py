@@ -222,7 +222,7 @@ def build_generator(config: GeneratorConfig, key: str = "generator", *, empty_tr
     ``empty_transformers``: the transformers (every expert: :func:`expert_components`) are built on
     the meta device from their ``config.json``, in ``config.dtype``, and no weight of theirs is read;
     everything else loads as before. A sharded run's processes other than the first load so, and
-    receive their shards from it (:meth:`cac_align.gen.parallel.Layout.load_generator`). A tiny
+    receive their shards from it (:func:`cac_align.gen.parallel.load_generator`). A tiny
     pipeline's transformers are built empty by :func:`cac_align.gen.tiny.transformers_on_meta`
     instead (their random draws come from the process that built them whole).
 
@@ -415,7 +415,7 @@ def save_lora(transformer: Any, folder: Any, weight_name: str = LORA_WEIGHT_NAME
     through the ``save_lora_weights`` of the model's pipeline class (its family's
     ``pipeline_class``: ``WanPipeline``, ``LTX2Pipeline``). ``state_dict``: its LoRA weights whole,
     keyed as its own ``state_dict`` (a sharded transformer's, gathered:
-    :meth:`cac_align.gen.parallel.Layout.expert_states`); None: the transformer's own."""
+    :func:`cac_align.gen.parallel.expert_states`); None: the transformer's own."""
     import diffusers
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict

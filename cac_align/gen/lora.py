@@ -147,7 +147,7 @@ def save_expert_loras(denoiser: Any, folder: Any, states: list | None = None) ->
     ``pytorch_lora_weights_transformer_2.safetensors`` (diffusers loads it with
     ``load_lora_weights(folder, weight_name=..., load_into_transformer_2=True)``;
     :func:`cac_align.gen.generator.load_lora` loads both). ``states``: each expert's LoRA weights
-    whole (a sharded denoiser's: :meth:`cac_align.gen.parallel.Layout.expert_states`); None: read
+    whole (a sharded denoiser's: :func:`cac_align.gen.parallel.expert_states`); None: read
     from the experts."""
     from cac_align.gen.generator import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
 
@@ -238,7 +238,7 @@ def _named_as(saved: dict[str, torch.Tensor], names: Any) -> dict[str, torch.Ten
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-def save_sharded_lora_checkpoint(folder: Path, layout: Any, model: torch.nn.Module, optimizer: Any, ema: dict | None, is_main: bool) -> None:
+def save_sharded_lora_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, ema: dict | None, is_main: bool) -> None:
     """A sharded run's checkpoint files, call on every process (each gathers its shards):
     ``model.safetensors`` (the LoRA, whole, named as one process names it), ``lora/``,
     ``ema.safetensors`` and ``optimizer.safetensors`` (the optimizer's state whole, by parameter name
@@ -249,10 +249,12 @@ def save_sharded_lora_checkpoint(folder: Path, layout: Any, model: torch.nn.Modu
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    from cac_align.gen.parallel.gather import expert_states, full_tensors, full_trainable
+
     folder = Path(folder)
-    lora = layout.full_trainable(model)
-    experts = layout.expert_states(model)
-    ema_full = layout.full_tensors(ema) if ema is not None else None
+    lora = full_trainable(model)
+    experts = expert_states(model)
+    ema_full = full_tensors(ema) if ema is not None else None
     optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main:
         return

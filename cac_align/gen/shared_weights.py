@@ -5,7 +5,7 @@ false, the default under FSDP2), and each process on a node used to hold its own
 62 GiB text encoder on an 8-GPU node was 497 GiB of host memory. The encoders are frozen and equal on
 every process, so one copy can serve them all.
 
-How (:meth:`cac_align.gen.parallel.Layout.load_generator` runs it):
+How (:func:`cac_align.gen.parallel.load_generator` runs it):
 
 1. the first process on a node loads the encoders as before, then :func:`publish` copies each of their
    tensors (every parameter and buffer, a tensor held under several names once) into one file per

@@ -8,7 +8,7 @@ diffusers' real pipeline classes at toy sizes, random weights, tokenizers built 
 - how a sharded run's processes build the same tiny pipeline (below).
 
 **In a sharded run** (``parallel.shard: fsdp2``) only the first process builds a tiny pipeline's
-transformers with their weights, as only it reads a real model's (:meth:`cac_align.gen.parallel.Layout.load_generator`).
+transformers with their weights, as only it reads a real model's (:func:`cac_align.gen.parallel.load_generator`).
 Each builder draws its modules one after the other from torch's random generator, so the modules
 built after a transformer (Wan's VAE, LTX-2's connectors and VAEs) depend on the draws the
 transformer took. The first process records the generator's state after each transformer

@@ -10,7 +10,7 @@ boxes regenerated and judged better (the winner), and the mask between them. Tra
 those pairs (and, globally, from Best-of-N's best and worst candidates), with LocalDPO's loss
 (:mod:`cac_align.rl.dpo`; defaults are LocalDPO's Wan-2.1 run):
 
-1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.gen.pairs.read_pairs`);
+1. **pairs**: read from the run folders in ``pairs`` (:func:`cac_align.jobs.dpo_pairs.read_pairs`);
    rows that give none are counted by reason and listed in ``pairs.json``;
 2. **latents**: each pair's videos are encoded once by the model's own VAE (Wan2.2-TI2V-5B's: 48
    channels, 16x; LTX-2's: 128 channels, 32x and 8x in time), its prompt by the model's text
@@ -68,9 +68,10 @@ from cac_align.gen.generator import Conditioning, GeneratorConfig, chunk_count, 
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.plan.check import check_memory
-from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
-                                   named_timeout, release_trainer)
-from cac_align.gen.pairs import PairError, PairSet, latent_mask, read_pairs
+from cac_align.gen.parallel import (Layout, ParallelSettings, apply_parallelism, check_context_parallel, check_parallel_resume, clip_grad_norm_,
+                                   connect_processes, expert_states, gradient_sync, layout_for, layout_state, load_generator, named_timeout,
+                                   prepare_for_training, release_trainer, scaled_backward, to_host)
+from cac_align.jobs.dpo_pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
@@ -373,7 +374,7 @@ class _Trainer:
         run_folder = _run_folder(config, self.pairs, acc.num_processes)  # the processes: named if the layout changes
         found = checkpoints(self.out) if run_folder.resuming else []
         if self.pipe is None:  # sharded: loaded on the CPU (the transformers' weights by the first process only); the encoders come to the device for the latent cache only
-            self.pipe = self.layout.load_generator(config.generator, acc.device)
+            self.pipe = load_generator(self.layout, config.generator, acc.device)
         pipe = self.pipe
         freeze_pipeline(pipe)
         acc.wait_for_everyone()
@@ -405,12 +406,12 @@ class _Trainer:
         if acc.device.type != "cpu":  # training reads the cache only: the text encoder (UMT5-XXL), the VAE, ... leave the GPU
             for name, module in pipe.components.items():
                 if isinstance(module, torch.nn.Module) and not name.startswith("transformer"):
-                    self.layout.to_host(module)  # a shared encoder back to the node's copy (gen/shared_weights.py)
+                    to_host(self.layout, module)  # a shared encoder back to the node's copy (gen/shared_weights.py)
 
         # 3. the LoRA (a two-expert model's: on lora.experts, each pair noised to a level an adapted
         #    expert serves), the optimizer, resume
         denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
-        self.layout.apply(denoiser, self.family)  # context parallel, FSDP2 per block (each process's shards to its device)
+        apply_parallelism(self.layout, denoiser, self.family)  # context parallel, FSDP2 per block (each process's shards to its device)
         if acc.is_main_process and config.parallel.active:
             log.info("dpo: %s", self.layout.describe())
         self.num_train_timesteps = float(pipe.scheduler.config.num_train_timesteps)
@@ -425,7 +426,7 @@ class _Trainer:
                                       eps=config.adam_eps, weight_decay=config.weight_decay)
         # the learning rate is set from the step itself (warmup_factor), not by a scheduler: one that
         # accelerate prepares steps once per process per update, and a function of the step resumes exactly
-        self.model, self.optimizer = self.layout.prepare(acc, denoiser, optimizer)
+        self.model, self.optimizer = prepare_for_training(self.layout, acc, denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         if not self.layout.sharded:  # a sharded run writes its checkpoint whole itself (checkpoint())
             register_lora_checkpoint(acc, self.unwrapped, None)
@@ -498,7 +499,7 @@ class _Trainer:
             mask = batch["mask"].to(device)
             # 2. policy and reference velocities; 3. the loss; gradients reduced once, on the last micro-batch (sharded:
             #    every call runs every expert, gen/parallel/gradients.py)
-            with self.layout.gradient_sync(acc, self.model, k, [range(len(self.unwrapped.experts))] * plan.micro_batches):
+            with gradient_sync(self.layout, acc, self.model, k, [range(len(self.unwrapped.experts))] * plan.micro_batches):
                 with acc.autocast():
                     prediction = video_velocity(self.model, x_t, timesteps, embeds, None, self.guidance, self.base_dtype, side)
                 with torch.no_grad(), adapters_disabled(self.unwrapped), acc.autocast():
@@ -506,7 +507,7 @@ class _Trainer:
                 model_w, model_l = squared_error(prediction, target)
                 ref_w, ref_l = squared_error(reference, target)
                 loss, parts = dpo_loss(model_w, model_l, ref_w, ref_l, config.loss, mask if mask.any() else None)
-                self.layout.backward(acc, loss / plan.micro_batches)  # x context_parallel (gen/parallel/gradients.py)
+                scaled_backward(self.layout, acc, loss / plan.micro_batches)  # x context_parallel (gen/parallel/gradients.py)
             n, masked = float(len(where)), float(parts["masked_pairs"])
             for key, value in parts.items():
                 if key == "masked_pairs":
@@ -518,7 +519,7 @@ class _Trainer:
             total, count = sums.get("masked_fraction", (0.0, 0.0))
             sums["masked_fraction"] = (total + masked, count + n)
         # 4. one update, at this step's learning rate
-        grad_norm = self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm) if config.max_grad_norm > 0 else math.nan
+        grad_norm = clip_grad_norm_(self.layout, acc, self.model, config.max_grad_norm) if config.max_grad_norm > 0 else math.nan
         lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -535,7 +536,7 @@ class _Trainer:
         acc = self.accelerator
         if self.layout.sharded:  # the files whole, as one process writes them (gen/lora.py)
             def write(tmp: Path) -> None:
-                save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, None, acc.is_main_process)
+                save_sharded_lora_checkpoint(tmp, self.unwrapped, self.optimizer, None, acc.is_main_process)
         else:
             def write(tmp: Path) -> None:
                 acc.save_state(str(tmp))
@@ -546,7 +547,7 @@ class _Trainer:
     def cleanup(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        states = self.layout.expert_states(self.unwrapped) if self.layout.sharded else None  # every process hands over its shards
+        states = expert_states(self.unwrapped) if self.layout.sharded else None  # every process hands over its shards
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)

@@ -62,8 +62,9 @@ from cac_align.gen.lora import (LoraSettings, adapted_denoiser, add_lora, ddp_kw
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable, build_optimizer)
 from cac_align.plan.check import check_memory
 from cac_align.plan.rows import guided_rows
-from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
-                                   named_timeout, release_trainer)
+from cac_align.gen.parallel import (Layout, ParallelSettings, apply_parallelism, check_context_parallel, check_parallel_resume, clip_grad_norm_,
+                                   connect_processes, encoders_on, expert_states, gather_from_leaders, gather_numbers, gradient_sync, layout_for,
+                                   layout_state, load_generator, named_timeout, prepare_for_training, release_trainer, scaled_backward)
 from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning
 from cac_align.rl.credit import chunk_credit, position_terms
@@ -469,15 +470,15 @@ class _Trainer:
         #    settings applied to it (sharded: loaded on the CPU, the transformers' weights read by the
         #    first process only, each process keeps its shards: gen/parallel/)
         if self.pipe is None:
-            self.pipe = self.layout.load_generator(config.generator, acc.device)
+            self.pipe = load_generator(self.layout, config.generator, acc.device)
         pipe = self.pipe
         denoiser = adapted_denoiser(pipe, self.family, config.lora, config.seed, config.gradient_checkpointing)
-        self.layout.apply(denoiser, self.family, pipe, acc.device)
+        apply_parallelism(self.layout, denoiser, self.family, pipe, acc.device)
         if acc.is_main_process and config.parallel.active:
             log.info("flow-grpo: %s", self.layout.describe())
         self.base_dtype = next(p for p in denoiser.transformer.parameters() if not p.requires_grad).dtype
         optimizer = build_optimizer(config, list(trainable(denoiser).values()))
-        self.model, self.optimizer = self.layout.prepare(acc, denoiser, optimizer)
+        self.model, self.optimizer = prepare_for_training(self.layout, acc, denoiser, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         # the sampling schedule, and the steps an adapted expert serves: the only ones whose loss has a gradient
         self.sigmas, self.timesteps = self.family.schedule(pipe, config.generator)
@@ -631,13 +632,13 @@ class _Trainer:
         outputs, reward_compute = collect_outputs(self.reward, futures)
         reward_wait = time.perf_counter() - start
         local_scores = np.concatenate([o.scores for o in outputs]) if layout.leader else np.full(len(local), np.nan)
-        scores = layout.gather(acc, local_scores)
+        scores = gather_numbers(layout, acc, local_scores)
         # which samples the reward's server did not answer because it was down (every process gathers, whatever it scored)
         local_down = [d.get("error_kind") == ErrorKind.DOWN for o in outputs for d in o.details] if layout.leader else [False] * len(local)
-        down = layout.gather(acc, np.asarray(local_down, dtype=np.float64)) > 0
+        down = gather_numbers(layout, acc, np.asarray(local_down, dtype=np.float64)) > 0
         if layout.leader:  # per-component numbers: only the leaders scored; one gather per key the reward declares
             for key, values in reward_columns(self.reward, outputs).items():
-                mean, std = nan_mean_std(layout.gather_leaders(acc, values))
+                mean, std = nan_mean_std(gather_from_leaders(layout, acc, values))
                 metrics[f"{key}_mean"], metrics[f"{key}_std"] = mean, std
         metrics["reward/mean"], metrics["reward/std"] = nan_mean_std(scores)
         metrics["reward/valid_fraction"] = float(np.isfinite(scores).mean())
@@ -653,7 +654,7 @@ class _Trainer:
         step_groups = [k // G for k in range(plan.total_samples)]
         if config.advantage.shuffle_scores:  # the no-signal control: the same scores, each group's permuted
             scores = shuffle_within_groups(scores, step_groups, np.random.default_rng([config.seed, step, 0x5C0E]))
-        gather = lambda v: layout.gather(acc, v)  # noqa: E731  (every process's, each context-parallel group's once)
+        gather = lambda v: gather_numbers(layout, acc, v)  # noqa: E731  (every process's, each context-parallel group's once)
         # GDPO's per component (advantage.aggregate), GARDO's diversity; then regularize.gate: the KL where the judges disagree
         adv = step_advantages(config, self.reward, outputs, scores, step_groups, trajectories, gather)
         kl_weights = self.guards.kl_weights(judged, scores, adv, step_groups, local, gather, metrics, device)  # (hold: worst_case: adv)
@@ -668,8 +669,7 @@ class _Trainer:
             audio["advantages"] = advantages
             metrics["advantage/video_abs_mean"] = metrics["advantage/audio_abs_mean"] = float(np.abs(adv.advantages).mean())
         if config.advantage.routing == "routed":  # 4c. each component's advantage to the latents of what it judges (rl/routing.py)
-            streams, components, trainable = routed_step(self.reward, outputs, scores, step_groups, lambda v: layout.gather(acc, v), config.adv_std,
-                                                         config.adv_clip_max)
+            streams, components, trainable = routed_step(self.reward, outputs, scores, step_groups, gather, config.adv_std, config.adv_clip_max)
             trains = trainable.any()
             weights = torch.as_tensor(trainable[local], dtype=torch.float32, device=device)
             advantages, audio["advantages"] = (torch.as_tensor(streams[k][local], device=device) for k in ("video", "audio"))
@@ -714,7 +714,7 @@ class _Trainer:
         """The conditioning of each (prompt, image) row, each distinct one encoded once."""
         keys = list(zip(texts, images))
         unique = list(dict.fromkeys(keys))
-        with self.layout.encoders_on(self.pipe, self.family):  # sharded: the text (and image) encoders come for the encoding only
+        with encoders_on(self.layout, self.pipe, self.family):  # sharded: the text (and image) encoders come for the encoding only
             embeds, negative = encode_conditioning(self.pipe, self.family, [t for t, _ in unique], [i for _, i in unique], self.config.generator,
                                                    self.guidance)
         index = [unique.index(k) for k in keys]
@@ -757,7 +757,7 @@ class _Trainer:
         nft's updates both end so."""
         config = self.config
         if config.max_grad_norm > 0:
-            grad_norms.append(self.layout.clip_grad_norm_(acc, self.model, config.max_grad_norm))
+            grad_norms.append(clip_grad_norm_(self.layout, acc, self.model, config.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
@@ -813,7 +813,7 @@ class _Trainer:
                     emb = step_conditioning(self.family, embeds[lo:hi], latents[lo:hi], k, self.video_chunks)  # + the chunk's history (Helios), detached
                     x, x_next = latents[lo:hi, s + k].to(device), latents[lo:hi, s + k + 1].to(device)
                     side = sides[lo:hi, s + k].to(device) if sides is not None else None
-                    with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
+                    with gradient_sync(self.layout, acc, self.model, backwards - 1, runs):
                         # the forwards without gradient first: an adaptive reference and DPPO's sampler swap the LoRA's weights in place
                         ref_mean = ref_side_velocity = old_mean = None
                         if config.loss != "ppo_clip" and c > 0:  # DPPO: the sampling policy's step mean (the first chunk's policy is it)
@@ -850,7 +850,7 @@ class _Trainer:
                             audio_loss, audio_parts = sound.loss(lo, hi, j, side_velocity, ref_side_velocity, weights[lo:hi], clip)
                             loss = loss + audio_loss
                             parts.update({f"audio_{key}": value for key, value in audio_parts.items()})
-                        self.layout.backward(acc, loss / chunk_total)  # x context_parallel (gen/parallel/gradients.py)
+                        scaled_backward(self.layout, acc, loss / chunk_total)  # x context_parallel (gen/parallel/gradients.py)
                     for key, value in parts.items():
                         if key not in ("kl", "audio_kl") or config.beta > 0:  # with beta = 0 no KL is computed
                             sums[key] = sums.get(key, 0.0) + float(value)
@@ -907,16 +907,16 @@ class _Trainer:
                 if i < config.eval_videos:
                     save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4",
                                audio=None if audio is None else audio[k], sample_rate=rate)
-        gathered = layout.gather(acc, scores)  # padding entries of short shards are NaN: not counted
+        gathered = gather_numbers(layout, acc, scores)  # padding entries of short shards are NaN: not counted
         mean, std = nan_mean_std(gathered)
         valid = int(np.isfinite(gathered).sum())
         metrics = {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
         for label, judged in held_out.items():
-            gathered = layout.gather(acc, judged)
+            gathered = gather_numbers(layout, acc, judged)
             metrics[f"eval/{label}/mean"] = nan_mean_std(gathered)[0]
             metrics[f"eval/{label}/valid_fraction"] = int(np.isfinite(gathered).sum()) / n
         for part, values in parts.items():
-            metrics[f"eval/components/{part}_raw_mean"] = nan_mean_std(layout.gather(acc, values))[0]
+            metrics[f"eval/components/{part}_raw_mean"] = nan_mean_std(gather_numbers(layout, acc, values))[0]
         return metrics
 
     def checkpoint(self, done: int) -> None:
@@ -930,10 +930,10 @@ class _Trainer:
     def _write_checkpoint(self, tmp: Path) -> None:
         """A checkpoint's files into ``tmp``, on every process (save_checkpoint)."""
         if self.layout.sharded:  # the files whole, as one process writes them (gen/lora.py)
-            save_sharded_lora_checkpoint(tmp, self.layout, self.unwrapped, self.optimizer, self.ema, self.accelerator.is_main_process)
+            save_sharded_lora_checkpoint(tmp, self.unwrapped, self.optimizer, self.ema, self.accelerator.is_main_process)
         else:
             self.accelerator.save_state(str(tmp))
-        self.guards.save(tmp, self.layout, self.accelerator.is_main_process)  # an adaptive reference's copy
+        self.guards.save(tmp, self.accelerator.is_main_process)  # an adaptive reference's copy
 
     # -- cleanup -----------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -942,7 +942,7 @@ class _Trainer:
         states = None
         if self.layout.sharded:  # every process hands over its shards of the (EMA) LoRA
             with swapped_lora(self.unwrapped, self.ema):
-                states = self.layout.expert_states(self.unwrapped)
+                states = expert_states(self.unwrapped)
         if acc.is_main_process:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)

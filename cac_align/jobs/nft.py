@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from cac_align.gen.generator import predict_velocity, video_conditioning
 from cac_align.rl.credit import chunk_credit
 from cac_align.gen.lora import load_lora_copy, swapped_lora, trainable
+from cac_align.gen.parallel import full_tensors, gradient_sync, scaled_backward
 from cac_align.rl.nft import ADV_MODES, DECAY_SCHEDULES, nft_loss, old_policy_decay, update_old_policy
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer, memory_inputs, plan_step, trained_timesteps
 from cac_align.rewards.base import Reward
@@ -139,7 +140,7 @@ class _NftTrainer(_Trainer):
 
     def _write_checkpoint(self, tmp: Path) -> None:
         super()._write_checkpoint(tmp)
-        old = self.layout.full_tensors(self.old)  # every process: a collective when sharded
+        old = full_tensors(self.old)  # every process: a collective when sharded
         if self.accelerator.is_main_process:
             save_file(old, str(tmp / OLD_POLICY_FILE))
 
@@ -206,7 +207,7 @@ class _NftTrainer(_Trainer):
                     if audio:  # trained: the sound noised again from its clean latents, at its own level
                         side_sigma = float(self.side_sigmas[j])
                         side = _renoise(sides[lo:hi, -1].to(device), side_sigma, [noise_seed(config.seed, step, local[k], j, 1) for k in range(lo, hi)], device)
-                    with self.layout.gradient_sync(acc, self.model, backwards - 1, runs):
+                    with gradient_sync(self.layout, acc, self.model, backwards - 1, runs):
                         with torch.no_grad(), acc.autocast():  # the old policy's and the reference's velocities
                             with swapped_lora(self.unwrapped, self.old):
                                 old_velocity = self._velocities(self.unwrapped, x_t, timesteps[j], emb, neg, side)
@@ -232,7 +233,7 @@ class _NftTrainer(_Trainer):
                             )
                             loss = loss + audio_loss
                             parts.update({f"audio_{key}": value for key, value in audio_parts.items()})
-                        self.layout.backward(acc, loss / chunk_total)
+                        scaled_backward(self.layout, acc, loss / chunk_total)
                     for key, value in {**parts, "loss": loss.detach()}.items():
                         if key in ("kl_div_loss", "audio_kl_div_loss") and config.beta == 0:
                             continue

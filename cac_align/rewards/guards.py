@@ -162,12 +162,14 @@ class RunGuards:
         """What a checkpoint's ``state.json`` records (nothing when no guard is on: its checkpoints are as before)."""
         return {"regularize": self.gate.state_dict()} if self.settings.gated or self.reference is not None else {}
 
-    def save(self, folder: Path, layout: Any, is_main: bool) -> None:
+    def save(self, folder: Path, is_main: bool) -> None:
         """The adaptive reference's copy, whole, into checkpoint ``folder`` (every process: a collective when sharded)."""
         if self.reference is not None:
             from safetensors.torch import save_file
 
-            whole = layout.full_tensors(self.reference)
+            from cac_align.gen.parallel import full_tensors
+
+            whole = full_tensors(self.reference)
             if is_main:
                 save_file(whole, str(folder / REFERENCE_FILE))
 

@@ -145,13 +145,13 @@ def test_every_familys_encoders_build_empty_as_their_folder_loads_them(tiny, tmp
 
 
 def test_a_layout_sends_a_shared_encoder_back_to_its_pages(tmp_path):
-    """What flow-grpo's encodes and dpo's end of caching call (Layout.to_host); a module with no shared copy
+    """What flow-grpo's encodes and dpo's end of caching call (to_host(layout, ...)); a module with no shared copy
     takes module.to("cpu"), which needs a GPU to show anything."""
-    from cac_align.gen.parallel import Layout, ParallelSettings
+    from cac_align.gen.parallel import Layout, ParallelSettings, to_host
 
     shared, _ = _encoder()
     _, home = publish(shared, tmp_path / "e.bin")
     layout = Layout(ParallelSettings(shard="fsdp2"), world=2, rank=1, encoder_homes={id(shared): home})
     shared.to("meta")  # away (a GPU's, in a run)
-    layout.to_host(shared)
+    to_host(layout, shared)
     assert all(home.holds(t) for t in _tensors(shared))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
 from cac_align.rl.dpo import DpoLossSettings, dpo_loss, noised_pair, squared_error
-from cac_align.gen.pairs import PairError, latent_mask, read_pairs
+from cac_align.jobs.dpo_pairs import PairError, latent_mask, read_pairs
 from cac_align.gen.generator import Conditioning, GeneratorConfig, build_generator, predict_velocity
 from cac_align.gen.families.wan import WAN21, build_tiny_wan_pipeline
 from cac_align.jobs.dpo import DpoConfig, pair_noise, run, warmup_factor

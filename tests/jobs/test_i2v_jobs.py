@@ -203,7 +203,7 @@ def test_flow_grpo_refuses_text_alone_for_an_image_model_and_context_parallel_wi
 def test_dpo_pairs_keep_their_image_and_train_on_the_generated_frames(tmp_path):
     from safetensors.torch import load_file
 
-    from cac_align.gen.pairs import PairError, read_pairs
+    from cac_align.jobs.dpo_pairs import PairError, read_pairs
     from cac_align.jobs.best_of_n import run as bon
     from cac_align.jobs.dpo import DpoConfig, run
 

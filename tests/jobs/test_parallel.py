@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, layout_for
+from cac_align.gen.parallel import Layout, ParallelSettings, check_context_parallel, check_parallel_resume, close_layout, layout_for
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 import forked_launch
 from conftest import REPO_ROOT, tiny_recipes_by_family
@@ -538,7 +538,7 @@ def test_sharded_evaluation_with_uneven_held_out_prompts_equals_one_process(tmp_
 @pytest.mark.parametrize("own", [True, False], ids=["own-outputs", "control-views"])
 def test_a_sharded_unit_returns_no_view_and_its_gradients_are_one_process(own):
     """FSDP2's "returned a view tensor" warning (cac_align/gen/parallel/parallelize.py, ``own_view_outputs``): with the
-    hook Layout.apply adds, the sharded tiny Wan transformer returns no view (no warning), and its LoRA
+    hook apply_parallelism adds, the sharded tiny Wan transformer returns no view (no warning), and its LoRA
     gradients equal the unsharded model's exactly. The control shards without the hook: torch warns
     (Wan's output is a view), and the gradients are still right, which is what the docstring says."""
     import copy
@@ -602,7 +602,7 @@ def test_parallel_timeout_is_a_run_only_setting_that_reaches_the_group(tmp_path)
     try:
         assert torch.distributed.group.WORLD._get_backend(torch.device("cpu")).options._timeout.total_seconds() == 42
     finally:
-        layout.close()
+        close_layout(layout)
 
 
 def test_a_collective_that_outwaits_its_timeout_fails_in_one_line_naming_the_setting():

@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from cac_align.cli import main
-from cac_align.gen.pairs import latent_mask, read_pairs
+from cac_align.jobs.dpo_pairs import latent_mask, read_pairs
 from conftest import REPO_ROOT, ForceAnswer
 
 ALIGN = REPO_ROOT / "recipes/align"

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from cac_align.cli import main
 from cac_align.config import RecipeError, load_config
-from cac_align.gen.pairs import read_pairs
+from cac_align.jobs.dpo_pairs import read_pairs
 from cac_align.gen.families.wan import build_tiny_wan22_a14b_pipeline
 from cac_align.gen.families.vace import (RegeneratorConfig, build_regenerator, build_tiny_vace_pipeline, build_tiny_wan22_vace_a14b_pipeline, plan_repair,
                                 regenerate)

@@ -117,7 +117,7 @@ def named_timeout(settings: ParallelSettings):
 
 def release_trainer(trainer: Any) -> None:
     """End a generator trainer's run (call in the ``finally`` of a job's ``run``, on every process):
-    close its layout's own group (:meth:`Layout.close`), drop everything the trainer holds (the
+    close its layout's own group (:func:`~.dims.close_layout`), drop everything the trainer holds (the
     FSDP-wrapped model, its optimizer, the Accelerator) and collect the garbage now.
 
     Why now: the wrapped model sits in reference cycles (hooks, FSDP's state), so without a
@@ -129,9 +129,11 @@ def release_trainer(trainer: Any) -> None:
     abort). Collected here, they die while everything they need is alive."""
     import gc
 
+    from cac_align.gen.parallel.dims import close_layout
+
     layout = getattr(trainer, "layout", None)
     if layout is not None:
-        layout.close()  # a one-process group of a sharded run on one process
+        close_layout(layout)  # a one-process group of a sharded run on one process
     trainer.__dict__.clear()
     gc.collect()
 

@@ -1,9 +1,11 @@
 """Who is where: the ``parallel`` section (:class:`ParallelSettings`), this process's place among a
 trainer's processes (:class:`Layout`), and the meshes they form (:func:`layout_for`), in the manner of
-torchtitan's ``parallel_dims.py`` (``ParallelDims``, ``build_mesh``). What the layout does to a model
-(:mod:`.parallelize`, :mod:`.loading`), when gradients reduce (:mod:`.gradients`) and how the processes
-connect (:mod:`.connect`) live beside it; :class:`Layout` keeps one method for each, so a job calls the
-layout alone (the package's docstring).
+torchtitan's ``parallel_dims.py`` (``ParallelDims``, ``build_mesh``). :class:`Layout` is data: the
+degrees, the ranks, the meshes and groups, and what follows from them alone. What is done with it lives
+beside it, as functions that take it (the package's docstring): loading the generator (:mod:`.loading`),
+applying the parallelism to a model (:mod:`.parallelize`), when gradients reduce (:mod:`.gradients`),
+what is gathered across the processes (:mod:`.gather`) and how the processes connect (:mod:`.connect`).
+None of them is imported here: this module stands below them all.
 
 Mesh. Ranks are laid out ``(dp, cp)`` with the context-parallel rank fastest: rank
 ``r = dp_rank * cp + cp_rank``. FSDP2 shards over every rank (a 1-D mesh of the world), as verl-omni
@@ -13,21 +15,18 @@ mesh is 2-D, ``("replicate", "shard")``: a replica's shards on consecutive ranks
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_layout", "layout_for", "node_place", "setup_parallel"]
+__all__ = ["DEFAULT_TIMEOUT_S", "PARALLEL_SHARDS", "Layout", "ParallelSettings", "check_layout", "close_layout", "layout_for", "node_place"]
 
 PARALLEL_SHARDS = ("none", "fsdp2")
 # parallel.timeout_s's default (ParallelSettings): 30 minutes, about four times the longest wait we can foresee
@@ -38,8 +37,6 @@ PARALLEL_SHARDS = ("none", "fsdp2")
 # second judge (UnifiedReward beside CaC) about doubles it (not measured): some 450 s before the VAE
 # decode, most of NCCL's own default (600 s). torch's default for gloo is the same 30 minutes.
 DEFAULT_TIMEOUT_S = 1800.0
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,19 +129,31 @@ class ParallelSettings:
 
 
 # ---------------------------------------------------------------------------------------
-# The layout: who takes which samples, and the steps that differ once a model is parallel
+# The layout: who is where, and what follows from it
 # ---------------------------------------------------------------------------------------
 @dataclass
 class Layout:
-    """This process's place in a trainer's processes, and what it does differently there.
+    """This process's place in a trainer's processes: data, as torchtitan's ``ParallelDims``. What is
+    done with it (loading, parallelizing, reducing, gathering) is a function of
+    :mod:`cac_align.gen.parallel` that takes it, never a method.
 
     Attributes:
         settings: the ``parallel`` section.
         world: every process; rank: this one's (``dp_rank * cp + cp_rank``).
         cp: the context-parallel degree (1: none).
-        fsdp_mesh: FSDP2's 1-D mesh over every process (None unless sharded).
+        fsdp_mesh: FSDP2's mesh: 1-D over every process, 2-D ``(replicate, shard)`` under HSDP (None unless sharded).
         cp_mesh: the ``(dp, ring, ulysses)`` mesh diffusers' context parallel runs on (None unless cp > 1).
         leaders: the process group of each context-parallel group's first rank (None unless cp > 1).
+        device: where the sharded transformers and the rest of the pipeline compute (set by
+            :func:`~.parallelize.apply_parallelism`).
+        encoder_homes: the encoders whose weights are the node's shared copy, by ``id``, each with
+            its home pages (set by :func:`~.loading.load_generator`; :func:`~.loading.to_host`
+            restores them there).
+        own_group: whether :func:`layout_for` made a one-process group (sharded on one process),
+            which :func:`close_layout` ends.
+        local_rank, per_node: this process's place on its node and the processes on each node
+            (torchrun's ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``).
+        node_group: this node's processes, where the run spans several nodes (None: one node).
     """
 
     settings: ParallelSettings
@@ -157,7 +166,7 @@ class Layout:
     device: Any = None  # where the sharded transformers and the rest of the pipeline compute
     # the encoders whose weights are the node's shared copy, by id (restored there after each encode)
     encoder_homes: dict[int, Any] = dataclasses.field(default_factory=dict)
-    own_group: bool = False  # a one-process group made here (sharded on one process), ended by close()
+    own_group: bool = False  # a one-process group made here (sharded on one process), ended by close_layout()
     local_rank: int = 0  # this process's place on its node (torchrun's LOCAL_RANK)
     per_node: int = 1  # processes on each node (torchrun's LOCAL_WORLD_SIZE)
     node_group: Any = None  # this node's processes, where the run spans several nodes (None: one node, the world)
@@ -188,142 +197,30 @@ class Layout:
 
     @property
     def loss_scale(self) -> float:
-        """The factor on each rank's loss: ``cp`` (module docstring, "Gradients under context
+        """The factor on each rank's loss: ``cp`` (:mod:`.gradients`, "Gradients under context
         parallel"); 1 without context parallel."""
         return float(self.cp)
 
-    def close(self) -> None:
-        """End the one-process group :func:`layout_for` made for a sharded run on one process."""
-        if self.own_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self.own_group = False
-
     def describe(self) -> str:
+        """One line for the log: the processes, the degrees and how the generator is held."""
         shard = "FSDP2 (one unit per block)" if self.sharded else "whole on every process (DDP)"
         if self.sharded and self.settings.replicate > 1:
             shard = f"HSDP: {self.settings.replicate} replicas x {self.world // self.settings.replicate} shards (one unit per block)"
         return f"{self.world} process(es): data parallel {self.dp} x context parallel {self.cp}; generator {shard}"
 
-    # -- numbers across processes --------------------------------------------------------
-    def gather(self, accelerator: Accelerator, values: Any) -> np.ndarray:
-        """A per-group float array concatenated over the data-parallel groups in order, on every
-        process (each context-parallel group counted once: its leader's values)."""
-        from cac_align.run.dist import gather_floats
-
-        gathered = gather_floats(accelerator, values)
-        if self.cp == 1:
-            return gathered
-        return gathered.reshape(self.dp, self.cp, -1)[:, 0].reshape(-1)
-
-    def gather_leaders(self, accelerator: Accelerator, values: Any) -> np.ndarray | None:
-        """Like :meth:`gather`, called by the leaders alone (a number only a leader has, such as a
-        reward's per-component scores); None on the other ranks, which must not call it."""
-        if self.cp == 1:
-            from cac_align.run.dist import gather_floats
-
-            return gather_floats(accelerator, values)
-        if not self.leader:
-            raise RuntimeError("gather_leaders is called by the leaders of the context-parallel groups only")
-        tensor = torch.as_tensor(np.asarray(values, dtype=np.float64), device=accelerator.device)
-        parts = [torch.empty_like(tensor) for _ in range(self.dp)]
-        torch.distributed.all_gather(parts, tensor, group=self.leaders)
-        return torch.cat(parts).cpu().numpy()
-
-
-    # -- the model: loaded (loading.py), parallelized (parallelize.py), trained (gradients.py) --
+    # -- whose weights: the generator is read once a node (loading.py) -------------------
     @property
     def reads_weights(self) -> bool:
         """Whether this process reads (or, for a tiny pipeline, draws) the generator transformers'
         weights: every process, except in a run sharded over several, where the first process of
-        each node alone does and its node's others receive their shards from it in :meth:`apply`
-        (no byte of a weight crosses between nodes)."""
+        each node alone does and its node's others receive their shards from it in
+        :func:`~.parallelize.apply_parallelism` (no byte of a weight crosses between nodes)."""
         return not (self.sharded and self.world > 1) or self.local_rank == 0
 
     @property
     def node_leader(self) -> int:
         """The global rank of this node's first process (the one that reads the weights)."""
         return self.rank - self.local_rank
-
-    def load_generator(self, config: Any, device: Any) -> Any:
-        """The pipeline ``config`` names, as this process needs it before the LoRA and :meth:`apply`
-        (:func:`.loading.load_generator`). Call once, on every process."""
-        from cac_align.gen.parallel.loading import load_generator
-
-        return load_generator(self, config, device)
-
-    def apply(self, denoiser: Any, family: Any, pipe: Any = None, device: Any = None) -> None:
-        """Apply the settings to ``denoiser``'s transformers, their LoRA already added
-        (:func:`.parallelize.apply_parallelism`). Call once, on every process."""
-        from cac_align.gen.parallel.parallelize import apply_parallelism
-
-        apply_parallelism(self, denoiser, family, pipe, device)
-
-    def prepare(self, accelerator: Accelerator, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        """``(model, optimizer)`` for training: accelerate's ``prepare`` (DDP) unless sharded, when
-        the denoiser is already FSDP2's (:meth:`apply`) and the optimizer steps on its shards."""
-        if self.sharded:
-            return denoiser, optimizer
-        return accelerator.prepare(denoiser, optimizer)
-
-    def gradient_sync(self, accelerator: Accelerator, model: Any, index: int, runs: Sequence[Any]) -> Any:
-        """The context of backward ``index`` of an accumulated update whose backwards run the experts
-        ``runs`` (:func:`.gradients.gradient_sync`: one reduction per update, each expert at its last
-        backward)."""
-        from cac_align.gen.parallel.gradients import gradient_sync
-
-        return gradient_sync(self, accelerator, model, index, runs)
-
-    def backward(self, accelerator: Accelerator, loss: torch.Tensor) -> None:
-        """``loss``'s backward, times the context-parallel degree (:func:`.gradients.backward`)."""
-        from cac_align.gen.parallel.gradients import backward
-
-        backward(self, accelerator, loss)
-
-    def clip_grad_norm_(self, accelerator: Accelerator, model: Any, max_norm: float) -> float:
-        """Clip the trainable gradients by their global norm (:func:`.gradients.clip_grad_norm_`)."""
-        from cac_align.gen.parallel.gradients import clip_grad_norm_
-
-        return clip_grad_norm_(self, accelerator, model, max_norm)
-
-    def to_host(self, module: torch.nn.Module) -> None:
-        """``module`` back on the CPU (:func:`.loading.to_host`: a shared encoder to its pages)."""
-        from cac_align.gen.parallel.loading import to_host
-
-        to_host(self, module)
-
-    @contextlib.contextmanager
-    def encoders_on(self, pipe: Any, family: Any):
-        """The prompt encoders on the device while they encode (:func:`.loading.encoders_on`)."""
-        from cac_align.gen.parallel.loading import encoders_on
-
-        with encoders_on(self, pipe, family):
-            yield
-
-    def full_trainable(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The trainable (LoRA) weights by name, whole, float32 on the CPU, on every process (a
-        collective when sharded: every process must call it)."""
-        from cac_align.gen.parallel.parallelize import full
-
-        return {name: full(p).detach().float().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-    def full_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``tensors`` (an EMA of the shards) whole, float32 on the CPU (a collective when sharded)."""
-        from cac_align.gen.parallel.parallelize import full
-
-        return {name: full(t).detach().float().cpu().contiguous() for name, t in tensors.items()}
-
-    def expert_states(self, denoiser: Any) -> list[dict[str, torch.Tensor] | None]:
-        """Each expert's LoRA weights whole, keyed as the expert's own ``state_dict`` (what
-        ``save_lora`` writes), None for an expert without one (a collective when sharded)."""
-        from cac_align.gen.parallel.parallelize import full
-
-        states = []
-        for index, expert in enumerate(denoiser.experts):
-            if index not in denoiser.trained_experts():
-                states.append(None)
-                continue
-            states.append({name: full(p).detach().cpu().contiguous() for name, p in expert.named_parameters() if p.requires_grad})
-        return states
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,7 +284,7 @@ def layout_for(accelerator: Accelerator, settings: ParallelSettings) -> Layout:
             _set_timeout(layout.fsdp_mesh.get_group(name), settings.timeout)
     elif settings.shard == "fsdp2":
         layout.fsdp_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
-    if settings.shard == "fsdp2" and layout.per_node < world:  # several nodes: each node's group, for its weights (Layout.apply)
+    if settings.shard == "fsdp2" and layout.per_node < world:  # several nodes: each node's group, for its weights (apply_parallelism)
         if world % layout.per_node:
             from cac_align.config import RecipeError
 
@@ -416,8 +313,9 @@ def _set_timeout(group: Any, timeout: timedelta) -> None:
     setter(timeout, group)
 
 
-def setup_parallel(accelerator: Accelerator, settings: ParallelSettings, denoiser: Any, family: Any, pipe: Any = None) -> Layout:
-    """:func:`layout_for`, then :meth:`Layout.apply` to ``denoiser`` (a one-call form for scripts)."""
-    layout = layout_for(accelerator, settings)
-    layout.apply(denoiser, family, pipe, accelerator.device)
-    return layout
+def close_layout(layout: Layout) -> None:
+    """End the one-process group :func:`layout_for` made for a sharded run on one process (nothing
+    otherwise: the processes' own group is the launcher's, ended with the run)."""
+    if layout.own_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        layout.own_group = False

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from cac_align.gen.parallel.dims import Layout
     from accelerate import Accelerator
 
-__all__ = ["backward", "clip_grad_norm_", "gradient_sync", "reducing_backwards"]
+__all__ = ["clip_grad_norm_", "gradient_sync", "reducing_backwards", "scaled_backward"]
 
 
 def reducing_backwards(runs: Sequence[Collection[int]]) -> list[frozenset[int]]:
@@ -83,8 +83,9 @@ def gradient_sync(layout: Layout, accelerator: Accelerator, model: Any, index: i
             root.set_requires_gradient_sync(True)
 
 
-def backward(layout: Layout, accelerator: Accelerator, loss: torch.Tensor) -> None:
-    """``loss``'s backward, multiplied by the context-parallel degree (module docstring)."""
+def scaled_backward(layout: Layout, accelerator: Accelerator, loss: torch.Tensor) -> None:
+    """``loss``'s backward (a scalar tensor), multiplied by the context-parallel degree
+    (:attr:`~.dims.Layout.loss_scale`; module docstring, "Gradients under context parallel")."""
     accelerator.backward(loss * layout.loss_scale if layout.cp > 1 else loss)
 
 

@@ -37,14 +37,14 @@ log = logging.getLogger(__name__)
 
 def load_generator(layout: Layout, config: Any, device: Any) -> Any:
     """The pipeline ``config`` (a :class:`~cac_align.gen.generator.GeneratorConfig`) names, as this
-    process needs it before the LoRA and :meth:`~.dims.Layout.apply`. Call once, on every process.
+    process needs it before the LoRA and :func:`~.parallelize.apply_parallelism`. Call once, on every process.
 
     - Not sharded: loaded whole on ``device``, as one process loads it.
-    - Sharded: loaded on the CPU (:meth:`~.dims.Layout.apply` puts each process's shards on its device). Over
+    - Sharded: loaded on the CPU (:func:`~.parallelize.apply_parallelism` puts each process's shards on its device). Over
       several processes, only the first reads the transformers' weights; the others build them on
       the meta device from their configs (:func:`~cac_align.gen.generator.build_generator`'s
       ``empty_transformers``: no weight read, no host memory) and take their shards from the first
-      in :meth:`~.dims.Layout.apply`. The VAE(s) load whole on every process.
+      in :func:`~.parallelize.apply_parallelism`. The VAE(s) load whole on every process.
     - The text encoder(s): where they live on the CPU between encodes and several processes share
       a node (``share_encoders``), the node's first process loads them and the others build them
       empty and map its copy (:func:`_share_encoders`); else each process loads its own.
@@ -161,7 +161,7 @@ def encoders_on(layout: Layout, pipe: Any, family: Any):
         yield
     finally:
         for module in modules:
-            layout.to_host(module)
+            to_host(layout, module)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

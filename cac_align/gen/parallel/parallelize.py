@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:
-    from cac_align.gen.parallel.dims import Layout
-
+from cac_align.gen.parallel.dims import Layout, ParallelSettings, layout_for
 from cac_align.gen.parallel.loading import first_process_state, take_node_weights
 
-__all__ = ["apply_parallelism", "family_blocks", "fsdp_units", "full", "own_view_outputs"]
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+__all__ = ["apply_parallelism", "family_blocks", "fsdp_units", "own_view_outputs", "prepare_for_training", "setup_parallel"]
 
 
 def apply_parallelism(layout: Layout, denoiser: Any, family: Any, pipe: Any = None, device: Any = None) -> None:
@@ -31,13 +32,13 @@ def apply_parallelism(layout: Layout, denoiser: Any, family: Any, pipe: Any = No
        + 1 units per expert, the LoRA inside the units, the frozen base with no gradient; each
        process's shards go to ``device``. Over several processes every process then takes its
        node's first process's weights (its base and its LoRA, whatever it loaded itself: the
-       others loaded the transformers empty, :meth:`load_generator`): each tensor broadcast
+       others loaded the transformers empty, :func:`~.loading.load_generator`): each tensor broadcast
        whole in the node's group and kept as this process's shards, and the buffers a state
        dict leaves out (rope tables) whole; before sharding, each takes the first's dtypes, and a
        transformer of another shape is refused;
     3. the rest of ``pipe`` (sharded: loaded on the CPU): the VAE(s) and every other model to
        ``device``, except the encoders (:attr:`~cac_align.gen.family.GeneratorFamily.encoder_components`)
-       when they do not stay (:meth:`~.dims.Layout.encoders_on` brings them for each encoding).
+       when they do not stay (:func:`~.loading.encoders_on` brings them for each encoding).
     """
     experts = list(denoiser.experts)
     if layout.cp > 1:
@@ -85,6 +86,21 @@ def apply_parallelism(layout: Layout, denoiser: Any, family: Any, pipe: Any = No
     layout.device = None if device is None else torch.device(device)
 
 
+def prepare_for_training(layout: Layout, accelerator: Accelerator, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+    """``(model, optimizer)`` for training: accelerate's ``prepare`` (DDP) unless sharded, when the
+    denoiser is FSDP2's already (:func:`apply_parallelism`) and the optimizer steps on its shards."""
+    if layout.sharded:
+        return denoiser, optimizer
+    return accelerator.prepare(denoiser, optimizer)
+
+
+def setup_parallel(accelerator: Accelerator, settings: ParallelSettings, denoiser: Any, family: Any, pipe: Any = None) -> Layout:
+    """:func:`~.dims.layout_for`, then :func:`apply_parallelism` to ``denoiser`` (a one-call form for scripts)."""
+    layout = layout_for(accelerator, settings)
+    apply_parallelism(layout, denoiser, family, pipe, accelerator.device)
+    return layout
+
+
 
 def _owned(output: Any) -> Any:
     """``output`` with each tensor that is a view of another replaced by its own copy."""
@@ -107,10 +123,6 @@ def own_view_outputs(module: torch.nn.Module) -> Any:
     (the size of the latents, small beside the unit's activations) removes the cause: the hook is
     registered before ``fully_shard``'s, so FSDP2 sees the copy."""
     return module.register_forward_hook(lambda _module, _inputs, output: _owned(output))
-
-
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def family_blocks(transformer: torch.nn.Module, family: Any) -> list[torch.nn.Module]:

@@ -1,4 +1,7 @@
-"""Preference pairs for the generator from finished runs: repairs (localized) and Best-of-N (global).
+"""Preference pairs for the generator from finished runs: repairs (localized) and Best-of-N (global),
+as the ``dpo`` job reads them (its second module, as ``train_cac_grpo`` is ``train-cac``'s). It stands
+with the job because it reads what jobs wrote (their run folders) and the reward registry (whether two
+runs were judged alike): both above the generator library of ``gen/``, which it used to sit in.
 
 - **Repair** (a ``cac-align repair`` run folder): each *accepted* row is a pair: the winner is the
   kept repair (``output``), the loser the input video (``video``), the prompt the row's; the mask
