@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cac_align.eval.pages import PAGE_SCRIPT, PAGE_STYLE, clip_assets, evidence_html, fmt, video_html
+from cac_align.video import VideoError
 
 __all__ = ["ASSETS", "BON_PAGE", "write_bon_page"]
 
@@ -34,11 +35,13 @@ def _candidate(out: Path, row: dict[str, Any], assets_root: Path, eager: bool) -
     evidence = {str(k): v for k, v in (row.get("evidence") or {}).items() if isinstance(v, dict)}
     candidate = int(row.get("candidate", 0))
     label = f"prompt {row.get('prompt_index')}, candidate {candidate}"
+    assets, video = None, '<p class="note">video missing</p>'
     if mp4.is_file():
-        assets = clip_assets(mp4, assets_root / mp4.stem, evidence)
-        video = video_html(mp4, assets, out, label, eager=eager)
-    else:
-        assets, video = None, '<p class="note">video missing</p>'
+        try:
+            assets = clip_assets(mp4, assets_root / mp4.stem, evidence)
+            video = video_html(mp4, assets, out, label, eager=eager)
+        except VideoError as exc:  # one unreadable file is said in its card, the page still shows the rest
+            video = f'<p class="error">{html.escape(str(exc))}</p>'
     chosen = bool(row.get("chosen"))
     rule = str(row.get("chosen_by"))
     said = "chosen" if rule == "argmax" else f"chosen ({html.escape(rule)})"  # a fallback (no candidate valid) says so

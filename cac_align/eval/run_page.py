@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from cac_align.eval.pages import PAGE_SCRIPT, PAGE_STYLE, Marker, clip_assets, evidence_html, fmt, line_chart, video_html
+from cac_align.video import VideoError
 
 __all__ = ["ASSETS", "RUN_PAGE", "Evaluation", "read_evaluations", "write_run_page"]
 
@@ -304,8 +305,13 @@ def _grid(run: _Run, keys: list[str], alarms: dict[int, list[str]], assets_root:
             if sample is None or mp4 is None or not mp4.is_file():
                 cells.append(f'<td class="cell empty {classes[e.step]}" data-step="{e.step}" data-index="{index}"><p class="note">no video</p></td>')
                 continue
-            assets = clip_assets(mp4, assets_root / e.folder.name / f"{index:05d}", sample["evidence"])
-            scores, fell = _score_list(run, base, index, sample, keys)
+            scores, fell = _score_list(run, base if e is not base else None, index, sample, keys)  # the first column has no change
+            try:
+                assets = clip_assets(mp4, assets_root / e.folder.name / f"{index:05d}", sample["evidence"])
+            except VideoError as exc:  # the page is not the place to stop a run: the cell says it
+                cells.append(f'<td class="cell {classes[e.step]}" data-step="{e.step}" data-index="{index}"><p class="error">{html.escape(str(exc))}</p>'
+                             f"{scores}</td>")
+                continue
             cls = " ".join(c for c in ("cell", classes[e.step], "fell" if fell else "") if c)
             cells.append(f'<td class="{cls}" data-step="{e.step}" data-index="{index}">'
                          f'{video_html(mp4, assets, out, f"step {e.step}, prompt {index}", eager=row < _EAGER_ROWS)}{scores}'

@@ -46,6 +46,7 @@ def test_the_grid_its_scores_marks_evidence_and_tables(tmp_path):
     assert _score(cells[(4, 0)][1], "cac") == ("fell", "0.550", "-0.050v")
     assert _score(cells[(4, 1)][1], "cac") == ("", "0.690", "-0.010")
     assert _score(cells[(2, 0)][1], "cac") == ("", "0.610", "+0.010")
+    assert _score(cells[(0, 0)][1], "cac") == ("", "0.600", "")  # step 0 is the baseline: no change shown
     assert [key for key, (classes, _) in cells.items() if "fell" in classes] == [(4, 0)]
     # the best step's column, the alarm's column
     assert all("best" in cells[(2, i)][0] for i in (0, 1)) and not any("best" in cells[(s, 0)][0] for s in (0, 4))
@@ -172,6 +173,11 @@ def test_run_page_in_headless_chromium(tmp_path):
         assert driver.execute_script(state, video)[3].endswith("/run_page/step_000004/00001.jpg")
         other = driver.find_element(By.CSS_SELECTOR, 'td.cell[data-step="0"][data-index="0"] video')
         assert driver.execute_script(state, other)[0] == 0  # not hovered: nothing of its mp4 fetched (preload="none")
+        # its soundtrack: the button unmutes the video and keeps it playing
+        sounded = driver.find_element(By.CSS_SELECTOR, 'td.cell[data-step="2"][data-index="1"] video')
+        driver.find_element(By.CSS_SELECTOR, 'td.cell[data-step="2"][data-index="1"] button.sound').click()
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(state, sounded)[1] > 0.1)
+        assert driver.execute_script("return [arguments[0].muted, arguments[0].paused]", sounded) == [False, False]
         # the alarm marker at the step metrics.jsonl says, on the held-out judge's point of that step
         assert [int(e.get_attribute("data-step")) for e in driver.find_elements(By.CSS_SELECTOR, "svg line.marker.alarm")][:1] == fired == [ALARM_STEP]
         centre = "var r = arguments[0].getBoundingClientRect(); return r.left + r.width / 2"
@@ -196,3 +202,12 @@ def test_run_page_in_headless_chromium(tmp_path):
         assert driver.execute_script(steps) == ["0", "2", "6"]
         errors = console_errors(driver)
     assert errors == []
+
+
+def test_an_unreadable_video_is_said_in_its_cell_and_the_page_still_written(tmp_path):
+    out = build_run_folder(tmp_path / "run", steps=(0,))
+    broken = next((out / "eval/step_000000").glob("00001_*.mp4"))
+    broken.write_bytes(b"not an mp4")
+    cells = _cells(write_run_page(out).read_text())
+    assert "could not decode video" in cells[(0, 1)][1] and _score(cells[(0, 1)][1], "cac") == ("", "0.700", "")
+    assert "<video" in cells[(0, 0)][1]
