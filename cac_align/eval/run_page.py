@@ -185,7 +185,7 @@ def _delta(base: Evaluation | None, index: int, key: str, value: float | None) -
 # ---------------------------------------------------------------------------------------
 # The page's parts
 # ---------------------------------------------------------------------------------------
-def _summary(run: _Run, alarms: dict[int, list[str]], keys: list[str]) -> str:
+def _summary(run: _Run, alarms: dict[int, list[str]]) -> str:
     """The few lines at the top: what ran, the held-out means first and last, the best step, the alarms."""
     evaluations = run.evaluations
     config = run.config
@@ -225,14 +225,14 @@ def _summary(run: _Run, alarms: dict[int, list[str]], keys: list[str]) -> str:
     if alarms:
         said = "; ".join(f"step {step}: {html.escape(', '.join(names))}" for step, names in sorted(alarms.items()))
         facts.append(f'<span class="badge alarm">&#9888; watch</span> fired at {said}')
-    else:
+    elif any("watch/alarms" in row or "watch/fired" in row for row in run.rows):  # a run with held-out judges to watch
         facts.append("the watch did not fire")
     lines = "".join(f'<div class="fact">{f}</div>' for f in facts)
     means_html = f'<p class="lede">Held-out means: {"; ".join(means)}.</p>' if means else ""
     return f'<div class="facts">{lines}</div>{means_html}'
 
 
-def _column_classes(run: _Run, alarms: dict[int, list[str]]) -> dict[int, str]:
+def _column_classes(run: _Run) -> dict[int, str]:
     """Per evaluated step its column's classes: "best" for the best step, "mid" for the columns the
     compact view hides (all but the first, the best and the last)."""
     steps = [e.step for e in run.evaluations]
@@ -283,7 +283,7 @@ def _grid(run: _Run, keys: list[str], alarms: dict[int, list[str]], assets_root:
     base = evaluations[0] if evaluations else None
     if not shown:
         return '<p class="note">No evaluation has saved a video yet.</p>'
-    classes = _column_classes(run, alarms)
+    classes = _column_classes(run)
     best = (run.best or {}).get("step")
     head = ['<th class="prompt">held-out prompt</th>']
     for e in evaluations:
@@ -448,7 +448,7 @@ def write_run_page(out_dir: str | Path) -> Path:
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="lede">What training did to the held-out videos: the same prompt and seed at every evaluation. Written {written}; '
         "rewritten after each evaluation (reload to see new ones).</p>"
-        f"{problems}{_summary(run, alarms, keys)}"
+        f"{problems}{_summary(run, alarms)}"
         "<h2>Held-out videos across training</h2>"
         f'<p class="note">Each cell: the video (hover to play, click to keep playing), the trained reward and every held-out judge, '
         f"with the change since {baseline or 'the first evaluation'}; a cell is outlined in red where a judge fell by more than the watch's "
