@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["Evidence", "EvidenceError", "Region", "evidence_reason", "find_evidence", "read_evidence", "region_from_evidence", "whole_frames"]
+__all__ = ["Evidence", "EvidenceError", "Region", "evidence_reason", "evidence_record", "find_evidence", "read_evidence", "region_from_evidence",
+           "whole_frames"]
 
 _EPS = 1e-9
 
@@ -58,6 +59,44 @@ def find_evidence(details: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if found is not None:
             return found
     return None
+
+
+def _box_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A judge's box entry as plain JSON numbers (a judge may hand numpy ones)."""
+    kept: dict[str, Any] = {"time_s": float(entry["time_s"]), "boxes": [[float(v) for v in box] for box in entry.get("boxes") or []]}
+    if entry.get("frame") is not None:
+        kept["frame"] = int(entry["frame"])
+    if entry.get("type") is not None:
+        kept["type"] = str(entry["type"])
+    return kept
+
+
+def evidence_record(details: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """Every localized verdict in a reward's per-sample details, by who gave it, as run records keep
+    it (bon's ``candidates.jsonl``, a trainer's ``eval/step_N/samples.jsonl``): ``{source: {"status",
+    "window_s", "boxes"}}``, ``source`` being ``name`` (the reward's own name) for a reward that
+    localizes itself, else each component of a combined reward that does (``{"cac": ...}`` for
+    ``ur_cac``). Only a verdict with a status (a valid one) is kept; a box entry keeps ``time_s`` and
+    ``boxes`` (0-1000) and, where given, ``frame`` and ``type``; evidence whose numbers cannot be read
+    is kept with no window, no boxes and an ``error``. JSON-ready; ``{}`` when nothing localizes."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def visit(part: Mapping[str, Any], source: str) -> None:
+        if "window_s" in part and "boxes" in part:
+            if part.get("status") is not None:
+                window = part.get("window_s")
+                try:
+                    boxes = [_box_entry(entry) for entry in part.get("boxes") or [] if isinstance(entry, Mapping) and "time_s" in entry]
+                    found[source] = {"status": str(part["status"]), "window_s": None if window is None else [float(v) for v in window], "boxes": boxes}
+                except (TypeError, ValueError) as exc:  # kept as said, not dropped: the record shows it could not be read
+                    found[source] = {"status": str(part["status"]), "window_s": None, "boxes": [], "error": f"unreadable evidence: {exc}"}
+            return
+        for component, value in (part.get("components") or {}).items():
+            if isinstance(value, Mapping):
+                visit(value.get("details") or {}, str(component))
+
+    visit(details, name)
+    return found
 
 
 def evidence_reason(details: Mapping[str, Any]) -> str | None:

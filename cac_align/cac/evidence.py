@@ -49,9 +49,12 @@ def write_evidence_png(
     path: Path,
     thumb_height: int = 96,
     truth_windows: Sequence[Sequence[float]] = (),
+    max_shown: int = _MAX_SHOWN,
 ) -> None:
-    """Timeline (top) and up to 8 turn-2 frames with boxes (bottom), on a canvas as wide as 8
-    frames whatever the number shown, so that one report's timelines share one scale.
+    """Timeline (top) and up to ``max_shown`` turn-2 frames with boxes (bottom), on a canvas as wide
+    as ``max_shown`` frames whatever the number shown, so that one report's timelines share one
+    scale. The one drawing of a judge's evidence: ``score``'s and ``repair``'s reports and the run
+    and Best-of-N pages (:mod:`cac_align.eval.run_page`) all call it.
 
     Args:
         window_s: the window turn 2 looked at (source seconds), or None.
@@ -60,16 +63,24 @@ def write_evidence_png(
         path: where the PNG goes.
         truth_windows: where anomalies were planted (source seconds), drawn in green on a second
             timeline under the judge's (orange), so a window that missed shows as one.
+        max_shown: frames drawn at most (8 in the reports; fewer where the picture is shown small,
+            so each frame stays large enough to see its boxes); with more boxed frames than that,
+            ``max_shown`` of them evenly spread, the first and the last included.
+
+    The PNG is written beside ``path`` and renamed into place, so a reader (a page that reuses the
+    pictures it drew before) never finds half of one.
     """
     from PIL import Image, ImageDraw
 
     scale = thumb_height / video.height
     thumb_w = max(1, int(round(video.width * scale)))
-    shown = sorted({b["time_s"] for b in boxes})[:_MAX_SHOWN]
+    shown = sorted({b["time_s"] for b in boxes})
+    if len(shown) > max_shown:  # more boxed frames than slots: spread over them, the first and the last included
+        shown = [shown[i] for i in np.linspace(0, len(shown) - 1, max_shown).round().astype(int)]
     frames_by_time = {float(t): i for i, t in enumerate(video.timestamps)}
     # as wide as the most frames shown, however many this video has: every timeline of a report
     # (videos of one shape) is drawn at one scale, so windows line up from row to row
-    width = max(400, thumb_w * _MAX_SHOWN)
+    width = max(400, thumb_w * max_shown)
     top = 40 if not truth_windows else 60  # the frames start under the timeline(s)
     canvas = Image.new("RGB", (width, top + (thumb_height if shown else 0)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
@@ -101,7 +112,10 @@ def write_evidence_png(
                 x0, y0, x1, y1 = (box[0] * thumb_w / 1000, box[1] * thumb_height / 1000, box[2] * thumb_w / 1000, box[3] * thumb_height / 1000)
                 tdraw.rectangle([x0, y0, x1, y1], outline=_BOX_COLOR, width=2)
         canvas.paste(thumb, (slot * thumb_w, top))
-    canvas.save(path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    canvas.save(tmp, format="PNG")
+    tmp.replace(path)
 
 
 def _mark(ok: bool) -> str:

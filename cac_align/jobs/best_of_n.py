@@ -30,8 +30,11 @@ Output directory:
   ``candidates/p00000_c00.mp4``: every candidate, with
   ``.sha256`` beside it: the hash of its exact uint8 frames before H.264 compression;
 - ``candidates.jsonl``: per candidate its prompt, seed, frames hash, the reward's score and
-  validity, each component's raw and normalized score, the chosen flag, and (UnifiedReward)
-  ``prompt_sources``: which question it was asked;
+  validity, each component's raw and normalized score, the chosen flag, each judge's evidence
+  (``evidence``: ``{judge: {"status", "window_s", "boxes"}}``, :func:`cac_align.regions.evidence_record`),
+  and (UnifiedReward) ``prompt_sources``: which question it was asked;
+- ``bon.html``: each prompt's candidates side by side with their scores and evidence, the chosen one
+  marked (:mod:`cac_align.eval.bon_page`; its pictures in ``bon_page/``), rewritten after each prompt;
 - ``chosen/00000_a-cat-jumps.mp4`` (prompt index and a slug of the prompt) and
   ``chosen/prompts.jsonl`` mapping each file to its full prompt;
 - ``summary.json`` / ``summary.md``: per reward, the mean score of the chosen videos vs all;
@@ -142,7 +145,7 @@ def frames_sha256(frames: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------
-BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md", "anomaly_rates.json")
+BON_OUTPUTS = ("candidates", "chosen", "candidates.jsonl", "summary.json", "summary.md", "anomaly_rates.json", "bon.html", "bon_page")
 
 
 def _check_images(config: BonConfig, images: list[PromptImage | None]) -> None:
@@ -222,6 +225,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     """Run Best-of-N; returns the summary. ``reward`` / ``generator`` override the config's."""
     from tqdm.auto import tqdm
 
+    from cac_align.eval.bon_page import write_bon_page
     from cac_align.gen.generator import build_video_generator
     from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
@@ -312,14 +316,17 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
             os.fsync(handle.fileno())
         done[i] = rows
         _copy_chosen(out, i, prompt, paths[best], sources)
+        write_bon_page(out)  # the candidates side by side, this prompt's too (earlier prompts' pictures are reused)
         score = "none valid" if rule == "fallback" else f"{output.scores[best]:.4f}"
         log.info("prompt %d: best candidate %d (%s) of %d: %s", i, best, output.name, config.n, score)
         tqdm.write(f"prompt {i}: chose candidate {best} ({rule}), {output.name} = {score}")
     bar.close()
     # 6. chosen/ for every prompt (also after a resume), the summary, the anomaly rates
     summary = _write_results(config, out, prompts, done)
+    page = write_bon_page(out)
     print(f"bon: done; the chosen video of each prompt in {out / 'chosen'} (chosen/prompts.jsonl names them), the means of the "
-          f"chosen against all in {out / 'summary.md'}, every candidate's scores in {out / 'candidates.jsonl'}")
+          f"chosen against all in {out / 'summary.md'}, every candidate's scores in {out / 'candidates.jsonl'}, the candidates side by "
+          f"side in {page}")
     if unscored:
         raise BackendFailure(
             f"{len(unscored)} of {len(prompts)} prompts were not scored because the reward backend failed on every "
@@ -332,6 +339,8 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
 def _group_rows(i: int, prompt: str, seeds: list[int], paths: list[Path], out: Path, sources: dict[str, Path], hashes: dict[int, str | None],
                 output: Any, best: int, rule: str) -> list[dict]:
     """The ``candidates.jsonl`` rows of prompt ``i``'s scored group (one per candidate)."""
+    from cac_align.regions import evidence_record
+
     rows = []
     for c in range(len(seeds)):
         details = output.details[c]
@@ -355,6 +364,7 @@ def _group_rows(i: int, prompt: str, seeds: list[int], paths: list[Path], out: P
                 },
                 "chosen": c == best,
                 "chosen_by": rule if c == best else None,
+                "evidence": evidence_record(details, output.name),  # where each judge located a defect, for bon.html
                 **({"prompt_sources": output.info["prompt_sources"]} if "prompt_sources" in output.info else {}),
             }
         )

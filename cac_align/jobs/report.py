@@ -11,7 +11,9 @@ Outputs in ``out_dir``: ``report.md``, ``report.html`` (self-contained: the char
 ``charts/<metric>.png`` (one matplotlib bar chart per row, with the Wilson interval as error
 bars for the anomaly rate) and ``report.json`` (the table's numbers).
 
-``runs`` (``{system: training run folder}``, a ``flow-grpo`` or ``nft`` ``out_dir``) adds each run's
+``runs`` (``{system: training run folder}``, a ``flow-grpo`` or ``nft`` ``out_dir``) adds, per run, a
+link to its run page (``run.html``, :mod:`cac_align.eval.run_page`; relative to ``out_dir``) and its
+held-out means at its first evaluation (step 0) against its last (from its ``metrics.jsonl``), and its
 reward per step: the ``reward.png`` its run wrote at its end (:mod:`cac_align.run.summary`), the same
 picture byte for byte, as ``charts/reward_<system>.png``. A folder without one (a run that has not
 ended, or one from before the picture) is said in the report, not drawn anew.
@@ -28,6 +30,7 @@ import dataclasses
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,6 +220,63 @@ def _picture_sections(pictures: list[tuple[str, Path, Path | None]], out: Path) 
     return md, page, entries
 
 
+_JUDGE_MEAN = re.compile(r"^eval/(.+)/mean$")
+
+
+def _held_out(folder: Path) -> dict | None:
+    """A run's held-out means at its first evaluation and its last, from its ``metrics.jsonl``:
+    ``{"first_step", "last_step", "means": {"reward" | judge: [first, last]}}`` (None for a value not
+    logged), or None when it logged no evaluation."""
+    from cac_align.run.folder import read_jsonl_log
+
+    def finite(value: object) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+    rows = [row for _, row in read_jsonl_log(folder / "metrics.jsonl") if isinstance(row.get("step"), int)]
+    evals = [row for row in rows if any(k == "eval/reward_mean" or _JUDGE_MEAN.match(k) for k in row)]
+    if not evals:
+        return None
+    first, last = evals[0], evals[-1]
+    judges = list(dict.fromkeys(m.group(1) for row in evals for k in row if (m := _JUDGE_MEAN.match(k))))
+    keys = {"reward": "eval/reward_mean", **{label: f"eval/{label}/mean" for label in judges}}
+    return {"first_step": first["step"], "last_step": last["step"], "means": {name: [finite(first.get(k)), finite(last.get(k))] for name, k in keys.items()}}
+
+
+def _run_sections(pictures: list[tuple[str, Path, Path | None]], out: Path) -> tuple[list[str], str, dict]:
+    """Per training run: a link to its run page and its held-out means, first evaluation against last;
+    the markdown lines, the HTML and report.json's ``page`` and ``held_out`` of each run."""
+    from cac_align.eval.pages import relative
+    from cac_align.eval.run_page import RUN_PAGE
+
+    md, page, entries = (["", "## Training runs", ""] if pictures else []), "", {}
+    for system, folder, _ in pictures:
+        link = relative(folder / RUN_PAGE, out) if (folder / RUN_PAGE).is_file() else None
+        held = _held_out(folder)
+        entries[system] = {"page": link, "held_out": held}
+        said = (f"[run page]({link}): its held-out videos across training" if link
+                else f"{folder} has no {RUN_PAGE} (a flow-grpo or nft run writes it after each evaluation)")
+        md += [f"### {system}", "", said, ""]
+        page += f"<h3>{html.escape(system)}</h3><p>" + (f'<a href="{html.escape(link)}">run page</a>: its held-out videos across training'
+                                                       if link else html.escape(said)) + "</p>"
+        if held is None:
+            md += ["No held-out evaluation in its metrics.jsonl.", ""]
+            page += "<p>No held-out evaluation in its metrics.jsonl.</p>"
+            continue
+        first, last = held["first_step"], held["last_step"]
+        cells = []
+        for name, (a, b) in held["means"].items():
+            shown = "trained reward" if name == "reward" else name
+            change = f"{b - a:+.4f}" if a is not None and b is not None else "–"
+            cells.append((shown, "–" if a is None else f"{a:.4f}", "–" if b is None else f"{b:.4f}", change))
+        md += [f"| held-out mean | step {first} | step {last} | change |", "|---|---|---|---|"]
+        md += [f"| {n} | {a} | {b} | {c} |" for n, a, b, c in cells] + [""]
+        page += (f"<table><tr><th>held-out mean</th><th>step {first}</th><th>step {last}</th><th>change</th></tr>"
+                 + "".join(f"<tr><th>{html.escape(n)}</th><td>{a}</td><td>{b}</td><td>{c}</td></tr>" for n, a, b, c in cells) + "</table>")
+    if pictures:
+        page = f"<h2>Training runs</h2>{page}"
+    return md, page, entries
+
+
 def run(config: ReportConfig) -> dict:
     """Build the table, write markdown, HTML, JSON and the charts; returns the table."""
     table = build_table(config)
@@ -245,10 +305,11 @@ def run(config: ReportConfig) -> dict:
         _chart(row, systems, path)
         md.append(f"![{row['label']}](charts/{path.name})")
         images.append((row["label"], base64.b64encode(path.read_bytes()).decode("ascii")))
+    runs_md, runs_page, runs = _run_sections(pictures, out)
     training_md, training_page, training = _picture_sections(pictures, out)
-    md += training_md
+    md += runs_md + training_md
     if training:
-        table["training"] = training
+        table["training"] = {system: {**entry, **runs[system]} for system, entry in training.items()}
     write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
     body = "".join(
@@ -264,10 +325,11 @@ def run(config: ReportConfig) -> dict:
         f"<h1>{html.escape(config.title)}</h1>"
         + (f"<p>Base model: <b>{html.escape(systems[0])}</b>; deltas in brackets are against it; best per row in bold.</p>"
            f"<table><tr><th>metric</th>{head}</tr>{body}</table>" if rows else "")
-        + f"{charts}{training_page}</body></html>"
+        + f"{charts}{runs_page}{training_page}</body></html>"
     )
     write_text_atomic(out / "report.json", json.dumps(table, indent=1))
     shown = sum(entry["picture"] is not None for entry in training.values())
-    pictures_said = f"; reward per step of {shown} of {len(training)} run(s)" if training else ""
+    linked = sum(entry["page"] is not None for entry in runs.values())
+    pictures_said = f"; reward per step of {shown} and run pages of {linked} of {len(training)} run(s)" if training else ""
     print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(rows)} rows x {len(systems)} systems{pictures_said})")
     return table

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
 import time
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 
 from cac_align.eval.expert import cohen_kappa, fleiss_kappa, load_labels, mcnemar, wilson_interval
 from cac_align.jobs.eval_expert import ExpertConfig, run
+from run_pages import chromium as browser_binaries
 
 
 def test_wilson_interval_known_values():
@@ -144,21 +143,11 @@ def test_sheet_folder_keeps_the_users_files_and_analyze_needs_an_export(tmp_path
     assert (out / "notes.txt").read_text() == "mine" and not (out / "videos").exists()  # the old copies went
 
 
-def _chromium():
-    """Debian's chromium + chromedriver (installed by .ci/run). Missing in CI is a failure."""
-    found = shutil.which("chromium") and shutil.which("chromedriver")
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide Debian's chromium and chromium-driver (see .ci/run)")
-        pytest.skip("needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver && pytest -m browser")
-    return shutil.which("chromium"), shutil.which("chromedriver")
-
-
 @pytest.mark.browser
 def test_sheet_round_trip_in_headless_chromium(tmp_path):
     """Open the exported page in a real browser, click answers, type a name, save, and ingest
     the file the browser downloaded. Reloading keeps the answers (local storage)."""
-    chromium, chromedriver = _chromium()
+    chromium, chromedriver = browser_binaries()  # tests/run_pages.py: the run and bon pages' tests share it
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By

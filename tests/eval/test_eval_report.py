@@ -105,9 +105,38 @@ def test_the_report_shows_each_training_runs_reward_picture(tmp_path):
     page = (out / "report.html").read_text()
     assert base64.b64encode(drawn).decode("ascii") in page and page.count("data:image/png;base64,") == 5  # 4 rows' charts + the run's
     assert json.loads((out / "report.json").read_text())["training"] == {
-        "bon_ur_cac": {"run": str(trained), "picture": "charts/reward_bon-ur-cac.png"}, "bon_ur": {"run": str(unfinished), "picture": None}}
+        "bon_ur_cac": {"run": str(trained), "picture": "charts/reward_bon-ur-cac.png", "page": None, "held_out": None},
+        "bon_ur": {"run": str(unfinished), "picture": None, "page": None, "held_out": None}}
     # the runs alone make a report too: their pictures, no empty table
     assert run(ReportConfig(runs={"flow_grpo": str(trained)}, out_dir=str(tmp_path / "alone")))["training"]["flow_grpo"]["picture"]
     alone = (tmp_path / "alone/report.md").read_text()
     assert "| metric |" not in alone and "![flow_grpo: reward per step](charts/reward_flow-grpo.png)" in alone
     assert "<table>" not in (tmp_path / "alone/report.html").read_text()
+
+
+def test_the_report_links_each_runs_page_and_sets_step_0_against_the_last(tmp_path):
+    """Issue #115: `runs` links each run's run.html (relative to the report's folder, so both can move
+    together) and shows its held-out means at step 0 against its last evaluation, from metrics.jsonl
+    (tests/run_pages.py's run: eval/reward_mean 0.4 -> (0.6 + 0.5 + 0.4) / 3 = 0.5, eval/cac/mean 0.6 ->
+    (0.55 + 0.69 + 0.40) / 3 = 0.5467)."""
+    from cac_align.eval.run_page import write_run_page
+    from run_pages import build_run_folder
+
+    trained = build_run_folder(tmp_path / "runs/grpo")
+    write_run_page(trained)
+    bare = tmp_path / "runs/old"
+    bare.mkdir()
+    (bare / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.2}) + "\n")
+    out = tmp_path / "reports/r1"
+    table = run(ReportConfig(runs={"grpo": str(trained), "old": str(bare)}, out_dir=str(out)))
+    assert table["training"]["grpo"]["page"] == "../../runs/grpo/run.html" and (out / "../../runs/grpo/run.html").resolve().is_file()
+    assert table["training"]["grpo"]["held_out"] == {"first_step": 0, "last_step": 4, "means": {
+        "reward": [pytest.approx(0.4), pytest.approx(0.5)], "cac": [pytest.approx(0.6), pytest.approx((0.55 + 0.69 + 0.40) / 3)]}}
+    assert table["training"]["old"] == {"run": str(bare), "picture": None, "page": None, "held_out": None}
+    md = (out / "report.md").read_text().splitlines()
+    assert "[run page](../../runs/grpo/run.html): its held-out videos across training" in md
+    assert md[md.index("| held-out mean | step 0 | step 4 | change |") + 2 :][:2] == [
+        "| trained reward | 0.4000 | 0.5000 | +0.1000 |", "| cac | 0.6000 | 0.5467 | -0.0533 |"]
+    assert f"{bare} has no run.html (a flow-grpo or nft run writes it after each evaluation)" in md
+    page = (out / "report.html").read_text()
+    assert '<a href="../../runs/grpo/run.html">run page</a>' in page and "<tr><th>cac</th><td>0.6000</td><td>0.5467</td><td>-0.0533</td></tr>" in page

@@ -57,11 +57,23 @@ def _config(tmp_path, prompts, **kw):
     return BonConfig(**values)
 
 
-def test_tiny_recipe_end_to_end(tmp_path, capsys):
-    out = tmp_path / "bon"
-    assert main(["bon", "--config", str(REPO_ROOT / "recipes/align/bon_tiny.yaml"), "--out", str(out)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]  # it ends on where the results are (issue #100, item 8)
-    assert last.startswith("bon: done") and str(out / "chosen") in last and str(out / "summary.md") in last
+@pytest.fixture(scope="module")
+def tiny_recipe_run(tmp_path_factory):
+    """The tiny recipe's run (its folder and what it printed), shared by the tests that read it."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("tiny_recipe") / "bon"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["bon", "--config", str(REPO_ROOT / "recipes/align/bon_tiny.yaml"), "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_tiny_recipe_end_to_end(tiny_recipe_run):
+    out, printed = tiny_recipe_run
+    last = printed.strip().splitlines()[-1]  # it ends on where the results are (issue #100, item 8)
+    assert last.startswith("bon: done") and str(out / "chosen") in last and str(out / "summary.md") in last and str(out / "bon.html") in last
     rows = _rows(out)
     assert len(rows) == 6  # 2 prompts x 3 candidates
     assert [(r["prompt_index"], r["candidate"], r["seed"]) for r in rows] == [(i, c, i * 3 + c) for i in range(2) for c in range(3)]
@@ -266,6 +278,90 @@ def test_config_checks_and_a_different_run_in_out_dir(tmp_path, tiny_pipe):
     run(_config(tmp_path, ["a dog"], overwrite=True), reward=reward, generator=PipelineGenerator(tiny_pipe))
     assert {r["prompt"] for r in _rows(tmp_path / "bon")} == {"a dog"}
     assert sorted(p.name for p in (tmp_path / "bon/chosen").glob("*.mp4")) == ["00000_a-dog.mp4"]
+
+
+class SpotReward(RewardBase):
+    """The toy ``spot_brightness`` judge (its evidence: a fixed window and box) with a scripted score per
+    candidate, so the choice is known: the real reward's details, the script's scores."""
+
+    name = "spot_brightness"
+
+    def __init__(self, scores):
+        from cac_align.rewards.toy import SpotBrightnessReward
+
+        self.spot, self.scores = SpotBrightnessReward([0, 0, 500, 500], [0.0, 0.25], threshold=0.0), scores
+
+    def __call__(self, videos, prompts, metadata=None):
+        judged = self.spot(videos, prompts, metadata)
+        return RewardOutput(self.name, np.array(self.scores, dtype=float), np.ones(len(videos), bool), judged.details)
+
+
+def test_bon_page_shows_each_prompts_candidates_their_evidence_and_the_chosen_one(tmp_path, tiny_pipe):
+    """Issue #115: bon.html, from candidates.jsonl (now with each judge's evidence), the chosen one
+    marked; its pictures are the run's outputs (overwrite removes them)."""
+    import re
+
+    from PIL import Image
+
+    config = _config(tmp_path, ["a cat", "a dog"])
+    run(config, reward=SpotReward([0.2, 0.9, 0.4]), generator=PipelineGenerator(tiny_pipe))
+    out = tmp_path / "bon"
+    rows = _rows(out)
+    # the judge's evidence recorded: the window [0, 0.25) s and the box on the frames inside it (16 fps: frames 0-3)
+    evidence = rows[0]["evidence"]["spot_brightness"]
+    assert evidence["status"] == "abnormal" and evidence["window_s"] == [0.0, 0.25]
+    assert [(e["frame"], e["time_s"], e["boxes"]) for e in evidence["boxes"]] == [(f, f / 16, [[0.0, 0.0, 500.0, 500.0]]) for f in range(4)]
+    page = (out / "bon.html").read_text()
+    sections = re.findall(r'<section class="prompt" id="p(\d+)" data-index="\d+">(.*?)</section>', page, re.S)
+    assert [int(i) for i, _ in sections] == [0, 1]
+    for _, section in sections:
+        cards = re.findall(r'<div class="candidate[^"]*" data-candidate="(\d)" data-chosen="(\w+)">', section)
+        assert cards == [("0", "false"), ("1", "true"), ("2", "false")]  # the argmax of [0.2, 0.9, 0.4]
+        assert "&#10003; chosen</span>" in section and section.count('data-judge="spot_brightness"') == 3
+    assert 'data-src="candidates/p00001_c02.mp4"' in page and "<b>0.9000</b>" in page
+    # each candidate's evidence picture, drawn by write_evidence_png: 32 x 32 frames at 96 px, 3 slots -> 400 wide;
+    # the window [0, 0.25) of the 0.5625 s clip on the timeline, the box's red outline in the first frame slot
+    picture = re.search(r'href="(bon_page/p00000_c01_spot-brightness_[0-9a-f]{10}\.png)"', page).group(1)
+    pixels = np.asarray(Image.open(out / picture).convert("RGB"))
+    assert pixels.shape == (40 + 96, 400, 3)
+    assert ((pixels[40:, :96] == (255, 40, 40)).all(-1)).any() and not ((pixels[40:, 3 * 96 :] == (255, 40, 40)).all(-1)).any()
+    # overwrite: the old run's page and pictures go with its other outputs
+    run(_config(tmp_path, ["a bird"], overwrite=True), reward=SpotReward([0.5, 0.1, 0.2]), generator=PipelineGenerator(tiny_pipe))
+    assert not list((out / "bon_page").glob("p00001_*")) and '<section class="prompt" id="p1"' not in (out / "bon.html").read_text()
+
+
+@pytest.mark.browser
+def test_bon_page_of_the_tiny_recipe_in_headless_chromium(tiny_recipe_run):
+    """Issue #115 item 7: the tiny recipe's bon.html in a real browser, served from the run folder: no
+    console error, prompts x N candidates, the chosen one marked as candidates.jsonl says, a video plays."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from run_pages import console_errors, headless_chrome, serve
+
+    out, _ = tiny_recipe_run
+    rows = _rows(out)
+    with serve(out) as url, headless_chrome() as driver:
+        driver.get(f"{url}/bon.html")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "section.prompt")) == 2
+        assert len(driver.find_elements(By.CSS_SELECTOR, "section.prompt .candidate")) == 2 * 3
+        chosen = [(int(e.find_element(By.XPATH, "./ancestor::section").get_attribute("data-index")), int(e.get_attribute("data-candidate")))
+                  for e in driver.find_elements(By.CSS_SELECTOR, '.candidate[data-chosen="true"]')]
+        assert chosen == [(r["prompt_index"], r["candidate"]) for r in rows if r["chosen"]]
+        judged = [(r["prompt_index"], r["candidate"]) for r in rows if "cac" in r["evidence"]]  # the tiny CaC's valid verdicts
+        shown = [(int(e.find_element(By.XPATH, "./ancestor::section").get_attribute("data-index")),
+                  int(e.find_element(By.XPATH, "./ancestor::div[@data-candidate]").get_attribute("data-candidate")))
+                 for e in driver.find_elements(By.CSS_SELECTOR, '.evidence[data-judge="cac"]')]
+        assert judged and shown == judged
+        video = driver.find_element(By.CSS_SELECTOR, '.candidate.chosen video')
+        ActionChains(driver).move_to_element(video).perform()
+        state = "return [arguments[0].readyState, arguments[0].currentTime]"
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(state, video)[0] >= 2)
+        first = driver.execute_script(state, video)[1]
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(state, video)[1] > first + 0.05)
+        errors = console_errors(driver)
+    assert errors == []
 
 
 def test_cli_reports_a_missing_prompt_file(tmp_path, capsys):
