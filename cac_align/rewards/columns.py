@@ -185,16 +185,19 @@ def collect_outputs(reward: Reward | None, futures: list[tuple[int, Future]]) ->
 
 
 def score_held_out(pool: Any, reward: Reward, judges: dict[str, Reward], parts: list[str], videos: Any, prompts: list[str], indices: list[int],
-                   fps: float, sound: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+                   fps: float, sound: tuple[np.ndarray, int] | None
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, RewardOutput]]:
     """Held-out videos scored through ``pool`` like training batches (a failing call is invalid, not a crash):
     the trained ``reward``'s scores, each held-out judge's (``judges``: label -> reward) on the same videos,
-    and the raw score of each watched component of ``parts`` (its own units)."""
+    the raw score of each watched component of ``parts`` (its own units), and every output whole (``"reward"``
+    and each judge's label: their details hold the evidence the run page shows)."""
     def scored(judge: Reward) -> RewardOutput:
         (output,), _ = collect_outputs(reward, [(len(indices), pool.submit(score_batch, judge, videos, prompts, indices, fps, sound))])
         return output
 
-    output = scored(reward)
-    return output.scores, {label: scored(judge).scores for label, judge in judges.items()}, {part: component_raw(output, part) for part in parts}
+    outputs = {"reward": scored(reward), **{label: scored(judge) for label, judge in judges.items()}}
+    return (outputs["reward"].scores, {label: outputs[label].scores for label in judges}, {part: component_raw(outputs["reward"], part) for part in parts},
+            outputs)
 
 
 def routed_step(reward: Reward, outputs: list[RewardOutput], scores: np.ndarray, step_groups: list[int], gather: Callable[[np.ndarray], np.ndarray],

@@ -1,17 +1,19 @@
 """Metrics: per-process sums merged into means, and the one logger (``metrics.jsonl`` on the
-main process plus accelerate's trackers) of both GRPO trainers."""
+main process plus accelerate's trackers) of both GRPO trainers; the evaluation videos in the trackers
+(:func:`log_eval_videos`)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["end_trackers", "flush_wandb", "log_metrics", "merge_sums", "world_means"]
+__all__ = ["TRACKER_VIDEO_SIDE", "EvalVideo", "end_trackers", "flush_wandb", "gif_bytes", "log_eval_videos", "log_metrics", "merge_sums", "world_means"]
 
 
 def merge_sums(parts: Sequence[dict[str, tuple[float, float]]]) -> dict[str, float]:
@@ -129,3 +131,95 @@ def end_trackers(accelerator: Accelerator) -> None:
     accelerator.end_training()
     if accelerator.is_main_process:
         flush_wandb()
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation videos in the trackers
+# ---------------------------------------------------------------------------------------
+# TensorBoard's videos are animated GIFs inside its image summaries (what torch's ``add_video`` writes), shown
+# as previews: the longer side at most this many pixels, so 30 evaluations of a few 480p videos stay megabytes.
+TRACKER_VIDEO_SIDE = 256
+
+
+@dataclass(frozen=True)
+class EvalVideo:
+    """One saved evaluation video as the trackers get it.
+
+    Attributes:
+        tag: its name under ``eval/videos/`` (``00000_a-red-ball``: the prompt's index and slug, as its mp4).
+        path: the mp4 the run saved (``eval/step_N/...``).
+        prompt: its held-out prompt.
+        scores: the trained reward's (``reward``) and each held-out judge's score by label; None: invalid.
+    """
+
+    tag: str
+    path: Path
+    prompt: str
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+
+def gif_bytes(frames: Any, fps: float, side: int = TRACKER_VIDEO_SIDE) -> bytes:
+    """``frames`` ``(T, H, W, 3)`` uint8 as an animated GIF (looping, Pillow's encoder), scaled down so its
+    longer side is at most ``side`` pixels (never up)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    height, width = frames.shape[1:3]
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    images = [Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR) if scale < 1 else Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+    return buffer.getvalue()
+
+
+def _tensorboard_video(writer: Any, tag: str, frames: Any, fps: float, step: int) -> None:
+    """One video in TensorBoard as ``SummaryWriter.add_video`` writes it (an image summary holding an animated
+    GIF, shown in the Images tab), encoded here with Pillow: torch's own encoder needs moviepy's 1.x API."""
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    data = gif_bytes(frames, fps)
+    width, height = Image.open(io.BytesIO(data)).size
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    writer.flush()
+
+
+def log_eval_videos(accelerator: Accelerator, step: int, videos: Sequence[EvalVideo], fps: float) -> None:
+    """The saved evaluation videos of ``step`` in the run's trackers, beside the ``eval/`` scalars (main
+    process only; the others return at once):
+
+    - TensorBoard: each video under ``eval/videos/<tag>`` (an animated GIF preview, :data:`TRACKER_VIDEO_SIDE`);
+    - Weights & Biases: each under ``eval/videos/<tag>`` (``wandb.Video`` of the mp4 itself, with its
+      soundtrack where it has one), and ``eval/samples``: a ``wandb.Table`` of prompt, step, video and every
+      score, one row per video.
+
+    ``fps``: the videos' frame rate (the GIF's). Nothing is logged without a tracker or without videos."""
+    if not accelerator.is_main_process or not videos:
+        return
+    names = {tracker.name for tracker in accelerator.trackers}
+    if "tensorboard" in names:
+        from cac_align.video import load_video
+
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        for video in videos:
+            _tensorboard_video(writer, f"eval/videos/{video.tag}", load_video(video.path).frames, fps, step)
+    if "wandb" in names:
+        import wandb
+
+        run = accelerator.get_tracker("wandb", unwrap=True)
+        labels = list(dict.fromkeys(label for video in videos for label in video.scores))
+        table = wandb.Table(columns=["prompt", "step", "video", *labels])
+        logged: dict[str, Any] = {}
+        for video in videos:
+            logged[f"eval/videos/{video.tag}"] = wandb.Video(str(video.path), caption=video.prompt)
+            # a media object of its own in the table (one already logged under a key is written there as its class name)
+            table.add_data(video.prompt, step, wandb.Video(str(video.path), caption=video.prompt), *[video.scores.get(label) for label in labels])
+        logged["eval/samples"] = table
+        run.log(logged, step=step)
