@@ -65,6 +65,8 @@ from cac_align.config import RecipeError
 from cac_align.rl.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
 from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames
 from cac_align.gen.generator import Conditioning, GeneratorConfig, chunk_count, encode_conditioning, video_conditioning, video_velocity
+from cac_align.gen.generator import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
+from cac_align.gen.model_card import LoraCard, write_model_card
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
 from cac_align.plan.check import check_memory
@@ -541,6 +543,8 @@ class _Trainer:
             def write(tmp: Path) -> None:
                 acc.save_state(str(tmp))
         folder = save_checkpoint(acc, self.out, done, write, layout_state(self.layout), self.config.keep_checkpoints)
+        if acc.is_main_process:
+            write_model_card(folder / "lora", self._card(done, "A checkpoint's LoRA (`resume=true` continues the run from it)."))
         log.info("dpo: checkpoint %s", folder)
 
     # -- cleanup -----------------------------------------------------------------------
@@ -552,9 +556,20 @@ class _Trainer:
             target = self.out / "lora"
             shutil.rmtree(target, ignore_errors=True)
             save_expert_loras(self.unwrapped, target, states)
+            write_model_card(target, self._card(max(self.start_step, self.config.steps), "The run's last LoRA."))  # its README.md
             # the result line, as train-cac prints its model's folder
             print(f"dpo: done; LoRA in {target} (generator.lora={target} samples with it)")
         end_trackers(acc)
+
+    def _card(self, step: int, note: str) -> LoraCard:
+        """The model card of a LoRA folder of this run (gen/model_card.py): no held-out evaluation in dpo."""
+        config, family = self.config, self.family
+        settings = {"lora.rank": config.lora.rank, "lora.alpha": config.lora.alpha, "learning_rate": config.learning_rate,
+                    "loss.beta": config.loss.beta, "pairs": ", ".join(config.pairs), "seed": config.seed}
+        names = [LORA_WEIGHT_NAME if index == 0 else LORA_WEIGHT_NAME_2 for index in self.unwrapped.trained_experts()]
+        return LoraCard(base_model=config.generator.name, pipeline_class=family.pipeline_class, family=family.title, job="dpo", reward=None,
+                        step=step, steps=config.steps, weight_names=names, settings=settings, note=note,
+                        image_to_video=family.image_input != "none")
 
 
 def run(config: DpoConfig, pipe: Any = None, encode: Callable[[Any, np.ndarray], torch.Tensor] | None = None) -> dict[str, Any]:

@@ -70,9 +70,9 @@ from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditi
 from cac_align.rl.credit import chunk_credit, position_terms
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, SideStreamLoss, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
-from cac_align.run.input_files import read_prompt_rows, slug
+from cac_align.run.input_files import read_prompt_rows
 from cac_align.rewards.base import ErrorKind, Reward
-from cac_align.rewards.columns import (check_prompt_heard, check_step_scored, collect_outputs, score_held_out, reward_columns, route_table, routed_credit_maps,
+from cac_align.rewards.columns import (check_prompt_heard, check_step_scored, collect_outputs, reward_columns, route_table, routed_credit_maps,
                                       routed_step, score_batch, step_credit)
 from cac_align.rewards.guards import RunGuards, check_guards, sampled_mean, step_advantages
 from cac_align.rewards.registry import build_reward, reward_config
@@ -85,7 +85,7 @@ from cac_align.run.dist import StepPlan, gather_floats, plan_step, step_indices
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, start_trackers, trackers_for, world_means
 from cac_align.run.watch import RunWatch, WatchSettings
-from cac_align.video import Video, save_video
+from cac_align.eval.run_view import HeldOutEvaluation, RunView, trainer_card
 from cac_align.vlm.config import served_urls
 from cac_align.vlm.openai import FleetHealth, router_workers
 
@@ -103,7 +103,7 @@ OPTIMIZERS = ("adamw", "sgd")
 
 # Settings that may change when a run is resumed (they change no sample and no update).
 RUN_ONLY_KEYS = (
-    "out_dir", "steps", "resume", "overwrite", "eval_every", "eval_videos", "eval_rewards", "watch", "checkpoint_every", "keep_checkpoints",
+    "out_dir", "steps", "resume", "overwrite", "eval_every", "eval_at_start", "eval_videos", "eval_rewards", "watch", "checkpoint_every", "keep_checkpoints",
     "log_with", "reward_workers", "store_latents_on_cpu", "memory_budget_gib", "generator.device", "parallel.timeout_s",
     "parallel.share_encoders",  # where the encoders' weights live in host memory changes no sample
     "parallel.share_dir",
@@ -172,7 +172,10 @@ class FlowGrpoConfig:
         mixed_precision: "no", "bf16" or "fp16" (accelerate autocast).
         seed: base seed for prompt order, LoRA init and every sample's noise.
         eval_every: evaluate every this many steps and at the last (0: only at the last).
-        eval_videos: held-out videos written to ``eval/`` per evaluation.
+        eval_at_start: also evaluate the model the run starts from, before the first step (``step 0`` in
+            ``metrics.jsonl``: the baseline of every ``eval/`` curve, of the watch and of the best LoRA's rule;
+            a resumed run does not evaluate it again); false skips it.
+        eval_videos: held-out videos written to ``eval/`` per evaluation (and shown on ``run.html``).
         eval_rewards: judges the run does not train on, by a label of yours (``{label: reward
             section}``): each scores the evaluation videos at every evaluation
             (``eval/<label>/mean``, ``eval/<label>/valid_fraction``) for the reward-hacking watch.
@@ -238,6 +241,7 @@ class FlowGrpoConfig:
     mixed_precision: str = "bf16"
     seed: int = 0
     eval_every: int = 10
+    eval_at_start: bool = True
     eval_videos: int = 4
     eval_rewards: dict[str, Any] = field(default_factory=dict)
     watch: WatchSettings = field(default_factory=WatchSettings)
@@ -330,6 +334,8 @@ class FlowGrpoConfig:
         for label, section in self.eval_rewards.items():
             if not label.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"eval_rewards: a label is a name of letters, digits, '_' or '-' (it names the metrics), got {label!r}")
+            if label == "reward":
+                raise ValueError("eval_rewards.reward: 'reward' names the trained reward in the run's records; give the judge another label")
             reward_config(section, f"eval_rewards.{label}")
         if self.eval_rewards and not self.eval_prompts:
             raise ValueError("eval_rewards score the evaluation videos: set eval_prompts (held-out prompts) too")
@@ -370,7 +376,7 @@ def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Run folder, checkpoints
 # ---------------------------------------------------------------------------------------
-FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "eval", "tensorboard", "wandb", "metrics.jsonl", "reward.png")
+FLOW_GRPO_OUTPUTS = ("checkpoints", "lora", "lora_best", "eval", "tensorboard", "wandb", "metrics.jsonl", "reward.png", "best.json", "run.html", "run_page")
 # advantage.localize settings that came after localized credit itself, with their defaults (off)
 LOCALIZE_LATER_DEFAULTS = {"confine": 0.0, "estimator": "default", "adv_clamp": 5.0}
 
@@ -533,15 +539,28 @@ class _Trainer:
                       f"(set steps above {self.start_step} to train further); its LoRA is written as it is")
         if acc.is_main_process:
             keep_log_steps(self.out / "metrics.jsonl", self.start_step)  # later steps are redone
-        # the trained reward's parts the watch follows (each process knows them: a context-parallel run, whose other
-        # processes hold no reward, watches none)
+        self._evaluations()  # the watch, the run's view, the held-out evaluation
+        start_trackers(acc, config.log_with, self.job.replace("-", "_"), self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
+                       resume_step=self.start_step)
+        acc.wait_for_everyone()
+
+    def _evaluations(self) -> None:
+        """What watches and shows the held-out evaluations: the watch (:mod:`cac_align.run.watch`) over the held-out
+        judges and the trained reward's parts (each process knows them: a context-parallel run, whose other processes
+        hold no reward, watches none), the run's view (samples.jsonl, the trackers' videos, the best LoRA, run.html:
+        eval/run_view.py), each resumed from metrics.jsonl, and the evaluation itself."""
+        config = self.config
         parts = list(route_table(self.reward)) if self.reward is not None and self.layout.cp == 1 else []
         self.watched_parts = parts if config.watch.components and len(parts) > 1 else []
         self.watch = RunWatch(config.watch, list(self.eval_rewards), self.watched_parts)
         self.watch.resume(self.out / "metrics.jsonl", self.start_step)
-        start_trackers(acc, config.log_with, self.job.replace("-", "_"), self.out.name, self.out, OmegaConf.to_container(OmegaConf.structured(config), resolve=True),
-                       resume_step=self.start_step)
-        acc.wait_for_everyone()
+        reward = self.reward.name if self.reward is not None else str(config.reward.get("name"))
+        self.view = RunView(self.out, self.accelerator, list(self.eval_rewards), config.watch.margin, config.generator.fps, self.export_lora,
+                            trainer_card(config, self.job, reward))
+        self.view.resume(self.start_step)
+        seeds = [sample_seed(config.seed, -1, i) for i in range(len(self.eval_prompts))]
+        self.held_out = HeldOutEvaluation(self.out, self.accelerator, self.layout, self.eval_prompts, seeds, self.reward, self.eval_rewards,
+                                          self.watched_parts, self.pool, config.eval_videos, config.generator.fps, self.view)
 
     def _check_inputs(self) -> None:
         """What the model's family and the prompts' images rule out, before anything loads (one line each)."""
@@ -565,16 +584,21 @@ class _Trainer:
     def train(self) -> dict[str, Any]:
         config, acc = self.config, self.accelerator
         last: dict[str, Any] = {}
+        if self.eval_prompts and config.eval_at_start and self.start_step == 0 and not self.view.has_step_0:
+            self.evaluate_start()  # step 0: the model the run starts from (a resumed run has it already)
         progress = tqdm(total=config.steps, initial=self.start_step, desc=self.job, disable=not acc.is_main_process)
+        self.done = self.start_step  # the steps trained so far (the last LoRA's step)
         for step in range(self.start_step, config.steps):
             last = self.train_step(step)
-            done = step + 1
+            done = self.done = step + 1
             last.update(self.fleet.metrics(done))  # the judge's replicas found down (docs/flow_grpo.md, "When something fails")
-            stop = False
+            stop = evaluated = False
             if self.eval_prompts and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 last.update(self.evaluate(done))
-                stop = self._watch(last)  # the trained reward against the held-out judges
+                stop, evaluated = self._watch(last, done), True  # the trained reward against the held-out judges
             log_metrics(acc, self.out, done, last, trackers=config.log_with != "none")
+            if evaluated:
+                self.view.evaluated(done, last)  # the best step so far (its LoRA kept), the trackers' videos, run.html
             if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps or stop):
                 self.checkpoint(done)  # checkpoint_every=0: none, not even the last (docs/flow_grpo.md)
             progress.update(1)
@@ -586,10 +610,24 @@ class _Trainer:
         progress.close()
         return last
 
-    def _watch(self, metrics: dict[str, Any]) -> bool:
-        """Add an evaluation to the watch (:class:`~cac_align.run.watch.RunWatch`); log its alarms and say
+    def evaluate_start(self) -> None:
+        """Step 0: the held-out evaluation of the model the run starts from, logged as step 0 (``eval/`` and
+        ``watch/`` only). The rewards' state (a running normalizer's statistics) is put back as it was, so the
+        training that follows is the run's without it, number for number."""
+        rewards = [r for r in (self.reward, *self.eval_rewards.values()) if r is not None]
+        states = [reward.state_dict() for reward in rewards]
+        metrics = self.evaluate(0)
+        for reward, state in zip(rewards, states):
+            if state:
+                reward.load_state_dict(state)
+        self._watch(metrics, 0)
+        log_metrics(self.accelerator, self.out, 0, metrics, trackers=self.config.log_with != "none")
+        self.view.evaluated(0, metrics)
+
+    def _watch(self, metrics: dict[str, Any], step: int) -> bool:
+        """Add step ``step``'s evaluation to the watch (:class:`~cac_align.run.watch.RunWatch`); log its alarms and say
         whether the run should stop."""
-        alarms = self.watch.add(metrics)
+        alarms = self.watch.add(metrics, step)
         if alarms and self.reward is not None:  # said by the processes that scored (a non-leader builds no reward)
             for alarm in alarms:
                 log.warning("flow-grpo: %s", alarm.message(self.reward.name))
@@ -864,60 +902,28 @@ class _Trainer:
         return out
 
     def evaluate(self, done: int) -> dict[str, float]:
-        """ODE samples of the held-out prompts (fixed seeds), their rewards, a few saved videos."""
-        config, acc = self.config, self.accelerator
-        layout = self.layout
-        n = len(self.eval_prompts)
-        per_process = math.ceil(n / layout.dp)  # per data-parallel group; a context-parallel group samples its prompts together
-        mine = [i for i in range(layout.dp_rank * per_process, (layout.dp_rank + 1) * per_process) if i < n]
-        scores = np.full(per_process, np.nan)
-        held_out = {label: np.full(per_process, np.nan) for label in self.eval_rewards}
-        parts = {part: np.full(per_process, np.nan) for part in self.watched_parts}
-        # sharded, every process makes the same forwards (FSDP2's all-gathers need them all): a process
-        # with fewer held-out prompts samples its last slots on the first prompt and drops them
-        sampled = mine + [0] * (per_process - len(mine)) if layout.sharded else mine
-        if sampled:
-            texts = [self.eval_prompts[i] for i in sampled]
-            images = [self.eval_images[i] for i in sampled]
-            with swapped_lora(self.unwrapped, self.ema):
-                videos_all, sounds = [], []
-                for lo in range(0, len(sampled), config.sample_batch_size):
-                    hi = min(lo + config.sample_batch_size, len(sampled))
-                    embeds, negative = self._encode(texts[lo:hi], images[lo:hi])
-                    # eval: deterministic ODE sampling (noise 0) with fixed seeds
-                    trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in sampled[lo:hi]], 0.0)
-                    videos_all.append(videos)
-                    if trajectory.side is not None and layout.leader:  # their soundtracks (LTX-2, MiniMax-H3): heard and saved
-                        sounds.append(self._soundtracks(trajectory))
-            texts = texts[: len(mine)]
-        if mine and layout.leader:  # the group's leader decoded the videos: it scores and saves them
-            videos = np.concatenate(videos_all)[: len(mine)]
-            audio, rate = (np.concatenate([w for w, _ in sounds])[: len(mine)], sounds[0][1]) if sounds else (None, None)
-            # through the pool like training batches: a failing reward call is invalid, not a crash
-            sound = None if audio is None else (audio, rate)
-            scored, judged, raw = score_held_out(self.pool, self.reward, self.eval_rewards, self.watched_parts, videos, texts, mine,
-                                                 config.generator.fps, sound)
-            scores[: len(mine)] = scored
-            for label, values in judged.items():
-                held_out[label][: len(mine)] = values
-            for part, values in raw.items():
-                parts[part][: len(mine)] = values
-            folder = self.out / "eval" / f"step_{done:06d}"
-            for k, (i, frames) in enumerate(zip(mine, videos)):
-                if i < config.eval_videos:
-                    save_video(Video(frames, fps=config.generator.fps), folder / f"{i:05d}_{slug(self.eval_prompts[i])}.mp4",
-                               audio=None if audio is None else audio[k], sample_rate=rate)
-        gathered = gather_numbers(layout, acc, scores)  # padding entries of short shards are NaN: not counted
-        mean, std = nan_mean_std(gathered)
-        valid = int(np.isfinite(gathered).sum())
-        metrics = {"eval/reward_mean": mean, "eval/reward_std": std, "eval/valid_fraction": valid / n}
-        for label, judged in held_out.items():
-            gathered = gather_numbers(layout, acc, judged)
-            metrics[f"eval/{label}/mean"] = nan_mean_std(gathered)[0]
-            metrics[f"eval/{label}/valid_fraction"] = int(np.isfinite(gathered).sum()) / n
-        for part, values in parts.items():
-            metrics[f"eval/components/{part}_raw_mean"] = nan_mean_std(gather_numbers(layout, acc, values))[0]
-        return metrics
+        """The held-out evaluation at step ``done`` (:class:`~cac_align.eval.run_view.HeldOutEvaluation`: scores, saved
+        videos, ``samples.jsonl``, the ``eval/`` means) of the held-out prompts as :meth:`_held_out_videos` samples them."""
+        return self.held_out.evaluate(done, self._held_out_videos)
+
+    def _held_out_videos(self, indices: list[int]) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+        """The held-out prompts ``indices`` sampled with the ODE (noise 0) from their fixed seeds, with the LoRA (its EMA
+        where kept), decoded: ``(videos, soundtracks, rate)`` on a group's leader (which decodes), Nones elsewhere."""
+        config = self.config
+        texts, images = [self.eval_prompts[i] for i in indices], [self.eval_images[i] for i in indices]
+        videos_all, sounds = [], []
+        with swapped_lora(self.unwrapped, self.ema):
+            for lo in range(0, len(indices), config.sample_batch_size):
+                hi = min(lo + config.sample_batch_size, len(indices))
+                embeds, negative = self._encode(texts[lo:hi], images[lo:hi])
+                trajectory, videos = self._sample(embeds, negative, [sample_seed(config.seed, -1, i) for i in indices[lo:hi]], 0.0)
+                videos_all.append(videos)
+                if trajectory.side is not None and self.layout.leader:  # their soundtracks (LTX-2, MiniMax-H3): heard and saved
+                    sounds.append(self._soundtracks(trajectory))
+        if not self.layout.leader:
+            return None, None, None
+        audio, rate = (np.concatenate([w for w, _ in sounds]), sounds[0][1]) if sounds else (None, None)
+        return np.concatenate(videos_all), audio, rate
 
     def checkpoint(self, done: int) -> None:
         acc = self.accelerator
@@ -925,6 +931,7 @@ class _Trainer:
         reward_state = (self.reward.state_dict() or None) if self.reward is not None else None
         state = {"reward_state": reward_state, **layout_state(self.layout), **self.guards.state()}  # the guards': a resumed run is the same run
         folder = save_checkpoint(acc, self.out, done, self._write_checkpoint, state, self.config.keep_checkpoints)
+        self.view.write_card(folder / "lora", done, note="A checkpoint's LoRA (`resume=true` continues the run from it).", samples=False)
         log.info("%s: checkpoint %s", self.job, folder)
 
     def _write_checkpoint(self, tmp: Path) -> None:
@@ -939,27 +946,40 @@ class _Trainer:
     def cleanup(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        states = None
-        if self.layout.sharded:  # every process hands over its shards of the (EMA) LoRA
-            with swapped_lora(self.unwrapped, self.ema):
-                states = expert_states(self.unwrapped)
+        target = self.out / "lora"
+        self.export_lora(target)
         if acc.is_main_process:
-            target = self.out / "lora"
-            shutil.rmtree(target, ignore_errors=True)
-            with swapped_lora(self.unwrapped, self.ema):
-                save_expert_loras(self.unwrapped, target, states)
-            # the end of the run: rewards first and last, the held-out figures, where everything is
-            # (cac_align/run/summary.py, from metrics.jsonl), the reward per step as reward.png,
-            # then the result line, as train-cac prints its model's folder
+            # the end of the run: the best evaluated LoRA kept (run/best.py's rule) and every LoRA folder's model card;
+            # rewards first and last, the held-out figures, where everything is (cac_align/run/summary.py, from
+            # metrics.jsonl), the reward per step as reward.png, the run page, then the result line
             from cac_align.run.summary import reward_plot, summary_lines
 
+            self.view.write_card(target, self.done, note="The run's last LoRA" + (" (the EMA of its weights)." if self.ema is not None else "."))
+            best = self.view.keep_best()
+            if best is not None:
+                self.view.write_card(best, self.view.best.step, note=f"The run's best evaluated step, {self.view.best.step}: {self.view.best.rule}.")
             reward_plot(self.out, self.job)
+            self.view.write_page()
             for line in summary_lines(self.out, self.job):
                 print(line)
+            if self.eval_prompts:
+                print(self.view.best.line(self.job))
+            print(f"{self.job}: the run page: {self.out / 'run.html'} (each held-out prompt at every evaluation; docs/flow_grpo.md, 'The run page')")
             print(f"{self.job}: done; LoRA in {target} (generator.lora={target} samples with it)")
         self.pool.shutdown(wait=True)
         end_trackers(acc)
 
+    def export_lora(self, target: Path) -> None:
+        """The LoRA as it is now (its EMA where kept) as diffusers' LoRA files in ``target``, replacing what was there.
+        Call on every process: a sharded run's processes each hand over their shards, the main process writes."""
+        states = None
+        if self.layout.sharded:
+            with swapped_lora(self.unwrapped, self.ema):
+                states = expert_states(self.unwrapped)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(target, ignore_errors=True)
+            with swapped_lora(self.unwrapped, self.ema):
+                save_expert_loras(self.unwrapped, target, states)
 
 def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[..., np.ndarray] | None = None) -> dict[str, Any]:
     """Train (module docstring).

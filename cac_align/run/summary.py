@@ -3,7 +3,8 @@
 :func:`summary_lines` reads a run's ``metrics.jsonl`` (the rows every process agreed on, written by
 the main process) and says, in the job's own name: the trained reward's first and last value and
 each component's; how many steps trained nothing and why (a reward server down, no valid reward, no
-variance in any group); the held-out evaluation's and each held-out judge's; the watch's alarms; and
+variance in any group); the held-out evaluation's and each held-out judge's, from step 0 (the model the
+run started from, evaluated before the first step) to the last evaluation; the watch's alarms; and
 where the metrics, TensorBoard's logs and the picture are. :func:`reward_plot` draws
 ``reward.png``: the reward per step, one curve per component, the held-out evaluation dashed.
 Both read only the file, so what they say equals what it holds.
@@ -21,6 +22,11 @@ __all__ = ["REWARD_PNG", "idle_steps", "reward_curves", "reward_plot", "summary_
 REWARD_PNG = "reward.png"
 _COMPONENT = re.compile(r"^reward/(.+)_mean$")  # reward/brightness_mean, reward/cac_mean, ...
 _JUDGE = re.compile(r"^eval/(.+)/mean$")  # a held-out judge: eval/<label>/mean
+
+
+def _trained(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of training steps: all but step 0's (the evaluation of the model the run started from)."""
+    return [row for row in rows if row["step"] > 0]
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:
@@ -67,7 +73,7 @@ def idle_steps(rows: list[dict[str, Any]]) -> dict[str, list[int]]:
     read from the step's own numbers: the reward's server was down for every sample (``reward/down_fraction``
     1), no sample got a valid reward, or every group's rewards were equal (no advantage to train on)."""
     idle: dict[str, list[int]] = {}
-    for row in rows:
+    for row in _trained(rows):
         if "train/timesteps" in row:
             continue
         if _finite(row.get("reward/down_fraction")) and row["reward/down_fraction"] >= 1:
@@ -101,7 +107,8 @@ def summary_lines(out: Path, job: str) -> list[str]:
     if idle:
         said = "; ".join(f"{_steps(steps)} ({why})" for why, steps in idle.items())
         count = sum(len(steps) for steps in idle.values())
-        lines.append(f"{job}: {count} of {len(rows)} step{'s' if len(rows) != 1 else ''} trained nothing: {said}")
+        trained = len(_trained(rows))
+        lines.append(f"{job}: {count} of {trained} step{'s' if trained != 1 else ''} trained nothing: {said}")
     held_out = [_change("held-out reward" if key == "eval/reward_mean" else f"held-out {_JUDGE.match(key).group(1)}", curve)  # type: ignore[union-attr]
                 for key, curve in curves.items() if key.startswith("eval/")]
     alarms = sum(int(row["watch/alarms"]) for row in rows if _finite(row.get("watch/alarms")))

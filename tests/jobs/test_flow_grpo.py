@@ -155,7 +155,10 @@ def test_tiny_recipe_three_steps(tmp_path, capsys):
         assert after is not None and torch.equal(after.detach(), before), name
         assert not after.requires_grad
 
-    rows = _metrics(out)
+    start, *rows = _metrics(out)
+    # step 0: the model the run starts from, evaluated before the first step (its held-out reward, the watch's count)
+    assert start["step"] == 0 and set(start) == {"step", "eval/reward_mean", "eval/reward_std", "eval/valid_fraction",
+                                                 "eval/components/unified_reward_raw_mean", "eval/components/cac_raw_mean", "watch/alarms"}
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         for key in ("reward/mean", "reward/cac_raw_mean", "reward/unified_reward_normalized_mean", "train/policy_loss",
@@ -179,11 +182,13 @@ def test_tiny_recipe_three_steps(tmp_path, capsys):
     said = capsys.readouterr().out
     first, last = rows[0]["reward/mean"], rows[2]["reward/mean"]
     assert f"flow-grpo: reward {first:.4f} (step 1) -> {last:.4f} (step 3); " in said
-    assert f"flow-grpo: held-out reward {rows[1]['eval/reward_mean']:.4f} (step 2) -> {rows[2]['eval/reward_mean']:.4f} (step 3)" in said
+    assert f"flow-grpo: held-out reward {start['eval/reward_mean']:.4f} (step 0) -> {rows[2]['eval/reward_mean']:.4f} (step 3)" in said
+    assert "trained nothing" not in said  # step 0 trains nothing by design: it is not counted among the steps
     assert f"flow-grpo: metrics in {out / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {out / 'tensorboard'}" in said
     # ur_cac's two components as it averages them (normalized; their raw columns are on the judges' own scales),
     # not its own ur_cac column (the reward itself); the held-out evaluation
-    assert list(reward_curves(rows)) == ["reward/mean", "reward/unified_reward_normalized_mean", "reward/cac_normalized_mean", "eval/reward_mean"]
+    assert list(reward_curves([start, *rows])) == ["reward/mean", "reward/unified_reward_normalized_mean", "reward/cac_normalized_mean",
+                                                   "eval/reward_mean"]
     assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

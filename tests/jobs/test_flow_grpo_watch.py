@@ -47,18 +47,22 @@ def test_the_watch_warns_when_the_trained_reward_rises_and_a_held_out_judge_fall
     assert all(r["eval/mean_pixel/valid_fraction"] == 1.0 for r in rows)
     # the picture darkened: the trained reward rose and the held-out judge fell
     assert trained[0] < trained[1] and judged[0] > judged[1]
-    # the first evaluation has nothing to compare; the second alarms, and stop ends the run there
-    # (of 3 steps) with its checkpoint and LoRA
-    assert [r["step"] for r in rows] == [1, 2] and [r["watch/alarms"] for r in rows] == [0, 1]
+    # step 0 (the model the run starts from) has nothing to compare; step 1's evaluation alarms against it
+    # (a window of 2), and stop ends the run there (of 3 steps) with its checkpoint and LoRA
+    assert [r["step"] for r in rows] == [0, 1] and [r["watch/alarms"] for r in rows] == [0, 1] and rows[1]["watch/fired"] == ["mean_pixel"]
     assert "possible reward hacking" in caplog.text and "'spot_brightness' rose" in caplog.text and "'mean_pixel' fell" in caplog.text
-    assert [p.name for p in (tmp_path / "hacked/checkpoints").iterdir()] == ["step_000002"] and (tmp_path / "hacked/lora").is_dir()
-    assert "stopped at step 2 by the reward-hacking watch (watch.stop); its checkpoint and LoRA are kept" in caplog.text
+    assert [p.name for p in (tmp_path / "hacked/checkpoints").iterdir()] == ["step_000001"] and (tmp_path / "hacked/lora").is_dir()
+    assert "stopped at step 1 by the reward-hacking watch (watch.stop); its checkpoint and LoRA are kept" in caplog.text
+    # without step 0 (eval_at_start=false) the first evaluation has nothing to compare and the second alarms: as before step 0
+    rows = _train(tmp_path, "late", {"mean_pixel": {"name": "brightness"}}, "watch.stop=true", "checkpoint_every=5", "eval_at_start=false")
+    assert [r["step"] for r in rows] == [1, 2] and [r["watch/alarms"] for r in rows] == [0, 1]
+    assert [p.name for p in (tmp_path / "late/checkpoints").iterdir()] == ["step_000002"]
 
 
 def test_the_watch_stays_quiet_with_an_honest_judge(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cac_align.jobs.flow_grpo"):
         rows = _train(tmp_path, "honest", {"other_quarter": OTHER_QUARTER}, "steps=2")
-    assert [r["watch/alarms"] for r in rows] == [0, 0] and "reward hacking" not in caplog.text
+    assert [r["step"] for r in rows] == [0, 1, 2] and [r["watch/alarms"] for r in rows] == [0, 0, 0] and "reward hacking" not in caplog.text
     assert rows[-1]["eval/reward_mean"] > rows[0]["eval/reward_mean"]  # it did learn
     assert rows[-1]["eval/other_quarter/mean"] > rows[0]["eval/other_quarter/mean"]  # and the honest judge agrees
 

@@ -28,7 +28,7 @@ RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
 # the smallest steps that learn through the preview: 2 prompts x 4 videos, 2 sampling steps, both trained
 SMALL = ["log_with=none", "eval_prompts=null", "ema_decay=null", "generator.num_inference_steps=2", "learning_rate=1e-2", "lora.rank=8",
          "lora.alpha=16", "checkpoint_every=0"]
-JUDGE = ["eval_prompts=recipes/align/prompts_tiny.txt", "eval_every=100", "eval_videos=0", "eval_rewards.green.name=colour",
+JUDGE = ["eval_prompts=recipes/align/prompts_tiny.txt", "eval_every=100", "eval_at_start=false", "eval_videos=0", "eval_rewards.green.name=colour",
          "eval_rewards.green.channel=green", "eval_rewards.green.prefer=less"]
 
 

@@ -153,7 +153,8 @@ def test_the_synthetic_generator_refuses_images(tmp_path):
 def _flow(out, *overrides, recipe="flow_grpo_tiny_i2v.yaml"):
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
 
-    return load_config(FlowGrpoConfig, RECIPES / recipe, [f"out_dir={out}", "log_with=none", "eval_every=0", *overrides], job="flow-grpo")
+    return load_config(FlowGrpoConfig, RECIPES / recipe, [f"out_dir={out}", "log_with=none", "eval_every=0", "eval_at_start=false", *overrides],
+                       job="flow-grpo")
 
 
 def test_flow_grpo_on_an_image_trains_the_lora_on_the_generated_frames(tmp_path):
@@ -171,8 +172,8 @@ def test_flow_grpo_on_an_image_trains_the_lora_on_the_generated_frames(tmp_path)
     assert lora and any(int(torch.count_nonzero(p)) for p in lora.values())
     frozen = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
     assert set(frozen) == set(base) and all(torch.equal(frozen[n], base[n]) for n in base)
-    assert sorted(p.name for p in (out / "eval/step_000002").iterdir()) == ["00000_a-red-ball-rolling-in-the-park.mp4",
-                                                                            "00001_a-person-holding-a-blue-cup.mp4"]
+    assert sorted(p.name for p in (out / "eval/step_000002").glob("*.mp4")) == ["00000_a-red-ball-rolling-in-the-park.mp4",
+                                                                                 "00001_a-person-holding-a-blue-cup.mp4"]
 
 
 def test_localized_credit_on_an_image_run_covers_the_generated_latents(tmp_path):

@@ -69,7 +69,7 @@ def test_best_of_n_writes_each_candidate_with_its_soundtrack(tmp_path):
 def _flow(out, *overrides):
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
 
-    cheap = ["prompts_per_step=1", "group_size=2", "sample_batch_size=2", "generator.num_inference_steps=2", "eval_every=0", "log_with=none",
+    cheap = ["prompts_per_step=1", "group_size=2", "sample_batch_size=2", "generator.num_inference_steps=2", "eval_every=0", "eval_at_start=false", "log_with=none",
              *UNGUIDED]  # the guided velocity is tests/gen/test_ltx2.py's: here, one forward a step
     return load_config(FlowGrpoConfig, RECIPES / "flow_grpo_tiny_ltx2.yaml", [f"out_dir={out}", *cheap, *overrides], job="flow-grpo")
 
@@ -93,7 +93,7 @@ def test_flow_grpo_trains_the_video_branch_and_its_lora_loads(tmp_path):
     assert any(torch.count_nonzero(p) for p in lora.values())  # trained (B starts at 0)
     after = {n.replace(".base_layer", ""): p for n, p in pipe.transformer.named_parameters() if "lora_" not in n}
     assert set(after) == set(base) and all(torch.equal(after[n], base[n]) for n in base)  # every base weight, audio's included, as it was
-    (eval_video,) = (out / "eval/step_000002").iterdir()  # the held-out video with its soundtrack
+    (eval_video,) = (out / "eval/step_000002").glob("*.mp4")  # the held-out video with its soundtrack
     assert "Audio: aac" in _streams(eval_video)
     # the LoRA written is diffusers' file for LTX2Pipeline: it loads where a generator's LoRA goes, and changes the video
     settings = dict(name="tiny-random:ltx2", dtype="float32", device="cpu", height=64, width=64, num_frames=9, num_inference_steps=2,

@@ -80,7 +80,8 @@ def _flow(layout: str, out, *overrides):
     from cac_align.jobs.flow_grpo import FlowGrpoConfig
 
     recipe = REPO_ROOT / f"recipes/align/flow_grpo_tiny_wan22_{layout}.yaml"
-    return load_config(FlowGrpoConfig, recipe, [f"out_dir={out}", "log_with=none", "eval_every=0", *overrides], job="flow-grpo")
+    return load_config(FlowGrpoConfig, recipe, [f"out_dir={out}", "log_with=none", "eval_every=0", "eval_at_start=false", *overrides],
+                       job="flow-grpo")
 
 
 def _metrics(out):

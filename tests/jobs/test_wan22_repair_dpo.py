@@ -122,7 +122,7 @@ def test_a_one_expert_dpo_lora_sees_only_its_experts_levels(repaired_a14b, tmp_p
     assert calls[0] and min(calls[0]) >= 875.0 and calls[1] == []
     assert all(torch.equal(p, frozen[n]) for n, p in pipe.transformer_2.named_parameters())
     assert any(torch.count_nonzero(p) for n, p in pipe.transformer.named_parameters() if "lora_B" in n)
-    assert sorted(p.name for p in (tmp_path / "high/lora").iterdir()) == ["pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "high/lora").iterdir()) == ["README.md", "pytorch_lora_weights.safetensors"]  # and its model card
 
 
 @pytest.mark.slow  # ~8 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs

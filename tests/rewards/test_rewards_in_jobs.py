@@ -132,7 +132,8 @@ def test_flow_grpo_trainer(tmp_path, which, combined, format_free):
     from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
     reward = combined if which == "all" else format_free
-    recipe = _recipe(tmp_path, "recipes/align/flow_grpo_tiny.yaml", steps=1, eval_every=0, checkpoint_every=0, prompts_per_step=1)
+    recipe = _recipe(tmp_path, "recipes/align/flow_grpo_tiny.yaml", steps=1, eval_every=0, eval_at_start=False, checkpoint_every=0,
+                     prompts_per_step=1)
     config = load_config(FlowGrpoConfig, recipe, [f"out_dir={tmp_path / 'grpo'}"], job="flow-grpo")
     pipe = build_tiny_wan_pipeline(seed=0)
     before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
