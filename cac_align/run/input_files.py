@@ -33,11 +33,38 @@ from pathlib import Path
 from cac_align.config import RecipeError, relative_path_hint
 from cac_align.run.prompt_sets import is_prompt_set, vbench_prompts
 
-__all__ = ["JSON_SUFFIXES", "VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "is_json_lines", "not_videos",
-           "pairing_lines", "prompt_pairs", "read_prompt_rows", "read_prompts", "say_pairing", "slug", "text_lines"]
+__all__ = ["ANNOTATIONS_MADE_BY", "JSON_SUFFIXES", "VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "existing",
+           "is_json_lines", "not_videos", "pairing_lines", "prompt_pairs", "read_prompt_rows", "read_prompts", "say_pairing", "slug", "text_lines"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 JSON_SUFFIXES = (".jsonl", ".json")  # a manifest or a prompts file of JSON lines, one object a line
+# what a missing annotations file is made by, said after its refusal (train-cac, synth-cot)
+ANNOTATIONS_MADE_BY = "`cac-align synth` (rendered videos) or `cac-align convert` (labelled sets, your own labels) writes one"
+
+
+def existing(path: str | os.PathLike, key: str, kind: str = "file", made_by: str = "") -> Path:
+    """A path a job reads, checked before any model loads: one line naming the setting and the path.
+
+    Args:
+        path: the setting's value.
+        key: the setting (``annotations``, ``pairs``), as the user writes it.
+        kind: ``"file"``, ``"folder"`` or ``"file or folder"``: what must be there.
+        made_by: what writes it, said after the refusal (``"cac-align synth writes one"``).
+
+    Returns:
+        The path.
+
+    Raises:
+        RecipeError: nothing there, or a file where a folder goes (or the reverse), naming ``key`` and
+            ``path`` and, for a relative path, where it was looked for.
+    """
+    found = Path(path)
+    fits = {"file": found.is_file, "folder": found.is_dir}.get(kind, found.exists)()
+    if not fits:
+        said = (f"is a {'folder' if found.is_dir() else 'file'}, not a {kind}" if found.exists()
+                else f"no such {kind}{relative_path_hint(path)}")
+        raise RecipeError(f"{key}={str(path)!r}: {said}" + (f"; {made_by}" if made_by else ""))
+    return found
 
 
 def is_json_lines(path: Path, lines: list[str] | None = None) -> bool:
