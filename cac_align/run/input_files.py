@@ -331,22 +331,22 @@ class PromptRow:
 _ROW_KEYS = ("prompt", "image", "last_image")
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
+def read_prompts(path: str | os.PathLike, key: str = "prompts") -> list[str]:
     """Prompts from a text file (one per line) or JSON lines ({"prompt": ...} per line), read as
-    :func:`read_prompt_rows` reads them.
+    :func:`read_prompt_rows` reads them (``key``: the setting that names the file).
 
     Blank lines are skipped; duplicate prompts are kept (they are told apart by index). A line
     that gives an image is refused here (one line naming it): a job that animates images reads
     :func:`read_prompt_rows`.
     """
-    rows = read_prompt_rows(path)
+    rows = read_prompt_rows(path, key)
     for number, row in enumerate(rows, start=1):
         if row.image is not None:
             raise RecipeError(f"{path}: prompt {number} gives an image ({row.image.image}), and this job reads text prompts only")
     return [row.prompt for row in rows]
 
 
-def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
+def read_prompt_rows(path: str | os.PathLike, key: str = "prompts") -> list[PromptRow]:
     """The prompts of a prompt set (``vbench``, ``vbench:<dimension>``, ``vbench:heldout``:
     :mod:`cac_align.run.prompt_sets`), or of a text file (one per line) or of a JSONL file, each line an object with a
     ``"prompt"`` and, for image-to-video, an ``"image"`` (the first frame) and optionally a
@@ -354,7 +354,8 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
 
     Every image is opened here, so a missing or unreadable one is an error naming its line before
     any model loads. Blank lines are skipped; duplicates are kept (told apart by index). A file is
-    JSON lines by its name (``.jsonl``, ``.json``) or its content (:func:`is_json_lines`).
+    JSON lines by its name (``.jsonl``, ``.json``) or its content (:func:`is_json_lines`). ``key``: the
+    setting that names the file (``eval_prompts``), as a refusal names it.
 
     Raises:
         RecipeError: no such file; a line that is not such an object; a key that looks meant for
@@ -368,7 +369,7 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
         return [PromptRow(prompt) for prompt in vbench_prompts(str(path))]
     source = Path(path)
     if not source.is_file():
-        raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
+        raise RecipeError(f"{key}={str(path)!r}: " + ("is a folder, not a file" if source.is_dir() else f"no such file{relative_path_hint(path)}"))
     rows: list[PromptRow] = []
     lines = text_lines(source)
     json_lines = is_json_lines(source, lines)  # by its name or its content (module docstring)
@@ -394,7 +395,7 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
         image = _row_image(row, source, number)
         rows.append(PromptRow(prompt.strip(), image))
     if not rows:
-        raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
+        raise RecipeError(f"{key}={str(path)!r}: the file holds no prompts")
     return rows
 
 
