@@ -2,7 +2,8 @@
 family knows its parts from the folder's ``model_index.json`` (and the ones it loads beside them), so
 ``<folder>/sound_tokenizer/ is missing; model_index.json lists it``, where diffusers' own message sent the
 user to the folder's top ("no file named config.json"), which a pipeline never has. Every generator and
-repair family, each on its tiny folder as diffusers saves it with one part taken out."""
+repair family, each on its tiny folder as diffusers saves it with one part taken out; and a distilled
+Cosmos 3 is refused naming what its files say."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cac_align.cli import main
-from cac_align.gen.family import families, family_of, regenerator_of
+from cac_align.gen.family import UnknownGeneratorError, families, family_of, regenerator_of
 from cac_align.loading import WeightsNotFoundError
 
 # family -> the part taken out of its tiny folder (default: its transformer): one each family has that others lack, where it has one
@@ -89,3 +90,27 @@ def test_the_job_says_it_in_one_line_before_anything_loads(recipe, family, part,
     assert f"generator.name='{broken}': {broken / part}/ is missing; model_index.json lists it." in err
     assert "config.json" not in err and not (tmp_path / "out").exists()
 
+
+def test_a_distilled_cosmos3_is_refused_naming_what_its_files_say(saved_tiny_pipeline, tmp_path):
+    """A distilled Cosmos 3 saved by diffusers' own modular pipeline says ``_class_name: Cosmos3OmniModularPipeline``
+    with ``is_distilled: true`` (diffusers maps it to its Cosmos3DistilledModularPipeline when it loads it): the refusal
+    names that, not a class the file does not name."""
+    from diffusers import AutoencoderKLWan, Cosmos3OmniTransformer
+    from diffusers.modular_pipelines import Cosmos3DistilledBlocks
+    from transformers import AutoTokenizer
+
+    whole = saved_tiny_pipeline("generator", "tiny-random:cosmos3")
+    pipe = Cosmos3DistilledBlocks().init_pipeline()
+    pipe.update_components(transformer=Cosmos3OmniTransformer.from_pretrained(str(whole / "transformer")),
+                           vae=AutoencoderKLWan.from_pretrained(str(whole / "vae")),
+                           text_tokenizer=AutoTokenizer.from_pretrained(str(whole / "text_tokenizer")))
+    folder = tmp_path / "cosmos3-4step"
+    pipe.save_pretrained(str(folder))
+    index = json.loads((folder / "modular_model_index.json").read_text())
+    assert (index["_class_name"], index["is_distilled"]) == ("Cosmos3OmniModularPipeline", True)  # what diffusers writes
+    with pytest.raises(UnknownGeneratorError) as refused:
+        family_of(str(folder))
+    message = str(refused.value)
+    assert message.startswith(f"generator.name='{folder}' is a Cosmos3OmniModularPipeline with is_distilled: true: a distilled Cosmos 3, "
+                              "which no job runs"), message
+    assert "is a Cosmos3DistilledModularPipeline" not in message
