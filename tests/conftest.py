@@ -199,6 +199,31 @@ def tiny_qwen2_5_vl():
 
 
 @pytest.fixture(scope="session")
+def saved_tiny_pipeline(tmp_path_factory):
+    """``saved(kind, tiny_name) -> folder``: the tiny pipeline ``tiny_name`` of a generator (``kind="generator"``)
+    or repair (``"regenerator"``) family, built by its family and written by diffusers' ``save_pretrained`` (with
+    the parts its family loads beside them: LTX-2.5's ``diffusion_decoder``), once per session. Read-only: a test
+    that changes a folder copies it first."""
+    from cac_align.gen.family import families
+
+    root = tmp_path_factory.mktemp("saved_tiny")
+    saved: dict[tuple[str, str], Path] = {}
+
+    def save(kind: str, tiny_name: str) -> Path:
+        if (kind, tiny_name) not in saved:
+            family = next(f for f in families(kind) if tiny_name in f.tiny_names)
+            folder = root / kind / tiny_name.split(":", 1)[1]
+            pipe = family.build_tiny(tiny_name, seed=0)
+            pipe.save_pretrained(str(folder))
+            for part in getattr(family, "extra_components", ()):
+                getattr(pipe, part).save_pretrained(str(folder / part))
+            saved[(kind, tiny_name)] = folder
+        return saved[(kind, tiny_name)]
+
+    return save
+
+
+@pytest.fixture(scope="session")
 def cac_data(tmp_path_factory):
     """The tiny CaC training data of recipes/cac/synth_tiny.yaml (24 small videos, half normal)."""
     from cac_align.data.synthetic import generate

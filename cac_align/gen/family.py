@@ -136,7 +136,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 __all__ = ["FAMILY_MODULES", "IMAGE_INPUTS", "NoContextParallel", "Conditioning", "check_prompt_images", "fixed_frames", "image_runs", "whole_latents", "Generated", "GeneratorFamily", "Regenerator", "UnknownGeneratorError", "check_context_parallel_split", "families", "family_from_index", "family_of", "has_component",
            "check_ratios", "model_flow_shift", "ratios_from_configs", "read_model_file", "read_model_index", "read_scheduler_config", "regenerator_of",
-           "take_model_settings", "with_own_ratios"]
+           "check_parts", "take_model_settings", "with_own_ratios"]
 
 # The modules that define families, in the order a model_index.json is offered to them: each lists
 # its generators (``FAMILIES``, ``family_for_index``) and/or its repair pipelines (``REGENERATORS``,
@@ -841,6 +841,7 @@ def _resolve(name: str, key: str, kind: str) -> Any:
     index = read_model_index(name, key)
     if index is not None:
         found = family_from_index(index, name, key, kind)
+        check_parts(found, index, name, key)
         return with_own_ratios(found, name) if kind == "generator" else found
     for family in families(kind):
         if name in family.hub_ids:
@@ -854,6 +855,33 @@ def _resolve(name: str, key: str, kind: str) -> Any:
         f"({constants.ENDPOINT}) cannot be reached. Download it where there is network (`hf download {name} "
         f"--local-dir DIR`) and set {key}=DIR"
     )
+
+
+def check_parts(family: Any, index: Mapping[str, Any], name: str, key: str = "generator.name") -> None:
+    """Refuse, in one line naming it, a local pipeline folder that lacks a part: a component its
+    ``model_index.json`` (or ``modular_model_index.json``) lists, or one its family loads beside them
+    (``extra_components``: LTX-2.5's ``diffusion_decoder``). A partial download or a deleted part
+    otherwise reaches the user as diffusers' "no file named config.json found in directory <folder>",
+    of the folder's top, which never has one. Parts the family never loads (``unloaded_components``:
+    MiniMax-H3's ``transformer_ref``) are not asked for; a hub id is not looked at (from_pretrained
+    fetches its parts, or says it cannot).
+
+    Raises:
+        WeightsNotFoundError: ``<folder>/<part>/ is missing; model_index.json lists it``, with the fix.
+    """
+    from cac_align.loading import WeightsNotFoundError, looks_like_path
+
+    if not looks_like_path(name):
+        return
+    folder = Path(name).expanduser()
+    listed_in = "model_index.json" if (folder / "model_index.json").is_file() else MODULAR_INDEX
+    never = set(getattr(family, "unloaded_components", ()))
+    wanted = [(part, f"{listed_in} lists it") for part in index if not part.startswith("_") and has_component(index, part) and part not in never]
+    wanted += [(part, f"{family.title} loads it beside the parts {listed_in} lists") for part in getattr(family, "extra_components", ())]
+    for part, why in wanted:
+        if not (folder / part).is_dir():
+            raise WeightsNotFoundError(f"{key}={name!r}: {folder / part}/ is missing; {why}. Fill the folder (a partial download: "
+                                       f"`hf download <repo> --local-dir {folder}`), or point {key} at a whole one")
 
 
 def check_trainable(config: Any, key: str = "generator.name") -> None:

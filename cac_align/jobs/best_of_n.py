@@ -242,11 +242,11 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     manifest = out / "candidates.jsonl"
     done = _finished_prompts(manifest, config.n) if run_folder.resuming else {}
     todo = [i for i in range(len(prompts)) if i not in done]
-    log.info("%d prompts, %d already done, N = %d", len(prompts), len(done), config.n)
     if generator is None and todo:
         generator = build_video_generator(config.generator)
     if reward is None and todo:
         reward = build_reward(config.reward, "reward")
+    log.info("%d prompts, %d already done, N = %d", len(prompts), len(done), config.n)  # after the models: a refused input is the only line
     # recorded only now that the models loaded: a failed start leaves no record to refuse a rerun
     run_folder.start()
     (out / "candidates").mkdir(exist_ok=True)

@@ -77,6 +77,7 @@ from cac_align.jobs.dpo_pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
 from cac_align.run.dist import derive_seed, next_setting, per_process, step_indices
 from cac_align.run.folder import RunFolder, config_fingerprint, keep_log_steps, write_text_atomic
+from cac_align.run.input_files import existing
 from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, merge_sums, start_trackers, trackers_for
 
 __all__ = ["DpoConfig", "run"]
@@ -340,7 +341,10 @@ class _Trainer:
     def setup(self) -> None:
         config = self.config
         self.out = Path(config.out_dir)
-        # 1. the pairs, checked before anything loads
+        # 1. the pairs, checked before anything loads; first that each run is there (every dpo recipe names
+        #    an outputs/ folder that `repair` or `bon` writes, so running dpo first is a likely first mistake)
+        for source in config.pairs:
+            existing(source, "pairs", "file or folder", "a `cac-align repair` or `cac-align bon` run writes it: run one of them first")
         # what the model's VAE encodes: k * frame_multiple + frame_remainder frames (1 unless the family says: cac_align.gen.family)
         self.pairs = read_pairs(config.pairs, self.family.spatial_multiple, self.family.frame_multiple, getattr(self.family, "frame_remainder", 1))
         if not self.pairs.pairs:

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cac_align.config import RecipeError
 from cac_align.regions import Evidence, EvidenceError, Region, read_evidence, region_from_evidence
 
 __all__ = ["Pair", "PairError", "PairSet", "latent_mask", "pair_region", "read_pairs"]
@@ -41,9 +42,9 @@ __all__ = ["Pair", "PairError", "PairSet", "latent_mask", "pair_region", "read_p
 log = logging.getLogger(__name__)
 
 
-class PairError(ValueError):
+class PairError(RecipeError):
     """A pair that cannot be what it claims (winner and loser of different shapes, a file gone):
-    the message names the source row."""
+    the message names the source row. A refusal of the input, so the CLI says it in one line."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 from cac_align.eval.expert import ACTIONS, LABELS, cohen_kappa, fleiss_kappa, load_labels, mcnemar, wilson_interval
 from cac_align.eval.metrics import nan_to_none
 from cac_align.run.folder import RunFolder, config_fingerprint, read_manifest, write_text_atomic
+from cac_align.run.input_files import existing
 
 __all__ = ["ExpertConfig", "run"]
 
@@ -232,6 +233,8 @@ def _analyze(config: ExpertConfig) -> dict:
     from cac_align.config import RecipeError
 
     out = Path(config.out_dir)
+    for path in config.labels:  # the files the user names, before the export's key in out_dir
+        existing(path, "labels", made_by="an expert's *Save answers* on sheet.html writes one (labels_<name>.json)")
     manifest = read_manifest(out)
     if manifest is None or manifest["job"] != "eval-expert" or not (out / "key.json").exists():
         held = f" (it holds a {manifest['job']} run)" if manifest is not None and manifest["job"] != "eval-expert" else ""

@@ -137,14 +137,11 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    from cac_align.run.input_files import collect_inputs
+    from cac_align.run.input_files import collect_inputs, existing
     from cac_align.loading import resolve_device
 
     backbones = dict(backbones or {})
-    # 1. weights and vbench itself, before any work
-    weights = check_weights([d for d in config.dimensions if d not in backbones], config.cache_dir)
-    import_vbench()
-    # 2. inputs, all of them before any output is written
+    # 1. inputs, all of them before any output is written, and the paths given before the weights are looked for in them
     inputs: dict[str, tuple[list[str], list[str | None]]] = {}
     for name, source in config.systems.items():
         try:
@@ -152,6 +149,11 @@ def run(config: VBenchConfig, backbones: dict[str, Any] | None = None) -> dict:
         except RecipeError as exc:
             raise RecipeError(f"systems.{name}: {exc}") from None
         inputs[name] = ([str(Path(p).resolve()) for p in paths], prompts)
+    if config.cache_dir is not None:
+        existing(config.cache_dir, "cache_dir", "folder", "point it at the folder that holds vbench's weights, or leave it null ($VBENCH_CACHE_DIR)")
+    # 2. weights and vbench itself, before any work
+    weights = check_weights([d for d in config.dimensions if d not in backbones], config.cache_dir)
+    import_vbench()
     out = Path(config.out_dir)
     _prepare_out_dir(out, _settings(config, version("vbench")), config.overwrite, dataclasses.asdict(config))
     device = resolve_device(config.device)

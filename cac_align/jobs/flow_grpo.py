@@ -440,7 +440,7 @@ class _Trainer:
         rows = read_prompt_rows(config.prompts)
         self.prompts, self.images = [r.prompt for r in rows], [r.image for r in rows]
         check_prompt_images(self.family, self.images, config.prompts)
-        eval_rows = read_prompt_rows(config.eval_prompts) if config.eval_prompts else []
+        eval_rows = read_prompt_rows(config.eval_prompts, "eval_prompts") if config.eval_prompts else []
         self.eval_prompts, self.eval_images = [r.prompt for r in eval_rows], [r.image for r in eval_rows]
         check_prompt_images(self.family, self.eval_images, config.eval_prompts)
         self._check_inputs()

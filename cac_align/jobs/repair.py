@@ -136,6 +136,13 @@ class RepairConfig:
             raise ValueError("set exactly one of 'videos' (files to repair), 'scored' (a score run's results.jsonl) or 'synth_videos' (> 0, a demo)")
         if self.prompts is not None and self.videos is None:
             raise ValueError("'prompts' goes with 'videos' (a scored run and the demo carry their own prompts)")
+        if self.synth is not None:  # the demo's scenes render after the models load: their recipe is found now
+            from cac_align.config import RecipeError, find_recipe
+
+            try:
+                find_recipe(self.synth)
+            except RecipeError as exc:
+                raise ValueError(f"synth={self.synth!r}: {exc}") from None
         if self.attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {self.attempts}")
         if self.feedback not in FEEDBACK:

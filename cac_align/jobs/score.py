@@ -95,6 +95,8 @@ class ScoreConfig:
 
         if (self.videos is None) == (self.synth_videos <= 0):
             raise ValueError("set exactly one of 'videos' (files to score) or 'synth_videos' (> 0, an offline demo)")
+        if self.prompts is not None and self.videos is None:  # the demo's videos carry their own: the file would go unread
+            raise ValueError(f"prompts={self.prompts!r} goes with 'videos' (the synth_videos demo carries its own prompts): give videos= too")
         if self.synth is not None and not Path(self.synth).is_file():
             raise ValueError(f"synth={self.synth!r}: no such synth recipe{relative_path_hint(self.synth)}")
         if self.batch_size < 1:

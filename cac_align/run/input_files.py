@@ -33,11 +33,38 @@ from pathlib import Path
 from cac_align.config import RecipeError, relative_path_hint
 from cac_align.run.prompt_sets import is_prompt_set, vbench_prompts
 
-__all__ = ["JSON_SUFFIXES", "VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "is_json_lines", "not_videos",
-           "pairing_lines", "prompt_pairs", "read_prompt_rows", "read_prompts", "say_pairing", "slug", "text_lines"]
+__all__ = ["ANNOTATIONS_MADE_BY", "JSON_SUFFIXES", "VIDEO_SUFFIXES", "PromptImage", "PromptRow", "check_prompts_read", "collect_inputs", "existing",
+           "is_json_lines", "not_videos", "pairing_lines", "prompt_pairs", "read_prompt_rows", "read_prompts", "say_pairing", "slug", "text_lines"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 JSON_SUFFIXES = (".jsonl", ".json")  # a manifest or a prompts file of JSON lines, one object a line
+# what a missing annotations file is made by, said after its refusal (train-cac, synth-cot)
+ANNOTATIONS_MADE_BY = "`cac-align synth` (rendered videos) or `cac-align convert` (labelled sets, your own labels) writes one"
+
+
+def existing(path: str | os.PathLike, key: str, kind: str = "file", made_by: str = "") -> Path:
+    """A path a job reads, checked before any model loads: one line naming the setting and the path.
+
+    Args:
+        path: the setting's value.
+        key: the setting (``annotations``, ``pairs``), as the user writes it.
+        kind: ``"file"``, ``"folder"`` or ``"file or folder"``: what must be there.
+        made_by: what writes it, said after the refusal (``"cac-align synth writes one"``).
+
+    Returns:
+        The path.
+
+    Raises:
+        RecipeError: nothing there, or a file where a folder goes (or the reverse), naming ``key`` and
+            ``path`` and, for a relative path, where it was looked for.
+    """
+    found = Path(path)
+    fits = {"file": found.is_file, "folder": found.is_dir}.get(kind, found.exists)()
+    if not fits:
+        said = (f"is a {'folder' if found.is_dir() else 'file'}, not a {kind}" if found.exists()
+                else f"no such {kind}{relative_path_hint(path)}")
+        raise RecipeError(f"{key}={str(path)!r}: {said}" + (f"; {made_by}" if made_by else ""))
+    return found
 
 
 def is_json_lines(path: Path, lines: list[str] | None = None) -> bool:
@@ -304,22 +331,22 @@ class PromptRow:
 _ROW_KEYS = ("prompt", "image", "last_image")
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
+def read_prompts(path: str | os.PathLike, key: str = "prompts") -> list[str]:
     """Prompts from a text file (one per line) or JSON lines ({"prompt": ...} per line), read as
-    :func:`read_prompt_rows` reads them.
+    :func:`read_prompt_rows` reads them (``key``: the setting that names the file).
 
     Blank lines are skipped; duplicate prompts are kept (they are told apart by index). A line
     that gives an image is refused here (one line naming it): a job that animates images reads
     :func:`read_prompt_rows`.
     """
-    rows = read_prompt_rows(path)
+    rows = read_prompt_rows(path, key)
     for number, row in enumerate(rows, start=1):
         if row.image is not None:
             raise RecipeError(f"{path}: prompt {number} gives an image ({row.image.image}), and this job reads text prompts only")
     return [row.prompt for row in rows]
 
 
-def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
+def read_prompt_rows(path: str | os.PathLike, key: str = "prompts") -> list[PromptRow]:
     """The prompts of a prompt set (``vbench``, ``vbench:<dimension>``, ``vbench:heldout``:
     :mod:`cac_align.run.prompt_sets`), or of a text file (one per line) or of a JSONL file, each line an object with a
     ``"prompt"`` and, for image-to-video, an ``"image"`` (the first frame) and optionally a
@@ -327,7 +354,8 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
 
     Every image is opened here, so a missing or unreadable one is an error naming its line before
     any model loads. Blank lines are skipped; duplicates are kept (told apart by index). A file is
-    JSON lines by its name (``.jsonl``, ``.json``) or its content (:func:`is_json_lines`).
+    JSON lines by its name (``.jsonl``, ``.json``) or its content (:func:`is_json_lines`). ``key``: the
+    setting that names the file (``eval_prompts``), as a refusal names it.
 
     Raises:
         RecipeError: no such file; a line that is not such an object; a key that looks meant for
@@ -341,7 +369,7 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
         return [PromptRow(prompt) for prompt in vbench_prompts(str(path))]
     source = Path(path)
     if not source.is_file():
-        raise RecipeError(f"prompts={str(path)!r}: no such file{relative_path_hint(path)}")
+        raise RecipeError(f"{key}={str(path)!r}: " + ("is a folder, not a file" if source.is_dir() else f"no such file{relative_path_hint(path)}"))
     rows: list[PromptRow] = []
     lines = text_lines(source)
     json_lines = is_json_lines(source, lines)  # by its name or its content (module docstring)
@@ -367,7 +395,7 @@ def read_prompt_rows(path: str | os.PathLike) -> list[PromptRow]:
         image = _row_image(row, source, number)
         rows.append(PromptRow(prompt.strip(), image))
     if not rows:
-        raise RecipeError(f"prompts={str(path)!r}: the file holds no prompts")
+        raise RecipeError(f"{key}={str(path)!r}: the file holds no prompts")
     return rows
 
 

@@ -108,6 +108,7 @@ def test_aggregate_by_hand():
 def test_missing_weights_message_lists_files_place_and_fetch(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "cache"
     empty.mkdir()
+    (tmp_path / "clip.mp4").write_bytes(b"")  # the systems' videos are checked first (there), then the weights (not read here)
     config = vb_job.VBenchConfig(systems={"base": str(tmp_path)}, out_dir=str(tmp_path / "out"), cache_dir=str(empty))
     with pytest.raises(WeightsNotFoundError) as info:
         vb_job.run(config)
@@ -132,7 +133,8 @@ def test_missing_weights_message_lists_files_place_and_fetch(tmp_path, monkeypat
     # the CLI prints it and exits 2
     from cac_align.cli import main
 
-    code = main(["eval", "vbench", "--config", "recipes/eval/vbench.yaml", f"out_dir={tmp_path / 'cli'}", f"cache_dir={empty}"])
+    code = main(["eval", "vbench", "--config", "recipes/eval/vbench.yaml", f"out_dir={tmp_path / 'cli'}", f"cache_dir={empty}",
+                 f"systems:={{base: {tmp_path}}}"])
     assert code == 2
     assert "dino_vitbase16_pretrain.pth" in capsys.readouterr().err
 

@@ -150,10 +150,14 @@ def test_what_is_not_run_is_refused_in_one_line_with_its_reason(saved, tmp_path,
                   lambda: GeneratorConfig(**{**TINY, "num_frames": 10})))
     cases.append((ValueError, "num_frames=1 asks Cosmos 3 for an image", lambda: GeneratorConfig(**{**TINY, "num_frames": 1})))
     cases.append((ValueError, "max_sequence_length does not apply", lambda: GeneratorConfig(**{**TINY, "max_sequence_length": 512})))
-    # the distilled modular pipeline (by its index and by name offline), a text-to-image release, an Omni modular index alone
-    cases.append((UnknownGeneratorError, r"generator.name='x' is a Cosmos3DistilledModularPipeline .* 4 fixed steps .* no sound",
+    # the distilled modular pipeline (by its index, as diffusers saves it and by the class it runs as, and by name offline;
+    # a folder saved by diffusers: tests/gen/test_missing_parts.py), a text-to-image release, an Omni modular index alone
+    cases.append((UnknownGeneratorError, r"generator.name='x' is a Cosmos3OmniModularPipeline with is_distilled: true: a distilled Cosmos 3, "
+                                         r"which no job runs: .* 4 fixed steps .* no sound",
+                  lambda: family_from_index({"_class_name": "Cosmos3OmniModularPipeline", "is_distilled": True}, "x")))
+    cases.append((UnknownGeneratorError, r"generator.name='x' is a Cosmos3DistilledModularPipeline: a distilled Cosmos 3",
                   lambda: family_from_index({"_class_name": "Cosmos3DistilledModularPipeline"}, "x")))
-    cases.append((UnknownGeneratorError, "is a Cosmos3DistilledModularPipeline", lambda: family_of("nvidia/Cosmos3-Super-Image2Video-4Step")))
+    cases.append((UnknownGeneratorError, "is a 4-step release: a distilled Cosmos 3", lambda: family_of("nvidia/Cosmos3-Super-Image2Video-4Step")))
     cases.append((UnknownGeneratorError, "text-to-image checkpoint", lambda: GeneratorConfig(name="nvidia/Cosmos3-Super-Text2Image")))
     cases.append((UnknownGeneratorError, "index alone", lambda: family_from_index({"_class_name": "Cosmos3OmniModularPipeline"}, "x")))
     # repair, context parallel, action conditions

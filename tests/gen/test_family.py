@@ -96,7 +96,8 @@ def test_a_pipeline_no_family_runs_is_a_one_line_error(saved, tmp_path):
         family_of(str(tmp_path / "missing"))
     # a VACE is repair's regenerator, not a generator: named as what it is
     vace = tmp_path / "vace"
-    vace.mkdir()
+    for part in ("scheduler", "text_encoder", "tokenizer", "transformer", "transformer_2", "vae"):  # what its index lists (a part
+        (vace / part).mkdir(parents=True)                                                             # missing: test_missing_parts.py)
     (vace / "model_index.json").write_text(json.dumps({**index, "_class_name": "WanVACEPipeline"}))
     with pytest.raises(UnknownGeneratorError, match="is a WanVACEPipeline, which no generator job runs"):
         family_of(str(vace))

@@ -34,14 +34,20 @@ def _index(scheduler: str) -> dict:
             "audio_vae": ["diffusers", "MMAudioVAE"], "vocoder": ["diffusers", "MMAudioVocoder"]}
 
 
+def _folder(folder: Path, index: dict) -> Path:
+    """A folder of ``index`` and an empty folder for each part it lists (a part missing is refused: tests/gen/test_missing_parts.py)."""
+    for part in [name for name, entry in index.items() if isinstance(entry, list)]:
+        (folder / part).mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
 def test_the_index_names_kandinsky6_and_its_scheduler_tells_sft_from_pi_flow(tmp_path):
     assert family_from_index(_index("FlowMatchEulerDiscreteScheduler"), "x") is KANDINSKY6
     assert family_from_index(_index("PiflowScheduler"), "x") is KANDINSKY6_DISTILLED
     assert family_from_index({"_class_name": "WanPipeline"}, "x").name == "wan2.1"  # the others still read theirs
     for scheduler, family, settings in (("FlowMatchEulerDiscreteScheduler", KANDINSKY6, (50, 5.0)), ("PiflowScheduler", KANDINSKY6_DISTILLED, (16, 1.0))):
-        folder = tmp_path / f"someones-k6-{scheduler}"  # any name: its file decides
-        folder.mkdir()
-        (folder / "model_index.json").write_text(json.dumps(_index(scheduler)))
+        folder = _folder(tmp_path / f"someones-k6-{scheduler}", _index(scheduler))  # any name: its file decides
         config = GeneratorConfig(name=str(folder))
         assert config.family is family
         # the authors' README (Pro: 864 x 480, 125 frames at 24 fps), the pipeline's 1024 text tokens
@@ -76,9 +82,7 @@ def test_context_parallel_repair_an_empty_negative_prompt_and_pi_flow_training_a
     assert "\n" not in str(error.value)
     from cac_align.gen.family import UnknownGeneratorError, regenerator_of
 
-    folder = tmp_path / "k6"
-    folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps(_index("FlowMatchEulerDiscreteScheduler")))
+    folder = _folder(tmp_path / "k6", _index("FlowMatchEulerDiscreteScheduler"))
     with pytest.raises(UnknownGeneratorError, match=r"regenerator.name=.* is a Kandinsky6TI2VAPipeline, which cannot condition on the frames repair keeps") as error:
         regenerator_of(str(folder))
     assert "\n" not in str(error.value)

@@ -38,7 +38,7 @@ def test_a_modular_index_is_minimax_h3_and_the_others_are_not(tmp_path):
     assert family_from_index(index, "x") is MINIMAX_H3
     assert family_from_index({"_class_name": "WanPipeline"}, "x").name == "wan2.1"  # the others still read theirs
     folder = tmp_path / "someones-h3-finetune"  # any name: its file decides
-    folder.mkdir()
+    (folder / "transformer").mkdir(parents=True)  # the part its index lists (a part missing: tests/gen/test_missing_parts.py)
     (folder / "modular_model_index.json").write_text(json.dumps(index))
     config = GeneratorConfig(name=str(folder))
     assert config.family is MINIMAX_H3

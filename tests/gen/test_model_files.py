@@ -175,13 +175,14 @@ def test_bon_and_flow_grpo_run_the_small_vae_finetune_at_a_frame_count_only_it_t
 def test_every_shipped_release_configs_ratios_are_its_familys_or_say_nothing():
     # the release checkpoints' own files (cac_align/plan/full_size/, sources in its SOURCES.md) give the
     # family's values, so a release validates and plans as before; a fine-tune's differ only where its files do
-    from cac_align.gen.family import family_of, ratios_from_configs, read_model_file
+    from cac_align.gen.family import family_from_index, ratios_from_configs, read_model_file, read_model_index
     from conftest import REPO_ROOT
 
     seen = {}
     for folder in sorted((REPO_ROOT / "cac_align/plan/full_size").glob("*/vae")):
         vae, transformer = read_model_file(str(folder.parent), "vae/config.json"), read_model_file(str(folder.parent), "transformer/config.json")
-        family = family_of(str(folder.parent))
+        # the family its index names (the folder holds the configs a plan reads, not every part a pipeline loads: no family_of)
+        family = family_from_index(read_model_index(str(folder.parent)), folder.parent.name)
         seen[folder.parent.name] = ratios_from_configs(vae, transformer)
         assert seen[folder.parent.name] in (None, (family.spatial_multiple, family.frame_multiple)), folder.parent.name
     assert seen["Wan-AI--Wan2.2-TI2V-5B-Diffusers"] == (32, 4) and seen["Lightricks--LTX-2"] == (32, 8)

@@ -297,8 +297,11 @@ def test_bad_settings_and_inputs_say_what_to_change(repaired, best_of_n, tmp_pat
     with pytest.raises(RecipeError, match=r"videos of several shapes \[\(9, 32, 32, 16.0\), \(17, 64, 96, 8.0\)\] \(frames, height, width, fps\)"):
         config = load_config(DpoConfig, DPO_TINY, [f"out_dir={tmp_path / 'c2'}", f"pairs=[{repaired},{same_judge}]", "log_with=none"], job="dpo")
         run(config, pipe=build_tiny_wan_pipeline(seed=0))
-    with pytest.raises(PairError, match="not a run folder"):
+    with pytest.raises(RecipeError, match=r"pairs='.*nothing_here': no such file or folder; a `cac-align repair` or `cac-align bon` run writes it"):
         run(dpo_config(tmp_path / "c", tmp_path / "nothing_here"), pipe=build_tiny_wan_pipeline(seed=0))
+    (tmp_path / "not_a_run").mkdir()  # there, but no run's folder
+    with pytest.raises(PairError, match="not a run folder"):
+        run(dpo_config(tmp_path / "c", tmp_path / "not_a_run"), pipe=build_tiny_wan_pipeline(seed=0))
     with pytest.raises(RecipeError, match="unknown key 'los'"):
         load_config(DpoConfig, DPO_TINY, ["los.beta=1"], job="dpo")
     with pytest.raises(RecipeError, match="loss.mask must be one of"):

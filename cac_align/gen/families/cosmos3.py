@@ -53,7 +53,8 @@ stepping on the video's sigmas (the pipeline deep-copies one scheduler for it), 
 
 **What is refused, each in one line with its reason:**
 
-- the distilled checkpoints (``Cosmos3DistilledModularPipeline``, the "-4Step" repos): a modular pipeline of four fixed
+- the distilled checkpoints (the "-4Step" repos; a folder diffusers saves says ``_class_name: Cosmos3OmniModularPipeline``
+  with ``is_distilled: true``, and runs as its ``Cosmos3DistilledModularPipeline``): a modular pipeline of four fixed
   steps that re-noises each prediction with fresh noise, video only (:func:`family_for_index`);
 - text-to-image checkpoints (by name, :data:`REFUSED_HUB_IDS`: their files do not tell them from a video release) and
   one-frame requests (:meth:`Cosmos3Family.check_settings`);
@@ -104,9 +105,15 @@ NANO, SUPER = "nvidia/Cosmos3-Nano", "nvidia/Cosmos3-Super"
 ISSUE = "issue #107"
 TINY_COSMOS3 = "tiny-random:cosmos3"
 
-_DISTILLED = (f"a {DISTILLED_PIPELINE} (a distilled Cosmos 3), which no job runs: diffusers runs it only as modular blocks of its 4 "
-              "fixed steps that re-noise each prediction with fresh noise, with guidance baked in and no sound, not as the "
-              f"{PIPELINE} the jobs call; name {NANO} or {SUPER}")
+
+def _distilled(said: str) -> str:
+    """The refusal of a distilled Cosmos 3, ``said`` as its files (or its name) say it."""
+    return (f"{said}: a distilled Cosmos 3, which no job runs: diffusers runs it only as the modular blocks of its "
+            f"{DISTILLED_PIPELINE}, 4 fixed steps that re-noise each prediction with fresh noise, with guidance baked in and no "
+            f"sound, not as the {PIPELINE} the jobs call; name {NANO} or {SUPER}")
+
+
+_DISTILLED = _distilled("a 4-step release")
 _TEXT_TO_IMAGE = f"a Cosmos 3 text-to-image checkpoint, and every job here makes videos (4k + 1 frames, with sound); name {NANO} or {SUPER}"
 
 # Cosmos 3 releases the jobs refuse, by name before their files are read (cac_align.gen.family reads a family module's
@@ -590,8 +597,9 @@ def family_for_index(index: Mapping[str, Any]) -> Cosmos3Family | None:
     """Cosmos 3 from a ``model_index.json`` naming ``Cosmos3OmniPipeline``; None for any other pipeline.
 
     Raises:
-        UnknownGeneratorError: a distilled checkpoint (``Cosmos3DistilledModularPipeline``), or a folder holding only the
-            modular index of ``Cosmos3OmniModularPipeline``, each refused in one line with the reason.
+        UnknownGeneratorError: a distilled checkpoint (a ``Cosmos3OmniModularPipeline`` with ``is_distilled: true``, as
+            diffusers saves one), or a folder holding only the modular index of ``Cosmos3OmniModularPipeline``, each refused in
+            one line with the reason, naming the class its files name.
     """
     name = index.get("_class_name")
     if name == PIPELINE:
@@ -599,8 +607,8 @@ def family_for_index(index: Mapping[str, Any]) -> Cosmos3Family | None:
     if name in (DISTILLED_PIPELINE, MODULAR_PIPELINE):
         from cac_align.gen.family import UnknownGeneratorError
 
-        if name == DISTILLED_PIPELINE or index.get("is_distilled"):
-            raise UnknownGeneratorError(_DISTILLED)
+        if name == DISTILLED_PIPELINE or index.get("is_distilled"):  # a distilled folder as diffusers saves it: the Omni class, is_distilled
+            raise UnknownGeneratorError(_distilled(f"a {name}" + (" with is_distilled: true" if index.get("is_distilled") else "")))
         raise UnknownGeneratorError(f"a {MODULAR_PIPELINE} index alone, and the jobs load the release as the {PIPELINE} its "
                                     "model_index.json names: download that file too (the release's repository has both)")
     return None
