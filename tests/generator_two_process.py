@@ -14,7 +14,7 @@ from cac_align.config import load_config
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
 recipe, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-config = load_config(FlowGrpoConfig, recipe, [f"out_dir={out}", "steps=1", "log_with=none", "eval_every=0", "checkpoint_every=0", *overrides],
+config = load_config(FlowGrpoConfig, recipe, [f"out_dir={out}", "steps=1", "log_with=none", "eval_every=0", "eval_at_start=false", "checkpoint_every=0", *overrides],
                      job="flow-grpo")
 family = config.generator.family
 pipe = family.build_tiny(config.generator.name, seed=0)

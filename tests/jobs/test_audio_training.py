@@ -278,7 +278,7 @@ def test_the_watch_alarms_in_a_run_when_one_component_collapses_and_not_on_a_con
 
     with caplog.at_level("WARNING"):
         collapsed = run("collapsed", falling=True)
-    assert [r["watch/alarms"] for r in collapsed] == [0, 1, 1]  # from the second evaluation on: the window holds two
+    assert [r["watch/alarms"] for r in collapsed] == [0, 1, 1, 1]  # step 0, then from the first evaluation after it on: the window holds two
     assert collapsed[-1]["eval/components/audio_part_raw_mean"] < collapsed[0]["eval/components/audio_part_raw_mean"]
     assert "its component 'audio_part' fell" in caplog.text
     caplog.clear()

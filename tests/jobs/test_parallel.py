@@ -67,6 +67,11 @@ def launch(job: str, recipe: Path, out: Path, *overrides: str, processes: int = 
 
 
 def metrics(out: Path) -> list[dict]:
+    """The training steps' rows of ``out``'s metrics.jsonl (step 0's evaluation, where a run made one, left out)."""
+    return [row for row in all_rows(out) if row["step"] > 0]
+
+
+def all_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -530,9 +535,17 @@ def test_sharded_evaluation_with_uneven_held_out_prompts_equals_one_process(tmp_
     common = ("steps=1", "checkpoint_every=0", f"eval_prompts={prompts}", "eval_videos=3")
     one = launch("flow-grpo", BRIGHTNESS, tmp_path / "one", *common)
     two = launch("flow-grpo", BRIGHTNESS, tmp_path / "two", *common, "parallel.shard=fsdp2", processes=2)
-    assert metrics(two)[0]["eval/valid_fraction"] == metrics(one)[0]["eval/valid_fraction"] == 1.0
-    assert metrics(two)[0]["eval/reward_mean"] == pytest.approx(metrics(one)[0]["eval/reward_mean"], abs=1e-6)
+    # step 0 (the model the run starts from) and step 1, each equal to one process's
+    assert [r["step"] for r in all_rows(two)] == [r["step"] for r in all_rows(one)] == [0, 1]
+    for got, want in zip(all_rows(two), all_rows(one)):
+        assert got["eval/valid_fraction"] == want["eval/valid_fraction"] == 1.0
+        assert got["eval/reward_mean"] == pytest.approx(want["eval/reward_mean"], abs=1e-6)
     assert len(list((two / "eval/step_000001").glob("*.mp4"))) == 3  # the dropped slot is not saved
+    # every prompt's line, gathered from both processes (2 prompts and 1), in order, as one process writes them
+    for step in ("step_000000", "step_000001"):
+        got, want = ([json.loads(line) for line in (run / "eval" / step / "samples.jsonl").read_text().splitlines()] for run in (two, one))
+        assert [r["index"] for r in got] == [0, 1, 2] and [r["seed"] for r in got] == [r["seed"] for r in want]
+        assert [r["scores"]["reward"] for r in got] == pytest.approx([r["scores"]["reward"] for r in want], abs=1e-6)
 
 
 @pytest.mark.parametrize("own", [True, False], ids=["own-outputs", "control-views"])
