@@ -65,7 +65,7 @@ from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, check_context_parallel, check_parallel_resume, connect_processes, layout_for, layout_state,
                                    named_timeout, release_trainer)
 from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames, whole_latents
-from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning
+from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning, video_decode
 from cac_align.rl.credit import chunk_credit, position_terms
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, SideStreamLoss, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
@@ -422,7 +422,7 @@ class _Trainer:
         self.reward = reward
         self.pipe = pipe
         self.family = config.generator.family  # what the model is, from its own files (cac_align.gen.family)
-        self.decode = decode or self.family.decode
+        self.decode = decode or video_decode(config.generator, self.family)  # generator.decode: the VAE's, or the tiny Wan's preview
         self._down_steps = 0  # steps in a row whose every sample the reward's server did not answer (it was down)
 
     # -- setup -----------------------------------------------------------------------
