@@ -604,21 +604,6 @@ def _show_job_logs(verbose: bool = False) -> None:
     quiet_other_processes(logger)  # many processes: the first speaks, the others warn (cac_align/run/voice.py)
 
 
-def _ctrl_c_raises() -> object:
-    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt in this process whatever it inherited; returns
-    the handler to restore (None off the main thread, where signals cannot be set).
-
-    A process started in the background by a non-interactive shell (``cmd &``, nohup, a CI script)
-    inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: the job would
-    never see a Ctrl-C (or a ``kill -INT``) and keep running, a server with it."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def _interrupted(spec: object, config: object) -> str:
     """The line a Ctrl-C ends a job with: how its run continues (a resumable job whose ``out_dir``
     holds its run), or that it stopped before it recorded anything (models still loading)."""
@@ -743,12 +728,12 @@ def _print_config(spec: Any, recipe: Any, overrides: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import signal
+    from cac_align.run.interrupts import install as ctrl_c_stops_at_a_safe_point
 
     args = _build_parser().parse_args(_eval_alias(sys.argv[1:] if argv is None else argv))
     _show_job_logs(verbose=getattr(args, "verbose", False))
     _third_party_quiet(not getattr(args, "verbose", False))
-    previous_sigint = _ctrl_c_raises()
+    ctrl_c = ctrl_c_stops_at_a_safe_point()  # cac_align/run/interrupts.py: never raised inside a lock or a finalizer
     config = None
     completed = False
     try:
@@ -769,6 +754,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec.runner()(config)
         completed = True
         return 0
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it. First of the
+        # clauses: the next ones import torch to name their errors, a minute on a loaded machine
+        if ctrl_c is not None:
+            ctrl_c.stopping = True  # a second SIGINT (torchrun's agent passes the terminal's on) waits for this one
+        _say(f"cac-align {args.command}: {_interrupted(JOBS.get(args.command), config)}")
+        return 130
     except _user_errors() as exc:
         line = f"cac-align {args.command}: error: {exc}"
         _say(line)
@@ -780,10 +772,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(line)
         _record_for_torchrun(exc, line)
         return 1
-    except KeyboardInterrupt:
-        # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
-        _say(f"cac-align {args.command}: {_interrupted(JOBS.get(args.command), config)}")
-        return 130
     except Exception as exc:
         # a bug or a crash (out of memory, a collective that failed) keeps its traceback; with many
         # processes, the one that failed first prints it, naming itself, and the rest stay quiet
@@ -800,8 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         end_processes(completed)  # every job's process group ends here, the same way (a run of many processes)
         release_locks()  # the job's out_dir is free for the next run (main may run again in-process)
-        if previous_sigint is not None:  # main may run in-process: leave the caller's handler as it was
-            signal.signal(signal.SIGINT, previous_sigint)
+        if ctrl_c is not None:  # main may run in-process: leave the caller's handler as it was
+            ctrl_c.uninstall()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,8 +48,9 @@ Faults (flow-grpo), each at the start of step index S on process R:
 - ``CAC_TEST_STALL=R:S:SECONDS``: R sleeps SECONDS (a slow judge, a stuck process) while the
   others wait in a collective;
 - ``CAC_TEST_KILL_NODE=MARKER:S``: the second node (torchrun's ``GROUP_RANK`` 1) dies at step S: its first
-  process SIGKILLs its node's other workers, its agent and itself, once (it writes MARKER first; a node
-  started again finds it and runs on).
+  process SIGKILLs its node's other workers, its agent and itself, once (it writes MARKER first, the time it
+  died; a node started again finds it and runs on). Every record says which agent started its process
+  (``agent_pid``) and when (``started_at``, ``time.time()``).
 
 Test-only workaround (not in the product): diffusers 0.42.1's ``ModelMixin._resolve_parallel_config``
 computes ``rank % torch.accelerator.device_count()``, which divides by zero on a machine with no
@@ -96,7 +97,8 @@ def _kill_node(agent):
 job, recipe, out, overrides = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
 rank = int(os.environ.get("RANK", "0"))
 out.mkdir(parents=True, exist_ok=True)
-record: dict = {}
+# which node's agent started this process (torchrun starts its workers as its children), and when
+record: dict = {"agent_pid": os.getppid(), "started_at": time.time()}
 
 if os.environ.get("CAC_TEST_NO_CP_SCALE"):
     parallel.Layout.loss_scale = property(lambda self: 1.0)

@@ -318,8 +318,9 @@ def test_a_jobs_help_lists_its_settings_with_their_defaults_values_and_what_they
             # 89, issue #89's four: audio, audio_rewards_blind_ok, advantage.routing, watch.components; #92's optimizer,
             # parallel.share_encoders and parallel.share_dir; #98 parallel.replicate; #104's twelve: loss, dppo_delta,
             # advantage.aggregate and the nine of regularize; regularize.hold (#104, s16); regularize.project (#104, s19);
-            # eval_at_start (#115)
-            assert len(settings) == 112 and "generator.name" in settings and "parallel.shard" in settings
+            # eval_at_start (#115); generator.decode (#117)
+            assert len(settings) == 113 and "generator.name" in settings and "parallel.shard" in settings
+            assert defaults["generator.decode"] == "vae" and settings["generator.decode"][1].startswith("[vae | latent_preview] ")
             assert {k: defaults[k] for k in ("loss", "dppo_delta", "advantage.aggregate", "regularize.gate", "regularize.reference")} == {
                 "loss": "ppo_clip", "dppo_delta": "null", "advantage.aggregate": "sum_then_normalize", "regularize.gate": "none",
                 "regularize.reference": "base"}

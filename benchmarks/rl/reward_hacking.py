@@ -16,17 +16,19 @@ every channel up, the green with them: the proxy rises and the judge falls. The 
   rule resets, not to the base model): every guard the judge drives, the one that held the judge over 36 seeds while
   keeping plain's proxy gain (benchmarks/README.md); ``project_hold``: ``project``, then ``hold_all``'s gate.
 
-The LoRA is on the transformer's output projection alone (``TOY``), where each latent channel, each colour of the
-preview, has its own rows. The red control checks that the toy can be brighter without being greener: trained on the
-red alone, the green must not move (on Wan's attention projections it rose: benchmarks/README.md)::
+The LoRA is on the transformer's output projection alone (the recipe's ``lora.target_modules``), where each latent
+channel, each colour of the preview, has its own rows. The red control checks that the toy can be brighter without
+being greener: trained on the red alone, the green must not move (on Wan's attention projections it rose:
+benchmarks/README.md)::
 
     python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --steps 20          # about 6 s an arm and seed here
     python benchmarks/rl/reward_hacking.py --seeds 0 1 2 3 4 5 --arms plain "reward:={name: colour, channel: red, prefer: more}"
     python benchmarks/rl/reward_hacking.py --seeds 0 --arms plain gate --steps 10 beta=0.05
 
-Each run is :func:`cac_align.jobs.flow_grpo.run`'s trainer on ``recipes/align/flow_grpo_tiny_brightness.yaml`` with the
-toy settings below, its videos the latent preview (:func:`cac_align.gen.families.wan.latent_preview`: the tiny random
-VAE's decode does not move with the latents), an evaluation of the held-out prompts before training (step 0) and
+Each run is :func:`cac_align.jobs.flow_grpo.run`'s trainer on ``recipes/align/flow_grpo_tiny_hacking.yaml`` (the toy
+settings; one arm is the command its first line gives, with the arm's settings added), its videos the latent preview
+(``generator.decode: latent_preview``: the tiny random VAE's decode does not move with the latents), an evaluation of the
+held-out prompts before training (step 0) and
 every ``--eval-every`` steps: the proxy's mean (``eval/reward_mean``) and the judge's (``eval/colour/mean``) on the
 same ODE samples. It prints a row per arm and seed and the arms' means: the proxy's gain, the judge's change, and
 whether the judge ended at or above step 0 while the proxy gained at least half of plain's gain; ``--json`` keeps
@@ -43,20 +45,19 @@ import statistics
 from pathlib import Path
 
 from cac_align.config import load_config
-from cac_align.gen.families.wan import build_tiny_wan_pipeline, latent_preview
+from cac_align.gen.families.wan import build_tiny_wan_pipeline
 from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer
 from cac_align.gen.parallel import release_trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny_brightness.yaml"
-JUDGE = {"name": "colour", "channel": "green", "prefer": "less"}
-# toy settings (flow_grpo_toy.py's, with a KL): a bigger group and LoRA, a faster learning rate, two updates a step; the LoRA on
-# the transformer's output projection alone, where each latent channel (each colour of the preview) has its own rows: on the
-# attention projections (Wan's LoRA targets, `lora.target_modules=null`) a policy trained on the red alone turned greener
-# too, so no guard could keep "brighter" and drop "greener" (benchmarks/README.md, the red control)
-TOY = ["group_size=8", "prompts_per_step=2", "sample_batch_size=8", "train_batch_size=4", "updates_per_step=2", "lora.rank=8", "lora.alpha=16",
-       "lora.target_modules=[proj_out]", "learning_rate=1e-2", "beta=0.01", "ema_decay=null", "log_with=none", "checkpoint_every=0",
-       "eval_videos=0", "eval_prompts=recipes/align/prompts_tiny.txt", *[f"eval_rewards.colour.{k}={v}" for k, v in JUDGE.items()]]
+# the toy (flow_grpo_toy.py's settings, with a KL): a bigger group and LoRA, a faster learning rate, two updates a step, the
+# held-out judge that wants less green, the latent preview; the LoRA on the transformer's output projection alone, where each
+# latent channel (each colour of the preview) has its own rows: on the attention projections (Wan's LoRA targets,
+# `lora.target_modules=null`) a policy trained on the red alone turned greener too, so no guard could keep "brighter" and drop
+# "greener" (benchmarks/README.md, the red control). Until issue 117 these were overrides of flow_grpo_tiny_brightness.yaml here,
+# and the preview was passed in code (decode=); the recipe resolves to the same config, the setting to the same decode.
+RECIPE = REPO_ROOT / "recipes/align/flow_grpo_tiny_hacking.yaml"
+TOY = ["log_with=none"]  # no trackers: the table is read from metrics.jsonl
 ARMS = {
     "plain": [],
     "gate": ["regularize.gate=uncertain", "regularize.reference=adaptive"],  # GARDO's defaults
@@ -78,7 +79,7 @@ def train(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: li
     shutil.rmtree(out, ignore_errors=True)
     config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={out}", f"seed={seed}", f"steps={steps}", f"eval_every={eval_every}", *TOY,
                                                   *ARMS[arm], *extra], job="flow-grpo")
-    trainer = _Trainer(config, pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    trainer = _Trainer(config, pipe=build_tiny_wan_pipeline(seed=0))  # the recipe's generator.decode: the latent preview
     try:
         trainer.setup()
         first = {"step": 0, **trainer.evaluate(0)}  # the held-out videos before any update
@@ -112,9 +113,11 @@ def split_control(seed: int, steps: int, out: Path) -> list[float]:
     from cac_align.jobs.flow_grpo import run
 
     shutil.rmtree(out, ignore_errors=True)
-    toy = [t for t in TOY if not t.startswith("eval_rewards")]
-    config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={out}", f"seed={seed}", f"steps={steps}", "eval_prompts=null", *toy], job="flow-grpo")
-    run(config, reward=PromptSplit(), pipe=build_tiny_wan_pipeline(seed=0), decode=latent_preview)
+    # no judge; its evaluations every 2 steps of the held-out prompts, as when the toy's settings were overrides of
+    # flow_grpo_tiny_brightness.yaml (an "eval_prompts=null" before them did not take)
+    control = [*TOY, "eval_rewards:={}", "eval_every=2"]
+    config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={out}", f"seed={seed}", f"steps={steps}", *control], job="flow-grpo")
+    run(config, reward=PromptSplit(), pipe=build_tiny_wan_pipeline(seed=0))
     return [json.loads(line)["reward/mean"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -82,6 +82,11 @@ members, which a family without them does not need:
 - ``check_settings(config)``: settings of a :class:`~cac_align.gen.generator.GeneratorConfig` the family's models
   cannot take, refused in one line as the config is made, before anything loads (Helios: a ``num_frames`` its
   33-frame chunks would not return as asked). Nothing more than ``frame_multiple`` checks when absent.
+- ``latent_preview_for(name) -> decode | None``: a stand-in for :meth:`GeneratorFamily.decode` where the model
+  ``name`` decodes with a tiny random VAE whose frames barely move with the latents (Wan's:
+  :meth:`cac_align.gen.families.wan.WanFamily.latent_preview_for`, decided from the model's ``vae/config.json``
+  or its tiny layout), None for a real one; ``generator.decode: latent_preview`` is refused in one line where it is
+  absent or gives None (:func:`cac_align.gen.generator.video_decode`).
 - for an **autoregressive** family (Helios: a video is chunks, each its own denoising loop conditioned on the chunks
   before it; docs/helios.md): ``chunks(config) -> K`` (the loops of one video; the sampler runs them in order and
   the :class:`~cac_align.gen.generator.Trajectory` flattens them, ``chunks = K``), ``chunk_conditioning(cond, finals,

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from cac_align.config import RecipeError
 from cac_align.gen.family import Conditioning, Generated, check_ratios, fixed_frames, take_model_settings
@@ -23,6 +23,7 @@ from cac_align.run.folder import share_modes
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DECODES",
     "LORA_WEIGHT_NAME",
     "LORA_WEIGHT_NAME_2",
     "MODEL_SETTINGS",
@@ -34,6 +35,8 @@ __all__ = [
     "VideoGenerator",
     "build_generator",
     "build_video_generator",
+    "check_decode",
+    "check_decoded_by_vae",
     "chunk_count",
     "chunk_finals",
     "empty_experts",
@@ -49,6 +52,7 @@ __all__ = [
     "sde_transitions",
     "step_conditioning",
     "video_conditioning",
+    "video_decode",
     "video_velocity",
 ]
 
@@ -59,6 +63,10 @@ MODEL_SETTINGS = (
     "stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale", "audio_modality_scale",
     "audio_guidance_rescale", "stg_blocks",
 )
+
+# How a trainer turns its samples' final latents into frames (``generator.decode``): the model's own VAE,
+# or, on the tiny random Wan only, the latent preview (its random VAE's frames barely move with the latents)
+DECODES = ("vae", "latent_preview")
 
 # The synthetic stand-in generator reads only ``fps`` of these; the rest are Wan-2.1's values, as
 # they always were, so its recipes validate as before.
@@ -120,7 +128,13 @@ class GeneratorConfig:
         lora_scale: strength of that LoRA (1.0 = as trained).
         anomaly_probability: synthetic generator only: the chance that a candidate gets a
             planted anomaly.
+        decode: how flow-grpo and nft turn their samples into the frames every reward scores: ``vae``,
+            the model's own decode; ``latent_preview``, the tiny random Wan only (its random VAE's
+            frames barely move with the latents, so a reward on them cannot teach the tiny policy
+            anything): latent channels 0-2 as RGB (docs/flow_grpo.md, "Checking that a setup learns").
     """
+
+    CHOICES: ClassVar[dict[str, Sequence[Any]]] = {"decode": DECODES}
 
     name: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
     dtype: str = "bfloat16"
@@ -147,6 +161,7 @@ class GeneratorConfig:
     lora: str | None = None
     lora_scale: float = 1.0
     anomaly_probability: float = 0.5
+    decode: str = "vae"
 
     @classmethod
     def unset(cls) -> "GeneratorConfig":
@@ -193,6 +208,7 @@ class GeneratorConfig:
         check_dtype(self.vae_dtype, "generator.vae_dtype")
         if not 0 <= self.anomaly_probability <= 1:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
+        check_decode(self, family, title)
         # what the model cannot take beyond the multiples, named before the generic checks and before anything loads
         # (cac_align.gen.family: Helios's chunks)
         check_settings = None if self.is_synthetic else getattr(family, "check_settings", None)
@@ -211,6 +227,42 @@ class GeneratorConfig:
                   self.audio_stg_scale, self.audio_modality_scale, self.audio_guidance_rescale]
         if any(s is not None and s < 0 for s in scales) or self.fps <= 0:
             raise ValueError("guidance scales must be >= 0 and fps > 0")
+
+
+def check_decode(config: GeneratorConfig, family: Any, title: str) -> None:
+    """Refuse ``config.decode`` in one line where it is not one of :data:`DECODES`, or is the latent
+    preview on a model that does not decode with a tiny random VAE (the family's ``latent_preview_for``:
+    decided from the model's own files, never its name)."""
+    if config.decode not in DECODES:
+        raise ValueError(f"generator.decode must be one of {' | '.join(DECODES)}, got {config.decode!r}")
+    if config.decode == "latent_preview" and _preview(config, family) is None:
+        raise ValueError(f"generator.decode=latent_preview stands in for the tiny random Wan's VAE only (tiny-random:wan, or a folder "
+                         f"`cac-align make-tiny` saved from it: its vae/config.json), whose frames barely move with the latents; "
+                         f"{config.name} ({title}) is another model, whose own decode is its video: remove generator.decode")
+
+
+def _preview(config: GeneratorConfig, family: Any) -> Callable[..., Any] | None:
+    finder = None if family is None else getattr(family, "latent_preview_for", None)
+    return None if finder is None else finder(config.name)
+
+
+def video_decode(config: GeneratorConfig, family: Any) -> Callable[..., Any]:
+    """What turns a trainer's final latents into the frames its rewards score, as ``config.decode`` says:
+    ``decode(pipe, latents, seeds=...) -> uint8 (B, F, H, W, 3)``, the family's own
+    (:meth:`GeneratorFamily.decode`) or its latent preview (checked when the config was made)."""
+    if config.decode == "latent_preview":
+        preview = _preview(config, family)
+        assert preview is not None, "GeneratorConfig.__post_init__ refuses a preview the model has none of"
+        return preview
+    return family.decode
+
+
+def check_decoded_by_vae(config: GeneratorConfig, job: str) -> None:
+    """Refuse ``generator.decode: latent_preview`` in a job that never decodes latents itself (``bon``
+    writes what the pipeline decodes; ``dpo`` trains on videos), where it would be ignored."""
+    if config.decode != "vae":
+        raise ValueError(f"generator.decode={config.decode} is read by flow-grpo and nft, which decode their own samples; "
+                         f"{job} does not: remove it")
 
 
 # ---------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from omegaconf import MISSING
 
 from cac_align.gen.synthetic import PREFIX as SYNTHETIC_PREFIX
 from cac_align.gen.synthetic import bon_anomaly_rates, load_synthetic_generator
-from cac_align.gen.generator import GeneratorConfig
+from cac_align.gen.generator import GeneratorConfig, check_decoded_by_vae
 from cac_align.run.input_files import PromptImage, read_prompt_rows, read_prompts, slug
 from cac_align.run.folder import read_jsonl_log, run_fingerprint, write_text_atomic
 
@@ -114,6 +114,7 @@ class BonConfig:
             raise ValueError(f"n must be >= 1 (candidates per prompt), got {self.n}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_decoded_by_vae(self.generator, "bon")  # the pipeline decodes bon's candidates: a preview would be ignored
         reward_config(self.reward, "reward")
 
 

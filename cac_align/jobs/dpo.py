@@ -64,8 +64,8 @@ from tqdm.auto import tqdm
 from cac_align.config import RecipeError
 from cac_align.rl.dpo import DpoLossSettings, dpo_loss, noised_pair, sample_sigmas, squared_error
 from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames
-from cac_align.gen.generator import Conditioning, GeneratorConfig, chunk_count, encode_conditioning, video_conditioning, video_velocity
-from cac_align.gen.generator import LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2
+from cac_align.gen.generator import (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2, Conditioning, GeneratorConfig, check_decoded_by_vae, chunk_count,
+                                     encode_conditioning, video_conditioning, video_velocity)
 from cac_align.gen.model_card import LoraCard, write_model_card
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
                                register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
@@ -177,6 +177,7 @@ class DpoConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.generator.lora is not None:
             raise ValueError("generator.lora is for generation; dpo trains a new LoRA on the base model")
+        check_decoded_by_vae(self.generator, "dpo")  # dpo trains on videos and decodes nothing
         check_trainable(self.generator)  # weights no trainer can adapt (Cosmos 3's FP8): refused before they load
         if self.lora.target_modules is None:  # the family's: Wan's attention projections, LTX-2's video branch
             self.lora.target_modules = list(self.generator.family.lora_target_modules)

@@ -66,7 +66,7 @@ from cac_align.gen.parallel import (Layout, ParallelSettings, apply_parallelism,
                                    connect_processes, encoders_on, expert_states, gather_from_leaders, gather_numbers, gradient_sync, layout_for,
                                    layout_state, load_generator, named_timeout, prepare_for_training, release_trainer, scaled_backward)
 from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames, whole_latents
-from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning
+from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning, video_decode
 from cac_align.rl.credit import chunk_credit, position_terms
 from cac_align.rl.sde import NOISE_SCHEDULES, SDESchedule, SideStreamLoss, flow_grpo_loss
 from cac_align.run.folder import run_fingerprint
@@ -429,7 +429,7 @@ class _Trainer:
         self.reward = reward
         self.pipe = pipe
         self.family = config.generator.family  # what the model is, from its own files (cac_align.gen.family)
-        self.decode = decode or self.family.decode
+        self.decode = decode or video_decode(config.generator, self.family)  # generator.decode: the VAE's, or the tiny Wan's preview
         self._down_steps = 0  # steps in a row whose every sample the reward's server did not answer (it was down)
 
     # -- setup -----------------------------------------------------------------------

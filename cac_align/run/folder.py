@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 _LTX2_GUIDANCE = ("stg_scale", "modality_scale", "guidance_rescale", "audio_guidance_scale", "audio_stg_scale", "audio_modality_scale",
                   "audio_guidance_rescale", "stg_blocks")
 LATER_DEFAULTS = {"generator.guidance_scale_2": None, "regenerator.guidance_scale_2": None, "lora.experts": "high",
+                  "generator.decode": "vae",  # #117: the tiny Wan's latent preview as a setting; at its default, the VAE's decode as before
                   **{f"{section}.{key}": None for section in ("generator", "regenerator") for key in _LTX2_GUIDANCE},
                   # the generator trainers' parallel section (#78): at its defaults, plain data parallel as before
                   "parallel.shard": "none", "parallel.context_parallel": 1, "parallel.reshard_after_forward": True,

@@ -198,11 +198,21 @@ def test_nft_with_hsdp_on_two_nodes_trains_as_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybrid, tmp_path):
-    """The second node's agent and its workers SIGKILLed at the start of step 3 (index 2); the first node's agent
-    (--max-restarts 1) restarts the round and waits in the rendezvous for a second node (its workers start only once it
-    joins); the node is started again; both resume from the last whole checkpoint (step 2) and end as the uninterrupted
-    run. Then a resume of that folder on one process without hybrid sharding is refused in one line naming both layouts
-    and the trained LoRA."""
+    """The second node's agent and its workers SIGKILLed at the start of step 3 (index 2); the node is started again;
+    the first node's agent (--max-restarts 1) restarts its workers, and both nodes resume from the last whole checkpoint
+    (step 2) and end as the uninterrupted run. Then a resume of that folder on one process without hybrid sharding is
+    refused in one line naming both layouts and the trained LoRA.
+
+    What restarts the first node's workers depends on the timing, and so does torchrun's count of it
+    (``TORCHELASTIC_RESTART_COUNT``, the records' ``restart_round``). With HSDP they talk to the other node only in the
+    update's all-reduce of the gradients across the replicas, at the end of the step's backwards. Idle, they get there
+    and fail on the dead peer before the node started again has joined: their agent restarts them as a failure, counted
+    (restart_round 1). On a loaded machine they are still sampling or training step 3 when it joins: their agent sees a
+    node waiting while its workers are healthy and restarts them for it, which torchrun does not count ("membership
+    changes do not count as retries", torch/distributed/elastic/agent/server/api.py): restart_round 0 (issue 117: [0, 0]
+    read under load). Either way they are new processes, started after the node died, and that is what is asserted; the
+    ranks of the last round follow the agents' pids (the rendezvous sorts its nodes by address and pid), so each record
+    is matched to its node by the agent that started it, not by its rank."""
     out, marker, port = tmp_path / "killed", tmp_path / "node_killed.txt", _free_port()
     # a collective whose peer died fails in 120 s at most (the default waits 30 minutes), so the first node's workers end
     overrides = (*STEPS, "parallel.shard=fsdp2", "parallel.replicate=2", "parallel.timeout_s=120", "resume=true")
@@ -218,7 +228,12 @@ def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybri
     assert first.returncode == 0 and back.returncode == 0, "\n----\n".join(s[-4000:] for s in said)
     found = records(out, 4)
     assert all(r["steps"] == [2] for r in found), [r["steps"] for r in found]  # every process resumed at step index 2 (step 3)
-    assert [r["restart_round"] for r in found[:2]] == [1, 1]  # the first node's workers restarted by their agent
+    died_at = float(marker.read_text())
+    on_first, on_back = ([r for r in found if r["agent_pid"] == agent.pid] for agent in (first, back))
+    assert len(on_first) == len(on_back) == 2, [(r["agent_pid"], r["restart_round"]) for r in found]
+    # the first node's workers restarted by their agent after the other node died (counted or not: the docstring)
+    assert all(r["started_at"] > died_at for r in on_first), (died_at, [r["started_at"] for r in on_first])
+    assert [r["restart_round"] for r in on_back] == [0, 0]  # the node started again: a new agent's first round
     assert_same_lora(out / LORA, hybrid / LORA, 1e-6)
     refused = subprocess.run([sys.executable, str(LAUNCH), "flow-grpo", str(BRIGHTNESS), str(out), "steps=3", "checkpoint_every=1",
                               "eval_prompts=null", "parallel.shard=fsdp2", "resume=true"], env=_environment(None), cwd=REPO_ROOT,

@@ -24,6 +24,7 @@ CASES = [  # (job, its config class, a recipe of before the key, the key added l
      ["regenerator.name=tiny-random:wan22-vace-a14b", "regenerator.guidance_scale_2=3.0"]),
     ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "generator.stg_scale", ["generator.name=tiny-random:ltx2", "generator.height=64",
                                                                                  "generator.width=64", "generator.stg_scale=0.5"]),
+    ("flow-grpo", FlowGrpoConfig, "flow_grpo_tiny.yaml", "generator.decode", ["generator.decode=latent_preview"]),  # #117
 ]
 
 

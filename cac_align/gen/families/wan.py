@@ -51,7 +51,7 @@ image's CLIP tokens (the FLF2V-14B's has: ``pos_embed_seq_len``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cac_align.gen.tiny import transformer_made, umt5_text_encoder, word_tokenizer
 from cac_align.loading import check_weights_source, resolve_device, resolve_dtype, weights_error
@@ -59,6 +59,7 @@ from cac_align.loading import check_weights_source, resolve_device, resolve_dtyp
 __all__ = [
     "FAMILIES",
     "TINY_WAN",
+    "TINY_WAN_VAE",
     "WAN21",
     "WAN22_A14B",
     "WAN22_TI2V",
@@ -94,6 +95,11 @@ WAN21_I2V_NEGATIVE_PROMPT = "镜头晃动，" + WAN_NEGATIVE_PROMPT
 
 # ``generator.name`` of the tiny random pipeline built in-process (meaningless videos).
 TINY_WAN = "tiny-random:wan"
+# The tiny random pipeline's VAE (:func:`build_tiny_wan_pipeline`; the A14B's and the I2V models' tiny layouts
+# share it): ``AutoencoderKLWan``'s settings, as its saved ``vae/config.json`` also says them. Its decode
+# barely depends on the latents (:func:`latent_preview`), which is what ``generator.decode: latent_preview``
+# is for, and what tells a model with this VAE from a real one.
+TINY_WAN_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1, "temperal_downsample": [False, True, True]}
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,21 @@ class WanFamily:
 
     def build_tiny(self, name: str, seed: int = 0) -> Any:
         return TINY_WAN_BUILDERS[name](seed=seed)
+
+    def latent_preview_for(self, name: str) -> Callable[..., Any] | None:
+        """:func:`latent_preview`, where the model ``name`` decodes with the tiny random VAE
+        (:data:`TINY_WAN_VAE`): one of this family's tiny in-process pipelines whose VAE compresses
+        as Wan-2.1's does (8x in space, 4x in time: every tiny layout here but the TI2V-5B's), or a
+        folder (or hub id) whose ``vae/config.json`` is that VAE's, as ``cac-align make-tiny`` saves
+        it. None for every other model: a real VAE's frames are the video, and the preview is not
+        (``generator.decode``, :func:`cac_align.gen.generator.video_decode`)."""
+        if name in self.tiny_names:
+            return latent_preview if self.spatial_multiple == 16 else None  # 8x VAE x 2x2 patches; the TI2V-5B's 48-channel VAE: 32
+        from cac_align.gen.family import read_model_file
+
+        vae = read_model_file(name, "vae/config.json") or {}
+        tiny = vae.get("_class_name") == "AutoencoderKLWan" and all(vae.get(key) == value for key, value in TINY_WAN_VAE.items())
+        return latent_preview if tiny else None
 
     # -- sampling -------------------------------------------------------------------------
     def denoiser(self, pipe: Any) -> Any:
@@ -507,8 +528,10 @@ def latent_preview(pipe: Any, latents: Any, seeds: Any = None) -> Any:
     The tiny random ``AutoencoderKLWan`` decodes to frames that barely depend on the latents (its
     norms normalise them away), so a toy reward on its decode cannot move; this preview keeps what
     the policy changes visible, each latent position owning exactly its pixels. Never for a real
-    model. Used by ``benchmarks/rl/localized_credit.py`` and the tests that need a reward the tiny
-    policy can move (``run(..., decode=latent_preview)``)."""
+    model: ``generator.decode: latent_preview`` turns it on from a recipe or the command line, on
+    the tiny random VAE only (:meth:`WanFamily.latent_preview_for`). Also used by
+    ``benchmarks/rl/localized_credit.py`` and the tests that need a reward the tiny policy can move
+    (``run(..., decode=latent_preview)``)."""
     import numpy as np
     import torch
 
@@ -619,9 +642,7 @@ def build_tiny_wan_pipeline(seed: int = 0) -> Any:
     torch.manual_seed(seed)
     text_encoder = umt5_text_encoder(tokenizer)
     transformer = _tiny_transformer(16)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
+    vae = AutoencoderKLWan(**TINY_WAN_VAE)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     # Freshly built modules start in train mode (UMT5 dropout on); from_pretrained returns eval.
     for module in (text_encoder, transformer, vae):
