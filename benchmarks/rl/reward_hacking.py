@@ -46,8 +46,7 @@ from pathlib import Path
 
 from cac_align.config import load_config
 from cac_align.gen.families.wan import build_tiny_wan_pipeline
-from cac_align.jobs.flow_grpo import FlowGrpoConfig, _Trainer
-from cac_align.gen.parallel import release_trainer
+from cac_align.jobs.flow_grpo import FlowGrpoConfig, run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # the toy (flow_grpo_toy.py's settings, with a KL): a bigger group and LoRA, a faster learning rate, two updates a step, the
@@ -79,16 +78,9 @@ def train(arm: str, seed: int, steps: int, eval_every: int, out: Path, extra: li
     shutil.rmtree(out, ignore_errors=True)
     config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={out}", f"seed={seed}", f"steps={steps}", f"eval_every={eval_every}", *TOY,
                                                   *ARMS[arm], *extra], job="flow-grpo")
-    trainer = _Trainer(config, pipe=build_tiny_wan_pipeline(seed=0))  # the recipe's generator.decode: the latent preview
-    try:
-        trainer.setup()
-        first = {"step": 0, **trainer.evaluate(0)}  # the held-out videos before any update
-        trainer.train()
-        trainer.cleanup()
-    finally:
-        release_trainer(trainer)
+    run(config, pipe=build_tiny_wan_pipeline(seed=0))  # the recipe's generator.decode: the latent preview; step 0 evaluated first
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [first] + [r for r in rows if "eval/reward_mean" in r]
+    return [r for r in rows if "eval/reward_mean" in r]
 
 
 class PromptSplit:
@@ -110,15 +102,13 @@ class PromptSplit:
 
 def split_control(seed: int, steps: int, out: Path) -> list[float]:
     """The training reward per step of plain Flow-GRPO on :class:`PromptSplit`."""
-    from cac_align.jobs.flow_grpo import run
-
     shutil.rmtree(out, ignore_errors=True)
     # no judge; its evaluations every 2 steps of the held-out prompts, as when the toy's settings were overrides of
     # flow_grpo_tiny_brightness.yaml (an "eval_prompts=null" before them did not take)
     control = [*TOY, "eval_rewards:={}", "eval_every=2"]
     config = load_config(FlowGrpoConfig, RECIPE, [f"out_dir={out}", f"seed={seed}", f"steps={steps}", *control], job="flow-grpo")
     run(config, reward=PromptSplit(), pipe=build_tiny_wan_pipeline(seed=0))
-    return [json.loads(line)["reward/mean"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row["reward/mean"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in row]
 
 
 def main() -> None:

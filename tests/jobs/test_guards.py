@@ -434,6 +434,6 @@ def test_the_hackable_proxy_is_hacked_by_plain_flow_grpo_and_the_gate_watches_ev
     assert [r["step"] for r in plain] == [0, 5, 10]
     assert plain[-1]["eval/reward_mean"] > plain[0]["eval/reward_mean"] and plain[-1]["eval/colour/mean"] < plain[0]["eval/colour/mean"]
     gated = reward_hacking.train("gate_base", 1, 10, 5, tmp_path / "gate", [])
-    rows = _metrics(tmp_path / "gate")
+    rows = [r for r in _metrics(tmp_path / "gate") if r["step"] > 0]  # the training steps (step 0 trains nothing)
     assert all(np.isfinite(r["regularize/colour_mean"]) for r in rows) and any(r["regularize/gated_fraction"] > 0 for r in rows)
     assert gated[0]["eval/reward_mean"] == plain[0]["eval/reward_mean"]  # the same step 0: the arms differ only in their guards
