@@ -31,6 +31,7 @@ def test_the_preview_is_refused_in_one_line_on_a_model_that_is_not_the_tiny_wan(
     # without weights: the refusal comes from its files, before anything loads
     real = tmp_path / "Wan2.1-T2V-1.3B-Diffusers"
     (real / "vae").mkdir(parents=True)
+    (real / "transformer").mkdir()  # every part its index lists is there (a folder that lacks one is refused for that first)
     (real / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline", "_diffusers_version": "0.42.1",
                                                        "transformer": ["diffusers", "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"]}))
     (real / "vae/config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4],
