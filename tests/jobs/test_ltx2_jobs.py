@@ -129,7 +129,8 @@ def test_two_processes_train_as_one(tmp_path):
 
     recipe = RECIPES / "flow_grpo_tiny_ltx2.yaml"
     pipe = LTX2.build_tiny("tiny-random:ltx2")
-    run(load_config(type(_flow(tmp_path)), recipe, [f"out_dir={tmp_path / 'one'}", "steps=1", "log_with=none", "eval_every=0", "checkpoint_every=0"],
+    run(load_config(type(_flow(tmp_path)), recipe, [f"out_dir={tmp_path / 'one'}", "steps=1", "log_with=none", "eval_every=0", "eval_at_start=false",
+                                                           "checkpoint_every=0"],
                     job="flow-grpo"), pipe=pipe)
     one = {n: p.detach() for n, p in LTX2.denoiser(pipe).named_parameters() if p.requires_grad}
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
