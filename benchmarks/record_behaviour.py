@@ -27,7 +27,8 @@ recipe loading and run folders are part of what is compared):
   that file alone, as ``tests/fixtures/big_recipe_plans.json`` is written).
 
 ``compare`` reads JSON and JSONL rows with wall-clock fields left out (keys naming seconds, time,
-dates, throughput) and the recording's own folder replaced by ``<work>``; it compares tensors as
+dates, throughput) and the recording's own folder replaced by ``<work>`` (a per-step log's rows, each with its own
+``step``, matched by step: a step only one recording logged is one line); it compares tensors as
 tensors (``torch.equal``: identical, not close) and every other file by its bytes. It prints one
 line per difference and exits 1 if there is any, 0 if the two recordings are the same.
 """
@@ -172,6 +173,14 @@ def _json_rows(path: Path, root: str) -> list[Any]:
     return [_normalized(row, root) for row in rows]
 
 
+def _by_step(rows: list[Any]) -> dict[int, Any] | None:
+    """A per-step log's rows by their ``step`` (one row a step), or None for rows of another kind."""
+    steps = [row.get("step") if isinstance(row, dict) else None for row in rows]
+    if not rows or not all(isinstance(step, int) for step in steps) or len(set(steps)) != len(steps):
+        return None
+    return dict(zip(steps, rows))
+
+
 def _tensor_differences(a: Path, b: Path) -> Iterator[str]:
     import torch
     from safetensors.torch import load_file
@@ -191,12 +200,21 @@ def _tensor_differences(a: Path, b: Path) -> Iterator[str]:
 def _file_differences(a: Path, b: Path, roots: tuple[str, str]) -> Iterator[str]:
     if a.suffix in (".json", ".jsonl"):
         ra, rb = _json_rows(a, roots[0]), _json_rows(b, roots[1])
-        if len(ra) != len(rb):
-            yield f"{len(ra)} rows vs {len(rb)}"
-        for i, (x, y) in enumerate(zip(ra, rb)):
+        if _by_step(ra) is not None and _by_step(rb) is not None:  # a per-step log (metrics.jsonl): rows matched by their step
+            sa, sb = _by_step(ra), _by_step(rb)
+            for step in sorted(set(sa) - set(sb)):
+                yield f"step {step} only in the first"
+            for step in sorted(set(sb) - set(sa)):
+                yield f"step {step} only in the second"
+            pairs = [(f"step {step}", sa[step], sb[step]) for step in sorted(set(sa) & set(sb))]
+        else:
+            if len(ra) != len(rb):
+                yield f"{len(ra)} rows vs {len(rb)}"
+            pairs = [(f"row {i}", x, y) for i, (x, y) in enumerate(zip(ra, rb))]
+        for where, x, y in pairs:
             if x != y:
                 keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k)) if isinstance(x, dict) and isinstance(y, dict) else []
-                yield f"row {i} differs" + (f" in {keys[:6]}: {[x.get(k) for k in keys[:3]]} vs {[y.get(k) for k in keys[:3]]}" if keys else "")
+                yield f"{where} differs" + (f" in {keys[:6]}: {[x.get(k) for k in keys[:3]]} vs {[y.get(k) for k in keys[:3]]}" if keys else "")
     elif a.suffix == ".safetensors":
         yield from _tensor_differences(a, b)
     elif hashlib.sha256(a.read_bytes()).digest() != hashlib.sha256(b.read_bytes()).digest():
