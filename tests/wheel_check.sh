@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The install most users make: a wheel, not an editable checkout. Builds this checkout's wheel,
 # installs it into a fresh venv (nothing of the checkout on the path), and, each from an empty
-# folder: runs README's main job by name (docs/score.md, "Recipes by name"; 16 videos, every one valid), then the offline road of
+# folder: runs README's main job by name (docs/score.md, "Recipes by name"; 16 videos, every one valid; the Python API's
+# reward by the model's name alone gives the same verdicts), then the offline road of
 # docs/train_your_own_cac.md as written (the bash block after `<!-- offline-check -->`: tiny rows
 # and videos from the package, convert, synth-cot, three stages, score, bench, export, flow-grpo).
 #
@@ -64,7 +65,18 @@ rows = [json.loads(line) for line in Path("outputs/score_demo/results.jsonl").re
 valid = sum(r["valid"] for r in rows)
 assert len(rows) == 16 and valid == 16, f"{valid} of {len(rows)} valid"
 assert Path("outputs/score_demo/report.html").is_file()
-print(f"wheel check: {len(rows)} videos, {valid} valid, from {where.parent}")
+# The Python API with nothing but the model's name asks cac-demo as the recipe does: its folder's cac_align.json gives
+# the turns' rates and frame caps, the token budget, the wording, the pixel grid and the float32 it was trained in
+# (without them, 2 of 4 of these videos came out invalid). Checked here, where the main job already ran (it was a slow
+# test of its own that ran the job a second time)
+from cac_align.rewards.registry import build_reward
+
+out = build_reward({"name": "cac", "model": {"name": "cac-demo"}})([r["video"] for r in rows], [r["prompt"] for r in rows])
+assert out.valid.all(), "the Python API found invalid videos the recipe scored"
+assert [d["status"] for d in out.details] == [r["status"] for r in rows], "the Python API's verdicts are not the recipe's"
+worst = max(abs(float(a) - r["score"]) for a, r in zip(out.scores, rows))
+assert worst <= 1e-5, f"the Python API's scores are {worst:.3g} off the recipe's"
+print(f"wheel check: {len(rows)} videos, {valid} valid, from {where.parent}; the Python API agrees (its scores at most {worst:.1e} off)")
 PY
 
 # 4. docs/train_your_own_cac.md's offline road, as written, from another empty folder: only the
