@@ -156,6 +156,22 @@ def save_expert_loras(denoiser: Any, folder: Any, states: list | None = None) ->
                   pipeline_class=denoiser.family.pipeline_class, state_dict=None if states is None else states[index])
 
 
+def export_lora(denoiser: Any, target: Path, *, sharded: bool, main: bool, weights: dict | None = None) -> None:
+    """The adapted experts' LoRA as diffusers' files in ``target`` (:func:`save_expert_loras`), replacing what was there:
+    a trainer's ``lora/``, or a copy of it at an evaluation. ``weights``: swapped in first (flow-grpo's EMA; None: the
+    LoRA as it is). Call on every process: a sharded denoiser's processes each hand over their shards (a collective),
+    and the ``main`` process writes."""
+    import shutil
+
+    from cac_align.gen.parallel.gather import expert_states
+
+    with swapped_lora(denoiser, weights):
+        states = expert_states(denoiser) if sharded else None
+        if main:
+            shutil.rmtree(target, ignore_errors=True)
+            save_expert_loras(denoiser, target, states)
+
+
 @contextlib.contextmanager
 def adapters_disabled(model: torch.nn.Module):
     """The reference policy: the same transformer with its LoRA turned off."""

@@ -48,7 +48,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -68,10 +67,10 @@ from cac_align.gen.generator import (LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_2, Condi
                                      encode_conditioning, video_conditioning, video_velocity)
 from cac_align.gen.model_card import LoraCard, write_model_card
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, adapters_disabled, ddp_kwargs_handlers, freeze_pipeline, load_sharded_lora_checkpoint,
-                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, trainable)
+                               register_lora_checkpoint, export_lora, save_sharded_lora_checkpoint, trainable)
 from cac_align.plan.check import check_memory
 from cac_align.gen.parallel import (Layout, ParallelSettings, apply_parallelism, check_context_parallel, check_parallel_resume, clip_grad_norm_,
-                                   connect_processes, expert_states, gradient_sync, layout_for, layout_state, load_generator, named_timeout,
+                                   connect_processes, gradient_sync, layout_for, layout_state, load_generator, named_timeout,
                                    prepare_for_training, release_trainer, scaled_backward, to_host)
 from cac_align.jobs.dpo_pairs import PairError, PairSet, latent_mask, read_pairs
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
@@ -556,11 +555,9 @@ class _Trainer:
     def cleanup(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
-        states = expert_states(self.unwrapped) if self.layout.sharded else None  # every process hands over its shards
+        target = self.out / "lora"
+        export_lora(self.unwrapped, target, sharded=self.layout.sharded, main=acc.is_main_process)  # every process hands over its shards
         if acc.is_main_process:
-            target = self.out / "lora"
-            shutil.rmtree(target, ignore_errors=True)
-            save_expert_loras(self.unwrapped, target, states)
             write_model_card(target, self._card(max(self.start_step, self.config.steps), "The run's last LoRA."))  # its README.md
             # the result line, as train-cac prints its model's folder
             print(f"dpo: done; LoRA in {target} (generator.lora={target} samples with it)")

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,11 +58,11 @@ from tqdm.auto import tqdm
 
 from cac_align.config import RecipeError
 from cac_align.gen.lora import (LoraSettings, adapted_denoiser, add_lora, ddp_kwargs_handlers, load_sharded_lora_checkpoint,
-                               register_lora_checkpoint, save_expert_loras, save_sharded_lora_checkpoint, swapped_lora, trainable, build_optimizer)
+                               register_lora_checkpoint, export_lora, save_sharded_lora_checkpoint, swapped_lora, trainable, build_optimizer)
 from cac_align.plan.check import check_memory
 from cac_align.plan.rows import guided_rows
 from cac_align.gen.parallel import (Layout, ParallelSettings, apply_parallelism, check_context_parallel, check_parallel_resume, clip_grad_norm_,
-                                   connect_processes, encoders_on, expert_states, gather_from_leaders, gather_numbers, gradient_sync, layout_for,
+                                   connect_processes, encoders_on, gather_from_leaders, gather_numbers, gradient_sync, layout_for,
                                    layout_state, load_generator, named_timeout, prepare_for_training, release_trainer, scaled_backward)
 from cac_align.gen.family import check_prompt_images, check_trainable, fixed_frames, whole_latents
 from cac_align.gen.generator import GeneratorConfig, chunk_count, encode_conditioning, predict_velocity, sample_with_log_probs, sde_transitions, step_conditioning, video_decode
@@ -81,7 +80,7 @@ from cac_align.rl.gardo import RegularizeSettings
 from cac_align.rl.trust_region import DEFAULT_DELTAS, TRUST_REGIONS
 from cac_align.rl.routing import AdvantageSettings
 from cac_align.run.checkpoints import checkpoints, read_checkpoint_state, save_checkpoint
-from cac_align.run.dist import StepPlan, gather_floats, plan_step, step_indices
+from cac_align.run.dist import StepPlan, gather_floats, plan_step, sample_seed, step_indices, trained_timesteps
 from cac_align.run.folder import RunFolder, keep_log_steps
 from cac_align.run.metrics import LOG_WITH, end_trackers, log_metrics, start_trackers, trackers_for, world_means
 from cac_align.run.watch import RunWatch, WatchSettings
@@ -345,20 +344,6 @@ class FlowGrpoConfig:
 # ---------------------------------------------------------------------------------------
 # Pure pieces
 # ---------------------------------------------------------------------------------------
-def sample_seed(seed: int, step: int, index: int) -> int:
-    """The noise seed of sample ``index`` of training step ``step`` (eval uses step = -1)."""
-    return int(np.random.default_rng([seed, step + 1, index]).integers(0, 2**62))
-
-
-def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> list[int]:
-    """The sampling steps trained at ``step``: all, or a seeded random subset in order."""
-    count = max(1, round(num_steps * fraction))
-    if count >= num_steps:
-        return list(range(num_steps))
-    chosen = np.random.default_rng([seed, step, 7]).choice(num_steps, size=count, replace=False)
-    return sorted(int(j) for j in chosen)
-
-
 def memory_inputs(config: FlowGrpoConfig) -> dict[str, Any]:
     """What the memory plan (:func:`cac_align.plan.check.plan_generator`) needs of a flow-grpo
     recipe beyond its generator, LoRA and layout: the rows of a training micro-batch (its videos x
@@ -555,12 +540,16 @@ class _Trainer:
         self.watch = RunWatch(config.watch, list(self.eval_rewards), self.watched_parts)
         self.watch.resume(self.out / "metrics.jsonl", self.start_step)
         reward = self.reward.name if self.reward is not None else str(config.reward.get("name"))
-        self.view = RunView(self.out, self.accelerator, list(self.eval_rewards), config.watch.margin, config.generator.fps, self.export_lora,
+        self.view = RunView(self.out, self.accelerator, list(self.eval_rewards), config.watch.margin, config.generator.fps, self._export,
                             trainer_card(config, self.job, reward))
         self.view.resume(self.start_step)
         seeds = [sample_seed(config.seed, -1, i) for i in range(len(self.eval_prompts))]
         self.held_out = HeldOutEvaluation(self.out, self.accelerator, self.layout, self.eval_prompts, seeds, self.reward, self.eval_rewards,
                                           self.watched_parts, self.pool, config.eval_videos, config.generator.fps, self.view)
+
+    def _export(self, target: Path) -> None:
+        """The LoRA as it is now, its EMA where kept, into ``target`` (every process: gen/lora.py ``export_lora``)."""
+        export_lora(self.unwrapped, target, sharded=self.layout.sharded, main=self.accelerator.is_main_process, weights=self.ema)
 
     def _check_inputs(self) -> None:
         """What the model's family and the prompts' images rule out, before anything loads (one line each)."""
@@ -947,7 +936,7 @@ class _Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         target = self.out / "lora"
-        self.export_lora(target)
+        self._export(target)
         if acc.is_main_process:
             # the end of the run: the best evaluated LoRA kept (run/best.py's rule) and every LoRA folder's model card;
             # rewards first and last, the held-out figures, where everything is (cac_align/run/summary.py, from
@@ -969,17 +958,6 @@ class _Trainer:
         self.pool.shutdown(wait=True)
         end_trackers(acc)
 
-    def export_lora(self, target: Path) -> None:
-        """The LoRA as it is now (its EMA where kept) as diffusers' LoRA files in ``target``, replacing what was there.
-        Call on every process: a sharded run's processes each hand over their shards, the main process writes."""
-        states = None
-        if self.layout.sharded:
-            with swapped_lora(self.unwrapped, self.ema):
-                states = expert_states(self.unwrapped)
-        if self.accelerator.is_main_process:
-            shutil.rmtree(target, ignore_errors=True)
-            with swapped_lora(self.unwrapped, self.ema):
-                save_expert_loras(self.unwrapped, target, states)
 
 def run(config: FlowGrpoConfig, reward: Reward | None = None, pipe: Any = None, decode: Callable[..., np.ndarray] | None = None) -> dict[str, Any]:
     """Train (module docstring).

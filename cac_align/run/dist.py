@@ -13,7 +13,8 @@ import numpy as np
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["StepPlan", "derive_seed", "end_processes", "gather_floats", "next_setting", "per_process", "plan_step", "process_counts", "step_indices"]
+__all__ = ["StepPlan", "derive_seed", "end_processes", "gather_floats", "next_setting", "per_process", "plan_step", "process_counts", "sample_seed",
+           "step_indices", "trained_timesteps"]
 
 
 def step_indices(count: int, per_step: int, step: int, seed: int | Sequence[int]) -> list[int]:
@@ -35,6 +36,20 @@ def step_indices(count: int, per_step: int, step: int, seed: int | Sequence[int]
             orders[epoch] = np.random.default_rng([*salt, epoch]).permutation(count)
         out.append(int(orders[epoch][offset]))
     return out
+
+
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """The noise seed of sample ``index`` of training step ``step`` (eval uses step = -1)."""
+    return int(np.random.default_rng([seed, step + 1, index]).integers(0, 2**62))
+
+
+def trained_timesteps(num_steps: int, fraction: float, step: int, seed: int) -> list[int]:
+    """The sampling steps trained at ``step``: all, or a seeded random subset in order."""
+    count = max(1, round(num_steps * fraction))
+    if count >= num_steps:
+        return list(range(num_steps))
+    chosen = np.random.default_rng([seed, step, 7]).choice(num_steps, size=count, replace=False)
+    return sorted(int(j) for j in chosen)
 
 
 def per_process(total: int, processes: int, what: str, hint: str, *, context_parallel: int = 1,
