@@ -395,12 +395,12 @@ def _fit(lines: Sequence[str], width: int) -> list[str]:
 
 
 def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None,
-                 nodes: int = 1, width: int | None = None, gbps: tuple[float, float] | None = None) -> _Checked:
+                 nodes: int = 1, width: int | None = None, gbps: tuple[float, float] | None = None, recipe: Path | None = None) -> _Checked:
     """A generator trainer's memory plan (``cac_align.plan``) where its models' configs can be read (a tiny
     in-process generator's too: built in a moment), or one line saying which it needs; a score recipe's judges
-    (:func:`_judges_plan`); nothing for another job. The verdict is :data:`CHECK_FAILED` where its launch would be
-    refused (the step does not split over the processes, or the plan does not fit ``gpu_gib``), :data:`CHECK_UNKNOWN`
-    where a model was not counted (its configs or weights are not here: the plan cannot say it fits)."""
+    (:func:`_judges_plan`); another job's own plan (:func:`_job_plan`). The verdict is :data:`CHECK_FAILED` where its
+    launch would be refused (the step does not split over the processes, or the plan does not fit ``gpu_gib``),
+    :data:`CHECK_UNKNOWN` where a model was not counted (its configs or weights are not here: the plan cannot say it fits)."""
     import warnings
 
     from cac_align.plan.configs import ConfigsNotFound, planned_from_shipped
@@ -410,7 +410,7 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     if spec.name == "score":
         return _judges_plan(config, gpu_gib, width)
     if spec.memory_inputs is None:
-        return _Checked(why="valid (no memory plan for this job: check-recipe plans flow-grpo's, nft's, dpo's and score's)")
+        return _job_plan(spec, config, processes if processes is not None else header or 1, gpu_gib, width, recipe)
     n = processes if processes is not None else header if header is not None else config.parallel.context_parallel
     split = _step_split(spec, config, n)
     if split is not None:
@@ -439,6 +439,42 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     if plan.unknown_rows:
         return _Checked(CHECK_UNKNOWN, plan.unknown_verdict(), lines)
     fits = f", fits {gpu_gib:.1f} GiB" if limit is not None else ""
+    return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {n} process{'es' if n != 1 else ''}{fits}", lines=lines)
+
+
+def _job_plan(spec: Any, config: Any, processes: int, gpu_gib: float | None, width: int | None, recipe: Path | None) -> _Checked:
+    """The plan of a job that trains no generator (:class:`cac_align.plan.job.JobPlan`, its ``spec.plan``): what
+    each of its GPUs holds, refused with the fix where it does not fit ``gpu_gib``, UNKNOWN where something is not
+    counted, or that it holds nothing on a GPU and why."""
+    import warnings
+
+    from cac_align.config import resolve
+    from cac_align.plan.configs import ConfigsNotFound
+    from cac_align.plan.counts import GIB
+
+    if spec.plan is None:
+        return _Checked(why="valid (no memory plan for this job)")
+    try:
+        with warnings.catch_warnings():  # the models built for counting say nothing here
+            warnings.simplefilter("ignore")
+            plan = resolve(spec.plan)(config, processes, recipe)
+    except ConfigsNotFound as exc:
+        return _Checked(CHECK_UNKNOWN, exc.line())
+    except RecipeError as exc:  # a launch the job itself refuses (stage 3 sharded)
+        return _Checked(CHECK_FAILED, str(exc))
+    if plan.nothing:
+        return _Checked(why=f"planned: holds nothing on a GPU ({plan.nothing})")
+    limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    lines = [*plan.notes, *plan.table(limit, width).splitlines()]
+    reason = plan.refusal(limit) if limit is not None else None
+    if reason is not None:
+        return _Checked(CHECK_FAILED, f"refused: {reason}", lines)
+    if plan.unknown_rows:
+        return _Checked(CHECK_UNKNOWN, plan.not_counted(), lines)
+    if plan.holds_nothing:
+        return _Checked(why="planned: holds nothing on a GPU (its models on the CPU or served)", lines=lines)
+    fits = f", fits {gpu_gib:.1f} GiB" if limit is not None else ""
+    n = plan.processes
     return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {n} process{'es' if n != 1 else ''}{fits}", lines=lines)
 
 
@@ -553,7 +589,7 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
         else:
             header = header_processes(file) if processes is None else None
             on = nodes if nodes is not None else header_nodes(file) if header is not None else 1
-            checked = _memory_plan(spec, config, processes, gpu_gib, header, on, width - len(_DETAIL), gbps)
+            checked = _memory_plan(spec, config, processes, gpu_gib, header, on, width - len(_DETAIL), gbps, file)
             job = f" (job: {spec.name})"
         counts[checked.verdict] += 1
         verdict = f"{VERDICT_WORDS[checked.verdict]:<7} {file}{job}" + (f": {checked.why}" if checked.why else "")  # one line: grep ^FAIL finds each
