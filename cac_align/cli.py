@@ -478,6 +478,27 @@ def _job_plan(spec: Any, config: Any, processes: int, gpu_gib: float | None, wid
     return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {n} process{'es' if n != 1 else ''}{fits}", lines=lines)
 
 
+def _swift_checked(script: Path, overrides: Sequence[str], processes: int | None, gpu_gib: float | None, width: int | None) -> _Checked:
+    """A ms-swift stage-3 launcher's plan (:func:`cac_align.plan.swift.plan_swift`), its variables given as
+    ``NAME=value`` among the overrides; the verdict as :func:`_job_plan` gives one."""
+    import warnings
+
+    from cac_align.plan.counts import GIB
+    from cac_align.plan.swift import plan_swift
+
+    given = dict(item.split("=", 1) for item in overrides if item.split("=", 1)[0].isupper())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = plan_swift(script, given, processes)
+    limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    lines = plan.table(limit, width).splitlines()
+    if limit is not None and plan.refusal(limit) is not None:
+        return _Checked(CHECK_FAILED, f"refused: {plan.refusal(limit)}", lines)
+    if plan.unknown_rows:
+        return _Checked(CHECK_UNKNOWN, plan.not_counted(), lines)
+    return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {plan.processes} processes", lines=lines)
+
+
 def _judges_plan(config: Any, gpu_gib: float | None, width: int | None) -> _Checked:
     """A score recipe's judges on its one GPU (:func:`cac_align.plan.check.plan_judges`): the memory each judge in
     this process holds, :data:`CHECK_FAILED` where it does not fit ``gpu_gib``, :data:`CHECK_UNKNOWN` where a judge's
@@ -543,6 +564,7 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
     from cac_align.config import find_recipe
     from cac_align.plan.network import NETWORK_GBPS, NVLINK_GBPS
     from cac_align.plan.rows import output_width
+    from cac_align.plan.swift import is_swift_launcher
 
     overrides = [item for item in paths if "=" in item and not Path(item).exists()]
     names = [item for item in paths if item not in overrides]
@@ -567,6 +589,7 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
             # A folder's recipes, less accelerate launch configs (recipes/accelerate/), which are
             # accelerate's files, not cac-align recipes.
             files.extend(sorted(p for p in path.rglob("*.yaml") if "accelerate" not in p.relative_to(path).parts[:-1]))
+            files.extend(sorted(p for p in path.rglob("*.sh") if is_swift_launcher(p)))  # stage 3 on ms-swift (cac_align.plan.swift)
             continue
         try:
             files.append(find_recipe(name))
@@ -582,6 +605,12 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
     gbps = (nvlink_gbps or NVLINK_GBPS, network_gbps or NETWORK_GBPS)
     counts = dict.fromkeys(VERDICT_WORDS, 0)
     for file in files:
+        if is_swift_launcher(file):  # a ms-swift launcher, not a recipe: its plan from its own arguments
+            checked, job = _swift_checked(file, overrides, processes, gpu_gib, width - len(_DETAIL)), " (job: train-cac stage 3 on ms-swift)"
+            counts[checked.verdict] += 1
+            print("\n".join([f"{VERDICT_WORDS[checked.verdict]:<7} {file}{job}: {checked.why}", *_fit([_DETAIL + line for line in checked.lines], width)]),
+                  flush=True)
+            continue
         try:
             spec, config = load_recipe(file, overrides)
         except RecipeError as exc:

@@ -82,6 +82,7 @@ _MEMORY_PLANNED = ("flow_grpo", "nft", "dpo")
 _PLANS = {
     "bon": "cac_align.plan.sampling:bon_recipe_plan",
     "repair": "cac_align.plan.sampling:repair_recipe_plan",
+    "train-cac": "cac_align.plan.stages:train_cac_recipe_plan",
 }
 
 JOBS: dict[str, JobSpec] = {

@@ -60,6 +60,7 @@ from cac_align.cac.train.setup import add_lora, check_sharding, load_model, run_
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
+from cac_align.plan.stages import check_train_cac
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
 from cac_align.cac.infer import write_settings
 from cac_align.run.metrics import flush_wandb, trackers_for
@@ -145,6 +146,7 @@ def _stage_datasets(config: TrainCaCConfig, processor: Any) -> tuple[Any, Any, l
 
 def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
+    check_train_cac(config)  # the stage's memory plan, refused with the fix before the model loads (cac_align.plan.stages)
     if config.stage == 3:
         return run_grpo(config)
 
