@@ -83,6 +83,11 @@ _PLANS = {
     "bon": "cac_align.plan.sampling:bon_recipe_plan",
     "repair": "cac_align.plan.sampling:repair_recipe_plan",
     "train-cac": "cac_align.plan.stages:train_cac_recipe_plan",
+    "serve": "cac_align.plan.services:serve_plan",
+    "synth-cot": "cac_align.plan.services:synth_cot_plan",
+    "eval-vbench": "cac_align.plan.services:vbench_plan",
+    "eval-expert": "cac_align.plan.services:expert_plan",
+    **{name: "cac_align.plan.services:cpu_job_plan" for name in ("convert", "synth", "make-tiny", "eval-bench", "report", "export")},
 }
 
 JOBS: dict[str, JobSpec] = {
