@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -85,10 +86,9 @@ class ComponentCount:
     lora_width: int = 0
 
 
-# Counted modules, by (module, block classes, LoRA targets): the models a folder of recipes plans are the same few
-# (built once: cac_align.plan.configs.meta_module), each counted once; the module is kept beside its count so that
-# its id is not reused while the entry stands
-_COUNTED: dict[tuple, tuple[Any, ComponentCount]] = {}
+# Counted modules: module -> {(block classes, LoRA targets): its count}. The models a folder of recipes plans are the
+# same few (built once: cac_align.plan.configs.meta_module), each counted once; an entry goes with its module
+_COUNTED: "weakref.WeakKeyDictionary[Any, dict[tuple, ComponentCount]]" = weakref.WeakKeyDictionary()
 
 
 def count_module(name: str, module: Any, block_classes: Sequence[str] = (), lora_targets: Sequence[str] = ()) -> ComponentCount:
@@ -106,12 +106,11 @@ def count_module(name: str, module: Any, block_classes: Sequence[str] = (), lora
     """
     import dataclasses
 
-    key = (id(module), tuple(block_classes), tuple(lora_targets))
-    if key in _COUNTED and _COUNTED[key][0] is module:
-        return dataclasses.replace(_COUNTED[key][1], name=name)
-    counted = _count_module(name, module, block_classes, lora_targets)
-    _COUNTED[key] = (module, counted)
-    return counted
+    key = (tuple(block_classes), tuple(lora_targets))
+    known = _COUNTED.setdefault(module, {})
+    if key not in known:
+        known[key] = _count_module(name, module, block_classes, lora_targets)
+    return dataclasses.replace(known[key], name=name)
 
 
 def _count_module(name: str, module: Any, block_classes: Sequence[str], lora_targets: Sequence[str]) -> ComponentCount:
