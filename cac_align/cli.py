@@ -190,9 +190,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="also show the third-party messages cac-align hides (docs/cli.md: quiet by default) and its own debug lines")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
-        "check-recipe", help="validate recipes and plan a generator trainer's (or score's judges') memory, without loading weights",
-        description="Validate recipes, and plan a generator trainer's GPU and host memory from its models' configs (a score recipe: its "
-                    "judges' memory on its GPU). One verdict line a recipe on stdout (ok, FAIL or UNKNOWN), its plan indented under it, "
+        "check-recipe", help="validate recipes and plan each one's memory (every job: trainers, score, bon, repair, train-cac, ...), "
+                             "without loading weights",
+        description="Validate recipes, and plan each one's GPU (and a generator trainer's host) memory from its models' configs: the "
+                    "generator trainers, score's judges, bon, repair, train-cac's stages (and stage 3's ms-swift launchers), serve, "
+                    "synth-cot, eval vbench; the jobs on the CPU say they hold nothing on a GPU. One verdict line a recipe on stdout "
+                    "(ok, FAIL or UNKNOWN), its plan indented under it, "
                     "fitted to the terminal's width. "
                     "Exit 0: every recipe valid and every plan fits; 1: a recipe invalid or a launch refused (the fix is named); "
                     "3: valid, but a plan left a model uncounted (its files are not on this machine: the line says what to fetch).",
