@@ -49,6 +49,11 @@ run() {  # run NAME COMMAND...: its stdout+stderr to OUT/NAME.txt, exit status n
 # recipe's 704x1280x121 (recipes/align/flow_grpo_wan22_ti2v_ur_cac.yaml: LoRA 32, bf16, gradient
 # checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory.
 run wan22_ti2v_step "$PY" benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b
+# Issues #78, #82: the same step on the sharded code path at N=1 with CaC's judge resident, its peak beside the memory
+# plan's (0.99 on an H200, 2026-11-27; it was gpu_quick.sh's step 7 until #116's bon_wan and stage2_8b took its place)
+run ti2v_sharded "$PY" benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge
+# Issue #116: bon's memory plan against one prompt on Wan-2.1-1.3B with UR + CaC in-process at full size
+run bon_wan "$PY" benchmarks/memory/bon_memory.py --mode gpu
 # Issue #72: one Flow-GRPO step of LTX-2's architecture at its recipe's 512x768x121
 # (recipes/align/flow_grpo_ltx2_ur_cac.yaml: CFG, LoRA 32 on the video branch, bf16, gradient
 # checkpointing), 2 videos x 10 sampling steps: seconds per video and step, peak memory (the

@@ -11,6 +11,14 @@
 # weights, nothing downloaded. `bash benchmarks/gpu_all.sh` stays the full measurement (25+
 # minutes); in a 15-minute GPU window (the machine's start included) run this one.
 #
+#   0. bon_wan      one prompt of `cac-align bon` on Wan-2.1-1.3B with UnifiedReward-7B and CaC-8B
+#                   in-process at full size (recipes/align/bon_wan_ur_cac.yaml: 5 candidates, offload;
+#                   random weights, 2 sampling steps, CaC's answers scripted after each turn's full
+#                   budget): its peak, and while generating and while scoring, against the job's memory
+#                   plan (#116; benchmarks/memory/bon_memory.py): never measured
+#   0b. stage2_8b   one stage-2 step of CaC's training at Qwen3-VL-8B's size, one GPU (the model saved
+#                   to disk and loaded by the recipe path; 5 s synthetic videos, so data.max_frames_turn1=20):
+#                   its peak against the stage's plan (#116; benchmarks/memory/stage_memory.py): never measured
 #   1. judge_ours   the judge (CaCScorer, HFBackend cache=static) at batch 32, 512 tokens per turn,
 #                   Qwen3-VL-8B's architecture, as it is now: first and second pass s/video, ms per
 #                   token per turn, peak memory (benchmarks/judge/judge_decode.py)
@@ -21,19 +29,13 @@
 #                   vs ours: bytes, KV copies, CUDA time (benchmarks/judge/decode_attention.py)
 #   4. ltx2_step    one Flow-GRPO step of LTX-2's architecture at its recipe's 512x768x121 (2 videos,
 #                   2 sampling steps, CFG): s per video and step, peak memory, Gemma-3-12B's 24 GB
-#                   as arithmetic (wan_grpo_step.py --mode gpu-ltx2): never measured
-#   -- then what gpu_all.sh still owes (benchmarks/README.md says which), most owed first:
-#   5. ur7b         UnifiedReward-7B's probs scoring (status_encoding.py --mode gpu-ur7b): never measured
-#   6. ti2v_step    one Flow-GRPO step of Wan2.2-TI2V-5B at 704x1280x121, 2 sampling steps
-#                   (wan_grpo_step.py --mode gpu-ti2v-5b; its figure is not yet in benchmarks/README.md)
-#   7. ti2v_sharded the same step on the sharded code path at N=1 (--shard fsdp2: FSDP2 units per block
-#                   over a one-process group, the text encoder off the GPU once it has encoded) with one
-#                   in-process judge resident (CaC: Qwen3-VL-8B's architecture, --with-judge): its peak
-#                   beside the memory plan's (judges counted) and step 6's (#78, #82; the multi-GPU
-#                   figures stay arithmetic)
+#                   as arithmetic (wan_grpo_step.py --mode gpu-ltx2)
+#   5. ur7b         UnifiedReward-7B's probs scoring (status_encoding.py --mode gpu-ur7b)
 #
-#   Run order: 6 and 7 first (7 was never measured before 2026-11-27's H200 run, and its peak is read
-#   against 6's from the same run), then 1, 2, 3, 4, 5 (benchmarks/README.md has each run's figures).
+#   Run order: 0 and 0b first (the memory plans of bon and of the judge's training, never measured),
+#   then 1, 2, 3, 4, 5 (benchmarks/README.md has each run's figures). The Wan2.2-TI2V-5B step and its
+#   sharded twin with a judge resident (measured on an H200 on 2026-11-27: 0.99 of its plan) moved to
+#   gpu_all.sh to make room.
 #
 # The lent GPU machine (ENVIRONMENT.md) has python 3.12 and torch 2.11 but not this project's
 # transformers/diffusers/omegaconf/qwen-vl-utils pins: carry them as wheels. Here, in the
@@ -144,12 +146,11 @@ step() {
   fi
 }
 
-# (0) steps 6 and 7: the sharded step (#78, #82) beside the plain step in the same run (its peak is the
-# comparison); first measured on an H200 on 2026-11-27
-step ti2v_step 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 \
-  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1
-step ti2v_sharded 200 150 benchmarks/generators/wan_grpo_step.py --mode gpu-ti2v-5b --sampling-steps 2 --steps 1 --shard fsdp2 --with-judge \
-  -- benchmarks/generators/wan_grpo_step.py --mode cpu-check-ti2v --sampling-steps 1 --steps 1 --shard fsdp2 --with-judge
+# (0) the memory plans of #116 against their GPU: bon with its judges in-process, then one stage-2 step at 8B
+step bon_wan 240 150 benchmarks/memory/bon_memory.py --mode gpu \
+  -- benchmarks/memory/bon_memory.py --mode check
+step stage2_8b 200 150 benchmarks/memory/stage_memory.py --mode gpu-8b --stage 2 --steps 1 --set data.max_frames_turn1=20 \
+  -- benchmarks/memory/stage_memory.py --mode tiny --stage 2 --steps 1
 # (a) the judge, ours then stock (most owed: never measured with the fix; stock in the same run for the ratio)
 step judge_ours 240 120 benchmarks/judge/judge_decode.py --mode gpu-8b --attention ours \
   -- benchmarks/judge/judge_decode.py --mode tiny --attention ours --batch 2 --tokens 4 --seconds 2

@@ -21,9 +21,9 @@ recipe loading and run folders are part of what is compared):
 - a tiny LTX-2 Best-of-N (``bon_tiny_ltx2.yaml``): its rows, videos and soundtracks;
 - tiny stages 1-3 of ``train-cac`` (after ``synth``): each stage's ``metrics.jsonl`` and the
   tensors of its final weights;
-- the memory plan of every shipped big recipe (a generator trainer on a released model), as
-  ``check-recipe`` makes it offline on the layout its first line launches: each row's label and bytes
-  per GPU, and the host rows (``plans/big_recipes.json``; ``record_behaviour.py plans FILE`` writes
+- the memory plan of every shipped big recipe (a generator trainer on a released model, and a
+  ``bon`` or ``repair`` recipe on one), as ``check-recipe`` makes it offline on the layout its first
+  line launches: each row's label and bytes per GPU, and the host rows (``plans/big_recipes.json``; ``record_behaviour.py plans FILE`` writes
   that file alone, as ``tests/fixtures/big_recipe_plans.json`` is written).
 
 ``compare`` reads JSON and JSONL rows with wall-clock fields left out (keys naming seconds, time,
@@ -138,12 +138,29 @@ def big_recipes() -> list[Path]:
     return found
 
 
+def big_sampling_recipes() -> list[Path]:
+    """The shipped ``bon`` and ``repair`` recipes whose generator or regenerator is a released model (a hub id)."""
+    from cac_align.jobs import load_recipe
+
+    found = []
+    for path in sorted((REPO / "recipes" / "align").glob("*.yaml")):
+        if not path.stem.startswith(("bon_", "repair_")):
+            continue
+        spec, config = load_recipe(path)
+        name = config.generator.name if spec.name == "bon" else config.regenerator.name
+        if "/" in name and not name.startswith(("tiny-random:", "synthetic:")):
+            found.append(path)
+    return found
+
+
 def big_recipe_plans() -> dict[str, Any]:
     """``{recipe: {processes, nodes, peak, gpu: [[label, bytes, source, phase], ...], host: [...]}}`` of every
     :func:`big_recipes` as ``check-recipe`` plans it (:func:`cac_align.cli.recipe_plan`) on the layout its first
-    line launches. Offline: a release not in the Hugging Face cache is planned from the configs shipped with
-    cac-align (run it with an empty cache to record those)."""
+    line launches, and of every :func:`big_sampling_recipes` (bon, repair: its own plan, one process's GPU;
+    :mod:`cac_align.plan.sampling`). Offline: a release not in the Hugging Face cache is planned from the configs
+    shipped with cac-align (run it with an empty cache to record those)."""
     from cac_align.cli import header_nodes, header_processes, recipe_plan
+    from cac_align.config import resolve
     from cac_align.jobs import load_recipe
 
     plans = {}
@@ -154,6 +171,13 @@ def big_recipe_plans() -> dict[str, Any]:
         plans[path.stem] = {"processes": processes, "nodes": nodes, "peak": plan.peak_bytes,
                             "gpu": [[r.label, r.bytes, r.source, r.phase] for r in plan.rows],
                             "host": [[r.label, r.bytes, r.source, r.phase] for r in host.rows]}
+    for path in big_sampling_recipes():
+        spec, config = load_recipe(path)
+        processes = header_processes(path) or 1
+        plan = resolve(spec.plan)(config, processes, path)
+        plans[path.stem] = {"processes": plan.processes, "nodes": 1, "peak": plan.peak_bytes,
+                            "gpu": [[r.label, r.bytes, r.source, r.phase] for r in plan.rows],
+                            "host": [[r.label, r.bytes, r.source, r.phase] for r in plan.host.rows]}
     return plans
 
 

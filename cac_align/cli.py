@@ -190,9 +190,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="also show the third-party messages cac-align hides (docs/cli.md: quiet by default) and its own debug lines")
         job.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the recipe")
     check = sub.add_parser(
-        "check-recipe", help="validate recipes and plan a generator trainer's (or score's judges') memory, without loading weights",
-        description="Validate recipes, and plan a generator trainer's GPU and host memory from its models' configs (a score recipe: its "
-                    "judges' memory on its GPU). One verdict line a recipe on stdout (ok, FAIL or UNKNOWN), its plan indented under it, "
+        "check-recipe", help="validate recipes and plan each one's memory (every job: trainers, score, bon, repair, train-cac, ...), "
+                             "without loading weights",
+        description="Validate recipes, and plan each one's GPU (and a generator trainer's host) memory from its models' configs: the "
+                    "generator trainers, score's judges, bon, repair, train-cac's stages (and stage 3's ms-swift launchers), serve, "
+                    "synth-cot, eval vbench; the jobs on the CPU say they hold nothing on a GPU. One verdict line a recipe on stdout "
+                    "(ok, FAIL or UNKNOWN), its plan indented under it, "
                     "fitted to the terminal's width. "
                     "Exit 0: every recipe valid and every plan fits; 1: a recipe invalid or a launch refused (the fix is named); "
                     "3: valid, but a plan left a model uncounted (its files are not on this machine: the line says what to fetch).",
@@ -395,12 +398,12 @@ def _fit(lines: Sequence[str], width: int) -> list[str]:
 
 
 def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float | None, header: int | None = None,
-                 nodes: int = 1, width: int | None = None, gbps: tuple[float, float] | None = None) -> _Checked:
+                 nodes: int = 1, width: int | None = None, gbps: tuple[float, float] | None = None, recipe: Path | None = None) -> _Checked:
     """A generator trainer's memory plan (``cac_align.plan``) where its models' configs can be read (a tiny
     in-process generator's too: built in a moment), or one line saying which it needs; a score recipe's judges
-    (:func:`_judges_plan`); nothing for another job. The verdict is :data:`CHECK_FAILED` where its launch would be
-    refused (the step does not split over the processes, or the plan does not fit ``gpu_gib``), :data:`CHECK_UNKNOWN`
-    where a model was not counted (its configs or weights are not here: the plan cannot say it fits)."""
+    (:func:`_judges_plan`); another job's own plan (:func:`_job_plan`). The verdict is :data:`CHECK_FAILED` where its
+    launch would be refused (the step does not split over the processes, or the plan does not fit ``gpu_gib``),
+    :data:`CHECK_UNKNOWN` where a model was not counted (its configs or weights are not here: the plan cannot say it fits)."""
     import warnings
 
     from cac_align.plan.configs import ConfigsNotFound, planned_from_shipped
@@ -410,7 +413,7 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
     if spec.name == "score":
         return _judges_plan(config, gpu_gib, width)
     if spec.memory_inputs is None:
-        return _Checked(why="valid (no memory plan for this job: check-recipe plans flow-grpo's, nft's, dpo's and score's)")
+        return _job_plan(spec, config, processes if processes is not None else header or 1, gpu_gib, width, recipe)
     n = processes if processes is not None else header if header is not None else config.parallel.context_parallel
     split = _step_split(spec, config, n)
     if split is not None:
@@ -440,6 +443,63 @@ def _memory_plan(spec: Any, config: Any, processes: int | None, gpu_gib: float |
         return _Checked(CHECK_UNKNOWN, plan.unknown_verdict(), lines)
     fits = f", fits {gpu_gib:.1f} GiB" if limit is not None else ""
     return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {n} process{'es' if n != 1 else ''}{fits}", lines=lines)
+
+
+def _job_plan(spec: Any, config: Any, processes: int, gpu_gib: float | None, width: int | None, recipe: Path | None) -> _Checked:
+    """The plan of a job that trains no generator (:class:`cac_align.plan.job.JobPlan`, its ``spec.plan``): what
+    each of its GPUs holds, refused with the fix where it does not fit ``gpu_gib``, UNKNOWN where something is not
+    counted, or that it holds nothing on a GPU and why."""
+    import warnings
+
+    from cac_align.config import resolve
+    from cac_align.plan.configs import ConfigsNotFound
+    from cac_align.plan.counts import GIB
+
+    if spec.plan is None:
+        return _Checked(why="valid (no memory plan for this job)")
+    try:
+        with warnings.catch_warnings():  # the models built for counting say nothing here
+            warnings.simplefilter("ignore")
+            plan = resolve(spec.plan)(config, processes, recipe)
+    except ConfigsNotFound as exc:
+        return _Checked(CHECK_UNKNOWN, exc.line())
+    except RecipeError as exc:  # a launch the job itself refuses (stage 3 sharded)
+        return _Checked(CHECK_FAILED, str(exc))
+    if plan.nothing:
+        return _Checked(why=f"planned: holds nothing on a GPU ({plan.nothing})")
+    limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    lines = [*plan.notes, *plan.table(limit, width).splitlines()]
+    reason = plan.refusal(limit) if limit is not None else None
+    if reason is not None:
+        return _Checked(CHECK_FAILED, f"refused: {reason}", lines)
+    if plan.unknown_rows:
+        return _Checked(CHECK_UNKNOWN, plan.not_counted(), lines)
+    if plan.holds_nothing:
+        return _Checked(why="planned: holds nothing on a GPU (its models on the CPU or served)", lines=lines)
+    fits = f", fits {gpu_gib:.1f} GiB" if limit is not None else ""
+    n = plan.processes
+    return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {n} process{'es' if n != 1 else ''}{fits}", lines=lines)
+
+
+def _swift_checked(script: Path, overrides: Sequence[str], processes: int | None, gpu_gib: float | None, width: int | None) -> _Checked:
+    """A ms-swift stage-3 launcher's plan (:func:`cac_align.plan.swift.plan_swift`), its variables given as
+    ``NAME=value`` among the overrides; the verdict as :func:`_job_plan` gives one."""
+    import warnings
+
+    from cac_align.plan.counts import GIB
+    from cac_align.plan.swift import plan_swift
+
+    given = dict(item.split("=", 1) for item in overrides if item.split("=", 1)[0].isupper())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = plan_swift(script, given, processes)
+    limit = int(gpu_gib * GIB) if gpu_gib is not None else None
+    lines = plan.table(limit, width).splitlines()
+    if limit is not None and plan.refusal(limit) is not None:
+        return _Checked(CHECK_FAILED, f"refused: {plan.refusal(limit)}", lines)
+    if plan.unknown_rows:
+        return _Checked(CHECK_UNKNOWN, plan.not_counted(), lines)
+    return _Checked(why=f"planned: {plan.peak_bytes / GIB:.2f} GiB a GPU on {plan.processes} processes", lines=lines)
 
 
 def _judges_plan(config: Any, gpu_gib: float | None, width: int | None) -> _Checked:
@@ -507,6 +567,7 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
     from cac_align.config import find_recipe
     from cac_align.plan.network import NETWORK_GBPS, NVLINK_GBPS
     from cac_align.plan.rows import output_width
+    from cac_align.plan.swift import is_swift_launcher
 
     overrides = [item for item in paths if "=" in item and not Path(item).exists()]
     names = [item for item in paths if item not in overrides]
@@ -531,6 +592,7 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
             # A folder's recipes, less accelerate launch configs (recipes/accelerate/), which are
             # accelerate's files, not cac-align recipes.
             files.extend(sorted(p for p in path.rglob("*.yaml") if "accelerate" not in p.relative_to(path).parts[:-1]))
+            files.extend(sorted(p for p in path.rglob("*.sh") if is_swift_launcher(p)))  # stage 3 on ms-swift (cac_align.plan.swift)
             continue
         try:
             files.append(find_recipe(name))
@@ -546,6 +608,12 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
     gbps = (nvlink_gbps or NVLINK_GBPS, network_gbps or NETWORK_GBPS)
     counts = dict.fromkeys(VERDICT_WORDS, 0)
     for file in files:
+        if is_swift_launcher(file):  # a ms-swift launcher, not a recipe: its plan from its own arguments
+            checked, job = _swift_checked(file, overrides, processes, gpu_gib, width - len(_DETAIL)), " (job: train-cac stage 3 on ms-swift)"
+            counts[checked.verdict] += 1
+            print("\n".join([f"{VERDICT_WORDS[checked.verdict]:<7} {file}{job}: {checked.why}", *_fit([_DETAIL + line for line in checked.lines], width)]),
+                  flush=True)
+            continue
         try:
             spec, config = load_recipe(file, overrides)
         except RecipeError as exc:
@@ -553,7 +621,7 @@ def _check_recipes(paths: Sequence[str], processes: int | None = None, gpu_gib: 
         else:
             header = header_processes(file) if processes is None else None
             on = nodes if nodes is not None else header_nodes(file) if header is not None else 1
-            checked = _memory_plan(spec, config, processes, gpu_gib, header, on, width - len(_DETAIL), gbps)
+            checked = _memory_plan(spec, config, processes, gpu_gib, header, on, width - len(_DETAIL), gbps, file)
             job = f" (job: {spec.name})"
         counts[checked.verdict] += 1
         verdict = f"{VERDICT_WORDS[checked.verdict]:<7} {file}{job}" + (f": {checked.why}" if checked.why else "")  # one line: grep ^FAIL finds each

@@ -43,6 +43,7 @@ def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
     assert code == 1
     # one verdict line a recipe, every one on stdout (issue #105, item 4): the plans are indented under theirs
     recipes = [p for p in (REPO_ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.relative_to(REPO_ROOT / "recipes").parts[:-1]]
+    recipes += list((REPO_ROOT / "recipes" / "cac").glob("stage3_swift*.sh"))  # stage 3's ms-swift launchers, planned from their arguments
     *verdicts, summary = [line for line in captured.out.splitlines() if not line.startswith(" ")]
     assert len(verdicts) == len(recipes) + 1 and all(line.split()[0] in ("ok", "FAIL", "UNKNOWN") for line in verdicts)
     assert [line for line in verdicts if line.startswith("FAIL")] == [line for line in verdicts if line.startswith(
@@ -50,6 +51,9 @@ def test_check_recipe_reports_good_and_bad(tmp_path, capsys, monkeypatch):
     counted = {word: sum(line.split()[0] == word for line in verdicts) for word in ("ok", "FAIL", "UNKNOWN")}
     assert counted["FAIL"] == 1 and summary == (f"{len(recipes) + 1} recipes: {counted['ok']} ok, 1 failed"
                                                 + (f", {counted['UNKNOWN']} not planned whole" if counted["UNKNOWN"] else "") + " (exit 1)")
+    # every job is planned (issue #116): each valid recipe's verdict is a plan, or what it could not count
+    assert not [line for line in verdicts if "no memory plan" in line or ": valid" in line]
+    assert all(": planned: " in line or line.startswith("UNKNOWN") for line in verdicts if not line.startswith("FAIL"))
 
 
 def test_check_recipe_exits_0_when_it_fits_1_when_refused_and_3_when_a_model_was_not_counted(hub_cache, capsys):

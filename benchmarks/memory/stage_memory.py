@@ -14,7 +14,9 @@ benchmark needs: every video goes to the stage being measured, no evaluation, no
 a log row per step; ``--set KEY=VALUE`` adds overrides.
 
 Printed per stage (flushed as measured, so a run stopped by a time limit keeps what it finished):
-peak GPU memory allocated and reserved over the run, seconds of each step (stages 1-2: the
+the stage's memory plan for this one process (cac_align.plan.stages; its CUDA-context row left out, as
+torch's counters leave it out) and, after the run, the measured peak against it in a ``RESULT {json}``
+line (benchmarks/gpu_quick.sh collects it); peak GPU memory allocated and reserved over the run, seconds of each step (stages 1-2: the
 ``step_seconds`` column of metrics.jsonl, the first step holding the start-up; stage 3:
 generation and update), and, for stages 1-2, the largest growth of allocated memory inside
 one micro-batch (forward + backward: activations and the gradients' first allocation). A stage
@@ -137,6 +139,7 @@ def _stage(stage: int, mode: str, work: Path, steps: int, extra: list[str]) -> N
 
     out = work / f"stage{stage}"
     _, config = load_recipe(REPO / RECIPES[stage], _overrides(stage, mode, work / "model", work / "data/annotations.jsonl", out, steps) + extra)
+    planned = _planned(config)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.empty_cache()
@@ -155,6 +158,11 @@ def _stage(stage: int, mode: str, work: Path, steps: int, extra: list[str]) -> N
     if cuda:
         say(f"stage {stage}: peak allocated {peak_allocated / GIB:.1f} GiB, reserved {peak_reserved / GIB:.1f} GiB"
             + (f"; largest micro-batch growth {micro.growth / GIB:.1f} GiB" if stage < 3 and micro.growth else ""))
+    result = {"stage": stage, "steps": steps, "planned_peak_bytes": planned, "failed": failed}
+    if cuda:
+        result.update(peak_allocated_bytes=peak_allocated, measured_over_planned=round(peak_allocated / planned, 3))
+        say(f"stage {stage}: measured {peak_allocated / GIB:.2f} GiB against the plan's {planned / GIB:.2f} GiB ({peak_allocated / planned:.2f})")
+    say("RESULT " + json.dumps(result))
     if failed:
         say(f"stage {stage}: {failed} (after {elapsed:.0f} s)")
         return
@@ -171,6 +179,17 @@ def _stage(stage: int, mode: str, work: Path, steps: int, extra: list[str]) -> N
     if cuda:
         torch.cuda.empty_cache()
         _arithmetic(stage, work / "model", micro.growth)
+
+
+def _planned(config) -> int:
+    """The stage's memory plan for this one process, unsharded (cac_align.plan.stages), printed; its peak without the
+    CUDA context row (torch's max_memory_allocated leaves that out)."""
+    from cac_align.plan.stages import plan_train_cac
+
+    plan = plan_train_cac(config, 1, "none", on_gpu=False)
+    say(plan.table(width=130))
+    say(f"plan: peak {plan.peak_bytes / GIB:.2f} GiB (the CUDA context left out: what max_memory_allocated counts)")
+    return plan.peak_bytes
 
 
 def _arithmetic(stage: int, model: Path, growth: int) -> None:

@@ -35,6 +35,10 @@ WAN_SCRIPT = "diffusers scripts/convert_wan_to_diffusers.py"
 LTX_SCRIPT = "diffusers scripts/convert_ltx2_to_diffusers.py"
 HY_SCRIPT = "diffusers scripts/convert_hunyuan_video1_5_to_diffusers.py"
 H3_SCRIPT = "diffusers scripts/convert_minimax_h3_to_diffusers.py"
+# The VACE and Wan2.1 I2V entries of the same script, read at a later commit (where it has them)
+WAN_SCRIPT_VACE = "diffusers scripts/convert_wan_to_diffusers.py at 7d56827"
+# CLIP ViT-H/14, the Wan2.1 I2V models' image encoder (laion/CLIP-ViT-H-14-laion2B-s32B-b79K): open_clip's own figures
+OPEN_CLIP_VIT_H = "github.com/mlfoundations/open_clip 964981a, src/open_clip/model_configs/ViT-H-14.json"
 # Helios has no conversion script in diffusers (the authors publish diffusers-format folders): its numbers are read from
 # the authors' repository github.com/PKU-YuanGroup/Helios at 2276f8f (helios/modules/transformer_helios.py's
 # HeliosTransformer3DModel, the switches of scripts/training/configs/stage_*.yaml's model_config), which diffusers
@@ -148,6 +152,11 @@ COSMOS3_INDEX = dict(default_use_system_prompt=True, enable_safety_checker=True,
                      scheduler=("diffusers", "UniPCMultistepScheduler"), sound_tokenizer=("diffusers", "Cosmos3AVAEAudioTokenizer"),
                      text_tokenizer=("transformers", "Qwen2Tokenizer"), transformer=("diffusers", "Cosmos3OmniTransformer"),
                      use_native_flow_schedule=False, vae=("diffusers", "AutoencoderKLWan"))
+VACE_1_3B_LAYERS = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28]  # every other of 30 blocks
+VACE_14B_LAYERS = [0, 5, 10, 15, 20, 25, 30, 35]  # every fifth of 40
+# open_clip ViT-H-14: image 224, 32 layers of width 1280, heads of 80 (16), patch 14, MLP ratio 4 (its default), embedding 1024
+CLIP_VIT_H_14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14, image_size=224,
+                     projection_dim=1024, hidden_act="gelu")
 QWEN3_VL_32B = dict(
     text_config=dict(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
                      num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
@@ -246,6 +255,34 @@ REPOS: dict[str, dict] = {
         "text_encoder/config.json": ("transformers", "UMT5EncoderModel", UMT5_XXL),
         "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN21_VAE),
     },
+    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers": {
+        "model_index.json": _index("WanImageToVideoPipeline", **WAN_T2V_INDEX, image_encoder=("transformers", "CLIPVisionModelWithProjection"),
+                                   image_processor=("transformers", "CLIPImageProcessor")),
+        "transformer/config.json": ("diffusers", "WanTransformer3DModel", {**WAN_TRANSFORMER, "num_attention_heads": 40, "in_channels": 36,
+                                                                            "out_channels": 16, "ffn_dim": 13824, "num_layers": 40, "image_dim": 1280,
+                                                                            "added_kv_proj_dim": 5120}),
+        "text_encoder/config.json": ("transformers", "UMT5EncoderModel", UMT5_XXL),
+        "image_encoder/config.json": ("transformers", "CLIPVisionModelWithProjection", CLIP_VIT_H_14),
+        "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN21_VAE),
+    },
+    "Wan-AI/Wan2.1-VACE-1.3B-diffusers": {
+        "model_index.json": _index("WanVACEPipeline", **{**WAN_T2V_INDEX, "transformer": ("diffusers", "WanVACETransformer3DModel")}),
+        "transformer/config.json": ("diffusers", "WanVACETransformer3DModel", {**WAN_TRANSFORMER, "num_attention_heads": 12, "in_channels": 16,
+                                                                                "out_channels": 16, "ffn_dim": 8960, "num_layers": 30,
+                                                                                "vace_layers": VACE_1_3B_LAYERS, "vace_in_channels": 96}),
+        "text_encoder/config.json": ("transformers", "UMT5EncoderModel", UMT5_XXL),
+        "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN21_VAE),
+    },
+    "linoyts/Wan2.2-VACE-Fun-14B-diffusers": {
+        "model_index.json": ("raw", {**_index("WanVACEPipeline", **{**WAN_T2V_INDEX, "transformer": ("diffusers", "WanVACETransformer3DModel")},
+                                              transformer_2=("diffusers", "WanVACETransformer3DModel"))[1], "boundary_ratio": 0.875}),
+        **{f"{t}/config.json": ("diffusers", "WanVACETransformer3DModel", {**WAN_TRANSFORMER, "num_attention_heads": 40, "in_channels": 16,
+                                                                            "out_channels": 16, "ffn_dim": 13824, "num_layers": 40,
+                                                                            "vace_layers": VACE_14B_LAYERS, "vace_in_channels": 96})
+           for t in ("transformer", "transformer_2")},
+        "text_encoder/config.json": ("transformers", "UMT5EncoderModel", UMT5_XXL),
+        "vae/config.json": ("diffusers", "AutoencoderKLWan", WAN21_VAE),
+    },
     "Lightricks/LTX-2": {
         "model_index.json": _index("LTX2Pipeline", **LTX2_INDEX),
         "transformer/config.json": ("diffusers", "LTX2VideoTransformer3DModel", _ltx2_transformer("2.0")),
@@ -307,6 +344,19 @@ SOURCES = {
     "Wan-AI/Wan2.2-I2V-A14B-Diffusers": f"transformer and transformer_2: {WAN_SCRIPT} `Wan2.2-I2V-14B-720p` (in_channels 36); vae: the "
                                         f"Wan-2.1 VAE; text_encoder: UMT5-XXL; model_index.json: WanImageToVideoPipeline, boundary_ratio 0.9, "
                                         f"no image encoder (the script).",
+    "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers": f"transformer: {WAN_SCRIPT_VACE} `Wan-I2V-14B-480p` (in_channels 36, image_dim 1280, "
+                                            f"added_kv_proj_dim 5120); image_encoder: CLIP ViT-H/14 (the script loads "
+                                            f"laion/CLIP-ViT-H-14-laion2B-s32B-b79K's CLIPVisionModelWithProjection; its figures from "
+                                            f"{OPEN_CLIP_VIT_H}: width 1280, 32 layers, heads of 80, patch 14 at 224, MLP x4, embedding 1024); "
+                                            f"vae: the Wan-2.1 VAE; text_encoder: UMT5-XXL; model_index.json: the script's WanImageToVideoPipeline "
+                                            f"with its image encoder.",
+    "Wan-AI/Wan2.1-VACE-1.3B-diffusers": f"transformer: {WAN_SCRIPT_VACE} `Wan-VACE-1.3B` (WanVACETransformer3DModel: the 1.3B's shape, VACE "
+                                         f"blocks at every other of its 30 layers, vace_in_channels 96); vae: the Wan-2.1 VAE; text_encoder: "
+                                         f"UMT5-XXL; model_index.json: the script's WanVACEPipeline.",
+    "linoyts/Wan2.2-VACE-Fun-14B-diffusers": f"transformer and transformer_2: {WAN_SCRIPT_VACE} `Wan2.2-VACE-Fun-14B` (the converted "
+                                             f"alibaba-pai/Wan2.2-VACE-Fun-A14B: the 14B's shape, VACE blocks at every fifth of its 40 layers, "
+                                             f"vace_in_channels 96); vae: the Wan-2.1 VAE; text_encoder: UMT5-XXL; model_index.json: the "
+                                             f"script's WanVACEPipeline, boundary_ratio 0.875.",
     "Lightricks/LTX-2": f"transformer, connectors, vae, audio_vae, vocoder: {LTX_SCRIPT}, version 2.0; text_encoder: Gemma-3-12B "
                         f"(google/gemma-3-12b-it's config).",
     "Lightricks/LTX-2.5-Diffusers": f"transformer, connectors, vae, audio_vae, vocoder, diffusion_decoder: {LTX_SCRIPT}, version 2.5 "

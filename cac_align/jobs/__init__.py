@@ -35,6 +35,9 @@ class JobSpec:
     # "module:function" giving the memory plan's inputs from a config (plan/check.py's plan_generator):
     # the generator trainers', whose plan `cac-align check-recipe` prints; None for every other job
     memory_inputs: str | None = None
+    # every other job's plan (cac_align.plan.job.JobPlan), what `cac-align check-recipe` prints: "module:function"
+    # taking (config, processes, recipe path); score's judges are planned by cac_align.plan.check.plan_judges
+    plan: str | None = None
 
     @property
     def module(self) -> str:
@@ -75,9 +78,21 @@ _TABLE: list[tuple[str, str, str, str, str | None]] = [
 # the jobs that train a generator on GPUs: each plans its memory before it loads (cac_align.plan)
 _MEMORY_PLANNED = ("flow_grpo", "nft", "dpo")
 
+# the plans of the jobs that train no generator (cac_align.plan.job), by CLI name
+_PLANS = {
+    "bon": "cac_align.plan.sampling:bon_recipe_plan",
+    "repair": "cac_align.plan.sampling:repair_recipe_plan",
+    "train-cac": "cac_align.plan.stages:train_cac_recipe_plan",
+    "serve": "cac_align.plan.services:serve_plan",
+    "synth-cot": "cac_align.plan.services:synth_cot_plan",
+    "eval-vbench": "cac_align.plan.services:vbench_plan",
+    "eval-expert": "cac_align.plan.services:expert_plan",
+    **{name: "cac_align.plan.services:cpu_job_plan" for name in ("convert", "synth", "make-tiny", "eval-bench", "report", "export")},
+}
+
 JOBS: dict[str, JobSpec] = {
     name: JobSpec(name=name, config=f"{__name__}.{module}:{config}", run=f"{__name__}.{module}:run", help=help, resume=resume,
-                  memory_inputs=f"{__name__}.{module}:memory_inputs" if module in _MEMORY_PLANNED else None)
+                  memory_inputs=f"{__name__}.{module}:memory_inputs" if module in _MEMORY_PLANNED else None, plan=_PLANS.get(name))
     for module, name, config, help, resume in _TABLE
 }
 

@@ -73,7 +73,7 @@ __all__ = ["BonConfig", "choose", "read_prompts", "run"]
 log = logging.getLogger(__name__)
 
 # Settings that do not change any video or score: a resumed run may change them.
-_RUN_ONLY_KEYS = ("out_dir", "batch_size", "offload", "overwrite", "generator.device")
+_RUN_ONLY_KEYS = ("out_dir", "batch_size", "offload", "overwrite", "generator.device", "memory_budget_gib")
 
 
 @dataclass
@@ -95,6 +95,8 @@ class BonConfig:
             move to the GPU only while generating (diffusers' model CPU offload) and the reward
             models only while scoring.
         overwrite: replace a previous run with a different config in ``out_dir``.
+        memory_budget_gib: the memory per GPU the job's plan is checked against before anything loads
+            (null: the GPU's own; docs/memory_plan.md, "Best-of-N and repair").
     """
 
     out_dir: str = MISSING
@@ -106,6 +108,7 @@ class BonConfig:
     reward: Any = field(default_factory=lambda: {"name": "ur_cac"})
     offload: bool = False
     overwrite: bool = False
+    memory_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         from cac_align.rewards.registry import reward_config
@@ -228,6 +231,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
 
     from cac_align.eval.bon_page import write_bon_page
     from cac_align.gen.generator import build_video_generator
+    from cac_align.plan.sampling import check_bon
     from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
     from cac_align.rewards.registry import build_reward
     from cac_align.video import Video, load_video, read_soundtrack, save_video, save_wav
@@ -244,6 +248,7 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
     done = _finished_prompts(manifest, config.n) if run_folder.resuming else {}
     todo = [i for i in range(len(prompts)) if i not in done]
     if generator is None and todo:
+        check_bon(config)  # the memory plan, refused with the fix before any model loads (cac_align.plan.sampling)
         generator = build_video_generator(config.generator)
     if reward is None and todo:
         reward = build_reward(config.reward, "reward")

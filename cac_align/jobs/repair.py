@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 REPAIR_OUTPUTS = ("results.jsonl", "parts", "repaired", "evidence", "report.html", "summary.json", "synth")
 # Settings a resumed run may change: they change no repaired video and no score.
-_RUN_ONLY_KEYS = ("out_dir", "overwrite", "regenerator.device")
+_RUN_ONLY_KEYS = ("out_dir", "overwrite", "regenerator.device", "memory_budget_gib")
 FEEDBACK = ("none", "reason")
 
 
@@ -101,6 +101,8 @@ class RepairConfig:
         lossless: write repaired videos as lossless RGB H.264 (False: yuv420p at crf 18).
         seed: base seed; attempt ``a`` of video ``i`` uses ``seed + i * attempts + a``.
         overwrite: replace a repair run of another config in ``out_dir`` (its outputs only).
+        memory_budget_gib: the memory per GPU the job's plan is checked against before anything loads
+            (null: the GPU's own; docs/memory_plan.md, "Best-of-N and repair").
     """
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
@@ -127,6 +129,7 @@ class RepairConfig:
     lossless: bool = True
     seed: int = 0
     overwrite: bool = False
+    memory_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         from cac_align.rewards.registry import reward_config
@@ -354,6 +357,7 @@ def run(config: RepairConfig, reward: Reward | None = None, pipe: Any = None) ->
 
     from cac_align.cac.evidence import write_repair_report
     from cac_align.gen.families.vace import build_regenerator
+    from cac_align.plan.sampling import check_repair
     from cac_align.rewards.registry import build_reward
     from cac_align.run.folder import write_text_atomic
     from cac_align.run.input_files import say_pairing
@@ -369,6 +373,9 @@ def run(config: RepairConfig, reward: Reward | None = None, pipe: Any = None) ->
     done = _finished(out / "parts") if run_folder.resuming else {}
     todo = [i for i in range(count) if i not in done]
     mine = todo[state.process_index :: state.num_processes]
+    if mine and (reward is None or pipe is None):  # the memory plan, for the largest input, before any model loads
+        check_repair(config, _shapes(inputs) if config.memory_budget_gib is not None or state.device.type == "cuda" else (),
+                     main_process=state.is_main_process)
     if mine and reward is None:
         reward = build_reward(config.reward, "reward")
     if mine and pipe is None:
@@ -412,6 +419,21 @@ def run(config: RepairConfig, reward: Reward | None = None, pipe: Any = None) ->
               f"Best-of-N with the same tries: {out / 'results.jsonl'}, {out / 'report.html'}")
     state.wait_for_everyone()
     return rows
+
+
+def _shapes(inputs: list[dict] | None) -> list[tuple[int, int, int, float]]:
+    """``(frames, height, width, fps)`` of each input that its file's header gives (read lazily; none for the
+    demo, whose videos are rendered later, or a file that cannot be read: its row says so when it is repaired)."""
+    from cac_align.video import VideoError, load_video
+
+    shapes = []
+    for item in inputs or ():
+        try:
+            video = load_video(item["video"], lazy=True)
+        except (VideoError, OSError):
+            continue
+        shapes.append((video.num_frames, video.height, video.width, float(video.fps)))
+    return shapes
 
 
 def _demo_inputs(out: Path) -> list[dict]:

@@ -60,6 +60,7 @@ from cac_align.cac.train.setup import add_lora, check_sharding, load_model, run_
 from cac_align.cac.train.stream import StageStream, SynthStream, load_stream_synth, stream_steps
 from cac_align.config import RecipeError
 from cac_align.jobs.train_cac_grpo import run as run_grpo
+from cac_align.plan.stages import check_train_cac
 from cac_align.run.folder import keep_log_steps, read_jsonl_log, share_modes
 from cac_align.run.input_files import ANNOTATIONS_MADE_BY, existing
 from cac_align.cac.infer import write_settings
@@ -148,6 +149,7 @@ def run(config: TrainCaCConfig) -> dict:
     """Train stage 1, 2 or 3; returns the final metrics (also in ``metrics.jsonl``)."""
     if config.annotations is not None:  # every stage reads it after a model loads (1, 2) or a process group forms (3): said first
         existing(config.annotations, "annotations", made_by=ANNOTATIONS_MADE_BY)
+    check_train_cac(config)  # the stage's memory plan, refused with the fix before the model loads (cac_align.plan.stages)
     if config.stage == 3:
         return run_grpo(config)
 

@@ -179,3 +179,43 @@ def plan_judges(rewards: Mapping[str, Any], video: tuple[int, int, int, float] =
     if on_gpu and any(j.judge.in_process and j.judge.on_gpu for j in judges):
         rows.append(PlanRow("CUDA context, kernels (fixed)", fixed_overhead_bytes(1), "estimate"))
     return JudgesPlan(rows, shape)
+
+
+def check_job_plan(plan: Any, *, device: Any = None, budget_gib: float | None = None, main_process: bool = True) -> Any:
+    """A job's own plan (:class:`~cac_align.plan.job.JobPlan`: ``bon``, ``repair``, ``train-cac``), checked at its start
+    before anything loads, as :func:`check_memory` checks a trainer's: logged where it decides something (a CUDA
+    device, or ``budget_gib``; at debug level otherwise) and refused with the fix when it cannot fit.
+
+    Args:
+        plan: the plan, made from the job's config.
+        device: this process's device (None: the current CUDA device, or the CPU: not enforced).
+        budget_gib: the memory to plan for, GiB per GPU (the job's ``memory_budget_gib``: overrides the device's and
+            makes a CPU run enforce the plan).
+        main_process: log the table (one process of the run).
+
+    Returns:
+        The plan.
+
+    Raises:
+        RecipeError: the plan does not fit; one line naming the fix (:meth:`~cac_align.plan.job.JobPlan.refusal`).
+    """
+    limit = device_bytes(device, budget_gib)
+    if main_process and not plan.nothing:
+        lines = [*plan.notes, plan.table(limit, output_width())]
+        log.log(logging.INFO if limit is not None else logging.DEBUG, "%s%s", "\n".join(lines),
+                "" if limit is not None else "\n  (no GPU and no memory_budget_gib: not enforced)")
+    if limit is not None:
+        reason = plan.refusal(limit)
+        if reason is not None:
+            raise RecipeError(reason)
+    return plan
+
+
+def planned_or_none(make: Any, *args: Any, **kwargs: Any) -> Any:
+    """``make(*args, **kwargs)`` (a job's plan), or None where the models' configs are not on this machine (logged:
+    the job still runs, as a trainer's does without a plan)."""
+    try:
+        return make(*args, **kwargs)
+    except ConfigsNotFound as exc:
+        log.warning("%s", exc.line())
+        return None

@@ -30,7 +30,9 @@ def meta_module(cls: Any, folder: Path) -> Any:
     return _meta_module_cached(cls, str(folder), config.stat().st_mtime_ns if config.is_file() else 0)
 
 
-@functools.lru_cache(maxsize=16)
+# Every component of every release a folder of recipes names (52 for the shipped ones), each built once per
+# process: a module on the meta device holds no memory, so the cache costs nothing where 16 made them rebuild
+@functools.lru_cache(maxsize=256)
 def _meta_module_cached(cls: Any, folder: str, stamp: int) -> Any:
     import warnings
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -85,8 +86,14 @@ class ComponentCount:
     lora_width: int = 0
 
 
+# Counted modules: module -> {(block classes, LoRA targets): its count}. The models a folder of recipes plans are the
+# same few (built once: cac_align.plan.configs.meta_module), each counted once; an entry goes with its module
+_COUNTED: "weakref.WeakKeyDictionary[Any, dict[tuple, ComponentCount]]" = weakref.WeakKeyDictionary()
+
+
 def count_module(name: str, module: Any, block_classes: Sequence[str] = (), lora_targets: Sequence[str] = ()) -> ComponentCount:
-    """Count ``module`` (real or on the meta device): its parameters, its blocks' and its LoRA width.
+    """Count ``module`` (real or on the meta device): its parameters, its blocks' and its LoRA width (once a
+    process for a module and the same classes and targets).
 
     Args:
         name: its pipeline name.
@@ -97,6 +104,16 @@ def count_module(name: str, module: Any, block_classes: Sequence[str] = (), lora
     Raises:
         ValueError: ``block_classes`` given and none found (the family names the wrong class).
     """
+    import dataclasses
+
+    key = (tuple(block_classes), tuple(lora_targets))
+    known = _COUNTED.setdefault(module, {})
+    if key not in known:
+        known[key] = _count_module(name, module, block_classes, lora_targets)
+    return dataclasses.replace(known[key], name=name)
+
+
+def _count_module(name: str, module: Any, block_classes: Sequence[str], lora_targets: Sequence[str]) -> ComponentCount:
     parameters = sum(p.numel() for p in module.parameters())
     blocks: list[int] = []
     if block_classes:
@@ -167,6 +184,9 @@ class GeneratorCounts:
     # transformer sees for one video (text and audio rows too); None: the formulas here
     latent_frames_of: Any = field(default=None, compare=False, repr=False)
     tokens_of: Any = field(default=None, compare=False, repr=False)
+    # the transformer's config as its model holds it (a VACE's ``vace_layers``: the hints a sampling forward
+    # holds, cac_align.plan.sampling); None where it was not kept
+    transformer_config: Any = field(default=None, compare=False, repr=False)
 
 
 def _transformer_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -211,13 +231,15 @@ def count_components(source: str, family: Any, modules: Mapping[str, Any], lora_
                            vae_one_video=bool(getattr(family, "vae_one_video", False)), vae_clip=int(getattr(family, "vae_clip_latent_frames", 0)),
                            one_row_a_forward=bool(getattr(family, "one_row_a_forward", False)),
                            latent_frames_of=getattr(family, "latent_frames", None), tokens_of=getattr(family, "sequence_tokens", None),
-                           audio_decode=functools.partial(family.audio_decode, modules) if hasattr(family, "audio_decode") else None)
+                           audio_decode=functools.partial(family.audio_decode, modules) if hasattr(family, "audio_decode") else None,
+                           transformer_config=dict(modules["transformer"].config))
 
 
 def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
     """Count the generator ``config`` names (a :class:`~cac_align.gen.generator.GeneratorConfig`),
     with the LoRA ``lora`` (:class:`~cac_align.gen.lora.LoraSettings`) on its adapted experts, from
-    its own configs (module docstring); nothing is downloaded.
+    its own configs (module docstring); nothing is downloaded. ``lora`` None: no LoRA is counted (a
+    job that samples the model as it is: ``bon``).
 
     Returns:
         The counts; None for the synthetic stand-in generator (nothing to plan).
@@ -225,28 +247,55 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
     Raises:
         ConfigsNotFound: a hub id whose configs are not in the local cache.
     """
-    from cac_align.gen.family import read_model_index
-    from cac_align.loading import looks_like_path
-
     if config.is_synthetic:
         return None
     family = config.family
-    targets = list(lora.target_modules) if lora.target_modules else list(family.lora_target_modules)
-    experts = {"high": [0], "low": [1], "both": [0, 1]}[lora.experts]
-    if config.name in family.tiny_names:  # built in-process in seconds: counted as built
-        pipe = family.build_tiny(config.name, seed=0)
-        import torch
+    if lora is None:
+        targets, experts = [], []
+    else:
+        targets = list(lora.target_modules) if lora.target_modules else list(family.lora_target_modules)
+        experts = {"high": [0], "low": [1], "both": [0, 1]}[lora.experts]
+    return counted_pipeline(config.name, family, targets, experts)
 
-        modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-        modules.update({n: getattr(pipe, n) for n in family.extra_components})  # LTX-2.5's diffusion decoder
-        return count_components(config.name, family, modules, targets, experts)
-    index = read_model_index(config.name, "generator.name") if looks_like_path(config.name) else cached_model_index(config.name)
-    folders = config_folders(config.name, index, family) if index is not None else None
+
+# A tiny in-process pipeline's counts, by (name, LoRA targets, adapted experts): built from a fixed seed, so
+# the same every time; a folder's or the cache's are counted again (their files may change between calls)
+_TINY_COUNTS: dict[tuple, GeneratorCounts] = {}
+_TINY_MODULES: dict[tuple, dict[str, Any]] = {}  # its modules, built once, by (name, family)
+
+
+def counted_pipeline(name: str, family: Any, targets: Sequence[str] = (), experts: Sequence[int] = (), key: str = "generator.name") -> GeneratorCounts:
+    """Count the pipeline ``name`` as ``family`` runs it (:func:`count_components`), a LoRA on ``targets``
+    of the experts ``experts`` (none: no LoRA), from its own configs: a tiny in-process pipeline built
+    (once per process), a local folder's or a hub id's (the local Hugging Face cache, else the configs
+    shipped with cac-align) on the meta device. Nothing is downloaded. ``key``: the recipe key naming it, for a
+    local folder's error.
+
+    Raises:
+        ConfigsNotFound: a hub id whose configs are not in the local cache nor shipped.
+    """
+    from cac_align.gen.family import read_model_index
+    from cac_align.loading import looks_like_path
+
+    if name in family.tiny_names:  # built in-process in seconds (once a process), counted as built
+        key = (name, family.title, tuple(targets), tuple(experts))
+        if key not in _TINY_COUNTS:
+            if (name, family.title) not in _TINY_MODULES:
+                pipe = family.build_tiny(name, seed=0)
+                import torch
+
+                modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+                modules.update({n: getattr(pipe, n) for n in getattr(family, "extra_components", ())})  # LTX-2.5's diffusion decoder
+                _TINY_MODULES[(name, family.title)] = modules
+            _TINY_COUNTS[key] = count_components(name, family, _TINY_MODULES[(name, family.title)], targets, experts)
+        return _TINY_COUNTS[key]
+    index = read_model_index(name, key) if looks_like_path(name) else cached_model_index(name)
+    folders = config_folders(name, index, family) if index is not None else None
     if folders is None:
-        raise ConfigsNotFound([(config.name, "model_index.json and */config.json")])
-    extra = extra_folders(config.name, family.extra_components)
+        raise ConfigsNotFound([(name, "model_index.json and */config.json")])
+    extra = extra_folders(name, getattr(family, "extra_components", ()))
     if extra is None:
-        raise ConfigsNotFound([(config.name, f"{', '.join(f'{n}/config.json' for n in family.extra_components)}")])
+        raise ConfigsNotFound([(name, f"{', '.join(f'{n}/config.json' for n in family.extra_components)}")])
     modules = {}
     for component, folder in folders.items():
         library, class_name = index[component][:2]  # a modular pipeline's entries add a loading spec
@@ -256,7 +305,7 @@ def counted_generator(config: Any, lora: Any) -> GeneratorCounts | None:
 
         class_name = json.loads((folder / "config.json").read_text(encoding="utf-8"))["_class_name"]
         modules[component] = meta_module(model_class("diffusers", class_name), folder)
-    return count_components(config.name, family, modules, targets, experts)
+    return count_components(name, family, modules, targets, experts)
 
 
 def count_generator(config: Any, lora: Any) -> GeneratorCounts | None:

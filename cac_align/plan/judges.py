@@ -57,13 +57,18 @@ def judge_module(judge: Any) -> Any:
         ConfigsNotFound: its ``config.json`` is not on this machine.
     """
 
-    if judge.tiny is not None:
-        return judge.tiny()
+    if judge.tiny is not None:  # built once a process (a tiny model's random weights are drawn from a fixed seed)
+        if judge.name not in _TINY_JUDGES:
+            _TINY_JUDGES[judge.name] = judge.tiny()
+        return _TINY_JUDGES[judge.name]
     name = judge.config_name or judge.name
     found = judge_config_file(name)
     if found is None:
         raise ConfigsNotFound([(name, "config.json")])
     return _meta_judge(found, Path(found).stat().st_mtime_ns)
+
+
+_TINY_JUDGES: dict[str, Any] = {}  # the tiny judges built, by name
 
 
 @functools.lru_cache(maxsize=16)

@@ -248,8 +248,10 @@ def judge_rows(judges: Sequence[JudgeCount], unknown_judges: Sequence[Any] = (),
 
 
 def peak_of(rows: Sequence[PlanRow]) -> int:
-    """Resident bytes plus the largest phase's (:data:`PHASES`)."""
-    return sum(r.bytes for r in rows if r.phase == "resident") + max(sum(r.bytes for r in rows if r.phase == phase) for phase in PHASES)
+    """Resident bytes plus the largest phase's: a trainer's (:data:`PHASES`), or whatever phases a job's rows
+    hold (``bon``'s encode, sample, decode and score), one at a time."""
+    phases = dict.fromkeys([*PHASES, *(r.phase for r in rows if r.phase != "resident")])
+    return sum(r.bytes for r in rows if r.phase == "resident") + max(sum(r.bytes for r in rows if r.phase == phase) for phase in phases)
 
 
 def unknown_verdict(rows: Sequence[PlanRow]) -> str:
@@ -299,12 +301,13 @@ def table_lines(rows: Sequence[tuple[str, str]], width: int | None = None, inden
 
 
 def plan_table(title: str, rows: Sequence[PlanRow], peak: int, device_bytes: int | None = None, fits: bool = True,
-               width: int | None = None) -> str:
+               width: int | None = None, phases: Sequence[str] = PHASES) -> str:
     """A plan as text (:meth:`MemoryPlan.table`, :meth:`JudgesPlan.table`): ``title``, each row in GiB with its
-    source and phase, the peak and, with ``device_bytes``, the device and whether it fits."""
+    source and phase, the peak (resident + the largest of ``phases``) and, with ``device_bytes``, the device and
+    whether it fits."""
     cells = [("row", f"{'GiB':>8}  {'source':<10} phase")]
     cells += [(row.label, f"{row.bytes / GIB:>8.2f}  {row.source:<10} {row.phase}") for row in rows]
-    cells.append(("peak: resident + max(train, encode, video)", f"{peak / GIB:>8.2f}"))
+    cells.append((f"peak: resident + max({', '.join(phases)})" if phases else "peak: resident", f"{peak / GIB:>8.2f}"))
     if device_bytes is not None:
         unknown = sum(1 for r in rows if r.source == "unknown")
         verdict = "does NOT fit" if not fits else f"unknown ({unknown} not counted)" if unknown else "fits"

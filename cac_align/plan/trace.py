@@ -5,12 +5,13 @@ inputs (a long video's clips and tiles) traced once and replayed (:class:`_Repla
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 from cac_align.plan.counts import GeneratorCounts
 
 
-def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = (), replay: Sequence[Any] = ()) -> int:
+def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = (), replay: Sequence[Any] = (), shortcuts: bool = True) -> int:
     """The most bytes of tensors alive at once while ``fn(*args)`` runs, beyond what existed before
     it (``args`` and the tensors of ``keep``, e.g. a module's parameters): each new storage counted
     from the op that makes it until it is freed. Run on the meta device it takes no memory and no
@@ -21,6 +22,10 @@ def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = (), replay: Seq
     (:class:`_Replay`): a VAE decodes a long video as clips of spatial tiles, the same shapes over and
     over (MiniMax-H3's: 7 clips x 28 tiles of a 36-layer decoder), and each repeat adds exactly what
     its first call added. The peak is the same to the byte; only the time differs.
+
+    ``shortcuts``: the loops :func:`_loops_skipped_on_meta` names run as one allocation (the same tensor, its
+    element-by-element writes skipped: on the meta device they write nothing and allocate nothing that outlives
+    them); False traces them as they are (tests/plan/test_sampling_plan.py compares the two).
     """
     import warnings
     import weakref
@@ -57,10 +62,43 @@ def traced_peak_bytes(fn: Any, *args: Any, keep: Sequence[Any] = (), replay: Seq
                 weakref.finalize(storage, self._freed, key, size)
             return out
 
-    with torch.no_grad(), warnings.catch_warnings(), _Live() as mode, _Replay(mode, replay):
+    skipped = _loops_skipped_on_meta() if shortcuts else contextlib.nullcontext()
+    with torch.no_grad(), warnings.catch_warnings(), skipped, _Live() as mode, _Replay(mode, replay):
         warnings.simplefilter("ignore")  # e.g. torch's "Mismatch dtype" of a mixed-precision norm: nothing runs, nothing to say
         fn(*args)
     return mode.peak
+
+
+@contextlib.contextmanager
+def _loops_skipped_on_meta() -> Iterator[None]:
+    """While a trace runs: library functions that fill a tensor in a Python loop, element by element, make the same
+    tensor in one allocation on the meta device and skip the loop (its in-place writes allocate nothing). Only the
+    time differs: HunyuanVideo-1.5's VAE builds the causal mask of its attention a row at a time
+    (``HunyuanVideo15AttnBlock.prepare_causal_attention_mask``, diffusers 0.42.1): 49,290 rows a call for a
+    121-frame 480p video, seconds of Python a call. Restored on exit; off the meta device the original runs."""
+    import torch
+
+    try:
+        from diffusers.models.autoencoders.autoencoder_kl_hunyuanvideo15 import HunyuanVideo15AttnBlock
+    except ImportError:  # another diffusers: nothing to skip
+        yield
+        return
+    original = HunyuanVideo15AttnBlock.__dict__.get("prepare_causal_attention_mask")
+    if not isinstance(original, staticmethod):
+        yield
+        return
+
+    def causal_mask(n_frame: int, n_hw: int, dtype: Any, device: Any, batch_size: int | None = None) -> Any:
+        if torch.device(device).type != "meta":
+            return original.__func__(n_frame, n_hw, dtype, device, batch_size)
+        mask = torch.full((n_frame * n_hw, n_frame * n_hw), float("-inf"), dtype=dtype, device=device)  # the loop then writes zeros in place
+        return mask.unsqueeze(0).expand(batch_size, -1, -1) if batch_size is not None else mask
+
+    HunyuanVideo15AttnBlock.prepare_causal_attention_mask = staticmethod(causal_mask)
+    try:
+        yield
+    finally:
+        HunyuanVideo15AttnBlock.prepare_causal_attention_mask = original
 
 
 class _Replay:

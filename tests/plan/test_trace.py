@@ -1,6 +1,7 @@
 """The meta-device trace's replay (cac_align.plan.trace): a module call repeated with the same inputs is traced
 once and replayed, and the peak is the same to the byte as the trace that runs every call; the plans of the
-shipped big recipes equal the ones recorded before the replay existed.
+shipped big recipes equal the ones recorded before the replay existed; a batch's decode is the batch times one
+video's; a library loop skipped in a trace traces as the loop.
 
     pytest tests/plan/test_trace.py -m slow      # every big recipe's plan against tests/fixtures/big_recipe_plans.json
 """
@@ -121,3 +122,37 @@ def test_every_big_recipe_s_plan_equals_the_recorded_one_to_the_byte(hub_cache):
     assert sorted(planned) == sorted(recorded)
     for name, plan in planned.items():
         assert plan == recorded[name], name
+
+
+def test_the_decode_of_a_batch_is_the_batch_times_one_video_s_trace():
+    """Every live tensor of a decode is a video's: the tiny Wan VAE's decode of 3 videos, traced as a batch, equals 3 x
+    one video's, to the byte (what bon's and repair's decode rows rely on)."""
+    from cac_align.gen.generator import GeneratorConfig
+    from cac_align.plan.counts import counted_generator
+    from cac_align.plan.trace import vae_bytes
+
+    counts = counted_generator(GeneratorConfig(name="tiny-random:wan", dtype="float32", vae_dtype="float32"), None)
+    one = vae_bytes(counts, "decode", 1, (17, 64, 96), "float32")
+    assert one > 0 and vae_bytes(counts, "decode", 3, (17, 64, 96), "float32") == 3 * one
+
+
+def test_the_skipped_mask_loop_traces_as_the_loop():
+    """HunyuanVideo-1.5's VAE builds its causal mask a row at a time; the trace makes it in one allocation and skips the
+    writes (cac_align.plan.trace._loops_skipped_on_meta): the same peak to the byte, on a tiny VAE's decode, and the
+    library's function restored after."""
+    from cac_align.gen.family import family_of
+    from cac_align.plan.trace import _meta_copy, traced_peak_bytes
+
+    pipe = family_of("tiny-random:hunyuanvideo15").build_tiny("tiny-random:hunyuanvideo15", seed=0)
+    vae = _meta_copy(pipe.vae, "float32")
+    from diffusers.models.autoencoders.autoencoder_kl_hunyuanvideo15 import HunyuanVideo15AttnBlock
+
+    before = HunyuanVideo15AttnBlock.__dict__["prepare_causal_attention_mask"]
+    z_channels = int(vae.config.latent_channels)
+    latents = torch.empty(1, z_channels, 3, 4, 6, device="meta")
+    keep = [*vae.parameters(), *vae.buffers()]
+    decode = lambda z: vae.decode(z, return_dict=False)[0]  # noqa: E731
+    skipped = traced_peak_bytes(decode, latents, keep=keep)
+    looped = traced_peak_bytes(decode, latents, keep=keep, shortcuts=False)
+    assert skipped == looped > 0
+    assert HunyuanVideo15AttnBlock.__dict__["prepare_causal_attention_mask"] is before

@@ -223,6 +223,8 @@ class TrainCaCConfig:
             there ``train.per_device_batch_size`` counts rollouts).
         resume: continue from the newest checkpoint in ``out_dir`` (the config must match).
         overwrite: start again in a folder holding another run.
+        memory_budget_gib: the memory per GPU the stage's plan is checked against before anything loads (null: the
+            GPU's own; docs/memory_plan.md, "The judge's training stages").
     """
 
     # the values a setting takes, shown by `cac-align <job> --help` beside its default
@@ -244,6 +246,7 @@ class TrainCaCConfig:
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
     resume: bool = False
     overwrite: bool = False
+    memory_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2, 3):
@@ -283,4 +286,5 @@ class TrainCaCConfig:
 
 
 # Keys that may change between a run and its resumption.
-RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "train.log_with", "grpo.save_rollouts")
+RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.max_steps", "train.num_workers", "train.logging_steps", "train.log_with", "grpo.save_rollouts",
+                 "memory_budget_gib")

@@ -179,6 +179,10 @@ class LTX2Family:
     # LTX-2.5 on: the video is decoded by the diffusion decoder that samples (cac_align.gen.families.ltx25_decoder),
     # kept beside the pipeline as ``pipe.diffusion_decoder``
     diffusion_decoder: bool = False
+    # LTX2Pipeline runs its classifier-free guidance's two branches as one batch (``torch.cat([latents] * 2)``), its
+    # spatio-temporal and modality guidance as forwards of their own: a sampling forward holds 2 rows a video with CFG
+    # (the memory plan of bon and repair, cac_align.plan.sampling)
+    guidance_batched: bool = True
 
     @property
     def extra_components(self) -> tuple[str, ...]:
