@@ -175,15 +175,19 @@ def test_bon_and_flow_grpo_run_the_small_vae_finetune_at_a_frame_count_only_it_t
 def test_every_shipped_release_configs_ratios_are_its_familys_or_say_nothing():
     # the release checkpoints' own files (cac_align/plan/full_size/, sources in its SOURCES.md) give the
     # family's values, so a release validates and plans as before; a fine-tune's differ only where its files do
-    from cac_align.gen.family import family_from_index, ratios_from_configs, read_model_file, read_model_index
+    from cac_align.gen.family import families, family_from_index, ratios_from_configs, read_model_file, read_model_index
     from conftest import REPO_ROOT
 
     seen = {}
     for folder in sorted((REPO_ROOT / "cac_align/plan/full_size").glob("*/vae")):
         vae, transformer = read_model_file(str(folder.parent), "vae/config.json"), read_model_file(str(folder.parent), "transformer/config.json")
-        # the family its index names (the folder holds the configs a plan reads, not every part a pipeline loads: no family_of)
-        family = family_from_index(read_model_index(str(folder.parent)), folder.parent.name)
+        # the family its index names (the folder holds the configs a plan reads, not every part a pipeline loads: no family_of);
+        # a repair pipeline's (Wan-VACE's, which repair's plan reads) is a regenerator family
+        index = read_model_index(str(folder.parent))
+        kind = "generator" if any(f.pipeline_class == index["_class_name"] for f in families()) else "regenerator"
+        family = family_from_index(index, folder.parent.name, kind=kind)
         seen[folder.parent.name] = ratios_from_configs(vae, transformer)
         assert seen[folder.parent.name] in (None, (family.spatial_multiple, family.frame_multiple)), folder.parent.name
     assert seen["Wan-AI--Wan2.2-TI2V-5B-Diffusers"] == (32, 4) and seen["Lightricks--LTX-2"] == (32, 8)
     assert seen["hunyuanvideo-community--HunyuanVideo-1.5-480p_t2v"] == (16, 4) and seen["Wan-AI--Wan2.1-T2V-1.3B-Diffusers"] == (16, 4)
+    assert "Wan-AI--Wan2.1-VACE-1.3B-diffusers" in seen  # a regenerator's release configs too

@@ -209,7 +209,9 @@ def test_train_cac_refuses_at_its_start_before_the_model_loads(tmp_path):
     from cac_align.jobs.train_cac import run
 
     out = tmp_path / "stage1"
-    _, config = load_recipe(CAC / "stage1_tiny.yaml", [f"out_dir={out}", "memory_budget_gib=0.0001"])
+    annotations = tmp_path / "annotations.jsonl"
+    annotations.write_text("")  # there (a missing one is refused first, in one line): the plan decides
+    _, config = load_recipe(CAC / "stage1_tiny.yaml", [f"out_dir={out}", f"annotations={annotations}", "memory_budget_gib=0.0001"])
     with pytest.raises(RecipeError, match=r"^memory plan: train-cac needs .* GiB per GPU \(stage 1, finetune=lora, 1 process, not sharded"):
         run(config)
     assert not out.exists()
