@@ -1,19 +1,15 @@
 """The meta-device trace's replay (cac_align.plan.trace): a module call repeated with the same inputs is traced
 once and replayed, and the peak is the same to the byte as the trace that runs every call; the plans of the
-shipped big recipes equal the ones recorded before the replay existed; a batch's decode is the batch times one
-video's; a library loop skipped in a trace traces as the loop.
-
-    pytest tests/plan/test_trace.py -m slow      # every big recipe's plan against tests/fixtures/big_recipe_plans.json
+shipped big recipes equal the ones recorded before the replay existed (tests/plan/test_every_job_planned.py, slow, with
+check-recipe over every shipped recipe: one planning of them all); a batch's decode is the batch times one video's; a
+library loop skipped in a trace traces as the loop.
 """
 
 from __future__ import annotations
 
-import json
 
-import pytest
 import torch
 
-from conftest import REPO_ROOT
 
 from cac_align.plan.trace import traced_peak_bytes
 
@@ -103,25 +99,6 @@ def test_the_tiled_decode_of_a_long_video_replayed_equals_the_decode_that_runs_e
     assert replayed == every and replayed > 1 * 3 * 40 * 384 * 640 * 4 // 8  # at least a part of the decoded video
     assert runs["count"] < every_runs // 2  # the repeated tiles replayed
     assert "forward" not in vars(vae.encoder) and vars(vae.decoder)["forward"] is counted  # the replay's wrappers removed
-
-
-@pytest.mark.slow
-def test_every_big_recipe_s_plan_equals_the_recorded_one_to_the_byte(hub_cache):
-    """The plans ``check-recipe`` makes offline for the shipped big recipes, row by row in bytes, equal the ones
-    recorded in tests/fixtures/big_recipe_plans.json (written by ``python benchmarks/record_behaviour.py plans FILE``
-    with an empty Hugging Face cache). A change that moves a figure must re-record it, and say why."""
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        from record_behaviour import big_recipe_plans
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
-    recorded = json.loads((REPO_ROOT / "tests" / "fixtures" / "big_recipe_plans.json").read_text())
-    planned = big_recipe_plans()
-    assert sorted(planned) == sorted(recorded)
-    for name, plan in planned.items():
-        assert plan == recorded[name], name
 
 
 def test_the_decode_of_a_batch_is_the_batch_times_one_video_s_trace():
