@@ -4,7 +4,8 @@
 # folder: runs README's main job by name (docs/score.md, "Recipes by name"; 16 videos, every one valid; the Python API's
 # reward by the model's name alone gives the same verdicts), then the offline road of
 # docs/train_your_own_cac.md as written (the bash block after `<!-- offline-check -->`: tiny rows
-# and videos from the package, convert, synth-cot, three stages, score, bench, export, flow-grpo).
+# and videos from the package, convert, synth-cot, three stages, score, bench, export, flow-grpo), and reads what each
+# hop wrote.
 #
 #   bash tests/wheel_check.sh [VENV]      # default: .venv-wheel (removed afterwards; about 4 minutes)
 #
@@ -98,4 +99,41 @@ env -u PYTHONPATH PATH="$VENV/bin:$PATH" bash -euo pipefail "$WORK/guide.sh" > "
 lora="outputs/public_tiny/flow_grpo/lora"
 test -f "$lora/pytorch_lora_weights.safetensors" && test ! -e outputs/public_tiny/flow_grpo/checkpoints || { tail -30 "$WORK/guide.log"; exit 1; }
 grep -qF "flow-grpo: done; LoRA in $lora (generator.lora=$lora samples with it)" "$WORK/guide.log" || { tail -30 "$WORK/guide.log"; exit 1; }
+# what each hop of the road wrote (it was a slow test of its own that ran the road a second time, in the checkout)
+env -u PYTHONPATH "$VENV/bin/python" - <<'PY' || { tail -30 "$WORK/guide.log"; exit 1; }
+import json
+from pathlib import Path
+
+from cac_align.cac.infer import MODEL_SETTINGS
+from cac_align.cac.schema import load_annotations
+from cac_align.models import model_settings
+
+out = Path("outputs/public_tiny")
+converted = load_annotations(out / "converted/annotations.jsonl", check_videos=True).records
+assert len(converted) == 9 and {r.source for r in converted} >= {"ViF-CoT-4K", "VideoPhy-2"}, "convert"
+cot = load_annotations(out / "cot/annotations.jsonl").records
+assert len(cot) == 9 and all(r.cot for r in cot), "synth-cot"
+# status-only records: no boxes for stage 1 (v_label_a's sign, a Character anomaly labelled without a box), no window for
+# stage 2 (the two VideoPhy-2 records and v_label_b): counted, not dropped silently
+stage1 = json.loads((out / "stage1/data.json").read_text())["stats"]["train"]
+stage2 = json.loads((out / "stage2/data.json").read_text())["stats"]["train"]
+assert stage1["anomalies_without_boxes"] == 1 and stage2["anomalies_without_window"] == 3, (stage1, stage2)
+for stage in ("stage1", "stage2", "stage3"):
+    assert (out / stage / "final/model.safetensors").is_file(), stage
+    # how to ask it travels with it: the data section's settings (stage 3: and its token budget)
+    settings = model_settings(str(out / stage / "final"))
+    assert set(settings) == set(MODEL_SETTINGS) - ({"max_new_tokens"} if stage != "stage3" else set()), stage
+assert model_settings(str(out / "my_cac")) == model_settings(str(out / "stage3/final")), "export carries the settings"
+assert (out / "stage3/adapter/adapter_model.safetensors").is_file()
+scored = [json.loads(line) for line in (out / "score/results.jsonl").read_text().splitlines()]
+assert len(scored) == 9 and json.loads((out / "score/cac_align_run.json").read_text())["job"] == "score"
+coverage = json.loads((out / "bench/bench.json").read_text())["systems"]["cac"]["coverage"]
+assert (coverage["annotated"], coverage["invalid"] + coverage["scored"], coverage["missing"]) == (9, 9, 0), coverage
+# the exported folder (float16 weights) is what flow-grpo scored its videos with, beside UnifiedReward
+exported, trained = (out / "my_cac/model.safetensors").stat().st_size, (out / "stage3/final/model.safetensors").stat().st_size
+assert exported < 0.55 * trained
+assert "outputs/public_tiny/my_cac" in (out / "flow_grpo/cac_align_run.json").read_text()
+rewards = [row for row in map(json.loads, (out / "flow_grpo/metrics.jsonl").read_text().splitlines()) if row["step"] > 0]  # not step 0's
+assert 0.0 < rewards[0]["reward/cac_raw_mean"] < 1.0 and 0.0 < rewards[0]["reward/ur_cac_mean"] < 1.0, rewards[0]
+PY
 echo "wheel check: docs/train_your_own_cac.md's offline road ran as written ($(wc -l < "$WORK/guide.sh") commands), from $WORK/guide"
