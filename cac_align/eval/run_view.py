@@ -171,11 +171,16 @@ class RunView:
         self.write_page()
 
     def write_page(self) -> None:
-        """``run.html`` from the run folder's files (main process)."""
+        """``run.html`` from the run folder's files (main process). A page that cannot be written costs the run
+        nothing: said in a warning, and the run goes on (``write_run_page(out)`` writes it again afterwards)."""
         if self.accelerator.is_main_process:
             from cac_align.eval.run_page import write_run_page
 
-            write_run_page(self.out)
+            try:
+                write_run_page(self.out)
+            except Exception as exc:  # the page shows the run; it never stops it
+                log.warning("run.html was not written (cac_align.eval.run_page.write_run_page(%r) writes it again): %s: %s", str(self.out),
+                            type(exc).__name__, exc)
 
     def keep_best(self) -> Path | None:
         """At the end (main process): ``lora_best/`` as a copy of the best step's kept LoRA, or nothing when no

@@ -223,3 +223,16 @@ def test_a_tiny_runs_page_is_rewritten_after_each_evaluation_and_plays_in_chromi
         WebDriverWait(driver, 20).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
         errors = console_errors(driver)
     assert errors == []
+
+
+def test_a_page_that_cannot_be_written_is_said_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    from cac_align.eval import run_page
+
+    def broken(out):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run_page, "write_run_page", broken)
+    with caplog.at_level("WARNING"):
+        rows = _train(tmp_path, "run", "steps=1")
+    assert [r["step"] for r in rows] == [0, 1] and (tmp_path / "run/lora/pytorch_lora_weights.safetensors").is_file()
+    assert "run.html was not written" in caplog.text and "OSError: disk full" in caplog.text
