@@ -225,11 +225,22 @@ def _finished_prompts(path: Path, n: int) -> dict[int, list[dict]]:
     return done
 
 
+def _page(out: Path) -> Path | None:
+    """``bon.html`` written again (:mod:`cac_align.eval.bon_page`); a page that cannot be written is a warning, never the
+    run's end (the page shows the run; ``write_bon_page(out)`` writes it again)."""
+    from cac_align.eval.bon_page import write_bon_page
+
+    try:
+        return write_bon_page(out)
+    except Exception as exc:  # the page shows the run; it never stops it
+        log.warning("bon.html was not written (cac_align.eval.bon_page.write_bon_page(%r) writes it again): %s: %s", str(out), type(exc).__name__, exc)
+        return None
+
+
 def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerator | None = None) -> dict:
     """Run Best-of-N; returns the summary. ``reward`` / ``generator`` override the config's."""
     from tqdm.auto import tqdm
 
-    from cac_align.eval.bon_page import write_bon_page
     from cac_align.gen.generator import build_video_generator
     from cac_align.plan.sampling import check_bon
     from cac_align.rewards.base import BackendFailure, ErrorKind, all_failed_in_backend
@@ -322,17 +333,17 @@ def run(config: BonConfig, reward: Reward | None = None, generator: VideoGenerat
             os.fsync(handle.fileno())
         done[i] = rows
         _copy_chosen(out, i, prompt, paths[best], sources)
-        write_bon_page(out)  # the candidates side by side, this prompt's too (earlier prompts' pictures are reused)
+        _page(out)  # the candidates side by side, this prompt's too (earlier prompts' pictures are reused)
         score = "none valid" if rule == "fallback" else f"{output.scores[best]:.4f}"
         log.info("prompt %d: best candidate %d (%s) of %d: %s", i, best, output.name, config.n, score)
         tqdm.write(f"prompt {i}: chose candidate {best} ({rule}), {output.name} = {score}")
     bar.close()
     # 6. chosen/ for every prompt (also after a resume), the summary, the anomaly rates
     summary = _write_results(config, out, prompts, done)
-    page = write_bon_page(out)
+    page = _page(out)
     print(f"bon: done; the chosen video of each prompt in {out / 'chosen'} (chosen/prompts.jsonl names them), the means of the "
-          f"chosen against all in {out / 'summary.md'}, every candidate's scores in {out / 'candidates.jsonl'}, the candidates side by "
-          f"side in {page}")
+          f"chosen against all in {out / 'summary.md'}, every candidate's scores in {out / 'candidates.jsonl'}"
+          + (f", the candidates side by side in {page}" if page is not None else ""))
     if unscored:
         raise BackendFailure(
             f"{len(unscored)} of {len(prompts)} prompts were not scored because the reward backend failed on every "

@@ -390,3 +390,17 @@ def test_bon_says_which_lora_it_loaded(tmp_path, caplog):
         run(config, reward=ScriptedReward({"a cat": [0.1]}))
     said = [r.getMessage() for r in caplog.records if "LoRA" in r.getMessage()]
     assert said == [f"generator.lora: loaded the LoRA {lora / LORA_WEIGHT_NAME} into transformer (scale 0.5)"], said
+
+
+def test_a_bon_page_that_cannot_be_written_is_said_and_the_run_ends_as_it_would(tmp_path, tiny_pipe, monkeypatch, caplog):
+    from cac_align.eval import bon_page
+
+    def broken(out):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bon_page, "write_bon_page", broken)
+    with caplog.at_level("WARNING"):
+        run(_config(tmp_path, ["a cat"]), reward=ScriptedReward({"a cat": [0.1, 0.5, 0.3]}), generator=PipelineGenerator(tiny_pipe))
+    rows = [json.loads(line) for line in (tmp_path / "bon/candidates.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and [r["chosen"] for r in rows] == [False, True, False] and not (tmp_path / "bon/bon.html").exists()
+    assert "bon.html was not written" in caplog.text and "OSError: disk full" in caplog.text
