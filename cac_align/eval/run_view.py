@@ -9,7 +9,7 @@ After every evaluation (step 0, the model the run starts from, first) a run fold
 
 - ``eval/step_NNNNNN/samples.jsonl``: one line per held-out prompt, its seed, its saved video (the first
   ``eval_videos`` prompts), the trained reward's and every held-out judge's score, and the evidence a judge
-  gave (CaC's window and boxes, wm_surprise's and the sync judge's windows: :func:`cac_align.regions.find_evidence`);
+  gave (CaC's window and boxes, wm_surprise's and the sync judge's windows: :func:`cac_align.regions.evidence_record`);
 - the saved videos in the trackers (TensorBoard, Weights & Biases: :func:`cac_align.run.metrics.log_eval_videos`);
 - ``best.json``: the best evaluated step so far by :mod:`cac_align.run.best`'s rule; the LoRA of a step that
   becomes the best so far is copied to ``eval/step_NNNNNN/lora/``, so the best one is at hand at the end
@@ -32,15 +32,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cac_align.rewards.columns import score_held_out
-from cac_align.rl.advantages import nan_mean_std
-from cac_align.run.input_files import slug
-from cac_align.video import Video, save_video
 from cac_align.gen.model_card import LoraCard, write_model_card
 from cac_align.regions import evidence_record
+from cac_align.rewards.columns import score_held_out
+from cac_align.rl.advantages import nan_mean_std
 from cac_align.run.best import BestStep, best_step, write_best
 from cac_align.run.folder import read_jsonl_log, write_text_atomic
+from cac_align.run.input_files import slug
 from cac_align.run.metrics import EvalVideo, log_eval_videos
+from cac_align.video import Video, save_video
 
 __all__ = ["SAMPLES_JSONL", "HeldOutEvaluation", "RunView", "eval_folder", "read_samples", "sample_record", "trainer_card"]
 
