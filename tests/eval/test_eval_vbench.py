@@ -149,18 +149,28 @@ def test_a_vbench_json_of_the_users_is_refused_and_kept(tmp_path, random_cache, 
     assert (out / "vbench.json").read_text() == '{"mine": true}' and not (out / "per_video").exists()
 
 
-@pytest.mark.slow  # ~39 s of the default suite on 2 cores (2026-11-26): `pytest -m slow`, which .ci/run runs
-def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypatch):
-    """The job on random weights: every video scored by vbench's functions through the real
-    loading paths; the means are what vbench's own whole-list calls give; the report reads it."""
-    out = tmp_path / "vb"
-    payload = vb_job.run(_config(out, random_cache, systems))
-    on_disk = json.loads((out / "vbench.json").read_text())
-    assert on_disk == json.loads(json.dumps(payload))
-    assert list(on_disk["systems"]) == ["base", "aligned"]
+@pytest.mark.slow  # vbench's three metrics on random backbones, run once (about 45 s alone): `pytest -m slow`, which .ci/run runs
+def test_plumbing_on_random_backbones_through_the_before_after_example(tmp_path, random_cache, systems, monkeypatch):
+    """examples/vbench_before_after.py (docs/examples.md), two folders in: the job on random weights, every video scored
+    by vbench's functions through the real loading paths; the means are what vbench's own whole-list calls give; the
+    example's report is vbench.json's means with "after"'s delta; a killed run resumes; other settings are refused.
+    One test: the example runs the same job on the same videos, and vbench's metrics were run twice for it (20 s alone)."""
+    import importlib.util
 
-    base = on_disk["systems"]["base"]["dimensions"]
-    aligned = on_disk["systems"]["aligned"]["dimensions"]
+    spec = importlib.util.spec_from_file_location("example_vbench_before_after", REPO_ROOT / "examples/vbench_before_after.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    table2 = tmp_path / "table2"
+    example.main(["--before", str(systems["base"]), "--after", str(systems["aligned"]), "--out", str(table2), "--cache-dir", str(random_cache),
+                  "--device", "cpu"])
+    # the example's job is the job a recipe runs: these settings on its folder are its own (the resume below redoes nothing else)
+    renamed = {"before": systems["base"], "after": systems["aligned"]}
+    out = table2 / "vbench"
+    on_disk = json.loads((out / "vbench.json").read_text())
+    assert list(on_disk["systems"]) == ["before", "after"]
+
+    base = on_disk["systems"]["before"]["dimensions"]
+    aligned = on_disk["systems"]["after"]["dimensions"]
     for dim in vb.DIMENSIONS:
         assert (base[dim]["n"], base[dim]["failed"]) == (2, 0)
         assert (aligned[dim]["n"], aligned[dim]["failed"]) == (2, 1)
@@ -193,15 +203,18 @@ def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypat
     with (out / "per_video.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 5 and "v9_corrupt.mp4" in table[-1]["video"] and "dynamic_degree:" in table[-1]["errors"]
-    assert "| aligned |" in (out / "vbench.md").read_text() and "1 failed" in (out / "vbench.md").read_text()
-    from cac_align.jobs.report import ReportConfig, build_table
-
-    table2 = build_table(ReportConfig(vbench=str(out / "vbench.json"), out_dir=str(tmp_path / "report")))
-    row = next(r for r in table2["rows"] if r["key"] == "imaging_quality")
-    assert row["values"] == {"base": base["imaging_quality"]["mean"], "aligned": aligned["imaging_quality"]["mean"]}
+    assert "| after |" in (out / "vbench.md").read_text() and "1 failed" in (out / "vbench.md").read_text()
+    # the example's report: each row is vbench.json's means, and "after"'s delta is after - before
+    report = json.loads((table2 / "report/report.json").read_text())
+    assert report["systems"] == ["before", "after"] and (table2 / "report/report.html").is_file()
+    for row in report["rows"]:
+        before, after = (on_disk["systems"][s]["dimensions"][row["key"]]["mean"] for s in ("before", "after"))
+        assert row["values"] == {"before": before, "after": after} and row["deltas"]["after"] == pytest.approx(after - before)
+    markdown = (table2 / "report/report.md").read_text()
+    assert "Before and after alignment" in markdown and "| Imaging quality ↑ |" in markdown
 
     # resume: a killed run left one scored line and half of another; only the rest is scored
-    per_video = out / "per_video" / "base" / "imaging_quality.jsonl"
+    per_video = out / "per_video" / "before" / "imaging_quality.jsonl"
     first, second = per_video.read_text().splitlines()
     per_video.write_text(first + "\n" + second[: len(second) // 2])
     calls: list[tuple[str, str]] = []
@@ -212,14 +225,15 @@ def test_plumbing_on_random_backbones(tmp_path, random_cache, systems, monkeypat
         return real(dimension, backbone, path, *args, **kwargs)
 
     monkeypatch.setattr(vb_job, "score_video", spy)
-    again = vb_job.run(_config(out, random_cache, systems))
+    again = vb_job.run(_config(out, random_cache, renamed))
     # the corrupt video is retried (its failure may have been transient), nothing else is redone
     assert sorted(calls) == sorted([("imaging_quality", "v1.mp4")] + [(d, "v9_corrupt.mp4") for d in vb.DIMENSIONS])
-    assert again["systems"]["base"]["dimensions"]["imaging_quality"]["mean"] == pytest.approx(base["imaging_quality"]["mean"], rel=1e-6)
+    assert again["systems"]["before"]["dimensions"]["imaging_quality"]["mean"] == pytest.approx(base["imaging_quality"]["mean"], rel=1e-6)
+    assert json.loads((out / "vbench.json").read_text()) == json.loads(json.dumps(again))  # what the job returns is what it wrote
 
     # other settings on the same out_dir are refused, key by key
     with pytest.raises(RecipeError, match="imaging_quality_preprocessing_mode"):
-        vb_job.run(_config(out, random_cache, systems, imaging_quality_preprocessing_mode="None"))
+        vb_job.run(_config(out, random_cache, renamed, imaging_quality_preprocessing_mode="None"))
 
 
 def test_checkpoints_load_tensors_only(tmp_path):
@@ -256,28 +270,3 @@ def test_config_errors():
         vb_job.VBenchConfig(systems={"../a": "x"}, out_dir="x")
     with pytest.raises(ValueError, match="preprocessing_mode"):
         vb_job.VBenchConfig(systems={"a": "x"}, out_dir="x", imaging_quality_preprocessing_mode="long")
-
-
-@pytest.mark.slow  # vbench's metrics once more through the example (about 20 s): `pytest -m slow` (.ci/run runs it)
-def test_the_before_after_example_writes_table_2_from_two_folders(tmp_path, random_cache, systems):
-    """examples/vbench_before_after.py (docs/examples.md): two folders in, vbench's scores and the
-    report out; "after" is the aligned folder with its corrupt video counted as failed."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("example_vbench_before_after", REPO_ROOT / "examples/vbench_before_after.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    out = tmp_path / "table2"
-    example.main(["--before", str(systems["base"]), "--after", str(systems["aligned"]), "--out", str(out), "--cache-dir", str(random_cache),
-                  "--device", "cpu"])
-    scores = json.loads((out / "vbench/vbench.json").read_text())["systems"]
-    assert list(scores) == ["before", "after"]
-    assert all(scores["after"]["dimensions"][d]["failed"] == 1 and scores["before"]["dimensions"][d]["n"] == 2 for d in vb.DIMENSIONS)
-    report = json.loads((out / "report/report.json").read_text())
-    assert report["systems"] == ["before", "after"] and (out / "report/report.html").is_file()
-    # each row is vbench.json's means, and "after"'s delta is after - before
-    for row in report["rows"]:
-        before, after = (scores[s]["dimensions"][row["key"]]["mean"] for s in ("before", "after"))
-        assert row["values"] == {"before": before, "after": after} and row["deltas"]["after"] == pytest.approx(after - before)
-    markdown = (out / "report/report.md").read_text()
-    assert "Before and after alignment" in markdown and "| Imaging quality ↑ |" in markdown

@@ -2,7 +2,8 @@
 own), and ``cac-align check-recipe`` over every shipped recipe, from the configs shipped with cac-align, prints for
 each a plan or "unknown" naming what it cannot count, never "no memory plan for this job".
 
-    pytest tests/plan/test_every_job_planned.py -m slow     # every shipped recipe, planned from the shipped configs (~1 minute)
+    pytest tests/plan/test_every_job_planned.py -m slow     # every shipped recipe, planned from the shipped configs, and the
+                                                            # big ones at 80 GB on their header's layout (~1 minute)
 """
 
 from __future__ import annotations
@@ -111,3 +112,30 @@ def test_check_recipe_plans_every_shipped_recipe_or_says_what_it_cannot_count(hu
     for line in verdicts:
         assert line.startswith(("ok ", "UNKNOWN ")), line
         assert (": planned: " in line) if line.startswith("ok") else ("not counted" in line or "memory plan: not made" in line), line
+
+    # every big recipe (a released generator trained) on an 80 GB GPU, on the layout its first line launches (issue #92,
+    # item 3), in the same process: its configs are counted already
+    from test_full_size_configs import BIG, UNSHIPPED_JUDGES
+
+    from cac_align.cli import header_processes
+
+    main(["check-recipe", "--gpu-gb", "80", *map(str, BIG)])
+    blocks: dict[str, str] = {}
+    for line in capsys.readouterr().out.splitlines()[:-1]:  # the last line: the summary
+        if not line.startswith(" "):
+            current = line.split()[1]
+        blocks[current] = blocks.get(current, "") + line + "\n"
+    assert sorted(blocks) == sorted(map(str, BIG))
+    for recipe in BIG:
+        out, n = blocks[str(recipe)], header_processes(recipe)
+        assert n is not None, f"{recipe.name}: its first line launches nothing"
+        flat = " ".join(out.split())  # the plan's lines wrap at the terminal's width (a long model name moves the break)
+        assert "planned from the configs of" in flat and "shipped with cac-align" in flat, recipe.name
+        assert "memory plan per GPU for" in out and f"({n} process{'es' if n > 1 else ''}, " in out, recipe.name
+        assert "does NOT fit" not in out, recipe.name
+        uncounted = [judge for judge in UNSHIPPED_JUDGES if judge in recipe.read_text(encoding="utf-8")]
+        if uncounted:  # a judge whose files are not here: the plan cannot say "fits", and says what is missing
+            assert out.startswith("UNKNOWN ") and "unknown (" in out and " fits" not in out.replace("fits what", ""), recipe.name
+            assert all(judge in out for judge in uncounted), recipe.name
+        else:
+            assert out.startswith("ok ") and "fits" in out, recipe.name
