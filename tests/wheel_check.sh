@@ -69,15 +69,17 @@ assert Path("outputs/score_demo/report.html").is_file()
 # The Python API with nothing but the model's name asks cac-demo as the recipe does: its folder's cac_align.json gives
 # the turns' rates and frame caps, the token budget, the wording, the pixel grid and the float32 it was trained in
 # (without them, 2 of 4 of these videos came out invalid). Checked here, where the main job already ran (it was a slow
-# test of its own that ran the job a second time)
+# test of its own that ran the job a second time), on every fourth of its videos (a quarter of the scoring: all
+# 16 were each a second scoring of what the job had just scored)
 from cac_align.rewards.registry import build_reward
 
-out = build_reward({"name": "cac", "model": {"name": "cac-demo"}})([r["video"] for r in rows], [r["prompt"] for r in rows])
+asked = rows[::4]
+out = build_reward({"name": "cac", "model": {"name": "cac-demo"}})([r["video"] for r in asked], [r["prompt"] for r in asked])
 assert out.valid.all(), "the Python API found invalid videos the recipe scored"
-assert [d["status"] for d in out.details] == [r["status"] for r in rows], "the Python API's verdicts are not the recipe's"
-worst = max(abs(float(a) - r["score"]) for a, r in zip(out.scores, rows))
+assert [d["status"] for d in out.details] == [r["status"] for r in asked], "the Python API's verdicts are not the recipe's"
+worst = max(abs(float(a) - r["score"]) for a, r in zip(out.scores, asked))
 assert worst <= 1e-5, f"the Python API's scores are {worst:.3g} off the recipe's"
-print(f"wheel check: {len(rows)} videos, {valid} valid, from {where.parent}; the Python API agrees (its scores at most {worst:.1e} off)")
+print(f"wheel check: {len(rows)} videos, {valid} valid, from {where.parent}; the Python API agrees on {len(asked)} of them (its scores at most {worst:.1e} off)")
 PY
 
 # 4. docs/train_your_own_cac.md's offline road, as written, from another empty folder: only the

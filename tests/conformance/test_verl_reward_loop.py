@@ -41,7 +41,7 @@ def test_scores_in_input_order_weights_summed(verl):
     got = verl["order"]
     assert "error" not in got, got.get("error")
     bright = np.array([51, 153, 204, 102, 0, 255]) / 255.0
-    assert np.array(got["rm_scores"])[:, 0] == pytest.approx(2.0 * bright + 0.5, abs=1e-6)  # 4 workers, input order
+    assert np.array(got["rm_scores"])[:, 0] == pytest.approx(2.0 * bright + 0.5, abs=1e-6)  # 2 workers, input order
     assert got["metrics"]["reward/bright"] == pytest.approx(bright.tolist(), abs=1e-6)
     assert got["metrics"]["reward/bright/valid"] == [1.0] * 6 and got["metrics"]["reward/half"] == [0.5] * 6
     assert sorted(got["reward_extra_keys"]) == ["reward/bright", "reward/bright/valid", "reward/combined", "reward/half"]

@@ -79,10 +79,10 @@ def case(name):
     if name == "order":
         return ({"bright": {**OURS, "weight": 2.0, "required": True, "reward": "bright", "sections": {"bright": {"name": "brightness"}}},
                  "half": {"path": str(CHECKOUT / "user_rewards.py"), "name": "constant_half", "weight": 1.0}},
-                [51, 153, 204, 102, 0, 255], 2, 4)
+                [51, 153, 204, 102, 0, 255], 2, 2)  # two workers, three samples each: the order across workers (4 took 2 more actor starts)
     if name == "ur_cac":
         return ({"ur_cac": {**OURS, "required": True, "device": "cpu", "sections": {"ur_cac": {"name": "ur_cac", **TINY}}}},
-                [51, 153, 204, 102], 2, 2)
+                [51, 153, 204, 102], 2, 1)  # one worker: the models' scores (each worker loads both models)
     if name in ("required", "optional"):
         return ({"bright": {**OURS, "required": name == "required", "reward": "bright", "sections": PICKY}},
                 [51, 0, 204, 102], 2, 1)
