@@ -149,7 +149,7 @@ def test_a_vbench_json_of_the_users_is_refused_and_kept(tmp_path, random_cache, 
     assert (out / "vbench.json").read_text() == '{"mine": true}' and not (out / "per_video").exists()
 
 
-@pytest.mark.slow  # vbench's three metrics on random backbones, run once (36 s alone, 2026-11-29; 45 s and 20 s as two tests): `pytest -m slow`, which .ci/run runs
+@pytest.mark.slow  # vbench's three metrics on random backbones, run once (36 s alone, 2026-11-29): `pytest -m slow`, which .ci/run runs
 def test_plumbing_on_random_backbones_through_the_before_after_example(tmp_path, random_cache, systems, monkeypatch):
     """examples/vbench_before_after.py (docs/examples.md), two folders in: the job on random weights, every video scored
     by vbench's functions through the real loading paths; the means are what vbench's own whole-list calls give; the
