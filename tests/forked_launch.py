@@ -13,7 +13,10 @@ process, not of the test's: no state a test left behind reaches it.
   ``torchrun`` runs) on this host with the static rendezvous ``torchrun --master_port`` uses, its workers
   started with ``start_method="forkserver"``: each worker gets the variables torchrun gives its workers
   (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_PORT``, ``TORCHELASTIC_RESTART_COUNT``, ...) from the
-  same agent code, and runs the script as ``torchrun --run-path`` would.
+  same agent code, and runs the script as ``torchrun --run-path`` would;
+- several simulated nodes (:func:`launch_nodes`): one such agent a node, each in a thread here, meeting in torch's
+  c10d rendezvous as ``torchrun --nnodes N --rdzv-backend c10d`` agents do (tests/jobs/test_nodes.py checks each process
+  sees what two ``torchrun`` agents give it).
 
 What the tests whose subject is the launcher itself need (restarts after a SIGKILL, a node killed, a
 stalled process) stays on the ``torchrun`` command line (tests/jobs/test_faults.py, test_nodes.py, and
@@ -161,6 +164,20 @@ def launch(script: Path | str, args: list[str], *, processes: int, port: int, en
         return _launch(script, args, processes=processes, port=port, env=env, cwd=cwd, timeout=timeout, module=module)
 
 
+def launch_nodes(script: Path | str, args: list[str], *, nodes: int, per_node: int, port: int, env: dict[str, str], cwd: Path,
+                 timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``script`` on ``nodes`` simulated nodes of ``per_node`` processes each, as ``nodes`` agents of ``torchrun --nnodes
+    NODES --nproc-per-node PER_NODE --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT`` on this machine would: one
+    torch elastic agent a node (:func:`torch.distributed.launcher.api.elastic_launch`, each in a thread of this process),
+    meeting in the c10d rendezvous, the first hosting its store; their workers forked from the preloaded forkserver
+    with the variables each agent gives them (``GROUP_RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ...). No restarts:
+    a node killed and started again stays on the ``torchrun`` command line (tests/jobs/test_nodes.py). Returns the
+    finished launch (``returncode`` 0 when every agent's workers ended well; stdout and stderr of every rank, in rank
+    order, then each failing agent's summary)."""
+    with _main_not_rerun():
+        return _launch_nodes(script, args, nodes=nodes, per_node=per_node, port=port, env=env, cwd=cwd, timeout=timeout)
+
+
 def torchrun_launch(command: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """``command`` (``[python, "-m", "torch.distributed.run", *ARGS]``) as a forked launch when torch's own parser reads
     ARGS as one node's static launch without restarts (``--nproc_per_node N --master_port P``, a script or ``-m``
@@ -250,3 +267,57 @@ def _launch(script: Path | str, args: list[str], *, processes: int, port: int, e
     if timed_out:
         raise subprocess.TimeoutExpired(command, timeout, stdout, stderr + failure)
     return subprocess.CompletedProcess(command, returncode, stdout, stderr + failure)
+
+
+def _launch_nodes(script: Path | str, args: list[str], *, nodes: int, per_node: int, port: int, env: dict[str, str], cwd: Path,
+                  timeout: float) -> subprocess.CompletedProcess:
+    _ensure_forkserver()
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logs = Path(tempfile.mkdtemp(prefix="forked_nodes_"))
+    processes = nodes * per_node
+    work = (str(script), list(args), {key: str(value) for key, value in env.items()}, str(logs), str(cwd), False)
+    failures: list[str] = [""] * nodes
+
+    def agent(node: int) -> None:
+        # torchrun's settings for `--nnodes N --nproc-per-node P --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id ID`;
+        # the first agent hosts the rendezvous store (is_host), as the first node's agent started alone does
+        config = LaunchConfig(min_nodes=nodes, max_nodes=nodes, nproc_per_node=per_node, run_id=f"cac{port}", role="default",
+                              rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={"is_host": node == 0},
+                              max_restarts=0, monitor_interval=0.1, start_method="forkserver")
+        try:
+            elastic_launch(config, _run)(*work)
+        except ChildFailedError as error:
+            failures[node] = error.format_msg()
+        except Exception as error:  # noqa: BLE001 - an agent that failed to start or meet the others: said, not raised in its thread
+            failures[node] = f"node {node}'s agent: {type(error).__name__}: {error}"
+
+    # launch_agent puts its default in its own environment for its workers; ours take the launch's environment instead
+    work[2]["TORCHELASTIC_SIGNALS_TO_HANDLE"] = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=1).signals_to_handle
+    # the agents read these from their own (this process's) environment: each round's first worker serves a store of its own
+    # (gen/parallel/connect.py, several nodes), as test_nodes' command-line agents are told
+    saved = {name: os.environ.get(name) for name in ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE",)}
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = env.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "0")
+    done = threading.Event()
+    threading.Thread(target=_deadline, args=(logs, processes, timeout, done), daemon=True).start()
+    try:
+        agents = [threading.Thread(target=agent, args=(node,), name=f"node{node}") for node in range(nodes)]
+        for thread in agents:
+            thread.start()
+        for thread in agents:
+            thread.join()
+    finally:
+        done.set()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    timed_out = (logs / "timed_out").exists()
+    stdout, stderr = _outputs(logs, processes)
+    failure = "".join(failures)
+    command = ["forked_launch", f"{nodes}x{per_node}", str(script), *args]
+    if timed_out:
+        raise subprocess.TimeoutExpired(command, timeout, stdout, stderr + failure)
+    return subprocess.CompletedProcess(command, 1 if failure else 0, stdout, stderr + failure)

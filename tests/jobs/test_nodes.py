@@ -1,14 +1,19 @@
 """Beyond one node (issue #98): hybrid sharding (HSDP: ``parallel.replicate``), the weights read once per node, a node
-that dies and comes back, proven on two simulated nodes: two torchrun agents on this machine (``--nnodes 2
+that dies and comes back, proven on two simulated nodes: two torch elastic agents on this machine (``--nnodes 2
 --nproc-per-node 2 --rdzv-backend c10d``, gloo), each node's ranks consecutive, as torchrun's rendezvous gives them
 (ENVIRONMENT.md, "Two nodes on one machine"). Each case runs tests/parallel_launch.py on the four processes and
-compares with one process, as tests/jobs/test_parallel.py does on one node.
+compares with one process, as tests/jobs/test_parallel.py does on one node. The agents and their workers are forked
+from a process that imported the libraries once (tests/forked_launch.py ``launch_nodes``: the three tests that launch
+two nodes took 158 s with the torchrun commands and 65 s forked, each beside another pytest run on 2 cores, 2026-11-29); the node that
+dies and comes back is the launcher's own subject and runs the two ``torchrun`` commands, as ``CAC_TEST_TORCHRUN=1``
+makes every case do.
 
     pytest -m slow tests/jobs/test_nodes.py
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,18 +23,19 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+import forked_launch
 from cac_align.config import RecipeError
 from cac_align.gen.parallel import Layout, ParallelSettings, check_layout, check_parallel_resume
 from conftest import REPO_ROOT
-from test_parallel import BRIGHTNESS, LAUNCH, LORA, NFT_TINY, _free_port, assert_same_lora, launch, metrics, records
+from test_parallel import BRIGHTNESS, ENVIRONMENT, LAUNCH, LORA, NFT_TINY, _free_port, assert_same_lora, launch, metrics, records, torchrun
 
 STEPS = ("steps=3", "checkpoint_every=1", "keep_checkpoints=3", "eval_prompts=null")
 
 
-def _agents(job: str, recipe: Path, out: Path, *overrides: str, port: int, max_restarts: int = 0, env: dict | None = None) -> list[str]:
+def _agents(script: Path, *args: str, port: int, max_restarts: int = 0) -> list[str]:
+    """The command of each node's torchrun agent, running ``script`` with ``args`` on its two processes."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"cac{port}", "--max-restarts", str(max_restarts), str(LAUNCH), job, str(recipe),
-            str(out), *overrides]
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"cac{port}", "--max-restarts", str(max_restarts), str(script), *args]
 
 
 def _environment(env: dict | None) -> dict:
@@ -66,10 +72,17 @@ def _start_first_node(command: list[str], environment: dict, port: int) -> subpr
 
 
 def two_nodes(job: str, recipe: Path, out: Path, *overrides: str, env: dict | None = None) -> Path:
-    """``job`` on two simulated nodes of two processes: two torchrun agents, the second started once the first serves
-    the rendezvous store (its processes are ranks 2 and 3); both must end well."""
+    """``job`` on two simulated nodes of two processes; both must end well. Two elastic agents of torch's own, forked
+    from a process that imported the libraries once (tests/forked_launch.py ``launch_nodes``: the four workers and two
+    agents of a command-line launch each import them, about 30 s of CPU a launch); under ``CAC_TEST_TORCHRUN=1`` two
+    ``torchrun`` commands, the second started once the first serves the rendezvous store (its processes ranks 2 and 3)."""
     port = _free_port()
-    command, environment = _agents(job, recipe, out, *overrides, port=port), _environment(env)
+    if not os.environ.get("CAC_TEST_TORCHRUN"):
+        done = forked_launch.launch_nodes(LAUNCH, [job, str(recipe), str(out), *overrides], nodes=2, per_node=2, port=port,
+                                          env=_environment(env), cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        return out
+    command, environment = _agents(LAUNCH, job, str(recipe), str(out), *overrides, port=port), _environment(env)
     first = _start_first_node(command, environment, port)
     second = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     said = [p.communicate(timeout=900)[0] for p in (first, second)]
@@ -129,6 +142,39 @@ def one_process(tmp_path_factory) -> Path:
 def hybrid(tmp_path_factory) -> Path:
     """HSDP on two nodes: 2 replicas (one a node) x 2 shards, the same 3 steps."""
     return two_nodes("flow-grpo", BRIGHTNESS, tmp_path_factory.mktemp("nodes") / "hsdp", *STEPS, "parallel.shard=fsdp2", "parallel.replicate=2")
+
+
+@pytest.mark.slow
+def test_a_forked_two_node_launch_gives_its_processes_what_two_torchrun_agents_give(tmp_path):
+    """tests/forked_launch.py's ``launch_nodes``, which the two-node cases here use, against the two ``torchrun`` agents
+    themselves (the second started once the first serves the store): each of the four processes sees the same
+    environment (torchrun's variables: its node, rank and local rank), arguments, folder and ``__name__``; only the port,
+    the run id (named after the port) and torchrun's per-run error-file path may differ."""
+    script = tmp_path / "environment.py"
+    script.write_text(ENVIRONMENT)
+    seen = {}
+    for how in ("forked", "command"):
+        (tmp_path / how).mkdir()
+        port, environment = _free_port(), _environment({"CAC_TEST_MARK": how})
+        if how == "forked":
+            done = forked_launch.launch_nodes(script, [str(tmp_path / how)], nodes=2, per_node=2, port=port, env=environment, cwd=REPO_ROOT)
+            assert done.returncode == 0, done.stderr[-3000:]
+        else:
+            command = _agents(script, str(tmp_path / how), port=port)
+            first = _start_first_node(command, environment, port)
+            second = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            said = [p.communicate(timeout=300)[0] for p in (first, second)]
+            assert first.returncode == 0 and second.returncode == 0, "\n----\n".join(s[-3000:] for s in said)
+        seen[how] = [json.loads((tmp_path / how / f"seen{rank}.json").read_text()) for rank in range(4)]
+    varies = {"MASTER_PORT", "TORCHELASTIC_ERROR_FILE", "TORCHELASTIC_RUN_ID", "CAC_TEST_MARK"}
+    for forked, command in zip(seen["forked"], seen["command"], strict=True):
+        assert forked["argv"] == [str(tmp_path / "forked")] and command["argv"] == [str(tmp_path / "command")]
+        assert forked["name"] == command["name"] == "__main__" and forked["cwd"] == command["cwd"] == str(REPO_ROOT)
+        assert forked["env"]["CAC_TEST_MARK"] == "forked" and command["env"]["CAC_TEST_MARK"] == "command"
+        assert set(forked["env"]) == set(command["env"])
+        assert {k: v for k, v in forked["env"].items() if k not in varies} == {k: v for k, v in command["env"].items() if k not in varies}
+    assert [(r["env"]["GROUP_RANK"], r["env"]["LOCAL_RANK"], r["env"]["WORLD_SIZE"]) for r in seen["forked"]] == [
+        ("0", "0", "4"), ("0", "1", "4"), ("1", "0", "4"), ("1", "1", "4")]
 
 
 @pytest.mark.slow
@@ -216,7 +262,7 @@ def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybri
     out, marker, port = tmp_path / "killed", tmp_path / "node_killed.txt", _free_port()
     # a collective whose peer died fails in 120 s at most (the default waits 30 minutes), so the first node's workers end
     overrides = (*STEPS, "parallel.shard=fsdp2", "parallel.replicate=2", "parallel.timeout_s=120", "resume=true")
-    command = _agents("flow-grpo", BRIGHTNESS, out, *overrides, port=port, max_restarts=1)
+    command = _agents(LAUNCH, "flow-grpo", str(BRIGHTNESS), str(out), *overrides, port=port, max_restarts=1)
     environment = _environment({"CAC_TEST_KILL_NODE": f"{marker}:2"})
     first = _start_first_node(command, environment, port)  # the store's host: the node that dies is the other one
     second = subprocess.Popen(command, env=environment, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -235,8 +281,7 @@ def test_a_node_that_dies_in_step_3_comes_back_and_both_resume_from_step_2(hybri
     assert all(r["started_at"] > died_at for r in on_first), (died_at, [r["started_at"] for r in on_first])
     assert [r["restart_round"] for r in on_back] == [0, 0]  # the node started again: a new agent's first round
     assert_same_lora(out / LORA, hybrid / LORA, 1e-6)
-    refused = subprocess.run([sys.executable, str(LAUNCH), "flow-grpo", str(BRIGHTNESS), str(out), "steps=3", "checkpoint_every=1",
-                              "eval_prompts=null", "parallel.shard=fsdp2", "resume=true"], env=_environment(None), cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=600)
+    refused = torchrun(LAUNCH, "flow-grpo", str(BRIGHTNESS), str(out), "steps=3", "checkpoint_every=1", "eval_prompts=null",
+                       "parallel.shard=fsdp2", "resume=true")
     assert refused.returncode != 0 and "(differs in: processes 4 -> 1; parallel.replicate 2 -> 1)" in refused.stderr, refused.stderr[-3000:]
     assert "pass overwrite=true" not in refused.stderr and f"its trained LoRA is in {out / 'lora'}" in refused.stderr
