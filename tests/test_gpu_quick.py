@@ -1,7 +1,7 @@
 """``bash benchmarks/gpu_quick.sh --check``: the GPU script's steps on tiny models on the CPU.
 
-Slow (about 2 minutes on 2 idle cores, more when they are shared): ``.ci/run`` runs ``pytest -m
-slow`` after the default suite. The GPU run itself needs a GPU (benchmarks/README.md says how).
+Slow (48 s beside another test on 2 cores, 2026-11-29: the tiny judge's steps no longer trace the decode step with
+dynamo, which tests/vlm/test_grouped_decode.py does): ``.ci/run`` runs ``pytest -m slow`` after the default suite. The GPU run itself needs a GPU (benchmarks/README.md says how).
 """
 
 from __future__ import annotations

@@ -91,16 +91,14 @@ def main() -> None:
         batch, tokens = args.batch or 32, args.tokens or 512
         videos = _videos(batch, 480, 832, seconds=args.seconds)
     else:
-        from transformers.generation.configuration_utils import CompileConfig
-
         from cac_align.vlm.tiny import build_tiny_qwen3_vl
 
         tiny = build_tiny_qwen3_vl()
         model, processor = tiny.model, tiny.processor
         batch, tokens = args.batch or 4, args.tokens or 8
         videos = _videos(batch, 64, 96, seconds=args.seconds)
-        compile_config = CompileConfig(backend="eager", mode=None)  # traced, run eagerly: the path on a CPU
-        compile_config._compile_all_devices = True
+        # no compile on the CPU (transformers compiles the decode step on CUDA only): this mode checks the script's
+        # path and its figures; that our decode step and stock's trace is tests/vlm/test_grouped_decode.py's subject
     backend = TimedTurns(model, processor, max_batch_size=batch, generate_kwargs={"min_new_tokens": tokens}, cache="static", compile_config=compile_config)
     if args.attention == "stock":
         use_stock_attention(model)
