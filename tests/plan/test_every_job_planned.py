@@ -115,9 +115,11 @@ def test_check_recipe_plans_every_shipped_recipe_or_says_what_it_cannot_count(hu
 
     # every big recipe (a released generator trained) on an 80 GB GPU, on the layout its first line launches (issue #92,
     # item 3), in the same process: its configs are counted already
-    from test_full_size_configs import BIG, UNSHIPPED_JUDGES
+    from test_full_size_configs import UNSHIPPED_JUDGES, big_recipes
 
     from cac_align.cli import header_processes
+
+    BIG = big_recipes()
 
     main(["check-recipe", "--gpu-gb", "80", *map(str, BIG)])
     blocks: dict[str, str] = {}

@@ -7,6 +7,7 @@ test each here took 97 s alone, the configs counted again for each).
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -25,8 +26,11 @@ from cac_align.gen.lora import LoraSettings
 ALIGN = REPO_ROOT / "recipes" / "align"
 
 
-def _big_recipes() -> list[Path]:
-    """The shipped generator trainers (flow-grpo, nft, dpo) whose generator is a released model (a hub id)."""
+@functools.cache
+def big_recipes() -> tuple[Path, ...]:
+    """The shipped generator trainers (flow-grpo, nft, dpo) whose generator is a released model (a hub id). Read when a
+    test asks, once a process: loading every align recipe takes seconds, which every pytest process collecting this
+    module paid when it was read at import (about 10 s of a CPU each, 2026-11-29)."""
     from cac_align.jobs import load_recipe
 
     found = []
@@ -34,14 +38,11 @@ def _big_recipes() -> list[Path]:
         spec, config = load_recipe(path)
         if spec.memory_inputs is not None and "/" in config.generator.name and not config.generator.name.startswith("tiny-random:"):
             found.append(path)
-    return found
-
-
-BIG = _big_recipes()
+    return tuple(found)
 
 
 def test_the_big_recipes_are_the_ones_the_issue_counts():
-    names = {p.stem for p in BIG}
+    names = {p.stem for p in big_recipes()}
     assert len(names) >= 23  # today flow-grpo 15, nft 3, dpo 5; a new one must ship its configs too (the next test)
     assert {"flow_grpo_minimax_h3_ur_cac", "flow_grpo_hunyuan15_ur_cac", "flow_grpo_hunyuan15_i2v_ur_cac", "flow_grpo_ltx25_ur_cac",
             "flow_grpo_wan22_i2v_a14b_ur_cac", "dpo_wan22_a14b_localdpo", "nft_wan_ur_cac", "flow_grpo_kandinsky6_ur_cac",
@@ -64,7 +65,7 @@ def test_every_big_recipe_s_models_are_shipped_with_their_sources():
     from cac_align.rewards.judges import VideoShape
 
     sources = (plan_configs.FULL_SIZE_CONFIGS / "SOURCES.md").read_text(encoding="utf-8")
-    for path in BIG:
+    for path in big_recipes():
         spec, config = load_recipe(path)
         rewards = resolve(spec.memory_inputs)(config).get("rewards") or {}
         judges, _ = judge_models(rewards, VideoShape(81, 480, 832, 16.0))
