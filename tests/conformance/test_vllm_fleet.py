@@ -39,7 +39,9 @@ import psutil
 import pytest
 
 from cac_align.integrations.vllm.serving import free_ports, ports_free
+import forked_launch
 from conftest import REPO_ROOT, ignore_sigint, stop_process_tree
+from readme_job import readme_job_rows
 
 pytestmark = pytest.mark.conformance
 
@@ -62,12 +64,8 @@ def _rows(folder: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory):
-    """The README main job's rows, in-process (recipes/score/cac_demo.yaml)."""
-    from cac_align.cli import main
-
-    out = tmp_path_factory.mktemp("in_process")
-    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), f"out_dir={out}"]) == 0
-    return _rows(out)
+    """The README main job's rows, in-process (recipes/score/cac_demo.yaml; tests/conformance/readme_job.py)."""
+    return readme_job_rows(tmp_path_factory.mktemp("in_process"))
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +127,8 @@ def test_flow_grpo_on_three_processes_scored_by_the_served_judge(fleet, tmp_path
     judge served by `cac-align serve` (this module's fleet: K = 2 replicas of cac-demo behind the
     router) and `torchrun --nproc_per_node 3 -m cac_align.cli flow-grpo` on
     recipes/align/flow_grpo_tiny_served.yaml (3 prompts x 2 = 6 samples a step, 2 per process),
-    its reward `cac` with `backend: openai` at the fleet's URL. Both steps run, every sample of the
+    its reward `cac` with `backend: openai` at the fleet's URL (the command read by torch's own parser and run as a
+    forked launch: tests/forked_launch.py). Both steps run, every sample of the
     three processes is scored (valid fraction 1), by the server: its replicas finished at least one
     request per sample (12, not once per process). On 4 processes the
     same recipe is refused naming 1, 2, 3 or 6 (tests/jobs/test_flow_grpo.py). About a minute on 2 cores."""
@@ -141,7 +140,9 @@ def test_flow_grpo_on_three_processes_scored_by_the_served_judge(fleet, tmp_path
                "-m", "cac_align.cli", "flow-grpo", "--config", str(REPO_ROOT / "recipes/align/flow_grpo_tiny_served.yaml"),
                f"out_dir={out}", f"reward.model.base_url={fleet['url']}"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    # the three processes forked from one that imported the libraries once, as torch's own agent runs them
+    # (tests/forked_launch.py; CAC_TEST_TORCHRUN=1 runs the command itself)
+    done = forked_launch.torchrun_launch(command, env=env, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

@@ -27,6 +27,7 @@ import pytest
 from cac_align.video import Video
 from cac_align.vlm.backend import assistant, user
 from conftest import REPO_ROOT, ignore_sigint, smooth_video, stop_process_tree
+from readme_job import readme_job_rows
 
 pytestmark = pytest.mark.conformance
 
@@ -313,12 +314,8 @@ def test_a_rejected_request_marks_its_video_and_the_server_serves_on(qwen3_vl):
 
 @pytest.fixture(scope="module")
 def cac_demo_in_process(tmp_path_factory):
-    """The README main job's rows, in-process (recipes/score/cac_demo.yaml)."""
-    from cac_align.cli import main
-
-    out = tmp_path_factory.mktemp("in_process")
-    assert main(["score", "--config", str(REPO_ROOT / "recipes/score/cac_demo.yaml"), f"out_dir={out}"]) == 0
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    """The README main job's rows, in-process (recipes/score/cac_demo.yaml; tests/conformance/readme_job.py)."""
+    return readme_job_rows(tmp_path_factory.mktemp("in_process"))
 
 
 def _same_rows(there: list[dict], here: list[dict]) -> None:
