@@ -35,6 +35,8 @@ if grep -E "absent from the \`packages\` configuration|package_data|Package '.*'
   exit 1
 fi
 wheel="$(ls "$WORK"/dist/cac_align-*.whl)"
+# the checkout is no longer read from here on: a caller that waits to write into it (.ci/run's install) may go on
+if [ -n "${WHEEL_BUILT:-}" ]; then touch "$WHEEL_BUILT"; fi
 
 # 2. a fresh venv with the wheel (not editable) and its dependencies. Installed by uv when it is there
 # (the dev extra has it; .ci/run's case): the same wheel and the same resolution of its requirements as
