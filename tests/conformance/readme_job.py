@@ -1,10 +1,11 @@
 """The README main job's rows in-process (recipes/score/cac_demo.yaml): the reference the served runs of
 test_vllm_server.py and test_vllm_fleet.py are compared with.
 
-``.ci/run`` runs those two modules side by side, in two pytest processes, and names one folder for that run in
-``CAC_TEST_SHARED_DIR``: the first process to ask scores the 16 videos and writes their rows there, the other waits for
-them and reads them (one in-process run instead of two: about 45 s of a CPU). Without the variable, each process
-scores its own.
+``.ci/run`` names one folder for its whole run in ``CAC_TEST_SHARED_DIR``. Its wheel check runs this very job (``cac-align
+score --config score/cac_demo`` from the installed wheel, tests/wheel_check.sh) and leaves its rows there, so the two
+modules, run side by side in two pytest processes, read them and the job is scored in-process once a run, not three
+times (about 45 s of a CPU each). Were they missing, the first process to ask scores the 16 videos and writes their rows
+there, and the other waits for them and reads them. Without the variable, each process scores its own.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def _score(out: Path) -> list[dict]:
 
 def readme_job_rows(out: Path) -> list[dict]:
     """The rows of ``cac-align score --config recipes/score/cac_demo.yaml`` run in this process into ``out``, or, under
-    ``CAC_TEST_SHARED_DIR``, those another process of the same run wrote there (the first to ask, holding the folder's
-    lock while it scores, writes them; a process that failed leaves none, and the next scores them itself)."""
+    ``CAC_TEST_SHARED_DIR``, those another process of the same run wrote there (the wheel check, or the first to ask,
+    holding the folder's lock while it scores; a process that failed leaves none, and the next scores them itself)."""
     shared = os.environ.get("CAC_TEST_SHARED_DIR")
     if not shared:
         return _score(out)
