@@ -67,6 +67,7 @@ def test_the_preview_is_taken_where_the_models_vae_is_the_tiny_random_one(tmp_pa
         GeneratorConfig(name=str(folder), decode="latent_preview", **settings)
 
 
+@pytest.mark.slow  # two runs of eight videos (9.6 s of the default suite's 501 s on 2 busy cores, 2026-11-29): its 5 minutes; .ci/run runs it
 def test_through_the_preview_the_reward_sees_what_the_tiny_wan_samples_and_through_its_vae_it_does_not(tmp_path):
     """One step of flow-grpo on brightness from the command line, each way: through the tiny random VAE a group's eight
     videos are within ~3e-4 of each other in brightness (its decode all but ignores the latents: no advantage to learn

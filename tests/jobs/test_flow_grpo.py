@@ -192,6 +192,7 @@ def test_tiny_recipe_three_steps(tmp_path, capsys):
     assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # three runs and a refused one (11.7 s of the default suite's 501 s on 2 busy cores, 2026-11-29): its 5 minutes; .ci/run runs it
 def test_resume_continues_exactly(tmp_path):
     straight = _bright(tmp_path, "checkpoint_every=1", name="straight")
     run(straight)
@@ -382,6 +383,7 @@ def test_the_step_that_stops_the_run_is_named_as_the_checkpoints_count_it(tmp_pa
     assert [row["step"] for row in _metrics(tmp_path / "run")] == [1]
 
 
+@pytest.mark.slow  # two runs (7.1 s of the default suite's 501 s on 2 busy cores, 2026-11-29): its 5 minutes; .ci/run runs it
 def test_a_step_the_served_judge_missed_whole_trains_nothing_and_the_run_goes_on(tmp_path, caplog):
     """Every sample of step 2 is "down" (the judge's breaker open): that step updates nothing and says
     so, step 3 scores and trains again; three such steps in a row stop the run, naming the last."""

@@ -251,6 +251,7 @@ def test_project_trains_on_the_advantages_projected_off_the_judges_where_they_co
 # ---------------------------------------------------------------------------------------------
 # The adaptive reference: resets at N, lives in the checkpoint
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a run and its resumed halves (8.8 s of the default suite's 501 s on 2 busy cores, 2026-11-29): its 5 minutes; .ci/run runs it
 def test_the_adaptive_reference_resets_at_n_and_resumes_to_the_bit(tmp_path):
     common = ["steps=4", "beta=0.01", "regularize.reference=adaptive", "regularize.reset_every=2", "regularize.kl_bound=null", "checkpoint_every=1",
               "keep_checkpoints=4"]
@@ -277,6 +278,7 @@ def test_the_adaptive_reference_resets_at_n_and_resumes_to_the_bit(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # DPPO's trust region in the update
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # three runs (7.6 s of the default suite's 501 s on 2 busy cores, 2026-11-29): its 5 minutes; .ci/run runs it
 def test_dppo_with_an_unreachable_delta_is_the_unclipped_surrogate_and_a_tiny_one_masks(tmp_path):
     # two updates a step: the second trains on samples of the policy before the first, where the ratio and the divergence move
     common = ["steps=2", "updates_per_step=2", "train_batch_size=2"]

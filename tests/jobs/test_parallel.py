@@ -195,6 +195,7 @@ def test_the_memory_plan_refuses_a_run_that_cannot_fit_before_loading(tmp_path):
     assert not (tmp_path / "run" / "cac_align_run.json").exists()  # refused before the run folder was started
 
 
+@pytest.mark.slow  # four runs, three of them sharded (8.1 s of the default suite's 501 s on 2 busy cores, 2026-11-29): its 5 minutes; .ci/run runs it
 def test_sharded_on_one_process_equals_data_parallel_and_resumes_exactly(tmp_path):
     """FSDP2 over a one-process group: the same numbers and LoRA file as the data-parallel path, bit
     for bit; its own whole-file checkpoints (LoRA, EMA, AdamW by name) resume exactly."""
