@@ -3,8 +3,8 @@ test_vllm_server.py and test_vllm_fleet.py are compared with.
 
 ``.ci/run`` names one folder for its whole run in ``CAC_TEST_SHARED_DIR``. Its wheel check runs this very job (``cac-align
 score --config score/cac_demo`` from the installed wheel, tests/wheel_check.sh) and leaves its rows there, so the two
-modules, run side by side in two pytest processes, read them and the job is scored in-process once a run, not three
-times (about 45 s of a CPU each). Were they missing, the first process to ask scores the 16 videos and writes their rows
+modules, run side by side in two pytest processes, read them: the job is scored in-process once a run, not twice (about
+45 s of a CPU each time). Were they missing, the first process to ask scores the 16 videos and writes their rows
 there, and the other waits for them and reads them. Without the variable, each process scores its own.
 """
 
